@@ -1,0 +1,108 @@
+"""The `inmem` command line: demo, serve, status, bench, wal inspect, snapshot verify."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_demo(args) -> int:
+    import inmem
+    from .demo import play
+
+    if args.connect:
+        db = inmem.connect(args.connect, timeout=args.timeout)
+        where = f"cluster at {args.connect}"
+    else:
+        db = inmem.open(args.path, durability=args.durability if args.path else "inmemory")
+        where = f"embedded engine ({args.path or 'in memory'})"
+    print(f"inmem demo against the {where}")
+    with db:
+        for _ in range(args.runs):
+            play(db)
+        if args.connect:
+            info = db.info()
+            for s in info["shards"]:
+                print(f"  shard {s['shard']}: {s['state']}, {s['runs']} runs, {s['keys']} keys, "
+                      f"{s['memory_bytes'] // 2**20} MiB RSS, {s['durability']}")
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    from .cluster import serve_main
+    return serve_main(args)
+
+
+def _cmd_status(args) -> int:
+    from .cluster import status_main
+    return status_main(args)
+
+
+def _cmd_bench(argv) -> int:
+    from bench.__main__ import main as bench_main
+    return bench_main(argv)
+
+
+def _cmd_wal(args) -> int:
+    from wal.inspect import main as inspect_main
+    return inspect_main([args.dir])
+
+
+def _cmd_snapshot(args) -> int:
+    from recovery.snapshot_format import verify_main
+    return verify_main([args.file])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="inmem", description="a state store for AI agents")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="play an agent run and print what it did")
+    d.add_argument("--connect", metavar="URL", help="a cluster endpoint (default: embedded)")
+    d.add_argument("--path", help="embedded data directory (default: in memory)")
+    d.add_argument("--durability", default="buffered", choices=("inmemory", "buffered", "strict"))
+    d.add_argument("--runs", type=int, default=1)
+    d.add_argument("--timeout", type=float, default=30.0)
+    d.set_defaults(fn=_cmd_demo)
+
+    s = sub.add_parser("serve", help="run a cluster in the foreground")
+    s.add_argument("--config", help="a TOML config (default: the built-in local cluster)")
+    s.add_argument("--data-dir", help="override the config's data directory")
+    s.add_argument("--shards", type=int, help="override the number of shards")
+    s.add_argument("--durability", choices=("inmemory", "buffered", "strict"))
+    s.add_argument("--endpoint", help="override the client endpoint")
+    s.set_defaults(fn=_cmd_serve)
+
+    st = sub.add_parser("status", help="show a cluster's shards")
+    st.add_argument("--config", help="the cluster's TOML config")
+    st.add_argument("--endpoint", help="the coordinator endpoint")
+    st.add_argument("--wait-ready", action="store_true", help="wait until every shard is ready")
+    st.add_argument("--timeout", type=float, default=30.0)
+    st.set_defaults(fn=_cmd_status)
+
+    sub.add_parser("bench", help="run the benchmarks (see `inmem bench --help`)", add_help=False)
+
+    w = sub.add_parser("wal", help="write-ahead log tools")
+    wsub = w.add_subparsers(dest="wal_command", required=True)
+    wi = wsub.add_parser("inspect", help="records, sizes, positions; exit 0 only when clean")
+    wi.add_argument("dir")
+    wi.set_defaults(fn=_cmd_wal)
+
+    sn = sub.add_parser("snapshot", help="snapshot tools")
+    snsub = sn.add_subparsers(dest="snapshot_command", required=True)
+    sv = snsub.add_parser("verify", help="header, sections, counts and crc of a snapshot file")
+    sv.add_argument("file")
+    sv.set_defaults(fn=_cmd_snapshot)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        return _cmd_bench(argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.fn(args) or 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""The public `Database` object and its sections (kv, events, state, traces, json, runs).
+
+A Database is a thin front over a backend with one method that matters,
+`call(op, args)`: the embedded backend hands the operation to an engine in
+this process, the cluster backend sends it to the shard that owns the run.
+Everything here is therefore backend-agnostic; the only composite operations
+built client-side are the retry loops (state transitions, run_transaction).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+
+from .errors import InvalidValue, StateNotFound, TransactionConflict, VersionMismatch
+from .types import State
+
+_TRACE_NONE = None
+
+
+class _Section:
+    __slots__ = ("_call",)
+
+    def __init__(self, call):
+        self._call = call
+
+
+class KV(_Section):
+    """Versioned keys and values of a run."""
+    __slots__ = ()
+
+    def put(self, run, key, value, ttl=None) -> int:
+        return self._call("kv.put", (run, key, value, ttl))
+
+    def get(self, run, key, default=None):
+        return self._call("kv.get", (run, key, default))
+
+    def get_versioned(self, run, key):
+        return self._call("kv.get_versioned", (run, key))
+
+    def exists(self, run, key) -> bool:
+        return self._call("kv.exists", (run, key))
+
+    def delete(self, run, key) -> bool:
+        return self._call("kv.delete", (run, key))
+
+    def cas(self, run, key, expected_version, value) -> int:
+        return self._call("kv.cas", (run, key, expected_version, value))
+
+    def get_many(self, run, keys) -> list:
+        return self._call("kv.get_many", (run, list(keys) if type(keys) is not list else keys))
+
+    def keys(self, run, prefix="") -> list:
+        return self._call("kv.keys", (run, prefix))
+
+    def items(self, run, prefix="") -> list:
+        return self._call("kv.items", (run, prefix))
+
+
+class Events(_Section):
+    """The append-only, hash-chained event log of a run."""
+    __slots__ = ()
+
+    def append(self, run, event_type, payload=None):
+        return self._call("ev.append", (run, event_type, payload))
+
+    def read(self, run, sequence):
+        return self._call("ev.read", (run, sequence))
+
+    def range(self, run, start, end) -> list:
+        return self._call("ev.range", (run, start, end))
+
+    def head(self, run):
+        return self._call("ev.head", (run,))
+
+    def count(self, run) -> int:
+        return self._call("ev.count", (run,))
+
+    def by_type(self, run, event_type) -> list:
+        return self._call("ev.by_type", (run, event_type))
+
+    def verify_chain(self, run):
+        return self._call("ev.verify", (run,))
+
+
+class StateCells(_Section):
+    """Versioned state cells for coordination (CAS and transitions)."""
+    __slots__ = ()
+
+    def init(self, run, name, value) -> int:
+        return self._call("st.init", (run, name, value))
+
+    def read(self, run, name):
+        return self._call("st.read", (run, name))
+
+    def set(self, run, name, value) -> int:
+        return self._call("st.set", (run, name, value))
+
+    def cas(self, run, name, expected_version, value) -> int:
+        return self._call("st.cas", (run, name, expected_version, value))
+
+    def delete(self, run, name) -> bool:
+        return self._call("st.delete", (run, name))
+
+    def transition(self, run, name, fn, retries=16):
+        """Apply fn(State) -> (new_value, result) with CAS, retrying on conflict."""
+        for attempt in range(retries + 1):
+            state = self.read(run, name)
+            if state is None:
+                raise StateNotFound(f"state cell {name!r} does not exist in run {run!r}")
+            new_value, result = fn(state)
+            try:
+                return result, self.cas(run, name, state.version, new_value)
+            except VersionMismatch:
+                _backoff(attempt)
+        raise TransactionConflict(f"state cell {name!r}: still contended after {retries} retries")
+
+    def transition_or_init(self, run, name, initial, fn, retries=16):
+        """As transition; an absent cell starts as `initial` and fn applies in the same step."""
+        for attempt in range(retries + 1):
+            state = self.read(run, name)
+            if state is None:
+                new_value, result = fn(State(initial, 0, 0))
+                expected = 0
+            else:
+                new_value, result = fn(state)
+                expected = state.version
+            try:
+                return result, self.cas(run, name, expected, new_value)
+            except VersionMismatch:
+                _backoff(attempt)
+        raise TransactionConflict(f"state cell {name!r}: still contended after {retries} retries")
+
+
+class Traces(_Section):
+    """Reasoning records of a run, as trees."""
+    __slots__ = ()
+
+    def record(self, run, trace_type, data, parent_id=None, tags=(), metadata=None) -> str:
+        return self._call("tr.record", (run, trace_type, data, parent_id, list(tags), metadata))
+
+    def get(self, run, trace_id):
+        return self._call("tr.get", (run, trace_id))
+
+    def by_type(self, run, trace_type) -> list:
+        return self._call("tr.by_type", (run, trace_type))
+
+    def by_tag(self, run, tag) -> list:
+        return self._call("tr.by_tag", (run, tag))
+
+    def roots(self, run) -> list:
+        return self._call("tr.roots", (run,))
+
+    def tree(self, run, trace_id):
+        return self._call("tr.tree", (run, trace_id))
+
+
+class JSON(_Section):
+    """JSON documents addressed by path."""
+    __slots__ = ()
+
+    def put(self, run, key, doc) -> int:
+        return self._call("js.put", (run, key, doc))
+
+    def get(self, run, key, path="$"):
+        return self._call("js.get", (run, key, path))
+
+    def set(self, run, key, path, value) -> int:
+        return self._call("js.set", (run, key, path, value))
+
+    def delete(self, run, key, path="$") -> bool:
+        return self._call("js.delete", (run, key, path))
+
+    def array_push(self, run, key, path, value) -> int:
+        return self._call("js.push", (run, key, path, value))
+
+    def array_pop(self, run, key, path):
+        return self._call("js.pop", (run, key, path))
+
+
+class Runs(_Section):
+    """Run metadata and lifecycle."""
+    __slots__ = ()
+
+    def get(self, run):
+        return self._call("run.get", (run,))
+
+    def set_status(self, run, status):
+        return self._call("run.set_status", (run, status, None))
+
+    def pause(self, run):
+        return self.set_status(run, "paused")
+
+    def resume(self, run):
+        return self.set_status(run, "active")
+
+    def cancel(self, run):
+        return self.set_status(run, "cancelled")
+
+    def archive(self, run):
+        return self.set_status(run, "archived")
+
+    def list(self, status=None, tag=None, parent=None) -> list:
+        return self._call("run.list", (status, tag, parent))
+
+    def delete(self, run) -> bool:
+        return self._call("run.delete", (run,))
+
+
+def _backoff(attempt: int) -> None:
+    # Jittered and capped: contention on a hot cell clears faster when the
+    # losers do not all retry in lockstep.
+    if attempt:
+        time.sleep(random.random() * min(0.0005 * (2 ** min(attempt, 6)), 0.02))
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Database:
+    """The store, embedded or remote. Use `inmem.open` or `inmem.connect` to get one."""
+
+    def __init__(self, backend):
+        self._backend = backend
+        call = backend.call
+        self._call = call
+        self.kv = backend.section("kv", KV) if hasattr(backend, "section") else KV(call)
+        self.events = Events(call)
+        self.state = StateCells(call)
+        self.traces = Traces(call)
+        self.json = JSON(call)
+        self.runs = Runs(call)
+
+    # -- runs ----------------------------------------------------------------------
+
+    def begin_run(self, name=None, run_id=None, parent=None, tags=(), metadata=None) -> str:
+        # The id is chosen here, not on the shard, because it decides which shard owns the run.
+        if run_id is None:
+            run_id = new_run_id()
+        return self._call("run.begin", (name, run_id, parent, list(tags), metadata))
+
+    def end_run(self, run):
+        return self._call("run.end", (run,))
+
+    def abort_run(self, run, reason=None):
+        return self._call("run.abort", (run, reason))
+
+    def run_status(self, run) -> str:
+        return self._call("run.status", (run,))
+
+    def orphaned_runs(self) -> list:
+        return self._call("run.orphaned", ())
+
+    # -- transactions and pipelines ------------------------------------------------
+
+    def transaction(self, run):
+        from .transaction import Transaction
+        return Transaction(self._call, run)
+
+    def run_transaction(self, run, fn, retries=8):
+        from .transaction import Transaction
+        for attempt in range(retries + 1):
+            tx = Transaction(self._call, run)
+            result = fn(tx)
+            try:
+                tx.commit()
+                return result
+            except TransactionConflict:
+                if attempt == retries:
+                    raise
+                _backoff(attempt + 1)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def pipeline(self):
+        from .pipeline import Pipeline
+        return Pipeline(self._backend)
+
+    # -- operations ----------------------------------------------------------------
+
+    def snapshot(self) -> list:
+        return self._backend.snapshot()
+
+    def recovery_report(self) -> list:
+        return self._backend.recovery_report()
+
+    def info(self) -> dict:
+        return self._backend.info()
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __repr__(self) -> str:
+        return f"<inmem.Database {self._backend.describe()}>"
+
+
+def check_callable(fn, what: str) -> None:
+    if not callable(fn):
+        raise InvalidValue(f"{what} must be callable")

@@ -1,0 +1,124 @@
+"""The embedded backend: one shard engine in the caller's process.
+
+Every operation runs under one lock, so concurrent threads see each
+operation (and each committed transaction) whole. Writes of a durable store
+go to its WAL before the lock is released, in commit order; in strict mode
+the caller then waits outside the lock for the fsync that covers its record,
+which lets the writes of many threads share one fsync (group commit).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from shard.engine import Engine
+
+from .database import KV
+from .errors import InmemError
+
+
+class EmbeddedBackend:
+    def __init__(self, engine: Engine, store=None):
+        self.engine = engine
+        self.store = store  # shard.durable.DurableStore, or None for inmemory
+        self.lock = threading.RLock()
+        self._closed = False
+        self._execute = engine.execute
+
+    # -- the one entry point -------------------------------------------------------
+
+    def call(self, op, args):
+        store = self.store
+        with self.lock:
+            if self._closed:
+                raise InmemError("the database is closed")
+            if store is None:
+                return self._execute(op, args)
+            store.check_writable()
+            result = self._execute(op, args)
+            groups = self.engine.take_log()
+            token = store.log_groups(groups) if groups else None
+        if token is not None:
+            store.wait_durable(token)
+        return result
+
+    def call_batch(self, ops) -> list:
+        store = self.store
+        with self.lock:
+            if self._closed:
+                raise InmemError("the database is closed")
+            if store is not None:
+                store.check_writable()
+            results = self.engine.execute_batch(ops)
+            token = None
+            if store is not None:
+                groups = self.engine.take_log()
+                token = store.log_groups(groups) if groups else None
+        if token is not None:
+            store.wait_durable(token)
+        return results
+
+    def section(self, name, cls):
+        if name == "kv" and self.store is None:
+            return _FastKV(self)
+        return cls(self.call)
+
+    # -- operations ----------------------------------------------------------------
+
+    def snapshot(self) -> list:
+        if self.store is None:
+            return []
+        return self.store.snapshot(self)
+
+    def recovery_report(self) -> list:
+        return [] if self.store is None else [self.store.recovery_result]
+
+    def info(self) -> dict:
+        import os
+
+        import psutil
+        with self.lock:
+            counts = self.engine.counts()
+        return {"ready": True, "shards": [{
+            "shard": 0, "pid": os.getpid(), "state": "ready", "keys": counts["keys"],
+            "runs": counts["runs"], "memory_bytes": psutil.Process().memory_info().rss,
+            "wal_bytes": 0 if self.store is None else self.store.wal_bytes(),
+            "durability": "inmemory" if self.store is None else self.store.durability}]}
+
+    def close(self) -> None:
+        with self.lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self.store is not None:
+                self.store.close(self)
+
+    def describe(self) -> str:
+        mode = "inmemory" if self.store is None else f"{self.store.durability} {self.store.path}"
+        return f"embedded {mode}"
+
+
+class _FastKV(KV):
+    """KV for the inmemory embedded store: the hot calls skip the generic dispatch."""
+
+    __slots__ = ("get", "put")
+
+    def __init__(self, backend: EmbeddedBackend):
+        super().__init__(backend.call)
+        lock = backend.lock
+        engine = backend.engine
+        kv_get = engine.kv_get
+        kv_put = engine.kv_put
+
+        def get(run, key, default=None):
+            with lock:
+                return kv_get(run, key, default)
+
+        def put(run, key, value, ttl=None):
+            with lock:
+                if backend._closed:
+                    raise InmemError("the database is closed")
+                return kv_put(run, key, value, ttl)
+
+        self.get = get
+        self.put = put

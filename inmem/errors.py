@@ -1,0 +1,144 @@
+"""Every error inmem raises, and how an error crosses a process boundary.
+
+All public errors subclass `InmemError`. A shard that raises one sends
+`(class name, message, fields)` over the wire (`to_wire`), and the client
+rebuilds the same class with the same message (`from_wire`), so code that
+catches `inmem.VersionMismatch` works the same embedded or against a cluster.
+"""
+
+from __future__ import annotations
+
+
+class InmemError(Exception):
+    """Base class of every error raised by inmem."""
+
+    #: attribute names carried across the wire besides the message
+    _fields: tuple[str, ...] = ()
+
+    def __init__(self, message: str = "", **fields):
+        super().__init__(message)
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    @property
+    def message(self) -> str:
+        return self.args[0] if self.args else ""
+
+    def to_wire(self) -> list:
+        return [type(self).__name__, self.message,
+                {f: getattr(self, f, None) for f in self._fields}]
+
+
+class InvalidKey(InmemError):
+    """A key or name that is not a non-empty str of at most 1024 UTF-8 bytes."""
+
+
+class InvalidValue(InmemError):
+    """A value outside the value model (None, bool, int64, float, str, bytes, list, dict[str, ...])."""
+
+
+class ValueTooLarge(InmemError):
+    """An encoded value larger than max_value_bytes."""
+
+
+class InvalidPath(InmemError):
+    """A malformed JSON path, or a path step that does not fit the document."""
+
+
+class RunNotFound(InmemError):
+    """The run does not exist."""
+    _fields = ("run_id",)
+
+
+class RunExists(InmemError):
+    """begin_run with an id that is already taken."""
+    _fields = ("run_id",)
+
+
+class RunNotActive(InmemError):
+    """A write to a run whose status is not active or paused."""
+    _fields = ("run_id", "status")
+
+
+class InvalidStatusTransition(InmemError):
+    """A run status change that the transition table does not allow."""
+    _fields = ("from_", "to")
+
+    def __init__(self, from_: str = "", to: str = "", message: str | None = None):
+        super().__init__(message or f"cannot move a run from {from_!r} to {to!r}",
+                         from_=from_, to=to)
+
+
+class VersionMismatch(InmemError):
+    """A compare-and-swap whose expected version is not the current one."""
+    _fields = ("expected", "actual")
+
+    def __init__(self, expected: int = 0, actual: int = 0, message: str | None = None):
+        super().__init__(message or f"expected version {expected}, found {actual}",
+                         expected=expected, actual=actual)
+
+
+class StateExists(InmemError):
+    """state.init on a cell that already exists."""
+
+
+class StateNotFound(InmemError):
+    """state.transition on a cell that does not exist."""
+
+
+class TraceNotFound(InmemError):
+    """A trace id (or parent id) that the run does not hold."""
+
+
+class TransactionConflict(InmemError):
+    """Something a transaction read changed before it committed; nothing was applied."""
+
+
+class ClusterNotReady(InmemError):
+    """The cluster has not finished recovering every shard."""
+
+
+class ShardUnavailable(InmemError):
+    """The shard that owns the run is down or restarting; retry later."""
+
+
+class Timeout(InmemError):
+    """No reply within the client's deadline."""
+
+
+class ProtocolError(InmemError):
+    """A malformed, oversized or wrong-version message."""
+
+
+class CorruptionError(InmemError):
+    """Damaged data on disk that recovery may not skip."""
+    _fields = ("path", "offset")
+
+
+class DurabilityError(InmemError):
+    """The write-ahead log cannot be written or fsynced; the shard refuses writes."""
+
+
+_BY_NAME = {cls.__name__: cls for cls in (
+    InmemError, InvalidKey, InvalidValue, ValueTooLarge, InvalidPath, RunNotFound,
+    RunExists, RunNotActive, InvalidStatusTransition, VersionMismatch, StateExists,
+    StateNotFound, TraceNotFound, TransactionConflict, ClusterNotReady,
+    ShardUnavailable, Timeout, ProtocolError, CorruptionError, DurabilityError)}
+
+
+def from_wire(wire) -> InmemError:
+    """Rebuild an error sent by `InmemError.to_wire`; unknown names become InmemError."""
+    try:
+        name, message, fields = wire
+        cls = _BY_NAME.get(name, InmemError)
+        err = cls.__new__(cls)
+        Exception.__init__(err, str(message))
+        if isinstance(fields, dict):
+            for key in cls._fields:
+                setattr(err, key, fields.get(key))
+        return err
+    except (TypeError, ValueError):
+        return ProtocolError(f"malformed error reply: {wire!r:.200}")
+
+
+__all__ = [name for name in _BY_NAME] + ["from_wire"]

@@ -1,0 +1,72 @@
+"""Pipelines: many operations sent in as few messages as possible.
+
+A pipeline reuses the Database's section classes with a `call` that queues
+instead of sending, so `p.kv.put(run, k, v)` takes exactly the arguments of
+`db.kv.put`. `execute()` hands the queue to the backend in one batch; each
+operation succeeds or fails on its own (a pipeline is not a transaction) and
+a failure comes back in place as the exception object.
+"""
+
+from __future__ import annotations
+
+from .database import JSON, KV, Events, Runs, StateCells, Traces, new_run_id
+from .errors import InvalidValue
+
+
+class _PipelineState(StateCells):
+    __slots__ = ()
+
+    def transition(self, *args, **kwargs):
+        raise InvalidValue("state.transition reads before it writes; it cannot be pipelined")
+
+    transition_or_init = transition
+
+
+class Pipeline:
+    def __init__(self, backend):
+        self._backend = backend
+        self._ops: list = []
+        queue = self._queue
+        self.kv = KV(queue)
+        self.events = Events(queue)
+        self.state = _PipelineState(queue)
+        self.traces = Traces(queue)
+        self.json = JSON(queue)
+        self.runs = Runs(queue)
+
+    def _queue(self, op, args):
+        self._ops.append((op, args))
+        return None
+
+    def begin_run(self, name=None, run_id=None, parent=None, tags=(), metadata=None):
+        self._queue("run.begin", (name, run_id or new_run_id(), parent, list(tags), metadata))
+
+    def end_run(self, run):
+        self._queue("run.end", (run,))
+
+    def abort_run(self, run, reason=None):
+        self._queue("run.abort", (run, reason))
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def execute(self) -> list:
+        ops, self._ops = self._ops, []
+        if not ops:
+            return []
+        return self._backend.call_batch(ops)
+
+    def reset(self) -> None:
+        self._ops = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        # Operations queued but never executed are sent on a clean exit rather
+        # than dropped without a word; an exception discards them.
+        if exc_type is None and self._ops:
+            self.execute()
+        else:
+            self.reset()
+        return False

@@ -1,0 +1,215 @@
+"""Optimistic transactions on one run.
+
+Reads go to the shard as they happen and record the slot version they saw
+(a delete is a write, so an absent key that was deleted has a version too);
+writes are buffered here and shown to later reads of the same transaction.
+`commit` sends the read set and the write set in one `tx.commit` operation:
+the shard checks every version and applies all writes or none.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from shard import jsonpath
+
+from .errors import InmemError, InvalidValue
+from .values import check_value
+
+_DELETED = object()
+
+
+class _TxSection:
+    __slots__ = ("_tx",)
+
+    def __init__(self, tx):
+        self._tx = tx
+
+
+class TxKV(_TxSection):
+    __slots__ = ()
+
+    def get(self, key, default=None):
+        value = self._tx._read("kv", key)
+        return default if value is None else value
+
+    def exists(self, key) -> bool:
+        return self._tx._read("kv", key) is not None
+
+    def put(self, key, value, ttl=None):
+        check_value(value)
+        self._tx._write("kv.put", (key, value, ttl), ("kv", key, copy.deepcopy(value)))
+
+    def delete(self, key):
+        self._tx._write("kv.delete", (key,), ("kv", key, _DELETED))
+
+    def cas(self, key, expected_version, value):
+        self._tx._write("kv.cas", (key, expected_version, value), ("kv", key, value))
+
+
+class TxEvents(_TxSection):
+    __slots__ = ()
+
+    def append(self, event_type, payload=None):
+        self._tx._write("ev.append", (event_type, payload), None)
+        self._tx._pending_events += 1
+
+    def count(self) -> int:
+        tx = self._tx
+        n = tx._read("ev", "")
+        return n + tx._pending_events
+
+    def read(self, sequence):
+        self._tx._read("ev", "")
+        return self._tx._call("ev.read", (self._tx.run, sequence))
+
+    def head(self):
+        self._tx._read("ev", "")
+        return self._tx._call("ev.head", (self._tx.run,))
+
+    def range(self, start, end):
+        self._tx._read("ev", "")
+        return self._tx._call("ev.range", (self._tx.run, start, end))
+
+
+class TxState(_TxSection):
+    __slots__ = ()
+
+    def read(self, name):
+        value = self._tx._read("st", name)
+        if value is None:
+            return None
+        from .types import State
+        return State(value, self._tx._reads.get(("st", name), 0), 0)
+
+    def init(self, name, value):
+        self._tx._write("st.init", (name, value), ("st", name, value))
+
+    def set(self, name, value):
+        self._tx._write("st.set", (name, value), ("st", name, value))
+
+    def cas(self, name, expected_version, value):
+        self._tx._write("st.cas", (name, expected_version, value), ("st", name, value))
+
+    def delete(self, name):
+        self._tx._write("st.delete", (name,), ("st", name, _DELETED))
+
+
+class TxTraces(_TxSection):
+    __slots__ = ()
+
+    def record(self, trace_type, data, parent_id=None, tags=(), metadata=None):
+        self._tx._write("tr.record", (trace_type, data, parent_id, list(tags), metadata), None)
+
+    def get(self, trace_id):
+        return self._tx._call("tr.get", (self._tx.run, trace_id))
+
+
+class TxJSON(_TxSection):
+    __slots__ = ()
+
+    def get(self, key, path="$"):
+        doc = self._tx._read("js", key)
+        if doc is None:
+            return None
+        return copy.deepcopy(jsonpath.get(doc, jsonpath.parse(path), path))
+
+    def put(self, key, doc):
+        check_value(doc)
+        self._tx._write("js.put", (key, doc), ("js", key, copy.deepcopy(doc)))
+
+    def set(self, key, path, value):
+        steps = jsonpath.parse(path)
+        check_value(value)
+        doc = copy.deepcopy(self._tx._read("js", key))
+        doc = jsonpath.set_(doc, steps, copy.deepcopy(value), path)
+        self._tx._write("js.set", (key, path, value), ("js", key, doc))
+
+    def delete(self, key, path="$"):
+        steps = jsonpath.parse(path)
+        doc = copy.deepcopy(self._tx._read("js", key))
+        if doc is not None and steps:
+            jsonpath.delete(doc, steps, path)
+        elif not steps:
+            doc = None
+        self._tx._write("js.delete", (key, path), ("js", key, _DELETED if doc is None else doc))
+
+    def array_push(self, key, path, value):
+        steps = jsonpath.parse(path)
+        check_value(value)
+        doc = copy.deepcopy(self._tx._read("js", key))
+        doc, arr = jsonpath.array_at(doc, steps, path, create=True)
+        arr.append(copy.deepcopy(value))
+        self._tx._write("js.push", (key, path, value), ("js", key, doc))
+
+    def array_pop(self, key, path):
+        steps = jsonpath.parse(path)
+        doc = copy.deepcopy(self._tx._read("js", key))
+        if doc is not None:
+            doc, arr = jsonpath.array_at(doc, steps, path, create=False)
+            if arr:
+                arr.pop()
+        self._tx._write("js.pop", (key, path), ("js", key, _DELETED if doc is None else doc))
+
+
+class Transaction:
+    """Buffered writes plus a read set, committed atomically by the shard."""
+
+    def __init__(self, call, run):
+        self._call = call
+        self.run = run
+        self._reads: dict = {}
+        self._writes: list = []
+        self._local: dict = {}
+        self._pending_events = 0
+        self._done = False
+        self.results: list | None = None
+        self.kv = TxKV(self)
+        self.events = TxEvents(self)
+        self.state = TxState(self)
+        self.traces = TxTraces(self)
+        self.json = TxJSON(self)
+
+    def _read(self, ns, key):
+        slot = (ns, key)
+        if slot in self._local:
+            value = self._local[slot]
+            if value is _DELETED:
+                return None
+            return copy.deepcopy(value) if type(value) in (dict, list) else value
+        value, version = self._call("tx.read", (self.run, ns, key))
+        self._reads.setdefault(slot, version)
+        return value
+
+    def _write(self, op, args, local):
+        if self._done:
+            raise InvalidValue("this transaction has already been committed or aborted")
+        self._writes.append((op, (self.run, *args)))
+        if local is not None:
+            ns, key, value = local
+            self._local[(ns, key)] = value
+
+    def commit(self) -> list:
+        if self._done:
+            raise InvalidValue("this transaction has already been committed or aborted")
+        self._done = True
+        reads = [[ns, key, version] for (ns, key), version in self._reads.items()]
+        self.results = self._call("tx.commit", (self.run, reads, self._writes))
+        return self.results
+
+    def abort(self) -> None:
+        self._done = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.abort()
+            return False
+        if not self._done:
+            self.commit()
+        return False
+
+
+__all__ = ["Transaction", "InmemError"]

@@ -1,0 +1,92 @@
+"""The records the API returns: Event, State, Trace, RunInfo and friends.
+
+They are NamedTuples so that they are immutable, compare by value, and cross
+the wire as plain msgpack arrays: a shard sends the tuple, the client rebuilds
+it with `_make` (or `from_wire` for the nested ones).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+
+class Versioned(NamedTuple):
+    value: Any
+    version: int
+    timestamp: int
+
+
+class Event(NamedTuple):
+    sequence: int
+    event_type: str
+    payload: Any
+    timestamp: int
+    prev_hash: bytes
+    hash: bytes
+
+
+class ChainCheck(NamedTuple):
+    valid: bool
+    length: int
+    first_invalid: int | None
+    error: str | None
+
+
+class State(NamedTuple):
+    value: Any
+    version: int
+    updated_at: int
+
+
+class Trace(NamedTuple):
+    id: str
+    parent_id: str | None
+    trace_type: str
+    data: dict
+    tags: list
+    metadata: Any
+    timestamp: int
+
+
+class TraceTree(NamedTuple):
+    trace: Trace
+    children: list
+
+    @classmethod
+    def from_wire(cls, wire) -> "TraceTree":
+        trace, children = wire
+        return cls(Trace._make(trace), [cls.from_wire(c) for c in children])
+
+
+class RunInfo(NamedTuple):
+    run_id: str
+    name: str | None
+    parent: str | None
+    status: str
+    tags: list
+    metadata: Any
+    created_at: int
+    updated_at: int
+    ended_at: int | None
+    error: str | None
+
+
+class SnapshotInfo(NamedTuple):
+    shard: int
+    path: str
+    wal_position: int
+    timestamp: int
+    bytes: int
+
+
+class RecoveryResult(NamedTuple):
+    shard: int
+    snapshot_used: str | None
+    records_replayed: int
+    transactions_recovered: int
+    corrupt_records_skipped: int
+    tail_truncated_bytes: int
+    orphaned_runs: list
+    seconds: float
+    started_at: int
+    finished_at: int

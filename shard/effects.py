@@ -1,0 +1,118 @@
+"""Effects: the resolved mutations a shard commits, and the one function that applies them.
+
+Every write the engine accepts becomes one effect (a transaction, several):
+a tuple whose first item is a code from the table below, with every
+non-deterministic part (timestamp, version, generated id, hash) already
+decided. The same tuple is
+
+- applied to the shard's state by `APPLY[code]` (live writes and recovery
+  share this path, so a replayed log rebuilds exactly what was served),
+- appended to the run's journal (replay and diff fold it),
+- written to the WAL (a record holds whole groups of effects),
+- and, for KV, state and JSON, kept as the entry itself: the stored entry *is*
+  the last effect on that key, so history and state share one object.
+
+Codes are part of the on-disk format: never renumber them.
+
+| code | name          | fields after the code                                          |
+|------|---------------|----------------------------------------------------------------|
+| 1    | RUN_CREATE    | run, name, parent, tags, metadata (packed or None), ts         |
+| 2    | RUN_STATUS    | run, status, ts, error                                         |
+| 3    | RUN_DELETE    | run, ts                                                        |
+| 10   | KV_PUT        | run, key, value (packed), version, ts, expires_at (or None)    |
+| 11   | KV_DEL        | run, key, None, version, ts, None                              |
+| 20   | EV_APPEND     | run, sequence, event_type, payload (packed), ts, prev_hash, hash |
+| 30   | ST_PUT        | run, name, value (packed), version, ts                         |
+| 31   | ST_DEL        | run, name, None, version, ts                                   |
+| 40   | TR_ADD        | run, id, parent_id, trace_type, data (packed), tags, metadata (packed or None), ts |
+| 50   | JS_PUT        | run, key, document (packed), version, ts                       |
+| 51   | JS_DEL        | run, key, None, version, ts                                    |
+"""
+
+from __future__ import annotations
+
+RUN_CREATE = 1
+RUN_STATUS = 2
+RUN_DELETE = 3
+KV_PUT = 10
+KV_DEL = 11
+EV_APPEND = 20
+ST_PUT = 30
+ST_DEL = 31
+TR_ADD = 40
+JS_PUT = 50
+JS_DEL = 51
+
+#: which primitive (snapshot section) an effect belongs to
+PRIMITIVE = {
+    RUN_CREATE: "runs", RUN_STATUS: "runs", RUN_DELETE: "runs",
+    KV_PUT: "kv", KV_DEL: "kv",
+    EV_APPEND: "events",
+    ST_PUT: "state", ST_DEL: "state",
+    TR_ADD: "traces",
+    JS_PUT: "json", JS_DEL: "json",
+}
+
+#: end states: a run in one of these has ended (not orphaned by a crash)
+ENDED = frozenset(("completed", "failed", "cancelled", "archived"))
+
+
+def apply_kv(r, eff):
+    r.kv[eff[2]] = eff
+
+
+def apply_state(r, eff):
+    r.state[eff[2]] = eff
+
+
+def apply_json(r, eff):
+    r.json[eff[2]] = eff
+
+
+def apply_event(r, eff):
+    events = r.events
+    events.append(eff)
+    by_type = r.events_by_type.get(eff[3])
+    if by_type is None:
+        r.events_by_type[eff[3]] = [eff[2]]
+    else:
+        by_type.append(eff[2])
+
+
+def apply_trace(r, eff):
+    tid, parent = eff[2], eff[3]
+    r.traces[tid] = eff
+    r.trace_order.append(tid)
+    r.traces_by_type.setdefault(eff[4], []).append(tid)
+    for tag in eff[6]:
+        r.traces_by_tag.setdefault(tag, []).append(tid)
+    if parent is None:
+        r.trace_roots.append(tid)
+    else:
+        r.trace_children.setdefault(parent, []).append(tid)
+
+
+def apply_status(r, eff):
+    r.status = eff[2]
+    r.updated_at = eff[3]
+    if eff[2] in ENDED and r.ended_at is None:
+        r.ended_at = eff[3]
+    if eff[4] is not None:
+        r.error = eff[4]
+    if eff[2] != "active":
+        r.orphaned = False
+
+
+def apply_create(r, eff):  # the run object is built by the engine from the effect
+    pass
+
+
+APPLY = {
+    KV_PUT: apply_kv, KV_DEL: apply_kv,
+    ST_PUT: apply_state, ST_DEL: apply_state,
+    JS_PUT: apply_json, JS_DEL: apply_json,
+    EV_APPEND: apply_event,
+    TR_ADD: apply_trace,
+    RUN_STATUS: apply_status,
+    RUN_CREATE: apply_create,
+}

@@ -1,0 +1,781 @@
+"""The shard engine: one shard's data and every operation on it, as a pure library.
+
+No sockets, threads or files here. A caller (the embedded Database, or a
+shard worker process) hands the engine operations — a name plus msgpack-able
+arguments, `execute(op, args)` — and gets back msgpack-able results or an
+`inmem` error. Each accepted write is resolved into an effect
+(`shard.effects`), applied through the one apply path, appended to its run's
+journal, and, when the caller keeps a WAL, queued in `self.log` as a group
+(one group per operation or committed transaction) for the caller to write.
+
+The engine is not thread-safe for writes: callers serialise them (a lock in
+the embedded Database, the single-threaded worker loop in a shard process).
+Reads take no lock: every mutation is a single assignment or append of an
+immutable tuple, which CPython performs atomically.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import msgpack
+
+from inmem.errors import (InvalidKey, InvalidStatusTransition, InvalidValue, RunExists,
+                          RunNotActive, RunNotFound, StateExists, StateNotFound,
+                          TraceNotFound, TransactionConflict, VersionMismatch, InmemError)
+from inmem.types import ChainCheck, Event, RunInfo, State, Trace, TraceTree, Versioned
+from inmem.values import (DEFAULT_MAX_VALUE_BYTES, ZERO_HASH, canonical, check_key,
+                          encode_value)
+
+from . import jsonpath
+from .effects import (APPLY, ENDED, EV_APPEND, JS_DEL, JS_PUT, KV_DEL, KV_PUT, RUN_CREATE,
+                      RUN_DELETE, RUN_STATUS, ST_DEL, ST_PUT, TR_ADD)
+from .lifecycle import STATUSES, WRITABLE, check_transition
+
+import hashlib
+
+_unpackb = msgpack.unpackb
+_sha256 = hashlib.sha256
+_packb = msgpack.Packer(use_bin_type=True).pack  # the engine is single-writer: one packer is safe
+
+TRACE_TYPES = frozenset(("tool_call", "decision", "query", "thought", "error", "custom"))
+_EV_PREFIX = b"\x95"  # msgpack fixarray of 5: [sequence, type, payload, ts, prev_hash]
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _unpack(data):
+    return _unpackb(data, raw=False)
+
+
+class RunData:
+    """Everything one run holds on its shard."""
+
+    __slots__ = ("run_id", "name", "parent", "tags", "metadata", "status", "created_at",
+                 "updated_at", "ended_at", "error", "orphaned", "kv", "state", "json",
+                 "events", "events_by_type", "traces", "trace_order", "traces_by_type",
+                 "traces_by_tag", "trace_roots", "trace_children", "journal")
+
+    def __init__(self, eff):
+        _, self.run_id, self.name, self.parent, tags, self.metadata, ts = eff
+        self.tags = tuple(tags)
+        self.status = "active"
+        self.created_at = self.updated_at = ts
+        self.ended_at = None
+        self.error = None
+        self.orphaned = False
+        self.kv = {}
+        self.state = {}
+        self.json = {}
+        self.events = []
+        self.events_by_type = {}
+        self.traces = {}
+        self.trace_order = []
+        self.traces_by_type = {}
+        self.traces_by_tag = {}
+        self.trace_roots = []
+        self.trace_children = {}
+        self.journal = [eff]
+
+    def info(self) -> RunInfo:
+        return RunInfo(self.run_id, self.name, self.parent,
+                       "orphaned" if self.orphaned else self.status, list(self.tags),
+                       None if self.metadata is None else _unpack(self.metadata),
+                       self.created_at, self.updated_at, self.ended_at, self.error)
+
+
+class Engine:
+    """One shard's state and the operations on it."""
+
+    def __init__(self, clock=None, max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+                 log: bool = False):
+        self.clock = clock or _now_us
+        self.max_value_bytes = max_value_bytes
+        self.runs: dict[str, RunData] = {}
+        #: groups of effects committed since the caller last took them (None: no WAL)
+        self.log: list | None = [] if log else None
+        self._undo: list | None = None
+        self.ops = self._op_table()
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def execute(self, op: str, args):
+        """Apply one operation by name; raises an InmemError subclass on refusal."""
+        try:
+            fn = self.ops[op]
+        except (KeyError, TypeError):
+            raise InmemError(f"unknown operation {op!r}") from None
+        try:
+            return fn(*args)
+        except TypeError as exc:
+            raise InvalidValue(f"bad arguments for {op}: {exc}") from None
+
+    def execute_batch(self, ops) -> list:
+        """Apply operations in order; a refusal is returned in place, the rest go on."""
+        out = []
+        for op, args in ops:
+            try:
+                out.append(self.execute(op, args))
+            except InmemError as exc:
+                out.append(exc)
+        return out
+
+    def take_log(self) -> list:
+        groups = self.log
+        if not groups:
+            return []
+        self.log = []
+        return groups
+
+    def _commit(self, r: RunData, eff) -> None:
+        """Apply one resolved effect to run `r`, journal it and queue it for the WAL."""
+        undo = self._undo
+        if undo is not None:
+            undo.append(self._undo_entry(r, eff))
+        else:
+            log = self.log
+            if log is not None:
+                log.append((eff,))
+        APPLY[eff[0]](r, eff)
+        r.journal.append(eff)
+
+    def _run(self, run) -> RunData:
+        r = self.runs.get(run)
+        if r is None:
+            if type(run) is not str:
+                raise InvalidKey(f"run id must be a str, got {type(run).__name__}")
+            raise RunNotFound(f"run {run!r} does not exist", run_id=run)
+        return r
+
+    def _writable(self, run) -> RunData:
+        r = self.runs.get(run)
+        if r is None:
+            return self._run(run)
+        if r.status not in WRITABLE:
+            raise RunNotActive(f"run {run!r} is {r.status}; only active or paused runs accept writes",
+                               run_id=run, status=r.status)
+        return r
+
+    def _ttl_us(self, ttl) -> int:
+        if type(ttl) not in (int, float) or not ttl > 0:
+            raise InvalidValue(f"ttl must be a positive number of seconds, got {ttl!r}")
+        return int(ttl * 1_000_000)
+
+    # -- runs ----------------------------------------------------------------------
+
+    def begin_run(self, name=None, run_id=None, parent=None, tags=(), metadata=None) -> str:
+        if run_id is None:
+            run_id = uuid.uuid4().hex
+        else:
+            check_key(run_id, "run id")
+        if run_id in self.runs:
+            raise RunExists(f"run {run_id!r} already exists", run_id=run_id)
+        if name is not None:
+            check_key(name, "run name")
+        if parent is not None:
+            check_key(parent, "parent run id")
+        tags = _check_tags(tags)
+        meta = None if metadata is None else encode_value(metadata, self.max_value_bytes)
+        eff = (RUN_CREATE, run_id, name, parent, tags, meta, self.clock())
+        self._create_run(eff)
+        return run_id
+
+    def _create_run(self, eff) -> RunData:
+        r = RunData(eff)
+        self.runs[r.run_id] = r
+        if self.log is not None:
+            self.log.append((eff,))
+        return r
+
+    def set_status(self, run, status, error=None) -> str:
+        r = self._run(run)
+        if status not in STATUSES:
+            raise InvalidValue(f"unknown run status {status!r}")
+        check_transition(r.status, status)
+        if error is not None and type(error) is not str:
+            error = str(error)
+        self._commit(r, (RUN_STATUS, run, status, self.clock(), error))
+        return status
+
+    def end_run(self, run) -> str:
+        return self.set_status(run, "completed")
+
+    def abort_run(self, run, reason=None) -> str:
+        return self.set_status(run, "failed", "" if reason is None else str(reason))
+
+    def run_status(self, run) -> str:
+        r = self.runs.get(run) if type(run) is str else None
+        if r is None:
+            return "not_found"
+        return "orphaned" if r.orphaned else r.status
+
+    def run_get(self, run):
+        r = self.runs.get(run) if type(run) is str else None
+        return None if r is None else r.info()
+
+    def run_list(self, status=None, tag=None, parent=None) -> list:
+        out = []
+        for r in self.runs.values():
+            if status is not None and status != ("orphaned" if r.orphaned else r.status):
+                continue
+            if tag is not None and tag not in r.tags:
+                continue
+            if parent is not None and r.parent != parent:
+                continue
+            out.append(r)
+        out.sort(key=lambda r: (r.created_at, r.run_id))
+        return [r.info() for r in out]
+
+    def run_delete(self, run) -> bool:
+        if type(run) is not str or run not in self.runs:
+            return False
+        eff = (RUN_DELETE, run, self.clock())
+        del self.runs[run]
+        if self.log is not None:
+            self.log.append((eff,))
+        return True
+
+    def orphaned_runs(self) -> list:
+        return [r.run_id for r in sorted(self.runs.values(), key=lambda r: (r.created_at, r.run_id))
+                if r.orphaned]
+
+    def mark_orphans(self) -> list:
+        """After recovery: every run still active has no end; flag it as orphaned."""
+        for r in self.runs.values():
+            if r.status == "active":
+                r.orphaned = True
+        return self.orphaned_runs()
+
+    # -- KV ------------------------------------------------------------------------
+
+    def kv_put(self, run, key, value, ttl=None) -> int:
+        r = self._writable(run)
+        check_key(key)
+        data = encode_value(value, self.max_value_bytes)
+        now = self.clock()
+        old = r.kv.get(key)
+        version = 1 if old is None else old[4] + 1
+        exp = None if ttl is None else now + self._ttl_us(ttl)
+        self._commit(r, (KV_PUT, run, key, data, version, now, exp))
+        return version
+
+    def _kv_live(self, r: RunData, key):
+        """The entry at `key` when it holds a live (not deleted, not expired) value."""
+        e = r.kv.get(key)
+        if e is None or e[3] is None:
+            return None
+        if e[6] is not None and e[6] <= self.clock():
+            return None
+        return e
+
+    def kv_get(self, run, key, default=None):
+        r = self.runs.get(run)
+        if r is None:
+            self._run(run)
+        e = r.kv.get(key)
+        if e is None or e[3] is None:
+            if type(key) is not str:
+                check_key(key)
+            return default
+        if e[6] is not None and e[6] <= self.clock():
+            return default
+        return _unpackb(e[3], raw=False)
+
+    def kv_get_versioned(self, run, key):
+        e = self._kv_live(self._run(run), check_key(key))
+        return None if e is None else Versioned(_unpack(e[3]), e[4], e[5])
+
+    def kv_exists(self, run, key) -> bool:
+        return self._kv_live(self._run(run), check_key(key)) is not None
+
+    def kv_delete(self, run, key) -> bool:
+        r = self._writable(run)
+        check_key(key)
+        old = r.kv.get(key)
+        if old is None or old[3] is None:
+            return False
+        live = old[6] is None or old[6] > self.clock()
+        self._commit(r, (KV_DEL, run, key, None, old[4] + 1, self.clock(), None))
+        return live
+
+    def kv_cas(self, run, key, expected_version, value) -> int:
+        r = self._writable(run)
+        check_key(key)
+        if type(expected_version) is not int:
+            raise InvalidValue(f"expected_version must be an int, got {type(expected_version).__name__}")
+        e = self._kv_live(r, key)
+        actual = 0 if e is None else e[4]
+        if actual != expected_version:
+            raise VersionMismatch(expected_version, actual)
+        data = encode_value(value, self.max_value_bytes)
+        old = r.kv.get(key)
+        version = 1 if old is None else old[4] + 1
+        self._commit(r, (KV_PUT, run, key, data, version, self.clock(), None))
+        return version
+
+    def kv_get_many(self, run, keys) -> list:
+        r = self._run(run)
+        if type(keys) not in (list, tuple):
+            raise InvalidValue("keys must be a list of str")
+        out = []
+        for key in keys:
+            e = self._kv_live(r, check_key(key))
+            out.append(None if e is None else _unpack(e[3]))
+        return out
+
+    def _kv_sorted(self, r: RunData, prefix) -> list:
+        if type(prefix) is not str:
+            raise InvalidKey("prefix must be a str")
+        now = self.clock()
+        return sorted(e for k, e in r.kv.items()
+                      if e[3] is not None and k.startswith(prefix)
+                      and (e[6] is None or e[6] > now))
+
+    def kv_keys(self, run, prefix="") -> list:
+        r = self._run(run)
+        if type(prefix) is not str:
+            raise InvalidKey("prefix must be a str")
+        now = self.clock()
+        return sorted(k for k, e in r.kv.items()
+                      if e[3] is not None and k.startswith(prefix) and (e[6] is None or e[6] > now))
+
+    def kv_items(self, run, prefix="") -> list:
+        r = self._run(run)
+        keys = self.kv_keys(run, prefix)
+        kv = r.kv
+        return [(k, _unpack(kv[k][3])) for k in keys]
+
+    # -- events --------------------------------------------------------------------
+
+    def ev_append(self, run, event_type, payload) -> Event:
+        r = self._writable(run)
+        check_key(event_type, "event type")
+        data = encode_value(canonical(payload) if type(payload) in (dict, list) else payload,
+                            self.max_value_bytes)
+        seq = len(r.events)
+        prev = r.events[-1][7] if seq else ZERO_HASH
+        ts = self.clock()
+        # The payload bytes are already the canonical encoding, so the hashed
+        # array is assembled from parts instead of packing the payload again.
+        body = b"".join((_EV_PREFIX, _packb(seq), _packb(event_type), data, _packb(ts),
+                         _packb(prev)))
+        h = _sha256(body).digest()
+        eff = (EV_APPEND, run, seq, event_type, data, ts, prev, h)
+        self._commit(r, eff)
+        return Event(seq, event_type, payload if type(payload) not in (dict, list) else _unpack(data),
+                     ts, prev, h)
+
+    @staticmethod
+    def _event(e) -> Event:
+        return Event(e[2], e[3], _unpack(e[4]), e[5], e[6], e[7])
+
+    def ev_read(self, run, sequence):
+        r = self._run(run)
+        if type(sequence) is not int:
+            raise InvalidValue("sequence must be an int")
+        if 0 <= sequence < len(r.events):
+            return self._event(r.events[sequence])
+        return None
+
+    def ev_range(self, run, start, end) -> list:
+        r = self._run(run)
+        if type(start) is not int or type(end) is not int:
+            raise InvalidValue("start and end must be ints")
+        start = max(start, 0)
+        return [self._event(e) for e in r.events[start:max(end, start)]]
+
+    def ev_head(self, run):
+        r = self._run(run)
+        return self._event(r.events[-1]) if r.events else None
+
+    def ev_count(self, run) -> int:
+        return len(self._run(run).events)
+
+    def ev_by_type(self, run, event_type) -> list:
+        r = self._run(run)
+        check_key(event_type, "event type")
+        events = r.events
+        return [self._event(events[s]) for s in r.events_by_type.get(event_type, ())]
+
+    def ev_verify(self, run) -> ChainCheck:
+        r = self._run(run)
+        prev = ZERO_HASH
+        for i, e in enumerate(r.events):
+            body = b"".join((_EV_PREFIX, msgpack.packb(e[2]), msgpack.packb(e[3], use_bin_type=True),
+                             e[4], msgpack.packb(e[5]), msgpack.packb(e[6], use_bin_type=True)))
+            if e[2] != i:
+                return ChainCheck(False, len(r.events), i, f"event {i} has sequence {e[2]}")
+            if e[6] != prev:
+                return ChainCheck(False, len(r.events), i, f"event {i}: prev_hash does not match")
+            if _sha256(body).digest() != e[7]:
+                return ChainCheck(False, len(r.events), i, f"event {i}: hash does not match")
+            prev = e[7]
+        return ChainCheck(True, len(r.events), None, None)
+
+    # -- state cells ---------------------------------------------------------------
+
+    def _st_live(self, r, name):
+        e = r.state.get(name)
+        return None if e is None or e[3] is None else e
+
+    def st_init(self, run, name, value) -> int:
+        r = self._writable(run)
+        check_key(name, "state name")
+        if self._st_live(r, name) is not None:
+            raise StateExists(f"state cell {name!r} already exists in run {run!r}")
+        return self._st_put(r, run, name, value)
+
+    def _st_put(self, r, run, name, value) -> int:
+        data = encode_value(value, self.max_value_bytes)
+        old = r.state.get(name)
+        version = 1 if old is None else old[4] + 1
+        self._commit(r, (ST_PUT, run, name, data, version, self.clock()))
+        return version
+
+    def st_read(self, run, name):
+        r = self._run(run)
+        e = self._st_live(r, check_key(name, "state name"))
+        return None if e is None else State(_unpack(e[3]), e[4], e[5])
+
+    def st_set(self, run, name, value) -> int:
+        r = self._writable(run)
+        check_key(name, "state name")
+        return self._st_put(r, run, name, value)
+
+    def st_cas(self, run, name, expected_version, value) -> int:
+        r = self._writable(run)
+        check_key(name, "state name")
+        if type(expected_version) is not int:
+            raise InvalidValue("expected_version must be an int")
+        e = self._st_live(r, name)
+        actual = 0 if e is None else e[4]
+        if actual != expected_version:
+            raise VersionMismatch(expected_version, actual)
+        return self._st_put(r, run, name, value)
+
+    def st_delete(self, run, name) -> bool:
+        r = self._writable(run)
+        check_key(name, "state name")
+        e = self._st_live(r, name)
+        if e is None:
+            return False
+        self._commit(r, (ST_DEL, run, name, None, e[4] + 1, self.clock()))
+        return True
+
+    # -- traces --------------------------------------------------------------------
+
+    def tr_record(self, run, trace_type, data, parent_id=None, tags=(), metadata=None,
+                  trace_id=None) -> str:
+        r = self._writable(run)
+        if trace_type not in TRACE_TYPES:
+            raise InvalidValue(f"trace_type must be one of {sorted(TRACE_TYPES)}, got {trace_type!r}")
+        if type(data) is not dict:
+            raise InvalidValue(f"trace data must be a dict, got {type(data).__name__}")
+        if parent_id is not None and parent_id not in r.traces:
+            raise TraceNotFound(f"parent trace {parent_id!r} not found in run {run!r}")
+        tags = _check_tags(tags)
+        packed = encode_value(data, self.max_value_bytes)
+        meta = None if metadata is None else encode_value(metadata, self.max_value_bytes)
+        if trace_id is None:
+            trace_id = uuid.uuid4().hex
+        else:
+            check_key(trace_id, "trace id")
+            if trace_id in r.traces:
+                raise InvalidValue(f"trace id {trace_id!r} already exists in run {run!r}")
+        self._commit(r, (TR_ADD, run, trace_id, parent_id, trace_type, packed, tags, meta,
+                         self.clock()))
+        return trace_id
+
+    @staticmethod
+    def _trace(e) -> Trace:
+        return Trace(e[2], e[3], e[4], _unpack(e[5]), list(e[6]),
+                     None if e[7] is None else _unpack(e[7]), e[8])
+
+    def tr_get(self, run, trace_id):
+        e = self._run(run).traces.get(trace_id)
+        return None if e is None else self._trace(e)
+
+    def tr_by_type(self, run, trace_type) -> list:
+        r = self._run(run)
+        return [self._trace(r.traces[t]) for t in r.traces_by_type.get(trace_type, ())]
+
+    def tr_by_tag(self, run, tag) -> list:
+        r = self._run(run)
+        return [self._trace(r.traces[t]) for t in r.traces_by_tag.get(tag, ())]
+
+    def tr_roots(self, run) -> list:
+        r = self._run(run)
+        return [self._trace(r.traces[t]) for t in r.trace_roots]
+
+    def tr_tree(self, run, trace_id):
+        r = self._run(run)
+        if trace_id not in r.traces:
+            raise TraceNotFound(f"trace {trace_id!r} not found in run {run!r}")
+
+        def build(tid):
+            return TraceTree(self._trace(r.traces[tid]),
+                             [build(c) for c in r.trace_children.get(tid, ())])
+        return build(trace_id)
+
+    # -- JSON documents ------------------------------------------------------------
+
+    def _js_doc(self, r, key):
+        e = r.json.get(key)
+        return (None, 0 if e is None else e[4]) if e is None or e[3] is None else (_unpack(e[3]), e[4])
+
+    def _js_write(self, r, run, key, doc, version) -> int:
+        data = encode_value(doc, self.max_value_bytes)
+        self._commit(r, (JS_PUT, run, key, data, version + 1, self.clock()))
+        return version + 1
+
+    def js_put(self, run, key, doc) -> int:
+        r = self._writable(run)
+        check_key(key)
+        e = r.json.get(key)
+        return self._js_write(r, run, key, doc, 0 if e is None else e[4])
+
+    def js_get(self, run, key, path="$"):
+        r = self._run(run)
+        check_key(key)
+        steps = jsonpath.parse(path)
+        doc, _ = self._js_doc(r, key)
+        if doc is None:
+            return None
+        return jsonpath.get(doc, steps, path)
+
+    def js_set(self, run, key, path, value) -> int:
+        r = self._writable(run)
+        check_key(key)
+        steps = jsonpath.parse(path)
+        from inmem.values import check_value
+        check_value(value)
+        doc, version = self._js_doc(r, key)
+        doc = jsonpath.set_(doc, steps, value, path)
+        return self._js_write(r, run, key, doc, version)
+
+    def js_delete(self, run, key, path="$") -> bool:
+        r = self._writable(run)
+        check_key(key)
+        steps = jsonpath.parse(path)
+        doc, version = self._js_doc(r, key)
+        if doc is None:
+            return False
+        if not steps:
+            self._commit(r, (JS_DEL, run, key, None, version + 1, self.clock()))
+            return True
+        if not jsonpath.delete(doc, steps, path):
+            return False
+        self._js_write(r, run, key, doc, version)
+        return True
+
+    def js_push(self, run, key, path, value) -> int:
+        r = self._writable(run)
+        check_key(key)
+        steps = jsonpath.parse(path)
+        from inmem.values import check_value
+        check_value(value)
+        doc, version = self._js_doc(r, key)
+        doc, arr = jsonpath.array_at(doc, steps, path, create=True)
+        arr.append(value)
+        self._js_write(r, run, key, doc, version)
+        return len(arr)
+
+    def js_pop(self, run, key, path):
+        r = self._writable(run)
+        check_key(key)
+        steps = jsonpath.parse(path)
+        doc, version = self._js_doc(r, key)
+        if doc is None:
+            return None
+        doc, arr = jsonpath.array_at(doc, steps, path, create=False)
+        if not arr:
+            return None
+        value = arr.pop()
+        self._js_write(r, run, key, doc, version)
+        return value
+
+    # -- transactions --------------------------------------------------------------
+
+    def tx_read(self, run, ns, key):
+        """[value or None, slot version] of a kv key, state cell, JSON doc or event count.
+
+        The slot version counts deletes too (a delete is a write), so a read of
+        an absent key validates only while nothing touched that slot.
+        """
+        r = self._run(run)
+        if ns == "ev":
+            return [len(r.events), len(r.events)]
+        table = {"kv": r.kv, "st": r.state, "js": r.json}.get(ns)
+        if table is None:
+            raise InvalidValue(f"unknown namespace {ns!r}")
+        check_key(key)
+        e = table.get(key)
+        if e is None:
+            return [None, 0]
+        if e[3] is None or (ns == "kv" and e[6] is not None and e[6] <= self.clock()):
+            return [None, e[4]]
+        return [_unpack(e[3]), e[4]]
+
+    def _slot_version(self, r, ns, key) -> int:
+        if ns == "ev":
+            return len(r.events)
+        e = (r.kv if ns == "kv" else r.state if ns == "st" else r.json).get(key)
+        return 0 if e is None else e[4]
+
+    def tx_commit(self, run, reads, writes) -> list:
+        """Validate the read set, then apply every write or none.
+
+        `reads` is a list of [namespace, key, version seen]; `writes` a list of
+        [op, args] whose first argument is the run. Returns each write's result.
+        """
+        r = self._writable(run)
+        for item in reads:
+            try:
+                ns, key, seen = item
+            except (TypeError, ValueError):
+                raise InvalidValue(f"malformed read-set entry {item!r}") from None
+            current = self._slot_version(r, ns, key)
+            if current != seen:
+                raise TransactionConflict(
+                    f"{ns} {key!r} in run {run!r} changed (read version {seen}, now {current})")
+        undo: list = []
+        journal_len = len(r.journal)
+        self._undo = undo
+        results = []
+        try:
+            for item in writes:
+                op, args = item
+                if op not in _TX_WRITE_OPS:
+                    raise InvalidValue(f"{op!r} cannot be used inside a transaction")
+                if not args or args[0] != run:
+                    raise InvalidValue("every write of a transaction must name its run")
+                results.append(self.execute(op, args))
+        except BaseException:
+            self._rollback(r, undo, journal_len)
+            raise
+        finally:
+            self._undo = None
+        if self.log is not None and undo:
+            self.log.append(tuple(r.journal[journal_len:]))
+        return results
+
+    def _undo_entry(self, r, eff):
+        code = eff[0]
+        if code in (KV_PUT, KV_DEL):
+            return (r.kv, eff[2], r.kv.get(eff[2]))
+        if code in (ST_PUT, ST_DEL):
+            return (r.state, eff[2], r.state.get(eff[2]))
+        if code in (JS_PUT, JS_DEL):
+            return (r.json, eff[2], r.json.get(eff[2]))
+        return (None, code, eff)
+
+    def _rollback(self, r, undo, journal_len):
+        for table, key, prev in reversed(undo):
+            if table is not None:
+                if prev is None:
+                    table.pop(key, None)
+                else:
+                    table[key] = prev
+            elif key == EV_APPEND:
+                e = r.events.pop()
+                lst = r.events_by_type[e[3]]
+                lst.pop()
+                if not lst:
+                    del r.events_by_type[e[3]]
+            elif key == TR_ADD:
+                self._remove_trace(r, prev)
+            elif key == RUN_STATUS:  # pragma: no cover - refused by _TX_WRITE_OPS
+                raise RuntimeError("run status changes are not transactional")
+        del r.journal[journal_len:]
+
+    @staticmethod
+    def _remove_trace(r, eff):
+        tid, parent = eff[2], eff[3]
+        del r.traces[tid]
+        r.trace_order.pop()
+        for index, k in ((r.traces_by_type, eff[4]), *((r.traces_by_tag, t) for t in eff[6])):
+            lst = index[k]
+            lst.pop()
+            if not lst:
+                del index[k]
+        if parent is None:
+            r.trace_roots.pop()
+        else:
+            lst = r.trace_children[parent]
+            lst.pop()
+            if not lst:
+                del r.trace_children[parent]
+
+    # -- recovery ------------------------------------------------------------------
+
+    def apply_effect(self, eff) -> None:
+        """Apply an effect read back from the WAL: the same path live writes take."""
+        code = eff[0]
+        if code == RUN_CREATE:
+            if eff[1] not in self.runs:  # a duplicate create is a replay of what a snapshot holds
+                self.runs[eff[1]] = RunData(eff)
+            return
+        if code == RUN_DELETE:
+            self.runs.pop(eff[1], None)
+            return
+        r = self.runs.get(eff[1])
+        if r is None:
+            raise InmemError(f"log names run {eff[1]!r} that was never created")
+        APPLY[code](r, eff)
+        r.journal.append(eff)
+
+    # -- statistics ----------------------------------------------------------------
+
+    def counts(self) -> dict:
+        keys = events = traces = state = docs = journal = 0
+        for r in self.runs.values():
+            keys += len(r.kv)
+            events += len(r.events)
+            traces += len(r.traces)
+            state += len(r.state)
+            docs += len(r.json)
+            journal += len(r.journal)
+        return {"runs": len(self.runs), "keys": keys, "events": events, "traces": traces,
+                "state": state, "json": docs, "journal": journal}
+
+    def _op_table(self) -> dict:
+        return {
+            "run.begin": self.begin_run, "run.end": self.end_run, "run.abort": self.abort_run,
+            "run.status": self.run_status, "run.orphaned": self.orphaned_runs,
+            "run.get": self.run_get, "run.set_status": self.set_status,
+            "run.list": self.run_list, "run.delete": self.run_delete,
+            "kv.put": self.kv_put, "kv.get": self.kv_get, "kv.get_versioned": self.kv_get_versioned,
+            "kv.exists": self.kv_exists, "kv.delete": self.kv_delete, "kv.cas": self.kv_cas,
+            "kv.get_many": self.kv_get_many, "kv.keys": self.kv_keys, "kv.items": self.kv_items,
+            "ev.append": self.ev_append, "ev.read": self.ev_read, "ev.range": self.ev_range,
+            "ev.head": self.ev_head, "ev.count": self.ev_count, "ev.by_type": self.ev_by_type,
+            "ev.verify": self.ev_verify,
+            "st.init": self.st_init, "st.read": self.st_read, "st.set": self.st_set,
+            "st.cas": self.st_cas, "st.delete": self.st_delete,
+            "tr.record": self.tr_record, "tr.get": self.tr_get, "tr.by_type": self.tr_by_type,
+            "tr.by_tag": self.tr_by_tag, "tr.roots": self.tr_roots, "tr.tree": self.tr_tree,
+            "js.put": self.js_put, "js.get": self.js_get, "js.set": self.js_set,
+            "js.delete": self.js_delete, "js.push": self.js_push, "js.pop": self.js_pop,
+            "tx.read": self.tx_read, "tx.commit": self.tx_commit,
+            "engine.counts": self.counts,
+        }
+
+
+_TX_WRITE_OPS = frozenset((
+    "kv.put", "kv.delete", "kv.cas", "ev.append", "st.init", "st.set", "st.cas", "st.delete",
+    "tr.record", "js.put", "js.set", "js.delete", "js.push", "js.pop"))
+
+#: operations that change state (a shard worker needs a WAL write only for these)
+WRITE_OPS = _TX_WRITE_OPS | {"run.begin", "run.end", "run.abort", "run.set_status",
+                             "run.delete", "tx.commit"}
+
+
+def _check_tags(tags) -> tuple:
+    if type(tags) not in (list, tuple):
+        raise InvalidValue(f"tags must be a list of str, got {type(tags).__name__}")
+    for t in tags:
+        check_key(t, "tag")
+    return tuple(tags)

@@ -1,0 +1,1 @@
+"""API tests: the public contract of API.md, run against every backend."""

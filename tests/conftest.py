@@ -1,0 +1,103 @@
+"""Fixtures shared by the whole test suite: backends, a fake clock, fresh runs,
+and the hypothesis profiles.
+
+Every API test asks for a database through `open_db` (or `db`, `clocked_db`),
+never by calling `inmem.open` itself, so the same tests run against every
+backend listed in `BACKENDS`: adding a backend is adding one factory there.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+
+# The suite runs against the checkout it lives in, installed or not.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+# "ci" is bounded so the whole suite stays quick on two cores; print_blob makes
+# a failure print the @reproduce_failure line that replays it exactly.
+settings.register_profile("ci", max_examples=50, deadline=None, print_blob=True,
+                          derandomize=False)
+settings.register_profile("dev", max_examples=100, deadline=None, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+class FakeClock:
+    """A clock the test moves by hand: call it for int microseconds since the epoch."""
+
+    START_US = 1_700_000_000_000_000
+
+    def __init__(self, now_us: int = START_US):
+        self.now_us = now_us
+
+    def __call__(self) -> int:
+        return self.now_us
+
+    def advance(self, seconds: float) -> int:
+        # Rounded, not truncated: 4.9 s must land on 4_900_000 us, not one below.
+        self.now_us += round(seconds * 1_000_000)
+        return self.now_us
+
+
+def _open_embedded(**options):
+    import inmem
+    return inmem.open(None, **options)
+
+
+#: backend name -> factory(**options) returning an open Database
+BACKENDS = {
+    "embedded": _open_embedded,
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def open_db(backend):
+    """A factory `open_db(**options)` for databases that are closed after the test."""
+    factory = BACKENDS[backend]
+    opened = []
+
+    def _open(**options):
+        database = factory(**options)
+        opened.append(database)
+        return database
+
+    yield _open
+    failures = []
+    for database in reversed(opened):
+        try:
+            database.close()
+        except Exception as exc:  # close every database before reporting
+            failures.append(exc)
+    if failures:
+        raise failures[0]
+
+
+@pytest.fixture
+def db(open_db):
+    return open_db()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def clocked_db(open_db, clock):
+    return open_db(clock=clock)
+
+
+@pytest.fixture
+def run(db) -> str:
+    return db.begin_run(name="test")

@@ -1,0 +1,316 @@
+"""The tolerant WAL reader: records in log order, and an honest account of how the log ends.
+
+Iterating a `WalReader` yields `(lsn, rtype, payload)` for every good record
+with `lsn >= start_lsn`. When iteration finishes, `reader.outcome` says why
+it stopped, as one of three distinct types:
+
+- `CleanEnd`: the data ran out at a record boundary, or the rest of the newest
+  segment is zero bytes (a header of six zero bytes means "end": record type 0
+  is never written).
+- `TornTail(segment, offset, bytes_left)`: the newest segment ends with an
+  incomplete or damaged record and nothing valid follows it: the normal
+  aftermath of a crash mid-write. Recovery keeps a copy, then truncates the
+  segment at `offset`.
+- `Corruption(segment, offset, reason)`: damage that a crash cannot explain: a
+  bad record followed by any valid record (found by scanning ahead byte by
+  byte, so a torn tail is never declared while good data sits behind it), a
+  bad record or a torn end in a segment that is not the newest, a record in a
+  format version this build does not know, or a gap or overlap in LSNs
+  between segments (a missing segment).
+
+Decision table for a bad record at `offset` of segment S:
+
+    valid record later in S?  S is newest?  budget left?  outcome
+    yes                       any           yes           skip to it, count it
+    yes                       any           no            Corruption
+    no                        yes           any           TornTail
+    no                        no            yes           skip rest of S, count it
+    no                        no            no            Corruption
+
+Skipping (`max_corrupt_entries > 0`): each skipped region counts once in
+`corrupt_skipped` and is listed in `skipped`. LSNs count the records actually
+read: the writer's records lost in a skipped region are unknown in number, so
+records after it *in the same segment* get LSNs lower than the writer gave
+them. At the next segment the reader re-anchors on the segment's name (which
+is the writer's LSN), so the shift never crosses a segment boundary. A gap
+between segments is never skipped: a missing segment is always Corruption.
+
+Speed: a segment is read whole into one buffer with `readinto` (segments are
+bounded in size) and records are sliced out of a memoryview; records before
+`start_lsn` are checked but no payload object is made for them, and a whole
+segment that ends before `start_lsn` is not read at all.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import ClassVar, Iterator
+
+from crc32c import crc32c
+
+from wal.record import (CRC, CRC_SIZE, FORMAT_VERSION, HEADER, HEADER_SIZE,
+                        RECORD_BYTES_MAX, RECORD_OVERHEAD)
+from wal.segment import list_segments
+
+
+@dataclass(frozen=True)
+class CleanEnd:
+    """The log ends at a record boundary (or in zero fill)."""
+    kind: ClassVar[str] = "clean"
+
+
+@dataclass(frozen=True)
+class TornTail:
+    """The newest segment ends in a partial or damaged record with nothing valid after it."""
+    segment: str
+    offset: int
+    bytes_left: int
+    kind: ClassVar[str] = "torn_tail"
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """Damage that a crash mid-write cannot explain; replay must not silently pass it."""
+    segment: str
+    offset: int
+    reason: str
+    kind: ClassVar[str] = "corruption"
+
+
+@dataclass(frozen=True)
+class SkippedRegion:
+    """A damaged stretch of a segment that the reader skipped under its corruption budget."""
+    segment: str
+    offset: int
+    length: int
+    reason: str
+
+
+Outcome = CleanEnd | TornTail | Corruption
+
+CLEAN_END = CleanEnd()
+
+
+def read_file(path) -> bytearray:
+    """The whole content of `path` in one buffer (a short read just gives fewer bytes)."""
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        buf = bytearray(size)
+        got = 0
+        with memoryview(buf) as view:
+            while got < size:
+                n = f.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+    if got < size:
+        del buf[got:]
+    return buf
+
+
+def find_record(buf, start: int, end: int, record_bytes_max: int = RECORD_BYTES_MAX) -> int:
+    """Offset of the first record in buf[start:end] whose crc verifies, or -1.
+
+    Candidates are found by searching for the version byte with `find` (in C),
+    so zero fill and most payload bytes are passed over without a Python-level
+    step per byte; each candidate's bounds are checked before its crc.
+    """
+    unpack_header = HEADER.unpack_from
+    unpack_crc = CRC.unpack_from
+    version_byte = bytes((FORMAT_VERSION,))
+    with memoryview(buf) as mv:
+        pos = start + 5
+        while True:
+            v = buf.find(version_byte, pos, end)
+            if v < 0:
+                return -1
+            p = v - 5
+            pos = v + 1
+            if p + RECORD_OVERHEAD > end:
+                return -1
+            length, rtype, _ = unpack_header(buf, p)
+            body_end = p + HEADER_SIZE + length
+            if (rtype and length <= record_bytes_max and body_end + CRC_SIZE <= end
+                    and crc32c(mv[p + 4:body_end]) == unpack_crc(buf, body_end)[0]):
+                return p
+
+
+def _diagnose(buf, off: int, size: int, record_bytes_max: int) -> str:
+    """Why the bytes at `off` are not a good record (the slow path: only on damage)."""
+    rest = size - off
+    if rest < HEADER_SIZE:
+        return f"incomplete record header ({rest} bytes left)"
+    length, rtype, version = HEADER.unpack_from(buf, off)
+    if length == 0 and rtype == 0 and version == 0:
+        return "zero-filled bytes"
+    if version != FORMAT_VERSION:
+        return f"bad record format version {version}"
+    if rtype == 0:
+        return "record type 0 (reserved, never written)"
+    if length > record_bytes_max:
+        return f"length field {length} exceeds the record limit of {record_bytes_max} bytes"
+    if off + HEADER_SIZE + length + CRC_SIZE > size:
+        return f"length field {length} runs past the end of the segment ({rest} bytes left)"
+    body_end = off + HEADER_SIZE + length
+    stored = CRC.unpack_from(buf, body_end)[0]
+    with memoryview(buf) as mv:
+        computed = crc32c(mv[off + 4:body_end])
+    return f"crc32c mismatch (stored {stored:#010x}, computed {computed:#010x})"
+
+
+def _unknown_version(buf, off: int, size: int, record_bytes_max: int) -> int | None:
+    """The version of an intact record in a format this build cannot read, else None.
+
+    Such a record was written by another release: it is not damage, and skipping
+    it would drop data silently, so it always stops the reader.
+    """
+    if size - off < RECORD_OVERHEAD:
+        return None
+    length, rtype, version = HEADER.unpack_from(buf, off)
+    body_end = off + HEADER_SIZE + length
+    if (version in (0, FORMAT_VERSION) or not rtype or length > record_bytes_max
+            or body_end + CRC_SIZE > size):
+        return None
+    with memoryview(buf) as mv:
+        ok = crc32c(mv[off + 4:body_end]) == CRC.unpack_from(buf, body_end)[0]
+    return version if ok else None
+
+
+class WalReader:
+    """Read a WAL directory in LSN order, tolerating a torn tail and reporting damage.
+
+    Attributes, valid once iteration has finished:
+      outcome          CleanEnd | TornTail | Corruption
+      next_lsn         the LSN after the last good record; with no segment at
+                       all it is `start_lsn` (nothing on disk contradicts it).
+                       It can be below `start_lsn` if the log ends before it.
+      first_lsn        first LSN of the oldest segment (None: no segments)
+      corrupt_skipped  damaged regions skipped under `max_corrupt_entries`
+      skipped          list of SkippedRegion, one per skip
+      segment          path of the segment being read (while iterating)
+    """
+
+    def __init__(self, directory, start_lsn: int = 0, max_corrupt_entries: int = 0,
+                 record_bytes_max: int = RECORD_BYTES_MAX):
+        if start_lsn < 0:
+            raise ValueError(f"start_lsn must be >= 0, got {start_lsn}")
+        if max_corrupt_entries < 0:
+            raise ValueError(f"max_corrupt_entries must be >= 0, got {max_corrupt_entries}")
+        self.directory = os.fspath(directory)
+        self.start_lsn = start_lsn
+        self.max_corrupt_entries = max_corrupt_entries
+        self.record_bytes_max = record_bytes_max
+        self.outcome: Outcome | None = None
+        self.next_lsn = start_lsn
+        self.first_lsn: int | None = None
+        self.corrupt_skipped = 0
+        self.skipped: list[SkippedRegion] = []
+        self.segment: str | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, int, bytes]]:
+        return self._records()
+
+    def read_all(self) -> list[tuple[int, int, bytes]]:
+        """Every record as a list; the outcome is in `self.outcome` afterwards."""
+        return list(self._records())
+
+    def _stop(self, outcome: Outcome, lsn: int) -> None:
+        self.outcome = outcome
+        self.next_lsn = lsn
+
+    def _records(self):
+        self.outcome = None
+        self.corrupt_skipped = 0
+        self.skipped = []
+        self.segment = None
+        segments = list_segments(self.directory)
+        if not segments:
+            self.first_lsn = None
+            self._stop(CLEAN_END, self.start_lsn)
+            return
+        self.first_lsn = lsn = segments[0][0]
+        last = len(segments) - 1
+        start = self.start_lsn
+        skipped_before = 0
+        for i, (first, path) in enumerate(segments):
+            self.segment = path
+            if first != lsn:
+                if first > lsn and self.corrupt_skipped > skipped_before:
+                    # The previous segment lost records in a skipped region; its
+                    # successor's name is the writer's LSN, so trust it.
+                    lsn = first
+                else:
+                    what = "missing records (a segment is missing)" if first > lsn \
+                        else "overlapping records (segments disagree)"
+                    self._stop(Corruption(path, 0, f"{what}: expected LSN {lsn}, "
+                                          f"segment starts at LSN {first}"), lsn)
+                    return
+            skipped_before = self.corrupt_skipped
+            if i < last and segments[i + 1][0] <= start:
+                # Every record of this segment precedes start_lsn: not even read.
+                lsn = segments[i + 1][0]
+                continue
+            buf = read_file(path)
+            lsn = yield from self._segment_records(buf, path, lsn, i == last)
+            if self.outcome is not None:
+                return
+        self._stop(CLEAN_END, lsn)
+
+    def _segment_records(self, buf: bytearray, path: str, lsn: int, newest: bool):
+        """Yield the good records of one segment; return the LSN after them.
+
+        Sets `self.outcome` when reading must stop in this segment.
+        """
+        size = len(buf)
+        rmax = self.record_bytes_max
+        start = self.start_lsn
+        unpack_header = HEADER.unpack_from
+        unpack_crc = CRC.unpack_from
+        crc = crc32c
+        version = FORMAT_VERSION
+        off = 0
+        with memoryview(buf) as mv:
+            while True:
+                # The hot loop: every check is an int comparison until the crc.
+                while off + 10 <= size:
+                    length, rtype, ver = unpack_header(buf, off)
+                    body = off + 6
+                    body_end = body + length
+                    if (ver != version or not rtype or length > rmax
+                            or body_end + 4 > size
+                            or crc(mv[off + 4:body_end]) != unpack_crc(buf, body_end)[0]):
+                        break
+                    if lsn >= start:
+                        yield lsn, rtype, bytes(mv[body:body_end])
+                    lsn += 1
+                    off = body_end + 4
+                if off == size:
+                    return lsn
+                rest = size - off
+                if buf.count(0, off) == rest:
+                    return lsn  # zero fill: this segment ends here
+                unknown = _unknown_version(buf, off, size, rmax)
+                if unknown is not None:
+                    self._stop(Corruption(
+                        path, off, f"record in format version {unknown}, which this build "
+                        f"does not read (this build writes version {version}); open the "
+                        f"data with the release that wrote it"), lsn)
+                    return lsn
+                reason = _diagnose(buf, off, size, rmax)
+                nxt = find_record(buf, off + 1, size, rmax)
+                if nxt < 0 and newest:
+                    self._stop(TornTail(path, off, rest), lsn)
+                    return lsn
+                if nxt < 0:
+                    reason = f"{reason}, at the end of a segment that is not the newest"
+                    skip_to = size
+                else:
+                    reason = f"{reason}, followed by a valid record at offset {nxt}"
+                    skip_to = nxt
+                if self.corrupt_skipped >= self.max_corrupt_entries:
+                    self._stop(Corruption(path, off, reason), lsn)
+                    return lsn
+                self.corrupt_skipped += 1
+                self.skipped.append(SkippedRegion(path, off, skip_to - off, reason))
+                off = skip_to

@@ -1,0 +1,99 @@
+"""The WAL record format: the bytes of one record, and how to write them.
+
+One record, all integers little-endian::
+
+    offset  size  field
+    0       4     length   u32  number of payload bytes (not counting header or crc)
+    4       1     type     u8   record type, one of the TYPE_* codes below
+    5       1     version  u8   record format version, FORMAT_VERSION
+    6       N     payload       N = length bytes (msgpack for TYPE_BATCH)
+    6+N     4     crc32c   u32  CRC-32C (Castagnoli) of type + version + payload
+
+    +-----------+------+---------+-----------------+-----------+
+    | length u32| type | version | payload (length)| crc32c u32|
+    +-----------+------+---------+-----------------+-----------+
+     <---------- header, 6 ----->                   <-- 4 ---->
+
+The crc covers bytes [4, 6+N): type, version and payload. It does not cover
+the length, but a wrong length moves the crc to the wrong place, so it is
+caught all the same.
+
+Type codes are part of the on-disk format: a code is never renumbered or
+reused. Type 0 is reserved and never written, so that a header of six zero
+bytes (a zero-filled tail, as left by preallocation or some crashes) can only
+mean "no more records". Decoding lives in `wal.reader`, which has to decide
+between a clean end, a torn tail and corruption.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from crc32c import crc32c
+
+from wal.errors import RecordTooLarge
+
+#: The record format version written into every record.
+FORMAT_VERSION = 1
+
+#: A payload holding one or more committed operations (a drained batch or one
+#: transaction); recovery keeps or drops it whole.
+TYPE_BATCH = 1
+# Codes 2..255 are free for later record types. Add them here, never reuse one.
+
+#: Record type code -> name, for tools such as `wal inspect`.
+TYPE_NAMES = {TYPE_BATCH: "batch"}
+
+#: Largest payload a record may carry. A reader rejects a length field above
+#: this before allocating anything, so a damaged length cannot exhaust memory.
+RECORD_BYTES_MAX = 64 * 2**20
+
+HEADER = struct.Struct("<IBB")
+CRC = struct.Struct("<I")
+HEADER_SIZE = HEADER.size          # 6
+CRC_SIZE = CRC.size                # 4
+RECORD_OVERHEAD = HEADER_SIZE + CRC_SIZE
+
+# The crc of the two bytes (type, version) for every type code: the crc of the
+# payload then continues from it, so encoding never copies the payload just to
+# checksum it together with the header.
+_PREFIX_CRC = [crc32c(bytes((rtype, FORMAT_VERSION))) for rtype in range(256)]
+
+_pack_header = HEADER.pack
+_pack_crc = CRC.pack
+
+
+def _check(payload, rtype) -> int:
+    if type(rtype) is not int or not 0 < rtype < 256:
+        raise ValueError(f"record type must be an int in 1..255, got {rtype!r}")
+    size = len(payload)
+    if size > RECORD_BYTES_MAX:
+        raise RecordTooLarge(
+            f"WAL record payload of {size} bytes exceeds the limit of "
+            f"{RECORD_BYTES_MAX} bytes; split the batch into smaller records")
+    return size
+
+
+def encode_into(buf: bytearray, payload, rtype: int = TYPE_BATCH) -> int:
+    """Append one encoded record to `buf`; return the number of bytes added.
+
+    `payload` is any bytes-like object of single bytes (bytes, bytearray, or a
+    memoryview of them). This is the writer's hot path: no intermediate copy.
+    """
+    size = _check(payload, rtype)
+    buf += _pack_header(size, rtype, FORMAT_VERSION)
+    buf += payload
+    buf += _pack_crc(crc32c(payload, _PREFIX_CRC[rtype]))
+    return size + RECORD_OVERHEAD
+
+
+def encode(payload, rtype: int = TYPE_BATCH) -> bytes:
+    """Return one record holding `payload` as bytes."""
+    buf = bytearray()
+    encode_into(buf, payload, rtype)
+    return bytes(buf)
+
+
+def record_size(payload_len: int) -> int:
+    """Bytes taken on disk by a record whose payload is `payload_len` bytes long."""
+    return payload_len + RECORD_OVERHEAD
