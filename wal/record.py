@@ -54,19 +54,33 @@ HEADER_SIZE = HEADER.size          # 6
 CRC_SIZE = CRC.size                # 4
 RECORD_OVERHEAD = HEADER_SIZE + CRC_SIZE
 
-# The crc of the two bytes (type, version) for every type code: the crc of the
-# payload then continues from it, so encoding never copies the payload just to
-# checksum it together with the header.
-_PREFIX_CRC = [crc32c(bytes((rtype, FORMAT_VERSION))) for rtype in range(256)]
+#: The crc of the two bytes (type, version) for every type code. The crc of a
+#: payload continues from it, so neither encoding nor reading ever copies a
+#: payload just to checksum it together with its header.
+PREFIX_CRC = tuple([crc32c(bytes((rtype, FORMAT_VERSION))) for rtype in range(256)])
 
 _pack_header = HEADER.pack
 _pack_crc = CRC.pack
 
 
-def _check(payload, rtype) -> int:
+def checked_size(payload, rtype: int = TYPE_BATCH) -> int:
+    """Validate a payload and type code; return the payload's length in bytes.
+
+    Raises TypeError for a payload that is not bytes-like, ValueError for a
+    type code outside 1..255 and RecordTooLarge past RECORD_BYTES_MAX, all
+    before anything is written, so a rejected record never leaves half a
+    record in a buffer.
+    """
     if type(rtype) is not int or not 0 < rtype < 256:
         raise ValueError(f"record type must be an int in 1..255, got {rtype!r}")
-    size = len(payload)
+    kind = type(payload)
+    if kind is bytes or kind is bytearray:
+        size = len(payload)
+    elif kind is memoryview and payload.contiguous:
+        size = payload.nbytes
+    else:
+        raise TypeError(f"a WAL payload must be bytes, bytearray or a contiguous "
+                        f"memoryview, not {kind.__name__}")
     if size > RECORD_BYTES_MAX:
         raise RecordTooLarge(
             f"WAL record payload of {size} bytes exceeds the limit of "
@@ -74,16 +88,23 @@ def _check(payload, rtype) -> int:
     return size
 
 
+def append_record(buf: bytearray, payload, rtype: int, size: int) -> None:
+    """Append one record to `buf` with no checks: `size` comes from `checked_size`."""
+    buf += _pack_header(size, rtype, FORMAT_VERSION)
+    buf += payload
+    buf += _pack_crc(crc32c(payload, PREFIX_CRC[rtype]))
+
+
 def encode_into(buf: bytearray, payload, rtype: int = TYPE_BATCH) -> int:
     """Append one encoded record to `buf`; return the number of bytes added.
 
-    `payload` is any bytes-like object of single bytes (bytes, bytearray, or a
-    memoryview of them). This is the writer's hot path: no intermediate copy.
+    `payload` is bytes, a bytearray or a contiguous memoryview. No intermediate
+    copy of the payload is made.
     """
-    size = _check(payload, rtype)
+    size = checked_size(payload, rtype)
     buf += _pack_header(size, rtype, FORMAT_VERSION)
     buf += payload
-    buf += _pack_crc(crc32c(payload, _PREFIX_CRC[rtype]))
+    buf += _pack_crc(crc32c(payload, PREFIX_CRC[rtype]))
     return size + RECORD_OVERHEAD
 
 

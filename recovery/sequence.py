@@ -1,0 +1,169 @@
+"""The recovery sequence of one shard directory, and its report.
+
+    1. remove `*.tmp` snapshot files a crash left mid-write;
+    2. load the newest snapshot whose crc verifies (a bad one becomes
+       `*.broken`, the next older one is tried);
+    3. replay the WAL from the snapshot's position through the engine's live
+       apply path (`Engine.apply_effect`);
+    4. ask the policy table (`recovery.policy`) what the findings mean: go on,
+       cut a torn tail (after keeping a `*.broken` copy), or fail with a
+       CorruptionError naming the file and offset;
+    5. mark the runs left active as orphaned, and fill a RecoveryResult.
+
+Directory layout of a shard: `<dir>/wal/` segments, `<dir>/snapshots/` files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+
+import msgpack
+
+from inmem.types import RecoveryResult
+from recovery import policy
+from recovery.snapshot_store import SnapshotStore
+from wal.reader import Corruption, TornTail, WalReader
+from wal.segment import fsync_dir
+
+log = logging.getLogger("inmem.recovery")
+
+PROGRESS_AFTER_S = 1.0
+
+
+class _Progress:
+    """Shows progress once a recovery has run longer than a second."""
+
+    def __init__(self, label: str, total_bytes: int):
+        self.label = label
+        self.total = max(total_bytes, 1)
+        self.t0 = time.monotonic()
+        self.last = self.t0
+        self.shown = False
+        self.tty = sys.stderr.isatty()
+
+    def update(self, done_bytes: int, records: int) -> None:
+        now = time.monotonic()
+        if now - self.t0 < PROGRESS_AFTER_S or now - self.last < (0.2 if self.tty else 1.0):
+            return
+        self.last = now
+        self.shown = True
+        frac = min(done_bytes / self.total, 1.0)
+        if self.tty:
+            bar = "#" * int(frac * 30)
+            sys.stderr.write(f"\r{self.label}: [{bar:<30}] {frac:4.0%} {records} records")
+            sys.stderr.flush()
+        else:
+            log.info("%s: %.0f%% (%d records, %.1f s)", self.label, frac * 100, records,
+                     now - self.t0)
+
+    def done(self) -> None:
+        if self.shown and self.tty:
+            sys.stderr.write("\n")
+
+
+def wal_dir(directory) -> str:
+    return os.path.join(os.fspath(directory), "wal")
+
+
+def snapshot_dir(directory) -> str:
+    return os.path.join(os.fspath(directory), "snapshots")
+
+
+def _dir_bytes(path: str) -> int:
+    try:
+        return sum(e.stat().st_size for e in os.scandir(path) if e.is_file())
+    except FileNotFoundError:
+        return 0
+
+
+def recover(directory, engine, *, shard: int = 0, max_corrupt_entries: int = 0,
+            snapshot_retention: int = 2):
+    """Rebuild `engine` (empty) from `directory`; returns (RecoveryResult, next_lsn, store)."""
+    started_at = time.time_ns() // 1000
+    t0 = time.perf_counter()
+    wdir, sdir = wal_dir(directory), snapshot_dir(directory)
+    os.makedirs(wdir, exist_ok=True)
+    os.makedirs(sdir, exist_ok=True)
+    store = SnapshotStore(sdir, retention=snapshot_retention)
+    store.cleanup_tmp()
+    any_snapshot = bool(store.list())
+    snap, broken = store.load_newest_valid()
+    start_lsn = 0
+    snapshot_used = None
+    if snap is not None:
+        from shard.snapshot_codec import load
+        load(engine, snap.sections)
+        start_lsn = snap.wal_position
+        snapshot_used = os.path.abspath(snap.path)
+
+    progress = _Progress(f"shard {shard} recovery", _dir_bytes(wdir))
+    reader = WalReader(wdir, start_lsn=start_lsn, max_corrupt_entries=max_corrupt_entries)
+    unpackb = msgpack.unpackb
+    apply = engine.apply_effect
+    records = groups_applied = done_bytes = 0
+    for _lsn, _rtype, payload in reader:
+        for group in unpackb(payload, raw=False, use_list=False):
+            for eff in group:
+                apply(eff)
+            groups_applied += 1
+        records += 1
+        done_bytes += len(payload)
+        if not records & 0x3FFF:
+            progress.update(done_bytes, records)
+    progress.done()
+
+    outcome = reader.outcome
+    gap = reader.first_lsn is not None and reader.first_lsn > start_lsn
+    corruption = isinstance(outcome, Corruption)
+    case = policy.decide(
+        newest_snapshot_ok=snap is not None and not broken,
+        older_snapshot_ok=snap is not None and bool(broken),
+        any_snapshot=any_snapshot,
+        wal_tail_torn=isinstance(outcome, TornTail),
+        corruption_before_tail=corruption or reader.corrupt_skipped > 0,
+        corrupt_within_budget=reader.corrupt_skipped <= max_corrupt_entries and not corruption,
+        wal_gap=gap,
+    )
+    if case.fails:
+        where = outcome if corruption else None
+        path = where.segment if where else wdir
+        offset = where.offset if where else 0
+        reason = where.reason if where else (
+            f"the WAL starts at record {reader.first_lsn} but the state needs it from {start_lsn}")
+        case.raise_failure(path=path, offset=offset, reason=reason)
+
+    truncated = 0
+    if isinstance(outcome, TornTail):
+        truncated = _cut_torn_tail(outcome)
+    orphans = engine.mark_orphans()
+    finished_at = time.time_ns() // 1000
+    result = RecoveryResult(
+        shard=shard, snapshot_used=snapshot_used, records_replayed=records,
+        transactions_recovered=groups_applied, corrupt_records_skipped=reader.corrupt_skipped,
+        tail_truncated_bytes=truncated, orphaned_runs=orphans,
+        seconds=round(time.perf_counter() - t0, 6), started_at=started_at,
+        finished_at=finished_at)
+    log.info("shard %d recovered: snapshot %s, %d records, %d truncated bytes, %d orphaned runs",
+             shard, snapshot_used, records, truncated, len(orphans))
+    return result, max(reader.next_lsn, start_lsn), store, case
+
+
+def _cut_torn_tail(torn: TornTail) -> int:
+    """Keep a *.broken copy of the segment, then truncate it at the torn record."""
+    path = torn.segment
+    size = os.path.getsize(path)
+    cut = size - torn.offset
+    if cut <= 0:
+        return 0
+    shutil.copyfile(path, path + ".broken")
+    with open(path, "r+b") as f:
+        f.truncate(torn.offset)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(os.path.dirname(path))
+    log.warning("cut a torn tail of %d bytes from %s (copy kept as %s.broken)", cut, path, path)
+    return cut

@@ -1,0 +1,288 @@
+"""A shard's durability: its WAL, its snapshots, and the recovery that opens them.
+
+`DurableStore.open(path, ...)` recovers the directory into a fresh engine
+(snapshot + WAL replay, see `recovery.sequence`) and returns both. From then
+on the caller, holding its own lock around the engine, passes each batch of
+committed effect groups to `log_groups` (one WAL record per call, so a record
+never splits a transaction) and, outside the lock, `wait_durable` for the
+token it got: in strict mode that is the fsync, shared by every record that
+is waiting at that moment (group commit); in buffered mode it returns at once
+and the WAL writer's background thread flushes on its interval.
+
+Snapshots are written by a forked child, as Redis does: the parent holds the
+caller's lock only for the fork itself, so serving pauses for the time fork
+takes to copy page tables, and the child serializes a frozen copy-on-write
+image of the engine. The parent deletes WAL segments only once the oldest
+retained snapshot covers them, so falling back to an older snapshot never
+loses what the WAL still held.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+
+import msgpack
+
+from inmem.errors import DurabilityError, InmemError
+from inmem.types import SnapshotInfo
+from recovery.sequence import recover, snapshot_dir, wal_dir
+from wal.failpoints import failpoint, register
+from wal.writer import WalWriter
+
+from .engine import Engine
+from .snapshot_codec import dump
+
+log = logging.getLogger("inmem.shard")
+
+DEFAULTS = {
+    "flush_interval_ms": 100,
+    "max_pending_writes": 1000,
+    "snapshot_wal_bytes": 64 * 2**20,
+    "snapshot_interval_s": 3600.0,
+    "snapshot_retention": 2,
+    "snapshot_on_close": True,
+    "max_corrupt_entries": 0,
+    "segment_bytes_max": 64 * 2**20,
+}
+
+for _name in ("snapshot.before_fork", "snapshot.child_written", "snapshot.before_wal_delete",
+              "snapshot.after_wal_delete"):
+    register(_name)
+
+
+class DurableStore:
+    def __init__(self, path, durability, engine, writer, snapshots, recovery_result, options,
+                 lock_fd):
+        self.path = os.path.abspath(os.fspath(path))
+        self.durability = durability
+        self.engine = engine
+        self.writer = writer
+        self.snapshots = snapshots
+        self.recovery_result = recovery_result
+        self.options = options
+        self.shard = recovery_result.shard
+        self._lock_fd = lock_fd
+        self._strict = durability == "strict"
+        self._bytes_since_snapshot = 0
+        self._last_snapshot = time.monotonic()
+        self._child: int | None = None
+        self._child_position = 0
+        self._child_t0 = 0.0
+        self.last_snapshot_pause_ms: float | None = None
+        self.last_snapshot_seconds: float | None = None
+        self._scheduler: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._closed = False
+
+    # -- opening -------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path, durability="buffered", *, clock=None, max_value_bytes=None, shard=0,
+             **options):
+        unknown = options.keys() - DEFAULTS.keys()
+        if unknown:
+            raise TypeError(f"unknown options: {sorted(unknown)}")
+        if durability not in ("buffered", "strict"):
+            raise InmemError(f"a durable store is buffered or strict, not {durability!r}")
+        opts = {**DEFAULTS, **options}
+        path = os.fspath(path)
+        os.makedirs(path, exist_ok=True)
+        lock_fd = _lock_directory(path)
+        try:
+            kwargs = {} if max_value_bytes is None else {"max_value_bytes": max_value_bytes}
+            engine = Engine(clock=clock, log=True, **kwargs)
+            result, next_lsn, snapshots, _case = recover(
+                path, engine, shard=shard, max_corrupt_entries=opts["max_corrupt_entries"],
+                snapshot_retention=opts["snapshot_retention"])
+            writer = WalWriter(wal_dir(path), durability,
+                               segment_bytes_max=opts["segment_bytes_max"],
+                               flush_interval_ms=opts["flush_interval_ms"],
+                               max_pending_writes=opts["max_pending_writes"],
+                               start_lsn=next_lsn)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        # Recovered objects live as long as the shard: keep the cyclic GC from
+        # walking millions of them on every full collection.
+        gc.collect()
+        gc.freeze()
+        return cls(path, durability, engine, writer, snapshots, result, opts, lock_fd), engine
+
+    def start_scheduler(self, holder) -> None:
+        """Embedded use: a thread that takes the snapshots the triggers ask for."""
+        if self._scheduler is not None:
+            return
+
+        def loop():
+            while not self._stop.wait(0.25):
+                try:
+                    self.maybe_snapshot(holder)
+                except Exception:  # a failed snapshot is logged; serving goes on
+                    log.exception("background snapshot failed")
+
+        self._scheduler = threading.Thread(target=loop, name="inmem-snapshots", daemon=True)
+        self._scheduler.start()
+
+    # -- the write path ------------------------------------------------------------
+
+    def check_writable(self) -> None:
+        if self.writer.failed:
+            raise DurabilityError(
+                f"the WAL of {self.path} failed ({self.writer.error}); this store refuses writes "
+                "until it is reopened and recovered from disk")
+
+    def log_groups(self, groups):
+        payload = msgpack.packb(groups, use_bin_type=True)
+        self._bytes_since_snapshot += len(payload)
+        try:
+            if self._strict:
+                return self.writer.append_nowait(payload)
+            self.writer.append(payload)
+            return None
+        except InmemError as exc:
+            raise DurabilityError(f"could not log a write: {exc}") from exc
+
+    def wait_durable(self, token) -> None:
+        if token is None:
+            return
+        try:
+            self.writer.wait_durable(token)
+        except InmemError as exc:
+            raise DurabilityError(f"fsync failed; the write was not acknowledged: {exc}") from exc
+
+    def wal_bytes(self) -> int:
+        total = 0
+        for entry in os.scandir(wal_dir(self.path)):
+            if entry.name.endswith(".wal"):
+                total += entry.stat().st_size
+        return total
+
+    # -- snapshots -----------------------------------------------------------------
+
+    def maybe_snapshot(self, holder) -> None:
+        """Reap a finished snapshot child; start a snapshot if a trigger fired."""
+        if self._child is not None:
+            self._reap(block=False)
+            return
+        due_bytes = self._bytes_since_snapshot >= self.options["snapshot_wal_bytes"]
+        interval = self.options["snapshot_interval_s"]
+        due_time = (interval is not None and self._bytes_since_snapshot > 0
+                    and time.monotonic() - self._last_snapshot >= interval)
+        if due_bytes or due_time:
+            self._start_snapshot(holder)
+
+    def snapshot(self, holder) -> list:
+        """Take a snapshot now and wait until it is durable."""
+        if self._child is not None:
+            self._reap(block=True)
+        self._start_snapshot(holder)
+        info = self._reap(block=True)
+        return [] if info is None else [info]
+
+    def _start_snapshot(self, holder) -> None:
+        with holder.lock:
+            if self._child is not None or self._closed and self._lock_fd is None:
+                return
+            self.check_writable()
+            self.writer.roll()
+            position = self.writer.next_lsn
+            failpoint("snapshot.before_fork")
+            t0 = time.perf_counter()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child, checked by the parent
+                self._child_main(position)
+            self.last_snapshot_pause_ms = (time.perf_counter() - t0) * 1000
+            self._child = pid
+            self._child_position = position
+            self._child_t0 = t0
+            self._bytes_since_snapshot = 0
+            self._last_snapshot = time.monotonic()
+
+    def _child_main(self, position: int) -> None:  # pragma: no cover - child process
+        code = 1
+        try:
+            gc.disable()
+            counts, sections = dump(self.engine)
+            self.snapshots.write(wal_position=position, shard=self.shard, counts=counts,
+                                 sections=sections)
+            failpoint("snapshot.child_written")
+            code = 0
+        except BaseException:
+            try:
+                traceback.print_exc(file=sys.stderr)
+            except BaseException:
+                pass
+        finally:
+            os._exit(code)
+
+    def _reap(self, block: bool):
+        pid = self._child
+        if pid is None:
+            return None
+        got, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+        if got == 0:
+            return None
+        self._child = None
+        self.last_snapshot_seconds = time.perf_counter() - self._child_t0
+        if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+            raise DurabilityError(f"the snapshot child of {self.path} failed (status {status}); "
+                                  "the WAL is kept, nothing is lost")
+        info = next((s for s in self.snapshots.list()
+                     if s.wal_position == self._child_position), None)
+        self._delete_covered_wal()
+        if info is None:
+            return None
+        return SnapshotInfo(self.shard, os.path.abspath(info.path), info.wal_position,
+                            info.timestamp, info.bytes)
+
+    def _delete_covered_wal(self) -> None:
+        oldest = self.snapshots.oldest_retained_position()
+        if oldest:
+            failpoint("snapshot.before_wal_delete")
+            self.writer.delete_before(oldest)
+            failpoint("snapshot.after_wal_delete")
+
+    # -- closing -------------------------------------------------------------------
+
+    def close(self, holder) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        try:
+            if self._child is not None:
+                self._reap(block=True)
+            if not self.writer.failed:
+                self.writer.flush()
+                if self.options["snapshot_on_close"] and self._bytes_since_snapshot > 0:
+                    self._start_snapshot(holder)
+                    self._reap(block=True)
+        finally:
+            self.writer.close()
+            if self._scheduler is not None and self._scheduler is not threading.current_thread():
+                self._scheduler.join(timeout=5)
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+
+def _lock_directory(path: str) -> int:
+    """An exclusive lock on the directory: two processes must never share a WAL."""
+    fd = os.open(os.path.join(path, "LOCK"), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
+                 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise InmemError(f"{path} is open in another process; close it there first") from None
+    return fd
+
+
+__all__ = ["DurableStore", "DEFAULTS", "snapshot_dir"]

@@ -1,0 +1,121 @@
+"""Pipelines: batched operations with results in order and errors in place."""
+
+from __future__ import annotations
+
+import inmem
+
+from .support import check_chain
+
+
+def test_results_in_order(db, run):
+    with db.pipeline() as p:
+        for i in range(100):
+            p.kv.put(run, f"k{i:03}", i)
+        p.kv.get(run, "k042")
+        p.kv.get(run, "missing")
+        p.kv.put(run, "k000", "again")
+        results = p.execute()
+    assert results[:100] == [1] * 100
+    assert results[100:] == [42, None, 2]
+    assert db.kv.keys(run, prefix="k")[:3] == ["k000", "k001", "k002"]
+    assert db.kv.get(run, "k099") == 99
+
+
+def test_every_primitive_in_one_pipeline(db, run):
+    with db.pipeline() as p:
+        p.kv.put(run, "a", 1)
+        p.events.append(run, "t", {"x": 1})
+        p.events.append(run, "t", {"x": 2})
+        p.state.init(run, "s", 0)
+        p.json.put(run, "d", {"l": []})
+        p.json.array_push(run, "d", "$.l", 5)
+        p.traces.record(run, "thought", {"why": "because"})
+        p.events.count(run)
+        p.kv.get_many(run, ["a", "b"])
+        results = p.execute()
+    assert results[0] == 1
+    e0, e1 = results[1], results[2]
+    assert (e0.sequence, e1.sequence) == (0, 1)
+    check_chain([e0, e1])
+    assert results[3] == 1
+    assert results[4] == 1
+    assert results[5] == 1
+    assert db.traces.get(run, results[6]).data == {"why": "because"}
+    assert results[7] == 2
+    assert results[8] == [1, None]
+
+
+def test_error_is_returned_in_place_and_the_rest_still_runs(db, run):
+    db.kv.put(run, "v", "x")
+    with db.pipeline() as p:
+        p.kv.put(run, "before", 1)
+        p.kv.cas(run, "v", 7, "wrong version")
+        p.kv.put(run, "after", 2)
+        p.kv.put("no-such-run", "k", 1)
+        p.state.init(run, "s", 1)
+        p.state.init(run, "s", 2)
+        p.kv.get(run, "after")
+        results = p.execute()
+    assert results[0] == 1
+    assert isinstance(results[1], inmem.VersionMismatch)
+    assert (results[1].expected, results[1].actual) == (7, 1)
+    assert results[2] == 1
+    assert isinstance(results[3], inmem.RunNotFound)
+    assert results[4] == 1
+    assert isinstance(results[5], inmem.StateExists)
+    assert results[6] == 2
+    assert db.kv.get(run, "v") == "x"
+    assert db.kv.get(run, "before") == 1
+    assert db.state.read(run, "s").value == 1
+
+
+def test_run_not_active_in_place(db):
+    done = db.begin_run()
+    live = db.begin_run()
+    db.end_run(done)
+    with db.pipeline() as p:
+        p.kv.put(done, "k", 1)
+        p.kv.put(live, "k", 1)
+        results = p.execute()
+    assert isinstance(results[0], inmem.RunNotActive)
+    assert results[1] == 1
+
+
+def test_pipeline_across_runs(db):
+    runs = [db.begin_run() for _ in range(5)]
+    with db.pipeline() as p:
+        for i, r in enumerate(runs):
+            p.kv.put(r, "k", i)
+            p.events.append(r, "t", i)
+        results = p.execute()
+    assert len(results) == 10
+    for i, r in enumerate(runs):
+        assert results[2 * i] == 1
+        assert results[2 * i + 1].sequence == 0
+        assert db.kv.get(r, "k") == i
+
+
+def test_leaving_the_block_does_not_run_twice(db, run):
+    with db.pipeline() as p:
+        p.kv.put(run, "once", 1)
+        p.events.append(run, "once", 1)
+        p.execute()
+    assert db.kv.get_versioned(run, "once").version == 1
+    assert db.events.count(run) == 1
+
+
+def test_empty_pipeline(db):
+    with db.pipeline() as p:
+        assert p.execute() == []
+
+
+def test_pipeline_is_not_a_transaction(db, run):
+    with db.pipeline() as p:
+        p.kv.put(run, "first", 1)
+        p.kv.cas(run, "first", 99, "fails")
+        p.kv.put(run, "third", 3)
+        results = p.execute()
+    assert isinstance(results[1], inmem.VersionMismatch)
+    # The failure in the middle does not undo its neighbours.
+    assert db.kv.get(run, "first") == 1
+    assert db.kv.get(run, "third") == 3

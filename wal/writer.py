@@ -1,0 +1,558 @@
+"""The WAL writer: appends records to segment files in the buffered or strict durability mode.
+
+Appends encode into an in-memory buffer under a lock and get an LSN at once.
+Who writes the buffer to the file, and when an append returns, is the mode:
+
+- "buffered": a daemon thread writes everything pending with one write and
+  one fsync every `flush_interval_ms`, or as soon as `max_pending_writes`
+  records are pending (the appender wakes it). A crash loses at most the
+  records of the last interval: that is the mode's promise.
+- "strict": `append` returns only once its record is written and fsynced.
+  Group commit: among threads appending at once, one (the leader) writes and
+  fsyncs everything pending; the others wait on a condition until
+  `durable_lsn` passes their LSN, then return. A single-threaded caller that
+  drains a batch uses `append_nowait` for each record and `sync()` once.
+
+LSNs are global record indexes; `durable_lsn` and `next_lsn` are exclusive
+bounds: every record with lsn < durable_lsn is on disk and fsynced.
+
+Segments: when a record would take the current segment past
+`segment_bytes_max`, the writer fsyncs and closes it and creates the next one,
+named by the LSN of its first record, then fsyncs the directory. A record
+larger than the limit gets a segment to itself. The roll point is chosen at
+append time, so a buffer that spans a roll is written into the right files.
+On open the writer always starts a new segment at its first LSN (or reuses the
+newest segment if that holds no record), never appending into an old file.
+
+Failure is fail-stop. A write or fsync error (after an fsync error the kernel
+may have dropped the dirty pages, so a retry proves nothing) is recorded;
+from then on every append, sync and flush raises WalFailed with the OSError
+as its cause, nothing more is acknowledged, and the pending buffer is kept
+(shown by `pending_records`). The owner closes the writer and recovers from
+disk. A short write is continued until all bytes are written; a write that
+fails half way is truncated away (best effort) so the file ends on a record
+boundary. fsyncs slower than `fsync_slow_ms` are logged on "inmem.wal".
+
+All file I/O on the hot path goes through the module attributes `_os_write`
+and `_os_fsync`, so fault tests can inject short writes and fsync errors.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+
+from wal.errors import WalClosed, WalError, WalFailed, WalNeedsRecovery
+from wal.failpoints import failpoint, register
+from wal.reader import CleanEnd, WalReader, read_file
+from wal.record import RECORD_OVERHEAD, TYPE_BATCH, append_record, checked_size
+from wal.segment import (LSN_MAX, fsync_dir, list_segments, remove_temp_files,
+                         segment_path)
+
+logger = logging.getLogger("inmem.wal")
+
+# The I/O seam: fault tests replace these with wrappers (short writes, EIO).
+_os_write = os.write
+_os_fsync = os.fsync
+
+FP_BEFORE_WRITE = register("wal.before_write")
+FP_AFTER_WRITE_BEFORE_FSYNC = register("wal.after_write_before_fsync")
+FP_AFTER_FSYNC = register("wal.after_fsync")
+FP_BEFORE_ROLL = register("wal.before_roll")
+FP_AFTER_ROLL = register("wal.after_roll")
+FP_BEFORE_DELETE = register("wal.before_delete")
+FP_AFTER_DELETE = register("wal.after_delete")
+
+MODES = ("buffered", "strict")
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+
+
+def _fsync(fd: int) -> None:
+    # A late binding, so a test that swaps `_os_fsync` also catches directory fsyncs.
+    _os_fsync(fd)
+
+
+class WalWriter:
+    """Append records to a WAL directory. Thread-safe. See the module docstring."""
+
+    def __init__(self, directory, mode: str = "buffered",
+                 segment_bytes_max: int = 64 * 2**20, flush_interval_ms: float = 100,
+                 max_pending_writes: int = 1000, fsync_slow_ms: float = 50,
+                 start_lsn: int | None = None):
+        if mode not in MODES:
+            raise ValueError(f"WAL mode must be one of {MODES}, got {mode!r} "
+                             f"(the 'inmemory' durability writes no WAL at all)")
+        if segment_bytes_max < 1:
+            raise ValueError(f"segment_bytes_max must be >= 1, got {segment_bytes_max}")
+        if flush_interval_ms <= 0:
+            raise ValueError(f"flush_interval_ms must be > 0, got {flush_interval_ms}")
+        if max_pending_writes < 1:
+            raise ValueError(f"max_pending_writes must be >= 1, got {max_pending_writes}")
+        self.directory = os.fspath(directory)
+        self.mode = mode
+        self.segment_bytes_max = segment_bytes_max
+        self.flush_interval_ms = flush_interval_ms
+        self.max_pending_writes = max_pending_writes
+        self.fsync_slow_ms = fsync_slow_ms
+        self._strict = mode == "strict"
+
+        # _lock guards the buffer and counters; _io_lock makes one thread at a
+        # time the owner of the file descriptor. I/O runs under _io_lock only,
+        # so appends keep filling the next buffer while a write is in flight.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._io_lock = threading.Lock()
+        self._kick = threading.Event()
+        self._leader = False
+        self._stopping = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+        # Pending records: a list of (segment first LSN, bytearray) chunks, one
+        # per segment they belong in; _cur is the chunk appends go to.
+        self._chunks: list[tuple[int, bytearray]] = []
+        self._cur: bytearray | None = None
+        self._pending = 0
+
+        self._fd: int | None = None
+        first = self._open_log(start_lsn)
+        self._fd_seg_first = first        # segment the fd writes (physical)
+        self._fd_size = 0
+        self._fd_dirty = False
+        self._seg_first = first           # segment new appends go to (logical)
+        self._seg_bytes = 0               # its bytes, written and pending
+        self._next_lsn = first
+        self._durable_lsn = first
+
+        if mode == "buffered":
+            self._thread = threading.Thread(target=self._flusher, daemon=True,
+                                            name=f"inmem-wal-flush:{self.directory}")
+            self._thread.start()
+
+    @classmethod
+    def open(cls, directory, mode: str = "buffered", **options) -> "WalWriter":
+        """Continue the log in `directory` after its last good record.
+
+        The log must end cleanly: run recovery first if it has a torn tail.
+        """
+        options.pop("start_lsn", None)
+        return cls(directory, mode, start_lsn=None, **options)
+
+    # -- opening -------------------------------------------------------------
+
+    def _open_log(self, start_lsn: int | None) -> int:
+        """Open (or create) the segment that the next record goes to; return its first LSN."""
+        directory = self.directory
+        if not os.path.isdir(directory):
+            os.makedirs(directory, exist_ok=True)
+            fsync_dir(os.path.dirname(os.path.abspath(directory)), _fsync)
+        if remove_temp_files(directory):
+            fsync_dir(directory, _fsync)
+        segments = list_segments(directory)
+        if start_lsn is None:
+            start_lsn = self._log_end(segments)
+        elif not 0 <= start_lsn <= LSN_MAX:
+            raise ValueError(f"start_lsn out of range: {start_lsn}")
+        elif segments and segments[-1][0] > start_lsn:
+            raise WalError(
+                f"cannot start the WAL in {directory} at LSN {start_lsn}: it already "
+                f"holds a segment starting at LSN {segments[-1][0]}; open it without "
+                f"start_lsn to continue after its last record")
+        path = segment_path(directory, start_lsn)
+        if segments and segments[-1][0] == start_lsn:
+            # The newest segment holds no record yet (a crash right after a roll,
+            # or a zero-filled file): reuse it rather than leave an empty file.
+            data = read_file(path)
+            if data.count(0) != len(data):
+                raise WalNeedsRecovery(
+                    f"WAL segment {path} already holds data but the log is to continue "
+                    f"at its first LSN {start_lsn}; run recovery on the directory first")
+            fd = os.open(path, _OPEN_FLAGS)
+            try:
+                if data:
+                    os.ftruncate(fd, 0)
+                    _fsync(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+        else:
+            fd = self._create_segment(start_lsn)
+        self._fd = fd
+        return start_lsn
+
+    def _log_end(self, segments) -> int:
+        if not segments:
+            return 0
+        # start_lsn at the very end: the reader verifies only the newest segment
+        # and makes no payload objects, which is all that continuing needs.
+        reader = WalReader(self.directory, start_lsn=LSN_MAX)
+        for _ in reader:
+            pass
+        if not isinstance(reader.outcome, CleanEnd):
+            raise WalNeedsRecovery(
+                f"the WAL in {self.directory} does not end cleanly ({reader.outcome}); "
+                f"run recovery on it (it truncates a torn tail after keeping a *.broken "
+                f"copy) before writing")
+        return reader.next_lsn
+
+    def _create_segment(self, first_lsn: int) -> int:
+        path = segment_path(self.directory, first_lsn)
+        fd = os.open(path, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _fsync(fd)
+            fsync_dir(self.directory, _fsync)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    # -- appending -----------------------------------------------------------
+
+    def append(self, payload, rtype: int = TYPE_BATCH) -> int:
+        """Add one record; return its LSN.
+
+        strict: returns once the record is durable (group commit).
+        buffered: returns at once; the flusher makes it durable within an interval.
+        """
+        lsn = self._enqueue(payload, rtype)
+        if self._strict:
+            self._wait_durable(lsn)
+        elif self._pending >= self.max_pending_writes:
+            self._kick.set()
+        return lsn
+
+    def append_nowait(self, payload, rtype: int = TYPE_BATCH) -> int:
+        """Add one record to the buffer and return its LSN without waiting, in any mode.
+
+        The record is durable after the next `sync()` (or flush) returns.
+        """
+        return self._enqueue(payload, rtype)
+
+    def _enqueue(self, payload, rtype: int) -> int:
+        size = checked_size(payload, rtype)
+        record_bytes = size + RECORD_OVERHEAD
+        with self._lock:
+            if self._error is not None:
+                raise self._failed_error()
+            if self._closed:
+                raise WalClosed(f"the WAL writer for {self.directory} is closed")
+            lsn = self._next_lsn
+            if self._seg_bytes and self._seg_bytes + record_bytes > self.segment_bytes_max:
+                self._seg_first = lsn
+                self._seg_bytes = 0
+                self._cur = None
+            buf = self._cur
+            if buf is None:
+                buf = self._cur = bytearray()
+                self._chunks.append((self._seg_first, buf))
+            append_record(buf, payload, rtype, size)
+            self._seg_bytes += record_bytes
+            self._next_lsn = lsn + 1
+            self._pending += 1
+            return lsn
+
+    def _wait_durable(self, lsn: int) -> None:
+        """Group commit: lead a flush if nobody is flushing, else wait for the leader."""
+        with self._cond:
+            while self._durable_lsn <= lsn:
+                if self._error is not None:
+                    raise self._failed_error()
+                if not self._leader:
+                    self._leader = True
+                    break
+                self._cond.wait()
+            else:
+                return
+        try:
+            self._flush()
+        finally:
+            with self._cond:
+                self._leader = False
+                self._cond.notify_all()
+
+    def sync(self) -> int:
+        """Write and fsync everything pending; return the durable LSN (exclusive)."""
+        self._check_usable()
+        return self._flush()
+
+    def flush(self) -> int:
+        """Write and fsync everything pending now, in any mode; return the durable LSN."""
+        return self.sync()
+
+    def _check_usable(self) -> None:
+        with self._lock:
+            if self._error is not None:
+                raise self._failed_error()
+            if self._closed:
+                raise WalClosed(f"the WAL writer for {self.directory} is closed")
+
+    # -- writing -------------------------------------------------------------
+
+    def _flush(self) -> int:
+        with self._io_lock:
+            with self._lock:
+                if self._error is not None:
+                    raise self._failed_error()
+                chunks = self._chunks
+                target = self._seg_first
+                upto = self._next_lsn
+                pending = self._pending
+                if not chunks and target == self._fd_seg_first:
+                    return self._durable_lsn
+                if self._fd is None:
+                    raise WalClosed(f"the WAL writer for {self.directory} is closed")
+                self._chunks = []
+                self._cur = None
+                self._pending = 0
+            try:
+                self._write_out(chunks, target)
+            except BaseException as exc:
+                with self._cond:
+                    # Keep the buffer (it is the only copy of what was not
+                    # acknowledged) and refuse everything from now on.
+                    self._chunks[:0] = chunks
+                    self._pending += pending
+                    self._record_failure(exc)
+                    self._cond.notify_all()
+                if isinstance(exc, Exception):
+                    raise self._failed_error() from exc
+                raise
+            with self._cond:
+                self._durable_lsn = upto
+                self._cond.notify_all()
+            return upto
+
+    def _write_out(self, chunks, target: int) -> None:
+        wrote = False
+        for seg_first, buf in chunks:
+            if seg_first != self._fd_seg_first:
+                self._roll_file(seg_first)
+            if buf:
+                failpoint(FP_BEFORE_WRITE)
+                self._write_all(buf)
+                wrote = True
+        if wrote:
+            failpoint(FP_AFTER_WRITE_BEFORE_FSYNC)
+            self._fsync_file()
+            failpoint(FP_AFTER_FSYNC)
+        if target != self._fd_seg_first:
+            self._roll_file(target)
+
+    def _write_all(self, buf: bytearray) -> None:
+        fd = self._fd
+        start = self._fd_size
+        total = len(buf)
+        done = 0
+        with memoryview(buf) as view:
+            try:
+                while done < total:
+                    n = _os_write(fd, view[done:])
+                    if n <= 0:
+                        raise OSError(errno.EIO, "write to a WAL segment made no progress")
+                    done += n
+                    self._fd_dirty = True
+            except BaseException:
+                if done:
+                    # Leave the file ending on a record boundary, not in half a batch.
+                    try:
+                        os.ftruncate(fd, start)
+                    except OSError:
+                        pass
+                raise
+        self._fd_size = start + total
+
+    def _fsync_file(self) -> None:
+        if not self._fd_dirty:
+            return
+        began = time.monotonic()
+        _os_fsync(self._fd)
+        self._fd_dirty = False
+        elapsed_ms = (time.monotonic() - began) * 1000.0
+        if elapsed_ms > self.fsync_slow_ms:
+            logger.warning("slow WAL fsync: %.1f ms (threshold %s ms) on segment %d in %s",
+                           elapsed_ms, self.fsync_slow_ms, self._fd_seg_first, self.directory)
+
+    def _roll_file(self, first_lsn: int) -> None:
+        failpoint(FP_BEFORE_ROLL)
+        self._fsync_file()
+        old, self._fd = self._fd, None
+        os.close(old)
+        self._fd = self._create_segment(first_lsn)
+        self._fd_seg_first = first_lsn
+        self._fd_size = 0
+        self._fd_dirty = False
+        failpoint(FP_AFTER_ROLL)
+
+    # -- segments ------------------------------------------------------------
+
+    def roll(self) -> int:
+        """Close the current segment and start a new one; return the new one's first LSN.
+
+        Everything pending is written first. A no-op when the current segment
+        holds no record yet. Used before a snapshot so that the segments the
+        snapshot covers can be deleted whole later.
+        """
+        with self._lock:
+            if self._error is not None:
+                raise self._failed_error()
+            if self._closed:
+                raise WalClosed(f"the WAL writer for {self.directory} is closed")
+            if self._seg_bytes:
+                self._seg_first = self._next_lsn
+                self._seg_bytes = 0
+                self._cur = None
+            first = self._seg_first
+        self._flush()
+        return first
+
+    def delete_before(self, lsn: int) -> list[str]:
+        """Delete the segments all of whose records have LSN < `lsn`; return their paths.
+
+        A segment qualifies when the next segment starts at or before `lsn`.
+        The segment being written is never deleted. The directory is fsynced
+        afterwards (an fsync error there is fail-stop like any other).
+        """
+        with self._io_lock:
+            self._check_usable()
+            current = self._fd_seg_first
+            segments = list_segments(self.directory)
+            victims = [path for (first, path), (following, _) in zip(segments, segments[1:])
+                       if following <= lsn and first < current]
+            if not victims:
+                return []
+            failpoint(FP_BEFORE_DELETE)
+            for path in victims:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            try:
+                fsync_dir(self.directory, _fsync)
+            except OSError as exc:
+                with self._cond:
+                    self._record_failure(exc)
+                    self._cond.notify_all()
+                raise self._failed_error() from exc
+            failpoint(FP_AFTER_DELETE)
+            return victims
+
+    # -- the buffered flusher ------------------------------------------------
+
+    def _flusher(self) -> None:
+        interval_s = self.flush_interval_ms / 1000.0
+        kick = self._kick
+        while True:
+            kick.wait(interval_s)
+            kick.clear()
+            if self._stopping:
+                return  # close() does the final flush
+            try:
+                self._flush()
+            except WalError as exc:
+                logger.error("WAL background flush stopped for %s: %s", self.directory, exc)
+                return
+            except BaseException as exc:  # a daemon thread must report, not vanish
+                logger.exception("WAL background flush crashed for %s", self.directory)
+                with self._cond:
+                    self._record_failure(exc)
+                    self._cond.notify_all()
+                return
+
+    # -- failure and state ---------------------------------------------------
+
+    def _record_failure(self, exc: BaseException) -> None:
+        # Called with _lock held. The first error is the one that counts.
+        if self._error is None:
+            self._error = exc
+            logger.error("WAL in %s failed and refuses further records: %r",
+                         self.directory, exc)
+
+    def _failed_error(self) -> WalFailed:
+        err = WalFailed(
+            f"the WAL in {self.directory} hit an I/O error ({self._error!r}) and refuses "
+            f"further records; close it and recover the shard from disk")
+        err.__cause__ = self._error
+        return err
+
+    @property
+    def durable_lsn(self) -> int:
+        """Every record with an LSN below this one is written and fsynced."""
+        return self._durable_lsn
+
+    @property
+    def next_lsn(self) -> int:
+        """The LSN the next appended record will get."""
+        return self._next_lsn
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    @property
+    def error(self) -> BaseException | None:
+        """The I/O error that stopped the log, or None."""
+        return self._error
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def pending_records(self) -> int:
+        """Records appended but not yet durable."""
+        return self._next_lsn - self._durable_lsn
+
+    @property
+    def segment_first_lsn(self) -> int:
+        """First LSN of the segment file being written."""
+        return self._fd_seg_first
+
+    def close(self) -> None:
+        """Flush, stop the flusher thread and close the file. Idempotent.
+
+        On a failed writer it releases the file without writing and does not
+        raise; if the final flush fails, the file is still closed and the
+        WalFailed is raised.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        thread = self._thread
+        if thread is not None:
+            self._stopping = True
+            self._kick.set()
+            thread.join()
+        final_error = None
+        if self._error is None:
+            try:
+                self._flush()
+            except WalError as exc:
+                final_error = exc
+        with self._io_lock:
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError as exc:
+                    logger.warning("closing WAL segment in %s: %r", self.directory, exc)
+        with self._cond:
+            self._cond.notify_all()
+        if final_error is not None:
+            raise final_error
+
+    def __enter__(self) -> "WalWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "failed" if self.failed else "closed" if self._closed else "open"
+        return (f"WalWriter({self.directory!r}, mode={self.mode!r}, next_lsn={self._next_lsn}, "
+                f"durable_lsn={self._durable_lsn}, {state})")
