@@ -13,7 +13,7 @@ import random
 import time
 import uuid
 
-from .errors import InvalidValue, StateNotFound, TransactionConflict, VersionMismatch
+from .errors import InvalidValue, RunNotFound, StateNotFound, TransactionConflict, VersionMismatch
 from .types import State
 
 _TRACE_NONE = None
@@ -239,6 +239,9 @@ class Database:
         # The id is chosen here, not on the shard, because it decides which shard owns the run.
         if run_id is None:
             run_id = new_run_id()
+        if parent is not None and self.run_status(parent) == "not_found":
+            # Checked here rather than on the shard: the parent may live on another one.
+            raise RunNotFound(f"parent run {parent!r} does not exist", run_id=parent)
         return self._call("run.begin", (name, run_id, parent, list(tags), metadata))
 
     def end_run(self, run):

@@ -42,10 +42,17 @@ def check_key(key, what: str = "key") -> str:
     if type(key) is not str:
         raise InvalidKey(f"{what} must be a str, got {type(key).__name__}")
     n = len(key)
-    # Only a key long enough to possibly exceed the limit pays for encoding it.
-    if n == 0 or (n > KEY_BYTES_MAX // 4 and len(key.encode("utf-8", "surrogatepass")) > KEY_BYTES_MAX):
-        if n == 0:
-            raise InvalidKey(f"{what} must not be empty")
+    if n == 0:
+        raise InvalidKey(f"{what} must not be empty")
+    if key.isascii():
+        if n > KEY_BYTES_MAX:
+            raise InvalidKey(f"{what} is longer than {KEY_BYTES_MAX} UTF-8 bytes")
+        return key
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidKey(f"{what} is not valid Unicode text (lone surrogate)") from None
+    if size > KEY_BYTES_MAX:
         raise InvalidKey(f"{what} is longer than {KEY_BYTES_MAX} UTF-8 bytes")
     return key
 

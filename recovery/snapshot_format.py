@@ -370,8 +370,8 @@ def _parse_structure(buf, path: str) -> tuple[tuple, dict[int, memoryview], dict
         pos = body_start + length
     if pos != end:
         raise SnapshotCorrupt(
-            path, pos, f"{end - pos} bytes after the last of {section_count} sections, "
-            f"before the trailer")
+            path, pos, f"{end - pos} unexplained byte(s) after the last of {section_count} "
+            f"section(s), before the trailer")
     return fields + (counts,), sections, offsets
 
 
@@ -493,7 +493,3 @@ def verify_main(argv: Sequence[str] | None = None, out=None) -> int:
         say(f"crc32c: BAD (trailer 0x{stored:08x}, contents 0x{computed:08x})")
     say("result: " + ("valid" if valid else "INVALID"))
     return 0 if valid else 2
-
-
-if __name__ == "__main__":
-    sys.exit(verify_main(sys.argv[1:]))

@@ -153,7 +153,7 @@ class DurableStore:
         if token is None:
             return
         try:
-            self.writer.wait_durable(token)
+            self.writer._wait_durable(token)
         except InmemError as exc:
             raise DurabilityError(f"fsync failed; the write was not acknowledged: {exc}") from exc
 

@@ -277,8 +277,7 @@ class Engine:
             self._run(run)
         e = r.kv.get(key)
         if e is None or e[3] is None:
-            if type(key) is not str:
-                check_key(key)
+            check_key(key)
             return default
         if e[6] is not None and e[6] <= self.clock():
             return default

@@ -140,8 +140,7 @@ class WalWriter:
 
         The log must end cleanly: run recovery first if it has a torn tail.
         """
-        options.pop("start_lsn", None)
-        return cls(directory, mode, start_lsn=None, **options)
+        return cls(directory, mode, **options)
 
     # -- opening -------------------------------------------------------------
 

@@ -255,6 +255,7 @@ def test_writes_to_active_runs_are_allowed(db, write):
     run = db.begin_run()
     _seed(db, run)
     WRITES[write](db, run)
+    assert db.run_status(run) == "active"
 
 
 def test_reads_of_completed_run_still_work(db, run):

@@ -175,6 +175,12 @@ KEY_USERS = {
     "state": lambda db, run, key: db.state.set(run, key, 1),
 }
 
+KEY_READERS = {
+    "kv": lambda db, run, key: db.kv.get(run, key),
+    "json": lambda db, run, key: db.json.get(run, key),
+    "state": lambda db, run, key: db.state.read(run, key).value,
+}
+
 GOOD_KEYS = {
     "1024-ascii": "k" * 1024,
     "1024-two-byte": "é" * 512,
@@ -201,7 +207,8 @@ BAD_KEYS = {
 @pytest.mark.parametrize("user", sorted(KEY_USERS))
 @pytest.mark.parametrize("name", sorted(GOOD_KEYS))
 def test_keys_up_to_1024_utf8_bytes_are_accepted(db, run, user, name):
-    KEY_USERS[user](db, run, GOOD_KEYS[name])
+    assert KEY_USERS[user](db, run, GOOD_KEYS[name]) == 1
+    assert KEY_READERS[user](db, run, GOOD_KEYS[name]) == ({} if user == "json" else 1)
 
 
 @pytest.mark.parametrize("user", sorted(KEY_USERS))

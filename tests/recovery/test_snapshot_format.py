@@ -281,8 +281,8 @@ def test_minimal_valid_file_has_no_sections(tmp_path):
     (raw_header(section_count=2) + struct.pack("<BQ", sf.KV, 0) + b"\x00" * 9, 50, "type 0"),
     (raw_header(section_count=2) + struct.pack("<BQ", sf.KV, 1) + b"a"
      + struct.pack("<BQ", sf.KV, 1) + b"b", 51, "appears twice"),
-    (raw_header(section_count=1) + struct.pack("<BQ", sf.KV, 1) + b"a" + b"junk", 51, "4 bytes after"),
-    (raw_header(section_count=0) + b"\x00", 41, "1 bytes after"),
+    (raw_header(section_count=1) + struct.pack("<BQ", sf.KV, 1) + b"a" + b"junk", 51, "4 unexplained byte(s) after"),
+    (raw_header(section_count=0) + b"\x00", 41, "1 unexplained byte(s) after"),
     (raw_header(counts_bytes=b"\xc1"), 40, "not valid msgpack"),
     (raw_header(counts_bytes=msgpack.packb([1, 2])), 40, "not a map"),
     (raw_header(counts_bytes=msgpack.packb({"keys": "many"})), 40, "not a map"),

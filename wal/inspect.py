@@ -1,0 +1,165 @@
+"""`inmem wal inspect DIR`: what a WAL directory holds and how it ends, for an operator.
+
+`inspect_wal(dir)` reads the whole log (read only, never repairs) and returns
+a plain dict: segments with sizes and LSN ranges, records per type, payload
+size statistics, the LSN range and the reader's outcome. `main(argv)` prints
+it (or JSON with --json) and exits 0 for a clean log, 1 for a torn tail (normal
+after a crash: recovery will truncate it) and 2 for corruption or a missing
+directory (recovery will refuse to continue past it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from wal.reader import Corruption, TornTail, WalReader
+from wal.record import TYPE_NAMES
+from wal.segment import list_segments, other_files
+
+EXIT_CLEAN = 0
+EXIT_TORN_TAIL = 1
+EXIT_CORRUPTION = 2
+
+
+def _type_name(rtype: int) -> str:
+    return TYPE_NAMES.get(rtype, f"type {rtype}")
+
+
+def inspect_wal(directory) -> dict:
+    """Summarize the WAL in `directory`; see the module docstring for the fields."""
+    directory = os.fspath(directory)
+    report: dict = {"directory": directory, "exists": os.path.isdir(directory)}
+    if not report["exists"]:
+        report["outcome"] = {"kind": "missing",
+                             "reason": "no such directory"}
+        return report
+    segments = []
+    by_path = {}
+    for first, path in list_segments(directory):
+        entry = {"name": os.path.basename(path), "first_lsn": first,
+                 "size_bytes": os.path.getsize(path), "records": 0,
+                 "lsn_first": None, "lsn_last": None}
+        segments.append(entry)
+        by_path[path] = entry
+
+    reader = WalReader(directory)
+    by_type: dict[str, int] = {}
+    count = 0
+    size_min = size_max = None
+    size_total = 0
+    first_lsn = last_lsn = None
+    current = None
+    for lsn, rtype, payload in reader:
+        path = reader.segment
+        if path != current:
+            current = path
+            entry = by_path[path]
+            entry["lsn_first"] = lsn
+        entry["lsn_last"] = lsn
+        entry["records"] += 1
+        name = _type_name(rtype)
+        by_type[name] = by_type.get(name, 0) + 1
+        size = len(payload)
+        size_total += size
+        if size_min is None or size < size_min:
+            size_min = size
+        if size_max is None or size > size_max:
+            size_max = size
+        if first_lsn is None:
+            first_lsn = lsn
+        last_lsn = lsn
+        count += 1
+
+    outcome = reader.outcome
+    if isinstance(outcome, TornTail):
+        out = {"kind": "torn_tail", "segment": os.path.basename(outcome.segment),
+               "offset": outcome.offset, "bytes_left": outcome.bytes_left}
+    elif isinstance(outcome, Corruption):
+        out = {"kind": "corruption", "segment": os.path.basename(outcome.segment),
+               "offset": outcome.offset, "reason": outcome.reason}
+    else:
+        out = {"kind": "clean"}
+    report.update({
+        "segments": segments,
+        "records": count,
+        "records_by_type": dict(sorted(by_type.items())),
+        "payload_bytes": {"min": size_min, "max": size_max, "total": size_total,
+                          "avg": (size_total / count) if count else None},
+        "first_lsn": first_lsn,
+        "last_lsn": last_lsn,
+        "next_lsn": reader.next_lsn,
+        "other_files": other_files(directory),
+        "outcome": out,
+    })
+    return report
+
+
+def exit_code(report: dict) -> int:
+    kind = report["outcome"]["kind"]
+    if kind == "clean":
+        return EXIT_CLEAN
+    if kind == "torn_tail":
+        return EXIT_TORN_TAIL
+    return EXIT_CORRUPTION
+
+
+def format_report(report: dict) -> str:
+    """The report as lines of text for a terminal."""
+    lines = [f"WAL directory: {report['directory']}"]
+    out = report["outcome"]
+    if out["kind"] == "missing":
+        lines.append("outcome: MISSING: the directory does not exist")
+        return "\n".join(lines)
+    segments = report["segments"]
+    lines.append(f"segments: {len(segments)}")
+    for seg in segments:
+        if seg["records"]:
+            span = f"LSN {seg['lsn_first']}..{seg['lsn_last']}"
+        else:
+            span = "no records read"
+        lines.append(f"  {seg['name']}  {seg['size_bytes']:>12} bytes  "
+                     f"{seg['records']:>9} records  {span}")
+    by_type = ", ".join(f"{k}: {v}" for k, v in report["records_by_type"].items())
+    lines.append(f"records: {report['records']}" + (f" ({by_type})" if by_type else ""))
+    sizes = report["payload_bytes"]
+    if report["records"]:
+        lines.append(f"payload bytes: min {sizes['min']}, avg {sizes['avg']:.1f}, "
+                     f"max {sizes['max']}, total {sizes['total']}")
+        lines.append(f"LSN range: {report['first_lsn']}..{report['last_lsn']}")
+    lines.append(f"next LSN: {report['next_lsn']}")
+    if report["other_files"]:
+        lines.append("other files: " + ", ".join(report["other_files"]))
+    if out["kind"] == "clean":
+        lines.append("outcome: clean")
+    elif out["kind"] == "torn_tail":
+        lines.append(f"outcome: TORN TAIL in {out['segment']} at offset {out['offset']} "
+                     f"({out['bytes_left']} bytes left); recovery truncates it after "
+                     f"keeping a .broken copy")
+    else:
+        lines.append(f"outcome: CORRUPTION in {out['segment']} at offset {out['offset']}: "
+                     f"{out['reason']}; recovery stops here unless max_corrupt_entries "
+                     f"allows skipping, keep a copy of the directory for diagnosis")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """Print the report for one WAL directory; exit 0 clean, 1 torn tail, 2 corruption/missing."""
+    parser = argparse.ArgumentParser(
+        prog="inmem wal inspect",
+        description="Summarize a WAL directory and say how it ends (read only).")
+    parser.add_argument("directory", help="the wal/ directory of a shard")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    report = inspect_wal(args.directory)
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print(format_report(report))
+    return exit_code(report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
