@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .database import JSON, KV, Events, Runs, StateCells, Traces, new_run_id
 from .errors import InvalidValue
+from .transaction import copy_value
 
 
 class _PipelineState(StateCells):
@@ -35,7 +36,10 @@ class Pipeline:
         self.runs = Runs(queue)
 
     def _queue(self, op, args):
-        self._ops.append((op, args))
+        # Values are captured now: a list or dict the caller changes before
+        # execute() must not change what is written.
+        self._ops.append((op, tuple(copy_value(a) if type(a) in (dict, list) else a
+                                    for a in args)))
         return None
 
     def begin_run(self, name=None, run_id=None, parent=None, tags=(), metadata=None):

@@ -9,7 +9,6 @@ the shard checks every version and applies all writes or none.
 
 from __future__ import annotations
 
-import copy
 
 from shard import jsonpath
 
@@ -17,6 +16,16 @@ from .errors import InmemError, InvalidValue
 from .values import check_value
 
 _DELETED = object()
+
+
+def copy_value(value):
+    """A private copy of a value's containers, so later changes by the caller don't leak in."""
+    t = type(value)
+    if t is dict:
+        return {k: copy_value(v) for k, v in value.items()}
+    if t is list:
+        return [copy_value(v) for v in value]
+    return value
 
 
 class _TxSection:
@@ -31,14 +40,14 @@ class TxKV(_TxSection):
 
     def get(self, key, default=None):
         value = self._tx._read("kv", key)
-        return default if value is None else value
+        return default if value is _DELETED else value
 
     def exists(self, key) -> bool:
-        return self._tx._read("kv", key) is not None
+        return self._tx._read("kv", key) is not _DELETED
 
     def put(self, key, value, ttl=None):
         check_value(value)
-        self._tx._write("kv.put", (key, value, ttl), ("kv", key, copy.deepcopy(value)))
+        self._tx._write("kv.put", (key, value, ttl), ("kv", key, copy_value(value)))
 
     def delete(self, key):
         self._tx._write("kv.delete", (key,), ("kv", key, _DELETED))
@@ -56,8 +65,7 @@ class TxEvents(_TxSection):
 
     def count(self) -> int:
         tx = self._tx
-        n = tx._read("ev", "")
-        return n + tx._pending_events
+        return tx._read("ev", "") + tx._pending_events
 
     def read(self, sequence):
         self._tx._read("ev", "")
@@ -77,7 +85,7 @@ class TxState(_TxSection):
 
     def read(self, name):
         value = self._tx._read("st", name)
-        if value is None:
+        if value is _DELETED:
             return None
         from .types import State
         return State(value, self._tx._reads.get(("st", name), 0), 0)
@@ -109,25 +117,25 @@ class TxJSON(_TxSection):
     __slots__ = ()
 
     def get(self, key, path="$"):
-        doc = self._tx._read("js", key)
+        doc = self._tx._read_doc(key)
         if doc is None:
             return None
-        return copy.deepcopy(jsonpath.get(doc, jsonpath.parse(path), path))
+        return copy_value(jsonpath.get(doc, jsonpath.parse(path), path))
 
     def put(self, key, doc):
         check_value(doc)
-        self._tx._write("js.put", (key, doc), ("js", key, copy.deepcopy(doc)))
+        self._tx._write("js.put", (key, doc), ("js", key, copy_value(doc)))
 
     def set(self, key, path, value):
         steps = jsonpath.parse(path)
         check_value(value)
-        doc = copy.deepcopy(self._tx._read("js", key))
-        doc = jsonpath.set_(doc, steps, copy.deepcopy(value), path)
+        doc = copy_value(self._tx._read_doc(key))
+        doc = jsonpath.set_(doc, steps, copy_value(value), path)
         self._tx._write("js.set", (key, path, value), ("js", key, doc))
 
     def delete(self, key, path="$"):
         steps = jsonpath.parse(path)
-        doc = copy.deepcopy(self._tx._read("js", key))
+        doc = copy_value(self._tx._read_doc(key))
         if doc is not None and steps:
             jsonpath.delete(doc, steps, path)
         elif not steps:
@@ -137,14 +145,14 @@ class TxJSON(_TxSection):
     def array_push(self, key, path, value):
         steps = jsonpath.parse(path)
         check_value(value)
-        doc = copy.deepcopy(self._tx._read("js", key))
+        doc = copy_value(self._tx._read_doc(key))
         doc, arr = jsonpath.array_at(doc, steps, path, create=True)
-        arr.append(copy.deepcopy(value))
+        arr.append(copy_value(value))
         self._tx._write("js.push", (key, path, value), ("js", key, doc))
 
     def array_pop(self, key, path):
         steps = jsonpath.parse(path)
-        doc = copy.deepcopy(self._tx._read("js", key))
+        doc = copy_value(self._tx._read_doc(key))
         if doc is not None:
             doc, arr = jsonpath.array_at(doc, steps, path, create=False)
             if arr:
@@ -171,20 +179,24 @@ class Transaction:
         self.json = TxJSON(self)
 
     def _read(self, ns, key):
+        """The value this transaction sees at (ns, key), or _DELETED when there is none."""
         slot = (ns, key)
         if slot in self._local:
             value = self._local[slot]
-            if value is _DELETED:
-                return None
-            return copy.deepcopy(value) if type(value) in (dict, list) else value
-        value, version = self._call("tx.read", (self.run, ns, key))
+            return copy_value(value) if value is not _DELETED else value
+        found, value, version = self._call("tx.read", (self.run, ns, key))
         self._reads.setdefault(slot, version)
-        return value
+        return value if found else _DELETED
+
+    def _read_doc(self, key):
+        doc = self._read("js", key)
+        return None if doc is _DELETED else doc
 
     def _write(self, op, args, local):
         if self._done:
             raise InvalidValue("this transaction has already been committed or aborted")
-        self._writes.append((op, (self.run, *args)))
+        self._writes.append((op, (self.run, *(copy_value(a) if type(a) in (dict, list) else a
+                                               for a in args))))
         if local is not None:
             ns, key, value = local
             self._local[(ns, key)] = value

@@ -119,3 +119,15 @@ def test_pipeline_is_not_a_transaction(db, run):
     # The failure in the middle does not undo its neighbours.
     assert db.kv.get(run, "first") == 1
     assert db.kv.get(run, "third") == 3
+
+
+def test_values_are_captured_at_the_call(db, run):
+    value = {"l": [1]}
+    with db.pipeline() as p:
+        p.kv.put(run, "k", value)
+        p.events.append(run, "t", value)
+        value["l"].append("changed before execute")
+        results = p.execute()
+    assert db.kv.get(run, "k") == {"l": [1]}
+    assert results[1].payload == {"l": [1]}
+    assert db.events.read(run, 0).payload == {"l": [1]}

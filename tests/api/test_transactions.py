@@ -115,6 +115,49 @@ def test_reads_see_own_writes(db, run):
     assert db.json.get(run, "doc") == {"a": 1, "b": 2}
 
 
+def test_values_are_captured_at_the_write_call(db, run):
+    value = {"l": [1]}
+    with db.transaction(run) as tx:
+        tx.kv.put("k", value)
+        value["l"].append("changed before commit")
+        tx.kv.get("k")["l"].append("changed through a read")
+    assert db.kv.get(run, "k") == {"l": [1]}
+
+
+def test_stored_none_is_not_the_default_inside(db, run):
+    db.kv.put(run, "stored-none", None)
+    with db.transaction(run) as tx:
+        assert tx.kv.get("stored-none", "dflt") is None
+        assert tx.kv.exists("stored-none") is True
+        tx.kv.put("written-none", None)
+        assert tx.kv.get("written-none", "dflt") is None
+        assert tx.kv.exists("written-none") is True
+    assert db.kv.exists(run, "written-none") is True
+
+
+def test_ttl_inside_a_transaction(clocked_db, clock):
+    db = clocked_db
+    run = db.begin_run()
+    with db.transaction(run) as tx:
+        tx.kv.put("k", "v", ttl=2)
+    clock.advance(1.999999)
+    assert db.kv.get(run, "k") == "v"
+    clock.advance(0.000001)
+    assert db.kv.get(run, "k") is None
+
+
+def test_transaction_reads_skip_expired_keys(clocked_db, clock):
+    db = clocked_db
+    run = db.begin_run()
+    db.kv.put(run, "k", "v", ttl=1)
+    clock.advance(1)
+    with db.transaction(run) as tx:
+        assert tx.kv.get("k") is None
+        assert tx.kv.exists("k") is False
+        tx.kv.put("seen", False)
+    assert db.kv.get(run, "seen") is False
+
+
 def test_conflict_when_a_read_key_changed(db, run):
     db.kv.put(run, "x", 1)
     with pytest.raises(inmem.TransactionConflict):

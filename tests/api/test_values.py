@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import inmem
 
-from .support import same
+from .support import expected_hash, same
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -50,6 +50,8 @@ def _state(db, run, key, value):
 def _event(db, run, key, value):
     ev = db.events.append(run, key, {"v": value})
     assert same(db.events.read(run, ev.sequence).payload, {"v": value})
+    # The documented hash holds for any payload, not just the hand-picked ones.
+    assert ev.hash == expected_hash(ev.sequence, key, {"v": value}, ev.timestamp, ev.prev_hash)
     return ev.payload["v"]
 
 
