@@ -4,7 +4,7 @@
     2. load the newest snapshot whose crc verifies (a bad one becomes
        `*.broken`, the next older one is tried);
     3. replay the WAL from the snapshot's position through the engine's live
-       apply path (`Engine.apply_effect`);
+       apply path (`Engine.apply_group`);
     4. ask the policy table (`recovery.policy`) what the findings mean: go on,
        cut a torn tail (after keeping a `*.broken` copy), or fail with a
        CorruptionError naming the file and offset;
@@ -15,15 +15,15 @@ Directory layout of a shard: `<dir>/wal/` segments, `<dir>/snapshots/` files.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
 import sys
 import time
 
-import msgpack
-
 from inmem.types import RecoveryResult
+from shard.effects import decode_batch
 from recovery import policy
 from recovery.snapshot_store import SnapshotStore
 from wal.reader import Corruption, TornTail, WalReader
@@ -85,6 +85,19 @@ def recover(directory, engine, *, shard: int = 0, max_corrupt_entries: int = 0,
     """Rebuild `engine` (empty) from `directory`; returns (RecoveryResult, next_lsn, store)."""
     started_at = time.time_ns() // 1000
     t0 = time.perf_counter()
+    # Recovery allocates millions of objects that all survive: without this
+    # the cyclic GC would walk them again and again while they are created.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _recover(directory, engine, shard, max_corrupt_entries, snapshot_retention,
+                        started_at, t0)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _recover(directory, engine, shard, max_corrupt_entries, snapshot_retention, started_at, t0):
     wdir, sdir = wal_dir(directory), snapshot_dir(directory)
     os.makedirs(wdir, exist_ok=True)
     os.makedirs(sdir, exist_ok=True)
@@ -102,14 +115,12 @@ def recover(directory, engine, *, shard: int = 0, max_corrupt_entries: int = 0,
 
     progress = _Progress(f"shard {shard} recovery", _dir_bytes(wdir))
     reader = WalReader(wdir, start_lsn=start_lsn, max_corrupt_entries=max_corrupt_entries)
-    unpackb = msgpack.unpackb
-    apply = engine.apply_effect
+    apply = engine.apply_batches
     records = groups_applied = done_bytes = 0
     for _lsn, _rtype, payload in reader:
-        for group in unpackb(payload, raw=False, use_list=False):
-            for eff in group:
-                apply(eff)
-            groups_applied += 1
+        count, batches = decode_batch(payload)
+        apply(batches)
+        groups_applied += count
         records += 1
         done_bytes += len(payload)
         if not records & 0x3FFF:

@@ -34,8 +34,10 @@ from inmem.errors import DurabilityError, InmemError
 from inmem.types import SnapshotInfo
 from recovery.sequence import recover, snapshot_dir, wal_dir
 from wal.failpoints import failpoint, register
+from wal.record import RECORD_BYTES_MAX
 from wal.writer import WalWriter
 
+from .effects import encode_batch
 from .engine import Engine
 from .snapshot_codec import dump
 
@@ -70,6 +72,10 @@ class DurableStore:
         self.shard = recovery_result.shard
         self._lock_fd = lock_fd
         self._strict = durability == "strict"
+        self._pending: list = []
+        self._pending_lock = threading.Lock()
+        self._batch_max = options["max_pending_writes"]
+        writer.before_flush = self._emit_pending
         self._bytes_since_snapshot = 0
         self._last_snapshot = time.monotonic()
         self._child: int | None = None
@@ -111,7 +117,6 @@ class DurableStore:
             raise
         # Recovered objects live as long as the shard: keep the cyclic GC from
         # walking millions of them on every full collection.
-        gc.collect()
         gc.freeze()
         return cls(path, durability, engine, writer, snapshots, result, opts, lock_fd), engine
 
@@ -139,23 +144,62 @@ class DurableStore:
                 "until it is reopened and recovered from disk")
 
     def log_groups(self, groups):
-        payload = msgpack.packb(groups, use_bin_type=True)
-        self._bytes_since_snapshot += len(payload)
-        try:
-            if self._strict:
+        """Log committed groups; returns a token for wait_durable (None: nothing to wait for).
+
+        strict: one record now, made durable by wait_durable's (shared) fsync.
+        buffered: the groups join an in-memory batch that becomes one record
+        when the flusher is about to flush, or once it holds max_pending_writes
+        groups, so a flush interval's worth of operations costs one record.
+        """
+        if self._strict:
+            payload = encode_batch(groups)
+            self._bytes_since_snapshot += len(payload)
+            try:
                 return self.writer.append_nowait(payload)
-            self.writer.append(payload)
-            return None
-        except InmemError as exc:
-            raise DurabilityError(f"could not log a write: {exc}") from exc
+            except InmemError as exc:
+                raise DurabilityError(f"could not log a write: {exc}") from exc
+        with self._pending_lock:
+            self._pending.extend(groups)
+            full = len(self._pending) >= self._batch_max
+        if full:
+            self._emit_pending()
+            self.writer.kick()
+        return None
+
+    def _emit_pending(self) -> None:
+        """Turn the buffered batch into WAL records (under the batch lock: order is kept)."""
+        with self._pending_lock:
+            groups = self._pending
+            if not groups:
+                return
+            self._pending = []
+            try:
+                self._append_records(groups)
+            except InmemError as exc:
+                raise DurabilityError(f"could not log a write: {exc}") from exc
+
+    def _append_records(self, groups) -> None:
+        payload = encode_batch(groups)
+        if len(payload) > RECORD_BYTES_MAX and len(groups) > 1:
+            half = len(groups) // 2  # still whole groups: a record never splits one
+            self._append_records(groups[:half])
+            self._append_records(groups[half:])
+            return
+        self._bytes_since_snapshot += len(payload)
+        self.writer.append(payload)
 
     def wait_durable(self, token) -> None:
         if token is None:
             return
         try:
-            self.writer._wait_durable(token)
+            self.writer.wait_durable(token)
         except InmemError as exc:
             raise DurabilityError(f"fsync failed; the write was not acknowledged: {exc}") from exc
+
+    def flush(self) -> None:
+        """Everything acknowledged so far onto disk, fsynced (any mode)."""
+        self._emit_pending()
+        self.writer.flush()
 
     def wal_bytes(self) -> int:
         total = 0
@@ -191,6 +235,9 @@ class DurableStore:
             if self._child is not None or self._closed and self._lock_fd is None:
                 return
             self.check_writable()
+            # Batched groups are already in the engine's state: they must get
+            # LSNs below the snapshot position, or recovery would apply them twice.
+            self._emit_pending()
             self.writer.roll()
             position = self.writer.next_lsn
             failpoint("snapshot.before_fork")
@@ -260,7 +307,7 @@ class DurableStore:
             if self._child is not None:
                 self._reap(block=True)
             if not self.writer.failed:
-                self.writer.flush()
+                self.flush()
                 if self.options["snapshot_on_close"] and self._bytes_since_snapshot > 0:
                     self._start_snapshot(holder)
                     self._reap(block=True)

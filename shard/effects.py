@@ -14,22 +14,38 @@ decided. The same tuple is
 
 Codes are part of the on-disk format: never renumber them.
 
+An effect does not repeat its run id: it lives inside its run (journal,
+entries), and the WAL logs it in a group `(run id, effect, ...)` — one group
+per operation or committed transaction, always of one run.
+
 | code | name          | fields after the code                                          |
 |------|---------------|----------------------------------------------------------------|
 | 1    | RUN_CREATE    | run, name, parent, tags, metadata (packed or None), ts         |
-| 2    | RUN_STATUS    | run, status, ts, error                                         |
-| 3    | RUN_DELETE    | run, ts                                                        |
-| 10   | KV_PUT        | run, key, value (packed), version, ts, expires_at (or None)    |
-| 11   | KV_DEL        | run, key, None, version, ts, None                              |
-| 20   | EV_APPEND     | run, sequence, event_type, payload (packed), ts, prev_hash, hash |
-| 30   | ST_PUT        | run, name, value (packed), version, ts                         |
-| 31   | ST_DEL        | run, name, None, version, ts                                   |
-| 40   | TR_ADD        | run, id, parent_id, trace_type, data (packed), tags, metadata (packed or None), ts |
-| 50   | JS_PUT        | run, key, document (packed), version, ts                       |
-| 51   | JS_DEL        | run, key, None, version, ts                                    |
+| 2    | RUN_STATUS    | status, ts, error                                              |
+| 3    | RUN_DELETE    | run, ts  (logged, never journaled: the journal goes with the run) |
+| 10   | KV_PUT        | key, value (packed), version, ts, expires_at (or None)         |
+| 11   | KV_DEL        | key, None, version, ts, None                                   |
+| 20   | EV_APPEND     | sequence, event_type, payload (packed), ts, prev_hash, hash    |
+| 30   | ST_PUT        | name, value (packed), version, ts                              |
+| 31   | ST_DEL        | name, None, version, ts                                        |
+| 40   | TR_ADD        | id, parent_id, trace_type, data (packed), tags, metadata (packed or None), ts |
+| 50   | JS_PUT        | key, document (packed), version, ts                            |
+| 51   | JS_DEL        | key, None, version, ts                                         |
+
+The payload of a WAL record (type BATCH) is `msgpack([group_count, batches])`
+where `batches` is a list of `[run id, [effect, ...]]`: consecutive groups of
+the same run are merged into one batch. Group boundaries need not survive
+inside a record, because a record is recovered whole or not at all; the
+count is kept for the recovery report. Merging lets recovery hand a run's
+effects to the journal and the KV table with C-level bulk calls.
+
+Entries of KV, state and JSON therefore share one layout: [1] key, [2] packed
+value (None: deleted), [3] version, [4] timestamp; KV adds [5] expiry.
 """
 
 from __future__ import annotations
+
+import msgpack
 
 RUN_CREATE = 1
 RUN_STATUS = 2
@@ -58,33 +74,33 @@ ENDED = frozenset(("completed", "failed", "cancelled", "archived"))
 
 
 def apply_kv(r, eff):
-    r.kv[eff[2]] = eff
+    r.kv[eff[1]] = eff
 
 
 def apply_state(r, eff):
-    r.state[eff[2]] = eff
+    r.state[eff[1]] = eff
 
 
 def apply_json(r, eff):
-    r.json[eff[2]] = eff
+    r.json[eff[1]] = eff
 
 
 def apply_event(r, eff):
     events = r.events
     events.append(eff)
-    by_type = r.events_by_type.get(eff[3])
+    by_type = r.events_by_type.get(eff[2])
     if by_type is None:
-        r.events_by_type[eff[3]] = [eff[2]]
+        r.events_by_type[eff[2]] = [eff[1]]
     else:
-        by_type.append(eff[2])
+        by_type.append(eff[1])
 
 
 def apply_trace(r, eff):
-    tid, parent = eff[2], eff[3]
+    tid, parent = eff[1], eff[2]
     r.traces[tid] = eff
     r.trace_order.append(tid)
-    r.traces_by_type.setdefault(eff[4], []).append(tid)
-    for tag in eff[6]:
+    r.traces_by_type.setdefault(eff[3], []).append(tid)
+    for tag in eff[5]:
         r.traces_by_tag.setdefault(tag, []).append(tid)
     if parent is None:
         r.trace_roots.append(tid)
@@ -93,13 +109,13 @@ def apply_trace(r, eff):
 
 
 def apply_status(r, eff):
-    r.status = eff[2]
-    r.updated_at = eff[3]
-    if eff[2] in ENDED and r.ended_at is None:
-        r.ended_at = eff[3]
-    if eff[4] is not None:
-        r.error = eff[4]
-    if eff[2] != "active":
+    r.status = eff[1]
+    r.updated_at = eff[2]
+    if eff[1] in ENDED and r.ended_at is None:
+        r.ended_at = eff[2]
+    if eff[3] is not None:
+        r.error = eff[3]
+    if eff[1] != "active":
         r.orphaned = False
 
 
@@ -116,3 +132,25 @@ APPLY = {
     RUN_STATUS: apply_status,
     RUN_CREATE: apply_create,
 }
+
+
+def encode_batch(groups) -> bytes:
+    """The WAL record payload for a list of groups `(run id, effect, ...)`."""
+    batches = []
+    last = None
+    effs = None
+    for group in groups:
+        run_id = group[0]
+        if run_id == last:
+            effs.extend(group[1:])
+        else:
+            effs = list(group[1:])
+            batches.append((run_id, effs))
+            last = run_id
+    return msgpack.packb((len(groups), batches), use_bin_type=True)
+
+
+def decode_batch(payload):
+    """(group count, batches) from a WAL record payload."""
+    count, batches = msgpack.unpackb(payload, raw=False, use_list=False)
+    return count, batches

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+from operator import itemgetter
 import uuid
 
 import msgpack
@@ -142,7 +143,7 @@ class Engine:
         else:
             log = self.log
             if log is not None:
-                log.append((eff,))
+                log.append((r.run_id, eff))
         APPLY[eff[0]](r, eff)
         r.journal.append(eff)
 
@@ -205,7 +206,7 @@ class Engine:
         r = RunData(eff)
         self.runs[r.run_id] = r
         if self.log is not None:
-            self.log.append((eff,))
+            self.log.append((r.run_id, eff))
         return r
 
     def set_status(self, run, status, error=None) -> str:
@@ -215,7 +216,7 @@ class Engine:
         check_transition(r.status, status)
         if error is not None and type(error) is not str:
             error = str(error)
-        self._commit(r, (RUN_STATUS, r.run_id, status, self.clock(), error))
+        self._commit(r, (RUN_STATUS, status, self.clock(), error))
         return status
 
     def end_run(self, run) -> str:
@@ -253,7 +254,7 @@ class Engine:
         eff = (RUN_DELETE, run, self.clock())
         del self.runs[run]
         if self.log is not None:
-            self.log.append((eff,))
+            self.log.append((run, eff))
         return True
 
     def orphaned_runs(self) -> list:
@@ -281,12 +282,12 @@ class Engine:
         now = self.clock()
         kv = r.kv
         old = kv.get(key)
-        version = 1 if old is None else old[4] + 1
+        version = 1 if old is None else old[3] + 1
         exp = None if ttl is None else now + self._ttl_us(ttl)
-        eff = (KV_PUT, r.run_id, key, data, version, now, exp)
+        eff = (KV_PUT, key, data, version, now, exp)
         if self._undo is None:
             if self.log is not None:
-                self.log.append((eff,))
+                self.log.append((r.run_id, eff))
             kv[key] = eff
             r.journal.append(eff)
         else:
@@ -296,9 +297,9 @@ class Engine:
     def _kv_live(self, r: RunData, key):
         """The entry at `key` when it holds a live (not deleted, not expired) value."""
         e = r.kv.get(key)
-        if e is None or e[3] is None:
+        if e is None or e[2] is None:
             return None
-        if e[6] is not None and e[6] <= self.clock():
+        if e[5] is not None and e[5] <= self.clock():
             return None
         return e
 
@@ -307,16 +308,16 @@ class Engine:
         if r is None:
             self._run(run)
         e = r.kv.get(key)
-        if e is None or e[3] is None:
+        if e is None or e[2] is None:
             check_key(key)
             return default
-        if e[6] is not None and e[6] <= self.clock():
+        if e[5] is not None and e[5] <= self.clock():
             return default
-        return _unpackb(e[3], raw=False)
+        return _unpackb(e[2], raw=False)
 
     def kv_get_versioned(self, run, key):
         e = self._kv_live(self._run(run), check_key(key))
-        return None if e is None else Versioned(_unpack(e[3]), e[4], e[5])
+        return None if e is None else Versioned(_unpack(e[2]), e[3], e[4])
 
     def kv_exists(self, run, key) -> bool:
         return self._kv_live(self._run(run), check_key(key)) is not None
@@ -325,10 +326,10 @@ class Engine:
         r = self._writable(run)
         check_key(key)
         old = r.kv.get(key)
-        if old is None or old[3] is None:
+        if old is None or old[2] is None:
             return False
-        live = old[6] is None or old[6] > self.clock()
-        self._commit(r, (KV_DEL, r.run_id, key, None, old[4] + 1, self.clock(), None))
+        live = old[5] is None or old[5] > self.clock()
+        self._commit(r, (KV_DEL, key, None, old[3] + 1, self.clock(), None))
         return live
 
     def kv_cas(self, run, key, expected_version, value) -> int:
@@ -337,13 +338,13 @@ class Engine:
         if type(expected_version) is not int:
             raise InvalidValue(f"expected_version must be an int, got {type(expected_version).__name__}")
         e = self._kv_live(r, key)
-        actual = 0 if e is None else e[4]
+        actual = 0 if e is None else e[3]
         if actual != expected_version:
             raise VersionMismatch(expected_version, actual)
         data = self._encode(value)
         old = r.kv.get(key)
-        version = 1 if old is None else old[4] + 1
-        self._commit(r, (KV_PUT, r.run_id, key, data, version, self.clock(), None))
+        version = 1 if old is None else old[3] + 1
+        self._commit(r, (KV_PUT, key, data, version, self.clock(), None))
         return version
 
     def kv_get_many(self, run, keys) -> list:
@@ -353,7 +354,7 @@ class Engine:
         out = []
         for key in keys:
             e = self._kv_live(r, check_key(key))
-            out.append(None if e is None else _unpack(e[3]))
+            out.append(None if e is None else _unpack(e[2]))
         return out
 
     def _kv_sorted(self, r: RunData, prefix) -> list:
@@ -361,8 +362,8 @@ class Engine:
             raise InvalidKey("prefix must be a str")
         now = self.clock()
         return sorted(e for k, e in r.kv.items()
-                      if e[3] is not None and k.startswith(prefix)
-                      and (e[6] is None or e[6] > now))
+                      if e[2] is not None and k.startswith(prefix)
+                      and (e[5] is None or e[5] > now))
 
     def kv_keys(self, run, prefix="") -> list:
         r = self._run(run)
@@ -370,13 +371,13 @@ class Engine:
             raise InvalidKey("prefix must be a str")
         now = self.clock()
         return sorted(k for k, e in r.kv.items()
-                      if e[3] is not None and k.startswith(prefix) and (e[6] is None or e[6] > now))
+                      if e[2] is not None and k.startswith(prefix) and (e[5] is None or e[5] > now))
 
     def kv_items(self, run, prefix="") -> list:
         r = self._run(run)
         keys = self.kv_keys(run, prefix)
         kv = r.kv
-        return [(k, _unpack(kv[k][3])) for k in keys]
+        return [(k, _unpack(kv[k][2])) for k in keys]
 
     # -- events --------------------------------------------------------------------
 
@@ -385,21 +386,21 @@ class Engine:
         check_key(event_type, "event type")
         data = self._encode(canonical(payload) if type(payload) in (dict, list) else payload)
         seq = len(r.events)
-        prev = r.events[-1][7] if seq else ZERO_HASH
+        prev = r.events[-1][6] if seq else ZERO_HASH
         ts = self.clock()
         # The payload bytes are already the canonical encoding, so the hashed
         # array is assembled from parts instead of packing the payload again.
         body = b"".join((_EV_PREFIX, _packb(seq), _packb(event_type), data, _packb(ts),
                          _packb(prev)))
         h = _sha256(body).digest()
-        eff = (EV_APPEND, r.run_id, seq, event_type, data, ts, prev, h)
+        eff = (EV_APPEND, seq, event_type, data, ts, prev, h)
         self._commit(r, eff)
         return Event(seq, event_type, payload if type(payload) not in (dict, list) else _unpack(data),
                      ts, prev, h)
 
     @staticmethod
     def _event(e) -> Event:
-        return Event(e[2], e[3], _unpack(e[4]), e[5], e[6], e[7])
+        return Event(e[1], e[2], _unpack(e[3]), e[4], e[5], e[6])
 
     def ev_read(self, run, sequence):
         r = self._run(run)
@@ -433,22 +434,22 @@ class Engine:
         r = self._run(run)
         prev = ZERO_HASH
         for i, e in enumerate(r.events):
-            body = b"".join((_EV_PREFIX, msgpack.packb(e[2]), msgpack.packb(e[3], use_bin_type=True),
-                             e[4], msgpack.packb(e[5]), msgpack.packb(e[6], use_bin_type=True)))
-            if e[2] != i:
-                return ChainCheck(False, len(r.events), i, f"event {i} has sequence {e[2]}")
-            if e[6] != prev:
+            body = b"".join((_EV_PREFIX, msgpack.packb(e[1]), msgpack.packb(e[2], use_bin_type=True),
+                             e[3], msgpack.packb(e[4]), msgpack.packb(e[5], use_bin_type=True)))
+            if e[1] != i:
+                return ChainCheck(False, len(r.events), i, f"event {i} has sequence {e[1]}")
+            if e[5] != prev:
                 return ChainCheck(False, len(r.events), i, f"event {i}: prev_hash does not match")
-            if _sha256(body).digest() != e[7]:
+            if _sha256(body).digest() != e[6]:
                 return ChainCheck(False, len(r.events), i, f"event {i}: hash does not match")
-            prev = e[7]
+            prev = e[6]
         return ChainCheck(True, len(r.events), None, None)
 
     # -- state cells ---------------------------------------------------------------
 
     def _st_live(self, r, name):
         e = r.state.get(name)
-        return None if e is None or e[3] is None else e
+        return None if e is None or e[2] is None else e
 
     def st_init(self, run, name, value) -> int:
         r = self._writable(run)
@@ -460,14 +461,14 @@ class Engine:
     def _st_put(self, r, run, name, value) -> int:
         data = self._encode(value)
         old = r.state.get(name)
-        version = 1 if old is None else old[4] + 1
-        self._commit(r, (ST_PUT, r.run_id, name, data, version, self.clock()))
+        version = 1 if old is None else old[3] + 1
+        self._commit(r, (ST_PUT, name, data, version, self.clock()))
         return version
 
     def st_read(self, run, name):
         r = self._run(run)
         e = self._st_live(r, check_key(name, "state name"))
-        return None if e is None else State(_unpack(e[3]), e[4], e[5])
+        return None if e is None else State(_unpack(e[2]), e[3], e[4])
 
     def st_set(self, run, name, value) -> int:
         r = self._writable(run)
@@ -480,7 +481,7 @@ class Engine:
         if type(expected_version) is not int:
             raise InvalidValue("expected_version must be an int")
         e = self._st_live(r, name)
-        actual = 0 if e is None else e[4]
+        actual = 0 if e is None else e[3]
         if actual != expected_version:
             raise VersionMismatch(expected_version, actual)
         return self._st_put(r, run, name, value)
@@ -491,7 +492,7 @@ class Engine:
         e = self._st_live(r, name)
         if e is None:
             return False
-        self._commit(r, (ST_DEL, r.run_id, name, None, e[4] + 1, self.clock()))
+        self._commit(r, (ST_DEL, name, None, e[3] + 1, self.clock()))
         return True
 
     # -- traces --------------------------------------------------------------------
@@ -514,14 +515,14 @@ class Engine:
             check_key(trace_id, "trace id")
             if trace_id in r.traces:
                 raise InvalidValue(f"trace id {trace_id!r} already exists in run {run!r}")
-        self._commit(r, (TR_ADD, r.run_id, trace_id, parent_id, trace_type, packed, tags, meta,
+        self._commit(r, (TR_ADD, trace_id, parent_id, trace_type, packed, tags, meta,
                          self.clock()))
         return trace_id
 
     @staticmethod
     def _trace(e) -> Trace:
-        return Trace(e[2], e[3], e[4], _unpack(e[5]), list(e[6]),
-                     None if e[7] is None else _unpack(e[7]), e[8])
+        return Trace(e[1], e[2], e[3], _unpack(e[4]), list(e[5]),
+                     None if e[6] is None else _unpack(e[6]), e[7])
 
     def tr_get(self, run, trace_id):
         e = self._run(run).traces.get(trace_id)
@@ -553,18 +554,18 @@ class Engine:
 
     def _js_doc(self, r, key):
         e = r.json.get(key)
-        return (None, 0 if e is None else e[4]) if e is None or e[3] is None else (_unpack(e[3]), e[4])
+        return (None, 0 if e is None else e[3]) if e is None or e[2] is None else (_unpack(e[2]), e[3])
 
     def _js_write(self, r, run, key, doc, version) -> int:
         data = self._encode(doc)
-        self._commit(r, (JS_PUT, r.run_id, key, data, version + 1, self.clock()))
+        self._commit(r, (JS_PUT, key, data, version + 1, self.clock()))
         return version + 1
 
     def js_put(self, run, key, doc) -> int:
         r = self._writable(run)
         check_key(key)
         e = r.json.get(key)
-        return self._js_write(r, run, key, doc, 0 if e is None else e[4])
+        return self._js_write(r, run, key, doc, 0 if e is None else e[3])
 
     def js_get(self, run, key, path="$"):
         r = self._run(run)
@@ -592,7 +593,7 @@ class Engine:
         if doc is None:
             return False
         if not steps:
-            self._commit(r, (JS_DEL, r.run_id, key, None, version + 1, self.clock()))
+            self._commit(r, (JS_DEL, key, None, version + 1, self.clock()))
             return True
         if not jsonpath.delete(doc, steps, path):
             return False
@@ -642,15 +643,15 @@ class Engine:
         e = table.get(key)
         if e is None:
             return [False, None, 0]
-        if e[3] is None or (ns == "kv" and e[6] is not None and e[6] <= self.clock()):
-            return [False, None, e[4]]
-        return [True, _unpack(e[3]), e[4]]
+        if e[2] is None or (ns == "kv" and e[5] is not None and e[5] <= self.clock()):
+            return [False, None, e[3]]
+        return [True, _unpack(e[2]), e[3]]
 
     def _slot_version(self, r, ns, key) -> int:
         if ns == "ev":
             return len(r.events)
         e = (r.kv if ns == "kv" else r.state if ns == "st" else r.json).get(key)
-        return 0 if e is None else e[4]
+        return 0 if e is None else e[3]
 
     def tx_commit(self, run, reads, writes) -> list:
         """Validate the read set, then apply every write or none.
@@ -686,17 +687,17 @@ class Engine:
         finally:
             self._undo = None
         if self.log is not None and undo:
-            self.log.append(tuple(r.journal[journal_len:]))
+            self.log.append((r.run_id, *r.journal[journal_len:]))
         return results
 
     def _undo_entry(self, r, eff):
         code = eff[0]
         if code in (KV_PUT, KV_DEL):
-            return (r.kv, eff[2], r.kv.get(eff[2]))
+            return (r.kv, eff[1], r.kv.get(eff[1]))
         if code in (ST_PUT, ST_DEL):
-            return (r.state, eff[2], r.state.get(eff[2]))
+            return (r.state, eff[1], r.state.get(eff[1]))
         if code in (JS_PUT, JS_DEL):
-            return (r.json, eff[2], r.json.get(eff[2]))
+            return (r.json, eff[1], r.json.get(eff[1]))
         return (None, code, eff)
 
     def _rollback(self, r, undo, journal_len):
@@ -708,10 +709,10 @@ class Engine:
                     table[key] = prev
             elif key == EV_APPEND:
                 e = r.events.pop()
-                lst = r.events_by_type[e[3]]
+                lst = r.events_by_type[e[2]]
                 lst.pop()
                 if not lst:
-                    del r.events_by_type[e[3]]
+                    del r.events_by_type[e[2]]
             elif key == TR_ADD:
                 self._remove_trace(r, prev)
             elif key == RUN_STATUS:  # pragma: no cover - refused by _TX_WRITE_OPS
@@ -720,10 +721,10 @@ class Engine:
 
     @staticmethod
     def _remove_trace(r, eff):
-        tid, parent = eff[2], eff[3]
+        tid, parent = eff[1], eff[2]
         del r.traces[tid]
         r.trace_order.pop()
-        for index, k in ((r.traces_by_type, eff[4]), *((r.traces_by_tag, t) for t in eff[6])):
+        for index, k in ((r.traces_by_type, eff[3]), *((r.traces_by_tag, t) for t in eff[5])):
             lst = index[k]
             lst.pop()
             if not lst:
@@ -738,21 +739,56 @@ class Engine:
 
     # -- recovery ------------------------------------------------------------------
 
-    def apply_effect(self, eff) -> None:
-        """Apply an effect read back from the WAL: the same path live writes take."""
-        code = eff[0]
-        if code == RUN_CREATE:
-            if eff[1] not in self.runs:  # a duplicate create is a replay of what a snapshot holds
-                self.runs[eff[1]] = RunData(eff)
-            return
-        if code == RUN_DELETE:
-            self.runs.pop(eff[1], None)
-            return
-        r = self.runs.get(eff[1])
-        if r is None:
-            raise InmemError(f"log names run {eff[1]!r} that was never created")
-        APPLY[code](r, eff)
-        r.journal.append(eff)
+    def apply_batches(self, batches) -> None:
+        """Apply a WAL record's batches, `(run id, [effect, ...])`, in order.
+
+        The same APPLY path as live writes, in bulk: a batch of plain KV writes
+        to a live run goes to the journal and the table with C-level calls.
+        """
+        runs = self.runs
+        for run_id, effs in batches:
+            r = runs.get(run_id)
+            if r is not None:
+                codes = set(map(_CODE, effs))
+                if codes <= _KV_CODES:
+                    r.journal.extend(effs)
+                    r.kv.update(zip(map(_KEY, effs), effs))
+                    continue
+                if not codes & _RUN_CODES:
+                    for eff in effs:
+                        APPLY[eff[0]](r, eff)
+                    r.journal.extend(effs)
+                    continue
+            self.apply_group((run_id, *effs))
+
+    def apply_group(self, group) -> None:
+        """Apply one logged group, `(run id, effect, ...)`, read back from the WAL.
+
+        This is the path live writes take (the same APPLY functions), minus the
+        checks: a group in the log was validated when it was first committed.
+        """
+        run_id = group[0]
+        r = self.runs.get(run_id)
+        if r is not None and len(group) == 2:  # the common case: one write to a live run
+            eff = group[1]
+            code = eff[0]
+            if code != RUN_CREATE and code != RUN_DELETE:
+                APPLY[code](r, eff)
+                r.journal.append(eff)
+                return
+        for eff in group[1:]:
+            code = eff[0]
+            if code == RUN_CREATE:
+                r = self.runs[run_id] = RunData(eff)
+                continue
+            if code == RUN_DELETE:
+                self.runs.pop(run_id, None)
+                r = None
+                continue
+            if r is None:
+                raise InmemError(f"the log names run {run_id!r}, which was never created")
+            APPLY[code](r, eff)
+            r.journal.append(eff)
 
     # -- statistics ----------------------------------------------------------------
 
@@ -790,6 +826,11 @@ class Engine:
             "engine.counts": self.counts,
         }
 
+
+_CODE = itemgetter(0)
+_KEY = itemgetter(1)
+_KV_CODES = frozenset((KV_PUT, KV_DEL))
+_RUN_CODES = frozenset((RUN_CREATE, RUN_DELETE))
 
 _TX_WRITE_OPS = frozenset((
     "kv.put", "kv.delete", "kv.cas", "ev.append", "st.init", "st.set", "st.cas", "st.delete",

@@ -11,13 +11,22 @@ state, so applying section by section rebuilds exactly the state that was
 served.
 
 Section body (msgpack): a list with one item per run,
-`[run_id, journal_length, positions, effects]`, where each effect is stored
-without its run id (the item names it once) and rebuilt on load. The RUNS
-section also carries the run's orphaned flag. The META section is a map with
-the engine's format version and counts.
+`[run_id, journal_length, positions, effects]`, where `positions` is the
+journal position of each effect as little-endian u32s (bytes) and each effect
+is the tuple the engine holds. The RUNS section also carries the run's
+orphaned flag. The META section is a map with the codec version and counts.
+
+Loading is built for the common shapes: a run whose effects of one primitive
+sit at consecutive positions is put back with one slice assignment, and the
+KV, state and JSON tables are filled by `dict.update` over C iterators.
 """
 
 from __future__ import annotations
+
+import sys
+from array import array
+from itertools import compress
+from operator import itemgetter
 
 import msgpack
 
@@ -37,16 +46,21 @@ def dump(engine: Engine) -> tuple[dict, list]:
     """(counts, [(section type, body bytes), ...]) for the engine's current state."""
     split = {t: [] for t in _ORDER}
     for r in engine.runs.values():
-        per = {t: ([], []) for t in _ORDER}
-        for pos, eff in enumerate(r.journal):
-            positions, effs = per[_SECTION_OF[PRIMITIVE[eff[0]]]]
-            positions.append(pos)
-            effs.append((eff[0], *eff[2:]))
-        n = len(r.journal)
-        for t, (positions, effs) in per.items():
+        journal = r.journal
+        n = len(journal)
+        codes = list(map(_CODE, journal))
+        present = set(codes)
+        for t in _ORDER:
+            wanted = _CODES_OF_SECTION[t]
+            if t != fmt.RUNS and not present & wanted:
+                continue
+            # compress() walks the journal in C: the split costs no Python loop per entry.
+            mask = list(map(wanted.__contains__, codes))
+            effs = list(compress(journal, mask))
+            positions = _positions_bytes(compress(range(n), mask))
             if t == fmt.RUNS:
                 split[t].append((r.run_id, n, positions, effs, r.orphaned))
-            elif positions:
+            else:
                 split[t].append((r.run_id, n, positions, effs))
     packb = msgpack.Packer(use_bin_type=True).pack
     counts = engine.counts()
@@ -61,36 +75,65 @@ def load(engine: Engine, sections: dict) -> None:
     if meta.get("codec", CODEC_VERSION) != CODEC_VERSION:
         raise ValueError(f"snapshot codec version {meta.get('codec')} is not supported")
     runs = engine.runs
-    for item in _unpack(sections.get(fmt.RUNS)):
-        run_id, n, positions, effs, orphaned = item
-        journal = [None] * n
-        r = None
-        for pos, e in zip(positions, effs):
-            eff = (e[0], run_id, *e[1:])
-            journal[pos] = eff
-            if e[0] == RUN_CREATE:
-                r = RunData(eff)
-            else:
-                APPLY[e[0]](r, eff)
-        if r is None:
+    for run_id, n, positions, effs, orphaned in _unpack(sections.get(fmt.RUNS)):
+        if not effs or effs[0][0] != RUN_CREATE:
             raise ValueError(f"run {run_id!r} has no creation record in the snapshot")
+        r = RunData(effs[0])
+        journal = [None] * n
+        _place(journal, _positions(positions), effs)
+        for eff in effs[1:]:
+            APPLY[eff[0]](r, eff)
         r.journal = journal
         r.orphaned = orphaned
-        runs[run_id] = r
+        runs[r.run_id] = r
     for t in _ORDER[1:]:
-        for run_id, n, positions, effs in _unpack(sections.get(t)):
+        for run_id, _n, positions, effs in _unpack(sections.get(t)):
             r = runs[run_id]
-            run_id = r.run_id  # one shared str for every effect of the run
-            journal = r.journal
-            apply = None
-            code = None
-            for pos, e in zip(positions, effs):
-                if e[0] != code:
-                    code = e[0]
-                    apply = APPLY[code]
-                eff = (code, run_id, *e[1:])
-                journal[pos] = eff
-                apply(r, eff)
+            _place(r.journal, _positions(positions), effs)
+            table = {fmt.KV: r.kv, fmt.STATE: r.state, fmt.JSON: r.json}.get(t)
+            if table is not None:
+                # Entries are keyed by item 1; later effects overwrite earlier ones.
+                table.update(zip(map(_KEY, effs), effs))
+            else:
+                for eff in effs:
+                    APPLY[eff[0]](r, eff)
+    missing = [r.run_id for r in runs.values() if None in r.journal]
+    if missing:
+        raise ValueError(f"snapshot journals have holes in runs {missing[:5]}")
+
+
+_KEY = itemgetter(1)
+_CODE = itemgetter(0)
+_CODES_OF_SECTION = {t: frozenset(c for c, prim in PRIMITIVE.items() if _SECTION_OF[prim] == t)
+                     for t in _ORDER}
+
+
+def _positions_bytes(positions) -> bytes:
+    a = array("I", positions)
+    if sys.byteorder != "little":
+        a.byteswap()
+    return a.tobytes()
+
+
+def _positions(data) -> array:
+    a = array("I")
+    a.frombytes(data)
+    if sys.byteorder != "little":
+        a.byteswap()
+    return a
+
+
+def _place(journal: list, positions: array, effs) -> None:
+    if len(positions) != len(effs):
+        raise ValueError("snapshot section has positions and effects of different lengths")
+    if not effs:
+        return
+    first, last = positions[0], positions[-1]
+    if last - first + 1 == len(effs) and last < len(journal):
+        journal[first:last + 1] = effs  # consecutive: one C-level copy
+        return
+    for pos, eff in zip(positions, effs):
+        journal[pos] = eff
 
 
 def _unpack(body):

@@ -153,7 +153,13 @@ def main(argv=None) -> int:
     parser.add_argument("directory", help="the wal/ directory of a shard")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
-    report = inspect_wal(args.directory)
+    try:
+        report = inspect_wal(args.directory)
+    except OSError as exc:
+        # E.g. a segment removed by a live writer between listing and reading.
+        print(f"cannot read the WAL in {args.directory}: {exc}; run the command again, "
+              f"or on a copy of the directory", file=sys.stderr)
+        return EXIT_CORRUPTION
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:

@@ -40,7 +40,7 @@ size); each payload is sliced out of it once and its crc continues from the
 precomputed crc of its type and version bytes, so a record costs one
 allocation. Records before `start_lsn` are verified through a memoryview with
 no payload object made, and a segment that ends before `start_lsn` is not read
-at all. About 2M records/s for 100-byte payloads on the reference machine.
+at all. Replaying 1M records of 100 bytes takes about 0.55 s (1.9M records/s).
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ class WalWriter:
     def __init__(self, directory, mode: str = "buffered",
                  segment_bytes_max: int = 64 * 2**20, flush_interval_ms: float = 100,
                  max_pending_writes: int = 1000, fsync_slow_ms: float = 50,
-                 start_lsn: int | None = None):
+                 start_lsn: int | None = None, before_flush=None):
         if mode not in MODES:
             raise ValueError(f"WAL mode must be one of {MODES}, got {mode!r} "
                              f"(the 'inmemory' durability writes no WAL at all)")
@@ -98,6 +98,10 @@ class WalWriter:
         self.flush_interval_ms = flush_interval_ms
         self.max_pending_writes = max_pending_writes
         self.fsync_slow_ms = fsync_slow_ms
+        # Called by the background flusher (buffered mode) before each flush, so
+        # an owner that batches operations in memory can hand them over as one
+        # record just in time.
+        self.before_flush = before_flush
         self._strict = mode == "strict"
 
         # _lock guards the buffer and counters; _io_lock makes one thread at a
@@ -273,6 +277,14 @@ class WalWriter:
             with self._cond:
                 self._leader = False
                 self._cond.notify_all()
+
+    def kick(self) -> None:
+        """Ask the buffered flusher to flush now rather than at its next interval."""
+        self._kick.set()
+
+    def wait_durable(self, lsn: int) -> None:
+        """Return once the record at `lsn` is fsynced, leading a group flush if needed."""
+        self._wait_durable(lsn)
 
     def sync(self) -> int:
         """Write and fsync everything pending; return the durable LSN (exclusive)."""
@@ -451,6 +463,8 @@ class WalWriter:
             if self._stopping:
                 return  # close() does the final flush
             try:
+                if self.before_flush is not None:
+                    self.before_flush()
                 self._flush()
             except WalError as exc:
                 logger.error("WAL background flush stopped for %s: %s", self.directory, exc)
@@ -505,6 +519,12 @@ class WalWriter:
     def pending_records(self) -> int:
         """Records appended but not yet durable."""
         return self._next_lsn - self._durable_lsn
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of encoded records held in memory, waiting to be written."""
+        with self._lock:
+            return sum(len(buf) for _, buf in self._chunks)
 
     @property
     def segment_first_lsn(self) -> int:

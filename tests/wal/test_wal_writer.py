@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+import wal.record as record_mod
 import wal.writer as writer_mod
 from wal.errors import (RecordTooLarge, WalClosed, WalError, WalFailed,
                         WalNeedsRecovery)
@@ -198,14 +199,15 @@ def test_temp_files_are_cleaned_on_open(tmp_path):
     assert sorted(os.listdir(tmp_path)) == [seg_name(0), seg_name(1) + ".broken"]
 
 
-def test_argument_checks(tmp_path):
+def test_argument_checks(tmp_path, monkeypatch):
+    monkeypatch.setattr(record_mod, "RECORD_BYTES_MAX", 100)
     with pytest.raises(ValueError):
         WalWriter(tmp_path, "inmemory")
     with pytest.raises(ValueError):
         WalWriter(tmp_path, "strict", max_pending_writes=0)
     with WalWriter(tmp_path, "strict") as w:
         with pytest.raises(RecordTooLarge):
-            w.append(b"x", rtype=1) if False else w.append(bytearray(64 * 2**20 + 1))
+            w.append(bytearray(101))
         with pytest.raises(TypeError):
             w.append("not bytes")
         with pytest.raises(ValueError):
@@ -328,7 +330,7 @@ def test_fsync_error_is_fail_stop_in_strict_mode(tmp_path, monkeypatch):
     cause = info.value.__cause__
     assert isinstance(cause, OSError) and cause.errno == errno.EIO
     assert w.failed and w.error is cause
-    assert w.durable_lsn == 1 and w.pending_records == 1
+    assert w.durable_lsn == 1 and w.pending_records == 1 and w.pending_bytes == 14
     monkeypatch.setattr(writer_mod, "_os_fsync", os.fsync)  # the disk "recovers": no matter
     for call in (lambda: w.append(b"x"), lambda: w.append_nowait(b"x"), w.sync, w.flush,
                  w.roll, lambda: w.delete_before(5)):
@@ -379,7 +381,8 @@ def test_fsync_error_is_fail_stop_in_buffered_mode(tmp_path, monkeypatch):
     w.append(b"c")
     wait_until(lambda: w.failed, what="the flusher to record the error")
     assert isinstance(w.error, OSError) and w.error.errno == errno.EIO
-    assert w.pending_records == 2 and w.durable_lsn == 1  # the buffer is kept
+    assert w.pending_records == 2 and w.durable_lsn == 1
+    assert w.pending_bytes == 2 * 11  # the buffer is kept, not dropped
     with pytest.raises(WalFailed) as info:
         w.append(b"d")
     assert info.value.__cause__ is w.error

@@ -1,0 +1,387 @@
+"""Tier recovery: snapshot write and load, the serving pause, WAL replay, full recovery.
+
+All on one embedded shard in buffered mode, with 16-byte keys and 100-byte
+values (1M keys in a full run). Reopening is timed from `inmem.open` to the
+moment it returns, which includes the recovery sequence, index rebuild and
+the GC freeze that follows it.
+
+- `recovery.snapshot_write`: `db.snapshot()` wall time (the file written and
+  durable); peer Redis SAVE of the same data.
+- `recovery.snapshot_pause`: the longest gap a reader thread, calling kv.get
+  in a loop, sees while that snapshot runs; the reader's longest gap over a
+  quiet window of the same length is kept beside it. Peer: Redis's own fork
+  time for BGSAVE (`latest_fork_usec`), which is what its clients wait for.
+- `recovery.snapshot_load`: reopen with a snapshot and an empty WAL; peers
+  Redis RDB load (the load time Redis logs when it restarts on the file) and
+  SQLite open + count(*) of the same rows.
+- `recovery.wal_replay`: reopen with only a WAL of N single-put records (the
+  store was opened with snapshot_on_close=False and thresholds that never
+  trigger, then closed); peer Redis AOF load of N SET commands.
+- `recovery.full`: a snapshot of N keys plus a WAL of N/10 more puts; peers
+  Redis AOF with an RDB preamble plus N/10 commands after it, and SQLite.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import inmem
+
+from ..context import Context, error_row, make_row, peer_value, skipped_row, target
+from ..harness import gc_paused, time_once
+from ..workloads import VALUE_BYTES, load_ours, make_keys, make_value, sqlite_file_opener
+from .durability import DurableUnavailable, open_durable
+
+TIER = "recovery"
+MODE = "buffered"
+MILLION = 1_000_000
+NEVER = {"snapshot_on_close": False, "snapshot_wal_bytes": 1 << 60,
+         "snapshot_interval_s": 10.0 ** 9}
+
+TARGETS = {
+    "recovery.snapshot_write": target("< 300 ms for 1M keys", "issue 3", max_ms=300,
+                                      for_n=MILLION),
+    "recovery.snapshot_pause": target("< 20 ms", "issue 3", max_ms=20),
+    "recovery.snapshot_load": target("< 1 s for 1M keys", "issue 3", max_ms=1000,
+                                     for_n=MILLION),
+    "recovery.wal_replay": target("< 1 s for 1M records", "issue 3", max_ms=1000,
+                                  for_n=MILLION),
+    "recovery.full": target("< 500 ms for 1M keys (acceptable < 2 s)", "baseline",
+                            max_ms=500, for_n=MILLION),
+}
+ROW_PEERS = {
+    "recovery.snapshot_write": ("redis",),
+    "recovery.snapshot_pause": ("redis",),
+    "recovery.snapshot_load": ("redis", "sqlite"),
+    "recovery.wal_replay": ("redis",),
+    "recovery.full": ("redis", "sqlite"),
+}
+
+
+def run(ctx: Context) -> None:
+    n = ctx.sizes["recovery_keys"]
+    records = ctx.sizes["wal_records"]
+    value = make_value(VALUE_BYTES)
+    keys = make_keys(n)
+    # snapshot_write, snapshot_pause and snapshot_load share one data set.
+    _guard(ctx, ("recovery.snapshot_write", "recovery.snapshot_pause",
+                 "recovery.snapshot_load"), lambda: _snapshot_rows(ctx, keys, value))
+    _guard(ctx, ("recovery.wal_replay",), lambda: _wal_replay(ctx, records, value))
+    _guard(ctx, ("recovery.full",), lambda: _full(ctx, keys, value))
+
+
+def _guard(ctx, names, fn) -> None:
+    ctx.log(f"recovery: {', '.join(names)}")
+    done = len(ctx.rows)
+    try:
+        fn()
+        return
+    except DurableUnavailable as exc:
+        make = lambda name: skipped_row(name, TIER, MODE, "ms", str(exc),  # noqa: E731
+                                        peers=ROW_PEERS[name], target=TARGETS.get(name))
+    except Exception as exc:  # one broken case must not cost the others
+        make = lambda name: error_row(name, TIER, MODE, "ms", exc,  # noqa: E731
+                                      peers=ROW_PEERS[name], target=TARGETS.get(name))
+    have = {r["name"] for r in ctx.rows[done:]}
+    for name in names:
+        if name not in have:
+            ctx.add(make(name))
+
+
+def _row(name, ms, n, peers, extra):
+    return make_row(name, TIER, MODE, "ms", value=ms, n=n, peers=peers,
+                    target=TARGETS.get(name), extra=extra)
+
+
+# -- snapshot write / pause / load -------------------------------------------------
+
+class _Reader:
+    """A thread calling kv.get in a loop; records the longest gap while `window` is set."""
+
+    def __init__(self, db, run, keys):
+        self.db, self.run, self.keys = db, run, keys
+        self.window = False
+        self.max_gap_ns = 0
+        self.reads = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="bench-reader", daemon=True)
+
+    def _loop(self):
+        get, run, keys = self.db.kv.get, self.run, self.keys
+        nk = len(keys)
+        ns = time.perf_counter_ns
+        last = ns()
+        i = 0
+        while not self._stop:
+            get(run, keys[i % nk])
+            i += 1
+            now = ns()
+            if self.window and now - last > self.max_gap_ns:
+                self.max_gap_ns = now - last
+            last = now
+        self.reads = i
+
+    def start(self):
+        self._thread.start()
+        time.sleep(0.05)
+
+    def measure_window(self, fn):
+        self.max_gap_ns = 0
+        self.window = True
+        try:
+            result = fn()
+        finally:
+            self.window = False
+        return self.max_gap_ns / 1e6, result
+
+    def stop(self):
+        self._stop = True
+        self._thread.join(timeout=30)
+
+
+def _snapshot_rows(ctx, keys, value):
+    n = len(keys)
+    path = ctx.scratch("ours-snapshot")
+    try:
+        db = open_durable(path, "buffered", **NEVER)
+        try:
+            run = db.begin_run(name="bench")
+            load_ours(db, run, keys, value)
+            reader = _Reader(db, run, keys)
+            reader.start()
+            try:
+                snap_ms = [0.0]
+
+                def snapshot():
+                    snap_ms[0], infos = time_once(db.snapshot)
+                    return infos
+
+                # A quiet window as long as the snapshot: the gaps a reader
+                # sees anyway (thread switches), so the pause can be read
+                # against them.
+                pause_ms, infos = reader.measure_window(snapshot)
+                quiet_ms, _ = reader.measure_window(lambda: time.sleep(max(snap_ms[0], 1) / 1000))
+            finally:
+                reader.stop()
+            store = getattr(getattr(db, "_backend", None), "store", None)
+            fork_ms = getattr(store, "last_snapshot_pause_ms", None)
+        finally:
+            db.close()
+        snap_bytes = infos[0].bytes if infos else None
+        details: dict = {}
+        redis_save = _redis_snapshot(ctx, keys, value)
+        peers_w = {"redis": peer_value(lambda: redis_save("save"), details, "redis")}
+        ctx.add(_row("recovery.snapshot_write", snap_ms[0], n, peers_w,
+                     {"keys": n, "snapshot_bytes": snap_bytes, "peer_detail": details,
+                      "peer_config": {"redis": "SAVE of the same keys (RDB)"}}))
+        details_p: dict = {}
+        peers_p = {"redis": peer_value(lambda: redis_save("fork"), details_p, "redis")}
+        ctx.add(_row("recovery.snapshot_pause", pause_ms, n, peers_p,
+                     {"keys": n, "quiet_window_max_gap_ms": quiet_ms, "fork_ms": fork_ms,
+                      "reads": reader.reads, "peer_detail": details_p,
+                      "peer_config": {"redis": "BGSAVE fork time (latest_fork_usec)"}}))
+
+        # Reopen: the snapshot holds everything, the WAL after it is empty.
+        load_ms, db = time_once(lambda: open_durable(path, "buffered", **NEVER))
+        try:
+            report = _report(db)
+            check = db.kv.get(db.runs.list()[0].run_id, keys[-1]) == value if n else True
+        finally:
+            db.close()
+        details_l: dict = {}
+        peers_l = {"redis": peer_value(lambda: redis_save("load"), details_l, "redis"),
+                   "sqlite": peer_value(lambda: _sqlite_open_count(ctx, keys, value),
+                                        details_l, "sqlite")}
+        redis_save("close")
+        ctx.add(_row("recovery.snapshot_load", load_ms, n, peers_l,
+                     {"keys": n, "recovery_report": report, "last_key_read_back": check,
+                      "peer_detail": details_l,
+                      "peer_config": {"redis": "RDB load on restart (time Redis logs)",
+                                      "sqlite": "connect + SELECT count(*) of the same rows "
+                                                "(WAL, NORMAL)"}}))
+    finally:
+        ctx.discard(path)
+
+
+def _redis_snapshot(ctx, keys, value):
+    """One redis-server with the same keys, used by the three snapshot rows in turn."""
+    state: dict = {}
+
+    def step(what):
+        if what == "close":
+            server = state.pop("server", None)
+            if server is not None:
+                ctx.peers.release(server)
+            return None
+        if "error" in state:
+            raise state["error"]
+        if "server" not in state:
+            try:
+                server = ctx.peers.redis("inmemory")
+                state["server"] = server
+                _redis_load(server, keys, value)
+            except Exception as exc:
+                state["error"] = exc
+                raise
+        server = state["server"]
+        client = server.client
+        if what == "save":
+            ms, _ = time_once(client.save)
+            return ms, {"keys": client.dbsize()}
+        if what == "fork":
+            client.bgsave()
+            server.wait_rewrite_done()
+            fork_us = client.info("stats").get("latest_fork_usec")
+            return fork_us / 1000.0, {"latest_fork_usec": fork_us}
+        if what == "load":
+            # dump.rdb exists from SAVE; a restart loads it and logs how long that took.
+            timing = server.restart()
+            loaded = client.dbsize()
+            if loaded != len(keys):
+                raise RuntimeError(f"redis loaded {loaded} keys, expected {len(keys)}")
+            return _load_value(timing), {**timing, "keys": loaded}
+        raise ValueError(what)
+
+    return step
+
+
+def _load_value(timing: dict) -> float:
+    return timing["load_ms"] if timing.get("load_ms") is not None else timing["wall_ms"]
+
+
+def _redis_load(server, keys, value, batch: int = 1000) -> None:
+    client = server.client
+    for lo in range(0, len(keys), batch):
+        pipe = client.pipeline(transaction=False)
+        for k in keys[lo:lo + batch]:
+            pipe.set(k, value)
+        pipe.execute()
+
+
+def _sqlite_open_count(ctx, keys, value):
+    sq_open, sq_clean, path = sqlite_file_opener(ctx, "NORMAL")
+    try:
+        kv = sq_open()
+        kv.load([(k, value) for k in keys])
+        kv.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        kv.close()
+        ms, count = time_once(lambda: _open_and_count(ctx, path))
+        if count != len(keys):
+            raise RuntimeError(f"sqlite counted {count} rows, expected {len(keys)}")
+        return ms, {"rows": count}
+    finally:
+        sq_clean()
+
+
+def _open_and_count(ctx, path):
+    kv = ctx.peers.sqlite(path, "NORMAL")
+    try:
+        return kv.count()
+    finally:
+        kv.close()
+
+
+def _report(db) -> dict | None:
+    reports = db.recovery_report()
+    if not reports:
+        return None
+    r = reports[0]
+    return {"snapshot_used": os.path.basename(r.snapshot_used) if r.snapshot_used else None,
+            "records_replayed": r.records_replayed,
+            "transactions_recovered": r.transactions_recovered, "seconds": r.seconds}
+
+
+# -- WAL replay ----------------------------------------------------------------------
+
+def _write_single_puts(db, run, keys, value):
+    put = db.kv.put
+    with gc_paused():
+        for k in keys:
+            put(run, k, value)
+
+
+def _wal_replay(ctx, records, value):
+    keys = make_keys(records, prefix="w")
+    path = ctx.scratch("ours-wal")
+    try:
+        db = open_durable(path, "buffered", **NEVER)
+        try:
+            run = db.begin_run(name="bench")
+            _write_single_puts(db, run, keys, value)
+            wal_bytes = db.info()["shards"][0].get("wal_bytes")
+        finally:
+            db.close()  # snapshot_on_close=False: only the WAL is left
+        ms, db = time_once(lambda: open_durable(path, "buffered", **NEVER))
+        try:
+            report = _report(db)
+        finally:
+            db.close()
+        details: dict = {}
+        peers = {"redis": peer_value(lambda: _redis_aof(ctx, keys, value, preamble=False,
+                                                        tail=0), details, "redis")}
+        ctx.add(_row("recovery.wal_replay", ms, records, peers,
+                     {"records_written": records, "wal_bytes": wal_bytes,
+                      "recovery_report": report, "peer_detail": details,
+                      "peer_config": {"redis": "AOF of the same SETs (no RDB preamble), load "
+                                               "time Redis logs on restart"}}))
+    finally:
+        ctx.discard(path)
+
+
+def _redis_aof(ctx, keys, value, *, preamble: bool, tail: int):
+    server = ctx.peers.redis("buffered", extra_args=[
+        "--aof-use-rdb-preamble", "yes" if preamble else "no"])
+    try:
+        _redis_load(server, keys, value)
+        if preamble:
+            # The rewrite turns what is loaded so far into an RDB base file,
+            # like our snapshot; the tail goes after it as commands.
+            server.client.bgrewriteaof()
+            time.sleep(0.01)
+            server.wait_rewrite_done()
+        if tail:
+            _redis_load(server, keys[:tail], value[::-1])
+        timing = server.restart()
+        loaded = server.client.dbsize()
+        if loaded != len(keys):
+            raise RuntimeError(f"redis loaded {loaded} keys, expected {len(keys)}")
+        return _load_value(timing), {**timing, "keys": loaded}
+    finally:
+        ctx.peers.release(server)
+
+
+# -- full recovery -------------------------------------------------------------------
+
+def _full(ctx, keys, value):
+    n = len(keys)
+    tail = max(1, n // 10)
+    path = ctx.scratch("ours-full")
+    try:
+        db = open_durable(path, "buffered", **NEVER)
+        try:
+            run = db.begin_run(name="bench")
+            load_ours(db, run, keys, value)
+            db.snapshot()
+            _write_single_puts(db, run, keys[:tail], value[::-1])
+        finally:
+            db.close()
+        ms, db = time_once(lambda: open_durable(path, "buffered", **NEVER))
+        try:
+            report = _report(db)
+        finally:
+            db.close()
+        details: dict = {}
+        peers = {"redis": peer_value(lambda: _redis_aof(ctx, keys, value, preamble=True,
+                                                        tail=tail), details, "redis"),
+                 "sqlite": peer_value(lambda: _sqlite_open_count(ctx, keys, value), details,
+                                      "sqlite")}
+        ctx.add(_row("recovery.full", ms, n, peers,
+                     {"keys": n, "wal_tail_records": tail, "recovery_report": report,
+                      "peer_detail": details,
+                      "peer_config": {"redis": "AOF with RDB preamble + the same tail of "
+                                               "SETs, load time Redis logs on restart",
+                                      "sqlite": "connect + SELECT count(*)"}}))
+    finally:
+        ctx.discard(path)

@@ -1,0 +1,120 @@
+"""Data and loops shared by the tiers: keys, values, bulk loads, and KV loops for every peer.
+
+Keys are 16-byte strings and values raw bytes, the shape DESIGN.md measured
+(16 B keys, 100 B values). The same index-to-key mapping (`keys[i % len]`)
+drives our loop and every peer's, so all of them touch the same key sequence.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from .harness import measure
+from .peers import PeerUnavailable, tmpfs_dir
+
+KEY_BYTES = 16
+VALUE_BYTES = 100
+LOAD_BATCH = 1000
+
+
+def make_keys(n: int, prefix: str = "k") -> list[str]:
+    width = KEY_BYTES - len(prefix)
+    return [f"{prefix}{i:0{width}d}" for i in range(n)]
+
+
+def make_value(size: int) -> bytes:
+    # Not all one byte, so nothing along the way can shortcut a run of zeros.
+    pattern = bytes(range(256))
+    return (pattern * (size // 256 + 1))[:size]
+
+
+def load_ours(db, run: str, keys, value, batch: int = LOAD_BATCH) -> None:
+    """Bulk-load keys through pipelines (one engine batch, one WAL record per batch)."""
+    for lo in range(0, len(keys), batch):
+        with db.pipeline() as p:
+            put = p.kv.put
+            for k in keys[lo:lo + batch]:
+                put(run, k, value)
+            results = p.execute()
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
+
+def measure_stats(m) -> dict:
+    return {"p50_us": m.p50_us, "p99_us": m.p99_us, "ops_per_s": m.ops_per_s,
+            "best_ops_per_s": m.best_ops_per_s}
+
+
+def kv_loop(kind: str, put, get, keys, value):
+    """The op(i) for a get or put loop over `keys` — one shape for us and every peer."""
+    nk = len(keys)
+    if kind == "get":
+        return lambda i: get(keys[i % nk])
+    if kind == "put":
+        return lambda i: put(keys[i % nk], value)
+    raise ValueError(kind)
+
+
+def measure_peer_kv(open_kv, kind: str, keys: list[str], value: bytes, n: int, *, repeats: int,
+                    bytes_keys: bool = False, cleanup=None):
+    """Open a peer's KV, preload it for gets, run the same loop we run; (ops/s, details)."""
+    kv = open_kv()
+    try:
+        ks = [k.encode() for k in keys] if bytes_keys else keys
+        if kind == "get":
+            kv.load([(k, value) for k in ks])
+        put, get = kv.ops()
+        m = measure(kv_loop(kind, put, get, ks, value), n, repeats=repeats)
+        return m.ops_per_s, measure_stats(m)
+    finally:
+        kv.close()
+        if cleanup is not None:
+            cleanup()
+
+
+def lmdb_opener(ctx, *, sync: bool, value_bytes: int, nkeys: int, on_tmpfs: bool):
+    """(open_kv, cleanup) for an LMDB environment sized for `nkeys` values."""
+    base = tmpfs_dir() if on_tmpfs else None
+    path = tempfile.mkdtemp(prefix="lmdb-", dir=base or ctx.scratch_dir)
+    # A put-heavy loop rewrites pages copy-on-write: leave generous headroom.
+    map_size = max(1 << 30, 8 * nkeys * (value_bytes + 64))
+
+    def open_kv():
+        return ctx.peers.lmdb(path, sync=sync, map_size=map_size)
+
+    def cleanup():
+        shutil.rmtree(path, ignore_errors=True)
+
+    if on_tmpfs and base is None:
+        where = "temp dir on disk (no tmpfs)"
+    else:
+        where = "tmpfs" if on_tmpfs else "disk"
+    return open_kv, cleanup, where
+
+
+def sqlite_file_opener(ctx, synchronous: str):
+    path_dir = tempfile.mkdtemp(prefix="sqlite-", dir=ctx.scratch_dir)
+    path = os.path.join(path_dir, "bench.db")
+
+    def open_kv():
+        return ctx.peers.sqlite(path, synchronous)
+
+    def cleanup():
+        shutil.rmtree(path_dir, ignore_errors=True)
+
+    return open_kv, cleanup, path
+
+
+def require_durable():
+    """Raise PeerUnavailable-like skip if the durable store cannot be imported."""
+    try:
+        import shard.durable  # noqa: F401
+    except Exception as exc:  # the store is optional until it lands
+        raise PeerUnavailable(f"durable store unavailable: {type(exc).__name__}: {exc}") from None
+
+
+__all__ = ["make_keys", "make_value", "load_ours", "kv_loop", "measure_peer_kv",
+           "measure_stats", "lmdb_opener", "sqlite_file_opener", "KEY_BYTES", "VALUE_BYTES"]

@@ -1,0 +1,250 @@
+"""Cluster configuration: TOML files, the built-in defaults, overrides, and the resolved spec.
+
+`load(path, **overrides)` reads a TOML config on top of the built-in defaults
+(`inmem/default.toml`, shipped in the package so it works from any working
+directory), applies overrides, checks every value, and returns a `spec`: a
+plain JSON-able dict that the coordinator and each shard worker receive, so
+that every process of a cluster acts on the same resolved values.
+
+A config may list its shards explicitly (multi-host)::
+
+    [[shard]]
+    id = 1
+    endpoint = "tcp://10.0.0.12:7711"
+    remote = true        # started by hand on that host; the coordinator only connects
+
+Shards not listed, or listed without an endpoint, run on the coordinator's
+host on an ipc socket in the data directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import ipaddress
+import os
+import tempfile
+import tomllib
+from importlib import resources
+
+from inmem.errors import InmemError
+
+DURABILITY_MODES = ("inmemory", "buffered", "strict")
+#: longest ipc path we use: the kernel's limit (sun_path) is 108 bytes with its NUL
+IPC_PATH_MAX = 100
+
+_DURABILITY_OPTIONS = ("flush_interval_ms", "max_pending_writes", "snapshot_wal_bytes",
+                       "snapshot_interval_s", "snapshot_retention", "snapshot_on_close",
+                       "max_corrupt_entries", "segment_bytes_max")
+
+#: section -> key -> accepted types (bool is checked apart: it is an int subclass)
+_SCHEMA = {
+    "cluster": {"data_dir": (str,), "shards": (str, int), "endpoint": (str,),
+                "max_message_bytes": (int,)},
+    "durability": {"mode": (str,), "flush_interval_ms": (int, float),
+                   "max_pending_writes": (int,), "snapshot_wal_bytes": (int,),
+                   "snapshot_interval_s": (int, float), "snapshot_retention": (int,),
+                   "snapshot_on_close": (bool,), "max_corrupt_entries": (int,),
+                   "segment_bytes_max": (int,), "max_value_bytes": (int,)},
+    "supervisor": {"restart_backoff_ms": (int, float), "restart_backoff_max_ms": (int, float),
+                   "stop_timeout_s": (int, float), "heartbeat_interval_s": (int, float),
+                   "heartbeat_timeout_s": (int, float)},
+}
+#: flat override name -> (section, key); "durability" is the mode
+_FLAT = {key: (section, key) for section, keys in _SCHEMA.items() for key in keys}
+_FLAT["durability"] = ("durability", "mode")
+del _FLAT["mode"]
+
+
+class ConfigError(InmemError):
+    """A config file or override that cannot be used; the message names the fix."""
+
+
+def defaults() -> dict:
+    text = resources.files("inmem").joinpath("default.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def read_toml(path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def load(path=None, **overrides) -> dict:
+    """The resolved spec of a config file (None: the defaults) with overrides applied."""
+    raw = defaults()
+    if path is not None:
+        _merge(raw, read_toml(path), str(path))
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        if name not in _FLAT:
+            raise ConfigError(f"unknown setting {name!r}; known: {sorted(_FLAT)}")
+        section, key = _FLAT[name]
+        raw.setdefault(section, {})[key] = value
+    return resolve(raw)
+
+
+def _merge(base: dict, extra: dict, where: str) -> None:
+    for section, table in extra.items():
+        if section == "shard":
+            if not isinstance(table, list):
+                raise ConfigError(f"{where}: [[shard]] must be an array of tables")
+            base["shard"] = copy.deepcopy(table)
+            continue
+        if section not in _SCHEMA:
+            raise ConfigError(f"{where}: unknown section [{section}]; known: {sorted(_SCHEMA)}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: [{section}] must be a table")
+        for key, value in table.items():
+            if key not in _SCHEMA[section]:
+                raise ConfigError(f"{where}: unknown setting {key!r} in [{section}]; known: "
+                                  f"{sorted(_SCHEMA[section])}")
+            base[section][key] = value
+
+
+def _check(section: str, key: str, value):
+    types = _SCHEMA[section][key]
+    ok = (type(value) is bool) if types == (bool,) else (
+        type(value) is not bool and isinstance(value, types))
+    if not ok:
+        names = " or ".join(t.__name__ for t in types)
+        raise ConfigError(f"[{section}] {key} must be a {names}, got {value!r}")
+    return value
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve(raw: dict) -> dict:
+    for section, keys in _SCHEMA.items():
+        for key in keys:
+            if key not in raw.get(section, {}):
+                raise ConfigError(f"[{section}] {key} is missing")
+            _check(section, key, raw[section][key])
+    c, d, s = raw["cluster"], raw["durability"], raw["supervisor"]
+    data_dir = os.path.abspath(os.path.expanduser(c["data_dir"]))
+    mode = d["mode"]
+    if mode not in DURABILITY_MODES:
+        raise ConfigError(f"[durability] mode must be one of {DURABILITY_MODES}, got {mode!r}")
+    for key in ("max_message_bytes",):
+        if c[key] < 1024:
+            raise ConfigError(f"[cluster] {key} must be at least 1024, got {c[key]}")
+    listed = raw.get("shard") or []
+    shards_auto = c["shards"] == "auto"
+    if isinstance(c["shards"], str) and not shards_auto:
+        raise ConfigError(f'[cluster] shards must be a number or "auto", got {c["shards"]!r}')
+    if listed:
+        count = len(listed)
+        if not shards_auto and c["shards"] != count:
+            raise ConfigError(f"[cluster] shards = {c['shards']} but {count} [[shard]] "
+                              "tables are listed; make them agree")
+        shards_auto = False
+    else:
+        count = cpu_count() if shards_auto else c["shards"]
+    if not 1 <= count <= 1024:
+        raise ConfigError(f"[cluster] shards must be between 1 and 1024, got {count}")
+    spec = {
+        "data_dir": data_dir,
+        "endpoint": c["endpoint"],
+        "max_message_bytes": c["max_message_bytes"],
+        "durability": mode,
+        "options": {k: d[k] for k in _DURABILITY_OPTIONS},
+        "max_value_bytes": d["max_value_bytes"],
+        "supervisor": dict(s),
+        "shards_auto": shards_auto,
+        "shard_table": _shard_table(listed),
+    }
+    return with_shard_count(spec, count)
+
+
+def _shard_table(listed) -> dict:
+    table = {}
+    for entry in listed:
+        if not isinstance(entry, dict):
+            raise ConfigError("each [[shard]] must be a table")
+        unknown = entry.keys() - {"id", "endpoint", "remote"}
+        if unknown:
+            raise ConfigError(f"[[shard]] has unknown settings {sorted(unknown)}")
+        sid = entry.get("id")
+        if type(sid) is not int or sid in table:
+            raise ConfigError(f"[[shard]] id must be a distinct int, got {sid!r}")
+        endpoint = entry.get("endpoint", "auto")
+        remote = entry.get("remote", False)
+        if type(endpoint) is not str or type(remote) is not bool:
+            raise ConfigError(f"[[shard]] {sid}: endpoint is a str and remote a bool")
+        if remote and endpoint == "auto":
+            raise ConfigError(f"[[shard]] {sid} is remote, so it needs a tcp endpoint")
+        table[sid] = {"endpoint": endpoint, "remote": remote}
+    if table and sorted(table) != list(range(len(table))):
+        raise ConfigError(f"[[shard]] ids must be 0..{len(table) - 1}, got {sorted(table)}")
+    return {str(k): v for k, v in table.items()}
+
+
+def with_shard_count(spec: dict, count: int) -> dict:
+    """The spec with `count` shards and every endpoint filled in."""
+    spec = dict(spec)
+    table = spec["shard_table"]
+    if table and len(table) != count:
+        raise ConfigError(f"the data directory holds {count} shards but the config lists "
+                          f"{len(table)}; list {count}")
+    sock_dir = socket_dir(spec["data_dir"])
+    if spec["endpoint"] == "auto":
+        spec["client_endpoint"] = f"ipc://{os.path.join(sock_dir, 'coordinator.sock')}"
+    else:
+        spec["client_endpoint"] = spec["endpoint"]
+    shards = []
+    for i in range(count):
+        entry = table.get(str(i), {"endpoint": "auto", "remote": False})
+        endpoint = entry["endpoint"]
+        if endpoint == "auto":
+            endpoint = f"ipc://{os.path.join(sock_dir, f'shard-{i}.sock')}"
+        shards.append({"id": i, "endpoint": endpoint, "remote": entry["remote"]})
+    spec["shards"] = shards
+    return spec
+
+
+def socket_dir(data_dir: str) -> str:
+    """Where the cluster's ipc sockets live: the data directory, unless its path is too long.
+
+    A long data directory (deep temporary directories are common in tests)
+    would overflow the kernel's limit on socket paths; then the sockets go to
+    a short directory named by a hash of the data directory, still unique to it.
+    """
+    if len(os.path.join(data_dir, "coordinator.sock")) + 8 <= IPC_PATH_MAX:
+        return data_dir
+    digest = hashlib.sha1(data_dir.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"inmem-{digest}")
+
+
+def shard_dir(spec: dict, shard: int) -> str:
+    return os.path.join(spec["data_dir"], f"shard-{shard}")
+
+
+def bind_endpoint(endpoint: str) -> str:
+    """The address to bind for an endpoint that others connect to.
+
+    A remote shard is connected to by a host name; it binds every interface
+    on that port, since the name may not be one of its own addresses.
+    """
+    if endpoint.startswith("tcp://"):
+        host, _, port = endpoint[6:].rpartition(":")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            if host not in ("*", "localhost") and port:
+                return f"tcp://*:{port}"
+    return endpoint
+
+
+__all__ = ["ConfigError", "load", "resolve", "with_shard_count", "defaults", "socket_dir",
+           "shard_dir", "bind_endpoint", "cpu_count", "DURABILITY_MODES"]

@@ -1,0 +1,518 @@
+"""The coordinator: the clients' ROUTER, routing by slot, fan-out, readiness, supervision.
+
+One thread, one poll loop over the client socket and one DEALER per shard.
+
+The hot path is a forward: a client's [identity, header, body] is checked
+(frame count, header length, version byte, kind), its slot looked up in the
+slot map, and the same three frames are sent to the owning shard; the shard's
+reply comes back with the identity in front and goes out unchanged. Bodies
+are never decoded on this path. The one piece of bookkeeping is the set of
+requests in flight per shard, so that when a shard dies each of them is
+answered ShardUnavailable instead of waiting for the client's deadline.
+
+Everything else is rare and may decode: cluster requests (status, info,
+slot map, snapshot, recovery report) and the fan-out of operations that are
+not about one run (`inmem.protocol.FANOUT_OPS`), sent to every shard at once
+and merged in an order that does not depend on which shard answered first.
+
+Readiness: until every shard has answered "hello" once (each after its own
+recovery, all in parallel), routed requests get ClusterNotReady. After that a
+shard that is down or restarting makes only its own slots answer
+ShardUnavailable. SIGTERM/SIGINT stop the loop; shards are stopped cleanly
+(flush, final snapshot) by the supervisor.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import os
+import signal
+import time
+
+import zmq
+
+from inmem import protocol
+from inmem.errors import ClusterNotReady, InmemError, ProtocolError, ShardUnavailable
+from inmem.protocol import (HEADER_BYTES, KIND_ADMIN, KIND_BATCH, KIND_CLUSTER, KIND_OP,
+                            SLOT_COUNT, VERSION)
+
+from .config import ConfigError, bind_endpoint, with_shard_count
+from .fanout import FanOut, describe_recovery
+from .slotmap import SlotMap
+from .supervisor import DOWN, READY, RECOVERING, Supervisor
+
+TICK_S = 0.02
+HELLO_EVERY_S = 0.2
+#: frames taken from one socket per loop turn, so one busy peer cannot starve the rest
+DRAIN_MAX = 1024
+#: a cluster request (info, fan-out) not answered by then is answered Timeout
+INTERNAL_TIMEOUT_S = 30.0
+
+
+class ShardLink:
+    """The coordinator's connection to one shard and the requests in flight on it."""
+
+    __slots__ = ("handle", "sock", "inflight", "hello_sent", "last_seen", "ping_sent")
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.sock = None
+        self.inflight: dict = {}
+        self.hello_sent = 0.0
+        self.last_seen = time.monotonic()
+        self.ping_sent: float | None = None
+
+
+class Coordinator:
+    def __init__(self, spec: dict, out=print):
+        self.out = out
+        self.spec = spec
+        self.stopping = False
+        self.ready_once = False
+        self.t0 = time.monotonic()
+        self.counters = {"dropped_frames": 0, "protocol_errors": 0, "requests": 0,
+                         "shard_unavailable": 0}
+        self._rid = itertools.count(1)
+        self._pending: dict = {}  # internal request id -> (callback, deadline)
+        self._lock_fd = None
+        self.ctx = None
+        self.front = None
+        self.poller = None
+        self.supervisor = None
+
+    # -- start ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        spec = self.spec
+        os.makedirs(spec["data_dir"], exist_ok=True)
+        self._lock_fd = _lock(spec["data_dir"])
+        slotmap = SlotMap.load_or_create(spec["data_dir"], len(spec["shards"]),
+                                         spec["shards_auto"])
+        if slotmap.shard_count != len(spec["shards"]):
+            spec = self.spec = with_shard_count(spec, slotmap.shard_count)
+        self.slotmap = slotmap
+        self.owners = slotmap.owners
+        self.max_message_bytes = spec["max_message_bytes"]
+        self.packer = protocol.new_reply_packer()
+        self.supervisor = Supervisor(spec, out=self.out)
+        self.ctx = zmq.Context(1)
+        self.poller = zmq.Poller()
+        self.links = [ShardLink(h) for h in self.supervisor.handles]
+        for link in self.links:
+            self._connect(link)
+        endpoint = spec["client_endpoint"]
+        front = self.ctx.socket(zmq.ROUTER)
+        front.setsockopt(zmq.LINGER, 0)
+        front.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        front.setsockopt(zmq.RCVHWM, 0)
+        front.setsockopt(zmq.SNDHWM, 0)
+        if endpoint.startswith("ipc://"):
+            os.makedirs(os.path.dirname(endpoint[6:]), mode=0o700, exist_ok=True)
+        try:
+            front.bind(bind_endpoint(endpoint))
+        except zmq.ZMQError as exc:
+            front.close(0)
+            raise ConfigError(f"cannot listen on {endpoint}: {exc}") from None
+        self.front = front
+        self.poller.register(front, zmq.POLLIN)
+        self.out(f"inmem coordinator pid {os.getpid()} on {endpoint}: "
+                 f"{len(self.links)} shards, {spec['durability']}, data in {spec['data_dir']}")
+        self.supervisor.start_all()
+
+    def _connect(self, link: ShardLink) -> None:
+        if link.sock is not None:
+            self.poller.unregister(link.sock)
+            link.sock.close(0)  # linger 0: requests queued for a dead shard are dropped
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        # Queue only on a live connection: a send to a shard that is not there
+        # fails at once instead of waiting for whatever process binds next.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, 20)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        sock.connect(link.handle.endpoint)
+        link.sock = sock
+        link.hello_sent = 0.0
+        link.ping_sent = None
+        link.last_seen = time.monotonic()
+        self.poller.register(sock, zmq.POLLIN)
+
+    # -- the loop ------------------------------------------------------------------
+
+    def serve(self) -> None:
+        front = self.front
+        by_sock = {}
+        next_tick = 0.0
+        while not self.stopping:
+            if len(by_sock) != len(self.links) or any(by_sock.get(l.sock) is not l
+                                                       for l in self.links):
+                by_sock = {l.sock: l for l in self.links}
+            for sock, _ in self.poller.poll(TICK_S * 1000):
+                if sock is front:
+                    self._drain_front()
+                else:
+                    link = by_sock.get(sock)
+                    if link is not None:
+                        self._drain_shard(link)
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK_S
+                self._tick(now)
+
+    def _drain_front(self) -> None:
+        recv = self.front.recv_multipart
+        owners = self.owners
+        links = self.links
+        counters = self.counters
+        for _ in range(DRAIN_MAX):
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 3:
+                counters["dropped_frames"] += 1
+                continue
+            ident, head, body = frames
+            if len(head) != HEADER_BYTES or head[0] != VERSION:
+                self._bad_header(ident, head)
+                continue
+            kind = head[1]
+            if kind == KIND_OP or kind == KIND_BATCH:
+                if not self.ready_once:
+                    self._error(ident, head, ClusterNotReady(self._not_ready_message()))
+                    continue
+                slot = head[2] | (head[3] << 8)
+                if slot >= SLOT_COUNT:
+                    counters["protocol_errors"] += 1
+                    self._error(ident, head, ProtocolError(f"slot {slot} is out of range"))
+                    continue
+                link = links[owners[slot]]
+                if link.handle.state != READY:
+                    self._unavailable(ident, head, link)
+                    continue
+                try:
+                    link.sock.send_multipart(frames, zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    self._unavailable(ident, head, link)
+                    continue
+                link.inflight[(ident, head)] = None
+            elif kind == KIND_CLUSTER:
+                self._cluster_request(ident, head, body)
+            else:
+                counters["protocol_errors"] += 1
+                self._error(ident, head, ProtocolError(f"kind {kind} is not a client request"))
+
+    def _drain_shard(self, link: ShardLink) -> None:
+        recv = link.sock.recv_multipart
+        send = self.front.send_multipart
+        inflight = link.inflight
+        link.last_seen = time.monotonic()
+        link.ping_sent = None
+        for _ in range(DRAIN_MAX):
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 3:
+                self.counters["dropped_frames"] += 1
+                continue
+            ident = frames[0]
+            if ident:
+                inflight.pop((ident, frames[1]), None)
+                try:
+                    send(frames, zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+            else:
+                self._internal_reply(link, frames[1], frames[2])
+
+    # -- replies -------------------------------------------------------------------
+
+    def _send(self, ident: bytes, head: bytes, body: bytes) -> None:
+        try:
+            self.front.send_multipart([ident, head, body], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    def _error(self, ident, head, err: InmemError) -> None:
+        self._send(ident, head, protocol.error_body(err))
+
+    def _result(self, ident, head, result) -> None:
+        self._send(ident, head, protocol.pack_reply(self.packer, result, self.max_message_bytes))
+
+    def _unavailable(self, ident, head, link: ShardLink) -> None:
+        self.counters["shard_unavailable"] += 1
+        h = link.handle
+        self._error(ident, head, ShardUnavailable(
+            f"shard {h.id} is {h.state}; retry shortly"
+            + (f" (last exit {h.last_exit}: {h.last_error})" if h.last_error else "")))
+
+    def _bad_header(self, ident, head) -> None:
+        self.counters["protocol_errors"] += 1
+        try:
+            protocol.parse_header(head)
+            err = ProtocolError("malformed header")
+        except ProtocolError as exc:
+            err = exc
+        if protocol.request_id_of(head) is None:
+            self.counters["dropped_frames"] += 1
+            return
+        self._error(ident, head, err)
+
+    def _not_ready_message(self) -> str:
+        waiting = [f"{l.handle.id} {l.handle.state}" for l in self.links
+                   if l.handle.state != READY]
+        return "the cluster is still recovering; shards not ready: " + ", ".join(waiting)
+
+    # -- cluster requests ----------------------------------------------------------
+
+    def _cluster_request(self, ident, head, body) -> None:
+        try:
+            name, args = protocol.decode_op(body, protocol.CLUSTER_OPS)
+        except ProtocolError as exc:
+            self.counters["protocol_errors"] += 1
+            self._error(ident, head, exc)
+            return
+        if name == "ping":
+            self._result(ident, head, "pong")
+        elif name == "status":
+            self._result(ident, head, self.status())
+        elif name == "slotmap":
+            self._result(ident, head, {"shard_count": self.slotmap.shard_count,
+                                       "ranges": self.slotmap.ranges(),
+                                       "shards": [l.handle.endpoint for l in self.links]})
+        elif name == "recovery_report":
+            self._result(ident, head, [l.handle.recovery for l in self.links
+                                       if l.handle.recovery is not None])
+        elif name == "info":
+            self._info(ident, head)
+        elif not self.ready_once:
+            self._error(ident, head, ClusterNotReady(self._not_ready_message()))
+        elif name == "snapshot":
+            self._fan_out(ident, head, "snapshot", KIND_ADMIN, "snapshot", [])
+        else:
+            shard_op, shard_args = protocol.fanout_request(name, args)
+            self._fan_out(ident, head, name, KIND_OP, shard_op, shard_args)
+
+    def status(self) -> dict:
+        shards = []
+        for l in self.links:
+            s = l.handle.summary()
+            s["recovery"] = l.handle.recovery
+            shards.append(s)
+        return {"ready": all(l.handle.state == READY for l in self.links),
+                "ready_once": self.ready_once, "shards": shards,
+                "coordinator": {"pid": os.getpid(), "endpoint": self.spec["client_endpoint"],
+                                "durability": self.spec["durability"], **self.counters}}
+
+    def _fan_out(self, ident, head, name, kind, shard_op, shard_args) -> None:
+        for l in self.links:
+            if l.handle.state != READY:
+                self._unavailable(ident, head, l)
+                return
+        fan = FanOut(len(self.links), lambda results: self._fan_done(ident, head, name, results))
+        body = protocol.new_packer().pack([shard_op, shard_args])
+        for i, l in enumerate(self.links):
+            self._ask(l, kind, body, fan.part(i))
+
+    def _fan_done(self, ident, head, name, results) -> None:
+        for r in results:
+            if isinstance(r, InmemError):
+                self._error(ident, head, r)
+                return
+        try:
+            merged = protocol.merge_fanout(name, results)
+        except (ProtocolError, TypeError, IndexError) as exc:
+            self._error(ident, head, ProtocolError(f"cannot merge {name}: {exc}"))
+            return
+        self._result(ident, head, merged)
+
+    def _info(self, ident, head) -> None:
+        def done(results):
+            shards = []
+            for l, r in zip(self.links, results):
+                entry = l.handle.summary()
+                entry.update({"keys": None, "runs": None, "memory_bytes": None,
+                              "wal_bytes": None, "durability": self.spec["durability"]})
+                if isinstance(r, dict):
+                    entry.update(r)
+                    entry["state"] = l.handle.state
+                shards.append(entry)
+            self._result(ident, head, {"shards": shards,
+                                       "ready": all(l.handle.state == READY for l in self.links),
+                                       "coordinator": self.status()["coordinator"]})
+
+        fan = FanOut(len(self.links), done)
+        body = protocol.new_packer().pack(["info", []])
+        for i, l in enumerate(self.links):
+            if l.handle.state == READY:
+                self._ask(l, KIND_ADMIN, body, fan.part(i))
+            else:
+                fan.part(i)(None)
+
+    # -- requests the coordinator itself sends to shards ---------------------------
+
+    def _ask(self, link: ShardLink, kind: int, body: bytes, callback) -> None:
+        rid = next(self._rid)
+        head = protocol.header(kind, link.handle.id, rid)
+        try:
+            link.sock.send_multipart([b"", head, body], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            callback(ShardUnavailable(f"shard {link.handle.id} is not reachable"))
+            return
+        self._pending[rid] = (callback, time.monotonic() + INTERNAL_TIMEOUT_S, link)
+
+    def _internal_reply(self, link: ShardLink, head: bytes, body: bytes) -> None:
+        rid = protocol.request_id_of(head)
+        entry = self._pending.pop(rid, None)
+        if entry is None:
+            return  # an answer to a hello or ping we already gave up on
+        entry[0](protocol.unpack_reply(body))
+
+    def _fail_pending(self, link: ShardLink, err: InmemError) -> None:
+        for rid, (callback, _, l) in list(self._pending.items()):
+            if l is link:
+                del self._pending[rid]
+                callback(err)
+
+    # -- upkeep: deaths, restarts, hellos, heartbeats, expired requests ------------
+
+    def _tick(self, now: float) -> None:
+        sup = self.supervisor
+        for h in sup.poll():
+            link = self.links[h.id]
+            delay = sup.schedule_restart(h)
+            self.out(f"shard {h.id} exited (code {h.last_exit}"
+                     + (f", {h.last_error}" if h.last_error else "")
+                     + f"); restarting in {delay:.2f} s")
+            self._shard_lost(link)
+        for h in sup.restart_due():
+            self.out(f"shard {h.id} restarting (pid {h.pid}, restart {h.restarts})")
+        heartbeat = self.spec["supervisor"]["heartbeat_interval_s"]
+        silence = self.spec["supervisor"]["heartbeat_timeout_s"]
+        for link in self.links:
+            h = link.handle
+            if h.state == RECOVERING or (h.remote and h.state == DOWN):
+                if now - link.hello_sent >= HELLO_EVERY_S:
+                    link.hello_sent = now
+                    self._ask(link, KIND_ADMIN, _HELLO, self._hello_callback(link, h.pid))
+            elif h.remote and h.state == READY:
+                if link.ping_sent is None and now - link.last_seen >= heartbeat:
+                    link.ping_sent = now
+                    self._ask(link, KIND_ADMIN, _PING, lambda r: None)
+                elif link.ping_sent is not None and now - link.last_seen >= silence:
+                    self.out(f"shard {h.id} at {h.endpoint} silent for {silence} s; marking it down")
+                    h.state = DOWN
+                    h.last_error = f"no heartbeat for {silence} s"
+                    self._shard_lost(link)
+        expired = [rid for rid, (_, deadline, _) in self._pending.items() if deadline < now]
+        for rid in expired:
+            callback = self._pending.pop(rid)[0]
+            callback(ShardUnavailable("a shard did not answer in time"))
+
+    def _shard_lost(self, link: ShardLink) -> None:
+        """Answer everything in flight on a lost shard, and start a fresh connection."""
+        h = link.handle
+        err = protocol.error_body(ShardUnavailable(
+            f"shard {h.id} went down while the request was in flight; it may or may not have "
+            "been applied (check before retrying a non-idempotent write)"))
+        send = self._send
+        for ident, head in link.inflight:
+            send(ident, head, err)
+        self.counters["shard_unavailable"] += len(link.inflight)
+        link.inflight.clear()
+        self._fail_pending(link, ShardUnavailable(f"shard {h.id} went down"))
+        self._connect(link)
+
+    def _hello_callback(self, link: ShardLink, pid_at_send):
+        def on_hello(reply):
+            h = link.handle
+            if isinstance(reply, InmemError) or h.state == READY:
+                return
+            if not isinstance(reply, dict) or reply.get("shard") != h.id:
+                h.last_error = (f"the process at {h.endpoint} says it is shard "
+                                f"{reply.get('shard') if isinstance(reply, dict) else reply!r}, "
+                                f"not {h.id}; fix the endpoints in the config")
+                self.out(f"shard {h.id}: {h.last_error}")
+                return
+            if not h.remote and reply.get("pid") != h.pid:
+                return  # an answer from a previous process of this shard
+            h.pid = reply.get("pid")
+            h.recovery = reply.get("recovery")
+            h.state = READY
+            h.ready_at = time.monotonic()
+            h.last_error = None
+            self.out(f"shard {h.id} ready, pid {h.pid}: {describe_recovery(h.recovery)}")
+            if not self.ready_once and all(l.handle.state == READY for l in self.links):
+                self.ready_once = True
+                slowest = max((l.handle.recovery[7] for l in self.links
+                               if l.handle.recovery is not None), default=0.0)
+                self.out(f"ready: {len(self.links)} shards in {time.monotonic() - self.t0:.2f} s "
+                         f"(slowest shard recovery {slowest:.2f} s) on "
+                         f"{self.spec['client_endpoint']}")
+        return on_hello
+
+    # -- stop ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.front is not None:
+            self.front.close(0)
+            self.front = None
+        if self.supervisor is not None:
+            self.supervisor.stop_all()
+        if self.ctx is not None:
+            self.ctx.destroy(0)
+            self.ctx = None
+        endpoint = self.spec.get("client_endpoint", "")
+        if endpoint.startswith("ipc://"):
+            try:
+                os.unlink(endpoint[6:])
+            except OSError:
+                pass
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+_HELLO = protocol.new_packer().pack(["hello", []])
+_PING = protocol.new_packer().pack(["ping", []])
+
+
+def _lock(data_dir: str) -> int:
+    path = os.path.join(data_dir, "coordinator.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"another coordinator is serving {data_dir}; stop it first") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def run(spec: dict, out=print) -> int:
+    """Serve until SIGTERM or SIGINT; the body of `inmem serve` and `python -m coordinator`."""
+    coord = Coordinator(spec, out=out)
+
+    def stop(signum, frame):
+        coord.stopping = True
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        coord.start()
+        coord.serve()
+        out("stopping: flushing and snapshotting shards")
+    finally:
+        coord.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    out("stopped")
+    return 0
+
+
+__all__ = ["Coordinator", "run", "DOWN", "RECOVERING", "READY"]

@@ -1,0 +1,190 @@
+"""Shard supervision: start the local shard processes, notice deaths, restart with backoff.
+
+Each shard has a `ShardHandle` with its state:
+
+    recovering   started (or, for a remote shard, not heard from yet); its
+                 "hello" has not been answered, so it is still replaying
+    ready        answered "hello" with its RecoveryResult; serving
+    down         its process died (a restart is scheduled), or a remote shard
+                 stopped answering heartbeats
+
+The supervisor owns the processes; the coordinator's loop calls `poll()`
+(cheap: one waitpid per local shard) and `restart_due()` on every tick and
+moves handles between states as hellos and heartbeats arrive. Restarts back
+off: restart_backoff_ms doubled for each failure in a row, capped at
+restart_backoff_max_ms; a shard that served for a while before dying starts
+again from the base delay.
+
+Shards run with --watch-parent, so a coordinator that is killed outright
+takes its shards with it (Linux parent-death signal, plus a getppid check),
+and `stop_all` asks every local shard to stop (SIGTERM: flush, final
+snapshot), then kills what is still running when stop_timeout_s runs out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import inmem
+
+RECOVERING = "recovering"
+READY = "ready"
+DOWN = "down"
+#: a shard that served this long before dying is restarted without backoff
+STABLE_AFTER_S = 30.0
+
+
+class ShardHandle:
+    __slots__ = ("id", "endpoint", "remote", "proc", "state", "pid", "recovery", "restarts",
+                 "failures", "restart_at", "ready_at", "started_at", "last_exit", "last_error")
+
+    def __init__(self, shard: dict):
+        self.id = shard["id"]
+        self.endpoint = shard["endpoint"]
+        self.remote = shard["remote"]
+        self.proc: subprocess.Popen | None = None
+        self.state = RECOVERING if self.remote else DOWN
+        self.pid: int | None = None
+        self.recovery = None  # the RecoveryResult fields, as the shard sent them
+        self.restarts = 0
+        self.failures = 0
+        self.restart_at: float | None = None
+        self.ready_at: float | None = None
+        self.started_at = time.monotonic()
+        self.last_exit: int | None = None
+        self.last_error: str | None = None
+
+    def summary(self) -> dict:
+        return {"shard": self.id, "state": self.state, "pid": self.pid,
+                "endpoint": self.endpoint, "remote": self.remote, "restarts": self.restarts,
+                "last_exit": self.last_exit, "last_error": self.last_error}
+
+
+class Supervisor:
+    def __init__(self, spec: dict, out=print):
+        self.spec = spec
+        self.out = out
+        self.handles = [ShardHandle(s) for s in spec["shards"]]
+        sup = spec["supervisor"]
+        self.backoff_s = sup["restart_backoff_ms"] / 1000
+        self.backoff_max_s = sup["restart_backoff_max_ms"] / 1000
+        self.stop_timeout_s = sup["stop_timeout_s"]
+        self._spec_json = json.dumps(spec)
+        self._env = _child_env()
+
+    # -- starting ------------------------------------------------------------------
+
+    def start_all(self) -> None:
+        for h in self.handles:
+            if not h.remote:
+                self.spawn(h)
+
+    def spawn(self, h: ShardHandle) -> None:
+        cmd = [sys.executable, "-m", "shard.worker", "--shard", str(h.id),
+               "--spec", self._spec_json, "--watch-parent"]
+        h.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=self._env, close_fds=True)
+        h.pid = h.proc.pid
+        h.state = RECOVERING
+        h.restart_at = None
+        h.started_at = time.monotonic()
+
+    # -- watching ------------------------------------------------------------------
+
+    def poll(self) -> list:
+        """Handles of local shards whose process has exited since the last call."""
+        died = []
+        for h in self.handles:
+            proc = h.proc
+            if proc is None:
+                continue
+            code = proc.poll()
+            if code is None:
+                continue
+            h.proc = None
+            h.last_exit = code
+            h.last_error = _exit_note(self.spec, h.id) or h.last_error
+            died.append(h)
+        return died
+
+    def schedule_restart(self, h: ShardHandle) -> float:
+        now = time.monotonic()
+        if h.ready_at is not None and now - h.ready_at >= STABLE_AFTER_S:
+            h.failures = 0
+        delay = min(self.backoff_s * (2 ** min(h.failures, 20)), self.backoff_max_s)
+        h.failures += 1
+        h.state = DOWN
+        h.ready_at = None
+        h.restart_at = now + delay
+        return delay
+
+    def restart_due(self) -> list:
+        """Start every shard whose backoff has run out; return their handles."""
+        now = time.monotonic()
+        started = []
+        for h in self.handles:
+            if h.restart_at is not None and h.restart_at <= now and h.proc is None:
+                h.restarts += 1
+                self.spawn(h)
+                started.append(h)
+        return started
+
+    # -- stopping ------------------------------------------------------------------
+
+    def stop_all(self) -> None:
+        """SIGTERM every local shard, wait for clean exits, kill the rest."""
+        procs = [h.proc for h in self.handles if h.proc is not None]
+        for p in procs:
+            _signal(p, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout_s
+        for p in procs:
+            try:
+                p.wait(max(deadline - time.monotonic(), 0.01))
+            except subprocess.TimeoutExpired:
+                self.out(f"shard pid {p.pid} did not stop within {self.stop_timeout_s} s; "
+                         "killing it (its WAL is intact; the next start recovers it)")
+                _signal(p, signal.SIGKILL)
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:  # pragma: no cover - unkillable process
+                    pass
+        for h in self.handles:
+            if h.proc is not None:
+                h.last_exit = h.proc.poll()
+                h.proc = None
+            if not h.remote:
+                h.state = DOWN
+            h.restart_at = None
+
+
+def _signal(proc, sig) -> None:
+    try:
+        proc.send_signal(sig)
+    except (ProcessLookupError, OSError):
+        pass
+
+
+def _child_env() -> dict:
+    # Shards import this very checkout, installed or not, whatever the cwd.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(inmem.__file__)))
+    env = dict(os.environ)
+    paths = [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+def _exit_note(spec: dict, shard: int) -> str | None:
+    from shard.worker import exit_note_path
+    try:
+        with open(exit_note_path(spec, shard), encoding="utf-8") as f:
+            note = json.load(f)
+        return f"{note.get('error')}: {note.get('message')}"
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+__all__ = ["Supervisor", "ShardHandle", "RECOVERING", "READY", "DOWN"]

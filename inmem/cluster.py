@@ -1,0 +1,250 @@
+"""`inmem.Cluster`, and the `inmem serve` / `inmem status` commands.
+
+`Cluster(...)` starts a coordinator process (which starts one process per
+shard) in its own process group, waits until every shard has recovered and
+the cluster is ready, and stops it cleanly when the `with` block ends
+(shards flush their WALs and take their final snapshot). With data_dir None
+it runs in a fresh temporary directory, removed afterwards.
+
+    with inmem.Cluster(shards=2, durability="strict") as cluster:
+        db = cluster.connect()
+
+The coordinator writes its log (and its shards') to `<data_dir>/coordinator.log`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from .errors import ClusterNotReady, InmemError, Timeout
+
+
+def line_printer():
+    def out(line: str) -> None:
+        print(line, flush=True)
+    return out
+
+
+class Cluster:
+    """A local cluster in child processes, for tests and embedding (see API.md)."""
+
+    def __init__(self, config=None, data_dir=None, shards=None, durability=None, *,
+                 ready_timeout: float = 60.0, **overrides):
+        from coordinator import config as cfg
+        self._tmp = None
+        if data_dir is None:
+            self._tmp = tempfile.mkdtemp(prefix="inmem-cluster-")
+            data_dir = self._tmp
+        try:
+            self.spec = cfg.load(config, data_dir=os.fspath(data_dir), shards=shards,
+                                 durability=durability, **overrides)
+        except BaseException:
+            self._remove_tmp()
+            raise
+        self.data_dir = self.spec["data_dir"]
+        self.endpoint: str = self.spec["client_endpoint"]
+        self.ready_timeout = ready_timeout
+        self.proc: subprocess.Popen | None = None
+        self._admin = None
+        self._log = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> "Cluster":
+        from coordinator.supervisor import _child_env
+        if self.proc is not None:
+            raise InmemError("this cluster is already running")
+        os.makedirs(self.data_dir, exist_ok=True)
+        self._log = open(os.path.join(self.data_dir, "coordinator.log"), "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "coordinator", "--spec", json.dumps(self.spec)],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True, env=_child_env(), close_fds=True)
+        try:
+            self.wait_ready(self.ready_timeout)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float) -> dict:
+        """Wait for every shard to be ready; ClusterNotReady (with the log's tail) if not."""
+        deadline = time.monotonic() + timeout
+        admin = self._admin_backend()
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ClusterNotReady(f"the coordinator exited with code {self.proc.returncode}:\n"
+                                      + self.log_tail())
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ClusterNotReady(f"the cluster at {self.endpoint} was not ready within "
+                                      f"{timeout:g} s:\n" + self.log_tail())
+            try:
+                return admin.wait_ready(min(left, 0.5))
+            except (ClusterNotReady, Timeout):
+                continue
+
+    def connect(self, timeout: float = 10.0, **options):
+        """A Database on this cluster (a new client each call)."""
+        from .client import connect
+        return connect(self.endpoint, timeout=timeout, **options)
+
+    def status(self) -> dict:
+        return self._admin_backend().status()
+
+    def pids(self) -> dict:
+        status = self.status()
+        return {"coordinator": self.proc.pid if self.proc else status["coordinator"]["pid"],
+                "shards": [s["pid"] for s in status["shards"]]}
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop gracefully (SIGTERM: flush, final snapshot); kill what outlives `timeout`."""
+        self._close_admin()
+        proc = self.proc
+        if proc is not None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    pass
+            self._kill_group(proc)
+            self.proc = None
+        self._finish()
+
+    def kill(self) -> None:
+        """SIGKILL the coordinator and every shard at once (a crash, for tests)."""
+        self._close_admin()
+        if self.proc is not None:
+            self._kill_group(self.proc)
+            self.proc = None
+        self._finish(remove_tmp=False)
+
+    def _kill_group(self, proc) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - unkillable
+            pass
+        # Shards are in the coordinator's group; wait until none is left, so
+        # that a restart on the same directory never meets a live old shard.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.01)
+
+    def _finish(self, remove_tmp: bool = True) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        from coordinator.config import socket_dir
+        sock_dir = socket_dir(self.data_dir)
+        if sock_dir != self.data_dir:
+            shutil.rmtree(sock_dir, ignore_errors=True)
+        if remove_tmp:
+            self._remove_tmp()
+
+    def _remove_tmp(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def _admin_backend(self):
+        if self._admin is None:
+            from .client import ClusterBackend
+            self._admin = ClusterBackend(self.endpoint, timeout=10.0)
+        return self._admin
+
+    def _close_admin(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            with open(os.path.join(self.data_dir, "coordinator.log"), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(f.tell() - 8192, 0))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return "(no coordinator log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> "Cluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> bool:
+        self.stop()
+        return False
+
+    def __repr__(self) -> str:
+        state = "running" if self.proc is not None else "stopped"
+        return f"<inmem.Cluster {self.endpoint} {state}>"
+
+
+# -- the command line ----------------------------------------------------------------
+
+
+def serve_main(args) -> int:
+    from coordinator import config as cfg
+    from coordinator.server import run
+    try:
+        spec = cfg.load(args.config, data_dir=args.data_dir, shards=args.shards,
+                        durability=args.durability, endpoint=args.endpoint)
+        return run(spec, out=line_printer())
+    except cfg.ConfigError as exc:
+        print(f"inmem serve: {exc}", file=sys.stderr)
+        return 2
+    except InmemError as exc:
+        print(f"inmem serve: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+def status_main(args) -> int:
+    from coordinator import config as cfg
+    from .client import ClusterBackend
+    try:
+        endpoint = args.endpoint or cfg.load(args.config)["client_endpoint"]
+    except cfg.ConfigError as exc:
+        print(f"inmem status: {exc}", file=sys.stderr)
+        return 2
+    backend = ClusterBackend(endpoint, timeout=args.timeout)
+    try:
+        if args.wait_ready:
+            backend.wait_ready(args.timeout)
+        status = backend.cluster("status", timeout=args.timeout)
+    except (ClusterNotReady, Timeout) as exc:
+        print(f"{endpoint}: {exc}")
+        return 1
+    finally:
+        backend.close()
+    c = status["coordinator"]
+    print(f"{endpoint}: {'ready' if status['ready'] else 'NOT READY'}; coordinator pid "
+          f"{c['pid']}, {c['durability']}, {len(status['shards'])} shards")
+    from coordinator.fanout import describe_recovery
+    for s in status["shards"]:
+        line = f"  shard {s['shard']}: {s['state']}, pid {s['pid']}, {s['endpoint']}"
+        if s["state"] == "ready":
+            line += f"; {describe_recovery(s['recovery'])}"
+        if s["restarts"]:
+            line += f"; {s['restarts']} restarts"
+        if s["last_error"]:
+            line += f"; last error: {s['last_error']}"
+        print(line)
+    return 0 if status["ready"] else 1
+
+
+__all__ = ["Cluster", "serve_main", "status_main"]

@@ -1,0 +1,435 @@
+"""Every message the cluster exchanges: frames, header, bodies, errors, limits, slots.
+
+Frames (ZeroMQ multipart messages)::
+
+    client DEALER  -> coordinator ROUTER   [header, body]
+    coordinator    -> shard ROUTER         [client identity, header, body]
+    replies walk the same path back, with the request's header echoed unchanged.
+
+The ROUTERs add (and strip) the peer identity frames; a shard treats every
+frame before the last two as an opaque envelope and sends it back as it came.
+
+The header is 12 bytes, little-endian, and its first byte is the protocol
+version in every version, so a peer can always tell that it is talking to
+another version::
+
+    | version u8 | kind u8 | target u16 | request id u64 |
+
+    kind OP       body [op, args]             target = slot of the run (routed)
+    kind BATCH    body [[op, args], ...]      target = slot of every op in it (routed)
+    kind ADMIN    body [name, args]           target = shard id (coordinator -> shard)
+    kind CLUSTER  body [name, args]           answered by the coordinator itself
+
+The coordinator reads only the header: it forwards OP and BATCH bodies to the
+shard that owns the slot without decoding them. A reply body is the msgpack
+result; for BATCH a list of results in request order. An error travels as a
+msgpack extension (EXT_ERROR) holding `InmemError.to_wire()`, in place of the
+result, so a batch carries its failures in place and the client's unpacker
+rebuilds them as the same `inmem` classes with the same messages.
+
+Values keep their exact type across the wire. The client packs with exact
+types: a tuple, set, subclass or other object that msgpack cannot carry as it
+is becomes an EXT_OPAQUE naming its type, and an int beyond 64 bits becomes an
+EXT_BIGINT, so the shard's engine refuses them with the same error (and the
+same message) as the embedded engine. Strings travel with `surrogatepass`
+for the same reason.
+
+Decoding is defensive: a malformed frame, another version, an unknown
+operation or arguments of the wrong shape raise `ProtocolError`, which the
+receiver sends back as an error reply or counts and drops. Nothing here uses
+`assert` on network input.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import crc32c
+import msgpack
+
+from .errors import InmemError, InvalidValue, ProtocolError, ValueTooLarge, from_wire
+from .types import (ChainCheck, Event, RecoveryResult, RunInfo, SnapshotInfo, State, Trace,
+                    TraceTree, Versioned)
+from .values import check_value
+
+VERSION = 1
+HEADER = struct.Struct("<BBHQ")
+HEADER_BYTES = HEADER.size
+
+KIND_OP = 1
+KIND_BATCH = 2
+KIND_ADMIN = 3
+KIND_CLUSTER = 4
+KINDS = frozenset((KIND_OP, KIND_BATCH, KIND_ADMIN, KIND_CLUSTER))
+
+SLOT_COUNT = 4096
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
+#: frames a shard accepts before [header, body]: the coordinator's identity plus
+#: the client's; more is not a message we sent
+ENVELOPE_FRAMES_MAX = 4
+
+EXT_OPAQUE = 1
+EXT_BIGINT = 2
+EXT_ERROR = 3
+
+#: ops that are not about one run: the coordinator fans them out to every shard
+FANOUT_OPS = frozenset(("run.list", "run.orphaned"))
+#: cluster-level requests the coordinator answers (FANOUT_OPS included)
+CLUSTER_OPS = FANOUT_OPS | frozenset(("ping", "status", "slotmap", "info", "snapshot",
+                                      "recovery_report"))
+#: requests a shard answers besides engine operations
+ADMIN_OPS = frozenset(("hello", "ping", "info", "snapshot", "recovery_report"))
+
+#: for each write, the argument positions that carry values (checked by the client,
+#: because msgpack would carry a bytearray or memoryview as if it were bytes)
+VALUE_ARGS = {
+    "kv.put": (2,), "kv.cas": (3,), "ev.append": (2,), "st.init": (2,), "st.set": (2,),
+    "st.cas": (3,), "tr.record": (2, 5), "js.put": (2,), "js.set": (3,), "js.push": (3,),
+    "run.begin": (4,),
+}
+
+_SCALARS = frozenset((str, int, float, bool, bytes, type(None)))
+_header_pack = HEADER.pack
+_header_unpack = HEADER.unpack
+_crc = crc32c.crc32c
+
+
+# -- routing ---------------------------------------------------------------------
+
+
+def slot_of(run_id) -> int:
+    """The slot of a run: crc32c of its UTF-8 id, mod 4096.
+
+    A run id that is not a str cannot exist, so it goes to slot 0, where the
+    shard refuses it with the same error the embedded engine raises.
+    """
+    if type(run_id) is not str:
+        return 0
+    return _crc(run_id.encode("utf-8", "surrogatepass")) & (SLOT_COUNT - 1)
+
+
+def route_run(op: str, args):
+    """The run that decides where `op` goes, or None when it fans out."""
+    if op in FANOUT_OPS:
+        return None
+    if op == "run.begin":
+        return args[1] if len(args) > 1 else None
+    return args[0] if args else None
+
+
+# -- headers ---------------------------------------------------------------------
+
+
+def header(kind: int, target: int, request_id: int) -> bytes:
+    return _header_pack(VERSION, kind, target, request_id & 0xFFFFFFFFFFFFFFFF)
+
+
+def parse_header(frame) -> tuple[int, int, int]:
+    """(kind, target, request id) of a header frame; ProtocolError when it is not one."""
+    if len(frame) != HEADER_BYTES:
+        raise ProtocolError(f"a header is {HEADER_BYTES} bytes, got {len(frame)}")
+    version, kind, target, rid = _header_unpack(frame)
+    if version != VERSION:
+        raise ProtocolError(f"peer speaks protocol version {version}, this one speaks "
+                            f"{VERSION}; upgrade the older side")
+    if kind not in KINDS:
+        raise ProtocolError(f"unknown message kind {kind}")
+    return kind, target, rid
+
+
+def request_id_of(frame) -> int | None:
+    """The request id of a header frame of any version, if it is long enough to hold one."""
+    if len(frame) != HEADER_BYTES:
+        return None
+    return _header_unpack(frame)[3]
+
+
+# -- the client side: packing requests, unpacking replies ------------------------
+
+
+class _Opaque:
+    """Base of the stand-ins a shard builds for values msgpack could not carry as they are."""
+
+    __slots__ = ()
+
+
+def _opaque_class(name: str, hashable: bool):
+    cls = type(name, (_Opaque,), {"__slots__": ()})
+    if not hashable:
+        cls.__hash__ = None
+    return cls
+
+
+_opaque_classes: dict = {}
+_OPAQUE_CLASSES_MAX = 1024
+
+
+def _client_default(obj):
+    """msgpack `default` for the client: tag what msgpack would otherwise lose."""
+    t = type(obj)
+    if t is int:  # only reached when the int does not fit in 64 bits
+        return msgpack.ExtType(EXT_BIGINT, str(obj).encode("ascii"))
+    hashable = t.__hash__ is not None
+    return msgpack.ExtType(EXT_OPAQUE, msgpack.packb([t.__name__, hashable]))
+
+
+def new_packer() -> msgpack.Packer:
+    """A request packer; not thread-safe, so the client keeps one per thread."""
+    return msgpack.Packer(use_bin_type=True, strict_types=True, default=_client_default,
+                          unicode_errors="surrogatepass")
+
+
+def check_values(op: str, args) -> None:
+    """Refuse a write's out-of-model value here, with the engine's own check and message."""
+    positions = VALUE_ARGS.get(op)
+    if positions is None:
+        return
+    n = len(args)
+    for i in positions:
+        if i < n:
+            v = args[i]
+            if type(v) not in _SCALARS:
+                check_value(v)
+
+
+def op_body(op: str, args):
+    """The wire form of one operation: [op, [args...]] with no tuples left in it."""
+    if op == "tx.commit" and len(args) == 3 and isinstance(args[2], (list, tuple)):
+        writes = []
+        for w in args[2]:
+            try:
+                wop, wargs = w
+            except (TypeError, ValueError):
+                raise InvalidValue(f"malformed transaction write {w!r:.100}") from None
+            check_values(wop, wargs)
+            writes.append([wop, list(wargs)])
+        return [op, [args[0], [list(r) for r in args[1]], writes]]
+    check_values(op, args)
+    return [op, list(args)]
+
+
+def pack_checked(packer, body, max_message_bytes: int) -> bytes:
+    """Pack a request body; a value msgpack refuses or a body over the limit raises here."""
+    try:
+        data = packer.pack(body)
+    except (TypeError, ValueError, OverflowError) as exc:
+        packer.reset()
+        raise InvalidValue(f"value cannot be encoded: {exc}") from None
+    if len(data) > max_message_bytes:
+        raise ValueTooLarge(f"request of {len(data)} bytes is over max_message_bytes "
+                            f"({max_message_bytes}); send smaller values or smaller batches")
+    return data
+
+
+def _client_ext_hook(code, data):
+    if code == EXT_ERROR:
+        try:
+            return from_wire(msgpack.unpackb(data, raw=False))
+        except Exception as exc:
+            return ProtocolError(f"malformed error in a reply: {exc}")
+    return msgpack.ExtType(code, data)
+
+
+def unpack_reply(body):
+    """The result in a reply body; an error comes back as an InmemError instance."""
+    try:
+        return msgpack.unpackb(body, raw=False, ext_hook=_client_ext_hook,
+                               strict_map_key=False)
+    except Exception as exc:
+        return ProtocolError(f"malformed reply: {exc}")
+
+
+# -- the shard side: unpacking requests, packing replies --------------------------
+
+
+def _server_ext_hook(code, data):
+    if code == EXT_BIGINT:
+        if len(data) > 64:
+            raise ProtocolError("oversized integer")
+        return int(data)
+    if code == EXT_OPAQUE:
+        name, hashable = msgpack.unpackb(data, raw=False)
+        if type(name) is not str or not name.isidentifier():
+            name = "object"
+        key = (name, bool(hashable))
+        cls = _opaque_classes.get(key)
+        if cls is None:
+            if len(_opaque_classes) >= _OPAQUE_CLASSES_MAX:
+                key = ("object", bool(hashable))
+                cls = _opaque_classes.get(key)
+            if cls is None:
+                cls = _opaque_classes[key] = _opaque_class(*key)
+        return cls()
+    if code == EXT_ERROR:
+        raise ProtocolError("an error is not a request")
+    return msgpack.ExtType(code, data)
+
+
+def _unpack_request(body):
+    try:
+        return msgpack.unpackb(body, raw=False, ext_hook=_server_ext_hook,
+                               strict_map_key=False, unicode_errors="surrogatepass")
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"malformed message body: {type(exc).__name__}: {exc}") from None
+
+
+def _check_op(item, known):
+    if type(item) is not list or len(item) != 2:
+        raise ProtocolError("an operation is [op, args]")
+    op, args = item
+    if type(op) is not str or op not in known:
+        raise ProtocolError(f"unknown operation {op!r:.80}")
+    if type(args) is not list:
+        raise ProtocolError(f"arguments of {op} must be a list")
+    return op, args
+
+
+def decode_op(body, known) -> tuple[str, list]:
+    """(op, args) of an OP or ADMIN body; ProtocolError for anything else."""
+    return _check_op(_unpack_request(body), known)
+
+
+def decode_batch(body, known) -> list:
+    """The operations of a BATCH body, each (op, args) or a ProtocolError in its place."""
+    items = _unpack_request(body)
+    if type(items) is not list:
+        raise ProtocolError("a batch is a list of [op, args]")
+    out = []
+    for item in items:
+        try:
+            out.append(_check_op(item, known))
+        except ProtocolError as exc:
+            out.append(exc)
+    return out
+
+
+def _server_default(obj):
+    if isinstance(obj, InmemError):
+        return msgpack.ExtType(EXT_ERROR, msgpack.packb(obj.to_wire(), use_bin_type=True,
+                                                        default=_plain_default))
+    return _plain_default(obj)
+
+
+def _plain_default(obj):
+    # Error fields and results hold only plain values; anything else is shown, not lost.
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=repr)
+    return repr(obj)
+
+
+def new_reply_packer() -> msgpack.Packer:
+    """The shard's reply packer: NamedTuples go as arrays, errors as EXT_ERROR."""
+    return msgpack.Packer(use_bin_type=True, default=_server_default,
+                          unicode_errors="surrogatepass")
+
+
+def error_body(err: InmemError) -> bytes:
+    return msgpack.packb(err, use_bin_type=True, default=_server_default)
+
+
+def pack_reply(packer, result, max_message_bytes: int) -> bytes:
+    """Pack a result; one that cannot be packed or is over the limit becomes an error."""
+    try:
+        data = packer.pack(result)
+    except Exception as exc:
+        packer.reset()
+        return error_body(ProtocolError(f"result cannot be encoded: {exc}"))
+    if len(data) > max_message_bytes:
+        return error_body(ProtocolError(
+            f"reply of {len(data)} bytes is over max_message_bytes ({max_message_bytes}); "
+            "ask for less at a time (a key prefix, an event range)"))
+    return data
+
+
+# -- shaping results into the API's types -----------------------------------------
+
+
+def _opt(cls):
+    make = cls._make
+    return lambda r, a: None if r is None else make(r)
+
+
+def _many(cls):
+    make = cls._make
+    return lambda r, a: [make(x) for x in r]
+
+
+def _tree(r, a):
+    return TraceTree.from_wire(r)
+
+
+def _items(r, a):
+    return [tuple(x) for x in r]
+
+
+def _tx_commit(r, a):
+    writes = a[2]
+    return [shape(w[0], w[1], x) for w, x in zip(writes, r)]
+
+
+#: op -> fn(wire result, args) -> API result; ops not listed return the wire value
+SHAPERS = {
+    "kv.get_versioned": _opt(Versioned),
+    "kv.items": _items,
+    "ev.append": lambda r, a: Event._make(r),
+    "ev.read": _opt(Event), "ev.head": _opt(Event),
+    "ev.range": _many(Event), "ev.by_type": _many(Event),
+    "ev.verify": lambda r, a: ChainCheck._make(r),
+    "st.read": _opt(State),
+    "tr.get": _opt(Trace), "tr.by_type": _many(Trace), "tr.by_tag": _many(Trace),
+    "tr.roots": _many(Trace), "tr.tree": _tree,
+    "run.get": _opt(RunInfo), "run.list": _many(RunInfo),
+    "tx.commit": _tx_commit,
+    "snapshot": _many(SnapshotInfo),
+    "recovery_report": _many(RecoveryResult),
+}
+
+
+def shape(op: str, args, result):
+    fn = SHAPERS.get(op)
+    if fn is None:
+        return result
+    try:
+        return fn(result, args)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"malformed result for {op}: {exc}") from None
+
+
+# -- merging the replies of a fan-out ---------------------------------------------
+
+
+def merge_fanout(op: str, results: list):
+    """One answer from every shard's answer, in an order that does not depend on timing."""
+    if op == "run.list":
+        merged = [r for part in results for r in part]
+        merged.sort(key=lambda r: (r[6], r[0]))  # created_at, then run_id, as API.md says
+        return merged
+    if op == "run.orphaned":
+        # The shards are asked for their orphaned RunInfos (see fanout_request) so
+        # that ids can be ordered by creation across shards.
+        merged = [r for part in results for r in part]
+        merged.sort(key=lambda r: (r[6], r[0]))
+        return [r[0] for r in merged]
+    if op == "snapshot":
+        merged = [s for part in results for s in part]
+        merged.sort(key=lambda s: s[0])
+        return merged
+    raise ProtocolError(f"no merge rule for {op!r}")
+
+
+def fanout_request(op: str, args) -> tuple[str, list]:
+    """What each shard is asked for a fanned-out op."""
+    if op == "run.orphaned":
+        return "run.list", ["orphaned", None, None]
+    return op, list(args)
+
+
+__all__ = [
+    "VERSION", "HEADER_BYTES", "KIND_OP", "KIND_BATCH", "KIND_ADMIN", "KIND_CLUSTER",
+    "SLOT_COUNT", "DEFAULT_MAX_MESSAGE_BYTES", "FANOUT_OPS", "CLUSTER_OPS", "ADMIN_OPS",
+    "slot_of", "route_run", "header", "parse_header", "request_id_of", "new_packer",
+    "op_body", "pack_checked", "unpack_reply", "decode_op", "decode_batch",
+    "new_reply_packer", "error_body", "pack_reply", "shape", "merge_fanout", "fanout_request",
+]

@@ -1,0 +1,402 @@
+"""The shard worker process: one engine, its WAL and its snapshots, behind a ZeroMQ ROUTER.
+
+    python -m shard.worker --config cluster.toml --shard 1     # by hand (another host)
+    python -m shard.worker --spec '<json>' --shard 1          # how the coordinator starts it
+
+Start-up: recover the shard directory `<data_dir>/shard-<N>` (snapshot + WAL,
+through `shard.durable`; nothing to recover in inmemory mode), then bind the
+shard's endpoint. Binding only after recovery is what makes readiness simple:
+whoever reaches the socket reaches a recovered shard, and the first answer to
+the coordinator's "hello" carries the RecoveryResult.
+
+The loop is single-threaded over the data, so every operation and every
+committed transaction is atomic. Each turn drains every request waiting on the
+socket (up to DRAIN_MAX), applies them in arrival order, writes all of their
+WAL records as one record with one `log_groups` call, waits once for
+durability (one fsync in strict mode: group commit), and only then sends the
+replies, so nothing is acknowledged before it is as durable as the mode
+promises. When idle it lets the store take the snapshots its triggers ask for.
+
+No input from the network may stop the loop: a frame that is not a message is
+counted and dropped, anything else that is wrong gets an error reply. The
+one deliberate exit on the write path is a failed WAL write or fsync: memory
+then holds writes the disk may not, so the worker answers DurabilityError to
+the whole turn and exits; the coordinator restarts it and recovery rebuilds
+the shard from what is on disk (fail-stop, as redis does on a failed fsync).
+
+SIGTERM or SIGINT: finish the turn, stop, flush the WAL, take the final
+snapshot when configured, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+
+import zmq
+
+from inmem import protocol
+from inmem.errors import DurabilityError, InmemError, ProtocolError
+from inmem.protocol import KIND_ADMIN, KIND_BATCH, KIND_OP
+from shard.engine import WRITE_OPS, Engine
+
+log = logging.getLogger("inmem.shard")
+
+#: requests applied per turn at most, so replies to the first do not wait forever
+DRAIN_MAX = 4096
+POLL_MS = 100
+IDLE_EVERY_S = 0.25
+EXIT_DURABILITY = 3
+EXIT_STARTUP = 2
+
+
+class _Holder:
+    """What the store locks while it forks a snapshot (shard.durable's lock_holder)."""
+
+    __slots__ = ("lock",)
+
+    def __init__(self):
+        self.lock = threading.RLock()
+
+
+class Worker:
+    def __init__(self, spec: dict, shard: int):
+        self.spec = spec
+        self.shard = shard
+        self.endpoint = spec["shards"][shard]["endpoint"]
+        self.durability = spec["durability"]
+        self.max_message_bytes = spec["max_message_bytes"]
+        self.path = os.path.join(spec["data_dir"], f"shard-{shard}")
+        self.holder = _Holder()
+        self.store = None
+        self.engine = None
+        self.sock = None
+        self.ctx = None
+        self.stopping = False
+        self.dropped_frames = 0
+        self.protocol_errors = 0
+        self.requests = 0
+        self.recovery = None
+        self.parent_pid: int | None = None
+        self.packer = protocol.new_reply_packer()
+        self.write_ops = WRITE_OPS
+
+    # -- start-up ------------------------------------------------------------------
+
+    def open(self) -> None:
+        if self.durability == "inmemory":
+            self.engine = Engine(max_value_bytes=self.spec["max_value_bytes"])
+            self.recovery = None
+            return
+        from shard.durable import DurableStore
+        self.store, self.engine = DurableStore.open(
+            self.path, durability=self.durability, max_value_bytes=self.spec["max_value_bytes"],
+            shard=self.shard, **self.spec["options"])
+        self.recovery = self.store.recovery_result
+
+    def bind(self) -> None:
+        from coordinator.config import bind_endpoint
+        self.ctx = zmq.Context(1)
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        # A burst from many clients queues here rather than being dropped.
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        if self.endpoint.startswith("ipc://"):
+            os.makedirs(os.path.dirname(self.endpoint[6:]), mode=0o700, exist_ok=True)
+        sock.bind(bind_endpoint(self.endpoint))
+        self.sock = sock
+
+    # -- the loop ------------------------------------------------------------------
+
+    def serve(self) -> None:
+        sock = self.sock
+        poll = sock.poll
+        recv = sock.recv_multipart
+        send = sock.send_multipart
+        noblock = zmq.NOBLOCK
+        again = zmq.Again
+        process = self.process
+        next_idle = time.monotonic() + IDLE_EVERY_S
+        while not self.stopping:
+            if poll(POLL_MS):
+                batch = []
+                append = batch.append
+                try:
+                    for _ in range(DRAIN_MAX):
+                        append(recv(noblock))
+                except again:
+                    pass
+                for reply in process(batch):
+                    try:
+                        send(reply, noblock)
+                    except zmq.ZMQError:  # the peer is gone; nothing to tell it
+                        pass
+            now = time.monotonic()
+            if now >= next_idle:
+                next_idle = now + IDLE_EVERY_S
+                self.idle()
+
+    def process(self, batch: list) -> list:
+        """Apply a drained batch; return the replies to send once it is durable."""
+        replies = []
+        store = self.store
+        with self.holder.lock:
+            refuse_writes = None
+            if store is not None:
+                try:
+                    store.check_writable()
+                except DurabilityError as exc:
+                    refuse_writes = exc
+            for frames in batch:
+                reply = self.handle(frames, refuse_writes)
+                if reply is not None:
+                    replies.append(reply)
+            token = None
+            if store is not None:
+                groups = self.engine.take_log()
+                if groups:
+                    try:
+                        token = store.log_groups(groups)
+                    except DurabilityError as exc:
+                        self.fail_stop(replies, exc)
+        if token is not None:
+            try:
+                store.wait_durable(token)
+            except DurabilityError as exc:
+                self.fail_stop(replies, exc)
+        return replies
+
+    def handle(self, frames: list, refuse_writes):
+        n = len(frames)
+        # [peer, *envelope, header, body]
+        if n < 3 or n > 3 + protocol.ENVELOPE_FRAMES_MAX:
+            self.dropped_frames += 1
+            return None
+        head = frames[-2]
+        try:
+            kind, _target, _rid = protocol.parse_header(head)
+        except ProtocolError as exc:
+            self.protocol_errors += 1
+            if protocol.request_id_of(head) is None:
+                self.dropped_frames += 1
+                return None
+            return frames[:-1] + [protocol.error_body(exc)]
+        self.requests += 1
+        if kind == KIND_OP:
+            body = self.run_op(frames[-1], refuse_writes)
+        elif kind == KIND_BATCH:
+            body = self.run_batch(frames[-1], refuse_writes)
+        elif kind == KIND_ADMIN:
+            body = self.run_admin(frames[-1])
+        else:
+            self.protocol_errors += 1
+            body = protocol.error_body(ProtocolError("a shard does not answer cluster requests"))
+        frames[-1] = body
+        return frames
+
+    def _execute(self, op, args, refuse_writes):
+        if refuse_writes is not None and op in self.write_ops:
+            return refuse_writes
+        try:
+            return self.engine.execute(op, args)
+        except InmemError as exc:
+            return exc
+        except Exception as exc:
+            # A bug, not bad input the engine already names: keep serving, say what broke.
+            log.error("shard %d: %s failed:\n%s", self.shard, op, traceback.format_exc())
+            return InmemError(f"internal error in {op}: {type(exc).__name__}: {exc}")
+
+    def run_op(self, body, refuse_writes) -> bytes:
+        try:
+            op, args = protocol.decode_op(body, self.engine.ops)
+        except ProtocolError as exc:
+            self.protocol_errors += 1
+            return protocol.error_body(exc)
+        return protocol.pack_reply(self.packer, self._execute(op, args, refuse_writes),
+                                   self.max_message_bytes)
+
+    def run_batch(self, body, refuse_writes) -> bytes:
+        try:
+            items = protocol.decode_batch(body, self.engine.ops)
+        except ProtocolError as exc:
+            self.protocol_errors += 1
+            return protocol.error_body(exc)
+        execute = self._execute
+        results = [item if type(item) is ProtocolError else execute(item[0], item[1], refuse_writes)
+                   for item in items]
+        return protocol.pack_reply(self.packer, results, self.max_message_bytes)
+
+    def run_admin(self, body) -> bytes:
+        try:
+            name, args = protocol.decode_op(body, protocol.ADMIN_OPS)
+            result = getattr(self, "admin_" + name)(*args)
+        except InmemError as exc:
+            result = exc
+        except TypeError as exc:
+            result = ProtocolError(f"bad arguments: {exc}")
+        return protocol.pack_reply(self.packer, result, self.max_message_bytes)
+
+    # -- admin requests ------------------------------------------------------------
+
+    def admin_hello(self) -> dict:
+        return {"shard": self.shard, "pid": os.getpid(), "durability": self.durability,
+                "endpoint": self.endpoint, "recovery": self.recovery,
+                "protocol": protocol.VERSION}
+
+    def admin_ping(self) -> str:
+        return "pong"
+
+    def admin_info(self) -> dict:
+        import psutil
+        counts = self.engine.counts()
+        store = self.store
+        return {"shard": self.shard, "pid": os.getpid(), "state": "ready",
+                "keys": counts["keys"], "runs": counts["runs"],
+                "memory_bytes": psutil.Process().memory_info().rss,
+                "wal_bytes": 0 if store is None else store.wal_bytes(),
+                "durability": self.durability, "requests": self.requests,
+                "protocol_errors": self.protocol_errors, "dropped_frames": self.dropped_frames,
+                "last_snapshot_pause_ms": None if store is None else store.last_snapshot_pause_ms}
+
+    def admin_snapshot(self) -> list:
+        if self.store is None:
+            return []
+        return self.store.snapshot(self.holder)
+
+    def admin_recovery_report(self) -> list:
+        return [] if self.recovery is None else [self.recovery]
+
+    # -- upkeep and shutdown -------------------------------------------------------
+
+    def idle(self) -> None:
+        if self.store is not None:
+            try:
+                self.store.maybe_snapshot(self.holder)
+            except InmemError as exc:  # the WAL is kept, so a failed snapshot loses nothing
+                log.error("shard %d: snapshot failed: %s", self.shard, exc)
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            log.error("shard %d: the coordinator is gone; stopping", self.shard)
+            self.stopping = True
+
+    def fail_stop(self, replies: list, exc: DurabilityError):
+        log.critical("shard %d: %s; answering DurabilityError and exiting for recovery",
+                     self.shard, exc)
+        err = protocol.error_body(exc)
+        for reply in replies:
+            reply[-1] = err
+            try:
+                self.sock.send_multipart(reply, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        write_exit_note(self.spec, self.shard, exc)
+        self.sock.close(0)
+        os._exit(EXIT_DURABILITY)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close(0)
+        if self.store is not None:
+            with self.holder.lock:
+                self.store.close(self.holder)
+        if self.ctx is not None:
+            self.ctx.term()
+
+
+
+def exit_note_path(spec: dict, shard: int) -> str:
+    return os.path.join(spec["data_dir"], f"shard-{shard}.exit.json")
+
+
+def write_exit_note(spec: dict, shard: int, exc: BaseException) -> None:
+    """Leave the reason for a fatal exit where the supervisor can show it."""
+    try:
+        path = exit_note_path(spec, shard)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump({"error": type(exc).__name__, "message": str(exc), "time": time.time()}, f)
+        os.replace(path + ".tmp", path)
+    except OSError:
+        pass
+
+
+def _die_with_parent() -> int | None:
+    """Ask Linux to SIGTERM this process when its parent dies; return the parent's pid."""
+    ppid = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the idle check of getppid still works
+        pass
+    return ppid
+
+
+def build_spec(args) -> dict:
+    from coordinator import config
+    if args.spec:
+        return json.loads(args.spec)
+    spec = config.load(args.config, data_dir=args.data_dir, durability=args.durability)
+    if spec["shards_auto"] and not spec["shard_table"]:
+        from coordinator.slotmap import SlotMap
+        persisted = SlotMap.peek_shard_count(spec["data_dir"])
+        if persisted:
+            spec = config.with_shard_count(spec, persisted)
+    return spec
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m shard.worker",
+                                description="one shard of an inmem cluster")
+    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--spec", help="the resolved cluster spec, as JSON (from the coordinator)")
+    p.add_argument("--config", help="the cluster's TOML config (when started by hand)")
+    p.add_argument("--data-dir", help="override the config's data directory")
+    p.add_argument("--durability", choices=("inmemory", "buffered", "strict"))
+    p.add_argument("--watch-parent", action="store_true",
+                   help="exit when the parent process (the coordinator) dies")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"shard {args.shard} %(levelname)s %(name)s: %(message)s")
+    spec = build_spec(args)
+    if not 0 <= args.shard < len(spec["shards"]):
+        print(f"shard {args.shard} is not in this cluster (it has {len(spec['shards'])})",
+              file=sys.stderr)
+        return EXIT_STARTUP
+    worker = Worker(spec, args.shard)
+    if args.watch_parent:
+        worker.parent_pid = _die_with_parent()
+
+    def stop(signum, frame):
+        worker.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        os.unlink(exit_note_path(spec, args.shard))
+    except OSError:
+        pass
+    try:
+        worker.open()
+        worker.bind()
+    except (InmemError, OSError, zmq.ZMQError) as exc:
+        log.critical("shard %d cannot start: %s: %s", args.shard, type(exc).__name__, exc)
+        write_exit_note(spec, args.shard, exc)
+        return EXIT_STARTUP
+    try:
+        worker.serve()
+    finally:
+        worker.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
