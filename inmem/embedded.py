@@ -24,6 +24,8 @@ class EmbeddedBackend:
         self.lock = threading.RLock()
         self._closed = False
         self._execute = engine.execute
+        self._buffered = store is not None and store.durability == "buffered"
+        self._batch_max = store.batch_max if store is not None else 0
 
     # -- the one entry point -------------------------------------------------------
 
@@ -34,8 +36,13 @@ class EmbeddedBackend:
                 raise InmemError("the database is closed")
             if store is None:
                 return self._execute(op, args)
-            store.check_writable()
+            if store.writer.failed:
+                store.check_writable()
             result = self._execute(op, args)
+            if self._buffered:
+                if len(self.engine.log) >= self._batch_max:
+                    store.emit_locked(kick=True)
+                return result
             groups = self.engine.take_log()
             token = store.log_groups(groups) if groups else None
         if token is not None:
@@ -47,19 +54,23 @@ class EmbeddedBackend:
         with self.lock:
             if self._closed:
                 raise InmemError("the database is closed")
-            if store is not None:
+            if store is not None and store.writer.failed:
                 store.check_writable()
             results = self.engine.execute_batch(ops)
-            token = None
-            if store is not None:
-                groups = self.engine.take_log()
-                token = store.log_groups(groups) if groups else None
+            if store is None:
+                return results
+            if self._buffered:
+                if len(self.engine.log) >= self._batch_max:
+                    store.emit_locked(kick=True)
+                return results
+            groups = self.engine.take_log()
+            token = store.log_groups(groups) if groups else None
         if token is not None:
             store.wait_durable(token)
         return results
 
     def section(self, name, cls):
-        if name == "kv" and self.store is None:
+        if name == "kv" and (self.store is None or self._buffered):
             return _FastKV(self)
         return cls(self.call)
 
@@ -99,7 +110,7 @@ class EmbeddedBackend:
 
 
 class _FastKV(KV):
-    """KV for the inmemory embedded store: the hot calls skip the generic dispatch."""
+    """KV for the inmemory and buffered embedded store: the hot calls skip the generic dispatch."""
 
     __slots__ = ("get", "put")
 
@@ -109,16 +120,32 @@ class _FastKV(KV):
         engine = backend.engine
         kv_get = engine.kv_get
         kv_put = engine.kv_put
+        store = backend.store
+        batch_max = backend._batch_max
 
         def get(run, key, default=None):
             with lock:
                 return kv_get(run, key, default)
 
-        def put(run, key, value, ttl=None):
-            with lock:
-                if backend._closed:
-                    raise InmemError("the database is closed")
-                return kv_put(run, key, value, ttl)
+        if store is None:
+            def put(run, key, value, ttl=None):
+                with lock:
+                    if backend._closed:
+                        raise InmemError("the database is closed")
+                    return kv_put(run, key, value, ttl)
+        else:
+            writer = store.writer
+
+            def put(run, key, value, ttl=None):
+                with lock:
+                    if backend._closed:
+                        raise InmemError("the database is closed")
+                    if writer.failed:
+                        store.check_writable()
+                    version = kv_put(run, key, value, ttl)
+                    if len(engine.log) >= batch_max:
+                        store.emit_locked(kick=True)
+                    return version
 
         self.get = get
         self.put = put

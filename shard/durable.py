@@ -72,10 +72,11 @@ class DurableStore:
         self.shard = recovery_result.shard
         self._lock_fd = lock_fd
         self._strict = durability == "strict"
-        self._pending: list = []
-        self._pending_lock = threading.Lock()
-        self._batch_max = options["max_pending_writes"]
-        writer.before_flush = self._emit_pending
+        #: buffered mode: the engine's log list is the in-memory batch
+        self.batch_max = options["max_pending_writes"]
+        self._holder = None
+        if not self._strict:
+            writer.before_flush = self._emit_from_flusher
         self._bytes_since_snapshot = 0
         self._last_snapshot = time.monotonic()
         self._child: int | None = None
@@ -120,8 +121,13 @@ class DurableStore:
         gc.freeze()
         return cls(path, durability, engine, writer, snapshots, result, opts, lock_fd), engine
 
+    def attach(self, holder) -> None:
+        """Tell the store whose lock guards the engine (`holder.lock`)."""
+        self._holder = holder
+
     def start_scheduler(self, holder) -> None:
         """Embedded use: a thread that takes the snapshots the triggers ask for."""
+        self.attach(holder)
         if self._scheduler is not None:
             return
 
@@ -144,39 +150,44 @@ class DurableStore:
                 "until it is reopened and recovered from disk")
 
     def log_groups(self, groups):
-        """Log committed groups; returns a token for wait_durable (None: nothing to wait for).
+        """strict: log committed groups as one record; returns the token for wait_durable.
 
-        strict: one record now, made durable by wait_durable's (shared) fsync.
-        buffered: the groups join an in-memory batch that becomes one record
-        when the flusher is about to flush, or once it holds max_pending_writes
-        groups, so a flush interval's worth of operations costs one record.
+        buffered mode does not call this: the engine's log list is itself the
+        in-memory batch, handed over as one record when the flusher is about to
+        flush (`_emit_from_flusher`) or once it holds `batch_max` groups
+        (`emit_locked`), so a flush interval's operations cost one record.
         """
-        if self._strict:
-            payload = encode_batch(groups)
-            self._bytes_since_snapshot += len(payload)
-            try:
-                return self.writer.append_nowait(payload)
-            except InmemError as exc:
-                raise DurabilityError(f"could not log a write: {exc}") from exc
-        with self._pending_lock:
-            self._pending.extend(groups)
-            full = len(self._pending) >= self._batch_max
-        if full:
-            self._emit_pending()
-            self.writer.kick()
-        return None
+        payload = encode_batch(groups)
+        self._bytes_since_snapshot += len(payload)
+        try:
+            return self.writer.append_nowait(payload)
+        except InmemError as exc:
+            raise DurabilityError(f"could not log a write: {exc}") from exc
 
-    def _emit_pending(self) -> None:
-        """Turn the buffered batch into WAL records (under the batch lock: order is kept)."""
-        with self._pending_lock:
-            groups = self._pending
-            if not groups:
-                return
-            self._pending = []
+    def emit_locked(self, kick: bool = False) -> None:
+        """Buffered: turn the engine's pending groups into WAL records. Hold the engine lock."""
+        engine = self.engine
+        groups = engine.log
+        if not groups:
+            return
+        engine.log = []
+        try:
+            self._append_records(groups)
+        except InmemError as exc:
+            raise DurabilityError(f"could not log a write: {exc}") from exc
+        if kick:
+            self.writer.kick()
+
+    def _emit_from_flusher(self) -> None:
+        holder = self._holder
+        if holder is None or not self.engine.log:
+            return
+        # Bounded wait: close() holds the lock while it joins this thread.
+        if holder.lock.acquire(timeout=0.05):
             try:
-                self._append_records(groups)
-            except InmemError as exc:
-                raise DurabilityError(f"could not log a write: {exc}") from exc
+                self.emit_locked()
+            finally:
+                holder.lock.release()
 
     def _append_records(self, groups) -> None:
         payload = encode_batch(groups)
@@ -197,8 +208,9 @@ class DurableStore:
             raise DurabilityError(f"fsync failed; the write was not acknowledged: {exc}") from exc
 
     def flush(self) -> None:
-        """Everything acknowledged so far onto disk, fsynced (any mode)."""
-        self._emit_pending()
+        """Everything acknowledged so far onto disk, fsynced (any mode). Hold the engine lock."""
+        if not self._strict:
+            self.emit_locked()
         self.writer.flush()
 
     def wal_bytes(self) -> int:
@@ -237,7 +249,8 @@ class DurableStore:
             self.check_writable()
             # Batched groups are already in the engine's state: they must get
             # LSNs below the snapshot position, or recovery would apply them twice.
-            self._emit_pending()
+            if not self._strict:
+                self.emit_locked()
             self.writer.roll()
             position = self.writer.next_lsn
             failpoint("snapshot.before_fork")

@@ -31,7 +31,7 @@ def _kill_at_random(tmp_path, mode: str, seed: int, threads: int = 1):
     data, logs = tmp_path / "data", tmp_path / "logs"
     flush = ("--flush-interval-ms", 20, "--max-pending-writes", 64)
     proc = harness.start_child(data, logs, "--mode", mode, "--ops", 0, "--threads", threads,
-                               "--snapshot-every", 40, *flush, env=harness.child_env())
+                               "--snapshot-every", 200, *flush, env=harness.child_env())
     try:
         harness.wait_for_line(logs, "ready", proc)
         time.sleep(delay_s)

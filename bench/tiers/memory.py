@@ -1,0 +1,195 @@
+"""Tier memory: resident memory per key, ours against Redis and plain Python dicts.
+
+Each of our cases runs in a fresh interpreter (`python -m bench.tiers.memory
+CASE N`) so that what one case allocated, or fragmented, never shows in
+another: the child imports everything, opens the store, collects garbage,
+reads its RSS (psutil), stores N keys (16-byte str keys, distinct 100-byte
+values made inside the loop), collects again and reads RSS again. The delta
+divided by N is the row's value; the keys and values the store keeps are in
+it, because they are what the store costs.
+
+Cases: `inmem` (an in-memory embedded store, one run, each key written
+once), `inmem_history5` (each key written five times: the run's journal
+keeps every write, so this shows what history costs), `dict` (str -> bytes,
+the floor DESIGN.md measured) and `dict_tuple` (str -> (value, version,
+timestamp)). Redis is measured in its own server process: `used_memory` and
+the server's RSS before and after loading the same keys.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+
+from ..context import Context, error_row, fmt_count, make_row, peer_value
+from ..machine import REPO_ROOT
+
+TIER = "memory"
+MODE = "inmemory"
+CHILD_TIMEOUT_S = 1800
+PEERS = ("redis", "redis.rss", "python.dict", "python.dict.tuple")
+
+
+def key_of(i: int) -> str:
+    return f"k{i:015d}"
+
+
+def value_of(i: int) -> bytes:
+    return (i.to_bytes(8, "little") * 13)[:100]
+
+
+# -- the child side ----------------------------------------------------------------
+
+def _rss() -> int:
+    import psutil
+    return psutil.Process().memory_info().rss
+
+
+def child(case: str, n: int) -> dict:
+    writes = 5 if case == "inmem_history5" else 1
+    if case in ("inmem", "inmem_history5"):
+        import inmem
+        db = inmem.open(None)
+        run = db.begin_run(name="memory")
+        put = db.kv.put
+
+        def store(k, v):
+            put(run, k, v)
+    elif case == "dict":
+        d: dict = {}
+
+        def store(k, v):
+            d[k] = v
+    elif case == "dict_tuple":
+        d2: dict = {}
+
+        def store(k, v):
+            old = d2.get(k)
+            d2[k] = (v, 1 if old is None else old[1] + 1, 1_700_000_000_000_000)
+    else:
+        raise SystemExit(f"unknown memory case {case!r}")
+    gc.collect()
+    before = _rss()
+    for w in range(writes):
+        for i in range(n):
+            store(key_of(i), value_of(i + w))
+    gc.collect()
+    after = _rss()
+    return {"case": case, "n": n, "writes_per_key": writes, "rss_before": before,
+            "rss_after": after, "bytes_per_key": (after - before) / n}
+
+
+def run_child(case: str, n: int) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "bench.tiers.memory", case, str(n)],
+                          cwd=str(REPO_ROOT), capture_output=True, text=True,
+                          timeout=CHILD_TIMEOUT_S, env={**os.environ, "PYTHONHASHSEED": "0"})
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"memory child {case} {n} failed (exit {proc.returncode}): {tail}")
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"memory child {case} {n} printed no result")
+    return json.loads(lines[-1])
+
+
+# -- the tier ----------------------------------------------------------------------
+
+def run(ctx: Context) -> None:
+    sizes = ctx.sizes["memory_keys"]
+    largest = max(sizes)
+    for n in sorted(sizes):
+        name = "memory.bytes_per_key" if n == largest else f"memory.bytes_per_key.{fmt_count(n)}"
+        ctx.log(f"memory: {name} ({n:,} keys)")
+        try:
+            _row(ctx, name, n)
+        except Exception as exc:  # one broken case must not cost the others
+            ctx.add(error_row(name, TIER, MODE, "B/key", exc, peers=PEERS))
+    n = min(sizes)
+    name = "memory.bytes_per_key.history5"
+    ctx.log(f"memory: {name} ({n:,} keys)")
+    try:
+        r = run_child("inmem_history5", n)
+        ctx.add(make_row(name, TIER, MODE, "B/key", value=r["bytes_per_key"], n=n,
+                         extra={"child": r, "note": "each key written 5 times; the run's "
+                                "journal keeps every write"}))
+    except Exception as exc:
+        ctx.add(error_row(name, TIER, MODE, "B/key", exc))
+
+
+def _row(ctx, name, n):
+    ours = run_child("inmem", n)
+    details: dict = {}
+    redis = _redis_memory(ctx, n)
+    peers = {
+        "redis": peer_value(lambda: redis("used"), details, "redis"),
+        "redis.rss": peer_value(lambda: redis("rss"), details, "redis.rss"),
+        "python.dict": peer_value(lambda: _dict_case("dict", n), details, "python.dict"),
+        "python.dict.tuple": peer_value(lambda: _dict_case("dict_tuple", n), details,
+                                        "python.dict.tuple"),
+    }
+    ctx.add(make_row(name, TIER, MODE, "B/key", value=ours["bytes_per_key"], n=n, peers=peers,
+                     extra={"child": ours, "peer_detail": details,
+                            "peer_config": {
+                                "redis": "INFO used_memory delta / keys",
+                                "redis.rss": "redis-server RSS delta / keys",
+                                "python.dict": "dict str -> bytes, fresh interpreter",
+                                "python.dict.tuple": "dict str -> (bytes, version, ts)"}}))
+
+
+def _dict_case(case, n):
+    r = run_child(case, n)
+    return r["bytes_per_key"], r
+
+
+def _redis_memory(ctx, n):
+    """Load n keys into a fresh redis-server once; answer both of its peer entries."""
+    state: dict = {}
+
+    def get(which):
+        if "error" in state:
+            raise state["error"]
+        if "result" not in state:
+            try:
+                state["result"] = _measure_redis(ctx, n)
+            except Exception as exc:
+                state["error"] = exc
+                raise
+        r = state["result"]
+        return (r["used_per_key"], r) if which == "used" else (r["rss_per_key"], r)
+
+    return get
+
+
+def _measure_redis(ctx, n, batch: int = 1000) -> dict:
+    import psutil
+    server = ctx.peers.redis("inmemory")
+    try:
+        client = server.client
+        proc = psutil.Process(server.pid)
+        before = client.info("memory")
+        rss0 = proc.memory_info().rss
+        for lo in range(0, n, batch):
+            pipe = client.pipeline(transaction=False)
+            for i in range(lo, min(n, lo + batch)):
+                pipe.set(key_of(i), value_of(i))
+            pipe.execute()
+        after = client.info("memory")
+        rss1 = proc.memory_info().rss
+        keys = client.dbsize()
+        if keys != n:
+            raise RuntimeError(f"redis holds {keys} keys, expected {n}")
+        return {"used_per_key": (after["used_memory"] - before["used_memory"]) / n,
+                "rss_per_key": (rss1 - rss0) / n, "used_memory_before": before["used_memory"],
+                "used_memory_after": after["used_memory"], "rss_before": rss0, "rss_after": rss1,
+                "allocator": after.get("mem_allocator")}
+    finally:
+        ctx.peers.release(server)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        raise SystemExit("usage: python -m bench.tiers.memory CASE N")
+    print(json.dumps(child(sys.argv[1], int(sys.argv[2]))))
