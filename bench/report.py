@@ -59,10 +59,15 @@ def _peer_short(value, unit: str) -> str:
     return fmt_value(value, unit).replace(" ops/s", "").replace(" B/key", " B")
 
 
+def _clip(text: str, limit: int = 60) -> str:
+    # The table stays readable; results.json keeps the whole reason.
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def fmt_peers(row: dict) -> str:
     parts = []
     for peer, theirs in row.get("peers", {}).items():
-        text = f"{peer} {_peer_short(theirs, row['unit'])}"
+        text = f"{peer} {_clip(_peer_short(theirs, row['unit']), 48)}"
         ratio = row.get("ratio", {}).get(peer)
         if isinstance(ratio, (int, float)) and ratio > 0:
             better = ratio if row.get("better", "higher") == "higher" else 1.0 / ratio
@@ -87,7 +92,7 @@ def table_rows(results: list) -> list[list[str]]:
     out = []
     for row in results:
         status = row.get("status", "ok")
-        value = fmt_value(row["value"], row["unit"]) if status == "ok" else status
+        value = fmt_value(row["value"], row["unit"]) if status == "ok" else _clip(status)
         n = row.get("n")
         out.append([row["name"], row.get("mode") or "-", value, _fmt_us(row.get("p50")),
                     _fmt_us(row.get("p99")), f"{n:,}" if isinstance(n, int) else "-",

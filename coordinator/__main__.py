@@ -21,7 +21,13 @@ def main(argv=None) -> int:
     p.add_argument("--shards", type=int)
     p.add_argument("--durability", choices=("inmemory", "buffered", "strict"))
     p.add_argument("--endpoint")
+    p.add_argument("--watch-parent", action="store_true",
+                   help="stop when the parent process dies (how inmem.Cluster starts it)")
     args = p.parse_args(argv)
+    if args.watch_parent:
+        from shard.worker import _die_with_parent
+        from coordinator import server
+        server.PARENT_PID = _die_with_parent()
     from inmem.cluster import serve_main
     if args.spec:
         from coordinator.server import run

@@ -80,6 +80,9 @@ def load(path=None, **overrides) -> dict:
     raw = defaults()
     if path is not None:
         _merge(raw, read_toml(path), str(path))
+    # Test hooks (wipe, pinned clock) exist for the test suite only, so they are an
+    # override of inmem.Cluster and never a setting of a config file.
+    test_hooks = bool(overrides.pop("test_hooks", False))
     for name, value in overrides.items():
         if value is None:
             continue
@@ -87,7 +90,9 @@ def load(path=None, **overrides) -> dict:
             raise ConfigError(f"unknown setting {name!r}; known: {sorted(_FLAT)}")
         section, key = _FLAT[name]
         raw.setdefault(section, {})[key] = value
-    return resolve(raw)
+    spec = resolve(raw)
+    spec["test_hooks"] = test_hooks
+    return spec
 
 
 def _merge(base: dict, extra: dict, where: str) -> None:

@@ -48,6 +48,8 @@ HELLO_EVERY_S = 0.2
 DRAIN_MAX = 1024
 #: a cluster request (info, fan-out) not answered by then is answered Timeout
 INTERNAL_TIMEOUT_S = 30.0
+#: set by `python -m coordinator --watch-parent`: stop when this process is gone
+PARENT_PID: int | None = None
 
 
 class ShardLink:
@@ -294,6 +296,11 @@ class Coordinator:
             self._error(ident, head, ClusterNotReady(self._not_ready_message()))
         elif name == "snapshot":
             self._fan_out(ident, head, "snapshot", KIND_ADMIN, "snapshot", [])
+        elif name in protocol.DEBUG_OPS:
+            if not self.spec.get("test_hooks"):
+                self._error(ident, head, ProtocolError(f"{name}: test hooks are off in this cluster"))
+            else:
+                self._fan_out(ident, head, name, KIND_ADMIN, name, args)
         else:
             shard_op, shard_args = protocol.fanout_request(name, args)
             self._fan_out(ident, head, name, KIND_OP, shard_op, shard_args)
@@ -382,6 +389,9 @@ class Coordinator:
     # -- upkeep: deaths, restarts, hellos, heartbeats, expired requests ------------
 
     def _tick(self, now: float) -> None:
+        if PARENT_PID is not None and os.getppid() != PARENT_PID:
+            self.out("the parent process is gone; stopping")
+            self.stopping = True
         sup = self.supervisor
         for h in sup.poll():
             link = self.links[h.id]

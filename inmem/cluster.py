@@ -64,7 +64,8 @@ class Cluster:
         os.makedirs(self.data_dir, exist_ok=True)
         self._log = open(os.path.join(self.data_dir, "coordinator.log"), "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "coordinator", "--spec", json.dumps(self.spec)],
+            [sys.executable, "-m", "coordinator", "--spec", json.dumps(self.spec),
+             "--watch-parent"],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True, env=_child_env(), close_fds=True)
         try:

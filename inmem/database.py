@@ -14,7 +14,7 @@ import time
 import uuid
 
 from .errors import InvalidValue, RunNotFound, StateNotFound, TransactionConflict, VersionMismatch
-from .types import State
+from .types import RunView, State
 
 _TRACE_NONE = None
 
@@ -279,6 +279,21 @@ class Database:
     def pipeline(self):
         from .pipeline import Pipeline
         return Pipeline(self._backend)
+
+    # -- replay, diff and search ----------------------------------------------------
+
+    def replay_run(self, run, at=None):
+        """The run folded from its journal: read-only, as of the first `at` entries."""
+        return RunView.from_wire(self._call("run.replay", (run, at)))
+
+    def diff_runs(self, run_a, run_b):
+        from .replay import diff_views
+        return diff_views(self.replay_run(run_a), self.replay_run(run_b))
+
+    def search(self, query, run=None, primitives=None, limit=10, offset=0, budget_ms=None):
+        """BM25 keyword search across every shard; see shard/search_index.py."""
+        from .search import search
+        return search(self._backend, query, run, primitives, limit, offset, budget_ms)
 
     # -- operations ----------------------------------------------------------------
 

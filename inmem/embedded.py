@@ -69,6 +69,10 @@ class EmbeddedBackend:
             store.wait_durable(token)
         return results
 
+    def fanout(self, op, args) -> list:
+        """One answer per shard; the embedded store is one shard."""
+        return [self.call(op, args)]
+
     def section(self, name, cls):
         if name == "kv" and (self.store is None or self._buffered):
             return _FastKV(self)

@@ -74,11 +74,14 @@ EXT_ERROR = 3
 
 #: ops that are not about one run: the coordinator fans them out to every shard
 FANOUT_OPS = frozenset(("run.list", "run.orphaned"))
+#: test hooks: wipe every shard, pin the shards' clock, change max_value_bytes; a
+#: cluster answers them only when started with test_hooks=True (never in production)
+DEBUG_OPS = frozenset(("debug.reset", "debug.clock", "debug.max_value_bytes"))
 #: cluster-level requests the coordinator answers (FANOUT_OPS included)
-CLUSTER_OPS = FANOUT_OPS | frozenset(("ping", "status", "slotmap", "info", "snapshot",
-                                      "recovery_report"))
+CLUSTER_OPS = FANOUT_OPS | DEBUG_OPS | frozenset(("ping", "status", "slotmap", "info",
+                                                  "snapshot", "recovery_report"))
 #: requests a shard answers besides engine operations
-ADMIN_OPS = frozenset(("hello", "ping", "info", "snapshot", "recovery_report"))
+ADMIN_OPS = DEBUG_OPS | frozenset(("hello", "ping", "info", "snapshot", "recovery_report"))
 
 #: for each write, the argument positions that carry values (checked by the client,
 #: because msgpack would carry a bytearray or memoryview as if it were bytes)
@@ -412,6 +415,8 @@ def merge_fanout(op: str, results: list):
         merged = [r for part in results for r in part]
         merged.sort(key=lambda r: (r[6], r[0]))
         return [r[0] for r in merged]
+    if op in DEBUG_OPS:
+        return None
     if op == "snapshot":
         merged = [s for part in results for s in part]
         merged.sort(key=lambda s: s[0])

@@ -90,3 +90,49 @@ class RecoveryResult(NamedTuple):
     seconds: float
     started_at: int
     finished_at: int
+    #: of `seconds`, the part spent rebuilding the search index
+    index_seconds: float = 0.0
+
+
+class RunView(NamedTuple):
+    """A run replayed to a journal position: read-only plain data."""
+    kv: dict
+    json: dict
+    state: dict
+    events: list
+    traces: list
+    position: int
+
+    @classmethod
+    def from_wire(cls, wire) -> "RunView":
+        kv, docs, state, events, traces, position = wire
+        return cls(kv, docs, state, [e if type(e) is Event else Event._make(e) for e in events],
+                   [t if type(t) is Trace else Trace._make(t) for t in traces], position)
+
+
+class DiffEntry(NamedTuple):
+    primitive: str
+    key: Any
+    a: Any
+    b: Any
+
+
+class RunDiff(NamedTuple):
+    added: list
+    removed: list
+    modified: list
+
+
+class Hit(NamedTuple):
+    primitive: str
+    run: str
+    ref: Any
+    score: float
+    snippet: str
+
+
+class SearchResponse(NamedTuple):
+    results: list
+    total_matches: int
+    budget_exhausted: bool
+    took_ms: float

@@ -8,7 +8,8 @@
     4. ask the policy table (`recovery.policy`) what the findings mean: go on,
        cut a torn tail (after keeping a `*.broken` copy), or fail with a
        CorruptionError naming the file and offset;
-    5. mark the runs left active as orphaned, and fill a RecoveryResult.
+    5. mark the runs left active as orphaned, rebuild the search index (it is
+       never stored), and fill a RecoveryResult.
 
 Directory layout of a shard: `<dir>/wal/` segments, `<dir>/snapshots/` files.
 """
@@ -27,7 +28,7 @@ from shard.effects import decode_batch
 from recovery import policy
 from recovery.snapshot_store import SnapshotStore
 from wal.reader import Corruption, TornTail, WalReader
-from wal.segment import fsync_dir
+from wal.segment import fsync_dir, list_segments
 
 log = logging.getLogger("inmem.recovery")
 
@@ -115,9 +116,15 @@ def _recover(directory, engine, shard, max_corrupt_entries, snapshot_retention, 
 
     progress = _Progress(f"shard {shard} recovery", _dir_bytes(wdir))
     reader = WalReader(wdir, start_lsn=start_lsn, max_corrupt_entries=max_corrupt_entries)
+    segments = list_segments(wdir)
+    first_lsn = segments[0][0] if segments else None
+    # Found before replay, not after: the records behind a gap would be applied
+    # to a state that lacks their predecessors (the engine rejects them with an
+    # unrelated error, or worse, accepts them), where the policy must say WAL gap.
+    gap = first_lsn is not None and first_lsn > start_lsn
     apply = engine.apply_batches
     records = groups_applied = done_bytes = 0
-    for _lsn, _rtype, payload in reader:
+    for _lsn, _rtype, payload in (() if gap else reader):
         count, batches = decode_batch(payload)
         apply(batches)
         groups_applied += count
@@ -128,7 +135,6 @@ def _recover(directory, engine, shard, max_corrupt_entries, snapshot_retention, 
     progress.done()
 
     outcome = reader.outcome
-    gap = reader.first_lsn is not None and reader.first_lsn > start_lsn
     corruption = isinstance(outcome, Corruption)
     case = policy.decide(
         newest_snapshot_ok=snap is not None and not broken,
@@ -144,20 +150,23 @@ def _recover(directory, engine, shard, max_corrupt_entries, snapshot_retention, 
         path = where.segment if where else wdir
         offset = where.offset if where else 0
         reason = where.reason if where else (
-            f"the WAL starts at record {reader.first_lsn} but the state needs it from {start_lsn}")
+            f"the WAL starts at record {first_lsn} but the state needs it from {start_lsn}")
         case.raise_failure(path=path, offset=offset, reason=reason)
 
     truncated = 0
     if isinstance(outcome, TornTail):
         truncated = _cut_torn_tail(outcome)
     orphans = engine.mark_orphans()
+    t_index = time.perf_counter()
+    engine.index.catch_up(engine.runs, engine.clock())  # indexes are rebuilt, never stored
+    index_seconds = time.perf_counter() - t_index
     finished_at = time.time_ns() // 1000
     result = RecoveryResult(
         shard=shard, snapshot_used=snapshot_used, records_replayed=records,
         transactions_recovered=groups_applied, corrupt_records_skipped=reader.corrupt_skipped,
         tail_truncated_bytes=truncated, orphaned_runs=orphans,
         seconds=round(time.perf_counter() - t0, 6), started_at=started_at,
-        finished_at=finished_at)
+        finished_at=finished_at, index_seconds=round(index_seconds, 6))
     log.info("shard %d recovered: snapshot %s, %d records, %d truncated bytes, %d orphaned runs",
              shard, snapshot_used, records, truncated, len(orphans))
     return result, max(reader.next_lsn, start_lsn), store, case

@@ -80,6 +80,12 @@ class DurableStore:
         self._bytes_since_snapshot = 0
         self._last_snapshot = time.monotonic()
         self._child: int | None = None
+        # Snapshot children are reaped under _reap_lock and their outcome kept by
+        # pid, so that several threads waiting for the same child (db.snapshot()
+        # from many threads, the scheduler) all learn it and none calls waitpid
+        # on a pid another thread already reaped.
+        self._reap_lock = threading.Lock()
+        self._outcomes: dict[int, object] = {}
         self._child_position = 0
         self._child_t0 = 0.0
         self.last_snapshot_pause_ms: float | None = None
@@ -225,7 +231,9 @@ class DurableStore:
     def maybe_snapshot(self, holder) -> None:
         """Reap a finished snapshot child; start a snapshot if a trigger fired."""
         if self._child is not None:
-            self._reap(block=False)
+            if self._reap_lock.acquire(blocking=False):
+                self._reap_lock.release()
+                self._reap(block=False)
             return
         due_bytes = self._bytes_since_snapshot >= self.options["snapshot_wal_bytes"]
         interval = self.options["snapshot_interval_s"]
@@ -235,17 +243,32 @@ class DurableStore:
             self._start_snapshot(holder)
 
     def snapshot(self, holder) -> list:
-        """Take a snapshot now and wait until it is durable."""
-        if self._child is not None:
-            self._reap(block=True)
-        self._start_snapshot(holder)
-        info = self._reap(block=True)
+        """Take a snapshot now and wait until it is durable.
+
+        Safe from many threads: each call waits for a snapshot forked after it
+        began, its own or one that another thread started meanwhile.
+        """
+        running = self._child
+        if running is not None:
+            # Forked before this call, it may miss writes acknowledged since; its
+            # failure is reported to whoever started it.
+            try:
+                self._outcome(running, block=True)
+            except DurabilityError:
+                pass
+        pid = self._start_snapshot(holder)
+        if pid is None:
+            return []
+        info = self._outcome(pid, block=True)
         return [] if info is None else [info]
 
-    def _start_snapshot(self, holder) -> None:
+    def _start_snapshot(self, holder) -> int | None:
+        """Fork a snapshot child; return its pid (or that of the one already running)."""
         with holder.lock:
-            if self._child is not None or self._closed and self._lock_fd is None:
-                return
+            if self._child is not None:
+                return self._child
+            if self._closed and self._lock_fd is None:
+                return None
             self.check_writable()
             # Batched groups are already in the engine's state: they must get
             # LSNs below the snapshot position, or recovery would apply them twice.
@@ -264,6 +287,7 @@ class DurableStore:
             self._child_t0 = t0
             self._bytes_since_snapshot = 0
             self._last_snapshot = time.monotonic()
+            return pid
 
     def _child_main(self, position: int) -> None:  # pragma: no cover - child process
         code = 1
@@ -283,17 +307,37 @@ class DurableStore:
             os._exit(code)
 
     def _reap(self, block: bool):
+        """The outcome of the running snapshot child, if any (None while it runs)."""
         pid = self._child
         if pid is None:
             return None
-        got, status = os.waitpid(pid, 0 if block else os.WNOHANG)
-        if got == 0:
-            return None
+        return self._outcome(pid, block)
+
+    def _outcome(self, pid: int, block: bool):
+        """SnapshotInfo (or None) of child `pid`, reaping it if no thread has yet.
+
+        Raises DurabilityError if the child failed, in every thread that asks.
+        """
+        with self._reap_lock:
+            if pid not in self._outcomes and self._child == pid:
+                got, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+                if got == 0:
+                    return None
+                self._outcomes[pid] = self._finish_child(status)
+                while len(self._outcomes) > 16:
+                    del self._outcomes[next(iter(self._outcomes))]
+            outcome = self._outcomes.get(pid)
+        if isinstance(outcome, str):
+            raise DurabilityError(outcome)
+        return outcome
+
+    def _finish_child(self, status: int):
+        """Bookkeeping after a child exits: its SnapshotInfo, or the failure message."""
         self._child = None
         self.last_snapshot_seconds = time.perf_counter() - self._child_t0
         if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
-            raise DurabilityError(f"the snapshot child of {self.path} failed (status {status}); "
-                                  "the WAL is kept, nothing is lost")
+            return (f"the snapshot child of {self.path} failed (status {status}); "
+                    "the WAL is kept, nothing is lost")
         info = next((s for s in self.snapshots.list()
                      if s.wal_position == self._child_position), None)
         self._delete_covered_wal()

@@ -35,6 +35,8 @@ from . import jsonpath
 from .effects import (APPLY, ENDED, EV_APPEND, JS_DEL, JS_PUT, KV_DEL, KV_PUT, RUN_CREATE,
                       RUN_DELETE, RUN_STATUS, ST_DEL, ST_PUT, TR_ADD)
 from .lifecycle import STATUSES, WRITABLE, check_transition
+from .replay import fold
+from .search_index import PRIMITIVES, SearchIndex, _packed_text, snippet
 
 import hashlib
 
@@ -103,6 +105,7 @@ class Engine:
         self._undo: list | None = None
         self._packer = msgpack.Packer(use_bin_type=True)
         self._pack = self._packer.pack
+        self.index = SearchIndex()
         self.ops = self._op_table()
 
     # -- plumbing ------------------------------------------------------------------
@@ -253,6 +256,7 @@ class Engine:
             return False
         eff = (RUN_DELETE, run, self.clock())
         del self.runs[run]
+        self.index.drop_run(run)
         if self.log is not None:
             self.log.append((run, eff))
         return True
@@ -783,12 +787,67 @@ class Engine:
                 continue
             if code == RUN_DELETE:
                 self.runs.pop(run_id, None)
+                self.index.drop_run(run_id)
                 r = None
                 continue
             if r is None:
                 raise InmemError(f"the log names run {run_id!r}, which was never created")
             APPLY[code](r, eff)
             r.journal.append(eff)
+
+    # -- replay and search ---------------------------------------------------------
+
+    def run_replay(self, run, at=None) -> list:
+        r = self._run(run)
+        if at is not None and type(at) is not int:
+            raise InvalidValue(f"at must be an int journal position or None, got {at!r}")
+        return fold(r.journal, at)
+
+    def run_journal_length(self, run) -> int:
+        return len(self._run(run).journal)
+
+    def search_stats(self, terms) -> list:
+        terms = _check_terms(terms)
+        self.index.catch_up(self.runs, self.clock())
+        return self.index.stats(terms)
+
+    def search_query(self, terms, n_docs, total_len, dfs, run=None, primitives=None, top=10,
+                     budget_ms=None) -> list:
+        terms = _check_terms(terms)
+        if primitives is not None:
+            if type(primitives) not in (list, tuple) or not set(primitives) <= set(PRIMITIVES):
+                raise InvalidValue(f"primitives must be a subset of {PRIMITIVES}")
+        if type(top) is not int or top < 0:
+            raise InvalidValue("top must be an int >= 0")
+        if type(dfs) is not dict or type(n_docs) is not int or type(total_len) is not int:
+            raise InvalidValue("search statistics are malformed")
+        deadline = None
+        if budget_ms is not None:
+            if type(budget_ms) not in (int, float) or budget_ms < 0:
+                raise InvalidValue("budget_ms must be a number >= 0")
+            deadline = time.monotonic() + budget_ms / 1000
+        self.index.catch_up(self.runs, self.clock())
+        hits, matches, exhausted = self.index.query(terms, n_docs, total_len, dfs, run, primitives,
+                                                    top, deadline)
+        out = [[prim, run_id, ref, score, snippet(self._doc_texts(prim, run_id, ref), terms)]
+               for score, prim, run_id, ref in hits]
+        return [out, matches, exhausted]
+
+    def _doc_texts(self, prim, run_id, ref) -> list:
+        r = self.runs.get(run_id)
+        if r is None:
+            return []
+        if prim == "runs":
+            return [t for t in (r.name, *r.tags) if t]
+        if prim == "events":
+            e = r.events[ref]
+            return [e[2], *_packed_text(e[3])]
+        if prim == "traces":
+            e = r.traces[ref]
+            return [e[3], *_packed_text(e[4])]
+        table = {"kv": r.kv, "json": r.json, "state": r.state}[prim]
+        e = table.get(ref)
+        return [] if e is None else _packed_text(e[2])
 
     # -- statistics ----------------------------------------------------------------
 
@@ -823,6 +882,8 @@ class Engine:
             "js.put": self.js_put, "js.get": self.js_get, "js.set": self.js_set,
             "js.delete": self.js_delete, "js.push": self.js_push, "js.pop": self.js_pop,
             "tx.read": self.tx_read, "tx.commit": self.tx_commit,
+            "run.replay": self.run_replay, "run.journal_length": self.run_journal_length,
+            "search.stats": self.search_stats, "search.query": self.search_query,
             "engine.counts": self.counts,
         }
 
@@ -839,6 +900,12 @@ _TX_WRITE_OPS = frozenset((
 #: operations that change state (a shard worker needs a WAL write only for these)
 WRITE_OPS = _TX_WRITE_OPS | {"run.begin", "run.end", "run.abort", "run.set_status",
                              "run.delete", "tx.commit"}
+
+
+def _check_terms(terms) -> list:
+    if type(terms) not in (list, tuple) or not all(type(t) is str for t in terms):
+        raise InvalidValue("search terms must be a list of str")
+    return list(terms)
 
 
 def _check_tags(tags) -> tuple:

@@ -88,18 +88,22 @@ class Worker:
         self.parent_pid: int | None = None
         self.packer = protocol.new_reply_packer()
         self.write_ops = WRITE_OPS
+        self.clock = None  # the engine's own clock, unless test hooks may pin it
+        self.pinned_us: int | None = None
+        if spec.get("test_hooks"):
+            self.clock = self._test_clock
 
     # -- start-up ------------------------------------------------------------------
 
     def open(self) -> None:
         if self.durability == "inmemory":
-            self.engine = Engine(max_value_bytes=self.spec["max_value_bytes"])
+            self.engine = Engine(clock=self.clock, max_value_bytes=self.spec["max_value_bytes"])
             self.recovery = None
             return
         from shard.durable import DurableStore
         self.store, self.engine = DurableStore.open(
             self.path, durability=self.durability, max_value_bytes=self.spec["max_value_bytes"],
-            shard=self.shard, **self.spec["options"])
+            shard=self.shard, clock=self.clock, **self.spec["options"])
         self.recovery = self.store.recovery_result
 
     def bind(self) -> None:
@@ -239,7 +243,9 @@ class Worker:
     def run_admin(self, body) -> bytes:
         try:
             name, args = protocol.decode_op(body, protocol.ADMIN_OPS)
-            result = getattr(self, "admin_" + name)(*args)
+            if name in protocol.DEBUG_OPS and not self.spec.get("test_hooks"):
+                raise ProtocolError(f"{name}: test hooks are off in this cluster")
+            result = getattr(self, "admin_" + name.replace(".", "_"))(*args)
         except InmemError as exc:
             result = exc
         except TypeError as exc:
@@ -275,6 +281,29 @@ class Worker:
 
     def admin_recovery_report(self) -> list:
         return [] if self.recovery is None else [self.recovery]
+
+    # -- test hooks (only with test_hooks in the spec) ------------------------------
+
+    def _test_clock(self) -> int:
+        pinned = self.pinned_us
+        return time.time_ns() // 1000 if pinned is None else pinned
+
+    def admin_debug_reset(self) -> None:
+        """Forget every run: a fresh store for the next test (inmemory shards only)."""
+        if self.store is not None:
+            raise ProtocolError("debug.reset needs an inmemory cluster")
+        self.engine = Engine(clock=self.clock, max_value_bytes=self.spec["max_value_bytes"])
+        self.pinned_us = None
+
+    def admin_debug_clock(self, now_us) -> None:
+        if now_us is not None and type(now_us) is not int:
+            raise ProtocolError("debug.clock takes int microseconds or None")
+        self.pinned_us = now_us
+
+    def admin_debug_max_value_bytes(self, limit) -> None:
+        if type(limit) is not int or limit < 1:
+            raise ProtocolError("debug.max_value_bytes takes a positive int")
+        self.engine.max_value_bytes = limit
 
     # -- upkeep and shutdown -------------------------------------------------------
 

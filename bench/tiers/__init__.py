@@ -1,0 +1,1 @@
+"""One module per benchmark tier; each exposes `run(ctx)` and adds its rows to `ctx`."""

@@ -26,9 +26,9 @@ RECORD_HEADER = struct.Struct("<IBB")  # length u32, type u8, version u8
 CRC_BYTES = 4
 
 
-def build(directory, ops: int, snapshot_at=(), mode="strict") -> None:
+def build(directory, ops: int, snapshot_at=(), mode="strict", **options) -> None:
     """A store holding lane 0's first `ops` ops; db.snapshot() after each count in snapshot_at."""
-    with inmem.open(directory, durability=mode, **OPTIONS) as db:
+    with inmem.open(directory, durability=mode, **{**OPTIONS, **options}) as db:
         run = workload.begin(db, 0)
         for i in range(ops):
             workload.apply_op(db, run, i)
@@ -322,7 +322,8 @@ def test_every_snapshot_damaged_and_wal_truncated_is_corruption(two_snapshots, t
 def test_buffered_store_torn_tail_recovers_prefix(tmp_path):
     """The same repair in buffered mode, whose records batch many ops."""
     directory = tmp_path / "data"
-    build(directory, 120, mode="buffered")
+    build(directory, 120, mode="buffered", max_pending_writes=16)
+    assert len(records(segments(directory)[-1])) > 1
     newest = segments(directory)[-1]
     start, size = records(newest)[-1]
     with open(newest, "r+b") as f:

@@ -1,0 +1,246 @@
+"""Keyword search: one shard's inverted index and its BM25 scoring.
+
+What each primitive contributes as a document (primitive, run, ref):
+
+| primitive | ref          | text                                                       |
+|-----------|--------------|------------------------------------------------------------|
+| kv        | key          | a str value, or every str inside a list/dict value         |
+| json      | key          | every str leaf of the document                             |
+| events    | sequence     | the event type and every str inside the payload            |
+| state     | name         | a str value, or every str inside a list/dict value         |
+| traces    | trace id     | the trace type and every str inside the data               |
+| runs      | run id       | the run's name and its tags                                |
+
+Dict keys and bytes are not text. Tokens are the lowercased Unicode words of
+the text (`\\w+`). A document with no token is not indexed.
+
+The index never reaches disk and costs the write path nothing: it follows
+each run's journal with a watermark and catches up before a search (and in
+full after recovery), so a search always sees every committed write. A
+deleted run's documents go when the run goes; an expired key leaves the
+index at the first search after its expiry.
+
+Scoring is BM25 (k1 = 1.2, b = 0.75, idf = ln(1 + (N - n + 0.5) / (n + 0.5)))
+with N, the average document length and each term's n taken over the whole
+collection. In a cluster those statistics are summed across shards first
+(`stats`), then each shard scores with the global figures (`query`), so a
+hit scores the same as it would in one big index.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import re
+import time
+
+import msgpack
+
+from .effects import (EV_APPEND, JS_DEL, JS_PUT, KV_DEL, KV_PUT, RUN_CREATE, RUN_STATUS, ST_DEL,
+                      ST_PUT, TR_ADD)
+
+K1 = 1.2
+B = 0.75
+PRIMITIVES = ("kv", "json", "events", "state", "traces", "runs")
+SNIPPET_CHARS = 80
+
+_WORD = re.compile(r"\w+")
+_unpackb = msgpack.unpackb
+
+
+def tokenize(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _strings(value, out: list) -> list:
+    t = type(value)
+    if t is str:
+        out.append(value)
+    elif t is list:
+        for v in value:
+            _strings(v, out)
+    elif t is dict:
+        for v in value.values():
+            _strings(v, out)
+    return out
+
+
+# msgpack first bytes that can hold text: 0x80-0x9f fixmap/fixarray, 0xa0-0xbf
+# fixstr, 0xd9-0xdb str, 0xdc-0xdf array/map. Everything else is a number,
+# bytes, bool or nil, and is skipped without decoding.
+_TEXTISH = bytes(1 if 0x80 <= b <= 0xbf or 0xd9 <= b <= 0xdf else 0 for b in range(256))
+
+
+def _packed_text(data) -> list:
+    """Strings inside a packed value."""
+    if not data or not _TEXTISH[data[0]]:
+        return []
+    return _strings(_unpackb(data, raw=False), [])
+
+
+class SearchIndex:
+    def __init__(self):
+        self.postings: dict[str, dict] = {}
+        self.docs: dict[tuple, tuple] = {}       # doc -> (length, {term: tf})
+        self.total_len = 0
+        self.by_run: dict[str, set] = {}
+        self.watermark: dict[str, int] = {}      # run -> journal entries indexed
+        self.expiring: list = []                 # heap of (expires_at, doc)
+
+    # -- maintenance ---------------------------------------------------------------
+
+    def _remove(self, doc) -> None:
+        old = self.docs.pop(doc, None)
+        if old is None:
+            return
+        length, tfs = old
+        self.total_len -= length
+        postings = self.postings
+        for term in tfs:
+            plist = postings[term]
+            del plist[doc]
+            if not plist:
+                del postings[term]
+        run_docs = self.by_run.get(doc[1])
+        if run_docs is not None:
+            run_docs.discard(doc)
+
+    def _put(self, doc, texts) -> None:
+        self._remove(doc)
+        tokens = []
+        for text in texts:
+            tokens.extend(tokenize(text))
+        if not tokens:
+            return
+        tfs: dict = {}
+        for tok in tokens:
+            tfs[tok] = tfs.get(tok, 0) + 1
+        self.docs[doc] = (len(tokens), tfs)
+        self.total_len += len(tokens)
+        postings = self.postings
+        for term, tf in tfs.items():
+            plist = postings.get(term)
+            if plist is None:
+                postings[term] = {doc: tf}
+            else:
+                plist[doc] = tf
+        self.by_run.setdefault(doc[1], set()).add(doc)
+
+    def drop_run(self, run_id: str) -> None:
+        for doc in list(self.by_run.pop(run_id, ())):
+            self._remove(doc)
+        self.watermark.pop(run_id, None)
+
+    def catch_up(self, runs: dict, now_us: int) -> None:
+        """Index every journal entry not yet indexed; drop deleted runs and expired keys."""
+        for run_id in [r for r in self.watermark if r not in runs]:
+            self.drop_run(run_id)
+        for run_id, r in runs.items():
+            journal = r.journal
+            done = self.watermark.get(run_id, 0)
+            if done == len(journal):
+                continue
+            index_effect = self._index_effect
+            textish = _TEXTISH
+            docs = self.docs
+            for i in range(done, len(journal)):
+                eff = journal[i]
+                # Fast skip: a KV write whose value holds no text and replaces
+                # no indexed document (the bulk of a rebuild).
+                if eff[0] == KV_PUT and eff[5] is None and not textish[eff[2][0]] \
+                        and ("kv", run_id, eff[1]) not in docs:
+                    continue
+                index_effect(run_id, r, eff)
+            self.watermark[run_id] = len(journal)
+        heap = self.expiring
+        while heap and heap[0][0] <= now_us:
+            expires_at, doc, eff = heapq.heappop(heap)
+            r = runs.get(doc[1])
+            if r is not None and r.kv.get(doc[2]) is eff:
+                self._remove(doc)
+
+    def _index_effect(self, run_id, r, eff) -> None:
+        code = eff[0]
+        if code == KV_PUT:
+            doc = ("kv", run_id, eff[1])
+            self._put(doc, _packed_text(eff[2]))
+            if eff[5] is not None:
+                heapq.heappush(self.expiring, (eff[5], doc, eff))
+        elif code == KV_DEL:
+            self._remove(("kv", run_id, eff[1]))
+        elif code == JS_PUT:
+            self._put(("json", run_id, eff[1]), _packed_text(eff[2]))
+        elif code == JS_DEL:
+            self._remove(("json", run_id, eff[1]))
+        elif code == ST_PUT:
+            self._put(("state", run_id, eff[1]), _packed_text(eff[2]))
+        elif code == ST_DEL:
+            self._remove(("state", run_id, eff[1]))
+        elif code == EV_APPEND:
+            self._put(("events", run_id, eff[1]), [eff[2], *_packed_text(eff[3])])
+        elif code == TR_ADD:
+            self._put(("traces", run_id, eff[1]), [eff[3], *_packed_text(eff[4])])
+        elif code == RUN_CREATE or code == RUN_STATUS:
+            self._put(("runs", run_id, run_id), [t for t in (r.name, *r.tags) if t])
+
+    # -- queries -------------------------------------------------------------------
+
+    def stats(self, terms) -> list:
+        """[document count, total length, {term: document frequency}] of this shard."""
+        return [len(self.docs), self.total_len,
+                {t: len(self.postings.get(t, ())) for t in terms}]
+
+    def query(self, terms, n_docs, total_len, dfs, run=None, primitives=None, top=10,
+              deadline=None):
+        """(hits as [score, primitive, run, ref], matches, budget exhausted) with global stats."""
+        avgdl = total_len / n_docs if n_docs else 0.0
+        scores: dict = {}
+        exhausted = False
+        allowed = None if primitives is None else frozenset(primitives)
+        docs = self.docs
+        steps = 0
+        for term in dict.fromkeys(terms):
+            plist = self.postings.get(term)
+            if not plist:
+                continue
+            n = dfs.get(term, len(plist))
+            idf = math.log(1 + (n_docs - n + 0.5) / (n + 0.5))
+            for doc, tf in plist.items():
+                steps += 1
+                if deadline is not None and not steps & 0x3FF and time.monotonic() > deadline:
+                    exhausted = True
+                    break
+                if run is not None and doc[1] != run:
+                    continue
+                if allowed is not None and doc[0] not in allowed:
+                    continue
+                dl = docs[doc][0]
+                norm = K1 * (1 - B + B * dl / avgdl) if avgdl else K1
+                scores[doc] = scores.get(doc, 0.0) + idf * tf * (K1 + 1) / (tf + norm)
+            if exhausted:
+                break
+        best = heapq.nsmallest(top, scores.items(), key=_order)
+        return [[s, d[0], d[1], d[2]] for d, s in best], len(scores), exhausted
+
+
+def _order(item):
+    doc, score = item
+    return (-score, doc[0], doc[1], _ref_key(doc[2]))
+
+
+def _ref_key(ref):
+    # Event refs are ints, the rest str: never compared with each other (the
+    # primitive decides first), but a tuple keeps the sort total anyway.
+    return (0, ref, "") if type(ref) is int else (1, 0, ref)
+
+
+def snippet(texts: list, terms) -> str:
+    """A short piece of the document's text around its first matching word."""
+    wanted = set(terms)
+    for text in texts:
+        for m in _WORD.finditer(text):
+            if m.group().lower() in wanted:
+                start = max(m.start() - SNIPPET_CHARS // 3, 0)
+                piece = text[start:start + SNIPPET_CHARS]
+                return ("…" if start else "") + piece + ("…" if start + SNIPPET_CHARS < len(text) else "")
+    return (texts[0][:SNIPPET_CHARS] if texts else "")

@@ -1,0 +1,1 @@
+"""Cluster tests: real coordinator and shard processes over ZeroMQ."""
