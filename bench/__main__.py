@@ -1,4 +1,5 @@
-"""The benchmark command: `inmem bench [options]`, `python -m bench`, and `... compare OLD NEW`.
+"""The benchmark command: `inmem bench [options]` (= `python -m bench`), plus the
+subcommands `compare OLD NEW`, `markdown RESULTS` and `plot RESULTS [DIR]`.
 
 Runs the chosen tiers in order, prints progress on stderr, writes
 DIR/results.json after every tier (so an interrupted run keeps what it
@@ -29,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="inmem bench",
         description="Benchmark inmem side by side with Redis, SQLite and LMDB. "
-                    "`inmem bench compare OLD.json NEW.json` flags regressions.")
+                    "Also: `inmem bench compare OLD.json NEW.json` flags regressions; "
+                    "`inmem bench markdown results.json` prints a markdown table; "
+                    "`inmem bench plot results.json [DIR]` redraws the plots.")
     p.add_argument("--quick", action="store_true",
                    help="smaller sizes: the whole run takes under 5 minutes on 2 cores")
     p.add_argument("--tier", nargs="+", action="extend", choices=TIERS, metavar="NAME",
@@ -99,6 +102,11 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "compare":
         return report.compare_main(argv[1:])
+    if argv and argv[0] == "markdown":
+        return report.markdown_main(argv[1:])
+    if argv and argv[0] == "plot":
+        from . import plots
+        return plots.main(argv[1:])
     if _under_pytest_timing(argv):
         print("inmem bench: refusing to time under pytest; use --smoke there", file=sys.stderr)
         return 2

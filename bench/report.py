@@ -276,5 +276,32 @@ def compare_main(argv) -> int:
     return 1 if regressions else 0
 
 
-__all__ = ["print_table", "write_json", "load", "compare", "compare_main", "fmt_value",
+# -- markdown (for the README's Performance section) ----------------------------------
+
+def markdown(doc: dict, tiers=None) -> str:
+    """The results as a markdown table with the machine line, for pasting into docs."""
+    lines = [f"Measured on: {machine_line(doc).splitlines()[0]}", ""]
+    sizes = doc.get("config", {}).get("sizes_text")
+    if sizes:
+        lines += [f"Sizes: {sizes}", ""]
+    lines.append("| " + " | ".join(HEADERS) + " |")
+    lines.append("|" + "|".join("---:" if h in ("ours", "p50 µs", "p99 µs", "n") else "---"
+                                for h in HEADERS) + "|")
+    rows = [r for r in doc.get("results", []) if tiers is None or r["tier"] in tiers]
+    for cells in table_rows(rows):
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_main(argv) -> int:
+    p = argparse.ArgumentParser(prog="inmem bench markdown",
+                                description="print a results.json as a markdown table")
+    p.add_argument("results", help="a results.json written by the benchmark")
+    p.add_argument("--tier", nargs="+", action="extend", help="only these tiers")
+    args = p.parse_args(argv)
+    sys.stdout.write(markdown(load(args.results), args.tier))
+    return 0
+
+
+__all__ = ["print_table", "markdown", "markdown_main", "write_json", "load", "compare", "compare_main", "fmt_value",
            "plain_table", "machine_line", "ROW_KEYS", "SCHEMA_VERSION"]

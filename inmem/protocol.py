@@ -151,9 +151,20 @@ def request_id_of(frame) -> int | None:
 
 
 class _Opaque:
-    """Base of the stand-ins a shard builds for values msgpack could not carry as they are."""
+    """Base of the stand-ins a shard builds for values msgpack could not carry as they are.
 
-    __slots__ = ()
+    A stand-in has the original's type name, hashability and repr, which is
+    all the engine looks at before it refuses one, so its error message is the
+    one the embedded engine gives for the original.
+    """
+
+    __slots__ = ("_repr",)
+
+    def __init__(self, text: str):
+        self._repr = text
+
+    def __repr__(self) -> str:
+        return self._repr
 
 
 def _opaque_class(name: str, hashable: bool):
@@ -161,6 +172,10 @@ def _opaque_class(name: str, hashable: bool):
     if not hashable:
         cls.__hash__ = None
     return cls
+
+
+#: longest repr carried for a stand-in (it only ever ends up in an error message)
+_OPAQUE_REPR_MAX = 200
 
 
 _opaque_classes: dict = {}
@@ -173,7 +188,12 @@ def _client_default(obj):
     if t is int:  # only reached when the int does not fit in 64 bits
         return msgpack.ExtType(EXT_BIGINT, str(obj).encode("ascii"))
     hashable = t.__hash__ is not None
-    return msgpack.ExtType(EXT_OPAQUE, msgpack.packb([t.__name__, hashable]))
+    try:
+        text = repr(obj)[:_OPAQUE_REPR_MAX]
+    except Exception:
+        text = f"<{t.__name__}>"
+    return msgpack.ExtType(EXT_OPAQUE, msgpack.packb([t.__name__, hashable, text],
+                                                     unicode_errors="surrogatepass"))
 
 
 def new_packer() -> msgpack.Packer:
@@ -251,9 +271,11 @@ def _server_ext_hook(code, data):
             raise ProtocolError("oversized integer")
         return int(data)
     if code == EXT_OPAQUE:
-        name, hashable = msgpack.unpackb(data, raw=False)
+        name, hashable, text = msgpack.unpackb(data, raw=False, unicode_errors="surrogatepass")
         if type(name) is not str or not name.isidentifier():
             name = "object"
+        if type(text) is not str:
+            text = f"<{name}>"
         key = (name, bool(hashable))
         cls = _opaque_classes.get(key)
         if cls is None:
@@ -262,7 +284,7 @@ def _server_ext_hook(code, data):
                 cls = _opaque_classes.get(key)
             if cls is None:
                 cls = _opaque_classes[key] = _opaque_class(*key)
-        return cls()
+        return cls(text[:_OPAQUE_REPR_MAX])
     if code == EXT_ERROR:
         raise ProtocolError("an error is not a request")
     return msgpack.ExtType(code, data)

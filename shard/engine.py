@@ -399,8 +399,9 @@ class Engine:
         h = _sha256(body).digest()
         eff = (EV_APPEND, seq, event_type, data, ts, prev, h)
         self._commit(r, eff)
-        return Event(seq, event_type, payload if type(payload) not in (dict, list) else _unpack(data),
-                     ts, prev, h)
+        # The caller's own payload object: the stored copy is the packed bytes,
+        # so nothing the caller does to it later can reach the log.
+        return Event(seq, event_type, payload, ts, prev, h)
 
     @staticmethod
     def _event(e) -> Event:

@@ -1,0 +1,169 @@
+"""The slot map file and the cluster configs, without processes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import inmem
+from coordinator import config
+from coordinator.slotmap import SlotMap
+from inmem.protocol import SLOT_COUNT
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# -- slot map --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 1024])
+def test_even_map_gives_every_shard_a_contiguous_share(n):
+    m = SlotMap.even(n)
+    ranges = m.ranges()
+    assert [r[2] for r in ranges] == list(range(n))
+    assert ranges[0][0] == 0 and ranges[-1][1] == SLOT_COUNT - 1
+    sizes = [r[1] - r[0] + 1 for r in ranges]
+    assert max(sizes) - min(sizes) <= 1
+    assert SlotMap.from_ranges(ranges, n).owners == m.owners
+
+
+def test_a_new_data_directory_gets_a_persisted_map_that_restarts_keep(tmp_path):
+    m = SlotMap.load_or_create(str(tmp_path), 3, count_is_auto=False)
+    doc = json.loads((tmp_path / "slotmap.json").read_text())
+    assert doc == {"format": 1, "slot_count": 4096, "shard_count": 3, "ranges": m.ranges()}
+    assert not list(tmp_path.glob("*.tmp"))
+    # "auto" on a machine with another CPU count keeps the recorded shards.
+    again = SlotMap.load_or_create(str(tmp_path), 8, count_is_auto=True)
+    assert again.owners == m.owners and again.shard_count == 3
+    with pytest.raises(config.ConfigError, match="records 3 shards"):
+        SlotMap.load_or_create(str(tmp_path), 4, count_is_auto=False)
+
+
+def test_moving_slots_needs_no_format_change(tmp_path):
+    m = SlotMap.even(2)
+    m.owners[0:10] = [1] * 10  # what resharding would do
+    m.save(str(tmp_path))
+    back = SlotMap.read(str(tmp_path))
+    assert back.owners == m.owners
+    assert back.ranges()[:2] == [[0, 9, 1], [10, 2047, 0]]
+
+
+@pytest.mark.parametrize("doc, words", [
+    ("not json", "not JSON"),
+    ({"format": 2, "slot_count": 4096, "shard_count": 1, "ranges": [[0, 4095, 0]]}, "format"),
+    ({"format": 1, "slot_count": 16, "shard_count": 1, "ranges": [[0, 15, 0]]}, "slot_count"),
+    ({"format": 1, "slot_count": 4096, "shard_count": 0, "ranges": []}, "shard_count"),
+    ({"format": 1, "slot_count": 4096, "shard_count": 2, "ranges": [[0, 4000, 0]]}, "cover"),
+    ({"format": 1, "slot_count": 4096, "shard_count": 2,
+      "ranges": [[0, 10, 0], [5, 4095, 1]]}, "gap or overlaps"),
+    ({"format": 1, "slot_count": 4096, "shard_count": 2,
+      "ranges": [[0, 10, 0], [12, 4095, 1]]}, "gap or overlaps"),
+    ({"format": 1, "slot_count": 4096, "shard_count": 2, "ranges": [[0, 4095, 2]]}, "outside"),
+    ({"format": 1, "slot_count": 4096, "shard_count": 2, "ranges": [[0, "x", 0]]}, "first, last"),
+    ({"format": 1, "slot_count": 4096, "shard_count": 2, "ranges": {}}, "not a list"),
+])
+def test_a_damaged_map_is_refused_not_recreated(tmp_path, doc, words):
+    text = doc if isinstance(doc, str) else json.dumps(doc)
+    (tmp_path / "slotmap.json").write_text(text)
+    with pytest.raises(inmem.CorruptionError, match=words):
+        SlotMap.load_or_create(str(tmp_path), 2, count_is_auto=True)
+    assert (tmp_path / "slotmap.json").read_text() == text
+
+
+# -- configs ---------------------------------------------------------------------
+
+
+def test_the_packaged_defaults_are_configs_default_toml():
+    assert (ROOT / "configs" / "default.toml").read_text() == \
+        (ROOT / "inmem" / "default.toml").read_text()
+    assert config.load(None) == config.load(ROOT / "configs" / "default.toml")
+
+
+def test_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = config.load(None)
+    assert spec["data_dir"] == str(tmp_path / "data")
+    assert spec["durability"] == "buffered"
+    assert len(spec["shards"]) == config.cpu_count()
+    assert spec["client_endpoint"] == f"ipc://{tmp_path / 'data' / 'coordinator.sock'}"
+    assert spec["shards"][0]["endpoint"] == f"ipc://{tmp_path / 'data' / 'shard-0.sock'}"
+    assert spec["max_message_bytes"] == 64 * 2**20
+    assert spec["options"]["snapshot_on_close"] is True
+    assert spec["test_hooks"] is False
+
+
+def test_overrides_and_their_errors(tmp_path):
+    spec = config.load(None, data_dir=str(tmp_path), shards=3, durability="strict",
+                       flush_interval_ms=5, endpoint="tcp://127.0.0.1:7700")
+    assert (len(spec["shards"]), spec["durability"]) == (3, "strict")
+    assert spec["options"]["flush_interval_ms"] == 5
+    assert spec["client_endpoint"] == "tcp://127.0.0.1:7700"
+    with pytest.raises(config.ConfigError, match="unknown setting"):
+        config.load(None, nonsense=1)
+    with pytest.raises(config.ConfigError, match="mode must be one of"):
+        config.load(None, durability="sometimes")
+    with pytest.raises(config.ConfigError, match="shards must be"):
+        config.load(None, shards=0)
+    with pytest.raises(config.ConfigError, match="must be a bool"):
+        config.load(None, snapshot_on_close=1)
+
+
+def test_bad_files_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[cluster\n")
+    with pytest.raises(config.ConfigError, match="not valid TOML"):
+        config.load(bad)
+    bad.write_text("[clutser]\nshards = 2\n")
+    with pytest.raises(config.ConfigError, match=r"unknown section \[clutser\]"):
+        config.load(bad)
+    bad.write_text("[cluster]\nshard = 2\n")
+    with pytest.raises(config.ConfigError, match="unknown setting 'shard'"):
+        config.load(bad)
+    with pytest.raises(config.ConfigError, match="does not exist"):
+        config.load(tmp_path / "missing.toml")
+
+
+def test_strict_config():
+    spec = config.load(ROOT / "configs" / "strict.toml")
+    assert spec["durability"] == "strict"
+
+
+def test_multihost_example_lists_remote_tcp_shards():
+    spec = config.load(ROOT / "configs" / "multihost.example.toml")
+    remote = [s for s in spec["shards"] if s["remote"]]
+    assert remote and all(s["endpoint"].startswith("tcp://") for s in remote)
+    assert spec["client_endpoint"].startswith("tcp://")
+    assert [s["id"] for s in spec["shards"]] == list(range(len(spec["shards"])))
+
+
+def test_a_long_data_directory_keeps_sockets_under_the_kernel_limit(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    spec = config.load(None, data_dir=str(deep), shards=2)
+    for endpoint in [spec["client_endpoint"]] + [s["endpoint"] for s in spec["shards"]]:
+        assert len(endpoint[len("ipc://"):]) <= config.IPC_PATH_MAX
+    # The same directory always gets the same socket directory (so status finds it).
+    assert config.load(None, data_dir=str(deep))["client_endpoint"] == spec["client_endpoint"]
+    assert config.load(None, data_dir=str(deep / "x"))["client_endpoint"] != spec["client_endpoint"]
+
+
+def test_shard_tables_are_checked(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[[shard]]\nid = 0\n[[shard]]\nid = 2\nendpoint = "tcp://h:1"\nremote = true\n')
+    with pytest.raises(config.ConfigError, match="ids must be"):
+        config.load(f)
+    f.write_text('[[shard]]\nid = 0\nremote = true\n')
+    with pytest.raises(config.ConfigError, match="needs a tcp endpoint"):
+        config.load(f)
+    f.write_text('[cluster]\nshards = 3\n[[shard]]\nid = 0\n')
+    with pytest.raises(config.ConfigError, match="make them agree"):
+        config.load(f)
+
+
+def test_bind_endpoint():
+    assert config.bind_endpoint("tcp://db-2.internal:7711") == "tcp://*:7711"
+    assert config.bind_endpoint("tcp://10.0.0.2:7711") == "tcp://10.0.0.2:7711"
+    assert config.bind_endpoint("ipc:///x/y.sock") == "ipc:///x/y.sock"
+    assert os.path.isabs(config.socket_dir("/tmp/x"))
