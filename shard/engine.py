@@ -638,19 +638,28 @@ class Engine:
         The slot version counts deletes too (a delete is a write), so a read of
         an absent key validates only while nothing touched that slot.
         """
-        r = self._run(run)
-        if ns == "ev":
+        r = self.runs.get(run)
+        if r is None:
+            r = self._run(run)
+        if ns == "kv":
+            table = r.kv
+        elif ns == "st":
+            table = r.state
+        elif ns == "js":
+            table = r.json
+        elif ns == "ev":
             return [True, len(r.events), len(r.events)]
-        table = {"kv": r.kv, "st": r.state, "js": r.json}.get(ns)
-        if table is None:
+        else:
             raise InvalidValue(f"unknown namespace {ns!r}")
-        check_key(key)
+        if type(key) is not str:
+            check_key(key)
         e = table.get(key)
         if e is None:
+            check_key(key)
             return [False, None, 0]
         if e[2] is None or (ns == "kv" and e[5] is not None and e[5] <= self.clock()):
             return [False, None, e[3]]
-        return [True, _unpack(e[2]), e[3]]
+        return [True, _unpackb(e[2], raw=False), e[3]]
 
     def _slot_version(self, r, ns, key) -> int:
         if ns == "ev":
