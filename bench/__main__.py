@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: {','.join(ALL_PEERS)})")
     p.add_argument("--out", help="output directory (default: bench/results/<UTC date>-<commit>/)")
     p.add_argument("--name", help="name of this run: the results directory under "
-                                  "bench/results/ when --out is not given, and recorded in the file")
+                                  "bench/results/ when --out is not given; recorded in the file")
     p.add_argument("--size-scale", type=float, default=1.0, metavar="X",
                    help="multiply every size by X (e.g. 0.001 for a smoke run)")
     p.add_argument("--smoke", action="store_true",

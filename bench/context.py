@@ -109,6 +109,10 @@ class Context:
         if self.progress:
             print(f"[bench] {message}", file=sys.stderr, flush=True)
 
+    def case(self, label: str):
+        """Context manager: log a case's start and how long it took."""
+        return _Case(self, label)
+
     def scratch(self, name: str) -> str:
         """A fresh directory on the output's filesystem (so durable rows hit the real disk)."""
         path = os.path.join(self.scratch_dir, f"{name}-{time.monotonic_ns()}")
@@ -129,6 +133,20 @@ class Context:
         else:
             self.log(f"  {row['name']} [{row['mode']}]: {row['status']}")
         return row
+
+
+class _Case:
+    def __init__(self, ctx: Context, label: str):
+        self.ctx, self.label = ctx, label
+
+    def __enter__(self):
+        self.t0 = time.monotonic()
+        self.ctx.log(f"{self.label} ...")
+        return self
+
+    def __exit__(self, *exc):
+        self.ctx.log(f"{self.label} took {time.monotonic() - self.t0:.1f} s")
+        return False
 
 
 def make_row(name: str, tier: str, mode: str, unit: str, *, value=None, p50=None, p99=None,

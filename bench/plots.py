@@ -63,7 +63,8 @@ def _label(row: dict) -> str:
 def _subtitle(doc: dict) -> str:
     m = doc.get("machine", {})
     commit = (doc.get("commit") or "unknown")[:10]
-    return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('python', '?')}, commit {commit}"
+    return (f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('python', '?')}, "
+            f"commit {commit}")
 
 
 def _grouped_bars(plt, rows, title, xlabel, log, path, doc):

@@ -303,5 +303,6 @@ def markdown_main(argv) -> int:
     return 0
 
 
-__all__ = ["print_table", "markdown", "markdown_main", "write_json", "load", "compare", "compare_main", "fmt_value",
+__all__ = ["print_table", "markdown", "markdown_main", "write_json", "load", "compare",
+           "compare_main", "fmt_value",
            "plain_table", "machine_line", "ROW_KEYS", "SCHEMA_VERSION"]

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 
 from .harness import measure
-from .peers import PeerUnavailable, tmpfs_dir
+from .peers import tmpfs_dir
 
 KEY_BYTES = 16
 VALUE_BYTES = 100
@@ -106,14 +106,6 @@ def sqlite_file_opener(ctx, synchronous: str):
         shutil.rmtree(path_dir, ignore_errors=True)
 
     return open_kv, cleanup, path
-
-
-def require_durable():
-    """Raise PeerUnavailable-like skip if the durable store cannot be imported."""
-    try:
-        import shard.durable  # noqa: F401
-    except Exception as exc:  # the store is optional until it lands
-        raise PeerUnavailable(f"durable store unavailable: {type(exc).__name__}: {exc}") from None
 
 
 __all__ = ["make_keys", "make_value", "load_ours", "kv_loop", "measure_peer_kv",

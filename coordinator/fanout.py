@@ -7,6 +7,8 @@ once with the answers in shard order, so that the merge that follows
 
 from __future__ import annotations
 
+from inmem.types import RecoveryResult
+
 
 class FanOut:
     __slots__ = ("results", "remaining", "done", "finished")
@@ -35,9 +37,13 @@ def describe_recovery(r) -> str:
     if r is None:
         return "in memory, nothing to recover"
     try:
-        (_shard, snapshot, replayed, transactions, skipped, truncated, orphaned, seconds,
-         _started, _finished) = r
-    except (TypeError, ValueError):
+        f = dict(zip(RecoveryResult._fields, r))
+        snapshot, replayed, transactions = (f["snapshot_used"], f["records_replayed"],
+                                            f["transactions_recovered"])
+        skipped, truncated, orphaned, seconds = (f["corrupt_records_skipped"],
+                                                 f["tail_truncated_bytes"], f["orphaned_runs"],
+                                                 f["seconds"])
+    except (TypeError, KeyError):
         return f"recovered ({r!r:.100})"
     source = f"snapshot {snapshot}" if snapshot else "no snapshot"
     parts = [f"{source}, {replayed} WAL records replayed ({transactions} transactions)"]

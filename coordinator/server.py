@@ -34,6 +34,7 @@ import zmq
 
 from inmem import protocol
 from inmem.errors import ClusterNotReady, InmemError, ProtocolError, ShardUnavailable
+from inmem.types import RecoveryResult
 from inmem.protocol import (HEADER_BYTES, KIND_ADMIN, KIND_BATCH, KIND_CLUSTER, KIND_OP,
                             SLOT_COUNT, VERSION)
 
@@ -459,7 +460,7 @@ class Coordinator:
             self.out(f"shard {h.id} ready, pid {h.pid}: {describe_recovery(h.recovery)}")
             if not self.ready_once and all(l.handle.state == READY for l in self.links):
                 self.ready_once = True
-                slowest = max((l.handle.recovery[7] for l in self.links
+                slowest = max((l.handle.recovery[_SECONDS] for l in self.links
                                if l.handle.recovery is not None), default=0.0)
                 self.out(f"ready: {len(self.links)} shards in {time.monotonic() - self.t0:.2f} s "
                          f"(slowest shard recovery {slowest:.2f} s) on "
@@ -488,6 +489,7 @@ class Coordinator:
             self._lock_fd = None
 
 
+_SECONDS = RecoveryResult._fields.index("seconds")
 _HELLO = protocol.new_packer().pack(["hello", []])
 _PING = protocol.new_packer().pack(["ping", []])
 

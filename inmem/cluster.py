@@ -57,7 +57,8 @@ class Cluster:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    def start(self) -> "Cluster":
+    def start(self, wait: bool = True) -> "Cluster":
+        """Start the coordinator; with wait, return once the cluster is ready."""
         from coordinator.supervisor import _child_env
         if self.proc is not None:
             raise InmemError("this cluster is already running")
@@ -68,6 +69,8 @@ class Cluster:
              "--watch-parent"],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True, env=_child_env(), close_fds=True)
+        if not wait:
+            return self
         try:
             self.wait_ready(self.ready_timeout)
         except BaseException:

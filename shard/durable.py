@@ -362,7 +362,12 @@ class DurableStore:
         self._stop.set()
         try:
             if self._child is not None:
-                self._reap(block=True)
+                try:
+                    self._reap(block=True)
+                except DurabilityError as exc:
+                    # A background snapshot that failed cost nothing (the WAL is
+                    # kept); the buffered writes still have to reach the disk.
+                    log.warning("%s", exc)
             if not self.writer.failed:
                 self.flush()
                 if self.options["snapshot_on_close"] and self._bytes_since_snapshot > 0:

@@ -131,23 +131,27 @@ def run(ctx: Context) -> None:
     ]
     meta = {name: (mode, peers) for name, mode, peers in ROWS}
     for names, fn in groups:
-        ctx.log(f"cluster: {', '.join(names)}")
-        done = len(ctx.rows)
-        try:
-            fn()
-            continue
-        except ClusterUnavailable as exc:
-            def make(name, exc=exc):
-                mode, peers = meta[name]
-                return skipped_row(name, TIER, mode, _unit(name), str(exc), peers=peers)
-        except Exception as exc:  # one broken group must not cost the others
-            def make(name, exc=exc):
-                mode, peers = meta[name]
-                return error_row(name, TIER, mode, _unit(name), exc, peers=peers)
-        have = {r["name"] for r in ctx.rows[done:]}
-        for name in names:
-            if name not in have:
-                ctx.add(make(name))
+        with ctx.case(f"cluster: {', '.join(names)}"):
+            _guarded(ctx, names, fn, meta)
+
+
+def _guarded(ctx, names, fn, meta) -> None:
+    done = len(ctx.rows)
+    try:
+        fn()
+        return
+    except ClusterUnavailable as exc:
+        def make(name, exc=exc):
+            mode, peers = meta[name]
+            return skipped_row(name, TIER, mode, _unit(name), str(exc), peers=peers)
+    except Exception as exc:  # one broken group must not cost the others
+        def make(name, exc=exc):
+            mode, peers = meta[name]
+            return error_row(name, TIER, mode, _unit(name), exc, peers=peers)
+    have = {r["name"] for r in ctx.rows[done:]}
+    for name in names:
+        if name not in have:
+            ctx.add(make(name))
 
 
 def _unit(name):

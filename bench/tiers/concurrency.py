@@ -40,11 +40,11 @@ def run(ctx: Context) -> None:
         ("concurrency.state.cas.one_winner", lambda: _one_winner(ctx, 4, max(10, per // 50))),
     ]
     for name, fn in cases:
-        ctx.log(f"concurrency: {name}")
-        try:
-            fn()
-        except Exception as exc:  # one broken case must not cost the others
-            ctx.add(error_row(name, TIER, MODE, "ops/s", exc))
+        with ctx.case(f"concurrency: {name}"):
+            try:
+                fn()
+            except Exception as exc:  # one broken case must not cost the others
+                ctx.add(error_row(name, TIER, MODE, "ops/s", exc))
 
 
 def _disjoint(ctx, threads, per):

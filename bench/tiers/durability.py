@@ -66,15 +66,15 @@ def run(ctx: Context) -> None:
         ("durability.fsync.raw", "strict", (), lambda: _raw_fsync(ctx, s["strict_ops"], reps)),
     ]
     for name, mode, peers, fn in cases:
-        ctx.log(f"durability: {name}")
-        try:
-            fn()
-        except DurableUnavailable as exc:
-            ctx.add(skipped_row(name, TIER, mode, "ops/s", str(exc), peers=peers,
-                                target=TARGETS.get(name)))
-        except Exception as exc:  # one broken case must not cost the others
-            ctx.add(error_row(name, TIER, mode, "ops/s", exc, peers=peers,
-                              target=TARGETS.get(name)))
+        with ctx.case(f"durability: {name}"):
+            try:
+                fn()
+            except DurableUnavailable as exc:
+                ctx.add(skipped_row(name, TIER, mode, "ops/s", str(exc), peers=peers,
+                                    target=TARGETS.get(name)))
+            except Exception as exc:  # one broken case must not cost the others
+                ctx.add(error_row(name, TIER, mode, "ops/s", exc, peers=peers,
+                                  target=TARGETS.get(name)))
 
 
 def _put_row(ctx, name, mode, n, reps):

@@ -102,11 +102,11 @@ def run(ctx: Context) -> None:
     largest = max(sizes)
     for n in sorted(sizes):
         name = "memory.bytes_per_key" if n == largest else f"memory.bytes_per_key.{fmt_count(n)}"
-        ctx.log(f"memory: {name} ({n:,} keys)")
-        try:
-            _row(ctx, name, n)
-        except Exception as exc:  # one broken case must not cost the others
-            ctx.add(error_row(name, TIER, MODE, "B/key", exc, peers=PEERS))
+        with ctx.case(f"memory: {name} ({n:,} keys)"):
+            try:
+                _row(ctx, name, n)
+            except Exception as exc:  # one broken case must not cost the others
+                ctx.add(error_row(name, TIER, MODE, "B/key", exc, peers=PEERS))
     n = min(sizes)
     name = "memory.bytes_per_key.history5"
     ctx.log(f"memory: {name} ({n:,} keys)")

@@ -37,14 +37,14 @@ VALUE_SIZES = (("64B", 64), ("1KiB", 1024), ("64KiB", 65536))
 
 def run(ctx: Context) -> None:
     for name, fn in _cases(ctx):
-        ctx.log(f"micro: {name}")
-        try:
-            fn()
-        except Exception as exc:  # one broken case must not cost the others
-            peers = PEERS if name.startswith(("embedded.kv.get", "embedded.kv.put.inmemory")) \
-                else ()
-            ctx.add(error_row(name, TIER, MODE, "ops/s", exc, peers=peers,
-                              target=TARGETS.get(name)))
+        with ctx.case(f"micro: {name}"):
+            try:
+                fn()
+            except Exception as exc:  # one broken case must not cost the others
+                with_peers = name.startswith(("embedded.kv.get", "embedded.kv.put.inmemory"))
+                peers = PEERS if with_peers else ()
+                ctx.add(error_row(name, TIER, MODE, "ops/s", exc, peers=peers,
+                                  target=TARGETS.get(name)))
 
 
 def _cases(ctx):
@@ -52,7 +52,8 @@ def _cases(ctx):
     n, slow, big = s["micro_ops"], s["micro_slow_ops"], s["micro_big_ops"]
     reps = s["repeats"]
     return [
-        ("embedded.kv.get", lambda: _kv_row(ctx, "embedded.kv.get", "get", VALUE_BYTES, n, n, reps)),
+        ("embedded.kv.get",
+         lambda: _kv_row(ctx, "embedded.kv.get", "get", VALUE_BYTES, n, n, reps)),
         ("embedded.kv.put.inmemory",
          lambda: _kv_row(ctx, "embedded.kv.put.inmemory", "put", VALUE_BYTES, n, n, reps)),
         *[(f"embedded.kv.put.inmemory.v{label}",

@@ -1,9 +1,9 @@
 """Tier recovery: snapshot write and load, the serving pause, WAL replay, full recovery.
 
 All on one embedded shard in buffered mode, with 16-byte keys and 100-byte
-values (1M keys in a full run). Reopening is timed from `inmem.open` to the
-moment it returns, which includes the recovery sequence, index rebuild and
-the GC freeze that follows it.
+values (1M keys in a full run), our side of each case in a fresh process.
+Reopening is timed from `inmem.open` to the moment it returns, which
+includes the recovery sequence, index rebuild and the GC freeze after it.
 
 - `recovery.snapshot_write`: `db.snapshot()` wall time (the file written and
   durable); peer Redis SAVE of the same data.
@@ -23,14 +23,16 @@ the GC freeze that follows it.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 
-import inmem
-
 from ..context import Context, error_row, make_row, peer_value, skipped_row, target
 from ..harness import gc_paused, time_once
+from ..machine import REPO_ROOT
 from ..workloads import VALUE_BYTES, load_ours, make_keys, make_value, sqlite_file_opener
 from .durability import DurableUnavailable, open_durable
 
@@ -73,21 +75,65 @@ def run(ctx: Context) -> None:
 
 
 def _guard(ctx, names, fn) -> None:
-    ctx.log(f"recovery: {', '.join(names)}")
+    with ctx.case(f"recovery: {', '.join(names)}"):
+        _guarded(ctx, names, fn)
+
+
+def _guarded(ctx, names, fn) -> None:
     done = len(ctx.rows)
     try:
         fn()
         return
     except DurableUnavailable as exc:
-        make = lambda name: skipped_row(name, TIER, MODE, "ms", str(exc),  # noqa: E731
-                                        peers=ROW_PEERS[name], target=TARGETS.get(name))
+        def make(name, exc=exc):
+            return skipped_row(name, TIER, MODE, "ms", str(exc), peers=ROW_PEERS[name],
+                               target=TARGETS.get(name))
     except Exception as exc:  # one broken case must not cost the others
-        make = lambda name: error_row(name, TIER, MODE, "ms", exc,  # noqa: E731
-                                      peers=ROW_PEERS[name], target=TARGETS.get(name))
+        def make(name, exc=exc):
+            return error_row(name, TIER, MODE, "ms", exc, peers=ROW_PEERS[name],
+                             target=TARGETS.get(name))
     have = {r["name"] for r in ctx.rows[done:]}
     for name in names:
         if name not in have:
             ctx.add(make(name))
+
+
+# -- our side runs in a fresh process ------------------------------------------------
+#
+# Fork time, which is the snapshot's serving pause, grows with the size of the
+# forking process; the benchmark's own process carries whatever earlier tiers
+# allocated, so our side of every case runs in a fresh interpreter that holds
+# only the store, as a shard process would.
+
+CHILD_TIMEOUT_S = 3600
+
+
+def run_child(case: str, n: int, path: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "bench.tiers.recovery", case, str(n), path],
+                          cwd=str(REPO_ROOT), capture_output=True, text=True,
+                          timeout=CHILD_TIMEOUT_S)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"recovery child {case} failed (exit {proc.returncode}): {tail}")
+    result = json.loads(lines[-1])
+    if "skipped" in result:
+        raise DurableUnavailable(result["skipped"])
+    return result
+
+
+def child(case: str, n: int, path: str) -> dict:
+    value = make_value(VALUE_BYTES)
+    try:
+        if case == "snapshot":
+            return _child_snapshot(make_keys(n), value, path)
+        if case == "wal":
+            return _child_wal(make_keys(n, prefix="w"), value, path)
+        if case == "full":
+            return _child_full(make_keys(n), value, path)
+    except DurableUnavailable as exc:
+        return {"skipped": str(exc)}
+    raise SystemExit(f"unknown recovery case {case!r}")
 
 
 def _row(name, ms, n, peers, extra):
@@ -141,68 +187,87 @@ class _Reader:
         self._thread.join(timeout=30)
 
 
+def _child_snapshot(keys, value, path) -> dict:
+    n = len(keys)
+    db = open_durable(path, "buffered", **NEVER)
+    try:
+        run = db.begin_run(name="bench")
+        load_ours(db, run, keys, value)
+        reader = _Reader(db, run, keys)
+        reader.start()
+        try:
+            snap_ms = [0.0]
+
+            def snapshot():
+                snap_ms[0], infos = time_once(db.snapshot)
+                return infos
+
+            pause_ms, infos = reader.measure_window(snapshot)
+            # A quiet window as long as the snapshot: the gaps a reader sees
+            # anyway (thread switches, a busy machine), to read the pause against.
+            quiet_ms, _ = reader.measure_window(lambda: time.sleep(max(snap_ms[0], 1) / 1000))
+        finally:
+            reader.stop()
+        store = getattr(getattr(db, "_backend", None), "store", None)
+        fork_ms = getattr(store, "last_snapshot_pause_ms", None)
+        rss = _rss()
+    finally:
+        db.close()
+    load_ms, db = time_once(lambda: open_durable(path, "buffered", **NEVER))
+    try:
+        report = _report(db)
+        run = db.runs.list()[0].run_id
+        check = db.kv.get(run, keys[-1]) == value if n else True
+    finally:
+        db.close()
+    return {"snapshot_ms": snap_ms[0], "pause_ms": pause_ms, "quiet_ms": quiet_ms,
+            "fork_ms": fork_ms, "reads": reader.reads, "rss_bytes": rss,
+            "snapshot_bytes": infos[0].bytes if infos else None, "load_ms": load_ms,
+            "recovery_report": report, "last_key_read_back": check}
+
+
+def _rss():
+    import psutil
+    return psutil.Process().memory_info().rss
+
+
 def _snapshot_rows(ctx, keys, value):
     n = len(keys)
     path = ctx.scratch("ours-snapshot")
     try:
-        db = open_durable(path, "buffered", **NEVER)
-        try:
-            run = db.begin_run(name="bench")
-            load_ours(db, run, keys, value)
-            reader = _Reader(db, run, keys)
-            reader.start()
-            try:
-                snap_ms = [0.0]
-
-                def snapshot():
-                    snap_ms[0], infos = time_once(db.snapshot)
-                    return infos
-
-                # A quiet window as long as the snapshot: the gaps a reader
-                # sees anyway (thread switches), so the pause can be read
-                # against them.
-                pause_ms, infos = reader.measure_window(snapshot)
-                quiet_ms, _ = reader.measure_window(lambda: time.sleep(max(snap_ms[0], 1) / 1000))
-            finally:
-                reader.stop()
-            store = getattr(getattr(db, "_backend", None), "store", None)
-            fork_ms = getattr(store, "last_snapshot_pause_ms", None)
-        finally:
-            db.close()
-        snap_bytes = infos[0].bytes if infos else None
+        ours = run_child("snapshot", n, path)
+    finally:
+        ctx.discard(path)
+    redis_save = _redis_snapshot(ctx, keys, value)
+    try:
         details: dict = {}
-        redis_save = _redis_snapshot(ctx, keys, value)
         peers_w = {"redis": peer_value(lambda: redis_save("save"), details, "redis")}
-        ctx.add(_row("recovery.snapshot_write", snap_ms[0], n, peers_w,
-                     {"keys": n, "snapshot_bytes": snap_bytes, "peer_detail": details,
+        ctx.add(_row("recovery.snapshot_write", ours["snapshot_ms"], n, peers_w,
+                     {"keys": n, "snapshot_bytes": ours["snapshot_bytes"],
+                      "peer_detail": details,
                       "peer_config": {"redis": "SAVE of the same keys (RDB)"}}))
         details_p: dict = {}
         peers_p = {"redis": peer_value(lambda: redis_save("fork"), details_p, "redis")}
-        ctx.add(_row("recovery.snapshot_pause", pause_ms, n, peers_p,
-                     {"keys": n, "quiet_window_max_gap_ms": quiet_ms, "fork_ms": fork_ms,
-                      "reads": reader.reads, "peer_detail": details_p,
-                      "peer_config": {"redis": "BGSAVE fork time (latest_fork_usec)"}}))
-
-        # Reopen: the snapshot holds everything, the WAL after it is empty.
-        load_ms, db = time_once(lambda: open_durable(path, "buffered", **NEVER))
-        try:
-            report = _report(db)
-            check = db.kv.get(db.runs.list()[0].run_id, keys[-1]) == value if n else True
-        finally:
-            db.close()
+        ctx.add(_row("recovery.snapshot_pause", ours["pause_ms"], n, peers_p,
+                     {"keys": n, "quiet_window_max_gap_ms": ours["quiet_ms"],
+                      "fork_ms": ours["fork_ms"], "rss_bytes_at_fork": ours["rss_bytes"],
+                      "reads": ours["reads"], "peer_detail": details_p,
+                      "peer_config": {"redis": "BGSAVE fork time (latest_fork_usec)"},
+                      "note": "longest gap between two kv.get calls of a reader thread "
+                              "while db.snapshot() ran"}))
         details_l: dict = {}
         peers_l = {"redis": peer_value(lambda: redis_save("load"), details_l, "redis"),
                    "sqlite": peer_value(lambda: _sqlite_open_count(ctx, keys, value),
                                         details_l, "sqlite")}
-        redis_save("close")
-        ctx.add(_row("recovery.snapshot_load", load_ms, n, peers_l,
-                     {"keys": n, "recovery_report": report, "last_key_read_back": check,
+        ctx.add(_row("recovery.snapshot_load", ours["load_ms"], n, peers_l,
+                     {"keys": n, "recovery_report": ours["recovery_report"],
+                      "last_key_read_back": ours["last_key_read_back"],
                       "peer_detail": details_l,
                       "peer_config": {"redis": "RDB load on restart (time Redis logs)",
                                       "sqlite": "connect + SELECT count(*) of the same rows "
                                                 "(WAL, NORMAL)"}}))
     finally:
-        ctx.discard(path)
+        redis_save("close")
 
 
 def _redis_snapshot(ctx, keys, value):
@@ -302,32 +367,39 @@ def _write_single_puts(db, run, keys, value):
             put(run, k, value)
 
 
+def _child_wal(keys, value, path) -> dict:
+    db = open_durable(path, "buffered", **NEVER)
+    try:
+        run = db.begin_run(name="bench")
+        _write_single_puts(db, run, keys, value)
+        wal_bytes = db.info()["shards"][0].get("wal_bytes")
+    finally:
+        db.close()  # snapshot_on_close=False: only the WAL is left
+    ms, db = time_once(lambda: open_durable(path, "buffered", **NEVER))
+    try:
+        report = _report(db)
+    finally:
+        db.close()
+    return {"ms": ms, "wal_bytes": wal_bytes, "recovery_report": report}
+
+
 def _wal_replay(ctx, records, value):
     keys = make_keys(records, prefix="w")
     path = ctx.scratch("ours-wal")
     try:
-        db = open_durable(path, "buffered", **NEVER)
-        try:
-            run = db.begin_run(name="bench")
-            _write_single_puts(db, run, keys, value)
-            wal_bytes = db.info()["shards"][0].get("wal_bytes")
-        finally:
-            db.close()  # snapshot_on_close=False: only the WAL is left
-        ms, db = time_once(lambda: open_durable(path, "buffered", **NEVER))
-        try:
-            report = _report(db)
-        finally:
-            db.close()
-        details: dict = {}
-        peers = {"redis": peer_value(lambda: _redis_aof(ctx, keys, value, preamble=False,
-                                                        tail=0), details, "redis")}
-        ctx.add(_row("recovery.wal_replay", ms, records, peers,
-                     {"records_written": records, "wal_bytes": wal_bytes,
-                      "recovery_report": report, "peer_detail": details,
-                      "peer_config": {"redis": "AOF of the same SETs (no RDB preamble), load "
-                                               "time Redis logs on restart"}}))
+        ours = run_child("wal", records, path)
     finally:
         ctx.discard(path)
+    details: dict = {}
+    peers = {"redis": peer_value(lambda: _redis_aof(ctx, keys, value, preamble=False, tail=0),
+                                 details, "redis")}
+    ctx.add(_row("recovery.wal_replay", ours["ms"], records, peers,
+                 {"puts_written": records, "wal_bytes": ours["wal_bytes"],
+                  "recovery_report": ours["recovery_report"], "peer_detail": details,
+                  "note": "n single-put transactions, one engine operation each; the WAL "
+                          "writer frames what is pending at each flush as one record",
+                  "peer_config": {"redis": "AOF of the same SETs (no RDB preamble), load "
+                                           "time Redis logs on restart"}}))
 
 
 def _redis_aof(ctx, keys, value, *, preamble: bool, tail: int):
@@ -354,34 +426,46 @@ def _redis_aof(ctx, keys, value, *, preamble: bool, tail: int):
 
 # -- full recovery -------------------------------------------------------------------
 
+def _child_full(keys, value, path) -> dict:
+    tail = max(1, len(keys) // 10)
+    db = open_durable(path, "buffered", **NEVER)
+    try:
+        run = db.begin_run(name="bench")
+        load_ours(db, run, keys, value)
+        db.snapshot()
+        _write_single_puts(db, run, keys[:tail], value[::-1])
+    finally:
+        db.close()
+    ms, db = time_once(lambda: open_durable(path, "buffered", **NEVER))
+    try:
+        report = _report(db)
+    finally:
+        db.close()
+    return {"ms": ms, "tail": tail, "recovery_report": report}
+
+
 def _full(ctx, keys, value):
     n = len(keys)
-    tail = max(1, n // 10)
     path = ctx.scratch("ours-full")
     try:
-        db = open_durable(path, "buffered", **NEVER)
-        try:
-            run = db.begin_run(name="bench")
-            load_ours(db, run, keys, value)
-            db.snapshot()
-            _write_single_puts(db, run, keys[:tail], value[::-1])
-        finally:
-            db.close()
-        ms, db = time_once(lambda: open_durable(path, "buffered", **NEVER))
-        try:
-            report = _report(db)
-        finally:
-            db.close()
-        details: dict = {}
-        peers = {"redis": peer_value(lambda: _redis_aof(ctx, keys, value, preamble=True,
-                                                        tail=tail), details, "redis"),
-                 "sqlite": peer_value(lambda: _sqlite_open_count(ctx, keys, value), details,
-                                      "sqlite")}
-        ctx.add(_row("recovery.full", ms, n, peers,
-                     {"keys": n, "wal_tail_records": tail, "recovery_report": report,
-                      "peer_detail": details,
-                      "peer_config": {"redis": "AOF with RDB preamble + the same tail of "
-                                               "SETs, load time Redis logs on restart",
-                                      "sqlite": "connect + SELECT count(*)"}}))
+        ours = run_child("full", n, path)
     finally:
         ctx.discard(path)
+    tail = ours["tail"]
+    details: dict = {}
+    peers = {"redis": peer_value(lambda: _redis_aof(ctx, keys, value, preamble=True,
+                                                    tail=tail), details, "redis"),
+             "sqlite": peer_value(lambda: _sqlite_open_count(ctx, keys, value), details,
+                                  "sqlite")}
+    ctx.add(_row("recovery.full", ours["ms"], n, peers,
+                 {"keys": n, "wal_tail_puts": tail, "recovery_report": ours["recovery_report"],
+                  "peer_detail": details,
+                  "peer_config": {"redis": "AOF with RDB preamble + the same tail of SETs, "
+                                           "load time Redis logs on restart",
+                                  "sqlite": "connect + SELECT count(*)"}}))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        raise SystemExit("usage: python -m bench.tiers.recovery CASE N DIR")
+    print(json.dumps(child(sys.argv[1], int(sys.argv[2]), sys.argv[3])))

@@ -55,13 +55,13 @@ def run(ctx: Context) -> None:
     cases.append(("scenario.diff_runs.1K", "inmemory", "ms",
                   lambda: _diff(ctx, 1000, s["repeats"])))
     for name, mode, unit, fn in cases:
-        ctx.log(f"scenarios: {name} [{mode}]")
-        try:
-            fn()
-        except (DurableUnavailable, _Missing) as exc:
-            ctx.add(skipped_row(name, TIER, mode, unit, str(exc), target=TARGETS.get(name)))
-        except Exception as exc:  # one broken case must not cost the others
-            ctx.add(error_row(name, TIER, mode, unit, exc, target=TARGETS.get(name)))
+        with ctx.case(f"scenarios: {name} [{mode}]"):
+            try:
+                fn()
+            except (DurableUnavailable, _Missing) as exc:
+                ctx.add(skipped_row(name, TIER, mode, unit, str(exc), target=TARGETS.get(name)))
+            except Exception as exc:  # one broken case must not cost the others
+                ctx.add(error_row(name, TIER, mode, unit, exc, target=TARGETS.get(name)))
 
 
 class _Missing(Exception):

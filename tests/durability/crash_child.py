@@ -1,7 +1,7 @@
 """The child process of the crash tests: opens a store, runs the workload, acknowledges.
 
     python crash_child.py DIR --mode strict|buffered [--ops N] [--threads T]
-                          [--snapshot-every K] [--end close|abandon]
+                          [--snapshot-every K] [--end close|abandon] [--pace-us P]
 
 It opens DIR with tiny thresholds (segments of 4 KiB, a snapshot per 16 KiB
 of WAL) so that segment rolls, snapshots and WAL deletions all happen within
@@ -31,6 +31,7 @@ import argparse
 import os
 import sys
 import threading
+import time
 import traceback
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -64,17 +65,22 @@ def parse(argv):
     p.add_argument("--end", choices=("close", "abandon"), default="close")
     p.add_argument("--flush-interval-ms", type=float, default=5)
     p.add_argument("--max-pending-writes", type=int, default=16)
+    p.add_argument("--pace-us", type=int, default=0,
+                   help="sleep this long after each op, so a buffered flusher runs between ops")
     return p.parse_args(argv)
 
 
 def lane_loop(db, lane: int, args, errors: list) -> None:
     try:
         run = workload.lane_run(lane)
+        pace_s = args.pace_us / 1e6
         i = 0
         while args.ops == 0 or i < args.ops:
             workload.apply_op(db, run, i)
             say(f"ack {lane} {i}")
             i += 1
+            if pace_s:
+                time.sleep(pace_s)
             if lane == 0 and args.snapshot_every and i % args.snapshot_every == 0:
                 try:
                     infos = db.snapshot()

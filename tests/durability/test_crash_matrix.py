@@ -39,10 +39,11 @@ class Plan:
 # each), the skips below put every crash in the middle of the workload: after
 # segments rolled and snapshots and WAL deletions already happened.
 PLANS = {
-    # Strict writes once per op; buffered once per flush (16 pending or 5 ms).
-    "wal.before_write": Plan({"strict": 100, "buffered": 10}),
-    "wal.after_write_before_fsync": Plan({"strict": 100, "buffered": 10}),
-    "wal.after_fsync": Plan({"strict": 100, "buffered": 10}),
+    # Strict writes once per op; buffered once per flush (16 pending or 5 ms),
+    # and buffered children pace their ops so that a flush comes every few ops.
+    "wal.before_write": Plan({"strict": 100, "buffered": 8}),
+    "wal.after_write_before_fsync": Plan({"strict": 100, "buffered": 8}),
+    "wal.after_fsync": Plan({"strict": 100, "buffered": 8}),
     # Rolls: one per full segment and one per snapshot.
     "wal.before_roll": Plan({"strict": 3, "buffered": 3}),
     "wal.after_roll": Plan({"strict": 3, "buffered": 3}),
@@ -97,7 +98,8 @@ def test_crash_at_point(point, mode, tmp_path):
     plan = PLANS.get(point)
     assert plan is not None, f"no crash plan for {point}"
     data = tmp_path / "data"
-    child = harness.run_child(data, tmp_path / "logs", mode, "--ops", OPS,
+    pace_us = 200 if mode == "buffered" else 0
+    child = harness.run_child(data, tmp_path / "logs", mode, "--ops", OPS, "--pace-us", pace_us,
                               failpoint=point, skip=plan.skip[mode])
     assert child.fired(point), f"{point} did not fire in {mode} mode: {child.describe()}"
     assert child.has("ready"), child.describe()

@@ -432,3 +432,38 @@ def test_fsync_failure_stops_acknowledging(tmp_path, monkeypatch, mode):
             assert n >= acked
         run = workload.lane_run(0)
         assert db.kv.get_versioned(run, "more") is None and db.state.read(run, "more") is None
+
+
+@pytest.mark.timeout(30)
+def test_close_after_a_failed_background_snapshot_keeps_buffered_writes(tmp_path, monkeypatch):
+    """A background snapshot child that died, not yet reaped when close() runs, must not
+    make close() skip flushing the buffered writes it acknowledged."""
+    data = tmp_path / "data"
+    monkeypatch.setenv(failpoints.ENV_POINTS, "snapshot.before_rename")
+    failpoints.reload()
+    try:
+        db = inmem.open(data, durability="buffered", flush_interval_ms=60_000,
+                        max_pending_writes=8, snapshot_wal_bytes=1, snapshot_on_close=False)
+        try:
+            run = workload.begin(db, 0)
+            i = 0
+            for i in range(16):  # two full batches: WAL bytes that trigger a snapshot
+                workload.apply_op(db, run, i)
+            snapdir = data / "snapshots"
+            deadline = threading.Event()
+            for _ in range(500):
+                if list(snapdir.glob("*.tmp")):
+                    break  # the scheduler's child died before its rename
+                deadline.wait(0.01)
+            else:
+                pytest.fail("the background snapshot never started")
+            for i in range(16, 19):  # acknowledged, still in the buffer
+                workload.apply_op(db, run, i)
+        finally:
+            with contextlib.suppress(inmem.DurabilityError):
+                db.close()
+    finally:
+        monkeypatch.delenv(failpoints.ENV_POINTS)
+        failpoints.reload()
+    with inmem.open(data, durability="buffered") as db:
+        assert workload.recovered_ops(db, 0) == 19, "close() lost acknowledged writes"
