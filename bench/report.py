@@ -81,10 +81,10 @@ def fmt_target(row: dict) -> str:
     if not t:
         return "-"
     met = row.get("target_met")
-    mark = {True: "ok", False: "MISS", None: "n/a"}[met]
     text = t.get("text", "")
-    if t.get("for_n") is not None and met is None:
-        text += f" (at n={t['for_n']:,})"
+    if t.get("for_n") is not None:
+        text += f" at n={_si(t['for_n'])}"
+    mark = {True: "ok", False: "MISS", None: "n/a"}[met]
     return f"{mark}: {text}"
 
 

@@ -293,6 +293,8 @@ class Database:
     def search(self, query, run=None, primitives=None, limit=10, offset=0, budget_ms=None):
         """BM25 keyword search across every shard; see shard/search_index.py."""
         from .search import search
+        if run is not None and self.run_status(run) == "not_found":
+            raise RunNotFound(f"run {run!r} does not exist", run_id=run)
         return search(self._backend, query, run, primitives, limit, offset, budget_ms)
 
     # -- operations ----------------------------------------------------------------

@@ -42,7 +42,7 @@ def _diff_maps(prim, da, db_, added, removed, modified, content):
             added.append(DiffEntry(prim, key, None, db_[key]))
         else:
             va, vb = da[key], db_[key]
-            same = content(va) == content(vb) if content else _same(va, vb)
+            same = _same(content(va), content(vb)) if content else _same(va, vb)
             if not same:
                 modified.append(DiffEntry(prim, key, va, vb))
 
@@ -53,8 +53,10 @@ def _same(x, y) -> bool:
         return False
     if type(x) is dict:
         return x.keys() == y.keys() and all(_same(x[k], y[k]) for k in x)
-    if type(x) is list:
+    if type(x) in (list, tuple):
         return len(x) == len(y) and all(_same(p, q) for p, q in zip(x, y))
+    if type(x) is float and x != x:
+        return y != y  # NaN: the same value stored twice is not a change
     return x == y
 
 
