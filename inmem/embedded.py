@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 
-from shard.engine import Engine
+from shard.engine import WRITE_OPS, Engine
 
 from .database import KV
 from .errors import InmemError
@@ -36,8 +36,8 @@ class EmbeddedBackend:
                 raise InmemError("the database is closed")
             if store is None:
                 return self._execute(op, args)
-            if store.writer.failed:
-                store.check_writable()
+            if store.writer.failed and op in WRITE_OPS:
+                store.check_writable()  # reads still answer from memory
             result = self._execute(op, args)
             if self._buffered:
                 if len(self.engine.log) >= self._batch_max:
@@ -54,7 +54,7 @@ class EmbeddedBackend:
         with self.lock:
             if self._closed:
                 raise InmemError("the database is closed")
-            if store is not None and store.writer.failed:
+            if store is not None and store.writer.failed and any(op in WRITE_OPS for op, _ in ops):
                 store.check_writable()
             results = self.engine.execute_batch(ops)
             if store is None:
@@ -105,8 +105,10 @@ class EmbeddedBackend:
             if self._closed:
                 return
             self._closed = True
-            if self.store is not None:
-                self.store.close(self)
+        # Outside the lock: closing joins background threads that may be
+        # waiting for it; the store takes it itself for the final flush.
+        if self.store is not None:
+            self.store.close(self)
 
     def describe(self) -> str:
         mode = "inmemory" if self.store is None else f"{self.store.durability} {self.store.path}"

@@ -356,11 +356,14 @@ class DurableStore:
     # -- closing -------------------------------------------------------------------
 
     def close(self, holder) -> None:
+        """Flush, take the closing snapshot if configured, stop threads. Call without the lock."""
         if self._closed:
             return
         self._closed = True
         self._stop.set()
         try:
+            if self._scheduler is not None and self._scheduler is not threading.current_thread():
+                self._scheduler.join(timeout=30)
             if self._child is not None:
                 try:
                     self._reap(block=True)
@@ -369,14 +372,13 @@ class DurableStore:
                     # kept); the buffered writes still have to reach the disk.
                     log.warning("%s", exc)
             if not self.writer.failed:
-                self.flush()
+                with holder.lock:
+                    self.flush()
                 if self.options["snapshot_on_close"] and self._bytes_since_snapshot > 0:
                     self._start_snapshot(holder)
                     self._reap(block=True)
         finally:
             self.writer.close()
-            if self._scheduler is not None and self._scheduler is not threading.current_thread():
-                self._scheduler.join(timeout=5)
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
@@ -390,7 +392,7 @@ def _lock_directory(path: str) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise InmemError(f"{path} is open in another process; close it there first") from None
+        raise InmemError(f"{path} is already open (in this process or another); close it first") from None
     return fd
 
 
