@@ -90,7 +90,7 @@ def sizes_text(sizes: dict, quick: bool, scale: float) -> str:
     return (f"{kind}: {sizes['repeats']} repeats; micro {f('micro_ops')} ops "
             f"({f('micro_slow_ops')} for events/state/traces/json/tx, {f('micro_big_ops')} "
             f"for 64 KiB); buffered put {f('buffered_ops')}, strict put {f('strict_ops')}, "
-            f"group commit {f('group_ops_per_thread')}/thread; recovery {f('recovery_keys')} "
+            f"group commit {f('group_ops_total')} in all; recovery {f('recovery_keys')} "
             f"keys, WAL replay {f('wal_records')} records (16 B keys, 100 B values); memory "
             f"{f('memory_keys')} keys; concurrency {f('concurrency_ops_per_thread')}/thread; "
             f"scenarios {f('scenario_steps')} steps, replay {f('replay_events')} events; "

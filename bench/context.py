@@ -33,7 +33,7 @@ FULL_SIZES = {
     "micro_big_ops": 2_000,       # 64 KiB puts
     "buffered_ops": 200_000,
     "strict_ops": 2_000,
-    "group_ops_per_thread": 500,
+    "group_ops_total": 8_000,     # split across the writer threads
     "recovery_keys": 1_000_000,
     "wal_records": 1_000_000,
     "memory_keys": [100_000, 1_000_000],
@@ -53,7 +53,7 @@ QUICK_SIZES = {
     "micro_big_ops": 500,
     "buffered_ops": 50_000,
     "strict_ops": 300,
-    "group_ops_per_thread": 100,
+    "group_ops_total": 1_600,
     "recovery_keys": 100_000,
     "wal_records": 100_000,
     "memory_keys": [100_000],
@@ -66,7 +66,7 @@ QUICK_SIZES = {
     "cluster_scale_ops_per_client": 30_000,
 }
 
-_FLOORS = {"repeats": 1, "micro_big_ops": 10, "strict_ops": 10, "group_ops_per_thread": 4,
+_FLOORS = {"repeats": 1, "micro_big_ops": 10, "strict_ops": 10, "group_ops_total": 64,
            "scenario_steps": 10}
 _DEFAULT_FLOOR = 50
 

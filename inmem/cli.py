@@ -44,8 +44,13 @@ def _cmd_bench(argv) -> int:
 
 
 def _cmd_wal(args) -> int:
+    import os
+
     from wal.inspect import main as inspect_main
-    return inspect_main([args.dir])
+    target = args.dir
+    if os.path.isdir(os.path.join(target, "wal")):  # a store (or shard) directory
+        target = os.path.join(target, "wal")
+    return inspect_main([target])
 
 
 def _cmd_snapshot(args) -> int:
@@ -85,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("wal", help="write-ahead log tools")
     wsub = w.add_subparsers(dest="wal_command", required=True)
     wi = wsub.add_parser("inspect", help="records, sizes, positions; exit 0 only when clean")
-    wi.add_argument("dir")
+    wi.add_argument("dir", help="a WAL directory, or a store directory holding wal/")
     wi.set_defaults(fn=_cmd_wal)
 
     sn = sub.add_parser("snapshot", help="snapshot tools")

@@ -58,7 +58,7 @@ def run(ctx: Context) -> None:
         ("embedded.kv.put.strict", "strict", PEERS,
          lambda: _put_row(ctx, "embedded.kv.put.strict", "strict", s["strict_ops"], reps)),
         *[(f"embedded.kv.put.strict.group{t}", "strict", PEERS,
-           (lambda t=t: _group_row(ctx, t, s["group_ops_per_thread"])))
+           (lambda t=t: _group_row(ctx, t, max(2, s["group_ops_total"] // t))))
           for t in GROUP_THREADS],
         *[(f"embedded.kv.put.buffered.flush{ms}ms", "buffered", (),
            (lambda ms=ms: _flush_variant(ctx, ms, s["buffered_ops"], reps)))
