@@ -40,7 +40,7 @@ FULL_SIZES = {
     "concurrency_ops_per_thread": 50_000,
     "scenario_steps": 5_000,
     "replay_events": [100, 1_000, 5_000],
-    "cluster_single_ops": 20_000,
+    "cluster_single_ops": 10_000,
     "cluster_batched_ops": 500_000,
     "cluster_strict_ops_per_client": 2_000,
     "cluster_scale_ops_per_client": 200_000,

@@ -15,6 +15,8 @@ import os
 import shutil
 import sys
 
+from .context import fmt_count
+
 SCHEMA_VERSION = 1
 ROW_KEYS = ("name", "tier", "mode", "unit", "value", "p50", "p99", "n", "peers", "target",
             "ratio")
@@ -39,10 +41,13 @@ def fmt_value(value, unit: str) -> str:
 
 
 def _si(x: float) -> str:
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if abs(x) >= div:
-            return f"{x / div:.3g}{suffix}"
-    return f"{x:.3g}"
+    # Three significant digits, trailing zeros kept: "1.00M" next to "999K".
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K"), (1.0, "")):
+        if abs(x) >= div or div == 1.0:
+            v = x / div
+            digits = 0 if abs(v) >= 100 else 1 if abs(v) >= 10 else 2
+            return f"{v:.{digits}f}{suffix}"
+    return str(x)
 
 
 def _fmt_us(x) -> str:
@@ -83,7 +88,7 @@ def fmt_target(row: dict) -> str:
     met = row.get("target_met")
     text = t.get("text", "")
     if t.get("for_n") is not None:
-        text += f" at n={_si(t['for_n'])}"
+        text += f" at n={fmt_count(t['for_n'])}"
     mark = {True: "ok", False: "MISS", None: "n/a"}[met]
     return f"{mark}: {text}"
 

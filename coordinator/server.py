@@ -287,7 +287,8 @@ class Coordinator:
         elif name == "slotmap":
             self._result(ident, head, {"shard_count": self.slotmap.shard_count,
                                        "ranges": self.slotmap.ranges(),
-                                       "shards": [l.handle.endpoint for l in self.links]})
+                                       "shards": [l.handle.endpoint for l in self.links],
+                                       "max_message_bytes": self.max_message_bytes})
         elif name == "recovery_report":
             self._result(ident, head, [l.handle.recovery for l in self.links
                                        if l.handle.recovery is not None])
@@ -297,6 +298,13 @@ class Coordinator:
             self._error(ident, head, ClusterNotReady(self._not_ready_message()))
         elif name == "snapshot":
             self._fan_out(ident, head, "snapshot", KIND_ADMIN, "snapshot", [])
+        elif name == "fanout":
+            if (len(args) != 2 or args[0] not in protocol.FANOUT_READ_OPS
+                    or type(args[1]) is not list):
+                self._error(ident, head, ProtocolError(
+                    f"fanout takes [op, args] with op one of {sorted(protocol.FANOUT_READ_OPS)}"))
+            else:
+                self._fan_out(ident, head, "fanout", KIND_OP, args[0], args[1])
         elif name in protocol.DEBUG_OPS:
             if not self.spec.get("test_hooks"):
                 self._error(ident, head, ProtocolError(f"{name}: test hooks are off in this cluster"))

@@ -2,10 +2,11 @@
 
 Threads: each thread that uses the Database gets its own DEALER socket (pyzmq
 sockets must not be shared between threads). We measured the alternative, one
-socket behind a lock: it is as fast from one thread and serialises many
-threads into one request at a time, while a socket per thread lets their
-requests be in flight together (see the note in `bench/` figures). Sockets
-are made on a thread's first call and all closed by `close()`.
+socket behind a lock held for the round trip: from one thread both do the
+same; from 4 and 8 threads the socket per thread did about twice the
+operations per second, because the threads' requests are in flight together
+instead of one at a time. Sockets are made on a thread's first call, closed
+when the thread is gone, and all closed by `close()`.
 
 Every request has a request id (in the header, echoed by the reply: a late
 reply to a request that timed out is recognised and dropped) and a deadline:
@@ -15,9 +16,18 @@ goes to the caller, who decides whether the operation may be retried.
 Sockets use LINGER 0, so closing or exiting never waits for a peer.
 
 Pipelines are grouped per shard with the coordinator's slot map (fetched when
-connecting) into BATCH messages, all sent before the first reply is awaited,
-and the results are put back in pipeline order. A transaction is one
+connecting) into BATCH messages of up to BATCH_CHUNK_OPS operations, each
+sent as soon as it is full, so the shard applies one while the client packs
+the next; the results are put back in pipeline order. A transaction is one
 `tx.commit` message holding its read set and write set.
+
+`direct=True` skips the coordinator for operations on runs: the client sends
+them straight to the owning shard's socket (the slot map names each shard's
+endpoint), which saves the hop that costs about half of a single operation's
+round trip. The coordinator still answers everything else and is asked,
+when a shard does not answer, whether that shard is down (ShardUnavailable)
+or only slow (Timeout). The price: a request in flight on a shard that dies
+is answered at its deadline rather than as soon as the coordinator notices.
 """
 
 from __future__ import annotations
@@ -32,12 +42,15 @@ import zmq
 
 from . import protocol
 from .database import Database
-from .errors import ClusterNotReady, InmemError, ProtocolError, Timeout
+from .errors import ClusterNotReady, InmemError, ProtocolError, ShardUnavailable, Timeout
 from .protocol import (FANOUT_OPS, KIND_BATCH, KIND_CLUSTER, KIND_OP, SLOT_COUNT, header,
                        op_body, pack_checked, route_run, shape, slot_of, unpack_reply)
 
 #: how long to wait between asking a cluster that is not ready yet
 _NOT_READY_PAUSE_S = 0.05
+#: operations per BATCH message: big enough to amortise a message, small enough
+#: that the shard applies one chunk while the client packs the next
+BATCH_CHUNK_OPS = 256
 
 _live_backends: "weakref.WeakSet[ClusterBackend]" = weakref.WeakSet()
 
@@ -51,32 +64,50 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class _ThreadState:
-    """One thread's socket and packer; closing it when the thread is gone."""
+class _Channel:
+    """A DEALER socket and the receive timeout last set on it."""
 
-    __slots__ = ("sock", "packer", "rcvtimeo", "__weakref__")
+    __slots__ = ("sock", "rcvtimeo", "shard")
 
-    def __init__(self, sock):
+    def __init__(self, sock, shard=None):
         self.sock = sock
-        self.packer = protocol.new_packer()
         self.rcvtimeo = -1
+        self.shard = shard
+
+
+class _ThreadState:
+    """One thread's sockets and packer; the sockets close when the thread is gone."""
+
+    __slots__ = ("coord", "shards", "packer", "__weakref__")
+
+    def __init__(self, coord: _Channel, shard_count: int):
+        self.coord = coord
+        self.shards: list = [None] * shard_count
+        self.packer = protocol.new_packer()
+
+    def close(self) -> None:
+        for chan in [self.coord, *self.shards]:
+            if chan is not None:
+                try:
+                    chan.sock.close(0)
+                except Exception:
+                    pass
 
     def __del__(self):
-        try:
-            self.sock.close(0)
-        except Exception:
-            pass
+        self.close()
 
 
 class ClusterBackend:
     def __init__(self, url: str, timeout: float = 5.0, *, request_timeout: float | None = None,
-                 max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES):
+                 max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
+                 direct: bool = False):
         if not isinstance(url, str) or "://" not in url:
             raise ValueError(f"a cluster URL looks like ipc:///path or tcp://host:port, got {url!r}")
         self.url = url
         self.timeout = float(timeout)
         self.request_timeout = float(request_timeout if request_timeout is not None else timeout)
         self.max_message_bytes = max_message_bytes
+        self.direct = bool(direct)
         self.ctx = zmq.Context(1)
         self._local = threading.local()
         self._states: "weakref.WeakSet[_ThreadState]" = weakref.WeakSet()
@@ -85,32 +116,52 @@ class ClusterBackend:
         self._closed: bool | str = False
         self.owners: list | None = None
         self.shard_slot: list = []
+        self.shard_endpoints: list = []
+        self._restarts_seen: dict = {}  # shard -> its restart count when last asked
         _live_backends.add(self)
 
     # -- sockets -------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InmemError(self._closed if isinstance(self._closed, str)
+                             else "the database is closed")
+
+    def _socket(self, endpoint: str, immediate: bool = False):
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, -1)  # replies are from our cluster, which caps them
+        sock.setsockopt(zmq.SNDTIMEO, max(int(self.request_timeout * 1000), 1))
+        if immediate:
+            # Queue nothing for a shard that is not connected: a send then fails
+            # at once (ShardUnavailable) instead of reaching whatever binds next.
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.connect(endpoint)
+        return sock
 
     def _state(self) -> _ThreadState:
         try:
             return self._local.state
         except AttributeError:
             pass
-        if self._closed:
-            raise InmemError(self._closed if isinstance(self._closed, str)
-                             else "the database is closed")
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, -1)  # replies are from our cluster, which caps them
-        sock.setsockopt(zmq.SNDTIMEO, max(int(self.request_timeout * 1000), 1))
-        sock.connect(self.url)
-        st = _ThreadState(sock)
+        self._check_open()
+        st = _ThreadState(_Channel(self._socket(self.url)), len(self.shard_endpoints))
         with self._states_lock:
             self._states.add(st)
         self._local.state = st
         return st
 
-    def _recv(self, st: _ThreadState, deadline: float):
-        """The next message on this thread's socket, or None once the deadline has passed."""
-        sock = st.sock
+    def _shard_channel(self, st: _ThreadState, shard: int) -> _Channel:
+        """This thread's direct channel to `shard`, connected (or ShardUnavailable)."""
+        chan = st.shards[shard]
+        if chan is None:
+            chan = _Channel(self._socket(self.shard_endpoints[shard], immediate=True), shard)
+            st.shards[shard] = chan
+        return chan
+
+    def _recv(self, chan: _Channel, deadline: float):
+        """The next message on a channel, or None once the deadline has passed."""
+        sock = chan.sock
         while True:
             remaining = int((deadline - time.monotonic()) * 1000)
             if remaining <= 0:
@@ -118,27 +169,63 @@ class ClusterBackend:
             # setsockopt only when the timeout must shrink (a stale reply ate
             # into the deadline) or has room to grow again; overshooting the
             # deadline by up to 20 ms is the price of not setting it every call.
-            current = st.rcvtimeo
+            current = chan.rcvtimeo
             if current < 0 or remaining < current - 20 or remaining > current + 1000:
                 sock.setsockopt(zmq.RCVTIMEO, remaining)
-                st.rcvtimeo = remaining
+                chan.rcvtimeo = remaining
             try:
                 return sock.recv_multipart()
             except zmq.Again:
                 continue
 
-    def _roundtrip(self, st: _ThreadState, kind: int, target: int, body: bytes, deadline: float):
-        """Send one request and return its decoded reply (an InmemError for an error)."""
-        sock = st.sock
-        while True:
-            head = header(kind, target, next(self._rid))
+    def _send(self, chan: _Channel, head: bytes, body: bytes, deadline: float) -> None:
+        sock = chan.sock
+        if chan.shard is None:
             try:
                 sock.send_multipart((head, body))
             except zmq.Again:
                 raise Timeout(f"could not send to {self.url} within the deadline") from None
+            return
+        # A direct channel: wait (briefly, within the deadline) for the
+        # connection to be up; a shard that is not there is unavailable.
+        while True:
+            try:
+                sock.send_multipart((head, body), zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                wait_ms = int((deadline - time.monotonic()) * 1000)
+                if wait_ms <= 0 or not sock.poll(min(wait_ms, 200), zmq.POLLOUT):
+                    raise self._shard_down(chan.shard) from None
+
+    def _shard_down(self, shard: int) -> InmemError:
+        """Why a direct channel got no answer: ShardUnavailable if the coordinator says so."""
+        try:
+            state = self.cluster("status", timeout=min(self.request_timeout, 2.0))
+            entry = state["shards"][shard]
+        except (InmemError, KeyError, IndexError, TypeError):
+            return ShardUnavailable(f"shard {shard} does not answer and the coordinator at "
+                                    f"{self.url} could not say why")
+        if entry.get("state") != "ready":
+            return ShardUnavailable(f"shard {shard} is {entry.get('state')}; retry shortly "
+                                    "(a request in flight may or may not have been applied)")
+        seen = self._restarts_seen.get(shard)
+        self._restarts_seen[shard] = entry.get("restarts")
+        if seen is not None and entry.get("restarts") != seen:
+            # It died and came back while the request was in flight.
+            return ShardUnavailable(f"shard {shard} restarted while the request was in flight; "
+                                    "it may or may not have been applied")
+        return Timeout(f"no reply from shard {shard} within {self.request_timeout:g} s")
+
+    def _roundtrip(self, chan: _Channel, kind: int, target: int, body: bytes, deadline: float):
+        """Send one request and return its decoded reply (an InmemError for an error)."""
+        while True:
+            head = header(kind, target, next(self._rid))
+            self._send(chan, head, body, deadline)
             while True:
-                frames = self._recv(st, deadline)
+                frames = self._recv(chan, deadline)
                 if frames is None:
+                    if chan.shard is not None:
+                        raise self._shard_down(chan.shard)
                     raise Timeout(f"no reply from {self.url} within {self.request_timeout:g} s")
                 if len(frames) == 2 and frames[0] == head:
                     break
@@ -153,15 +240,18 @@ class ClusterBackend:
 
     def call(self, op, args):
         st = self._local.__dict__.get("state") or self._state()
-        if self._closed:
-            raise InmemError(self._closed if isinstance(self._closed, str)
-                             else "the database is closed")
+        self._check_open()
         run = route_run(op, args)
         if run is None and op in FANOUT_OPS:
             return self.cluster(op, list(args))
         body = pack_checked(st.packer, op_body(op, args), self.max_message_bytes)
-        result = self._roundtrip(st, KIND_OP, slot_of(run), body,
-                                 time.monotonic() + self.request_timeout)
+        deadline = time.monotonic() + self.request_timeout
+        slot = slot_of(run)
+        if self.direct:
+            chan = self._shard_channel(st, self.owners[slot])
+        else:
+            chan = st.coord
+        result = self._roundtrip(chan, KIND_OP, slot, body, deadline)
         if isinstance(result, InmemError):
             raise result
         return shape(op, args, result)
@@ -171,19 +261,24 @@ class ClusterBackend:
         st = self._state()
         body = pack_checked(st.packer, [name, list(args)], self.max_message_bytes)
         deadline = time.monotonic() + (self.request_timeout if timeout is None else timeout)
-        result = self._roundtrip(st, KIND_CLUSTER, 0, body, deadline)
+        result = self._roundtrip(st.coord, KIND_CLUSTER, 0, body, deadline)
         if isinstance(result, InmemError):
             raise result
         return shape(name, args, result)
 
     def call_batch(self, ops) -> list:
         st = self._state()
+        self._check_open()
         if self.owners is None:
             self._load_slotmap()
         owners = self.owners
         results: list = [None] * len(ops)
-        groups: dict = {}  # shard -> ([indexes], [bodies])
+        groups: dict = {}  # shard -> ([indexes], [bodies]) not sent yet
+        shard_of_run: dict = {}
+        sent: dict = {}
         later = []
+        flush = self._flush_group
+        deadline = time.monotonic() + self.request_timeout
         for i, (op, args) in enumerate(ops):
             run = route_run(op, args)
             if run is None and op in FANOUT_OPS:
@@ -194,18 +289,23 @@ class ClusterBackend:
             except InmemError as exc:
                 results[i] = exc
                 continue
-            shard = owners[slot_of(run)]
+            shard = shard_of_run.get(run) if type(run) is str else None
+            if shard is None:
+                shard = owners[slot_of(run)]
+                if type(run) is str:
+                    shard_of_run[run] = shard
             g = groups.get(shard)
             if g is None:
                 g = groups[shard] = ([], [])
             g[0].append(i)
             g[1].append(body)
-        deadline = time.monotonic() + self.request_timeout
-        sent = {}
-        for shard, (indexes, bodies) in groups.items():
-            for idx, payload in self._chunks(st, indexes, bodies, results):
-                sent[self._send_batch(st, self.shard_slot[shard], payload)] = (idx, payload,
-                                                                             shard)
+            # Send a full chunk now: the shard applies it while the rest is packed.
+            if len(g[0]) >= BATCH_CHUNK_OPS:
+                flush(st, shard, g, results, sent, deadline)
+                groups[shard] = ([], [])
+        for shard, g in groups.items():
+            if g[0]:
+                flush(st, shard, g, results, sent, deadline)
         self._collect(st, sent, ops, results, deadline)
         for i in later:
             op, args = ops[i]
@@ -214,6 +314,17 @@ class ClusterBackend:
             except InmemError as exc:
                 results[i] = exc
         return results
+
+    def _flush_group(self, st, shard, group, results, sent, deadline) -> None:
+        indexes, bodies = group
+        for idx, payload in self._chunks(st, indexes, bodies, results):
+            try:
+                head, chan = self._send_batch(st, shard, payload, deadline)
+            except ShardUnavailable as exc:
+                for i in idx:
+                    results[i] = exc
+                continue
+            sent[head] = (idx, payload, shard, chan)
 
     def _chunks(self, st, indexes, bodies, results):
         """Packed BATCH bodies under the message limit, with the indexes each one holds."""
@@ -228,27 +339,48 @@ class ClusterBackend:
         yield from self._chunks(st, indexes[:half], bodies[:half], results)
         yield from self._chunks(st, indexes[half:], bodies[half:], results)
 
-    def _send_batch(self, st, slot: int, payload: bytes) -> bytes:
-        head = header(KIND_BATCH, slot, next(self._rid))
-        try:
-            st.sock.send_multipart((head, payload))
-        except zmq.Again:
-            raise Timeout(f"could not send to {self.url} within the deadline") from None
-        return head
+    def _send_batch(self, st, shard: int, payload: bytes, deadline: float):
+        chan = self._shard_channel(st, shard) if self.direct else st.coord
+        head = header(KIND_BATCH, self.shard_slot[shard], next(self._rid))
+        self._send(chan, head, payload, deadline)
+        return head, chan
 
     def _collect(self, st, sent: dict, ops, results, deadline) -> None:
+        poller = None
         while sent:
-            frames = self._recv(st, deadline)
+            chans = {id(entry[3]): entry[3] for entry in sent.values()}
+            if len(chans) == 1:
+                (chan,) = chans.values()
+                frames = self._recv(chan, deadline)
+            else:
+                # Direct batches to several shards: take whichever answers first.
+                if poller is None:
+                    poller = zmq.Poller()
+                    registered = set()
+                for chan in chans.values():
+                    if id(chan) not in registered:
+                        poller.register(chan.sock, zmq.POLLIN)
+                        registered.add(id(chan))
+                wait_ms = int((deadline - time.monotonic()) * 1000)
+                ready = dict(poller.poll(max(wait_ms, 0))) if wait_ms > 0 else {}
+                frames = None
+                for chan in chans.values():
+                    if chan.sock in ready:
+                        frames = chan.sock.recv_multipart()
+                        break
+                if frames is None and wait_ms > 0:
+                    continue
             if frames is None:
-                raise Timeout(f"no reply from {self.url} within {self.request_timeout:g} s "
-                              f"({len(sent)} batches unanswered)")
+                self._expire(sent, results, deadline)
+                return
             if len(frames) != 2 or frames[0] not in sent:
                 continue
-            idx, payload, shard = sent.pop(frames[0])
+            idx, payload, shard, chan = sent.pop(frames[0])
             reply = unpack_reply(frames[1])
             if type(reply) is ClusterNotReady and time.monotonic() + _NOT_READY_PAUSE_S < deadline:
                 time.sleep(_NOT_READY_PAUSE_S)
-                sent[self._send_batch(st, self.shard_slot[shard], payload)] = (idx, payload, shard)
+                head, chan = self._send_batch(st, shard, payload, deadline)
+                sent[head] = (idx, payload, shard, chan)
                 continue
             if isinstance(reply, InmemError):
                 for i in idx:
@@ -269,6 +401,17 @@ class ClusterBackend:
                     except ProtocolError as exc:
                         results[i] = exc
 
+    def _expire(self, sent: dict, results, deadline) -> None:
+        if not self.direct:
+            raise Timeout(f"no reply from {self.url} within {self.request_timeout:g} s "
+                          f"({len(sent)} batches unanswered)")
+        for idx, _payload, shard, _chan in sent.values():
+            err = self._shard_down(shard)
+            if type(err) is Timeout:
+                raise err
+            for i in idx:
+                results[i] = err
+
     # -- cluster-wide operations ---------------------------------------------------
 
     def wait_ready(self, timeout: float) -> dict:
@@ -285,6 +428,7 @@ class ClusterBackend:
                 continue
             if status.get("ready"):
                 self._load_slotmap()
+                self._restarts_seen = {s["shard"]: s.get("restarts") for s in status["shards"]}
                 return status
             time.sleep(min(_NOT_READY_PAUSE_S, max(deadline - time.monotonic(), 0)))
         if status is None:
@@ -301,8 +445,20 @@ class ClusterBackend:
         for start, end, shard in m["ranges"]:
             owners[start:end + 1] = [shard] * (end - start + 1)
             first.setdefault(shard, start)
-        self.shard_slot = [first.get(s, 0) for s in range(m["shard_count"])]
+        count = m["shard_count"]
+        self.shard_slot = [first.get(s, 0) for s in range(count)]
+        self.shard_endpoints = list(m["shards"])
+        # The cluster's limit, so that an oversized request is refused here, clearly.
+        self.max_message_bytes = min(self.max_message_bytes,
+                                     m.get("max_message_bytes", self.max_message_bytes))
+        st = self._local.__dict__.get("state")
+        if st is not None and len(st.shards) != count:
+            st.shards = [None] * count
         self.owners = owners
+
+    def fanout(self, op: str, args) -> list:
+        """A read-only operation on every shard: one answer per shard, in shard order."""
+        return self.cluster("fanout", [op, list(args)])
 
     def snapshot(self) -> list:
         return self.cluster("snapshot")
@@ -323,19 +479,21 @@ class ClusterBackend:
         with self._states_lock:
             states = list(self._states)
         for st in states:
-            try:
-                st.sock.close(0)
-            except Exception:
-                pass
+            st.close()
         self.ctx.destroy(0)
         _live_backends.discard(self)
 
     def describe(self) -> str:
-        return f"cluster {self.url}"
+        return f"cluster {self.url}" + (" (direct to shards)" if self.direct else "")
 
 
 def connect(url: str, timeout: float = 5.0, **options) -> Database:
-    """A Database on the cluster at `url`, once every shard is ready (ClusterNotReady if not)."""
+    """A Database on the cluster at `url`, once every shard is ready (ClusterNotReady if not).
+
+    Options: request_timeout (seconds per call; default `timeout`),
+    max_message_bytes (the cluster's limit), direct (send run operations
+    straight to the owning shard, skipping the coordinator hop).
+    """
     backend = ClusterBackend(url, timeout, **options)
     try:
         backend.wait_ready(timeout)

@@ -77,9 +77,13 @@ FANOUT_OPS = frozenset(("run.list", "run.orphaned"))
 #: test hooks: wipe every shard, pin the shards' clock, change max_value_bytes; a
 #: cluster answers them only when started with test_hooks=True (never in production)
 DEBUG_OPS = frozenset(("debug.reset", "debug.clock", "debug.max_value_bytes"))
+#: read-only engine operations a client may send to every shard at once with the
+#: "fanout" cluster request, getting back one answer per shard in shard order
+FANOUT_READ_OPS = frozenset(("search.stats", "search.query", "run.list", "run.orphaned",
+                             "engine.counts"))
 #: cluster-level requests the coordinator answers (FANOUT_OPS included)
 CLUSTER_OPS = FANOUT_OPS | DEBUG_OPS | frozenset(("ping", "status", "slotmap", "info",
-                                                  "snapshot", "recovery_report"))
+                                                  "snapshot", "recovery_report", "fanout"))
 #: requests a shard answers besides engine operations
 ADMIN_OPS = DEBUG_OPS | frozenset(("hello", "ping", "info", "snapshot", "recovery_report"))
 
@@ -439,6 +443,8 @@ def merge_fanout(op: str, results: list):
         return [r[0] for r in merged]
     if op in DEBUG_OPS:
         return None
+    if op == "fanout":
+        return results
     if op == "snapshot":
         merged = [s for part in results for s in part]
         merged.sort(key=lambda s: s[0])

@@ -88,6 +88,7 @@ class Worker:
         self.parent_pid: int | None = None
         self.packer = protocol.new_reply_packer()
         self.write_ops = WRITE_OPS
+        self.strict = self.durability == "strict"
         self.clock = None  # the engine's own clock, unless test hooks may pin it
         self.pinned_us: int | None = None
         if spec.get("test_hooks"):
@@ -104,6 +105,8 @@ class Worker:
         self.store, self.engine = DurableStore.open(
             self.path, durability=self.durability, max_value_bytes=self.spec["max_value_bytes"],
             shard=self.shard, clock=self.clock, **self.spec["options"])
+        # The store's flusher takes this lock to hand the engine's log to the WAL.
+        self.store.attach(self.holder)
         self.recovery = self.store.recovery_result
 
     def bind(self) -> None:
@@ -151,28 +154,38 @@ class Worker:
                 self.idle()
 
     def process(self, batch: list) -> list:
-        """Apply a drained batch; return the replies to send once it is durable."""
+        """Apply a drained batch; return the replies to send once it is as durable as promised.
+
+        strict: the batch's groups become one WAL record, and one fsync covers
+        them before any reply goes out. buffered: the engine's log is the
+        store's in-memory batch; its flusher writes it every interval, and a
+        full batch is handed over at once (as the embedded store does).
+        """
         replies = []
         store = self.store
+        token = None
         with self.holder.lock:
             refuse_writes = None
-            if store is not None:
+            if store is not None and store.writer.failed:
                 try:
                     store.check_writable()
                 except DurabilityError as exc:
-                    refuse_writes = exc
+                    refuse_writes = exc  # reads still answer from memory
             for frames in batch:
                 reply = self.handle(frames, refuse_writes)
                 if reply is not None:
                     replies.append(reply)
-            token = None
             if store is not None:
-                groups = self.engine.take_log()
-                if groups:
-                    try:
-                        token = store.log_groups(groups)
-                    except DurabilityError as exc:
-                        self.fail_stop(replies, exc)
+                engine = self.engine
+                try:
+                    if self.strict:
+                        groups = engine.take_log()
+                        if groups:
+                            token = store.log_groups(groups)
+                    elif len(engine.log) >= store.batch_max:
+                        store.emit_locked(kick=True)
+                except DurabilityError as exc:
+                    self.fail_stop(replies, exc)
         if token is not None:
             try:
                 store.wait_durable(token)
@@ -335,8 +348,9 @@ class Worker:
         if self.sock is not None:
             self.sock.close(0)
         if self.store is not None:
-            with self.holder.lock:
-                self.store.close(self.holder)
+            # Not under the lock: closing joins the flusher, which may be waiting
+            # for it; the store takes the lock itself for the final flush.
+            self.store.close(self.holder)
         if self.ctx is not None:
             self.ctx.term()
 

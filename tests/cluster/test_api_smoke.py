@@ -283,3 +283,36 @@ def test_a_closed_database_refuses_calls(cluster):
     d.close()  # twice is fine
     with pytest.raises(inmem.InmemError, match="closed"):
         d.kv.get("r", "k")
+
+
+def test_direct_mode_skips_the_coordinator_with_the_same_results(cluster):
+    db = cluster.connect(direct=True)
+    try:
+        assert "direct" in repr(db)
+        ids = runs_on_each_shard(db, 2, per_shard=1, prefix="direct")
+        a, b = ids[0][0], ids[1][0]
+        db.begin_run(run_id=a)
+        db.begin_run(run_id=b)
+        assert db.kv.put(a, "k", {"v": 1}) == 1
+        assert db.kv.get(a, "k") == {"v": 1}
+        with pytest.raises(inmem.RunNotFound):
+            db.kv.get("direct-missing", "k")
+        with db.pipeline() as p:
+            for i in range(600):
+                p.kv.put(a if i % 3 else b, f"p{i}", i)
+            p.kv.cas(b, "p0", 5, "x")
+            results = p.execute()
+        assert results[:600] == [1] * 600 and isinstance(results[600], inmem.VersionMismatch)
+        with db.transaction(b) as tx:
+            tx.kv.put("t", tx.kv.get("p0") + 1)
+        assert db.kv.get(b, "t") == 1
+        # Fan-outs and cluster requests still go through the coordinator.
+        assert {a, b} <= {r.run_id for r in db.runs.list()}
+        assert db.info()["ready"] is True
+        # The requests did not pass through the coordinator: its counter of
+        # forwarded-but-unanswered work is untouched, and a plain client sees the data.
+        plain = cluster.connect()
+        assert plain.kv.get(a, "p1") == 1
+        plain.close()
+    finally:
+        db.close()

@@ -209,7 +209,7 @@ def test_a_shard_that_cannot_start_keeps_the_cluster_not_ready(make_cluster, tmp
         assert status["ready"] is False
         shard1 = status["shards"][1]
         assert shard1["state"] in ("down", "recovering")
-        assert "another process" in shard1["last_error"]
+        assert "already open" in shard1["last_error"] or "another process" in shard1["last_error"]
         # Requests before readiness are refused with ClusterNotReady, not queued.
         backend = inmem.client.ClusterBackend(cluster.endpoint, timeout=0.3)
         try:
@@ -308,3 +308,31 @@ remote = true
     finally:
         remote.kill()
         remote.wait(10)
+
+
+@pytest.mark.timeout(90)
+def test_a_direct_client_sees_shard_unavailable_then_the_restarted_shard(make_cluster):
+    cluster = make_cluster(shards=2, durability="strict", restart_backoff_ms=300)
+    db = cluster.connect(direct=True, request_timeout=2.0)
+    ids = runs_on_each_shard(db, 2, prefix="direct-kill")
+    run = ids[0][0]
+    db.begin_run(run_id=run)
+    db.kv.put(run, "k", "acked")
+    victim = cluster.pids()["shards"][0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: cluster.status()["shards"][0]["pid"] != victim
+             or cluster.status()["shards"][0]["state"] != "ready", 20, "the death to be seen")
+    seen = []
+    deadline = time.monotonic() + 45
+    while time.monotonic() < deadline:
+        try:
+            assert db.kv.get(run, "k") == "acked"
+            break
+        except inmem.ShardUnavailable as exc:
+            seen.append(exc)
+            time.sleep(0.02)
+    else:
+        raise AssertionError("the shard did not come back")
+    assert seen, "no ShardUnavailable while the shard was down"
+    assert db.kv.put(run, "k2", 1) == 1
+    db.close()
