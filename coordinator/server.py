@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import fcntl
 import itertools
+import logging
 import os
 import signal
 import time
+import traceback
 
 import zmq
 
@@ -42,6 +44,8 @@ from .config import ConfigError, bind_endpoint, with_shard_count
 from .fanout import FanOut, describe_recovery
 from .slotmap import SlotMap
 from .supervisor import DOWN, READY, RECOVERING, Supervisor
+
+log = logging.getLogger("inmem.coordinator")
 
 TICK_S = 0.02
 HELLO_EVERY_S = 0.2
@@ -74,7 +78,7 @@ class Coordinator:
         self.stopping = False
         self.ready_once = False
         self.t0 = time.monotonic()
-        self.counters = {"dropped_frames": 0, "protocol_errors": 0, "requests": 0,
+        self.counters = {"dropped_frames": 0, "protocol_errors": 0, "internal_errors": 0,
                          "shard_unavailable": 0}
         self._rid = itertools.count(1)
         self._pending: dict = {}  # internal request id -> (callback, deadline)
@@ -204,7 +208,10 @@ class Coordinator:
                     continue
                 link.inflight[(ident, head)] = None
             elif kind == KIND_CLUSTER:
-                self._cluster_request(ident, head, body)
+                try:
+                    self._cluster_request(ident, head, body)
+                except Exception as exc:  # a bug must not stop the loop; say what broke
+                    self._internal_error(exc, ident, head)
             else:
                 counters["protocol_errors"] += 1
                 self._error(ident, head, ProtocolError(f"kind {kind} is not a client request"))
@@ -231,7 +238,10 @@ class Coordinator:
                 except zmq.ZMQError:
                     pass
             else:
-                self._internal_reply(link, frames[1], frames[2])
+                try:
+                    self._internal_reply(link, frames[1], frames[2])
+                except Exception as exc:
+                    self._internal_error(exc)
 
     # -- replies -------------------------------------------------------------------
 
@@ -265,6 +275,13 @@ class Coordinator:
             self.counters["dropped_frames"] += 1
             return
         self._error(ident, head, err)
+
+    def _internal_error(self, exc: Exception, ident=None, head=None) -> None:
+        self.counters["internal_errors"] += 1
+        log.error("coordinator: %s", traceback.format_exc())
+        if ident is not None:
+            self._error(ident, head, InmemError(
+                f"internal error in the coordinator: {type(exc).__name__}: {exc}"))
 
     def _not_ready_message(self) -> str:
         waiting = [f"{l.handle.id} {l.handle.state}" for l in self.links

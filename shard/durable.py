@@ -118,7 +118,7 @@ class DurableStore:
                                segment_bytes_max=opts["segment_bytes_max"],
                                flush_interval_ms=opts["flush_interval_ms"],
                                max_pending_writes=opts["max_pending_writes"],
-                               start_lsn=next_lsn)
+                               start_lsn=next_lsn, preallocate=durability == "strict")
         except BaseException:
             os.close(lock_fd)
             raise

@@ -172,7 +172,10 @@ class Worker:
                 except DurabilityError as exc:
                     refuse_writes = exc  # reads still answer from memory
             for frames in batch:
-                reply = self.handle(frames, refuse_writes)
+                try:
+                    reply = self.handle(frames, refuse_writes)
+                except Exception as exc:  # a bug must not stop the loop; say what broke
+                    reply = self.internal_error(frames, exc)
                 if reply is not None:
                     replies.append(reply)
             if store is not None:
@@ -220,6 +223,13 @@ class Worker:
             body = protocol.error_body(ProtocolError("a shard does not answer cluster requests"))
         frames[-1] = body
         return frames
+
+    def internal_error(self, frames: list, exc: Exception):
+        log.error("shard %d: internal error:\n%s", self.shard, traceback.format_exc())
+        if len(frames) < 3 or protocol.request_id_of(frames[-2]) is None:
+            return None
+        return frames[:-1] + [protocol.error_body(InmemError(
+            f"internal error in shard {self.shard}: {type(exc).__name__}: {exc}"))]
 
     def _execute(self, op, args, refuse_writes):
         if refuse_writes is not None and op in self.write_ops:

@@ -53,6 +53,10 @@ class ClockedBackend:
         self._sync()
         return self.inner.call_batch(ops)
 
+    def fanout(self, op, args):
+        self._sync()
+        return self.inner.fanout(op, args)
+
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
