@@ -263,8 +263,14 @@ class DurableStore:
         return [] if info is None else [info]
 
     def _start_snapshot(self, holder) -> int | None:
-        """Fork a snapshot child; return its pid (or that of the one already running)."""
+        """Fork a snapshot child; return its pid (or that of the one already running).
+
+        Serving pauses only while the lock is held here: the pending batch is
+        handed to the WAL, the position read, and the process forked. The
+        segment roll that lets the covered WAL be deleted comes after.
+        """
         with holder.lock:
+            t0 = time.perf_counter()
             if self._child is not None:
                 return self._child
             if self._closed and self._lock_fd is None:
@@ -274,10 +280,8 @@ class DurableStore:
             # LSNs below the snapshot position, or recovery would apply them twice.
             if not self._strict:
                 self.emit_locked()
-            self.writer.roll()
             position = self.writer.next_lsn
             failpoint("snapshot.before_fork")
-            t0 = time.perf_counter()
             pid = os.fork()
             if pid == 0:  # pragma: no cover - runs in the child, checked by the parent
                 self._child_main(position)
@@ -287,7 +291,10 @@ class DurableStore:
             self._child_t0 = t0
             self._bytes_since_snapshot = 0
             self._last_snapshot = time.monotonic()
-            return pid
+        # Records from here on go to a new segment, so the one that holds the
+        # position can be deleted once a retained snapshot covers it.
+        self.writer.roll()
+        return pid
 
     def _child_main(self, position: int) -> None:  # pragma: no cover - child process
         code = 1
