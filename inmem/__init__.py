@@ -46,7 +46,7 @@ def open(path=None, durability: str = "buffered", *, clock=None, **options) -> D
 
 _DURABLE_OPTIONS = frozenset(("flush_interval_ms", "max_pending_writes", "snapshot_wal_bytes",
                               "snapshot_interval_s", "snapshot_retention", "snapshot_on_close",
-                              "max_corrupt_entries", "segment_bytes_max"))
+                              "max_corrupt_entries", "segment_bytes_max", "fsync_slow_ms"))
 
 
 def connect(url: str, timeout: float = 5.0, **options) -> Database:

@@ -52,6 +52,7 @@ DEFAULTS = {
     "snapshot_on_close": True,
     "max_corrupt_entries": 0,
     "segment_bytes_max": 64 * 2**20,
+    "fsync_slow_ms": 500,
 }
 
 for _name in ("snapshot.before_fork", "snapshot.child_written", "snapshot.before_wal_delete",
@@ -118,7 +119,10 @@ class DurableStore:
                                segment_bytes_max=opts["segment_bytes_max"],
                                flush_interval_ms=opts["flush_interval_ms"],
                                max_pending_writes=opts["max_pending_writes"],
-                               start_lsn=next_lsn, preallocate=durability == "strict")
+                               start_lsn=next_lsn, preallocate=durability == "strict",
+                               # A buffered flush can carry megabytes; warn only when
+                               # an fsync is slow enough to matter to a user.
+                               fsync_slow_ms=opts["fsync_slow_ms"])
         except BaseException:
             os.close(lock_fd)
             raise
