@@ -316,8 +316,8 @@ class Coordinator:
         elif name == "snapshot":
             self._fan_out(ident, head, "snapshot", KIND_ADMIN, "snapshot", [])
         elif name == "fanout":
-            if (len(args) != 2 or args[0] not in protocol.FANOUT_READ_OPS
-                    or type(args[1]) is not list):
+            if (len(args) != 2
+                    or args[0] not in protocol.FANOUT_READ_OPS or type(args[1]) is not list):
                 self._error(ident, head, ProtocolError(
                     f"fanout takes [op, args] with op one of {sorted(protocol.FANOUT_READ_OPS)}"))
             else:

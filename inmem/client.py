@@ -32,6 +32,7 @@ is answered at its deadline rather than as soon as the coordinator notices.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import threading
@@ -61,7 +62,18 @@ def _after_fork_in_child() -> None:
         backend._closed = "this Database was opened before fork(); connect again in the child"
 
 
+def _close_all_at_exit() -> None:
+    # A Database left open must not hang the interpreter's exit: a ZeroMQ
+    # context torn down with sockets still open waits for them forever.
+    for backend in list(_live_backends):
+        try:
+            backend.close()
+        except Exception:
+            pass
+
+
 os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_all_at_exit)
 
 
 class _Channel:
