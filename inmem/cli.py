@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -10,22 +11,48 @@ def _cmd_demo(args) -> int:
     import inmem
     from .demo import play
 
-    if args.connect:
-        db = inmem.connect(args.connect, timeout=args.timeout)
-        where = f"cluster at {args.connect}"
-    else:
+    if args.embedded:
         db = inmem.open(args.path, durability=args.durability if args.path else "inmemory")
-        where = f"embedded engine ({args.path or 'in memory'})"
-    print(f"inmem demo against the {where}")
-    with db:
-        for _ in range(args.runs):
-            play(db)
-        if args.connect:
-            info = db.info()
-            for s in info["shards"]:
-                print(f"  shard {s['shard']}: {s['state']}, {s['runs']} runs, {s['keys']} keys, "
-                      f"{s['memory_bytes'] // 2**20} MiB RSS, {s['durability']}")
+        print(f"inmem demo against the embedded engine ({args.path or 'in memory'})")
+        with db:
+            for _ in range(args.runs):
+                play(db)
+        return 0
+    if args.connect:
+        print(f"inmem demo against the cluster at {args.connect}")
+        with inmem.connect(args.connect, timeout=args.timeout) as db:
+            _demo_cluster(db, args.runs, play)
+        return 0
+    # The default: start a local cluster on the default config (data under
+    # ./data unless --data-dir says otherwise), play against it, stop it.
+    from coordinator import config as cfg
+    spec = cfg.load(args.config)
+    data_dir = args.data_dir or spec["data_dir"]
+    print(f"starting a local cluster in {os.path.abspath(data_dir)} ...", flush=True)
+    with inmem.Cluster(config=args.config, data_dir=data_dir) as cluster:
+        print(f"cluster ready at {cluster.endpoint} (pids {cluster.pids()})")
+        with cluster.connect() as db:
+            for r in db.recovery_report():
+                source = "a snapshot and " if r.snapshot_used else ""
+                print(f"  shard {r.shard}: recovered from {source}{r.records_replayed} WAL records "
+                      f"({r.transactions_recovered} operations) in {r.seconds * 1000:.1f} ms; "
+                      f"{len(r.orphaned_runs)} orphaned runs")
+            _demo_cluster(db, args.runs, play)
+        print("stopping the cluster (WALs flushed, final snapshots taken)")
+    print("done; run it again to see the cluster recover what this run wrote")
     return 0
+
+
+def _demo_cluster(db, runs: int, play) -> None:
+    for _ in range(runs):
+        play(db)
+    hits = db.search("search fetch", limit=3)
+    print(f"search 'search fetch': {hits.total_matches} matches; best: "
+          + ", ".join(f"{h.primitive}:{h.ref}" for h in hits.results))
+    info = db.info()
+    for s in info["shards"]:
+        print(f"  shard {s['shard']}: {s['state']}, {s['runs']} runs, {s['keys']} keys, "
+              f"{s['memory_bytes'] // 2**20} MiB RSS, {s['durability']}")
 
 
 def _cmd_serve(args) -> int:
@@ -62,9 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="inmem", description="a state store for AI agents")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="play an agent run and print what it did")
-    d.add_argument("--connect", metavar="URL", help="a cluster endpoint (default: embedded)")
-    d.add_argument("--path", help="embedded data directory (default: in memory)")
+    d = sub.add_parser("demo", help="play an agent run against a local cluster and print what it did")
+    d.add_argument("--config", help="cluster config (default: the built-in local cluster)")
+    d.add_argument("--data-dir", help="cluster data directory (default: the config's, ./data)")
+    d.add_argument("--connect", metavar="URL", help="use a running cluster instead of starting one")
+    d.add_argument("--embedded", action="store_true", help="use the embedded engine instead")
+    d.add_argument("--path", help="with --embedded: a data directory (default: in memory)")
     d.add_argument("--durability", default="buffered", choices=("inmemory", "buffered", "strict"))
     d.add_argument("--runs", type=int, default=1)
     d.add_argument("--timeout", type=float, default=30.0)
