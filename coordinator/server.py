@@ -40,7 +40,7 @@ from inmem.types import RecoveryResult
 from inmem.protocol import (HEADER_BYTES, KIND_ADMIN, KIND_BATCH, KIND_CLUSTER, KIND_OP,
                             SLOT_COUNT, VERSION)
 
-from .config import ConfigError, bind_endpoint, with_shard_count
+from .config import ConfigError, bind_endpoint, socket_dir, with_shard_count
 from .fanout import FanOut, describe_recovery
 from .slotmap import SlotMap
 from .supervisor import DOWN, READY, RECOVERING, Supervisor
@@ -87,6 +87,7 @@ class Coordinator:
         self.front = None
         self.poller = None
         self.supervisor = None
+        self._links_version = 0  # bumped when a shard's socket is replaced
 
     # -- start ---------------------------------------------------------------------
 
@@ -147,16 +148,18 @@ class Coordinator:
         link.ping_sent = None
         link.last_seen = time.monotonic()
         self.poller.register(sock, zmq.POLLIN)
+        self._links_version += 1
 
     # -- the loop ------------------------------------------------------------------
 
     def serve(self) -> None:
         front = self.front
         by_sock = {}
+        version = -1
         next_tick = 0.0
         while not self.stopping:
-            if len(by_sock) != len(self.links) or any(by_sock.get(l.sock) is not l
-                                                       for l in self.links):
+            if version != self._links_version:
+                version = self._links_version
                 by_sock = {l.sock: l for l in self.links}
             for sock, _ in self.poller.poll(TICK_S * 1000):
                 if sock is front:
@@ -316,7 +319,7 @@ class Coordinator:
         elif name == "snapshot":
             self._fan_out(ident, head, "snapshot", KIND_ADMIN, "snapshot", [])
         elif name == "fanout":
-            if (len(args) != 2
+            if (len(args) != 2 or type(args[0]) is not str
                     or args[0] not in protocol.FANOUT_READ_OPS or type(args[1]) is not list):
                 self._error(ident, head, ProtocolError(
                     f"fanout takes [op, args] with op one of {sorted(protocol.FANOUT_READ_OPS)}"))
@@ -503,10 +506,21 @@ class Coordinator:
         if self.ctx is not None:
             self.ctx.destroy(0)
             self.ctx = None
-        endpoint = self.spec.get("client_endpoint", "")
-        if endpoint.startswith("ipc://"):
+        # The sockets of this cluster's processes (the shards' are gone too once
+        # they stopped; a killed one leaves its file), and the short socket
+        # directory used when the data directory's path is too long for ipc.
+        endpoints = [self.spec.get("client_endpoint", "")]
+        endpoints += [s["endpoint"] for s in self.spec.get("shards", ()) if not s["remote"]]
+        for endpoint in endpoints:
+            if endpoint.startswith("ipc://"):
+                try:
+                    os.unlink(endpoint[6:])
+                except OSError:
+                    pass
+        sock_dir = socket_dir(self.spec["data_dir"])
+        if sock_dir != self.spec["data_dir"]:
             try:
-                os.unlink(endpoint[6:])
+                os.rmdir(sock_dir)
             except OSError:
                 pass
         if self._lock_fd is not None:

@@ -54,6 +54,12 @@ _NOT_READY_PAUSE_S = 0.05
 BATCH_CHUNK_OPS = 256
 
 _live_backends: "weakref.WeakSet[ClusterBackend]" = weakref.WeakSet()
+#: every client context not yet closed, held strongly on purpose: a Database
+#: dropped without close() may be collected as part of a reference cycle, and
+#: a ZeroMQ context finalized before its sockets waits for them forever. Held
+#: here, a context outlives its sockets (which close as they are collected) and
+#: is destroyed by close() or at exit.
+_open_contexts: set = set()
 
 
 def _after_fork_in_child() -> None:
@@ -63,13 +69,15 @@ def _after_fork_in_child() -> None:
 
 
 def _close_all_at_exit() -> None:
-    # A Database left open must not hang the interpreter's exit: a ZeroMQ
-    # context torn down with sockets still open waits for them forever.
+    # A Database left open must not hang the interpreter's exit.
     for backend in list(_live_backends):
         try:
             backend.close()
         except Exception:
             pass
+    for ctx in list(_open_contexts):
+        ctx.destroy(0)
+    _open_contexts.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -121,6 +129,7 @@ class ClusterBackend:
         self.max_message_bytes = max_message_bytes
         self.direct = bool(direct)
         self.ctx = zmq.Context(1)
+        _open_contexts.add(self.ctx)
         self._local = threading.local()
         self._states: "weakref.WeakSet[_ThreadState]" = weakref.WeakSet()
         self._states_lock = threading.Lock()
@@ -493,6 +502,7 @@ class ClusterBackend:
         for st in states:
             st.close()
         self.ctx.destroy(0)
+        _open_contexts.discard(self.ctx)
         _live_backends.discard(self)
 
     def describe(self) -> str:

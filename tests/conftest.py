@@ -51,8 +51,16 @@ def _open_embedded(**options):
 
 
 #: backend name -> factory(**options) returning an open Database
+def _open_cluster(**options):
+    # One 2-shard inmemory cluster per test process (real coordinator and shard
+    # processes), wiped before each database it hands out.
+    from cluster.shared import open_cluster_db
+    return open_cluster_db(**options)
+
+
 BACKENDS = {
     "embedded": _open_embedded,
+    "cluster": _open_cluster,
 }
 
 

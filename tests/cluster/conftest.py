@@ -17,22 +17,16 @@ import pytest
 import inmem
 
 
-def _shard_processes(root_pids) -> list:
-    """Live processes started from this checkout's shard or coordinator modules."""
+def _group_members(pgids) -> list:
+    """Live (not zombie) processes in the given process groups."""
     found = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = p.info.get("cmdline") or []
-        if "shard.worker" in cmd or "coordinator" in cmd:
-            if p.info["pid"] in root_pids or _descends_from(p, root_pids):
+    for p in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            if os.getpgid(p.info["pid"]) in pgids and p.info["status"] != psutil.STATUS_ZOMBIE:
                 found.append(p)
+        except (ProcessLookupError, psutil.Error):
+            continue
     return found
-
-
-def _descends_from(proc, pids) -> bool:
-    try:
-        return any(parent.pid in pids for parent in proc.parents())
-    except psutil.Error:
-        return False
 
 
 @pytest.fixture
@@ -48,11 +42,18 @@ def make_cluster(tmp_path):
         started.append(cluster)
         if start:
             cluster.start()
+            cluster._first_pid = cluster.proc.pid
         return cluster
 
     yield make
+    # Each cluster runs in its own process group (its coordinator's pid), so
+    # what a test left behind is found by group, never confused with a
+    # cluster someone else in this process is running.
+    groups = set()
     for cluster in started:
         pid = cluster.proc.pid if cluster.proc is not None else None
+        if pid is not None:
+            groups.add(pid)
         try:
             cluster.stop(timeout=20)
         except Exception:
@@ -62,11 +63,11 @@ def make_cluster(tmp_path):
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-    me = os.getpid()
+    groups |= {pid for pid in (getattr(c, "_first_pid", None) for c in started) if pid}
     deadline = time.monotonic() + 10
-    while _shard_processes({me}) and time.monotonic() < deadline:
+    while _group_members(groups) and time.monotonic() < deadline:
         time.sleep(0.05)
-    left = _shard_processes({me})
+    left = _group_members(groups)
     for p in left:
         try:
             p.kill()
