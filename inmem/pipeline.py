@@ -14,6 +14,9 @@ from .errors import InvalidValue
 from .transaction import copy_value
 
 
+_CONTAINERS = (dict, list)
+
+
 class _PipelineState(StateCells):
     __slots__ = ()
 
@@ -38,8 +41,11 @@ class Pipeline:
     def _queue(self, op, args):
         # Values are captured now: a list or dict the caller changes before
         # execute() must not change what is written.
-        self._ops.append((op, tuple(copy_value(a) if type(a) in (dict, list) else a
-                                    for a in args)))
+        for a in args:
+            if type(a) in _CONTAINERS:
+                args = tuple(copy_value(a) if type(a) in _CONTAINERS else a for a in args)
+                break
+        self._ops.append((op, args))
         return None
 
     def begin_run(self, name=None, run_id=None, parent=None, tags=(), metadata=None):
