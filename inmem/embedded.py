@@ -30,15 +30,31 @@ class EmbeddedBackend:
     # -- the one entry point -------------------------------------------------------
 
     def call(self, op, args):
+        if self.store is None:
+            with self.lock:
+                if self._closed:
+                    raise InmemError("the database is closed")
+                return self._execute(op, args)
+        return self._durable(self._execute, (op, args), op in WRITE_OPS)
+
+    def call_batch(self, ops) -> list:
+        if self.store is None:
+            with self.lock:
+                if self._closed:
+                    raise InmemError("the database is closed")
+                return self.engine.execute_batch(ops)
+        return self._durable(self.engine.execute_batch, (ops,),
+                             any(op in WRITE_OPS for op, _ in ops))
+
+    def _durable(self, fn, fn_args, writes: bool):
+        """Run `fn` under the lock and log what it committed as its durability mode asks."""
         store = self.store
         with self.lock:
             if self._closed:
                 raise InmemError("the database is closed")
-            if store is None:
-                return self._execute(op, args)
-            if store.writer.failed and op in WRITE_OPS:
+            if writes and store.writer.failed:
                 store.check_writable()  # reads still answer from memory
-            result = self._execute(op, args)
+            result = fn(*fn_args)
             if self._buffered:
                 if len(self.engine.log) >= self._batch_max:
                     store.emit_locked(kick=True)
@@ -48,26 +64,6 @@ class EmbeddedBackend:
         if token is not None:
             store.wait_durable(token)
         return result
-
-    def call_batch(self, ops) -> list:
-        store = self.store
-        with self.lock:
-            if self._closed:
-                raise InmemError("the database is closed")
-            if store is not None and store.writer.failed and any(op in WRITE_OPS for op, _ in ops):
-                store.check_writable()
-            results = self.engine.execute_batch(ops)
-            if store is None:
-                return results
-            if self._buffered:
-                if len(self.engine.log) >= self._batch_max:
-                    store.emit_locked(kick=True)
-                return results
-            groups = self.engine.take_log()
-            token = store.log_groups(groups) if groups else None
-        if token is not None:
-            store.wait_durable(token)
-        return results
 
     def fanout(self, op, args) -> list:
         """One answer per shard; the embedded store is one shard."""
