@@ -1,13 +1,18 @@
-"""Data and loops shared by the tiers: keys, values, bulk loads, and KV loops for every peer.
+"""Data and loops shared by the tiers: keys, values, text, bulk loads, and KV loops for every peer.
 
 Keys are 16-byte strings and values raw bytes, the shape DESIGN.md measured
 (16 B keys, 100 B values). The same index-to-key mapping (`keys[i % len]`)
 drives our loop and every peer's, so all of them touch the same key sequence.
+
+Text for the search rows comes from a seeded pseudo-word vocabulary: every
+word is one token for the search tokenizer (lowercase letters only) and the
+same seed always gives the same words, documents and queries.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import tempfile
 
@@ -41,6 +46,45 @@ def load_ours(db, run: str, keys, value, batch: int = LOAD_BATCH) -> None:
         for r in results:
             if isinstance(r, BaseException):
                 raise r
+
+
+def load_items(db, items, batch: int = LOAD_BATCH) -> int:
+    """Bulk-load (run, key, value) triples through pipelines; how many were written."""
+    done = 0
+    for lo in range(0, len(items), batch):
+        with db.pipeline() as p:
+            put = p.kv.put
+            for run, k, v in items[lo:lo + batch]:
+                put(run, k, v)
+            results = p.execute()
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        done += len(results)
+    return done
+
+
+_ONSETS = ("b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
+           "br", "ch", "dr", "gl", "kr", "pl", "sh", "st", "th", "tr")
+_VOWELS = ("a", "e", "i", "o", "u", "ai", "ea", "ou")
+
+
+def make_vocabulary(n: int, seed: int = 5) -> list[str]:
+    """`n` distinct pseudo-words of 2-4 syllables, the same list for the same seed."""
+    rng = random.Random(seed)
+    words: dict[str, None] = {}
+    while len(words) < n:
+        syllables = rng.randint(2, 4)
+        words["".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(syllables))] = None
+    return list(words)
+
+
+def make_texts(n: int, vocabulary: list[str], rng: random.Random,
+               words: tuple[int, int] = (4, 10)) -> list[str]:
+    """`n` strings of `words` (min, max) words drawn uniformly from `vocabulary`."""
+    lo, hi = words
+    choices, randint = rng.choices, rng.randint
+    return [" ".join(choices(vocabulary, k=randint(lo, hi))) for _ in range(n)]
 
 
 def measure_stats(m) -> dict:
@@ -108,5 +152,5 @@ def sqlite_file_opener(ctx, synchronous: str):
     return open_kv, cleanup, path
 
 
-__all__ = ["make_keys", "make_value", "load_ours", "kv_loop", "measure_peer_kv",
+__all__ = ["make_keys", "make_value", "load_ours", "load_items", "make_vocabulary", "make_texts", "kv_loop", "measure_peer_kv",
            "measure_stats", "lmdb_opener", "sqlite_file_opener", "KEY_BYTES", "VALUE_BYTES"]

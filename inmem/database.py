@@ -13,11 +13,8 @@ import random
 import time
 import uuid
 
-from .errors import InvalidValue, RunNotFound, StateNotFound, TransactionConflict, VersionMismatch
+from .errors import RunNotFound, StateNotFound, TransactionConflict, VersionMismatch
 from .types import RunView, State
-
-_TRACE_NONE = None
-
 
 class _Section:
     __slots__ = ("_call",)
@@ -320,8 +317,3 @@ class Database:
 
     def __repr__(self) -> str:
         return f"<inmem.Database {self._backend.describe()}>"
-
-
-def check_callable(fn, what: str) -> None:
-    if not callable(fn):
-        raise InvalidValue(f"{what} must be callable")

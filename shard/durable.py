@@ -28,8 +28,6 @@ import threading
 import time
 import traceback
 
-import msgpack
-
 from inmem.errors import DurabilityError, InmemError
 from inmem.types import SnapshotInfo
 from recovery.sequence import recover, snapshot_dir, wal_dir

@@ -16,29 +16,27 @@ immutable tuple, which CPython performs atomically.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
-from operator import itemgetter
 import uuid
+from operator import itemgetter
 
 import msgpack
 
-from inmem.errors import (InvalidKey, InvalidStatusTransition, InvalidValue, RunExists,
-                          RunNotActive, RunNotFound, StateExists, StateNotFound,
-                          TraceNotFound, TransactionConflict, ValueTooLarge, VersionMismatch,
-                          InmemError)
+from inmem.errors import (InmemError, InvalidKey, InvalidValue, RunExists, RunNotActive,
+                          RunNotFound, StateExists, TraceNotFound, TransactionConflict,
+                          ValueTooLarge, VersionMismatch)
 from inmem.types import ChainCheck, Event, RunInfo, State, Trace, TraceTree, Versioned
 from inmem.values import (_SCALARS, DEFAULT_MAX_VALUE_BYTES, KEY_BYTES_MAX, ZERO_HASH,
                           canonical, check_key, check_value)
 
 from . import jsonpath
-from .effects import (APPLY, ENDED, EV_APPEND, JS_DEL, JS_PUT, KV_DEL, KV_PUT, RUN_CREATE,
+from .effects import (APPLY, EV_APPEND, JS_DEL, JS_PUT, KV_DEL, KV_PUT, RUN_CREATE,
                       RUN_DELETE, RUN_STATUS, ST_DEL, ST_PUT, TR_ADD)
 from .lifecycle import STATUSES, WRITABLE, check_transition
 from .replay import fold
 from .search_index import PRIMITIVES, SearchIndex, _packed_text, snippet
-
-import hashlib
 
 _unpackb = msgpack.unpackb
 _sha256 = hashlib.sha256
@@ -360,14 +358,6 @@ class Engine:
             e = self._kv_live(r, check_key(key))
             out.append(None if e is None else _unpack(e[2]))
         return out
-
-    def _kv_sorted(self, r: RunData, prefix) -> list:
-        if type(prefix) is not str:
-            raise InvalidKey("prefix must be a str")
-        now = self.clock()
-        return sorted(e for k, e in r.kv.items()
-                      if e[2] is not None and k.startswith(prefix)
-                      and (e[5] is None or e[5] > now))
 
     def kv_keys(self, run, prefix="") -> list:
         r = self._run(run)
