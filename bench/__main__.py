@@ -22,7 +22,8 @@ from . import machine, report
 from .context import Context, error_row, fmt_count, scaled_sizes
 from .peers import ALL_PEERS, Peers
 
-TIERS = ("micro", "durability", "recovery", "memory", "concurrency", "cluster", "scenarios")
+TIERS = ("micro", "durability", "recovery", "memory", "concurrency", "cluster", "scenarios",
+         "replay")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 

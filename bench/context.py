@@ -44,6 +44,12 @@ FULL_SIZES = {
     "cluster_batched_ops": 500_000,
     "cluster_strict_ops_per_client": 2_000,
     "cluster_scale_ops_per_client": 200_000,
+    "replay_run_events": [1_000, 10_000],   # tier replay: events per replayed run
+    "replay_diff_keys": 1_000,              # keys per run in diff_runs
+    "replay_repeats": 21,                   # replays/diffs timed per row (p50 of them)
+    "search_docs": 100_000,
+    "search_queries": 200,
+    "index_rebuild_keys": 1_000_000,
 }
 
 QUICK_SIZES = {
@@ -64,10 +70,16 @@ QUICK_SIZES = {
     "cluster_batched_ops": 100_000,
     "cluster_strict_ops_per_client": 300,
     "cluster_scale_ops_per_client": 30_000,
+    "replay_run_events": [1_000, 10_000],
+    "replay_diff_keys": 1_000,
+    "replay_repeats": 11,
+    "search_docs": 20_000,
+    "search_queries": 50,
+    "index_rebuild_keys": 100_000,
 }
 
 _FLOORS = {"repeats": 1, "micro_big_ops": 10, "strict_ops": 10, "group_ops_total": 64,
-           "scenario_steps": 10}
+           "scenario_steps": 10, "replay_repeats": 3, "search_queries": 10}
 _DEFAULT_FLOOR = 50
 
 

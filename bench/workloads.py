@@ -152,5 +152,6 @@ def sqlite_file_opener(ctx, synchronous: str):
     return open_kv, cleanup, path
 
 
-__all__ = ["make_keys", "make_value", "load_ours", "load_items", "make_vocabulary", "make_texts", "kv_loop", "measure_peer_kv",
-           "measure_stats", "lmdb_opener", "sqlite_file_opener", "KEY_BYTES", "VALUE_BYTES"]
+__all__ = ["make_keys", "make_value", "load_ours", "load_items", "make_vocabulary", "make_texts",
+           "kv_loop", "measure_peer_kv", "measure_stats", "lmdb_opener", "sqlite_file_opener",
+           "KEY_BYTES", "VALUE_BYTES"]

@@ -10,6 +10,13 @@ on the output's filesystem and is stopped by its `with` block.
   pipelines (transaction=False) of 1000 SETs.
 - `cluster.kv.put.strict.8clients` (strict): 8 client processes, one put per
   round trip each, on their own runs; Redis appendfsync always, 8 processes.
+- `cluster.kv.put.{single,batched,strict.8clients}.direct`: the same three
+  workloads on the same cluster with clients made by `connect(direct=True)`,
+  which send run operations straight to the owning shard (the slot map names
+  its endpoint) instead of through the coordinator; fresh runs, so the keys
+  are new as they were for the routed rows. The Redis figure is the one the
+  routed row measured (one measurement, shown on both rows), so the pair of
+  rows shows what the coordinator hop costs.
 - `cluster.kv.put.scale.shards{1,2}` (buffered): 2 client processes on
   disjoint runs, pipelines of 100, against 1 and then 2 shards; Redis (one
   server, one thread) with the same 2 clients.
@@ -103,8 +110,11 @@ class _Running:
 
 ROWS = (
     ("cluster.kv.put.single", "buffered", ("redis",)),
+    ("cluster.kv.put.single.direct", "buffered", ("redis",)),
     ("cluster.kv.put.batched", "buffered", ("redis",)),
+    ("cluster.kv.put.batched.direct", "buffered", ("redis",)),
     ("cluster.kv.put.strict.8clients", "strict", ("redis",)),
+    ("cluster.kv.put.strict.8clients.direct", "strict", ("redis",)),
     ("cluster.kv.put.scale.shards1", "buffered", ("redis",)),
     ("cluster.kv.put.scale.shards2", "buffered", ("redis",)),
     ("cluster.multi_agent.procs2", "buffered", ()),
@@ -117,11 +127,12 @@ ROWS = (
 def run(ctx: Context) -> None:
     s = ctx.sizes
     groups = [
-        (("cluster.kv.put.single", "cluster.kv.put.batched"),
+        (("cluster.kv.put.single", "cluster.kv.put.single.direct", "cluster.kv.put.batched",
+          "cluster.kv.put.batched.direct"),
          # Round trips cost ~100x an embedded op: three repeats are plenty.
          lambda: _single_and_batched(ctx, s["cluster_single_ops"], s["cluster_batched_ops"],
                                      min(3, s["repeats"]))),
-        (("cluster.kv.put.strict.8clients",),
+        (("cluster.kv.put.strict.8clients", "cluster.kv.put.strict.8clients.direct"),
          lambda: _strict_8(ctx, s["cluster_strict_ops_per_client"])),
         (("cluster.kv.put.scale.shards1", "cluster.kv.put.scale.shards2"),
          lambda: _scale(ctx, s["cluster_scale_ops_per_client"])),
@@ -166,23 +177,16 @@ def _stats(m):
 def _single_and_batched(ctx, single_ops, batched_ops, reps):
     value = make_value(VALUE_BYTES)
     keys = make_keys(max(single_ops, BATCH * 10))
-    nk = len(keys)
     batches = max(3, batched_ops // BATCH)
-    with _Running(ctx, shards=2, durability="buffered") as (_cluster, db):
-        run = db.begin_run(name="bench")
-        put = db.kv.put
-        single = measure(lambda i: put(run, keys[i % nk], value), single_ops, repeats=reps,
-                         warmup=min(single_ops, 200), samples=min(single_ops, 2000))
-
-        def batch(i):
-            base = (i % 10) * BATCH
-            with db.pipeline() as p:
-                pput = p.kv.put
-                for k in keys[base:base + BATCH]:
-                    pput(run, k, value)
-                p.execute()
-
-        batched = measure(batch, batches, repeats=reps, warmup=2, samples=min(batches, 200))
+    ours = {}
+    with _Running(ctx, shards=2, durability="buffered") as (cluster, db):
+        ours["routed"] = _put_loops(db, "bench", keys, value, single_ops, batches, reps)
+        direct = cluster.connect(direct=True)
+        try:
+            ours["direct"] = _put_loops(direct, "bench-direct", keys, value, single_ops,
+                                        batches, reps)
+        finally:
+            direct.close()
     details: dict = {}
     redis = _RedisSession(ctx, "buffered")
     try:
@@ -193,19 +197,47 @@ def _single_and_batched(ctx, single_ops, batched_ops, reps):
                                   "redis")
     finally:
         redis.close()
-    ctx.add(make_row("cluster.kv.put.single", TIER, "buffered", "ops/s",
-                     value=single.ops_per_s, p50=single.p50_us, p99=single.p99_us, n=single.n,
-                     peers={"redis": peer_single},
-                     extra={"shards": 2, "ours": _stats(single), "peer_detail": details,
-                            "peer_config": {"redis": "appendonly, appendfsync everysec; "
-                                                     "one SET per round trip"}}))
-    ctx.add(make_row("cluster.kv.put.batched", TIER, "buffered", "ops/s",
-                     value=batched.ops_per_s * BATCH, n=batched.n * BATCH,
-                     peers={"redis": peer_batched},
-                     extra={"shards": 2, "batch": BATCH, "batch_p50_us": batched.p50_us,
-                            "batch_p99_us": batched.p99_us, "peer_detail": details_b,
-                            "peer_config": {"redis": "appendfsync everysec; pipelines of "
-                                                     "1000 SETs, transaction=False"}}))
+    routes = (("routed", "", "through the coordinator"),
+              ("direct", ".direct", "straight to the owning shard (connect(direct=True))"))
+    for route, suffix, how in routes:
+        single = ours[route][0]
+        ctx.add(make_row(f"cluster.kv.put.single{suffix}", TIER, "buffered", "ops/s",
+                         value=single.ops_per_s, p50=single.p50_us, p99=single.p99_us,
+                         n=single.n, peers={"redis": peer_single},
+                         extra={"shards": 2, "route": how, "ours": _stats(single),
+                                "peer_detail": details,
+                                "peer_config": {"redis": "appendonly, appendfsync everysec; "
+                                                         "one SET per round trip"}}))
+    for route, suffix, how in routes:
+        batched = ours[route][1]
+        ctx.add(make_row(f"cluster.kv.put.batched{suffix}", TIER, "buffered", "ops/s",
+                         value=batched.ops_per_s * BATCH, n=batched.n * BATCH,
+                         peers={"redis": peer_batched},
+                         extra={"shards": 2, "route": how, "batch": BATCH,
+                                "batch_p50_us": batched.p50_us,
+                                "batch_p99_us": batched.p99_us, "peer_detail": details_b,
+                                "peer_config": {"redis": "appendfsync everysec; pipelines of "
+                                                         "1000 SETs, transaction=False"}}))
+
+
+def _put_loops(db, run_name, keys, value, single_ops, batches, reps):
+    """(single, batched) measurements of puts into a fresh run of `db`."""
+    nk = len(keys)
+    run = db.begin_run(name=run_name)
+    put = db.kv.put
+    single = measure(lambda i: put(run, keys[i % nk], value), single_ops, repeats=reps,
+                     warmup=min(single_ops, 200), samples=min(single_ops, 2000))
+
+    def batch(i):
+        base = (i % 10) * BATCH
+        with db.pipeline() as p:
+            pput = p.kv.put
+            for k in keys[base:base + BATCH]:
+                pput(run, k, value)
+            p.execute()
+
+    batched = measure(batch, batches, repeats=reps, warmup=2, samples=min(batches, 200))
+    return single, batched
 
 
 class _RedisSession:
@@ -269,7 +301,7 @@ def _client_loop(spec, barrier):
     runs = spec.get("runs") or []
     closer = None
     if spec["target"] == "inmem":
-        db = inmem.connect(spec["endpoint"], timeout=30)
+        db = inmem.connect(spec["endpoint"], timeout=30, direct=spec.get("direct", False))
         closer = db.close
         if spec["kind"] == "put" and batch == 1:
             put = db.kv.put
@@ -379,11 +411,15 @@ def run_clients(specs: list[dict]) -> dict:
 
 def _strict_8(ctx, per_client):
     clients = 8
+    ours = {}
     with _Running(ctx, shards=2, durability="strict") as (cluster, db):
-        runs = [db.begin_run(name=f"client-{c}") for c in range(clients)]
-        ours = run_clients([{"target": "inmem", "endpoint": cluster.endpoint, "kind": "put",
-                             "runs": [runs[c]], "ops": per_client, "client": c}
-                            for c in range(clients)])
+        for route in ("routed", "direct"):
+            # Fresh runs for each route, so both write new keys.
+            runs = [db.begin_run(name=f"{route}-client-{c}") for c in range(clients)]
+            ours[route] = run_clients([
+                {"target": "inmem", "endpoint": cluster.endpoint, "kind": "put",
+                 "runs": [runs[c]], "ops": per_client, "client": c,
+                 "direct": route == "direct"} for c in range(clients)])
     details: dict = {}
 
     def redis_side():
@@ -396,12 +432,18 @@ def _strict_8(ctx, per_client):
         return r["ops_per_s"], r
 
     peer = peer_value(redis_side, details, "redis")
-    ctx.add(make_row("cluster.kv.put.strict.8clients", TIER, "strict", "ops/s",
-                     value=ours["ops_per_s"], p50=ours["p50_us"], p99=ours["p99_us"],
-                     n=ours["ops"], peers={"redis": peer},
-                     extra={"clients": clients, "shards": 2, "ours": ours, "peer_detail": details,
-                            "peer_config": {"redis": "appendonly, appendfsync always; 8 client "
-                                                     "processes, one SET per round trip"}}))
+    for route, suffix in (("routed", ""), ("direct", ".direct")):
+        r = ours[route]
+        ctx.add(make_row(f"cluster.kv.put.strict.8clients{suffix}", TIER, "strict", "ops/s",
+                         value=r["ops_per_s"], p50=r["p50_us"], p99=r["p99_us"],
+                         n=r["ops"], peers={"redis": peer},
+                         extra={"clients": clients, "shards": 2,
+                                "route": "straight to the owning shard (connect(direct=True))"
+                                if route == "direct" else "through the coordinator",
+                                "ours": r, "peer_detail": details,
+                                "peer_config": {"redis": "appendonly, appendfsync always; 8 "
+                                                         "client processes, one SET per "
+                                                         "round trip"}}))
 
 
 def _scale(ctx, per_client):
