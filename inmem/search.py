@@ -1,7 +1,8 @@
 """Search across shards: gather collection statistics, then score with them everywhere.
 
 Phase one asks every shard for its document count, total length and each
-query term's document frequency; their sums are the global statistics.
+query term's document frequency (bringing its index up to date first, within
+the budget); their sums are the global statistics.
 Phase two sends those to every shard, which scores its own documents with
 them and returns its best `offset + limit` hits; the merge keeps the order
 (score descending, then primitive, run, ref). The result is what one index
@@ -39,16 +40,19 @@ def search(backend, query, run=None, primitives=None, limit=10, offset=0, budget
         return SearchResponse([], 0, False, (time.perf_counter() - t0) * 1000)
     n_docs = total_len = 0
     dfs = dict.fromkeys(terms, 0)
-    for shard_n, shard_len, shard_dfs in backend.fanout("search.stats", (terms,)):
+    complete = True
+    for shard_n, shard_len, shard_dfs, shard_complete in backend.fanout(
+            "search.stats", (terms, budget_ms)):
         n_docs += shard_n
         total_len += shard_len
+        complete = complete and shard_complete
         for t, n in shard_dfs.items():
             dfs[t] = dfs.get(t, 0) + n
     if budget_ms is not None:
         budget_ms = max(budget_ms - (time.perf_counter() - t0) * 1000, 0)
     parts = backend.fanout("search.query", (terms, n_docs, total_len, dfs, run, primitives,
                                             offset + limit, budget_ms))
-    hits, matches, exhausted = [], 0, False
+    hits, matches, exhausted = [], 0, not complete
     for part_hits, part_matches, part_exhausted in parts:
         hits.extend(part_hits)
         matches += part_matches

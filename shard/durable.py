@@ -142,6 +142,11 @@ class DurableStore:
         def loop():
             while not self._stop.wait(0.25):
                 try:
+                    # The search index follows the journal in short slices, so
+                    # writers wait at most a few milliseconds for the lock.
+                    with holder.lock:
+                        if not self._closed:
+                            self.engine.index_step(3)
                     self.maybe_snapshot(holder)
                 except Exception:  # a failed snapshot is logged; serving goes on
                     log.exception("background snapshot failed")

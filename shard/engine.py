@@ -806,10 +806,15 @@ class Engine:
     def run_journal_length(self, run) -> int:
         return len(self._run(run).journal)
 
-    def search_stats(self, terms) -> list:
+    def search_stats(self, terms, budget_ms=None) -> list:
+        """[docs, total length, {term: df}, index complete] of this shard."""
         terms = _check_terms(terms)
-        self.index.catch_up(self.runs, self.clock())
-        return self.index.stats(terms)
+        complete = self.index.catch_up(self.runs, self.clock(), _deadline(budget_ms))
+        return [*self.index.stats(terms), complete]
+
+    def index_step(self, max_ms: float) -> bool:
+        """Background work: bring the search index up to date for at most `max_ms`."""
+        return self.index.catch_up(self.runs, self.clock(), time.monotonic() + max_ms / 1000)
 
     def search_query(self, terms, n_docs, total_len, dfs, run=None, primitives=None, top=10,
                      budget_ms=None) -> list:
@@ -821,14 +826,11 @@ class Engine:
             raise InvalidValue("top must be an int >= 0")
         if type(dfs) is not dict or type(n_docs) is not int or type(total_len) is not int:
             raise InvalidValue("search statistics are malformed")
-        deadline = None
-        if budget_ms is not None:
-            if type(budget_ms) not in (int, float) or budget_ms < 0:
-                raise InvalidValue("budget_ms must be a number >= 0")
-            deadline = time.monotonic() + budget_ms / 1000
-        self.index.catch_up(self.runs, self.clock())
+        deadline = _deadline(budget_ms)
+        complete = self.index.catch_up(self.runs, self.clock(), deadline)
         hits, matches, exhausted = self.index.query(terms, n_docs, total_len, dfs, run, primitives,
                                                     top, deadline)
+        exhausted = exhausted or not complete
         out = [[prim, run_id, ref, score, snippet(self._doc_texts(prim, run_id, ref), terms)]
                for score, prim, run_id, ref in hits]
         return [out, matches, exhausted]
@@ -900,6 +902,14 @@ _TX_WRITE_OPS = frozenset((
 #: operations that change state (a shard worker needs a WAL write only for these)
 WRITE_OPS = _TX_WRITE_OPS | {"run.begin", "run.end", "run.abort", "run.set_status",
                              "run.delete", "tx.commit"}
+
+
+def _deadline(budget_ms):
+    if budget_ms is None:
+        return None
+    if type(budget_ms) not in (int, float) or budget_ms < 0:
+        raise InvalidValue("budget_ms must be a number >= 0")
+    return time.monotonic() + budget_ms / 1000
 
 
 def _check_terms(terms) -> list:

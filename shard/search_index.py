@@ -15,10 +15,13 @@ Dict keys and bytes are not text. Tokens are the lowercased Unicode words of
 the text (`\\w+`). A document with no token is not indexed.
 
 The index never reaches disk and costs the write path nothing: it follows
-each run's journal with a watermark and catches up before a search (and in
-full after recovery), so a search always sees every committed write. A
-deleted run's documents go when the run goes; an expired key leaves the
-index at the first search after its expiry.
+each run's journal with a watermark. It is rebuilt in full at recovery,
+kept up in the background (the shard worker's idle turns, the embedded
+store's scheduler thread, in slices of a few milliseconds under the lock)
+and brought fully up to date before each search, so a search sees every
+committed write — unless its `budget_ms` runs out first, which it then
+reports. A deleted run's documents go when the run goes; an expired key
+leaves the index at the first catch-up after its expiry.
 
 Scoring is BM25 (k1 = 1.2, b = 0.75, idf = ln(1 + (N - n + 0.5) / (n + 0.5)))
 with N, the average document length and each term's n taken over the whole
@@ -30,6 +33,7 @@ hit scores the same as it would in one big index.
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 import math
 import re
 import time
@@ -106,15 +110,15 @@ class SearchIndex:
             run_docs.discard(doc)
 
     def _put(self, doc, texts) -> None:
-        self._remove(doc)
-        tokens = []
-        for text in texts:
-            tokens.extend(tokenize(text))
+        if doc in self.docs:
+            self._remove(doc)
+        if len(texts) == 1:
+            tokens = _WORD.findall(texts[0].lower())
+        else:
+            tokens = _WORD.findall(" ".join(texts).lower())
         if not tokens:
             return
-        tfs: dict = {}
-        for tok in tokens:
-            tfs[tok] = tfs.get(tok, 0) + 1
+        tfs = Counter(tokens)
         self.docs[doc] = (len(tokens), tfs)
         self.total_len += len(tokens)
         postings = self.postings
@@ -124,40 +128,57 @@ class SearchIndex:
                 postings[term] = {doc: tf}
             else:
                 plist[doc] = tf
-        self.by_run.setdefault(doc[1], set()).add(doc)
+        run_docs = self.by_run.get(doc[1])
+        if run_docs is None:
+            self.by_run[doc[1]] = {doc}
+        else:
+            run_docs.add(doc)
 
     def drop_run(self, run_id: str) -> None:
         for doc in list(self.by_run.pop(run_id, ())):
             self._remove(doc)
         self.watermark.pop(run_id, None)
 
-    def catch_up(self, runs: dict, now_us: int) -> None:
-        """Index every journal entry not yet indexed; drop deleted runs and expired keys."""
+    def catch_up(self, runs: dict, now_us: int, deadline: float | None = None) -> bool:
+        """Index every journal entry not yet indexed; drop deleted runs and expired keys.
+
+        With a `deadline` (time.monotonic()) it stops there and returns False;
+        the watermarks keep what was done, so the next call goes on from it.
+        """
         for run_id in [r for r in self.watermark if r not in runs]:
             self.drop_run(run_id)
         for run_id, r in runs.items():
             journal = r.journal
             done = self.watermark.get(run_id, 0)
-            if done == len(journal):
+            end = len(journal)
+            if done == end:
                 continue
             index_effect = self._index_effect
             textish = _TEXTISH
             docs = self.docs
-            for i in range(done, len(journal)):
-                eff = journal[i]
-                # Fast skip: a KV write whose value holds no text and replaces
-                # no indexed document (the bulk of a rebuild).
-                if eff[0] == KV_PUT and eff[5] is None and not textish[eff[2][0]] \
-                        and ("kv", run_id, eff[1]) not in docs:
-                    continue
-                index_effect(run_id, r, eff)
-            self.watermark[run_id] = len(journal)
+            i = done
+            while i < end:
+                stop = end if deadline is None else min(end, i + 256)
+                for j in range(i, stop):
+                    eff = journal[j]
+                    # Fast skip: a KV write whose value holds no text and replaces
+                    # no indexed document (the bulk of a rebuild of binary data).
+                    if eff[0] == KV_PUT and eff[5] is None and not textish[eff[2][0]] \
+                            and ("kv", run_id, eff[1]) not in docs:
+                        continue
+                    index_effect(run_id, r, eff)
+                i = stop
+                if deadline is not None and i < end and time.monotonic() > deadline:
+                    self.watermark[run_id] = i
+                    return False
+            self.watermark[run_id] = end
         heap = self.expiring
         while heap and heap[0][0] <= now_us:
             expires_at, doc, eff = heapq.heappop(heap)
             r = runs.get(doc[1])
             if r is not None and r.kv.get(doc[2]) is eff:
                 self._remove(doc)
+        return True
 
     def _index_effect(self, run_id, r, eff) -> None:
         code = eff[0]

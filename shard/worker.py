@@ -54,6 +54,7 @@ log = logging.getLogger("inmem.shard")
 DRAIN_MAX = 4096
 POLL_MS = 100
 IDLE_EVERY_S = 0.25
+INDEX_STEP_MS = 5
 EXIT_DURABILITY = 3
 EXIT_STARTUP = 2
 
@@ -331,6 +332,9 @@ class Worker:
     # -- upkeep and shutdown -------------------------------------------------------
 
     def idle(self) -> None:
+        # Keep the search index close to the journal, a few ms at a time, so a
+        # search rarely has a backlog to index first.
+        self.engine.index_step(INDEX_STEP_MS)
         if self.store is not None:
             try:
                 self.store.maybe_snapshot(self.holder)
