@@ -118,7 +118,9 @@ class SearchIndex:
             tokens = _WORD.findall(" ".join(texts).lower())
         if not tokens:
             return
-        tfs = Counter(tokens)
+        tfs = dict.fromkeys(tokens, 1)
+        if len(tfs) != len(tokens):  # a repeated word: count properly
+            tfs = Counter(tokens)
         self.docs[doc] = (len(tokens), tfs)
         self.total_len += len(tokens)
         postings = self.postings
