@@ -279,7 +279,9 @@ class RedisServer:
             raise ValueError(f"unknown persistence {persistence!r}")
         self.persistence = persistence
         self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="redis-", dir=parent_dir)
+        # Absolute: redis-server changes into --dir before it opens --logfile, so
+        # a relative path (from a relative --out) would point nowhere.
+        self.dir = os.path.abspath(tempfile.mkdtemp(prefix="redis-", dir=parent_dir))
         self._log_path = os.path.join(self.dir, "redis.log")
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
                 "--daemonize", "no", "--save", "", "--logfile", self._log_path,
