@@ -9,6 +9,12 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import msgpack
+
+
+def _unpack_value(data):
+    return msgpack.unpackb(data, raw=False)
+
 
 class Versioned(NamedTuple):
     value: Any
@@ -105,9 +111,16 @@ class RunView(NamedTuple):
 
     @classmethod
     def from_wire(cls, wire) -> "RunView":
+        """Decode what `shard.replay.fold` sends: values still in their packed bytes."""
         kv, docs, state, events, traces, position = wire
-        return cls(kv, docs, state, [e if type(e) is Event else Event._make(e) for e in events],
-                   [t if type(t) is Trace else Trace._make(t) for t in traces], position)
+        unpack = _unpack_value
+        return cls({k: unpack(v) for k, v in kv.items()},
+                   {k: unpack(v) for k, v in docs.items()},
+                   {k: unpack(v) for k, v in state.items()},
+                   [Event(e[0], e[1], unpack(e[2]), e[3], e[4], e[5]) for e in events],
+                   [Trace(t[0], t[1], t[2], unpack(t[3]), list(t[4]),
+                          None if t[5] is None else unpack(t[5]), t[6]) for t in traces],
+                   position)
 
 
 class DiffEntry(NamedTuple):

@@ -14,25 +14,19 @@ reason.
 
 from __future__ import annotations
 
-import msgpack
-
-from inmem.types import Event, Trace
-
 from .effects import EV_APPEND, JS_DEL, JS_PUT, KV_DEL, KV_PUT, RUN_CREATE, RUN_STATUS, ST_DEL, ST_PUT, TR_ADD
-
-_unpackb = msgpack.unpackb
 
 #: where each effect keeps its timestamp
 _TS_INDEX = {RUN_CREATE: 6, RUN_STATUS: 2, KV_PUT: 4, KV_DEL: 4, EV_APPEND: 4, ST_PUT: 4,
              ST_DEL: 4, TR_ADD: 7, JS_PUT: 4, JS_DEL: 4}
 
 
-def _unpack(data):
-    return _unpackb(data, raw=False)
-
-
 def fold(journal: list, at=None) -> list:
-    """[kv, json, state, events, traces, position] of the run after `at` journal entries."""
+    """[kv, json, state, events, traces, position] of the run after `at` journal entries.
+
+    Values, payloads and trace data are the packed bytes; events and traces are
+    their effect tuples without the code. `inmem.types.RunView.from_wire` decodes.
+    """
     n = len(journal)
     if at is None or at > n:
         at = n
@@ -57,11 +51,12 @@ def fold(journal: list, at=None) -> list:
         elif code == TR_ADD:
             traces.append(eff)
     now = journal[at - 1][_TS_INDEX[journal[at - 1][0]]] if at else 0
-    kv_view = {k: _unpack(e[2]) for k, e in sorted(kv.items())
+    # Values stay in the msgpack bytes they are stored as: the caller decodes
+    # each once (RunView.from_wire), so a cluster never unpacks and repacks them.
+    kv_view = {k: e[2] for k, e in sorted(kv.items())
                if e[2] is not None and (e[5] is None or e[5] > now)}
-    state_view = {k: _unpack(e[2]) for k, e in sorted(state.items()) if e[2] is not None}
-    json_view = {k: _unpack(e[2]) for k, e in sorted(docs.items()) if e[2] is not None}
-    event_view = [Event(e[1], e[2], _unpack(e[3]), e[4], e[5], e[6]) for e in events]
-    trace_view = [Trace(e[1], e[2], e[3], _unpack(e[4]), list(e[5]),
-                        None if e[6] is None else _unpack(e[6]), e[7]) for e in traces]
+    state_view = {k: e[2] for k, e in sorted(state.items()) if e[2] is not None}
+    json_view = {k: e[2] for k, e in sorted(docs.items()) if e[2] is not None}
+    event_view = [e[1:] for e in events]
+    trace_view = [e[1:] for e in traces]
     return [kv_view, json_view, state_view, event_view, trace_view, at]
