@@ -11,6 +11,8 @@ values (None on the missing side).
 
 from __future__ import annotations
 
+from shard.search_index import ref_key
+
 from .types import DiffEntry, RunDiff, RunView
 
 
@@ -35,7 +37,7 @@ def diff_views(a: RunView, b: RunView) -> RunDiff:
 
 
 def _diff_maps(prim, da, db_, added, removed, modified, content):
-    for key in sorted(da.keys() | db_.keys(), key=_sort_key):
+    for key in sorted(da.keys() | db_.keys(), key=ref_key):
         if key not in db_:
             removed.append(DiffEntry(prim, key, da[key], None))
         elif key not in da:
@@ -58,7 +60,3 @@ def _same(x, y) -> bool:
     if type(x) is float and x != x:
         return y != y  # NaN: the same value stored twice is not a change
     return x == y
-
-
-def _sort_key(key):
-    return (0, key, "") if type(key) is int else (1, 0, key)

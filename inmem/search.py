@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import time
 
-from shard.search_index import PRIMITIVES, tokenize
+from shard.search_index import PRIMITIVES, ref_key, tokenize
 
 from .errors import InvalidValue
 from .types import Hit, SearchResponse
 
 
 def _order(hit):
-    ref = hit[2]
-    return (-hit[3], hit[0], hit[1], (0, ref, "") if type(ref) is int else (1, 0, ref))
+    return (-hit[3], hit[0], hit[1], ref_key(hit[2]))
 
 
 def search(backend, query, run=None, primitives=None, limit=10, offset=0, budget_ms=None):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from shard import jsonpath
 
-from .errors import InmemError, InvalidValue
+from .errors import InvalidValue
 from .values import check_value
 
 _DELETED = object()
@@ -223,5 +223,3 @@ class Transaction:
             self.commit()
         return False
 
-
-__all__ = ["Transaction", "InmemError"]

@@ -1,4 +1,4 @@
-"""The value model: what a value and a key may be, and how both are encoded.
+"""The value model: what a value and a key may be (checks used by the engine and clients).
 
 A value is None, bool, int64, float, str, bytes, list, or a dict with str keys,
 nested freely. The store keeps every value as the msgpack bytes it was
@@ -9,11 +9,7 @@ caller a private copy that it may mutate freely.
 
 from __future__ import annotations
 
-import hashlib
-
-import msgpack
-
-from .errors import InvalidKey, InvalidValue, ValueTooLarge
+from .errors import InvalidKey, InvalidValue
 
 KEY_BYTES_MAX = 1024
 DEFAULT_MAX_VALUE_BYTES = 16 * 2**20
@@ -23,18 +19,6 @@ INT64_MAX = 2**63 - 1
 DEPTH_MAX = 256
 
 _SCALARS = frozenset((str, bytes, float, bool, type(None)))
-
-_unpackb = msgpack.unpackb
-
-
-def pack(value) -> bytes:
-    # A fresh call each time: a shared Packer is not safe across threads, and
-    # packb's own per-call Packer costs only ~0.1 us more.
-    return msgpack.packb(value, use_bin_type=True)
-
-
-def unpack(data: bytes):
-    return _unpackb(data, raw=False)
 
 
 def check_key(key, what: str = "key") -> str:
@@ -84,20 +68,6 @@ def check_value(value, _depth: int = 0) -> None:
                        "(use None, bool, int, float, str, bytes, list or dict)")
 
 
-def encode_value(value, max_bytes: int) -> bytes:
-    """Validate and encode a value; the bytes are what the store keeps."""
-    t = type(value)
-    if t not in _SCALARS:
-        check_value(value)
-    try:
-        data = msgpack.packb(value, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as exc:  # pragma: no cover - check_value guards
-        raise InvalidValue(str(exc)) from None
-    if len(data) > max_bytes:
-        raise ValueTooLarge(f"encoded value is {len(data)} bytes, over the limit of {max_bytes}")
-    return data
-
-
 def canonical(value):
     """A copy of `value` with every map's keys sorted, recursively (for hashing)."""
     t = type(value)
@@ -106,13 +76,6 @@ def canonical(value):
     if t is list:
         return [canonical(v) for v in value]
     return value
-
-
-def event_hash(sequence: int, event_type: str, payload, timestamp: int, prev_hash: bytes) -> bytes:
-    """sha256 over the canonical msgpack encoding documented in API.md."""
-    body = msgpack.packb([sequence, event_type, canonical(payload), timestamp, prev_hash],
-                         use_bin_type=True)
-    return hashlib.sha256(body).digest()
 
 
 ZERO_HASH = bytes(32)

@@ -46,6 +46,21 @@ TRACE_TYPES = frozenset(("tool_call", "decision", "query", "thought", "error", "
 _EV_PREFIX = b"\x95"  # msgpack fixarray of 5: [sequence, type, payload, ts, prev_hash]
 
 
+def _packb_shared(value) -> bytes:
+    # Reads run without the write lock, so they may not use the engine's packer.
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def _hash_input(pack, sequence, event_type, payload: bytes, ts, prev_hash) -> bytes:
+    """msgpack([sequence, type, payload, ts, prev_hash]) with the payload already canonical bytes.
+
+    The hashed array is assembled from parts so the stored payload bytes are
+    not decoded and packed again (API.md defines the hash over this array).
+    """
+    return b"".join((_EV_PREFIX, pack(sequence), pack(event_type), payload, pack(ts),
+                     pack(prev_hash)))
+
+
 def _now_us() -> int:
     return time.time_ns() // 1000
 
@@ -382,11 +397,7 @@ class Engine:
         seq = len(r.events)
         prev = r.events[-1][6] if seq else ZERO_HASH
         ts = self.clock()
-        # The payload bytes are already the canonical encoding, so the hashed
-        # array is assembled from parts instead of packing the payload again.
-        body = b"".join((_EV_PREFIX, _packb(seq), _packb(event_type), data, _packb(ts),
-                         _packb(prev)))
-        h = _sha256(body).digest()
+        h = _sha256(_hash_input(_packb, seq, event_type, data, ts, prev)).digest()
         eff = (EV_APPEND, seq, event_type, data, ts, prev, h)
         self._commit(r, eff)
         # The caller's own payload object: the stored copy is the packed bytes,
@@ -429,8 +440,7 @@ class Engine:
         r = self._run(run)
         prev = ZERO_HASH
         for i, e in enumerate(r.events):
-            body = b"".join((_EV_PREFIX, msgpack.packb(e[1]), msgpack.packb(e[2], use_bin_type=True),
-                             e[3], msgpack.packb(e[4]), msgpack.packb(e[5], use_bin_type=True)))
+            body = _hash_input(_packb_shared, e[1], e[2], e[3], e[4], e[5])
             if e[1] != i:
                 return ChainCheck(False, len(r.events), i, f"event {i} has sequence {e[1]}")
             if e[5] != prev:
@@ -803,9 +813,6 @@ class Engine:
             raise InvalidValue(f"at must be an int journal position or None, got {at!r}")
         return fold(r.journal, at)
 
-    def run_journal_length(self, run) -> int:
-        return len(self._run(run).journal)
-
     def search_stats(self, terms, budget_ms=None) -> list:
         """[docs, total length, {term: df}, index complete] of this shard."""
         terms = _check_terms(terms)
@@ -884,7 +891,7 @@ class Engine:
             "js.put": self.js_put, "js.get": self.js_get, "js.set": self.js_set,
             "js.delete": self.js_delete, "js.push": self.js_push, "js.pop": self.js_pop,
             "tx.read": self.tx_read, "tx.commit": self.tx_commit,
-            "run.replay": self.run_replay, "run.journal_length": self.run_journal_length,
+            "run.replay": self.run_replay,
             "search.stats": self.search_stats, "search.query": self.search_query,
             "engine.counts": self.counts,
         }

@@ -248,12 +248,13 @@ class SearchIndex:
 
 def _order(item):
     doc, score = item
-    return (-score, doc[0], doc[1], _ref_key(doc[2]))
+    return (-score, doc[0], doc[1], ref_key(doc[2]))
 
 
-def _ref_key(ref):
-    # Event refs are ints, the rest str: never compared with each other (the
-    # primitive decides first), but a tuple keeps the sort total anyway.
+def ref_key(ref):
+    """Sort key for a ref or diff key that may be an int (event sequence) or a str."""
+    # Ints and strs are never compared with each other (the primitive decides
+    # first), but a tuple keeps the sort total anyway.
     return (0, ref, "") if type(ref) is int else (1, 0, ref)
 
 

@@ -367,6 +367,15 @@ def _write_single_puts(db, run, keys, value):
             put(run, k, value)
 
 
+def _timed_reopen(path):
+    """(ms to open the store, its recovery report): the recovery being measured."""
+    ms, db = time_once(lambda: open_durable(path, "buffered", **NEVER))
+    try:
+        return ms, _report(db)
+    finally:
+        db.close()
+
+
 def _child_wal(keys, value, path) -> dict:
     db = open_durable(path, "buffered", **NEVER)
     try:
@@ -375,11 +384,7 @@ def _child_wal(keys, value, path) -> dict:
         wal_bytes = db.info()["shards"][0].get("wal_bytes")
     finally:
         db.close()  # snapshot_on_close=False: only the WAL is left
-    ms, db = time_once(lambda: open_durable(path, "buffered", **NEVER))
-    try:
-        report = _report(db)
-    finally:
-        db.close()
+    ms, report = _timed_reopen(path)
     return {"ms": ms, "wal_bytes": wal_bytes, "recovery_report": report}
 
 
@@ -436,11 +441,7 @@ def _child_full(keys, value, path) -> dict:
         _write_single_puts(db, run, keys[:tail], value[::-1])
     finally:
         db.close()
-    ms, db = time_once(lambda: open_durable(path, "buffered", **NEVER))
-    try:
-        report = _report(db)
-    finally:
-        db.close()
+    ms, report = _timed_reopen(path)
     return {"ms": ms, "tail": tail, "recovery_report": report}
 
 

@@ -118,10 +118,12 @@ def _side(ctx, side, names, corpus) -> None:
                 except Exception as exc:  # one broken case must not cost the others
                     ctx.add(error_row(name, TIER, MODE, "ms", exc, target=TARGETS.get(name)))
     except (ClusterUnavailable, DurableUnavailable) as exc:
-        _fill(ctx, done, names, lambda name: skipped_row(name, TIER, MODE, "ms", str(exc),
+        reason = str(exc)
+        _fill(ctx, done, names, lambda name: skipped_row(name, TIER, MODE, "ms", reason,
                                                         target=TARGETS.get(name)))
     except Exception as exc:  # e.g. the slot map could not be read: the rows say why
-        _fill(ctx, done, names, lambda name: error_row(name, TIER, MODE, "ms", exc,
+        failure = exc
+        _fill(ctx, done, names, lambda name: error_row(name, TIER, MODE, "ms", failure,
                                                       target=TARGETS.get(name)))
 
 
