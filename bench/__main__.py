@@ -1,4 +1,4 @@
-"""The benchmark command: `inmem bench [options]` (= `python -m bench`), plus the
+"""The benchmark command: `inmem bench [options]` (= `python -m inmem.bench`), plus the
 subcommands `compare OLD NEW`, `markdown RESULTS` and `plot RESULTS [DIR]`.
 
 Runs the chosen tiers in order, prints progress on stderr, writes
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
             ctx.log(f"tier {tier} ...")
             t0 = time.monotonic()
             try:
-                module = importlib.import_module(f"bench.tiers.{tier}")
+                module = importlib.import_module(f"inmem.bench.tiers.{tier}")
                 module.run(ctx)
             except KeyboardInterrupt:
                 interrupted = True

@@ -2,7 +2,7 @@
 
 matplotlib is installed with pip when missing (unless installing was turned
 off); without it the plots are skipped with a message and nothing else
-changes. `python -m bench.plots results.json [DIR]` redraws them from a file.
+changes. `python -m inmem.bench.plots results.json [DIR]` redraws them from a file.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     from .report import load
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or len(argv) > 2:
-        print("usage: python -m bench.plots results.json [OUT_DIR]", file=sys.stderr)
+        print("usage: python -m inmem.bench.plots results.json [OUT_DIR]", file=sys.stderr)
         return 2
     doc = load(argv[0])
     out = argv[1] if len(argv) == 2 else os.path.dirname(os.path.abspath(argv[0]))

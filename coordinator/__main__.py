@@ -1,7 +1,7 @@
-"""`python -m coordinator`: run a cluster's coordinator (and its local shards) in the foreground.
+"""`python -m inmem.coordinator`: run a cluster's coordinator (and its local shards) in the foreground.
 
-    python -m coordinator --config cluster.toml [--data-dir DIR] [--shards N] ...
-    python -m coordinator --spec '<json>'        # a resolved spec (how inmem.Cluster starts it)
+    python -m inmem.coordinator --config cluster.toml [--data-dir DIR] [--shards N] ...
+    python -m inmem.coordinator --spec '<json>'        # a resolved spec (how inmem.Cluster starts it)
 
 `inmem serve` is the same program with the same options.
 """
@@ -14,7 +14,7 @@ import sys
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m coordinator", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m inmem.coordinator", description=__doc__.splitlines()[0])
     p.add_argument("--config")
     p.add_argument("--spec", help="a resolved cluster spec, as JSON")
     p.add_argument("--data-dir")
@@ -25,12 +25,12 @@ def main(argv=None) -> int:
                    help="stop when the parent process dies (how inmem.Cluster starts it)")
     args = p.parse_args(argv)
     if args.watch_parent:
-        from shard.worker import _die_with_parent
-        from coordinator import server
+        from inmem.shard.worker import _die_with_parent
+        from inmem.coordinator import server
         server.PARENT_PID = _die_with_parent()
     from inmem.cluster import serve_main
     if args.spec:
-        from coordinator.server import run
+        from inmem.coordinator.server import run
         from inmem.cluster import line_printer
         return run(json.loads(args.spec), out=line_printer())
     return serve_main(args)

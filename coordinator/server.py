@@ -53,7 +53,7 @@ HELLO_EVERY_S = 0.2
 DRAIN_MAX = 1024
 #: a cluster request (info, fan-out) not answered by then is answered Timeout
 INTERNAL_TIMEOUT_S = 30.0
-#: set by `python -m coordinator --watch-parent`: stop when this process is gone
+#: set by `python -m inmem.coordinator --watch-parent`: stop when this process is gone
 PARENT_PID: int | None = None
 
 
@@ -547,7 +547,7 @@ def _lock(data_dir: str) -> int:
 
 
 def run(spec: dict, out=print) -> int:
-    """Serve until SIGTERM or SIGINT; the body of `inmem serve` and `python -m coordinator`."""
+    """Serve until SIGTERM or SIGINT; the body of `inmem serve` and `python -m inmem.coordinator`."""
     coord = Coordinator(spec, out=out)
 
     def stop(signum, frame):

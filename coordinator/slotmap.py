@@ -123,7 +123,7 @@ class SlotMap:
             m.save(data_dir)
             return m
         if existing.shard_count != shard_count and not count_is_auto:
-            from coordinator.config import ConfigError
+            from inmem.coordinator.config import ConfigError
             raise ConfigError(
                 f"{cls.path(data_dir)} records {existing.shard_count} shards but the config asks "
                 f"for {shard_count}; moving runs between shards is not supported yet, so start "

@@ -85,7 +85,7 @@ class Supervisor:
                 self.spawn(h)
 
     def spawn(self, h: ShardHandle) -> None:
-        cmd = [sys.executable, "-m", "shard.worker", "--shard", str(h.id),
+        cmd = [sys.executable, "-m", "inmem.shard.worker", "--shard", str(h.id),
                "--spec", self._spec_json, "--watch-parent"]
         h.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=self._env, close_fds=True)
         h.pid = h.proc.pid
@@ -178,7 +178,7 @@ def _child_env() -> dict:
 
 
 def _exit_note(spec: dict, shard: int) -> str | None:
-    from shard.worker import exit_note_path
+    from inmem.shard.worker import exit_note_path
     try:
         with open(exit_note_path(spec, shard), encoding="utf-8") as f:
             note = json.load(f)

@@ -26,7 +26,7 @@ def open(path=None, durability: str = "buffered", *, clock=None, **options) -> D
     """Open an embedded store. `path` None = in memory only (durability is then "inmemory")."""
     from .embedded import EmbeddedBackend
     from .values import DEFAULT_MAX_VALUE_BYTES
-    from shard.engine import Engine
+    from inmem.shard.engine import Engine
 
     if durability not in DURABILITY_MODES:
         raise InvalidValue(f"durability must be one of {DURABILITY_MODES}, got {durability!r}")
@@ -36,7 +36,7 @@ def open(path=None, durability: str = "buffered", *, clock=None, **options) -> D
             raise TypeError(f"unknown options: {sorted(options.keys() - _DURABLE_OPTIONS)}")
         engine = Engine(clock=clock, max_value_bytes=max_value_bytes)
         return Database(EmbeddedBackend(engine))
-    from shard.durable import DurableStore
+    from inmem.shard.durable import DurableStore
     store, engine = DurableStore.open(path, durability=durability, clock=clock,
                                       max_value_bytes=max_value_bytes, **options)
     backend = EmbeddedBackend(engine, store)

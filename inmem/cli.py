@@ -25,7 +25,7 @@ def _cmd_demo(args) -> int:
         return 0
     # The default: start a local cluster on the default config (data under
     # ./data unless --data-dir says otherwise), play against it, stop it.
-    from coordinator import config as cfg
+    from inmem.coordinator import config as cfg
     spec = cfg.load(args.config)
     data_dir = args.data_dir or spec["data_dir"]
     print(f"starting a local cluster in {os.path.abspath(data_dir)} ...", flush=True)
@@ -66,14 +66,14 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_bench(argv) -> int:
-    from bench.__main__ import main as bench_main
+    from inmem.bench.__main__ import main as bench_main
     return bench_main(argv)
 
 
 def _cmd_wal(args) -> int:
     import os
 
-    from wal.inspect import main as inspect_main
+    from inmem.wal.inspect import main as inspect_main
     target = args.dir
     if os.path.isdir(os.path.join(target, "wal")):  # a store (or shard) directory
         target = os.path.join(target, "wal")
@@ -81,7 +81,7 @@ def _cmd_wal(args) -> int:
 
 
 def _cmd_snapshot(args) -> int:
-    from recovery.snapshot_format import verify_main
+    from inmem.recovery.snapshot_format import verify_main
     return verify_main([args.file])
 
 

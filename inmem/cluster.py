@@ -37,7 +37,7 @@ class Cluster:
 
     def __init__(self, config=None, data_dir=None, shards=None, durability=None, *,
                  ready_timeout: float = 60.0, **overrides):
-        from coordinator import config as cfg
+        from inmem.coordinator import config as cfg
         self._tmp = None
         if data_dir is None:
             self._tmp = tempfile.mkdtemp(prefix="inmem-cluster-")
@@ -59,13 +59,13 @@ class Cluster:
 
     def start(self, wait: bool = True) -> "Cluster":
         """Start the coordinator; with wait, return once the cluster is ready."""
-        from coordinator.supervisor import _child_env
+        from inmem.coordinator.supervisor import _child_env
         if self.proc is not None:
             raise InmemError("this cluster is already running")
         os.makedirs(self.data_dir, exist_ok=True)
         self._log = open(os.path.join(self.data_dir, "coordinator.log"), "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "coordinator", "--spec", json.dumps(self.spec),
+            [sys.executable, "-m", "inmem.coordinator", "--spec", json.dumps(self.spec),
              "--watch-parent"],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True, env=_child_env(), close_fds=True)
@@ -154,7 +154,7 @@ class Cluster:
         if self._log is not None:
             self._log.close()
             self._log = None
-        from coordinator.config import socket_dir
+        from inmem.coordinator.config import socket_dir
         sock_dir = socket_dir(self.data_dir)
         if sock_dir != self.data_dir:
             shutil.rmtree(sock_dir, ignore_errors=True)
@@ -203,8 +203,8 @@ class Cluster:
 
 
 def serve_main(args) -> int:
-    from coordinator import config as cfg
-    from coordinator.server import run
+    from inmem.coordinator import config as cfg
+    from inmem.coordinator.server import run
     try:
         spec = cfg.load(args.config, data_dir=args.data_dir, shards=args.shards,
                         durability=args.durability, endpoint=args.endpoint)
@@ -218,7 +218,7 @@ def serve_main(args) -> int:
 
 
 def status_main(args) -> int:
-    from coordinator import config as cfg
+    from inmem.coordinator import config as cfg
     from .client import ClusterBackend
     try:
         endpoint = args.endpoint or cfg.load(args.config)["client_endpoint"]
@@ -238,7 +238,7 @@ def status_main(args) -> int:
     c = status["coordinator"]
     print(f"{endpoint}: {'ready' if status['ready'] else 'NOT READY'}; coordinator pid "
           f"{c['pid']}, {c['durability']}, {len(status['shards'])} shards")
-    from coordinator.fanout import describe_recovery
+    from inmem.coordinator.fanout import describe_recovery
     for s in status["shards"]:
         line = f"  shard {s['shard']}: {s['state']}, pid {s['pid']}, {s['endpoint']}"
         if s["state"] == "ready":

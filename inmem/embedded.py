@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 
-from shard.engine import WRITE_OPS, Engine
+from inmem.shard.engine import WRITE_OPS, Engine
 
 from .database import KV
 from .errors import InmemError

@@ -11,7 +11,7 @@ values (None on the missing side).
 
 from __future__ import annotations
 
-from shard.search_index import ref_key
+from inmem.shard.search_index import ref_key
 
 from .types import DiffEntry, RunDiff, RunView
 

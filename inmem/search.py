@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from shard.search_index import PRIMITIVES, ref_key, tokenize
+from inmem.shard.search_index import PRIMITIVES, ref_key, tokenize
 
 from .errors import InvalidValue
 from .types import Hit, SearchResponse

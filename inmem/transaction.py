@@ -10,7 +10,7 @@ the shard checks every version and applies all writes or none.
 from __future__ import annotations
 
 
-from shard import jsonpath
+from inmem.shard import jsonpath
 
 from .errors import InvalidValue
 from .values import check_value

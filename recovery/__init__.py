@@ -9,7 +9,7 @@
 - `recovery.errors` owns the typed errors all three raise.
 """
 
-from recovery.errors import (
+from inmem.recovery.errors import (
     CorruptionError,
     PolicyInputError,
     PolicyTableError,
@@ -18,7 +18,7 @@ from recovery.errors import (
     SnapshotUnsupported,
     WalGapError,
 )
-from recovery.snapshot_format import (
+from inmem.recovery.snapshot_format import (
     FORMAT_VERSION,
     MAGIC,
     Snapshot,
@@ -28,7 +28,7 @@ from recovery.snapshot_format import (
     verify_main,
     write_snapshot_file,
 )
-from recovery.snapshot_store import SnapshotInfo, SnapshotStore
+from inmem.recovery.snapshot_store import SnapshotInfo, SnapshotStore
 
 __all__ = [
     "CorruptionError", "PolicyInputError", "PolicyTableError", "SnapshotCorrupt",

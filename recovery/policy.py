@@ -52,7 +52,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from recovery.errors import CorruptionError, PolicyInputError, PolicyTableError, WalGapError
+from inmem.recovery.errors import CorruptionError, PolicyInputError, PolicyTableError, WalGapError
 
 INPUTS: tuple[str, ...] = (
     "newest_snapshot_ok",

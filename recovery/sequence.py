@@ -24,11 +24,11 @@ import sys
 import time
 
 from inmem.types import RecoveryResult
-from shard.effects import decode_batch
-from recovery import policy
-from recovery.snapshot_store import SnapshotStore
-from wal.reader import Corruption, TornTail, WalReader
-from wal.segment import fsync_dir, list_segments
+from inmem.shard.effects import decode_batch
+from inmem.recovery import policy
+from inmem.recovery.snapshot_store import SnapshotStore
+from inmem.wal.reader import Corruption, TornTail, WalReader
+from inmem.wal.segment import fsync_dir, list_segments
 
 log = logging.getLogger("inmem.recovery")
 
@@ -109,7 +109,7 @@ def _recover(directory, engine, shard, max_corrupt_entries, snapshot_retention, 
     start_lsn = 0
     snapshot_used = None
     if snap is not None:
-        from shard.snapshot_codec import load
+        from inmem.shard.snapshot_codec import load
         load(engine, snap.sections)
         start_lsn = snap.wal_position
         snapshot_used = os.path.abspath(snap.path)

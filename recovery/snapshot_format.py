@@ -65,7 +65,7 @@ from typing import Mapping, Sequence
 import crc32c
 import msgpack
 
-from recovery.errors import SnapshotCorrupt, SnapshotError, SnapshotUnsupported
+from inmem.recovery.errors import SnapshotCorrupt, SnapshotError, SnapshotUnsupported
 
 MAGIC = b"INMEMSNP"
 FORMAT_VERSION = 1

@@ -27,11 +27,11 @@ import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from recovery.errors import SnapshotCorrupt
-from recovery.snapshot_format import Snapshot, read_snapshot_file, write_snapshot_file
+from inmem.recovery.errors import SnapshotCorrupt
+from inmem.recovery.snapshot_format import Snapshot, read_snapshot_file, write_snapshot_file
 
 try:
-    from wal import failpoints as _failpoints
+    from inmem.wal import failpoints as _failpoints
 except ImportError:
     _failpoints = None
 

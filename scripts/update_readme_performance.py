@@ -16,7 +16,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.report import load, markdown  # noqa: E402
+from inmem.bench.report import load, markdown  # noqa: E402
 
 BEGIN = "<!-- performance:begin (scripts/update_readme_performance.py) -->"
 END = "<!-- performance:end -->"

@@ -30,10 +30,10 @@ import traceback
 
 from inmem.errors import DurabilityError, InmemError
 from inmem.types import SnapshotInfo
-from recovery.sequence import recover, snapshot_dir, wal_dir
-from wal.failpoints import failpoint, register
-from wal.record import RECORD_BYTES_MAX
-from wal.writer import WalWriter
+from inmem.recovery.sequence import recover, snapshot_dir, wal_dir
+from inmem.wal.failpoints import failpoint, register
+from inmem.wal.record import RECORD_BYTES_MAX
+from inmem.wal.writer import WalWriter
 
 from .effects import encode_batch
 from .engine import Engine

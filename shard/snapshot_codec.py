@@ -30,7 +30,7 @@ from operator import itemgetter
 
 import msgpack
 
-from recovery import snapshot_format as fmt
+from inmem.recovery import snapshot_format as fmt
 
 from .effects import APPLY, PRIMITIVE, RUN_CREATE
 from .engine import Engine, RunData

@@ -1,7 +1,7 @@
 """The shard worker process: one engine, its WAL and its snapshots, behind a ZeroMQ ROUTER.
 
-    python -m shard.worker --config cluster.toml --shard 1     # by hand (another host)
-    python -m shard.worker --spec '<json>' --shard 1          # how the coordinator starts it
+    python -m inmem.shard.worker --config cluster.toml --shard 1     # by hand (another host)
+    python -m inmem.shard.worker --spec '<json>' --shard 1          # how the coordinator starts it
 
 Start-up: recover the shard directory `<data_dir>/shard-<N>` (snapshot + WAL,
 through `shard.durable`; nothing to recover in inmemory mode), then bind the
@@ -46,7 +46,7 @@ import zmq
 from inmem import protocol
 from inmem.errors import DurabilityError, InmemError, ProtocolError
 from inmem.protocol import KIND_ADMIN, KIND_BATCH, KIND_OP
-from shard.engine import WRITE_OPS, Engine
+from inmem.shard.engine import WRITE_OPS, Engine
 
 log = logging.getLogger("inmem.shard")
 
@@ -102,7 +102,7 @@ class Worker:
             self.engine = Engine(clock=self.clock, max_value_bytes=self.spec["max_value_bytes"])
             self.recovery = None
             return
-        from shard.durable import DurableStore
+        from inmem.shard.durable import DurableStore
         self.store, self.engine = DurableStore.open(
             self.path, durability=self.durability, max_value_bytes=self.spec["max_value_bytes"],
             shard=self.shard, clock=self.clock, **self.spec["options"])
@@ -111,7 +111,7 @@ class Worker:
         self.recovery = self.store.recovery_result
 
     def bind(self) -> None:
-        from coordinator.config import bind_endpoint
+        from inmem.coordinator.config import bind_endpoint
         self.ctx = zmq.Context(1)
         sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -398,12 +398,12 @@ def _die_with_parent() -> int | None:
 
 
 def build_spec(args) -> dict:
-    from coordinator import config
+    from inmem.coordinator import config
     if args.spec:
         return json.loads(args.spec)
     spec = config.load(args.config, data_dir=args.data_dir, durability=args.durability)
     if spec["shards_auto"] and not spec["shard_table"]:
-        from coordinator.slotmap import SlotMap
+        from inmem.coordinator.slotmap import SlotMap
         persisted = SlotMap.peek_shard_count(spec["data_dir"])
         if persisted:
             spec = config.with_shard_count(spec, persisted)
@@ -411,7 +411,7 @@ def build_spec(args) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m shard.worker",
+    p = argparse.ArgumentParser(prog="python -m inmem.shard.worker",
                                 description="one shard of an inmem cluster")
     p.add_argument("--shard", type=int, required=True)
     p.add_argument("--spec", help="the resolved cluster spec, as JSON (from the coordinator)")

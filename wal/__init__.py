@@ -1,6 +1,6 @@
 """The write-ahead log: record format, segment writer (buffered and strict), tolerant reader.
 
-    from wal import WalWriter, WalReader
+    from inmem.wal import WalWriter, WalReader
     with WalWriter(path, "strict") as w:
         lsn = w.append(payload)            # durable when it returns
     reader = WalReader(path, start_lsn=0)
@@ -13,16 +13,16 @@ Modules: `record` (the bytes of a record), `segment` (file names and listing),
 `inmem wal inspect` command), `errors`.
 """
 
-from wal.errors import (RecordTooLarge, WalClosed, WalError, WalFailed,
+from inmem.wal.errors import (RecordTooLarge, WalClosed, WalError, WalFailed,
                         WalNeedsRecovery)
-from wal.failpoints import KNOWN_FAILPOINTS, failpoint, register
-from wal.reader import (CleanEnd, Corruption, SkippedRegion, TornTail, WalReader,
+from inmem.wal.failpoints import KNOWN_FAILPOINTS, failpoint, register
+from inmem.wal.reader import (CleanEnd, Corruption, SkippedRegion, TornTail, WalReader,
                         find_record)
-from wal.record import (FORMAT_VERSION, RECORD_BYTES_MAX, RECORD_OVERHEAD, TYPE_BATCH,
+from inmem.wal.record import (FORMAT_VERSION, RECORD_BYTES_MAX, RECORD_OVERHEAD, TYPE_BATCH,
                         TYPE_NAMES, encode, encode_into)
-from wal.segment import list_segments, parse_segment_name, segment_name
-from wal.writer import MODES, WalWriter
-from wal.inspect import inspect_wal
+from inmem.wal.segment import list_segments, parse_segment_name, segment_name
+from inmem.wal.writer import MODES, WalWriter
+from inmem.wal.inspect import inspect_wal
 
 __all__ = [
     "CleanEnd", "Corruption", "FORMAT_VERSION", "KNOWN_FAILPOINTS", "MODES",

@@ -15,9 +15,9 @@ import json
 import os
 import sys
 
-from wal.reader import Corruption, TornTail, WalReader
-from wal.record import TYPE_NAMES
-from wal.segment import list_segments, other_files
+from inmem.wal.reader import Corruption, TornTail, WalReader
+from inmem.wal.record import TYPE_NAMES
+from inmem.wal.segment import list_segments, other_files
 
 EXIT_CLEAN = 0
 EXIT_TORN_TAIL = 1

@@ -51,9 +51,9 @@ from typing import ClassVar, Iterator
 
 from crc32c import crc32c
 
-from wal.record import (PREFIX_CRC, CRC, CRC_SIZE, FORMAT_VERSION, HEADER, HEADER_SIZE,
+from inmem.wal.record import (PREFIX_CRC, CRC, CRC_SIZE, FORMAT_VERSION, HEADER, HEADER_SIZE,
                         RECORD_BYTES_MAX, RECORD_OVERHEAD)
-from wal.segment import list_segments
+from inmem.wal.segment import list_segments
 
 
 @dataclass(frozen=True)

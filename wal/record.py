@@ -31,7 +31,7 @@ import struct
 
 from crc32c import crc32c
 
-from wal.errors import RecordTooLarge
+from inmem.wal.errors import RecordTooLarge
 
 #: The record format version written into every record.
 FORMAT_VERSION = 1

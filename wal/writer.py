@@ -45,11 +45,11 @@ import os
 import threading
 import time
 
-from wal.errors import WalClosed, WalError, WalFailed, WalNeedsRecovery
-from wal.failpoints import failpoint, register
-from wal.reader import CleanEnd, WalReader, read_file
-from wal.record import RECORD_OVERHEAD, TYPE_BATCH, append_record, checked_size
-from wal.segment import (LSN_MAX, fsync_dir, list_segments, remove_temp_files,
+from inmem.wal.errors import WalClosed, WalError, WalFailed, WalNeedsRecovery
+from inmem.wal.failpoints import failpoint, register
+from inmem.wal.reader import CleanEnd, WalReader, read_file
+from inmem.wal.record import RECORD_OVERHEAD, TYPE_BATCH, append_record, checked_size
+from inmem.wal.segment import (LSN_MAX, fsync_dir, list_segments, remove_temp_files,
                          segment_path)
 
 logger = logging.getLogger("inmem.wal")

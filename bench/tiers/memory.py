@@ -1,6 +1,6 @@
 """Tier memory: resident memory per key, ours against Redis and plain Python dicts.
 
-Each of our cases runs in a fresh interpreter (`python -m bench.tiers.memory
+Each of our cases runs in a fresh interpreter (`python -m inmem.bench.tiers.memory
 CASE N`) so that what one case allocated, or fragmented, never shows in
 another: the child imports everything, opens the store, collects garbage,
 reads its RSS (psutil), stores N keys (16-byte str keys, distinct 100-byte
@@ -83,7 +83,7 @@ def child(case: str, n: int) -> dict:
 
 
 def run_child(case: str, n: int) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "bench.tiers.memory", case, str(n)],
+    proc = subprocess.run([sys.executable, "-m", "inmem.bench.tiers.memory", case, str(n)],
                           cwd=str(REPO_ROOT), capture_output=True, text=True,
                           timeout=CHILD_TIMEOUT_S, env={**os.environ, "PYTHONHASHSEED": "0"})
     if proc.returncode != 0:
@@ -191,5 +191,5 @@ def _measure_redis(ctx, n, batch: int = 1000) -> dict:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        raise SystemExit("usage: python -m bench.tiers.memory CASE N")
+        raise SystemExit("usage: python -m inmem.bench.tiers.memory CASE N")
     print(json.dumps(child(sys.argv[1], int(sys.argv[2]))))

@@ -109,7 +109,7 @@ CHILD_TIMEOUT_S = 3600
 
 
 def run_child(case: str, n: int, path: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "bench.tiers.recovery", case, str(n), path],
+    proc = subprocess.run([sys.executable, "-m", "inmem.bench.tiers.recovery", case, str(n), path],
                           cwd=str(REPO_ROOT), capture_output=True, text=True,
                           timeout=CHILD_TIMEOUT_S)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -468,5 +468,5 @@ def _full(ctx, keys, value):
 
 if __name__ == "__main__":
     if len(sys.argv) != 4:
-        raise SystemExit("usage: python -m bench.tiers.recovery CASE N DIR")
+        raise SystemExit("usage: python -m inmem.bench.tiers.recovery CASE N DIR")
     print(json.dumps(child(sys.argv[1], int(sys.argv[2]), sys.argv[3])))

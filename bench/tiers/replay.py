@@ -356,7 +356,7 @@ def _search(st, side, corpus, queries):
 # -- index rebuild during recovery (children) ------------------------------------------
 
 def _run_child(case: str, n: int, path: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "bench.tiers.replay", case, str(n), path],
+    proc = subprocess.run([sys.executable, "-m", "inmem.bench.tiers.replay", case, str(n), path],
                           cwd=str(REPO_ROOT), capture_output=True, text=True,
                           timeout=CHILD_TIMEOUT_S)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -447,5 +447,5 @@ def _index_rebuild(ctx, n):
 
 if __name__ == "__main__":
     if len(sys.argv) != 4:
-        raise SystemExit("usage: python -m bench.tiers.replay build|reopen N DIR")
+        raise SystemExit("usage: python -m inmem.bench.tiers.replay build|reopen N DIR")
     print(json.dumps(child(sys.argv[1], int(sys.argv[2]), sys.argv[3])))

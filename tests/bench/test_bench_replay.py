@@ -11,12 +11,12 @@ import random
 
 import pytest
 
-from bench.__main__ import TIERS, main
-from bench.tiers import cluster as cluster_tier
-from bench.tiers.replay import ids_on_distinct_shards, row_names
-from bench.workloads import make_texts, make_vocabulary
+from inmem.bench.__main__ import TIERS, main
+from inmem.bench.tiers import cluster as cluster_tier
+from inmem.bench.tiers.replay import ids_on_distinct_shards, row_names
+from inmem.bench.workloads import make_texts, make_vocabulary
 from inmem.protocol import SLOT_COUNT, slot_of
-from shard.search_index import tokenize
+from inmem.shard.search_index import tokenize
 
 
 def _run(tmp_path, *extra):

@@ -10,11 +10,11 @@ import json
 
 import pytest
 
-from bench.__main__ import main
-from bench.context import make_row, target
-from bench.harness import measure, percentile
-from bench.report import ROW_KEYS, compare, compare_main
-from bench.tiers.micro import REQUIRED_ROWS
+from inmem.bench.__main__ import main
+from inmem.bench.context import make_row, target
+from inmem.bench.harness import measure, percentile
+from inmem.bench.report import ROW_KEYS, compare, compare_main
+from inmem.bench.tiers.micro import REQUIRED_ROWS
 
 
 def _run(tmp_path, *extra):
@@ -57,8 +57,7 @@ def test_micro_tier_writes_every_required_row_with_the_schema(tmp_path):
 
 def test_durable_rows_are_skipped_with_a_reason_when_the_store_cannot_open(tmp_path,
                                                                            monkeypatch):
-    import bench.tiers.durability as durability
-
+    import inmem.bench.tiers.durability as durability
     real_open = durability.inmem.open
 
     def failing_open(path=None, durability="buffered", **kw):

@@ -13,8 +13,8 @@ import time
 import psutil
 import pytest
 
-from coordinator.config import load
-from coordinator.supervisor import _child_env
+from inmem.coordinator.config import load
+from inmem.coordinator.supervisor import _child_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -86,7 +86,7 @@ def test_serve_prints_endpoint_shards_and_ready_then_stops_cleanly(tmp_path):
         assert sorted(l.split()[1] for l in shard_lines) == ["0", "1"]
         assert all("WAL records replayed" in l for l in shard_lines)
         children = serve.children()
-        assert len([c for c in children if "shard.worker" in c.cmdline()]) == 2
+        assert len([c for c in children if "inmem.shard.worker" in c.cmdline()]) == 2
 
         status = _inmem("status", "--endpoint", endpoint, "--wait-ready", "--timeout", "10")
         assert status.returncode == 0, status.stdout + status.stderr

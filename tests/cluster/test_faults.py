@@ -159,7 +159,7 @@ def _fill_shard_directly(shard_dir, runs, ops):
 
 @pytest.mark.timeout(120)
 def test_shards_recover_in_parallel(make_cluster, tmp_path):
-    from coordinator.slotmap import SlotMap
+    from inmem.coordinator.slotmap import SlotMap
     data = tmp_path / "data"
     data.mkdir()
     SlotMap.even(2).save(str(data))
@@ -278,10 +278,10 @@ id = 1
 endpoint = "tcp://127.0.0.1:{port}"
 remote = true
 """)
-    from coordinator.supervisor import _child_env
+    from inmem.coordinator.supervisor import _child_env
 
     def start_remote():
-        return subprocess.Popen([sys.executable, "-m", "shard.worker", "--config", str(cfg),
+        return subprocess.Popen([sys.executable, "-m", "inmem.shard.worker", "--config", str(cfg),
                                  "--shard", "1"], env=_child_env(), start_new_session=True,
                                 stdin=subprocess.DEVNULL)
 

@@ -19,7 +19,7 @@ from inmem import protocol
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 MAX_MESSAGE_BYTES = 256 * 1024
-OPS = sorted(__import__("shard.engine", fromlist=["Engine"]).Engine().ops)
+OPS = sorted(__import__("inmem.shard.engine", fromlist=["Engine"]).Engine().ops)
 
 
 def _random_value(rng, depth=0):

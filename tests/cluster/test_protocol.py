@@ -9,7 +9,7 @@ import inmem
 from inmem import protocol
 from inmem.errors import ProtocolError
 from inmem.types import Event, RunInfo, TraceTree
-from shard.engine import Engine
+from inmem.shard.engine import Engine
 
 KNOWN = Engine().ops
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import inmem
-from coordinator import config
-from coordinator.slotmap import SlotMap
+from inmem.coordinator import config
+from inmem.coordinator.slotmap import SlotMap
 from inmem.protocol import SLOT_COUNT
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -23,7 +23,7 @@ import msgpack
 import psutil
 
 import inmem
-from wal.reader import WalReader
+from inmem.wal.reader import WalReader
 
 from . import workload
 

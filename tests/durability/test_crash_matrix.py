@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pytest
 
 import shard.durable  # noqa: F401  (imports every module that registers a failpoint)
-from wal.failpoints import KNOWN_FAILPOINTS
+from inmem.wal.failpoints import KNOWN_FAILPOINTS
 
 from . import harness
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 import inmem
-import wal.writer
-from wal import failpoints
+from inmem.wal import writer as wal_writer
+from inmem.wal import failpoints
 
 from . import harness, workload
 
@@ -396,7 +396,7 @@ def test_fsync_failure_stops_acknowledging(tmp_path, monkeypatch, mode):
         for i in range(30):
             workload.apply_op(db, run, i)
             acked += 1
-        monkeypatch.setattr(wal.writer, "_os_fsync", _failing_fsync)
+        monkeypatch.setattr(wal_writer, "_os_fsync", _failing_fsync)
         failed_at = None
         for i in range(acked, acked + 2000):
             try:
@@ -417,11 +417,11 @@ def test_fsync_failure_stops_acknowledging(tmp_path, monkeypatch, mode):
                         lambda: workload.apply_op(db, run, failed_at)):
             with pytest.raises(inmem.DurabilityError):
                 attempt()
-        monkeypatch.setattr(wal.writer, "_os_fsync", os.fsync)  # the disk is back
+        monkeypatch.setattr(wal_writer, "_os_fsync", os.fsync)  # the disk is back
         with pytest.raises(inmem.DurabilityError):
             db.kv.put(run, "more", 2)  # ...but only a reopen recovers the store
     finally:
-        monkeypatch.setattr(wal.writer, "_os_fsync", os.fsync)
+        monkeypatch.setattr(wal_writer, "_os_fsync", os.fsync)
         with contextlib.suppress(inmem.DurabilityError):
             db.close()
     with inmem.open(data, durability=mode) as db:

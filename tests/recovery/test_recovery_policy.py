@@ -7,9 +7,9 @@ import itertools
 import pytest
 
 from inmem.errors import CorruptionError as PublicCorruptionError
-from recovery import policy
-from recovery.errors import CorruptionError, PolicyInputError, PolicyTableError, WalGapError
-from recovery.policy import (
+from inmem.recovery import policy
+from inmem.recovery.errors import CorruptionError, PolicyInputError, PolicyTableError, WalGapError
+from inmem.recovery.policy import (
     FAIL_CORRUPTION,
     FAIL_WAL_GAP,
     FALLBACK_OLDER_SNAPSHOT,

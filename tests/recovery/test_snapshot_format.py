@@ -12,8 +12,8 @@ import msgpack
 import pytest
 
 from inmem.errors import CorruptionError as PublicCorruptionError
-from recovery import snapshot_format as sf
-from recovery.errors import SnapshotCorrupt, SnapshotUnsupported
+from inmem.recovery import snapshot_format as sf
+from inmem.recovery.errors import SnapshotCorrupt, SnapshotUnsupported
 
 SECTIONS = [
     (sf.RUNS, msgpack.packb({"r1": {"name": "a"}})),

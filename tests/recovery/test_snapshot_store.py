@@ -10,10 +10,10 @@ import sys
 import crc32c
 import pytest
 
-from recovery import snapshot_format as sf
-from recovery import snapshot_store
-from recovery.errors import SnapshotUnsupported
-from recovery.snapshot_store import SnapshotInfo, SnapshotStore, snapshot_name
+from inmem.recovery import snapshot_format as sf
+from inmem.recovery import snapshot_store
+from inmem.recovery.errors import SnapshotUnsupported
+from inmem.recovery.snapshot_store import SnapshotInfo, SnapshotStore, snapshot_name
 
 
 def put(store: SnapshotStore, position: int, created_at: int | None = None, payload: bytes = b"") -> SnapshotInfo:
@@ -237,7 +237,7 @@ def test_crash_before_retention_delete_keeps_both(tmp_path, monkeypatch):
 
 
 def test_failpoint_names_are_declared_and_registered():
-    from wal import failpoints
+    from inmem.wal import failpoints
 
     assert snapshot_store.FAILPOINTS == (
         "snapshot.before_rename", "snapshot.after_rename", "snapshot.before_retention_delete")
@@ -247,8 +247,8 @@ def test_failpoint_names_are_declared_and_registered():
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _CHILD = """
 import sys
-from recovery import snapshot_format as sf
-from recovery.snapshot_store import SnapshotStore
+from inmem.recovery import snapshot_format as sf
+from inmem.recovery.snapshot_store import SnapshotStore
 SnapshotStore(sys.argv[1], retention=1).write(
     wal_position=20, shard=0, counts={}, sections=[(sf.KV, b"new")], created_at=2)
 """

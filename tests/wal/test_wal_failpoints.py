@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from wal import failpoints
-from wal.failpoints import KNOWN_FAILPOINTS, failpoint
+from inmem.wal import failpoints
+from inmem.wal.failpoints import KNOWN_FAILPOINTS, failpoint
 from walfix import read_back
 
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -20,7 +20,7 @@ WAL_POINTS = ["wal.before_write", "wal.after_write_before_fsync", "wal.after_fsy
 
 SCRIPT = """
 import sys
-from wal import WalWriter
+from inmem.wal import WalWriter
 w = WalWriter(sys.argv[1], sys.argv[2], segment_bytes_max=60)
 for i in range(5):
     w.append(b"record-%d" % i)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from wal.inspect import inspect_wal, main
+from inmem.wal.inspect import inspect_wal, main
 from walfix import rec, write_segment
 
 

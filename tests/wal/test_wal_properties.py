@@ -9,9 +9,9 @@ import tempfile
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wal.reader import CleanEnd, Corruption, TornTail
-from wal.record import encode
-from wal.writer import WalWriter
+from inmem.wal.reader import CleanEnd, Corruption, TornTail
+from inmem.wal.record import encode
+from inmem.wal.writer import WalWriter
 from walfix import read_back, write_segment
 
 payload_lists = st.lists(st.binary(max_size=300), max_size=20)

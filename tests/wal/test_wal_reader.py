@@ -7,7 +7,7 @@ import tracemalloc
 
 import pytest
 
-from wal.reader import CleanEnd, Corruption, TornTail, WalReader, find_record
+from inmem.wal.reader import CleanEnd, Corruption, TornTail, WalReader, find_record
 from walfix import flip_bit, payloads, read_back, rec, write_segment
 
 

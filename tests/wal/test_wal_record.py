@@ -7,9 +7,9 @@ import struct
 import pytest
 from crc32c import crc32c
 
-from wal import record
-from wal.errors import RecordTooLarge
-from wal.segment import (list_segments, parse_segment_name, remove_temp_files,
+from inmem.wal import record
+from inmem.wal.errors import RecordTooLarge
+from inmem.wal.segment import (list_segments, parse_segment_name, remove_temp_files,
                          segment_name)
 from walfix import rec, write_segment
 

@@ -9,13 +9,13 @@ import threading
 
 import pytest
 
-import wal.record as record_mod
-import wal.writer as writer_mod
-from wal.errors import (RecordTooLarge, WalClosed, WalError, WalFailed,
+import inmem.wal.record as record_mod
+import inmem.wal.writer as writer_mod
+from inmem.wal.errors import (RecordTooLarge, WalClosed, WalError, WalFailed,
                         WalNeedsRecovery)
-from wal.reader import CleanEnd, TornTail
-from wal.segment import list_segments
-from wal.writer import WalWriter
+from inmem.wal.reader import CleanEnd, TornTail
+from inmem.wal.segment import list_segments
+from inmem.wal.writer import WalWriter
 from walfix import payloads, read_back, rec, seg_name, wait_until, write_segment
 
 

@@ -48,7 +48,7 @@ def payloads(n: int, size: int = 20, tag: bytes = b"p") -> list[bytes]:
 
 def read_back(directory, **kwargs):
     """(list of (lsn, rtype, payload), reader) for a directory."""
-    from wal.reader import WalReader
+    from inmem.wal.reader import WalReader
     reader = WalReader(directory, **kwargs)
     return list(reader), reader
 
