@@ -24,8 +24,6 @@ class EmbeddedBackend:
         self.lock = threading.RLock()
         self._closed = False
         self._execute = engine.execute
-        self._buffered = store is not None and store.durability == "buffered"
-        self._batch_max = store.batch_max if store is not None else 0
 
     # -- the one entry point -------------------------------------------------------
 
@@ -47,7 +45,7 @@ class EmbeddedBackend:
                              any(op in WRITE_OPS for op, _ in ops))
 
     def _durable(self, fn, fn_args, writes: bool):
-        """Run `fn` under the lock and log what it committed as its durability mode asks."""
+        """Run `fn` under the lock, then the store's one durable commit step."""
         store = self.store
         with self.lock:
             if self._closed:
@@ -55,12 +53,7 @@ class EmbeddedBackend:
             if writes and store.writer.failed:
                 store.check_writable()  # reads still answer from memory
             result = fn(*fn_args)
-            if self._buffered:
-                if len(self.engine.log) >= self._batch_max:
-                    store.emit_locked(kick=True)
-                return result
-            groups = self.engine.take_log()
-            token = store.log_groups(groups) if groups else None
+            token = store.commit_locked()
         if token is not None:
             store.wait_durable(token)
         return result
@@ -70,7 +63,7 @@ class EmbeddedBackend:
         return [self.call(op, args)]
 
     def section(self, name, cls):
-        if name == "kv" and (self.store is None or self._buffered):
+        if name == "kv":
             return _FastKV(self)
         return cls(self.call)
 
@@ -112,7 +105,7 @@ class EmbeddedBackend:
 
 
 class _FastKV(KV):
-    """KV for the inmemory and buffered embedded store: the hot calls skip the generic dispatch."""
+    """KV whose hot calls skip the generic dispatch; writes take the same durable commit step."""
 
     __slots__ = ("get", "put")
 
@@ -123,10 +116,11 @@ class _FastKV(KV):
         kv_get = engine.kv_get
         kv_put = engine.kv_put
         store = backend.store
-        batch_max = backend._batch_max
 
         def get(run, key, default=None):
             with lock:
+                if backend._closed:
+                    raise InmemError("the database is closed")
                 return kv_get(run, key, default)
 
         if store is None:
@@ -137,6 +131,8 @@ class _FastKV(KV):
                     return kv_put(run, key, value, ttl)
         else:
             writer = store.writer
+            commit = store.commit_locked
+            wait = store.wait_durable
 
             def put(run, key, value, ttl=None):
                 with lock:
@@ -145,9 +141,10 @@ class _FastKV(KV):
                     if writer.failed:
                         store.check_writable()
                     version = kv_put(run, key, value, ttl)
-                    if len(engine.log) >= batch_max:
-                        store.emit_locked(kick=True)
-                    return version
+                    token = commit()
+                if token is not None:
+                    wait(token)
+                return version
 
         self.get = get
         self.put = put

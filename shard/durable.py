@@ -1,13 +1,26 @@
 """A shard's durability: its WAL, its snapshots, and the recovery that opens them.
 
 `DurableStore.open(path, ...)` recovers the directory into a fresh engine
-(snapshot + WAL replay, see `recovery.sequence`) and returns both. From then
-on the caller, holding its own lock around the engine, passes each batch of
-committed effect groups to `log_groups` (one WAL record per call, so a record
-never splits a transaction) and, outside the lock, `wait_durable` for the
-token it got: in strict mode that is the fsync, shared by every record that
-is waiting at that moment (group commit); in buffered mode it returns at once
-and the WAL writer's background thread flushes on its interval.
+(snapshot + WAL replay, see `recovery.sequence`) and returns both.
+
+The one durable commit step, shared by the embedded store (single calls and
+batches) and the shard worker: the caller applies operations to the engine
+under its own lock — the engine encodes each group for the WAL before it
+applies it, so whatever cannot be logged was refused at the call — then, still
+under the lock, calls `commit_locked()`, and outside the lock
+`wait_durable(token)` with what that returned. In strict mode the pending
+groups become WAL records at once and the wait is the fsync, shared by every
+record waiting at that moment (group commit). In buffered mode the engine's
+list of encoded groups is itself the in-memory batch: it is handed to the
+WAL writer when it holds `max_pending_writes` groups or when the writer's
+flusher is about to flush, and the wait returns at once.
+
+Groups leave the engine's list only once the WAL writer holds them, so no
+failure can drop an acknowledged write between the two. A failure of the log
+itself (a write or fsync error) is fail-stop: the writer refuses every later
+record, `commit_locked` and `check_writable` raise DurabilityError, and the
+owner recovers from disk (the embedded store refuses writes until reopened;
+a shard worker exits and is restarted).
 
 Snapshots are written by a forked child, as Redis does: the parent holds the
 caller's lock only for the fork itself, so serving pauses for the time fork
@@ -32,10 +45,9 @@ from inmem.errors import DurabilityError, InmemError
 from inmem.types import SnapshotInfo
 from inmem.recovery.sequence import recover, snapshot_dir, wal_dir
 from inmem.wal.failpoints import failpoint, register
-from inmem.wal.record import RECORD_BYTES_MAX
 from inmem.wal.writer import WalWriter
 
-from .effects import encode_batch
+from .effects import record_payloads
 from .engine import Engine
 from .snapshot_codec import dump
 
@@ -124,9 +136,6 @@ class DurableStore:
         except BaseException:
             os.close(lock_fd)
             raise
-        # Recovered objects live as long as the shard: keep the cyclic GC from
-        # walking millions of them on every full collection.
-        gc.freeze()
         return cls(path, durability, engine, writer, snapshots, result, opts, lock_fd), engine
 
     def attach(self, holder) -> None:
@@ -162,34 +171,41 @@ class DurableStore:
                 f"the WAL of {self.path} failed ({self.writer.error}); this store refuses writes "
                 "until it is reopened and recovered from disk")
 
-    def log_groups(self, groups):
-        """strict: log committed groups as one record; returns the token for wait_durable.
+    def commit_locked(self):
+        """The durable commit step, after the engine applied operations. Hold the engine lock.
 
-        buffered mode does not call this: the engine's log list is itself the
-        in-memory batch, handed over as one record when the flusher is about to
-        flush (`_emit_from_flusher`) or once it holds `batch_max` groups
-        (`emit_locked`), so a flush interval's operations cost one record.
+        Returns the token to pass to `wait_durable` outside the lock (strict),
+        or None (buffered: the batch stays in memory until it is full or the
+        flusher takes it).
         """
-        payload = encode_batch(groups)
-        self._bytes_since_snapshot += len(payload)
-        try:
-            return self.writer.append_nowait(payload)
-        except InmemError as exc:
-            raise DurabilityError(f"could not log a write: {exc}") from exc
-
-    def emit_locked(self, kick: bool = False) -> None:
-        """Buffered: turn the engine's pending groups into WAL records. Hold the engine lock."""
-        engine = self.engine
-        groups = engine.log
-        if not groups:
-            return
-        engine.log = []
-        try:
-            self._append_records(groups)
-        except InmemError as exc:
-            raise DurabilityError(f"could not log a write: {exc}") from exc
-        if kick:
+        log = self.engine.log
+        if not log:
+            return None
+        if self._strict:
+            return self._hand_over(log)
+        if len(log) >= self.batch_max:
+            self._hand_over(log)
             self.writer.kick()
+        return None
+
+    def emit_locked(self) -> None:
+        """Hand every pending group to the WAL writer (any mode). Hold the engine lock."""
+        log = self.engine.log
+        if log:
+            self._hand_over(log)
+
+    def _hand_over(self, log: list):
+        """Pending encoded groups -> WAL records; a group leaves `log` once the writer holds it."""
+        token = None
+        try:
+            for payload, n in record_payloads(log):
+                token = self.writer.append_nowait(payload)
+                del log[:n]
+                self._bytes_since_snapshot += len(payload)
+        except InmemError as exc:
+            raise DurabilityError(f"could not log a write, the store refuses writes from now "
+                                  f"on ({exc}); reopen it to recover from disk") from exc
+        return token
 
     def _emit_from_flusher(self) -> None:
         holder = self._holder
@@ -202,16 +218,6 @@ class DurableStore:
             finally:
                 holder.lock.release()
 
-    def _append_records(self, groups) -> None:
-        payload = encode_batch(groups)
-        if len(payload) > RECORD_BYTES_MAX and len(groups) > 1:
-            half = len(groups) // 2  # still whole groups: a record never splits one
-            self._append_records(groups[:half])
-            self._append_records(groups[half:])
-            return
-        self._bytes_since_snapshot += len(payload)
-        self.writer.append(payload)
-
     def wait_durable(self, token) -> None:
         if token is None:
             return
@@ -222,8 +228,7 @@ class DurableStore:
 
     def flush(self) -> None:
         """Everything acknowledged so far onto disk, fsynced (any mode). Hold the engine lock."""
-        if not self._strict:
-            self.emit_locked()
+        self.emit_locked()
         self.writer.flush()
 
     def wal_bytes(self) -> int:
@@ -285,8 +290,7 @@ class DurableStore:
             self.check_writable()
             # Batched groups are already in the engine's state: they must get
             # LSNs below the snapshot position, or recovery would apply them twice.
-            if not self._strict:
-                self.emit_locked()
+            self.emit_locked()
             position = self.writer.next_lsn
             failpoint("snapshot.before_fork")
             pid = os.fork()

@@ -36,8 +36,11 @@ The payload of a WAL record (type BATCH) is `msgpack([group_count, batches])`
 where `batches` is a list of `[run id, [effect, ...]]`: consecutive groups of
 the same run are merged into one batch. Group boundaries need not survive
 inside a record, because a record is recovered whole or not at all; the
-count is kept for the recovery report. Merging lets recovery hand a run's
-effects to the journal and the KV table with C-level bulk calls.
+count is kept for the recovery report. The engine encodes each group's
+effects when it commits it, before applying it (encode before acknowledge:
+a write that cannot be logged is refused at the call and changes nothing),
+so a record is assembled by joining encoded effects, never by encoding at
+flush time.
 
 Entries of KV, state and JSON therefore share one layout: [1] key, [2] packed
 value (None: deleted), [3] version, [4] timestamp; KV adds [5] expiry.
@@ -45,10 +48,12 @@ value (None: deleted), [3] version, [4] timestamp; KV adds [5] expiry.
 
 from __future__ import annotations
 
-from itertools import chain, groupby
+from itertools import groupby
 from operator import itemgetter
 
 import msgpack
+
+from inmem.wal.record import RECORD_BYTES_MAX
 
 RUN_CREATE = 1
 RUN_STATUS = 2
@@ -137,16 +142,63 @@ APPLY = {
 }
 
 
-def encode_batch(groups) -> bytes:
-    """The WAL record payload for a list of groups `(run id, effect, ...)`."""
-    # groupby/chain/itemgetter keep the merge in C: this runs once per op.
-    batches = [(run_id, list(chain.from_iterable(map(_REST, grp))))
-               for run_id, grp in groupby(groups, _FIRST)]
-    return msgpack.packb((len(groups), batches), use_bin_type=True)
+#: the most one group may take once encoded: a record holds at least one whole group
+GROUP_BYTES_MAX = RECORD_BYTES_MAX - 4096
+#: bytes a batch header may add per group in a record: [run id, [...]] around its effects
+_GROUP_FRAMING = 8 + 4 * 1024
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def record_payload(groups) -> bytes:
+    """The WAL record payload for encoded groups `(run id, effect count, packed effects)`.
+
+    Consecutive groups of one run share a batch, so a record repeats a run id
+    once per run rather than once per operation.
+    """
+    parts = [b"\x92", msgpack.packb(len(groups)), None]
+    batches = 0
+    for run_id, grp in groupby(groups, _FIRST):
+        grp = list(grp)
+        parts.append(b"\x92")
+        parts.append(msgpack.packb(run_id))
+        if len(grp) == 1:
+            parts.append(_array_header(grp[0][1]))
+            parts.append(grp[0][2])
+        else:
+            parts.append(_array_header(sum(map(_COUNT, grp))))
+            parts.extend(map(_PACKED, grp))
+        batches += 1
+    parts[2] = _array_header(batches)
+    return b"".join(parts)
+
+
+def record_payloads(groups):
+    """Yield `(payload, n)`: records of whole groups, in order, each within RECORD_BYTES_MAX."""
+    limit = RECORD_BYTES_MAX - 64
+    if sum(map(len, map(_PACKED, groups))) + _GROUP_FRAMING * len(groups) <= limit:
+        yield record_payload(groups), len(groups)
+        return
+    start = size = 0
+    for i, group in enumerate(groups):
+        need = len(group[2]) + _GROUP_FRAMING
+        if size and size + need > limit:
+            yield record_payload(groups[start:i]), i - start
+            start, size = i, 0
+        size += need
+    if start < len(groups):
+        yield record_payload(groups[start:]), len(groups) - start
 
 
 _FIRST = itemgetter(0)
-_REST = itemgetter(slice(1, None))
+_COUNT = itemgetter(1)
+_PACKED = itemgetter(2)
 
 
 def decode_batch(payload):

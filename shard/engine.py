@@ -32,8 +32,8 @@ from inmem.values import (_SCALARS, DEFAULT_MAX_VALUE_BYTES, KEY_BYTES_MAX, ZERO
                           canonical, check_key, check_value)
 
 from . import jsonpath
-from .effects import (APPLY, EV_APPEND, JS_DEL, JS_PUT, KV_DEL, KV_PUT, RUN_CREATE,
-                      RUN_DELETE, RUN_STATUS, ST_DEL, ST_PUT, TR_ADD)
+from .effects import (APPLY, EV_APPEND, GROUP_BYTES_MAX, JS_DEL, JS_PUT, KV_DEL, KV_PUT,
+                      RUN_CREATE, RUN_DELETE, RUN_STATUS, ST_DEL, ST_PUT, TR_ADD)
 from .lifecycle import STATUSES, WRITABLE, check_transition
 from .replay import fold
 from .search_index import PRIMITIVES, SearchIndex, _packed_text, snippet
@@ -41,6 +41,9 @@ from .search_index import PRIMITIVES, SearchIndex, _packed_text, snippet
 _unpackb = msgpack.unpackb
 _sha256 = hashlib.sha256
 _packb = msgpack.Packer(use_bin_type=True).pack  # the engine is single-writer: one packer is safe
+
+#: the longest TTL a key may have: a century, in seconds
+TTL_MAX_SECONDS = 100 * 365 * 24 * 3600
 
 TRACE_TYPES = frozenset(("tool_call", "decision", "query", "thought", "error", "custom"))
 _EV_PREFIX = b"\x95"  # msgpack fixarray of 5: [sequence, type, payload, ts, prev_hash]
@@ -113,7 +116,8 @@ class Engine:
         self.clock = clock or _now_us
         self.max_value_bytes = max_value_bytes
         self.runs: dict[str, RunData] = {}
-        #: groups of effects committed since the caller last took them (None: no WAL)
+        #: groups committed since the caller last took them, each already encoded
+        #: for the WAL: `(run id, effect count, packed effects)` (None: no WAL)
         self.log: list | None = [] if log else None
         self._undo: list | None = None
         self._packer = msgpack.Packer(use_bin_type=True)
@@ -152,16 +156,44 @@ class Engine:
         return groups
 
     def _commit(self, r: RunData, eff) -> None:
-        """Apply one resolved effect to run `r`, journal it and queue it for the WAL."""
+        """Queue one resolved effect for the WAL, then apply it to run `r` and journal it."""
         undo = self._undo
         if undo is not None:
             undo.append(self._undo_entry(r, eff))
-        else:
-            log = self.log
-            if log is not None:
-                log.append((r.run_id, eff))
+        elif self.log is not None:
+            self._log(r.run_id, (eff,))
         APPLY[eff[0]](r, eff)
         r.journal.append(eff)
+
+    def _log(self, run_id, effs) -> None:
+        """Encode a group for the WAL before it is applied: what cannot be logged is refused.
+
+        This is what makes "encode before acknowledge" hold: a value that passed
+        validation but cannot be encoded, or a group too large for one WAL
+        record, raises here, while the store is still unchanged.
+        """
+        pack = self._pack
+        try:
+            data = pack(effs[0]) if len(effs) == 1 else b"".join(map(pack, effs))
+        except (TypeError, ValueError, OverflowError) as exc:
+            self._packer.reset()
+            raise InvalidValue(f"this write cannot be logged: {exc}") from None
+        if len(data) > GROUP_BYTES_MAX:
+            raise ValueTooLarge(f"this write takes {len(data)} bytes in the log, over the limit "
+                                f"of {GROUP_BYTES_MAX} for one operation or transaction; "
+                                "split it into smaller ones")
+        self.log.append((run_id, len(effs), data))
+
+    def _check_text(self, text: str, what: str) -> str:
+        """`text` when it is valid Unicode (no lone surrogates) within the value limit."""
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise InvalidValue(f"{what} is not valid Unicode text (it holds a lone surrogate)") \
+                from None
+        if size > self.max_value_bytes:
+            raise ValueTooLarge(f"{what} is {size} bytes, over the limit of {self.max_value_bytes}")
+        return text
 
     def _encode(self, value) -> bytes:
         """Validate and encode a value with the engine's own packer (writes are serialised)."""
@@ -195,8 +227,10 @@ class Engine:
         return r
 
     def _ttl_us(self, ttl) -> int:
-        if type(ttl) not in (int, float) or not ttl > 0:
-            raise InvalidValue(f"ttl must be a positive number of seconds, got {ttl!r}")
+        # The comparisons also refuse nan; the upper bound keeps expiry times in 64 bits.
+        if type(ttl) not in (int, float) or not 0 < ttl <= TTL_MAX_SECONDS:
+            raise InvalidValue(f"ttl must be a number of seconds above 0 and at most "
+                               f"{TTL_MAX_SECONDS} (a century), got {ttl!r}")
         return int(ttl * 1_000_000)
 
     # -- runs ----------------------------------------------------------------------
@@ -219,10 +253,10 @@ class Engine:
         return run_id
 
     def _create_run(self, eff) -> RunData:
+        if self.log is not None:
+            self._log(eff[1], (eff,))
         r = RunData(eff)
         self.runs[r.run_id] = r
-        if self.log is not None:
-            self.log.append((r.run_id, eff))
         return r
 
     def set_status(self, run, status, error=None) -> str:
@@ -230,8 +264,8 @@ class Engine:
         if status not in STATUSES:
             raise InvalidValue(f"unknown run status {status!r}")
         check_transition(r.status, status)
-        if error is not None and type(error) is not str:
-            error = str(error)
+        if error is not None:
+            error = self._check_text(error if type(error) is str else str(error), "the reason")
         self._commit(r, (RUN_STATUS, status, self.clock(), error))
         return status
 
@@ -267,11 +301,10 @@ class Engine:
     def run_delete(self, run) -> bool:
         if type(run) is not str or run not in self.runs:
             return False
-        eff = (RUN_DELETE, run, self.clock())
+        if self.log is not None:
+            self._log(run, ((RUN_DELETE, run, self.clock()),))
         del self.runs[run]
         self.index.drop_run(run)
-        if self.log is not None:
-            self.log.append((run, eff))
         return True
 
     def orphaned_runs(self) -> list:
@@ -304,7 +337,7 @@ class Engine:
         eff = (KV_PUT, key, data, version, now, exp)
         if self._undo is None:
             if self.log is not None:
-                self.log.append((r.run_id, eff))
+                self._log(r.run_id, (eff,))
             kv[key] = eff
             r.journal.append(eff)
         else:
@@ -701,7 +734,11 @@ class Engine:
         finally:
             self._undo = None
         if self.log is not None and undo:
-            self.log.append((r.run_id, *r.journal[journal_len:]))
+            try:
+                self._log(r.run_id, r.journal[journal_len:])
+            except InmemError:
+                self._rollback(r, undo, journal_len)
+                raise
         return results
 
     def _undo_entry(self, r, eff):
@@ -763,6 +800,13 @@ class Engine:
         for run_id, effs in batches:
             r = runs.get(run_id)
             if r is not None:
+                if len(effs) == 1:  # one operation: the common record shape
+                    eff = effs[0]
+                    code = eff[0]
+                    if code not in _RUN_CODES:
+                        APPLY[code](r, eff)
+                        r.journal.append(eff)
+                        continue
                 codes = set(map(_CODE, effs))
                 if codes <= _KV_CODES:
                     r.journal.extend(effs)

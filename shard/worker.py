@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import json
 import logging
 import os
@@ -109,6 +110,9 @@ class Worker:
         # The store's flusher takes this lock to hand the engine's log to the WAL.
         self.store.attach(self.holder)
         self.recovery = self.store.recovery_result
+        # Recovered objects live as long as this process: keep the cyclic GC
+        # from walking millions of them on every full collection.
+        gc.freeze()
 
     def bind(self) -> None:
         from inmem.coordinator.config import bind_endpoint
@@ -157,37 +161,27 @@ class Worker:
     def process(self, batch: list) -> list:
         """Apply a drained batch; return the replies to send once it is as durable as promised.
 
-        strict: the batch's groups become one WAL record, and one fsync covers
-        them before any reply goes out. buffered: the engine's log is the
-        store's in-memory batch; its flusher writes it every interval, and a
-        full batch is handed over at once (as the embedded store does).
+        The store's one durable commit step runs once per batch: strict, the
+        batch's groups become WAL records and one fsync covers them before any
+        reply goes out; buffered, the engine's list of encoded groups is the
+        in-memory batch that the flusher writes every interval.
         """
         replies = []
         store = self.store
         token = None
         with self.holder.lock:
-            refuse_writes = None
             if store is not None and store.writer.failed:
-                try:
-                    store.check_writable()
-                except DurabilityError as exc:
-                    refuse_writes = exc  # reads still answer from memory
+                self.fail_stop(replies, DurabilityError(f"the WAL failed: {store.writer.error}"))
             for frames in batch:
                 try:
-                    reply = self.handle(frames, refuse_writes)
+                    reply = self.handle(frames, None)
                 except Exception as exc:  # a bug must not stop the loop; say what broke
                     reply = self.internal_error(frames, exc)
                 if reply is not None:
                     replies.append(reply)
             if store is not None:
-                engine = self.engine
                 try:
-                    if self.strict:
-                        groups = engine.take_log()
-                        if groups:
-                            token = store.log_groups(groups)
-                    elif len(engine.log) >= store.batch_max:
-                        store.emit_locked(kick=True)
+                    token = store.commit_locked()
                 except DurabilityError as exc:
                     self.fail_stop(replies, exc)
         if token is not None:
@@ -336,6 +330,8 @@ class Worker:
         # search rarely has a backlog to index first.
         self.engine.index_step(INDEX_STEP_MS)
         if self.store is not None:
+            if self.store.writer.failed:  # the buffered flusher hit an I/O error: fail-stop
+                self.fail_stop([], DurabilityError(f"the WAL failed: {self.store.writer.error}"))
             try:
                 self.store.maybe_snapshot(self.holder)
             except InmemError as exc:  # the WAL is kept, so a failed snapshot loses nothing
