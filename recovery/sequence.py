@@ -6,12 +6,15 @@
     3. replay the WAL from the snapshot's position through the engine's live
        apply path (`Engine.apply_group`);
     4. ask the policy table (`recovery.policy`) what the findings mean: go on,
-       cut a torn tail (after keeping a `*.broken` copy), or fail with a
-       CorruptionError naming the file and offset;
+       cut a torn tail (after keeping a numbered, fsynced `*.broken.N` copy),
+       or fail with a CorruptionError naming the file and offset;
     5. mark the runs left active as orphaned, rebuild the search index (it is
        never stored), and fill a RecoveryResult.
 
 Directory layout of a shard: `<dir>/wal/` segments, `<dir>/snapshots/` files.
+Both directories are created 0700 and fsynced (with their parent) before
+anything is written in them; a zero tail that a crash left in the newest WAL
+segment is cut off by the WAL writer that opens the log next.
 """
 
 from __future__ import annotations
@@ -19,16 +22,16 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import shutil
 import sys
 import time
 
+from inmem.files import keep_evidence_copy, make_dirs
 from inmem.types import RecoveryResult
 from inmem.shard.effects import decode_batch
 from inmem.recovery import policy
 from inmem.recovery.snapshot_store import SnapshotStore
 from inmem.wal.reader import Corruption, TornTail, WalReader
-from inmem.wal.segment import fsync_dir, list_segments
+from inmem.wal.segment import list_segments
 
 log = logging.getLogger("inmem.recovery")
 
@@ -100,8 +103,8 @@ def recover(directory, engine, *, shard: int = 0, max_corrupt_entries: int = 0,
 
 def _recover(directory, engine, shard, max_corrupt_entries, snapshot_retention, started_at, t0):
     wdir, sdir = wal_dir(directory), snapshot_dir(directory)
-    os.makedirs(wdir, exist_ok=True)
-    os.makedirs(sdir, exist_ok=True)
+    make_dirs(wdir, tighten=True)
+    make_dirs(sdir, tighten=True)
     store = SnapshotStore(sdir, retention=snapshot_retention)
     store.cleanup_tmp()
     any_snapshot = bool(store.list())
@@ -173,17 +176,17 @@ def _recover(directory, engine, shard, max_corrupt_entries, snapshot_retention, 
 
 
 def _cut_torn_tail(torn: TornTail) -> int:
-    """Keep a *.broken copy of the segment, then truncate it at the torn record."""
+    """Keep a durable *.broken.N copy of the segment, then truncate it at the torn record."""
     path = torn.segment
     size = os.path.getsize(path)
     cut = size - torn.offset
     if cut <= 0:
         return 0
-    shutil.copyfile(path, path + ".broken")
+    # The copy is durable before the cut: a crash between them must not lose both.
+    copy = keep_evidence_copy(path)
     with open(path, "r+b") as f:
         f.truncate(torn.offset)
         f.flush()
         os.fsync(f.fileno())
-    fsync_dir(os.path.dirname(path))
-    log.warning("cut a torn tail of %d bytes from %s (copy kept as %s.broken)", cut, path, path)
+    log.warning("cut a torn tail of %d bytes from %s (copy kept as %s)", cut, path, copy)
     return cut

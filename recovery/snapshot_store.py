@@ -4,7 +4,9 @@ File names are `snap-<wal_position, 20 digits>-<created_at µs, 20 digits>.snap`
 Both numbers are zero-padded to the width of a u64, so sorting names sorts by
 WAL position and then by time: name order is age order. Other names in the
 directory are left alone; `*.snap.tmp` is an unfinished write and
-`*.snap.broken` a file that failed verification, kept as evidence.
+`*.snap.broken.N` a file that failed verification, kept as evidence (numbered
+from 1, never replacing older evidence; older releases wrote `*.snap.broken`).
+Snapshot files are 0600 and the directory 0700 (see `inmem.files`).
 
 Creating a snapshot is atomic: write `<name>.tmp`, fsync it, rename it to
 `<name>`, fsync the directory. A crash at any point leaves either no new
@@ -27,6 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from inmem.files import fsync_dir, make_dirs, move_to_evidence, open_private
 from inmem.recovery.errors import SnapshotCorrupt
 from inmem.recovery.snapshot_format import Snapshot, read_snapshot_file, write_snapshot_file
 
@@ -47,22 +50,12 @@ else:
 
 _NAME = re.compile(r"^snap-(\d{20})-(\d{20})\.snap$")
 TMP_SUFFIX = ".tmp"
-BROKEN_SUFFIX = ".broken"
 _POSITION_MAX = 10 ** 20 - 1
 
 
 def snapshot_name(wal_position: int, created_at: int) -> str:
     """The file name for a snapshot covering the WAL below `wal_position`."""
     return f"snap-{wal_position:020d}-{created_at:020d}.snap"
-
-
-def fsync_dir(path: str) -> None:
-    """Make renames, creations and unlinks inside `path` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -87,10 +80,7 @@ class SnapshotStore:
             raise ValueError(f"snapshot retention must be an int >= 1, got {retention!r}")
         self.directory = os.path.abspath(os.fspath(directory))
         self.retention = retention
-        if not os.path.isdir(self.directory):
-            os.makedirs(self.directory, exist_ok=True)
-            # The new directory's own entry must survive a crash too.
-            fsync_dir(os.path.dirname(self.directory))
+        make_dirs(self.directory)
 
     # -- writing ----------------------------------------------------------
 
@@ -112,7 +102,7 @@ class SnapshotStore:
                 raise ValueError(f"{label} must be an int in [0, {_POSITION_MAX}], got {value!r}")
         final = os.path.join(self.directory, snapshot_name(wal_position, created_at))
         tmp = final + TMP_SUFFIX
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+        fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             with open(fd, "wb") as f:
                 size = write_snapshot_file(f, created_at=created_at, wal_position=wal_position,
@@ -181,7 +171,7 @@ class SnapshotStore:
     def load_newest_valid(self) -> tuple[Snapshot | None, list[str]]:
         """Load the newest snapshot that verifies, falling back to older ones.
 
-        A file that fails verification is renamed to `<name>.broken` and its
+        A file that fails verification is renamed to `<name>.broken.N` and its
         new path is returned in the second element. A file written by another
         format version raises SnapshotUnsupported: it is not damage, and
         skipping it would silently recover an older state.
@@ -207,10 +197,7 @@ class SnapshotStore:
     # -- housekeeping -----------------------------------------------------
 
     def _quarantine(self, path: str) -> str:
-        target = path + BROKEN_SUFFIX
-        os.replace(path, target)
-        fsync_dir(self.directory)
-        return target
+        return move_to_evidence(path)
 
     def cleanup_tmp(self) -> list[str]:
         """Remove `.tmp` files left by a crash mid-write; return their paths.

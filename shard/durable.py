@@ -32,7 +32,6 @@ loses what the WAL still held.
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import logging
 import os
@@ -42,6 +41,7 @@ import time
 import traceback
 
 from inmem.errors import DurabilityError, InmemError
+from inmem.files import make_dirs, try_lock
 from inmem.types import SnapshotInfo
 from inmem.recovery.sequence import recover, snapshot_dir, wal_dir
 from inmem.wal.failpoints import failpoint, register
@@ -117,7 +117,7 @@ class DurableStore:
             raise InmemError(f"a durable store is buffered or strict, not {durability!r}")
         opts = {**DEFAULTS, **options}
         path = os.fspath(path)
-        os.makedirs(path, exist_ok=True)
+        make_dirs(path)
         lock_fd = _lock_directory(path)
         try:
             kwargs = {} if max_value_bytes is None else {"max_value_bytes": max_value_bytes}
@@ -404,13 +404,9 @@ class DurableStore:
 
 def _lock_directory(path: str) -> int:
     """An exclusive lock on the directory: two processes must never share a WAL."""
-    fd = os.open(os.path.join(path, "LOCK"), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
-                 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise InmemError(f"{path} is already open (in this process or another); close it first") from None
+    fd = try_lock(os.path.join(path, "LOCK"))
+    if fd is None:
+        raise InmemError(f"{path} is already open (in this process or another); close it first")
     return fd
 
 

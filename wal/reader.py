@@ -36,9 +36,12 @@ is the writer's LSN), so the shift never crosses a segment boundary. A gap
 between segments is never skipped: a missing segment is always Corruption.
 
 Speed: a segment is read whole into one bytes object (segments are bounded in
-size); each payload is sliced out of it once and its crc continues from the
-precomputed crc of its type and version bytes, so a record costs one
-allocation. Records before `start_lsn` are verified through a memoryview with
+size), except for a zero tail that the filesystem reports as a hole (the
+unwritten rest of a preallocated segment after a crash): that is known to read
+as zeros and is not read at all, unless damage in front of it needs the whole
+file to be classified. Each payload is sliced out of the bytes once and its crc
+continues from the precomputed crc of its type and version bytes, so a record
+costs one allocation. Records before `start_lsn` are verified through a memoryview with
 no payload object made, and a segment that ends before `start_lsn` is not read
 at all. Replaying 1M records of 100 bytes takes about 0.55 s (1.9M records/s).
 """
@@ -51,6 +54,7 @@ from typing import ClassVar, Iterator
 
 from crc32c import crc32c
 
+from inmem.files import read_data
 from inmem.wal.record import (PREFIX_CRC, CRC, CRC_SIZE, FORMAT_VERSION, HEADER, HEADER_SIZE,
                         RECORD_BYTES_MAX, RECORD_OVERHEAD)
 from inmem.wal.segment import list_segments
@@ -184,7 +188,10 @@ class WalReader:
       first_lsn        first LSN of the oldest segment (None: no segments)
       corrupt_skipped  damaged regions skipped under `max_corrupt_entries`
       skipped          list of SkippedRegion, one per skip
-      segment          path of the segment being read (while iterating)
+      segment          path of the segment being read (while iterating), or the
+                       last one read
+      end_offset       byte offset in `segment` just after its last good
+                       record, where a clean end's zero fill (if any) begins
     """
 
     def __init__(self, directory, start_lsn: int = 0, max_corrupt_entries: int = 0,
@@ -203,6 +210,7 @@ class WalReader:
         self.corrupt_skipped = 0
         self.skipped: list[SkippedRegion] = []
         self.segment: str | None = None
+        self.end_offset = 0
 
     def __iter__(self) -> Iterator[tuple[int, int, bytes]]:
         return self._records()
@@ -255,9 +263,10 @@ class WalReader:
                 # Every record of this segment precedes start_lsn: not even read.
                 lsn = segments[i + 1][0]
                 continue
-            data = read_file(path)
+            data, file_size = read_data(path)
             size = len(data)
             off = 0
+            self.end_offset = 0
             while True:
                 if lsn < start:
                     off, lsn = _skip_records(data, off, lsn, start, rmax)
@@ -276,7 +285,15 @@ class WalReader:
                     lsn += 1
                     off = body_end + 4
                 if off == size:
+                    self.end_offset = off
                     break
+                if size < file_size:
+                    if data.count(0, off) == size - off:
+                        self.end_offset = off
+                        break  # zero fill, and a hole (zeros too) from there on
+                    # Damage: classify it with the whole file in view.
+                    data = read_file(path)
+                    size = len(data)
                 off = self._damage(data, off, path, lsn, i == last)
                 if off < 0:
                     return
@@ -294,6 +311,7 @@ class WalReader:
         rmax = self.record_bytes_max
         rest = size - off
         if data.count(0, off) == rest:
+            self.end_offset = off
             return size  # zero fill: this segment ends here
         unknown = _unknown_version(data, off, size, rmax)
         if unknown is not None:

@@ -7,9 +7,12 @@ hold any u64, so name order is numeric order is log order. An empty segment
 is legal: its name still says which LSN comes next.
 
 Other names that may appear, and are never taken for segments:
-`*.broken` (evidence kept by recovery before it repairs a segment) and
-`*.tmp` (a file being created; left behind only by a crash, and removed by
+`*.broken.N` (evidence kept by recovery before it repairs a segment, numbered
+from 1 and never overwritten; older releases wrote `*.broken`) and `*.tmp` (a
+file being created; left behind only by a crash, and removed by
 `remove_temp_files` when a writer opens the directory).
+
+Segment files are created 0600 and directories fsynced through `inmem.files`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from __future__ import annotations
 import os
 
 SEGMENT_SUFFIX = ".wal"
-BROKEN_SUFFIX = ".broken"
 TMP_SUFFIX = ".tmp"
 LSN_DIGITS = 20
 LSN_MAX = 10**LSN_DIGITS - 1
@@ -74,15 +76,6 @@ def other_files(directory) -> list[str]:
     except FileNotFoundError:
         return []
     return sorted(n for n in names if parse_segment_name(n) is None)
-
-
-def fsync_dir(directory, fsync=os.fsync) -> None:
-    """fsync a directory so that a file created, renamed or removed in it is durable."""
-    fd = os.open(os.fspath(directory), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def remove_temp_files(directory) -> list[str]:

@@ -21,8 +21,17 @@ Segments: when a record would take the current segment past
 named by the LSN of its first record, then fsyncs the directory. A record
 larger than the limit gets a segment to itself. The roll point is chosen at
 append time, so a buffer that spans a roll is written into the right files.
-On open the writer always starts a new segment at its first LSN (or reuses the
-newest segment if that holds no record), never appending into an old file.
+On open the writer continues the newest segment when it ends cleanly at the
+LSN the log continues from and has room left (its clean end is verified first,
+and a zero tail beyond the last record is cut off); otherwise it starts a new
+segment at its first LSN. So reopening a store does not add a file each time.
+
+Preallocation (strict mode, as the shard store runs it): a segment gets its
+full size from posix_fallocate when it is created or continued, and gives the
+unused rest back (ftruncate to its last record, fsynced) when it is rolled and
+when the writer closes. Only a crash leaves a zero tail behind, in the newest
+segment only; readers stop at it without reading it when the filesystem
+reports it as a hole, and the next open cuts it off.
 
 Failure is fail-stop. A write or fsync error (after an fsync error the kernel
 may have dropped the dirty pages, so a retry proves nothing) is recorded;
@@ -45,12 +54,12 @@ import os
 import threading
 import time
 
+from inmem.files import fsync_dir, make_dirs, open_private
 from inmem.wal.errors import WalClosed, WalError, WalFailed, WalNeedsRecovery
 from inmem.wal.failpoints import failpoint, register
-from inmem.wal.reader import CleanEnd, WalReader, read_file
+from inmem.wal.reader import CleanEnd, WalReader
 from inmem.wal.record import RECORD_OVERHEAD, TYPE_BATCH, append_record, checked_size
-from inmem.wal.segment import (LSN_MAX, fsync_dir, list_segments, remove_temp_files,
-                         segment_path)
+from inmem.wal.segment import LSN_MAX, list_segments, remove_temp_files, segment_path
 
 logger = logging.getLogger("inmem.wal")
 
@@ -130,14 +139,14 @@ class WalWriter:
         self._pending = 0
 
         self._fd: int | None = None
-        first = self._open_log(start_lsn)
+        first, size, next_lsn = self._open_log(start_lsn)
         self._fd_seg_first = first        # segment the fd writes (physical)
-        self._fd_size = 0
+        self._fd_size = size
         self._fd_dirty = False
         self._seg_first = first           # segment new appends go to (logical)
-        self._seg_bytes = 0               # its bytes, written and pending
-        self._next_lsn = first
-        self._durable_lsn = first
+        self._seg_bytes = size            # its bytes, written and pending
+        self._next_lsn = next_lsn
+        self._durable_lsn = next_lsn
 
         if mode == "buffered":
             self._thread = threading.Thread(target=self._flusher, daemon=True,
@@ -154,67 +163,72 @@ class WalWriter:
 
     # -- opening -------------------------------------------------------------
 
-    def _open_log(self, start_lsn: int | None) -> int:
-        """Open (or create) the segment that the next record goes to; return its first LSN."""
+    def _open_log(self, start_lsn: int | None) -> tuple[int, int, int]:
+        """Open the segment the next record goes to; return (its first LSN, its size, next LSN)."""
         directory = self.directory
-        if not os.path.isdir(directory):
-            os.makedirs(directory, exist_ok=True)
-            fsync_dir(os.path.dirname(os.path.abspath(directory)), _fsync)
+        make_dirs(directory, _fsync)
         if remove_temp_files(directory):
             fsync_dir(directory, _fsync)
         segments = list_segments(directory)
-        if start_lsn is None:
-            start_lsn = self._log_end(segments)
-        elif not 0 <= start_lsn <= LSN_MAX:
+        if start_lsn is not None and not 0 <= start_lsn <= LSN_MAX:
             raise ValueError(f"start_lsn out of range: {start_lsn}")
-        elif segments and segments[-1][0] > start_lsn:
+        if not segments:
+            start = 0 if start_lsn is None else start_lsn
+            self._fd = self._create_segment(start)
+            return start, 0, start
+        newest_first, newest_path = segments[-1]
+        if start_lsn is not None and newest_first > start_lsn:
             raise WalError(
                 f"cannot start the WAL in {directory} at LSN {start_lsn}: it already "
-                f"holds a segment starting at LSN {segments[-1][0]}; open it without "
+                f"holds a segment starting at LSN {newest_first}; open it without "
                 f"start_lsn to continue after its last record")
-        path = segment_path(directory, start_lsn)
-        if segments and segments[-1][0] == start_lsn:
-            # The newest segment holds no record yet (a crash right after a roll,
-            # or a zero-filled file): reuse it rather than leave an empty file.
-            data = read_file(path)
-            if data.count(0) != len(data):
+        end_lsn, end_offset, clean = self._newest_end()
+        if start_lsn is None:
+            if not clean:
                 raise WalNeedsRecovery(
-                    f"WAL segment {path} already holds data but the log is to continue "
-                    f"at its first LSN {start_lsn}; run recovery on the directory first")
-            fd = os.open(path, self._open_flags)
-            try:
-                if data:
-                    os.ftruncate(fd, 0)
-                    _fsync(fd)
-                self._preallocate(fd)
-            except BaseException:
-                os.close(fd)
-                raise
-        else:
-            fd = self._create_segment(start_lsn)
-        self._fd = fd
-        return start_lsn
+                    f"the WAL in {directory} does not end cleanly; run recovery on it (it "
+                    f"truncates a torn tail after keeping a *.broken.N copy) before writing")
+            start_lsn = end_lsn
+        elif (clean and end_lsn > start_lsn) or (not clean and newest_first == start_lsn):
+            raise WalNeedsRecovery(
+                f"WAL segment {newest_path} already holds records at or after LSN "
+                f"{start_lsn}, where the log is to continue; run recovery on the "
+                f"directory first")
+        if clean and end_lsn == start_lsn and end_offset < self.segment_bytes_max:
+            self._fd = self._continue_segment(newest_path, end_offset)
+            return newest_first, end_offset, start_lsn
+        if clean:
+            _trim_file(newest_path, end_offset)
+        self._fd = self._create_segment(start_lsn)
+        return start_lsn, 0, start_lsn
 
-    def _log_end(self, segments) -> int:
-        if not segments:
-            return 0
+    def _newest_end(self) -> tuple[int, int, bool]:
+        """(LSN after its last record, byte offset after it, ends cleanly) of the newest segment."""
         # start_lsn at the very end: the reader verifies only the newest segment
         # and makes no payload objects, which is all that continuing needs.
         reader = WalReader(self.directory, start_lsn=LSN_MAX)
         for _ in reader:
             pass
-        if not isinstance(reader.outcome, CleanEnd):
-            raise WalNeedsRecovery(
-                f"the WAL in {self.directory} does not end cleanly ({reader.outcome}); "
-                f"run recovery on it (it truncates a torn tail after keeping a *.broken "
-                f"copy) before writing")
-        return reader.next_lsn
+        return reader.next_lsn, reader.end_offset, isinstance(reader.outcome, CleanEnd)
+
+    def _continue_segment(self, path: str, end_offset: int) -> int:
+        """Open a segment that ends cleanly at `end_offset` for appending after its last record."""
+        fd = open_private(path, self._open_flags)
+        try:
+            if os.fstat(fd).st_size > end_offset:
+                os.ftruncate(fd, end_offset)  # the zero tail a crash left
+                _fsync(fd)
+            self._preallocate(fd, end_offset)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _create_segment(self, first_lsn: int) -> int:
         path = segment_path(self.directory, first_lsn)
-        fd = os.open(path, self._open_flags | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = open_private(path, self._open_flags | os.O_CREAT | os.O_EXCL)
         try:
-            self._preallocate(fd)
+            self._preallocate(fd, 0)
             _fsync(fd)
             fsync_dir(self.directory, _fsync)
         except BaseException:
@@ -222,16 +236,23 @@ class WalWriter:
             raise
         return fd
 
-    def _preallocate(self, fd: int) -> None:
+    def _preallocate(self, fd: int, offset: int) -> None:
         if not self.preallocate:
             return
-        try:
-            os.posix_fallocate(fd, 0, self.segment_bytes_max)
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                raise
-            # A filesystem without fallocate: plain appends still work.
-        os.lseek(fd, 0, os.SEEK_SET)
+        if offset < self.segment_bytes_max:
+            try:
+                os.posix_fallocate(fd, 0, self.segment_bytes_max)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+                # A filesystem without fallocate: plain appends still work.
+        os.lseek(fd, offset, os.SEEK_SET)
+
+    def _trim_tail(self) -> None:
+        """Give back the preallocated space after the last record; the fsync that follows keeps it."""
+        if self.preallocate:
+            os.ftruncate(self._fd, self._fd_size)
+            self._fd_dirty = True
 
     # -- appending -----------------------------------------------------------
 
@@ -410,6 +431,7 @@ class WalWriter:
 
     def _roll_file(self, first_lsn: int) -> None:
         failpoint(FP_BEFORE_ROLL)
+        self._trim_tail()
         self._fsync_file()
         old, self._fd = self._fd, None
         os.close(old)
@@ -574,6 +596,8 @@ class WalWriter:
             except WalError as exc:
                 final_error = exc
         with self._io_lock:
+            if final_error is None and self._error is None and self._fd is not None:
+                self._trim_at_close()
             fd, self._fd = self._fd, None
             if fd is not None:
                 try:
@@ -585,6 +609,15 @@ class WalWriter:
         if final_error is not None:
             raise final_error
 
+    def _trim_at_close(self) -> None:
+        # Everything is durable already: a failed trim costs disk space, not data.
+        try:
+            self._trim_tail()
+            self._fsync_file()
+        except OSError as exc:
+            logger.warning("could not trim WAL segment %d in %s: %r",
+                           self._fd_seg_first, self.directory, exc)
+
     def __enter__(self) -> "WalWriter":
         return self
 
@@ -595,3 +628,14 @@ class WalWriter:
         state = "failed" if self.failed else "closed" if self._closed else "open"
         return (f"WalWriter({self.directory!r}, mode={self.mode!r}, next_lsn={self._next_lsn}, "
                 f"durable_lsn={self._durable_lsn}, {state})")
+
+
+def _trim_file(path: str, size: int) -> None:
+    """Cut a closed segment's zero tail (left by a crash) so that it ends at its last record."""
+    fd = open_private(path, os.O_WRONLY)
+    try:
+        if os.fstat(fd).st_size > size:
+            os.ftruncate(fd, size)
+            _fsync(fd)
+    finally:
+        os.close(fd)

@@ -179,7 +179,7 @@ class DiskState:
     """What the directory held before the reopen, to judge the recovery report by."""
 
     snapshots: list    # *.snap names, oldest first
-    wal_broken: set    # names of wal/*.broken
+    wal_broken: set    # names of wal/*.broken.N
     segments: dict     # segment name -> size
     records_after_snapshot: int  # good WAL records at or after the newest snapshot
 
@@ -188,7 +188,7 @@ class DiskState:
         directory = Path(directory)
         sdir, wdir = directory / "snapshots", directory / "wal"
         snaps = sorted(p.name for p in sdir.glob("*.snap")) if sdir.is_dir() else []
-        broken = {p.name for p in wdir.glob("*.broken")} if wdir.is_dir() else set()
+        broken = {p.name for p in wdir.glob("*.broken.*")} if wdir.is_dir() else set()
         segs = {p.name: p.stat().st_size for p in wdir.glob("*.wal")} if wdir.is_dir() else {}
         position = snapshot_position(snaps[-1]) if snaps else 0
         return cls(snaps, broken, segs, wal_records_from(directory, position))
@@ -228,11 +228,11 @@ def check_report(db, directory, before: DiskState, ops_total: int, runs: list[st
     assert report.records_replayed <= report.transactions_recovered <= ops_total, (
         f"{report}: every record holds one group or more, and every group is one of the "
         f"{ops_total} ops the state holds")
-    new_broken = {p.name for p in (directory / "wal").glob("*.broken")} - before.wal_broken
+    new_broken = {p.name for p in (directory / "wal").glob("*.broken.*")} - before.wal_broken
     if report.tail_truncated_bytes:
-        assert len(new_broken) == 1, f"a cut tail must leave one *.broken copy: {new_broken}"
+        assert len(new_broken) == 1, f"a cut tail must leave one *.broken.N copy: {new_broken}"
         (copy,) = new_broken
-        segment = directory / "wal" / copy[:-len(".broken")]
+        segment = directory / "wal" / copy[:copy.rindex(".broken.")]
         cut = (directory / "wal" / copy).stat().st_size - segment.stat().st_size
         assert cut == report.tail_truncated_bytes, (cut, report)
     else:

@@ -130,9 +130,9 @@ def test_torn_tail_at_every_offset_of_the_last_record(pristine, tmp_path):
         assert n == baseline, f"cut at {cut}: {n} ops recovered, {baseline} before the last record"
         assert check.valid
         assert report.tail_truncated_bytes == torn, (cut, report)
-        broken = work / "wal" / (newest.name + ".broken")
+        broken = work / "wal" / (newest.name + ".broken.1")
         if torn:
-            assert broken.read_bytes() == original[:cut], "the .broken copy keeps the damaged file"
+            assert broken.read_bytes() == original[:cut], "the .broken.1 copy keeps the damaged file"
             assert segment.stat().st_size == start
         else:
             assert not broken.exists()
@@ -152,7 +152,7 @@ def test_flipped_bit_mid_log_is_corruption(pristine, tmp_path):
     assert os.path.samefile(err.path, victim) and err.offset == offset, (err.path, err.offset)
     assert str(victim) in str(err) and str(offset) in str(err)
     # Recovery refused and changed nothing: the store still fails the same way.
-    assert not list((work / "wal").glob("*.broken"))
+    assert not list((work / "wal").glob("*.broken*"))
     with pytest.raises(inmem.CorruptionError):
         inmem.open(work, durability="strict", **OPTIONS)
 
@@ -256,7 +256,7 @@ def test_zero_fill_after_the_last_record(pristine, tmp_path):
         f.write(bytes(1000))
     n, report, check = reopen_state(work)
     assert n == 203 and check.valid
-    assert report.tail_truncated_bytes == 0 and not list((work / "wal").glob("*.broken"))
+    assert report.tail_truncated_bytes == 0 and not list((work / "wal").glob("*.broken*"))
     writes_and_reopens(work, n)
 
 
@@ -303,7 +303,7 @@ def test_damaged_newest_snapshot_falls_back(two_snapshots, tmp_path, damage):
     assert report.snapshot_used == str(older.resolve()), report
     assert report.records_replayed > 0
     assert not newest.exists()
-    assert Path(str(newest) + ".broken").exists()
+    assert Path(str(newest) + ".broken.1").exists()
     writes_and_reopens(work, n)
 
 
@@ -334,5 +334,5 @@ def test_buffered_store_torn_tail_recovers_prefix(tmp_path):
         (report,) = db.recovery_report()
         assert n is not None and n < 120
         assert report.tail_truncated_bytes == size // 2, report
-        assert (directory / "wal" / (newest.name + ".broken")).exists()
+        assert (directory / "wal" / (newest.name + ".broken.1")).exists()
         assert harness.check_chain(db, workload.lane_run(0)) == len(workload.expected(n)["events"])

@@ -123,7 +123,7 @@ def test_load_newest_valid_falls_back_and_keeps_evidence(tmp_path):
     damage(infos[1].path, offset=os.path.getsize(infos[1].path) - 1)
     snap, broken = store.load_newest_valid()
     assert snap.header.wal_position == 10 and bytes(snap.sections[sf.KV]) == b"kv@10"
-    assert broken == [infos[2].path + ".broken", infos[1].path + ".broken"]
+    assert broken == [infos[2].path + ".broken.1", infos[1].path + ".broken.1"]
     assert all(os.path.exists(p) for p in broken)
     assert not os.path.exists(infos[2].path)
     assert [i.wal_position for i in store.list()] == [10]
@@ -159,7 +159,7 @@ def test_a_file_whose_name_disagrees_with_its_header_is_not_used(tmp_path):
     liar = tmp_path / snapshot_name(50, moved.timestamp)
     os.rename(moved.path, liar)
     snap, broken = store.load_newest_valid()
-    assert snap.path == good.path and broken == [str(liar) + ".broken"]
+    assert snap.path == good.path and broken == [str(liar) + ".broken.1"]
 
 
 def test_a_newer_format_version_stops_loading_and_is_not_renamed(tmp_path):

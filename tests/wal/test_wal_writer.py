@@ -141,17 +141,29 @@ def test_delete_before(tmp_path, fsync_calls):
     assert reader.outcome == CleanEnd()
 
 
-def test_reopen_continues_lsns_in_a_new_segment(tmp_path):
+def test_reopen_continues_lsns_in_the_newest_segment(tmp_path):
     with WalWriter(tmp_path, "strict") as w:
         for p in payloads(5):
             w.append(p)
     with WalWriter.open(tmp_path, "buffered") as w:
         assert w.next_lsn == w.durable_lsn == 5
         assert w.append(b"more") == 5
-    assert seg_firsts(tmp_path) == [0, 5]
+    # The newest segment ended cleanly with room left: reopening adds no file.
+    assert seg_firsts(tmp_path) == [0]
     assert disk_payloads(tmp_path) == payloads(5) + [b"more"]
     with WalWriter(tmp_path, "strict") as w:  # start_lsn=None is the same as open()
         assert w.next_lsn == 6
+
+
+def test_reopen_starts_a_new_segment_when_the_newest_is_full(tmp_path):
+    # 30-byte payloads make 40-byte records: two fill an 80-byte segment.
+    with WalWriter(tmp_path, "strict", segment_bytes_max=80) as w:
+        for p in payloads(2, size=30):
+            w.append(p)
+    with WalWriter(tmp_path, "strict", segment_bytes_max=80) as w:
+        assert w.append(b"next") == 2
+    assert seg_firsts(tmp_path) == [0, 2]
+    assert disk_payloads(tmp_path) == payloads(2, size=30) + [b"next"]
 
 
 def test_reopen_reuses_an_empty_newest_segment(tmp_path):

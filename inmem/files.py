@@ -1,0 +1,268 @@
+"""Files and directories on disk: private permissions, durable creation, the lock, evidence copies.
+
+Whatever inmem writes may hold an agent's data, so every file it creates is
+0600 and every directory 0700, whatever the umask: the mode is set again with
+chmod after creation, because a umask can only take bits away (and an odd one
+takes the owner's too).
+
+A directory entry is durable only once the directory holding it is fsynced:
+`make_dirs` fsyncs every directory it creates and the parent of each, so that a
+new store's directories survive a crash before its first acknowledged write.
+
+This module holds the code base's one directory fsync (`fsync_dir`), its one
+exclusive lock (`try_lock`), and the evidence copies that recovery keeps before
+it repairs a file (`keep_evidence_copy`, `move_to_evidence`): numbered
+`<name>.broken.1`, `.broken.2`, ..., fsynced, never written over.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+EVIDENCE_SUFFIX = ".broken"
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_COPY_CHUNK = 1 << 20
+
+
+# -- fsync of directories ---------------------------------------------------------
+
+def _sync_dir(path: str, fsync) -> None:
+    """The seam every directory fsync goes through (tests replace it to see which ones ran)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
+    try:
+        fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(directory, fsync=None) -> None:
+    """fsync a directory so that a file created, renamed or removed in it is durable.
+
+    `fsync` replaces os.fsync (the WAL passes its own, so that its fault tests
+    see directory fsyncs too).
+    """
+    _sync_dir(os.path.abspath(os.fspath(directory)), os.fsync if fsync is None else fsync)
+
+
+# -- private directories and files ------------------------------------------------
+
+def make_dirs(path, fsync=None, tighten: bool = False) -> list[str]:
+    """Create `path` and its missing parents as 0700 directories, durably; return what was made.
+
+    Each directory made is fsynced, and so is the parent of each (the first
+    one's parent existed already), before this returns. An existing directory
+    is left as it is, unless `tighten` is set: then one that this user owns
+    and that others may enter is made 0700 (for directories that only inmem
+    creates, such as a store's wal/, written by an older release).
+    """
+    path = os.path.abspath(os.fspath(path))
+    missing = []
+    probe = path
+    while not os.path.isdir(probe):
+        missing.append(probe)
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    made = []
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, DIR_MODE)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
+            continue  # made by someone else meanwhile: theirs to make durable
+        os.chmod(directory, DIR_MODE)
+        made.append(directory)
+    for directory in made:
+        fsync_dir(directory, fsync)
+    if made:
+        fsync_dir(os.path.dirname(made[0]), fsync)
+    elif tighten:
+        _tighten(path)
+    return made
+
+
+def _tighten(path: str) -> None:
+    st = os.lstat(path)
+    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(path, DIR_MODE)
+
+
+def open_private(path, flags: int) -> int:
+    """os.open(path, flags) for a file that only its owner may read: 0600 whatever the umask.
+
+    A file that already exists with a wider mode (written by an older
+    release) is narrowed too, when this user owns it.
+    """
+    fd = os.open(path, flags | _CLOEXEC, FILE_MODE)
+    try:
+        if flags & os.O_CREAT:
+            st = os.fstat(fd)
+            if stat.S_IMODE(st.st_mode) != FILE_MODE and st.st_uid == os.geteuid():
+                os.fchmod(fd, FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def private_opener(path, flags: int) -> int:
+    """An `opener` for the built-in open() that creates the file 0600."""
+    return open_private(path, flags)
+
+
+# -- the lock -----------------------------------------------------------------------
+
+def try_lock(path) -> int | None:
+    """An exclusive flock on the file `path` (made 0600 if new): its fd, or None if held elsewhere.
+
+    The lock lasts until the fd is closed (or the process ends, however it
+    ends). A second open of the same path in this process is refused too.
+    """
+    fd = open_private(path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+# -- the extent of a file's data ----------------------------------------------------
+
+def data_end(fd: int, size: int) -> int:
+    """Where the data of a file ends, if everything after it is a hole; else `size`.
+
+    A preallocated file's unwritten tail reads as zeros, and ext4 and xfs
+    (among others) report it as a hole: it need not be read to know that.
+    Nothing here is a guess: without hole support the answer is `size`.
+    The file offset is left where it was.
+    """
+    position = os.lseek(fd, 0, os.SEEK_CUR)
+    try:
+        return _first_hole_at_end(fd, size)
+    finally:
+        os.lseek(fd, position, os.SEEK_SET)
+
+
+def _first_hole_at_end(fd: int, size: int) -> int:
+    try:
+        hole = os.lseek(fd, 0, os.SEEK_HOLE)
+        if hole >= size:
+            return size
+        try:
+            os.lseek(fd, hole, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return hole  # no data after the first hole
+            raise
+        return size  # data after a hole: read it all
+    except (OSError, AttributeError):
+        return size
+
+
+def read_data(path) -> tuple[bytes, int]:
+    """(the bytes of `path` up to `data_end`, the file size); what is left out reads as zeros."""
+    with open(path, "rb", buffering=0) as f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        end = data_end(fd, size)
+        if end >= size:
+            return f.readall(), size
+        return f.read(end), size
+
+
+# -- evidence -------------------------------------------------------------------------
+
+def _evidence_names(path: str):
+    n = 1
+    while True:
+        yield f"{path}{EVIDENCE_SUFFIX}.{n}"
+        n += 1
+
+
+def keep_evidence_copy(path) -> str:
+    """Copy `path` to the first free `<path>.broken.N`, fsync it and its directory; return it.
+
+    The copy has the original's size and bytes; a hole at the end of the
+    original (a preallocated tail) stays a hole in the copy.
+    """
+    path = os.fspath(path)
+    for target in _evidence_names(path):
+        try:
+            out = open_private(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            continue
+        break
+    try:
+        with open(path, "rb", buffering=0) as src:
+            size = os.fstat(src.fileno()).st_size
+            end = data_end(src.fileno(), size)
+            while src.tell() < end:
+                chunk = src.read(min(_COPY_CHUNK, end - src.tell()))
+                if not chunk:
+                    break
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view):]
+        os.ftruncate(out, size)
+        os.fsync(out)
+    except BaseException:
+        os.close(out)
+        try:
+            os.unlink(target)
+        except OSError:
+            pass
+        raise
+    os.close(out)
+    fsync_dir(os.path.dirname(os.path.abspath(target)))
+    return target
+
+
+def move_to_evidence(path) -> str:
+    """Rename `path` to the first free `<path>.broken.N` and fsync its directory; return the name.
+
+    A hard link takes the new name, so an existing one is never replaced even
+    by a rename racing with this one; a filesystem without hard links gets a
+    plain rename to a name checked to be free.
+    """
+    path = os.fspath(path)
+    for target in _evidence_names(path):
+        try:
+            os.link(path, target)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            if os.path.lexists(target):
+                continue
+            os.rename(path, target)
+            break
+        os.unlink(path)
+        break
+    fsync_dir(os.path.dirname(os.path.abspath(target)))
+    return target
+
+
+def is_evidence(name: str) -> bool:
+    """True for an evidence copy's name: `<anything>.broken` (older releases) or `.broken.N`."""
+    if name.endswith(EVIDENCE_SUFFIX):
+        return True
+    head, dot, number = name.rpartition(".")
+    return bool(dot) and number.isascii() and number.isdigit() and head.endswith(EVIDENCE_SUFFIX)
+
+
+__all__ = ["FILE_MODE", "DIR_MODE", "fsync_dir", "make_dirs", "open_private", "private_opener",
+           "try_lock", "data_end", "read_data", "keep_evidence_copy", "move_to_evidence",
+           "is_evidence"]
