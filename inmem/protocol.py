@@ -38,6 +38,31 @@ Decoding is defensive: a malformed frame, another version, an unknown
 operation or arguments of the wrong shape raise `ProtocolError`, which the
 receiver sends back as an error reply or counts and drops. Nothing here uses
 `assert` on network input.
+
+Decoding is also bounded, because a body turns into Python objects that can
+be far larger than its bytes (`decode_body`):
+
+- a body over `CHECK_FROM` bytes is first walked by msgpack's allocation-free
+  skip, so a truncated body, trailing junk or nesting deeper than msgpack's
+  stack (1024) costs nothing. This matters beyond garbage: msgpack
+  preallocates up to 10,000 slots for each array it opens, so 1024 nested
+  headers claiming big arrays in a 10 KiB body would take 80 MiB before the
+  decoder noticed that the elements are missing. After the walk every array
+  holds the elements it claims, and those are bytes of the body;
+- no string, bytes, extension, array or map may claim more than the body
+  can hold, nor more than `ELEMENTS_MAX` elements;
+- a request's empty lists and maps may cost at most 7 bytes of memory per
+  byte of request (`EMPTIES_BYTES_PER_BYTE`, about one empty per 9 bytes):
+  an empty container is one byte on the wire and 64 to 72 bytes in memory,
+  the cheapest way to make a decoder allocate (a body of nothing else would
+  cost 72 times its size);
+- extension payloads are decoded with the same bounds, and an opaque
+  stand-in's payload is small or refused.
+
+So decoding an N-byte request costs what its content costs as Python objects:
+about 8 bytes per element, plus the objects themselves, which for the densest
+shapes a real value can have (many one-entry maps) is up to ~80 N. The frame
+size limit (`max_message_bytes`) is what bounds N.
 """
 
 from __future__ import annotations
@@ -68,6 +93,35 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
 #: the client's; more is not a message we sent
 ENVELOPE_FRAMES_MAX = 4
 
+#: bodies larger than this are walked before they are decoded (see the module doc);
+#: up to here the worst case, every array nested and preallocated, stays under 1 MiB
+CHECK_FROM = 512
+#: elements one array or map may claim, however long its body
+ELEMENTS_MAX = 2**24
+#: what decoding an empty list or map costs in memory (the object and its slot in
+#: its container), for one byte on the wire
+EMPTY_LIST_BYTES = 64
+EMPTY_MAP_BYTES = 72
+#: a request's empty lists and maps may cost this many bytes per byte of request,
+#: plus EMPTIES_FREE_BYTES: about one empty per 9 bytes, which real values with many
+#: empty fields stay under, while a body of nothing else is refused at 7 times its size
+EMPTIES_BYTES_PER_BYTE = 7
+EMPTIES_FREE_BYTES = 256 * 1024
+#: bytes an opaque stand-in's payload (type name, hashability, short repr) may take
+_OPAQUE_BYTES_MAX = 4096
+#: every encoding of an empty array, and of an empty map: counting them over-estimates
+#: the empties a body holds (the bytes may sit inside a string), which is enough to
+#: know when no exact count is needed
+_EMPTY_LIST_CODES = (b"\x90", b"\xdc\x00\x00", b"\xdd\x00\x00\x00\x00")
+_EMPTY_MAP_CODES = (b"\x80", b"\xde\x00\x00", b"\xdf\x00\x00\x00\x00")
+#: messages queued per peer on a socket that reads from the network (ZMQ_RCVHWM).
+#: ZeroMQ counts messages, not bytes, and stops reading from a peer whose queue
+#: is full, so the rest waits in the kernel and the sender instead of in this
+#: process, and nothing is dropped. It is large enough for a burst: thousands of
+#: clients with a request each in flight all pass through the coordinator's one
+#: connection to a shard, and a shard takes up to 4096 per turn.
+RECV_QUEUE_MAX = 8192
+
 EXT_OPAQUE = 1
 EXT_BIGINT = 2
 EXT_ERROR = 3
@@ -96,6 +150,8 @@ VALUE_ARGS = {
 }
 
 _SCALARS = frozenset((str, int, float, bool, bytes, type(None)))
+_unpackb = msgpack.unpackb
+_ExtType = msgpack.ExtType
 _header_pack = HEADER.pack
 _header_unpack = HEADER.unpack
 _crc = crc32c.crc32c
@@ -248,10 +304,95 @@ def pack_checked(packer, body, max_message_bytes: int) -> bytes:
     return data
 
 
+# -- bounded decoding ---------------------------------------------------------------
+
+
+class _TooManyEmpties(Exception):
+    pass
+
+
+class _EmptiesBudget:
+    """list_hook and object_hook for the rare body that may hold too many empty containers."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, left: int):
+        self.left = left
+
+    def hook(self, obj):
+        if not obj:
+            self.left -= EMPTY_LIST_BYTES if type(obj) is list else EMPTY_MAP_BYTES
+            if self.left < 0:
+                raise _TooManyEmpties
+        return obj
+
+
+def _empties_bound(body) -> int:
+    """At least what the empty lists and maps in `body` cost to decode (C-speed counts)."""
+    count = body.count
+    return (EMPTY_LIST_BYTES * sum(map(count, _EMPTY_LIST_CODES))
+            + EMPTY_MAP_BYTES * sum(map(count, _EMPTY_MAP_CODES)))
+
+
+def _check_structure(body, n: int) -> None:
+    """Walk `body` without building anything; ProtocolError unless it is exactly one value."""
+    walker = msgpack.Unpacker(max_buffer_size=n)
+    walker.feed(body)
+    try:
+        walker.skip()
+    except msgpack.OutOfData:
+        raise ProtocolError(f"malformed message body: it ends inside a value "
+                            f"({n} bytes, truncated?)") from None
+    except msgpack.StackError:
+        raise ProtocolError("malformed message body: nested deeper than 1024 levels") from None
+    except Exception as exc:
+        raise ProtocolError(f"malformed message body: {type(exc).__name__}: {exc}") from None
+    end = walker.tell()
+    if end != n:
+        raise ProtocolError(f"malformed message body: {n - end} bytes after the value")
+
+
+def decode_body(body, ext_hook=None, empties: bool = False, unicode_errors: str = "strict"):
+    """msgpack.unpackb with the bounds in the module doc; ProtocolError for anything wrong.
+
+    `empties` turns on the budget of empty lists and maps (requests; a reply
+    is the cluster's own and may legitimately be nothing but empty values).
+    """
+    if type(body) is not bytes:
+        body = bytes(body)
+    n = len(body)
+    if n == 0:
+        raise ProtocolError("malformed message body: it is empty")
+    if n > CHECK_FROM:
+        _check_structure(body, n)
+    elements = n if n < ELEMENTS_MAX else ELEMENTS_MAX
+    allowed = n * EMPTIES_BYTES_PER_BYTE + EMPTIES_FREE_BYTES
+    hook = None
+    # A body of fewer bytes than `allowed` empties could cost cannot hold too
+    # many, and most longer ones plainly do not: only the rest pay for a count.
+    if empties and n * EMPTY_MAP_BYTES > allowed and _empties_bound(body) > allowed:
+        hook = _EmptiesBudget(allowed).hook
+    try:
+        return _unpackb(body, raw=False, ext_hook=ext_hook or _ExtType, strict_map_key=False,
+                        unicode_errors=unicode_errors, list_hook=hook, object_hook=hook,
+                        max_str_len=n, max_bin_len=n, max_ext_len=n,
+                        max_array_len=elements, max_map_len=elements // 2)
+    except ProtocolError:
+        raise
+    except _TooManyEmpties:
+        raise ProtocolError(
+            f"this {n}-byte request holds more empty lists and maps than it may (about one "
+            f"per {EMPTY_LIST_BYTES // EMPTIES_BYTES_PER_BYTE} bytes of request, as each costs "
+            f"~{EMPTY_LIST_BYTES} bytes to decode); send fewer of them per request") from None
+    except Exception as exc:
+        raise ProtocolError(f"malformed message body: {type(exc).__name__}: {exc}") from None
+
+
 def _client_ext_hook(code, data):
     if code == EXT_ERROR:
         try:
-            return from_wire(msgpack.unpackb(data, raw=False))
+            # surrogatepass: a message may quote a bad string exactly as it came
+            return from_wire(decode_body(data, unicode_errors="surrogatepass"))
         except Exception as exc:
             return ProtocolError(f"malformed error in a reply: {exc}")
     return msgpack.ExtType(code, data)
@@ -260,10 +401,11 @@ def _client_ext_hook(code, data):
 def unpack_reply(body):
     """The result in a reply body; an error comes back as an InmemError instance."""
     try:
-        return msgpack.unpackb(body, raw=False, ext_hook=_client_ext_hook,
-                               strict_map_key=False)
+        return decode_body(body, _client_ext_hook)
+    except ProtocolError as exc:
+        return ProtocolError(f"in a reply: {exc}")
     except Exception as exc:
-        return ProtocolError(f"malformed reply: {exc}")
+        return ProtocolError(f"malformed reply: {type(exc).__name__}: {exc}")
 
 
 # -- the shard side: unpacking requests, packing replies --------------------------
@@ -275,7 +417,13 @@ def _server_ext_hook(code, data):
             raise ProtocolError("oversized integer")
         return int(data)
     if code == EXT_OPAQUE:
-        name, hashable, text = msgpack.unpackb(data, raw=False, unicode_errors="surrogatepass")
+        if len(data) > _OPAQUE_BYTES_MAX:
+            raise ProtocolError(f"an opaque value's description is over {_OPAQUE_BYTES_MAX} "
+                                "bytes; this client did not send it")
+        try:
+            name, hashable, text = decode_body(data, unicode_errors="surrogatepass")
+        except (TypeError, ValueError):
+            raise ProtocolError("malformed opaque value: not [name, hashable, text]") from None
         if type(name) is not str or not name.isidentifier():
             name = "object"
         if type(text) is not str:
@@ -295,13 +443,7 @@ def _server_ext_hook(code, data):
 
 
 def _unpack_request(body):
-    try:
-        return msgpack.unpackb(body, raw=False, ext_hook=_server_ext_hook,
-                               strict_map_key=False, unicode_errors="surrogatepass")
-    except ProtocolError:
-        raise
-    except Exception as exc:
-        raise ProtocolError(f"malformed message body: {type(exc).__name__}: {exc}") from None
+    return decode_body(body, _server_ext_hook, True, "surrogatepass")
 
 
 def _check_op(item, known):
@@ -337,7 +479,8 @@ def decode_batch(body, known) -> list:
 def _server_default(obj):
     if isinstance(obj, InmemError):
         return msgpack.ExtType(EXT_ERROR, msgpack.packb(obj.to_wire(), use_bin_type=True,
-                                                        default=_plain_default))
+                                                        default=_plain_default,
+                                                        unicode_errors="surrogatepass"))
     return _plain_default(obj)
 
 
@@ -355,7 +498,8 @@ def new_reply_packer() -> msgpack.Packer:
 
 
 def error_body(err: InmemError) -> bytes:
-    return msgpack.packb(err, use_bin_type=True, default=_server_default)
+    return msgpack.packb(err, use_bin_type=True, default=_server_default,
+                         unicode_errors="surrogatepass")
 
 
 def pack_reply(packer, result, max_message_bytes: int) -> bytes:
@@ -462,7 +606,8 @@ def fanout_request(op: str, args) -> tuple[str, list]:
 __all__ = [
     "VERSION", "HEADER_BYTES", "KIND_OP", "KIND_BATCH", "KIND_ADMIN", "KIND_CLUSTER",
     "SLOT_COUNT", "DEFAULT_MAX_MESSAGE_BYTES", "FANOUT_OPS", "CLUSTER_OPS", "ADMIN_OPS",
-    "slot_of", "route_run", "header", "parse_header", "request_id_of", "new_packer",
+    "RECV_QUEUE_MAX", "slot_of", "route_run", "header", "parse_header", "request_id_of",
+    "new_packer", "decode_body",
     "op_body", "pack_checked", "unpack_reply", "decode_op", "decode_batch",
     "new_reply_packer", "error_body", "pack_reply", "shape", "merge_fanout", "fanout_request",
 ]
