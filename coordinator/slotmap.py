@@ -22,6 +22,7 @@ import json
 import os
 
 from inmem.errors import CorruptionError
+from inmem.files import fsync_dir, open_private
 from inmem.protocol import SLOT_COUNT
 
 FILE_NAME = "slotmap.json"
@@ -94,7 +95,7 @@ class SlotMap:
         path = self.path(data_dir)
         tmp = path + ".tmp"
         data = json.dumps(self.to_json(), indent=1).encode("utf-8")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             view = memoryview(data)
             while view:
@@ -103,11 +104,7 @@ class SlotMap:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        dfd = os.open(data_dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(data_dir)
 
     @classmethod
     def load_or_create(cls, data_dir: str, shard_count: int, count_is_auto: bool) -> "SlotMap":

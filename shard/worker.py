@@ -371,10 +371,11 @@ def exit_note_path(spec: dict, shard: int) -> str:
 
 
 def write_exit_note(spec: dict, shard: int, exc: BaseException) -> None:
-    """Leave the reason for a fatal exit where the supervisor can show it."""
+    """Leave the reason for a fatal exit where the supervisor can show it (a 0600 file)."""
+    from inmem.files import private_opener
     try:
         path = exit_note_path(spec, shard)
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
+        with open(path + ".tmp", "w", encoding="utf-8", opener=private_opener) as f:
             json.dump({"error": type(exc).__name__, "message": str(exc), "time": time.time()}, f)
         os.replace(path + ".tmp", path)
     except OSError:
