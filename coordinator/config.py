@@ -14,7 +14,8 @@ A config may list its shards explicitly (multi-host)::
     remote = true        # started by hand on that host; the coordinator only connects
 
 Shards not listed, or listed without an endpoint, run on the coordinator's
-host on an ipc socket in the data directory.
+host on an ipc socket in the data directory (or, when its path is too long for
+an ipc socket, in a private runtime directory: see `prepare_socket_dir`).
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ import copy
 import hashlib
 import ipaddress
 import os
+import stat
 import tempfile
 import tomllib
 from importlib import resources
 
 from inmem.errors import InmemError
+from inmem.files import DIR_MODE, make_dirs
 
 DURABILITY_MODES = ("inmemory", "buffered", "strict")
 #: longest ipc path we use: the kernel's limit (sun_path) is 108 bytes with its NUL
@@ -231,6 +234,55 @@ def socket_dir(data_dir: str) -> str:
     return os.path.join(tempfile.gettempdir(), f"inmem-{digest}")
 
 
+def prepare_socket_dir(spec: dict) -> None:
+    """Make the directories of this host's ipc endpoints: private, and ours.
+
+    The short runtime directory (see `socket_dir`) has a predictable name in
+    the shared temporary directory, so another user could create it first and
+    watch or replace the sockets in it: one that exists already must be a
+    real directory owned by this user with mode 0700, or the cluster refuses
+    to start. Other socket directories are made 0700 if they do not exist.
+    """
+    data_dir = spec["data_dir"]
+    runtime = socket_dir(data_dir)
+    endpoints = [spec["client_endpoint"]]
+    endpoints += [s["endpoint"] for s in spec["shards"] if not s["remote"]]
+    for directory in sorted({os.path.dirname(e[6:]) for e in endpoints
+                             if e.startswith("ipc://")}):
+        if directory == runtime and runtime != data_dir:
+            _private_runtime_dir(runtime)
+        else:
+            make_dirs(directory)
+
+
+def runtime_dir_problem(path: str) -> str | None:
+    """Why an existing socket directory may not be used (None: it is ours and private)."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    if st.st_uid != os.geteuid():
+        return f"belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()})"
+    if stat.S_IMODE(st.st_mode) != DIR_MODE:
+        return f"has mode {stat.S_IMODE(st.st_mode):04o}, not 0700"
+    return None
+
+
+def _private_runtime_dir(path: str) -> None:
+    try:
+        os.mkdir(path, DIR_MODE)
+        os.chmod(path, DIR_MODE)
+        return
+    except FileExistsError:
+        pass
+    problem = runtime_dir_problem(path)
+    if problem:
+        raise ConfigError(
+            f"the socket directory {path} (used because the data directory's path is too "
+            f"long for an ipc socket) {problem}, so others could reach this cluster's "
+            f"sockets; remove it (or have its owner remove it), or use a shorter data "
+            f"directory path")
+
+
 def shard_dir(spec: dict, shard: int) -> str:
     return os.path.join(spec["data_dir"], f"shard-{shard}")
 
@@ -252,4 +304,5 @@ def bind_endpoint(endpoint: str) -> str:
 
 
 __all__ = ["ConfigError", "load", "resolve", "with_shard_count", "defaults", "socket_dir",
-           "shard_dir", "bind_endpoint", "cpu_count", "DURABILITY_MODES"]
+           "prepare_socket_dir", "runtime_dir_problem", "shard_dir", "bind_endpoint", "cpu_count",
+           "DURABILITY_MODES"]

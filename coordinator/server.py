@@ -24,7 +24,6 @@ ShardUnavailable. SIGTERM/SIGINT stop the loop; shards are stopped cleanly
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import logging
 import os
@@ -36,11 +35,13 @@ import zmq
 
 from inmem import protocol
 from inmem.errors import ClusterNotReady, InmemError, ProtocolError, ShardUnavailable
+from inmem.files import make_dirs, try_lock
 from inmem.types import RecoveryResult
 from inmem.protocol import (HEADER_BYTES, KIND_ADMIN, KIND_BATCH, KIND_CLUSTER, KIND_OP,
                             SLOT_COUNT, VERSION)
 
-from .config import ConfigError, bind_endpoint, socket_dir, with_shard_count
+from .config import (ConfigError, bind_endpoint, prepare_socket_dir, runtime_dir_problem,
+                     socket_dir, with_shard_count)
 from .fanout import FanOut, describe_recovery
 from .slotmap import SlotMap
 from .supervisor import DOWN, READY, RECOVERING, Supervisor
@@ -93,8 +94,8 @@ class Coordinator:
 
     def start(self) -> None:
         spec = self.spec
-        os.makedirs(spec["data_dir"], exist_ok=True)
-        self._lock_fd = _lock(spec["data_dir"])
+        make_dirs(spec["data_dir"])
+        self._lock_fd = lock_data_dir(spec["data_dir"])
         slotmap = SlotMap.load_or_create(spec["data_dir"], len(spec["shards"]),
                                          spec["shards_auto"])
         if slotmap.shard_count != len(spec["shards"]):
@@ -115,8 +116,7 @@ class Coordinator:
         front.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
         front.setsockopt(zmq.RCVHWM, 0)
         front.setsockopt(zmq.SNDHWM, 0)
-        if endpoint.startswith("ipc://"):
-            os.makedirs(os.path.dirname(endpoint[6:]), mode=0o700, exist_ok=True)
+        prepare_socket_dir(spec)
         try:
             front.bind(bind_endpoint(endpoint))
         except zmq.ZMQError as exc:
@@ -506,24 +506,10 @@ class Coordinator:
         if self.ctx is not None:
             self.ctx.destroy(0)
             self.ctx = None
-        # The sockets of this cluster's processes (the shards' are gone too once
-        # they stopped; a killed one leaves its file), and the short socket
-        # directory used when the data directory's path is too long for ipc.
-        endpoints = [self.spec.get("client_endpoint", "")]
-        endpoints += [s["endpoint"] for s in self.spec.get("shards", ()) if not s["remote"]]
-        for endpoint in endpoints:
-            if endpoint.startswith("ipc://"):
-                try:
-                    os.unlink(endpoint[6:])
-                except OSError:
-                    pass
-        sock_dir = socket_dir(self.spec["data_dir"])
-        if sock_dir != self.spec["data_dir"]:
-            try:
-                os.rmdir(sock_dir)
-            except OSError:
-                pass
+        # Only the coordinator that holds the data directory's lock owns its
+        # sockets: one refused at start must leave the running cluster's alone.
         if self._lock_fd is not None:
+            remove_sockets(self.spec)
             os.close(self._lock_fd)
             self._lock_fd = None
 
@@ -533,17 +519,61 @@ _HELLO = protocol.new_packer().pack(["hello", []])
 _PING = protocol.new_packer().pack(["ping", []])
 
 
-def _lock(data_dir: str) -> int:
-    path = os.path.join(data_dir, "coordinator.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise ConfigError(f"another coordinator is serving {data_dir}; stop it first") from None
+LOCK_NAME = "coordinator.lock"
+
+
+def lock_data_dir(data_dir: str) -> int:
+    """The coordinator's exclusive lock on a data directory (its fd, holding our pid).
+
+    ConfigError, naming the holder's pid, if another process holds it.
+    """
+    path = os.path.join(data_dir, LOCK_NAME)
+    fd = try_lock(path)
+    if fd is None:
+        holder = lock_holder(data_dir)
+        who = f"another coordinator (pid {holder})" if holder else "another coordinator"
+        raise ConfigError(f"{who} is serving {data_dir}; stop it first, or connect to it")
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def lock_holder(data_dir: str) -> int | None:
+    """The pid the lock file of `data_dir` names (meaningful while the lock is held)."""
+    try:
+        with open(os.path.join(data_dir, LOCK_NAME), "rb") as f:
+            return int(f.read(32).strip() or b"0") or None
+    except (OSError, ValueError):
+        return None
+
+
+def remove_sockets(spec: dict) -> None:
+    """Remove this host's ipc socket files of a cluster, and the short socket directory.
+
+    Only for the holder of the data directory's lock: the coordinator that
+    served it, or `inmem.Cluster` cleaning up after a coordinator that was
+    killed (a killed shard or coordinator leaves its socket file behind).
+    """
+    sock_dir = socket_dir(spec["data_dir"])
+    runtime = sock_dir != spec["data_dir"]
+    try:
+        if runtime and runtime_dir_problem(sock_dir):
+            return  # not our directory (start refused it): nothing in it is ours
+    except FileNotFoundError:
+        return
+    endpoints = [spec.get("client_endpoint", "")]
+    endpoints += [s["endpoint"] for s in spec.get("shards", ()) if not s["remote"]]
+    for endpoint in endpoints:
+        if endpoint.startswith("ipc://"):
+            try:
+                os.unlink(endpoint[6:])
+            except OSError:
+                pass
+    if runtime:
+        try:
+            os.rmdir(sock_dir)  # only when empty: nothing but our sockets is removed
+        except OSError:
+            pass
 
 
 def run(spec: dict, out=print) -> int:
@@ -566,4 +596,5 @@ def run(spec: dict, out=print) -> int:
     return 0
 
 
-__all__ = ["Coordinator", "run", "DOWN", "RECOVERING", "READY"]
+__all__ = ["Coordinator", "run", "lock_data_dir", "lock_holder", "remove_sockets", "DOWN",
+           "RECOVERING", "READY"]

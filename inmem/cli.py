@@ -8,28 +8,53 @@ import sys
 
 
 def _cmd_demo(args) -> int:
+    from .errors import InmemError
+    try:
+        if args.embedded:
+            return _demo_embedded(args)
+        if args.connect:
+            return _demo_connect(args)
+        return _demo_local_cluster(args)
+    except InmemError as exc:
+        # A refusal to start (the directory is in use, a bad config) is one
+        # line for the user, not a traceback.
+        print(f"inmem demo: {exc}", file=sys.stderr)
+        return 2
+
+
+def _demo_embedded(args) -> int:
     import inmem
     from .demo import play
+    db = inmem.open(args.path, durability=args.durability if args.path else "inmemory")
+    print(f"inmem demo against the embedded engine ({args.path or 'in memory'})")
+    with db:
+        for _ in range(args.runs):
+            play(db)
+    return 0
 
-    if args.embedded:
-        db = inmem.open(args.path, durability=args.durability if args.path else "inmemory")
-        print(f"inmem demo against the embedded engine ({args.path or 'in memory'})")
-        with db:
-            for _ in range(args.runs):
-                play(db)
-        return 0
-    if args.connect:
-        print(f"inmem demo against the cluster at {args.connect}")
-        with inmem.connect(args.connect, timeout=args.timeout) as db:
-            _demo_cluster(db, args.runs, play)
-        return 0
-    # The default: start a local cluster on the default config (data under
-    # ./data unless --data-dir says otherwise), play against it, stop it.
+
+def _demo_connect(args) -> int:
+    import inmem
+    from .demo import play
+    print(f"inmem demo against the cluster at {args.connect}")
+    with inmem.connect(args.connect, timeout=args.timeout) as db:
+        _demo_cluster(db, args.runs, play)
+    return 0
+
+
+def _demo_local_cluster(args) -> int:
+    """Start a local cluster on the default config (data under ./data unless --data-dir
+    says otherwise), play against it, stop it."""
+    import inmem
     from inmem.coordinator import config as cfg
+    from .demo import play
     spec = cfg.load(args.config)
     data_dir = args.data_dir or spec["data_dir"]
+    cluster = inmem.Cluster(config=args.config, data_dir=data_dir)
+    cluster.check_free()  # refused before anything is printed, spawned or touched
     print(f"starting a local cluster in {os.path.abspath(data_dir)} ...", flush=True)
-    with inmem.Cluster(config=args.config, data_dir=data_dir) as cluster:
+    cluster.start()
+    try:
         print(f"cluster ready at {cluster.endpoint} (pids {cluster.pids()})")
         with cluster.connect() as db:
             for r in db.recovery_report():
@@ -39,6 +64,8 @@ def _cmd_demo(args) -> int:
                       f"{len(r.orphaned_runs)} orphaned runs")
             _demo_cluster(db, args.runs, play)
         print("stopping the cluster (WALs flushed, final snapshots taken)")
+    finally:
+        cluster.stop()
     print("done; run it again to see the cluster recover what this run wrote")
     return 0
 

@@ -10,6 +10,11 @@ it runs in a fresh temporary directory, removed afterwards.
         db = cluster.connect()
 
 The coordinator writes its log (and its shards') to `<data_dir>/coordinator.log`.
+
+A data directory is served by one coordinator at a time (it holds the
+directory's lock). Starting a Cluster on a directory that a running cluster
+serves is refused before anything is spawned or touched, and only a holder of
+that lock ever removes a cluster's socket files.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import tempfile
 import time
 
 from .errors import ClusterNotReady, InmemError, Timeout
+from .files import make_dirs, private_opener
 
 
 def line_printer():
@@ -62,8 +68,10 @@ class Cluster:
         from inmem.coordinator.supervisor import _child_env
         if self.proc is not None:
             raise InmemError("this cluster is already running")
-        os.makedirs(self.data_dir, exist_ok=True)
-        self._log = open(os.path.join(self.data_dir, "coordinator.log"), "ab")
+        make_dirs(self.data_dir)
+        self.check_free()
+        self._log = open(os.path.join(self.data_dir, "coordinator.log"), "ab",
+                         opener=private_opener)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "inmem.coordinator", "--spec", json.dumps(self.spec),
              "--watch-parent"],
@@ -78,6 +86,18 @@ class Cluster:
             raise
         return self
 
+    def check_free(self) -> None:
+        """Raise InmemError if a running cluster serves this data directory already."""
+        from inmem.coordinator.server import lock_data_dir
+        from inmem.coordinator.config import ConfigError
+        try:
+            fd = lock_data_dir(self.data_dir)
+        except ConfigError as exc:
+            raise InmemError(f"{exc} at {self.endpoint}") from None
+        except FileNotFoundError:
+            return  # no data directory yet: nobody serves it
+        os.close(fd)
+
     def wait_ready(self, timeout: float) -> dict:
         """Wait for every shard to be ready; ClusterNotReady (with the log's tail) if not."""
         deadline = time.monotonic() + timeout
@@ -91,9 +111,16 @@ class Cluster:
                 raise ClusterNotReady(f"the cluster at {self.endpoint} was not ready within "
                                       f"{timeout:g} s:\n" + self.log_tail())
             try:
-                return admin.wait_ready(min(left, 0.5))
+                status = admin.wait_ready(min(left, 0.5))
             except (ClusterNotReady, Timeout):
                 continue
+            pid = status["coordinator"]["pid"]
+            if self.proc is not None and pid != self.proc.pid:
+                # Our coordinator has not bound yet, and another one answers on
+                # the endpoint: ours will find the directory taken and exit.
+                time.sleep(0.05)
+                continue
+            return status
 
     def connect(self, timeout: float = 10.0, **options):
         """A Database on this cluster (a new client each call)."""
@@ -154,12 +181,25 @@ class Cluster:
         if self._log is not None:
             self._log.close()
             self._log = None
-        from inmem.coordinator.config import socket_dir
-        sock_dir = socket_dir(self.data_dir)
-        if sock_dir != self.data_dir:
-            shutil.rmtree(sock_dir, ignore_errors=True)
+        self._remove_stale_sockets()
         if remove_tmp:
             self._remove_tmp()
+
+    def _remove_stale_sockets(self) -> None:
+        """Remove the sockets a killed coordinator left, if no coordinator serves the directory.
+
+        Holding the directory's lock while removing them is what makes them
+        ours: if another cluster serves it, its sockets stay untouched.
+        """
+        from inmem.coordinator.server import lock_data_dir, remove_sockets
+        try:
+            fd = lock_data_dir(self.data_dir)
+        except (InmemError, OSError):
+            return
+        try:
+            remove_sockets(self.spec)
+        finally:
+            os.close(fd)
 
     def _remove_tmp(self) -> None:
         if self._tmp is not None:
@@ -214,6 +254,9 @@ def serve_main(args) -> int:
         return 2
     except InmemError as exc:
         print(f"inmem serve: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. a data directory this user may not write
+        print(f"inmem serve: {exc}", file=sys.stderr)
         return 2
 
 
