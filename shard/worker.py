@@ -352,7 +352,12 @@ class Worker:
                 pass
         write_exit_note(self.spec, self.shard, exc)
         self.sock.close(0)
-        os._exit(EXIT_DURABILITY)
+        self.exit_process(EXIT_DURABILITY)
+
+    @staticmethod
+    def exit_process(code: int) -> None:
+        # At once, no cleanup: memory may hold writes the disk does not.
+        os._exit(code)
 
     def close(self) -> None:
         if self.sock is not None:

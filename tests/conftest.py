@@ -50,7 +50,6 @@ def _open_embedded(**options):
     return inmem.open(None, **options)
 
 
-#: backend name -> factory(**options) returning an open Database
 def _open_cluster(**options):
     # One 2-shard inmemory cluster per test process (real coordinator and shard
     # processes), wiped before each database it hands out.
@@ -58,9 +57,31 @@ def _open_cluster(**options):
     return open_cluster_db(**options)
 
 
+_DURABLE_ROOT: list[str] = []
+
+
+def _durable_factory(durability: str):
+    """Embedded stores on disk, so the buffered and strict write paths run through the suite."""
+    def _open(**options):
+        import atexit
+        import shutil
+        import tempfile
+
+        import inmem
+        if not _DURABLE_ROOT:
+            _DURABLE_ROOT.append(tempfile.mkdtemp(prefix="inmem-api-"))
+            atexit.register(shutil.rmtree, _DURABLE_ROOT[0], True)
+        path = tempfile.mkdtemp(dir=_DURABLE_ROOT[0])
+        return inmem.open(path, durability=durability, **options)
+    return _open
+
+
+#: backend name -> factory(**options) returning an open Database
 BACKENDS = {
     "embedded": _open_embedded,
     "cluster": _open_cluster,
+    "buffered": _durable_factory("buffered"),
+    "strict": _durable_factory("strict"),
 }
 
 
