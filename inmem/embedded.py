@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 
 from inmem.shard.engine import WRITE_OPS, Engine
+from inmem.shard.upkeep import shard_info
 
 from .database import KV
 from .errors import InmemError
@@ -78,16 +79,8 @@ class EmbeddedBackend:
         return [] if self.store is None else [self.store.recovery_result]
 
     def info(self) -> dict:
-        import os
-
-        import psutil
         with self.lock:
-            counts = self.engine.counts()
-        return {"ready": True, "shards": [{
-            "shard": 0, "pid": os.getpid(), "state": "ready", "keys": counts["keys"],
-            "runs": counts["runs"], "memory_bytes": psutil.Process().memory_info().rss,
-            "wal_bytes": 0 if self.store is None else self.store.wal_bytes(),
-            "durability": "inmemory" if self.store is None else self.store.durability}]}
+            return {"ready": True, "shards": [shard_info(0, self.engine, self.store)]}
 
     def close(self) -> None:
         with self.lock:

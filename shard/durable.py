@@ -50,6 +50,7 @@ from inmem.wal.writer import WalWriter
 from .effects import record_payloads
 from .engine import Engine
 from .snapshot_codec import dump
+from .upkeep import UPKEEP_EVERY_S, upkeep
 
 log = logging.getLogger("inmem.shard")
 
@@ -143,22 +144,18 @@ class DurableStore:
         self._holder = holder
 
     def start_scheduler(self, holder) -> None:
-        """Embedded use: a thread that takes the snapshots the triggers ask for."""
+        """Embedded use: a thread that runs the shard's upkeep (index slices, due snapshots)."""
         self.attach(holder)
         if self._scheduler is not None:
             return
 
         def loop():
-            while not self._stop.wait(0.25):
-                try:
-                    # The search index follows the journal in short slices, so
-                    # writers wait at most a few milliseconds for the lock.
-                    with holder.lock:
-                        if not self._closed:
-                            self.engine.index_step(3)
-                    self.maybe_snapshot(holder)
-                except Exception:  # a failed snapshot is logged; serving goes on
-                    log.exception("background snapshot failed")
+            while not self._stop.wait(UPKEEP_EVERY_S):
+                if not self._closed:
+                    try:
+                        upkeep(self.engine, self, holder)
+                    except Exception:  # a daemon thread must report, not vanish
+                        log.exception("background upkeep failed")
 
         self._scheduler = threading.Thread(target=loop, name="inmem-snapshots", daemon=True)
         self._scheduler.start()

@@ -48,14 +48,13 @@ from inmem import protocol
 from inmem.errors import DurabilityError, InmemError, ProtocolError
 from inmem.protocol import KIND_ADMIN, KIND_BATCH, KIND_OP
 from inmem.shard.engine import WRITE_OPS, Engine
+from inmem.shard.upkeep import UPKEEP_EVERY_S, shard_info, upkeep
 
 log = logging.getLogger("inmem.shard")
 
 #: requests applied per turn at most, so replies to the first do not wait forever
 DRAIN_MAX = 4096
 POLL_MS = 100
-IDLE_EVERY_S = 0.25
-INDEX_STEP_MS = 5
 EXIT_DURABILITY = 3
 EXIT_STARTUP = 2
 
@@ -138,7 +137,7 @@ class Worker:
         noblock = zmq.NOBLOCK
         again = zmq.Again
         process = self.process
-        next_idle = time.monotonic() + IDLE_EVERY_S
+        next_idle = time.monotonic() + UPKEEP_EVERY_S
         while not self.stopping:
             if poll(POLL_MS):
                 batch = []
@@ -155,7 +154,7 @@ class Worker:
                         pass
             now = time.monotonic()
             if now >= next_idle:
-                next_idle = now + IDLE_EVERY_S
+                next_idle = now + UPKEEP_EVERY_S
                 self.idle()
 
     def process(self, batch: list) -> list:
@@ -281,16 +280,9 @@ class Worker:
         return "pong"
 
     def admin_info(self) -> dict:
-        import psutil
-        counts = self.engine.counts()
-        store = self.store
-        return {"shard": self.shard, "pid": os.getpid(), "state": "ready",
-                "keys": counts["keys"], "runs": counts["runs"],
-                "memory_bytes": psutil.Process().memory_info().rss,
-                "wal_bytes": 0 if store is None else store.wal_bytes(),
-                "durability": self.durability, "requests": self.requests,
-                "protocol_errors": self.protocol_errors, "dropped_frames": self.dropped_frames,
-                "last_snapshot_pause_ms": None if store is None else store.last_snapshot_pause_ms}
+        return shard_info(self.shard, self.engine, self.store, requests=self.requests,
+                          protocol_errors=self.protocol_errors,
+                          dropped_frames=self.dropped_frames)
 
     def admin_snapshot(self) -> list:
         if self.store is None:
@@ -326,16 +318,10 @@ class Worker:
     # -- upkeep and shutdown -------------------------------------------------------
 
     def idle(self) -> None:
-        # Keep the search index close to the journal, a few ms at a time, so a
-        # search rarely has a backlog to index first.
-        self.engine.index_step(INDEX_STEP_MS)
-        if self.store is not None:
-            if self.store.writer.failed:  # the buffered flusher hit an I/O error: fail-stop
-                self.fail_stop([], DurabilityError(f"the WAL failed: {self.store.writer.error}"))
-            try:
-                self.store.maybe_snapshot(self.holder)
-            except InmemError as exc:  # the WAL is kept, so a failed snapshot loses nothing
-                log.error("shard %d: snapshot failed: %s", self.shard, exc)
+        store = self.store
+        if store is not None and store.writer.failed:  # the buffered flusher hit an I/O error
+            self.fail_stop([], DurabilityError(f"the WAL failed: {store.writer.error}"))
+        upkeep(self.engine, store, self.holder)
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             log.error("shard %d: the coordinator is gone; stopping", self.shard)
             self.stopping = True
