@@ -255,14 +255,5 @@ def move_to_evidence(path) -> str:
     return target
 
 
-def is_evidence(name: str) -> bool:
-    """True for an evidence copy's name: `<anything>.broken` (older releases) or `.broken.N`."""
-    if name.endswith(EVIDENCE_SUFFIX):
-        return True
-    head, dot, number = name.rpartition(".")
-    return bool(dot) and number.isascii() and number.isdigit() and head.endswith(EVIDENCE_SUFFIX)
-
-
 __all__ = ["FILE_MODE", "DIR_MODE", "fsync_dir", "make_dirs", "open_private", "private_opener",
-           "try_lock", "data_end", "read_data", "keep_evidence_copy", "move_to_evidence",
-           "is_evidence"]
+           "try_lock", "data_end", "read_data", "keep_evidence_copy", "move_to_evidence"]

@@ -27,7 +27,7 @@ class SnapshotCorrupt(SnapshotError, _PublicCorruptionError):
         path = os.fspath(path)
         super().__init__(
             f"snapshot {path} is damaged at byte offset {offset}: {reason}. "
-            f"Recovery renames such a file to *.broken (kept as evidence) and falls "
+            f"Recovery renames such a file to *.broken.N (kept as evidence) and falls "
             f"back to an older snapshot plus the WAL; run `inmem snapshot verify "
             f"{path}` to see its sections, and keep the file for diagnosis.",
             path=path, offset=offset, reason=reason)
@@ -42,7 +42,7 @@ class SnapshotUnsupported(SnapshotError):
     """A snapshot whose checksum is good but whose format version or flags this build does not know.
 
     Such a file was written by another (usually newer) inmem. It is not damage,
-    so recovery never renames it to *.broken or silently falls back past it.
+    so recovery never renames it to *.broken.N or silently falls back past it.
     """
 
     _fields = ("path", "offset", "reason", "version")

@@ -20,14 +20,14 @@ WAL position 0), then how to treat the WAL, or a failure.
 
 Why these answers:
 
-- A snapshot that fails verification was renamed to *.broken by the store; an
+- A snapshot that fails verification was renamed to *.broken.N by the store; an
   older one is safe to use because the WAL is kept down to the oldest retained
   snapshot's position. If none verifies, replay from position 0 is correct
   exactly when the WAL still starts at 0; otherwise the missing start shows up
   as a gap and recovery fails instead of inventing a state.
 - A torn tail is the normal trace of a crash during a write: that record was
   never acknowledged in strict mode (its fsync did not return), so it is cut
-  off (after a *.broken copy is kept) and recovery goes on.
+  off (after a *.broken.N copy is kept) and recovery goes on.
 - Damage followed by valid records is not a crash trace; it is corruption and
   stops recovery unless the operator set max_corrupt_entries.
 - A gap always stops recovery: the records in it are gone and nothing on disk

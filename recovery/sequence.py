@@ -2,7 +2,7 @@
 
     1. remove `*.tmp` snapshot files a crash left mid-write;
     2. load the newest snapshot whose crc verifies (a bad one becomes
-       `*.broken`, the next older one is tried);
+       `*.broken.N`, the next older one is tried);
     3. replay the WAL from the snapshot's position through the engine's live
        apply path (`Engine.apply_group`);
     4. ask the policy table (`recovery.policy`) what the findings mean: go on,

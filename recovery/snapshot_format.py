@@ -436,7 +436,7 @@ def verify_main(argv: Sequence[str] | None = None, out=None) -> int:
     parser = argparse.ArgumentParser(
         prog="inmem snapshot verify",
         description="Check a snapshot file's structure and crc32c, and print its header and sections.")
-    parser.add_argument("file", help="a snapshot file (snap-*.snap, or a *.broken one)")
+    parser.add_argument("file", help="a snapshot file (snap-*.snap, or a *.broken.N one)")
     try:
         args = parser.parse_args(list(argv) if argv is not None else None)
     except SystemExit as exc:

@@ -141,7 +141,7 @@ class SnapshotStore:
     # -- reading ----------------------------------------------------------
 
     def list(self) -> list[SnapshotInfo]:
-        """Every snapshot file, newest first; `.tmp` and `.broken` files are not listed."""
+        """Every snapshot file, newest first; `.tmp` and `.broken.N` files are not listed."""
         infos = []
         with os.scandir(self.directory) as entries:
             for entry in entries:

@@ -38,6 +38,6 @@ class WalNeedsRecovery(WalError):
     """The log does not end cleanly (torn tail or corruption), so a writer may not continue it.
 
     Appending after a torn tail would turn it into mid-log corruption. Run
-    recovery (which truncates a torn tail after keeping a `*.broken` copy), or
+    recovery (which truncates a torn tail after keeping a `*.broken.N` copy), or
     pass an explicit `start_lsn` that the caller has made true.
     """

@@ -137,7 +137,7 @@ def format_report(report: dict) -> str:
     elif out["kind"] == "torn_tail":
         lines.append(f"outcome: TORN TAIL in {out['segment']} at offset {out['offset']} "
                      f"({out['bytes_left']} bytes left); recovery truncates it after "
-                     f"keeping a .broken copy")
+                     f"keeping a numbered .broken.N copy")
     else:
         lines.append(f"outcome: CORRUPTION in {out['segment']} at offset {out['offset']}: "
                      f"{out['reason']}; recovery stops here unless max_corrupt_entries "

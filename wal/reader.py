@@ -336,6 +336,8 @@ class WalReader:
             return -1
         self.corrupt_skipped += 1
         self.skipped.append(SkippedRegion(path, off, skip_to - off, reason))
+        if skip_to == size:
+            self.end_offset = off
         return skip_to
 
 

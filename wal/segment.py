@@ -53,7 +53,7 @@ def list_segments(directory) -> list[tuple[int, str]]:
     """All segments in `directory` as (first_lsn, path), in log order.
 
     A missing directory has no segments. Files that are not segments
-    (`*.broken`, `*.tmp`, anything else) are ignored.
+    (`*.broken.N`, `*.tmp`, anything else) are ignored.
     """
     directory = os.fspath(directory)
     try:

@@ -249,7 +249,7 @@ class WalWriter:
         os.lseek(fd, offset, os.SEEK_SET)
 
     def _trim_tail(self) -> None:
-        """Give back the preallocated space after the last record; the fsync that follows keeps it."""
+        """Give back the preallocated space after the last record (durable at the next fsync)."""
         if self.preallocate:
             os.ftruncate(self._fd, self._fd_size)
             self._fd_dirty = True

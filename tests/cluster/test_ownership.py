@@ -1,4 +1,4 @@
-"""One owner per data directory: a refused start leaves the running cluster alone; all of it private.
+"""One owner per data directory: a refused start leaves the running cluster alone; all private.
 
 Real processes: a cluster started with `inmem serve`, then a second `inmem
 serve` and an `inmem demo` on the same directory, which must each exit with
