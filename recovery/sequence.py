@@ -3,13 +3,17 @@
     1. remove `*.tmp` snapshot files a crash left mid-write;
     2. load the newest snapshot whose crc verifies (a bad one becomes
        `*.broken.N`, the next older one is tried);
-    3. replay the WAL from the snapshot's position through the engine's live
-       apply path (`Engine.apply_group`);
+    3. replay the WAL from the snapshot's position, handing each record to
+       the target (the shard applies it through its live apply path);
     4. ask the policy table (`recovery.policy`) what the findings mean: go on,
        cut a torn tail (after keeping a numbered, fsynced `*.broken.N` copy),
        or fail with a CorruptionError naming the file and offset;
-    5. mark the runs left active as orphaned, rebuild the search index (it is
-       never stored), and fill a RecoveryResult.
+    5. let the target mark the runs left active as orphaned and rebuild its
+       indexes (they are never stored), and fill a RecoveryResult.
+
+The sequence reads files and decides what their state means; what the bytes
+become is the target's business (a `RecoveryTarget`, provided by the shard
+layer above), so this layer never imports the engine.
 
 Directory layout of a shard: `<dir>/wal/` segments, `<dir>/snapshots/` files.
 Both directories are created 0700 and fsynced (with their parent) before
@@ -19,6 +23,8 @@ segment is cut off by the WAL writer that opens the log next.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import gc
 import logging
 import os
@@ -27,7 +33,6 @@ import time
 
 from inmem.files import keep_evidence_copy, make_dirs
 from inmem.types import RecoveryResult
-from inmem.shard.effects import decode_batch
 from inmem.recovery import policy
 from inmem.recovery.snapshot_store import SnapshotStore
 from inmem.wal.reader import Corruption, TornTail, WalReader
@@ -84,9 +89,22 @@ def _dir_bytes(path: str) -> int:
         return 0
 
 
-def recover(directory, engine, *, shard: int = 0, max_corrupt_entries: int = 0,
+class RecoveryTarget(Protocol):
+    """What recovery rebuilds: the shard's state, fed the files' contents in log order."""
+
+    def load_snapshot(self, sections: dict) -> None: ...
+
+    def apply_record(self, payload) -> int:
+        """Apply one WAL record; return how many committed groups it held."""
+
+    def mark_orphans(self) -> list: ...
+
+    def rebuild_indexes(self) -> None: ...
+
+
+def recover(directory, target: RecoveryTarget, *, shard: int = 0, max_corrupt_entries: int = 0,
             snapshot_retention: int = 2):
-    """Rebuild `engine` (empty) from `directory`; returns (RecoveryResult, next_lsn, store)."""
+    """Rebuild `target` (empty) from `directory`; returns (RecoveryResult, next_lsn, store, case)."""
     started_at = time.time_ns() // 1000
     t0 = time.perf_counter()
     # Recovery allocates millions of objects that all survive: without this
@@ -94,14 +112,14 @@ def recover(directory, engine, *, shard: int = 0, max_corrupt_entries: int = 0,
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _recover(directory, engine, shard, max_corrupt_entries, snapshot_retention,
+        return _recover(directory, target, shard, max_corrupt_entries, snapshot_retention,
                         started_at, t0)
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
-def _recover(directory, engine, shard, max_corrupt_entries, snapshot_retention, started_at, t0):
+def _recover(directory, target, shard, max_corrupt_entries, snapshot_retention, started_at, t0):
     wdir, sdir = wal_dir(directory), snapshot_dir(directory)
     make_dirs(wdir, tighten=True)
     make_dirs(sdir, tighten=True)
@@ -112,8 +130,7 @@ def _recover(directory, engine, shard, max_corrupt_entries, snapshot_retention, 
     start_lsn = 0
     snapshot_used = None
     if snap is not None:
-        from inmem.shard.snapshot_codec import load
-        load(engine, snap.sections)
+        target.load_snapshot(snap.sections)
         start_lsn = snap.wal_position
         snapshot_used = os.path.abspath(snap.path)
 
@@ -125,12 +142,10 @@ def _recover(directory, engine, shard, max_corrupt_entries, snapshot_retention, 
     # to a state that lacks their predecessors (the engine rejects them with an
     # unrelated error, or worse, accepts them), where the policy must say WAL gap.
     gap = first_lsn is not None and first_lsn > start_lsn
-    apply = engine.apply_batches
+    apply = target.apply_record
     records = groups_applied = done_bytes = 0
     for _lsn, _rtype, payload in (() if gap else reader):
-        count, batches = decode_batch(payload)
-        apply(batches)
-        groups_applied += count
+        groups_applied += apply(payload)
         records += 1
         done_bytes += len(payload)
         if not records & 0x3FFF:
@@ -159,9 +174,9 @@ def _recover(directory, engine, shard, max_corrupt_entries, snapshot_retention, 
     truncated = 0
     if isinstance(outcome, TornTail):
         truncated = _cut_torn_tail(outcome)
-    orphans = engine.mark_orphans()
+    orphans = target.mark_orphans()
     t_index = time.perf_counter()
-    engine.index.catch_up(engine.runs, engine.clock())  # indexes are rebuilt, never stored
+    target.rebuild_indexes()
     index_seconds = time.perf_counter() - t_index
     finished_at = time.time_ns() // 1000
     result = RecoveryResult(

@@ -49,6 +49,7 @@ from inmem.wal.writer import WalWriter
 
 from .effects import record_payloads
 from .engine import Engine
+from .recovery_apply import EngineRecovery
 from .snapshot_codec import dump
 from .upkeep import UPKEEP_EVERY_S, upkeep
 
@@ -124,7 +125,7 @@ class DurableStore:
             kwargs = {} if max_value_bytes is None else {"max_value_bytes": max_value_bytes}
             engine = Engine(clock=clock, log=True, **kwargs)
             result, next_lsn, snapshots, _case = recover(
-                path, engine, shard=shard, max_corrupt_entries=opts["max_corrupt_entries"],
+                path, EngineRecovery(engine), shard=shard, max_corrupt_entries=opts["max_corrupt_entries"],
                 snapshot_retention=opts["snapshot_retention"])
             writer = WalWriter(wal_dir(path), durability,
                                segment_bytes_max=opts["segment_bytes_max"],
