@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import ipaddress
 import os
 import stat
 import tempfile
@@ -287,22 +286,6 @@ def shard_dir(spec: dict, shard: int) -> str:
     return os.path.join(spec["data_dir"], f"shard-{shard}")
 
 
-def bind_endpoint(endpoint: str) -> str:
-    """The address to bind for an endpoint that others connect to.
-
-    A remote shard is connected to by a host name; it binds every interface
-    on that port, since the name may not be one of its own addresses.
-    """
-    if endpoint.startswith("tcp://"):
-        host, _, port = endpoint[6:].rpartition(":")
-        try:
-            ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            if host not in ("*", "localhost") and port:
-                return f"tcp://*:{port}"
-    return endpoint
-
-
 __all__ = ["ConfigError", "load", "resolve", "with_shard_count", "defaults", "socket_dir",
-           "prepare_socket_dir", "runtime_dir_problem", "shard_dir", "bind_endpoint", "cpu_count",
+           "prepare_socket_dir", "runtime_dir_problem", "shard_dir", "cpu_count",
            "DURABILITY_MODES"]

@@ -33,14 +33,15 @@ import traceback
 
 import zmq
 
-from inmem import protocol
+import inmem.protocol as protocol
 from inmem.errors import ClusterNotReady, InmemError, ProtocolError, ShardUnavailable
 from inmem.files import make_dirs, try_lock
+from inmem.transport import bind_router
 from inmem.types import RecoveryResult
 from inmem.protocol import (HEADER_BYTES, KIND_ADMIN, KIND_BATCH, KIND_CLUSTER, KIND_OP,
                             SLOT_COUNT, VERSION)
 
-from .config import (ConfigError, bind_endpoint, prepare_socket_dir, runtime_dir_problem,
+from .config import (ConfigError, prepare_socket_dir, runtime_dir_problem,
                      socket_dir, with_shard_count)
 from .fanout import FanOut, describe_recovery
 from .slotmap import SlotMap
@@ -111,17 +112,11 @@ class Coordinator:
         for link in self.links:
             self._connect(link)
         endpoint = spec["client_endpoint"]
-        front = self.ctx.socket(zmq.ROUTER)
-        front.setsockopt(zmq.LINGER, 0)
-        front.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
-        front.setsockopt(zmq.RCVHWM, 0)
-        front.setsockopt(zmq.SNDHWM, 0)
         prepare_socket_dir(spec)
         try:
-            front.bind(bind_endpoint(endpoint))
-        except zmq.ZMQError as exc:
-            front.close(0)
-            raise ConfigError(f"cannot listen on {endpoint}: {exc}") from None
+            front = bind_router(self.ctx, endpoint, self.max_message_bytes)
+        except InmemError as exc:
+            raise ConfigError(str(exc)) from None
         self.front = front
         self.poller.register(front, zmq.POLLIN)
         self.out(f"inmem coordinator pid {os.getpid()} on {endpoint}: "
@@ -137,7 +132,8 @@ class Coordinator:
         # Queue only on a live connection: a send to a shard that is not there
         # fails at once instead of waiting for whatever process binds next.
         sock.setsockopt(zmq.IMMEDIATE, 1)
-        sock.setsockopt(zmq.RCVHWM, 0)
+        # Replies wait in the shard rather than here when this loop falls behind.
+        sock.setsockopt(zmq.RCVHWM, protocol.RECV_QUEUE_MAX)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, 20)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
@@ -183,41 +179,51 @@ class Coordinator:
                 frames = recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if len(frames) != 3:
-                counters["dropped_frames"] += 1
-                continue
-            ident, head, body = frames
-            if len(head) != HEADER_BYTES or head[0] != VERSION:
-                self._bad_header(ident, head)
-                continue
-            kind = head[1]
-            if kind == KIND_OP or kind == KIND_BATCH:
-                if not self.ready_once:
-                    self._error(ident, head, ClusterNotReady(self._not_ready_message()))
+            # Forward, answer or drop one [identity, header, body]; whatever goes
+            # wrong on the way is answered (or counted), never the end of the loop.
+            try:
+                if len(frames) != 3:
+                    counters["dropped_frames"] += 1
                     continue
-                slot = head[2] | (head[3] << 8)
-                if slot >= SLOT_COUNT:
-                    counters["protocol_errors"] += 1
-                    self._error(ident, head, ProtocolError(f"slot {slot} is out of range"))
+                ident, head, body = frames
+                if len(head) != HEADER_BYTES or head[0] != VERSION:
+                    self._bad_header(ident, head)
                     continue
-                link = links[owners[slot]]
-                if link.handle.state != READY:
-                    self._unavailable(ident, head, link)
-                    continue
-                try:
-                    link.sock.send_multipart(frames, zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    self._unavailable(ident, head, link)
-                    continue
-                link.inflight[(ident, head)] = None
-            elif kind == KIND_CLUSTER:
-                try:
+                kind = head[1]
+                if kind == KIND_OP or kind == KIND_BATCH:
+                    if not self.ready_once:
+                        self._error(ident, head, ClusterNotReady(self._not_ready_message()))
+                        continue
+                    slot = head[2] | (head[3] << 8)
+                    if slot >= SLOT_COUNT:
+                        counters["protocol_errors"] += 1
+                        self._error(ident, head, ProtocolError(f"slot {slot} is out of range"))
+                        continue
+                    link = links[owners[slot]]
+                    if link.handle.state != READY:
+                        self._unavailable(ident, head, link)
+                        continue
+                    try:
+                        link.sock.send_multipart(frames, zmq.NOBLOCK)
+                    except zmq.ZMQError:
+                        self._unavailable(ident, head, link)
+                        continue
+                    link.inflight[(ident, head)] = None
+                elif kind == KIND_CLUSTER:
                     self._cluster_request(ident, head, body)
-                except Exception as exc:  # a bug must not stop the loop; say what broke
-                    self._internal_error(exc, ident, head)
-            else:
-                counters["protocol_errors"] += 1
-                self._error(ident, head, ProtocolError(f"kind {kind} is not a client request"))
+                else:
+                    counters["protocol_errors"] += 1
+                    self._error(ident, head, ProtocolError(f"kind {kind} is not a client request"))
+            except Exception as exc:  # a bug: say what broke, answer, go on
+                self._client_failed(frames, exc)
+
+    def _client_failed(self, frames: list, exc: Exception) -> None:
+        """A message whose handling raised: an error reply when it has a request id, else a drop."""
+        if len(frames) == 3 and protocol.request_id_of(frames[1]) is not None:
+            self._internal_error(exc, frames[0], frames[1])
+        else:
+            self.counters["dropped_frames"] += 1
+            self._internal_error(exc)
 
     def _drain_shard(self, link: ShardLink) -> None:
         recv = link.sock.recv_multipart
@@ -230,21 +236,22 @@ class Coordinator:
                 frames = recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if len(frames) != 3:
-                self.counters["dropped_frames"] += 1
-                continue
-            ident = frames[0]
-            if ident:
-                inflight.pop((ident, frames[1]), None)
-                try:
-                    send(frames, zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass
-            else:
-                try:
+            try:
+                if len(frames) != 3:
+                    self.counters["dropped_frames"] += 1
+                    continue
+                ident = frames[0]
+                if ident:
+                    inflight.pop((ident, frames[1]), None)
+                    try:
+                        send(frames, zmq.NOBLOCK)
+                    except zmq.ZMQError:
+                        pass
+                else:
                     self._internal_reply(link, frames[1], frames[2])
-                except Exception as exc:
-                    self._internal_error(exc)
+            except Exception as exc:  # a bug must not stop the loop
+                self.counters["dropped_frames"] += 1
+                self._internal_error(exc)
 
     # -- replies -------------------------------------------------------------------
 
@@ -281,10 +288,13 @@ class Coordinator:
 
     def _internal_error(self, exc: Exception, ident=None, head=None) -> None:
         self.counters["internal_errors"] += 1
-        log.error("coordinator: %s", traceback.format_exc())
+        log.error("coordinator: %s", "".join(traceback.format_exception(exc)))
         if ident is not None:
-            self._error(ident, head, InmemError(
-                f"internal error in the coordinator: {type(exc).__name__}: {exc}"))
+            try:
+                text = f"{type(exc).__name__}: {exc}"[:500]
+            except Exception:  # an exception whose str() fails
+                text = type(exc).__name__
+            self._error(ident, head, InmemError(f"internal error in the coordinator: {text}"))
 
     def _not_ready_message(self) -> str:
         waiting = [f"{l.handle.id} {l.handle.state}" for l in self.links
@@ -356,6 +366,12 @@ class Coordinator:
             self._ask(l, kind, body, fan.part(i))
 
     def _fan_done(self, ident, head, name, results) -> None:
+        try:
+            self._merge_and_reply(ident, head, name, results)
+        except Exception as exc:
+            self._internal_error(exc, ident, head)
+
+    def _merge_and_reply(self, ident, head, name, results) -> None:
         for r in results:
             if isinstance(r, InmemError):
                 self._error(ident, head, r)
@@ -369,6 +385,12 @@ class Coordinator:
 
     def _info(self, ident, head) -> None:
         def done(results):
+            try:
+                reply(results)
+            except Exception as exc:
+                self._internal_error(exc, ident, head)
+
+        def reply(results):
             shards = []
             for l, r in zip(self.links, results):
                 entry = l.handle.summary()
@@ -398,7 +420,7 @@ class Coordinator:
         try:
             link.sock.send_multipart([b"", head, body], zmq.NOBLOCK)
         except zmq.ZMQError:
-            callback(ShardUnavailable(f"shard {link.handle.id} is not reachable"))
+            self._deliver(callback, ShardUnavailable(f"shard {link.handle.id} is not reachable"))
             return
         self._pending[rid] = (callback, time.monotonic() + INTERNAL_TIMEOUT_S, link)
 
@@ -407,13 +429,20 @@ class Coordinator:
         entry = self._pending.pop(rid, None)
         if entry is None:
             return  # an answer to a hello or ping we already gave up on
-        entry[0](protocol.unpack_reply(body))
+        self._deliver(entry[0], protocol.unpack_reply(body))
+
+    def _deliver(self, callback, result) -> None:
+        """Run a pending request's callback; one that raises is logged, not fatal."""
+        try:
+            callback(result)
+        except Exception as exc:
+            self._internal_error(exc)
 
     def _fail_pending(self, link: ShardLink, err: InmemError) -> None:
         for rid, (callback, _, l) in list(self._pending.items()):
             if l is link:
                 del self._pending[rid]
-                callback(err)
+                self._deliver(callback, err)
 
     # -- upkeep: deaths, restarts, hellos, heartbeats, expired requests ------------
 
@@ -451,7 +480,7 @@ class Coordinator:
         expired = [rid for rid, (_, deadline, _) in self._pending.items() if deadline < now]
         for rid in expired:
             callback = self._pending.pop(rid)[0]
-            callback(ShardUnavailable("a shard did not answer in time"))
+            self._deliver(callback, ShardUnavailable("a shard did not answer in time"))
 
     def _shard_lost(self, link: ShardLink) -> None:
         """Answer everything in flight on a lost shard, and start a fresh connection."""

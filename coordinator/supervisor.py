@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 
-import inmem
+from inmem.processes import child_env, read_exit_note
 
 RECOVERING = "recovering"
 READY = "ready"
@@ -75,7 +75,7 @@ class Supervisor:
         self.backoff_max_s = sup["restart_backoff_max_ms"] / 1000
         self.stop_timeout_s = sup["stop_timeout_s"]
         self._spec_json = json.dumps(spec)
-        self._env = _child_env()
+        self._env = child_env()
 
     # -- starting ------------------------------------------------------------------
 
@@ -168,23 +168,9 @@ def _signal(proc, sig) -> None:
         pass
 
 
-def _child_env() -> dict:
-    # Shards import this very checkout, installed or not, whatever the cwd.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(inmem.__file__)))
-    env = dict(os.environ)
-    paths = [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    return env
-
-
 def _exit_note(spec: dict, shard: int) -> str | None:
-    from inmem.shard.worker import exit_note_path
-    try:
-        with open(exit_note_path(spec, shard), encoding="utf-8") as f:
-            note = json.load(f)
-        return f"{note.get('error')}: {note.get('message')}"
-    except (OSError, ValueError, AttributeError):
-        return None
+    note = read_exit_note(spec["data_dir"], shard)
+    return None if note is None else f"{note.get('error')}: {note.get('message')}"
 
 
 __all__ = ["Supervisor", "ShardHandle", "RECOVERING", "READY", "DOWN"]

@@ -1,4 +1,4 @@
-"""The `inmem` command line: demo, serve, status, bench, wal inspect, snapshot verify."""
+"""The `inmem` command line: demo, serve, status, shard serve, bench, wal inspect, snapshot verify."""
 
 from __future__ import annotations
 
@@ -82,14 +82,80 @@ def _demo_cluster(db, runs: int, play) -> None:
               f"{s['memory_bytes'] // 2**20} MiB RSS, {s['durability']}")
 
 
+def _print_line(line: str) -> None:
+    print(line, flush=True)
+
+
 def _cmd_serve(args) -> int:
-    from .cluster import serve_main
-    return serve_main(args)
+    from inmem.coordinator import config as cfg
+    from inmem.coordinator.server import run
+    from .errors import InmemError
+    try:
+        spec = cfg.load(args.config, data_dir=args.data_dir, shards=args.shards,
+                        durability=args.durability, endpoint=args.endpoint)
+        return run(spec, out=_print_line)
+    except cfg.ConfigError as exc:
+        print(f"inmem serve: {exc}", file=sys.stderr)
+        return 2
+    except InmemError as exc:
+        print(f"inmem serve: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. a data directory this user may not write
+        print(f"inmem serve: {exc}", file=sys.stderr)
+        return 2
 
 
 def _cmd_status(args) -> int:
-    from .cluster import status_main
-    return status_main(args)
+    from inmem.coordinator import config as cfg
+    from .client import ClusterBackend
+    from .errors import ClusterNotReady, Timeout
+    try:
+        endpoint = args.endpoint or cfg.load(args.config)["client_endpoint"]
+    except cfg.ConfigError as exc:
+        print(f"inmem status: {exc}", file=sys.stderr)
+        return 2
+    backend = ClusterBackend(endpoint, timeout=args.timeout)
+    try:
+        if args.wait_ready:
+            backend.wait_ready(args.timeout)
+        status = backend.cluster("status", timeout=args.timeout)
+    except (ClusterNotReady, Timeout) as exc:
+        print(f"{endpoint}: {exc}")
+        return 1
+    finally:
+        backend.close()
+    c = status["coordinator"]
+    print(f"{endpoint}: {'ready' if status['ready'] else 'NOT READY'}; coordinator pid "
+          f"{c['pid']}, {c['durability']}, {len(status['shards'])} shards")
+    from inmem.coordinator.fanout import describe_recovery
+    for s in status["shards"]:
+        line = f"  shard {s['shard']}: {s['state']}, pid {s['pid']}, {s['endpoint']}"
+        if s["state"] == "ready":
+            line += f"; {describe_recovery(s['recovery'])}"
+        if s["restarts"]:
+            line += f"; {s['restarts']} restarts"
+        if s["last_error"]:
+            line += f"; last error: {s['last_error']}"
+        print(line)
+    return 0 if status["ready"] else 1
+
+
+
+def _cmd_shard_serve(args) -> int:
+    """One shard process started by hand (on its own host), from the cluster's config."""
+    from inmem.coordinator import config as cfg
+    from inmem.coordinator.slotmap import SlotMap
+    from inmem.shard.worker import run_worker
+    try:
+        spec = cfg.load(args.config, data_dir=args.data_dir, durability=args.durability)
+        if spec["shards_auto"] and not spec["shard_table"]:
+            persisted = SlotMap.peek_shard_count(spec["data_dir"])
+            if persisted:
+                spec = cfg.with_shard_count(spec, persisted)
+    except cfg.ConfigError as exc:
+        print(f"inmem shard serve: {exc}", file=sys.stderr)
+        return 2
+    return run_worker(spec, args.shard)
 
 
 def _cmd_bench(argv) -> int:
@@ -141,6 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--wait-ready", action="store_true", help="wait until every shard is ready")
     st.add_argument("--timeout", type=float, default=30.0)
     st.set_defaults(fn=_cmd_status)
+
+    sh = sub.add_parser("shard", help="shard processes")
+    shsub = sh.add_subparsers(dest="shard_command", required=True)
+    shs = shsub.add_parser("serve", help="run one shard of a cluster in the foreground, from the "
+                                         "cluster's config (for a shard on its own host)")
+    shs.add_argument("--config", required=True, help="the cluster's TOML config")
+    shs.add_argument("--shard", type=int, required=True, help="which shard of the config to run")
+    shs.add_argument("--data-dir", help="override the config's data directory")
+    shs.add_argument("--durability", choices=("inmemory", "buffered", "strict"),
+                     help="override the config's durability")
+    shs.set_defaults(fn=_cmd_shard_serve)
 
     sub.add_parser("bench", help="run the benchmarks (see `inmem bench --help`)", add_help=False)
 

@@ -41,7 +41,7 @@ import weakref
 
 import zmq
 
-from . import protocol
+import inmem.protocol as protocol
 from .database import Database
 from .errors import ClusterNotReady, InmemError, ProtocolError, ShardUnavailable, Timeout
 from .protocol import (FANOUT_OPS, KIND_BATCH, KIND_CLUSTER, KIND_OP, SLOT_COUNT, header,

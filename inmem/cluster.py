@@ -32,12 +32,6 @@ from .errors import ClusterNotReady, InmemError, Timeout
 from .files import make_dirs, private_opener
 
 
-def line_printer():
-    def out(line: str) -> None:
-        print(line, flush=True)
-    return out
-
-
 class Cluster:
     """A local cluster in child processes, for tests and embedding (see API.md)."""
 
@@ -65,7 +59,7 @@ class Cluster:
 
     def start(self, wait: bool = True) -> "Cluster":
         """Start the coordinator; with wait, return once the cluster is ready."""
-        from inmem.coordinator.supervisor import _child_env
+        from .processes import child_env
         if self.proc is not None:
             raise InmemError("this cluster is already running")
         make_dirs(self.data_dir)
@@ -76,7 +70,7 @@ class Cluster:
             [sys.executable, "-m", "inmem.coordinator", "--spec", json.dumps(self.spec),
              "--watch-parent"],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True, env=_child_env(), close_fds=True)
+            start_new_session=True, env=child_env(), close_fds=True)
         if not wait:
             return self
         try:
@@ -239,59 +233,4 @@ class Cluster:
         return f"<inmem.Cluster {self.endpoint} {state}>"
 
 
-# -- the command line ----------------------------------------------------------------
-
-
-def serve_main(args) -> int:
-    from inmem.coordinator import config as cfg
-    from inmem.coordinator.server import run
-    try:
-        spec = cfg.load(args.config, data_dir=args.data_dir, shards=args.shards,
-                        durability=args.durability, endpoint=args.endpoint)
-        return run(spec, out=line_printer())
-    except cfg.ConfigError as exc:
-        print(f"inmem serve: {exc}", file=sys.stderr)
-        return 2
-    except InmemError as exc:
-        print(f"inmem serve: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # e.g. a data directory this user may not write
-        print(f"inmem serve: {exc}", file=sys.stderr)
-        return 2
-
-
-def status_main(args) -> int:
-    from inmem.coordinator import config as cfg
-    from .client import ClusterBackend
-    try:
-        endpoint = args.endpoint or cfg.load(args.config)["client_endpoint"]
-    except cfg.ConfigError as exc:
-        print(f"inmem status: {exc}", file=sys.stderr)
-        return 2
-    backend = ClusterBackend(endpoint, timeout=args.timeout)
-    try:
-        if args.wait_ready:
-            backend.wait_ready(args.timeout)
-        status = backend.cluster("status", timeout=args.timeout)
-    except (ClusterNotReady, Timeout) as exc:
-        print(f"{endpoint}: {exc}")
-        return 1
-    finally:
-        backend.close()
-    c = status["coordinator"]
-    print(f"{endpoint}: {'ready' if status['ready'] else 'NOT READY'}; coordinator pid "
-          f"{c['pid']}, {c['durability']}, {len(status['shards'])} shards")
-    from inmem.coordinator.fanout import describe_recovery
-    for s in status["shards"]:
-        line = f"  shard {s['shard']}: {s['state']}, pid {s['pid']}, {s['endpoint']}"
-        if s["state"] == "ready":
-            line += f"; {describe_recovery(s['recovery'])}"
-        if s["restarts"]:
-            line += f"; {s['restarts']} restarts"
-        if s["last_error"]:
-            line += f"; last error: {s['last_error']}"
-        print(line)
-    return 0 if status["ready"] else 1
-
-
-__all__ = ["Cluster", "serve_main", "status_main"]
+__all__ = ["Cluster"]

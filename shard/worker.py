@@ -1,7 +1,7 @@
 """The shard worker process: one engine, its WAL and its snapshots, behind a ZeroMQ ROUTER.
 
-    python -m inmem.shard.worker --config cluster.toml --shard 1     # by hand (another host)
-    python -m inmem.shard.worker --spec '<json>' --shard 1          # how the coordinator starts it
+    python -m inmem.shard.worker --spec '<json>' --shard 1   # how the coordinator starts it
+    inmem shard serve --config cluster.toml --shard 1        # by hand (another host)
 
 Start-up: recover the shard directory `<data_dir>/shard-<N>` (snapshot + WAL,
 through `shard.durable`; nothing to recover in inmemory mode), then bind the
@@ -31,7 +31,6 @@ snapshot when configured, exit 0.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import logging
@@ -44,11 +43,14 @@ import traceback
 
 import zmq
 
-from inmem import protocol
+import inmem.protocol as protocol
 from inmem.errors import DurabilityError, InmemError, ProtocolError
+from inmem.files import make_dirs
+from inmem.processes import clear_exit_note, die_with_parent, write_exit_note
 from inmem.protocol import KIND_ADMIN, KIND_BATCH, KIND_OP
 from inmem.shard.engine import WRITE_OPS, Engine
 from inmem.shard.upkeep import UPKEEP_EVERY_S, shard_info, upkeep
+from inmem.transport import bind_router, ipc_dir
 
 log = logging.getLogger("inmem.shard")
 
@@ -114,17 +116,11 @@ class Worker:
         gc.freeze()
 
     def bind(self) -> None:
-        from inmem.coordinator.config import bind_endpoint
         self.ctx = zmq.Context(1)
-        sock = self.ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
-        # A burst from many clients queues here rather than being dropped.
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        if self.endpoint.startswith("ipc://"):
-            os.makedirs(os.path.dirname(self.endpoint[6:]), mode=0o700, exist_ok=True)
-        sock.bind(bind_endpoint(self.endpoint))
+        directory = ipc_dir(self.endpoint)
+        if directory:
+            make_dirs(directory)
+        sock = bind_router(self.ctx, self.endpoint, self.max_message_bytes)
         self.sock = sock
 
     # -- the loop ------------------------------------------------------------------
@@ -206,24 +202,33 @@ class Worker:
                 return None
             return frames[:-1] + [protocol.error_body(exc)]
         self.requests += 1
-        if kind == KIND_OP:
-            body = self.run_op(frames[-1], refuse_writes)
-        elif kind == KIND_BATCH:
-            body = self.run_batch(frames[-1], refuse_writes)
-        elif kind == KIND_ADMIN:
-            body = self.run_admin(frames[-1])
-        else:
-            self.protocol_errors += 1
-            body = protocol.error_body(ProtocolError("a shard does not answer cluster requests"))
+        try:
+            if kind == KIND_OP:
+                body = self.run_op(frames[-1], refuse_writes)
+            elif kind == KIND_BATCH:
+                body = self.run_batch(frames[-1], refuse_writes)
+            elif kind == KIND_ADMIN:
+                body = self.run_admin(frames[-1])
+            else:
+                self.protocol_errors += 1
+                body = protocol.error_body(ProtocolError("a shard does not answer cluster requests"))
+        except Exception as exc:  # whatever the request, its sender gets an answer
+            return self.internal_error(frames, exc)
         frames[-1] = body
         return frames
 
     def internal_error(self, frames: list, exc: Exception):
-        log.error("shard %d: internal error:\n%s", self.shard, traceback.format_exc())
+        log.error("shard %d: internal error:\n%s", self.shard,
+                  "".join(traceback.format_exception(exc)))
         if len(frames) < 3 or protocol.request_id_of(frames[-2]) is None:
+            self.dropped_frames += 1
             return None
+        try:
+            text = f"{type(exc).__name__}: {exc}"[:500]
+        except Exception:  # an exception whose str() fails
+            text = type(exc).__name__
         return frames[:-1] + [protocol.error_body(InmemError(
-            f"internal error in shard {self.shard}: {type(exc).__name__}: {exc}"))]
+            f"internal error in shard {self.shard}: {text}"))]
 
     def _execute(self, op, args, refuse_writes):
         if refuse_writes is not None and op in self.write_ops:
@@ -260,13 +265,20 @@ class Worker:
     def run_admin(self, body) -> bytes:
         try:
             name, args = protocol.decode_op(body, protocol.ADMIN_OPS)
+        except ProtocolError as exc:
+            self.protocol_errors += 1
+            return protocol.error_body(exc)
+        try:
             if name in protocol.DEBUG_OPS and not self.spec.get("test_hooks"):
                 raise ProtocolError(f"{name}: test hooks are off in this cluster")
             result = getattr(self, "admin_" + name.replace(".", "_"))(*args)
         except InmemError as exc:
             result = exc
         except TypeError as exc:
-            result = ProtocolError(f"bad arguments: {exc}")
+            result = ProtocolError(f"bad arguments for {name}: {exc}")
+        except Exception as exc:  # a bug, not bad input: keep serving, say what broke
+            log.error("shard %d: %s failed:\n%s", self.shard, name, traceback.format_exc())
+            result = InmemError(f"internal error in {name}: {type(exc).__name__}: {exc}")
         return protocol.pack_reply(self.packer, result, self.max_message_bytes)
 
     # -- admin requests ------------------------------------------------------------
@@ -336,7 +348,7 @@ class Worker:
                 self.sock.send_multipart(reply, zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
-        write_exit_note(self.spec, self.shard, exc)
+        write_exit_note(self.spec["data_dir"], self.shard, exc)
         self.sock.close(0)
         self.exit_process(EXIT_DURABILITY)
 
@@ -357,90 +369,48 @@ class Worker:
 
 
 
-def exit_note_path(spec: dict, shard: int) -> str:
-    return os.path.join(spec["data_dir"], f"shard-{shard}.exit.json")
-
-
-def write_exit_note(spec: dict, shard: int, exc: BaseException) -> None:
-    """Leave the reason for a fatal exit where the supervisor can show it (a 0600 file)."""
-    from inmem.files import private_opener
-    try:
-        path = exit_note_path(spec, shard)
-        with open(path + ".tmp", "w", encoding="utf-8", opener=private_opener) as f:
-            json.dump({"error": type(exc).__name__, "message": str(exc), "time": time.time()}, f)
-        os.replace(path + ".tmp", path)
-    except OSError:
-        pass
-
-
-def _die_with_parent() -> int | None:
-    """Ask Linux to SIGTERM this process when its parent dies; return the parent's pid."""
-    ppid = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the idle check of getppid still works
-        pass
-    return ppid
-
-
-def build_spec(args) -> dict:
-    from inmem.coordinator import config
-    if args.spec:
-        return json.loads(args.spec)
-    spec = config.load(args.config, data_dir=args.data_dir, durability=args.durability)
-    if spec["shards_auto"] and not spec["shard_table"]:
-        from inmem.coordinator.slotmap import SlotMap
-        persisted = SlotMap.peek_shard_count(spec["data_dir"])
-        if persisted:
-            spec = config.with_shard_count(spec, persisted)
-    return spec
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m inmem.shard.worker",
-                                description="one shard of an inmem cluster")
-    p.add_argument("--shard", type=int, required=True)
-    p.add_argument("--spec", help="the resolved cluster spec, as JSON (from the coordinator)")
-    p.add_argument("--config", help="the cluster's TOML config (when started by hand)")
-    p.add_argument("--data-dir", help="override the config's data directory")
-    p.add_argument("--durability", choices=("inmemory", "buffered", "strict"))
-    p.add_argument("--watch-parent", action="store_true",
-                   help="exit when the parent process (the coordinator) dies")
-    args = p.parse_args(argv)
+def run_worker(spec: dict, shard: int, watch_parent: bool = False) -> int:
+    """The body of a shard process: recover, bind, serve until stopped; the exit code."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"shard {args.shard} %(levelname)s %(name)s: %(message)s")
-    spec = build_spec(args)
-    if not 0 <= args.shard < len(spec["shards"]):
-        print(f"shard {args.shard} is not in this cluster (it has {len(spec['shards'])})",
+                        format=f"shard {shard} %(levelname)s %(name)s: %(message)s")
+    if not 0 <= shard < len(spec["shards"]):
+        print(f"shard {shard} is not in this cluster (it has {len(spec['shards'])})",
               file=sys.stderr)
         return EXIT_STARTUP
-    worker = Worker(spec, args.shard)
-    if args.watch_parent:
-        worker.parent_pid = _die_with_parent()
+    worker = Worker(spec, shard)
+    if watch_parent:
+        worker.parent_pid = die_with_parent()
 
     def stop(signum, frame):
         worker.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    try:
-        os.unlink(exit_note_path(spec, args.shard))
-    except OSError:
-        pass
+    clear_exit_note(spec["data_dir"], shard)
     try:
         worker.open()
         worker.bind()
     except (InmemError, OSError, zmq.ZMQError) as exc:
-        log.critical("shard %d cannot start: %s: %s", args.shard, type(exc).__name__, exc)
-        write_exit_note(spec, args.shard, exc)
+        log.critical("shard %d cannot start: %s: %s", shard, type(exc).__name__, exc)
+        write_exit_note(spec["data_dir"], shard, exc)
         return EXIT_STARTUP
     try:
         worker.serve()
     finally:
         worker.close()
     return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m inmem.shard.worker",
+                                description="one shard of an inmem cluster, as its coordinator "
+                                            "starts it (by hand: inmem shard serve)")
+    p.add_argument("--shard", type=int, required=True, help="this shard's number in the spec")
+    p.add_argument("--spec", required=True, help="the resolved cluster spec, as JSON")
+    p.add_argument("--watch-parent", action="store_true",
+                   help="exit when the parent process (the coordinator) dies")
+    args = p.parse_args(argv)
+    return run_worker(json.loads(args.spec), args.shard, args.watch_parent)
 
 
 if __name__ == "__main__":

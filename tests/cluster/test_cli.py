@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from inmem.coordinator.config import load
-from inmem.coordinator.supervisor import _child_env
+from inmem.processes import child_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -25,7 +25,7 @@ def _endpoint(data) -> str:
 
 
 def _inmem(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "inmem", *args], env=_child_env(),
+    return subprocess.run([sys.executable, "-m", "inmem", *args], env=child_env(),
                           capture_output=True, text=True, timeout=60, **kwargs)
 
 
@@ -34,7 +34,7 @@ class Serve:
 
     def __init__(self, *args, cwd=None):
         self.proc = subprocess.Popen([sys.executable, "-m", "inmem", "serve", *args],
-                                     env=_child_env(), cwd=cwd, stdout=subprocess.PIPE,
+                                     env=child_env(), cwd=cwd, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True)
         self.lines: list = []

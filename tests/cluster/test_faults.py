@@ -278,11 +278,11 @@ id = 1
 endpoint = "tcp://127.0.0.1:{port}"
 remote = true
 """)
-    from inmem.coordinator.supervisor import _child_env
+    from inmem.processes import child_env
 
     def start_remote():
-        return subprocess.Popen([sys.executable, "-m", "inmem.shard.worker", "--config", str(cfg),
-                                 "--shard", "1"], env=_child_env(), start_new_session=True,
+        return subprocess.Popen([sys.executable, "-m", "inmem", "shard", "serve", "--config",
+                                 str(cfg), "--shard", "1"], env=child_env(), start_new_session=True,
                                 stdin=subprocess.DEVNULL)
 
     remote = start_remote()

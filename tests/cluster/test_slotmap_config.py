@@ -163,7 +163,8 @@ def test_shard_tables_are_checked(tmp_path):
 
 
 def test_bind_endpoint():
-    assert config.bind_endpoint("tcp://db-2.internal:7711") == "tcp://*:7711"
-    assert config.bind_endpoint("tcp://10.0.0.2:7711") == "tcp://10.0.0.2:7711"
-    assert config.bind_endpoint("ipc:///x/y.sock") == "ipc:///x/y.sock"
+    from inmem.transport import bind_endpoint
+    assert bind_endpoint("tcp://db-2.internal:7711") == "tcp://*:7711"
+    assert bind_endpoint("tcp://10.0.0.2:7711") == "tcp://10.0.0.2:7711"
+    assert bind_endpoint("ipc:///x/y.sock") == "ipc:///x/y.sock"
     assert os.path.isabs(config.socket_dir("/tmp/x"))

@@ -10,7 +10,7 @@ import pytest
 import inmem
 from inmem.coordinator.config import load
 from inmem.coordinator.slotmap import SlotMap
-from inmem.shard.worker import exit_note_path, write_exit_note
+from inmem.processes import exit_note_path, write_exit_note
 from inmem.wal.segment import list_segments
 
 
@@ -88,6 +88,6 @@ def test_slot_map_and_exit_notes_are_private(tmp_path, umask):
     os.chmod(data, 0o700)  # made by the test, not checked
     SlotMap.load_or_create(str(data), 2, False)
     spec = load(None, data_dir=str(data), shards=2)
-    write_exit_note(spec, 1, inmem.InmemError("the reason"))
-    assert os.path.exists(exit_note_path(spec, 1))
+    write_exit_note(spec["data_dir"], 1, inmem.InmemError("the reason"))
+    assert os.path.exists(exit_note_path(spec["data_dir"], 1))
     assert_private(data)

@@ -126,8 +126,6 @@ def test_a_failed_wal_ends_the_worker_with_the_durability_exit_code(worker, monk
         raise OSError(errno.EIO, "injected fsync failure")
 
     monkeypatch.setattr(wal_writer, "_os_fsync", failing_fsync)
-    monkeypatch.setattr(worker_mod, "exit_note_path",
-                        lambda spec, shard: str(worker.store.path) + ".exit.json")
     with pytest.raises(FailStop) as stop:
         for i in range(3):
             worker.process([_op(10 + i, "kv.put", ["r", f"k{i}", i, None])])

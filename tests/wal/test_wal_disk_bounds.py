@@ -17,7 +17,7 @@ import pytest
 
 import inmem
 import inmem.wal.reader as reader_mod
-from inmem.coordinator.supervisor import _child_env
+from inmem.processes import child_env
 from inmem.wal.reader import CleanEnd, WalReader
 from inmem.wal.segment import list_segments
 from inmem.wal.writer import WalWriter
@@ -85,7 +85,7 @@ def crash_after_writes(wal, n: int) -> None:
             w.append(b"record %d" % i)
         os._exit(0)
     """)
-    subprocess.run([sys.executable, "-c", code], env=_child_env(), check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", code], env=child_env(), check=True, timeout=60)
 
 
 @pytest.mark.slow

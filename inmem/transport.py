@@ -1,0 +1,59 @@
+"""ZeroMQ endpoints as the cluster's processes listen on them: the address to bind, the one ROUTER set-up.
+
+A shard worker and the coordinator's client-facing side both answer many
+peers on a ROUTER socket with the same options; `bind_router` is that set-up,
+so a limit changes in one place.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+import zmq
+
+from .errors import InmemError
+from .protocol import RECV_QUEUE_MAX
+
+
+def bind_endpoint(endpoint: str) -> str:
+    """The address to bind for an endpoint that others connect to.
+
+    A remote shard is connected to by a host name; it binds every interface
+    on that port, since the name may not be one of its own addresses.
+    """
+    if endpoint.startswith("tcp://"):
+        host, _, port = endpoint[6:].rpartition(":")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            if host not in ("*", "localhost") and port:
+                return f"tcp://*:{port}"
+    return endpoint
+
+
+def bind_router(ctx: zmq.Context, endpoint: str, max_message_bytes: int) -> zmq.Socket:
+    """A ROUTER bound to `endpoint`; raises InmemError naming the endpoint if it cannot listen."""
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+    # A burst from many clients queues rather than being dropped: up to
+    # RECV_QUEUE_MAX messages per peer here, the rest in the kernel and in the
+    # sender (ZeroMQ stops reading a peer whose queue is full), so a flooding
+    # peer cannot grow this process without bound while everyone else is served.
+    sock.setsockopt(zmq.RCVHWM, RECV_QUEUE_MAX)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    try:
+        sock.bind(bind_endpoint(endpoint))
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise InmemError(f"cannot listen on {endpoint}: {exc}") from None
+    return sock
+
+
+def ipc_dir(endpoint: str) -> str | None:
+    """The directory an ipc:// endpoint's socket file lives in (None for other transports)."""
+    return os.path.dirname(endpoint[6:]) if endpoint.startswith("ipc://") else None
+
+
+__all__ = ["bind_endpoint", "bind_router", "ipc_dir"]
