@@ -51,8 +51,8 @@ be far larger than its bytes (`decode_body`):
   holds the elements it claims, and those are bytes of the body;
 - no string, bytes, extension, array or map may claim more than the body
   can hold, nor more than `ELEMENTS_MAX` elements;
-- a request's empty lists and maps may cost at most 7 bytes of memory per
-  byte of request (`EMPTIES_BYTES_PER_BYTE`, about one empty per 9 bytes):
+- a request's empty lists and maps may cost at most 4 bytes of memory per
+  byte of request (`EMPTIES_BYTES_PER_BYTE`, about one empty per 16 bytes):
   an empty container is one byte on the wire and 64 to 72 bytes in memory,
   the cheapest way to make a decoder allocate (a body of nothing else would
   cost 72 times its size);
@@ -67,6 +67,7 @@ size limit (`max_message_bytes`) is what bounds N.
 
 from __future__ import annotations
 
+import io
 import struct
 
 import crc32c
@@ -96,6 +97,8 @@ ENVELOPE_FRAMES_MAX = 4
 #: bodies larger than this are walked before they are decoded (see the module doc);
 #: up to here the worst case, every array nested and preallocated, stays under 1 MiB
 CHECK_FROM = 512
+#: bytes the walk reads at a time
+_WALK_READ = 64 * 1024
 #: elements one array or map may claim, however long its body
 ELEMENTS_MAX = 2**24
 #: what decoding an empty list or map costs in memory (the object and its slot in
@@ -103,9 +106,11 @@ ELEMENTS_MAX = 2**24
 EMPTY_LIST_BYTES = 64
 EMPTY_MAP_BYTES = 72
 #: a request's empty lists and maps may cost this many bytes per byte of request,
-#: plus EMPTIES_FREE_BYTES: about one empty per 9 bytes, which real values with many
-#: empty fields stay under, while a body of nothing else is refused at 7 times its size
-EMPTIES_BYTES_PER_BYTE = 7
+#: plus EMPTIES_FREE_BYTES: about one empty per 16 bytes, which real requests stay
+#: under (an op with an empty list and an empty map among its arguments and a run id
+#: of the default 32 characters takes 57 bytes), while a body of nothing else is
+#: refused at 4 times its size
+EMPTIES_BYTES_PER_BYTE = 4
 EMPTIES_FREE_BYTES = 256 * 1024
 #: bytes an opaque stand-in's payload (type name, hashability, short repr) may take
 _OPAQUE_BYTES_MAX = 4096
@@ -264,9 +269,9 @@ def new_packer() -> msgpack.Packer:
 
 def check_values(op: str, args) -> None:
     """Refuse a write's out-of-model value here, with the engine's own check and message."""
-    positions = VALUE_ARGS.get(op)
-    if positions is None:
-        return
+    positions = VALUE_ARGS.get(op) if type(op) is str else None
+    if positions is None or type(args) not in (list, tuple):
+        return  # not a write the engine knows: it refuses it with its own message
     n = len(args)
     for i in positions:
         if i < n:
@@ -275,8 +280,16 @@ def check_values(op: str, args) -> None:
                 check_value(v)
 
 
+def _listed(x):
+    return list(x) if type(x) is tuple else x
+
+
 def op_body(op: str, args):
-    """The wire form of one operation: [op, [args...]] with no tuples left in it."""
+    """The wire form of one operation: [op, [args...]] with no tuples left in it.
+
+    Arguments of the wrong shape go as they are, for the engine to refuse with
+    the message the embedded engine gives.
+    """
     if op == "tx.commit" and len(args) == 3 and isinstance(args[2], (list, tuple)):
         writes = []
         for w in args[2]:
@@ -285,8 +298,11 @@ def op_body(op: str, args):
             except (TypeError, ValueError):
                 raise InvalidValue(f"malformed transaction write {w!r:.100}") from None
             check_values(wop, wargs)
-            writes.append([wop, list(wargs)])
-        return [op, [args[0], [list(r) for r in args[1]], writes]]
+            writes.append([wop, _listed(wargs)])
+        reads = args[1]
+        if isinstance(reads, (list, tuple)):
+            reads = [_listed(r) for r in reads]
+        return [op, [args[0], reads, writes]]
     check_values(op, args)
     return [op, list(args)]
 
@@ -336,8 +352,9 @@ def _empties_bound(body) -> int:
 
 def _check_structure(body, n: int) -> None:
     """Walk `body` without building anything; ProtocolError unless it is exactly one value."""
-    walker = msgpack.Unpacker(max_buffer_size=n)
-    walker.feed(body)
+    # Read through a file (which shares the body's bytes) so the walk holds a
+    # slice of it at a time: as much as the largest string in it, at most.
+    walker = msgpack.Unpacker(io.BytesIO(body), read_size=min(n, _WALK_READ), max_buffer_size=n)
     try:
         walker.skip()
     except msgpack.OutOfData:
