@@ -40,7 +40,7 @@ def open(path=None, durability: str = "buffered", *, clock=None, **options) -> D
     store, engine = DurableStore.open(path, durability=durability, clock=clock,
                                       max_value_bytes=max_value_bytes, **options)
     backend = EmbeddedBackend(engine, store)
-    store.start_scheduler(backend)
+    store.start_scheduler()
     return Database(backend)
 
 

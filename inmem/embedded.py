@@ -22,7 +22,7 @@ class EmbeddedBackend:
     def __init__(self, engine: Engine, store=None):
         self.engine = engine
         self.store = store  # shard.durable.DurableStore, or None for inmemory
-        self.lock = threading.RLock()
+        self.lock = threading.RLock() if store is None else store.lock
         self._closed = False
         self._execute = engine.execute
 
@@ -73,7 +73,7 @@ class EmbeddedBackend:
     def snapshot(self) -> list:
         if self.store is None:
             return []
-        return self.store.snapshot(self)
+        return self.store.snapshot()
 
     def recovery_report(self) -> list:
         return [] if self.store is None else [self.store.recovery_result]
@@ -90,7 +90,7 @@ class EmbeddedBackend:
         # Outside the lock: closing joins background threads that may be
         # waiting for it; the store takes it itself for the final flush.
         if self.store is not None:
-            self.store.close(self)
+            self.store.close()
 
     def describe(self) -> str:
         mode = "inmemory" if self.store is None else f"{self.store.durability} {self.store.path}"

@@ -87,7 +87,9 @@ class DurableStore:
         self._strict = durability == "strict"
         #: buffered mode: the engine's log list is the in-memory batch
         self.batch_max = options["max_pending_writes"]
-        self._holder = None
+        #: the engine's lock: whoever applies operations holds it, and so do the
+        #: WAL hand-over, the fork of a snapshot and the closing flush
+        self.lock = threading.RLock()
         if not self._strict:
             writer.before_flush = self._emit_from_flusher
         self._bytes_since_snapshot = 0
@@ -140,13 +142,8 @@ class DurableStore:
             raise
         return cls(path, durability, engine, writer, snapshots, result, opts, lock_fd), engine
 
-    def attach(self, holder) -> None:
-        """Tell the store whose lock guards the engine (`holder.lock`)."""
-        self._holder = holder
-
-    def start_scheduler(self, holder) -> None:
+    def start_scheduler(self) -> None:
         """Embedded use: a thread that runs the shard's upkeep (index slices, due snapshots)."""
-        self.attach(holder)
         if self._scheduler is not None:
             return
 
@@ -154,7 +151,7 @@ class DurableStore:
             while not self._stop.wait(UPKEEP_EVERY_S):
                 if not self._closed:
                     try:
-                        upkeep(self.engine, self, holder)
+                        upkeep(self.engine, self, self.lock)
                     except Exception:  # a daemon thread must report, not vanish
                         log.exception("background upkeep failed")
 
@@ -206,15 +203,14 @@ class DurableStore:
         return token
 
     def _emit_from_flusher(self) -> None:
-        holder = self._holder
-        if holder is None or not self.engine.log:
+        if not self.engine.log:
             return
         # Bounded wait: close() holds the lock while it joins this thread.
-        if holder.lock.acquire(timeout=0.05):
+        if self.lock.acquire(timeout=0.05):
             try:
                 self.emit_locked()
             finally:
-                holder.lock.release()
+                self.lock.release()
 
     def wait_durable(self, token) -> None:
         if token is None:
@@ -238,7 +234,7 @@ class DurableStore:
 
     # -- snapshots -----------------------------------------------------------------
 
-    def maybe_snapshot(self, holder) -> None:
+    def maybe_snapshot(self) -> None:
         """Reap a finished snapshot child; start a snapshot if a trigger fired."""
         if self._child is not None:
             if self._reap_lock.acquire(blocking=False):
@@ -250,9 +246,9 @@ class DurableStore:
         due_time = (interval is not None and self._bytes_since_snapshot > 0
                     and time.monotonic() - self._last_snapshot >= interval)
         if due_bytes or due_time:
-            self._start_snapshot(holder)
+            self._start_snapshot()
 
-    def snapshot(self, holder) -> list:
+    def snapshot(self) -> list:
         """Take a snapshot now and wait until it is durable.
 
         Safe from many threads: each call waits for a snapshot forked after it
@@ -266,20 +262,20 @@ class DurableStore:
                 self._outcome(running, block=True)
             except DurabilityError:
                 pass
-        pid = self._start_snapshot(holder)
+        pid = self._start_snapshot()
         if pid is None:
             return []
         info = self._outcome(pid, block=True)
         return [] if info is None else [info]
 
-    def _start_snapshot(self, holder) -> int | None:
+    def _start_snapshot(self) -> int | None:
         """Fork a snapshot child; return its pid (or that of the one already running).
 
         Serving pauses only while the lock is held here: the pending batch is
         handed to the WAL, the position read, and the process forked. The
         segment roll that lets the covered WAL be deleted comes after.
         """
-        with holder.lock:
+        with self.lock:
             t0 = time.perf_counter()
             if self._child is not None:
                 return self._child
@@ -371,7 +367,7 @@ class DurableStore:
 
     # -- closing -------------------------------------------------------------------
 
-    def close(self, holder) -> None:
+    def close(self) -> None:
         """Flush, take the closing snapshot if configured, stop threads. Call without the lock."""
         if self._closed:
             return
@@ -388,10 +384,10 @@ class DurableStore:
                     # kept); the buffered writes still have to reach the disk.
                     log.warning("%s", exc)
             if not self.writer.failed:
-                with holder.lock:
+                with self.lock:
                     self.flush()
                 if self.options["snapshot_on_close"] and self._bytes_since_snapshot > 0:
-                    self._start_snapshot(holder)
+                    self._start_snapshot()
                     self._reap(block=True)
         finally:
             self.writer.close()

@@ -24,13 +24,13 @@ UPKEEP_EVERY_S = 0.25
 INDEX_STEP_MS = 3
 
 
-def upkeep(engine, store, holder) -> None:
-    """One round: index a slice of the journal, then take a snapshot if a trigger fired."""
-    with holder.lock:
+def upkeep(engine, store, lock) -> None:
+    """One round: index a slice of the journal (under the engine's lock), then a due snapshot."""
+    with lock:
         engine.index_step(INDEX_STEP_MS)
     if store is not None:
         try:
-            store.maybe_snapshot(holder)
+            store.maybe_snapshot()
         except InmemError as exc:  # the WAL is kept, so a failed snapshot loses nothing
             log.error("snapshot of %s failed: %s", store.path, exc)
 

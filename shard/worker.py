@@ -61,15 +61,6 @@ EXIT_DURABILITY = 3
 EXIT_STARTUP = 2
 
 
-class _Holder:
-    """What the store locks while it forks a snapshot (shard.durable's lock_holder)."""
-
-    __slots__ = ("lock",)
-
-    def __init__(self):
-        self.lock = threading.RLock()
-
-
 class Worker:
     def __init__(self, spec: dict, shard: int):
         self.spec = spec
@@ -78,7 +69,7 @@ class Worker:
         self.durability = spec["durability"]
         self.max_message_bytes = spec["max_message_bytes"]
         self.path = os.path.join(spec["data_dir"], f"shard-{shard}")
-        self.holder = _Holder()
+        self.lock = threading.RLock()  # the store's own lock once it is open
         self.store = None
         self.engine = None
         self.sock = None
@@ -108,8 +99,8 @@ class Worker:
         self.store, self.engine = DurableStore.open(
             self.path, durability=self.durability, max_value_bytes=self.spec["max_value_bytes"],
             shard=self.shard, clock=self.clock, **self.spec["options"])
-        # The store's flusher takes this lock to hand the engine's log to the WAL.
-        self.store.attach(self.holder)
+        # The store's flusher takes its lock to hand the engine's log to the WAL.
+        self.lock = self.store.lock
         self.recovery = self.store.recovery_result
         # Recovered objects live as long as this process: keep the cyclic GC
         # from walking millions of them on every full collection.
@@ -164,7 +155,7 @@ class Worker:
         replies = []
         store = self.store
         token = None
-        with self.holder.lock:
+        with self.lock:
             if store is not None and store.writer.failed:
                 self.fail_stop(replies, DurabilityError(f"the WAL failed: {store.writer.error}"))
             for frames in batch:
@@ -299,7 +290,7 @@ class Worker:
     def admin_snapshot(self) -> list:
         if self.store is None:
             return []
-        return self.store.snapshot(self.holder)
+        return self.store.snapshot()
 
     def admin_recovery_report(self) -> list:
         return [] if self.recovery is None else [self.recovery]
@@ -333,7 +324,7 @@ class Worker:
         store = self.store
         if store is not None and store.writer.failed:  # the buffered flusher hit an I/O error
             self.fail_stop([], DurabilityError(f"the WAL failed: {store.writer.error}"))
-        upkeep(self.engine, store, self.holder)
+        upkeep(self.engine, store, self.lock)
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             log.error("shard %d: the coordinator is gone; stopping", self.shard)
             self.stopping = True
@@ -363,7 +354,7 @@ class Worker:
         if self.store is not None:
             # Not under the lock: closing joins the flusher, which may be waiting
             # for it; the store takes the lock itself for the final flush.
-            self.store.close(self.holder)
+            self.store.close()
         if self.ctx is not None:
             self.ctx.term()
 

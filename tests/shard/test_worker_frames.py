@@ -52,7 +52,7 @@ def worker(request, tmp_path):
     w.exit_process = _exit
     yield w
     if not w.store.writer.failed:
-        w.store.close(w.holder)
+        w.store.close()
     else:
         w.store.writer.close()
 
@@ -130,7 +130,7 @@ def test_a_failed_wal_ends_the_worker_with_the_durability_exit_code(worker, monk
         for i in range(3):
             worker.process([_op(10 + i, "kv.put", ["r", f"k{i}", i, None])])
             if worker.durability == "buffered":  # what the flusher does every interval
-                with worker.holder.lock:
+                with worker.lock:
                     worker.store.emit_locked()
                 with pytest.raises(inmem.InmemError):
                     worker.store.writer.flush()
