@@ -461,23 +461,8 @@ class StrictCheck:
                                      "(some of its writes are present, some absent)")
 
     def check_hostile(self) -> None:
-        """A hostile call is refused; one with an unknown outcome (a kill's doing, or
-        its own) is tried again, and the last try must be refused."""
         self.findings.extend(error_findings(self.j.calls))
-        last: dict = {}
-        for call in self.j.calls:
-            if call.hostile:
-                last[(call.client, call.hostile)] = call
-                if call.out == "ack":
-                    self.findings.append(self._hostile(call))
-        for call in last.values():
-            if call.out == "unk":
-                self.findings.append(self._hostile(call) + " (on every try)")
-
-    @staticmethod
-    def _hostile(call: Call) -> str:
-        return (f"hostile {call.hostile} on run {call.run}: expected a refusal with an "
-                f"InmemError that changes nothing; got {call.describe()}")
+        self.findings.extend(hostile_findings(self.j.calls))
 
 
 def error_findings(calls) -> list:
@@ -491,6 +476,24 @@ def error_findings(calls) -> list:
             out.append(f"run {call.run}: {call.describe()} was refused by the shard's "
                        "internal-error path (a bug), not by a typed error")
     return out
+
+
+def hostile_findings(calls) -> list:
+    """A hostile call is refused; one with an unknown outcome (a kill's doing, or its
+    own) is tried again, and the last try must be refused."""
+    out, last = [], {}
+    for call in calls:
+        if call.hostile:
+            last[(call.client, call.hostile)] = call
+            if call.out == "ack":
+                out.append(_hostile(call))
+    out.extend(_hostile(call) + " (on every try)" for call in last.values() if call.out == "unk")
+    return out
+
+
+def _hostile(call: Call) -> str:
+    return (f"hostile {call.hostile} on run {call.run}: expected a refusal with an InmemError "
+            f"that changes nothing; got {call.describe()}")
 
 
 def check_strict(db, journal_paths: dict, stats: dict | None = None) -> list:
@@ -573,6 +576,7 @@ def check_buffered(db, journal_paths: dict, final_phase: int, stats: dict | None
     stats = {} if stats is None else stats
     stats["acknowledged_then_lost"] = 0
     findings.extend(error_findings(j.calls))
+    findings.extend(hostile_findings(j.calls))
     for run, calls in sorted(j.runs().items()):
         view = _view(db, run)
         present: dict = {}

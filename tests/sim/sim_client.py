@@ -98,6 +98,7 @@ class Client:
         self.unknown = 0
         self.rejected = 0
         self.hostile = self._hostile_plan(args)
+        self.parent = os.getppid()  # a client outlives no test: it stops when its parent is gone
 
     # -- the call wrapper ----------------------------------------------------------------
 
@@ -109,7 +110,7 @@ class Client:
         n = self.n
         self.n += 1
         self.journal.write({"k": "call", "n": n, "run": run, "parts": parts, "hostile": hostile,
-                            "phase": self.phase})
+                            "phase": self.phase, "t": round(time.time(), 4)})
         try:
             results = fn()
         except InmemError as exc:
@@ -122,6 +123,7 @@ class Client:
         else:
             rec = {"k": "done", "n": n, "out": "ack",
                    "res": [_normalize(p, r) for p, r in zip(parts, results)]}
+        rec["t"] = round(time.time(), 4)
         self.journal.write(rec)
         if rec["out"] in ("unk", "exc"):
             self.unknown += 1
@@ -587,7 +589,7 @@ class Client:
         deadline = time.monotonic() + PHASE_MAX_S
         self.fill_runs()
         for _ in range(ops):
-            if time.monotonic() > deadline or not self.active:
+            if time.monotonic() > deadline or not self.active or os.getppid() != self.parent:
                 break
             kind = self.hostile.pop(self.ops_done, None)
             if kind is not None:

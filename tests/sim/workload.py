@@ -21,8 +21,9 @@ A hostile part carries "hv" (how its value is built, see `hostile_value`).
 Journal lines (JSON, one per line, flushed as written)::
 
     {"k": "phase", "p": phase}
-    {"k": "call", "n": n, "run": run, "parts": [...], "hostile": name or None, "phase": p}
-    {"k": "done", "n": n, "out": "ack"|"rej"|"unk"|"exc", "err": class, "msg": text, "res": [...]}
+    {"k": "call", "n": n, "run": run, "parts": [...], "hostile": name or None, "phase": p, "t": time}
+    {"k": "done", "n": n, "out": "ack"|"rej"|"unk"|"exc", "err": class, "msg": text, "res": [...],
+     "t": time}
     {"k": "obs", "run": run, "status": status}      (buffered: a status read after a write)
 
 `out`: ack = the call returned (res holds one result per part); rej = it
