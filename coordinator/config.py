@@ -28,26 +28,20 @@ import tempfile
 import tomllib
 from importlib import resources
 
+from inmem import durability
 from inmem.errors import InmemError
 from inmem.files import DIR_MODE, make_dirs
 
-DURABILITY_MODES = ("inmemory", "buffered", "strict")
+DURABILITY_MODES = durability.MODES
 #: longest ipc path we use: the kernel's limit (sun_path) is 108 bytes with its NUL
 IPC_PATH_MAX = 100
-
-_DURABILITY_OPTIONS = ("flush_interval_ms", "max_pending_writes", "snapshot_wal_bytes",
-                       "snapshot_interval_s", "snapshot_retention", "snapshot_on_close",
-                       "max_corrupt_entries", "segment_bytes_max")
 
 #: section -> key -> accepted types (bool is checked apart: it is an int subclass)
 _SCHEMA = {
     "cluster": {"data_dir": (str,), "shards": (str, int), "endpoint": (str,),
                 "max_message_bytes": (int,)},
-    "durability": {"mode": (str,), "flush_interval_ms": (int, float),
-                   "max_pending_writes": (int,), "snapshot_wal_bytes": (int,),
-                   "snapshot_interval_s": (int, float), "snapshot_retention": (int,),
-                   "snapshot_on_close": (bool,), "max_corrupt_entries": (int,),
-                   "segment_bytes_max": (int,), "max_value_bytes": (int,)},
+    "durability": {"mode": (str,), "max_value_bytes": (int,),
+                   **{name: option.types for name, option in durability.OPTIONS.items()}},
     "supervisor": {"restart_backoff_ms": (int, float), "restart_backoff_max_ms": (int, float),
                    "stop_timeout_s": (int, float), "heartbeat_interval_s": (int, float),
                    "heartbeat_timeout_s": (int, float)},
@@ -143,6 +137,10 @@ def resolve(raw: dict) -> dict:
     mode = d["mode"]
     if mode not in DURABILITY_MODES:
         raise ConfigError(f"[durability] mode must be one of {DURABILITY_MODES}, got {mode!r}")
+    for key in durability.OPTIONS:
+        why = durability.problem(key, d[key])
+        if why:
+            raise ConfigError(f"[durability] {why}")
     for key in ("max_message_bytes",):
         if c[key] < 1024:
             raise ConfigError(f"[cluster] {key} must be at least 1024, got {c[key]}")
@@ -165,7 +163,7 @@ def resolve(raw: dict) -> dict:
         "endpoint": c["endpoint"],
         "max_message_bytes": c["max_message_bytes"],
         "durability": mode,
-        "options": {k: d[k] for k in _DURABILITY_OPTIONS},
+        "options": {k: d[k] for k in durability.OPTIONS},
         "max_value_bytes": d["max_value_bytes"],
         "supervisor": dict(s),
         "shards_auto": shards_auto,

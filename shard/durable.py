@@ -40,7 +40,8 @@ import threading
 import time
 import traceback
 
-from inmem.errors import DurabilityError, InmemError
+from inmem.durability import defaults as durability_defaults
+from inmem.errors import DurabilityError, InmemError, InvalidOption
 from inmem.files import make_dirs, try_lock
 from inmem.types import SnapshotInfo
 from inmem.recovery.sequence import recover, snapshot_dir, wal_dir
@@ -55,17 +56,7 @@ from .upkeep import UPKEEP_EVERY_S, upkeep
 
 log = logging.getLogger("inmem.shard")
 
-DEFAULTS = {
-    "flush_interval_ms": 100,
-    "max_pending_writes": 1000,
-    "snapshot_wal_bytes": 64 * 2**20,
-    "snapshot_interval_s": 3600.0,
-    "snapshot_retention": 2,
-    "snapshot_on_close": True,
-    "max_corrupt_entries": 0,
-    "segment_bytes_max": 64 * 2**20,
-    "fsync_slow_ms": 500,
-}
+DEFAULTS = durability_defaults()
 
 for _name in ("snapshot.before_fork", "snapshot.child_written", "snapshot.before_wal_delete",
               "snapshot.after_wal_delete"):
@@ -116,7 +107,8 @@ class DurableStore:
              **options):
         unknown = options.keys() - DEFAULTS.keys()
         if unknown:
-            raise TypeError(f"unknown options: {sorted(unknown)}")
+            raise InvalidOption(f"unknown durability options {sorted(unknown)}; known: "
+                                f"{', '.join(sorted(DEFAULTS))}")
         if durability not in ("buffered", "strict"):
             raise InmemError(f"a durable store is buffered or strict, not {durability!r}")
         opts = {**DEFAULTS, **options}

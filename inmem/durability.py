@@ -1,0 +1,64 @@
+"""The durability modes and the options that tune them: one table of names, types, bounds, defaults.
+
+`inmem.open(...)` takes these options as keyword arguments, a cluster's TOML
+config takes them in its `[durability]` section, and a shard's durable store
+applies them; all three read this table.
+
+| option | default | meaning |
+| --- | --- | --- |
+| flush_interval_ms | 100 | buffered: the longest a write waits for its fsync |
+| max_pending_writes | 1000 | buffered: this many writes pending start a flush at once |
+| snapshot_wal_bytes | 64 MiB | a snapshot is taken after this much WAL (0: after every write) |
+| snapshot_interval_s | 3600 | ... or after this many seconds with writes (None: never) |
+| snapshot_retention | 2 | snapshots kept; the WAL they need is kept with them |
+| snapshot_on_close | True | take a snapshot when the store closes cleanly |
+| max_corrupt_entries | 0 | damaged WAL records recovery may skip before it refuses |
+| segment_bytes_max | 64 MiB | a WAL segment file rolls at this size |
+| fsync_slow_ms | 500 | an fsync slower than this is logged as a warning |
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+#: "inmemory": no files; "buffered": fsync every flush interval; "strict": fsync before acknowledging
+MODES = ("inmemory", "buffered", "strict")
+
+
+class Option(NamedTuple):
+    types: tuple
+    bound: str | None
+    default: object
+
+
+#: option -> its accepted types, the bound its value must meet, and its default
+OPTIONS = {
+    "flush_interval_ms": Option((int, float), "> 0", 100),
+    "max_pending_writes": Option((int,), ">= 1", 1000),
+    "snapshot_wal_bytes": Option((int,), ">= 0", 64 * 2**20),
+    "snapshot_interval_s": Option((int, float, type(None)), "> 0", 3600.0),
+    "snapshot_retention": Option((int,), ">= 1", 2),
+    "snapshot_on_close": Option((bool,), None, True),
+    "max_corrupt_entries": Option((int,), ">= 0", 0),
+    "segment_bytes_max": Option((int,), ">= 1", 64 * 2**20),
+    "fsync_slow_ms": Option((int, float), ">= 0", 500),
+}
+
+_BOUNDS = {">= 0": lambda v: v >= 0, "> 0": lambda v: v > 0, ">= 1": lambda v: v >= 1}
+
+
+def defaults() -> dict:
+    return {name: option.default for name, option in OPTIONS.items()}
+
+
+def problem(name: str, value) -> str | None:
+    """Why `value` cannot be option `name` (None when it can); the name must be known."""
+    types, bound, _ = OPTIONS[name]
+    # type() rather than isinstance: True is not a count of anything.
+    if type(value) not in types or (bound and value is not None and not _BOUNDS[bound](value)):
+        wanted = " or ".join("None" if t is type(None) else t.__name__ for t in types)
+        return f"{name} must be {wanted}{'' if bound is None else ' ' + bound}, got {value!r}"
+    return None
+
+
+__all__ = ["MODES", "OPTIONS", "Option", "defaults", "problem"]
