@@ -167,4 +167,12 @@ def test_bind_endpoint():
     assert bind_endpoint("tcp://db-2.internal:7711") == "tcp://*:7711"
     assert bind_endpoint("tcp://10.0.0.2:7711") == "tcp://10.0.0.2:7711"
     assert bind_endpoint("ipc:///x/y.sock") == "ipc:///x/y.sock"
+
+
+@pytest.mark.parametrize("key, value", [("flush_interval_ms", 0), ("max_pending_writes", 0),
+                                        ("snapshot_retention", 0), ("segment_bytes_max", -1),
+                                        ("snapshot_on_close", 1), ("fsync_slow_ms", -5)])
+def test_durability_options_are_checked_against_the_shared_table(key, value):
+    with pytest.raises(config.ConfigError, match=f"\\[durability\\] {key} must be"):
+        config.load(None, **{key: value})
     assert os.path.isabs(config.socket_dir("/tmp/x"))
