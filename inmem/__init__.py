@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from .database import Database
 from .errors import (ClusterNotReady, CorruptionError, DurabilityError, InmemError, InvalidKey,
-                     InvalidPath, InvalidStatusTransition, InvalidValue, ProtocolError,
-                     RunExists, RunNotActive, RunNotFound, ShardUnavailable, StateExists,
-                     StateNotFound, Timeout, TraceNotFound, TransactionConflict, ValueTooLarge,
-                     VersionMismatch)
+                     InvalidOption, InvalidPath, InvalidStatusTransition, InvalidURL,
+                     InvalidValue, ProtocolError, RunExists, RunNotActive, RunNotFound,
+                     ShardUnavailable, StateExists, StateNotFound, StoreOpenError, Timeout,
+                     TraceNotFound, TransactionConflict, ValueTooLarge, VersionMismatch)
 from .types import (ChainCheck, Event, RecoveryResult, RunInfo, SnapshotInfo, State, Trace,
                     TraceTree, Versioned)
 
@@ -30,27 +30,78 @@ def open(path=None, durability: str = "buffered", *, clock=None, **options) -> D
 
     if durability not in DURABILITY_MODES:
         raise InvalidValue(f"durability must be one of {DURABILITY_MODES}, got {durability!r}")
+    _check_options(options)
+    if clock is not None and not callable(clock):
+        raise InvalidOption("clock must be a function returning microseconds, or None")
     max_value_bytes = options.pop("max_value_bytes", DEFAULT_MAX_VALUE_BYTES)
     if path is None or durability == "inmemory":
-        if options.keys() - _DURABLE_OPTIONS:
-            raise TypeError(f"unknown options: {sorted(options.keys() - _DURABLE_OPTIONS)}")
         engine = Engine(clock=clock, max_value_bytes=max_value_bytes)
         return Database(EmbeddedBackend(engine))
+    path = _store_path(path)
     from inmem.shard.durable import DurableStore
-    store, engine = DurableStore.open(path, durability=durability, clock=clock,
-                                      max_value_bytes=max_value_bytes, **options)
+    try:
+        store, engine = DurableStore.open(path, durability=durability, clock=clock,
+                                          max_value_bytes=max_value_bytes, **options)
+    except OSError as exc:
+        raise StoreOpenError(f"cannot open the store at {path}: {exc.strerror or exc}; pass a "
+                             "directory you may write to (it is created if missing)",
+                             path=path) from exc
     backend = EmbeddedBackend(engine, store)
     store.start_scheduler()
     return Database(backend)
 
 
-_DURABLE_OPTIONS = frozenset(("flush_interval_ms", "max_pending_writes", "snapshot_wal_bytes",
-                              "snapshot_interval_s", "snapshot_retention", "snapshot_on_close",
-                              "max_corrupt_entries", "segment_bytes_max", "fsync_slow_ms"))
+#: option -> (accepted types, bound on the value) for the options of `open`
+_OPTIONS = {
+    "max_value_bytes": ((int,), ">= 1"),
+    "flush_interval_ms": ((int, float), "> 0"),
+    "max_pending_writes": ((int,), ">= 1"),
+    "snapshot_wal_bytes": ((int,), ">= 0"),
+    "snapshot_interval_s": ((int, float, type(None)), "> 0"),
+    "snapshot_retention": ((int,), ">= 1"),
+    "snapshot_on_close": ((bool,), None),
+    "max_corrupt_entries": ((int,), ">= 0"),
+    "segment_bytes_max": ((int,), ">= 1"),
+    "fsync_slow_ms": ((int, float), ">= 0"),
+}
+_BOUNDS = {">= 0": lambda v: v >= 0, "> 0": lambda v: v > 0, ">= 1": lambda v: v >= 1}
+
+
+def _check_options(options: dict) -> None:
+    """InvalidOption for an option `open` does not take or a value it cannot use."""
+    unknown = options.keys() - _OPTIONS.keys()
+    if unknown:
+        raise InvalidOption(f"inmem.open() got unknown options {sorted(unknown)}; it takes "
+                            f"clock and {', '.join(sorted(_OPTIONS))}")
+    for name, value in options.items():
+        types, bound = _OPTIONS[name]
+        if type(value) not in types or (bound and value is not None and not _BOUNDS[bound](value)):
+            wanted = " or ".join("None" if t is type(None) else t.__name__ for t in types)
+            raise InvalidOption(f"option {name} must be {wanted}"
+                                f"{'' if bound is None else ' ' + bound}, got {value!r}")
+
+
+def _store_path(path) -> str:
+    """The store directory as a str; StoreOpenError if it names something else."""
+    import os
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidOption(f"path must be None, a str or an os.PathLike, got "
+                            f"{type(path).__name__}")
+    path = os.fspath(path)
+    if type(path) is not str:
+        raise InvalidOption("path must be a str path, not bytes")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise StoreOpenError(f"{path} exists and is not a directory; a durable store is a "
+                             "directory: pass a new or existing directory path, or None for "
+                             "an in-memory store", path=path)
+    return path
 
 
 def connect(url: str, timeout: float = 5.0, **options) -> Database:
-    """Connect to a cluster's coordinator; waits up to `timeout` for it to be ready."""
+    """Connect to a cluster's coordinator; waits up to `timeout` for it to be ready.
+
+    Options: request_timeout, max_message_bytes, direct (see `inmem.client.connect`).
+    """
     from .client import connect as _connect
     return _connect(url, timeout=timeout, **options)
 
@@ -67,6 +118,7 @@ __all__ = [
     "ValueTooLarge", "InvalidPath", "RunNotFound", "RunExists", "RunNotActive",
     "InvalidStatusTransition", "VersionMismatch", "StateExists", "StateNotFound",
     "TraceNotFound", "TransactionConflict", "ClusterNotReady", "ShardUnavailable", "Timeout",
-    "ProtocolError", "CorruptionError", "DurabilityError", "Event", "ChainCheck", "State",
+    "ProtocolError", "CorruptionError", "DurabilityError", "InvalidOption", "InvalidURL",
+    "StoreOpenError", "Event", "ChainCheck", "State",
     "Trace", "TraceTree", "RunInfo", "Versioned", "SnapshotInfo", "RecoveryResult",
 ]

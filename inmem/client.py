@@ -28,11 +28,16 @@ round trip. The coordinator still answers everything else and is asked,
 when a shard does not answer, whether that shard is down (ShardUnavailable)
 or only slow (Timeout). The price: a request in flight on a shard that dies
 is answered at its deadline rather than as soon as the coordinator notices.
+
+Lifetime: a Database dropped without `close()` releases its sockets and its
+ZeroMQ context (and with it the context's I/O threads and descriptors) as
+soon as it is collected, through a finalizer that holds the context and the
+sockets but never the client; the client itself is kept free of reference
+cycles (errors handed back lose their tracebacks), so dropping it is enough.
 """
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import os
 import threading
@@ -43,7 +48,8 @@ import zmq
 
 import inmem.protocol as protocol
 from .database import Database
-from .errors import ClusterNotReady, InmemError, ProtocolError, ShardUnavailable, Timeout
+from .errors import (ClusterNotReady, InmemError, InvalidOption, InvalidURL, ProtocolError,
+                     ShardUnavailable, Timeout)
 from .protocol import (FANOUT_OPS, KIND_BATCH, KIND_CLUSTER, KIND_OP, SLOT_COUNT, header,
                        op_body, pack_checked, route_run, shape, slot_of, unpack_reply)
 
@@ -54,12 +60,12 @@ _NOT_READY_PAUSE_S = 0.05
 BATCH_CHUNK_OPS = 256
 
 _live_backends: "weakref.WeakSet[ClusterBackend]" = weakref.WeakSet()
-#: every client context not yet closed, held strongly on purpose: a Database
-#: dropped without close() may be collected as part of a reference cycle, and
-#: a ZeroMQ context finalized before its sockets waits for them forever. Held
-#: here, a context outlives its sockets (which close as they are collected) and
-#: is destroyed by close() or at exit.
-_open_contexts: set = set()
+#: the schemes a coordinator listens on
+URL_SCHEMES = ("ipc", "tcp")
+#: closed sockets kept in a client's list before it is pruned
+_PRUNE_MIN = 64
+#: what `connect` takes besides url and timeout
+CONNECT_OPTIONS = ("request_timeout", "max_message_bytes", "direct")
 
 
 def _after_fork_in_child() -> None:
@@ -68,20 +74,57 @@ def _after_fork_in_child() -> None:
         backend._closed = "this Database was opened before fork(); connect again in the child"
 
 
-def _close_all_at_exit() -> None:
-    # A Database left open must not hang the interpreter's exit.
-    for backend in list(_live_backends):
-        try:
-            backend.close()
-        except Exception:
-            pass
-    for ctx in list(_open_contexts):
-        ctx.destroy(0)
-    _open_contexts.clear()
-
-
 os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_close_all_at_exit)
+
+
+def _release(ctx, sockets: list, pid: int) -> None:
+    """Close every socket a client made, then end its context (I/O threads, fds).
+
+    The finalizer of a ClusterBackend: it runs on close(), when the backend is
+    collected, or at exit, whichever comes first, and holds the context and
+    the sockets, never the backend. The sockets are held strongly on purpose:
+    when a Database is collected as part of a reference cycle, the weak
+    references through which the context knows its sockets are cleared first,
+    and ending a context with a socket still open would wait forever.
+    """
+    if os.getpid() != pid:  # a forked child must not touch the parent's context
+        return
+    for sock in sockets:
+        sock.close(0)
+    sockets.clear()
+    ctx.term()
+
+
+def check_url(url) -> str:
+    """`url` when it is ipc://path or tcp://host:port, else InvalidURL saying what is wanted."""
+    if not isinstance(url, str):
+        raise InvalidURL(f"a cluster URL is a str like ipc:///path/coordinator.sock or "
+                         f"tcp://host:port, got {type(url).__name__}")
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in URL_SCHEMES or not rest:
+        raise InvalidURL(f"a cluster URL looks like ipc:///path/coordinator.sock or "
+                         f"tcp://host:port, got {url!r:.200}; use the coordinator's "
+                         "client endpoint (inmem status prints it)")
+    if scheme == "tcp":
+        host, colon, port = rest.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidURL(f"a tcp cluster URL is tcp://host:port with a port from 1 to "
+                             f"65535, got {url!r:.200}")
+    return url
+
+
+def _bare(exc: InmemError) -> InmemError:
+    """`exc` without its traceback, to be handed back in a result list."""
+    # The traceback holds the frame that holds the list: a reference cycle.
+    return exc.with_traceback(None)
+
+
+def _number(name: str, value, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if type(value) not in (int, float) or not value > 0:
+        raise InvalidOption(f"{name} must be a number of seconds above 0, got {value!r:.60}")
+    return float(value)
 
 
 class _Channel:
@@ -98,7 +141,7 @@ class _Channel:
 class _ThreadState:
     """One thread's sockets and packer; the sockets close when the thread is gone."""
 
-    __slots__ = ("coord", "shards", "packer", "__weakref__")
+    __slots__ = ("coord", "shards", "packer")
 
     def __init__(self, coord: _Channel, shard_count: int):
         self.coord = coord
@@ -121,18 +164,22 @@ class ClusterBackend:
     def __init__(self, url: str, timeout: float = 5.0, *, request_timeout: float | None = None,
                  max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
                  direct: bool = False):
-        if not isinstance(url, str) or "://" not in url:
-            raise ValueError(f"a cluster URL looks like ipc:///path or tcp://host:port, got {url!r}")
-        self.url = url
-        self.timeout = float(timeout)
-        self.request_timeout = float(request_timeout if request_timeout is not None else timeout)
+        self.url = check_url(url)
+        self.timeout = _number("timeout", timeout)
+        self.request_timeout = _number("request_timeout", request_timeout, True) or self.timeout
+        if type(max_message_bytes) is not int or max_message_bytes < 1:
+            raise InvalidOption(f"max_message_bytes must be an int >= 1, got "
+                                f"{max_message_bytes!r:.60}")
+        if type(direct) is not bool:
+            raise InvalidOption(f"direct must be True or False, got {direct!r:.60}")
         self.max_message_bytes = max_message_bytes
-        self.direct = bool(direct)
+        self.direct = direct
         self.ctx = zmq.Context(1)
-        _open_contexts.add(self.ctx)
+        self._sockets: list = []  # every socket made and not yet pruned, for _release
+        self._sockets_lock = threading.Lock()
+        self._prune_at = _PRUNE_MIN
+        self._finalizer = weakref.finalize(self, _release, self.ctx, self._sockets, os.getpid())
         self._local = threading.local()
-        self._states: "weakref.WeakSet[_ThreadState]" = weakref.WeakSet()
-        self._states_lock = threading.Lock()
         self._rid = itertools.count(1)
         self._closed: bool | str = False
         self.owners: list | None = None
@@ -150,6 +197,13 @@ class ClusterBackend:
 
     def _socket(self, endpoint: str, immediate: bool = False):
         sock = self.ctx.socket(zmq.DEALER)
+        with self._sockets_lock:
+            sockets = self._sockets
+            sockets.append(sock)
+            if len(sockets) >= self._prune_at:
+                # The sockets of threads that ended were closed as they ended.
+                sockets[:] = [s for s in sockets if not s.closed]
+                self._prune_at = max(_PRUNE_MIN, 2 * len(sockets))
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, -1)  # replies are from our cluster, which caps them
         sock.setsockopt(zmq.SNDTIMEO, max(int(self.request_timeout * 1000), 1))
@@ -157,7 +211,12 @@ class ClusterBackend:
             # Queue nothing for a shard that is not connected: a send then fails
             # at once (ShardUnavailable) instead of reaching whatever binds next.
             sock.setsockopt(zmq.IMMEDIATE, 1)
-        sock.connect(endpoint)
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise InvalidURL(f"cannot connect to {endpoint!r:.200}: {exc}; check the "
+                             "coordinator's client endpoint") from None
         return sock
 
     def _state(self) -> _ThreadState:
@@ -167,8 +226,6 @@ class ClusterBackend:
             pass
         self._check_open()
         st = _ThreadState(_Channel(self._socket(self.url)), len(self.shard_endpoints))
-        with self._states_lock:
-            self._states.add(st)
         self._local.state = st
         return st
 
@@ -274,17 +331,24 @@ class ClusterBackend:
             chan = st.coord
         result = self._roundtrip(chan, KIND_OP, slot, body, deadline)
         if isinstance(result, InmemError):
-            raise result
+            try:
+                raise result
+            finally:
+                result = None  # its traceback holds this frame: no cycle through the error
         return shape(op, args, result)
 
     def cluster(self, name: str, args=(), timeout: float | None = None):
         """A request the coordinator answers itself (status, info, fan-outs...)."""
         st = self._state()
+        self._check_open()
         body = pack_checked(st.packer, [name, list(args)], self.max_message_bytes)
         deadline = time.monotonic() + (self.request_timeout if timeout is None else timeout)
         result = self._roundtrip(st.coord, KIND_CLUSTER, 0, body, deadline)
         if isinstance(result, InmemError):
-            raise result
+            try:
+                raise result
+            finally:
+                result = None
         return shape(name, args, result)
 
     def call_batch(self, ops) -> list:
@@ -308,7 +372,7 @@ class ClusterBackend:
             try:
                 body = op_body(op, args)
             except InmemError as exc:
-                results[i] = exc
+                results[i] = _bare(exc)
                 continue
             shard = shard_of_run.get(run) if type(run) is str else None
             if shard is None:
@@ -333,7 +397,7 @@ class ClusterBackend:
             try:
                 results[i] = self.call(op, args)
             except InmemError as exc:
-                results[i] = exc
+                results[i] = _bare(exc)
         return results
 
     def _flush_group(self, st, shard, group, results, sent, deadline) -> None:
@@ -343,7 +407,7 @@ class ClusterBackend:
                 head, chan = self._send_batch(st, shard, payload, deadline)
             except ShardUnavailable as exc:
                 for i in idx:
-                    results[i] = exc
+                    results[i] = _bare(exc)
                 continue
             sent[head] = (idx, payload, shard, chan)
 
@@ -354,7 +418,7 @@ class ClusterBackend:
             return
         except InmemError as exc:
             if len(bodies) == 1:
-                results[indexes[0]] = exc
+                results[indexes[0]] = _bare(exc)
                 return
         half = len(bodies) // 2
         yield from self._chunks(st, indexes[:half], bodies[:half], results)
@@ -420,7 +484,7 @@ class ClusterBackend:
                     try:
                         results[i] = shape(op, args, r)
                     except ProtocolError as exc:
-                        results[i] = exc
+                        results[i] = _bare(exc)
 
     def _expire(self, sent: dict, results, deadline) -> None:
         if not self.direct:
@@ -429,7 +493,10 @@ class ClusterBackend:
         for idx, _payload, shard, _chan in sent.values():
             err = self._shard_down(shard)
             if type(err) is Timeout:
-                raise err
+                try:
+                    raise err
+                finally:
+                    err = None
             for i in idx:
                 results[i] = err
 
@@ -497,12 +564,7 @@ class ClusterBackend:
         if self._closed is True:
             return
         self._closed = True
-        with self._states_lock:
-            states = list(self._states)
-        for st in states:
-            st.close()
-        self.ctx.destroy(0)
-        _open_contexts.discard(self.ctx)
+        self._finalizer()
         _live_backends.discard(self)
 
     def describe(self) -> str:
@@ -516,6 +578,10 @@ def connect(url: str, timeout: float = 5.0, **options) -> Database:
     max_message_bytes (the cluster's limit), direct (send run operations
     straight to the owning shard, skipping the coordinator hop).
     """
+    unknown = options.keys() - set(CONNECT_OPTIONS)
+    if unknown:
+        raise InvalidOption(f"connect() got unknown options {sorted(unknown)}; it takes "
+                            f"timeout and {', '.join(CONNECT_OPTIONS)}")
     backend = ClusterBackend(url, timeout, **options)
     try:
         backend.wait_ready(timeout)

@@ -13,8 +13,9 @@ import random
 import time
 import uuid
 
-from .errors import RunNotFound, StateNotFound, TransactionConflict, VersionMismatch
-from .types import RunView, State
+from .errors import (InmemError, InvalidValue, ProtocolError, RunNotFound, StateNotFound,
+                     TransactionConflict, VersionMismatch)
+from .types import RunView, State, TraceTree
 
 class _Section:
     __slots__ = ("_call",)
@@ -46,7 +47,7 @@ class KV(_Section):
         return self._call("kv.cas", (run, key, expected_version, value))
 
     def get_many(self, run, keys) -> list:
-        return self._call("kv.get_many", (run, list(keys) if type(keys) is not list else keys))
+        return self._call("kv.get_many", (run, as_list(keys, "keys")))
 
     def keys(self, run, prefix="") -> list:
         return self._call("kv.keys", (run, prefix))
@@ -135,7 +136,8 @@ class Traces(_Section):
     __slots__ = ()
 
     def record(self, run, trace_type, data, parent_id=None, tags=(), metadata=None) -> str:
-        return self._call("tr.record", (run, trace_type, data, parent_id, list(tags), metadata))
+        return self._call("tr.record", (run, trace_type, data, parent_id, as_tags(tags),
+                                        metadata))
 
     def get(self, run, trace_id):
         return self._call("tr.get", (run, trace_id))
@@ -150,7 +152,7 @@ class Traces(_Section):
         return self._call("tr.roots", (run,))
 
     def tree(self, run, trace_id):
-        return self._call("tr.tree", (run, trace_id))
+        return assemble_tree(self._call("tr.tree", (run, trace_id)))
 
 
 class JSON(_Section):
@@ -216,11 +218,53 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
+def as_tags(tags) -> list:
+    """Tags as the list the engine takes: a str would otherwise become one tag per letter."""
+    if type(tags) is list:
+        return tags
+    if type(tags) is tuple:
+        return list(tags)
+    raise InvalidValue(f"tags must be a list or tuple of str, got {type(tags).__name__}")
+
+
+def as_list(items, what: str) -> list:
+    """Any iterable of names as a list; a str or a non-iterable is refused, not taken apart."""
+    if type(items) is list:
+        return items
+    if isinstance(items, (str, bytes)):
+        raise InvalidValue(f"{what} must be a list of str, got {type(items).__name__}")
+    try:
+        return list(items)
+    except TypeError:
+        raise InvalidValue(f"{what} must be a list of str, got {type(items).__name__}") from None
+
+
+def assemble_tree(traces) -> TraceTree:
+    """The TraceTree of a subtree's traces (root first, each parent before its children).
+
+    The engine answers `tr.tree` with this flat list rather than a nested tree:
+    it travels through msgpack, which refuses deep nesting, and is assembled
+    here with a loop, so a chain thousands of traces deep is an ordinary tree.
+    """
+    try:
+        root = TraceTree(traces[0], [])
+        nodes = {root.trace.id: root}
+        for i in range(1, len(traces)):
+            trace = traces[i]
+            node = TraceTree(trace, [])
+            nodes[trace.parent_id].children.append(node)
+            nodes[trace.id] = node
+    except (IndexError, KeyError, TypeError, AttributeError):
+        raise ProtocolError("a trace tree reply is malformed") from None
+    return root
+
+
 class Database:
     """The store, embedded or remote. Use `inmem.open` or `inmem.connect` to get one."""
 
     def __init__(self, backend):
         self._backend = backend
+        self._closed = False
         call = backend.call
         self._call = call
         self.kv = backend.section("kv", KV) if hasattr(backend, "section") else KV(call)
@@ -239,7 +283,7 @@ class Database:
         if parent is not None and self.run_status(parent) == "not_found":
             # Checked here rather than on the shard: the parent may live on another one.
             raise RunNotFound(f"parent run {parent!r} does not exist", run_id=parent)
-        return self._call("run.begin", (name, run_id, parent, list(tags), metadata))
+        return self._call("run.begin", (name, run_id, parent, as_tags(tags), metadata))
 
     def end_run(self, run):
         return self._call("run.end", (run,))
@@ -290,6 +334,7 @@ class Database:
     def search(self, query, run=None, primitives=None, limit=10, offset=0, budget_ms=None):
         """BM25 keyword search across every shard; see shard/search_index.py."""
         from .search import search
+        self._check_open()
         if run is not None and self.run_status(run) == "not_found":
             raise RunNotFound(f"run {run!r} does not exist", run_id=run)
         return search(self._backend, query, run, primitives, limit, offset, budget_ms)
@@ -297,15 +342,25 @@ class Database:
     # -- operations ----------------------------------------------------------------
 
     def snapshot(self) -> list:
+        self._check_open()
         return self._backend.snapshot()
 
     def recovery_report(self) -> list:
+        self._check_open()
         return self._backend.recovery_report()
 
     def info(self) -> dict:
+        self._check_open()
         return self._backend.info()
 
+    def _check_open(self) -> None:
+        # Operations go through the backend, which refuses them once closed;
+        # these few do not, so they are refused here.
+        if self._closed:
+            raise InmemError("the database is closed; open or connect again")
+
     def close(self) -> None:
+        self._closed = True
         self._backend.close()
 
     def __enter__(self):

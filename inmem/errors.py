@@ -110,6 +110,22 @@ class ProtocolError(InmemError):
     """A malformed, oversized or wrong-version message."""
 
 
+class InvalidOption(InmemError, TypeError):
+    """An option that `open` or `connect` does not take, or one of the wrong type.
+
+    Also a TypeError, which is what Python raises for an unexpected keyword.
+    """
+
+
+class InvalidURL(InmemError, ValueError):
+    """A cluster URL that is not ipc://path or tcp://host:port."""
+
+
+class StoreOpenError(InmemError, OSError):
+    """The directory of a durable store cannot be created or opened (also an OSError)."""
+    _fields = ("path",)
+
+
 class CorruptionError(InmemError):
     """Damaged data on disk that recovery may not skip."""
     _fields = ("path", "offset")
@@ -123,7 +139,8 @@ _BY_NAME = {cls.__name__: cls for cls in (
     InmemError, InvalidKey, InvalidValue, ValueTooLarge, InvalidPath, RunNotFound,
     RunExists, RunNotActive, InvalidStatusTransition, VersionMismatch, StateExists,
     StateNotFound, TraceNotFound, TransactionConflict, ClusterNotReady,
-    ShardUnavailable, Timeout, ProtocolError, CorruptionError, DurabilityError)}
+    ShardUnavailable, Timeout, ProtocolError, InvalidOption, InvalidURL, StoreOpenError,
+    CorruptionError, DurabilityError)}
 
 
 def from_wire(wire) -> InmemError:

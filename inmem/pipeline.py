@@ -9,12 +9,25 @@ a failure comes back in place as the exception object.
 
 from __future__ import annotations
 
-from .database import JSON, KV, Events, Runs, StateCells, Traces, new_run_id
-from .errors import InvalidValue
-from .transaction import copy_value
+from functools import partial
+
+from .database import (JSON, KV, Events, Runs, StateCells, Traces, as_tags, assemble_tree,
+                       new_run_id)
+from .errors import InmemError, InvalidValue
+from .values import copy_value
 
 
 _CONTAINERS = (dict, list)
+
+
+def _queue(ops: list, op, args) -> None:
+    # Values are captured now: a list or dict the caller changes before
+    # execute() must not change what is written.
+    for a in args:
+        if type(a) in _CONTAINERS:
+            args = tuple(copy_value(a) if type(a) in _CONTAINERS else a for a in args)
+            break
+    ops.append((op, args))
 
 
 class _PipelineState(StateCells):
@@ -26,30 +39,31 @@ class _PipelineState(StateCells):
     transition_or_init = transition
 
 
+class _PipelineTraces(Traces):
+    __slots__ = ()
+
+    def tree(self, run, trace_id):
+        # Queued as it comes from the shard; execute() assembles the tree.
+        return self._call("tr.tree", (run, trace_id))
+
+
 class Pipeline:
     def __init__(self, backend):
         self._backend = backend
         self._ops: list = []
-        queue = self._queue
+        # The sections hold this function, which holds the list but not the
+        # pipeline: no reference cycle keeps a dropped pipeline (and its
+        # Database's connection) alive until a garbage collection.
+        self._queue = queue = partial(_queue, self._ops)
         self.kv = KV(queue)
         self.events = Events(queue)
         self.state = _PipelineState(queue)
-        self.traces = Traces(queue)
+        self.traces = _PipelineTraces(queue)
         self.json = JSON(queue)
         self.runs = Runs(queue)
 
-    def _queue(self, op, args):
-        # Values are captured now: a list or dict the caller changes before
-        # execute() must not change what is written.
-        for a in args:
-            if type(a) in _CONTAINERS:
-                args = tuple(copy_value(a) if type(a) in _CONTAINERS else a for a in args)
-                break
-        self._ops.append((op, args))
-        return None
-
     def begin_run(self, name=None, run_id=None, parent=None, tags=(), metadata=None):
-        self._queue("run.begin", (name, run_id or new_run_id(), parent, list(tags), metadata))
+        self._queue("run.begin", (name, run_id or new_run_id(), parent, as_tags(tags), metadata))
 
     def end_run(self, run):
         self._queue("run.end", (run,))
@@ -61,13 +75,21 @@ class Pipeline:
         return len(self._ops)
 
     def execute(self) -> list:
-        ops, self._ops = self._ops, []
-        if not ops:
+        if not self._ops:
             return []
-        return self._backend.call_batch(ops)
+        ops = self._ops.copy()
+        self._ops.clear()
+        results = self._backend.call_batch(ops)
+        for i, (op, _args) in enumerate(ops):
+            if op == "tr.tree" and not isinstance(results[i], InmemError):
+                try:
+                    results[i] = assemble_tree(results[i])
+                except InmemError as exc:
+                    results[i] = exc
+        return results
 
     def reset(self) -> None:
-        self._ops = []
+        self._ops.clear()
 
     def __enter__(self):
         return self

@@ -547,7 +547,9 @@ def _many(cls):
 
 
 def _tree(r, a):
-    return TraceTree.from_wire(r)
+    # The subtree's traces, flat (see Engine.tr_tree); Traces.tree assembles them.
+    make = Trace._make
+    return [make(t) for t in r]
 
 
 def _items(r, a):

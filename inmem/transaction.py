@@ -12,20 +12,11 @@ from __future__ import annotations
 
 from inmem.shard import jsonpath
 
+from .database import as_tags
 from .errors import InvalidValue
-from .values import check_value
+from .values import check_key, check_value, copy_value
 
 _DELETED = object()
-
-
-def copy_value(value):
-    """A private copy of a value's containers, so later changes by the caller don't leak in."""
-    t = type(value)
-    if t is dict:
-        return {k: copy_value(v) for k, v in value.items()}
-    if t is list:
-        return [copy_value(v) for v in value]
-    return value
 
 
 class _TxSection:
@@ -107,7 +98,8 @@ class TxTraces(_TxSection):
     __slots__ = ()
 
     def record(self, trace_type, data, parent_id=None, tags=(), metadata=None):
-        self._tx._write("tr.record", (trace_type, data, parent_id, list(tags), metadata), None)
+        self._tx._write("tr.record", (trace_type, data, parent_id, as_tags(tags), metadata),
+                        None)
 
     def get(self, trace_id):
         return self._tx._call("tr.get", (self._tx.run, trace_id))
@@ -172,14 +164,35 @@ class Transaction:
         self._pending_events = 0
         self._done = False
         self.results: list | None = None
-        self.kv = TxKV(self)
-        self.events = TxEvents(self)
-        self.state = TxState(self)
-        self.traces = TxTraces(self)
-        self.json = TxJSON(self)
+
+    # The sections are made on each access rather than held: held, each would
+    # point back here, a reference cycle that keeps a dropped transaction (and
+    # the Database connection it calls) alive until a garbage collection.
+
+    @property
+    def kv(self) -> TxKV:
+        return TxKV(self)
+
+    @property
+    def events(self) -> TxEvents:
+        return TxEvents(self)
+
+    @property
+    def state(self) -> TxState:
+        return TxState(self)
+
+    @property
+    def traces(self) -> TxTraces:
+        return TxTraces(self)
+
+    @property
+    def json(self) -> TxJSON:
+        return TxJSON(self)
 
     def _read(self, ns, key):
         """The value this transaction sees at (ns, key), or _DELETED when there is none."""
+        if type(key) is not str:
+            check_key(key)  # an unhashable key would fail the lookup below with a TypeError
         slot = (ns, key)
         if slot in self._local:
             value = self._local[slot]
@@ -195,6 +208,8 @@ class Transaction:
     def _write(self, op, args, local):
         if self._done:
             raise InvalidValue("this transaction has already been committed or aborted")
+        if local is not None and type(local[1]) is not str:
+            check_key(local[1])
         self._writes.append((op, (self.run, *(copy_value(a) if type(a) in (dict, list) else a
                                                for a in args))))
         if local is not None:

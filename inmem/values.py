@@ -41,41 +41,112 @@ def check_key(key, what: str = "key") -> str:
     return key
 
 
-def check_value(value, _depth: int = 0) -> None:
-    """Raise InvalidValue unless `value` is inside the value model."""
+def _check_int(value: int) -> None:
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise InvalidValue(f"int {value} does not fit in 64 signed bits")
+
+
+def _too_deep() -> InvalidValue:
+    return InvalidValue(f"value nested deeper than {DEPTH_MAX} levels; flatten it or store "
+                        "the inner part under its own key")
+
+
+def check_value(value) -> None:
+    """Raise InvalidValue unless `value` is inside the value model.
+
+    The walk is iterative (an explicit stack), so a value nested far too deep,
+    or a list that contains itself, is refused with an InvalidValue naming the
+    limit rather than a RecursionError.
+    """
     t = type(value)
     if t in _SCALARS:
         return
     if t is int:
-        if INT64_MIN <= value <= INT64_MAX:
-            return
-        raise InvalidValue(f"int {value} does not fit in 64 signed bits")
-    if _depth > DEPTH_MAX:
-        raise InvalidValue(f"value nested deeper than {DEPTH_MAX} levels")
-    if t is list:
-        for item in value:
-            if type(item) not in _SCALARS:
-                check_value(item, _depth + 1)
+        _check_int(value)
         return
-    if t is dict:
-        for k, item in value.items():
-            if type(k) is not str:
-                raise InvalidValue(f"dict keys must be str, got {type(k).__name__}")
+    stack = [(value, 0)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        v, depth = pop()
+        t = type(v)
+        if t is int:
+            _check_int(v)
+            continue
+        if depth > DEPTH_MAX:
+            raise _too_deep()
+        if t is list:
+            items = v
+        elif t is dict:
+            for k in v:
+                if type(k) is not str:
+                    raise InvalidValue(f"dict keys must be str, got {type(k).__name__}")
+            items = v.values()
+        else:
+            raise InvalidValue(f"{t.__name__} is not a storable value "
+                               "(use None, bool, int, float, str, bytes, list or dict)")
+        for item in items:
             if type(item) not in _SCALARS:
-                check_value(item, _depth + 1)
-        return
-    raise InvalidValue(f"{t.__name__} is not a storable value "
-                       "(use None, bool, int, float, str, bytes, list or dict)")
+                push((item, depth + 1))
+
+
+def _rebuild(value, sort_keys: bool, strict: bool):
+    """A copy of the dicts and lists of `value`, walked with an explicit stack.
+
+    With `sort_keys` every dict is rebuilt in sorted key order. Beyond
+    DEPTH_MAX levels a `strict` walk raises InvalidValue; otherwise the rest is
+    shared, not copied (such a value is refused wherever it is stored).
+    """
+    t = type(value)
+    if t is not dict and t is not list:
+        return value
+    root = {} if t is dict else []
+    stack = [(value, root, 0)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        src, dst, depth = pop()
+        if depth > DEPTH_MAX:
+            raise _too_deep()
+        deeper = depth + 1
+        share = deeper > DEPTH_MAX and not strict
+        if type(src) is dict:
+            if sort_keys:
+                try:
+                    keys = sorted(src)
+                except TypeError:
+                    raise InvalidValue("dict keys must be str") from None
+            else:
+                keys = src
+            for k in keys:
+                v = src[k]
+                tv = type(v)
+                if (tv is dict or tv is list) and not share:
+                    v2 = {} if tv is dict else []
+                    push((v, v2, deeper))
+                    v = v2
+                dst[k] = v
+        else:
+            append = dst.append
+            for v in src:
+                tv = type(v)
+                if (tv is dict or tv is list) and not share:
+                    v2 = {} if tv is dict else []
+                    push((v, v2, deeper))
+                    v = v2
+                append(v)
+    return root
 
 
 def canonical(value):
-    """A copy of `value` with every map's keys sorted, recursively (for hashing)."""
-    t = type(value)
-    if t is dict:
-        return {k: canonical(value[k]) for k in sorted(value)}
-    if t is list:
-        return [canonical(v) for v in value]
-    return value
+    """A copy of `value` with every map's keys sorted, at every depth (for hashing).
+
+    It runs before the value is validated, so it checks the depth itself.
+    """
+    return _rebuild(value, True, True)
+
+
+def copy_value(value):
+    """A private copy of a value's dicts and lists, so later changes by the caller don't leak in."""
+    return _rebuild(value, False, False)
 
 
 ZERO_HASH = bytes(32)

@@ -27,7 +27,7 @@ import msgpack
 from inmem.errors import (InmemError, InvalidKey, InvalidValue, RunExists, RunNotActive,
                           RunNotFound, StateExists, TraceNotFound, TransactionConflict,
                           ValueTooLarge, VersionMismatch)
-from inmem.types import ChainCheck, Event, RunInfo, State, Trace, TraceTree, Versioned
+from inmem.types import ChainCheck, Event, RunInfo, State, Trace, Versioned
 from inmem.values import (_SCALARS, DEFAULT_MAX_VALUE_BYTES, KEY_BYTES_MAX, ZERO_HASH,
                           canonical, check_key, check_value)
 
@@ -210,7 +210,10 @@ class Engine:
         return data
 
     def _run(self, run) -> RunData:
-        r = self.runs.get(run)
+        try:
+            r = self.runs.get(run)
+        except TypeError:  # unhashable, so not a run id: refused below by type
+            r = None
         if r is None:
             if type(run) is not str:
                 raise InvalidKey(f"run id must be a str, got {type(run).__name__}")
@@ -354,10 +357,13 @@ class Engine:
         return e
 
     def kv_get(self, run, key, default=None):
-        r = self.runs.get(run)
-        if r is None:
+        try:
+            e = self.runs[run].kv.get(key)
+        except (KeyError, TypeError):
+            # A missing or unhashable run, or an unhashable key: these name which.
             self._run(run)
-        e = r.kv.get(key)
+            check_key(key)
+            raise
         if e is None or e[2] is None:
             check_key(key)
             return default
@@ -563,30 +569,42 @@ class Engine:
                      None if e[6] is None else _unpack(e[6]), e[7])
 
     def tr_get(self, run, trace_id):
-        e = self._run(run).traces.get(trace_id)
+        r = self._run(run)
+        e = r.traces.get(check_key(trace_id, "trace id"))
         return None if e is None else self._trace(e)
 
     def tr_by_type(self, run, trace_type) -> list:
         r = self._run(run)
+        if type(trace_type) is not str:
+            raise InvalidValue(f"trace_type must be a str, got {type(trace_type).__name__}")
         return [self._trace(r.traces[t]) for t in r.traces_by_type.get(trace_type, ())]
 
     def tr_by_tag(self, run, tag) -> list:
         r = self._run(run)
-        return [self._trace(r.traces[t]) for t in r.traces_by_tag.get(tag, ())]
+        return [self._trace(r.traces[t]) for t in r.traces_by_tag.get(check_key(tag, "tag"), ())]
 
     def tr_roots(self, run) -> list:
         r = self._run(run)
         return [self._trace(r.traces[t]) for t in r.trace_roots]
 
-    def tr_tree(self, run, trace_id):
-        r = self._run(run)
-        if trace_id not in r.traces:
-            raise TraceNotFound(f"trace {trace_id!r} not found in run {run!r}")
+    def tr_tree(self, run, trace_id) -> list:
+        """The traces of the subtree under `trace_id`: the root first, then breadth-first.
 
-        def build(tid):
-            return TraceTree(self._trace(r.traces[tid]),
-                             [build(c) for c in r.trace_children.get(tid, ())])
-        return build(trace_id)
+        Flat, not nested: a reasoning chain may be thousands of traces deep,
+        beyond both recursion and msgpack's nesting limit. Each trace names its
+        parent, so `inmem.database.assemble_tree` rebuilds the TraceTree.
+        """
+        r = self._run(run)
+        if check_key(trace_id, "trace id") not in r.traces:
+            raise TraceNotFound(f"trace {trace_id!r} not found in run {run!r}")
+        children = r.trace_children
+        order = [trace_id]
+        for tid in order:  # the list grows while it is walked: a breadth-first queue
+            kids = children.get(tid)
+            if kids:
+                order.extend(kids)
+        traces = r.traces
+        return [self._trace(traces[t]) for t in order]
 
     # -- JSON documents ------------------------------------------------------------
 
@@ -671,8 +689,9 @@ class Engine:
         The slot version counts deletes too (a delete is a write), so a read of
         an absent key validates only while nothing touched that slot.
         """
-        r = self.runs.get(run)
-        if r is None:
+        try:
+            r = self.runs[run]
+        except (KeyError, TypeError):
             r = self._run(run)
         if ns == "kv":
             table = r.kv
@@ -707,11 +726,9 @@ class Engine:
         [op, args] whose first argument is the run. Returns each write's result.
         """
         r = self._writable(run)
-        for item in reads:
-            try:
-                ns, key, seen = item
-            except (TypeError, ValueError):
-                raise InvalidValue(f"malformed read-set entry {item!r}") from None
+        _check_read_set(reads)
+        _check_write_set(run, writes)
+        for ns, key, seen in reads:
             current = self._slot_version(r, ns, key)
             if current != seen:
                 raise TransactionConflict(
@@ -721,12 +738,7 @@ class Engine:
         self._undo = undo
         results = []
         try:
-            for item in writes:
-                op, args = item
-                if op not in _TX_WRITE_OPS:
-                    raise InvalidValue(f"{op!r} cannot be used inside a transaction")
-                if not args or args[0] != run:
-                    raise InvalidValue("every write of a transaction must name its run")
+            for op, args in writes:
                 results.append(self.execute(op, args))
         except BaseException:
             self._rollback(r, undo, journal_len)
@@ -971,7 +983,44 @@ def _check_terms(terms) -> list:
 
 def _check_tags(tags) -> tuple:
     if type(tags) not in (list, tuple):
-        raise InvalidValue(f"tags must be a list of str, got {type(tags).__name__}")
+        raise InvalidValue(f"tags must be a list or tuple of str, got {type(tags).__name__}")
     for t in tags:
+        if type(t) is not str:
+            raise InvalidValue(f"tags must be a list or tuple of str, one is a {type(t).__name__}")
         check_key(t, "tag")
     return tuple(tags)
+
+
+_TX_NAMESPACES = frozenset(("kv", "st", "js", "ev"))
+
+
+def _check_read_set(reads) -> None:
+    """InvalidValue unless `reads` is a list of [namespace, key, version seen]."""
+    if type(reads) not in (list, tuple):
+        raise InvalidValue(f"a transaction's reads must be a list, got {type(reads).__name__}")
+    for item in reads:
+        if type(item) not in (list, tuple) or len(item) != 3:
+            raise InvalidValue(f"a transaction read is [namespace, key, version], got {item!r:.100}")
+        ns, key, seen = item
+        if type(ns) is not str or ns not in _TX_NAMESPACES:
+            raise InvalidValue(f"unknown namespace {ns!r:.40} in a transaction read "
+                               f"(one of {sorted(_TX_NAMESPACES)})")
+        if type(key) is not str:
+            raise InvalidKey(f"a transaction read's key must be a str, got {type(key).__name__}")
+        if type(seen) is not int:
+            raise InvalidValue(f"a transaction read's version must be an int, got {seen!r:.40}")
+
+
+def _check_write_set(run, writes) -> None:
+    """InvalidValue unless `writes` is a list of [op, args] writes to `run`."""
+    if type(writes) not in (list, tuple):
+        raise InvalidValue(f"a transaction's writes must be a list, got {type(writes).__name__}")
+    for item in writes:
+        if type(item) not in (list, tuple) or len(item) != 2:
+            raise InvalidValue(f"a transaction write is [op, args], got {item!r:.100}")
+        op, args = item
+        if type(op) is not str or op not in _TX_WRITE_OPS:
+            raise InvalidValue(f"{op!r:.60} cannot be used inside a transaction")
+        if type(args) not in (list, tuple) or not args or args[0] != run:
+            raise InvalidValue(f"every write of a transaction is [op, [run, ...]] naming its "
+                               f"run; {op} does not")
