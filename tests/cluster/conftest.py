@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 import inmem
+from polling import wait_for  # noqa: F401  (the cluster tests import it from here)
 
 
 def _group_members(pgids) -> list:
@@ -74,18 +75,6 @@ def make_cluster(tmp_path):
         except psutil.Error:
             pass
     assert not left, f"processes left behind: {[p.info for p in left]}"
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
-    """Poll `predicate` until it returns a true value; fail with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def shard_of(cluster_db, run_id: str) -> int:

@@ -24,6 +24,7 @@ import psutil
 
 import inmem
 from inmem.wal.reader import WalReader
+from polling import wait_for
 
 from . import workload
 
@@ -131,17 +132,18 @@ def run_child(directory, logs: Path, mode: str, *args, failpoint: str | None = N
 
 
 def wait_for_line(logs: Path, line: str, proc: subprocess.Popen, timeout_s: float = 15.0):
-    deadline = time.monotonic() + timeout_s
     target = (line + "\n").encode()
     path = logs / "stdout"
-    while time.monotonic() < deadline:
+
+    def printed() -> bool:
         if path.exists() and target in path.read_bytes():
-            return
+            return True
         if proc.poll() is not None:
             raise AssertionError(f"the child exited ({proc.returncode}) before {line!r}: "
                                  f"{(logs / 'stderr').read_text(errors='replace')[-3000:]}")
-        time.sleep(0.005)
-    raise AssertionError(f"the child did not print {line!r} within {timeout_s} s")
+        return False
+
+    wait_for(printed, timeout_s, f"the child to print {line!r}")
 
 
 # -- the invariants ------------------------------------------------------------------

@@ -16,7 +16,8 @@ from inmem.wal.errors import (RecordTooLarge, WalClosed, WalError, WalFailed,
 from inmem.wal.reader import CleanEnd, TornTail
 from inmem.wal.segment import list_segments
 from inmem.wal.writer import WalWriter
-from walfix import payloads, read_back, rec, seg_name, wait_until, write_segment
+from polling import wait_for
+from walfix import payloads, read_back, rec, seg_name, write_segment
 
 
 def seg_firsts(directory):
@@ -278,7 +279,7 @@ def test_strict_group_commit_with_8_threads(tmp_path, monkeypatch):
     threads = [threading.Thread(target=worker, args=(t,)) for t in range(threads_n)]
     for t in threads:
         t.start()
-    wait_until(lambda: w.next_lsn >= threads_n, what="one record from every thread")
+    wait_for(lambda: w.next_lsn >= threads_n, what="one record from every thread")
     gate.set()
     for t in threads:
         t.join(timeout=60)
@@ -312,7 +313,7 @@ def test_buffered_flushes_by_interval(tmp_path):
     w = WalWriter(tmp_path, "buffered", flush_interval_ms=10, max_pending_writes=10**6)
     for p in payloads(3):
         w.append(p)
-    wait_until(lambda: w.durable_lsn == 3, what="the interval flush")
+    wait_for(lambda: w.durable_lsn == 3, what="the interval flush")
     assert disk_payloads(tmp_path) == payloads(3)  # on disk while the writer is open
     w.close()
 
@@ -322,7 +323,7 @@ def test_buffered_flushes_when_max_pending_writes_is_reached(tmp_path):
     w = WalWriter(tmp_path, "buffered", flush_interval_ms=3_600_000, max_pending_writes=5)
     for p in payloads(5):
         w.append(p)
-    wait_until(lambda: w.durable_lsn == 5, what="the max_pending_writes flush")
+    wait_for(lambda: w.durable_lsn == 5, what="the max_pending_writes flush")
     assert disk_payloads(tmp_path) == payloads(5)
     w.close()
 
@@ -376,7 +377,7 @@ def test_fsync_error_fails_waiting_group_members(tmp_path, monkeypatch):
     for t in threads:
         t.start()
     assert entered.wait(timeout=30)
-    wait_until(lambda: w.next_lsn == 4, what="all appends")
+    wait_for(lambda: w.next_lsn == 4, what="all appends")
     release.set()
     for t in threads:
         t.join(timeout=30)
@@ -387,11 +388,11 @@ def test_fsync_error_fails_waiting_group_members(tmp_path, monkeypatch):
 def test_fsync_error_is_fail_stop_in_buffered_mode(tmp_path, monkeypatch):
     w = WalWriter(tmp_path, "buffered", flush_interval_ms=5)
     w.append(b"a")
-    wait_until(lambda: w.durable_lsn == 1, what="first flush")
+    wait_for(lambda: w.durable_lsn == 1, what="first flush")
     monkeypatch.setattr(writer_mod, "_os_fsync", eio)
     w.append(b"b")
     w.append(b"c")
-    wait_until(lambda: w.failed, what="the flusher to record the error")
+    wait_for(lambda: w.failed, what="the flusher to record the error")
     assert isinstance(w.error, OSError) and w.error.errno == errno.EIO
     assert w.pending_records == 2 and w.durable_lsn == 1
     assert w.pending_bytes == 2 * 11  # the buffer is kept, not dropped

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import struct
-import time
 
 from crc32c import crc32c
 
@@ -51,12 +50,3 @@ def read_back(directory, **kwargs):
     from inmem.wal.reader import WalReader
     reader = WalReader(directory, **kwargs)
     return list(reader), reader
-
-
-def wait_until(predicate, timeout_s: float = 10.0, what: str = "condition") -> None:
-    """Poll `predicate` until it is true; fail after `timeout_s` (a deadline, not a timing assert)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.002)
