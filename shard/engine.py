@@ -221,7 +221,7 @@ class Engine:
         return r
 
     def _writable(self, run) -> RunData:
-        r = self.runs.get(run)
+        r = self.runs.get(run) if type(run) is str else None
         if r is None:
             return self._run(run)
         if r.status not in WRITABLE:
@@ -268,7 +268,7 @@ class Engine:
             raise InvalidValue(f"unknown run status {status!r}")
         check_transition(r.status, status)
         if error is not None:
-            error = self._check_text(error if type(error) is str else str(error), "the reason")
+            error = self._check_text(_as_reason(error), "the reason")
         self._commit(r, (RUN_STATUS, status, self.clock(), error))
         return status
 
@@ -276,7 +276,7 @@ class Engine:
         return self.set_status(run, "completed")
 
     def abort_run(self, run, reason=None) -> str:
-        return self.set_status(run, "failed", "" if reason is None else str(reason))
+        return self.set_status(run, "failed", "" if reason is None else reason)
 
     def run_status(self, run) -> str:
         r = self.runs.get(run) if type(run) is str else None
@@ -326,7 +326,10 @@ class Engine:
     def kv_put(self, run, key, value, ttl=None) -> int:
         # The hottest write: the common case is inlined, the rest falls back
         # to the general checks.
-        r = self.runs.get(run)
+        try:
+            r = self.runs.get(run)
+        except TypeError:  # unhashable: not a run id; _writable names the problem
+            r = None
         if r is None or r.status not in WRITABLE:
             r = self._writable(run)
         if type(key) is not str or not key.isascii() or not 0 < len(key) <= KEY_BYTES_MAX:
@@ -965,6 +968,15 @@ _TX_WRITE_OPS = frozenset((
 #: operations that change state (a shard worker needs a WAL write only for these)
 WRITE_OPS = _TX_WRITE_OPS | {"run.begin", "run.end", "run.abort", "run.set_status",
                              "run.delete", "tx.commit"}
+
+
+def _as_reason(reason) -> str:
+    """The text kept as a run's error: a str, or the message of an exception or a number."""
+    if type(reason) is str:
+        return reason
+    if isinstance(reason, BaseException) or type(reason) in (int, float, bool):
+        return str(reason)
+    raise InvalidValue(f"a reason must be a str (or an exception), got {type(reason).__name__}")
 
 
 def _deadline(budget_ms):

@@ -72,11 +72,7 @@ def test_a_list_as_the_run_is_a_typed_error(db):
     assert {n: o for n, o in outcomes.items() if o} == {}
 
 
-def test_a_list_as_the_run_of_kv_put_is_a_typed_error(db, backend, request):
-    if backend != "cluster":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="Engine.kv_put looks the run up before checking its type "
-                                "(the embedded fast path calls it directly)"))
+def test_a_list_as_the_run_of_kv_put_is_a_typed_error(db):
     with pytest.raises(inmem.InmemError):
         db.kv.put(UNHASHABLE, "k", 1)
 
@@ -497,3 +493,25 @@ def test_the_new_errors_cross_the_wire_as_themselves():
 def test_open_checks_every_option_the_durable_store_takes():
     from inmem.shard.durable import DEFAULTS
     assert set(inmem._OPTIONS) == set(DEFAULTS) | {"max_value_bytes"}
+
+
+@pytest.mark.parametrize("reason", [[[[]]] * 3, {"a": 1}, b"bytes"])
+def test_a_reason_that_is_not_text_is_refused(db, run, reason):
+    with pytest.raises(inmem.InvalidValue, match="a reason must be a str"):
+        db.abort_run(run, reason)
+    assert db.run_status(run) == "active"
+
+
+def test_a_reason_nested_deeper_than_python_recurses_is_refused(db, run):
+    reason: list = []
+    for _ in range(5_000):
+        reason = [reason]
+    with pytest.raises(inmem.InvalidValue):
+        db.abort_run(run, reason)
+    assert db.run_status(run) == "active"
+
+
+def test_a_number_or_an_exception_as_reason_is_kept_as_text(db):
+    run = db.begin_run()
+    db.abort_run(run, 42)
+    assert db.runs.get(run).error == "42"

@@ -38,14 +38,7 @@ HOSTILE = {
 
 
 #: groups that find a bug not fixed yet; the mark goes when the fix lands
-KNOWN_BUGS = {
-    "reason_nested": pytest.mark.xfail(strict=False, reason=(
-        "abort_run(run, reason=<list nested 1000 deep>) is refused only by the shard worker's "
-        "catch-all: InmemError('internal error in run.abort: RecursionError: maximum recursion "
-        "depth exceeded while getting the repr of an object'), because Engine.abort_run calls "
-        "str() on any reason; embedded, the same call raises a bare RecursionError. Expected: a "
-        "typed InvalidValue for a reason that is not a str")),
-}
+KNOWN_BUGS: dict = {}
 
 
 def simulate(make_cluster, tmp_path, spec: SimSpec, test: str) -> None:
