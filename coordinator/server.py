@@ -53,6 +53,13 @@ TICK_S = 0.02
 HELLO_EVERY_S = 0.2
 #: frames taken from one socket per loop turn, so one busy peer cannot starve the rest
 DRAIN_MAX = 1024
+#: requests, and bytes of them, forwarded to one shard and not answered yet beyond
+#: which the next is answered ShardUnavailable instead of queued: what a peer
+#: that sends faster than the shard answers can make this process hold (the
+#: shard reads at most RECV_QUEUE_MAX of them; the rest waits here). Far above
+#: what clients that wait for their answers ever have in flight.
+INFLIGHT_MAX = 65536
+INFLIGHT_BYTES_MAX = 512 * 2**20
 #: a cluster request (info, fan-out) not answered by then is answered Timeout
 INTERNAL_TIMEOUT_S = 30.0
 #: set by `python -m inmem.coordinator --watch-parent`: stop when this process is gone
@@ -62,12 +69,14 @@ PARENT_PID: int | None = None
 class ShardLink:
     """The coordinator's connection to one shard and the requests in flight on it."""
 
-    __slots__ = ("handle", "sock", "inflight", "hello_sent", "last_seen", "ping_sent")
+    __slots__ = ("handle", "sock", "inflight", "inflight_bytes", "hello_sent", "last_seen",
+                 "ping_sent")
 
     def __init__(self, handle):
         self.handle = handle
         self.sock = None
-        self.inflight: dict = {}
+        self.inflight: dict = {}  # (client identity, header) -> body size
+        self.inflight_bytes = 0
         self.hello_sent = 0.0
         self.last_seen = time.monotonic()
         self.ping_sent: float | None = None
@@ -203,12 +212,20 @@ class Coordinator:
                     if link.handle.state != READY:
                         self._unavailable(ident, head, link)
                         continue
+                    size = len(body)
+                    inflight = link.inflight
+                    if ((link.inflight_bytes + size > INFLIGHT_BYTES_MAX and inflight)
+                            or len(inflight) >= INFLIGHT_MAX):
+                        self._overloaded(ident, head, link)
+                        continue
                     try:
                         link.sock.send_multipart(frames, zmq.NOBLOCK)
                     except zmq.ZMQError:
                         self._unavailable(ident, head, link)
                         continue
-                    link.inflight[(ident, head)] = None
+                    key = (ident, head)
+                    link.inflight_bytes += size - inflight.get(key, 0)
+                    inflight[key] = size
                 elif kind == KIND_CLUSTER:
                     self._cluster_request(ident, head, body)
                 else:
@@ -242,7 +259,9 @@ class Coordinator:
                     continue
                 ident = frames[0]
                 if ident:
-                    inflight.pop((ident, frames[1]), None)
+                    size = inflight.pop((ident, frames[1]), None)
+                    if size is not None:
+                        link.inflight_bytes -= size
                     try:
                         send(frames, zmq.NOBLOCK)
                     except zmq.ZMQError:
@@ -273,6 +292,13 @@ class Coordinator:
         self._error(ident, head, ShardUnavailable(
             f"shard {h.id} is {h.state}; retry shortly"
             + (f" (last exit {h.last_exit}: {h.last_error})" if h.last_error else "")))
+
+    def _overloaded(self, ident, head, link: ShardLink) -> None:
+        self.counters["shard_unavailable"] += 1
+        self._error(ident, head, ShardUnavailable(
+            f"shard {link.handle.id} is overloaded ({len(link.inflight)} requests of "
+            f"{link.inflight_bytes} bytes waiting for it); retry shortly, or wait for "
+            "answers before sending more"))
 
     def _bad_header(self, ident, head) -> None:
         self.counters["protocol_errors"] += 1
@@ -493,6 +519,7 @@ class Coordinator:
             send(ident, head, err)
         self.counters["shard_unavailable"] += len(link.inflight)
         link.inflight.clear()
+        link.inflight_bytes = 0
         self._fail_pending(link, ShardUnavailable(f"shard {h.id} went down"))
         self._connect(link)
 

@@ -209,3 +209,56 @@ def test_any_failure_in_handle_is_an_error_reply_to_that_request(monkeypatch, me
             "run_admin": protocol.KIND_ADMIN}[method]
     err = _answer(worker, kind, msgpack.packb(["ping", []]))
     assert type(err) is inmem.InmemError and "internal error in shard 0: RuntimeError" in str(err)
+
+
+def test_the_coordinator_holds_a_bounded_number_and_size_of_requests_per_shard(monkeypatch):
+    """A peer that sends faster than a shard answers gets ShardUnavailable, not a queue."""
+    from types import SimpleNamespace
+
+    from inmem.coordinator import server
+
+    monkeypatch.setattr(server, "INFLIGHT_MAX", 3)
+    monkeypatch.setattr(server, "INFLIGHT_BYTES_MAX", 1000)
+    coord = _coordinator([])
+    coord.ready_once = True
+    link = ShardLink(SimpleNamespace(id=0, state=server.READY, last_error=None))
+    link.sock = FakeSocket()
+    coord.links = [link]
+
+    def send(rid, size):
+        head = protocol.header(protocol.KIND_OP, 0, rid)
+        coord.front.queue.append([b"c", head, b"\x90" * size])
+        coord._drain_front()
+        return head
+
+    def answered():
+        sent, coord.front.sent = coord.front.sent, []
+        return [str(_error_of(frames)) for frames in sent]
+
+    def shard_replies():
+        """The shard answers all it got; return how many answers reached the client."""
+        link.sock.queue.extend([[f[0], f[1], msgpack.packb(None)] for f in link.sock.sent])
+        link.sock.sent = []
+        coord._drain_shard(link)
+        sent, coord.front.sent = coord.front.sent, []
+        return len(sent)
+
+    for rid in range(5):
+        send(rid, 10)
+    assert len(link.sock.sent) == 3
+    assert [("overloaded" in e) for e in answered()] == [True, True]
+    assert shard_replies() == 3
+    assert link.inflight == {} and link.inflight_bytes == 0
+    # By size: one request bigger than the whole allowance goes when nothing waits,
+    # and nothing goes with it.
+    send(10, 5000)
+    send(11, 10)
+    assert len(link.sock.sent) == 1 and "overloaded" in answered()[0]
+    assert link.inflight_bytes == 5000
+    assert shard_replies() == 1
+    assert link.inflight_bytes == 0
+    send(12, 600)
+    send(13, 300)
+    send(14, 300)  # 1200 bytes would be waiting
+    assert len(link.sock.sent) == 2 and "overloaded" in answered()[0]
+    assert link.inflight_bytes == 900
