@@ -29,8 +29,7 @@ TIMEOUT = 240 + 2 * OPS + 30 * KILLS
 
 HOSTILE = {
     "ttl": ("ttl_1e300", "ttl_10e30_int", "ttl_inf", "ttl_nan", "ttl_negative", "tx_ttl_1e300"),
-    "reason": ("abort_surrogate_reason", "abort_huge_reason"),
-    "reason_nested": ("abort_nested_reason",),
+    "reason": ("abort_surrogate_reason", "abort_huge_reason", "abort_nested_reason"),
     "oversized": ("tx_over_64mib", "value_too_large"),
     "nested": ("nested_kv", "nested_event", "nested_state", "nested_json", "nested_trace",
                "nested_tx", "nested_metadata"),
