@@ -28,7 +28,7 @@ import tempfile
 import tomllib
 from importlib import resources
 
-from inmem import durability
+import inmem.durability as durability
 from inmem.errors import InmemError
 from inmem.files import DIR_MODE, make_dirs
 

@@ -24,7 +24,6 @@ snapshot), then kills what is still running when stop_timeout_s runs out.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -48,6 +48,7 @@ import zmq
 
 import inmem.protocol as protocol
 from .database import Database
+from .sections import KV
 from .errors import (ClusterNotReady, InmemError, InvalidOption, InvalidURL, ProtocolError,
                      ShardUnavailable, Timeout)
 from .protocol import (FANOUT_OPS, KIND_BATCH, KIND_CLUSTER, KIND_OP, SLOT_COUNT, header,
@@ -543,6 +544,9 @@ class ClusterBackend:
         if st is not None and len(st.shards) != count:
             st.shards = [None] * count
         self.owners = owners
+
+    def kv_section(self) -> KV:
+        return KV(self.call)
 
     def fanout(self, op: str, args) -> list:
         """A read-only operation on every shard: one answer per shard, in shard order."""

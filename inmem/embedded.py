@@ -14,7 +14,7 @@ import threading
 from inmem.shard.engine import WRITE_OPS, Engine
 from inmem.shard.upkeep import shard_info
 
-from .database import KV
+from .sections import KV
 from .errors import InmemError
 
 
@@ -63,10 +63,8 @@ class EmbeddedBackend:
         """One answer per shard; the embedded store is one shard."""
         return [self.call(op, args)]
 
-    def section(self, name, cls):
-        if name == "kv":
-            return _FastKV(self)
-        return cls(self.call)
+    def kv_section(self) -> KV:
+        return _FastKV(self)
 
     # -- operations ----------------------------------------------------------------
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from functools import partial
 
-from .database import (JSON, KV, Events, Runs, StateCells, Traces, as_tags, assemble_tree,
-                       new_run_id)
 from .errors import InmemError, InvalidValue
+from .sections import (JSON, KV, Events, Runs, StateCells, Traces, as_tags, assemble_tree,
+                       new_run_id)
 from .values import copy_value
 
 

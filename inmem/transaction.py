@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from inmem.shard import jsonpath
 
-from .database import as_tags
+from .sections import as_tags
 from .errors import InvalidValue
 from .values import check_key, check_value, copy_value
 

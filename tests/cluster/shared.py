@@ -15,6 +15,7 @@ import threading
 
 import inmem
 from inmem.database import Database
+from inmem.sections import KV
 
 _lock = threading.Lock()
 _cluster = None
@@ -56,6 +57,9 @@ class ClockedBackend:
     def fanout(self, op, args):
         self._sync()
         return self.inner.fanout(op, args)
+
+    def kv_section(self):
+        return KV(self.call)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
