@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from . import durability as _durability
 from .database import Database
 from .errors import (ClusterNotReady, CorruptionError, DurabilityError, InmemError, InvalidKey,
                      InvalidOption, InvalidPath, InvalidStatusTransition, InvalidURL,
@@ -19,7 +20,7 @@ from .types import (ChainCheck, Event, RecoveryResult, RunInfo, SnapshotInfo, St
 
 __version__ = "0.1.0"
 
-DURABILITY_MODES = ("inmemory", "buffered", "strict")
+DURABILITY_MODES = _durability.MODES
 
 
 def open(path=None, durability: str = "buffered", *, clock=None, **options) -> Database:  # noqa: A001
@@ -51,34 +52,21 @@ def open(path=None, durability: str = "buffered", *, clock=None, **options) -> D
     return Database(backend)
 
 
-#: option -> (accepted types, bound on the value) for the options of `open`
-_OPTIONS = {
-    "max_value_bytes": ((int,), ">= 1"),
-    "flush_interval_ms": ((int, float), "> 0"),
-    "max_pending_writes": ((int,), ">= 1"),
-    "snapshot_wal_bytes": ((int,), ">= 0"),
-    "snapshot_interval_s": ((int, float, type(None)), "> 0"),
-    "snapshot_retention": ((int,), ">= 1"),
-    "snapshot_on_close": ((bool,), None),
-    "max_corrupt_entries": ((int,), ">= 0"),
-    "segment_bytes_max": ((int,), ">= 1"),
-    "fsync_slow_ms": ((int, float), ">= 0"),
-}
-_BOUNDS = {">= 0": lambda v: v >= 0, "> 0": lambda v: v > 0, ">= 1": lambda v: v >= 1}
-
-
 def _check_options(options: dict) -> None:
     """InvalidOption for an option `open` does not take or a value it cannot use."""
-    unknown = options.keys() - _OPTIONS.keys()
+    known = ("max_value_bytes", *_durability.OPTIONS)
+    unknown = options.keys() - set(known)
     if unknown:
         raise InvalidOption(f"inmem.open() got unknown options {sorted(unknown)}; it takes "
-                            f"clock and {', '.join(sorted(_OPTIONS))}")
+                            f"clock and {', '.join(sorted(known))}")
     for name, value in options.items():
-        types, bound = _OPTIONS[name]
-        if type(value) not in types or (bound and value is not None and not _BOUNDS[bound](value)):
-            wanted = " or ".join("None" if t is type(None) else t.__name__ for t in types)
-            raise InvalidOption(f"option {name} must be {wanted}"
-                                f"{'' if bound is None else ' ' + bound}, got {value!r}")
+        if name == "max_value_bytes":
+            if type(value) is not int or value < 1:
+                raise InvalidOption(f"option max_value_bytes must be int >= 1, got {value!r}")
+            continue
+        why = _durability.problem(name, value)
+        if why:
+            raise InvalidOption(f"option {why}")
 
 
 def _store_path(path) -> str:

@@ -58,11 +58,6 @@ class TraceTree(NamedTuple):
     trace: Trace
     children: list
 
-    @classmethod
-    def from_wire(cls, wire) -> "TraceTree":
-        trace, children = wire
-        return cls(Trace._make(trace), [cls.from_wire(c) for c in children])
-
 
 class RunInfo(NamedTuple):
     run_id: str

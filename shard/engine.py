@@ -145,7 +145,8 @@ class Engine:
             try:
                 out.append(self.execute(op, args))
             except InmemError as exc:
-                out.append(exc)
+                # Without its traceback: the frames would tie the engine into a cycle.
+                out.append(exc.with_traceback(None))
         return out
 
     def take_log(self) -> list:

@@ -490,9 +490,10 @@ def test_the_new_errors_cross_the_wire_as_themselves():
     assert from_wire(inmem.StoreOpenError("s", path="/p").to_wire()).path == "/p"
 
 
-def test_open_checks_every_option_the_durable_store_takes():
+def test_open_takes_every_option_the_durable_store_takes(tmp_path):
     from inmem.shard.durable import DEFAULTS
-    assert set(inmem._OPTIONS) == set(DEFAULTS) | {"max_value_bytes"}
+    with inmem.open(tmp_path / "store", **DEFAULTS, max_value_bytes=1024) as db:
+        assert db.info()["shards"][0]["durability"] == "buffered"
 
 
 @pytest.mark.parametrize("reason", [[[[]]] * 3, {"a": 1}, b"bytes"])
