@@ -284,6 +284,14 @@ def _listed(x):
     return list(x) if type(x) is tuple else x
 
 
+def _shown(x, limit: int = 100) -> str:
+    """repr for an error message, even of a value too deep or too odd to repr."""
+    try:
+        return repr(x)[:limit]
+    except Exception:  # RecursionError for deep nesting, or a broken __repr__
+        return f"<{type(x).__name__}>"
+
+
 def op_body(op: str, args):
     """The wire form of one operation: [op, [args...]] with no tuples left in it.
 
@@ -296,7 +304,7 @@ def op_body(op: str, args):
             try:
                 wop, wargs = w
             except (TypeError, ValueError):
-                raise InvalidValue(f"malformed transaction write {w!r:.100}") from None
+                raise InvalidValue(f"malformed transaction write {_shown(w)}") from None
             check_values(wop, wargs)
             writes.append([wop, _listed(wargs)])
         reads = args[1]

@@ -52,7 +52,7 @@ HOSTILE = [
     "$", "$.", "$..a", "$[999999999999]", "$.a[-1]", "$[", "*",
     b"", b"\x00\xff", [], [None], {}, {"": None}, {"a": {"b": []}}, [[], {}],
     ["k", None], [1, 2, 3], ["$", "a"], ("tuple",), {1, 2}, frozenset(), bytearray(b"x"),
-    object(), {1: 2}, {None: 1}, {(1, 2): 3}, _deep(200), _deep(300), _deep(600),
+    object(), {1: 2}, {None: 1}, {(1, 2): 3}, _deep(200), _deep(300), _deep(600), _deep(1000),
 ]
 
 
@@ -128,6 +128,13 @@ def _args(rng, op, runs):
     return args
 
 
+def _shown(x, limit: int = 200) -> str:
+    try:
+        return repr(x)[:limit]
+    except RecursionError:
+        return f"<{type(x).__name__} nested too deep to show>"
+
+
 def _outcome(fn):
     """A value, or the exception raised (checked by the caller)."""
     try:
@@ -171,11 +178,11 @@ def test_hostile_arguments_to_every_operation_never_stop_a_process(make_cluster)
                 args = _args(rng, op, runs)
                 calls = [((op, args), _outcome(lambda: backend.call(op, args)))]
             for (op, args), result in calls:
-                what = f"seed {seed}, call {i}: {op}({args!r:.200}) -> {result!r:.300}"
+                what = f"seed {seed}, call {i}: {op}({_shown(args)}) -> {_shown(result, 300)}"
                 assert not isinstance(result, Exception) or isinstance(result, InmemError), what
                 assert not _lost(result), what
                 if _internal(result):
-                    internal.append((op, f"{args!r:.200}", str(result)[:200]))
+                    internal.append((op, _shown(args), str(result)[:200]))
         assert cluster.pids() == pids, f"seed {seed}: a process was replaced"
         for pid in [pids["coordinator"], *pids["shards"]]:
             assert psutil.pid_exists(pid), f"seed {seed}"

@@ -222,3 +222,32 @@ def test_the_empties_budget_is_exact_at_its_edge():
     assert protocol.decode_op(body(k, pad), KNOWN)[0] == "kv.put"
     with pytest.raises(ProtocolError, match="more empty lists and maps than it may"):
         protocol.decode_op(body(k + 1, pad), KNOWN)
+
+
+# -- the client's side of the wire ---------------------------------------------------
+
+
+def _deep(depth: int):
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("args", [
+    ("r", 5, []),                                  # reads not a list
+    ("r", [7, "x"], [["kv.put", ("r", "k", 1, None)]]),
+    ("r", [], [["kv.put", 5]]),                    # a write's arguments not a list
+    ("r", [], [[["not", "an", "op"], []]]),
+    ("r", _deep(1000), []),                        # refused by the engine, not here
+])
+def test_odd_transaction_arguments_go_to_the_engine_as_they_are(args):
+    body = protocol.op_body("tx.commit", args)
+    op, got = protocol.decode_op(protocol.pack_checked(protocol.new_packer(), body, 2**20),
+                                 KNOWN)
+    assert op == "tx.commit" and len(got) == 3 and type(got[1]) is type(args[1])
+
+
+def test_a_malformed_transaction_write_too_deep_to_show_is_an_invalid_value():
+    with pytest.raises(inmem.InvalidValue, match="malformed transaction write"):
+        protocol.op_body("tx.commit", ("r", [], [_deep(1000)]))

@@ -47,6 +47,16 @@ def _coordinator(messages) -> Coordinator:
     return coord
 
 
+def _ready_link() -> ShardLink:
+    from types import SimpleNamespace
+
+    from inmem.coordinator import server
+
+    link = ShardLink(SimpleNamespace(id=0, state=server.READY, last_error=None))
+    link.sock = FakeSocket()
+    return link
+
+
 def _error_of(frames):
     err = protocol.unpack_reply(frames[-1])
     assert isinstance(err, inmem.InmemError), err
@@ -96,6 +106,7 @@ def test_hostile_cluster_requests_get_protocol_errors_from_the_coordinator():
                 for i, body in enumerate(bodies)]
     coord = _coordinator(messages)
     coord.ready_once = True
+    coord.links = [_ready_link()]
     coord._drain_front()
     assert len(coord.front.sent) == len(bodies)
     for frames in coord.front.sent:
@@ -213,16 +224,13 @@ def test_any_failure_in_handle_is_an_error_reply_to_that_request(monkeypatch, me
 
 def test_the_coordinator_holds_a_bounded_number_and_size_of_requests_per_shard(monkeypatch):
     """A peer that sends faster than a shard answers gets ShardUnavailable, not a queue."""
-    from types import SimpleNamespace
-
     from inmem.coordinator import server
 
     monkeypatch.setattr(server, "INFLIGHT_MAX", 3)
     monkeypatch.setattr(server, "INFLIGHT_BYTES_MAX", 1000)
     coord = _coordinator([])
     coord.ready_once = True
-    link = ShardLink(SimpleNamespace(id=0, state=server.READY, last_error=None))
-    link.sock = FakeSocket()
+    link = _ready_link()
     coord.links = [link]
 
     def send(rid, size):
