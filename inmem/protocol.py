@@ -393,8 +393,8 @@ def decode_body(body, ext_hook=None, empties: bool = False, unicode_errors: str 
     elements = n if n < ELEMENTS_MAX else ELEMENTS_MAX
     allowed = n * EMPTIES_BYTES_PER_BYTE + EMPTIES_FREE_BYTES
     hook = None
-    # A body of fewer bytes than `allowed` empties could cost cannot hold too
-    # many, and most longer ones plainly do not: only the rest pay for a count.
+    # Every empty takes a byte, so a short body cannot go over; of the longer
+    # ones, only those the C-speed count cannot clear pay for an exact count.
     if empties and n * EMPTY_MAP_BYTES > allowed and _empties_bound(body) > allowed:
         hook = _EmptiesBudget(allowed).hook
     try:
