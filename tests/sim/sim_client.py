@@ -206,13 +206,13 @@ class Client:
                    ("st_set", 6), ("st_cas", 5), ("tr", 8), ("js_put", 5), ("js_set", 5),
                    ("tx", 10), ("end", 2), ("abort", 2), ("dead_run", 1), ("bad_key", 1)]
         name = self.rng.choices([c for c, _ in choices], [w for _, w in choices])[0]
+        if name == "dead_run" and not self.finished:
+            name = "kv_put"
         if name == "tx":
             return self.op_tx(r)
         if name in ("end", "abort"):
             return self.op_finish(r, name)
         if name == "dead_run":
-            if not self.finished:
-                return self.op_strict()
             dead = self.rng.choice(self.finished)
             return self.single(dead, self.part_kv_put(dead, fresh=True))
         if name == "bad_key":
