@@ -12,7 +12,7 @@ answered ShardUnavailable instead of waiting for the client's deadline.
 
 Everything else is rare and may decode: cluster requests (status, info,
 slot map, snapshot, recovery report) and the fan-out of operations that are
-not about one run (`inmem.protocol.FANOUT_OPS`), sent to every shard at once
+not about one run (`inmem.ops.FANOUT_OPS`), sent to every shard at once
 and merged in an order that does not depend on which shard answered first.
 
 Readiness: until every shard has answered "hello" once (each after its own
@@ -36,6 +36,7 @@ import zmq
 import inmem.protocol as protocol
 from inmem.errors import ClusterNotReady, InmemError, ProtocolError, ShardUnavailable
 from inmem.files import make_dirs, try_lock
+from inmem.ops import FANOUT_READ_OPS
 from inmem.transport import bind_router
 from inmem.types import RecoveryResult
 from inmem.protocol import (HEADER_BYTES, KIND_ADMIN, KIND_BATCH, KIND_CLUSTER, KIND_OP,
@@ -356,9 +357,9 @@ class Coordinator:
             self._fan_out(ident, head, "snapshot", KIND_ADMIN, "snapshot", [])
         elif name == "fanout":
             if (len(args) != 2 or type(args[0]) is not str
-                    or args[0] not in protocol.FANOUT_READ_OPS or type(args[1]) is not list):
+                    or args[0] not in FANOUT_READ_OPS or type(args[1]) is not list):
                 self._error(ident, head, ProtocolError(
-                    f"fanout takes [op, args] with op one of {sorted(protocol.FANOUT_READ_OPS)}"))
+                    f"fanout takes [op, args] with op one of {sorted(FANOUT_READ_OPS)}"))
             else:
                 self._fan_out(ident, head, "fanout", KIND_OP, args[0], args[1])
         elif name in protocol.DEBUG_OPS:

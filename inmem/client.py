@@ -51,8 +51,9 @@ from .database import Database
 from .sections import KV
 from .errors import (ClusterNotReady, InmemError, InvalidOption, InvalidURL, ProtocolError,
                      ShardUnavailable, Timeout)
-from .protocol import (FANOUT_OPS, KIND_BATCH, KIND_CLUSTER, KIND_OP, SLOT_COUNT, header,
-                       op_body, pack_checked, route_run, shape, slot_of, unpack_reply)
+from .ops import FANOUT_OPS, route_run, shape
+from .protocol import (KIND_BATCH, KIND_CLUSTER, KIND_OP, SLOT_COUNT, header, op_body,
+                       pack_checked, slot_of, unpack_reply)
 
 #: how long to wait between asking a cluster that is not ready yet
 _NOT_READY_PAUSE_S = 0.05

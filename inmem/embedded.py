@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 
-from inmem.shard.engine import WRITE_OPS, Engine
+from inmem.ops import WRITE_OPS
+from inmem.shard.engine import Engine
 from inmem.shard.upkeep import shard_info
 
 from .sections import KV

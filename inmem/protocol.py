@@ -74,8 +74,7 @@ import crc32c
 import msgpack
 
 from .errors import InmemError, InvalidValue, ProtocolError, ValueTooLarge, from_wire
-from .types import (ChainCheck, Event, RecoveryResult, RunInfo, SnapshotInfo, State, Trace,
-                    TraceTree, Versioned)
+from .ops import FANOUT_OPS, VALUE_ARGS
 from .values import check_value
 
 VERSION = 1
@@ -131,28 +130,14 @@ EXT_OPAQUE = 1
 EXT_BIGINT = 2
 EXT_ERROR = 3
 
-#: ops that are not about one run: the coordinator fans them out to every shard
-FANOUT_OPS = frozenset(("run.list", "run.orphaned"))
 #: test hooks: wipe every shard, pin the shards' clock, change max_value_bytes; a
 #: cluster answers them only when started with test_hooks=True (never in production)
 DEBUG_OPS = frozenset(("debug.reset", "debug.clock", "debug.max_value_bytes"))
-#: read-only engine operations a client may send to every shard at once with the
-#: "fanout" cluster request, getting back one answer per shard in shard order
-FANOUT_READ_OPS = frozenset(("search.stats", "search.query", "run.list", "run.orphaned",
-                             "engine.counts"))
 #: cluster-level requests the coordinator answers (FANOUT_OPS included)
 CLUSTER_OPS = FANOUT_OPS | DEBUG_OPS | frozenset(("ping", "status", "slotmap", "info",
                                                   "snapshot", "recovery_report", "fanout"))
 #: requests a shard answers besides engine operations
 ADMIN_OPS = DEBUG_OPS | frozenset(("hello", "ping", "info", "snapshot", "recovery_report"))
-
-#: for each write, the argument positions that carry values (checked by the client,
-#: because msgpack would carry a bytearray or memoryview as if it were bytes)
-VALUE_ARGS = {
-    "kv.put": (2,), "kv.cas": (3,), "ev.append": (2,), "st.init": (2,), "st.set": (2,),
-    "st.cas": (3,), "tr.record": (2, 5), "js.put": (2,), "js.set": (3,), "js.push": (3,),
-    "run.begin": (4,),
-}
 
 _SCALARS = frozenset((str, int, float, bool, bytes, type(None)))
 _unpackb = msgpack.unpackb
@@ -174,15 +159,6 @@ def slot_of(run_id) -> int:
     if type(run_id) is not str:
         return 0
     return _crc(run_id.encode("utf-8", "surrogatepass")) & (SLOT_COUNT - 1)
-
-
-def route_run(op: str, args):
-    """The run that decides where `op` goes, or None when it fans out."""
-    if op in FANOUT_OPS:
-        return None
-    if op == "run.begin":
-        return args[1] if len(args) > 1 else None
-    return args[0] if args else None
 
 
 # -- headers ---------------------------------------------------------------------
@@ -544,59 +520,6 @@ def pack_reply(packer, result, max_message_bytes: int) -> bytes:
 # -- shaping results into the API's types -----------------------------------------
 
 
-def _opt(cls):
-    make = cls._make
-    return lambda r, a: None if r is None else make(r)
-
-
-def _many(cls):
-    make = cls._make
-    return lambda r, a: [make(x) for x in r]
-
-
-def _tree(r, a):
-    # The subtree's traces, flat (see Engine.tr_tree); Traces.tree assembles them.
-    make = Trace._make
-    return [make(t) for t in r]
-
-
-def _items(r, a):
-    return [tuple(x) for x in r]
-
-
-def _tx_commit(r, a):
-    writes = a[2]
-    return [shape(w[0], w[1], x) for w, x in zip(writes, r)]
-
-
-#: op -> fn(wire result, args) -> API result; ops not listed return the wire value
-SHAPERS = {
-    "kv.get_versioned": _opt(Versioned),
-    "kv.items": _items,
-    "ev.append": lambda r, a: Event._make(r),
-    "ev.read": _opt(Event), "ev.head": _opt(Event),
-    "ev.range": _many(Event), "ev.by_type": _many(Event),
-    "ev.verify": lambda r, a: ChainCheck._make(r),
-    "st.read": _opt(State),
-    "tr.get": _opt(Trace), "tr.by_type": _many(Trace), "tr.by_tag": _many(Trace),
-    "tr.roots": _many(Trace), "tr.tree": _tree,
-    "run.get": _opt(RunInfo), "run.list": _many(RunInfo),
-    "tx.commit": _tx_commit,
-    "snapshot": _many(SnapshotInfo),
-    "recovery_report": _many(RecoveryResult),
-}
-
-
-def shape(op: str, args, result):
-    fn = SHAPERS.get(op)
-    if fn is None:
-        return result
-    try:
-        return fn(result, args)
-    except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"malformed result for {op}: {exc}") from None
-
-
 # -- merging the replies of a fan-out ---------------------------------------------
 
 
@@ -632,9 +555,9 @@ def fanout_request(op: str, args) -> tuple[str, list]:
 
 __all__ = [
     "VERSION", "HEADER_BYTES", "KIND_OP", "KIND_BATCH", "KIND_ADMIN", "KIND_CLUSTER",
-    "SLOT_COUNT", "DEFAULT_MAX_MESSAGE_BYTES", "FANOUT_OPS", "CLUSTER_OPS", "ADMIN_OPS",
-    "RECV_QUEUE_MAX", "slot_of", "route_run", "header", "parse_header", "request_id_of",
+    "SLOT_COUNT", "DEFAULT_MAX_MESSAGE_BYTES", "CLUSTER_OPS", "ADMIN_OPS",
+    "RECV_QUEUE_MAX", "slot_of", "header", "parse_header", "request_id_of",
     "new_packer", "decode_body",
     "op_body", "pack_checked", "unpack_reply", "decode_op", "decode_batch",
-    "new_reply_packer", "error_body", "pack_reply", "shape", "merge_fanout", "fanout_request",
+    "new_reply_packer", "error_body", "pack_reply", "merge_fanout", "fanout_request",
 ]

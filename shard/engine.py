@@ -27,6 +27,7 @@ import msgpack
 from inmem.errors import (InmemError, InvalidKey, InvalidValue, RunExists, RunNotActive,
                           RunNotFound, StateExists, TraceNotFound, TransactionConflict,
                           ValueTooLarge, VersionMismatch)
+from inmem.ops import OPS, TX_WRITE_OPS
 from inmem.types import ChainCheck, Event, RunInfo, State, Trace, Versioned
 from inmem.values import (_SCALARS, DEFAULT_MAX_VALUE_BYTES, KEY_BYTES_MAX, ZERO_HASH,
                           canonical, check_key, check_value)
@@ -782,7 +783,7 @@ class Engine:
                     del r.events_by_type[e[2]]
             elif key == TR_ADD:
                 self._remove_trace(r, prev)
-            elif key == RUN_STATUS:  # pragma: no cover - refused by _TX_WRITE_OPS
+            elif key == RUN_STATUS:  # pragma: no cover - refused by TX_WRITE_OPS
                 raise RuntimeError("run status changes are not transactional")
         del r.journal[journal_len:]
 
@@ -933,28 +934,8 @@ class Engine:
                 "state": state, "json": docs, "journal": journal}
 
     def _op_table(self) -> dict:
-        return {
-            "run.begin": self.begin_run, "run.end": self.end_run, "run.abort": self.abort_run,
-            "run.status": self.run_status, "run.orphaned": self.orphaned_runs,
-            "run.get": self.run_get, "run.set_status": self.set_status,
-            "run.list": self.run_list, "run.delete": self.run_delete,
-            "kv.put": self.kv_put, "kv.get": self.kv_get, "kv.get_versioned": self.kv_get_versioned,
-            "kv.exists": self.kv_exists, "kv.delete": self.kv_delete, "kv.cas": self.kv_cas,
-            "kv.get_many": self.kv_get_many, "kv.keys": self.kv_keys, "kv.items": self.kv_items,
-            "ev.append": self.ev_append, "ev.read": self.ev_read, "ev.range": self.ev_range,
-            "ev.head": self.ev_head, "ev.count": self.ev_count, "ev.by_type": self.ev_by_type,
-            "ev.verify": self.ev_verify,
-            "st.init": self.st_init, "st.read": self.st_read, "st.set": self.st_set,
-            "st.cas": self.st_cas, "st.delete": self.st_delete,
-            "tr.record": self.tr_record, "tr.get": self.tr_get, "tr.by_type": self.tr_by_type,
-            "tr.by_tag": self.tr_by_tag, "tr.roots": self.tr_roots, "tr.tree": self.tr_tree,
-            "js.put": self.js_put, "js.get": self.js_get, "js.set": self.js_set,
-            "js.delete": self.js_delete, "js.push": self.js_push, "js.pop": self.js_pop,
-            "tx.read": self.tx_read, "tx.commit": self.tx_commit,
-            "run.replay": self.run_replay,
-            "search.stats": self.search_stats, "search.query": self.search_query,
-            "engine.counts": self.counts,
-        }
+        """Operation name -> bound handler, from the one table of operations (inmem.ops)."""
+        return {name: getattr(self, op.handler) for name, op in OPS.items()}
 
 
 _CODE = itemgetter(0)
@@ -962,13 +943,6 @@ _KEY = itemgetter(1)
 _KV_CODES = frozenset((KV_PUT, KV_DEL))
 _RUN_CODES = frozenset((RUN_CREATE, RUN_DELETE))
 
-_TX_WRITE_OPS = frozenset((
-    "kv.put", "kv.delete", "kv.cas", "ev.append", "st.init", "st.set", "st.cas", "st.delete",
-    "tr.record", "js.put", "js.set", "js.delete", "js.push", "js.pop"))
-
-#: operations that change state (a shard worker needs a WAL write only for these)
-WRITE_OPS = _TX_WRITE_OPS | {"run.begin", "run.end", "run.abort", "run.set_status",
-                             "run.delete", "tx.commit"}
 
 
 def _as_reason(reason) -> str:
@@ -1032,7 +1006,7 @@ def _check_write_set(run, writes) -> None:
         if type(item) not in (list, tuple) or len(item) != 2:
             raise InvalidValue(f"a transaction write is [op, args], got {item!r:.100}")
         op, args = item
-        if type(op) is not str or op not in _TX_WRITE_OPS:
+        if type(op) is not str or op not in TX_WRITE_OPS:
             raise InvalidValue(f"{op!r:.60} cannot be used inside a transaction")
         if type(args) not in (list, tuple) or not args or args[0] != run:
             raise InvalidValue(f"every write of a transaction is [op, [run, ...]] naming its "

@@ -48,7 +48,8 @@ from inmem.errors import DurabilityError, InmemError, ProtocolError
 from inmem.files import make_dirs
 from inmem.processes import clear_exit_note, die_with_parent, write_exit_note
 from inmem.protocol import KIND_ADMIN, KIND_BATCH, KIND_OP
-from inmem.shard.engine import WRITE_OPS, Engine
+from inmem.ops import WRITE_OPS
+from inmem.shard.engine import Engine
 from inmem.shard.upkeep import UPKEEP_EVERY_S, shard_info, upkeep
 from inmem.transport import bind_router, ipc_dir
 

@@ -6,7 +6,7 @@ import msgpack
 import pytest
 
 import inmem
-from inmem import protocol
+from inmem import ops, protocol
 from inmem.errors import ProtocolError
 from inmem.types import Event, RunInfo, Trace
 from inmem.shard.engine import Engine
@@ -50,10 +50,10 @@ def test_slot_is_crc32c_mod_4096():
 
 
 def test_route_run():
-    assert protocol.route_run("kv.put", ("r", "k", 1, None)) == "r"
-    assert protocol.route_run("run.begin", ("name", "rid", None, [], None)) == "rid"
-    assert protocol.route_run("run.list", (None, None, None)) is None
-    assert protocol.route_run("run.orphaned", ()) is None
+    assert ops.route_run("kv.put", ("r", "k", 1, None)) == "r"
+    assert ops.route_run("run.begin", ("name", "rid", None, [], None)) == "rid"
+    assert ops.route_run("run.list", (None, None, None)) is None
+    assert ops.route_run("run.orphaned", ()) is None
 
 
 def _engine_error(op, args):
@@ -175,20 +175,20 @@ def test_results_are_shaped_into_api_types():
     def wire(result):
         return protocol.unpack_reply(protocol.pack_reply(packer, result, 2**20))
 
-    assert protocol.shape("ev.append", ("r",), wire(ev)) == ev
-    assert protocol.shape("ev.range", ("r",), wire([ev])) == [ev]
-    assert protocol.shape("ev.head", ("r",), None) is None
+    assert ops.shape("ev.append", ("r",), wire(ev)) == ev
+    assert ops.shape("ev.range", ("r",), wire([ev])) == [ev]
+    assert ops.shape("ev.head", ("r",), None) is None
     tree = engine.tr_tree("r", root)  # the subtree's traces, flat; Traces.tree assembles them
-    assert protocol.shape("tr.tree", ("r", root), wire(tree)) == tree
-    assert isinstance(protocol.shape("tr.tree", ("r", root), wire(tree))[0], Trace)
+    assert ops.shape("tr.tree", ("r", root), wire(tree)) == tree
+    assert isinstance(ops.shape("tr.tree", ("r", root), wire(tree))[0], Trace)
     info = engine.run_get("r")
-    assert protocol.shape("run.get", ("r",), wire(info)) == info
-    assert protocol.shape("kv.items", ("r",), [["a", 1]]) == [("a", 1)]
-    shaped = protocol.shape("tx.commit", ("r", [], [["kv.put", ["r"]], ["ev.append", ["r"]]]),
+    assert ops.shape("run.get", ("r",), wire(info)) == info
+    assert ops.shape("kv.items", ("r",), [["a", 1]]) == [("a", 1)]
+    shaped = ops.shape("tx.commit", ("r", [], [["kv.put", ["r"]], ["ev.append", ["r"]]]),
                             [3, wire(ev)])
     assert shaped == [3, ev] and isinstance(shaped[1], Event)
     with pytest.raises(ProtocolError):
-        protocol.shape("ev.append", (), [1, 2])
+        ops.shape("ev.append", (), [1, 2])
 
 
 def _info(run_id, created):
