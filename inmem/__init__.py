@@ -8,6 +8,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import Callable
+
 from . import durability as _durability
 from .database import Database
 from .errors import (ClusterNotReady, CorruptionError, DurabilityError, InmemError, InvalidKey,
@@ -23,8 +26,17 @@ __version__ = "0.1.0"
 DURABILITY_MODES = _durability.MODES
 
 
-def open(path=None, durability: str = "buffered", *, clock=None, **options) -> Database:  # noqa: A001
-    """Open an embedded store. `path` None = in memory only (durability is then "inmemory")."""
+def open(path: str | os.PathLike | None = None, durability: str = "buffered", *,  # noqa: A001
+         clock: Callable[[], int] | None = None, **options) -> Database:
+    """Open an embedded store in this process.
+
+    `path` None keeps everything in memory only (durability is then "inmemory");
+    a directory path opens (or creates) a durable store there, "buffered" or
+    "strict". `clock` returns int microseconds since the epoch (tests pin it).
+    Options: `max_value_bytes` and those of `inmem.durability.OPTIONS`
+    (flush_interval_ms, max_pending_writes, snapshot_*, segment_bytes_max, ...).
+    Raises InvalidOption, StoreOpenError, CorruptionError.
+    """
     from .embedded import EmbeddedBackend
     from .values import DEFAULT_MAX_VALUE_BYTES
     from inmem.shard.engine import Engine
@@ -71,7 +83,6 @@ def _check_options(options: dict) -> None:
 
 def _store_path(path) -> str:
     """The store directory as a str; StoreOpenError if it names something else."""
-    import os
     if not isinstance(path, (str, os.PathLike)):
         raise InvalidOption(f"path must be None, a str or an os.PathLike, got "
                             f"{type(path).__name__}")

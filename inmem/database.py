@@ -9,12 +9,15 @@ built client-side are the retry loops (state transitions, run_transaction).
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from .backend import Backend
 from .errors import InmemError, RunNotFound, TransactionConflict
 from .pipeline import Pipeline
-from .sections import JSON, Events, Runs, StateCells, Traces, as_tags, backoff, new_run_id
+from .sections import (JSON, Events, Runs, StateCells, Traces, Value, as_tags, backoff,
+                       new_run_id)
 from .transaction import Transaction
-from .types import RunView
+from .types import RecoveryResult, RunView, SnapshotInfo
 
 
 class Database:
@@ -34,7 +37,14 @@ class Database:
 
     # -- runs ----------------------------------------------------------------------
 
-    def begin_run(self, name=None, run_id=None, parent=None, tags=(), metadata=None) -> str:
+    def begin_run(self, name: str | None = None, run_id: str | None = None,
+                  parent: str | None = None, tags: list[str] | tuple[str, ...] = (),
+                  metadata: Value = None) -> str:
+        """Start a run (status "active"); its id, generated unless `run_id` is given.
+
+        The id decides the shard that holds everything of the run. RunExists if
+        `run_id` is taken, RunNotFound if `parent` does not exist.
+        """
         # The id is chosen here, not on the shard, because it decides which shard owns the run.
         if run_id is None:
             run_id = new_run_id()
@@ -43,24 +53,30 @@ class Database:
             raise RunNotFound(f"parent run {parent!r} does not exist", run_id=parent)
         return self._call("run.begin", (name, run_id, parent, as_tags(tags), metadata))
 
-    def end_run(self, run):
+    def end_run(self, run: str) -> str:
+        """Mark the run "completed"."""
         return self._call("run.end", (run,))
 
-    def abort_run(self, run, reason=None):
+    def abort_run(self, run: str, reason: str | BaseException | None = None) -> str:
+        """Mark the run "failed", keeping `reason` (text) as its error."""
         return self._call("run.abort", (run, reason))
 
-    def run_status(self, run) -> str:
+    def run_status(self, run: str) -> str:
+        """The run's status, "orphaned" for one a crash left unended, "not_found" if absent."""
         return self._call("run.status", (run,))
 
-    def orphaned_runs(self) -> list:
+    def orphaned_runs(self) -> list[str]:
+        """Ids of the runs left active by a crash, oldest first, across every shard."""
         return self._call("run.orphaned", ())
 
     # -- transactions and pipelines ------------------------------------------------
 
-    def transaction(self, run):
+    def transaction(self, run: str) -> Transaction:
+        """An optimistic transaction over one run: `with db.transaction(run) as tx: ...`."""
         return Transaction(self._call, run)
 
-    def run_transaction(self, run, fn, retries=8):
+    def run_transaction(self, run: str, fn: Callable[[Transaction], Any], retries: int = 8) -> Any:
+        """Run `fn(tx)` and commit, retrying it on TransactionConflict; what `fn` returned."""
         for attempt in range(retries + 1):
             tx = Transaction(self._call, run)
             result = fn(tx)
@@ -73,20 +89,23 @@ class Database:
                 backoff(attempt + 1)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def pipeline(self):
+    def pipeline(self) -> Pipeline:
+        """A batch of operations sent together; `execute()` returns each one's result."""
         return Pipeline(self._backend)
 
     # -- replay, diff and search ----------------------------------------------------
 
-    def replay_run(self, run, at=None):
+    def replay_run(self, run: str, at: int | None = None) -> RunView:
         """The run folded from its journal: read-only, as of the first `at` entries."""
         return RunView.from_wire(self._call("run.replay", (run, at)))
 
-    def diff_runs(self, run_a, run_b):
+    def diff_runs(self, run_a: str, run_b: str) -> list:
+        """What differs between two runs' replayed states, per primitive and key."""
         from .replay import diff_views
         return diff_views(self.replay_run(run_a), self.replay_run(run_b))
 
-    def search(self, query, run=None, primitives=None, limit=10, offset=0, budget_ms=None):
+    def search(self, query: str, run: str | None = None, primitives: list[str] | None = None,
+               limit: int = 10, offset: int = 0, budget_ms: float | None = None):
         """BM25 keyword search across every shard; see shard/search_index.py."""
         from .search import search
         self._check_open()
@@ -96,15 +115,18 @@ class Database:
 
     # -- operations ----------------------------------------------------------------
 
-    def snapshot(self) -> list:
+    def snapshot(self) -> list[SnapshotInfo]:
+        """Take a snapshot of every shard now; one SnapshotInfo per durable shard."""
         self._check_open()
         return self._backend.snapshot()
 
-    def recovery_report(self) -> list:
+    def recovery_report(self) -> list[RecoveryResult]:
+        """How each shard recovered when it last started."""
         self._check_open()
         return self._backend.recovery_report()
 
     def info(self) -> dict:
+        """Readiness and, per shard: pid, state, keys, runs, memory and WAL bytes, durability."""
         self._check_open()
         return self._backend.info()
 
@@ -115,10 +137,11 @@ class Database:
             raise InmemError("the database is closed; open or connect again")
 
     def close(self) -> None:
+        """Flush and close (embedded: the closing snapshot if configured); later calls fail."""
         self._closed = True
         self._backend.close()
 
-    def __enter__(self):
+    def __enter__(self) -> "Database":
         return self
 
     def __exit__(self, *exc):

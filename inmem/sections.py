@@ -11,48 +11,66 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from typing import Any, Callable, Iterable
 
 from .errors import (InvalidValue, ProtocolError, StateNotFound, TransactionConflict,
                      VersionMismatch)
-from .types import State, TraceTree
+from .types import ChainCheck, Event, RunInfo, State, Trace, TraceTree, Versioned
+
+
+#: a JSON-like value: None, bool, int, float, str, bytes, and lists and str-keyed dicts of them
+Value = Any
+#: `call(op, args)`: runs one operation and returns its result
+Call = Callable[[str, tuple], Any]
 
 
 class _Section:
     __slots__ = ("_call",)
 
-    def __init__(self, call):
+    def __init__(self, call: Call):
         self._call = call
 
 
 class KV(_Section):
-    """Versioned keys and values of a run."""
+    """Versioned keys and values of a run. Keys are non-empty str of at most 1 KiB (UTF-8)."""
     __slots__ = ()
 
-    def put(self, run, key, value, ttl=None) -> int:
+    def put(self, run: str, key: str, value: Value, ttl: float | None = None) -> int:
+        """Store `value`; return its version (1, 2, ...). `ttl`: seconds until it expires."""
         return self._call("kv.put", (run, key, value, ttl))
 
-    def get(self, run, key, default=None):
+    def get(self, run: str, key: str, default: Value = None) -> Value:
+        """The live value at `key`, or `default` when it is absent, deleted or expired."""
         return self._call("kv.get", (run, key, default))
 
-    def get_versioned(self, run, key):
+    def get_versioned(self, run: str, key: str) -> Versioned | None:
+        """The live value with its version and timestamp (µs since the epoch), or None."""
         return self._call("kv.get_versioned", (run, key))
 
-    def exists(self, run, key) -> bool:
+    def exists(self, run: str, key: str) -> bool:
         return self._call("kv.exists", (run, key))
 
-    def delete(self, run, key) -> bool:
+    def delete(self, run: str, key: str) -> bool:
+        """Delete `key`; True if it held a live value. The next put continues its versions."""
         return self._call("kv.delete", (run, key))
 
-    def cas(self, run, key, expected_version, value) -> int:
+    def cas(self, run: str, key: str, expected_version: int, value: Value) -> int:
+        """Store `value` only if the live version is `expected_version` (0: absent); the new version.
+
+        Raises VersionMismatch (with `.expected` and `.actual`) otherwise.
+        """
         return self._call("kv.cas", (run, key, expected_version, value))
 
-    def get_many(self, run, keys) -> list:
+    def get_many(self, run: str, keys: Iterable[str]) -> list[Value]:
+        """The values of `keys`, in order (None for an absent key)."""
         return self._call("kv.get_many", (run, as_list(keys, "keys")))
 
-    def keys(self, run, prefix="") -> list:
+    def keys(self, run: str, prefix: str = "") -> list[str]:
+        """Live keys starting with `prefix`, sorted."""
         return self._call("kv.keys", (run, prefix))
 
-    def items(self, run, prefix="") -> list:
+    def items(self, run: str, prefix: str = "") -> list[tuple[str, Value]]:
+        """(key, value) of the live keys starting with `prefix`, sorted by key."""
         return self._call("kv.items", (run, prefix))
 
 
@@ -60,25 +78,29 @@ class Events(_Section):
     """The append-only, hash-chained event log of a run."""
     __slots__ = ()
 
-    def append(self, run, event_type, payload=None):
+    def append(self, run: str, event_type: str, payload: Value = None) -> Event:
+        """Append an event; returns it with its sequence number and hash."""
         return self._call("ev.append", (run, event_type, payload))
 
-    def read(self, run, sequence):
+    def read(self, run: str, sequence: int) -> Event | None:
         return self._call("ev.read", (run, sequence))
 
-    def range(self, run, start, end) -> list:
+    def range(self, run: str, start: int, end: int) -> list[Event]:
+        """Events with start <= sequence < end."""
         return self._call("ev.range", (run, start, end))
 
-    def head(self, run):
+    def head(self, run: str) -> Event | None:
+        """The newest event, or None for an empty log."""
         return self._call("ev.head", (run,))
 
-    def count(self, run) -> int:
+    def count(self, run: str) -> int:
         return self._call("ev.count", (run,))
 
-    def by_type(self, run, event_type) -> list:
+    def by_type(self, run: str, event_type: str) -> list[Event]:
         return self._call("ev.by_type", (run, event_type))
 
-    def verify_chain(self, run):
+    def verify_chain(self, run: str) -> ChainCheck:
+        """Recompute every hash of the run's chain; says where it first breaks, if it does."""
         return self._call("ev.verify", (run,))
 
 
@@ -86,23 +108,30 @@ class StateCells(_Section):
     """Versioned state cells for coordination (CAS and transitions)."""
     __slots__ = ()
 
-    def init(self, run, name, value) -> int:
+    def init(self, run: str, name: str, value: Value) -> int:
+        """Create the cell; StateExists if it is already there."""
         return self._call("st.init", (run, name, value))
 
-    def read(self, run, name):
+    def read(self, run: str, name: str) -> State | None:
         return self._call("st.read", (run, name))
 
-    def set(self, run, name, value) -> int:
+    def set(self, run: str, name: str, value: Value) -> int:
         return self._call("st.set", (run, name, value))
 
-    def cas(self, run, name, expected_version, value) -> int:
+    def cas(self, run: str, name: str, expected_version: int, value: Value) -> int:
+        """Set only if the cell's version is `expected_version`; else VersionMismatch."""
         return self._call("st.cas", (run, name, expected_version, value))
 
-    def delete(self, run, name) -> bool:
+    def delete(self, run: str, name: str) -> bool:
         return self._call("st.delete", (run, name))
 
-    def transition(self, run, name, fn, retries=16):
-        """Apply fn(State) -> (new_value, result) with CAS, retrying on conflict."""
+    def transition(self, run: str, name: str, fn: Callable[[State], tuple[Value, Any]],
+                   retries: int = 16) -> tuple[Any, int]:
+        """Apply fn(State) -> (new_value, result) with CAS, retrying on conflict.
+
+        Returns (result, new version); StateNotFound for an absent cell,
+        TransactionConflict after `retries` lost races.
+        """
         for attempt in range(retries + 1):
             state = self.read(run, name)
             if state is None:
@@ -114,7 +143,9 @@ class StateCells(_Section):
                 backoff(attempt)
         raise TransactionConflict(f"state cell {name!r}: still contended after {retries} retries")
 
-    def transition_or_init(self, run, name, initial, fn, retries=16):
+    def transition_or_init(self, run: str, name: str, initial: Value,
+                           fn: Callable[[State], tuple[Value, Any]],
+                           retries: int = 16) -> tuple[Any, int]:
         """As transition; an absent cell starts as `initial` and fn applies in the same step."""
         for attempt in range(retries + 1):
             state = self.read(run, name)
@@ -135,46 +166,52 @@ class Traces(_Section):
     """Reasoning records of a run, as trees."""
     __slots__ = ()
 
-    def record(self, run, trace_type, data, parent_id=None, tags=(), metadata=None) -> str:
+    def record(self, run: str, trace_type: str, data: dict, parent_id: str | None = None,
+               tags: list[str] | tuple[str, ...] = (), metadata: Value = None) -> str:
+        """Record a trace (type: tool_call, decision, query, thought, error or custom); its id."""
         return self._call("tr.record", (run, trace_type, data, parent_id, as_tags(tags),
                                         metadata))
 
-    def get(self, run, trace_id):
+    def get(self, run: str, trace_id: str) -> Trace | None:
         return self._call("tr.get", (run, trace_id))
 
-    def by_type(self, run, trace_type) -> list:
+    def by_type(self, run: str, trace_type: str) -> list[Trace]:
         return self._call("tr.by_type", (run, trace_type))
 
-    def by_tag(self, run, tag) -> list:
+    def by_tag(self, run: str, tag: str) -> list[Trace]:
         return self._call("tr.by_tag", (run, tag))
 
-    def roots(self, run) -> list:
+    def roots(self, run: str) -> list[Trace]:
+        """Traces without a parent, in record order."""
         return self._call("tr.roots", (run,))
 
-    def tree(self, run, trace_id):
+    def tree(self, run: str, trace_id: str) -> TraceTree:
+        """The subtree under `trace_id`, children in record order; TraceNotFound if absent."""
         return assemble_tree(self._call("tr.tree", (run, trace_id)))
 
 
 class JSON(_Section):
-    """JSON documents addressed by path."""
+    """JSON documents addressed by path ($, $.a.b, $.list[0], $.list[-1])."""
     __slots__ = ()
 
-    def put(self, run, key, doc) -> int:
+    def put(self, run: str, key: str, doc: Value) -> int:
         return self._call("js.put", (run, key, doc))
 
-    def get(self, run, key, path="$"):
+    def get(self, run: str, key: str, path: str = "$") -> Value:
         return self._call("js.get", (run, key, path))
 
-    def set(self, run, key, path, value) -> int:
+    def set(self, run: str, key: str, path: str, value: Value) -> int:
         return self._call("js.set", (run, key, path, value))
 
-    def delete(self, run, key, path="$") -> bool:
+    def delete(self, run: str, key: str, path: str = "$") -> bool:
         return self._call("js.delete", (run, key, path))
 
-    def array_push(self, run, key, path, value) -> int:
+    def array_push(self, run: str, key: str, path: str, value: Value) -> int:
+        """Append to the array at `path` (created if absent); the array's new length."""
         return self._call("js.push", (run, key, path, value))
 
-    def array_pop(self, run, key, path):
+    def array_pop(self, run: str, key: str, path: str) -> Value:
+        """Remove and return the array's last item (None if it is empty)."""
         return self._call("js.pop", (run, key, path))
 
 
@@ -182,28 +219,32 @@ class Runs(_Section):
     """Run metadata and lifecycle."""
     __slots__ = ()
 
-    def get(self, run):
+    def get(self, run: str) -> RunInfo | None:
         return self._call("run.get", (run,))
 
-    def set_status(self, run, status):
+    def set_status(self, run: str, status: str) -> str:
+        """Move the run to `status`; InvalidStatusTransition if the table forbids it."""
         return self._call("run.set_status", (run, status, None))
 
-    def pause(self, run):
+    def pause(self, run: str) -> str:
         return self.set_status(run, "paused")
 
-    def resume(self, run):
+    def resume(self, run: str) -> str:
         return self.set_status(run, "active")
 
-    def cancel(self, run):
+    def cancel(self, run: str) -> str:
         return self.set_status(run, "cancelled")
 
-    def archive(self, run):
+    def archive(self, run: str) -> str:
         return self.set_status(run, "archived")
 
-    def list(self, status=None, tag=None, parent=None) -> list:
+    def list(self, status: str | None = None, tag: str | None = None,
+             parent: str | None = None) -> list[RunInfo]:
+        """Runs across every shard, by creation time then id."""
         return self._call("run.list", (status, tag, parent))
 
-    def delete(self, run) -> bool:
+    def delete(self, run: str) -> bool:
+        """Delete the run and everything in it; False if it did not exist."""
         return self._call("run.delete", (run,))
 
 
