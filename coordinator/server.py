@@ -37,7 +37,7 @@ import inmem.protocol as protocol
 from inmem.errors import ClusterNotReady, InmemError, ProtocolError, ShardUnavailable
 from inmem.files import make_dirs, try_lock
 from inmem.ops import FANOUT_READ_OPS
-from inmem.transport import bind_router
+from inmem.transport import bind_router, drain
 from inmem.types import RecoveryResult
 from inmem.protocol import (HEADER_BYTES, KIND_ADMIN, KIND_BATCH, KIND_CLUSTER, KIND_OP,
                             SLOT_COUNT, VERSION)
@@ -180,15 +180,10 @@ class Coordinator:
                 self._tick(now)
 
     def _drain_front(self) -> None:
-        recv = self.front.recv_multipart
         owners = self.owners
         links = self.links
         counters = self.counters
-        for _ in range(DRAIN_MAX):
-            try:
-                frames = recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in drain(self.front, DRAIN_MAX):
             # Forward, answer or drop one [identity, header, body]; whatever goes
             # wrong on the way is answered (or counted), never the end of the loop.
             try:
@@ -244,16 +239,11 @@ class Coordinator:
             self._internal_error(exc)
 
     def _drain_shard(self, link: ShardLink) -> None:
-        recv = link.sock.recv_multipart
         send = self.front.send_multipart
         inflight = link.inflight
         link.last_seen = time.monotonic()
         link.ping_sent = None
-        for _ in range(DRAIN_MAX):
-            try:
-                frames = recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in drain(link.sock, DRAIN_MAX):
             try:
                 if len(frames) != 3:
                     self.counters["dropped_frames"] += 1

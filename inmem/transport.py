@@ -1,4 +1,4 @@
-"""ZeroMQ endpoints as the cluster's processes listen on them: the address to bind, the one ROUTER set-up.
+"""ZeroMQ endpoints as the cluster's processes serve them: the bind address, the ROUTER set-up, the drain.
 
 A shard worker and the coordinator's client-facing side both answer many
 peers on a ROUTER socket with the same options; `bind_router` is that set-up,
@@ -51,9 +51,25 @@ def bind_router(ctx: zmq.Context, endpoint: str, max_message_bytes: int) -> zmq.
     return sock
 
 
+def drain(sock: zmq.Socket, limit: int):
+    """Yield every message waiting on `sock`, up to `limit`, without blocking.
+
+    Every loop that serves a socket reads this way: all that is ready, then
+    the work, so a turn's cost is shared by every request in it, and the limit
+    keeps the first request of a burst from waiting for the whole burst.
+    """
+    recv = sock.recv_multipart
+    noblock = zmq.NOBLOCK
+    try:
+        for _ in range(limit):
+            yield recv(noblock)
+    except zmq.Again:
+        return
+
+
 def ipc_dir(endpoint: str) -> str | None:
     """The directory an ipc:// endpoint's socket file lives in (None for other transports)."""
     return os.path.dirname(endpoint[6:]) if endpoint.startswith("ipc://") else None
 
 
-__all__ = ["bind_endpoint", "bind_router", "ipc_dir"]
+__all__ = ["bind_endpoint", "bind_router", "drain", "ipc_dir"]

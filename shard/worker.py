@@ -51,7 +51,7 @@ from inmem.protocol import KIND_ADMIN, KIND_BATCH, KIND_OP
 from inmem.ops import WRITE_OPS
 from inmem.shard.engine import Engine
 from inmem.shard.upkeep import UPKEEP_EVERY_S, shard_info, upkeep
-from inmem.transport import bind_router, ipc_dir
+from inmem.transport import bind_router, drain, ipc_dir
 
 log = logging.getLogger("inmem.shard")
 
@@ -120,22 +120,13 @@ class Worker:
     def serve(self) -> None:
         sock = self.sock
         poll = sock.poll
-        recv = sock.recv_multipart
         send = sock.send_multipart
         noblock = zmq.NOBLOCK
-        again = zmq.Again
         process = self.process
         next_idle = time.monotonic() + UPKEEP_EVERY_S
         while not self.stopping:
             if poll(POLL_MS):
-                batch = []
-                append = batch.append
-                try:
-                    for _ in range(DRAIN_MAX):
-                        append(recv(noblock))
-                except again:
-                    pass
-                for reply in process(batch):
+                for reply in process(list(drain(sock, DRAIN_MAX))):
                     try:
                         send(reply, noblock)
                     except zmq.ZMQError:  # the peer is gone; nothing to tell it
