@@ -128,3 +128,14 @@ def test_largest_ttl_is_accepted():
     run = db.begin_run()
     assert db.kv.put(run, "k", 1, ttl=TTL_MAX_SECONDS) == 1
     assert db.kv.get(run, "k") == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_opening_a_store_leaves_the_host_process_garbage_collector_alone(tmp_path, mode):
+    """gc.freeze() belongs to a shard process; in an application it would keep garbage alive."""
+    import gc
+    gc.unfreeze()
+    for i in range(20):
+        with _open(tmp_path / f"store{i % 2}", mode) as db:
+            db.kv.put(db.begin_run(), "k", i)
+        assert gc.get_freeze_count() == 0
