@@ -83,6 +83,10 @@ class DurableStore:
         self.lock = threading.RLock()
         if not self._strict:
             writer.before_flush = self._emit_from_flusher
+        #: buffered without a flusher thread: the owner's tick() flushes
+        self._owner_flushes = not self._strict and writer._thread is None
+        self._flush_interval_s = options["flush_interval_ms"] / 1000
+        self._flush_at: float | None = None
         self._bytes_since_snapshot = 0
         self._last_snapshot = time.monotonic()
         self._child: int | None = None
@@ -104,7 +108,13 @@ class DurableStore:
 
     @classmethod
     def open(cls, path, durability="buffered", *, clock=None, max_value_bytes=None, shard=0,
-             **options):
+             flusher: bool = True, **options):
+        """Recover `path` into a new engine; returns (store, engine).
+
+        `flusher=False`: no background thread flushes a buffered WAL; the
+        owner calls `tick()` from its own loop instead (the shard worker does,
+        so that one thread owns the socket, the engine and the WAL).
+        """
         unknown = options.keys() - DEFAULTS.keys()
         if unknown:
             raise InvalidOption(f"unknown durability options {sorted(unknown)}; known: "
@@ -128,7 +138,7 @@ class DurableStore:
                                start_lsn=next_lsn, preallocate=durability == "strict",
                                # A buffered flush can carry megabytes; warn only when
                                # an fsync is slow enough to matter to a user.
-                               fsync_slow_ms=opts["fsync_slow_ms"])
+                               fsync_slow_ms=opts["fsync_slow_ms"], flusher=flusher)
         except BaseException:
             os.close(lock_fd)
             raise
@@ -172,7 +182,34 @@ class DurableStore:
             return self._hand_over(log)
         if len(log) >= self.batch_max:
             self._hand_over(log)
-            self.writer.kick()
+            if self._owner_flushes:
+                self._flush_at = 0.0  # at the owner's next tick, after its replies
+            else:
+                self.writer.kick()
+        elif self._owner_flushes and self._flush_at is None:
+            self._flush_at = time.monotonic() + self._flush_interval_s
+        return None
+
+    def tick(self) -> float | None:
+        """Buffered without a flusher thread: flush if it is due; else seconds until it is.
+
+        None: nothing is waiting to be flushed. Call without the engine's lock
+        held by another thread (the single-threaded worker holds none).
+        """
+        due = self._flush_at
+        if due is None:
+            return None
+        wait = due - time.monotonic()
+        if wait > 0:
+            return wait
+        self._flush_at = None
+        with self.lock:
+            self.emit_locked()
+        try:
+            self.writer.flush()
+        except InmemError as exc:
+            raise DurabilityError(f"the WAL flush failed; the store refuses writes from now on "
+                                  f"({exc}); it must be recovered from disk") from exc
         return None
 
     def emit_locked(self) -> None:

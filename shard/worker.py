@@ -9,13 +9,17 @@ shard's endpoint. Binding only after recovery is what makes readiness simple:
 whoever reaches the socket reaches a recovered shard, and the first answer to
 the coordinator's "hello" carries the RecoveryResult.
 
-The loop is single-threaded over the data, so every operation and every
-committed transaction is atomic. Each turn drains every request waiting on the
-socket (up to DRAIN_MAX), applies them in arrival order, writes all of their
-WAL records as one record with one `log_groups` call, waits once for
-durability (one fsync in strict mode: group commit), and only then sends the
-replies, so nothing is acknowledged before it is as durable as the mode
-promises. When idle it lets the store take the snapshots its triggers ask for.
+One thread owns the socket, the engine and the WAL: no background thread
+contends for the GIL. Every operation and every committed transaction is
+therefore atomic. Each turn drains every request waiting on the socket (up to
+DRAIN_MAX), applies them in arrival order, hands their WAL groups over in one
+durable commit step (`DurableStore.commit_locked`: in strict mode one write and
+one fsync for the whole turn, group commit), and only then sends the replies,
+so nothing is acknowledged before it is as durable as the mode promises. In
+buffered mode the flush is the loop's own: between turns `DurableStore.tick`
+writes and fsyncs what is pending once the interval has passed (or at once
+when a batch is full), and the poll timeout is cut to the time left until
+then. When idle the loop runs the shard's upkeep (index slices, due snapshots).
 
 No input from the network may stop the loop: a frame that is not a message is
 counted and dropped, anything else that is wrong gets an error reply. The
@@ -99,7 +103,7 @@ class Worker:
         from inmem.shard.durable import DurableStore
         self.store, self.engine = DurableStore.open(
             self.path, durability=self.durability, max_value_bytes=self.spec["max_value_bytes"],
-            shard=self.shard, clock=self.clock, **self.spec["options"])
+            shard=self.shard, clock=self.clock, flusher=False, **self.spec["options"])
         # The store's flusher takes its lock to hand the engine's log to the WAL.
         self.lock = self.store.lock
         self.recovery = self.store.recovery_result
@@ -123,9 +127,19 @@ class Worker:
         send = sock.send_multipart
         noblock = zmq.NOBLOCK
         process = self.process
+        tick = None if self.store is None else self.store.tick
         next_idle = time.monotonic() + UPKEEP_EVERY_S
         while not self.stopping:
-            if poll(POLL_MS):
+            timeout = POLL_MS
+            if tick is not None:
+                # The buffered flush runs here, between turns, after their replies.
+                try:
+                    wait = tick()
+                except DurabilityError as exc:
+                    self.fail_stop([], exc)
+                if wait is not None:
+                    timeout = min(POLL_MS, int(wait * 1000) + 1)
+            if poll(timeout):
                 for reply in process(list(drain(sock, DRAIN_MAX))):
                     try:
                         send(reply, noblock)

@@ -91,7 +91,8 @@ class WalWriter:
     def __init__(self, directory, mode: str = "buffered",
                  segment_bytes_max: int = 64 * 2**20, flush_interval_ms: float = 100,
                  max_pending_writes: int = 1000, fsync_slow_ms: float = 50,
-                 start_lsn: int | None = None, before_flush=None, preallocate: bool = False):
+                 start_lsn: int | None = None, before_flush=None, preallocate: bool = False,
+                 flusher: bool = True):
         if mode not in MODES:
             raise ValueError(f"WAL mode must be one of {MODES}, got {mode!r} "
                              f"(the 'inmemory' durability writes no WAL at all)")
@@ -148,7 +149,9 @@ class WalWriter:
         self._next_lsn = next_lsn
         self._durable_lsn = next_lsn
 
-        if mode == "buffered":
+        # Without the flusher thread (flusher=False) a buffered writer's owner
+        # calls flush() itself: a single-threaded server does, from its loop.
+        if mode == "buffered" and flusher:
             self._thread = threading.Thread(target=self._flusher, daemon=True,
                                             name=f"inmem-wal-flush:{self.directory}")
             self._thread.start()

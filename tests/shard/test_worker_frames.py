@@ -164,3 +164,45 @@ def test_a_buffered_worker_whose_flusher_failed_exits_at_its_next_turn(tmp_path)
             w.idle()
     finally:
         w.store.writer.close()
+
+
+def test_a_buffered_worker_flushes_from_its_own_loop_not_a_thread(tmp_path):
+    """One thread owns socket, engine and WAL: the buffered flush is the loop's tick."""
+    import threading
+    spec = config.load(None, data_dir=str(tmp_path), durability="buffered",
+                       flush_interval_ms=50, max_pending_writes=1000)
+    w = worker_mod.Worker(spec, 0)
+    w.open()
+    w.sock = Socket()
+    try:
+        assert not [t for t in threading.enumerate() if t.name.startswith("inmem-wal-flush")]
+        writer = w.store.writer
+        w.process([_op(1, "run.begin", [None, "r"]), _op(2, "kv.put", ["r", "k", 1, None])])
+        before = writer.durable_lsn
+        wait = w.store.tick()
+        assert wait is not None and 0 < wait <= 0.05  # due within the interval, not yet
+        assert writer.durable_lsn == before
+        import time
+        time.sleep(wait)
+        assert w.store.tick() is None
+        assert writer.durable_lsn > before
+        assert w.store.tick() is None  # nothing pending: nothing to wait for
+    finally:
+        w.store.close()
+
+
+def test_a_full_buffered_batch_is_flushed_at_the_next_tick(tmp_path):
+    spec = config.load(None, data_dir=str(tmp_path), durability="buffered",
+                       flush_interval_ms=60_000, max_pending_writes=10)
+    w = worker_mod.Worker(spec, 0)
+    w.open()
+    w.sock = Socket()
+    try:
+        w.process([_op(1, "run.begin", [None, "r"])])
+        w.process([_op(10 + i, "kv.put", ["r", f"k{i}", i, None]) for i in range(10)])
+        before = w.store.writer.durable_lsn
+        assert w.store.tick() is None
+        assert w.store.writer.durable_lsn > before
+        assert not w.engine.log
+    finally:
+        w.store.close()
