@@ -95,8 +95,9 @@ def sizes_text(sizes: dict, quick: bool, scale: float) -> str:
             f"keys, WAL replay {f('wal_records')} records (16 B keys, 100 B values); memory "
             f"{f('memory_keys')} keys; concurrency {f('concurrency_ops_per_thread')}/thread; "
             f"scenarios {f('scenario_steps')} steps, replay {f('replay_events')} events; "
-            f"cluster {f('cluster_single_ops')} single, {f('cluster_batched_ops')} batched, "
-            f"{f('cluster_strict_ops_per_client')}/client strict")
+            f"cluster {f('cluster_rounds')} interleaved rounds of {f('cluster_single_ops')} "
+            f"single, {f('cluster_batched_ops')} batched, "
+            f"{f('cluster_strict_ops_per_client')}/client with 8 clients")
 
 
 def main(argv=None) -> int:
@@ -143,7 +144,8 @@ def main(argv=None) -> int:
     }
     ctx = Context(quick=args.quick, sizes=sizes,
                   peers=Peers(peers, install=not args.no_install, scratch_dir=str(scratch)),
-                  scratch_dir=str(scratch), progress=not args.quiet)
+                  scratch_dir=str(scratch), progress=not args.quiet,
+                  ran_on=machine.ran_on(doc["machine"], doc["commit"]))
     ctx.log(f"writing {out / 'results.json'}")
     ctx.log(f"sizes: {doc['config']['sizes_text']}")
     t_start = time.monotonic()

@@ -6,7 +6,12 @@ A row is the unit of results.json:
      "peers": {peer: value | "skipped: <reason>"}, "target": {...} | None,
      "ratio": {peer: ours / theirs | None},
      "status": "ok" | "skipped: <reason>" | "error: <reason>",
-     "better": "higher" | "lower", "target_met": bool | None, "extra": {...}}
+     "better": "higher" | "lower", "target_met": bool | None, "extra": {...},
+     "ran_on": {"commit", "host", "cpu", "cores"}}
+
+Rows measured in interleaved rounds (the cluster tier) also carry
+"ratio_spread": {peer: {"min", "q1", "median", "q3", "max", "rounds"} | None},
+the spread of the per-round ratio ours / theirs.
 
 `p50` and `p99` are always microseconds. `value` is in `unit`: "ops/s" rows
 are throughput (higher is better), "ms" rows are wall time and "B/key" rows
@@ -40,10 +45,12 @@ FULL_SIZES = {
     "concurrency_ops_per_thread": 50_000,
     "scenario_steps": 5_000,
     "replay_events": [100, 1_000, 5_000],
-    "cluster_single_ops": 10_000,
-    "cluster_batched_ops": 500_000,
-    "cluster_strict_ops_per_client": 2_000,
-    "cluster_scale_ops_per_client": 200_000,
+    # The cluster tier measures every side in interleaved rounds; its sizes are per round.
+    "cluster_rounds": 5,
+    "cluster_single_ops": 4_000,
+    "cluster_batched_ops": 100_000,
+    "cluster_strict_ops_per_client": 500,   # both 8-client rows, buffered and strict
+    "cluster_scale_ops_per_client": 40_000,
     "replay_run_events": [1_000, 10_000],   # tier replay: events per replayed run
     "replay_diff_keys": 1_000,              # keys per run in diff_runs
     "replay_repeats": 21,                   # replays/diffs timed per row (p50 of them)
@@ -66,10 +73,11 @@ QUICK_SIZES = {
     "concurrency_ops_per_thread": 10_000,
     "scenario_steps": 1_000,
     "replay_events": [100, 1_000, 5_000],
-    "cluster_single_ops": 3_000,
-    "cluster_batched_ops": 100_000,
-    "cluster_strict_ops_per_client": 300,
-    "cluster_scale_ops_per_client": 30_000,
+    "cluster_rounds": 5,
+    "cluster_single_ops": 1_000,
+    "cluster_batched_ops": 20_000,
+    "cluster_strict_ops_per_client": 200,
+    "cluster_scale_ops_per_client": 6_000,
     "replay_run_events": [1_000, 10_000],
     "replay_diff_keys": 1_000,
     "replay_repeats": 11,
@@ -89,7 +97,8 @@ def scaled_sizes(quick: bool, scale: float) -> dict:
         return {k: (list(v) if isinstance(v, list) else v) for k, v in base.items()}
     out = {}
     for key, value in base.items():
-        if key == "repeats":
+        if key in ("repeats", "cluster_rounds"):
+            # Counts of passes, not sizes: a smoke run keeps two, so spreads exist.
             out[key] = value if scale >= 1 else max(1, min(value, 2))
             continue
         floor = _FLOORS.get(key, _DEFAULT_FLOOR)
@@ -116,6 +125,8 @@ class Context:
     scratch_dir: str
     progress: bool = True
     rows: list = field(default_factory=list)
+    # Stamped on every row, so a row copied out of its file still says where it ran.
+    ran_on: dict | None = None
 
     def log(self, message: str) -> None:
         if self.progress:
@@ -135,6 +146,8 @@ class Context:
         shutil.rmtree(path, ignore_errors=True)
 
     def add(self, row: dict) -> dict:
+        if self.ran_on is not None:
+            row.setdefault("ran_on", dict(self.ran_on))
         self.rows.append(row)
         v = row["value"]
         if row["status"] == "ok" and v is not None:
@@ -163,7 +176,7 @@ class _Case:
 
 def make_row(name: str, tier: str, mode: str, unit: str, *, value=None, p50=None, p99=None,
              n=None, peers=None, target=None, status: str = "ok", extra=None,
-             better: str | None = None) -> dict:
+             better: str | None = None, ratio_spread: dict | None = None) -> dict:
     if better is None:
         better = "higher" if unit == "ops/s" else "lower"
     peers = dict(peers or {})
@@ -176,6 +189,8 @@ def make_row(name: str, tier: str, mode: str, unit: str, *, value=None, p50=None
     row = {"name": name, "tier": tier, "mode": mode, "unit": unit, "value": value,
            "p50": p50, "p99": p99, "n": n, "peers": peers, "target": target, "ratio": ratio,
            "status": status, "better": better, "target_met": None, "extra": dict(extra or {})}
+    if ratio_spread is not None:
+        row["ratio_spread"] = {p: ratio_spread.get(p) for p in peers}
     row["target_met"] = target_met(row)
     return row
 
@@ -240,14 +255,19 @@ def target_met(row: dict):
     return bool(ok)
 
 
+def peer_skip_reason(exc: BaseException) -> str:
+    """"skipped: <reason>" for a peer that raised `exc`."""
+    if isinstance(exc, PeerUnavailable):
+        return f"skipped: {_one_line(str(exc))}"
+    return f"skipped: {_one_line(f'{type(exc).__name__}: {exc}')}"
+
+
 def peer_value(fn, details: dict, peer: str):
     """Run one peer's measurement; a number, or "skipped: <reason>" when it cannot run."""
     try:
         result = fn()
-    except PeerUnavailable as exc:
-        return f"skipped: {_one_line(str(exc))}"
     except Exception as exc:  # a peer's own failure must not take our row down
-        return f"skipped: {_one_line(f'{type(exc).__name__}: {exc}')}"
+        return peer_skip_reason(exc)
     if isinstance(result, tuple):
         value, detail = result
         details[peer] = detail
@@ -256,4 +276,5 @@ def peer_value(fn, details: dict, peer: str):
 
 
 __all__ = ["Context", "make_row", "skipped_row", "error_row", "target", "target_met",
-           "peer_value", "scaled_sizes", "fmt_count", "FULL_SIZES", "QUICK_SIZES"]
+           "peer_value", "peer_skip_reason", "scaled_sizes", "fmt_count", "FULL_SIZES",
+           "QUICK_SIZES"]

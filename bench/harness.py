@@ -157,6 +157,44 @@ def _latency_pass(op, base: int, samples: int, stride: int, overhead: int) -> li
     return out
 
 
+def timed_loop(op: Callable[[int], object], n: int, *, warmup: int = 0, start: int = 0,
+               samples: int = 500, before: Callable[[], object] | None = None) -> dict:
+    """One pass of `n` ops timed as a whole, every stride-th op also timed alone.
+
+    The loop of the cluster tier, the same in the benchmark's process and in
+    every client process: `warmup` ops untimed (indexes from `start`), then
+    `before()` (a barrier, for client processes), then `n` ops with the GC
+    paused. Returns {"ops_per_s", "ops", "t0", "t1" (perf_counter_ns, which
+    is system-wide on Linux), "lat" (ns samples, clock cost subtracted)}.
+    """
+    if n <= 0:
+        raise ValueError("n must be positive")
+    for j in range(start, start + warmup):
+        op(j)
+    overhead = timer_overhead_ns()
+    stride = max(1, n // max(1, samples))
+    lat: list[int] = []
+    append = lat.append
+    ns = _ns
+    base = start + warmup
+    if before is not None:
+        before()
+    with gc_paused():
+        t0 = ns()
+        for j in range(base, base + n):
+            if j % stride == 0:
+                a = ns()
+                op(j)
+                dt = ns() - a - overhead
+                append(dt if dt > 0 else 0)
+            else:
+                op(j)
+        t1 = ns()
+    elapsed = t1 - t0
+    return {"ops_per_s": n / (elapsed / 1e9) if elapsed > 0 else float("inf"), "ops": n,
+            "t0": t0, "t1": t1, "lat": lat}
+
+
 def time_once(fn: Callable[[], object]) -> tuple[float, object]:
     """Wall time of one call in milliseconds, GC paused, and the call's result."""
     with gc_paused():
@@ -231,5 +269,5 @@ def measure_threads(make_op: Callable[[int], Callable[[int], object]], threads: 
                        n=total, repeats=1, samples=len(pooled), repeat_ops_per_s=[rate])
 
 
-__all__ = ["Measurement", "measure", "measure_threads", "time_once", "gc_paused",
+__all__ = ["Measurement", "measure", "measure_threads", "timed_loop", "time_once", "gc_paused",
            "percentile", "timer_overhead_ns"]

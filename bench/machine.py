@@ -73,6 +73,12 @@ def machine_info(out_dir) -> dict:
     }
 
 
+def ran_on(info: dict, full_commit: str | None) -> dict:
+    """The short form of machine_info and the commit that every row carries."""
+    return {"commit": full_commit, "host": info.get("hostname_hash"), "cpu": info.get("cpu"),
+            "cores": info.get("cores")}
+
+
 def _host_hash() -> str:
     # Enough to tell two machines' results apart without publishing a host name.
     import hashlib
@@ -125,4 +131,4 @@ def short_commit(root: Path = REPO_ROOT) -> str:
     return full[:7] if full else "nocommit"
 
 
-__all__ = ["machine_info", "commit", "short_commit", "filesystem_of", "cpu_model", "REPO_ROOT"]
+__all__ = ["machine_info", "ran_on", "commit", "short_commit", "filesystem_of", "cpu_model", "REPO_ROOT"]

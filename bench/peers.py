@@ -9,7 +9,10 @@
 - Redis is Debian's redis-server, started here on 127.0.0.1 on a free port
   with a temporary directory and the persistence that matches the mode
   (none / appendonly with appendfsync everysec / always), driven by
-  redis-py, and always stopped before the benchmark exits.
+  redis-py, and always stopped before the benchmark exits. With
+  `user_defaults` (the cluster tier) nothing else is changed from Redis's
+  own defaults; otherwise RDB saves and AOF rewrites are off, because the
+  rows that time them (recovery) start them on purpose.
 
 Python packages that are missing are installed with pip into the running
 interpreter; redis-server is installed with apt-get when we are root and
@@ -270,11 +273,28 @@ def redis_version(binary: str) -> tuple:
     return (0,)
 
 
+def redis_args(port: int, directory: str, log_path: str, persistence: str, *,
+               user_defaults: bool = False, version: tuple = (0,), extra_args=()) -> list:
+    """redis-server's arguments: Redis's defaults but for what `persistence` and the run need."""
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--dir", directory,
+            "--daemonize", "no", "--logfile", log_path, "--dbfilename", "dump.rdb"]
+    if not user_defaults:
+        # Saves and rewrites would land inside timed loops; the recovery rows
+        # save and rewrite on purpose.
+        args += ["--save", "", "--auto-aof-rewrite-percentage", "0"]
+    args += [*REDIS_PERSISTENCE[persistence], *extra_args]
+    if version >= (7,):
+        # The recovery rows may use DEBUG; Redis 7 refuses it unless
+        # allowed, and "local" allows it from loopback only.
+        args += ["--enable-debug-command", "local"]
+    return args
+
+
 class RedisServer:
     """One redis-server process owned by the benchmark, on 127.0.0.1 and a temp directory."""
 
     def __init__(self, binary: str, redis_module, persistence: str, *, parent_dir=None,
-                 extra_args=()):
+                 extra_args=(), user_defaults: bool = False):
         if persistence not in REDIS_PERSISTENCE:
             raise ValueError(f"unknown persistence {persistence!r}")
         self.persistence = persistence
@@ -283,17 +303,12 @@ class RedisServer:
         # a relative path (from a relative --out) would point nowhere.
         self.dir = os.path.abspath(tempfile.mkdtemp(prefix="redis-", dir=parent_dir))
         self._log_path = os.path.join(self.dir, "redis.log")
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-                "--daemonize", "no", "--save", "", "--logfile", self._log_path,
-                "--dbfilename", "dump.rdb",
-                # Rewrites would land inside timed loops; the AOF rows rewrite on purpose.
-                "--auto-aof-rewrite-percentage", "0",
-                *REDIS_PERSISTENCE[persistence], *extra_args]
-        if redis_version(binary) >= (7,):
-            # The recovery rows may use DEBUG; Redis 7 refuses it unless
-            # allowed, and "local" allows it from loopback only.
-            args += ["--enable-debug-command", "local"]
-        self._args = args
+        self.binary = binary
+        self.user_defaults = user_defaults
+        self._args = [binary, *redis_args(self.port, self.dir, self._log_path, persistence,
+                                          user_defaults=user_defaults,
+                                          version=redis_version(binary),
+                                          extra_args=extra_args)]
         self.redis = redis_module
         self.client = redis_module.Redis(host="127.0.0.1", port=self.port,
                                          socket_timeout=600, socket_connect_timeout=5)
@@ -367,6 +382,32 @@ class RedisServer:
 
     def new_client(self):
         return self.redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=600)
+
+    def default_client(self):
+        """A redis-py client with every option at its default, as its users make one."""
+        return self.redis.Redis(host="127.0.0.1", port=self.port)
+
+    def describe(self) -> dict:
+        """How this server and its clients are run, for a row's peer_config."""
+        try:
+            from redis.utils import HIREDIS_AVAILABLE as hiredis
+        except ImportError:
+            hiredis = None
+        version = ".".join(str(x) for x in redis_version(self.binary))
+        return {"server": f"redis-server {version}",
+                "args": " ".join(self._shown_arg(a) for a in self._args[1:]),
+                "persistence": self.persistence, "user_defaults": self.user_defaults,
+                "client": f"redis-py {getattr(self.redis, '__version__', '?')}, "
+                          "redis.Redis(host, port) with default options",
+                "parser": {True: "hiredis", False: "pure Python"}.get(hiredis, "unknown")}
+
+    def _shown_arg(self, arg: str) -> str:
+        # The run's own paths say nothing about how Redis was configured.
+        if arg == self.dir:
+            return "<dir>"
+        if arg == self._log_path:
+            return "<dir>/redis.log"
+        return arg or '""'
 
     def log_tail(self, lines: int = 3) -> str:
         try:
@@ -450,12 +491,13 @@ class Peers:
         self._require("redis")
         return ensure_module("redis", "redis", install=self.install)
 
-    def redis(self, persistence: str, extra_args=()) -> RedisServer:
+    def redis(self, persistence: str, extra_args=(), *, user_defaults: bool = False
+              ) -> RedisServer:
         """A fresh redis-server with matching persistence; stop it with `release` (or close())."""
         module = self.redis_module()
         binary = redis_server_binary(self.install)
         server = RedisServer(binary, module, persistence, parent_dir=self.scratch_dir,
-                             extra_args=extra_args)
+                             extra_args=extra_args, user_defaults=user_defaults)
         self._servers.append(server)
         return server
 
@@ -470,4 +512,4 @@ class Peers:
 
 
 __all__ = ["Peers", "PeerUnavailable", "SqliteKV", "LmdbKV", "RedisServer", "ensure_module",
-           "tmpfs_dir", "free_port", "ALL_PEERS", "REDIS_PERSISTENCE"]
+           "tmpfs_dir", "free_port", "redis_args", "ALL_PEERS", "REDIS_PERSISTENCE"]

@@ -5,6 +5,10 @@ both show the same columns. `compare` applies the regression rule of the
 performance baseline: a throughput more than 50% lower, or a latency (p50,
 p99, or a time/memory row's value) more than 2x worse, is a regression, and
 the exit code is non-zero when any row regressed.
+
+Rows measured in interleaved rounds (they carry `ratio_spread`) show each
+peer as "redis 23.7K: 0.74x [0.70-0.78]": the peer's median, ours / theirs,
+and in brackets the lowest and highest per-round ratio (SPREAD_NOTE).
 """
 
 from __future__ import annotations
@@ -71,14 +75,27 @@ def _clip(text: str, limit: int = 60) -> str:
 
 def fmt_peers(row: dict) -> str:
     parts = []
+    spreads = row.get("ratio_spread")
     for peer, theirs in row.get("peers", {}).items():
         text = f"{peer} {_clip(_peer_short(theirs, row['unit']), 48)}"
         ratio = row.get("ratio", {}).get(peer)
-        if isinstance(ratio, (int, float)) and ratio > 0:
+        if spreads is not None:
+            text += _fmt_ratio_spread(ratio, spreads.get(peer))
+        elif isinstance(ratio, (int, float)) and ratio > 0:
             better = ratio if row.get("better", "higher") == "higher" else 1.0 / ratio
             text += f" ({better:.2f}x better)" if better >= 1 else f" ({1 / better:.2f}x worse)"
         parts.append(text)
     return "; ".join(parts) if parts else "-"
+
+
+def _fmt_ratio_spread(ratio, spread) -> str:
+    """": 0.74x [0.70-0.78]": ours / theirs of the medians, then the per-round min-max."""
+    if not isinstance(ratio, (int, float)) or ratio <= 0:
+        return ""
+    text = f": {ratio:.2f}x"
+    if isinstance(spread, dict) and spread.get("rounds", 0) > 1:
+        text += f" [{spread['min']:.2f}-{spread['max']:.2f}]"
+    return text
 
 
 def fmt_target(row: dict) -> str:
@@ -105,6 +122,8 @@ def table_rows(results: list) -> list[list[str]]:
     return out
 
 
+SPREAD_NOTE = ("x = ours / theirs of the medians over interleaved rounds; [a-b] = the lowest "
+               "and highest ratio of one round (ours and the peer measured seconds apart)")
 HEADERS = ["benchmark", "mode", "ours", "p50 µs", "p99 µs", "n", "target", "peers (ours vs them)"]
 
 
@@ -130,11 +149,19 @@ def print_table(doc: dict, file=None) -> None:
             for cells in table_rows([r for r in results if r["tier"] == tier]):
                 table.add_row(*cells)
             console.print(table)
+            if _has_spreads(results, tier):
+                console.print(SPREAD_NOTE)
         return
     print(head, file=file)
     for tier in _tiers_in_order(results):
         print(f"\ntier: {tier}", file=file)
         print(plain_table(table_rows([r for r in results if r["tier"] == tier])), file=file)
+        if _has_spreads(results, tier):
+            print(SPREAD_NOTE, file=file)
+
+
+def _has_spreads(results: list, tier=None) -> bool:
+    return any("ratio_spread" in r for r in results if tier is None or r["tier"] == tier)
 
 
 def plain_table(rows: list[list[str]], headers=HEADERS) -> str:
@@ -295,6 +322,8 @@ def markdown(doc: dict, tiers=None) -> str:
     rows = [r for r in doc.get("results", []) if tiers is None or r["tier"] in tiers]
     for cells in table_rows(rows):
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    if _has_spreads(rows):
+        lines += ["", SPREAD_NOTE + "."]
     return "\n".join(lines) + "\n"
 
 

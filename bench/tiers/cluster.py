@@ -1,51 +1,66 @@
-"""Tier cluster: the sharded cluster over ZeroMQ, side by side with Redis.
+"""Tier cluster: the sharded cluster over ZeroMQ, beside Redis and beside the floor.
 
 Runs only when `inmem.Cluster` can start a cluster; otherwise every row is
 reported skipped with the reason. Each cluster lives in a scratch directory
 on the output's filesystem and is stopped by its `with` block.
 
-- `cluster.kv.put.single` (buffered): one client, one put per round trip;
-  Redis with appendfsync everysec, one SET per round trip through redis-py.
-- `cluster.kv.put.batched` (buffered): pipelines of 1000 puts; redis-py
-  pipelines (transaction=False) of 1000 SETs.
-- `cluster.kv.put.strict.8clients` (strict): 8 client processes, one put per
-  round trip each, on their own runs; Redis appendfsync always, 8 processes.
-- `cluster.kv.put.{single,batched,strict.8clients}.direct`: the same three
-  workloads on the same cluster with clients made by `connect(direct=True)`,
-  which send run operations straight to the owning shard (the slot map names
-  its endpoint) instead of through the coordinator; fresh runs, so the keys
-  are new as they were for the routed rows. The Redis figure is the one the
-  routed row measured (one measurement, shown on both rows), so the pair of
-  rows shows what the coordinator hop costs.
+Every comparison is measured in interleaved rounds (`bench.rounds`): all
+its sides stay up, and each round runs a short measurement of each side in
+turn, so ours and the peer share the same minutes of a machine whose speed
+drifts. A row's value is the median of its rounds; `ratio_spread` holds the
+spread of the per-round ratio ours / theirs; `extra` each round's figures.
+
+The peers: Redis as its users run it by default (redis-server's defaults
+but for the port, the directory and appendonly with appendfsync everysec
+for buffered rows / always for strict rows; redis-py's `redis.Redis(host,
+port)`), and the floor (`bench.floor`): a bare ZeroMQ echo server in a
+process of its own, driven by the same loop as our rows, which no store
+reached through ZeroMQ from Python can beat.
+
+- `cluster.kv.put.single{,.direct}` (buffered, 2 shards): one client in the
+  benchmark's process, one put per round trip, through the coordinator and
+  with `connect(direct=True)` (straight to the owning shard); Redis: one
+  SET per round trip; floor: one echo per round trip (`cluster.floor.single`).
+- `cluster.kv.put.batched{,.direct}`: pipelines of 1000 puts; redis-py
+  pipelines (transaction=False) of 1000 SETs; floor: the BATCH messages such
+  a pipeline becomes, all sent, then all echoes read (`cluster.floor.batched`).
+- `cluster.kv.put.single.8clients{,.direct}` (buffered) and
+  `cluster.kv.put.strict.8clients{,.direct}` (strict): 8 client processes,
+  one put per round trip each, on their own runs, against a buffered and a
+  strict cluster up side by side; Redis everysec and always with the same 8
+  processes; floor: the 8 processes echoing (`cluster.floor.8clients`).
 - `cluster.kv.put.scale.shards{1,2}` (buffered): 2 client processes on
-  disjoint runs, pipelines of 100, against 1 and then 2 shards; Redis (one
-  server, one thread) with the same 2 clients.
+  disjoint runs, pipelines of 100, against a 1-shard and a 2-shard cluster up
+  side by side; Redis (one server, one thread) and the floor with the same 2.
 - `cluster.multi_agent.procs{2,4,8}` (buffered): client processes moving one
   shared state cell with `state.transition`; transitions/s and retry rate.
 - `cluster.recovery` (buffered): restart a cluster on the data it left, from
   `Cluster.__enter__` to a connected client.
 
-Client processes are started with the spawn method (a Database must not
-cross a fork), wait on one barrier, and time themselves with perf_counter,
-which is system-wide on Linux, so their spans can be merged.
+Client processes (`bench.clients`) are spawned once per group and keep
+their connections across rounds.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import contextlib
 import os
-import queue as _queue
 import time
 
 import inmem
 
-from ..context import Context, error_row, make_row, peer_value, skipped_row
-from ..harness import gc_paused, measure, percentile, timer_overhead_ns
+from ..clients import ClientPool
+from ..context import Context, error_row, make_row, skipped_row
+from ..floor import EchoServer, FloorClient
+from ..harness import timed_loop
+from ..rounds import Side, interleave
 from ..workloads import VALUE_BYTES, make_keys, make_value
 
 TIER = "cluster"
-CLIENT_TIMEOUT_S = 600
 BATCH = 1000
+CLIENTS = 8
+SCALE_CLIENTS = 2
+SCALE_BATCH = 100
 
 
 class ClusterUnavailable(Exception):
@@ -108,34 +123,47 @@ class _Running:
 
 # -- rows ------------------------------------------------------------------------
 
+FLOOR_MODE = "echo"
+
 ROWS = (
-    ("cluster.kv.put.single", "buffered", ("redis",)),
-    ("cluster.kv.put.single.direct", "buffered", ("redis",)),
-    ("cluster.kv.put.batched", "buffered", ("redis",)),
-    ("cluster.kv.put.batched.direct", "buffered", ("redis",)),
-    ("cluster.kv.put.strict.8clients", "strict", ("redis",)),
-    ("cluster.kv.put.strict.8clients.direct", "strict", ("redis",)),
-    ("cluster.kv.put.scale.shards1", "buffered", ("redis",)),
-    ("cluster.kv.put.scale.shards2", "buffered", ("redis",)),
+    ("cluster.kv.put.single", "buffered", ("redis", "floor")),
+    ("cluster.kv.put.single.direct", "buffered", ("redis", "floor")),
+    ("cluster.floor.single", FLOOR_MODE, ()),
+    ("cluster.kv.put.batched", "buffered", ("redis", "floor")),
+    ("cluster.kv.put.batched.direct", "buffered", ("redis", "floor")),
+    ("cluster.floor.batched", FLOOR_MODE, ()),
+    ("cluster.kv.put.single.8clients", "buffered", ("redis", "floor")),
+    ("cluster.kv.put.single.8clients.direct", "buffered", ("redis", "floor")),
+    ("cluster.kv.put.strict.8clients", "strict", ("redis", "floor")),
+    ("cluster.kv.put.strict.8clients.direct", "strict", ("redis", "floor")),
+    ("cluster.floor.8clients", FLOOR_MODE, ()),
+    ("cluster.kv.put.scale.shards1", "buffered", ("redis", "floor")),
+    ("cluster.kv.put.scale.shards2", "buffered", ("redis", "floor")),
     ("cluster.multi_agent.procs2", "buffered", ()),
     ("cluster.multi_agent.procs4", "buffered", ()),
     ("cluster.multi_agent.procs8", "buffered", ()),
     ("cluster.recovery", "buffered", ()),
 )
 
+ROUTES = {"routed": "through the coordinator",
+          "direct": "straight to the owning shard (connect(direct=True))"}
+FLOOR_CONFIG = ("a bare pyzmq ROUTER echo server in its own process (ipc://, drains every "
+                "ready message with copy=False, echoes each back); the client sends the "
+                "frames our client sends for the same puts, packed once")
+
 
 def run(ctx: Context) -> None:
     s = ctx.sizes
+    rounds = s["cluster_rounds"]
     groups = [
-        (("cluster.kv.put.single", "cluster.kv.put.single.direct", "cluster.kv.put.batched",
-          "cluster.kv.put.batched.direct"),
-         # Round trips cost ~100x an embedded op: three repeats are plenty.
-         lambda: _single_and_batched(ctx, s["cluster_single_ops"], s["cluster_batched_ops"],
-                                     min(3, s["repeats"]))),
-        (("cluster.kv.put.strict.8clients", "cluster.kv.put.strict.8clients.direct"),
-         lambda: _strict_8(ctx, s["cluster_strict_ops_per_client"])),
+        (_names("cluster.kv.put.single", "cluster.floor.single", "cluster.kv.put.batched",
+                "cluster.floor.batched"),
+         lambda: _one_client(ctx, rounds, s["cluster_single_ops"], s["cluster_batched_ops"])),
+        (_names("cluster.kv.put.single.8clients", "cluster.kv.put.strict.8clients",
+                "cluster.floor.8clients"),
+         lambda: _eight_clients(ctx, rounds, s["cluster_strict_ops_per_client"])),
         (("cluster.kv.put.scale.shards1", "cluster.kv.put.scale.shards2"),
-         lambda: _scale(ctx, s["cluster_scale_ops_per_client"])),
+         lambda: _scale(ctx, rounds, s["cluster_scale_ops_per_client"])),
         (("cluster.multi_agent.procs2", "cluster.multi_agent.procs4",
           "cluster.multi_agent.procs8"),
          lambda: _multi_agent(ctx, max(20, s["scenario_steps"] // 10))),
@@ -145,6 +173,14 @@ def run(ctx: Context) -> None:
     for names, fn in groups:
         with ctx.case(f"cluster: {', '.join(names)}"):
             _guarded(ctx, names, fn, meta)
+
+
+def _names(*bases) -> tuple:
+    """Each put row with its `.direct` twin; floor rows as they are."""
+    out = []
+    for b in bases:
+        out += [b] if b.startswith("cluster.floor.") else [b, f"{b}.direct"]
+    return tuple(out)
 
 
 def _guarded(ctx, names, fn, meta) -> None:
@@ -170,314 +206,250 @@ def _unit(name):
     return "ms" if name == "cluster.recovery" else "ops/s"
 
 
-def _stats(m):
-    return {"ops_per_s": m.ops_per_s, "p50_us": m.p50_us, "p99_us": m.p99_us}
+# -- the peers, up for a whole group --------------------------------------------
+
+class _Unavailable:
+    """A peer that could not be set up: its side raises the reason in every round."""
+
+    def __init__(self, exc: Exception):
+        self.exc = exc
+
+    def __call__(self, r):
+        raise self.exc
 
 
-def _single_and_batched(ctx, single_ops, batched_ops, reps):
-    value = make_value(VALUE_BYTES)
-    keys = make_keys(max(single_ops, BATCH * 10))
-    batches = max(3, batched_ops // BATCH)
-    ours = {}
-    with _Running(ctx, shards=2, durability="buffered") as (cluster, db):
-        ours["routed"] = _put_loops(db, "bench", keys, value, single_ops, batches, reps)
-        direct = cluster.connect(direct=True)
-        try:
-            ours["direct"] = _put_loops(direct, "bench-direct", keys, value, single_ops,
-                                        batches, reps)
-        finally:
-            direct.close()
-    details: dict = {}
-    redis = _RedisSession(ctx, "buffered")
+def _redis(ctx, stack, persistence):
+    """A redis-server as users run it (released with the stack), or _Unavailable."""
     try:
-        peer_single = peer_value(lambda: redis.single(keys, value, single_ops, reps), details,
-                                 "redis")
-        details_b: dict = {}
-        peer_batched = peer_value(lambda: redis.batched(keys, value, batches, reps), details_b,
-                                  "redis")
-    finally:
-        redis.close()
-    routes = (("routed", "", "through the coordinator"),
-              ("direct", ".direct", "straight to the owning shard (connect(direct=True))"))
-    for route, suffix, how in routes:
-        single = ours[route][0]
-        ctx.add(make_row(f"cluster.kv.put.single{suffix}", TIER, "buffered", "ops/s",
-                         value=single.ops_per_s, p50=single.p50_us, p99=single.p99_us,
-                         n=single.n, peers={"redis": peer_single},
-                         extra={"shards": 2, "route": how, "ours": _stats(single),
-                                "peer_detail": details,
-                                "peer_config": {"redis": "appendonly, appendfsync everysec; "
-                                                         "one SET per round trip"}}))
-    for route, suffix, how in routes:
-        batched = ours[route][1]
-        ctx.add(make_row(f"cluster.kv.put.batched{suffix}", TIER, "buffered", "ops/s",
-                         value=batched.ops_per_s * BATCH, n=batched.n * BATCH,
-                         peers={"redis": peer_batched},
-                         extra={"shards": 2, "route": how, "batch": BATCH,
-                                "batch_p50_us": batched.p50_us,
-                                "batch_p99_us": batched.p99_us, "peer_detail": details_b,
-                                "peer_config": {"redis": "appendfsync everysec; pipelines of "
-                                                         "1000 SETs, transaction=False"}}))
+        server = ctx.peers.redis(persistence, user_defaults=True)
+    except Exception as exc:  # the peer is skipped with the reason; our rows still run
+        return _Unavailable(exc)
+    stack.callback(ctx.peers.release, server)
+    return server
 
 
-def _put_loops(db, run_name, keys, value, single_ops, batches, reps):
-    """(single, batched) measurements of puts into a fresh run of `db`."""
-    nk = len(keys)
-    run = db.begin_run(name=run_name)
+def _floor(stack):
+    try:
+        server = EchoServer().start()
+    except Exception as exc:  # as for any peer: skipped with the reason
+        return _Unavailable(exc)
+    stack.callback(server.stop)
+    return server
+
+
+def _peer_config(redis, what: str) -> dict:
+    cfg = redis.describe() if hasattr(redis, "describe") else {}
+    return {"redis": {**cfg, "workload": what}, "floor": FLOOR_CONFIG}
+
+
+# -- one client, in this process ------------------------------------------------------
+
+def _one_client(ctx, rounds, single_ops, batched_ops):
+    value = make_value(VALUE_BYTES)
+    warm = min(single_ops, 200)
+    keys = make_keys(rounds * (single_ops + warm))
+    batches = max(2, batched_ops // BATCH)
+    batch_keys = make_keys(BATCH * 10, prefix="b")
+    with contextlib.ExitStack() as stack:
+        cluster, db = stack.enter_context(_Running(ctx, shards=2, durability="buffered"))
+        direct = cluster.connect(direct=True)
+        stack.callback(direct.close)
+        redis, floor = _redis(ctx, stack, "buffered"), _floor(stack)
+        clients = {"routed": db, "direct": direct}
+        runs = {route: c.begin_run(name=f"bench-{route}") for route, c in clients.items()}
+        rclient = stack.enter_context(contextlib.closing(redis.default_client())) \
+            if not isinstance(redis, _Unavailable) else None
+        fclient = stack.enter_context(contextlib.closing(FloorClient(
+            floor.endpoint, value=value, batch=BATCH))) \
+            if not isinstance(floor, _Unavailable) else None
+
+        def single(put):
+            return lambda r: timed_loop(put, single_ops, warmup=warm,
+                                        start=r * (single_ops + warm), samples=2000)
+
+        def batched(op):
+            def side(r):
+                out = timed_loop(op, batches, warmup=2, samples=200)
+                out["ops_per_s"] *= BATCH
+                out["ops"] *= BATCH
+                return out
+            return side
+
+        sides = [Side(route, single(_put_op(c, runs[route], keys, value)))
+                 for route, c in clients.items()]
+        sides += [Side("redis", single(_redis_set_op(rclient, keys, value))
+                       if rclient else redis, optional=True),
+                  Side("floor", single(fclient.single) if fclient else floor, optional=True)]
+        il = interleave(sides, rounds, ctx.log)
+        config = _peer_config(redis, "one SET per round trip")
+        for route, suffix in (("routed", ""), ("direct", ".direct")):
+            _add(ctx, f"cluster.kv.put.single{suffix}", "buffered", il, route,
+                 {"redis": "redis", "floor": "floor"},
+                 extra={"shards": 2, "route": ROUTES[route], "clients": 1, "peer_config": config})
+        _add_floor(ctx, "cluster.floor.single", il, {"clients": 1, "config": FLOOR_CONFIG})
+
+        sides = [Side(route, batched(_pipeline_op(c, runs[route], batch_keys, value)))
+                 for route, c in clients.items()]
+        sides += [Side("redis", batched(_redis_pipeline_op(rclient, batch_keys, value))
+                       if rclient else redis, optional=True),
+                  Side("floor", batched(fclient.batch) if fclient else floor, optional=True)]
+        il = interleave(sides, rounds, ctx.log)
+        config = _peer_config(redis, "redis-py pipelines (transaction=False) of 1000 SETs")
+        for route, suffix in (("routed", ""), ("direct", ".direct")):
+            _add(ctx, f"cluster.kv.put.batched{suffix}", "buffered", il, route,
+                 {"redis": "redis", "floor": "floor"}, latency_per="batch",
+                 extra={"shards": 2, "route": ROUTES[route], "batch": BATCH,
+                        "peer_config": config})
+        _add_floor(ctx, "cluster.floor.batched", il, {"batch": BATCH, "config": FLOOR_CONFIG},
+                   latency_per="batch")
+
+
+def _put_op(db, run, keys, value):
     put = db.kv.put
-    single = measure(lambda i: put(run, keys[i % nk], value), single_ops, repeats=reps,
-                     warmup=min(single_ops, 200), samples=min(single_ops, 2000))
+    return lambda i: put(run, keys[i], value)
 
-    def batch(i):
+
+def _redis_set_op(client, keys, value):
+    set_ = client.set
+    return lambda i: set_(keys[i], value)
+
+
+def _pipeline_op(db, run, keys, value):
+    def op(i):
         base = (i % 10) * BATCH
         with db.pipeline() as p:
             pput = p.kv.put
             for k in keys[base:base + BATCH]:
                 pput(run, k, value)
             p.execute()
-
-    batched = measure(batch, batches, repeats=reps, warmup=2, samples=min(batches, 200))
-    return single, batched
+    return op
 
 
-class _RedisSession:
-    def __init__(self, ctx, persistence):
-        self.ctx = ctx
-        self.persistence = persistence
-        self.server = None
-
-    def _server(self):
-        if self.server is None:
-            self.server = self.ctx.peers.redis(self.persistence)
-        return self.server
-
-    def single(self, keys, value, n, reps):
-        client = self._server().new_client()
-        nk = len(keys)
-        set_ = client.set
-        m = measure(lambda i: set_(keys[i % nk], value), n, repeats=reps,
-                    warmup=min(n, 200), samples=min(n, 2000))
-        client.close()
-        return m.ops_per_s, _stats(m)
-
-    def batched(self, keys, value, batches, reps):
-        client = self._server().new_client()
-
-        def batch(i):
-            base = (i % 10) * BATCH
-            pipe = client.pipeline(transaction=False)
-            for k in keys[base:base + BATCH]:
-                pipe.set(k, value)
-            pipe.execute()
-
-        m = measure(batch, batches, repeats=reps, warmup=2, samples=min(batches, 200))
-        client.close()
-        return m.ops_per_s * BATCH, {"batch_p50_us": m.p50_us, "batch_p99_us": m.p99_us}
-
-    def close(self):
-        if self.server is not None:
-            self.ctx.peers.release(self.server)
-            self.server = None
+def _redis_pipeline_op(client, keys, value):
+    def op(i):
+        base = (i % 10) * BATCH
+        pipe = client.pipeline(transaction=False)
+        for k in keys[base:base + BATCH]:
+            pipe.set(k, value)
+        pipe.execute()
+    return op
 
 
-# -- client processes ------------------------------------------------------------
+# -- rows from interleaved rounds ----------------------------------------------------
 
-def client_main(spec: dict, barrier, results) -> None:
-    """One client process: connect, wait for the others, run the loop, report."""
-    try:
-        results.put(_client_loop(spec, barrier))
-    except BaseException as exc:  # reported to the parent, which fails the row
-        try:
-            barrier.abort()
-        except Exception:
-            pass
-        results.put({"client": spec["client"], "error": f"{type(exc).__name__}: {exc}"})
-
-
-def _client_loop(spec, barrier):
-    value = make_value(spec.get("value_bytes", VALUE_BYTES))
-    n, batch, idx = spec["ops"], spec.get("batch", 1), spec["client"]
-    keys = make_keys(max(n * batch, 1) if spec["kind"] == "put" else 1, prefix=f"c{idx}-")
-    runs = spec.get("runs") or []
-    closer = None
-    if spec["target"] == "inmem":
-        db = inmem.connect(spec["endpoint"], timeout=30, direct=spec.get("direct", False))
-        closer = db.close
-        if spec["kind"] == "put" and batch == 1:
-            put = db.kv.put
-            run = runs[0]
-
-            def op(i):
-                put(run, keys[i], value)
-        elif spec["kind"] == "put":
-            nr = len(runs)
-
-            def op(i):
-                with db.pipeline() as p:
-                    pput = p.kv.put
-                    base = i * batch
-                    for j in range(base, base + batch):
-                        pput(runs[j % nr], keys[j], value)
-                    p.execute()
-        else:
-            transition, run = db.state.transition, runs[0]
-            calls = [0]
-
-            def bump(state):
-                calls[0] += 1
-                return state.value + 1, None
-
-            def op(i):
-                transition(run, "shared", bump, retries=100_000)
-    else:
-        import redis
-        client = redis.Redis(host="127.0.0.1", port=spec["port"], socket_timeout=600)
-        closer = client.close
-        if batch == 1:
-            set_ = client.set
-
-            def op(i):
-                set_(keys[i], value)
-        else:
-            def op(i):
-                pipe = client.pipeline(transaction=False)
-                base = i * batch
-                for j in range(base, base + batch):
-                    pipe.set(keys[j], value)
-                pipe.execute()
-    overhead = timer_overhead_ns()
-    stride = max(1, n // 500)
-    lat = []
-    ns = time.perf_counter_ns
-    barrier.wait(timeout=CLIENT_TIMEOUT_S)
-    with gc_paused():
-        t0 = ns()
-        for i in range(n):
-            if i % stride == 0:
-                a = ns()
-                op(i)
-                lat.append(max(0, ns() - a - overhead))
-            else:
-                op(i)
-        t1 = ns()
-    if closer is not None:
-        closer()
-    out = {"client": idx, "t0": t0, "t1": t1, "ops": n * batch, "lat": lat}
-    if spec["kind"] == "transition":
-        out["fn_calls"] = calls[0]
-    return out
+def _add(ctx, name, mode, il, ours, peers: dict, *, extra: dict, latency_per="op") -> None:
+    """A row for side `ours` of `il`, with each peer's median and the per-round ratio spread."""
+    lat = il.latency(ours)
+    values = {peer: il.median(side) for peer, side in peers.items()}
+    spreads = {peer: il.ratio_spread(ours, side) for peer, side in peers.items()}
+    n = sum(r["ops"] for r in il.results[ours])
+    extra = {**extra, "rounds": il.rounds, "round_order": il.orders,
+             "ours": il.side_summary(ours),
+             "peer_detail": {peer: il.side_summary(side) for peer, side in peers.items()}}
+    p50, p99 = lat["p50_us"], lat["p99_us"]
+    if latency_per == "batch":
+        extra.update(batch_p50_us=p50, batch_p99_us=p99)
+        p50 = p99 = None
+    ctx.add(make_row(name, TIER, mode, "ops/s", value=il.median(ours), p50=p50, p99=p99,
+                     n=n, peers=values, ratio_spread=spreads, extra=extra))
 
 
-def run_clients(specs: list[dict]) -> dict:
-    """Start one spawned process per spec; merge their spans and latency samples."""
-    mpc = mp.get_context("spawn")
-    barrier = mpc.Barrier(len(specs))
-    results = mpc.Queue()
-    procs = [mpc.Process(target=client_main, args=(spec, barrier, results), daemon=True)
-             for spec in specs]
-    for p in procs:
-        p.start()
-    got = []
-    deadline = time.monotonic() + CLIENT_TIMEOUT_S
-    try:
-        while len(got) < len(specs):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"client processes did not finish in {CLIENT_TIMEOUT_S} s")
-            try:
-                got.append(results.get(timeout=min(left, 5)))
-            except _queue.Empty:
-                if all(not p.is_alive() for p in procs) and results.empty():
-                    codes = [p.exitcode for p in procs]
-                    raise RuntimeError(f"client processes exited without a result: {codes}")
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-                p.join(timeout=5)
-    errors = [r["error"] for r in got if "error" in r]
-    if errors:
-        raise RuntimeError(f"a client process failed: {errors[0]}")
-    span = max(r["t1"] for r in got) - min(r["t0"] for r in got)
-    ops = sum(r["ops"] for r in got)
-    lat = sorted(x for r in got for x in r["lat"])
-    p50, p99 = percentile(lat, 50), percentile(lat, 99)
-    return {"ops_per_s": ops / (span / 1e9) if span > 0 else float("inf"), "ops": ops,
-            "p50_us": None if p50 is None else p50 / 1000, "fn_calls":
-            sum(r.get("fn_calls", 0) for r in got),
-            "p99_us": None if p99 is None else p99 / 1000, "clients": len(got)}
+def _add_floor(ctx, name, il, extra, *, latency_per="op", side="floor") -> None:
+    """The floor's own row: what the echo loop measured, or why it did not run."""
+    if side in il.skipped:
+        ctx.add(skipped_row(name, TIER, FLOOR_MODE, "ops/s",
+                            il.skipped[side].removeprefix("skipped: ")))
+        return
+    _add(ctx, name, FLOOR_MODE, il, side, {}, extra=extra, latency_per=latency_per)
 
 
-def _strict_8(ctx, per_client):
-    clients = 8
-    ours = {}
-    with _Running(ctx, shards=2, durability="strict") as (cluster, db):
-        for route in ("routed", "direct"):
-            # Fresh runs for each route, so both write new keys.
-            runs = [db.begin_run(name=f"{route}-client-{c}") for c in range(clients)]
-            ours[route] = run_clients([
-                {"target": "inmem", "endpoint": cluster.endpoint, "kind": "put",
-                 "runs": [runs[c]], "ops": per_client, "client": c,
-                 "direct": route == "direct"} for c in range(clients)])
-    details: dict = {}
+# -- client processes -----------------------------------------------------------------
 
-    def redis_side():
-        server = ctx.peers.redis("strict")
-        try:
-            r = run_clients([{"target": "redis", "port": server.port, "kind": "put",
-                              "ops": per_client, "client": c} for c in range(clients)])
-        finally:
-            ctx.peers.release(server)
-        return r["ops_per_s"], r
+def _eight_clients(ctx, rounds, per_client):
+    warm = min(per_client, 20)
+    with contextlib.ExitStack() as stack:
+        clusters = {}
+        for mode in ("buffered", "strict"):
+            cluster, db = stack.enter_context(_Running(ctx, shards=2, durability=mode))
+            runs = {route: [db.begin_run(name=f"{route}-client-{c}") for c in range(CLIENTS)]
+                    for route in ROUTES}
+            clusters[mode] = (cluster.endpoint, runs)
+        redis = {"buffered": _redis(ctx, stack, "buffered"),
+                 "strict": _redis(ctx, stack, "strict")}
+        floor = _floor(stack)
+        pool = stack.enter_context(ClientPool(CLIENTS))
 
-    peer = peer_value(redis_side, details, "redis")
-    for route, suffix in (("routed", ""), ("direct", ".direct")):
-        r = ours[route]
-        ctx.add(make_row(f"cluster.kv.put.strict.8clients{suffix}", TIER, "strict", "ops/s",
-                         value=r["ops_per_s"], p50=r["p50_us"], p99=r["p99_us"],
-                         n=r["ops"], peers={"redis": peer},
-                         extra={"clients": clients, "shards": 2,
-                                "route": "straight to the owning shard (connect(direct=True))"
-                                if route == "direct" else "through the coordinator",
-                                "ours": r, "peer_detail": details,
-                                "peer_config": {"redis": "appendonly, appendfsync always; 8 "
-                                                         "client processes, one SET per "
-                                                         "round trip"}}))
+        def side(spec_of):
+            def fn(r):
+                return pool.run([{**spec_of(c), "kind": "put", "ops": per_client,
+                                  "warmup": warm, "tag": f"r{r}"} for c in range(CLIENTS)])
+            return fn
+
+        # Each mode's rows next to their Redis, the floor between the two modes.
+        sides = []
+        for mode, (endpoint, runs) in clusters.items():
+            for route in ROUTES:
+                sides.append(Side(f"{mode}.{route}", side(
+                    lambda c, e=endpoint, rs=runs[route], d=route == "direct":
+                    {"target": "inmem", "endpoint": e, "direct": d, "runs": [rs[c]]})))
+            server = redis[mode]
+            sides.append(Side(f"redis.{mode}", server if isinstance(server, _Unavailable)
+                              else side(lambda c, p=server.port:
+                                        {"target": "redis", "port": p}), optional=True))
+            if mode == "buffered":
+                sides.append(Side("floor", floor if isinstance(floor, _Unavailable) else side(
+                    lambda c: {"target": "floor", "endpoint": floor.endpoint}), optional=True))
+        il = interleave(sides, rounds, ctx.log)
+    names = {"buffered": "cluster.kv.put.single.8clients",
+             "strict": "cluster.kv.put.strict.8clients"}
+    for mode, base in names.items():
+        fsync = "everysec" if mode == "buffered" else "always"
+        config = _peer_config(redis[mode], f"appendfsync {fsync}; {CLIENTS} client processes, "
+                                           "one SET per round trip")
+        for route, suffix in (("routed", ""), ("direct", ".direct")):
+            _add(ctx, base + suffix, mode, il, f"{mode}.{route}",
+                 {"redis": f"redis.{mode}", "floor": "floor"},
+                 extra={"clients": CLIENTS, "shards": 2, "route": ROUTES[route],
+                        "peer_config": config})
+    _add_floor(ctx, "cluster.floor.8clients", il, {"clients": CLIENTS, "config": FLOOR_CONFIG})
 
 
-def _scale(ctx, per_client):
-    batch = 100
-    batches = max(2, per_client // batch)
-    results = {}
-    for shards in (1, 2):
-        with _Running(ctx, shards=shards, durability="buffered") as (cluster, db):
-            runs = [[db.begin_run(name=f"c{c}-r{r}") for r in range(16)] for c in range(2)]
-            results[shards] = run_clients([
-                {"target": "inmem", "endpoint": cluster.endpoint, "kind": "put", "runs": runs[c],
-                 "ops": batches, "batch": batch, "client": c} for c in range(2)])
-    details: dict = {}
+def _scale(ctx, rounds, per_client):
+    batches = max(2, per_client // SCALE_BATCH)
+    with contextlib.ExitStack() as stack:
+        endpoints, runs = {}, {}
+        for shards in (1, 2):
+            cluster, db = stack.enter_context(_Running(ctx, shards=shards,
+                                                       durability="buffered"))
+            endpoints[shards] = cluster.endpoint
+            runs[shards] = [[db.begin_run(name=f"c{c}-r{r}") for r in range(16)]
+                            for c in range(SCALE_CLIENTS)]
+        redis, floor = _redis(ctx, stack, "buffered"), _floor(stack)
+        pool = stack.enter_context(ClientPool(SCALE_CLIENTS))
 
-    def redis_side():
-        server = ctx.peers.redis("buffered")
-        try:
-            r = run_clients([{"target": "redis", "port": server.port, "kind": "put",
-                              "ops": batches, "batch": batch, "client": c} for c in range(2)])
-        finally:
-            ctx.peers.release(server)
-        return r["ops_per_s"], r
+        def side(spec_of):
+            def fn(r):
+                return pool.run([{**spec_of(c), "kind": "put", "ops": batches,
+                                  "batch": SCALE_BATCH, "warmup": 1, "tag": f"r{r}"}
+                                 for c in range(SCALE_CLIENTS)])
+            return fn
 
-    peer = peer_value(redis_side, details, "redis")
-    for shards in (1, 2):
-        r = results[shards]
-        ctx.add(make_row(f"cluster.kv.put.scale.shards{shards}", TIER, "buffered", "ops/s",
-                         value=r["ops_per_s"], n=r["ops"], peers={"redis": peer},
-                         extra={"shards": shards, "clients": 2, "batch": batch,
-                                "batch_p50_us": r["p50_us"], "batch_p99_us": r["p99_us"],
-                                "speedup_vs_1_shard": r["ops_per_s"] / results[1]["ops_per_s"],
-                                "peer_detail": details,
-                                "peer_config": {"redis": "one server, the same 2 client "
-                                                         "processes, pipelines of 100"}}))
+        sides = [Side(f"shards{k}", side(lambda c, k=k: {
+            "target": "inmem", "endpoint": endpoints[k], "runs": runs[k][c]})) for k in (1, 2)]
+        sides.append(Side("redis", redis if isinstance(redis, _Unavailable) else side(
+            lambda c: {"target": "redis", "port": redis.port}), optional=True))
+        sides.append(Side("floor", floor if isinstance(floor, _Unavailable) else side(
+            lambda c: {"target": "floor", "endpoint": floor.endpoint}), optional=True))
+        il = interleave(sides, rounds, ctx.log)
+    config = _peer_config(redis, f"one server, the same {SCALE_CLIENTS} client processes, "
+                                 f"pipelines of {SCALE_BATCH}")
+    speedup = il.ratio_spread("shards2", "shards1") or {}
+    for k in (1, 2):
+        _add(ctx, f"cluster.kv.put.scale.shards{k}", "buffered", il, f"shards{k}",
+             {"redis": "redis", "floor": "floor"}, latency_per="batch",
+             extra={"shards": k, "clients": SCALE_CLIENTS, "batch": SCALE_BATCH,
+                    "speedup_vs_1_shard": speedup.get("median") if k == 2 else 1.0,
+                    "speedup_spread": speedup, "peer_config": config})
 
 
 def _multi_agent(ctx, per_client):
@@ -486,9 +458,10 @@ def _multi_agent(ctx, per_client):
         db.state.init(run, "shared", 0)
         for procs in (2, 4, 8):
             start = db.state.read(run, "shared").value
-            r = run_clients([{"target": "inmem", "endpoint": cluster.endpoint,
-                              "kind": "transition", "runs": [run], "ops": per_client,
-                              "client": c} for c in range(procs)])
+            with ClientPool(procs) as pool:
+                r = pool.run([{"target": "inmem", "endpoint": cluster.endpoint,
+                               "kind": "transition", "runs": [run], "ops": per_client}
+                              for _ in range(procs)])
             end = db.state.read(run, "shared").value
             done = procs * per_client
             ctx.add(make_row(f"cluster.multi_agent.procs{procs}", TIER, "buffered", "ops/s",

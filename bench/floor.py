@@ -1,0 +1,156 @@
+"""The floor: a bare ZeroMQ echo server, what a round trip costs before a store does any work.
+
+`EchoServer` runs `serve` in a process of its own: a ROUTER set up as the
+cluster's own (`inmem.transport.bind_router`), on an ipc:// socket as the
+cluster's are, that waits for input, takes every message that is ready
+(`copy=False`, no copy of the frames into Python bytes) and sends each one
+back unchanged. It stores nothing, decodes nothing and fsyncs nothing, so no
+key-value store reached through ZeroMQ from Python can answer faster: the
+cluster rows show their distance to it.
+
+The clients send what our client sends for the same work, packed once up
+front: `put_frames` is the header and body of one `kv.put` of a 16-byte key
+and a 100-byte value, `batch_frames` the BATCH messages a pipeline of puts
+becomes (chunks of `BATCH_CHUNK_OPS` operations). `FloorClient` is a DEALER
+with the client's socket options; its `single(i)` and `batch(i)` are the
+op(i) of the same loops that time our rows.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+import time
+
+import zmq
+
+from inmem.client import BATCH_CHUNK_OPS
+from inmem.protocol import (DEFAULT_MAX_MESSAGE_BYTES, KIND_BATCH, KIND_OP, header,
+                            new_packer, op_body, slot_of)
+from inmem.transport import bind_router
+
+START_TIMEOUT_S = 20.0
+#: messages taken off the socket per turn at most, as the coordinator's loop does
+DRAIN_MAX = 1024
+
+
+def serve(endpoint: str, ready) -> None:
+    """The echo loop (the server process's target): runs until the process is ended."""
+    ctx = zmq.Context(1)
+    sock = bind_router(ctx, endpoint, DEFAULT_MAX_MESSAGE_BYTES)
+    ready.set()
+    recv, send = sock.recv_multipart, sock.send_multipart
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    noblock = zmq.NOBLOCK
+    while True:
+        poller.poll()
+        ready_msgs = []
+        try:
+            for _ in range(DRAIN_MAX):
+                ready_msgs.append(recv(noblock, copy=False))
+        except zmq.Again:
+            pass
+        for frames in ready_msgs:
+            send(frames, noblock, copy=False)
+
+
+class EchoServer:
+    """`with EchoServer() as server:` an echo process on `server.endpoint`, ended on exit."""
+
+    def __init__(self):
+        # A short directory of its own: ipc paths have a small length limit.
+        self.dir = tempfile.mkdtemp(prefix="inmem-floor-")
+        self.endpoint = f"ipc://{os.path.join(self.dir, 'echo.sock')}"
+        self.proc = None
+
+    def start(self) -> "EchoServer":
+        mpc = mp.get_context("spawn")
+        ready = mpc.Event()
+        self.proc = mpc.Process(target=serve, args=(self.endpoint, ready), daemon=True,
+                                name="inmem-bench-floor")
+        self.proc.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not ready.wait(0.05):
+            if not self.proc.is_alive() or time.monotonic() > deadline:
+                code = self.proc.exitcode
+                self.stop()
+                why = f"exited (code {code})" if code is not None else \
+                    f"did not bind within {START_TIMEOUT_S:.0f} s"
+                raise RuntimeError(f"the floor's echo server on {self.endpoint} {why}")
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            proc.terminate()
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "EchoServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> bool:
+        self.stop()
+        return False
+
+
+def put_frames(run: str, key: str, value: bytes, request_id: int = 1) -> list:
+    """The two frames our client sends for one kv.put (header, body)."""
+    body = new_packer().pack(op_body("kv.put", (run, key, value)))
+    return [header(KIND_OP, slot_of(run), request_id), body]
+
+
+def batch_frames(run: str, keys: list, value: bytes) -> list:
+    """The BATCH messages our client sends for a pipeline of puts of `keys` into `run`."""
+    packer = new_packer()
+    out = []
+    for lo in range(0, len(keys), BATCH_CHUNK_OPS):
+        bodies = [op_body("kv.put", (run, k, value)) for k in keys[lo:lo + BATCH_CHUNK_OPS]]
+        out.append([header(KIND_BATCH, slot_of(run), lo + 1), packer.pack(bodies)])
+    return out
+
+
+class FloorClient:
+    """A DEALER to an echo server, set up as our client's; `single`/`batch` are loop ops."""
+
+    def __init__(self, endpoint: str, *, run: str = "floor", key: str = "k" * 16,
+                 value: bytes = b"", batch: int = 0, timeout_s: float = 30.0):
+        self.ctx = zmq.Context(1)
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, -1)
+        self.sock.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
+        self.sock.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
+        self.sock.connect(endpoint)
+        self.frames = put_frames(run, key, value)
+        self.batches = batch_frames(run, [f"{key[:-6]}{i:06d}" for i in range(batch)],
+                                    value) if batch else []
+
+    def single(self, i: int) -> None:
+        self.sock.send_multipart(self.frames)
+        self.sock.recv_multipart()
+
+    def batch(self, i: int) -> None:
+        # As a pipeline: every chunk sent, then every reply collected.
+        send, recv = self.sock.send_multipart, self.sock.recv_multipart
+        for frames in self.batches:
+            send(frames)
+        for _ in self.batches:
+            recv()
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+__all__ = ["EchoServer", "FloorClient", "serve", "put_frames", "batch_frames"]
