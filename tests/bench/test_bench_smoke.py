@@ -44,6 +44,9 @@ def test_micro_tier_writes_every_required_row_with_the_schema(tmp_path):
         assert row["status"] == "ok", (row["name"], row["status"])
         assert row["value"] > 0
         assert isinstance(row["peers"], dict) and isinstance(row["ratio"], dict)
+        # Every row says where and on what it ran, as the file does.
+        assert row["ran_on"]["commit"] == doc["commit"]
+        assert row["ran_on"]["host"] == doc["machine"]["hostname_hash"]
     get = rows["embedded.kv.get"]
     assert get["unit"] == "ops/s" and get["p50"] is not None and get["p99"] >= get["p50"]
     assert isinstance(get["peers"]["sqlite"], float)
