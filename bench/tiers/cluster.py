@@ -18,8 +18,9 @@ process of its own, driven by the same loop as our rows, which no store
 reached through ZeroMQ from Python can beat.
 
 - `cluster.kv.put.single{,.direct}` (buffered, 2 shards): one client in the
-  benchmark's process, one put per round trip, through the coordinator and
-  with `connect(direct=True)` (straight to the owning shard); Redis: one
+  benchmark's process, one put per round trip, through the coordinator
+  (`connect(direct=False)`) and with `connect(direct=True)` (straight to the
+  owning shard); Redis: one
   SET per round trip; floor: one echo per round trip (`cluster.floor.single`).
 - `cluster.kv.put.batched{,.direct}`: pipelines of 1000 puts; redis-py
   pipelines (transaction=False) of 1000 SETs; floor: the BATCH messages such
@@ -145,7 +146,7 @@ ROWS = (
     ("cluster.recovery", "buffered", ()),
 )
 
-ROUTES = {"routed": "through the coordinator",
+ROUTES = {"routed": "through the coordinator (connect(direct=False))",
           "direct": "straight to the owning shard (connect(direct=True))"}
 FLOOR_CONFIG = ("a bare pyzmq ROUTER echo server in its own process (ipc://, drains every "
                 "ready message with copy=False, echoes each back); the client sends the "
@@ -251,11 +252,12 @@ def _one_client(ctx, rounds, single_ops, batched_ops):
     batches = max(2, batched_ops // BATCH)
     batch_keys = make_keys(BATCH * 10, prefix="b")
     with contextlib.ExitStack() as stack:
-        cluster, db = stack.enter_context(_Running(ctx, shards=2, durability="buffered"))
-        direct = cluster.connect(direct=True)
-        stack.callback(direct.close)
+        cluster, _db = stack.enter_context(_Running(ctx, shards=2, durability="buffered"))
+        # Both routes named, whichever one connect() defaults to.
+        clients = {route: cluster.connect(direct=route == "direct") for route in ROUTES}
+        for c in clients.values():
+            stack.callback(c.close)
         redis, floor = _redis(ctx, stack, "buffered"), _floor(stack)
-        clients = {"routed": db, "direct": direct}
         runs = {route: c.begin_run(name=f"bench-{route}") for route, c in clients.items()}
         rclient = stack.enter_context(contextlib.closing(redis.default_client())) \
             if not isinstance(redis, _Unavailable) else None

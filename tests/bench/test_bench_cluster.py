@@ -12,6 +12,7 @@ import os
 import pytest
 import zmq
 
+import inmem
 from inmem.bench.clients import ClientPool
 from inmem.bench.context import Context, scaled_sizes
 from inmem.bench.floor import EchoServer, FloorClient, batch_frames, put_frames
@@ -101,9 +102,19 @@ def _rows(ctx):
     return {r["name"]: r for r in ctx.rows}
 
 
-def test_one_client_rows_run_ours_and_the_floor_in_interleaved_rounds(tmp_path):
+def test_one_client_rows_run_ours_and_the_floor_in_interleaved_rounds(tmp_path, monkeypatch):
+    real_connect = inmem.Cluster.connect
+    routes = []
+
+    def connect(self, *args, **kw):
+        routes.append(kw.get("direct"))
+        return real_connect(self, *args, **kw)
+
+    monkeypatch.setattr(inmem.Cluster, "connect", connect)
     ctx = _ctx(tmp_path)
     cluster_tier._one_client(ctx, 2, 50, 2000)
+    # Each route named explicitly, whatever connect() defaults to.
+    assert False in routes and True in routes
     rows = _rows(ctx)
     assert list(rows) == ["cluster.kv.put.single", "cluster.kv.put.single.direct",
                           "cluster.floor.single", "cluster.kv.put.batched",
