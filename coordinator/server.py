@@ -24,6 +24,7 @@ ShardUnavailable. SIGTERM/SIGINT stop the loop; shards are stopped cleanly
 
 from __future__ import annotations
 
+import array
 import itertools
 import logging
 import os
@@ -113,6 +114,13 @@ class Coordinator:
             spec = self.spec = with_shard_count(spec, slotmap.shard_count)
         self.slotmap = slotmap
         self.owners = slotmap.owners
+        # Every hello carries the slot map, so a shard can redirect a request
+        # sent with a stale one (see inmem.errors.SlotMoved).
+        self._hello = protocol.new_packer().pack(
+            ["hello", [array.array("H", slotmap.owners).tobytes()]])
+        self._first_slot = {}
+        for slot, shard in enumerate(slotmap.owners):
+            self._first_slot.setdefault(shard, slot)
         self.max_message_bytes = spec["max_message_bytes"]
         self.packer = protocol.new_reply_packer()
         self.supervisor = Supervisor(spec, out=self.out)
@@ -433,7 +441,10 @@ class Coordinator:
 
     def _ask(self, link: ShardLink, kind: int, body: bytes, callback) -> None:
         rid = next(self._rid)
-        head = protocol.header(kind, link.handle.id, rid)
+        # Admin requests name the shard; engine operations a slot it owns, which
+        # is what a shard checks them against.
+        target = link.handle.id if kind == KIND_ADMIN else self._first_slot[link.handle.id]
+        head = protocol.header(kind, target, rid)
         try:
             link.sock.send_multipart([b"", head, body], zmq.NOBLOCK)
         except zmq.ZMQError:
@@ -484,7 +495,7 @@ class Coordinator:
             if h.state == RECOVERING or (h.remote and h.state == DOWN):
                 if now - link.hello_sent >= HELLO_EVERY_S:
                     link.hello_sent = now
-                    self._ask(link, KIND_ADMIN, _HELLO, self._hello_callback(link, h.pid))
+                    self._ask(link, KIND_ADMIN, self._hello, self._hello_callback(link, h.pid))
             elif h.remote and h.state == READY:
                 if link.ping_sent is None and now - link.last_seen >= heartbeat:
                     link.ping_sent = now
@@ -562,7 +573,6 @@ class Coordinator:
 
 
 _SECONDS = RecoveryResult._fields.index("seconds")
-_HELLO = protocol.new_packer().pack(["hello", []])
 _PING = protocol.new_packer().pack(["ping", []])
 
 

@@ -16,8 +16,9 @@ from .database import Database
 from .errors import (ClusterNotReady, CorruptionError, DurabilityError, InmemError, InvalidKey,
                      InvalidOption, InvalidPath, InvalidStatusTransition, InvalidURL,
                      InvalidValue, ProtocolError, RunExists, RunNotActive, RunNotFound,
-                     ShardUnavailable, StateExists, StateNotFound, StoreOpenError, Timeout,
-                     TraceNotFound, TransactionConflict, ValueTooLarge, VersionMismatch)
+                     ShardUnavailable, SlotMoved, StateExists, StateNotFound, StoreOpenError,
+                     Timeout, TraceNotFound, TransactionConflict, ValueTooLarge,
+                     VersionMismatch)
 from .types import (ChainCheck, Event, RecoveryResult, RunInfo, SnapshotInfo, State, Trace,
                     TraceTree, Versioned)
 
@@ -118,6 +119,6 @@ __all__ = [
     "InvalidStatusTransition", "VersionMismatch", "StateExists", "StateNotFound",
     "TraceNotFound", "TransactionConflict", "ClusterNotReady", "ShardUnavailable", "Timeout",
     "ProtocolError", "CorruptionError", "DurabilityError", "InvalidOption", "InvalidURL",
-    "StoreOpenError", "Event", "ChainCheck", "State",
+    "StoreOpenError", "SlotMoved", "Event", "ChainCheck", "State",
     "Trace", "TraceTree", "RunInfo", "Versioned", "SnapshotInfo", "RecoveryResult",
 ]

@@ -21,10 +21,14 @@ sent as soon as it is full, so the shard applies one while the client packs
 the next; the results are put back in pipeline order. A transaction is one
 `tx.commit` message holding its read set and write set.
 
-`direct=True` skips the coordinator for operations on runs: the client sends
-them straight to the owning shard's socket (the slot map names each shard's
-endpoint), which saves the hop that costs about half of a single operation's
-round trip. The coordinator still answers everything else and is asked,
+By default the client routes by slot itself, as Redis Cluster clients do:
+operations on runs go straight to the owning shard's socket (the slot map
+names each shard's endpoint), which saves the hop that costs about half of a
+single operation's round trip. A shard sent a request for a slot it does not
+own answers SlotMoved; the client then reloads the slot map from the
+coordinator and sends the request again. `direct=False` sends everything
+through the coordinator instead (for thin clients). The coordinator still
+answers everything else and is asked,
 when a shard does not answer, whether that shard is down (ShardUnavailable)
 or only slow (Timeout). The price: a request in flight on a shard that dies
 is answered at its deadline rather than as soon as the coordinator notices.
@@ -50,13 +54,15 @@ import inmem.protocol as protocol
 from .database import Database
 from .sections import KV
 from .errors import (ClusterNotReady, InmemError, InvalidOption, InvalidURL, ProtocolError,
-                     ShardUnavailable, Timeout)
+                     ShardUnavailable, SlotMoved, Timeout)
 from .ops import FANOUT_OPS, route_run, shape
 from .protocol import (KIND_BATCH, KIND_CLUSTER, KIND_OP, SLOT_COUNT, header, op_body,
                        pack_checked, slot_of, unpack_reply)
 
 #: how long to wait between asking a cluster that is not ready yet
 _NOT_READY_PAUSE_S = 0.05
+#: direct requests: how often, while waiting for a reply, to ask whether the shard died
+_DIRECT_CHECK_S = 0.25
 #: operations per BATCH message: big enough to amortise a message, small enough
 #: that the shard applies one chunk while the client packs the next
 BATCH_CHUNK_OPS = 256
@@ -165,7 +171,7 @@ class _ThreadState:
 class ClusterBackend:
     def __init__(self, url: str, timeout: float = 5.0, *, request_timeout: float | None = None,
                  max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
-                 direct: bool = False):
+                 direct: bool = True):
         self.url = check_url(url)
         self.timeout = _number("timeout", timeout)
         self.request_timeout = _number("request_timeout", request_timeout, True) or self.timeout
@@ -187,7 +193,7 @@ class ClusterBackend:
         self.owners: list | None = None
         self.shard_slot: list = []
         self.shard_endpoints: list = []
-        self._restarts_seen: dict = {}  # shard -> its restart count when last asked
+        self._shard_pids: dict = {}  # shard -> its pid when last asked
         _live_backends.add(self)
 
     # -- sockets -------------------------------------------------------------------
@@ -277,35 +283,60 @@ class ClusterBackend:
                 if wait_ms <= 0 or not sock.poll(min(wait_ms, 200), zmq.POLLOUT):
                     raise self._shard_down(chan.shard) from None
 
-    def _shard_down(self, shard: int) -> InmemError:
-        """Why a direct channel got no answer: ShardUnavailable if the coordinator says so."""
+    def _shard_entry(self, shard: int) -> dict | None:
+        """The coordinator's status of `shard`, or None when it cannot be asked."""
         try:
-            state = self.cluster("status", timeout=min(self.request_timeout, 2.0))
-            entry = state["shards"][shard]
+            entry = self.cluster("status", timeout=min(self.request_timeout, 2.0))["shards"][shard]
         except (InmemError, KeyError, IndexError, TypeError):
-            return ShardUnavailable(f"shard {shard} does not answer and the coordinator at "
-                                    f"{self.url} could not say why")
+            return None
+        return entry if isinstance(entry, dict) else None
+
+    def _shard_gone(self, shard: int, entry: dict | None = None) -> InmemError | None:
+        """ShardUnavailable if the coordinator says `shard` is down or is a newer process."""
+        entry = self._shard_entry(shard) if entry is None else entry
+        if entry is None:
+            return None  # it cannot say; the deadline decides
         if entry.get("state") != "ready":
             return ShardUnavailable(f"shard {shard} is {entry.get('state')}; retry shortly "
                                     "(a request in flight may or may not have been applied)")
-        seen = self._restarts_seen.get(shard)
-        self._restarts_seen[shard] = entry.get("restarts")
-        if seen is not None and entry.get("restarts") != seen:
-            # It died and came back while the request was in flight.
+        pid, known = entry.get("pid"), self._shard_pids.get(shard)
+        self._shard_pids[shard] = pid
+        if known is not None and pid != known:
             return ShardUnavailable(f"shard {shard} restarted while the request was in flight; "
                                     "it may or may not have been applied")
-        return Timeout(f"no reply from shard {shard} within {self.request_timeout:g} s")
+        return None
+
+    def _shard_down(self, shard: int) -> InmemError:
+        """Why a direct channel got no answer by the deadline: ShardUnavailable or Timeout."""
+        entry = self._shard_entry(shard)
+        if entry is None:
+            return ShardUnavailable(f"shard {shard} does not answer and the coordinator at "
+                                    f"{self.url} could not say why")
+        return self._shard_gone(shard, entry) or Timeout(
+            f"no reply from shard {shard} within {self.request_timeout:g} s")
 
     def _roundtrip(self, chan: _Channel, kind: int, target: int, body: bytes, deadline: float):
         """Send one request and return its decoded reply (an InmemError for an error)."""
         while True:
             head = header(kind, target, next(self._rid))
             self._send(chan, head, body, deadline)
+            shard = chan.shard
             while True:
-                frames = self._recv(chan, deadline)
+                if shard is None:
+                    frames = self._recv(chan, deadline)
+                else:
+                    # Direct: wait in slices, and between them ask the coordinator
+                    # whether the shard is still the process we sent to, so a
+                    # request to a shard that died fails as soon as that is known.
+                    frames = self._recv(chan, min(deadline, time.monotonic() + _DIRECT_CHECK_S))
+                    if frames is None and time.monotonic() < deadline:
+                        gone = self._shard_gone(shard)
+                        if gone is not None:
+                            raise gone
+                        continue
                 if frames is None:
-                    if chan.shard is not None:
-                        raise self._shard_down(chan.shard)
+                    if shard is not None:
+                        raise self._shard_down(shard)
                     raise Timeout(f"no reply from {self.url} within {self.request_timeout:g} s")
                 if len(frames) == 2 and frames[0] == head:
                     break
@@ -328,10 +359,17 @@ class ClusterBackend:
         deadline = time.monotonic() + self.request_timeout
         slot = slot_of(run)
         if self.direct:
+            if self.owners is None:
+                self._load_slotmap()
             chan = self._shard_channel(st, self.owners[slot])
         else:
             chan = st.coord
         result = self._roundtrip(chan, KIND_OP, slot, body, deadline)
+        if type(result) is SlotMoved:
+            # Our slot map is stale: refresh it and send once more, where it says.
+            self._load_slotmap()
+            chan = self._shard_channel(st, self.owners[slot]) if self.direct else st.coord
+            result = self._roundtrip(chan, KIND_OP, slot, body, deadline)
         if isinstance(result, InmemError):
             try:
                 raise result
@@ -353,7 +391,7 @@ class ClusterBackend:
                 result = None
         return shape(name, args, result)
 
-    def call_batch(self, ops) -> list:
+    def call_batch(self, ops, _retry: bool = False) -> list:
         st = self._state()
         self._check_open()
         if self.owners is None:
@@ -394,6 +432,13 @@ class ClusterBackend:
             if g[0]:
                 flush(st, shard, g, results, sent, deadline)
         self._collect(st, sent, ops, results, deadline)
+        moved = [i for i, r in enumerate(results) if type(r) is SlotMoved]
+        if moved and not _retry:
+            # Our slot map is stale: refresh it and send those once more.
+            self._load_slotmap()
+            again = self.call_batch([ops[i] for i in moved], _retry=True)
+            for i, r in zip(moved, again):
+                results[i] = r
         for i in later:
             op, args = ops[i]
             try:
@@ -518,7 +563,6 @@ class ClusterBackend:
                 continue
             if status.get("ready"):
                 self._load_slotmap()
-                self._restarts_seen = {s["shard"]: s.get("restarts") for s in status["shards"]}
                 return status
             time.sleep(min(_NOT_READY_PAUSE_S, max(deadline - time.monotonic(), 0)))
         if status is None:
@@ -544,6 +588,15 @@ class ClusterBackend:
         st = self._local.__dict__.get("state")
         if st is not None and len(st.shards) != count:
             st.shards = [None] * count
+        if self.direct:
+            # Straight to the shards only once every one has recovered (the
+            # coordinator's readiness gate, which direct requests do not pass);
+            # and which process each shard is, to tell a restart from a slow reply.
+            status = self.cluster("status")
+            if not status.get("ready"):
+                raise ClusterNotReady(f"the cluster at {self.url} is not ready yet; retry shortly")
+            for entry in status["shards"]:
+                self._shard_pids[entry["shard"]] = entry.get("pid")
         self.owners = owners
 
     def kv_section(self) -> KV:

@@ -102,6 +102,15 @@ class ShardUnavailable(InmemError):
     """The shard that owns the run is down or restarting; retry later."""
 
 
+class SlotMoved(InmemError):
+    """A shard was sent a request for a slot it does not own (the sender's slot map is stale).
+
+    The client refreshes its map from the coordinator and sends the request
+    again, to `shard`; code using the client never sees this error.
+    """
+    _fields = ("slot", "shard")
+
+
 class Timeout(InmemError):
     """No reply within the client's deadline."""
 
@@ -139,8 +148,8 @@ _BY_NAME = {cls.__name__: cls for cls in (
     InmemError, InvalidKey, InvalidValue, ValueTooLarge, InvalidPath, RunNotFound,
     RunExists, RunNotActive, InvalidStatusTransition, VersionMismatch, StateExists,
     StateNotFound, TraceNotFound, TransactionConflict, ClusterNotReady,
-    ShardUnavailable, Timeout, ProtocolError, InvalidOption, InvalidURL, StoreOpenError,
-    CorruptionError, DurabilityError)}
+    ShardUnavailable, SlotMoved, Timeout, ProtocolError, InvalidOption, InvalidURL,
+    StoreOpenError, CorruptionError, DurabilityError)}
 
 
 def from_wire(wire) -> InmemError:

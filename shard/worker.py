@@ -48,11 +48,11 @@ import traceback
 import zmq
 
 import inmem.protocol as protocol
-from inmem.errors import DurabilityError, InmemError, ProtocolError
+from inmem.errors import DurabilityError, InmemError, ProtocolError, SlotMoved
 from inmem.files import make_dirs
 from inmem.processes import clear_exit_note, die_with_parent, write_exit_note
-from inmem.protocol import KIND_ADMIN, KIND_BATCH, KIND_OP
-from inmem.ops import WRITE_OPS
+from inmem.protocol import KIND_ADMIN, KIND_BATCH, KIND_OP, slot_of
+from inmem.ops import WRITE_OPS, route_run
 from inmem.shard.engine import Engine
 from inmem.shard.upkeep import UPKEEP_EVERY_S, shard_info, upkeep
 from inmem.transport import bind_router, drain, ipc_dir
@@ -83,6 +83,8 @@ class Worker:
         self.dropped_frames = 0
         self.protocol_errors = 0
         self.requests = 0
+        #: slot -> owning shard, from the coordinator's hello (None: not told yet)
+        self.owners = None
         self.recovery = None
         self.parent_pid: int | None = None
         self.packer = protocol.new_reply_packer()
@@ -191,7 +193,7 @@ class Worker:
             return None
         head = frames[-2]
         try:
-            kind, _target, _rid = protocol.parse_header(head)
+            kind, target, _rid = protocol.parse_header(head)
         except ProtocolError as exc:
             self.protocol_errors += 1
             if protocol.request_id_of(head) is None:
@@ -199,6 +201,18 @@ class Worker:
                 return None
             return frames[:-1] + [protocol.error_body(exc)]
         self.requests += 1
+        owners = self.owners
+        if owners is not None and kind <= KIND_BATCH and (target >= protocol.SLOT_COUNT
+                                                          or owners[target] != self.shard):
+            if target >= protocol.SLOT_COUNT:
+                self.protocol_errors += 1
+                frames[-1] = protocol.error_body(ProtocolError(f"slot {target} is out of range"))
+                return frames
+            # Sent with a stale slot map: say who owns the slot; the client retries there.
+            frames[-1] = protocol.error_body(SlotMoved(
+                f"slot {target} is served by shard {owners[target]}, not {self.shard}",
+                slot=target, shard=owners[target]))
+            return frames
         try:
             if kind == KIND_OP:
                 body = self.run_op(frames[-1], refuse_writes)
@@ -255,9 +269,38 @@ class Worker:
             self.protocol_errors += 1
             return protocol.error_body(exc)
         execute = self._execute
-        results = [item if type(item) is ProtocolError else execute(item[0], item[1], refuse_writes)
-                   for item in items]
+        if self.owners is None:
+            results = [item if type(item) is ProtocolError
+                       else execute(item[0], item[1], refuse_writes) for item in items]
+        else:
+            moved = self._moved_check()
+            results = [item if type(item) is ProtocolError
+                       else moved(item[0], item[1]) or execute(item[0], item[1], refuse_writes)
+                       for item in items]
         return protocol.pack_reply(self.packer, results, self.max_message_bytes)
+
+    def _moved_check(self):
+        """fn(op, args) -> SlotMoved when the op's run lives on another shard, else None.
+
+        A batch is sent to the shard that owns its header's slot, so each
+        operation in it is checked too (a stale map may have grouped it with
+        the wrong shard's); the answer is remembered per run for the batch.
+        """
+        owners, shard, seen = self.owners, self.shard, {}
+
+        def moved(op, args):
+            run = route_run(op, args)
+            if type(run) is not str:
+                return None  # not about one run, or a bad id the engine will refuse
+            err = seen.get(run, 0)
+            if err == 0:
+                slot = slot_of(run)
+                err = seen[run] = None if owners[slot] == shard else SlotMoved(
+                    f"slot {slot} is served by shard {owners[slot]}, not {shard}",
+                    slot=slot, shard=owners[slot])
+            return err
+
+        return moved
 
     def run_admin(self, body) -> bytes:
         try:
@@ -280,7 +323,12 @@ class Worker:
 
     # -- admin requests ------------------------------------------------------------
 
-    def admin_hello(self) -> dict:
+    def admin_hello(self, owners=None) -> dict:
+        """The coordinator's greeting; it carries the slot map (a u16 shard id per slot)."""
+        if owners is not None:
+            if type(owners) is not bytes or len(owners) != 2 * protocol.SLOT_COUNT:
+                raise ProtocolError("hello takes the slot map as 2 bytes per slot")
+            self.owners = memoryview(owners).cast("H")
         return {"shard": self.shard, "pid": os.getpid(), "durability": self.durability,
                 "endpoint": self.endpoint, "recovery": self.recovery,
                 "protocol": protocol.VERSION}

@@ -77,9 +77,16 @@ def _durable_factory(durability: str):
 
 
 #: backend name -> factory(**options) returning an open Database
+def _open_cluster_proxied(**options):
+    # The same cluster through the coordinator (connect(url, direct=False)).
+    from cluster.shared import open_cluster_db
+    return open_cluster_db(direct=False, **options)
+
+
 BACKENDS = {
     "embedded": _open_embedded,
     "cluster": _open_cluster,
+    "proxied": _open_cluster_proxied,
     "buffered": _durable_factory("buffered"),
     "strict": _durable_factory("strict"),
 }

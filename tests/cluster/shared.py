@@ -65,10 +65,10 @@ class ClockedBackend:
         return getattr(self.inner, name)
 
 
-def open_cluster_db(clock=None, max_value_bytes=None, **options) -> Database:
+def open_cluster_db(clock=None, max_value_bytes=None, direct=True, **options) -> Database:
     if options:
         raise TypeError(f"the shared test cluster does not take {sorted(options)}")
-    db = shared_cluster().connect()
+    db = shared_cluster().connect(direct=direct)
     backend = db._backend
     backend.cluster("debug.reset")
     if max_value_bytes is not None:

@@ -183,9 +183,9 @@ def test_a_shard_answers_a_hostile_body_of_every_kind_with_a_protocol_error(kind
 @pytest.mark.parametrize("body, words", [
     (msgpack.packb(["debug.clock", [1, 2, 3]]), "bad arguments for debug.clock"),
     (msgpack.packb(["debug.clock", ["soon"]]), "int microseconds"),
-    (msgpack.packb(["hello", [None]]), "bad arguments for hello"),
+    (msgpack.packb(["hello", ["not a map"]]), "slot map"),
     (msgpack.packb(["kv.get", []]), "unknown operation"),
-], ids=["too many arguments", "wrong type", "hello with an argument", "an engine op"])
+], ids=["too many arguments", "wrong type", "hello with a bad slot map", "an engine op"])
 def test_a_shard_answers_bad_admin_requests(body, words):
     err = _answer(_worker(), protocol.KIND_ADMIN, body)
     assert isinstance(err, inmem.ProtocolError) and words in str(err), err
