@@ -76,8 +76,8 @@ def _cluster_class():
                                  f"{exc}") from None
 
 
-class _Running:
-    """`with _Running(ctx, shards=.., durability=..) as (cluster, db)`: failures to start skip."""
+class RunningCluster:
+    """`with RunningCluster(ctx, shards=.., durability=..) as (cluster, db)`: failures to start skip."""
 
     def __init__(self, ctx, *, shards, durability, data_dir=None):
         self.ctx = ctx
@@ -252,7 +252,7 @@ def _one_client(ctx, rounds, single_ops, batched_ops):
     batches = max(2, batched_ops // BATCH)
     batch_keys = make_keys(BATCH * 10, prefix="b")
     with contextlib.ExitStack() as stack:
-        cluster, _db = stack.enter_context(_Running(ctx, shards=2, durability="buffered"))
+        cluster, _db = stack.enter_context(RunningCluster(ctx, shards=2, durability="buffered"))
         # Both routes named, whichever one connect() defaults to.
         clients = {route: cluster.connect(direct=route == "direct") for route in ROUTES}
         for c in clients.values():
@@ -372,7 +372,7 @@ def _eight_clients(ctx, rounds, per_client):
     with contextlib.ExitStack() as stack:
         clusters = {}
         for mode in ("buffered", "strict"):
-            cluster, db = stack.enter_context(_Running(ctx, shards=2, durability=mode))
+            cluster, db = stack.enter_context(RunningCluster(ctx, shards=2, durability=mode))
             runs = {route: [db.begin_run(name=f"{route}-client-{c}") for c in range(CLIENTS)]
                     for route in ROUTES}
             clusters[mode] = (cluster.endpoint, runs)
@@ -421,7 +421,7 @@ def _scale(ctx, rounds, per_client):
     with contextlib.ExitStack() as stack:
         endpoints, runs = {}, {}
         for shards in (1, 2):
-            cluster, db = stack.enter_context(_Running(ctx, shards=shards,
+            cluster, db = stack.enter_context(RunningCluster(ctx, shards=shards,
                                                        durability="buffered"))
             endpoints[shards] = cluster.endpoint
             runs[shards] = [[db.begin_run(name=f"c{c}-r{r}") for r in range(16)]
@@ -455,7 +455,7 @@ def _scale(ctx, rounds, per_client):
 
 
 def _multi_agent(ctx, per_client):
-    with _Running(ctx, shards=2, durability="buffered") as (cluster, db):
+    with RunningCluster(ctx, shards=2, durability="buffered") as (cluster, db):
         run = db.begin_run(name="coordination")
         db.state.init(run, "shared", 0)
         for procs in (2, 4, 8):
@@ -479,14 +479,14 @@ def _recovery(ctx, keys_total):
     keys = make_keys(keys_total)
     value = make_value(VALUE_BYTES)
     data_dir = os.path.join(ctx.scratch("cluster-recovery"), "data")
-    with _Running(ctx, shards=2, durability="buffered", data_dir=data_dir) as (_c, db):
+    with RunningCluster(ctx, shards=2, durability="buffered", data_dir=data_dir) as (_c, db):
         runs = [db.begin_run(name=f"r{r}") for r in range(16)]
         for lo in range(0, len(keys), BATCH):
             with db.pipeline() as p:
                 for j, k in enumerate(keys[lo:lo + BATCH]):
                     p.kv.put(runs[(lo + j) % 16], k, value)
                 p.execute()
-    again = _Running(ctx, shards=2, durability="buffered", data_dir=data_dir)
+    again = RunningCluster(ctx, shards=2, durability="buffered", data_dir=data_dir)
     with again as (_c, db):
         ms = again.start_ms
         probe = db.kv.get(runs[(len(keys) - 1) % 16], keys[-1])

@@ -46,7 +46,7 @@ from ..context import Context, error_row, fmt_count, make_row, skipped_row, targ
 from ..harness import percentile, time_once
 from ..machine import REPO_ROOT
 from ..workloads import load_items, make_texts, make_vocabulary
-from .cluster import ClusterUnavailable, _Running
+from .cluster import ClusterUnavailable, RunningCluster
 from .durability import DurableUnavailable, open_durable
 
 TIER = "replay"
@@ -153,7 +153,7 @@ class _open_side:
 
     def __enter__(self):
         if self.side == "cluster":
-            self.running = _Running(self.ctx, shards=SHARDS, durability=MODE)
+            self.running = RunningCluster(self.ctx, shards=SHARDS, durability=MODE)
             cluster, self.db = self.running.__enter__()
             try:
                 self.owners = slot_owners(self.db)
