@@ -1,4 +1,4 @@
-"""Effects: the resolved mutations a shard commits, and the one function that applies them.
+"""Effects: the resolved mutations a shard commits, their field layout, and how they are applied.
 
 Every write the engine accepts becomes one effect (a transaction, several):
 a tuple whose first item is a code from the table below, with every
@@ -42,12 +42,21 @@ a write that cannot be logged is refused at the call and changes nothing),
 so a record is assembled by joining encoded effects, never by encoding at
 flush time.
 
-Entries of KV, state and JSON therefore share one layout: [1] key, [2] packed
-value (None: deleted), [3] version, [4] timestamp; KV adds [5] expiry.
+Entries of KV, state and JSON therefore share one layout: KEY, VALUE (packed;
+None: deleted), VERSION, TS; KV adds EXPIRES. The field positions of every
+layout are named below; code reads fields by these names, never by number.
+Effects stay plain tuples (a NamedTuple costs too much on the write path).
+
+This module is also the only code that changes a run's tables (the KV, state
+and JSON entries, the event list, the trace indexes): a live write, a WAL
+record read back, a snapshot section loaded and a transaction rolled back all
+go through the functions here, so they cannot disagree about what an effect
+does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import groupby
 from operator import itemgetter
 
@@ -81,34 +90,90 @@ PRIMITIVE = {
 ENDED = frozenset(("completed", "failed", "cancelled", "archived"))
 
 
-def apply_kv(r, eff):
-    r.kv[eff[1]] = eff
+#: every effect: its code
+CODE = 0
+
+#: keyed entries (KV_*, ST_*, JS_*): the key, the packed value (None: deleted),
+#: the slot's version (deletes count), the time of the write; KV adds the expiry
+KEY = 1
+VALUE = 2
+VERSION = 3
+TS = 4
+EXPIRES = 5
+
+#: EV_APPEND: the event's sequence, type, packed payload, time, chain hashes
+EV_SEQ = 1
+EV_TYPE = 2
+EV_PAYLOAD = 3
+EV_TS = 4
+EV_PREV_HASH = 5
+EV_HASH = 6
+
+#: TR_ADD: the trace's id, parent id, type, packed data, tags, packed metadata, time
+TR_ID = 1
+TR_PARENT = 2
+TR_TYPE = 3
+TR_DATA = 4
+TR_TAGS = 5
+TR_METADATA = 6
+TR_TS = 7
+
+#: RUN_CREATE: the run's id, name, parent, tags, packed metadata, time
+CREATE_RUN = 1
+CREATE_NAME = 2
+CREATE_PARENT = 3
+CREATE_TAGS = 4
+CREATE_METADATA = 5
+CREATE_TS = 6
+
+#: RUN_STATUS: the new status, time, error text (or None)
+STATUS = 1
+STATUS_TS = 2
+STATUS_ERROR = 3
+
+#: RUN_DELETE: the run's id, time
+DELETE_RUN = 1
+DELETE_TS = 2
+
+#: where each effect keeps its timestamp
+TS_FIELD = {RUN_CREATE: CREATE_TS, RUN_STATUS: STATUS_TS, RUN_DELETE: DELETE_TS,
+            KV_PUT: TS, KV_DEL: TS, EV_APPEND: EV_TS, ST_PUT: TS, ST_DEL: TS, TR_ADD: TR_TS,
+            JS_PUT: TS, JS_DEL: TS}
+
+_KEY_OF = itemgetter(KEY)
 
 
-def apply_state(r, eff):
-    r.state[eff[1]] = eff
+# -- applying one effect ----------------------------------------------------------
+# Each takes the run (a RunData) and the effect. None of them checks anything:
+# an effect is only built (or logged) after its write was validated.
+
+def apply_kv(r, eff: tuple) -> None:
+    r.kv[eff[KEY]] = eff
 
 
-def apply_json(r, eff):
-    r.json[eff[1]] = eff
+def apply_state(r, eff: tuple) -> None:
+    r.state[eff[KEY]] = eff
 
 
-def apply_event(r, eff):
-    events = r.events
-    events.append(eff)
-    by_type = r.events_by_type.get(eff[2])
+def apply_json(r, eff: tuple) -> None:
+    r.json[eff[KEY]] = eff
+
+
+def apply_event(r, eff: tuple) -> None:
+    r.events.append(eff)
+    by_type = r.events_by_type.get(eff[EV_TYPE])
     if by_type is None:
-        r.events_by_type[eff[2]] = [eff[1]]
+        r.events_by_type[eff[EV_TYPE]] = [eff[EV_SEQ]]
     else:
-        by_type.append(eff[1])
+        by_type.append(eff[EV_SEQ])
 
 
-def apply_trace(r, eff):
-    tid, parent = eff[1], eff[2]
+def apply_trace(r, eff: tuple) -> None:
+    tid, parent = eff[TR_ID], eff[TR_PARENT]
     r.traces[tid] = eff
     r.trace_order.append(tid)
-    r.traces_by_type.setdefault(eff[3], []).append(tid)
-    for tag in eff[5]:
+    r.traces_by_type.setdefault(eff[TR_TYPE], []).append(tid)
+    for tag in eff[TR_TAGS]:
         r.traces_by_tag.setdefault(tag, []).append(tid)
     if parent is None:
         r.trace_roots.append(tid)
@@ -116,18 +181,19 @@ def apply_trace(r, eff):
         r.trace_children.setdefault(parent, []).append(tid)
 
 
-def apply_status(r, eff):
-    r.status = eff[1]
-    r.updated_at = eff[2]
-    if eff[1] in ENDED and r.ended_at is None:
-        r.ended_at = eff[2]
-    if eff[3] is not None:
-        r.error = eff[3]
-    if eff[1] != "active":
+def apply_status(r, eff: tuple) -> None:
+    status, ts = eff[STATUS], eff[STATUS_TS]
+    r.status = status
+    r.updated_at = ts
+    if status in ENDED and r.ended_at is None:
+        r.ended_at = ts
+    if eff[STATUS_ERROR] is not None:
+        r.error = eff[STATUS_ERROR]
+    if status != "active":
         r.orphaned = False
 
 
-def apply_create(r, eff):  # the run object is built by the engine from the effect
+def apply_create(r, eff: tuple) -> None:  # the run object is built from the effect (RunData)
     pass
 
 
@@ -140,6 +206,67 @@ APPLY = {
     RUN_STATUS: apply_status,
     RUN_CREATE: apply_create,
 }
+
+
+# -- applying many effects of one table -------------------------------------------
+# The bulk variants of apply_kv, apply_state and apply_json, for recovery and
+# snapshot loading: `effs` in order, all of the table's codes, leave the table
+# exactly as applying them one by one would (the last effect on a key is its
+# entry), but the loop runs in C.
+
+def apply_kv_many(r, effs: Sequence[tuple]) -> None:
+    r.kv.update(zip(map(_KEY_OF, effs), effs))
+
+
+def apply_state_many(r, effs: Sequence[tuple]) -> None:
+    r.state.update(zip(map(_KEY_OF, effs), effs))
+
+
+def apply_json_many(r, effs: Sequence[tuple]) -> None:
+    r.json.update(zip(map(_KEY_OF, effs), effs))
+
+
+# -- taking an effect back --------------------------------------------------------
+# A transaction that fails part-way undoes what it applied, newest first. Keyed
+# entries go back to the entry they replaced; events and traces are the last of
+# their lists, so taking one back pops it.
+
+def restore_entry(table: dict, key, previous) -> None:
+    """Put `previous` (an entry, or None: there was none) back at `key` of a keyed table."""
+    if previous is None:
+        table.pop(key, None)
+    else:
+        table[key] = previous
+
+
+def unapply_event(r, eff: tuple) -> None:
+    """Take back `eff`, the run's last event."""
+    r.events.pop()
+    event_type = eff[EV_TYPE]
+    by_type = r.events_by_type[event_type]
+    by_type.pop()
+    if not by_type:
+        del r.events_by_type[event_type]
+
+
+def unapply_trace(r, eff: tuple) -> None:
+    """Take back `eff`, the run's last trace."""
+    tid, parent = eff[TR_ID], eff[TR_PARENT]
+    del r.traces[tid]
+    r.trace_order.pop()
+    for index, k in ((r.traces_by_type, eff[TR_TYPE]),
+                     *((r.traces_by_tag, tag) for tag in eff[TR_TAGS])):
+        lst = index[k]
+        lst.pop()
+        if not lst:
+            del index[k]
+    if parent is None:
+        r.trace_roots.pop()
+    else:
+        lst = r.trace_children[parent]
+        lst.pop()
+        if not lst:
+            del r.trace_children[parent]
 
 
 #: the most one group may take once encoded: a record holds at least one whole group
