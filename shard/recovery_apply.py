@@ -2,14 +2,101 @@
 
 The recovery sequence (`inmem.recovery.sequence`) reads and checks the files
 and decides what their damage means; it knows nothing of the engine. It hands
-what it read to a target with this shape, which the shard provides here.
+what it read to a target with this shape, `EngineRecovery`, which loads
+snapshot sections through `shard.snapshot_codec` and applies WAL records
+through `RecoveryOps`, the part of the `Engine` that applies logged groups
+with the same `shard.effects` functions live writes use.
 """
 
 from __future__ import annotations
 
-from .effects import decode_batch
-from .engine import Engine
+from operator import itemgetter
+from typing import Callable
+
+from inmem.errors import InmemError
+
+from .effects import APPLY, CODE, KV_DEL, KV_PUT, RUN_CREATE, RUN_DELETE, apply_kv_many, decode_batch
+from .runs import RunData
+from .search_index import SearchIndex
 from .snapshot_codec import load
+
+_CODE = itemgetter(CODE)
+_KV_CODES = frozenset((KV_PUT, KV_DEL))
+_RUN_CODES = frozenset((RUN_CREATE, RUN_DELETE))
+
+
+class RecoveryOps:
+    """The engine's methods that apply what a recovery read back."""
+
+    runs: dict[str, RunData]
+    clock: Callable[[], int]
+    index: SearchIndex
+
+    def apply_batches(self, batches) -> None:
+        """Apply a WAL record's batches, `(run id, [effect, ...])`, in order.
+
+        The same functions as live writes, in bulk: a batch of plain KV writes
+        to a live run goes to the journal and the table with C-level calls.
+        """
+        runs = self.runs
+        for run_id, effs in batches:
+            r = runs.get(run_id)
+            if r is not None:
+                if len(effs) == 1:  # one operation: the common record shape
+                    eff = effs[0]
+                    code = eff[CODE]
+                    if code not in _RUN_CODES:
+                        APPLY[code](r, eff)
+                        r.journal.append(eff)
+                        continue
+                codes = set(map(_CODE, effs))
+                if codes <= _KV_CODES:
+                    r.journal.extend(effs)
+                    apply_kv_many(r, effs)
+                    continue
+                if not codes & _RUN_CODES:
+                    for eff in effs:
+                        APPLY[eff[CODE]](r, eff)
+                    r.journal.extend(effs)
+                    continue
+            self.apply_group((run_id, *effs))
+
+    def apply_group(self, group: tuple) -> None:
+        """Apply one logged group, `(run id, effect, ...)`, read back from the WAL.
+
+        This is the path live writes take (the same APPLY functions), minus the
+        checks: a group in the log was validated when it was first committed.
+        """
+        run_id = group[0]
+        r = self.runs.get(run_id)
+        if r is not None and len(group) == 2:  # the common case: one write to a live run
+            eff = group[1]
+            code = eff[CODE]
+            if code != RUN_CREATE and code != RUN_DELETE:
+                APPLY[code](r, eff)
+                r.journal.append(eff)
+                return
+        for eff in group[1:]:
+            code = eff[CODE]
+            if code == RUN_CREATE:
+                r = self.runs[run_id] = RunData(eff)
+                continue
+            if code == RUN_DELETE:
+                self.runs.pop(run_id, None)
+                self.index.drop_run(run_id)
+                r = None
+                continue
+            if r is None:
+                raise InmemError(f"the log names run {run_id!r}, which was never created")
+            APPLY[code](r, eff)
+            r.journal.append(eff)
+
+    def mark_orphans(self) -> list[str]:
+        """After recovery: every run still active has no end; flag it as orphaned."""
+        for r in self.runs.values():
+            if r.status == "active":
+                r.orphaned = True
+        return self.orphaned_runs()
 
 
 class EngineRecovery:
@@ -17,7 +104,7 @@ class EngineRecovery:
 
     __slots__ = ("engine", "_apply")
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: RecoveryOps):
         self.engine = engine
         self._apply = engine.apply_batches
 
@@ -30,7 +117,7 @@ class EngineRecovery:
         self._apply(batches)
         return count
 
-    def mark_orphans(self) -> list:
+    def mark_orphans(self) -> list[str]:
         return self.engine.mark_orphans()
 
     def rebuild_indexes(self) -> None:

@@ -10,18 +10,30 @@ journal, so two replays of the same run and position are identical.
 Key expiry is judged against the timestamp of the last folded effect (the
 run's own clock at that position), not against the wall clock, for the same
 reason.
+
+`ReplayOps` is the part of the `Engine` that serves it (`run_replay`).
 """
 
 from __future__ import annotations
 
-from .effects import EV_APPEND, JS_DEL, JS_PUT, KV_DEL, KV_PUT, RUN_CREATE, RUN_STATUS, ST_DEL, ST_PUT, TR_ADD
+from inmem.errors import InvalidValue
 
-#: where each effect keeps its timestamp
-_TS_INDEX = {RUN_CREATE: 6, RUN_STATUS: 2, KV_PUT: 4, KV_DEL: 4, EV_APPEND: 4, ST_PUT: 4,
-             ST_DEL: 4, TR_ADD: 7, JS_PUT: 4, JS_DEL: 4}
+from .effects import (CODE, EV_APPEND, EXPIRES, JS_DEL, JS_PUT, KEY, KV_DEL, KV_PUT, ST_DEL,
+                      ST_PUT, TR_ADD, TS_FIELD, VALUE)
 
 
-def fold(journal: list, at=None) -> list:
+class ReplayOps:
+    """The replay operation of the engine."""
+
+    def run_replay(self, run: str, at: int | None = None) -> list:
+        """The run as it was after its first `at` journal entries (all of them: None); see `fold`."""
+        r = self._run(run)
+        if at is not None and type(at) is not int:
+            raise InvalidValue(f"at must be an int journal position or None, got {at!r}")
+        return fold(r.journal, at)
+
+
+def fold(journal: list, at: int | None = None) -> list:
     """[kv, json, state, events, traces, position] of the run after `at` journal entries.
 
     Values, payloads and trace data are the packed bytes; events and traces are
@@ -39,24 +51,25 @@ def fold(journal: list, at=None) -> list:
     traces: list = []
     for i in range(at):
         eff = journal[i]
-        code = eff[0]
+        code = eff[CODE]
         if code == KV_PUT or code == KV_DEL:
-            kv[eff[1]] = eff
+            kv[eff[KEY]] = eff
         elif code == EV_APPEND:
             events.append(eff)
         elif code == ST_PUT or code == ST_DEL:
-            state[eff[1]] = eff
+            state[eff[KEY]] = eff
         elif code == JS_PUT or code == JS_DEL:
-            docs[eff[1]] = eff
+            docs[eff[KEY]] = eff
         elif code == TR_ADD:
             traces.append(eff)
-    now = journal[at - 1][_TS_INDEX[journal[at - 1][0]]] if at else 0
+    last = journal[at - 1] if at else None
+    now = last[TS_FIELD[last[CODE]]] if at else 0
     # Values stay in the msgpack bytes they are stored as: the caller decodes
     # each once (RunView.from_wire), so a cluster never unpacks and repacks them.
-    kv_view = {k: e[2] for k, e in sorted(kv.items())
-               if e[2] is not None and (e[5] is None or e[5] > now)}
-    state_view = {k: e[2] for k, e in sorted(state.items()) if e[2] is not None}
-    json_view = {k: e[2] for k, e in sorted(docs.items()) if e[2] is not None}
-    event_view = [e[1:] for e in events]
+    kv_view = {k: e[VALUE] for k, e in sorted(kv.items())
+               if e[VALUE] is not None and (e[EXPIRES] is None or e[EXPIRES] > now)}
+    state_view = {k: e[VALUE] for k, e in sorted(state.items()) if e[VALUE] is not None}
+    json_view = {k: e[VALUE] for k, e in sorted(docs.items()) if e[VALUE] is not None}
+    event_view = [e[1:] for e in events]  # every field after the code
     trace_view = [e[1:] for e in traces]
     return [kv_view, json_view, state_view, event_view, trace_view, at]

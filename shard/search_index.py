@@ -40,8 +40,9 @@ import time
 
 import msgpack
 
-from .effects import (EV_APPEND, JS_DEL, JS_PUT, KV_DEL, KV_PUT, RUN_CREATE, RUN_STATUS, ST_DEL,
-                      ST_PUT, TR_ADD)
+from .effects import (CODE, EV_APPEND, EV_PAYLOAD, EV_SEQ, EV_TYPE, EXPIRES, JS_DEL, JS_PUT, KEY,
+                      KV_DEL, KV_PUT, RUN_CREATE, RUN_STATUS, ST_DEL, ST_PUT, TR_ADD, TR_DATA,
+                      TR_ID, TR_TYPE, VALUE)
 
 K1 = 1.2
 B = 0.75
@@ -165,8 +166,8 @@ class SearchIndex:
                     eff = journal[j]
                     # Fast skip: a KV write whose value holds no text and replaces
                     # no indexed document (the bulk of a rebuild of binary data).
-                    if eff[0] == KV_PUT and eff[5] is None and not textish[eff[2][0]] \
-                            and ("kv", run_id, eff[1]) not in docs:
+                    if eff[CODE] == KV_PUT and eff[EXPIRES] is None \
+                            and not textish[eff[VALUE][0]] and ("kv", run_id, eff[KEY]) not in docs:
                         continue
                     index_effect(run_id, r, eff)
                 i = stop
@@ -183,26 +184,27 @@ class SearchIndex:
         return True
 
     def _index_effect(self, run_id, r, eff) -> None:
-        code = eff[0]
+        code = eff[CODE]
         if code == KV_PUT:
-            doc = ("kv", run_id, eff[1])
-            self._put(doc, _packed_text(eff[2]))
-            if eff[5] is not None:
-                heapq.heappush(self.expiring, (eff[5], doc, eff))
+            doc = ("kv", run_id, eff[KEY])
+            self._put(doc, _packed_text(eff[VALUE]))
+            if eff[EXPIRES] is not None:
+                heapq.heappush(self.expiring, (eff[EXPIRES], doc, eff))
         elif code == KV_DEL:
-            self._remove(("kv", run_id, eff[1]))
+            self._remove(("kv", run_id, eff[KEY]))
         elif code == JS_PUT:
-            self._put(("json", run_id, eff[1]), _packed_text(eff[2]))
+            self._put(("json", run_id, eff[KEY]), _packed_text(eff[VALUE]))
         elif code == JS_DEL:
-            self._remove(("json", run_id, eff[1]))
+            self._remove(("json", run_id, eff[KEY]))
         elif code == ST_PUT:
-            self._put(("state", run_id, eff[1]), _packed_text(eff[2]))
+            self._put(("state", run_id, eff[KEY]), _packed_text(eff[VALUE]))
         elif code == ST_DEL:
-            self._remove(("state", run_id, eff[1]))
+            self._remove(("state", run_id, eff[KEY]))
         elif code == EV_APPEND:
-            self._put(("events", run_id, eff[1]), [eff[2], *_packed_text(eff[3])])
+            self._put(("events", run_id, eff[EV_SEQ]),
+                      [eff[EV_TYPE], *_packed_text(eff[EV_PAYLOAD])])
         elif code == TR_ADD:
-            self._put(("traces", run_id, eff[1]), [eff[3], *_packed_text(eff[4])])
+            self._put(("traces", run_id, eff[TR_ID]), [eff[TR_TYPE], *_packed_text(eff[TR_DATA])])
         elif code == RUN_CREATE or code == RUN_STATUS:
             self._put(("runs", run_id, run_id), [t for t in (r.name, *r.tags) if t])
 

@@ -18,7 +18,8 @@ orphaned flag. The META section is a map with the codec version and counts.
 
 Loading is built for the common shapes: a run whose effects of one primitive
 sit at consecutive positions is put back with one slice assignment, and the
-KV, state and JSON tables are filled by `dict.update` over C iterators.
+KV, state and JSON tables are filled by the bulk apply functions of
+`shard.effects` (`dict.update` over C iterators).
 """
 
 from __future__ import annotations
@@ -27,22 +28,34 @@ import sys
 from array import array
 from itertools import compress
 from operator import itemgetter
+from typing import Protocol
 
 import msgpack
 
 from inmem.recovery import snapshot_format as fmt
 
-from .effects import APPLY, PRIMITIVE, RUN_CREATE
-from .engine import Engine, RunData
+from .effects import (APPLY, CODE, PRIMITIVE, RUN_CREATE, apply_json_many, apply_kv_many,
+                      apply_state_many)
+from .runs import RunData
 
 CODEC_VERSION = 1
 
 _SECTION_OF = {"runs": fmt.RUNS, "kv": fmt.KV, "events": fmt.EVENTS, "state": fmt.STATE,
                "traces": fmt.TRACES, "json": fmt.JSON}
 _ORDER = (fmt.RUNS, fmt.KV, fmt.EVENTS, fmt.STATE, fmt.TRACES, fmt.JSON)
+#: the sections whose effects are keyed entries, and the bulk function that applies them
+_APPLY_MANY = {fmt.KV: apply_kv_many, fmt.STATE: apply_state_many, fmt.JSON: apply_json_many}
 
 
-def dump(engine: Engine) -> tuple[dict, list]:
+class Snapshottable(Protocol):
+    """What the codec needs of an engine (`shard.engine.Engine` is one)."""
+
+    runs: dict[str, RunData]
+
+    def counts(self) -> dict: ...
+
+
+def dump(engine: Snapshottable) -> tuple[dict, list]:
     """(counts, [(section type, body bytes), ...]) for the engine's current state."""
     split = {t: [] for t in _ORDER}
     for r in engine.runs.values():
@@ -69,20 +82,20 @@ def dump(engine: Engine) -> tuple[dict, list]:
     return counts, sections
 
 
-def load(engine: Engine, sections: dict) -> None:
+def load(engine: Snapshottable, sections: dict) -> None:
     """Rebuild `engine` (empty) from the sections of a snapshot."""
     meta = msgpack.unpackb(sections[fmt.META], raw=False) if fmt.META in sections else {}
     if meta.get("codec", CODEC_VERSION) != CODEC_VERSION:
         raise ValueError(f"snapshot codec version {meta.get('codec')} is not supported")
     runs = engine.runs
     for run_id, n, positions, effs, orphaned in _unpack(sections.get(fmt.RUNS)):
-        if not effs or effs[0][0] != RUN_CREATE:
+        if not effs or effs[0][CODE] != RUN_CREATE:
             raise ValueError(f"run {run_id!r} has no creation record in the snapshot")
         r = RunData(effs[0])
         journal = [None] * n
         _place(journal, _positions(positions), effs)
         for eff in effs[1:]:
-            APPLY[eff[0]](r, eff)
+            APPLY[eff[CODE]](r, eff)
         r.journal = journal
         r.orphaned = orphaned
         runs[r.run_id] = r
@@ -90,20 +103,18 @@ def load(engine: Engine, sections: dict) -> None:
         for run_id, _n, positions, effs in _unpack(sections.get(t)):
             r = runs[run_id]
             _place(r.journal, _positions(positions), effs)
-            table = {fmt.KV: r.kv, fmt.STATE: r.state, fmt.JSON: r.json}.get(t)
-            if table is not None:
-                # Entries are keyed by item 1; later effects overwrite earlier ones.
-                table.update(zip(map(_KEY, effs), effs))
+            apply_many = _APPLY_MANY.get(t)
+            if apply_many is not None:
+                apply_many(r, effs)
             else:
                 for eff in effs:
-                    APPLY[eff[0]](r, eff)
+                    APPLY[eff[CODE]](r, eff)
     missing = [r.run_id for r in runs.values() if None in r.journal]
     if missing:
         raise ValueError(f"snapshot journals have holes in runs {missing[:5]}")
 
 
-_KEY = itemgetter(1)
-_CODE = itemgetter(0)
+_CODE = itemgetter(CODE)
 _CODES_OF_SECTION = {t: frozenset(c for c, prim in PRIMITIVE.items() if _SECTION_OF[prim] == t)
                      for t in _ORDER}
 

@@ -1,0 +1,111 @@
+"""Event operations of a run: an append-only, hash-chained log.
+
+`EventOps` is one of the parts the `Engine` is assembled from. Each event is
+an EV_APPEND effect (`shard.effects`: EV_SEQ, EV_TYPE, EV_PAYLOAD, EV_TS,
+EV_PREV_HASH, EV_HASH) whose hash covers the event and the previous event's
+hash, so `ev_verify` can tell whether the chain was altered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable
+
+import msgpack
+
+from inmem.errors import InvalidValue
+from inmem.types import ChainCheck, Event
+from inmem.values import ZERO_HASH, canonical, check_key
+
+from .effects import EV_APPEND, EV_HASH, EV_PAYLOAD, EV_PREV_HASH, EV_SEQ, EV_TS, EV_TYPE
+from .runs import RunData
+
+_sha256 = hashlib.sha256
+_unpackb = msgpack.unpackb
+_packb = msgpack.Packer(use_bin_type=True).pack  # writes are serialised: one packer is safe
+_EV_PREFIX = b"\x95"  # msgpack fixarray of 5: [sequence, type, payload, ts, prev_hash]
+
+
+def _packb_shared(value) -> bytes:
+    # Reads run without the write lock, so they may not use the writers' packer.
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def hash_input(pack: Callable, sequence: int, event_type: str, payload: bytes, ts: int,
+               prev_hash: bytes) -> bytes:
+    """msgpack([sequence, type, payload, ts, prev_hash]) with the payload already canonical bytes.
+
+    An event's hash is sha256 of this array. It is assembled from parts so the
+    stored payload bytes are not decoded and packed again.
+    """
+    return b"".join((_EV_PREFIX, pack(sequence), pack(event_type), payload, pack(ts),
+                     pack(prev_hash)))
+
+
+def as_event(e: tuple) -> Event:
+    """The API's Event for an EV_APPEND effect."""
+    return Event(e[EV_SEQ], e[EV_TYPE], _unpackb(e[EV_PAYLOAD], raw=False), e[EV_TS],
+                 e[EV_PREV_HASH], e[EV_HASH])
+
+
+class EventOps:
+    """The event operations of the engine."""
+
+    clock: Callable[[], int]
+
+    def ev_append(self, run: str, event_type: str, payload) -> Event:
+        r = self._writable(run)
+        check_key(event_type, "event type")
+        data = self._encode(canonical(payload) if type(payload) in (dict, list) else payload)
+        seq = len(r.events)
+        prev = r.events[-1][EV_HASH] if seq else ZERO_HASH
+        ts = self.clock()
+        h = _sha256(hash_input(_packb, seq, event_type, data, ts, prev)).digest()
+        self._commit(r, (EV_APPEND, seq, event_type, data, ts, prev, h))
+        # The caller's own payload object: the stored copy is the packed bytes,
+        # so nothing the caller does to it later can reach the log.
+        return Event(seq, event_type, payload, ts, prev, h)
+
+    def ev_read(self, run: str, sequence: int) -> Event | None:
+        r = self._run(run)
+        if type(sequence) is not int:
+            raise InvalidValue("sequence must be an int")
+        if 0 <= sequence < len(r.events):
+            return as_event(r.events[sequence])
+        return None
+
+    def ev_range(self, run: str, start: int, end: int) -> list[Event]:
+        r = self._run(run)
+        if type(start) is not int or type(end) is not int:
+            raise InvalidValue("start and end must be ints")
+        start = max(start, 0)
+        return [as_event(e) for e in r.events[start:max(end, start)]]
+
+    def ev_head(self, run: str) -> Event | None:
+        r = self._run(run)
+        return as_event(r.events[-1]) if r.events else None
+
+    def ev_count(self, run: str) -> int:
+        return len(self._run(run).events)
+
+    def ev_by_type(self, run: str, event_type: str) -> list[Event]:
+        r = self._run(run)
+        check_key(event_type, "event type")
+        events = r.events
+        return [as_event(events[s]) for s in r.events_by_type.get(event_type, ())]
+
+    def ev_verify(self, run: str) -> ChainCheck:
+        r: RunData = self._run(run)
+        n = len(r.events)
+        prev = ZERO_HASH
+        for i, e in enumerate(r.events):
+            if e[EV_SEQ] != i:
+                return ChainCheck(False, n, i, f"event {i} has sequence {e[EV_SEQ]}")
+            if e[EV_PREV_HASH] != prev:
+                return ChainCheck(False, n, i, f"event {i}: prev_hash does not match")
+            body = hash_input(_packb_shared, e[EV_SEQ], e[EV_TYPE], e[EV_PAYLOAD], e[EV_TS],
+                              e[EV_PREV_HASH])
+            if _sha256(body).digest() != e[EV_HASH]:
+                return ChainCheck(False, n, i, f"event {i}: hash does not match")
+            prev = e[EV_HASH]
+        return ChainCheck(True, n, None, None)

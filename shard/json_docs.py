@@ -1,0 +1,105 @@
+"""JSON document operations of a run: whole documents, and edits at a path.
+
+`JsonOps` is one of the parts the `Engine` is assembled from. A document's
+entry is the last JS_PUT or JS_DEL effect on its key (`shard.effects`: KEY,
+VALUE, VERSION, TS); every edit stores the whole document again, with the
+next version. Paths are parsed and walked by `shard.jsonpath`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import msgpack
+
+from inmem.values import check_key, check_value
+
+from . import jsonpath
+from .effects import JS_DEL, JS_PUT, VALUE, VERSION
+from .runs import RunData
+
+_unpackb = msgpack.unpackb
+
+
+def _doc(r: RunData, key: str) -> tuple:
+    """(the document decoded or None, the slot's version) of `key`."""
+    e = r.json.get(key)
+    if e is None:
+        return None, 0
+    data = e[VALUE]
+    return (None if data is None else _unpackb(data, raw=False)), e[VERSION]
+
+
+class JsonOps:
+    """The JSON document operations of the engine."""
+
+    clock: Callable[[], int]
+
+    def _js_write(self, r: RunData, key: str, doc, version: int) -> int:
+        data = self._encode(doc)
+        self._commit(r, (JS_PUT, key, data, version + 1, self.clock()))
+        return version + 1
+
+    def js_put(self, run: str, key: str, doc) -> int:
+        r = self._writable(run)
+        check_key(key)
+        e = r.json.get(key)
+        return self._js_write(r, key, doc, 0 if e is None else e[VERSION])
+
+    def js_get(self, run: str, key: str, path: str = "$"):
+        r = self._run(run)
+        check_key(key)
+        steps = jsonpath.parse(path)
+        doc, _ = _doc(r, key)
+        if doc is None:
+            return None
+        return jsonpath.get(doc, steps, path)
+
+    def js_set(self, run: str, key: str, path: str, value) -> int:
+        r = self._writable(run)
+        check_key(key)
+        steps = jsonpath.parse(path)
+        check_value(value)
+        doc, version = _doc(r, key)
+        doc = jsonpath.set_(doc, steps, value, path)
+        return self._js_write(r, key, doc, version)
+
+    def js_delete(self, run: str, key: str, path: str = "$") -> bool:
+        r = self._writable(run)
+        check_key(key)
+        steps = jsonpath.parse(path)
+        doc, version = _doc(r, key)
+        if doc is None:
+            return False
+        if not steps:
+            self._commit(r, (JS_DEL, key, None, version + 1, self.clock()))
+            return True
+        if not jsonpath.delete(doc, steps, path):
+            return False
+        self._js_write(r, key, doc, version)
+        return True
+
+    def js_push(self, run: str, key: str, path: str, value) -> int:
+        r = self._writable(run)
+        check_key(key)
+        steps = jsonpath.parse(path)
+        check_value(value)
+        doc, version = _doc(r, key)
+        doc, arr = jsonpath.array_at(doc, steps, path, create=True)
+        arr.append(value)
+        self._js_write(r, key, doc, version)
+        return len(arr)
+
+    def js_pop(self, run: str, key: str, path: str):
+        r = self._writable(run)
+        check_key(key)
+        steps = jsonpath.parse(path)
+        doc, version = _doc(r, key)
+        if doc is None:
+            return None
+        doc, arr = jsonpath.array_at(doc, steps, path, create=False)
+        if not arr:
+            return None
+        value = arr.pop()
+        self._js_write(r, key, doc, version)
+        return value

@@ -1,0 +1,172 @@
+"""Runs on a shard: what one run holds (`RunData`) and the run lifecycle operations.
+
+`RunOps` is one of the parts the `Engine` is assembled from: beginning a run,
+moving it through its statuses (`shard.lifecycle` has the transition table),
+listing, reading and deleting runs. It uses the engine plumbing (`_commit`,
+`_log`, `_encode`, `_run`, `_check_text`, the clock) that `shard.engine`
+defines.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Callable
+
+import msgpack
+
+from inmem.errors import InvalidValue, RunExists
+from inmem.types import RunInfo
+from inmem.values import check_key
+
+from .effects import RUN_CREATE, RUN_DELETE, RUN_STATUS
+from .lifecycle import STATUSES, check_transition
+from .search_index import SearchIndex
+
+_unpackb = msgpack.unpackb
+
+
+class RunData:
+    """Everything one run holds on its shard."""
+
+    __slots__ = ("run_id", "name", "parent", "tags", "metadata", "status", "created_at",
+                 "updated_at", "ended_at", "error", "orphaned", "kv", "state", "json",
+                 "events", "events_by_type", "traces", "trace_order", "traces_by_type",
+                 "traces_by_tag", "trace_roots", "trace_children", "journal")
+
+    def __init__(self, eff: tuple):
+        """A new active run from its RUN_CREATE effect (the first entry of its journal)."""
+        _, self.run_id, self.name, self.parent, tags, self.metadata, ts = eff
+        self.tags = tuple(tags)
+        self.status = "active"
+        self.created_at = self.updated_at = ts
+        self.ended_at = None
+        self.error = None
+        self.orphaned = False
+        #: KV, state and JSON entries: key -> the last effect on that key
+        self.kv: dict = {}
+        self.state: dict = {}
+        self.json: dict = {}
+        #: EV_APPEND effects by sequence, and the sequences of each event type
+        self.events: list = []
+        self.events_by_type: dict = {}
+        #: TR_ADD effects by id, and trace ids in order, by type, by tag, by parent
+        self.traces: dict = {}
+        self.trace_order: list = []
+        self.traces_by_type: dict = {}
+        self.traces_by_tag: dict = {}
+        self.trace_roots: list = []
+        self.trace_children: dict = {}
+        #: every effect committed to the run, in order (replay folds it)
+        self.journal: list = [eff]
+
+    def info(self) -> RunInfo:
+        return RunInfo(self.run_id, self.name, self.parent,
+                       "orphaned" if self.orphaned else self.status, list(self.tags),
+                       None if self.metadata is None else _unpackb(self.metadata, raw=False),
+                       self.created_at, self.updated_at, self.ended_at, self.error)
+
+
+class RunOps:
+    """The run operations of the engine."""
+
+    runs: dict[str, RunData]
+    clock: Callable[[], int]
+    log: list | None
+    index: SearchIndex
+
+    def begin_run(self, name: str | None = None, run_id: str | None = None,
+                  parent: str | None = None, tags=(), metadata=None) -> str:
+        if run_id is None:
+            run_id = uuid.uuid4().hex
+        else:
+            check_key(run_id, "run id")
+        if run_id in self.runs:
+            raise RunExists(f"run {run_id!r} already exists", run_id=run_id)
+        if name is not None:
+            check_key(name, "run name")
+        if parent is not None:
+            check_key(parent, "parent run id")
+        tags = check_tags(tags)
+        meta = None if metadata is None else self._encode(metadata)
+        eff = (RUN_CREATE, run_id, name, parent, tags, meta, self.clock())
+        if self.log is not None:
+            self._log(run_id, (eff,))
+        r = RunData(eff)
+        self.runs[run_id] = r
+        return run_id
+
+    def set_status(self, run: str, status: str, error=None) -> str:
+        r = self._run(run)
+        if status not in STATUSES:
+            raise InvalidValue(f"unknown run status {status!r}")
+        check_transition(r.status, status)
+        if error is not None:
+            error = self._check_text(as_reason(error), "the reason")
+        self._commit(r, (RUN_STATUS, status, self.clock(), error))
+        return status
+
+    def end_run(self, run: str) -> str:
+        return self.set_status(run, "completed")
+
+    def abort_run(self, run: str, reason=None) -> str:
+        return self.set_status(run, "failed", "" if reason is None else reason)
+
+    def run_status(self, run: str) -> str:
+        r = self.runs.get(run) if type(run) is str else None
+        if r is None:
+            return "not_found"
+        return "orphaned" if r.orphaned else r.status
+
+    def run_get(self, run: str) -> RunInfo | None:
+        r = self.runs.get(run) if type(run) is str else None
+        return None if r is None else r.info()
+
+    def run_list(self, status: str | None = None, tag: str | None = None,
+                 parent: str | None = None) -> list[RunInfo]:
+        out = []
+        for r in self.runs.values():
+            if status is not None and status != ("orphaned" if r.orphaned else r.status):
+                continue
+            if tag is not None and tag not in r.tags:
+                continue
+            if parent is not None and r.parent != parent:
+                continue
+            out.append(r)
+        out.sort(key=_creation_order)
+        return [r.info() for r in out]
+
+    def run_delete(self, run: str) -> bool:
+        if type(run) is not str or run not in self.runs:
+            return False
+        if self.log is not None:
+            self._log(run, ((RUN_DELETE, run, self.clock()),))
+        del self.runs[run]
+        self.index.drop_run(run)
+        return True
+
+    def orphaned_runs(self) -> list[str]:
+        return [r.run_id for r in sorted(self.runs.values(), key=_creation_order) if r.orphaned]
+
+
+def _creation_order(r: RunData) -> tuple:
+    return (r.created_at, r.run_id)
+
+
+def as_reason(reason) -> str:
+    """The text kept as a run's error: a str, or the message of an exception or a number."""
+    if type(reason) is str:
+        return reason
+    if isinstance(reason, BaseException) or type(reason) in (int, float, bool):
+        return str(reason)
+    raise InvalidValue(f"a reason must be a str (or an exception), got {type(reason).__name__}")
+
+
+def check_tags(tags) -> tuple:
+    """`tags` as a tuple when it is a list or tuple of valid tag strings."""
+    if type(tags) not in (list, tuple):
+        raise InvalidValue(f"tags must be a list or tuple of str, got {type(tags).__name__}")
+    for t in tags:
+        if type(t) is not str:
+            raise InvalidValue(f"tags must be a list or tuple of str, one is a {type(t).__name__}")
+        check_key(t, "tag")
+    return tuple(tags)

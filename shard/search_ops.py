@@ -1,0 +1,89 @@
+"""Search operations of a shard: the engine's side of a cluster-wide BM25 search.
+
+`SearchOps` is one of the parts the `Engine` is assembled from. The index
+itself (`shard.search_index`) is built from the runs' journals and never
+stored; these operations bring it up to date within a time budget, report
+this shard's term statistics, answer a query scored with the statistics of
+every shard, and cut snippets from the matched entries.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from inmem.errors import InvalidValue
+
+from .effects import EV_PAYLOAD, EV_TYPE, TR_DATA, TR_TYPE, VALUE
+from .runs import RunData
+from .search_index import PRIMITIVES, SearchIndex, _packed_text, snippet
+
+
+class SearchOps:
+    """The search operations of the engine."""
+
+    runs: dict[str, RunData]
+    clock: Callable[[], int]
+    index: SearchIndex
+
+    def search_stats(self, terms: list[str], budget_ms: float | None = None) -> list:
+        """[docs, total length, {term: df}, index complete] of this shard."""
+        terms = _check_terms(terms)
+        complete = self.index.catch_up(self.runs, self.clock(), _deadline(budget_ms))
+        return [*self.index.stats(terms), complete]
+
+    def index_step(self, max_ms: float) -> bool:
+        """Background work: bring the search index up to date for at most `max_ms`."""
+        return self.index.catch_up(self.runs, self.clock(), time.monotonic() + max_ms / 1000)
+
+    def search_query(self, terms: list[str], n_docs: int, total_len: int, dfs: dict,
+                     run: str | None = None, primitives: list[str] | None = None, top: int = 10,
+                     budget_ms: float | None = None) -> list:
+        """[[primitive, run, ref, score, snippet], ...], match count, whether the answer is partial."""
+        terms = _check_terms(terms)
+        if primitives is not None:
+            if type(primitives) not in (list, tuple) or not set(primitives) <= set(PRIMITIVES):
+                raise InvalidValue(f"primitives must be a subset of {PRIMITIVES}")
+        if type(top) is not int or top < 0:
+            raise InvalidValue("top must be an int >= 0")
+        if type(dfs) is not dict or type(n_docs) is not int or type(total_len) is not int:
+            raise InvalidValue("search statistics are malformed")
+        deadline = _deadline(budget_ms)
+        complete = self.index.catch_up(self.runs, self.clock(), deadline)
+        hits, matches, exhausted = self.index.query(terms, n_docs, total_len, dfs, run, primitives,
+                                                    top, deadline)
+        exhausted = exhausted or not complete
+        out = [[prim, run_id, ref, score, snippet(self._doc_texts(prim, run_id, ref), terms)]
+               for score, prim, run_id, ref in hits]
+        return [out, matches, exhausted]
+
+    def _doc_texts(self, prim: str, run_id: str, ref) -> list[str]:
+        """The texts of one matched document, for its snippet."""
+        r = self.runs.get(run_id)
+        if r is None:
+            return []
+        if prim == "runs":
+            return [t for t in (r.name, *r.tags) if t]
+        if prim == "events":
+            e = r.events[ref]
+            return [e[EV_TYPE], *_packed_text(e[EV_PAYLOAD])]
+        if prim == "traces":
+            e = r.traces[ref]
+            return [e[TR_TYPE], *_packed_text(e[TR_DATA])]
+        table = {"kv": r.kv, "json": r.json, "state": r.state}[prim]
+        e = table.get(ref)
+        return [] if e is None else _packed_text(e[VALUE])
+
+
+def _deadline(budget_ms) -> float | None:
+    if budget_ms is None:
+        return None
+    if type(budget_ms) not in (int, float) or budget_ms < 0:
+        raise InvalidValue("budget_ms must be a number >= 0")
+    return time.monotonic() + budget_ms / 1000
+
+
+def _check_terms(terms) -> list[str]:
+    if type(terms) not in (list, tuple) or not all(type(t) is str for t in terms):
+        raise InvalidValue("search terms must be a list of str")
+    return list(terms)

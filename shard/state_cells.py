@@ -1,0 +1,77 @@
+"""State cell operations of a run: named values changed by version (compare-and-set).
+
+`StateOps` is one of the parts the `Engine` is assembled from. A cell's entry
+is the last ST_PUT or ST_DEL effect on its name (`shard.effects`: KEY, VALUE,
+VERSION, TS); a deleted cell keeps counting versions.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import msgpack
+
+from inmem.errors import InvalidValue, StateExists, VersionMismatch
+from inmem.types import State
+from inmem.values import check_key
+
+from .effects import ST_DEL, ST_PUT, TS, VALUE, VERSION
+from .runs import RunData
+
+_unpackb = msgpack.unpackb
+
+
+def _live(r: RunData, name: str) -> tuple | None:
+    """The cell's entry when it holds a value (not deleted)."""
+    e = r.state.get(name)
+    return None if e is None or e[VALUE] is None else e
+
+
+class StateOps:
+    """The state cell operations of the engine."""
+
+    clock: Callable[[], int]
+
+    def st_init(self, run: str, name: str, value) -> int:
+        r = self._writable(run)
+        check_key(name, "state name")
+        if _live(r, name) is not None:
+            raise StateExists(f"state cell {name!r} already exists in run {run!r}")
+        return self._st_put(r, name, value)
+
+    def _st_put(self, r: RunData, name: str, value) -> int:
+        data = self._encode(value)
+        old = r.state.get(name)
+        version = 1 if old is None else old[VERSION] + 1
+        self._commit(r, (ST_PUT, name, data, version, self.clock()))
+        return version
+
+    def st_read(self, run: str, name: str) -> State | None:
+        r = self._run(run)
+        e = _live(r, check_key(name, "state name"))
+        return None if e is None else State(_unpackb(e[VALUE], raw=False), e[VERSION], e[TS])
+
+    def st_set(self, run: str, name: str, value) -> int:
+        r = self._writable(run)
+        check_key(name, "state name")
+        return self._st_put(r, name, value)
+
+    def st_cas(self, run: str, name: str, expected_version: int, value) -> int:
+        r = self._writable(run)
+        check_key(name, "state name")
+        if type(expected_version) is not int:
+            raise InvalidValue("expected_version must be an int")
+        e = _live(r, name)
+        actual = 0 if e is None else e[VERSION]
+        if actual != expected_version:
+            raise VersionMismatch(expected_version, actual)
+        return self._st_put(r, name, value)
+
+    def st_delete(self, run: str, name: str) -> bool:
+        r = self._writable(run)
+        check_key(name, "state name")
+        e = _live(r, name)
+        if e is None:
+            return False
+        self._commit(r, (ST_DEL, name, None, e[VERSION] + 1, self.clock()))
+        return True
