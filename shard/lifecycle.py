@@ -1,4 +1,4 @@
-"""The run lifecycle: statuses and the transition table of API.md.
+"""The run lifecycle: the statuses a run can have and the transitions between them.
 
 "orphaned" is not a stored status: it is an active run that a recovery found
 without an end, reported as such until the run moves on.

@@ -159,6 +159,8 @@ class SearchIndex:
             index_effect = self._index_effect
             textish = _TEXTISH
             docs = self.docs
+            # Field positions as locals too: this loop runs once per journal entry.
+            code, key, value, expires = CODE, KEY, VALUE, EXPIRES
             i = done
             while i < end:
                 stop = end if deadline is None else min(end, i + 256)
@@ -166,8 +168,8 @@ class SearchIndex:
                     eff = journal[j]
                     # Fast skip: a KV write whose value holds no text and replaces
                     # no indexed document (the bulk of a rebuild of binary data).
-                    if eff[CODE] == KV_PUT and eff[EXPIRES] is None \
-                            and not textish[eff[VALUE][0]] and ("kv", run_id, eff[KEY]) not in docs:
+                    if eff[code] == KV_PUT and eff[expires] is None \
+                            and not textish[eff[value][0]] and ("kv", run_id, eff[key]) not in docs:
                         continue
                     index_effect(run_id, r, eff)
                 i = stop
