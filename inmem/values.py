@@ -18,7 +18,8 @@ INT64_MAX = 2**63 - 1
 #: nesting deeper than this is refused rather than risking a RecursionError
 DEPTH_MAX = 256
 
-_SCALARS = frozenset((str, bytes, float, bool, type(None)))
+#: types every value of which is in the value model (an int is not: it must fit 64 bits)
+ALWAYS_VALID_TYPES = frozenset((str, bytes, float, bool, type(None)))
 
 
 def check_key(key, what: str = "key") -> str:
@@ -59,7 +60,7 @@ def check_value(value) -> None:
     limit rather than a RecursionError.
     """
     t = type(value)
-    if t in _SCALARS:
+    if t in ALWAYS_VALID_TYPES:
         return
     if t is int:
         _check_int(value)
@@ -85,7 +86,7 @@ def check_value(value) -> None:
             raise InvalidValue(f"{t.__name__} is not a storable value "
                                "(use None, bool, int, float, str, bytes, list or dict)")
         for item in items:
-            if type(item) not in _SCALARS:
+            if type(item) not in ALWAYS_VALID_TYPES:
                 push((item, depth + 1))
 
 

@@ -43,7 +43,7 @@ import msgpack
 
 from inmem.errors import InmemError, InvalidKey, InvalidValue, RunNotActive, RunNotFound, ValueTooLarge
 from inmem.ops import OPS
-from inmem.values import _SCALARS, DEFAULT_MAX_VALUE_BYTES, check_value
+from inmem.values import ALWAYS_VALID_TYPES, DEFAULT_MAX_VALUE_BYTES, check_value
 
 from .effects import APPLY, CODE, GROUP_BYTES_MAX
 from .events import EventOps
@@ -159,7 +159,7 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
 
     def _encode(self, value) -> bytes:
         """Validate and encode a value with the engine's own packer (writes are serialised)."""
-        if type(value) not in _SCALARS:
+        if type(value) not in ALWAYS_VALID_TYPES:
             check_value(value)
         try:
             data = self._pack(value)

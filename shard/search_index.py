@@ -76,7 +76,7 @@ def _strings(value, out: list) -> list:
 _TEXTISH = bytes(1 if 0x80 <= b <= 0xbf or 0xd9 <= b <= 0xdf else 0 for b in range(256))
 
 
-def _packed_text(data) -> list:
+def packed_text(data) -> list:
     """Strings inside a packed value."""
     if not data or not _TEXTISH[data[0]]:
         return []
@@ -189,24 +189,24 @@ class SearchIndex:
         code = eff[CODE]
         if code == KV_PUT:
             doc = ("kv", run_id, eff[KEY])
-            self._put(doc, _packed_text(eff[VALUE]))
+            self._put(doc, packed_text(eff[VALUE]))
             if eff[EXPIRES] is not None:
                 heapq.heappush(self.expiring, (eff[EXPIRES], doc, eff))
         elif code == KV_DEL:
             self._remove(("kv", run_id, eff[KEY]))
         elif code == JS_PUT:
-            self._put(("json", run_id, eff[KEY]), _packed_text(eff[VALUE]))
+            self._put(("json", run_id, eff[KEY]), packed_text(eff[VALUE]))
         elif code == JS_DEL:
             self._remove(("json", run_id, eff[KEY]))
         elif code == ST_PUT:
-            self._put(("state", run_id, eff[KEY]), _packed_text(eff[VALUE]))
+            self._put(("state", run_id, eff[KEY]), packed_text(eff[VALUE]))
         elif code == ST_DEL:
             self._remove(("state", run_id, eff[KEY]))
         elif code == EV_APPEND:
             self._put(("events", run_id, eff[EV_SEQ]),
-                      [eff[EV_TYPE], *_packed_text(eff[EV_PAYLOAD])])
+                      [eff[EV_TYPE], *packed_text(eff[EV_PAYLOAD])])
         elif code == TR_ADD:
-            self._put(("traces", run_id, eff[TR_ID]), [eff[TR_TYPE], *_packed_text(eff[TR_DATA])])
+            self._put(("traces", run_id, eff[TR_ID]), [eff[TR_TYPE], *packed_text(eff[TR_DATA])])
         elif code == RUN_CREATE or code == RUN_STATUS:
             self._put(("runs", run_id, run_id), [t for t in (r.name, *r.tags) if t])
 

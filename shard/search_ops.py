@@ -16,7 +16,7 @@ from inmem.errors import InvalidValue
 
 from .effects import EV_PAYLOAD, EV_TYPE, TR_DATA, TR_TYPE, VALUE
 from .runs import RunData
-from .search_index import PRIMITIVES, SearchIndex, _packed_text, snippet
+from .search_index import PRIMITIVES, SearchIndex, packed_text, snippet
 
 
 class SearchOps:
@@ -66,13 +66,13 @@ class SearchOps:
             return [t for t in (r.name, *r.tags) if t]
         if prim == "events":
             e = r.events[ref]
-            return [e[EV_TYPE], *_packed_text(e[EV_PAYLOAD])]
+            return [e[EV_TYPE], *packed_text(e[EV_PAYLOAD])]
         if prim == "traces":
             e = r.traces[ref]
-            return [e[TR_TYPE], *_packed_text(e[TR_DATA])]
+            return [e[TR_TYPE], *packed_text(e[TR_DATA])]
         table = {"kv": r.kv, "json": r.json, "state": r.state}[prim]
         e = table.get(ref)
-        return [] if e is None else _packed_text(e[VALUE])
+        return [] if e is None else packed_text(e[VALUE])
 
 
 def _deadline(budget_ms) -> float | None:
