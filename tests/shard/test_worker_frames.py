@@ -39,12 +39,18 @@ class Socket:
         pass
 
 
-@pytest.fixture(params=["buffered", "strict"])
-def worker(request, tmp_path):
-    spec = config.load(None, data_dir=str(tmp_path), durability=request.param)
+def _open_worker(tmp_path, durability: str, **overrides) -> worker_mod.Worker:
+    """A worker on a store under tmp_path, with a socket that only records what is sent."""
+    spec = config.load(None, data_dir=str(tmp_path), durability=durability, **overrides)
     w = worker_mod.Worker(spec, 0)
     w.open()
     w.sock = Socket()
+    return w
+
+
+@pytest.fixture(params=["buffered", "strict"])
+def worker(request, tmp_path):
+    w = _open_worker(tmp_path, request.param)
 
     def _exit(code):
         raise FailStop(code)
@@ -141,10 +147,7 @@ def test_a_failed_wal_ends_the_worker_with_the_durability_exit_code(worker, monk
 
 
 def test_a_buffered_worker_whose_flusher_failed_exits_at_its_next_turn(tmp_path):
-    spec = config.load(None, data_dir=str(tmp_path), durability="buffered")
-    w = worker_mod.Worker(spec, 0)
-    w.open()
-    w.sock = Socket()
+    w = _open_worker(tmp_path, "buffered")
     codes = []
 
     def _exit(code):
@@ -169,11 +172,7 @@ def test_a_buffered_worker_whose_flusher_failed_exits_at_its_next_turn(tmp_path)
 def test_a_buffered_worker_flushes_from_its_own_loop_not_a_thread(tmp_path):
     """One thread owns socket, engine and WAL: the buffered flush is the loop's tick."""
     import threading
-    spec = config.load(None, data_dir=str(tmp_path), durability="buffered",
-                       flush_interval_ms=50, max_pending_writes=1000)
-    w = worker_mod.Worker(spec, 0)
-    w.open()
-    w.sock = Socket()
+    w = _open_worker(tmp_path, "buffered", flush_interval_ms=50, max_pending_writes=1000)
     try:
         assert not [t for t in threading.enumerate() if t.name.startswith("inmem-wal-flush")]
         writer = w.store.writer
@@ -192,11 +191,7 @@ def test_a_buffered_worker_flushes_from_its_own_loop_not_a_thread(tmp_path):
 
 
 def test_a_full_buffered_batch_is_flushed_at_the_next_tick(tmp_path):
-    spec = config.load(None, data_dir=str(tmp_path), durability="buffered",
-                       flush_interval_ms=60_000, max_pending_writes=10)
-    w = worker_mod.Worker(spec, 0)
-    w.open()
-    w.sock = Socket()
+    w = _open_worker(tmp_path, "buffered", flush_interval_ms=60_000, max_pending_writes=10)
     try:
         w.process([_op(1, "run.begin", [None, "r"])])
         w.process([_op(10 + i, "kv.put", ["r", f"k{i}", i, None]) for i in range(10)])
