@@ -1,6 +1,6 @@
 """Data and loops shared by the tiers: keys, values, text, bulk loads, and KV loops for every peer.
 
-Keys are 16-byte strings and values raw bytes, the shape DESIGN.md measured
+Keys are 16-byte strings and values raw bytes, the shape every peer is measured with
 (16 B keys, 100 B values). The same index-to-key mapping (`keys[i % len]`)
 drives our loop and every peer's, so all of them touch the same key sequence.
 

@@ -33,7 +33,7 @@ from .files import make_dirs, private_opener
 
 
 class Cluster:
-    """A local cluster in child processes, for tests and embedding (see API.md)."""
+    """A local cluster in child processes, for tests and embedding."""
 
     def __init__(self, config=None, data_dir=None, shards=None, durability=None, *,
                  ready_timeout: float = 60.0, **overrides):

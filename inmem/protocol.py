@@ -527,7 +527,7 @@ def merge_fanout(op: str, results: list):
     """One answer from every shard's answer, in an order that does not depend on timing."""
     if op == "run.list":
         merged = [r for part in results for r in part]
-        merged.sort(key=lambda r: (r[6], r[0]))  # created_at, then run_id, as API.md says
+        merged.sort(key=lambda r: (r[6], r[0]))  # created_at, then run_id: the documented order
         return merged
     if op == "run.orphaned":
         # The shards are asked for their orphaned RunInfos (see fanout_request) so

@@ -11,7 +11,7 @@ it, because they are what the store costs.
 Cases: `inmem` (an in-memory embedded store, one run, each key written
 once), `inmem_history5` (each key written five times: the run's journal
 keeps every write, so this shows what history costs), `dict` (str -> bytes,
-the floor DESIGN.md measured) and `dict_tuple` (str -> (value, version,
+the floor a plain dict sets) and `dict_tuple` (str -> (value, version,
 timestamp)). Redis is measured in its own server process: `used_memory` and
 the server's RSS before and after loading the same keys.
 """

@@ -1,1 +1,1 @@
-"""API tests: the public contract of API.md, run against every backend."""
+"""API tests: the public contract of the Database, run against every backend."""
