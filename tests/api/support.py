@@ -18,7 +18,7 @@ ZERO_HASH = bytes(32)
 
 STATUSES = ("active", "paused", "completed", "failed", "cancelled", "archived")
 
-#: the transition table of API.md; every pair not listed is refused
+#: the documented transition table; every pair not listed is refused
 ALLOWED = {
     "active": {"paused", "completed", "failed", "cancelled", "archived"},
     "paused": {"active", "cancelled", "archived"},

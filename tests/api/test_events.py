@@ -1,5 +1,5 @@
 """Events: append-only, per-run, hash-chained; the hash is recomputed here
-from the recipe in API.md."""
+from the documented recipe."""
 
 from __future__ import annotations
 

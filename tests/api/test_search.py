@@ -2,7 +2,7 @@
 contributes, filters, paging, and how writes, deletes, expiry and recovery
 change the results.
 
-Scores are computed here from the formula of API.md, independently of the
+Scores are computed here from the documented BM25 formula, independently of the
 engine: k1 = 1.2, b = 0.75, idf = ln(1 + (N - n + 0.5) / (n + 0.5)), with N
 the number of documents, n the number holding the term and avgdl their mean
 length in tokens, all over the whole store. A document is one (primitive,

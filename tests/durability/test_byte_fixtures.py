@@ -1,7 +1,7 @@
 """Byte-level damage to a real store's files, recovered through `inmem.open`.
 
 Each test builds a store with the crash workload, damages its files by hand
-(records are located with the layout of DESIGN.md section 6, parsed here with
+(records are located with the documented record layout, parsed here with
 struct, not with the project's reader) and opens it as an application would:
 torn tails cut at every offset of the last record, flipped bits in a record,
 in a snapshot header and in a snapshot section, a missing segment, empty and

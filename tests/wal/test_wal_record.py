@@ -1,4 +1,4 @@
-"""The record encoder against the on-disk layout of DESIGN.md section 6."""
+"""The record encoder against the documented on-disk record layout."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Helpers for the WAL tests: records built byte by byte, segment files, polling.
 
 Records here are assembled with struct and crc32c directly from the layout in
-DESIGN.md section 6, not with `wal.record`, so the tests check the encoder
+the documented record layout, not with `wal.record`, so the tests check the encoder
 against the format instead of against itself.
 """
 
