@@ -1,8 +1,8 @@
-"""Helpers for the WAL tests: records built byte by byte, segment files, polling.
+"""Helpers for the WAL tests: records built byte by byte, segment files.
 
-Records here are assembled with struct and crc32c directly from the layout in
-the documented record layout, not with `wal.record`, so the tests check the encoder
-against the format instead of against itself.
+Records here are assembled with struct and crc32c directly from the documented
+record layout, not with `wal.record`, so the tests check the encoder against
+the format instead of against itself.
 """
 
 from __future__ import annotations
