@@ -84,7 +84,7 @@ class DurableStore:
         if not self._strict:
             writer.before_flush = self._emit_from_flusher
         #: buffered without a flusher thread: the owner's tick() flushes
-        self._owner_flushes = not self._strict and writer._thread is None
+        self._owner_flushes = not self._strict and not writer.has_flusher
         self._flush_interval_s = options["flush_interval_ms"] / 1000
         self._flush_at: float | None = None
         self._bytes_since_snapshot = 0

@@ -548,6 +548,11 @@ class WalWriter:
         return self._next_lsn
 
     @property
+    def has_flusher(self) -> bool:
+        """A background thread flushes this buffered writer (else its owner calls flush)."""
+        return self._thread is not None
+
+    @property
     def failed(self) -> bool:
         return self._error is not None
 

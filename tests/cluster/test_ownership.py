@@ -20,6 +20,7 @@ import pytest
 
 import inmem
 from inmem.coordinator.config import ConfigError, load, socket_dir
+from file_modes import modes_under
 
 from .test_cli import Serve, _inmem
 
@@ -130,14 +131,6 @@ def test_a_symlink_as_runtime_directory_is_refused(tmp_path):
         os.unlink(runtime)
 
 
-def modes_under(root) -> dict[str, int]:
-    found = {}
-    for directory, _, files in os.walk(root):
-        for path in [directory] + [os.path.join(directory, f) for f in files]:
-            st = os.lstat(path)
-            if not stat.S_ISSOCK(st.st_mode):
-                found[os.path.relpath(path, root)] = stat.S_IMODE(st.st_mode)
-    return found
 
 
 def test_a_cluster_writes_only_private_files_whatever_the_umask(make_cluster, tmp_path):

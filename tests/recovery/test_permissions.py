@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import stat
 
 import pytest
 
@@ -12,6 +11,7 @@ from inmem.coordinator.config import load
 from inmem.coordinator.slotmap import SlotMap
 from inmem.processes import exit_note_path, write_exit_note
 from inmem.wal.segment import list_segments
+from file_modes import modes_under
 
 
 @pytest.fixture(params=[0o000, 0o022, 0o277], ids=["umask000", "umask022", "umask277"])
@@ -21,15 +21,6 @@ def umask(request):
     os.umask(old)
 
 
-def modes_under(root) -> dict[str, int]:
-    """Permission bits of everything under `root` (itself included), sockets left out."""
-    found = {}
-    for directory, dirs, files in os.walk(root):
-        for path in [directory] + [os.path.join(directory, f) for f in files]:
-            st = os.lstat(path)
-            if not stat.S_ISSOCK(st.st_mode):
-                found[os.path.relpath(path, root)] = stat.S_IMODE(st.st_mode)
-    return found
 
 
 def assert_private(root) -> None:
