@@ -29,3 +29,16 @@ def test_layer_is_not_a_top_level_package(layer, tmp_path):
 def test_layer_imports_under_inmem(module, tmp_path):
     proc = _python(f"import {module}", tmp_path)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_base_install_needs_four_runtime_dependencies():
+    from importlib.metadata import requires
+    base = [r for r in requires("inmem") if "extra ==" not in r]
+    assert sorted(r.split(">")[0].split("=")[0].strip() for r in base) == [
+        "crc32c", "msgpack", "psutil", "pyzmq"]
+
+
+def test_langgraph_extra_brings_langgraph():
+    from importlib.metadata import requires
+    extra = [r.split(";")[0].strip() for r in requires("inmem") if 'extra == "langgraph"' in r]
+    assert {r.split(">")[0] for r in extra} == {"langgraph", "langgraph-checkpoint"}

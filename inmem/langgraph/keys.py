@@ -1,0 +1,96 @@
+"""Where LangGraph's data lives in inmem: run ids and the key layout inside a run.
+
+A LangGraph thread is one inmem run, `<prefix>thread:<thread_id>`, so every
+checkpoint of the thread, every namespace, blob and pending write sits on
+the shard that owns that run id, and reading a thread is reading one run.
+The run is created "paused" on the thread's first write: paused runs accept
+writes and are never reported as orphaned after a restart, which suits a
+thread that lives across many invocations.
+
+Inside a thread's run (`ns` and channel names escaped by `esc`; the root
+namespace is the empty string, so its keys read `checkpoint//<id>`):
+
+| primitive | key                               | value                                            |
+|-----------|-----------------------------------|--------------------------------------------------|
+| kv        | `checkpoint/<ns>/<checkpoint_id>` | the record (see `Record`)                        |
+| kv        | `head/<ns>`                       | the newest checkpoint's record, for get_tuple    |
+| kv        | `blob/<ns>/<channel>/<version>`   | [serde type, bytes] of one channel value         |
+| json      | `writes/<ns>/<checkpoint_id>`     | {"<task_id>/<idx>": [task, channel, type, bytes, task_path, idx]} |
+
+Checkpoint ids are time-ordered (uuid6), so the keys of one namespace sort
+oldest to newest. Channel values are stored once per version and shared by
+every checkpoint that points at that version; pending writes of a task are
+set each at its own path, so concurrent tasks never overwrite each other.
+
+One more run, `<prefix>runs`, holds a JSON document per LangGraph run id
+listing the threads that have checkpoints of it, so `delete_for_runs`
+visits those threads only. The long-term store is one run of its own
+(`<prefix>store` by default; see `store.py`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+DEFAULT_PREFIX = "langgraph:"
+
+
+def esc(text: str) -> str:
+    """`text` with '%', '/' and ':' escaped, so '/' only ever separates key parts."""
+    return text.replace("%", "%25").replace("/", "%2F").replace(":", "%3A")
+
+
+def unesc(text: str) -> str:
+    return text.replace("%3A", ":").replace("%2F", "/").replace("%25", "%")
+
+
+def thread_run(prefix: str, thread_id) -> str:
+    return f"{prefix}thread:{thread_id}"
+
+
+def index_run(prefix: str) -> str:
+    return f"{prefix}runs"
+
+
+def thread_tag(prefix: str) -> str:
+    return f"{prefix}thread"
+
+
+def checkpoint_key(ns: str, checkpoint_id: str) -> str:
+    return f"checkpoint/{esc(ns)}/{checkpoint_id}"
+
+
+def checkpoint_prefix(ns: str | None) -> str:
+    """Keys of one namespace's checkpoints, or of every namespace's when `ns` is None."""
+    return "checkpoint/" if ns is None else f"checkpoint/{esc(ns)}/"
+
+
+def head_key(ns: str) -> str:
+    return f"head/{esc(ns)}"
+
+
+def blob_key(ns: str, channel: str, version) -> str:
+    return f"blob/{esc(ns)}/{esc(channel)}/{version}"
+
+
+def writes_key(ns: str, checkpoint_id: str) -> str:
+    return f"writes/{esc(ns)}/{checkpoint_id}"
+
+
+def json_name(name: str) -> str:
+    """A JSON path step naming `name` whatever its characters: `$["name"]`."""
+    return '$["' + name.replace("\\", "\\\\").replace('"', '\\"') + '"]'
+
+
+class Record(NamedTuple):
+    """A stored checkpoint: everything but its channel values and pending writes.
+
+    `run_id` is the metadata's run id kept in the clear, so deleting a run's
+    checkpoints reads records without decoding their metadata.
+    """
+    ns: str
+    checkpoint_id: str
+    parent_id: str | None
+    checkpoint: list  # [serde type, bytes] of the checkpoint without channel_values
+    metadata: list    # [serde type, bytes]
+    run_id: str | None

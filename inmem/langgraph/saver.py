@@ -1,0 +1,528 @@
+"""`InmemSaver`: LangGraph's checkpointer (`BaseCheckpointSaver`) over an inmem database.
+
+Every method is written once as a plan (see `driver.py`) and run by the
+sync method on a `Database` and by the async method without holding the
+event loop. The key layout is in `keys.py`; in short, a LangGraph thread
+is one inmem run, so a thread's checkpoints, namespaces, channel blobs and
+pending writes all live on the shard that owns it, and `list` on a thread
+reads that one run.
+
+Round trips per call: `put` 1 (the blobs, the checkpoint and the head of
+its namespace in one pipeline; the thread's run is created on its first
+write), `get_tuple` 2 (the record, then its blobs and writes), `put_writes`
+1 for special channels and 2 when a repeated write must keep the first
+value, `list` 1 plus 1 per page of 64 results.
+
+Channel versions are strings with a random tail (as LangGraph's own
+savers make them), so a fork never writes a blob over another branch's
+blob of the same version number.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from typing import Any, AsyncIterator, Iterator, Sequence
+
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    get_checkpoint_id,
+    get_checkpoint_metadata,
+    writes_sort_key,
+)
+
+from inmem.errors import InvalidStatusTransition, RunExists, RunNotFound
+
+from .driver import may_block, raise_first, run_async, run_sync
+from .keys import (DEFAULT_PREFIX, Record, blob_key, checkpoint_key, checkpoint_prefix, head_key,
+                   index_run, json_name, thread_run, thread_tag, writes_key)
+
+#: results fetched per round trip while `list` walks a thread
+LIST_PAGE = 64
+#: (run id, thread) pairs this saver remembers having indexed
+_INDEXED_MAX = 4096
+
+
+class InmemSaver(BaseCheckpointSaver[str]):
+    """A LangGraph checkpointer that keeps every thread in an inmem database.
+
+        import inmem
+        from inmem.langgraph import InmemSaver
+        saver = InmemSaver(inmem.connect("ipc:///tmp/inmem/coordinator.sock"))
+        graph = builder.compile(checkpointer=saver)
+
+    `db` is any inmem database: embedded (`inmem.open`) or a cluster
+    (`inmem.connect`), or an asynchronous one. `prefix` starts the ids of
+    the runs it creates (`<prefix>thread:<thread_id>`, `<prefix>runs`).
+    `offload`: run the async methods' calls on a sync database in a worker
+    thread; by default only when the database may block (a cluster, or a
+    "strict" embedded store). `serde`: LangGraph's serializer (its default).
+
+    Supports every checkpointer capability: put, put_writes, get_tuple,
+    list (with `filter` on metadata, `before`, `limit`), delete_thread,
+    delete_for_runs, copy_thread and prune ("keep_latest" or "delete").
+    """
+
+    def __init__(self, db, *, prefix: str = DEFAULT_PREFIX, offload: bool | None = None,
+                 serde=None) -> None:
+        super().__init__(serde=serde)
+        if type(prefix) is not str:
+            raise TypeError("prefix must be a str")
+        self.db = db
+        self.prefix = prefix
+        self.offload = may_block(db) if offload is None else bool(offload)
+        self._index = index_run(prefix)
+        self._tag = thread_tag(prefix)
+        self._indexed: OrderedDict = OrderedDict()
+
+    # -- the sync methods ----------------------------------------------------------
+
+    def get_tuple(self, config) -> CheckpointTuple | None:
+        """The checkpoint `config` names (its newest in the namespace without a checkpoint_id)."""
+        return run_sync(self.db, self._get_tuple(config))
+
+    def list(self, config, *, filter: dict[str, Any] | None = None, before=None,
+             limit: int | None = None) -> Iterator[CheckpointTuple]:
+        """Checkpoints newest first: of `config`'s thread (and namespace, if it names one),
+        or of every thread when `config` is None; `filter` matches metadata keys exactly."""
+        chosen = run_sync(self.db, self._select(config, filter, before, limit))
+        for start in range(0, len(chosen), LIST_PAGE):
+            yield from run_sync(self.db, self._tuples(chosen[start:start + LIST_PAGE]))
+
+    def put(self, config, checkpoint: Checkpoint, metadata: CheckpointMetadata,
+            new_versions: ChannelVersions) -> dict:
+        """Store a checkpoint and the channel values whose versions are new; its config."""
+        return run_sync(self.db, self._put(config, checkpoint, metadata, new_versions))
+
+    def put_writes(self, config, writes: Sequence[tuple[str, Any]], task_id: str,
+                   task_path: str = "") -> None:
+        """Store a task's pending writes against the checkpoint `config` names."""
+        return run_sync(self.db, self._put_writes(config, writes, task_id, task_path))
+
+    def delete_thread(self, thread_id: str) -> None:
+        """Delete the thread: its run and everything in it."""
+        return run_sync(self.db, self._delete_threads([thread_id]))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Delete the checkpoints (and their writes) that these LangGraph runs made."""
+        return run_sync(self.db, self._delete_for_runs(run_ids))
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copy every checkpoint, blob and pending write of one thread into another."""
+        return run_sync(self.db, self._copy_thread(source_thread_id, target_thread_id))
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """"keep_latest": keep each namespace's newest checkpoint; "delete": delete the threads."""
+        return run_sync(self.db, self._prune(thread_ids, strategy))
+
+    # -- the async methods ---------------------------------------------------------
+
+    async def aget_tuple(self, config) -> CheckpointTuple | None:
+        return await run_async(self.db, self._get_tuple(config), self.offload)
+
+    async def alist(self, config, *, filter: dict[str, Any] | None = None, before=None,
+                    limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
+        chosen = await run_async(self.db, self._select(config, filter, before, limit),
+                                 self.offload)
+        for start in range(0, len(chosen), LIST_PAGE):
+            page = await run_async(self.db, self._tuples(chosen[start:start + LIST_PAGE]),
+                                   self.offload)
+            for item in page:
+                yield item
+
+    async def aput(self, config, checkpoint: Checkpoint, metadata: CheckpointMetadata,
+                   new_versions: ChannelVersions) -> dict:
+        return await run_async(self.db, self._put(config, checkpoint, metadata, new_versions),
+                               self.offload)
+
+    async def aput_writes(self, config, writes: Sequence[tuple[str, Any]], task_id: str,
+                          task_path: str = "") -> None:
+        return await run_async(self.db, self._put_writes(config, writes, task_id, task_path),
+                               self.offload)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        return await run_async(self.db, self._delete_threads([thread_id]), self.offload)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        return await run_async(self.db, self._delete_for_runs(run_ids), self.offload)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        return await run_async(self.db, self._copy_thread(source_thread_id, target_thread_id),
+                               self.offload)
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        return await run_async(self.db, self._prune(thread_ids, strategy), self.offload)
+
+    def get_next_version(self, current: str | None, channel: None = None) -> str:
+        """A version greater than `current`, with a random tail so forks never collide."""
+        if current is None:
+            n = 0
+        elif isinstance(current, int):
+            n = current
+        else:
+            n = int(str(current).split(".")[0])
+        return f"{n + 1:032}.{random.random():016}"
+
+    # -- plans ---------------------------------------------------------------------
+
+    def _where(self, config) -> tuple:
+        conf = config["configurable"]
+        thread_id = conf["thread_id"]
+        return thread_id, thread_run(self.prefix, thread_id), conf.get("checkpoint_ns") or ""
+
+    def _put(self, config, checkpoint, metadata, new_versions):
+        thread_id, run, ns = self._where(config)
+        dumps = self.serde.dumps_typed
+        body = dict(checkpoint)
+        values = body.pop("channel_values", None) or {}
+        ops = []
+        for channel, version in new_versions.items():
+            blob = list(dumps(values[channel])) if channel in values else ["empty", b""]
+            ops.append(("kv", "put", (run, blob_key(ns, channel, version), blob)))
+        meta = get_checkpoint_metadata(config, metadata)
+        run_id = meta.get("run_id")
+        run_id = run_id if type(run_id) is str and run_id else None
+        cid = checkpoint["id"]
+        record = [ns, cid, config["configurable"].get("checkpoint_id"), list(dumps(body)),
+                  list(dumps(meta)), run_id]
+        ops.append(("kv", "put", (run, checkpoint_key(ns, cid), record)))
+        ops.append(("kv", "put", (run, head_key(ns), record)))
+        pair = (run_id, run)
+        if run_id is not None and pair not in self._indexed:
+            ops.append(("json", "set", (self._index, run_id, json_name(str(thread_id)), True)))
+        results = yield from self._send(ops, {run: thread_id})
+        raise_first(results)
+        if run_id is not None:
+            self._remember(pair)
+        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
+                                 "checkpoint_id": cid}}
+
+    def _put_writes(self, config, writes, task_id, task_path):
+        thread_id, run, ns = self._where(config)
+        wkey = writes_key(ns, config["configurable"]["checkpoint_id"])
+        entries = []
+        for idx, (channel, value) in enumerate(writes):
+            idx = WRITES_IDX_MAP.get(channel, idx)
+            entries.append((f"{task_id}/{idx}", channel, idx, value))
+        if any(idx >= 0 for _, _, idx, _ in entries):
+            # A task's ordinary writes are kept as first stored (a retried task
+            # must not change what the checkpoint already recorded); the special
+            # channels (error, interrupt, resume, scheduled) are replaced.
+            (doc,) = yield [("json", "get", (run, wkey))]
+            if isinstance(doc, RunNotFound):
+                doc = None
+            raise_first([doc])
+            have = doc if isinstance(doc, dict) else {}
+            entries = [e for e in entries if e[2] < 0 or e[0] not in have]
+        dumps = self.serde.dumps_typed
+        ops = [("json", "set", (run, wkey, json_name(name),
+                                [task_id, channel, *dumps(value), task_path, idx]))
+               for name, channel, idx, value in entries]
+        if ops:
+            raise_first((yield from self._send(ops, {run: thread_id})))
+
+    def _get_tuple(self, config):
+        thread_id, run, ns = self._where(config)
+        cid = get_checkpoint_id(config)
+        if cid:
+            found, writes = yield [("kv", "get", (run, checkpoint_key(ns, cid))),
+                                   ("json", "get", (run, writes_key(ns, cid)))]
+            if isinstance(found, RunNotFound) or found is None:
+                return None
+            raise_first([found, writes])
+            record = Record._make(found)
+            checkpoint = self.serde.loads_typed(tuple(record.checkpoint))
+            keys = _blob_keys(ns, checkpoint)
+            blobs = []
+            if keys:
+                (blobs,) = yield [("kv", "get_many", (run, keys))]
+                raise_first([blobs])
+        else:
+            (found,) = yield [("kv", "get", (run, head_key(ns)))]
+            if isinstance(found, RunNotFound) or found is None:
+                return None
+            raise_first([found])
+            record = Record._make(found)
+            checkpoint = self.serde.loads_typed(tuple(record.checkpoint))
+            keys = _blob_keys(ns, checkpoint)
+            ops = [("json", "get", (run, writes_key(ns, record.checkpoint_id)))]
+            if keys:
+                ops.append(("kv", "get_many", (run, keys)))
+            results = yield ops
+            raise_first(results)
+            writes = results[0]
+            blobs = results[1] if keys else []
+        return self._tuple(thread_id, record, checkpoint, keys, blobs, writes, None)
+
+    def _select(self, config, filter, before, limit):
+        """The records `list` returns, in order: [(thread_id, record, metadata)]."""
+        if limit is not None and limit <= 0:
+            return []
+        if config is None:
+            (runs,) = yield [("runs", "list", (None, self._tag, None))]
+            raise_first([runs])
+            threads = [(_thread_of(info), info.run_id) for info in runs]
+            ns = cid = None
+        else:
+            thread_id, run, _ = self._where(config)
+            threads = [(thread_id, run)]
+            ns = config["configurable"].get("checkpoint_ns")
+            cid = get_checkpoint_id(config)
+        if not threads:
+            return []
+        results = yield [("kv", "items", (run, checkpoint_prefix(ns))) for _, run in threads]
+        before_id = get_checkpoint_id(before) if before else None
+        loads = self.serde.loads_typed
+        chosen = []
+        for (thread_id, _), items in zip(threads, results):
+            if isinstance(items, RunNotFound):
+                continue
+            raise_first([items])
+            for _, value in items:
+                record = Record._make(value)
+                if cid and record.checkpoint_id != cid:
+                    continue
+                if before_id and record.checkpoint_id >= before_id:
+                    continue
+                metadata = loads(tuple(record.metadata))
+                if filter and not all(metadata.get(k) == v for k, v in filter.items()):
+                    continue
+                chosen.append((thread_id, record, metadata))
+        chosen.sort(key=lambda c: c[1].checkpoint_id, reverse=True)
+        return chosen if limit is None else chosen[:limit]
+
+    def _tuples(self, chosen):
+        """The CheckpointTuples of records `_select` chose, their blobs and writes fetched together."""
+        loads = self.serde.loads_typed
+        ops, plans = [], []
+        for thread_id, record, metadata in chosen:
+            run = thread_run(self.prefix, thread_id)
+            checkpoint = loads(tuple(record.checkpoint))
+            keys = _blob_keys(record.ns, checkpoint)
+            plans.append((thread_id, record, metadata, checkpoint, keys, len(ops)))
+            ops.append(("json", "get", (run, writes_key(record.ns, record.checkpoint_id))))
+            if keys:
+                ops.append(("kv", "get_many", (run, keys)))
+        results = (yield ops) if ops else []
+        out = []
+        for thread_id, record, metadata, checkpoint, keys, at in plans:
+            writes = results[at]
+            blobs = results[at + 1] if keys else []
+            if isinstance(writes, RunNotFound):
+                continue  # the thread was deleted since it was listed
+            raise_first([writes, blobs])
+            out.append(self._tuple(thread_id, record, checkpoint, keys, blobs, writes, metadata))
+        return out
+
+    def _delete_threads(self, thread_ids):
+        runs = [thread_run(self.prefix, t) for t in thread_ids]
+        if not runs:
+            return None
+        results = yield [("runs", "delete", (run,)) for run in runs]
+        raise_first(results)
+        gone = set(runs)
+        for pair in [p for p in self._indexed if p[1] in gone]:
+            del self._indexed[pair]
+        return None
+
+    def _delete_for_runs(self, run_ids):
+        run_ids = [r for r in dict.fromkeys(run_ids) if type(r) is str and r]
+        if not run_ids:
+            return None
+        docs = yield [("json", "get", (self._index, r)) for r in run_ids]
+        threads: dict = {}
+        for doc in docs:
+            if isinstance(doc, RunNotFound):
+                return None  # nothing was ever indexed
+            raise_first([doc])
+            for thread_id in doc or ():
+                threads[thread_id] = thread_run(self.prefix, thread_id)
+        doomed_runs = set(run_ids)
+        ops = []
+        if threads:
+            reads = []
+            for run in threads.values():
+                reads += [("kv", "items", (run, "checkpoint/")), ("kv", "keys", (run, "blob/"))]
+            results = yield reads
+            for i, run in enumerate(threads.values()):
+                items, blob_keys = results[2 * i], results[2 * i + 1]
+                if isinstance(items, RunNotFound):
+                    continue
+                raise_first([items, blob_keys])
+                records = [Record._make(v) for _, v in items]
+                ops += self._cut(run, records, [r for r in records if r.run_id in doomed_runs],
+                                 blob_keys)
+        ops += [("json", "delete", (self._index, r)) for r in run_ids]
+        results = yield ops
+        raise_first(results, allow=(RunNotFound,))
+        for pair in [p for p in self._indexed if p[0] in doomed_runs]:
+            del self._indexed[pair]
+        return None
+
+    def _copy_thread(self, source, target):
+        src, dst = thread_run(self.prefix, source), thread_run(self.prefix, target)
+        items, dst_heads = yield [("kv", "items", (src, "")), ("kv", "items", (dst, "head/"))]
+        if isinstance(items, RunNotFound):
+            return None
+        raise_first([items])
+        heads = {}
+        if not isinstance(dst_heads, RunNotFound):
+            raise_first([dst_heads])
+            heads = {Record._make(v).ns: Record._make(v) for _, v in dst_heads}
+        records = [Record._make(v) for k, v in items if k.startswith("checkpoint/")]
+        docs = []
+        if records:
+            docs = yield [("json", "get", (src, writes_key(r.ns, r.checkpoint_id)))
+                          for r in records]
+            raise_first(docs)
+        ops = [("kv", "put", (dst, k, v)) for k, v in items
+               if k.startswith(("checkpoint/", "blob/"))]
+        for k, v in items:
+            if k.startswith("head/"):
+                record = Record._make(v)
+                mine = heads.get(record.ns)
+                if mine is None or mine.checkpoint_id < record.checkpoint_id:
+                    ops.append(("kv", "put", (dst, head_key(record.ns), v)))
+        for record, doc in zip(records, docs):
+            if doc:
+                ops.append(("json", "put", (dst, writes_key(record.ns, record.checkpoint_id),
+                                            doc)))
+        for run_id in {r.run_id for r in records if r.run_id}:
+            ops.append(("json", "set", (self._index, run_id, json_name(str(target)), True)))
+        if ops:
+            raise_first((yield from self._send(ops, {dst: target})))
+        return None
+
+    def _prune(self, thread_ids, strategy):
+        if strategy == "delete":
+            return (yield from self._delete_threads(thread_ids))
+        if strategy != "keep_latest":
+            raise ValueError(f"unknown prune strategy {strategy!r}; use 'keep_latest' or 'delete'")
+        runs = list(dict.fromkeys(thread_run(self.prefix, t) for t in thread_ids))
+        if not runs:
+            return None
+        reads = []
+        for run in runs:
+            reads += [("kv", "items", (run, "checkpoint/")), ("kv", "keys", (run, "blob/"))]
+        results = yield reads
+        ops = []
+        for i, run in enumerate(runs):
+            items, blob_keys = results[2 * i], results[2 * i + 1]
+            if isinstance(items, RunNotFound):
+                continue
+            raise_first([items, blob_keys])
+            records = [Record._make(v) for _, v in items]
+            newest: dict = {}
+            for r in records:
+                if r.ns not in newest or newest[r.ns].checkpoint_id < r.checkpoint_id:
+                    newest[r.ns] = r
+            keep = {r.checkpoint_id for r in newest.values()}
+            ops += self._cut(run, records, [r for r in records if r.checkpoint_id not in keep],
+                             blob_keys)
+        if ops:
+            raise_first((yield ops), allow=(RunNotFound,))
+        return None
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _cut(self, run, records, doomed, blob_keys) -> list:
+        """Operations deleting `doomed` records of a thread, their writes, the blobs no
+        survivor points at, and moving each touched namespace's head to its newest survivor."""
+        if not doomed:
+            return []
+        gone = {(r.ns, r.checkpoint_id) for r in doomed}
+        survivors = [r for r in records if (r.ns, r.checkpoint_id) not in gone]
+        ops = []
+        for r in doomed:
+            ops.append(("kv", "delete", (run, checkpoint_key(r.ns, r.checkpoint_id))))
+            ops.append(("json", "delete", (run, writes_key(r.ns, r.checkpoint_id))))
+        newest: dict = {}
+        for r in survivors:
+            if r.ns not in newest or newest[r.ns].checkpoint_id < r.checkpoint_id:
+                newest[r.ns] = r
+        for ns in {r.ns for r in doomed}:
+            if ns in newest:
+                ops.append(("kv", "put", (run, head_key(ns), list(newest[ns]))))
+            else:
+                ops.append(("kv", "delete", (run, head_key(ns))))
+        loads = self.serde.loads_typed
+        wanted = set()
+        for r in survivors:
+            wanted.update(_blob_keys(r.ns, loads(tuple(r.checkpoint))))
+        ops += [("kv", "delete", (run, k)) for k in blob_keys if k not in wanted]
+        return ops
+
+    def _send(self, ops, threads: dict):
+        """Send `ops`; a run missing on first write (a new thread, the index) is created,
+        paused, and the operations it refused are sent again."""
+        results = yield ops
+        missing = {}
+        for (section, method, args), result in zip(ops, results):
+            if isinstance(result, RunNotFound):
+                missing[args[0]] = None
+        if not missing:
+            return results
+        create = []
+        for run in missing:
+            if run in threads:
+                create.append((None, "begin_run", (None, run, None, [self._tag],
+                                                   {"thread_id": _plain(threads[run])})))
+            else:
+                create.append((None, "begin_run", (None, run, None, [f"{self.prefix}index"])))
+            create.append(("runs", "pause", (run,)))
+        made = yield create
+        raise_first(made, allow=(RunExists, InvalidStatusTransition))
+        again = [i for i, r in enumerate(results) if isinstance(r, RunNotFound)]
+        retried = yield [ops[i] for i in again]
+        results = list(results)
+        for i, r in zip(again, retried):
+            results[i] = r
+        return results
+
+    def _remember(self, pair) -> None:
+        self._indexed[pair] = None
+        if len(self._indexed) > _INDEXED_MAX:
+            self._indexed.popitem(last=False)
+
+    def _tuple(self, thread_id, record, checkpoint, keys, blobs, writes, metadata):
+        loads = self.serde.loads_typed
+        values = {}
+        # keys (and so blobs) follow the order of channel_versions
+        for channel, blob in zip(checkpoint.get("channel_versions", {}), blobs):
+            if blob is not None and blob[0] != "empty":
+                values[channel] = loads(tuple(blob))
+        pending = []
+        if writes:
+            rows = sorted(writes.values(), key=lambda w: writes_sort_key(w[4], w[0], w[5]))
+            pending = [(w[0], w[1], loads((w[2], w[3]))) for w in rows]
+        conf = {"thread_id": thread_id, "checkpoint_ns": record.ns}
+        parent = None
+        if record.parent_id:
+            parent = {"configurable": {**conf, "checkpoint_id": record.parent_id}}
+        return CheckpointTuple(
+            config={"configurable": {**conf, "checkpoint_id": record.checkpoint_id}},
+            checkpoint={**checkpoint, "channel_values": values},
+            metadata=loads(tuple(record.metadata)) if metadata is None else metadata,
+            parent_config=parent,
+            pending_writes=pending,
+        )
+
+
+def _blob_keys(ns: str, checkpoint) -> list:
+    return [blob_key(ns, ch, v) for ch, v in checkpoint.get("channel_versions", {}).items()]
+
+
+def _thread_of(info):
+    meta = info.metadata
+    if isinstance(meta, dict) and "thread_id" in meta:
+        return meta["thread_id"]
+    return info.run_id.split("thread:", 1)[1]
+
+
+def _plain(thread_id):
+    return thread_id if type(thread_id) in (str, int) else str(thread_id)

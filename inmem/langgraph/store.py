@@ -1,0 +1,352 @@
+"""`InmemStore`: LangGraph's long-term memory store (`BaseStore`) over an inmem database.
+
+The store is one inmem run (`langgraph:store` unless told otherwise), created
+paused on the first write. An item is one KV entry of that run:
+
+    key    <label>/<label>/.../:<key>      (each part escaped as in keys.py)
+    value  [value as msgpack bytes, index text or None, created_at µs, updated_at µs,
+            ttl in minutes or None]
+
+so a namespace prefix is a key prefix, and the only text in the entry is
+the index text: inmem's BM25 index reads the strings of a KV value and
+skips bytes, so `search(query=...)` ranks exactly the fields chosen for
+indexing — every string of the value by default, the `index_fields` given
+to the store, the `index=[...]` paths given to one `put`, or nothing for
+`index=False`. A TTL (minutes, as LangGraph counts) becomes the entry's
+expiry; reads that refresh it write the entry again with a fresh one.
+
+A batch takes at most three round trips whatever its size: the reads of
+every operation, then each text search (`db.search` over the store's run)
+and the records it found, then every write and TTL refresh. Reads in a
+batch see the store as it was before the batch's writes, as LangGraph's
+in-memory store does.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import msgpack
+from langgraph.store.base import (
+    BaseStore,
+    GetOp,
+    Item,
+    ListNamespacesOp,
+    Op,
+    PutOp,
+    Result,
+    SearchItem,
+    SearchOp,
+    TTLConfig,
+)
+from langgraph.store.base.embed import get_text_at_path, tokenize_path
+
+from inmem.errors import InvalidStatusTransition, InvalidValue, RunExists, RunNotFound
+
+from .driver import may_block, raise_first, run_async, run_sync
+from .keys import DEFAULT_PREFIX, esc, unesc
+
+#: search hits fetched per round while a text search fills its page
+_SEARCH_BATCH = 50
+
+_VALUE, _TEXT, _CREATED, _UPDATED, _TTL = range(5)
+
+
+def _validate(op) -> None:
+    # langgraph.store.base.validate_op_namespace, where the installed LangGraph has it
+    try:
+        from langgraph.store.base import validate_op_namespace
+    except ImportError:  # pragma: no cover - older LangGraph
+        return
+    validate_op_namespace(op)
+
+
+def item_key(namespace: tuple, key: str) -> str:
+    return "".join(esc(label) + "/" for label in namespace) + ":" + esc(key)
+
+
+def namespace_prefix(namespace: tuple) -> str:
+    return "".join(esc(label) + "/" for label in namespace)
+
+
+def parse_key(stored: str) -> tuple[tuple, str]:
+    parts = stored.split("/")
+    return tuple(unesc(p) for p in parts[:-1]), unesc(parts[-1][1:])
+
+
+class InmemStore(BaseStore):
+    """A LangGraph store whose items live in an inmem database, with BM25 text search.
+
+        store = InmemStore(inmem.open("./memory"))
+        store.put(("users", "u1"), "prefs", {"text": "likes green tea"}, ttl=60)
+        store.search(("users",), query="tea", filter={"lang": "en"})
+
+    `db`: any inmem database. `run`: the run holding the items.
+    `index_fields`: the value paths whose text is indexed by default
+    (LangGraph's path syntax: "a.b", "list[*].text"); None indexes every
+    string of the value. `ttl`: LangGraph's TTLConfig (default_ttl and
+    refresh_on_read; minutes). `offload`: as for InmemSaver.
+    """
+
+    supports_ttl = True
+
+    def __init__(self, db, *, run: str = DEFAULT_PREFIX + "store",
+                 index_fields: list[str] | None = None, ttl: TTLConfig | None = None,
+                 offload: bool | None = None) -> None:
+        if type(run) is not str or not run:
+            raise TypeError("run must be a non-empty str")
+        self.db = db
+        self.run = run
+        self.index_fields = None if index_fields is None else [
+            tokenize_path(p) for p in index_fields]
+        self.ttl_config = ttl
+        self.offload = may_block(db) if offload is None else bool(offload)
+
+    def batch(self, ops: Iterable[Op]) -> list[Result]:
+        """Run LangGraph store operations (get, put, delete, search, list_namespaces)."""
+        return run_sync(self.db, self._batch(list(ops)))
+
+    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        return await run_async(self.db, self._batch(list(ops)), self.offload)
+
+    # -- the plan ------------------------------------------------------------------
+
+    def _batch(self, ops: list):
+        for op in ops:
+            if not isinstance(op, (GetOp, PutOp, SearchOp, ListNamespacesOp)):
+                raise ValueError(f"unknown store operation {type(op).__name__}")
+            _validate(op)
+        run = self.run
+        now = int(time.time() * 1_000_000)
+        results: list = [None] * len(ops)
+        # 1. every read, and the current entry under every put (to keep its created_at)
+        reads, where = [], {}
+        puts: dict = {}
+        for i, op in enumerate(ops):
+            if isinstance(op, GetOp):
+                where[i] = len(reads)
+                reads.append(("kv", "get", (run, item_key(op.namespace, op.key))))
+            elif isinstance(op, SearchOp) and not op.query:
+                where[i] = len(reads)
+                reads.append(("kv", "items", (run, namespace_prefix(op.namespace_prefix))))
+            elif isinstance(op, ListNamespacesOp):
+                where[i] = len(reads)
+                reads.append(("kv", "keys", (run, _literal_prefix(op))))
+            elif isinstance(op, PutOp):
+                puts[(tuple(op.namespace), op.key)] = op  # the last put of a key wins
+        put_keys = [item_key(ns, key) for ns, key in puts]
+        if put_keys:
+            reads.append(("kv", "get_many", (run, put_keys)))
+        got = (yield reads) if reads else []
+        missing_run = any(isinstance(r, RunNotFound) for r in got)
+        if not missing_run:
+            raise_first(got)
+        refresh: dict = {}
+        for i, op in enumerate(ops):
+            if i not in where:
+                continue
+            answer = None if missing_run else got[where[i]]
+            if isinstance(op, GetOp):
+                results[i] = None if answer is None else _item(op.namespace, op.key, answer)
+                if answer is not None and self._refresh(op.refresh_ttl) and answer[_TTL]:
+                    refresh[item_key(op.namespace, op.key)] = answer
+            elif isinstance(op, SearchOp):
+                results[i] = self._page(op, answer or [], refresh)
+            else:
+                results[i] = _namespaces(op, answer or [])
+        # 2. text searches, each answered by inmem's BM25 over the store's run
+        for i, op in enumerate(ops):
+            if isinstance(op, SearchOp) and op.query:
+                results[i] = yield from self._text_search(op, refresh)
+        # 3. writes and TTL refreshes
+        writes = []
+        old = {} if missing_run or not put_keys else dict(zip(put_keys, got[-1]))
+        for (namespace, key), op in puts.items():
+            k = item_key(namespace, key)
+            refresh.pop(k, None)
+            if op.value is None:
+                writes.append(("kv", "delete", (run, k)))
+                continue
+            prior = old.get(k)
+            created = prior[_CREATED] if prior else now
+            record = [_pack(op.value), self._text(op), created, now, op.ttl]
+            writes.append(("kv", "put", (run, k, record, _seconds(op.ttl))))
+        for k, record in refresh.items():
+            writes.append(("kv", "put", (run, k, record, _seconds(record[_TTL]))))
+        if writes:
+            done = yield writes
+            if any(isinstance(r, RunNotFound) for r in done):
+                made = yield [(None, "begin_run", (None, run, None, ["langgraph:store"])),
+                              ("runs", "pause", (run,))]
+                raise_first(made, allow=(RunExists, InvalidStatusTransition))
+                done = yield writes
+            # a delete of an absent key is not an error; a refresh of an item that
+            # expired meanwhile just writes it again
+            raise_first(done)
+        return results
+
+    def _refresh(self, refresh_ttl) -> bool:
+        if refresh_ttl is not None:
+            return bool(refresh_ttl)
+        if self.ttl_config is not None:
+            return bool(self.ttl_config.get("refresh_on_read", True))
+        return True
+
+    def _page(self, op: SearchOp, items: list, refresh: dict) -> list:
+        matches = [(k, rec) for k, rec in items
+                   if not op.filter or _matches(_unpack(rec[_VALUE]), op.filter)]
+        # newest first, as LangGraph's database stores answer a search without a query
+        matches.sort(key=lambda kr: (kr[1][_UPDATED], kr[0]), reverse=True)
+        page = matches[op.offset:op.offset + op.limit]
+        if self._refresh(op.refresh_ttl):
+            refresh.update((k, rec) for k, rec in page if rec[_TTL])
+        return [_search_item(k, rec, None) for k, rec in page]
+
+    def _text_search(self, op: SearchOp, refresh: dict):
+        prefix = namespace_prefix(op.namespace_prefix)
+        want = op.offset + op.limit
+        fetch = max(want * 2, _SEARCH_BATCH)
+        while True:
+            (response,) = yield [(None, "search", (op.query, self.run, ["kv"], fetch, 0))]
+            if isinstance(response, RunNotFound):
+                return []
+            raise_first([response])
+            hits = [h for h in response.results if h.ref.startswith(prefix)]
+            records = []
+            if hits:
+                (records,) = yield [("kv", "get_many", (self.run, [h.ref for h in hits]))]
+                raise_first([records])
+            found = [(h, rec) for h, rec in zip(hits, records) if rec is not None and (
+                not op.filter or _matches(_unpack(rec[_VALUE]), op.filter))]
+            exhausted = len(response.results) < fetch or fetch >= response.total_matches
+            if len(found) >= want or exhausted:
+                break
+            fetch *= 4
+        page = found[op.offset:want]
+        if self._refresh(op.refresh_ttl):
+            refresh.update((h.ref, rec) for h, rec in page if rec[_TTL])
+        return [_search_item(h.ref, rec, h.score) for h, rec in page]
+
+    def _text(self, op: PutOp) -> str | None:
+        if op.index is False:
+            return None
+        paths = self.index_fields if op.index is None else [tokenize_path(p) for p in op.index]
+        if paths is None:
+            texts = _strings(op.value, [])
+        else:
+            texts = [t for path in paths for t in get_text_at_path(op.value, path)]
+        return "\n".join(texts) or None
+
+
+def _literal_prefix(op: ListNamespacesOp) -> str:
+    """The key prefix every match of the first prefix condition shares (up to a wildcard)."""
+    for cond in op.match_conditions or ():
+        if cond.match_type == "prefix":
+            labels = []
+            for label in cond.path:
+                if label == "*":
+                    break
+                labels.append(label)
+            return namespace_prefix(tuple(labels))
+    return ""
+
+
+def _namespaces(op: ListNamespacesOp, keys: list) -> list:
+    seen = set()
+    for k in keys:
+        namespace, _ = parse_key(k)
+        if all(_does_match(c, namespace) for c in op.match_conditions or ()):
+            seen.add(namespace if op.max_depth is None else namespace[:op.max_depth])
+    return sorted(seen)[op.offset:op.offset + op.limit]
+
+
+def _does_match(cond, namespace: tuple) -> bool:
+    path = tuple(cond.path)
+    if len(namespace) < len(path):
+        return False
+    if cond.match_type == "prefix":
+        pairs = zip(namespace, path)
+    elif cond.match_type == "suffix":
+        pairs = zip(reversed(namespace), reversed(path))
+    else:
+        raise ValueError(f"unknown match type {cond.match_type!r}")
+    return all(p == "*" or n == p for n, p in pairs)
+
+
+def _matches(value: dict, filter: dict) -> bool:
+    return all(_compare(value.get(k), v) for k, v in filter.items())
+
+
+def _compare(have, want) -> bool:
+    """LangGraph's filter semantics: equality, nested dicts, and $eq/$ne/$gt/$gte/$lt/$lte."""
+    if isinstance(want, dict):
+        if any(k.startswith("$") for k in want):
+            return all(_operator(have, op, arg) for op, arg in want.items())
+        return isinstance(have, dict) and all(_compare(have.get(k), v) for k, v in want.items())
+    if isinstance(want, (list, tuple)):
+        return (isinstance(have, (list, tuple)) and len(have) == len(want)
+                and all(_compare(h, w) for h, w in zip(have, want)))
+    return have == want
+
+
+def _operator(have, op: str, arg) -> bool:
+    if op == "$eq":
+        return have == arg
+    if op == "$ne":
+        return have != arg
+    if op in ("$gt", "$gte", "$lt", "$lte"):
+        try:
+            a, b = float(have), float(arg)
+        except (TypeError, ValueError):
+            return False
+        return {"$gt": a > b, "$gte": a >= b, "$lt": a < b, "$lte": a <= b}[op]
+    raise ValueError(f"unsupported filter operator {op!r}")
+
+
+def _strings(value, out: list) -> list:
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _strings(v, out)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _strings(v, out)
+    return out
+
+
+def _pack(value) -> bytes:
+    try:
+        return msgpack.packb(dict(value), use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidValue(f"a store value must be JSON-like (str-keyed dicts, lists, str, "
+                           f"numbers, bool, None, bytes): {exc}") from None
+
+
+def _unpack(data: bytes) -> dict:
+    return msgpack.unpackb(data, raw=False)
+
+
+def _seconds(ttl_minutes) -> float | None:
+    return None if ttl_minutes is None else float(ttl_minutes) * 60.0
+
+
+def _when(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
+
+
+def _item(namespace, key, record) -> Item:
+    return Item(value=_unpack(record[_VALUE]), key=key, namespace=tuple(namespace),
+                created_at=_when(record[_CREATED]), updated_at=_when(record[_UPDATED]))
+
+
+def _search_item(stored_key: str, record, score) -> SearchItem:
+    namespace, key = parse_key(stored_key)
+    return SearchItem(namespace=namespace, key=key, value=_unpack(record[_VALUE]),
+                      created_at=_when(record[_CREATED]), updated_at=_when(record[_UPDATED]),
+                      score=None if score is None else float(score))
+
+
+__all__ = ["InmemStore"]

@@ -1,0 +1,263 @@
+"""InmemStore: LangGraph's BaseStore contract on every backend, text search by BM25, TTLs,
+and a model test against LangGraph's own in-memory store."""
+
+import asyncio
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from langgraph.store.base import (GetOp, InvalidNamespaceError, ListNamespacesOp, MatchCondition,
+                                  PutOp, SearchOp)
+from langgraph.store.memory import InMemoryStore
+
+import inmem
+from inmem.langgraph import InmemStore
+
+
+@pytest.fixture
+def store(db):
+    return InmemStore(db)
+
+
+def test_put_get_roundtrip_and_item_fields(store):
+    store.put(("users", "u1"), "prefs", {"color": "green", "n": 3, "tags": ["a", "b"]})
+    item = store.get(("users", "u1"), "prefs")
+    assert item.value == {"color": "green", "n": 3, "tags": ["a", "b"]}
+    assert item.key == "prefs" and item.namespace == ("users", "u1")
+    assert item.created_at.tzinfo is not None and item.created_at == item.updated_at
+    assert store.get(("users", "u1"), "other") is None
+    assert store.get(("users", "u2"), "prefs") is None
+
+
+def test_get_before_anything_was_written_is_none(store):
+    assert store.get(("a",), "k") is None
+    assert store.search(("a",)) == []
+    assert store.list_namespaces() == []
+
+
+def test_update_keeps_created_at_and_moves_updated_at(store):
+    store.put(("n",), "k", {"v": 1})
+    first = store.get(("n",), "k")
+    store.put(("n",), "k", {"v": 2})
+    second = store.get(("n",), "k")
+    assert second.value == {"v": 2}
+    assert second.created_at == first.created_at
+    assert second.updated_at >= first.updated_at
+
+
+def test_delete(store):
+    store.put(("n",), "k", {"v": 1})
+    store.delete(("n",), "k")
+    assert store.get(("n",), "k") is None
+    store.delete(("n",), "never-there")  # no error
+    store.put(("n",), "k", {"v": 3})
+    assert store.get(("n",), "k").value == {"v": 3}
+
+
+def test_keys_and_labels_with_separator_characters(store):
+    ns = ("a/b", "c:d", "100%")
+    store.put(ns, "k/e:y%", {"v": 1})
+    assert store.get(ns, "k/e:y%").value == {"v": 1}
+    assert store.get(("a", "b"), "k/e:y%") is None
+    [hit] = store.search(("a/b",))
+    assert hit.namespace == ns and hit.key == "k/e:y%"
+    assert store.list_namespaces() == [ns]
+
+
+def test_search_by_namespace_prefix(store):
+    store.put(("a",), "1", {"x": 1})
+    store.put(("a", "b"), "2", {"x": 2})
+    store.put(("a", "b", "c"), "3", {"x": 3})
+    store.put(("ab",), "4", {"x": 4})
+    assert {i.key for i in store.search(("a",))} == {"1", "2", "3"}
+    assert {i.key for i in store.search(("a", "b"))} == {"2", "3"}
+    assert {i.key for i in store.search(())} == {"1", "2", "3", "4"}
+    assert all(i.score is None for i in store.search(("a",)))
+
+
+def test_search_without_query_is_newest_first_with_limit_and_offset(store):
+    for i in range(5):
+        store.put(("p",), f"k{i}", {"i": i})
+    keys = [i.key for i in store.search(("p",), limit=10)]
+    assert keys == ["k4", "k3", "k2", "k1", "k0"]
+    assert [i.key for i in store.search(("p",), limit=2, offset=1)] == ["k3", "k2"]
+
+
+def test_search_filter(store):
+    store.put(("f",), "a", {"kind": "fact", "score": 5, "meta": {"lang": "en"}})
+    store.put(("f",), "b", {"kind": "fact", "score": 9, "meta": {"lang": "fr"}})
+    store.put(("f",), "c", {"kind": "note", "score": 7})
+    keys = lambda **kw: sorted(i.key for i in store.search(("f",), **kw))  # noqa: E731
+    assert keys(filter={"kind": "fact"}) == ["a", "b"]
+    assert keys(filter={"kind": "fact", "score": 9}) == ["b"]
+    assert keys(filter={"meta": {"lang": "en"}}) == ["a"]
+    assert keys(filter={"score": {"$gt": 6}}) == ["b", "c"]
+    assert keys(filter={"score": {"$gte": 5, "$lt": 9}}) == ["a", "c"]
+    assert keys(filter={"kind": {"$ne": "fact"}}) == ["c"]
+    assert keys(filter={"missing": 1}) == []
+
+
+def test_text_query_ranks_by_bm25_within_the_prefix(store):
+    store.put(("docs", "u1"), "tea", {"text": "green tea and more green tea"})
+    store.put(("docs", "u1"), "coffee", {"text": "black coffee, no tea"})
+    store.put(("docs", "u1"), "bread", {"text": "sourdough bread"})
+    store.put(("docs", "u2"), "tea2", {"text": "green tea"})
+    hits = store.search(("docs", "u1"), query="green tea")
+    assert [h.key for h in hits] == ["tea", "coffee"]
+    assert hits[0].score > hits[1].score > 0
+    assert {h.key for h in store.search(("docs",), query="green")} == {"tea", "tea2"}
+    assert store.search(("docs",), query="nothing-matches-this") == []
+    assert [h.key for h in store.search(("docs",), query="tea", filter={"text": "green tea"})] \
+        == ["tea2"]
+
+
+def test_text_query_pages_past_hits_outside_the_prefix(store):
+    for i in range(120):
+        store.put(("other",), f"o{i}", {"text": "needle needle needle"})
+    for i in range(3):
+        store.put(("mine",), f"m{i}", {"text": f"needle hay {i}"})
+    hits = store.search(("mine",), query="needle", limit=5)
+    assert sorted(h.key for h in hits) == ["m0", "m1", "m2"]
+    assert len(store.search(("other",), query="needle", limit=7, offset=110)) == 7
+
+
+def test_index_choices(db):
+    store = InmemStore(db, index_fields=["title"])
+    store.put(("i",), "default", {"title": "alpha", "body": "beta"})
+    store.put(("i",), "chosen", {"title": "gamma", "body": "delta"}, index=["body"])
+    store.put(("i",), "hidden", {"title": "alpha beta delta"}, index=False)
+    assert [h.key for h in store.search(("i",), query="alpha")] == ["default"]
+    assert store.search(("i",), query="beta") == []
+    assert [h.key for h in store.search(("i",), query="delta")] == ["chosen"]
+    # not indexed is still stored and listed
+    assert store.get(("i",), "hidden").value == {"title": "alpha beta delta"}
+    assert len(store.search(("i",))) == 3
+
+
+def test_list_namespaces(store):
+    for ns in [("a", "b", "c"), ("a", "b", "d"), ("a", "x"), ("z", "b"), ("a", "b", "c")]:
+        store.put(ns, "k", {"v": 1})
+    assert store.list_namespaces() == [("a", "b", "c"), ("a", "b", "d"), ("a", "x"), ("z", "b")]
+    assert store.list_namespaces(prefix=("a", "b")) == [("a", "b", "c"), ("a", "b", "d")]
+    assert store.list_namespaces(prefix=("a", "*", "c")) == [("a", "b", "c")]
+    assert store.list_namespaces(suffix=("b",)) == [("z", "b")]
+    assert store.list_namespaces(prefix=("a",), max_depth=2) == [("a", "b"), ("a", "x")]
+    assert store.list_namespaces(limit=2, offset=1) == [("a", "b", "d"), ("a", "x")]
+
+
+def test_batch_reads_see_the_store_before_the_batch_writes(store):
+    store.put(("b",), "k", {"v": "old"})
+    results = store.batch([
+        PutOp(("b",), "k", {"v": "new"}),
+        GetOp(("b",), "k"),
+        PutOp(("b",), "j", {"v": 1}),
+        SearchOp(("b",)),
+        ListNamespacesOp(match_conditions=(MatchCondition("prefix", ("b",)),)),
+        PutOp(("b",), "j", None),
+    ])
+    assert results[0] is None and results[2] is None and results[5] is None
+    assert results[1].value == {"v": "old"}
+    assert [i.key for i in results[3]] == ["k"]
+    assert results[4] == [("b",)]
+    assert store.get(("b",), "k").value == {"v": "new"}
+    assert store.get(("b",), "j") is None  # the last put of a key wins
+
+
+def test_async_methods(store):
+    async def go():
+        await store.aput(("as",), "k", {"text": "async hello"})
+        item = await store.aget(("as",), "k")
+        hits = await store.asearch(("as",), query="hello")
+        spaces = await store.alist_namespaces()
+        await store.adelete(("as",), "k")
+        return item, hits, spaces, await store.aget(("as",), "k")
+    item, hits, spaces, gone = asyncio.run(go())
+    assert item.value == {"text": "async hello"}
+    assert [h.key for h in hits] == ["k"]
+    assert spaces == [("as",)]
+    assert gone is None
+
+
+def test_ttl_expires_and_reads_refresh_it(open_db, clock):
+    db = open_db(clock=clock)
+    store = InmemStore(db)
+    store.put(("t",), "kept", {"v": 1}, ttl=1.0)  # minutes
+    store.put(("t",), "lapsed", {"v": 2}, ttl=1.0)
+    store.put(("t",), "forever", {"v": 3})
+    clock.advance(50)
+    assert store.get(("t",), "kept").value == {"v": 1}  # refreshes: 60 s from now
+    assert store.get(("t",), "lapsed", refresh_ttl=False).value == {"v": 2}
+    clock.advance(20)
+    assert store.get(("t",), "lapsed") is None
+    assert store.get(("t",), "kept", refresh_ttl=False).value == {"v": 1}
+    clock.advance(61)
+    assert store.get(("t",), "kept") is None
+    assert [i.key for i in store.search(("t",))] == ["forever"]
+
+
+def test_default_ttl_from_ttl_config(open_db, clock):
+    store = InmemStore(open_db(clock=clock), ttl={"default_ttl": 2.0, "refresh_on_read": False})
+    store.put(("d",), "k", {"v": 1})
+    clock.advance(100)
+    assert store.get(("d",), "k") is not None
+    clock.advance(30)
+    assert store.get(("d",), "k") is None
+
+
+def test_bad_input_is_refused_clearly(store):
+    with pytest.raises(InvalidNamespaceError):
+        store.put(("bad.label",), "k", {"v": 1})
+    with pytest.raises(InvalidNamespaceError):
+        store.put((), "k", {"v": 1})
+    with pytest.raises(InvalidNamespaceError):
+        store.batch([GetOp(("a.b",), "k")])
+    with pytest.raises(inmem.InvalidValue):
+        store.put(("ok",), "k", {"v": object()})
+    with pytest.raises(ValueError):
+        store.batch(["not an op"])
+
+
+def test_stores_in_separate_runs_do_not_see_each_other(db):
+    a, b = InmemStore(db, run="store-a"), InmemStore(db, run="store-b")
+    a.put(("n",), "k", {"text": "only in a"})
+    assert b.get(("n",), "k") is None
+    assert b.search(("n",), query="only") == []
+    assert db.run_status("store-a") == "paused"
+
+
+# -- the model: LangGraph's InMemoryStore -------------------------------------------
+
+_labels = st.sampled_from(["a", "b", "c"])
+_namespaces = st.lists(_labels, min_size=1, max_size=3).map(tuple)
+_ops = st.lists(st.one_of(
+    st.tuples(st.just("put"), _namespaces, st.sampled_from(["k1", "k2"]),
+              st.integers(0, 3)),
+    st.tuples(st.just("delete"), _namespaces, st.sampled_from(["k1", "k2"]), st.just(0)),
+), max_size=25)
+
+
+@settings(max_examples=25, deadline=None)
+@given(ops=_ops, prefixes=st.lists(st.lists(_labels, max_size=2).map(tuple), max_size=3))
+def test_agrees_with_langgraphs_in_memory_store(ops, prefixes):
+    model = InMemoryStore()
+    with inmem.open(None) as db:
+        store = InmemStore(db)
+        for kind, ns, key, n in ops:
+            for s in (model, store):
+                if kind == "put":
+                    s.put(ns, key, {"n": n})
+                else:
+                    s.delete(ns, key)
+        for ns in {op[1] for op in ops}:
+            for key in ("k1", "k2"):
+                a, b = model.get(ns, key), store.get(ns, key)
+                assert (a is None) == (b is None)
+                assert a is None or a.value == b.value
+        for prefix in prefixes:
+            want = {(i.namespace, i.key, i.value["n"]) for i in model.search(prefix, limit=100)}
+            got = {(i.namespace, i.key, i.value["n"]) for i in store.search(prefix, limit=100)}
+            assert got == want
+            # The model keeps a namespace whose items were all deleted; a namespace here
+            # is where items are, as in LangGraph's database stores.
+            assert sorted({ns for ns, _, _ in want}) == store.list_namespaces(
+                prefix=prefix or None)
