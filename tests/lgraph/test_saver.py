@@ -1,0 +1,181 @@
+"""InmemSaver beyond the conformance suite: real graphs, where a thread's data lives,
+what a list or get costs in operations, and the space prune and delete_for_runs give back."""
+
+import asyncio
+import operator
+import uuid
+from typing import Annotated, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command, interrupt
+
+import inmem
+from inmem.database import Database
+from inmem.langgraph import InmemSaver
+from inmem.langgraph.keys import thread_run
+from inmem.sections import KV
+
+
+class State(TypedDict):
+    log: Annotated[list, operator.add]
+    n: int
+
+
+def _graph(saver, ask=False):
+    def plan(state):
+        return {"log": ["plan"], "n": state["n"] + 1}
+
+    def review(state):
+        answer = interrupt("approve?") if ask else "yes"
+        return {"log": [f"review:{answer}"]}
+
+    def act(state):
+        return {"log": ["act"], "n": state["n"] * 10}
+
+    g = StateGraph(State)
+    g.add_node("plan", plan)
+    g.add_node("review", review)
+    g.add_node("act", act)
+    g.add_edge(START, "plan")
+    g.add_edge("plan", "review")
+    g.add_edge("review", "act")
+    g.add_edge("act", END)
+    return g.compile(checkpointer=saver)
+
+
+def test_a_graph_runs_interrupts_resumes_and_forks(db):
+    saver = InmemSaver(db)
+    graph = _graph(saver, ask=True)
+    config = {"configurable": {"thread_id": "t-1"}}
+    first = graph.invoke({"log": [], "n": 1}, config)
+    assert "__interrupt__" in first
+    assert graph.get_state(config).next == ("review",)
+    done = graph.invoke(Command(resume="ok"), config)
+    assert done["log"] == ["plan", "review:ok", "act"] and done["n"] == 20
+    history = list(graph.get_state_history(config))
+    assert [s.metadata["step"] for s in history] == [3, 2, 1, 0, -1]
+    # fork from the checkpoint after plan, with another n
+    after_plan = next(s for s in history if s.next == ("review",))
+    fork = graph.update_state(after_plan.config, {"n": 5})
+    forked = graph.invoke(Command(resume="again"), fork)
+    assert forked["n"] == 50 and forked["log"][-2:] == ["review:again", "act"]
+    # the original branch is still there
+    assert graph.get_state(history[0].config).values["n"] == 20
+
+
+def test_async_graph_on_the_same_thread_layout(db):
+    saver = InmemSaver(db)
+    graph = _graph(saver)
+
+    async def go():
+        config = {"configurable": {"thread_id": "t-async"}}
+        out = await graph.ainvoke({"log": [], "n": 2}, config)
+        return out, [s async for s in graph.aget_state_history(config)]
+    out, history = asyncio.run(go())
+    assert out["n"] == 30 and len(history) == 5
+    run = thread_run(saver.prefix, "t-async")
+    keys = db.kv.keys(run)
+    assert sum(k.startswith("checkpoint//") for k in keys) == 5
+    assert "head/" in keys and any(k.startswith("blob//") for k in keys)
+
+
+def test_thread_run_is_paused_and_never_orphaned(tmp_path):
+    path = tmp_path / "store"
+    with inmem.open(path, durability="strict") as db:
+        saver = InmemSaver(db)
+        assert saver.offload  # strict fsyncs: async calls go to a worker thread
+        _graph(saver).invoke({"log": [], "n": 1}, {"configurable": {"thread_id": "keep"}})
+        assert db.run_status(thread_run(saver.prefix, "keep")) == "paused"
+    with inmem.open(path, durability="strict") as db:
+        assert db.orphaned_runs() == []
+        state = _graph(InmemSaver(db)).get_state({"configurable": {"thread_id": "keep"}})
+        assert state.values["n"] == 20
+
+
+class Recording:
+    """A backend that records every operation it is asked to run."""
+
+    def __init__(self, inner):
+        self.inner, self.ops = inner, []
+
+    def call(self, op, args):
+        self.ops.append((op, args))
+        return self.inner.call(op, args)
+
+    def call_batch(self, ops):
+        self.ops.extend(ops)
+        return self.inner.call_batch(ops)
+
+    def fanout(self, op, args):
+        self.ops.append(("fanout:" + op, args))
+        return self.inner.fanout(op, args)
+
+    def kv_section(self):
+        return KV(self.call)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_reading_a_thread_touches_only_its_run(db):
+    recording = Recording(db._backend)
+    saver = InmemSaver(Database(recording))
+    graph = _graph(saver)
+    for t in ("x", "y"):
+        graph.invoke({"log": [], "n": 1}, {"configurable": {"thread_id": t}})
+    run = thread_run(saver.prefix, "x")
+    recording.ops.clear()
+    listed = list(saver.list({"configurable": {"thread_id": "x"}}))
+    assert len(listed) == 5
+    assert recording.ops and all(args[0] == run for _, args in recording.ops)
+    assert not any(op.startswith("fanout:") or op == "run.list" for op, _ in recording.ops)
+    recording.ops.clear()
+    assert saver.get_tuple({"configurable": {"thread_id": "x", "checkpoint_ns": ""}})
+    assert len(recording.ops) <= 3 and all(args[0] == run for _, args in recording.ops)
+
+
+def test_list_without_a_config_walks_every_thread(db):
+    saver = InmemSaver(db)
+    graph = _graph(saver)
+    for t in ("a", "b", "c"):
+        graph.invoke({"log": [], "n": 1}, {"configurable": {"thread_id": t}})
+    everything = list(saver.list(None))
+    assert len(everything) == 15
+    assert {t.config["configurable"]["thread_id"] for t in everything} == {"a", "b", "c"}
+    assert len(list(saver.list(None, filter={"step": 1}, limit=2))) == 2
+
+
+def test_prune_and_delete_for_runs_give_the_space_back(db):
+    saver = InmemSaver(db)
+    graph = _graph(saver)
+    config = {"configurable": {"thread_id": "p"}}
+    graph.invoke({"log": [], "n": 1}, config)
+    run = thread_run(saver.prefix, "p")
+    latest = saver.get_tuple(config)
+    saver.prune(["p"])
+    keys = db.kv.keys(run)
+    assert [k for k in keys if k.startswith("checkpoint/")] == [
+        f"checkpoint//{latest.checkpoint['id']}"]
+    # only the blobs the kept checkpoint points at are left
+    assert len([k for k in keys if k.startswith("blob/")]) == len(
+        [v for v in latest.checkpoint["channel_versions"]])
+    assert saver.get_tuple(config).checkpoint["channel_values"] == \
+        latest.checkpoint["channel_values"]
+
+    run_id = str(uuid.uuid4())
+    graph.invoke({"log": [], "n": 3}, {**config, "metadata": {"run_id": run_id}})
+    assert saver.get_tuple(config).metadata["run_id"] == run_id
+    saver.delete_for_runs([run_id])
+    left = list(saver.list(config))
+    assert [t.checkpoint["id"] for t in left] == [latest.checkpoint["id"]]
+    assert saver.get_tuple(config).checkpoint["id"] == latest.checkpoint["id"]
+    assert db.json.get(f"{saver.prefix}runs", run_id) is None
+
+
+def test_versions_grow_and_never_collide_across_forks():
+    saver = InmemSaver(inmem.open(None))
+    v1 = saver.get_next_version(None)
+    v2 = saver.get_next_version(v1)
+    assert v1 < v2 and int(v2.split(".")[0]) == 2
+    assert saver.get_next_version(v1) != v2
+    assert int(saver.get_next_version(7).split(".")[0]) == 8
