@@ -23,7 +23,7 @@ from .context import Context, error_row, fmt_count, scaled_sizes
 from .peers import ALL_PEERS, Peers
 
 TIERS = ("micro", "durability", "recovery", "memory", "concurrency", "cluster", "scenarios",
-         "replay")
+         "replay", "langgraph")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 

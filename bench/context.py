@@ -57,6 +57,8 @@ FULL_SIZES = {
     "search_docs": 100_000,
     "search_queries": 200,
     "index_rebuild_keys": 1_000_000,
+    "langgraph_ops": 2_000,                 # tier langgraph: saver calls per side per round
+    "langgraph_history": 100,               # checkpoints on the thread get_tuple reads
 }
 
 QUICK_SIZES = {
@@ -84,6 +86,8 @@ QUICK_SIZES = {
     "search_docs": 20_000,
     "search_queries": 50,
     "index_rebuild_keys": 100_000,
+    "langgraph_ops": 500,
+    "langgraph_history": 100,
 }
 
 _FLOORS = {"repeats": 1, "micro_big_ops": 10, "strict_ops": 10, "group_ops_total": 64,
@@ -216,8 +220,11 @@ def _one_line(text: str, limit: int = 240) -> str:
 
 
 def target(text: str, source: str, *, ops_per_s=None, p50_us=None, max_ms=None,
-           at_least_peer=None, for_n=None) -> dict:
-    """A seed target: every given bound must hold. `for_n`: applies only at that size."""
+           at_least_peer=None, min_ratio=None, for_n=None) -> dict:
+    """A seed target: every given bound must hold. `for_n`: applies only at that size.
+
+    `min_ratio`: {peer: factor}, ours / the peer's figure must be at least factor.
+    """
     t = {"text": text, "source": source}
     if ops_per_s is not None:
         t["ops_per_s"] = ops_per_s
@@ -227,6 +234,8 @@ def target(text: str, source: str, *, ops_per_s=None, p50_us=None, max_ms=None,
         t["max_ms"] = max_ms
     if at_least_peer is not None:
         t["at_least_peer"] = at_least_peer
+    if min_ratio is not None:
+        t["min_ratio"] = dict(min_ratio)
     if for_n is not None:
         t["for_n"] = for_n
     return t
@@ -252,6 +261,11 @@ def target_met(row: dict):
         if not isinstance(theirs, (int, float)):
             return None
         ok &= row["value"] >= theirs
+    for peer, factor in t.get("min_ratio", {}).items():
+        theirs = row["peers"].get(peer)
+        if not isinstance(theirs, (int, float)):
+            return None
+        ok &= row["value"] >= factor * theirs
     return bool(ok)
 
 

@@ -18,9 +18,10 @@ The same plan then runs three ways:
 - `await run_async(db, plan)` on an asynchronous database, whose sections
   are coroutines: each batch is awaited, and the event loop is never held.
 
-An operation is `(section, method, args)`: `("kv", "put", (run, key, v))`
-names `db.kv.put(run, key, v)`; section None names a method of the
-database itself (`begin_run`).
+An operation is an inmem operation as the engine names it, `(op, args)`
+(`("kv.put", (run, key, value, ttl))`; see `inmem.ops`), sent through the
+database's backend as a pipeline sends it; `("search", args)` is the one
+composite, `db.search(*args)`, and is always a batch of its own.
 """
 
 from __future__ import annotations
@@ -32,28 +33,22 @@ from typing import Any, Generator
 
 from inmem.errors import InmemError
 
-#: one operation: (section or None, method name, args)
+#: one operation: (op name, args)
 Op = tuple
 #: a plan: yields lists of operations, receives their results, returns its answer
 Plan = Generator[list, list, Any]
 
 
-def _target(obj, section, method):
-    return getattr(obj if section is None else getattr(obj, section), method)
-
-
 def execute_sync(db, ops: list) -> list:
     """The results of `ops` on a sync database, failures in place."""
+    backend = db._backend
     if len(ops) == 1:
-        section, method, args = ops[0]
+        op, args = ops[0]
         try:
-            return [_target(db, section, method)(*args)]
+            return [db.search(*args) if op == "search" else backend.call(op, args)]
         except InmemError as exc:
             return [exc]
-    pipe = db.pipeline()
-    for section, method, args in ops:
-        _target(pipe, section, method)(*args)
-    return pipe.execute()
+    return backend.call_batch(ops)
 
 
 def run_sync(db, plan: Plan) -> Any:
@@ -66,16 +61,36 @@ def run_sync(db, plan: Plan) -> Any:
         return stop.value
 
 
+#: operation -> (section or None for the database, method, how many args the method takes)
+_METHODS = {
+    "kv.put": ("kv", "put", 4), "kv.get": ("kv", "get", 3), "kv.get_many": ("kv", "get_many", 2),
+    "kv.items": ("kv", "items", 2), "kv.keys": ("kv", "keys", 2),
+    "kv.delete": ("kv", "delete", 2), "js.get": ("json", "get", 3),
+    "js.set": ("json", "set", 4), "js.put": ("json", "put", 3),
+    "js.delete": ("json", "delete", 3), "run.begin": (None, "begin_run", 5),
+    "run.set_status": ("runs", "set_status", 2), "run.delete": ("runs", "delete", 1),
+    "run.list": ("runs", "list", 3), "search": (None, "search", 5),
+}
+
+
+def _method(obj, op):
+    section, name, arity = _METHODS[op]
+    return getattr(obj if section is None else getattr(obj, section), name), arity
+
+
 async def _execute_async(db, ops: list) -> list:
+    # An asynchronous database is driven through its public sections and pipelines.
     if len(ops) == 1:
-        section, method, args = ops[0]
+        op, args = ops[0]
+        fn, arity = _method(db, op)
         try:
-            return [await _target(db, section, method)(*args)]
+            return [await fn(*args[:arity])]
         except InmemError as exc:
             return [exc]
     pipe = db.pipeline()
-    for section, method, args in ops:
-        _target(pipe, section, method)(*args)
+    for op, args in ops:
+        fn, arity = _method(pipe, op)
+        fn(*args[:arity])
     return await pipe.execute()
 
 

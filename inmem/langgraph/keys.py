@@ -30,11 +30,13 @@ visits those threads only. The long-term store is one run of its own
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 DEFAULT_PREFIX = "langgraph:"
 
 
+@lru_cache(maxsize=8192)
 def esc(text: str) -> str:
     """`text` with '%', '/' and ':' escaped, so '/' only ever separates key parts."""
     return text.replace("%", "%25").replace("/", "%2F").replace(":", "%3A")

@@ -183,18 +183,18 @@ class InmemSaver(BaseCheckpointSaver[str]):
         ops = []
         for channel, version in new_versions.items():
             blob = list(dumps(values[channel])) if channel in values else ["empty", b""]
-            ops.append(("kv", "put", (run, blob_key(ns, channel, version), blob)))
+            ops.append(("kv.put", (run, blob_key(ns, channel, version), blob, None)))
         meta = get_checkpoint_metadata(config, metadata)
         run_id = meta.get("run_id")
         run_id = run_id if type(run_id) is str and run_id else None
         cid = checkpoint["id"]
         record = [ns, cid, config["configurable"].get("checkpoint_id"), list(dumps(body)),
                   list(dumps(meta)), run_id]
-        ops.append(("kv", "put", (run, checkpoint_key(ns, cid), record)))
-        ops.append(("kv", "put", (run, head_key(ns), record)))
+        ops.append(("kv.put", (run, checkpoint_key(ns, cid), record, None)))
+        ops.append(("kv.put", (run, head_key(ns), record, None)))
         pair = (run_id, run)
         if run_id is not None and pair not in self._indexed:
-            ops.append(("json", "set", (self._index, run_id, json_name(str(thread_id)), True)))
+            ops.append(("js.set", (self._index, run_id, json_name(str(thread_id)), True)))
         results = yield from self._send(ops, {run: thread_id})
         raise_first(results)
         if run_id is not None:
@@ -213,14 +213,14 @@ class InmemSaver(BaseCheckpointSaver[str]):
             # A task's ordinary writes are kept as first stored (a retried task
             # must not change what the checkpoint already recorded); the special
             # channels (error, interrupt, resume, scheduled) are replaced.
-            (doc,) = yield [("json", "get", (run, wkey))]
+            (doc,) = yield [("js.get", (run, wkey, "$"))]
             if isinstance(doc, RunNotFound):
                 doc = None
             raise_first([doc])
             have = doc if isinstance(doc, dict) else {}
             entries = [e for e in entries if e[2] < 0 or e[0] not in have]
         dumps = self.serde.dumps_typed
-        ops = [("json", "set", (run, wkey, json_name(name),
+        ops = [("js.set", (run, wkey, json_name(name),
                                 [task_id, channel, *dumps(value), task_path, idx]))
                for name, channel, idx, value in entries]
         if ops:
@@ -230,8 +230,8 @@ class InmemSaver(BaseCheckpointSaver[str]):
         thread_id, run, ns = self._where(config)
         cid = get_checkpoint_id(config)
         if cid:
-            found, writes = yield [("kv", "get", (run, checkpoint_key(ns, cid))),
-                                   ("json", "get", (run, writes_key(ns, cid)))]
+            found, writes = yield [("kv.get", (run, checkpoint_key(ns, cid), None)),
+                                   ("js.get", (run, writes_key(ns, cid), "$"))]
             if isinstance(found, RunNotFound) or found is None:
                 return None
             raise_first([found, writes])
@@ -240,19 +240,19 @@ class InmemSaver(BaseCheckpointSaver[str]):
             keys = _blob_keys(ns, checkpoint)
             blobs = []
             if keys:
-                (blobs,) = yield [("kv", "get_many", (run, keys))]
+                (blobs,) = yield [("kv.get_many", (run, keys))]
                 raise_first([blobs])
         else:
-            (found,) = yield [("kv", "get", (run, head_key(ns)))]
+            (found,) = yield [("kv.get", (run, head_key(ns), None))]
             if isinstance(found, RunNotFound) or found is None:
                 return None
             raise_first([found])
             record = Record._make(found)
             checkpoint = self.serde.loads_typed(tuple(record.checkpoint))
             keys = _blob_keys(ns, checkpoint)
-            ops = [("json", "get", (run, writes_key(ns, record.checkpoint_id)))]
+            ops = [("js.get", (run, writes_key(ns, record.checkpoint_id), "$"))]
             if keys:
-                ops.append(("kv", "get_many", (run, keys)))
+                ops.append(("kv.get_many", (run, keys)))
             results = yield ops
             raise_first(results)
             writes = results[0]
@@ -264,7 +264,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
         if limit is not None and limit <= 0:
             return []
         if config is None:
-            (runs,) = yield [("runs", "list", (None, self._tag, None))]
+            (runs,) = yield [("run.list", (None, self._tag, None))]
             raise_first([runs])
             threads = [(_thread_of(info), info.run_id) for info in runs]
             ns = cid = None
@@ -275,7 +275,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
             cid = get_checkpoint_id(config)
         if not threads:
             return []
-        results = yield [("kv", "items", (run, checkpoint_prefix(ns))) for _, run in threads]
+        results = yield [("kv.items", (run, checkpoint_prefix(ns))) for _, run in threads]
         before_id = get_checkpoint_id(before) if before else None
         loads = self.serde.loads_typed
         chosen = []
@@ -305,9 +305,9 @@ class InmemSaver(BaseCheckpointSaver[str]):
             checkpoint = loads(tuple(record.checkpoint))
             keys = _blob_keys(record.ns, checkpoint)
             plans.append((thread_id, record, metadata, checkpoint, keys, len(ops)))
-            ops.append(("json", "get", (run, writes_key(record.ns, record.checkpoint_id))))
+            ops.append(("js.get", (run, writes_key(record.ns, record.checkpoint_id), "$")))
             if keys:
-                ops.append(("kv", "get_many", (run, keys)))
+                ops.append(("kv.get_many", (run, keys)))
         results = (yield ops) if ops else []
         out = []
         for thread_id, record, metadata, checkpoint, keys, at in plans:
@@ -323,7 +323,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
         runs = [thread_run(self.prefix, t) for t in thread_ids]
         if not runs:
             return None
-        results = yield [("runs", "delete", (run,)) for run in runs]
+        results = yield [("run.delete", (run,)) for run in runs]
         raise_first(results)
         gone = set(runs)
         for pair in [p for p in self._indexed if p[1] in gone]:
@@ -334,7 +334,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
         run_ids = [r for r in dict.fromkeys(run_ids) if type(r) is str and r]
         if not run_ids:
             return None
-        docs = yield [("json", "get", (self._index, r)) for r in run_ids]
+        docs = yield [("js.get", (self._index, r, "$")) for r in run_ids]
         threads: dict = {}
         for doc in docs:
             if isinstance(doc, RunNotFound):
@@ -347,7 +347,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
         if threads:
             reads = []
             for run in threads.values():
-                reads += [("kv", "items", (run, "checkpoint/")), ("kv", "keys", (run, "blob/"))]
+                reads += [("kv.items", (run, "checkpoint/")), ("kv.keys", (run, "blob/"))]
             results = yield reads
             for i, run in enumerate(threads.values()):
                 items, blob_keys = results[2 * i], results[2 * i + 1]
@@ -357,7 +357,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
                 records = [Record._make(v) for _, v in items]
                 ops += self._cut(run, records, [r for r in records if r.run_id in doomed_runs],
                                  blob_keys)
-        ops += [("json", "delete", (self._index, r)) for r in run_ids]
+        ops += [("js.delete", (self._index, r, "$")) for r in run_ids]
         results = yield ops
         raise_first(results, allow=(RunNotFound,))
         for pair in [p for p in self._indexed if p[0] in doomed_runs]:
@@ -366,7 +366,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
 
     def _copy_thread(self, source, target):
         src, dst = thread_run(self.prefix, source), thread_run(self.prefix, target)
-        items, dst_heads = yield [("kv", "items", (src, "")), ("kv", "items", (dst, "head/"))]
+        items, dst_heads = yield [("kv.items", (src, "")), ("kv.items", (dst, "head/"))]
         if isinstance(items, RunNotFound):
             return None
         raise_first([items])
@@ -377,23 +377,23 @@ class InmemSaver(BaseCheckpointSaver[str]):
         records = [Record._make(v) for k, v in items if k.startswith("checkpoint/")]
         docs = []
         if records:
-            docs = yield [("json", "get", (src, writes_key(r.ns, r.checkpoint_id)))
+            docs = yield [("js.get", (src, writes_key(r.ns, r.checkpoint_id), "$"))
                           for r in records]
             raise_first(docs)
-        ops = [("kv", "put", (dst, k, v)) for k, v in items
+        ops = [("kv.put", (dst, k, v, None)) for k, v in items
                if k.startswith(("checkpoint/", "blob/"))]
         for k, v in items:
             if k.startswith("head/"):
                 record = Record._make(v)
                 mine = heads.get(record.ns)
                 if mine is None or mine.checkpoint_id < record.checkpoint_id:
-                    ops.append(("kv", "put", (dst, head_key(record.ns), v)))
+                    ops.append(("kv.put", (dst, head_key(record.ns), v, None)))
         for record, doc in zip(records, docs):
             if doc:
-                ops.append(("json", "put", (dst, writes_key(record.ns, record.checkpoint_id),
+                ops.append(("js.put", (dst, writes_key(record.ns, record.checkpoint_id),
                                             doc)))
         for run_id in {r.run_id for r in records if r.run_id}:
-            ops.append(("json", "set", (self._index, run_id, json_name(str(target)), True)))
+            ops.append(("js.set", (self._index, run_id, json_name(str(target)), True)))
         if ops:
             raise_first((yield from self._send(ops, {dst: target})))
         return None
@@ -408,7 +408,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
             return None
         reads = []
         for run in runs:
-            reads += [("kv", "items", (run, "checkpoint/")), ("kv", "keys", (run, "blob/"))]
+            reads += [("kv.items", (run, "checkpoint/")), ("kv.keys", (run, "blob/"))]
         results = yield reads
         ops = []
         for i, run in enumerate(runs):
@@ -439,22 +439,22 @@ class InmemSaver(BaseCheckpointSaver[str]):
         survivors = [r for r in records if (r.ns, r.checkpoint_id) not in gone]
         ops = []
         for r in doomed:
-            ops.append(("kv", "delete", (run, checkpoint_key(r.ns, r.checkpoint_id))))
-            ops.append(("json", "delete", (run, writes_key(r.ns, r.checkpoint_id))))
+            ops.append(("kv.delete", (run, checkpoint_key(r.ns, r.checkpoint_id))))
+            ops.append(("js.delete", (run, writes_key(r.ns, r.checkpoint_id), "$")))
         newest: dict = {}
         for r in survivors:
             if r.ns not in newest or newest[r.ns].checkpoint_id < r.checkpoint_id:
                 newest[r.ns] = r
         for ns in {r.ns for r in doomed}:
             if ns in newest:
-                ops.append(("kv", "put", (run, head_key(ns), list(newest[ns]))))
+                ops.append(("kv.put", (run, head_key(ns), list(newest[ns]), None)))
             else:
-                ops.append(("kv", "delete", (run, head_key(ns))))
+                ops.append(("kv.delete", (run, head_key(ns))))
         loads = self.serde.loads_typed
         wanted = set()
         for r in survivors:
             wanted.update(_blob_keys(r.ns, loads(tuple(r.checkpoint))))
-        ops += [("kv", "delete", (run, k)) for k in blob_keys if k not in wanted]
+        ops += [("kv.delete", (run, k)) for k in blob_keys if k not in wanted]
         return ops
 
     def _send(self, ops, threads: dict):
@@ -462,7 +462,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
         paused, and the operations it refused are sent again."""
         results = yield ops
         missing = {}
-        for (section, method, args), result in zip(ops, results):
+        for (_, args), result in zip(ops, results):
             if isinstance(result, RunNotFound):
                 missing[args[0]] = None
         if not missing:
@@ -470,11 +470,11 @@ class InmemSaver(BaseCheckpointSaver[str]):
         create = []
         for run in missing:
             if run in threads:
-                create.append((None, "begin_run", (None, run, None, [self._tag],
+                create.append(("run.begin", (None, run, None, [self._tag],
                                                    {"thread_id": _plain(threads[run])})))
             else:
-                create.append((None, "begin_run", (None, run, None, [f"{self.prefix}index"])))
-            create.append(("runs", "pause", (run,)))
+                create.append(("run.begin", (None, run, None, [f"{self.prefix}index"], None)))
+            create.append(("run.set_status", (run, "paused", None)))
         made = yield create
         raise_first(made, allow=(RunExists, InvalidStatusTransition))
         again = [i for i, r in enumerate(results) if isinstance(r, RunNotFound)]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Iterable
 
 import msgpack
 from langgraph.store.base import (
@@ -127,18 +127,18 @@ class InmemStore(BaseStore):
         for i, op in enumerate(ops):
             if isinstance(op, GetOp):
                 where[i] = len(reads)
-                reads.append(("kv", "get", (run, item_key(op.namespace, op.key))))
+                reads.append(("kv.get", (run, item_key(op.namespace, op.key), None)))
             elif isinstance(op, SearchOp) and not op.query:
                 where[i] = len(reads)
-                reads.append(("kv", "items", (run, namespace_prefix(op.namespace_prefix))))
+                reads.append(("kv.items", (run, namespace_prefix(op.namespace_prefix))))
             elif isinstance(op, ListNamespacesOp):
                 where[i] = len(reads)
-                reads.append(("kv", "keys", (run, _literal_prefix(op))))
+                reads.append(("kv.keys", (run, _literal_prefix(op))))
             elif isinstance(op, PutOp):
                 puts[(tuple(op.namespace), op.key)] = op  # the last put of a key wins
         put_keys = [item_key(ns, key) for ns, key in puts]
         if put_keys:
-            reads.append(("kv", "get_many", (run, put_keys)))
+            reads.append(("kv.get_many", (run, put_keys)))
         got = (yield reads) if reads else []
         missing_run = any(isinstance(r, RunNotFound) for r in got)
         if not missing_run:
@@ -167,19 +167,19 @@ class InmemStore(BaseStore):
             k = item_key(namespace, key)
             refresh.pop(k, None)
             if op.value is None:
-                writes.append(("kv", "delete", (run, k)))
+                writes.append(("kv.delete", (run, k)))
                 continue
             prior = old.get(k)
             created = prior[_CREATED] if prior else now
             record = [_pack(op.value), self._text(op), created, now, op.ttl]
-            writes.append(("kv", "put", (run, k, record, _seconds(op.ttl))))
+            writes.append(("kv.put", (run, k, record, _seconds(op.ttl))))
         for k, record in refresh.items():
-            writes.append(("kv", "put", (run, k, record, _seconds(record[_TTL]))))
+            writes.append(("kv.put", (run, k, record, _seconds(record[_TTL]))))
         if writes:
             done = yield writes
             if any(isinstance(r, RunNotFound) for r in done):
-                made = yield [(None, "begin_run", (None, run, None, ["langgraph:store"])),
-                              ("runs", "pause", (run,))]
+                made = yield [("run.begin", (None, run, None, ["langgraph:store"], None)),
+                              ("run.set_status", (run, "paused", None))]
                 raise_first(made, allow=(RunExists, InvalidStatusTransition))
                 done = yield writes
             # a delete of an absent key is not an error; a refresh of an item that
@@ -209,14 +209,14 @@ class InmemStore(BaseStore):
         want = op.offset + op.limit
         fetch = max(want * 2, _SEARCH_BATCH)
         while True:
-            (response,) = yield [(None, "search", (op.query, self.run, ["kv"], fetch, 0))]
+            (response,) = yield [("search", (op.query, self.run, ["kv"], fetch, 0))]
             if isinstance(response, RunNotFound):
                 return []
             raise_first([response])
             hits = [h for h in response.results if h.ref.startswith(prefix)]
             records = []
             if hits:
-                (records,) = yield [("kv", "get_many", (self.run, [h.ref for h in hits]))]
+                (records,) = yield [("kv.get_many", (self.run, [h.ref for h in hits]))]
                 raise_first([records])
             found = [(h, rec) for h, rec in zip(hits, records) if rec is not None and (
                 not op.filter or _matches(_unpack(rec[_VALUE]), op.filter))]
