@@ -13,6 +13,10 @@ A config may list its shards explicitly (multi-host)::
     endpoint = "tcp://10.0.0.12:7711"
     remote = true        # started by hand on that host; the coordinator only connects
 
+Every tcp endpoint is served with CurveZMQ: `[cluster] keys` names the key
+directory (`inmem keys generate`, see `inmem.keys`); a config with a tcp
+endpoint and no keys is refused unless it says `insecure = true`.
+
 Shards not listed, or listed without an endpoint, run on the coordinator's
 host on an ipc socket in the data directory (or, when its path is too long for
 an ipc socket, in a private runtime directory: see `prepare_socket_dir`).
@@ -39,7 +43,7 @@ IPC_PATH_MAX = 100
 #: section -> key -> accepted types (bool is checked apart: it is an int subclass)
 _SCHEMA = {
     "cluster": {"data_dir": (str,), "shards": (str, int), "endpoint": (str,),
-                "max_message_bytes": (int,)},
+                "max_message_bytes": (int,), "keys": (str,), "insecure": (bool,)},
     "durability": {"mode": (str,), "max_value_bytes": (int,),
                    **{name: option.types for name, option in durability.OPTIONS.items()}},
     "supervisor": {"restart_backoff_ms": (int, float), "restart_backoff_max_ms": (int, float),
@@ -158,9 +162,12 @@ def resolve(raw: dict) -> dict:
         count = cpu_count() if shards_auto else c["shards"]
     if not 1 <= count <= 1024:
         raise ConfigError(f"[cluster] shards must be between 1 and 1024, got {count}")
+    keys = os.path.abspath(os.path.expanduser(c["keys"])) if c["keys"] else None
     spec = {
         "data_dir": data_dir,
         "endpoint": c["endpoint"],
+        "keys": keys,
+        "insecure": c["insecure"],
         "max_message_bytes": c["max_message_bytes"],
         "durability": mode,
         "options": {k: d[k] for k in durability.OPTIONS},
@@ -215,7 +222,30 @@ def with_shard_count(spec: dict, count: int) -> dict:
             endpoint = f"ipc://{os.path.join(sock_dir, f'shard-{i}.sock')}"
         shards.append({"id": i, "endpoint": endpoint, "remote": entry["remote"]})
     spec["shards"] = shards
+    check_transport(spec)
     return spec
+
+
+def tcp_endpoints(spec: dict) -> list:
+    """The cluster's tcp endpoints: the coordinator's and the shards' that are on tcp."""
+    return [e for e in [spec["client_endpoint"], *(s["endpoint"] for s in spec["shards"])]
+            if e.startswith("tcp://")]
+
+
+def check_transport(spec: dict) -> None:
+    """ConfigError when a tcp endpoint would be open to anyone: no keys and no `insecure = true`.
+
+    A tcp endpoint is reached from the network, so it serves only with Curve
+    keys (every peer authenticated, every message encrypted), unless the
+    config says explicitly that it may run without.
+    """
+    tcp = tcp_endpoints(spec)
+    if tcp and not spec.get("keys") and not spec.get("insecure"):
+        raise ConfigError(
+            f"{tcp[0]} is a tcp endpoint and the config names no key directory, so anyone "
+            f"who can reach it could read and write the store: run `inmem keys generate "
+            f"DIR --shards {len(spec['shards'])}` and set [cluster] keys = \"DIR\" (or, on a "
+            f"network you trust, set [cluster] insecure = true)")
 
 
 def socket_dir(data_dir: str) -> str:
@@ -285,5 +315,6 @@ def shard_dir(spec: dict, shard: int) -> str:
 
 
 __all__ = ["ConfigError", "load", "resolve", "with_shard_count", "defaults", "socket_dir",
+           "check_transport", "tcp_endpoints",
            "prepare_socket_dir", "runtime_dir_problem", "shard_dir", "cpu_count",
            "DURABILITY_MODES"]

@@ -37,6 +37,8 @@ import zmq
 import inmem.protocol as protocol
 from inmem.errors import ClusterNotReady, InmemError, ProtocolError, ShardUnavailable
 from inmem.files import make_dirs, try_lock
+from inmem.keys import (COORDINATOR, KeyFileError, ServerKeys, insecure_warning, is_tcp,
+                        public_key, shard_name)
 from inmem.ops import FANOUT_READ_OPS
 from inmem.transport import bind_router, drain
 from inmem.types import RecoveryResult
@@ -44,7 +46,7 @@ from inmem.protocol import (HEADER_BYTES, KIND_ADMIN, KIND_BATCH, KIND_CLUSTER, 
                             SLOT_COUNT, VERSION)
 
 from .config import (ConfigError, prepare_socket_dir, runtime_dir_problem,
-                     socket_dir, with_shard_count)
+                     socket_dir, tcp_endpoints, with_shard_count)
 from .fanout import FanOut, describe_recovery
 from .slotmap import SlotMap
 from .supervisor import DOWN, READY, RECOVERING, Supervisor
@@ -100,6 +102,8 @@ class Coordinator:
         self.front = None
         self.poller = None
         self.supervisor = None
+        self.server_keys = None
+        self.shard_keys: dict = {}
         self._links_version = 0  # bumped when a shard's socket is replaced
 
     # -- start ---------------------------------------------------------------------
@@ -125,6 +129,7 @@ class Coordinator:
         self.packer = protocol.new_reply_packer()
         self.supervisor = Supervisor(spec, out=self.out)
         self.ctx = zmq.Context(1)
+        self._set_up_keys(spec)
         self.poller = zmq.Poller()
         self.links = [ShardLink(h) for h in self.supervisor.handles]
         for link in self.links:
@@ -132,7 +137,7 @@ class Coordinator:
         endpoint = spec["client_endpoint"]
         prepare_socket_dir(spec)
         try:
-            front = bind_router(self.ctx, endpoint, self.max_message_bytes)
+            front = bind_router(self.ctx, endpoint, self.max_message_bytes, self.server_keys)
         except InmemError as exc:
             raise ConfigError(str(exc)) from None
         self.front = front
@@ -140,6 +145,28 @@ class Coordinator:
         self.out(f"inmem coordinator pid {os.getpid()} on {endpoint}: "
                  f"{len(self.links)} shards, {spec['durability']}, data in {spec['data_dir']}")
         self.supervisor.start_all()
+
+    def _set_up_keys(self, spec: dict) -> None:
+        """Curve for every tcp endpoint: our keypair, each tcp shard's public key, the ZAP handler."""
+        self.server_keys = None
+        self.shard_keys: dict = {}  # shard id -> its public key, for shards on tcp
+        tcp = tcp_endpoints(spec)
+        if not tcp:
+            return
+        if not spec.get("keys"):
+            self.out("WARNING: " + insecure_warning(tcp))
+            return
+        try:
+            self.server_keys = ServerKeys(spec["keys"], COORDINATOR)
+            for s in spec["shards"]:
+                if is_tcp(s["endpoint"]):
+                    self.shard_keys[s["id"]] = public_key(spec["keys"], shard_name(s["id"]))
+        except KeyFileError as exc:
+            raise ConfigError(str(exc)) from None
+        if is_tcp(spec["client_endpoint"]):
+            self.server_keys.start(self.ctx)
+        self.out(f"Curve on {', '.join(tcp)}: peers admitted from {spec['keys']} "
+                 f"({len(self.server_keys.admitted)} keys)")
 
     def _connect(self, link: ShardLink) -> None:
         if link.sock is not None:
@@ -156,6 +183,9 @@ class Coordinator:
         sock.setsockopt(zmq.RECONNECT_IVL, 20)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        shard_key = self.shard_keys.get(link.handle.id)
+        if shard_key is not None:
+            self.server_keys.connect_as_client(sock, shard_key)
         sock.connect(link.handle.endpoint)
         link.sock = sock
         link.hello_sent = 0.0
@@ -343,6 +373,9 @@ class Coordinator:
             self._result(ident, head, {"shard_count": self.slotmap.shard_count,
                                        "ranges": self.slotmap.ranges(),
                                        "shards": [l.handle.endpoint for l in self.links],
+                                       # public keys of shards on tcp, for direct clients
+                                       "shard_keys": [_text(self.shard_keys.get(l.handle.id))
+                                                      for l in self.links],
                                        "max_message_bytes": self.max_message_bytes})
         elif name == "recovery_report":
             self._result(ident, head, [l.handle.recovery for l in self.links
@@ -561,6 +594,8 @@ class Coordinator:
             self.front = None
         if self.supervisor is not None:
             self.supervisor.stop_all()
+        if self.server_keys is not None:
+            self.server_keys.stop()
         if self.ctx is not None:
             self.ctx.destroy(0)
             self.ctx = None
@@ -570,6 +605,10 @@ class Coordinator:
             remove_sockets(self.spec)
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _text(key: bytes | None) -> str | None:
+    return None if key is None else key.decode("ascii")
 
 
 _SECONDS = RecoveryResult._fields.index("seconds")

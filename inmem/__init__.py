@@ -100,7 +100,7 @@ def _store_path(path) -> str:
 def connect(url: str, timeout: float = 5.0, **options) -> Database:
     """Connect to a cluster's coordinator; waits up to `timeout` for it to be ready.
 
-    Options: request_timeout, max_message_bytes, direct (see `inmem.client.connect`).
+    Options: request_timeout, max_message_bytes, direct, keys (see `inmem.client.connect`).
     """
     from .client import connect as _connect
     return _connect(url, timeout=timeout, **options)

@@ -1,4 +1,5 @@
-"""The `inmem` command line: demo, serve, status, shard serve, bench, wal inspect, snapshot verify."""
+"""The `inmem` command line: demo, serve, status, shard serve, keys generate, bench, wal inspect,
+snapshot verify."""
 
 from __future__ import annotations
 
@@ -109,12 +110,15 @@ def _cmd_status(args) -> int:
     from inmem.coordinator import config as cfg
     from .client import ClusterBackend
     from .errors import ClusterNotReady, Timeout
+    from .errors import InmemError
     try:
-        endpoint = args.endpoint or cfg.load(args.config)["client_endpoint"]
-    except cfg.ConfigError as exc:
+        spec = cfg.load(args.config) if args.config else None
+        endpoint = args.endpoint or (spec or cfg.load(None))["client_endpoint"]
+        keys = args.keys or (spec["keys"] if spec and endpoint.startswith("tcp://") else None)
+        backend = ClusterBackend(endpoint, timeout=args.timeout, keys=keys)
+    except InmemError as exc:
         print(f"inmem status: {exc}", file=sys.stderr)
         return 2
-    backend = ClusterBackend(endpoint, timeout=args.timeout)
     try:
         if args.wait_ready:
             backend.wait_ready(args.timeout)
@@ -132,6 +136,8 @@ def _cmd_status(args) -> int:
         line = f"  shard {s['shard']}: {s['state']}, pid {s['pid']}, {s['endpoint']}"
         if s["state"] == "ready":
             line += f"; {describe_recovery(s['recovery'])}"
+        if s.get("remote"):
+            line += "; remote (started on its own host, not restarted from here)"
         if s["restarts"]:
             line += f"; {s['restarts']} restarts"
         if s["last_error"]:
@@ -156,6 +162,30 @@ def _cmd_shard_serve(args) -> int:
         print(f"inmem shard serve: {exc}", file=sys.stderr)
         return 2
     return run_worker(spec, args.shard)
+
+
+def _cmd_keys_generate(args) -> int:
+    """Write a cluster's Curve keypairs (coordinator, each shard, clients) into a 0700 directory."""
+    from inmem import keys
+    from inmem.coordinator import config as cfg
+    try:
+        shards = args.shards
+        if shards is None and args.config:
+            spec = cfg.load(args.config, insecure=True)
+            shards = len(spec["shards"])
+        if shards is None:
+            print("inmem keys generate: say how many shards (--shards N) or give the cluster's "
+                  "--config", file=sys.stderr)
+            return 2
+        done = keys.generate(args.dir, shards, args.clients or [keys.CLIENT])
+    except (keys.KeyFileError, cfg.ConfigError, OSError) as exc:
+        print(f"inmem keys generate: {exc}", file=sys.stderr)
+        return 2
+    for name, what in done:
+        print(f"  {name}: {what}")
+    print(f"keys in {os.path.abspath(args.dir)}: copy every .key file and only that host's "
+          f".key_secret to each host; set [cluster] keys to the directory")
+    return 0
 
 
 def _cmd_bench(argv) -> int:
@@ -204,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show a cluster's shards")
     st.add_argument("--config", help="the cluster's TOML config")
     st.add_argument("--endpoint", help="the coordinator endpoint")
+    st.add_argument("--keys", help="the key directory (or a client's .key_secret file) for a "
+                                   "tcp endpoint; default: the config's")
     st.add_argument("--wait-ready", action="store_true", help="wait until every shard is ready")
     st.add_argument("--timeout", type=float, default=30.0)
     st.set_defaults(fn=_cmd_status)
@@ -218,6 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
     shs.add_argument("--durability", choices=("inmemory", "buffered", "strict"),
                      help="override the config's durability")
     shs.set_defaults(fn=_cmd_shard_serve)
+
+    k = sub.add_parser("keys", help="CurveZMQ keys for a cluster's tcp endpoints")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    kg = ksub.add_parser("generate", help="write the keypairs of the coordinator, each shard and "
+                                          "the clients (0600 files in a 0700 directory); pairs "
+                                          "already there are kept")
+    kg.add_argument("dir", help="the key directory (the config's [cluster] keys)")
+    kg.add_argument("--shards", type=int, help="how many shards (default: the config's)")
+    kg.add_argument("--config", help="the cluster's TOML config, for its shard count")
+    kg.add_argument("--clients", nargs="*", metavar="NAME",
+                    help="client keypairs to write (client-NAME); default: one, named client")
+    kg.set_defaults(fn=_cmd_keys_generate)
 
     sub.add_parser("bench", help="run the benchmarks (see `inmem bench --help`)", add_help=False)
 

@@ -73,7 +73,7 @@ URL_SCHEMES = ("ipc", "tcp")
 #: closed sockets kept in a client's list before it is pruned
 _PRUNE_MIN = 64
 #: what `connect` takes besides url and timeout
-CONNECT_OPTIONS = ("request_timeout", "max_message_bytes", "direct")
+CONNECT_OPTIONS = ("request_timeout", "max_message_bytes", "direct", "keys")
 
 
 def _after_fork_in_child() -> None:
@@ -171,7 +171,7 @@ class _ThreadState:
 class ClusterBackend:
     def __init__(self, url: str, timeout: float = 5.0, *, request_timeout: float | None = None,
                  max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
-                 direct: bool = True):
+                 direct: bool = True, keys=None):
         self.url = check_url(url)
         self.timeout = _number("timeout", timeout)
         self.request_timeout = _number("request_timeout", request_timeout, True) or self.timeout
@@ -182,6 +182,9 @@ class ClusterBackend:
             raise InvalidOption(f"direct must be True or False, got {direct!r:.60}")
         self.max_message_bytes = max_message_bytes
         self.direct = direct
+        #: Curve for tcp: our keypair and the coordinator's key (see inmem.keys)
+        self.keys = _client_keys(keys)
+        self.shard_keys: list = []  # each shard's public key (None: not on tcp)
         self.ctx = zmq.Context(1)
         self._sockets: list = []  # every socket made and not yet pruned, for _release
         self._sockets_lock = threading.Lock()
@@ -203,7 +206,7 @@ class ClusterBackend:
             raise InmemError(self._closed if isinstance(self._closed, str)
                              else "the database is closed")
 
-    def _socket(self, endpoint: str, immediate: bool = False):
+    def _socket(self, endpoint: str, immediate: bool = False, server_key: bytes | None = None):
         sock = self.ctx.socket(zmq.DEALER)
         with self._sockets_lock:
             sockets = self._sockets
@@ -219,6 +222,8 @@ class ClusterBackend:
             # Queue nothing for a shard that is not connected: a send then fails
             # at once (ShardUnavailable) instead of reaching whatever binds next.
             sock.setsockopt(zmq.IMMEDIATE, 1)
+        if self.keys is not None and endpoint.startswith("tcp://"):
+            self.keys.apply(sock, server_key or self.keys.coordinator)
         try:
             sock.connect(endpoint)
         except zmq.ZMQError as exc:
@@ -241,7 +246,8 @@ class ClusterBackend:
         """This thread's direct channel to `shard`, connected (or ShardUnavailable)."""
         chan = st.shards[shard]
         if chan is None:
-            chan = _Channel(self._socket(self.shard_endpoints[shard], immediate=True), shard)
+            key = self.shard_keys[shard] if shard < len(self.shard_keys) else None
+            chan = _Channel(self._socket(self.shard_endpoints[shard], True, key), shard)
             st.shards[shard] = chan
         return chan
 
@@ -566,7 +572,10 @@ class ClusterBackend:
                 return status
             time.sleep(min(_NOT_READY_PAUSE_S, max(deadline - time.monotonic(), 0)))
         if status is None:
-            raise ClusterNotReady(f"no coordinator answered at {self.url} within {timeout:g} s")
+            hint = ("; a cluster with keys answers only clients holding one (connect(url, "
+                    "keys=DIR))" if self.keys is None and self.url.startswith("tcp://") else "")
+            raise ClusterNotReady(f"no coordinator answered at {self.url} within {timeout:g} s"
+                                  + hint)
         waiting = ", ".join(f"shard {s['shard']} {s['state']}" for s in status["shards"]
                             if s["state"] != "ready")
         raise ClusterNotReady(f"the cluster at {self.url} was not ready within {timeout:g} s "
@@ -582,6 +591,7 @@ class ClusterBackend:
         count = m["shard_count"]
         self.shard_slot = [first.get(s, 0) for s in range(count)]
         self.shard_endpoints = list(m["shards"])
+        self.shard_keys = _shard_keys(self.keys, m.get("shard_keys"), count)
         # The cluster's limit, so that an oversized request is refused here, clearly.
         self.max_message_bytes = min(self.max_message_bytes,
                                      m.get("max_message_bytes", self.max_message_bytes))
@@ -629,12 +639,36 @@ class ClusterBackend:
         return f"cluster {self.url}" + (" (direct to shards)" if self.direct else "")
 
 
+def _client_keys(keys):
+    """The ClientKeys of the `keys` option (None: no keys; plain tcp)."""
+    if keys is None:
+        return None
+    if not isinstance(keys, (str, os.PathLike)):
+        raise InvalidOption(f"keys is a key directory (inmem keys generate) or a client's "
+                            f".key_secret file, got {type(keys).__name__}")
+    from .keys import ClientKeys
+    return ClientKeys(keys)
+
+
+def _shard_keys(keys, announced, count: int) -> list:
+    """Each shard's public key: as the coordinator (whose key we checked) announced it, or
+    from our key directory."""
+    out = [None] * count
+    if keys is None:
+        return out
+    for i in range(count):
+        key = announced[i] if isinstance(announced, list) and i < len(announced) else None
+        out[i] = key.encode("ascii") if isinstance(key, str) else keys.shard_key(i)
+    return out
+
+
 def connect(url: str, timeout: float = 5.0, **options) -> Database:
     """A Database on the cluster at `url`, once every shard is ready (ClusterNotReady if not).
 
     Options: request_timeout (seconds per call; default `timeout`),
     max_message_bytes (the cluster's limit), direct (send run operations
-    straight to the owning shard, skipping the coordinator hop).
+    straight to the owning shard, skipping the coordinator hop), keys (the
+    cluster's key directory, or a client's `.key_secret` file: Curve on tcp).
     """
     unknown = options.keys() - set(CONNECT_OPTIONS)
     if unknown:

@@ -119,6 +119,7 @@ class Cluster:
     def connect(self, timeout: float = 10.0, **options):
         """A Database on this cluster (a new client each call)."""
         from .client import connect
+        options.setdefault("keys", self._client_keys())
         return connect(self.endpoint, timeout=timeout, **options)
 
     def status(self) -> dict:
@@ -203,8 +204,13 @@ class Cluster:
     def _admin_backend(self):
         if self._admin is None:
             from .client import ClusterBackend
-            self._admin = ClusterBackend(self.endpoint, timeout=10.0)
+            self._admin = ClusterBackend(self.endpoint, timeout=10.0, keys=self._client_keys())
         return self._admin
+
+    def _client_keys(self):
+        """The key directory clients of this cluster use: when it has keys and tcp endpoints."""
+        from inmem.coordinator.config import tcp_endpoints
+        return self.spec["keys"] if self.spec.get("keys") and tcp_endpoints(self.spec) else None
 
     def _close_admin(self) -> None:
         if self._admin is not None:

@@ -7,7 +7,6 @@ so a limit changes in one place.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 
 import zmq
@@ -17,24 +16,25 @@ from .protocol import RECV_QUEUE_MAX
 
 
 def bind_endpoint(endpoint: str) -> str:
-    """The address to bind for an endpoint that others connect to.
+    """The address to bind for an endpoint that others connect to: the one given.
 
-    A remote shard is connected to by a host name; it binds every interface
-    on that port, since the name may not be one of its own addresses.
+    A tcp endpoint binds exactly the host it names (a name is resolved to its
+    address); every interface only when the endpoint says `*` itself, so a
+    shard meant for a private network is not also reachable from others.
     """
-    if endpoint.startswith("tcp://"):
-        host, _, port = endpoint[6:].rpartition(":")
-        try:
-            ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            if host not in ("*", "localhost") and port:
-                return f"tcp://*:{port}"
     return endpoint
 
 
-def bind_router(ctx: zmq.Context, endpoint: str, max_message_bytes: int) -> zmq.Socket:
-    """A ROUTER bound to `endpoint`; raises InmemError naming the endpoint if it cannot listen."""
+def bind_router(ctx: zmq.Context, endpoint: str, max_message_bytes: int,
+                server_keys=None) -> zmq.Socket:
+    """A ROUTER bound to `endpoint`; raises InmemError naming the endpoint if it cannot listen.
+
+    With `server_keys` (an `inmem.keys.ServerKeys`) a tcp endpoint serves
+    Curve: only peers holding one of the cluster's keys get through.
+    """
     sock = ctx.socket(zmq.ROUTER)
+    if server_keys is not None and endpoint.startswith("tcp://"):
+        server_keys.serve(sock)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
     # A burst from many clients queues rather than being dropped: up to

@@ -50,6 +50,7 @@ import zmq
 import inmem.protocol as protocol
 from inmem.errors import DurabilityError, InmemError, ProtocolError, SlotMoved
 from inmem.files import make_dirs
+from inmem.keys import ServerKeys, insecure_warning, is_tcp, shard_name
 from inmem.processes import clear_exit_note, die_with_parent, write_exit_note
 from inmem.protocol import KIND_ADMIN, KIND_BATCH, KIND_OP, slot_of
 from inmem.ops import WRITE_OPS, route_run
@@ -79,6 +80,7 @@ class Worker:
         self.engine = None
         self.sock = None
         self.ctx = None
+        self.server_keys = None
         self.stopping = False
         self.dropped_frames = 0
         self.protocol_errors = 0
@@ -118,7 +120,20 @@ class Worker:
         directory = ipc_dir(self.endpoint)
         if directory:
             make_dirs(directory)
-        sock = bind_router(self.ctx, self.endpoint, self.max_message_bytes)
+        server_keys = None
+        if is_tcp(self.endpoint):
+            if self.spec.get("keys"):
+                # Only the cluster's keys get through: the coordinator, and
+                # clients sending straight to this shard.
+                server_keys = ServerKeys(self.spec["keys"], shard_name(self.shard))
+                server_keys.start(self.ctx)
+            elif not self.spec.get("insecure"):
+                raise InmemError(f"{self.endpoint} is a tcp endpoint and no key directory is "
+                                 "configured; set [cluster] keys (or insecure = true)")
+            else:
+                log.warning("%s", insecure_warning([self.endpoint]))
+        self.server_keys = server_keys
+        sock = bind_router(self.ctx, self.endpoint, self.max_message_bytes, server_keys)
         self.sock = sock
 
     # -- the loop ------------------------------------------------------------------
@@ -409,6 +424,8 @@ class Worker:
             # Not under the lock: closing joins the flusher, which may be waiting
             # for it; the store takes the lock itself for the final flush.
             self.store.close()
+        if self.server_keys is not None:
+            self.server_keys.stop()
         if self.ctx is not None:
             self.ctx.term()
 

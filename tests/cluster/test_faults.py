@@ -266,6 +266,7 @@ def test_a_remote_shard_started_by_hand(make_cluster, tmp_path):
 [cluster]
 data_dir = "{tmp_path / 'data'}"
 shards = 2
+insecure = true
 [durability]
 mode = "strict"
 [supervisor]

@@ -97,7 +97,7 @@ def test_defaults(tmp_path, monkeypatch):
 
 def test_overrides_and_their_errors(tmp_path):
     spec = config.load(None, data_dir=str(tmp_path), shards=3, durability="strict",
-                       flush_interval_ms=5, endpoint="tcp://127.0.0.1:7700")
+                       flush_interval_ms=5, endpoint="tcp://127.0.0.1:7700", insecure=True)
     assert (len(spec["shards"]), spec["durability"]) == (3, "strict")
     assert spec["options"]["flush_interval_ms"] == 5
     assert spec["client_endpoint"] == "tcp://127.0.0.1:7700"
@@ -137,6 +137,7 @@ def test_multihost_example_lists_remote_tcp_shards():
     assert remote and all(s["endpoint"].startswith("tcp://") for s in remote)
     assert spec["client_endpoint"].startswith("tcp://")
     assert [s["id"] for s in spec["shards"]] == list(range(len(spec["shards"])))
+    assert spec["keys"] and not spec["insecure"]  # tcp across hosts: Curve, not the clear
 
 
 def test_a_long_data_directory_keeps_sockets_under_the_kernel_limit(tmp_path):
@@ -164,7 +165,9 @@ def test_shard_tables_are_checked(tmp_path):
 
 def test_bind_endpoint():
     from inmem.transport import bind_endpoint
-    assert bind_endpoint("tcp://db-2.internal:7711") == "tcp://*:7711"
+    # The address given, never every interface unless it says so.
+    assert bind_endpoint("tcp://db-2.internal:7711") == "tcp://db-2.internal:7711"
+    assert bind_endpoint("tcp://*:7711") == "tcp://*:7711"
     assert bind_endpoint("tcp://10.0.0.2:7711") == "tcp://10.0.0.2:7711"
     assert bind_endpoint("ipc:///x/y.sock") == "ipc:///x/y.sock"
 

@@ -1,0 +1,268 @@
+"""A cluster's CurveZMQ keys: the key directory, its files, and the Curve set-up of a socket.
+
+Every tcp endpoint of a cluster with keys is a Curve server: traffic is
+encrypted, and a peer is served only if its public key is one of the
+cluster's. The key directory holds one keypair per party, in the certificate
+format ZeroMQ tools read (`zmq.auth.load_certificate`)::
+
+    coordinator.key   coordinator.key_secret
+    shard-0.key       shard-0.key_secret       (one pair per shard)
+    client.key        client.key_secret        (the default client; more with --clients)
+
+`NAME.key` holds a public key, `NAME.key_secret` the keypair (mode 0600, in a
+0700 directory). The public keys in the directory are the peers a server
+admits: to let a new client in, generate its pair and copy its `.key` file to
+every server's key directory; to shut one out, remove its `.key` and restart.
+A host needs only its own `.key_secret` and everyone's `.key` files.
+
+Servers check keys in a ZAP handler (`zmq.auth.thread.ThreadAuthenticator`)
+on its own thread in the process's ZeroMQ context: it answers only during a
+connection's handshake, so it costs nothing per message. A peer whose key is
+not admitted never completes the handshake: it gets no reply at all.
+
+ipc endpoints are not touched: they are files in owner-only directories.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import stat
+
+import zmq
+import zmq.auth
+
+from .errors import InmemError
+from .files import DIR_MODE, FILE_MODE, fsync_dir, make_dirs
+
+PUBLIC_SUFFIX = ".key"
+SECRET_SUFFIX = ".key_secret"
+COORDINATOR = "coordinator"
+CLIENT = "client"
+#: the ZAP domain of every Curve server socket of a cluster
+ZAP_DOMAIN = "inmem"
+
+
+class KeyFileError(InmemError):
+    """A key directory or key file that cannot be used; the message says which and why."""
+
+
+def shard_name(shard: int) -> str:
+    return f"shard-{shard}"
+
+
+def is_tcp(endpoint: str) -> bool:
+    return endpoint.startswith("tcp://")
+
+
+def insecure_warning(endpoints) -> str | None:
+    """The start-up warning of a process serving tcp without keys (None if it serves no tcp)."""
+    tcp = [e for e in endpoints if is_tcp(e)]
+    if not tcp:
+        return None
+    return (f"{', '.join(tcp)} served WITHOUT authentication or encryption (insecure = true): "
+            "anyone who can reach it can read and write this store")
+
+
+# -- writing -----------------------------------------------------------------------
+
+def _write_new(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                 FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        os.write(fd, text.encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _certificate(kind: str, public: bytes, secret: bytes | None) -> str:
+    lines = [f"#   inmem cluster key, {kind}, generated {datetime.datetime.now():%Y-%m-%d %H:%M:%S}",
+             "#   " + ("KEEP THIS FILE SECRET: it proves this party's identity."
+                      if secret else "Public: copy it to every host that should admit this party."),
+             "", "metadata", "curve", f'    public-key = "{public.decode("ascii")}"']
+    if secret:
+        lines.append(f'    secret-key = "{secret.decode("ascii")}"')
+    return "\n".join(lines) + "\n"
+
+
+def names_for(shards: int, clients=(CLIENT,)) -> list[str]:
+    """The keypair names of a cluster with `shards` shards and these clients."""
+    if type(shards) is not int or not 1 <= shards <= 1024:
+        raise KeyFileError(f"a cluster has 1 to 1024 shards, got {shards!r}")
+    names = [COORDINATOR] + [shard_name(i) for i in range(shards)]
+    for client in clients:
+        name = client if client == CLIENT or client.startswith(CLIENT + "-") else f"{CLIENT}-{client}"
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise KeyFileError(f"a client name is letters, digits, - and _, got {client!r}")
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def generate(directory, shards: int, clients=(CLIENT,)) -> list[tuple[str, str]]:
+    """Write the keypairs a cluster needs into `directory` (made 0700); keep the ones there.
+
+    Returns (name, "written" | "kept") for each keypair. A pair whose files
+    exist is never overwritten: running this again after adding shards or
+    clients only adds theirs.
+    """
+    directory = os.path.abspath(os.fspath(directory))
+    made = make_dirs(directory)
+    if not made:
+        st = os.stat(directory)
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            os.chmod(directory, DIR_MODE)
+    done = []
+    for name in names_for(shards, clients):
+        public_path = os.path.join(directory, name + PUBLIC_SUFFIX)
+        secret_path = os.path.join(directory, name + SECRET_SUFFIX)
+        have = [os.path.exists(p) for p in (public_path, secret_path)]
+        if all(have):
+            done.append((name, "kept"))
+            continue
+        if any(have):
+            raise KeyFileError(f"{directory} holds only one of {name}{PUBLIC_SUFFIX} and "
+                               f"{name}{SECRET_SUFFIX}; remove it to have the pair made again")
+        public, secret = zmq.curve_keypair()
+        _write_new(secret_path, _certificate(name, public, secret))
+        _write_new(public_path, _certificate(name, public, None))
+        done.append((name, "written"))
+    fsync_dir(directory)
+    return done
+
+
+# -- reading -----------------------------------------------------------------------
+
+def _load(path: str, want_secret: bool) -> tuple[bytes, bytes | None]:
+    try:
+        if want_secret:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+            if mode & 0o077:
+                raise KeyFileError(f"the secret key {path} has mode {mode:04o}; others may read "
+                                   f"it, so it is not used: chmod 600 it (or generate a new one)")
+        public, secret = zmq.auth.load_certificate(path)
+    except FileNotFoundError:
+        raise KeyFileError(f"no key file {path}; `inmem keys generate` writes it") from None
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"cannot read the key file {path}: {exc}") from None
+    if len(public) != 40 or (want_secret and (secret is None or len(secret) != 40)):
+        raise KeyFileError(f"{path} does not hold a Curve "
+                           + ("keypair" if want_secret else "public key"))
+    return public, secret
+
+
+def keypair(directory, name: str) -> tuple[bytes, bytes]:
+    """(public, secret) of `name` in the key directory (Z85 bytes)."""
+    return _load(os.path.join(os.fspath(directory), name + SECRET_SUFFIX), True)
+
+
+def public_key(directory, name: str) -> bytes:
+    return _load(os.path.join(os.fspath(directory), name + PUBLIC_SUFFIX), False)[0]
+
+
+def admitted_keys(directory) -> frozenset:
+    """Every public key in the key directory: the peers a server of the cluster admits."""
+    directory = os.fspath(directory)
+    try:
+        entries = sorted(os.listdir(directory))
+    except OSError as exc:
+        raise KeyFileError(f"cannot read the key directory {directory}: {exc}") from None
+    keys = {_load(os.path.join(directory, e), False)[0] for e in entries
+            if e.endswith(PUBLIC_SUFFIX)}
+    if not keys:
+        raise KeyFileError(f"the key directory {directory} holds no public keys (*.key); "
+                           "`inmem keys generate` writes them")
+    return frozenset(keys)
+
+
+# -- sockets -----------------------------------------------------------------------
+
+class _Admitted:
+    """The ZAP callback: a peer is admitted when its public key is one of the cluster's."""
+
+    def __init__(self, keys: frozenset):
+        self.keys = keys
+
+    def callback(self, domain, key) -> bool:
+        return key in self.keys
+
+
+class ServerKeys:
+    """What a process needs to serve Curve: its keypair, the admitted keys, its ZAP handler."""
+
+    def __init__(self, directory, name: str):
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.name = name
+        self.public, self.secret = keypair(self.directory, name)
+        self.admitted = admitted_keys(self.directory)
+        self._auth = None
+
+    def start(self, ctx: zmq.Context) -> None:
+        """Start this context's ZAP handler (once): from then on its Curve servers check keys."""
+        if self._auth is not None:
+            return
+        from zmq.auth.thread import ThreadAuthenticator
+        auth = ThreadAuthenticator(ctx)
+        auth.start()
+        auth.configure_curve_callback(ZAP_DOMAIN, _Admitted(self.admitted))
+        self._auth = auth
+
+    def serve(self, sock: zmq.Socket) -> None:
+        """Make `sock` (not bound yet) a Curve server that admits only the cluster's keys."""
+        sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+        sock.curve_secretkey = self.secret
+        sock.curve_publickey = self.public
+        sock.curve_server = True
+
+    def connect_as_client(self, sock: zmq.Socket, server_public: bytes) -> None:
+        """Make `sock` (not connected yet) a Curve client of the server with that key."""
+        client(sock, self.public, self.secret, server_public)
+
+    def stop(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+
+
+def client(sock: zmq.Socket, public: bytes, secret: bytes, server_public: bytes) -> None:
+    sock.curve_secretkey = secret
+    sock.curve_publickey = public
+    sock.curve_serverkey = server_public
+
+
+class ClientKeys:
+    """A client's keypair and the coordinator's public key, from a key directory.
+
+    `keys` is the key directory (the `client` pair is used) or the path of
+    one client's `.key_secret` file, with the coordinator's `.key` beside it.
+    """
+
+    def __init__(self, keys):
+        path = os.path.abspath(os.fspath(keys))
+        if os.path.isdir(path):
+            directory, name = path, CLIENT
+        elif path.endswith(SECRET_SUFFIX):
+            directory = os.path.dirname(path)
+            name = os.path.basename(path)[:-len(SECRET_SUFFIX)]
+        else:
+            raise KeyFileError(f"keys is a key directory or a {SECRET_SUFFIX} file, got {path}")
+        self.directory = directory
+        self.public, self.secret = keypair(directory, name)
+        self.coordinator = public_key(directory, COORDINATOR)
+
+    def shard_key(self, shard: int) -> bytes | None:
+        """A shard's public key from the directory, when it is there (else None)."""
+        try:
+            return public_key(self.directory, shard_name(shard))
+        except KeyFileError:
+            return None
+
+    def apply(self, sock: zmq.Socket, server_public: bytes) -> None:
+        client(sock, self.public, self.secret, server_public)
+
+
+__all__ = ["generate", "names_for", "keypair", "public_key", "admitted_keys", "ServerKeys",
+           "ClientKeys", "KeyFileError", "shard_name", "is_tcp", "insecure_warning", "COORDINATOR", "CLIENT",
+           "PUBLIC_SUFFIX", "SECRET_SUFFIX"]

@@ -1,0 +1,274 @@
+"""CurveZMQ on tcp endpoints, on one host: the keys command, refusals, admitted and refused peers.
+
+The same cluster across network namespaces (other hosts) is in tests/multihost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+import subprocess
+import sys
+
+import msgpack
+import psutil
+import pytest
+import zmq
+
+import inmem
+from inmem import keys as keyfiles
+from inmem import protocol
+from inmem.coordinator import config
+from inmem.processes import child_env
+
+from .conftest import runs_on_each_shard, wait_for
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "inmem", *args], capture_output=True, text=True,
+                          env=child_env(), timeout=timeout)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+# -- the keys command --------------------------------------------------------------------
+
+def test_keys_generate_writes_private_pairs_and_keeps_existing_ones(tmp_path):
+    d = tmp_path / "keys"
+    r = _cli("keys", "generate", str(d), "--shards", "2")
+    assert r.returncode == 0, r.stderr
+    names = ["coordinator", "shard-0", "shard-1", "client"]
+    assert sorted(os.listdir(d)) == sorted(n + s for n in names for s in (".key", ".key_secret"))
+    assert _mode(d) == 0o700
+    assert all(_mode(d / f) == 0o600 for f in os.listdir(d))
+    pub, sec = keyfiles.keypair(d, "shard-1")
+    assert zmq.curve_public(sec) == pub  # a real Curve keypair
+    assert keyfiles.public_key(d, "shard-1") == pub
+    before = {f: (d / f).read_bytes() for f in os.listdir(d)}
+    r = _cli("keys", "generate", str(d), "--shards", "3", "--clients", "alice")
+    assert r.returncode == 0, r.stderr
+    assert "shard-2: written" in r.stdout and "shard-0: kept" in r.stdout
+    assert all((d / f).read_bytes() == data for f, data in before.items())
+    assert (d / "client-alice.key_secret").exists() and (d / "shard-2.key").exists()
+    assert len(keyfiles.admitted_keys(d)) == 6
+
+
+def test_keys_generate_needs_a_shard_count_and_takes_it_from_a_config(tmp_path):
+    assert _cli("keys", "generate", str(tmp_path / "k")).returncode == 2
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[cluster]\nshards = 3\n")
+    r = _cli("keys", "generate", str(tmp_path / "k"), "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "k" / "shard-2.key_secret").exists()
+
+
+def test_a_secret_key_others_may_read_is_refused(tmp_path):
+    keyfiles.generate(tmp_path / "k", 1)
+    os.chmod(tmp_path / "k" / "shard-0.key_secret", 0o644)
+    with pytest.raises(keyfiles.KeyFileError, match="chmod 600"):
+        keyfiles.keypair(tmp_path / "k", "shard-0")
+    with pytest.raises(keyfiles.KeyFileError, match="no key file"):
+        keyfiles.keypair(tmp_path / "k", "shard-7")
+
+
+def test_client_keys_option_is_checked(tmp_path):
+    with pytest.raises(inmem.InvalidOption, match="keys"):
+        inmem.connect("tcp://127.0.0.1:1", keys=5)
+    with pytest.raises(keyfiles.KeyFileError, match="no key file"):
+        inmem.connect("tcp://127.0.0.1:1", keys=str(tmp_path))
+
+
+# -- refusing to serve tcp in the clear ----------------------------------------------------
+
+def test_a_tcp_endpoint_without_keys_is_refused_unless_insecure(tmp_path):
+    ep = "tcp://127.0.0.1:7700"
+    with pytest.raises(config.ConfigError, match="insecure = true"):
+        config.load(None, data_dir=str(tmp_path), shards=1, endpoint=ep)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[cluster]\nshards = 2\n[[shard]]\nid = 0\n[[shard]]\nid = 1\n'
+                   f'endpoint = "tcp://127.0.0.1:7711"\nremote = true\n')
+    with pytest.raises(config.ConfigError, match="keys generate"):
+        config.load(cfg)
+    r = _cli("shard", "serve", "--config", str(cfg), "--shard", "1")
+    assert r.returncode == 2 and "insecure = true" in r.stderr
+    assert config.load(None, data_dir=str(tmp_path), shards=1, endpoint=ep,
+                       insecure=True)["insecure"] is True
+    spec = config.load(None, data_dir=str(tmp_path), shards=1, endpoint=ep, keys="k")
+    assert spec["keys"] == os.path.abspath("k")
+    # ipc needs neither
+    assert config.load(None, data_dir=str(tmp_path), shards=1)["keys"] is None
+
+
+def test_an_insecure_tcp_cluster_serves_and_warns_at_start(make_cluster):
+    ep = f"tcp://127.0.0.1:{_free_port()}"
+    cluster = make_cluster(shards=1, durability="inmemory", endpoint=ep, insecure=True)
+    with cluster.connect() as db:
+        run = db.begin_run()
+        db.kv.put(run, "k", 1)
+    log = open(os.path.join(cluster.data_dir, "coordinator.log")).read()
+    assert "WARNING" in log and "WITHOUT authentication or encryption" in log
+
+
+def test_the_coordinator_refuses_to_start_with_keys_missing_from_the_directory(make_cluster,
+                                                                              tmp_path):
+    keyfiles.generate(tmp_path / "keys", 1)
+    os.unlink(tmp_path / "keys" / "coordinator.key_secret")
+    ep = f"tcp://127.0.0.1:{_free_port()}"
+    with pytest.raises(inmem.ClusterNotReady, match="coordinator.key_secret"):
+        make_cluster(shards=1, durability="inmemory", endpoint=ep, keys=str(tmp_path / "keys"),
+                     ready_timeout=20)
+
+
+# -- a Curve cluster on loopback --------------------------------------------------------------
+
+def _remote_config(tmp_path, port, keys_dir, shards=2) -> str:
+    cfg = tmp_path / "curve.toml"
+    cfg.write_text(f"""
+[cluster]
+data_dir = "{tmp_path / 'data'}"
+shards = {shards}
+endpoint = "tcp://127.0.0.1:{_free_port()}"
+keys = "{keys_dir}"
+[durability]
+mode = "strict"
+[supervisor]
+heartbeat_interval_s = 0.1
+heartbeat_timeout_s = 0.8
+[[shard]]
+id = 0
+[[shard]]
+id = 1
+endpoint = "tcp://localhost:{port}"
+remote = true
+""")
+    return str(cfg)
+
+
+def _intruder_put(endpoint: str, run: str, curve=None, wait_ms: int = 1500):
+    """Send one well-formed kv.put, as a client without the cluster's keys; the reply or None."""
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            keyfiles.client(sock, *curve)
+        sock.connect(endpoint)
+        body = msgpack.packb(["kv.put", [run, "stolen", "x"]])
+        sock.send_multipart([protocol.header(protocol.KIND_OP, protocol.slot_of(run), 1), body])
+        if sock.poll(wait_ms):
+            return sock.recv_multipart()
+        return None
+    finally:
+        ctx.destroy(0)
+
+
+@pytest.mark.timeout(120)
+def test_a_curve_cluster_with_a_remote_shard_admits_only_its_keys(make_cluster, tmp_path):
+    keys_dir = tmp_path / "keys"
+    keyfiles.generate(keys_dir, 2)
+    port = _free_port()
+    cfg = _remote_config(tmp_path, port, keys_dir)
+    remote = subprocess.Popen([sys.executable, "-m", "inmem", "shard", "serve", "--config", cfg,
+                               "--shard", "1"], env=child_env(), start_new_session=True,
+                              stdin=subprocess.DEVNULL)
+    try:
+        cluster = make_cluster(config=cfg, data_dir=tmp_path / "data")
+        ids = {}
+        with cluster.connect(keys=str(keys_dir)) as db:
+            ids = runs_on_each_shard(db, 2, prefix="curve")
+            for shard in (0, 1):
+                db.begin_run(run_id=ids[shard][0])
+                assert db.kv.put(ids[shard][0], "k", shard) == 1
+        with inmem.connect(cluster.endpoint, keys=str(keys_dir), direct=False) as db:
+            assert db.kv.get(ids[1][0], "k") == 1
+        # The shard binds the address it was given (localhost), not every interface.
+        listening = [c.laddr for c in psutil.Process(remote.pid).net_connections()
+                     if c.status == "LISTEN"]
+        assert listening and all(a.ip in ("127.0.0.1", "::1") for a in listening), listening
+
+        stranger = tmp_path / "stranger"
+        keyfiles.generate(stranger, 1)
+        spub, ssec = keyfiles.keypair(stranger, "client")
+        coord_pub = keyfiles.public_key(keys_dir, "coordinator")
+        shard_pub = keyfiles.public_key(keys_dir, "shard-1")
+        far = ids[1][0]
+        # No keys, then a key the cluster does not list: no reply, on the coordinator and
+        # straight at the shard alike.
+        assert _intruder_put(cluster.endpoint, far) is None
+        assert _intruder_put(cluster.endpoint, far, (spub, ssec, coord_pub)) is None
+        assert _intruder_put(f"tcp://localhost:{port}", far) is None
+        assert _intruder_put(f"tcp://localhost:{port}", far, (spub, ssec, shard_pub)) is None
+        with pytest.raises(inmem.ClusterNotReady):
+            inmem.connect(cluster.endpoint, timeout=1.0, keys=str(stranger))
+        # ... and no effect.
+        with cluster.connect() as db:
+            assert db.kv.get(far, "stolen") is None
+            assert db.kv.keys(far) == ["k"]
+        # The admitted client's raw put does get an answer (the intruder check can fail).
+        cpub, csec = keyfiles.keypair(keys_dir, "client")
+        assert _intruder_put(cluster.endpoint, far, (cpub, csec, coord_pub)) is not None
+
+        # The remote shard killed: marked down, then ready once it is back.
+        remote.kill()
+        remote.wait(10)
+        wait_for(lambda: cluster.status()["shards"][1]["state"] == "down", 20,
+                 "the silent remote shard to be marked down")
+        r = _cli("status", "--config", cfg)
+        assert r.returncode == 1 and "shard 1: down" in r.stdout and "remote" in r.stdout
+        remote = subprocess.Popen([sys.executable, "-m", "inmem", "shard", "serve", "--config",
+                                   cfg, "--shard", "1"], env=child_env(), start_new_session=True,
+                                  stdin=subprocess.DEVNULL)
+        wait_for(lambda: cluster.status()["shards"][1]["state"] == "ready", 30,
+                 "the remote shard to be back")
+        r = _cli("status", "--config", cfg)
+        assert r.returncode == 0 and "shard 1: ready" in r.stdout, r.stdout + r.stderr
+        with cluster.connect() as db:
+            assert db.kv.get(far, "k") == 1
+    finally:
+        remote.kill()
+        remote.wait(10)
+
+
+def test_server_keys_refuse_an_unlisted_client_at_the_socket(tmp_path):
+    """The ZAP handler alone: a listed key gets a reply, an unlisted one nothing."""
+    keyfiles.generate(tmp_path / "k", 1)
+    keyfiles.generate(tmp_path / "other", 1)
+    logging.getLogger("zmq.auth").setLevel(logging.CRITICAL)
+    ctx = zmq.Context()
+    server = keyfiles.ServerKeys(tmp_path / "k", "shard-0")
+    server.start(ctx)
+    try:
+        from inmem.transport import bind_router
+        router = bind_router(ctx, "tcp://127.0.0.1:0", 1 << 20, server)
+        ep = router.getsockopt_string(zmq.LAST_ENDPOINT)
+
+        def ask(pair):
+            d = ctx.socket(zmq.DEALER)
+            d.setsockopt(zmq.LINGER, 0)
+            keyfiles.client(d, *pair, server.public)
+            d.connect(ep)
+            d.send(b"hi")
+            got = router.poll(700)
+            if got:
+                ident, msg = router.recv_multipart()
+                router.send_multipart([ident, msg])
+            answered = d.poll(700)
+            d.close(0)
+            return bool(got and answered)
+
+        assert ask(keyfiles.keypair(tmp_path / "k", "client"))
+        assert not ask(keyfiles.keypair(tmp_path / "other", "client"))
+        router.close(0)
+    finally:
+        server.stop()
+        ctx.destroy(0)
