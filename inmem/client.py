@@ -246,8 +246,15 @@ class ClusterBackend:
         """This thread's direct channel to `shard`, connected (or ShardUnavailable)."""
         chan = st.shards[shard]
         if chan is None:
-            key = self.shard_keys[shard] if shard < len(self.shard_keys) else None
-            chan = _Channel(self._socket(self.shard_endpoints[shard], True, key), shard)
+            endpoint = self.shard_endpoints[shard]
+            if endpoint.startswith("ipc://") and not self.url.startswith("ipc://"):
+                # A shard on an ipc socket beside the coordinator is out of reach of a
+                # client that came over tcp (it may be on another host): its runs go
+                # through the coordinator.
+                chan = st.coord
+            else:
+                key = self.shard_keys[shard] if shard < len(self.shard_keys) else None
+                chan = _Channel(self._socket(endpoint, True, key), shard)
             st.shards[shard] = chan
         return chan
 

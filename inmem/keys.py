@@ -264,5 +264,5 @@ class ClientKeys:
 
 
 __all__ = ["generate", "names_for", "keypair", "public_key", "admitted_keys", "ServerKeys",
-           "ClientKeys", "KeyFileError", "shard_name", "is_tcp", "insecure_warning", "COORDINATOR", "CLIENT",
-           "PUBLIC_SUFFIX", "SECRET_SUFFIX"]
+           "ClientKeys", "KeyFileError", "shard_name", "is_tcp", "insecure_warning", "client",
+           "COORDINATOR", "CLIENT", "PUBLIC_SUFFIX", "SECRET_SUFFIX"]

@@ -92,6 +92,17 @@ BACKENDS = {
 }
 
 
+def _open_multihost(**options):
+    # A cluster whose shards run on other hosts (network namespaces): tests/multihost
+    # runs the API suite on the client host with only this backend.
+    from multihost.api_backend import open_multihost_db
+    return open_multihost_db(**options)
+
+
+if os.environ.get("INMEM_TEST_MULTIHOST"):
+    BACKENDS = {"multihost": _open_multihost}
+
+
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request) -> str:
     return request.param

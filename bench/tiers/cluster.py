@@ -33,6 +33,12 @@ reached through ZeroMQ from Python can beat.
 - `cluster.kv.put.scale.shards{1,2}` (buffered): 2 client processes on
   disjoint runs, pipelines of 100, against a 1-shard and a 2-shard cluster up
   side by side; Redis (one server, one thread) and the floor with the same 2.
+- `cluster.kv.put.single.curve` and `cluster.kv.put.batched.curve`
+  (buffered, 2 shards): the cost of encryption. The coordinator and both
+  shards on tcp loopback with the cluster's Curve keys, one client through
+  the coordinator (two Curve hops), against the same cluster in the clear
+  (`insecure = true`), the peer `plain`; targets: single-op p50 within 1.2x
+  of plain, batched throughput within 1.5x (`extra.curve_cost`).
 - `cluster.multi_agent.procs{2,4,8}` (buffered): client processes moving one
   shared state cell with `state.transition`; transitions/s and retry rate.
 - `cluster.recovery` (buffered): restart a cluster on the data it left, from
@@ -140,6 +146,8 @@ ROWS = (
     ("cluster.floor.8clients", FLOOR_MODE, ()),
     ("cluster.kv.put.scale.shards1", "buffered", ("redis", "floor")),
     ("cluster.kv.put.scale.shards2", "buffered", ("redis", "floor")),
+    ("cluster.kv.put.single.curve", "buffered", ("plain",)),
+    ("cluster.kv.put.batched.curve", "buffered", ("plain",)),
     ("cluster.multi_agent.procs2", "buffered", ()),
     ("cluster.multi_agent.procs4", "buffered", ()),
     ("cluster.multi_agent.procs8", "buffered", ()),
@@ -163,6 +171,8 @@ def run(ctx: Context) -> None:
         (_names("cluster.kv.put.single.8clients", "cluster.kv.put.strict.8clients",
                 "cluster.floor.8clients"),
          lambda: _eight_clients(ctx, rounds, s["cluster_strict_ops_per_client"])),
+        (("cluster.kv.put.single.curve", "cluster.kv.put.batched.curve"),
+         lambda: _curve(ctx, rounds, s["cluster_single_ops"], s["cluster_batched_ops"])),
         (("cluster.kv.put.scale.shards1", "cluster.kv.put.scale.shards2"),
          lambda: _scale(ctx, rounds, s["cluster_scale_ops_per_client"])),
         (("cluster.multi_agent.procs2", "cluster.multi_agent.procs4",
@@ -304,6 +314,96 @@ def _one_client(ctx, rounds, single_ops, batched_ops):
                         "peer_config": config})
         _add_floor(ctx, "cluster.floor.batched", il, {"batch": BATCH, "config": FLOOR_CONFIG},
                    latency_per="batch")
+
+
+# -- Curve against the clear, both on tcp loopback --------------------------------------
+
+#: how much slower Curve may be than the same cluster in the clear
+CURVE_TARGETS = {"single": ("p50", 1.2), "batched": ("ops_per_s", 1.5)}
+
+
+def _tcp_config(ctx, name: str, keys_dir) -> str:
+    """A 2-shard config with the coordinator and both shards on tcp loopback."""
+    from ..peers import free_port
+    path = os.path.join(ctx.scratch("cluster"), f"{name}.toml")
+    security = f'keys = "{keys_dir}"' if keys_dir else "insecure = true"
+    shards = "".join(f'[[shard]]\nid = {i}\nendpoint = "tcp://127.0.0.1:{free_port()}"\n'
+                     for i in range(2))
+    with open(path, "w") as f:
+        f.write(f'[cluster]\nshards = 2\nendpoint = "tcp://127.0.0.1:{free_port()}"\n'
+                f'{security}\n{shards}')
+    return path
+
+
+def _curve(ctx, rounds, single_ops, batched_ops):
+    from inmem import keys as keyfiles
+    value = make_value(VALUE_BYTES)
+    warm = min(single_ops, 200)
+    keys = make_keys(rounds * (single_ops + warm))
+    batches = max(2, batched_ops // BATCH)
+    batch_keys = make_keys(BATCH * 10, prefix="b")
+    keys_dir = os.path.join(ctx.scratch("cluster"), "keys")
+    keyfiles.generate(keys_dir, 2)
+    with contextlib.ExitStack() as stack:
+        clients = {}
+        for side, kd in (("curve", keys_dir), ("plain", None)):
+            cfg = _tcp_config(ctx, side, kd)
+            cluster = stack.enter_context(_started(inmem.Cluster(
+                config=cfg, data_dir=os.path.join(ctx.scratch("cluster"), f"data-{side}"),
+                durability="buffered")))
+            clients[side] = cluster.connect(direct=False)
+            stack.callback(clients[side].close)
+        runs = {side: c.begin_run(name=f"bench-{side}") for side, c in clients.items()}
+
+        def single(put):
+            return lambda r: timed_loop(put, single_ops, warmup=warm,
+                                        start=r * (single_ops + warm), samples=2000)
+
+        def batched(op):
+            def side(r):
+                out = timed_loop(op, batches, warmup=2, samples=200)
+                out["ops_per_s"] *= BATCH
+                out["ops"] *= BATCH
+                return out
+            return side
+
+        il = interleave([Side(side, single(_put_op(c, runs[side], keys, value)))
+                         for side, c in clients.items()], rounds, ctx.log)
+        _add(ctx, "cluster.kv.put.single.curve", "buffered", il, "curve", {"plain": "plain"},
+             extra={"shards": 2, "route": ROUTES["routed"], "transport": "tcp loopback",
+                    "curve_cost": _curve_cost(il, "single")})
+        il = interleave([Side(side, batched(_pipeline_op(c, runs[side], batch_keys, value)))
+                         for side, c in clients.items()], rounds, ctx.log)
+        _add(ctx, "cluster.kv.put.batched.curve", "buffered", il, "curve", {"plain": "plain"},
+             latency_per="batch",
+             extra={"shards": 2, "route": ROUTES["routed"], "transport": "tcp loopback",
+                    "batch": BATCH, "curve_cost": _curve_cost(il, "batched")})
+
+
+@contextlib.contextmanager
+def _started(cluster):
+    try:
+        cluster.start()
+    except Exception as exc:
+        raise ClusterUnavailable(f"a tcp cluster did not start: {type(exc).__name__}: "
+                                 f"{exc}") from None
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _curve_cost(il, kind: str) -> dict:
+    """Curve / plain for the row's measure, with its target and whether it was met."""
+    measure, limit = CURVE_TARGETS[kind]
+    if measure == "p50":
+        curve, plain = il.latency("curve")["p50_us"], il.latency("plain")["p50_us"]
+        ratio = curve / plain if curve and plain else None
+    else:
+        curve, plain = il.median("curve"), il.median("plain")
+        ratio = plain / curve if curve and plain else None  # how many times slower
+    return {"measure": measure, "slowdown": ratio, "target_max": limit,
+            "met": None if ratio is None else ratio <= limit}
 
 
 def _put_op(db, run, keys, value):

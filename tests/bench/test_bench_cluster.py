@@ -160,3 +160,19 @@ def test_eight_client_rows_cover_both_routes_and_both_modes(tmp_path, monkeypatc
     assert strict["peers"]["redis"].startswith("skipped: ")
     assert strict["ratio_spread"]["floor"]["rounds"] == 2
     assert "appendfsync always" in strict["extra"]["peer_config"]["redis"]["workload"]
+
+
+def test_curve_rows_compare_curve_with_the_clear_over_tcp(tmp_path):
+    ctx = _ctx(tmp_path)
+    cluster_tier._curve(ctx, 2, 50, 2000)
+    rows = _rows(ctx)
+    assert list(rows) == ["cluster.kv.put.single.curve", "cluster.kv.put.batched.curve"]
+    for name, row in rows.items():
+        assert row["status"] == "ok", (name, row["status"])
+        assert isinstance(row["peers"]["plain"], float)
+        assert row["extra"]["transport"] == "tcp loopback"
+        cost = row["extra"]["curve_cost"]
+        assert cost["slowdown"] > 0 and cost["met"] == (cost["slowdown"] <= cost["target_max"])
+    assert rows["cluster.kv.put.single.curve"]["n"] == 2 * 50
+    assert rows["cluster.kv.put.single.curve"]["extra"]["curve_cost"]["target_max"] == 1.2
+    assert rows["cluster.kv.put.batched.curve"]["extra"]["curve_cost"]["target_max"] == 1.5

@@ -189,6 +189,10 @@ def test_a_curve_cluster_with_a_remote_shard_admits_only_its_keys(make_cluster, 
             for shard in (0, 1):
                 db.begin_run(run_id=ids[shard][0])
                 assert db.kv.put(ids[shard][0], "k", shard) == 1
+            # Shard 1 straight over tcp; shard 0, on an ipc socket beside the coordinator,
+            # through the coordinator (a client over tcp may be on another host).
+            st = db._backend._local.state
+            assert st.shards[0] is st.coord and st.shards[1].sock is not st.coord.sock
         with inmem.connect(cluster.endpoint, keys=str(keys_dir), direct=False) as db:
             assert db.kv.get(ids[1][0], "k") == 1
         # The shard binds the address it was given (localhost), not every interface.
