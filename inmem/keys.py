@@ -15,9 +15,9 @@ admits: to let a new client in, generate its pair and copy its `.key` file to
 every server's key directory; to shut one out, remove its `.key` and restart.
 A host needs only its own `.key_secret` and everyone's `.key` files.
 
-Servers check keys in a ZAP handler (`zmq.auth.thread.ThreadAuthenticator`)
-on its own thread in the process's ZeroMQ context: it answers only during a
-connection's handshake, so it costs nothing per message. A peer whose key is
+Servers check keys in a ZAP handler (`_ZapHandler`) on its own thread in the
+process's ZeroMQ context: it answers only during a connection's handshake,
+so it costs nothing per message. A peer whose key is
 not admitted never completes the handshake: it gets no reply at all.
 
 ipc endpoints are not touched: they are files in owner-only directories.
@@ -28,9 +28,11 @@ from __future__ import annotations
 import datetime
 import os
 import stat
+import threading
 
 import zmq
 import zmq.auth
+import zmq.utils.z85
 
 from .errors import InmemError
 from .files import DIR_MODE, FILE_MODE, fsync_dir, make_dirs
@@ -179,14 +181,69 @@ def admitted_keys(directory) -> frozenset:
 
 # -- sockets -----------------------------------------------------------------------
 
-class _Admitted:
-    """The ZAP callback: a peer is admitted when its public key is one of the cluster's."""
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 
-    def __init__(self, keys: frozenset):
-        self.keys = keys
 
-    def callback(self, domain, key) -> bool:
-        return key in self.keys
+class _ZapHandler(threading.Thread):
+    """The context's ZAP handler: admits a Curve peer whose public key is one of the cluster's.
+
+    A plain blocking loop over a REP socket (what ZeroMQ's ZAP protocol asks
+    for), answering every request waiting before it sleeps again; it wakes
+    only during handshakes. The socket is bound before the thread starts, so
+    no Curve server of the context can handshake before a handler is there.
+    """
+
+    def __init__(self, ctx: zmq.Context, admitted: frozenset):
+        super().__init__(name="inmem-zap", daemon=True)
+        self.admitted = admitted
+        self.sock = ctx.socket(zmq.REP)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(ZAP_ENDPOINT)
+        wake = f"inproc://inmem-zap-stop-{id(self)}"
+        self._stop_send = ctx.socket(zmq.PAIR)
+        self._stop_send.setsockopt(zmq.LINGER, 0)
+        self._stop_send.bind(wake)
+        self._stop_recv = ctx.socket(zmq.PAIR)
+        self._stop_recv.setsockopt(zmq.LINGER, 0)
+        self._stop_recv.connect(wake)
+
+    def answer(self, msg: list) -> list:
+        """The ZAP reply to one request: 200 for an admitted Curve key, 400 for anything else."""
+        rid = msg[1] if len(msg) > 1 else b""
+        if len(msg) >= 7 and msg[0] == b"1.0" and msg[5] == b"CURVE" and len(msg[6]) == 32:
+            key = zmq.utils.z85.encode(msg[6])
+            if key in self.admitted:
+                return [b"1.0", rid, b"200", b"OK", key, b""]
+        return [b"1.0", rid, b"400", b"not a key of this cluster", b"", b""]
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self._stop_recv, zmq.POLLIN)
+        try:
+            while True:
+                events = dict(poller.poll())
+                if self._stop_recv in events:
+                    return
+                while True:
+                    try:
+                        msg = self.sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self.sock.send_multipart(self.answer(msg))
+        except zmq.ContextTerminated:
+            return
+        finally:
+            self.sock.close(0)
+            self._stop_recv.close(0)
+
+    def stop(self) -> None:
+        try:
+            self._stop_send.send(b"")
+        except zmq.ZMQError:
+            pass
+        self.join(5)
+        self._stop_send.close(0)
 
 
 class ServerKeys:
@@ -203,11 +260,8 @@ class ServerKeys:
         """Start this context's ZAP handler (once): from then on its Curve servers check keys."""
         if self._auth is not None:
             return
-        from zmq.auth.thread import ThreadAuthenticator
-        auth = ThreadAuthenticator(ctx)
-        auth.start()
-        auth.configure_curve_callback(ZAP_DOMAIN, _Admitted(self.admitted))
-        self._auth = auth
+        self._auth = _ZapHandler(ctx, self.admitted)
+        self._auth.start()
 
     def serve(self, sock: zmq.Socket) -> None:
         """Make `sock` (not bound yet) a Curve server that admits only the cluster's keys."""

@@ -16,6 +16,7 @@ import msgpack
 import psutil
 import pytest
 import zmq
+import zmq.utils.z85
 
 import inmem
 from inmem import keys as keyfiles
@@ -275,4 +276,21 @@ def test_server_keys_refuse_an_unlisted_client_at_the_socket(tmp_path):
         router.close(0)
     finally:
         server.stop()
+        ctx.destroy(0)
+
+
+def test_the_zap_handler_answers_every_request_and_admits_only_listed_curve_keys(tmp_path):
+    keyfiles.generate(tmp_path / "k", 1)
+    admitted = keyfiles.admitted_keys(tmp_path / "k")
+    ctx = zmq.Context()
+    try:
+        handler = keyfiles._ZapHandler(ctx, admitted)
+        pub = zmq.utils.z85.decode(keyfiles.public_key(tmp_path / "k", "client"))
+        stranger = zmq.utils.z85.decode(zmq.curve_keypair()[0])
+        head = [b"1.0", b"7", b"inmem", b"10.0.0.9", b""]
+        assert handler.answer(head + [b"CURVE", pub])[2] == b"200"
+        for bad in (head + [b"CURVE", stranger], head + [b"NULL"], head + [b"PLAIN", b"u", b"p"],
+                    head + [b"CURVE", b"short"], [b"2.0"] + head[1:] + [b"CURVE", pub], [], [b"x"]):
+            assert handler.answer(bad)[2] == b"400", bad
+    finally:
         ctx.destroy(0)
