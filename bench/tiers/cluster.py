@@ -348,7 +348,7 @@ def _curve(ctx, rounds, single_ops, batched_ops):
         clients = {}
         for side, kd in (("curve", keys_dir), ("plain", None)):
             cfg = _tcp_config(ctx, side, kd)
-            cluster = stack.enter_context(_started(inmem.Cluster(
+            cluster = stack.enter_context(_started(_cluster_class()(
                 config=cfg, data_dir=os.path.join(ctx.scratch("cluster"), f"data-{side}"),
                 durability="buffered")))
             clients[side] = cluster.connect(direct=False)
