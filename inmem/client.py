@@ -53,27 +53,20 @@ import zmq
 import inmem.protocol as protocol
 from .database import Database
 from .sections import KV
-from .errors import (ClusterNotReady, InmemError, InvalidOption, InvalidURL, ProtocolError,
-                     ShardUnavailable, SlotMoved, Timeout)
+from .errors import (ClusterNotReady, InmemError, InvalidOption, InvalidURL, ShardUnavailable,
+                     SlotMoved, Timeout)
 from .ops import FANOUT_OPS, route_run, shape
-from .protocol import (KIND_BATCH, KIND_CLUSTER, KIND_OP, SLOT_COUNT, header, op_body,
-                       pack_checked, slot_of, unpack_reply)
-
-#: how long to wait between asking a cluster that is not ready yet
-_NOT_READY_PAUSE_S = 0.05
-#: direct requests: how often, while waiting for a reply, to ask whether the shard died
-_DIRECT_CHECK_S = 0.25
-#: operations per BATCH message: big enough to amortise a message, small enough
-#: that the shard applies one chunk while the client packs the next
-BATCH_CHUNK_OPS = 256
+from .protocol import (KIND_BATCH, KIND_CLUSTER, KIND_OP, header, op_body, pack_checked,
+                       slot_of, unpack_reply)
+from .routing import (BATCH_CHUNK_OPS, CONNECT_OPTIONS, URL_SCHEMES, SlotMap,  # noqa: F401
+                      apply_batch_reply, bare as _bare, check_client_options,
+                      check_connect_options, check_number as _number, check_url, chunks,
+                      no_reply, not_sent, plan_batch, shard_down, shard_gone, status_entry)
+from .routing import DIRECT_CHECK_S as _DIRECT_CHECK_S, NOT_READY_PAUSE_S as _NOT_READY_PAUSE_S
 
 _live_backends: "weakref.WeakSet[ClusterBackend]" = weakref.WeakSet()
-#: the schemes a coordinator listens on
-URL_SCHEMES = ("ipc", "tcp")
 #: closed sockets kept in a client's list before it is pruned
 _PRUNE_MIN = 64
-#: what `connect` takes besides url and timeout
-CONNECT_OPTIONS = ("request_timeout", "max_message_bytes", "direct", "keys")
 
 
 def _after_fork_in_child() -> None:
@@ -101,38 +94,6 @@ def _release(ctx, sockets: list, pid: int) -> None:
         sock.close(0)
     sockets.clear()
     ctx.term()
-
-
-def check_url(url) -> str:
-    """`url` when it is ipc://path or tcp://host:port, else InvalidURL saying what is wanted."""
-    if not isinstance(url, str):
-        raise InvalidURL(f"a cluster URL is a str like ipc:///path/coordinator.sock or "
-                         f"tcp://host:port, got {type(url).__name__}")
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in URL_SCHEMES or not rest:
-        raise InvalidURL(f"a cluster URL looks like ipc:///path/coordinator.sock or "
-                         f"tcp://host:port, got {url!r:.200}; use the coordinator's "
-                         "client endpoint (inmem status prints it)")
-    if scheme == "tcp":
-        host, colon, port = rest.rpartition(":")
-        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise InvalidURL(f"a tcp cluster URL is tcp://host:port with a port from 1 to "
-                             f"65535, got {url!r:.200}")
-    return url
-
-
-def _bare(exc: InmemError) -> InmemError:
-    """`exc` without its traceback, to be handed back in a result list."""
-    # The traceback holds the frame that holds the list: a reference cycle.
-    return exc.with_traceback(None)
-
-
-def _number(name: str, value, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    if type(value) not in (int, float) or not value > 0:
-        raise InvalidOption(f"{name} must be a number of seconds above 0, got {value!r:.60}")
-    return float(value)
 
 
 class _Channel:
@@ -175,11 +136,7 @@ class ClusterBackend:
         self.url = check_url(url)
         self.timeout = _number("timeout", timeout)
         self.request_timeout = _number("request_timeout", request_timeout, True) or self.timeout
-        if type(max_message_bytes) is not int or max_message_bytes < 1:
-            raise InvalidOption(f"max_message_bytes must be an int >= 1, got "
-                                f"{max_message_bytes!r:.60}")
-        if type(direct) is not bool:
-            raise InvalidOption(f"direct must be True or False, got {direct!r:.60}")
+        check_client_options(max_message_bytes, direct)
         self.max_message_bytes = max_message_bytes
         self.direct = direct
         #: Curve for tcp: our keypair and the coordinator's key (see inmem.keys)
@@ -283,7 +240,7 @@ class ClusterBackend:
             try:
                 sock.send_multipart((head, body))
             except zmq.Again:
-                raise Timeout(f"could not send to {self.url} within the deadline") from None
+                raise not_sent(self.url) from None
             return
         # A direct channel: wait (briefly, within the deadline) for the
         # connection to be up; a shard that is not there is unavailable.
@@ -299,34 +256,20 @@ class ClusterBackend:
     def _shard_entry(self, shard: int) -> dict | None:
         """The coordinator's status of `shard`, or None when it cannot be asked."""
         try:
-            entry = self.cluster("status", timeout=min(self.request_timeout, 2.0))["shards"][shard]
-        except (InmemError, KeyError, IndexError, TypeError):
+            status = self.cluster("status", timeout=min(self.request_timeout, 2.0))
+        except InmemError:
             return None
-        return entry if isinstance(entry, dict) else None
+        return status_entry(status, shard)
 
     def _shard_gone(self, shard: int, entry: dict | None = None) -> InmemError | None:
         """ShardUnavailable if the coordinator says `shard` is down or is a newer process."""
         entry = self._shard_entry(shard) if entry is None else entry
-        if entry is None:
-            return None  # it cannot say; the deadline decides
-        if entry.get("state") != "ready":
-            return ShardUnavailable(f"shard {shard} is {entry.get('state')}; retry shortly "
-                                    "(a request in flight may or may not have been applied)")
-        pid, known = entry.get("pid"), self._shard_pids.get(shard)
-        self._shard_pids[shard] = pid
-        if known is not None and pid != known:
-            return ShardUnavailable(f"shard {shard} restarted while the request was in flight; "
-                                    "it may or may not have been applied")
-        return None
+        return shard_gone(shard, entry, self._shard_pids)
 
     def _shard_down(self, shard: int) -> InmemError:
         """Why a direct channel got no answer by the deadline: ShardUnavailable or Timeout."""
-        entry = self._shard_entry(shard)
-        if entry is None:
-            return ShardUnavailable(f"shard {shard} does not answer and the coordinator at "
-                                    f"{self.url} could not say why")
-        return self._shard_gone(shard, entry) or Timeout(
-            f"no reply from shard {shard} within {self.request_timeout:g} s")
+        return shard_down(shard, self._shard_entry(shard), self._shard_pids, self.url,
+                          self.request_timeout)
 
     def _roundtrip(self, chan: _Channel, kind: int, target: int, body: bytes, deadline: float):
         """Send one request and return its decoded reply (an InmemError for an error)."""
@@ -350,7 +293,7 @@ class ClusterBackend:
                 if frames is None:
                     if shard is not None:
                         raise self._shard_down(shard)
-                    raise Timeout(f"no reply from {self.url} within {self.request_timeout:g} s")
+                    raise no_reply(self.url, self.request_timeout)
                 if len(frames) == 2 and frames[0] == head:
                     break
                 # A late reply to a request that timed out, or junk: not ours.
@@ -411,39 +354,13 @@ class ClusterBackend:
             self._load_slotmap()
         owners = self.owners
         results: list = [None] * len(ops)
-        groups: dict = {}  # shard -> ([indexes], [bodies]) not sent yet
-        shard_of_run: dict = {}
         sent: dict = {}
-        later = []
-        flush = self._flush_group
+        later: list = []
         deadline = time.monotonic() + self.request_timeout
-        for i, (op, args) in enumerate(ops):
-            run = route_run(op, args)
-            if run is None and op in FANOUT_OPS:
-                later.append(i)
-                continue
-            try:
-                body = op_body(op, args)
-            except InmemError as exc:
-                results[i] = _bare(exc)
-                continue
-            shard = shard_of_run.get(run) if type(run) is str else None
-            if shard is None:
-                shard = owners[slot_of(run)]
-                if type(run) is str:
-                    shard_of_run[run] = shard
-            g = groups.get(shard)
-            if g is None:
-                g = groups[shard] = ([], [])
-            g[0].append(i)
-            g[1].append(body)
-            # Send a full chunk now: the shard applies it while the rest is packed.
-            if len(g[0]) >= BATCH_CHUNK_OPS:
-                flush(st, shard, g, results, sent, deadline)
-                groups[shard] = ([], [])
-        for shard, g in groups.items():
-            if g[0]:
-                flush(st, shard, g, results, sent, deadline)
+        # Each full chunk is sent as soon as it is planned: the shard applies
+        # it while the rest is packed.
+        for shard, indexes, bodies in plan_batch(ops, owners, results, later):
+            self._flush_group(st, shard, (indexes, bodies), results, sent, deadline)
         self._collect(st, sent, ops, results, deadline)
         moved = [i for i, r in enumerate(results) if type(r) is SlotMoved]
         if moved and not _retry:
@@ -462,7 +379,7 @@ class ClusterBackend:
 
     def _flush_group(self, st, shard, group, results, sent, deadline) -> None:
         indexes, bodies = group
-        for idx, payload in self._chunks(st, indexes, bodies, results):
+        for idx, payload in chunks(st.packer, indexes, bodies, results, self.max_message_bytes):
             try:
                 head, chan = self._send_batch(st, shard, payload, deadline)
             except ShardUnavailable as exc:
@@ -470,19 +387,6 @@ class ClusterBackend:
                     results[i] = _bare(exc)
                 continue
             sent[head] = (idx, payload, shard, chan)
-
-    def _chunks(self, st, indexes, bodies, results):
-        """Packed BATCH bodies under the message limit, with the indexes each one holds."""
-        try:
-            yield indexes, pack_checked(st.packer, bodies, self.max_message_bytes)
-            return
-        except InmemError as exc:
-            if len(bodies) == 1:
-                results[indexes[0]] = _bare(exc)
-                return
-        half = len(bodies) // 2
-        yield from self._chunks(st, indexes[:half], bodies[:half], results)
-        yield from self._chunks(st, indexes[half:], bodies[half:], results)
 
     def _send_batch(self, st, shard: int, payload: bytes, deadline: float):
         chan = self._shard_channel(st, shard) if self.direct else st.coord
@@ -527,29 +431,11 @@ class ClusterBackend:
                 head, chan = self._send_batch(st, shard, payload, deadline)
                 sent[head] = (idx, payload, shard, chan)
                 continue
-            if isinstance(reply, InmemError):
-                for i in idx:
-                    results[i] = reply
-                continue
-            if type(reply) is not list or len(reply) != len(idx):
-                err = ProtocolError("a batch reply does not match its request")
-                for i in idx:
-                    results[i] = err
-                continue
-            for i, r in zip(idx, reply):
-                if isinstance(r, InmemError):
-                    results[i] = r
-                else:
-                    op, args = ops[i]
-                    try:
-                        results[i] = shape(op, args, r)
-                    except ProtocolError as exc:
-                        results[i] = _bare(exc)
+            apply_batch_reply(reply, idx, ops, results)
 
     def _expire(self, sent: dict, results, deadline) -> None:
         if not self.direct:
-            raise Timeout(f"no reply from {self.url} within {self.request_timeout:g} s "
-                          f"({len(sent)} batches unanswered)")
+            raise no_reply(self.url, self.request_timeout, len(sent))
         for idx, _payload, shard, _chan in sent.values():
             err = self._shard_down(shard)
             if type(err) is Timeout:
@@ -589,19 +475,14 @@ class ClusterBackend:
                               f"({waiting})")
 
     def _load_slotmap(self) -> None:
-        m = self.cluster("slotmap")
-        owners = [0] * SLOT_COUNT
-        first = {}
-        for start, end, shard in m["ranges"]:
-            owners[start:end + 1] = [shard] * (end - start + 1)
-            first.setdefault(shard, start)
-        count = m["shard_count"]
-        self.shard_slot = [first.get(s, 0) for s in range(count)]
-        self.shard_endpoints = list(m["shards"])
-        self.shard_keys = _shard_keys(self.keys, m.get("shard_keys"), count)
+        m = SlotMap.parse(self.cluster("slotmap"))
+        owners, count = m.owners, m.shard_count
+        self.shard_slot = m.shard_slot
+        self.shard_endpoints = m.endpoints
+        self.shard_keys = _shard_keys(self.keys, m.shard_keys, count)
         # The cluster's limit, so that an oversized request is refused here, clearly.
-        self.max_message_bytes = min(self.max_message_bytes,
-                                     m.get("max_message_bytes", self.max_message_bytes))
+        if m.max_message_bytes is not None:
+            self.max_message_bytes = min(self.max_message_bytes, m.max_message_bytes)
         st = self._local.__dict__.get("state")
         if st is not None and len(st.shards) != count:
             st.shards = [None] * count
@@ -677,10 +558,7 @@ def connect(url: str, timeout: float = 5.0, **options) -> Database:
     straight to the owning shard, skipping the coordinator hop), keys (the
     cluster's key directory, or a client's `.key_secret` file: Curve on tcp).
     """
-    unknown = options.keys() - set(CONNECT_OPTIONS)
-    if unknown:
-        raise InvalidOption(f"connect() got unknown options {sorted(unknown)}; it takes "
-                            f"timeout and {', '.join(CONNECT_OPTIONS)}")
+    check_connect_options(options)
     backend = ClusterBackend(url, timeout, **options)
     try:
         backend.wait_ready(timeout)
