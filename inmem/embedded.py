@@ -48,6 +48,17 @@ class EmbeddedBackend:
 
     def _durable(self, fn, fn_args, writes: bool):
         """Run `fn` under the lock, then the store's one durable commit step."""
+        result, token = self.apply(fn, fn_args, writes)
+        if token is not None:
+            self.store.wait_durable(token)
+        return result
+
+    def apply(self, fn, fn_args, writes: bool):
+        """Run `fn` under the lock and commit it: (its result, the token to wait durable for).
+
+        The token is None when nothing is to be waited for (buffered mode, or
+        nothing written); the caller waits for it outside the lock.
+        """
         store = self.store
         with self.lock:
             if self._closed:
@@ -56,9 +67,7 @@ class EmbeddedBackend:
                 store.check_writable()  # reads still answer from memory
             result = fn(*fn_args)
             token = store.commit_locked()
-        if token is not None:
-            store.wait_durable(token)
-        return result
+        return result, token
 
     def fanout(self, op, args) -> list:
         """One answer per shard; the embedded store is one shard."""

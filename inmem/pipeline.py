@@ -77,9 +77,18 @@ class Pipeline:
     def execute(self) -> list:
         if not self._ops:
             return []
+        ops = self._take()
+        return self._finish(ops, self._backend.call_batch(ops))
+
+    def _take(self) -> list:
+        """The queued operations, leaving the queue empty."""
         ops = self._ops.copy()
         self._ops.clear()
-        results = self._backend.call_batch(ops)
+        return ops
+
+    @staticmethod
+    def _finish(ops, results) -> list:
+        """The batch's results as the API gives them (trace trees assembled)."""
         for i, (op, _args) in enumerate(ops):
             if op == "tr.tree" and not isinstance(results[i], InmemError):
                 try:

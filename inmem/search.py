@@ -24,38 +24,76 @@ def _order(hit):
 
 
 def search(backend, query, run=None, primitives=None, limit=10, offset=0, budget_ms=None):
+    """The search through a backend whose `fanout` answers at once (the blocking one)."""
     t0 = time.perf_counter()
-    if type(query) is not str:
-        raise InvalidValue("query must be a str")
-    if type(limit) is not int or limit < 0 or type(offset) is not int or offset < 0:
-        raise InvalidValue("limit and offset must be ints >= 0")
-    if primitives is not None:
-        primitives = sorted(set(primitives))
-        unknown = set(primitives) - set(PRIMITIVES)
-        if unknown:
-            raise InvalidValue(f"unknown primitives {sorted(unknown)}; use a subset of {PRIMITIVES}")
-    terms = list(dict.fromkeys(tokenize(query)))
-    if not terms or limit == 0:
-        return SearchResponse([], 0, False, (time.perf_counter() - t0) * 1000)
-    n_docs = total_len = 0
-    dfs = dict.fromkeys(terms, 0)
-    complete = True
-    for shard_n, shard_len, shard_dfs, shard_complete in backend.fanout(
-            "search.stats", (terms, budget_ms)):
-        n_docs += shard_n
-        total_len += shard_len
-        complete = complete and shard_complete
-        for t, n in shard_dfs.items():
-            dfs[t] = dfs.get(t, 0) + n
-    if budget_ms is not None:
-        budget_ms = max(budget_ms - (time.perf_counter() - t0) * 1000, 0)
-    parts = backend.fanout("search.query", (terms, n_docs, total_len, dfs, run, primitives,
-                                            offset + limit, budget_ms))
-    hits, matches, exhausted = [], 0, not complete
-    for part_hits, part_matches, part_exhausted in parts:
-        hits.extend(part_hits)
-        matches += part_matches
-        exhausted = exhausted or part_exhausted
-    hits.sort(key=_order)
-    results = [Hit(p, r, ref, score, snip) for p, r, ref, score, snip in hits[offset:offset + limit]]
-    return SearchResponse(results, matches, exhausted, (time.perf_counter() - t0) * 1000)
+    plan = SearchPlan(query, primitives, limit, offset, budget_ms, t0)
+    if plan.done:
+        return plan.empty()
+    plan.add_stats(backend.fanout("search.stats", plan.stats_args()))
+    return plan.merge(backend.fanout("search.query", plan.query_args(run)))
+
+
+class SearchPlan:
+    """One search's two phases as steps: checked arguments, the statistics, the merge.
+
+    Both the blocking and the asyncio Database run these steps; only how they
+    fan out to the shards differs.
+    """
+
+    def __init__(self, query, primitives, limit, offset, budget_ms, t0):
+        self.t0 = t0
+        if type(query) is not str:
+            raise InvalidValue("query must be a str")
+        if type(limit) is not int or limit < 0 or type(offset) is not int or offset < 0:
+            raise InvalidValue("limit and offset must be ints >= 0")
+        if primitives is not None:
+            primitives = sorted(set(primitives))
+            unknown = set(primitives) - set(PRIMITIVES)
+            if unknown:
+                raise InvalidValue(f"unknown primitives {sorted(unknown)}; use a subset of "
+                                   f"{PRIMITIVES}")
+        self.primitives = primitives
+        self.limit = limit
+        self.offset = offset
+        self.budget_ms = budget_ms
+        self.terms = list(dict.fromkeys(tokenize(query)))
+        #: nothing to ask the shards: no terms, or no hits wanted
+        self.done = not self.terms or limit == 0
+        self.n_docs = self.total_len = 0
+        self.dfs = dict.fromkeys(self.terms, 0)
+        self.complete = True
+
+    def empty(self) -> SearchResponse:
+        return SearchResponse([], 0, False, (time.perf_counter() - self.t0) * 1000)
+
+    def stats_args(self) -> tuple:
+        return (self.terms, self.budget_ms)
+
+    def add_stats(self, parts) -> None:
+        """Sum the shards' statistics (phase one) into the global ones."""
+        dfs = self.dfs
+        for shard_n, shard_len, shard_dfs, shard_complete in parts:
+            self.n_docs += shard_n
+            self.total_len += shard_len
+            self.complete = self.complete and shard_complete
+            for t, n in shard_dfs.items():
+                dfs[t] = dfs.get(t, 0) + n
+        if self.budget_ms is not None:
+            self.budget_ms = max(self.budget_ms - (time.perf_counter() - self.t0) * 1000, 0)
+
+    def query_args(self, run) -> tuple:
+        return (self.terms, self.n_docs, self.total_len, self.dfs, run, self.primitives,
+                self.offset + self.limit, self.budget_ms)
+
+    def merge(self, parts) -> SearchResponse:
+        """Every shard's best hits (phase two) as one ranked page."""
+        hits, matches, exhausted = [], 0, not self.complete
+        for part_hits, part_matches, part_exhausted in parts:
+            hits.extend(part_hits)
+            matches += part_matches
+            exhausted = exhausted or part_exhausted
+        hits.sort(key=_order)
+        offset, limit = self.offset, self.limit
+        results = [Hit(p, r, ref, score, snip)
+                   for p, r, ref, score, snip in hits[offset:offset + limit]]
+        return SearchResponse(results, matches, exhausted, (time.perf_counter() - self.t0) * 1000)

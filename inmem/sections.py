@@ -249,10 +249,15 @@ class Runs(_Section):
 
 
 def backoff(attempt: int) -> None:
+    if attempt:
+        time.sleep(backoff_delay(attempt))
+
+
+def backoff_delay(attempt: int) -> float:
+    """Seconds to wait before retry number `attempt` (>= 1) of a lost race."""
     # Jittered and capped: contention on a hot cell clears faster when the
     # losers do not all retry in lockstep.
-    if attempt:
-        time.sleep(random.random() * min(0.0005 * (2 ** min(attempt, 6)), 0.02))
+    return random.random() * min(0.0005 * (2 ** min(attempt, 6)), 0.02)
 
 
 def new_run_id() -> str:

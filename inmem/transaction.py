@@ -105,14 +105,49 @@ class TxTraces(_TxSection):
         return self._tx._call("tr.get", (self._tx.run, trace_id))
 
 
+# A JSON write in a transaction reads the document, changes a copy and keeps
+# it as the transaction's own view; these are the changes, shared with the
+# asyncio transaction, which reads the document with an await.
+
+def json_at(doc, path):
+    if doc is None:
+        return None
+    return copy_value(jsonpath.get(doc, jsonpath.parse(path), path))
+
+
+def json_set(doc, steps, path, value):
+    return jsonpath.set_(copy_value(doc), steps, copy_value(value), path)
+
+
+def json_delete(doc, steps, path):
+    doc = copy_value(doc)
+    if doc is not None and steps:
+        jsonpath.delete(doc, steps, path)
+    elif not steps:
+        doc = None
+    return _DELETED if doc is None else doc
+
+
+def json_push(doc, steps, path, value):
+    doc, arr = jsonpath.array_at(copy_value(doc), steps, path, create=True)
+    arr.append(copy_value(value))
+    return doc
+
+
+def json_pop(doc, steps, path):
+    doc = copy_value(doc)
+    if doc is not None:
+        doc, arr = jsonpath.array_at(doc, steps, path, create=False)
+        if arr:
+            arr.pop()
+    return _DELETED if doc is None else doc
+
+
 class TxJSON(_TxSection):
     __slots__ = ()
 
     def get(self, key, path="$"):
-        doc = self._tx._read_doc(key)
-        if doc is None:
-            return None
-        return copy_value(jsonpath.get(doc, jsonpath.parse(path), path))
+        return json_at(self._tx._read_doc(key), path)
 
     def put(self, key, doc):
         check_value(doc)
@@ -121,35 +156,24 @@ class TxJSON(_TxSection):
     def set(self, key, path, value):
         steps = jsonpath.parse(path)
         check_value(value)
-        doc = copy_value(self._tx._read_doc(key))
-        doc = jsonpath.set_(doc, steps, copy_value(value), path)
+        doc = json_set(self._tx._read_doc(key), steps, path, value)
         self._tx._write("js.set", (key, path, value), ("js", key, doc))
 
     def delete(self, key, path="$"):
         steps = jsonpath.parse(path)
-        doc = copy_value(self._tx._read_doc(key))
-        if doc is not None and steps:
-            jsonpath.delete(doc, steps, path)
-        elif not steps:
-            doc = None
-        self._tx._write("js.delete", (key, path), ("js", key, _DELETED if doc is None else doc))
+        doc = json_delete(self._tx._read_doc(key), steps, path)
+        self._tx._write("js.delete", (key, path), ("js", key, doc))
 
     def array_push(self, key, path, value):
         steps = jsonpath.parse(path)
         check_value(value)
-        doc = copy_value(self._tx._read_doc(key))
-        doc, arr = jsonpath.array_at(doc, steps, path, create=True)
-        arr.append(copy_value(value))
+        doc = json_push(self._tx._read_doc(key), steps, path, value)
         self._tx._write("js.push", (key, path, value), ("js", key, doc))
 
     def array_pop(self, key, path):
         steps = jsonpath.parse(path)
-        doc = copy_value(self._tx._read_doc(key))
-        if doc is not None:
-            doc, arr = jsonpath.array_at(doc, steps, path, create=False)
-            if arr:
-                arr.pop()
-        self._tx._write("js.pop", (key, path), ("js", key, _DELETED if doc is None else doc))
+        doc = json_pop(self._tx._read_doc(key), steps, path)
+        self._tx._write("js.pop", (key, path), ("js", key, doc))
 
 
 class Transaction:
@@ -191,13 +215,22 @@ class Transaction:
 
     def _read(self, ns, key):
         """The value this transaction sees at (ns, key), or _DELETED when there is none."""
+        slot = self._slot(ns, key)
+        if slot in self._local:
+            return self._seen_locally(slot)
+        return self._record_read(slot, self._call("tx.read", (self.run, ns, key)))
+
+    def _slot(self, ns, key) -> tuple:
         if type(key) is not str:
             check_key(key)  # an unhashable key would fail the lookup below with a TypeError
-        slot = (ns, key)
-        if slot in self._local:
-            value = self._local[slot]
-            return copy_value(value) if value is not _DELETED else value
-        found, value, version = self._call("tx.read", (self.run, ns, key))
+        return (ns, key)
+
+    def _seen_locally(self, slot):
+        value = self._local[slot]
+        return copy_value(value) if value is not _DELETED else value
+
+    def _record_read(self, slot, reply):
+        found, value, version = reply
         self._reads.setdefault(slot, version)
         return value if found else _DELETED
 
@@ -217,12 +250,15 @@ class Transaction:
             self._local[(ns, key)] = value
 
     def commit(self) -> list:
+        self.results = self._call("tx.commit", self._commit_args())
+        return self.results
+
+    def _commit_args(self) -> tuple:
         if self._done:
             raise InvalidValue("this transaction has already been committed or aborted")
         self._done = True
         reads = [[ns, key, version] for (ns, key), version in self._reads.items()]
-        self.results = self._call("tx.commit", (self.run, reads, self._writes))
-        return self.results
+        return (self.run, reads, self._writes)
 
     def abort(self) -> None:
         self._done = True

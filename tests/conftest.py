@@ -60,7 +60,7 @@ def _open_cluster(**options):
 _DURABLE_ROOT: list[str] = []
 
 
-def _durable_factory(durability: str):
+def _durable_factory(durability: str, asynchronous: bool = False):
     """Embedded stores on disk, so the buffered and strict write paths run through the suite."""
     def _open(**options):
         import atexit
@@ -72,8 +72,22 @@ def _durable_factory(durability: str):
             _DURABLE_ROOT.append(tempfile.mkdtemp(prefix="inmem-api-"))
             atexit.register(shutil.rmtree, _DURABLE_ROOT[0], True)
         path = tempfile.mkdtemp(dir=_DURABLE_ROOT[0])
+        if asynchronous:
+            from aio.sync_face import open_embedded
+            return open_embedded(path, durability, **options)
         return inmem.open(path, durability=durability, **options)
     return _open
+
+
+def _open_async_embedded(**options):
+    # The AsyncDatabase of inmem.asyncio, driven through a blocking face (tests/aio).
+    from aio.sync_face import open_embedded
+    return open_embedded(None, **options)
+
+
+def _open_async_cluster(**options):
+    from aio.sync_face import open_cluster
+    return open_cluster(**options)
 
 
 #: backend name -> factory(**options) returning an open Database
@@ -89,6 +103,9 @@ BACKENDS = {
     "proxied": _open_cluster_proxied,
     "buffered": _durable_factory("buffered"),
     "strict": _durable_factory("strict"),
+    # inmem.asyncio: the same tests against AsyncDatabase (see tests/aio/sync_face.py)
+    "async-embedded": _open_async_embedded,
+    "async-cluster": _open_async_cluster,
 }
 
 

@@ -1,0 +1,461 @@
+"""The asyncio cluster client: one connection, any number of calls in flight, each matched by id.
+
+It routes as the blocking client does (`inmem.routing` holds the shared
+decisions): run operations go straight to the owning shard's socket by the
+coordinator's slot map, a SlotMoved reply reloads the map and sends once
+more, pipelines go as per-shard BATCH messages, and everything else is
+answered by the coordinator. The errors and their messages are the blocking
+client's.
+
+One DEALER socket per peer (the coordinator, and each shard once used), made
+with pyzmq's asyncio sockets and shared by every coroutine of the loop. A
+call registers its request under the request's header (which holds a request
+id unique to the connection), sends, and awaits its own future; one reader
+task per socket takes every reply that is ready and resolves the future
+registered under the reply's header. So replies may come back in any order,
+1,000 gathered calls share one socket, and a call that is cancelled (or
+times out) only removes its registration: its reply, if it ever comes, finds
+no one and is dropped, and no later call can receive it. Nothing is ever
+read on behalf of a particular caller, so cancelling at any await leaves the
+connection as it was.
+
+Deadlines are timers on the loop, one per request. A direct request that has
+no reply after `DIRECT_CHECK_S` asks the coordinator (one question per shard
+however many requests wait) whether its shard is down or is a new process;
+if so, every request waiting on that shard fails at once with
+ShardUnavailable, as the blocking client's does.
+
+An AsyncClusterBackend belongs to the event loop that connected it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import os
+import weakref
+
+import zmq
+import zmq.asyncio
+
+import inmem.protocol as protocol
+from .errors import ClusterNotReady, InmemError, InvalidURL, SlotMoved, Timeout
+from .ops import FANOUT_OPS, route_run, shape
+from .protocol import (KIND_BATCH, KIND_CLUSTER, KIND_OP, header, op_body, pack_checked,
+                       slot_of, unpack_reply)
+from .routing import (DIRECT_CHECK_S, NOT_READY_PAUSE_S, SlotMap, apply_batch_reply, bare,
+                      check_client_options, check_number, check_url, chunks, no_reply,
+                      not_sent, plan_batch, shard_down, shard_gone, status_entry)
+
+#: how long a direct send waits for a shard that is not connected before asking after it
+_SEND_WAIT_S = 0.2
+
+
+class _Request:
+    """One request in flight: the future its caller awaits, and what resolved it."""
+
+    __slots__ = ("fut", "reply", "error")
+
+    def __init__(self, fut):
+        self.fut = fut
+        self.reply = None
+        self.error = None
+
+
+class _Channel:
+    """A DEALER socket to one peer, its reader task and the requests waiting on it."""
+
+    __slots__ = ("sock", "shadow", "shard", "pending", "reader", "check", "__weakref__")
+
+    def __init__(self, sock, shard):
+        self.sock = sock
+        # The same socket seen as a blocking one: drains and non-blocking
+        # sends skip the asyncio wrapper's futures.
+        self.shadow = zmq.Socket.shadow(sock.underlying)
+        self.shard = shard
+        self.pending: dict = {}
+        self.reader: asyncio.Task | None = None
+        self.check: asyncio.Task | None = None
+
+
+def _wake(fut) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def _read_replies(chan: _Channel) -> None:
+    """Resolve each waiting request with its reply; replies nobody waits for are dropped."""
+    sock, pending = chan.sock, chan.pending
+    recv = chan.shadow.recv_multipart
+    noblock = zmq.NOBLOCK
+    while True:
+        frames = await sock.recv_multipart(copy=True)
+        while True:
+            if len(frames) == 2:
+                req = pending.get(frames[0])
+                if req is not None and req.reply is None:
+                    req.reply = frames[1]
+                    if not req.fut.done():
+                        req.fut.set_result(None)
+            try:
+                frames = recv(noblock)
+            except zmq.Again:
+                break
+
+
+def _release(ctx, channels: list, pid: int) -> None:
+    """Close a client's sockets and end its context: on close, collection or exit."""
+    if os.getpid() != pid:
+        return
+    for chan in channels:
+        if chan.reader is not None and not chan.reader.done():
+            try:
+                chan.reader.cancel()
+            except RuntimeError:
+                pass  # its loop is closed
+        chan.sock.close(0)
+    channels.clear()
+    ctx.term()
+
+
+class AsyncClusterBackend:
+    def __init__(self, url: str, timeout: float = 5.0, *, request_timeout: float | None = None,
+                 max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
+                 direct: bool = True):
+        self.url = check_url(url)
+        self.timeout = check_number("timeout", timeout)
+        self.request_timeout = check_number("request_timeout", request_timeout,
+                                            True) or self.timeout
+        check_client_options(max_message_bytes, direct)
+        self.max_message_bytes = max_message_bytes
+        self.direct = direct
+        self.loop = asyncio.get_running_loop()
+        self.ctx = zmq.asyncio.Context(1)
+        self._channels: list = []  # every channel made, for _release
+        self._finalizer = weakref.finalize(self, _release, self.ctx, self._channels, os.getpid())
+        self._rid = itertools.count(1)
+        self._packer = protocol.new_packer()
+        self._closed = False
+        self.owners: list | None = None
+        self.shard_slot: list = []
+        self.shard_endpoints: list = []
+        self._shards: list = []
+        self._shard_pids: dict = {}
+        self._coord = self._channel(self.url, None)
+
+    # -- sockets -------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InmemError("the database is closed")
+        if asyncio.get_running_loop() is not self.loop:
+            raise InmemError("this AsyncDatabase belongs to another event loop; connect "
+                             "again in this one")
+
+    def _channel(self, endpoint: str, shard: int | None) -> _Channel:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, -1)  # replies are from our cluster, which caps them
+        # Many requests are in flight at once: queue them all rather than
+        # refuse a send or stop reading replies at ZeroMQ's default of 1,000.
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        if shard is not None:
+            # Queue nothing for a shard that is not connected (see the blocking client).
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise InvalidURL(f"cannot connect to {endpoint!r:.200}: {exc}; check the "
+                             "coordinator's client endpoint") from None
+        chan = _Channel(sock, shard)
+        chan.reader = self.loop.create_task(_read_replies(chan))
+        self._channels.append(chan)
+        return chan
+
+    def _shard_channel(self, shard: int) -> _Channel:
+        chan = self._shards[shard]
+        if chan is None:
+            chan = self._shards[shard] = self._channel(self.shard_endpoints[shard], shard)
+        return chan
+
+    async def _send(self, chan: _Channel, frames, deadline: float) -> None:
+        # Through the asyncio socket, not its blocking shadow: a send may take
+        # the socket's one wake-up signal for a reply that arrived meanwhile,
+        # and only the asyncio socket knows to pass it on to the reader task.
+        fut = chan.sock.send_multipart(frames)
+        if fut.done():
+            fut.result()  # sent at once, the usual case
+            return
+        # No room (or, to a shard, no connection yet): wait, within the deadline.
+        left = deadline - self.loop.time()
+        if chan.shard is not None:
+            # A shard that is not connected: wait briefly, then ask after it.
+            left = min(left, _SEND_WAIT_S)
+        try:
+            if left <= 0:
+                fut.cancel()  # a cancelled send is never sent
+                raise TimeoutError
+            await asyncio.wait_for(fut, left)
+        except TimeoutError:
+            if chan.shard is not None:
+                raise await self._shard_down(chan.shard) from None
+            raise not_sent(self.url) from None
+
+    # -- one request ---------------------------------------------------------------
+
+    async def _roundtrip(self, chan: _Channel, kind: int, target: int, body: bytes,
+                         deadline: float):
+        """Send one request and return its decoded reply (an InmemError for an error)."""
+        loop = self.loop
+        pending = chan.pending
+        while True:
+            head = header(kind, target, next(self._rid))
+            req = _Request(loop.create_future())
+            pending[head] = req
+            try:
+                await self._send(chan, (head, body), deadline)
+                if chan.shard is None:
+                    timer = loop.call_at(deadline, _wake, req.fut)
+                    try:
+                        await req.fut
+                    finally:
+                        timer.cancel()
+                    if req.reply is None:
+                        if req.error is not None:
+                            raise copy.copy(req.error)
+                        raise no_reply(self.url, self.request_timeout)
+                else:
+                    await self._wait_direct(chan, req, deadline)
+            finally:
+                del pending[head]
+            result = unpack_reply(req.reply)
+            if type(result) is ClusterNotReady and loop.time() + NOT_READY_PAUSE_S < deadline:
+                await asyncio.sleep(NOT_READY_PAUSE_S)
+                continue
+            return result
+
+    async def _wait_direct(self, chan: _Channel, req: _Request, deadline: float) -> None:
+        """Wait for a direct request's reply, asking after its shard while it is late."""
+        loop = self.loop
+        while True:
+            timer = loop.call_at(min(deadline, loop.time() + DIRECT_CHECK_S), _wake, req.fut)
+            try:
+                await req.fut
+            finally:
+                timer.cancel()
+            if req.reply is not None:
+                return
+            if req.error is not None:
+                raise copy.copy(req.error)
+            if loop.time() >= deadline:
+                raise await self._shard_down(chan.shard)
+            req.fut = loop.create_future()
+            await self._check_shard(chan)
+            if req.reply is not None:
+                return
+            if req.error is not None:
+                raise copy.copy(req.error)
+
+    async def _check_shard(self, chan: _Channel) -> None:
+        """Ask the coordinator about a late shard, once for every request waiting on it."""
+        if chan.check is None or chan.check.done():
+            chan.check = self.loop.create_task(self._judge_shard(chan))
+        await asyncio.shield(chan.check)
+
+    async def _judge_shard(self, chan: _Channel) -> None:
+        gone = shard_gone(chan.shard, await self._shard_entry(chan.shard), self._shard_pids)
+        if gone is None:
+            return
+        # Everything waiting was sent to the process that is gone.
+        for req in list(chan.pending.values()):
+            if req.reply is None and req.error is None:
+                req.error = gone
+                _wake(req.fut)
+
+    async def _shard_entry(self, shard: int) -> dict | None:
+        try:
+            status = await self.cluster("status", timeout=min(self.request_timeout, 2.0))
+        except InmemError:
+            return None
+        return status_entry(status, shard)
+
+    async def _shard_down(self, shard: int) -> InmemError:
+        return shard_down(shard, await self._shard_entry(shard), self._shard_pids, self.url,
+                          self.request_timeout)
+
+    # -- the async Database backend interface --------------------------------------
+
+    async def call(self, op, args):
+        self._check_open()
+        run = route_run(op, args)
+        if run is None and op in FANOUT_OPS:
+            return await self.cluster(op, list(args))
+        body = pack_checked(self._packer, op_body(op, args), self.max_message_bytes)
+        deadline = self.loop.time() + self.request_timeout
+        slot = slot_of(run)
+        if self.direct:
+            if self.owners is None:
+                await self._load_slotmap()
+            chan = self._shard_channel(self.owners[slot])
+        else:
+            chan = self._coord
+        result = await self._roundtrip(chan, KIND_OP, slot, body, deadline)
+        if type(result) is SlotMoved:
+            # Our slot map is stale: refresh it and send once more, where it says.
+            await self._load_slotmap()
+            chan = self._shard_channel(self.owners[slot]) if self.direct else self._coord
+            result = await self._roundtrip(chan, KIND_OP, slot, body, deadline)
+        if isinstance(result, InmemError):
+            try:
+                raise result
+            finally:
+                result = None
+        return shape(op, args, result)
+
+    async def cluster(self, name: str, args=(), timeout: float | None = None):
+        """A request the coordinator answers itself (status, info, fan-outs...)."""
+        self._check_open()
+        body = pack_checked(self._packer, [name, list(args)], self.max_message_bytes)
+        deadline = self.loop.time() + (self.request_timeout if timeout is None else timeout)
+        result = await self._roundtrip(self._coord, KIND_CLUSTER, 0, body, deadline)
+        if isinstance(result, InmemError):
+            try:
+                raise result
+            finally:
+                result = None
+        return shape(name, args, result)
+
+    async def call_batch(self, ops, _retry: bool = False) -> list:
+        self._check_open()
+        if self.owners is None:
+            await self._load_slotmap()
+        results: list = [None] * len(ops)
+        later: list = []
+        deadline = self.loop.time() + self.request_timeout
+        sends = []  # (indexes, task)
+        for shard, indexes, bodies in plan_batch(ops, self.owners, results, later):
+            for idx, payload in chunks(self._packer, indexes, bodies, results,
+                                       self.max_message_bytes):
+                chan = self._shard_channel(shard) if self.direct else self._coord
+                task = self.loop.create_task(
+                    self._roundtrip(chan, KIND_BATCH, self.shard_slot[shard], payload, deadline))
+                sends.append((idx, task))
+            # Let the full chunk go out while the rest is packed.
+            await asyncio.sleep(0)
+        try:
+            replies = await asyncio.gather(*(t for _, t in sends), return_exceptions=True)
+        except BaseException:
+            for _, task in sends:
+                task.cancel()
+            raise
+        timeouts = [r for r in replies if type(r) is Timeout]
+        if timeouts:
+            if not self.direct:
+                raise no_reply(self.url, self.request_timeout, len(timeouts))
+            raise timeouts[0]
+        for (idx, _), reply in zip(sends, replies):
+            if isinstance(reply, BaseException) and not isinstance(reply, InmemError):
+                raise reply
+            if isinstance(reply, InmemError):
+                reply = bare(reply)
+            apply_batch_reply(reply, idx, ops, results)
+        moved = [i for i, r in enumerate(results) if type(r) is SlotMoved]
+        if moved and not _retry:
+            # Our slot map is stale: refresh it and send those once more.
+            await self._load_slotmap()
+            again = await self.call_batch([ops[i] for i in moved], _retry=True)
+            for i, r in zip(moved, again):
+                results[i] = r
+        for i in later:
+            op, args = ops[i]
+            try:
+                results[i] = await self.call(op, args)
+            except InmemError as exc:
+                results[i] = bare(exc)
+        return results
+
+    async def fanout(self, op: str, args) -> list:
+        """A read-only operation on every shard: one answer per shard, in shard order."""
+        return await self.cluster("fanout", [op, list(args)])
+
+    async def snapshot(self) -> list:
+        return await self.cluster("snapshot")
+
+    async def recovery_report(self) -> list:
+        return await self.cluster("recovery_report")
+
+    async def info(self) -> dict:
+        return await self.cluster("info")
+
+    async def status(self) -> dict:
+        return await self.cluster("status")
+
+    # -- the cluster ---------------------------------------------------------------
+
+    async def wait_ready(self, timeout: float) -> dict:
+        """Wait until every shard is ready; ClusterNotReady after `timeout`."""
+        loop = self.loop
+        deadline = loop.time() + timeout
+        status = None
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                status = await self.cluster("status", timeout=min(left, 0.5))
+            except Timeout:
+                continue
+            if status.get("ready"):
+                await self._load_slotmap()
+                return status
+            await asyncio.sleep(min(NOT_READY_PAUSE_S, max(deadline - loop.time(), 0)))
+        if status is None:
+            raise ClusterNotReady(f"no coordinator answered at {self.url} within {timeout:g} s")
+        waiting = ", ".join(f"shard {s['shard']} {s['state']}" for s in status["shards"]
+                            if s["state"] != "ready")
+        raise ClusterNotReady(f"the cluster at {self.url} was not ready within {timeout:g} s "
+                              f"({waiting})")
+
+    async def _load_slotmap(self) -> None:
+        m = SlotMap.parse(await self.cluster("slotmap"))
+        self.shard_slot = m.shard_slot
+        self.shard_endpoints = m.endpoints
+        if m.max_message_bytes is not None:
+            # The cluster's limit, so that an oversized request is refused here, clearly.
+            self.max_message_bytes = min(self.max_message_bytes, m.max_message_bytes)
+        if len(self._shards) != m.shard_count:
+            self._shards = [None] * m.shard_count
+        if self.direct:
+            # Straight to the shards only once every one has recovered, and
+            # knowing which process each shard is (see the blocking client).
+            status = await self.cluster("status")
+            if not status.get("ready"):
+                raise ClusterNotReady(f"the cluster at {self.url} is not ready yet; retry shortly")
+            for entry in status["shards"]:
+                self._shard_pids[entry["shard"]] = entry.get("pid")
+        self.owners = m.owners
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        readers = [c.reader for c in self._channels if c.reader is not None]
+        closed = InmemError("the database is closed")
+        for chan in self._channels:
+            for req in chan.pending.values():
+                if req.reply is None and req.error is None:
+                    req.error = closed
+                    _wake(req.fut)
+            if chan.reader is not None:
+                chan.reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        self._finalizer()
+
+    def describe(self) -> str:
+        return f"cluster {self.url}" + (" (direct to shards)" if self.direct else "")
+
+
+__all__ = ["AsyncClusterBackend"]

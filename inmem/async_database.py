@@ -1,0 +1,464 @@
+"""`AsyncDatabase`: the Database's sections and methods, every call awaitable.
+
+The same names, arguments, results and errors as `inmem.Database`; only the
+waiting differs. It stands on an async backend (`async_embedded` or
+`async_client`) whose `call(op, args)` is a coroutine, so the Database's own
+section classes serve as they are: their methods return whatever `call`
+returns, here an awaitable. The few that do more than one call (state
+transitions, trace trees) are redone with awaits, as are transactions, whose
+reads go to the shard.
+
+Arguments are checked when a method is called (a str given as a list of keys
+raises at once); everything that touches the store happens when the result
+is awaited.
+
+Pipelines queue without awaiting (`p.kv.put(...)` returns nothing, as in
+redis-py's asyncio pipelines) and `await p.execute()` sends them. In a
+transaction every method is awaitable, the buffered writes included, so
+code never has to know which of them read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any, Callable
+
+from .errors import (InmemError, RunNotFound, StateNotFound, TransactionConflict,
+                     VersionMismatch)
+from .pipeline import Pipeline
+from .sections import (JSON, KV, Events, Runs, StateCells, Traces, Value, as_tags,
+                       assemble_tree, backoff_delay, new_run_id)
+from .transaction import (_DELETED, Transaction, TxEvents, TxJSON, TxKV, TxState, TxTraces,
+                          json_at, json_delete, json_pop, json_push, json_set)
+from inmem.shard import jsonpath
+
+from .types import RunView, State
+from .values import check_value
+
+
+async def _maybe_await(value):
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+# -- sections --------------------------------------------------------------------------
+
+
+class AsyncKV(KV):
+    """Versioned keys and values of a run; every method returns an awaitable."""
+    __slots__ = ()
+
+
+class AsyncEvents(Events):
+    """The append-only, hash-chained event log of a run; every method returns an awaitable."""
+    __slots__ = ()
+
+
+class AsyncJSON(JSON):
+    """JSON documents addressed by path; every method returns an awaitable."""
+    __slots__ = ()
+
+
+class AsyncRuns(Runs):
+    """Run metadata and lifecycle; every method returns an awaitable."""
+    __slots__ = ()
+
+
+class AsyncTraces(Traces):
+    """Reasoning records of a run, as trees; every method returns an awaitable."""
+    __slots__ = ()
+
+    async def tree(self, run: str, trace_id: str):
+        """The subtree under `trace_id`, children in record order; TraceNotFound if absent."""
+        return assemble_tree(await self._call("tr.tree", (run, trace_id)))
+
+
+class AsyncStateCells(StateCells):
+    """Versioned state cells; every method returns an awaitable.
+
+    `transition` takes a function of the State, plain or async.
+    """
+    __slots__ = ()
+
+    async def transition(self, run: str, name: str, fn: Callable, retries: int = 16):
+        """Apply fn(State) -> (new_value, result) with CAS, retrying on conflict."""
+        for attempt in range(retries + 1):
+            state = await self.read(run, name)
+            if state is None:
+                raise StateNotFound(f"state cell {name!r} does not exist in run {run!r}")
+            new_value, result = await _maybe_await(fn(state))
+            try:
+                return result, await self.cas(run, name, state.version, new_value)
+            except VersionMismatch:
+                if attempt:
+                    await asyncio.sleep(backoff_delay(attempt))
+        raise TransactionConflict(f"state cell {name!r}: still contended after {retries} retries")
+
+    async def transition_or_init(self, run: str, name: str, initial: Value, fn: Callable,
+                                 retries: int = 16):
+        """As transition; an absent cell starts as `initial` and fn applies in the same step."""
+        for attempt in range(retries + 1):
+            state = await self.read(run, name)
+            if state is None:
+                new_value, result = await _maybe_await(fn(State(initial, 0, 0)))
+                expected = 0
+            else:
+                new_value, result = await _maybe_await(fn(state))
+                expected = state.version
+            try:
+                return result, await self.cas(run, name, expected, new_value)
+            except VersionMismatch:
+                if attempt:
+                    await asyncio.sleep(backoff_delay(attempt))
+        raise TransactionConflict(f"state cell {name!r}: still contended after {retries} retries")
+
+
+# -- transactions ----------------------------------------------------------------------
+
+
+class AsyncTxKV(TxKV):
+    __slots__ = ()
+
+    async def get(self, key, default=None):
+        value = await self._tx._read("kv", key)
+        return default if value is _DELETED else value
+
+    async def exists(self, key) -> bool:
+        return await self._tx._read("kv", key) is not _DELETED
+
+    async def put(self, key, value, ttl=None):
+        TxKV.put(self, key, value, ttl)
+
+    async def delete(self, key):
+        TxKV.delete(self, key)
+
+    async def cas(self, key, expected_version, value):
+        TxKV.cas(self, key, expected_version, value)
+
+
+class AsyncTxEvents(TxEvents):
+    __slots__ = ()
+
+    async def append(self, event_type, payload=None):
+        TxEvents.append(self, event_type, payload)
+
+    async def count(self) -> int:
+        tx = self._tx
+        return await tx._read("ev", "") + tx._pending_events
+
+    async def read(self, sequence):
+        await self._tx._read("ev", "")
+        return await self._tx._call("ev.read", (self._tx.run, sequence))
+
+    async def head(self):
+        await self._tx._read("ev", "")
+        return await self._tx._call("ev.head", (self._tx.run,))
+
+    async def range(self, start, end):
+        await self._tx._read("ev", "")
+        return await self._tx._call("ev.range", (self._tx.run, start, end))
+
+
+class AsyncTxState(TxState):
+    __slots__ = ()
+
+    async def read(self, name):
+        value = await self._tx._read("st", name)
+        if value is _DELETED:
+            return None
+        return State(value, self._tx._reads.get(("st", name), 0), 0)
+
+    async def init(self, name, value):
+        TxState.init(self, name, value)
+
+    async def set(self, name, value):
+        TxState.set(self, name, value)
+
+    async def cas(self, name, expected_version, value):
+        TxState.cas(self, name, expected_version, value)
+
+    async def delete(self, name):
+        TxState.delete(self, name)
+
+
+class AsyncTxTraces(TxTraces):
+    __slots__ = ()
+
+    async def record(self, trace_type, data, parent_id=None, tags=(), metadata=None):
+        TxTraces.record(self, trace_type, data, parent_id, tags, metadata)
+
+    async def get(self, trace_id):
+        return await self._tx._call("tr.get", (self._tx.run, trace_id))
+
+
+class AsyncTxJSON(TxJSON):
+    __slots__ = ()
+
+    async def get(self, key, path="$"):
+        return json_at(await self._tx._read_doc(key), path)
+
+    async def put(self, key, doc):
+        TxJSON.put(self, key, doc)
+
+    async def set(self, key, path, value):
+        steps = jsonpath.parse(path)
+        check_value(value)
+        doc = json_set(await self._tx._read_doc(key), steps, path, value)
+        self._tx._write("js.set", (key, path, value), ("js", key, doc))
+
+    async def delete(self, key, path="$"):
+        steps = jsonpath.parse(path)
+        doc = json_delete(await self._tx._read_doc(key), steps, path)
+        self._tx._write("js.delete", (key, path), ("js", key, doc))
+
+    async def array_push(self, key, path, value):
+        steps = jsonpath.parse(path)
+        check_value(value)
+        doc = json_push(await self._tx._read_doc(key), steps, path, value)
+        self._tx._write("js.push", (key, path, value), ("js", key, doc))
+
+    async def array_pop(self, key, path):
+        steps = jsonpath.parse(path)
+        doc = json_pop(await self._tx._read_doc(key), steps, path)
+        self._tx._write("js.pop", (key, path), ("js", key, doc))
+
+
+class AsyncTransaction(Transaction):
+    """An optimistic transaction over one run: `async with db.transaction(run) as tx: ...`.
+
+    Reads (`await tx.kv.get(k)`) go to the shard and join the read set;
+    writes (`await tx.kv.put(k, v)`) are buffered here and shown to later
+    reads. Leaving the block commits (TransactionConflict if a read changed
+    meanwhile); an exception in the block discards the writes.
+    """
+
+    @property
+    def kv(self) -> AsyncTxKV:
+        return AsyncTxKV(self)
+
+    @property
+    def events(self) -> AsyncTxEvents:
+        return AsyncTxEvents(self)
+
+    @property
+    def state(self) -> AsyncTxState:
+        return AsyncTxState(self)
+
+    @property
+    def traces(self) -> AsyncTxTraces:
+        return AsyncTxTraces(self)
+
+    @property
+    def json(self) -> AsyncTxJSON:
+        return AsyncTxJSON(self)
+
+    async def _read(self, ns, key):
+        slot = self._slot(ns, key)
+        if slot in self._local:
+            return self._seen_locally(slot)
+        return self._record_read(slot, await self._call("tx.read", (self.run, ns, key)))
+
+    async def _read_doc(self, key):
+        doc = await self._read("js", key)
+        return None if doc is _DELETED else doc
+
+    async def commit(self) -> list:
+        """Send the read set and the buffered writes; each write's result, in order."""
+        self.results = await self._call("tx.commit", self._commit_args())
+        return self.results
+
+    async def abort(self) -> None:
+        """Discard the buffered writes; later writes and commit are refused."""
+        self._done = True
+
+    def __enter__(self):
+        raise TypeError("an AsyncTransaction is used with `async with`, not `with`")
+
+    async def __aenter__(self) -> "AsyncTransaction":
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            self._done = True
+            return False
+        if not self._done:
+            await self.commit()
+        return False
+
+
+# -- pipelines -------------------------------------------------------------------------
+
+
+class AsyncPipeline(Pipeline):
+    """A batch of operations sent together: queue with `p.kv.put(...)`, then `await p.execute()`.
+
+    `async with db.pipeline() as p:` sends what is queued when the block ends
+    without an exception.
+    """
+
+    async def execute(self) -> list:
+        """Send every queued operation; each one's result or error, in order."""
+        if not self._ops:
+            return []
+        ops = self._take()
+        return self._finish(ops, await self._backend.call_batch(ops))
+
+    def __enter__(self):
+        raise TypeError("an AsyncPipeline is used with `async with`, not `with`")
+
+    async def __aenter__(self) -> "AsyncPipeline":
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None and self._ops:
+            await self.execute()
+        else:
+            self.reset()
+        return False
+
+
+# -- the database ----------------------------------------------------------------------
+
+
+class AsyncDatabase:
+    """The store for asyncio code. Get one with `await inmem.asyncio.open(...)` or `.connect(...)`."""
+
+    def __init__(self, backend):
+        self._backend = backend
+        self._closed = False
+        call = backend.call
+        self._call = call
+        self.kv = AsyncKV(call)
+        self.events = AsyncEvents(call)
+        self.state = AsyncStateCells(call)
+        self.traces = AsyncTraces(call)
+        self.json = AsyncJSON(call)
+        self.runs = AsyncRuns(call)
+
+    # -- runs ----------------------------------------------------------------------
+
+    async def begin_run(self, name: str | None = None, run_id: str | None = None,
+                        parent: str | None = None, tags: list[str] | tuple[str, ...] = (),
+                        metadata: Value = None) -> str:
+        """Start a run (status "active"); its id, generated unless `run_id` is given."""
+        if run_id is None:
+            run_id = new_run_id()
+        if parent is not None and await self.run_status(parent) == "not_found":
+            # Checked here rather than on the shard: the parent may live on another one.
+            raise RunNotFound(f"parent run {parent!r} does not exist", run_id=parent)
+        return await self._call("run.begin", (name, run_id, parent, as_tags(tags), metadata))
+
+    async def end_run(self, run: str) -> str:
+        """Mark the run "completed"."""
+        return await self._call("run.end", (run,))
+
+    async def abort_run(self, run: str, reason: str | BaseException | None = None) -> str:
+        """Mark the run "failed", keeping `reason` (text) as its error."""
+        return await self._call("run.abort", (run, reason))
+
+    async def run_status(self, run: str) -> str:
+        """The run's status, "orphaned" for one a crash left unended, "not_found" if absent."""
+        return await self._call("run.status", (run,))
+
+    async def orphaned_runs(self) -> list[str]:
+        """Ids of the runs left active by a crash, oldest first, across every shard."""
+        return await self._call("run.orphaned", ())
+
+    # -- transactions and pipelines ------------------------------------------------
+
+    def transaction(self, run: str) -> AsyncTransaction:
+        """An optimistic transaction over one run: `async with db.transaction(run) as tx: ...`."""
+        return AsyncTransaction(self._call, run)
+
+    async def run_transaction(self, run: str, fn: Callable[[AsyncTransaction], Any],
+                              retries: int = 8) -> Any:
+        """Run `fn(tx)` (plain or async) and commit, retrying on TransactionConflict."""
+        for attempt in range(retries + 1):
+            tx = AsyncTransaction(self._call, run)
+            result = await _maybe_await(fn(tx))
+            try:
+                await tx.commit()
+                return result
+            except TransactionConflict:
+                if attempt == retries:
+                    raise
+                await asyncio.sleep(backoff_delay(attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def pipeline(self) -> AsyncPipeline:
+        """A batch of operations sent together; `await p.execute()` returns each one's result."""
+        return AsyncPipeline(self._backend)
+
+    # -- replay, diff and search ----------------------------------------------------
+
+    async def replay_run(self, run: str, at: int | None = None) -> RunView:
+        """The run folded from its journal: read-only, as of the first `at` entries."""
+        return RunView.from_wire(await self._call("run.replay", (run, at)))
+
+    async def diff_runs(self, run_a: str, run_b: str):
+        """What differs between two runs' replayed states (both replayed at once)."""
+        from .replay import diff_views
+        a, b = await asyncio.gather(self.replay_run(run_a), self.replay_run(run_b),
+                                    return_exceptions=True)
+        for view in (a, b):  # the first run's error first, as the blocking Database does
+            if isinstance(view, BaseException):
+                raise view
+        return diff_views(a, b)
+
+    async def search(self, query: str, run: str | None = None,
+                     primitives: list[str] | None = None, limit: int = 10, offset: int = 0,
+                     budget_ms: float | None = None):
+        """BM25 keyword search across every shard, as `Database.search`."""
+        import time
+
+        from .search import SearchPlan
+        self._check_open()
+        if run is not None and await self.run_status(run) == "not_found":
+            raise RunNotFound(f"run {run!r} does not exist", run_id=run)
+        plan = SearchPlan(query, primitives, limit, offset, budget_ms, time.perf_counter())
+        if plan.done:
+            return plan.empty()
+        backend = self._backend
+        plan.add_stats(await backend.fanout("search.stats", plan.stats_args()))
+        return plan.merge(await backend.fanout("search.query", plan.query_args(run)))
+
+    # -- operations ----------------------------------------------------------------
+
+    async def snapshot(self) -> list:
+        """Take a snapshot of every shard now; one SnapshotInfo per durable shard."""
+        self._check_open()
+        return await self._backend.snapshot()
+
+    async def recovery_report(self) -> list:
+        """How each shard recovered when it last started."""
+        self._check_open()
+        return await self._backend.recovery_report()
+
+    async def info(self) -> dict:
+        """Readiness and, per shard: pid, state, keys, runs, memory and WAL bytes, durability."""
+        self._check_open()
+        return await self._backend.info()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InmemError("the database is closed; open or connect again")
+
+    async def close(self) -> None:
+        """Flush and close (embedded: the closing snapshot if configured); later calls fail."""
+        self._closed = True
+        await self._backend.close()
+
+    async def __aenter__(self) -> "AsyncDatabase":
+        return self
+
+    async def __aexit__(self, *exc) -> bool:
+        await self.close()
+        return False
+
+    def __repr__(self) -> str:
+        return f"<inmem.AsyncDatabase {self._backend.describe()}>"
+
+
+__all__ = ["AsyncDatabase", "AsyncTransaction", "AsyncPipeline"]
