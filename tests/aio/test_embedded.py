@@ -1,0 +1,190 @@
+"""The embedded AsyncDatabase: durable waits off the event loop, shared fsyncs, asyncio manners.
+
+The API suite already runs every behaviour against `inmem.asyncio` (the
+`async-*` backends); these are what only an asyncio store has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+import inmem
+import inmem.asyncio
+import inmem.wal.writer as writer_mod
+
+
+def _gate_fsyncs(monkeypatch):
+    """Hold every WAL fsync until `release` is set; count them; `entered` once one waits."""
+    entered, release = threading.Event(), threading.Event()
+    calls: list = []
+    real = writer_mod._os_fsync
+
+    def gated(fd):
+        calls.append(fd)
+        entered.set()
+        release.wait(30)
+        real(fd)
+    monkeypatch.setattr(writer_mod, "_os_fsync", gated)
+    return entered, release, calls
+
+
+async def _until(event: threading.Event) -> None:
+    for _ in range(3000):
+        if event.is_set():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the event was never set")
+
+
+def test_a_strict_write_waits_for_its_fsync_without_holding_the_loop(tmp_path, monkeypatch):
+    async def main():
+        db = await inmem.asyncio.open(tmp_path / "s", "strict")
+        run = await db.begin_run()
+        entered, release, calls = _gate_fsyncs(monkeypatch)
+        put = asyncio.create_task(db.kv.put(run, "k", 1))
+        await _until(entered)  # its fsync has begun and is held
+        # The loop is free: other calls (reads, and writes that queue for the
+        # next fsync) are served meanwhile; the put is still unacknowledged.
+        assert await db.kv.get(run, "k") == 1
+        assert await db.run_status(run) == "active"
+        others = [asyncio.create_task(db.kv.put(run, f"o{i}", i)) for i in range(100)]
+        await asyncio.sleep(0.05)
+        assert not put.done() and not any(t.done() for t in others)
+        held = len(calls)
+        release.set()
+        assert await put == 1
+        assert await asyncio.gather(*others) == [1] * 100
+        # The 100 writes queued behind the held fsync shared one more.
+        assert len(calls) - held <= 2, calls
+        await db.close()
+        db = await inmem.asyncio.open(tmp_path / "s", "strict")
+        assert await db.kv.get_many(run, [f"o{i}" for i in range(100)]) == list(range(100))
+        await db.close()
+    asyncio.run(main())
+
+
+def test_a_failed_fsync_reaches_every_writer_of_its_group(tmp_path, monkeypatch):
+    async def main():
+        db = await inmem.asyncio.open(tmp_path / "f", "strict")
+        run = await db.begin_run()
+
+        def eio(fd):
+            raise OSError(5, "Input/output error")
+        monkeypatch.setattr(writer_mod, "_os_fsync", eio)
+        results = await asyncio.gather(*(db.kv.put(run, f"k{i}", i) for i in range(20)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, inmem.DurabilityError) for r in results), results
+        with pytest.raises(inmem.DurabilityError):
+            await db.kv.put(run, "after", 1)
+        monkeypatch.undo()
+        await db.close()
+    asyncio.run(main())
+
+
+def test_a_cancelled_strict_write_still_lands_and_the_store_goes_on(tmp_path, monkeypatch):
+    async def main():
+        db = await inmem.asyncio.open(tmp_path / "c", "strict")
+        run = await db.begin_run()
+        entered, release, _calls = _gate_fsyncs(monkeypatch)
+        put = asyncio.create_task(db.kv.put(run, "k", "v"))
+        await _until(entered)
+        put.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await put
+        release.set()
+        # Applied before its wait was cancelled: the write stands, as in the
+        # blocking store when its caller gives up waiting.
+        assert await db.kv.put(run, "k", "w") == 2
+        assert await db.kv.get(run, "k") == "w"
+        await db.close()
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("durability", ["inmemory", "buffered", "strict"])
+def test_gathered_writes_all_land_with_their_own_versions(tmp_path, durability):
+    async def main():
+        path = None if durability == "inmemory" else tmp_path / durability
+        async with await inmem.asyncio.open(path, durability) as db:
+            run = await db.begin_run()
+            versions = await asyncio.gather(*(db.kv.put(run, "hot", i) for i in range(500)))
+            assert sorted(versions) == list(range(1, 501))
+            got = await asyncio.gather(*(db.kv.get(run, "hot") for _ in range(10)))
+            assert got == [versions.index(500)] * 10
+    asyncio.run(main())
+
+
+def test_open_is_awaited_and_refuses_what_inmem_open_refuses(tmp_path):
+    async def main():
+        with pytest.raises(inmem.InvalidOption):
+            await inmem.asyncio.open(tmp_path / "x", "strict", no_such_option=1)
+        (tmp_path / "file").write_text("x")
+        with pytest.raises(inmem.StoreOpenError):
+            await inmem.asyncio.open(tmp_path / "file", "buffered")
+        db = await inmem.asyncio.open(None)
+        assert repr(db) == "<inmem.AsyncDatabase embedded inmemory>"
+        await db.close()
+        with pytest.raises(inmem.InmemError, match="closed"):
+            await db.kv.get("r", "k")
+    asyncio.run(main())
+
+
+def test_async_functions_drive_transactions_and_transitions():
+    async def main():
+        db = await inmem.asyncio.open(None)
+        run = await db.begin_run()
+        await db.kv.put(run, "n", 1)
+
+        async def bump(tx):
+            n = await tx.kv.get("n")
+            await tx.kv.put("n", n + 1)
+            await tx.events.append("bumped", {"to": n + 1})
+            return n + 1
+        assert await db.run_transaction(run, bump) == 2
+        assert await db.kv.get(run, "n") == 2
+        assert (await db.events.head(run)).payload == {"to": 2}
+
+        await db.state.init(run, "cell", 10)
+
+        async def double(state):
+            await asyncio.sleep(0)
+            return state.value * 2, "doubled"
+        assert await db.state.transition(run, "cell", double) == ("doubled", 2)
+        assert (await db.state.read(run, "cell")).value == 20
+
+        async with db.transaction(run) as tx:
+            await tx.json.put("doc", {"a": [1]})
+            await tx.json.array_push("doc", "$.a", 2)
+            assert await tx.json.get("doc", "$.a") == [1, 2]
+        assert await db.json.get(run, "doc") == {"a": [1, 2]}
+
+        with pytest.raises(TypeError, match="async with"):
+            with db.transaction(run):
+                pass
+        with pytest.raises(TypeError, match="async with"):
+            with db.pipeline():
+                pass
+        async with db.pipeline() as p:
+            p.kv.put(run, "p", 1)
+            p.traces.record(run, "thought", {"t": 1})
+        assert await db.kv.get(run, "p") == 1
+        await db.close()
+    asyncio.run(main())
+
+
+def test_conflicting_async_transactions_retry_until_each_lands():
+    async def main():
+        db = await inmem.asyncio.open(None)
+        run = await db.begin_run()
+        await db.kv.put(run, "n", 0)
+
+        async def incr(tx):
+            n = await tx.kv.get("n")
+            await asyncio.sleep(0)  # let the others read the same n
+            await tx.kv.put("n", n + 1)
+        await asyncio.gather(*(db.run_transaction(run, incr, retries=100) for _ in range(20)))
+        assert await db.kv.get(run, "n") == 20
+        await db.close()
+    asyncio.run(main())
