@@ -70,8 +70,8 @@ class _Channel:
 
     def __init__(self, sock, shard):
         self.sock = sock
-        # The same socket seen as a blocking one: drains and non-blocking
-        # sends skip the asyncio wrapper's futures.
+        # The same socket seen as a blocking one: the reader drains every
+        # reply that is ready through it, without a future per reply.
         self.shadow = zmq.Socket.shadow(sock.underlying)
         self.shard = shard
         self.pending: dict = {}

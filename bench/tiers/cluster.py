@@ -25,6 +25,12 @@ reached through ZeroMQ from Python can beat.
 - `cluster.kv.put.batched{,.direct}`: pipelines of 1000 puts; redis-py
   pipelines (transaction=False) of 1000 SETs; floor: the BATCH messages such
   a pipeline becomes, all sent, then all echoes read (`cluster.floor.batched`).
+- `asyncio.kv.put.concurrent` (buffered, 2 shards): one `inmem.asyncio`
+  connection in the benchmark's process with 1,000 puts in flight at once
+  (`asyncio.gather` of 1,000 `kv.put`, wave after wave), measured in the
+  same interleaved rounds as the single puts; its peer `sync` is the
+  blocking client's single puts (`cluster.kv.put.single.direct`, the
+  default route). `batch_p50_us` is a wave's latency.
 - `cluster.kv.put.single.8clients{,.direct}` (buffered) and
   `cluster.kv.put.strict.8clients{,.direct}` (strict): 8 client processes,
   one put per round trip each, on their own runs, against a buffered and a
@@ -50,14 +56,16 @@ their connections across rounds.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import time
 
 import inmem
+import inmem.asyncio
 
 from ..clients import ClientPool
-from ..context import Context, error_row, make_row, skipped_row
+from ..context import Context, error_row, make_row, skipped_row, target
 from ..floor import EchoServer, FloorClient
 from ..harness import timed_loop
 from ..rounds import Side, interleave
@@ -68,6 +76,13 @@ BATCH = 1000
 CLIENTS = 8
 SCALE_CLIENTS = 2
 SCALE_BATCH = 100
+#: puts in flight at once on the asyncio connection
+IN_FLIGHT = 1000
+
+TARGETS = {
+    "asyncio.kv.put.concurrent": target(">= 2x the blocking client's single puts",
+                                        "asyncio client", min_ratio={"sync": 2.0}),
+}
 
 
 class ClusterUnavailable(Exception):
@@ -136,6 +151,7 @@ ROWS = (
     ("cluster.kv.put.single", "buffered", ("redis", "floor")),
     ("cluster.kv.put.single.direct", "buffered", ("redis", "floor")),
     ("cluster.floor.single", FLOOR_MODE, ()),
+    ("asyncio.kv.put.concurrent", "buffered", ("sync",)),
     ("cluster.kv.put.batched", "buffered", ("redis", "floor")),
     ("cluster.kv.put.batched.direct", "buffered", ("redis", "floor")),
     ("cluster.floor.batched", FLOOR_MODE, ()),
@@ -166,7 +182,7 @@ def run(ctx: Context) -> None:
     rounds = s["cluster_rounds"]
     groups = [
         (_names("cluster.kv.put.single", "cluster.floor.single", "cluster.kv.put.batched",
-                "cluster.floor.batched"),
+                "cluster.floor.batched") + ("asyncio.kv.put.concurrent",),
          lambda: _one_client(ctx, rounds, s["cluster_single_ops"], s["cluster_batched_ops"])),
         (_names("cluster.kv.put.single.8clients", "cluster.kv.put.strict.8clients",
                 "cluster.floor.8clients"),
@@ -287,9 +303,19 @@ def _one_client(ctx, rounds, single_ops, batched_ops):
                 return out
             return side
 
+        aio = stack.enter_context(contextlib.closing(_AsyncPuts(cluster.endpoint, keys, value)))
+        waves = max(4, 2 * single_ops // IN_FLIGHT)
+
+        def concurrent(r):
+            out = timed_loop(aio.wave, waves, warmup=1, start=r * (waves + 1), samples=waves)
+            out["ops_per_s"] *= IN_FLIGHT
+            out["ops"] *= IN_FLIGHT
+            return out
+
         sides = [Side(route, single(_put_op(c, runs[route], keys, value)))
                  for route, c in clients.items()]
-        sides += [Side("redis", single(_redis_set_op(rclient, keys, value))
+        sides += [Side("asyncio", concurrent),
+                  Side("redis", single(_redis_set_op(rclient, keys, value))
                        if rclient else redis, optional=True),
                   Side("floor", single(fclient.single) if fclient else floor, optional=True)]
         il = interleave(sides, rounds, ctx.log)
@@ -299,6 +325,11 @@ def _one_client(ctx, rounds, single_ops, batched_ops):
                  {"redis": "redis", "floor": "floor"},
                  extra={"shards": 2, "route": ROUTES[route], "clients": 1, "peer_config": config})
         _add_floor(ctx, "cluster.floor.single", il, {"clients": 1, "config": FLOOR_CONFIG})
+        _add(ctx, "asyncio.kv.put.concurrent", "buffered", il, "asyncio", {"sync": "direct"},
+             latency_per="batch", target=TARGETS["asyncio.kv.put.concurrent"],
+             extra={"shards": 2, "route": ROUTES["direct"], "in_flight": IN_FLIGHT,
+                    "connections": 1, "peer_config": {
+                        "sync": "the blocking client's single puts, " + ROUTES["direct"]}})
 
         sides = [Side(route, batched(_pipeline_op(c, runs[route], batch_keys, value)))
                  for route, c in clients.items()]
@@ -411,6 +442,30 @@ def _put_op(db, run, keys, value):
     return lambda i: put(run, keys[i], value)
 
 
+class _AsyncPuts:
+    """One `inmem.asyncio` connection on an event loop of its own; `wave(i)`: 1,000 puts at once."""
+
+    def __init__(self, endpoint, keys, value):
+        self.loop = asyncio.new_event_loop()
+        self.keys, self.value = keys, value
+        self.db = self.loop.run_until_complete(inmem.asyncio.connect(endpoint))
+        self.run = self.loop.run_until_complete(self.db.begin_run(name="bench-asyncio"))
+
+    async def _wave(self, base):
+        put, run, keys, value = self.db.kv.put, self.run, self.keys, self.value
+        n = len(keys)
+        await asyncio.gather(*[put(run, keys[(base + j) % n], value) for j in range(IN_FLIGHT)])
+
+    def wave(self, i):
+        self.loop.run_until_complete(self._wave(i * IN_FLIGHT))
+
+    def close(self):
+        try:
+            self.loop.run_until_complete(self.db.close())
+        finally:
+            self.loop.close()
+
+
 def _redis_set_op(client, keys, value):
     set_ = client.set
     return lambda i: set_(keys[i], value)
@@ -439,7 +494,8 @@ def _redis_pipeline_op(client, keys, value):
 
 # -- rows from interleaved rounds ----------------------------------------------------
 
-def _add(ctx, name, mode, il, ours, peers: dict, *, extra: dict, latency_per="op") -> None:
+def _add(ctx, name, mode, il, ours, peers: dict, *, extra: dict, latency_per="op",
+         target=None) -> None:
     """A row for side `ours` of `il`, with each peer's median and the per-round ratio spread."""
     lat = il.latency(ours)
     values = {peer: il.median(side) for peer, side in peers.items()}
@@ -453,7 +509,7 @@ def _add(ctx, name, mode, il, ours, peers: dict, *, extra: dict, latency_per="op
         extra.update(batch_p50_us=p50, batch_p99_us=p99)
         p50 = p99 = None
     ctx.add(make_row(name, TIER, mode, "ops/s", value=il.median(ours), p50=p50, p99=p99,
-                     n=n, peers=values, ratio_spread=spreads, extra=extra))
+                     n=n, peers=values, ratio_spread=spreads, extra=extra, target=target))
 
 
 def _add_floor(ctx, name, il, extra, *, latency_per="op", side="floor") -> None:

@@ -117,16 +117,17 @@ def test_one_client_rows_run_ours_and_the_floor_in_interleaved_rounds(tmp_path, 
     assert False in routes and True in routes
     rows = _rows(ctx)
     assert list(rows) == ["cluster.kv.put.single", "cluster.kv.put.single.direct",
-                          "cluster.floor.single", "cluster.kv.put.batched",
-                          "cluster.kv.put.batched.direct", "cluster.floor.batched"]
+                          "cluster.floor.single", "asyncio.kv.put.concurrent",
+                          "cluster.kv.put.batched", "cluster.kv.put.batched.direct",
+                          "cluster.floor.batched"]
     for name, row in rows.items():
         assert row["status"] == "ok", (name, row["status"])
         assert row["ran_on"]["commit"] == "c" * 40
         assert row["extra"]["rounds"] == 2 and len(row["extra"]["round_order"]) == 2
     single = rows["cluster.kv.put.single"]
     assert single["n"] == 2 * 50
-    assert single["extra"]["round_order"] == [["routed", "direct", "floor"],
-                                              ["direct", "floor", "routed"]]
+    assert single["extra"]["round_order"] == [["routed", "direct", "asyncio", "floor"],
+                                              ["direct", "asyncio", "floor", "routed"]]
     assert single["peers"]["redis"] == "skipped: not selected with --peers"
     assert single["ratio_spread"]["redis"] is None
     assert isinstance(single["peers"]["floor"], float)
@@ -135,6 +136,13 @@ def test_one_client_rows_run_ours_and_the_floor_in_interleaved_rounds(tmp_path, 
     assert len(single["extra"]["ours"]["per_round"]) == 2
     assert rows["cluster.kv.put.batched.direct"]["n"] == 2 * 2 * cluster_tier.BATCH
     assert rows["cluster.kv.put.batched"]["extra"]["batch_p50_us"] > 0
+    # 1,000 asyncio puts in flight, beside the blocking client's single puts.
+    concurrent = rows["asyncio.kv.put.concurrent"]
+    assert concurrent["n"] == 2 * 4 * cluster_tier.IN_FLIGHT
+    assert concurrent["peers"]["sync"] == rows["cluster.kv.put.single.direct"]["value"]
+    assert concurrent["ratio_spread"]["sync"]["rounds"] == 2
+    assert concurrent["target"]["min_ratio"] == {"sync": 2.0}
+    assert concurrent["target_met"] is (concurrent["value"] >= 2 * concurrent["peers"]["sync"])
 
 
 def test_eight_client_rows_cover_both_routes_and_both_modes(tmp_path, monkeypatch):
