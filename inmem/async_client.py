@@ -66,7 +66,8 @@ class _Request:
 class _Channel:
     """A DEALER socket to one peer, its reader task and the requests waiting on it."""
 
-    __slots__ = ("sock", "shadow", "shard", "pending", "reader", "check", "__weakref__")
+    __slots__ = ("sock", "shadow", "shard", "pending", "reader", "check", "poke_due",
+                 "__weakref__")
 
     def __init__(self, sock, shard):
         self.sock = sock
@@ -77,6 +78,7 @@ class _Channel:
         self.pending: dict = {}
         self.reader: asyncio.Task | None = None
         self.check: asyncio.Task | None = None
+        self.poke_due = False
 
 
 def _wake(fut) -> None:
@@ -84,24 +86,45 @@ def _wake(fut) -> None:
         fut.set_result(None)
 
 
-async def _read_replies(chan: _Channel) -> None:
-    """Resolve each waiting request with its reply; replies nobody waits for are dropped."""
-    sock, pending = chan.sock, chan.pending
+def _drain(chan: _Channel) -> None:
+    """Hand every reply that is ready to its request; replies nobody waits for are dropped."""
+    pending = chan.pending
     recv = chan.shadow.recv_multipart
     noblock = zmq.NOBLOCK
     while True:
-        frames = await sock.recv_multipart(copy=True)
-        while True:
-            if len(frames) == 2:
-                req = pending.get(frames[0])
-                if req is not None and req.reply is None:
-                    req.reply = frames[1]
-                    if not req.fut.done():
-                        req.fut.set_result(None)
-            try:
-                frames = recv(noblock)
-            except zmq.Again:
-                break
+        try:
+            frames = recv(noblock)
+        except zmq.Again:
+            return
+        if len(frames) == 2:
+            req = pending.get(frames[0])
+            if req is not None and req.reply is None:
+                req.reply = frames[1]
+                if not req.fut.done():
+                    req.fut.set_result(None)
+
+
+def _poke(chan: _Channel) -> None:
+    chan.poke_due = False
+    if not chan.shadow.closed:
+        _drain(chan)
+
+
+async def _read_replies(chan: _Channel) -> None:
+    """The reader task: wait until the socket has a reply, then take all that are ready."""
+    sock = chan.sock
+    while True:
+        try:
+            frames = await sock.recv_multipart()
+        except zmq.Again:
+            continue  # a poke took what woke us
+        if len(frames) == 2:
+            req = chan.pending.get(frames[0])
+            if req is not None and req.reply is None:
+                req.reply = frames[1]
+                if not req.fut.done():
+                    req.fut.set_result(None)
+        _drain(chan)
 
 
 def _release(ctx, channels: list, pid: int) -> None:
@@ -181,28 +204,25 @@ class AsyncClusterBackend:
             chan = self._shards[shard] = self._channel(self.shard_endpoints[shard], shard)
         return chan
 
-    async def _send(self, chan: _Channel, frames, deadline: float) -> None:
-        # Through the asyncio socket, not its blocking shadow: a send may take
-        # the socket's one wake-up signal for a reply that arrived meanwhile,
-        # and only the asyncio socket knows to pass it on to the reader task.
-        fut = chan.sock.send_multipart(frames)
-        if fut.done():
-            fut.result()  # sent at once, the usual case
-            return
-        # No room (or, to a shard, no connection yet): wait, within the deadline.
-        left = deadline - self.loop.time()
-        if chan.shard is not None:
-            # A shard that is not connected: wait briefly, then ask after it.
-            left = min(left, _SEND_WAIT_S)
-        try:
-            if left <= 0:
-                fut.cancel()  # a cancelled send is never sent
-                raise TimeoutError
-            await asyncio.wait_for(fut, left)
-        except TimeoutError:
-            if chan.shard is not None:
-                raise await self._shard_down(chan.shard) from None
-            raise not_sent(self.url) from None
+    async def _send_later(self, chan: _Channel, frames, deadline: float) -> None:
+        """Send once the socket takes it: a shard not connected yet, or queues full."""
+        loop = self.loop
+        # Only the reader task waits on the asyncio socket, so nothing else can
+        # take its wake-ups; a send that must wait tries again every few ms.
+        limit = deadline if chan.shard is None else min(deadline, loop.time() + _SEND_WAIT_S)
+        pause = 0.0005
+        while True:
+            if loop.time() >= limit:
+                if chan.shard is not None:
+                    raise await self._shard_down(chan.shard)
+                raise not_sent(self.url)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.01)
+            try:
+                chan.shadow.send_multipart(frames, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                continue
 
     # -- one request ---------------------------------------------------------------
 
@@ -211,24 +231,33 @@ class AsyncClusterBackend:
         """Send one request and return its decoded reply (an InmemError for an error)."""
         loop = self.loop
         pending = chan.pending
+        shard = chan.shard
         while True:
             head = header(kind, target, next(self._rid))
             req = _Request(loop.create_future())
             pending[head] = req
             try:
-                await self._send(chan, (head, body), deadline)
-                if chan.shard is None:
-                    timer = loop.call_at(deadline, _wake, req.fut)
-                    try:
-                        await req.fut
-                    finally:
-                        timer.cancel()
-                    if req.reply is None:
-                        if req.error is not None:
-                            raise copy.copy(req.error)
-                        raise no_reply(self.url, self.request_timeout)
-                else:
-                    await self._wait_direct(chan, req, deadline)
+                # The usual case inline (a send that goes at once, a reply
+                # before the first timer); the rest in _send_later/_wait_late.
+                try:
+                    chan.shadow.send_multipart((head, body), zmq.NOBLOCK)
+                except zmq.Again:
+                    await self._send_later(chan, (head, body), deadline)
+                if not chan.poke_due:
+                    # A send may take the socket's wake-up signal for a reply
+                    # that arrived meanwhile (ZeroMQ signals by edges): after
+                    # this loop turn's sends, whatever is ready is taken.
+                    chan.poke_due = True
+                    loop.call_soon(_poke, chan)
+                wake_at = deadline if shard is None else min(deadline,
+                                                             loop.time() + DIRECT_CHECK_S)
+                timer = loop.call_at(wake_at, _wake, req.fut)
+                try:
+                    await req.fut
+                finally:
+                    timer.cancel()
+                if req.reply is None:
+                    await self._wait_late(chan, req, deadline)
             finally:
                 del pending[head]
             result = unpack_reply(req.reply)
@@ -237,19 +266,16 @@ class AsyncClusterBackend:
                 continue
             return result
 
-    async def _wait_direct(self, chan: _Channel, req: _Request, deadline: float) -> None:
-        """Wait for a direct request's reply, asking after its shard while it is late."""
+    async def _wait_late(self, chan: _Channel, req: _Request, deadline: float) -> None:
+        """A request whose first wait ended without a reply: fail it, or ask after its shard."""
         loop = self.loop
         while True:
-            timer = loop.call_at(min(deadline, loop.time() + DIRECT_CHECK_S), _wake, req.fut)
-            try:
-                await req.fut
-            finally:
-                timer.cancel()
             if req.reply is not None:
                 return
             if req.error is not None:
                 raise copy.copy(req.error)
+            if chan.shard is None:
+                raise no_reply(self.url, self.request_timeout)
             if loop.time() >= deadline:
                 raise await self._shard_down(chan.shard)
             req.fut = loop.create_future()
@@ -258,6 +284,11 @@ class AsyncClusterBackend:
                 return
             if req.error is not None:
                 raise copy.copy(req.error)
+            timer = loop.call_at(min(deadline, loop.time() + DIRECT_CHECK_S), _wake, req.fut)
+            try:
+                await req.fut
+            finally:
+                timer.cancel()
 
     async def _check_shard(self, chan: _Channel) -> None:
         """Ask the coordinator about a late shard, once for every request waiting on it."""
