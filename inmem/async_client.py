@@ -19,6 +19,12 @@ no one and is dropped, and no later call can receive it. Nothing is ever
 read on behalf of a particular caller, so cancelling at any await leaves the
 connection as it was.
 
+The reader task waits on the asyncio socket, the only waiter on it; sends
+and the drains go through the same socket's blocking shadow with NOBLOCK,
+which costs one call instead of a future per message. Since ZeroMQ signals
+readiness by edges and a send can take the edge of a reply that arrived
+meanwhile, each loop turn that sent on a socket ends with one drain of it.
+
 Deadlines are timers on the loop, one per request. A direct request that has
 no reply after `DIRECT_CHECK_S` asks the coordinator (one question per shard
 however many requests wait) whether its shard is down or is a new process;
