@@ -192,6 +192,9 @@ class KVMachine(RuleBasedStateMachine):
         assert self.db.kv.keys(self.run) == sorted(self.entries)
 
 
+# A database per example, each step a round trip: through a cluster on two
+# busy cores the default 120 s is not enough for the whole state machine.
+@pytest.mark.timeout(400)
 def test_kv_agrees_with_a_dict_model(backend_factory, clock_factory):
     class Machine(KVMachine):
         factory = staticmethod(backend_factory)
