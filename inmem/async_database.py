@@ -8,9 +8,9 @@ returns, here an awaitable. The few that do more than one call (state
 transitions, trace trees) are redone with awaits, as are transactions, whose
 reads go to the shard.
 
-Arguments are checked when a method is called (a str given as a list of keys
-raises at once); everything that touches the store happens when the result
-is awaited.
+Every section method is a coroutine function (`inspect.iscoroutinefunction`
+says so, for frameworks that look), so nothing runs, not even the argument
+checks, until it is awaited.
 
 Pipelines queue without awaiting (`p.kv.put(...)` returns nothing, as in
 redis-py's asyncio pipelines) and `await p.execute()` sends them. In a
@@ -21,6 +21,7 @@ code never has to know which of them read.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from typing import Any, Callable
 
@@ -46,26 +47,48 @@ async def _maybe_await(value):
 # -- sections --------------------------------------------------------------------------
 
 
+def _awaitable(cls):
+    """Re-declare the inherited public methods of a section as coroutine functions."""
+    for name in dir(cls):
+        fn = getattr(cls, name)
+        if name.startswith("_") or name in vars(cls) or not inspect.isfunction(fn):
+            continue
+
+        def make(fn):
+            @functools.wraps(fn)
+            async def method(self, *args, **kwargs):
+                return await fn(self, *args, **kwargs)
+            return method
+        setattr(cls, name, make(fn))
+    return cls
+
+
+
+@_awaitable
 class AsyncKV(KV):
     """Versioned keys and values of a run; every method returns an awaitable."""
     __slots__ = ()
 
 
+@_awaitable
 class AsyncEvents(Events):
     """The append-only, hash-chained event log of a run; every method returns an awaitable."""
     __slots__ = ()
 
 
+@_awaitable
 class AsyncJSON(JSON):
     """JSON documents addressed by path; every method returns an awaitable."""
     __slots__ = ()
 
 
+@_awaitable
 class AsyncRuns(Runs):
     """Run metadata and lifecycle; every method returns an awaitable."""
     __slots__ = ()
 
 
+@_awaitable
 class AsyncTraces(Traces):
     """Reasoning records of a run, as trees; every method returns an awaitable."""
     __slots__ = ()
@@ -75,6 +98,7 @@ class AsyncTraces(Traces):
         return assemble_tree(await self._call("tr.tree", (run, trace_id)))
 
 
+@_awaitable
 class AsyncStateCells(StateCells):
     """Versioned state cells; every method returns an awaitable.
 
