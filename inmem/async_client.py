@@ -151,7 +151,8 @@ def _release(ctx, channels: list, pid: int) -> None:
 class AsyncClusterBackend:
     def __init__(self, url: str, timeout: float = 5.0, *, request_timeout: float | None = None,
                  max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
-                 direct: bool = True):
+                 direct: bool = True, keys=None):
+        from .client import _client_keys
         self.url = check_url(url)
         self.timeout = check_number("timeout", timeout)
         self.request_timeout = check_number("request_timeout", request_timeout,
@@ -159,6 +160,9 @@ class AsyncClusterBackend:
         check_client_options(max_message_bytes, direct)
         self.max_message_bytes = max_message_bytes
         self.direct = direct
+        #: Curve for tcp: our keypair and the coordinator's key (see inmem.keys)
+        self.keys = _client_keys(keys)
+        self.shard_keys: list = []
         self.loop = asyncio.get_running_loop()
         self.ctx = zmq.asyncio.Context(1)
         self._channels: list = []  # every channel made, for _release
@@ -182,7 +186,8 @@ class AsyncClusterBackend:
             raise InmemError("this AsyncDatabase belongs to another event loop; connect "
                              "again in this one")
 
-    def _channel(self, endpoint: str, shard: int | None) -> _Channel:
+    def _channel(self, endpoint: str, shard: int | None,
+                 server_key: bytes | None = None) -> _Channel:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, -1)  # replies are from our cluster, which caps them
@@ -193,6 +198,8 @@ class AsyncClusterBackend:
         if shard is not None:
             # Queue nothing for a shard that is not connected (see the blocking client).
             sock.setsockopt(zmq.IMMEDIATE, 1)
+        if self.keys is not None and endpoint.startswith("tcp://"):
+            self.keys.apply(sock, server_key or self.keys.coordinator)
         try:
             sock.connect(endpoint)
         except zmq.ZMQError as exc:
@@ -207,7 +214,15 @@ class AsyncClusterBackend:
     def _shard_channel(self, shard: int) -> _Channel:
         chan = self._shards[shard]
         if chan is None:
-            chan = self._shards[shard] = self._channel(self.shard_endpoints[shard], shard)
+            endpoint = self.shard_endpoints[shard]
+            if endpoint.startswith("ipc://") and not self.url.startswith("ipc://"):
+                # Out of reach of a client that came over tcp (see the blocking
+                # client): this shard's runs go through the coordinator.
+                chan = self._coord
+            else:
+                key = self.shard_keys[shard] if shard < len(self.shard_keys) else None
+                chan = self._channel(endpoint, shard, key)
+            self._shards[shard] = chan
         return chan
 
     async def _send_later(self, chan: _Channel, frames, deadline: float) -> None:
@@ -450,16 +465,21 @@ class AsyncClusterBackend:
                 return status
             await asyncio.sleep(min(NOT_READY_PAUSE_S, max(deadline - loop.time(), 0)))
         if status is None:
-            raise ClusterNotReady(f"no coordinator answered at {self.url} within {timeout:g} s")
+            hint = ("; a cluster with keys answers only clients holding one (connect(url, "
+                    "keys=DIR))" if self.keys is None and self.url.startswith("tcp://") else "")
+            raise ClusterNotReady(f"no coordinator answered at {self.url} within {timeout:g} s"
+                                  + hint)
         waiting = ", ".join(f"shard {s['shard']} {s['state']}" for s in status["shards"]
                             if s["state"] != "ready")
         raise ClusterNotReady(f"the cluster at {self.url} was not ready within {timeout:g} s "
                               f"({waiting})")
 
     async def _load_slotmap(self) -> None:
+        from .client import _shard_keys
         m = SlotMap.parse(await self.cluster("slotmap"))
         self.shard_slot = m.shard_slot
         self.shard_endpoints = m.endpoints
+        self.shard_keys = _shard_keys(self.keys, m.shard_keys, m.shard_count)
         if m.max_message_bytes is not None:
             # The cluster's limit, so that an oversized request is refused here, clearly.
             self.max_message_bytes = min(self.max_message_bytes, m.max_message_bytes)

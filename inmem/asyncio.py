@@ -46,7 +46,8 @@ async def connect(url: str, timeout: float = 5.0, **options) -> AsyncDatabase:
 
     Options: request_timeout (seconds per call; default `timeout`),
     max_message_bytes, direct (run operations straight to the owning shard;
-    default True). The connection belongs to the running event loop; any
+    default True), keys (the cluster's key directory, or a client's
+    `.key_secret` file: Curve on tcp). The connection belongs to the running event loop; any
     number of calls may be in flight on it at once.
     """
     from .async_client import AsyncClusterBackend

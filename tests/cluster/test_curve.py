@@ -5,6 +5,7 @@ The same cluster across network namespaces (other hosts) is in tests/multihost.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -196,6 +197,20 @@ def test_a_curve_cluster_with_a_remote_shard_admits_only_its_keys(make_cluster, 
             assert st.shards[0] is st.coord and st.shards[1].sock is not st.coord.sock
         with inmem.connect(cluster.endpoint, keys=str(keys_dir), direct=False) as db:
             assert db.kv.get(ids[1][0], "k") == 1
+
+        async def through_asyncio():
+            import inmem.asyncio
+            db = await inmem.asyncio.connect(cluster.endpoint, keys=str(keys_dir))
+            try:
+                assert await db.kv.get(ids[0][0], "k") == 0
+                assert await db.kv.put(ids[1][0], "k", 1) == 2
+                backend = db._backend
+                # The same routing: shard 0 through the coordinator, shard 1 over tcp.
+                assert backend._shards[0] is backend._coord
+                assert backend._shards[1] is not backend._coord
+            finally:
+                await db.close()
+        asyncio.run(through_asyncio())
         # The shard binds the address it was given (localhost), not every interface.
         listening = [c.laddr for c in psutil.Process(remote.pid).net_connections()
                      if c.status == "LISTEN"]
