@@ -1,12 +1,17 @@
 """The coordinator: the clients' ROUTER, routing by slot, fan-out, readiness, supervision.
 
-One thread, one poll loop over the client socket and one DEALER per shard.
+One thread, one poll loop over the client socket, the client stream socket
+(clients on this host, `inmem.stream`) and one DEALER per shard.
 
 The hot path is a forward: a client's [identity, header, body] is checked
 (frame count, header length, version byte, kind), its slot looked up in the
 slot map, and the same three frames are sent to the owning shard; the shard's
 reply comes back with the identity in front and goes out unchanged. Bodies
-are never decoded on this path. The one piece of bookkeeping is the set of
+are never decoded on this path, and big ones are not copied either (sent
+with copy=False: pyzmq copies only those under its copy threshold, where a
+copy is cheaper than tracking the buffer). A stream client's requests get an
+identity of their own (`STREAM_IDENT_BYTES`), so the shards and the
+bookkeeping below see them as any other client's. The one piece of bookkeeping is the set of
 requests in flight per shard, so that when a shard dies each of them is
 answered ShardUnavailable instead of waiting for the client's deadline.
 
@@ -40,6 +45,8 @@ from inmem.files import make_dirs, try_lock
 from inmem.keys import (COORDINATOR, KeyFileError, ServerKeys, insecure_warning, is_tcp,
                         public_key, shard_name)
 from inmem.ops import FANOUT_READ_OPS
+from inmem.stream import stream_path
+from inmem.stream_server import Connection, StreamServer
 from inmem.transport import bind_router, drain
 from inmem.types import RecoveryResult
 from inmem.protocol import (HEADER_BYTES, KIND_ADMIN, KIND_BATCH, KIND_CLUSTER, KIND_OP,
@@ -54,6 +61,9 @@ from .supervisor import DOWN, READY, RECOVERING, Supervisor
 log = logging.getLogger("inmem.coordinator")
 
 TICK_S = 0.02
+#: the identity a stream client's requests carry to the shards: 0x01 and a
+#: counter, never the 5 bytes starting 0x00 that a ROUTER gives its peers
+STREAM_IDENT_BYTES = 9
 HELLO_EVERY_S = 0.2
 #: frames taken from one socket per loop turn, so one busy peer cannot starve the rest
 DRAIN_MAX = 1024
@@ -100,6 +110,10 @@ class Coordinator:
         self._lock_fd = None
         self.ctx = None
         self.front = None
+        self.stream: StreamServer | None = None
+        #: stream connections by the identity their requests carry to the shards
+        self.stream_peers: dict[bytes, Connection] = {}
+        self._stream_ids = itertools.count(1)
         self.poller = None
         self.supervisor = None
         self.server_keys = None
@@ -142,6 +156,13 @@ class Coordinator:
             raise ConfigError(str(exc)) from None
         self.front = front
         self.poller.register(front, zmq.POLLIN)
+        path = stream_path(endpoint)
+        if path is not None:
+            try:
+                self.stream = StreamServer(path, self.max_message_bytes)
+            except OSError as exc:
+                raise ConfigError(f"cannot listen on {path}: {exc}") from None
+            self.stream.register(self.poller)
         self.out(f"inmem coordinator pid {os.getpid()} on {endpoint}: "
                  f"{len(self.links)} shards, {spec['durability']}, data in {spec['data_dir']}")
         self.supervisor.start_all()
@@ -198,6 +219,7 @@ class Coordinator:
 
     def serve(self) -> None:
         front = self.front
+        stream = self.stream
         by_sock = {}
         version = -1
         next_tick = 0.0
@@ -205,68 +227,101 @@ class Coordinator:
             if version != self._links_version:
                 version = self._links_version
                 by_sock = {l.sock: l for l in self.links}
-            for sock, _ in self.poller.poll(TICK_S * 1000):
+            events = self.poller.poll(TICK_S * 1000)
+            for sock, _ in events:
                 if sock is front:
                     self._drain_front()
                 else:
                     link = by_sock.get(sock)
                     if link is not None:
                         self._drain_shard(link)
+            if stream is not None and events:
+                self._drain_stream(dict(events))
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + TICK_S
                 self._tick(now)
 
+    def _drain_stream(self, events: dict) -> None:
+        """Requests from stream clients, handled as ROUTER messages under an identity of their own."""
+        batch: list = []
+        stream = self.stream
+        before = len(stream.connections)
+        stream.read(events, batch, DRAIN_MAX)
+        peers = self.stream_peers
+        if len(stream.connections) != before or len(peers) > len(stream.connections):
+            self._sync_stream_peers()
+        for msg in batch:
+            conn = msg[0]
+            ident = conn.ident
+            if ident is None:
+                serial = next(self._stream_ids).to_bytes(STREAM_IDENT_BYTES - 1, "little")
+                ident = conn.ident = b"\x01" + serial
+                peers[ident] = conn
+            msg[0] = ident
+            self._client_message(msg)
+
+    def _sync_stream_peers(self) -> None:
+        live = self.stream.connections
+        for ident, conn in list(self.stream_peers.items()):
+            if conn.closed or live.get(conn.fd) is not conn:
+                del self.stream_peers[ident]
+
     def _drain_front(self) -> None:
-        owners = self.owners
-        links = self.links
-        counters = self.counters
+        handle = self._client_message
         for frames in drain(self.front, DRAIN_MAX):
-            # Forward, answer or drop one [identity, header, body]; whatever goes
-            # wrong on the way is answered (or counted), never the end of the loop.
-            try:
-                if len(frames) != 3:
-                    counters["dropped_frames"] += 1
-                    continue
-                ident, head, body = frames
-                if len(head) != HEADER_BYTES or head[0] != VERSION:
-                    self._bad_header(ident, head)
-                    continue
-                kind = head[1]
-                if kind == KIND_OP or kind == KIND_BATCH:
-                    if not self.ready_once:
-                        self._error(ident, head, ClusterNotReady(self._not_ready_message()))
-                        continue
-                    slot = head[2] | (head[3] << 8)
-                    if slot >= SLOT_COUNT:
-                        counters["protocol_errors"] += 1
-                        self._error(ident, head, ProtocolError(f"slot {slot} is out of range"))
-                        continue
-                    link = links[owners[slot]]
-                    if link.handle.state != READY:
-                        self._unavailable(ident, head, link)
-                        continue
-                    size = len(body)
-                    inflight = link.inflight
-                    if ((link.inflight_bytes + size > INFLIGHT_BYTES_MAX and inflight)
-                            or len(inflight) >= INFLIGHT_MAX):
-                        self._overloaded(ident, head, link)
-                        continue
-                    try:
-                        link.sock.send_multipart(frames, zmq.NOBLOCK)
-                    except zmq.ZMQError:
-                        self._unavailable(ident, head, link)
-                        continue
-                    key = (ident, head)
-                    link.inflight_bytes += size - inflight.get(key, 0)
-                    inflight[key] = size
-                elif kind == KIND_CLUSTER:
-                    self._cluster_request(ident, head, body)
-                else:
+            handle(frames)
+
+    def _client_message(self, frames: list) -> None:
+        """Forward, answer or drop one [identity, header, body].
+
+        Whatever goes wrong on the way is answered (or counted), never the
+        end of the loop. Bodies are forwarded as they came, never decoded.
+        """
+        counters = self.counters
+        try:
+            if len(frames) != 3:
+                counters["dropped_frames"] += 1
+                return
+            ident, head, body = frames
+            if len(head) != HEADER_BYTES or head[0] != VERSION:
+                self._bad_header(ident, head)
+                return
+            kind = head[1]
+            if kind == KIND_OP or kind == KIND_BATCH:
+                if not self.ready_once:
+                    self._error(ident, head, ClusterNotReady(self._not_ready_message()))
+                    return
+                slot = head[2] | (head[3] << 8)
+                if slot >= SLOT_COUNT:
                     counters["protocol_errors"] += 1
-                    self._error(ident, head, ProtocolError(f"kind {kind} is not a client request"))
-            except Exception as exc:  # a bug: say what broke, answer, go on
-                self._client_failed(frames, exc)
+                    self._error(ident, head, ProtocolError(f"slot {slot} is out of range"))
+                    return
+                link = self.links[self.owners[slot]]
+                if link.handle.state != READY:
+                    self._unavailable(ident, head, link)
+                    return
+                size = len(body)
+                inflight = link.inflight
+                if ((link.inflight_bytes + size > INFLIGHT_BYTES_MAX and inflight)
+                        or len(inflight) >= INFLIGHT_MAX):
+                    self._overloaded(ident, head, link)
+                    return
+                try:
+                    link.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                except zmq.ZMQError:
+                    self._unavailable(ident, head, link)
+                    return
+                key = (ident, head)
+                link.inflight_bytes += size - inflight.get(key, 0)
+                inflight[key] = size
+            elif kind == KIND_CLUSTER:
+                self._cluster_request(ident, head, body)
+            else:
+                counters["protocol_errors"] += 1
+                self._error(ident, head, ProtocolError(f"kind {kind} is not a client request"))
+        except Exception as exc:  # a bug: say what broke, answer, go on
+            self._client_failed(frames, exc)
 
     def _client_failed(self, frames: list, exc: Exception) -> None:
         """A message whose handling raised: an error reply when it has a request id, else a drop."""
@@ -277,7 +332,7 @@ class Coordinator:
             self._internal_error(exc)
 
     def _drain_shard(self, link: ShardLink) -> None:
-        send = self.front.send_multipart
+        send = self._send_frames
         inflight = link.inflight
         link.last_seen = time.monotonic()
         link.ping_sent = None
@@ -291,10 +346,7 @@ class Coordinator:
                     size = inflight.pop((ident, frames[1]), None)
                     if size is not None:
                         link.inflight_bytes -= size
-                    try:
-                        send(frames, zmq.NOBLOCK)
-                    except zmq.ZMQError:
-                        pass
+                    send(frames)
                 else:
                     self._internal_reply(link, frames[1], frames[2])
             except Exception as exc:  # a bug must not stop the loop
@@ -304,8 +356,17 @@ class Coordinator:
     # -- replies -------------------------------------------------------------------
 
     def _send(self, ident: bytes, head: bytes, body: bytes) -> None:
+        self._send_frames([ident, head, body])
+
+    def _send_frames(self, frames: list) -> None:
+        """A reply [identity, header, body] to the client it is for, on its own transport."""
+        if len(frames[0]) == STREAM_IDENT_BYTES:
+            conn = self.stream_peers.get(frames[0])
+            if conn is not None:
+                self.stream.send(conn, frames[1], frames[2])
+            return
         try:
-            self.front.send_multipart([ident, head, body], zmq.NOBLOCK)
+            self.front.send_multipart(frames, zmq.NOBLOCK, copy=False)
         except zmq.ZMQError:
             pass
 
@@ -592,6 +653,9 @@ class Coordinator:
         if self.front is not None:
             self.front.close(0)
             self.front = None
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
         if self.supervisor is not None:
             self.supervisor.stop_all()
         if self.server_keys is not None:
@@ -659,12 +723,13 @@ def remove_sockets(spec: dict) -> None:
         return
     endpoints = [spec.get("client_endpoint", "")]
     endpoints += [s["endpoint"] for s in spec.get("shards", ()) if not s["remote"]]
-    for endpoint in endpoints:
-        if endpoint.startswith("ipc://"):
-            try:
-                os.unlink(endpoint[6:])
-            except OSError:
-                pass
+    paths = [e[6:] for e in endpoints if e.startswith("ipc://")]
+    paths += [p for p in map(stream_path, endpoints[1:]) if p is not None]
+    for path in paths:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
     if runtime:
         try:
             os.rmdir(sock_dir)  # only when empty: nothing but our sockets is removed

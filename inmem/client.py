@@ -28,10 +28,19 @@ single operation's round trip. A shard sent a request for a slot it does not
 own answers SlotMoved; the client then reloads the slot map from the
 coordinator and sends the request again. `direct=False` sends everything
 through the coordinator instead (for thin clients). The coordinator still
-answers everything else and is asked,
-when a shard does not answer, whether that shard is down (ShardUnavailable)
-or only slow (Timeout). The price: a request in flight on a shard that dies
-is answered at its deadline rather than as soon as the coordinator notices.
+answers everything else, and is asked, when a shard is slow to answer,
+whether that shard is down or restarted (ShardUnavailable) or only slow
+(Timeout).
+
+Transport: a shard or coordinator on this host (an ipc:// endpoint) is
+reached through its Unix stream socket (`inmem.stream`), which a thread reads
+and writes itself, without ZeroMQ's I/O threads in between; tcp endpoints
+and cluster requests use ZeroMQ. `stream=False` uses ZeroMQ for everything.
+A stream that breaks says at once what happened: a request in flight on a
+shard that dies gets ShardUnavailable when the kernel closes the connection,
+not at its deadline; a connection found broken when sending (its shard
+restarted since this thread last used it) is replaced and the request sent
+once more, since a shard applies only whole frames.
 
 Lifetime: a Database dropped without `close()` releases its sockets and its
 ZeroMQ context (and with it the context's I/O threads and descriptors) as
@@ -44,6 +53,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import threading
 import time
 import weakref
@@ -63,6 +73,7 @@ from .routing import (BATCH_CHUNK_OPS, CONNECT_OPTIONS, URL_SCHEMES, SlotMap,  #
                       check_connect_options, check_number as _number, check_url, chunks,
                       no_reply, not_sent, plan_batch, shard_down, shard_gone, status_entry)
 from .routing import DIRECT_CHECK_S as _DIRECT_CHECK_S, NOT_READY_PAUSE_S as _NOT_READY_PAUSE_S
+from .stream import StreamChannel, StreamClosed, stream_path
 
 _live_backends: "weakref.WeakSet[ClusterBackend]" = weakref.WeakSet()
 #: closed sockets kept in a client's list before it is pruned
@@ -96,6 +107,10 @@ def _release(ctx, sockets: list, pid: int) -> None:
     ctx.term()
 
 
+def _peer_name(shard: int | None) -> str:
+    return "the coordinator" if shard is None else f"shard {shard}"
+
+
 class _Channel:
     """A DEALER socket and the receive timeout last set on it."""
 
@@ -106,22 +121,31 @@ class _Channel:
         self.rcvtimeo = -1
         self.shard = shard
 
+    @property
+    def closed(self) -> bool:
+        return self.sock.closed
+
+    def close(self, linger=0) -> None:
+        self.sock.close(linger)
+
 
 class _ThreadState:
     """One thread's sockets and packer; the sockets close when the thread is gone."""
 
-    __slots__ = ("coord", "shards", "packer")
+    __slots__ = ("coord", "coord_stream", "shards", "packer")
 
     def __init__(self, coord: _Channel, shard_count: int):
         self.coord = coord
+        #: where proxied operations go: the coordinator's stream, else `coord`
+        self.coord_stream = None
         self.shards: list = [None] * shard_count
         self.packer = protocol.new_packer()
 
     def close(self) -> None:
-        for chan in [self.coord, *self.shards]:
+        for chan in [self.coord, self.coord_stream, *self.shards]:
             if chan is not None:
                 try:
-                    chan.sock.close(0)
+                    chan.close(0)
                 except Exception:
                     pass
 
@@ -132,13 +156,16 @@ class _ThreadState:
 class ClusterBackend:
     def __init__(self, url: str, timeout: float = 5.0, *, request_timeout: float | None = None,
                  max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
-                 direct: bool = True, keys=None):
+                 direct: bool = True, stream: bool = True, keys=None):
         self.url = check_url(url)
         self.timeout = _number("timeout", timeout)
         self.request_timeout = _number("request_timeout", request_timeout, True) or self.timeout
         check_client_options(max_message_bytes, direct)
+        if type(stream) is not bool:
+            raise InvalidOption(f"stream must be True or False, got {stream!r:.60}")
         self.max_message_bytes = max_message_bytes
         self.direct = direct
+        self.stream = stream
         #: Curve for tcp: our keypair and the coordinator's key (see inmem.keys)
         self.keys = _client_keys(keys)
         self.shard_keys: list = []  # each shard's public key (None: not on tcp)
@@ -153,6 +180,7 @@ class ClusterBackend:
         self.owners: list | None = None
         self.shard_slot: list = []
         self.shard_endpoints: list = []
+        self.shard_streams: list = []  # each shard's stream socket path, or None
         self._shard_pids: dict = {}  # shard -> its pid when last asked
         _live_backends.add(self)
 
@@ -199,24 +227,67 @@ class ClusterBackend:
         self._local.state = st
         return st
 
-    def _shard_channel(self, st: _ThreadState, shard: int) -> _Channel:
+    def _shard_channel(self, st: _ThreadState, shard: int):
         """This thread's direct channel to `shard`, connected (or ShardUnavailable)."""
         chan = st.shards[shard]
-        if chan is None:
+        if chan is None or chan.closed:
             endpoint = self.shard_endpoints[shard]
+            path = self.shard_streams[shard] if self.stream else None
             if endpoint.startswith("ipc://") and not self.url.startswith("ipc://"):
                 # A shard on an ipc socket beside the coordinator is out of reach of a
                 # client that came over tcp (it may be on another host): its runs go
                 # through the coordinator.
                 chan = st.coord
+            elif path is not None:
+                chan = self._stream_channel(path, shard)
             else:
                 key = self.shard_keys[shard] if shard < len(self.shard_keys) else None
                 chan = _Channel(self._socket(endpoint, True, key), shard)
             st.shards[shard] = chan
         return chan
 
-    def _recv(self, chan: _Channel, deadline: float):
+    def _proxied_channel(self, st: _ThreadState):
+        """Where this thread sends operations through the coordinator.
+
+        The coordinator's stream socket when it has one on this host, else
+        the ZeroMQ channel that also carries cluster requests.
+        """
+        chan = st.coord_stream
+        if chan is None or chan.closed:
+            chan = st.coord
+            path = stream_path(self.url) if self.stream else None
+            if path is not None:
+                try:
+                    chan = self._stream_channel(path, None)
+                except ShardUnavailable:
+                    chan = st.coord  # it answers (or times out) as it always did
+            st.coord_stream = chan
+        return chan
+
+    def _stream_channel(self, path: str, shard: int | None) -> StreamChannel:
+        self._check_open()
+        try:
+            chan = StreamChannel(path, shard, min(self.request_timeout, 2.0))
+        except (OSError, socket.timeout) as exc:
+            raise ShardUnavailable(f"{_peer_name(shard)} does not accept connections at {path} "
+                                   f"({exc.strerror or exc}); retry shortly") from None
+        with self._sockets_lock:
+            self._sockets.append(chan)
+        return chan
+
+    def _stream_closed(self, chan: StreamChannel, why: str) -> InmemError:
+        """ShardUnavailable for a stream that broke mid-request; the channel is dropped."""
+        chan.close()
+        return ShardUnavailable(f"{_peer_name(chan.shard)} closed the connection ({why}) while a "
+                                "request was in flight; it may or may not have been applied")
+
+    def _recv(self, chan, deadline: float):
         """The next message on a channel, or None once the deadline has passed."""
+        if type(chan) is StreamChannel:
+            try:
+                return chan.recv(deadline, self.max_message_bytes)
+            except StreamClosed as exc:
+                raise self._stream_closed(chan, str(exc)) from None
         sock = chan.sock
         while True:
             remaining = int((deadline - time.monotonic()) * 1000)
@@ -234,24 +305,50 @@ class ClusterBackend:
             except zmq.Again:
                 continue
 
-    def _send(self, chan: _Channel, head: bytes, body: bytes, deadline: float) -> None:
+    def _send(self, chan, head: bytes, body: bytes, deadline: float):
+        """Send one request; the channel it went on (a broken stream is replaced)."""
+        if type(chan) is StreamChannel:
+            return self._send_stream(chan, head, body, deadline)
         sock = chan.sock
         if chan.shard is None:
             try:
                 sock.send_multipart((head, body))
             except zmq.Again:
                 raise not_sent(self.url) from None
-            return
+            return chan
         # A direct channel: wait (briefly, within the deadline) for the
         # connection to be up; a shard that is not there is unavailable.
         while True:
             try:
                 sock.send_multipart((head, body), zmq.NOBLOCK)
-                return
+                return chan
             except zmq.Again:
                 wait_ms = int((deadline - time.monotonic()) * 1000)
                 if wait_ms <= 0 or not sock.poll(min(wait_ms, 200), zmq.POLLOUT):
                     raise self._shard_down(chan.shard) from None
+
+    def _send_stream(self, chan: StreamChannel, head: bytes, body: bytes, deadline: float):
+        # A connection that broke while this thread was not using it (its
+        # shard restarted) fails the send, and a shard applies only whole
+        # frames: nothing was applied, so one new connection may take it.
+        for attempt in range(2):
+            try:
+                chan.send(head, body, deadline)
+                return chan
+            except TimeoutError:
+                raise Timeout(f"could not send to shard {chan.shard} within the deadline") \
+                    from None
+            except StreamClosed as exc:
+                chan.close()
+                if attempt:
+                    raise ShardUnavailable(f"{_peer_name(chan.shard)} closed the connection "
+                                           f"({exc}) before the request was sent; it was not "
+                                           "applied, retry shortly") from None
+                st = self._local.state
+                chan = (self._proxied_channel(st) if chan.shard is None
+                        else self._shard_channel(st, chan.shard))
+                if type(chan) is not StreamChannel:
+                    return self._send(chan, head, body, deadline)
 
     def _shard_entry(self, shard: int) -> dict | None:
         """The coordinator's status of `shard`, or None when it cannot be asked."""
@@ -275,7 +372,7 @@ class ClusterBackend:
         """Send one request and return its decoded reply (an InmemError for an error)."""
         while True:
             head = header(kind, target, next(self._rid))
-            self._send(chan, head, body, deadline)
+            chan = self._send(chan, head, body, deadline)
             shard = chan.shard
             while True:
                 if shard is None:
@@ -319,12 +416,13 @@ class ClusterBackend:
                 self._load_slotmap()
             chan = self._shard_channel(st, self.owners[slot])
         else:
-            chan = st.coord
+            chan = self._proxied_channel(st)
         result = self._roundtrip(chan, KIND_OP, slot, body, deadline)
         if type(result) is SlotMoved:
             # Our slot map is stale: refresh it and send once more, where it says.
             self._load_slotmap()
-            chan = self._shard_channel(st, self.owners[slot]) if self.direct else st.coord
+            chan = (self._shard_channel(st, self.owners[slot]) if self.direct
+                    else self._proxied_channel(st))
             result = self._roundtrip(chan, KIND_OP, slot, body, deadline)
         if isinstance(result, InmemError):
             try:
@@ -389,10 +487,9 @@ class ClusterBackend:
             sent[head] = (idx, payload, shard, chan)
 
     def _send_batch(self, st, shard: int, payload: bytes, deadline: float):
-        chan = self._shard_channel(st, shard) if self.direct else st.coord
+        chan = self._shard_channel(st, shard) if self.direct else self._proxied_channel(st)
         head = header(KIND_BATCH, self.shard_slot[shard], next(self._rid))
-        self._send(chan, head, payload, deadline)
-        return head, chan
+        return head, self._send(chan, head, payload, deadline)
 
     def _collect(self, st, sent: dict, ops, results, deadline) -> None:
         poller = None
@@ -400,25 +497,40 @@ class ClusterBackend:
             chans = {id(entry[3]): entry[3] for entry in sent.values()}
             if len(chans) == 1:
                 (chan,) = chans.values()
-                frames = self._recv(chan, deadline)
+                try:
+                    frames = self._recv(chan, deadline)
+                except ShardUnavailable as exc:
+                    self._fail_channel(sent, chan, results, exc)
+                    continue
             else:
                 # Direct batches to several shards: take whichever answers first.
                 if poller is None:
                     poller = zmq.Poller()
                     registered = set()
-                for chan in chans.values():
-                    if id(chan) not in registered:
-                        poller.register(chan.sock, zmq.POLLIN)
-                        registered.add(id(chan))
-                wait_ms = int((deadline - time.monotonic()) * 1000)
-                ready = dict(poller.poll(max(wait_ms, 0))) if wait_ms > 0 else {}
                 frames = None
                 for chan in chans.values():
-                    if chan.sock in ready:
-                        frames = chan.sock.recv_multipart()
+                    if id(chan) not in registered:
+                        poller.register(chan.sock if type(chan) is _Channel else chan, zmq.POLLIN)
+                        registered.add(id(chan))
+                    if type(chan) is StreamChannel and chan.ready():
+                        frames = chan  # a whole reply already read: no need to poll
                         break
-                if frames is None and wait_ms > 0:
-                    continue
+                if frames is None:
+                    wait_ms = int((deadline - time.monotonic()) * 1000)
+                    ready = dict(poller.poll(max(wait_ms, 0))) if wait_ms > 0 else {}
+                    for chan in chans.values():
+                        # (a poller names a plain socket by its descriptor)
+                        if (chan.sock if type(chan) is _Channel else chan.fileno()) in ready:
+                            frames = chan
+                            break
+                    if frames is None and wait_ms > 0:
+                        continue
+                if frames is not None:
+                    try:
+                        frames = self._recv(frames, deadline)
+                    except ShardUnavailable as exc:
+                        self._fail_channel(sent, frames, results, exc)
+                        continue
             if frames is None:
                 self._expire(sent, results, deadline)
                 return
@@ -432,6 +544,14 @@ class ClusterBackend:
                 sent[head] = (idx, payload, shard, chan)
                 continue
             apply_batch_reply(reply, idx, ops, results)
+
+    @staticmethod
+    def _fail_channel(sent: dict, chan, results, exc: InmemError) -> None:
+        """Every batch in flight on `chan` gets `exc` (its shard closed the connection)."""
+        exc = _bare(exc)
+        for head in [h for h, entry in sent.items() if entry[3] is chan]:
+            for i in sent.pop(head)[0]:
+                results[i] = exc
 
     def _expire(self, sent: dict, results, deadline) -> None:
         if not self.direct:
@@ -480,6 +600,7 @@ class ClusterBackend:
         self.shard_slot = m.shard_slot
         self.shard_endpoints = m.endpoints
         self.shard_keys = _shard_keys(self.keys, m.shard_keys, count)
+        self.shard_streams = [stream_path(e) for e in self.shard_endpoints]
         # The cluster's limit, so that an oversized request is refused here, clearly.
         if m.max_message_bytes is not None:
             self.max_message_bytes = min(self.max_message_bytes, m.max_message_bytes)
@@ -555,7 +676,9 @@ def connect(url: str, timeout: float = 5.0, **options) -> Database:
 
     Options: request_timeout (seconds per call; default `timeout`),
     max_message_bytes (the cluster's limit), direct (send run operations
-    straight to the owning shard, skipping the coordinator hop), keys (the
+    straight to the owning shard, skipping the coordinator hop; default
+    True), stream (reach a shard or coordinator on this host through its
+    Unix stream socket rather than ZeroMQ; default True), keys (the
     cluster's key directory, or a client's `.key_secret` file: Curve on tcp).
     """
     check_connect_options(options)

@@ -27,7 +27,7 @@ from .protocol import SLOT_COUNT, op_body, pack_checked, slot_of
 #: the schemes a coordinator listens on
 URL_SCHEMES = ("ipc", "tcp")
 #: what `connect` takes besides url and timeout
-CONNECT_OPTIONS = ("request_timeout", "max_message_bytes", "direct", "keys")
+CONNECT_OPTIONS = ("request_timeout", "max_message_bytes", "direct", "stream", "keys")
 #: operations per BATCH message: big enough to amortise a message, small enough
 #: that the shard applies one chunk while the client packs the next
 BATCH_CHUNK_OPS = 256

@@ -1,4 +1,5 @@
-"""The shard worker process: one engine, its WAL and its snapshots, behind a ZeroMQ ROUTER.
+"""The shard worker process: one engine, its WAL and its snapshots, behind a ZeroMQ ROUTER
+and, for clients on its host, a Unix stream socket (`inmem.stream`).
 
     python -m inmem.shard.worker --spec '<json>' --shard 1   # how the coordinator starts it
     inmem shard serve --config cluster.toml --shard 1        # by hand (another host)
@@ -11,7 +12,8 @@ the coordinator's "hello" carries the RecoveryResult.
 
 One thread owns the socket, the engine and the WAL: no background thread
 contends for the GIL. Every operation and every committed transaction is
-therefore atomic. Each turn drains every request waiting on the socket (up to
+therefore atomic. One poll watches the ROUTER, the stream listener and every
+stream connection. Each turn drains every request waiting on them (up to
 DRAIN_MAX), applies them in arrival order, hands their WAL groups over in one
 durable commit step (`DurableStore.commit_locked`: in strict mode one write and
 one fsync for the whole turn, group commit), and only then sends the replies,
@@ -56,6 +58,8 @@ from inmem.protocol import KIND_ADMIN, KIND_BATCH, KIND_OP, slot_of
 from inmem.ops import WRITE_OPS, route_run
 from inmem.shard.engine import Engine
 from inmem.shard.upkeep import UPKEEP_EVERY_S, shard_info, upkeep
+from inmem.stream import stream_path
+from inmem.stream_server import Connection, StreamServer
 from inmem.transport import bind_router, drain, ipc_dir
 
 log = logging.getLogger("inmem.shard")
@@ -79,6 +83,7 @@ class Worker:
         self.store = None
         self.engine = None
         self.sock = None
+        self.stream: StreamServer | None = None
         self.ctx = None
         self.server_keys = None
         self.stopping = False
@@ -135,14 +140,24 @@ class Worker:
         self.server_keys = server_keys
         sock = bind_router(self.ctx, self.endpoint, self.max_message_bytes, server_keys)
         self.sock = sock
+        path = stream_path(self.endpoint)
+        if path is not None:
+            try:
+                self.stream = StreamServer(path, self.max_message_bytes)
+            except OSError as exc:
+                raise InmemError(f"cannot listen on {path}: {exc}") from None
 
     # -- the loop ------------------------------------------------------------------
 
     def serve(self) -> None:
         sock = self.sock
-        poll = sock.poll
-        send = sock.send_multipart
-        noblock = zmq.NOBLOCK
+        stream = self.stream
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        if stream is not None:
+            stream.register(poller)
+        poll = poller.poll
+        reply_to = self.reply_to
         process = self.process
         tick = None if self.store is None else self.store.tick
         next_idle = time.monotonic() + UPKEEP_EVERY_S
@@ -156,16 +171,30 @@ class Worker:
                     self.fail_stop([], exc)
                 if wait is not None:
                     timeout = min(POLL_MS, int(wait * 1000) + 1)
-            if poll(timeout):
-                for reply in process(list(drain(sock, DRAIN_MAX))):
-                    try:
-                        send(reply, noblock)
-                    except zmq.ZMQError:  # the peer is gone; nothing to tell it
-                        pass
+            events = poll(timeout)
+            if events:
+                events = dict(events)
+                batch = list(drain(sock, DRAIN_MAX)) if sock in events else []
+                if stream is not None:
+                    stream.read(events, batch, DRAIN_MAX)
+                if batch:
+                    for reply in process(batch):
+                        reply_to(reply)
             now = time.monotonic()
             if now >= next_idle:
                 next_idle = now + UPKEEP_EVERY_S
                 self.idle()
+
+    def reply_to(self, reply: list) -> None:
+        """Send a reply back the way its request came: the ROUTER, or a stream connection."""
+        peer = reply[0]
+        if type(peer) is Connection:
+            self.stream.send(peer, reply[1], reply[2])
+            return
+        try:
+            self.sock.send_multipart(reply, zmq.NOBLOCK)
+        except zmq.ZMQError:  # the peer is gone; nothing to tell it
+            pass
 
     def process(self, batch: list) -> list:
         """Apply a drained batch; return the replies to send once it is as durable as promised.
@@ -404,12 +433,11 @@ class Worker:
         err = protocol.error_body(exc)
         for reply in replies:
             reply[-1] = err
-            try:
-                self.sock.send_multipart(reply, zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
+            self.reply_to(reply)
         write_exit_note(self.spec["data_dir"], self.shard, exc)
         self.sock.close(0)
+        if self.stream is not None:
+            self.stream.close()
         self.exit_process(EXIT_DURABILITY)
 
     @staticmethod
@@ -420,6 +448,8 @@ class Worker:
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close(0)
+        if self.stream is not None:
+            self.stream.close()
         if self.store is not None:
             # Not under the lock: closing joins the flusher, which may be waiting
             # for it; the store takes the lock itself for the final flush.

@@ -97,9 +97,17 @@ def _open_cluster_proxied(**options):
     return open_cluster_db(direct=False, **options)
 
 
+def _open_cluster_zmq(**options):
+    # Direct to the shards, over ZeroMQ rather than their Unix stream sockets
+    # (the path a client on another host takes).
+    from cluster.shared import open_cluster_db
+    return open_cluster_db(stream=False, **options)
+
+
 BACKENDS = {
     "embedded": _open_embedded,
     "cluster": _open_cluster,
+    "cluster-zmq": _open_cluster_zmq,
     "proxied": _open_cluster_proxied,
     "buffered": _durable_factory("buffered"),
     "strict": _durable_factory("strict"),

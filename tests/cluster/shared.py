@@ -65,10 +65,11 @@ class ClockedBackend:
         return getattr(self.inner, name)
 
 
-def open_cluster_db(clock=None, max_value_bytes=None, direct=True, **options) -> Database:
+def open_cluster_db(clock=None, max_value_bytes=None, direct=True, stream=True,
+                    **options) -> Database:
     if options:
         raise TypeError(f"the shared test cluster does not take {sorted(options)}")
-    db = shared_cluster().connect(direct=direct)
+    db = shared_cluster().connect(direct=direct, stream=stream)
     backend = db._backend
     backend.cluster("debug.reset")
     if max_value_bytes is not None:

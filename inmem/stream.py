@@ -1,0 +1,186 @@
+"""The stream transport: a shard's second listener, a Unix stream socket beside its ipc ROUTER.
+
+Why it exists. Over ZeroMQ a request crosses six threads: the client's
+Python thread, its context's I/O thread, the shard's I/O thread, the shard's
+loop, and back the same way; on a small machine each hand-over is a wake-up
+that costs tens of microseconds, and a bare pyzmq echo server measured about
+115 µs per round trip where a plain Unix socket echo took about 15 µs. A
+client on the shard's own host therefore talks to a shard over a Unix stream
+socket, read and written directly by the shard's loop and by the client's
+thread: one hand-over each way, the same as Redis over its socket. ZeroMQ
+stays for everything else: tcp endpoints (other hosts, where the transport's
+security lives), the coordinator's links, and thin clients.
+
+Where. A shard whose endpoint is `ipc://PATH` listens at `PATH.s`
+(`stream_path`); both sides compute the name, so nothing extra is announced.
+The file lives in the cluster's owner-only socket directory: who can reach
+the ipc endpoint can reach this one, and nobody else.
+
+The frame. A message is the same header and body the ZeroMQ transport sends
+as two frames, written back to back after the body's length:
+
+    u32 little-endian body length | header (HEADER_BYTES) | body
+
+A reply echoes the request's header. Replies come back in request order on a
+connection, but a client still matches them by header, because a request
+that timed out leaves its late reply in the stream. A reader never trusts a
+length: one over the message limit ends the connection (the peer is not
+speaking this protocol), and a reader holds at most one message plus one
+read's worth of bytes.
+
+This module holds the framing and the client's channel; the shard's side
+(the listener and its connections) is `inmem.stream_server`.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+from .protocol import HEADER_BYTES
+
+#: the length prefix of a frame
+LENGTH = struct.Struct("<I")
+#: bytes before a frame's body
+PREFIX_BYTES = LENGTH.size + HEADER_BYTES
+#: a Unix socket path's limit (sun_path, with its terminating zero)
+PATH_MAX = 107
+#: bytes asked of the kernel per read
+READ_BYTES = 256 * 1024
+
+_pack_length = LENGTH.pack
+_unpack_length = LENGTH.unpack_from
+
+
+class StreamClosed(Exception):
+    """The peer closed the connection (or it broke) before a whole reply arrived."""
+
+
+def stream_path(endpoint: str) -> str | None:
+    """The stream socket beside a shard's ipc endpoint; None for tcp or a path too long."""
+    if not endpoint.startswith("ipc://"):
+        return None
+    path = endpoint[6:] + ".s"
+    return path if len(path.encode()) <= PATH_MAX else None
+
+
+def frame(head: bytes, body) -> bytes:
+    """One message as it goes on a stream."""
+    return b"".join((_pack_length(len(body)), head, body))
+
+
+class StreamChannel:
+    """A client's connection to one shard's stream socket, used by one thread.
+
+    `recv` returns `[header, body]` like a DEALER's recv_multipart, so the
+    client's request/reply matching is the same for both transports.
+    """
+
+    __slots__ = ("sock", "shard", "buf", "timeout")
+
+    def __init__(self, path: str, shard: int, timeout: float):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.shard = shard
+        self.buf = b""  # bytes read past the last whole message
+        self.timeout = timeout
+
+    @property
+    def closed(self) -> bool:
+        return self.sock.fileno() < 0
+
+    def close(self, linger=None) -> None:
+        self.sock.close()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, head: bytes, body, deadline: float) -> None:
+        """Send one message; StreamClosed if the shard is gone, TimeoutError past the deadline."""
+        self._set_timeout(deadline)
+        try:
+            self.sock.sendall(frame(head, body))
+        except (socket.timeout, BlockingIOError):
+            raise TimeoutError from None
+        except OSError as exc:
+            raise StreamClosed(str(exc)) from None
+
+    def ready(self) -> bool:
+        """Whether a whole message is already buffered (a poll of the socket would miss it)."""
+        buf = self.buf
+        return len(buf) >= PREFIX_BYTES and len(buf) >= PREFIX_BYTES + _unpack_length(buf)[0]
+
+    def recv(self, deadline: float, max_bytes: int):
+        """The next message as [header, body]; None once the deadline has passed.
+
+        StreamClosed when the shard closed the connection or sent something
+        that is not a frame (a length over `max_bytes`).
+        """
+        buf = self.buf
+        while True:
+            if len(buf) >= PREFIX_BYTES:
+                size = _unpack_length(buf)[0]
+                if size > max_bytes:
+                    raise StreamClosed(f"a reply claims {size} bytes, over the limit")
+                end = PREFIX_BYTES + size
+                if len(buf) >= end:
+                    self.buf = buf[end:]
+                    return [buf[LENGTH.size:PREFIX_BYTES], buf[PREFIX_BYTES:end]]
+                if end - len(buf) > READ_BYTES:
+                    self.buf = b""
+                    return self._recv_large(buf, end, deadline)
+            if not self._set_timeout(deadline):
+                self.buf = buf
+                return None
+            try:
+                data = self.sock.recv(READ_BYTES)
+            except (socket.timeout, BlockingIOError):
+                continue
+            except OSError as exc:
+                raise StreamClosed(str(exc)) from None
+            if not data:
+                raise StreamClosed("the shard closed the connection")
+            buf = buf + data if buf else data
+
+    def _recv_large(self, start: bytes, end: int, deadline: float):
+        """A message too big for a few reads: into one buffer of its size, no re-copying."""
+        whole = bytearray(end)
+        view = memoryview(whole)
+        have = len(start)
+        view[:have] = start
+        while have < end:
+            if not self._set_timeout(deadline):
+                # Give up on this message; the stream is then out of step, so end it.
+                self.close()
+                return None
+            try:
+                n = self.sock.recv_into(view[have:])
+            except (socket.timeout, BlockingIOError):
+                continue
+            except OSError as exc:
+                raise StreamClosed(str(exc)) from None
+            if n == 0:
+                raise StreamClosed("the shard closed the connection")
+            have += n
+        return [bytes(view[LENGTH.size:PREFIX_BYTES]), view[PREFIX_BYTES:]]
+
+    def _set_timeout(self, deadline: float) -> bool:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        # Only when it must shrink, or has room to grow: settimeout is a syscall.
+        current = self.timeout
+        if remaining < current - 0.02 or remaining > current + 1.0:
+            self.sock.settimeout(remaining)
+            self.timeout = remaining
+        return True
+
+
+__all__ = ["LENGTH", "PREFIX_BYTES", "StreamChannel", "StreamClosed", "frame", "stream_path"]

@@ -1,0 +1,222 @@
+"""The serving side of the stream transport: a listening Unix socket and its connections.
+
+A shard's loop owns it. Each turn the loop polls the ROUTER and these
+sockets together (a `zmq.Poller` takes plain descriptors), then `read`
+accepts new connections and takes every whole message waiting on each ready
+connection as `[connection, header, body]`, the shape of a ROUTER message with
+the connection where the peer's identity would be; the loop handles both
+kinds alike and hands each reply to `send`. The framing is
+`inmem.stream`'s.
+
+Nothing a peer sends can stop the loop or grow it without bound:
+- a frame whose length is over the message limit ends that connection;
+- a connection holds at most one message plus one read of bytes in;
+- a connection whose replies the kernel could not take at once is not read
+  again until they are out (its socket buffers then push back on the
+  sender), as a ROUTER stops reading a peer at its high-water mark;
+- connections beyond CONNECTIONS_MAX are closed as they arrive.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+
+import zmq
+
+from .stream import LENGTH, PREFIX_BYTES, READ_BYTES
+
+log = logging.getLogger("inmem.stream")
+
+#: open connections at most; more are closed on arrival
+CONNECTIONS_MAX = 4096
+
+_unpack_length = LENGTH.unpack_from
+_POLLIN = zmq.POLLIN
+_POLLOUT = zmq.POLLOUT
+
+
+class Connection:
+    """One client connection: its socket, the bytes of a message in progress, replies not yet sent."""
+
+    __slots__ = ("sock", "fd", "buf", "out", "closed", "ident")
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.buf = b""
+        self.out: list | None = None  # reply bytes the kernel did not take yet
+        self.closed = False
+        self.ident: bytes | None = None  # how a forwarding server names it to others
+
+    def __repr__(self) -> str:
+        return f"<stream connection fd={self.fd}>"
+
+
+class StreamServer:
+    """A listening Unix stream socket at `path` and the connections it accepted."""
+
+    def __init__(self, path: str, max_message_bytes: int):
+        self.path = path
+        self.max_message_bytes = max_message_bytes
+        self.connections: dict[int, Connection] = {}
+        self.poller: zmq.Poller | None = None
+        self.refused = 0  # connections closed on arrival (over CONNECTIONS_MAX)
+        self.dropped = 0  # connections ended for a frame that is not one
+        try:
+            os.unlink(path)  # a socket file a killed process left
+        except FileNotFoundError:
+            pass
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # Owner only, from the start: the umask decides the file's mode at bind.
+            old = os.umask(0o177)
+            try:
+                listener.bind(path)
+            finally:
+                os.umask(old)
+            listener.listen(1024)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
+        self.listener = listener
+        self.listen_fd = listener.fileno()
+
+    def register(self, poller: zmq.Poller) -> None:
+        """Poll the listener (and, from now on, every connection) with `poller`."""
+        self.poller = poller
+        poller.register(self.listen_fd, _POLLIN)
+
+    # -- reading -------------------------------------------------------------------
+
+    def read(self, events: dict, batch: list, limit: int) -> None:
+        """Accept and read what `events` (a poll's result) says is ready; messages go to `batch`."""
+        conns = self.connections
+        for fd, ev in events.items():
+            if fd == self.listen_fd:
+                self._accept()
+                continue
+            conn = conns.get(fd) if type(fd) is int else None
+            if conn is None:
+                continue
+            if ev & _POLLOUT:
+                self._flush(conn)
+                if conn.closed:
+                    continue
+            if ev & _POLLIN and conn.out is None and len(batch) < limit:
+                self._read(conn, batch)
+
+    def _accept(self) -> None:
+        for _ in range(64):
+            try:
+                sock, _addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors, say: keep serving who is connected
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("stream accept failed: %s", exc)
+                return
+            if len(self.connections) >= CONNECTIONS_MAX:
+                self.refused += 1
+                sock.close()
+                continue
+            sock.setblocking(False)
+            conn = Connection(sock)
+            self.connections[conn.fd] = conn
+            self.poller.register(conn.fd, _POLLIN)
+
+    def _read(self, conn: Connection, batch: list) -> None:
+        try:
+            data = conn.sock.recv(READ_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close_connection(conn)
+            return
+        if not data:
+            self.close_connection(conn)
+            return
+        buf = conn.buf + data if conn.buf else data
+        limit = self.max_message_bytes
+        pos, n = 0, len(buf)
+        while n - pos >= PREFIX_BYTES:
+            size = _unpack_length(buf, pos)[0]
+            if size > limit:
+                self.dropped += 1
+                self.close_connection(conn)
+                return
+            end = pos + PREFIX_BYTES + size
+            if end > n:
+                break
+            batch.append([conn, buf[pos + 4:pos + PREFIX_BYTES], buf[pos + PREFIX_BYTES:end]])
+            pos = end
+        conn.buf = buf[pos:] if pos < n else b""
+
+    # -- writing -------------------------------------------------------------------
+
+    def send(self, conn: Connection, head: bytes, body) -> None:
+        """Queue one reply on `conn` and send what the kernel takes now."""
+        if conn.closed:
+            return
+        data = b"".join((LENGTH.pack(len(body)), head, body))
+        if conn.out is not None:
+            conn.out.append(data)
+            return
+        try:
+            sent = conn.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.close_connection(conn)
+            return
+        if sent < len(data):
+            conn.out = [data[sent:]]
+            # Wait for room; stop reading this peer until its replies are out.
+            self.poller.modify(conn.fd, _POLLOUT)
+
+    def _flush(self, conn: Connection) -> None:
+        data = b"".join(conn.out)
+        try:
+            sent = conn.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.close_connection(conn)
+            return
+        if sent < len(data):
+            conn.out = [data[sent:]]
+            return
+        conn.out = None
+        self.poller.modify(conn.fd, _POLLIN)
+
+    def pending_bytes(self) -> int:
+        return sum(sum(map(len, c.out)) for c in self.connections.values() if c.out)
+
+    # -- closing -------------------------------------------------------------------
+
+    def close_connection(self, conn: Connection) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        self.connections.pop(conn.fd, None)
+        if self.poller is not None:
+            try:
+                self.poller.unregister(conn.fd)
+            except KeyError:
+                pass
+        conn.sock.close()
+
+    def close(self) -> None:
+        for conn in list(self.connections.values()):
+            self.close_connection(conn)
+        self.listener.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+__all__ = ["CONNECTIONS_MAX", "Connection", "StreamServer"]

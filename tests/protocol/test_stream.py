@@ -1,0 +1,194 @@
+"""The stream transport's framing, client channel and serving side, over real Unix sockets."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import struct
+import threading
+import time
+
+import pytest
+import zmq
+
+import inmem.stream_server as stream_server
+from inmem.protocol import HEADER_BYTES, KIND_OP, header
+from inmem.stream import PATH_MAX, READ_BYTES, StreamChannel, StreamClosed, frame, stream_path
+from inmem.stream_server import StreamServer
+
+LIMIT = 4 * 2**20
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = StreamServer(str(tmp_path / "s.sock.s"), LIMIT)
+    poller = zmq.Poller()
+    srv.register(poller)
+    srv.test_poller = poller
+    yield srv
+    srv.close()
+
+
+def turn(srv, wait_ms: int = 1000) -> list:
+    """One turn of a serving loop: poll, accept and read; the messages read."""
+    batch: list = []
+    deadline = time.monotonic() + wait_ms / 1000
+    while not batch and time.monotonic() < deadline:
+        events = dict(srv.test_poller.poll(50))
+        srv.read(events, batch, 4096)
+    return batch
+
+
+def echo(srv, batch) -> None:
+    for conn, head, body in batch:
+        srv.send(conn, head, body)
+
+
+def connect(srv, timeout: float = 5.0) -> StreamChannel:
+    chan = StreamChannel(srv.path, 0, timeout)
+    turn(srv, 100)  # accept
+    return chan
+
+
+def test_stream_path_sits_beside_an_ipc_endpoint_only():
+    assert stream_path("ipc:///run/x/shard-0.sock") == "/run/x/shard-0.sock.s"
+    assert stream_path("tcp://127.0.0.1:7000") is None
+    assert stream_path("ipc:///" + "d" * PATH_MAX) is None
+
+
+def test_the_listening_socket_is_owner_only(server):
+    assert stat.S_IMODE(os.stat(server.path).st_mode) == 0o600
+
+
+def test_requests_sent_back_to_back_are_all_read_and_answered_in_order(server):
+    chan = connect(server)
+    heads = [header(KIND_OP, 1, i) for i in range(5)]
+    for i, head in enumerate(heads):
+        chan.send(head, b"body-%d" % i, time.monotonic() + 5)
+    got: list = []
+    while len(got) < 5:
+        got += turn(server)
+    assert [(h, bytes(b)) for _c, h, b in got] == [(h, b"body-%d" % i) for i, h in enumerate(heads)]
+    echo(server, got)
+    replies = [chan.recv(time.monotonic() + 5, LIMIT) for _ in heads]
+    assert [r[0] for r in replies] == heads
+    assert [bytes(r[1]) for r in replies] == [b"body-%d" % i for i in range(5)]
+
+
+def test_a_message_larger_than_one_read_arrives_whole_both_ways(server):
+    chan = connect(server)
+    body = os.urandom(3 * READ_BYTES + 17)
+    head = header(KIND_OP, 2, 7)
+    # The kernel holds less than the message: the client sends while the server reads.
+    sender = threading.Thread(target=chan.send, args=(head, body, time.monotonic() + 10))
+    sender.start()
+    got: list = []
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        got += turn(server, 100)
+    sender.join(10)
+    assert bytes(got[0][2]) == body
+    echo(server, got)
+    stop = threading.Event()
+
+    def serve():  # flushes what the kernel could not take at once
+        while not stop.is_set():
+            server.read(dict(server.test_poller.poll(10)), [], 4096)
+
+    flusher = threading.Thread(target=serve)
+    flusher.start()
+    try:
+        reply = chan.recv(time.monotonic() + 10, LIMIT)
+    finally:
+        stop.set()
+        flusher.join(10)
+    assert reply is not None and reply[0] == head and bytes(reply[1]) == body
+
+
+def test_a_frame_split_into_single_bytes_is_reassembled(server):
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.connect(server.path)
+    turn(server, 100)
+    data = frame(header(KIND_OP, 3, 9), b"split")
+    got: list = []
+    for byte in data:
+        raw.send(bytes([byte]))
+        got += turn(server, 20)
+    assert len(got) == 1 and bytes(got[0][2]) == b"split"
+    raw.close()
+
+
+def test_a_length_over_the_limit_ends_that_connection_only(server):
+    bad = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bad.connect(server.path)
+    good = connect(server)
+    bad.send(struct.pack("<I", LIMIT + 1) + b"\0" * HEADER_BYTES)
+    turn(server, 200)
+    assert server.dropped == 1
+    assert bad.recv(10) == b""  # closed by the server
+    good.send(header(KIND_OP, 1, 1), b"still here", time.monotonic() + 5)
+    got = turn(server)
+    assert bytes(got[0][2]) == b"still here"
+    bad.close()
+
+
+def test_connections_over_the_limit_are_closed_on_arrival(server, monkeypatch):
+    monkeypatch.setattr(stream_server, "CONNECTIONS_MAX", 2)
+    chans = [connect(server) for _ in range(2)]
+    extra = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    extra.connect(server.path)
+    turn(server, 200)
+    assert server.refused == 1
+    assert extra.recv(10) == b""
+    assert len(server.connections) == 2
+    extra.close()
+    for chan in chans:
+        chan.close()
+
+
+def test_a_peer_that_does_not_read_its_replies_is_not_read_until_they_drain(server):
+    chan = connect(server)
+    big = b"x" * 200_000
+    sent = 0
+    # Fill the kernel's buffers with replies the client does not read.
+    while not any(c.out for c in server.connections.values()) and sent < 200:
+        chan.send(header(KIND_OP, 1, sent), big, time.monotonic() + 5)
+        got = turn(server, 200)
+        echo(server, got)
+        sent += len(got) and 1
+    conn = next(iter(server.connections.values()))
+    assert conn.out, "the replies never backed up"
+    # More requests now wait in the kernel: the server does not read them.
+    chan.send(header(KIND_OP, 1, 999), b"later", time.monotonic() + 5)
+    batch: list = []
+    server.read(dict(server.test_poller.poll(50)), batch, 4096)
+    assert batch == []
+    # Once the client reads, the replies drain and the waiting request is read.
+    received = 0
+    deadline = time.monotonic() + 10
+    later: list = []
+    while (received < sent or not later) and time.monotonic() < deadline:
+        events = dict(server.test_poller.poll(10))
+        server.read(events, later, 4096)
+        if chan.recv(time.monotonic() + 0.02, LIMIT) is not None:
+            received += 1
+    assert received == sent
+    assert [bytes(b) for _c, _h, b in later] == [b"later"]
+
+
+def test_the_channel_reports_a_closed_peer_and_a_passed_deadline(server):
+    chan = connect(server)
+    assert chan.recv(time.monotonic() + 0.05, LIMIT) is None  # nothing came: the deadline
+    for conn in list(server.connections.values()):
+        server.close_connection(conn)
+    with pytest.raises(StreamClosed):
+        chan.recv(time.monotonic() + 5, LIMIT)
+
+
+def test_the_channel_refuses_a_reply_length_over_its_limit(server):
+    chan = connect(server)
+    conn = next(iter(server.connections.values()))
+    conn.sock.send(struct.pack("<I", 1000) + b"\0" * HEADER_BYTES)
+    with pytest.raises(StreamClosed):
+        chan.recv(time.monotonic() + 5, 999)
