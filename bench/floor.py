@@ -1,12 +1,15 @@
-"""The floor: a bare ZeroMQ echo server, what a round trip costs before a store does any work.
+"""The floor: a bare echo server, what a round trip costs before a store does any work.
 
-`EchoServer` runs `serve` in a process of its own: a ROUTER set up as the
-cluster's own (`inmem.transport.bind_router`), on an ipc:// socket as the
-cluster's are, that waits for input, takes every message that is ready
-(`copy=False`, no copy of the frames into Python bytes) and sends each one
+`EchoServer` runs `serve` in a process of its own, listening as a shard does:
+a ROUTER set up as the cluster's own (`inmem.transport.bind_router`) on an
+ipc:// socket, and beside it the stream socket (`inmem.stream_server`) that
+clients on the same host use by default. One loop polls both, takes every
+message that is ready (from the ROUTER with `copy=False`) and sends each one
 back unchanged. It stores nothing, decodes nothing and fsyncs nothing, so no
-key-value store reached through ZeroMQ from Python can answer faster: the
-cluster rows show their distance to it.
+key-value store reached over the same transport from Python can answer
+faster: the cluster rows show their distance to it. `FloorClient` talks to
+it over the stream socket as our default client does (`stream=False`:
+through a DEALER, as a client on another host would).
 
 The clients send what our client sends for the same work, packed once up
 front: `put_frames` is the header and body of one `kv.put` of a 16-byte key
@@ -29,6 +32,8 @@ import zmq
 from inmem.client import BATCH_CHUNK_OPS
 from inmem.protocol import (DEFAULT_MAX_MESSAGE_BYTES, KIND_BATCH, KIND_OP, header,
                             new_packer, op_body, slot_of)
+from inmem.stream import StreamChannel, stream_path
+from inmem.stream_server import StreamServer
 from inmem.transport import bind_router
 
 START_TIMEOUT_S = 20.0
@@ -40,21 +45,28 @@ def serve(endpoint: str, ready) -> None:
     """The echo loop (the server process's target): runs until the process is ended."""
     ctx = zmq.Context(1)
     sock = bind_router(ctx, endpoint, DEFAULT_MAX_MESSAGE_BYTES)
-    ready.set()
-    recv, send = sock.recv_multipart, sock.send_multipart
+    stream = StreamServer(stream_path(endpoint), DEFAULT_MAX_MESSAGE_BYTES)
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
+    stream.register(poller)
+    ready.set()
+    recv, send = sock.recv_multipart, sock.send_multipart
     noblock = zmq.NOBLOCK
     while True:
-        poller.poll()
-        ready_msgs = []
-        try:
-            for _ in range(DRAIN_MAX):
-                ready_msgs.append(recv(noblock, copy=False))
-        except zmq.Again:
-            pass
+        events = dict(poller.poll())
+        ready_msgs: list = []
+        if sock in events:
+            try:
+                for _ in range(DRAIN_MAX):
+                    ready_msgs.append(recv(noblock, copy=False))
+            except zmq.Again:
+                pass
         for frames in ready_msgs:
             send(frames, noblock, copy=False)
+        echoes: list = []
+        stream.read(events, echoes, DRAIN_MAX)
+        for conn, head, body in echoes:
+            stream.send(conn, head, body)
 
 
 class EchoServer:
@@ -121,20 +133,43 @@ def batch_frames(run: str, keys: list, value: bytes) -> list:
 
 
 class FloorClient:
-    """A DEALER to an echo server, set up as our client's; `single`/`batch` are loop ops."""
+    """A client of an echo server, set up as ours; `single`/`batch` are loop ops."""
 
     def __init__(self, endpoint: str, *, run: str = "floor", key: str = "k" * 16,
-                 value: bytes = b"", batch: int = 0, timeout_s: float = 30.0):
-        self.ctx = zmq.Context(1)
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, -1)
-        self.sock.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
-        self.sock.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
-        self.sock.connect(endpoint)
+                 value: bytes = b"", batch: int = 0, timeout_s: float = 30.0,
+                 stream: bool = True):
+        self.timeout_s = timeout_s
+        self.ctx = self.sock = self.chan = None
+        if stream:
+            self.chan = StreamChannel(stream_path(endpoint), 0, timeout_s)
+        else:
+            self.ctx = zmq.Context(1)
+            self.sock = self.ctx.socket(zmq.DEALER)
+            self.sock.setsockopt(zmq.LINGER, 0)
+            self.sock.setsockopt(zmq.MAXMSGSIZE, -1)
+            self.sock.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
+            self.sock.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
+            self.sock.connect(endpoint)
         self.frames = put_frames(run, key, value)
         self.batches = batch_frames(run, [f"{key[:-6]}{i:06d}" for i in range(batch)],
                                     value) if batch else []
+        if stream:
+            self.single = self._single_stream
+            self.batch = self._batch_stream
+
+    def _single_stream(self, i: int) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        self.chan.send(self.frames[0], self.frames[1], deadline)
+        if self.chan.recv(deadline, DEFAULT_MAX_MESSAGE_BYTES) is None:
+            raise TimeoutError("the floor did not echo")
+
+    def _batch_stream(self, i: int) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        for head, body in self.batches:
+            self.chan.send(head, body, deadline)
+        for _ in self.batches:
+            if self.chan.recv(deadline, DEFAULT_MAX_MESSAGE_BYTES) is None:
+                raise TimeoutError("the floor did not echo")
 
     def single(self, i: int) -> None:
         self.sock.send_multipart(self.frames)
@@ -149,8 +184,11 @@ class FloorClient:
             recv()
 
     def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
+        if self.chan is not None:
+            self.chan.close()
+        if self.sock is not None:
+            self.sock.close(0)
+            self.ctx.term()
 
 
 __all__ = ["EchoServer", "FloorClient", "serve", "put_frames", "batch_frames"]

@@ -1,4 +1,4 @@
-"""Tier cluster: the sharded cluster over ZeroMQ, beside Redis and beside the floor.
+"""Tier cluster: the sharded cluster, beside Redis and beside the floor.
 
 Runs only when `inmem.Cluster` can start a cluster; otherwise every row is
 reported skipped with the reason. Each cluster lives in a scratch directory
@@ -13,9 +13,12 @@ spread of the per-round ratio ours / theirs; `extra` each round's figures.
 The peers: Redis as its users run it by default (redis-server's defaults
 but for the port, the directory and appendonly with appendfsync everysec
 for buffered rows / always for strict rows; redis-py's `redis.Redis(host,
-port)`), and the floor (`bench.floor`): a bare ZeroMQ echo server in a
-process of its own, driven by the same loop as our rows, which no store
-reached through ZeroMQ from Python can beat.
+port)`), and the floor (`bench.floor`): a bare echo server in a process of
+its own, reached over the Unix stream socket our clients use on the same
+host and driven by the same loop as our rows, which no store reached over
+that transport from Python can beat. Redis is reached over TCP on loopback:
+its default configuration opens no Unix socket and redis-py's default
+client connects by host and port.
 
 - `cluster.kv.put.single{,.direct}` (buffered, 2 shards): one client in the
   benchmark's process, one put per round trip, through the coordinator
@@ -172,9 +175,10 @@ ROWS = (
 
 ROUTES = {"routed": "through the coordinator (connect(direct=False))",
           "direct": "straight to the owning shard (connect(direct=True))"}
-FLOOR_CONFIG = ("a bare pyzmq ROUTER echo server in its own process (ipc://, drains every "
-                "ready message with copy=False, echoes each back); the client sends the "
-                "frames our client sends for the same puts, packed once")
+FLOOR_CONFIG = ("a bare echo server in its own process, listening as a shard does (a pyzmq "
+                "ROUTER on ipc:// and the Unix stream socket beside it); it takes every ready "
+                "message and echoes it back; the client sends over the stream socket, as ours "
+                "does by default, the frames our client sends for the same puts, packed once")
 
 
 def run(ctx: Context) -> None:

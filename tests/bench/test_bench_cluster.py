@@ -8,6 +8,7 @@ rounds and processes, and check the rows' fields. Redis is not selected
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import zmq
@@ -63,14 +64,20 @@ def test_the_echo_server_returns_every_message_unchanged_to_its_sender():
             for c, s in enumerate(socks):
                 got = [s.recv_multipart() for _ in range(50)]
                 assert got == [[b"h%d" % c, b"body-%d-%d" % (c, i)] for i in range(50)]
-            floor = FloorClient(server.endpoint, value=b"v" * 100, batch=600)
-            try:
-                for i in range(5):
-                    floor.single(i)
-                    floor.batch(i)
-                assert floor.sock.poll(50) == 0, "one echo per message, none left over"
-            finally:
-                floor.close()
+            for stream in (True, False):
+                floor = FloorClient(server.endpoint, value=b"v" * 100, batch=600, stream=stream)
+                try:
+                    for i in range(5):
+                        floor.single(i)
+                        floor.batch(i)
+                    if stream:
+                        assert not floor.chan.ready() and floor.chan.buf == b""
+                        assert floor.chan.recv(time.monotonic() + 0.05, 2**20) is None, \
+                            "one echo per message, none left over"
+                    else:
+                        assert floor.sock.poll(50) == 0, "one echo per message, none left over"
+                finally:
+                    floor.close()
         finally:
             for s in socks:
                 s.close(0)
