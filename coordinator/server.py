@@ -29,7 +29,6 @@ ShardUnavailable. SIGTERM/SIGINT stop the loop; shards are stopped cleanly
 
 from __future__ import annotations
 
-import array
 import itertools
 import logging
 import os
@@ -135,7 +134,7 @@ class Coordinator:
         # Every hello carries the slot map, so a shard can redirect a request
         # sent with a stale one (see inmem.errors.SlotMoved).
         self._hello = protocol.new_packer().pack(
-            ["hello", [array.array("H", slotmap.owners).tobytes()]])
+            ["hello", [protocol.pack_owners(slotmap.owners)]])
         self._first_slot = {}
         for slot, shard in enumerate(slotmap.owners):
             self._first_slot.setdefault(shard, slot)

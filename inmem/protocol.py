@@ -67,8 +67,10 @@ size limit (`max_message_bytes`) is what bounds N.
 
 from __future__ import annotations
 
+import array
 import io
 import struct
+import sys
 
 import crc32c
 import msgpack
@@ -159,6 +161,25 @@ def slot_of(run_id) -> int:
     if type(run_id) is not str:
         return 0
     return _crc(run_id.encode("utf-8", "surrogatepass")) & (SLOT_COUNT - 1)
+
+
+def pack_owners(owners) -> bytes:
+    """A slot map as the coordinator's hello carries it: a little-endian u16 shard per slot."""
+    table = array.array("H", owners)
+    if sys.byteorder != "little":
+        table.byteswap()
+    return table.tobytes()
+
+
+def unpack_owners(data: bytes):
+    """The slot -> shard table of `pack_owners`' bytes, on a host of either byte order."""
+    if type(data) is not bytes or len(data) != 2 * SLOT_COUNT:
+        raise ProtocolError("a slot map is 2 bytes per slot")
+    if sys.byteorder == "little":
+        return memoryview(data).cast("H")
+    table = array.array("H", data)
+    table.byteswap()
+    return table
 
 
 # -- headers ---------------------------------------------------------------------

@@ -368,11 +368,9 @@ class Worker:
     # -- admin requests ------------------------------------------------------------
 
     def admin_hello(self, owners=None) -> dict:
-        """The coordinator's greeting; it carries the slot map (a u16 shard id per slot)."""
+        """The coordinator's greeting; it carries the slot map (`protocol.pack_owners`)."""
         if owners is not None:
-            if type(owners) is not bytes or len(owners) != 2 * protocol.SLOT_COUNT:
-                raise ProtocolError("hello takes the slot map as 2 bytes per slot")
-            self.owners = memoryview(owners).cast("H")
+            self.owners = protocol.unpack_owners(owners)
         return {"shard": self.shard, "pid": os.getpid(), "durability": self.durability,
                 "endpoint": self.endpoint, "recovery": self.recovery,
                 "protocol": protocol.VERSION}

@@ -204,3 +204,14 @@ def test_fan_out_merges_do_not_depend_on_answer_order():
     assert protocol.fanout_request("run.orphaned", ()) == ("run.list", ["orphaned", None, None])
     with pytest.raises(ProtocolError):
         protocol.merge_fanout("kv.get", [[], []])
+
+
+def test_the_slot_map_travels_little_endian_whatever_the_host():
+    owners = [i % 3 for i in range(protocol.SLOT_COUNT)]
+    data = protocol.pack_owners(owners)
+    assert len(data) == 2 * protocol.SLOT_COUNT
+    assert data[:6] == bytes([0, 0, 1, 0, 2, 0])  # u16 little-endian, on any host
+    assert list(protocol.unpack_owners(data)) == owners
+    for bad in (data[:-1], bytearray(data), None):
+        with pytest.raises(protocol.ProtocolError):
+            protocol.unpack_owners(bad)
