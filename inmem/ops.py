@@ -139,6 +139,12 @@ FANOUT_OPS = frozenset(op.name for op in _TABLE if op.route == "all")
 FANOUT_READ_OPS = frozenset(op.name for op in _TABLE if op.fanout_read)
 #: operation -> the argument positions that carry user values
 VALUE_ARGS = {op.name: op.values for op in _TABLE if op.values}
+#: operations whose run is their first argument (what `route_run` works out, as a set)
+ROUTE_BY_FIRST = frozenset(op.name for op in _TABLE if op.route != "all"
+                           and op.name != "run.begin")
+#: operation -> the function that shapes its wire result (operations whose result is final
+#: as it comes are absent)
+REPLY_SHAPES = {op.name: op.reply for op in _TABLE if op.reply is not None}
 
 
 def route_run(op: str, args):
@@ -168,4 +174,5 @@ def shape(op: str, args, result):
 
 
 __all__ = ["Op", "OPS", "WRITE_OPS", "TX_WRITE_OPS", "FANOUT_OPS", "FANOUT_READ_OPS",
-           "VALUE_ARGS", "CLUSTER_REPLIES", "route_run", "shape"]
+           "VALUE_ARGS", "ROUTE_BY_FIRST", "REPLY_SHAPES", "CLUSTER_REPLIES", "route_run",
+           "shape"]

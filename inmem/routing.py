@@ -21,8 +21,8 @@ from typing import Iterator, NamedTuple
 
 from .errors import (InmemError, InvalidOption, InvalidURL, ProtocolError, ShardUnavailable,
                      Timeout)
-from .ops import FANOUT_OPS, route_run, shape
-from .protocol import SLOT_COUNT, op_body, pack_checked, slot_of
+from .ops import FANOUT_OPS, REPLY_SHAPES, ROUTE_BY_FIRST, VALUE_ARGS, route_run, shape
+from .protocol import SLOT_COUNT, check_values, op_body, pack_checked, slot_of
 
 #: the schemes a coordinator listens on
 URL_SCHEMES = ("ipc", "tcp")
@@ -123,16 +123,29 @@ def plan_batch(ops, owners, results: list, later: list,
     """
     groups: dict = {}  # shard -> ([indexes], [bodies]) not yielded yet
     shard_of_run: dict = {}
+    by_first, value_args = ROUTE_BY_FIRST, VALUE_ARGS
     for i, (op, args) in enumerate(ops):
-        run = route_run(op, args)
-        if run is None and op in FANOUT_OPS:
-            later.append(i)
-            continue
-        try:
-            body = op_body(op, args)
-        except InmemError as exc:
-            results[i] = bare(exc)
-            continue
+        # What route_run and op_body do, inline for the common operation:
+        # this loop runs once per pipelined operation.
+        if op in by_first and args and op != "tx.commit":
+            run = args[0]
+            if op in value_args:
+                try:
+                    check_values(op, args)
+                except InmemError as exc:
+                    results[i] = bare(exc)
+                    continue
+            body = [op, list(args)]
+        else:
+            run = route_run(op, args)
+            if run is None and op in FANOUT_OPS:
+                later.append(i)
+                continue
+            try:
+                body = op_body(op, args)
+            except InmemError as exc:
+                results[i] = bare(exc)
+                continue
         shard = shard_of_run.get(run) if type(run) is str else None
         if shard is None:
             shard = owners[slot_of(run)]
@@ -180,13 +193,14 @@ def apply_batch_reply(reply, indexes: list, ops, results: list) -> None:
         for i in indexes:
             results[i] = err
         return
+    shapes = REPLY_SHAPES
     for i, r in zip(indexes, reply):
-        if isinstance(r, InmemError):
-            results[i] = r
+        op = ops[i][0]
+        if op not in shapes or isinstance(r, InmemError):
+            results[i] = r  # final as it came (an error, or a plain result)
         else:
-            op, args = ops[i]
             try:
-                results[i] = shape(op, args, r)
+                results[i] = shape(op, ops[i][1], r)
             except ProtocolError as exc:
                 results[i] = bare(exc)
 

@@ -48,3 +48,11 @@ def test_the_client_refuses_an_out_of_model_value_at_every_listed_position():
             with pytest.raises(Exception) as err:
                 protocol.op_body(name, bad)
             assert type(err.value).__name__ == "InvalidValue", (name, i)
+
+
+def test_the_client_fast_path_sets_agree_with_route_run_and_shape():
+    from inmem.ops import OPS, REPLY_SHAPES, ROUTE_BY_FIRST, route_run
+    for name, spec in OPS.items():
+        args = ("the-run", "b", "c")
+        assert (route_run(name, args) == "the-run") == (name in ROUTE_BY_FIRST), name
+        assert (name in REPLY_SHAPES) == (spec.reply is not None), name
