@@ -1,7 +1,8 @@
 """The coordinator: the clients' ROUTER, routing by slot, fan-out, readiness, supervision.
 
 One thread, one poll loop over the client socket, the client stream socket
-(clients on this host, `inmem.stream`) and one DEALER per shard.
+(clients on this host, `inmem.stream`), one DEALER per shard and, for each
+ready shard on this host, a stream link to it.
 
 The hot path is a forward: a client's [identity, header, body] is checked
 (frame count, header length, version byte, kind), its slot looked up in the
@@ -11,7 +12,12 @@ are never decoded on this path, and big ones are not copied either (sent
 with copy=False: pyzmq copies only those under its copy threshold, where a
 copy is cheaper than tracking the buffer). A stream client's requests get an
 identity of their own (`STREAM_IDENT_BYTES`), so the shards and the
-bookkeeping below see them as any other client's. The one piece of bookkeeping is the set of
+bookkeeping below see them as any other client's. Operations for a shard on
+this host go over its stream socket (fewer thread hand-overs than a DEALER)
+under a request id of the coordinator's own, which maps the reply back to
+its client; when that stream closes, what was in flight on it is answered
+ShardUnavailable at once. Admin requests (hello, ping, info) stay on the
+DEALER, which is also the path to shards on other hosts. The one piece of bookkeeping is the set of
 requests in flight per shard, so that when a shard dies each of them is
 answered ShardUnavailable instead of waiting for the client's deadline.
 
@@ -33,6 +39,7 @@ import itertools
 import logging
 import os
 import signal
+import struct
 import time
 import traceback
 
@@ -45,7 +52,7 @@ from inmem.keys import (COORDINATOR, KeyFileError, ServerKeys, insecure_warning,
                         public_key, shard_name)
 from inmem.ops import FANOUT_READ_OPS
 from inmem.stream import stream_path
-from inmem.stream_server import Connection, StreamServer
+from inmem.stream_server import Connection, StreamLink, StreamServer
 from inmem.transport import bind_router, drain
 from inmem.types import RecoveryResult
 from inmem.protocol import (HEADER_BYTES, KIND_ADMIN, KIND_BATCH, KIND_CLUSTER, KIND_OP,
@@ -63,6 +70,8 @@ TICK_S = 0.02
 #: the identity a stream client's requests carry to the shards: 0x01 and a
 #: counter, never the 5 bytes starting 0x00 that a ROUTER gives its peers
 STREAM_IDENT_BYTES = 9
+#: the request id field of a header (after version, kind and slot)
+_RID = struct.Struct("<Q")
 HELLO_EVERY_S = 0.2
 #: frames taken from one socket per loop turn, so one busy peer cannot starve the rest
 DRAIN_MAX = 1024
@@ -83,11 +92,15 @@ class ShardLink:
     """The coordinator's connection to one shard and the requests in flight on it."""
 
     __slots__ = ("handle", "sock", "inflight", "inflight_bytes", "hello_sent", "last_seen",
-                 "ping_sent")
+                 "ping_sent", "stream", "by_rid")
 
     def __init__(self, handle):
         self.handle = handle
         self.sock = None
+        #: the shard's stream socket, for forwarded operations (None: they go on `sock`)
+        self.stream: StreamLink | None = None
+        #: forwarded on `stream`: our request id -> (client identity, client's header)
+        self.by_rid: dict = {}
         self.inflight: dict = {}  # (client identity, header) -> body size
         self.inflight_bytes = 0
         self.hello_sent = 0.0
@@ -113,6 +126,8 @@ class Coordinator:
         #: stream connections by the identity their requests carry to the shards
         self.stream_peers: dict[bytes, Connection] = {}
         self._stream_ids = itertools.count(1)
+        self._forward_ids = itertools.count(1)
+        self._by_stream_fd: dict[int, ShardLink] = {}
         self.poller = None
         self.supervisor = None
         self.server_keys = None
@@ -227,9 +242,12 @@ class Coordinator:
                 version = self._links_version
                 by_sock = {l.sock: l for l in self.links}
             events = self.poller.poll(TICK_S * 1000)
-            for sock, _ in events:
+            by_fd = self._by_stream_fd
+            for sock, ev in events:
                 if sock is front:
                     self._drain_front()
+                elif sock in by_fd:
+                    self._drain_link_stream(by_fd[sock], ev)
                 else:
                     link = by_sock.get(sock)
                     if link is not None:
@@ -306,12 +324,24 @@ class Coordinator:
                         or len(inflight) >= INFLIGHT_MAX):
                     self._overloaded(ident, head, link)
                     return
-                try:
-                    link.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
-                except zmq.ZMQError:
-                    self._unavailable(ident, head, link)
-                    return
                 key = (ident, head)
+                stream = link.stream
+                if stream is not None:
+                    # Our own request id in the header: the reply names the request by it.
+                    rid = next(self._forward_ids)
+                    if stream.send(head[:4] + _RID.pack(rid), body):
+                        link.by_rid[rid] = key
+                        if stream.wants_write:
+                            self.poller.modify(stream.fd, zmq.POLLIN | zmq.POLLOUT)
+                    else:
+                        self._link_stream_lost(link)
+                        stream = None
+                if stream is None:
+                    try:
+                        link.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                    except zmq.ZMQError:
+                        self._unavailable(ident, head, link)
+                        return
                 link.inflight_bytes += size - inflight.get(key, 0)
                 inflight[key] = size
             elif kind == KIND_CLUSTER:
@@ -351,6 +381,79 @@ class Coordinator:
             except Exception as exc:  # a bug must not stop the loop
                 self.counters["dropped_frames"] += 1
                 self._internal_error(exc)
+
+    def _drain_link_stream(self, link: ShardLink, ev: int) -> None:
+        """Replies to what was forwarded on a shard's stream, back to their clients."""
+        stream = link.stream
+        if stream is None:
+            return
+        if ev & zmq.POLLOUT:
+            stream.flush()
+            if not stream.wants_write and not stream.closed:
+                self.poller.modify(stream.fd, zmq.POLLIN)
+        link.last_seen = time.monotonic()
+        by_rid, inflight = link.by_rid, link.inflight
+        send = self._send_frames
+        for head, body in stream.read():
+            key = by_rid.pop(_RID.unpack_from(head, 4)[0], None)
+            if key is None:
+                self.counters["dropped_frames"] += 1
+                continue
+            size = inflight.pop(key, None)
+            if size is not None:
+                link.inflight_bytes -= size
+            send([key[0], key[1], body])
+        if stream.closed:
+            self._link_stream_lost(link)
+
+    def _open_link_stream(self, link: ShardLink) -> None:
+        """Forward to a ready shard on this host through its stream socket, if it has one."""
+        self._close_link_stream(link)
+        h = link.handle
+        path = None if h.remote else stream_path(h.endpoint)
+        if path is None:
+            return
+        try:
+            stream = StreamLink(path, self.max_message_bytes)
+        except OSError as exc:
+            log.warning("shard %d: no stream link (%s); forwarding over ZeroMQ", h.id, exc)
+            return
+        link.stream = stream
+        self._by_stream_fd[stream.fd] = link
+        self.poller.register(stream.fd, zmq.POLLIN)
+
+    def _close_link_stream(self, link: ShardLink) -> None:
+        stream, link.stream = link.stream, None
+        if stream is None:
+            return
+        self._by_stream_fd.pop(stream.fd, None)
+        try:
+            self.poller.unregister(stream.fd)
+        except KeyError:
+            pass
+        stream.close()
+
+    def _link_stream_lost(self, link: ShardLink) -> None:
+        """The shard closed its stream (it died, most likely): answer what was in flight on it now.
+
+        The supervisor sees the process end on its own; the clients waiting
+        for these requests need not wait for that.
+        """
+        reason = link.stream.close_reason if link.stream is not None else ""
+        self._close_link_stream(link)
+        if not link.by_rid:
+            return
+        h = link.handle
+        err = protocol.error_body(ShardUnavailable(
+            f"shard {h.id} closed its connection ({reason}) while the request was in flight; "
+            "it may or may not have been applied (check before retrying a non-idempotent write)"))
+        for key in link.by_rid.values():
+            size = link.inflight.pop(key, None)
+            if size is not None:
+                link.inflight_bytes -= size
+            self._send(key[0], key[1], err)
+        self.counters["shard_unavailable"] += len(link.by_rid)
+        link.by_rid.clear()
 
     # -- replies -------------------------------------------------------------------
 
@@ -614,7 +717,9 @@ class Coordinator:
             send(ident, head, err)
         self.counters["shard_unavailable"] += len(link.inflight)
         link.inflight.clear()
+        link.by_rid.clear()
         link.inflight_bytes = 0
+        self._close_link_stream(link)
         self._fail_pending(link, ShardUnavailable(f"shard {h.id} went down"))
         self._connect(link)
 
@@ -636,6 +741,7 @@ class Coordinator:
             h.state = READY
             h.ready_at = time.monotonic()
             h.last_error = None
+            self._open_link_stream(link)
             self.out(f"shard {h.id} ready, pid {h.pid}: {describe_recovery(h.recovery)}")
             if not self.ready_once and all(l.handle.state == READY for l in self.links):
                 self.ready_once = True

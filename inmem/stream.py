@@ -70,6 +70,31 @@ def frame(head: bytes, body) -> bytes:
     return b"".join((_pack_length(len(body)), head, body))
 
 
+class FrameTooLarge(Exception):
+    """A frame's length is over the reader's limit: the peer is not speaking this protocol."""
+
+
+def split_frames(buf: bytes, limit: int, out: list, peer=None) -> bytes:
+    """Append every whole message in `buf` to `out`; return the bytes of an unfinished one.
+
+    Each message is appended as [header, body], or [peer, header, body] when a
+    peer is given (the shape a serving loop handles). FrameTooLarge for a
+    length over `limit`.
+    """
+    pos, n = 0, len(buf)
+    while n - pos >= PREFIX_BYTES:
+        size = _unpack_length(buf, pos)[0]
+        if size > limit:
+            raise FrameTooLarge(f"a frame claims {size} bytes, over the limit of {limit}")
+        end = pos + PREFIX_BYTES + size
+        if end > n:
+            break
+        head, body = buf[pos + 4:pos + PREFIX_BYTES], buf[pos + PREFIX_BYTES:end]
+        out.append([head, body] if peer is None else [peer, head, body])
+        pos = end
+    return buf[pos:] if pos < n else b""
+
+
 class StreamChannel:
     """A client's connection to one shard's stream socket, used by one thread.
 
@@ -183,4 +208,5 @@ class StreamChannel:
         return True
 
 
-__all__ = ["LENGTH", "PREFIX_BYTES", "StreamChannel", "StreamClosed", "frame", "stream_path"]
+__all__ = ["LENGTH", "PREFIX_BYTES", "FrameTooLarge", "StreamChannel", "StreamClosed", "frame",
+           "split_frames", "stream_path"]

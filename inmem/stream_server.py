@@ -1,4 +1,4 @@
-"""The serving side of the stream transport: a listening Unix socket and its connections.
+"""The stream transport inside a poll loop: a listening socket and its connections, and links out.
 
 A shard's loop owns it. Each turn the loop polls the ROUTER and these
 sockets together (a `zmq.Poller` takes plain descriptors), then `read`
@@ -15,6 +15,11 @@ Nothing a peer sends can stop the loop or grow it without bound:
   again until they are out (its socket buffers then push back on the
   sender), as a ROUTER stops reading a peer at its high-water mark;
 - connections beyond CONNECTIONS_MAX are closed as they arrive.
+
+`StreamLink` is the other direction, for a loop that forwards: one
+non-blocking connection to another process's stream socket (the
+coordinator's link to a shard on its host), written without waiting and
+read a whole message at a time, under the same limits.
 """
 
 from __future__ import annotations
@@ -26,14 +31,13 @@ import socket
 
 import zmq
 
-from .stream import LENGTH, PREFIX_BYTES, READ_BYTES
+from .stream import LENGTH, READ_BYTES, FrameTooLarge, split_frames
 
 log = logging.getLogger("inmem.stream")
 
 #: open connections at most; more are closed on arrival
 CONNECTIONS_MAX = 4096
 
-_unpack_length = LENGTH.unpack_from
 _POLLIN = zmq.POLLIN
 _POLLOUT = zmq.POLLOUT
 
@@ -140,20 +144,11 @@ class StreamServer:
             self.close_connection(conn)
             return
         buf = conn.buf + data if conn.buf else data
-        limit = self.max_message_bytes
-        pos, n = 0, len(buf)
-        while n - pos >= PREFIX_BYTES:
-            size = _unpack_length(buf, pos)[0]
-            if size > limit:
-                self.dropped += 1
-                self.close_connection(conn)
-                return
-            end = pos + PREFIX_BYTES + size
-            if end > n:
-                break
-            batch.append([conn, buf[pos + 4:pos + PREFIX_BYTES], buf[pos + PREFIX_BYTES:end]])
-            pos = end
-        conn.buf = buf[pos:] if pos < n else b""
+        try:
+            conn.buf = split_frames(buf, self.max_message_bytes, batch, conn)
+        except FrameTooLarge:
+            self.dropped += 1
+            self.close_connection(conn)
 
     # -- writing -------------------------------------------------------------------
 
@@ -219,4 +214,104 @@ class StreamServer:
             pass
 
 
-__all__ = ["CONNECTIONS_MAX", "Connection", "StreamServer"]
+class StreamLink:
+    """A non-blocking connection to the stream socket at `path`, for a poll loop.
+
+    `send` never waits: what the kernel does not take is kept, and
+    `wants_write` tells the loop to poll for room (then `flush`). `read`
+    returns the whole messages that arrived, and closes the link when the
+    peer closed the connection or sent something that is not a frame.
+    """
+
+    def __init__(self, path: str, max_message_bytes: int):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(1.0)
+            sock.connect(path)  # a Unix socket connects at once, or not at all
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.max_message_bytes = max_message_bytes
+        self.buf = b""
+        self.out: list | None = None
+        self.closed = False
+        self.close_reason = ""
+
+    @property
+    def wants_write(self) -> bool:
+        return self.out is not None
+
+    def send(self, head: bytes, body) -> bool:
+        """Queue one message and send what the kernel takes now; False once the link is closed."""
+        if self.closed:
+            return False
+        data = b"".join((LENGTH.pack(len(body)), head, body))
+        if self.out is not None:
+            self.out.append(data)
+            return True
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self.close(str(exc))
+            return False
+        if sent < len(data):
+            self.out = [data[sent:]]
+        return True
+
+    def flush(self) -> None:
+        if self.out is None or self.closed:
+            return
+        data = b"".join(self.out)
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self.close(str(exc))
+            return
+        self.out = [data[sent:]] if sent < len(data) else None
+
+    def read(self) -> list:
+        """The whole messages waiting, as [header, body].
+
+        When the peer closed the connection (or sent something that is not
+        a frame) the link is closed, with the reason in `close_reason`, and
+        the messages that came before it are still returned.
+        """
+        out: list = []
+        if self.closed:
+            return out
+        for _ in range(16):  # a bounded turn: the loop has other sockets to serve
+            try:
+                data = self.sock.recv(READ_BYTES)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self.close(str(exc))
+                break
+            if not data:
+                self.close("the peer closed the connection")
+                break
+            buf = self.buf + data if self.buf else data
+            try:
+                self.buf = split_frames(buf, self.max_message_bytes, out)
+            except FrameTooLarge as exc:
+                self.close(str(exc))
+                break
+            if len(data) < READ_BYTES:
+                break
+        return out
+
+    def close(self, reason: str = "closed by this side") -> None:
+        if not self.closed:
+            self.closed = True
+            self.close_reason = reason
+            self.sock.close()
+
+
+__all__ = ["CONNECTIONS_MAX", "Connection", "StreamLink", "StreamServer"]

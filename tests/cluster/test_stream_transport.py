@@ -116,9 +116,11 @@ def test_hostile_stream_peers_cannot_stop_a_shard(make_cluster):
 
 
 @pytest.mark.timeout(90)
-def test_a_request_in_flight_on_a_killed_shard_fails_at_once_not_at_its_deadline(make_cluster):
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "proxied"])
+def test_a_request_in_flight_on_a_killed_shard_fails_at_once_not_at_its_deadline(make_cluster,
+                                                                                 direct):
     cluster = make_cluster(shards=2, durability="strict", restart_backoff_ms=300)
-    db = cluster.connect(request_timeout=30.0)
+    db = cluster.connect(request_timeout=30.0, direct=direct)
     run = runs_on_each_shard(db, 2, prefix="inflight")[0][0]
     db.begin_run(run_id=run)
     db.kv.put(run, "k", "acked")

@@ -33,7 +33,7 @@ class FakeSocket:
             raise zmq.Again()
         return self.queue.pop(0)
 
-    def send_multipart(self, frames, flags=0):
+    def send_multipart(self, frames, flags=0, copy=True):
         self.sent.append(list(frames))
 
 
