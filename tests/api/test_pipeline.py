@@ -1,6 +1,9 @@
-"""Pipelines: batched operations with results in order and errors in place."""
+"""Pipelines: batched operations with results in order; the first error raised after every
+operation ran, or every error in place with raise_on_error=False."""
 
 from __future__ import annotations
+
+import pytest
 
 import inmem
 
@@ -55,7 +58,7 @@ def test_error_is_returned_in_place_and_the_rest_still_runs(db, run):
         p.state.init(run, "s", 1)
         p.state.init(run, "s", 2)
         p.kv.get(run, "after")
-        results = p.execute()
+        results = p.execute(raise_on_error=False)
     assert results[0] == 1
     assert isinstance(results[1], inmem.VersionMismatch)
     assert (results[1].expected, results[1].actual) == (7, 1)
@@ -76,7 +79,7 @@ def test_run_not_active_in_place(db):
     with db.pipeline() as p:
         p.kv.put(done, "k", 1)
         p.kv.put(live, "k", 1)
-        results = p.execute()
+        results = p.execute(raise_on_error=False)
     assert isinstance(results[0], inmem.RunNotActive)
     assert results[1] == 1
 
@@ -114,8 +117,8 @@ def test_pipeline_is_not_a_transaction(db, run):
         p.kv.put(run, "first", 1)
         p.kv.cas(run, "first", 99, "fails")
         p.kv.put(run, "third", 3)
-        results = p.execute()
-    assert isinstance(results[1], inmem.VersionMismatch)
+        with pytest.raises(inmem.VersionMismatch):
+            p.execute()
     # The failure in the middle does not undo its neighbours.
     assert db.kv.get(run, "first") == 1
     assert db.kv.get(run, "third") == 3
@@ -131,3 +134,67 @@ def test_values_are_captured_at_the_call(db, run):
     assert db.kv.get(run, "k") == {"l": [1]}
     assert results[1].payload == {"l": [1]}
     assert db.events.read(run, 0).payload == {"l": [1]}
+
+
+def test_execute_raises_the_first_error_after_running_every_operation(db, run):
+    db.kv.put(run, "v", "x")
+    p = db.pipeline()
+    p.kv.put(run, "before", 1)
+    p.kv.cas(run, "v", 7, "wrong version")
+    p.kv.put("no-such-run", "k", 1)
+    p.kv.put(run, "after", 2)
+    with pytest.raises(inmem.VersionMismatch) as info:
+        p.execute()
+    # The operation's own error and message, with a note saying which one it was.
+    assert (info.value.expected, info.value.actual) == (7, 1)
+    assert any("operation 1 (kv.cas) of 4" in note for note in info.value.__notes__)
+    # Every operation ran, those after the failures included, and the queue is empty.
+    assert db.kv.get(run, "before") == 1 and db.kv.get(run, "after") == 2
+    assert db.kv.get(run, "v") == "x"
+    assert len(p) == 0 and p.execute() == []
+
+
+def test_raise_on_error_false_returns_the_same_errors_in_place(db, run):
+    p = db.pipeline()
+    p.kv.put("no-such-run", "k", 1)
+    p.state.init(run, "s", 1)
+    p.state.init(run, "s", 2)
+    results = p.execute(raise_on_error=False)
+    assert isinstance(results[0], inmem.RunNotFound) and results[1] == 1
+    assert isinstance(results[2], inmem.StateExists)
+    assert not hasattr(results[0], "__notes__")  # only a raised error carries the note
+
+
+def test_a_clean_exit_sends_what_is_queued_and_raises_its_first_error(db, run):
+    with pytest.raises(inmem.RunNotFound):
+        with db.pipeline() as p:
+            p.kv.put(run, "queued", 1)
+            p.kv.put("no-such-run", "k", 1)
+    assert db.kv.get(run, "queued") == 1
+
+
+def test_an_exception_in_the_block_sends_nothing(db, run):
+    with pytest.raises(KeyError):
+        with db.pipeline() as p:
+            p.kv.put(run, "never", 1)
+            raise KeyError("stop")
+    assert db.kv.get(run, "never") is None
+
+
+def test_a_failed_trace_tree_raises_too(db, run):
+    root = db.traces.record(run, "thought", {"x": 1})
+    p = db.pipeline()
+    p.traces.tree(run, root)
+    p.traces.tree(run, "no-such-trace")
+    with pytest.raises(inmem.TraceNotFound):
+        p.execute()
+    p.traces.tree(run, root)
+    (tree,) = p.execute()
+    assert tree.trace.id == root and tree.children == []
+
+
+def test_transitions_cannot_be_pipelined(db, run):
+    p = db.pipeline()
+    with pytest.raises(inmem.InvalidValue, match="cannot be pipelined"):
+        p.state.transition(run, "s", lambda s: (s.value, None))
+    assert len(p) == 0

@@ -177,7 +177,7 @@ def test_pipeline_spans_shards_and_keeps_order(db):
         p.kv.cas(b, "k0", 99, "x")          # fails in place
         p.runs.list()                       # a fan-out inside a pipeline
         p.events.append(a, "e", {})
-        results = p.execute()
+        results = p.execute(raise_on_error=False)
     assert results[:2] == [a, b]
     assert results[2:302] == [1] * 300
     assert results[302] == 1
@@ -301,7 +301,7 @@ def test_direct_mode_skips_the_coordinator_with_the_same_results(cluster):
             for i in range(600):
                 p.kv.put(a if i % 3 else b, f"p{i}", i)
             p.kv.cas(b, "p0", 5, "x")
-            results = p.execute()
+            results = p.execute(raise_on_error=False)
         assert results[:600] == [1] * 600 and isinstance(results[600], inmem.VersionMismatch)
         with db.transaction(b) as tx:
             tx.kv.put("t", tx.kv.get("p0") + 1)
