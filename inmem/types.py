@@ -2,7 +2,9 @@
 
 They are NamedTuples so that they are immutable, compare by value, and cross
 the wire as plain msgpack arrays: a shard sends the tuple, the client rebuilds
-it with `_make` (or `from_wire` for the nested ones).
+it with `_make` (or `from_wire` for the nested ones). Every timestamp is int
+microseconds since the epoch; their reprs show it as an ISO 8601 UTC datetime,
+hashes as short hex and long values cut short (see `inmem.display`).
 """
 
 from __future__ import annotations
@@ -11,18 +13,33 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from .display import count, iso_us, record_repr, rounded, short_hex, short_value
+
 
 def _unpack_value(data):
     return msgpack.unpackb(data, raw=False)
 
 
 class Versioned(NamedTuple):
+    """A KV value with its version (1, 2, ...) and when it was written (µs since the epoch)."""
     value: Any
     version: int
     timestamp: int
 
+    def __repr__(self) -> str:
+        return record_repr("Versioned", [("value", short_value(self.value)),
+                                         ("version", repr(self.version)),
+                                         ("timestamp", iso_us(self.timestamp))])
+
 
 class Event(NamedTuple):
+    """One entry of a run's event log.
+
+    `sequence` counts from 0; `timestamp` is µs since the epoch; `hash` is the
+    32-byte sha256 of msgpack([sequence, event_type, payload, timestamp,
+    prev_hash]) with every map's keys sorted, and `prev_hash` the previous
+    event's hash (32 zero bytes for the first).
+    """
     sequence: int
     event_type: str
     payload: Any
@@ -30,8 +47,17 @@ class Event(NamedTuple):
     prev_hash: bytes
     hash: bytes
 
+    def __repr__(self) -> str:
+        return record_repr("Event", [("sequence", repr(self.sequence)),
+                                     ("event_type", repr(self.event_type)),
+                                     ("payload", short_value(self.payload)),
+                                     ("timestamp", iso_us(self.timestamp)),
+                                     ("prev_hash", short_hex(self.prev_hash)),
+                                     ("hash", short_hex(self.hash))])
+
 
 class ChainCheck(NamedTuple):
+    """What `events.verify_chain` found: the first sequence whose hash or link is wrong, if any."""
     valid: bool
     length: int
     first_invalid: int | None
@@ -39,12 +65,19 @@ class ChainCheck(NamedTuple):
 
 
 class State(NamedTuple):
+    """A state cell's value, version and last write (µs since the epoch)."""
     value: Any
     version: int
     updated_at: int
 
+    def __repr__(self) -> str:
+        return record_repr("State", [("value", short_value(self.value)),
+                                     ("version", repr(self.version)),
+                                     ("updated_at", iso_us(self.updated_at))])
+
 
 class Trace(NamedTuple):
+    """One reasoning record; `timestamp` in µs since the epoch."""
     id: str
     parent_id: str | None
     trace_type: str
@@ -53,13 +86,27 @@ class Trace(NamedTuple):
     metadata: Any
     timestamp: int
 
+    def __repr__(self) -> str:
+        return record_repr("Trace", [("id", repr(self.id)), ("parent_id", repr(self.parent_id)),
+                                     ("trace_type", repr(self.trace_type)),
+                                     ("data", short_value(self.data)),
+                                     ("tags", short_value(self.tags)),
+                                     ("metadata", short_value(self.metadata)),
+                                     ("timestamp", iso_us(self.timestamp))])
+
 
 class TraceTree(NamedTuple):
+    """A trace and the trees of its children, in record order."""
     trace: Trace
     children: list
 
+    def __repr__(self) -> str:
+        # A tree can be thousands deep: say how big it is rather than print it.
+        return f"TraceTree(trace={self.trace!r}, children={count(len(self.children), 'tree')})"
+
 
 class RunInfo(NamedTuple):
+    """A run's metadata and lifecycle; the `*_at` fields are µs since the epoch."""
     run_id: str
     name: str | None
     parent: str | None
@@ -71,16 +118,37 @@ class RunInfo(NamedTuple):
     ended_at: int | None
     error: str | None
 
+    def __repr__(self) -> str:
+        fields = [("run_id", repr(self.run_id)), ("name", repr(self.name)),
+                  ("parent", repr(self.parent)), ("status", repr(self.status)),
+                  ("tags", short_value(self.tags)), ("metadata", short_value(self.metadata)),
+                  ("created_at", iso_us(self.created_at)),
+                  ("updated_at", iso_us(self.updated_at)),
+                  ("ended_at", iso_us(self.ended_at)), ("error", short_value(self.error))]
+        return record_repr("RunInfo", fields)
+
 
 class SnapshotInfo(NamedTuple):
+    """A snapshot just taken: its shard, absolute path, WAL position, time (µs) and size."""
     shard: int
     path: str
     wal_position: int
     timestamp: int
     bytes: int
 
+    def __repr__(self) -> str:
+        return record_repr("SnapshotInfo", [("shard", repr(self.shard)), ("path", repr(self.path)),
+                                            ("wal_position", repr(self.wal_position)),
+                                            ("timestamp", iso_us(self.timestamp)),
+                                            ("bytes", repr(self.bytes))])
+
 
 class RecoveryResult(NamedTuple):
+    """How one shard recovered when it last started.
+
+    `snapshot_used` is the snapshot's absolute path (None: none); `seconds` the
+    time taken; `started_at` and `finished_at` µs since the epoch.
+    """
     shard: int
     snapshot_used: str | None
     records_replayed: int
@@ -94,9 +162,28 @@ class RecoveryResult(NamedTuple):
     #: of `seconds`, the part spent rebuilding the search index
     index_seconds: float = 0.0
 
+    def __repr__(self) -> str:
+        fields = [("shard", repr(self.shard)), ("snapshot_used", repr(self.snapshot_used)),
+                  ("records_replayed", repr(self.records_replayed)),
+                  ("transactions_recovered", repr(self.transactions_recovered)),
+                  ("corrupt_records_skipped", repr(self.corrupt_records_skipped)),
+                  ("tail_truncated_bytes", repr(self.tail_truncated_bytes)),
+                  ("orphaned_runs", short_value(self.orphaned_runs)),
+                  ("seconds", rounded(self.seconds)),
+                  ("started_at", iso_us(self.started_at)),
+                  ("finished_at", iso_us(self.finished_at)),
+                  ("index_seconds", rounded(self.index_seconds))]
+        return record_repr("RecoveryResult", fields)
+
 
 class RunView(NamedTuple):
-    """A run replayed to a journal position: read-only plain data."""
+    """A run replayed to a journal position: read-only plain data.
+
+    `kv` and `json` map keys to values, `state` cell names to values;
+    `events` and `traces` are in record order; `position` is how many journal
+    entries were folded (`replay_run(run, at=view.position)` gives this view).
+    Its repr summarises; the fields hold everything.
+    """
     kv: dict
     json: dict
     state: dict
@@ -117,8 +204,15 @@ class RunView(NamedTuple):
                           None if t[5] is None else unpack(t[5]), t[6]) for t in traces],
                    position)
 
+    def __repr__(self) -> str:
+        return (f"RunView(position={self.position}, kv={count(len(self.kv), 'key')}, "
+                f"json={count(len(self.json), 'doc')}, state={count(len(self.state), 'cell')}, "
+                f"events={count(len(self.events), 'event')}, "
+                f"traces={count(len(self.traces), 'trace')})")
+
 
 class DiffEntry(NamedTuple):
+    """One difference between two runs: `a` is the value in the first run, `b` in the second."""
     primitive: str
     key: Any
     a: Any
@@ -126,21 +220,40 @@ class DiffEntry(NamedTuple):
 
 
 class RunDiff(NamedTuple):
+    """What `diff_runs(a, b)` found: only in b (added), only in a (removed), in both (modified)."""
     added: list
     removed: list
     modified: list
 
+    def __repr__(self) -> str:
+        return (f"RunDiff(added={len(self.added)}, removed={len(self.removed)}, "
+                f"modified={len(self.modified)})")
+
 
 class Hit(NamedTuple):
+    """One search match: where it is (primitive, run, ref), its BM25 score and a snippet."""
     primitive: str
     run: str
     ref: Any
     score: float
     snippet: str
 
+    def __repr__(self) -> str:
+        return record_repr("Hit", [("primitive", repr(self.primitive)), ("run", repr(self.run)),
+                                   ("ref", short_value(self.ref)),
+                                   ("score", rounded(self.score)),
+                                   ("snippet", short_value(self.snippet))])
+
 
 class SearchResponse(NamedTuple):
+    """A page of search hits, best first, with the number of matches over every shard."""
     results: list
     total_matches: int
     budget_exhausted: bool
     took_ms: float
+
+    def __repr__(self) -> str:
+        return record_repr("SearchResponse", [("results", repr(self.results)),
+                                              ("total_matches", repr(self.total_matches)),
+                                              ("budget_exhausted", repr(self.budget_exhausted)),
+                                              ("took_ms", rounded(self.took_ms, 3))])
