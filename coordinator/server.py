@@ -47,7 +47,7 @@ import zmq
 
 import inmem.protocol as protocol
 from inmem.errors import ClusterNotReady, InmemError, ProtocolError, ShardUnavailable
-from inmem.files import make_dirs, try_lock
+from inmem.files import CLUSTER_LOCK_NAME, make_dirs, try_lock
 from inmem.keys import (COORDINATOR, KeyFileError, ServerKeys, insecure_warning, is_tcp,
                         public_key, shard_name)
 from inmem.ops import FANOUT_READ_OPS
@@ -784,7 +784,7 @@ _SECONDS = RecoveryResult._fields.index("seconds")
 _PING = protocol.new_packer().pack(["ping", []])
 
 
-LOCK_NAME = "coordinator.lock"
+LOCK_NAME = CLUSTER_LOCK_NAME
 
 
 def lock_data_dir(data_dir: str) -> int:

@@ -2,13 +2,14 @@
 
     import inmem
     db = inmem.open(None)                        # embedded, in memory
-    db = inmem.open("./data", durability="strict")
+    db = inmem.open("./agent-data", durability="strict")
     db = inmem.connect("ipc:///tmp/inmem/coordinator.sock")
 """
 
 from __future__ import annotations
 
 import os
+from builtins import open as _builtin_open
 from typing import Callable
 
 from . import durability as _durability
@@ -52,6 +53,7 @@ def open(path: str | os.PathLike | None = None, durability: str = "buffered", *,
         engine = Engine(clock=clock, max_value_bytes=max_value_bytes)
         return Database(EmbeddedBackend(engine))
     path = _store_path(path)
+    _refuse_a_cluster_directory(path)
     from inmem.shard.durable import DurableStore
     try:
         store, engine = DurableStore.open(path, durability=durability, clock=clock,
@@ -95,6 +97,28 @@ def _store_path(path) -> str:
                              "directory: pass a new or existing directory path, or None for "
                              "an in-memory store", path=path)
     return path
+
+
+def _refuse_a_cluster_directory(path: str) -> None:
+    """StoreOpenError if `path` is, or is inside, the data directory of a running cluster.
+
+    The cluster's shards own the WALs there; an embedded store beside or
+    inside them would be a second writer the cluster knows nothing about.
+    """
+    from .files import CLUSTER_LOCK_NAME, serving_cluster_root
+    root = serving_cluster_root(path)
+    if root is None:
+        return
+    try:
+        with _builtin_open(os.path.join(root, CLUSTER_LOCK_NAME), "rb") as f:
+            pid = int(f.read(32).strip() or b"0") or None
+    except (OSError, ValueError):
+        pid = None
+    who = f" (coordinator pid {pid})" if pid else ""
+    raise StoreOpenError(
+        f"{path} is inside {root}, the data directory of a running cluster{who}; connect to "
+        f"the cluster with inmem.connect(...) instead, or open an embedded store in another "
+        f"directory", path=path)
 
 
 def connect(url: str, timeout: float = 5.0, **options) -> Database:

@@ -138,6 +138,42 @@ def try_lock(path) -> int | None:
     return fd
 
 
+def lock_is_held(path) -> bool:
+    """Whether another open file holds an flock on the existing file `path` (False if absent).
+
+    Only looks: the file is not created, and no lock is kept.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing releases the shared lock if it was taken
+    return False
+
+
+#: the file in a cluster's data directory that its coordinator holds locked while it serves
+CLUSTER_LOCK_NAME = "coordinator.lock"
+
+
+def serving_cluster_root(path) -> str | None:
+    """The data directory of a running cluster that `path` is (or is inside), else None."""
+    here = os.path.abspath(path)
+    while True:
+        if lock_is_held(os.path.join(here, CLUSTER_LOCK_NAME)):
+            return here
+        parent = os.path.dirname(here)
+        if parent == here:
+            return None
+        here = parent
+
+
 # -- the extent of a file's data ----------------------------------------------------
 
 def data_end(fd: int, size: int) -> int:
@@ -256,4 +292,4 @@ def move_to_evidence(path) -> str:
 
 
 __all__ = ["FILE_MODE", "DIR_MODE", "fsync_dir", "make_dirs", "open_private", "private_opener",
-           "try_lock", "data_end", "read_data", "keep_evidence_copy", "move_to_evidence"]
+           "try_lock", "lock_is_held", "CLUSTER_LOCK_NAME", "serving_cluster_root", "data_end", "read_data", "keep_evidence_copy", "move_to_evidence"]
