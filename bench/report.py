@@ -292,8 +292,11 @@ def _regressions(old: dict, new: dict) -> list[str]:
 
 def compare_main(argv) -> int:
     p = argparse.ArgumentParser(prog="inmem bench compare",
+                                # A description is printed as written (only argument help
+                                # is %-formatted), so a percent sign is written once.
                                 description="flag regressions of NEW against OLD: throughput "
-                                "more than 50%% lower or latency more than 2x worse")
+                                f"more than {1 - THROUGHPUT_FLOOR:.0%} lower or latency more "
+                                f"than {LATENCY_FACTOR:g}x worse")
     p.add_argument("old", help="results.json of the earlier run")
     p.add_argument("new", help="results.json of the later run")
     args = p.parse_args(argv)

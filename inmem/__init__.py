@@ -25,6 +25,7 @@ from .types import (ChainCheck, Event, RecoveryResult, RunInfo, SnapshotInfo, St
 
 __version__ = "0.1.0"
 
+#: "inmemory" (no files), "buffered" (fsync every flush interval), "strict" (fsync before acknowledging)
 DURABILITY_MODES = _durability.MODES
 
 
@@ -122,9 +123,15 @@ def _refuse_a_cluster_directory(path: str) -> None:
 
 
 def connect(url: str, timeout: float = 5.0, **options) -> Database:
-    """Connect to a cluster's coordinator; waits up to `timeout` for it to be ready.
+    """A Database on the cluster at `url`, once every shard is ready.
 
-    Options: request_timeout, max_message_bytes, direct, keys (see `inmem.client.connect`).
+    `url`: the endpoint `inmem serve` prints, ipc://path or tcp://host:port
+    (else InvalidURL). Waits up to `timeout` seconds, then ClusterNotReady.
+    Options: `request_timeout` (seconds per call, default `timeout`; Timeout
+    after it), `max_message_bytes` (match the cluster's), `direct` (True:
+    send each run's operations straight to its shard; False: through the
+    coordinator), `keys` (for a tcp endpoint with CurveZMQ: see
+    `inmem.client.connect`). InvalidOption for anything else.
     """
     from .client import connect as _connect
     return _connect(url, timeout=timeout, **options)

@@ -1,11 +1,23 @@
 """The `inmem` command line: demo, serve, status, shard serve, keys generate, bench, wal inspect,
-snapshot verify."""
+snapshot verify.
+
+Every command ends in one line on stderr and a non-zero exit code when it
+cannot do its job (no cluster, a directory in use, a path of the wrong
+kind), never in a traceback; and its output may be cut short by a reader
+that goes away (`inmem status | head -1`) without an error.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
+
+#: exit code when the reader of our output went away (128 + SIGPIPE, as a shell reports it)
+EXIT_BROKEN_PIPE = 141
+#: how long `status` and `demo --connect` wait quietly before saying what they wait for
+QUIET_WAIT_S = 1.0
 
 
 def _cmd_demo(args) -> int:
@@ -28,16 +40,24 @@ def _demo_embedded(args) -> int:
     from .demo import play
     db = inmem.open(args.path, durability=args.durability if args.path else "inmemory")
     print(f"inmem demo against the embedded engine ({args.path or 'in memory'})")
+    from .demo import finish
     with db:
         for _ in range(args.runs):
             play(db)
+        finish(db)
     return 0
 
 
 def _demo_connect(args) -> int:
     import inmem
     from .demo import play
-    print(f"inmem demo against the cluster at {args.connect}")
+    from .errors import ClusterNotReady
+    why = _no_ipc_socket(args.connect)
+    if why:
+        raise ClusterNotReady(f"{why}; start one with `inmem serve`, or pass the endpoint it "
+                              "printed")
+    print(f"inmem demo against the cluster at {args.connect} (waiting up to {args.timeout:g} s "
+          "for it to be ready)", flush=True)
     with inmem.connect(args.connect, timeout=args.timeout) as db:
         _demo_cluster(db, args.runs, play)
     return 0
@@ -49,6 +69,7 @@ def _demo_local_cluster(args) -> int:
     import inmem
     from inmem.coordinator import config as cfg
     from .demo import play
+    from .display import count
     spec = cfg.load(args.config)
     data_dir = args.data_dir or spec["data_dir"]
     cluster = inmem.Cluster(config=args.config, data_dir=data_dir)
@@ -60,9 +81,10 @@ def _demo_local_cluster(args) -> int:
         with cluster.connect() as db:
             for r in db.recovery_report():
                 source = "a snapshot and " if r.snapshot_used else ""
-                print(f"  shard {r.shard}: recovered from {source}{r.records_replayed} WAL records "
-                      f"({r.transactions_recovered} operations) in {r.seconds * 1000:.1f} ms; "
-                      f"{len(r.orphaned_runs)} orphaned runs")
+                print(f"  shard {r.shard}: recovered from {source}"
+                      f"{count(r.records_replayed, 'WAL record')} "
+                      f"({count(r.transactions_recovered, 'operation')}) in "
+                      f"{r.seconds * 1000:.1f} ms; {count(len(r.orphaned_runs), 'orphaned run')}")
             _demo_cluster(db, args.runs, play)
         print("stopping the cluster (WALs flushed, final snapshots taken)")
     finally:
@@ -72,8 +94,10 @@ def _demo_local_cluster(args) -> int:
 
 
 def _demo_cluster(db, runs: int, play) -> None:
+    from .demo import finish
     for _ in range(runs):
         play(db)
+    finish(db)
     hits = db.search("search fetch", limit=3)
     print(f"search 'search fetch': {hits.total_matches} matches; best: "
           + ", ".join(f"{h.primitive}:{h.ref}" for h in hits.results))
@@ -106,11 +130,20 @@ def _cmd_serve(args) -> int:
         return 2
 
 
+def _no_ipc_socket(endpoint: str) -> str | None:
+    """Why nothing can be serving an ipc endpoint (its socket file is missing), or None."""
+    if not endpoint.startswith("ipc://"):
+        return None
+    path = endpoint[len("ipc://"):]
+    if os.path.exists(path):
+        return None
+    return f"no cluster is serving {endpoint} (the socket {path} does not exist)"
+
+
 def _cmd_status(args) -> int:
     from inmem.coordinator import config as cfg
     from .client import ClusterBackend
-    from .errors import ClusterNotReady, Timeout
-    from .errors import InmemError
+    from .errors import InmemError, Timeout
     try:
         spec = cfg.load(args.config) if args.config else None
         endpoint = args.endpoint or (spec or cfg.load(None))["client_endpoint"]
@@ -119,15 +152,42 @@ def _cmd_status(args) -> int:
     except InmemError as exc:
         print(f"inmem status: {exc}", file=sys.stderr)
         return 2
-    try:
-        if args.wait_ready:
-            backend.wait_ready(args.timeout)
-        status = backend.cluster("status", timeout=args.timeout)
-    except (ClusterNotReady, Timeout) as exc:
-        print(f"{endpoint}: {exc}")
+    hint = ("start the cluster with `inmem serve`, or name a running one with --endpoint URL "
+            "or --config FILE")
+    why = _no_ipc_socket(endpoint)
+    if why:
+        backend.close()
+        print(f"inmem status: {why}; {hint}", file=sys.stderr)
         return 1
+    deadline = time.monotonic() + args.timeout
+    status = None
+    said = False
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                status = backend.cluster("status", timeout=min(left, QUIET_WAIT_S))
+            except Timeout:
+                pass
+            else:
+                if status["ready"] or not args.wait_ready:
+                    break
+            if not said:
+                what = ("the coordinator at {} to answer" if status is None else
+                        "every shard of the cluster at {} to be ready").format(endpoint)
+                print(f"inmem status: waiting up to {args.timeout:g} s for {what} "
+                      "(--timeout changes it) ...", file=sys.stderr, flush=True)
+                said = True
+            if status is not None:
+                time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
     finally:
         backend.close()
+    if status is None:
+        print(f"inmem status: no coordinator answered at {endpoint} within {args.timeout:g} s; "
+              f"{hint}", file=sys.stderr)
+        return 1
     c = status["coordinator"]
     print(f"{endpoint}: {'ready' if status['ready'] else 'NOT READY'}; coordinator pid "
           f"{c['pid']}, {c['durability']}, {len(status['shards'])} shards")
@@ -193,23 +253,87 @@ def _cmd_bench(argv) -> int:
     return bench_main(argv)
 
 
-def _cmd_wal(args) -> int:
-    import os
+def _shard_dirs(path: str) -> list[str]:
+    """The shard directories (shard-N holding a store) of a cluster's data directory, by N."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        number = name[len("shard-"):]
+        if name.startswith("shard-") and number.isdigit() and os.path.isdir(
+                os.path.join(path, name)):
+            found.append((int(number), os.path.join(path, name)))
+    return [d for _, d in sorted(found)]
 
+
+def _cmd_wal(args) -> int:
     from inmem.wal.inspect import main as inspect_main
     target = args.dir
+    if not os.path.exists(target):
+        print(f"inmem wal inspect: {target} does not exist", file=sys.stderr)
+        return 2
+    if not os.path.isdir(target):
+        print(f"inmem wal inspect: {target} is a file; pass the WAL directory that holds it "
+              f"({os.path.dirname(os.path.abspath(target))}) or the store directory above that",
+              file=sys.stderr)
+        return 2
     if os.path.isdir(os.path.join(target, "wal")):  # a store (or shard) directory
         target = os.path.join(target, "wal")
-    return inspect_main([target])
+    else:
+        shards = [d for d in _shard_dirs(target) if os.path.isdir(os.path.join(d, "wal"))]
+        if shards:
+            print(f"{target} is a cluster's data directory; each shard has its own WAL:")
+            for d in shards:
+                print(f"  inmem wal inspect {os.path.join(d, 'wal')}")
+            return 2
+    return inspect_main([target, *(["--json"] if args.json else [])])
+
+
+def _snapshot_files(path: str) -> list[str]:
+    """The snapshot files under a snapshots/ directory, a store directory or a cluster's."""
+    from inmem.recovery.sequence import snapshot_dir
+    if os.path.isdir(snapshot_dir(path)):
+        dirs = [snapshot_dir(path)]
+    elif _shard_dirs(path):
+        dirs = [snapshot_dir(d) for d in _shard_dirs(path) if os.path.isdir(snapshot_dir(d))]
+    else:
+        dirs = [path]
+    return [os.path.join(d, name) for d in dirs for name in sorted(os.listdir(d))
+            if name.endswith(".snap")]
 
 
 def _cmd_snapshot(args) -> int:
     from inmem.recovery.snapshot_format import verify_main
-    return verify_main([args.file])
+    if not os.path.isdir(args.path):
+        return verify_main([args.path])
+    try:
+        files = _snapshot_files(args.path)
+    except OSError as exc:
+        print(f"inmem snapshot verify: cannot list {args.path}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
+    if not files:
+        print(f"inmem snapshot verify: no snapshot files (*.snap) in {args.path}, its "
+              "snapshots/ directory or its shards'", file=sys.stderr)
+        return 2
+    worst = 0
+    for i, path in enumerate(files):
+        if i:
+            print()
+        worst = max(worst, verify_main([path]))
+    print(f"\n{len(files)} snapshot{'s' if len(files) != 1 else ''} checked: "
+          f"{'all valid' if worst == 0 else 'NOT all valid'}")
+    return worst
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    modes = ("inmemory", "buffered", "strict")
     p = argparse.ArgumentParser(prog="inmem", description="a state store for AI agents")
+    p.add_argument("--version", action="version", version=f"inmem {__version__}",
+                   help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="play an agent run against a local cluster and print what it did")
@@ -218,26 +342,29 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--connect", metavar="URL", help="use a running cluster instead of starting one")
     d.add_argument("--embedded", action="store_true", help="use the embedded engine instead")
     d.add_argument("--path", help="with --embedded: a data directory (default: in memory)")
-    d.add_argument("--durability", default="buffered", choices=("inmemory", "buffered", "strict"))
-    d.add_argument("--runs", type=int, default=1)
-    d.add_argument("--timeout", type=float, default=30.0)
+    d.add_argument("--durability", default="buffered", choices=modes,
+                   help="with --embedded --path: the durability mode (default: buffered)")
+    d.add_argument("--runs", type=int, default=1, help="how many agent runs to play (default: 1)")
+    d.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="how long to wait for the cluster to be ready (default: 30)")
     d.set_defaults(fn=_cmd_demo)
 
     s = sub.add_parser("serve", help="run a cluster in the foreground")
     s.add_argument("--config", help="a TOML config (default: the built-in local cluster)")
     s.add_argument("--data-dir", help="override the config's data directory")
     s.add_argument("--shards", type=int, help="override the number of shards")
-    s.add_argument("--durability", choices=("inmemory", "buffered", "strict"))
-    s.add_argument("--endpoint", help="override the client endpoint")
+    s.add_argument("--durability", choices=modes, help="override the config's durability mode")
+    s.add_argument("--endpoint", help="override the client endpoint (e.g. tcp://127.0.0.1:7700)")
     s.set_defaults(fn=_cmd_serve)
 
     st = sub.add_parser("status", help="show a cluster's shards")
-    st.add_argument("--config", help="the cluster's TOML config")
-    st.add_argument("--endpoint", help="the coordinator endpoint")
+    st.add_argument("--config", help="the cluster's TOML config (default: the built-in one)")
+    st.add_argument("--endpoint", help="the coordinator endpoint (default: the config's)")
     st.add_argument("--keys", help="the key directory (or a client's .key_secret file) for a "
                                    "tcp endpoint; default: the config's")
     st.add_argument("--wait-ready", action="store_true", help="wait until every shard is ready")
-    st.add_argument("--timeout", type=float, default=30.0)
+    st.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                    help="how long to wait for an answer (default: 30)")
     st.set_defaults(fn=_cmd_status)
 
     sh = sub.add_parser("shard", help="shard processes")
@@ -247,8 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     shs.add_argument("--config", required=True, help="the cluster's TOML config")
     shs.add_argument("--shard", type=int, required=True, help="which shard of the config to run")
     shs.add_argument("--data-dir", help="override the config's data directory")
-    shs.add_argument("--durability", choices=("inmemory", "buffered", "strict"),
-                     help="override the config's durability")
+    shs.add_argument("--durability", choices=modes, help="override the config's durability")
     shs.set_defaults(fn=_cmd_shard_serve)
 
     k = sub.add_parser("keys", help="CurveZMQ keys for a cluster's tcp endpoints")
@@ -268,23 +394,45 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("wal", help="write-ahead log tools")
     wsub = w.add_subparsers(dest="wal_command", required=True)
     wi = wsub.add_parser("inspect", help="records, sizes, positions; exit 0 only when clean")
-    wi.add_argument("dir", help="a WAL directory, or a store directory holding wal/")
+    wi.add_argument("dir", metavar="PATH", help="a WAL directory, or a store directory holding "
+                                                "wal/ (a cluster's data directory lists its shards')")
+    wi.add_argument("--json", action="store_true", help="print the report as JSON")
     wi.set_defaults(fn=_cmd_wal)
 
     sn = sub.add_parser("snapshot", help="snapshot tools")
     snsub = sn.add_subparsers(dest="snapshot_command", required=True)
-    sv = snsub.add_parser("verify", help="header, sections, counts and crc of a snapshot file")
-    sv.add_argument("file")
+    sv = snsub.add_parser("verify", help="header, sections, counts and crc of snapshot files; "
+                                         "exit 0 only when every one is valid")
+    sv.add_argument("path", metavar="PATH", help="a snapshot file, or a snapshots/, store or "
+                                                 "cluster data directory (every *.snap in it)")
     sv.set_defaults(fn=_cmd_snapshot)
     return p
 
 
+def _stdout_gone() -> int:
+    """The reader of our output went away: stop quietly, as a shell tool does."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not fail again
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv=None) -> int:
+    """Run the `inmem` command with `argv` (default: the process's arguments); its exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "bench":
-        return _cmd_bench(argv[1:])
-    args = build_parser().parse_args(argv)
-    return args.fn(args) or 0
+    try:
+        if argv and argv[0] == "bench":
+            code = _cmd_bench(argv[1:])
+        else:
+            args = build_parser().parse_args(argv)
+            code = args.fn(args) or 0
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _stdout_gone()
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,15 +28,28 @@ import sys
 import tempfile
 import time
 
+from typing import TYPE_CHECKING
+
 from .errors import ClusterNotReady, InmemError, Timeout
 from .files import make_dirs, private_opener
 
+if TYPE_CHECKING:
+    from .database import Database
+
 
 class Cluster:
-    """A local cluster in child processes, for tests and embedding."""
+    """A local cluster in child processes, for tests and embedding.
 
-    def __init__(self, config=None, data_dir=None, shards=None, durability=None, *,
-                 ready_timeout: float = 60.0, **overrides):
+    `config`: a TOML file (None: the built-in defaults, as configs/default.toml);
+    `data_dir`: where it keeps its data (None: a temporary directory removed
+    when it stops); `shards`, `durability` and other keyword overrides take
+    precedence over the config. `ready_timeout`: seconds `start()` waits for
+    every shard to recover. InvalidOption or a config error for bad settings.
+    """
+
+    def __init__(self, config: str | os.PathLike | None = None,
+                 data_dir: str | os.PathLike | None = None, shards: int | None = None,
+                 durability: str | None = None, *, ready_timeout: float = 60.0, **overrides):
         from inmem.coordinator import config as cfg
         self._tmp = None
         if data_dir is None:
@@ -116,16 +129,18 @@ class Cluster:
                 continue
             return status
 
-    def connect(self, timeout: float = 10.0, **options):
-        """A Database on this cluster (a new client each call)."""
+    def connect(self, timeout: float = 10.0, **options) -> "Database":
+        """A Database on this cluster (a new client each call); options as `inmem.connect`."""
         from .client import connect
         options.setdefault("keys", self._client_keys())
         return connect(self.endpoint, timeout=timeout, **options)
 
     def status(self) -> dict:
+        """The coordinator's view: readiness, and each shard's state, pid, endpoint and recovery."""
         return self._admin_backend().status()
 
     def pids(self) -> dict:
+        """{"coordinator": pid, "shards": [pid, ...]} of the running processes."""
         status = self.status()
         return {"coordinator": self.proc.pid if self.proc else status["coordinator"]["pid"],
                 "shards": [s["pid"] for s in status["shards"]]}
@@ -218,6 +233,7 @@ class Cluster:
             self._admin = None
 
     def log_tail(self, lines: int = 30) -> str:
+        """The last `lines` lines of `<data_dir>/coordinator.log`."""
         try:
             with open(os.path.join(self.data_dir, "coordinator.log"), "rb") as f:
                 f.seek(0, os.SEEK_END)

@@ -17,11 +17,22 @@ from .pipeline import Pipeline
 from .sections import (JSON, Events, Runs, StateCells, Traces, Value, as_tags, backoff,
                        new_run_id)
 from .transaction import Transaction
-from .types import RecoveryResult, RunView, SnapshotInfo
+from .types import RecoveryResult, RunDiff, RunView, SearchResponse, SnapshotInfo
 
 
 class Database:
-    """The store, embedded or remote. Use `inmem.open` or `inmem.connect` to get one."""
+    """The store, embedded or remote. Use `inmem.open` or `inmem.connect` to get one.
+
+    Its sections hold the data of runs: `kv` (versioned keys), `events`
+    (hash-chained log), `state` (CAS cells), `traces` (reasoning trees),
+    `json` (documents by path) and `runs` (metadata and lifecycle). Every
+    call behaves the same embedded or against a cluster, and every error is
+    an `inmem.InmemError`. Safe to share between threads; not across fork().
+
+        with inmem.open(None) as db:
+            run = db.begin_run(name="agent")
+            db.kv.put(run, "goal", "summarise")
+    """
 
     def __init__(self, backend: Backend):
         self._backend = backend
@@ -54,11 +65,11 @@ class Database:
         return self._call("run.begin", (name, run_id, parent, as_tags(tags), metadata))
 
     def end_run(self, run: str) -> str:
-        """Mark the run "completed"."""
+        """Mark the run "completed"; the new status. InvalidStatusTransition if it cannot end."""
         return self._call("run.end", (run,))
 
     def abort_run(self, run: str, reason: str | BaseException | None = None) -> str:
-        """Mark the run "failed", keeping `reason` (text) as its error."""
+        """Mark the run "failed", keeping `reason` (text, or an exception's text) as its error."""
         return self._call("run.abort", (run, reason))
 
     def run_status(self, run: str) -> str:
@@ -72,11 +83,20 @@ class Database:
     # -- transactions and pipelines ------------------------------------------------
 
     def transaction(self, run: str) -> Transaction:
-        """An optimistic transaction over one run: `with db.transaction(run) as tx: ...`."""
+        """An optimistic transaction over one run: `with db.transaction(run) as tx: ...`.
+
+        Commits when the block ends (all writes or none; TransactionConflict
+        if anything it read changed meanwhile); an exception aborts it.
+        """
         return Transaction(self._call, run)
 
     def run_transaction(self, run: str, fn: Callable[[Transaction], Any], retries: int = 8) -> Any:
-        """Run `fn(tx)` and commit, retrying it on TransactionConflict; what `fn` returned."""
+        """Run `fn(tx)` and commit, retrying it on TransactionConflict; what `fn` returned.
+
+        `fn` runs again from scratch on each retry, so it must not have side
+        effects outside `tx`. The last TransactionConflict is raised after
+        `retries` retries.
+        """
         for attempt in range(retries + 1):
             tx = Transaction(self._call, run)
             result = fn(tx)
@@ -90,23 +110,43 @@ class Database:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def pipeline(self) -> Pipeline:
-        """A batch of operations sent together; `execute()` returns each one's result."""
+        """A batch of operations sent together; `execute()` returns each one's result.
+
+        Not a transaction: each operation succeeds or fails on its own, and
+        `execute()` raises the first failure after every operation ran
+        (`execute(raise_on_error=False)` returns failures in place).
+        """
         return Pipeline(self._backend)
 
     # -- replay, diff and search ----------------------------------------------------
 
     def replay_run(self, run: str, at: int | None = None) -> RunView:
-        """The run folded from its journal: read-only, as of the first `at` entries."""
+        """The run folded from its journal: read-only, as of the first `at` entries (None: all).
+
+        RunNotFound if the run does not exist.
+        """
         return RunView.from_wire(self._call("run.replay", (run, at)))
 
-    def diff_runs(self, run_a: str, run_b: str) -> list:
-        """What differs between two runs' replayed states, per primitive and key."""
+    def diff_runs(self, run_a: str, run_b: str) -> RunDiff:
+        """What differs between two runs' replayed states, per primitive and key.
+
+        `added`: only in run_b; `removed`: only in run_a; `modified`: in both,
+        with different values (`.a` in run_a, `.b` in run_b).
+        """
         from .replay import diff_views
         return diff_views(self.replay_run(run_a), self.replay_run(run_b))
 
     def search(self, query: str, run: str | None = None, primitives: list[str] | None = None,
-               limit: int = 10, offset: int = 0, budget_ms: float | None = None):
-        """BM25 keyword search across every shard; see shard/search_index.py."""
+               limit: int = 10, offset: int = 0,
+               budget_ms: float | None = None) -> SearchResponse:
+        """BM25 keyword search across every shard, best hits first.
+
+        `run` limits it to one run (RunNotFound if absent); `primitives` to a
+        subset of kv, json, events, state, traces, runs; `limit`/`offset` page
+        the ranked hits; `budget_ms` bounds the time spent (the response's
+        `budget_exhausted` says when it ran out). Scores are the same as one
+        index over every shard's documents would give.
+        """
         from .search import search
         self._check_open()
         if run is not None and self.run_status(run) == "not_found":
@@ -116,7 +156,7 @@ class Database:
     # -- operations ----------------------------------------------------------------
 
     def snapshot(self) -> list[SnapshotInfo]:
-        """Take a snapshot of every shard now; one SnapshotInfo per durable shard."""
+        """Take a snapshot of every shard now; one SnapshotInfo per durable shard ([] in memory)."""
         self._check_open()
         return self._backend.snapshot()
 
@@ -137,7 +177,10 @@ class Database:
             raise InmemError("the database is closed; open or connect again")
 
     def close(self) -> None:
-        """Flush and close (embedded: the closing snapshot if configured); later calls fail."""
+        """Flush and fsync the WAL, then (embedded) the closing snapshot if configured.
+
+        Later calls raise InmemError. Closing twice is harmless.
+        """
         self._closed = True
         self._backend.close()
 

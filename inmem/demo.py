@@ -3,18 +3,48 @@
 The same script runs against the embedded engine or a cluster; it shows each
 primitive once (memory, events, a coordination cell, traces, a JSON document,
 a transaction, a pipeline) and ends by verifying the run's hash chain.
+
+The agents of every demo share one long-lived run, SHARED_RUN, whose state
+cell counts their steps across restarts. It is active while a demo plays and
+paused when the demo finishes (`finish`), so a clean restart finds no
+orphaned run: only a crash mid-demo leaves it active without an end.
 """
 
 from __future__ import annotations
 
 import time
 
+from .errors import InvalidStatusTransition
+
+#: the run the demo's agents coordinate through
+SHARED_RUN = "demo-coordination"
+
+
+def _open_shared(db) -> None:
+    status = db.run_status(SHARED_RUN)
+    if status == "not_found":
+        db.begin_run(name="shared coordination", run_id=SHARED_RUN)
+    elif status == "paused":
+        try:
+            db.runs.resume(SHARED_RUN)
+        except InvalidStatusTransition:
+            pass  # another demo resumed it first
+
+
+def finish(db) -> None:
+    """Pause the shared run at the end of a demo: it is not left active without an end."""
+    if db.run_status(SHARED_RUN) in ("active", "orphaned"):
+        try:
+            db.runs.pause(SHARED_RUN)
+        except InvalidStatusTransition:
+            pass  # another demo paused it first
+
 
 def play(db, out=print, steps: int = 5) -> dict:
+    """Play one agent run against `db`, printing each step with `out`; a summary of it."""
     t0 = time.perf_counter()
-    shared = "demo-coordination"
-    if db.run_status(shared) == "not_found":
-        db.begin_run(name="shared coordination", run_id=shared)
+    shared = SHARED_RUN
+    _open_shared(db)
     run = db.begin_run(name="research agent", tags=["demo"], metadata={"model": "example"})
     out(f"began run {run} ({db.run_status(run)})")
 

@@ -22,9 +22,11 @@ class InmemError(Exception):
 
     @property
     def message(self) -> str:
+        """The error's text, as str(error) gives it."""
         return self.args[0] if self.args else ""
 
     def to_wire(self) -> list:
+        """[class name, message, {field: value}]: how the error crosses a process boundary."""
         return [type(self).__name__, self.message,
                 {f: getattr(self, f, None) for f in self._fields}]
 

@@ -48,6 +48,7 @@ class KV(_Section):
         return self._call("kv.get_versioned", (run, key))
 
     def exists(self, run: str, key: str) -> bool:
+        """Whether `key` holds a live value (not absent, deleted or expired)."""
         return self._call("kv.exists", (run, key))
 
     def delete(self, run: str, key: str) -> bool:
@@ -83,6 +84,7 @@ class Events(_Section):
         return self._call("ev.append", (run, event_type, payload))
 
     def read(self, run: str, sequence: int) -> Event | None:
+        """The event at `sequence` (from 0), or None past the end."""
         return self._call("ev.read", (run, sequence))
 
     def range(self, run: str, start: int, end: int) -> list[Event]:
@@ -94,9 +96,11 @@ class Events(_Section):
         return self._call("ev.head", (run,))
 
     def count(self, run: str) -> int:
+        """How many events the run's log holds (the next sequence number)."""
         return self._call("ev.count", (run,))
 
     def by_type(self, run: str, event_type: str) -> list[Event]:
+        """The run's events of `event_type`, in sequence order."""
         return self._call("ev.by_type", (run, event_type))
 
     def verify_chain(self, run: str) -> ChainCheck:
@@ -113,9 +117,11 @@ class StateCells(_Section):
         return self._call("st.init", (run, name, value))
 
     def read(self, run: str, name: str) -> State | None:
+        """The cell's value, version and last write time (µs since the epoch), or None."""
         return self._call("st.read", (run, name))
 
     def set(self, run: str, name: str, value: Value) -> int:
+        """Write the cell whatever its version (creating it if absent); the new version."""
         return self._call("st.set", (run, name, value))
 
     def cas(self, run: str, name: str, expected_version: int, value: Value) -> int:
@@ -123,6 +129,7 @@ class StateCells(_Section):
         return self._call("st.cas", (run, name, expected_version, value))
 
     def delete(self, run: str, name: str) -> bool:
+        """Delete the cell; True if it existed."""
         return self._call("st.delete", (run, name))
 
     def transition(self, run: str, name: str, fn: Callable[[State], tuple[Value, Any]],
@@ -168,17 +175,25 @@ class Traces(_Section):
 
     def record(self, run: str, trace_type: str, data: dict, parent_id: str | None = None,
                tags: list[str] | tuple[str, ...] = (), metadata: Value = None) -> str:
-        """Record a trace (type: tool_call, decision, query, thought, error or custom); its id."""
+        """Record a trace; its id.
+
+        `trace_type`: tool_call, decision, query, thought, error or custom
+        (else InvalidValue); `data` a dict. TraceNotFound for an unknown
+        `parent_id`.
+        """
         return self._call("tr.record", (run, trace_type, data, parent_id, as_tags(tags),
                                         metadata))
 
     def get(self, run: str, trace_id: str) -> Trace | None:
+        """The trace with this id, or None."""
         return self._call("tr.get", (run, trace_id))
 
     def by_type(self, run: str, trace_type: str) -> list[Trace]:
+        """The run's traces of `trace_type`, in record order."""
         return self._call("tr.by_type", (run, trace_type))
 
     def by_tag(self, run: str, tag: str) -> list[Trace]:
+        """The run's traces carrying `tag`, in record order."""
         return self._call("tr.by_tag", (run, tag))
 
     def roots(self, run: str) -> list[Trace]:
@@ -195,15 +210,22 @@ class JSON(_Section):
     __slots__ = ()
 
     def put(self, run: str, key: str, doc: Value) -> int:
+        """Store (or replace) the whole document; its new version."""
         return self._call("js.put", (run, key, doc))
 
     def get(self, run: str, key: str, path: str = "$") -> Value:
+        """The value at `path` in the document, or None for a missing key.
+
+        InvalidPath for a malformed path or one that does not fit the document.
+        """
         return self._call("js.get", (run, key, path))
 
     def set(self, run: str, key: str, path: str, value: Value) -> int:
+        """Set the value at `path`, creating missing objects on the way; the new version."""
         return self._call("js.set", (run, key, path, value))
 
     def delete(self, run: str, key: str, path: str = "$") -> bool:
+        """Delete the value at `path` (`$`: the whole document); True if there was one."""
         return self._call("js.delete", (run, key, path))
 
     def array_push(self, run: str, key: str, path: str, value: Value) -> int:
@@ -220,27 +242,36 @@ class Runs(_Section):
     __slots__ = ()
 
     def get(self, run: str) -> RunInfo | None:
+        """The run's metadata and status, or None if it does not exist."""
         return self._call("run.get", (run,))
 
     def set_status(self, run: str, status: str) -> str:
-        """Move the run to `status`; InvalidStatusTransition if the table forbids it."""
+        """Move the run to `status`; InvalidStatusTransition if the table forbids it.
+
+        active -> paused|completed|failed|cancelled|archived; paused ->
+        active|cancelled|archived; completed|failed|cancelled -> archived.
+        """
         return self._call("run.set_status", (run, status, None))
 
     def pause(self, run: str) -> str:
+        """Move an active run to "paused" (it still accepts writes)."""
         return self.set_status(run, "paused")
 
     def resume(self, run: str) -> str:
+        """Move a paused run back to "active"."""
         return self.set_status(run, "active")
 
     def cancel(self, run: str) -> str:
+        """Move an active or paused run to "cancelled" (no more writes)."""
         return self.set_status(run, "cancelled")
 
     def archive(self, run: str) -> str:
+        """Move a run to "archived", the final status."""
         return self.set_status(run, "archived")
 
     def list(self, status: str | None = None, tag: str | None = None,
              parent: str | None = None) -> list[RunInfo]:
-        """Runs across every shard, by creation time then id."""
+        """Runs across every shard, by creation time then id, filtered by whichever is given."""
         return self._call("run.list", (status, tag, parent))
 
     def delete(self, run: str) -> bool:
@@ -249,6 +280,7 @@ class Runs(_Section):
 
 
 def backoff(attempt: int) -> None:
+    """Sleep before retry number `attempt` (0: not at all)."""
     if attempt:
         time.sleep(backoff_delay(attempt))
 
@@ -261,6 +293,7 @@ def backoff_delay(attempt: int) -> float:
 
 
 def new_run_id() -> str:
+    """A fresh run id: a uuid4 in hex."""
     return uuid.uuid4().hex
 
 

@@ -1,0 +1,244 @@
+"""The command line as a new user meets it: no cluster, a busy directory, the wrong kind of
+path, a closed pipe, help texts. Each failure is one line and an exit code, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import inmem
+from cluster.conftest import make_cluster  # noqa: F401  (the fixture)
+from inmem.cli import EXIT_BROKEN_PIPE, build_parser, main
+from inmem.processes import child_env
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_store(path: Path, keys: int = 20) -> None:
+    with inmem.open(path, durability="strict", snapshot_on_close=False) as db:
+        run = db.begin_run(run_id="r")
+        for i in range(keys):
+            db.kv.put(run, f"k{i}", i)
+        db.snapshot()
+
+
+def _free_tcp_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def _one_line_no_traceback(err: str) -> None:
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+# -- inmem status --------------------------------------------------------------------
+
+def test_status_on_a_missing_ipc_socket_fails_at_once_with_a_hint(tmp_path, capsys):
+    endpoint = f"ipc://{tmp_path}/coordinator.sock"
+    t0 = time.monotonic()
+    assert main(["status", "--endpoint", endpoint]) == 1
+    assert time.monotonic() - t0 < 5  # not the 30 s default timeout
+    out = capsys.readouterr()
+    assert out.out == ""
+    _one_line_no_traceback(out.err)
+    assert "does not exist" in out.err and "inmem serve" in out.err
+    assert out.err.count(endpoint) == 1
+
+
+def test_status_says_what_it_waits_for_then_fails_with_a_hint(capsys):
+    endpoint = _free_tcp_endpoint()  # nothing listens: the client can only wait
+    assert main(["status", "--endpoint", endpoint, "--timeout", "2.5"]) == 1
+    out = capsys.readouterr()
+    assert out.out == ""
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 2 and "Traceback" not in out.err
+    assert lines[0].startswith("inmem status: waiting up to 2.5 s for the coordinator at "
+                               f"{endpoint} to answer")
+    assert f"no coordinator answered at {endpoint} within 2.5 s" in lines[1]
+    assert "inmem serve" in lines[1]
+    assert all(line.count(endpoint) == 1 for line in lines)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_status_into_a_closed_pipe_ends_quietly(make_cluster, tmp_path):
+    cluster = make_cluster(data_dir=tmp_path / "data", shards=1)
+    # The reader is gone before anything is written: every write meets a closed pipe.
+    proc = subprocess.Popen([sys.executable, "-m", "inmem", "status", "--endpoint",
+                             cluster.endpoint], env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == EXIT_BROKEN_PIPE
+    assert "BrokenPipe" not in err and "Traceback" not in err, err
+    # The same through a shell pipeline, as a user types it.
+    shell = subprocess.run(["bash", "-c", f"{sys.executable} -m inmem status --endpoint "
+                            f"{cluster.endpoint} | head -1"], env=child_env(),
+                           capture_output=True, text=True, timeout=60)
+    assert shell.stdout.startswith(f"{cluster.endpoint}: ready")
+    assert len(shell.stdout.splitlines()) == 1 and shell.stderr == ""
+
+
+# -- inmem demo ----------------------------------------------------------------------
+
+def test_demo_connect_to_a_missing_cluster_is_one_line(tmp_path, capsys):
+    t0 = time.monotonic()
+    assert main(["demo", "--connect", f"ipc://{tmp_path}/none.sock"]) == 2
+    assert time.monotonic() - t0 < 5
+    err = capsys.readouterr().err
+    _one_line_no_traceback(err)
+    assert err.startswith("inmem demo: no cluster is serving") and "inmem serve" in err
+    assert main(["demo", "--connect", _free_tcp_endpoint(), "--timeout", "1"]) == 2
+    err = capsys.readouterr().err
+    _one_line_no_traceback(err)
+    assert "within 1 s" in err
+
+
+def test_demo_connect_to_a_bad_url_is_one_line(capsys):
+    assert main(["demo", "--connect", "localhost:7700"]) == 2
+    err = capsys.readouterr().err
+    _one_line_no_traceback(err)
+    assert err.startswith("inmem demo: ")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_demo_while_serve_holds_the_directory_is_one_line(make_cluster, tmp_path, capsys):
+    data = tmp_path / "data"
+    cluster = make_cluster(data_dir=data, shards=1)
+    assert main(["demo", "--data-dir", str(data)]) == 2
+    out = capsys.readouterr()
+    _one_line_no_traceback(out.err)
+    assert "another coordinator" in out.err and str(cluster.pids()["coordinator"]) in out.err
+    assert out.out == ""  # refused before anything was printed or started
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_clean_restart_of_the_demo_finds_no_orphaned_run(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["demo", "--data-dir", str(data), "--timeout", "60"]) == 0
+    capsys.readouterr()
+    assert main(["demo", "--data-dir", str(data), "--timeout", "60"]) == 0
+    out = capsys.readouterr().out
+    recovered = [line for line in out.splitlines() if "recovered from" in line]
+    assert recovered and all(line.endswith("; 0 orphaned runs") for line in recovered), out
+    assert not re.search(r"\b1 (orphaned runs|WAL records|operations)\b", out)
+    # The shared run is paused between demos, and the agents' counter went on.
+    with inmem.Cluster(data_dir=data) as cluster, cluster.connect() as db:
+        assert db.run_status("demo-coordination") == "paused"
+        assert db.orphaned_runs() == []
+        assert db.state.read("demo-coordination", "agents_busy").value == 10
+
+
+def test_the_embedded_demo_pauses_its_shared_run(tmp_path, capsys):
+    store = tmp_path / "store"
+    assert main(["demo", "--embedded", "--path", str(store), "--runs", "2"]) == 0
+    with inmem.open(store) as db:
+        assert db.run_status("demo-coordination") == "paused"
+        assert db.orphaned_runs() == []
+        assert db.state.read("demo-coordination", "agents_busy").value == 10
+
+
+# -- wal inspect and snapshot verify -------------------------------------------------
+
+def test_wal_inspect_on_a_cluster_root_lists_its_shards(tmp_path, capsys):
+    for n in (0, 1, 10):
+        make_store(tmp_path / "data" / f"shard-{n}")
+    assert main(["wal", "inspect", str(tmp_path / "data")]) == 2
+    out = capsys.readouterr().out
+    assert "cluster's data directory" in out
+    listed = re.findall(r"inmem wal inspect (\S+)", out)
+    assert listed == [str(tmp_path / "data" / f"shard-{n}" / "wal") for n in (0, 1, 10)]
+    assert main(["wal", "inspect", listed[0]]) == 0
+
+
+def test_wal_inspect_on_a_file_says_it_is_a_file(tmp_path, capsys):
+    make_store(tmp_path / "store")
+    (segment,) = (tmp_path / "store" / "wal").glob("*.wal")
+    assert main(["wal", "inspect", str(segment)]) == 2
+    err = capsys.readouterr().err
+    _one_line_no_traceback(err)
+    assert "is a file" in err and str(tmp_path / "store" / "wal") in err
+    assert main(["wal", "inspect", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_wal_inspect_passes_json_through(tmp_path, capsys):
+    make_store(tmp_path / "store")
+    assert main(["wal", "inspect", "--json", str(tmp_path / "store")]) == 0
+    assert capsys.readouterr().out.lstrip().startswith("{")
+
+
+def test_snapshot_verify_takes_a_directory(tmp_path, capsys):
+    for n in (0, 1):
+        make_store(tmp_path / "data" / f"shard-{n}")
+    store = tmp_path / "data" / "shard-0"
+    for path in (store, store / "snapshots"):
+        assert main(["snapshot", "verify", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert out.count("result: valid") == 1 and "1 snapshot checked: all valid" in out
+    assert main(["snapshot", "verify", str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("result: valid") == 2 and "2 snapshots checked: all valid" in out
+    # One damaged file makes the whole check fail, and the others are still checked.
+    (snap,) = (tmp_path / "data" / "shard-1" / "snapshots").glob("*.snap")
+    raw = bytearray(snap.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    snap.write_bytes(bytes(raw))
+    assert main(["snapshot", "verify", str(tmp_path / "data")]) == 2
+    out = capsys.readouterr().out
+    assert out.count("result: valid") == 1 and "NOT all valid" in out
+    (tmp_path / "empty").mkdir()
+    assert main(["snapshot", "verify", str(tmp_path / "empty")]) == 2
+    assert "no snapshot files" in capsys.readouterr().err
+
+
+# -- help and version ----------------------------------------------------------------
+
+def _actions(parser: argparse.ArgumentParser, path: str = "inmem"):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _actions(sub, f"{path} {name}")
+        else:
+            yield path, action
+
+
+def test_every_option_and_argument_has_help_text():
+    from inmem.bench.__main__ import build_parser as bench_parser
+    missing = [f"{path} {'/'.join(a.option_strings) or a.dest}"
+               for parser in (build_parser(), bench_parser())
+               for path, a in _actions(parser)
+               if not a.help or a.help == argparse.SUPPRESS]
+    assert not missing, f"without help text: {missing}"
+
+
+def test_help_texts_show_percent_signs_as_written(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "compare", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "50%" in out and "%%" not in out
+    for argv in (["--help"], ["demo", "--help"], ["status", "--help"], ["wal", "inspect", "--help"],
+                 ["snapshot", "verify", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert "%%" not in capsys.readouterr().out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert capsys.readouterr().out.strip() == f"inmem {version}" == f"inmem {inmem.__version__}"
