@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import os
-from builtins import open as _builtin_open
 from typing import Callable
 
 from . import durability as _durability
@@ -106,15 +105,11 @@ def _refuse_a_cluster_directory(path: str) -> None:
     The cluster's shards own the WALs there; an embedded store beside or
     inside them would be a second writer the cluster knows nothing about.
     """
-    from .files import CLUSTER_LOCK_NAME, serving_cluster_root
+    from .files import CLUSTER_LOCK_NAME, lock_file_pid, serving_cluster_root
     root = serving_cluster_root(path)
     if root is None:
         return
-    try:
-        with _builtin_open(os.path.join(root, CLUSTER_LOCK_NAME), "rb") as f:
-            pid = int(f.read(32).strip() or b"0") or None
-    except (OSError, ValueError):
-        pid = None
+    pid = lock_file_pid(os.path.join(root, CLUSTER_LOCK_NAME))
     who = f" (coordinator pid {pid})" if pid else ""
     raise StoreOpenError(
         f"{path} is inside {root}, the data directory of a running cluster{who}; connect to "

@@ -158,15 +158,41 @@ def lock_is_held(path) -> bool:
     return False
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process: only the lock can say
+    return True
+
+
 #: the file in a cluster's data directory that its coordinator holds locked while it serves
 CLUSTER_LOCK_NAME = "coordinator.lock"
 
 
+def lock_file_pid(path) -> int | None:
+    """The pid a lock file records (its holder's while the lock is held), or None."""
+    try:
+        with open(path, "rb") as f:
+            return int(f.read(32).strip() or b"0") or None
+    except (OSError, ValueError):
+        return None
+
+
 def serving_cluster_root(path) -> str | None:
-    """The data directory of a running cluster that `path` is (or is inside), else None."""
+    """The data directory of a running cluster that `path` is (or is inside), else None.
+
+    The lock is only tried when the pid the lock file records is alive: a
+    look at the lock is itself a lock for an instant, and a coordinator
+    starting on the directory just then would take it for a rival.
+    """
     here = os.path.abspath(path)
     while True:
-        if lock_is_held(os.path.join(here, CLUSTER_LOCK_NAME)):
+        lock = os.path.join(here, CLUSTER_LOCK_NAME)
+        pid = lock_file_pid(lock)
+        if pid is not None and _alive(pid) and lock_is_held(lock):
             return here
         parent = os.path.dirname(here)
         if parent == here:
@@ -292,4 +318,4 @@ def move_to_evidence(path) -> str:
 
 
 __all__ = ["FILE_MODE", "DIR_MODE", "fsync_dir", "make_dirs", "open_private", "private_opener",
-           "try_lock", "lock_is_held", "CLUSTER_LOCK_NAME", "serving_cluster_root", "data_end", "read_data", "keep_evidence_copy", "move_to_evidence"]
+           "try_lock", "lock_is_held", "CLUSTER_LOCK_NAME", "lock_file_pid", "serving_cluster_root", "data_end", "read_data", "keep_evidence_copy", "move_to_evidence"]

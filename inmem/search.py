@@ -96,4 +96,5 @@ class SearchPlan:
         offset, limit = self.offset, self.limit
         results = [Hit(p, r, ref, score, snip)
                    for p, r, ref, score, snip in hits[offset:offset + limit]]
-        return SearchResponse(results, matches, exhausted, (time.perf_counter() - self.t0) * 1000)
+        return SearchResponse(results, matches, exhausted, (time.perf_counter() - self.t0) * 1000,
+                              self.complete)

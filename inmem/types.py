@@ -246,14 +246,20 @@ class Hit(NamedTuple):
 
 
 class SearchResponse(NamedTuple):
-    """A page of search hits, best first, with the number of matches over every shard."""
+    """A page of search hits, best first, with the number of matches over every shard.
+
+    `index_complete` is False while a shard's index is still catching up
+    after recovery: the hits then miss what it has not indexed yet.
+    """
     results: list
     total_matches: int
     budget_exhausted: bool
     took_ms: float
+    index_complete: bool = True
 
     def __repr__(self) -> str:
         return record_repr("SearchResponse", [("results", repr(self.results)),
                                               ("total_matches", repr(self.total_matches)),
                                               ("budget_exhausted", repr(self.budget_exhausted)),
-                                              ("took_ms", rounded(self.took_ms, 3))])
+                                              ("took_ms", rounded(self.took_ms, 3)),
+                                              ("index_complete", repr(self.index_complete))])

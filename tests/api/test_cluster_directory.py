@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import inmem
@@ -38,14 +40,24 @@ def test_open_in_or_under_a_running_clusters_directory_is_refused(make_cluster, 
 
 def test_lock_is_held_only_looks(tmp_path):
     from inmem.files import try_lock
-    import os
     path = tmp_path / "coordinator.lock"
     assert lock_is_held(path) is False and not path.exists()
     fd = try_lock(path)
     try:
         # flock locks belong to the open file: another open of it sees the lock.
         assert lock_is_held(path) is True
+        # No live pid recorded: the lock is not even looked at.
+        assert serving_cluster_root(tmp_path / "a" / "b") is None
+        os.write(fd, f"{os.getpid()}\n".encode())
         assert serving_cluster_root(tmp_path / "a" / "b") == str(tmp_path)
     finally:
         os.close(fd)
     assert lock_is_held(path) is False and serving_cluster_root(tmp_path) is None
+
+
+def test_a_stale_lock_file_of_a_stopped_cluster_is_no_refusal(tmp_path):
+    # A stopped cluster leaves its lock file (with a pid that may be reused): unlocked, it is
+    # no reason to refuse, whoever that pid is now.
+    (tmp_path / "coordinator.lock").write_text(f"{os.getpid()}\n")
+    with inmem.open(tmp_path / "store") as db:
+        db.kv.put(db.begin_run(), "k", 1)

@@ -62,7 +62,8 @@ def test_scores_and_durations_are_rounded():
     hit = Hit("kv", "r", "k", 1.2345678901234, "a snippet")
     assert repr(hit) == "Hit(primitive='kv', run='r', ref='k', score=1.235, snippet='a snippet')"
     resp = SearchResponse([hit], 1, False, 0.123456789)
-    assert repr(resp).endswith("total_matches=1, budget_exhausted=False, took_ms=0.123)")
+    assert repr(resp).endswith("total_matches=1, budget_exhausted=False, took_ms=0.123, "
+                               "index_complete=True)")
     rec = RecoveryResult(0, None, 10, 10, 0, 0, [], 0.0123456, 1_700_000_000_000_000,
                          1_700_000_000_012_345, 0.001)
     assert "seconds=0.01235" in repr(rec) and "started_at=2023-11-14T22:13:20.000000Z" in repr(rec)

@@ -630,6 +630,9 @@ def test_budget_zero_on_a_large_corpus_is_never_an_error(db):
     assert full.total_matches == 4000
     resp = db.search("common token3", limit=20, budget_ms=0)
     assert isinstance(resp.budget_exhausted, bool)
+    # An index still catching up is reported, and always counts as an exhausted budget.
+    assert isinstance(resp.index_complete, bool)
+    assert resp.index_complete or resp.budget_exhausted
     assert len(resp.results) <= 20
     assert all(isinstance(h.score, float) and h.score > 0 for h in resp.results)
     if not resp.budget_exhausted:
@@ -644,7 +647,7 @@ def test_response_fields(db, corpus):
     resp = db.search("fox")
     assert isinstance(resp.took_ms, float) and resp.took_ms >= 0
     assert isinstance(resp.total_matches, int)
-    assert resp.budget_exhausted is False
+    assert resp.budget_exhausted is False and resp.index_complete is True
     for h in resp.results:
         assert h.primitive in {"kv", "json", "events", "state", "traces", "runs"}
         assert isinstance(h.run, str) and isinstance(h.score, float)
