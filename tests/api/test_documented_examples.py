@@ -17,7 +17,8 @@ def _python_blocks(path: Path) -> list[str]:
 
 def test_the_readme_embedded_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (block,) = [b for b in _python_blocks(ROOT / "README.md") if "inmem.open(" in b]
+    (block,) = [b for b in _python_blocks(ROOT / "README.md")
+                if "inmem.open(" in b and "db.begin_run(" in b]
     assert '"./data"' not in block  # the cluster's default directory is left to the cluster
     exec(compile(block, "README.md", "exec"), {})
     assert (tmp_path / "agent-data" / "wal").is_dir()
@@ -36,3 +37,15 @@ def test_reference_examples_run(marker, tmp_path, monkeypatch):
     with inmem.open(None) as db:
         exec(compile(block, "docs/api.md", "exec"),
              {"inmem": inmem, "db": db, "run": db.begin_run()})
+
+
+def test_the_langgraph_store_example_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (block,) = [b for b in _python_blocks(ROOT / "docs" / "langgraph.md") if "InmemStore(inmem" in b]
+    import inmem
+    from inmem.langgraph import InmemStore
+    scope = {"inmem": inmem, "InmemStore": InmemStore}
+    exec(compile(block + "\nfound = store.search(('users',), query='tea')\n", "docs/langgraph.md",
+                 "exec"), scope)
+    assert [item.key for item in scope["found"]] == ["prefs"]
+    scope["store"].get(("users", "u1"), "prefs")
