@@ -45,7 +45,11 @@ def test_the_langgraph_store_example_runs(tmp_path, monkeypatch):
     import inmem
     from inmem.langgraph import InmemStore
     scope = {"inmem": inmem, "InmemStore": InmemStore}
-    exec(compile(block + "\nfound = store.search(('users',), query='tea')\n", "docs/langgraph.md",
-                 "exec"), scope)
-    assert [item.key for item in scope["found"]] == ["prefs"]
-    scope["store"].get(("users", "u1"), "prefs")
+    try:
+        exec(compile(block + "\nfound = store.search(('users',), query='tea')\n",
+                     "docs/langgraph.md", "exec"), scope)
+        assert [item.key for item in scope["found"]] == ["prefs"]
+        assert scope["store"].get(("users", "u1"), "prefs").value == {"text": "likes green tea"}
+    finally:
+        if "store" in scope:
+            scope["store"].db.close()  # the example leaves its database open
