@@ -322,12 +322,17 @@ class AsyncPipeline(Pipeline):
     without an exception.
     """
 
-    async def execute(self) -> list:
-        """Send every queued operation; each one's result or error, in order."""
+    async def execute(self, raise_on_error: bool = True) -> list:
+        """Send every queued operation; their results, in the order they were queued.
+
+        As the blocking pipeline does: every operation runs, then the first
+        failed one's error is raised; `raise_on_error=False` returns each
+        error in its place.
+        """
         if not self._ops:
             return []
         ops = self._take()
-        return self._finish(ops, await self._backend.call_batch(ops))
+        return self._finish(ops, await self._backend.call_batch(ops), raise_on_error)
 
     def __enter__(self):
         raise TypeError("an AsyncPipeline is used with `async with`, not `with`")

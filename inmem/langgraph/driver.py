@@ -91,7 +91,7 @@ async def _execute_async(db, ops: list) -> list:
     for op, args in ops:
         fn, arity = _method(pipe, op)
         fn(*args[:arity])
-    return await pipe.execute()
+    return await pipe.execute(raise_on_error=False)
 
 
 async def run_async(db, plan: Plan, offload: bool = True) -> Any:

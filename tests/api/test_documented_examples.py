@@ -53,3 +53,8 @@ def test_the_langgraph_store_example_runs(tmp_path, monkeypatch):
     finally:
         if "store" in scope:
             scope["store"].db.close()  # the example leaves its database open
+
+
+def test_the_asyncio_example_runs():
+    (block,) = [b for b in _python_blocks(ROOT / "docs" / "api.md") if "inmem.asyncio.open" in b]
+    exec(compile(block, "docs/api.md", "exec"), {})
