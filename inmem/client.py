@@ -336,8 +336,8 @@ class ClusterBackend:
                 chan.send(head, body, deadline)
                 return chan
             except TimeoutError:
-                raise Timeout(f"could not send to shard {chan.shard} within the deadline") \
-                    from None
+                raise Timeout(f"could not send to {_peer_name(chan.shard)} within the "
+                              "deadline; the request was not applied") from None
             except StreamClosed as exc:
                 chan.close()
                 if attempt:

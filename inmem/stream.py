@@ -129,10 +129,14 @@ class StreamChannel:
 
     def send(self, head: bytes, body, deadline: float) -> None:
         """Send one message; StreamClosed if the shard is gone, TimeoutError past the deadline."""
-        self._set_timeout(deadline)
+        if not self._set_timeout(deadline):
+            raise TimeoutError
         try:
             self.sock.sendall(frame(head, body))
         except (socket.timeout, BlockingIOError):
+            # Part of the frame may be out: the stream is out of step, so it
+            # ends here (the shard drops an unfinished frame unapplied).
+            self.close()
             raise TimeoutError from None
         except OSError as exc:
             raise StreamClosed(str(exc)) from None

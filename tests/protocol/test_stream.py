@@ -192,3 +192,12 @@ def test_the_channel_refuses_a_reply_length_over_its_limit(server):
     conn.sock.send(struct.pack("<I", 1000) + b"\0" * HEADER_BYTES)
     with pytest.raises(StreamClosed):
         chan.recv(time.monotonic() + 5, 999)
+
+
+def test_a_send_that_times_out_part_way_ends_the_channel(server):
+    chan = connect(server)
+    # Nobody reads on the other side: the kernel's buffers fill and the send times out.
+    with pytest.raises(TimeoutError):
+        for i in range(1000):
+            chan.send(header(KIND_OP, 1, i), b"x" * 200_000, time.monotonic() + 0.2)
+    assert chan.closed, "a half-sent frame would put the stream out of step"
