@@ -97,8 +97,8 @@ def test_a_tcp_endpoint_without_keys_is_refused_unless_insecure(tmp_path):
     with pytest.raises(config.ConfigError, match="insecure = true"):
         config.load(None, data_dir=str(tmp_path), shards=1, endpoint=ep)
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[cluster]\nshards = 2\n[[shard]]\nid = 0\n[[shard]]\nid = 1\n'
-                   f'endpoint = "tcp://127.0.0.1:7711"\nremote = true\n')
+    cfg.write_text('[cluster]\nshards = 2\n[[shard]]\nid = 0\n[[shard]]\nid = 1\n'
+                   'endpoint = "tcp://127.0.0.1:7711"\nremote = true\n')
     with pytest.raises(config.ConfigError, match="keys generate"):
         config.load(cfg)
     r = _cli("shard", "serve", "--config", str(cfg), "--shard", "1")

@@ -11,7 +11,6 @@ has its own data directory. Clients run `driver.py` on the client host.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
