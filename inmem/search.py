@@ -7,6 +7,10 @@ Phase two sends those to every shard, which scores its own documents with
 them and returns its best `offset + limit` hits; the merge keeps the order
 (score descending, then primitive, run, ref). The result is what one index
 holding every shard's documents would return.
+
+While a shard's index is still being rebuilt after a recovery, that shard
+answers from what it has indexed (after helping the rebuild along within
+the budget) and the response says so: `index_complete` is false.
 """
 
 from __future__ import annotations
@@ -87,14 +91,17 @@ class SearchPlan:
 
     def merge(self, parts) -> SearchResponse:
         """Every shard's best hits (phase two) as one ranked page."""
-        hits, matches, exhausted = [], 0, not self.complete
-        for part_hits, part_matches, part_exhausted in parts:
+        hits, matches = [], 0
+        complete = self.complete
+        exhausted = self.budget_ms is not None and not complete
+        for part_hits, part_matches, part_exhausted, part_complete in parts:
             hits.extend(part_hits)
             matches += part_matches
             exhausted = exhausted or part_exhausted
+            complete = complete and part_complete
         hits.sort(key=_order)
         offset, limit = self.offset, self.limit
         results = [Hit(p, r, ref, score, snip)
                    for p, r, ref, score, snip in hits[offset:offset + limit]]
         return SearchResponse(results, matches, exhausted, (time.perf_counter() - self.t0) * 1000,
-                              self.complete)
+                              complete)

@@ -159,7 +159,8 @@ class RecoveryResult(NamedTuple):
     seconds: float
     started_at: int
     finished_at: int
-    #: of `seconds`, the part spent rebuilding the search index
+    #: of `seconds`, the part spent on the search index (next to nothing: the index
+    #: is rebuilt after the shard is ready)
     index_seconds: float = 0.0
 
     def __repr__(self) -> str:
@@ -248,8 +249,9 @@ class Hit(NamedTuple):
 class SearchResponse(NamedTuple):
     """A page of search hits, best first, with the number of matches over every shard.
 
-    `index_complete` is False while a shard's index is still catching up
-    after recovery: the hits then miss what it has not indexed yet.
+    `index_complete` is False while a shard's index is still being rebuilt
+    after recovery (or its catch-up was cut short by `budget_ms`): the hits
+    then miss what it has not indexed yet.
     """
     results: list
     total_matches: int

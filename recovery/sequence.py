@@ -8,8 +8,10 @@
     4. ask the policy table (`recovery.policy`) what the findings mean: go on,
        cut a torn tail (after keeping a numbered, fsynced `*.broken.N` copy),
        or fail with a CorruptionError naming the file and offset;
-    5. let the target mark the runs left active as orphaned and rebuild its
-       indexes (they are never stored), and fill a RecoveryResult.
+    5. let the target mark the runs left active as orphaned and schedule the
+       rebuild of its indexes (they are never stored; the shard rebuilds them
+       after it reports ready, so readiness never waits for them), and fill a
+       RecoveryResult.
 
 The sequence reads files and decides what their state means; what the bytes
 become is the target's business (a `RecoveryTarget`, provided by the shard
@@ -99,7 +101,8 @@ class RecoveryTarget(Protocol):
 
     def mark_orphans(self) -> list: ...
 
-    def rebuild_indexes(self) -> None: ...
+    def schedule_index_rebuild(self) -> None:
+        """The indexes are rebuilt from the recovered state, after recovery returns."""
 
 
 def recover(directory, target: RecoveryTarget, *, shard: int = 0, max_corrupt_entries: int = 0,
@@ -176,7 +179,7 @@ def _recover(directory, target, shard, max_corrupt_entries, snapshot_retention, 
         truncated = _cut_torn_tail(outcome)
     orphans = target.mark_orphans()
     t_index = time.perf_counter()
-    target.rebuild_indexes()
+    target.schedule_index_rebuild()
     index_seconds = time.perf_counter() - t_index
     finished_at = time.time_ns() // 1000
     result = RecoveryResult(

@@ -52,7 +52,7 @@ from .effects import record_payloads
 from .engine import Engine
 from .recovery_apply import EngineRecovery
 from .snapshot_codec import dump
-from .upkeep import UPKEEP_EVERY_S, upkeep
+from .upkeep import UPKEEP_EVERY_S, upkeep, upkeep_wait
 
 log = logging.getLogger("inmem.shard")
 
@@ -150,10 +150,13 @@ class DurableStore:
             return
 
         def loop():
-            while not self._stop.wait(UPKEEP_EVERY_S):
+            # Back to back while the index is rebuilt after recovery (upkeep says how long to wait).
+            wait = upkeep_wait(self.engine)
+            while not self._stop.wait(wait):
+                wait = UPKEEP_EVERY_S
                 if not self._closed:
                     try:
-                        upkeep(self.engine, self, self.lock)
+                        wait = upkeep(self.engine, self, self.lock)
                     except Exception:  # a daemon thread must report, not vanish
                         log.exception("background upkeep failed")
 

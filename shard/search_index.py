@@ -15,13 +15,22 @@ Dict keys and bytes are not text. Tokens are the lowercased Unicode words of
 the text (`\\w+`). A document with no token is not indexed.
 
 The index never reaches disk and costs the write path nothing: it follows
-each run's journal with a watermark. It is rebuilt in full at recovery,
-kept up in the background (the shard worker's idle turns, the embedded
-store's scheduler thread, in slices of a few milliseconds under the lock)
-and brought fully up to date before each search, so a search sees every
-committed write — unless its `budget_ms` runs out first, which it then
-reports. A deleted run's documents go when the run goes; an expired key
-leaves the index at the first catch-up after its expiry.
+each run's journal with a watermark. It is kept up in the background (the
+shard worker's idle turns, the embedded store's scheduler thread, in slices
+of a few milliseconds under the lock) and brought fully up to date before
+each search, so a search sees every committed write — unless its
+`budget_ms` runs out first, which it then reports. A deleted run's
+documents go when the run goes; an expired key leaves the index at the
+first catch-up after its expiry.
+
+After a recovery the index starts empty and `rebuilding`: the shard reports
+ready first and the index is rebuilt after, in the same background slices,
+back to back while the shard has nothing else to do. A search in that
+window helps the rebuild along for at most its `budget_ms` (`REBUILD_WAIT_MS`
+when it gives none) and then answers from what is indexed, saying so
+(`index_complete` false). The first catch-up that reaches the end of every
+journal ends the rebuild; from then on a search without a budget waits for
+the whole catch-up again.
 
 Scoring is BM25 (k1 = 1.2, b = 0.75, idf = ln(1 + (N - n + 0.5) / (n + 0.5)))
 with N, the average document length and each term's n taken over the whole
@@ -48,6 +57,10 @@ K1 = 1.2
 B = 0.75
 PRIMITIVES = ("kv", "json", "events", "state", "traces", "runs")
 SNIPPET_CHARS = 80
+#: how long a search that gives no budget helps a rebuild along before it answers
+#: from what is indexed; the shard serves no other request meanwhile, so it is the
+#: same bound as a snapshot's serving pause
+REBUILD_WAIT_MS = 20
 
 _WORD = re.compile(r"\w+")
 _unpackb = msgpack.unpackb
@@ -91,6 +104,8 @@ class SearchIndex:
         self.by_run: dict[str, set] = {}
         self.watermark: dict[str, int] = {}      # run -> journal entries indexed
         self.expiring: list = []                 # heap of (expires_at, doc)
+        #: set by a recovery, cleared by the first catch-up that reaches every journal's end
+        self.rebuilding = False
 
     # -- maintenance ---------------------------------------------------------------
 
@@ -183,11 +198,25 @@ class SearchIndex:
             r = runs.get(doc[1])
             if r is not None and r.kv.get(doc[2]) is eff:
                 self._remove(doc)
+        self.rebuilding = False
         return True
 
+    def catch_up_for_search(self, runs: dict, now_us: int, deadline: float | None) -> bool:
+        """Catch up before a search: to the end, or until `deadline`; while rebuilding,
+        for at most REBUILD_WAIT_MS when the search set no deadline. True: complete."""
+        if deadline is None and self.rebuilding:
+            deadline = time.monotonic() + REBUILD_WAIT_MS / 1000
+        return self.catch_up(runs, now_us, deadline)
+
     def _index_effect(self, run_id, r, eff) -> None:
+        # A keyed write that a later one replaced is skipped: the later entry (a
+        # write or a delete) is indexed when reached. So an index that is behind
+        # (a rebuild, a search out of budget) holds no value the store no longer
+        # has, only fewer of the current ones.
         code = eff[CODE]
         if code == KV_PUT:
+            if r.kv.get(eff[KEY]) is not eff:
+                return
             doc = ("kv", run_id, eff[KEY])
             self._put(doc, packed_text(eff[VALUE]))
             if eff[EXPIRES] is not None:
@@ -195,11 +224,13 @@ class SearchIndex:
         elif code == KV_DEL:
             self._remove(("kv", run_id, eff[KEY]))
         elif code == JS_PUT:
-            self._put(("json", run_id, eff[KEY]), packed_text(eff[VALUE]))
+            if r.json.get(eff[KEY]) is eff:
+                self._put(("json", run_id, eff[KEY]), packed_text(eff[VALUE]))
         elif code == JS_DEL:
             self._remove(("json", run_id, eff[KEY]))
         elif code == ST_PUT:
-            self._put(("state", run_id, eff[KEY]), packed_text(eff[VALUE]))
+            if r.state.get(eff[KEY]) is eff:
+                self._put(("state", run_id, eff[KEY]), packed_text(eff[VALUE]))
         elif code == ST_DEL:
             self._remove(("state", run_id, eff[KEY]))
         elif code == EV_APPEND:

@@ -2,7 +2,8 @@
 
 `SearchOps` is one of the parts the `Engine` is assembled from. The index
 itself (`shard.search_index`) is built from the runs' journals and never
-stored; these operations bring it up to date within a time budget, report
+stored (after a recovery it is rebuilt once the shard is ready); these
+operations bring it up to date within a time budget, report
 this shard's term statistics, answer a query scored with the statistics of
 every shard, and cut snippets from the matched entries.
 """
@@ -29,17 +30,25 @@ class SearchOps:
     def search_stats(self, terms: list[str], budget_ms: float | None = None) -> list:
         """[docs, total length, {term: df}, index complete] of this shard."""
         terms = _check_terms(terms)
-        complete = self.index.catch_up(self.runs, self.clock(), _deadline(budget_ms))
+        complete = self.index.catch_up_for_search(self.runs, self.clock(), _deadline(budget_ms))
         return [*self.index.stats(terms), complete]
 
     def index_step(self, max_ms: float) -> bool:
         """Background work: bring the search index up to date for at most `max_ms`."""
         return self.index.catch_up(self.runs, self.clock(), time.monotonic() + max_ms / 1000)
 
+    def index_rebuilding(self) -> bool:
+        """Whether the search index is still being rebuilt after a recovery."""
+        return self.index.rebuilding
+
     def search_query(self, terms: list[str], n_docs: int, total_len: int, dfs: dict,
                      run: str | None = None, primitives: list[str] | None = None, top: int = 10,
                      budget_ms: float | None = None) -> list:
-        """[[primitive, run, ref, score, snippet], ...], match count, whether the answer is partial."""
+        """[[primitive, run, ref, score, snippet], ...], match count, budget exhausted, index complete.
+
+        Budget exhausted: `budget_ms` ran out (catching up or scoring). Index
+        complete: the index held every committed write when it was queried.
+        """
         terms = _check_terms(terms)
         if primitives is not None:
             if type(primitives) not in (list, tuple) or not set(primitives) <= set(PRIMITIVES):
@@ -49,13 +58,13 @@ class SearchOps:
         if type(dfs) is not dict or type(n_docs) is not int or type(total_len) is not int:
             raise InvalidValue("search statistics are malformed")
         deadline = _deadline(budget_ms)
-        complete = self.index.catch_up(self.runs, self.clock(), deadline)
+        complete = self.index.catch_up_for_search(self.runs, self.clock(), deadline)
         hits, matches, exhausted = self.index.query(terms, n_docs, total_len, dfs, run, primitives,
                                                     top, deadline)
-        exhausted = exhausted or not complete
+        exhausted = exhausted or (deadline is not None and not complete)
         out = [[prim, run_id, ref, score, snippet(self._doc_texts(prim, run_id, ref), terms)]
                for score, prim, run_id, ref in hits]
-        return [out, matches, exhausted]
+        return [out, matches, exhausted, complete]
 
     def _doc_texts(self, prim: str, run_id: str, ref) -> list[str]:
         """The texts of one matched document, for its snippet."""

@@ -3,8 +3,12 @@
 The embedded store runs `upkeep` from its scheduler thread and a shard worker
 from its idle turns, every `UPKEEP_EVERY_S`: the search index follows the
 journal in short slices (so a writer waits at most a few milliseconds for the
-engine's lock), and the snapshot triggers are checked. `shard_info` is the
-one description of a shard that `db.info()` reports, wherever the shard runs.
+engine's lock), and the snapshot triggers are checked. While the index is
+being rebuilt after a recovery, slices run back to back instead: the worker
+runs `index_slice` whenever its socket has nothing waiting, the scheduler
+thread every `REBUILD_PAUSE_S` (the pause lets other threads take the lock).
+`shard_info` is the one description of a shard that `db.info()` reports,
+wherever the shard runs.
 """
 
 from __future__ import annotations
@@ -22,17 +26,34 @@ log = logging.getLogger("inmem.shard")
 UPKEEP_EVERY_S = 0.25
 #: the longest slice of index catch-up in one round, in milliseconds
 INDEX_STEP_MS = 3
+#: seconds between two slices of an index rebuild in the scheduler thread
+REBUILD_PAUSE_S = 0.001
 
 
-def upkeep(engine, store, lock) -> None:
-    """One round: index a slice of the journal (under the engine's lock), then a due snapshot."""
-    with lock:
-        engine.index_step(INDEX_STEP_MS)
+def upkeep(engine, store, lock) -> float:
+    """One round: index a slice of the journal (under the engine's lock), then a due snapshot.
+
+    Returns the seconds to wait before the next round.
+    """
+    rebuilding = index_slice(engine, lock)
     if store is not None:
         try:
             store.maybe_snapshot()
         except InmemError as exc:  # the WAL is kept, so a failed snapshot loses nothing
             log.error("snapshot of %s failed: %s", store.path, exc)
+    return REBUILD_PAUSE_S if rebuilding else UPKEEP_EVERY_S
+
+
+def upkeep_wait(engine) -> float:
+    """Seconds before the first round: none to speak of when a rebuild is waiting."""
+    return REBUILD_PAUSE_S if engine.index_rebuilding() else UPKEEP_EVERY_S
+
+
+def index_slice(engine, lock) -> bool:
+    """Index a slice of the journal under the lock; True while a rebuild is still under way."""
+    with lock:
+        engine.index_step(INDEX_STEP_MS)
+        return engine.index_rebuilding()
 
 
 def shard_info(shard: int, engine, store, **extra) -> dict:
@@ -44,4 +65,5 @@ def shard_info(shard: int, engine, store, **extra) -> dict:
             "wal_bytes": 0 if store is None else store.wal_bytes(),
             "durability": "inmemory" if store is None else store.durability,
             "last_snapshot_pause_ms": None if store is None else store.last_snapshot_pause_ms,
+            "index_complete": not engine.index_rebuilding(),
             **extra}

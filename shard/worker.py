@@ -21,7 +21,9 @@ so nothing is acknowledged before it is as durable as the mode promises. In
 buffered mode the flush is the loop's own: between turns `DurableStore.tick`
 writes and fsyncs what is pending once the interval has passed (or at once
 when a batch is full), and the poll timeout is cut to the time left until
-then. When idle the loop runs the shard's upkeep (index slices, due snapshots).
+then. When idle the loop runs the shard's upkeep (index slices, due snapshots);
+while the search index is rebuilt after recovery (the shard is ready before
+it is), every turn that finds no request waiting runs one bounded slice of it.
 
 No input from the network may stop the loop: a frame that is not a message is
 counted and dropped, anything else that is wrong gets an error reply. The
@@ -57,7 +59,7 @@ from inmem.processes import clear_exit_note, die_with_parent, write_exit_note
 from inmem.protocol import KIND_ADMIN, KIND_BATCH, KIND_OP, slot_of
 from inmem.ops import WRITE_OPS, route_run
 from inmem.shard.engine import Engine
-from inmem.shard.upkeep import UPKEEP_EVERY_S, shard_info, upkeep
+from inmem.shard.upkeep import UPKEEP_EVERY_S, index_slice, shard_info, upkeep
 from inmem.stream import stream_path
 from inmem.stream_server import Connection, StreamServer
 from inmem.transport import bind_router, drain, ipc_dir
@@ -161,6 +163,7 @@ class Worker:
         process = self.process
         tick = None if self.store is None else self.store.tick
         next_idle = time.monotonic() + UPKEEP_EVERY_S
+        rebuilding = self.engine.index_rebuilding
         while not self.stopping:
             timeout = POLL_MS
             if tick is not None:
@@ -171,6 +174,8 @@ class Worker:
                     self.fail_stop([], exc)
                 if wait is not None:
                     timeout = min(POLL_MS, int(wait * 1000) + 1)
+            if rebuilding():
+                timeout = 0
             events = poll(timeout)
             if events:
                 events = dict(events)
@@ -180,6 +185,8 @@ class Worker:
                 if batch:
                     for reply in process(batch):
                         reply_to(reply)
+            elif not timeout and rebuilding():
+                index_slice(self.engine, self.lock)
             now = time.monotonic()
             if now >= next_idle:
                 next_idle = now + UPKEEP_EVERY_S

@@ -1,0 +1,67 @@
+"""A recovered cluster is ready before its shards' search indexes; searches say so until they are.
+
+The shards' files are written in-process (faster than through a cluster),
+then a cluster recovers them: it must answer reads at once, flag searches
+partial while the shards rebuild their indexes in their idle turns, and
+then answer exactly what one index over both shards' data answers.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import inmem
+from polling import wait_for
+from text_corpus import answers, assert_same, fill, matching, text_of
+
+
+def _runs_per_shard(owners, per_shard: int) -> dict:
+    from inmem.protocol import slot_of
+    runs: dict = {0: [], 1: []}
+    i = 0
+    while min(len(v) for v in runs.values()) < per_shard:
+        rid = f"idx-{i}"
+        i += 1
+        s = owners[slot_of(rid)]
+        if len(runs[s]) < per_shard:
+            runs[s].append(rid)
+    return runs
+
+
+@pytest.mark.timeout(180)
+def test_cluster_shards_are_ready_before_their_index(make_cluster, tmp_path):
+    from inmem.coordinator.slotmap import SlotMap
+    data = tmp_path / "data"
+    data.mkdir()
+    slotmap = SlotMap.even(2)
+    slotmap.save(str(data))
+    runs = _runs_per_shard(slotmap.owners, 2)
+    n = 30_000  # per shard: a rebuild long enough to be caught in the act
+    reference = inmem.open(None)  # what one index over both shards answers
+    texts = {}
+    for s in (0, 1):
+        with inmem.open(data / f"shard-{s}", durability="buffered",
+                        snapshot_on_close=(s == 0)) as db:
+            for run in runs[s]:
+                db.begin_run(run_id=run)
+                reference.begin_run(run_id=run)
+            fill(db, runs[s], n)
+            fill(reference, runs[s], n)
+    texts = {f"k{i:06d}": text_of(i) for i in range(n)}
+    before = answers(reference)
+    reference.close()
+
+    cluster = make_cluster(data_dir=data, durability="buffered")
+    db = cluster.connect()
+    report = db.recovery_report()
+    assert [r.shard for r in report] == [0, 1]
+    assert all(r.index_seconds < 0.05 for r in report)
+    first = db.search("cedar grove", limit=20, budget_ms=0)
+    assert first.index_complete is False
+    assert matching(first, texts, "cedar grove")
+    assert not all(s["index_complete"] for s in db.info()["shards"])
+    assert db.kv.get(runs[1][1], "k000001") == text_of(1)  # served while the index rebuilds
+    wait_for(lambda: all(s["index_complete"] for s in db.info()["shards"]), 120,
+             "both shards' index rebuild")
+    assert_same(answers(db), before)
+    db.close()

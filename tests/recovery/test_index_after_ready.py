@@ -1,0 +1,192 @@
+"""Readiness never waits for the search index: it is rebuilt after recovery, and searches say so.
+
+A recovered shard reports ready with an empty index marked `rebuilding`; the
+index is rebuilt in background slices. A search in that window answers from
+what is indexed (after helping within its budget) with `index_complete`
+false; once the rebuild is done, the answers are those of the store before
+the restart. Both states are tested on the engine and on an embedded store
+here, on a real cluster in the cluster tests.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import inmem
+from inmem.recovery.sequence import recover
+from inmem.shard import search_index, upkeep
+from inmem.shard.effects import VALUE
+from inmem.shard.engine import Engine
+from inmem.shard.recovery_apply import EngineRecovery
+from inmem.shard.search_index import packed_text, tokenize
+from polling import wait_for
+from text_corpus import QUERIES, answers, assert_same, fill, matching, text_of
+
+# -- the engine ------------------------------------------------------------------
+
+
+def recovered_engine(path) -> Engine:
+    engine = Engine(log=True)
+    result, *_ = recover(path, EngineRecovery(engine))
+    assert result.index_seconds < 0.05  # marking the rebuild, not doing it
+    return engine
+
+
+@pytest.fixture
+def stored(tmp_path):
+    """A store of 3000 text values, closed; the answers it gave before closing."""
+    path = tmp_path / "db"
+    with inmem.open(path, durability="buffered", snapshot_on_close=False) as db:
+        runs = [db.begin_run(name=f"r{i}") for i in range(3)]
+        fill(db, runs, 3000)
+        before = answers(db)
+    return path, before
+
+
+def test_recovery_leaves_the_index_empty_and_rebuilding(stored):
+    path, _ = stored
+    engine = recovered_engine(path)
+    assert engine.index_rebuilding()
+    assert engine.index.docs == {}
+
+
+def test_a_search_with_a_budget_answers_partially_then_completely(stored):
+    path, before = stored
+    engine = recovered_engine(path)
+    n_docs, total_len, dfs, complete = engine.search_stats(["amber"], budget_ms=0)
+    assert complete is False and 0 < n_docs < 3000
+    hits, matches, exhausted, complete = engine.search_query(
+        ["amber"], n_docs, total_len, dfs, budget_ms=0)
+    assert complete is False and exhausted is True
+    assert engine.index_rebuilding()
+    while engine.index_rebuilding():
+        engine.index_step(1)
+    n_docs, total_len, dfs, complete = engine.search_stats(["amber"], budget_ms=0)
+    assert complete is True and n_docs == 3000 + 3  # the values and the three named runs
+
+
+def test_a_search_without_a_budget_waits_a_bounded_time_while_rebuilding(stored, monkeypatch):
+    path, _ = stored
+    engine = recovered_engine(path)
+    monkeypatch.setattr(search_index, "REBUILD_WAIT_MS", 0)
+    n_docs, total_len, dfs, complete = engine.search_stats(["amber"])
+    assert complete is False
+    _hits, _matches, exhausted, complete = engine.search_query(["amber"], n_docs, total_len, dfs)
+    assert complete is False
+    assert exhausted is False  # no budget was given, so none ran out
+    monkeypatch.setattr(search_index, "REBUILD_WAIT_MS", 60_000)
+    n_docs, total_len, dfs, complete = engine.search_stats(["amber"])
+    assert complete is True and not engine.index_rebuilding()
+
+
+def test_after_the_rebuild_a_search_without_budget_sees_every_write_again(stored, monkeypatch):
+    path, _ = stored
+    engine = recovered_engine(path)
+    while engine.index_rebuilding():
+        engine.index_step(5)
+    monkeypatch.setattr(search_index, "REBUILD_WAIT_MS", 0)
+    run = next(iter(engine.runs))
+    for i in range(2000):
+        engine.execute("kv.put", (run, f"new{i}", "zeppelin"))
+    _n, _len, dfs, complete = engine.search_stats(["zeppelin"])
+    assert complete is True and dfs["zeppelin"] == 2000
+
+
+def test_a_partial_index_holds_only_current_values(tmp_path):
+    path = tmp_path / "db"
+    with inmem.open(path, durability="buffered") as db:
+        run = db.begin_run()
+        fill(db, [run], 2000)
+        db.snapshot()
+        for i in range(0, 2000, 3):  # after the snapshot: from the WAL
+            db.kv.put(run, f"k{i:06d}", f"zeppelin {i}")
+        for i in range(1, 2000, 7):
+            db.kv.delete(run, f"k{i:06d}")
+        db.json.put(run, "doc", {"t": "amber old"})
+        db.json.put(run, "doc", {"t": "zeppelin new"})
+        db.state.set(run, "cell", "amber old")
+        db.state.set(run, "cell", "zeppelin new")
+    engine = recovered_engine(path)
+    r = engine.runs[run]
+    current = {"kv": r.kv, "json": r.json, "state": r.state}
+    slices = 0
+    while engine.index_rebuilding():
+        engine.index.catch_up(engine.runs, engine.clock(), 0.0)  # one chunk at a time
+        slices += 1
+        for (prim, _run, ref), (_len, tfs) in engine.index.docs.items():
+            if prim in current:
+                entry = current[prim].get(ref)
+                assert entry is not None, (prim, ref)
+                assert set(tfs) == set(tokenize(" ".join(packed_text(entry[VALUE])))), (prim, ref)
+    assert slices > 3
+    assert engine.search_stats(["zeppelin"])[2]["zeppelin"] == 667 + 2 - len(
+        [i for i in range(0, 2000, 3) if i % 7 == 1])
+
+
+# -- an embedded store -------------------------------------------------------------
+
+
+class HeldRebuild:
+    """Holds the background rebuild of an embedded store until `release()`."""
+
+    def __init__(self, monkeypatch):
+        self.gate = threading.Event()
+        real = upkeep.index_slice
+
+        def gated(engine, lock):
+            if not self.gate.is_set() and engine.index_rebuilding():
+                self.gate.wait(30)
+            return real(engine, lock)
+
+        monkeypatch.setattr(upkeep, "index_slice", gated)
+
+    def release(self):
+        self.gate.set()
+
+
+def test_embedded_ready_before_the_index_then_partial_then_complete(stored, monkeypatch):
+    path, before = stored
+    held = HeldRebuild(monkeypatch)
+    texts = {f"k{i:06d}": text_of(i) for i in range(3000)}
+    try:
+        with inmem.open(path, durability="buffered", snapshot_on_close=False) as db:
+            assert db.info()["shards"][0]["index_complete"] is False
+            for q in QUERIES:
+                resp = db.search(q, limit=20, budget_ms=0)
+                assert resp.index_complete is False and resp.budget_exhausted is True
+                assert matching(resp, texts, q), q
+            held.release()
+            wait_for(lambda: db.info()["shards"][0]["index_complete"], 60, "the index rebuild")
+            assert_same(answers(db), before)
+            assert_same(answers(db, budget_ms=60_000), before)
+    finally:
+        held.release()
+
+
+def test_embedded_search_without_budget_during_the_rebuild_is_flagged(stored, monkeypatch):
+    path, before = stored
+    held = HeldRebuild(monkeypatch)
+    monkeypatch.setattr(search_index, "REBUILD_WAIT_MS", 0)
+    try:
+        with inmem.open(path, durability="buffered", snapshot_on_close=False) as db:
+            resp = db.search("amber", limit=20)
+            assert resp.index_complete is False and resp.budget_exhausted is False
+            held.release()
+            wait_for(lambda: db.info()["shards"][0]["index_complete"], 60, "the index rebuild")
+            assert_same(answers(db), before)
+    finally:
+        held.release()
+
+
+def test_embedded_snapshot_reopen_rebuilds_in_the_background(tmp_path):
+    path = tmp_path / "db"
+    with inmem.open(path, durability="buffered") as db:  # snapshot on close
+        runs = [db.begin_run() for _ in range(2)]
+        fill(db, runs, 2000)
+        before = answers(db)
+    with inmem.open(path, durability="buffered") as db:
+        assert db.recovery_report()[0].snapshot_used is not None
+        wait_for(lambda: db.info()["shards"][0]["index_complete"], 60, "the index rebuild")
+        assert_same(answers(db), before)
