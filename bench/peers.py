@@ -340,12 +340,16 @@ class RedisServer:
                                       f"{REDIS_START_TIMEOUT_S:.0f} s")
             time.sleep(0.001)
 
-    def restart(self) -> dict:
+    def restart(self, kill: bool = False) -> dict:
         """Stop (without saving) and start again on the same directory: time the load.
 
-        Returns {"wall_ms": start to first PING answered, "load_ms": the load
-        time Redis logs itself, or None when the log does not say}.
+        `kill`: stop with SIGKILL (a crash) rather than SIGTERM. Returns
+        {"wall_ms": start to first PING answered, "load_ms": the load time
+        Redis logs itself, or None when the log does not say}.
         """
+        if kill and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(timeout=60)
         self._stop_process()
         try:
             offset = os.path.getsize(self._log_path)

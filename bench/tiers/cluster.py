@@ -50,8 +50,13 @@ client connects by host and port.
   of plain, batched throughput within 1.5x (`extra.curve_cost`).
 - `cluster.multi_agent.procs{2,4,8}` (buffered): client processes moving one
   shared state cell with `state.transition`; transitions/s and retry rate.
-- `cluster.recovery` (buffered): restart a cluster on the data it left, from
-  `Cluster.__enter__` to a connected client.
+- `cluster.recovery` (buffered, 2 shards, each holding half the keys): the
+  whole cluster is killed with SIGKILL (a crash: no final snapshot), then a
+  new one is started on the data it left; the value runs from
+  `Cluster.__enter__` to a connected client of a ready cluster (both shards
+  recovered, in parallel). Peer: redis-server (appendonly, everysec) with the
+  same keys, killed with SIGKILL and restarted: spawn to the first PING
+  answered after its load.
 
 Client processes (`bench.clients`) are spawned once per group and keep
 their connections across rounds.
@@ -68,7 +73,7 @@ import inmem
 import inmem.asyncio
 
 from ..clients import ClientPool
-from ..context import Context, error_row, make_row, skipped_row, target
+from ..context import Context, error_row, make_row, peer_value, skipped_row, target
 from ..floor import EchoServer, FloorClient
 from ..harness import timed_loop
 from ..rounds import Side, interleave
@@ -170,7 +175,7 @@ ROWS = (
     ("cluster.multi_agent.procs2", "buffered", ()),
     ("cluster.multi_agent.procs4", "buffered", ()),
     ("cluster.multi_agent.procs8", "buffered", ()),
-    ("cluster.recovery", "buffered", ()),
+    ("cluster.recovery", "buffered", ("redis",)),
 )
 
 ROUTES = {"routed": "through the coordinator (connect(direct=False))",
@@ -639,13 +644,21 @@ def _recovery(ctx, keys_total):
     keys = make_keys(keys_total)
     value = make_value(VALUE_BYTES)
     data_dir = os.path.join(ctx.scratch("cluster-recovery"), "data")
-    with RunningCluster(ctx, shards=2, durability="buffered", data_dir=data_dir) as (_c, db):
+    first = RunningCluster(ctx, shards=2, durability="buffered", data_dir=data_dir)
+    with first as (cluster, db):
         runs = [db.begin_run(name=f"r{r}") for r in range(16)]
         for lo in range(0, len(keys), BATCH):
             with db.pipeline() as p:
                 for j, k in enumerate(keys[lo:lo + BATCH]):
                     p.kv.put(runs[(lo + j) % 16], k, value)
                 p.execute()
+        # Buffered: what the last flush interval held is not yet on disk; wait it out,
+        # as Redis's everysec peer gets the same second below.
+        time.sleep(1.0)
+        split = [s.get("keys") for s in db.info()["shards"]]
+        db.close()
+        first.db = None
+        cluster.kill()  # SIGKILL to the coordinator and both shards
     again = RunningCluster(ctx, shards=2, durability="buffered", data_dir=data_dir)
     with again as (_c, db):
         ms = again.start_ms
@@ -653,12 +666,40 @@ def _recovery(ctx, keys_total):
         try:
             report = [{"shard": r.shard, "seconds": r.seconds,
                        "records_replayed": r.records_replayed,
+                       "started_at": r.started_at, "finished_at": r.finished_at,
                        "snapshot_used": bool(r.snapshot_used)} for r in db.recovery_report()]
         except Exception as exc:  # the report is context; the timing stands without it
             report = f"unavailable: {type(exc).__name__}: {exc}"
     if probe != value:
         raise RuntimeError("the restarted cluster lost the last key written")
+    details: dict = {}
+    peers = {"redis": peer_value(lambda: _redis_restart(ctx, keys, value), details, "redis")}
     ctx.add(make_row("cluster.recovery", TIER, "buffered", "ms", value=ms, n=len(keys),
-                     extra={"shards": 2, "recovery_report": report,
-                            "note": "Cluster.__enter__ to a connected, ready client, after "
-                                    "a clean stop (final snapshot if configured)"}))
+                     peers=peers,
+                     extra={"shards": 2, "keys_per_shard": split, "recovery_report": report,
+                            "peer_detail": details,
+                            "peer_config": {"redis": "appendonly yes, appendfsync everysec, the "
+                                                     "same keys; SIGKILL, then restart: spawn "
+                                                     "to the first PING after the load"},
+                            "note": "SIGKILL of the whole cluster, then Cluster.__enter__ to a "
+                                    "connected client of the ready cluster"}))
+
+
+def _redis_restart(ctx, keys, value):
+    server = ctx.peers.redis("buffered")
+    try:
+        client = server.client
+        for lo in range(0, len(keys), BATCH):
+            pipe = client.pipeline(transaction=False)
+            for k in keys[lo:lo + BATCH]:
+                pipe.set(k, value)
+            pipe.execute()
+        time.sleep(1.0)  # everysec: the last second reaches the disk
+        timing = server.restart(kill=True)
+        loaded = server.client.dbsize()
+        if loaded != len(keys):
+            raise RuntimeError(f"redis loaded {loaded} keys after the restart, expected "
+                               f"{len(keys)}")
+        return timing["wall_ms"], {**timing, "keys": loaded}
+    finally:
+        ctx.peers.release(server)

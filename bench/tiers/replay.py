@@ -24,11 +24,14 @@ the difference between two rows of the same case is what the cluster costs.
   to date by the first search after a load (the shard indexes its journal
   lazily), so that search is timed apart (`extra.first_query_ms`) and the
   rest are the steady state.
-- `recovery.index_rebuild`: the search index's share of recovery for 1M
+- `recovery.index_rebuild`: the search index rebuild after recovery for 1M
   keys (quick: 100K) with text values: a child process builds a buffered
-  store (`snapshot_on_close=True`) and closes it, a fresh child reopens it
-  and reads `recovery_report()[0].index_seconds` (the row's value, in ms)
-  and `.seconds` (the whole recovery, in `extra`).
+  store (`snapshot_on_close=True`) and closes it, a fresh child reopens it.
+  The store is ready before its index (`recovery_report()[0].index_seconds`,
+  in `extra`, is next to nothing); the row's value is how long after `open`
+  returned the background rebuild made the index complete (`db.info()`'s
+  `index_complete`). `extra` also has the first search right after `open`
+  (its time and whether it said `index_complete`).
 """
 
 from __future__ import annotations
@@ -394,17 +397,23 @@ def _child_reopen(n: int, path: str) -> dict:
     word = make_texts(1, make_vocabulary(VOCABULARY_WORDS), random.Random(DOC_SEED),
                       DOC_WORDS)[0].split()[0]
     open_ms, db = time_once(lambda: open_durable(path, MODE, snapshot_on_close=False))
+    opened = time.perf_counter()
     try:
         r = db.recovery_report()[0]
         keys = db.info()["shards"][0].get("keys")
-        # The first search right after recovery: small when recovery did rebuild the index.
-        search_ms, resp = time_once(lambda: db.search(word))
+        # The first search right after recovery: the index is still being rebuilt.
+        search_ms, first = time_once(lambda: db.search(word))
+        while not db.info()["shards"][0].get("index_complete", True):
+            time.sleep(0.005)
+        rebuild_ms = (time.perf_counter() - opened) * 1000
+        resp = db.search(word)
     finally:
         db.close()
     return {"open_ms": open_ms, "seconds": r.seconds, "index_seconds": r.index_seconds,
             "records_replayed": r.records_replayed, "snapshot_used": bool(r.snapshot_used),
-            "keys": keys, "first_search_ms": search_ms, "first_search_matches":
-            resp.total_matches}
+            "keys": keys, "first_search_ms": search_ms,
+            "first_search_index_complete": first.index_complete, "rebuild_ms": rebuild_ms,
+            "search_matches": resp.total_matches}
 
 
 def child(case: str, n: int, path: str) -> dict:
@@ -425,24 +434,25 @@ def _index_rebuild(ctx, n):
         ours = _run_child("reopen", n, path)
     finally:
         ctx.discard(path)
-    if not ours["first_search_matches"]:
+    if not ours["search_matches"]:
         raise RuntimeError("the reopened store's search found nothing: the index is empty")
     if ours["keys"] is not None and ours["keys"] != n:
         raise RuntimeError(f"the reopened store holds {ours['keys']} keys, expected {n}")
-    ms = ours["index_seconds"] * 1000
-    ctx.add(make_row("recovery.index_rebuild", TIER, MODE, "ms", value=ms, n=n,
+    ctx.add(make_row("recovery.index_rebuild", TIER, MODE, "ms", value=ours["rebuild_ms"], n=n,
                      extra={"keys": n, "recovery_ms": ours["seconds"] * 1000,
+                            "index_seconds": ours["index_seconds"],
                             "index_share": ours["index_seconds"] / ours["seconds"]
                             if ours["seconds"] else None,
                             "open_ms": ours["open_ms"], "snapshot_used": ours["snapshot_used"],
                             "records_replayed": ours["records_replayed"],
                             "first_search_ms": ours["first_search_ms"],
+                            "first_search_index_complete": ours["first_search_index_complete"],
                             "build_s": built["build_s"], "build_close_s": built["close_s"],
                             "values": f"{DOC_WORDS[0]}-{DOC_WORDS[1]} words from "
                                       f"{VOCABULARY_WORDS} pseudo-words",
-                            "note": "recovery_report()[0].index_seconds after reopening in a "
-                                    "fresh process; recovery_ms is the whole recovery; build_s "
-                                    "(context only) includes making the texts"}))
+                            "note": "from open returning (the store ready) to the background "
+                                    "rebuild's end, in a fresh process; recovery_ms is the whole "
+                                    "recovery; build_s (context only) includes making the texts"}))
 
 
 if __name__ == "__main__":

@@ -191,3 +191,17 @@ def test_curve_rows_compare_curve_with_the_clear_over_tcp(tmp_path):
     assert rows["cluster.kv.put.single.curve"]["n"] == 2 * 50
     assert rows["cluster.kv.put.single.curve"]["extra"]["curve_cost"]["target_max"] == 1.2
     assert rows["cluster.kv.put.batched.curve"]["extra"]["curve_cost"]["target_max"] == 1.5
+
+
+def test_cluster_recovery_restarts_after_a_sigkill_with_half_the_keys_on_each_shard(tmp_path):
+    ctx = _ctx(tmp_path)
+    cluster_tier._recovery(ctx, 4000)
+    row = _rows(ctx)["cluster.recovery"]
+    assert row["status"] == "ok" and row["unit"] == "ms" and row["value"] > 0
+    assert row["n"] == 4000
+    split = row["extra"]["keys_per_shard"]
+    assert sum(split) == 4000 and all(k > 0 for k in split)
+    report = row["extra"]["recovery_report"]
+    assert [r["shard"] for r in report] == [0, 1]
+    assert all(r["records_replayed"] > 0 or r["snapshot_used"] for r in report)
+    assert row["peers"]["redis"] == "skipped: not selected with --peers"
