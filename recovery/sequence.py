@@ -3,8 +3,9 @@
     1. remove `*.tmp` snapshot files a crash left mid-write;
     2. load the newest snapshot whose crc verifies (a bad one becomes
        `*.broken.N`, the next older one is tried);
-    3. replay the WAL from the snapshot's position, handing each record to
-       the target (the shard applies it through its live apply path);
+    3. replay the WAL from the snapshot's position, handing the records to
+       the target in blocks (the shard decodes a block and applies it through
+       its live apply path);
     4. ask the policy table (`recovery.policy`) what the findings mean: go on,
        cut a torn tail (after keeping a numbered, fsynced `*.broken.N` copy),
        or fail with a CorruptionError naming the file and offset;
@@ -96,8 +97,8 @@ class RecoveryTarget(Protocol):
 
     def load_snapshot(self, sections: dict) -> None: ...
 
-    def apply_record(self, payload) -> int:
-        """Apply one WAL record; return how many committed groups it held."""
+    def apply_records(self, payloads: list) -> int:
+        """Apply a block of WAL records, in log order; return how many committed groups they held."""
 
     def mark_orphans(self) -> list: ...
 
@@ -145,14 +146,13 @@ def _recover(directory, target, shard, max_corrupt_entries, snapshot_retention, 
     # to a state that lacks their predecessors (the engine rejects them with an
     # unrelated error, or worse, accepts them), where the policy must say WAL gap.
     gap = first_lsn is not None and first_lsn > start_lsn
-    apply = target.apply_record
+    apply = target.apply_records
     records = groups_applied = done_bytes = 0
-    for _lsn, _rtype, payload in (() if gap else reader):
-        groups_applied += apply(payload)
-        records += 1
-        done_bytes += len(payload)
-        if not records & 0x3FFF:
-            progress.update(done_bytes, records)
+    for _first, _rtypes, payloads in (() if gap else reader.blocks()):
+        groups_applied += apply(payloads)
+        records += len(payloads)
+        done_bytes += sum(map(len, payloads))
+        progress.update(done_bytes, records)
     progress.done()
 
     outcome = reader.outcome

@@ -117,6 +117,31 @@ class EngineRecovery:
         self._apply(batches)
         return count
 
+    def apply_records(self, payloads) -> int:
+        """Apply a block of WAL records, in log order; return their group count.
+
+        The block's consecutive batches of one run become one batch, in order:
+        records of one operation each (strict mode, a light load) then take
+        the bulk paths together instead of one record at a time.
+        """
+        groups = 0
+        merged: list = []
+        last = None
+        for count, batches in map(decode_batch, payloads):
+            groups += count
+            for batch in batches:
+                run_id = batch[0]
+                if run_id == last:
+                    prev = merged[-1]
+                    if type(prev[1]) is not list:
+                        merged[-1] = prev = (run_id, list(prev[1]))
+                    prev[1].extend(batch[1])
+                else:
+                    merged.append(batch)
+                    last = run_id
+        self._apply(merged)
+        return groups
+
     def mark_orphans(self) -> list[str]:
         return self.engine.mark_orphans()
 

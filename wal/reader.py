@@ -44,6 +44,9 @@ continues from the precomputed crc of its type and version bytes, so a record
 costs one allocation. Records before `start_lsn` are verified through a memoryview with
 no payload object made, and a segment that ends before `start_lsn` is not read
 at all. Replaying 1M records of 100 bytes takes about 0.55 s (1.9M records/s).
+Records are gathered in blocks (`blocks()`: lists of up to BLOCK_RECORDS
+payloads or about BLOCK_BYTES), which recovery decodes and applies together; iterating hands the
+same records out one by one.
 """
 
 from __future__ import annotations
@@ -58,6 +61,13 @@ from inmem.files import read_data
 from inmem.wal.record import (PREFIX_CRC, CRC, CRC_SIZE, FORMAT_VERSION, HEADER, HEADER_SIZE,
                         RECORD_BYTES_MAX, RECORD_OVERHEAD)
 from inmem.wal.segment import list_segments
+
+
+#: records per block handed out by `WalReader.blocks`, and the bytes of segment a
+#: block spans at most (past one record): small enough that a block's decoded
+#: records are applied while they are still in the CPU's caches
+BLOCK_RECORDS = 4096
+BLOCK_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -219,13 +229,26 @@ class WalReader:
         """Every record as a list; the outcome is in `self.outcome` afterwards."""
         return list(self._records())
 
+    def blocks(self, max_records: int = BLOCK_RECORDS) -> Iterator[tuple[int, list, list]]:
+        """The same records in blocks: `(first lsn, [rtype, ...], [payload, ...])`.
+
+        A block holds up to `max_records` consecutive good records of one
+        segment (and about BLOCK_BYTES of it), so a consumer (recovery) can decode and apply them together
+        rather than one at a time. The outcome is the same as iterating.
+        """
+        return self._blocks(max_records)
+
+    def _records(self):
+        for first, rtypes, payloads in self._blocks(BLOCK_RECORDS):
+            yield from zip(range(first, first + len(payloads)), rtypes, payloads)
+
     def _stop(self, outcome: Outcome, lsn: int) -> None:
         self.outcome = outcome
         self.next_lsn = lsn
 
-    def _records(self):
-        # One generator with the per-record loop inlined: a nested generator
-        # (yield from) costs ~0.13 us per record, a quarter of the total.
+    def _blocks(self, max_records: int):
+        # One generator with the per-record loop inlined, handing out lists:
+        # a generator step per record costs ~0.13 us, a quarter of the total.
         self.outcome = None
         self.corrupt_skipped = 0
         self.skipped = []
@@ -271,7 +294,10 @@ class WalReader:
                 if lsn < start:
                     off, lsn = _skip_records(data, off, lsn, start, rmax)
                 # The hot loop: int comparisons, one slice (the payload, which
-                # is yielded anyway) and one crc continued from the header's.
+                # is handed out anyway) and one crc continued from the header's.
+                rtypes, payloads = [], []
+                first = lsn
+                block_end = off + BLOCK_BYTES
                 while off + 10 <= size:
                     length, rtype, ver = unpack_header(data, off)
                     body = off + 6
@@ -281,9 +307,17 @@ class WalReader:
                     payload = data[body:body_end]
                     if crc(payload, prefix_crc[rtype]) != unpack_crc(data, body_end)[0]:
                         break
-                    yield lsn, rtype, payload
+                    rtypes.append(rtype)
+                    payloads.append(payload)
                     lsn += 1
                     off = body_end + 4
+                    if len(payloads) == max_records or off >= block_end:
+                        yield first, rtypes, payloads
+                        rtypes, payloads = [], []
+                        first = lsn
+                        block_end = off + BLOCK_BYTES
+                if payloads:
+                    yield first, rtypes, payloads
                 if off == size:
                     self.end_offset = off
                     break

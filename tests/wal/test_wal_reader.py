@@ -339,3 +339,48 @@ def test_iterating_twice_restarts(tmp_path):
     assert len(list(reader)) == 2
     assert len(reader.read_all()) == 2
     assert reader.outcome == CleanEnd()
+
+
+# -- blocks ------------------------------------------------------------------------
+
+
+def _flat(reader, max_records):
+    out, sizes = [], []
+    for first, rtypes, ps in reader.blocks(max_records):
+        assert len(rtypes) == len(ps) > 0
+        sizes.append(len(ps))
+        out += [(first + i, t, p) for i, (t, p) in enumerate(zip(rtypes, ps))]
+    return out, sizes
+
+
+@pytest.mark.parametrize("max_records", [1, 3, 4096])
+@pytest.mark.parametrize("damage", ["none", "torn", "skipped", "corrupt"])
+def test_blocks_hand_out_the_records_and_outcome_iteration_does(tmp_path, max_records, damage):
+    ps = payloads(9)
+    first = b"".join(rec(p) for p in ps[:5])
+    if damage == "skipped" or damage == "corrupt":
+        first += rec(b"bad", crc=1) + rec(b"after")
+    write_segment(tmp_path, 0, first)
+    tail = b"".join(rec(p) for p in ps[5:])
+    if damage == "torn":
+        tail += rec(b"torn")[:7]
+    write_segment(tmp_path, 6 if damage in ("skipped", "corrupt") else 5, tail)
+    budget = 1 if damage == "skipped" else 0
+    records, by_records = read_back(tmp_path, max_corrupt_entries=budget, start_lsn=2)
+    blocked = WalReader(tmp_path, max_corrupt_entries=budget, start_lsn=2)
+    flat, sizes = _flat(blocked, max_records)
+    assert flat == records
+    assert max(sizes) <= max_records
+    for attr in ("outcome", "next_lsn", "first_lsn", "corrupt_skipped", "skipped", "segment",
+                 "end_offset"):
+        assert getattr(blocked, attr) == getattr(by_records, attr), attr
+
+
+def test_a_block_spans_about_block_bytes_of_a_segment(tmp_path, monkeypatch):
+    from inmem.wal import reader as reader_module
+    monkeypatch.setattr(reader_module, "BLOCK_BYTES", 100)
+    ps = payloads(20, size=30)
+    write_segment(tmp_path, 0, b"".join(rec(p) for p in ps))
+    flat, sizes = _flat(WalReader(tmp_path), 4096)
+    assert [p for _, _, p in flat] == ps
+    assert sizes == [3] * 6 + [2]  # 40 bytes a record: a block ends once it passed 100
