@@ -164,6 +164,7 @@ class Worker:
         tick = None if self.store is None else self.store.tick
         next_idle = time.monotonic() + UPKEEP_EVERY_S
         rebuilding = self.engine.index_rebuilding
+        frozen = not rebuilding()
         while not self.stopping:
             timeout = POLL_MS
             if tick is not None:
@@ -176,6 +177,10 @@ class Worker:
                     timeout = min(POLL_MS, int(wait * 1000) + 1)
             if rebuilding():
                 timeout = 0
+            elif not frozen:
+                # The rebuilt index lives as long as the process, as the recovered state does.
+                gc.freeze()
+                frozen = True
             events = poll(timeout)
             if events:
                 events = dict(events)
