@@ -59,7 +59,10 @@ class ClientPool:
         for c, spec in enumerate(specs):
             self.commands[c].put({**spec, "client": c})
         got = self._collect()
-        errors = [r["error"] for r in got if "error" in r]
+        # A client that fails before the barrier breaks it for the others: report
+        # its error, not the BrokenBarrierError they answer with.
+        errors = sorted((r["error"] for r in got if "error" in r),
+                        key=lambda e: e.startswith("BrokenBarrierError"))
         if errors:
             # Every client has answered, so none is waiting: the barrier can be reused.
             self.barrier.reset()
