@@ -71,6 +71,7 @@ import time
 
 import inmem
 import inmem.asyncio
+from inmem.protocol import slot_of
 
 from ..clients import ClientPool
 from ..context import Context, error_row, make_row, peer_value, skipped_row, target
@@ -646,7 +647,8 @@ def _recovery(ctx, keys_total):
     data_dir = os.path.join(ctx.scratch("cluster-recovery"), "data")
     first = RunningCluster(ctx, shards=2, durability="buffered", data_dir=data_dir)
     with first as (cluster, db):
-        runs = [db.begin_run(name=f"r{r}") for r in range(16)]
+        runs = [db.begin_run(name=f"r{r}", run_id=rid)
+                for r, rid in enumerate(_even_run_ids(db, 16, "recovery"))]
         for lo in range(0, len(keys), BATCH):
             with db.pipeline() as p:
                 for j, k in enumerate(keys[lo:lo + BATCH]):
@@ -683,6 +685,24 @@ def _recovery(ctx, keys_total):
                                                      "to the first PING after the load"},
                             "note": "SIGKILL of the whole cluster, then Cluster.__enter__ to a "
                                     "connected client of the ready cluster"}))
+
+
+def _even_run_ids(db, count: int, prefix: str) -> list[str]:
+    """`count` run ids, alternately owned by shard 0 and shard 1 (by the coordinator's slot map),
+    so that each shard holds half the keys; the ids as they come when there is no map."""
+    from .replay import slot_owners
+    owners = slot_owners(db)
+    if owners is None or not {0, 1} <= set(owners):
+        return [f"{prefix}-{i}" for i in range(count)]
+    by_shard: dict = {0: [], 1: []}
+    i = 0
+    while min(len(v) for v in by_shard.values()) < count // 2:
+        rid = f"{prefix}-{i}"
+        i += 1
+        shard = owners[slot_of(rid)]
+        if shard in by_shard and len(by_shard[shard]) < count // 2:
+            by_shard[shard].append(rid)
+    return [rid for pair in zip(by_shard[0], by_shard[1]) for rid in pair]
 
 
 def _redis_restart(ctx, keys, value):

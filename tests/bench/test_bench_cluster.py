@@ -200,7 +200,7 @@ def test_cluster_recovery_restarts_after_a_sigkill_with_half_the_keys_on_each_sh
     assert row["status"] == "ok" and row["unit"] == "ms" and row["value"] > 0
     assert row["n"] == 4000
     split = row["extra"]["keys_per_shard"]
-    assert sum(split) == 4000 and all(k > 0 for k in split)
+    assert split == [2000, 2000]  # the runs are picked by the slot map: half the keys each
     report = row["extra"]["recovery_report"]
     assert [r["shard"] for r in report] == [0, 1]
     assert all(r["records_replayed"] > 0 or r["snapshot_used"] for r in report)
