@@ -13,7 +13,8 @@ from typing import Callable
 
 from . import durability as _durability
 from .database import Database
-from .errors import (ClusterNotReady, CorruptionError, DurabilityError, InmemError, InvalidKey,
+from .errors import (ClusterNotReady, CorruptionError, DurabilityError, HistoryNotKept,
+                     InmemError, InvalidKey,
                      InvalidOption, InvalidPath, InvalidStatusTransition, InvalidURL,
                      InvalidValue, ProtocolError, RunExists, RunNotActive, RunNotFound,
                      ShardUnavailable, SlotMoved, StateExists, StateNotFound, StoreOpenError,
@@ -37,6 +38,11 @@ def open(path: str | os.PathLike | None = None, durability: str = "buffered", *,
     "strict". `clock` returns int microseconds since the epoch (tests pin it).
     Options: `max_value_bytes` and those of `inmem.durability.OPTIONS`
     (flush_interval_ms, max_pending_writes, snapshot_*, segment_bytes_max, ...).
+    `history` (in memory only): how much of each run's journal replay and diff
+    can use: "full" (the default), a count N of entries kept per run (at least
+    the last N), or "none"; a replay of a run that lost entries raises
+    HistoryNotKept, and `info()` reports how many were dropped. A durable
+    store keeps every run's full history on disk.
     Raises InvalidOption, StoreOpenError, CorruptionError.
     """
     from .embedded import EmbeddedBackend
@@ -49,9 +55,13 @@ def open(path: str | os.PathLike | None = None, durability: str = "buffered", *,
     if clock is not None and not callable(clock):
         raise InvalidOption("clock must be a function returning microseconds, or None")
     max_value_bytes = options.pop("max_value_bytes", DEFAULT_MAX_VALUE_BYTES)
+    history = options.pop("history", "full")
     if path is None or durability == "inmemory":
-        engine = Engine(clock=clock, max_value_bytes=max_value_bytes)
+        engine = Engine(clock=clock, max_value_bytes=max_value_bytes, history=history)
         return Database(EmbeddedBackend(engine))
+    if history != "full":
+        raise InvalidOption("history= limits an in-memory store; a durable store keeps every "
+                            f"run's history on disk (got history={history!r})")
     path = _store_path(path)
     _refuse_a_cluster_directory(path)
     from inmem.shard.durable import DurableStore
@@ -69,12 +79,16 @@ def open(path: str | os.PathLike | None = None, durability: str = "buffered", *,
 
 def _check_options(options: dict) -> None:
     """InvalidOption for an option `open` does not take or a value it cannot use."""
-    known = ("max_value_bytes", *_durability.OPTIONS)
+    known = ("max_value_bytes", "history", *_durability.OPTIONS)
     unknown = options.keys() - set(known)
     if unknown:
         raise InvalidOption(f"inmem.open() got unknown options {sorted(unknown)}; it takes "
                             f"clock and {', '.join(sorted(known))}")
     for name, value in options.items():
+        if name == "history":
+            from inmem.shard.history import history_limit
+            history_limit(value)
+            continue
         if name == "max_value_bytes":
             if type(value) is not int or value < 1:
                 raise InvalidOption(f"option max_value_bytes must be int >= 1, got {value!r}")
@@ -144,7 +158,7 @@ __all__ = [
     "ValueTooLarge", "InvalidPath", "RunNotFound", "RunExists", "RunNotActive",
     "InvalidStatusTransition", "VersionMismatch", "StateExists", "StateNotFound",
     "TraceNotFound", "TransactionConflict", "ClusterNotReady", "ShardUnavailable", "Timeout",
-    "ProtocolError", "CorruptionError", "DurabilityError", "InvalidOption", "InvalidURL",
+    "ProtocolError", "CorruptionError", "DurabilityError", "HistoryNotKept", "InvalidOption", "InvalidURL",
     "StoreOpenError", "SlotMoved", "Event", "ChainCheck", "State",
     "Trace", "TraceTree", "RunInfo", "Versioned", "SnapshotInfo", "RecoveryResult",
 ]

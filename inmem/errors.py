@@ -146,12 +146,17 @@ class DurabilityError(InmemError):
     """The write-ahead log cannot be written or fsynced; the shard refuses writes."""
 
 
+class HistoryNotKept(InmemError):
+    """Replay or diff of a run whose history was not kept (an in-memory store's `history=`)."""
+    _fields = ("run_id",)
+
+
 _BY_NAME = {cls.__name__: cls for cls in (
     InmemError, InvalidKey, InvalidValue, ValueTooLarge, InvalidPath, RunNotFound,
     RunExists, RunNotActive, InvalidStatusTransition, VersionMismatch, StateExists,
     StateNotFound, TraceNotFound, TransactionConflict, ClusterNotReady,
     ShardUnavailable, SlotMoved, Timeout, ProtocolError, InvalidOption, InvalidURL,
-    StoreOpenError, CorruptionError, DurabilityError)}
+    StoreOpenError, CorruptionError, DurabilityError, HistoryNotKept)}
 
 
 def from_wire(wire) -> InmemError:

@@ -6,11 +6,11 @@ non-deterministic part (timestamp, version, generated id, hash) already
 decided. The same tuple is
 
 - applied to the shard's state by `APPLY[code]` (live writes and recovery
-  share this path, so a replayed log rebuilds exactly what was served),
-- appended to the run's journal (replay and diff fold it),
+  share this path, so a replayed log rebuilds exactly what was served), which
+  also appends it to the run's history (`shard.history`; replay and diff fold it),
 - written to the WAL (a record holds whole groups of effects),
-- and, for KV, state and JSON, kept as the entry itself: the stored entry *is*
-  the last effect on that key, so history and state share one object.
+- and, for KV, state and JSON, packed into the key's entry (`shard.entries`):
+  one `bytes` per key, which the history item of the write shares.
 
 Codes are part of the on-disk format: never renumber them.
 
@@ -42,8 +42,8 @@ a write that cannot be logged is refused at the call and changes nothing),
 so a record is assembled by joining encoded effects, never by encoding at
 flush time.
 
-Entries of KV, state and JSON therefore share one layout: KEY, VALUE (packed;
-None: deleted), VERSION, TS; KV adds EXPIRES. The field positions of every
+Effects of KV, state and JSON share one layout: KEY, VALUE (packed; None:
+deleted), VERSION, TS; KV adds EXPIRES. The field positions of every
 layout are named below; code reads fields by these names, never by number.
 Effects stay plain tuples (a NamedTuple costs too much on the write path).
 
@@ -63,6 +63,8 @@ from operator import itemgetter
 import msgpack
 
 from inmem.wal.record import RECORD_BYTES_MAX
+
+from .entries import entry_of
 
 RUN_CREATE = 1
 RUN_STATUS = 2
@@ -141,22 +143,38 @@ TS_FIELD = {RUN_CREATE: CREATE_TS, RUN_STATUS: STATUS_TS, RUN_DELETE: DELETE_TS,
             JS_PUT: TS, JS_DEL: TS}
 
 _KEY_OF = itemgetter(KEY)
+_CODE_OF = itemgetter(CODE)
 
 
 # -- applying one effect ----------------------------------------------------------
-# Each takes the run (a RunData) and the effect. None of them checks anything:
-# an effect is only built (or logged) after its write was validated.
+# Each takes the run (a RunData) and the effect, applies it to the run's tables
+# and appends it to the run's history (`shard.history`). None of them checks
+# anything: an effect is only built (or logged) after its write was validated.
+# A keyed write becomes one packed entry (`shard.entries`), held by the table
+# and by the history item `(code, key, entry)` alike.
 
 def apply_kv(r, eff: tuple) -> None:
-    r.kv[eff[KEY]] = eff
+    e = entry_of(eff)
+    r.kv[eff[KEY]] = e
+    r.journal.append((eff[CODE], eff[KEY], e))
+
+
+def put_kv_entry(r, key: str, e: bytes) -> None:
+    """apply_kv for a KV_PUT whose entry the caller already packed (the put fast path)."""
+    r.kv[key] = e
+    r.journal.items.append((KV_PUT, key, e))
 
 
 def apply_state(r, eff: tuple) -> None:
-    r.state[eff[KEY]] = eff
+    e = entry_of(eff)
+    r.state[eff[KEY]] = e
+    r.journal.append((eff[CODE], eff[KEY], e))
 
 
 def apply_json(r, eff: tuple) -> None:
-    r.json[eff[KEY]] = eff
+    e = entry_of(eff)
+    r.json[eff[KEY]] = e
+    r.journal.append((eff[CODE], eff[KEY], e))
 
 
 def apply_event(r, eff: tuple) -> None:
@@ -166,6 +184,7 @@ def apply_event(r, eff: tuple) -> None:
         r.events_by_type[eff[EV_TYPE]] = [eff[EV_SEQ]]
     else:
         by_type.append(eff[EV_SEQ])
+    r.journal.append(eff)
 
 
 def apply_trace(r, eff: tuple) -> None:
@@ -179,6 +198,7 @@ def apply_trace(r, eff: tuple) -> None:
         r.trace_roots.append(tid)
     else:
         r.trace_children.setdefault(parent, []).append(tid)
+    r.journal.append(eff)
 
 
 def apply_status(r, eff: tuple) -> None:
@@ -191,10 +211,7 @@ def apply_status(r, eff: tuple) -> None:
         r.error = eff[STATUS_ERROR]
     if status != "active":
         r.orphaned = False
-
-
-def apply_create(r, eff: tuple) -> None:  # the run object is built from the effect (RunData)
-    pass
+    r.journal.append(eff)
 
 
 APPLY = {
@@ -204,26 +221,32 @@ APPLY = {
     EV_APPEND: apply_event,
     TR_ADD: apply_trace,
     RUN_STATUS: apply_status,
-    RUN_CREATE: apply_create,
 }
 
 
 # -- applying many effects of one table -------------------------------------------
 # The bulk variants of apply_kv, apply_state and apply_json, for recovery and
-# snapshot loading: `effs` in order, all of the table's codes, leave the table
-# exactly as applying them one by one would (the last effect on a key is its
-# entry), but the loop runs in C.
+# snapshot loading: `effs` in order, all of the table's codes,
+# leave the table and the history exactly as applying them one by one would
+# (the last effect on a key is its entry), but the loops run in C.
+
+def _apply_keyed_many(r, table: dict, effs: Sequence[tuple]) -> None:
+    keys = list(map(_KEY_OF, effs))
+    entries = list(map(entry_of, effs))
+    table.update(zip(keys, entries))
+    r.journal.extend(zip(map(_CODE_OF, effs), keys, entries))
+
 
 def apply_kv_many(r, effs: Sequence[tuple]) -> None:
-    r.kv.update(zip(map(_KEY_OF, effs), effs))
+    _apply_keyed_many(r, r.kv, effs)
 
 
 def apply_state_many(r, effs: Sequence[tuple]) -> None:
-    r.state.update(zip(map(_KEY_OF, effs), effs))
+    _apply_keyed_many(r, r.state, effs)
 
 
 def apply_json_many(r, effs: Sequence[tuple]) -> None:
-    r.json.update(zip(map(_KEY_OF, effs), effs))
+    _apply_keyed_many(r, r.json, effs)
 
 
 # -- taking an effect back --------------------------------------------------------

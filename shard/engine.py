@@ -31,7 +31,8 @@ commit step that orders encode-for-the-WAL before apply.
 The engine is not thread-safe for writes: callers serialise them (a lock in
 the embedded Database, the single-threaded worker loop in a shard process).
 Reads take no lock: every mutation is a single assignment or append of an
-immutable tuple, which CPython performs atomically.
+immutable object (an entry's bytes, an effect tuple), which CPython performs
+atomically.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from inmem.values import ALWAYS_VALID_TYPES, DEFAULT_MAX_VALUE_BYTES, check_valu
 
 from .effects import APPLY, CODE, GROUP_BYTES_MAX
 from .events import EventOps
+from .history import history_limit
 from .json_docs import JsonOps
 from .kv import KVOps
 from .lifecycle import WRITABLE
@@ -74,8 +76,11 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
     """One shard's state and the operations on it."""
 
     def __init__(self, clock: Callable[[], int] | None = None,
-                 max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES, log: bool = False):
+                 max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES, log: bool = False,
+                 history="full"):
         self.clock = clock or _now_us
+        #: entries each run keeps in memory (None: all of them), see `shard.history`
+        self.history_limit = history_limit(history)
         self.max_value_bytes = max_value_bytes
         self.runs: dict[str, RunData] = {}
         #: groups committed since the caller last took them, each already encoded
@@ -134,7 +139,13 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
         elif self.log is not None:
             self._log(r.run_id, (eff,))
         APPLY[eff[CODE]](r, eff)
-        r.journal.append(eff)
+        if undo is None and len(r.journal.items) > r.journal.trim_at:
+            self._trim_history(r)
+
+    def _trim_history(self, r: RunData) -> None:
+        """Drop what an in-memory store's `history=` limit lets go, once the index has read it."""
+        self.index.catch_up(self.runs, self.clock())
+        r.journal.trim(len(r.journal))
 
     def _log(self, run_id: str, effs) -> None:
         """Encode a group for the WAL before it is applied: what cannot be logged is refused.
@@ -214,7 +225,7 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
     # -- statistics ----------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        keys = events = traces = state = docs = journal = 0
+        keys = events = traces = state = docs = journal = dropped = 0
         for r in self.runs.values():
             keys += len(r.kv)
             events += len(r.events)
@@ -222,5 +233,9 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
             state += len(r.state)
             docs += len(r.json)
             journal += len(r.journal)
-        return {"runs": len(self.runs), "keys": keys, "events": events, "traces": traces,
-                "state": state, "json": docs, "journal": journal}
+            dropped += r.journal.base
+        out = {"runs": len(self.runs), "keys": keys, "events": events, "traces": traces,
+               "state": state, "json": docs, "journal": journal}
+        if self.history_limit is not None:
+            out["history_dropped"] = dropped
+        return out

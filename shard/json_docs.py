@@ -1,9 +1,9 @@
 """JSON document operations of a run: whole documents, and edits at a path.
 
 `JsonOps` is one of the parts the `Engine` is assembled from. A document's
-entry is the last JS_PUT or JS_DEL effect on its key (`shard.effects`: KEY,
-VALUE, VERSION, TS); every edit stores the whole document again, with the
-next version. Paths are parsed and walked by `shard.jsonpath`.
+entry is the packed form of the last JS_PUT or JS_DEL on its key
+(`shard.entries`: value, version, time); every edit stores the whole document
+again, with the next version. Paths are parsed and walked by `shard.jsonpath`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import msgpack
 from inmem.values import check_key, check_value
 
 from . import jsonpath
-from .effects import JS_DEL, JS_PUT, VALUE, VERSION
+from .effects import JS_DEL, JS_PUT
+from .entries import entry_value, entry_version
 from .runs import RunData
 
 _unpackb = msgpack.unpackb
@@ -26,8 +27,8 @@ def _doc(r: RunData, key: str) -> tuple:
     e = r.json.get(key)
     if e is None:
         return None, 0
-    data = e[VALUE]
-    return (None if data is None else _unpackb(data, raw=False)), e[VERSION]
+    data = entry_value(e)
+    return (None if data is None else _unpackb(data, raw=False)), entry_version(e)
 
 
 class JsonOps:
@@ -44,7 +45,7 @@ class JsonOps:
         r = self._writable(run)
         check_key(key)
         e = r.json.get(key)
-        return self._js_write(r, key, doc, 0 if e is None else e[VERSION])
+        return self._js_write(r, key, doc, 0 if e is None else entry_version(e))
 
     def js_get(self, run: str, key: str, path: str = "$"):
         r = self._run(run)

@@ -1,13 +1,15 @@
 """Key-value operations of a run: versioned, optionally expiring entries.
 
 `KVOps` is one of the parts the `Engine` is assembled from. A KV entry is the
-last effect written to its key (`shard.effects`: KEY, VALUE, VERSION, TS,
-EXPIRES); a delete leaves an entry with no value, so the key's version keeps
-counting. Expired entries stay until overwritten and are skipped by reads.
+packed form of the last write to its key (`shard.entries`: value, version,
+time and expiry in one `bytes`); a delete leaves an entry with no value, so
+the key's version keeps counting. Expired entries stay until overwritten and
+are skipped by reads.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Callable
 
 import msgpack
@@ -16,11 +18,15 @@ from inmem.errors import InvalidKey, InvalidValue, VersionMismatch
 from inmem.types import Versioned
 from inmem.values import KEY_BYTES_MAX, check_key
 
-from .effects import EXPIRES, KV_DEL, KV_PUT, TS, VALUE, VERSION, apply_kv
+from .effects import KV_DEL, KV_PUT, put_kv_entry
+from .entries import (DELETED, PLAIN_AT, entry_expires, entry_ts, entry_version, live_value,
+                      pack_entry)
 from .lifecycle import WRITABLE
 from .runs import RunData
 
 _unpackb = msgpack.unpackb
+_HEAD_1 = struct.Struct("<QB").pack
+_TS_MAX = 1 << 56
 
 
 class KVOps:
@@ -45,26 +51,30 @@ class KVOps:
         data = self._encode(value)
         now = self.clock()
         old = r.kv.get(key)
-        version = 1 if old is None else old[VERSION] + 1
+        # The version of a plain entry is its byte 8 (shard.entries).
+        version = 1 if old is None else (old[8] if not old[0] & 3 else entry_version(old)) + 1
         exp = None if ttl is None else now + self._ttl_us(ttl)
         eff = (KV_PUT, key, data, version, now, exp)
         if self._undo is None:
-            # _commit, unrolled: no undo entry to keep outside a transaction.
+            # _commit and apply_kv, unrolled: no undo entry to keep outside a transaction.
             if self.log is not None:
                 self._log(r.run_id, (eff,))
-            apply_kv(r, eff)
-            r.journal.append(eff)
+            if exp is None and version < 256 and 0 <= now < _TS_MAX:
+                e = _HEAD_1(now << 8, version) + data
+            else:
+                e = pack_entry(data, version, now, exp)
+            put_kv_entry(r, key, e)
+            journal = r.journal
+            if len(journal.items) > journal.trim_at:
+                self._trim_history(r)
         else:
             self._commit(r, eff)
         return version
 
-    def _kv_live(self, r: RunData, key: str) -> tuple | None:
+    def _kv_live(self, r: RunData, key: str) -> bytes | None:
         """The entry at `key` when it holds a live (not deleted, not expired) value."""
         e = r.kv.get(key)
-        if e is None or e[VALUE] is None:
-            return None
-        exp = e[EXPIRES]
-        if exp is not None and exp <= self.clock():
+        if e is None or live_value(e, 0 if PLAIN_AT[e[0]] else self.clock()) is None:
             return None
         return e
 
@@ -76,16 +86,24 @@ class KVOps:
             self._run(run)
             check_key(key)
             raise
-        if e is None or e[VALUE] is None:
+        if e is None:
             check_key(key)
             return default
-        if e[EXPIRES] is not None and e[EXPIRES] <= self.clock():
+        at = PLAIN_AT[e[0]]
+        if at:
+            return _unpackb(e[at:], raw=False)
+        if e[0] & DELETED:
+            check_key(key)
             return default
-        return _unpackb(e[VALUE], raw=False)
+        data = live_value(e, self.clock())
+        return default if data is None else _unpackb(data, raw=False)
 
     def kv_get_versioned(self, run: str, key: str) -> Versioned | None:
-        e = self._kv_live(self._run(run), check_key(key))
-        return None if e is None else Versioned(_unpackb(e[VALUE], raw=False), e[VERSION], e[TS])
+        r = self._run(run)
+        e = r.kv.get(check_key(key))
+        data = None if e is None else live_value(e, self.clock())
+        return None if data is None else Versioned(_unpackb(data, raw=False), entry_version(e),
+                                                   entry_ts(e))
 
     def kv_exists(self, run: str, key: str) -> bool:
         return self._kv_live(self._run(run), check_key(key)) is not None
@@ -94,10 +112,11 @@ class KVOps:
         r = self._writable(run)
         check_key(key)
         old = r.kv.get(key)
-        if old is None or old[VALUE] is None:
+        if old is None or old[0] & DELETED:
             return False
-        live = old[EXPIRES] is None or old[EXPIRES] > self.clock()
-        self._commit(r, (KV_DEL, key, None, old[VERSION] + 1, self.clock(), None))
+        exp = entry_expires(old)
+        live = exp is None or exp > self.clock()
+        self._commit(r, (KV_DEL, key, None, entry_version(old) + 1, self.clock(), None))
         return live
 
     def kv_cas(self, run: str, key: str, expected_version: int, value) -> int:
@@ -106,12 +125,12 @@ class KVOps:
         if type(expected_version) is not int:
             raise InvalidValue(f"expected_version must be an int, got {type(expected_version).__name__}")
         e = self._kv_live(r, key)
-        actual = 0 if e is None else e[VERSION]
+        actual = 0 if e is None else entry_version(e)
         if actual != expected_version:
             raise VersionMismatch(expected_version, actual)
         data = self._encode(value)
         old = r.kv.get(key)
-        version = 1 if old is None else old[VERSION] + 1
+        version = 1 if old is None else entry_version(old) + 1
         self._commit(r, (KV_PUT, key, data, version, self.clock(), None))
         return version
 
@@ -120,9 +139,12 @@ class KVOps:
         if type(keys) not in (list, tuple):
             raise InvalidValue("keys must be a list of str")
         out = []
+        now = self.clock()
+        kv = r.kv
         for key in keys:
-            e = self._kv_live(r, check_key(key))
-            out.append(None if e is None else _unpackb(e[VALUE], raw=False))
+            e = kv.get(check_key(key))
+            data = None if e is None else live_value(e, now)
+            out.append(None if data is None else _unpackb(data, raw=False))
         return out
 
     def kv_keys(self, run: str, prefix: str = "") -> list[str]:
@@ -131,11 +153,17 @@ class KVOps:
             raise InvalidKey("prefix must be a str")
         now = self.clock()
         return sorted(k for k, e in r.kv.items()
-                      if e[VALUE] is not None and k.startswith(prefix)
-                      and (e[EXPIRES] is None or e[EXPIRES] > now))
+                      if k.startswith(prefix) and (PLAIN_AT[e[0]] or live_value(e, now) is not None))
 
     def kv_items(self, run: str, prefix: str = "") -> list[tuple]:
         r = self._run(run)
-        keys = self.kv_keys(run, prefix)
+        if type(prefix) is not str:
+            raise InvalidKey("prefix must be a str")
+        now = self.clock()
         kv = r.kv
-        return [(k, _unpackb(kv[k][VALUE], raw=False)) for k in keys]
+        out = []
+        for k in sorted(k for k in kv if k.startswith(prefix)):
+            data = live_value(kv[k], now)
+            if data is not None:
+                out.append((k, _unpackb(data, raw=False)))
+        return out

@@ -47,17 +47,14 @@ class RecoveryOps:
                     code = eff[CODE]
                     if code not in _RUN_CODES:
                         APPLY[code](r, eff)
-                        r.journal.append(eff)
                         continue
                 codes = set(map(_CODE, effs))
                 if codes <= _KV_CODES:
-                    r.journal.extend(effs)
                     apply_kv_many(r, effs)
                     continue
                 if not codes & _RUN_CODES:
                     for eff in effs:
                         APPLY[eff[CODE]](r, eff)
-                    r.journal.extend(effs)
                     continue
             self.apply_group((run_id, *effs))
 
@@ -74,7 +71,6 @@ class RecoveryOps:
             code = eff[CODE]
             if code != RUN_CREATE and code != RUN_DELETE:
                 APPLY[code](r, eff)
-                r.journal.append(eff)
                 return
         for eff in group[1:]:
             code = eff[CODE]
@@ -89,7 +85,6 @@ class RecoveryOps:
             if r is None:
                 raise InmemError(f"the log names run {run_id!r}, which was never created")
             APPLY[code](r, eff)
-            r.journal.append(eff)
 
     def mark_orphans(self) -> list[str]:
         """After recovery: every run still active has no end; flag it as orphaned."""

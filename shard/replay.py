@@ -1,9 +1,9 @@
 """Replay: folding a run's journal into a read-only view of the run at a position.
 
-The journal holds every committed effect of the run in order (see
-`shard.effects`), so the state of each primitive after the first `at`
-effects is a fold over `journal[:at]`: the last effect on each key wins,
-events and traces accumulate. The fold reads only the run's journal — O(run
+The journal (`shard.history`) holds every committed effect of the run in
+order (see `shard.effects`), so the state of each primitive after the first
+`at` effects is a fold over its first `at` entries: the last write to each
+key wins, events and traces accumulate. The fold reads only the run's journal — O(run
 size), never O(shard size) — writes nothing, and depends on nothing but the
 journal, so two replays of the same run and position are identical.
 
@@ -20,6 +20,8 @@ from inmem.errors import InvalidValue
 
 from .effects import (CODE, EV_APPEND, EXPIRES, JS_DEL, JS_PUT, KEY, KV_DEL, KV_PUT, ST_DEL,
                       ST_PUT, TR_ADD, TS_FIELD, VALUE)
+from .entries import entry_expires, entry_ts, entry_value
+from .history import KEYED
 
 
 class ReplayOps:
@@ -30,46 +32,65 @@ class ReplayOps:
         r = self._run(run)
         if at is not None and type(at) is not int:
             raise InvalidValue(f"at must be an int journal position or None, got {at!r}")
-        return fold(r.journal, at)
+        journal = r.journal
+        n = len(journal)
+        if at is None or at > n:
+            at = n
+        elif at < 0:
+            at = max(n + at, 0)
+        return fold(journal.raw(0, at), at)
 
 
-def fold(journal: list, at: int | None = None) -> list:
-    """[kv, json, state, events, traces, position] of the run after `at` journal entries.
+def _slot(item) -> tuple:
+    """(packed value or None, expires or None) of a keyed history item or effect."""
+    if len(item) == 3:  # (code, key, entry), shard.history
+        e = item[2]
+        return entry_value(e), entry_expires(e)
+    return item[VALUE], (item[EXPIRES] if len(item) > EXPIRES else None)
 
+
+def fold(items: list, at: int | None = None) -> list:
+    """[kv, json, state, events, traces, position] of the run after its first `at` entries.
+
+    `items` are the run's history from position 0, as `History.raw` gives
+    them (effect tuples, or `(code, key, entry)` items for keyed writes).
     Values, payloads and trace data are the packed bytes; events and traces are
     their effect tuples without the code. `inmem.types.RunView.from_wire` decodes.
     """
-    n = len(journal)
-    if at is None or at > n:
-        at = n
-    elif at < 0:
-        at = max(n + at, 0)
+    if at is None or at > len(items):
+        at = len(items)
     kv: dict = {}
     state: dict = {}
     docs: dict = {}
     events: list = []
     traces: list = []
     for i in range(at):
-        eff = journal[i]
-        code = eff[CODE]
+        item = items[i]
+        code = item[CODE]
         if code == KV_PUT or code == KV_DEL:
-            kv[eff[KEY]] = eff
+            kv[item[KEY]] = item
         elif code == EV_APPEND:
-            events.append(eff)
+            events.append(item)
         elif code == ST_PUT or code == ST_DEL:
-            state[eff[KEY]] = eff
+            state[item[KEY]] = item
         elif code == JS_PUT or code == JS_DEL:
-            docs[eff[KEY]] = eff
+            docs[item[KEY]] = item
         elif code == TR_ADD:
-            traces.append(eff)
-    last = journal[at - 1] if at else None
-    now = last[TS_FIELD[last[CODE]]] if at else 0
+            traces.append(item)
+    now = 0
+    if at:
+        last = items[at - 1]
+        code = last[CODE]
+        now = entry_ts(last[2]) if code in KEYED and len(last) == 3 else last[TS_FIELD[code]]
     # Values stay in the msgpack bytes they are stored as: the caller decodes
     # each once (RunView.from_wire), so a cluster never unpacks and repacks them.
-    kv_view = {k: e[VALUE] for k, e in sorted(kv.items())
-               if e[VALUE] is not None and (e[EXPIRES] is None or e[EXPIRES] > now)}
-    state_view = {k: e[VALUE] for k, e in sorted(state.items()) if e[VALUE] is not None}
-    json_view = {k: e[VALUE] for k, e in sorted(docs.items()) if e[VALUE] is not None}
+    kv_view = {}
+    for k in sorted(kv):
+        value, exp = _slot(kv[k])
+        if value is not None and (exp is None or exp > now):
+            kv_view[k] = value
+    state_view = {k: v for k in sorted(state) if (v := _slot(state[k])[0]) is not None}
+    json_view = {k: v for k in sorted(docs) if (v := _slot(docs[k])[0]) is not None}
     event_view = [e[1:] for e in events]  # every field after the code
     trace_view = [e[1:] for e in traces]
     return [kv_view, json_view, state_view, event_view, trace_view, at]

@@ -19,6 +19,7 @@ from inmem.types import RunInfo
 from inmem.values import check_key
 
 from .effects import RUN_CREATE, RUN_DELETE, RUN_STATUS
+from .history import History
 from .lifecycle import STATUSES, check_transition
 from .search_index import SearchIndex
 
@@ -33,7 +34,7 @@ class RunData:
                  "events", "events_by_type", "traces", "trace_order", "traces_by_type",
                  "traces_by_tag", "trace_roots", "trace_children", "journal")
 
-    def __init__(self, eff: tuple):
+    def __init__(self, eff: tuple, history_limit: int | None = None):
         """A new active run from its RUN_CREATE effect (the first entry of its journal)."""
         _, self.run_id, self.name, self.parent, tags, self.metadata, ts = eff
         self.tags = tuple(tags)
@@ -42,7 +43,7 @@ class RunData:
         self.ended_at = None
         self.error = None
         self.orphaned = False
-        #: KV, state and JSON entries: key -> the last effect on that key
+        #: KV, state and JSON entries: key -> the packed entry of its last write (shard.entries)
         self.kv: dict = {}
         self.state: dict = {}
         self.json: dict = {}
@@ -57,7 +58,7 @@ class RunData:
         self.trace_roots: list = []
         self.trace_children: dict = {}
         #: every effect committed to the run, in order (replay folds it)
-        self.journal: list = [eff]
+        self.journal = History(self.run_id, eff, history_limit)
 
     def info(self) -> RunInfo:
         return RunInfo(self.run_id, self.name, self.parent,
@@ -91,7 +92,7 @@ class RunOps:
         eff = (RUN_CREATE, run_id, name, parent, tags, meta, self.clock())
         if self.log is not None:
             self._log(run_id, (eff,))
-        r = RunData(eff)
+        r = RunData(eff, self.history_limit)
         self.runs[run_id] = r
         return run_id
 

@@ -51,7 +51,8 @@ import msgpack
 
 from .effects import (CODE, EV_APPEND, EV_PAYLOAD, EV_SEQ, EV_TYPE, EXPIRES, JS_DEL, JS_PUT, KEY,
                       KV_DEL, KV_PUT, RUN_CREATE, RUN_STATUS, ST_DEL, ST_PUT, TR_ADD, TR_DATA,
-                      TR_ID, TR_TYPE, VALUE)
+                      TR_ID, TR_TYPE, VALUE, VERSION)
+from .entries import entry_version
 
 K1 = 1.2
 B = 0.75
@@ -196,7 +197,8 @@ class SearchIndex:
         while heap and heap[0][0] <= now_us:
             expires_at, doc, eff = heapq.heappop(heap)
             r = runs.get(doc[1])
-            if r is not None and r.kv.get(doc[2]) is eff:
+            e = None if r is None else r.kv.get(doc[2])
+            if e is not None and entry_version(e) == eff[VERSION]:  # not written since
                 self._remove(doc)
         self.rebuilding = False
         return True

@@ -15,7 +15,8 @@ from typing import Callable
 
 from inmem.errors import InvalidValue
 
-from .effects import EV_PAYLOAD, EV_TYPE, TR_DATA, TR_TYPE, VALUE
+from .effects import EV_PAYLOAD, EV_TYPE, TR_DATA, TR_TYPE
+from .entries import entry_value
 from .runs import RunData
 from .search_index import PRIMITIVES, SearchIndex, packed_text, snippet
 
@@ -81,7 +82,8 @@ class SearchOps:
             return [e[TR_TYPE], *packed_text(e[TR_DATA])]
         table = {"kv": r.kv, "json": r.json, "state": r.state}[prim]
         e = table.get(ref)
-        return [] if e is None else packed_text(e[VALUE])
+        data = None if e is None else entry_value(e)
+        return [] if data is None else packed_text(data)
 
 
 def _deadline(budget_ms) -> float | None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sys
 from array import array
-from itertools import compress
+from itertools import compress, groupby
 from operator import itemgetter
 from typing import Protocol
 
@@ -34,8 +34,7 @@ import msgpack
 
 from inmem.recovery import snapshot_format as fmt
 
-from .effects import (APPLY, CODE, PRIMITIVE, RUN_CREATE, apply_json_many, apply_kv_many,
-                      apply_state_many)
+from .effects import APPLY, CODE, KV_DEL, KV_PUT, PRIMITIVE, RUN_CREATE, apply_kv_many
 from .runs import RunData
 
 CODEC_VERSION = 1
@@ -43,8 +42,6 @@ CODEC_VERSION = 1
 _SECTION_OF = {"runs": fmt.RUNS, "kv": fmt.KV, "events": fmt.EVENTS, "state": fmt.STATE,
                "traces": fmt.TRACES, "json": fmt.JSON}
 _ORDER = (fmt.RUNS, fmt.KV, fmt.EVENTS, fmt.STATE, fmt.TRACES, fmt.JSON)
-#: the sections whose effects are keyed entries, and the bulk function that applies them
-_APPLY_MANY = {fmt.KV: apply_kv_many, fmt.STATE: apply_state_many, fmt.JSON: apply_json_many}
 
 
 class Snapshottable(Protocol):
@@ -59,8 +56,8 @@ def dump(engine: Snapshottable) -> tuple[dict, list]:
     """(counts, [(section type, body bytes), ...]) for the engine's current state."""
     split = {t: [] for t in _ORDER}
     for r in engine.runs.values():
-        journal = r.journal
-        n = len(journal)
+        n = len(r.journal)
+        journal = r.journal.effects(0, n)
         codes = list(map(_CODE, journal))
         present = set(codes)
         for t in _ORDER:
@@ -87,34 +84,43 @@ def load(engine: Snapshottable, sections: dict) -> None:
     meta = msgpack.unpackb(sections[fmt.META], raw=False) if fmt.META in sections else {}
     if meta.get("codec", CODEC_VERSION) != CODEC_VERSION:
         raise ValueError(f"snapshot codec version {meta.get('codec')} is not supported")
-    runs = engine.runs
+    journals: dict = {}
+    orphans: dict = {}
     for run_id, n, positions, effs, orphaned in _unpack(sections.get(fmt.RUNS)):
         if not effs or effs[0][CODE] != RUN_CREATE:
             raise ValueError(f"run {run_id!r} has no creation record in the snapshot")
-        r = RunData(effs[0])
         journal = [None] * n
         _place(journal, _positions(positions), effs)
-        for eff in effs[1:]:
-            APPLY[eff[CODE]](r, eff)
-        r.journal = journal
-        r.orphaned = orphaned
-        runs[r.run_id] = r
+        journals[run_id] = journal
+        orphans[run_id] = orphaned
     for t in _ORDER[1:]:
         for run_id, _n, positions, effs in _unpack(sections.get(t)):
-            r = runs[run_id]
-            _place(r.journal, _positions(positions), effs)
-            apply_many = _APPLY_MANY.get(t)
-            if apply_many is not None:
-                apply_many(r, effs)
+            _place(journals[run_id], _positions(positions), effs)
+    missing = [run_id for run_id, journal in journals.items() if None in journal]
+    if missing:
+        raise ValueError(f"snapshot journals have holes in runs {missing[:5]}")
+    runs = engine.runs
+    for run_id, journal in journals.items():
+        r = RunData(journal[0])
+        # Runs of plain KV writes, the bulk of most journals, go in with C-level loops.
+        for is_kv, effs in groupby(journal[1:], _IS_KV):
+            if is_kv:
+                apply_kv_many(r, list(effs))
             else:
                 for eff in effs:
                     APPLY[eff[CODE]](r, eff)
-    missing = [r.run_id for r in runs.values() if None in r.journal]
-    if missing:
-        raise ValueError(f"snapshot journals have holes in runs {missing[:5]}")
+        r.orphaned = orphans[run_id]
+        runs[r.run_id] = r
 
 
 _CODE = itemgetter(CODE)
+_KV_CODES = frozenset((KV_PUT, KV_DEL))
+
+
+def _IS_KV(eff) -> bool:
+    return eff[CODE] in _KV_CODES
+
+
 _CODES_OF_SECTION = {t: frozenset(c for c, prim in PRIMITIVE.items() if _SECTION_OF[prim] == t)
                      for t in _ORDER}
 

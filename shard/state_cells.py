@@ -1,8 +1,8 @@
 """State cell operations of a run: named values changed by version (compare-and-set).
 
 `StateOps` is one of the parts the `Engine` is assembled from. A cell's entry
-is the last ST_PUT or ST_DEL effect on its name (`shard.effects`: KEY, VALUE,
-VERSION, TS); a deleted cell keeps counting versions.
+is the packed form of the last ST_PUT or ST_DEL on its name (`shard.entries`:
+value, version, time); a deleted cell keeps counting versions.
 """
 
 from __future__ import annotations
@@ -15,16 +15,17 @@ from inmem.errors import InvalidValue, StateExists, VersionMismatch
 from inmem.types import State
 from inmem.values import check_key
 
-from .effects import ST_DEL, ST_PUT, TS, VALUE, VERSION
+from .effects import ST_DEL, ST_PUT
+from .entries import DELETED, entry_ts, entry_value, entry_version
 from .runs import RunData
 
 _unpackb = msgpack.unpackb
 
 
-def _live(r: RunData, name: str) -> tuple | None:
+def _live(r: RunData, name: str) -> bytes | None:
     """The cell's entry when it holds a value (not deleted)."""
     e = r.state.get(name)
-    return None if e is None or e[VALUE] is None else e
+    return None if e is None or e[0] & DELETED else e
 
 
 class StateOps:
@@ -42,14 +43,15 @@ class StateOps:
     def _st_put(self, r: RunData, name: str, value) -> int:
         data = self._encode(value)
         old = r.state.get(name)
-        version = 1 if old is None else old[VERSION] + 1
+        version = 1 if old is None else entry_version(old) + 1
         self._commit(r, (ST_PUT, name, data, version, self.clock()))
         return version
 
     def st_read(self, run: str, name: str) -> State | None:
         r = self._run(run)
         e = _live(r, check_key(name, "state name"))
-        return None if e is None else State(_unpackb(e[VALUE], raw=False), e[VERSION], e[TS])
+        return None if e is None else State(_unpackb(entry_value(e), raw=False), entry_version(e),
+                                            entry_ts(e))
 
     def st_set(self, run: str, name: str, value) -> int:
         r = self._writable(run)
@@ -62,7 +64,7 @@ class StateOps:
         if type(expected_version) is not int:
             raise InvalidValue("expected_version must be an int")
         e = _live(r, name)
-        actual = 0 if e is None else e[VERSION]
+        actual = 0 if e is None else entry_version(e)
         if actual != expected_version:
             raise VersionMismatch(expected_version, actual)
         return self._st_put(r, name, value)
@@ -73,5 +75,5 @@ class StateOps:
         e = _live(r, name)
         if e is None:
             return False
-        self._commit(r, (ST_DEL, name, None, e[VERSION] + 1, self.clock()))
+        self._commit(r, (ST_DEL, name, None, entry_version(e) + 1, self.clock()))
         return True

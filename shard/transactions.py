@@ -19,9 +19,9 @@ from inmem.errors import InmemError, InvalidKey, InvalidValue, TransactionConfli
 from inmem.ops import TX_WRITE_OPS
 from inmem.values import check_key
 
-from .effects import (CODE, EV_APPEND, EXPIRES, JS_DEL, JS_PUT, KEY, KV_DEL, KV_PUT, RUN_STATUS,
-                      ST_DEL, ST_PUT, TR_ADD, VALUE, VERSION, restore_entry, unapply_event,
-                      unapply_trace)
+from .effects import (CODE, EV_APPEND, JS_DEL, JS_PUT, KEY, KV_DEL, KV_PUT, RUN_STATUS, ST_DEL,
+                      ST_PUT, TR_ADD, restore_entry, unapply_event, unapply_trace)
+from .entries import entry_value, entry_version, live_value
 from .runs import RunData
 
 _unpackb = msgpack.unpackb
@@ -63,10 +63,10 @@ class TxOps:
         if e is None:
             check_key(key)
             return [False, None, 0]
-        data = e[VALUE]
-        if data is None or (ns == "kv" and e[EXPIRES] is not None and e[EXPIRES] <= self.clock()):
-            return [False, None, e[VERSION]]
-        return [True, _unpackb(data, raw=False), e[VERSION]]
+        data = live_value(e, self.clock()) if ns == "kv" else entry_value(e)
+        if data is None:
+            return [False, None, entry_version(e)]
+        return [True, _unpackb(data, raw=False), entry_version(e)]
 
     def tx_commit(self, run: str, reads: list, writes: list) -> list:
         """Validate the read set, then apply every write or none.
@@ -96,7 +96,7 @@ class TxOps:
             self._undo = None
         if self.log is not None and undo:
             try:
-                self._log(r.run_id, r.journal[journal_len:])
+                self._log(r.run_id, r.journal.effects(journal_len, len(r.journal)))
             except InmemError:
                 _rollback(r, undo, journal_len)
                 raise
@@ -129,14 +129,14 @@ def _rollback(r: RunData, undo: list, journal_len: int) -> None:
             unapply_trace(r, prev)
         elif key == RUN_STATUS:  # pragma: no cover - refused by TX_WRITE_OPS
             raise RuntimeError("run status changes are not transactional")
-    del r.journal[journal_len:]
+    r.journal.truncate(journal_len)
 
 
 def _slot_version(r: RunData, ns: str, key: str) -> int:
     if ns == "ev":
         return len(r.events)
     e = (r.kv if ns == "kv" else r.state if ns == "st" else r.json).get(key)
-    return 0 if e is None else e[VERSION]
+    return 0 if e is None else entry_version(e)
 
 
 def _check_read_set(reads) -> None:

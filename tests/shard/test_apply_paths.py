@@ -69,8 +69,8 @@ def writes(monkeypatch):
     record = Writes()
     plain_init = RunData.__init__
 
-    def init(self, eff):
-        plain_init(self, eff)
+    def init(self, eff, *args):
+        plain_init(self, eff, *args)
         for names, cls in ((DICT_TABLES, GuardedDict), (LIST_TABLES, GuardedList)):
             for name in names:
                 table = cls(getattr(self, name))

@@ -18,6 +18,7 @@ import pytest
 
 from inmem.shard import effects as fx
 from inmem.shard.engine import Engine
+from inmem.shard.entries import unpack_entry
 from inmem.shard.snapshot_codec import dump
 
 START_US = 1_000_000
@@ -117,26 +118,36 @@ def engine(clock):
     return e
 
 
+def _last_write(engine, table: str, key: str) -> tuple:
+    """The run's last effect, after checking the table's entry for `key` packs the same fields."""
+    r = engine.runs["r"]
+    eff = r.journal[-1]
+    value, version, ts, expires = unpack_entry(getattr(r, table)[key])
+    assert (value, version, ts) == (eff[fx.VALUE], eff[fx.VERSION], eff[fx.TS])
+    assert expires == (eff[fx.EXPIRES] if table == "kv" else None)
+    return eff
+
+
 def test_keyed_entry_fields(engine, clock):
     engine.kv_put("r", "k", "v1")
     clock.now = START_US + 7
     engine.kv_put("r", "k", "v2", 2)
-    e = engine.runs["r"].kv["k"]
+    e = _last_write(engine, "kv", "k")
     assert (e[fx.CODE], e[fx.KEY], e[fx.VALUE], e[fx.VERSION], e[fx.TS], e[fx.EXPIRES]) == \
         (fx.KV_PUT, "k", b"\xa2v2", 2, START_US + 7, START_US + 7 + 2_000_000)
     clock.now = START_US + 9
     engine.kv_delete("r", "k")
-    e = engine.runs["r"].kv["k"]
+    e = _last_write(engine, "kv", "k")
     assert (e[fx.CODE], e[fx.KEY], e[fx.VALUE], e[fx.VERSION], e[fx.TS], e[fx.EXPIRES]) == \
         (fx.KV_DEL, "k", None, 3, START_US + 9, None)
 
     engine.st_set("r", "cell", 5)
     engine.st_set("r", "cell", 6)
-    e = engine.runs["r"].state["cell"]
+    e = _last_write(engine, "state", "cell")
     assert (e[fx.CODE], e[fx.KEY], e[fx.VALUE], e[fx.VERSION], e[fx.TS]) == \
         (fx.ST_PUT, "cell", b"\x06", 2, START_US + 9)
     engine.js_put("r", "doc", {"a": 1})
-    e = engine.runs["r"].json["doc"]
+    e = _last_write(engine, "json", "doc")
     assert (e[fx.CODE], e[fx.KEY], e[fx.VALUE], e[fx.VERSION], e[fx.TS]) == \
         (fx.JS_PUT, "doc", b"\x81\xa1a\x01", 1, START_US + 9)
 
