@@ -239,3 +239,13 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
         if self.history_limit is not None:
             out["history_dropped"] = dropped
         return out
+
+    def history_counts(self) -> dict:
+        """The runs' history entries: all of them, those held in memory, those dropped."""
+        entries = held = dropped = 0
+        for r in self.runs.values():
+            entries += len(r.journal)
+            held += len(r.journal.items)
+            dropped += r.journal.base
+        return {"entries": entries, "in_memory": held, "dropped": dropped,
+                "limit": "full" if self.history_limit is None else self.history_limit}

@@ -59,9 +59,15 @@ def index_slice(engine, lock) -> bool:
 def shard_info(shard: int, engine, store, **extra) -> dict:
     """What `db.info()` reports of one shard: counts, memory, WAL size, durability."""
     counts = engine.counts()
+    rss = psutil.Process().memory_info().rss
+    keys = counts["keys"]
     return {"shard": shard, "pid": os.getpid(), "state": "ready",
-            "keys": counts["keys"], "runs": counts["runs"],
-            "memory_bytes": psutil.Process().memory_info().rss,
+            "keys": keys, "runs": counts["runs"],
+            "memory_bytes": rss,
+            # The whole process's resident memory over its keys: an upper bound
+            # on what a key costs, which is the figure a capacity plan needs.
+            "bytes_per_key": round(rss / keys, 1) if keys else None,
+            "history": engine.history_counts(),
             "wal_bytes": 0 if store is None else store.wal_bytes(),
             "durability": "inmemory" if store is None else store.durability,
             "last_snapshot_pause_ms": None if store is None else store.last_snapshot_pause_ms,
