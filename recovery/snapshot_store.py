@@ -92,8 +92,14 @@ class SnapshotStore:
         counts: Mapping[str, int],
         sections: Sequence[tuple[int, bytes]],
         created_at: int | None = None,
+        before_publish=None,
     ) -> SnapshotInfo:
-        """Write a snapshot atomically and durably, then apply retention."""
+        """Write a snapshot atomically and durably, then apply retention.
+
+        `before_publish`, if given, is called once the file is durable under
+        its temporary name and before it takes its final one; if it raises,
+        the temporary file is removed and nothing is published.
+        """
         if created_at is None:
             created_at = _now_us()
         # The file name holds both numbers in 20 digits; the format checks the rest.
@@ -109,6 +115,8 @@ class SnapshotStore:
                                            shard=shard, counts=counts, sections=sections)
                 f.flush()
                 os.fsync(f.fileno())
+            if before_publish is not None:
+                before_publish()
         except BaseException:
             try:
                 os.unlink(tmp)

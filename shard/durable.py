@@ -50,6 +50,7 @@ from inmem.wal.writer import WalWriter
 
 from .effects import record_payloads
 from .engine import Engine
+from .history_files import HistoryFiles
 from .recovery_apply import EngineRecovery
 from .snapshot_codec import dump
 from .upkeep import UPKEEP_EVERY_S, upkeep, upkeep_wait
@@ -128,9 +129,14 @@ class DurableStore:
         try:
             kwargs = {} if max_value_bytes is None else {"max_value_bytes": max_value_bytes}
             engine = Engine(clock=clock, log=True, **kwargs)
+            files = engine.history_files = HistoryFiles(path)
+            target = EngineRecovery(engine)
             result, next_lsn, snapshots, _case = recover(
-                path, EngineRecovery(engine), shard=shard, max_corrupt_entries=opts["max_corrupt_entries"],
+                path, target, shard=shard, max_corrupt_entries=opts["max_corrupt_entries"],
                 snapshot_retention=opts["snapshot_retention"])
+            # The effects replay read stay where they are, in the WAL: the runs'
+            # histories point at their records instead of holding them.
+            target.place_history(wal_dir(path), next_lsn)
             writer = WalWriter(wal_dir(path), durability,
                                segment_bytes_max=opts["segment_bytes_max"],
                                flush_interval_ms=opts["flush_interval_ms"],
@@ -139,6 +145,7 @@ class DurableStore:
                                # A buffered flush can carry megabytes; warn only when
                                # an fsync is slow enough to matter to a user.
                                fsync_slow_ms=opts["fsync_slow_ms"], flusher=flusher)
+            files.durable_lsn = lambda: writer.durable_lsn
         except BaseException:
             os.close(lock_fd)
             raise
@@ -224,9 +231,14 @@ class DurableStore:
     def _hand_over(self, log: list):
         """Pending encoded groups -> WAL records; a group leaves `log` once the writer holds it."""
         token = None
+        append = self.writer.append_located
+        files = self.engine.history_files
         try:
             for payload, n in record_payloads(log):
-                token = self.writer.append_nowait(payload)
+                token, first, offset = append(payload)
+                place = files.place(first, offset)
+                files.handed_over(token, place, payload)
+                _place_groups(log, n, place, self.engine.index.watermark)
                 del log[:n]
                 self._bytes_since_snapshot += len(payload)
         except InmemError as exc:
@@ -319,9 +331,20 @@ class DurableStore:
             self.emit_locked()
             position = self.writer.next_lsn
             failpoint("snapshot.before_fork")
-            pid = os.fork()
+            # The snapshot's history index names WAL records below `position`:
+            # the child publishes its file only once the parent says they are
+            # durable (a byte on this pipe, after the roll below flushed them).
+            ready_r, ready_w = os.pipe()
+            try:
+                pid = os.fork()
+            except BaseException:
+                os.close(ready_r)
+                os.close(ready_w)
+                raise
             if pid == 0:  # pragma: no cover - runs in the child, checked by the parent
-                self._child_main(position)
+                os.close(ready_w)
+                self._child_main(position, ready_r)
+            os.close(ready_r)
             self.last_snapshot_pause_ms = (time.perf_counter() - t0) * 1000
             self._child = pid
             self._child_position = position
@@ -329,17 +352,28 @@ class DurableStore:
             self._bytes_since_snapshot = 0
             self._last_snapshot = time.monotonic()
         # Records from here on go to a new segment, so the one that holds the
-        # position can be deleted once a retained snapshot covers it.
-        self.writer.roll()
+        # position can be deleted once a retained snapshot covers it. The roll
+        # writes and fsyncs every record below the position.
+        try:
+            self.writer.roll()
+            os.write(ready_w, b"1")
+        finally:
+            os.close(ready_w)
         return pid
 
-    def _child_main(self, position: int) -> None:  # pragma: no cover - child process
+    def _child_main(self, position: int, ready: int) -> None:  # pragma: no cover - child process
         code = 1
         try:
             gc.disable()
             counts, sections = dump(self.engine)
+
+            def wal_durable():
+                if os.read(ready, 1) != b"1":
+                    raise DurabilityError("the WAL below the snapshot position did not become "
+                                          "durable; the snapshot is not published")
+
             self.snapshots.write(wal_position=position, shard=self.shard, counts=counts,
-                                 sections=sections)
+                                 sections=sections, before_publish=wal_durable)
             failpoint("snapshot.child_written")
             code = 0
         except BaseException:
@@ -393,6 +427,9 @@ class DurableStore:
     def _delete_covered_wal(self) -> None:
         oldest = self.snapshots.oldest_retained_position()
         if oldest:
+            # Segments that runs' histories still name get a name in history/
+            # first (and history files no run names go); then the WAL deletes.
+            self.engine.history_files.retain(oldest)
             failpoint("snapshot.before_wal_delete")
             self.writer.delete_before(oldest)
             failpoint("snapshot.after_wal_delete")
@@ -423,9 +460,49 @@ class DurableStore:
                     self._reap(block=True)
         finally:
             self.writer.close()
+            self.engine.history_files.close()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+
+
+#: items of one run held in memory after they reached the WAL, at most: past
+#: this they go even if the search index has not read them (it then reads them back)
+HELD_MAX = 16384
+
+
+def _place_groups(log: list, n: int, place: int, indexed: dict) -> None:
+    """The first `n` groups of `log` went into the record at `place`: tell their runs' histories.
+
+    Consecutive groups of one run go in one extent; `seen` counts each run's
+    effects in the record so far, deletes included, as a reader of the record
+    will count them (`History._earlier`). A history lets go of its items once
+    they are on disk and the search index (`indexed`: run -> positions read)
+    has read them, so the index never has to read the WAL back.
+    """
+    seen: dict = {}
+    cur = cur_id = None
+    cur_n = cur_skip = 0
+    for i in range(n):
+        run_id, count, _data, h = log[i]
+        if h is cur and h is not None:
+            cur_n += count
+            continue
+        if cur_id is not None:
+            if cur is not None:
+                _to_disk(cur, cur_n, place, cur_skip, indexed)
+            seen[cur_id] = cur_skip + cur_n
+        cur, cur_id, cur_n, cur_skip = h, run_id, count, seen.get(run_id, 0)
+    if cur is not None:
+        _to_disk(cur, cur_n, place, cur_skip, indexed)
+
+
+def _to_disk(h, count: int, place: int, skip: int, indexed: dict) -> None:
+    h.to_disk(count, place, skip)
+    if len(h.items) > HELD_MAX:
+        h.drop_held(h.disk)
+    else:
+        h.drop_held(indexed.get(h.run_id, 0))
 
 
 def _lock_directory(path: str) -> int:

@@ -178,16 +178,25 @@ def apply_json(r, eff: tuple) -> None:
 
 
 def apply_event(r, eff: tuple) -> None:
+    _event_state(r, eff)
+    r.journal.append(eff)
+
+
+def _event_state(r, eff: tuple) -> None:
     r.events.append(eff)
     by_type = r.events_by_type.get(eff[EV_TYPE])
     if by_type is None:
         r.events_by_type[eff[EV_TYPE]] = [eff[EV_SEQ]]
     else:
         by_type.append(eff[EV_SEQ])
-    r.journal.append(eff)
 
 
 def apply_trace(r, eff: tuple) -> None:
+    _trace_state(r, eff)
+    r.journal.append(eff)
+
+
+def _trace_state(r, eff: tuple) -> None:
     tid, parent = eff[TR_ID], eff[TR_PARENT]
     r.traces[tid] = eff
     r.trace_order.append(tid)
@@ -198,7 +207,6 @@ def apply_trace(r, eff: tuple) -> None:
         r.trace_roots.append(tid)
     else:
         r.trace_children.setdefault(parent, []).append(tid)
-    r.journal.append(eff)
 
 
 def apply_status(r, eff: tuple) -> None:
@@ -247,6 +255,24 @@ def apply_state_many(r, effs: Sequence[tuple]) -> None:
 
 def apply_json_many(r, effs: Sequence[tuple]) -> None:
     _apply_keyed_many(r, r.json, effs)
+
+
+# -- loading state that a snapshot holds ---------------------------------------------
+# A snapshot holds the tables themselves and the history apart (shard.snapshot_codec):
+# these fill the tables without touching the history.
+
+def load_entries(table: dict, keys: Sequence[str], entries: Sequence[bytes]) -> None:
+    table.update(zip(keys, entries))
+
+
+def load_events(r, effs: Sequence[tuple]) -> None:
+    for eff in effs:
+        _event_state(r, eff)
+
+
+def load_traces(r, effs: Sequence[tuple]) -> None:
+    for eff in effs:
+        _trace_state(r, eff)
 
 
 # -- taking an effect back --------------------------------------------------------

@@ -81,10 +81,13 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
         self.clock = clock or _now_us
         #: entries each run keeps in memory (None: all of them), see `shard.history`
         self.history_limit = history_limit(history)
+        #: a durable store's history files: runs keep their history there
+        self.history_files = None
         self.max_value_bytes = max_value_bytes
         self.runs: dict[str, RunData] = {}
         #: groups committed since the caller last took them, each already encoded
-        #: for the WAL: `(run id, effect count, packed effects)` (None: no WAL)
+        #: for the WAL: `(run id, effect count, packed effects, the run's History)`
+        #: (None: no WAL)
         self.log: list | None = [] if log else None
         #: inside a transaction: what taking each applied effect back needs
         self._undo: list | None = None
@@ -124,12 +127,12 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
     # -- the commit step -----------------------------------------------------------
 
     def take_log(self) -> list:
-        """The groups queued for the WAL since the last call, oldest first."""
+        """The groups queued for the WAL since the last call, oldest first: (run id, count, bytes)."""
         groups = self.log
         if not groups:
             return []
         self.log = []
-        return groups
+        return [g[:3] for g in groups]
 
     def _commit(self, r: RunData, eff: tuple) -> None:
         """Queue one resolved effect for the WAL, then apply it to run `r` and journal it."""
@@ -137,7 +140,7 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
         if undo is not None:
             undo.append(undo_entry(r, eff))
         elif self.log is not None:
-            self._log(r.run_id, (eff,))
+            self._log(r.run_id, (eff,), r.journal)
         APPLY[eff[CODE]](r, eff)
         if undo is None and len(r.journal.items) > r.journal.trim_at:
             self._trim_history(r)
@@ -147,7 +150,7 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
         self.index.catch_up(self.runs, self.clock())
         r.journal.trim(len(r.journal))
 
-    def _log(self, run_id: str, effs) -> None:
+    def _log(self, run_id: str, effs, journal=None) -> None:
         """Encode a group for the WAL before it is applied: what cannot be logged is refused.
 
         This is what makes "encode before acknowledge" hold: a value that passed
@@ -164,7 +167,9 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
             raise ValueTooLarge(f"this write takes {len(data)} bytes in the log, over the limit "
                                 f"of {GROUP_BYTES_MAX} for one operation or transaction; "
                                 "split it into smaller ones")
-        self.log.append((run_id, len(effs), data))
+        # The run's history rides along, so that the hand-over to the WAL can
+        # tell it where its effects went (shard.history_files); None: a delete.
+        self.log.append((run_id, len(effs), data, journal))
 
     # -- checks shared by the operations -------------------------------------------
 
@@ -242,10 +247,26 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
 
     def history_counts(self) -> dict:
         """The runs' history entries: all of them, those held in memory, those dropped."""
-        entries = held = dropped = 0
+        entries = held = earlier = index = 0
         for r in self.runs.values():
-            entries += len(r.journal)
-            held += len(r.journal.items)
-            dropped += r.journal.base
-        return {"entries": entries, "in_memory": held, "dropped": dropped,
+            h = r.journal
+            entries += len(h)
+            held += len(h.items)
+            earlier += h.disk if self.history_files is not None else h.base
+            index += h.index_bytes()
+        if self.history_files is not None:
+            # A durable store: what is not held is on disk, behind an index.
+            return {"entries": entries, "in_memory": held, "on_disk": earlier,
+                    "index_bytes": index, "limit": "full"}
+        return {"entries": entries, "in_memory": held, "dropped": earlier,
                 "limit": "full" if self.history_limit is None else self.history_limit}
+
+    def release_history(self) -> None:
+        """Durable: drop the held history items that are on disk and read by the search index."""
+        if self.history_files is None:
+            return
+        indexed = self.index.watermark
+        for run_id, r in self.runs.items():
+            h = r.journal
+            if h.disk > h.base:
+                h.drop_held(indexed.get(run_id, 0))

@@ -16,8 +16,10 @@ What is held for each position (an *item*):
 `History[i]` and iteration give effect tuples (`shard.effects`), whichever
 form an item is held in. `items` are the positions from `base` on: in an
 in-memory store the earlier ones were dropped by its `history=` limit (and a
-replay that needs them raises HistoryNotKept); in a durable store they live
-on disk (`shard.disk_history`).
+replay that needs them raises HistoryNotKept); in a durable store the
+positions below `disk` are in WAL records, found through a few bytes of index
+per record (`ext_*` arrays, see `shard.history_files`), and the items between
+`base` and `disk` are held only until the search index has read them.
 
 The in-memory limit, `history=`: "full" (keep everything, the default), a
 count N (keep at least the last N entries of each run; older ones go in
@@ -29,8 +31,10 @@ because the search index must read an entry before it may go.
 from __future__ import annotations
 
 import sys
+from array import array
+from bisect import bisect_right
 
-from inmem.errors import HistoryNotKept, InvalidOption
+from inmem.errors import CorruptionError, HistoryNotKept, InvalidOption
 
 from .effects import JS_DEL, JS_PUT, KV_DEL, KV_PUT, ST_DEL, ST_PUT
 from .entries import unpack_entry
@@ -67,15 +71,71 @@ def history_limit(history) -> int | None:
 class History:
     """One run's journal: positions `base`.. in memory, earlier ones dropped or on disk."""
 
-    __slots__ = ("items", "base", "limit", "trim_at", "run_id")
+    __slots__ = ("items", "base", "disk", "limit", "trim_at", "run_id", "files", "ext_pos",
+                 "ext_loc", "ext_skip", "mem")
 
-    def __init__(self, run_id: str, first: tuple, limit: int | None = None):
+    def __init__(self, run_id: str, first: tuple, limit: int | None = None, files=None):
         self.run_id = run_id
         self.items: list = [first]
         self.base = 0
+        #: positions below this are on disk (or in `mem`); `base` <= `disk`: the
+        #: items between were written but are held until the search index read them
+        self.disk = 0
         self.limit = limit
         #: trim once this many items are held (sys.maxsize: never)
         self.trim_at = _NO_LIMIT if limit is None else 2 * limit + 64
+        #: a durable store's history files (shard.history_files); None: in memory only
+        self.files = files
+        #: the extents before `base`: where each starts in the journal, the place
+        #: of its WAL record (-1: held in `mem`), and how many effects of this run
+        #: the record holds before it
+        self.ext_pos = array("q")
+        self.ext_loc = array("q")
+        self.ext_skip = array("l")
+        #: extent start -> its effects, for stretches with no record to point at
+        self.mem: dict | None = None
+
+    # -- moving to disk ------------------------------------------------------------
+
+    def to_disk(self, count: int, place: int, skip: int) -> None:
+        """The next `count` positions are in the WAL record at `place`, after `skip` of this run's.
+
+        The items stay held until `drop_held` lets them go.
+        """
+        self.ext_pos.append(self.disk)
+        self.ext_loc.append(place)
+        self.ext_skip.append(skip)
+        self.files.live[place >> 40] += 1
+        self.disk += count
+
+    def drop_held(self, upto: int) -> None:
+        """Let go of the held items below position `upto` that are on disk."""
+        upto = min(upto, self.disk)
+        if upto > self.base:
+            del self.items[:upto - self.base]
+            self.base = upto
+
+    def pin(self) -> None:
+        """Keep every item not on disk as an in-memory extent: no record holds them."""
+        end = self.base + len(self.items)
+        if self.disk < end:
+            if self.mem is None:
+                self.mem = {}
+            self.mem[self.disk] = self.effects(self.disk, end)
+            self.ext_pos.append(self.disk)
+            self.ext_loc.append(-1)
+            self.ext_skip.append(0)
+            self.disk = end
+        self.drop_held(end)
+
+    def release(self) -> None:
+        """The run is gone: its files no longer need its extents."""
+        if self.files is not None:
+            live = self.files.live
+            for place in self.ext_loc:
+                if place >= 0:
+                    live[place >> 40] -= 1
+            self.ext_loc = array("q")
 
     # -- writing -------------------------------------------------------------------
 
@@ -94,7 +154,7 @@ class History:
         keep_from = min(keep_from, len(self), len(self) - (self.limit or 0))
         if keep_from > self.base:
             del self.items[:keep_from - self.base]
-            self.base = keep_from
+            self.base = self.disk = keep_from
 
     # -- reading -------------------------------------------------------------------
 
@@ -135,11 +195,41 @@ class History:
         return self.items[start - self.base:stop - self.base]
 
     def _earlier(self, start: int, stop: int) -> list:
+        if self.files is None and self.mem is None:
+            self._not_kept()
+        pos, loc, skip = self.ext_pos, self.ext_loc, self.ext_skip
+        n = len(pos)
+        i = bisect_right(pos, start) - 1
+        out: list = []
+        while i < n and pos[i] < stop:
+            first = pos[i]
+            last = pos[i + 1] if i + 1 < n else self.disk
+            if loc[i] < 0:
+                effs = self.mem[first]
+            else:
+                s = skip[i]
+                effs = self.files.run_effects(loc[i], self.run_id)[s:s + last - first]
+                if len(effs) != last - first:
+                    raise CorruptionError(
+                        f"the history record of run {self.run_id!r} at place {loc[i]} holds "
+                        f"{len(effs)} of the {last - first} effects its index names",
+                        path="", offset=loc[i] & ((1 << 40) - 1))
+            lo = start - first if start > first else 0
+            hi = stop - first if stop < last else last - first
+            out.extend(effs[lo:hi] if lo or hi != len(effs) else effs)
+            i += 1
+        return out
+
+    def _not_kept(self):
         raise HistoryNotKept(
             f"run {self.run_id!r} kept only its last {len(self.items)} history entries (the "
             f"first {self.base} were dropped under this store's history= limit), so it cannot "
             f"be replayed or diffed; open the store with history='full' to keep it",
             run_id=self.run_id)
+
+    def index_bytes(self) -> int:
+        """What the on-disk part of the history costs on the heap, in bytes."""
+        return sum(a.itemsize * len(a) for a in (self.ext_pos, self.ext_loc, self.ext_skip))
 
     def kept(self) -> int:
         """Entries held in memory."""

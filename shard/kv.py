@@ -58,7 +58,7 @@ class KVOps:
         if self._undo is None:
             # _commit and apply_kv, unrolled: no undo entry to keep outside a transaction.
             if self.log is not None:
-                self._log(r.run_id, (eff,))
+                self._log(r.run_id, (eff,), r.journal)
             if exp is None and version < 256 and 0 <= now < _TS_MAX:
                 e = _HEAD_1(now << 8, version) + data
             else:

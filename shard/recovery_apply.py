@@ -10,15 +10,19 @@ with the same `shard.effects` functions live writes use.
 
 from __future__ import annotations
 
+import logging
 from operator import itemgetter
 from typing import Callable
 
 from inmem.errors import InmemError
 
 from .effects import APPLY, CODE, KV_DEL, KV_PUT, RUN_CREATE, RUN_DELETE, apply_kv_many, decode_batch
+from .history_files import record_places
 from .runs import RunData
 from .search_index import SearchIndex
 from .snapshot_codec import load
+
+log = logging.getLogger("inmem.shard")
 
 _CODE = itemgetter(CODE)
 _KV_CODES = frozenset((KV_PUT, KV_DEL))
@@ -31,6 +35,7 @@ class RecoveryOps:
     runs: dict[str, RunData]
     clock: Callable[[], int]
     index: SearchIndex
+    history_files: object
 
     def apply_batches(self, batches) -> None:
         """Apply a WAL record's batches, `(run id, [effect, ...])`, in order.
@@ -75,10 +80,12 @@ class RecoveryOps:
         for eff in group[1:]:
             code = eff[CODE]
             if code == RUN_CREATE:
-                r = self.runs[run_id] = RunData(eff)
+                r = self.runs[run_id] = RunData(eff, None, self.history_files)
                 continue
             if code == RUN_DELETE:
-                self.runs.pop(run_id, None)
+                gone = self.runs.pop(run_id, None)
+                if gone is not None:
+                    gone.journal.release()
                 self.index.drop_run(run_id)
                 r = None
                 continue
@@ -95,13 +102,23 @@ class RecoveryOps:
 
 
 class EngineRecovery:
-    """Rebuilds an empty engine from a snapshot and the WAL records after it."""
+    """Rebuilds an empty engine from a snapshot and the WAL records after it.
 
-    __slots__ = ("engine", "_apply")
+    With history files (a durable store), it also notes, for every record it
+    applies, which run histories took how many of its effects, so that
+    `place_history` can point them at the record afterwards instead of
+    keeping them on the heap.
+    """
+
+    __slots__ = ("engine", "_apply", "_track", "_sizes")
 
     def __init__(self, engine: RecoveryOps):
         self.engine = engine
         self._apply = engine.apply_batches
+        track = getattr(engine, "history_files", None) is not None
+        #: per applied record: [(History, count, skip), ...]
+        self._track: list | None = [] if track else None
+        self._sizes: list = []
 
     def load_snapshot(self, sections: dict) -> None:
         load(self.engine, sections)
@@ -109,7 +126,11 @@ class EngineRecovery:
     def apply_record(self, payload) -> int:
         """Apply one WAL record through the live apply path; return its group count."""
         count, batches = decode_batch(payload)
-        self._apply(batches)
+        if self._track is None:
+            self._apply(batches)
+            return count
+        self._track.append(self._apply_tracked(batches))
+        self._sizes.append(len(payload))
         return count
 
     def apply_records(self, payloads) -> int:
@@ -119,6 +140,8 @@ class EngineRecovery:
         records of one operation each (strict mode, a light load) then take
         the bulk paths together instead of one record at a time.
         """
+        if self._track is not None:  # each record's effects must stay attributable to it
+            return sum(map(self.apply_record, payloads))
         groups = 0
         merged: list = []
         last = None
@@ -136,6 +159,64 @@ class EngineRecovery:
                     last = run_id
         self._apply(merged)
         return groups
+
+    def _apply_tracked(self, batches) -> list:
+        runs = self.engine.runs
+        apply = self._apply
+        seen: dict = {}
+        out = []
+        for batch in batches:
+            run_id, effs = batch
+            r0 = runs.get(run_id)
+            h0 = None if r0 is None else r0.journal
+            n0 = 0 if h0 is None else len(h0.items)
+            apply((batch,))
+            r1 = runs.get(run_id)
+            h1 = None if r1 is None else r1.journal
+            skip = seen.get(run_id, 0)
+            if h1 is h0:
+                if h0 is not None:
+                    out.append((h0, len(h0.items) - n0, skip))
+            else:
+                if h0 is not None:  # deleted in this batch, after these
+                    out.append((h0, len(h0.items) - n0, skip))
+                if h1 is not None:  # created in this batch: from its last creation on
+                    at = max(i for i, eff in enumerate(effs) if eff[CODE] == RUN_CREATE)
+                    out.append((h1, len(h1.items), skip + at))
+            seen[run_id] = skip + len(effs)
+        return out
+
+    def place_history(self, wal_dir: str, next_lsn: int) -> int:
+        """Point the histories at the WAL records replay read; return the effects placed.
+
+        When the records cannot be found again where the reader found them (a
+        damaged region was skipped), the effects stay in memory instead.
+        """
+        engine = self.engine
+        track, self._track = self._track, None
+        if not track:
+            return 0
+        files = engine.history_files
+        places = record_places(wal_dir, next_lsn - len(track), self._sizes)
+        runs = engine.runs
+        if places is None:
+            log.warning("history of %d WAL records stays in memory: the records could not be "
+                        "found again where recovery read them", len(track))
+            for r in runs.values():
+                r.journal.pin()
+            return 0
+        placed = 0
+        for (first, offset), entries in zip(places, track):
+            place = files.place(first, offset)
+            for h, count, skip in entries:
+                r = runs.get(h.run_id)
+                if count and r is not None and r.journal is h:
+                    h.to_disk(count, place, skip)
+                    placed += count
+        indexed = engine.index.watermark
+        for r in runs.values():
+            r.journal.drop_held(indexed.get(r.run_id, 0))
+        return placed
 
     def mark_orphans(self) -> list[str]:
         return self.engine.mark_orphans()

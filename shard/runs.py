@@ -34,7 +34,7 @@ class RunData:
                  "events", "events_by_type", "traces", "trace_order", "traces_by_type",
                  "traces_by_tag", "trace_roots", "trace_children", "journal")
 
-    def __init__(self, eff: tuple, history_limit: int | None = None):
+    def __init__(self, eff: tuple, history_limit: int | None = None, history_files=None):
         """A new active run from its RUN_CREATE effect (the first entry of its journal)."""
         _, self.run_id, self.name, self.parent, tags, self.metadata, ts = eff
         self.tags = tuple(tags)
@@ -58,7 +58,7 @@ class RunData:
         self.trace_roots: list = []
         self.trace_children: dict = {}
         #: every effect committed to the run, in order (replay folds it)
-        self.journal = History(self.run_id, eff, history_limit)
+        self.journal = History(self.run_id, eff, history_limit, history_files)
 
     def info(self) -> RunInfo:
         return RunInfo(self.run_id, self.name, self.parent,
@@ -90,9 +90,9 @@ class RunOps:
         tags = check_tags(tags)
         meta = None if metadata is None else self._encode(metadata)
         eff = (RUN_CREATE, run_id, name, parent, tags, meta, self.clock())
+        r = RunData(eff, self.history_limit, self.history_files)
         if self.log is not None:
-            self._log(run_id, (eff,))
-        r = RunData(eff, self.history_limit)
+            self._log(run_id, (eff,), r.journal)
         self.runs[run_id] = r
         return run_id
 
@@ -141,7 +141,7 @@ class RunOps:
             return False
         if self.log is not None:
             self._log(run, ((RUN_DELETE, run, self.clock()),))
-        del self.runs[run]
+        self.runs.pop(run).journal.release()
         self.index.drop_run(run)
         return True
 

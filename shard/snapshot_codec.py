@@ -1,25 +1,27 @@
 """How an engine's state becomes snapshot sections, and back.
 
-The engine's state is its runs' journals: every stored entry is the last
-effect written to its slot, so a snapshot holds each run's journal split by
-primitive — one section per primitive, as the file format asks — with each
-effect's journal position beside it. Loading puts every effect back at its
-position (the journal, for replay) and applies it through the same
-`effects.APPLY` functions live writes use (the state). Within one primitive
-the effects are in journal order, and primitives do not read each other's
-state, so applying section by section rebuilds exactly the state that was
-served.
+A snapshot holds what the engine keeps, close to as it keeps it, so that
+each section is packed and unpacked by one msgpack call (in C) and loading is
+a copy of it rather than a replay:
 
-Section body (msgpack): a list with one item per run,
-`[run_id, journal_length, positions, effects]`, where `positions` is the
-journal position of each effect as little-endian u32s (bytes) and each effect
-is the tuple the engine holds. The RUNS section also carries the run's
-orphaned flag. The META section is a map with the codec version and counts.
+- RUNS: per run `[run_id, create effect, status, updated_at, ended_at, error,
+  orphaned]`;
+- KV, STATE, JSON: per run `[run_id, keys, entries]`, two parallel lists: the
+  keys and their packed entries (`shard.entries`), loaded with one
+  `dict.update(zip(...))`;
+- EVENTS, TRACES: per run `[run_id, effects]`, the tables' own effect tuples;
+- JOURNAL: the history index, not the history: `[file names, runs]` where each
+  run is `[run_id, length, base, extent starts, extent places, extent skips,
+  in-memory extents, held effects]` (the three extent arrays as little-endian
+  i64 bytes; see `shard.history` and `shard.history_files`). A durable shard
+  hands every effect to the WAL before it forks a snapshot, so the history is
+  all extents, and a snapshot costs the same whether each key was written
+  once or a hundred times.
+- META: the codec version and counts.
 
-Loading is built for the common shapes: a run whose effects of one primitive
-sit at consecutive positions is put back with one slice assignment, and the
-KV, state and JSON tables are filled by the bulk apply functions of
-`shard.effects` (`dict.update` over C iterators).
+Codec version 1 (each run's whole journal split by primitive, with its
+positions) is still read: its history is kept in memory, as it has no record
+to point at.
 """
 
 from __future__ import annotations
@@ -34,56 +36,129 @@ import msgpack
 
 from inmem.recovery import snapshot_format as fmt
 
-from .effects import APPLY, CODE, KV_DEL, KV_PUT, PRIMITIVE, RUN_CREATE, apply_kv_many
+from .effects import (APPLY, CODE, KV_DEL, KV_PUT, PRIMITIVE, RUN_CREATE, apply_kv_many,
+                      load_entries, load_events, load_traces)
 from .runs import RunData
 
-CODEC_VERSION = 1
+CODEC_VERSION = 2
+_READS = (1, 2)
 
 _SECTION_OF = {"runs": fmt.RUNS, "kv": fmt.KV, "events": fmt.EVENTS, "state": fmt.STATE,
                "traces": fmt.TRACES, "json": fmt.JSON}
 _ORDER = (fmt.RUNS, fmt.KV, fmt.EVENTS, fmt.STATE, fmt.TRACES, fmt.JSON)
+_LITTLE = sys.byteorder == "little"
 
 
 class Snapshottable(Protocol):
     """What the codec needs of an engine (`shard.engine.Engine` is one)."""
 
     runs: dict[str, RunData]
+    history_files: object
 
     def counts(self) -> dict: ...
 
 
 def dump(engine: Snapshottable) -> tuple[dict, list]:
     """(counts, [(section type, body bytes), ...]) for the engine's current state."""
-    split = {t: [] for t in _ORDER}
-    for r in engine.runs.values():
-        n = len(r.journal)
-        journal = r.journal.effects(0, n)
-        codes = list(map(_CODE, journal))
-        present = set(codes)
-        for t in _ORDER:
-            wanted = _CODES_OF_SECTION[t]
-            if t != fmt.RUNS and not present & wanted:
-                continue
-            # compress() walks the journal in C: the split costs no Python loop per entry.
-            mask = list(map(wanted.__contains__, codes))
-            effs = list(compress(journal, mask))
-            positions = _positions_bytes(compress(range(n), mask))
-            if t == fmt.RUNS:
-                split[t].append((r.run_id, n, positions, effs, r.orphaned))
-            else:
-                split[t].append((r.run_id, n, positions, effs))
+    runs, kv, state, docs, events, traces, journal = [], [], [], [], [], [], []
+    for run_id, r in engine.runs.items():
+        h = r.journal
+        create = (RUN_CREATE, run_id, r.name, r.parent, r.tags, r.metadata, r.created_at)
+        runs.append((run_id, create, r.status, r.updated_at, r.ended_at, r.error, r.orphaned))
+        if r.kv:
+            kv.append((run_id, list(r.kv), list(r.kv.values())))
+        if r.state:
+            state.append((run_id, list(r.state), list(r.state.values())))
+        if r.json:
+            docs.append((run_id, list(r.json), list(r.json.values())))
+        if r.events:
+            events.append((run_id, r.events))
+        if r.traces:
+            traces.append((run_id, list(r.traces.values())))
+        journal.append((run_id, len(h), h.disk, _i64_bytes(h.ext_pos), _i64_bytes(h.ext_loc),
+                        _i64_bytes(h.ext_skip), sorted((h.mem or {}).items()),
+                        h.effects(h.disk, len(h))))
+    files = engine.history_files
+    names = [] if files is None else list(files.names)
     packb = msgpack.Packer(use_bin_type=True).pack
     counts = engine.counts()
-    sections = [(fmt.META, packb({"codec": CODEC_VERSION, **counts}))]
-    sections += [(t, packb(split[t])) for t in _ORDER]
+    sections = [(fmt.META, packb({"codec": CODEC_VERSION, **counts})),
+                (fmt.RUNS, packb(runs)), (fmt.KV, packb(kv)), (fmt.EVENTS, packb(events)),
+                (fmt.STATE, packb(state)), (fmt.TRACES, packb(traces)), (fmt.JSON, packb(docs)),
+                (fmt.JOURNAL, packb((names, journal)))]
     return counts, sections
 
 
 def load(engine: Snapshottable, sections: dict) -> None:
     """Rebuild `engine` (empty) from the sections of a snapshot."""
     meta = msgpack.unpackb(sections[fmt.META], raw=False) if fmt.META in sections else {}
-    if meta.get("codec", CODEC_VERSION) != CODEC_VERSION:
-        raise ValueError(f"snapshot codec version {meta.get('codec')} is not supported")
+    codec = meta.get("codec", 1)
+    if codec not in _READS:
+        raise ValueError(f"snapshot codec version {codec} is not supported")
+    if codec == 1:
+        _load_v1(engine, sections)
+        return
+    files = engine.history_files
+    runs = engine.runs
+    for run_id, create, status, updated_at, ended_at, error, orphaned in _unpack(
+            sections.get(fmt.RUNS)):
+        if not create or create[CODE] != RUN_CREATE or create[1] != run_id:
+            raise ValueError(f"run {run_id!r} has no creation record in the snapshot")
+        r = RunData(create, None, files)
+        r.status, r.updated_at, r.ended_at, r.error, r.orphaned = \
+            status, updated_at, ended_at, error, orphaned
+        runs[run_id] = r
+    for t, attr in ((fmt.KV, "kv"), (fmt.STATE, "state"), (fmt.JSON, "json")):
+        for run_id, keys, entries in _unpack(sections.get(t)):
+            if len(keys) != len(entries):
+                raise ValueError(f"snapshot section {fmt.section_name(t)} of run {run_id!r} "
+                                 "has keys and entries of different lengths")
+            load_entries(getattr(runs[run_id], attr), keys, entries)
+    for run_id, effs in _unpack(sections.get(fmt.EVENTS)):
+        load_events(runs[run_id], effs)
+    for run_id, effs in _unpack(sections.get(fmt.TRACES)):
+        load_traces(runs[run_id], effs)
+    names, journals = _unpack(sections.get(fmt.JOURNAL)) or ((), ())
+    if names:
+        if files is None:
+            raise ValueError("this snapshot's history is on disk, and the engine has no files")
+        files.adopt(list(names))
+    for run_id, length, base, pos, loc, skip, mem, held in journals:
+        h = runs[run_id].journal
+        h.ext_pos, h.ext_loc, h.ext_skip = _i64(pos), _i64(loc), _i64(skip)
+        if not len(h.ext_pos) == len(h.ext_loc) == len(h.ext_skip) or base + len(held) != length:
+            raise ValueError(f"the history index of run {run_id!r} does not add up")
+        h.mem = {start: list(effs) for start, effs in mem} or None
+        h.base = h.disk = base
+        h.items = list(held)
+        if files is not None:
+            live = files.live
+            for place in h.ext_loc:
+                if place >= 0:
+                    live[place >> 40] += 1
+        elif any(place >= 0 for place in h.ext_loc):
+            raise ValueError("this snapshot's history is on disk, and the engine has no files")
+
+
+def _i64_bytes(a: array) -> bytes:
+    if _LITTLE:
+        return a.tobytes()
+    b = array(a.typecode, a)
+    b.byteswap()
+    return b.tobytes()
+
+
+def _i64(data) -> array:
+    a = array("q")
+    a.frombytes(data)
+    if not _LITTLE:
+        a.byteswap()
+    return a
+
+
+# -- codec version 1 -------------------------------------------------------------------
+
+def _load_v1(engine: Snapshottable, sections: dict) -> None:
     journals: dict = {}
     orphans: dict = {}
     for run_id, n, positions, effs, orphaned in _unpack(sections.get(fmt.RUNS)):
@@ -101,7 +176,7 @@ def load(engine: Snapshottable, sections: dict) -> None:
         raise ValueError(f"snapshot journals have holes in runs {missing[:5]}")
     runs = engine.runs
     for run_id, journal in journals.items():
-        r = RunData(journal[0])
+        r = RunData(journal[0], None, engine.history_files)
         # Runs of plain KV writes, the bulk of most journals, go in with C-level loops.
         for is_kv, effs in groupby(journal[1:], _IS_KV):
             if is_kv:
@@ -110,6 +185,7 @@ def load(engine: Snapshottable, sections: dict) -> None:
                 for eff in effs:
                     APPLY[eff[CODE]](r, eff)
         r.orphaned = orphans[run_id]
+        r.journal.pin()  # no WAL record holds these any more: they stay in memory
         runs[r.run_id] = r
 
 

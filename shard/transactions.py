@@ -96,7 +96,7 @@ class TxOps:
             self._undo = None
         if self.log is not None and undo:
             try:
-                self._log(r.run_id, r.journal.effects(journal_len, len(r.journal)))
+                self._log(r.run_id, r.journal.effects(journal_len, len(r.journal)), r.journal)
             except InmemError:
                 _rollback(r, undo, journal_len)
                 raise

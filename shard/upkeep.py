@@ -3,7 +3,8 @@
 The embedded store runs `upkeep` from its scheduler thread and a shard worker
 from its idle turns, every `UPKEEP_EVERY_S`: the search index follows the
 journal in short slices (so a writer waits at most a few milliseconds for the
-engine's lock), and the snapshot triggers are checked. While the index is
+engine's lock), a durable shard's histories let go of what is on disk and
+indexed, and the snapshot triggers are checked. While the index is
 being rebuilt after a recovery, slices run back to back instead: the worker
 runs `index_slice` whenever its socket has nothing waiting, the scheduler
 thread every `REBUILD_PAUSE_S` (the pause lets other threads take the lock).
@@ -36,6 +37,8 @@ def upkeep(engine, store, lock) -> float:
     Returns the seconds to wait before the next round.
     """
     rebuilding = index_slice(engine, lock)
+    with lock:
+        engine.release_history()
     if store is not None:
         try:
             store.maybe_snapshot()

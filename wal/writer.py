@@ -279,7 +279,15 @@ class WalWriter:
         """
         return self._enqueue(payload, rtype)
 
-    def _enqueue(self, payload, rtype: int) -> int:
+    def append_located(self, payload, rtype: int = TYPE_BATCH) -> tuple[int, int, int]:
+        """`append_nowait` that also says where the record goes: (LSN, segment's first LSN, offset).
+
+        The segment is named by its first LSN; the offset is where the record's
+        header starts in it. A history index (`shard.history_files`) keeps it.
+        """
+        return self._enqueue(payload, rtype, True)
+
+    def _enqueue(self, payload, rtype: int, located: bool = False):
         size = checked_size(payload, rtype)
         record_bytes = size + RECORD_OVERHEAD
         with self._lock:
@@ -296,11 +304,12 @@ class WalWriter:
             if buf is None:
                 buf = self._cur = bytearray()
                 self._chunks.append((self._seg_first, buf))
+            offset = self._seg_bytes
             append_record(buf, payload, rtype, size)
             self._seg_bytes += record_bytes
             self._next_lsn = lsn + 1
             self._pending += 1
-            return lsn
+            return (lsn, self._seg_first, offset) if located else lsn
 
     def _wait_durable(self, lsn: int) -> None:
         """Group commit: lead a flush if nobody is flushing, else wait for the leader."""

@@ -52,6 +52,10 @@ PLANS = {
     "wal.after_delete": Plan({"strict": 1, "buffered": 1}),
     "snapshot.before_fork": Plan({"strict": 2, "buffered": 2}),
     "snapshot.before_wal_delete": Plan({"strict": 1, "buffered": 1}),
+    # History retention: before each WAL deletion, the segments the run's
+    # history still names are linked into history/.
+    "history.before_retain": Plan({"strict": 1, "buffered": 1}),
+    "history.after_retain": Plan({"strict": 1, "buffered": 1}),
     "snapshot.after_wal_delete": Plan({"strict": 1, "buffered": 1}),
     # Inside the forked writer: hit counts start from the parent's (zero) in
     # every child, so skip 0; every snapshot from then on fails.

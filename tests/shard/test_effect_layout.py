@@ -18,6 +18,7 @@ import pytest
 
 from inmem.shard import effects as fx
 from inmem.shard.engine import Engine
+from inmem.shard.recovery_apply import EngineRecovery
 from inmem.shard.entries import unpack_entry
 from inmem.shard.snapshot_codec import dump
 
@@ -46,14 +47,46 @@ WAL_GROUPS = [
 ]
 
 #: sha256 of each snapshot section `dump` makes of the same engine, by section type
+#: (snapshot codec 2: the tables as the engine keeps them, and the history index)
 SNAPSHOT_SECTIONS = {
-    8: "878cb62f86f7e145b76f556d921fc8ba5377e3d7a6fccc59b23afc337ff07d05",
-    1: "cc1dd5236e597ffb80e28eca97069847d957f89bb0378c4b855d62fd8cdfaa48",
-    2: "8ed54b4947764ef4967927e8cb11472db9941dc3a3e31d2be0fe0bbb208ed6d6",
-    3: "7f95e051020290f9779a1014c26a8ab2f9ad9b98cfe717de83b1e1404a63c9e2",
-    4: "b21876c22432c9ae0b69ae2b45acc5dcdd393f514fb40be99fdb265bb9219429",
-    5: "0214dac5617a510c70d259acf6baec81995f5ed3e9f95fb52cb4b72f82f6e1b4",
-    6: "76b39e5a0938f35873d695fdd0ffc447d1a8031956ab3e333fa6f922207bd44e",
+    8: "98d01223ed793af1155017460758b889bef6f06d42341c8c482511068531a735",
+    1: "22d644c3d57a215a2ec73cba559d6cf7cb5fce50e12abca5f6d763d687e458ee",
+    2: "b4c20517fe1f85dd0dbef804bc4d1222695bbeb8c13abdeac6ec0c3ce538d451",
+    3: "2cf86b5bdc7566e8a15f5f18acd30d0374ea7a01373506f7c323c9effc82153a",
+    4: "9586730a6513aae442b2a0a6127a127181b28274853ec63bc92e998bf8a81841",
+    5: "d7070d26ad33f940bd25b5fa880884c2a33c21821ec39d4cca2dce74b9ab7537",
+    6: "39b2b4300e4a78f2242bcb440bd313df6d9bbc0746bcb54524d053effd77cfe4",
+    7: "3f87dd02fd4b6178b31eefbd410f52ff465710196e10fbf44b0f2862d44fb5da",
+}
+
+#: the sections snapshot codec 1 (each run's journal split by primitive) wrote
+#: for the same engine: snapshots on disk in that codec must still load
+SNAPSHOT_SECTIONS_V1 = {
+    8: bytes.fromhex(
+        "88a5636f64656301a472756e7301a46b65797302a66576656e747302a674726163657301a5737461"
+        "746501a46a736f6e01a76a6f75726e616c0d"),
+    1: bytes.fromhex(
+        "9195a272310dc408000000000c000000929701a27231a16ec091a174c40481a16d01ce000f424094"
+        "02a9636f6d706c65746564ce000f424dc0c2"),
+    2: bytes.fromhex(
+        "9194a272310dc4100100000002000000030000000a00000094960aa16bc403c4017601ce000f4241"
+        "c0960aa16bc402a17702ce000f4242ce005b8d82960ba16bc003ce000f4244c0960aa26b32c40107"
+        "01ce000f424bc0"),
+    3: bytes.fromhex(
+        "9194a272310dc408040000000b00000092971400a46e6f7465c40782a16101a16202ce000f4245c4"
+        "200000000000000000000000000000000000000000000000000000000000000000c420aa74e1f9b9"
+        "6ae11e8e16d43884b359e4fbf038abd42940b603901f1518599b96971401a174c40101ce000f424c"
+        "c420aa74e1f9b96ae11e8e16d43884b359e4fbf038abd42940b603901f1518599b96c4205c732174"
+        "dda5629c016e90b184dfd5fa57fe2e58d873c74ea11b12d56f92c5f7"),
+    4: bytes.fromhex(
+        "9194a272310dc408050000000600000092951ea173c4010101ce000f4246951fa173c002ce000f42"
+        "47"),
+    5: bytes.fromhex(
+        "9194a272310dc40407000000919828a3746964c0a774686f75676874c40481a1780191a27467c404"
+        "81a17902ce000f4248"),
+    6: bytes.fromhex(
+        "9194a272310dc4080800000009000000929532a164c40581a161910101ce000f42499533a164c002"
+        "ce000f424a"),
 }
 
 
@@ -88,6 +121,20 @@ def test_every_snapshot_section_keeps_its_bytes():
     assert counts == {"runs": 1, "keys": 2, "events": 2, "traces": 1, "state": 1, "json": 1,
                       "journal": 13}
     assert {t: hashlib.sha256(body).hexdigest() for t, body in sections} == SNAPSHOT_SECTIONS
+
+
+@pytest.mark.parametrize("codec", [1, 2])
+def test_a_snapshot_of_either_codec_loads_the_same_engine(codec):
+    live = build()
+    sections = SNAPSHOT_SECTIONS_V1 if codec == 1 else dict(dump(live)[1])
+    rebuilt = Engine()
+    EngineRecovery(rebuilt).load_snapshot(sections)
+    assert rebuilt.counts() == live.counts()
+    r, l = rebuilt.runs["r1"], live.runs["r1"]
+    for table in ("kv", "state", "json", "events", "traces"):
+        assert getattr(r, table) == getattr(l, table), table
+    assert list(r.journal) == list(l.journal)
+    assert all(rebuilt.run_replay("r1", k) == live.run_replay("r1", k) for k in range(14))
 
 
 def test_effect_codes_keep_their_numbers():
