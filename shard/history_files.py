@@ -38,9 +38,7 @@ dead, is not done: a file is kept whole while any extent names it.
 
 from __future__ import annotations
 
-import logging
 import os
-import struct
 
 from crc32c import crc32c
 
@@ -51,8 +49,6 @@ from inmem.wal.record import CRC, FORMAT_VERSION, HEADER, HEADER_SIZE, PREFIX_CR
 from inmem.wal.segment import list_segments, parse_segment_name, segment_name
 
 from .effects import decode_batch
-
-log = logging.getLogger("inmem.shard")
 
 OFFSET_BITS = 40
 OFFSET_MASK = (1 << OFFSET_BITS) - 1

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import sys
 from array import array
-from itertools import compress, groupby
+from itertools import groupby
 from operator import itemgetter
 from typing import Protocol
 
@@ -36,15 +36,13 @@ import msgpack
 
 from inmem.recovery import snapshot_format as fmt
 
-from .effects import (APPLY, CODE, KV_DEL, KV_PUT, PRIMITIVE, RUN_CREATE, apply_kv_many,
+from .effects import (APPLY, CODE, KV_DEL, KV_PUT, RUN_CREATE, apply_kv_many,
                       load_entries, load_events, load_traces)
 from .runs import RunData
 
 CODEC_VERSION = 2
 _READS = (1, 2)
 
-_SECTION_OF = {"runs": fmt.RUNS, "kv": fmt.KV, "events": fmt.EVENTS, "state": fmt.STATE,
-               "traces": fmt.TRACES, "json": fmt.JSON}
 _ORDER = (fmt.RUNS, fmt.KV, fmt.EVENTS, fmt.STATE, fmt.TRACES, fmt.JSON)
 _LITTLE = sys.byteorder == "little"
 
@@ -195,17 +193,6 @@ _KV_CODES = frozenset((KV_PUT, KV_DEL))
 
 def _IS_KV(eff) -> bool:
     return eff[CODE] in _KV_CODES
-
-
-_CODES_OF_SECTION = {t: frozenset(c for c, prim in PRIMITIVE.items() if _SECTION_OF[prim] == t)
-                     for t in _ORDER}
-
-
-def _positions_bytes(positions) -> bytes:
-    a = array("I", positions)
-    if sys.byteorder != "little":
-        a.byteswap()
-    return a.tobytes()
 
 
 def _positions(data) -> array:
