@@ -217,7 +217,7 @@ class SearchIndex:
         # has, only fewer of the current ones.
         code = eff[CODE]
         if code == KV_PUT:
-            if r.kv.get(eff[KEY]) is not eff:
+            if not _current(r.kv, eff):
                 return
             doc = ("kv", run_id, eff[KEY])
             self._put(doc, packed_text(eff[VALUE]))
@@ -226,12 +226,12 @@ class SearchIndex:
         elif code == KV_DEL:
             self._remove(("kv", run_id, eff[KEY]))
         elif code == JS_PUT:
-            if r.json.get(eff[KEY]) is eff:
+            if _current(r.json, eff):
                 self._put(("json", run_id, eff[KEY]), packed_text(eff[VALUE]))
         elif code == JS_DEL:
             self._remove(("json", run_id, eff[KEY]))
         elif code == ST_PUT:
-            if r.state.get(eff[KEY]) is eff:
+            if _current(r.state, eff):
                 self._put(("state", run_id, eff[KEY]), packed_text(eff[VALUE]))
         elif code == ST_DEL:
             self._remove(("state", run_id, eff[KEY]))
@@ -281,6 +281,12 @@ class SearchIndex:
                 break
         best = heapq.nsmallest(top, scores.items(), key=_order)
         return [[s, d[0], d[1], d[2]] for d, s in best], len(scores), exhausted
+
+
+def _current(table: dict, eff) -> bool:
+    """Whether the keyed write `eff` is still its key's entry (no later write replaced it)."""
+    e = table.get(eff[KEY])
+    return e is not None and entry_version(e) == eff[VERSION]
 
 
 def _order(item):

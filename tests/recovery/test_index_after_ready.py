@@ -17,8 +17,9 @@ import pytest
 import inmem
 from inmem.recovery.sequence import recover
 from inmem.shard import search_index, upkeep
-from inmem.shard.effects import VALUE
+from inmem.shard.entries import entry_value
 from inmem.shard.engine import Engine
+from inmem.shard.history_files import HistoryFiles
 from inmem.shard.recovery_apply import EngineRecovery
 from inmem.shard.search_index import packed_text, tokenize
 from polling import wait_for
@@ -29,6 +30,8 @@ from text_corpus import QUERIES, answers, assert_same, fill, matching, text_of
 
 def recovered_engine(path) -> Engine:
     engine = Engine(log=True)
+    # A durable shard's history stays in its files; the engine reads it there.
+    engine.history_files = HistoryFiles(path)
     result, *_ = recover(path, EngineRecovery(engine))
     assert result.index_seconds < 0.05  # marking the rebuild, not doing it
     return engine
@@ -119,7 +122,7 @@ def test_a_partial_index_holds_only_current_values(tmp_path):
             if prim in current:
                 entry = current[prim].get(ref)
                 assert entry is not None, (prim, ref)
-                assert set(tfs) == set(tokenize(" ".join(packed_text(entry[VALUE])))), (prim, ref)
+                assert set(tfs) == set(tokenize(" ".join(packed_text(entry_value(entry))))), (prim, ref)
     assert slices > 3
     assert engine.search_stats(["zeppelin"])[2]["zeppelin"] == 667 + 2 - len(
         [i for i in range(0, 2000, 3) if i % 7 == 1])
