@@ -42,6 +42,18 @@ _POLLIN = zmq.POLLIN
 _POLLOUT = zmq.POLLOUT
 
 
+def send_now(sock: socket.socket, data: bytes) -> bytes:
+    """Send what the kernel takes of `data` without waiting; the rest (b"" once all went).
+
+    OSError when the connection broke.
+    """
+    try:
+        sent = sock.send(data)
+    except (BlockingIOError, InterruptedError):
+        return data
+    return data[sent:] if sent < len(data) else b""
+
+
 class Connection:
     """One client connection: its socket, the bytes of a message in progress, replies not yet sent."""
 
@@ -161,34 +173,26 @@ class StreamServer:
             conn.out.append(data)
             return
         try:
-            sent = conn.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
+            rest = send_now(conn.sock, data)
         except OSError:
             self.close_connection(conn)
             return
-        if sent < len(data):
-            conn.out = [data[sent:]]
+        if rest:
+            conn.out = [rest]
             # Wait for room; stop reading this peer until its replies are out.
             self.poller.modify(conn.fd, _POLLOUT)
 
     def _flush(self, conn: Connection) -> None:
-        data = b"".join(conn.out)
         try:
-            sent = conn.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
+            rest = send_now(conn.sock, b"".join(conn.out))
         except OSError:
             self.close_connection(conn)
             return
-        if sent < len(data):
-            conn.out = [data[sent:]]
+        if rest:
+            conn.out = [rest]
             return
         conn.out = None
         self.poller.modify(conn.fd, _POLLIN)
-
-    def pending_bytes(self) -> int:
-        return sum(sum(map(len, c.out)) for c in self.connections.values() if c.out)
 
     # -- closing -------------------------------------------------------------------
 
@@ -253,28 +257,23 @@ class StreamLink:
             self.out.append(data)
             return True
         try:
-            sent = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
+            rest = send_now(self.sock, data)
         except OSError as exc:
             self.close(str(exc))
             return False
-        if sent < len(data):
-            self.out = [data[sent:]]
+        if rest:
+            self.out = [rest]
         return True
 
     def flush(self) -> None:
         if self.out is None or self.closed:
             return
-        data = b"".join(self.out)
         try:
-            sent = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
+            rest = send_now(self.sock, b"".join(self.out))
         except OSError as exc:
             self.close(str(exc))
             return
-        self.out = [data[sent:]] if sent < len(data) else None
+        self.out = [rest] if rest else None
 
     def read(self) -> list:
         """The whole messages waiting, as [header, body].
@@ -314,4 +313,4 @@ class StreamLink:
             self.sock.close()
 
 
-__all__ = ["CONNECTIONS_MAX", "Connection", "StreamLink", "StreamServer"]
+__all__ = ["CONNECTIONS_MAX", "Connection", "StreamLink", "StreamServer", "send_now"]
