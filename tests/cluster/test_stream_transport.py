@@ -77,21 +77,24 @@ def _read_reply(sock: socket.socket) -> tuple[bytes, object]:
     return data[4:16], protocol.unpack_reply(data[16:])
 
 
+def _send_garbage(path: str) -> None:
+    """What a peer that does not speak the protocol sends; each connection ends, nothing else."""
+    huge = _raw(path)  # a length over the message limit
+    huge.sendall(struct.pack("<I", 2**32 - 1) + b"\0" * 12)
+    assert huge.recv(10) == b""
+    junk = _raw(path)  # bytes that are not a frame at all
+    junk.sendall(os.urandom(4096))
+    junk.close()
+    partial = _raw(path)  # a hang-up mid-frame
+    partial.sendall(struct.pack("<I", 100) + b"\1" * 20)
+    partial.close()
+
+
 def test_hostile_stream_peers_cannot_stop_a_shard(make_cluster):
     cluster = make_cluster(shards=1, durability="inmemory")
     path = stream_path(cluster.spec["shards"][0]["endpoint"])
     pid = cluster.pids()["shards"][0]
-    # A length over the message limit: that connection ends, nothing else.
-    huge = _raw(path)
-    huge.sendall(struct.pack("<I", 2**32 - 1) + b"\0" * 12)
-    assert huge.recv(10) == b""
-    # Bytes that are not a frame at all, then a hang-up mid-frame.
-    junk = _raw(path)
-    junk.sendall(os.urandom(4096))
-    junk.close()
-    partial = _raw(path)
-    partial.sendall(struct.pack("<I", 100) + b"\1" * 20)
-    partial.close()
+    _send_garbage(path)
     # A well-framed request whose body is not a request gets an error reply.
     bad = _raw(path)
     head = protocol.header(protocol.KIND_OP, 0, 42)
@@ -129,12 +132,10 @@ def test_a_request_in_flight_on_a_killed_shard_fails_at_once_not_at_its_deadline
     outcome: list = []
 
     def call():
-        started = time.monotonic()
         try:
             outcome.append(db.kv.put(run, "k", "in flight"))
         except inmem.InmemError as exc:
             outcome.append(exc)
-        outcome.append(time.monotonic() - started)
 
     caller = threading.Thread(target=call)
     caller.start()
@@ -142,10 +143,13 @@ def test_a_request_in_flight_on_a_killed_shard_fails_at_once_not_at_its_deadline
     os.kill(victim, signal.SIGKILL)
     caller.join(60)
     assert not caller.is_alive()
-    error, took = outcome
+    (error,) = outcome
     assert isinstance(error, inmem.ShardUnavailable), error
     assert "may or may not have been applied" in str(error)
-    assert took < 15, f"answered after {took:.1f} s, as if at the 30 s deadline"
+    # Answered because the shard's end closed (the client's stream, or the
+    # coordinator's link or supervisor), not by a deadline check.
+    said = ("closed the connection",) if direct else ("closed its connection", "went down")
+    assert any(s in str(error) for s in said), error
     # The restarted shard is reached through a new connection; the acknowledged write is there.
     wait_for(lambda: cluster.status()["shards"][0]["state"] == "ready"
              and cluster.status()["shards"][0]["pid"] != victim, 45, "the shard to restart")
@@ -182,12 +186,7 @@ def test_hostile_stream_peers_cannot_stop_the_coordinator(make_cluster):
     cluster = make_cluster(shards=1, durability="inmemory")
     path = stream_path(cluster.endpoint)
     pid = cluster.pids()["coordinator"]
-    huge = _raw(path)
-    huge.sendall(struct.pack("<I", 2**32 - 1) + b"\0" * 12)
-    assert huge.recv(10) == b""
-    junk = _raw(path)
-    junk.sendall(os.urandom(4096))
-    junk.close()
+    _send_garbage(path)
     peer = _raw(path)
     head = protocol.header(protocol.KIND_CLUSTER, 0, 7)
     peer.sendall(frame(head, msgpack.packb(["status", []])))
