@@ -46,7 +46,7 @@ import zmq
 import zmq.asyncio
 
 import inmem.protocol as protocol
-from .errors import ClusterNotReady, InmemError, InvalidOption, InvalidURL, SlotMoved, Timeout
+from .errors import ClusterNotReady, InmemError, InvalidURL, SlotMoved, Timeout
 from .ops import FANOUT_OPS, route_run, shape
 from .protocol import (KIND_BATCH, KIND_CLUSTER, KIND_OP, header, op_body, pack_checked,
                        slot_of, unpack_reply)
@@ -157,9 +157,7 @@ class AsyncClusterBackend:
         self.timeout = check_number("timeout", timeout)
         self.request_timeout = check_number("request_timeout", request_timeout,
                                             True) or self.timeout
-        check_client_options(max_message_bytes, direct)
-        if type(stream) is not bool:
-            raise InvalidOption(f"stream must be True or False, got {stream!r:.60}")
+        check_client_options(max_message_bytes, direct, stream)
         # Accepted as the blocking client takes it; this client speaks ZeroMQ
         # on every path, so `stream` changes nothing here.
         self.max_message_bytes = max_message_bytes

@@ -160,9 +160,7 @@ class ClusterBackend:
         self.url = check_url(url)
         self.timeout = _number("timeout", timeout)
         self.request_timeout = _number("request_timeout", request_timeout, True) or self.timeout
-        check_client_options(max_message_bytes, direct)
-        if type(stream) is not bool:
-            raise InvalidOption(f"stream must be True or False, got {stream!r:.60}")
+        check_client_options(max_message_bytes, direct, stream)
         self.max_message_bytes = max_message_bytes
         self.direct = direct
         self.stream = stream

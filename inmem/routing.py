@@ -71,12 +71,13 @@ def check_connect_options(options: dict) -> None:
                             f"timeout and {', '.join(CONNECT_OPTIONS)}")
 
 
-def check_client_options(max_message_bytes, direct) -> None:
+def check_client_options(max_message_bytes, direct, stream=True) -> None:
     if type(max_message_bytes) is not int or max_message_bytes < 1:
         raise InvalidOption(f"max_message_bytes must be an int >= 1, got "
                             f"{max_message_bytes!r:.60}")
-    if type(direct) is not bool:
-        raise InvalidOption(f"direct must be True or False, got {direct!r:.60}")
+    for name, flag in (("direct", direct), ("stream", stream)):
+        if type(flag) is not bool:
+            raise InvalidOption(f"{name} must be True or False, got {flag!r:.60}")
 
 
 def bare(exc: InmemError) -> InmemError:
