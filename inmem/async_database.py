@@ -108,14 +108,15 @@ class AsyncStateCells(StateCells):
 
     async def transition(self, run: str, name: str, fn: Callable, retries: int = 16):
         """Apply fn(State) -> (new_value, result) with CAS, retrying on conflict."""
+        state = await self.read(run, name)
         for attempt in range(retries + 1):
-            state = await self.read(run, name)
             if state is None:
                 raise StateNotFound(f"state cell {name!r} does not exist in run {run!r}")
             new_value, result = await _maybe_await(fn(state))
             try:
                 return result, await self.cas(run, name, state.version, new_value)
-            except VersionMismatch:
+            except VersionMismatch as lost:
+                state = await self._after_lost_race(lost, run, name)
                 if attempt:
                     await asyncio.sleep(backoff_delay(attempt))
         raise TransactionConflict(f"state cell {name!r}: still contended after {retries} retries")
@@ -123,8 +124,8 @@ class AsyncStateCells(StateCells):
     async def transition_or_init(self, run: str, name: str, initial: Value, fn: Callable,
                                  retries: int = 16):
         """As transition; an absent cell starts as `initial` and fn applies in the same step."""
+        state = await self.read(run, name)
         for attempt in range(retries + 1):
-            state = await self.read(run, name)
             if state is None:
                 new_value, result = await _maybe_await(fn(State(initial, 0, 0)))
                 expected = 0
@@ -133,10 +134,17 @@ class AsyncStateCells(StateCells):
                 expected = state.version
             try:
                 return result, await self.cas(run, name, expected, new_value)
-            except VersionMismatch:
+            except VersionMismatch as lost:
+                state = await self._after_lost_race(lost, run, name)
                 if attempt:
                     await asyncio.sleep(backoff_delay(attempt))
         raise TransactionConflict(f"state cell {name!r}: still contended after {retries} retries")
+
+    async def _after_lost_race(self, lost: VersionMismatch, run: str, name: str):
+        """The cell as the failed cas found it: a retry needs no second read."""
+        if lost.current is not None or lost.actual == 0:
+            return lost.current
+        return await self.read(run, name)
 
 
 # -- transactions ----------------------------------------------------------------------

@@ -8,6 +8,8 @@ catches `inmem.VersionMismatch` works the same embedded or against a cluster.
 
 from __future__ import annotations
 
+from .types import State
+
 
 class InmemError(Exception):
     """Base class of every error raised by inmem."""
@@ -72,12 +74,34 @@ class InvalidStatusTransition(InmemError):
 
 
 class VersionMismatch(InmemError):
-    """A compare-and-swap whose expected version is not the current one."""
-    _fields = ("expected", "actual")
+    """A compare-and-swap whose expected version is not the current one.
 
-    def __init__(self, expected: int = 0, actual: int = 0, message: str | None = None):
+    `current` is what the loser of a race needs to try again without another
+    read: the cell's State as the failed `state.cas` found it (None when the
+    cell is absent, and for other compare-and-swaps, such as a KV put with
+    `if_version`).
+    """
+    _fields = ("expected", "actual", "current")
+
+    def __init__(self, expected: int = 0, actual: int = 0, message: str | None = None,
+                 current=None):
         super().__init__(message or f"expected version {expected}, found {actual}",
-                         expected=expected, actual=actual)
+                         expected=expected, actual=actual, current=current)
+
+    @property
+    def current(self):
+        """The cell's State when the compare-and-swap failed, or None."""
+        return self._current
+
+    @current.setter
+    def current(self, value) -> None:
+        # Over the wire a State arrives as a plain [value, version, updated_at].
+        if value is not None and type(value) is not State:
+            try:
+                value = State(*value)
+            except TypeError:
+                value = None
+        self._current = value
 
 
 class StateExists(InmemError):

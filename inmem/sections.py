@@ -139,14 +139,15 @@ class StateCells(_Section):
         Returns (result, new version); StateNotFound for an absent cell,
         TransactionConflict after `retries` lost races.
         """
+        state = self.read(run, name)
         for attempt in range(retries + 1):
-            state = self.read(run, name)
             if state is None:
                 raise StateNotFound(f"state cell {name!r} does not exist in run {run!r}")
             new_value, result = fn(state)
             try:
                 return result, self.cas(run, name, state.version, new_value)
-            except VersionMismatch:
+            except VersionMismatch as lost:
+                state = self._after_lost_race(lost, run, name)
                 backoff(attempt)
         raise TransactionConflict(f"state cell {name!r}: still contended after {retries} retries")
 
@@ -154,8 +155,8 @@ class StateCells(_Section):
                            fn: Callable[[State], tuple[Value, Any]],
                            retries: int = 16) -> tuple[Any, int]:
         """As transition; an absent cell starts as `initial` and fn applies in the same step."""
+        state = self.read(run, name)
         for attempt in range(retries + 1):
-            state = self.read(run, name)
             if state is None:
                 new_value, result = fn(State(initial, 0, 0))
                 expected = 0
@@ -164,9 +165,16 @@ class StateCells(_Section):
                 expected = state.version
             try:
                 return result, self.cas(run, name, expected, new_value)
-            except VersionMismatch:
+            except VersionMismatch as lost:
+                state = self._after_lost_race(lost, run, name)
                 backoff(attempt)
         raise TransactionConflict(f"state cell {name!r}: still contended after {retries} retries")
+
+    def _after_lost_race(self, lost: VersionMismatch, run: str, name: str) -> State | None:
+        """The cell as the failed cas found it: a retry needs no second read."""
+        if lost.current is not None or lost.actual == 0:
+            return lost.current
+        return self.read(run, name)
 
 
 class Traces(_Section):

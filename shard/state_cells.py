@@ -66,7 +66,8 @@ class StateOps:
         e = _live(r, name)
         actual = 0 if e is None else entry_version(e)
         if actual != expected_version:
-            raise VersionMismatch(expected_version, actual)
+            raise VersionMismatch(expected_version, actual, current=None if e is None else State(
+                _unpackb(entry_value(e), raw=False), actual, entry_ts(e)))
         return self._st_put(r, name, value)
 
     def st_delete(self, run: str, name: str) -> bool:

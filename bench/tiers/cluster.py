@@ -49,7 +49,8 @@ client connects by host and port.
   (`insecure = true`), the peer `plain`; targets: single-op p50 within 1.2x
   of plain, batched throughput within 1.5x (`extra.curve_cost`).
 - `cluster.multi_agent.procs{2,4,8}` (buffered): client processes moving one
-  shared state cell with `state.transition`; transitions/s and retry rate.
+  shared state cell with `state.transition`, through the client's default
+  (direct) path; transitions/s and retry rate.
 - `cluster.recovery` (buffered, 2 shards, each holding half the keys): the
   whole cluster is killed with SIGKILL (a crash: no final snapshot), then a
   new one is started on the data it left; the value runs from
@@ -628,14 +629,15 @@ def _multi_agent(ctx, per_client):
             start = db.state.read(run, "shared").value
             with ClientPool(procs) as pool:
                 r = pool.run([{"target": "inmem", "endpoint": cluster.endpoint,
-                               "kind": "transition", "runs": [run], "ops": per_client}
+                               "kind": "transition", "direct": True, "runs": [run],
+                               "ops": per_client}
                               for _ in range(procs)])
             end = db.state.read(run, "shared").value
             done = procs * per_client
             ctx.add(make_row(f"cluster.multi_agent.procs{procs}", TIER, "buffered", "ops/s",
                              value=r["ops_per_s"], p50=r["p50_us"], p99=r["p99_us"], n=done,
                              extra={"processes": procs, "transitions": done,
-                                    "fn_calls": r["fn_calls"],
+                                    "path": "direct", "fn_calls": r["fn_calls"],
                                     "retry_rate": (r["fn_calls"] - done) / r["fn_calls"]
                                     if r["fn_calls"] else None,
                                     "lost_updates": done - (end - start)}))

@@ -40,6 +40,27 @@ def test_cas(db, run):
     assert (info.value.expected, info.value.actual) == (1, 2)
     s = db.state.read(run, "cell")
     assert (s.value, s.version) == (10, 2)
+    # The loser of the race is told what won, so it can retry without a read.
+    assert info.value.current == s
+    assert type(info.value.current) is inmem.State
+
+
+def test_cas_on_an_absent_cell_reports_no_current_state(db, run):
+    with pytest.raises(inmem.VersionMismatch) as info:
+        db.state.cas(run, "never", 3, "x")
+    assert (info.value.actual, info.value.current) == (0, None)
+    db.state.init(run, "gone", 1)
+    db.state.delete(run, "gone")
+    with pytest.raises(inmem.VersionMismatch) as info:
+        db.state.cas(run, "gone", 1, "x")
+    assert (info.value.actual, info.value.current) == (0, None)
+
+
+def test_a_kv_version_mismatch_has_no_current_state(db, run):
+    db.kv.put(run, "k", 1)
+    with pytest.raises(inmem.VersionMismatch) as info:
+        db.kv.cas(run, "k", 7, 2)
+    assert info.value.current is None
 
 
 def test_cas_zero_creates_only_when_absent(db, run):
@@ -118,6 +139,63 @@ def test_transition_retries_when_the_cell_changes_underneath(db, run):
     assert result == 100
     assert version == 3
     assert db.state.read(run, "cell").value == 101
+
+
+@pytest.mark.timeout(20)
+def test_a_transition_retries_from_the_failed_cas_without_reading_again(db, run, monkeypatch):
+    db.state.init(run, "cell", 0)
+    reads = []
+    # The async backends hand out a blocking face; count on the section it drives.
+    section = type(getattr(db.state, "_obj", db.state))
+    plain_read = section.read
+
+    def counted_read(self, *args):
+        reads.append(args)
+        return plain_read(self, *args)
+
+    monkeypatch.setattr(section, "read", counted_read)
+    calls = []
+
+    def fn(state):
+        calls.append((state.value, state.version))
+        if len(calls) < 3:
+            db.state.set(run, "cell", state.value + 100)
+        return state.value + 1, None
+
+    assert db.state.transition(run, "cell", fn)[1] == 4
+    assert calls == [(0, 1), (100, 2), (200, 3)]
+    assert len(reads) == 1
+    assert db.state.read(run, "cell").value == 201
+
+
+@pytest.mark.timeout(20)
+def test_transition_stops_when_the_cell_is_deleted_underneath(db, run):
+    db.state.init(run, "cell", 0)
+
+    def fn(state):
+        db.state.delete(run, "cell")
+        return state.value + 1, None
+
+    with pytest.raises(inmem.StateNotFound):
+        db.state.transition(run, "cell", fn)
+    assert db.state.read(run, "cell") is None
+
+
+@pytest.mark.timeout(20)
+def test_transition_or_init_starts_over_when_the_cell_is_deleted_underneath(db, run):
+    db.state.init(run, "cell", 5)
+    calls = []
+
+    def fn(state):
+        calls.append(state.value)
+        if len(calls) == 1:
+            db.state.delete(run, "cell")
+        return state.value + 1, None
+
+    # Versions keep growing across a delete, as for KV.
+    assert db.state.transition_or_init(run, "cell", 0, fn) == (None, 3)
+    assert calls == [5, 0]
+    assert db.state.read(run, "cell").value == 1
 
 
 def test_transition_or_init_when_absent_applies_fn_in_same_step(db, run):

@@ -147,6 +147,24 @@ def test_errors_cross_as_the_same_class_message_and_fields():
     assert type(missing) is inmem.RunNotFound and missing.run_id == "r"
 
 
+def test_a_version_mismatch_carries_the_current_state_across():
+    packer = protocol.new_reply_packer()
+    err = inmem.VersionMismatch(3, 5, current=inmem.State({"step": 2}, 5, 1_700_000_000_000_000))
+    back = protocol.unpack_reply(protocol.pack_reply(packer, err, 2**20))
+    assert type(back) is inmem.VersionMismatch
+    assert back.current == inmem.State({"step": 2}, 5, 1_700_000_000_000_000)
+    assert type(back.current) is inmem.State
+    assert protocol.unpack_reply(protocol.pack_reply(
+        packer, inmem.VersionMismatch(1, 0), 2**20)).current is None
+
+
+def test_a_malformed_current_state_is_dropped_not_raised():
+    wire = ["VersionMismatch", "expected version 1, found 2", {"expected": 1, "actual": 2,
+                                                               "current": [1, 2, 3, 4, 5]}]
+    err = inmem.errors.from_wire(wire)
+    assert type(err) is inmem.VersionMismatch and err.current is None
+
+
 def test_an_oversized_reply_becomes_an_error():
     body = protocol.pack_reply(protocol.new_reply_packer(), b"x" * 5000, 4096)
     err = protocol.unpack_reply(body)
