@@ -204,7 +204,7 @@ def run(ctx: Context) -> None:
          lambda: _scale(ctx, rounds, s["cluster_scale_ops_per_client"])),
         (("cluster.multi_agent.procs2", "cluster.multi_agent.procs4",
           "cluster.multi_agent.procs8"),
-         lambda: _multi_agent(ctx, max(20, s["scenario_steps"] // 10))),
+         lambda: _multi_agent(ctx, max(20, s["scenario_steps"] // 2))),
         (("cluster.recovery",), lambda: _recovery(ctx, s["recovery_keys"])),
     ]
     meta = {name: (mode, peers) for name, mode, peers in ROWS}
@@ -622,6 +622,9 @@ def _scale(ctx, rounds, per_client):
 
 
 def _multi_agent(ctx, per_client):
+    # Untimed transitions first: each client process opens its connection to
+    # the shard on its first call, which is not what the row measures.
+    warm = min(per_client, 20)
     with RunningCluster(ctx, shards=2, durability="buffered") as (cluster, db):
         run = db.begin_run(name="coordination")
         db.state.init(run, "shared", 0)
@@ -630,17 +633,18 @@ def _multi_agent(ctx, per_client):
             with ClientPool(procs) as pool:
                 r = pool.run([{"target": "inmem", "endpoint": cluster.endpoint,
                                "kind": "transition", "direct": True, "runs": [run],
-                               "ops": per_client}
+                               "ops": per_client, "warmup": warm}
                               for _ in range(procs)])
             end = db.state.read(run, "shared").value
             done = procs * per_client
+            applied = procs * (per_client + warm)
             ctx.add(make_row(f"cluster.multi_agent.procs{procs}", TIER, "buffered", "ops/s",
                              value=r["ops_per_s"], p50=r["p50_us"], p99=r["p99_us"], n=done,
                              extra={"processes": procs, "transitions": done,
                                     "path": "direct", "fn_calls": r["fn_calls"],
-                                    "retry_rate": (r["fn_calls"] - done) / r["fn_calls"]
+                                    "retry_rate": (r["fn_calls"] - applied) / r["fn_calls"]
                                     if r["fn_calls"] else None,
-                                    "lost_updates": done - (end - start)}))
+                                    "lost_updates": applied - (end - start)}))
 
 
 def _recovery(ctx, keys_total):
