@@ -34,6 +34,7 @@ This module holds the framing and the client's channel; the shard's side
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import time
@@ -102,20 +103,25 @@ class StreamChannel:
     client's request/reply matching is the same for both transports.
     """
 
-    __slots__ = ("sock", "shard", "buf", "timeout")
+    __slots__ = ("sock", "shard", "buf", "_wait")
 
     def __init__(self, path: str, shard: int, timeout: float):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout)
             sock.connect(path)
+            # Non-blocking from here, waiting in our own poll: a socket with a
+            # timeout makes Python poll before every send and recv, and every
+            # change of timeout is one more system call.
+            sock.setblocking(False)
         except BaseException:
             sock.close()
             raise
         self.sock = sock
         self.shard = shard
         self.buf = b""  # bytes read past the last whole message
-        self.timeout = timeout
+        self._wait = select.poll()
+        self._wait.register(sock, select.POLLIN)
 
     @property
     def closed(self) -> bool:
@@ -129,17 +135,37 @@ class StreamChannel:
 
     def send(self, head: bytes, body, deadline: float) -> None:
         """Send one message; StreamClosed if the shard is gone, TimeoutError past the deadline."""
-        if not self._set_timeout(deadline):
-            raise TimeoutError
+        data = frame(head, body)
         try:
-            self.sock.sendall(frame(head, body))
-        except (socket.timeout, BlockingIOError):
-            # Part of the frame may be out: the stream is out of step, so it
-            # ends here (the shard drops an unfinished frame unapplied).
-            self.close()
-            raise TimeoutError from None
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
         except OSError as exc:
             raise StreamClosed(str(exc)) from None
+        if sent < len(data):
+            self._send_rest(data, sent, deadline)
+
+    def _send_rest(self, data: bytes, sent: int, deadline: float) -> None:
+        """The rest of a frame the socket's buffer did not take at once."""
+        out = select.poll()
+        out.register(self.sock, select.POLLOUT)
+        with memoryview(data) as view:
+            while sent < len(data):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if sent:
+                        # Part of the frame is out: the stream is out of step, so
+                        # it ends here (the shard drops an unfinished frame unapplied).
+                        self.close()
+                    raise TimeoutError
+                if not out.poll(_ms(remaining)):
+                    continue
+                try:
+                    sent += self.sock.send(view[sent:])
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    raise StreamClosed(str(exc)) from None
 
     def ready(self) -> bool:
         """Whether a whole message is already buffered (a poll of the socket would miss it)."""
@@ -165,12 +191,16 @@ class StreamChannel:
                 if end - len(buf) > READ_BYTES:
                     self.buf = b""
                     return self._recv_large(buf, end, deadline)
-            if not self._set_timeout(deadline):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 self.buf = buf
                 return None
+            # A reply is never there yet right after its request: wait first.
+            if not self._wait.poll(_ms(remaining)):
+                continue
             try:
                 data = self.sock.recv(READ_BYTES)
-            except (socket.timeout, BlockingIOError):
+            except BlockingIOError:
                 continue
             except OSError as exc:
                 raise StreamClosed(str(exc)) from None
@@ -185,13 +215,16 @@ class StreamChannel:
         have = len(start)
         view[:have] = start
         while have < end:
-            if not self._set_timeout(deadline):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 # Give up on this message; the stream is then out of step, so end it.
                 self.close()
                 return None
+            if not self._wait.poll(_ms(remaining)):
+                continue
             try:
                 n = self.sock.recv_into(view[have:])
-            except (socket.timeout, BlockingIOError):
+            except BlockingIOError:
                 continue
             except OSError as exc:
                 raise StreamClosed(str(exc)) from None
@@ -200,16 +233,10 @@ class StreamChannel:
             have += n
         return [bytes(view[LENGTH.size:PREFIX_BYTES]), view[PREFIX_BYTES:]]
 
-    def _set_timeout(self, deadline: float) -> bool:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        # Only when it must shrink, or has room to grow: settimeout is a syscall.
-        current = self.timeout
-        if remaining < current - 0.02 or remaining > current + 1.0:
-            self.sock.settimeout(remaining)
-            self.timeout = remaining
-        return True
+
+def _ms(seconds: float) -> int:
+    """A poll timeout in whole milliseconds, rounded up so a wait never ends early."""
+    return int(seconds * 1000) + 1
 
 
 __all__ = ["LENGTH", "PREFIX_BYTES", "FrameTooLarge", "StreamChannel", "StreamClosed", "frame",
