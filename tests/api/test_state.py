@@ -141,6 +141,16 @@ def test_transition_retries_when_the_cell_changes_underneath(db, run):
     assert db.state.read(run, "cell").value == 101
 
 
+def _deleting_on_first_call(db, run, name, seen):
+    """A transition fn that deletes the cell under itself the first time it is called."""
+    def fn(state):
+        seen.append(state.value)
+        if len(seen) == 1:
+            db.state.delete(run, name)
+        return state.value + 1, None
+    return fn
+
+
 @pytest.mark.timeout(20)
 def test_a_transition_retries_from_the_failed_cas_without_reading_again(db, run, monkeypatch):
     db.state.init(run, "cell", 0)
@@ -171,30 +181,19 @@ def test_a_transition_retries_from_the_failed_cas_without_reading_again(db, run,
 @pytest.mark.timeout(20)
 def test_transition_stops_when_the_cell_is_deleted_underneath(db, run):
     db.state.init(run, "cell", 0)
-
-    def fn(state):
-        db.state.delete(run, "cell")
-        return state.value + 1, None
-
     with pytest.raises(inmem.StateNotFound):
-        db.state.transition(run, "cell", fn)
+        db.state.transition(run, "cell", _deleting_on_first_call(db, run, "cell", []))
     assert db.state.read(run, "cell") is None
 
 
 @pytest.mark.timeout(20)
 def test_transition_or_init_starts_over_when_the_cell_is_deleted_underneath(db, run):
     db.state.init(run, "cell", 5)
-    calls = []
-
-    def fn(state):
-        calls.append(state.value)
-        if len(calls) == 1:
-            db.state.delete(run, "cell")
-        return state.value + 1, None
-
+    seen = []
+    fn = _deleting_on_first_call(db, run, "cell", seen)
     # Versions keep growing across a delete, as for KV.
     assert db.state.transition_or_init(run, "cell", 0, fn) == (None, 3)
-    assert calls == [5, 0]
+    assert seen == [5, 0]
     assert db.state.read(run, "cell").value == 1
 
 
