@@ -7,12 +7,17 @@ more, pipelines go as per-shard BATCH messages, and everything else is
 answered by the coordinator. The errors and their messages are the blocking
 client's.
 
-One DEALER socket per peer (the coordinator, and each shard once used), made
-with pyzmq's asyncio sockets and shared by every coroutine of the loop. A
-call registers its request under the request's header (which holds a request
-id unique to the connection), sends, and awaits its own future; one reader
-task per socket takes every reply that is ready and resolves the future
-registered under the reply's header. So replies may come back in any order,
+Transport, as the blocking client's: a shard or coordinator on this host (an
+ipc:// endpoint) is reached through its Unix stream socket
+(`inmem.async_stream`), read by the event loop itself with no ZeroMQ thread
+in between; tcp endpoints (with Curve when keys are given), cluster
+requests, and every path when `stream=False`, use ZeroMQ: one DEALER socket
+per peer, made with pyzmq's asyncio sockets. Either way one connection per
+peer is shared by every coroutine of the loop. A call registers its request
+under the request's header (which holds a request id unique to the client),
+sends, and awaits its own future; whatever reads the connection (the stream
+protocol, or one reader task per ZeroMQ socket) resolves the future
+registered under each reply's header. So replies may come back in any order,
 1,000 gathered calls share one socket, and a call that is cancelled (or
 times out) only removes its registration: its reply, if it ever comes, finds
 no one and is dropped, and no later call can receive it. Nothing is ever
@@ -25,8 +30,16 @@ which costs one call instead of a future per message. Since ZeroMQ signals
 readiness by edges and a send can take the edge of a reply that arrived
 meanwhile, each loop turn that sent on a socket ends with one drain of it.
 
-Deadlines are timers on the loop, one per request. A direct request that has
-no reply after `DIRECT_CHECK_S` asks the coordinator (one question per shard
+A stream connection that ends fails every request waiting on it at once
+with ShardUnavailable (it may or may not have been applied); the next
+request opens a new connection, and a request whose write found the
+connection already broken (nothing of it was sent) goes once more on a new
+one, as the blocking client's does.
+
+Deadlines are watched by one timer per connection, not one per request (a
+timer per request costs as much as the rest of the call): it wakes the
+requests whose time has come and sets itself for the next. A direct request
+that has no reply after `DIRECT_CHECK_S` asks the coordinator (one question per shard
 however many requests wait) whether its shard is down or is a new process;
 if so, every request waiting on that shard fails at once with
 ShardUnavailable, as the blocking client's does.
@@ -40,40 +53,73 @@ import asyncio
 import copy
 import itertools
 import os
+import socket
 import weakref
 
 import zmq
 import zmq.asyncio
 
 import inmem.protocol as protocol
-from .errors import ClusterNotReady, InmemError, InvalidURL, SlotMoved, Timeout
+from .async_stream import StreamConnection
+from .errors import ClusterNotReady, InmemError, InvalidURL, ShardUnavailable, SlotMoved, Timeout
 from .ops import FANOUT_OPS, route_run, shape
 from .protocol import (KIND_BATCH, KIND_CLUSTER, KIND_OP, header, op_body, pack_checked,
                        slot_of, unpack_reply)
 from .routing import (DIRECT_CHECK_S, NOT_READY_PAUSE_S, SlotMap, apply_batch_reply, bare,
                       check_client_options, check_number, check_url, chunks, no_reply,
                       not_sent, plan_batch, shard_down, shard_gone, status_entry)
+from .stream import stream_path
 
 #: how long a direct send waits for a shard that is not connected before asking after it
 _SEND_WAIT_S = 0.2
 
 
 class _Request:
-    """One request in flight: the future its caller awaits, and what resolved it."""
+    """One request in flight: the future its caller awaits, what resolved it, when to wake it."""
 
-    __slots__ = ("fut", "reply", "error")
+    __slots__ = ("fut", "reply", "error", "wake_at")
 
-    def __init__(self, fut):
+    def __init__(self, fut, wake_at: float):
         self.fut = fut
         self.reply = None
         self.error = None
+        self.wake_at = wake_at
+
+
+_NEVER = float("inf")
+
+
+def _watch(chan, loop, at: float) -> None:
+    """Make sure the connection's timer fires by `at`."""
+    if chan.watch_at is None or at < chan.watch_at:
+        if chan.watch is not None:
+            chan.watch.cancel()
+        chan.watch_at = at
+        chan.watch = loop.call_at(at, _sweep, chan, loop)
+
+
+def _sweep(chan, loop) -> None:
+    """The connection's timer: wake every request whose time has come; set it for the next."""
+    chan.watch = chan.watch_at = None
+    now = loop.time()
+    nxt = _NEVER
+    for req in chan.pending.values():
+        at = req.wake_at
+        if at <= now:
+            req.wake_at = _NEVER  # woken once; _wait_late keeps its own time from here
+            if not req.fut.done():
+                req.fut.set_result(None)
+        elif at < nxt:
+            nxt = at
+    if nxt < _NEVER:
+        _watch(chan, loop, nxt)
 
 
 class _Channel:
     """A DEALER socket to one peer, its reader task and the requests waiting on it."""
 
-    __slots__ = ("sock", "shadow", "shard", "pending", "reader", "check", "poke_due",
-                 "__weakref__")
+    __slots__ = ("sock", "shadow", "shard", "pending", "reader", "check", "poke_due", "watch",
+                 "watch_at", "__weakref__")
 
     def __init__(self, sock, shard):
         self.sock = sock
@@ -85,6 +131,8 @@ class _Channel:
         self.reader: asyncio.Task | None = None
         self.check: asyncio.Task | None = None
         self.poke_due = False
+        self.watch = None  # the timer (see _sweep) and when it fires
+        self.watch_at = None
 
 
 def _wake(fut) -> None:
@@ -133,10 +181,32 @@ async def _read_replies(chan: _Channel) -> None:
         _drain(chan)
 
 
-def _release(ctx, channels: list, pid: int) -> None:
+def _peer_name(shard: int | None) -> str:
+    return "the coordinator" if shard is None else f"shard {shard}"
+
+
+def _stream_lost(conn: StreamConnection, why: str) -> None:
+    """A stream connection ended: every request waiting on it fails now."""
+    if not conn.pending:
+        return
+    err = ShardUnavailable(f"{_peer_name(conn.shard)} closed the connection ({why}) while a "
+                           "request was in flight; it may or may not have been applied")
+    for req in conn.pending.values():
+        if req.reply is None and req.error is None:
+            req.error = err
+            _wake(req.fut)
+
+
+def _release(ctx, channels: list, streams: list, pid: int) -> None:
     """Close a client's sockets and end its context: on close, collection or exit."""
     if os.getpid() != pid:
         return
+    for conn, sock in streams:
+        try:
+            conn.close()
+        except RuntimeError:
+            sock.close()  # its loop is closed: the socket is all that is left to close
+    streams.clear()
     for chan in channels:
         if chan.reader is not None and not chan.reader.done():
             try:
@@ -158,24 +228,29 @@ class AsyncClusterBackend:
         self.request_timeout = check_number("request_timeout", request_timeout,
                                             True) or self.timeout
         check_client_options(max_message_bytes, direct, stream)
-        # Accepted as the blocking client takes it; this client speaks ZeroMQ
-        # on every path, so `stream` changes nothing here.
         self.max_message_bytes = max_message_bytes
         self.direct = direct
+        self.stream = stream
         #: Curve for tcp: our keypair and the coordinator's key (see inmem.keys)
         self.keys = _client_keys(keys)
         self.shard_keys: list = []
         self.loop = asyncio.get_running_loop()
         self.ctx = zmq.asyncio.Context(1)
-        self._channels: list = []  # every channel made, for _release
-        self._finalizer = weakref.finalize(self, _release, self.ctx, self._channels, os.getpid())
+        self._channels: list = []  # every ZeroMQ channel made, for _release
+        self._streams: list = []  # every (stream connection, its socket) made, for _release
+        self._finalizer = weakref.finalize(self, _release, self.ctx, self._channels,
+                                           self._streams, os.getpid())
         self._rid = itertools.count(1)
         self._packer = protocol.new_packer()
         self._closed = False
         self.owners: list | None = None
         self.shard_slot: list = []
         self.shard_endpoints: list = []
+        self.shard_streams: list = []  # each shard's stream socket path, or None
         self._shards: list = []
+        #: where operations through the coordinator go: its stream, else `_coord`
+        self._coord_stream = None
+        self._connecting: dict = {}  # shard (None: the coordinator) -> the task connecting
         self._shard_pids: dict = {}
         self._coord = self._channel(self.url, None)
 
@@ -213,19 +288,110 @@ class AsyncClusterBackend:
         self._channels.append(chan)
         return chan
 
-    def _shard_channel(self, shard: int) -> _Channel:
+    async def _shard_channel(self, shard: int):
+        """The channel to `shard`: its stream connection, or ZeroMQ (see the module docstring)."""
         chan = self._shards[shard]
-        if chan is None:
-            endpoint = self.shard_endpoints[shard]
-            if endpoint.startswith("ipc://") and not self.url.startswith("ipc://"):
-                # Out of reach of a client that came over tcp (see the blocking
-                # client): this shard's runs go through the coordinator.
-                chan = self._coord
-            else:
-                key = self.shard_keys[shard] if shard < len(self.shard_keys) else None
-                chan = self._channel(endpoint, shard, key)
-            self._shards[shard] = chan
+        if chan is None or (type(chan) is StreamConnection and chan.lost is not None):
+            chan = await self._connect_once(shard, self._open_shard)
         return chan
+
+    async def _proxied_channel(self):
+        """Where operations through the coordinator go: its stream when it has one here."""
+        chan = self._coord_stream
+        if chan is None or (type(chan) is StreamConnection and chan.lost is not None):
+            chan = await self._connect_once(None, self._open_proxied)
+        return chan
+
+    async def _connect_once(self, key, opener):
+        # Calls that find the same channel missing at once share one connection attempt.
+        task = self._connecting.get(key)
+        if task is None:
+            task = self.loop.create_task(opener(key))
+            self._connecting[key] = task
+            task.add_done_callback(lambda t: self._connecting.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _open_shard(self, shard: int):
+        endpoint = self.shard_endpoints[shard]
+        path = self.shard_streams[shard] if self.stream else None
+        if endpoint.startswith("ipc://") and not self.url.startswith("ipc://"):
+            # Out of reach of a client that came over tcp (see the blocking
+            # client): this shard's runs go through the coordinator.
+            chan = self._coord
+        elif path is not None:
+            chan = await self._open_stream(path, shard)
+        else:
+            key = self.shard_keys[shard] if shard < len(self.shard_keys) else None
+            chan = self._channel(endpoint, shard, key)
+        self._shards[shard] = chan
+        return chan
+
+    async def _open_proxied(self, _key=None):
+        chan = self._coord
+        path = stream_path(self.url) if self.stream else None
+        if path is not None:
+            try:
+                chan = await self._open_stream(path, None)
+            except ShardUnavailable:
+                pass  # the coordinator answers (or times out) over ZeroMQ as always
+        self._coord_stream = chan
+        return chan
+
+    async def _open_stream(self, path: str, shard: int | None) -> StreamConnection:
+        self._check_open()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(self.loop.sock_connect(sock, path),
+                                   min(self.request_timeout, 2.0))
+            _, conn = await self.loop.create_unix_connection(
+                lambda: StreamConnection(self.loop, shard, self.max_message_bytes,
+                                         _stream_lost),
+                sock=sock)
+        except (OSError, asyncio.TimeoutError) as exc:
+            sock.close()
+            why = getattr(exc, "strerror", None) or exc or "timed out"
+            raise ShardUnavailable(f"{_peer_name(shard)} does not accept connections at {path} "
+                                   f"({why}); retry shortly") from None
+        except BaseException:
+            sock.close()
+            raise
+        if self._closed:
+            conn.close()
+            raise InmemError("the database is closed")
+        self._streams.append((conn, sock))
+        if len(self._streams) > 64:
+            self._streams[:] = [(c, s) for c, s in self._streams if c.lost is None]
+        return conn
+
+    async def _send_stream(self, conn: StreamConnection, head: bytes, body: bytes, req):
+        """Register and write one request; the channel it went on (a broken one is replaced).
+
+        A write refused by a connection that had already broken sent none of
+        the frame: the request goes once more, on a new connection.
+        """
+        for attempt in range(2):
+            conn.pending[head] = req
+            if conn.send(head, body):
+                return conn
+            del conn.pending[head]
+            if attempt:
+                raise ShardUnavailable(f"{_peer_name(conn.shard)} closed the connection "
+                                       f"({conn.lost or 'broken'}) before the request was "
+                                       "sent; it was not applied, retry shortly")
+            shard = conn.shard
+            if shard is None:
+                if self._coord_stream is conn:
+                    self._coord_stream = None
+                chan = await self._proxied_channel()
+            else:
+                if self._shards[shard] is conn:
+                    self._shards[shard] = None
+                chan = await self._shard_channel(shard)
+            if type(chan) is not StreamConnection:
+                return chan  # the coordinator's ZeroMQ socket: the caller sends there
+            conn = chan
+        raise AssertionError("unreachable")
 
     async def _send_later(self, chan: _Channel, frames, deadline: float) -> None:
         """Send once the socket takes it: a shard not connected yet, or queues full."""
@@ -253,32 +419,36 @@ class AsyncClusterBackend:
                          deadline: float):
         """Send one request and return its decoded reply (an InmemError for an error)."""
         loop = self.loop
-        pending = chan.pending
         shard = chan.shard
         while True:
             head = header(kind, target, next(self._rid))
-            req = _Request(loop.create_future())
-            pending[head] = req
+            wake_at = deadline if shard is None else min(deadline, loop.time() + DIRECT_CHECK_S)
+            req = _Request(loop.create_future(), wake_at)
+            if type(chan) is StreamConnection:
+                chan = await self._send_stream(chan, head, body, req)
+                streamed = type(chan) is StreamConnection
+            else:
+                streamed = False
+            pending = chan.pending
+            if not streamed:
+                pending[head] = req
             try:
-                # The usual case inline (a send that goes at once, a reply
-                # before the first timer); the rest in _send_later/_wait_late.
-                try:
-                    chan.shadow.send_multipart((head, body), zmq.NOBLOCK)
-                except zmq.Again:
-                    await self._send_later(chan, (head, body), deadline)
-                if not chan.poke_due:
-                    # A send may take the socket's wake-up signal for a reply
-                    # that arrived meanwhile (ZeroMQ signals by edges): after
-                    # this loop turn's sends, whatever is ready is taken.
-                    chan.poke_due = True
-                    loop.call_soon(_poke, chan)
-                wake_at = deadline if shard is None else min(deadline,
-                                                             loop.time() + DIRECT_CHECK_S)
-                timer = loop.call_at(wake_at, _wake, req.fut)
-                try:
-                    await req.fut
-                finally:
-                    timer.cancel()
+                if not streamed:
+                    # The usual case inline (a send that goes at once, a reply
+                    # before the first timer); the rest in _send_later/_wait_late.
+                    try:
+                        chan.shadow.send_multipart((head, body), zmq.NOBLOCK)
+                    except zmq.Again:
+                        await self._send_later(chan, (head, body), deadline)
+                    if not chan.poke_due:
+                        # A send may take the socket's wake-up signal for a reply
+                        # that arrived meanwhile (ZeroMQ signals by edges): after
+                        # this loop turn's sends, whatever is ready is taken.
+                        chan.poke_due = True
+                        loop.call_soon(_poke, chan)
+                if chan.watch_at is None or wake_at < chan.watch_at:
+                    _watch(chan, loop, wake_at)
+                await req.fut
                 if req.reply is None:
                     await self._wait_late(chan, req, deadline)
             finally:
@@ -292,6 +462,7 @@ class AsyncClusterBackend:
     async def _wait_late(self, chan: _Channel, req: _Request, deadline: float) -> None:
         """A request whose first wait ended without a reply: fail it, or ask after its shard."""
         loop = self.loop
+        req.wake_at = _NEVER  # its own timers from here on, not the connection's
         while True:
             if req.reply is not None:
                 return
@@ -353,14 +524,17 @@ class AsyncClusterBackend:
         if self.direct:
             if self.owners is None:
                 await self._load_slotmap()
-            chan = self._shard_channel(self.owners[slot])
+            chan = self._shards[self.owners[slot]]
+            if chan is None or (type(chan) is StreamConnection and chan.lost is not None):
+                chan = await self._shard_channel(self.owners[slot])
         else:
-            chan = self._coord
+            chan = await self._proxied_channel()
         result = await self._roundtrip(chan, KIND_OP, slot, body, deadline)
         if type(result) is SlotMoved:
             # Our slot map is stale: refresh it and send once more, where it says.
             await self._load_slotmap()
-            chan = self._shard_channel(self.owners[slot]) if self.direct else self._coord
+            chan = (await self._shard_channel(self.owners[slot]) if self.direct
+                    else await self._proxied_channel())
             result = await self._roundtrip(chan, KIND_OP, slot, body, deadline)
         if isinstance(result, InmemError):
             try:
@@ -393,7 +567,8 @@ class AsyncClusterBackend:
         for shard, indexes, bodies in plan_batch(ops, self.owners, results, later):
             for idx, payload in chunks(self._packer, indexes, bodies, results,
                                        self.max_message_bytes):
-                chan = self._shard_channel(shard) if self.direct else self._coord
+                chan = (await self._shard_channel(shard) if self.direct
+                        else await self._proxied_channel())
                 task = self.loop.create_task(
                     self._roundtrip(chan, KIND_BATCH, self.shard_slot[shard], payload, deadline))
                 sends.append((idx, task))
@@ -481,6 +656,7 @@ class AsyncClusterBackend:
         m = SlotMap.parse(await self.cluster("slotmap"))
         self.shard_slot = m.shard_slot
         self.shard_endpoints = m.endpoints
+        self.shard_streams = [stream_path(e) for e in self.shard_endpoints]
         self.shard_keys = _shard_keys(self.keys, m.shard_keys, m.shard_count)
         if m.max_message_bytes is not None:
             # The cluster's limit, so that an oversized request is refused here, clearly.
@@ -503,12 +679,12 @@ class AsyncClusterBackend:
         self._closed = True
         readers = [c.reader for c in self._channels if c.reader is not None]
         closed = InmemError("the database is closed")
-        for chan in self._channels:
+        for chan in [*self._channels, *(conn for conn, _ in self._streams)]:
             for req in chan.pending.values():
                 if req.reply is None and req.error is None:
                     req.error = closed
                     _wake(req.fut)
-            if chan.reader is not None:
+            if type(chan) is _Channel and chan.reader is not None:
                 chan.reader.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
         self._finalizer()

@@ -90,6 +90,12 @@ def _open_async_cluster(**options):
     return open_cluster(**options)
 
 
+def _open_async_cluster_zmq(**options):
+    # The asyncio client over ZeroMQ rather than the shards' Unix stream sockets.
+    from aio.sync_face import open_cluster
+    return open_cluster(stream=False, **options)
+
+
 #: backend name -> factory(**options) returning an open Database
 def _open_cluster_proxied(**options):
     # The same cluster through the coordinator (connect(url, direct=False)).
@@ -114,6 +120,7 @@ BACKENDS = {
     # inmem.asyncio: the same tests against AsyncDatabase (see tests/aio/sync_face.py)
     "async-embedded": _open_async_embedded,
     "async-cluster": _open_async_cluster,
+    "async-cluster-zmq": _open_async_cluster_zmq,
 }
 
 

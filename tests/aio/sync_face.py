@@ -154,7 +154,8 @@ class AsyncClockedBackend:
         return getattr(self.inner, name)
 
 
-def open_cluster(clock=None, max_value_bytes=None, direct=True, **options) -> SyncFace:
+def open_cluster(clock=None, max_value_bytes=None, direct=True, stream=True,
+                 **options) -> SyncFace:
     """An AsyncDatabase on the suite's shared 2-shard cluster, wiped first."""
     from cluster.shared import shared_cluster
     if options:
@@ -162,7 +163,7 @@ def open_cluster(clock=None, max_value_bytes=None, direct=True, **options) -> Sy
     endpoint = shared_cluster().endpoint
 
     async def _open():
-        db = await inmem.asyncio.connect(endpoint, timeout=10.0, direct=direct)
+        db = await inmem.asyncio.connect(endpoint, timeout=10.0, direct=direct, stream=stream)
         backend = db._backend
         await backend.cluster("debug.reset")
         if max_value_bytes is not None:

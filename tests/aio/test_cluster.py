@@ -2,7 +2,9 @@
 
 Real coordinator and shard processes. The API suite runs every behaviour
 against the asyncio client too (the `async-cluster` backend); these are what
-only a connection shared by many coroutines has to get right.
+only a connection shared by many coroutines has to get right. Each runs over
+both transports: the shards' Unix stream sockets (the default on their host)
+and ZeroMQ (`stream=False`).
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import os
 import random
 import signal
 import time
+import uuid
 
 import pytest
 
 import inmem
 import inmem.asyncio
+from inmem.async_client import _Channel
+from inmem.async_stream import StreamConnection
 from inmem.protocol import slot_of
 
 pytestmark = pytest.mark.slow
@@ -29,7 +34,24 @@ def cluster(tmp_path_factory):
         yield c
 
 
+@pytest.fixture(params=["stream", "zmq"])
+def connect(request):
+    """`inmem.asyncio.connect` over one transport: `await connect(endpoint, **options)`."""
+    stream = request.param == "stream"
+
+    def _connect(endpoint, **options):
+        return inmem.asyncio.connect(endpoint, stream=stream, **options)
+    _connect.stream = stream
+    return _connect
+
+
+def _all_channels(backend) -> list:
+    return [*backend._channels, *(conn for conn, _ in backend._streams)]
+
+
 def _runs_per_shard(owners, per_shard: int, prefix: str) -> list:
+    # Fresh ids each time: the module's cluster serves every transport's run of a test.
+    prefix = f"{prefix}{uuid.uuid4().hex[:8]}-"
     found: dict = {0: [], 1: []}
     i = 0
     while min(len(v) for v in found.values()) < per_shard:
@@ -42,9 +64,9 @@ def _runs_per_shard(owners, per_shard: int, prefix: str) -> list:
 
 
 @pytest.mark.parametrize("direct", [True, False])
-def test_a_thousand_gathered_calls_on_one_connection_each_get_their_own_reply(cluster, direct):
+def test_a_thousand_gathered_calls_on_one_connection_each_get_their_own_reply(cluster, connect, direct):
     async def main():
-        db = await inmem.asyncio.connect(cluster.endpoint, direct=direct)
+        db = await connect(cluster.endpoint, direct=direct)
         runs = _runs_per_shard(db._backend.owners, 2, f"many-{direct}-")
         for run in runs:
             await db.begin_run(run_id=run)
@@ -71,11 +93,11 @@ def test_a_thousand_gathered_calls_on_one_connection_each_get_their_own_reply(cl
 
 
 @pytest.mark.parametrize("direct", [True, False])
-def test_cancelled_calls_never_desynchronise_the_connection(cluster, direct):
+def test_cancelled_calls_never_desynchronise_the_connection(cluster, connect, direct):
     rng = random.Random(1234 + direct)
 
     async def main():
-        db = await inmem.asyncio.connect(cluster.endpoint, direct=direct)
+        db = await connect(cluster.endpoint, direct=direct)
         runs = _runs_per_shard(db._backend.owners, 2, f"cancel-{direct}-")
         for run in runs:
             await db.begin_run(run_id=run)
@@ -125,14 +147,14 @@ def test_cancelled_calls_never_desynchronise_the_connection(cluster, direct):
             sample = rng.sample(items, 50)
             assert await asyncio.gather(*(db.kv.get(r, k) for (r, k), _ in sample)) == \
                 [v for _, v in sample]
-        assert all(not c.pending for c in db._backend._channels)
+        assert all(not c.pending for c in _all_channels(db._backend))
         await db.close()
     asyncio.run(main())
 
 
-def test_a_call_that_times_out_leaves_its_late_reply_to_nobody(cluster):
+def test_a_call_that_times_out_leaves_its_late_reply_to_nobody(cluster, connect):
     async def main():
-        db = await inmem.asyncio.connect(cluster.endpoint)
+        db = await connect(cluster.endpoint)
         run = await db.begin_run()
         await db.kv.put(run, "k", "v")
         task = asyncio.create_task(db.kv.get(run, "k"))
@@ -145,7 +167,7 @@ def test_a_call_that_times_out_leaves_its_late_reply_to_nobody(cluster):
     asyncio.run(main())
 
 
-def test_errors_are_the_blocking_clients_classes_and_messages(cluster):
+def test_errors_are_the_blocking_clients_classes_and_messages(cluster, connect):
     sync_db = cluster.connect()
     run = sync_db.begin_run()
     sync_db.kv.put(run, "k", 1)
@@ -171,7 +193,7 @@ def test_errors_are_the_blocking_clients_classes_and_messages(cluster):
     sync_db.close()
 
     async def main():
-        db = await inmem.asyncio.connect(cluster.endpoint)
+        db = await connect(cluster.endpoint)
         for name, fn in cases:
             with pytest.raises(inmem.InmemError) as info:
                 await fn(db)
@@ -181,13 +203,13 @@ def test_errors_are_the_blocking_clients_classes_and_messages(cluster):
     with pytest.raises(inmem.InvalidURL):
         asyncio.run(inmem.asyncio.connect("http://nope"))
     with pytest.raises(inmem.InvalidOption):
-        asyncio.run(inmem.asyncio.connect(cluster.endpoint, bogus=1))
+        asyncio.run(connect(cluster.endpoint, bogus=1))
 
 
 @pytest.mark.parametrize("batched", [False, True])
-def test_a_stale_slot_map_is_redirected_and_refreshed(cluster, batched):
+def test_a_stale_slot_map_is_redirected_and_refreshed(cluster, connect, batched):
     async def main():
-        db = await inmem.asyncio.connect(cluster.endpoint)
+        db = await connect(cluster.endpoint)
         backend = db._backend
         owners = list(backend.owners)
         run = _runs_per_shard(owners, 1, f"stale-{batched}-")[0]  # a run on shard 0
@@ -207,9 +229,9 @@ def test_a_stale_slot_map_is_redirected_and_refreshed(cluster, batched):
     asyncio.run(main())
 
 
-def test_close_answers_the_calls_still_waiting(cluster):
+def test_close_answers_the_calls_still_waiting(cluster, connect):
     async def main():
-        db = await inmem.asyncio.connect(cluster.endpoint)
+        db = await connect(cluster.endpoint)
         run = await db.begin_run()
         tasks = [asyncio.create_task(db.kv.put(run, f"k{i}", i)) for i in range(200)]
         await asyncio.sleep(0)
@@ -222,8 +244,8 @@ def test_close_answers_the_calls_still_waiting(cluster):
     asyncio.run(main())
 
 
-def test_a_connection_belongs_to_its_event_loop(cluster):
-    db = asyncio.run(inmem.asyncio.connect(cluster.endpoint))
+def test_a_connection_belongs_to_its_event_loop(cluster, connect):
+    db = asyncio.run(connect(cluster.endpoint))
 
     async def elsewhere():
         with pytest.raises(inmem.InmemError, match="another event loop"):
@@ -232,11 +254,12 @@ def test_a_connection_belongs_to_its_event_loop(cluster):
 
 
 @pytest.mark.timeout(120)
-def test_calls_waiting_on_a_shard_that_dies_fail_as_soon_as_the_coordinator_knows(tmp_path):
+def test_calls_waiting_on_a_shard_that_dies_fail_as_soon_as_the_coordinator_knows(tmp_path,
+                                                                                  connect):
     with inmem.Cluster(data_dir=str(tmp_path / "c"), shards=2, durability="inmemory",
                        restart_backoff_ms=50) as cluster:
         async def main():
-            db = await inmem.asyncio.connect(cluster.endpoint, request_timeout=60)
+            db = await connect(cluster.endpoint, request_timeout=60)
             runs = _runs_per_shard(db._backend.owners, 1, "die-")
             for run in runs:
                 await db.begin_run(run_id=run)
@@ -272,5 +295,59 @@ def test_calls_waiting_on_a_shard_that_dies_fail_as_soon_as_the_coordinator_know
                     await asyncio.sleep(0.1)
             else:
                 raise AssertionError(f"the restarted shard never answered: {last!r}")
+            await db.close()
+        asyncio.run(main())
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_the_transport_is_the_stream_socket_on_this_host_and_zeromq_when_asked(cluster, connect,
+                                                                               direct):
+    async def main():
+        db = await connect(cluster.endpoint, direct=direct)
+        backend = db._backend
+        runs = _runs_per_shard(backend.owners, 1, f"transport-{direct}-")
+        for run in runs:
+            await db.begin_run(run_id=run)
+            assert await db.kv.put(run, "k", run) == 1
+        async with db.pipeline() as p:
+            for run in runs:
+                p.kv.get(run, "k")
+            assert await p.execute() == runs
+        kind = StreamConnection if connect.stream else _Channel
+        if direct:
+            assert {type(c) for c in backend._shards} == {kind}
+        else:
+            assert type(backend._coord_stream) is kind
+        await db.close()
+        assert all(c.lost for c in backend._shards + [backend._coord_stream]
+                   if type(c) is StreamConnection)
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(120)
+def test_a_shard_restarted_while_the_connection_was_idle_is_reached_at_once(tmp_path, connect):
+    with inmem.Cluster(data_dir=str(tmp_path / "c"), shards=2, durability="inmemory",
+                       restart_backoff_ms=50) as cluster:
+        async def main():
+            db = await connect(cluster.endpoint)
+            run = _runs_per_shard(db._backend.owners, 1, "idle-")[0]  # on shard 0
+            await db.begin_run(run_id=run)
+            before = db._backend._shards[0]
+            victim = cluster.pids()["shards"][0]
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while True:
+                status = await db._backend.status()
+                pid = status["shards"][0].get("pid")
+                if status.get("ready") and pid not in (None, victim):
+                    break
+                assert time.monotonic() < deadline, status
+                await asyncio.sleep(0.05)
+            # The first call after the restart is answered, on a new connection
+            # where the transport needs one (the in-memory run is gone with it).
+            assert await db.run_status(run) == "not_found"
+            if connect.stream:
+                assert db._backend._shards[0] is not before
+                assert before.lost is not None
             await db.close()
         asyncio.run(main())

@@ -326,7 +326,8 @@ def _send_raw(db, backend, op, args):
     The Transaction class never builds a malformed commit, so this goes below it
     (and below the client's packing), as a foreign client on the wire would.
     """
-    if backend not in ("cluster", "cluster-zmq", "proxied", "async-cluster"):
+    if backend not in ("cluster", "cluster-zmq", "proxied", "async-cluster",
+                       "async-cluster-zmq"):
         return db._call(op, args)
     ctx = zmq.Context()
     try:

@@ -1,0 +1,139 @@
+"""The stream transport for the asyncio client: one Unix stream connection, many requests in flight.
+
+The framing is `inmem.stream`'s (`u32 length | header | body`); this module
+is the asyncio side of a client's connection to a shard's (or the
+coordinator's) stream socket, as `StreamChannel` is the blocking side.
+
+A connection is an `asyncio.Protocol`: the loop hands it whatever bytes
+arrive, it cuts them into whole messages and resolves the request
+registered under each reply's header (which holds a request id unique to
+the client), so replies may be awaited in any order by any number of
+coroutines. A request's whole frame is queued before its caller first
+waits, and the frames queued during one turn of the loop go out together in
+one write at its end (a thousand gathered calls make one system call, not a
+thousand): a caller cancelled at any await therefore never leaves part of a
+frame behind, only a reply that finds no one registered and is dropped.
+Nothing is read on behalf of a particular caller.
+
+When the connection ends (the shard exited, or sent something that is not a
+frame), every request still waiting on it fails with ShardUnavailable, and
+the client makes a new connection for the next request. A request offered
+to a connection already known to have ended is refused (nothing of it was
+sent), so the client may send it again on a new connection, as the blocking
+client does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from .stream import LENGTH, PREFIX_BYTES, FrameTooLarge, frame, split_frames
+
+_unpack_length = LENGTH.unpack_from
+
+
+class StreamConnection(asyncio.Protocol):
+    """One client connection to a stream socket, and the requests waiting on it.
+
+    `pending` maps a request's header to an object with `reply`, `error` and
+    `fut` (the asyncio client's request record): a reply sets `reply` and
+    resolves `fut`; the end of the connection sets `error` on every request
+    that has neither.
+    """
+
+    def __init__(self, loop, shard: int | None, max_bytes: int, on_lost):
+        self.loop = loop
+        self.shard = shard
+        self.max_bytes = max_bytes
+        self.pending: dict = {}
+        self.transport: asyncio.Transport | None = None
+        #: why the connection ended (None while it is up)
+        self.lost: str | None = None
+        self.check: asyncio.Task | None = None
+        self.watch = None  # the asyncio client's timer for this connection, and when it fires
+        self.watch_at = None
+        self._on_lost = on_lost
+        self._chunks: list = []
+        self._have = 0
+        self._need = PREFIX_BYTES  # bytes that make the next whole message (at least)
+        self._out: list = []  # frames queued in this turn of the loop
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        chunks = self._chunks
+        chunks.append(data)
+        self._have += len(data)
+        if self._have < self._need:
+            return  # a message in progress: joined once it is whole, not at every read
+        buf = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        out: list = []
+        try:
+            rest = split_frames(buf, self.max_bytes, out)
+        except FrameTooLarge as exc:
+            self._end(str(exc))
+            return
+        pending = self.pending
+        for head, body in out:
+            req = pending.get(head)
+            if req is not None and req.reply is None:
+                req.reply = body
+                if not req.fut.done():
+                    req.fut.set_result(None)
+        chunks.clear()
+        self._have = len(rest)
+        if rest:
+            chunks.append(rest)
+            self._need = (PREFIX_BYTES + _unpack_length(rest)[0] if len(rest) >= PREFIX_BYTES
+                          else PREFIX_BYTES)
+        else:
+            self._need = PREFIX_BYTES
+
+    def eof_received(self):
+        return False  # close our side too
+
+    def connection_lost(self, exc) -> None:
+        self._end(f"{exc}" if exc is not None else "the peer closed the connection")
+
+    # -- the client's side -------------------------------------------------------------
+
+    def send(self, head: bytes, body) -> bool:
+        """Queue one request whole; False when the connection had already ended (nothing sent)."""
+        transport = self.transport
+        if self.lost is not None or transport is None or transport.is_closing():
+            return False
+        out = self._out
+        if not out:
+            self.loop.call_soon(self._flush)
+        out.append(frame(head, body))
+        return True
+
+    def _flush(self) -> None:
+        out = self._out
+        if out and self.lost is None:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        self._end("the database is closed")
+
+    def _end(self, why: str) -> None:
+        if self.lost is not None:
+            return
+        self.lost = why
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+        self._chunks.clear()
+        self._out.clear()
+        if self.watch is not None:
+            self.watch.cancel()
+            self.watch = self.watch_at = None
+        self._on_lost(self, why)
+
+
+__all__ = ["StreamConnection"]

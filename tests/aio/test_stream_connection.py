@@ -1,0 +1,120 @@
+"""The asyncio side of the stream transport, alone: framing, matching by header, the end of a connection."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pytest
+
+from inmem.async_client import _Request
+from inmem.async_stream import StreamConnection
+from inmem.stream import frame
+
+
+class _Transport(asyncio.Transport):
+    """Records what is written; `closing` as a real transport reports it."""
+
+    def __init__(self):
+        super().__init__()
+        self.written: list = []
+        self.closing = False
+
+    def write(self, data):
+        self.written.append(bytes(data))
+
+    def is_closing(self):
+        return self.closing
+
+    def abort(self):
+        self.closing = True
+
+    def get_write_buffer_size(self):
+        return 0
+
+
+def _head(n: int) -> bytes:
+    return struct.pack("<IQ", 7, n)
+
+
+def _conn(loop, lost: list, max_bytes: int = 1 << 20) -> StreamConnection:
+    conn = StreamConnection(loop, 0, max_bytes, lambda c, why: lost.append(why))
+    conn.connection_made(_Transport())
+    return conn
+
+
+def _register(conn, loop, n):
+    req = _Request(loop.create_future(), float("inf"))
+    conn.pending[_head(n)] = req
+    return req
+
+
+def test_replies_in_any_order_and_in_pieces_reach_their_own_request():
+    async def main():
+        loop = asyncio.get_running_loop()
+        lost: list = []
+        conn = _conn(loop, lost)
+        reqs = {n: _register(conn, loop, n) for n in range(5)}
+        stream = b"".join(frame(_head(n), b"body-%d" % n) for n in (3, 0, 4, 1, 2))
+        # One byte at a time, then the rest: only whole messages are handed on.
+        for i in range(20):
+            conn.data_received(stream[i:i + 1])
+        conn.data_received(stream[20:])
+        assert {n: r.reply for n, r in reqs.items()} == {n: b"body-%d" % n for n in range(5)}
+        assert all(r.fut.done() for r in reqs.values())
+        assert not lost
+    asyncio.run(main())
+
+
+def test_a_reply_nobody_waits_for_is_dropped_and_the_next_one_still_arrives():
+    async def main():
+        loop = asyncio.get_running_loop()
+        conn = _conn(loop, [])
+        req = _register(conn, loop, 2)
+        conn.data_received(frame(_head(1), b"late") + frame(_head(2), b"mine"))
+        assert req.reply == b"mine"
+    asyncio.run(main())
+
+
+def test_frames_queued_in_one_turn_go_out_in_one_write_each_whole():
+    async def main():
+        loop = asyncio.get_running_loop()
+        conn = _conn(loop, [])
+        for n in range(100):
+            assert conn.send(_head(n), b"x" * n)
+        assert conn.transport.written == []  # not before the end of this turn
+        await asyncio.sleep(0)
+        assert conn.transport.written == [b"".join(frame(_head(n), b"x" * n)
+                                                   for n in range(100))]
+    asyncio.run(main())
+
+
+def test_a_frame_over_the_limit_ends_the_connection_and_fails_what_waits():
+    async def main():
+        loop = asyncio.get_running_loop()
+        lost: list = []
+        conn = _conn(loop, lost, max_bytes=1000)
+        _register(conn, loop, 1)
+        conn.data_received(struct.pack("<I", 5000) + _head(1) + b"x" * 10)
+        assert conn.lost is not None and "over the limit" in conn.lost
+        assert lost == [conn.lost]
+        assert conn.transport.closing
+        # A connection that has ended takes nothing more: the request was not sent.
+        assert conn.send(_head(2), b"x") is False
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("how", ["eof", "error"])
+def test_the_end_of_the_connection_is_reported_once(how):
+    async def main():
+        loop = asyncio.get_running_loop()
+        lost: list = []
+        conn = _conn(loop, lost)
+        if how == "eof":
+            assert conn.eof_received() is False
+            conn.connection_lost(None)
+        else:
+            conn.connection_lost(ConnectionResetError("reset"))
+        conn.connection_lost(None)
+        assert len(lost) == 1 and conn.lost == lost[0]
+    asyncio.run(main())
