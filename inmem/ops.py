@@ -53,6 +53,10 @@ def _one(cls):
     return lambda r, a: make(r)
 
 
+def _pair(r, a):
+    return None if r is None else tuple(r)
+
+
 def _items(r, a):
     return [tuple(x) for x in r]
 
@@ -81,12 +85,16 @@ _TABLE = (
     _op("run.replay", "run_replay"),
     # KV
     _op("kv.put", "kv_put", writes=True, in_tx=True, values=(2,)),
+    # several keys of one run in one WAL group: all or none
+    _op("kv.put_many", "kv_put_many", writes=True, values=(1,)),
     _op("kv.delete", "kv_delete", writes=True, in_tx=True),
     _op("kv.cas", "kv_cas", writes=True, in_tx=True, values=(3,)),
     _op("kv.get", "kv_get"),
     _op("kv.get_versioned", "kv_get_versioned", reply=_opt(Versioned)),
     _op("kv.exists", "kv_exists"),
     _op("kv.get_many", "kv_get_many"),
+    # a value and the KV values / JSON documents its field names, in one read
+    _op("kv.get_linked", "kv_get_linked", reply=_pair),
     _op("kv.keys", "kv_keys"),
     _op("kv.items", "kv_items", reply=_items),
     # events

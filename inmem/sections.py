@@ -39,9 +39,33 @@ class KV(_Section):
         """Store `value`; return its version (1, 2, ...). `ttl`: seconds until it expires."""
         return self._call("kv.put", (run, key, value, ttl))
 
+    def put_many(self, run: str, items: dict[str, Value] | Iterable[tuple[str, Value]],
+                 ttl: float | None = None) -> list[int]:
+        """Store several keys of the run at once: all of them or, on error, none.
+
+        `items` is a dict or (key, value) pairs. One operation and one
+        write-ahead log record, so a crash keeps every pair or none; `ttl`
+        (seconds) applies to each. Returns each write's version, in order (a
+        key given twice takes both writes).
+        """
+        return self._call("kv.put_many", (run, as_pairs(items), ttl))
+
     def get(self, run: str, key: str, default: Value = None) -> Value:
         """The live value at `key`, or `default` when it is absent, deleted or expired."""
         return self._call("kv.get", (run, key, default))
+
+    def get_linked(self, run: str, key: str, field: str | int) -> tuple[Value, list] | None:
+        """The value at `key` and the values it refers to, in one round trip.
+
+        `value[field]` (a dict's key or a list's index) lists references to
+        keys of the same run: a KV key (a str, or `["kv", key]`) or
+        `["json", key]` for a JSON document. Returns
+        `(value, [the referenced KV value or JSON document, None when
+        absent, ...])`, `(value, [])` when the value has no such field, or
+        None when `key` holds no live value. InvalidValue for a malformed
+        reference.
+        """
+        return self._call("kv.get_linked", (run, key, field))
 
     def get_versioned(self, run: str, key: str) -> Versioned | None:
         """The live value with its version and timestamp (µs since the epoch), or None."""
@@ -312,6 +336,20 @@ def as_tags(tags) -> list:
     if type(tags) is tuple:
         return list(tags)
     raise InvalidValue(f"tags must be a list or tuple of str, got {type(tags).__name__}")
+
+
+def as_pairs(items) -> list:
+    """A dict or an iterable of (key, value) pairs as a list of [key, value] lists."""
+    if isinstance(items, dict):
+        return [[k, v] for k, v in items.items()]
+    if isinstance(items, (str, bytes)):
+        raise InvalidValue(f"items must be a dict or (key, value) pairs, got "
+                           f"{type(items).__name__}")
+    try:
+        return [list(p) if type(p) is tuple else p for p in items]
+    except TypeError:
+        raise InvalidValue(f"items must be a dict or (key, value) pairs, got "
+                           f"{type(items).__name__}") from None
 
 
 def as_list(items, what: str) -> list:

@@ -19,8 +19,8 @@ from inmem.types import Versioned
 from inmem.values import KEY_BYTES_MAX, check_key
 
 from .effects import KV_DEL, KV_PUT, put_kv_entry
-from .entries import (DELETED, PLAIN_AT, entry_expires, entry_ts, entry_version, live_value,
-                      pack_entry)
+from .entries import (DELETED, PLAIN_AT, entry_expires, entry_ts, entry_value, entry_version,
+                      live_value, pack_entry)
 from .lifecycle import WRITABLE
 from .runs import RunData
 
@@ -70,6 +70,99 @@ class KVOps:
         else:
             self._commit(r, eff)
         return version
+
+    def kv_put_many(self, run: str, items: list, ttl: float | None = None) -> list[int]:
+        """Store several [key, value] pairs of one run together: one group, all or none.
+
+        Every pair is checked before any is applied, and the writes are one
+        group in the WAL, so a crash keeps them all or none. A key named twice
+        takes both writes in order (its version counts both). Returns each
+        write's version, in order.
+        """
+        r = self._writable(run)
+        if type(items) not in (list, tuple):
+            raise InvalidValue(f"items must be a list of [key, value] pairs, got "
+                               f"{type(items).__name__}")
+        now = self.clock()
+        exp = None if ttl is None else now + self._ttl_us(ttl)
+        kv = r.kv
+        effs = []
+        seen: dict = {}  # key -> the version this call gives it
+        encoded: dict = {}  # id(value) -> its encoding: one value stored under two keys once
+        for item in items:
+            if type(item) not in (list, tuple) or len(item) != 2:
+                raise InvalidValue("items must be a list of [key, value] pairs")
+            key, value = item
+            if type(key) is not str or not key.isascii() or not 0 < len(key) <= KEY_BYTES_MAX:
+                check_key(key)
+            data = encoded.get(id(value))
+            if data is None:
+                data = encoded[id(value)] = self._encode(value)
+            version = seen.get(key)
+            if version is None:
+                old = kv.get(key)
+                version = 0 if old is None else entry_version(old)
+            version += 1
+            seen[key] = version
+            effs.append((KV_PUT, key, data, version, now, exp))
+        if not effs:
+            return []
+        if self.log is not None:
+            self._log(r.run_id, effs, r.journal)
+        for eff in effs:
+            put_kv_entry(r, eff[1], pack_entry(eff[2], eff[3], now, exp))
+        journal = r.journal
+        if len(journal.items) > journal.trim_at:
+            self._trim_history(r)
+        return [eff[3] for eff in effs]
+
+    def kv_get_linked(self, run: str, key: str, field) -> tuple | None:
+        """The live value at `key` and the values its `field` names, in one read.
+
+        `value[field]` (a dict's key, or a list's index) is a list of
+        references, each a KV key (a str, or ["kv", key]) or ["json", key]:
+        the answer is (value, [each referenced KV value or whole JSON
+        document, None when absent]). A value with no such field references
+        nothing: (value, []). None when `key` holds no live value.
+        """
+        r = self._run(run)
+        e = r.kv.get(check_key(key))
+        data = None if e is None else live_value(e, self.clock())
+        if data is None:
+            return None
+        value = _unpackb(data, raw=False)
+        t = type(value)
+        if t is dict and type(field) is str:
+            refs = value.get(field)
+        elif t is list and type(field) is int and -len(value) <= field < len(value):
+            refs = value[field]
+        else:
+            refs = None
+        if refs is None:
+            return value, []
+        if type(refs) is not list:
+            raise InvalidValue(f"the field {field!r} of {key!r} is not a list of references")
+        now = self.clock()
+        kv, docs = r.kv, r.json
+        linked = []
+        for ref in refs:
+            if type(ref) is str:
+                section, name = "kv", ref
+            elif type(ref) is list and len(ref) == 2 and ref[0] in ("kv", "json"):
+                section, name = ref
+            else:
+                raise InvalidValue(f"a reference in {key!r} is neither a key nor [\"kv\" or "
+                                   f"\"json\", key]: {ref!r:.100}")
+            if type(name) is not str or not name.isascii() or not 0 < len(name) <= KEY_BYTES_MAX:
+                check_key(name)
+            if section == "kv":
+                e = kv.get(name)
+                data = None if e is None else live_value(e, now)
+            else:
+                e = docs.get(name)
+                data = None if e is None else entry_value(e)
+            linked.append(None if data is None else _unpackb(data, raw=False))
+        return value, linked
 
     def _kv_live(self, r: RunData, key: str) -> bytes | None:
         """The entry at `key` when it holds a live (not deleted, not expired) value."""

@@ -13,7 +13,8 @@ Rows (async methods, as a LangGraph graph calls them; ops/s):
 
 Ours: `InmemSaver` over an embedded "buffered" store in the benchmark's
 process (`.embedded`), and over a 2-shard "buffered" `inmem.Cluster` through
-a default `connect()` (`.cluster`). Peers, each with its defaults as its
+a default `inmem.asyncio.connect()` (`.cluster`: the asyncio client, as an
+async graph uses it, on the shards' Unix stream sockets). Peers, each with its defaults as its
 users run it: LangGraph's `AsyncSqliteSaver.from_conn_string(<file>)`
 (langgraph-checkpoint-sqlite, on the output's filesystem) as "sqlite" and
 LangGraph's `InMemorySaver()` as "inmemory". Every checkpoint and write is
@@ -66,6 +67,7 @@ def run(ctx: Context) -> None:
 
 def _run(ctx: Context) -> None:
     import inmem
+    import inmem.asyncio
     from inmem.langgraph import InmemSaver
 
     ops = ctx.sizes.get("langgraph_ops", 1000)
@@ -79,7 +81,7 @@ def _run(ctx: Context) -> None:
                             shards=2, durability="buffered")
     cluster.__enter__()
     try:
-        cdb = cluster.connect()
+        cdb = loop.run_until_complete(inmem.asyncio.connect(cluster.endpoint))
         sides = {"embedded": lambda: InmemSaver(db), "cluster": lambda: InmemSaver(cdb)}
         peer_savers, closers = _peers(loop, sqlite_dir)
         sides.update(peer_savers)
@@ -88,7 +90,7 @@ def _run(ctx: Context) -> None:
         _rows(ctx, loop, savers, "get_tuple", ops, history, rounds)
         for close in closers:
             loop.run_until_complete(close())
-        cdb.close()
+        loop.run_until_complete(cdb.close())
     finally:
         cluster.__exit__(None, None, None)
         db.close()
@@ -138,6 +140,8 @@ def _rows(ctx, loop, savers, what, ops, history, rounds) -> None:
                  "ours": il.side_summary(ours),
                  "peer_detail": {p: il.side_summary(p) for p in PEERS},
                  "offload": savers[ours].offload,
+                 "database": ("inmem.open(dir, durability='buffered')" if ours == "embedded"
+                              else "await inmem.asyncio.connect(url)"),
                  "peer_config": {"sqlite": "AsyncSqliteSaver.from_conn_string(file)",
                                  "inmemory": "InMemorySaver()"}}
         ctx.add(make_row(f"langgraph.checkpoint.{what}.{ours}", TIER, "buffered", "ops/s",

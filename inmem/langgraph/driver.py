@@ -15,8 +15,9 @@ The same plan then runs three ways:
   per batch) when the database may block — a cluster's sockets, an embedded
   store's fsync in "strict" mode — and inline when it cannot (an embedded
   store in memory or "buffered": every call returns in microseconds);
-- `await run_async(db, plan)` on an asynchronous database, whose sections
-  are coroutines: each batch is awaited, and the event loop is never held.
+- `await run_async(db, plan)` on an asynchronous database, whose backend's
+  calls are coroutines: each batch is awaited, and the event loop is never
+  held.
 
 An operation is an inmem operation as the engine names it, `(op, args)`
 (`("kv.put", (run, key, value, ttl))`; see `inmem.ops`), sent through the
@@ -27,10 +28,10 @@ composite, `db.search(*args)`, and is always a batch of its own.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 from typing import Any, Generator
 
+from inmem.async_database import AsyncDatabase
 from inmem.errors import InmemError
 
 #: one operation: (op name, args)
@@ -61,37 +62,16 @@ def run_sync(db, plan: Plan) -> Any:
         return stop.value
 
 
-#: operation -> (section or None for the database, method, how many args the method takes)
-_METHODS = {
-    "kv.put": ("kv", "put", 4), "kv.get": ("kv", "get", 3), "kv.get_many": ("kv", "get_many", 2),
-    "kv.items": ("kv", "items", 2), "kv.keys": ("kv", "keys", 2),
-    "kv.delete": ("kv", "delete", 2), "js.get": ("json", "get", 3),
-    "js.set": ("json", "set", 4), "js.put": ("json", "put", 3),
-    "js.delete": ("json", "delete", 3), "run.begin": (None, "begin_run", 5),
-    "run.set_status": ("runs", "set_status", 2), "run.delete": ("runs", "delete", 1),
-    "run.list": ("runs", "list", 3), "search": (None, "search", 5),
-}
-
-
-def _method(obj, op):
-    section, name, arity = _METHODS[op]
-    return getattr(obj if section is None else getattr(obj, section), name), arity
-
-
 async def _execute_async(db, ops: list) -> list:
-    # An asynchronous database is driven through its public sections and pipelines.
+    # An asynchronous database's backend, as a pipeline of it sends them.
+    backend = db._backend
     if len(ops) == 1:
         op, args = ops[0]
-        fn, arity = _method(db, op)
         try:
-            return [await fn(*args[:arity])]
+            return [await (db.search(*args) if op == "search" else backend.call(op, args))]
         except InmemError as exc:
             return [exc]
-    pipe = db.pipeline()
-    for op, args in ops:
-        fn, arity = _method(pipe, op)
-        fn(*args[:arity])
-    return await pipe.execute(raise_on_error=False)
+    return await backend.call_batch(ops)
 
 
 async def run_async(db, plan: Plan, offload: bool = True) -> Any:
@@ -109,9 +89,8 @@ async def run_async(db, plan: Plan, offload: bool = True) -> Any:
 
 
 def is_async_database(db) -> bool:
-    """True for a database whose calls are coroutines (the asyncio client)."""
-    kv = getattr(db, "kv", None)
-    return kv is not None and inspect.iscoroutinefunction(getattr(kv, "get", None))
+    """True for a database whose calls are coroutines (`inmem.asyncio`'s AsyncDatabase)."""
+    return isinstance(db, AsyncDatabase)
 
 
 def may_block(db) -> bool:

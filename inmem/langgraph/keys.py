@@ -12,13 +12,17 @@ namespace is the empty string, so its keys read `checkpoint//<id>`):
 
 | primitive | key                               | value                                            |
 |-----------|-----------------------------------|--------------------------------------------------|
-| kv        | `checkpoint/<ns>/<checkpoint_id>` | the record (see `Record`)                        |
+| kv        | `checkpoint/<ns>/<checkpoint_id>` | the record: [packed fields, refs] (see `Record`) |
 | kv        | `head/<ns>`                       | the newest checkpoint's record, for get_tuple    |
 | kv        | `blob/<ns>/<channel>/<version>`   | [serde type, bytes] of one channel value         |
 | json      | `writes/<ns>/<checkpoint_id>`     | {"<task_id>/<idx>": [task, channel, type, bytes, task_path, idx]} |
 
-Checkpoint ids are time-ordered (uuid6), so the keys of one namespace sort
-oldest to newest. Channel values are stored once per version and shared by
+A record is stored as [its fields packed in one msgpack bytes, refs]: one
+bytes value is checked and encoded at the cost of a copy, where nested
+lists are walked item by item. `refs` lists the keys of its channel blobs
+and of its pending writes, so `kv.get_linked` reads a checkpoint, its
+values and its writes in one round trip. Checkpoint ids are time-ordered (uuid6), so the keys of
+one namespace sort oldest to newest. Channel values are stored once per version and shared by
 every checkpoint that points at that version; pending writes of a task are
 set each at its own path, so concurrent tasks never overwrite each other.
 
@@ -32,6 +36,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import NamedTuple
+
+import msgpack
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+_unpackb = msgpack.unpackb
 
 DEFAULT_PREFIX = "langgraph:"
 
@@ -84,15 +93,33 @@ def json_name(name: str) -> str:
     return '$["' + name.replace("\\", "\\\\").replace('"', '\\"') + '"]'
 
 
+#: the position of the references in a stored record (what `kv.get_linked` follows)
+REFS = 1
+
+
 class Record(NamedTuple):
-    """A stored checkpoint: everything but its channel values and pending writes.
+    """A checkpoint as stored: everything but its channel values and pending writes.
 
     `run_id` is the metadata's run id kept in the clear, so deleting a run's
-    checkpoints reads records without decoding their metadata.
+    checkpoints reads records without decoding their metadata. `refs` names
+    the blobs of its channel versions, in the checkpoint's channel order,
+    then its pending writes' document: [blob key, ..., ["json", writes key]].
     """
     ns: str
     checkpoint_id: str
     parent_id: str | None
-    checkpoint: list  # [serde type, bytes] of the checkpoint without channel_values
-    metadata: list    # [serde type, bytes]
+    checkpoint: tuple  # (serde type, bytes) of the checkpoint without channel_values
+    metadata: tuple    # (serde type, bytes)
     run_id: str | None
+    refs: list
+
+    def stored(self) -> list:
+        """The value stored for this record: [its fields packed, refs]."""
+        return [_packb([self.ns, self.checkpoint_id, self.parent_id, *self.checkpoint,
+                        *self.metadata, self.run_id]), self.refs]
+
+
+def read_record(value) -> Record:
+    """The Record of a stored value (see `Record.stored`)."""
+    f = _unpackb(value[0], raw=False)
+    return Record(f[0], f[1], f[2], (f[3], f[4]), (f[5], f[6]), f[7], value[1])

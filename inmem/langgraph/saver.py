@@ -8,10 +8,11 @@ pending writes all live on the shard that owns it, and `list` on a thread
 reads that one run.
 
 Round trips per call: `put` 1 (the blobs, the checkpoint and the head of
-its namespace in one pipeline; the thread's run is created on its first
-write), `get_tuple` 2 (the record, then its blobs and writes), `put_writes`
-1 for special channels and 2 when a repeated write must keep the first
-value, `list` 1 plus 1 per page of 64 results.
+its namespace in one `kv.put_many`, one write-ahead log record; the
+thread's run is created on its first write), `get_tuple` 1 (one
+`kv.get_linked`: the record, the blobs and the pending writes it names),
+`put_writes` 1 for special channels and 2 when a repeated write must keep
+the first value, `list` 1 plus 1 per page of 64 results.
 
 Channel versions are strings with a random tail (as LangGraph's own
 savers make them), so a fork never writes a blob over another branch's
@@ -39,8 +40,9 @@ from langgraph.checkpoint.base import (
 from inmem.errors import InvalidStatusTransition, RunExists, RunNotFound
 
 from .driver import may_block, raise_first, run_async, run_sync
-from .keys import (DEFAULT_PREFIX, Record, blob_key, checkpoint_key, checkpoint_prefix, head_key,
-                   index_run, json_name, thread_run, thread_tag, writes_key)
+from .keys import (DEFAULT_PREFIX, REFS, Record, blob_key, checkpoint_key, checkpoint_prefix,
+                   head_key, index_run, json_name, read_record, thread_run, thread_tag,
+                   writes_key)
 
 #: results fetched per round trip while `list` walks a thread
 LIST_PAGE = 64
@@ -176,27 +178,41 @@ class InmemSaver(BaseCheckpointSaver[str]):
         return thread_id, thread_run(self.prefix, thread_id), conf.get("checkpoint_ns") or ""
 
     def _put(self, config, checkpoint, metadata, new_versions):
-        thread_id, run, ns = self._where(config)
+        conf = config["configurable"]
+        thread_id = conf["thread_id"]
+        run = thread_run(self.prefix, thread_id)
+        ns = conf.get("checkpoint_ns") or ""
         dumps = self.serde.dumps_typed
-        body = dict(checkpoint)
+        body = checkpoint.copy()
         values = body.pop("channel_values", None) or {}
-        ops = []
+        # Every channel's blob key; the new versions' are the keys written.
+        keys = {ch: blob_key(ns, ch, v) for ch, v in checkpoint["channel_versions"].items()}
+        items = []
         for channel, version in new_versions.items():
-            blob = list(dumps(values[channel])) if channel in values else ["empty", b""]
-            ops.append(("kv.put", (run, blob_key(ns, channel, version), blob, None)))
+            blob = dumps(values[channel]) if channel in values else ("empty", b"")
+            key = keys.get(channel)
+            if key is None or checkpoint["channel_versions"][channel] != version:
+                key = blob_key(ns, channel, version)
+            items.append([key, list(blob)])
         meta = get_checkpoint_metadata(config, metadata)
         run_id = meta.get("run_id")
         run_id = run_id if type(run_id) is str and run_id else None
         cid = checkpoint["id"]
-        record = [ns, cid, config["configurable"].get("checkpoint_id"), list(dumps(body)),
-                  list(dumps(meta)), run_id]
-        ops.append(("kv.put", (run, checkpoint_key(ns, cid), record, None)))
-        ops.append(("kv.put", (run, head_key(ns), record, None)))
+        refs = list(keys.values())
+        refs.append(["json", writes_key(ns, cid)])
+        record = Record(ns, cid, conf.get("checkpoint_id"), dumps(body), dumps(meta), run_id,
+                        refs).stored()
+        items.append([checkpoint_key(ns, cid), record])
+        items.append([head_key(ns), record])
+        ops = [("kv.put_many", (run, items, None))]
         pair = (run_id, run)
         if run_id is not None and pair not in self._indexed:
             ops.append(("js.set", (self._index, run_id, json_name(str(thread_id)), True)))
-        results = yield from self._send(ops, {run: thread_id})
-        raise_first(results)
+        results = yield ops
+        if any(isinstance(r, BaseException) for r in results):
+            # A new thread (its run is made on its first write), or a failure.
+            results = yield from self._send(ops, {run: thread_id}, results)
+            raise_first(results)
         if run_id is not None:
             self._remember(pair)
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
@@ -229,35 +245,15 @@ class InmemSaver(BaseCheckpointSaver[str]):
     def _get_tuple(self, config):
         thread_id, run, ns = self._where(config)
         cid = get_checkpoint_id(config)
-        if cid:
-            found, writes = yield [("kv.get", (run, checkpoint_key(ns, cid), None)),
-                                   ("js.get", (run, writes_key(ns, cid), "$"))]
-            if isinstance(found, RunNotFound) or found is None:
-                return None
-            raise_first([found, writes])
-            record = Record._make(found)
-            checkpoint = self.serde.loads_typed(tuple(record.checkpoint))
-            keys = _blob_keys(ns, checkpoint)
-            blobs = []
-            if keys:
-                (blobs,) = yield [("kv.get_many", (run, keys))]
-                raise_first([blobs])
-        else:
-            (found,) = yield [("kv.get", (run, head_key(ns), None))]
-            if isinstance(found, RunNotFound) or found is None:
-                return None
-            raise_first([found])
-            record = Record._make(found)
-            checkpoint = self.serde.loads_typed(tuple(record.checkpoint))
-            keys = _blob_keys(ns, checkpoint)
-            ops = [("js.get", (run, writes_key(ns, record.checkpoint_id), "$"))]
-            if keys:
-                ops.append(("kv.get_many", (run, keys)))
-            results = yield ops
-            raise_first(results)
-            writes = results[0]
-            blobs = results[1] if keys else []
-        return self._tuple(thread_id, record, checkpoint, keys, blobs, writes, None)
+        key = checkpoint_key(ns, cid) if cid else head_key(ns)
+        (found,) = yield [("kv.get_linked", (run, key, REFS))]
+        if found is None or isinstance(found, RunNotFound):
+            return None
+        raise_first([found])
+        value, linked = found
+        record = read_record(value)
+        checkpoint = self.serde.loads_typed(record.checkpoint)
+        return self._tuple(thread_id, record, checkpoint, linked[:-1], linked[-1], None)
 
     def _select(self, config, filter, before, limit):
         """The records `list` returns, in order: [(thread_id, record, metadata)]."""
@@ -284,12 +280,12 @@ class InmemSaver(BaseCheckpointSaver[str]):
                 continue
             raise_first([items])
             for _, value in items:
-                record = Record._make(value)
+                record = read_record(value)
                 if cid and record.checkpoint_id != cid:
                     continue
                 if before_id and record.checkpoint_id >= before_id:
                     continue
-                metadata = loads(tuple(record.metadata))
+                metadata = loads(record.metadata)
                 if filter and not all(metadata.get(k) == v for k, v in filter.items()):
                     continue
                 chosen.append((thread_id, record, metadata))
@@ -302,9 +298,9 @@ class InmemSaver(BaseCheckpointSaver[str]):
         ops, plans = [], []
         for thread_id, record, metadata in chosen:
             run = thread_run(self.prefix, thread_id)
-            checkpoint = loads(tuple(record.checkpoint))
-            keys = _blob_keys(record.ns, checkpoint)
-            plans.append((thread_id, record, metadata, checkpoint, keys, len(ops)))
+            checkpoint = loads(record.checkpoint)
+            keys = record.refs[:-1]  # its blobs' keys; the last names its writes
+            plans.append((thread_id, record, metadata, checkpoint, bool(keys), len(ops)))
             ops.append(("js.get", (run, writes_key(record.ns, record.checkpoint_id), "$")))
             if keys:
                 ops.append(("kv.get_many", (run, keys)))
@@ -316,7 +312,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
             if isinstance(writes, RunNotFound):
                 continue  # the thread was deleted since it was listed
             raise_first([writes, blobs])
-            out.append(self._tuple(thread_id, record, checkpoint, keys, blobs, writes, metadata))
+            out.append(self._tuple(thread_id, record, checkpoint, blobs, writes, metadata))
         return out
 
     def _delete_threads(self, thread_ids):
@@ -354,7 +350,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
                 if isinstance(items, RunNotFound):
                     continue
                 raise_first([items, blob_keys])
-                records = [Record._make(v) for _, v in items]
+                records = [read_record(v) for _, v in items]
                 ops += self._cut(run, records, [r for r in records if r.run_id in doomed_runs],
                                  blob_keys)
         ops += [("js.delete", (self._index, r, "$")) for r in run_ids]
@@ -373,8 +369,8 @@ class InmemSaver(BaseCheckpointSaver[str]):
         heads = {}
         if not isinstance(dst_heads, RunNotFound):
             raise_first([dst_heads])
-            heads = {Record._make(v).ns: Record._make(v) for _, v in dst_heads}
-        records = [Record._make(v) for k, v in items if k.startswith("checkpoint/")]
+            heads = {read_record(v).ns: read_record(v) for _, v in dst_heads}
+        records = [read_record(v) for k, v in items if k.startswith("checkpoint/")]
         docs = []
         if records:
             docs = yield [("js.get", (src, writes_key(r.ns, r.checkpoint_id), "$"))
@@ -384,7 +380,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
                if k.startswith(("checkpoint/", "blob/"))]
         for k, v in items:
             if k.startswith("head/"):
-                record = Record._make(v)
+                record = read_record(v)
                 mine = heads.get(record.ns)
                 if mine is None or mine.checkpoint_id < record.checkpoint_id:
                     ops.append(("kv.put", (dst, head_key(record.ns), v, None)))
@@ -416,7 +412,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
             if isinstance(items, RunNotFound):
                 continue
             raise_first([items, blob_keys])
-            records = [Record._make(v) for _, v in items]
+            records = [read_record(v) for _, v in items]
             newest: dict = {}
             for r in records:
                 if r.ns not in newest or newest[r.ns].checkpoint_id < r.checkpoint_id:
@@ -447,20 +443,21 @@ class InmemSaver(BaseCheckpointSaver[str]):
                 newest[r.ns] = r
         for ns in {r.ns for r in doomed}:
             if ns in newest:
-                ops.append(("kv.put", (run, head_key(ns), list(newest[ns]), None)))
+                ops.append(("kv.put", (run, head_key(ns), newest[ns].stored(), None)))
             else:
                 ops.append(("kv.delete", (run, head_key(ns))))
-        loads = self.serde.loads_typed
         wanted = set()
         for r in survivors:
-            wanted.update(_blob_keys(r.ns, loads(tuple(r.checkpoint))))
+            wanted.update(r.refs[:-1])
         ops += [("kv.delete", (run, k)) for k in blob_keys if k not in wanted]
         return ops
 
-    def _send(self, ops, threads: dict):
-        """Send `ops`; a run missing on first write (a new thread, the index) is created,
-        paused, and the operations it refused are sent again."""
-        results = yield ops
+    def _send(self, ops, threads: dict, results=None):
+        """Send `ops` (unless their `results` are in already); a run missing on first write
+        (a new thread, the index) is created, paused, and the operations it refused are
+        sent again."""
+        if results is None:
+            results = yield ops
         missing = {}
         for (_, args), result in zip(ops, results):
             if isinstance(result, RunNotFound):
@@ -489,7 +486,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
         if len(self._indexed) > _INDEXED_MAX:
             self._indexed.popitem(last=False)
 
-    def _tuple(self, thread_id, record, checkpoint, keys, blobs, writes, metadata):
+    def _tuple(self, thread_id, record, checkpoint, blobs, writes, metadata):
         loads = self.serde.loads_typed
         values = {}
         # keys (and so blobs) follow the order of channel_versions
@@ -507,14 +504,10 @@ class InmemSaver(BaseCheckpointSaver[str]):
         return CheckpointTuple(
             config={"configurable": {**conf, "checkpoint_id": record.checkpoint_id}},
             checkpoint={**checkpoint, "channel_values": values},
-            metadata=loads(tuple(record.metadata)) if metadata is None else metadata,
+            metadata=loads(record.metadata) if metadata is None else metadata,
             parent_config=parent,
             pending_writes=pending,
         )
-
-
-def _blob_keys(ns: str, checkpoint) -> list:
-    return [blob_key(ns, ch, v) for ch, v in checkpoint.get("channel_versions", {}).items()]
 
 
 def _thread_of(info):

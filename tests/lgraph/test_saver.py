@@ -6,6 +6,7 @@ import operator
 import uuid
 from typing import Annotated, TypedDict
 
+from langgraph.checkpoint.base.id import uuid6
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 
@@ -131,7 +132,33 @@ def test_reading_a_thread_touches_only_its_run(db):
     assert not any(op.startswith("fanout:") or op == "run.list" for op, _ in recording.ops)
     recording.ops.clear()
     assert saver.get_tuple({"configurable": {"thread_id": "x", "checkpoint_ns": ""}})
-    assert len(recording.ops) <= 3 and all(args[0] == run for _, args in recording.ops)
+    assert [op for op, _ in recording.ops] == ["kv.get_linked"]
+    assert all(args[0] == run for _, args in recording.ops)
+
+
+def test_put_and_get_tuple_are_one_operation_each(db):
+    # One operation is one message to the thread's shard: one round trip.
+    recording = Recording(db._backend)
+    saver = InmemSaver(Database(recording))
+    config = {"configurable": {"thread_id": "one", "checkpoint_ns": ""}}
+    _graph(saver).invoke({"log": [], "n": 1}, config)  # the thread's run exists from here
+    latest = saver.get_tuple(config)
+    recording.ops.clear()
+    checkpoint = {**latest.checkpoint, "id": str(uuid6(clock_seq=-1))}
+    versions = {ch: saver.get_next_version(v, None)
+                for ch, v in checkpoint["channel_versions"].items() if ch == "n"}
+    checkpoint["channel_versions"] = {**checkpoint["channel_versions"], **versions}
+    checkpoint["channel_values"] = {**checkpoint["channel_values"], "n": 99}
+    new = saver.put(latest.config, checkpoint, {"source": "update", "step": 9}, versions)
+    assert [op for op, _ in recording.ops] == ["kv.put_many"]
+    for where in (config, new):
+        recording.ops.clear()
+        got = saver.get_tuple(where)
+        assert [op for op, _ in recording.ops] == ["kv.get_linked"]
+        assert got.checkpoint["id"] == checkpoint["id"]
+        assert got.checkpoint["channel_values"]["n"] == 99
+        assert got.checkpoint["channel_values"]["log"] == latest.checkpoint["channel_values"]["log"]
+        assert got.parent_config == latest.config
 
 
 def test_list_without_a_config_walks_every_thread(db):

@@ -6,7 +6,9 @@ the sync methods.
 """
 
 import asyncio
+import uuid
 
+import pytest
 from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.checkpoint.conformance.capabilities import ALL_CAPABILITIES
 
@@ -70,3 +72,25 @@ def test_async_methods_pass_every_capability(open_db):
 
 def test_sync_methods_pass_every_capability(open_db):
     _check(_validate(open_db, SyncDriven))
+
+
+@pytest.mark.parametrize("kind", ["async-embedded", "async-cluster"])
+def test_every_capability_on_an_asyncio_database(kind):
+    # An AsyncDatabase belongs to the event loop that opened it: each saver's
+    # database is opened inside the suite's loop, and closed there.
+    import inmem.asyncio
+
+    @checkpointer_test(name=f"InmemSaver-{kind}")
+    async def factory():
+        if kind == "async-embedded":
+            db = await inmem.asyncio.open(None)
+        else:
+            from cluster.shared import shared_cluster
+            db = await inmem.asyncio.connect(shared_cluster().endpoint, timeout=10.0)
+        try:
+            # A prefix of its own: the shared cluster's other savers are not seen.
+            yield InmemSaver(db, prefix=f"conf-{uuid.uuid4().hex[:12]}:")
+        finally:
+            await db.close()
+
+    _check(asyncio.run(validate(factory)))
