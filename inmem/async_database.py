@@ -151,107 +151,135 @@ class AsyncStateCells(StateCells):
 
 
 class AsyncTxKV(TxKV):
+    """The KV section of an AsyncTransaction; every method is awaited."""
     __slots__ = ()
 
     async def get(self, key, default=None):
+        """The value at `key` as this transaction sees it (its own writes too), or `default`."""
         value = await self._tx._read("kv", key)
         return default if value is _DELETED else value
 
     async def exists(self, key) -> bool:
+        """Whether `key` holds a live value as this transaction sees it."""
         return await self._tx._read("kv", key) is not _DELETED
 
     async def put(self, key, value, ttl=None):
+        """Buffer a put of `value` (`ttl` in seconds); applied at commit."""
         TxKV.put(self, key, value, ttl)
 
     async def delete(self, key):
+        """Buffer a delete of `key`; applied at commit."""
         TxKV.delete(self, key)
 
     async def cas(self, key, expected_version, value):
+        """Buffer a put that commits only if `key` is then at `expected_version` (0: absent)."""
         TxKV.cas(self, key, expected_version, value)
 
 
 class AsyncTxEvents(TxEvents):
+    """The event log of an AsyncTransaction's run; every method is awaited."""
     __slots__ = ()
 
     async def append(self, event_type, payload=None):
+        """Buffer an event; appended to the chain at commit."""
         TxEvents.append(self, event_type, payload)
 
     async def count(self) -> int:
+        """How many events the log holds, this transaction's buffered ones included."""
         tx = self._tx
         return await tx._read("ev", "") + tx._pending_events
 
     async def read(self, sequence):
+        """The committed event at `sequence`, or None (the log's length joins the read set)."""
         await self._tx._read("ev", "")
         return await self._tx._call("ev.read", (self._tx.run, sequence))
 
     async def head(self):
+        """The newest committed event, or None (the log's length joins the read set)."""
         await self._tx._read("ev", "")
         return await self._tx._call("ev.head", (self._tx.run,))
 
     async def range(self, start, end):
+        """Committed events with start <= sequence < end (the log's length joins the read set)."""
         await self._tx._read("ev", "")
         return await self._tx._call("ev.range", (self._tx.run, start, end))
 
 
 class AsyncTxState(TxState):
+    """The state cells of an AsyncTransaction's run; every method is awaited."""
     __slots__ = ()
 
     async def read(self, name):
+        """The cell as this transaction sees it (its version as read), or None."""
         value = await self._tx._read("st", name)
         if value is _DELETED:
             return None
         return State(value, self._tx._reads.get(("st", name), 0), 0)
 
     async def init(self, name, value):
+        """Buffer the creation of a cell; StateExists at commit if it is there."""
         TxState.init(self, name, value)
 
     async def set(self, name, value):
+        """Buffer a write of the cell whatever its version."""
         TxState.set(self, name, value)
 
     async def cas(self, name, expected_version, value):
+        """Buffer a write that commits only if the cell is then at `expected_version`."""
         TxState.cas(self, name, expected_version, value)
 
     async def delete(self, name):
+        """Buffer the deletion of a cell."""
         TxState.delete(self, name)
 
 
 class AsyncTxTraces(TxTraces):
+    """The traces of an AsyncTransaction's run; every method is awaited."""
     __slots__ = ()
 
     async def record(self, trace_type, data, parent_id=None, tags=(), metadata=None):
+        """Buffer a trace record (its id is assigned at commit)."""
         TxTraces.record(self, trace_type, data, parent_id, tags, metadata)
 
     async def get(self, trace_id):
+        """The committed trace `trace_id`, or None."""
         return await self._tx._call("tr.get", (self._tx.run, trace_id))
 
 
 class AsyncTxJSON(TxJSON):
+    """The JSON documents of an AsyncTransaction's run; every method is awaited."""
     __slots__ = ()
 
     async def get(self, key, path="$"):
+        """The value at `path` of the document as this transaction sees it, or None."""
         return json_at(await self._tx._read_doc(key), path)
 
     async def put(self, key, doc):
+        """Buffer a write of the whole document."""
         TxJSON.put(self, key, doc)
 
     async def set(self, key, path, value):
+        """Buffer setting `path` of the document to `value` (checked against what it read)."""
         steps = jsonpath.parse(path)
         check_value(value)
         doc = json_set(await self._tx._read_doc(key), steps, path, value)
         self._tx._write("js.set", (key, path, value), ("js", key, doc))
 
     async def delete(self, key, path="$"):
+        """Buffer deleting `path` (the whole document for "$")."""
         steps = jsonpath.parse(path)
         doc = json_delete(await self._tx._read_doc(key), steps, path)
         self._tx._write("js.delete", (key, path), ("js", key, doc))
 
     async def array_push(self, key, path, value):
+        """Buffer appending `value` to the array at `path`."""
         steps = jsonpath.parse(path)
         check_value(value)
         doc = json_push(await self._tx._read_doc(key), steps, path, value)
         self._tx._write("js.push", (key, path, value), ("js", key, doc))
 
     async def array_pop(self, key, path):
+        """Buffer removing the last item of the array at `path`."""
         steps = jsonpath.parse(path)
         doc = json_pop(await self._tx._read_doc(key), steps, path)
         self._tx._write("js.pop", (key, path), ("js", key, doc))
@@ -268,22 +296,27 @@ class AsyncTransaction(Transaction):
 
     @property
     def kv(self) -> AsyncTxKV:
+        """The transaction's KV section (`await tx.kv.get(key)`)."""
         return AsyncTxKV(self)
 
     @property
     def events(self) -> AsyncTxEvents:
+        """The transaction's event log section."""
         return AsyncTxEvents(self)
 
     @property
     def state(self) -> AsyncTxState:
+        """The transaction's state cells section."""
         return AsyncTxState(self)
 
     @property
     def traces(self) -> AsyncTxTraces:
+        """The transaction's traces section."""
         return AsyncTxTraces(self)
 
     @property
     def json(self) -> AsyncTxJSON:
+        """The transaction's JSON documents section."""
         return AsyncTxJSON(self)
 
     async def _read(self, ns, key):

@@ -142,26 +142,30 @@ class KVOps:
             return value, []
         if type(refs) is not list:
             raise InvalidValue(f"the field {field!r} of {key!r} is not a list of references")
-        now = self.clock()
         kv, docs = r.kv, r.json
         linked = []
+        append = linked.append
         for ref in refs:
             if type(ref) is str:
-                section, name = "kv", ref
+                name, table = ref, kv
             elif type(ref) is list and len(ref) == 2 and ref[0] in ("kv", "json"):
-                section, name = ref
+                name, table = ref[1], (kv if ref[0] == "kv" else docs)
             else:
                 raise InvalidValue(f"a reference in {key!r} is neither a key nor [\"kv\" or "
                                    f"\"json\", key]: {ref!r:.100}")
             if type(name) is not str or not name.isascii() or not 0 < len(name) <= KEY_BYTES_MAX:
                 check_key(name)
-            if section == "kv":
-                e = kv.get(name)
-                data = None if e is None else live_value(e, now)
-            else:
-                e = docs.get(name)
-                data = None if e is None else entry_value(e)
-            linked.append(None if data is None else _unpackb(data, raw=False))
+            e = table.get(name)
+            if e is None:
+                append(None)
+                continue
+            # A plain entry (no expiry, not deleted) holds its value at a fixed place.
+            at = PLAIN_AT[e[0]]
+            if at:
+                append(_unpackb(e[at:], raw=False))
+                continue
+            data = live_value(e, self.clock()) if table is kv else entry_value(e)
+            append(None if data is None else _unpackb(data, raw=False))
         return value, linked
 
     def _kv_live(self, r: RunData, key: str) -> bytes | None:

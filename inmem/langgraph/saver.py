@@ -125,10 +125,12 @@ class InmemSaver(BaseCheckpointSaver[str]):
     # -- the async methods ---------------------------------------------------------
 
     async def aget_tuple(self, config) -> CheckpointTuple | None:
+        """`get_tuple`, awaited: the checkpoint `config` names, in one round trip."""
         return await run_async(self.db, self._get_tuple(config), self.offload)
 
     async def alist(self, config, *, filter: dict[str, Any] | None = None, before=None,
                     limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
+        """`list`, as an async iterator: checkpoints newest first, fetched a page at a time."""
         chosen = await run_async(self.db, self._select(config, filter, before, limit),
                                  self.offload)
         for start in range(0, len(chosen), LIST_PAGE):
@@ -139,25 +141,31 @@ class InmemSaver(BaseCheckpointSaver[str]):
 
     async def aput(self, config, checkpoint: Checkpoint, metadata: CheckpointMetadata,
                    new_versions: ChannelVersions) -> dict:
+        """`put`, awaited: one round trip; the stored checkpoint's config."""
         return await run_async(self.db, self._put(config, checkpoint, metadata, new_versions),
                                self.offload)
 
     async def aput_writes(self, config, writes: Sequence[tuple[str, Any]], task_id: str,
                           task_path: str = "") -> None:
+        """`put_writes`, awaited: a task's pending writes against a checkpoint."""
         return await run_async(self.db, self._put_writes(config, writes, task_id, task_path),
                                self.offload)
 
     async def adelete_thread(self, thread_id: str) -> None:
+        """`delete_thread`, awaited: the thread's run and everything in it."""
         return await run_async(self.db, self._delete_threads([thread_id]), self.offload)
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """`delete_for_runs`, awaited: the checkpoints these LangGraph runs made."""
         return await run_async(self.db, self._delete_for_runs(run_ids), self.offload)
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """`copy_thread`, awaited: every checkpoint, blob and write of one thread into another."""
         return await run_async(self.db, self._copy_thread(source_thread_id, target_thread_id),
                                self.offload)
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """`prune`, awaited: "keep_latest" or "delete"."""
         return await run_async(self.db, self._prune(thread_ids, strategy), self.offload)
 
     def get_next_version(self, current: str | None, channel: None = None) -> str:
@@ -487,27 +495,38 @@ class InmemSaver(BaseCheckpointSaver[str]):
             self._indexed.popitem(last=False)
 
     def _tuple(self, thread_id, record, checkpoint, blobs, writes, metadata):
+        """The CheckpointTuple of a record; `checkpoint` (decoded for this call) is completed
+        in place with its channel values."""
         loads = self.serde.loads_typed
         values = {}
-        # keys (and so blobs) follow the order of channel_versions
-        for channel, blob in zip(checkpoint.get("channel_versions", {}), blobs):
+        # blobs follow the order of channel_versions
+        for channel, blob in zip(checkpoint.get("channel_versions", ()), blobs):
             if blob is not None and blob[0] != "empty":
-                values[channel] = loads(tuple(blob))
+                values[channel] = loads((blob[0], blob[1]))
         pending = []
         if writes:
-            rows = sorted(writes.values(), key=lambda w: writes_sort_key(w[4], w[0], w[5]))
+            rows = writes.values()
+            if len(writes) > 1:
+                rows = sorted(rows, key=_write_order)
             pending = [(w[0], w[1], loads((w[2], w[3]))) for w in rows]
-        conf = {"thread_id": thread_id, "checkpoint_ns": record.ns}
+        checkpoint["channel_values"] = values
+        ns = record.ns
         parent = None
         if record.parent_id:
-            parent = {"configurable": {**conf, "checkpoint_id": record.parent_id}}
+            parent = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
+                                       "checkpoint_id": record.parent_id}}
         return CheckpointTuple(
-            config={"configurable": {**conf, "checkpoint_id": record.checkpoint_id}},
-            checkpoint={**checkpoint, "channel_values": values},
-            metadata=loads(record.metadata) if metadata is None else metadata,
-            parent_config=parent,
-            pending_writes=pending,
+            {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
+                              "checkpoint_id": record.checkpoint_id}},
+            checkpoint,
+            loads(record.metadata) if metadata is None else metadata,
+            parent,
+            pending,
         )
+
+
+def _write_order(w):
+    return writes_sort_key(w[4], w[0], w[5])
 
 
 def _thread_of(info):

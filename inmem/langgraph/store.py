@@ -109,6 +109,7 @@ class InmemStore(BaseStore):
         return run_sync(self.db, self._batch(list(ops)))
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        """`batch`, awaited: the event loop is never held (see `offload`)."""
         return await run_async(self.db, self._batch(list(ops)), self.offload)
 
     # -- the plan ------------------------------------------------------------------

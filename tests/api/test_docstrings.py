@@ -26,6 +26,19 @@ CLASSES = [
 FUNCTIONS = [inmem.open, inmem.connect, errors.from_wire]
 
 
+def _async_api():
+    """The asyncio API's classes (AsyncDatabase and what it hands out), the LangGraph
+    adapters (their async methods included) and the asyncio entry points."""
+    import inmem.asyncio
+    from inmem import async_database as ad
+    from inmem.langgraph import InmemSaver, InmemStore
+    classes = [ad.AsyncDatabase, ad.AsyncPipeline, ad.AsyncTransaction, ad.AsyncKV,
+               ad.AsyncEvents, ad.AsyncStateCells, ad.AsyncTraces, ad.AsyncJSON, ad.AsyncRuns,
+               ad.AsyncTxKV, ad.AsyncTxEvents, ad.AsyncTxState, ad.AsyncTxTraces, ad.AsyncTxJSON,
+               InmemSaver, InmemStore]
+    return classes, [inmem.asyncio.open, inmem.asyncio.connect]
+
+
 def _own_public_members(cls):
     """(name, member) defined in the class body itself, not dunder, not private."""
     for name, member in vars(cls).items():
@@ -37,16 +50,35 @@ def _own_public_members(cls):
             yield name, member
 
 
-def test_every_public_class_method_and_function_has_a_docstring():
+def _undocumented(classes, functions) -> list:
     missing = []
-    for cls in CLASSES:
+    for cls in classes:
         if not (cls.__doc__ or "").strip() or cls.__doc__.startswith(f"{cls.__name__}("):
             missing.append(cls.__qualname__)  # the NamedTuple default is not a docstring
         for name, member in _own_public_members(cls):
             if not (member.__doc__ or "").strip():
                 missing.append(f"{cls.__qualname__}.{name}")
-    missing += [f.__qualname__ for f in FUNCTIONS if not (f.__doc__ or "").strip()]
+    missing += [f.__qualname__ for f in functions if not (f.__doc__ or "").strip()]
+    return missing
+
+
+def test_every_public_class_method_and_function_has_a_docstring():
+    missing = _undocumented(CLASSES, FUNCTIONS)
     assert not missing, f"public names without a docstring: {missing}"
+
+
+def test_the_asyncio_api_and_the_langgraph_adapters_have_docstrings_too():
+    classes, functions = _async_api()
+    missing = _undocumented(classes, functions)
+    assert not missing, f"public names without a docstring: {missing}"
+    # The async methods the adapters add to LangGraph's interfaces, each its own.
+    from inmem.langgraph import InmemSaver, InmemStore
+    for cls, names in ((InmemSaver, ["aget_tuple", "alist", "aput", "aput_writes",
+                                     "adelete_thread", "adelete_for_runs", "acopy_thread",
+                                     "aprune"]),
+                       (InmemStore, ["abatch"])):
+        for name in names:
+            assert name in vars(cls) and (vars(cls)[name].__doc__ or "").strip(), name
 
 
 def test_every_name_the_package_exports_is_documented():
