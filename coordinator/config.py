@@ -33,8 +33,9 @@ import tomllib
 from importlib import resources
 
 import inmem.durability as durability
-from inmem.errors import InmemError
+from inmem.errors import InmemError, InvalidOption
 from inmem.files import DIR_MODE, make_dirs
+from inmem.shard.history import history_limit
 
 DURABILITY_MODES = durability.MODES
 #: longest ipc path we use: the kernel's limit (sun_path) is 108 bytes with its NUL
@@ -44,7 +45,7 @@ IPC_PATH_MAX = 100
 _SCHEMA = {
     "cluster": {"data_dir": (str,), "shards": (str, int), "endpoint": (str,),
                 "max_message_bytes": (int,), "keys": (str,), "insecure": (bool,)},
-    "durability": {"mode": (str,), "max_value_bytes": (int,),
+    "durability": {"mode": (str,), "max_value_bytes": (int,), "history": (str, int),
                    **{name: option.types for name, option in durability.OPTIONS.items()}},
     "supervisor": {"restart_backoff_ms": (int, float), "restart_backoff_max_ms": (int, float),
                    "stop_timeout_s": (int, float), "heartbeat_interval_s": (int, float),
@@ -145,6 +146,13 @@ def resolve(raw: dict) -> dict:
         why = durability.problem(key, d[key])
         if why:
             raise ConfigError(f"[durability] {why}")
+    try:
+        history_limit(d["history"])
+    except InvalidOption as exc:
+        raise ConfigError(f"[durability] {exc}") from None
+    if d["history"] != "full" and mode != "inmemory":
+        raise ConfigError(f'[durability] history = {d["history"]!r} limits inmemory shards; '
+                          f'a {mode} shard keeps every run\'s history on disk: use "full"')
     for key in ("max_message_bytes",):
         if c[key] < 1024:
             raise ConfigError(f"[cluster] {key} must be at least 1024, got {c[key]}")
@@ -172,6 +180,7 @@ def resolve(raw: dict) -> dict:
         "durability": mode,
         "options": {k: d[k] for k in durability.OPTIONS},
         "max_value_bytes": d["max_value_bytes"],
+        "history": d["history"],
         "supervisor": dict(s),
         "shards_auto": shards_auto,
         "shard_table": _shard_table(listed),

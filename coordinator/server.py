@@ -547,8 +547,8 @@ class Coordinator:
             self._info(ident, head)
         elif not self.ready_once:
             self._error(ident, head, ClusterNotReady(self._not_ready_message()))
-        elif name == "snapshot":
-            self._fan_out(ident, head, "snapshot", KIND_ADMIN, "snapshot", [])
+        elif name in ("snapshot", "compact_history"):
+            self._fan_out(ident, head, name, KIND_ADMIN, name, [])
         elif name == "fanout":
             if (len(args) != 2 or type(args[0]) is not str
                     or args[0] not in FANOUT_READ_OPS or type(args[1]) is not list):
@@ -599,7 +599,7 @@ class Coordinator:
                 return
         try:
             merged = protocol.merge_fanout(name, results)
-        except (ProtocolError, TypeError, IndexError) as exc:
+        except (ProtocolError, TypeError, IndexError, KeyError) as exc:
             self._error(ident, head, ProtocolError(f"cannot merge {name}: {exc}"))
             return
         self._result(ident, head, merged)

@@ -613,6 +613,9 @@ class AsyncClusterBackend:
     async def snapshot(self) -> list:
         return await self.cluster("snapshot")
 
+    async def compact_history(self) -> list:
+        return await self.cluster("compact_history")
+
     async def recovery_report(self) -> list:
         return await self.cluster("recovery_report")
 

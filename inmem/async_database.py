@@ -501,6 +501,11 @@ class AsyncDatabase:
         self._check_open()
         return await self._backend.snapshot()
 
+    async def compact_history(self) -> list:
+        """Compact every shard's history files that hold records of deleted runs, now."""
+        self._check_open()
+        return await self._backend.compact_history()
+
     async def recovery_report(self) -> list:
         """How each shard recovered when it last started."""
         self._check_open()

@@ -141,6 +141,9 @@ class AsyncEmbeddedBackend:
     async def snapshot(self) -> list:
         return await asyncio.to_thread(self.sync.snapshot)
 
+    async def compact_history(self) -> list:
+        return await asyncio.to_thread(self.sync.compact_history)
+
     async def recovery_report(self) -> list:
         return self.sync.recovery_report()
 

@@ -626,6 +626,9 @@ class ClusterBackend:
     def snapshot(self) -> list:
         return self.cluster("snapshot")
 
+    def compact_history(self) -> list:
+        return self.cluster("compact_history")
+
     def recovery_report(self) -> list:
         return self.cluster("recovery_report")
 

@@ -160,6 +160,17 @@ class Database:
         self._check_open()
         return self._backend.snapshot()
 
+    def compact_history(self) -> list[dict]:
+        """Compact every shard's history files that hold records of deleted runs, now.
+
+        Runs' histories stay exactly as they were; the files shrink to their
+        live records. One dict per durable shard (`shard`, `files` compacted,
+        `bytes_before`, `bytes_after`); [] in memory. Durable shards also do
+        this by themselves, in the background, once a file is mostly dead.
+        """
+        self._check_open()
+        return self._backend.compact_history()
+
     def recovery_report(self) -> list[RecoveryResult]:
         """How each shard recovered when it last started."""
         self._check_open()

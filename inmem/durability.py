@@ -15,6 +15,7 @@ applies them; all three read this table.
 | max_corrupt_entries | 0 | damaged WAL records recovery may skip before it refuses |
 | segment_bytes_max | 64 MiB | a WAL segment file rolls at this size |
 | fsync_slow_ms | 500 | an fsync slower than this is logged as a warning |
+| history_compact_dead_fraction | 0.5 | a history file this dead is compacted (None: only on request) |
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ OPTIONS = {
     "max_corrupt_entries": Option((int,), ">= 0", 0),
     "segment_bytes_max": Option((int,), ">= 1", 64 * 2**20),
     "fsync_slow_ms": Option((int, float), ">= 0", 500),
+    "history_compact_dead_fraction": Option((int, float, type(None)), "in (0, 1]", 0.5),
 }
 
-_BOUNDS = {">= 0": lambda v: v >= 0, "> 0": lambda v: v > 0, ">= 1": lambda v: v >= 1}
+_BOUNDS = {">= 0": lambda v: v >= 0, "> 0": lambda v: v > 0, ">= 1": lambda v: v >= 1,
+           "in (0, 1]": lambda v: 0 < v <= 1}
 
 
 def defaults() -> dict:

@@ -83,6 +83,11 @@ class EmbeddedBackend:
             return []
         return self.store.snapshot()
 
+    def compact_history(self) -> list:
+        if self.store is None:
+            return []
+        return [{"shard": 0, **self.store.compact_history()}]
+
     def recovery_report(self) -> list:
         return [] if self.store is None else [self.store.recovery_result]
 

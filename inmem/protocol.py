@@ -137,9 +137,11 @@ EXT_ERROR = 3
 DEBUG_OPS = frozenset(("debug.reset", "debug.clock", "debug.max_value_bytes"))
 #: cluster-level requests the coordinator answers (FANOUT_OPS included)
 CLUSTER_OPS = FANOUT_OPS | DEBUG_OPS | frozenset(("ping", "status", "slotmap", "info",
-                                                  "snapshot", "recovery_report", "fanout"))
+                                                  "snapshot", "recovery_report", "fanout",
+                                                  "compact_history"))
 #: requests a shard answers besides engine operations
-ADMIN_OPS = DEBUG_OPS | frozenset(("hello", "ping", "info", "snapshot", "recovery_report"))
+ADMIN_OPS = DEBUG_OPS | frozenset(("hello", "ping", "info", "snapshot", "recovery_report",
+                                   "compact_history"))
 
 _SCALARS = frozenset((str, int, float, bool, bytes, type(None)))
 _unpackb = msgpack.unpackb
@@ -560,6 +562,8 @@ def merge_fanout(op: str, results: list):
         return None
     if op == "fanout":
         return results
+    if op == "compact_history":
+        return sorted((c for part in results for c in part), key=lambda c: c["shard"])
     if op == "snapshot":
         merged = [s for part in results for s in part]
         merged.sort(key=lambda s: s[0])

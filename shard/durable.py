@@ -50,7 +50,8 @@ from inmem.wal.writer import WalWriter
 
 from .effects import record_payloads
 from .engine import Engine
-from .history_files import HistoryFiles
+from .history_compaction import Compactor
+from .history_files import MOVED_SUFFIX, HistoryFiles
 from .recovery_apply import EngineRecovery
 from .snapshot_codec import dump
 from .upkeep import UPKEEP_EVERY_S, upkeep, upkeep_wait
@@ -104,6 +105,8 @@ class DurableStore:
         self._scheduler: threading.Thread | None = None
         self._stop = threading.Event()
         self._closed = False
+        self.compactor = Compactor(engine.history_files, engine, lambda: writer.next_lsn,
+                                   options["history_compact_dead_fraction"])
 
     # -- opening -------------------------------------------------------------------
 
@@ -137,6 +140,11 @@ class DurableStore:
             # The effects replay read stay where they are, in the WAL: the runs'
             # histories point at their records instead of holding them.
             target.place_history(wal_dir(path), next_lsn)
+            # A snapshot taken before a compaction names the files it moved
+            # records out of: point those places where the records went.
+            files.resolve_moved([r.journal for r in engine.runs.values()])
+            for note in files.read_moved():
+                files.moved_done[note + MOVED_SUFFIX] = next_lsn
             writer = WalWriter(wal_dir(path), durability,
                                segment_bytes_max=opts["segment_bytes_max"],
                                flush_interval_ms=opts["flush_interval_ms"],
@@ -275,6 +283,20 @@ class DurableStore:
             if entry.name.endswith(".wal"):
                 total += entry.stat().st_size
         return total
+
+    # -- history compaction ----------------------------------------------------------
+
+    def compact_step(self) -> bool:
+        """One slice of the automatic history compaction (`shard.history_compaction`)."""
+        if self.writer.failed or self._closed:
+            return False
+        return self.compactor.step(self.lock)
+
+    def compact_history(self) -> dict:
+        """Compact every history file that holds a dead record, now; what it did."""
+        if self._closed:
+            raise InmemError("the store is closed")
+        return self.compactor.run_all(self.lock)
 
     # -- snapshots -----------------------------------------------------------------
 
@@ -460,6 +482,7 @@ class DurableStore:
                     self._reap(block=True)
         finally:
             self.writer.close()
+            self.compactor.close()
             self.engine.history_files.close()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)

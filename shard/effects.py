@@ -377,6 +377,35 @@ _COUNT = itemgetter(1)
 _PACKED = itemgetter(2)
 
 
+def record_batches(payload) -> tuple:
+    """(group count, [(run id, start, end)]): where each run's batch sits in a record payload.
+
+    Read without decoding the effects, so a batch can be copied as it is.
+    """
+    u = msgpack.Unpacker(raw=False, max_buffer_size=max(len(payload), 1))
+    u.feed(payload)
+    if u.read_array_header() != 2:
+        raise ValueError("a record payload is [group count, batches]")
+    count = u.unpack()
+    spans = []
+    for _ in range(u.read_array_header()):
+        start = u.tell()
+        if u.read_array_header() != 2:
+            raise ValueError("a batch is [run id, effects]")
+        run_id = u.unpack()
+        u.skip()
+        spans.append((run_id, start, u.tell()))
+    return count, spans
+
+
+def payload_of_batches(payload, count: int, spans: list) -> bytes:
+    """A record payload holding only the batches `spans` of `payload`, as they are."""
+    parts = [b"\x92", msgpack.packb(count), _array_header(len(spans))]
+    view = memoryview(payload)
+    parts.extend(view[start:end] for _run, start, end in spans)
+    return b"".join(parts)
+
+
 def decode_batch(payload):
     """(group count, batches) from a WAL record payload."""
     count, batches = msgpack.unpackb(payload, raw=False, use_list=False)

@@ -135,6 +135,8 @@ class History:
             for place in self.ext_loc:
                 if place >= 0:
                     live[place >> 40] -= 1
+            if self.ext_loc:
+                self.files.released += 1
             self.ext_loc = array("q")
 
     # -- writing -------------------------------------------------------------------

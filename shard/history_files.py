@@ -32,18 +32,30 @@ deletes it again). The step is bracketed by the failpoints
 `history.before_retain` and `history.after_retain`; a crash anywhere in it
 leaves every file the index names under one of its two names.
 
-Compaction, copying the live records out of a history file that is mostly
-dead, is not done: a file is kept whole while any extent names it.
+Compaction (`shard.history_compaction`) copies the live records of a file
+in `history/` that is mostly dead into a new file there, named
+`<source stem>.<token>.hist`, and leaves beside it a *move note*,
+`<source name>.moved`: the source's name, the new file's, and which offset
+went where. Any place that names the source, in memory or in a snapshot,
+reads the same record through the note (`resolve_moved` translates a
+recovered index), so the source can go as soon as the note is durable. A
+note goes at the retention after every retained snapshot was taken once no
+place in memory named its source any more.
 """
 
 from __future__ import annotations
 
 import os
+import struct
+import sys
+from array import array
+from bisect import bisect_left
 
+import msgpack
 from crc32c import crc32c
 
 from inmem.errors import CorruptionError
-from inmem.files import fsync_dir, make_dirs
+from inmem.files import fsync_dir, make_dirs, open_private
 from inmem.wal.failpoints import failpoint, register
 from inmem.wal.record import CRC, FORMAT_VERSION, HEADER, HEADER_SIZE, PREFIX_CRC, RECORD_BYTES_MAX
 from inmem.wal.segment import list_segments, parse_segment_name, segment_name
@@ -59,6 +71,18 @@ for _name in ("history.before_retain", "history.after_retain"):
 
 _unpack_header = HEADER.unpack_from
 _unpack_crc = CRC.unpack_from
+
+#: a compacted history file, and the note that says where a source's records went
+COMPACTED_SUFFIX = ".hist"
+MOVED_SUFFIX = ".moved"
+TMP_SUFFIX = ".tmp"
+_MOVED_MAGIC = b"IMHMOVE1"
+_MOVED_CRC = struct.Struct("<I")
+_LITTLE = sys.byteorder == "little"
+
+
+def _is_history_file(name: str) -> bool:
+    return parse_segment_name(name) is not None or name.endswith(COMPACTED_SUFFIX)
 
 
 def history_dir(directory) -> str:
@@ -83,11 +107,26 @@ class HistoryFiles:
         #: the WAL writer's durable LSN (set once the writer is open)
         self.durable_lsn = lambda: 0
         self._cache: dict[int, tuple] = {}
+        #: names a compaction is writing: no retention removes them meanwhile
+        self.busy: set[str] = set()
+        #: move note name -> the WAL's next LSN once no place in memory named its source
+        self.moved_done: dict[str, int] = {}
+        #: bumped whenever a run gives up its extents (a file may have died a little)
+        self.released = 0
 
     # -- the file table ------------------------------------------------------------
 
     def file_no(self, segment_first: int) -> int:
         name = segment_name(segment_first)
+        no = self._no_of.get(name)
+        if no is None:
+            no = self._no_of[name] = len(self.names)
+            self.names.append(name)
+            self.live.append(0)
+        return no
+
+    def number(self, name: str) -> int:
+        """The file number of `name` (a new one if the table does not have it yet)."""
         no = self._no_of.get(name)
         if no is None:
             no = self._no_of[name] = len(self.names)
@@ -151,6 +190,15 @@ class HistoryFiles:
         held = self.pending.get(place)
         if held is not None:
             return held[1]
+        head, body, length = self._fetch(place)
+        return body[:length]
+
+    def read_record(self, place: int) -> bytes:
+        """The whole record at `place` (header, payload, crc) as it is on disk, checked."""
+        head, body, _length = self._fetch(place)
+        return head + body
+
+    def _fetch(self, place: int):
         file_no, offset = place >> OFFSET_BITS, place & OFFSET_MASK
         fd = self._fds.get(file_no)
         if fd is None:
@@ -165,10 +213,20 @@ class HistoryFiles:
         body = os.pread(fd, length + CRC.size, offset + HEADER_SIZE)
         if len(body) < length + CRC.size:
             self._bad(file_no, offset, "the record runs past the end of the file")
-        payload = body[:length]
-        if crc32c(payload, PREFIX_CRC[rtype]) != _unpack_crc(body, length)[0]:
+        if crc32c(memoryview(body)[:length], PREFIX_CRC[rtype]) != _unpack_crc(body, length)[0]:
             self._bad(file_no, offset, "the record's crc32c does not match its bytes")
-        return payload
+        return head, body, length
+
+    def record_size(self, place: int) -> int:
+        """The bytes the record at `place` takes in its file (header and crc included)."""
+        file_no, offset = place >> OFFSET_BITS, place & OFFSET_MASK
+        fd = self._fds.get(file_no)
+        if fd is None:
+            fd = self._fds[file_no] = self._open(file_no)
+        head = os.pread(fd, HEADER_SIZE, offset)
+        if len(head) < HEADER_SIZE:
+            self._bad(file_no, offset, "the record's header runs past the end of the file")
+        return HEADER_SIZE + _unpack_header(head)[0] + CRC.size
 
     def _bad(self, file_no: int, offset: int, why: str):
         name = self.names[file_no]
@@ -199,11 +257,28 @@ class HistoryFiles:
             if no is not None and self.live[no] and not os.path.exists(os.path.join(self.dir, name)):
                 keep.append((path, os.path.join(self.dir, name)))
         doomed = []
+        busy = self.busy
         with os.scandir(self.dir) as entries:
             for entry in entries:
-                if parse_segment_name(entry.name) is None:
+                name = entry.name
+                if name in busy:
                     continue
-                no = self._no_of.get(entry.name)
+                if name.endswith(TMP_SUFFIX):
+                    # what a compaction wrote before a crash, or gave up on
+                    if name[:-len(TMP_SUFFIX)] not in busy:
+                        doomed.append((None, entry.path))
+                    continue
+                if name.endswith(MOVED_SUFFIX):
+                    # A note goes once every retained snapshot was taken after
+                    # no place in memory named its source (LSNs only grow).
+                    done = self.moved_done.get(name)
+                    if done is not None and done < below_lsn:
+                        doomed.append((None, entry.path))
+                        del self.moved_done[name]
+                    continue
+                if not _is_history_file(name):
+                    continue
+                no = self._no_of.get(name)
                 if no is None or not self.live[no]:
                     doomed.append((no, entry.path))
         if not keep and not doomed:
@@ -225,6 +300,96 @@ class HistoryFiles:
         failpoint("history.after_retain")
         return [d for _, d in keep], [p for _, p in doomed]
 
+    # -- move notes (see shard.history_compaction) -------------------------------------
+
+    def write_moved(self, source: str, target: str, old: array, new: array) -> str:
+        """Write the note that `source`'s records at `old` offsets are in `target` at `new`.
+
+        Durable when this returns (file and directory fsynced); returns its name.
+        """
+        name = source + MOVED_SUFFIX
+        body = _MOVED_MAGIC + msgpack.packb([source, target, _le(old), _le(new)],
+                                            use_bin_type=True)
+        data = body + _MOVED_CRC.pack(crc32c(body))
+        path = os.path.join(self.dir, name)
+        tmp = path + TMP_SUFFIX
+        self.busy.add(name)
+        try:
+            fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            fsync_dir(self.dir)
+        finally:
+            self.busy.discard(name)
+        return name
+
+    def read_moved(self) -> dict:
+        """source name -> (target name, old offsets, new offsets), from every note in history/."""
+        out = {}
+        with os.scandir(self.dir) as entries:
+            notes = [e.path for e in entries if e.name.endswith(MOVED_SUFFIX)]
+        for path in notes:
+            with open(path, "rb") as f:
+                data = f.read()
+            body, tail = data[:-_MOVED_CRC.size], data[-_MOVED_CRC.size:]
+            try:
+                if (len(data) < len(_MOVED_MAGIC) + _MOVED_CRC.size
+                        or not body.startswith(_MOVED_MAGIC)
+                        or _MOVED_CRC.unpack(tail)[0] != crc32c(body)):
+                    raise ValueError("bad magic or crc32c")
+                source, target, old, new = msgpack.unpackb(body[len(_MOVED_MAGIC):], raw=False)
+                old, new = _from_le(old), _from_le(new)
+                if len(old) != len(new) or os.path.basename(path) != source + MOVED_SUFFIX:
+                    raise ValueError("its offsets or its name do not add up")
+            except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                raise CorruptionError(f"the history move note {path} is damaged ({exc})",
+                                      path=path, offset=0) from None
+            out[source] = (target, old, new)
+        return out
+
+    def resolve_moved(self, histories) -> int:
+        """Point every extent of `histories` that names a moved file at where its record went.
+
+        A recovered index may come from a snapshot taken before a compaction
+        moved records; the notes still say where each went (a chain of moves
+        is followed to its end). Returns the extents changed.
+        """
+        moved = self.read_moved()
+        if not moved:
+            return 0
+        by_no = {self._no_of[name]: entry for name, entry in moved.items() if name in self._no_of}
+        changed = 0
+        live = self.live
+        for h in histories:
+            loc = h.ext_loc
+            for i, place in enumerate(loc):
+                if place < 0 or (place >> OFFSET_BITS) not in by_no:
+                    continue
+                p = place
+                while (p >> OFFSET_BITS) in by_no:
+                    target, old, new = by_no[p >> OFFSET_BITS]
+                    off = p & OFFSET_MASK
+                    j = bisect_left(old, off)
+                    if j == len(old) or old[j] != off:
+                        break  # not copied: only a run deleted before the move named it
+                    p = self.number(target) << OFFSET_BITS | new[j]
+                    tno = p >> OFFSET_BITS
+                    if target in moved and tno not in by_no:
+                        by_no[tno] = moved[target]
+                if p != place:
+                    live[place >> OFFSET_BITS] -= 1
+                    live[p >> OFFSET_BITS] += 1
+                    loc[i] = p
+                    changed += 1
+        self._cache.clear()
+        return changed
+
     def bytes_on_disk(self) -> int:
         total = 0
         with os.scandir(self.dir) as entries:
@@ -242,6 +407,22 @@ class HistoryFiles:
     def close(self) -> None:
         for no in list(self._fds):
             self._close(no)
+
+
+def _le(a: array) -> bytes:
+    if _LITTLE:
+        return a.tobytes()
+    b = array(a.typecode, a)
+    b.byteswap()
+    return b.tobytes()
+
+
+def _from_le(data) -> array:
+    a = array("q")
+    a.frombytes(data)
+    if not _LITTLE:
+        a.byteswap()
+    return a
 
 
 def record_places(wal: str, start_lsn: int, sizes: list) -> list | None:

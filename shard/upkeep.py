@@ -4,7 +4,8 @@ The embedded store runs `upkeep` from its scheduler thread and a shard worker
 from its idle turns, every `UPKEEP_EVERY_S`: the search index follows the
 journal in short slices (so a writer waits at most a few milliseconds for the
 engine's lock), a durable shard's histories let go of what is on disk and
-indexed, and the snapshot triggers are checked. While the index is
+indexed, a slice of history compaction runs when a file is mostly dead
+(`shard.history_compaction`), and the snapshot triggers are checked. While the index is
 being rebuilt after a recovery, slices run back to back instead: the worker
 runs `index_slice` whenever its socket has nothing waiting, the scheduler
 thread every `REBUILD_PAUSE_S` (the pause lets other threads take the lock).
@@ -40,6 +41,10 @@ def upkeep(engine, store, lock) -> float:
     with lock:
         engine.release_history()
     if store is not None:
+        try:
+            store.compact_step()
+        except InmemError as exc:
+            log.error("history compaction of %s failed: %s", store.path, exc)
         try:
             store.maybe_snapshot()
         except InmemError as exc:  # the WAL is kept, so a failed snapshot loses nothing

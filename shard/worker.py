@@ -108,7 +108,8 @@ class Worker:
 
     def open(self) -> None:
         if self.durability == "inmemory":
-            self.engine = Engine(clock=self.clock, max_value_bytes=self.spec["max_value_bytes"])
+            self.engine = Engine(clock=self.clock, max_value_bytes=self.spec["max_value_bytes"],
+                                 history=self.spec.get("history", "full"))
             self.recovery = None
             return
         from inmem.shard.durable import DurableStore
@@ -400,6 +401,11 @@ class Worker:
             return []
         return self.store.snapshot()
 
+    def admin_compact_history(self) -> list:
+        if self.store is None:
+            return []
+        return [{"shard": self.shard, **self.store.compact_history()}]
+
     def admin_recovery_report(self) -> list:
         return [] if self.recovery is None else [self.recovery]
 
@@ -413,7 +419,8 @@ class Worker:
         """Forget every run: a fresh store for the next test (inmemory shards only)."""
         if self.store is not None:
             raise ProtocolError("debug.reset needs an inmemory cluster")
-        self.engine = Engine(clock=self.clock, max_value_bytes=self.spec["max_value_bytes"])
+        self.engine = Engine(clock=self.clock, max_value_bytes=self.spec["max_value_bytes"],
+                             history=self.spec.get("history", "full"))
         self.pinned_us = None
 
     def admin_debug_clock(self, now_us) -> None:
