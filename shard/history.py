@@ -206,19 +206,21 @@ class History:
         while i < n and pos[i] < stop:
             first = pos[i]
             last = pos[i + 1] if i + 1 < n else self.disk
-            if loc[i] < 0:
-                effs = self.mem[first]
-            else:
-                s = skip[i]
-                effs = self.files.run_effects(loc[i], self.run_id)[s:s + last - first]
-                if len(effs) != last - first:
-                    raise CorruptionError(
-                        f"the history record of run {self.run_id!r} at place {loc[i]} holds "
-                        f"{len(effs)} of the {last - first} effects its index names",
-                        path="", offset=loc[i] & ((1 << 40) - 1))
             lo = start - first if start > first else 0
             hi = stop - first if stop < last else last - first
-            out.extend(effs[lo:hi] if lo or hi != len(effs) else effs)
+            if loc[i] < 0:
+                effs = self.mem[first]
+                out.extend(effs[lo:hi] if lo or hi != len(effs) else effs)
+            else:
+                # Only the positions asked for: the search index reads one at a time.
+                s = skip[i]
+                effs = self.files.run_effects(loc[i], self.run_id)
+                if len(effs) < s + last - first:
+                    raise CorruptionError(
+                        f"the history record of run {self.run_id!r} at place {loc[i]} holds "
+                        f"{max(0, len(effs) - s)} of the {last - first} effects its index names",
+                        path="", offset=loc[i] & ((1 << 40) - 1))
+                out.extend(effs[s + lo:s + hi])
             i += 1
         return out
 

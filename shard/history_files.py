@@ -64,7 +64,10 @@ from .effects import decode_batch
 
 OFFSET_BITS = 40
 OFFSET_MASK = (1 << OFFSET_BITS) - 1
-_CACHE_RECORDS = 8
+#: decoded records kept for the next read: a replay or the search index reads a
+#: record's effects one after another, never many records back (each is up to
+#: `max_pending_writes` effects, so each cached one costs as many tuples)
+_CACHE_RECORDS = 2
 
 for _name in ("history.before_retain", "history.after_retain"):
     register(_name)

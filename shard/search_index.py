@@ -179,9 +179,10 @@ class SearchIndex:
             code, key, value, expires = CODE, KEY, VALUE, EXPIRES
             i = done
             while i < end:
-                stop = end if deadline is None else min(end, i + 256)
-                for j in range(i, stop):
-                    eff = journal[j]
+                # A block at a time: what is on disk is read a record at a time,
+                # not looked up again for each position.
+                stop = min(end, i + 256)
+                for eff in journal.effects(i, stop):
                     # Fast skip: a KV write whose value holds no text and replaces
                     # no indexed document (the bulk of a rebuild of binary data).
                     if eff[code] == KV_PUT and eff[expires] is None \

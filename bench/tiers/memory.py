@@ -17,6 +17,13 @@ dict sets) and `dict_tuple` (str -> (value, version, timestamp)). The
 durable cases also report the store's own `info()` figures (RSS, keys,
 bytes per key, history held) in `extra`. Redis is measured in its own server process: `used_memory` and
 the server's RSS before and after loading the same keys.
+
+`cluster.memory.bytes_per_key` (buffered, 2 shards): a real cluster, loaded
+with the same keys through pipelines of 1000 puts, spread evenly over runs
+that each shard owns; the RSS of each shard process (psutil, by the pids the
+cluster reports) is read before and after, and the row's value is the
+largest shard's delta over the keys it holds. `extra.shards` has each
+shard's figures and its own `info()` bytes per key.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import os
 import subprocess
 import sys
 
-from ..context import Context, error_row, fmt_count, make_row, peer_value
+from ..context import Context, error_row, fmt_count, make_row, peer_value, skipped_row
 from ..machine import REPO_ROOT
 
 TIER = "memory"
@@ -133,6 +140,12 @@ def run(ctx: Context) -> None:
                                 "history keeps every write, on disk behind an index"}))
     except Exception as exc:
         ctx.add(error_row(name, TIER, "buffered", "B/key", exc))
+    name = "cluster.memory.bytes_per_key"
+    ctx.log(f"memory: {name} ({n:,} keys)")
+    try:
+        _cluster_row(ctx, name, n)
+    except Exception as exc:
+        ctx.add(error_row(name, TIER, "buffered", "B/key", exc))
     name = "memory.bytes_per_key.inmemory"
     ctx.log(f"memory: {name} ({n:,} keys)")
     try:
@@ -162,6 +175,49 @@ def _row(ctx, name, n):
                                 "redis.rss": "redis-server RSS delta / keys",
                                 "python.dict": "dict str -> bytes, fresh interpreter",
                                 "python.dict.tuple": "dict str -> (bytes, version, ts)"}}))
+
+
+def _cluster_row(ctx, name, n, shards: int = 2, runs_per_shard: int = 8):
+    import time
+
+    import psutil
+
+    from .cluster import BATCH, ClusterUnavailable, RunningCluster, _even_run_ids
+    data_dir = os.path.join(ctx.scratch("cluster-memory"), "data")
+    try:
+        with RunningCluster(ctx, shards=shards, durability="buffered",
+                            data_dir=data_dir) as (cluster, db):
+            procs = [psutil.Process(pid) for pid in cluster.pids()["shards"]]
+            runs = [db.begin_run(name=f"m{i}", run_id=rid) for i, rid in
+                    enumerate(_even_run_ids(db, runs_per_shard * shards, "memory"))]
+            time.sleep(0.5)  # the shards settle (index slices, first upkeep)
+            before = [p.memory_info().rss for p in procs]
+            for lo in range(0, n, BATCH):
+                with db.pipeline() as pipe:
+                    for i in range(lo, min(n, lo + BATCH)):
+                        pipe.kv.put(runs[i % len(runs)], key_of(i), value_of(i))
+                    pipe.execute()
+            time.sleep(0.5)  # one upkeep round after the last write, as embedded gets
+            after = [p.memory_info().rss for p in procs]
+            info = db.info()["shards"]
+    except ClusterUnavailable as exc:
+        ctx.add(skipped_row(name, TIER, "buffered", "B/key", str(exc)))
+        return
+    per_shard = []
+    for i, (b, a, s) in enumerate(zip(before, after, info)):
+        keys = s.get("keys") or 0
+        per_shard.append({"shard": i, "pid": procs[i].pid, "keys": keys, "rss_before": b,
+                          "rss_after": a, "bytes_per_key": (a - b) / keys if keys else None,
+                          "info_bytes_per_key": s.get("bytes_per_key"),
+                          "history": s.get("history")})
+    values = [p["bytes_per_key"] for p in per_shard if p["bytes_per_key"] is not None]
+    if sum(p["keys"] for p in per_shard) != n or not values:
+        raise RuntimeError(f"the cluster holds {[p['keys'] for p in per_shard]} keys, "
+                           f"expected {n} in all")
+    ctx.add(make_row(name, TIER, "buffered", "B/key", value=max(values), n=n,
+                     extra={"shards": per_shard, "note": "RSS delta of each shard process "
+                            "(psutil) over the keys it holds, the largest; keys loaded "
+                            "through pipelines of 1000 puts, 16 runs spread over the shards"}))
 
 
 def _dict_case(case, n):

@@ -80,6 +80,19 @@ def test_durable_rows_are_skipped_with_a_reason_when_the_store_cannot_open(tmp_p
     assert rows["durability.fsync.raw"]["status"] == "ok"
 
 
+@pytest.mark.slow
+def test_memory_tier_measures_each_cluster_shard_process(tmp_path):
+    code, doc = _run(tmp_path, "--tier", "memory", "--peers", "none")
+    assert code == 0
+    rows = {r["name"]: r for r in doc["results"]}
+    row = rows["cluster.memory.bytes_per_key"]
+    assert row["status"] == "ok" and row["unit"] == "B/key", row
+    shards = row["extra"]["shards"]
+    assert len(shards) == 2 and sum(s["keys"] for s in shards) == row["n"]
+    assert all(s["keys"] > 0 and s["rss_after"] > 0 and s["pid"] > 0 for s in shards), shards
+    assert row["value"] == max(s["bytes_per_key"] for s in shards)
+
+
 def test_measure_counts_every_op_and_pools_latency_samples():
     seen = []
     m = measure(seen.append, 200, repeats=2, warmup=10, samples=50)

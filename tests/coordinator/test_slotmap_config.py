@@ -179,3 +179,16 @@ def test_durability_options_are_checked_against_the_shared_table(key, value):
     with pytest.raises(config.ConfigError, match=f"\\[durability\\] {key} must be"):
         config.load(None, **{key: value})
     assert os.path.isabs(config.socket_dir("/tmp/x"))
+
+
+def test_history_limits_inmemory_shards_and_is_checked():
+    assert config.load(None)["history"] == "full"
+    assert config.load(None, durability="inmemory", history=100)["history"] == 100
+    assert config.load(None, durability="inmemory", history="none")["history"] == "none"
+    with pytest.raises(config.ConfigError, match=r"\[durability\] history must be"):
+        config.load(None, durability="inmemory", history="some")
+    with pytest.raises(config.ConfigError, match="keeps every run's history on disk"):
+        config.load(None, durability="buffered", history=100)
+    for bad in (0, 1.5):
+        with pytest.raises(config.ConfigError, match="history_compact_dead_fraction must be"):
+            config.load(None, history_compact_dead_fraction=bad)
