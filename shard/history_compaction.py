@@ -1,14 +1,19 @@
-"""Compaction of history files: the live records of a mostly dead file copied forward, crash-safely.
+"""Compaction of history files: the live part of a mostly dead file copied forward, crash-safely.
 
 A file in `history/` (a WAL segment that snapshot retention took out of the
 WAL while runs' histories still named it, or an earlier compaction's output)
 is kept whole while any extent names it. Once most of it belongs to deleted
-runs, its live records (those an extent of a live run names) are copied into
-a new file and the index is pointed there; the old file goes.
+runs, its live part is copied into a new file, the index is pointed there
+and the old file goes. The live part is counted in batches, not records: a
+record of a buffered WAL holds the batches of several runs, so each record
+that a live run's extent names is copied with the batches of the runs that
+name it, as they are (msgpack bytes untouched), under a header and crc32c of
+its own in the WAL's record format. A run's effects in a record keep their
+order and count, so every extent's `skip` stays true.
 
 When. The policy, `history_compact_dead_fraction` (default 0.5; None turns
-the automatic compaction off): a file out of the WAL whose dead records take
-at least that fraction of its bytes is compacted. The files are measured
+the automatic compaction off): a file out of the WAL whose dead batches and
+records take at least that fraction of its bytes is compacted. The files are measured
 after a run holding extents was deleted, after retention moved files into
 `history/`, and once after the store opens; the compaction itself goes in
 slices of the shard's upkeep (a few milliseconds of copying or index
@@ -20,7 +25,7 @@ no live run names at all is not compacted: retention removes it.
 The steps, each behind a failpoint of its own, and why a crash at any of them
 loses nothing:
 
-1. copy: the live records, verbatim (header, payload, crc), into
+1. copy: the live part of each live record into
    `history/<new name>.tmp`, in slices (`history.compact_copy` after the
    first slice). A crash leaves a `.tmp` file that retention removes.
 2. fsync the copy, rename it to `<new name>`, fsync the directory
@@ -34,7 +39,7 @@ loses nothing:
    note when it is recovered, so the index pointing at the new file is durable.
 4. the index in memory is pointed at the new file, in slices over the runs
    (`history.compact_remap` after the first slice). Meanwhile a place may
-   name either file: both hold the same bytes.
+   name either file: both give a live run the same effects.
 5. the old file is removed and the directory fsynced
    (`history.compact_before_unlink`, `history.compact_after_unlink`).
 

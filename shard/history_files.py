@@ -32,8 +32,8 @@ deletes it again). The step is bracketed by the failpoints
 `history.before_retain` and `history.after_retain`; a crash anywhere in it
 leaves every file the index names under one of its two names.
 
-Compaction (`shard.history_compaction`) copies the live records of a file
-in `history/` that is mostly dead into a new file there, named
+Compaction (`shard.history_compaction`) copies the live part of a file in
+`history/` that is mostly dead into a new file there, named
 `<source stem>.<token>.hist`, and leaves beside it a *move note*,
 `<source name>.moved`: the source's name, the new file's, and which offset
 went where. Any place that names the source, in memory or in a snapshot,
