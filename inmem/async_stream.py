@@ -8,11 +8,12 @@ A connection is an `asyncio.Protocol`: the loop hands it whatever bytes
 arrive, it cuts them into whole messages and resolves the request
 registered under each reply's header (which holds a request id unique to
 the client), so replies may be awaited in any order by any number of
-coroutines. A request's whole frame is queued before its caller first
-waits, and the frames queued during one turn of the loop go out together in
-one write at its end (a thousand gathered calls make one system call, not a
-thousand): a caller cancelled at any await therefore never leaves part of a
-frame behind, only a reply that finds no one registered and is dropped.
+coroutines. A request's whole frame is handed to the transport before its
+caller first waits: the first of a turn of the loop is written at once, and
+the others of that turn are joined and written together at its end (a
+thousand gathered calls make two system calls, not a thousand). A caller
+cancelled at any await therefore never leaves part of a frame behind, only
+a reply that finds no one registered and is dropped.
 Nothing is read on behalf of a particular caller.
 
 When the connection ends (the shard exited, or sent something that is not a
@@ -57,6 +58,7 @@ class StreamConnection(asyncio.Protocol):
         self._have = 0
         self._need = PREFIX_BYTES  # bytes that make the next whole message (at least)
         self._out: list = []  # frames queued in this turn of the loop
+        self._turn = False  # a frame went out in this turn: the next ones join _out
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -101,17 +103,24 @@ class StreamConnection(asyncio.Protocol):
     # -- the client's side -------------------------------------------------------------
 
     def send(self, head: bytes, body) -> bool:
-        """Queue one request whole; False when the connection had already ended (nothing sent)."""
+        """Send or queue one request whole; False when the connection had already ended
+        (nothing of it was sent)."""
         transport = self.transport
         if self.lost is not None or transport is None or transport.is_closing():
             return False
-        out = self._out
-        if not out:
-            self.loop.call_soon(self._flush)
-        out.append(frame(head, body))
-        return True
+        if self._turn:
+            self._out.append(frame(head, body))
+            return True
+        self._turn = True
+        self.loop.call_soon(self._flush)
+        idle = transport.get_write_buffer_size() == 0
+        transport.write(frame(head, body))
+        # With nothing queued before it the write is tried at once: a
+        # connection found broken right there took none of this frame.
+        return not (idle and transport.is_closing())
 
     def _flush(self) -> None:
+        self._turn = False
         out = self._out
         if out and self.lost is None:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))

@@ -76,16 +76,32 @@ def test_a_reply_nobody_waits_for_is_dropped_and_the_next_one_still_arrives():
     asyncio.run(main())
 
 
-def test_frames_queued_in_one_turn_go_out_in_one_write_each_whole():
+def test_the_first_frame_of_a_turn_goes_at_once_and_the_rest_in_one_write_each_whole():
     async def main():
         loop = asyncio.get_running_loop()
         conn = _conn(loop, [])
         for n in range(100):
             assert conn.send(_head(n), b"x" * n)
-        assert conn.transport.written == []  # not before the end of this turn
+        assert conn.transport.written == [frame(_head(0), b"")]
         await asyncio.sleep(0)
-        assert conn.transport.written == [b"".join(frame(_head(n), b"x" * n)
-                                                   for n in range(100))]
+        assert conn.transport.written == [frame(_head(0), b""),
+                                          b"".join(frame(_head(n), b"x" * n)
+                                                   for n in range(1, 100))]
+        # The next turn starts over: its first frame goes at once again.
+        assert conn.send(_head(100), b"y")
+        assert conn.transport.written[-1] == frame(_head(100), b"y")
+    asyncio.run(main())
+
+
+def test_a_write_the_broken_connection_refused_at_once_reports_nothing_sent():
+    async def main():
+        loop = asyncio.get_running_loop()
+        conn = _conn(loop, [])
+
+        def refuse(data):
+            conn.transport.closing = True  # as a transport whose send failed with EPIPE
+        conn.transport.write = refuse
+        assert conn.send(_head(1), b"x") is False
     asyncio.run(main())
 
 
