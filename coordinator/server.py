@@ -72,7 +72,10 @@ TICK_S = 0.02
 STREAM_IDENT_BYTES = 9
 #: the request id field of a header (after version, kind and slot)
 _RID = struct.Struct("<Q")
-HELLO_EVERY_S = 0.2
+#: how often a recovering shard is asked whether it is ready: every tick, since its
+#: answer is what the whole cluster waits for (a shard binds only once recovered,
+#: so until then the ask fails at once, costing nothing)
+HELLO_EVERY_S = TICK_S
 #: frames taken from one socket per loop turn, so one busy peer cannot starve the rest
 DRAIN_MAX = 1024
 #: requests, and bytes of them, forwarded to one shard and not answered yet beyond

@@ -12,7 +12,6 @@ import os
 from typing import Callable
 
 from . import durability as _durability
-from .database import Database
 from .errors import (ClusterNotReady, CorruptionError, DurabilityError, HistoryNotKept,
                      InmemError, InvalidKey,
                      InvalidOption, InvalidPath, InvalidStatusTransition, InvalidURL,
@@ -45,6 +44,7 @@ def open(path: str | os.PathLike | None = None, durability: str = "buffered", *,
     store keeps every run's full history on disk.
     Raises InvalidOption, StoreOpenError, CorruptionError.
     """
+    from .database import Database
     from .embedded import EmbeddedBackend
     from .values import DEFAULT_MAX_VALUE_BYTES
     from inmem.shard.engine import Engine
@@ -147,10 +147,19 @@ def connect(url: str, timeout: float = 5.0, **options) -> Database:
 
 
 def __getattr__(name):
+    # Imported on first use: a shard or coordinator process imports this package
+    # for its errors and types, and needs neither class.
     if name == "Cluster":
         from .cluster import Cluster
         return Cluster
+    if name == "Database":
+        from .database import Database
+        return Database
     raise AttributeError(f"module 'inmem' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})
 
 
 __all__ = [

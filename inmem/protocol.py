@@ -72,9 +72,9 @@ import io
 import struct
 import sys
 
-import crc32c
 import msgpack
 
+from .checksum import crc32c
 from .errors import InmemError, InvalidValue, ProtocolError, ValueTooLarge, from_wire
 from .ops import FANOUT_OPS, VALUE_ARGS
 from .values import check_value
@@ -148,7 +148,7 @@ _unpackb = msgpack.unpackb
 _ExtType = msgpack.ExtType
 _header_pack = HEADER.pack
 _header_unpack = HEADER.unpack
-_crc = crc32c.crc32c
+_crc = crc32c
 
 
 # -- routing ---------------------------------------------------------------------

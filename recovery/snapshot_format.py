@@ -62,9 +62,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-import crc32c
 import msgpack
 
+from inmem.checksum import crc32c
 from inmem.recovery.errors import SnapshotCorrupt, SnapshotError, SnapshotUnsupported
 
 MAGIC = b"INMEMSNP"
@@ -257,7 +257,7 @@ def write_snapshot_file(
         bodies.append((type_id, _as_bytes_view(type_id, body)))
 
     write = _writer(fileobj_or_fd)
-    crc_update = crc32c.crc32c
+    crc_update = crc32c
 
     head = _HEADER.pack(MAGIC, FORMAT_VERSION, KNOWN_FLAGS, created_at, wal_position, shard,
                         len(bodies), len(counts_bytes)) + counts_bytes
@@ -298,7 +298,7 @@ def _crc_of(buf) -> tuple[int, int]:
     """(stored trailer, computed crc32c of everything before it)."""
     body_end = len(buf) - TRAILER_BYTES
     (stored,) = _CRC.unpack_from(buf, body_end)
-    return stored, crc32c.crc32c(memoryview(buf)[:body_end])
+    return stored, crc32c(memoryview(buf)[:body_end])
 
 
 def _check_version(header_fields, path: str) -> None:

@@ -57,14 +57,14 @@ does.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import groupby
-from operator import itemgetter
+from itertools import chain, compress, groupby, repeat
+from operator import is_not, itemgetter, not_
 
 import msgpack
 
 from inmem.wal.record import RECORD_BYTES_MAX
 
-from .entries import entry_of
+from .entries import entry_of, plain_kv_entries
 
 RUN_CREATE = 1
 RUN_STATUS = 2
@@ -143,6 +143,12 @@ TS_FIELD = {RUN_CREATE: CREATE_TS, RUN_STATUS: STATUS_TS, RUN_DELETE: DELETE_TS,
             JS_PUT: TS, JS_DEL: TS}
 
 _KEY_OF = itemgetter(KEY)
+_EV_TYPE_OF = itemgetter(EV_TYPE)
+_EV_SEQ_OF = itemgetter(EV_SEQ)
+_TR_ID_OF = itemgetter(TR_ID)
+_TR_TYPE_OF = itemgetter(TR_TYPE)
+_TR_TAGS_OF = itemgetter(TR_TAGS)
+_TR_PARENT_OF = itemgetter(TR_PARENT)
 _CODE_OF = itemgetter(CODE)
 
 
@@ -238,15 +244,16 @@ APPLY = {
 # leave the table and the history exactly as applying them one by one would
 # (the last effect on a key is its entry), but the loops run in C.
 
-def _apply_keyed_many(r, table: dict, effs: Sequence[tuple]) -> None:
+def _apply_keyed_many(r, table: dict, effs: Sequence[tuple], entries=None) -> None:
     keys = list(map(_KEY_OF, effs))
-    entries = list(map(entry_of, effs))
+    if entries is None:
+        entries = list(map(entry_of, effs))
     table.update(zip(keys, entries))
     r.journal.extend(zip(map(_CODE_OF, effs), keys, entries))
 
 
 def apply_kv_many(r, effs: Sequence[tuple]) -> None:
-    _apply_keyed_many(r, r.kv, effs)
+    _apply_keyed_many(r, r.kv, effs, plain_kv_entries(effs))
 
 
 def apply_state_many(r, effs: Sequence[tuple]) -> None:
@@ -266,13 +273,56 @@ def load_entries(table: dict, keys: Sequence[str], entries: Sequence[bytes]) -> 
 
 
 def load_events(r, effs: Sequence[tuple]) -> None:
-    for eff in effs:
-        _event_state(r, eff)
+    """A run's events, in order, and the sequences of each type: loops in C."""
+    if r.events or r.events_by_type:  # not a fresh run: one by one, as appends go
+        for eff in effs:
+            _event_state(r, eff)
+        return
+    r.events.extend(effs)
+    r.events_by_type.update(grouped(list(map(_EV_TYPE_OF, effs)), list(map(_EV_SEQ_OF, effs))))
 
 
 def load_traces(r, effs: Sequence[tuple]) -> None:
-    for eff in effs:
-        _trace_state(r, eff)
+    """A run's traces, in order, and their indexes by type, tag and parent: loops in C."""
+    if r.traces or r.trace_order:  # not a fresh run: one by one, as records go
+        for eff in effs:
+            _trace_state(r, eff)
+        return
+    ids = list(map(_TR_ID_OF, effs))
+    r.traces.update(zip(ids, effs))
+    r.trace_order.extend(ids)
+    r.traces_by_type.update(grouped(list(map(_TR_TYPE_OF, effs)), ids))
+    tag_lists = list(map(_TR_TAGS_OF, effs))
+    tagged = list(chain.from_iterable(map(repeat, ids, map(len, tag_lists))))
+    r.traces_by_tag.update(grouped(list(chain.from_iterable(tag_lists)), tagged))
+    parents = list(map(_TR_PARENT_OF, effs))
+    child = list(map(is_not, parents, repeat(None)))
+    r.trace_roots.extend(compress(ids, map(not_, child)))
+    r.trace_children.update(grouped(list(compress(parents, child)), list(compress(ids, child))))
+
+
+def grouped(keys: list, values: list) -> dict:
+    """key -> the values at that key's positions, in order; keys in order of first appearance.
+
+    What appending each value to its key's list does, with C-level loops: a
+    stable sort of the positions by key, then one slice of values per key.
+    Keys that do not sort (mixed types) are grouped one by one.
+    """
+    if not keys:
+        return {}
+    first = dict.fromkeys(keys)
+    if len(first) == 1:
+        return {keys[0]: list(values)}
+    key_at, value_at = keys.__getitem__, values.__getitem__
+    try:
+        order = sorted(range(len(keys)), key=key_at)
+    except TypeError:
+        out: dict = {}
+        for k, v in zip(keys, values):
+            out.setdefault(k, []).append(v)
+        return out
+    groups = {k: list(map(value_at, at)) for k, at in groupby(order, key_at)}
+    return {k: groups[k] for k in first}
 
 
 # -- taking an effect back --------------------------------------------------------

@@ -33,6 +33,7 @@ fields into its entry when it is applied.
 from __future__ import annotations
 
 import struct
+from operator import itemgetter
 
 _WIDTH_CODE = {1: 0, 2: 1, 4: 2, 8: 3}
 _WIDTHS = (1, 2, 4, 8)
@@ -136,3 +137,24 @@ def live_value(e: bytes, now: int):
     if exp is not None and exp <= now:
         return None
     return e[VALUE_AT[flags]:]
+
+
+def plain_kv_entries(effs) -> list | None:
+    """The entries of KV effects that are all plain puts, in one comprehension; else None.
+
+    Plain: a value, no expiry, a version below 256 and a time that fits 56
+    bits, which is every write of a bulk load; the entry is then its 9-byte
+    header and the value. Packing raises on anything else (a delete's None
+    value, a wider version or time, an effect of another shape), and the
+    caller then packs each effect with `entry_of`.
+    """
+    head = _HEAD_1
+    try:
+        if any(map(_EXPIRES_OF, effs)):
+            return None
+        return [head(ts << 8, version) + value for _c, _k, value, version, ts, _x in effs]
+    except (TypeError, ValueError, IndexError, struct.error):
+        return None
+
+
+_EXPIRES_OF = itemgetter(5)

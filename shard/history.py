@@ -192,7 +192,8 @@ class History:
         """Positions start..stop-1 as held: items in memory, effect tuples from disk."""
         if start < self.base:
             out = self._earlier(start, min(stop, self.base))
-            out.extend(self.items[:stop - self.base])
+            if stop > self.base:
+                out.extend(self.items[:stop - self.base])
             return out
         return self.items[start - self.base:stop - self.base]
 

@@ -52,7 +52,8 @@ from array import array
 from bisect import bisect_left
 
 import msgpack
-from crc32c import crc32c
+
+from inmem.checksum import crc32c
 
 from inmem.errors import CorruptionError
 from inmem.files import fsync_dir, make_dirs, open_private

@@ -52,7 +52,8 @@ import msgpack
 from .effects import (CODE, EV_APPEND, EV_PAYLOAD, EV_SEQ, EV_TYPE, EXPIRES, JS_DEL, JS_PUT, KEY,
                       KV_DEL, KV_PUT, RUN_CREATE, RUN_STATUS, ST_DEL, ST_PUT, TR_ADD, TR_DATA,
                       TR_ID, TR_TYPE, VALUE, VERSION)
-from .entries import entry_version
+from .entries import PLAIN_AT, entry_version
+from .history import KEYED, effect_of
 
 K1 = 1.2
 B = 0.75
@@ -62,6 +63,10 @@ SNIPPET_CHARS = 80
 #: from what is indexed; the shard serves no other request meanwhile, so it is the
 #: same bound as a snapshot's serving pause
 REBUILD_WAIT_MS = 20
+
+#: journal entries indexed between two looks at the clock, and per read without a deadline
+SLICE = 256
+CHUNK = 8192
 
 _WORD = re.compile(r"\w+")
 _unpackb = msgpack.unpackb
@@ -175,20 +180,31 @@ class SearchIndex:
             index_effect = self._index_effect
             textish = _TEXTISH
             docs = self.docs
+            plain_at = PLAIN_AT
             # Field positions as locals too: this loop runs once per journal entry.
             code, key, value, expires = CODE, KEY, VALUE, EXPIRES
             i = done
             while i < end:
-                # A block at a time: what is on disk is read a record at a time,
-                # not looked up again for each position.
-                stop = min(end, i + 256)
-                for eff in journal.effects(i, stop):
+                stop = min(end, i + (CHUNK if deadline is None else SLICE))
+                # A stretch at a time, as the history holds it: items in memory,
+                # effects read back from disk (one record read per stretch, not per entry).
+                for item in journal.raw(i, stop):
+                    c = item[code]
                     # Fast skip: a KV write whose value holds no text and replaces
                     # no indexed document (the bulk of a rebuild of binary data).
-                    if eff[code] == KV_PUT and eff[expires] is None \
-                            and not textish[eff[value][0]] and ("kv", run_id, eff[key]) not in docs:
-                        continue
-                    index_effect(run_id, r, eff)
+                    if c == KV_PUT:
+                        if len(item) == 3:  # held: (code, key, entry)
+                            e = item[2]
+                            at = plain_at[e[0]]
+                            if at and not textish[e[at]] and ("kv", run_id, item[1]) not in docs:
+                                continue
+                            item = effect_of(item)
+                        elif item[expires] is None and not textish[item[value][0]] \
+                                and ("kv", run_id, item[key]) not in docs:
+                            continue
+                    elif len(item) == 3 and c in KEYED:
+                        item = effect_of(item)
+                    index_effect(run_id, r, item)
                 i = stop
                 if deadline is not None and i < end and time.monotonic() > deadline:
                     self.watermark[run_id] = i

@@ -55,7 +55,7 @@ import os
 from dataclasses import dataclass
 from typing import ClassVar, Iterator
 
-from crc32c import crc32c
+from inmem.checksum import crc32c
 
 from inmem.files import read_data
 from inmem.wal.record import (PREFIX_CRC, CRC, CRC_SIZE, FORMAT_VERSION, HEADER, HEADER_SIZE,

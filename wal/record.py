@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import struct
 
-from crc32c import crc32c
+from inmem.checksum import crc32c
 
 from inmem.wal.errors import RecordTooLarge
 

@@ -15,6 +15,8 @@ import random
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from inmem.errors import InmemError
 from inmem.shard import effects as fx
@@ -243,3 +245,41 @@ def test_records_applied_in_blocks_leave_what_one_by_one_leaves(seed, block):
                   for i in range(0, len(payloads), block))
     assert applied == len(groups)
     assert state_of(blocked) == state_of(one_by_one) == state_of(engine), f"seed {seed}"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.sampled_from("abc"), st.integers(0, 3)), st.integers())))
+def test_grouped_is_appending_one_by_one(pairs):
+    keys = [k for k, _v in pairs]
+    values = [v for _k, v in pairs]
+    expected: dict = {}
+    for k, v in pairs:
+        expected.setdefault(k, []).append(v)
+    got = fx.grouped(keys, values)
+    assert got == expected
+    assert list(got) == list(expected)  # keys in order of first appearance
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_events_and_traces_load_in_bulk_as_one_by_one(seed):
+    rng = random.Random(seed)
+    events = [(fx.EV_APPEND, i, rng.choice(["a", "b", "c"]), b"\xc0", i, b"", b"")
+              for i in range(200)]
+    traces = []
+    for i in range(200):
+        parent = rng.choice([None, None, *(t[fx.TR_ID] for t in traces)]) if traces else None
+        tags = rng.sample(["x", "y", "z"], rng.randrange(3))
+        traces.append((fx.TR_ADD, f"t{i}", parent, rng.choice(["thought", "call"]), b"\xc0",
+                       tags, None, i))
+    one = RunData((fx.RUN_CREATE, "r", None, None, (), None, 0))
+    bulk = RunData((fx.RUN_CREATE, "r", None, None, (), None, 0))
+    for eff in events:
+        fx.apply_event(one, eff)
+    for eff in traces:
+        fx.apply_trace(one, eff)
+    fx.load_events(bulk, events)
+    fx.load_traces(bulk, traces)
+    for name in ("events", "trace_order", "trace_roots", *DICT_TABLES):
+        assert getattr(bulk, name) == getattr(one, name), name
+        if isinstance(getattr(one, name), dict):
+            assert list(getattr(bulk, name)) == list(getattr(one, name)), name
