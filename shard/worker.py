@@ -23,7 +23,10 @@ writes and fsyncs what is pending once the interval has passed (or at once
 when a batch is full), and the poll timeout is cut to the time left until
 then. When idle the loop runs the shard's upkeep (index slices, due snapshots);
 while the search index is rebuilt after recovery (the shard is ready before
-it is), every turn that finds no request waiting runs one bounded slice of it.
+it is), every turn that finds no request waiting runs one bounded slice of it,
+and a turn that served requests gives it its share of the turn's time
+(`shard.upkeep.IndexShare`), so that a load that never lets the loop idle
+does not hold the index back.
 
 No input from the network may stop the loop: a frame that is not a message is
 counted and dropped, anything else that is wrong gets an error reply. The
@@ -59,7 +62,7 @@ from inmem.processes import clear_exit_note, die_with_parent, write_exit_note
 from inmem.protocol import KIND_ADMIN, KIND_BATCH, KIND_OP, slot_of
 from inmem.ops import WRITE_OPS, route_run
 from inmem.shard.engine import Engine
-from inmem.shard.upkeep import UPKEEP_EVERY_S, index_slice, shard_info, upkeep
+from inmem.shard.upkeep import UPKEEP_EVERY_S, IndexShare, index_slice, shard_info, upkeep
 from inmem.stream import stream_path
 from inmem.stream_server import Connection, StreamServer
 from inmem.transport import bind_router, drain, ipc_dir
@@ -166,6 +169,7 @@ class Worker:
         next_idle = time.monotonic() + UPKEEP_EVERY_S
         rebuilding = self.engine.index_rebuilding
         frozen = not rebuilding()
+        index_share = IndexShare(self.engine, self.lock)
         while not self.stopping:
             timeout = POLL_MS
             if tick is not None:
@@ -191,6 +195,7 @@ class Worker:
                 if batch:
                     for reply in process(batch):
                         reply_to(reply)
+                    index_share()  # a rebuild's share of a loop that never idles
             elif not timeout and rebuilding():
                 index_slice(self.engine, self.lock)
             now = time.monotonic()

@@ -66,3 +66,64 @@ def test_cluster_shards_are_ready_before_their_index(make_cluster, tmp_path):
              "both shards' index rebuild")
     assert_same(answers(db), before)
     db.close()
+
+
+@pytest.mark.timeout(180)
+def test_the_index_completes_while_clients_never_let_the_shard_idle(make_cluster, tmp_path):
+    import threading
+
+    from inmem.coordinator.slotmap import SlotMap
+    data = tmp_path / "data"
+    data.mkdir()
+    SlotMap.even(1).save(str(data))
+    runs = ["busy-0", "busy-1"]
+    n = 12_000
+    reference = inmem.open(None)
+    with inmem.open(data / "shard-0", durability="buffered") as db:  # snapshot on close
+        for run in runs:
+            db.begin_run(run_id=run)
+            reference.begin_run(run_id=run)
+        fill(db, runs, n)
+        fill(reference, runs, n)
+    before = answers(reference)
+    reference.close()
+
+    cluster = make_cluster(data_dir=data, shards=1, durability="buffered")
+    stop = threading.Event()
+    served = [0] * 4
+    failures: list = []
+
+    def load(i):
+        # Pipelines back to back from four clients: the shard always has one waiting.
+        client = cluster.connect()
+        try:
+            keys = [f"k{j:06d}" for j in range(i, n, 97)][:200]
+            while not stop.is_set():
+                with client.pipeline() as p:
+                    for k in keys:
+                        p.kv.get(runs[0], k)
+                    p.execute()
+                served[i] += 1
+        except Exception as exc:  # reported below; a thread must not die silently
+            failures.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=load, args=(i,), daemon=True) for i in range(4)]
+    for t in threads:
+        t.start()
+    db = cluster.connect()
+    try:
+        wait_for(lambda: all(served), 60, "the clients' first answers")
+        wait_for(lambda: db.info()["shards"][0]["index_complete"], 120,
+                 "the index rebuild under load")
+        still_serving = list(served)
+        wait_for(lambda: all(a > b for a, b in zip(served, still_serving)), 60,
+                 "the clients after the rebuild")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not failures, failures
+    assert_same(answers(db), before)
+    db.close()

@@ -128,6 +128,38 @@ def test_a_partial_index_holds_only_current_values(tmp_path):
         [i for i in range(0, 2000, 3) if i % 7 == 1])
 
 
+def test_a_loop_that_never_idles_gives_the_rebuild_bounded_slices_until_it_completes(
+        stored, monkeypatch):
+    # A worker under constant load: every turn serves requests and finds more
+    # waiting, so only the per-turn share can move the rebuild along.
+    path, _ = stored
+    engine = recovered_engine(path)
+    budgets = []
+    real_step = engine.index_step
+
+    def step(max_ms):
+        budgets.append(max_ms)
+        return real_step(max_ms)
+
+    monkeypatch.setattr(engine, "index_step", step)
+    share = upkeep.IndexShare(engine, threading.RLock())
+    run = next(iter(engine.runs))
+    turns = 0
+    while engine.index_rebuilding():
+        turns += 1
+        assert turns < 1_000_000, "the rebuild made no progress under load"
+        for i in range(20):  # the turn's requests
+            engine.execute("kv.get", (run, f"k{i:06d}"))
+        share()
+    assert budgets and max(budgets) <= upkeep.INDEX_SHARE_MAX_MS
+    assert min(budgets) >= upkeep.INDEX_SHARE_MIN_MS
+    assert turns > len(budgets)  # a slice once a share is owed, not on every turn
+    n_docs, _len, _dfs, complete = engine.search_stats(["amber"], budget_ms=0)
+    assert complete is True and n_docs == 3000 + 3
+    share()  # nothing owed once the rebuild is done
+    assert share.owed == 0.0
+
+
 # -- an embedded store -------------------------------------------------------------
 
 
