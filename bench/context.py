@@ -41,6 +41,8 @@ FULL_SIZES = {
     "group_ops_total": 8_000,     # split across the writer threads
     "recovery_keys": 1_000_000,
     "wal_records": 1_000_000,
+    # The recovery tier alternates our side and Redis's on the same data, this many rounds.
+    "recovery_rounds": 5,
     "memory_keys": [100_000, 1_000_000],
     "concurrency_ops_per_thread": 50_000,
     "scenario_steps": 5_000,
@@ -71,6 +73,7 @@ QUICK_SIZES = {
     "group_ops_total": 1_600,
     "recovery_keys": 100_000,
     "wal_records": 100_000,
+    "recovery_rounds": 3,
     "memory_keys": [100_000],
     "concurrency_ops_per_thread": 10_000,
     "scenario_steps": 1_000,
@@ -101,7 +104,7 @@ def scaled_sizes(quick: bool, scale: float) -> dict:
         return {k: (list(v) if isinstance(v, list) else v) for k, v in base.items()}
     out = {}
     for key, value in base.items():
-        if key in ("repeats", "cluster_rounds"):
+        if key in ("repeats", "cluster_rounds", "recovery_rounds"):
             # Counts of passes, not sizes: a smoke run keeps two, so spreads exist.
             out[key] = value if scale >= 1 else max(1, min(value, 2))
             continue

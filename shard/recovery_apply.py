@@ -226,4 +226,4 @@ class EngineRecovery:
         # from reporting ready for ~10 us per text value; it is rebuilt after,
         # in the background slices that keep it up to date.
         engine = self.engine
-        engine.index.rebuilding = any(r.journal for r in engine.runs.values())
+        engine.index.start_rebuild(engine.runs, engine.clock())

@@ -25,7 +25,10 @@ first catch-up after its expiry.
 
 After a recovery the index starts empty and `rebuilding`: the shard reports
 ready first and the index is rebuilt after, in the same background slices,
-back to back while the shard has nothing else to do. A search in that
+back to back while the shard has nothing else to do (and in a share of its
+turns when it never has nothing to do). The rebuild reads the runs' tables as
+they stand, not their histories: the index holds each key's current entry
+only, and the history of a recovered store is mostly on disk. A search in that
 window helps the rebuild along for at most its `budget_ms` (`REBUILD_WAIT_MS`
 when it gives none) and then answers from what is indexed, saying so
 (`index_complete` false). The first catch-up that reaches the end of every
@@ -42,6 +45,7 @@ hit scores the same as it would in one big index.
 from __future__ import annotations
 
 import heapq
+from itertools import islice
 from collections import Counter
 import math
 import re
@@ -52,7 +56,7 @@ import msgpack
 from .effects import (CODE, EV_APPEND, EV_PAYLOAD, EV_SEQ, EV_TYPE, EXPIRES, JS_DEL, JS_PUT, KEY,
                       KV_DEL, KV_PUT, RUN_CREATE, RUN_STATUS, ST_DEL, ST_PUT, TR_ADD, TR_DATA,
                       TR_ID, TR_TYPE, VALUE, VERSION)
-from .entries import PLAIN_AT, entry_version
+from .entries import PLAIN_AT, entry_expires, entry_value, entry_version
 from .history import KEYED, effect_of
 
 K1 = 1.2
@@ -113,6 +117,10 @@ class SearchIndex:
         self.expiring: list = []                 # heap of (expires_at, doc)
         #: set by a recovery, cleared by the first catch-up that reaches every journal's end
         self.rebuilding = False
+        #: while rebuilding: the pass over the runs' tables, resumed slice by slice
+        self._tables = None
+        #: while rebuilding: (run id, run, journal length) the tables stand for
+        self._table_marks: list = []
 
     # -- maintenance ---------------------------------------------------------------
 
@@ -164,6 +172,94 @@ class SearchIndex:
             self._remove(doc)
         self.watermark.pop(run_id, None)
 
+    def start_rebuild(self, runs: dict, now_us: int) -> None:
+        """After a recovery: rebuild the (empty) index from the runs' tables, then follow the journals.
+
+        What the index holds of a key is its current entry (a replaced write is
+        never indexed), so the rebuild reads the tables as they stand rather
+        than every journal from its first entry, most of which is on disk: each
+        run's journal length is noted now, its tables are indexed in slices,
+        and its watermark then starts at that length. A write made meanwhile is
+        indexed from the journal too, which is harmless: indexing a key's
+        current entry twice leaves one document.
+        """
+        self.rebuilding = bool(runs)
+        if not runs:
+            return
+        self._table_marks = [(run_id, r, len(r.journal)) for run_id, r in runs.items()]
+        self._tables = self._table_pass(runs, now_us)
+
+    def _table_pass(self, runs: dict, now_us: int):
+        """A generator: one step per table entry indexed (see `start_rebuild`)."""
+        textish = _TEXTISH
+        plain_at = PLAIN_AT
+        marks = [(run_id, r, len(r.events), len(r.trace_order))
+                 for run_id, r, _n in self._table_marks]
+        for run_id, r, n_events, n_traces in marks:
+            if runs.get(run_id) is not r:
+                continue  # deleted meanwhile
+            self._put(("runs", run_id, run_id), [t for t in (r.name, *r.tags) if t])
+            yield
+            for prim, table in (("kv", r.kv), ("json", r.json), ("state", r.state)):
+                for chunk in _chunks_of(table):
+                    if runs.get(run_id) is not r:
+                        break
+                    for key, e in chunk:
+                        at = plain_at[e[0]]
+                        # No text: nothing to index, and (each key is met once,
+                        # before the journals are read) nothing indexed to replace.
+                        if not at or textish[e[at]]:
+                            if runs.get(run_id) is not r:
+                                break  # deleted while this chunk was under way
+                            self._table_entry((prim, run_id, key), key, e, now_us)
+                            yield
+                    yield
+            events = r.events
+            for i in range(n_events):
+                if runs.get(run_id) is not r:
+                    break
+                eff = events[i]
+                self._put(("events", run_id, eff[EV_SEQ]), [eff[EV_TYPE], *packed_text(eff[EV_PAYLOAD])])
+                yield
+            order = r.trace_order
+            for i in range(n_traces):
+                if runs.get(run_id) is not r:
+                    break
+                eff = r.traces[order[i]]
+                self._put(("traces", run_id, eff[TR_ID]), [eff[TR_TYPE], *packed_text(eff[TR_DATA])])
+                yield
+
+    def _table_entry(self, doc, key, e, now_us: int) -> None:
+        """Index a key's current entry as the journal pass would leave it."""
+        data = entry_value(e)
+        expires = entry_expires(e)
+        if data is None or (expires is not None and expires <= now_us):
+            self._remove(doc)  # deleted, or expired: nothing to find
+            return
+        if expires is not None:
+            heapq.heappush(self.expiring, (expires, doc, effect_of((KV_PUT, key, e))))
+        self._put(doc, packed_text(data))
+
+    def _tables_step(self, runs: dict, deadline: float | None) -> bool:
+        """Go on with the table pass; True once it is done (and the journals take over)."""
+        steps = self._tables
+        while True:
+            n = 0
+            for _ in steps:
+                n += 1
+                if n == SLICE:
+                    break
+            if n < SLICE:
+                break  # the pass is done
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+        for run_id, r, length in self._table_marks:
+            if runs.get(run_id) is r:
+                self.watermark[run_id] = length
+        self._tables = None
+        self._table_marks = []
+        return True
+
     def catch_up(self, runs: dict, now_us: int, deadline: float | None = None) -> bool:
         """Index every journal entry not yet indexed; drop deleted runs and expired keys.
 
@@ -172,6 +268,8 @@ class SearchIndex:
         """
         for run_id in [r for r in self.watermark if r not in runs]:
             self.drop_run(run_id)
+        if self._tables is not None and not self._tables_step(runs, deadline):
+            return False
         for run_id, r in runs.items():
             journal = r.journal
             done = self.watermark.get(run_id, 0)
@@ -299,6 +397,29 @@ class SearchIndex:
                 break
         best = heapq.nsmallest(top, scores.items(), key=_order)
         return [[s, d[0], d[1], d[2]] for d, s in best], len(scores), exhausted
+
+
+def _chunks_of(table: dict, size: int = 64):
+    """The (key, entry) pairs of a table in lists of `size`, taken between other work.
+
+    The table may gain keys between two chunks (writes go on while the index
+    is rebuilt); iterating on then raises, and a fresh iterator goes on after
+    the pairs already taken. Keys are only ever added at the end (a write
+    never removes one; a transaction taken back removes only a key it added
+    itself), so every key present when the pass began is met exactly once.
+    """
+    done = 0
+    it = iter(table.items())
+    while True:
+        try:
+            chunk = list(islice(it, size))
+        except RuntimeError:  # changed size since the last chunk
+            it = islice(iter(table.items()), done, None)
+            continue
+        if not chunk:
+            return
+        done += len(chunk)
+        yield chunk
 
 
 def _current(table: dict, eff) -> bool:

@@ -2,6 +2,14 @@
 
 All on one embedded shard in buffered mode, with 16-byte keys and 100-byte
 values (1M keys in a full run), our side of each case in a fresh process.
+
+Every row that has Redis as its peer is measured in alternating rounds
+(`recovery_rounds`, 5 in a full run): the data is built once on each side,
+then each round times our side and Redis's on it, one after the other,
+starting with the other side each round. A row's value is the median of our
+rounds, Redis's figure the median of its rounds, and `ratio_spread` the
+spread of the per-round ratios, as the cluster tier does: on a machine whose
+speed drifts, two sides timed seconds apart are the comparison.
 Reopening is timed from `inmem.open` to the moment it returns, which
 includes the recovery sequence, index rebuild and the GC freeze after it.
 
@@ -35,14 +43,17 @@ from __future__ import annotations
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import threading
 import time
 
-from ..context import Context, error_row, make_row, peer_value, skipped_row, target
+from ..context import (Context, error_row, make_row, peer_skip_reason, peer_value, skipped_row,
+                       target)
 from ..harness import gc_paused, time_once
 from ..machine import REPO_ROOT
+from ..rounds import spread
 from ..workloads import (VALUE_BYTES, load_items, load_ours, make_keys, make_texts, make_value,
                          make_vocabulary, sqlite_file_opener)
 from .durability import DurableUnavailable, open_durable
@@ -83,13 +94,14 @@ REBUILD_WAIT_S = 600
 def run(ctx: Context) -> None:
     n = ctx.sizes["recovery_keys"]
     records = ctx.sizes["wal_records"]
+    rounds = ctx.sizes.get("recovery_rounds", 1)
     value = make_value(VALUE_BYTES)
     keys = make_keys(n)
     # snapshot_write, snapshot_pause and snapshot_load share one data set.
     _guard(ctx, ("recovery.snapshot_write", "recovery.snapshot_pause",
-                 "recovery.snapshot_load"), lambda: _snapshot_rows(ctx, keys, value))
-    _guard(ctx, ("recovery.wal_replay",), lambda: _wal_replay(ctx, records, value))
-    _guard(ctx, ("recovery.full",), lambda: _full(ctx, keys, value))
+                 "recovery.snapshot_load"), lambda: _snapshot_rows(ctx, keys, value, rounds))
+    _guard(ctx, ("recovery.wal_replay",), lambda: _wal_replay(ctx, records, value, rounds))
+    _guard(ctx, ("recovery.full",), lambda: _full(ctx, keys, value, rounds))
     _guard(ctx, ("recovery.full.text",), lambda: _full_text(ctx, n))
 
 
@@ -144,10 +156,12 @@ def run_child(case: str, n: int, path: str) -> dict:
 def child(case: str, n: int, path: str) -> dict:
     value = make_value(VALUE_BYTES)
     try:
-        if case == "snapshot":
-            return _child_snapshot(make_keys(n), value, path)
+        if case == "open":
+            return _child_open(path)
         if case == "wal":
             return _child_wal(make_keys(n, prefix="w"), value, path)
+        if case == "build-full":
+            return _child_build_full(make_keys(n), value, path)
         if case == "full":
             return _child_full(make_keys(n), value, path)
         if case == "fulltext":
@@ -157,9 +171,163 @@ def child(case: str, n: int, path: str) -> dict:
     raise SystemExit(f"unknown recovery case {case!r}")
 
 
-def _row(name, ms, n, peers, extra):
+class _Served:
+    """Our side of the snapshot rows: a child process that holds the store between rounds.
+
+    It builds the store, answers one JSON line per command on stdin
+    ("snapshot": one timed snapshot with its serving pause), and closes the
+    store on "quit", leaving the directory with its newest snapshot.
+    """
+
+    def __init__(self, n: int, path: str):
+        import tempfile
+        self._err = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "inmem.bench.tiers.recovery", "serve", str(n), path],
+            cwd=str(REPO_ROOT), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self._err, text=True)
+        self.ready = self.ask(None)
+
+    def ask(self, command: str | None) -> dict:
+        if command is not None:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                self.proc.wait(timeout=CHILD_TIMEOUT_S)
+                self._err.seek(0)
+                tail = (self._err.read().strip().splitlines() or ["no output"])[-1]
+                raise RuntimeError(f"the recovery child exited ({self.proc.returncode}): {tail}")
+            if line.startswith("{"):
+                result = json.loads(line)
+                if "skipped" in result:
+                    raise DurableUnavailable(result["skipped"])
+                return result
+
+    def close(self) -> dict | None:
+        try:
+            if self.proc.poll() is None:
+                return self.ask("quit")
+            return None
+        finally:
+            try:
+                self.proc.wait(timeout=CHILD_TIMEOUT_S)
+            finally:
+                self._err.close()
+
+
+def serve(n: int, path: str) -> None:
+    """The body of a `_Served` child."""
+    def say(obj) -> None:
+        print(json.dumps(obj), flush=True)
+
+    keys = make_keys(n)
+    value = make_value(VALUE_BYTES)
+    try:
+        db = open_durable(path, "buffered", **NEVER)
+    except DurableUnavailable as exc:
+        say({"skipped": str(exc)})
+        return
+    try:
+        run = db.begin_run(name="bench")
+        load_ours(db, run, keys, value)
+        reader = _Reader(db, run, keys)
+        reader.start()
+        store = getattr(getattr(db, "_backend", None), "store", None)
+        say({"ready": True, "keys": n})
+        try:
+            for line in sys.stdin:
+                command = line.strip()
+                if command == "quit":
+                    break
+                if command != "snapshot":
+                    say({"error": f"unknown command {command!r}"})
+                    continue
+                snap_ms = [0.0]
+
+                def snapshot():
+                    snap_ms[0], infos = time_once(db.snapshot)
+                    return infos
+
+                pause_ms, infos = reader.measure_window(snapshot)
+                # A quiet window as long as the snapshot: the gaps a reader sees
+                # anyway (thread switches, a busy machine), to read the pause against.
+                quiet_ms, _ = reader.measure_window(
+                    lambda: time.sleep(max(snap_ms[0], 1) / 1000))
+                say({"snapshot_ms": snap_ms[0], "pause_ms": pause_ms, "quiet_ms": quiet_ms,
+                     "fork_ms": getattr(store, "last_snapshot_pause_ms", None),
+                     "rss_bytes": _rss(), "snapshot_bytes": infos[0].bytes if infos else None})
+        finally:
+            reader.stop()
+    finally:
+        db.close()
+    say({"closed": True, "reads": reader.reads})
+
+
+def _child_open(path) -> dict:
+    """One timed reopen of a store another child built (a round of a load row).
+
+    The modules opening a store needs are imported first, untimed, by opening
+    an empty store beside it: the row is the recovery, as Redis's logged load
+    time is, not this interpreter's first imports.
+    """
+    import tempfile
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path))) as warm:
+        open_durable(os.path.join(warm, "db"), "buffered", **NEVER).close()
+    ms, db = time_once(lambda: open_durable(path, "buffered", **NEVER))
+    try:
+        return {"ms": ms, "recovery_report": _report(db),
+                "keys": sum(s.get("keys", 0) for s in db.info()["shards"])}
+    finally:
+        db.close()
+
+
+def _alternate(ctx, label: str, rounds: int, ours, peer) -> dict:
+    """Our side and the peer's in turn, `rounds` times, each round led by the other side.
+
+    `ours(r)` and `peer(r)` return (ms, detail). A peer that fails is skipped
+    for the rest (its reason kept); ours raises. Returns the per-round values,
+    details and order, and the spread of the per-round ratios.
+    """
+    out = {"ours": [], "ours_detail": [], "peer": [], "peer_detail": [], "order": [],
+           "peer_skipped": None}
+    for r in range(rounds):
+        order = ("ours", "peer") if r % 2 == 0 else ("peer", "ours")
+        ran = []
+        for side in order:
+            if side == "ours":
+                ms, detail = ours(r)
+            elif out["peer_skipped"] is None:
+                try:
+                    ms, detail = peer(r)
+                except Exception as exc:  # a peer's failure must not take our row down
+                    out["peer_skipped"] = peer_skip_reason(exc)
+                    continue
+            else:
+                continue
+            out[side].append(ms)
+            out[f"{side}_detail"].append(detail)
+            ran.append(side)
+        out["order"].append(ran)
+        ctx.log(f"  {label} round {r + 1}/{rounds}: " + ", ".join(
+            f"{side} {out[side][-1]:,.1f} ms" for side in ran))
+    ratios = [a / b for a, b in zip(out["ours"], out["peer"]) if b]
+    out["ratio_spread"] = spread(ratios)
+    return out
+
+
+def _median(values):
+    return statistics.median(values) if values else None
+
+
+def _peer_figure(alt: dict):
+    return alt["peer_skipped"] or _median(alt["peer"])
+
+
+def _row(name, ms, n, peers, extra, ratio_spread=None):
     return make_row(name, TIER, MODE, "ms", value=ms, n=n, peers=peers,
-                    target=TARGETS.get(name), extra=extra)
+                    target=TARGETS.get(name), extra=extra, ratio_spread=ratio_spread)
 
 
 # -- snapshot write / pause / load -------------------------------------------------
@@ -208,87 +376,88 @@ class _Reader:
         self._thread.join(timeout=30)
 
 
-def _child_snapshot(keys, value, path) -> dict:
-    n = len(keys)
-    db = open_durable(path, "buffered", **NEVER)
-    try:
-        run = db.begin_run(name="bench")
-        load_ours(db, run, keys, value)
-        reader = _Reader(db, run, keys)
-        reader.start()
-        try:
-            snap_ms = [0.0]
-
-            def snapshot():
-                snap_ms[0], infos = time_once(db.snapshot)
-                return infos
-
-            pause_ms, infos = reader.measure_window(snapshot)
-            # A quiet window as long as the snapshot: the gaps a reader sees
-            # anyway (thread switches, a busy machine), to read the pause against.
-            quiet_ms, _ = reader.measure_window(lambda: time.sleep(max(snap_ms[0], 1) / 1000))
-        finally:
-            reader.stop()
-        store = getattr(getattr(db, "_backend", None), "store", None)
-        fork_ms = getattr(store, "last_snapshot_pause_ms", None)
-        rss = _rss()
-    finally:
-        db.close()
-    load_ms, db = time_once(lambda: open_durable(path, "buffered", **NEVER))
-    try:
-        report = _report(db)
-        run = db.runs.list()[0].run_id
-        check = db.kv.get(run, keys[-1]) == value if n else True
-    finally:
-        db.close()
-    return {"snapshot_ms": snap_ms[0], "pause_ms": pause_ms, "quiet_ms": quiet_ms,
-            "fork_ms": fork_ms, "reads": reader.reads, "rss_bytes": rss,
-            "snapshot_bytes": infos[0].bytes if infos else None, "load_ms": load_ms,
-            "recovery_report": report, "last_key_read_back": check}
-
-
 def _rss():
     import psutil
     return psutil.Process().memory_info().rss
 
 
-def _snapshot_rows(ctx, keys, value):
+def _snapshot_rows(ctx, keys, value, rounds):
     n = len(keys)
     path = ctx.scratch("ours-snapshot")
-    try:
-        ours = run_child("snapshot", n, path)
-    finally:
-        ctx.discard(path)
     redis_save = _redis_snapshot(ctx, keys, value)
     try:
-        details: dict = {}
-        peers_w = {"redis": peer_value(lambda: redis_save("save"), details, "redis")}
-        ctx.add(_row("recovery.snapshot_write", ours["snapshot_ms"], n, peers_w,
-                     {"keys": n, "snapshot_bytes": ours["snapshot_bytes"],
-                      "peer_detail": details,
-                      "peer_config": {"redis": "SAVE of the same keys (RDB)"}}))
-        details_p: dict = {}
-        peers_p = {"redis": peer_value(lambda: redis_save("fork"), details_p, "redis")}
-        ctx.add(_row("recovery.snapshot_pause", ours["pause_ms"], n, peers_p,
-                     {"keys": n, "quiet_window_max_gap_ms": ours["quiet_ms"],
-                      "fork_ms": ours["fork_ms"], "rss_bytes_at_fork": ours["rss_bytes"],
-                      "reads": ours["reads"], "peer_detail": details_p,
-                      "peer_config": {"redis": "BGSAVE fork time (latest_fork_usec)"},
-                      "note": "longest gap between two kv.get calls of a reader thread "
-                              "while db.snapshot() ran"}))
-        details_l: dict = {}
-        peers_l = {"redis": peer_value(lambda: redis_save("load"), details_l, "redis"),
-                   "sqlite": peer_value(lambda: _sqlite_open_count(ctx, keys, value),
-                                        details_l, "sqlite")}
-        ctx.add(_row("recovery.snapshot_load", ours["load_ms"], n, peers_l,
-                     {"keys": n, "recovery_report": ours["recovery_report"],
-                      "last_key_read_back": ours["last_key_read_back"],
-                      "peer_detail": details_l,
-                      "peer_config": {"redis": "RDB load on restart (time Redis logs)",
-                                      "sqlite": "connect + SELECT count(*) of the same rows "
-                                                "(WAL, NORMAL)"}}))
+        served = _Served(n, path)
+        try:
+            # Redis's keys are loaded before the first round, outside the timing.
+            _peer_ready(redis_save)
+
+            def ours_write(_r):
+                got = served.ask("snapshot")
+                return got["snapshot_ms"], got
+
+            def redis_write(_r):
+                save_ms, save_detail = redis_save("save")
+                fork_ms, fork_detail = redis_save("fork")
+                return save_ms, {**save_detail, "fork_ms": fork_ms, **fork_detail}
+
+            writes = _alternate(ctx, "snapshot write", rounds, ours_write, redis_write)
+        finally:
+            closed = served.close() or {}
+        loads = _alternate(ctx, "snapshot load", rounds,
+                           lambda _r: _open_round(path, n), lambda _r: redis_save("load"))
     finally:
         redis_save("close")
+        ctx.discard(path)
+    details = writes["ours_detail"]
+    pauses = [d["pause_ms"] for d in details]
+    redis_forks = [d["fork_ms"] for d in writes["peer_detail"]]
+    pause_ratios = [a / b for a, b in zip(pauses, redis_forks) if b]
+    ctx.add(_row("recovery.snapshot_write", _median(writes["ours"]), n,
+                 {"redis": _peer_figure(writes)},
+                 {"keys": n, "snapshot_bytes": details[-1]["snapshot_bytes"],
+                  "rounds": _rounds_extra(writes),
+                  "peer_config": {"redis": "SAVE of the same keys (RDB)"}},
+                 {"redis": writes["ratio_spread"]}))
+    ctx.add(_row("recovery.snapshot_pause", _median(pauses), n,
+                 {"redis": writes["peer_skipped"] or _median(redis_forks)},
+                 {"keys": n, "per_round": pauses, "redis_per_round": redis_forks,
+                  "quiet_window_max_gap_ms": [d["quiet_ms"] for d in details],
+                  "fork_ms": [d["fork_ms"] for d in details],
+                  "rss_bytes_at_fork": details[-1]["rss_bytes"], "reads": closed.get("reads"),
+                  "peer_config": {"redis": "BGSAVE fork time (latest_fork_usec)"},
+                  "note": "longest gap between two kv.get calls of a reader thread "
+                          "while db.snapshot() ran"},
+                 {"redis": spread(pause_ratios)}))
+    details_l: dict = {}
+    sqlite = peer_value(lambda: _sqlite_open_count(ctx, keys, value), details_l, "sqlite")
+    ctx.add(_row("recovery.snapshot_load", _median(loads["ours"]), n,
+                 {"redis": _peer_figure(loads), "sqlite": sqlite},
+                 {"keys": n, "recovery_report": loads["ours_detail"][-1]["recovery_report"],
+                  "keys_loaded": [d["keys"] for d in loads["ours_detail"]],
+                  "rounds": _rounds_extra(loads), "peer_detail": details_l,
+                  "peer_config": {"redis": "RDB load on restart (time Redis logs)",
+                                  "sqlite": "connect + SELECT count(*) of the same rows "
+                                            "(WAL, NORMAL)"}},
+                 {"redis": loads["ratio_spread"], "sqlite": None}))
+
+
+def _peer_ready(step) -> None:
+    try:
+        step("prepare")
+    except Exception:  # the rounds report the peer as skipped, with the reason
+        pass
+
+
+def _open_round(path: str, n: int):
+    got = run_child("open", n, path)
+    if got["keys"] != n:
+        raise RuntimeError(f"the reopened store holds {got['keys']} keys, expected {n}")
+    return got["ms"], got
+
+
+def _rounds_extra(alt: dict) -> dict:
+    return {"ours_ms": alt["ours"], "peer_ms": alt["peer"], "order": alt["order"],
+            "peer_detail": alt["peer_detail"], "peer_skipped": alt["peer_skipped"]}
 
 
 def _redis_snapshot(ctx, keys, value):
@@ -313,6 +482,8 @@ def _redis_snapshot(ctx, keys, value):
                 raise
         server = state["server"]
         client = server.client
+        if what == "prepare":
+            return None
         if what == "save":
             ms, _ = time_once(client.save)
             return ms, {"keys": client.dbsize()}
@@ -405,54 +576,77 @@ def _child_wal(keys, value, path) -> dict:
         wal_bytes = db.info()["shards"][0].get("wal_bytes")
     finally:
         db.close()  # snapshot_on_close=False: only the WAL is left
-    ms, report = _timed_reopen(path)
-    return {"ms": ms, "wal_bytes": wal_bytes, "recovery_report": report}
+    return {"wal_bytes": wal_bytes}
 
 
-def _wal_replay(ctx, records, value):
+def _wal_replay(ctx, records, value, rounds):
     keys = make_keys(records, prefix="w")
     path = ctx.scratch("ours-wal")
+    redis = _RedisAof(ctx, keys, value, preamble=False, tail=0)
     try:
-        ours = run_child("wal", records, path)
+        built = run_child("wal", records, path)
+        redis.prepare()
+        alt = _alternate(ctx, "wal replay", rounds, lambda _r: _open_round(path, records),
+                         lambda _r: redis.restart())
     finally:
+        redis.close()
         ctx.discard(path)
-    details: dict = {}
-    peers = {"redis": peer_value(lambda: _redis_aof(ctx, keys, value, preamble=False, tail=0),
-                                 details, "redis")}
-    ctx.add(_row("recovery.wal_replay", ours["ms"], records, peers,
-                 {"puts_written": records, "wal_bytes": ours["wal_bytes"],
-                  "recovery_report": ours["recovery_report"], "peer_detail": details,
+    ctx.add(_row("recovery.wal_replay", _median(alt["ours"]), records,
+                 {"redis": _peer_figure(alt)},
+                 {"puts_written": records, "wal_bytes": built["wal_bytes"],
+                  "recovery_report": alt["ours_detail"][-1]["recovery_report"],
+                  "rounds": _rounds_extra(alt),
                   "note": "n single-put transactions, one engine operation each; the WAL "
                           "writer frames what is pending at each flush as one record",
                   "peer_config": {"redis": "AOF of the same SETs (no RDB preamble), load "
-                                           "time Redis logs on restart"}}))
+                                           "time Redis logs on restart"}},
+                 {"redis": alt["ratio_spread"]}))
 
 
-def _redis_aof(ctx, keys, value, *, preamble: bool, tail: int):
-    server = ctx.peers.redis("buffered", extra_args=[
-        "--aof-use-rdb-preamble", "yes" if preamble else "no"])
-    try:
-        _redis_load(server, keys, value)
-        if preamble:
-            # The rewrite turns what is loaded so far into an RDB base file,
-            # like our snapshot; the tail goes after it as commands.
-            server.client.bgrewriteaof()
-            time.sleep(0.01)
-            server.wait_rewrite_done()
-        if tail:
-            _redis_load(server, keys[:tail], value[::-1])
-        timing = server.restart()
-        loaded = server.client.dbsize()
-        if loaded != len(keys):
-            raise RuntimeError(f"redis loaded {loaded} keys, expected {len(keys)}")
+class _RedisAof:
+    """A redis-server with appendonly, loaded once, restarted once per round."""
+
+    def __init__(self, ctx, keys, value, *, preamble: bool, tail: int):
+        self.ctx, self.keys, self.value = ctx, keys, value
+        self.preamble, self.tail = preamble, tail
+        self.server = None
+        self.error: Exception | None = None
+
+    def prepare(self) -> None:
+        try:
+            self.server = self.ctx.peers.redis("buffered", extra_args=[
+                "--aof-use-rdb-preamble", "yes" if self.preamble else "no"])
+            server = self.server
+            _redis_load(server, self.keys, self.value)
+            if self.preamble:
+                # The rewrite turns what is loaded so far into an RDB base file,
+                # like our snapshot; the tail goes after it as commands.
+                server.client.bgrewriteaof()
+                time.sleep(0.01)
+                server.wait_rewrite_done()
+            if self.tail:
+                _redis_load(server, self.keys[:self.tail], self.value[::-1])
+        except Exception as exc:  # reported as the peer's skip reason by the rounds
+            self.error = exc
+
+    def restart(self):
+        if self.error is not None:
+            raise self.error
+        timing = self.server.restart()
+        loaded = self.server.client.dbsize()
+        if loaded != len(self.keys):
+            raise RuntimeError(f"redis loaded {loaded} keys, expected {len(self.keys)}")
         return _load_value(timing), {**timing, "keys": loaded}
-    finally:
-        ctx.peers.release(server)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.ctx.peers.release(self.server)
+            self.server = None
 
 
 # -- full recovery -------------------------------------------------------------------
 
-def _child_full(keys, value, path) -> dict:
+def _child_build_full(keys, value, path) -> dict:
     tail = max(1, len(keys) // 10)
     db = open_durable(path, "buffered", **NEVER)
     try:
@@ -462,29 +656,40 @@ def _child_full(keys, value, path) -> dict:
         _write_single_puts(db, run, keys[:tail], value[::-1])
     finally:
         db.close()
+    return {"tail": tail}
+
+
+def _child_full(keys, value, path) -> dict:
+    built = _child_build_full(keys, value, path)
     ms, report = _timed_reopen(path)
-    return {"ms": ms, "tail": tail, "recovery_report": report}
+    return {"ms": ms, "tail": built["tail"], "recovery_report": report}
 
 
-def _full(ctx, keys, value):
+def _full(ctx, keys, value, rounds):
     n = len(keys)
     path = ctx.scratch("ours-full")
+    redis = None
     try:
-        ours = run_child("full", n, path)
+        tail = run_child("build-full", n, path)["tail"]
+        redis = _RedisAof(ctx, keys, value, preamble=True, tail=tail)
+        redis.prepare()
+        alt = _alternate(ctx, "full recovery", rounds, lambda _r: _open_round(path, n),
+                         lambda _r: redis.restart())
     finally:
+        if redis is not None:
+            redis.close()
         ctx.discard(path)
-    tail = ours["tail"]
     details: dict = {}
-    peers = {"redis": peer_value(lambda: _redis_aof(ctx, keys, value, preamble=True,
-                                                    tail=tail), details, "redis"),
-             "sqlite": peer_value(lambda: _sqlite_open_count(ctx, keys, value), details,
-                                  "sqlite")}
-    ctx.add(_row("recovery.full", ours["ms"], n, peers,
-                 {"keys": n, "wal_tail_puts": tail, "recovery_report": ours["recovery_report"],
-                  "peer_detail": details,
+    sqlite = peer_value(lambda: _sqlite_open_count(ctx, keys, value), details, "sqlite")
+    ctx.add(_row("recovery.full", _median(alt["ours"]), n,
+                 {"redis": _peer_figure(alt), "sqlite": sqlite},
+                 {"keys": n, "wal_tail_puts": tail,
+                  "recovery_report": alt["ours_detail"][-1]["recovery_report"],
+                  "rounds": _rounds_extra(alt), "peer_detail": details,
                   "peer_config": {"redis": "AOF with RDB preamble + the same tail of SETs, "
                                            "load time Redis logs on restart",
-                                  "sqlite": "connect + SELECT count(*)"}}))
+                                  "sqlite": "connect + SELECT count(*)"}},
+                 {"redis": alt["ratio_spread"], "sqlite": None}))
 
 
 # -- full recovery of text values --------------------------------------------------------
@@ -570,4 +775,7 @@ def _full_text(ctx, n):
 if __name__ == "__main__":
     if len(sys.argv) != 4:
         raise SystemExit("usage: python -m inmem.bench.tiers.recovery CASE N DIR")
-    print(json.dumps(child(sys.argv[1], int(sys.argv[2]), sys.argv[3])))
+    if sys.argv[1] == "serve":
+        serve(int(sys.argv[2]), sys.argv[3])
+    else:
+        print(json.dumps(child(sys.argv[1], int(sys.argv[2]), sys.argv[3])))

@@ -160,6 +160,52 @@ def test_a_loop_that_never_idles_gives_the_rebuild_bounded_slices_until_it_compl
     assert share.owed == 0.0
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_writes_during_the_rebuild_leave_the_index_a_fresh_one_builds(stored, seed):
+    # The rebuild reads the tables as they stand and then the journals from
+    # where the tables stood; writes, deletes, new keys, failed transactions
+    # and a deleted run in between must leave what indexing everything anew does.
+    import random
+
+    from inmem.errors import InmemError
+    path, _ = stored
+    engine = recovered_engine(path)
+    rng = random.Random(seed)
+    runs = list(engine.runs)
+    doomed = runs[-1]
+    steps = 0
+    while engine.index_rebuilding():
+        engine.index.catch_up(engine.runs, engine.clock(), 0.0)  # one slice at a time
+        steps += 1
+        live = [r for r in runs if r in engine.runs]
+        run = rng.choice(live)
+        key = f"k{rng.randrange(3200):06d}"
+        kind = rng.randrange(6)
+        if kind == 0:
+            engine.execute("kv.put", (run, key, f"zeppelin {steps} amber"))
+        elif kind == 1:
+            engine.execute("kv.put", (run, key, b"binary"))
+        elif kind == 2:
+            engine.execute("kv.delete", (run, key))
+        elif kind == 3:
+            engine.execute("kv.put", (run, f"new{steps}", "cedar zeppelin"))
+        elif kind == 4:
+            with pytest.raises(InmemError):
+                engine.execute("tx.commit", (run, [], [["kv.put", [run, f"tx{steps}", "amber"]],
+                                                       ["kv.cas", [run, key, 10**6, 0]]]))
+        elif steps == 7 and doomed in engine.runs:
+            engine.execute("run.delete", (doomed,))
+    assert steps > 5
+    engine.index.catch_up(engine.runs, engine.clock())  # the writes after the last slice
+    fresh = search_index.SearchIndex()
+    fresh.catch_up(engine.runs, engine.clock())
+    assert engine.index.docs == fresh.docs
+    assert engine.index.total_len == fresh.total_len
+    assert {t: p for t, p in engine.index.postings.items()} == fresh.postings
+    assert {r: set(d) for r, d in engine.index.by_run.items() if d} == \
+        {r: set(d) for r, d in fresh.by_run.items() if d}
+
+
 # -- an embedded store -------------------------------------------------------------
 
 

@@ -369,3 +369,20 @@ def test_verify_missing_file_and_bad_usage(tmp_path):
     code, text = run_verify(str(tmp_path / "nope.snap"))
     assert code == 2 and "cannot read" in text
     assert sf.verify_main([], out=io.StringIO()) == 2
+
+
+@pytest.mark.parametrize("size", [sf.MAP_MIN_BYTES - 100, sf.MAP_MIN_BYTES + 4096])
+def test_a_file_read_or_mapped_gives_the_same_sections_and_the_same_damage(tmp_path, size):
+    # Files from MAP_MIN_BYTES on are mapped rather than read; both ways agree,
+    # bit flips included.
+    body = os.urandom(size)
+    sections = [(sf.RUNS, msgpack.packb([])), (sf.KV, body)]
+    data = build(sections)
+    path = write_file(tmp_path, data)
+    snap = sf.read_snapshot_file(path)
+    assert snap.crc_ok is True and bytes(snap.sections[sf.KV]) == body
+    assert snap.size == len(data)
+    for offset in (10, 40 + 100, len(data) // 2, len(data) - 2):
+        bad = write_file(tmp_path, flip(data, offset), name=f"bad-{offset}.snap")
+        with pytest.raises(SnapshotCorrupt):
+            sf.read_snapshot_file(bad)
