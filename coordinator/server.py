@@ -158,7 +158,11 @@ class Coordinator:
             self._first_slot.setdefault(shard, slot)
         self.max_message_bytes = spec["max_message_bytes"]
         self.packer = protocol.new_reply_packer()
+        prepare_socket_dir(spec)
         self.supervisor = Supervisor(spec, out=self.out)
+        # The shards first, forked before this process opens a socket or starts a
+        # thread: they recover while the rest of the start-up goes on.
+        self.supervisor.start_all(fork=True)
         self.ctx = zmq.Context(1)
         self._set_up_keys(spec)
         self.poller = zmq.Poller()
@@ -166,7 +170,6 @@ class Coordinator:
         for link in self.links:
             self._connect(link)
         endpoint = spec["client_endpoint"]
-        prepare_socket_dir(spec)
         try:
             front = bind_router(self.ctx, endpoint, self.max_message_bytes, self.server_keys)
         except InmemError as exc:
@@ -182,7 +185,6 @@ class Coordinator:
             self.stream.register(self.poller)
         self.out(f"inmem coordinator pid {os.getpid()} on {endpoint}: "
                  f"{len(self.links)} shards, {spec['durability']}, data in {spec['data_dir']}")
-        self.supervisor.start_all()
 
     def _set_up_keys(self, spec: dict) -> None:
         """Curve for every tcp endpoint: our keypair, each tcp shard's public key, the ZAP handler."""

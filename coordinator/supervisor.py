@@ -15,6 +15,13 @@ off: restart_backoff_ms doubled for each failure in a row, capped at
 restart_backoff_max_ms; a shard that served for a while before dying starts
 again from the base delay.
 
+The first start forks the shards from the coordinator, which imported the
+shard worker first, before it opened any socket or started any thread: a
+shard is then ready to recover at once, where a new interpreter spends most
+of a cluster's start-up importing. Restarts after a death spawn a fresh
+interpreter (`python -m inmem.shard.worker`), as the coordinator is serving
+by then.
+
 Shards run with --watch-parent, so a coordinator that is killed outright
 takes its shards with it (Linux parent-death signal, plus a getppid check),
 and `stop_all` asks every local shard to stop (SIGTERM: flush, final
@@ -24,10 +31,12 @@ snapshot), then kills what is still running when stop_timeout_s runs out.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+import traceback
 
 from inmem.processes import child_env, read_exit_note
 
@@ -78,15 +87,22 @@ class Supervisor:
 
     # -- starting ------------------------------------------------------------------
 
-    def start_all(self) -> None:
+    def start_all(self, fork: bool = False) -> None:
+        """Start every local shard; `fork`: from this process (no socket or thread open yet)."""
+        if fork:
+            from inmem.shard import worker  # once, here, rather than in every shard
         for h in self.handles:
             if not h.remote:
-                self.spawn(h)
+                self.spawn(h, worker if fork else None)
 
-    def spawn(self, h: ShardHandle) -> None:
-        cmd = [sys.executable, "-m", "inmem.shard.worker", "--shard", str(h.id),
-               "--spec", self._spec_json, "--watch-parent"]
-        h.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=self._env, close_fds=True)
+    def spawn(self, h: ShardHandle, worker=None) -> None:
+        if worker is not None:
+            h.proc = ForkedShard.start(worker, json.loads(self._spec_json), h.id)
+        else:
+            cmd = [sys.executable, "-m", "inmem.shard.worker", "--shard", str(h.id),
+                   "--spec", self._spec_json, "--watch-parent"]
+            h.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=self._env,
+                                      close_fds=True)
         h.pid = h.proc.pid
         h.state = RECOVERING
         h.restart_at = None
@@ -160,6 +176,69 @@ class Supervisor:
             h.restart_at = None
 
 
+class ForkedShard:
+    """A shard process forked from the coordinator: what the supervisor uses of a Popen."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    @classmethod
+    def start(cls, worker, spec: dict, shard: int) -> "ForkedShard":
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the shard process; its tests are the cluster's
+            code = 1
+            try:
+                # Nothing of the coordinator's but the log on stdout and stderr.
+                devnull = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(devnull, 0)
+                os.closerange(3, 1 << 16)
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_DFL)
+                code = worker.run_worker(spec, shard, watch_parent=True)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    # Never the coordinator's exit path: no atexit, no finalizers of
+                    # what the fork copied.
+                    os._exit(code)
+        return cls(pid)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: it is gone, its code unknown
+                self.returncode = -1
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"shard pid {self.pid}", timeout)
+            time.sleep(0.005)
+        return self.returncode
+
+    def send_signal(self, sig) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 def _signal(proc, sig) -> None:
     try:
         proc.send_signal(sig)
@@ -172,4 +251,4 @@ def _exit_note(spec: dict, shard: int) -> str | None:
     return None if note is None else f"{note.get('error')}: {note.get('message')}"
 
 
-__all__ = ["Supervisor", "ShardHandle", "RECOVERING", "READY", "DOWN"]
+__all__ = ["Supervisor", "ShardHandle", "ForkedShard", "RECOVERING", "READY", "DOWN"]

@@ -57,7 +57,9 @@ client connects by host and port.
   `Cluster.__enter__` to a connected client of a ready cluster (both shards
   recovered, in parallel). Peer: redis-server (appendonly, everysec) with the
   same keys, killed with SIGKILL and restarted: spawn to the first PING
-  answered after its load.
+  answered after its load. Both are killed and restarted in alternating
+  rounds (`cluster_rounds`) on the data they hold, with the spread of the
+  per-round ratios.
 
 Client processes (`bench.clients`) are spawned once per group and keep
 their connections across rounds.
@@ -68,6 +70,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import statistics
 import time
 
 import inmem
@@ -648,6 +651,7 @@ def _multi_agent(ctx, per_client):
 
 
 def _recovery(ctx, keys_total):
+    from .recovery import alternate
     keys = make_keys(keys_total)
     value = make_value(VALUE_BYTES)
     data_dir = os.path.join(ctx.scratch("cluster-recovery"), "data")
@@ -667,30 +671,84 @@ def _recovery(ctx, keys_total):
         db.close()
         first.db = None
         cluster.kill()  # SIGKILL to the coordinator and both shards
-    again = RunningCluster(ctx, shards=2, durability="buffered", data_dir=data_dir)
-    with again as (_c, db):
-        ms = again.start_ms
-        probe = db.kv.get(runs[(len(keys) - 1) % 16], keys[-1])
-        try:
-            report = [{"shard": r.shard, "seconds": r.seconds,
-                       "records_replayed": r.records_replayed,
-                       "started_at": r.started_at, "finished_at": r.finished_at,
-                       "snapshot_used": bool(r.snapshot_used)} for r in db.recovery_report()]
-        except Exception as exc:  # the report is context; the timing stands without it
-            report = f"unavailable: {type(exc).__name__}: {exc}"
-    if probe != value:
-        raise RuntimeError("the restarted cluster lost the last key written")
-    details: dict = {}
-    peers = {"redis": peer_value(lambda: _redis_restart(ctx, keys, value), details, "redis")}
-    ctx.add(make_row("cluster.recovery", TIER, "buffered", "ms", value=ms, n=len(keys),
-                     peers=peers,
-                     extra={"shards": 2, "keys_per_shard": split, "recovery_report": report,
-                            "peer_detail": details,
+    last_probe = (runs[(len(keys) - 1) % 16], keys[-1])
+
+    def ours(_r):
+        again = RunningCluster(ctx, shards=2, durability="buffered", data_dir=data_dir)
+        with again as (c, db):
+            ms = again.start_ms
+            probe = db.kv.get(*last_probe)
+            try:
+                report = [{"shard": r.shard, "seconds": r.seconds,
+                           "records_replayed": r.records_replayed,
+                           "started_at": r.started_at, "finished_at": r.finished_at,
+                           "snapshot_used": bool(r.snapshot_used)}
+                          for r in db.recovery_report()]
+            except Exception as exc:  # the report is context; the timing stands without it
+                report = f"unavailable: {type(exc).__name__}: {exc}"
+            db.close()
+            again.db = None
+            c.kill()  # a crash again: every round restarts from the same kind of state
+        if probe != value:
+            raise RuntimeError("the restarted cluster lost the last key written")
+        return ms, {"recovery_report": report}
+
+    redis = _RedisRestart(ctx, keys, value)
+    try:
+        alt = alternate(ctx, "cluster recovery", ctx.sizes["cluster_rounds"], ours,
+                        lambda _r: redis.restart())
+    finally:
+        redis.close()
+    peer = alt["peer_skipped"] or (statistics.median(alt["peer"]) if alt["peer"] else None)
+    ctx.add(make_row("cluster.recovery", TIER, "buffered", "ms",
+                     value=statistics.median(alt["ours"]), n=len(keys), peers={"redis": peer},
+                     ratio_spread={"redis": alt["ratio_spread"]},
+                     extra={"shards": 2, "keys_per_shard": split,
+                            "recovery_report": alt["ours_detail"][-1]["recovery_report"],
+                            "rounds": {"ours_ms": alt["ours"], "peer_ms": alt["peer"],
+                                       "order": alt["order"],
+                                       "peer_detail": alt["peer_detail"]},
                             "peer_config": {"redis": "appendonly yes, appendfsync everysec, the "
                                                      "same keys; SIGKILL, then restart: spawn "
                                                      "to the first PING after the load"},
                             "note": "SIGKILL of the whole cluster, then Cluster.__enter__ to a "
-                                    "connected client of the ready cluster"}))
+                                    "connected client of the ready cluster; each round "
+                                    "restarts from a SIGKILL of the one before"}))
+
+
+class _RedisRestart:
+    """redis-server (appendonly, everysec) with the keys, killed and restarted once per round."""
+
+    def __init__(self, ctx, keys, value):
+        self.ctx, self.keys = ctx, keys
+        self.server = None
+        self.error: Exception | None = None
+        try:
+            self.server = ctx.peers.redis("buffered")
+            client = self.server.client
+            for lo in range(0, len(keys), BATCH):
+                pipe = client.pipeline(transaction=False)
+                for k in keys[lo:lo + BATCH]:
+                    pipe.set(k, value)
+                pipe.execute()
+            time.sleep(1.0)  # everysec: the last second reaches the disk
+        except Exception as exc:  # reported as the peer's skip reason by the rounds
+            self.error = exc
+
+    def restart(self):
+        if self.error is not None:
+            raise self.error
+        timing = self.server.restart(kill=True)
+        loaded = self.server.client.dbsize()
+        if loaded != len(self.keys):
+            raise RuntimeError(f"redis loaded {loaded} keys after the restart, expected "
+                               f"{len(self.keys)}")
+        return timing["wall_ms"], {**timing, "keys": loaded}
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.ctx.peers.release(self.server)
+            self.server = None
 
 
 def _even_run_ids(db, count: int, prefix: str) -> list[str]:
@@ -711,21 +769,3 @@ def _even_run_ids(db, count: int, prefix: str) -> list[str]:
     return [rid for pair in zip(by_shard[0], by_shard[1]) for rid in pair]
 
 
-def _redis_restart(ctx, keys, value):
-    server = ctx.peers.redis("buffered")
-    try:
-        client = server.client
-        for lo in range(0, len(keys), BATCH):
-            pipe = client.pipeline(transaction=False)
-            for k in keys[lo:lo + BATCH]:
-                pipe.set(k, value)
-            pipe.execute()
-        time.sleep(1.0)  # everysec: the last second reaches the disk
-        timing = server.restart(kill=True)
-        loaded = server.client.dbsize()
-        if loaded != len(keys):
-            raise RuntimeError(f"redis loaded {loaded} keys after the restart, expected "
-                               f"{len(keys)}")
-        return timing["wall_ms"], {**timing, "keys": loaded}
-    finally:
-        ctx.peers.release(server)

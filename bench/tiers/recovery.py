@@ -283,7 +283,7 @@ def _child_open(path) -> dict:
         db.close()
 
 
-def _alternate(ctx, label: str, rounds: int, ours, peer) -> dict:
+def alternate(ctx, label: str, rounds: int, ours, peer) -> dict:
     """Our side and the peer's in turn, `rounds` times, each round led by the other side.
 
     `ours(r)` and `peer(r)` return (ms, detail). A peer that fails is skipped
@@ -400,10 +400,10 @@ def _snapshot_rows(ctx, keys, value, rounds):
                 fork_ms, fork_detail = redis_save("fork")
                 return save_ms, {**save_detail, "fork_ms": fork_ms, **fork_detail}
 
-            writes = _alternate(ctx, "snapshot write", rounds, ours_write, redis_write)
+            writes = alternate(ctx, "snapshot write", rounds, ours_write, redis_write)
         finally:
             closed = served.close() or {}
-        loads = _alternate(ctx, "snapshot load", rounds,
+        loads = alternate(ctx, "snapshot load", rounds,
                            lambda _r: _open_round(path, n), lambda _r: redis_save("load"))
     finally:
         redis_save("close")
@@ -586,7 +586,7 @@ def _wal_replay(ctx, records, value, rounds):
     try:
         built = run_child("wal", records, path)
         redis.prepare()
-        alt = _alternate(ctx, "wal replay", rounds, lambda _r: _open_round(path, records),
+        alt = alternate(ctx, "wal replay", rounds, lambda _r: _open_round(path, records),
                          lambda _r: redis.restart())
     finally:
         redis.close()
@@ -673,7 +673,7 @@ def _full(ctx, keys, value, rounds):
         tail = run_child("build-full", n, path)["tail"]
         redis = _RedisAof(ctx, keys, value, preamble=True, tail=tail)
         redis.prepare()
-        alt = _alternate(ctx, "full recovery", rounds, lambda _r: _open_round(path, n),
+        alt = alternate(ctx, "full recovery", rounds, lambda _r: _open_round(path, n),
                          lambda _r: redis.restart())
     finally:
         if redis is not None:
