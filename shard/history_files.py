@@ -45,6 +45,7 @@ place in memory named its source any more.
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import sys
@@ -448,19 +449,27 @@ def record_places(wal: str, start_lsn: int, sizes: list) -> list | None:
             continue  # ends before the records wanted
         if out and first != lsn:
             return None
+        # Only the headers are read: mapped, the payloads between them are never touched.
         with open(path, "rb", buffering=0) as f:
-            data = f.readall()
-        lsn, offset, end = first, 0, len(data)
-        while offset + HEADER_SIZE <= end and len(out) < want:
-            length, rtype, version = _unpack_header(data, offset)
-            if rtype == 0:
-                break
-            if lsn >= start_lsn:
-                if length != sizes[len(out)]:
-                    return None
-                out.append((first, offset))
-            offset += HEADER_SIZE + length + CRC.size
-            lsn += 1
+            size = os.fstat(f.fileno()).st_size
+            lsn = first
+            if not size:
+                continue
+            data = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ)
+        try:
+            offset, end = 0, size
+            while offset + HEADER_SIZE <= end and len(out) < want:
+                length, rtype, version = _unpack_header(data, offset)
+                if rtype == 0:
+                    break
+                if lsn >= start_lsn:
+                    if length != sizes[len(out)]:
+                        return None
+                    out.append((first, offset))
+                offset += HEADER_SIZE + length + CRC.size
+                lsn += 1
+        finally:
+            data.close()
         if len(out) == want:
             return out
     return None
