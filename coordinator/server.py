@@ -159,12 +159,22 @@ class Coordinator:
         self.max_message_bytes = spec["max_message_bytes"]
         self.packer = protocol.new_reply_packer()
         prepare_socket_dir(spec)
+        self._load_keys(spec)
         self.supervisor = Supervisor(spec, out=self.out)
         # The shards first, forked before this process opens a socket or starts a
         # thread: they recover while the rest of the start-up goes on.
         self.supervisor.start_all(fork=True)
+        try:
+            self._start_serving(spec)
+        except BaseException:
+            # They have served nothing: no need to wait for a clean stop (a shard
+            # killed mid-recovery recovers the same files next time).
+            self.supervisor.kill_all()
+            raise
+
+    def _start_serving(self, spec: dict) -> None:
         self.ctx = zmq.Context(1)
-        self._set_up_keys(spec)
+        self._start_keys(spec)
         self.poller = zmq.Poller()
         self.links = [ShardLink(h) for h in self.supervisor.handles]
         for link in self.links:
@@ -186,8 +196,12 @@ class Coordinator:
         self.out(f"inmem coordinator pid {os.getpid()} on {endpoint}: "
                  f"{len(self.links)} shards, {spec['durability']}, data in {spec['data_dir']}")
 
-    def _set_up_keys(self, spec: dict) -> None:
-        """Curve for every tcp endpoint: our keypair, each tcp shard's public key, the ZAP handler."""
+    def _load_keys(self, spec: dict) -> None:
+        """Curve for every tcp endpoint: our keypair and each tcp shard's public key, read.
+
+        Only files are read here (a missing one is a ConfigError before any
+        shard starts); the ZAP handler starts in `_start_keys`.
+        """
         self.server_keys = None
         self.shard_keys: dict = {}  # shard id -> its public key, for shards on tcp
         tcp = tcp_endpoints(spec)
@@ -203,10 +217,15 @@ class Coordinator:
                     self.shard_keys[s["id"]] = public_key(spec["keys"], shard_name(s["id"]))
         except KeyFileError as exc:
             raise ConfigError(str(exc)) from None
+
+    def _start_keys(self, spec: dict) -> None:
+        """The ZAP handler for a tcp client endpoint (a thread: after the shards are forked)."""
+        if self.server_keys is None:
+            return
         if is_tcp(spec["client_endpoint"]):
             self.server_keys.start(self.ctx)
-        self.out(f"Curve on {', '.join(tcp)}: peers admitted from {spec['keys']} "
-                 f"({len(self.server_keys.admitted)} keys)")
+        self.out(f"Curve on {', '.join(tcp_endpoints(spec))}: peers admitted from "
+                 f"{spec['keys']} ({len(self.server_keys.admitted)} keys)")
 
     def _connect(self, link: ShardLink) -> None:
         if link.sock is not None:

@@ -150,6 +150,19 @@ class Supervisor:
 
     # -- stopping ------------------------------------------------------------------
 
+    def kill_all(self) -> None:
+        """SIGKILL every local shard and reap it (a start that failed after they started)."""
+        for h in self.handles:
+            if h.proc is not None:
+                _signal(h.proc, signal.SIGKILL)
+                try:
+                    h.last_exit = h.proc.wait(10)
+                except subprocess.TimeoutExpired:  # pragma: no cover - unkillable process
+                    pass
+                h.proc = None
+            if not h.remote:
+                h.state = DOWN
+
     def stop_all(self) -> None:
         """SIGTERM every local shard, wait for clean exits, kill the rest."""
         procs = [h.proc for h in self.handles if h.proc is not None]
