@@ -89,11 +89,12 @@ class Supervisor:
 
     def start_all(self, fork: bool = False) -> None:
         """Start every local shard; `fork`: from this process (no socket or thread open yet)."""
-        if fork:
+        local = [h for h in self.handles if not h.remote]
+        worker = None
+        if fork and local:
             from inmem.shard import worker  # once, here, rather than in every shard
-        for h in self.handles:
-            if not h.remote:
-                self.spawn(h, worker if fork else None)
+        for h in local:
+            self.spawn(h, worker)
 
     def spawn(self, h: ShardHandle, worker=None) -> None:
         if worker is not None:
