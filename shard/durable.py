@@ -279,9 +279,13 @@ class DurableStore:
 
     def wal_bytes(self) -> int:
         total = 0
-        for entry in os.scandir(wal_dir(self.path)):
-            if entry.name.endswith(".wal"):
-                total += entry.stat().st_size
+        with os.scandir(wal_dir(self.path)) as entries:
+            for entry in entries:
+                if entry.name.endswith(".wal"):
+                    try:
+                        total += entry.stat().st_size
+                    except FileNotFoundError:
+                        pass  # retention deleted it meanwhile (a snapshot finished)
         return total
 
     # -- history compaction ----------------------------------------------------------

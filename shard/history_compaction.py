@@ -69,7 +69,7 @@ from inmem.wal.segment import list_segments
 from .effects import payload_of_batches, record_batches
 
 from .history_files import (COMPACTED_SUFFIX, MOVED_SUFFIX, OFFSET_BITS, OFFSET_MASK, TMP_SUFFIX,
-                            _is_history_file)
+                            is_history_file)
 
 log = logging.getLogger("inmem.shard")
 
@@ -164,7 +164,7 @@ class Compactor:
         in_wal = {os.path.basename(p) for _, p in list_segments(files.wal)}
         candidates: dict = {}
         for name in self._measured[1]:
-            if (not _is_history_file(name) or name in in_wal or name in files.busy
+            if (not is_history_file(name) or name in in_wal or name in files.busy
                     or name in self._failed):
                 continue
             no = files._no_of.get(name)

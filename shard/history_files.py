@@ -86,7 +86,7 @@ _MOVED_CRC = struct.Struct("<I")
 _LITTLE = sys.byteorder == "little"
 
 
-def _is_history_file(name: str) -> bool:
+def is_history_file(name: str) -> bool:
     return parse_segment_name(name) is not None or name.endswith(COMPACTED_SUFFIX)
 
 
@@ -281,7 +281,7 @@ class HistoryFiles:
                         doomed.append((None, entry.path))
                         del self.moved_done[name]
                     continue
-                if not _is_history_file(name):
+                if not is_history_file(name):
                     continue
                 no = self._no_of.get(name)
                 if no is None or not self.live[no]:
@@ -399,8 +399,11 @@ class HistoryFiles:
         total = 0
         with os.scandir(self.dir) as entries:
             for entry in entries:
-                if entry.is_file():
-                    total += entry.stat().st_size
+                try:
+                    if entry.is_file():
+                        total += entry.stat().st_size
+                except FileNotFoundError:
+                    pass  # removed meanwhile by retention or compaction
         return total
 
     def _close(self, no: int) -> None:

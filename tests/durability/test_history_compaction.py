@@ -334,3 +334,42 @@ def test_replay_matches_a_model_through_deletions_compactions_and_reopens(tmp_pa
             assert got == expected, rid
     finally:
         db.close()
+
+
+def test_info_survives_a_wal_segment_deleted_while_it_is_counted(tmp_path, monkeypatch):
+    """info() sums the WAL's segment sizes while retention may delete one: not an error."""
+    db = inmem.open(tmp_path / "db", "buffered", **MANUAL)
+    try:
+        run = db.begin_run(run_id="r")
+        for i in range(200):
+            db.kv.put(run, f"k{i}", "x" * 50)
+        db.snapshot()
+        real_scandir = os.scandir
+
+        class Vanishing:
+            """os.scandir whose entries' files are gone by the time they are stat()ed."""
+
+            def __init__(self, path):
+                self.inner = real_scandir(path)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.inner.close()
+
+            def __iter__(self):
+                for entry in self.inner:
+                    yield type("Gone", (), {"name": entry.name, "path": entry.path,
+                                            "is_file": lambda self: True,
+                                            "stat": _gone})()
+
+        def _gone(self):
+            raise FileNotFoundError(2, "deleted by retention", self.path)
+
+        monkeypatch.setattr(os, "scandir", Vanishing)
+        shard = db.info()["shards"][0]
+        assert shard["wal_bytes"] == 0
+    finally:
+        monkeypatch.undo()
+        db.close()
