@@ -42,7 +42,7 @@ PEERS = ("sqlite", "inmemory")
 ROWS = ("langgraph.checkpoint.put.embedded", "langgraph.checkpoint.put.cluster",
         "langgraph.checkpoint.get_tuple.embedded", "langgraph.checkpoint.get_tuple.cluster")
 TARGET = target(">= 2x the SQLite saver and within 1.5x of the in-memory saver",
-                "issue 14", min_ratio={"sqlite": 2.0, "inmemory": 1 / 1.5})
+                "goal: LangGraph savers", min_ratio={"sqlite": 2.0, "inmemory": 1 / 1.5})
 MESSAGE = "lorem ipsum dolor sit amet " * 4
 
 
