@@ -14,6 +14,8 @@ import tracemalloc
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import inmem
 from inmem import protocol
@@ -251,3 +253,34 @@ def test_odd_transaction_arguments_go_to_the_engine_as_they_are(args):
 def test_a_malformed_transaction_write_too_deep_to_show_is_an_invalid_value():
     with pytest.raises(inmem.InvalidValue, match="malformed transaction write"):
         protocol.op_body("tx.commit", ("r", [], [_deep(1000)]))
+
+
+def _empties_cost(value) -> int:
+    if type(value) is list:
+        return (protocol.EMPTY_LIST_BYTES if not value else 0) + sum(map(_empties_cost, value))
+    if type(value) is dict:
+        return (protocol.EMPTY_MAP_BYTES if not value else 0) + sum(
+            map(_empties_cost, value.values()))
+    return 0
+
+
+_values = st.recursive(
+    st.none() | st.integers(-2**63, 2**63 - 1) | st.text(max_size=20) | st.binary(max_size=40),
+    lambda inner: st.lists(inner, max_size=40) | st.dictionaries(st.text(max_size=5), inner,
+                                                                 max_size=20),
+    max_leaves=200)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_values)
+def test_the_empties_bound_never_under_counts(value):
+    body = msgpack.packb(value, use_bin_type=True)
+    assert protocol._empties_bound(body) >= _empties_cost(value)
+
+
+def test_the_empties_bound_counts_every_encoding_of_an_empty():
+    lists = b"\x90" + b"\xdc\x00\x00" + b"\xdd\x00\x00\x00\x00"
+    maps = b"\x80" + b"\xde\x00\x00" + b"\xdf\x00\x00\x00\x00"
+    assert protocol._empties_bound(b"\x93" + lists) == 3 * protocol.EMPTY_LIST_BYTES
+    assert protocol._empties_bound(b"\x93" + maps) == 3 * protocol.EMPTY_MAP_BYTES
+    assert protocol._empties_bound(msgpack.packb("no empties here")) == 0
