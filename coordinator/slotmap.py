@@ -22,7 +22,7 @@ import json
 import os
 
 from inmem.errors import CorruptionError
-from inmem.files import fsync_dir, open_private
+from inmem.files import replace_durably
 from inmem.protocol import SLOT_COUNT
 
 FILE_NAME = "slotmap.json"
@@ -92,19 +92,8 @@ class SlotMap:
         return None if m is None else m.shard_count
 
     def save(self, data_dir: str) -> None:
-        path = self.path(data_dir)
-        tmp = path + ".tmp"
-        data = json.dumps(self.to_json(), indent=1).encode("utf-8")
-        fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        fsync_dir(data_dir)
+        replace_durably(self.path(data_dir),
+                        json.dumps(self.to_json(), indent=1).encode("utf-8"))
 
     @classmethod
     def load_or_create(cls, data_dir: str, shard_count: int, count_is_auto: bool) -> "SlotMap":

@@ -118,6 +118,26 @@ def private_opener(path, flags: int) -> int:
     return open_private(path, flags)
 
 
+def replace_durably(path: str, data, tmp_suffix: str = ".tmp") -> None:
+    """Make `data` the file at `path`, all or nothing across a crash; owner-only.
+
+    Written under a temporary name beside it and fsynced, renamed over
+    `path`, then the directory fsynced: a crash leaves the old file or the
+    new one, never a mix (at worst a stray temporary file).
+    """
+    tmp = path + tmp_suffix
+    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path) or ".")
+
+
 # -- the lock -----------------------------------------------------------------------
 
 def try_lock(path) -> int | None:

@@ -57,7 +57,7 @@ import msgpack
 from inmem.checksum import crc32c
 
 from inmem.errors import CorruptionError
-from inmem.files import fsync_dir, make_dirs, open_private
+from inmem.files import fsync_dir, make_dirs, replace_durably
 from inmem.wal.failpoints import failpoint, register
 from inmem.wal.record import CRC, FORMAT_VERSION, HEADER, HEADER_SIZE, PREFIX_CRC, RECORD_BYTES_MAX
 from inmem.wal.segment import list_segments, parse_segment_name, segment_name
@@ -122,13 +122,8 @@ class HistoryFiles:
     # -- the file table ------------------------------------------------------------
 
     def file_no(self, segment_first: int) -> int:
-        name = segment_name(segment_first)
-        no = self._no_of.get(name)
-        if no is None:
-            no = self._no_of[name] = len(self.names)
-            self.names.append(name)
-            self.live.append(0)
-        return no
+        """The file number of the WAL segment starting at `segment_first`."""
+        return self.number(segment_name(segment_first))
 
     def number(self, name: str) -> int:
         """The file number of `name` (a new one if the table does not have it yet)."""
@@ -203,7 +198,8 @@ class HistoryFiles:
         head, body, _length = self._fetch(place)
         return head + body
 
-    def _fetch(self, place: int):
+    def _header(self, place: int):
+        """(fd, file number, offset, header bytes) of the record at `place`."""
         file_no, offset = place >> OFFSET_BITS, place & OFFSET_MASK
         fd = self._fds.get(file_no)
         if fd is None:
@@ -211,6 +207,10 @@ class HistoryFiles:
         head = os.pread(fd, HEADER_SIZE, offset)
         if len(head) < HEADER_SIZE:
             self._bad(file_no, offset, "the record's header runs past the end of the file")
+        return fd, file_no, offset, head
+
+    def _fetch(self, place: int):
+        fd, file_no, offset, head = self._header(place)
         length, rtype, version = _unpack_header(head)
         if version != FORMAT_VERSION or not 0 < rtype < 256 or length > RECORD_BYTES_MAX:
             self._bad(file_no, offset, f"no record header here (type {rtype}, version {version}, "
@@ -224,13 +224,7 @@ class HistoryFiles:
 
     def record_size(self, place: int) -> int:
         """The bytes the record at `place` takes in its file (header and crc included)."""
-        file_no, offset = place >> OFFSET_BITS, place & OFFSET_MASK
-        fd = self._fds.get(file_no)
-        if fd is None:
-            fd = self._fds[file_no] = self._open(file_no)
-        head = os.pread(fd, HEADER_SIZE, offset)
-        if len(head) < HEADER_SIZE:
-            self._bad(file_no, offset, "the record's header runs past the end of the file")
+        head = self._header(place)[3]
         return HEADER_SIZE + _unpack_header(head)[0] + CRC.size
 
     def _bad(self, file_no: int, offset: int, why: str):
@@ -316,20 +310,9 @@ class HistoryFiles:
         body = _MOVED_MAGIC + msgpack.packb([source, target, _le(old), _le(new)],
                                             use_bin_type=True)
         data = body + _MOVED_CRC.pack(crc32c(body))
-        path = os.path.join(self.dir, name)
-        tmp = path + TMP_SUFFIX
         self.busy.add(name)
         try:
-            fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            fsync_dir(self.dir)
+            replace_durably(os.path.join(self.dir, name), data, TMP_SUFFIX)
         finally:
             self.busy.discard(name)
         return name
