@@ -307,7 +307,7 @@ class HistoryFiles:
         Durable when this returns (file and directory fsynced); returns its name.
         """
         name = source + MOVED_SUFFIX
-        body = _MOVED_MAGIC + msgpack.packb([source, target, _le(old), _le(new)],
+        body = _MOVED_MAGIC + msgpack.packb([source, target, i64_to_le(old), i64_to_le(new)],
                                             use_bin_type=True)
         data = body + _MOVED_CRC.pack(crc32c(body))
         self.busy.add(name)
@@ -332,7 +332,7 @@ class HistoryFiles:
                         or _MOVED_CRC.unpack(tail)[0] != crc32c(body)):
                     raise ValueError("bad magic or crc32c")
                 source, target, old, new = msgpack.unpackb(body[len(_MOVED_MAGIC):], raw=False)
-                old, new = _from_le(old), _from_le(new)
+                old, new = i64_from_le(old), i64_from_le(new)
                 if len(old) != len(new) or os.path.basename(path) != source + MOVED_SUFFIX:
                     raise ValueError("its offsets or its name do not add up")
             except (ValueError, TypeError, msgpack.UnpackException) as exc:
@@ -400,7 +400,8 @@ class HistoryFiles:
             self._close(no)
 
 
-def _le(a: array) -> bytes:
+def i64_to_le(a: array) -> bytes:
+    """An array of int64 as little-endian bytes, on any host (the on-disk order)."""
     if _LITTLE:
         return a.tobytes()
     b = array(a.typecode, a)
@@ -408,7 +409,8 @@ def _le(a: array) -> bytes:
     return b.tobytes()
 
 
-def _from_le(data) -> array:
+def i64_from_le(data) -> array:
+    """The array of int64 that `i64_to_le` wrote."""
     a = array("q")
     a.frombytes(data)
     if not _LITTLE:

@@ -38,13 +38,13 @@ from inmem.recovery import snapshot_format as fmt
 
 from .effects import (APPLY, CODE, KV_DEL, KV_PUT, RUN_CREATE, apply_kv_many,
                       load_entries, load_events, load_traces)
+from .history_files import i64_from_le, i64_to_le
 from .runs import RunData
 
 CODEC_VERSION = 2
 _READS = (1, 2)
 
 _ORDER = (fmt.RUNS, fmt.KV, fmt.EVENTS, fmt.STATE, fmt.TRACES, fmt.JSON)
-_LITTLE = sys.byteorder == "little"
 
 
 class Snapshottable(Protocol):
@@ -73,8 +73,8 @@ def dump(engine: Snapshottable) -> tuple[dict, list]:
             events.append((run_id, r.events))
         if r.traces:
             traces.append((run_id, list(r.traces.values())))
-        journal.append((run_id, len(h), h.disk, _i64_bytes(h.ext_pos), _i64_bytes(h.ext_loc),
-                        _i64_bytes(h.ext_skip), sorted((h.mem or {}).items()),
+        journal.append((run_id, len(h), h.disk, i64_to_le(h.ext_pos), i64_to_le(h.ext_loc),
+                        i64_to_le(h.ext_skip), sorted((h.mem or {}).items()),
                         h.effects(h.disk, len(h))))
     files = engine.history_files
     names = [] if files is None else list(files.names)
@@ -123,7 +123,7 @@ def load(engine: Snapshottable, sections: dict) -> None:
         files.adopt(list(names))
     for run_id, length, base, pos, loc, skip, mem, held in journals:
         h = runs[run_id].journal
-        h.ext_pos, h.ext_loc, h.ext_skip = _i64(pos), _i64(loc), _i64(skip)
+        h.ext_pos, h.ext_loc, h.ext_skip = i64_from_le(pos), i64_from_le(loc), i64_from_le(skip)
         if not len(h.ext_pos) == len(h.ext_loc) == len(h.ext_skip) or base + len(held) != length:
             raise ValueError(f"the history index of run {run_id!r} does not add up")
         h.mem = {start: list(effs) for start, effs in mem} or None
@@ -136,22 +136,6 @@ def load(engine: Snapshottable, sections: dict) -> None:
                     live[place >> 40] += 1
         elif any(place >= 0 for place in h.ext_loc):
             raise ValueError("this snapshot's history is on disk, and the engine has no files")
-
-
-def _i64_bytes(a: array) -> bytes:
-    if _LITTLE:
-        return a.tobytes()
-    b = array(a.typecode, a)
-    b.byteswap()
-    return b.tobytes()
-
-
-def _i64(data) -> array:
-    a = array("q")
-    a.frombytes(data)
-    if not _LITTLE:
-        a.byteswap()
-    return a
 
 
 # -- codec version 1 -------------------------------------------------------------------

@@ -77,3 +77,16 @@ def open_cluster_db(clock=None, max_value_bytes=None, direct=True, stream=True,
     if clock is not None:
         db = Database(ClockedBackend(backend, clock))
     return db
+
+
+def cluster_data_dir(tmp_path, shards: int):
+    """A new cluster data directory whose slot map spreads the slots over `shards` shards.
+
+    Shard directories can then be filled in-process before a cluster starts on it.
+    """
+    from inmem.coordinator.slotmap import SlotMap
+    data = tmp_path / "data"
+    data.mkdir()
+    SlotMap.even(shards).save(str(data))
+    return data
+

@@ -16,6 +16,7 @@ import pytest
 import inmem
 
 from .conftest import runs_on_each_shard, wait_for
+from .shared import cluster_data_dir
 
 pytestmark = [pytest.mark.slow]
 
@@ -160,9 +161,7 @@ def _fill_shard_directly(shard_dir, runs, ops):
 @pytest.mark.timeout(120)
 def test_shards_recover_in_parallel(make_cluster, tmp_path):
     from inmem.coordinator.slotmap import SlotMap
-    data = tmp_path / "data"
-    data.mkdir()
-    SlotMap.even(2).save(str(data))
+    data = cluster_data_dir(tmp_path, 2)
     probe = inmem.open(None)
     owners = SlotMap.even(2).owners
     from inmem.protocol import slot_of

@@ -14,6 +14,8 @@ import inmem
 from polling import wait_for
 from text_corpus import answers, assert_same, fill, matching, text_of
 
+from .shared import cluster_data_dir
+
 
 def _runs_per_shard(owners, per_shard: int) -> dict:
     from inmem.protocol import slot_of
@@ -55,7 +57,6 @@ def test_cluster_shards_are_ready_before_their_index(make_cluster, tmp_path):
     db = cluster.connect()
     report = db.recovery_report()
     assert [r.shard for r in report] == [0, 1]
-    assert all(r.index_seconds < 0.05 for r in report)
     first = db.search("cedar grove", limit=20, budget_ms=0)
     assert first.index_complete is False
     assert matching(first, texts, "cedar grove")
@@ -72,10 +73,7 @@ def test_cluster_shards_are_ready_before_their_index(make_cluster, tmp_path):
 def test_the_index_completes_while_clients_never_let_the_shard_idle(make_cluster, tmp_path):
     import threading
 
-    from inmem.coordinator.slotmap import SlotMap
-    data = tmp_path / "data"
-    data.mkdir()
-    SlotMap.even(1).save(str(data))
+    data = cluster_data_dir(tmp_path, 1)
     runs = ["busy-0", "busy-1"]
     n = 12_000
     reference = inmem.open(None)
