@@ -198,7 +198,7 @@ class DurableStore:
             return None
         if self._strict:
             return self._hand_over(log)
-        if len(log) >= self.batch_max:
+        if self.engine.log_writes >= self.batch_max:
             self._hand_over(log)
             if self._owner_flushes:
                 self._flush_at = 0.0  # at the owner's next tick, after its replies
@@ -252,6 +252,8 @@ class DurableStore:
         except InmemError as exc:
             raise DurabilityError(f"could not log a write, the store refuses writes from now "
                                   f"on ({exc}); reopen it to recover from disk") from exc
+        finally:
+            self.engine.log_writes = sum(g[1] for g in log) if log else 0
         return token
 
     def _emit_from_flusher(self) -> None:

@@ -14,11 +14,11 @@ from typing import Callable
 
 import msgpack
 
-from inmem.errors import InvalidKey, InvalidValue, VersionMismatch
+from inmem.errors import InmemError, InvalidKey, InvalidValue, VersionMismatch
 from inmem.types import Versioned
 from inmem.values import KEY_BYTES_MAX, check_key
 
-from .effects import KV_DEL, KV_PUT, put_kv_entry
+from .effects import KV_DEL, KV_PUT, put_kv_entries, put_kv_entry
 from .entries import (DELETED, PLAIN_AT, entry_expires, entry_ts, entry_value, entry_version,
                       live_value, pack_entry)
 from .lifecycle import WRITABLE
@@ -27,6 +27,8 @@ from .runs import RunData
 _unpackb = msgpack.unpackb
 _HEAD_1 = struct.Struct("<QB").pack
 _TS_MAX = 1 << 56
+#: a put series is split into WAL groups of about this many bytes (far below a record's limit)
+_SERIES_GROUP_BYTES = 4 << 20
 
 
 class KVOps:
@@ -70,6 +72,91 @@ class KVOps:
         else:
             self._commit(r, eff)
         return version
+
+    def kv_put_series(self, run: str, calls: list) -> list:
+        """Consecutive `kv.put` calls to one run, as a pipeline of puts sends them.
+
+        `calls` holds each call's arguments ([run, key, value] or [run, key,
+        value, ttl]); the answer holds each call's result in order, its version
+        or the InmemError that refused it. Every call is checked exactly as
+        `kv_put` checks it, and one that is not a plain put (a ttl, an unusual
+        key, a run that does not accept writes) is run by `kv_put` itself. The
+        accepted ones share one reading of the clock and are logged as few WAL
+        groups: a crash keeps all or none of a group, and none of them was
+        acknowledged before its group was durable.
+        """
+        out: list = []
+        r = self.runs.get(run) if type(run) is str else None
+        if r is None or r.status not in WRITABLE or self._undo is not None:
+            return [self._put_call(a) for a in calls]
+        kv = r.kv
+        encode = self._encode
+        now = self.clock()
+        plain_ts = 0 <= now < _TS_MAX
+        head = now << 8
+        effs: list = []
+        places: list = []   # out index of each effect in `effs`
+        pending: dict = {}  # key -> the version `effs` gives it
+        size = 0
+        for args in calls:
+            n = len(args)
+            key = args[1] if n > 1 else None
+            if (not 3 <= n <= 4 or (n == 4 and args[3] is not None) or type(key) is not str
+                    or not key.isascii() or not 0 < len(key) <= KEY_BYTES_MAX):
+                if effs:
+                    self._put_group(r, effs, places, out, head, plain_ts)
+                    effs, places, pending, size = [], [], {}, 0
+                out.append(self._put_call(args))
+                continue
+            try:
+                data = encode(args[2])
+            except InmemError as exc:
+                out.append(exc.with_traceback(None))
+                continue
+            if size + len(data) > _SERIES_GROUP_BYTES and effs:
+                self._put_group(r, effs, places, out, head, plain_ts)
+                effs, places, pending, size = [], [], {}, 0
+            version = pending.get(key)
+            if version is None:
+                old = kv.get(key)
+                version = 0 if old is None else (old[8] if not old[0] & 3 else entry_version(old))
+            version += 1
+            pending[key] = version
+            effs.append((KV_PUT, key, data, version, now, None))
+            places.append(len(out))
+            out.append(version)
+            size += len(data) + len(key) + 32
+        if effs:
+            self._put_group(r, effs, places, out, head, plain_ts)
+        return out
+
+    def _put_call(self, args):
+        """One kv.put by the general path: its version, or the InmemError that refused it."""
+        try:
+            return self.execute("kv.put", args)
+        except InmemError as exc:
+            return exc.with_traceback(None)
+
+    def _put_group(self, r: RunData, effs: list, places: list, out: list, head: int,
+                   plain_ts: bool) -> None:
+        """Log a series' plain puts as one group, then apply them; on refusal, none is applied."""
+        if self.log is not None:
+            try:
+                self._log(r.run_id, effs, r.journal)
+            except InmemError as exc:
+                exc = exc.with_traceback(None)
+                for i in places:
+                    out[i] = exc
+                return
+        if plain_ts:
+            entries = [_HEAD_1(head, eff[3]) + eff[2] if eff[3] < 256
+                       else pack_entry(eff[2], eff[3], eff[4], None) for eff in effs]
+        else:
+            entries = [pack_entry(eff[2], eff[3], eff[4], None) for eff in effs]
+        put_kv_entries(r, [eff[1] for eff in effs], entries)
+        journal = r.journal
+        if len(journal.items) > journal.trim_at:
+            self._trim_history(r)
 
     def kv_put_many(self, run: str, items: list, ttl: float | None = None) -> list[int]:
         """Store several [key, value] pairs of one run together: one group, all or none.

@@ -61,7 +61,7 @@ from inmem.keys import ServerKeys, insecure_warning, is_tcp, shard_name
 from inmem.processes import clear_exit_note, die_with_parent, write_exit_note
 from inmem.protocol import KIND_ADMIN, KIND_BATCH, KIND_OP, slot_of
 from inmem.ops import WRITE_OPS, route_run
-from inmem.shard.engine import Engine
+from inmem.shard.engine import Engine, put_series_end
 from inmem.shard.upkeep import UPKEEP_EVERY_S, IndexShare, index_slice, shard_info, upkeep
 from inmem.stream import stream_path
 from inmem.stream_server import Connection, StreamServer
@@ -331,15 +331,39 @@ class Worker:
             self.protocol_errors += 1
             return protocol.error_body(exc)
         execute = self._execute
-        if self.owners is None:
-            results = [item if type(item) is ProtocolError
-                       else execute(item[0], item[1], refuse_writes) for item in items]
-        else:
-            moved = self._moved_check()
-            results = [item if type(item) is ProtocolError
-                       else moved(item[0], item[1]) or execute(item[0], item[1], refuse_writes)
-                       for item in items]
+        moved = None if self.owners is None else self._moved_check()
+        results: list = []
+        i, n = 0, len(items)
+        while i < n:
+            item = items[i]
+            if type(item) is ProtocolError:
+                results.append(item)
+                i += 1
+                continue
+            op, args = item
+            j = put_series_end(items, i) if refuse_writes is None else i + 1
+            if j > i + 1:
+                # A pipeline's puts to one run: checked one by one, logged together.
+                err = None if moved is None else moved(op, args)
+                if err is not None:
+                    results.extend([err] * (j - i))
+                else:
+                    results.extend(self._put_series(args[0], [items[k][1] for k in range(i, j)]))
+                i = j
+                continue
+            results.append((moved is not None and moved(op, args))
+                           or execute(op, args, refuse_writes))
+            i += 1
         return protocol.pack_reply(self.packer, results, self.max_message_bytes)
+
+    def _put_series(self, run, calls: list) -> list:
+        try:
+            return self.engine.kv_put_series(run, calls)
+        except Exception as exc:
+            # A bug, not bad input the engine already names: keep serving, say what broke.
+            log.error("shard %d: kv.put series failed:\n%s", self.shard, traceback.format_exc())
+            err = InmemError(f"internal error in kv.put: {type(exc).__name__}: {exc}")
+            return [err] * len(calls)
 
     def _moved_check(self):
         """fn(op, args) -> SlotMoved when the op's run lives on another shard, else None.

@@ -129,9 +129,9 @@ def test_a_batch_keeps_good_operations_and_marks_bad_ones_in_place():
     body = msgpack.packb([["kv.get", ["r", "k", None]], ["nope", []], "junk",
                           ["kv.keys", ["r", ""]]])
     items = protocol.decode_batch(body, KNOWN)
-    assert items[0] == ("kv.get", ["r", "k", None])
+    assert items[0] == ["kv.get", ["r", "k", None]]
     assert isinstance(items[1], ProtocolError) and isinstance(items[2], ProtocolError)
-    assert items[3] == ("kv.keys", ["r", ""])
+    assert items[3] == ["kv.keys", ["r", ""]]
     with pytest.raises(ProtocolError):
         protocol.decode_batch(msgpack.packb({"not": "a list"}), KNOWN)
 
