@@ -21,16 +21,14 @@ from .sections import (JSON, KV, Events, Runs, StateCells, Traces, as_tags, asse
 from .values import copy_value
 
 
-_CONTAINERS = (dict, list)
+_CONTAINERS = frozenset((dict, list))
 
 
 def _queue(ops: list, op, args) -> None:
     # Values are captured now: a list or dict the caller changes before
     # execute() must not change what is written.
-    for a in args:
-        if type(a) in _CONTAINERS:
-            args = tuple(copy_value(a) if type(a) in _CONTAINERS else a for a in args)
-            break
+    if not _CONTAINERS.isdisjoint(map(type, args)):
+        args = tuple(copy_value(a) if type(a) in _CONTAINERS else a for a in args)
     ops.append((op, args))
 
 

@@ -22,7 +22,8 @@ from typing import Iterator, NamedTuple
 from .errors import (InmemError, InvalidOption, InvalidURL, ProtocolError, ShardUnavailable,
                      Timeout)
 from .ops import FANOUT_OPS, REPLY_SHAPES, ROUTE_BY_FIRST, VALUE_ARGS, route_run, shape
-from .protocol import SLOT_COUNT, check_values, op_body, pack_checked, slot_of
+from .protocol import _SCALARS, SLOT_COUNT, op_body, pack_checked, slot_of
+from .values import check_value
 
 #: the schemes a coordinator listens on
 URL_SCHEMES = ("ipc", "tcp")
@@ -113,6 +114,11 @@ class SlotMap(NamedTuple):
 # -- pipelines -----------------------------------------------------------------------
 
 
+#: operation -> the positions of its values, for operations routed by their first
+#: argument (their run): what plan_batch's inline path handles
+_ROUTED_BY_FIRST = {op: VALUE_ARGS.get(op, ()) for op in ROUTE_BY_FIRST if op != "tx.commit"}
+
+
 def plan_batch(ops, owners, results: list, later: list,
                chunk_ops: int = BATCH_CHUNK_OPS) -> Iterator[tuple[int, list, list]]:
     """Group `ops` per owning shard: yield (shard, indexes, bodies) as each chunk fills.
@@ -124,15 +130,19 @@ def plan_batch(ops, owners, results: list, later: list,
     """
     groups: dict = {}  # shard -> ([indexes], [bodies]) not yielded yet
     shard_of_run: dict = {}
-    by_first, value_args = ROUTE_BY_FIRST, VALUE_ARGS
+    routed, scalars = _ROUTED_BY_FIRST, _SCALARS
     for i, (op, args) in enumerate(ops):
-        # What route_run and op_body do, inline for the common operation:
-        # this loop runs once per pipelined operation.
-        if op in by_first and args and op != "tx.commit":
+        # What route_run, check_values and op_body do, inline for the common
+        # operations: this loop runs once per pipelined operation.
+        positions = routed.get(op) if type(op) is str else None
+        if positions is not None and args:
             run = args[0]
-            if op in value_args:
+            if positions:
+                n = len(args)
                 try:
-                    check_values(op, args)
+                    for p in positions:
+                        if p < n and type(args[p]) not in scalars:
+                            check_value(args[p])
                 except InmemError as exc:
                     results[i] = bare(exc)
                     continue
@@ -155,10 +165,11 @@ def plan_batch(ops, owners, results: list, later: list,
         g = groups.get(shard)
         if g is None:
             g = groups[shard] = ([], [])
-        g[0].append(i)
+        indexes = g[0]
+        indexes.append(i)
         g[1].append(body)
-        if len(g[0]) >= chunk_ops:
-            yield shard, g[0], g[1]
+        if len(indexes) >= chunk_ops:
+            yield shard, indexes, g[1]
             groups[shard] = ([], [])
     for shard, (indexes, bodies) in groups.items():
         if indexes:

@@ -171,14 +171,6 @@ def put_kv_entry(r, key: str, e: bytes) -> None:
     r.journal.items.append((KV_PUT, key, e))
 
 
-def put_kv_entries(r, keys: list, entries: list) -> None:
-    """put_kv_entry for a series of puts, in order (`shard.kv.KVOps.kv_put_series`)."""
-    kv, append = r.kv, r.journal.items.append
-    for key, e in zip(keys, entries):
-        kv[key] = e
-        append((KV_PUT, key, e))
-
-
 def apply_state(r, eff: tuple) -> None:
     e = entry_of(eff)
     r.state[eff[KEY]] = e

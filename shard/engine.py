@@ -175,7 +175,13 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
         """
         pack = self._pack
         try:
-            data = pack(effs[0]) if len(effs) == 1 else b"".join(map(pack, effs))
+            n = len(effs)
+            if n == 1:
+                data = pack(effs[0])
+            else:
+                # Packed as one list, less the list's header: the effects back to back.
+                data = pack(effs if type(effs) is list else list(effs))
+                data = data[1 if n < 16 else 3 if n < 0x10000 else 5:]
         except (TypeError, ValueError, OverflowError) as exc:
             self._packer.reset()
             raise InvalidValue(f"this write cannot be logged: {exc}") from None

@@ -16,9 +16,9 @@ import msgpack
 
 from inmem.errors import InmemError, InvalidKey, InvalidValue, VersionMismatch
 from inmem.types import Versioned
-from inmem.values import KEY_BYTES_MAX, check_key
+from inmem.values import ALWAYS_VALID_TYPES, KEY_BYTES_MAX, check_key
 
-from .effects import KV_DEL, KV_PUT, put_kv_entries, put_kv_entry
+from .effects import KV_DEL, KV_PUT, apply_kv_many, put_kv_entry
 from .entries import (DELETED, PLAIN_AT, entry_expires, entry_ts, entry_value, entry_version,
                       live_value, pack_entry)
 from .lifecycle import WRITABLE
@@ -90,10 +90,9 @@ class KVOps:
         if r is None or r.status not in WRITABLE or self._undo is not None:
             return [self._put_call(a) for a in calls]
         kv = r.kv
-        encode = self._encode
+        encode, pack = self._encode, self._pack
+        always_valid, max_bytes = ALWAYS_VALID_TYPES, self.max_value_bytes
         now = self.clock()
-        plain_ts = 0 <= now < _TS_MAX
-        head = now << 8
         effs: list = []
         places: list = []   # out index of each effect in `effs`
         pending: dict = {}  # key -> the version `effs` gives it
@@ -104,17 +103,27 @@ class KVOps:
             if (not 3 <= n <= 4 or (n == 4 and args[3] is not None) or type(key) is not str
                     or not key.isascii() or not 0 < len(key) <= KEY_BYTES_MAX):
                 if effs:
-                    self._put_group(r, effs, places, out, head, plain_ts)
+                    self._put_group(r, effs, places, out)
                     effs, places, pending, size = [], [], {}, 0
                 out.append(self._put_call(args))
                 continue
-            try:
-                data = encode(args[2])
-            except InmemError as exc:
-                out.append(exc.with_traceback(None))
-                continue
+            value = args[2]
+            data = None
+            if type(value) in always_valid:
+                try:
+                    data = pack(value)
+                except (TypeError, ValueError, OverflowError):
+                    data = None  # encode() below says why, and resets the packer
+                if data is not None and len(data) > max_bytes:
+                    data = None
+            if data is None:
+                try:
+                    data = encode(value)
+                except InmemError as exc:
+                    out.append(exc.with_traceback(None))
+                    continue
             if size + len(data) > _SERIES_GROUP_BYTES and effs:
-                self._put_group(r, effs, places, out, head, plain_ts)
+                self._put_group(r, effs, places, out)
                 effs, places, pending, size = [], [], {}, 0
             version = pending.get(key)
             if version is None:
@@ -127,7 +136,7 @@ class KVOps:
             out.append(version)
             size += len(data) + len(key) + 32
         if effs:
-            self._put_group(r, effs, places, out, head, plain_ts)
+            self._put_group(r, effs, places, out)
         return out
 
     def _put_call(self, args):
@@ -137,8 +146,7 @@ class KVOps:
         except InmemError as exc:
             return exc.with_traceback(None)
 
-    def _put_group(self, r: RunData, effs: list, places: list, out: list, head: int,
-                   plain_ts: bool) -> None:
+    def _put_group(self, r: RunData, effs: list, places: list, out: list) -> None:
         """Log a series' plain puts as one group, then apply them; on refusal, none is applied."""
         if self.log is not None:
             try:
@@ -148,12 +156,7 @@ class KVOps:
                 for i in places:
                     out[i] = exc
                 return
-        if plain_ts:
-            entries = [_HEAD_1(head, eff[3]) + eff[2] if eff[3] < 256
-                       else pack_entry(eff[2], eff[3], eff[4], None) for eff in effs]
-        else:
-            entries = [pack_entry(eff[2], eff[3], eff[4], None) for eff in effs]
-        put_kv_entries(r, [eff[1] for eff in effs], entries)
+        apply_kv_many(r, effs)
         journal = r.journal
         if len(journal.items) > journal.trim_at:
             self._trim_history(r)
