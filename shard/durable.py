@@ -392,6 +392,10 @@ class DurableStore:
     def _child_main(self, position: int, ready: int) -> None:  # pragma: no cover - child process
         code = 1
         try:
+            if self._lock_fd is not None:
+                # The directory lock is the parent's: were it killed, a new
+                # opener must get the lock while this child still runs.
+                os.close(self._lock_fd)
             gc.disable()
             counts, sections = dump(self.engine)
 
