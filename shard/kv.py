@@ -82,8 +82,8 @@ class KVOps:
         `kv_put` checks it, and one that is not a plain put (a ttl, an unusual
         key, a run that does not accept writes) is run by `kv_put` itself. The
         accepted ones share one reading of the clock and are logged as few WAL
-        groups: a crash keeps all or none of a group, and none of them was
-        acknowledged before its group was durable.
+        groups: a crash keeps all or none of a group, and what survives is
+        still a prefix of the writes in their order.
         """
         out: list = []
         r = self.runs.get(run) if type(run) is str else None
