@@ -163,7 +163,7 @@ class Worker:
         if stream is not None:
             stream.register(poller)
         poll = poller.poll
-        reply_to = self.reply_to
+        reply_all = self.reply_all
         process = self.process
         tick = None if self.store is None else self.store.tick
         next_idle = time.monotonic() + UPKEEP_EVERY_S
@@ -193,8 +193,7 @@ class Worker:
                 if stream is not None:
                     stream.read(events, batch, DRAIN_MAX)
                 if batch:
-                    for reply in process(batch):
-                        reply_to(reply)
+                    reply_all(process(batch))
                     index_share()  # a rebuild's share of a loop that never idles
             elif not timeout and rebuilding():
                 index_slice(self.engine, self.lock)
@@ -213,6 +212,31 @@ class Worker:
             self.sock.send_multipart(reply, zmq.NOBLOCK)
         except zmq.ZMQError:  # the peer is gone; nothing to tell it
             pass
+
+    def reply_all(self, replies: list) -> None:
+        """Send a turn's replies: the ROUTER's one by one, each stream connection's together
+        (one system call for the many requests a connection had in flight)."""
+        if self.stream is None:
+            for reply in replies:
+                self.reply_to(reply)
+            return
+        by_conn: dict = {}
+        for reply in replies:
+            peer = reply[0]
+            if type(peer) is Connection:
+                got = by_conn.get(peer)
+                if got is None:
+                    by_conn[peer] = [reply]
+                else:
+                    got.append(reply)
+            else:
+                self.reply_to(reply)
+        send, send_many = self.stream.send, self.stream.send_many
+        for conn, got in by_conn.items():
+            if len(got) == 1:
+                send(conn, got[0][1], got[0][2])
+            else:
+                send_many(conn, got)
 
     def process(self, batch: list) -> list:
         """Apply a drained batch; return the replies to send once it is as durable as promised.

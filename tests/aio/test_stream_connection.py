@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from inmem.async_client import _Request
-from inmem.async_stream import StreamConnection
+from inmem.async_stream import FLUSH_FRAMES, StreamConnection
 from inmem.stream import frame
 
 
@@ -76,17 +76,23 @@ def test_a_reply_nobody_waits_for_is_dropped_and_the_next_one_still_arrives():
     asyncio.run(main())
 
 
-def test_the_first_frame_of_a_turn_goes_at_once_and_the_rest_in_one_write_each_whole():
+def test_the_first_frame_of_a_turn_goes_at_once_and_the_rest_in_chunks_of_whole_frames():
     async def main():
         loop = asyncio.get_running_loop()
         conn = _conn(loop, [])
-        for n in range(100):
+        chunk = FLUSH_FRAMES
+        total = 2 * chunk + 10
+        for n in range(total):
             assert conn.send(_head(n), b"x" * n)
-        assert conn.transport.written == [frame(_head(0), b"")]
+
+        def frames(lo, hi):
+            return b"".join(frame(_head(n), b"x" * n) for n in range(lo, hi))
+        # The first at once; then each full chunk as it fills, while the turn goes on.
+        assert conn.transport.written == [frames(0, 1), frames(1, 1 + chunk),
+                                          frames(1 + chunk, 1 + 2 * chunk)]
         await asyncio.sleep(0)
-        assert conn.transport.written == [frame(_head(0), b""),
-                                          b"".join(frame(_head(n), b"x" * n)
-                                                   for n in range(1, 100))]
+        # The rest at the end of the turn.
+        assert conn.transport.written[3:] == [frames(1 + 2 * chunk, total)]
         # The next turn starts over: its first frame goes at once again.
         assert conn.send(_head(100), b"y")
         assert conn.transport.written[-1] == frame(_head(100), b"y")

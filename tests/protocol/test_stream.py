@@ -76,6 +76,26 @@ def test_requests_sent_back_to_back_are_all_read_and_answered_in_order(server):
     assert [bytes(r[1]) for r in replies] == [b"body-%d" % i for i in range(5)]
 
 
+def test_a_turns_replies_to_one_connection_go_in_one_send_whole_and_in_order(server,
+                                                                             monkeypatch):
+    chan = connect(server)
+    heads = [header(KIND_OP, 1, i) for i in range(50)]
+    for i, head in enumerate(heads):
+        chan.send(head, b"body-%d" % i, time.monotonic() + 5)
+    got: list = []
+    while len(got) < len(heads):
+        got += turn(server)
+    sends = []
+    real = stream_server.send_now
+    monkeypatch.setattr(stream_server, "send_now",
+                        lambda sock, data: sends.append(len(data)) or real(sock, data))
+    server.send_many(got[0][0], [[c, h, b"re-" + bytes(b)] for c, h, b in got])
+    assert len(sends) == 1
+    replies = [chan.recv(time.monotonic() + 5, LIMIT) for _ in heads]
+    assert [r[0] for r in replies] == heads
+    assert [bytes(r[1]) for r in replies] == [b"re-body-%d" % i for i in range(len(heads))]
+
+
 def test_a_message_larger_than_one_read_arrives_whole_both_ways(server):
     chan = connect(server)
     body = os.urandom(3 * READ_BYTES + 17)
