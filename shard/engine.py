@@ -98,6 +98,8 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
         self._pack = self._packer.pack
         self.index = SearchIndex()
         self.ops = self._op_table()
+        #: operations that can answer with their result already packed (`execute_packed`)
+        self.packed_ops = {"kv.get_linked": self.kv_get_linked_packed}
 
     # -- dispatch ------------------------------------------------------------------
 
@@ -109,6 +111,13 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
             raise InmemError(f"unknown operation {op!r}") from None
         try:
             return fn(*args)
+        except TypeError as exc:
+            raise InvalidValue(f"bad arguments for {op}: {exc}") from None
+
+    def execute_packed(self, op: str, args) -> bytes:
+        """`execute` for an operation of `packed_ops`: its result as msgpack bytes (a reply)."""
+        try:
+            return self.packed_ops[op](*args)
         except TypeError as exc:
             raise InvalidValue(f"bad arguments for {op}: {exc}") from None
 

@@ -327,11 +327,11 @@ class Worker:
         return frames[:-1] + [protocol.error_body(InmemError(
             f"internal error in shard {self.shard}: {text}"))]
 
-    def _execute(self, op, args, refuse_writes):
+    def _execute(self, op, args, refuse_writes, execute=None):
         if refuse_writes is not None and op in self.write_ops:
             return refuse_writes
         try:
-            return self.engine.execute(op, args)
+            return (execute or self.engine.execute)(op, args)
         except InmemError as exc:
             return exc
         except Exception as exc:
@@ -345,6 +345,17 @@ class Worker:
         except ProtocolError as exc:
             self.protocol_errors += 1
             return protocol.error_body(exc)
+        engine = self.engine
+        if op in engine.packed_ops:
+            # Its stored values go out as they are stored: nothing decoded to be packed again.
+            result = self._execute(op, args, refuse_writes, engine.execute_packed)
+            if type(result) is bytes and len(result) <= self.max_message_bytes:
+                return result
+            if type(result) is bytes:
+                result = ProtocolError(
+                    f"reply of {len(result)} bytes is over max_message_bytes "
+                    f"({self.max_message_bytes}); ask for less at a time")
+            return protocol.pack_reply(self.packer, result, self.max_message_bytes)
         return protocol.pack_reply(self.packer, self._execute(op, args, refuse_writes),
                                    self.max_message_bytes)
 
