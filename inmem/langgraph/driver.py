@@ -80,10 +80,20 @@ async def run_async(db, plan: Plan, offload: bool = True) -> Any:
         if offload:
             return await asyncio.to_thread(run_sync, db, plan)
         return run_sync(db, plan)
+    call = db._backend.call
     try:
         ops = next(plan)
         while True:
-            ops = plan.send(await _execute_async(db, ops))
+            if len(ops) == 1 and ops[0][0] != "search":
+                # The usual batch of one, without a coroutine of its own.
+                op, args = ops[0]
+                try:
+                    results = [await call(op, args)]
+                except InmemError as exc:
+                    results = [exc]
+            else:
+                results = await _execute_async(db, ops)
+            ops = plan.send(results)
     except StopIteration as stop:
         return stop.value
 

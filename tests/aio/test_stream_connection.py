@@ -99,6 +99,38 @@ def test_the_first_frame_of_a_turn_goes_at_once_and_the_rest_in_chunks_of_whole_
     asyncio.run(main())
 
 
+def test_a_reply_lets_the_next_request_go_at_once_and_no_turn_is_spent_on_a_lone_one():
+    async def main():
+        loop = asyncio.get_running_loop()
+        conn = _conn(loop, [])
+        ready = len(loop._ready)
+        assert conn.send(_head(1), b"a")
+        # A lone request schedules nothing: the loop has no extra turn to take for it.
+        assert len(loop._ready) == ready
+        conn.data_received(frame(_head(1), b"reply"))
+        assert conn.send(_head(2), b"b")
+        assert conn.transport.written == [frame(_head(1), b"a"), frame(_head(2), b"b")]
+    asyncio.run(main())
+
+
+def test_a_request_made_while_another_waits_goes_at_the_end_of_its_turn():
+    async def main():
+        loop = asyncio.get_running_loop()
+        conn = _conn(loop, [])
+        assert conn.send(_head(1), b"a")
+        await asyncio.sleep(0)  # a later turn, no reply yet
+        assert conn.send(_head(2), b"b")
+        assert conn.send(_head(3), b"c")
+        assert conn.transport.written == [frame(_head(1), b"a")]
+        await asyncio.sleep(0)
+        assert conn.transport.written == [frame(_head(1), b"a"),
+                                          frame(_head(2), b"b") + frame(_head(3), b"c")]
+        # That flush ended the turn: the next request goes at once.
+        assert conn.send(_head(4), b"d")
+        assert conn.transport.written[-1] == frame(_head(4), b"d")
+    asyncio.run(main())
+
+
 def test_a_write_the_broken_connection_refused_at_once_reports_nothing_sent():
     async def main():
         loop = asyncio.get_running_loop()
