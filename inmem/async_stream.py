@@ -122,7 +122,8 @@ class StreamConnection(asyncio.Protocol):
         transport = self.transport
         if self.lost is not None or transport is None or transport.is_closing():
             return False
-        if self._turn:
+        if self._turn or self._out:
+            # Behind frames still queued too, so a connection's requests go in order.
             out = self._out
             if not self._flush_due:
                 self._flush_due = True

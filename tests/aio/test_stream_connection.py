@@ -131,6 +131,20 @@ def test_a_request_made_while_another_waits_goes_at_the_end_of_its_turn():
     asyncio.run(main())
 
 
+def test_requests_go_in_the_order_they_were_made_even_when_a_reply_comes_between():
+    async def main():
+        loop = asyncio.get_running_loop()
+        conn = _conn(loop, [])
+        assert conn.send(_head(1), b"a")  # at once
+        assert conn.send(_head(2), b"b")  # queued for the end of the turn
+        conn.data_received(frame(_head(1), b"reply"))
+        assert conn.send(_head(3), b"c")  # behind b, not ahead of it
+        await asyncio.sleep(0)
+        assert b"".join(conn.transport.written) == b"".join(
+            frame(_head(n), x) for n, x in ((1, b"a"), (2, b"b"), (3, b"c")))
+    asyncio.run(main())
+
+
 def test_a_write_the_broken_connection_refused_at_once_reports_nothing_sent():
     async def main():
         loop = asyncio.get_running_loop()
