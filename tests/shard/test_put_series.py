@@ -175,3 +175,26 @@ def test_a_series_survives_reopening(tmp_path, durability):
         assert dict(engine.runs["r"].kv) == want
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("durability", ["buffered", "strict"])
+def test_history_of_a_series_replays_the_same_at_every_step_after_reopening(tmp_path,
+                                                                             durability):
+    import inmem
+    path = tmp_path / "db"
+    with inmem.open(path, durability, snapshot_on_close=False) as db:
+        run = db.begin_run(run_id="agent")
+        p = db.pipeline()
+        for i in range(30):
+            p.kv.put(run, f"k{i % 4}", i)
+        p.kv.put(run, "", "refused in place")
+        for i in range(5):
+            p.kv.put(run, f"tail{i}", {"i": i})
+        got = p.execute(raise_on_error=False)
+        assert got[:4] == [1, 1, 1, 1] and isinstance(got[30], inmem.InvalidKey)
+        before = [db.replay_run(run, at=k) for k in range(0, 40)]
+    with inmem.open(path, durability, snapshot_on_close=False) as db:
+        after = [db.replay_run(run, at=k) for k in range(0, 40)]
+        assert db.kv.get(run, "k3") == 27 and db.kv.get(run, "tail4") == {"i": 4}
+    assert [v.kv for v in after] == [v.kv for v in before]
+    assert before[-1].kv["k1"] == 29 and len(before[-1].kv) == 9
