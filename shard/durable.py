@@ -224,7 +224,9 @@ class DurableStore:
         with self.lock:
             self.emit_locked()
         try:
-            self.writer.flush()
+            # Written now, fsynced by the writer's syncer thread: the loop
+            # that called this does not wait for the disk.
+            self.writer.flush_in_background()
         except InmemError as exc:
             raise DurabilityError(f"the WAL flush failed; the store refuses writes from now on "
                                   f"({exc}); it must be recovered from disk") from exc

@@ -10,8 +10,8 @@ shard's endpoint. Binding only after recovery is what makes readiness simple:
 whoever reaches the socket reaches a recovered shard, and the first answer to
 the coordinator's "hello" carries the RecoveryResult.
 
-One thread owns the socket, the engine and the WAL: no background thread
-contends for the GIL. Every operation and every committed transaction is
+One thread owns the socket, the engine and the WAL's writes: no background
+thread contends for the GIL. Every operation and every committed transaction is
 therefore atomic. One poll watches the ROUTER, the stream listener and every
 stream connection. Each turn drains every request waiting on them (up to
 DRAIN_MAX), applies them in arrival order, hands their WAL groups over in one
@@ -19,9 +19,10 @@ durable commit step (`DurableStore.commit_locked`: in strict mode one write and
 one fsync for the whole turn, group commit), and only then sends the replies,
 so nothing is acknowledged before it is as durable as the mode promises. In
 buffered mode the flush is the loop's own: between turns `DurableStore.tick`
-writes and fsyncs what is pending once the interval has passed (or at once
-when a batch is full), and the poll timeout is cut to the time left until
-then. When idle the loop runs the shard's upkeep (index slices, due snapshots);
+writes what is pending once the interval has passed (or at once when a batch
+is full), and the poll timeout is cut to the time left until then; the fsync
+that follows runs on the WAL writer's syncer thread, which only calls fsync
+(without the GIL), so a slow disk never stalls the loop. When idle the loop runs the shard's upkeep (index slices, due snapshots);
 while the search index is rebuilt after recovery (the shard is ready before
 it is), every turn that finds no request waiting runs one bounded slice of it,
 and a turn that served requests gives it its share of the turn's time

@@ -6,7 +6,11 @@ Who writes the buffer to the file, and when an append returns, is the mode:
 - "buffered": a daemon thread writes everything pending with one write and
   one fsync every `flush_interval_ms`, or as soon as `max_pending_writes`
   records are pending (the appender wakes it). A crash loses at most the
-  records of the last interval: that is the mode's promise.
+  records of the last interval: that is the mode's promise. Without that
+  thread (`flusher=False`) the owner flushes: a server loop that must not
+  wait for the disk calls `flush_in_background()`, which writes at once and
+  leaves the fsync to a syncer thread that does nothing else (Redis's
+  everysec does the same with its background fsync).
 - "strict": `append` returns only once its record is written and fsynced.
   Group commit: among threads appending at once, one (the leader) writes and
   fsyncs everything pending; the others wait on a condition until
@@ -132,6 +136,10 @@ class WalWriter:
         self._closed = False
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        # flush_in_background: the newest (dup'ed fd, LSN it makes durable) to
+        # fsync, and the thread that does it (started on first use)
+        self._sync_job: tuple[int, int] | None = None
+        self._syncer: threading.Thread | None = None
 
         # Pending records: a list of (segment first LSN, bytearray) chunks, one
         # per segment they belong in; _cur is the chunk appends go to.
@@ -347,6 +355,102 @@ class WalWriter:
         """Write and fsync everything pending now, in any mode; return the durable LSN."""
         return self.sync()
 
+    def flush_in_background(self) -> None:
+        """Write everything pending now; its fsync follows on the writer's syncer thread.
+
+        For an owner whose loop must not wait for the disk (a buffered shard:
+        its writes are acknowledged before they are durable anyway). When this
+        returns the records are in the file, so a crash of the process loses
+        none of them; the syncer thread, started on first use, only calls
+        fsync (which runs without the GIL) and then advances the durable LSN.
+        A failed fsync fails the writer, as a failed flush does. Calls made
+        while an fsync runs leave one more for it to do, never a queue.
+        """
+        with self._io_lock:
+            with self._lock:
+                if self._error is not None:
+                    raise self._failed_error()
+                if self._fd is None:
+                    raise WalClosed(f"the WAL writer for {self.directory} is closed")
+                chunks = self._chunks
+                target = self._seg_first
+                upto = self._next_lsn
+                pending = self._pending
+                if not chunks and target == self._fd_seg_first:
+                    return
+                self._chunks = []
+                self._cur = None
+                self._pending = 0
+            try:
+                self._write_out(chunks, target, sync=False)
+                fd = os.dup(self._fd) if self._fd_dirty else None
+            except BaseException as exc:
+                with self._cond:
+                    self._chunks[:0] = chunks
+                    self._pending += pending
+                    self._record_failure(exc)
+                    self._cond.notify_all()
+                if isinstance(exc, Exception):
+                    raise self._failed_error() from exc
+                raise
+        with self._cond:
+            if fd is None:  # nothing left unsynced (a roll fsynced what it closed)
+                self._durable_lsn = max(self._durable_lsn, upto)
+                self._cond.notify_all()
+                return
+            # A newer job covers an older one: both are writes to this file, or
+            # the older file was fsynced when the roll closed it.
+            superseded, self._sync_job = self._sync_job, (fd, upto)
+            if self._syncer is None:
+                self._syncer = threading.Thread(target=self._syncer_main, daemon=True,
+                                                name=f"inmem-wal-sync:{self.directory}")
+                self._syncer.start()
+            self._cond.notify_all()
+        if superseded is not None:
+            os.close(superseded[0])
+
+    def _syncer_main(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while self._sync_job is None and not self._stopping:
+                    cond.wait()
+                job, self._sync_job = self._sync_job, None
+            if job is None:
+                return
+            fd, upto = job
+            try:
+                began = time.monotonic()
+                _os_fsync(fd)
+                elapsed_ms = (time.monotonic() - began) * 1000.0
+                failpoint(FP_AFTER_FSYNC)
+            except BaseException as exc:  # reported: the writer refuses everything from now on
+                with cond:
+                    self._record_failure(exc)
+                    cond.notify_all()
+                return
+            finally:
+                os.close(fd)
+            if elapsed_ms > self.fsync_slow_ms:
+                logger.warning("slow WAL fsync: %.1f ms (threshold %s ms) in %s",
+                               elapsed_ms, self.fsync_slow_ms, self.directory)
+            with cond:
+                if upto > self._durable_lsn:
+                    self._durable_lsn = upto
+                cond.notify_all()
+
+    def _stop_syncer(self) -> None:
+        syncer = self._syncer
+        if syncer is None:
+            return
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        syncer.join()
+        job, self._sync_job = self._sync_job, None
+        if job is not None:
+            os.close(job[0])
+
     def _check_usable(self) -> None:
         with self._lock:
             if self._error is not None:
@@ -390,7 +494,7 @@ class WalWriter:
                 self._cond.notify_all()
             return upto
 
-    def _write_out(self, chunks, target: int) -> None:
+    def _write_out(self, chunks, target: int, sync: bool = True) -> None:
         wrote = False
         for seg_first, buf in chunks:
             if seg_first != self._fd_seg_first:
@@ -401,8 +505,9 @@ class WalWriter:
                 wrote = True
         if wrote:
             failpoint(FP_AFTER_WRITE_BEFORE_FSYNC)
-            self._fsync_file()
-            failpoint(FP_AFTER_FSYNC)
+            if sync:
+                self._fsync_file()
+                failpoint(FP_AFTER_FSYNC)
         if target != self._fd_seg_first:
             self._roll_file(target)
 
@@ -606,6 +711,7 @@ class WalWriter:
             self._stopping = True
             self._kick.set()
             thread.join()
+        self._stop_syncer()
         final_error = None
         if self._error is None:
             try:

@@ -13,6 +13,8 @@ import errno
 import msgpack
 import pytest
 
+from polling import wait_for
+
 import inmem
 from inmem import protocol
 from inmem.coordinator import config
@@ -169,8 +171,8 @@ def test_a_buffered_worker_whose_flusher_failed_exits_at_its_next_turn(tmp_path)
         w.store.writer.close()
 
 
-def test_a_buffered_worker_flushes_from_its_own_loop_not_a_thread(tmp_path):
-    """One thread owns socket, engine and WAL: the buffered flush is the loop's tick."""
+def test_a_buffered_worker_writes_from_its_own_loop_and_only_fsyncs_on_a_thread(tmp_path):
+    """The loop owns the WAL's writes (its tick); the writer's syncer thread only fsyncs."""
     import threading
     w = _open_worker(tmp_path, "buffered", flush_interval_ms=50, max_pending_writes=1000)
     try:
@@ -180,11 +182,13 @@ def test_a_buffered_worker_flushes_from_its_own_loop_not_a_thread(tmp_path):
         before = writer.durable_lsn
         wait = w.store.tick()
         assert wait is not None and 0 < wait <= 0.05  # due within the interval, not yet
-        assert writer.durable_lsn == before
+        assert writer.durable_lsn == before and w.engine.log
         import time
         time.sleep(wait)
         assert w.store.tick() is None
-        assert writer.durable_lsn > before
+        assert writer.pending_bytes == 0  # written by the tick itself
+        wait_for(lambda: writer.durable_lsn > before, what="the syncer's fsync")
+        assert [t for t in threading.enumerate() if t.name.startswith("inmem-wal-sync")]
         assert w.store.tick() is None  # nothing pending: nothing to wait for
     finally:
         w.store.close()
@@ -197,7 +201,8 @@ def test_a_full_buffered_batch_is_flushed_at_the_next_tick(tmp_path):
         w.process([_op(10 + i, "kv.put", ["r", f"k{i}", i, None]) for i in range(10)])
         before = w.store.writer.durable_lsn
         assert w.store.tick() is None
-        assert w.store.writer.durable_lsn > before
+        assert w.store.writer.pending_bytes == 0
+        wait_for(lambda: w.store.writer.durable_lsn > before, what="the syncer's fsync")
         assert not w.engine.log
     finally:
         w.store.close()
