@@ -16,6 +16,7 @@ applies them; all three read this table.
 | segment_bytes_max | 64 MiB | a WAL segment file rolls at this size |
 | fsync_slow_ms | 500 | an fsync slower than this is logged as a warning |
 | history_compact_dead_fraction | 0.5 | a history file this dead is compacted (None: only on request) |
+| snapshot_huge_pages | True | keep the heap in huge pages so a snapshot's fork is short |
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ OPTIONS = {
     "segment_bytes_max": Option((int,), ">= 1", 64 * 2**20),
     "fsync_slow_ms": Option((int, float), ">= 0", 500),
     "history_compact_dead_fraction": Option((int, float, type(None)), "in (0, 1]", 0.5),
+    "snapshot_huge_pages": Option((bool,), None, True),
 }
 
 _BOUNDS = {">= 0": lambda v: v >= 0, "> 0": lambda v: v > 0, ">= 1": lambda v: v >= 1,

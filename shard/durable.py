@@ -32,6 +32,7 @@ loses what the WAL still held.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -52,6 +53,7 @@ from .effects import record_payloads
 from .engine import Engine
 from .history_compaction import Compactor
 from .history_files import MOVED_SUFFIX, HistoryFiles
+from .huge_pages import heap_pages
 from .recovery_apply import EngineRecovery
 from .snapshot_codec import dump
 from .upkeep import UPKEEP_EVERY_S, upkeep, upkeep_wait
@@ -107,6 +109,10 @@ class DurableStore:
         self._closed = False
         self.compactor = Compactor(engine.history_files, engine, lambda: writer.next_lsn,
                                    options["history_compact_dead_fraction"])
+        #: keeps the heap in huge pages so that a snapshot's fork is short
+        self.heap = heap_pages() if options["snapshot_huge_pages"] else None
+        if self.heap is not None:
+            self.heap.opened()
 
     # -- opening -------------------------------------------------------------------
 
@@ -349,7 +355,7 @@ class DurableStore:
         handed to the WAL, the position read, and the process forked. The
         segment roll that lets the covered WAL be deleted comes after.
         """
-        with self.lock:
+        with self._fork_alone(), self.lock:
             t0 = time.perf_counter()
             if self._child is not None:
                 return self._child
@@ -376,6 +382,8 @@ class DurableStore:
                 self._child_main(position, ready_r)
             os.close(ready_r)
             self.last_snapshot_pause_ms = (time.perf_counter() - t0) * 1000
+            if self.heap is not None:
+                self.heap.forked()
             self._child = pid
             self._child_position = position
             self._child_t0 = t0
@@ -390,6 +398,15 @@ class DurableStore:
         finally:
             os.close(ready_w)
         return pid
+
+    def _fork_alone(self):
+        """No huge-page gathering runs while fork copies the page tables."""
+        return contextlib.nullcontext() if self.heap is None else self.heap.paused()
+
+    def heap_upkeep(self) -> None:
+        """Gather the heap into huge pages when it grew, or after a snapshot (`shard.huge_pages`)."""
+        if self.heap is not None and self._child is None and not self._closed:
+            self.heap.upkeep()
 
     def _child_main(self, position: int, ready: int) -> None:  # pragma: no cover - child process
         code = 1
@@ -446,6 +463,8 @@ class DurableStore:
     def _finish_child(self, status: int):
         """Bookkeeping after a child exits: its SnapshotInfo, or the failure message."""
         self._child = None
+        if self.heap is not None:
+            self.heap.reaped()
         self.last_snapshot_seconds = time.perf_counter() - self._child_t0
         if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
             return (f"the snapshot child of {self.path} failed (status {status}); "

@@ -55,6 +55,8 @@ def upkeep(engine, store, lock) -> float:
             store.maybe_snapshot()
         except InmemError as exc:  # the WAL is kept, so a failed snapshot loses nothing
             log.error("snapshot of %s failed: %s", store.path, exc)
+        if not rebuilding:
+            store.heap_upkeep()
     return REBUILD_PAUSE_S if rebuilding else UPKEEP_EVERY_S
 
 
