@@ -76,6 +76,8 @@ _RID = struct.Struct("<Q")
 #: answer is what the whole cluster waits for (a shard binds only once recovered,
 #: so until then the ask fails at once, costing nothing)
 HELLO_EVERY_S = TICK_S
+#: how often the link to a shard on this host tries to connect while it is not there
+LOCAL_RECONNECT_MS = 5
 #: frames taken from one socket per loop turn, so one busy peer cannot starve the rest
 DRAIN_MAX = 1024
 #: requests, and bytes of them, forwarded to one shard and not answered yet beyond
@@ -239,8 +241,16 @@ class Coordinator:
         # Replies wait in the shard rather than here when this loop falls behind.
         sock.setsockopt(zmq.RCVHWM, protocol.RECV_QUEUE_MAX)
         sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RECONNECT_IVL, 20)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        if link.handle.remote:
+            sock.setsockopt(zmq.RECONNECT_IVL, 20)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        else:
+            # A shard on this host binds the moment it has recovered, and the whole
+            # cluster waits for that: try every few ms without backing off (a
+            # connect to a socket not there yet is one failed syscall), or the
+            # backoff would add up to its maximum to every start.
+            sock.setsockopt(zmq.RECONNECT_IVL, LOCAL_RECONNECT_MS)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
         shard_key = self.shard_keys.get(link.handle.id)
         if shard_key is not None:

@@ -92,7 +92,11 @@ class Supervisor:
         local = [h for h in self.handles if not h.remote]
         worker = None
         if fork and local:
-            from inmem.shard import worker  # once, here, rather than in every shard
+            # Once, here, rather than in every shard: the worker, and the durable
+            # store it opens first thing (its WAL and recovery modules).
+            from inmem.shard import worker
+            if self.spec["durability"] != "inmemory":
+                from inmem.shard import durable  # noqa: F401
         for h in local:
             self.spawn(h, worker)
 

@@ -65,9 +65,10 @@ from .errors import ClusterNotReady, InmemError, InvalidURL, ShardUnavailable, S
 from .ops import FANOUT_OPS, route_run, shape
 from .protocol import (KIND_BATCH, KIND_CLUSTER, KIND_OP, header, op_body, pack_checked,
                        slot_of, unpack_reply)
-from .routing import (DIRECT_CHECK_S, NOT_READY_PAUSE_S, SlotMap, apply_batch_reply, bare,
-                      check_client_options, check_number, check_url, chunks, no_reply,
-                      not_sent, plan_batch, shard_down, shard_gone, status_entry)
+from .routing import (DIRECT_CHECK_S, LOCAL_RECONNECT_MS, NOT_READY_PAUSE_S, READY_POLL_S,
+                      SlotMap, apply_batch_reply, bare, check_client_options, check_number,
+                      check_url, chunks, no_reply, not_sent, plan_batch, shard_down, shard_gone,
+                      status_entry)
 from .stream import stream_path
 
 _running_loop = asyncio.get_running_loop
@@ -276,6 +277,10 @@ class AsyncClusterBackend:
         # refuse a send or stop reading replies at ZeroMQ's default of 1,000.
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
+        if endpoint.startswith("ipc://"):
+            # Tried again every few ms while not there yet (see the blocking client).
+            sock.setsockopt(zmq.RECONNECT_IVL, LOCAL_RECONNECT_MS)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 0)
         if shard is not None:
             # Queue nothing for a shard that is not connected (see the blocking client).
             sock.setsockopt(zmq.IMMEDIATE, 1)
@@ -680,7 +685,7 @@ class AsyncClusterBackend:
             if status.get("ready"):
                 await self._load_slotmap()
                 return status
-            await asyncio.sleep(min(NOT_READY_PAUSE_S, max(deadline - loop.time(), 0)))
+            await asyncio.sleep(min(READY_POLL_S, max(deadline - loop.time(), 0)))
         if status is None:
             hint = ("; a cluster with keys answers only clients holding one (connect(url, "
                     "keys=DIR))" if self.keys is None and self.url.startswith("tcp://") else "")

@@ -73,6 +73,7 @@ from .routing import (BATCH_CHUNK_OPS, CONNECT_OPTIONS, URL_SCHEMES, SlotMap,  #
                       check_connect_options, check_number as _number, check_url, chunks,
                       no_reply, not_sent, plan_batch, shard_down, shard_gone, status_entry)
 from .routing import DIRECT_CHECK_S as _DIRECT_CHECK_S, NOT_READY_PAUSE_S as _NOT_READY_PAUSE_S
+from .routing import LOCAL_RECONNECT_MS as _LOCAL_RECONNECT_MS, READY_POLL_S as _READY_POLL_S
 from .stream import StreamChannel, StreamClosed, stream_path
 
 _live_backends: "weakref.WeakSet[ClusterBackend]" = weakref.WeakSet()
@@ -201,6 +202,12 @@ class ClusterBackend:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, -1)  # replies are from our cluster, which caps them
         sock.setsockopt(zmq.SNDTIMEO, max(int(self.request_timeout * 1000), 1))
+        if endpoint.startswith("ipc://"):
+            # A socket on this host that is not there yet (a cluster starting) is
+            # tried again every few ms, not ZeroMQ's 100: a failed connect is one
+            # syscall, and whoever waits for the cluster waits for this moment.
+            sock.setsockopt(zmq.RECONNECT_IVL, _LOCAL_RECONNECT_MS)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 0)
         if immediate:
             # Queue nothing for a shard that is not connected: a send then fails
             # at once (ShardUnavailable) instead of reaching whatever binds next.
@@ -581,7 +588,7 @@ class ClusterBackend:
             if status.get("ready"):
                 self._load_slotmap()
                 return status
-            time.sleep(min(_NOT_READY_PAUSE_S, max(deadline - time.monotonic(), 0)))
+            time.sleep(min(_READY_POLL_S, max(deadline - time.monotonic(), 0)))
         if status is None:
             hint = ("; a cluster with keys answers only clients holding one (connect(url, "
                     "keys=DIR))" if self.keys is None and self.url.startswith("tcp://") else "")

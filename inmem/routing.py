@@ -34,6 +34,12 @@ CONNECT_OPTIONS = ("request_timeout", "max_message_bytes", "direct", "stream", "
 BATCH_CHUNK_OPS = 256
 #: how long to wait between asking a cluster that is not ready yet
 NOT_READY_PAUSE_S = 0.05
+#: `wait_ready`: how long to wait between two status requests. A status is one
+#: small request the coordinator answers from memory, and whoever waits for
+#: readiness waits for exactly this moment, so it is asked often
+READY_POLL_S = 0.005
+#: how often a client's ZeroMQ socket to an ipc endpoint tries to connect while it is not there
+LOCAL_RECONNECT_MS = 5
 #: direct requests: how often, while waiting for a reply, to ask whether the shard died
 DIRECT_CHECK_S = 0.25
 
