@@ -72,10 +72,11 @@ TICK_S = 0.02
 STREAM_IDENT_BYTES = 9
 #: the request id field of a header (after version, kind and slot)
 _RID = struct.Struct("<Q")
-#: how often a recovering shard is asked whether it is ready: every tick, since its
+#: how often a recovering shard is asked whether it is ready: often, since its
 #: answer is what the whole cluster waits for (a shard binds only once recovered,
-#: so until then the ask fails at once, costing nothing)
-HELLO_EVERY_S = TICK_S
+#: so until then the ask fails at once, costing nothing). Until the cluster is
+#: first ready the loop wakes this often to ask; later restarts ask every tick
+HELLO_EVERY_S = 0.005
 #: how often the link to a shard on this host tries to connect while it is not there
 LOCAL_RECONNECT_MS = 5
 #: frames taken from one socket per loop turn, so one busy peer cannot starve the rest
@@ -275,7 +276,9 @@ class Coordinator:
             if version != self._links_version:
                 version = self._links_version
                 by_sock = {l.sock: l for l in self.links}
-            events = self.poller.poll(TICK_S * 1000)
+            # Until the cluster is first ready, the hellos that find each shard
+            # the moment it binds go out every few ms: a start waits for them.
+            events = self.poller.poll((TICK_S if self.ready_once else HELLO_EVERY_S) * 1000)
             by_fd = self._by_stream_fd
             for sock, ev in events:
                 if sock is front:
@@ -292,6 +295,8 @@ class Coordinator:
             if now >= next_tick:
                 next_tick = now + TICK_S
                 self._tick(now)
+            elif not self.ready_once:
+                self._send_hellos(now)
 
     def _drain_stream(self, events: dict) -> None:
         """Requests from stream clients, handled as ROUTER messages under an identity of their own."""
@@ -704,6 +709,16 @@ class Coordinator:
 
     # -- upkeep: deaths, restarts, hellos, heartbeats, expired requests ------------
 
+    def _send_hellos(self, now: float) -> None:
+        """Ask each shard not known to be ready yet whether it is."""
+        for link in self.links:
+            h = link.handle
+            if h.state == RECOVERING or (h.remote and h.state == DOWN):
+                # A remote shard is asked every tick, as its heartbeats are.
+                if now - link.hello_sent >= (TICK_S if h.remote else HELLO_EVERY_S):
+                    link.hello_sent = now
+                    self._ask(link, KIND_ADMIN, self._hello, self._hello_callback(link, h.pid))
+
     def _tick(self, now: float) -> None:
         if PARENT_PID is not None and os.getppid() != PARENT_PID:
             self.out("the parent process is gone; stopping")
@@ -720,13 +735,10 @@ class Coordinator:
             self.out(f"shard {h.id} restarting (pid {h.pid}, restart {h.restarts})")
         heartbeat = self.spec["supervisor"]["heartbeat_interval_s"]
         silence = self.spec["supervisor"]["heartbeat_timeout_s"]
+        self._send_hellos(now)
         for link in self.links:
             h = link.handle
-            if h.state == RECOVERING or (h.remote and h.state == DOWN):
-                if now - link.hello_sent >= HELLO_EVERY_S:
-                    link.hello_sent = now
-                    self._ask(link, KIND_ADMIN, self._hello, self._hello_callback(link, h.pid))
-            elif h.remote and h.state == READY:
+            if h.remote and h.state == READY:
                 if link.ping_sent is None and now - link.last_seen >= heartbeat:
                     link.ping_sent = now
                     self._ask(link, KIND_ADMIN, _PING, lambda r: None)
