@@ -16,7 +16,8 @@ restart_backoff_max_ms; a shard that served for a while before dying starts
 again from the base delay.
 
 The first start forks the shards from the coordinator, which imported the
-shard worker first, before it opened any socket or started any thread: a
+shard worker (and the durable store it opens) first, before it opened any
+socket or started any thread: a
 shard is then ready to recover at once, where a new interpreter spends most
 of a cluster's start-up importing. Restarts after a death spawn a fresh
 interpreter (`python -m inmem.shard.worker`), as the coordinator is serving

@@ -17,8 +17,10 @@ includes the recovery sequence, index rebuild and the GC freeze after it.
   durable); peer Redis SAVE of the same data.
 - `recovery.snapshot_pause`: the longest gap a reader thread, calling kv.get
   in a loop, sees while that snapshot runs; the reader's longest gap over a
-  quiet window of the same length is kept beside it. Peer: Redis's own fork
-  time for BGSAVE (`latest_fork_usec`), which is what its clients wait for.
+  quiet window of the same length is kept beside it, and our fork's own time
+  (`fork_ms`: the engine's lock held for hand-over, position and fork). Peer:
+  Redis's own fork time for BGSAVE (`latest_fork_usec`), which is what its
+  clients wait for.
 - `recovery.snapshot_load`: reopen with a snapshot and an empty WAL; peers
   Redis RDB load (the load time Redis logs when it restarts on the file) and
   SQLite open + count(*) of the same rows.
