@@ -61,6 +61,7 @@ class HeapPages:
 
     def __init__(self):
         self._lock = threading.Lock()  # held while a stretch is being collapsed
+        self._counts = threading.Lock()  # stores of several threads fork and reap
         self._paused = 0
         self._children = 0
         self._dirty = False
@@ -95,22 +96,26 @@ class HeapPages:
 
     def forked(self) -> None:
         """A snapshot child was forked (call inside `paused()`)."""
-        self._children += 1
+        with self._counts:
+            self._children += 1
 
     def reaped(self) -> None:
         """A snapshot child exited: what the parent wrote meanwhile lies in split pages."""
-        self._children = max(self._children - 1, 0)
+        with self._counts:
+            self._children = max(self._children - 1, 0)
         self._dirty = True
 
     @contextlib.contextmanager
     def paused(self):
         """No stretch is being collapsed inside: fork then copies the page tables alone."""
-        self._paused += 1
+        with self._counts:
+            self._paused += 1
         try:
             with self._lock:
                 yield
         finally:
-            self._paused -= 1
+            with self._counts:
+                self._paused -= 1
 
     def upkeep(self) -> None:
         """From a store's upkeep: start a pass if the heap grew and settled, or after a snapshot."""
