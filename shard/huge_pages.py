@@ -75,6 +75,8 @@ class HeapPages:
         self.usable = self.huge_bytes is not None and self._load_libc()
         self.passes = 0
         self.collapsed = 0
+        #: stretches the kernel had no huge page for at the time (EAGAIN/ENOMEM)
+        self.refused = 0
 
     def _load_libc(self) -> bool:
         try:
@@ -177,6 +179,7 @@ class HeapPages:
                         if err == 22:  # EINVAL: this kernel has no MADV_COLLAPSE
                             self.usable = False
                             return done
+                        self.refused += 1
                         continue  # EAGAIN/ENOMEM: no huge page free now; the next pass
                     done += 1
                     self.collapsed += 1

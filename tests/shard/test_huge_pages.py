@@ -32,7 +32,8 @@ digest = hash(tuple(sorted(data.items())))
 heap = HeapPages()
 before = huge_kb()
 done = heap.gather() if heap.usable else 0
-print(json.dumps({"usable": heap.usable, "collapsed": done, "before_kb": before,
+print(json.dumps({"usable": heap.usable, "collapsed": done, "refused": heap.refused,
+                  "before_kb": before,
                   "after_kb": huge_kb(),
                   "same": hash(tuple(sorted(data.items()))) == digest}))
 """
@@ -49,6 +50,8 @@ def test_gather_collapses_the_heap_and_keeps_its_contents():
     if not got["usable"]:
         pytest.skip("this kernel cannot collapse memory into huge pages (MADV_COLLAPSE)")
     assert got["same"]
+    if got["collapsed"] == 0 and got["refused"] > 0:
+        pytest.skip("the kernel had no free huge page to collapse into (memory fragmented)")
     assert got["collapsed"] > 0
     assert got["after_kb"] > got["before_kb"]
 
@@ -93,7 +96,7 @@ def test_snapshot_forks_with_huge_pages_and_recovers_the_same(tmp_path):
         for _ in range(2):
             infos = db.snapshot()
             assert infos and infos[0].bytes > 0
-        assert store.heap._children == 0 and store.heap._dirty
+        assert store.heap._children == 0  # every fork was reaped
     with inmem.open(path, durability="buffered") as db:
         assert db.kv.get(run, "k1999") == b"v" * 100
 
