@@ -374,7 +374,8 @@ GROUP_BYTES_MAX = RECORD_BYTES_MAX - 4096
 _GROUP_FRAMING = 8 + 4 * 1024
 
 
-def _array_header(n: int) -> bytes:
+def array_header(n: int) -> bytes:
+    """The msgpack header of an array of `n` elements."""
     if n < 16:
         return bytes((0x90 | n,))
     if n < 0x10000:
@@ -395,13 +396,13 @@ def record_payload(groups) -> bytes:
         parts.append(b"\x92")
         parts.append(msgpack.packb(run_id))
         if len(grp) == 1:
-            parts.append(_array_header(grp[0][1]))
+            parts.append(array_header(grp[0][1]))
             parts.append(grp[0][2])
         else:
-            parts.append(_array_header(sum(map(_COUNT, grp))))
+            parts.append(array_header(sum(map(_COUNT, grp))))
             parts.extend(map(_PACKED, grp))
         batches += 1
-    parts[2] = _array_header(batches)
+    parts[2] = array_header(batches)
     return b"".join(parts)
 
 
@@ -450,7 +451,7 @@ def record_batches(payload) -> tuple:
 
 def payload_of_batches(payload, count: int, spans: list) -> bytes:
     """A record payload holding only the batches `spans` of `payload`, as they are."""
-    parts = [b"\x92", msgpack.packb(count), _array_header(len(spans))]
+    parts = [b"\x92", msgpack.packb(count), array_header(len(spans))]
     view = memoryview(payload)
     parts.extend(view[start:end] for _run, start, end in spans)
     return b"".join(parts)

@@ -18,7 +18,7 @@ from inmem.errors import InmemError, InvalidKey, InvalidValue, VersionMismatch
 from inmem.types import Versioned
 from inmem.values import ALWAYS_VALID_TYPES, KEY_BYTES_MAX, check_key
 
-from .effects import KV_DEL, KV_PUT, apply_kv_many, put_kv_entry
+from .effects import KV_DEL, KV_PUT, apply_kv_many, array_header, put_kv_entry
 from .entries import (DELETED, PLAIN_AT, entry_expires, entry_ts, entry_value, entry_version,
                       live_value, pack_entry)
 from .lifecycle import WRITABLE
@@ -27,15 +27,6 @@ from .runs import RunData
 _unpackb = msgpack.unpackb
 _NIL = b"\xc0"
 _PAIR = b"\x92"  # a msgpack array of two
-
-
-def _array_head(n: int) -> bytes:
-    """The msgpack header of an array of `n` elements."""
-    if n < 16:
-        return bytes((0x90 | n,))
-    if n < 0x10000:
-        return b"\xdc" + n.to_bytes(2, "big")
-    return b"\xdd" + n.to_bytes(4, "big")
 _HEAD_1 = struct.Struct("<QB").pack
 _TS_MAX = 1 << 56
 #: a put series is split into WAL groups of about this many bytes (far below a record's limit)
@@ -243,7 +234,7 @@ class KVOps:
         if found is None:
             return _NIL
         _value, data, parts = found
-        return b"".join((_PAIR, data, _array_head(len(parts)),
+        return b"".join((_PAIR, data, array_header(len(parts)),
                          *[_NIL if p is None else p for p in parts]))
 
     def _linked(self, run: str, key: str, field):

@@ -367,32 +367,10 @@ class WalWriter:
         while an fsync runs leave one more for it to do, never a queue.
         """
         with self._io_lock:
-            with self._lock:
-                if self._error is not None:
-                    raise self._failed_error()
-                if self._fd is None:
-                    raise WalClosed(f"the WAL writer for {self.directory} is closed")
-                chunks = self._chunks
-                target = self._seg_first
-                upto = self._next_lsn
-                pending = self._pending
-                if not chunks and target == self._fd_seg_first:
-                    return
-                self._chunks = []
-                self._cur = None
-                self._pending = 0
-            try:
-                self._write_out(chunks, target, sync=False)
-                fd = os.dup(self._fd) if self._fd_dirty else None
-            except BaseException as exc:
-                with self._cond:
-                    self._chunks[:0] = chunks
-                    self._pending += pending
-                    self._record_failure(exc)
-                    self._cond.notify_all()
-                if isinstance(exc, Exception):
-                    raise self._failed_error() from exc
-                raise
+            upto = self._write_pending(sync=False)
+            if upto is None:
+                return
+            fd = os.dup(self._fd) if self._fd_dirty else None
         with self._cond:
             if fd is None:  # nothing left unsynced (a roll fsynced what it closed)
                 self._durable_lsn = max(self._durable_lsn, upto)
@@ -462,37 +440,47 @@ class WalWriter:
 
     def _flush(self) -> int:
         with self._io_lock:
-            with self._lock:
-                if self._error is not None:
-                    raise self._failed_error()
-                chunks = self._chunks
-                target = self._seg_first
-                upto = self._next_lsn
-                pending = self._pending
-                if not chunks and target == self._fd_seg_first:
-                    return self._durable_lsn
-                if self._fd is None:
-                    raise WalClosed(f"the WAL writer for {self.directory} is closed")
-                self._chunks = []
-                self._cur = None
-                self._pending = 0
-            try:
-                self._write_out(chunks, target)
-            except BaseException as exc:
-                with self._cond:
-                    # Keep the buffer (it is the only copy of what was not
-                    # acknowledged) and refuse everything from now on.
-                    self._chunks[:0] = chunks
-                    self._pending += pending
-                    self._record_failure(exc)
-                    self._cond.notify_all()
-                if isinstance(exc, Exception):
-                    raise self._failed_error() from exc
-                raise
+            upto = self._write_pending(sync=True)
+            if upto is None:
+                return self._durable_lsn
             with self._cond:
                 self._durable_lsn = upto
                 self._cond.notify_all()
             return upto
+
+    def _write_pending(self, sync: bool) -> int | None:
+        """Write (and with `sync`, fsync) every pending record; the LSN they reach, or None.
+
+        None: nothing was pending. Hold `_io_lock`. On a failure the records
+        stay in the buffer (the only copy of what was not acknowledged) and
+        the writer refuses everything from then on.
+        """
+        with self._lock:
+            if self._error is not None:
+                raise self._failed_error()
+            chunks = self._chunks
+            target = self._seg_first
+            upto = self._next_lsn
+            pending = self._pending
+            if not chunks and target == self._fd_seg_first:
+                return None
+            if self._fd is None:
+                raise WalClosed(f"the WAL writer for {self.directory} is closed")
+            self._chunks = []
+            self._cur = None
+            self._pending = 0
+        try:
+            self._write_out(chunks, target, sync)
+        except BaseException as exc:
+            with self._cond:
+                self._chunks[:0] = chunks
+                self._pending += pending
+                self._record_failure(exc)
+                self._cond.notify_all()
+            if isinstance(exc, Exception):
+                raise self._failed_error() from exc
+            raise
+        return upto
 
     def _write_out(self, chunks, target: int, sync: bool = True) -> None:
         wrote = False
