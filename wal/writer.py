@@ -366,6 +366,9 @@ class WalWriter:
         A failed fsync fails the writer, as a failed flush does. Calls made
         while an fsync runs leave one more for it to do, never a queue.
         """
+        with self._lock:
+            if self._closed:  # close() makes everything durable itself, then stops the syncer
+                raise WalClosed(f"the WAL writer for {self.directory} is closed")
         with self._io_lock:
             upto = self._write_pending(sync=False)
             if upto is None:

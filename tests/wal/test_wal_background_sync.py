@@ -18,7 +18,7 @@ import threading
 import pytest
 
 import inmem.wal.writer as writer_mod
-from inmem.wal.errors import WalFailed
+from inmem.wal.errors import WalClosed, WalFailed
 from inmem.wal.writer import WalWriter
 from polling import wait_for
 from walfix import payloads, read_back
@@ -109,3 +109,13 @@ def test_close_leaves_everything_durable_and_stops_the_thread(tmp_path):
     assert not syncer.is_alive()
     assert w.durable_lsn == 11
     assert _on_disk(tmp_path)[-1] == b"after"
+
+
+def test_a_closed_writer_refuses_a_background_flush(tmp_path):
+    w = WalWriter(tmp_path, "buffered", flusher=False)
+    w.append_nowait(b"kept")
+    w.flush_in_background()
+    w.close()
+    with pytest.raises(WalClosed):
+        w.flush_in_background()
+    assert _on_disk(tmp_path) == [b"kept"]
