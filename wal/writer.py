@@ -136,9 +136,9 @@ class WalWriter:
         self._closed = False
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
-        # flush_in_background: the newest (dup'ed fd, LSN it makes durable) to
-        # fsync, and the thread that does it (started on first use)
-        self._sync_job: tuple[int, int] | None = None
+        # flush_in_background: the newest (dup'ed fd, its segment, LSN it makes
+        # durable) to fsync, and the thread that does it (started on first use)
+        self._sync_job: tuple[int, int, int] | None = None
         self._syncer: threading.Thread | None = None
 
         # Pending records: a list of (segment first LSN, bytearray) chunks, one
@@ -374,6 +374,7 @@ class WalWriter:
             if upto is None:
                 return
             fd = os.dup(self._fd) if self._fd_dirty else None
+            segment = self._fd_seg_first
         with self._cond:
             if fd is None:  # nothing left unsynced (a roll fsynced what it closed)
                 self._durable_lsn = max(self._durable_lsn, upto)
@@ -381,7 +382,7 @@ class WalWriter:
                 return
             # A newer job covers an older one: both are writes to this file, or
             # the older file was fsynced when the roll closed it.
-            superseded, self._sync_job = self._sync_job, (fd, upto)
+            superseded, self._sync_job = self._sync_job, (fd, segment, upto)
             if self._syncer is None:
                 self._syncer = threading.Thread(target=self._syncer_main, daemon=True,
                                                 name=f"inmem-wal-sync:{self.directory}")
@@ -399,11 +400,9 @@ class WalWriter:
                 job, self._sync_job = self._sync_job, None
             if job is None:
                 return
-            fd, upto = job
+            fd, segment, upto = job
             try:
-                began = time.monotonic()
-                _os_fsync(fd)
-                elapsed_ms = (time.monotonic() - began) * 1000.0
+                self._timed_fsync(fd, segment)
                 failpoint(FP_AFTER_FSYNC)
             except BaseException as exc:  # reported: the writer refuses everything from now on
                 with cond:
@@ -412,9 +411,6 @@ class WalWriter:
                 return
             finally:
                 os.close(fd)
-            if elapsed_ms > self.fsync_slow_ms:
-                logger.warning("slow WAL fsync: %.1f ms (threshold %s ms) in %s",
-                               elapsed_ms, self.fsync_slow_ms, self.directory)
             with cond:
                 if upto > self._durable_lsn:
                     self._durable_lsn = upto
@@ -447,14 +443,16 @@ class WalWriter:
             if upto is None:
                 return self._durable_lsn
             with self._cond:
-                self._durable_lsn = upto
+                if upto > self._durable_lsn:
+                    self._durable_lsn = upto
                 self._cond.notify_all()
             return upto
 
     def _write_pending(self, sync: bool) -> int | None:
         """Write (and with `sync`, fsync) every pending record; the LSN they reach, or None.
 
-        None: nothing was pending. Hold `_io_lock`. On a failure the records
+        None: nothing was pending (and, with `sync`, nothing written is left
+        unsynced by `flush_in_background`). Hold `_io_lock`. On a failure the records
         stay in the buffer (the only copy of what was not acknowledged) and
         the writer refuses everything from then on.
         """
@@ -465,7 +463,9 @@ class WalWriter:
             target = self._seg_first
             upto = self._next_lsn
             pending = self._pending
-            if not chunks and target == self._fd_seg_first:
+            if not chunks and target == self._fd_seg_first and not (sync and self._fd_dirty):
+                # Nothing to write, and (with sync) nothing written that a
+                # background fsync may not have reached yet.
                 return None
             if self._fd is None:
                 raise WalClosed(f"the WAL writer for {self.directory} is closed")
@@ -496,8 +496,9 @@ class WalWriter:
                 wrote = True
         if wrote:
             failpoint(FP_AFTER_WRITE_BEFORE_FSYNC)
-            if sync:
-                self._fsync_file()
+        if sync and self._fd_dirty:  # this call's writes, or a background flush's
+            self._fsync_file()
+            if wrote:
                 failpoint(FP_AFTER_FSYNC)
         if target != self._fd_seg_first:
             self._roll_file(target)
@@ -529,13 +530,17 @@ class WalWriter:
     def _fsync_file(self) -> None:
         if not self._fd_dirty:
             return
-        began = time.monotonic()
-        _os_fsync(self._fd)
+        self._timed_fsync(self._fd, self._fd_seg_first)
         self._fd_dirty = False
+
+    def _timed_fsync(self, fd: int, segment: int) -> None:
+        """fsync `fd` (segment `segment`), with a warning when the disk was slow."""
+        began = time.monotonic()
+        _os_fsync(fd)
         elapsed_ms = (time.monotonic() - began) * 1000.0
         if elapsed_ms > self.fsync_slow_ms:
             logger.warning("slow WAL fsync: %.1f ms (threshold %s ms) on segment %d in %s",
-                           elapsed_ms, self.fsync_slow_ms, self._fd_seg_first, self.directory)
+                           elapsed_ms, self.fsync_slow_ms, segment, self.directory)
 
     def _roll_file(self, first_lsn: int) -> None:
         failpoint(FP_BEFORE_ROLL)

@@ -119,3 +119,27 @@ def test_a_closed_writer_refuses_a_background_flush(tmp_path):
     with pytest.raises(WalClosed):
         w.flush_in_background()
     assert _on_disk(tmp_path) == [b"kept"]
+
+
+def test_a_flush_does_not_return_before_what_a_background_flush_wrote_is_fsynced(
+        tmp_path, monkeypatch):
+    started, release = threading.Event(), threading.Event()
+
+    def slow_in_the_syncer(fd):
+        if threading.current_thread().name.startswith("inmem-wal-sync"):
+            started.set()
+            release.wait(30)
+        os.fsync(fd)
+
+    w = WalWriter(tmp_path, "buffered", flusher=False)
+    monkeypatch.setattr(writer_mod, "_os_fsync", slow_in_the_syncer)
+    try:
+        w.append_nowait(b"written in the background")
+        w.flush_in_background()
+        assert started.wait(30)
+        assert w.durable_lsn == 0  # the syncer's fsync has not returned
+        assert w.flush() == 1  # nothing pending, but written and not yet known fsynced
+        assert w.durable_lsn == 1
+    finally:
+        release.set()
+        w.close()
