@@ -22,8 +22,7 @@ from typing import Iterator, NamedTuple
 from .errors import (InmemError, InvalidOption, InvalidURL, ProtocolError, ShardUnavailable,
                      Timeout)
 from .ops import FANOUT_OPS, REPLY_SHAPES, ROUTE_BY_FIRST, VALUE_ARGS, route_run, shape
-from .protocol import _SCALARS, SLOT_COUNT, op_body, pack_checked, slot_of
-from .values import check_value
+from .protocol import SLOT_COUNT, check_values, op_body, pack_checked, slot_of
 
 #: the schemes a coordinator listens on
 URL_SCHEMES = ("ipc", "tcp")
@@ -120,11 +119,6 @@ class SlotMap(NamedTuple):
 # -- pipelines -----------------------------------------------------------------------
 
 
-#: operation -> the positions of its values, for operations routed by their first
-#: argument (their run): what plan_batch's inline path handles
-_ROUTED_BY_FIRST = {op: VALUE_ARGS.get(op, ()) for op in ROUTE_BY_FIRST if op != "tx.commit"}
-
-
 def plan_batch(ops, owners, results: list, later: list,
                chunk_ops: int = BATCH_CHUNK_OPS) -> Iterator[tuple[int, list, list]]:
     """Group `ops` per owning shard: yield (shard, indexes, bodies) as each chunk fills.
@@ -136,19 +130,15 @@ def plan_batch(ops, owners, results: list, later: list,
     """
     groups: dict = {}  # shard -> ([indexes], [bodies]) not yielded yet
     shard_of_run: dict = {}
-    routed, scalars = _ROUTED_BY_FIRST, _SCALARS
+    by_first, value_args = ROUTE_BY_FIRST, VALUE_ARGS
     for i, (op, args) in enumerate(ops):
-        # What route_run, check_values and op_body do, inline for the common
-        # operations: this loop runs once per pipelined operation.
-        positions = routed.get(op) if type(op) is str else None
-        if positions is not None and args:
+        # What route_run and op_body do, inline for the common operation:
+        # this loop runs once per pipelined operation.
+        if op in by_first and args and op != "tx.commit":
             run = args[0]
-            if positions:
-                n = len(args)
+            if op in value_args:
                 try:
-                    for p in positions:
-                        if p < n and type(args[p]) not in scalars:
-                            check_value(args[p])
+                    check_values(op, args)
                 except InmemError as exc:
                     results[i] = bare(exc)
                     continue
@@ -171,11 +161,10 @@ def plan_batch(ops, owners, results: list, later: list,
         g = groups.get(shard)
         if g is None:
             g = groups[shard] = ([], [])
-        indexes = g[0]
-        indexes.append(i)
+        g[0].append(i)
         g[1].append(body)
-        if len(indexes) >= chunk_ops:
-            yield shard, indexes, g[1]
+        if len(g[0]) >= chunk_ops:
+            yield shard, g[0], g[1]
             groups[shard] = ([], [])
     for shard, (indexes, bodies) in groups.items():
         if indexes:

@@ -47,7 +47,7 @@ from inmem.errors import InmemError, InvalidKey, InvalidValue, RunNotActive, Run
 from inmem.ops import OPS
 from inmem.values import ALWAYS_VALID_TYPES, DEFAULT_MAX_VALUE_BYTES, check_value
 
-from .effects import APPLY, CODE, GROUP_BYTES_MAX
+from .effects import APPLY, CODE, GROUP_BYTES_MAX, array_header
 from .events import EventOps
 from .history import history_limit
 from .json_docs import JsonOps
@@ -189,8 +189,7 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
                 data = pack(effs[0])
             else:
                 # Packed as one list, less the list's header: the effects back to back.
-                data = pack(effs if type(effs) is list else list(effs))
-                data = data[1 if n < 16 else 3 if n < 0x10000 else 5:]
+                data = pack(effs if type(effs) is list else list(effs))[len(array_header(n)):]
         except (TypeError, ValueError, OverflowError) as exc:
             self._packer.reset()
             raise InvalidValue(f"this write cannot be logged: {exc}") from None

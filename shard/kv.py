@@ -16,7 +16,7 @@ import msgpack
 
 from inmem.errors import InmemError, InvalidKey, InvalidValue, VersionMismatch
 from inmem.types import Versioned
-from inmem.values import ALWAYS_VALID_TYPES, KEY_BYTES_MAX, check_key
+from inmem.values import KEY_BYTES_MAX, check_key
 
 from .effects import KV_DEL, KV_PUT, apply_kv_many, array_header, put_kv_entry
 from .entries import (DELETED, PLAIN_AT, entry_expires, entry_ts, entry_value, entry_version,
@@ -92,8 +92,7 @@ class KVOps:
         if r is None or r.status not in WRITABLE or self._undo is not None:
             return [self._put_call(a) for a in calls]
         kv = r.kv
-        encode, pack = self._encode, self._pack
-        always_valid, max_bytes = ALWAYS_VALID_TYPES, self.max_value_bytes
+        encode = self._encode
         now = self.clock()
         effs: list = []
         places: list = []   # out index of each effect in `effs`
@@ -109,21 +108,11 @@ class KVOps:
                     effs, places, pending, size = [], [], {}, 0
                 out.append(self._put_call(args))
                 continue
-            value = args[2]
-            data = None
-            if type(value) in always_valid:
-                try:
-                    data = pack(value)
-                except (TypeError, ValueError, OverflowError):
-                    data = None  # encode() below says why, and resets the packer
-                if data is not None and len(data) > max_bytes:
-                    data = None
-            if data is None:
-                try:
-                    data = encode(value)
-                except InmemError as exc:
-                    out.append(exc.with_traceback(None))
-                    continue
+            try:
+                data = encode(args[2])
+            except InmemError as exc:
+                out.append(exc.with_traceback(None))
+                continue
             if size + len(data) > _SERIES_GROUP_BYTES and effs:
                 self._put_group(r, effs, places, out)
                 effs, places, pending, size = [], [], {}, 0
