@@ -68,18 +68,26 @@ def test_a_failed_background_fsync_fails_the_writer(tmp_path, monkeypatch):
         w.close()
 
 
-def test_calls_during_an_fsync_leave_one_more_fsync_not_a_queue(tmp_path, monkeypatch):
-    started, release = threading.Event(), threading.Event()
-    calls = []
+class SyncerGate:
+    """The syncer thread's fsyncs wait until `release` is set; other threads' go at once."""
 
-    def gated(fd):
-        calls.append(fd)
-        started.set()
-        release.wait(30)
+    def __init__(self, monkeypatch):
+        self.started, self.release = threading.Event(), threading.Event()
+        self.calls: list = []
+        monkeypatch.setattr(writer_mod, "_os_fsync", self)
+
+    def __call__(self, fd):
+        if threading.current_thread().name.startswith("inmem-wal-sync"):
+            self.calls.append(fd)
+            self.started.set()
+            self.release.wait(30)
         os.fsync(fd)
 
+
+def test_calls_during_an_fsync_leave_one_more_fsync_not_a_queue(tmp_path, monkeypatch):
     w = WalWriter(tmp_path, "buffered", flusher=False)
-    monkeypatch.setattr(writer_mod, "_os_fsync", gated)
+    gate = SyncerGate(monkeypatch)
+    started, release, calls = gate.started, gate.release, gate.calls
     try:
         w.append_nowait(b"first")
         w.flush_in_background()
@@ -123,16 +131,9 @@ def test_a_closed_writer_refuses_a_background_flush(tmp_path):
 
 def test_a_flush_does_not_return_before_what_a_background_flush_wrote_is_fsynced(
         tmp_path, monkeypatch):
-    started, release = threading.Event(), threading.Event()
-
-    def slow_in_the_syncer(fd):
-        if threading.current_thread().name.startswith("inmem-wal-sync"):
-            started.set()
-            release.wait(30)
-        os.fsync(fd)
-
     w = WalWriter(tmp_path, "buffered", flusher=False)
-    monkeypatch.setattr(writer_mod, "_os_fsync", slow_in_the_syncer)
+    gate = SyncerGate(monkeypatch)
+    started, release = gate.started, gate.release
     try:
         w.append_nowait(b"written in the background")
         w.flush_in_background()
