@@ -135,6 +135,12 @@ class DurableStore:
         path = os.fspath(path)
         make_dirs(path)
         lock_fd = _lock_directory(path)
+        # Recovery turns the collector off while it builds millions of objects;
+        # it stays off until the histories have let go of the ones read back
+        # from the WAL, or its first pass afterwards walks them all (a tenth
+        # of a second per million records) only to find nothing to collect.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
         try:
             kwargs = {} if max_value_bytes is None else {"max_value_bytes": max_value_bytes}
             engine = Engine(clock=clock, log=True, **kwargs)
@@ -163,6 +169,9 @@ class DurableStore:
         except BaseException:
             os.close(lock_fd)
             raise
+        finally:
+            if gc_was_enabled:
+                gc.enable()
         return cls(path, durability, engine, writer, snapshots, result, opts, lock_fd), engine
 
     def start_scheduler(self) -> None:

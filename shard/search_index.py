@@ -178,8 +178,9 @@ class SearchIndex:
         What the index holds of a key is its current entry (a replaced write is
         never indexed), so the rebuild reads the tables as they stand rather
         than every journal from its first entry, most of which is on disk: each
-        run's journal length is noted now, its tables are indexed in slices,
-        and its watermark then starts at that length. A write made meanwhile is
+        run's journal length is noted now and becomes its watermark (what lies
+        below it is covered by the tables), and its tables are indexed in
+        slices; the journal is followed once they are done. A write made meanwhile is
         indexed from the journal too, which is harmless: indexing a key's
         current entry twice leaves one document.
         """
@@ -187,6 +188,12 @@ class SearchIndex:
         if not runs:
             return
         self._table_marks = [(run_id, r, len(r.journal)) for run_id, r in runs.items()]
+        # The journals below the marks are never read: the table pass covers
+        # them. Saying so now lets a durable history let go of the items that
+        # recovery just read back from the WAL, instead of holding them on the
+        # heap until the pass is done.
+        for run_id, _r, length in self._table_marks:
+            self.watermark[run_id] = length
         self._tables = self._table_pass(runs, now_us)
 
     def _table_pass(self, runs: dict, now_us: int):
