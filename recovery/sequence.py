@@ -97,8 +97,14 @@ class RecoveryTarget(Protocol):
 
     def load_snapshot(self, sections: dict) -> None: ...
 
-    def apply_records(self, payloads: list) -> int:
-        """Apply a block of WAL records, in log order; return how many committed groups they held."""
+    def apply_records(self, payloads: list, segment: int | None = None,
+                      offsets: list | None = None) -> int:
+        """Apply a block of WAL records, in log order; return how many committed groups they held.
+
+        `segment` (the first LSN of the segment file the block is in) and
+        `offsets` (where each record's header starts in it) say where the
+        records sit, for a target that points at them instead of keeping them.
+        """
 
     def mark_orphans(self) -> list: ...
 
@@ -148,8 +154,8 @@ def _recover(directory, target, shard, max_corrupt_entries, snapshot_retention, 
     gap = first_lsn is not None and first_lsn > start_lsn
     apply = target.apply_records
     records = groups_applied = done_bytes = 0
-    for _first, _rtypes, payloads in (() if gap else reader.blocks()):
-        groups_applied += apply(payloads)
+    for _first, _rtypes, payloads, segment, offsets in (() if gap else reader.placed_blocks()):
+        groups_applied += apply(payloads, segment, offsets)
         records += len(payloads)
         done_bytes += sum(map(len, payloads))
         progress.update(done_bytes, records)

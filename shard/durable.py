@@ -135,12 +135,6 @@ class DurableStore:
         path = os.fspath(path)
         make_dirs(path)
         lock_fd = _lock_directory(path)
-        # Recovery turns the collector off while it builds millions of objects;
-        # it stays off until the histories have let go of the ones read back
-        # from the WAL, or its first pass afterwards walks them all (a tenth
-        # of a second per million records) only to find nothing to collect.
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
         try:
             kwargs = {} if max_value_bytes is None else {"max_value_bytes": max_value_bytes}
             engine = Engine(clock=clock, log=True, **kwargs)
@@ -149,9 +143,6 @@ class DurableStore:
             result, next_lsn, snapshots, _case = recover(
                 path, target, shard=shard, max_corrupt_entries=opts["max_corrupt_entries"],
                 snapshot_retention=opts["snapshot_retention"])
-            # The effects replay read stay where they are, in the WAL: the runs'
-            # histories point at their records instead of holding them.
-            target.place_history(wal_dir(path), next_lsn)
             # A snapshot taken before a compaction names the files it moved
             # records out of: point those places where the records went.
             files.resolve_moved([r.journal for r in engine.runs.values()])
@@ -169,9 +160,6 @@ class DurableStore:
         except BaseException:
             os.close(lock_fd)
             raise
-        finally:
-            if gc_was_enabled:
-                gc.enable()
         return cls(path, durability, engine, writer, snapshots, result, opts, lock_fd), engine
 
     def start_scheduler(self) -> None:

@@ -45,7 +45,6 @@ place in memory named its source any more.
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 import sys
@@ -416,48 +415,3 @@ def i64_from_le(data) -> array:
     if not _LITTLE:
         a.byteswap()
     return a
-
-
-def record_places(wal: str, start_lsn: int, sizes: list) -> list | None:
-    """(segment first LSN, offset) of the records from `start_lsn` on, one per payload size.
-
-    Recovery read these records with the WAL reader; this walks their headers
-    again to learn where each sits. None when the walk disagrees with what was
-    read (a region skipped as damaged shifts the records after it), and the
-    caller keeps those effects in memory instead.
-    """
-    out = []
-    want = len(sizes)
-    if not want:
-        return out
-    lsn = None
-    segments = list_segments(wal)
-    for i, (first, path) in enumerate(segments):
-        if i + 1 < len(segments) and segments[i + 1][0] <= start_lsn:
-            continue  # ends before the records wanted
-        if out and first != lsn:
-            return None
-        # Only the headers are read: mapped, the payloads between them are never touched.
-        with open(path, "rb", buffering=0) as f:
-            size = os.fstat(f.fileno()).st_size
-            lsn = first
-            if not size:
-                continue
-            data = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ)
-        try:
-            offset, end = 0, size
-            while offset + HEADER_SIZE <= end and len(out) < want:
-                length, rtype, version = _unpack_header(data, offset)
-                if rtype == 0:
-                    break
-                if lsn >= start_lsn:
-                    if length != sizes[len(out)]:
-                        return None
-                    out.append((first, offset))
-                offset += HEADER_SIZE + length + CRC.size
-                lsn += 1
-        finally:
-            data.close()
-        if len(out) == want:
-            return out
-    return None

@@ -17,7 +17,6 @@ from typing import Callable
 from inmem.errors import InmemError
 
 from .effects import APPLY, CODE, KV_DEL, KV_PUT, RUN_CREATE, RUN_DELETE, apply_kv_many, decode_batch
-from .history_files import record_places
 from .runs import RunData
 from .search_index import SearchIndex
 from .snapshot_codec import load
@@ -104,44 +103,40 @@ class RecoveryOps:
 class EngineRecovery:
     """Rebuilds an empty engine from a snapshot and the WAL records after it.
 
-    With history files (a durable store), it also notes, for every record it
-    applies, which run histories took how many of its effects, so that
-    `place_history` can point them at the record afterwards instead of
-    keeping them on the heap.
+    With history files (a durable store), every record's effects are pointed
+    at the record as soon as they are applied (the reader says where each
+    record sits), so the runs' histories hold a few bytes of index per record
+    instead of the effects.
     """
 
-    __slots__ = ("engine", "_apply", "_track", "_sizes")
+    __slots__ = ("engine", "_apply", "_files")
 
     def __init__(self, engine: RecoveryOps):
         self.engine = engine
         self._apply = engine.apply_batches
-        track = getattr(engine, "history_files", None) is not None
-        #: per applied record: [(History, count, skip), ...]
-        self._track: list | None = [] if track else None
-        self._sizes: list = []
+        self._files = getattr(engine, "history_files", None)
 
     def load_snapshot(self, sections: dict) -> None:
         load(self.engine, sections)
 
     def apply_record(self, payload) -> int:
         """Apply one WAL record through the live apply path; return its group count."""
-        count, batches = decode_batch(payload)
-        if self._track is None:
-            self._apply(batches)
-            return count
-        self._track.append(self._apply_tracked(batches))
-        self._sizes.append(len(payload))
-        return count
+        return self.apply_records([payload])
 
-    def apply_records(self, payloads) -> int:
+    def apply_records(self, payloads, segment: int | None = None, offsets=None) -> int:
         """Apply a block of WAL records, in log order; return their group count.
 
         The block's consecutive batches of one run become one batch, in order:
         records of one operation each (strict mode, a light load) then take
-        the bulk paths together instead of one record at a time.
+        the bulk paths together instead of one record at a time. With history
+        files, each record is applied on its own and its effects are pointed
+        at it (`segment`: the first LSN of its segment file, `offsets`: where
+        each record starts in it), which the caller must then give.
         """
-        if self._track is not None:  # each record's effects must stay attributable to it
-            return sum(map(self.apply_record, payloads))
+        if self._files is not None:
+            if offsets is None:
+                raise ValueError("a store with history files applies WAL records with their places")
+            return self._apply_placed(payloads, segment, offsets)
         groups = 0
         merged: list = []
         last = None
@@ -160,7 +155,32 @@ class EngineRecovery:
         self._apply(merged)
         return groups
 
+    def _apply_placed(self, payloads, segment: int, offsets) -> int:
+        # The items a record's effects became are let go while they are still
+        # in the cache: the index rebuild that follows recovery reads the
+        # tables, not these (SearchIndex.start_rebuild), and replay reads the
+        # record. A run deleted by a later record releases its places then, as
+        # it does when it is deleted live.
+        runs = self.engine.runs
+        place_of = self._files.place
+        groups = 0
+        for payload, offset in zip(payloads, offsets):
+            count, batches = decode_batch(payload)
+            groups += count
+            place = place_of(segment, offset)
+            for h, n, skip in self._apply_tracked(batches):
+                r = runs.get(h.run_id)
+                if n and r is not None and r.journal is h:
+                    h.to_disk(n, place, skip)
+                    h.drop_held(h.disk)
+        return groups
+
     def _apply_tracked(self, batches) -> list:
+        """Apply a record's batches; return which histories took how many of its effects.
+
+        Each as `(History, count, skip)`, skip being how many effects of the
+        same run the record holds before them.
+        """
         runs = self.engine.runs
         apply = self._apply
         seen: dict = {}
@@ -185,38 +205,6 @@ class EngineRecovery:
                     out.append((h1, len(h1.items), skip + at))
             seen[run_id] = skip + len(effs)
         return out
-
-    def place_history(self, wal_dir: str, next_lsn: int) -> int:
-        """Point the histories at the WAL records replay read; return the effects placed.
-
-        When the records cannot be found again where the reader found them (a
-        damaged region was skipped), the effects stay in memory instead.
-        """
-        engine = self.engine
-        track, self._track = self._track, None
-        if not track:
-            return 0
-        files = engine.history_files
-        places = record_places(wal_dir, next_lsn - len(track), self._sizes)
-        runs = engine.runs
-        if places is None:
-            log.warning("history of %d WAL records stays in memory: the records could not be "
-                        "found again where recovery read them", len(track))
-            for r in runs.values():
-                r.journal.pin()
-            return 0
-        placed = 0
-        for (first, offset), entries in zip(places, track):
-            place = files.place(first, offset)
-            for h, count, skip in entries:
-                r = runs.get(h.run_id)
-                if count and r is not None and r.journal is h:
-                    h.to_disk(count, place, skip)
-                    placed += count
-        indexed = engine.index.watermark
-        for r in runs.values():
-            r.journal.drop_held(indexed.get(r.run_id, 0))
-        return placed
 
     def mark_orphans(self) -> list[str]:
         return self.engine.mark_orphans()

@@ -236,10 +236,21 @@ class WalReader:
         segment (and about BLOCK_BYTES of it), so a consumer (recovery) can decode and apply them together
         rather than one at a time. The outcome is the same as iterating.
         """
+        return ((first, rtypes, payloads)
+                for first, rtypes, payloads, _seg, _offs in self._blocks(max_records))
+
+    def placed_blocks(self, max_records: int = BLOCK_RECORDS) -> Iterator[tuple]:
+        """`blocks()` with where each record sits:
+        `(first lsn, [rtype, ...], [payload, ...], segment, [offset, ...])`.
+
+        `segment` is the first LSN of the segment the block is in (which names
+        the file) and each offset is where a record's header starts in it, so
+        a consumer can point at a record later without reading the log again.
+        """
         return self._blocks(max_records)
 
     def _records(self):
-        for first, rtypes, payloads in self._blocks(BLOCK_RECORDS):
+        for first, rtypes, payloads, _seg, _offs in self._blocks(BLOCK_RECORDS):
             yield from zip(range(first, first + len(payloads)), rtypes, payloads)
 
     def _stop(self, outcome: Outcome, lsn: int) -> None:
@@ -270,6 +281,7 @@ class WalReader:
         skipped_before = 0
         for i, (first, path) in enumerate(segments):
             self.segment = path
+            segment = first
             if first != lsn:
                 if first > lsn and self.corrupt_skipped > skipped_before:
                     # The previous segment lost records in a skipped region; its
@@ -295,7 +307,7 @@ class WalReader:
                     off, lsn = _skip_records(data, off, lsn, start, rmax)
                 # The hot loop: int comparisons, one slice (the payload, which
                 # is handed out anyway) and one crc continued from the header's.
-                rtypes, payloads = [], []
+                rtypes, payloads, offsets = [], [], []
                 first = lsn
                 block_end = off + BLOCK_BYTES
                 while off + 10 <= size:
@@ -309,15 +321,16 @@ class WalReader:
                         break
                     rtypes.append(rtype)
                     payloads.append(payload)
+                    offsets.append(off)
                     lsn += 1
                     off = body_end + 4
                     if len(payloads) == max_records or off >= block_end:
-                        yield first, rtypes, payloads
-                        rtypes, payloads = [], []
+                        yield first, rtypes, payloads, segment, offsets
+                        rtypes, payloads, offsets = [], [], []
                         first = lsn
                         block_end = off + BLOCK_BYTES
                 if payloads:
-                    yield first, rtypes, payloads
+                    yield first, rtypes, payloads, segment, offsets
                 if off == size:
                     self.end_offset = off
                     break

@@ -384,3 +384,35 @@ def test_a_block_spans_about_block_bytes_of_a_segment(tmp_path, monkeypatch):
     flat, sizes = _flat(WalReader(tmp_path), 4096)
     assert [p for _, _, p in flat] == ps
     assert sizes == [3] * 6 + [2]  # 40 bytes a record: a block ends once it passed 100
+
+
+@pytest.mark.parametrize("max_records", [1, 3, 4096])
+@pytest.mark.parametrize("damage", ["none", "torn", "skipped"])
+def test_placed_blocks_say_where_each_record_sits(tmp_path, max_records, damage):
+    # Recovery points the runs' histories at these places instead of keeping
+    # the records: each must be the header of the very record handed out.
+    ps = payloads(9)
+    first = b"".join(rec(p) for p in ps[:5])
+    if damage == "skipped":
+        first += rec(b"bad", crc=1) + rec(b"after")
+    write_segment(tmp_path, 0, first)
+    tail = b"".join(rec(p) for p in ps[5:])
+    if damage == "torn":
+        tail += rec(b"torn")[:7]
+    second = 6 if damage == "skipped" else 5
+    write_segment(tmp_path, second, tail)
+    reader = WalReader(tmp_path, max_corrupt_entries=1 if damage == "skipped" else 0, start_lsn=2)
+    plain = [b for b in WalReader(tmp_path, max_corrupt_entries=reader.max_corrupt_entries,
+                                  start_lsn=2).blocks(max_records)]
+    placed = list(reader.placed_blocks(max_records))
+    assert [(f, t, p) for f, t, p, _s, _o in placed] == plain
+    files = {0: (tmp_path / "00000000000000000000.wal").read_bytes(),
+             second: (tmp_path / f"{second:020d}.wal").read_bytes()}
+    seen = []
+    for _first, rtypes, ps_, segment, offsets in placed:
+        assert len(offsets) == len(ps_)
+        for rtype, payload, off in zip(rtypes, ps_, offsets):
+            assert files[segment][off:off + len(rec(payload, rtype=rtype))] == rec(payload, rtype=rtype)
+            seen.append(payload)
+    expected = ps[2:5] + ([b"after"] if damage == "skipped" else []) + ps[5:]
+    assert seen == expected
