@@ -47,6 +47,16 @@ deleted), VERSION, TS; KV adds EXPIRES. The field positions of every
 layout are named below; code reads fields by these names, never by number.
 Effects stay plain tuples (a NamedTuple costs too much on the write path).
 
+A keyed effect may also be written in its *entry form*, `(code, key, entry)`:
+the entry it leaves (`shard.entries`: its version, time and expiry packed in
+front of the value) in place of the fields, which the entry holds all of.
+It is what the run's history holds for a keyed write, and the plain puts
+(`kv.put`, a pipeline's series of puts, `kv.put_many`) log it as it is, from
+WAL record format 2 on: reading one back is then a table insert of the
+entry the record already holds, where the field form must pack a new one.
+`effect_of` turns either form into the field form; every reader of the log
+takes both (records of format 1 hold only the field form).
+
 This module is also the only code that changes a run's tables (the KV, state
 and JSON entries, the event list, the trace indexes): a live write, a WAL
 record read back, a snapshot section loaded and a transaction rolled back all
@@ -64,7 +74,7 @@ import msgpack
 
 from inmem.wal.record import RECORD_BYTES_MAX
 
-from .entries import entry_of, plain_kv_entries
+from .entries import entry_of, plain_kv_entries, unpack_entry
 
 RUN_CREATE = 1
 RUN_STATUS = 2
@@ -150,6 +160,23 @@ _TR_TYPE_OF = itemgetter(TR_TYPE)
 _TR_TAGS_OF = itemgetter(TR_TAGS)
 _TR_PARENT_OF = itemgetter(TR_PARENT)
 _CODE_OF = itemgetter(CODE)
+_ENTRY_OF = itemgetter(2)
+
+
+#: the codes of keyed writes, which also have an entry form
+KEYED = frozenset((KV_PUT, KV_DEL, ST_PUT, ST_DEL, JS_PUT, JS_DEL))
+_KV = frozenset((KV_PUT, KV_DEL))
+
+
+def effect_of(item: tuple) -> tuple:
+    """The field form of an effect or history item (an entry form is unpacked; others as they are)."""
+    if len(item) == 3 and item[0] in KEYED:
+        code, key, e = item
+        value, version, ts, expires = unpack_entry(e)
+        if code in _KV:
+            return (code, key, value, version, ts, expires)
+        return (code, key, value, version, ts)
+    return item
 
 
 # -- applying one effect ----------------------------------------------------------
@@ -160,24 +187,36 @@ _CODE_OF = itemgetter(CODE)
 # and by the history item `(code, key, entry)` alike.
 
 def apply_kv(r, eff: tuple) -> None:
+    if len(eff) == 3:  # the entry form: the history item itself
+        r.kv[eff[KEY]] = eff[2]
+        r.journal.append(eff)
+        return
     e = entry_of(eff)
     r.kv[eff[KEY]] = e
     r.journal.append((eff[CODE], eff[KEY], e))
 
 
-def put_kv_entry(r, key: str, e: bytes) -> None:
-    """apply_kv for a KV_PUT whose entry the caller already packed (the put fast path)."""
+def put_kv_item(r, key: str, e: bytes, item: tuple) -> None:
+    """apply_kv for a KV_PUT in its entry form `item`, `(KV_PUT, key, e)` (the put fast path)."""
     r.kv[key] = e
-    r.journal.items.append((KV_PUT, key, e))
+    r.journal.items.append(item)
 
 
 def apply_state(r, eff: tuple) -> None:
+    if len(eff) == 3:
+        r.state[eff[KEY]] = eff[2]
+        r.journal.append(eff)
+        return
     e = entry_of(eff)
     r.state[eff[KEY]] = e
     r.journal.append((eff[CODE], eff[KEY], e))
 
 
 def apply_json(r, eff: tuple) -> None:
+    if len(eff) == 3:
+        r.json[eff[KEY]] = eff[2]
+        r.journal.append(eff)
+        return
     e = entry_of(eff)
     r.json[eff[KEY]] = e
     r.journal.append((eff[CODE], eff[KEY], e))
@@ -254,6 +293,12 @@ def _apply_keyed_many(r, table: dict, effs: Sequence[tuple], entries=None) -> No
 
 def apply_kv_many(r, effs: Sequence[tuple]) -> None:
     _apply_keyed_many(r, r.kv, effs, plain_kv_entries(effs))
+
+
+def apply_kv_entries(r, items: Sequence[tuple]) -> None:
+    """apply_kv_many for KV effects all in their entry form: the items go in as they are."""
+    r.kv.update(zip(map(_KEY_OF, items), map(_ENTRY_OF, items)))
+    r.journal.extend(items)
 
 
 def apply_state_many(r, effs: Sequence[tuple]) -> None:

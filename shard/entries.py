@@ -121,7 +121,12 @@ def unpack_entry(e: bytes) -> tuple:
 
 
 def entry_of(eff: tuple) -> bytes:
-    """The entry a keyed effect (KV_*, ST_*, JS_*: code, key, value, version, ts[, expires]) leaves."""
+    """The entry a keyed effect (KV_*, ST_*, JS_*: code, key, value, version, ts[, expires]) leaves.
+
+    An effect in its entry form, `(code, key, entry)`, is its own entry.
+    """
+    if len(eff) == 3:
+        return eff[2]
     return pack_entry(eff[2], eff[3], eff[4], eff[5] if len(eff) > 5 else None)
 
 

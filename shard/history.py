@@ -36,24 +36,9 @@ from bisect import bisect_right
 
 from inmem.errors import CorruptionError, HistoryNotKept, InvalidOption
 
-from .effects import JS_DEL, JS_PUT, KV_DEL, KV_PUT, ST_DEL, ST_PUT
-from .entries import unpack_entry
+from .effects import effect_of
 
-#: the codes held as (code, key, entry) items
-KEYED = frozenset((KV_PUT, KV_DEL, ST_PUT, ST_DEL, JS_PUT, JS_DEL))
-_KV = frozenset((KV_PUT, KV_DEL))
 _NO_LIMIT = sys.maxsize
-
-
-def effect_of(item: tuple) -> tuple:
-    """The effect tuple of a history item."""
-    if len(item) == 3 and item[0] in KEYED:
-        code, key, e = item
-        value, version, ts, expires = unpack_entry(e)
-        if code in _KV:
-            return (code, key, value, version, ts, expires)
-        return (code, key, value, version, ts)
-    return item
 
 
 def history_limit(history) -> int | None:
@@ -172,7 +157,7 @@ class History:
         if not 0 <= i < n:
             raise IndexError("history position out of range")
         if i < self.base:
-            return self._earlier(i, i + 1)[0]
+            return effect_of(self._earlier(i, i + 1)[0])
         return effect_of(self.items[i - self.base])
 
     def __iter__(self):
@@ -182,14 +167,17 @@ class History:
         """The effect tuples at positions start..stop-1."""
         out = []
         if start < self.base:
-            out = self._earlier(start, min(stop, self.base))
+            out = list(map(effect_of, self._earlier(start, min(stop, self.base))))
             start = self.base
         if start < stop:
             out.extend(map(effect_of, self.items[start - self.base:stop - self.base]))
         return out
 
     def raw(self, start: int, stop: int) -> list:
-        """Positions start..stop-1 as held: items in memory, effect tuples from disk."""
+        """Positions start..stop-1 as held: items in memory, effects as logged from disk.
+
+        A keyed write is a `(code, key, entry)` item or an effect tuple (a
+        record of WAL format 1, or a write logged in its field form)."""
         if start < self.base:
             out = self._earlier(start, min(stop, self.base))
             if stop > self.base:

@@ -58,7 +58,7 @@ from inmem.checksum import crc32c
 from inmem.errors import CorruptionError
 from inmem.files import fsync_dir, make_dirs, replace_durably
 from inmem.wal.failpoints import failpoint, register
-from inmem.wal.record import CRC, FORMAT_VERSION, HEADER, HEADER_SIZE, PREFIX_CRC, RECORD_BYTES_MAX
+from inmem.wal.record import CRC, HEADER, HEADER_SIZE, PREFIX_CRCS, RECORD_BYTES_MAX
 from inmem.wal.segment import list_segments, parse_segment_name, segment_name
 
 from .effects import decode_batch
@@ -211,13 +211,14 @@ class HistoryFiles:
     def _fetch(self, place: int):
         fd, file_no, offset, head = self._header(place)
         length, rtype, version = _unpack_header(head)
-        if version != FORMAT_VERSION or not 0 < rtype < 256 or length > RECORD_BYTES_MAX:
+        prefix_crc = PREFIX_CRCS[version]
+        if prefix_crc is None or not 0 < rtype < 256 or length > RECORD_BYTES_MAX:
             self._bad(file_no, offset, f"no record header here (type {rtype}, version {version}, "
                                        f"length {length})")
         body = os.pread(fd, length + CRC.size, offset + HEADER_SIZE)
         if len(body) < length + CRC.size:
             self._bad(file_no, offset, "the record runs past the end of the file")
-        if crc32c(memoryview(body)[:length], PREFIX_CRC[rtype]) != _unpack_crc(body, length)[0]:
+        if crc32c(memoryview(body)[:length], prefix_crc[rtype]) != _unpack_crc(body, length)[0]:
             self._bad(file_no, offset, "the record's crc32c does not match its bytes")
         return head, body, length
 

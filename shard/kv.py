@@ -18,7 +18,7 @@ from inmem.errors import InmemError, InvalidKey, InvalidValue, VersionMismatch
 from inmem.types import Versioned
 from inmem.values import KEY_BYTES_MAX, check_key
 
-from .effects import KV_DEL, KV_PUT, apply_kv_many, array_header, put_kv_entry
+from .effects import KV_DEL, KV_PUT, apply_kv_entries, array_header, put_kv_item
 from .entries import (DELETED, PLAIN_AT, entry_expires, entry_ts, entry_value, entry_version,
                       live_value, pack_entry)
 from .lifecycle import WRITABLE
@@ -58,21 +58,23 @@ class KVOps:
         # The version of a plain entry is its byte 8 (shard.entries).
         version = 1 if old is None else (old[8] if not old[0] & 3 else entry_version(old)) + 1
         exp = None if ttl is None else now + self._ttl_us(ttl)
-        eff = (KV_PUT, key, data, version, now, exp)
         if self._undo is None:
-            # _commit and apply_kv, unrolled: no undo entry to keep outside a transaction.
-            if self.log is not None:
-                self._log(r.run_id, (eff,), r.journal)
+            # _commit and apply_kv, unrolled: no undo entry to keep outside a
+            # transaction. The write is logged in its entry form, the very
+            # item the history keeps (shard.effects).
             if exp is None and version < 256 and 0 <= now < _TS_MAX:
                 e = _HEAD_1(now << 8, version) + data
             else:
                 e = pack_entry(data, version, now, exp)
-            put_kv_entry(r, key, e)
+            item = (KV_PUT, key, e)
             journal = r.journal
+            if self.log is not None:
+                self._log(r.run_id, (item,), journal)
+            put_kv_item(r, key, e, item)
             if len(journal.items) > journal.trim_at:
                 self._trim_history(r)
         else:
-            self._commit(r, eff)
+            self._commit(r, (KV_PUT, key, data, version, now, exp))
         return version
 
     def kv_put_series(self, run: str, calls: list) -> list:
@@ -94,7 +96,8 @@ class KVOps:
         kv = r.kv
         encode = self._encode
         now = self.clock()
-        effs: list = []
+        head, ts8, plain_ts = _HEAD_1, now << 8, 0 <= now < _TS_MAX
+        effs: list = []  # the puts in their entry form
         places: list = []   # out index of each effect in `effs`
         pending: dict = {}  # key -> the version `effs` gives it
         size = 0
@@ -122,7 +125,8 @@ class KVOps:
                 version = 0 if old is None else (old[8] if not old[0] & 3 else entry_version(old))
             version += 1
             pending[key] = version
-            effs.append((KV_PUT, key, data, version, now, None))
+            effs.append((KV_PUT, key, head(ts8, version) + data if version < 256 and plain_ts
+                         else pack_entry(data, version, now)))
             places.append(len(out))
             out.append(version)
             size += len(data) + len(key) + 32
@@ -147,7 +151,7 @@ class KVOps:
                 for i in places:
                     out[i] = exc
                 return
-        apply_kv_many(r, effs)
+        apply_kv_entries(r, effs)
         journal = r.journal
         if len(journal.items) > journal.trim_at:
             self._trim_history(r)
@@ -167,7 +171,8 @@ class KVOps:
         now = self.clock()
         exp = None if ttl is None else now + self._ttl_us(ttl)
         kv = r.kv
-        effs = []
+        effs = []  # the writes in their entry form
+        versions = []
         seen: dict = {}  # key -> the version this call gives it
         encoded: dict = {}  # id(value) -> its encoding: one value stored under two keys once
         for item in items:
@@ -185,17 +190,17 @@ class KVOps:
                 version = 0 if old is None else entry_version(old)
             version += 1
             seen[key] = version
-            effs.append((KV_PUT, key, data, version, now, exp))
+            versions.append(version)
+            effs.append((KV_PUT, key, pack_entry(data, version, now, exp)))
         if not effs:
             return []
         if self.log is not None:
             self._log(r.run_id, effs, r.journal)
-        for eff in effs:
-            put_kv_entry(r, eff[1], pack_entry(eff[2], eff[3], now, exp))
+        apply_kv_entries(r, effs)
         journal = r.journal
         if len(journal.items) > journal.trim_at:
             self._trim_history(r)
-        return [eff[3] for eff in effs]
+        return versions
 
     def kv_get_linked(self, run: str, key: str, field) -> tuple | None:
         """The live value at `key` and the values its `field` names, in one read.

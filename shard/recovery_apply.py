@@ -16,7 +16,8 @@ from typing import Callable
 
 from inmem.errors import InmemError
 
-from .effects import APPLY, CODE, KV_DEL, KV_PUT, RUN_CREATE, RUN_DELETE, apply_kv_many, decode_batch
+from .effects import (APPLY, CODE, KV_DEL, KV_PUT, RUN_CREATE, RUN_DELETE, apply_kv_entries,
+                      apply_kv_many, decode_batch)
 from .runs import RunData
 from .search_index import SearchIndex
 from .snapshot_codec import load
@@ -26,6 +27,7 @@ log = logging.getLogger("inmem.shard")
 _CODE = itemgetter(CODE)
 _KV_CODES = frozenset((KV_PUT, KV_DEL))
 _RUN_CODES = frozenset((RUN_CREATE, RUN_DELETE))
+_ENTRY_FORM = {3}
 
 
 class RecoveryOps:
@@ -54,7 +56,10 @@ class RecoveryOps:
                         continue
                 codes = set(map(_CODE, effs))
                 if codes <= _KV_CODES:
-                    apply_kv_many(r, effs)
+                    if set(map(len, effs)) == _ENTRY_FORM:  # as plain puts log them
+                        apply_kv_entries(r, effs)
+                    else:
+                        apply_kv_many(r, effs)
                     continue
                 if not codes & _RUN_CODES:
                     for eff in effs:

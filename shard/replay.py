@@ -18,10 +18,9 @@ from __future__ import annotations
 
 from inmem.errors import InvalidValue
 
-from .effects import (CODE, EV_APPEND, EXPIRES, JS_DEL, JS_PUT, KEY, KV_DEL, KV_PUT, ST_DEL,
-                      ST_PUT, TR_ADD, TS_FIELD, VALUE)
+from .effects import (CODE, EV_APPEND, EXPIRES, JS_DEL, JS_PUT, KEY, KEYED, KV_DEL, KV_PUT,
+                      ST_DEL, ST_PUT, TR_ADD, TS_FIELD, VALUE)
 from .entries import entry_expires, entry_ts, entry_value
-from .history import KEYED
 
 
 class ReplayOps:

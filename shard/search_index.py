@@ -54,10 +54,9 @@ import time
 import msgpack
 
 from .effects import (CODE, EV_APPEND, EV_PAYLOAD, EV_SEQ, EV_TYPE, EXPIRES, JS_DEL, JS_PUT, KEY,
-                      KV_DEL, KV_PUT, RUN_CREATE, RUN_STATUS, ST_DEL, ST_PUT, TR_ADD, TR_DATA,
-                      TR_ID, TR_TYPE, VALUE, VERSION)
+                      KEYED, KV_DEL, KV_PUT, RUN_CREATE, RUN_STATUS, ST_DEL, ST_PUT, TR_ADD,
+                      TR_DATA, TR_ID, TR_TYPE, VALUE, VERSION, effect_of)
 from .entries import PLAIN_AT, entry_expires, entry_value, entry_version
-from .history import KEYED, effect_of
 
 K1 = 1.2
 B = 0.75

@@ -52,14 +52,15 @@ same records out one by one.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import ClassVar, Iterator
 
 from inmem.checksum import crc32c
 
 from inmem.files import read_data
-from inmem.wal.record import (PREFIX_CRC, CRC, CRC_SIZE, FORMAT_VERSION, HEADER, HEADER_SIZE,
-                        RECORD_BYTES_MAX, RECORD_OVERHEAD)
+from inmem.wal.record import (PREFIX_CRCS, CRC, CRC_SIZE, HEADER, HEADER_SIZE,
+                              READ_VERSIONS, RECORD_BYTES_MAX, RECORD_OVERHEAD)
 from inmem.wal.segment import list_segments
 
 
@@ -119,22 +120,28 @@ def read_file(path) -> bytes:
         return f.readall()
 
 
+#: a byte that may be a record's version field
+_VERSION_BYTE = re.compile(b"[" + b"".join(re.escape(bytes((v,))) for v in READ_VERSIONS) + b"]")
+
+
 def find_record(buf, start: int, end: int, record_bytes_max: int = RECORD_BYTES_MAX) -> int:
     """Offset of the first record in buf[start:end] whose crc verifies, or -1.
 
-    Candidates are found by searching for the version byte with `find` (in C),
-    so zero fill and most payload bytes are passed over without a Python-level
-    step per byte; each candidate's bounds are checked before its crc.
+    Candidates are found by searching for a readable version byte with a
+    regular expression (in C), so zero fill and most payload bytes are passed
+    over without a Python-level step per byte; each candidate's bounds are
+    checked before its crc.
     """
     unpack_header = HEADER.unpack_from
     unpack_crc = CRC.unpack_from
-    version_byte = bytes((FORMAT_VERSION,))
+    search = _VERSION_BYTE.search
     with memoryview(buf) as mv:
         pos = start + 5
         while True:
-            v = buf.find(version_byte, pos, end)
-            if v < 0:
+            m = search(buf, pos, end)
+            if m is None:
                 return -1
+            v = m.start()
             p = v - 5
             pos = v + 1
             if p + RECORD_OVERHEAD > end:
@@ -154,7 +161,7 @@ def _diagnose(buf, off: int, size: int, record_bytes_max: int) -> str:
     length, rtype, version = HEADER.unpack_from(buf, off)
     if length == 0 and rtype == 0 and version == 0:
         return "zero-filled bytes"
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         return f"bad record format version {version}"
     if rtype == 0:
         return "record type 0 (reserved, never written)"
@@ -179,7 +186,7 @@ def _unknown_version(buf, off: int, size: int, record_bytes_max: int) -> int | N
         return None
     length, rtype, version = HEADER.unpack_from(buf, off)
     body_end = off + HEADER_SIZE + length
-    if (version in (0, FORMAT_VERSION) or not rtype or length > record_bytes_max
+    if (version == 0 or version in READ_VERSIONS or not rtype or length > record_bytes_max
             or body_end + CRC_SIZE > size):
         return None
     with memoryview(buf) as mv:
@@ -276,8 +283,7 @@ class WalReader:
         unpack_header = HEADER.unpack_from
         unpack_crc = CRC.unpack_from
         crc = crc32c
-        prefix_crc = PREFIX_CRC
-        version = FORMAT_VERSION
+        prefix_crcs = PREFIX_CRCS
         skipped_before = 0
         for i, (first, path) in enumerate(segments):
             self.segment = path
@@ -314,7 +320,8 @@ class WalReader:
                     length, rtype, ver = unpack_header(data, off)
                     body = off + 6
                     body_end = body + length
-                    if ver != version or not rtype or length > rmax or body_end + 4 > size:
+                    prefix_crc = prefix_crcs[ver]
+                    if prefix_crc is None or not rtype or length > rmax or body_end + 4 > size:
                         break
                     payload = data[body:body_end]
                     if crc(payload, prefix_crc[rtype]) != unpack_crc(data, body_end)[0]:
@@ -364,7 +371,8 @@ class WalReader:
         if unknown is not None:
             self._stop(Corruption(
                 path, off, f"record in format version {unknown}, which this build does "
-                f"not read (this build writes version {FORMAT_VERSION}); open the data "
+                f"not read (this build reads versions "
+                f"{', '.join(map(str, READ_VERSIONS))}); open the data "
                 f"with the release that wrote it"), lsn)
             return -1
         reason = _diagnose(data, off, size, rmax)
@@ -401,7 +409,7 @@ def _skip_records(data: bytes, off: int, lsn: int, start: int, rmax: int) -> tup
         while lsn < start and off + RECORD_OVERHEAD <= size:
             length, rtype, ver = unpack_header(data, off)
             body_end = off + HEADER_SIZE + length
-            if (ver != FORMAT_VERSION or not rtype or length > rmax
+            if (ver not in READ_VERSIONS or not rtype or length > rmax
                     or body_end + CRC_SIZE > size
                     or crc32c(mv[off + 4:body_end]) != unpack_crc(data, body_end)[0]):
                 break

@@ -33,8 +33,13 @@ from inmem.checksum import crc32c
 
 from inmem.wal.errors import RecordTooLarge
 
-#: The record format version written into every record.
-FORMAT_VERSION = 1
+#: The record format version written into every record. Version 2 records may
+#: log a keyed write as the entry it leaves (`shard.effects`); version 1
+#: records, which this build still reads, never do. A release that reads only
+#: version 1 stops at a version 2 record and says so, instead of misreading it.
+FORMAT_VERSION = 2
+#: The versions this build reads.
+READ_VERSIONS = (1, 2)
 
 #: A payload holding one or more committed operations (a drained batch or one
 #: transaction); recovery keeps or drops it whole.
@@ -54,10 +59,14 @@ HEADER_SIZE = HEADER.size          # 6
 CRC_SIZE = CRC.size                # 4
 RECORD_OVERHEAD = HEADER_SIZE + CRC_SIZE
 
-#: The crc of the two bytes (type, version) for every type code. The crc of a
-#: payload continues from it, so neither encoding nor reading ever copies a
-#: payload just to checksum it together with its header.
-PREFIX_CRC = tuple([crc32c(bytes((rtype, FORMAT_VERSION))) for rtype in range(256)])
+#: PREFIX_CRCS[version][type]: the crc of the two bytes (type, version), for
+#: each version this build reads (None for the others). The crc of a payload
+#: continues from it, so neither encoding nor reading ever copies a payload
+#: just to checksum it together with its header.
+PREFIX_CRCS = tuple(tuple([crc32c(bytes((rtype, version))) for rtype in range(256)])
+                    if version in READ_VERSIONS else None for version in range(256))
+#: The same for the version this build writes.
+PREFIX_CRC = PREFIX_CRCS[FORMAT_VERSION]
 
 _pack_header = HEADER.pack
 _pack_crc = CRC.pack

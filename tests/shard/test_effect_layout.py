@@ -24,8 +24,9 @@ from inmem.shard.snapshot_codec import dump
 
 START_US = 1_000_000
 
-#: (run id, effect count, packed effects) of every group `build` logs, in order
-WAL_GROUPS = [
+#: (run id, effect count, packed effects) of every group `build` logs, in order,
+#: as WAL record format 1 held them (every effect in its field form)
+WAL_GROUPS_V1 = [
     ("r1", 1, "9701a27231a16ec091a174c40481a16d01ce000f4240"),  # run.begin
     ("r1", 1, "960aa16bc403c4017601ce000f4241c0"),  # kv.put
     ("r1", 1, "960aa16bc402a17702ce000f4242ce005b8d82"),  # kv.put with a ttl
@@ -45,6 +46,15 @@ WAL_GROUPS = [
     ("r2", 1, "9701a27232c0c090c0ce000f424e"),  # run.begin
     ("r2", 1, "9303a27232ce000f424f"),  # run.delete
 ]
+
+#: the same in record format 2: a plain kv.put is logged in its entry form,
+#: [code, key, entry]; the entry is flags, a 7-byte time, the version, (with a
+#: ttl) the expiry as an i64, then the packed value
+WAL_GROUPS = [WAL_GROUPS_V1[0],
+              ("r1", 1, "930aa16bc40c" "00" "41420f00000000" "01" "c40176"),  # kv.put
+              ("r1", 1, "930aa16bc413" "04" "42420f00000000" "02" "828d5b0000000000"
+                        "a177"),  # kv.put with a ttl
+              *WAL_GROUPS_V1[3:]]
 
 #: sha256 of each snapshot section `dump` makes of the same engine, by section type
 #: (snapshot codec 2: the tables as the engine keeps them, and the history index)
@@ -114,6 +124,20 @@ def build() -> Engine:
 def test_every_logged_group_keeps_its_bytes():
     got = [(run_id, n, data.hex()) for run_id, n, data in build().take_log()]
     assert got == [(run_id, n, data) for run_id, n, data in WAL_GROUPS]
+
+
+@pytest.mark.parametrize("groups", [WAL_GROUPS_V1, WAL_GROUPS], ids=["format1", "format2"])
+def test_groups_of_either_record_format_rebuild_the_same_engine(groups):
+    live = build()
+    rebuilt = Engine()
+    target = EngineRecovery(rebuilt)
+    for payload, _n in fx.record_payloads([(run_id, n, bytes.fromhex(data), None)
+                                           for run_id, n, data in groups]):
+        target.apply_record(payload)
+    assert {rid: dict(r.kv) for rid, r in rebuilt.runs.items()} == \
+        {rid: dict(r.kv) for rid, r in live.runs.items()}
+    assert {rid: list(r.journal) for rid, r in rebuilt.runs.items()} == \
+        {rid: list(r.journal) for rid, r in live.runs.items()}
 
 
 def test_every_snapshot_section_keeps_its_bytes():
@@ -236,7 +260,7 @@ def test_run_fields(engine, clock):
 def test_every_code_names_where_its_timestamp_is():
     effects = []
     for _run_id, _n, data in build().take_log():
-        effects += msgpack.Unpacker(io.BytesIO(data), raw=False, use_list=False)
+        effects += map(fx.effect_of, msgpack.Unpacker(io.BytesIO(data), raw=False, use_list=False))
     assert {eff[fx.CODE] for eff in effects} == set(fx.TS_FIELD)
     stamps = [eff[fx.TS_FIELD[eff[fx.CODE]]] for eff in effects]
     # The build's clock ticks by one per reading: each effect's time is a later tick.

@@ -217,13 +217,27 @@ def test_zero_filled_region_followed_by_records_is_corruption(tmp_path):
 
 
 def test_unknown_format_version_stops_even_with_a_skip_budget(tmp_path):
-    path = write_segment(tmp_path, 0, rec(b"a") + rec(b"future", version=2))
+    path = write_segment(tmp_path, 0, rec(b"a") + rec(b"future", version=3))
     records, reader = read_back(tmp_path, max_corrupt_entries=5)
     assert lsns_and_payloads(records) == [(0, b"a")]
     assert isinstance(reader.outcome, Corruption)
     assert (reader.outcome.segment, reader.outcome.offset) == (path, 11)
-    assert "format version 2" in reader.outcome.reason
+    assert "format version 3" in reader.outcome.reason
     assert reader.corrupt_skipped == 0
+
+
+def test_records_of_the_previous_format_version_are_read_beside_current_ones(tmp_path):
+    # A log written before version 2 goes on in version 2 after an upgrade.
+    old = [rec(b"v1-%d" % i, version=1) for i in range(3)]
+    write_segment(tmp_path, 0, b"".join(old) + rec(b"v2-a") + rec(b"v1-late", version=1))
+    records, reader = read_back(tmp_path)
+    assert [p for _lsn, _t, p in records] == [b"v1-0", b"v1-1", b"v1-2", b"v2-a", b"v1-late"]
+    assert reader.outcome == CleanEnd()
+    # Resynchronising past damage finds a record of either version.
+    data = b"\x07" * 9 + old[1] + rec(b"v2-b")
+    assert find_record(data, 0, len(data)) == 9
+    data = b"\x07" * 9 + rec(b"v2-b") + old[1]
+    assert find_record(data, 0, len(data)) == 9
 
 
 # -- zero fill and empty segments ----------------------------------------------

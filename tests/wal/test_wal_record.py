@@ -17,8 +17,8 @@ from walfix import rec, write_segment
 def test_encode_matches_the_layout_byte_by_byte():
     payload = b"\x81\xa3key\xa5value"
     got = record.encode(payload)
-    expected = (len(payload).to_bytes(4, "little") + bytes([1, 1]) + payload
-                + crc32c(bytes([1, 1]) + payload).to_bytes(4, "little"))
+    expected = (len(payload).to_bytes(4, "little") + bytes([1, 2]) + payload
+                + crc32c(bytes([1, 2]) + payload).to_bytes(4, "little"))
     assert got == expected
     assert got == rec(payload)
     assert len(got) == record.record_size(len(payload)) == len(payload) + 10
@@ -43,7 +43,8 @@ def test_other_record_types_are_encoded_with_their_code():
 def test_constants_are_fixed():
     # These are on-disk values: changing one breaks every existing log.
     assert record.TYPE_BATCH == 1
-    assert record.FORMAT_VERSION == 1
+    assert record.FORMAT_VERSION == 2
+    assert record.READ_VERSIONS == (1, 2)
     assert record.RECORD_BYTES_MAX == 64 * 2**20
     assert record.HEADER.size == 6 and record.CRC.size == 4
 

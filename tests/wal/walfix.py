@@ -13,7 +13,7 @@ import struct
 from crc32c import crc32c
 
 
-def rec(payload: bytes, rtype: int = 1, version: int = 1, crc: int | None = None,
+def rec(payload: bytes, rtype: int = 1, version: int = 2, crc: int | None = None,
         length: int | None = None) -> bytes:
     """One record: | length u32 | type u8 | version u8 | payload | crc32c u32 |, little-endian."""
     if crc is None:
