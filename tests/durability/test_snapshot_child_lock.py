@@ -17,6 +17,7 @@ import textwrap
 import pytest
 
 import inmem
+from polling import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +42,19 @@ CHILD = textwrap.dedent("""
 """)
 
 
+def holds_lock(pid: int, path) -> bool:
+    """Whether process `pid` has the directory's LOCK file open."""
+    lock = os.path.realpath(os.path.join(path, "LOCK"))
+    fds = f"/proc/{pid}/fd"
+    for fd in os.listdir(fds):
+        try:
+            if os.readlink(os.path.join(fds, fd)) == lock:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def test_a_killed_store_reopens_while_its_snapshot_child_still_runs(tmp_path):
     path = tmp_path / "db"
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE,
@@ -50,6 +64,9 @@ def test_a_killed_store_reopens_while_its_snapshot_child_still_runs(tmp_path):
         line = proc.stdout.readline()
         assert line.strip().isdigit(), f"the store did not fork a snapshot child: {line!r}"
         child = int(line)
+        # The child closes its copy of the lock first thing once it runs; on
+        # a loaded machine it may not have run yet when the parent printed.
+        wait_for(lambda: not holds_lock(child, path), 30, "the snapshot child to drop the lock")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         os.kill(child, 0)  # the snapshot child outlives its parent for now
