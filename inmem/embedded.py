@@ -118,36 +118,48 @@ class _FastKV(KV):
     def __init__(self, backend: EmbeddedBackend):
         super().__init__(backend.call)
         lock = backend.lock
+        # The lock's own methods rather than `with lock`: a third of the cost
+        # of taking it, on a read that costs well under a microsecond in all.
+        acquire, release = lock.acquire, lock.release
         engine = backend.engine
         kv_get = engine.kv_get
         kv_put = engine.kv_put
         store = backend.store
 
         def get(run, key, default=None):
-            with lock:
+            acquire()
+            try:
                 if backend._closed:
                     raise InmemError("the database is closed")
                 return kv_get(run, key, default)
+            finally:
+                release()
 
         if store is None:
             def put(run, key, value, ttl=None):
-                with lock:
+                acquire()
+                try:
                     if backend._closed:
                         raise InmemError("the database is closed")
                     return kv_put(run, key, value, ttl)
+                finally:
+                    release()
         else:
             writer = store.writer
             commit = store.commit_locked
             wait = store.wait_durable
 
             def put(run, key, value, ttl=None):
-                with lock:
+                acquire()
+                try:
                     if backend._closed:
                         raise InmemError("the database is closed")
                     if writer.failed:
                         store.check_writable()
                     version = kv_put(run, key, value, ttl)
                     token = commit()
+                finally:
+                    release()
                 if token is not None:
                     wait(token)
                 return version
