@@ -38,7 +38,7 @@ from inmem.files import keep_evidence_copy, make_dirs
 from inmem.types import RecoveryResult
 from inmem.recovery import policy
 from inmem.recovery.snapshot_store import SnapshotStore
-from inmem.wal.reader import Corruption, TornTail, WalReader
+from inmem.wal.reader import CleanEnd, Corruption, TornTail, WalReader
 from inmem.wal.segment import list_segments
 
 log = logging.getLogger("inmem.recovery")
@@ -114,7 +114,14 @@ class RecoveryTarget(Protocol):
 
 def recover(directory, target: RecoveryTarget, *, shard: int = 0, max_corrupt_entries: int = 0,
             snapshot_retention: int = 2):
-    """Rebuild `target` (empty) from `directory`; returns (RecoveryResult, next_lsn, store, case)."""
+    """Rebuild `target` (empty) from `directory`.
+
+    Returns (RecoveryResult, next_lsn, store, case, log_end): `log_end` is
+    (newest segment's path, offset after its last record, LSN after it) when
+    the WAL was read to a clean end with nothing skipped, so that a writer
+    can continue it without reading it again (`WalWriter(log_end=...)`);
+    None otherwise.
+    """
     started_at = time.time_ns() // 1000
     t0 = time.perf_counter()
     # Recovery allocates millions of objects that all survive: without this
@@ -196,7 +203,11 @@ def _recover(directory, target, shard, max_corrupt_entries, snapshot_retention, 
         finished_at=finished_at, index_seconds=round(index_seconds, 6))
     log.info("shard %d recovered: snapshot %s, %d records, %d truncated bytes, %d orphaned runs",
              shard, snapshot_used, records, truncated, len(orphans))
-    return result, max(reader.next_lsn, start_lsn), store, case
+    log_end = None
+    if (isinstance(outcome, CleanEnd) and not reader.corrupt_skipped and reader.segment
+            and segments and reader.segment == segments[-1][1]):
+        log_end = (reader.segment, reader.end_offset, reader.next_lsn)
+    return result, max(reader.next_lsn, start_lsn), store, case, log_end
 
 
 def _cut_torn_tail(torn: TornTail) -> int:

@@ -140,7 +140,7 @@ class DurableStore:
             engine = Engine(clock=clock, log=True, **kwargs)
             files = engine.history_files = HistoryFiles(path)
             target = EngineRecovery(engine)
-            result, next_lsn, snapshots, _case = recover(
+            result, next_lsn, snapshots, _case, log_end = recover(
                 path, target, shard=shard, max_corrupt_entries=opts["max_corrupt_entries"],
                 snapshot_retention=opts["snapshot_retention"])
             # A snapshot taken before a compaction names the files it moved
@@ -155,7 +155,8 @@ class DurableStore:
                                start_lsn=next_lsn, preallocate=durability == "strict",
                                # A buffered flush can carry megabytes; warn only when
                                # an fsync is slow enough to matter to a user.
-                               fsync_slow_ms=opts["fsync_slow_ms"], flusher=flusher)
+                               fsync_slow_ms=opts["fsync_slow_ms"], flusher=flusher,
+                               log_end=log_end)
             files.durable_lsn = lambda: writer.durable_lsn
         except BaseException:
             os.close(lock_fd)

@@ -96,7 +96,7 @@ class WalWriter:
                  segment_bytes_max: int = 64 * 2**20, flush_interval_ms: float = 100,
                  max_pending_writes: int = 1000, fsync_slow_ms: float = 50,
                  start_lsn: int | None = None, before_flush=None, preallocate: bool = False,
-                 flusher: bool = True):
+                 flusher: bool = True, log_end: tuple | None = None):
         if mode not in MODES:
             raise ValueError(f"WAL mode must be one of {MODES}, got {mode!r} "
                              f"(the 'inmemory' durability writes no WAL at all)")
@@ -148,7 +148,10 @@ class WalWriter:
         self._pending = 0
 
         self._fd: int | None = None
-        first, size, next_lsn = self._open_log(start_lsn)
+        # log_end: (newest segment's path, offset after its last record, LSN
+        # after it), as a reader that just read that segment to a clean end
+        # found them (recovery does): the segment need not be read again.
+        first, size, next_lsn = self._open_log(start_lsn, log_end)
         self._fd_seg_first = first        # segment the fd writes (physical)
         self._fd_size = size
         self._fd_dirty = False
@@ -174,7 +177,7 @@ class WalWriter:
 
     # -- opening -------------------------------------------------------------
 
-    def _open_log(self, start_lsn: int | None) -> tuple[int, int, int]:
+    def _open_log(self, start_lsn: int | None, log_end=None) -> tuple[int, int, int]:
         """Open the segment the next record goes to; return (its first LSN, its size, next LSN)."""
         directory = self.directory
         make_dirs(directory, _fsync)
@@ -193,7 +196,11 @@ class WalWriter:
                 f"cannot start the WAL in {directory} at LSN {start_lsn}: it already "
                 f"holds a segment starting at LSN {newest_first}; open it without "
                 f"start_lsn to continue after its last record")
-        end_lsn, end_offset, clean = self._newest_end()
+        if log_end is not None and log_end[0] == newest_path:
+            _path, end_offset, end_lsn = log_end
+            clean = True
+        else:
+            end_lsn, end_offset, clean = self._newest_end()
         if start_lsn is None:
             if not clean:
                 raise WalNeedsRecovery(
