@@ -85,8 +85,17 @@ class History:
     def to_disk(self, count: int, place: int, skip: int) -> None:
         """The next `count` positions are in the WAL record at `place`, after `skip` of this run's.
 
-        The items stay held until `drop_held` lets them go.
+        The items stay held until `drop_held` lets them go. A stretch that
+        goes on where the last extent's stretch of the same record ends (the
+        run's groups in a record are interleaved with other runs') extends
+        that extent: a reader of the record gets all of this run's effects in
+        it in order, so one extent per run and record is enough.
         """
+        n = len(self.ext_loc)
+        if n and self.ext_loc[-1] == place and \
+                self.ext_skip[-1] + self.disk - self.ext_pos[-1] == skip:
+            self.disk += count
+            return
         self.ext_pos.append(self.disk)
         self.ext_loc.append(place)
         self.ext_skip.append(skip)

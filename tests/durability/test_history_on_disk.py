@@ -312,3 +312,36 @@ def test_history_after_a_skipped_damaged_record_reads_the_records_recovery_appli
         assert values == sorted(values) and len(set(values)) > 30
     finally:
         db.close()
+
+
+def test_runs_written_in_turn_take_one_extent_per_record(tmp_path):
+    # Agents writing side by side interleave their groups in each WAL record;
+    # the index still needs one extent per run and record, not one per write.
+    path = tmp_path / "db"
+    db = inmem.open(path, "buffered", snapshot_on_close=False, flush_interval_ms=10_000)
+    try:
+        a, b = db.begin_run(run_id="a"), db.begin_run(run_id="b")
+        with db.pipeline() as p:
+            for i in range(500):
+                p.kv.put(a, f"k{i % 50}", i)
+                p.kv.put(b, f"k{i % 50}", -i)
+        store = db._backend.store
+        with store.lock:
+            store.flush()
+        shard = db._backend.engine
+        for run in (a, b):
+            h = shard.runs[run].journal
+            assert len(h.ext_loc) <= 2, (run, len(h.ext_loc))  # its creation's record, this one
+        views = {run: [db.replay_run(run, at=k) for k in [*range(0, 502, 7), 501]]
+                 for run in (a, b)}
+        assert views[a][-1].kv["k49"] == 499 and views[b][-1].kv["k49"] == -499
+        assert views[a][-2].kv["k49"] == 449 and views[b][-2].kv["k45"] == -495
+    finally:
+        db.close()
+    db = inmem.open(path, "buffered", snapshot_on_close=False)
+    try:
+        for run in (a, b):
+            assert [db.replay_run(run, at=k) for k in [*range(0, 502, 7), 501]] == views[run]
+            assert len(db._backend.engine.runs[run].journal.ext_loc) <= 3
+    finally:
+        db.close()
