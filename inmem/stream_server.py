@@ -1,12 +1,12 @@
 """The stream transport inside a poll loop: a listening socket and its connections, and links out.
 
 A shard's loop owns it. Each turn the loop polls the ROUTER and these
-sockets together (a `zmq.Poller` takes plain descriptors), then `read`
-accepts new connections and takes every whole message waiting on each ready
-connection as `[connection, header, body]`, the shape of a ROUTER message with
-the connection where the peer's identity would be; the loop handles both
-kinds alike and hands each reply to `send`. The framing is
-`inmem.stream`'s.
+sockets together (in one `inmem.transport.RouterPoll`, or a `zmq.Poller`,
+which takes plain descriptors too), then `read` accepts new connections and
+takes every whole message waiting on each ready connection as
+`[connection, header, body]`, the shape of a ROUTER message with the
+connection where the peer's identity would be; the loop handles both kinds
+alike and hands each reply to `send`. The framing is `inmem.stream`'s.
 
 Nothing a peer sends can stop the loop or grow it without bound:
 - a frame whose length is over the message limit ends that connection;
@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import socket
 
 import zmq
@@ -38,8 +39,10 @@ log = logging.getLogger("inmem.stream")
 #: open connections at most; more are closed on arrival
 CONNECTIONS_MAX = 4096
 
-_POLLIN = zmq.POLLIN
-_POLLOUT = zmq.POLLOUT
+#: (in, out, trouble) flags of each kind of poller: a zmq.Poller reports a hang-up or an
+#: error on a descriptor as POLLERR, select.poll as POLLHUP, POLLERR or POLLNVAL
+_ZMQ_FLAGS = (zmq.POLLIN, zmq.POLLOUT, zmq.POLLERR)
+_POLL_FLAGS = (select.POLLIN, select.POLLOUT, select.POLLHUP | select.POLLERR | select.POLLNVAL)
 
 
 def send_now(sock: socket.socket, data: bytes) -> bytes:
@@ -78,7 +81,13 @@ class StreamServer:
         self.path = path
         self.max_message_bytes = max_message_bytes
         self.connections: dict[int, Connection] = {}
-        self.poller: zmq.Poller | None = None
+        self.poller = None  # a zmq.Poller, or anything with select.poll's methods and flags
+        self._in, self._out, self._trouble = _ZMQ_FLAGS
+        # Every connection reads into this one buffer: a fresh bytes object of
+        # READ_BYTES per recv is an allocation large enough for malloc to map
+        # and unmap pages on each call.
+        self._rbuf = bytearray(READ_BYTES)
+        self._rview = memoryview(self._rbuf)
         self.refused = 0  # connections closed on arrival (over CONNECTIONS_MAX)
         self.dropped = 0  # connections ended for a frame that is not one
         try:
@@ -101,28 +110,36 @@ class StreamServer:
         self.listener = listener
         self.listen_fd = listener.fileno()
 
-    def register(self, poller: zmq.Poller) -> None:
-        """Poll the listener (and, from now on, every connection) with `poller`."""
+    def register(self, poller) -> None:
+        """Poll the listener (and, from now on, every connection) with `poller`: a
+        `zmq.Poller`, or a `select.poll` (or an `inmem.transport.RouterPoll`)."""
         self.poller = poller
-        poller.register(self.listen_fd, _POLLIN)
+        self._in, self._out, self._trouble = (_ZMQ_FLAGS if isinstance(poller, zmq.Poller)
+                                              else _POLL_FLAGS)
+        poller.register(self.listen_fd, self._in)
 
     # -- reading -------------------------------------------------------------------
 
-    def read(self, events: dict, batch: list, limit: int) -> None:
-        """Accept and read what `events` (a poll's result) says is ready; messages go to `batch`."""
+    def read(self, events, batch: list, limit: int) -> None:
+        """Accept and read what `events` (a poll's result: a dict, or a list of (fd, flags))
+        says is ready; messages go to `batch`. Descriptors not ours are skipped."""
         conns = self.connections
-        for fd, ev in events.items():
+        # A hang-up or an error is met by the read or the write that was waiting:
+        # it fails or finds the end, and the connection is closed.
+        readable = self._in | self._trouble
+        writable = self._out | self._trouble
+        for fd, ev in (events.items() if type(events) is dict else events):
             if fd == self.listen_fd:
                 self._accept()
                 continue
             conn = conns.get(fd) if type(fd) is int else None
             if conn is None:
                 continue
-            if ev & _POLLOUT:
-                self._flush(conn)
-                if conn.closed:
-                    continue
-            if ev & _POLLIN and conn.out is None and len(batch) < limit:
+            if conn.out is not None:
+                if ev & writable:
+                    self._flush(conn)
+                continue  # not read again until its replies are out
+            if ev & readable and len(batch) < limit:
                 self._read(conn, batch)
 
     def _accept(self) -> None:
@@ -142,19 +159,20 @@ class StreamServer:
             sock.setblocking(False)
             conn = Connection(sock)
             self.connections[conn.fd] = conn
-            self.poller.register(conn.fd, _POLLIN)
+            self.poller.register(conn.fd, self._in)
 
     def _read(self, conn: Connection, batch: list) -> None:
         try:
-            data = conn.sock.recv(READ_BYTES)
+            n = conn.sock.recv_into(self._rbuf)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             self.close_connection(conn)
             return
-        if not data:
+        if not n:
             self.close_connection(conn)
             return
+        data = bytes(self._rview[:n])
         buf = conn.buf + data if conn.buf else data
         try:
             conn.buf = split_frames(buf, self.max_message_bytes, batch, conn)
@@ -194,7 +212,7 @@ class StreamServer:
         if rest:
             conn.out = [rest]
             # Wait for room; stop reading this peer until its replies are out.
-            self.poller.modify(conn.fd, _POLLOUT)
+            self.poller.modify(conn.fd, self._out)
 
     def _flush(self, conn: Connection) -> None:
         try:
@@ -206,7 +224,7 @@ class StreamServer:
             conn.out = [rest]
             return
         conn.out = None
-        self.poller.modify(conn.fd, _POLLIN)
+        self.poller.modify(conn.fd, self._in)
 
     # -- closing -------------------------------------------------------------------
 

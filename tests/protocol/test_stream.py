@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import stat
 import struct
@@ -20,10 +21,11 @@ from inmem.stream_server import StreamServer
 LIMIT = 4 * 2**20
 
 
-@pytest.fixture
-def server(tmp_path):
+@pytest.fixture(params=["zmq.Poller", "select.poll"])
+def server(request, tmp_path):
+    # Both kinds of poll a loop may register the server with: their flags differ.
     srv = StreamServer(str(tmp_path / "s.sock.s"), LIMIT)
-    poller = zmq.Poller()
+    poller = zmq.Poller() if request.param == "zmq.Poller" else select.poll()
     srv.register(poller)
     srv.test_poller = poller
     yield srv
@@ -195,6 +197,25 @@ def test_a_peer_that_does_not_read_its_replies_is_not_read_until_they_drain(serv
             received += 1
     assert received == sent
     assert [bytes(b) for _c, _h, b in later] == [b"later"]
+
+
+def test_a_peer_that_hangs_up_with_replies_pending_is_closed(server):
+    chan = connect(server)
+    big = b"x" * 200_000
+    for i in range(200):
+        chan.send(header(KIND_OP, 1, i), big, time.monotonic() + 5)
+        echo(server, turn(server, 200))
+        if any(c.out for c in server.connections.values()):
+            break
+    assert any(c.out for c in server.connections.values()), "the replies never backed up"
+    chan.close()
+    # The hang-up is met by the write that was waiting: the connection ends,
+    # and the poll does not keep reporting a descriptor nobody handles.
+    deadline = time.monotonic() + 10
+    while server.connections and time.monotonic() < deadline:
+        server.read(dict(server.test_poller.poll(50)), [], 4096)
+    assert not server.connections
+    assert not server.test_poller.poll(0)
 
 
 def test_the_channel_reports_a_closed_peer_and_a_passed_deadline(server):
