@@ -12,7 +12,8 @@ the coordinator's "hello" carries the RecoveryResult.
 
 One thread owns the socket, the engine and the WAL's writes: no background
 thread contends for the GIL. Every operation and every committed transaction is
-therefore atomic. One poll watches the ROUTER, the stream listener and every
+therefore atomic. One poll (`inmem.transport.RouterPoll`: the kernel's poll
+over the ROUTER's ZMQ_FD) watches the ROUTER, the stream listener and every
 stream connection. Each turn drains every request waiting on them (up to
 DRAIN_MAX), applies them in arrival order, hands their WAL groups over in one
 durable commit step (`DurableStore.commit_locked`: in strict mode one write and
@@ -66,7 +67,7 @@ from inmem.shard.engine import Engine, put_series_end
 from inmem.shard.upkeep import UPKEEP_EVERY_S, IndexShare, index_slice, shard_info, upkeep
 from inmem.stream import stream_path
 from inmem.stream_server import Connection, StreamServer
-from inmem.transport import bind_router, drain, ipc_dir
+from inmem.transport import RouterPoll, bind_router, drain, ipc_dir
 
 log = logging.getLogger("inmem.shard")
 
@@ -159,11 +160,12 @@ class Worker:
     def serve(self) -> None:
         sock = self.sock
         stream = self.stream
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
+        # The kernel's poll over the ROUTER's ZMQ_FD and the stream sockets: a
+        # turn that serves only stream clients makes no ZeroMQ call.
+        waiter = RouterPoll(sock)
         if stream is not None:
-            stream.register(poller)
-        poll = poller.poll
+            stream.register(waiter)
+        wait = waiter.wait
         reply_all = self.reply_all
         process = self.process
         tick = None if self.store is None else self.store.tick
@@ -176,24 +178,25 @@ class Worker:
             if tick is not None:
                 # The buffered flush runs here, between turns, after their replies.
                 try:
-                    wait = tick()
+                    flush_in = tick()
                 except DurabilityError as exc:
                     self.fail_stop([], exc)
-                if wait is not None:
-                    timeout = min(POLL_MS, int(wait * 1000) + 1)
+                if flush_in is not None:
+                    timeout = min(POLL_MS, int(flush_in * 1000) + 1)
             if rebuilding():
                 timeout = 0
             elif not frozen:
                 # The rebuilt index lives as long as the process, as the recovered state does.
                 gc.freeze()
                 frozen = True
-            events = poll(timeout)
-            if events:
-                events = dict(events)
-                batch = list(drain(sock, DRAIN_MAX)) if sock in events else []
-                if stream is not None:
+            router_ready, events = wait(timeout)
+            if router_ready or events:
+                batch = list(drain(sock, DRAIN_MAX)) if router_ready else []
+                if stream is not None and events:
                     stream.read(events, batch, DRAIN_MAX)
                 if batch:
+                    # Replies to ROUTER peers go out in this turn, one `wait` said
+                    # the ROUTER was ready in: the next wait asks it before sleeping.
                     reply_all(process(batch))
                     index_share()  # a rebuild's share of a loop that never idles
             elif not timeout and rebuilding():
