@@ -3,7 +3,8 @@
 `EchoServer` runs `serve` in a process of its own, listening as a shard does:
 a ROUTER set up as the cluster's own (`inmem.transport.bind_router`) on an
 ipc:// socket, and beside it the stream socket (`inmem.stream_server`) that
-clients on the same host use by default. One loop polls both, takes every
+clients on the same host use by default. One loop polls both (the shard's
+`inmem.transport.RouterPoll`), takes every
 message that is ready (from the ROUTER with `copy=False`) and sends each one
 back unchanged. It stores nothing, decodes nothing and fsyncs nothing, so no
 key-value store reached over the same transport from Python can answer
@@ -34,7 +35,7 @@ from inmem.protocol import (DEFAULT_MAX_MESSAGE_BYTES, KIND_BATCH, KIND_OP, head
                             new_packer, op_body, slot_of)
 from inmem.stream import StreamChannel, stream_path
 from inmem.stream_server import StreamServer
-from inmem.transport import bind_router
+from inmem.transport import RouterPoll, bind_router
 
 START_TIMEOUT_S = 20.0
 #: messages taken off the socket per turn at most, as the coordinator's loop does
@@ -46,16 +47,15 @@ def serve(endpoint: str, ready) -> None:
     ctx = zmq.Context(1)
     sock = bind_router(ctx, endpoint, DEFAULT_MAX_MESSAGE_BYTES)
     stream = StreamServer(stream_path(endpoint), DEFAULT_MAX_MESSAGE_BYTES)
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
-    stream.register(poller)
+    waiter = RouterPoll(sock)  # the shard's own wait, so the floor stays under the shard
+    stream.register(waiter)
     ready.set()
     recv, send = sock.recv_multipart, sock.send_multipart
     noblock = zmq.NOBLOCK
     while True:
-        events = dict(poller.poll())
+        router_ready, events = waiter.wait(-1)
         ready_msgs: list = []
-        if sock in events:
+        if router_ready:
             try:
                 for _ in range(DRAIN_MAX):
                     ready_msgs.append(recv(noblock, copy=False))
