@@ -47,8 +47,11 @@ LENGTH = struct.Struct("<I")
 PREFIX_BYTES = LENGTH.size + HEADER_BYTES
 #: a Unix socket path's limit (sun_path, with its terminating zero)
 PATH_MAX = 107
-#: bytes asked of the kernel per read
+#: bytes asked of the kernel per read (a serving loop reads into one buffer of this size)
 READ_BYTES = 256 * 1024
+#: bytes a client's channel asks per read: `recv(n)` allocates n bytes each call, and under
+#: malloc's mmap threshold (128 KiB) that is heap memory, not pages mapped and unmapped
+CHANNEL_READ_BYTES = 64 * 1024
 
 _pack_length = LENGTH.pack
 _unpack_length = LENGTH.unpack_from
@@ -188,7 +191,7 @@ class StreamChannel:
                 if len(buf) >= end:
                     self.buf = buf[end:]
                     return [buf[LENGTH.size:PREFIX_BYTES], buf[PREFIX_BYTES:end]]
-                if end - len(buf) > READ_BYTES:
+                if end - len(buf) > CHANNEL_READ_BYTES:
                     self.buf = b""
                     return self._recv_large(buf, end, deadline)
             remaining = deadline - time.monotonic()
@@ -199,7 +202,7 @@ class StreamChannel:
             if not self._wait.poll(_ms(remaining)):
                 continue
             try:
-                data = self.sock.recv(READ_BYTES)
+                data = self.sock.recv(CHANNEL_READ_BYTES)
             except BlockingIOError:
                 continue
             except OSError as exc:
