@@ -322,6 +322,9 @@ def test_diff_with_an_unknown_run_is_run_not_found(db, run):
         db.diff_runs(run, "missing")
     with pytest.raises(inmem.RunNotFound):
         db.diff_runs("missing", run)
+    # Both runs are replayed at once; the first one's error is the one raised.
+    with pytest.raises(inmem.RunNotFound, match="'gone-a'"):
+        db.diff_runs("gone-a", "gone-b")
 
 
 def test_diff_does_not_write(db, pair):
