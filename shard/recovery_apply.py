@@ -161,55 +161,41 @@ class EngineRecovery:
         return groups
 
     def _apply_placed(self, payloads, segment: int, offsets) -> int:
-        # The items a record's effects became are let go while they are still
-        # in the cache: the index rebuild that follows recovery reads the
-        # tables, not these (SearchIndex.start_rebuild), and replay reads the
-        # record. A run deleted by a later record releases its places then, as
-        # it does when it is deleted live.
+        # Each batch's effects are pointed at their record as soon as they are
+        # applied, and the items they became are let go while still in the
+        # cache: the index rebuild that follows recovery reads the tables, not
+        # these (SearchIndex.start_rebuild), and replay reads the record. A
+        # run deleted by a later batch releases its places then, as it does
+        # when it is deleted live.
         runs = self.engine.runs
+        apply = self._apply
         place_of = self._files.place
         groups = 0
         for payload, offset in zip(payloads, offsets):
             count, batches = decode_batch(payload)
             groups += count
             place = place_of(segment, offset)
-            for h, n, skip in self._apply_tracked(batches):
-                r = runs.get(h.run_id)
-                if n and r is not None and r.journal is h:
+            seen: dict = {}  # run -> its effects in this record so far, as a reader counts them
+            for batch in batches:
+                run_id, effs = batch
+                r0 = runs.get(run_id)
+                n0 = 0 if r0 is None else len(r0.journal.items)
+                apply((batch,))
+                skip = seen.get(run_id, 0)
+                seen[run_id] = skip + len(effs)
+                r = runs.get(run_id)
+                if r is None:
+                    continue  # deleted in this batch: its history went with it
+                h = r.journal
+                if r is r0:
+                    n = len(h.items) - n0
+                else:  # created in this batch: from its last creation on
+                    n = len(h.items)
+                    skip += max(i for i, eff in enumerate(effs) if eff[CODE] == RUN_CREATE)
+                if n:
                     h.to_disk(n, place, skip)
                     h.drop_held(h.disk)
         return groups
-
-    def _apply_tracked(self, batches) -> list:
-        """Apply a record's batches; return which histories took how many of its effects.
-
-        Each as `(History, count, skip)`, skip being how many effects of the
-        same run the record holds before them.
-        """
-        runs = self.engine.runs
-        apply = self._apply
-        seen: dict = {}
-        out = []
-        for batch in batches:
-            run_id, effs = batch
-            r0 = runs.get(run_id)
-            h0 = None if r0 is None else r0.journal
-            n0 = 0 if h0 is None else len(h0.items)
-            apply((batch,))
-            r1 = runs.get(run_id)
-            h1 = None if r1 is None else r1.journal
-            skip = seen.get(run_id, 0)
-            if h1 is h0:
-                if h0 is not None:
-                    out.append((h0, len(h0.items) - n0, skip))
-            else:
-                if h0 is not None:  # deleted in this batch, after these
-                    out.append((h0, len(h0.items) - n0, skip))
-                if h1 is not None:  # created in this batch: from its last creation on
-                    at = max(i for i, eff in enumerate(effs) if eff[CODE] == RUN_CREATE)
-                    out.append((h1, len(h1.items), skip + at))
-            seen[run_id] = skip + len(effs)
-        return out
 
     def mark_orphans(self) -> list[str]:
         return self.engine.mark_orphans()

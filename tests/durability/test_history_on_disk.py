@@ -345,3 +345,33 @@ def test_runs_written_in_turn_take_one_extent_per_record(tmp_path):
             assert len(db._backend.engine.runs[run].journal.ext_loc) <= 3
     finally:
         db.close()
+
+
+def test_a_run_deleted_and_begun_again_in_one_record_replays_its_second_life(tmp_path):
+    # One buffered flush, so one WAL record: run x's first life, its deletion
+    # and its second life sit in it, interleaved with run y's writes.
+    path = tmp_path / "db"
+    db = inmem.open(path, "buffered", snapshot_on_close=False, flush_interval_ms=10_000)
+    try:
+        y = db.begin_run(run_id="y")
+        db.begin_run(run_id="x")
+        db.kv.put("y", "a", 1)
+        db.kv.put("x", "first", 1)
+        db.runs.delete("x")  # in one batch of the record with what follows for x
+        db.begin_run(run_id="x")
+        db.kv.put("x", "second", 2)
+        db.kv.put("y", "a", 2)
+        db.kv.put(y, "b", 3)
+        live = {run: [db.replay_run(run, at=k) for k in range(db.replay_run(run).position + 1)]
+                for run in ("x", y)}
+    finally:
+        db.close()
+    db = inmem.open(path, "buffered", snapshot_on_close=False)
+    try:
+        assert db.replay_run("x").kv == {"second": 2}
+        assert db.replay_run(y).kv == {"a": 2, "b": 3}
+        for run, views in live.items():
+            assert [db.replay_run(run, at=k) for k in range(len(views))] == views, run
+        assert db.info()["shards"][0]["history"]["in_memory"] == 0
+    finally:
+        db.close()
