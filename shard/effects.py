@@ -161,6 +161,7 @@ _TR_TAGS_OF = itemgetter(TR_TAGS)
 _TR_PARENT_OF = itemgetter(TR_PARENT)
 _CODE_OF = itemgetter(CODE)
 _ENTRY_OF = itemgetter(2)
+_ENTRY_FORM = {3}
 
 
 #: the codes of keyed writes, which also have an entry form
@@ -292,7 +293,10 @@ def _apply_keyed_many(r, table: dict, effs: Sequence[tuple], entries=None) -> No
 
 
 def apply_kv_many(r, effs: Sequence[tuple]) -> None:
-    _apply_keyed_many(r, r.kv, effs, plain_kv_entries(effs))
+    if set(map(len, effs)) == _ENTRY_FORM:  # as plain puts log them (format 2)
+        apply_kv_entries(r, effs)
+    else:
+        _apply_keyed_many(r, r.kv, effs, plain_kv_entries(effs))
 
 
 def apply_kv_entries(r, items: Sequence[tuple]) -> None:

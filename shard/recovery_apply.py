@@ -16,8 +16,7 @@ from typing import Callable
 
 from inmem.errors import InmemError
 
-from .effects import (APPLY, CODE, KV_DEL, KV_PUT, RUN_CREATE, RUN_DELETE, apply_kv_entries,
-                      apply_kv_many, decode_batch)
+from .effects import APPLY, CODE, KV_DEL, KV_PUT, RUN_CREATE, RUN_DELETE, apply_kv_many, decode_batch
 from .runs import RunData
 from .search_index import SearchIndex
 from .snapshot_codec import load
@@ -27,7 +26,6 @@ log = logging.getLogger("inmem.shard")
 _CODE = itemgetter(CODE)
 _KV_CODES = frozenset((KV_PUT, KV_DEL))
 _RUN_CODES = frozenset((RUN_CREATE, RUN_DELETE))
-_ENTRY_FORM = {3}
 
 
 class RecoveryOps:
@@ -56,10 +54,7 @@ class RecoveryOps:
                         continue
                 codes = set(map(_CODE, effs))
                 if codes <= _KV_CODES:
-                    if set(map(len, effs)) == _ENTRY_FORM:  # as plain puts log them
-                        apply_kv_entries(r, effs)
-                    else:
-                        apply_kv_many(r, effs)
+                    apply_kv_many(r, effs)
                     continue
                 if not codes & _RUN_CODES:
                     for eff in effs:
@@ -123,10 +118,6 @@ class EngineRecovery:
 
     def load_snapshot(self, sections: dict) -> None:
         load(self.engine, sections)
-
-    def apply_record(self, payload) -> int:
-        """Apply one WAL record through the live apply path; return its group count."""
-        return self.apply_records([payload])
 
     def apply_records(self, payloads, segment: int | None = None, offsets=None) -> int:
         """Apply a block of WAL records, in log order; return their group count.

@@ -259,10 +259,7 @@ class SearchIndex:
                 break  # the pass is done
             if deadline is not None and time.monotonic() > deadline:
                 return False
-        for run_id, r, length in self._table_marks:
-            if runs.get(run_id) is r:
-                self.watermark[run_id] = length
-        self._tables = None
+        self._tables = None  # the watermarks were set when the pass began
         self._table_marks = []
         return True
 

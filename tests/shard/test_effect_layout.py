@@ -133,7 +133,7 @@ def test_groups_of_either_record_format_rebuild_the_same_engine(groups):
     target = EngineRecovery(rebuilt)
     for payload, _n in fx.record_payloads([(run_id, n, bytes.fromhex(data), None)
                                            for run_id, n, data in groups]):
-        target.apply_record(payload)
+        target.apply_records([payload])
     assert {rid: dict(r.kv) for rid, r in rebuilt.runs.items()} == \
         {rid: dict(r.kv) for rid, r in live.runs.items()}
     assert {rid: list(r.journal) for rid, r in rebuilt.runs.items()} == \
