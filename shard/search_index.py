@@ -118,8 +118,6 @@ class SearchIndex:
         self.rebuilding = False
         #: while rebuilding: the pass over the runs' tables, resumed slice by slice
         self._tables = None
-        #: while rebuilding: (run id, run, journal length) the tables stand for
-        self._table_marks: list = []
 
     # -- maintenance ---------------------------------------------------------------
 
@@ -186,21 +184,20 @@ class SearchIndex:
         self.rebuilding = bool(runs)
         if not runs:
             return
-        self._table_marks = [(run_id, r, len(r.journal)) for run_id, r in runs.items()]
-        # The journals below the marks are never read: the table pass covers
-        # them. Saying so now lets a durable history let go of the items that
-        # recovery just read back from the WAL, instead of holding them on the
-        # heap until the pass is done.
-        for run_id, _r, length in self._table_marks:
-            self.watermark[run_id] = length
-        self._tables = self._table_pass(runs, now_us)
+        covered = list(runs.items())
+        # The journals below these lengths are never read: the table pass
+        # covers them. Saying so now lets a durable history let go of the
+        # items that recovery just read back from the WAL, instead of holding
+        # them on the heap until the pass is done.
+        for run_id, r in covered:
+            self.watermark[run_id] = len(r.journal)
+        self._tables = self._table_pass(runs, covered, now_us)
 
-    def _table_pass(self, runs: dict, now_us: int):
+    def _table_pass(self, runs: dict, covered: list, now_us: int):
         """A generator: one step per table entry indexed (see `start_rebuild`)."""
         textish = _TEXTISH
         plain_at = PLAIN_AT
-        marks = [(run_id, r, len(r.events), len(r.trace_order))
-                 for run_id, r, _n in self._table_marks]
+        marks = [(run_id, r, len(r.events), len(r.trace_order)) for run_id, r in covered]
         for run_id, r, n_events, n_traces in marks:
             if runs.get(run_id) is not r:
                 continue  # deleted meanwhile
@@ -260,7 +257,6 @@ class SearchIndex:
             if deadline is not None and time.monotonic() > deadline:
                 return False
         self._tables = None  # the watermarks were set when the pass began
-        self._table_marks = []
         return True
 
     def catch_up(self, runs: dict, now_us: int, deadline: float | None = None) -> bool:
