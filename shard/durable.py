@@ -53,6 +53,7 @@ from .effects import record_payloads
 from .engine import Engine
 from .history_compaction import Compactor
 from .history_files import MOVED_SUFFIX, HistoryFiles
+from .allocator import hold_mmap_threshold
 from .huge_pages import heap_pages
 from .recovery_apply import EngineRecovery
 from .snapshot_codec import dump
@@ -113,6 +114,8 @@ class DurableStore:
         self.heap = heap_pages() if options["snapshot_huge_pages"] else None
         if self.heap is not None:
             self.heap.opened()
+        # Resident memory that follows the data, not the order of past frees (shard.allocator).
+        hold_mmap_threshold(options["malloc_mmap_threshold"])
 
     # -- opening -------------------------------------------------------------------
 
