@@ -270,44 +270,8 @@ class SearchIndex:
         if self._tables is not None and not self._tables_step(runs, deadline):
             return False
         for run_id, r in runs.items():
-            journal = r.journal
-            done = self.watermark.get(run_id, 0)
-            end = len(journal)
-            if done == end:
-                continue
-            index_effect = self._index_effect
-            textish = _TEXTISH
-            docs = self.docs
-            plain_at = PLAIN_AT
-            # Field positions as locals too: this loop runs once per journal entry.
-            code, key, value, expires = CODE, KEY, VALUE, EXPIRES
-            i = done
-            while i < end:
-                stop = min(end, i + (CHUNK if deadline is None else SLICE))
-                # A stretch at a time, as the history holds it: items in memory,
-                # effects read back from disk (one record read per stretch, not per entry).
-                for item in journal.raw(i, stop):
-                    c = item[code]
-                    # Fast skip: a KV write whose value holds no text and replaces
-                    # no indexed document (the bulk of a rebuild of binary data).
-                    if c == KV_PUT:
-                        if len(item) == 3:  # held: (code, key, entry)
-                            e = item[2]
-                            at = plain_at[e[0]]
-                            if at and not textish[e[at]] and ("kv", run_id, item[1]) not in docs:
-                                continue
-                            item = effect_of(item)
-                        elif item[expires] is None and not textish[item[value][0]] \
-                                and ("kv", run_id, item[key]) not in docs:
-                            continue
-                    elif len(item) == 3 and c in KEYED:
-                        item = effect_of(item)
-                    index_effect(run_id, r, item)
-                i = stop
-                if deadline is not None and i < end and time.monotonic() > deadline:
-                    self.watermark[run_id] = i
-                    return False
-            self.watermark[run_id] = end
+            if not self._catch_up_run(run_id, r, len(r.journal), deadline):
+                return False
         heap = self.expiring
         while heap and heap[0][0] <= now_us:
             expires_at, doc, eff = heapq.heappop(heap)
@@ -317,6 +281,58 @@ class SearchIndex:
                 self._remove(doc)
         self.rebuilding = False
         return True
+
+    def _catch_up_run(self, run_id: str, r, end: int, deadline: float | None) -> bool:
+        """Index run `run_id`'s journal up to position `end`; False if `deadline` came first."""
+        journal = r.journal
+        done = self.watermark.get(run_id, 0)
+        if done >= end:
+            return True
+        index_effect = self._index_effect
+        textish = _TEXTISH
+        docs = self.docs
+        plain_at = PLAIN_AT
+        # Field positions as locals too: this loop runs once per journal entry.
+        code, key, value, expires = CODE, KEY, VALUE, EXPIRES
+        i = done
+        while i < end:
+            stop = min(end, i + (CHUNK if deadline is None else SLICE))
+            # A stretch at a time, as the history holds it: items in memory,
+            # effects read back from disk (one record read per stretch, not per entry).
+            for item in journal.raw(i, stop):
+                c = item[code]
+                # Fast skip: a KV write whose value holds no text and replaces
+                # no indexed document (the bulk of a rebuild of binary data).
+                if c == KV_PUT:
+                    if len(item) == 3:  # held: (code, key, entry)
+                        e = item[2]
+                        at = plain_at[e[0]]
+                        if at and not textish[e[at]] and ("kv", run_id, item[1]) not in docs:
+                            continue
+                        item = effect_of(item)
+                    elif item[expires] is None and not textish[item[value][0]] \
+                            and ("kv", run_id, item[key]) not in docs:
+                        continue
+                elif len(item) == 3 and c in KEYED:
+                    item = effect_of(item)
+                index_effect(run_id, r, item)
+            i = stop
+            if deadline is not None and i < end and time.monotonic() > deadline:
+                self.watermark[run_id] = i
+                return False
+        self.watermark[run_id] = end
+        return True
+
+    def read_held(self, run_id: str, r) -> None:
+        """Index the items run `run_id`'s history holds in memory, before it lets them go.
+
+        Only when the index has read everything before them: then they are read
+        here, in memory, instead of back from the WAL later (a bulk load of binary
+        values would otherwise have every record read back just to be skipped).
+        """
+        h = r.journal
+        if self._tables is None and self.watermark.get(run_id, 0) >= h.base:
+            self._catch_up_run(run_id, r, h.disk, None)
 
     def catch_up_for_search(self, runs: dict, now_us: int, deadline: float | None) -> bool:
         """Catch up before a search: to the end, or until `deadline`; while rebuilding,
