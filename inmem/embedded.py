@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import threading
 
+import msgpack
+
 from inmem.ops import WRITE_OPS
 from inmem.shard.engine import Engine
+from inmem.shard.entries import PLAIN_AT
 from inmem.shard.upkeep import shard_info
 
 from .sections import KV
@@ -126,11 +129,26 @@ class _FastKV(KV):
         kv_put = engine.kv_put
         store = backend.store
 
+        runs = engine.runs
+        unpackb = msgpack.unpackb
+
         def get(run, key, default=None):
             acquire()
             try:
                 if backend._closed:
                     raise InmemError("the database is closed")
+                # The engine's kv_get inlined for a plain entry (no expiry, not
+                # deleted), whose value sits at a fixed place: 15-20% of a read.
+                # Anything else (no such run or key, a bad argument, a TTL) goes
+                # the engine's way, which also says what is wrong.
+                try:
+                    e = runs[run].kv.get(key)
+                except (KeyError, TypeError):
+                    return kv_get(run, key, default)
+                if e is not None:
+                    at = PLAIN_AT[e[0]]
+                    if at:
+                        return unpackb(e[at:])
                 return kv_get(run, key, default)
             finally:
                 release()
