@@ -16,10 +16,6 @@ import msgpack
 from .display import count, iso_us, record_repr, rounded, short_hex, short_value
 
 
-def _unpack_value(data):
-    return msgpack.unpackb(data, raw=False)
-
-
 class Versioned(NamedTuple):
     """A KV value with its version (1, 2, ...) and when it was written (µs since the epoch)."""
     value: Any
@@ -196,11 +192,14 @@ class RunView(NamedTuple):
     def from_wire(cls, wire) -> "RunView":
         """Decode what `shard.replay.fold` sends: values still in their packed bytes."""
         kv, docs, state, events, traces, position = wire
-        unpack = _unpack_value
+        # msgpack's own unpackb (its defaults are ours) and tuple.__new__ for the
+        # events: a run's replay decodes every value and event it ever wrote.
+        unpack = msgpack.unpackb
+        new = tuple.__new__
         return cls({k: unpack(v) for k, v in kv.items()},
                    {k: unpack(v) for k, v in docs.items()},
                    {k: unpack(v) for k, v in state.items()},
-                   [Event(e[0], e[1], unpack(e[2]), e[3], e[4], e[5]) for e in events],
+                   [new(Event, (e[0], e[1], unpack(e[2]), e[3], e[4], e[5])) for e in events],
                    [Trace(t[0], t[1], t[2], unpack(t[3]), list(t[4]),
                           None if t[5] is None else unpack(t[5]), t[6]) for t in traces],
                    position)
