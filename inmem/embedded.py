@@ -18,7 +18,7 @@ from inmem.shard.engine import Engine
 from inmem.shard.entries import PLAIN_AT
 from inmem.shard.upkeep import shard_info
 
-from .sections import KV
+from .sections import KV, as_pairs
 from .errors import InmemError
 
 
@@ -116,7 +116,7 @@ class EmbeddedBackend:
 class _FastKV(KV):
     """KV whose hot calls skip the generic dispatch; writes take the same durable commit step."""
 
-    __slots__ = ("get", "put")
+    __slots__ = ("get", "put", "put_many")
 
     def __init__(self, backend: EmbeddedBackend):
         super().__init__(backend.call)
@@ -127,6 +127,7 @@ class _FastKV(KV):
         engine = backend.engine
         kv_get = engine.kv_get
         kv_put = engine.kv_put
+        kv_put_many = engine.kv_put_many
         store = backend.store
 
         runs = engine.runs
@@ -162,6 +163,17 @@ class _FastKV(KV):
                     return kv_put(run, key, value, ttl)
                 finally:
                     release()
+
+            def put_many(run, items, ttl=None):
+                if type(items) is not list:
+                    items = as_pairs(items)
+                acquire()
+                try:
+                    if backend._closed:
+                        raise InmemError("the database is closed")
+                    return kv_put_many(run, items, ttl)
+                finally:
+                    release()
         else:
             writer = store.writer
             commit = store.commit_locked
@@ -182,5 +194,24 @@ class _FastKV(KV):
                     wait(token)
                 return version
 
+            def put_many(run, items, ttl=None):
+                # A list goes in as it is: the engine checks every pair of it.
+                if type(items) is not list:
+                    items = as_pairs(items)
+                acquire()
+                try:
+                    if backend._closed:
+                        raise InmemError("the database is closed")
+                    if writer.failed:
+                        store.check_writable()
+                    versions = kv_put_many(run, items, ttl)
+                    token = commit()
+                finally:
+                    release()
+                if token is not None:
+                    wait(token)
+                return versions
+
         self.get = get
         self.put = put
+        self.put_many = put_many

@@ -65,6 +65,13 @@ def check_value(value) -> None:
     if t is int:
         _check_int(value)
         return
+    if t is list:
+        # A list of scalars (a typical value, or a [type, bytes] pair) needs no stack.
+        for item in value:
+            if type(item) not in ALWAYS_VALID_TYPES:
+                break
+        else:
+            return
     stack = [(value, 0)]
     pop, push = stack.pop, stack.append
     while stack:

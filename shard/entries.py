@@ -43,6 +43,7 @@ WIDE_TS = 16
 _TS_MAX = 1 << 56
 
 _HEAD_1 = struct.Struct("<QB").pack   # (ts << 8 | flags, version): the common 9-byte header
+_HEAD_2 = struct.Struct("<QH").pack   # the same with a 2-byte version (flags 1)
 _I64 = struct.Struct("<q")
 _pack_i64 = _I64.pack
 _unpack_i64 = _I64.unpack_from
@@ -61,8 +62,11 @@ VALUE_AT = tuple(0 if f & DELETED else _value_at(f) for f in range(32))
 
 def pack_entry(value, version: int, ts: int, expires: int | None = None) -> bytes:
     """The entry of a write: `value` the packed value (None: a delete)."""
-    if value is not None and expires is None and 0 < version < 256 and 0 <= ts < _TS_MAX:
-        return _HEAD_1(ts << 8, version) + value
+    if value is not None and expires is None and 0 <= ts < _TS_MAX:
+        if 0 < version < 256:
+            return _HEAD_1(ts << 8, version) + value
+        if 0 < version < 0x10000:
+            return _HEAD_2(ts << 8 | 1, version) + value
     flags = 0
     if version < 0x100:
         width = 1

@@ -28,6 +28,7 @@ _unpackb = msgpack.unpackb
 _NIL = b"\xc0"
 _PAIR = b"\x92"  # a msgpack array of two
 _HEAD_1 = struct.Struct("<QB").pack
+_HEAD_2 = struct.Struct("<QH").pack  # a plain entry whose version takes 2 bytes (flags 1)
 _TS_MAX = 1 << 56
 #: a put series is split into WAL groups of about this many bytes (far below a record's limit)
 _SERIES_GROUP_BYTES = 4 << 20
@@ -164,34 +165,52 @@ class KVOps:
         takes both writes in order (its version counts both). Returns each
         write's version, in order.
         """
-        r = self._writable(run)
+        # Hot for the checkpointer (blobs, a checkpoint and its head in one
+        # call): the common case takes no method call it can avoid.
+        r = self.runs.get(run) if type(run) is str else None
+        if r is None or r.status not in WRITABLE:
+            r = self._writable(run)
         if type(items) not in (list, tuple):
             raise InvalidValue(f"items must be a list of [key, value] pairs, got "
                                f"{type(items).__name__}")
         now = self.clock()
         exp = None if ttl is None else now + self._ttl_us(ttl)
+        plain = exp is None and 0 <= now < _TS_MAX
+        ts8 = now << 8
         kv = r.kv
+        encode = self._encode
         effs = []  # the writes in their entry form
         versions = []
         seen: dict = {}  # key -> the version this call gives it
-        encoded: dict = {}  # id(value) -> its encoding: one value stored under two keys once
+        # One value stored under two keys in a row (a record and the head that
+        # repeats it) is encoded once.
+        last = last_data = None
         for item in items:
             if type(item) not in (list, tuple) or len(item) != 2:
                 raise InvalidValue("items must be a list of [key, value] pairs")
             key, value = item
             if type(key) is not str or not key.isascii() or not 0 < len(key) <= KEY_BYTES_MAX:
                 check_key(key)
-            data = encoded.get(id(value))
-            if data is None:
-                data = encoded[id(value)] = self._encode(value)
+            if value is last and last_data is not None:
+                data = last_data
+            else:
+                data = last_data = encode(value)
+                last = value
             version = seen.get(key)
             if version is None:
                 old = kv.get(key)
-                version = 0 if old is None else entry_version(old)
+                # The version of a plain entry is its byte 8 (shard.entries).
+                version = 0 if old is None else (old[8] if not old[0] & 3 else entry_version(old))
             version += 1
             seen[key] = version
             versions.append(version)
-            effs.append((KV_PUT, key, pack_entry(data, version, now, exp)))
+            if plain and version < 256:
+                e = _HEAD_1(ts8, version) + data
+            elif plain and version < 0x10000:
+                e = _HEAD_2(ts8 | 1, version) + data
+            else:
+                e = pack_entry(data, version, now, exp)
+            effs.append((KV_PUT, key, e))
         if not effs:
             return []
         if self.log is not None:

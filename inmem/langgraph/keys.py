@@ -81,7 +81,13 @@ def head_key(ns: str) -> str:
 
 
 def blob_key(ns: str, channel: str, version) -> str:
-    return f"blob/{esc(ns)}/{esc(channel)}/{version}"
+    return f"{blob_prefix(ns, channel)}{version}"
+
+
+@lru_cache(maxsize=8192)
+def blob_prefix(ns: str, channel: str) -> str:
+    """The start of a channel's blob keys: `blob_key` less the version."""
+    return f"blob/{esc(ns)}/{esc(channel)}/"
 
 
 def writes_key(ns: str, checkpoint_id: str) -> str:
@@ -115,8 +121,14 @@ class Record(NamedTuple):
 
     def stored(self) -> list:
         """The value stored for this record: [its fields packed, refs]."""
-        return [_packb([self.ns, self.checkpoint_id, self.parent_id, *self.checkpoint,
-                        *self.metadata, self.run_id]), self.refs]
+        return stored_record(self.ns, self.checkpoint_id, self.parent_id, self.checkpoint,
+                             self.metadata, self.run_id, self.refs)
+
+
+def stored_record(ns, checkpoint_id, parent_id, checkpoint, metadata, run_id, refs) -> list:
+    """The value stored for a record of these fields (`Record.stored`, without the Record)."""
+    return [_packb([ns, checkpoint_id, parent_id, checkpoint[0], checkpoint[1], metadata[0],
+                    metadata[1], run_id]), refs]
 
 
 def read_record(value) -> Record:

@@ -39,10 +39,10 @@ from langgraph.checkpoint.base import (
 
 from inmem.errors import InvalidStatusTransition, RunExists, RunNotFound
 
-from .driver import may_block, raise_first, run_async, run_sync
-from .keys import (DEFAULT_PREFIX, REFS, Record, blob_key, checkpoint_key, checkpoint_prefix,
-                   head_key, index_run, json_name, read_record, thread_run, thread_tag,
-                   writes_key)
+from .driver import is_async_database, may_block, raise_first, run_async, run_sync
+from .keys import (DEFAULT_PREFIX, REFS, blob_prefix, checkpoint_key, checkpoint_prefix,
+                   head_key, index_run, json_name, read_record, stored_record, thread_run,
+                   thread_tag, writes_key)
 
 #: results fetched per round trip while `list` walks a thread
 LIST_PAGE = 64
@@ -78,6 +78,9 @@ class InmemSaver(BaseCheckpointSaver[str]):
         self.db = db
         self.prefix = prefix
         self.offload = may_block(db) if offload is None else bool(offload)
+        #: a sync database's `kv.put_many`, which `put` (and `aput`, when it runs
+        #: inline) calls itself when a put is one operation: no plan to drive
+        self._put_many = None if is_async_database(db) else db.kv.put_many
         self._index = index_run(prefix)
         self._tag = thread_tag(prefix)
         self._indexed: OrderedDict = OrderedDict()
@@ -99,7 +102,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
     def put(self, config, checkpoint: Checkpoint, metadata: CheckpointMetadata,
             new_versions: ChannelVersions) -> dict:
         """Store a checkpoint and the channel values whose versions are new; its config."""
-        return run_sync(self.db, self._put(config, checkpoint, metadata, new_versions))
+        return self._put_now(self._put_ops(config, checkpoint, metadata, new_versions))
 
     def put_writes(self, config, writes: Sequence[tuple[str, Any]], task_id: str,
                    task_path: str = "") -> None:
@@ -142,6 +145,8 @@ class InmemSaver(BaseCheckpointSaver[str]):
     async def aput(self, config, checkpoint: Checkpoint, metadata: CheckpointMetadata,
                    new_versions: ChannelVersions) -> dict:
         """`put`, awaited: one round trip; the stored checkpoint's config."""
+        if self._put_many is not None and not self.offload:
+            return self._put_now(self._put_ops(config, checkpoint, metadata, new_versions))
         return await run_async(self.db, self._put(config, checkpoint, metadata, new_versions),
                                self.offload)
 
@@ -186,6 +191,12 @@ class InmemSaver(BaseCheckpointSaver[str]):
         return thread_id, thread_run(self.prefix, thread_id), conf.get("checkpoint_ns") or ""
 
     def _put(self, config, checkpoint, metadata, new_versions):
+        return (yield from self._put_plan(self._put_ops(config, checkpoint, metadata,
+                                                         new_versions)))
+
+    def _put_ops(self, config, checkpoint, metadata, new_versions) -> tuple:
+        """What a put sends: (thread id, its run, the operations, the (run id, run) pair
+        to index or None, the answer)."""
         conf = config["configurable"]
         thread_id = conf["thread_id"]
         run = thread_run(self.prefix, thread_id)
@@ -193,38 +204,59 @@ class InmemSaver(BaseCheckpointSaver[str]):
         dumps = self.serde.dumps_typed
         body = checkpoint.copy()
         values = body.pop("channel_values", None) or {}
-        # Every channel's blob key; the new versions' are the keys written.
-        keys = {ch: blob_key(ns, ch, v) for ch, v in checkpoint["channel_versions"].items()}
+        versions = checkpoint["channel_versions"]
+        # Every channel's blob key goes in the refs; the new versions' are the keys written.
+        refs = [f"{blob_prefix(ns, ch)}{v}" for ch, v in versions.items()]
         items = []
         for channel, version in new_versions.items():
             blob = dumps(values[channel]) if channel in values else ("empty", b"")
-            key = keys.get(channel)
-            if key is None or checkpoint["channel_versions"][channel] != version:
-                key = blob_key(ns, channel, version)
-            items.append([key, list(blob)])
+            items.append([f"{blob_prefix(ns, channel)}{version}", list(blob)])
         meta = get_checkpoint_metadata(config, metadata)
         run_id = meta.get("run_id")
         run_id = run_id if type(run_id) is str and run_id else None
         cid = checkpoint["id"]
-        refs = list(keys.values())
         refs.append(["json", writes_key(ns, cid)])
-        record = Record(ns, cid, conf.get("checkpoint_id"), dumps(body), dumps(meta), run_id,
-                        refs).stored()
+        record = stored_record(ns, cid, conf.get("checkpoint_id"), dumps(body), dumps(meta),
+                               run_id, refs)
         items.append([checkpoint_key(ns, cid), record])
         items.append([head_key(ns), record])
         ops = [("kv.put_many", (run, items, None))]
-        pair = (run_id, run)
-        if run_id is not None and pair not in self._indexed:
+        pair = None
+        if run_id is not None and (run_id, run) not in self._indexed:
+            pair = (run_id, run)
             ops.append(("js.set", (self._index, run_id, json_name(str(thread_id)), True)))
-        results = yield ops
-        if any(isinstance(r, BaseException) for r in results):
-            # A new thread (its run is made on its first write), or a failure.
-            results = yield from self._send(ops, {run: thread_id}, results)
-            raise_first(results)
-        if run_id is not None:
+        return (thread_id, run, ops, pair,
+                {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
+                                  "checkpoint_id": cid}})
+
+    def _put_now(self, prepared) -> dict:
+        """Run a put on a sync database: one blocking `kv.put_many` when that is all it
+        takes (the thread exists and its run id is indexed), else its plan."""
+        ops = prepared[2]
+        put_many = self._put_many
+        if put_many is not None and len(ops) == 1:
+            try:
+                put_many(*ops[0][1])
+            except RunNotFound as exc:  # a new thread: its run is made on its first write
+                return run_sync(self.db, self._put_plan(prepared, [exc]))
+            return prepared[4]
+        return run_sync(self.db, self._put_plan(prepared))
+
+    def _put_plan(self, prepared, results=None):
+        """The plan of a put `_put_ops` prepared; `results`: its operations' results, when
+        they were sent already."""
+        thread_id, run, ops, pair, answer = prepared
+        if results is None:
+            results = yield ops
+        for r in results:
+            if isinstance(r, BaseException):
+                # A new thread (its run is made on its first write), or a failure.
+                results = yield from self._send(ops, {run: thread_id}, results)
+                raise_first(results)
+                break
+        if pair is not None:
             self._remember(pair)
-        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
-                                 "checkpoint_id": cid}}
+        return answer
 
     def _put_writes(self, config, writes, task_id, task_path):
         thread_id, run, ns = self._where(config)
