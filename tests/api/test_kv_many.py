@@ -123,3 +123,26 @@ def test_put_many_is_recovered_whole_from_the_log(tmp_path):
     with inmem.open(path, durability="strict") as db:
         assert db.kv.get_many(run, [f"k{i}" for i in range(50)]) == ["again"] + list(range(1, 50))
         assert db.kv.get_versioned(run, "k0").version == 2
+
+
+def test_put_many_versions_past_one_and_two_bytes_read_and_recover(tmp_path):
+    # A key rewritten by every put_many (a checkpointer's head) passes version 255 and
+    # 65535, where its entry's version field widens: each width reads back and replays.
+    path = str(tmp_path / "store")
+    with inmem.open(path, durability="buffered") as db:
+        run = db.begin_run()
+        for i in range(1, 70_001):
+            head = {"n": i}
+            assert db.kv.put_many(run, [(f"rec/{i % 3}", head), ("head", head)])[1] == i
+            if i in (255, 256, 65_535, 65_536):
+                got = db.kv.get_versioned(run, "head")
+                assert (got.value, got.version) == (head, i)
+        assert db.kv.get(run, "head") == {"n": 70_000}
+        assert db.kv.put(run, "head", "last") == 70_001
+    with inmem.open(path, durability="buffered") as db:
+        got = db.kv.get_versioned(run, "head")
+        assert (got.value, got.version) == ("last", 70_001)
+        assert db.kv.get_many(run, ["rec/0", "rec/1", "rec/2"]) == [
+            {"n": 69_999}, {"n": 70_000}, {"n": 69_998}]
+        assert [db.kv.get_versioned(run, f"rec/{k}").version for k in range(3)] == [
+            23_333, 23_334, 23_333]

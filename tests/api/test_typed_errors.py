@@ -412,6 +412,7 @@ def test_every_call_after_close_says_the_database_is_closed(db):
     outcomes = {name: _says_closed(lambda: call(db, run)) for name, call in AFTER_CLOSE.items()}
     outcomes["held kv.get"] = _says_closed(lambda: kv.get(run, "k"))
     outcomes["held kv.put"] = _says_closed(lambda: kv.put(run, "k", 5))
+    outcomes["held kv.put_many"] = _says_closed(lambda: kv.put_many(run, [("k", 5)]))
     assert {n: o for n, o in outcomes.items() if o} == {}
     db.close()  # closing twice is harmless
 
