@@ -206,7 +206,14 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
 
     def _encode(self, value) -> bytes:
         """Validate and encode a value with the engine's own packer (writes are serialised)."""
-        if type(value) not in ALWAYS_VALID_TYPES:
+        t = type(value)
+        if t is list:
+            # A list of scalars (a [type, bytes] pair, a row) is checked here in passing.
+            for item in value:
+                if type(item) not in ALWAYS_VALID_TYPES:
+                    check_value(value)
+                    break
+        elif t not in ALWAYS_VALID_TYPES:
             check_value(value)
         try:
             data = self._pack(value)
