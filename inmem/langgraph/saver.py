@@ -2,7 +2,11 @@
 
 Every method is written once as a plan (see `driver.py`) and run by the
 sync method on a `Database` and by the async method without holding the
-event loop. The key layout is in `keys.py`; in short, a LangGraph thread
+event loop. `put`, the call a graph makes at every step, prepares its one
+operation apart from its plan: on a sync database whose thread exists it
+is sent as it is, one `kv.put_many` call (on an embedded store, straight
+to the engine under its lock), and the plan runs only for what needs more
+(a new thread, a LangGraph run id not indexed yet). The key layout is in `keys.py`; in short, a LangGraph thread
 is one inmem run, so a thread's checkpoints, namespaces, channel blobs and
 pending writes all live on the shard that owns it, and `list` on a thread
 reads that one run.
