@@ -17,7 +17,7 @@ applies them; all three read this table.
 | fsync_slow_ms | 500 | an fsync slower than this is logged as a warning |
 | history_compact_dead_fraction | 0.5 | a history file this dead is compacted (None: only on request) |
 | snapshot_huge_pages | True | keep the heap in huge pages so a snapshot's fork is short |
-| malloc_mmap_threshold | 128 KiB | glibc's mmap threshold, held fixed in the process (0 or None: left alone) |
+| malloc_mmap_threshold | 1 MiB | glibc's mmap threshold, held fixed in the process (0 or None: left alone) |
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ OPTIONS = {
     "fsync_slow_ms": Option((int, float), ">= 0", 500),
     "history_compact_dead_fraction": Option((int, float, type(None)), "in (0, 1]", 0.5),
     "snapshot_huge_pages": Option((bool,), None, True),
-    "malloc_mmap_threshold": Option((int, type(None)), ">= 0", 128 * 2**10),
+    "malloc_mmap_threshold": Option((int, type(None)), ">= 0", 2**20),
 }
 
 _BOUNDS = {">= 0": lambda v: v >= 0, "> 0": lambda v: v > 0, ">= 1": lambda v: v >= 1,

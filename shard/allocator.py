@@ -3,27 +3,28 @@
 glibc gives an allocation above its mmap threshold (128 KiB at start) a
 mapping of its own, unmapped when it is freed. The threshold is dynamic,
 though: whenever such a mapping is freed, glibc raises the threshold to its
-size (up to 32 MiB), so from then on buffers of that size come from the heap
-and the per-thread arenas, between small objects. A store frees large
-buffers all the time: its tables replace their hash arrays as they grow
-(tens of MB for a million keys), and the WAL's records and write buffers run
-to hundreds of KiB. Once those come from the heap, small long-lived objects
-allocated beside them keep the pages resident after the buffers are freed,
-and a store's resident memory per key depends on the order things happened
-in: on a buffered store of 1M keys (16-byte keys, 100-byte values) eleven
-runs of the same load read 259.9 to 273.4 bytes per key (median 264.1), and
-sixteen with the threshold held at 128 KiB 258.9 to 263.7 (median 260.3) but
-for one at 271.7. The price is a fresh mapping, and its page faults, for
-each large buffer: about 5% of the CPU time of a buffered put.
+size, up to 32 MiB. A store frees large buffers all its life: its tables
+replace their hash arrays as they grow (tens of MB for a million keys), the
+WAL's hand-over buffers run to hundreds of KiB, a replay reads records back.
+Once the threshold has risen past them, these buffers come from the heap and
+the per-thread arenas, between small long-lived objects that then keep
+their pages resident after the buffers are freed, so a long-running shard's
+resident memory comes to depend on the order of its past frees.
 
-Setting the threshold (`mallopt(M_MMAP_THRESHOLD)`) also turns its
-adjustment off, so every large buffer is mapped and unmapped on its own, as
-glibc does before its first large free. It is a setting of the whole
-process, made once, when the first durable store opens in it (the
-`malloc_mmap_threshold` option; 0 or None leaves the allocator alone). A process
-started with `MALLOC_MMAP_THRESHOLD_` in its environment keeps what it asked
-for. Elsewhere than glibc nothing is done: other allocators return memory
-their own way.
+Holding the threshold (`mallopt(M_MMAP_THRESHOLD)`, which also turns the
+adjustment off) at 1 MiB keeps every buffer above that in a mapping of its
+own for the life of the process, while the hand-over buffers below it keep
+coming from the heap, where they are reused at once (at 128 KiB each one
+was a fresh mapping with its page faults: 4-5% of the CPU time of a put).
+Measured on a buffered store of 1M keys (16-byte keys, 100-byte values):
+258.9 to 259.4 bytes per key over four runs with the threshold held, 258.6
+to 261.2 over five without.
+
+It is a setting of the whole process, made once, when the first durable
+store opens in it (the `malloc_mmap_threshold` option; 0 or None leaves
+the allocator alone). A process started with `MALLOC_MMAP_THRESHOLD_` in its
+environment keeps what it asked for. Elsewhere than glibc nothing is done:
+other allocators return memory their own way.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The mmap threshold a durable store holds fixed in its process (shard.allocator).
 
 Each case runs in a fresh interpreter: the setting is the whole process's and
-is made once. What is observed is where glibc puts a 300 KB buffer after a
-1 MiB one was freed: with its dynamic threshold, the free raised the
-threshold to 1 MiB and the buffer comes from the heap (`[heap]` in
-/proc/self/maps); with the threshold held at 128 KiB it gets a mapping of its
+is made once. What is observed is where glibc puts a 2 MiB buffer after a
+4 MiB one was freed: with its dynamic threshold, the free raised the
+threshold to 4 MiB and the buffer comes from the heap (`[heap]` in
+/proc/self/maps); with the threshold held at 1 MiB it gets a mapping of its
 own.
 """
 
@@ -36,9 +36,9 @@ PROBE = textwrap.dedent("""
 
     options = json.loads(sys.argv[2])
     db = inmem.open(sys.argv[1], durability="buffered", snapshot_huge_pages=False, **options)
-    big = bytearray(1 << 20)
-    del big                           # a freed mapping: glibc raises its threshold to 1 MiB
-    buf = bytearray(300_000)
+    big = bytearray(4 << 20)
+    del big                           # a freed mapping: glibc raises its threshold to 4 MiB
+    buf = bytearray(2 << 20)
     at = ctypes.addressof(ctypes.c_char.from_buffer(buf))
     lo, hi = heap_range()
     print(json.dumps({"in_heap": lo <= at < hi, "held": held_mmap_threshold()}))
@@ -61,7 +61,7 @@ def probe(tmp_path, options: dict, env_extra: dict | None = None) -> dict:
 @glibc
 def test_a_durable_store_holds_the_threshold_so_large_buffers_stay_mapped(tmp_path):
     got = probe(tmp_path, {})
-    assert got == {"in_heap": False, "held": 128 << 10}
+    assert got == {"in_heap": False, "held": 1 << 20}
 
 
 @glibc
@@ -73,8 +73,8 @@ def test_none_or_zero_leaves_the_dynamic_threshold_of_glibc(tmp_path, off):
 
 @glibc
 def test_the_environment_variable_of_glibc_wins(tmp_path):
-    got = probe(tmp_path, {}, {"MALLOC_MMAP_THRESHOLD_": str(4 << 20)})
-    # 4 MiB asked for by the process: the 300 KB buffer is a heap one, and nothing was set.
+    got = probe(tmp_path, {}, {"MALLOC_MMAP_THRESHOLD_": str(8 << 20)})
+    # 8 MiB asked for by the process: the 2 MiB buffer is a heap one, and nothing was set.
     assert got == {"in_heap": True, "held": None}
 
 
