@@ -70,7 +70,7 @@ for _name in ("snapshot.before_fork", "snapshot.child_written", "snapshot.before
 
 class DurableStore:
     def __init__(self, path, durability, engine, writer, snapshots, recovery_result, options,
-                 lock_fd):
+                 lock_fd, one_writer: bool = False):
         self.path = os.path.abspath(os.fspath(path))
         self.durability = durability
         self.engine = engine
@@ -81,6 +81,9 @@ class DurableStore:
         self.shard = recovery_result.shard
         self._lock_fd = lock_fd
         self._strict = durability == "strict"
+        #: one thread makes every write (the shard worker): a strict commit is that
+        #: thread's own write and fsync, with no group-commit hand-off between threads
+        self._one_writer = one_writer
         #: buffered mode: the engine's log list is the in-memory batch
         self.batch_max = options["max_pending_writes"]
         #: the engine's lock: whoever applies operations holds it, and so do the
@@ -121,12 +124,15 @@ class DurableStore:
 
     @classmethod
     def open(cls, path, durability="buffered", *, clock=None, max_value_bytes=None, shard=0,
-             flusher: bool = True, **options):
+             flusher: bool = True, one_writer: bool = False, **options):
         """Recover `path` into a new engine; returns (store, engine).
 
         `flusher=False`: no background thread flushes a buffered WAL; the
         owner calls `tick()` from its own loop instead (the shard worker does,
         so that one thread owns the socket, the engine and the WAL).
+        `one_writer=True`: only the opening thread writes (the shard worker),
+        so `wait_durable` writes and fsyncs what is pending itself instead of
+        joining the group commit of many threads.
         """
         unknown = options.keys() - DEFAULTS.keys()
         if unknown:
@@ -164,7 +170,8 @@ class DurableStore:
         except BaseException:
             os.close(lock_fd)
             raise
-        return cls(path, durability, engine, writer, snapshots, result, opts, lock_fd), engine
+        return (cls(path, durability, engine, writer, snapshots, result, opts, lock_fd,
+                    one_writer), engine)
 
     def start_scheduler(self) -> None:
         """Embedded use: a thread that runs the shard's upkeep (index slices, due snapshots)."""
@@ -279,7 +286,12 @@ class DurableStore:
         if token is None:
             return
         try:
-            self.writer.wait_durable(token)
+            if self._one_writer:
+                # Every pending record is this thread's own: write and fsync them
+                # now (the same write and fsync, without electing a leader).
+                self.writer.sync()
+            else:
+                self.writer.wait_durable(token)
         except InmemError as exc:
             raise DurabilityError(f"fsync failed; the write was not acknowledged: {exc}") from exc
 
@@ -540,6 +552,11 @@ def _place_groups(log: list, n: int, place: int, engine) -> None:
     has read everything before them (`SearchIndex.read_held`); past HELD_MAX
     they go whether it has or not.
     """
+    if n == 1:  # one group: one extent, nothing of its run before it in the record
+        _run_id, count, _data, h = log[0]
+        if h is not None:
+            _to_disk(h, count, place, 0, engine)
+        return
     seen: dict = {}
     cur = cur_id = None
     cur_n = cur_skip = 0

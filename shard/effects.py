@@ -438,42 +438,58 @@ def record_payload(groups) -> bytes:
     Consecutive groups of one run share a batch, so a record repeats a run id
     once per run rather than once per operation.
     """
-    parts = [b"\x92", msgpack.packb(len(groups)), None]
+    if len(groups) == 1:  # one operation per record: what a strict single writer commits
+        group = groups[0]
+        return b"".join((_ONE_BATCH, _pack(group[0]), array_header(group[1]), group[2]))
+    parts = [b"\x92", _pack(len(groups)), None]
+    append = parts.append
     batches = 0
-    for run_id, grp in groupby(groups, _FIRST):
-        grp = list(grp)
-        parts.append(b"\x92")
-        parts.append(msgpack.packb(run_id))
-        if len(grp) == 1:
-            parts.append(array_header(grp[0][1]))
-            parts.append(grp[0][2])
+    run_id = None
+    count = 0
+    for group in groups:
+        if batches and group[0] == run_id:
+            count += group[1]
         else:
-            parts.append(array_header(sum(map(_COUNT, grp))))
-            parts.extend(map(_PACKED, grp))
-        batches += 1
+            if batches:
+                parts[head] = array_header(count)
+            run_id, count = group[0], group[1]
+            append(b"\x92")
+            append(_pack(run_id))
+            head = len(parts)
+            append(None)  # the batch's array header, once its count is known
+            batches += 1
+        append(group[2])
+    if batches:
+        parts[head] = array_header(count)
     parts[2] = array_header(batches)
     return b"".join(parts)
 
 
-def record_payloads(groups):
-    """Yield `(payload, n)`: records of whole groups, in order, each within RECORD_BYTES_MAX."""
+def record_payloads(groups) -> list:
+    """`[(payload, n), ...]`: records of whole groups, in order, each within RECORD_BYTES_MAX."""
+    if len(groups) == 1:  # a group always fits a record (`GROUP_BYTES_MAX`)
+        return [(record_payload(groups), 1)]
     limit = RECORD_BYTES_MAX - 64
     if sum(map(len, map(_PACKED, groups))) + _GROUP_FRAMING * len(groups) <= limit:
-        yield record_payload(groups), len(groups)
-        return
+        return [(record_payload(groups), len(groups))]
+    out = []
     start = size = 0
     for i, group in enumerate(groups):
         need = len(group[2]) + _GROUP_FRAMING
         if size and size + need > limit:
-            yield record_payload(groups[start:i]), i - start
+            out.append((record_payload(groups[start:i]), i - start))
             start, size = i, 0
         size += need
     if start < len(groups):
-        yield record_payload(groups[start:]), len(groups) - start
+        out.append((record_payload(groups[start:]), len(groups) - start))
+    return out
 
 
-_FIRST = itemgetter(0)
-_COUNT = itemgetter(1)
+#: a payload's head when it holds one group: [1, [ then the group's batch [run id, effects]
+_ONE_BATCH = b"\x92\x01\x91\x92"
+#: run ids and counts as msgpack (str and int: packing them calls back into no Python code,
+#: so one packer serves every caller)
+_pack = msgpack.Packer().pack
 _PACKED = itemgetter(2)
 
 

@@ -117,6 +117,9 @@ class HistoryFiles:
         self.moved_done: dict[str, int] = {}
         #: bumped whenever a run gives up its extents (a file may have died a little)
         self.released = 0
+        # The segment records were last placed in, and its file number shifted
+        # into place: every record of a segment asks, and a number never changes.
+        self._placing = (-1, 0)
 
     # -- the file table ------------------------------------------------------------
 
@@ -137,13 +140,18 @@ class HistoryFiles:
         """Take over a snapshot's file table, so its places keep their meaning (empty table only)."""
         if self.names:
             raise ValueError("a history file table is adopted before anything is placed")
+        self._placing = (-1, 0)
         for name in names:
             self._no_of[name] = len(self.names)
             self.names.append(name)
             self.live.append(0)
 
     def place(self, segment_first: int, offset: int) -> int:
-        return self.file_no(segment_first) << OFFSET_BITS | offset
+        first, high = self._placing
+        if first != segment_first:
+            high = self.file_no(segment_first) << OFFSET_BITS
+            self._placing = (segment_first, high)
+        return high | offset
 
     def _open(self, file_no: int) -> int:
         """A read descriptor on the file: its name in wal/, else the one in history/."""

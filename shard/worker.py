@@ -120,7 +120,8 @@ class Worker:
         from inmem.shard.durable import DurableStore
         self.store, self.engine = DurableStore.open(
             self.path, durability=self.durability, max_value_bytes=self.spec["max_value_bytes"],
-            shard=self.shard, clock=self.clock, flusher=False, **self.spec["options"])
+            shard=self.shard, clock=self.clock, flusher=False, one_writer=True,
+            **self.spec["options"])
         # The store's flusher takes its lock to hand the engine's log to the WAL.
         self.lock = self.store.lock
         self.recovery = self.store.recovery_result

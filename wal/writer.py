@@ -132,6 +132,9 @@ class WalWriter:
         self._io_lock = threading.Lock()
         self._kick = threading.Event()
         self._leader = False
+        # Threads waiting on _cond (under _lock): with none, a flush that
+        # advances durable_lsn has nobody to wake, and skips the notify.
+        self._waiting = 0
         self._stopping = False
         self._closed = False
         self._error: BaseException | None = None
@@ -328,22 +331,29 @@ class WalWriter:
 
     def _wait_durable(self, lsn: int) -> None:
         """Group commit: lead a flush if nobody is flushing, else wait for the leader."""
-        with self._cond:
+        # `with self._lock` is `with self._cond` (the condition's lock) without
+        # the condition's Python-level __enter__ and __exit__.
+        with self._lock:
             while self._durable_lsn <= lsn:
                 if self._error is not None:
                     raise self._failed_error()
                 if not self._leader:
                     self._leader = True
                     break
-                self._cond.wait()
+                self._waiting += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self._waiting -= 1
             else:
                 return
         try:
             self._flush()
         finally:
-            with self._cond:
+            with self._lock:
                 self._leader = False
-                self._cond.notify_all()
+                if self._waiting:
+                    self._cond.notify_all()
 
     def kick(self) -> None:
         """Ask the buffered flusher to flush now rather than at its next interval."""
@@ -403,7 +413,11 @@ class WalWriter:
         while True:
             with cond:
                 while self._sync_job is None and not self._stopping:
-                    cond.wait()
+                    self._waiting += 1
+                    try:
+                        cond.wait()
+                    finally:
+                        self._waiting -= 1
                 job, self._sync_job = self._sync_job, None
             if job is None:
                 return
@@ -449,10 +463,11 @@ class WalWriter:
             upto = self._write_pending(sync=True)
             if upto is None:
                 return self._durable_lsn
-            with self._cond:
+            with self._lock:
                 if upto > self._durable_lsn:
                     self._durable_lsn = upto
-                self._cond.notify_all()
+                if self._waiting:
+                    self._cond.notify_all()
             return upto
 
     def _write_pending(self, sync: bool) -> int | None:
@@ -515,23 +530,30 @@ class WalWriter:
         start = self._fd_size
         total = len(buf)
         done = 0
-        with memoryview(buf) as view:
-            try:
-                while done < total:
-                    n = _os_write(fd, view[done:])
+        try:
+            n = _os_write(fd, buf)
+            if n == total:  # the usual case: the whole buffer in one call
+                self._fd_dirty = True
+                self._fd_size = start + total
+                return
+            with memoryview(buf) as view:
+                while True:
                     if n <= 0:
                         raise OSError(errno.EIO, "write to a WAL segment made no progress")
                     done += n
                     self._fd_dirty = True
-            except BaseException:
-                if done:
-                    # Leave the file ending on a record boundary, not in half a batch.
-                    try:
-                        os.ftruncate(fd, start)
-                        os.lseek(fd, start, os.SEEK_SET)
-                    except OSError:
-                        pass
-                raise
+                    if done >= total:
+                        break
+                    n = _os_write(fd, view[done:])
+        except BaseException:
+            if done:
+                # Leave the file ending on a record boundary, not in half a batch.
+                try:
+                    os.ftruncate(fd, start)
+                    os.lseek(fd, start, os.SEEK_SET)
+                except OSError:
+                    pass
+            raise
         self._fd_size = start + total
 
     def _fsync_file(self) -> None:
