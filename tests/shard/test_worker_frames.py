@@ -148,6 +148,41 @@ def test_a_failed_wal_ends_the_worker_with_the_durability_exit_code(worker, monk
         assert isinstance(protocol.unpack_reply(frames[-1]), inmem.DurabilityError)
 
 
+def test_a_strict_turn_is_one_record_written_and_fsynced_before_it_is_answered(tmp_path,
+                                                                              monkeypatch):
+    w = _open_worker(tmp_path, "strict")
+    try:
+        w.process([_op(1, "run.begin", [None, "r"])])
+        writer = w.store.writer
+        calls = []
+        write, fsync = wal_writer._os_write, wal_writer._os_fsync
+
+        def counted_write(fd, data):
+            calls.append("write")
+            return write(fd, data)
+
+        def counted_fsync(fd):
+            calls.append(("fsync", writer.pending_bytes))
+            fsync(fd)
+
+        monkeypatch.setattr(wal_writer, "_os_write", counted_write)
+        monkeypatch.setattr(wal_writer, "_os_fsync", counted_fsync)
+        before = writer.next_lsn
+        got = _results(w.process([_op(2 + i, "kv.put", ["r", f"k{i}", i, None])
+                                  for i in range(5)]))
+        assert got == {2 + i: 1 for i in range(5)}
+        # The whole turn: one record, written, then fsynced with nothing left
+        # pending, all before process() hands back the replies.
+        assert calls == ["write", ("fsync", 0)]
+        assert writer.next_lsn == before + 1
+        assert writer.durable_lsn == writer.next_lsn
+        # A turn that writes nothing touches neither the file nor the disk.
+        assert _results(w.process([_op(9, "kv.get", ["r", "k0", None])])) == {9: 0}
+        assert calls == ["write", ("fsync", 0)]
+    finally:
+        w.store.close()
+
+
 def test_a_buffered_worker_whose_flusher_failed_exits_at_its_next_turn(tmp_path):
     w = _open_worker(tmp_path, "buffered")
     codes = []
