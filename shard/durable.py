@@ -552,10 +552,12 @@ def _place_groups(log: list, n: int, place: int, engine) -> None:
     has read everything before them (`SearchIndex.read_held`); past HELD_MAX
     they go whether it has or not.
     """
+    indexed = engine.index.watermark
     if n == 1:  # one group: one extent, nothing of its run before it in the record
-        _run_id, count, _data, h = log[0]
-        if h is not None:
-            _to_disk(h, count, place, 0, engine)
+        run_id, count, _data, h = log[0]
+        if h is not None and not h.written(count, place, 0, indexed.get(run_id, 0),
+                                           INDEX_HELD_AT):
+            _many_held(h, engine)
         return
     seen: dict = {}
     cur = cur_id = None
@@ -566,25 +568,26 @@ def _place_groups(log: list, n: int, place: int, engine) -> None:
             cur_n += count
             continue
         if cur_id is not None:
-            if cur is not None:
-                _to_disk(cur, cur_n, place, cur_skip, engine)
+            if cur is not None and not cur.written(cur_n, place, cur_skip,
+                                                   indexed.get(cur_id, 0), INDEX_HELD_AT):
+                _many_held(cur, engine)
             seen[cur_id] = cur_skip + cur_n
         cur, cur_id, cur_n, cur_skip = h, run_id, count, seen.get(run_id, 0)
-    if cur is not None:
-        _to_disk(cur, cur_n, place, cur_skip, engine)
+    if cur is not None and not cur.written(cur_n, place, cur_skip, indexed.get(cur_id, 0),
+                                           INDEX_HELD_AT):
+        _many_held(cur, engine)
 
 
-def _to_disk(h, count: int, place: int, skip: int, engine) -> None:
-    h.to_disk(count, place, skip)
+def _many_held(h, engine) -> None:
+    """A history holds more than INDEX_HELD_AT items: the index reads them now, or they go."""
     index = engine.index
     held = len(h.items)
-    if held > INDEX_HELD_AT:
-        r = engine.runs.get(h.run_id)
-        if r is not None and r.journal is h:
-            index.read_held(h.run_id, r)
-        if held > HELD_MAX:
-            h.drop_held(h.disk)
-            return
+    r = engine.runs.get(h.run_id)
+    if r is not None and r.journal is h:
+        index.read_held(h.run_id, r)
+    if held > HELD_MAX:
+        h.drop_held(h.disk)
+        return
     h.drop_held(index.watermark.get(h.run_id, 0))
 
 

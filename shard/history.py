@@ -102,6 +102,30 @@ class History:
         self.files.live[place >> 40] += 1
         self.disk += count
 
+    def written(self, count: int, place: int, skip: int, indexed: int, held_at: int) -> bool:
+        """`to_disk`, then let go of what the search index has read (`indexed`: its
+        position in this run); False, without letting go, when more than `held_at`
+        items are held (the caller decides what goes).
+
+        One call for what every record does to each run in it (the commit path's share).
+        """
+        disk = self.disk
+        loc = self.ext_loc
+        if not (loc and loc[-1] == place and self.ext_skip[-1] + disk - self.ext_pos[-1] == skip):
+            self.ext_pos.append(disk)
+            loc.append(place)
+            self.ext_skip.append(skip)
+            self.files.live[place >> 40] += 1
+        disk += count
+        self.disk = disk
+        if len(self.items) > held_at:
+            return False
+        upto = indexed if indexed < disk else disk
+        if upto > self.base:
+            del self.items[:upto - self.base]
+            self.base = upto
+        return True
+
     def drop_held(self, upto: int) -> None:
         """Let go of the held items below position `upto` that are on disk."""
         upto = min(upto, self.disk)
