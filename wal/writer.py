@@ -508,6 +508,16 @@ class WalWriter:
         return upto
 
     def _write_out(self, chunks, target: int, sync: bool = True) -> None:
+        if len(chunks) == 1 and chunks[0][0] == target == self._fd_seg_first and chunks[0][1]:
+            # The usual case: one buffer, all of it for the open segment.
+            failpoint(FP_BEFORE_WRITE)
+            self._write_all(chunks[0][1])
+            failpoint(FP_AFTER_WRITE_BEFORE_FSYNC)
+            if sync:
+                self._timed_fsync(self._fd, target)
+                self._fd_dirty = False
+                failpoint(FP_AFTER_FSYNC)
+            return
         wrote = False
         for seg_first, buf in chunks:
             if seg_first != self._fd_seg_first:
