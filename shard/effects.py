@@ -440,28 +440,26 @@ def record_payload(groups) -> bytes:
     """
     if len(groups) == 1:  # one operation per record: what a strict single writer commits
         group = groups[0]
-        return b"".join((_ONE_BATCH, _pack(group[0]), array_header(group[1]), group[2]))
+        count = group[1]
+        return b"".join((_ONE_BATCH, _pack(group[0]),
+                         _ARRAY_HEADS[count] if count < 16 else array_header(count), group[2]))
     parts = [b"\x92", _pack(len(groups)), None]
     append = parts.append
-    batches = 0
+    heads = []  # (index in parts, effect count) of each batch's array header
     run_id = None
-    count = 0
     for group in groups:
-        if batches and group[0] == run_id:
-            count += group[1]
+        if heads and group[0] == run_id:
+            heads[-1][1] += group[1]
         else:
-            if batches:
-                parts[head] = array_header(count)
-            run_id, count = group[0], group[1]
+            run_id = group[0]
             append(b"\x92")
             append(_pack(run_id))
-            head = len(parts)
+            heads.append([len(parts), group[1]])
             append(None)  # the batch's array header, once its count is known
-            batches += 1
         append(group[2])
-    if batches:
-        parts[head] = array_header(count)
-    parts[2] = array_header(batches)
+    for at, count in heads:
+        parts[at] = _ARRAY_HEADS[count] if count < 16 else array_header(count)
+    parts[2] = array_header(len(heads))
     return b"".join(parts)
 
 
@@ -485,6 +483,8 @@ def record_payloads(groups) -> list:
     return out
 
 
+#: msgpack array headers of 0..15 elements (one byte each)
+_ARRAY_HEADS = tuple(bytes((0x90 | n,)) for n in range(16))
 #: a payload's head when it holds one group: [1, [ then the group's batch [run id, effects]
 _ONE_BATCH = b"\x92\x01\x91\x92"
 #: run ids and counts as msgpack (str and int: packing them calls back into no Python code,
