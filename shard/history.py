@@ -109,21 +109,10 @@ class History:
 
         One call for what every record does to each run in it (the commit path's share).
         """
-        disk = self.disk
-        loc = self.ext_loc
-        if not (loc and loc[-1] == place and self.ext_skip[-1] + disk - self.ext_pos[-1] == skip):
-            self.ext_pos.append(disk)
-            loc.append(place)
-            self.ext_skip.append(skip)
-            self.files.live[place >> 40] += 1
-        disk += count
-        self.disk = disk
+        self.to_disk(count, place, skip)
         if len(self.items) > held_at:
             return False
-        upto = indexed if indexed < disk else disk
-        if upto > self.base:
-            del self.items[:upto - self.base]
-            self.base = upto
+        self.drop_held(indexed)
         return True
 
     def drop_held(self, upto: int) -> None:
