@@ -28,7 +28,7 @@ from typing import Any, Callable
 from .errors import (InmemError, RunNotFound, StateNotFound, TransactionConflict,
                      VersionMismatch)
 from .pipeline import Pipeline
-from .sections import (JSON, KV, Events, Runs, StateCells, Traces, Value, as_tags,
+from .sections import (JSON, KV, Events, Runs, StateCells, Traces, Value, begin_args,
                        assemble_tree, backoff_delay, new_run_id)
 from .transaction import (_DELETED, Transaction, TxEvents, TxJSON, TxKV, TxState, TxTraces,
                           json_at, json_delete, json_pop, json_push, json_set)
@@ -411,14 +411,15 @@ class AsyncDatabase:
 
     async def begin_run(self, name: str | None = None, run_id: str | None = None,
                         parent: str | None = None, tags: list[str] | tuple[str, ...] = (),
-                        metadata: Value = None) -> str:
+                        metadata: Value = None, searchable: bool = True) -> str:
         """Start a run (status "active"); its id, generated unless `run_id` is given."""
         if run_id is None:
             run_id = new_run_id()
         if parent is not None and await self.run_status(parent) == "not_found":
             # Checked here rather than on the shard: the parent may live on another one.
             raise RunNotFound(f"parent run {parent!r} does not exist", run_id=parent)
-        return await self._call("run.begin", (name, run_id, parent, as_tags(tags), metadata))
+        return await self._call("run.begin",
+                                begin_args(name, run_id, parent, tags, metadata, searchable))
 
     async def end_run(self, run: str) -> str:
         """Mark the run "completed"."""

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from .backend import Backend
 from .errors import InmemError, RunNotFound, TransactionConflict
 from .pipeline import Pipeline
-from .sections import (JSON, Events, Runs, StateCells, Traces, Value, as_tags, backoff,
+from .sections import (JSON, Events, Runs, StateCells, Traces, Value, begin_args, backoff,
                        new_run_id)
 from .transaction import Transaction
 from .types import RecoveryResult, RunDiff, RunView, SearchResponse, SnapshotInfo
@@ -50,11 +50,14 @@ class Database:
 
     def begin_run(self, name: str | None = None, run_id: str | None = None,
                   parent: str | None = None, tags: list[str] | tuple[str, ...] = (),
-                  metadata: Value = None) -> str:
+                  metadata: Value = None, searchable: bool = True) -> str:
         """Start a run (status "active"); its id, generated unless `run_id` is given.
 
         The id decides the shard that holds everything of the run. RunExists if
-        `run_id` is taken, RunNotFound if `parent` does not exist.
+        `run_id` is taken, RunNotFound if `parent` does not exist. `searchable=False`
+        keeps everything of the run out of keyword search (`db.search` never finds
+        it): for data nobody looks up by its words, which then costs its writes no
+        indexing and the index no memory.
         """
         # The id is chosen here, not on the shard, because it decides which shard owns the run.
         if run_id is None:
@@ -62,7 +65,8 @@ class Database:
         if parent is not None and self.run_status(parent) == "not_found":
             # Checked here rather than on the shard: the parent may live on another one.
             raise RunNotFound(f"parent run {parent!r} does not exist", run_id=parent)
-        return self._call("run.begin", (name, run_id, parent, as_tags(tags), metadata))
+        return self._call("run.begin",
+                          begin_args(name, run_id, parent, tags, metadata, searchable))
 
     def end_run(self, run: str) -> str:
         """Mark the run "completed"; the new status. InvalidStatusTransition if it cannot end."""

@@ -16,7 +16,7 @@ from functools import partial
 from typing import Any
 
 from .errors import InmemError, InvalidValue
-from .sections import (JSON, KV, Events, Runs, StateCells, Traces, as_tags, assemble_tree,
+from .sections import (JSON, KV, Events, Runs, StateCells, Traces, begin_args, assemble_tree,
                        new_run_id)
 from .values import copy_value
 
@@ -79,9 +79,10 @@ class Pipeline:
 
     def begin_run(self, name: str | None = None, run_id: str | None = None,
                   parent: str | None = None, tags: list[str] | tuple[str, ...] = (),
-                  metadata: Any = None) -> None:
+                  metadata: Any = None, searchable: bool = True) -> None:
         """Queue `Database.begin_run`; its result is the run id (generated now if not given)."""
-        self._queue("run.begin", (name, run_id or new_run_id(), parent, as_tags(tags), metadata))
+        self._queue("run.begin", begin_args(name, run_id or new_run_id(), parent, tags, metadata,
+                                            searchable))
 
     def end_run(self, run: str) -> None:
         """Queue `Database.end_run`."""

@@ -338,6 +338,16 @@ def as_tags(tags) -> list:
     raise InvalidValue(f"tags must be a list or tuple of str, got {type(tags).__name__}")
 
 
+def begin_args(name, run_id, parent, tags, metadata, searchable) -> tuple:
+    """The arguments of a `run.begin` request; `searchable` goes only when False, so a
+    request for an ordinary run is the same as from a client that never sent it."""
+    if type(searchable) is not bool:
+        raise InvalidValue(f"searchable must be True or False, not {searchable!r}")
+    if searchable:
+        return (name, run_id, parent, as_tags(tags), metadata)
+    return (name, run_id, parent, as_tags(tags), metadata, False)
+
+
 def as_pairs(items) -> list:
     """A dict or an iterable of (key, value) pairs as a list of [key, value] lists."""
     if isinstance(items, dict):

@@ -113,6 +113,8 @@ class RunInfo(NamedTuple):
     updated_at: int
     ended_at: int | None
     error: str | None
+    #: False when the run was begun with searchable=False: search never looks in it
+    searchable: bool = True
 
     def __repr__(self) -> str:
         fields = [("run_id", repr(self.run_id)), ("name", repr(self.name)),
@@ -121,6 +123,8 @@ class RunInfo(NamedTuple):
                   ("created_at", iso_us(self.created_at)),
                   ("updated_at", iso_us(self.updated_at)),
                   ("ended_at", iso_us(self.ended_at)), ("error", short_value(self.error))]
+        if not self.searchable:
+            fields.append(("searchable", "False"))
         return record_repr("RunInfo", fields)
 
 

@@ -20,7 +20,7 @@ per operation or committed transaction, always of one run.
 
 | code | name          | fields after the code                                          |
 |------|---------------|----------------------------------------------------------------|
-| 1    | RUN_CREATE    | run, name, parent, tags, metadata (packed or None), ts         |
+| 1    | RUN_CREATE    | run, name, parent, tags, metadata (packed or None), ts[, flags] |
 | 2    | RUN_STATUS    | status, ts, error                                              |
 | 3    | RUN_DELETE    | run, ts  (logged, never journaled: the journal goes with the run) |
 | 10   | KV_PUT        | key, value (packed), version, ts, expires_at (or None)         |
@@ -130,13 +130,17 @@ TR_TAGS = 5
 TR_METADATA = 6
 TR_TS = 7
 
-#: RUN_CREATE: the run's id, name, parent, tags, packed metadata, time
+#: RUN_CREATE: the run's id, name, parent, tags, packed metadata, time, and flags: an
+#: int, present only when not 0, so a run made without any is logged as before
 CREATE_RUN = 1
 CREATE_NAME = 2
 CREATE_PARENT = 3
 CREATE_TAGS = 4
 CREATE_METADATA = 5
 CREATE_TS = 6
+CREATE_FLAGS = 7
+#: a RUN_CREATE flag: nothing of the run goes into the keyword search index
+UNSEARCHABLE = 1
 
 #: RUN_STATUS: the new status, time, error text (or None)
 STATUS = 1

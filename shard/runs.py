@@ -18,7 +18,7 @@ from inmem.errors import InvalidValue, RunExists
 from inmem.types import RunInfo
 from inmem.values import check_key
 
-from .effects import RUN_CREATE, RUN_DELETE, RUN_STATUS
+from .effects import CREATE_FLAGS, RUN_CREATE, RUN_DELETE, RUN_STATUS, UNSEARCHABLE
 from .history import History
 from .lifecycle import STATUSES, check_transition
 from .search_index import SearchIndex
@@ -29,15 +29,18 @@ _unpackb = msgpack.unpackb
 class RunData:
     """Everything one run holds on its shard."""
 
-    __slots__ = ("run_id", "name", "parent", "tags", "metadata", "status", "created_at",
+    __slots__ = ("run_id", "name", "parent", "tags", "metadata", "searchable", "status",
+                 "created_at",
                  "updated_at", "ended_at", "error", "orphaned", "kv", "state", "json",
                  "events", "events_by_type", "traces", "trace_order", "traces_by_type",
                  "traces_by_tag", "trace_roots", "trace_children", "journal")
 
     def __init__(self, eff: tuple, history_limit: int | None = None, history_files=None):
         """A new active run from its RUN_CREATE effect (the first entry of its journal)."""
-        _, self.run_id, self.name, self.parent, tags, self.metadata, ts = eff
+        _, self.run_id, self.name, self.parent, tags, self.metadata, ts = eff[:CREATE_FLAGS]
         self.tags = tuple(tags)
+        #: False: the keyword search index leaves the run out (flag UNSEARCHABLE)
+        self.searchable = len(eff) <= CREATE_FLAGS or not eff[CREATE_FLAGS] & UNSEARCHABLE
         self.status = "active"
         self.created_at = self.updated_at = ts
         self.ended_at = None
@@ -64,7 +67,14 @@ class RunData:
         return RunInfo(self.run_id, self.name, self.parent,
                        "orphaned" if self.orphaned else self.status, list(self.tags),
                        None if self.metadata is None else _unpackb(self.metadata, raw=False),
-                       self.created_at, self.updated_at, self.ended_at, self.error)
+                       self.created_at, self.updated_at, self.ended_at, self.error,
+                       self.searchable)
+
+    def create_effect(self) -> tuple:
+        """The RUN_CREATE effect that makes this run as it was made (what a snapshot keeps)."""
+        eff = (RUN_CREATE, self.run_id, self.name, self.parent, self.tags, self.metadata,
+               self.created_at)
+        return eff if self.searchable else eff + (UNSEARCHABLE,)
 
 
 class RunOps:
@@ -76,7 +86,10 @@ class RunOps:
     index: SearchIndex
 
     def begin_run(self, name: str | None = None, run_id: str | None = None,
-                  parent: str | None = None, tags=(), metadata=None) -> str:
+                  parent: str | None = None, tags=(), metadata=None,
+                  searchable: bool = True) -> str:
+        if type(searchable) is not bool:
+            raise InvalidValue(f"searchable must be True or False, not {searchable!r}")
         if run_id is None:
             run_id = uuid.uuid4().hex
         else:
@@ -90,7 +103,11 @@ class RunOps:
         tags = check_tags(tags)
         meta = None if metadata is None else self._encode(metadata)
         eff = (RUN_CREATE, run_id, name, parent, tags, meta, self.clock())
+        if not searchable:
+            eff += (UNSEARCHABLE,)
         r = RunData(eff, self.history_limit, self.history_files)
+        if not searchable:
+            self.index.pass_over(run_id)
         if self.log is not None:
             self._log(run_id, (eff,), r.journal)
         self.runs[run_id] = r

@@ -11,7 +11,10 @@ What each primitive contributes as a document (primitive, run, ref):
 | traces    | trace id     | the trace type and every str inside the data               |
 | runs      | run id       | the run's name and its tags                                |
 
-Dict keys and bytes are not text. Tokens are the lowercased Unicode words of
+A run begun with `searchable=False` contributes nothing: its journal is
+passed over without being read (what a store keeps for its own bookkeeping,
+a LangGraph thread's checkpoints for one, would only fill the index with
+one-off terms and cost every write the indexing). Dict keys and bytes are not text. Tokens are the lowercased Unicode words of
 the text (`\\w+`). A document with no token is not indexed.
 
 The index never reaches disk and costs the write path nothing: it follows
@@ -71,6 +74,8 @@ REBUILD_WAIT_MS = 20
 #: so a slice overruns its deadline by well under a millisecond), and per read without one
 SLICE = 32
 CHUNK = 8192
+#: the watermark of a run begun with searchable=False: beyond every journal position
+PASSED_OVER = 1 << 62
 
 _WORD = re.compile(r"\w+")
 _unpackb = msgpack.unpackb
@@ -164,6 +169,11 @@ class SearchIndex:
         else:
             run_docs.add(doc)
 
+    def pass_over(self, run_id: str) -> None:
+        """Never read run `run_id` (begun with searchable=False): its watermark lies past any
+        journal's end, so its history lets go of what is on disk at once."""
+        self.watermark[run_id] = PASSED_OVER
+
     def drop_run(self, run_id: str) -> None:
         for doc in list(self.by_run.pop(run_id, ())):
             self._remove(doc)
@@ -190,7 +200,7 @@ class SearchIndex:
         # items that recovery just read back from the WAL, instead of holding
         # them on the heap until the pass is done.
         for run_id, r in covered:
-            self.watermark[run_id] = len(r.journal)
+            self.watermark[run_id] = len(r.journal) if r.searchable else PASSED_OVER
         self._tables = self._table_pass(runs, covered, now_us)
 
     def _table_pass(self, runs: dict, covered: list, now_us: int):
@@ -199,8 +209,8 @@ class SearchIndex:
         plain_at = PLAIN_AT
         marks = [(run_id, r, len(r.events), len(r.trace_order)) for run_id, r in covered]
         for run_id, r, n_events, n_traces in marks:
-            if runs.get(run_id) is not r:
-                continue  # deleted meanwhile
+            if runs.get(run_id) is not r or not r.searchable:
+                continue  # deleted meanwhile, or never indexed
             self._put(("runs", run_id, run_id), [t for t in (r.name, *r.tags) if t])
             yield
             for prim, table in (("kv", r.kv), ("json", r.json), ("state", r.state)):
@@ -287,6 +297,9 @@ class SearchIndex:
         journal = r.journal
         done = self.watermark.get(run_id, 0)
         if done >= end:
+            return True
+        if not r.searchable:
+            self.pass_over(run_id)
             return True
         index_effect = self._index_effect
         textish = _TEXTISH

@@ -5,7 +5,10 @@ checkpoint of the thread, every namespace, blob and pending write sits on
 the shard that owns that run id, and reading a thread is reading one run.
 The run is created "paused" on the thread's first write: paused runs accept
 writes and are never reported as orphaned after a restart, which suits a
-thread that lives across many invocations.
+thread that lives across many invocations. It is created unsearchable
+(`searchable=False`): checkpoints are serialized state read by key, whose
+only words would be ids and version strings, and indexing them cost each
+put more than the put itself.
 
 Inside a thread's run (`ns` and channel names escaped by `esc`; the root
 namespace is the empty string, so its keys read `checkpoint//<id>`):

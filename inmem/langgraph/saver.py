@@ -512,9 +512,10 @@ class InmemSaver(BaseCheckpointSaver[str]):
         for run in missing:
             if run in threads:
                 create.append(("run.begin", (None, run, None, [self._tag],
-                                                   {"thread_id": _plain(threads[run])})))
+                                             {"thread_id": _plain(threads[run])}, False)))
             else:
-                create.append(("run.begin", (None, run, None, [f"{self.prefix}index"], None)))
+                create.append(("run.begin", (None, run, None, [f"{self.prefix}index"], None,
+                                             False)))
             create.append(("run.set_status", (run, "paused", None)))
         made = yield create
         raise_first(made, allow=(RunExists, InvalidStatusTransition))

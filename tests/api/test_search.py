@@ -413,6 +413,49 @@ def test_a_run_without_name_or_tags_is_no_document(db):
     assert hit.score == pytest.approx(math.log(1 + 0.5 / 1.5) * 2.2 / 2.2)
 
 
+def _write_every_primitive(db, run, word):
+    db.kv.put(run, "k", f"{word} in kv")
+    db.json.put(run, "j", {"text": f"{word} in json"})
+    db.state.set(run, "s", f"{word} in state")
+    db.events.append(run, word, {"msg": f"{word} in an event"})
+    db.traces.record(run, "thought", {"note": f"{word} in a trace"})
+
+
+def test_an_unsearchable_run_is_never_found(db):
+    hidden = db.begin_run(name="zebra run", tags=["zebra"], searchable=False)
+    shown = db.begin_run()
+    _write_every_primitive(db, hidden, "zebra")
+    db.kv.put(shown, "k", "zebra here")
+    resp = db.search("zebra")
+    assert [doc_of(h) for h in resp.results] == [("kv", shown, "k")]
+    # Nor does it count in the statistics: N = 1, as if the run did not exist.
+    assert resp.results[0].score == pytest.approx(math.log(1 + 0.5 / 1.5) * 2.2 / 2.2)
+    assert db.search("zebra", run=hidden).results == []
+    assert db.runs.get(hidden).searchable is False
+    assert db.runs.get(shown).searchable is True
+    # Its data is all there, read by key.
+    assert db.kv.get(hidden, "k") == "zebra in kv"
+    assert db.replay_run(hidden).kv == {"k": "zebra in kv"}
+
+
+def test_unsearchable_through_a_pipeline_and_a_transaction(db):
+    pipe = db.pipeline()
+    pipe.begin_run(run_id="quiet-run", searchable=False)
+    pipe.kv.put("quiet-run", "k", "okapi")
+    pipe.execute()
+    with db.transaction("quiet-run") as tx:
+        tx.kv.put("t", "okapi again")
+    assert db.search("okapi").results == []
+    assert db.kv.get("quiet-run", "t") == "okapi again"
+
+
+@pytest.mark.parametrize("bad", [0, 1, None, "no"])
+def test_searchable_is_a_bool(db, bad):
+    with pytest.raises(inmem.InvalidValue, match="searchable must be True or False"):
+        db.begin_run(searchable=bad)
+    assert db.runs.list() == []
+
+
 # --- writes, deletes and expiry ---------------------------------------------------
 
 

@@ -93,6 +93,25 @@ def test_thread_run_is_paused_and_never_orphaned(tmp_path):
         assert state.values["n"] == 20
 
 
+def test_checkpoints_stay_out_of_keyword_search(db):
+    # A thread's run is unsearchable: checkpoints are read by key, and their only
+    # words (ids, channel names, version strings) would fill the index.
+    saver = InmemSaver(db)
+    graph = _graph(saver)
+    graph.invoke({"log": [], "n": 1}, {"configurable": {"thread_id": "quiet",
+                                                         "run_id": "lg-run-1"}})
+    run = thread_run(saver.prefix, "quiet")
+    assert db.runs.get(run).searchable is False
+    assert db.runs.get(saver._index).searchable is False
+    assert any(k.startswith("blob//log/") for k in db.kv.keys(run))
+    for words in ("checkpoint", "blob", "log", "msgpack", "plan review act", "lg"):
+        assert db.search(words).results == [], words
+    # A searchable run beside it is found as before.
+    other = db.begin_run()
+    db.kv.put(other, "k", "plan review act")
+    assert [h.run for h in db.search("review").results] == [other]
+
+
 class Recording:
     """A backend that records every operation it is asked to run."""
 

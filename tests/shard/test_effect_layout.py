@@ -257,6 +257,24 @@ def test_run_fields(engine, clock):
         (fx.RUN_STATUS, "failed", START_US + 5, "boom")
 
 
+def test_create_flags_are_logged_only_for_an_unsearchable_run(clock):
+    # An ordinary run's RUN_CREATE has exactly the seven fields it always had (so a
+    # log of ordinary runs reads the same in a release that knows no flags); an
+    # unsearchable run's has the flags as an eighth, and survives the log and a snapshot.
+    e = Engine(clock=clock)
+    e.log = []
+    e.begin_run("n", "plain", None, [], None)
+    e.begin_run("n", "hidden", None, [], None, False)
+    logged = [data for _run, _n, data in e.take_log()]
+    plain, hidden = (msgpack.unpackb(data, raw=False) for data in logged)
+    assert plain == [fx.RUN_CREATE, "plain", "n", None, [], None, START_US]
+    assert hidden == [fx.RUN_CREATE, "hidden", "n", None, [], None, START_US, fx.UNSEARCHABLE]
+    assert hidden[fx.CREATE_FLAGS] == fx.UNSEARCHABLE
+    assert (e.runs["plain"].searchable, e.runs["hidden"].searchable) == (True, False)
+    # What a snapshot keeps of each run packs to the bytes the log holds.
+    assert [msgpack.packb(e.runs[r].create_effect()) for r in ("plain", "hidden")] == logged
+
+
 def test_every_code_names_where_its_timestamp_is():
     effects = []
     for _run_id, _n, data in build().take_log():
