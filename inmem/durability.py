@@ -18,6 +18,7 @@ applies them; all three read this table.
 | history_compact_dead_fraction | 0.5 | a history file this dead is compacted (None: only on request) |
 | snapshot_huge_pages | True | keep the heap in huge pages so a snapshot's fork is short |
 | malloc_mmap_threshold | 1 MiB | glibc's mmap threshold, held fixed in the process (0 or None: left alone) |
+| commit_wait_us | 100 | strict cluster shards: the longest a turn waits for recently served clients before its fsync (0: never) |
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ OPTIONS = {
     "history_compact_dead_fraction": Option((int, float, type(None)), "in (0, 1]", 0.5),
     "snapshot_huge_pages": Option((bool,), None, True),
     "malloc_mmap_threshold": Option((int, type(None)), ">= 0", 2**20),
+    "commit_wait_us": Option((int, float), ">= 0", 100),
 }
 
 _BOUNDS = {">= 0": lambda v: v >= 0, "> 0": lambda v: v > 0, ">= 1": lambda v: v >= 1,

@@ -63,6 +63,7 @@ from inmem.keys import ServerKeys, insecure_warning, is_tcp, shard_name
 from inmem.processes import clear_exit_note, die_with_parent, write_exit_note
 from inmem.protocol import KIND_ADMIN, KIND_BATCH, KIND_OP, slot_of
 from inmem.ops import WRITE_OPS, route_run
+from inmem.shard.commit_wait import CommitWait, fine_timer_slack
 from inmem.shard.engine import Engine, put_series_end
 from inmem.shard.upkeep import UPKEEP_EVERY_S, IndexShare, index_slice, shard_info, upkeep
 from inmem.stream import stream_path
@@ -104,6 +105,8 @@ class Worker:
         self.packer = protocol.new_reply_packer()
         self.write_ops = WRITE_OPS
         self.strict = self.durability == "strict"
+        #: strict: the wait for recently served clients before a turn's fsync
+        self.commit_wait: CommitWait | None = None
         self.clock = None  # the engine's own clock, unless test hooks may pin it
         self.pinned_us: int | None = None
         if spec.get("test_hooks"):
@@ -125,6 +128,10 @@ class Worker:
         # The store's flusher takes its lock to hand the engine's log to the WAL.
         self.lock = self.store.lock
         self.recovery = self.store.recovery_result
+        wait_us = self.store.options["commit_wait_us"]
+        if self.strict and wait_us:
+            fine_timer_slack()
+            self.commit_wait = CommitWait(wait_us)
         # Recovered objects live as long as this process: keep the cyclic GC
         # from walking millions of them on every full collection.
         gc.freeze()
@@ -174,6 +181,16 @@ class Worker:
         rebuilding = self.engine.index_rebuilding
         frozen = not rebuilding()
         index_share = IndexShare(self.engine, self.lock)
+        commit_wait = self.commit_wait
+
+        def more(batch: list) -> None:
+            # What arrived since the turn's drain; the ROUTER is asked first (see RouterPoll).
+            ready, events = wait(0)
+            if ready:
+                batch.extend(drain(sock, DRAIN_MAX))
+            if stream is not None and events:
+                stream.read(events, batch, DRAIN_MAX)
+
         while not self.stopping:
             timeout = POLL_MS
             if tick is not None:
@@ -196,6 +213,8 @@ class Worker:
                 if stream is not None and events:
                     stream.read(events, batch, DRAIN_MAX)
                 if batch:
+                    if commit_wait is not None:
+                        commit_wait.fill(batch, more)
                     # Replies to ROUTER peers go out in this turn, one `wait` said
                     # the ROUTER was ready in: the next wait asks it before sleeping.
                     reply_all(process(batch))
@@ -461,9 +480,12 @@ class Worker:
         return "pong"
 
     def admin_info(self) -> dict:
+        cw = self.commit_wait
         return shard_info(self.shard, self.engine, self.store, requests=self.requests,
                           protocol_errors=self.protocol_errors,
-                          dropped_frames=self.dropped_frames)
+                          dropped_frames=self.dropped_frames,
+                          commit_waits=0 if cw is None else cw.waits,
+                          commit_waited_for=0 if cw is None else cw.waited_for)
 
     def admin_snapshot(self) -> list:
         if self.store is None:
