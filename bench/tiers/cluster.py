@@ -36,9 +36,11 @@ client connects by host and port.
   default route). `batch_p50_us` is a wave's latency.
 - `cluster.kv.put.single.8clients{,.direct}` (buffered) and
   `cluster.kv.put.strict.8clients{,.direct}` (strict): 8 client processes,
-  one put per round trip each, on their own runs, against a buffered and a
-  strict cluster up side by side; Redis everysec and always with the same 8
-  processes; floor: the 8 processes echoing (`cluster.floor.8clients`).
+  one put per round trip each, on their own runs (new ones every round, so
+  each round draws its own split of the clients over the shards, recorded in
+  `extra.clients_per_shard`), against a buffered and a strict cluster up side
+  by side; Redis everysec and always with the same 8 processes; floor: the 8
+  processes echoing (`cluster.floor.8clients`).
 - `cluster.kv.put.scale.shards{1,2}` (buffered): 2 client processes on
   disjoint runs, pipelines of 100, against a 1-shard and a 2-shard cluster up
   side by side; Redis (one server, one thread) and the floor with the same 2.
@@ -539,13 +541,20 @@ def _add_floor(ctx, name, il, extra, *, latency_per="op", side="floor") -> None:
 
 def _eight_clients(ctx, rounds, per_client):
     warm = min(per_client, 20)
+    splits: dict = {}
     with contextlib.ExitStack() as stack:
         clusters = {}
         for mode in ("buffered", "strict"):
             cluster, db = stack.enter_context(RunningCluster(ctx, shards=2, durability=mode))
-            runs = {route: [db.begin_run(name=f"{route}-client-{c}") for c in range(CLIENTS)]
+            # Fresh runs every round: the runs' ids decide how the 8 clients fall on
+            # the 2 shards (4/4 one time, 2/6 another), and a strict shard's
+            # throughput follows the clients it has; each round draws its own split,
+            # so the median is over the splits users meet rather than one of them.
+            runs = {route: [[db.begin_run(name=f"{route}-r{r}-client-{c}")
+                             for c in range(CLIENTS)] for r in range(rounds)]
                     for route in ROUTES}
             clusters[mode] = (cluster.endpoint, runs)
+            splits[mode] = {route: [_split(db, rs) for rs in runs[route]] for route in ROUTES}
         redis = {"buffered": _redis(ctx, stack, "buffered"),
                  "strict": _redis(ctx, stack, "strict")}
         floor = _floor(stack)
@@ -553,7 +562,7 @@ def _eight_clients(ctx, rounds, per_client):
 
         def side(spec_of):
             def fn(r):
-                return pool.run([{**spec_of(c), "kind": "put", "ops": per_client,
+                return pool.run([{**spec_of(c, r), "kind": "put", "ops": per_client,
                                   "warmup": warm, "tag": f"r{r}"} for c in range(CLIENTS)])
             return fn
 
@@ -562,15 +571,15 @@ def _eight_clients(ctx, rounds, per_client):
         for mode, (endpoint, runs) in clusters.items():
             for route in ROUTES:
                 sides.append(Side(f"{mode}.{route}", side(
-                    lambda c, e=endpoint, rs=runs[route], d=route == "direct":
-                    {"target": "inmem", "endpoint": e, "direct": d, "runs": [rs[c]]})))
+                    lambda c, r, e=endpoint, rs=runs[route], d=route == "direct":
+                    {"target": "inmem", "endpoint": e, "direct": d, "runs": [rs[r][c]]})))
             server = redis[mode]
             sides.append(Side(f"redis.{mode}", server if isinstance(server, _Unavailable)
-                              else side(lambda c, p=server.port:
+                              else side(lambda c, r, p=server.port:
                                         {"target": "redis", "port": p}), optional=True))
             if mode == "buffered":
                 sides.append(Side("floor", floor if isinstance(floor, _Unavailable) else side(
-                    lambda c: {"target": "floor", "endpoint": floor.endpoint}), optional=True))
+                    lambda c, r: {"target": "floor", "endpoint": floor.endpoint}), optional=True))
         il = interleave(sides, rounds, ctx.log)
     names = {"buffered": "cluster.kv.put.single.8clients",
              "strict": "cluster.kv.put.strict.8clients"}
@@ -582,8 +591,20 @@ def _eight_clients(ctx, rounds, per_client):
             _add(ctx, base + suffix, mode, il, f"{mode}.{route}",
                  {"redis": f"redis.{mode}", "floor": "floor"},
                  extra={"clients": CLIENTS, "shards": 2, "route": ROUTES[route],
-                        "peer_config": config})
+                        "clients_per_shard": splits[mode][route], "peer_config": config})
     _add_floor(ctx, "cluster.floor.8clients", il, {"clients": CLIENTS, "config": FLOOR_CONFIG})
+
+
+def _split(db, runs) -> list:
+    """How many of `runs` each shard owns, most first (one round's split of the clients)."""
+    from inmem.protocol import slot_of
+    owners = db._backend.owners
+    if owners is None:
+        return []
+    counts: dict = {}
+    for run in runs:
+        counts[owners[slot_of(run)]] = counts.get(owners[slot_of(run)], 0) + 1
+    return sorted(counts.values(), reverse=True)
 
 
 def _scale(ctx, rounds, per_client):
