@@ -7,11 +7,14 @@ answered by one turn send their next request while the next turn's fsync
 runs, so two groups alternate and each fsync covers about half of them.
 Waiting briefly before the fsync for the clients that were served in the
 last two turns and have not sent yet lets one fsync cover them all (with
-four client processes per shard: 2.2 requests per fsync without the wait,
-3.9 with it). It is the commit delay of PostgreSQL (`commit_delay` with
+four client processes per shard, measured: 2.2 requests per fsync without
+the wait, 3.9 with it). It is the commit delay of PostgreSQL (`commit_delay` with
 `commit_siblings`) and MySQL (`binlog_group_commit_sync_delay`), bounded
 by the clients actually seen:
 
+- only a turn with writes to fsync waits, and only such turns count (a
+  turn of reads, or of the coordinator's pings, neither waits nor makes
+  anyone expected);
 - no wait when every recently served client is in the turn already (one
   client alone never waits, nor a pipelining or asynchronous one, whose
   requests all come from one connection);

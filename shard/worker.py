@@ -181,7 +181,6 @@ class Worker:
         rebuilding = self.engine.index_rebuilding
         frozen = not rebuilding()
         index_share = IndexShare(self.engine, self.lock)
-        commit_wait = self.commit_wait
 
         def more(batch: list) -> None:
             # What arrived since the turn's drain; the ROUTER is asked first (see RouterPoll).
@@ -213,11 +212,9 @@ class Worker:
                 if stream is not None and events:
                     stream.read(events, batch, DRAIN_MAX)
                 if batch:
-                    if commit_wait is not None:
-                        commit_wait.fill(batch, more)
                     # Replies to ROUTER peers go out in this turn, one `wait` said
                     # the ROUTER was ready in: the next wait asks it before sleeping.
-                    reply_all(process(batch))
+                    reply_all(process(batch, more))
                     index_share()  # a rebuild's share of a loop that never idles
             elif not timeout and rebuilding():
                 index_slice(self.engine, self.lock)
@@ -262,13 +259,15 @@ class Worker:
             else:
                 send_many(conn, got)
 
-    def process(self, batch: list) -> list:
+    def process(self, batch: list, more=None) -> list:
         """Apply a drained batch; return the replies to send once it is as durable as promised.
 
         The store's one durable commit step runs once per batch: strict, the
         batch's groups become WAL records and one fsync covers them before any
         reply goes out; buffered, the engine's list of encoded groups is the
-        in-memory batch that the flusher writes every interval.
+        in-memory batch that the flusher writes every interval. A strict batch
+        with something to fsync first waits for the clients the commit wait
+        expects (`more(batch)` adds what arrived since; see shard.commit_wait).
         """
         replies = []
         store = self.store
@@ -276,13 +275,11 @@ class Worker:
         with self.lock:
             if store is not None and store.writer.failed:
                 self.fail_stop(replies, DurabilityError(f"the WAL failed: {store.writer.error}"))
-            for frames in batch:
-                try:
-                    reply = self.handle(frames, None)
-                except Exception as exc:  # a bug must not stop the loop; say what broke
-                    reply = self.internal_error(frames, exc)
-                if reply is not None:
-                    replies.append(reply)
+            self._handle_all(batch, 0, replies)
+            if more is not None and self.commit_wait is not None and self.engine.log:
+                n = len(batch)
+                self.commit_wait.fill(batch, more)
+                self._handle_all(batch, n, replies)
             if store is not None:
                 try:
                     token = store.commit_locked()
@@ -294,6 +291,16 @@ class Worker:
             except DurabilityError as exc:
                 self.fail_stop(replies, exc)
         return replies
+
+    def _handle_all(self, batch: list, start: int, replies: list) -> None:
+        for i in range(start, len(batch)):
+            frames = batch[i]
+            try:
+                reply = self.handle(frames, None)
+            except Exception as exc:  # a bug must not stop the loop; say what broke
+                reply = self.internal_error(frames, exc)
+            if reply is not None:
+                replies.append(reply)
 
     def handle(self, frames: list, refuse_writes):
         n = len(frames)
