@@ -30,8 +30,7 @@ class RunData:
     """Everything one run holds on its shard."""
 
     __slots__ = ("run_id", "name", "parent", "tags", "metadata", "searchable", "status",
-                 "created_at",
-                 "updated_at", "ended_at", "error", "orphaned", "kv", "state", "json",
+                 "created_at", "updated_at", "ended_at", "error", "orphaned", "kv", "state", "json",
                  "events", "events_by_type", "traces", "trace_order", "traces_by_type",
                  "traces_by_tag", "trace_roots", "trace_children", "journal")
 

@@ -11,11 +11,13 @@ What each primitive contributes as a document (primitive, run, ref):
 | traces    | trace id     | the trace type and every str inside the data               |
 | runs      | run id       | the run's name and its tags                                |
 
+Dict keys and bytes are not text. Tokens are the lowercased Unicode words
+of the text (`\\w+`). A document with no token is not indexed.
+
 A run begun with `searchable=False` contributes nothing: its journal is
 passed over without being read (what a store keeps for its own bookkeeping,
 a LangGraph thread's checkpoints for one, would only fill the index with
-one-off terms and cost every write the indexing). Dict keys and bytes are not text. Tokens are the lowercased Unicode words of
-the text (`\\w+`). A document with no token is not indexed.
+one-off terms and cost every write the indexing).
 
 The index never reaches disk and costs the write path nothing: it follows
 each run's journal with a watermark. It is kept up in the background (the

@@ -61,7 +61,8 @@ def dump(engine: Snapshottable) -> tuple[dict, list]:
     runs, kv, state, docs, events, traces, journal = [], [], [], [], [], [], []
     for run_id, r in engine.runs.items():
         h = r.journal
-        runs.append((run_id, r.create_effect(), r.status, r.updated_at, r.ended_at, r.error, r.orphaned))
+        runs.append((run_id, r.create_effect(), r.status, r.updated_at, r.ended_at, r.error,
+                     r.orphaned))
         if r.kv:
             kv.append((run_id, list(r.kv), list(r.kv.values())))
         if r.state:
