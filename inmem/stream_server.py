@@ -275,6 +275,10 @@ class StreamLink:
         self.out: list | None = None
         self.closed = False
         self.close_reason = ""
+        # As StreamServer: one buffer read into, not a fresh READ_BYTES object per recv
+        # (malloc maps and unmaps that much on every call: ~12 µs per reply forwarded).
+        self._rbuf = bytearray(READ_BYTES)
+        self._rview = memoryview(self._rbuf)
 
     @property
     def wants_write(self) -> bool:
@@ -319,22 +323,23 @@ class StreamLink:
             return out
         for _ in range(16):  # a bounded turn: the loop has other sockets to serve
             try:
-                data = self.sock.recv(READ_BYTES)
+                n = self.sock.recv_into(self._rbuf)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 self.close(str(exc))
                 break
-            if not data:
+            if not n:
                 self.close("the peer closed the connection")
                 break
+            data = bytes(self._rview[:n])
             buf = self.buf + data if self.buf else data
             try:
                 self.buf = split_frames(buf, self.max_message_bytes, out)
             except FrameTooLarge as exc:
                 self.close(str(exc))
                 break
-            if len(data) < READ_BYTES:
+            if n < READ_BYTES:
                 break
         return out
 

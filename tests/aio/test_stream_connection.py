@@ -66,6 +66,33 @@ def test_replies_in_any_order_and_in_pieces_reach_their_own_request():
     asyncio.run(main())
 
 
+def _read_into(conn, data: bytes) -> None:
+    """What the loop does with a BufferedProtocol: read into its buffer, say how much came."""
+    while data:
+        buf = conn.get_buffer(-1)
+        n = min(len(buf), len(data))
+        buf[:n] = data[:n]
+        conn.buffer_updated(n)
+        data = data[n:]
+
+
+def test_the_loop_reads_into_the_connections_own_buffer():
+    # The loop reuses one buffer for every read (no fresh 256 KiB object per reply); a
+    # reply larger than the buffer arrives in several reads and is still whole.
+    async def main():
+        loop = asyncio.get_running_loop()
+        conn = _conn(loop, [])
+        assert isinstance(conn, asyncio.BufferedProtocol)
+        first = conn.get_buffer(-1)
+        big = bytes(range(256)) * (3 * len(first) // 256)
+        reqs = {n: _register(conn, loop, n) for n in range(3)}
+        _read_into(conn, frame(_head(1), b"small") + frame(_head(0), big))
+        _read_into(conn, frame(_head(2), b"after"))
+        assert conn.get_buffer(-1) is first
+        assert [reqs[n].reply for n in range(3)] == [big, b"small", b"after"]
+    asyncio.run(main())
+
+
 def test_a_reply_nobody_waits_for_is_dropped_and_the_next_one_still_arrives():
     async def main():
         loop = asyncio.get_running_loop()
