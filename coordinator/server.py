@@ -53,7 +53,7 @@ from inmem.keys import (COORDINATOR, KeyFileError, ServerKeys, insecure_warning,
 from inmem.ops import FANOUT_READ_OPS
 from inmem.stream import stream_path
 from inmem.stream_server import Connection, StreamLink, StreamServer
-from inmem.transport import bind_router, drain
+from inmem.transport import SocketsPoll, bind_router, drain
 from inmem.types import RecoveryResult
 from inmem.protocol import (HEADER_BYTES, KIND_ADMIN, KIND_BATCH, KIND_CLUSTER, KIND_OP,
                             SLOT_COUNT, VERSION)
@@ -178,7 +178,7 @@ class Coordinator:
     def _start_serving(self, spec: dict) -> None:
         self.ctx = zmq.Context(1)
         self._start_keys(spec)
-        self.poller = zmq.Poller()
+        self.poller = SocketsPoll()
         self.links = [ShardLink(h) for h in self.supervisor.handles]
         for link in self.links:
             self._connect(link)
@@ -381,6 +381,8 @@ class Coordinator:
                     except zmq.ZMQError:
                         self._unavailable(ident, head, link)
                         return
+                    finally:
+                        self._used(link.sock)
                 link.inflight_bytes += size - inflight.get(key, 0)
                 inflight[key] = size
             elif kind == KIND_CLUSTER:
@@ -510,6 +512,14 @@ class Coordinator:
             self.front.send_multipart(frames, zmq.NOBLOCK, copy=False)
         except zmq.ZMQError:
             pass
+        self._used(self.front)
+
+    def _used(self, sock) -> None:
+        # A ZeroMQ call outside a turn the poller reported the socket ready in: it may
+        # have consumed the socket's wake-up signal (see inmem.transport.SocketsPoll).
+        poller = self.poller
+        if poller is not None:
+            poller.touched(sock)
 
     def _error(self, ident, head, err: InmemError) -> None:
         self._send(ident, head, protocol.error_body(err))
@@ -685,6 +695,8 @@ class Coordinator:
         except zmq.ZMQError:
             self._deliver(callback, ShardUnavailable(f"shard {link.handle.id} is not reachable"))
             return
+        finally:
+            self._used(link.sock)
         self._pending[rid] = (callback, time.monotonic() + INTERNAL_TIMEOUT_S, link)
 
     def _internal_reply(self, link: ShardLink, head: bytes, body: bytes) -> None:

@@ -112,10 +112,11 @@ class StreamServer:
 
     def register(self, poller) -> None:
         """Poll the listener (and, from now on, every connection) with `poller`: a
-        `zmq.Poller`, or a `select.poll` (or an `inmem.transport.RouterPoll`)."""
+        `zmq.Poller` (or an `inmem.transport.SocketsPoll`, with the same flags), or a
+        `select.poll` (or an `inmem.transport.RouterPoll`)."""
         self.poller = poller
-        self._in, self._out, self._trouble = (_ZMQ_FLAGS if isinstance(poller, zmq.Poller)
-                                              else _POLL_FLAGS)
+        zmq_style = isinstance(poller, zmq.Poller) or getattr(poller, "zmq_flags", False)
+        self._in, self._out, self._trouble = _ZMQ_FLAGS if zmq_style else _POLL_FLAGS
         poller.register(self.listen_fd, self._in)
 
     # -- reading -------------------------------------------------------------------

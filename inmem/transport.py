@@ -1,5 +1,6 @@
 """ZeroMQ endpoints as the cluster's processes serve them: the bind address, the ROUTER set-up,
-the drain, and `RouterPoll`, a loop's wait on a ROUTER beside plain descriptors.
+the drain, `RouterPoll`, a loop's wait on a ROUTER beside plain descriptors, and
+`SocketsPoll`, the same for several sockets behind zmq.Poller's interface.
 
 A shard worker and the coordinator's client-facing side both answer many
 peers on a ROUTER socket with the same options; `bind_router` is that set-up,
@@ -8,6 +9,7 @@ so a limit changes in one place.
 
 from __future__ import annotations
 
+import math
 import os
 import select
 
@@ -130,9 +132,112 @@ class RouterPoll:
         return ready, events
 
 
+#: zmq poll flags -> select.poll flags, for plain descriptors
+_TO_SELECT = ((zmq.POLLIN, select.POLLIN), (zmq.POLLOUT, select.POLLOUT),
+              (zmq.POLLERR, select.POLLERR))
+#: select.poll flags -> zmq poll flags (a hang-up or a bad descriptor is an error)
+_FROM_SELECT = ((select.POLLIN, zmq.POLLIN), (select.POLLOUT, zmq.POLLOUT),
+                (select.POLLERR | select.POLLHUP | select.POLLNVAL, zmq.POLLERR))
+
+
+def _select_flags(flags: int) -> int:
+    out = 0
+    for z, p in _TO_SELECT:
+        if flags & z:
+            out |= p
+    return out
+
+
+class SocketsPoll:
+    """`zmq.Poller`'s interface (zmq flags in and out) for a loop with several ZeroMQ
+    sockets and plain descriptors, on one `select.poll` (see RouterPoll for why).
+
+    A socket is watched through its ZMQ_FD and reported readable only when
+    ZMQ_EVENTS says a message is there, so a caller's "it spoke" is never a
+    false alarm. The edge rule of ZMQ_FD (any call on a socket may consume
+    its signal while a message waits) is kept as RouterPoll keeps it: a
+    socket reported readable is asked ZMQ_EVENTS before the next sleep, and
+    so is one the caller used in any other way, which the caller says with
+    `touched(sock)` after the call. Only sockets are asked, and only those;
+    a turn that served plain descriptors only makes no ZeroMQ call at all.
+    Sockets are watched for input only (their sends never block here).
+    """
+
+    #: StreamServer.register reads this: flags are zmq's, as with a zmq.Poller
+    zmq_flags = True
+
+    __slots__ = ("_poll", "_socks", "_unsure")
+
+    def __init__(self):
+        self._poll = select.poll()
+        self._socks: dict = {}      # ZMQ_FD -> socket
+        self._unsure: set = set()   # sockets to ask ZMQ_EVENTS before sleeping
+
+    def register(self, target, flags: int = zmq.POLLIN) -> None:
+        if isinstance(target, zmq.Socket):
+            fd = target.getsockopt(zmq.FD)
+            self._socks[fd] = target
+            self._poll.register(fd, select.POLLIN)
+            self._unsure.add(target)
+        else:
+            self._poll.register(target, _select_flags(flags))
+
+    def modify(self, target, flags: int) -> None:
+        if isinstance(target, zmq.Socket):
+            return  # watched for input whatever is asked
+        self._poll.modify(target, _select_flags(flags))
+
+    def unregister(self, target) -> None:
+        if isinstance(target, zmq.Socket):
+            fd = target.getsockopt(zmq.FD)
+            self._socks.pop(fd, None)
+            self._unsure.discard(target)
+            self._poll.unregister(fd)
+        else:
+            self._poll.unregister(target)
+
+    def touched(self, sock: zmq.Socket) -> None:
+        """`sock` was used outside a turn that found it readable: ask before sleeping."""
+        if sock in self._socks.values():
+            self._unsure.add(sock)
+
+    def poll(self, timeout_ms: float | None = None) -> list:
+        """[(socket or descriptor, zmq flags)] of what is ready, waiting up to `timeout_ms`
+        (None or -1: no limit)."""
+        ready = []
+        unsure = self._unsure
+        if unsure:
+            for sock in unsure:
+                if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    ready.append((sock, zmq.POLLIN))
+            unsure.clear()
+        if ready:
+            timeout = 0
+        elif timeout_ms is None or timeout_ms < 0:
+            timeout = None
+        else:
+            timeout = math.ceil(timeout_ms)
+        socks = self._socks
+        for fd, ev in self._poll.poll(timeout):
+            sock = socks.get(fd)
+            if sock is not None:
+                if (sock, zmq.POLLIN) not in ready and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    ready.append((sock, zmq.POLLIN))
+                continue
+            flags = 0
+            for p, z in _FROM_SELECT:
+                if ev & p:
+                    flags |= z
+            ready.append((fd, flags))
+        for target, _flags in ready:
+            if type(target) is not int:
+                unsure.add(target)  # the caller is about to use it
+        return ready
+
+
 def ipc_dir(endpoint: str) -> str | None:
     """The directory an ipc:// endpoint's socket file lives in (None for other transports)."""
     return os.path.dirname(endpoint[6:]) if endpoint.startswith("ipc://") else None
 
 
-__all__ = ["RouterPoll", "bind_endpoint", "bind_router", "drain", "ipc_dir"]
+__all__ = ["RouterPoll", "SocketsPoll", "bind_endpoint", "bind_router", "drain", "ipc_dir"]
