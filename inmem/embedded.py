@@ -19,7 +19,7 @@ from inmem.shard.entries import PLAIN_AT
 from inmem.shard.upkeep import shard_info
 
 from .sections import KV, as_pairs
-from .errors import InmemError
+from .errors import InmemError, InvalidValue
 
 
 class EmbeddedBackend:
@@ -116,7 +116,7 @@ class EmbeddedBackend:
 class _FastKV(KV):
     """KV whose hot calls skip the generic dispatch; writes take the same durable commit step."""
 
-    __slots__ = ("get", "put", "put_many")
+    __slots__ = ("get", "get_linked", "put", "put_many")
 
     def __init__(self, backend: EmbeddedBackend):
         super().__init__(backend.call)
@@ -126,6 +126,7 @@ class _FastKV(KV):
         acquire, release = lock.acquire, lock.release
         engine = backend.engine
         kv_get = engine.kv_get
+        kv_get_linked = engine.kv_get_linked
         kv_put = engine.kv_put
         kv_put_many = engine.kv_put_many
         store = backend.store
@@ -151,6 +152,19 @@ class _FastKV(KV):
                     if at:
                         return unpackb(e[at:])
                 return kv_get(run, key, default)
+            finally:
+                release()
+
+        def get_linked(run, key, field):
+            # A read: no commit step to take (the checkpointer's get_tuple is one of these).
+            acquire()
+            try:
+                if backend._closed:
+                    raise InmemError("the database is closed")
+                try:
+                    return kv_get_linked(run, key, field)
+                except TypeError as exc:  # as the engine's dispatch says it
+                    raise InvalidValue(f"bad arguments for kv.get_linked: {exc}") from None
             finally:
                 release()
 
@@ -213,5 +227,6 @@ class _FastKV(KV):
                 return versions
 
         self.get = get
+        self.get_linked = get_linked
         self.put = put
         self.put_many = put_many

@@ -85,6 +85,8 @@ class InmemSaver(BaseCheckpointSaver[str]):
         #: a sync database's `kv.put_many`, which `put` (and `aput`, when it runs
         #: inline) calls itself when a put is one operation: no plan to drive
         self._put_many = None if is_async_database(db) else db.kv.put_many
+        #: likewise its `kv.get_linked`, which `get_tuple` (and `aget_tuple` inline) calls
+        self._get_linked = None if is_async_database(db) else db.kv.get_linked
         self._index = index_run(prefix)
         self._tag = thread_tag(prefix)
         self._indexed: OrderedDict = OrderedDict()
@@ -93,6 +95,8 @@ class InmemSaver(BaseCheckpointSaver[str]):
 
     def get_tuple(self, config) -> CheckpointTuple | None:
         """The checkpoint `config` names (its newest in the namespace without a checkpoint_id)."""
+        if self._get_linked is not None:
+            return self._get_tuple_now(config)
         return run_sync(self.db, self._get_tuple(config))
 
     def list(self, config, *, filter: dict[str, Any] | None = None, before=None,
@@ -133,6 +137,8 @@ class InmemSaver(BaseCheckpointSaver[str]):
 
     async def aget_tuple(self, config) -> CheckpointTuple | None:
         """`get_tuple`, awaited: the checkpoint `config` names, in one round trip."""
+        if self._get_linked is not None and not self.offload:
+            return self._get_tuple_now(config)
         return await run_async(self.db, self._get_tuple(config), self.offload)
 
     async def alist(self, config, *, filter: dict[str, Any] | None = None, before=None,
@@ -286,14 +292,30 @@ class InmemSaver(BaseCheckpointSaver[str]):
         if ops:
             raise_first((yield from self._send(ops, {run: thread_id})))
 
-    def _get_tuple(self, config):
+    def _get_key(self, config) -> tuple:
+        """(thread id, its run, the key of the record `config` names)."""
         thread_id, run, ns = self._where(config)
         cid = get_checkpoint_id(config)
-        key = checkpoint_key(ns, cid) if cid else head_key(ns)
+        return thread_id, run, checkpoint_key(ns, cid) if cid else head_key(ns)
+
+    def _get_tuple(self, config):
+        thread_id, run, key = self._get_key(config)
         (found,) = yield [("kv.get_linked", (run, key, REFS))]
         if found is None or isinstance(found, RunNotFound):
             return None
         raise_first([found])
+        return self._found_tuple(thread_id, found)
+
+    def _get_tuple_now(self, config) -> CheckpointTuple | None:
+        """`get_tuple` on a sync database: its one `kv.get_linked` called as it is."""
+        thread_id, run, key = self._get_key(config)
+        try:
+            found = self._get_linked(run, key, REFS)
+        except RunNotFound:  # no such thread
+            return None
+        return None if found is None else self._found_tuple(thread_id, found)
+
+    def _found_tuple(self, thread_id, found) -> CheckpointTuple:
         value, linked = found
         record = read_record(value)
         checkpoint = self.serde.loads_typed(record.checkpoint)

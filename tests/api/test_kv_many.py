@@ -100,6 +100,19 @@ def test_get_linked_without_a_value_or_without_the_field(db, run):
         db.kv.get_linked("no-such-run", "k", "refs")
 
 
+@pytest.mark.parametrize("args", [
+    (["a", "list"], "k", "refs"),   # a run id that is not a str
+    ({"a": 1}, "k", "refs"),
+    ("RUN", ["k"], "refs"),         # a key that is not a str
+    ("RUN", None, "refs"),
+])
+def test_get_linked_refuses_bad_arguments_with_a_typed_error(db, run, args):
+    args = tuple(run if a == "RUN" else a for a in args)
+    with pytest.raises((inmem.InvalidValue, inmem.InvalidKey, inmem.RunNotFound)):
+        db.kv.get_linked(*args)
+    assert db.kv.get_linked(run, "absent", "refs") is None  # and the store goes on
+
+
 @pytest.mark.parametrize("refs", [
     "kv",  # not a list
     [["kv"]],  # not a pair
