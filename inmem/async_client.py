@@ -478,6 +478,10 @@ class AsyncClusterBackend:
         loop = self.loop
         req.wake_at = _NEVER  # its own timers from here on, not the connection's
         while True:
+            if type(chan) is _Channel and not chan.shadow.closed:
+                # Whatever is ready is taken: a reply whose wake-up the socket's
+                # edge-triggered signal lost is found here, not at the deadline.
+                _drain(chan)
             if req.reply is not None:
                 return
             if req.error is not None:
