@@ -6,8 +6,8 @@ coordinator's) stream socket, as `StreamChannel` is the blocking side.
 
 A connection is an `asyncio.BufferedProtocol`: the loop reads into one
 buffer the connection keeps (a plain Protocol is handed a fresh 256 KiB
-bytes object per read, which malloc maps and unmaps each time: ~12 µs of
-every reply), it cuts what arrived into whole messages and resolves the request
+bytes object per read, which malloc may map and unmap each time: up to
+~12 µs a reply), it cuts what arrived into whole messages and resolves the request
 registered under each reply's header (which holds a request id unique to
 the client), so replies may be awaited in any order by any number of
 coroutines. A request's whole frame is handed to the transport before its

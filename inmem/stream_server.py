@@ -277,7 +277,7 @@ class StreamLink:
         self.closed = False
         self.close_reason = ""
         # As StreamServer: one buffer read into, not a fresh READ_BYTES object per recv
-        # (malloc maps and unmaps that much on every call: ~12 µs per reply forwarded).
+        # (which malloc may map and unmap on every call).
         self._rbuf = bytearray(READ_BYTES)
         self._rview = memoryview(self._rbuf)
 

@@ -202,7 +202,10 @@ class SearchIndex:
         # items that recovery just read back from the WAL, instead of holding
         # them on the heap until the pass is done.
         for run_id, r in covered:
-            self.watermark[run_id] = len(r.journal) if r.searchable else PASSED_OVER
+            if r.searchable:
+                self.watermark[run_id] = len(r.journal)
+            else:
+                self.pass_over(run_id)
         self._tables = self._table_pass(runs, covered, now_us)
 
     def _table_pass(self, runs: dict, covered: list, now_us: int):

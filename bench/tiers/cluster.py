@@ -74,6 +74,7 @@ import contextlib
 import os
 import statistics
 import time
+from collections import Counter
 
 import inmem
 import inmem.asyncio
@@ -601,10 +602,7 @@ def _split(db, runs) -> list:
     owners = db._backend.owners
     if owners is None:
         return []
-    counts: dict = {}
-    for run in runs:
-        counts[owners[slot_of(run)]] = counts.get(owners[slot_of(run)], 0) + 1
-    return sorted(counts.values(), reverse=True)
+    return sorted(Counter(owners[slot_of(run)] for run in runs).values(), reverse=True)
 
 
 def _scale(ctx, rounds, per_client):
