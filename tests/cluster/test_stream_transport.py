@@ -205,3 +205,35 @@ def test_hostile_stream_peers_cannot_stop_the_coordinator(make_cluster):
     finally:
         db.close()
     assert cluster.pids()["coordinator"] == pid
+
+
+def test_a_stream_call_refuses_bad_requests_as_the_zeromq_client_does(make_cluster):
+    # What a client refuses before sending, and how, does not depend on the
+    # transport it would have sent on.
+    cluster = make_cluster(shards=2, durability="inmemory")
+    stream = cluster.connect(max_message_bytes=4096)
+    plain = cluster.connect(max_message_bytes=4096, stream=False)
+    try:
+        run = stream.begin_run("refusals")
+        for bad in ({1, 2}, {"k": object()}, {3: "int key"}):
+            got = []
+            for db in (stream, plain):
+                with pytest.raises(inmem.InmemError) as info:
+                    db.kv.put(run, "bad", bad)
+                got.append((type(info.value), str(info.value)))
+            assert got[0] == got[1], got
+            assert issubclass(got[0][0], inmem.InvalidValue), got
+        for db in (stream, plain):
+            with pytest.raises(inmem.ValueTooLarge, match="over max_message_bytes"):
+                db.kv.put(run, "big", "x" * 5000)
+        # A transaction's commit carries its writes as tuples, which the client
+        # converts for the wire.
+        with stream.transaction(run) as tx:
+            tx.kv.put("t", [1, 2])
+        assert plain.kv.get(run, "t") == [1, 2]
+        assert stream.kv.put(run, "ok", {"n": [1, b"2"]}, 60) == 1
+        assert plain.kv.get(run, "ok") == {"n": [1, b"2"]}
+        assert {type(c) for c in _channels(stream)} == {StreamChannel}
+    finally:
+        stream.close()
+        plain.close()
