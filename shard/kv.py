@@ -252,9 +252,18 @@ class KVOps:
 
     def _linked(self, run: str, key: str, field):
         """(value, its packed bytes, [the packed bytes of each reference or None]), or None."""
-        r = self._run(run)
-        e = r.kv.get(check_key(key))
-        data = None if e is None else live_value(e, self.clock())
+        # The checkpointer's every get_tuple comes here: the usual case (a
+        # known run, an ASCII key, plain entries) takes no call it can avoid.
+        r = self.runs.get(run) if type(run) is str else None
+        if r is None:
+            r = self._run(run)
+        if type(key) is not str or not key.isascii() or not 0 < len(key) <= KEY_BYTES_MAX:
+            key = check_key(key)
+        e = r.kv.get(key)
+        if e is None:
+            return None
+        at = PLAIN_AT[e[0]]
+        data = e[at:] if at else live_value(e, self.clock())
         if data is None:
             return None
         value = _unpackb(data, raw=False)

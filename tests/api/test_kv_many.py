@@ -100,6 +100,23 @@ def test_get_linked_without_a_value_or_without_the_field(db, run):
         db.kv.get_linked("no-such-run", "k", "refs")
 
 
+def test_get_linked_finds_values_as_get_does(clocked_db, clock):
+    # Non-ASCII keys, an expiring head and refused keys, on every backend.
+    db = clocked_db
+    run = db.begin_run()
+    db.kv.put(run, "clé", {"refs": ["été", ["kv", "absent"]]})
+    db.kv.put(run, "été", 1)
+    assert db.kv.get_linked(run, "clé", "refs") == ({"refs": ["été", ["kv", "absent"]]}, [1, None])
+    db.kv.put(run, "short", {"refs": ["été"]}, ttl=5)
+    assert db.kv.get_linked(run, "short", "refs") == ({"refs": ["été"]}, [1])
+    clock.advance(6)
+    assert db.kv.get(run, "short") is None
+    assert db.kv.get_linked(run, "short", "refs") is None
+    for bad in ("", "k" * 1025):
+        with pytest.raises(inmem.InvalidKey):
+            db.kv.get_linked(run, bad, "refs")
+
+
 @pytest.mark.parametrize("args", [
     (["a", "list"], "k", "refs"),   # a run id that is not a str
     ({"a": 1}, "k", "refs"),
