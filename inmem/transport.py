@@ -166,17 +166,19 @@ class SocketsPoll:
     #: StreamServer.register reads this: flags are zmq's, as with a zmq.Poller
     zmq_flags = True
 
-    __slots__ = ("_poll", "_socks", "_unsure")
+    __slots__ = ("_poll", "_socks", "_watched", "_unsure")
 
     def __init__(self):
         self._poll = select.poll()
         self._socks: dict = {}      # ZMQ_FD -> socket
+        self._watched: set = set()  # the same sockets, for `touched` (called after every send)
         self._unsure: set = set()   # sockets to ask ZMQ_EVENTS before sleeping
 
     def register(self, target, flags: int = zmq.POLLIN) -> None:
         if isinstance(target, zmq.Socket):
             fd = target.getsockopt(zmq.FD)
             self._socks[fd] = target
+            self._watched.add(target)
             self._poll.register(fd, select.POLLIN)
             self._unsure.add(target)
         else:
@@ -191,6 +193,7 @@ class SocketsPoll:
         if isinstance(target, zmq.Socket):
             fd = target.getsockopt(zmq.FD)
             self._socks.pop(fd, None)
+            self._watched.discard(target)
             self._unsure.discard(target)
             self._poll.unregister(fd)
         else:
@@ -198,7 +201,7 @@ class SocketsPoll:
 
     def touched(self, sock: zmq.Socket) -> None:
         """`sock` was used outside a turn that found it readable: ask before sleeping."""
-        if sock in self._socks.values():
+        if sock in self._watched:
             self._unsure.add(sock)
 
     def poll(self, timeout_ms: float | None = None) -> list:

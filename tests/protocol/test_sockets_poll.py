@@ -109,3 +109,19 @@ def test_sockets_and_descriptors_together_and_unregister(ctx):
     finally:
         left.close()
         right.close()
+
+
+def test_a_socket_no_longer_watched_is_never_asked_again(ctx):
+    # `touched` runs after every send the coordinator makes, including to a link
+    # it has just dropped: only watched sockets may be asked ZMQ_EVENTS (a closed
+    # one would raise).
+    a, a_peer = _pair(ctx, "gone")
+    b, _b_peer = _pair(ctx, "kept")
+    poller = SocketsPoll()
+    poller.register(a, zmq.POLLIN)
+    poller.register(b, zmq.POLLIN)
+    poller.unregister(a)
+    a.close(0)
+    poller.touched(a)
+    poller.touched(b)
+    assert poller.poll(0) == []
