@@ -29,12 +29,17 @@ def _pair(ctx, name: str):
     return router, dealer
 
 
-def test_a_message_on_any_socket_is_reported_and_nothing_once_drained(ctx):
-    a, a_peer = _pair(ctx, "a")
-    b, b_peer = _pair(ctx, "b")
+def _watching(ctx, *names):
+    """A SocketsPoll watching a ROUTER per name; [(router, its dealer)] in that order."""
     poller = SocketsPoll()
-    poller.register(a, zmq.POLLIN)
-    poller.register(b, zmq.POLLIN)
+    pairs = [_pair(ctx, name) for name in names]
+    for router, _dealer in pairs:
+        poller.register(router, zmq.POLLIN)
+    return poller, pairs
+
+
+def test_a_message_on_any_socket_is_reported_and_nothing_once_drained(ctx):
+    poller, [(a, a_peer), (b, b_peer)] = _watching(ctx, "a", "b")
     assert poller.poll(0) == []
     b_peer.send(b"to b")
     assert poller.poll(1000) == [(b, zmq.POLLIN)]
@@ -115,11 +120,7 @@ def test_a_socket_no_longer_watched_is_never_asked_again(ctx):
     # `touched` runs after every send the coordinator makes, including to a link
     # it has just dropped: only watched sockets may be asked ZMQ_EVENTS (a closed
     # one would raise).
-    a, a_peer = _pair(ctx, "gone")
-    b, _b_peer = _pair(ctx, "kept")
-    poller = SocketsPoll()
-    poller.register(a, zmq.POLLIN)
-    poller.register(b, zmq.POLLIN)
+    poller, [(a, _a_peer), (b, _b_peer)] = _watching(ctx, "gone", "kept")
     poller.unregister(a)
     a.close(0)
     poller.touched(a)
