@@ -12,6 +12,12 @@ faster: the cluster rows show their distance to it. `FloorClient` talks to
 it over the stream socket as our default client does (`stream=False`:
 through a DEALER, as a client on another host would).
 
+With a log (`EchoServer(log_dir=...)`, the floor of strict rows) each turn
+also appends what it took to a file and fsyncs it, one write and one fsync
+for the whole turn, before any echo goes out: group commit and nothing
+else, what a strict shard's turn costs before it applies anything. The file
+is preallocated as a WAL segment is.
+
 The clients send what our client sends for the same work, packed once up
 front: `put_frames` is the header and body of one `kv.put` of a 16-byte key
 and a 100-byte value, `batch_frames` the BATCH messages a pipeline of puts
@@ -40,10 +46,40 @@ from inmem.transport import RouterPoll, bind_router
 START_TIMEOUT_S = 20.0
 #: messages taken off the socket per turn at most, as the coordinator's loop does
 DRAIN_MAX = 1024
+#: bytes a log preallocates (a WAL segment's default `segment_bytes_max`); it wraps around
+LOG_BYTES = 64 << 20
 
 
-def serve(endpoint: str, ready) -> None:
-    """The echo loop (the server process's target): runs until the process is ended."""
+class TurnLog:
+    """The durable floor's file: `commit(parts)` writes them at once and fsyncs."""
+
+    def __init__(self, path: str, size: int = LOG_BYTES):
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        self.size = size
+        self.offset = 0
+        self.commits = 0
+        try:
+            os.posix_fallocate(self.fd, 0, size)
+        except OSError:  # a file system without it: the writes extend the file instead
+            pass
+
+    def commit(self, parts: list) -> None:
+        data = b"".join(parts)
+        if self.offset + len(data) > self.size:
+            self.offset = 0
+        os.pwrite(self.fd, data, self.offset)
+        self.offset += len(data)
+        os.fsync(self.fd)
+        self.commits += 1
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def serve(endpoint: str, ready, log_path: str | None = None) -> None:
+    """The echo loop (the server process's target): runs until the process is ended.
+    With `log_path`, every turn's messages are written there and fsynced before their echoes."""
+    log = None if log_path is None else TurnLog(log_path)
     ctx = zmq.Context(1)
     sock = bind_router(ctx, endpoint, DEFAULT_MAX_MESSAGE_BYTES)
     stream = StreamServer(stream_path(endpoint), DEFAULT_MAX_MESSAGE_BYTES)
@@ -61,27 +97,34 @@ def serve(endpoint: str, ready) -> None:
                     ready_msgs.append(recv(noblock, copy=False))
             except zmq.Again:
                 pass
-        for frames in ready_msgs:
-            send(frames, noblock, copy=False)
         echoes: list = []
         stream.read(events, echoes, DRAIN_MAX)
+        if log is not None and (ready_msgs or echoes):
+            log.commit([frames[-1] for frames in ready_msgs] + [e[2] for e in echoes])
+        for frames in ready_msgs:
+            send(frames, noblock, copy=False)
         for conn, head, body in echoes:
             stream.send(conn, head, body)
 
 
 class EchoServer:
-    """`with EchoServer() as server:` an echo process on `server.endpoint`, ended on exit."""
+    """`with EchoServer() as server:` an echo process on `server.endpoint`, ended on exit.
 
-    def __init__(self):
+    `log_dir`: the durable floor, its log in that directory (put it on the
+    disk the store under test writes to)."""
+
+    def __init__(self, log_dir: str | None = None):
         # A short directory of its own: ipc paths have a small length limit.
         self.dir = tempfile.mkdtemp(prefix="inmem-floor-")
         self.endpoint = f"ipc://{os.path.join(self.dir, 'echo.sock')}"
+        self.log_path = None if log_dir is None else os.path.join(log_dir, "echo.log")
         self.proc = None
 
     def start(self) -> "EchoServer":
         mpc = mp.get_context("spawn")
         ready = mpc.Event()
-        self.proc = mpc.Process(target=serve, args=(self.endpoint, ready), daemon=True,
+        self.proc = mpc.Process(target=serve, args=(self.endpoint, ready, self.log_path),
+                                daemon=True,
                                 name="inmem-bench-floor")
         self.proc.start()
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -191,4 +234,4 @@ class FloorClient:
             self.ctx.term()
 
 
-__all__ = ["EchoServer", "FloorClient", "serve", "put_frames", "batch_frames"]
+__all__ = ["EchoServer", "FloorClient", "TurnLog", "serve", "put_frames", "batch_frames"]

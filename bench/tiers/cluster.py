@@ -40,7 +40,10 @@ client connects by host and port.
   each round draws its own split of the clients over the shards, recorded in
   `extra.clients_per_shard`), against a buffered and a strict cluster up side
   by side; Redis everysec and always with the same 8 processes; floor: the 8
-  processes echoing (`cluster.floor.8clients`).
+  processes echoing (`cluster.floor.8clients`); for the strict rows the floor
+  is durable (`cluster.floor.strict.8clients`): two echo servers, one per
+  shard, that each write and fsync a turn's messages before echoing them, the
+  clients falling on them as on the shards.
 - `cluster.kv.put.scale.shards{1,2}` (buffered): 2 client processes on
   disjoint runs, pipelines of 100, against a 1-shard and a 2-shard cluster up
   side by side; Redis (one server, one thread) and the floor with the same 2.
@@ -162,6 +165,8 @@ class RunningCluster:
 # -- rows ------------------------------------------------------------------------
 
 FLOOR_MODE = "echo"
+#: the strict rows' floor: echo after one write and one fsync per turn (`bench.floor.TurnLog`)
+FLOOR_STRICT_MODE = "echo+fsync"
 
 ROWS = (
     ("cluster.kv.put.single", "buffered", ("redis", "floor")),
@@ -176,6 +181,7 @@ ROWS = (
     ("cluster.kv.put.strict.8clients", "strict", ("redis", "floor")),
     ("cluster.kv.put.strict.8clients.direct", "strict", ("redis", "floor")),
     ("cluster.floor.8clients", FLOOR_MODE, ()),
+    ("cluster.floor.strict.8clients", FLOOR_STRICT_MODE, ()),
     ("cluster.kv.put.scale.shards1", "buffered", ("redis", "floor")),
     ("cluster.kv.put.scale.shards2", "buffered", ("redis", "floor")),
     ("cluster.kv.put.single.curve", "buffered", ("plain",)),
@@ -194,6 +200,13 @@ FLOOR_CONFIG = ("a bare echo server in its own process, listening as a shard doe
                 "does by default, the frames our client sends for the same puts, packed once")
 
 
+FLOOR_STRICT_CONFIG = ("two echo servers as above, one per shard, each writing every turn's "
+                       "messages to a preallocated file on the disk the shards use with one "
+                       "write and one fsync before it echoes them (group commit and nothing "
+                       "else); each round the 8 clients fall on them as they fall on the "
+                       "shards in the direct row")
+
+
 def run(ctx: Context) -> None:
     s = ctx.sizes
     rounds = s["cluster_rounds"]
@@ -202,7 +215,7 @@ def run(ctx: Context) -> None:
                 "cluster.floor.batched") + ("asyncio.kv.put.concurrent",),
          lambda: _one_client(ctx, rounds, s["cluster_single_ops"], s["cluster_batched_ops"])),
         (_names("cluster.kv.put.single.8clients", "cluster.kv.put.strict.8clients",
-                "cluster.floor.8clients"),
+                "cluster.floor.8clients", "cluster.floor.strict.8clients"),
          lambda: _eight_clients(ctx, rounds, s["cluster_strict_ops_per_client"])),
         (("cluster.kv.put.single.curve", "cluster.kv.put.batched.curve"),
          lambda: _curve(ctx, rounds, s["cluster_single_ops"], s["cluster_batched_ops"])),
@@ -529,13 +542,14 @@ def _add(ctx, name, mode, il, ours, peers: dict, *, extra: dict, latency_per="op
                      n=n, peers=values, ratio_spread=spreads, extra=extra, target=target))
 
 
-def _add_floor(ctx, name, il, extra, *, latency_per="op", side="floor") -> None:
+def _add_floor(ctx, name, il, extra, *, latency_per="op", side="floor",
+               mode=FLOOR_MODE) -> None:
     """The floor's own row: what the echo loop measured, or why it did not run."""
     if side in il.skipped:
-        ctx.add(skipped_row(name, TIER, FLOOR_MODE, "ops/s",
+        ctx.add(skipped_row(name, TIER, mode, "ops/s",
                             il.skipped[side].removeprefix("skipped: ")))
         return
-    _add(ctx, name, FLOOR_MODE, il, side, {}, extra=extra, latency_per=latency_per)
+    _add(ctx, name, mode, il, side, {}, extra=extra, latency_per=latency_per)
 
 
 # -- client processes -----------------------------------------------------------------
@@ -556,9 +570,14 @@ def _eight_clients(ctx, rounds, per_client):
                     for route in ROUTES}
             clusters[mode] = (cluster.endpoint, runs)
             splits[mode] = {route: [_split(db, rs) for rs in runs[route]] for route in ROUTES}
+            if mode == "strict":
+                # The durable floor's clients fall on its two servers as the direct
+                # row's fall on the shards, round by round.
+                owners = [[_owner(db, run) for run in rs] for rs in runs["direct"]]
         redis = {"buffered": _redis(ctx, stack, "buffered"),
                  "strict": _redis(ctx, stack, "strict")}
         floor = _floor(stack)
+        logged = _logged_floors(ctx, stack, 2)
         pool = stack.enter_context(ClientPool(CLIENTS))
 
         def side(spec_of):
@@ -581,6 +600,12 @@ def _eight_clients(ctx, rounds, per_client):
             if mode == "buffered":
                 sides.append(Side("floor", floor if isinstance(floor, _Unavailable) else side(
                     lambda c, r: {"target": "floor", "endpoint": floor.endpoint}), optional=True))
+            else:
+                sides.append(Side("floor.strict", logged if isinstance(logged, _Unavailable)
+                                  else side(lambda c, r: {
+                                      "target": "floor",
+                                      "endpoint": logged[owners[r][c]].endpoint}),
+                                  optional=True))
         il = interleave(sides, rounds, ctx.log)
     names = {"buffered": "cluster.kv.put.single.8clients",
              "strict": "cluster.kv.put.strict.8clients"}
@@ -588,12 +613,37 @@ def _eight_clients(ctx, rounds, per_client):
         fsync = "everysec" if mode == "buffered" else "always"
         config = _peer_config(redis[mode], f"appendfsync {fsync}; {CLIENTS} client processes, "
                                            "one SET per round trip")
+        if mode == "strict":
+            config = {**config, "floor": FLOOR_STRICT_CONFIG}
         for route, suffix in (("routed", ""), ("direct", ".direct")):
             _add(ctx, base + suffix, mode, il, f"{mode}.{route}",
-                 {"redis": f"redis.{mode}", "floor": "floor"},
+                 {"redis": f"redis.{mode}",
+                  "floor": "floor" if mode == "buffered" else "floor.strict"},
                  extra={"clients": CLIENTS, "shards": 2, "route": ROUTES[route],
                         "clients_per_shard": splits[mode][route], "peer_config": config})
     _add_floor(ctx, "cluster.floor.8clients", il, {"clients": CLIENTS, "config": FLOOR_CONFIG})
+    _add_floor(ctx, "cluster.floor.strict.8clients", il,
+               {"clients": CLIENTS, "servers": 2, "clients_per_server": splits["strict"]["direct"],
+                "config": FLOOR_STRICT_CONFIG}, side="floor.strict", mode=FLOOR_STRICT_MODE)
+
+
+def _owner(db, run):
+    """The shard that owns `run` (0 when the client has no slot map)."""
+    owners = db._backend.owners
+    return 0 if owners is None else owners[slot_of(run)]
+
+
+def _logged_floors(ctx, stack, n):
+    """`n` durable echo servers, each logging on the output's disk, or _Unavailable."""
+    servers = []
+    try:
+        for i in range(n):
+            server = EchoServer(log_dir=ctx.scratch(f"floor-log-{i}")).start()
+            stack.callback(server.stop)
+            servers.append(server)
+    except Exception as exc:  # as for any peer: skipped with the reason
+        return _Unavailable(exc)
+    return servers
 
 
 def _split(db, runs) -> list:

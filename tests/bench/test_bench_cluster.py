@@ -16,6 +16,7 @@ import zmq
 import inmem
 from inmem.bench.clients import ClientPool
 from inmem.bench.context import Context, scaled_sizes
+from inmem.bench import floor as floor_module
 from inmem.bench.floor import EchoServer, FloorClient, batch_frames, put_frames
 from inmem.bench.peers import Peers
 from inmem.bench.tiers import cluster as cluster_tier
@@ -85,6 +86,46 @@ def test_the_echo_server_returns_every_message_unchanged_to_its_sender():
     assert server.proc is None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_the_durable_floor_logs_every_message_before_it_echoes_it(tmp_path):
+    # Through both transports: what each echo answered must already be in the log.
+    with EchoServer(log_dir=str(tmp_path)) as server:
+        log_path = os.path.join(str(tmp_path), "echo.log")
+        sent = []
+        for stream in (True, False):
+            floor = FloorClient(server.endpoint, run=f"run-{stream}", value=b"v" * 100,
+                                batch=600, stream=stream)
+            try:
+                for i in range(3):
+                    floor.single(i)
+                    sent.append(floor.frames[1])
+                    with open(log_path, "rb") as f:
+                        assert f.read(sum(map(len, sent))) == b"".join(sent)
+                floor.batch(0)
+                sent += [body for _head, body in floor.batches]
+                with open(log_path, "rb") as f:
+                    assert f.read(sum(map(len, sent))) == b"".join(sent)
+            finally:
+                floor.close()
+        # Preallocated as a WAL segment is; the rest of it is still zeros.
+        assert os.path.getsize(log_path) == floor_module.LOG_BYTES
+        with open(log_path, "rb") as f:
+            f.seek(sum(map(len, sent)))
+            assert f.read(4096) == bytes(4096)
+
+
+def test_a_turn_log_wraps_around_at_its_size(tmp_path):
+    log = floor_module.TurnLog(str(tmp_path / "t.log"), size=10)
+    try:
+        log.commit([b"abc", b"def"])
+        log.commit([b"ghij"])
+        assert (tmp_path / "t.log").read_bytes() == b"abcdefghij"
+        log.commit([b"kl"])  # does not fit after "j": it goes to the start
+        assert (tmp_path / "t.log").read_bytes() == b"klcdefghij"
+        assert log.commits == 3 and log.offset == 2
+    finally:
+        log.close()
 
 
 def test_a_client_pool_runs_every_round_in_the_same_processes():
@@ -162,7 +203,8 @@ def test_eight_client_rows_cover_both_routes_and_both_modes(tmp_path, monkeypatc
                 "cluster.kv.put.single.8clients.direct": "buffered",
                 "cluster.kv.put.strict.8clients": "strict",
                 "cluster.kv.put.strict.8clients.direct": "strict",
-                "cluster.floor.8clients": "echo"}
+                "cluster.floor.8clients": "echo",
+                "cluster.floor.strict.8clients": "echo+fsync"}
     assert {n: r["mode"] for n, r in rows.items()} == expected
     for name, row in rows.items():
         assert row["status"] == "ok", (name, row["status"])
@@ -170,10 +212,17 @@ def test_eight_client_rows_cover_both_routes_and_both_modes(tmp_path, monkeypatc
         assert row["extra"]["clients"] == 2
     order = rows["cluster.kv.put.strict.8clients"]["extra"]["round_order"][0]
     assert order == ["buffered.routed", "buffered.direct", "floor", "strict.routed",
-                     "strict.direct"]
+                     "strict.direct", "floor.strict"]
     strict = rows["cluster.kv.put.strict.8clients.direct"]
     assert strict["peers"]["redis"].startswith("skipped: ")
     assert strict["ratio_spread"]["floor"]["rounds"] == 2
+    # The strict rows' floor is the durable one, its clients split as the direct row's.
+    logged = rows["cluster.floor.strict.8clients"]
+    assert strict["peers"]["floor"] == logged["value"]
+    assert rows["cluster.kv.put.single.8clients"]["peers"]["floor"] == \
+        rows["cluster.floor.8clients"]["value"]
+    assert logged["extra"]["clients_per_server"] == strict["extra"]["clients_per_shard"]
+    assert "fsync" in strict["extra"]["peer_config"]["floor"]
     assert "appendfsync always" in strict["extra"]["peer_config"]["redis"]["workload"]
 
 
