@@ -200,7 +200,7 @@ FLOOR_CONFIG = ("a bare echo server in its own process, listening as a shard doe
                 "does by default, the frames our client sends for the same puts, packed once")
 
 
-FLOOR_STRICT_CONFIG = ("two echo servers as above, one per shard, each writing every turn's "
+FLOOR_STRICT_CONFIG = ("two floor echo servers, one per shard, each writing every turn's "
                        "messages to a preallocated file on the disk the shards use with one "
                        "write and one fsync before it echoes them (group commit and nothing "
                        "else); each round the 8 clients fall on them as they fall on the "
