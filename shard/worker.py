@@ -182,13 +182,19 @@ class Worker:
         frozen = not rebuilding()
         index_share = IndexShare(self.engine, self.lock)
 
-        def more(batch: list) -> None:
-            # What arrived since the turn's drain; the ROUTER is asked first (see RouterPoll).
-            ready, events = wait(0)
+        def take(timeout: int, batch: list) -> bool:
+            # Every request ready within `timeout` ms onto `batch`, the ROUTER's first
+            # (see RouterPoll); whether anything was ready.
+            ready, events = wait(timeout)
             if ready:
                 batch.extend(drain(sock, DRAIN_MAX))
             if stream is not None and events:
                 stream.read(events, batch, DRAIN_MAX)
+            return ready or bool(events)
+
+        def more(batch: list) -> None:
+            # What arrived since the turn's drain (the commit wait's look).
+            take(0, batch)
 
         while not self.stopping:
             timeout = POLL_MS
@@ -206,11 +212,8 @@ class Worker:
                 # The rebuilt index lives as long as the process, as the recovered state does.
                 gc.freeze()
                 frozen = True
-            router_ready, events = wait(timeout)
-            if router_ready or events:
-                batch = list(drain(sock, DRAIN_MAX)) if router_ready else []
-                if stream is not None and events:
-                    stream.read(events, batch, DRAIN_MAX)
+            batch: list = []
+            if take(timeout, batch):
                 if batch:
                     # Replies to ROUTER peers go out in this turn, one `wait` said
                     # the ROUTER was ready in: the next wait asks it before sleeping.

@@ -573,7 +573,7 @@ def _eight_clients(ctx, rounds, per_client):
             if mode == "strict":
                 # The durable floor's clients fall on its two servers as the direct
                 # row's fall on the shards, round by round.
-                owners = [[_owner(db, run) for run in rs] for rs in runs["direct"]]
+                owners = [[_owner(db, run) or 0 for run in rs] for rs in runs["direct"]]
         redis = {"buffered": _redis(ctx, stack, "buffered"),
                  "strict": _redis(ctx, stack, "strict")}
         floor = _floor(stack)
@@ -628,9 +628,9 @@ def _eight_clients(ctx, rounds, per_client):
 
 
 def _owner(db, run):
-    """The shard that owns `run` (0 when the client has no slot map)."""
+    """The shard that owns `run` (None when the client has no slot map)."""
     owners = db._backend.owners
-    return 0 if owners is None else owners[slot_of(run)]
+    return None if owners is None else owners[slot_of(run)]
 
 
 def _logged_floors(ctx, stack, n):
@@ -648,11 +648,9 @@ def _logged_floors(ctx, stack, n):
 
 def _split(db, runs) -> list:
     """How many of `runs` each shard owns, most first (one round's split of the clients)."""
-    from inmem.protocol import slot_of
-    owners = db._backend.owners
-    if owners is None:
+    if db._backend.owners is None:
         return []
-    return sorted(Counter(owners[slot_of(run)] for run in runs).values(), reverse=True)
+    return sorted(Counter(_owner(db, run) for run in runs).values(), reverse=True)
 
 
 def _scale(ctx, rounds, per_client):
