@@ -65,9 +65,9 @@ from .database import Database
 from .sections import KV
 from .errors import (ClusterNotReady, InmemError, InvalidOption, InvalidURL, ShardUnavailable,
                      SlotMoved, Timeout)
-from .ops import FANOUT_OPS, route_run, shape
-from .protocol import (KIND_BATCH, KIND_CLUSTER, KIND_OP, header, op_body, pack_checked,
-                       slot_of, unpack_reply)
+from .ops import CALL_PLANS, route_run, shape
+from .protocol import (KIND_BATCH, KIND_CLUSTER, KIND_OP, check_values, header, op_body,
+                       pack_checked, slot_of, unpack_reply)
 from .routing import (BATCH_CHUNK_OPS, CONNECT_OPTIONS, URL_SCHEMES, SlotMap,  # noqa: F401
                       apply_batch_reply, bare as _bare, check_client_options,
                       check_connect_options, check_number as _number, check_url, chunks,
@@ -79,6 +79,10 @@ from .stream import StreamChannel, StreamClosed, stream_path
 _live_backends: "weakref.WeakSet[ClusterBackend]" = weakref.WeakSet()
 #: closed sockets kept in a client's list before it is pruned
 _PRUNE_MIN = 64
+#: runs whose slot a client remembers (a crc32c of the id each call otherwise)
+_SLOTS_KEPT = 4096
+#: `_reply` without a first look
+_UNSEEN = object()
 
 
 def _after_fork_in_child() -> None:
@@ -181,6 +185,7 @@ class ClusterBackend:
         self.shard_endpoints: list = []
         self.shard_streams: list = []  # each shard's stream socket path, or None
         self._shard_pids: dict = {}  # shard -> its pid when last asked
+        self._slots: dict = {}  # run -> its slot, for the runs used last (`_slot`)
         _live_backends.add(self)
 
     # -- sockets -------------------------------------------------------------------
@@ -378,51 +383,94 @@ class ClusterBackend:
         while True:
             head = header(kind, target, next(self._rid))
             chan = self._send(chan, head, body, deadline)
-            shard = chan.shard
-            while True:
-                if shard is None:
-                    frames = self._recv(chan, deadline)
-                else:
-                    # Direct: wait in slices, and between them ask the coordinator
-                    # whether the shard is still the process we sent to, so a
-                    # request to a shard that died fails as soon as that is known.
-                    frames = self._recv(chan, min(deadline, time.monotonic() + _DIRECT_CHECK_S))
-                    if frames is None and time.monotonic() < deadline:
-                        gone = self._shard_gone(shard)
-                        if gone is not None:
-                            raise gone
-                        continue
-                if frames is None:
-                    if shard is not None:
-                        raise self._shard_down(shard)
-                    raise no_reply(self.url, self.request_timeout)
-                if len(frames) == 2 and frames[0] == head:
-                    break
-                # A late reply to a request that timed out, or junk: not ours.
-            result = unpack_reply(frames[1])
+            result = unpack_reply(self._reply(chan, head, deadline)[1])
             if type(result) is ClusterNotReady and time.monotonic() + _NOT_READY_PAUSE_S < deadline:
                 time.sleep(_NOT_READY_PAUSE_S)
                 continue
             return result
 
+    def _reply(self, chan, head: bytes, deadline: float, frames=_UNSEEN) -> list:
+        """The reply to the request `head` just sent on `chan`: its frames [header, body].
+
+        `frames`: what a first look for it found, when the caller looked (a
+        late reply to an earlier request, or None when the look's slice
+        passed). Timeout, or ShardUnavailable for a direct request whose shard
+        is gone, when no reply comes.
+        """
+        shard = chan.shard
+        looked = frames is not _UNSEEN
+        while True:
+            if not looked:
+                frames = (self._recv(chan, deadline) if shard is None else
+                          # Direct: wait in slices, and between them ask the coordinator
+                          # whether the shard is still the process we sent to, so a
+                          # request to a shard that died fails as soon as that is known.
+                          self._recv(chan, min(deadline, time.monotonic() + _DIRECT_CHECK_S)))
+            looked = False
+            if frames is None:
+                if shard is not None and time.monotonic() < deadline:
+                    gone = self._shard_gone(shard)
+                    if gone is not None:
+                        raise gone
+                    continue
+                if shard is not None:
+                    raise self._shard_down(shard)
+                raise no_reply(self.url, self.request_timeout)
+            if len(frames) == 2 and frames[0] == head:
+                return frames
+            # A late reply to a request that timed out, or junk: not ours.
+
     # -- the Database backend interface --------------------------------------------
 
     def call(self, op, args):
         st = self._local.__dict__.get("state") or self._state()
-        self._check_open()
-        run = route_run(op, args)
-        if run is None and op in FANOUT_OPS:
-            return self.cluster(op, list(args))
-        body = pack_checked(st.packer, op_body(op, args), self.max_message_bytes)
+        if self._closed:
+            self._check_open()
+        plan = CALL_PLANS.get(op)
+        if plan is None:  # tx.commit, or an operation the shard will refuse by name
+            run = route_run(op, args)
+            body = op_body(op, args)
+        else:
+            at, values, reply = plan
+            if at < 0:
+                return self.cluster(op, list(args))
+            run = args[at] if len(args) > at else None
+            if values:
+                check_values(op, args)
+            body = [op, list(args)]
+        body = pack_checked(st.packer, body, self.max_message_bytes)
         deadline = time.monotonic() + self.request_timeout
-        slot = slot_of(run)
+        slot = self._slots.get(run) if type(run) is str else None
+        if slot is None:
+            slot = self._slot(run)
         if self.direct:
             if self.owners is None:
                 self._load_slotmap()
-            chan = self._shard_channel(st, self.owners[slot])
+            chan = st.shards[self.owners[slot]]
+            if chan is None or chan.closed:
+                chan = self._shard_channel(st, self.owners[slot])
         else:
             chan = self._proxied_channel(st)
-        result = self._roundtrip(chan, KIND_OP, slot, body, deadline)
+        if type(chan) is StreamChannel and chan.shard is not None:
+            # The usual case written out here rather than in _roundtrip: a direct
+            # request on this host's stream, answered at the first look.
+            head = header(KIND_OP, slot, next(self._rid))
+            chan = self._send_stream(chan, head, body, deadline)
+            frames = None
+            if type(chan) is StreamChannel:
+                try:
+                    frames = chan.recv(min(deadline, time.monotonic() + _DIRECT_CHECK_S),
+                                       self.max_message_bytes)
+                except StreamClosed as exc:
+                    raise self._stream_closed(chan, str(exc)) from None
+            if frames is None or frames[0] != head:
+                frames = self._reply(chan, head, deadline, frames)
+            result = unpack_reply(frames[1])
+            if type(result) is ClusterNotReady and time.monotonic() + _NOT_READY_PAUSE_S < deadline:
+                time.sleep(_NOT_READY_PAUSE_S)
+                result = self._roundtrip(chan, KIND_OP, slot, body, deadline)
+        else:
+            result = self._roundtrip(chan, KIND_OP, slot, body, deadline)
         if type(result) is SlotMoved:
             # Our slot map is stale: refresh it and send once more, where it says.
             self._load_slotmap()
@@ -434,7 +482,17 @@ class ClusterBackend:
                 raise result
             finally:
                 result = None  # its traceback holds this frame: no cycle through the error
-        return shape(op, args, result)
+        return result if plan is not None and reply is None else shape(op, args, result)
+
+    def _slot(self, run) -> int:
+        """slot_of(run), remembered for the runs this client used last."""
+        slot = slot_of(run)
+        if type(run) is str:
+            slots = self._slots
+            if len(slots) >= _SLOTS_KEPT:
+                slots.clear()
+            slots[run] = slot
+        return slot
 
     def cluster(self, name: str, args=(), timeout: float | None = None):
         """A request the coordinator answers itself (status, info, fan-outs...)."""

@@ -150,6 +150,11 @@ VALUE_ARGS = {op.name: op.values for op in _TABLE if op.values}
 #: operations whose run is their first argument (what `route_run` works out, as a set)
 ROUTE_BY_FIRST = frozenset(op.name for op in _TABLE if op.route != "all"
                            and op.name != "run.begin")
+#: operation -> how a client sends it: (the index of the argument naming its run, -1 when
+#: every shard answers; its value positions; its reply shape or None). `tx.commit` is absent:
+#: its body is built by `protocol.op_body`, which checks the values of its writes.
+CALL_PLANS = {op.name: (-1 if op.route == "all" else 1 if op.route == "begin" else 0,
+                        op.values, op.reply) for op in _TABLE if op.name != "tx.commit"}
 #: operation -> the function that shapes its wire result (operations whose result is final
 #: as it comes are absent)
 REPLY_SHAPES = {op.name: op.reply for op in _TABLE if op.reply is not None}
@@ -182,5 +187,5 @@ def shape(op: str, args, result):
 
 
 __all__ = ["Op", "OPS", "WRITE_OPS", "TX_WRITE_OPS", "FANOUT_OPS", "FANOUT_READ_OPS",
-           "VALUE_ARGS", "ROUTE_BY_FIRST", "REPLY_SHAPES", "CLUSTER_REPLIES", "route_run",
+           "VALUE_ARGS", "ROUTE_BY_FIRST", "CALL_PLANS", "REPLY_SHAPES", "CLUSTER_REPLIES", "route_run",
            "shape"]

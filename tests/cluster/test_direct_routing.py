@@ -85,3 +85,23 @@ def test_a_shard_refuses_a_slot_it_does_not_own_with_slot_moved(cluster):
         ctx.term()
     finally:
         db.close()
+
+
+def test_the_client_remembers_slots_of_recent_runs_within_a_bound(cluster, monkeypatch):
+    from inmem import client as client_mod
+    monkeypatch.setattr(client_mod, "_SLOTS_KEPT", 8)
+    db = cluster.connect()
+    try:
+        runs = [db.begin_run() for _ in range(20)]
+        for i, run in enumerate(runs):
+            assert db.kv.put(run, "k", i) == 1
+            slots = db._backend._slots
+            assert len(slots) <= 8
+            assert slots[run] == slot_of(run)
+        assert [db.kv.get(run, "k") for run in runs] == list(range(20))
+        # An id that is not a str names no run: refused as ever, and never remembered.
+        with pytest.raises(inmem.InmemError):
+            db.kv.put(5, "k", 1)
+        assert 5 not in db._backend._slots
+    finally:
+        db.close()
