@@ -96,6 +96,9 @@ class DurableStore:
         self._flush_interval_s = options["flush_interval_ms"] / 1000
         self._flush_at: float | None = None
         self._bytes_since_snapshot = 0
+        #: (groups, place) of records handed over by a commit that left telling their
+        #: histories for later (`commit_locked(defer_placing=True)`, then `place_handed`)
+        self._unplaced: list = []
         self._last_snapshot = time.monotonic()
         self._child: int | None = None
         # Snapshot children are reaped under _reap_lock and their outcome kept by
@@ -200,20 +203,23 @@ class DurableStore:
                 f"the WAL of {self.path} failed ({self.writer.error}); this store refuses writes "
                 "until it is reopened and recovered from disk")
 
-    def commit_locked(self):
+    def commit_locked(self, defer_placing: bool = False):
         """The durable commit step, after the engine applied operations. Hold the engine lock.
 
         Returns the token to pass to `wait_durable` outside the lock (strict),
         or None (buffered: the batch stays in memory until it is full or the
-        flusher takes it).
+        flusher takes it). `defer_placing`: leave telling the runs' histories
+        where their effects went in the WAL (`place_handed`) until the caller
+        has sent its replies; no reply needs it, and a shard's clients wait
+        for every step before them.
         """
         log = self.engine.log
         if not log:
             return None
         if self._strict:
-            return self._hand_over(log)
+            return self._hand_over(log, defer_placing)
         if self.engine.log_writes >= self.batch_max:
-            self._hand_over(log)
+            self._hand_over(log, defer_placing)
             if self._owner_flushes:
                 self._flush_at = 0.0  # at the owner's next tick, after its replies
             else:
@@ -251,9 +257,26 @@ class DurableStore:
         log = self.engine.log
         if log:
             self._hand_over(log)
+        elif self._unplaced:
+            self.place_handed()
 
-    def _hand_over(self, log: list):
+    def place_handed(self) -> None:
+        """Tell the histories where the records a deferred commit handed over went, in order.
+
+        Until then their items stay held in memory, where reads find them. Hold
+        the engine lock.
+        """
+        unplaced = self._unplaced
+        if unplaced:
+            self._unplaced = []
+            engine = self.engine
+            for groups, place in unplaced:
+                _place_groups(groups, len(groups), place, engine)
+
+    def _hand_over(self, log: list, defer_placing: bool = False):
         """Pending encoded groups -> WAL records; a group leaves `log` once the writer holds it."""
+        if self._unplaced:
+            self.place_handed()  # a history's extents follow the order of its records
         token = None
         append = self.writer.append_located
         files = self.engine.history_files
@@ -262,7 +285,10 @@ class DurableStore:
                 token, first, offset = append(payload)
                 place = files.place(first, offset)
                 files.handed_over(token, place, payload)
-                _place_groups(log, n, place, self.engine)
+                if defer_placing:
+                    self._unplaced.append((log[:n], place))
+                else:
+                    _place_groups(log, n, place, self.engine)
                 del log[:n]
                 self._bytes_since_snapshot += len(payload)
         except InmemError as exc:
@@ -317,13 +343,21 @@ class DurableStore:
         """One slice of the automatic history compaction (`shard.history_compaction`)."""
         if self.writer.failed or self._closed:
             return False
+        self._place_all()
         return self.compactor.step(self.lock)
 
     def compact_history(self) -> dict:
         """Compact every history file that holds a dead record, now; what it did."""
         if self._closed:
             raise InmemError("the store is closed")
+        self._place_all()
         return self.compactor.run_all(self.lock)
+
+    def _place_all(self) -> None:
+        # The compactor moves records: every history must name its records first.
+        if self._unplaced:
+            with self.lock:
+                self.place_handed()
 
     # -- snapshots -----------------------------------------------------------------
 

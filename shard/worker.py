@@ -18,7 +18,10 @@ stream connection. Each turn drains every request waiting on them (up to
 DRAIN_MAX), applies them in arrival order, hands their WAL groups over in one
 durable commit step (`DurableStore.commit_locked`: in strict mode one write and
 one fsync for the whole turn, group commit), and only then sends the replies,
-so nothing is acknowledged before it is as durable as the mode promises. In
+so nothing is acknowledged before it is as durable as the mode promises. What
+no reply needs waits until the replies are out: telling the runs' histories
+where their effects went in the WAL (`DurableStore.place_handed`), since every
+client of a strict shard waits for each step taken before its reply. In
 buffered mode the flush is the loop's own: between turns `DurableStore.tick`
 writes what is pending once the interval has passed (or at once when a batch
 is full), and the poll timeout is cut to the time left until then; the fsync
@@ -177,6 +180,7 @@ class Worker:
         reply_all = self.reply_all
         process = self.process
         tick = None if self.store is None else self.store.tick
+        place_handed = None if self.store is None else self.store.place_handed
         next_idle = time.monotonic() + UPKEEP_EVERY_S
         rebuilding = self.engine.index_rebuilding
         frozen = not rebuilding()
@@ -218,6 +222,9 @@ class Worker:
                     # Replies to ROUTER peers go out in this turn, one `wait` said
                     # the ROUTER was ready in: the next wait asks it before sleeping.
                     reply_all(process(batch, more))
+                    if place_handed is not None:
+                        with self.lock:
+                            place_handed()
                     index_share()  # a rebuild's share of a loop that never idles
             elif not timeout and rebuilding():
                 index_slice(self.engine, self.lock)
@@ -285,7 +292,7 @@ class Worker:
                 self._handle_all(batch, n, replies)
             if store is not None:
                 try:
-                    token = store.commit_locked()
+                    token = store.commit_locked(defer_placing=True)
                 except DurabilityError as exc:
                     self.fail_stop(replies, exc)
         if token is not None:
