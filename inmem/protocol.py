@@ -406,6 +406,11 @@ def decode_body(body, ext_hook=None, empties: bool = False, unicode_errors: str 
     if empties and n * EMPTY_MAP_BYTES > allowed and _empties_bound(body) > allowed:
         hook = _EmptiesBudget(allowed).hook
     try:
+        if n < ELEMENTS_MAX and hook is None:
+            # msgpack's own limits for a body of n bytes are the ones below (each
+            # length at most n, maps n // 2): fewer keywords, as they cost per call.
+            return _unpackb(body, raw=False, ext_hook=ext_hook or _ExtType,
+                            strict_map_key=False, unicode_errors=unicode_errors)
         return _unpackb(body, raw=False, ext_hook=ext_hook or _ExtType, strict_map_key=False,
                         unicode_errors=unicode_errors, list_hook=hook, object_hook=hook,
                         max_str_len=n, max_bin_len=n, max_ext_len=n,
@@ -492,7 +497,13 @@ def _check_op(item, known):
 
 def decode_op(body, known) -> tuple[str, list]:
     """(op, args) of an OP or ADMIN body; ProtocolError for anything else."""
-    return _check_op(_unpack_request(body), known)
+    item = _unpack_request(body)
+    # The common case inline (what _check_op checks): this runs once per request.
+    if type(item) is list and len(item) == 2:
+        op, args = item
+        if type(op) is str and op in known and type(args) is list:
+            return op, args
+    return _check_op(item, known)
 
 
 def decode_batch(body, known) -> list:
