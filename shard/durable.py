@@ -269,26 +269,31 @@ class DurableStore:
         unplaced = self._unplaced
         if unplaced:
             self._unplaced = []
-            engine = self.engine
-            for groups, place in unplaced:
-                _place_groups(groups, len(groups), place, engine)
+            for groups, located, payload in unplaced:
+                self._place(groups, len(groups), located, payload)
+
+    def _place(self, groups: list, n: int, located: tuple, payload) -> None:
+        """The first `n` of `groups` are in the record the writer located (LSN, segment's
+        first LSN, offset): the history files learn its place, the histories theirs."""
+        files = self.engine.history_files
+        token, first, offset = located
+        place = files.place(first, offset)
+        files.handed_over(token, place, payload)
+        _place_groups(groups, n, place, self.engine)
 
     def _hand_over(self, log: list, defer_placing: bool = False):
         """Pending encoded groups -> WAL records; a group leaves `log` once the writer holds it."""
         if self._unplaced:
             self.place_handed()  # a history's extents follow the order of its records
-        token = None
+        located = None
         append = self.writer.append_located
-        files = self.engine.history_files
         try:
             for payload, n in record_payloads(log):
-                token, first, offset = append(payload)
-                place = files.place(first, offset)
-                files.handed_over(token, place, payload)
+                located = append(payload)
                 if defer_placing:
-                    self._unplaced.append((log[:n], place))
+                    self._unplaced.append((log[:n], located, payload))
                 else:
-                    _place_groups(log, n, place, self.engine)
+                    self._place(log, n, located, payload)
                 del log[:n]
                 self._bytes_since_snapshot += len(payload)
         except InmemError as exc:
@@ -296,7 +301,7 @@ class DurableStore:
                                   f"on ({exc}); reopen it to recover from disk") from exc
         finally:
             self.engine.log_writes = sum(g[1] for g in log) if log else 0
-        return token
+        return None if located is None else located[0]
 
     def _emit_from_flusher(self) -> None:
         if not self.engine.log:
