@@ -187,5 +187,5 @@ def shape(op: str, args, result):
 
 
 __all__ = ["Op", "OPS", "WRITE_OPS", "TX_WRITE_OPS", "FANOUT_OPS", "FANOUT_READ_OPS",
-           "VALUE_ARGS", "ROUTE_BY_FIRST", "CALL_PLANS", "REPLY_SHAPES", "CLUSTER_REPLIES", "route_run",
-           "shape"]
+           "VALUE_ARGS", "ROUTE_BY_FIRST", "CALL_PLANS", "REPLY_SHAPES", "CLUSTER_REPLIES",
+           "route_run", "shape"]

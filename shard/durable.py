@@ -96,8 +96,9 @@ class DurableStore:
         self._flush_interval_s = options["flush_interval_ms"] / 1000
         self._flush_at: float | None = None
         self._bytes_since_snapshot = 0
-        #: (groups, place) of records handed over by a commit that left telling their
-        #: histories for later (`commit_locked(defer_placing=True)`, then `place_handed`)
+        #: (groups, where the writer put the record, its payload) of records handed over
+        #: by a commit that left placing them for later (`commit_locked(defer_placing=True)`,
+        #: then `place_handed`)
         self._unplaced: list = []
         self._last_snapshot = time.monotonic()
         self._child: int | None = None
