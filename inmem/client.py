@@ -66,8 +66,9 @@ from .sections import KV
 from .errors import (ClusterNotReady, InmemError, InvalidOption, InvalidURL, ShardUnavailable,
                      SlotMoved, Timeout)
 from .ops import CALL_PLANS, route_run, shape
-from .protocol import (KIND_BATCH, KIND_CLUSTER, KIND_OP, check_values, header, op_body,
-                       pack_checked, slot_of, unpack_reply)
+from .protocol import (HEADER, KIND_BATCH, KIND_CLUSTER, KIND_OP, SCALARS, VERSION, header,
+                       op_body, pack_checked, slot_of, unpack_reply)
+from .values import check_value
 from .routing import (BATCH_CHUNK_OPS, CONNECT_OPTIONS, URL_SCHEMES, SlotMap,  # noqa: F401
                       apply_batch_reply, bare as _bare, check_client_options,
                       check_connect_options, check_number as _number, check_url, chunks,
@@ -83,6 +84,9 @@ _PRUNE_MIN = 64
 _SLOTS_KEPT = 4096
 #: `_reply` without a first look
 _UNSEEN = object()
+_pack_header = HEADER.pack
+#: request ids go on the wire as u64 (`protocol.header`)
+_RID_MASK = 0xFFFFFFFFFFFFFFFF
 
 
 def _after_fork_in_child() -> None:
@@ -186,6 +190,8 @@ class ClusterBackend:
         self.shard_streams: list = []  # each shard's stream socket path, or None
         self._shard_pids: dict = {}  # shard -> its pid when last asked
         self._slots: dict = {}  # run -> its slot, for the runs used last (`_slot`)
+        #: how long a direct request's first look for its reply lasts (see `_reply`)
+        self._first_look = min(self.request_timeout, _DIRECT_CHECK_S)
         _live_backends.add(self)
 
     # -- sockets -------------------------------------------------------------------
@@ -338,27 +344,40 @@ class ClusterBackend:
                     raise self._shard_down(chan.shard) from None
 
     def _send_stream(self, chan: StreamChannel, head: bytes, body: bytes, deadline: float):
-        # A connection that broke while this thread was not using it (its
-        # shard restarted) fails the send, and a shard applies only whole
-        # frames: nothing was applied, so one new connection may take it.
+        try:
+            chan.send(head, body, deadline)
+            return chan
+        except (TimeoutError, StreamClosed) as exc:
+            return self._send_again(chan, exc, head, body, deadline)
+
+    def _send_again(self, chan: StreamChannel, exc: Exception, head: bytes, body: bytes,
+                    deadline: float):
+        """After a send on a stream failed with `exc`: Timeout, or one more try on a new
+        connection; the channel the request went on.
+
+        A connection that broke while this thread was not using it (its shard
+        restarted) fails the send, and a shard applies only whole frames:
+        nothing was applied, so one new connection may take it.
+        """
         for attempt in range(2):
+            if type(exc) is not StreamClosed:
+                raise Timeout(f"could not send to {_peer_name(chan.shard)} within the "
+                              "deadline; the request was not applied") from None
+            chan.close()
+            if attempt:
+                raise ShardUnavailable(f"{_peer_name(chan.shard)} closed the connection "
+                                       f"({exc}) before the request was sent; it was not "
+                                       "applied, retry shortly") from None
+            st = self._local.state
+            chan = (self._proxied_channel(st) if chan.shard is None
+                    else self._shard_channel(st, chan.shard))
+            if type(chan) is not StreamChannel:
+                return self._send(chan, head, body, deadline)
             try:
                 chan.send(head, body, deadline)
                 return chan
-            except TimeoutError:
-                raise Timeout(f"could not send to {_peer_name(chan.shard)} within the "
-                              "deadline; the request was not applied") from None
-            except StreamClosed as exc:
-                chan.close()
-                if attempt:
-                    raise ShardUnavailable(f"{_peer_name(chan.shard)} closed the connection "
-                                           f"({exc}) before the request was sent; it was not "
-                                           "applied, retry shortly") from None
-                st = self._local.state
-                chan = (self._proxied_channel(st) if chan.shard is None
-                        else self._shard_channel(st, chan.shard))
-                if type(chan) is not StreamChannel:
-                    return self._send(chan, head, body, deadline)
+            except (TimeoutError, StreamClosed) as again:
+                exc = again
 
     def _shard_entry(self, shard: int) -> dict | None:
         """The coordinator's status of `shard`, or None when it cannot be asked."""
@@ -434,12 +453,21 @@ class ClusterBackend:
             at, values, reply = plan
             if at < 0:
                 return self.cluster(op, list(args))
-            run = args[at] if len(args) > at else None
-            if values:
-                check_values(op, args)
+            n = len(args)
+            run = args[at] if n > at else None
+            for i in values:
+                # check_values, inline: a value outside the model is refused here.
+                if i < n and type(args[i]) not in SCALARS:
+                    check_value(args[i])
             body = [op, list(args)]
-        body = pack_checked(st.packer, body, self.max_message_bytes)
-        deadline = time.monotonic() + self.request_timeout
+        try:
+            data = st.packer.pack(body)
+        except (TypeError, ValueError, OverflowError):
+            data = None
+        if data is None or len(data) > self.max_message_bytes:
+            data = pack_checked(st.packer, body, self.max_message_bytes)  # raises the error
+        now = time.monotonic()
+        deadline = now + self.request_timeout
         slot = self._slots.get(run) if type(run) is str else None
         if slot is None:
             slot = self._slot(run)
@@ -454,13 +482,15 @@ class ClusterBackend:
         if type(chan) is StreamChannel and chan.shard is not None:
             # The usual case written out here rather than in _roundtrip: a direct
             # request on this host's stream, answered at the first look.
-            head = header(KIND_OP, slot, next(self._rid))
-            chan = self._send_stream(chan, head, body, deadline)
+            head = _pack_header(VERSION, KIND_OP, slot, next(self._rid) & _RID_MASK)
+            try:
+                chan.send(head, data, deadline)
+            except (TimeoutError, StreamClosed) as exc:
+                chan = self._send_again(chan, exc, head, data, deadline)
             frames = None
             if type(chan) is StreamChannel:
                 try:
-                    frames = chan.recv(min(deadline, time.monotonic() + _DIRECT_CHECK_S),
-                                       self.max_message_bytes)
+                    frames = chan.recv(now + self._first_look, self.max_message_bytes)
                 except StreamClosed as exc:
                     raise self._stream_closed(chan, str(exc)) from None
             if frames is None or frames[0] != head:
@@ -468,15 +498,15 @@ class ClusterBackend:
             result = unpack_reply(frames[1])
             if type(result) is ClusterNotReady and time.monotonic() + _NOT_READY_PAUSE_S < deadline:
                 time.sleep(_NOT_READY_PAUSE_S)
-                result = self._roundtrip(chan, KIND_OP, slot, body, deadline)
+                result = self._roundtrip(chan, KIND_OP, slot, data, deadline)
         else:
-            result = self._roundtrip(chan, KIND_OP, slot, body, deadline)
+            result = self._roundtrip(chan, KIND_OP, slot, data, deadline)
         if type(result) is SlotMoved:
             # Our slot map is stale: refresh it and send once more, where it says.
             self._load_slotmap()
             chan = (self._shard_channel(st, self.owners[slot]) if self.direct
                     else self._proxied_channel(st))
-            result = self._roundtrip(chan, KIND_OP, slot, body, deadline)
+            result = self._roundtrip(chan, KIND_OP, slot, data, deadline)
         if isinstance(result, InmemError):
             try:
                 raise result

@@ -145,7 +145,8 @@ CLUSTER_OPS = FANOUT_OPS | DEBUG_OPS | frozenset(("ping", "status", "slotmap", "
 ADMIN_OPS = DEBUG_OPS | frozenset(("hello", "ping", "info", "snapshot", "recovery_report",
                                    "compact_history"))
 
-_SCALARS = frozenset((str, int, float, bool, bytes, type(None)))
+#: value types that need no walk through the value model
+SCALARS = _SCALARS = frozenset((str, int, float, bool, bytes, type(None)))
 _unpackb = msgpack.unpackb
 _ExtType = msgpack.ExtType
 _header_pack = HEADER.pack
@@ -606,7 +607,7 @@ def fanout_request(op: str, args) -> tuple[str, list]:
 
 
 __all__ = [
-    "VERSION", "HEADER_BYTES", "KIND_OP", "KIND_BATCH", "KIND_ADMIN", "KIND_CLUSTER",
+    "VERSION", "HEADER", "HEADER_BYTES", "SCALARS", "KIND_OP", "KIND_BATCH", "KIND_ADMIN", "KIND_CLUSTER",
     "SLOT_COUNT", "DEFAULT_MAX_MESSAGE_BYTES", "CLUSTER_OPS", "ADMIN_OPS",
     "RECV_QUEUE_MAX", "slot_of", "header", "parse_header", "request_id_of",
     "new_packer", "decode_body",

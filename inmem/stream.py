@@ -106,7 +106,7 @@ class StreamChannel:
     client's request/reply matching is the same for both transports.
     """
 
-    __slots__ = ("sock", "shard", "buf", "_wait")
+    __slots__ = ("sock", "shard", "buf", "closed", "_wait")
 
     def __init__(self, path: str, shard: int, timeout: float):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -122,16 +122,15 @@ class StreamChannel:
             raise
         self.sock = sock
         self.shard = shard
+        #: closed by `close` (an attribute, not a question to the socket: it is read per call)
+        self.closed = False
         self.buf = b""  # bytes read past the last whole message
         self._wait = select.poll()
         self._wait.register(sock, select.POLLIN)
 
-    @property
-    def closed(self) -> bool:
-        return self.sock.fileno() < 0
-
     def close(self, linger=None) -> None:
         self.sock.close()
+        self.closed = True
 
     def fileno(self) -> int:
         return self.sock.fileno()

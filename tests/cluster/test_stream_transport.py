@@ -237,3 +237,48 @@ def test_a_stream_call_refuses_bad_requests_as_the_zeromq_client_does(make_clust
     finally:
         stream.close()
         plain.close()
+
+
+def test_a_connection_broken_while_idle_is_replaced_and_the_request_sent_once(make_cluster):
+    cluster = make_cluster(shards=1, durability="inmemory")
+    db = cluster.connect()
+    try:
+        run = db.begin_run()
+        assert db.kv.put(run, "k", 1) == 1
+        (chan,) = _channels(db)
+        # The shard's end goes away while this thread is not using the connection
+        # (as when the shard restarts): the next send fails, nothing was applied,
+        # and the request goes once on a new connection.
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        theirs.close()
+        chan.sock.close()
+        chan.sock = mine
+        assert db.kv.put(run, "k", 2) == 2
+        (fresh,) = _channels(db)
+        assert fresh is not chan and chan.closed
+        assert db.kv.get(run, "k") == 2
+        # A channel closed on this side is replaced before anything is sent on it.
+        fresh.close()
+        assert db.kv.put(run, "k", 3) == 3
+        assert _channels(db)[0] is not fresh
+    finally:
+        db.close()
+
+
+def test_a_send_past_its_deadline_is_a_timeout_and_nothing_applied(make_cluster, monkeypatch):
+    cluster = make_cluster(shards=1, durability="inmemory")
+    db = cluster.connect()
+    try:
+        run = db.begin_run()
+        assert db.kv.put(run, "k", 1) == 1
+
+        def stuck(self, head, body, deadline):
+            raise TimeoutError  # what a stream whose buffer stays full says at the deadline
+
+        with monkeypatch.context() as m:
+            m.setattr(StreamChannel, "send", stuck)
+            with pytest.raises(inmem.Timeout, match="could not send"):
+                db.kv.put(run, "k", 2)
+        assert db.kv.get(run, "k") == 1
+    finally:
+        db.close()
