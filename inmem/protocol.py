@@ -498,7 +498,7 @@ def _check_op(item, known):
 
 def decode_op(body, known) -> tuple[str, list]:
     """(op, args) of an OP or ADMIN body; ProtocolError for anything else."""
-    item = _unpack_request(body)
+    item = decode_body(body, _server_ext_hook, True, "surrogatepass")  # _unpack_request's
     # The common case inline (what _check_op checks): this runs once per request.
     if type(item) is list and len(item) == 2:
         op, args = item

@@ -75,6 +75,11 @@ from inmem.transport import RouterPoll, bind_router, drain, ipc_dir
 
 log = logging.getLogger("inmem.shard")
 
+_header_unpack = protocol.HEADER.unpack
+_HEADER_BYTES = protocol.HEADER_BYTES
+_KINDS = protocol.KINDS
+#: what a header frame of the wrong size parses as: a version no peer speaks
+_NO_HEADER = (-1, -1, -1, -1)
 #: requests applied per turn at most, so replies to the first do not wait forever
 DRAIN_MAX = 4096
 POLL_MS = 100
@@ -319,14 +324,19 @@ class Worker:
             self.dropped_frames += 1
             return None
         head = frames[-2]
-        try:
-            kind, target, _rid = protocol.parse_header(head)
-        except ProtocolError as exc:
-            self.protocol_errors += 1
-            if protocol.request_id_of(head) is None:
-                self.dropped_frames += 1
-                return None
-            return frames[:-1] + [protocol.error_body(exc)]
+        # parse_header's checks, inline for a header that passes them (once per request)
+        version, kind, target, _rid = (_header_unpack(head) if len(head) == _HEADER_BYTES
+                                       else _NO_HEADER)
+        if version != protocol.VERSION or kind not in _KINDS:
+            try:
+                protocol.parse_header(head)  # says what is wrong
+                raise ProtocolError(f"unknown message kind {kind}")
+            except ProtocolError as exc:
+                self.protocol_errors += 1
+                if protocol.request_id_of(head) is None:
+                    self.dropped_frames += 1
+                    return None
+                return frames[:-1] + [protocol.error_body(exc)]
         self.requests += 1
         owners = self.owners
         if owners is not None and kind <= KIND_BATCH and (target >= protocol.SLOT_COUNT
