@@ -498,8 +498,8 @@ def _check_op(item, known):
 
 def decode_op(body, known) -> tuple[str, list]:
     """(op, args) of an OP or ADMIN body; ProtocolError for anything else."""
-    item = decode_body(body, _server_ext_hook, True, "surrogatepass")  # _unpack_request's
-    # The common case inline (what _check_op checks): this runs once per request.
+    # _unpack_request and, for the common case, _check_op, inline: this runs once per request.
+    item = decode_body(body, _server_ext_hook, True, "surrogatepass")
     if type(item) is list and len(item) == 2:
         op, args = item
         if type(op) is str and op in known and type(args) is list:
@@ -607,7 +607,8 @@ def fanout_request(op: str, args) -> tuple[str, list]:
 
 
 __all__ = [
-    "VERSION", "HEADER", "HEADER_BYTES", "SCALARS", "KIND_OP", "KIND_BATCH", "KIND_ADMIN", "KIND_CLUSTER",
+    "VERSION", "HEADER", "HEADER_BYTES", "SCALARS", "KIND_OP", "KIND_BATCH", "KIND_ADMIN",
+    "KIND_CLUSTER",
     "SLOT_COUNT", "DEFAULT_MAX_MESSAGE_BYTES", "CLUSTER_OPS", "ADMIN_OPS",
     "RECV_QUEUE_MAX", "slot_of", "header", "parse_header", "request_id_of",
     "new_packer", "decode_body",

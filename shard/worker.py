@@ -329,8 +329,7 @@ class Worker:
                                        else _NO_HEADER)
         if version != protocol.VERSION or kind not in _KINDS:
             try:
-                protocol.parse_header(head)  # says what is wrong
-                raise ProtocolError(f"unknown message kind {kind}")
+                protocol.parse_header(head)  # fails as the checks above did, saying why
             except ProtocolError as exc:
                 self.protocol_errors += 1
                 if protocol.request_id_of(head) is None:

@@ -10,8 +10,10 @@ from inmem.shard.durable import DurableStore
 
 
 def _open(path, durability="strict"):
+    # A buffered batch of two writes: every turn below hands its writes over, as a
+    # strict one does, so the buffered store defers placing too.
     return DurableStore.open(path, durability=durability, flusher=False, one_writer=True,
-                             snapshot_on_close=False)
+                             snapshot_on_close=False, max_pending_writes=2)
 
 
 def _turn(store, engine, puts, defer):
@@ -41,11 +43,14 @@ def test_deferred_and_immediate_placing_leave_the_same_histories(tmp_path, durab
         try:
             for run in ("a", "b"):
                 engine.execute("run.begin", [None, run, None, [], None])
+            deferred = 0
             for puts in _turns(12):
                 _turn(store, engine, puts, defer)
+                deferred += len(store._unplaced)
                 if defer:
                     with store.lock:
                         store.place_handed()
+            assert bool(deferred) == defer
             with store.lock:
                 store.emit_locked()
             seen[defer] = {r: _extents(engine, r) for r in ("a", "b")}
