@@ -9,7 +9,12 @@ message; a plan needs as many round trips as it yields batches.
 
 The same plan then runs three ways:
 
-- `run_sync(db, plan)` on a `Database`, for the sync methods;
+- `run_sync(db, plan)` on a `Database`, for the sync methods; on an
+  asynchronous database too: an embedded one's store is called directly,
+  a cluster's plan runs on its event loop when the caller is another thread
+  (as LangGraph's own async savers do), and a sync call from inside that
+  loop, which would have to wait for the loop it holds, is refused with
+  InmemError;
 - `await run_async(db, plan, offload)` for the async methods on a sync
   `Database`: the whole plan runs in a worker thread (one hop per call, not
   per batch) when the database may block — a cluster's sockets, an embedded
@@ -32,6 +37,7 @@ import os
 from typing import Any, Generator
 
 from inmem.async_database import AsyncDatabase
+from inmem.database import Database
 from inmem.errors import InmemError
 
 #: one operation: (op name, args)
@@ -54,12 +60,37 @@ def execute_sync(db, ops: list) -> list:
 
 def run_sync(db, plan: Plan) -> Any:
     """Drive `plan` to its answer with blocking calls."""
+    if is_async_database(db):
+        return _run_sync_on_async(db, plan)
     try:
         ops = next(plan)
         while True:
             ops = plan.send(execute_sync(db, ops))
     except StopIteration as stop:
         return stop.value
+
+
+def _run_sync_on_async(db, plan: Plan) -> Any:
+    """A sync method's plan on an asynchronous database (see the module docstring)."""
+    backend = db._backend
+    sync = getattr(backend, "sync", None)
+    if sync is not None:
+        # Embedded: the async face stands on the sync backend, whose calls block
+        # (a strict write waits for its fsync) but need no event loop.
+        return run_sync(Database(sync), plan)
+    loop = getattr(backend, "loop", None)
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is not None and running is not loop and loop.is_running():
+        return asyncio.run_coroutine_threadsafe(run_async(db, plan), loop).result()
+    plan.close()
+    raise InmemError(
+        "a sync method of an inmem.asyncio cluster database was called from its own event "
+        "loop (or with that loop stopped): await the async method instead (aput, "
+        "aget_tuple, alist, abatch, ...), or give the sync methods a database from "
+        "inmem.connect()")
 
 
 async def _execute_async(db, ops: list) -> list:

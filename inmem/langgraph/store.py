@@ -44,6 +44,7 @@ from langgraph.store.base import (
 from langgraph.store.base.embed import get_text_at_path, tokenize_path
 
 from inmem.errors import InvalidStatusTransition, InvalidValue, RunExists, RunNotFound
+from inmem.values import DEPTH_MAX
 
 from .driver import may_block, raise_first, run_async, run_sync
 from .keys import DEFAULT_PREFIX, esc, unesc
@@ -320,14 +321,46 @@ def _strings(value, out: list) -> list:
 
 def _pack(value) -> bytes:
     try:
-        return msgpack.packb(dict(value), use_bin_type=True)
+        value = dict(value)
+        _check_keys(value)
+        return msgpack.packb(value, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidValue(f"a store value must be JSON-like (str-keyed dicts, lists, str, "
                            f"numbers, bool, None, bytes): {exc}") from None
 
 
+def _check_keys(value: dict) -> None:
+    """TypeError for a dict, at any depth, with a key that is not a str.
+
+    msgpack would encode it, and a value that reads back as JSON does (as the
+    SQL stores give it back) needs str keys; refused here, before anything is
+    stored, rather than found when the value is read. ValueError past
+    DEPTH_MAX levels (a value that contains itself, too).
+    """
+    stack = [(value, 0)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        v, depth = pop()
+        if depth > DEPTH_MAX:
+            raise ValueError(f"nested deeper than {DEPTH_MAX} levels")
+        if type(v) is dict:
+            for k, item in v.items():
+                if type(k) is not str:
+                    raise TypeError(f"dict key {k!r:.40} is a {type(k).__name__}, not a str")
+                if type(item) in _CONTAINERS:
+                    push((item, depth + 1))
+        else:
+            for item in v:
+                if type(item) in _CONTAINERS:
+                    push((item, depth + 1))
+
+
+_CONTAINERS = (dict, list, tuple)
+
+
 def _unpack(data: bytes) -> dict:
-    return msgpack.unpackb(data, raw=False)
+    # strict_map_key=False: a value stored before keys were checked still reads back.
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
 def _seconds(ttl_minutes) -> float | None:

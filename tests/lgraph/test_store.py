@@ -217,6 +217,21 @@ def test_bad_input_is_refused_clearly(store):
         store.batch(["not an op"])
 
 
+def test_a_value_with_a_key_that_is_not_a_str_is_refused_before_it_is_stored(store):
+    store.put(("users",), "good", {"text": "fine"})
+    looped: list = []
+    looped.append(looped)
+    for bad in ({"scores": {1: 0.5}}, {"rows": [{"ok": 1}, {(1, 2): "tuple key"}]},
+                {"deep": [[[{None: 1}]]]}, {"loop": looped}):
+        with pytest.raises(inmem.InvalidValue, match="JSON-like"):
+            store.put(("users",), "bad", bad)
+    # Nothing of them was stored, and the namespace reads as before.
+    assert store.get(("users",), "bad") is None
+    assert [i.key for i in store.search(("users",))] == ["good"]
+    store.put(("users",), "nested", {"a": [{"b": {"c": [1, (2, 3)]}}]})
+    assert store.get(("users",), "nested").value == {"a": [{"b": {"c": [1, [2, 3]]}}]}
+
+
 def test_stores_in_separate_runs_do_not_see_each_other(db):
     a, b = InmemStore(db, run="store-a"), InmemStore(db, run="store-b")
     a.put(("n",), "k", {"text": "only in a"})
@@ -261,3 +276,12 @@ def test_agrees_with_langgraphs_in_memory_store(ops, prefixes):
             # is where items are, as in LangGraph's database stores.
             assert sorted({ns for ns, _, _ in want}) == store.list_namespaces(
                 prefix=prefix or None)
+
+
+def test_a_value_stored_before_keys_were_checked_still_reads_back():
+    # Such a value (an int key) could be stored by earlier versions: reading it must not
+    # break every search of its namespace.
+    import msgpack
+
+    from inmem.langgraph.store import _unpack
+    assert _unpack(msgpack.packb({"scores": {1: 0.5}}, use_bin_type=True)) == {"scores": {1: 0.5}}
