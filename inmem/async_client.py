@@ -66,9 +66,9 @@ from .ops import FANOUT_OPS, route_run, shape
 from .protocol import (KIND_BATCH, KIND_CLUSTER, KIND_OP, header, op_body, pack_checked,
                        slot_of, unpack_reply)
 from .routing import (DIRECT_CHECK_S, LOCAL_RECONNECT_MS, NOT_READY_PAUSE_S, READY_POLL_S,
-                      SlotMap, apply_batch_reply, bare, check_client_options, check_number,
-                      check_url, chunks, no_reply, not_sent, plan_batch, shard_down, shard_gone,
-                      status_entry)
+                      SlotMap, apply_batch_reply, bare, batch_segments, check_client_options,
+                      check_number, check_url, chunks, no_reply, not_sent, plan_batch,
+                      shard_down, shard_gone, status_entry)
 from .stream import stream_path
 
 _running_loop = asyncio.get_running_loop
@@ -604,6 +604,13 @@ class AsyncClusterBackend:
 
     async def call_batch(self, ops, _retry: bool = False) -> list:
         self._check_open()
+        parts = None if _retry else batch_segments(ops)
+        if parts is not None:
+            # A read of every shard queued before run operations: in parts, in order.
+            out: list = []
+            for start, end in parts:
+                out += await self.call_batch(ops[start:end])
+            return out
         if self.owners is None:
             await self._load_slotmap()
         results: list = [None] * len(ops)

@@ -70,7 +70,7 @@ from .protocol import (HEADER, KIND_BATCH, KIND_CLUSTER, KIND_OP, SCALARS, VERSI
                        op_body, pack_checked, slot_of, unpack_reply)
 from .values import check_value
 from .routing import (BATCH_CHUNK_OPS, CONNECT_OPTIONS, URL_SCHEMES, SlotMap,  # noqa: F401
-                      apply_batch_reply, bare as _bare, check_client_options,
+                      apply_batch_reply, bare as _bare, batch_segments, check_client_options,
                       check_connect_options, check_number as _number, check_url, chunks,
                       no_reply, not_sent, plan_batch, shard_down, shard_gone, status_entry)
 from .routing import DIRECT_CHECK_S as _DIRECT_CHECK_S, NOT_READY_PAUSE_S as _NOT_READY_PAUSE_S
@@ -541,6 +541,13 @@ class ClusterBackend:
     def call_batch(self, ops, _retry: bool = False) -> list:
         st = self._state()
         self._check_open()
+        parts = None if _retry else batch_segments(ops)
+        if parts is not None:
+            # A read of every shard queued before run operations: in parts, in order.
+            out: list = []
+            for start, end in parts:
+                out += self.call_batch(ops[start:end])
+            return out
         if self.owners is None:
             self._load_slotmap()
         owners = self.owners

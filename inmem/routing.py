@@ -119,6 +119,30 @@ class SlotMap(NamedTuple):
 # -- pipelines -----------------------------------------------------------------------
 
 
+def batch_segments(ops) -> list | None:
+    """Where a pipeline must be cut so that it runs in its queued order on a cluster.
+
+    Its run operations go to their shards in per-shard batches, and the
+    operations that read every shard (`runs.list`, `orphaned_runs`...) are sent
+    after those batches are answered (`plan_batch`'s `later`). That order is the
+    queued one only while no run operation is queued after such a read; else
+    the pipeline goes as consecutive parts, each ending with its reads of every
+    shard: [(start, end), ...]. None: it goes whole.
+    """
+    cuts = []
+    fanout = False
+    for i, (op, args) in enumerate(ops):
+        if op in FANOUT_OPS and route_run(op, args) is None:
+            fanout = True
+        elif fanout:
+            cuts.append(i)
+            fanout = False
+    if not cuts:
+        return None
+    bounds = [0, *cuts, len(ops)]
+    return list(zip(bounds, bounds[1:]))
+
+
 def plan_batch(ops, owners, results: list, later: list,
                chunk_ops: int = BATCH_CHUNK_OPS) -> Iterator[tuple[int, list, list]]:
     """Group `ops` per owning shard: yield (shard, indexes, bodies) as each chunk fills.
@@ -265,6 +289,6 @@ def not_sent(url: str) -> Timeout:
 
 __all__ = ["URL_SCHEMES", "CONNECT_OPTIONS", "BATCH_CHUNK_OPS", "NOT_READY_PAUSE_S",
            "DIRECT_CHECK_S", "check_url", "check_number", "check_connect_options",
-           "check_client_options", "bare", "SlotMap", "plan_batch", "chunks",
+           "check_client_options", "bare", "SlotMap", "batch_segments", "plan_batch", "chunks",
            "apply_batch_reply", "status_entry", "shard_gone", "shard_down", "no_reply",
            "not_sent"]

@@ -98,6 +98,28 @@ def test_pipeline_across_runs(db):
         assert db.kv.get(r, "k") == i
 
 
+def test_reads_of_every_run_see_what_was_queued_before_them_and_nothing_after(db):
+    # runs.list reads every shard of a cluster; the runs begun around it live on
+    # whichever shards their ids hash to.
+    tag = "order"
+    with db.pipeline() as p:
+        p.runs.list(tag=tag)
+        p.begin_run(run_id="order-a", tags=[tag])
+        p.runs.list(tag=tag)
+        for i in range(6):
+            p.begin_run(run_id=f"order-b{i}", tags=[tag])
+        p.kv.put("order-b5", "k", 1)
+        p.runs.list(tag=tag)
+        p.runs.list(tag="none")
+        p.begin_run(run_id="order-c", tags=[tag])
+        results = p.execute()
+    ids = [[r.run_id for r in results[i]] for i in (0, 2, 10, 11)]
+    assert ids[0] == [] and ids[1] == ["order-a"] and ids[3] == []
+    assert sorted(ids[2]) == sorted(["order-a", *(f"order-b{i}" for i in range(6))])
+    assert results[9] == 1 and results[12] == "order-c"
+    assert sorted(r.run_id for r in db.runs.list(tag=tag))[-1] == "order-c"
+
+
 def test_leaving_the_block_does_not_run_twice(db, run):
     with db.pipeline() as p:
         p.kv.put(run, "once", 1)
