@@ -63,8 +63,8 @@ import inmem.protocol as protocol
 from .async_stream import StreamConnection
 from .errors import ClusterNotReady, InmemError, InvalidURL, ShardUnavailable, SlotMoved, Timeout
 from .ops import FANOUT_OPS, route_run, shape
-from .protocol import (KIND_BATCH, KIND_CLUSTER, KIND_OP, header, op_body, pack_checked,
-                       slot_of, unpack_reply)
+from .protocol import (KIND_BATCH, KIND_CLUSTER, KIND_OP, header, op_body, oversized_reply,
+                       pack_checked, slot_of, unpack_reply)
 from .routing import (DIRECT_CHECK_S, LOCAL_RECONNECT_MS, NOT_READY_PAUSE_S, READY_POLL_S,
                       SlotMap, apply_batch_reply, bare, batch_segments, check_client_options,
                       check_number, check_url, chunks, no_reply, not_sent, plan_batch,
@@ -124,10 +124,12 @@ class _Channel:
     """A DEALER socket to one peer, its reader task and the requests waiting on it."""
 
     __slots__ = ("sock", "shadow", "shard", "pending", "reader", "check", "poke_due", "watch",
-                 "watch_at", "__weakref__")
+                 "watch_at", "max_bytes", "__weakref__")
 
-    def __init__(self, sock, shard):
+    def __init__(self, sock, shard, max_bytes: int):
         self.sock = sock
+        #: a reply longer than this fails its request (the stream transport's limit too)
+        self.max_bytes = max_bytes
         # The same socket seen as a blocking one: the reader drains every
         # reply that is ready through it, without a future per reply.
         self.shadow = zmq.Socket.shadow(sock.underlying)
@@ -156,11 +158,16 @@ def _drain(chan: _Channel) -> None:
         except zmq.Again:
             return
         if len(frames) == 2:
-            req = pending.get(frames[0])
-            if req is not None and req.reply is None:
-                req.reply = frames[1]
-                if not req.fut.done():
-                    req.fut.set_result(None)
+            _deliver(chan, pending.get(frames[0]), frames[1])
+
+
+def _deliver(chan: _Channel, req, body: bytes) -> None:
+    """Hand `body` to the request it answers (None: nobody waits for it any more)."""
+    if req is not None and req.reply is None:
+        req.reply = body if len(body) <= chan.max_bytes else oversized_reply(len(body),
+                                                                            chan.max_bytes)
+        if not req.fut.done():
+            req.fut.set_result(None)
 
 
 def _poke(chan: _Channel) -> None:
@@ -178,11 +185,7 @@ async def _read_replies(chan: _Channel) -> None:
         except zmq.Again:
             continue  # a poke took what woke us
         if len(frames) == 2:
-            req = chan.pending.get(frames[0])
-            if req is not None and req.reply is None:
-                req.reply = frames[1]
-                if not req.fut.done():
-                    req.fut.set_result(None)
+            _deliver(chan, chan.pending.get(frames[0]), frames[1])
         _drain(chan)
 
 
@@ -272,7 +275,9 @@ class AsyncClusterBackend:
                  server_key: bytes | None = None) -> _Channel:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, -1)  # replies are from our cluster, which caps them
+        # Replies are from our cluster, which caps them; one over this client's own
+        # limit fails its request (_deliver) rather than the connection.
+        sock.setsockopt(zmq.MAXMSGSIZE, -1)
         # Many requests are in flight at once: queue them all rather than
         # refuse a send or stop reading replies at ZeroMQ's default of 1,000.
         sock.setsockopt(zmq.SNDHWM, 0)
@@ -292,7 +297,7 @@ class AsyncClusterBackend:
             sock.close(0)
             raise InvalidURL(f"cannot connect to {endpoint!r:.200}: {exc}; check the "
                              "coordinator's client endpoint") from None
-        chan = _Channel(sock, shard)
+        chan = _Channel(sock, shard, self.max_message_bytes)
         chan.reader = self.loop.create_task(_read_replies(chan))
         self._channels.append(chan)
         return chan

@@ -22,8 +22,12 @@ cancelled at any await therefore never leaves part of a frame behind, only
 a reply that finds no one registered and is dropped.
 Nothing is read on behalf of a particular caller.
 
-When the connection ends (the shard exited, or sent something that is not a
-frame), every request still waiting on it fails with ShardUnavailable, and
+A reply over the client's `max_message_bytes` fails its own request with
+ProtocolError and is read past without being kept; the connection and the
+other requests on it go on.
+
+When the connection ends (the shard exited, or closed it), every request
+still waiting on it fails with ShardUnavailable, and
 the client makes a new connection for the next request. A request offered
 to a connection already known to have ended is refused (nothing of it was
 sent), so the client may send it again on a new connection, as the blocking
@@ -34,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .stream import CHANNEL_READ_BYTES, LENGTH, PREFIX_BYTES, FrameTooLarge, frame, split_frames
+from .stream import CHANNEL_READ_BYTES, LENGTH, PREFIX_BYTES, frame, split_replies
 
 _unpack_length = LENGTH.unpack_from
 _pack_length = LENGTH.pack
@@ -68,6 +72,7 @@ class StreamConnection(asyncio.BufferedProtocol):
         self._chunks: list = []
         self._have = 0
         self._need = PREFIX_BYTES  # bytes that make the next whole message (at least)
+        self._skip = 0  # bytes still to drop of a reply over max_bytes
         self._out: list = []  # pieces of the frames queued in this turn of the loop
         #: a frame was written at once since the last reply or flush: the next ones join _out
         self._turn = False
@@ -91,6 +96,14 @@ class StreamConnection(asyncio.BufferedProtocol):
         # A reply came back: this is a later turn than the request that made
         # _turn true, so the next request is written at once again.
         self._turn = False
+        skip = self._skip
+        if skip:
+            # The rest of a reply over max_bytes, which failed its request already.
+            if len(data) <= skip:
+                self._skip = skip - len(data)
+                return
+            data = data[skip:]
+            self._skip = 0
         chunks = self._chunks
         chunks.append(data)
         self._have += len(data)
@@ -98,11 +111,7 @@ class StreamConnection(asyncio.BufferedProtocol):
             return  # a message in progress: joined once it is whole, not at every read
         buf = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         out: list = []
-        try:
-            rest = split_frames(buf, self.max_bytes, out)
-        except FrameTooLarge as exc:
-            self._end(str(exc))
-            return
+        rest, self._skip = split_replies(buf, self.max_bytes, out)
         pending = self.pending
         for head, body in out:
             req = pending.get(head)

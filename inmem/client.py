@@ -67,7 +67,7 @@ from .errors import (ClusterNotReady, InmemError, InvalidOption, InvalidURL, Sha
                      SlotMoved, Timeout)
 from .ops import CALL_PLANS, route_run, shape
 from .protocol import (HEADER, KIND_BATCH, KIND_CLUSTER, KIND_OP, SCALARS, VERSION, header,
-                       op_body, pack_checked, slot_of, unpack_reply)
+                       op_body, oversized_reply, pack_checked, slot_of, unpack_reply)
 from .values import check_value
 from .routing import (BATCH_CHUNK_OPS, CONNECT_OPTIONS, URL_SCHEMES, SlotMap,  # noqa: F401
                       apply_batch_reply, bare as _bare, batch_segments, check_client_options,
@@ -211,7 +211,9 @@ class ClusterBackend:
                 sockets[:] = [s for s in sockets if not s.closed]
                 self._prune_at = max(_PRUNE_MIN, 2 * len(sockets))
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, -1)  # replies are from our cluster, which caps them
+        # Replies are from our cluster, which caps them; one over this client's own
+        # limit fails its request (_recv) rather than the connection.
+        sock.setsockopt(zmq.MAXMSGSIZE, -1)
         sock.setsockopt(zmq.SNDTIMEO, max(int(self.request_timeout * 1000), 1))
         if endpoint.startswith("ipc://"):
             # A socket on this host that is not there yet (a cluster starting) is
@@ -317,9 +319,13 @@ class ClusterBackend:
                 sock.setsockopt(zmq.RCVTIMEO, remaining)
                 chan.rcvtimeo = remaining
             try:
-                return sock.recv_multipart()
+                frames = sock.recv_multipart()
             except zmq.Again:
                 continue
+            if len(frames) == 2 and len(frames[1]) > self.max_message_bytes:
+                # Over this client's own limit: its request fails alone, as on a stream.
+                frames[1] = oversized_reply(len(frames[1]), self.max_message_bytes)
+            return frames
 
     def _send(self, chan, head: bytes, body: bytes, deadline: float):
         """Send one request; the channel it went on (a broken stream is replaced)."""

@@ -554,6 +554,14 @@ def error_body(err: InmemError) -> bytes:
                          unicode_errors="surrogatepass")
 
 
+def oversized_reply(size: int, limit: int) -> bytes:
+    """What a client takes in place of a reply of `size` bytes over its own `limit`:
+    the ProtocolError its request then raises (the reply itself is dropped)."""
+    return error_body(ProtocolError(
+        f"reply of {size} bytes is over this client's max_message_bytes ({limit}); ask for "
+        "less at a time, or connect with a larger max_message_bytes"))
+
+
 def pack_reply(packer, result, max_message_bytes: int) -> bytes:
     """Pack a result; one that cannot be packed or is over the limit becomes an error."""
     try:
@@ -613,5 +621,5 @@ __all__ = [
     "RECV_QUEUE_MAX", "slot_of", "header", "parse_header", "request_id_of",
     "new_packer", "decode_body",
     "op_body", "pack_checked", "unpack_reply", "decode_op", "decode_batch",
-    "new_reply_packer", "error_body", "pack_reply", "merge_fanout", "fanout_request",
+    "new_reply_packer", "error_body", "oversized_reply", "pack_reply", "merge_fanout", "fanout_request",
 ]

@@ -39,7 +39,7 @@ import socket
 import struct
 import time
 
-from .protocol import HEADER_BYTES
+from .protocol import HEADER_BYTES, oversized_reply
 
 #: the length prefix of a frame
 LENGTH = struct.Struct("<I")
@@ -97,6 +97,30 @@ def split_frames(buf: bytes, limit: int, out: list, peer=None) -> bytes:
         out.append([head, body] if peer is None else [peer, head, body])
         pos = end
     return buf[pos:] if pos < n else b""
+
+
+def split_replies(buf: bytes, limit: int, out: list) -> tuple[bytes, int]:
+    """`split_frames` for a client's replies, where one over `limit` fails its own request.
+
+    Such a reply is not kept: once its header is in, [header, `oversized_reply`]
+    is appended in its place, and its bytes are skipped. Returns (the bytes of
+    an unfinished reply, how many bytes of a skipped one are still to come, to
+    be dropped as they arrive).
+    """
+    pos, n = 0, len(buf)
+    while n - pos >= PREFIX_BYTES:
+        size = _unpack_length(buf, pos)[0]
+        end = pos + PREFIX_BYTES + size
+        if size > limit:
+            out.append([buf[pos + 4:pos + PREFIX_BYTES], oversized_reply(size, limit)])
+            if end > n:
+                return b"", end - n
+        elif end > n:
+            break
+        else:
+            out.append([buf[pos + 4:pos + PREFIX_BYTES], buf[pos + PREFIX_BYTES:end]])
+        pos = end
+    return (buf[pos:] if pos < n else b""), 0
 
 
 class StreamChannel:
@@ -177,16 +201,25 @@ class StreamChannel:
     def recv(self, deadline: float, max_bytes: int):
         """The next message as [header, body]; None once the deadline has passed.
 
-        StreamClosed when the shard closed the connection or sent something
-        that is not a frame (a length over `max_bytes`).
+        A reply over `max_bytes` is read past, not kept: its body is then
+        `oversized_reply`, the ProtocolError its request raises. StreamClosed
+        when the shard closed the connection.
         """
         buf = self.buf
         while True:
             if len(buf) >= PREFIX_BYTES:
                 size = _unpack_length(buf)[0]
-                if size > max_bytes:
-                    raise StreamClosed(f"a reply claims {size} bytes, over the limit")
                 end = PREFIX_BYTES + size
+                if size > max_bytes:
+                    # Not kept: its request fails alone, and the stream goes on after it.
+                    head = buf[LENGTH.size:PREFIX_BYTES]
+                    if len(buf) >= end:
+                        self.buf = buf[end:]
+                    else:
+                        self.buf = b""
+                        if not self._skip(end - len(buf), deadline):
+                            return None
+                    return [head, oversized_reply(size, max_bytes)]
                 if len(buf) >= end:
                     self.buf = buf[end:]
                     return [buf[LENGTH.size:PREFIX_BYTES], buf[PREFIX_BYTES:end]]
@@ -209,6 +242,28 @@ class StreamChannel:
             if not data:
                 raise StreamClosed("the shard closed the connection")
             buf = buf + data if buf else data
+
+    def _skip(self, count: int, deadline: float) -> bool:
+        """Read and drop the next `count` bytes; False (the stream closed) past the deadline."""
+        scratch = bytearray(min(count, 1 << 20))
+        view = memoryview(scratch)
+        while count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.close()  # out of step in the middle of a message: it ends here
+                return False
+            if not self._wait.poll(_ms(remaining)):
+                continue
+            try:
+                n = self.sock.recv_into(view, min(count, len(scratch)))
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise StreamClosed(str(exc)) from None
+            if n == 0:
+                raise StreamClosed("the shard closed the connection")
+            count -= n
+        return True
 
     def _recv_large(self, start: bytes, end: int, deadline: float):
         """A message too big for a few reads: into one buffer of its size, no re-copying."""
@@ -242,4 +297,4 @@ def _ms(seconds: float) -> int:
 
 
 __all__ = ["LENGTH", "PREFIX_BYTES", "FrameTooLarge", "StreamChannel", "StreamClosed", "frame",
-           "split_frames", "stream_path"]
+           "split_frames", "split_replies", "stream_path"]

@@ -7,8 +7,10 @@ import struct
 
 import pytest
 
+import inmem
 from inmem.async_client import _Request
 from inmem.async_stream import FLUSH_FRAMES, StreamConnection
+from inmem.protocol import unpack_reply
 from inmem.stream import frame
 
 
@@ -184,18 +186,27 @@ def test_a_write_the_broken_connection_refused_at_once_reports_nothing_sent():
     asyncio.run(main())
 
 
-def test_a_frame_over_the_limit_ends_the_connection_and_fails_what_waits():
+def test_a_reply_over_the_limit_fails_its_request_alone_and_is_read_past():
     async def main():
         loop = asyncio.get_running_loop()
         lost: list = []
         conn = _conn(loop, lost, max_bytes=1000)
-        _register(conn, loop, 1)
-        conn.data_received(struct.pack("<I", 5000) + _head(1) + b"x" * 10)
-        assert conn.lost is not None and "over the limit" in conn.lost
-        assert lost == [conn.lost]
-        assert conn.transport.closing
-        # A connection that has ended takes nothing more: the request was not sent.
-        assert conn.send(_head(2), b"x") is False
+        reqs = {n: _register(conn, loop, n) for n in (1, 2, 3)}
+        stream = (frame(_head(1), b"a") + frame(_head(2), b"x" * 5000)
+                  + frame(_head(3), b"c"))
+        # In pieces of every size, the big body split across many of them.
+        for start in range(0, len(stream), 777):
+            conn.data_received(stream[start:start + 777])
+        assert conn.lost is None and not lost and not conn.transport.closing
+        assert reqs[1].reply == b"a" and reqs[3].reply == b"c"
+        with pytest.raises(inmem.ProtocolError, match="over this client's max_message_bytes"):
+            raise unpack_reply(reqs[2].reply)
+        assert all(r.fut.done() for r in reqs.values())
+        # Header and all in one read, then nothing of it left behind.
+        nxt = _register(conn, loop, 4)
+        conn.data_received(frame(_head(5), b"y" * 2000) + frame(_head(4), b"d"))
+        assert nxt.reply == b"d" and conn.lost is None
+        assert conn.send(_head(6), b"x") is True
     asyncio.run(main())
 
 

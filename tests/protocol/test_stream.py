@@ -13,8 +13,9 @@ import time
 import pytest
 import zmq
 
+import inmem
 import inmem.stream_server as stream_server
-from inmem.protocol import HEADER_BYTES, KIND_OP, header
+from inmem.protocol import HEADER_BYTES, KIND_OP, header, unpack_reply
 from inmem.stream import PATH_MAX, READ_BYTES, StreamChannel, StreamClosed, frame, stream_path
 from inmem.stream_server import StreamServer
 
@@ -227,12 +228,31 @@ def test_the_channel_reports_a_closed_peer_and_a_passed_deadline(server):
         chan.recv(time.monotonic() + 5, LIMIT)
 
 
-def test_the_channel_refuses_a_reply_length_over_its_limit(server):
+def test_a_reply_over_the_channels_limit_fails_alone_and_is_read_past(server):
     chan = connect(server)
     conn = next(iter(server.connections.values()))
-    conn.sock.send(struct.pack("<I", 1000) + b"\0" * HEADER_BYTES)
-    with pytest.raises(StreamClosed):
-        chan.recv(time.monotonic() + 5, 999)
+    big, small = header(KIND_OP, 0, 1), header(KIND_OP, 0, 2)
+    # More than the socket's buffer holds: sent from a thread while the channel reads.
+    conn.sock.setblocking(True)
+    sender = threading.Thread(target=conn.sock.sendall,
+                              args=(frame(big, b"x" * 300_000) + frame(small, b"ok"),))
+    sender.start()
+    head, body = chan.recv(time.monotonic() + 5, 999)
+    assert head == big
+    with pytest.raises(inmem.ProtocolError, match="over this client's max_message_bytes"):
+        raise unpack_reply(body)
+    assert chan.recv(time.monotonic() + 5, 999) == [small, b"ok"]
+    sender.join()
+    conn.sock.setblocking(False)
+    assert not chan.closed
+
+
+def test_a_deadline_passed_while_reading_past_a_reply_ends_the_channel(server):
+    chan = connect(server)
+    conn = next(iter(server.connections.values()))
+    conn.sock.send(struct.pack("<I", 1000) + b"\0" * HEADER_BYTES + b"x" * 10)
+    assert chan.recv(time.monotonic() + 0.1, 999) is None
+    assert chan.closed  # out of step in the middle of a message: it cannot go on
 
 
 def test_a_send_that_times_out_part_way_ends_the_channel(server):
