@@ -738,6 +738,11 @@ class AsyncClusterBackend:
         if self._closed:
             return
         self._closed = True
+        if _running_loop() is not self.loop:
+            # Its loop has ended (or is another thread's): nothing of it can be awaited
+            # or woken from here, and the sockets are released all the same.
+            self._finalizer()
+            return
         readers = [c.reader for c in self._channels if c.reader is not None]
         closed = InmemError("the database is closed")
         for chan in [*self._channels, *(conn for conn, _ in self._streams)]:

@@ -18,6 +18,8 @@ import uuid
 
 import pytest
 
+import zmq
+
 import inmem
 import inmem.asyncio
 from inmem.async_client import _Channel
@@ -271,6 +273,26 @@ def test_a_connection_belongs_to_its_event_loop(cluster, connect):
         with pytest.raises(inmem.InmemError, match="another event loop"):
             await db.kv.get("r", "k")
     asyncio.run(elsewhere())
+
+
+def test_it_closes_from_another_loop_after_its_own_ended(cluster, connect):
+    async def first():
+        db = await connect(cluster.endpoint)
+        run = await db.begin_run()
+        assert await db.kv.put(run, "k", 1) == 1
+        return db
+    db = asyncio.run(first())
+    backend = db._backend
+    socks = [c.sock for c in backend._channels] + [s for _, s in backend._streams]
+    assert socks
+
+    async def second():
+        await db.close()  # no error: its sockets are released without the old loop
+        await db.close()
+        with pytest.raises(inmem.InmemError, match="closed"):
+            await db.kv.get("r", "k")
+    asyncio.run(second())
+    assert all(s.closed if isinstance(s, zmq.Socket) else s.fileno() == -1 for s in socks)
 
 
 @pytest.mark.timeout(120)
