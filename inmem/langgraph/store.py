@@ -320,6 +320,9 @@ def _strings(value, out: list) -> list:
 
 
 def _pack(value) -> bytes:
+    if not isinstance(value, dict):
+        raise InvalidValue(f"a store value must be a dict (str keys), got "
+                           f"{type(value).__name__}")
     try:
         value = dict(value)
         _check_keys(value)

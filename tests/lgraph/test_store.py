@@ -228,6 +228,9 @@ def test_a_value_with_a_key_that_is_not_a_str_is_refused_before_it_is_stored(sto
     # Nothing of them was stored, and the namespace reads as before.
     assert store.get(("users",), "bad") is None
     assert [i.key for i in store.search(("users",))] == ["good"]
+    for not_a_dict in ([1, 2], "text", 3):  # (None is a delete, as LangGraph has it)
+        with pytest.raises(inmem.InvalidValue, match="must be a dict"):
+            store.put(("users",), "bad", not_a_dict)
     store.put(("users",), "nested", {"a": [{"b": {"c": [1, (2, 3)]}}]})
     assert store.get(("users",), "nested").value == {"a": [{"b": {"c": [1, [2, 3]]}}]}
 
