@@ -36,6 +36,7 @@ ShardUnavailable. SIGTERM/SIGINT stop the loop; shards are stopped cleanly
 from __future__ import annotations
 
 import itertools
+import secrets
 import logging
 import os
 import signal
@@ -153,9 +154,11 @@ class Coordinator:
         self.slotmap = slotmap
         self.owners = slotmap.owners
         # Every hello carries the slot map, so a shard can redirect a request
-        # sent with a stale one (see inmem.errors.SlotMoved).
+        # sent with a stale one (see inmem.errors.SlotMoved), and a token the
+        # shards this coordinator starts are given: only its hellos set their map.
+        self._hello_token = secrets.token_hex(16)
         self._hello = protocol.new_packer().pack(
-            ["hello", [protocol.pack_owners(slotmap.owners)]])
+            ["hello", [protocol.pack_owners(slotmap.owners), self._hello_token]])
         self._first_slot = {}
         for slot, shard in enumerate(slotmap.owners):
             self._first_slot.setdefault(shard, slot)
@@ -163,7 +166,7 @@ class Coordinator:
         self.packer = protocol.new_reply_packer()
         prepare_socket_dir(spec)
         self._load_keys(spec)
-        self.supervisor = Supervisor(spec, out=self.out)
+        self.supervisor = Supervisor(spec, out=self.out, hello_token=self._hello_token)
         # The shards first, forked before this process opens a socket or starts a
         # thread: they recover while the rest of the start-up goes on.
         self.supervisor.start_all(fork=True)
@@ -326,7 +329,30 @@ class Coordinator:
     def _drain_front(self) -> None:
         handle = self._client_message
         for frames in drain(self.front, DRAIN_MAX):
+            if len(frames[0]) == STREAM_IDENT_BYTES:
+                self._reserved_ident(frames)
+                continue
             handle(frames)
+
+    def _reserved_ident(self, frames: list) -> None:
+        """A ZeroMQ peer that set a routing id of a stream client's size: refused.
+
+        Replies to such ids go to stream clients (`_send_frames`), so this
+        peer's replies would reach the stream client of that name. It is told
+        so on its own socket when its request can be answered at all.
+        """
+        self.counters["protocol_errors"] += 1
+        if len(frames) != 3 or protocol.request_id_of(frames[1]) is None:
+            self.counters["dropped_frames"] += 1
+            return
+        try:
+            self.front.send_multipart([frames[0], frames[1], protocol.error_body(ProtocolError(
+                f"routing ids of {STREAM_IDENT_BYTES} bytes are reserved for the "
+                "coordinator's stream clients; let ZeroMQ choose this socket's"))],
+                zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        self._used(self.front)
 
     def _client_message(self, frames: list) -> None:
         """Forward, answer or drop one [identity, header, body].

@@ -39,7 +39,7 @@ import sys
 import time
 import traceback
 
-from inmem.processes import child_env, read_exit_note
+from inmem.processes import HELLO_TOKEN_ENV, child_env, read_exit_note
 
 RECOVERING = "recovering"
 READY = "ready"
@@ -75,8 +75,11 @@ class ShardHandle:
 
 
 class Supervisor:
-    def __init__(self, spec: dict, out=print):
+    def __init__(self, spec: dict, out=print, hello_token: str | None = None):
         self.spec = spec
+        #: what the coordinator's hellos carry, given to the shards it starts
+        #: (see shard.worker's admin_hello)
+        self.hello_token = hello_token
         self.out = out
         self.handles = [ShardHandle(s) for s in spec["shards"]]
         sup = spec["supervisor"]
@@ -85,6 +88,8 @@ class Supervisor:
         self.stop_timeout_s = sup["stop_timeout_s"]
         self._spec_json = json.dumps(spec)
         self._env = child_env()
+        if hello_token is not None:
+            self._env[HELLO_TOKEN_ENV] = hello_token
 
     # -- starting ------------------------------------------------------------------
 
@@ -103,7 +108,9 @@ class Supervisor:
 
     def spawn(self, h: ShardHandle, worker=None) -> None:
         if worker is not None:
-            h.proc = ForkedShard.start(worker, json.loads(self._spec_json), h.id)
+            spec = json.loads(self._spec_json)
+            spec["hello_token"] = self.hello_token
+            h.proc = ForkedShard.start(worker, spec, h.id)
         else:
             cmd = [sys.executable, "-m", "inmem.shard.worker", "--shard", str(h.id),
                    "--spec", self._spec_json, "--watch-parent"]

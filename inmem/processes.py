@@ -17,6 +17,9 @@ import time
 from .files import private_opener
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: the environment variable that hands a spawned shard its coordinator's hello token
+#: (the environment, unlike a command line, is readable by its own user only)
+HELLO_TOKEN_ENV = "INMEM_HELLO_TOKEN"
 
 
 def child_env() -> dict:
@@ -71,5 +74,5 @@ def clear_exit_note(data_dir: str, shard: int) -> None:
         pass
 
 
-__all__ = ["child_env", "die_with_parent", "exit_note_path", "write_exit_note",
+__all__ = ["HELLO_TOKEN_ENV", "child_env", "die_with_parent", "exit_note_path", "write_exit_note",
            "read_exit_note", "clear_exit_note"]

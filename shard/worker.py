@@ -63,9 +63,10 @@ import inmem.protocol as protocol
 from inmem.errors import DurabilityError, InmemError, InvalidValue, ProtocolError, SlotMoved
 from inmem.files import make_dirs
 from inmem.keys import ServerKeys, insecure_warning, is_tcp, shard_name
-from inmem.processes import clear_exit_note, die_with_parent, write_exit_note
+from inmem.processes import (HELLO_TOKEN_ENV, clear_exit_note, die_with_parent,
+                             write_exit_note)
 from inmem.protocol import KIND_ADMIN, KIND_BATCH, KIND_OP, slot_of
-from inmem.ops import WRITE_OPS, route_run
+from inmem.ops import ROUTE_BY_FIRST, WRITE_OPS, route_run
 from inmem.shard.commit_wait import CommitWait, fine_timer_slack
 from inmem.shard.engine import Engine, put_series_end
 from inmem.shard.upkeep import UPKEEP_EVERY_S, IndexShare, index_slice, shard_info, upkeep
@@ -83,6 +84,8 @@ _NO_HEADER = (-1, -1, -1, -1)
 #: requests applied per turn at most, so replies to the first do not wait forever
 DRAIN_MAX = 4096
 POLL_MS = 100
+#: runs whose slots a shard remembers for its check of OP requests (cleared when full)
+_RUN_SLOTS_KEPT = 4096
 EXIT_DURABILITY = 3
 EXIT_STARTUP = 2
 
@@ -108,6 +111,10 @@ class Worker:
         self.requests = 0
         #: slot -> owning shard, from the coordinator's hello (None: not told yet)
         self.owners = None
+        #: the token of the coordinator that started this shard (see admin_hello)
+        self.hello_token = spec.get("hello_token") or os.environ.pop(HELLO_TOKEN_ENV, None)
+        #: the slots of the runs requests named last (see _not_ours)
+        self._run_slots: dict = {}
         self.recovery = None
         self.parent_pid: int | None = None
         self.packer = protocol.new_reply_packer()
@@ -351,11 +358,11 @@ class Worker:
             return frames
         try:
             if kind == KIND_OP:
-                body = self.run_op(frames[-1], refuse_writes)
+                body = self.run_op(frames[-1], refuse_writes, owners is not None)
             elif kind == KIND_BATCH:
                 body = self.run_batch(frames[-1], refuse_writes)
             elif kind == KIND_ADMIN:
-                body = self.run_admin(frames[-1])
+                body = self.run_admin(frames[-1], type(frames[0]) is Connection)
             else:
                 self.protocol_errors += 1
                 body = protocol.error_body(ProtocolError("a shard does not answer cluster requests"))
@@ -396,12 +403,16 @@ class Worker:
             log.error("shard %d: %s failed:\n%s", self.shard, op, traceback.format_exc())
             return InmemError(f"internal error in {op}: {type(exc).__name__}: {exc}")
 
-    def run_op(self, body, refuse_writes) -> bytes:
+    def run_op(self, body, refuse_writes, in_cluster: bool = False) -> bytes:
         try:
             op, args = protocol.decode_op(body, self.engine.ops)
         except ProtocolError as exc:
             self.protocol_errors += 1
             return protocol.error_body(exc)
+        if in_cluster:
+            moved = self._not_ours(op, args)
+            if moved is not None:
+                return protocol.error_body(moved)
         engine = self.engine
         if op in engine.packed_ops:
             # Its stored values go out as they are stored: nothing decoded to be packed again.
@@ -457,6 +468,39 @@ class Worker:
             err = InmemError(f"internal error in kv.put: {type(exc).__name__}: {exc}")
             return [err] * len(calls)
 
+    def _not_ours(self, op, args):
+        """SlotMoved (or ProtocolError) when an OP request's run lives on another shard.
+
+        The header's slot, which routed it here, is the sender's word for where
+        the run lives; the run's own id decides. A request whose header names
+        one of this shard's slots for a run of another shard (no client of ours
+        sends one) would otherwise make the run here as well as there.
+        """
+        if op in ROUTE_BY_FIRST:
+            run = args[0] if args else None
+        elif op == "run.begin":
+            run = args[1] if len(args) > 1 else None
+            if run is None:
+                # The run's id decides its shard, so the client chooses it (a shard
+                # would make one that may well be another shard's).
+                return ProtocolError("run.begin on a cluster's shard names its run id")
+        else:
+            return None  # read on every shard, or about no run
+        if type(run) is not str:
+            return None  # not an id: the engine refuses it
+        slots = self._run_slots
+        slot = slots.get(run)
+        if slot is None:
+            slot = slot_of(run)
+            if len(slots) >= _RUN_SLOTS_KEPT:
+                slots.clear()
+            slots[run] = slot
+        owner = self.owners[slot]
+        if owner == self.shard:
+            return None
+        return SlotMoved(f"slot {slot} is served by shard {owner}, not {self.shard}",
+                         slot=slot, shard=owner)
+
     def _moved_check(self):
         """fn(op, args) -> SlotMoved when the op's run lives on another shard, else None.
 
@@ -480,7 +524,7 @@ class Worker:
 
         return moved
 
-    def run_admin(self, body) -> bytes:
+    def run_admin(self, body, from_stream: bool = False) -> bytes:
         try:
             name, args = protocol.decode_op(body, protocol.ADMIN_OPS)
         except ProtocolError as exc:
@@ -489,6 +533,11 @@ class Worker:
         try:
             if name in protocol.DEBUG_OPS and not self.spec.get("test_hooks"):
                 raise ProtocolError(f"{name}: test hooks are off in this cluster")
+            if name == "hello" and args and from_stream:
+                # The coordinator's link is its ZeroMQ socket: a slot map that comes
+                # over a stream connection is some other process's.
+                raise ProtocolError("hello: a slot map is the coordinator's to send, and "
+                                    "it never comes over a stream connection")
             result = getattr(self, "admin_" + name.replace(".", "_"))(*args)
         except InmemError as exc:
             result = exc
@@ -501,10 +550,23 @@ class Worker:
 
     # -- admin requests ------------------------------------------------------------
 
-    def admin_hello(self, owners=None) -> dict:
-        """The coordinator's greeting; it carries the slot map (`protocol.pack_owners`)."""
+    def admin_hello(self, owners=None, token=None) -> dict:
+        """The coordinator's greeting; it carries the slot map (`protocol.pack_owners`).
+
+        A shard its coordinator started knows that coordinator's token, and
+        takes a slot map only with it: the map decides which runs the shard
+        serves, so no other peer may change it. A remote shard, started by
+        hand, has no token: only the cluster's admitted Curve keys reach it.
+        """
         if owners is not None:
-            self.owners = protocol.unpack_owners(owners)
+            if self.hello_token is not None and token != self.hello_token:
+                raise ProtocolError("hello: a slot map without the token of the coordinator "
+                                    "that started this shard")
+            table = protocol.unpack_owners(owners)
+            if max(table) >= len(self.spec["shards"]):
+                raise ProtocolError(f"hello: a slot map naming shard {max(table)} of a cluster "
+                                    f"of {len(self.spec['shards'])}")
+            self.owners = table
         return {"shard": self.shard, "pid": os.getpid(), "durability": self.durability,
                 "endpoint": self.endpoint, "recovery": self.recovery,
                 "protocol": protocol.VERSION}
