@@ -29,7 +29,7 @@ from .errors import (InmemError, RunNotFound, StateNotFound, TransactionConflict
                      VersionMismatch)
 from .pipeline import Pipeline
 from .sections import (JSON, KV, Events, Runs, StateCells, Traces, Value, begin_args,
-                       assemble_tree, backoff_delay, new_run_id)
+                       assemble_tree, backoff_delay, check_retries, new_run_id)
 from .transaction import (_DELETED, Transaction, TxEvents, TxJSON, TxKV, TxState, TxTraces,
                           json_at, json_delete, json_pop, json_push, json_set)
 from inmem.shard import jsonpath
@@ -108,6 +108,7 @@ class AsyncStateCells(StateCells):
 
     async def transition(self, run: str, name: str, fn: Callable, retries: int = 16):
         """Apply fn(State) -> (new_value, result) with CAS, retrying on conflict."""
+        check_retries(retries)
         state = await self.read(run, name)
         for attempt in range(retries + 1):
             if state is None:
@@ -124,6 +125,7 @@ class AsyncStateCells(StateCells):
     async def transition_or_init(self, run: str, name: str, initial: Value, fn: Callable,
                                  retries: int = 16):
         """As transition; an absent cell starts as `initial` and fn applies in the same step."""
+        check_retries(retries)
         state = await self.read(run, name)
         for attempt in range(retries + 1):
             if state is None:
@@ -446,6 +448,7 @@ class AsyncDatabase:
     async def run_transaction(self, run: str, fn: Callable[[AsyncTransaction], Any],
                               retries: int = 8) -> Any:
         """Run `fn(tx)` (plain or async) and commit, retrying on TransactionConflict."""
+        check_retries(retries)
         for attempt in range(retries + 1):
             tx = AsyncTransaction(self._call, run)
             result = await _maybe_await(fn(tx))

@@ -15,7 +15,7 @@ from .backend import Backend
 from .errors import InmemError, RunNotFound, TransactionConflict
 from .pipeline import Pipeline
 from .sections import (JSON, Events, Runs, StateCells, Traces, Value, begin_args, backoff,
-                       new_run_id)
+                       check_retries, new_run_id)
 from .transaction import Transaction
 from .types import RecoveryResult, RunDiff, RunView, SearchResponse, SnapshotInfo
 
@@ -101,6 +101,7 @@ class Database:
         effects outside `tx`. The last TransactionConflict is raised after
         `retries` retries.
         """
+        check_retries(retries)
         for attempt in range(retries + 1):
             tx = Transaction(self._call, run)
             result = fn(tx)

@@ -27,6 +27,11 @@ class InmemError(Exception):
         """The error's text, as str(error) gives it."""
         return self.args[0] if self.args else ""
 
+    def __reduce__(self):
+        # Exception's own reduce would call __init__ with the message alone, which
+        # the classes whose __init__ takes their fields first would misread.
+        return _rebuild, (type(self), self.message), dict(self.__dict__)
+
     def to_wire(self) -> list:
         """[class name, message, {field: value}]: how the error crosses a process boundary."""
         return [type(self).__name__, self.message,
@@ -181,6 +186,13 @@ _BY_NAME = {cls.__name__: cls for cls in (
     StateNotFound, TraceNotFound, TransactionConflict, ClusterNotReady,
     ShardUnavailable, SlotMoved, Timeout, ProtocolError, InvalidOption, InvalidURL,
     StoreOpenError, CorruptionError, DurabilityError, HistoryNotKept)}
+
+
+def _rebuild(cls, message: str) -> InmemError:
+    """An error of class `cls` with `message`, its fields to come (pickle, copy)."""
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    return err
 
 
 def from_wire(wire) -> InmemError:

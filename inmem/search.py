@@ -61,8 +61,8 @@ class SearchPlan:
         self.offset = offset
         self.budget_ms = budget_ms
         self.terms = list(dict.fromkeys(tokenize(query)))
-        #: nothing to ask the shards: no terms, or no hits wanted
-        self.done = not self.terms or limit == 0
+        #: nothing to ask the shards: no terms (limit=0 still asks, for total_matches)
+        self.done = not self.terms
         self.n_docs = self.total_len = 0
         self.dfs = dict.fromkeys(self.terms, 0)
         self.complete = True
@@ -87,7 +87,7 @@ class SearchPlan:
 
     def query_args(self, run) -> tuple:
         return (self.terms, self.n_docs, self.total_len, self.dfs, run, self.primitives,
-                self.offset + self.limit, self.budget_ms)
+                self.offset + self.limit if self.limit else 0, self.budget_ms)
 
     def merge(self, parts) -> SearchResponse:
         """Every shard's best hits (phase two) as one ranked page."""

@@ -163,6 +163,7 @@ class StateCells(_Section):
         Returns (result, new version); StateNotFound for an absent cell,
         TransactionConflict after `retries` lost races.
         """
+        check_retries(retries)
         state = self.read(run, name)
         for attempt in range(retries + 1):
             if state is None:
@@ -179,6 +180,7 @@ class StateCells(_Section):
                            fn: Callable[[State], tuple[Value, Any]],
                            retries: int = 16) -> tuple[Any, int]:
         """As transition; an absent cell starts as `initial` and fn applies in the same step."""
+        check_retries(retries)
         state = self.read(run, name)
         for attempt in range(retries + 1):
             if state is None:
@@ -309,6 +311,13 @@ class Runs(_Section):
     def delete(self, run: str) -> bool:
         """Delete the run and everything in it; False if it did not exist."""
         return self._call("run.delete", (run,))
+
+
+def check_retries(retries) -> int:
+    """`retries` when it is an int >= 0 (how many lost races a retry loop may take)."""
+    if type(retries) is not int or retries < 0:
+        raise InvalidValue(f"retries must be an int >= 0, got {retries!r}")
+    return retries
 
 
 def backoff(attempt: int) -> None:

@@ -70,11 +70,15 @@ class JsonOps:
         check_key(key)
         steps = jsonpath.parse(path)
         doc, version = _doc(r, key)
-        if doc is None:
-            return False
         if not steps:
+            # A document that holds null is there to delete: only a missing one is not.
+            e = r.json.get(key)
+            if e is None or entry_value(e) is None:
+                return False
             self._commit(r, (JS_DEL, key, None, version + 1, self.clock()))
             return True
+        if doc is None:
+            return False
         if not jsonpath.delete(doc, steps, path):
             return False
         self._js_write(r, key, doc, version)

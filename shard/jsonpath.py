@@ -145,8 +145,19 @@ def delete(doc, steps: tuple, path: str) -> bool:
 
 
 def array_at(doc, steps: tuple, path: str, create: bool):
-    """The list at `steps`; with `create`, a missing one is made (objects on the way too)."""
-    node = get(doc, steps, path)
+    """The list at `steps`; with `create`, a missing one is made (objects on the way too).
+
+    A missing document, or a null on the way, holds no array yet: as `set_`
+    does, it gives way to the objects the path needs.
+    """
+    node = doc
+    for step in steps:
+        if node is None:
+            break
+        node = _step(node, step, path)
+        if node is _MISSING:
+            node = None
+            break
     if node is None:
         if not create:
             return doc, None

@@ -179,11 +179,13 @@ def as_reason(reason) -> str:
 
 
 def check_tags(tags) -> tuple:
-    """`tags` as a tuple when it is a list or tuple of valid tag strings."""
+    """`tags` as a tuple when it is a list or tuple of valid tag strings; a tag named
+    twice is kept once (its first place), so an index by tag holds each thing once."""
     if type(tags) not in (list, tuple):
         raise InvalidValue(f"tags must be a list or tuple of str, got {type(tags).__name__}")
     for t in tags:
         if type(t) is not str:
             raise InvalidValue(f"tags must be a list or tuple of str, one is a {type(t).__name__}")
         check_key(t, "tag")
-    return tuple(tags)
+    tags = tuple(tags)
+    return tags if len(set(tags)) == len(tags) else tuple(dict.fromkeys(tags))

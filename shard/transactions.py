@@ -74,7 +74,8 @@ class TxOps:
         `reads` is a list of [namespace, key, version seen]; `writes` a list of
         [op, args] whose first argument is the run. Returns each write's result.
         """
-        r = self._writable(run)
+        # Only writes need a run that takes them: reads validate on any run.
+        r = self._writable(run) if writes else self._run(run)
         _check_read_set(reads)
         _check_write_set(run, writes)
         for ns, key, seen in reads:

@@ -231,3 +231,36 @@ def test_invalid_document_key(db, run):
         db.json.put(run, "", {})
     with pytest.raises(inmem.InvalidKey):
         db.json.get(run, "k" * 1025)
+
+
+def test_array_push_makes_the_document_and_the_objects_its_path_needs(db, run):
+    # "creates the array if absent": a missing document, and a null on the way, too.
+    assert db.json.array_push(run, "plan", "$.steps", "search") == 1
+    assert db.json.get(run, "plan") == {"steps": ["search"]}
+    db.json.put(run, "doc", {"n": None})
+    assert db.json.array_push(run, "doc", "$.n.items", 1) == 1
+    assert db.json.get(run, "doc") == {"n": {"items": [1]}}
+    with db.transaction(run) as tx:
+        tx.json.array_push("plan2", "$.a.b", "x")
+    assert db.json.get(run, "plan2") == {"a": {"b": ["x"]}}
+    with db.pipeline() as p:
+        p.json.array_push(run, "plan3", "$.steps", "s")
+        assert p.execute() == [1]
+    # Popping what is not there is None, and a scalar on the way is still refused.
+    assert db.json.array_pop(run, "never", "$.steps") is None
+    assert db.json.array_pop(run, "doc", "$.zz.q") is None
+    db.json.put(run, "s", {"a": 3})
+    with pytest.raises(inmem.InvalidPath):
+        db.json.array_push(run, "s", "$.a.b", 1)
+
+
+def test_a_document_that_holds_null_can_be_deleted(db, run):
+    assert db.json.put(run, "doc", None) == 1
+    assert db.json.delete(run, "doc") is True
+    assert db.json.delete(run, "doc") is False
+    assert "doc" not in db.replay_run(run).json
+    db.json.put(run, "doc", None)
+    with db.transaction(run) as tx:
+        tx.json.delete("doc")
+    assert tx.results == [True]
+    assert db.replay_run(run).json == {}

@@ -758,3 +758,13 @@ def test_expiry_after_reopening(tmp_path, clock_factory, snapshot):
         assert [h.ref for h in db.search("fleeting").results] == ["long"]
         clock.advance(100)
         assert db.search("fleeting lasting").results == []
+
+
+def test_limit_zero_still_counts_the_matches(db):
+    run = db.begin_run()
+    for i in range(5):
+        db.kv.put(run, f"k{i}", "timeout error")
+    assert db.search("timeout", limit=1).total_matches == 5
+    page = db.search("timeout", limit=0)
+    assert page.results == [] and page.total_matches == 5
+    assert db.search("timeout", limit=0, offset=3).total_matches == 5

@@ -140,3 +140,11 @@ def test_returned_data_is_a_private_copy(db, run):
     db.traces.get(run, tid).data["steps"].append(3)
     db.traces.roots(run)[0].data["steps"].append(4)
     assert db.traces.get(run, tid).data == {"steps": [1]}
+
+
+def test_a_tag_named_twice_finds_the_trace_once(db, run):
+    tid = db.traces.record(run, "thought", {"x": 1}, tags=["web", "web", "a"])
+    assert [t.id for t in db.traces.by_tag(run, "web")] == [tid]
+    assert db.traces.get(run, tid).tags == ["web", "a"]
+    other = db.begin_run(tags=["x", "x"])
+    assert [r.run_id for r in db.runs.list(tag="x")] == [other]

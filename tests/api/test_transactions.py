@@ -337,3 +337,29 @@ def test_transactions_in_different_runs_are_independent(db):
         db.kv.put(r1, "k", 2)  # same key name, other run
         tx.kv.put("k", "r2")
     assert db.kv.get(r2, "k") == "r2"
+
+
+def test_a_transaction_that_only_reads_works_on_an_ended_run(db, run):
+    db.kv.put(run, "count", 3)
+    db.end_run(run)
+    assert db.run_transaction(run, lambda tx: tx.kv.get("count")) == 3
+    with db.transaction(run) as tx:
+        assert tx.kv.get("count") == 3
+    with pytest.raises(inmem.RunNotActive):
+        with db.transaction(run) as tx:
+            tx.kv.put("count", 4)
+    assert db.kv.get(run, "count") == 3
+
+
+@pytest.mark.parametrize("retries", [-1, 1.5, True, "3"])
+def test_retries_must_be_a_count(db, run, retries):
+    calls = []
+    with pytest.raises(inmem.InvalidValue, match="retries"):
+        db.run_transaction(run, lambda tx: calls.append(1), retries=retries)
+    with pytest.raises(inmem.InvalidValue, match="retries"):
+        db.state.transition_or_init(run, "c", 0, lambda s: (1, 1), retries=retries)
+    if db.state.read(run, "d") is None:
+        db.state.init(run, "d", 0)
+    with pytest.raises(inmem.InvalidValue, match="retries"):
+        db.state.transition(run, "d", lambda s: (1, 1), retries=retries)
+    assert calls == []

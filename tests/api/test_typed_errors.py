@@ -518,3 +518,25 @@ def test_a_number_or_an_exception_as_reason_is_kept_as_text(db):
     run = db.begin_run()
     db.abort_run(run, 42)
     assert db.runs.get(run).error == "42"
+
+
+def test_errors_pickle_and_copy_with_their_message_and_fields(db, run):
+    import copy
+    import pickle
+    db.kv.put(run, "k", 1)
+    with pytest.raises(inmem.VersionMismatch) as cas:
+        db.kv.cas(run, "k", 9, "x")
+    db.state.init(run, "c", 1)
+    with pytest.raises(inmem.VersionMismatch) as state_cas:
+        db.state.cas(run, "c", 5, 2)
+    other = db.begin_run()
+    db.end_run(other)
+    with pytest.raises(inmem.InvalidStatusTransition) as transition:
+        db.end_run(other)
+    with pytest.raises(inmem.RunNotFound) as missing:
+        db.kv.get("no-such-run", "k")
+    for err in (cas.value, state_cas.value, transition.value, missing.value):
+        for twin in (pickle.loads(pickle.dumps(err)), copy.copy(err), copy.deepcopy(err)):
+            assert type(twin) is type(err) and str(twin) == str(err)
+            assert all(getattr(twin, f) == getattr(err, f) for f in type(err)._fields)
+    assert pickle.loads(pickle.dumps(state_cas.value)).current.value == 1
