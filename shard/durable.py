@@ -174,8 +174,14 @@ class DurableStore:
         except BaseException:
             os.close(lock_fd)
             raise
-        return (cls(path, durability, engine, writer, snapshots, result, opts, lock_fd,
-                    one_writer), engine)
+        store = cls(path, durability, engine, writer, snapshots, result, opts, lock_fd,
+                    one_writer)
+        # The WAL replayed at start is WAL past the newest snapshot too: it counts
+        # toward the next one (a store that keeps crashing before it writes
+        # snapshot_wal_bytes anew would otherwise replay an ever longer log, and a
+        # clean close right after recovery would take no snapshot).
+        store._bytes_since_snapshot = target.bytes_applied
+        return store, engine
 
     def start_scheduler(self) -> None:
         """Embedded use: a thread that runs the shard's upkeep (index slices, due snapshots)."""

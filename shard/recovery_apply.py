@@ -109,12 +109,14 @@ class EngineRecovery:
     instead of the effects.
     """
 
-    __slots__ = ("engine", "_apply", "_files")
+    __slots__ = ("engine", "_apply", "_files", "bytes_applied")
 
     def __init__(self, engine: RecoveryOps):
         self.engine = engine
         self._apply = engine.apply_batches
         self._files = getattr(engine, "history_files", None)
+        #: the WAL record bytes replayed: what a snapshot now would let go of
+        self.bytes_applied = 0
 
     def load_snapshot(self, sections: dict) -> None:
         load(self.engine, sections)
@@ -129,6 +131,7 @@ class EngineRecovery:
         at it (`segment`: the first LSN of its segment file, `offsets`: where
         each record starts in it), which the caller must then give.
         """
+        self.bytes_applied += sum(map(len, payloads))
         if self._files is not None:
             if offsets is None:
                 raise ValueError("a store with history files applies WAL records with their places")
