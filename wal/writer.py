@@ -264,7 +264,15 @@ class WalWriter:
             try:
                 os.posix_fallocate(fd, 0, self.segment_bytes_max)
             except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                if exc.errno == errno.ENOSPC:
+                    # Too little room to reserve a whole segment is no reason to
+                    # refuse to start (and serve reads): append as the space allows,
+                    # and a write that finds none fails then, as without preallocation.
+                    os.ftruncate(fd, offset)
+                    logger.warning("%s: no room to reserve a %d-byte WAL segment; appending "
+                                "without preallocation", self.directory,
+                                self.segment_bytes_max)
+                elif exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                     raise
                 # A filesystem without fallocate: plain appends still work.
         os.lseek(fd, offset, os.SEEK_SET)

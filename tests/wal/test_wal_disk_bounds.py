@@ -149,3 +149,39 @@ def test_damage_before_a_zero_tail_is_still_classified_on_the_whole_file(tmp_pat
     reader = WalReader(tmp_path)
     assert [p for _, _, p in reader] == [b"a"]
     assert reader.outcome.kind == "corruption" and "zero-filled" in reader.outcome.reason
+
+
+def test_too_little_room_to_preallocate_is_no_reason_not_to_open(tmp_path, monkeypatch,
+                                                                  caplog):
+    # A disk with less free space than a whole segment (64 MiB by default): the
+    # store opens, serves and writes as the space allows, without a reserve.
+    import errno
+
+    import inmem.wal.writer as writer_mod
+
+    def full(fd, offset, length):
+        os.ftruncate(fd, offset + length // 3)  # what a partial reservation may leave
+        raise OSError(errno.ENOSPC, "No space left on device")
+    path = tmp_path / "store"
+    db = inmem.open(path, durability="strict")
+    run = db.begin_run(run_id="r")
+    db.kv.put(run, "before", 1)
+    db.close()
+    monkeypatch.setattr(writer_mod.os, "posix_fallocate", full)
+    with caplog.at_level("WARNING", logger="inmem.wal"):
+        db = inmem.open(path, durability="strict")
+    try:
+        assert db.kv.get(run, "before") == 1
+        for i in range(100):
+            db.kv.put(run, f"k{i}", i)
+    finally:
+        db.close()
+    assert "without preallocation" in caplog.text
+    monkeypatch.undo()
+    db = inmem.open(path, durability="strict")
+    try:
+        assert db.kv.get(run, "k99") == 99 and db.kv.get(run, "before") == 1
+        report = db.recovery_report()[0]
+        assert report.corrupt_records_skipped == 0 and report.tail_truncated_bytes == 0
+    finally:
+        db.close()
