@@ -36,9 +36,9 @@ ShardUnavailable. SIGTERM/SIGINT stop the loop; shards are stopped cleanly
 from __future__ import annotations
 
 import itertools
-import secrets
 import logging
 import os
+import secrets
 import signal
 import struct
 import time
@@ -48,7 +48,7 @@ import zmq
 
 import inmem.protocol as protocol
 from inmem.errors import ClusterNotReady, InmemError, ProtocolError, ShardUnavailable
-from inmem.files import CLUSTER_LOCK_NAME, make_dirs, try_lock
+from inmem.files import CLUSTER_LOCK_NAME, make_dirs, socket_in_use, try_lock
 from inmem.keys import (COORDINATOR, KeyFileError, ServerKeys, insecure_warning, is_tcp,
                         public_key, shard_name)
 from inmem.ops import FANOUT_READ_OPS
@@ -915,6 +915,8 @@ def remove_sockets(spec: dict) -> None:
     paths = [e[6:] for e in endpoints if e.startswith("ipc://")]
     paths += [p for p in map(stream_path, endpoints[1:]) if p is not None]
     for path in paths:
+        if socket_in_use(path):
+            continue  # another process serves it now (a cluster given the same endpoint)
         try:
             os.unlink(path)
         except OSError:

@@ -20,7 +20,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
 import stat
+
+from .errors import InmemError
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -337,5 +340,34 @@ def move_to_evidence(path) -> str:
     return target
 
 
+# -- Unix socket files --------------------------------------------------------------
+
+
+def socket_in_use(path: str) -> bool:
+    """Whether a process listens on the Unix stream socket at `path` (a connect gets through)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except TimeoutError:
+        return True  # a listener whose queue is full: still someone's
+    except OSError:
+        return False  # no file, nobody listening (a killed process's), or not a socket
+    finally:
+        probe.close()
+    return True
+
+
+def claim_socket_path(path: str, endpoint: str) -> None:
+    """Make way at `path` for a socket this process binds: InmemError if another process
+    listens there; a socket file nobody listens on (a killed process left it) is removed."""
+    if socket_in_use(path):
+        raise InmemError(f"cannot listen on {endpoint}: another process is serving it")
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 __all__ = ["FILE_MODE", "DIR_MODE", "fsync_dir", "make_dirs", "open_private", "private_opener",
-           "try_lock", "lock_is_held", "CLUSTER_LOCK_NAME", "lock_file_pid", "serving_cluster_root", "data_end", "read_data", "keep_evidence_copy", "move_to_evidence"]
+           "try_lock", "lock_is_held", "CLUSTER_LOCK_NAME", "socket_in_use", "claim_socket_path", "lock_file_pid", "serving_cluster_root", "data_end", "read_data", "keep_evidence_copy", "move_to_evidence"]

@@ -32,6 +32,7 @@ import socket
 
 import zmq
 
+from .files import claim_socket_path
 from .stream import LENGTH, READ_BYTES, FrameTooLarge, split_frames
 
 log = logging.getLogger("inmem.stream")
@@ -90,10 +91,8 @@ class StreamServer:
         self._rview = memoryview(self._rbuf)
         self.refused = 0  # connections closed on arrival (over CONNECTIONS_MAX)
         self.dropped = 0  # connections ended for a frame that is not one
-        try:
-            os.unlink(path)  # a socket file a killed process left
-        except FileNotFoundError:
-            pass
+        # A socket file a killed process left goes; one another process serves is refused.
+        claim_socket_path(path, f"the stream socket {path}")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             # Owner only, from the start: the umask decides the file's mode at bind.

@@ -16,6 +16,7 @@ import select
 import zmq
 
 from .errors import InmemError
+from .files import claim_socket_path
 from .protocol import RECV_QUEUE_MAX
 
 
@@ -47,11 +48,23 @@ def bind_router(ctx: zmq.Context, endpoint: str, max_message_bytes: int,
     # peer cannot grow this process without bound while everyone else is served.
     sock.setsockopt(zmq.RCVHWM, RECV_QUEUE_MAX)
     sock.setsockopt(zmq.SNDHWM, 0)
+    ipc = endpoint.startswith("ipc://")
     try:
-        sock.bind(bind_endpoint(endpoint))
+        if ipc:
+            # ZeroMQ would take the path over from a process serving it.
+            claim_socket_path(endpoint[6:], endpoint)
+            old = os.umask(0o177)  # owner only from the start: the umask decides at bind
+        try:
+            sock.bind(bind_endpoint(endpoint))
+        finally:
+            if ipc:
+                os.umask(old)
     except zmq.ZMQError as exc:
         sock.close(0)
         raise InmemError(f"cannot listen on {endpoint}: {exc}") from None
+    except BaseException:
+        sock.close(0)
+        raise
     return sock
 
 
