@@ -196,6 +196,10 @@ class Compactor:
                         break
                     yield
             except (OSError, InmemError) as exc:
+                if not files.live[no]:
+                    # No run names it any more, so retention removed it meanwhile:
+                    # nothing is left to compact.
+                    continue
                 log.warning("history file %s cannot be measured for compaction: %s", name, exc)
                 continue
             if offs and live_bytes <= limit and live_bytes < size:
@@ -261,8 +265,14 @@ class Compactor:
             if job.phase == "drop":
                 self._drop(job)
         except (OSError, InmemError) as exc:
-            log.error("compaction of history file %s failed, it is kept as it is: %s",
-                      job.source, exc)
+            if not self.files.live[job.source_no]:
+                # Every run that named it was deleted and retention removed the file
+                # meanwhile: nothing was left to compact, so nothing failed.
+                log.debug("compaction of history file %s ends: no run names it any more",
+                          job.source)
+            else:
+                log.error("compaction of history file %s failed, it is kept as it is: %s",
+                          job.source, exc)
             self._abandon(job)
         return self.pending()
 

@@ -373,3 +373,41 @@ def test_info_survives_a_wal_segment_deleted_while_it_is_counted(tmp_path, monke
     finally:
         monkeypatch.undo()
         db.close()
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_a_file_retention_removed_under_a_compaction_ends_it_without_an_error(
+        tmp_path, caplog, monkeypatch, named):
+    # Compaction works in slices; between them the last run naming its file may be
+    # deleted and retention remove the file. That is no failure (nothing was left to
+    # compact); the same error while runs still name the file is one, and says so.
+    from inmem.errors import CorruptionError
+    db = inmem.open(tmp_path / "db", "buffered", clock=pinned_clock(), **MANUAL)
+    churn(db, rounds=3)
+    db.snapshot()
+    db.snapshot()
+    for r in range(3):
+        db.runs.delete(f"gone{r}")
+    store = db._backend.store
+    compactor, files = store.compactor, store.engine.history_files
+    queue = compactor.measure(0.5)
+    assert queue
+    compactor.queue = list(queue)
+    no = queue[0][1]
+
+    def removed(*args):
+        raise CorruptionError(f"the history file {queue[0][0]} is in neither wal nor history")
+    monkeypatch.setattr(compactor, "_copy", removed)
+    live = files.live[no]
+    if not named:
+        files.live[no] = 0  # what deleting the last run naming it leaves
+    try:
+        with caplog.at_level("WARNING", logger="inmem.shard"):
+            compactor.step(store.lock)
+        assert compactor.job is None  # the job ended either way
+        errors = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert bool(errors) == named, caplog.text
+    finally:
+        files.live[no] = live
+        monkeypatch.undo()
+        db.close()
