@@ -105,6 +105,10 @@ class SlotMap:
         """
         existing = cls.read(data_dir)
         if existing is None:
+            _check_no_stores(data_dir, shard_count, count_is_auto)
+            found = _shard_stores(data_dir)
+            if found and count_is_auto:
+                shard_count = max(found) + 1  # as the stores were made (an even map)
             m = cls.even(shard_count)
             m.save(data_dir)
             return m
@@ -115,6 +119,43 @@ class SlotMap:
                 f"for {shard_count}; moving runs between shards is not supported yet, so start "
                 f"with shards = {existing.shard_count} (or \"auto\"), or use a new data directory")
         return existing
+
+
+def _shard_stores(data_dir: str) -> set:
+    """The shard numbers whose store directories (`shard-N/` with a WAL) hold data."""
+    found = set()
+    try:
+        names = os.listdir(data_dir)
+    except FileNotFoundError:
+        return found
+    for name in names:
+        if name.startswith("shard-") and name[6:].isdigit():
+            wal = os.path.join(data_dir, name, "wal")
+            if os.path.isdir(wal) and os.listdir(wal):
+                found.add(int(name[6:]))
+    return found
+
+
+def _check_no_stores(data_dir: str, shard_count: int, count_is_auto: bool) -> None:
+    """Before a new map is made: refuse a directory whose stores it would not route to.
+
+    Without slotmap.json a directory is new, unless it holds shard stores (the
+    file was lost, say, in a restore that left it out) or an embedded store's
+    WAL: then a map for another number of shards, or a cluster over an
+    embedded store, would serve runs from stores that do not hold them.
+    """
+    from inmem.coordinator.config import ConfigError
+    if os.path.isdir(os.path.join(data_dir, "wal")) and os.listdir(os.path.join(data_dir, "wal")):
+        raise ConfigError(f"{data_dir} holds an embedded store (inmem.open), not a cluster's "
+                          "data; give the cluster a directory of its own")
+    found = _shard_stores(data_dir)
+    if not found or count_is_auto:
+        return
+    if max(found) + 1 != shard_count:
+        raise ConfigError(
+            f"{data_dir} holds the stores of shards {sorted(found)} but no slotmap.json; "
+            f"start with shards = {max(found) + 1} (the even map they were made with), or "
+            "restore slotmap.json")
 
 
 def _expand(ranges, shard_count: int, where: str) -> list:

@@ -192,3 +192,38 @@ def test_history_limits_inmemory_shards_and_is_checked():
     for bad in (0, 1.5):
         with pytest.raises(config.ConfigError, match="history_compact_dead_fraction must be"):
             config.load(None, history_compact_dead_fraction=bad)
+
+
+def _store(path: Path) -> None:
+    (path / "wal").mkdir(parents=True)
+    (path / "wal" / "00000000000000000001.wal").write_bytes(b"x")
+
+
+def test_shard_stores_without_a_map_are_refused_for_another_shard_count(tmp_path):
+    # slotmap.json lost (a restore that left it out): a new map for another number of
+    # shards would route runs to stores that do not hold them.
+    for n in (0, 1):
+        _store(tmp_path / f"shard-{n}")
+    with pytest.raises(config.ConfigError, match=r"shards \[0, 1\].*shards = 2"):
+        SlotMap.load_or_create(str(tmp_path), 3, False)
+    assert SlotMap.read(str(tmp_path)) is None  # nothing written
+    # "auto" takes the count the stores were made with; the same count is the same map.
+    assert SlotMap.load_or_create(str(tmp_path), 8, True).shard_count == 2
+    os.unlink(SlotMap.path(str(tmp_path)))
+    assert SlotMap.load_or_create(str(tmp_path), 2, False).owners == SlotMap.even(2).owners
+
+
+def test_an_embedded_stores_directory_is_not_made_a_cluster(tmp_path):
+    db = inmem.open(tmp_path / "store")
+    db.kv.put(db.begin_run(), "k", 1)
+    db.close()
+    with pytest.raises(config.ConfigError, match="embedded store"):
+        SlotMap.load_or_create(str(tmp_path / "store"), 2, False)
+    cluster = inmem.Cluster(data_dir=tmp_path / "store", shards=1, ready_timeout=20)
+    try:
+        with pytest.raises(inmem.InmemError, match="embedded store"):
+            cluster.start()
+    finally:
+        cluster.stop()
+    with inmem.open(tmp_path / "store") as db:  # the store is as it was
+        assert len(db.runs.list()) == 1
