@@ -58,7 +58,11 @@ def _demo_connect(args) -> int:
                               "printed")
     print(f"inmem demo against the cluster at {args.connect} (waiting up to {args.timeout:g} s "
           "for it to be ready)", flush=True)
-    with inmem.connect(args.connect, timeout=args.timeout) as db:
+    keys = args.keys
+    if keys is None and args.config and args.connect.startswith("tcp://"):
+        from inmem.coordinator import config as cfg
+        keys = cfg.load(args.config)["keys"]
+    with inmem.connect(args.connect, timeout=args.timeout, keys=keys) as db:
         _demo_cluster(db, args.runs, play)
     return 0
 
@@ -344,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--path", help="with --embedded: a data directory (default: in memory)")
     d.add_argument("--durability", default="buffered", choices=modes,
                    help="with --embedded --path: the durability mode (default: buffered)")
+    d.add_argument("--keys", help="with --connect to a tcp endpoint: the key directory (or a "
+                                  "client's .key_secret file); default: the --config's")
     d.add_argument("--runs", type=int, default=1, help="how many agent runs to play (default: 1)")
     d.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long to wait for the cluster to be ready (default: 30)")

@@ -309,3 +309,19 @@ def test_the_zap_handler_answers_every_request_and_admits_only_listed_curve_keys
             assert handler.answer(bad)[2] == b"400", bad
     finally:
         ctx.destroy(0)
+
+
+def test_demo_connects_to_a_curve_cluster_with_the_configs_keys_or_its_own(make_cluster,
+                                                                          tmp_path):
+    keyfiles.generate(tmp_path / "keys", 1)
+    ep = f"tcp://127.0.0.1:{_free_port()}"
+    make_cluster(shards=1, durability="inmemory", endpoint=ep, keys=str(tmp_path / "keys"))
+    config = tmp_path / "c.toml"
+    config.write_text(f'[cluster]\ndata_dir = "{tmp_path}/unused"\nendpoint = "{ep}"\n'
+                      f'keys = "{tmp_path}/keys"\n')
+    for args in (["--config", str(config)], ["--keys", str(tmp_path / "keys")]):
+        done = _cli("demo", "--connect", ep, "--timeout", "20", *args)
+        assert done.returncode == 0, done.stderr
+        assert "ended run: completed" in done.stdout
+    without = _cli("demo", "--connect", ep, "--timeout", "2")
+    assert without.returncode == 2 and "keys" in without.stderr
