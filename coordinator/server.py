@@ -147,8 +147,11 @@ class Coordinator:
         spec = self.spec
         make_dirs(spec["data_dir"])
         self._lock_fd = lock_data_dir(spec["data_dir"])
+        # A new map is saved once the cluster serves: a start that fails (an endpoint
+        # it cannot bind) must not fix the data directory's shard count.
+        new_map = SlotMap.read(spec["data_dir"]) is None
         slotmap = SlotMap.load_or_create(spec["data_dir"], len(spec["shards"]),
-                                         spec["shards_auto"])
+                                         spec["shards_auto"], save=False)
         if slotmap.shard_count != len(spec["shards"]):
             spec = self.spec = with_shard_count(spec, slotmap.shard_count)
         self.slotmap = slotmap
@@ -172,6 +175,8 @@ class Coordinator:
         self.supervisor.start_all(fork=True)
         try:
             self._start_serving(spec)
+            if new_map:
+                slotmap.save(spec["data_dir"])
         except BaseException:
             # They have served nothing: no need to wait for a clean stop (a shard
             # killed mid-recovery recovers the same files next time).

@@ -96,8 +96,10 @@ class SlotMap:
                         json.dumps(self.to_json(), indent=1).encode("utf-8"))
 
     @classmethod
-    def load_or_create(cls, data_dir: str, shard_count: int, count_is_auto: bool) -> "SlotMap":
-        """The persisted map; a new even one (saved) for a new data directory.
+    def load_or_create(cls, data_dir: str, shard_count: int, count_is_auto: bool,
+                       save: bool = True) -> "SlotMap":
+        """The persisted map; a new even one (saved, unless `save` is False: the caller
+        saves it once the cluster serves) for a new data directory.
 
         The persisted shard count wins over "auto"; a config that asks for a
         different number explicitly is refused rather than silently routing
@@ -110,7 +112,8 @@ class SlotMap:
             if found and count_is_auto:
                 shard_count = max(found) + 1  # as the stores were made (an even map)
             m = cls.even(shard_count)
-            m.save(data_dir)
+            if save:
+                m.save(data_dir)
             return m
         if existing.shard_count != shard_count and not count_is_auto:
             from inmem.coordinator.config import ConfigError
@@ -121,8 +124,31 @@ class SlotMap:
         return existing
 
 
+def _holds_records(store: str) -> bool:
+    """Whether the store at `store` has a snapshot or a WAL record (a store a start made
+    and then left, its segment preallocated and empty, holds none)."""
+    snaps = os.path.join(store, "snapshots")
+    if os.path.isdir(snaps) and any(n.endswith(".snap") for n in os.listdir(snaps)):
+        return True
+    wal = os.path.join(store, "wal")
+    if not os.path.isdir(wal):
+        return False
+    for name in os.listdir(wal):
+        if not name.endswith(".wal"):
+            continue
+        if name.strip("0") != ".wal":
+            return True  # named after a record past the first: records came before it
+        try:
+            with open(os.path.join(wal, name), "rb") as f:
+                if f.read(8).strip(b"\0"):
+                    return True  # a record's header (an empty segment reads as zeros)
+        except OSError:
+            return True  # cannot tell: count it, and refuse rather than guess
+    return False
+
+
 def _shard_stores(data_dir: str) -> set:
-    """The shard numbers whose store directories (`shard-N/` with a WAL) hold data."""
+    """The shard numbers whose store directories (`shard-N/`) hold records."""
     found = set()
     try:
         names = os.listdir(data_dir)
@@ -130,8 +156,7 @@ def _shard_stores(data_dir: str) -> set:
         return found
     for name in names:
         if name.startswith("shard-") and name[6:].isdigit():
-            wal = os.path.join(data_dir, name, "wal")
-            if os.path.isdir(wal) and os.listdir(wal):
+            if _holds_records(os.path.join(data_dir, name)):
                 found.add(int(name[6:]))
     return found
 
@@ -145,7 +170,7 @@ def _check_no_stores(data_dir: str, shard_count: int, count_is_auto: bool) -> No
     embedded store, would serve runs from stores that do not hold them.
     """
     from inmem.coordinator.config import ConfigError
-    if os.path.isdir(os.path.join(data_dir, "wal")) and os.listdir(os.path.join(data_dir, "wal")):
+    if _holds_records(data_dir):
         raise ConfigError(f"{data_dir} holds an embedded store (inmem.open), not a cluster's "
                           "data; give the cluster a directory of its own")
     found = _shard_stores(data_dir)

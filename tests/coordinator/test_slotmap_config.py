@@ -227,3 +227,28 @@ def test_an_embedded_stores_directory_is_not_made_a_cluster(tmp_path):
         cluster.stop()
     with inmem.open(tmp_path / "store") as db:  # the store is as it was
         assert len(db.runs.list()) == 1
+
+
+def test_a_start_that_cannot_serve_leaves_the_shard_count_open(tmp_path):
+    # Its endpoint is taken: the start fails, and the corrected one may choose the
+    # number of shards again (the failed start's shards made stores, and left them empty).
+    import socket
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    data = tmp_path / "data"
+    failed = inmem.Cluster(data_dir=data, shards=3, durability="strict", ready_timeout=20,
+                           endpoint=f"tcp://127.0.0.1:{port}", insecure=True)
+    try:
+        with pytest.raises(inmem.InmemError, match="cannot listen"):
+            failed.start()
+    finally:
+        failed.stop()
+        taken.close()
+    assert not (data / "slotmap.json").exists()
+    with inmem.Cluster(data_dir=data, shards=2, durability="strict") as cluster:
+        db = cluster.connect()
+        assert db.kv.put(db.begin_run(), "k", 1) == 1
+        db.close()
+    assert SlotMap.read(str(data)).shard_count == 2
