@@ -189,9 +189,10 @@ class SearchIndex:
         than every journal from its first entry, most of which is on disk: each
         run's journal length is noted now and becomes its watermark (what lies
         below it is covered by the tables), and its tables are indexed in
-        slices; the journal is followed once they are done. A write made meanwhile is
-        indexed from the journal too, which is harmless: indexing a key's
-        current entry twice leaves one document.
+        slices, each key's entry as it is when its turn comes. The journals past
+        the watermarks are followed before every slice, so a write or delete
+        made meanwhile is in the index at once; the table pass meeting that key
+        later indexes its current entry again, which is harmless (one document).
         """
         self.rebuilding = bool(runs)
         if not runs:
@@ -223,6 +224,11 @@ class SearchIndex:
                     if runs.get(run_id) is not r:
                         break
                     for key, e in chunk:
+                        # As it is now: the chunk was taken before other work ran, and a
+                        # key written or deleted since is the journals' to index.
+                        e = table.get(key)
+                        if e is None:
+                            continue
                         at = plain_at[e[0]]
                         # No text: nothing to index, and (each key is met once,
                         # before the journals are read) nothing indexed to replace.
@@ -282,11 +288,15 @@ class SearchIndex:
         """
         for run_id in [r for r in self.watermark if r not in runs]:
             self.drop_run(run_id)
-        if self._tables is not None and not self._tables_step(runs, deadline):
-            return False
+        # The journals first, the table pass of a rebuild after: what was written or
+        # deleted since the rebuild began is in the index before more of the tables
+        # is, so a search that answers from an incomplete index misses documents but
+        # never finds one the store no longer has.
         for run_id, r in runs.items():
             if not self._catch_up_run(run_id, r, len(r.journal), deadline):
                 return False
+        if self._tables is not None and not self._tables_step(runs, deadline):
+            return False
         heap = self.expiring
         while heap and heap[0][0] <= now_us:
             expires_at, doc, eff = heapq.heappop(heap)
