@@ -84,6 +84,38 @@ def drain(sock: zmq.Socket, limit: int):
         return
 
 
+def drain_noting_keys(sock: zmq.Socket, limit: int, keys: dict):
+    """`drain` for a Curve ROUTER, noting in `keys` each peer's public key (Z85) as its
+    handshake proved it (the message's User-Id, which the ZAP handler sets to the key).
+
+    A peer's routing id is its own choice; the key is not. `keys` is cleared
+    when it grows past KEYS_KEPT (a peer's next message notes it again).
+    """
+    recv = sock.recv
+    noblock = zmq.NOBLOCK
+    more = zmq.RCVMORE
+    getsockopt = sock.getsockopt
+    try:
+        for _ in range(limit):
+            first = recv(noblock, copy=False)
+            parts = [first.bytes]
+            while getsockopt(more):
+                parts.append(recv(noblock))
+            if len(keys) >= KEYS_KEPT:
+                keys.clear()
+            try:
+                keys[parts[0]] = first.get("User-Id")
+            except zmq.ZMQError:
+                keys[parts[0]] = None
+            yield parts
+    except zmq.Again:
+        return
+
+
+#: peers whose keys `drain_noting_keys` keeps at most
+KEYS_KEPT = 4096
+
+
 class RouterPoll:
     """One `select.poll` over a ROUTER (through its ZMQ_FD) and plain descriptors, for a loop
     that owns the socket.

@@ -62,7 +62,7 @@ import zmq
 import inmem.protocol as protocol
 from inmem.errors import DurabilityError, InmemError, InvalidValue, ProtocolError, SlotMoved
 from inmem.files import make_dirs
-from inmem.keys import ServerKeys, insecure_warning, is_tcp, shard_name
+from inmem.keys import COORDINATOR, ServerKeys, insecure_warning, is_tcp, public_key, shard_name
 from inmem.processes import (HELLO_TOKEN_ENV, clear_exit_note, die_with_parent,
                              write_exit_note)
 from inmem.protocol import KIND_ADMIN, KIND_BATCH, KIND_OP, slot_of
@@ -72,7 +72,7 @@ from inmem.shard.engine import Engine, put_series_end
 from inmem.shard.upkeep import UPKEEP_EVERY_S, IndexShare, index_slice, shard_info, upkeep
 from inmem.stream import stream_path
 from inmem.stream_server import Connection, StreamServer
-from inmem.transport import RouterPoll, bind_router, drain, ipc_dir
+from inmem.transport import RouterPoll, bind_router, drain, drain_noting_keys, ipc_dir
 
 log = logging.getLogger("inmem.shard")
 
@@ -111,6 +111,10 @@ class Worker:
         self.requests = 0
         #: slot -> owning shard, from the coordinator's hello (None: not told yet)
         self.owners = None
+        #: on Curve: ZeroMQ peer -> the public key its handshake used, and the
+        #: coordinator's (see run_admin); None otherwise
+        self.peer_keys: dict | None = None
+        self.coordinator_key: str | None = None
         #: the token of the coordinator that started this shard (see admin_hello)
         self.hello_token = spec.get("hello_token") or os.environ.pop(HELLO_TOKEN_ENV, None)
         #: the slots of the runs requests named last (see _not_ours)
@@ -170,6 +174,11 @@ class Worker:
                 log.warning("%s", insecure_warning([self.endpoint]))
         self.server_keys = server_keys
         sock = bind_router(self.ctx, self.endpoint, self.max_message_bytes, server_keys)
+        if server_keys is not None:
+            # Whose key each ZeroMQ peer's handshake used (see run_admin): the
+            # coordinator's is the only one that may send this shard its slot map.
+            self.coordinator_key = public_key(self.spec["keys"], COORDINATOR).decode()
+            self.peer_keys = {}
         self.sock = sock
         path = stream_path(self.endpoint)
         if path is not None:
@@ -197,13 +206,15 @@ class Worker:
         rebuilding = self.engine.index_rebuilding
         frozen = not rebuilding()
         index_share = IndexShare(self.engine, self.lock)
+        peer_keys = self.peer_keys
 
         def take(timeout: int, batch: list) -> bool:
             # Every request ready within `timeout` ms onto `batch`, the ROUTER's first
             # (see RouterPoll); whether anything was ready.
             ready, events = wait(timeout)
             if ready:
-                batch.extend(drain(sock, DRAIN_MAX))
+                batch.extend(drain(sock, DRAIN_MAX) if peer_keys is None
+                             else drain_noting_keys(sock, DRAIN_MAX, peer_keys))
             if stream is not None and events:
                 stream.read(events, batch, DRAIN_MAX)
             return ready or bool(events)
@@ -362,7 +373,7 @@ class Worker:
             elif kind == KIND_BATCH:
                 body = self.run_batch(frames[-1], refuse_writes)
             elif kind == KIND_ADMIN:
-                body = self.run_admin(frames[-1], type(frames[0]) is Connection)
+                body = self.run_admin(frames[-1], frames[0])
             else:
                 self.protocol_errors += 1
                 body = protocol.error_body(ProtocolError("a shard does not answer cluster requests"))
@@ -524,7 +535,7 @@ class Worker:
 
         return moved
 
-    def run_admin(self, body, from_stream: bool = False) -> bytes:
+    def run_admin(self, body, peer=None) -> bytes:
         try:
             name, args = protocol.decode_op(body, protocol.ADMIN_OPS)
         except ProtocolError as exc:
@@ -533,11 +544,14 @@ class Worker:
         try:
             if name in protocol.DEBUG_OPS and not self.spec.get("test_hooks"):
                 raise ProtocolError(f"{name}: test hooks are off in this cluster")
-            if name == "hello" and args and from_stream:
-                # The coordinator's link is its ZeroMQ socket: a slot map that comes
-                # over a stream connection is some other process's.
-                raise ProtocolError("hello: a slot map is the coordinator's to send, and "
-                                    "it never comes over a stream connection")
+            if name == "hello" and args and (type(peer) is Connection or (
+                    self.peer_keys is not None
+                    and self.peer_keys.get(peer) != self.coordinator_key)):
+                # The coordinator's link is its ZeroMQ socket, and on Curve its
+                # handshake used the coordinator's key: a slot map from anyone else
+                # is some other process's.
+                raise ProtocolError("hello: a slot map is the coordinator's to send, over "
+                                    "its own link")
             result = getattr(self, "admin_" + name.replace(".", "_"))(*args)
         except InmemError as exc:
             result = exc
@@ -556,7 +570,8 @@ class Worker:
         A shard its coordinator started knows that coordinator's token, and
         takes a slot map only with it: the map decides which runs the shard
         serves, so no other peer may change it. A remote shard, started by
-        hand, has no token: only the cluster's admitted Curve keys reach it.
+        hand, has no token: on Curve it takes a map only from the peer whose
+        handshake used the coordinator's key (`run_admin`).
         """
         if owners is not None:
             if self.hello_token is not None and token != self.hello_token:

@@ -325,3 +325,57 @@ def test_demo_connects_to_a_curve_cluster_with_the_configs_keys_or_its_own(make_
         assert "ended run: completed" in done.stdout
     without = _cli("demo", "--connect", ep, "--timeout", "2")
     assert without.returncode == 2 and "keys" in without.stderr
+
+
+def _forged_hello(endpoint: str, curve, routing_id: bytes | None = None):
+    """An admin hello giving every slot to shard 0, sent straight to a shard; its reply or None."""
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if routing_id is not None:
+            sock.setsockopt(zmq.ROUTING_ID, routing_id)
+        keyfiles.client(sock, *curve)
+        sock.connect(endpoint)
+        body = msgpack.packb(["hello", [b"\x00\x00" * protocol.SLOT_COUNT]], use_bin_type=True)
+        sock.send_multipart([protocol.header(protocol.KIND_ADMIN, 0, 1), body])
+        if sock.poll(1500):
+            return protocol.unpack_reply(sock.recv_multipart()[1])
+        return None
+    finally:
+        ctx.destroy(0)
+
+
+@pytest.mark.timeout(120)
+def test_a_remote_shard_takes_its_slot_map_from_the_coordinator_only(make_cluster, tmp_path):
+    keys_dir = tmp_path / "keys"
+    keyfiles.generate(keys_dir, 2)
+    port = _free_port()
+    cfg = _remote_config(tmp_path, port, keys_dir)
+    remote = subprocess.Popen([sys.executable, "-m", "inmem", "shard", "serve", "--config", cfg,
+                               "--shard", "1"], env=child_env(), start_new_session=True,
+                              stdin=subprocess.DEVNULL)
+    try:
+        cluster = make_cluster(config=cfg, data_dir=tmp_path / "data")
+        with cluster.connect(keys=str(keys_dir)) as db:
+            far = runs_on_each_shard(db, 2, prefix="hello")[1][0]
+            db.begin_run(run_id=far)
+            db.kv.put(far, "k", 1)
+        shard = f"tcp://localhost:{port}"
+        client = (*keyfiles.keypair(keys_dir, "client"), keyfiles.public_key(keys_dir, "shard-1"))
+        # An admitted client key: its map is refused, whatever routing id it gives.
+        for routing_id in (None, b"coordinator", b"\x00\x01\x02\x03\x04"):
+            got = _forged_hello(shard, client, routing_id)
+            assert isinstance(got, inmem.ProtocolError) and "coordinator" in str(got), got
+        for options in ({}, {"direct": False}):
+            with cluster.connect(keys=str(keys_dir), **options) as db:
+                assert db.kv.get(far, "k") == 1
+        # A coordinator started again finds the remote shard and sets its map as before.
+        cluster.stop()
+        cluster.start()
+        for options in ({}, {"direct": False}):
+            with cluster.connect(keys=str(keys_dir), **options) as db:
+                assert db.kv.get(far, "k") == 1
+    finally:
+        remote.kill()
+        remote.wait(10)
