@@ -561,8 +561,10 @@ class Coordinator:
     def _unavailable(self, ident, head, link: ShardLink) -> None:
         self.counters["shard_unavailable"] += 1
         h = link.handle
+        # A send that fails to a shard still marked ready: it is gone, not known so yet.
+        state = "not connected" if h.state == READY else h.state
         self._error(ident, head, ShardUnavailable(
-            f"shard {h.id} is {h.state}; retry shortly"
+            f"shard {h.id} is {state}; retry shortly"
             + (f" (last exit {h.last_exit}: {h.last_error})" if h.last_error else "")))
 
     def _overloaded(self, ident, head, link: ShardLink) -> None:
