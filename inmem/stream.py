@@ -245,23 +245,11 @@ class StreamChannel:
 
     def _skip(self, count: int, deadline: float) -> bool:
         """Read and drop the next `count` bytes; False (the stream closed) past the deadline."""
-        scratch = bytearray(min(count, 1 << 20))
-        view = memoryview(scratch)
+        scratch = memoryview(bytearray(min(count, 1 << 20)))
         while count:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.close()  # out of step in the middle of a message: it ends here
+            n = self._read_into(scratch[:min(count, len(scratch))], deadline)
+            if n is None:
                 return False
-            if not self._wait.poll(_ms(remaining)):
-                continue
-            try:
-                n = self.sock.recv_into(view, min(count, len(scratch)))
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                raise StreamClosed(str(exc)) from None
-            if n == 0:
-                raise StreamClosed("the shard closed the connection")
             count -= n
         return True
 
@@ -272,23 +260,31 @@ class StreamChannel:
         have = len(start)
         view[:have] = start
         while have < end:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                # Give up on this message; the stream is then out of step, so end it.
-                self.close()
+            n = self._read_into(view[have:], deadline)
+            if n is None:
                 return None
-            if not self._wait.poll(_ms(remaining)):
-                continue
-            try:
-                n = self.sock.recv_into(view[have:])
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                raise StreamClosed(str(exc)) from None
-            if n == 0:
-                raise StreamClosed("the shard closed the connection")
             have += n
         return [bytes(view[LENGTH.size:PREFIX_BYTES]), view[PREFIX_BYTES:]]
+
+    def _read_into(self, view, deadline: float) -> int | None:
+        """One read into `view` once the socket has bytes (how many: 0 when it had none
+        after all); None past the deadline, which ends the stream (it is then in the
+        middle of a message, out of step); StreamClosed when the shard is gone."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            self.close()
+            return None
+        if not self._wait.poll(_ms(remaining)):
+            return 0
+        try:
+            n = self.sock.recv_into(view)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise StreamClosed(str(exc)) from None
+        if n == 0:
+            raise StreamClosed("the shard closed the connection")
+        return n
 
 
 def _ms(seconds: float) -> int:

@@ -156,6 +156,21 @@ remote = true
     return str(cfg)
 
 
+def _remote_setup(tmp_path) -> tuple:
+    """(key directory, the remote shard's port, config) of a 2-shard Curve cluster."""
+    keys_dir = tmp_path / "keys"
+    keyfiles.generate(keys_dir, 2)
+    port = _free_port()
+    return keys_dir, port, _remote_config(tmp_path, port, keys_dir)
+
+
+def _start_remote_shard(cfg: str) -> subprocess.Popen:
+    """Shard 1 of the config, started by hand as on its own host."""
+    return subprocess.Popen([sys.executable, "-m", "inmem", "shard", "serve", "--config", cfg,
+                             "--shard", "1"], env=child_env(), start_new_session=True,
+                            stdin=subprocess.DEVNULL)
+
+
 def _intruder_put(endpoint: str, run: str, curve=None, wait_ms: int = 1500):
     """Send one well-formed kv.put, as a client without the cluster's keys; the reply or None."""
     ctx = zmq.Context()
@@ -176,13 +191,8 @@ def _intruder_put(endpoint: str, run: str, curve=None, wait_ms: int = 1500):
 
 @pytest.mark.timeout(120)
 def test_a_curve_cluster_with_a_remote_shard_admits_only_its_keys(make_cluster, tmp_path):
-    keys_dir = tmp_path / "keys"
-    keyfiles.generate(keys_dir, 2)
-    port = _free_port()
-    cfg = _remote_config(tmp_path, port, keys_dir)
-    remote = subprocess.Popen([sys.executable, "-m", "inmem", "shard", "serve", "--config", cfg,
-                               "--shard", "1"], env=child_env(), start_new_session=True,
-                              stdin=subprocess.DEVNULL)
+    keys_dir, port, cfg = _remote_setup(tmp_path)
+    remote = _start_remote_shard(cfg)
     try:
         cluster = make_cluster(config=cfg, data_dir=tmp_path / "data")
         ids = {}
@@ -245,9 +255,7 @@ def test_a_curve_cluster_with_a_remote_shard_admits_only_its_keys(make_cluster, 
                  "the silent remote shard to be marked down")
         r = _cli("status", "--config", cfg)
         assert r.returncode == 1 and "shard 1: down" in r.stdout and "remote" in r.stdout
-        remote = subprocess.Popen([sys.executable, "-m", "inmem", "shard", "serve", "--config",
-                                   cfg, "--shard", "1"], env=child_env(), start_new_session=True,
-                                  stdin=subprocess.DEVNULL)
+        remote = _start_remote_shard(cfg)
         wait_for(lambda: cluster.status()["shards"][1]["state"] == "ready", 30,
                  "the remote shard to be back")
         r = _cli("status", "--config", cfg)
@@ -348,13 +356,8 @@ def _forged_hello(endpoint: str, curve, routing_id: bytes | None = None):
 
 @pytest.mark.timeout(120)
 def test_a_remote_shard_takes_its_slot_map_from_the_coordinator_only(make_cluster, tmp_path):
-    keys_dir = tmp_path / "keys"
-    keyfiles.generate(keys_dir, 2)
-    port = _free_port()
-    cfg = _remote_config(tmp_path, port, keys_dir)
-    remote = subprocess.Popen([sys.executable, "-m", "inmem", "shard", "serve", "--config", cfg,
-                               "--shard", "1"], env=child_env(), start_new_session=True,
-                              stdin=subprocess.DEVNULL)
+    keys_dir, port, cfg = _remote_setup(tmp_path)
+    remote = _start_remote_shard(cfg)
     try:
         cluster = make_cluster(config=cfg, data_dir=tmp_path / "data")
         with cluster.connect(keys=str(keys_dir)) as db:

@@ -134,14 +134,20 @@ def test_the_shard_compacts_by_itself_once_a_file_is_mostly_dead(tmp_path):
         assert views(db) == before
 
 
-def test_compaction_is_off_without_a_policy_and_the_option_is_checked(tmp_path):
-    path = tmp_path / "db"
+def _mostly_dead(path):
+    """A store without a compaction policy whose history files are mostly deleted runs'."""
     db = inmem.open(path, "buffered", clock=pinned_clock(), **MANUAL)
     churn(db, rounds=3)
     db.snapshot()
     db.snapshot()
     for r in range(3):
         db.runs.delete(f"gone{r}")
+    return db
+
+
+def test_compaction_is_off_without_a_policy_and_the_option_is_checked(tmp_path):
+    path = tmp_path / "db"
+    db = _mostly_dead(path)
     store = db._backend.store
     for _ in range(5):
         assert store.compact_step() is False
@@ -382,12 +388,7 @@ def test_a_file_retention_removed_under_a_compaction_ends_it_without_an_error(
     # deleted and retention remove the file. That is no failure (nothing was left to
     # compact); the same error while runs still name the file is one, and says so.
     from inmem.errors import CorruptionError
-    db = inmem.open(tmp_path / "db", "buffered", clock=pinned_clock(), **MANUAL)
-    churn(db, rounds=3)
-    db.snapshot()
-    db.snapshot()
-    for r in range(3):
-        db.runs.delete(f"gone{r}")
+    db = _mostly_dead(tmp_path / "db")
     store = db._backend.store
     compactor, files = store.compactor, store.engine.history_files
     queue = compactor.measure(0.5)
