@@ -397,6 +397,10 @@ class AsyncPipeline(Pipeline):
 class AsyncDatabase:
     """The store for asyncio code. Get one with `await inmem.asyncio.open(...)` or `.connect(...)`."""
 
+    def __reduce__(self):
+        raise TypeError("a Database cannot be pickled or sent to another process: open or "
+                        "connect again there (inmem.asyncio.open(path), .connect(url))")
+
     def __init__(self, backend):
         self._backend = backend
         self._closed = False

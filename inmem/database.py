@@ -34,6 +34,10 @@ class Database:
             db.kv.put(run, "goal", "summarise")
     """
 
+    def __reduce__(self):
+        raise TypeError("a Database cannot be pickled or sent to another process: open or "
+                        "connect again there (inmem.open(path), inmem.connect(url))")
+
     def __init__(self, backend: Backend):
         self._backend = backend
         self._closed = False

@@ -163,13 +163,24 @@ class StreamChannel:
         """Send one message; StreamClosed if the shard is gone, TimeoutError past the deadline."""
         data = frame(head, body)
         try:
-            sent = self.sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            raise StreamClosed(str(exc)) from None
-        if sent < len(data):
-            self._send_rest(data, sent, deadline)
+            try:
+                sent = self.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise StreamClosed(str(exc)) from None
+            if sent < len(data):
+                self._send_rest(data, sent, deadline)
+        except (StreamClosed, TimeoutError):
+            raise
+        except BaseException:
+            # Interrupted (Ctrl-C, an exception from a signal handler), perhaps with part
+            # of the frame out: what follows on this stream could complete that frame
+            # with another request's bytes. It ends here; the shard drops an unfinished
+            # frame unapplied, and the next call connects again.
+            if not self.closed:
+                self.close()
+            raise
 
     def _send_rest(self, data: bytes, sent: int, deadline: float) -> None:
         """The rest of a frame the socket's buffer did not take at once."""

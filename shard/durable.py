@@ -207,8 +207,9 @@ class DurableStore:
     def check_writable(self) -> None:
         if self.writer.failed:
             raise DurabilityError(
-                f"the WAL of {self.path} failed ({self.writer.error}); this store refuses writes "
-                "until it is reopened and recovered from disk")
+                f"the WAL of {self.path} failed ({self.writer.error!r}: a write or fsync that "
+                "did not finish, the disk's error or an interrupt such as Ctrl-C in the middle "
+                "of one); this store refuses writes until it is reopened and recovered from disk")
 
     def commit_locked(self, defer_placing: bool = False):
         """The durable commit step, after the engine applied operations. Hold the engine lock.

@@ -540,3 +540,9 @@ def test_errors_pickle_and_copy_with_their_message_and_fields(db, run):
             assert type(twin) is type(err) and str(twin) == str(err)
             assert all(getattr(twin, f) == getattr(err, f) for f in type(err)._fields)
     assert pickle.loads(pickle.dumps(state_cas.value)).current.value == 1
+
+
+def test_a_database_says_it_cannot_be_pickled(db):
+    import pickle
+    with pytest.raises(TypeError, match="open or connect again"):
+        pickle.dumps(db)

@@ -262,3 +262,27 @@ def test_a_send_that_times_out_part_way_ends_the_channel(server):
         for i in range(1000):
             chan.send(header(KIND_OP, 1, i), b"x" * 200_000, time.monotonic() + 0.2)
     assert chan.closed, "a half-sent frame would put the stream out of step"
+
+
+def test_a_send_interrupted_part_way_ends_the_channel(server):
+    # Ctrl-C (or any exception a signal handler raises) while a frame is half out: the
+    # rest of the stream would complete that frame with the next request's bytes.
+    import signal
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum, frame):
+        raise Interrupted
+    chan = connect(server)
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Interrupted):
+            # Nobody reads on the other side: a send waits for room until interrupted.
+            for i in range(1000):
+                chan.send(header(KIND_OP, 1, i), b"x" * 200_000, time.monotonic() + 30)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert chan.closed, "a half-sent frame would put the stream out of step"
