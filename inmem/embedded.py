@@ -9,7 +9,9 @@ which lets the writes of many threads share one fsync (group commit).
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 
 import msgpack
 
@@ -22,13 +24,39 @@ from .sections import KV, as_pairs
 from .errors import InmemError, InvalidValue
 
 
+#: durable embedded stores of this process, for the fork guard below
+_durable_backends: "weakref.WeakSet[EmbeddedBackend]" = weakref.WeakSet()
+_FORKED = ("this store was opened before fork(); a child process opens it itself, once the "
+           "parent has closed it (two processes must never write one WAL)")
+
+
+def _after_fork_in_child() -> None:
+    # The child shares the parent's WAL files and directory lock: anything it wrote
+    # or a close() it ran (a flush, a snapshot, WAL retention) would go into the
+    # parent's log behind its back. Its copy of the store only refuses, and its
+    # close() touches nothing.
+    for backend in list(_durable_backends):
+        backend._closed = _FORKED
+        backend._forked = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _closed_error(backend) -> InmemError:
+    return InmemError(_FORKED if backend._forked else "the database is closed")
+
+
 class EmbeddedBackend:
     def __init__(self, engine: Engine, store=None):
         self.engine = engine
         self.store = store  # shard.durable.DurableStore, or None for inmemory
         self.lock = threading.RLock() if store is None else store.lock
         self._closed = False
+        self._forked = False
         self._execute = engine.execute
+        if store is not None:
+            _durable_backends.add(self)
 
     # -- the one entry point -------------------------------------------------------
 
@@ -63,9 +91,11 @@ class EmbeddedBackend:
         nothing written); the caller waits for it outside the lock.
         """
         store = self.store
+        if self._forked:
+            raise _closed_error(self)  # before the lock, which a parent's thread may hold
         with self.lock:
             if self._closed:
-                raise InmemError("the database is closed")
+                raise _closed_error(self)
             if writes and store.writer.failed:
                 store.check_writable()  # reads still answer from memory
             result = fn(*fn_args)
@@ -84,11 +114,15 @@ class EmbeddedBackend:
     def snapshot(self) -> list:
         if self.store is None:
             return []
+        if self._forked:
+            raise _closed_error(self)
         return self.store.snapshot()
 
     def compact_history(self) -> list:
         if self.store is None:
             return []
+        if self._forked:
+            raise _closed_error(self)
         return [{"shard": 0, **self.store.compact_history()}]
 
     def recovery_report(self) -> list:
@@ -99,6 +133,8 @@ class EmbeddedBackend:
             return {"ready": True, "shards": [shard_info(0, self.engine, self.store)]}
 
     def close(self) -> None:
+        if self._forked:
+            return  # the parent's store: nothing of it is this process's to close
         with self.lock:
             if self._closed:
                 return
@@ -138,7 +174,7 @@ class _FastKV(KV):
             acquire()
             try:
                 if backend._closed:
-                    raise InmemError("the database is closed")
+                    raise _closed_error(backend)
                 # The engine's kv_get inlined for a plain entry (no expiry, not
                 # deleted), whose value sits at a fixed place: 15-20% of a read.
                 # Anything else (no such run or key, a bad argument, a TTL) goes
@@ -160,7 +196,7 @@ class _FastKV(KV):
             acquire()
             try:
                 if backend._closed:
-                    raise InmemError("the database is closed")
+                    raise _closed_error(backend)
                 try:
                     return kv_get_linked(run, key, field)
                 except TypeError as exc:  # as the engine's dispatch says it
@@ -173,7 +209,7 @@ class _FastKV(KV):
                 acquire()
                 try:
                     if backend._closed:
-                        raise InmemError("the database is closed")
+                        raise _closed_error(backend)
                     return kv_put(run, key, value, ttl)
                 finally:
                     release()
@@ -184,7 +220,7 @@ class _FastKV(KV):
                 acquire()
                 try:
                     if backend._closed:
-                        raise InmemError("the database is closed")
+                        raise _closed_error(backend)
                     return kv_put_many(run, items, ttl)
                 finally:
                     release()
@@ -197,7 +233,7 @@ class _FastKV(KV):
                 acquire()
                 try:
                     if backend._closed:
-                        raise InmemError("the database is closed")
+                        raise _closed_error(backend)
                     if writer.failed:
                         store.check_writable()
                     version = kv_put(run, key, value, ttl)
@@ -215,7 +251,7 @@ class _FastKV(KV):
                 acquire()
                 try:
                     if backend._closed:
-                        raise InmemError("the database is closed")
+                        raise _closed_error(backend)
                     if writer.failed:
                         store.check_writable()
                     versions = kv_put_many(run, items, ttl)
