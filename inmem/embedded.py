@@ -96,10 +96,17 @@ class EmbeddedBackend:
         with self.lock:
             if self._closed:
                 raise _closed_error(self)
-            if writes and store.writer.failed:
+            if writes and (store.writer.failed or store.interrupted is not None):
                 store.check_writable()  # reads still answer from memory
-            result = fn(*fn_args)
-            token = store.commit_locked()
+            try:
+                result = fn(*fn_args)
+                token = store.commit_locked()
+            except Exception:
+                raise  # the engine's refusals change nothing (encode before applying)
+            except BaseException as exc:
+                if writes:
+                    store.mark_interrupted(exc)
+                raise
         return result, token
 
     def fanout(self, op, args) -> list:
@@ -234,10 +241,16 @@ class _FastKV(KV):
                 try:
                     if backend._closed:
                         raise _closed_error(backend)
-                    if writer.failed:
+                    if writer.failed or store.interrupted is not None:
                         store.check_writable()
-                    version = kv_put(run, key, value, ttl)
-                    token = commit()
+                    try:
+                        version = kv_put(run, key, value, ttl)
+                        token = commit()
+                    except Exception:
+                        raise
+                    except BaseException as exc:  # see EmbeddedBackend.apply
+                        store.mark_interrupted(exc)
+                        raise
                 finally:
                     release()
                 if token is not None:
@@ -252,10 +265,16 @@ class _FastKV(KV):
                 try:
                     if backend._closed:
                         raise _closed_error(backend)
-                    if writer.failed:
+                    if writer.failed or store.interrupted is not None:
                         store.check_writable()
-                    versions = kv_put_many(run, items, ttl)
-                    token = commit()
+                    try:
+                        versions = kv_put_many(run, items, ttl)
+                        token = commit()
+                    except Exception:
+                        raise
+                    except BaseException as exc:  # see EmbeddedBackend.apply
+                        store.mark_interrupted(exc)
+                        raise
                 finally:
                     release()
                 if token is not None:

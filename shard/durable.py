@@ -96,6 +96,8 @@ class DurableStore:
         self._flush_interval_s = options["flush_interval_ms"] / 1000
         self._flush_at: float | None = None
         self._bytes_since_snapshot = 0
+        #: what interrupted a write part way (see mark_interrupted); None: nothing
+        self.interrupted: BaseException | None = None
         #: (groups, where the writer put the record, its payload) of records handed over
         #: by a commit that left placing them for later (`commit_locked(defer_placing=True)`,
         #: then `place_handed`)
@@ -204,7 +206,24 @@ class DurableStore:
 
     # -- the write path ------------------------------------------------------------
 
+    def mark_interrupted(self, exc: BaseException) -> None:
+        """A write was interrupted part way (Ctrl-C, an exception from a signal handler).
+
+        The engine may then hold part of it, and the runs' histories may not
+        match the records handed to the WAL: nothing more is written, and no
+        snapshot is taken from this memory. The WAL's records are whole, and the
+        closing flush still writes them; reopening recovers from them.
+        """
+        if self.interrupted is None:
+            self.interrupted = exc
+            log.error("%s: a write was interrupted part way (%r); the store refuses writes "
+                      "and takes no snapshot until it is reopened", self.path, exc)
+
     def check_writable(self) -> None:
+        if self.interrupted is not None:
+            raise DurabilityError(
+                f"a write to {self.path} was interrupted part way ({self.interrupted!r}); this "
+                "store refuses writes until it is reopened, which recovers it from disk")
         if self.writer.failed:
             raise DurabilityError(
                 f"the WAL of {self.path} failed ({self.writer.error!r}: a write or fsync that "
@@ -354,7 +373,7 @@ class DurableStore:
 
     def compact_step(self) -> bool:
         """One slice of the automatic history compaction (`shard.history_compaction`)."""
-        if self.writer.failed or self._closed:
+        if self.writer.failed or self._closed or self.interrupted is not None:
             return False
         self._place_all()
         return self.compactor.step(self.lock)
@@ -363,6 +382,8 @@ class DurableStore:
         """Compact every history file that holds a dead record, now; what it did."""
         if self._closed:
             raise InmemError("the store is closed")
+        if self.interrupted is not None:
+            self.check_writable()
         self._place_all()
         return self.compactor.run_all(self.lock)
 
@@ -385,7 +406,7 @@ class DurableStore:
         interval = self.options["snapshot_interval_s"]
         due_time = (interval is not None and self._bytes_since_snapshot > 0
                     and time.monotonic() - self._last_snapshot >= interval)
-        if due_bytes or due_time:
+        if (due_bytes or due_time) and self.interrupted is None:
             self._start_snapshot()
 
     def snapshot(self) -> list:
@@ -394,6 +415,8 @@ class DurableStore:
         Safe from many threads: each call waits for a snapshot forked after it
         began, its own or one that another thread started meanwhile.
         """
+        if self.interrupted is not None:
+            self.check_writable()  # says why: this memory is not to be written down
         running = self._child
         if running is not None:
             # Forked before this call, it may miss writes acknowledged since; its
@@ -568,7 +591,8 @@ class DurableStore:
             if not self.writer.failed:
                 with self.lock:
                     self.flush()
-                if self.options["snapshot_on_close"] and self._bytes_since_snapshot > 0:
+                if (self.options["snapshot_on_close"] and self._bytes_since_snapshot > 0
+                        and self.interrupted is None):
                     self._start_snapshot()
                     self._reap(block=True)
         finally:
