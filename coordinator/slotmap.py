@@ -107,8 +107,7 @@ class SlotMap:
         """
         existing = cls.read(data_dir)
         if existing is None:
-            _check_no_stores(data_dir, shard_count, count_is_auto)
-            found = _shard_stores(data_dir)
+            found = _check_no_stores(data_dir, shard_count, count_is_auto)
             if found and count_is_auto:
                 shard_count = max(found) + 1  # as the stores were made (an even map)
             m = cls.even(shard_count)
@@ -161,8 +160,9 @@ def _shard_stores(data_dir: str) -> set:
     return found
 
 
-def _check_no_stores(data_dir: str, shard_count: int, count_is_auto: bool) -> None:
-    """Before a new map is made: refuse a directory whose stores it would not route to.
+def _check_no_stores(data_dir: str, shard_count: int, count_is_auto: bool) -> set:
+    """Before a new map is made: refuse a directory whose stores it would not route to;
+    the shard numbers whose stores hold records (`_shard_stores`).
 
     Without slotmap.json a directory is new, unless it holds shard stores (the
     file was lost, say, in a restore that left it out) or an embedded store's
@@ -174,13 +174,12 @@ def _check_no_stores(data_dir: str, shard_count: int, count_is_auto: bool) -> No
         raise ConfigError(f"{data_dir} holds an embedded store (inmem.open), not a cluster's "
                           "data; give the cluster a directory of its own")
     found = _shard_stores(data_dir)
-    if not found or count_is_auto:
-        return
-    if max(found) + 1 != shard_count:
+    if found and not count_is_auto and max(found) + 1 != shard_count:
         raise ConfigError(
             f"{data_dir} holds the stores of shards {sorted(found)} but no slotmap.json; "
             f"start with shards = {max(found) + 1} (the even map they were made with), or "
             "restore slotmap.json")
+    return found
 
 
 def _expand(ranges, shard_count: int, where: str) -> list:

@@ -37,14 +37,13 @@ def _after_fork_in_child() -> None:
     # close() touches nothing.
     for backend in list(_durable_backends):
         backend._closed = _FORKED
-        backend._forked = True
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _closed_error(backend) -> InmemError:
-    return InmemError(_FORKED if backend._forked else "the database is closed")
+    return InmemError(_FORKED if backend._closed is _FORKED else "the database is closed")
 
 
 class EmbeddedBackend:
@@ -52,8 +51,8 @@ class EmbeddedBackend:
         self.engine = engine
         self.store = store  # shard.durable.DurableStore, or None for inmemory
         self.lock = threading.RLock() if store is None else store.lock
+        #: False, True once closed, or _FORKED in a forked child's copy
         self._closed = False
-        self._forked = False
         self._execute = engine.execute
         if store is not None:
             _durable_backends.add(self)
@@ -91,7 +90,7 @@ class EmbeddedBackend:
         nothing written); the caller waits for it outside the lock.
         """
         store = self.store
-        if self._forked:
+        if self._closed is _FORKED:
             raise _closed_error(self)  # before the lock, which a parent's thread may hold
         with self.lock:
             if self._closed:
@@ -121,14 +120,14 @@ class EmbeddedBackend:
     def snapshot(self) -> list:
         if self.store is None:
             return []
-        if self._forked:
+        if self._closed is _FORKED:
             raise _closed_error(self)
         return self.store.snapshot()
 
     def compact_history(self) -> list:
         if self.store is None:
             return []
-        if self._forked:
+        if self._closed is _FORKED:
             raise _closed_error(self)
         return [{"shard": 0, **self.store.compact_history()}]
 
@@ -140,7 +139,7 @@ class EmbeddedBackend:
             return {"ready": True, "shards": [shard_info(0, self.engine, self.store)]}
 
     def close(self) -> None:
-        if self._forked:
+        if self._closed is _FORKED:
             return  # the parent's store: nothing of it is this process's to close
         with self.lock:
             if self._closed:

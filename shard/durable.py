@@ -415,8 +415,6 @@ class DurableStore:
         Safe from many threads: each call waits for a snapshot forked after it
         began, its own or one that another thread started meanwhile.
         """
-        if self.interrupted is not None:
-            self.check_writable()  # says why: this memory is not to be written down
         running = self._child
         if running is not None:
             # Forked before this call, it may miss writes acknowledged since; its

@@ -117,7 +117,7 @@ class Worker:
         self.coordinator_key: str | None = None
         #: the token of the coordinator that started this shard (see admin_hello)
         self.hello_token = spec.get("hello_token") or os.environ.pop(HELLO_TOKEN_ENV, None)
-        #: the slots of the runs requests named last (see _not_ours)
+        #: the slots of the runs requests named last (see _moved)
         self._run_slots: dict = {}
         self.recovery = None
         self.parent_pid: int | None = None
@@ -487,18 +487,33 @@ class Worker:
         one of this shard's slots for a run of another shard (no client of ours
         sends one) would otherwise make the run here as well as there.
         """
-        if op in ROUTE_BY_FIRST:
-            run = args[0] if args else None
-        elif op == "run.begin":
-            run = args[1] if len(args) > 1 else None
-            if run is None:
-                # The run's id decides its shard, so the client chooses it (a shard
-                # would make one that may well be another shard's).
-                return ProtocolError("run.begin on a cluster's shard names its run id")
-        else:
-            return None  # read on every shard, or about no run
-        if type(run) is not str:
-            return None  # not an id: the engine refuses it
+        run = (args[0] if args else None) if op in ROUTE_BY_FIRST else route_run(op, args)
+        if type(run) is str:
+            return self._moved(run)
+        if run is None and op == "run.begin":
+            # The run's id decides its shard, so the client chooses it (a shard
+            # would make one that may well be another shard's).
+            return ProtocolError("run.begin on a cluster's shard names its run id")
+        return None  # read on every shard, about no run, or an id the engine refuses
+
+    def _moved_check(self):
+        """fn(op, args) -> SlotMoved when the op's run lives on another shard, else None.
+
+        A batch is sent to the shard that owns its header's slot, so each
+        operation in it is checked too (a stale map may have grouped it with
+        the wrong shard's).
+        """
+        def moved(op, args):
+            run = route_run(op, args)
+            if type(run) is not str:
+                return None  # not about one run, or a bad id the engine will refuse
+            return self._moved(run)
+
+        return moved
+
+    def _moved(self, run: str):
+        """SlotMoved when run `run` lives on another shard, else None; the slots of the
+        runs named last are remembered (a crc32c each otherwise)."""
         slots = self._run_slots
         slot = slots.get(run)
         if slot is None:
@@ -511,29 +526,6 @@ class Worker:
             return None
         return SlotMoved(f"slot {slot} is served by shard {owner}, not {self.shard}",
                          slot=slot, shard=owner)
-
-    def _moved_check(self):
-        """fn(op, args) -> SlotMoved when the op's run lives on another shard, else None.
-
-        A batch is sent to the shard that owns its header's slot, so each
-        operation in it is checked too (a stale map may have grouped it with
-        the wrong shard's); the answer is remembered per run for the batch.
-        """
-        owners, shard, seen = self.owners, self.shard, {}
-
-        def moved(op, args):
-            run = route_run(op, args)
-            if type(run) is not str:
-                return None  # not about one run, or a bad id the engine will refuse
-            err = seen.get(run, 0)
-            if err == 0:
-                slot = slot_of(run)
-                err = seen[run] = None if owners[slot] == shard else SlotMoved(
-                    f"slot {slot} is served by shard {owners[slot]}, not {shard}",
-                    slot=slot, shard=owners[slot])
-            return err
-
-        return moved
 
     def run_admin(self, body, peer=None) -> bytes:
         try:

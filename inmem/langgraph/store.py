@@ -338,7 +338,9 @@ def _check_keys(value: dict) -> None:
     msgpack would encode it, and a value that reads back as JSON does (as the
     SQL stores give it back) needs str keys; refused here, before anything is
     stored, rather than found when the value is read. ValueError past
-    DEPTH_MAX levels (a value that contains itself, too).
+    DEPTH_MAX levels (a value that contains itself, too). Not the value
+    model's `check_value`: that refuses a tuple, which a store value may hold
+    (it reads back as a list); msgpack refuses what else is not JSON-like.
     """
     stack = [(value, 0)]
     pop, push = stack.pop, stack.append
