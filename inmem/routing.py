@@ -17,6 +17,7 @@ pieces they share live here as plain functions over plain data:
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Iterator, NamedTuple
 
 from .errors import (InmemError, InvalidOption, InvalidURL, ProtocolError, ShardUnavailable,
@@ -119,6 +120,9 @@ class SlotMap(NamedTuple):
 # -- pipelines -----------------------------------------------------------------------
 
 
+_OP_OF = itemgetter(0)
+
+
 def batch_segments(ops) -> list | None:
     """Where a pipeline must be cut so that it runs in its queued order on a cluster.
 
@@ -129,6 +133,8 @@ def batch_segments(ops) -> list | None:
     the pipeline goes as consecutive parts, each ending with its reads of every
     shard: [(start, end), ...]. None: it goes whole.
     """
+    if FANOUT_OPS.isdisjoint(map(_OP_OF, ops)):
+        return None  # the usual pipeline, looked over at C speed
     cuts = []
     fanout = False
     for i, (op, args) in enumerate(ops):
