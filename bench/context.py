@@ -38,6 +38,7 @@ FULL_SIZES = {
     "micro_big_ops": 2_000,       # 64 KiB puts
     "buffered_ops": 200_000,
     "strict_ops": 2_000,
+    "strict_rounds": 5,           # embedded.kv.put.strict: interleaved rounds of strict_ops
     "group_ops_total": 8_000,     # split across the writer threads
     "recovery_keys": 1_000_000,
     "wal_records": 1_000_000,
@@ -70,6 +71,7 @@ QUICK_SIZES = {
     "micro_big_ops": 500,
     "buffered_ops": 50_000,
     "strict_ops": 300,
+    "strict_rounds": 7,
     "group_ops_total": 1_600,
     "recovery_keys": 100_000,
     "wal_records": 100_000,
@@ -104,7 +106,7 @@ def scaled_sizes(quick: bool, scale: float) -> dict:
         return {k: (list(v) if isinstance(v, list) else v) for k, v in base.items()}
     out = {}
     for key, value in base.items():
-        if key in ("repeats", "cluster_rounds", "recovery_rounds"):
+        if key in ("repeats", "cluster_rounds", "recovery_rounds", "strict_rounds"):
             # Counts of passes, not sizes: a smoke run keeps two, so spreads exist.
             out[key] = value if scale >= 1 else max(1, min(value, 2))
             continue

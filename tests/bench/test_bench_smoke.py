@@ -80,6 +80,25 @@ def test_durable_rows_are_skipped_with_a_reason_when_the_store_cannot_open(tmp_p
     assert rows["durability.fsync.raw"]["status"] == "ok"
 
 
+def test_strict_put_row_interleaves_its_rounds_with_sqlite(tmp_path):
+    code, doc = _run(tmp_path, "--tier", "durability", "--peers", "sqlite")
+    assert code == 0
+    row = {r["name"]: r for r in doc["results"]}["embedded.kv.put.strict"]
+    assert row["status"] == "ok"
+    rounds = doc["config"]["sizes"]["strict_rounds"]
+    extra = row["extra"]
+    assert extra["rounds"] == rounds >= 2
+    # Each round ran both sides, the first one rotating.
+    assert [sorted(o) for o in extra["round_order"]] == [["ours", "sqlite"]] * rounds
+    assert extra["round_order"][0][0] != extra["round_order"][1][0]
+    assert len(extra["ours"]["per_round"]) == len(extra["peer_detail"]["sqlite"]["per_round"])
+    spread = row["ratio_spread"]["sqlite"]
+    assert spread["rounds"] == rounds and spread["min"] <= spread["median"] <= spread["max"]
+    assert row["ratio"]["sqlite"] == pytest.approx(row["value"] / row["peers"]["sqlite"])
+    assert row["peers"]["lmdb"].startswith("skipped: ")
+    assert row["n"] == rounds * extra["ops_per_round"]
+
+
 @pytest.mark.slow
 def test_memory_tier_measures_each_cluster_shard_process(tmp_path):
     code, doc = _run(tmp_path, "--tier", "memory", "--peers", "none")
