@@ -100,6 +100,71 @@ class TraceTree(NamedTuple):
         # A tree can be thousands deep: say how big it is rather than print it.
         return f"TraceTree(trace={self.trace!r}, children={count(len(self.children), 'tree')})"
 
+    # An agent loop that records each step as the child of the last makes a
+    # chain thousands deep. The tuple's own comparison, pickling and deep copy
+    # recurse once per level and would stop at the recursion limit: these walk
+    # the tree with a loop instead.
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, TraceTree):
+            return NotImplemented
+        stack = [(self, other)]
+        while stack:
+            a, b = stack.pop()
+            if a is b:
+                continue
+            if not isinstance(b, TraceTree) or not isinstance(a, TraceTree):
+                if a != b:
+                    return False
+                continue
+            if a.trace != b.trace or len(a.children) != len(b.children):
+                return False
+            stack.extend(zip(a.children, b.children))
+        return True
+
+    def __ne__(self, other) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = None  # its children are a list
+
+    def __copy__(self) -> TraceTree:
+        return TraceTree(self.trace, self.children)
+
+    def __deepcopy__(self, memo) -> TraceTree:
+        from copy import deepcopy
+        return _tree_from_preorder([(deepcopy(trace, memo), n)
+                                    for trace, n in _tree_preorder(self)])
+
+    def __reduce__(self):
+        return _tree_from_preorder, (_tree_preorder(self),)
+
+
+def _tree_preorder(tree: TraceTree) -> list:
+    """[(trace, number of children)] of every node, root first, children in order."""
+    out, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        out.append((node.trace, len(node.children)))
+        stack.extend(reversed(node.children))
+    return out
+
+
+def _tree_from_preorder(nodes: list) -> TraceTree:
+    """The tree `_tree_preorder` flattened."""
+    trace, n = nodes[0]
+    root = TraceTree(trace, [])
+    open_ = [(root, n)] if n else []   # nodes still waiting for children, innermost last
+    for trace, n in nodes[1:]:
+        parent, wanted = open_[-1]
+        node = TraceTree(trace, [])
+        parent.children.append(node)
+        if len(parent.children) == wanted:
+            open_.pop()
+        if n:
+            open_.append((node, n))
+    return root
+
 
 class RunInfo(NamedTuple):
     """A run's metadata and lifecycle; the `*_at` fields are µs since the epoch."""

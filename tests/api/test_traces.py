@@ -133,6 +133,56 @@ def test_tree_of_unknown_trace(db, run):
         db.traces.tree(run, "no-such-trace")
 
 
+def _chain(db, run, depth):
+    """A root and `depth` - 1 traces each the child of the one before, and a leaf beside."""
+    ids = [db.traces.record(run, "thought", {"i": 0})]
+    for i in range(1, depth):
+        ids.append(db.traces.record(run, "thought", {"i": i}, parent_id=ids[-1]))
+    db.traces.record(run, "decision", {"side": True}, parent_id=ids[0])
+    return ids
+
+
+def _walk(tree):
+    """Every node's trace in preorder, with its number of children (no recursion)."""
+    out, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        out.append((node.trace, len(node.children)))
+        stack.extend(reversed(node.children))
+    return out
+
+
+def test_a_deep_tree_pickles_copies_and_compares(db, run):
+    # An agent loop that records each step as the child of the last makes a
+    # chain far deeper than the interpreter's recursion limit.
+    import copy
+    import pickle
+
+    ids = _chain(db, run, 3000)
+    tree = db.traces.tree(run, ids[0])
+    again = db.traces.tree(run, ids[0])
+    assert tree is not again and tree == again and not tree != again
+
+    back = pickle.loads(pickle.dumps(tree))
+    assert back == tree and _walk(back) == _walk(tree)
+    assert isinstance(back, inmem.TraceTree) and isinstance(back.children, list)
+
+    deep = copy.deepcopy(tree)
+    assert deep == tree
+    node = deep
+    while node.children:
+        node = node.children[0]
+    node.trace.data["i"] = "changed"          # the copy's data is its own
+    assert deep != tree and tree != deep
+    assert tree.children[0].trace.data == {"i": 1}
+
+    shallow = copy.copy(tree)
+    assert shallow == tree and shallow.children is tree.children
+
+    other = db.traces.tree(run, ids[1])
+    assert tree != other and tree != (tree.trace, tree.children[:1])
+
+
 def test_returned_data_is_a_private_copy(db, run):
     data = {"steps": [1]}
     tid = db.traces.record(run, "thought", data)
