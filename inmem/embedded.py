@@ -9,6 +9,7 @@ which lets the writes of many threads share one fsync (group commit).
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import weakref
@@ -24,7 +25,7 @@ from .sections import KV, as_pairs
 from .errors import InmemError, InvalidValue
 
 
-#: durable embedded stores of this process, for the fork guard below
+#: durable embedded stores of this process, for the fork guard and the exit handler below
 _durable_backends: "weakref.WeakSet[EmbeddedBackend]" = weakref.WeakSet()
 _FORKED = ("this store was opened before fork(); a child process opens it itself, once the "
            "parent has closed it (two processes must never write one WAL)")
@@ -42,6 +43,18 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _close_at_exit() -> None:
+    # A buffered store's last interval of writes is in memory only, and its
+    # flusher is a daemon thread the exit does not wait for. Exit handlers run
+    # once the non-daemon threads have ended, while daemon threads (the
+    # flusher among them) still run, so closing joins them as usual.
+    for backend in list(_durable_backends):
+        backend.close_unattended("at exit")
+
+
+atexit.register(_close_at_exit)
+
+
 def _closed_error(backend) -> InmemError:
     return InmemError(_FORKED if backend._closed is _FORKED else "the database is closed")
 
@@ -56,6 +69,11 @@ class EmbeddedBackend:
         self._execute = engine.execute
         if store is not None:
             _durable_backends.add(self)
+            # The store's threads hold the store, not this object: once nothing
+            # holds this, the store is closed rather than left running. The exit
+            # handler above covers stores still held at exit.
+            self._finalizer = weakref.finalize(self, store.close_unattended, "collected")
+            self._finalizer.atexit = False
 
     # -- the one entry point -------------------------------------------------------
 
@@ -95,8 +113,8 @@ class EmbeddedBackend:
         with self.lock:
             if self._closed:
                 raise _closed_error(self)
-            if writes and (store.writer.failed or store.interrupted is not None):
-                store.check_writable()  # reads still answer from memory
+            if store.interrupted is not None or (writes and store.writer.failed):
+                self._refuse(fn_args, writes)
             try:
                 result = fn(*fn_args)
                 token = store.commit_locked()
@@ -107,6 +125,21 @@ class EmbeddedBackend:
                     store.mark_interrupted(exc)
                 raise
         return result, token
+
+    def _refuse(self, fn_args, writes: bool) -> None:
+        """A store that may not write (its WAL failed, or a write was interrupted part way)."""
+        store = self.store
+        if writes:
+            store.check_writable()
+        # Reads of the current state still answer from memory. A replay (and so
+        # a diff) folds the runs' histories, which after an interrupted write may
+        # disagree with the WAL: it would show what a reopen will not, or meet a
+        # record that does not hold what the history's index says.
+        if store.interrupted is not None:
+            op = fn_args[0]
+            if (op == "run.replay" if type(op) is str
+                    else any(o == "run.replay" for o, _ in op)):  # a batch
+                store.check_readable_history()
 
     def fanout(self, op, args) -> list:
         """One answer per shard; the embedded store is one shard."""
@@ -148,7 +181,19 @@ class EmbeddedBackend:
         # Outside the lock: closing joins background threads that may be
         # waiting for it; the store takes it itself for the final flush.
         if self.store is not None:
+            self._finalizer.detach()
             self.store.close()
+
+    def close_unattended(self, why: str) -> None:
+        """Close a durable store its owner left open; logs instead of raising."""
+        if self._closed:
+            return  # closed already, or the parent's copy in a forked child
+        with self.lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._finalizer.detach()
+        self.store.close_unattended(why)
 
     def describe(self) -> str:
         mode = "inmemory" if self.store is None else f"{self.store.durability} {self.store.path}"

@@ -117,6 +117,8 @@ class DurableStore:
         self._scheduler: threading.Thread | None = None
         self._stop = threading.Event()
         self._closed = False
+        #: the opening process: a forked child's copy of the store is not its to close
+        self._pid = os.getpid()
         self.compactor = Compactor(engine.history_files, engine, lambda: writer.next_lsn,
                                    options["history_compact_dead_fraction"])
         #: keeps the heap in huge pages so that a snapshot's fork is short
@@ -229,6 +231,14 @@ class DurableStore:
                 f"the WAL of {self.path} failed ({self.writer.error!r}: a write or fsync that "
                 "did not finish, the disk's error or an interrupt such as Ctrl-C in the middle "
                 "of one); this store refuses writes until it is reopened and recovered from disk")
+
+    def check_readable_history(self) -> None:
+        """DurabilityError if the runs' histories in memory may not match the WAL."""
+        if self.interrupted is not None:
+            raise DurabilityError(
+                f"a write to {self.path} was interrupted part way ({self.interrupted!r}); the "
+                "runs' histories in memory may not match what is on disk, so this store does "
+                "not replay or diff runs until it is reopened, which recovers it from disk")
 
     def commit_locked(self, defer_placing: bool = False):
         """The durable commit step, after the engine applied operations. Hold the engine lock.
@@ -570,8 +580,11 @@ class DurableStore:
 
     # -- closing -------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Flush, take the closing snapshot if configured, stop threads. Call without the lock."""
+    def close(self, snapshot: bool = True) -> None:
+        """Flush, take the closing snapshot if configured, stop threads. Call without the lock.
+
+        `snapshot=False`: no closing snapshot whatever `snapshot_on_close` says.
+        """
         if self._closed:
             return
         self._closed = True
@@ -589,8 +602,8 @@ class DurableStore:
             if not self.writer.failed:
                 with self.lock:
                     self.flush()
-                if (self.options["snapshot_on_close"] and self._bytes_since_snapshot > 0
-                        and self.interrupted is None):
+                if (snapshot and self.options["snapshot_on_close"]
+                        and self._bytes_since_snapshot > 0 and self.interrupted is None):
                     self._start_snapshot()
                     self._reap(block=True)
         finally:
@@ -600,6 +613,38 @@ class DurableStore:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+
+
+    def close_unattended(self, why: str) -> None:
+        """Close a store its owner never closed (`why`: at exit, or it was collected).
+
+        The WAL is flushed and fsynced, so every acknowledged write is kept; no
+        closing snapshot is taken, since forking and serializing the whole
+        engine from an exit handler or from the garbage collector (which runs
+        on whichever thread allocates, maybe holding locks a child would need)
+        risks more than it saves: the next open replays the WAL instead. Never
+        raises: a failure is logged in one line. Does nothing in a forked
+        child, whose copy of the store belongs to the parent.
+        """
+        if self._closed or os.getpid() != self._pid:
+            return
+        me = threading.current_thread()
+        if me is self._scheduler or self.writer.owns_thread(me):
+            # close() joins this very thread: another one does the closing.
+            try:
+                threading.Thread(target=self._close_logged, args=(why,),
+                                 name="inmem-close").start()
+                return
+            except RuntimeError:  # no new threads during interpreter shutdown
+                pass
+        self._close_logged(why)
+
+    def _close_logged(self, why: str) -> None:
+        try:
+            self.close(snapshot=False)
+        except Exception as exc:
+            log.error("%s: closing the store (%s, never closed by its owner) failed: %r; "
+                      "its WAL keeps what was written before", self.path, why, exc)
 
 
 #: items of one run held in memory after they reached the WAL, at most: past

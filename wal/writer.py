@@ -718,6 +718,10 @@ class WalWriter:
         """The I/O error that stopped the log, or None."""
         return self._error
 
+    def owns_thread(self, thread: threading.Thread) -> bool:
+        """Whether `thread` is this writer's flusher or syncer (which close() joins)."""
+        return thread is self._thread or thread is self._syncer
+
     @property
     def closed(self) -> bool:
         return self._closed

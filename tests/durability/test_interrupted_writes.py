@@ -80,3 +80,40 @@ def test_interrupts_at_random_moments_never_leave_a_store_that_cannot_be_reopene
         for key, trial in acked.items():
             # What was acknowledged is there (a later unacknowledged write may be too).
             assert view.kv[key] >= trial
+
+
+def interrupt_a_transaction_before_it_is_logged(db, monkeypatch, run):
+    """A transaction whose effects are in memory but, interrupted, never reach the WAL."""
+    engine = db._backend.engine
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(engine, "_log", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with db.transaction(run) as tx:
+            tx.kv.put("partial", 1)
+            tx.events.append("partial", {})
+    monkeypatch.undo()
+
+
+@pytest.mark.parametrize("durability", ["buffered", "strict"])
+def test_replay_and_diff_of_an_interrupted_store_say_so_until_it_is_reopened(
+        tmp_path, monkeypatch, durability):
+    path = tmp_path / "store"
+    db = inmem.open(path, durability=durability)
+    run = db.begin_run(run_id="r")
+    other = db.begin_run(run_id="o")
+    db.kv.put(run, "acked", 1)
+    interrupt_a_transaction_before_it_is_logged(db, monkeypatch, run)
+    # What these fold is the runs' histories in this memory, which the WAL may not
+    # match: a replay would show the interrupted transaction, a reopen will not.
+    for call in (lambda: db.replay_run(run), lambda: db.replay_run(run, at=2),
+                 lambda: db.replay_run(other), lambda: db.diff_runs(run, other)):
+        with pytest.raises(inmem.DurabilityError, match="interrupted part way.*reopen"):
+            call()
+    assert db.kv.get(run, "acked") == 1  # reads of the current state still answer
+    db.close()
+    with inmem.open(path, durability=durability) as again:
+        view = again.replay_run(run)
+        assert view.kv == {"acked": 1} and not view.events
+        assert again.diff_runs(run, other)
