@@ -49,7 +49,8 @@ _SCHEMA = {
                    **{name: option.types for name, option in durability.OPTIONS.items()}},
     "supervisor": {"restart_backoff_ms": (int, float), "restart_backoff_max_ms": (int, float),
                    "stop_timeout_s": (int, float), "heartbeat_interval_s": (int, float),
-                   "heartbeat_timeout_s": (int, float)},
+                   "heartbeat_timeout_s": (int, float),
+                   "restart_unresponsive_after_s": (int, float)},
 }
 #: flat override name -> (section, key); "durability" is the mode
 _FLAT = {key: (section, key) for section, keys in _SCHEMA.items() for key in keys}
@@ -156,6 +157,16 @@ def resolve(raw: dict) -> dict:
     for key in ("max_message_bytes",):
         if c[key] < 1024:
             raise ConfigError(f"[cluster] {key} must be at least 1024, got {c[key]}")
+    for key in ("heartbeat_interval_s", "heartbeat_timeout_s"):
+        if s[key] <= 0:
+            raise ConfigError(f"[supervisor] {key} must be above 0, got {s[key]}")
+    kill_after = s["restart_unresponsive_after_s"]
+    if kill_after != 0 and kill_after <= s["heartbeat_timeout_s"]:
+        # Only a shard already known to be unresponsive is killed: a limit within the
+        # heartbeat timeout would kill on the first missed ping.
+        raise ConfigError(f"[supervisor] restart_unresponsive_after_s must be 0 (never) or "
+                          f"above heartbeat_timeout_s ({s['heartbeat_timeout_s']}), got "
+                          f"{kill_after}")
     listed = raw.get("shard") or []
     shards_auto = c["shards"] == "auto"
     if isinstance(c["shards"], str) and not shards_auto:

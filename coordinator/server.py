@@ -28,8 +28,8 @@ and merged in an order that does not depend on which shard answered first.
 
 Readiness: until every shard has answered "hello" once (each after its own
 recovery, all in parallel), routed requests get ClusterNotReady. After that a
-shard that is down or restarting makes only its own slots answer
-ShardUnavailable. SIGTERM/SIGINT stop the loop; shards are stopped cleanly
+shard that is down, restarting or unresponsive (silent for the heartbeat
+timeout, see `_heartbeats`) makes only its own slots answer ShardUnavailable. SIGTERM/SIGINT stop the loop; shards are stopped cleanly
 (flush, final snapshot) by the supervisor.
 """
 
@@ -63,7 +63,7 @@ from .config import (ConfigError, prepare_socket_dir, runtime_dir_problem,
                      socket_dir, tcp_endpoints, with_shard_count)
 from .fanout import FanOut, describe_recovery
 from .slotmap import SlotMap
-from .supervisor import DOWN, READY, RECOVERING, Supervisor
+from .supervisor import DOWN, READY, RECOVERING, UNRESPONSIVE, Supervisor
 
 log = logging.getLogger("inmem.coordinator")
 
@@ -563,9 +563,13 @@ class Coordinator:
         h = link.handle
         # A send that fails to a shard still marked ready: it is gone, not known so yet.
         state = "not connected" if h.state == READY else h.state
-        self._error(ident, head, ShardUnavailable(
-            f"shard {h.id} is {state}; retry shortly"
-            + (f" (last exit {h.last_exit}: {h.last_error})" if h.last_error else "")))
+        if not h.last_error:
+            why = ""
+        elif h.state == DOWN and h.last_exit is not None:
+            why = f" (last exit {h.last_exit}: {h.last_error})"
+        else:
+            why = f" ({h.last_error})"
+        self._error(ident, head, ShardUnavailable(f"shard {h.id} is {state}; retry shortly{why}"))
 
     def _overloaded(self, ident, head, link: ShardLink) -> None:
         self.counters["shard_unavailable"] += 1
@@ -649,9 +653,13 @@ class Coordinator:
 
     def status(self) -> dict:
         shards = []
+        now = time.monotonic()
         for l in self.links:
             s = l.handle.summary()
             s["recovery"] = l.handle.recovery
+            # how long an unresponsive shard has said nothing
+            s["silent_s"] = (round(now - l.last_seen, 1) if l.handle.state == UNRESPONSIVE
+                             else None)
             shards.append(s)
         return {"ready": all(l.handle.state == READY for l in self.links),
                 "ready_once": self.ready_once, "shards": shards,
@@ -778,24 +786,69 @@ class Coordinator:
             self._shard_lost(link)
         for h in sup.restart_due():
             self.out(f"shard {h.id} restarting (pid {h.pid}, restart {h.restarts})")
-        heartbeat = self.spec["supervisor"]["heartbeat_interval_s"]
-        silence = self.spec["supervisor"]["heartbeat_timeout_s"]
         self._send_hellos(now)
-        for link in self.links:
-            h = link.handle
-            if h.remote and h.state == READY:
-                if link.ping_sent is None and now - link.last_seen >= heartbeat:
-                    link.ping_sent = now
-                    self._ask(link, KIND_ADMIN, _PING, lambda r: None)
-                elif link.ping_sent is not None and now - link.last_seen >= silence:
-                    self.out(f"shard {h.id} at {h.endpoint} silent for {silence} s; marking it down")
-                    h.state = DOWN
-                    h.last_error = f"no heartbeat for {silence} s"
-                    self._shard_lost(link)
+        self._heartbeats(now)
         expired = [rid for rid, (_, deadline, _) in self._pending.items() if deadline < now]
         for rid in expired:
             callback = self._pending.pop(rid)[0]
             self._deliver(callback, ShardUnavailable("a shard did not answer in time"))
+
+    def _heartbeats(self, now: float) -> None:
+        """Ping each serving shard that has sent nothing for a while; act on the silent ones.
+
+        Anything a shard sends (a reply, a pong) counts as an answer, so a shard
+        busy with the coordinator's requests is never pinged; an idle one, or one
+        whose clients send to it directly, gets a ping a heartbeat interval.
+        A remote shard silent for the heartbeat timeout is marked down and its
+        link started afresh (it may come back as another process, to be greeted
+        again). A shard on this host is its own process, watched by the
+        supervisor: silent, it is marked unresponsive, its slots are answered
+        ShardUnavailable and what is in flight on it waits (a shard held by one
+        long request still answers it); the first thing it sends makes it ready
+        again. One silent for restart_unresponsive_after_s (when set) is killed,
+        and restarted as any shard that died.
+        """
+        sup = self.spec["supervisor"]
+        heartbeat = sup["heartbeat_interval_s"]
+        silence = sup["heartbeat_timeout_s"]
+        kill_after = sup.get("restart_unresponsive_after_s", 0)
+        for link in self.links:
+            h = link.handle
+            state = h.state
+            if state == READY:
+                if link.ping_sent is None:
+                    if now - link.last_seen >= heartbeat:
+                        link.ping_sent = now
+                        self._ask(link, KIND_ADMIN, _PING, _ignore)
+                elif now - link.last_seen >= silence:
+                    if h.remote:
+                        self.out(f"shard {h.id} at {h.endpoint} silent for {silence} s; "
+                                 "marking it down")
+                        h.state = DOWN
+                        h.last_error = f"no heartbeat for {silence} s"
+                        self._shard_lost(link)
+                    else:
+                        h.state = UNRESPONSIVE
+                        h.last_error = f"no answer, not even to a ping, for {silence} s"
+                        self.out(f"shard {h.id} (pid {h.pid}) has not answered for {silence} s; "
+                                 "marking it unresponsive")
+            elif state == UNRESPONSIVE:
+                quiet = now - link.last_seen
+                if quiet < silence:
+                    h.state = READY
+                    h.last_error = None
+                    self.out(f"shard {h.id} (pid {h.pid}) answers again; ready")
+                elif kill_after and quiet >= kill_after:
+                    why = f"no answer for {kill_after} s: killed to be restarted"
+                    if h.last_error != why:
+                        self.out(f"shard {h.id} (pid {h.pid}) has not answered for "
+                                 f"{kill_after} s; killing it to restart it")
+                        self.supervisor.kill_unresponsive(h, why)
+                elif link.ping_sent is None or now - link.ping_sent >= heartbeat:
+                    # Again and again: the first ping may not have got through (a send
+                    # refused while the connection was down is not retried).
+                    link.ping_sent = now
+                    self._ask(link, KIND_ADMIN, _PING, _ignore)
 
     def _shard_lost(self, link: ShardLink) -> None:
         """Answer everything in flight on a lost shard, and start a fresh connection."""
@@ -873,6 +926,10 @@ def _text(key: bytes | None) -> str | None:
 
 _SECONDS = RecoveryResult._fields.index("seconds")
 _PING = protocol.new_packer().pack(["ping", []])
+
+
+def _ignore(reply) -> None:
+    """A ping's callback: its answer counts on arrival, as anything the shard sends does."""
 
 
 LOCK_NAME = CLUSTER_LOCK_NAME

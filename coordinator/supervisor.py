@@ -5,7 +5,11 @@ Each shard has a `ShardHandle` with its state:
     recovering   started (or, for a remote shard, not heard from yet); its
                  "hello" has not been answered, so it is still replaying
     ready        answered "hello" with its RecoveryResult; serving
-    down         its process died (a restart is scheduled), or a remote shard
+    unresponsive a local shard whose process runs but has answered nothing, not
+                 even a ping, for heartbeat_timeout_s (stopped, stuck, or held
+                 by one long request); ready again as soon as it answers
+    down         its process died (a restart is scheduled: `restart_at`, and
+                 no pid until the new process starts), or a remote shard
                  stopped answering heartbeats
 
 The supervisor owns the processes; the coordinator's loop calls `poll()`
@@ -13,7 +17,8 @@ The supervisor owns the processes; the coordinator's loop calls `poll()`
 moves handles between states as hellos and heartbeats arrive. Restarts back
 off: restart_backoff_ms doubled for each failure in a row, capped at
 restart_backoff_max_ms; a shard that served for a while before dying starts
-again from the base delay.
+again from the base delay. A shard unresponsive for restart_unresponsive_after_s
+(when set) is killed (`kill_unresponsive`), and restarted as any that died.
 
 The first start forks the shards from the coordinator, which imported the
 shard worker (and the durable store it opens) first, before it opened any
@@ -43,6 +48,7 @@ from inmem.processes import HELLO_TOKEN_ENV, child_env, read_exit_note
 
 RECOVERING = "recovering"
 READY = "ready"
+UNRESPONSIVE = "unresponsive"
 DOWN = "down"
 #: a shard that served this long before dying is restarted without backoff
 STABLE_AFTER_S = 30.0
@@ -69,9 +75,15 @@ class ShardHandle:
         self.last_error: str | None = None
 
     def summary(self) -> dict:
+        waiting = self.restart_at is not None and self.proc is None
         return {"shard": self.id, "state": self.state, "pid": self.pid,
                 "endpoint": self.endpoint, "remote": self.remote, "restarts": self.restarts,
-                "last_exit": self.last_exit, "last_error": self.last_error}
+                "last_exit": self.last_exit, "last_error": self.last_error,
+                # while a restart waits out its backoff: which restart in a row it
+                # is, and in how many seconds it starts
+                "restart_attempt": self.failures if waiting else None,
+                "restart_in_s": (round(max(self.restart_at - time.monotonic(), 0.0), 3)
+                                 if waiting else None)}
 
 
 class Supervisor:
@@ -134,10 +146,21 @@ class Supervisor:
             if code is None:
                 continue
             h.proc = None
+            # No process until the restart: the old pid may soon be another program's.
+            h.pid = None
             h.last_exit = code
             h.last_error = _exit_note(self.spec, h.id) or h.last_error
             died.append(h)
         return died
+
+    def kill_unresponsive(self, h: ShardHandle, why: str) -> None:
+        """SIGKILL a local shard that stopped answering; `poll` then sees it die and it is
+        restarted as any shard that died (SIGKILL: a stopped or stuck process cannot
+        act on SIGTERM)."""
+        if h.proc is None:
+            return
+        h.last_error = why
+        _signal(h.proc, signal.SIGKILL)
 
     def schedule_restart(self, h: ShardHandle) -> float:
         now = time.monotonic()
@@ -277,4 +300,5 @@ def _exit_note(spec: dict, shard: int) -> str | None:
     return None if note is None else f"{note.get('error')}: {note.get('message')}"
 
 
-__all__ = ["Supervisor", "ShardHandle", "ForkedShard", "RECOVERING", "READY", "DOWN"]
+__all__ = ["Supervisor", "ShardHandle", "ForkedShard", "RECOVERING", "READY", "UNRESPONSIVE",
+           "DOWN"]

@@ -197,7 +197,8 @@ def _cmd_status(args) -> int:
           f"{c['pid']}, {c['durability']}, {len(status['shards'])} shards")
     from inmem.coordinator.fanout import describe_recovery
     for s in status["shards"]:
-        line = f"  shard {s['shard']}: {s['state']}, pid {s['pid']}, {s['endpoint']}"
+        line = f"  shard {s['shard']}: {_shard_state(s)}, " + (
+            "no pid" if s["pid"] is None else f"pid {s['pid']}") + f", {s['endpoint']}"
         if s["state"] == "ready":
             line += f"; {describe_recovery(s['recovery'])}"
         if s.get("remote"):
@@ -209,6 +210,17 @@ def _cmd_status(args) -> int:
         print(line)
     return 0 if status["ready"] else 1
 
+
+def _shard_state(s: dict) -> str:
+    """A shard's state as `status` shows it: why it does not serve, and for how long."""
+    state = s["state"]
+    # .get: a coordinator of an earlier version does not send these
+    if s.get("restart_in_s") is not None:
+        return (f"restarting (attempt {s.get('restart_attempt')}, next in "
+                f"{s['restart_in_s']:.1f} s)")
+    if s.get("silent_s") is not None:
+        return f"{state} (no answer for {s['silent_s']:.1f} s)"
+    return state
 
 
 def _cmd_shard_serve(args) -> int:

@@ -4,8 +4,9 @@
 a plain dict: segments with sizes and LSN ranges, records per type, payload
 size statistics, the LSN range and the reader's outcome. `main(argv)` prints
 it (or JSON with --json) and exits 0 for a clean log, 1 for a torn tail (normal
-after a crash: recovery will truncate it) and 2 for corruption or a missing
-directory (recovery will refuse to continue past it).
+after a crash: recovery will truncate it) and 2 for corruption (recovery will
+refuse to continue past it), a missing directory, or a directory without WAL
+segments: nothing there is a log, so nothing can be said about how one ends.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def inspect_wal(directory) -> dict:
     elif isinstance(outcome, Corruption):
         out = {"kind": "corruption", "segment": os.path.basename(outcome.segment),
                "offset": outcome.offset, "reason": outcome.reason}
+    elif not segments:
+        out = {"kind": "empty", "reason": "no WAL segments"}
     else:
         out = {"kind": "clean"}
     report.update({
@@ -113,6 +116,9 @@ def format_report(report: dict) -> str:
     if out["kind"] == "missing":
         lines.append("outcome: MISSING: the directory does not exist")
         return "\n".join(lines)
+    if out["kind"] == "empty":
+        lines.append(empty_message(report))
+        return "\n".join(lines)
     segments = report["segments"]
     lines.append(f"segments: {len(segments)}")
     for seg in segments:
@@ -145,8 +151,20 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def empty_message(report: dict) -> str:
+    """What to say about a directory holding no WAL segment."""
+    others = report.get("other_files") or []
+    held = ""
+    if others:
+        held = f" (it holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
+    return (f"no WAL segments (files like 00000000000000000000.wal) in "
+            f"{report['directory']}{held}: nothing to inspect; pass a shard's or a store's "
+            "wal/ directory, or the directory that holds it")
+
+
 def main(argv=None) -> int:
-    """Print the report for one WAL directory; exit 0 clean, 1 torn tail, 2 corruption/missing."""
+    """Print the report for one WAL directory; exit 0 clean, 1 torn tail, 2 corruption/missing/
+    no segments."""
     parser = argparse.ArgumentParser(
         prog="inmem wal inspect",
         description="Summarize a WAL directory and say how it ends (read only).")
@@ -162,8 +180,11 @@ def main(argv=None) -> int:
         return EXIT_CORRUPTION
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
-    else:
+    elif report["outcome"]["kind"] != "empty":
         print(format_report(report))
+    if report["outcome"]["kind"] == "empty":
+        # Not a report of a log that happens to be short: no log is there at all.
+        print(f"{parser.prog}: {empty_message(report)}", file=sys.stderr)
     return exit_code(report)
 
 

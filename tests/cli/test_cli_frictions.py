@@ -181,6 +181,28 @@ def test_wal_inspect_on_a_file_says_it_is_a_file(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_wal_inspect_on_a_directory_without_segments_says_there_is_nothing_to_inspect(
+        tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    elsewhere = tmp_path / "elsewhere"  # files, none of them a WAL segment
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("x")
+    (elsewhere / "00000000000000000007.wal.broken").write_bytes(b"old evidence")
+    store_wal = tmp_path / "store" / "wal"  # a store directory whose wal/ holds none
+    store_wal.mkdir(parents=True)
+    for path, shown in ((empty, empty), (elsewhere, elsewhere), (store_wal.parent, store_wal)):
+        assert main(["wal", "inspect", str(path)]) == 2
+        out = capsys.readouterr()
+        assert "clean" not in out.out + out.err
+        _one_line_no_traceback(out.err)
+        assert "no WAL segments" in out.err and "nothing to inspect" in out.err
+        assert str(shown) in out.err
+    assert main(["wal", "inspect", "--json", str(empty)]) == 2
+    out = capsys.readouterr()
+    assert "nothing to inspect" in out.err and "clean" not in out.out
+
+
 def test_wal_inspect_passes_json_through(tmp_path, capsys):
     make_store(tmp_path / "store")
     assert main(["wal", "inspect", "--json", str(tmp_path / "store")]) == 0

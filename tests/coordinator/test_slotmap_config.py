@@ -111,6 +111,18 @@ def test_overrides_and_their_errors(tmp_path):
         config.load(None, snapshot_on_close=1)
 
 
+def test_killing_an_unresponsive_shard_is_off_by_default_and_never_within_the_timeout():
+    sup = config.load(None)["supervisor"]
+    assert sup["restart_unresponsive_after_s"] == 0
+    assert config.load(None, restart_unresponsive_after_s=60)["supervisor"][
+        "restart_unresponsive_after_s"] == 60
+    for limit in (5, 1, -1):  # the heartbeat timeout is 5 s
+        with pytest.raises(config.ConfigError, match="above heartbeat_timeout_s"):
+            config.load(None, restart_unresponsive_after_s=limit)
+    with pytest.raises(config.ConfigError, match="heartbeat_timeout_s must be above 0"):
+        config.load(None, heartbeat_timeout_s=0)
+
+
 def test_bad_files_name_the_problem(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[cluster\n")

@@ -61,8 +61,12 @@ def test_missing_directory_exit_code_2(tmp_path, capsys):
     assert inspect_wal(tmp_path / "nope")["outcome"]["kind"] == "missing"
 
 
-def test_empty_directory_is_clean(tmp_path, capsys):
-    assert main([str(tmp_path)]) == 0
+def test_a_directory_without_segments_has_nothing_to_inspect(tmp_path, capsys):
+    (tmp_path / "00000000000000000007.wal.broken").write_bytes(b"old evidence")
+    assert main([str(tmp_path)]) == 2
+    out = capsys.readouterr()
+    assert "clean" not in out.out
+    assert "no WAL segments" in out.err and "nothing to inspect" in out.err
     report = inspect_wal(tmp_path)
-    assert report["records"] == 0 and report["segments"] == []
-    assert report["payload_bytes"]["avg"] is None
+    assert report["outcome"]["kind"] == "empty"
+    assert report["segments"] == [] and report["other_files"] == ["00000000000000000007.wal.broken"]
