@@ -323,15 +323,25 @@ class DurableStore:
         if self._unplaced:
             self.place_handed()  # a history's extents follow the order of its records
         located = None
-        append = self.writer.append_located
+        writer = self.writer
+        append = writer.append_located
         try:
             for payload, n in record_payloads(log):
-                located = append(payload)
-                if defer_placing:
-                    self._unplaced.append((log[:n], located, payload))
-                else:
-                    self._place(log, n, located, payload)
-                del log[:n]
+                first, lsn = log[0], writer.next_lsn
+                try:
+                    located = append(payload)
+                    if defer_placing:
+                        self._unplaced.append((log[:n], located, payload))
+                    else:
+                        self._place(log, n, located, payload)
+                    del log[:n]
+                except BaseException:
+                    # Interrupted (Ctrl-C) after the writer took the record: its
+                    # groups must not be handed over again by the closing flush,
+                    # which would log them twice.
+                    if writer.next_lsn > lsn and log and log[0] is first:
+                        del log[:n]
+                    raise
                 self._bytes_since_snapshot += len(payload)
         except InmemError as exc:
             raise DurabilityError(f"could not log a write, the store refuses writes from now "

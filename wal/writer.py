@@ -331,10 +331,19 @@ class WalWriter:
                 buf = self._cur = bytearray()
                 self._chunks.append((self._seg_first, buf))
             offset = self._seg_bytes
-            append_record(buf, payload, rtype, size)
-            self._seg_bytes += record_bytes
-            self._next_lsn = lsn + 1
-            self._pending += 1
+            pending, start = self._pending, len(buf)
+            try:
+                append_record(buf, payload, rtype, size)
+                self._seg_bytes = offset + record_bytes
+                self._next_lsn = lsn + 1
+                self._pending = pending + 1
+            except BaseException:
+                # An interrupt (Ctrl-C, an exception from a signal handler) part way
+                # through: half a record in the buffer would be written out before
+                # the records after it, a damaged record in the middle of the log.
+                del buf[start:]
+                self._seg_bytes, self._next_lsn, self._pending = offset, lsn, pending
+                raise
             return (lsn, self._seg_first, offset) if located else lsn
 
     def _wait_durable(self, lsn: int) -> None:
