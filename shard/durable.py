@@ -624,7 +624,6 @@ class DurableStore:
                 os.close(self._lock_fd)
                 self._lock_fd = None
 
-
     def close_unattended(self, why: str) -> None:
         """Close a store its owner never closed (`why`: at exit, or it was collected).
 
