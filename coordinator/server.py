@@ -29,8 +29,9 @@ and merged in an order that does not depend on which shard answered first.
 Readiness: until every shard has answered "hello" once (each after its own
 recovery, all in parallel), routed requests get ClusterNotReady. After that a
 shard that is down, restarting or unresponsive (silent for the heartbeat
-timeout, see `_heartbeats`) makes only its own slots answer ShardUnavailable. SIGTERM/SIGINT stop the loop; shards are stopped cleanly
-(flush, final snapshot) by the supervisor.
+timeout, see `_heartbeats`) makes only its own slots answer ShardUnavailable.
+SIGTERM/SIGINT stop the loop; shards are stopped cleanly (flush, final
+snapshot) by the supervisor.
 """
 
 from __future__ import annotations
