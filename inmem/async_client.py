@@ -44,6 +44,12 @@ however many requests wait) whether its shard is down or is a new process;
 if so, every request waiting on that shard fails at once with
 ShardUnavailable, as the blocking client's does.
 
+Closing fails every request still waiting with the closed error. A task
+that was not waiting for a reply at that moment (sleeping before a retry,
+connecting, between the chunks of a pipeline) gets the same error at its
+next step, before it touches a socket that close() has closed: the sockets
+close with the client, not with the last task.
+
 An AsyncClusterBackend belongs to the event loop that connected it.
 """
 
@@ -124,7 +130,7 @@ class _Channel:
     """A DEALER socket to one peer, its reader task and the requests waiting on it."""
 
     __slots__ = ("sock", "shadow", "shard", "pending", "reader", "check", "poke_due", "watch",
-                 "watch_at", "max_bytes", "__weakref__")
+                 "watch_at", "max_bytes", "closed", "__weakref__")
 
     def __init__(self, sock, shard, max_bytes: int):
         self.sock = sock
@@ -140,6 +146,8 @@ class _Channel:
         self.poke_due = False
         self.watch = None  # the timer (see _sweep) and when it fires
         self.watch_at = None
+        #: set before the socket closes: the shadow cannot tell, and must not be used after
+        self.closed = False
 
 
 def _wake(fut) -> None:
@@ -172,7 +180,7 @@ def _deliver(chan: _Channel, req, body: bytes) -> None:
 
 def _poke(chan: _Channel) -> None:
     chan.poke_due = False
-    if not chan.shadow.closed:
+    if not chan.closed:
         _drain(chan)
 
 
@@ -221,6 +229,7 @@ def _release(ctx, channels: list, streams: list, pid: int) -> None:
                 chan.reader.cancel()
             except RuntimeError:
                 pass  # its loop is closed
+        chan.closed = True
         chan.sock.close(0)
     channels.clear()
     ctx.term()
@@ -273,6 +282,8 @@ class AsyncClusterBackend:
 
     def _channel(self, endpoint: str, shard: int | None,
                  server_key: bytes | None = None) -> _Channel:
+        if self._closed:  # (a task that was waiting elsewhere when close() came)
+            raise InmemError("the database is closed")
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         # Replies are from our cluster, which caps them; one over this client's own
@@ -421,6 +432,8 @@ class AsyncClusterBackend:
                 raise not_sent(self.url)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.01)
+            if self._closed:  # its socket may be closed: close() came while this slept
+                raise InmemError("the database is closed")
             try:
                 chan.shadow.send_multipart(frames, zmq.NOBLOCK)
                 return
@@ -435,6 +448,11 @@ class AsyncClusterBackend:
         loop = self.loop
         shard = chan.shard
         while True:
+            if self._closed:
+                # A task that was not waiting for a reply when close() came (it was
+                # sleeping, connecting, or between the chunks of a pipeline) learns
+                # here, before it touches a socket that close() has closed.
+                raise InmemError("the database is closed")
             head = header(kind, target, next(self._rid))
             wake_at = deadline if shard is None else min(deadline, loop.time() + DIRECT_CHECK_S)
             req = _Request(loop.create_future(), wake_at)
@@ -483,7 +501,7 @@ class AsyncClusterBackend:
         loop = self.loop
         req.wake_at = _NEVER  # its own timers from here on, not the connection's
         while True:
-            if type(chan) is _Channel and not chan.shadow.closed:
+            if type(chan) is _Channel and not chan.closed:
                 # Whatever is ready is taken: a reply whose wake-up the socket's
                 # edge-triggered signal lost is found here, not at the deadline.
                 _drain(chan)
@@ -527,6 +545,8 @@ class AsyncClusterBackend:
         try:
             status = await self.cluster("status", timeout=min(self.request_timeout, 2.0))
         except InmemError:
+            if self._closed:
+                raise
             return None
         return status_entry(status, shard)
 

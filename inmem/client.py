@@ -5,8 +5,19 @@ sockets must not be shared between threads). We measured the alternative, one
 socket behind a lock held for the round trip: from one thread both do the
 same; from 4 and 8 threads the socket per thread did about twice the
 operations per second, because the threads' requests are in flight together
-instead of one at a time. Sockets are made on a thread's first call, closed
-when the thread is gone, and all closed by `close()`.
+instead of one at a time. Sockets are made as a thread's calls need them and
+closed when the thread is gone.
+
+Closing while other threads call: a socket is closed only by the thread that
+uses it, or while that thread cannot touch it (pyzmq sockets are not thread
+safe, and closing one under a thread waiting on it aborts the process).
+`close()` closes the sockets of the threads that are not inside a call
+(their next call sees the client closed before it touches one) and returns.
+A thread inside a call is woken if it waits on a stream (a pipe that close()
+makes readable), or looks at the flag every `_CLOSE_CHECK_MS` if it waits on
+ZeroMQ; its call ends with the closed error (or its reply, if that came
+first) and it closes its own sockets. The last to close its sockets ends the
+context, which then has nothing to wait for.
 
 Every request has a request id (in the header, echoed by the reply: a late
 reply to a request that timed out is recognised and dropped) and a deadline:
@@ -87,32 +98,44 @@ _UNSEEN = object()
 _pack_header = HEADER.pack
 #: request ids go on the wire as u64 (`protocol.header`)
 _RID_MASK = 0xFFFFFFFFFFFFFFFF
+#: longest wait on a ZeroMQ socket between two looks at whether the client was closed
+_CLOSE_CHECK_MS = 100
 
 
 def _after_fork_in_child() -> None:
-    # The parent's sockets must not be touched from a forked child.
+    # The parent's sockets must not be touched from a forked child; the lock
+    # may have been held by a thread that the child does not have.
     for backend in list(_live_backends):
         backend._closed = "this Database was opened before fork(); connect again in the child"
+        backend._seats.forget()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _release(ctx, sockets: list, pid: int) -> None:
+def _release(ctx, sockets: list, seats: "_Seats", pid: int) -> None:
     """Close every socket a client made, then end its context (I/O threads, fds).
 
-    The finalizer of a ClusterBackend: it runs on close(), when the backend is
-    collected, or at exit, whichever comes first, and holds the context and
-    the sockets, never the backend. The sockets are held strongly on purpose:
-    when a Database is collected as part of a reference cycle, the weak
-    references through which the context knows its sockets are cleared first,
-    and ending a context with a socket still open would wait forever.
+    The finalizer of a ClusterBackend: it runs when close() finds no thread
+    using the client any more (at once, or when the last call in flight
+    ends), when the backend is collected, or at exit, whichever comes first,
+    and holds the context and the sockets, never the backend. The sockets
+    are held strongly on purpose: when a Database is collected as part of a
+    reference cycle, the weak references through which the context knows its
+    sockets are cleared first, and ending a context with a socket still open
+    would wait forever.
     """
     if os.getpid() != pid:  # a forked child must not touch the parent's context
         return
+    with seats.lock:
+        seats.states.clear()  # a thread's state that goes later has nothing left to close
+        wake, seats.wake = seats.wake, None
     for sock in sockets:
         sock.close(0)
     sockets.clear()
+    if wake is not None:
+        os.close(wake[0])
+        os.close(wake[1])
     ctx.term()
 
 
@@ -138,17 +161,70 @@ class _Channel:
         self.sock.close(linger)
 
 
+class _Seats:
+    """The thread states of one client, so that each is closed once, by one thread.
+
+    pyzmq sockets are not thread safe: a socket may be closed only by the
+    thread that uses it, or once that thread can no longer touch it. A state
+    is therefore closed by whoever takes it out of `states` first (`claim`):
+    its own thread when it ends or leaves a call on a closed client, or
+    close() for a thread that is not inside a call (`_ThreadState.busy` is
+    0: its next call sees the client closed before touching a socket).
+    `open` counts the states not yet closed; the context ends at 0.
+    """
+
+    __slots__ = ("lock", "states", "open", "keys", "wake")
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.states: dict = {}  # key -> weakref to a _ThreadState
+        self.open = 0
+        self.keys = itertools.count()
+        #: (read end, write end) of the pipe that wakes threads waiting on a stream
+        self.wake: tuple | None = None
+
+    def add(self, st: "_ThreadState") -> None:
+        """Register a new thread's state (the caller holds the lock)."""
+        st.key = next(self.keys)
+        self.states[st.key] = weakref.ref(st)
+        self.open += 1
+
+    def claim(self, key: int) -> bool:
+        """Whether the caller is the one to close the state `key` (then `done` after)."""
+        with self.lock:
+            return self.states.pop(key, None) is not None
+
+    def done(self) -> None:
+        with self.lock:
+            self.open -= 1
+
+    def forget(self) -> None:
+        """In a forked child: nothing here is the child's to close."""
+        self.lock = threading.Lock()
+        self.states = {}
+        self.wake = None
+
+
 class _ThreadState:
-    """One thread's sockets and packer; the sockets close when the thread is gone."""
+    """One thread's sockets and packer; the sockets close when the thread is gone.
 
-    __slots__ = ("coord", "coord_stream", "shards", "packer")
+    `busy` counts the calls of its thread in progress (nested calls count
+    again): while it is not 0, only that thread may close the sockets.
+    """
 
-    def __init__(self, coord: _Channel, shard_count: int):
-        self.coord = coord
+    __slots__ = ("coord", "coord_stream", "shards", "packer", "busy", "key", "seats",
+                 "__weakref__")
+
+    def __init__(self, seats: _Seats, shard_count: int):
+        #: the ZeroMQ channel to the coordinator, made on first use
+        self.coord = None
         #: where proxied operations go: the coordinator's stream, else `coord`
         self.coord_stream = None
         self.shards: list = [None] * shard_count
         self.packer = protocol.new_packer()
+        self.busy = 0
+        self.key = -1
+        self.seats = seats
 
     def close(self) -> None:
         for chan in [self.coord, self.coord_stream, *self.shards]:
@@ -159,7 +235,10 @@ class _ThreadState:
                     pass
 
     def __del__(self):
-        self.close()
+        seats = self.seats
+        if seats.claim(self.key):
+            self.close()
+            seats.done()
 
 
 class ClusterBackend:
@@ -178,12 +257,16 @@ class ClusterBackend:
         self.shard_keys: list = []  # each shard's public key (None: not on tcp)
         self.ctx = zmq.Context(1)
         self._sockets: list = []  # every socket made and not yet pruned, for _release
-        self._sockets_lock = threading.Lock()
+        self._seats = _Seats()
         self._prune_at = _PRUNE_MIN
-        self._finalizer = weakref.finalize(self, _release, self.ctx, self._sockets, os.getpid())
+        self._pid = os.getpid()
+        self._finalizer = weakref.finalize(self, _release, self.ctx, self._sockets, self._seats,
+                                           self._pid)
         self._local = threading.local()
         self._rid = itertools.count(1)
         self._closed: bool | str = False
+        #: the context has ended (`_end_if_unused`)
+        self._ended = False
         self.owners: list | None = None
         self.shard_slot: list = []
         self.shard_endpoints: list = []
@@ -198,12 +281,34 @@ class ClusterBackend:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise InmemError(self._closed if isinstance(self._closed, str)
-                             else "the database is closed")
+            raise self._closed_error()
+
+    def _leave(self, st: _ThreadState) -> None:
+        """After a call that found the client closed: close this thread's sockets, and
+        end the context if no other thread still has a call in progress."""
+        if st.busy or os.getpid() != self._pid:
+            return
+        seats = self._seats
+        if seats.claim(st.key):
+            st.close()
+            seats.done()
+        self._end_if_unused()
+
+    def _end_if_unused(self) -> None:
+        seats = self._seats
+        with seats.lock:
+            if self._ended or seats.open:
+                return
+            self._ended = True
+        # Every thread's sockets are closed, so the context ends without waiting.
+        self._finalizer()
 
     def _socket(self, endpoint: str, immediate: bool = False, server_key: bytes | None = None):
-        sock = self.ctx.socket(zmq.DEALER)
-        with self._sockets_lock:
+        with self._seats.lock:
+            # Checked under the lock that close() sets the flag under: no socket
+            # is made in a context that may be ending.
+            self._check_open()
+            sock = self.ctx.socket(zmq.DEALER)
             sockets = self._sockets
             sockets.append(sock)
             if len(sockets) >= self._prune_at:
@@ -241,9 +346,21 @@ class ClusterBackend:
         except AttributeError:
             pass
         self._check_open()
-        st = _ThreadState(_Channel(self._socket(self.url)), len(self.shard_endpoints))
+        # Registered before it has a socket: its sockets are made inside calls,
+        # while `busy` keeps close() from closing them under this thread.
+        st = _ThreadState(self._seats, len(self.shard_endpoints))
+        with self._seats.lock:
+            self._check_open()
+            self._seats.add(st)
         self._local.state = st
         return st
+
+    def _coord(self, st: _ThreadState) -> _Channel:
+        """This thread's ZeroMQ channel to the coordinator."""
+        chan = st.coord
+        if chan is None:
+            chan = st.coord = _Channel(self._socket(self.url))
+        return chan
 
     def _shard_channel(self, st: _ThreadState, shard: int):
         """This thread's direct channel to `shard`, connected (or ShardUnavailable)."""
@@ -255,7 +372,7 @@ class ClusterBackend:
                 # A shard on an ipc socket beside the coordinator is out of reach of a
                 # client that came over tcp (it may be on another host): its runs go
                 # through the coordinator.
-                chan = st.coord
+                chan = self._coord(st)
             elif path is not None:
                 chan = self._stream_channel(path, shard)
             else:
@@ -272,38 +389,56 @@ class ClusterBackend:
         """
         chan = st.coord_stream
         if chan is None or chan.closed:
-            chan = st.coord
             path = stream_path(self.url) if self.stream else None
             if path is not None:
                 try:
                     chan = self._stream_channel(path, None)
                 except ShardUnavailable:
-                    chan = st.coord  # it answers (or times out) as it always did
+                    chan = self._coord(st)  # it answers (or times out) as it always did
+            else:
+                chan = self._coord(st)
             st.coord_stream = chan
         return chan
 
     def _stream_channel(self, path: str, shard: int | None) -> StreamChannel:
-        self._check_open()
+        seats = self._seats
+        with seats.lock:
+            self._check_open()
+            if seats.wake is None:
+                read, write = os.pipe()
+                os.set_blocking(write, False)
+                seats.wake = (read, write)
+            wake = seats.wake[0]
         try:
-            chan = StreamChannel(path, shard, min(self.request_timeout, 2.0))
+            chan = StreamChannel(path, shard, min(self.request_timeout, 2.0), wake)
         except (OSError, socket.timeout) as exc:
             raise ShardUnavailable(f"{_peer_name(shard)} does not accept connections at {path} "
                                    f"({exc.strerror or exc}); retry shortly") from None
-        with self._sockets_lock:
+        with seats.lock:
             self._sockets.append(chan)
         return chan
 
     def _stream_closed(self, chan: StreamChannel, why: str) -> InmemError:
-        """ShardUnavailable for a stream that broke mid-request; the channel is dropped."""
+        """ShardUnavailable for a stream that broke mid-request; the channel is dropped.
+
+        The closed error instead when the client is closing: close() wakes a
+        thread waiting on a stream, which then ends its call here.
+        """
         chan.close()
+        if self._closed:
+            return self._closed_error()
         return ShardUnavailable(f"{_peer_name(chan.shard)} closed the connection ({why}) while a "
                                 "request was in flight; it may or may not have been applied")
+
+    def _closed_error(self) -> InmemError:
+        closed = self._closed
+        return InmemError(closed if isinstance(closed, str) else "the database is closed")
 
     def _recv(self, chan, deadline: float):
         """The next message on a channel, or None once the deadline has passed."""
         if type(chan) is StreamChannel:
             try:
-                return chan.recv(deadline, self.max_message_bytes)
+                return chan.recv(deadline, self.max_message_bytes, True)
             except StreamClosed as exc:
                 raise self._stream_closed(chan, str(exc)) from None
         sock = chan.sock
@@ -311,6 +446,10 @@ class ClusterBackend:
             remaining = int((deadline - time.monotonic()) * 1000)
             if remaining <= 0:
                 return None
+            if remaining > _CLOSE_CHECK_MS:
+                # Another thread's close() cannot interrupt this wait (it must not
+                # touch this thread's socket), so the wait looks up now and then.
+                remaining = _CLOSE_CHECK_MS
             # setsockopt only when the timeout must shrink (a stale reply ate
             # into the deadline) or has room to grow again; overshooting the
             # deadline by up to 20 ms is the price of not setting it every call.
@@ -321,6 +460,8 @@ class ClusterBackend:
             try:
                 frames = sock.recv_multipart()
             except zmq.Again:
+                if self._closed:
+                    raise self._closed_error() from None
                 continue
             if len(frames) == 2 and len(frames[1]) > self.max_message_bytes:
                 # Over this client's own limit: its request fails alone, as on a stream.
@@ -390,6 +531,8 @@ class ClusterBackend:
         try:
             status = self.cluster("status", timeout=min(self.request_timeout, 2.0))
         except InmemError:
+            if self._closed:
+                raise self._closed_error() from None
             return None
         return status_entry(status, shard)
 
@@ -449,76 +592,86 @@ class ClusterBackend:
 
     def call(self, op, args):
         st = self._local.__dict__.get("state") or self._state()
-        if self._closed:
-            self._check_open()
-        plan = CALL_PLANS.get(op)
-        if plan is None:  # tx.commit, or an operation the shard will refuse by name
-            run = route_run(op, args)
-            body = op_body(op, args)
-        else:
-            at, values, reply = plan
-            if at < 0:
-                return self.cluster(op, list(args))
-            n = len(args)
-            run = args[at] if n > at else None
-            for i in values:
-                # check_values, inline: a value outside the model is refused here.
-                if i < n and type(args[i]) not in SCALARS:
-                    check_value(args[i])
-            body = [op, list(args)]
+        # busy before the look at the flag, and close() sets the flag before it
+        # looks at busy: of a call and a close() that meet, one always sees the other.
+        st.busy += 1
         try:
-            data = st.packer.pack(body)
-        except (TypeError, ValueError, OverflowError):
-            data = None
-        if data is None or len(data) > self.max_message_bytes:
-            data = pack_checked(st.packer, body, self.max_message_bytes)  # raises the error
-        now = time.monotonic()
-        deadline = now + self.request_timeout
-        slot = self._slots.get(run) if type(run) is str else None
-        if slot is None:
-            slot = self._slot(run)
-        if self.direct:
-            if self.owners is None:
-                self._load_slotmap()
-            chan = st.shards[self.owners[slot]]
-            if chan is None or chan.closed:
-                chan = self._shard_channel(st, self.owners[slot])
-        else:
-            chan = self._proxied_channel(st)
-        if type(chan) is StreamChannel and chan.shard is not None:
-            # The usual case written out here rather than in _roundtrip: a direct
-            # request on this host's stream, answered at the first look.
-            head = _pack_header(VERSION, KIND_OP, slot, next(self._rid) & _RID_MASK)
+            if self._closed:
+                self._check_open()
+            plan = CALL_PLANS.get(op)
+            if plan is None:  # tx.commit, or an operation the shard will refuse by name
+                run = route_run(op, args)
+                body = op_body(op, args)
+            else:
+                at, values, reply = plan
+                if at < 0:
+                    return self.cluster(op, list(args))
+                n = len(args)
+                run = args[at] if n > at else None
+                for i in values:
+                    # check_values, inline: a value outside the model is refused here.
+                    if i < n and type(args[i]) not in SCALARS:
+                        check_value(args[i])
+                body = [op, list(args)]
             try:
-                chan.send(head, data, deadline)
-            except (TimeoutError, StreamClosed) as exc:
-                chan = self._send_again(chan, exc, head, data, deadline)
-            frames = None
-            if type(chan) is StreamChannel:
+                data = st.packer.pack(body)
+            except (TypeError, ValueError, OverflowError):
+                data = None
+            if data is None or len(data) > self.max_message_bytes:
+                data = pack_checked(st.packer, body, self.max_message_bytes)  # raises the error
+            now = time.monotonic()
+            deadline = now + self.request_timeout
+            slot = self._slots.get(run) if type(run) is str else None
+            if slot is None:
+                slot = self._slot(run)
+            if self.direct:
+                if self.owners is None:
+                    self._load_slotmap()
+                chan = st.shards[self.owners[slot]]
+                if chan is None or chan.closed:
+                    chan = self._shard_channel(st, self.owners[slot])
+            else:
+                chan = self._proxied_channel(st)
+            if type(chan) is StreamChannel and chan.shard is not None:
+                # The usual case written out here rather than in _roundtrip: a direct
+                # request on this host's stream, answered at the first look.
+                head = _pack_header(VERSION, KIND_OP, slot, next(self._rid) & _RID_MASK)
                 try:
-                    frames = chan.recv(now + self._first_look, self.max_message_bytes)
-                except StreamClosed as exc:
-                    raise self._stream_closed(chan, str(exc)) from None
-            if frames is None or frames[0] != head:
-                frames = self._reply(chan, head, deadline, frames)
-            result = unpack_reply(frames[1])
-            if type(result) is ClusterNotReady and time.monotonic() + _NOT_READY_PAUSE_S < deadline:
-                time.sleep(_NOT_READY_PAUSE_S)
+                    chan.send(head, data, deadline)
+                except (TimeoutError, StreamClosed) as exc:
+                    chan = self._send_again(chan, exc, head, data, deadline)
+                frames = None
+                if type(chan) is StreamChannel:
+                    try:
+                        # (short, so not woken by close(): one descriptor fewer to poll)
+                        frames = chan.recv(now + self._first_look, self.max_message_bytes)
+                    except StreamClosed as exc:
+                        raise self._stream_closed(chan, str(exc)) from None
+                if frames is None or frames[0] != head:
+                    frames = self._reply(chan, head, deadline, frames)
+                result = unpack_reply(frames[1])
+                if (type(result) is ClusterNotReady
+                        and time.monotonic() + _NOT_READY_PAUSE_S < deadline):
+                    time.sleep(_NOT_READY_PAUSE_S)
+                    result = self._roundtrip(chan, KIND_OP, slot, data, deadline)
+            else:
                 result = self._roundtrip(chan, KIND_OP, slot, data, deadline)
-        else:
-            result = self._roundtrip(chan, KIND_OP, slot, data, deadline)
-        if type(result) is SlotMoved:
-            # Our slot map is stale: refresh it and send once more, where it says.
-            self._load_slotmap()
-            chan = (self._shard_channel(st, self.owners[slot]) if self.direct
-                    else self._proxied_channel(st))
-            result = self._roundtrip(chan, KIND_OP, slot, data, deadline)
-        if isinstance(result, InmemError):
-            try:
-                raise result
-            finally:
-                result = None  # its traceback holds this frame: no cycle through the error
-        return result if plan is not None and reply is None else shape(op, args, result)
+            if type(result) is SlotMoved:
+                # Our slot map is stale: refresh it and send once more, where it says.
+                self._load_slotmap()
+                chan = (self._shard_channel(st, self.owners[slot]) if self.direct
+                        else self._proxied_channel(st))
+                result = self._roundtrip(chan, KIND_OP, slot, data, deadline)
+            if isinstance(result, InmemError):
+                try:
+                    raise result
+                finally:
+                    result = None  # its traceback holds this frame: no cycle through the error
+            return result if plan is not None and reply is None else shape(op, args, result)
+        finally:
+            st.busy -= 1
+            if self._closed:
+                self._leave(st)
 
     def _slot(self, run) -> int:
         """slot_of(run), remembered for the runs this client used last."""
@@ -533,20 +686,35 @@ class ClusterBackend:
     def cluster(self, name: str, args=(), timeout: float | None = None):
         """A request the coordinator answers itself (status, info, fan-outs...)."""
         st = self._state()
-        self._check_open()
-        body = pack_checked(st.packer, [name, list(args)], self.max_message_bytes)
-        deadline = time.monotonic() + (self.request_timeout if timeout is None else timeout)
-        result = self._roundtrip(st.coord, KIND_CLUSTER, 0, body, deadline)
-        if isinstance(result, InmemError):
-            try:
-                raise result
-            finally:
-                result = None
-        return shape(name, args, result)
+        st.busy += 1  # (see call)
+        try:
+            self._check_open()
+            body = pack_checked(st.packer, [name, list(args)], self.max_message_bytes)
+            deadline = time.monotonic() + (self.request_timeout if timeout is None else timeout)
+            result = self._roundtrip(self._coord(st), KIND_CLUSTER, 0, body, deadline)
+            if isinstance(result, InmemError):
+                try:
+                    raise result
+                finally:
+                    result = None
+            return shape(name, args, result)
+        finally:
+            st.busy -= 1
+            if self._closed:
+                self._leave(st)
 
     def call_batch(self, ops, _retry: bool = False) -> list:
         st = self._state()
-        self._check_open()
+        st.busy += 1  # (see call)
+        try:
+            self._check_open()
+            return self._call_batch(st, ops, _retry)
+        finally:
+            st.busy -= 1
+            if self._closed:
+                self._leave(st)
+
+    def _call_batch(self, st: _ThreadState, ops, _retry: bool) -> list:
         parts = None if _retry else batch_segments(ops)
         if parts is not None:
             # A read of every shard queued before run operations: in parts, in order.
@@ -623,13 +791,16 @@ class ClusterBackend:
                         break
                 if frames is None:
                     wait_ms = int((deadline - time.monotonic()) * 1000)
-                    ready = dict(poller.poll(max(wait_ms, 0))) if wait_ms > 0 else {}
+                    ready = (dict(poller.poll(min(wait_ms, _CLOSE_CHECK_MS))) if wait_ms > 0
+                             else {})
                     for chan in chans.values():
                         # (a poller names a plain socket by its descriptor)
                         if (chan.sock if type(chan) is _Channel else chan.fileno()) in ready:
                             frames = chan
                             break
                     if frames is None and wait_ms > 0:
+                        if self._closed:
+                            raise self._closed_error()
                         continue
                 if frames is not None:
                     try:
@@ -747,11 +918,43 @@ class ClusterBackend:
         return self.cluster("status")
 
     def close(self) -> None:
+        """Close this client; other threads' calls, in progress or later, raise InmemError.
+
+        Returns at once. The sockets of a thread that is not inside a call are
+        closed here; a thread inside one is woken (a wait on a stream) or looks
+        at the flag within _CLOSE_CHECK_MS (a wait on ZeroMQ), and closes its
+        own sockets as its call ends with the closed error (or its result, if
+        that came first). The context ends with the last of them.
+        """
         if self._closed is True:
             return
-        self._closed = True
-        self._finalizer()
+        if os.getpid() != self._pid:
+            # A forked child's copy: nothing of it is the child's to close.
+            self._closed = True
+            self._finalizer()
+            return
+        seats = self._seats
+        with seats.lock:
+            self._closed = True
+            states = [(key, ref()) for key, ref in seats.states.items()]
+        busy = False
+        for key, st in states:
+            if st is None:
+                continue
+            if st.busy:
+                busy = True
+            elif seats.claim(key):
+                st.close()
+                seats.done()
+        if busy:
+            with seats.lock:
+                if seats.wake is not None and not self._ended:
+                    try:
+                        os.write(seats.wake[1], b"\0")
+                    except BlockingIOError:
+                        pass  # full: it is readable already
         _live_backends.discard(self)
+        self._end_if_unused()
 
     def describe(self) -> str:
         return f"cluster {self.url}" + (" (direct to shards)" if self.direct else "")

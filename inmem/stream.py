@@ -128,11 +128,18 @@ class StreamChannel:
 
     `recv` returns `[header, body]` like a DEALER's recv_multipart, so the
     client's request/reply matching is the same for both transports.
+
+    `wake`: a descriptor that another thread makes readable to interrupt
+    this channel's waits (its client is closing): such a wait then ends with
+    StreamClosed. The other thread never touches this channel's socket, which
+    only its own thread may close. A `recv` watches it when asked to
+    (`wake=True`): a wait known to be short (a first look for a reply) polls
+    the socket alone, one descriptor fewer per call.
     """
 
-    __slots__ = ("sock", "shard", "buf", "closed", "_wait")
+    __slots__ = ("sock", "shard", "buf", "closed", "_wait", "_woken", "_wake")
 
-    def __init__(self, path: str, shard: int, timeout: float):
+    def __init__(self, path: str, shard: int, timeout: float, wake: int | None = None):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout)
@@ -151,6 +158,13 @@ class StreamChannel:
         self.buf = b""  # bytes read past the last whole message
         self._wait = select.poll()
         self._wait.register(sock, select.POLLIN)
+        self._wake = wake
+        #: the socket and the wake descriptor
+        self._woken = self._wait
+        if wake is not None:
+            self._woken = select.poll()
+            self._woken.register(sock, select.POLLIN)
+            self._woken.register(wake, select.POLLIN)
 
     def close(self, linger=None) -> None:
         self.sock.close()
@@ -186,6 +200,8 @@ class StreamChannel:
         """The rest of a frame the socket's buffer did not take at once."""
         out = select.poll()
         out.register(self.sock, select.POLLOUT)
+        if self._wake is not None:
+            out.register(self._wake, select.POLLIN)
         with memoryview(data) as view:
             while sent < len(data):
                 remaining = deadline - time.monotonic()
@@ -200,22 +216,39 @@ class StreamChannel:
                 try:
                     sent += self.sock.send(view[sent:])
                 except BlockingIOError:
+                    self._check_wake()
                     continue
                 except OSError as exc:
                     raise StreamClosed(str(exc)) from None
+
+    def _check_wake(self) -> None:
+        """StreamClosed if the wait just ended was the wake descriptor's doing.
+
+        Asked only when a wait ended with nothing to read or room to write:
+        the wake descriptor stays readable once set, so every later wait would
+        end at once too.
+        """
+        wake = self._wake
+        if wake is not None:
+            probe = select.poll()
+            probe.register(wake, select.POLLIN)
+            if probe.poll(0):
+                raise StreamClosed("the client is closing")
 
     def ready(self) -> bool:
         """Whether a whole message is already buffered (a poll of the socket would miss it)."""
         buf = self.buf
         return len(buf) >= PREFIX_BYTES and len(buf) >= PREFIX_BYTES + _unpack_length(buf)[0]
 
-    def recv(self, deadline: float, max_bytes: int):
+    def recv(self, deadline: float, max_bytes: int, wake: bool = False):
         """The next message as [header, body]; None once the deadline has passed.
 
         A reply over `max_bytes` is read past, not kept: its body is then
         `oversized_reply`, the ProtocolError its request raises. StreamClosed
-        when the shard closed the connection.
+        when the shard closed the connection, or (`wake`) when the wake
+        descriptor was set.
         """
+        wait = self._woken if wake else self._wait
         buf = self.buf
         while True:
             if len(buf) >= PREFIX_BYTES:
@@ -242,11 +275,12 @@ class StreamChannel:
                 self.buf = buf
                 return None
             # A reply is never there yet right after its request: wait first.
-            if not self._wait.poll(_ms(remaining)):
+            if not wait.poll(_ms(remaining)):
                 continue
             try:
                 data = self.sock.recv(CHANNEL_READ_BYTES)
             except BlockingIOError:
+                self._check_wake()
                 continue
             except OSError as exc:
                 raise StreamClosed(str(exc)) from None
@@ -285,11 +319,12 @@ class StreamChannel:
         if remaining <= 0:
             self.close()
             return None
-        if not self._wait.poll(_ms(remaining)):
+        if not self._woken.poll(_ms(remaining)):
             return 0
         try:
             n = self.sock.recv_into(view)
         except BlockingIOError:
+            self._check_wake()
             return 0
         except OSError as exc:
             raise StreamClosed(str(exc)) from None
