@@ -55,6 +55,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import queue
 import threading
 import time
 
@@ -130,7 +131,11 @@ class WalWriter:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._io_lock = threading.Lock()
-        self._kick = threading.Event()
+        # The flusher's wake-up. Not a threading.Event: its set() takes a lock in
+        # Python code, and an interrupt (Ctrl-C) landing between that acquire and
+        # its release leaves the lock held, so the next set() (close's, or the
+        # exit handler's) would wait forever. A SimpleQueue's put is one C call.
+        self._kick: queue.SimpleQueue = queue.SimpleQueue()
         self._leader = False
         # Threads waiting on _cond (under _lock): with none, a flush that
         # advances durable_lsn has nobody to wake, and skips the notify.
@@ -294,8 +299,8 @@ class WalWriter:
         lsn = self._enqueue(payload, rtype)
         if self._strict:
             self._wait_durable(lsn)
-        elif self._pending >= self.max_pending_writes:
-            self._kick.set()
+        elif self._pending >= self.max_pending_writes and self._kick.empty():
+            self._kick.put(None)
         return lsn
 
     def append_nowait(self, payload, rtype: int = TYPE_BATCH) -> int:
@@ -374,7 +379,8 @@ class WalWriter:
 
     def kick(self) -> None:
         """Ask the buffered flusher to flush now rather than at its next interval."""
-        self._kick.set()
+        if self._kick.empty():
+            self._kick.put(None)
 
     def wait_durable(self, lsn: int) -> None:
         """Return once the record at `lsn` is fsynced, leading a group flush if needed."""
@@ -667,10 +673,14 @@ class WalWriter:
 
     def _flusher(self) -> None:
         interval_s = self.flush_interval_ms / 1000.0
-        kick = self._kick
+        wait, take = self._kick.get, self._kick.get_nowait
         while True:
-            kick.wait(interval_s)
-            kick.clear()
+            try:
+                wait(timeout=interval_s)
+                while True:  # kicks that came meanwhile: one flush serves them all
+                    take()
+            except queue.Empty:
+                pass
             if self._stopping:
                 return  # close() does the final flush
             try:
@@ -765,7 +775,7 @@ class WalWriter:
         thread = self._thread
         if thread is not None:
             self._stopping = True
-            self._kick.set()
+            self._kick.put(None)
             thread.join()
         self._stop_syncer()
         final_error = None
