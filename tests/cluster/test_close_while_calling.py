@@ -252,22 +252,26 @@ def test_close_while_other_threads_call_ends_their_calls_with_the_closed_error(b
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("transport", list(TRANSPORTS))
-def test_close_interrupts_a_call_waiting_on_a_stopped_shard(make_cluster, transport):
-    # A call whose shard does not answer would wait for its 60 s deadline;
-    # close() ends it at once instead.
+def _race_with_a_stopped_shard(make_cluster, transport, prefix, **race):
+    """`_race` with shard 0 stopped (SIGSTOP) for the calls to its runs; continued after."""
     cluster = make_cluster(shards=2, durability="inmemory")
     db = cluster.connect()
-    ids = runs_on_each_shard(db, 2, per_shard=2, prefix="stall")
+    ids = runs_on_each_shard(db, 2, per_shard=2, prefix=prefix)
     for r in ids[0] + ids[1]:
         db.begin_run(run_id=r)
     db.close()
     victim = cluster.pids()["shards"][0]
     try:
-        lines = _race(cluster.endpoint, transport, ids[1], stalled=ids[0], victim=victim,
-                      iterations=4)
+        return _race(cluster.endpoint, transport, ids[1], stalled=ids[0], victim=victim, **race)
     finally:
         os.kill(victim, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("transport", list(TRANSPORTS))
+def test_close_interrupts_a_call_waiting_on_a_stopped_shard(make_cluster, transport):
+    # A call whose shard does not answer would wait for its 60 s deadline;
+    # close() ends it at once instead.
+    lines = _race_with_a_stopped_shard(make_cluster, transport, "stall", iterations=4)
     for line in lines:
         assert line["outcomes"]["stalled"][2] == 0, line  # it never had an answer
 
@@ -276,17 +280,7 @@ def test_close_interrupts_a_call_waiting_on_a_stopped_shard(make_cluster, transp
 @pytest.mark.parametrize("transport", list(TRANSPORTS))
 def test_asyncio_close_ends_the_calls_of_every_task_with_the_closed_error(make_cluster,
                                                                           transport):
-    cluster = make_cluster(shards=2, durability="inmemory")
-    db = cluster.connect()
-    ids = runs_on_each_shard(db, 2, per_shard=2, prefix="aio")
-    for r in ids[0] + ids[1]:
-        db.begin_run(run_id=r)
-    db.close()
-    victim = cluster.pids()["shards"][0]
-    try:
-        lines = _race(cluster.endpoint, transport, ids[1], stalled=ids[0], victim=victim,
-                      iterations=20, child="_async_child")
-    finally:
-        os.kill(victim, signal.SIGCONT)
+    lines = _race_with_a_stopped_shard(make_cluster, transport, "aio", iterations=20,
+                                       child="_async_child")
     for line in lines:
         assert line["outcomes"]["stalled"][2] == 0, line
