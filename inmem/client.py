@@ -434,11 +434,14 @@ class ClusterBackend:
         closed = self._closed
         return InmemError(closed if isinstance(closed, str) else "the database is closed")
 
-    def _recv(self, chan, deadline: float):
-        """The next message on a channel, or None once the deadline has passed."""
+    def _recv(self, chan, deadline: float, until: float | None = None):
+        """The next message on a channel, or None once the deadline has passed.
+
+        `until`: the request's own deadline when `deadline` ends a slice of it (a
+        large reply that began arriving is read on to it)."""
         if type(chan) is StreamChannel:
             try:
-                return chan.recv(deadline, self.max_message_bytes, True)
+                return chan.recv(deadline, self.max_message_bytes, True, until)
             except StreamClosed as exc:
                 raise self._stream_closed(chan, str(exc)) from None
         sock = chan.sock
@@ -573,7 +576,8 @@ class ClusterBackend:
                           # Direct: wait in slices, and between them ask the coordinator
                           # whether the shard is still the process we sent to, so a
                           # request to a shard that died fails as soon as that is known.
-                          self._recv(chan, min(deadline, time.monotonic() + _DIRECT_CHECK_S)))
+                          self._recv(chan, min(deadline, time.monotonic() + _DIRECT_CHECK_S),
+                                     deadline))
             looked = False
             if frames is None:
                 if shard is not None and time.monotonic() < deadline:
@@ -644,7 +648,8 @@ class ClusterBackend:
                 if type(chan) is StreamChannel:
                     try:
                         # (short, so not woken by close(): one descriptor fewer to poll)
-                        frames = chan.recv(now + self._first_look, self.max_message_bytes)
+                        frames = chan.recv(now + self._first_look, self.max_message_bytes,
+                                           False, deadline)
                     except StreamClosed as exc:
                         raise self._stream_closed(chan, str(exc)) from None
                 if frames is None or frames[0] != head:

@@ -240,14 +240,19 @@ class StreamChannel:
         buf = self.buf
         return len(buf) >= PREFIX_BYTES and len(buf) >= PREFIX_BYTES + _unpack_length(buf)[0]
 
-    def recv(self, deadline: float, max_bytes: int, wake: bool = False):
+    def recv(self, deadline: float, max_bytes: int, wake: bool = False,
+             until: float | None = None):
         """The next message as [header, body]; None once the deadline has passed.
 
         A reply over `max_bytes` is read past, not kept: its body is then
         `oversized_reply`, the ProtocolError its request raises. StreamClosed
         when the shard closed the connection, or (`wake`) when the wake
-        descriptor was set.
+        descriptor was set. `until`: when `deadline` only ends one slice of a
+        longer wait, the wait's own end; a large message that began arriving
+        is read on to it (stopping part way would end the stream).
         """
+        if until is None or until < deadline:
+            until = deadline
         wait = self._woken if wake else self._wait
         buf = self.buf
         while True:
@@ -261,7 +266,7 @@ class StreamChannel:
                         self.buf = buf[end:]
                     else:
                         self.buf = b""
-                        if not self._skip(end - len(buf), deadline):
+                        if not self._skip(end - len(buf), until):
                             return None
                     return [head, oversized_reply(size, max_bytes)]
                 if len(buf) >= end:
@@ -269,7 +274,7 @@ class StreamChannel:
                     return [buf[LENGTH.size:PREFIX_BYTES], buf[PREFIX_BYTES:end]]
                 if end - len(buf) > CHANNEL_READ_BYTES:
                     self.buf = b""
-                    return self._recv_large(buf, end, deadline)
+                    return self._recv_large(buf, end, until)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.buf = buf

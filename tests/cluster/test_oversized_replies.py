@@ -72,3 +72,27 @@ def test_the_asyncio_client_fails_only_that_request(cluster, options):
         finally:
             await db.close()
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("limit", [None, LIMIT], ids=["kept", "over-the-limit"])
+def test_a_large_reply_that_outlasts_one_wait_slice_is_read_whole(cluster, monkeypatch, limit):
+    # A direct client waits for a reply in short slices (between them it asks whether
+    # the shard is still alive). A reply still arriving when a slice ends must be
+    # read on to the request's own deadline, not cut off with the stream closed.
+    import inmem.client as client_module
+    value = b"y" * (8 << 20)
+    writer = cluster.connect()
+    writer.kv.put("big-replies", "slow", value)
+    writer.close()
+    monkeypatch.setattr(client_module, "_DIRECT_CHECK_S", 0.0002)
+    db = cluster.connect(**({} if limit is None else {"max_message_bytes": limit}))
+    try:
+        for _ in range(3):
+            if limit is None:
+                assert db.kv.get("big-replies", "slow") == value
+            else:
+                with pytest.raises(inmem.ProtocolError, match="max_message_bytes"):
+                    db.kv.get("big-replies", "slow")
+            assert db.kv.get("big-replies", "small") == 1
+    finally:
+        db.close()
