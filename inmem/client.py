@@ -128,6 +128,14 @@ def _release(ctx, sockets: list, seats: "_Seats", pid: int) -> None:
     if os.getpid() != pid:  # a forked child must not touch the parent's context
         return
     with seats.lock:
+        # A thread inside a call now can only be a daemon thread at interpreter
+        # exit (close() and collection run this only once no call is in flight):
+        # closing its socket under it would abort in libzmq, and ending the
+        # context would wait for it forever. The exiting process lets them go.
+        for ref in seats.states.values():
+            st = ref()
+            if st is not None and st.busy:
+                return
         seats.states.clear()  # a thread's state that goes later has nothing left to close
         wake, seats.wake = seats.wake, None
     for sock in sockets:

@@ -284,3 +284,38 @@ def test_asyncio_close_ends_the_calls_of_every_task_with_the_closed_error(make_c
                                        child="_async_child")
     for line in lines:
         assert line["outcomes"]["stalled"][2] == 0, line
+
+
+_EXIT_WHILE_CALLING = r"""
+import sys, threading, time
+import inmem
+
+url, options, runs = sys.argv[1], eval(sys.argv[2]), eval(sys.argv[3])
+db = inmem.connect(url, **options)
+calls = [0] * 4
+
+def hammer(i):
+    run = runs[i % len(runs)]
+    while True:
+        db.kv.put(run, f"k{i}", i)
+        db.kv.get(run, f"k{i}")
+        calls[i] += 1
+
+for i in range(4):
+    threading.Thread(target=hammer, args=(i,), daemon=True).start()
+while sum(calls) < 200:
+    time.sleep(0.001)
+# The main thread ends without close(): the client's exit-time clean-up runs while
+# the daemon threads are inside calls.
+"""
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("transport", list(TRANSPORTS))
+def test_an_exit_while_daemon_threads_are_calling_ends_cleanly(busy_cluster, transport):
+    cluster, runs = busy_cluster
+    for _ in range(6):
+        done = subprocess.run([sys.executable, "-c", _EXIT_WHILE_CALLING, cluster.endpoint,
+                               repr(TRANSPORTS[transport]), repr(runs)],
+                              capture_output=True, text=True, timeout=HANG_S * 3)
+        assert done.returncode == 0, done.stderr[-2000:]
