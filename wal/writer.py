@@ -299,8 +299,8 @@ class WalWriter:
         lsn = self._enqueue(payload, rtype)
         if self._strict:
             self._wait_durable(lsn)
-        elif self._pending >= self.max_pending_writes and self._kick.empty():
-            self._kick.put(None)
+        elif self._pending >= self.max_pending_writes:
+            self.kick()
         return lsn
 
     def append_nowait(self, payload, rtype: int = TYPE_BATCH) -> int:

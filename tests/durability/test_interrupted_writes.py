@@ -12,6 +12,14 @@ import pytest
 import inmem
 
 
+def _interrupted_after(real):
+    """`real`, which then raises KeyboardInterrupt as a Ctrl-C landing right after it would."""
+    def interrupted(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+    return interrupted
+
+
 @pytest.mark.parametrize("durability", ["buffered", "strict"])
 def test_an_interrupt_inside_the_commit_step_stops_writes_and_reopening_recovers(
         tmp_path, monkeypatch, durability):
@@ -20,12 +28,7 @@ def test_an_interrupt_inside_the_commit_step_stops_writes_and_reopening_recovers
     run = db.begin_run(run_id="r")
     db.kv.put(run, "acked", 1)
     store = db._backend.store
-    real = store.commit_locked
-
-    def interrupted(*args, **kwargs):
-        real(*args, **kwargs)
-        raise KeyboardInterrupt
-    monkeypatch.setattr(store, "commit_locked", interrupted)
+    monkeypatch.setattr(store, "commit_locked", _interrupted_after(store.commit_locked))
     with pytest.raises(KeyboardInterrupt):
         db.events.append(run, "step", {"n": 1})
     monkeypatch.undo()
@@ -153,12 +156,7 @@ def test_an_interrupt_after_the_writer_took_a_record_does_not_log_it_twice(
     db.kv.put(run, "acked", 1)
     db.events.append(run, "before", {})
     writer = db._backend.store.writer
-    real = writer.append_located
-
-    def taken_then_interrupted(*args, **kwargs):
-        real(*args, **kwargs)
-        raise KeyboardInterrupt
-    monkeypatch.setattr(writer, "append_located", taken_then_interrupted)
+    monkeypatch.setattr(writer, "append_located", _interrupted_after(writer.append_located))
     with pytest.raises(KeyboardInterrupt):
         db.events.append(run, "step", {"n": 1})
     monkeypatch.undo()
