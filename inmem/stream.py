@@ -197,29 +197,51 @@ class StreamChannel:
             raise
 
     def _send_rest(self, data: bytes, sent: int, deadline: float) -> None:
-        """The rest of a frame the socket's buffer did not take at once."""
+        """The rest of a frame the socket's buffer did not take at once.
+
+        Replies that arrive meanwhile are read into `buf`: a shard stops
+        reading a connection whose replies the kernel cannot take, so a client
+        that sends a long pipeline before reading would otherwise wait on a
+        shard that waits on it.
+        """
+        sock = self.sock
         out = select.poll()
-        out.register(self.sock, select.POLLOUT)
+        out.register(sock, select.POLLOUT | select.POLLIN)
         if self._wake is not None:
             out.register(self._wake, select.POLLIN)
-        with memoryview(data) as view:
-            while sent < len(data):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    if sent:
-                        # Part of the frame is out: the stream is out of step, so
-                        # it ends here (the shard drops an unfinished frame unapplied).
-                        self.close()
-                    raise TimeoutError
-                if not out.poll(_ms(remaining)):
-                    continue
-                try:
-                    sent += self.sock.send(view[sent:])
-                except BlockingIOError:
-                    self._check_wake()
-                    continue
-                except OSError as exc:
-                    raise StreamClosed(str(exc)) from None
+        got: list = []  # joined once at the end: a long wait may read megabytes
+        try:
+            with memoryview(data) as view:
+                while sent < len(data):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        if sent:
+                            # Part of the frame is out: the stream is out of step, so
+                            # it ends here (the shard drops an unfinished frame unapplied).
+                            self.close()
+                        raise TimeoutError
+                    if not out.poll(_ms(remaining)):
+                        continue
+                    try:
+                        sent += sock.send(view[sent:])
+                        continue
+                    except BlockingIOError:
+                        pass
+                    except OSError as exc:
+                        raise StreamClosed(str(exc)) from None
+                    try:
+                        chunk = sock.recv(CHANNEL_READ_BYTES)
+                    except BlockingIOError:
+                        self._check_wake()
+                        continue
+                    except OSError as exc:
+                        raise StreamClosed(str(exc)) from None
+                    if not chunk:
+                        raise StreamClosed("the shard closed the connection")
+                    got.append(chunk)
+        finally:
+            if got:
+                self.buf = b"".join([self.buf, *got])
 
     def _check_wake(self) -> None:
         """StreamClosed if the wait just ended was the wake descriptor's doing.
