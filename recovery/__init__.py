@@ -13,6 +13,8 @@ from inmem.recovery.errors import (
     CorruptionError,
     PolicyInputError,
     PolicyTableError,
+    RecordContentError,
+    SnapshotContentError,
     SnapshotCorrupt,
     SnapshotError,
     SnapshotUnsupported,
@@ -31,8 +33,8 @@ from inmem.recovery.snapshot_format import (
 from inmem.recovery.snapshot_store import SnapshotInfo, SnapshotStore
 
 __all__ = [
-    "CorruptionError", "PolicyInputError", "PolicyTableError", "SnapshotCorrupt",
-    "SnapshotError", "SnapshotUnsupported", "WalGapError",
+    "CorruptionError", "PolicyInputError", "PolicyTableError", "RecordContentError",
+    "SnapshotContentError", "SnapshotCorrupt", "SnapshotError", "SnapshotUnsupported", "WalGapError",
     "FORMAT_VERSION", "MAGIC",
     "Snapshot", "SnapshotHeader", "parse_snapshot", "read_snapshot_file", "verify_main",
     "write_snapshot_file", "SnapshotInfo", "SnapshotStore",

@@ -98,6 +98,69 @@ class WalGapError(_PublicCorruptionError):
         return (type(self), (self.path, self.offset, self.reason))
 
 
+class RecordContentError(_PublicCorruptionError):
+    """A WAL record whose crc32c verifies but whose payload is not operations this build applies.
+
+    A crash cannot write such a record and a damaged one fails its checksum,
+    so it comes from a different or faulty release, or from a file put in the
+    WAL directory by hand. It is never skipped (`max_corrupt_entries` counts
+    damage the checksum caught): what it says is unknown.
+    """
+
+    _fields = ("path", "offset", "reason")
+
+    def __init__(self, path, offset: int, reason: str):
+        path = os.fspath(path)
+        super().__init__(
+            f"WAL record in {path} at byte offset {offset} passes its crc32c but does not "
+            f"hold operations this build can apply: {reason}. It was written by a different "
+            f"or faulty inmem release, or the file does not belong to this store. Recovery "
+            f"stopped; keep a copy of the data directory, and open it with the release that "
+            f"wrote it.",
+            path=path, offset=offset, reason=reason)
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.offset, self.reason))
+
+
+class SnapshotContentError(SnapshotError, _PublicCorruptionError):
+    """A snapshot whose crc32c verifies but whose sections do not decode to a state."""
+
+    _fields = ("path", "offset", "reason")
+
+    def __init__(self, path, offset: int, reason: str):
+        path = os.fspath(path)
+        super().__init__(
+            f"snapshot {path} passes its crc32c but its contents do not decode to a state "
+            f"this build can load (at byte offset {offset}: {reason}). It was written by a "
+            f"different or faulty inmem release. Recovery stopped; move the file aside "
+            f"(keep it for diagnosis) to recover from an older snapshot and the WAL.",
+            path=path, offset=offset, reason=reason)
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.offset, self.reason))
+
+
+class UnreadableContent(ValueError):
+    """Raised by a recovery target: what it was handed does not decode to engine state.
+
+    The target knows the bytes but not the file: `index` is the position of
+    the WAL record in the block it was given (None for a snapshot), `section`
+    the snapshot section type it was reading (None if unknown), `version` the
+    codec version a snapshot names when this build does not read it (else
+    None). The recovery sequence turns it into RecordContentError,
+    SnapshotContentError or SnapshotUnsupported, naming the file.
+    """
+
+    def __init__(self, reason: str, index: int | None = None, section: int | None = None,
+                 version: int | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.index = index
+        self.section = section
+        self.version = version
+
+
 class PolicyInputError(ValueError):
     """Inputs to the recovery policy that describe an impossible situation."""
 

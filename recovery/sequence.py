@@ -8,7 +8,9 @@
        its live apply path);
     4. ask the policy table (`recovery.policy`) what the findings mean: go on,
        cut a torn tail (after keeping a numbered, fsynced `*.broken.N` copy),
-       or fail with a CorruptionError naming the file and offset;
+       or fail with a CorruptionError naming the file and offset (a record
+       or a snapshot whose checksum holds but whose contents the target
+       cannot use fails too, as RecordContentError or SnapshotContentError);
     5. let the target mark the runs left active as orphaned and schedule the
        rebuild of its indexes (they are never stored; the shard rebuilds them
        after it reports ready, so readiness never waits for them), and fill a
@@ -37,6 +39,8 @@ import time
 from inmem.files import keep_evidence_copy, make_dirs
 from inmem.types import RecoveryResult
 from inmem.recovery import policy
+from inmem.recovery.errors import (RecordContentError, SnapshotContentError,
+                                   SnapshotUnsupported, UnreadableContent)
 from inmem.recovery.snapshot_store import SnapshotStore
 from inmem.wal.reader import CleanEnd, Corruption, TornTail, WalReader
 from inmem.wal.segment import list_segments
@@ -147,7 +151,7 @@ def _recover(directory, target, shard, max_corrupt_entries, snapshot_retention, 
     start_lsn = 0
     snapshot_used = None
     if snap is not None:
-        target.load_snapshot(snap.sections)
+        _load_snapshot(target, snap)
         start_lsn = snap.wal_position
         snapshot_used = os.path.abspath(snap.path)
 
@@ -162,7 +166,11 @@ def _recover(directory, target, shard, max_corrupt_entries, snapshot_retention, 
     apply = target.apply_records
     records = groups_applied = done_bytes = 0
     for _first, _rtypes, payloads, segment, offsets in (() if gap else reader.placed_blocks()):
-        groups_applied += apply(payloads, segment, offsets)
+        try:
+            groups_applied += apply(payloads, segment, offsets)
+        except UnreadableContent as exc:
+            at = offsets[exc.index or 0] if offsets else 0
+            raise RecordContentError(reader.segment, at, exc.reason) from exc
         records += len(payloads)
         done_bytes += sum(map(len, payloads))
         progress.update(done_bytes, records)
@@ -208,6 +216,17 @@ def _recover(directory, target, shard, max_corrupt_entries, snapshot_retention, 
             and segments and reader.segment == segments[-1][1]):
         log_end = (reader.segment, reader.end_offset, reader.next_lsn)
     return result, max(reader.next_lsn, start_lsn), store, case, log_end
+
+
+def _load_snapshot(target, snap) -> None:
+    """Hand the snapshot's sections to the target; a typed error naming the file if they do not load."""
+    try:
+        target.load_snapshot(snap.sections)
+    except UnreadableContent as exc:
+        offset = snap.section_offsets.get(exc.section, 0)
+        if exc.version is not None:
+            raise SnapshotUnsupported(snap.path, offset, exc.reason, exc.version) from exc
+        raise SnapshotContentError(snap.path, offset, exc.reason) from exc
 
 
 def _cut_torn_tail(torn: TornTail) -> int:

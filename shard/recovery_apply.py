@@ -6,6 +6,15 @@ what it read to a target with this shape, `EngineRecovery`, which loads
 snapshot sections through `shard.snapshot_codec` and applies WAL records
 through `RecoveryOps`, the part of the `Engine` that applies logged groups
 with the same `shard.effects` functions live writes use.
+
+What it is handed has passed its checksum, so it is what some release
+wrote; when it is not what this build writes (a record or a section of
+another shape, an effect code it does not know, a write to a run that was
+never created) the target raises `UnreadableContent` saying which record,
+and the sequence names the file: nothing of the kind escapes as a TypeError
+or a msgpack error. Run-level effects (creation, status, deletion), rare and
+able to change or drop a whole run silently, are checked field by field
+before they are applied.
 """
 
 from __future__ import annotations
@@ -14,9 +23,12 @@ import logging
 from operator import itemgetter
 from typing import Callable
 
-from inmem.errors import InmemError
+from inmem.recovery.errors import UnreadableContent
 
-from .effects import APPLY, CODE, KV_DEL, KV_PUT, RUN_CREATE, RUN_DELETE, apply_kv_many, decode_batch
+from .effects import (APPLY, CODE, CREATE_FLAGS, CREATE_RUN, DELETE_RUN, KV_DEL, KV_PUT,
+                      RUN_CREATE, RUN_DELETE, RUN_STATUS, STATUS, STATUS_ERROR, STATUS_TS,
+                      apply_kv_many, apply_status, decode_batch)
+from .lifecycle import STATUSES
 from .runs import RunData
 from .search_index import SearchIndex
 from .snapshot_codec import load
@@ -26,6 +38,37 @@ log = logging.getLogger("inmem.shard")
 _CODE = itemgetter(CODE)
 _KV_CODES = frozenset((KV_PUT, KV_DEL))
 _RUN_CODES = frozenset((RUN_CREATE, RUN_DELETE))
+
+
+def _refuse(eff, why: str):
+    raise UnreadableContent(f"{why}: {eff!r:.200}")
+
+
+def _check_create(run_id, eff) -> None:
+    """A RUN_CREATE effect as the engine writes it, for run `run_id`."""
+    if (len(eff) not in (CREATE_FLAGS, CREATE_FLAGS + 1) or eff[CREATE_RUN] != run_id
+            or not isinstance(eff[2], (str, type(None))) or not isinstance(eff[3], (str, type(None)))
+            or not isinstance(eff[4], (tuple, list)) or not all(isinstance(t, str) for t in eff[4])
+            or not isinstance(eff[5], (bytes, type(None))) or type(eff[6]) is not int
+            or (len(eff) > CREATE_FLAGS and type(eff[CREATE_FLAGS]) is not int)):
+        _refuse(eff, f"not a creation of run {run_id!r}")
+
+
+def _check_delete(run_id, eff) -> None:
+    if len(eff) != 3 or eff[DELETE_RUN] != run_id or type(eff[2]) is not int:
+        _refuse(eff, f"not a deletion of run {run_id!r}")
+
+
+def _apply_status_checked(r, eff) -> None:
+    """apply_status for an effect read back from disk: a status the engine knows, or no change."""
+    if (len(eff) != 4 or eff[STATUS] not in STATUSES or type(eff[STATUS_TS]) is not int
+            or not isinstance(eff[STATUS_ERROR], (str, type(None)))):
+        _refuse(eff, "not a status change")
+    apply_status(r, eff)
+
+
+#: APPLY for effects read back from disk: the run-level ones are checked first
+_APPLY = {**APPLY, RUN_STATUS: _apply_status_checked}
 
 
 class RecoveryOps:
@@ -50,7 +93,7 @@ class RecoveryOps:
                     eff = effs[0]
                     code = eff[CODE]
                     if code not in _RUN_CODES:
-                        APPLY[code](r, eff)
+                        _APPLY[code](r, eff)
                         continue
                 codes = set(map(_CODE, effs))
                 if codes <= _KV_CODES:
@@ -58,7 +101,7 @@ class RecoveryOps:
                     continue
                 if not codes & _RUN_CODES:
                     for eff in effs:
-                        APPLY[eff[CODE]](r, eff)
+                        _APPLY[eff[CODE]](r, eff)
                     continue
             self.apply_group((run_id, *effs))
 
@@ -74,14 +117,16 @@ class RecoveryOps:
             eff = group[1]
             code = eff[CODE]
             if code != RUN_CREATE and code != RUN_DELETE:
-                APPLY[code](r, eff)
+                _APPLY[code](r, eff)
                 return
         for eff in group[1:]:
             code = eff[CODE]
             if code == RUN_CREATE:
+                _check_create(run_id, eff)
                 r = self.runs[run_id] = RunData(eff, None, self.history_files)
                 continue
             if code == RUN_DELETE:
+                _check_delete(run_id, eff)
                 gone = self.runs.pop(run_id, None)
                 if gone is not None:
                     gone.journal.release()
@@ -89,8 +134,8 @@ class RecoveryOps:
                 r = None
                 continue
             if r is None:
-                raise InmemError(f"the log names run {run_id!r}, which was never created")
-            APPLY[code](r, eff)
+                raise UnreadableContent(f"a write to run {run_id!r}, which was never created")
+            _APPLY[code](r, eff)
 
     def mark_orphans(self) -> list[str]:
         """After recovery: every run still active has no end; flag it as orphaned."""
@@ -98,6 +143,25 @@ class RecoveryOps:
             if r.status == "active":
                 r.orphaned = True
         return self.orphaned_runs()
+
+
+def _unreadable(exc: Exception, index: int | None) -> UnreadableContent:
+    """The error for a WAL record (`index` in its block) that could not be applied."""
+    if isinstance(exc, UnreadableContent):
+        exc.index = index
+        return exc
+    why = str(exc) or type(exc).__name__
+    return UnreadableContent(f"applying it failed ({type(exc).__name__}: {why:.200})", index)
+
+
+def _first_undecodable(payloads) -> int | None:
+    """The index of the first payload that does not decode on its own, or None."""
+    for i, payload in enumerate(payloads):
+        try:
+            decode_batch(payload)
+        except Exception:
+            return i
+    return None
 
 
 class EngineRecovery:
@@ -119,6 +183,7 @@ class EngineRecovery:
         self.bytes_applied = 0
 
     def load_snapshot(self, sections: dict) -> None:
+        """Fill the engine from a snapshot's sections; UnreadableContent if they are not a state."""
         load(self.engine, sections)
 
     def apply_records(self, payloads, segment: int | None = None, offsets=None) -> int:
@@ -136,22 +201,28 @@ class EngineRecovery:
             if offsets is None:
                 raise ValueError("a store with history files applies WAL records with their places")
             return self._apply_placed(payloads, segment, offsets)
-        groups = 0
-        merged: list = []
-        last = None
-        for count, batches in map(decode_batch, payloads):
-            groups += count
-            for batch in batches:
-                run_id = batch[0]
-                if run_id == last:
-                    prev = merged[-1]
-                    if type(prev[1]) is not list:
-                        merged[-1] = prev = (run_id, list(prev[1]))
-                    prev[1].extend(batch[1])
-                else:
-                    merged.append(batch)
-                    last = run_id
-        self._apply(merged)
+        try:
+            groups = 0
+            merged: list = []
+            last = None
+            for count, batches in map(decode_batch, payloads):
+                groups += count
+                for batch in batches:
+                    run_id = batch[0]
+                    if run_id == last:
+                        prev = merged[-1]
+                        if type(prev[1]) is not list:
+                            merged[-1] = prev = (run_id, list(prev[1]))
+                        prev[1].extend(batch[1])
+                    else:
+                        merged.append(batch)
+                        last = run_id
+            self._apply(merged)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            # The records were merged: say which one, if one alone does not decode.
+            raise _unreadable(exc, _first_undecodable(payloads)) from exc
         return groups
 
     def _apply_placed(self, payloads, segment: int, offsets) -> int:
@@ -165,30 +236,36 @@ class EngineRecovery:
         apply = self._apply
         place_of = self._files.place
         groups = 0
-        for payload, offset in zip(payloads, offsets):
-            count, batches = decode_batch(payload)
-            groups += count
-            place = place_of(segment, offset)
-            seen: dict = {}  # run -> its effects in this record so far, as a reader counts them
-            for batch in batches:
-                run_id, effs = batch
-                r0 = runs.get(run_id)
-                n0 = 0 if r0 is None else len(r0.journal.items)
-                apply((batch,))
-                skip = seen.get(run_id, 0)
-                seen[run_id] = skip + len(effs)
-                r = runs.get(run_id)
-                if r is None:
-                    continue  # deleted in this batch: its history went with it
-                h = r.journal
-                if r is r0:
-                    n = len(h.items) - n0
-                else:  # created in this batch: from its last creation on
-                    n = len(h.items)
-                    skip += max(i for i, eff in enumerate(effs) if eff[CODE] == RUN_CREATE)
-                if n:
-                    h.to_disk(n, place, skip)
-                    h.drop_held(h.disk)
+        i = 0
+        try:  # costs nothing until a record raises; then that record is named
+            for i, (payload, offset) in enumerate(zip(payloads, offsets)):
+                count, batches = decode_batch(payload)
+                groups += count
+                place = place_of(segment, offset)
+                seen: dict = {}  # run -> its effects in this record so far, as a reader counts them
+                for batch in batches:
+                    run_id, effs = batch
+                    r0 = runs.get(run_id)
+                    n0 = 0 if r0 is None else len(r0.journal.items)
+                    apply((batch,))
+                    skip = seen.get(run_id, 0)
+                    seen[run_id] = skip + len(effs)
+                    r = runs.get(run_id)
+                    if r is None:
+                        continue  # deleted in this batch: its history went with it
+                    h = r.journal
+                    if r is r0:
+                        n = len(h.items) - n0
+                    else:  # created in this batch: from its last creation on
+                        n = len(h.items)
+                        skip += max(j for j, eff in enumerate(effs) if eff[CODE] == RUN_CREATE)
+                    if n:
+                        h.to_disk(n, place, skip)
+                        h.drop_held(h.disk)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise _unreadable(exc, i) from exc
         return groups
 
     def mark_orphans(self) -> list[str]:

@@ -35,6 +35,7 @@ from typing import Protocol
 import msgpack
 
 from inmem.recovery import snapshot_format as fmt
+from inmem.recovery.errors import UnreadableContent
 
 from .effects import (APPLY, CODE, KV_DEL, KV_PUT, RUN_CREATE, apply_kv_many,
                       load_entries, load_events, load_traces)
@@ -45,6 +46,9 @@ CODEC_VERSION = 2
 _READS = (1, 2)
 
 _ORDER = (fmt.RUNS, fmt.KV, fmt.EVENTS, fmt.STATE, fmt.TRACES, fmt.JSON)
+#: the sections `dump` writes, every one of them, from codec version 2 on
+_SECTIONS_V2 = (fmt.META, fmt.RUNS, fmt.KV, fmt.EVENTS, fmt.STATE, fmt.TRACES, fmt.JSON,
+                fmt.JOURNAL)
 
 
 class Snapshottable(Protocol):
@@ -88,16 +92,42 @@ def dump(engine: Snapshottable) -> tuple[dict, list]:
 
 
 def load(engine: Snapshottable, sections: dict) -> None:
-    """Rebuild `engine` (empty) from the sections of a snapshot."""
+    """Rebuild `engine` (empty) from the sections of a snapshot.
+
+    Raises UnreadableContent (naming the section it was reading) when the
+    sections are not a state this build wrote: the file's checksum held, so
+    they come from another release or a faulty one.
+    """
+    at = [fmt.META]  # the section being read, for the error
+    try:
+        _load(engine, sections, at)
+    except (UnreadableContent, MemoryError):
+        raise
+    except Exception as exc:
+        why = str(exc) or type(exc).__name__
+        raise UnreadableContent(f"section {fmt.section_name(at[0])}: {type(exc).__name__}: "
+                                f"{why:.200}", section=at[0]) from exc
+
+
+def _load(engine: Snapshottable, sections: dict, at: list) -> None:
     meta = msgpack.unpackb(sections[fmt.META], raw=False) if fmt.META in sections else {}
     codec = meta.get("codec", 1)
     if codec not in _READS:
-        raise ValueError(f"snapshot codec version {codec} is not supported")
+        if type(codec) is int and codec > CODEC_VERSION:
+            raise UnreadableContent(
+                f"its state is in codec version {codec}, newer than the versions this build "
+                f"reads ({', '.join(map(str, _READS))})", section=fmt.META, version=codec)
+        raise ValueError(f"snapshot codec version {codec!r} is not one this build wrote")
     if codec == 1:
-        _load_v1(engine, sections)
+        _load_v1(engine, sections, at)
         return
+    for t in _SECTIONS_V2:
+        if t not in sections:
+            at[0] = t
+            raise ValueError("the section is missing")
     files = engine.history_files
     runs = engine.runs
+    at[0] = fmt.RUNS
     for run_id, create, status, updated_at, ended_at, error, orphaned in _unpack(
             sections.get(fmt.RUNS)):
         if not create or create[CODE] != RUN_CREATE or create[1] != run_id:
@@ -107,15 +137,19 @@ def load(engine: Snapshottable, sections: dict) -> None:
             status, updated_at, ended_at, error, orphaned
         runs[run_id] = r
     for t, attr in ((fmt.KV, "kv"), (fmt.STATE, "state"), (fmt.JSON, "json")):
+        at[0] = t
         for run_id, keys, entries in _unpack(sections.get(t)):
             if len(keys) != len(entries):
                 raise ValueError(f"snapshot section {fmt.section_name(t)} of run {run_id!r} "
                                  "has keys and entries of different lengths")
             load_entries(getattr(runs[run_id], attr), keys, entries)
+    at[0] = fmt.EVENTS
     for run_id, effs in _unpack(sections.get(fmt.EVENTS)):
         load_events(runs[run_id], effs)
+    at[0] = fmt.TRACES
     for run_id, effs in _unpack(sections.get(fmt.TRACES)):
         load_traces(runs[run_id], effs)
+    at[0] = fmt.JOURNAL
     names, journals = _unpack(sections.get(fmt.JOURNAL)) or ((), ())
     if names:
         if files is None:
@@ -140,9 +174,10 @@ def load(engine: Snapshottable, sections: dict) -> None:
 
 # -- codec version 1 -------------------------------------------------------------------
 
-def _load_v1(engine: Snapshottable, sections: dict) -> None:
+def _load_v1(engine: Snapshottable, sections: dict, at: list) -> None:
     journals: dict = {}
     orphans: dict = {}
+    at[0] = fmt.RUNS
     for run_id, n, positions, effs, orphaned in _unpack(sections.get(fmt.RUNS)):
         if not effs or effs[0][CODE] != RUN_CREATE:
             raise ValueError(f"run {run_id!r} has no creation record in the snapshot")
@@ -151,6 +186,7 @@ def _load_v1(engine: Snapshottable, sections: dict) -> None:
         journals[run_id] = journal
         orphans[run_id] = orphaned
     for t in _ORDER[1:]:
+        at[0] = t
         for run_id, _n, positions, effs in _unpack(sections.get(t)):
             _place(journals[run_id], _positions(positions), effs)
     missing = [run_id for run_id, journal in journals.items() if None in journal]
