@@ -137,8 +137,9 @@ def connect(url: str, timeout: float = 5.0, **options) -> Database:
     `url`: the endpoint `inmem serve` prints, ipc://path or tcp://host:port
     (else InvalidURL). Waits up to `timeout` seconds, then ClusterNotReady.
     Options: `request_timeout` (seconds per call, default `timeout`; Timeout
-    after it), `max_message_bytes` (match the cluster's), `direct` (True:
-    send each run's operations straight to its shard; False: through the
+    after it; in a pipeline, per chunk of 1,000 operations),
+    `max_message_bytes` (match the cluster's), `direct` (True: send each
+    run's operations straight to its shard; False: through the
     coordinator), `keys` (for a tcp endpoint with CurveZMQ: see
     `inmem.client.connect`). InvalidOption for anything else.
     """

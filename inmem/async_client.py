@@ -71,10 +71,10 @@ from .errors import ClusterNotReady, InmemError, InvalidURL, ShardUnavailable, S
 from .ops import FANOUT_OPS, route_run, shape
 from .protocol import (KIND_BATCH, KIND_CLUSTER, KIND_OP, header, op_body, oversized_reply,
                        pack_checked, slot_of, unpack_reply)
-from .routing import (DIRECT_CHECK_S, LOCAL_RECONNECT_MS, NOT_READY_PAUSE_S, READY_POLL_S,
-                      SlotMap, apply_batch_reply, bare, batch_segments, check_client_options,
-                      check_number, check_url, chunks, no_reply, not_sent, plan_batch,
-                      shard_down, shard_gone, status_entry)
+from .routing import (BATCH_CHUNK_OPS, DIRECT_CHECK_S, LOCAL_RECONNECT_MS, NOT_READY_PAUSE_S,
+                      READY_POLL_S, SlotMap, apply_batch_reply, bare, batch_segments,
+                      check_client_options, check_number, check_url, chunks, no_reply, not_sent,
+                      plan_batch, shard_down, shard_gone, status_entry)
 from .stream import stream_path
 
 _running_loop = asyncio.get_running_loop
@@ -640,9 +640,16 @@ class AsyncClusterBackend:
             await self._load_slotmap()
         results: list = [None] * len(ops)
         later: list = []
-        deadline = self.loop.time() + self.request_timeout
+        # The request timeout bounds each wait for the cluster to answer a chunk,
+        # not the whole pipeline (a bulk load may take minutes): every chunk may
+        # take as long as all of them, and `_progress` ends a pipeline that
+        # stops moving.
+        plan = list(plan_batch(ops, self.owners, results, later))
+        n_chunks = sum(-(-len(indexes) // BATCH_CHUNK_OPS) for _, indexes, _ in plan)
+        deadline = self.loop.time() + self.request_timeout * max(n_chunks, 1)
         sends = []  # (indexes, task)
-        for shard, indexes, bodies in plan_batch(ops, self.owners, results, later):
+        shards = []
+        for shard, indexes, bodies in plan:
             for idx, payload in chunks(self._packer, indexes, bodies, results,
                                        self.max_message_bytes):
                 chan = (await self._shard_channel(shard) if self.direct
@@ -650,9 +657,12 @@ class AsyncClusterBackend:
                 task = self.loop.create_task(
                     self._roundtrip(chan, KIND_BATCH, self.shard_slot[shard], payload, deadline))
                 sends.append((idx, task))
+                shards.append(shard)
             # Let the full chunk go out while the rest is packed.
             await asyncio.sleep(0)
         try:
+            if len(sends) > 1:
+                await self._progress([t for _, t in sends], shards)
             replies = await asyncio.gather(*(t for _, t in sends), return_exceptions=True)
         except BaseException:
             for _, task in sends:
@@ -683,6 +693,20 @@ class AsyncClusterBackend:
             except InmemError as exc:
                 results[i] = bare(exc)
         return results
+
+    async def _progress(self, tasks: list, shards: list) -> None:
+        """Wait for a pipeline's chunks while each `request_timeout` sees one answered;
+        Timeout (naming a shard that did not answer, when direct) once none was."""
+        left = set(tasks)
+        while left:
+            done, left = await asyncio.wait(left, timeout=self.request_timeout,
+                                            return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                if not self.direct:
+                    raise no_reply(self.url, self.request_timeout, len(left))
+                shard = next(s for t, s in zip(tasks, shards) if t in left)
+                raise Timeout(f"no reply from shard {shard} within "
+                              f"{self.request_timeout:g} s ({len(left)} batches unanswered)")
 
     async def fanout(self, op: str, args) -> list:
         """A read-only operation on every shard: one answer per shard, in shard order."""

@@ -741,12 +741,13 @@ class ClusterBackend:
         results: list = [None] * len(ops)
         sent: dict = {}
         later: list = []
-        deadline = time.monotonic() + self.request_timeout
         # Each full chunk is sent as soon as it is planned: the shard applies
-        # it while the rest is packed.
+        # it while the rest is packed. The request timeout bounds each wait for
+        # the cluster to take a chunk or answer one, not the whole pipeline (a
+        # bulk load may take minutes).
         for shard, indexes, bodies in plan_batch(ops, owners, results, later):
-            self._flush_group(st, shard, (indexes, bodies), results, sent, deadline)
-        self._collect(st, sent, ops, results, deadline)
+            self._flush_group(st, shard, (indexes, bodies), results, sent)
+        self._collect(st, sent, ops, results)
         moved = [i for i, r in enumerate(results) if type(r) is SlotMoved]
         if moved and not _retry:
             # Our slot map is stale: refresh it and send those once more.
@@ -762,11 +763,12 @@ class ClusterBackend:
                 results[i] = _bare(exc)
         return results
 
-    def _flush_group(self, st, shard, group, results, sent, deadline) -> None:
+    def _flush_group(self, st, shard, group, results, sent) -> None:
         indexes, bodies = group
         for idx, payload in chunks(st.packer, indexes, bodies, results, self.max_message_bytes):
             try:
-                head, chan = self._send_batch(st, shard, payload, deadline)
+                head, chan = self._send_batch(st, shard, payload,
+                                              time.monotonic() + self.request_timeout)
             except ShardUnavailable as exc:
                 for i in idx:
                     results[i] = _bare(exc)
@@ -778,8 +780,11 @@ class ClusterBackend:
         head = header(KIND_BATCH, self.shard_slot[shard], next(self._rid))
         return head, self._send(chan, head, payload, deadline)
 
-    def _collect(self, st, sent: dict, ops, results, deadline) -> None:
+    def _collect(self, st, sent: dict, ops, results) -> None:
+        """The replies to the batches in `sent`, into `results`; each one answered gives
+        the rest another `request_timeout`."""
         poller = None
+        deadline = time.monotonic() + self.request_timeout
         while sent:
             chans = {id(entry[3]): entry[3] for entry in sent.values()}
             if len(chans) == 1:
@@ -827,6 +832,7 @@ class ClusterBackend:
             if len(frames) != 2 or frames[0] not in sent:
                 continue
             idx, payload, shard, chan = sent.pop(frames[0])
+            deadline = time.monotonic() + self.request_timeout
             reply = unpack_reply(frames[1])
             if type(reply) is ClusterNotReady and time.monotonic() + _NOT_READY_PAUSE_S < deadline:
                 time.sleep(_NOT_READY_PAUSE_S)
@@ -999,7 +1005,8 @@ def _shard_keys(keys, announced, count: int) -> list:
 def connect(url: str, timeout: float = 5.0, **options) -> Database:
     """A Database on the cluster at `url`, once every shard is ready (ClusterNotReady if not).
 
-    Options: request_timeout (seconds per call; default `timeout`),
+    Options: request_timeout (seconds per call, in a pipeline per chunk;
+    default `timeout`),
     max_message_bytes (the cluster's limit), direct (send run operations
     straight to the owning shard, skipping the coordinator hop; default
     True), stream (reach a shard or coordinator on this host through its

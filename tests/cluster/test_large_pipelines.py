@@ -96,3 +96,45 @@ def test_an_async_pipeline_whose_replies_overflow_the_socket_buffers_completes(c
             await db.close()
 
     asyncio.run(main())
+
+
+#: a request timeout far shorter than a long pipeline takes as a whole
+SHORT_TIMEOUT_S = 1.0
+#: puts no client here sends and has applied within SHORT_TIMEOUT_S (over 300K/s)
+LONG = 300_000
+
+
+@pytest.mark.parametrize("transport", ["direct-stream", "via-coordinator-zeromq"])
+def test_a_pipeline_longer_than_the_request_timeout_completes_while_it_progresses(
+        cluster, transport):
+    # The timeout bounds a wait for the cluster's next step (taking a chunk or
+    # answering one), as a socket timeout does, not the whole pipeline.
+    db = inmem.connect(cluster.endpoint, request_timeout=SHORT_TIMEOUT_S,
+                       **TRANSPORTS[transport])
+    try:
+        run = db.begin_run(f"long-{transport}")
+        with db.pipeline() as p:
+            for i in range(LONG):
+                p.kv.put(run, f"k{i}", i)
+            versions = p.execute()
+        assert versions == [1] * LONG
+        assert len(db.kv.keys(run)) == LONG
+    finally:
+        db.close()
+
+
+def test_an_async_pipeline_longer_than_the_request_timeout_completes(cluster):
+    async def main():
+        db = await aio.connect(cluster.endpoint, request_timeout=SHORT_TIMEOUT_S)
+        try:
+            run = await db.begin_run("long-async")
+            async with db.pipeline() as p:
+                for i in range(LONG):
+                    p.kv.put(run, f"k{i}", i)
+                versions = await p.execute()
+            assert versions == [1] * LONG
+            assert len(await db.kv.keys(run)) == LONG
+        finally:
+            await db.close()
+
+    asyncio.run(main())
