@@ -16,7 +16,11 @@ its namespace in one `kv.put_many`, one write-ahead log record; the
 thread's run is created on its first write), `get_tuple` 1 (one
 `kv.get_linked`: the record, the blobs and the pending writes it names),
 `put_writes` 1 for special channels and 2 when a repeated write must keep
-the first value, `list` 1 plus 1 per page of 64 results.
+the first value, `list` 1 plus 1 per page of 64 results (each channel value
+read once per page, however many of its checkpoints name it). A read whose
+reply would be over a cluster's message limit is made again in pieces
+(`reads.py`): a thread holds whatever state it was given, and every
+checkpoint written reads back.
 
 Channel versions are strings with a random tail (as LangGraph's own
 savers make them), so a fork never writes a blob over another branch's
@@ -41,15 +45,20 @@ from langgraph.checkpoint.base import (
     writes_sort_key,
 )
 
-from inmem.errors import InvalidStatusTransition, RunExists, RunNotFound
+from inmem.errors import InvalidStatusTransition, ProtocolError, RunExists, RunNotFound
 
 from .driver import is_async_database, may_block, raise_first, run_async, run_sync
 from .keys import (DEFAULT_PREFIX, REFS, blob_prefix, checkpoint_key, checkpoint_prefix,
                    head_key, index_run, json_name, read_record, stored_record, thread_run,
                    thread_tag, writes_key)
+from .reads import read_in_pieces
 
 #: results fetched per round trip while `list` walks a thread
 LIST_PAGE = 64
+#: channel values (and pending-write documents) copy_thread reads per round trip
+COPY_BLOBS = 64
+#: bytes of values sent per round trip where a call may write more than a message holds
+SEND_BYTES = 8 << 20
 #: (run id, thread) pairs this saver remembers having indexed
 _INDEXED_MAX = 4096
 
@@ -301,10 +310,28 @@ class InmemSaver(BaseCheckpointSaver[str]):
     def _get_tuple(self, config):
         thread_id, run, key = self._get_key(config)
         (found,) = yield [("kv.get_linked", (run, key, REFS))]
+        if type(found) is ProtocolError:  # more than one reply holds: read it in pieces
+            found = yield from self._linked_in_pieces(run, key)
         if found is None or isinstance(found, RunNotFound):
             return None
         raise_first([found])
         return self._found_tuple(thread_id, found)
+
+    def _linked_in_pieces(self, run, key):
+        """What `kv.get_linked` of a record answers, read as the record and then, in
+        pieces, what it names: for a checkpoint whose values do not fit in one reply."""
+        (value,) = yield [("kv.get", (run, key, None))]
+        if value is None or isinstance(value, RunNotFound):
+            return value
+        raise_first([value])
+        refs = value[REFS]
+        blob_keys, (_, wkey) = refs[:-1], refs[-1]
+        reads = [("js.get", (run, wkey, "$"))]
+        if blob_keys:
+            reads.append(("kv.get_many", (run, blob_keys)))
+        got = yield from read_in_pieces(reads)
+        raise_first(got)
+        return value, (got[1] if blob_keys else []) + [got[0]]
 
     def _get_tuple_now(self, config) -> CheckpointTuple | None:
         """`get_tuple` on a sync database: its one `kv.get_linked` called as it is."""
@@ -313,6 +340,10 @@ class InmemSaver(BaseCheckpointSaver[str]):
             found = self._get_linked(run, key, REFS)
         except RunNotFound:  # no such thread
             return None
+        except ProtocolError:  # more than one reply holds: read it in pieces
+            found = run_sync(self.db, self._linked_in_pieces(run, key))
+            if found is None or isinstance(found, RunNotFound):
+                return None
         return None if found is None else self._found_tuple(thread_id, found)
 
     def _found_tuple(self, thread_id, found) -> CheckpointTuple:
@@ -337,7 +368,8 @@ class InmemSaver(BaseCheckpointSaver[str]):
             cid = get_checkpoint_id(config)
         if not threads:
             return []
-        results = yield [("kv.items", (run, checkpoint_prefix(ns))) for _, run in threads]
+        results = yield from read_in_pieces([("kv.items", (run, checkpoint_prefix(ns)))
+                                             for _, run in threads])
         before_id = get_checkpoint_id(before) if before else None
         loads = self.serde.loads_typed
         chosen = []
@@ -359,26 +391,36 @@ class InmemSaver(BaseCheckpointSaver[str]):
         return chosen if limit is None else chosen[:limit]
 
     def _tuples(self, chosen):
-        """The CheckpointTuples of records `_select` chose, their blobs and writes fetched together."""
+        """The CheckpointTuples of records `_select` chose, their blobs and writes fetched
+        together: each blob once however many of them point at it (a channel that did not
+        change is one blob for a whole history), in pieces if they do not fit in one reply."""
         loads = self.serde.loads_typed
-        ops, plans = [], []
+        ops, plans, blob_keys = [], [], {}
         for thread_id, record, metadata in chosen:
             run = thread_run(self.prefix, thread_id)
             checkpoint = loads(record.checkpoint)
             keys = record.refs[:-1]  # its blobs' keys; the last names its writes
-            plans.append((thread_id, record, metadata, checkpoint, bool(keys), len(ops)))
+            blob_keys.setdefault(run, {}).update(dict.fromkeys(keys))
+            plans.append((thread_id, run, record, metadata, checkpoint, keys, len(ops)))
             ops.append(("js.get", (run, writes_key(record.ns, record.checkpoint_id), "$")))
-            if keys:
-                ops.append(("kv.get_many", (run, keys)))
-        results = (yield ops) if ops else []
+        at_blobs = len(ops)
+        runs = [run for run, keys in blob_keys.items() if keys]
+        ops += [("kv.get_many", (run, list(blob_keys[run]))) for run in runs]
+        results = (yield from read_in_pieces(ops)) if ops else []
+        blobs_of = {}
+        for i, run in enumerate(runs):
+            got = results[at_blobs + i]
+            blobs_of[run] = got if isinstance(got, BaseException) else dict(
+                zip(blob_keys[run], got))
         out = []
-        for thread_id, record, metadata, checkpoint, keys, at in plans:
+        for thread_id, run, record, metadata, checkpoint, keys, at in plans:
             writes = results[at]
-            blobs = results[at + 1] if keys else []
             if isinstance(writes, RunNotFound):
                 continue  # the thread was deleted since it was listed
+            blobs = blobs_of.get(run, {})
             raise_first([writes, blobs])
-            out.append(self._tuple(thread_id, record, checkpoint, blobs, writes, metadata))
+            out.append(self._tuple(thread_id, record, checkpoint, [blobs[k] for k in keys],
+                                   writes, metadata))
         return out
 
     def _delete_threads(self, thread_ids):
@@ -410,7 +452,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
             reads = []
             for run in threads.values():
                 reads += [("kv.items", (run, "checkpoint/")), ("kv.keys", (run, "blob/"))]
-            results = yield reads
+            results = yield from read_in_pieces(reads)
             for i, run in enumerate(threads.values()):
                 items, blob_keys = results[2 * i], results[2 * i + 1]
                 if isinstance(items, RunNotFound):
@@ -428,36 +470,45 @@ class InmemSaver(BaseCheckpointSaver[str]):
 
     def _copy_thread(self, source, target):
         src, dst = thread_run(self.prefix, source), thread_run(self.prefix, target)
-        items, dst_heads = yield [("kv.items", (src, "")), ("kv.items", (dst, "head/"))]
-        if isinstance(items, RunNotFound):
+        # A thread may hold more than one message carries either way: its channel
+        # values are read and written a batch at a time, each batch a bounded size.
+        checkpoints, src_heads, blob_keys, dst_heads = yield from read_in_pieces([
+            ("kv.items", (src, "checkpoint/")), ("kv.items", (src, "head/")),
+            ("kv.keys", (src, "blob/")), ("kv.items", (dst, "head/"))])
+        if isinstance(checkpoints, RunNotFound):
             return None
-        raise_first([items])
+        raise_first([checkpoints, src_heads, blob_keys])
         heads = {}
         if not isinstance(dst_heads, RunNotFound):
             raise_first([dst_heads])
             heads = {read_record(v).ns: read_record(v) for _, v in dst_heads}
-        records = [read_record(v) for k, v in items if k.startswith("checkpoint/")]
-        docs = []
-        if records:
-            docs = yield [("js.get", (src, writes_key(r.ns, r.checkpoint_id), "$"))
-                          for r in records]
+        records = [read_record(v) for _, v in checkpoints]
+        # What a checkpoint points at is written before it, and the heads last: a copy
+        # cut short leaves no checkpoint without its values.
+        for start in range(0, len(blob_keys), COPY_BLOBS):
+            keys = blob_keys[start:start + COPY_BLOBS]
+            (values,) = yield from read_in_pieces([("kv.get_many", (src, keys))])
+            raise_first([values])
+            yield from self._send_bounded([("kv.put", (dst, k, v, None))
+                                           for k, v in zip(keys, values) if v is not None],
+                                          {dst: target})
+        for start in range(0, len(records), COPY_BLOBS):
+            chunk = records[start:start + COPY_BLOBS]
+            docs = yield from read_in_pieces([
+                ("js.get", (src, writes_key(r.ns, r.checkpoint_id), "$")) for r in chunk])
             raise_first(docs)
-        ops = [("kv.put", (dst, k, v, None)) for k, v in items
-               if k.startswith(("checkpoint/", "blob/"))]
-        for k, v in items:
-            if k.startswith("head/"):
-                record = read_record(v)
-                mine = heads.get(record.ns)
-                if mine is None or mine.checkpoint_id < record.checkpoint_id:
-                    ops.append(("kv.put", (dst, head_key(record.ns), v, None)))
-        for record, doc in zip(records, docs):
-            if doc:
-                ops.append(("js.put", (dst, writes_key(record.ns, record.checkpoint_id),
-                                            doc)))
+            yield from self._send_bounded(
+                [("js.put", (dst, writes_key(r.ns, r.checkpoint_id), doc))
+                 for r, doc in zip(chunk, docs) if doc], {dst: target})
+        ops = [("kv.put", (dst, k, v, None)) for k, v in checkpoints]
+        for _, v in src_heads:
+            record = read_record(v)
+            mine = heads.get(record.ns)
+            if mine is None or mine.checkpoint_id < record.checkpoint_id:
+                ops.append(("kv.put", (dst, head_key(record.ns), v, None)))
         for run_id in {r.run_id for r in records if r.run_id}:
             ops.append(("js.set", (self._index, run_id, json_name(str(target)), True)))
-        if ops:
-            raise_first((yield from self._send(ops, {dst: target})))
+        yield from self._send_bounded(ops, {dst: target})
         return None
 
     def _prune(self, thread_ids, strategy):
@@ -471,7 +522,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
         reads = []
         for run in runs:
             reads += [("kv.items", (run, "checkpoint/")), ("kv.keys", (run, "blob/"))]
-        results = yield reads
+        results = yield from read_in_pieces(reads)
         ops = []
         for i, run in enumerate(runs):
             items, blob_keys = results[2 * i], results[2 * i + 1]
@@ -548,6 +599,20 @@ class InmemSaver(BaseCheckpointSaver[str]):
             results[i] = r
         return results
 
+    def _send_bounded(self, ops, threads: dict):
+        """`_send` `ops` in batches of at most SEND_BYTES of values each (one round trip
+        per batch), raising the first failure."""
+        batch, size = [], 0
+        for op in ops:
+            n = _size(op[1])
+            if batch and size + n > SEND_BYTES:
+                raise_first((yield from self._send(batch, threads)))
+                batch, size = [], 0
+            batch.append(op)
+            size += n
+        if batch:
+            raise_first((yield from self._send(batch, threads)))
+
     def _remember(self, pair) -> None:
         self._indexed[pair] = None
         if len(self._indexed) > _INDEXED_MAX:
@@ -582,6 +647,17 @@ class InmemSaver(BaseCheckpointSaver[str]):
             parent,
             pending,
         )
+
+
+def _size(value) -> int:
+    """About how many bytes `value` (operation arguments) takes in a message."""
+    if isinstance(value, (bytes, str)):
+        return len(value)
+    if isinstance(value, (list, tuple)):
+        return 8 + sum(_size(v) for v in value)
+    if isinstance(value, dict):
+        return 8 + sum(_size(k) + _size(v) for k, v in value.items())
+    return 8
 
 
 def _write_order(w):

@@ -17,7 +17,8 @@ expiry; reads that refresh it write the entry again with a fresh one.
 
 A batch takes at most three round trips whatever its size: the reads of
 every operation, then each text search (`db.search` over the store's run)
-and the records it found, then every write and TTL refresh. Reads in a
+and the records it found, then every write and TTL refresh; more only when
+what it reads does not fit in one reply of a cluster (see `reads.py`). Reads in a
 batch see the store as it was before the batch's writes, as LangGraph's
 in-memory store does.
 """
@@ -48,6 +49,7 @@ from inmem.values import DEPTH_MAX
 
 from .driver import may_block, raise_first, run_async, run_sync
 from .keys import DEFAULT_PREFIX, esc, unesc
+from .reads import read_in_pieces
 
 #: search hits fetched per round while a text search fills its page
 _SEARCH_BATCH = 50
@@ -141,7 +143,7 @@ class InmemStore(BaseStore):
         put_keys = [item_key(ns, key) for ns, key in puts]
         if put_keys:
             reads.append(("kv.get_many", (run, put_keys)))
-        got = (yield reads) if reads else []
+        got = (yield from read_in_pieces(reads)) if reads else []
         missing_run = any(isinstance(r, RunNotFound) for r in got)
         if not missing_run:
             raise_first(got)
@@ -218,7 +220,8 @@ class InmemStore(BaseStore):
             hits = [h for h in response.results if h.ref.startswith(prefix)]
             records = []
             if hits:
-                (records,) = yield [("kv.get_many", (self.run, [h.ref for h in hits]))]
+                (records,) = yield from read_in_pieces(
+                    [("kv.get_many", (self.run, [h.ref for h in hits]))])
                 raise_first([records])
             found = [(h, rec) for h, rec in zip(hits, records) if rec is not None and (
                 not op.filter or _matches(_unpack(rec[_VALUE]), op.filter))]
