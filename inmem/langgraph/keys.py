@@ -19,6 +19,14 @@ namespace is the empty string, so its keys read `checkpoint//<id>`):
 | kv        | `head/<ns>`                       | the newest checkpoint's record, for get_tuple    |
 | kv        | `blob/<ns>/<channel>/<version>`   | [serde type, bytes] of one channel value         |
 | json      | `writes/<ns>/<checkpoint_id>`     | {"<task_id>/<idx>": [task, channel, type, bytes, task_path, idx]} |
+| kv        | `write/<ns>/<checkpoint_id>/<task_id>/<idx>` | [serde type, bytes] of a pending write kept apart |
+
+A pending write's value over `WRITE_INLINE_MAX` bytes serialized (or one
+the document has no more room for) is kept apart, in its own KV entry, and
+its row in the writes document reads [task, channel, None, its key,
+task_path, idx]: the document of a step whose parallel tasks write several
+MiB stays small, instead of growing past the largest value a document may
+be (`max_value_bytes`) and failing the step.
 
 A record is stored as [its fields packed in one msgpack bytes, refs]: one
 bytes value is checked and encoded at the cost of a copy, where nested
@@ -95,6 +103,20 @@ def blob_prefix(ns: str, channel: str) -> str:
 
 def writes_key(ns: str, checkpoint_id: str) -> str:
     return f"writes/{esc(ns)}/{checkpoint_id}"
+
+
+def write_key(ns: str, checkpoint_id: str, task_id: str, idx: int) -> str:
+    """Where a pending write kept apart from its writes document lives."""
+    return f"{write_prefix(ns, checkpoint_id)}{esc(str(task_id))}/{idx}"
+
+
+def write_prefix(ns: str, checkpoint_id: str) -> str:
+    """The start of the keys of one checkpoint's pending writes kept apart."""
+    return f"write/{esc(ns)}/{checkpoint_id}/"
+
+
+#: a pending write serialized to more bytes than this is kept apart (see above)
+WRITE_INLINE_MAX = 64 * 1024
 
 
 def json_name(name: str) -> str:

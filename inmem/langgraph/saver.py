@@ -14,7 +14,8 @@ reads that one run.
 Round trips per call: `put` 1 (the blobs, the checkpoint and the head of
 its namespace in one `kv.put_many`, one write-ahead log record; the
 thread's run is created on its first write), `get_tuple` 1 (one
-`kv.get_linked`: the record, the blobs and the pending writes it names),
+`kv.get_linked`: the record, the blobs and the pending writes it names; 2
+when a pending write over 64 KiB is kept apart, see keys.py),
 `put_writes` 1 for special channels and 2 when a repeated write must keep
 the first value, `list` 1 plus 1 per page of 64 results (each channel value
 read once per page, however many of its checkpoints name it). A read whose
@@ -45,12 +46,14 @@ from langgraph.checkpoint.base import (
     writes_sort_key,
 )
 
-from inmem.errors import InvalidStatusTransition, ProtocolError, RunExists, RunNotFound
+from inmem.errors import (InvalidStatusTransition, ProtocolError, RunExists, RunNotFound,
+                          ValueTooLarge)
 
 from .driver import is_async_database, may_block, raise_first, run_async, run_sync
-from .keys import (DEFAULT_PREFIX, REFS, blob_prefix, checkpoint_key, checkpoint_prefix,
-                   head_key, index_run, json_name, read_record, stored_record, thread_run,
-                   thread_tag, writes_key)
+from .keys import (DEFAULT_PREFIX, REFS, WRITE_INLINE_MAX, blob_prefix, checkpoint_key,
+                   checkpoint_prefix, head_key, index_run, json_name, read_record,
+                   stored_record, thread_run, thread_tag, unesc, write_key, write_prefix,
+                   writes_key)
 from .reads import read_in_pieces
 
 #: results fetched per round trip while `list` walks a thread
@@ -258,6 +261,8 @@ class InmemSaver(BaseCheckpointSaver[str]):
                 put_many(*ops[0][1])
             except RunNotFound as exc:  # a new thread: its run is made on its first write
                 return run_sync(self.db, self._put_plan(prepared, [exc]))
+            except ValueTooLarge as exc:
+                raise _too_large(prepared, exc) from None
             return prepared[4]
         return run_sync(self.db, self._put_plan(prepared))
 
@@ -271,6 +276,8 @@ class InmemSaver(BaseCheckpointSaver[str]):
             if isinstance(r, BaseException):
                 # A new thread (its run is made on its first write), or a failure.
                 results = yield from self._send(ops, {run: thread_id}, results)
+                if type(results[0]) is ValueTooLarge:
+                    raise _too_large(prepared, results[0])
                 raise_first(results)
                 break
         if pair is not None:
@@ -295,11 +302,54 @@ class InmemSaver(BaseCheckpointSaver[str]):
             have = doc if isinstance(doc, dict) else {}
             entries = [e for e in entries if e[2] < 0 or e[0] not in have]
         dumps = self.serde.dumps_typed
-        ops = [("js.set", (run, wkey, json_name(name),
-                                [task_id, channel, *dumps(value), task_path, idx]))
-               for name, channel, idx, value in entries]
-        if ops:
-            raise_first((yield from self._send(ops, {run: thread_id})))
+        cid = config["configurable"]["checkpoint_id"]
+        rows, apart = [], []
+        for name, channel, idx, value in entries:
+            kind, data = dumps(value)
+            if len(data) > WRITE_INLINE_MAX:
+                # Kept apart (see keys.py), written before the row that names it.
+                key = write_key(ns, cid, task_id, idx)
+                apart.append((channel, ("kv.put", (run, key, [kind, data], None))))
+                rows.append((name, channel, kind, data, [task_id, channel, None, key,
+                                                         task_path, idx]))
+            else:
+                rows.append((name, channel, kind, data, [task_id, channel, kind, data,
+                                                         task_path, idx]))
+        if apart:
+            yield from self._put_apart(apart, thread_id, task_id)
+        ops = [("js.set", (run, wkey, json_name(name), row)) for name, _, _, _, row in rows]
+        if not ops:
+            return
+        results = yield from self._send(ops, {run: thread_id})
+        full = [i for i, r in enumerate(results)
+                if type(r) is ValueTooLarge and rows[i][4][2] is not None]
+        if full:
+            # The document has no room left for these (a step whose tasks wrote
+            # more than a value may hold): kept apart after all.
+            moved = []
+            for i in full:
+                name, channel, kind, data, row = rows[i]
+                key = write_key(ns, cid, task_id, row[5])
+                moved.append((channel, ("kv.put", (run, key, [kind, data], None))))
+                results[i] = ("js.set", (run, wkey, json_name(name),
+                                         [task_id, channel, None, key, task_path, row[5]]))
+            yield from self._put_apart(moved, thread_id, task_id)
+            again = yield from self._send([results[i] for i in full], {run: thread_id})
+            for i, r in zip(full, again):
+                results[i] = r
+        raise_first(results)
+
+    def _put_apart(self, apart: list, thread_id, task_id):
+        """Write pending writes kept apart: [(channel, kv.put op)]; a value too large for
+        any entry is refused naming its channel and task."""
+        results = yield from self._send([op for _, op in apart],
+                                        {apart[0][1][1][0]: thread_id})
+        for (channel, op), r in zip(apart, results):
+            if type(r) is ValueTooLarge:
+                raise ValueTooLarge(
+                    f"the write of task {task_id!r} to channel {channel!r} of thread "
+                    f"{thread_id!r} is {len(op[1][2][1])} bytes serialized: {r}") from None
+        raise_first(results)
 
     def _get_key(self, config) -> tuple:
         """(thread id, its run, the key of the record `config` names)."""
@@ -315,7 +365,13 @@ class InmemSaver(BaseCheckpointSaver[str]):
         if found is None or isinstance(found, RunNotFound):
             return None
         raise_first([found])
-        return self._found_tuple(thread_id, found)
+        apart = {}
+        keys = _apart_keys(found[1][-1] if found[1] else None)
+        if keys:
+            (values,) = yield from read_in_pieces([("kv.get_many", (run, keys))])
+            raise_first([values])
+            apart = dict(zip(keys, values))
+        return self._found_tuple(thread_id, found, apart)
 
     def _linked_in_pieces(self, run, key):
         """What `kv.get_linked` of a record answers, read as the record and then, in
@@ -344,13 +400,22 @@ class InmemSaver(BaseCheckpointSaver[str]):
             found = run_sync(self.db, self._linked_in_pieces(run, key))
             if found is None or isinstance(found, RunNotFound):
                 return None
-        return None if found is None else self._found_tuple(thread_id, found)
+        if found is None:
+            return None
+        apart = {}
+        keys = _apart_keys(found[1][-1] if found[1] else None)
+        if keys:
+            (values,) = run_sync(self.db, read_in_pieces([("kv.get_many", (run, keys))]))
+            raise_first([values])
+            apart = dict(zip(keys, values))
+        return self._found_tuple(thread_id, found, apart)
 
-    def _found_tuple(self, thread_id, found) -> CheckpointTuple:
+    def _found_tuple(self, thread_id, found, apart) -> CheckpointTuple:
         value, linked = found
         record = read_record(value)
         checkpoint = self.serde.loads_typed(record.checkpoint)
-        return self._tuple(thread_id, record, checkpoint, linked[:-1], linked[-1], None)
+        return self._tuple(thread_id, record, checkpoint, linked[:-1], linked[-1], None,
+                           apart)
 
     def _select(self, config, filter, before, limit):
         """The records `list` returns, in order: [(thread_id, record, metadata)]."""
@@ -412,6 +477,19 @@ class InmemSaver(BaseCheckpointSaver[str]):
             got = results[at_blobs + i]
             blobs_of[run] = got if isinstance(got, BaseException) else dict(
                 zip(blob_keys[run], got))
+        apart_keys: dict = {}
+        for _, run, _, _, _, _, at in plans:
+            keys = _apart_keys(results[at])
+            if keys:
+                apart_keys.setdefault(run, []).extend(keys)
+        apart: dict = {}
+        if apart_keys:
+            runs = list(apart_keys)
+            got = yield from read_in_pieces([("kv.get_many", (run, apart_keys[run]))
+                                             for run in runs])
+            for run, values in zip(runs, got):
+                if not isinstance(values, BaseException):
+                    apart[run] = dict(zip(apart_keys[run], values))
         out = []
         for thread_id, run, record, metadata, checkpoint, keys, at in plans:
             writes = results[at]
@@ -420,7 +498,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
             blobs = blobs_of.get(run, {})
             raise_first([writes, blobs])
             out.append(self._tuple(thread_id, record, checkpoint, [blobs[k] for k in keys],
-                                   writes, metadata))
+                                   writes, metadata, apart.get(run)))
         return out
 
     def _delete_threads(self, thread_ids):
@@ -451,16 +529,16 @@ class InmemSaver(BaseCheckpointSaver[str]):
         if threads:
             reads = []
             for run in threads.values():
-                reads += [("kv.items", (run, "checkpoint/")), ("kv.keys", (run, "blob/"))]
+                reads += _thread_reads(run)
             results = yield from read_in_pieces(reads)
             for i, run in enumerate(threads.values()):
-                items, blob_keys = results[2 * i], results[2 * i + 1]
+                items, blob_keys, write_keys = results[3 * i:3 * i + 3]
                 if isinstance(items, RunNotFound):
                     continue
-                raise_first([items, blob_keys])
+                raise_first([items, blob_keys, write_keys])
                 records = [read_record(v) for _, v in items]
                 ops += self._cut(run, records, [r for r in records if r.run_id in doomed_runs],
-                                 blob_keys)
+                                 blob_keys, write_keys)
         ops += [("js.delete", (self._index, r, "$")) for r in run_ids]
         results = yield ops
         raise_first(results, allow=(RunNotFound,))
@@ -472,12 +550,14 @@ class InmemSaver(BaseCheckpointSaver[str]):
         src, dst = thread_run(self.prefix, source), thread_run(self.prefix, target)
         # A thread may hold more than one message carries either way: its channel
         # values are read and written a batch at a time, each batch a bounded size.
-        checkpoints, src_heads, blob_keys, dst_heads = yield from read_in_pieces([
+        checkpoints, src_heads, blob_keys, write_keys, dst_heads = yield from read_in_pieces([
             ("kv.items", (src, "checkpoint/")), ("kv.items", (src, "head/")),
-            ("kv.keys", (src, "blob/")), ("kv.items", (dst, "head/"))])
+            ("kv.keys", (src, "blob/")), ("kv.keys", (src, "write/")),
+            ("kv.items", (dst, "head/"))])
         if isinstance(checkpoints, RunNotFound):
             return None
-        raise_first([checkpoints, src_heads, blob_keys])
+        raise_first([checkpoints, src_heads, blob_keys, write_keys])
+        blob_keys = blob_keys + write_keys  # values, each copied as it is
         heads = {}
         if not isinstance(dst_heads, RunNotFound):
             raise_first([dst_heads])
@@ -521,14 +601,14 @@ class InmemSaver(BaseCheckpointSaver[str]):
             return None
         reads = []
         for run in runs:
-            reads += [("kv.items", (run, "checkpoint/")), ("kv.keys", (run, "blob/"))]
+            reads += _thread_reads(run)
         results = yield from read_in_pieces(reads)
         ops = []
         for i, run in enumerate(runs):
-            items, blob_keys = results[2 * i], results[2 * i + 1]
+            items, blob_keys, write_keys = results[3 * i:3 * i + 3]
             if isinstance(items, RunNotFound):
                 continue
-            raise_first([items, blob_keys])
+            raise_first([items, blob_keys, write_keys])
             records = [read_record(v) for _, v in items]
             newest: dict = {}
             for r in records:
@@ -536,16 +616,17 @@ class InmemSaver(BaseCheckpointSaver[str]):
                     newest[r.ns] = r
             keep = {r.checkpoint_id for r in newest.values()}
             ops += self._cut(run, records, [r for r in records if r.checkpoint_id not in keep],
-                             blob_keys)
+                             blob_keys, write_keys)
         if ops:
             raise_first((yield ops), allow=(RunNotFound,))
         return None
 
     # -- helpers -------------------------------------------------------------------
 
-    def _cut(self, run, records, doomed, blob_keys) -> list:
-        """Operations deleting `doomed` records of a thread, their writes, the blobs no
-        survivor points at, and moving each touched namespace's head to its newest survivor."""
+    def _cut(self, run, records, doomed, blob_keys, write_keys) -> list:
+        """Operations deleting `doomed` records of a thread, their writes (those kept apart
+        among `write_keys` too), the blobs no survivor points at, and moving each touched
+        namespace's head to its newest survivor."""
         if not doomed:
             return []
         gone = {(r.ns, r.checkpoint_id) for r in doomed}
@@ -567,6 +648,8 @@ class InmemSaver(BaseCheckpointSaver[str]):
         for r in survivors:
             wanted.update(r.refs[:-1])
         ops += [("kv.delete", (run, k)) for k in blob_keys if k not in wanted]
+        apart = tuple(write_prefix(r.ns, r.checkpoint_id) for r in doomed)
+        ops += [("kv.delete", (run, k)) for k in write_keys if k.startswith(apart)]
         return ops
 
     def _send(self, ops, threads: dict, results=None):
@@ -618,9 +701,9 @@ class InmemSaver(BaseCheckpointSaver[str]):
         if len(self._indexed) > _INDEXED_MAX:
             self._indexed.popitem(last=False)
 
-    def _tuple(self, thread_id, record, checkpoint, blobs, writes, metadata):
+    def _tuple(self, thread_id, record, checkpoint, blobs, writes, metadata, apart=None):
         """The CheckpointTuple of a record; `checkpoint` (decoded for this call) is completed
-        in place with its channel values."""
+        in place with its channel values; `apart`: the pending writes kept apart, by key."""
         loads = self.serde.loads_typed
         values = {}
         # blobs follow the order of channel_versions
@@ -632,7 +715,14 @@ class InmemSaver(BaseCheckpointSaver[str]):
             rows = writes.values()
             if len(writes) > 1:
                 rows = sorted(rows, key=_write_order)
-            pending = [(w[0], w[1], loads((w[2], w[3]))) for w in rows]
+            pending = []
+            for w in rows:
+                if w[2] is not None:
+                    pending.append((w[0], w[1], loads((w[2], w[3]))))
+                    continue
+                value = (apart or {}).get(w[3])
+                if value is not None:  # (None: deleted with its checkpoint meanwhile)
+                    pending.append((w[0], w[1], loads((value[0], value[1]))))
         checkpoint["channel_values"] = values
         ns = record.ns
         parent = None
@@ -658,6 +748,33 @@ def _size(value) -> int:
     if isinstance(value, dict):
         return 8 + sum(_size(k) + _size(v) for k, v in value.items())
     return 8
+
+
+def _too_large(prepared, exc: ValueTooLarge) -> ValueTooLarge:
+    """`exc`, saying which channel of which thread's checkpoint was too large."""
+    thread_id, ops = prepared[0], prepared[2]
+    sizes = [(len(value[1]), key) for key, value in ops[0][1][1]
+             if key.startswith("blob/") and isinstance(value[1], bytes)]
+    if not sizes:
+        return exc
+    size, key = max(sizes)
+    channel = unesc(key.split("/")[2])
+    return ValueTooLarge(f"a checkpoint of thread {thread_id!r} was not stored: its channel "
+                         f"{channel!r} is {size} bytes serialized ({exc})")
+
+
+def _apart_keys(doc) -> list:
+    """The keys of the pending writes a writes document keeps apart (see keys.py)."""
+    if not doc or not isinstance(doc, dict):
+        return []
+    return [w[3] for w in doc.values() if w[2] is None]
+
+
+def _thread_reads(run) -> list:
+    """What prune and delete_for_runs read of a thread: its records, the keys of its
+    blobs and of its pending writes kept apart."""
+    return [("kv.items", (run, "checkpoint/")), ("kv.keys", (run, "blob/")),
+            ("kv.keys", (run, "write/"))]
 
 
 def _write_order(w):
