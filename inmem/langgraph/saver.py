@@ -46,8 +46,9 @@ from langgraph.checkpoint.base import (
     writes_sort_key,
 )
 
-from inmem.errors import (InvalidStatusTransition, ProtocolError, RunExists, RunNotFound,
-                          ValueTooLarge)
+from inmem.errors import (InvalidKey, InvalidStatusTransition, ProtocolError, RunExists,
+                          RunNotFound, ValueTooLarge)
+from inmem.values import KEY_BYTES_MAX
 
 from .driver import is_async_database, may_block, raise_first, run_async, run_sync
 from .keys import (DEFAULT_PREFIX, REFS, WRITE_INLINE_MAX, blob_prefix, checkpoint_key,
@@ -237,6 +238,8 @@ class InmemSaver(BaseCheckpointSaver[str]):
         run_id = meta.get("run_id")
         run_id = run_id if type(run_id) is str and run_id else None
         cid = checkpoint["id"]
+        if len(run) > _SHORT or len(ns) > _SHORT:
+            _check_names(thread_id, run, ns, checkpoint_key(ns, cid))
         refs.append(["json", writes_key(ns, cid)])
         record = stored_record(ns, cid, conf.get("checkpoint_id"), dumps(body), dumps(meta),
                                run_id, refs)
@@ -287,6 +290,8 @@ class InmemSaver(BaseCheckpointSaver[str]):
     def _put_writes(self, config, writes, task_id, task_path):
         thread_id, run, ns = self._where(config)
         wkey = writes_key(ns, config["configurable"]["checkpoint_id"])
+        if len(run) > _SHORT or len(ns) > _SHORT:
+            _check_names(thread_id, run, ns, wkey)
         entries = []
         for idx, (channel, value) in enumerate(writes):
             idx = WRITES_IDX_MAP.get(channel, idx)
@@ -548,6 +553,8 @@ class InmemSaver(BaseCheckpointSaver[str]):
 
     def _copy_thread(self, source, target):
         src, dst = thread_run(self.prefix, source), thread_run(self.prefix, target)
+        if len(dst) > _SHORT:
+            _check_names(target, dst, "", "")
         # A thread may hold more than one message carries either way: its channel
         # values are read and written a batch at a time, each batch a bounded size.
         checkpoints, src_heads, blob_keys, write_keys, dst_heads = yield from read_in_pieces([
@@ -748,6 +755,22 @@ def _size(value) -> int:
     if isinstance(value, dict):
         return 8 + sum(_size(k) + _size(v) for k, v in value.items())
     return 8
+
+
+#: a name of at most this many characters is at most KEY_BYTES_MAX UTF-8 bytes
+_SHORT = KEY_BYTES_MAX // 4
+
+
+def _check_names(thread_id, run: str, ns: str, key: str) -> None:
+    """InvalidKey, naming the thread or namespace, when the run id a thread id makes or
+    the key a namespace makes is over KEY_BYTES_MAX UTF-8 bytes."""
+    for what, name, made in (("thread id", thread_id, run), ("checkpoint_ns", ns, key)):
+        size = len(made.encode("utf-8", "surrogatepass"))
+        if size > KEY_BYTES_MAX:
+            raise InvalidKey(
+                f"{what} {str(name)[:40]!r}... ({len(str(name))} characters) is too long: it "
+                f"makes the {'run id' if made is run else 'key'} {made[:60]!r}... of {size} "
+                f"UTF-8 bytes, over {KEY_BYTES_MAX}")
 
 
 def _too_large(prepared, exc: ValueTooLarge) -> ValueTooLarge:

@@ -44,8 +44,9 @@ from langgraph.store.base import (
 )
 from langgraph.store.base.embed import get_text_at_path, tokenize_path
 
-from inmem.errors import InvalidStatusTransition, InvalidValue, RunExists, RunNotFound
-from inmem.values import DEPTH_MAX
+from inmem.errors import (InvalidKey, InvalidStatusTransition, InvalidValue, RunExists,
+                          RunNotFound)
+from inmem.values import DEPTH_MAX, KEY_BYTES_MAX
 
 from .driver import may_block, raise_first, run_async, run_sync
 from .keys import DEFAULT_PREFIX, esc, unesc
@@ -122,6 +123,8 @@ class InmemStore(BaseStore):
             if not isinstance(op, (GetOp, PutOp, SearchOp, ListNamespacesOp)):
                 raise ValueError(f"unknown store operation {type(op).__name__}")
             _validate(op)
+            if isinstance(op, PutOp):
+                _check_item_key(op.namespace, op.key)
         run = self.run
         now = int(time.time() * 1_000_000)
         results: list = [None] * len(ops)
@@ -243,6 +246,21 @@ class InmemStore(BaseStore):
         else:
             texts = [t for path in paths for t in get_text_at_path(op.value, path)]
         return "\n".join(texts) or None
+
+
+def _check_item_key(namespace: tuple, key: str) -> None:
+    """InvalidKey naming the item when its namespace and key make a KV key over
+    KEY_BYTES_MAX UTF-8 bytes (rather than the bare key error of the engine)."""
+    if type(key) is not str:
+        raise InvalidKey(f"a store key must be a str, got {type(key).__name__}")
+    stored = item_key(namespace, key)
+    if len(stored) <= KEY_BYTES_MAX // 4:
+        return
+    size = len(stored.encode("utf-8", "surrogatepass"))
+    if size > KEY_BYTES_MAX:
+        raise InvalidKey(f"namespace {tuple(namespace)!r:.80} and key {key!r:.40} are too long: "
+                         f"escaped and joined they make a key of {size} UTF-8 bytes, over "
+                         f"{KEY_BYTES_MAX}")
 
 
 def _literal_prefix(op: ListNamespacesOp) -> str:
