@@ -13,12 +13,15 @@ skips bytes, so `search(query=...)` ranks exactly the fields chosen for
 indexing — every string of the value by default, the `index_fields` given
 to the store, the `index=[...]` paths given to one `put`, or nothing for
 `index=False`. A TTL (minutes, as LangGraph counts) becomes the entry's
-expiry; reads that refresh it write the entry again with a fresh one.
+expiry; reads that refresh it write the entry again with a fresh one, as it
+is then and only if nothing wrote it since (a transaction on its version),
+so a refresh never undoes another client's put nor revives a deleted item.
 
 A batch takes at most three round trips whatever its size: the reads of
 every operation, then each text search (`db.search` over the store's run)
-and the records it found, then every write and TTL refresh; more only when
-what it reads does not fit in one reply of a cluster (see `reads.py`). Reads in a
+and the records it found, then every write; two more when it refreshes
+TTLs (the items as they are now, then one transaction each), and more only
+when what it reads does not fit in one reply of a cluster (see `reads.py`). Reads in a
 batch see the store as it was before the batch's writes, as LangGraph's
 in-memory store does.
 """
@@ -45,7 +48,7 @@ from langgraph.store.base import (
 from langgraph.store.base.embed import get_text_at_path, tokenize_path
 
 from inmem.errors import (InvalidKey, InvalidStatusTransition, InvalidValue, RunExists,
-                          RunNotFound)
+                          RunNotFound, TransactionConflict)
 from inmem.values import DEPTH_MAX, KEY_BYTES_MAX
 
 from .driver import may_block, raise_first, run_async, run_sync
@@ -180,8 +183,6 @@ class InmemStore(BaseStore):
             created = prior[_CREATED] if prior else now
             record = [_pack(op.value), self._text(op), created, now, op.ttl]
             writes.append(("kv.put", (run, k, record, _seconds(op.ttl))))
-        for k, record in refresh.items():
-            writes.append(("kv.put", (run, k, record, _seconds(record[_TTL]))))
         if writes:
             done = yield writes
             if any(isinstance(r, RunNotFound) for r in done):
@@ -189,10 +190,35 @@ class InmemStore(BaseStore):
                               ("run.set_status", (run, "paused", None))]
                 raise_first(made, allow=(RunExists, InvalidStatusTransition))
                 done = yield writes
-            # a delete of an absent key is not an error; a refresh of an item that
-            # expired meanwhile just writes it again
-            raise_first(done)
+            raise_first(done)  # (a delete of an absent key is not an error)
+        if refresh:
+            yield from self._refresh_ttls(list(refresh))
         return results
+
+    def _refresh_ttls(self, keys: list):
+        """Plan step: give the items at `keys` a fresh TTL, each as it is now.
+
+        An item is written back only if nothing wrote it since it was read
+        here (a transaction on its version): writing back what this batch
+        read would undo a put another client made meanwhile, and an item
+        that expired or was deleted meanwhile stays gone.
+        """
+        run = self.run
+        current = yield [("kv.get_versioned", (run, k)) for k in keys]
+        commits = []
+        for k, found in zip(keys, current):
+            if found is None or isinstance(found, RunNotFound):
+                continue
+            raise_first([found])
+            record = found.value
+            if not record[_TTL]:
+                continue  # written since without a TTL
+            commits.append(("tx.commit", (run, [["kv", k, found.version]],
+                                          [["kv.put", [run, k, record,
+                                                       _seconds(record[_TTL])]]])))
+        if commits:
+            # A conflict is a write since the read: it set the item's TTL itself.
+            raise_first((yield commits), allow=(TransactionConflict, RunNotFound))
 
     def _refresh(self, refresh_ttl) -> bool:
         if refresh_ttl is not None:

@@ -288,3 +288,48 @@ def test_a_value_stored_before_keys_were_checked_still_reads_back():
 
     from inmem.langgraph.store import _unpack
     assert _unpack(msgpack.packb({"scores": {1: 0.5}}, use_bin_type=True)) == {"scores": {1: 0.5}}
+
+
+def _batch_with_a_write_between(store, ops, between):
+    """Run `store`'s batch of `ops`, calling `between()` after its reads were answered and
+    before anything else of it is sent: another client's write landing meanwhile."""
+    from inmem.langgraph.driver import execute_sync
+    plan = store._batch(ops)
+    sent = next(plan)
+    answer = execute_sync(store.db, sent)
+    between()
+    try:
+        while True:
+            sent = plan.send(answer)
+            answer = execute_sync(store.db, sent)
+    except StopIteration as stop:
+        return stop.value
+
+
+def test_a_ttl_refresh_never_undoes_a_put_made_meanwhile(open_db, clock):
+    store = InmemStore(open_db(clock=clock))
+    store.put(("n",), "k", {"v": "old"}, ttl=1.0)
+    store.put(("n",), "s", {"v": "old"}, ttl=1.0)
+    got = _batch_with_a_write_between(
+        store, [GetOp(("n",), "k"), SearchOp(("n",))],
+        lambda: (store.put(("n",), "k", {"v": "new"}, ttl=1.0),
+                 store.put(("n",), "s", {"v": "new"})))
+    assert got[0].value == {"v": "old"}  # what the batch read, as it read it
+    assert store.get(("n",), "k").value == {"v": "new"}
+    assert store.get(("n",), "s").value == {"v": "new"}
+    clock.advance(120)  # "s" was put again without a TTL: the refresh did not give it one
+    assert store.get(("n",), "k") is None
+    assert store.get(("n",), "s").value == {"v": "new"}
+
+
+def test_a_ttl_refresh_does_not_bring_back_an_item_deleted_or_expired_meanwhile(open_db, clock):
+    store = InmemStore(open_db(clock=clock))
+    store.put(("n",), "gone", {"v": 1}, ttl=1.0)
+    store.put(("n",), "lapsing", {"v": 2}, ttl=1.0)
+    clock.advance(50)
+    got = _batch_with_a_write_between(
+        store, [GetOp(("n",), "gone"), GetOp(("n",), "lapsing")],
+        lambda: (store.delete(("n",), "gone"), clock.advance(20)))
+    assert [g.value for g in got] == [{"v": 1}, {"v": 2}]
+    assert store.get(("n",), "gone") is None
+    assert store.get(("n",), "lapsing") is None
