@@ -47,7 +47,7 @@ from langgraph.checkpoint.base import (
 )
 
 from inmem.errors import (InvalidKey, InvalidStatusTransition, ProtocolError, RunExists,
-                          RunNotFound, ValueTooLarge)
+                          RunNotFound, TransactionConflict, ValueTooLarge)
 from inmem.values import KEY_BYTES_MAX
 
 from .driver import is_async_database, may_block, raise_first, run_async, run_sync
@@ -530,7 +530,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
             for thread_id in doc or ():
                 threads[thread_id] = thread_run(self.prefix, thread_id)
         doomed_runs = set(run_ids)
-        ops = []
+        ops, moves = [], []
         if threads:
             reads = []
             for run in threads.values():
@@ -542,11 +542,10 @@ class InmemSaver(BaseCheckpointSaver[str]):
                     continue
                 raise_first([items, blob_keys, write_keys])
                 records = [read_record(v) for _, v in items]
-                ops += self._cut(run, records, [r for r in records if r.run_id in doomed_runs],
-                                 blob_keys, write_keys)
+                self._cut(run, records, [r for r in records if r.run_id in doomed_runs],
+                          blob_keys, write_keys, ops, moves)
         ops += [("js.delete", (self._index, r, "$")) for r in run_ids]
-        results = yield ops
-        raise_first(results, allow=(RunNotFound,))
+        yield from self._apply_cut(ops, moves)
         for pair in [p for p in self._indexed if p[0] in doomed_runs]:
             del self._indexed[pair]
         return None
@@ -610,7 +609,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
         for run in runs:
             reads += _thread_reads(run)
         results = yield from read_in_pieces(reads)
-        ops = []
+        ops, moves = [], []
         for i, run in enumerate(runs):
             items, blob_keys, write_keys = results[3 * i:3 * i + 3]
             if isinstance(items, RunNotFound):
@@ -622,23 +621,22 @@ class InmemSaver(BaseCheckpointSaver[str]):
                 if r.ns not in newest or newest[r.ns].checkpoint_id < r.checkpoint_id:
                     newest[r.ns] = r
             keep = {r.checkpoint_id for r in newest.values()}
-            ops += self._cut(run, records, [r for r in records if r.checkpoint_id not in keep],
-                             blob_keys, write_keys)
-        if ops:
-            raise_first((yield ops), allow=(RunNotFound,))
+            self._cut(run, records, [r for r in records if r.checkpoint_id not in keep],
+                      blob_keys, write_keys, ops, moves)
+        yield from self._apply_cut(ops, moves)
         return None
 
     # -- helpers -------------------------------------------------------------------
 
-    def _cut(self, run, records, doomed, blob_keys, write_keys) -> list:
-        """Operations deleting `doomed` records of a thread, their writes (those kept apart
-        among `write_keys` too), the blobs no survivor points at, and moving each touched
-        namespace's head to its newest survivor."""
+    def _cut(self, run, records, doomed, blob_keys, write_keys, ops: list, moves: list) -> None:
+        """Add to `ops` the deletes of `doomed` records of a thread, of their writes (those
+        kept apart among `write_keys` too) and of the blobs no survivor points at; add to
+        `moves` each touched namespace's head move: (run, ns, its newest survivor or None,
+        the doomed checkpoint ids of that namespace). See `_apply_cut`."""
         if not doomed:
-            return []
+            return
         gone = {(r.ns, r.checkpoint_id) for r in doomed}
         survivors = [r for r in records if (r.ns, r.checkpoint_id) not in gone]
-        ops = []
         for r in doomed:
             ops.append(("kv.delete", (run, checkpoint_key(r.ns, r.checkpoint_id))))
             ops.append(("js.delete", (run, writes_key(r.ns, r.checkpoint_id), "$")))
@@ -647,17 +645,41 @@ class InmemSaver(BaseCheckpointSaver[str]):
             if r.ns not in newest or newest[r.ns].checkpoint_id < r.checkpoint_id:
                 newest[r.ns] = r
         for ns in {r.ns for r in doomed}:
-            if ns in newest:
-                ops.append(("kv.put", (run, head_key(ns), newest[ns].stored(), None)))
-            else:
-                ops.append(("kv.delete", (run, head_key(ns))))
+            moves.append((run, ns, newest.get(ns),
+                          {r.checkpoint_id for r in doomed if r.ns == ns}))
         wanted = set()
         for r in survivors:
             wanted.update(r.refs[:-1])
         ops += [("kv.delete", (run, k)) for k in blob_keys if k not in wanted]
         apart = tuple(write_prefix(r.ns, r.checkpoint_id) for r in doomed)
         ops += [("kv.delete", (run, k)) for k in write_keys if k.startswith(apart)]
-        return ops
+
+    def _apply_cut(self, ops: list, moves: list):
+        """Plan step: move the heads `_cut` chose, then send its deletes (`ops`).
+
+        A head is moved only while it still names a doomed checkpoint, in a
+        transaction on its version: a put that landed since the records were
+        read made a newer head, which a move back to an older survivor would
+        hide from every get_tuple (a graph would resume from the past).
+        """
+        first = []
+        if moves:
+            current = yield [("kv.get_versioned", (run, head_key(ns))) for run, ns, _, _ in moves]
+            for (run, ns, survivor, doomed_ids), found in zip(moves, current):
+                if found is None or isinstance(found, RunNotFound):
+                    continue
+                raise_first([found])
+                if read_record(found.value).checkpoint_id not in doomed_ids:
+                    continue  # moved on since: a newer checkpoint
+                key = head_key(ns)
+                write = (["kv.put", [run, key, survivor.stored(), None]] if survivor
+                         else ["kv.delete", [run, key]])
+                first.append(("tx.commit", (run, [["kv", key, found.version]], [write])))
+        ops = first + ops
+        if ops:
+            # A conflict is a put since the head was read: its head is newer than any
+            # doomed checkpoint, and stays.
+            raise_first((yield ops), allow=(RunNotFound, TransactionConflict))
 
     def _send(self, ops, threads: dict, results=None):
         """Send `ops` (unless their `results` are in already); a run missing on first write

@@ -6,6 +6,7 @@ import operator
 import uuid
 from typing import Annotated, TypedDict
 
+from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.base.id import uuid6
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
@@ -225,3 +226,51 @@ def test_versions_grow_and_never_collide_across_forks():
     assert v1 < v2 and int(v2.split(".")[0]) == 2
     assert saver.get_next_version(v1) != v2
     assert int(saver.get_next_version(7).split(".")[0]) == 8
+
+
+def _drive_with_a_put_between(saver, plan, between, after: int):
+    """Run a plan of `saver`, calling `between()` once `after` of its batches are
+    answered: a graph's put landing while prune or delete_for_runs works."""
+    from inmem.langgraph.driver import execute_sync
+    sent = next(plan)
+    batches = 0
+    try:
+        while True:
+            answer = execute_sync(saver.db, sent)
+            batches += 1
+            if batches == after:
+                between()
+            sent = plan.send(answer)
+    except StopIteration as stop:
+        assert batches > after
+        return stop.value
+
+
+def _put_step(saver, config, step, run_id=None):
+    checkpoint = empty_checkpoint()
+    checkpoint["id"] = str(uuid6(clock_seq=-1))
+    metadata = {"source": "loop", "step": step}
+    if run_id:
+        metadata["run_id"] = run_id
+    return saver.put(config, checkpoint, metadata, {})
+
+
+def test_a_put_during_prune_or_delete_for_runs_stays_the_newest(db):
+    saver = InmemSaver(db)
+    config = {"configurable": {"thread_id": "busy", "checkpoint_ns": ""}}
+    latest = config
+    for step in range(3):
+        latest = _put_step(saver, latest, step, run_id="old-run")
+    landed = []
+    _drive_with_a_put_between(saver, saver._prune(["busy"], "keep_latest"),
+                              lambda: landed.append(_put_step(saver, latest, 99)), after=1)
+    assert saver.get_tuple(config).config == landed[0]
+    assert [t.metadata["step"] for t in saver.list(config)] == [99, 2]
+    # the old run's last checkpoint, again the head: delete_for_runs must move it
+    _put_step(saver, landed[0], 3, run_id="old-run")
+
+    _drive_with_a_put_between(saver, saver._delete_for_runs(["old-run"]),
+                              lambda: landed.append(_put_step(saver, landed[0], 100)),
+                              after=2)
+    assert saver.get_tuple(config).config == landed[1]
+    assert [t.metadata["step"] for t in saver.list(config)] == [100, 99]
