@@ -31,6 +31,7 @@ blob of the same version number.
 from __future__ import annotations
 
 import random
+import threading
 from collections import OrderedDict
 from typing import Any, AsyncIterator, Iterator, Sequence
 
@@ -103,6 +104,10 @@ class InmemSaver(BaseCheckpointSaver[str]):
         self._index = index_run(prefix)
         self._tag = thread_tag(prefix)
         self._indexed: OrderedDict = OrderedDict()
+        #: guards `_indexed`: one saver serves many threads (and the worker threads
+        #: of its async methods), and a dict walked while another thread adds to
+        #: it raises RuntimeError
+        self._indexed_lock = threading.Lock()
 
     # -- the sync methods ----------------------------------------------------------
 
@@ -513,8 +518,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
         results = yield [("run.delete", (run,)) for run in runs]
         raise_first(results)
         gone = set(runs)
-        for pair in [p for p in self._indexed if p[1] in gone]:
-            del self._indexed[pair]
+        self._forget(lambda pair: pair[1] in gone)
         return None
 
     def _delete_for_runs(self, run_ids):
@@ -546,8 +550,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
                           blob_keys, write_keys, ops, moves)
         ops += [("js.delete", (self._index, r, "$")) for r in run_ids]
         yield from self._apply_cut(ops, moves)
-        for pair in [p for p in self._indexed if p[0] in doomed_runs]:
-            del self._indexed[pair]
+        self._forget(lambda pair: pair[0] in doomed_runs)
         return None
 
     def _copy_thread(self, source, target):
@@ -726,9 +729,16 @@ class InmemSaver(BaseCheckpointSaver[str]):
             raise_first((yield from self._send(batch, threads)))
 
     def _remember(self, pair) -> None:
-        self._indexed[pair] = None
-        if len(self._indexed) > _INDEXED_MAX:
-            self._indexed.popitem(last=False)
+        with self._indexed_lock:
+            self._indexed[pair] = None
+            if len(self._indexed) > _INDEXED_MAX:
+                self._indexed.popitem(last=False)
+
+    def _forget(self, which) -> None:
+        """Forget the indexed (run id, thread run) pairs for which `which(pair)` is true."""
+        with self._indexed_lock:
+            for pair in [p for p in self._indexed if which(p)]:
+                del self._indexed[pair]
 
     def _tuple(self, thread_id, record, checkpoint, blobs, writes, metadata, apart=None):
         """The CheckpointTuple of a record; `checkpoint` (decoded for this call) is completed

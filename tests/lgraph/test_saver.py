@@ -274,3 +274,53 @@ def test_a_put_during_prune_or_delete_for_runs_stays_the_newest(db):
                               after=2)
     assert saver.get_tuple(config).config == landed[1]
     assert [t.metadata["step"] for t in saver.list(config)] == [100, 99]
+
+
+def test_one_saver_shared_by_threads_that_put_and_delete(db):
+    # A server's one checkpointer: graphs put (each with its run id, remembered as
+    # indexed) while others delete threads and runs, which walk what is remembered.
+    import sys
+    import threading
+    import time
+    saver = InmemSaver(db)
+    errors: list = []
+    stop = threading.Event()
+
+    def putter(n):
+        i = 0
+        while not stop.is_set():
+            try:
+                saver.put({"configurable": {"thread_id": f"live-{n}-{i % 20}",
+                                            "checkpoint_ns": ""}},
+                          empty_checkpoint(), {"run_id": str(uuid.uuid4())}, {})
+            except Exception as exc:
+                errors.append(exc)
+                return
+            i += 1
+
+    def deleter(n):
+        i = 0
+        while not stop.is_set():
+            try:
+                saver.delete_thread(f"gone-{n}-{i}")
+                saver.delete_for_runs([str(uuid.uuid4())])
+            except Exception as exc:
+                errors.append(exc)
+                return
+            i += 1
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        threads = ([threading.Thread(target=putter, args=(n,)) for n in range(3)]
+                   + [threading.Thread(target=deleter, args=(n,)) for n in range(2)])
+        for t in threads:
+            t.start()
+        time.sleep(3)
+        stop.set()
+        for t in threads:
+            t.join(60)
+    finally:
+        sys.setswitchinterval(old)
+    assert errors == []
+    assert len(list(saver.list({"configurable": {"thread_id": "live-0-0"}}))) >= 1
