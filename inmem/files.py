@@ -256,9 +256,45 @@ def _first_hole_at_end(fd: int, size: int) -> int:
         return size
 
 
+class NotRegularFile(OSError):
+    """A name the store reads holds a directory, a FIFO, a socket or a device, not a file.
+
+    `kind` says which ("a directory", "a FIFO", ...); `filename` is the path.
+    """
+
+    def __init__(self, path, kind: str):
+        super().__init__(errno.EINVAL, f"{kind}, not a regular file", os.fspath(path))
+        self.kind = kind
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def open_regular(path) -> int:
+    """A read-only descriptor on `path`, which must be a regular file, else NotRegularFile.
+
+    Opened non-blocking: opening a FIFO for reading would wait for a writer
+    for good, where a regular file ignores the flag.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((k for test, k in _KINDS if test(mode)), "not a regular file")
+            raise NotRegularFile(path, kind)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def read_data(path) -> tuple[bytes, int]:
-    """(the bytes of `path` up to `data_end`, the file size); what is left out reads as zeros."""
-    with open(path, "rb", buffering=0) as f:
+    """(the bytes of `path` up to `data_end`, the file size); what is left out reads as zeros.
+
+    NotRegularFile if `path` is a directory, a FIFO or another non-file.
+    """
+    with open(open_regular(path), "rb", buffering=0) as f:
         fd = f.fileno()
         size = os.fstat(fd).st_size
         end = data_end(fd, size)
@@ -370,4 +406,4 @@ def claim_socket_path(path: str, endpoint: str) -> None:
 
 
 __all__ = ["FILE_MODE", "DIR_MODE", "fsync_dir", "make_dirs", "open_private", "private_opener",
-           "try_lock", "lock_is_held", "CLUSTER_LOCK_NAME", "socket_in_use", "claim_socket_path", "lock_file_pid", "serving_cluster_root", "data_end", "read_data", "keep_evidence_copy", "move_to_evidence"]
+           "try_lock", "lock_is_held", "CLUSTER_LOCK_NAME", "socket_in_use", "claim_socket_path", "lock_file_pid", "serving_cluster_root", "data_end", "read_data", "open_regular", "NotRegularFile", "keep_evidence_copy", "move_to_evidence"]

@@ -67,6 +67,7 @@ from typing import Mapping, Sequence
 import msgpack
 
 from inmem.checksum import crc32c
+from inmem.files import NotRegularFile, open_regular
 from inmem.recovery.errors import SnapshotCorrupt, SnapshotError, SnapshotUnsupported
 
 MAGIC = b"INMEMSNP"
@@ -420,7 +421,11 @@ def _read_whole(path: str):
     snapshot is never written once published, and recovery holds the
     directory's lock, so the mapped file does not change under the reader.
     """
-    with open(path, "rb", buffering=0) as f:
+    try:
+        fd = open_regular(path)
+    except NotRegularFile as exc:
+        raise SnapshotCorrupt(path, 0, f"it is {exc.kind}, not a snapshot file") from None
+    with open(fd, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
         populate = getattr(mmap, "MAP_POPULATE", 0)
         if size >= MAP_MIN_BYTES and populate:
@@ -472,6 +477,10 @@ def verify_main(argv: Sequence[str] | None = None, out=None) -> int:
         buf = _read_whole(path)
     except OSError as exc:
         say(f"{path}: cannot read: {exc.strerror or exc}")
+        return 2
+    except SnapshotCorrupt as exc:  # a directory or a FIFO under the name
+        say(f"{path}: cannot read: {exc.reason}")
+        say("result: INVALID")
         return 2
     say(f"file: {path} ({len(buf)} bytes)")
     valid = True

@@ -56,7 +56,7 @@ import msgpack
 from inmem.checksum import crc32c
 
 from inmem.errors import CorruptionError
-from inmem.files import fsync_dir, make_dirs, replace_durably
+from inmem.files import NotRegularFile, fsync_dir, make_dirs, open_regular, replace_durably
 from inmem.wal.failpoints import failpoint, register
 from inmem.wal.record import CRC, HEADER, HEADER_SIZE, PREFIX_CRCS, RECORD_BYTES_MAX
 from inmem.wal.segment import list_segments, parse_segment_name, segment_name
@@ -106,6 +106,8 @@ class HistoryFiles:
         #: file_no -> how many history extents name it
         self.live: list[int] = []
         self._fds: dict[int, int] = {}
+        #: file_no -> the path its descriptor was opened on
+        self._paths: dict[int, str] = {}
         #: place -> (lsn, payload) of records the writer may not have made durable yet
         self.pending: dict[int, tuple] = {}
         #: the WAL writer's durable LSN (set once the writer is open)
@@ -157,10 +159,17 @@ class HistoryFiles:
         """A read descriptor on the file: its name in wal/, else the one in history/."""
         name = self.names[file_no]
         for d in (self.wal, self.dir):
+            path = os.path.join(d, name)
             try:
-                return os.open(os.path.join(d, name), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                fd = open_regular(path)
             except FileNotFoundError:
                 continue
+            except OSError as exc:  # a directory or a FIFO under the name, no permission
+                why = exc.kind if isinstance(exc, NotRegularFile) else exc.strerror or exc
+                raise CorruptionError(f"the history file {path} cannot be read: {why}",
+                                      path=path, offset=0) from None
+            self._paths[file_no] = path
+            return fd
         raise CorruptionError(f"the history file {name} is in neither {self.wal} nor {self.dir}",
                               path=os.path.join(self.dir, name), offset=0)
 
@@ -211,7 +220,7 @@ class HistoryFiles:
         fd = self._fds.get(file_no)
         if fd is None:
             fd = self._fds[file_no] = self._open(file_no)
-        head = os.pread(fd, HEADER_SIZE, offset)
+        head = self._pread(fd, file_no, HEADER_SIZE, offset)
         if len(head) < HEADER_SIZE:
             self._bad(file_no, offset, "the record's header runs past the end of the file")
         return fd, file_no, offset, head
@@ -223,7 +232,7 @@ class HistoryFiles:
         if prefix_crc is None or not 0 < rtype < 256 or length > RECORD_BYTES_MAX:
             self._bad(file_no, offset, f"no record header here (type {rtype}, version {version}, "
                                        f"length {length})")
-        body = os.pread(fd, length + CRC.size, offset + HEADER_SIZE)
+        body = self._pread(fd, file_no, length + CRC.size, offset + HEADER_SIZE)
         if len(body) < length + CRC.size:
             self._bad(file_no, offset, "the record runs past the end of the file")
         if crc32c(memoryview(body)[:length], prefix_crc[rtype]) != _unpack_crc(body, length)[0]:
@@ -235,10 +244,18 @@ class HistoryFiles:
         head = self._header(place)[3]
         return HEADER_SIZE + _unpack_header(head)[0] + CRC.size
 
+    def _pread(self, fd: int, file_no: int, size: int, offset: int) -> bytes:
+        try:
+            return os.pread(fd, size, offset)
+        except OSError as exc:  # EIO: the disk lost it
+            self._bad(file_no, offset, exc.strerror or str(exc))
+
     def _bad(self, file_no: int, offset: int, why: str):
         name = self.names[file_no]
-        raise CorruptionError(f"history record at {name}:{offset} is unreadable: {why}",
-                              path=os.path.join(self.dir, name or "?"), offset=offset)
+        # the file read: wal/ or history/, whichever held it
+        path = self._paths.get(file_no) or os.path.join(self.dir, name or "?")
+        raise CorruptionError(f"history record at {path}:{offset} is unreadable: {why}",
+                              path=path, offset=offset)
 
     def forget_cached(self) -> None:
         self._cache.clear()
@@ -331,8 +348,13 @@ class HistoryFiles:
         with os.scandir(self.dir) as entries:
             notes = [e.path for e in entries if e.name.endswith(MOVED_SUFFIX)]
         for path in notes:
-            with open(path, "rb") as f:
-                data = f.read()
+            try:
+                with open(open_regular(path), "rb") as f:
+                    data = f.read()
+            except OSError as exc:  # a directory or a FIFO under the name, no permission
+                why = exc.kind if isinstance(exc, NotRegularFile) else exc.strerror or exc
+                raise CorruptionError(f"the history move note {path} cannot be read: {why}",
+                                      path=path, offset=0) from None
             body, tail = data[:-_MOVED_CRC.size], data[-_MOVED_CRC.size:]
             try:
                 if (len(data) < len(_MOVED_MAGIC) + _MOVED_CRC.size
@@ -398,6 +420,7 @@ class HistoryFiles:
         return total
 
     def _close(self, no: int) -> None:
+        self._paths.pop(no, None)
         fd = self._fds.pop(no, None)
         if fd is not None:
             os.close(fd)

@@ -16,7 +16,8 @@ it stopped, as one of three distinct types:
   byte, so a torn tail is never declared while good data sits behind it), a
   bad record or a torn end in a segment that is not the newest, a record in a
   format version this build does not know, or a gap or overlap in LSNs
-  between segments (a missing segment).
+  between segments (a missing segment), or a directory or FIFO under a
+  segment's name (never opened in a way that could wait for a writer).
 
 Decision table for a bad record at `offset` of segment S:
 
@@ -58,7 +59,7 @@ from typing import ClassVar, Iterator
 
 from inmem.checksum import crc32c
 
-from inmem.files import read_data
+from inmem.files import NotRegularFile, read_data
 from inmem.wal.record import (PREFIX_CRCS, CRC, CRC_SIZE, HEADER, HEADER_SIZE,
                               READ_VERSIONS, RECORD_BYTES_MAX, RECORD_OVERHEAD)
 from inmem.wal.segment import list_segments
@@ -304,7 +305,12 @@ class WalReader:
                 # Every record of this segment precedes start_lsn: not even read.
                 lsn = segments[i + 1][0]
                 continue
-            data, file_size = read_data(path)
+            try:
+                data, file_size = read_data(path)
+            except NotRegularFile as exc:
+                self._stop(Corruption(path, 0, f"{exc.kind} under a segment's name, not a "
+                                      f"segment file; move it out of the WAL directory"), lsn)
+                return
             size = len(data)
             off = 0
             self.end_offset = 0

@@ -1,0 +1,158 @@
+"""A directory or a FIFO where a store expects a file: a typed error naming it, never a hang.
+
+Opening a FIFO for reading blocks until someone writes to it, so a reader
+that opens whatever name it finds hangs the open for good; a directory
+fails with a bare IsADirectoryError deep in a read. Each case builds a
+store, puts a directory or a FIFO under a name the store reads (the newest
+WAL segment, an older one, a snapshot, a history file, a move note) and
+opens it again, as an application would, and runs the two inspection
+commands on it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import inmem
+from inmem.processes import child_env
+from inmem.wal.inspect import main as inspect_main
+from inmem.recovery.snapshot_format import verify_main
+from inmem.wal.segment import list_segments, segment_name
+
+OPTIONS = {"snapshot_on_close": False, "snapshot_interval_s": None, "segment_bytes_max": 1024}
+KINDS = ("directory", "fifo")
+
+
+def pinned_clock():
+    ticks = itertools.count(1_700_000_000_000_000, 7)
+    return lambda: next(ticks)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A snapshot at op 10 (its WAL in history/ since), and more records in wal/ after it."""
+    path = tmp_path_factory.mktemp("nonregular") / "db"
+    with inmem.open(path, "strict", clock=pinned_clock(), **OPTIONS) as db:
+        run = db.begin_run(run_id="r")
+        for i in range(60):
+            db.kv.put(run, f"k{i % 4}", {"i": i, "pad": "x" * 20})
+            if i == 10:
+                db.snapshot()
+    assert len(list_segments(path / "wal")) >= 2, "the test needs an older and a newest segment"
+    assert os.listdir(path / "history"), "the test needs a history file"
+    return path
+
+
+def copy_of(store, tmp_path) -> str:
+    target = tmp_path / "db"
+    shutil.copytree(store, target)
+    os.unlink(target / "LOCK")
+    return str(target)
+
+
+def replace(path: str, kind: str) -> None:
+    """Put a directory or a FIFO under `path` (what was there goes)."""
+    if os.path.lexists(path):
+        os.unlink(path)
+    if kind == "directory":
+        os.mkdir(path)
+    else:
+        os.mkfifo(path)
+
+
+def newest_segment(path):
+    return list_segments(os.path.join(path, "wal"))[-1][1]
+
+
+def older_segment(path):
+    return list_segments(os.path.join(path, "wal"))[0][1]
+
+
+def history_file(path):
+    d = os.path.join(path, "history")
+    return os.path.join(d, sorted(os.listdir(d))[0])
+
+
+def move_note(path):
+    return history_file(path) + ".moved"
+
+
+def open_and_replay(path) -> None:
+    """Open the store and read the run's history (which a history file holds)."""
+    with inmem.open(path, "strict", **OPTIONS) as db:
+        db.replay_run("r")
+
+
+PLACES = {"newest segment": newest_segment, "older segment": older_segment,
+          "history file": history_file, "move note": move_note}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("place", PLACES)
+def test_opening_refuses_with_an_error_naming_it(store, tmp_path, place, kind):
+    path = copy_of(store, tmp_path)
+    where = PLACES[place](path)
+    replace(where, kind)
+    with pytest.raises(inmem.CorruptionError) as caught:
+        open_and_replay(path)
+    assert caught.value.path == where
+    assert os.path.basename(where) in str(caught.value)
+    assert ("directory" if kind == "directory" else "FIFO") in str(caught.value)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_snapshot_name_that_is_not_a_file_is_set_aside_and_an_older_one_used(
+        store, tmp_path, kind):
+    path = copy_of(store, tmp_path)
+    sdir = os.path.join(path, "snapshots")
+    (good,) = os.listdir(sdir)
+    bogus = os.path.join(sdir, f"snap-{10**9:020d}-{1:020d}.snap")  # newer than the real one
+    replace(bogus, kind)
+    with inmem.open(path, "strict", **OPTIONS) as db:
+        assert db.kv.get("r", "k3")["i"] == 59
+        (report,) = db.recovery_report()
+        assert os.path.basename(report.snapshot_used) == good
+    assert sorted(os.listdir(sdir)) == sorted([good, os.path.basename(bogus) + ".broken.1"])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", KINDS)
+def test_wal_inspect_reports_it_and_exits_2(store, tmp_path, capsys, kind):
+    path = copy_of(store, tmp_path)
+    where = newest_segment(path)
+    replace(where, kind)
+    assert inspect_main([os.path.join(path, "wal")]) == 2
+    out = capsys.readouterr().out
+    assert "CORRUPTION" in out and os.path.basename(where) in out
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", KINDS)
+def test_snapshot_verify_reports_it_and_exits_2(tmp_path, capsys, kind):
+    where = str(tmp_path / f"snap-{1:020d}-{1:020d}.snap")
+    replace(where, kind)
+    assert verify_main([where]) == 2
+    out = capsys.readouterr().out
+    assert where in out and ("directory" if kind == "directory" else "FIFO") in out
+
+
+@pytest.mark.timeout(60)
+def test_the_commands_exit_without_a_traceback(store, tmp_path):
+    path = copy_of(store, tmp_path)
+    replace(newest_segment(path), "fifo")
+    snap = os.path.join(path, "snapshots", f"snap-{10**9:020d}-{1:020d}.snap")
+    replace(snap, "fifo")
+    for args in (["wal", "inspect", path], ["snapshot", "verify", snap],
+                 ["snapshot", "verify", path]):
+        done = subprocess.run([sys.executable, "-m", "inmem", *args], capture_output=True,
+                              text=True, timeout=50, env=child_env())
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr, (args, done.stderr)
