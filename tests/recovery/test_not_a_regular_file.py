@@ -156,3 +156,14 @@ def test_the_commands_exit_without_a_traceback(store, tmp_path):
                               text=True, timeout=50, env=child_env())
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         assert "Traceback" not in done.stderr, (args, done.stderr)
+
+
+def test_a_history_record_read_from_wal_is_named_where_it_was_read(store, tmp_path):
+    # A name is looked up in wal/ before history/: an empty stray segment there
+    # under the retained file's name is what the read met, and what the error names.
+    path = copy_of(store, tmp_path)
+    stray = os.path.join(path, "wal", os.path.basename(history_file(path)))
+    open(stray, "wb").close()
+    with pytest.raises(inmem.CorruptionError) as caught:
+        open_and_replay(path)
+    assert caught.value.path == stray and stray in str(caught.value)
