@@ -115,8 +115,9 @@ def write_prefix(ns: str, checkpoint_id: str) -> str:
     return f"write/{esc(ns)}/{checkpoint_id}/"
 
 
-#: a pending write serialized to more bytes than this is kept apart (see above)
-WRITE_INLINE_MAX = 64 * 1024
+#: a pending write serialized to more bytes than this is kept apart (see above): the
+#: document is rewritten whole by each write to it, so what it holds is kept small
+WRITE_INLINE_MAX = 4 * 1024
 
 
 def json_name(name: str) -> str:

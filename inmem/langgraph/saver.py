@@ -15,7 +15,7 @@ Round trips per call: `put` 1 (the blobs, the checkpoint and the head of
 its namespace in one `kv.put_many`, one write-ahead log record; the
 thread's run is created on its first write), `get_tuple` 1 (one
 `kv.get_linked`: the record, the blobs and the pending writes it names; 2
-when a pending write over 64 KiB is kept apart, see keys.py),
+when a pending write over 4 KiB is kept apart, see keys.py),
 `put_writes` 1 for special channels and 2 when a repeated write must keep
 the first value, `list` 1 plus 1 per page of 64 results (each channel value
 read once per page, however many of its checkpoints name it). A read whose
@@ -305,11 +305,13 @@ class InmemSaver(BaseCheckpointSaver[str]):
             # A task's ordinary writes are kept as first stored (a retried task
             # must not change what the checkpoint already recorded); the special
             # channels (error, interrupt, resume, scheduled) are replaced.
-            (doc,) = yield [("js.get", (run, wkey, "$"))]
-            if isinstance(doc, RunNotFound):
-                doc = None
-            raise_first([doc])
-            have = doc if isinstance(doc, dict) else {}
+            # Only this task's rows are read: the whole document, which grows with
+            # every task of the step, made a fan-out's writes quadratic.
+            ordinary = [e for e in entries if e[2] >= 0]
+            found = yield [("js.get", (run, wkey, json_name(e[0]))) for e in ordinary]
+            raise_first(found, allow=(RunNotFound,))
+            have = {e[0] for e, row in zip(ordinary, found)
+                    if row is not None and not isinstance(row, RunNotFound)}
             entries = [e for e in entries if e[2] < 0 or e[0] not in have]
         dumps = self.serde.dumps_typed
         cid = config["configurable"]["checkpoint_id"]

@@ -58,10 +58,11 @@ def _graph(saver, calls: list, share: int):
 
 @pytest.mark.parametrize("limit, share", [
     (LIMIT, 64 * 1024),        # each write kept apart as it is written
-    (LIMIT // 2, 40 * 1024),   # small enough to go in the document, until it is full
+    (16 * 1024, 3500),         # small enough to go in the document, until it is full
 ])
 def test_parallel_writes_over_a_value_survive_an_interrupt_and_resume(open_db, limit, share):
     # The tasks write 5 x share in all, over the limit; each channel is under it.
+    assert 5 * share > limit > share
     db = open_db(max_value_bytes=limit)
     saver = InmemSaver(db)
     calls: list = []
@@ -119,3 +120,23 @@ def test_only_large_writes_are_kept_apart_and_too_large_ones_are_named():
             checkpoint["channel_versions"] = {"state": saver.get_next_version(None)}
             saver.put(config, checkpoint, {"source": "loop", "step": 0},
                       checkpoint["channel_versions"])
+
+
+def test_a_task_s_writes_read_only_its_own_rows(db):
+    # A step's writes document grows with each of its tasks: a task that read it
+    # whole to check for its own rows made a fan-out's writes quadratic.
+    from inmem.database import Database
+
+    from .test_saver import Recording
+    recording = Recording(db._backend)
+    saver = InmemSaver(Database(recording))
+    config = saver.put({"configurable": {"thread_id": "w", "checkpoint_ns": ""}},
+                       empty_checkpoint(), {"source": "input", "step": -1}, {})
+    for task in range(5):
+        recording.ops.clear()
+        saver.put_writes(config, [("a", "x" * 3000), ("b", task)], f"task-{task}")
+        reads = [args for op, args in recording.ops if op == "js.get"]
+        assert reads and all(args[2] != "$" for args in reads), reads
+    saver.put_writes(config, [("a", "changed")], "task-0")  # a retry keeps the first
+    writes = saver.get_tuple(config).pending_writes
+    assert len(writes) == 10 and ("task-0", "a", "x" * 3000) in writes
