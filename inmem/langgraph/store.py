@@ -128,6 +128,10 @@ class InmemStore(BaseStore):
             _validate(op)
             if isinstance(op, PutOp):
                 _check_item_key(op.namespace, op.key)
+                if op.value is not None and op.ttl is not None:
+                    _check_ttl(op.ttl)
+            elif isinstance(op, (SearchOp, ListNamespacesOp)):
+                _check_page(op.limit, op.offset)
         run = self.run
         now = int(time.time() * 1_000_000)
         results: list = [None] * len(ops)
@@ -287,6 +291,24 @@ def _check_item_key(namespace: tuple, key: str) -> None:
         raise InvalidKey(f"namespace {tuple(namespace)!r:.80} and key {key!r:.40} are too long: "
                          f"escaped and joined they make a key of {size} UTF-8 bytes, over "
                          f"{KEY_BYTES_MAX}")
+
+
+#: the longest TTL an entry takes (a century), in LangGraph's unit: minutes
+_TTL_MAX_MINUTES = 100 * 365 * 24 * 60
+
+
+def _check_ttl(ttl) -> None:
+    """InvalidValue, in minutes as LangGraph counts a TTL, unless `ttl` is one the
+    entry's expiry takes (the engine would name the seconds it was turned into)."""
+    if type(ttl) not in (int, float) or not 0 < ttl <= _TTL_MAX_MINUTES:
+        raise InvalidValue(f"a store item's ttl is a number of minutes above 0 and at most "
+                           f"{_TTL_MAX_MINUTES} (a century), got {ttl!r:.40}")
+
+
+def _check_page(limit, offset) -> None:
+    for name, n in (("limit", limit), ("offset", offset)):
+        if type(n) is not int or n < 0:
+            raise InvalidValue(f"{name} must be an int of 0 or more, got {n!r:.40}")
 
 
 def _literal_prefix(op: ListNamespacesOp) -> str:

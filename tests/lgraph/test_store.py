@@ -333,3 +333,23 @@ def test_a_ttl_refresh_does_not_bring_back_an_item_deleted_or_expired_meanwhile(
     assert [g.value for g in got] == [{"v": 1}, {"v": 2}]
     assert store.get(("n",), "gone") is None
     assert store.get(("n",), "lapsing") is None
+
+
+def test_a_bad_ttl_or_page_is_refused_in_the_units_the_caller_used(store):
+    # A TTL is in minutes (LangGraph's unit); the engine's error named the seconds it
+    # became ("got -60.0" for ttl=-1), and a str TTL was taken as a number.
+    for ttl in (0, -1, 10 ** 12, "5", True):
+        with pytest.raises(inmem.InvalidValue, match=r"ttl is a number of minutes .* got "
+                                                      + repr(ttl)[:3].replace("(", r"\(")):
+            store.put(("t",), "k", {"v": 1}, ttl=ttl)
+    assert store.get(("t",), "k") is None
+    store.put(("t",), "k", {"v": 1}, ttl=0.5)
+    store.put(("t",), "j", {"v": 2})
+    # a negative limit gave every item but the last
+    for kwargs in ({"limit": -1}, {"offset": -1}):
+        with pytest.raises(inmem.InvalidValue, match=next(iter(kwargs))):
+            store.search(("t",), **kwargs)
+        with pytest.raises(inmem.InvalidValue, match=next(iter(kwargs))):
+            store.list_namespaces(**kwargs)
+    assert len(store.search(("t",), limit=0)) == 0
+    assert len(store.search(("t",))) == 2
