@@ -338,15 +338,15 @@ class InmemSaver(BaseCheckpointSaver[str]):
         if full:
             # The document has no room left for these (a step whose tasks wrote
             # more than a value may hold): kept apart after all.
-            moved = []
+            moved, stubs = [], []
             for i in full:
                 name, channel, kind, data, row = rows[i]
                 key = write_key(ns, cid, task_id, row[5])
                 moved.append((channel, ("kv.put", (run, key, [kind, data], None))))
-                results[i] = ("js.set", (run, wkey, json_name(name),
-                                         [task_id, channel, None, key, task_path, row[5]]))
+                stubs.append(("js.set", (run, wkey, json_name(name),
+                                         [task_id, channel, None, key, task_path, row[5]])))
             yield from self._put_apart(moved, thread_id, task_id)
-            again = yield from self._send([results[i] for i in full], {run: thread_id})
+            again = yield from self._send(stubs, {run: thread_id})
             for i, r in zip(full, again):
                 results[i] = r
         raise_first(results)
