@@ -64,6 +64,8 @@ LIST_PAGE = 64
 COPY_BLOBS = 64
 #: bytes of values sent per round trip where a call may write more than a message holds
 SEND_BYTES = 8 << 20
+#: times prune and delete_for_runs read a thread again that puts keep changing
+_CUT_TRIES = 8
 #: (run id, thread) pairs this saver remembers having indexed
 _INDEXED_MAX = 4096
 
@@ -536,22 +538,12 @@ class InmemSaver(BaseCheckpointSaver[str]):
             for thread_id in doc or ():
                 threads[thread_id] = thread_run(self.prefix, thread_id)
         doomed_runs = set(run_ids)
-        ops, moves = [], []
         if threads:
-            reads = []
-            for run in threads.values():
-                reads += _thread_reads(run)
-            results = yield from read_in_pieces(reads)
-            for i, run in enumerate(threads.values()):
-                items, blob_keys, write_keys = results[3 * i:3 * i + 3]
-                if isinstance(items, RunNotFound):
-                    continue
-                raise_first([items, blob_keys, write_keys])
-                records = [read_record(v) for _, v in items]
-                self._cut(run, records, [r for r in records if r.run_id in doomed_runs],
-                          blob_keys, write_keys, ops, moves)
-        ops += [("js.delete", (self._index, r, "$")) for r in run_ids]
-        yield from self._apply_cut(ops, moves)
+            yield from self._cut_threads(
+                list(threads.values()),
+                lambda records: [r for r in records if r.run_id in doomed_runs])
+        raise_first((yield [("js.delete", (self._index, r, "$")) for r in run_ids]),
+                    allow=(RunNotFound,))
         self._forget(lambda pair: pair[0] in doomed_runs)
         return None
 
@@ -610,81 +602,89 @@ class InmemSaver(BaseCheckpointSaver[str]):
         runs = list(dict.fromkeys(thread_run(self.prefix, t) for t in thread_ids))
         if not runs:
             return None
-        reads = []
-        for run in runs:
-            reads += _thread_reads(run)
-        results = yield from read_in_pieces(reads)
-        ops, moves = [], []
-        for i, run in enumerate(runs):
-            items, blob_keys, write_keys = results[3 * i:3 * i + 3]
-            if isinstance(items, RunNotFound):
-                continue
-            raise_first([items, blob_keys, write_keys])
-            records = [read_record(v) for _, v in items]
+
+        def older(records):
             newest: dict = {}
             for r in records:
                 if r.ns not in newest or newest[r.ns].checkpoint_id < r.checkpoint_id:
                     newest[r.ns] = r
             keep = {r.checkpoint_id for r in newest.values()}
-            self._cut(run, records, [r for r in records if r.checkpoint_id not in keep],
-                      blob_keys, write_keys, ops, moves)
-        yield from self._apply_cut(ops, moves)
+            return [r for r in records if r.checkpoint_id not in keep]
+
+        yield from self._cut_threads(runs, older)
         return None
 
     # -- helpers -------------------------------------------------------------------
 
-    def _cut(self, run, records, doomed, blob_keys, write_keys, ops: list, moves: list) -> None:
-        """Add to `ops` the deletes of `doomed` records of a thread, of their writes (those
-        kept apart among `write_keys` too) and of the blobs no survivor points at; add to
-        `moves` each touched namespace's head move: (run, ns, its newest survivor or None,
-        the doomed checkpoint ids of that namespace). See `_apply_cut`."""
-        if not doomed:
-            return
-        gone = {(r.ns, r.checkpoint_id) for r in doomed}
-        survivors = [r for r in records if (r.ns, r.checkpoint_id) not in gone]
-        for r in doomed:
-            ops.append(("kv.delete", (run, checkpoint_key(r.ns, r.checkpoint_id))))
-            ops.append(("js.delete", (run, writes_key(r.ns, r.checkpoint_id), "$")))
-        newest: dict = {}
-        for r in survivors:
-            if r.ns not in newest or newest[r.ns].checkpoint_id < r.checkpoint_id:
-                newest[r.ns] = r
-        for ns in {r.ns for r in doomed}:
-            moves.append((run, ns, newest.get(ns),
-                          {r.checkpoint_id for r in doomed if r.ns == ns}))
-        wanted = set()
-        for r in survivors:
-            wanted.update(r.refs[:-1])
-        ops += [("kv.delete", (run, k)) for k in blob_keys if k not in wanted]
-        apart = tuple(write_prefix(r.ns, r.checkpoint_id) for r in doomed)
-        ops += [("kv.delete", (run, k)) for k in write_keys if k.startswith(apart)]
-
-    def _apply_cut(self, ops: list, moves: list):
-        """Plan step: move the heads `_cut` chose, then send its deletes (`ops`).
-
-        A head is moved only while it still names a doomed checkpoint, in a
-        transaction on its version: a put that landed since the records were
-        read made a newer head, which a move back to an older survivor would
-        hide from every get_tuple (a graph would resume from the past).
-        """
-        first = []
-        if moves:
-            current = yield [("kv.get_versioned", (run, head_key(ns))) for run, ns, _, _ in moves]
-            for (run, ns, survivor, doomed_ids), found in zip(moves, current):
-                if found is None or isinstance(found, RunNotFound):
+    def _cut_threads(self, runs: list, doomed_of):
+        """Plan step: delete from each thread (run id) the checkpoints `doomed_of(records)`
+        chooses among its records, with what only they use; a thread that a put changed
+        meanwhile is read and cut again."""
+        for _ in range(_CUT_TRIES):
+            reads = [op for run in runs for op in _thread_reads(run)]
+            results = yield from read_in_pieces(reads)
+            cuts = []
+            for i, run in enumerate(runs):
+                items, blob_keys, write_keys = results[3 * i:3 * i + 3]
+                if isinstance(items, RunNotFound):
                     continue
-                raise_first([found])
-                if read_record(found.value).checkpoint_id not in doomed_ids:
-                    continue  # moved on since: a newer checkpoint
+                raise_first([items, blob_keys, write_keys])
+                records = [read_record(v) for _, v in items]
+                cut = _cut(run, records, doomed_of(records), blob_keys, write_keys)
+                if cut is not None:
+                    cuts.append(cut)
+            redo = yield from self._apply_cuts(cuts)
+            if not redo:
+                return
+            runs = [run for run in runs if run in redo]
+        raise TransactionConflict(f"threads {runs!r:.200} kept changing while their "
+                                  f"checkpoints were being deleted; try again")
+
+    def _apply_cuts(self, cuts: list):
+        """Plan step: each thread's cut (see `_cut`) as one transaction on the heads of
+        the namespaces it touches; the run ids of the threads to read and cut again.
+
+        A put made since the thread was read moved a head: the cut chose from
+        records that no longer are all there are, so a blob it deletes may be
+        one the new checkpoint points at, and a head it moves back would hide
+        the new checkpoint from every get_tuple (a graph would resume from the
+        past). Such a thread is cut again from what it holds now.
+        """
+        heads = [(cut[0], ns) for cut in cuts for ns, _, _ in cut[2]]
+        current = iter((yield [("kv.get_versioned", (run, head_key(ns)))
+                               for run, ns in heads]) if heads else [])
+        redo, commits = set(), []
+        for run, deletes, moves, known in cuts:
+            reads, writes, skip = [], [], False
+            for ns, survivor, doomed_ids in moves:
+                found = next(current)
+                if isinstance(found, RunNotFound):
+                    skip = True  # the thread was deleted meanwhile
+                    continue
                 key = head_key(ns)
-                write = (["kv.put", [run, key, survivor.stored(), None]] if survivor
-                         else ["kv.delete", [run, key]])
-                first.append(("tx.commit", (run, [["kv", key, found.version]], [write])))
-        ops = first + ops
-        if ops:
-            # A conflict is a put since the head was read: its head is newer than any
-            # doomed checkpoint, and stays.
-            raise_first((yield ops), allow=(RunNotFound, TransactionConflict))
+                if found is None:
+                    head, version = None, 0
+                else:
+                    raise_first([found])
+                    head, version = read_record(found.value).checkpoint_id, found.version
+                if head is not None and head not in known:
+                    redo.add(run)  # a put since the read
+                    skip = True
+                    continue
+                reads.append(["kv", key, version])
+                if head is None or head in doomed_ids:
+                    writes.append(["kv.put", [run, key, survivor.stored(), None]] if survivor
+                                  else ["kv.delete", [run, key]])
+            if not skip:
+                writes += [[op, list(args)] for op, args in deletes]
+                commits.append(("tx.commit", (run, reads, writes)))
+        if commits:
+            for (_, (run, _, _)), result in zip(commits, (yield commits)):
+                if type(result) is TransactionConflict:
+                    redo.add(run)  # a put since the heads were read
+                elif not isinstance(result, RunNotFound):
+                    raise_first([result])
+        return redo
 
     def _send(self, ops, threads: dict, results=None):
         """Send `ops` (unless their `results` are in already); a run missing on first write
@@ -825,6 +825,34 @@ def _apart_keys(doc) -> list:
     if not doc or not isinstance(doc, dict):
         return []
     return [w[3] for w in doc.values() if w[2] is None]
+
+
+def _cut(run, records, doomed, blob_keys, write_keys):
+    """What deleting `doomed` records of a thread takes, or None for none: (run, the
+    deletes of them, of their writes (those kept apart among `write_keys` too) and of
+    the blobs no survivor points at, [(namespace, its newest survivor or None, the
+    doomed checkpoint ids of it)] for each namespace touched, the checkpoint ids read)."""
+    if not doomed:
+        return None
+    gone = {(r.ns, r.checkpoint_id) for r in doomed}
+    survivors = [r for r in records if (r.ns, r.checkpoint_id) not in gone]
+    deletes = []
+    for r in doomed:
+        deletes.append(("kv.delete", (run, checkpoint_key(r.ns, r.checkpoint_id))))
+        deletes.append(("js.delete", (run, writes_key(r.ns, r.checkpoint_id), "$")))
+    newest: dict = {}
+    for r in survivors:
+        if r.ns not in newest or newest[r.ns].checkpoint_id < r.checkpoint_id:
+            newest[r.ns] = r
+    moves = [(ns, newest.get(ns), {r.checkpoint_id for r in doomed if r.ns == ns})
+             for ns in {r.ns for r in doomed}]
+    wanted = set()
+    for r in survivors:
+        wanted.update(r.refs[:-1])
+    deletes += [("kv.delete", (run, k)) for k in blob_keys if k not in wanted]
+    apart = tuple(write_prefix(r.ns, r.checkpoint_id) for r in doomed)
+    deletes += [("kv.delete", (run, k)) for k in write_keys if k.startswith(apart)]
+    return run, deletes, moves, {r.checkpoint_id for r in records}
 
 
 def _thread_reads(run) -> list:

@@ -265,7 +265,7 @@ def test_a_put_during_prune_or_delete_for_runs_stays_the_newest(db):
     _drive_with_a_put_between(saver, saver._prune(["busy"], "keep_latest"),
                               lambda: landed.append(_put_step(saver, latest, 99)), after=1)
     assert saver.get_tuple(config).config == landed[0]
-    assert [t.metadata["step"] for t in saver.list(config)] == [99, 2]
+    assert [t.metadata["step"] for t in saver.list(config)] == [99]  # the newest, kept
     # the old run's last checkpoint, again the head: delete_for_runs must move it
     _put_step(saver, landed[0], 3, run_id="old-run")
 
@@ -274,6 +274,32 @@ def test_a_put_during_prune_or_delete_for_runs_stays_the_newest(db):
                               after=2)
     assert saver.get_tuple(config).config == landed[1]
     assert [t.metadata["step"] for t in saver.list(config)] == [100, 99]
+
+
+def test_a_fork_put_during_prune_keeps_the_values_it_points_at(db):
+    # update_state on an old checkpoint while prune works: the fork's checkpoint points
+    # at the old checkpoint's channel values, which prune had chosen to delete.
+    saver = InmemSaver(db)
+    config = {"configurable": {"thread_id": "fork", "checkpoint_ns": ""}}
+    saved, version = [], None
+    for step in range(3):
+        checkpoint = empty_checkpoint()
+        checkpoint["id"] = str(uuid6(clock_seq=-1))
+        version = saver.get_next_version(version)
+        checkpoint["channel_versions"] = {"x": version}
+        checkpoint["channel_values"] = {"x": f"value {step}"}
+        saved.append(saver.put(saved[-1] if saved else config, checkpoint,
+                               {"source": "loop", "step": step}, {"x": version}))
+    first = saver.get_tuple(saved[0])
+
+    def fork():
+        checkpoint = {**first.checkpoint, "id": str(uuid6(clock_seq=-1))}
+        saver.put(saved[0], checkpoint, {"source": "fork", "step": 1}, {})  # no new values
+
+    _drive_with_a_put_between(saver, saver._prune(["fork"], "keep_latest"), fork, after=1)
+    latest = saver.get_tuple(config)
+    assert latest.metadata["source"] == "fork"
+    assert latest.checkpoint["channel_values"] == {"x": "value 0"}
 
 
 def test_one_saver_shared_by_threads_that_put_and_delete(db):
