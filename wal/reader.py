@@ -295,8 +295,15 @@ class WalReader:
                     # successor's name is the writer's LSN, so trust it.
                     lsn = first
                 else:
-                    what = "missing records (a segment is missing)" if first > lsn \
-                        else "overlapping records (segments disagree)"
+                    # Name the segment before too: it may be the damaged one.
+                    prev = os.path.basename(segments[i - 1][1])
+                    if first > lsn:
+                        what = (f"missing records: {prev} ends after LSN {lsn - 1} at byte "
+                                f"{self.end_offset}, so it was cut short or a segment "
+                                f"between them is missing")
+                    else:
+                        what = (f"overlapping records (segments disagree): {prev} goes on "
+                                f"to LSN {lsn - 1}")
                     self._stop(Corruption(path, 0, f"{what}: expected LSN {lsn}, "
                                           f"segment starts at LSN {first}"), lsn)
                     return
