@@ -66,6 +66,8 @@ COPY_BLOBS = 64
 SEND_BYTES = 8 << 20
 #: times prune and delete_for_runs read a thread again that puts keep changing
 _CUT_TRIES = 8
+#: deletes per transaction of a prune or delete_for_runs (a message and a WAL record each)
+_CUT_CHUNK = 1024
 #: (run id, thread) pairs this saver remembers having indexed
 _INDEXED_MAX = 4096
 
@@ -653,7 +655,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
         heads = [(cut[0], ns) for cut in cuts for ns, _, _ in cut[2]]
         current = iter((yield [("kv.get_versioned", (run, head_key(ns)))
                                for run, ns in heads]) if heads else [])
-        redo, commits = set(), []
+        redo, pending = set(), []
         for run, deletes, moves, known in cuts:
             reads, writes, skip = [], [], False
             for ns, survivor, doomed_ids in moves:
@@ -676,14 +678,26 @@ class InmemSaver(BaseCheckpointSaver[str]):
                     writes.append(["kv.put", [run, key, survivor.stored(), None]] if survivor
                                   else ["kv.delete", [run, key]])
             if not skip:
-                writes += [[op, list(args)] for op, args in deletes]
-                commits.append(("tx.commit", (run, reads, writes)))
-        if commits:
+                # A large cut goes in several transactions, each on the same head
+                # versions, the head moves in the last: what one commits was
+                # unreferenced when it committed, and a put in between stops the rest.
+                ops = [[op, list(args)] for op, args in deletes]
+                chunks = [ops[i:i + _CUT_CHUNK] for i in range(0, len(ops), _CUT_CHUNK)]
+                chunks = chunks or [[]]
+                chunks[-1] = chunks[-1] + writes
+                pending.append((run, reads, chunks))
+        while pending:
+            commits = [("tx.commit", (run, reads, chunks.pop(0)))
+                       for run, reads, chunks in pending]
+            done = set()
             for (_, (run, _, _)), result in zip(commits, (yield commits)):
                 if type(result) is TransactionConflict:
                     redo.add(run)  # a put since the heads were read
-                elif not isinstance(result, RunNotFound):
+                elif isinstance(result, RunNotFound):
+                    done.add(run)  # the thread was deleted meanwhile
+                else:
                     raise_first([result])
+            pending = [p for p in pending if p[2] and p[0] not in redo and p[0] not in done]
         return redo
 
     def _send(self, ops, threads: dict, results=None):

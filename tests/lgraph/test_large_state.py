@@ -19,6 +19,8 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.checkpoint.base.id import uuid6
 from langgraph.graph import END, START, StateGraph
 
 import inmem
@@ -193,3 +195,21 @@ def test_read_in_pieces_answers_what_one_unbounded_reply_would(sizes, limit, rea
     got = _run_limited(store, limit, read_in_pieces(ops))
     assert got == want
     assert not any(isinstance(r, ProtocolError) for r in want)
+
+
+def test_prune_of_a_long_thread_fits_the_message_limit(small_cluster_db):
+    # Its deletes went in one transaction: one message, over the client's limit.
+    saver = InmemSaver(small_cluster_db, prefix=f"long-{uuid.uuid4().hex[:8]}:")
+    config = {"configurable": {"thread_id": "long", "checkpoint_ns": ""}}
+    saved, version = config, None
+    for step in range(1500):
+        checkpoint = empty_checkpoint()
+        checkpoint["id"] = str(uuid6(clock_seq=-1))
+        version = saver.get_next_version(version)
+        checkpoint["channel_versions"] = {"x": version}
+        checkpoint["channel_values"] = {"x": step}
+        saved = saver.put(saved, checkpoint, {"source": "loop", "step": step},
+                          {"x": version})
+    saver.prune(["long"])
+    (kept,) = list(saver.list(config))
+    assert kept.config == saved and kept.checkpoint["channel_values"] == {"x": 1499}

@@ -350,3 +350,31 @@ def test_one_saver_shared_by_threads_that_put_and_delete(db):
         sys.setswitchinterval(old)
     assert errors == []
     assert len(list(saver.list({"configurable": {"thread_id": "live-0-0"}}))) >= 1
+
+
+def test_a_large_cut_goes_in_transactions_and_a_put_between_them_is_seen(db, monkeypatch):
+    import inmem.langgraph.saver as saver_module
+    monkeypatch.setattr(saver_module, "_CUT_CHUNK", 3)  # a few deletes per transaction
+    saver = InmemSaver(db)
+    config = {"configurable": {"thread_id": "many", "checkpoint_ns": ""}}
+    saved, version = [], None
+    for step in range(6):
+        checkpoint = empty_checkpoint()
+        checkpoint["id"] = str(uuid6(clock_seq=-1))
+        version = saver.get_next_version(version)
+        checkpoint["channel_versions"] = {"x": version}
+        checkpoint["channel_values"] = {"x": f"value {step}"}
+        saved.append(saver.put(saved[-1] if saved else config, checkpoint,
+                               {"source": "loop", "step": step}, {"x": version}))
+    first = saver.get_tuple(saved[0])
+
+    def fork():  # lands after the first transaction of the cut
+        checkpoint = {**first.checkpoint, "id": str(uuid6(clock_seq=-1))}
+        saver.put(saved[0], checkpoint, {"source": "fork", "step": 1}, {})
+
+    _drive_with_a_put_between(saver, saver._prune(["many"], "keep_latest"), fork, after=3)
+    (latest,) = list(saver.list(config))
+    assert latest.metadata["source"] == "fork"
+    assert latest.checkpoint["channel_values"] == {"x": "value 0"}
+    run = thread_run(saver.prefix, "many")
+    assert len([k for k in db.kv.keys(run) if k.startswith("blob/")]) == 1
