@@ -192,7 +192,8 @@ def _recover(directory, target, shard, max_corrupt_entries, snapshot_retention, 
         path = where.segment if where else wdir
         offset = where.offset if where else 0
         reason = where.reason if where else (
-            f"the WAL starts at record {first_lsn} but the state needs it from {start_lsn}")
+            f"the WAL starts at record {first_lsn} but the state needs it from {start_lsn}"
+            f"{_damaged_snapshots(sdir, broken)}")
         case.raise_failure(path=path, offset=offset, reason=reason)
 
     truncated = 0
@@ -216,6 +217,23 @@ def _recover(directory, target, shard, max_corrupt_entries, snapshot_retention, 
             and segments and reader.segment == segments[-1][1]):
         log_end = (reader.segment, reader.end_offset, reader.next_lsn)
     return result, max(reader.next_lsn, start_lsn), store, case, log_end
+
+
+def _damaged_snapshots(sdir: str, broken: list) -> str:
+    """A clause naming the snapshots set aside as damaged, now or at an earlier open, if any.
+
+    With them gone the WAL below their position (let go once they were
+    durable) is missing: they, not the WAL, are what was damaged.
+    """
+    try:
+        names = {n for n in os.listdir(sdir) if ".snap.broken" in n}
+    except OSError:
+        names = set()
+    names.update(os.path.basename(p) for p in broken)
+    if not names:
+        return ""
+    return (f"; the snapshot(s) that held the state before it failed verification and "
+            f"were set aside as {', '.join(sorted(names))} in {sdir}")
 
 
 def _load_snapshot(target, snap) -> None:

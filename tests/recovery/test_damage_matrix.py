@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import inmem
 from inmem.processes import child_env
+from inmem.recovery.errors import WalGapError
 
 OPTIONS = {"snapshot_on_close": False, "snapshot_interval_s": None, "segment_bytes_max": 600,
            "history_compact_dead_fraction": None}
@@ -198,3 +199,24 @@ def test_one_damaged_byte_or_cut_gives_the_model_state_or_a_typed_error(store, d
         assert os.path.basename(rel) in str(error), error
     else:
         assert state == store.states[-1]
+
+
+@pytest.mark.timeout(120)
+def test_when_the_only_snapshot_is_damaged_the_gap_error_names_it(tmp_path):
+    # Retention let the WAL go below the snapshot: without it nothing can be
+    # recovered, and the error must say the snapshot is why, not only the WAL.
+    path = tmp_path / "db"
+    with inmem.open(path, "strict", clock=pinned_clock(), **OPTIONS) as db:
+        run = db.begin_run(run_id="r")
+        for i in range(40):
+            db.kv.put(run, f"k{i % 3}", i)
+        (info,) = db.snapshot()
+        db.kv.put(run, "after", 1)
+    snap = info.path
+    with open(snap, "r+b") as f:
+        f.seek(20)
+        f.write(b"\xff")
+    for attempt in range(2):  # the first open sets it aside; the next must still say so
+        with pytest.raises(WalGapError) as caught:
+            inmem.open(path, "strict", **OPTIONS).close()
+        assert os.path.basename(snap) + ".broken.1" in str(caught.value), (attempt, caught.value)
