@@ -92,6 +92,9 @@ INFLIGHT_MAX = 65536
 INFLIGHT_BYTES_MAX = 512 * 2**20
 #: a cluster request (info, fan-out) not answered by then is answered Timeout
 INTERNAL_TIMEOUT_S = 30.0
+#: the same for snapshots and history compaction, whose time grows with the data; a
+#: shard that dies meanwhile fails them at once, and one that hangs is found by heartbeats
+SLOW_ADMIN_TIMEOUT_S = protocol.SLOW_ADMIN_TIMEOUT_S
 #: set by `python -m inmem.coordinator --watch-parent`: stop when this process is gone
 PARENT_PID: int | None = None
 
@@ -635,7 +638,7 @@ class Coordinator:
         elif not self.ready_once:
             self._error(ident, head, ClusterNotReady(self._not_ready_message()))
         elif name in ("snapshot", "compact_history"):
-            self._fan_out(ident, head, name, KIND_ADMIN, name, [])
+            self._fan_out(ident, head, name, KIND_ADMIN, name, [], SLOW_ADMIN_TIMEOUT_S)
         elif name == "fanout":
             if (len(args) != 2 or type(args[0]) is not str
                     or args[0] not in FANOUT_READ_OPS or type(args[1]) is not list):
@@ -667,7 +670,8 @@ class Coordinator:
                 "coordinator": {"pid": os.getpid(), "endpoint": self.spec["client_endpoint"],
                                 "durability": self.spec["durability"], **self.counters}}
 
-    def _fan_out(self, ident, head, name, kind, shard_op, shard_args) -> None:
+    def _fan_out(self, ident, head, name, kind, shard_op, shard_args,
+                 timeout: float = INTERNAL_TIMEOUT_S) -> None:
         for l in self.links:
             if l.handle.state != READY:
                 self._unavailable(ident, head, l)
@@ -675,7 +679,7 @@ class Coordinator:
         fan = FanOut(len(self.links), lambda results: self._fan_done(ident, head, name, results))
         body = protocol.new_packer().pack([shard_op, shard_args])
         for i, l in enumerate(self.links):
-            self._ask(l, kind, body, fan.part(i))
+            self._ask(l, kind, body, fan.part(i), timeout)
 
     def _fan_done(self, ident, head, name, results) -> None:
         try:
@@ -726,7 +730,8 @@ class Coordinator:
 
     # -- requests the coordinator itself sends to shards ---------------------------
 
-    def _ask(self, link: ShardLink, kind: int, body: bytes, callback) -> None:
+    def _ask(self, link: ShardLink, kind: int, body: bytes, callback,
+             timeout: float = INTERNAL_TIMEOUT_S) -> None:
         rid = next(self._rid)
         # Admin requests name the shard; engine operations a slot it owns, which
         # is what a shard checks them against.
@@ -739,7 +744,7 @@ class Coordinator:
             return
         finally:
             self._used(link.sock)
-        self._pending[rid] = (callback, time.monotonic() + INTERNAL_TIMEOUT_S, link)
+        self._pending[rid] = (callback, time.monotonic() + timeout, link)
 
     def _internal_reply(self, link: ShardLink, head: bytes, body: bytes) -> None:
         rid = protocol.request_id_of(head)

@@ -713,10 +713,12 @@ class AsyncClusterBackend:
         return await self.cluster("fanout", [op, list(args)])
 
     async def snapshot(self) -> list:
-        return await self.cluster("snapshot")
+        return await self.cluster("snapshot", timeout=max(self.request_timeout,
+                                                     protocol.SLOW_ADMIN_TIMEOUT_S))
 
     async def compact_history(self) -> list:
-        return await self.cluster("compact_history")
+        return await self.cluster("compact_history", timeout=max(self.request_timeout,
+                                                     protocol.SLOW_ADMIN_TIMEOUT_S))
 
     async def recovery_report(self) -> list:
         return await self.cluster("recovery_report")

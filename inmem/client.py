@@ -922,10 +922,12 @@ class ClusterBackend:
         return self.cluster("fanout", [op, list(args)])
 
     def snapshot(self) -> list:
-        return self.cluster("snapshot")
+        return self.cluster("snapshot", timeout=max(self.request_timeout,
+                                                     protocol.SLOW_ADMIN_TIMEOUT_S))
 
     def compact_history(self) -> list:
-        return self.cluster("compact_history")
+        return self.cluster("compact_history", timeout=max(self.request_timeout,
+                                                     protocol.SLOW_ADMIN_TIMEOUT_S))
 
     def recovery_report(self) -> list:
         return self.cluster("recovery_report")

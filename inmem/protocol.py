@@ -122,6 +122,10 @@ _OPAQUE_BYTES_MAX = 4096
 _EMPTY_LIST_LEADS = b"\x90\xdc\xdd"
 _EMPTY_MAP_LEADS = b"\x80\xde\xdf"
 _NOT_EMPTY_LEADS = bytes(b for b in range(256) if b not in _EMPTY_LIST_LEADS + _EMPTY_MAP_LEADS)
+#: how long a snapshot or a history compaction of every shard may take (seconds): the
+#: coordinator's bound on the shards' answers, and the clients' on the coordinator's
+SLOW_ADMIN_TIMEOUT_S = 600.0
+
 #: messages queued per peer on a socket that reads from the network (ZMQ_RCVHWM).
 #: ZeroMQ counts messages, not bytes, and stops reading from a peer whose queue
 #: is full, so the rest waits in the kernel and the sender instead of in this

@@ -62,6 +62,8 @@ from .upkeep import UPKEEP_EVERY_S, upkeep, upkeep_wait
 log = logging.getLogger("inmem.shard")
 
 DEFAULTS = durability_defaults()
+#: what `_outcome` says of a snapshot child that has not ended, for `snapshot_done`
+_RUNNING = object()
 
 for _name in ("snapshot.before_fork", "snapshot.child_written", "snapshot.before_wal_delete",
               "snapshot.after_wal_delete"):
@@ -449,6 +451,28 @@ class DurableStore:
         info = self._outcome(pid, block=True)
         return [] if info is None else [info]
 
+    def start_snapshot(self) -> int | None:
+        """Fork a snapshot child without waiting for it; its pid (None: the store is closed).
+
+        For a caller that must not block while the child writes (a shard's
+        loop): `snapshot_done(pid)` says when it has ended. A child already
+        running is returned as it is, forked before this call: to be sure of
+        one forked after it, wait until `snapshot_running()` is None first.
+        """
+        return self._start_snapshot()
+
+    def snapshot_running(self) -> int | None:
+        """The pid of the snapshot child running now, if any."""
+        return self._child
+
+    def snapshot_done(self, pid: int) -> tuple[bool, SnapshotInfo | None]:
+        """(False, None) while child `pid` runs; once it has ended (True, its SnapshotInfo
+        or None). Never waits. DurabilityError if the child failed."""
+        outcome = self._outcome(pid, False, _RUNNING)
+        if outcome is _RUNNING:
+            return False, None
+        return True, outcome
+
     def _start_snapshot(self) -> int | None:
         """Fork a snapshot child; return its pid (or that of the one already running).
 
@@ -543,8 +567,9 @@ class DurableStore:
             return None
         return self._outcome(pid, block)
 
-    def _outcome(self, pid: int, block: bool):
-        """SnapshotInfo (or None) of child `pid`, reaping it if no thread has yet.
+    def _outcome(self, pid: int, block: bool, running=None):
+        """SnapshotInfo (or None) of child `pid`, reaping it if no thread has yet;
+        `running` if it has not ended (only when not `block`).
 
         Raises DurabilityError if the child failed, in every thread that asks.
         """
@@ -552,7 +577,7 @@ class DurableStore:
             if pid not in self._outcomes and self._child == pid:
                 got, status = os.waitpid(pid, 0 if block else os.WNOHANG)
                 if got == 0:
-                    return None
+                    return running
                 self._outcomes[pid] = self._finish_child(status)
                 while len(self._outcomes) > 16:
                     del self._outcomes[next(iter(self._outcomes))]

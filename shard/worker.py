@@ -68,6 +68,7 @@ from inmem.processes import (HELLO_TOKEN_ENV, clear_exit_note, die_with_parent,
 from inmem.protocol import KIND_ADMIN, KIND_BATCH, KIND_OP, slot_of
 from inmem.ops import ROUTE_BY_FIRST, WRITE_OPS, route_run
 from inmem.shard.commit_wait import CommitWait, fine_timer_slack
+from inmem.shard.snapshot_requests import SnapshotRequests
 from inmem.shard.engine import Engine, put_series_end
 from inmem.shard.upkeep import UPKEEP_EVERY_S, IndexShare, index_slice, shard_info, upkeep
 from inmem.stream import stream_path
@@ -84,6 +85,8 @@ _NO_HEADER = (-1, -1, -1, -1)
 #: requests applied per turn at most, so replies to the first do not wait forever
 DRAIN_MAX = 4096
 POLL_MS = 100
+#: how often the loop looks at a snapshot child that a request waits for (ms)
+SNAPSHOT_LOOK_MS = 10
 #: runs whose slots a shard remembers for its check of OP requests (cleared when full)
 _RUN_SLOTS_KEPT = 4096
 EXIT_DURABILITY = 3
@@ -126,6 +129,8 @@ class Worker:
         self.strict = self.durability == "strict"
         #: strict: the wait for recently served clients before a turn's fsync
         self.commit_wait: CommitWait | None = None
+        #: snapshot requests waiting for their child (durable modes)
+        self.snapshots: SnapshotRequests | None = None
         self.clock = None  # the engine's own clock, unless test hooks may pin it
         self.pinned_us: int | None = None
         if spec.get("test_hooks"):
@@ -147,6 +152,7 @@ class Worker:
         # The store's flusher takes its lock to hand the engine's log to the WAL.
         self.lock = self.store.lock
         self.recovery = self.store.recovery_result
+        self.snapshots = SnapshotRequests(self.store)
         wait_us = self.store.options["commit_wait_us"]
         if self.strict and wait_us:
             fine_timer_slack()
@@ -206,6 +212,7 @@ class Worker:
         rebuilding = self.engine.index_rebuilding
         frozen = not rebuilding()
         index_share = IndexShare(self.engine, self.lock)
+        snapshots = self.snapshots if self.snapshots is not None else ()
         peer_keys = self.peer_keys
 
         def take(timeout: int, batch: list) -> bool:
@@ -233,6 +240,10 @@ class Worker:
                     self.fail_stop([], exc)
                 if flush_in is not None:
                     timeout = min(POLL_MS, int(flush_in * 1000) + 1)
+            if snapshots:
+                self.answer_snapshots()
+                if snapshots:  # a child still writing: look at it again soon
+                    timeout = min(timeout, SNAPSHOT_LOOK_MS)
             if rebuilding():
                 timeout = 0
             elif not frozen:
@@ -255,6 +266,14 @@ class Worker:
             if now >= next_idle:
                 next_idle = now + UPKEEP_EVERY_S
                 self.idle()
+
+    def answer_snapshots(self) -> None:
+        """Reply to the snapshot requests whose child has ended; start the next child."""
+        with self.lock:
+            answered = self.snapshots.poll()
+        for frames, result in answered:
+            frames[-1] = protocol.pack_reply(self.packer, result, self.max_message_bytes)
+            self.reply_to(frames)
 
     def reply_to(self, reply: list) -> None:
         """Send a reply back the way its request came: the ROUTER, or a stream connection."""
@@ -373,7 +392,9 @@ class Worker:
             elif kind == KIND_BATCH:
                 body = self.run_batch(frames[-1], refuse_writes)
             elif kind == KIND_ADMIN:
-                body = self.run_admin(frames[-1], frames[0])
+                body = self.run_admin(frames[-1], frames[0], frames)
+                if body is None:
+                    return None  # answered later (a snapshot, when its child is done)
             else:
                 self.protocol_errors += 1
                 body = protocol.error_body(ProtocolError("a shard does not answer cluster requests"))
@@ -527,12 +548,19 @@ class Worker:
         return SlotMoved(f"slot {slot} is served by shard {owner}, not {self.shard}",
                          slot=slot, shard=owner)
 
-    def run_admin(self, body, peer=None) -> bytes:
+    def run_admin(self, body, peer=None, frames=None) -> bytes | None:
+        """The reply body to an admin request; None when it is answered later (`frames`,
+        the request's, are then kept for the reply)."""
         try:
             name, args = protocol.decode_op(body, protocol.ADMIN_OPS)
         except ProtocolError as exc:
             self.protocol_errors += 1
             return protocol.error_body(exc)
+        if name == "snapshot" and frames is not None and self.snapshots is not None:
+            if args:
+                return protocol.error_body(ProtocolError("snapshot takes no arguments"))
+            self.snapshots.add(frames)
+            return None
         try:
             if name in protocol.DEBUG_OPS and not self.spec.get("test_hooks"):
                 raise ProtocolError(f"{name}: test hooks are off in this cluster")

@@ -7,10 +7,13 @@ nothing else. A crash test sets, before starting the process:
     INMEM_FAILPOINT=wal.after_fsync           one point, or a comma-separated list
     INMEM_FAILPOINT_EXIT=77                   exit code (default 77)
     INMEM_FAILPOINT_SKIP=2                    let the first 2 hits pass, die on the 3rd
+    INMEM_FAILPOINT_ACTION=stop               stop there (SIGSTOP) instead of dying
 
 and the process dies with `os._exit` right at that point: no cleanup, no
-flush of Python buffers, no atexit handlers, like a crash. Hits are counted per
-point. The environment is read once at import; `reload()` reads it again (for
+flush of Python buffers, no atexit handlers, like a crash. With the stop
+action it stops itself instead, and goes on when a test sends SIGCONT: a
+process held at a known point, as a slow disk or a busy machine would hold
+it. Hits are counted per point. The environment is read once at import; `reload()` reads it again (for
 tests that change it in-process).
 
 Modules declare their points with `register(name)` so that a crash suite can
@@ -20,10 +23,12 @@ enumerate `KNOWN_FAILPOINTS` and run every one of them.
 from __future__ import annotations
 
 import os
+import signal
 
 ENV_POINTS = "INMEM_FAILPOINT"
 ENV_EXIT = "INMEM_FAILPOINT_EXIT"
 ENV_SKIP = "INMEM_FAILPOINT_SKIP"
+ENV_ACTION = "INMEM_FAILPOINT_ACTION"
 DEFAULT_EXIT_CODE = 77
 
 #: Every failpoint name declared by a module, in registration order.
@@ -32,6 +37,7 @@ KNOWN_FAILPOINTS: list[str] = []
 _active: frozenset = frozenset()
 _exit_code = DEFAULT_EXIT_CODE
 _skip = 0
+_stop = False
 _hits: dict[str, int] = {}
 
 
@@ -44,7 +50,7 @@ def register(name: str) -> str:
 
 def reload() -> None:
     """Read the INMEM_FAILPOINT* environment variables again and reset hit counts."""
-    global _active, _exit_code, _skip
+    global _active, _exit_code, _skip, _stop
     raw = os.environ.get(ENV_POINTS, "")
     _active = frozenset(p.strip() for p in raw.split(",") if p.strip())
     try:
@@ -55,6 +61,7 @@ def reload() -> None:
         _skip = max(0, int(os.environ.get(ENV_SKIP, "0")))
     except ValueError:
         _skip = 0
+    _stop = os.environ.get(ENV_ACTION, "exit").strip() == "stop"
     _hits.clear()
 
 
@@ -64,7 +71,7 @@ def active() -> frozenset:
 
 
 def failpoint(name: str) -> None:
-    """Crash the process here if `name` is armed; otherwise do nothing."""
+    """Crash (or stop) the process here if `name` is armed; otherwise do nothing."""
     if name in _active:
         _fire(name)
 
@@ -73,6 +80,9 @@ def _fire(name: str) -> None:
     hits = _hits.get(name, 0)
     _hits[name] = hits + 1
     if hits < _skip:
+        return
+    if _stop:
+        os.kill(os.getpid(), signal.SIGSTOP)
         return
     # A line on stderr tells a crash test's log which point killed the process;
     # os.write, because Python's buffered streams are not flushed by _exit.

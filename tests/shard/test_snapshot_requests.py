@@ -1,0 +1,95 @@
+"""The shard loop's on-demand snapshot requests (`shard.snapshot_requests`) against a store
+whose snapshot children end when the test says: who is answered, by which child, and when."""
+
+from __future__ import annotations
+
+from inmem.errors import DurabilityError
+from inmem.shard.snapshot_requests import SnapshotRequests
+
+
+class FakeStore:
+    """Children that run until `end(pid)`; `failed` pids end with DurabilityError."""
+
+    path = "fake"
+
+    def __init__(self):
+        self.child = None
+        self.next_pid = 100
+        self.ended: dict = {}
+        self.refuse = None
+
+    def start_snapshot(self):
+        if self.refuse is not None:
+            raise self.refuse
+        if self.child is None:
+            self.child = self.next_pid
+            self.next_pid += 1
+        return self.child
+
+    def snapshot_running(self):
+        return self.child
+
+    def snapshot_done(self, pid):
+        if pid not in self.ended:
+            return False, None
+        if self.child == pid:
+            self.child = None
+        if self.ended[pid] == "failed":
+            raise DurabilityError(f"child {pid} failed")
+        return True, f"info {pid}"
+
+    def end(self, pid, how="ok"):
+        self.ended[pid] = how
+
+
+def test_a_request_gets_its_own_child_and_is_answered_when_it_ends():
+    store = FakeStore()
+    snaps = SnapshotRequests(store)
+    assert not snaps
+    snaps.add(["a"])
+    assert snaps and snaps.poll() == [] and store.child == 100
+    assert snaps.poll() == []  # still running: nothing to say
+    store.end(100)
+    assert snaps.poll() == [(["a"], ["info 100"])]
+    assert not snaps and store.child is None
+
+
+def test_requests_during_a_running_child_share_the_next_one():
+    store = FakeStore()
+    store.start_snapshot()  # an automatic snapshot, forked before the requests
+    snaps = SnapshotRequests(store)
+    snaps.add(["a"])
+    snaps.add(["b"])
+    assert snaps.poll() == [] and store.child == 100  # not answered by the older child
+    store.end(100)
+    assert snaps.poll() == [] and store.child == 101  # both wait for the next
+    snaps.add(["c"])  # came while 101 runs: waits for the one after
+    store.end(101)
+    assert snaps.poll() == [(["a"], ["info 101"]), (["b"], ["info 101"])]
+    assert store.child == 102
+    store.end(102)
+    assert snaps.poll() == [(["c"], ["info 102"])]
+
+
+def test_a_failed_child_fails_its_requests_only():
+    store = FakeStore()
+    snaps = SnapshotRequests(store)
+    snaps.add(["a"])
+    snaps.poll()
+    snaps.add(["b"])
+    store.end(100, "failed")
+    answered = snaps.poll()
+    assert [frames for frames, _ in answered] == [["a"]]
+    assert isinstance(answered[0][1], DurabilityError)
+    assert store.child == 101  # b's own child
+    store.end(101)
+    assert snaps.poll() == [(["b"], ["info 101"])]
+
+
+def test_a_store_that_cannot_snapshot_answers_at_once():
+    store = FakeStore()
+    store.refuse = DurabilityError("the store refuses writes")
+    snaps = SnapshotRequests(store)
+    snaps.add(["a"])
+    (frames, err), = snaps.poll()
+    assert frames == ["a"] and err is store.refuse and not snaps
