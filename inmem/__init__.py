@@ -69,8 +69,13 @@ def open(path: str | os.PathLike | None = None, durability: str = "buffered", *,
         store, engine = DurableStore.open(path, durability=durability, clock=clock,
                                           max_value_bytes=max_value_bytes, **options)
     except OSError as exc:
-        raise StoreOpenError(f"cannot open the store at {path}: {exc.strerror or exc}; pass a "
-                             "directory you may write to (it is created if missing)",
+        # Name the file that failed too: in a store that opened before, it is
+        # that one file (unreadable, a directory) the operator must look at.
+        what = exc.filename if exc.filename not in (None, path) else None
+        where = f" ({what})" if what is not None else ""
+        raise StoreOpenError(f"cannot open the store at {path}: {exc.strerror or exc}{where}; "
+                             "pass a directory you may write to (it is created if missing), "
+                             "and check that the files in it are yours and readable",
                              path=path) from exc
     backend = EmbeddedBackend(engine, store)
     store.start_scheduler()

@@ -167,3 +167,26 @@ def test_a_history_record_read_from_wal_is_named_where_it_was_read(store, tmp_pa
     with pytest.raises(inmem.CorruptionError) as caught:
         open_and_replay(path)
     assert caught.value.path == stray and stray in str(caught.value)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("place", ["newest segment", "snapshot"])
+def test_a_file_that_cannot_be_read_is_named_in_the_error(store, tmp_path, monkeypatch, place):
+    # (Tests run as root, whom chmod does not stop: the refusal is made by hand.)
+    path = copy_of(store, tmp_path)
+    if place == "snapshot":
+        sdir = os.path.join(path, "snapshots")
+        where = os.path.join(sdir, os.listdir(sdir)[0])
+    else:
+        where = newest_segment(path)
+    real_open = os.open
+
+    def refusing_open(name, *args, **kwargs):
+        if os.fspath(name) == where:
+            raise PermissionError(13, "Permission denied", where)
+        return real_open(name, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    with pytest.raises(inmem.StoreOpenError) as caught:
+        inmem.open(path, "strict", **OPTIONS).close()
+    assert where in str(caught.value) and "Permission denied" in str(caught.value)
