@@ -652,11 +652,11 @@ class InmemSaver(BaseCheckpointSaver[str]):
         the new checkpoint from every get_tuple (a graph would resume from the
         past). Such a thread is cut again from what it holds now.
         """
-        heads = [(cut[0], ns) for cut in cuts for ns, _, _ in cut[2]]
+        heads = [(cut[0], ns) for cut in cuts for ns, _, _ in cut[3]]
         current = iter((yield [("kv.get_versioned", (run, head_key(ns)))
                                for run, ns in heads]) if heads else [])
         redo, pending = set(), []
-        for run, deletes, moves, known in cuts:
+        for run, deletes, late, moves, known in cuts:
             reads, writes, skip = [], [], False
             for ns, survivor, doomed_ids in moves:
                 found = next(current)
@@ -679,12 +679,13 @@ class InmemSaver(BaseCheckpointSaver[str]):
                                   else ["kv.delete", [run, key]])
             if not skip:
                 # A large cut goes in several transactions, each on the same head
-                # versions, the head moves in the last: what one commits was
-                # unreferenced when it committed, and a put in between stops the rest.
+                # versions, the head moves (and what the old heads point at) in the
+                # last: what one commits was unreferenced when it committed, and a
+                # put in between stops the rest.
                 ops = [[op, list(args)] for op, args in deletes]
                 chunks = [ops[i:i + _CUT_CHUNK] for i in range(0, len(ops), _CUT_CHUNK)]
                 chunks = chunks or [[]]
-                chunks[-1] = chunks[-1] + writes
+                chunks[-1] = chunks[-1] + [[op, list(args)] for op, args in late] + writes
                 pending.append((run, reads, chunks))
         while pending:
             commits = [("tx.commit", (run, reads, chunks.pop(0)))
@@ -843,17 +844,31 @@ def _apart_keys(doc) -> list:
 
 def _cut(run, records, doomed, blob_keys, write_keys):
     """What deleting `doomed` records of a thread takes, or None for none: (run, the
-    deletes of them, of their writes (those kept apart among `write_keys` too) and of
-    the blobs no survivor points at, [(namespace, its newest survivor or None, the
-    doomed checkpoint ids of it)] for each namespace touched, the checkpoint ids read)."""
+    deletes, the deletes to make last, [(namespace, its newest survivor or None, the
+    doomed checkpoint ids of it)] for each namespace touched, the checkpoint ids read).
+
+    The deletes are of the doomed records, their writes (those kept apart among
+    `write_keys` too) and the blobs no survivor points at: records first, so a
+    reader finds a checkpoint whole or not at all. What a doomed head (the copy
+    of its namespace's newest record that get_tuple reads) points at is deleted
+    last, with the move of the head.
+    """
     if not doomed:
         return None
     gone = {(r.ns, r.checkpoint_id) for r in doomed}
     survivors = [r for r in records if (r.ns, r.checkpoint_id) not in gone]
-    deletes = []
+    heads: dict = {}
+    for r in records:
+        if r.ns not in heads or heads[r.ns].checkpoint_id < r.checkpoint_id:
+            heads[r.ns] = r
+    late_ids = {(r.ns, r.checkpoint_id) for r in heads.values()} & gone
+    late_refs = {k for r in heads.values() if (r.ns, r.checkpoint_id) in late_ids
+                 for k in r.refs[:-1]}
+    deletes = [("kv.delete", (run, checkpoint_key(r.ns, r.checkpoint_id))) for r in doomed]
+    late = []
     for r in doomed:
-        deletes.append(("kv.delete", (run, checkpoint_key(r.ns, r.checkpoint_id))))
-        deletes.append(("js.delete", (run, writes_key(r.ns, r.checkpoint_id), "$")))
+        op = ("js.delete", (run, writes_key(r.ns, r.checkpoint_id), "$"))
+        (late if (r.ns, r.checkpoint_id) in late_ids else deletes).append(op)
     newest: dict = {}
     for r in survivors:
         if r.ns not in newest or newest[r.ns].checkpoint_id < r.checkpoint_id:
@@ -863,10 +878,16 @@ def _cut(run, records, doomed, blob_keys, write_keys):
     wanted = set()
     for r in survivors:
         wanted.update(r.refs[:-1])
-    deletes += [("kv.delete", (run, k)) for k in blob_keys if k not in wanted]
+    for k in blob_keys:
+        if k not in wanted:
+            (late if k in late_refs else deletes).append(("kv.delete", (run, k)))
     apart = tuple(write_prefix(r.ns, r.checkpoint_id) for r in doomed)
-    deletes += [("kv.delete", (run, k)) for k in write_keys if k.startswith(apart)]
-    return run, deletes, moves, {r.checkpoint_id for r in records}
+    late_apart = tuple(write_prefix(ns, cid) for ns, cid in late_ids)
+    for k in write_keys:
+        if k.startswith(apart):
+            (late if late_apart and k.startswith(late_apart) else deletes).append(
+                ("kv.delete", (run, k)))
+    return run, deletes, late, moves, {r.checkpoint_id for r in records}
 
 
 def _thread_reads(run) -> list:

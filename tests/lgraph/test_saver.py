@@ -378,3 +378,40 @@ def test_a_large_cut_goes_in_transactions_and_a_put_between_them_is_seen(db, mon
     assert latest.checkpoint["channel_values"] == {"x": "value 0"}
     run = thread_run(saver.prefix, "many")
     assert len([k for k in db.kv.keys(run) if k.startswith("blob/")]) == 1
+
+
+def test_readers_see_whole_checkpoints_while_a_cut_is_under_way(db, monkeypatch):
+    # A cut in several transactions: between any two, get_tuple and list give each
+    # checkpoint with its values, or not at all (the head too, whose copy get_tuple reads).
+    import inmem.langgraph.saver as saver_module
+    from inmem.langgraph.driver import execute_sync
+    monkeypatch.setattr(saver_module, "_CUT_CHUNK", 3)
+    saver = InmemSaver(db)
+    config = {"configurable": {"thread_id": "cut", "checkpoint_ns": ""}}
+    saved, version = config, None
+    for step in range(6):
+        checkpoint = empty_checkpoint()
+        checkpoint["id"] = str(uuid6(clock_seq=-1))
+        version = saver.get_next_version(version)
+        checkpoint["channel_versions"] = {"x": version, "y": version}
+        checkpoint["channel_values"] = {"x": step, "y": step}
+        saved = saver.put(saved, checkpoint, {"source": "loop", "step": step,
+                                              "run_id": "late" if step >= 3 else "early"},
+                          {"x": version, "y": version})
+    plan = saver._delete_for_runs(["late"])
+    sent, batches = next(plan), 0
+    try:
+        while True:
+            answer = execute_sync(db, sent)
+            batches += 1
+            head = saver.get_tuple(config)
+            step = head.metadata["step"]
+            assert head.checkpoint["channel_values"] == {"x": step, "y": step}
+            for t in saver.list(config):
+                step = t.metadata["step"]
+                assert t.checkpoint["channel_values"] == {"x": step, "y": step}
+            sent = plan.send(answer)
+    except StopIteration:
+        pass
+    assert batches > 4  # the cut went in several transactions
+    assert [t.metadata["step"] for t in saver.list(config)] == [2, 1, 0]
