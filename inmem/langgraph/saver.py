@@ -831,8 +831,8 @@ def _too_large(prepared, exc: ValueTooLarge) -> ValueTooLarge:
         return exc
     size, key = max(sizes)
     channel = unesc(key.split("/")[2])
-    return ValueTooLarge(f"a checkpoint of thread {thread_id!r} was not stored: its channel "
-                         f"{channel!r} is {size} bytes serialized ({exc})")
+    return ValueTooLarge(f"a checkpoint of thread {thread_id!r} was not stored ({exc}); its "
+                         f"largest new channel value is {channel!r}, {size} bytes serialized")
 
 
 def _apart_keys(doc) -> list:

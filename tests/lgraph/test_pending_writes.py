@@ -114,7 +114,7 @@ def test_only_large_writes_are_kept_apart_and_too_large_ones_are_named():
         with pytest.raises(inmem.ValueTooLarge, match="task 'task-2' to channel 'huge'"):
             saver.put_writes(config, [("huge", "x" * (2 * LIMIT))], "task-2")
         assert len(saver.get_tuple(config).pending_writes) == 2
-        with pytest.raises(inmem.ValueTooLarge, match="its channel 'state' is"):
+        with pytest.raises(inmem.ValueTooLarge, match="largest new channel value is 'state'"):
             checkpoint = empty_checkpoint()
             checkpoint["channel_values"] = {"state": "y" * (2 * LIMIT)}
             checkpoint["channel_versions"] = {"state": saver.get_next_version(None)}
