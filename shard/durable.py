@@ -402,12 +402,31 @@ class DurableStore:
 
     def compact_history(self) -> dict:
         """Compact every history file that holds a dead record, now; what it did."""
+        self._check_compactable()
+        return self.compactor.run_all(self.lock)
+
+    def compact_history_in_slices(self):
+        """`compact_history` a slice per next(), for a loop that serves between them (see
+        `Compactor.all_in_slices`): what it did is the value of its StopIteration."""
+        self._check_compactable()
+        return self._placed_first(self.compactor.all_in_slices(self.lock))
+
+    def _placed_first(self, slices):
+        # Writes served between slices: their records are named before the next one.
+        while True:
+            self._place_all()
+            try:
+                next(slices)
+            except StopIteration as done:
+                return done.value
+            yield
+
+    def _check_compactable(self) -> None:
         if self._closed:
             raise InmemError("the store is closed")
         if self.interrupted is not None:
             self.check_writable()
         self._place_all()
-        return self.compactor.run_all(self.lock)
 
     def _place_all(self) -> None:
         # The compactor moves records: every history must name its records first.

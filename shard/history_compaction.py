@@ -18,8 +18,9 @@ after a run holding extents was deleted, after retention moved files into
 `history/`, and once after the store opens; the compaction itself goes in
 slices of the shard's upkeep (a few milliseconds of copying or index
 rewriting at a time, `STEP_MS`), so requests are never held for long.
-`compact_history()` on a database (or the `compact_history` admin request
-of a shard) compacts every file with any dead record, to completion. A file
+`compact_history()` on a database compacts every file with any dead record,
+to completion; a shard's loop does it in slices with requests served between
+them (`all_in_slices`, driven by `shard.deferred_admin`). A file
 no live run names at all is not compacted: retention removes it.
 
 The steps, each behind a failpoint of its own, and why a crash at any of them
@@ -279,14 +280,40 @@ class Compactor:
     def run_all(self, lock, threshold: float = 0.0) -> dict:
         """Compact every file whose dead bytes exceed `threshold` of it, to completion."""
         with self._mutex:
-            before = dict(self.stats)
-            while self.job is not None:
-                self._step(lock, budget_ms=50)
-            self.queue = []
-            self._measuring = self._measure(threshold)
-            while self.pending():
-                self._step(lock, budget_ms=50)
-            return {k: self.stats[k] - before[k] for k in self.stats}
+            steps = self._all_steps(lock, threshold, 50)
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    return done.value
+
+    def all_in_slices(self, lock, threshold: float = 0.0, budget_ms: float = STEP_MS):
+        """`run_all` one slice per next(), for a loop that serves between them; what
+        run_all returns is the value of the StopIteration that ends it.
+
+        The automatic steps may run between the slices: they work on the same
+        queue and job, so the whole still ends with every file compacted.
+        """
+        steps = self._all_steps(lock, threshold, budget_ms)
+        while True:
+            with self._mutex:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    return done.value
+            yield
+
+    def _all_steps(self, lock, threshold: float, budget_ms: float):
+        before = dict(self.stats)
+        while self.job is not None:
+            self._step(lock, budget_ms)
+            yield
+        self.queue = []
+        self._measuring = self._measure(threshold)
+        while self.pending():
+            self._step(lock, budget_ms)
+            yield
+        return {k: self.stats[k] - before[k] for k in self.stats}
 
     def _copy(self, job: _Job, deadline: float) -> None:
         files = self.files

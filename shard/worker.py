@@ -68,7 +68,7 @@ from inmem.processes import (HELLO_TOKEN_ENV, clear_exit_note, die_with_parent,
 from inmem.protocol import KIND_ADMIN, KIND_BATCH, KIND_OP, slot_of
 from inmem.ops import ROUTE_BY_FIRST, WRITE_OPS, route_run
 from inmem.shard.commit_wait import CommitWait, fine_timer_slack
-from inmem.shard.snapshot_requests import SnapshotRequests
+from inmem.shard.deferred_admin import CompactionRequests, SnapshotRequests
 from inmem.shard.engine import Engine, put_series_end
 from inmem.shard.upkeep import UPKEEP_EVERY_S, IndexShare, index_slice, shard_info, upkeep
 from inmem.stream import stream_path
@@ -129,8 +129,9 @@ class Worker:
         self.strict = self.durability == "strict"
         #: strict: the wait for recently served clients before a turn's fsync
         self.commit_wait: CommitWait | None = None
-        #: snapshot requests waiting for their child (durable modes)
+        #: snapshot and compaction requests answered later (durable modes)
         self.snapshots: SnapshotRequests | None = None
+        self.compactions: CompactionRequests | None = None
         self.clock = None  # the engine's own clock, unless test hooks may pin it
         self.pinned_us: int | None = None
         if spec.get("test_hooks"):
@@ -153,6 +154,7 @@ class Worker:
         self.lock = self.store.lock
         self.recovery = self.store.recovery_result
         self.snapshots = SnapshotRequests(self.store)
+        self.compactions = CompactionRequests(self.store)
         wait_us = self.store.options["commit_wait_us"]
         if self.strict and wait_us:
             fine_timer_slack()
@@ -213,6 +215,7 @@ class Worker:
         frozen = not rebuilding()
         index_share = IndexShare(self.engine, self.lock)
         snapshots = self.snapshots if self.snapshots is not None else ()
+        compactions = self.compactions if self.compactions is not None else ()
         peer_keys = self.peer_keys
 
         def take(timeout: int, batch: list) -> bool:
@@ -244,6 +247,10 @@ class Worker:
                 self.answer_snapshots()
                 if snapshots:  # a child still writing: look at it again soon
                     timeout = min(timeout, SNAPSHOT_LOOK_MS)
+            if compactions:
+                self.answer_compactions()
+                if compactions:
+                    timeout = 0  # the next slice after a look at the sockets
             if rebuilding():
                 timeout = 0
             elif not frozen:
@@ -272,6 +279,14 @@ class Worker:
         with self.lock:
             answered = self.snapshots.poll()
         for frames, result in answered:
+            frames[-1] = protocol.pack_reply(self.packer, result, self.max_message_bytes)
+            self.reply_to(frames)
+
+    def answer_compactions(self) -> None:
+        """One slice of the history compaction a request waits for; its reply once done."""
+        for frames, result in self.compactions.step():
+            if isinstance(result, dict):
+                result = [{"shard": self.shard, **result}]
             frames[-1] = protocol.pack_reply(self.packer, result, self.max_message_bytes)
             self.reply_to(frames)
 
@@ -556,11 +571,13 @@ class Worker:
         except ProtocolError as exc:
             self.protocol_errors += 1
             return protocol.error_body(exc)
-        if name == "snapshot" and frames is not None and self.snapshots is not None:
-            if args:
-                return protocol.error_body(ProtocolError("snapshot takes no arguments"))
-            self.snapshots.add(frames)
-            return None
+        if frames is not None and name in ("snapshot", "compact_history"):
+            deferred = self.snapshots if name == "snapshot" else self.compactions
+            if deferred is not None:
+                if args:
+                    return protocol.error_body(ProtocolError(f"{name} takes no arguments"))
+                deferred.add(frames)
+                return None
         try:
             if name in protocol.DEBUG_OPS and not self.spec.get("test_hooks"):
                 raise ProtocolError(f"{name}: test hooks are off in this cluster")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import psutil
 import pytest
@@ -141,3 +142,50 @@ def test_a_failed_snapshot_child_fails_the_call_and_the_shard_serves_on(make_clu
         db.snapshot()
     assert db.kv.put(run, "k", 1) == 2
     assert cluster.status()["shards"][0]["state"] == "ready"
+
+
+@pytest.mark.timeout(180)
+def test_a_shard_keeps_serving_while_it_compacts_its_history_on_request(make_cluster):
+    # Megabytes of history of deleted runs: a pass of many slices, with requests between.
+    cluster = make_cluster(shards=1, durability="buffered", segment_bytes_max=1 << 20,
+                           history_compact_dead_fraction=None)
+    db = cluster.connect(timeout=10, request_timeout=60)
+    keep = db.begin_run("keep")
+    gone = [db.begin_run(f"gone{i}") for i in range(20)]
+    for rep in range(5):
+        with db.pipeline() as p:
+            for g in gone:
+                for i in range(1000):
+                    p.kv.put(g, f"k{i}", "x" * 200)
+                p.kv.put(keep, f"k{rep}", g)
+            p.execute()
+    db.snapshot()
+    db.snapshot()  # the WAL segments the runs name move into history/
+    for g in gone:
+        db.runs.delete(g)
+    done: list = []
+    stop = threading.Event()
+
+    def putter():
+        other = cluster.connect(timeout=10)
+        i = 0
+        while not stop.is_set():
+            other.kv.put(keep, "hot", i)
+            done.append(time.monotonic())
+            i += 1
+
+    thread = threading.Thread(target=putter, daemon=True)
+    thread.start()
+    wait_for(lambda: len(done) > 10, 20, "the putter to run")
+    began = time.monotonic()
+    (report,) = db.compact_history()
+    ended = time.monotonic()
+    stop.set()
+    thread.join(20)
+    assert report["shard"] == 0 and report["files"] > 1
+    assert report["bytes_after"] < report["bytes_before"] // 100
+    # Served while the pass ran (a loop busy compacting answers only the one or two that
+    # were in flight before it, then the rest at its end).
+    assert sum(began < t < ended for t in done) >= 20, (ended - began, len(done))
+    assert db.replay_run(keep).kv == {**{f"k{r}": gone[-1] for r in range(5)},
+                                      "hot": len(done) - 1}

@@ -1,10 +1,11 @@
-"""The shard loop's on-demand snapshot requests (`shard.snapshot_requests`) against a store
-whose snapshot children end when the test says: who is answered, by which child, and when."""
+"""The admin requests a shard's loop answers later (`shard.deferred_admin`), against stores
+whose snapshot children and compaction passes end when the test says: who is answered, with
+what, and when."""
 
 from __future__ import annotations
 
 from inmem.errors import DurabilityError
-from inmem.shard.snapshot_requests import SnapshotRequests
+from inmem.shard.deferred_admin import CompactionRequests, SnapshotRequests
 
 
 class FakeStore:
@@ -93,3 +94,54 @@ def test_a_store_that_cannot_snapshot_answers_at_once():
     snaps.add(["a"])
     (frames, err), = snaps.poll()
     assert frames == ["a"] and err is store.refuse and not snaps
+
+
+class SlicedStore:
+    """compact_history_in_slices: passes of `slices` slices, numbered; or a failure."""
+
+    path = "fake"
+
+    def __init__(self, slices: int):
+        self.slices = slices
+        self.passes = 0
+        self.fail = None
+
+    def compact_history_in_slices(self):
+        if self.fail is not None:
+            raise self.fail
+        self.passes += 1
+        number = self.passes
+        for _ in range(self.slices):
+            yield
+        return {"files": number}
+
+
+def test_a_compaction_request_is_answered_after_its_whole_pass():
+    store = SlicedStore(3)
+    reqs = CompactionRequests(store)
+    reqs.add(["a"])
+    assert [reqs.step() for _ in range(3)] == [[], [], []]
+    assert reqs.step() == [(["a"], {"files": 1})]
+    assert not reqs and reqs.step() == []
+
+
+def test_compaction_requests_each_get_a_pass_started_after_they_came():
+    store = SlicedStore(1)
+    reqs = CompactionRequests(store)
+    reqs.add(["a"])
+    assert reqs.step() == []
+    reqs.add(["b"])  # during a's pass: a pass of its own, after it
+    assert reqs.step() == [(["a"], {"files": 1})]
+    assert reqs.step() == []
+    assert reqs.step() == [(["b"], {"files": 2})]
+
+
+def test_a_compaction_that_cannot_run_fails_its_request_only():
+    store = SlicedStore(1)
+    store.fail = DurabilityError("the store refuses writes")
+    reqs = CompactionRequests(store)
+    reqs.add(["a"])
+    reqs.add(["b"])
+    assert reqs.step() == [(["a"], store.fail)]
+    store.fail = None
+    assert reqs.step() == [] and reqs.step() == [(["b"], {"files": 1})]
