@@ -229,8 +229,9 @@ class History:
                 if len(effs) < s + last - first:
                     raise CorruptionError(
                         f"the history record of run {self.run_id!r} at place {loc[i]} holds "
-                        f"{max(0, len(effs) - s)} of the {last - first} effects its index names",
-                        path="", offset=loc[i] & ((1 << 40) - 1))
+                        f"{max(0, len(effs) - s)} of the {last - first} effects its index names "
+                        f"(in {self.files.path_of(loc[i])})",
+                        path=self.files.path_of(loc[i]), offset=loc[i] & ((1 << 40) - 1))
                 out.extend(effs[s + lo:s + hi])
             i += 1
         return out

@@ -191,11 +191,22 @@ class HistoryFiles:
         key = (place, run_id)
         out = self._cache.get(key)
         if out is None:
-            _count, batches = decode_batch(self.read(place))
-            out = []
-            for rid, effs in batches:
-                if rid == run_id:
-                    out.extend(effs)
+            payload = self.read(place)
+            try:
+                _count, batches = decode_batch(payload)
+                out = []
+                for rid, effs in batches:
+                    if rid == run_id:
+                        out.extend(effs)
+                bad = next((e for e in out if type(e) is not tuple or not e
+                            or type(e[0]) is not int), None)
+            except Exception as exc:  # its crc held: what it holds is not a batch
+                why = str(exc) or type(exc).__name__
+                self._bad(place >> OFFSET_BITS, place & OFFSET_MASK,
+                          f"the record is not a batch of effects ({type(exc).__name__}: {why:.200})")
+            if bad is not None:
+                self._bad(place >> OFFSET_BITS, place & OFFSET_MASK,
+                          f"the record holds {bad!r:.80}, which is not an effect")
             if len(self._cache) >= _CACHE_RECORDS:
                 self._cache.clear()
             self._cache[key] = out
@@ -244,6 +255,13 @@ class HistoryFiles:
         head = self._header(place)[3]
         return HEADER_SIZE + _unpack_header(head)[0] + CRC.size
 
+    def path_of(self, place: int) -> str:
+        """The path of the file holding the record at `place`, for an error about it."""
+        file_no = place >> OFFSET_BITS
+        if file_no >= len(self.names):
+            return ""
+        return self._paths.get(file_no) or os.path.join(self.dir, self.names[file_no] or "?")
+
     def _pread(self, fd: int, file_no: int, size: int, offset: int) -> bytes:
         try:
             return os.pread(fd, size, offset)
@@ -251,9 +269,7 @@ class HistoryFiles:
             self._bad(file_no, offset, exc.strerror or str(exc))
 
     def _bad(self, file_no: int, offset: int, why: str):
-        name = self.names[file_no]
-        # the file read: wal/ or history/, whichever held it
-        path = self._paths.get(file_no) or os.path.join(self.dir, name or "?")
+        path = self.path_of(file_no << OFFSET_BITS)
         raise CorruptionError(f"history record at {path}:{offset} is unreadable: {why}",
                               path=path, offset=offset)
 

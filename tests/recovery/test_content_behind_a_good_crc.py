@@ -240,3 +240,67 @@ def test_a_snapshot_of_a_newer_codec_is_unsupported_not_damage(snapshot_store, t
     assert caught.value.path == file and caught.value.version == 99
     assert "99" in str(caught.value)
     assert os.path.exists(file)
+
+
+# -- history records -----------------------------------------------------------------
+
+RECORD_HEADER_BYTES = 6
+
+
+def history_store(tmp_path) -> tuple[str, str]:
+    """A store whose run's history is in a file in history/ (its WAL let go after snapshots)."""
+    path = str(tmp_path / "db")
+    with inmem.open(path, "strict", clock=pinned_clock(), segment_bytes_max=600,
+                    **OPTIONS) as db:
+        run = db.begin_run(run_id="r1")
+        for i in range(30):
+            db.kv.put(run, f"k{i % 3}", {"i": i})
+        db.snapshot()
+        db.kv.put(run, "more", 1)
+        db.snapshot()
+    hdir = os.path.join(path, "history")
+    return path, os.path.join(hdir, sorted(os.listdir(hdir))[0])
+
+
+def replace_second_record(file: str, payload_of) -> int:
+    """Put a record holding `payload_of(length)` where the file's second record is; its offset."""
+    with open(file, "rb") as f:
+        data = bytearray(f.read())
+    first_length = int.from_bytes(data[0:4], "little")
+    offset = RECORD_HEADER_BYTES + first_length + 4
+    length = int.from_bytes(data[offset:offset + 4], "little")
+    record = encode(payload_of(length))
+    assert len(record) == RECORD_HEADER_BYTES + length + 4  # every later offset stays right
+    data[offset:offset + len(record)] = record
+    with open(file, "wb") as f:
+        f.write(data)
+    return offset
+
+
+def padded_to(n: int, make) -> bytes:
+    """`packed(make(pad))` for the str pad that makes it exactly n bytes long."""
+    for size in range(n):
+        body = packed(make("x" * size))
+        if len(body) == n:
+            return body
+    raise AssertionError(f"no padding makes {n} bytes")
+
+
+HISTORY_PAYLOADS = {
+    "not msgpack": lambda n: b"\xc1" * n,
+    "msgpack and more": lambda n: packed(5) + b"\x00" * (n - 1),
+    "effects that are not tuples": lambda n: padded_to(n, lambda pad: [1, [["r1", [5, pad]]]]),
+    "no effects of the run": lambda n: padded_to(n, lambda pad: [1, [["zz", [[10, pad]]]]]),
+}
+
+
+@pytest.mark.parametrize("payload_of", HISTORY_PAYLOADS.values(), ids=HISTORY_PAYLOADS.keys())
+def test_a_history_record_that_is_not_the_runs_is_a_corruption_error_naming_it(
+        tmp_path, payload_of):
+    path, file = history_store(tmp_path)
+    offset = replace_second_record(file, payload_of)
+    with inmem.open(path, "strict", **OPTIONS) as db:
+        with pytest.raises(inmem.CorruptionError) as caught:
+            db.replay_run("r1")
+    assert caught.value.path == file and caught.value.offset == offset
+    assert os.path.basename(file) in str(caught.value)
