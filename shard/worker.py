@@ -245,10 +245,12 @@ class Worker:
                     timeout = min(POLL_MS, int(flush_in * 1000) + 1)
             if snapshots:
                 self.answer_snapshots()
+                waiter.touched()  # a reply may have gone out on the ROUTER, outside a turn
                 if snapshots:  # a child still writing: look at it again soon
                     timeout = min(timeout, SNAPSHOT_LOOK_MS)
             if compactions:
                 self.answer_compactions()
+                waiter.touched()
                 if compactions:
                     timeout = 0  # the next slice after a look at the sockets
             if rebuilding():
@@ -409,7 +411,7 @@ class Worker:
             elif kind == KIND_ADMIN:
                 body = self.run_admin(frames[-1], frames[0], frames)
                 if body is None:
-                    return None  # answered later (a snapshot, when its child is done)
+                    return None  # answered later (see shard.deferred_admin)
             else:
                 self.protocol_errors += 1
                 body = protocol.error_body(ProtocolError("a shard does not answer cluster requests"))
