@@ -217,7 +217,8 @@ class SnapshotStore:
         with os.scandir(self.directory) as entries:
             for entry in entries:
                 name = entry.name
-                if name.endswith(TMP_SUFFIX) and _NAME.match(name[:-len(TMP_SUFFIX)]):
+                if (name.endswith(TMP_SUFFIX) and _NAME.match(name[:-len(TMP_SUFFIX)])
+                        and not entry.is_dir(follow_symlinks=False)):  # a directory is not ours
                     try:
                         os.unlink(entry.path)
                     except FileNotFoundError:

@@ -304,8 +304,10 @@ class HistoryFiles:
                 if name in busy:
                     continue
                 if name.endswith(TMP_SUFFIX):
-                    # what a compaction wrote before a crash, or gave up on
-                    if name[:-len(TMP_SUFFIX)] not in busy:
+                    # what a compaction wrote before a crash, or gave up on (a
+                    # directory is not: nothing here makes one)
+                    if name[:-len(TMP_SUFFIX)] not in busy and not entry.is_dir(
+                            follow_symlinks=False):
                         doomed.append((None, entry.path))
                     continue
                 if name.endswith(MOVED_SUFFIX):

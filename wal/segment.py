@@ -88,6 +88,8 @@ def remove_temp_files(directory) -> list[str]:
     for name in other_files(directory):
         if name.endswith(TMP_SUFFIX):
             path = os.path.join(directory, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                continue  # no writer makes a directory: not a leftover of ours
             try:
                 os.unlink(path)
             except FileNotFoundError:

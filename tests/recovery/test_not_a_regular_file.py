@@ -190,3 +190,22 @@ def test_a_file_that_cannot_be_read_is_named_in_the_error(store, tmp_path, monke
     with pytest.raises(inmem.StoreOpenError) as caught:
         inmem.open(path, "strict", **OPTIONS).close()
     assert where in str(caught.value) and "Permission denied" in str(caught.value)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["wal/00000000000000000099.wal.tmp",
+                                   f"snapshots/snap-{99:020d}-{1:020d}.snap.tmp",
+                                   "history/00000000000000000099.wal.0123abcd.hist.tmp"])
+def test_a_directory_named_like_a_leftover_temp_file_is_left_alone(store, tmp_path, where):
+    # Clean-up removes the *.tmp files a crash leaves; a directory under such a
+    # name is none of those, and must not stop the store opening or snapshotting.
+    path = copy_of(store, tmp_path)
+    os.mkdir(os.path.join(path, where))
+    with inmem.open(path, "strict", **OPTIONS) as db:
+        assert db.kv.get("r", "k3")["i"] == 59
+        db.kv.put("r", "after", 1)
+        db.snapshot()
+        db.snapshot()  # retention runs, history's too
+    with inmem.open(path, "strict", **OPTIONS) as db:
+        assert db.kv.get("r", "after") == 1
+    assert os.path.isdir(os.path.join(path, where))
