@@ -304,3 +304,23 @@ def test_a_history_record_that_is_not_the_runs_is_a_corruption_error_naming_it(
             db.replay_run("r1")
     assert caught.value.path == file and caught.value.offset == offset
     assert os.path.basename(file) in str(caught.value)
+
+
+def test_without_history_files_the_record_that_does_not_decode_is_the_one_named():
+    # The plain path merges a block's records before applying them; the error
+    # must still point at the record, not the block.
+    from inmem.recovery.errors import UnreadableContent
+    from inmem.shard.engine import Engine
+    from inmem.shard.recovery_apply import EngineRecovery
+
+    create = [1, "r1", None, None, [], None, 1_700_000_000_000_000]
+    good = packed([1, [["r1", [create]]]])
+    put = packed([1, [["r1", [KV_PUT_FIELDS]]]])
+    target = EngineRecovery(Engine())
+    with pytest.raises(UnreadableContent) as caught:
+        target.apply_records([good, put, b"\xc1", put])
+    assert caught.value.index == 2
+    target = EngineRecovery(Engine())
+    with pytest.raises(UnreadableContent) as caught:
+        target.apply_records([good, packed([1, [["nope", [KV_PUT_FIELDS]]]])])
+    assert "nope" in caught.value.reason
