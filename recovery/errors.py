@@ -161,6 +161,14 @@ class UnreadableContent(ValueError):
         self.version = version
 
 
+def describe(exc: BaseException, limit: int = 200) -> str:
+    """`Type: message` of an exception met while decoding a file's contents (`Type` alone if
+    it has no message, as msgpack's FormatError), cut to `limit` characters."""
+    text = str(exc)
+    name = type(exc).__name__
+    return f"{name}: {text[:limit]}" if text else name
+
+
 class PolicyInputError(ValueError):
     """Inputs to the recovery policy that describe an impossible situation."""
 

@@ -56,6 +56,7 @@ import msgpack
 from inmem.checksum import crc32c
 
 from inmem.errors import CorruptionError
+from inmem.recovery.errors import describe
 from inmem.files import NotRegularFile, fsync_dir, make_dirs, open_regular, replace_durably
 from inmem.wal.failpoints import failpoint, register
 from inmem.wal.record import CRC, HEADER, HEADER_SIZE, PREFIX_CRCS, RECORD_BYTES_MAX
@@ -201,9 +202,8 @@ class HistoryFiles:
                 bad = next((e for e in out if type(e) is not tuple or not e
                             or type(e[0]) is not int), None)
             except Exception as exc:  # its crc held: what it holds is not a batch
-                why = str(exc) or type(exc).__name__
                 self._bad(place >> OFFSET_BITS, place & OFFSET_MASK,
-                          f"the record is not a batch of effects ({type(exc).__name__}: {why:.200})")
+                          f"the record is not a batch of effects ({describe(exc)})")
             if bad is not None:
                 self._bad(place >> OFFSET_BITS, place & OFFSET_MASK,
                           f"the record holds {bad!r:.80}, which is not an effect")

@@ -23,7 +23,7 @@ import logging
 from operator import itemgetter
 from typing import Callable
 
-from inmem.recovery.errors import UnreadableContent
+from inmem.recovery.errors import UnreadableContent, describe
 
 from .effects import (APPLY, CODE, CREATE_FLAGS, CREATE_RUN, DELETE_RUN, KV_DEL, KV_PUT,
                       RUN_CREATE, RUN_DELETE, RUN_STATUS, STATUS, STATUS_ERROR, STATUS_TS,
@@ -150,8 +150,7 @@ def _unreadable(exc: Exception, index: int | None) -> UnreadableContent:
     if isinstance(exc, UnreadableContent):
         exc.index = index
         return exc
-    why = str(exc) or type(exc).__name__
-    return UnreadableContent(f"applying it failed ({type(exc).__name__}: {why:.200})", index)
+    return UnreadableContent(f"applying it failed ({describe(exc)})", index)
 
 
 def _first_undecodable(payloads) -> int | None:

@@ -35,7 +35,7 @@ from typing import Protocol
 import msgpack
 
 from inmem.recovery import snapshot_format as fmt
-from inmem.recovery.errors import UnreadableContent
+from inmem.recovery.errors import UnreadableContent, describe
 
 from .effects import (APPLY, CODE, KV_DEL, KV_PUT, RUN_CREATE, apply_kv_many,
                       load_entries, load_events, load_traces)
@@ -104,9 +104,8 @@ def load(engine: Snapshottable, sections: dict) -> None:
     except (UnreadableContent, MemoryError):
         raise
     except Exception as exc:
-        why = str(exc) or type(exc).__name__
-        raise UnreadableContent(f"section {fmt.section_name(at[0])}: {type(exc).__name__}: "
-                                f"{why:.200}", section=at[0]) from exc
+        raise UnreadableContent(f"section {fmt.section_name(at[0])}: {describe(exc)}",
+                                section=at[0]) from exc
 
 
 def _load(engine: Snapshottable, sections: dict, at: list) -> None:

@@ -324,3 +324,11 @@ def test_without_history_files_the_record_that_does_not_decode_is_the_one_named(
     with pytest.raises(UnreadableContent) as caught:
         target.apply_records([good, packed([1, [["nope", [KV_PUT_FIELDS]]]])])
     assert "nope" in caught.value.reason
+
+
+def test_an_error_without_a_message_is_named_once(wal_store, tmp_path):
+    # msgpack's FormatError has no text: "(FormatError)", not "(FormatError: FormatError)".
+    path, _segment, _offset = with_record(wal_store, tmp_path / "db", b"\xc1")
+    with pytest.raises(RecordContentError) as caught:
+        inmem.open(path, "strict", **OPTIONS).close()
+    assert "(FormatError)" in str(caught.value)
