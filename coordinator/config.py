@@ -59,7 +59,20 @@ del _FLAT["mode"]
 
 
 class ConfigError(InmemError):
-    """A config file or override that cannot be used; the message names the fix."""
+    """A config file or override that cannot be used; the message names the fix.
+
+    `setting` is the (section, key) at fault when one setting is, so that
+    `load` can say where its value came from (the file, or an override).
+    """
+
+    setting: tuple[str, str] | None = None
+
+
+def _bad(section: str, key: str, message: str) -> ConfigError:
+    """A ConfigError about one setting: `[section] key ...` and what is wrong with it."""
+    err = ConfigError(f"[{section}] {message}")
+    err.setting = (section, key)
+    return err
 
 
 def defaults() -> dict:
@@ -85,6 +98,7 @@ def load(path=None, **overrides) -> dict:
     # Test hooks (wipe, pinned clock) exist for the test suite only, so they are an
     # override of inmem.Cluster and never a setting of a config file.
     test_hooks = bool(overrides.pop("test_hooks", False))
+    overridden = {}
     for name, value in overrides.items():
         if value is None:
             continue
@@ -92,9 +106,25 @@ def load(path=None, **overrides) -> dict:
             raise ConfigError(f"unknown setting {name!r}; known: {sorted(_FLAT)}")
         section, key = _FLAT[name]
         raw.setdefault(section, {})[key] = value
-    spec = resolve(raw)
+        overridden[(section, key)] = name
+    try:
+        spec = resolve(raw)
+    except ConfigError as exc:
+        # Say where the bad value was written: an operator fixes a file, or a flag.
+        if exc.setting in overridden:
+            raise _with_origin(exc, f"{exc} (given as the {overridden[exc.setting]} "
+                                    "override)") from None
+        if path is not None:
+            raise _with_origin(exc, f"{path}: {exc}") from None
+        raise
     spec["test_hooks"] = test_hooks
     return spec
+
+
+def _with_origin(exc: ConfigError, message: str) -> ConfigError:
+    err = ConfigError(message)
+    err.setting = exc.setting
+    return err
 
 
 def _merge(base: dict, extra: dict, where: str) -> None:
@@ -121,7 +151,8 @@ def _check(section: str, key: str, value):
         type(value) is not bool and isinstance(value, types))
     if not ok:
         names = " or ".join(t.__name__ for t in types)
-        raise ConfigError(f"[{section}] {key} must be a {names}, got {value!r}")
+        article = "an" if names[0] in "aeiou" else "a"
+        raise _bad(section, key, f"{key} must be {article} {names}, got {value!r}")
     return value
 
 
@@ -136,41 +167,58 @@ def resolve(raw: dict) -> dict:
     for section, keys in _SCHEMA.items():
         for key in keys:
             if key not in raw.get(section, {}):
-                raise ConfigError(f"[{section}] {key} is missing")
+                raise _bad(section, key, f"{key} is missing")
             _check(section, key, raw[section][key])
     c, d, s = raw["cluster"], raw["durability"], raw["supervisor"]
+    if not c["data_dir"].strip():
+        # abspath("") is the working directory: an empty value is a slip, not a choice.
+        raise _bad("cluster", "data_dir", 'data_dir is empty; name a directory (e.g. "./data")')
     data_dir = os.path.abspath(os.path.expanduser(c["data_dir"]))
     mode = d["mode"]
     if mode not in DURABILITY_MODES:
-        raise ConfigError(f"[durability] mode must be one of {DURABILITY_MODES}, got {mode!r}")
+        raise _bad("durability", "mode",
+                   f"mode must be one of {DURABILITY_MODES}, got {mode!r}")
     for key in durability.OPTIONS:
         why = durability.problem(key, d[key])
         if why:
-            raise ConfigError(f"[durability] {why}")
+            raise _bad("durability", key, why)
+    if d["max_value_bytes"] < 1:
+        raise _bad("durability", "max_value_bytes",
+                   f"max_value_bytes must be at least 1, got {d['max_value_bytes']}")
     try:
         history_limit(d["history"])
     except InvalidOption as exc:
-        raise ConfigError(f"[durability] {exc}") from None
+        raise _bad("durability", "history", str(exc)) from None
     if d["history"] != "full" and mode != "inmemory":
-        raise ConfigError(f'[durability] history = {d["history"]!r} limits inmemory shards; '
-                          f'a {mode} shard keeps every run\'s history on disk: use "full"')
+        raise _bad("durability", "history",
+                   f'history = {d["history"]!r} limits inmemory shards; a {mode} shard '
+                   f'keeps every run\'s history on disk: use "full"')
     for key in ("max_message_bytes",):
         if c[key] < 1024:
-            raise ConfigError(f"[cluster] {key} must be at least 1024, got {c[key]}")
-    for key in ("heartbeat_interval_s", "heartbeat_timeout_s"):
+            raise _bad("cluster", key, f"{key} must be at least 1024, got {c[key]}")
+    for key in ("heartbeat_interval_s", "heartbeat_timeout_s", "stop_timeout_s"):
         if s[key] <= 0:
-            raise ConfigError(f"[supervisor] {key} must be above 0, got {s[key]}")
+            raise _bad("supervisor", key, f"{key} must be above 0, got {s[key]}")
+    for key in ("restart_backoff_ms", "restart_backoff_max_ms"):
+        if s[key] < 0:
+            raise _bad("supervisor", key, f"{key} must be 0 or more, got {s[key]}")
+    if s["restart_backoff_max_ms"] < s["restart_backoff_ms"]:
+        raise _bad("supervisor", "restart_backoff_max_ms",
+                   f"restart_backoff_max_ms must be at least restart_backoff_ms "
+                   f"({s['restart_backoff_ms']}), got {s['restart_backoff_max_ms']}")
     kill_after = s["restart_unresponsive_after_s"]
     if kill_after != 0 and kill_after <= s["heartbeat_timeout_s"]:
         # Only a shard already known to be unresponsive is killed: a limit within the
         # heartbeat timeout would kill on the first missed ping.
-        raise ConfigError(f"[supervisor] restart_unresponsive_after_s must be 0 (never) or "
-                          f"above heartbeat_timeout_s ({s['heartbeat_timeout_s']}), got "
-                          f"{kill_after}")
+        raise _bad("supervisor", "restart_unresponsive_after_s",
+                   f"restart_unresponsive_after_s must be 0 (never) or above "
+                   f"heartbeat_timeout_s ({s['heartbeat_timeout_s']}), got {kill_after}")
+    _check_endpoint("[cluster] endpoint", c["endpoint"], auto=True,
+                    setting=("cluster", "endpoint"))
     listed = raw.get("shard") or []
     shards_auto = c["shards"] == "auto"
     if isinstance(c["shards"], str) and not shards_auto:
-        raise ConfigError(f'[cluster] shards must be a number or "auto", got {c["shards"]!r}')
+        raise _bad("cluster", "shards", f'shards must be a number or "auto", got {c["shards"]!r}')
     if listed:
         count = len(listed)
         if not shards_auto and c["shards"] != count:
@@ -180,7 +228,7 @@ def resolve(raw: dict) -> dict:
     else:
         count = cpu_count() if shards_auto else c["shards"]
     if not 1 <= count <= 1024:
-        raise ConfigError(f"[cluster] shards must be between 1 and 1024, got {count}")
+        raise _bad("cluster", "shards", f"shards must be between 1 and 1024, got {count}")
     keys = os.path.abspath(os.path.expanduser(c["keys"])) if c["keys"] else None
     spec = {
         "data_dir": data_dir,
@@ -216,6 +264,7 @@ def _shard_table(listed) -> dict:
             raise ConfigError(f"[[shard]] {sid}: endpoint is a str and remote a bool")
         if remote and endpoint == "auto":
             raise ConfigError(f"[[shard]] {sid} is remote, so it needs a tcp endpoint")
+        _check_endpoint(f"[[shard]] {sid} endpoint", endpoint, auto=not remote)
         table[sid] = {"endpoint": endpoint, "remote": remote}
     if table and sorted(table) != list(range(len(table))):
         raise ConfigError(f"[[shard]] ids must be 0..{len(table) - 1}, got {sorted(table)}")
@@ -244,6 +293,59 @@ def with_shard_count(spec: dict, count: int) -> dict:
     spec["shards"] = shards
     check_transport(spec)
     return spec
+
+
+#: the longest path of an ipc endpoint: a Unix socket's sun_path (108 bytes) less its NUL
+IPC_ENDPOINT_PATH_MAX = 107
+
+
+def _check_endpoint(label: str, endpoint: str, auto: bool, setting=None) -> None:
+    """ConfigError unless `endpoint` is "auto" (where allowed), tcp://HOST:PORT or ipc://PATH
+    with a path a Unix socket can have; `label` names the setting ("[cluster] endpoint")."""
+    def bad(what: str) -> ConfigError:
+        err = ConfigError(f"{label} {what}")
+        err.setting = setting
+        return err
+    if auto and endpoint == "auto":
+        return
+    if endpoint.startswith("tcp://"):
+        host, sep, port = endpoint[len("tcp://"):].rpartition(":")
+        if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+            raise bad(f"{endpoint!r} must be tcp://HOST:PORT with a port from 1 to 65535")
+        return
+    if endpoint.startswith("ipc://"):
+        path = endpoint[len("ipc://"):]
+        size = len(path.encode("utf-8", "surrogateescape"))
+        if not path:
+            raise bad(f"{endpoint!r} names no socket path")
+        if size > IPC_ENDPOINT_PATH_MAX:
+            raise bad(f"{endpoint!r}: its path is {size} bytes, and a Unix socket's may be at "
+                      f"most {IPC_ENDPOINT_PATH_MAX}; use a shorter path"
+                      + (' or "auto"' if auto else ""))
+        return
+    wanted = '"auto", ' if auto else ""
+    raise bad(f"must be {wanted}tcp://HOST:PORT or ipc://PATH, got {endpoint!r}")
+
+
+def check_data_dir(spec: dict, source: str) -> None:
+    """ConfigError when the data directory cannot be one: a file is there (or on its path),
+    or this user may not create or write it. `source` says where its value came from."""
+    data_dir = spec["data_dir"]
+    probe = data_dir
+    while not os.path.isdir(probe):
+        if os.path.lexists(probe):
+            what = "is a file" if probe == data_dir else f"is under {probe}, which is a file"
+            raise ConfigError(f"{source}: [cluster] data_dir {data_dir} {what}, not a "
+                              "directory; name a directory")
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "" if probe == data_dir else f" (its parent {probe} exists and)"
+        raise ConfigError(f"{source}: [cluster] data_dir {data_dir}{what} is not writable by "
+                          f"this user (uid {os.geteuid()}); name another, or fix its "
+                          "permissions")
 
 
 def tcp_endpoints(spec: dict) -> list:
@@ -335,6 +437,7 @@ def shard_dir(spec: dict, shard: int) -> str:
 
 
 __all__ = ["ConfigError", "load", "resolve", "with_shard_count", "defaults", "socket_dir",
+           "check_data_dir",
            "check_transport", "tcp_endpoints",
            "prepare_socket_dir", "runtime_dir_problem", "shard_dir", "cpu_count",
            "DURABILITY_MODES"]

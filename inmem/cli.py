@@ -74,8 +74,9 @@ def _demo_local_cluster(args) -> int:
     from inmem.coordinator import config as cfg
     from .demo import play
     from .display import count
-    spec = cfg.load(args.config)
-    data_dir = args.data_dir or spec["data_dir"]
+    spec = cfg.load(args.config, data_dir=args.data_dir)
+    cfg.check_data_dir(spec, _data_dir_source(args))
+    data_dir = spec["data_dir"]
     cluster = inmem.Cluster(config=args.config, data_dir=data_dir)
     cluster.check_free()  # refused before anything is printed, spawned or touched
     print(f"starting a local cluster in {os.path.abspath(data_dir)} ...", flush=True)
@@ -122,6 +123,7 @@ def _cmd_serve(args) -> int:
     try:
         spec = cfg.load(args.config, data_dir=args.data_dir, shards=args.shards,
                         durability=args.durability, endpoint=args.endpoint)
+        cfg.check_data_dir(spec, _data_dir_source(args))
         return run(spec, out=_print_line)
     except cfg.ConfigError as exc:
         print(f"inmem serve: {exc}", file=sys.stderr)
@@ -132,6 +134,13 @@ def _cmd_serve(args) -> int:
     except OSError as exc:  # e.g. a data directory this user may not write
         print(f"inmem serve: {exc}", file=sys.stderr)
         return 2
+
+
+def _data_dir_source(args) -> str:
+    """Where the data directory of a command came from, for an error about it."""
+    if getattr(args, "data_dir", None):
+        return "--data-dir"
+    return args.config or "the built-in config"
 
 
 def _no_ipc_socket(endpoint: str) -> str | None:
@@ -230,6 +239,7 @@ def _cmd_shard_serve(args) -> int:
     from inmem.shard.worker import run_worker
     try:
         spec = cfg.load(args.config, data_dir=args.data_dir, durability=args.durability)
+        cfg.check_data_dir(spec, _data_dir_source(args))
         if spec["shards_auto"] and not spec["shard_table"]:
             persisted = SlotMap.peek_shard_count(spec["data_dir"])
             if persisted:
