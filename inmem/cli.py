@@ -147,10 +147,16 @@ def _no_ipc_socket(endpoint: str) -> str | None:
     """Why nothing can be serving an ipc endpoint (its socket file is missing), or None."""
     if not endpoint.startswith("ipc://"):
         return None
+    from .files import socket_in_use
     path = endpoint[len("ipc://"):]
-    if os.path.exists(path):
-        return None
-    return f"no cluster is serving {endpoint} (the socket {path} does not exist)"
+    if not os.path.lexists(path):
+        return f"no cluster is serving {endpoint} (the socket {path} does not exist)"
+    if not socket_in_use(path):
+        # A coordinator killed (SIGKILL, a crash) leaves its socket file: nothing can
+        # answer there, so waiting the whole timeout for it would only hide that.
+        return (f"no cluster is serving {endpoint} (nothing listens on {path}: it is left "
+                "from a coordinator that ended without removing it)")
+    return None
 
 
 def _cmd_status(args) -> int:
@@ -198,6 +204,10 @@ def _cmd_status(args) -> int:
     finally:
         backend.close()
     if status is None:
+        if endpoint.startswith("ipc://") and _no_ipc_socket(endpoint) is None:
+            # Something listens there, so `inmem serve` is not the advice.
+            hint = ("a process listens on its socket but did not answer: the coordinator may "
+                    "be stopped (SIGSTOP), overloaded, or not an inmem coordinator")
         print(f"inmem status: no coordinator answered at {endpoint} within {args.timeout:g} s; "
               f"{hint}", file=sys.stderr)
         return 1

@@ -272,3 +272,43 @@ def test_version(capsys):
     assert info.value.code == 0
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert capsys.readouterr().out.strip() == f"inmem {version}" == f"inmem {inmem.__version__}"
+
+
+def _left_socket_file(path: Path) -> None:
+    """A socket file as a killed coordinator leaves it: bound once, listened on by no one."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))
+    s.close()
+
+
+def test_status_on_a_socket_left_by_a_killed_coordinator_fails_at_once(
+        tmp_path, capsys, monkeypatch):
+    _left_socket_file(tmp_path / "coordinator.sock")
+    _never_ask_a_coordinator(monkeypatch)  # not the 30 s default timeout
+    assert main(["status", "--endpoint", f"ipc://{tmp_path}/coordinator.sock"]) == 1
+    err = capsys.readouterr().err
+    _one_line_no_traceback(err)
+    assert "nothing listens" in err and "inmem serve" in err
+
+
+def test_demo_connect_to_a_socket_left_by_a_killed_coordinator_fails_at_once(
+        tmp_path, capsys, monkeypatch):
+    _left_socket_file(tmp_path / "coordinator.sock")
+    monkeypatch.setattr(inmem, "connect", lambda *a, **k: pytest.fail("waited for no one"))
+    assert main(["demo", "--connect", f"ipc://{tmp_path}/coordinator.sock"]) == 2
+    err = capsys.readouterr().err
+    _one_line_no_traceback(err)
+    assert "nothing listens" in err
+
+
+def test_status_on_a_listener_that_never_answers_does_not_say_start_one(tmp_path, capsys):
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "coordinator.sock"))
+    listener.listen()
+    try:
+        assert main(["status", "--endpoint", f"ipc://{tmp_path}/coordinator.sock",
+                     "--timeout", "1"]) == 1
+    finally:
+        listener.close()
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "a process listens" in last and "inmem serve" not in last, last
