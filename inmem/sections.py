@@ -90,13 +90,25 @@ class KV(_Section):
         """The values of `keys`, in order (None for an absent key)."""
         return self._call("kv.get_many", (run, as_list(keys, "keys")))
 
-    def keys(self, run: str, prefix: str = "") -> list[str]:
-        """Live keys starting with `prefix`, sorted."""
-        return self._call("kv.keys", (run, prefix))
+    def keys(self, run: str, prefix: str = "", *, after: str | None = None,
+             limit: int | None = None) -> list[str]:
+        """Live keys starting with `prefix`, sorted.
 
-    def items(self, run: str, prefix: str = "") -> list[tuple[str, Value]]:
-        """(key, value) of the live keys starting with `prefix`, sorted by key."""
-        return self._call("kv.items", (run, prefix))
+        In pages, for a run too large to list at once: `after` (a key, or any
+        str) starts after it, `limit` returns at most that many; pass the last
+        key of a page as the next one's `after`, until a page comes back empty.
+        """
+        if after is None and limit is None:
+            return self._call("kv.keys", (run, prefix))
+        return self._call("kv.keys", (run, prefix, after, limit))
+
+    def items(self, run: str, prefix: str = "", *, after: str | None = None,
+              limit: int | None = None) -> list[tuple[str, Value]]:
+        """(key, value) of the live keys starting with `prefix`, sorted by key; in pages
+        with `after` and `limit`, as `keys`."""
+        if after is None and limit is None:
+            return self._call("kv.items", (run, prefix))
+        return self._call("kv.items", (run, prefix, after, limit))
 
 
 class Events(_Section):

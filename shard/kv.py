@@ -9,6 +9,7 @@ are skipped by reads.
 
 from __future__ import annotations
 
+import heapq
 import struct
 from typing import Callable
 
@@ -379,23 +380,37 @@ class KVOps:
             out.append(None if data is None else _unpackb(data, raw=False))
         return out
 
-    def kv_keys(self, run: str, prefix: str = "") -> list[str]:
+    def kv_keys(self, run: str, prefix: str = "", after: str | None = None,
+                limit: int | None = None) -> list[str]:
         r = self._run(run)
-        if type(prefix) is not str:
-            raise InvalidKey("prefix must be a str")
+        _check_page(prefix, after, limit)
         now = self.clock()
-        return sorted(k for k, e in r.kv.items()
-                      if k.startswith(prefix) and (PLAIN_AT[e[0]] or live_value(e, now) is not None))
+        live = (k for k, e in r.kv.items()
+                if k.startswith(prefix) and (after is None or k > after)
+                and (PLAIN_AT[e[0]] or live_value(e, now) is not None))
+        # A page: the `limit` smallest, without sorting every key of the run.
+        return sorted(live) if limit is None else heapq.nsmallest(limit, live)
 
-    def kv_items(self, run: str, prefix: str = "") -> list[tuple]:
+    def kv_items(self, run: str, prefix: str = "", after: str | None = None,
+                 limit: int | None = None) -> list[tuple]:
         r = self._run(run)
-        if type(prefix) is not str:
-            raise InvalidKey("prefix must be a str")
+        _check_page(prefix, after, limit)
         now = self.clock()
         kv = r.kv
+        live = (k for k, e in kv.items()
+                if k.startswith(prefix) and (after is None or k > after)
+                and (PLAIN_AT[e[0]] or live_value(e, now) is not None))
         out = []
-        for k in sorted(k for k in kv if k.startswith(prefix)):
-            data = live_value(kv[k], now)
-            if data is not None:
-                out.append((k, _unpackb(data, raw=False)))
+        for k in sorted(live) if limit is None else heapq.nsmallest(limit, live):
+            out.append((k, _unpackb(live_value(kv[k], now), raw=False)))
         return out
+
+
+def _check_page(prefix, after, limit) -> None:
+    """A listing's prefix and page: InvalidKey or InvalidValue for what cannot be one."""
+    if type(prefix) is not str:
+        raise InvalidKey("prefix must be a str")
+    if after is not None and type(after) is not str:
+        raise InvalidValue(f"after must be a key (str) or None, got {type(after).__name__}")
+    if limit is not None and (type(limit) is not int or limit < 1):
+        raise InvalidValue(f"limit must be an int of at least 1 or None, got {limit!r}")

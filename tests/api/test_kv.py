@@ -152,6 +152,40 @@ def test_keys_and_items_sorted_with_prefix(db, run):
     assert db.kv.keys(run, prefix="b/") == ["b/1", "b/2"]
 
 
+def test_keys_and_items_in_pages_after_a_key(db, run):
+    keys = sorted(f"k{i:03d}" for i in range(25)) + ["other"]
+    for k in keys:
+        db.kv.put(run, k, k.upper())
+    assert db.kv.keys(run, limit=3) == ["k000", "k001", "k002"]
+    assert db.kv.keys(run, after="k022") == ["k023", "k024", "other"]
+    assert db.kv.keys(run, "k", after="k022", limit=10) == ["k023", "k024"]
+    assert db.kv.keys(run, after="k0215") == ["k022", "k023", "k024", "other"]  # any str
+    assert db.kv.items(run, after="k023", limit=2) == [("k024", "K024"), ("other", "OTHER")]
+    # Page by page: every key once, in order, however the pages fall.
+    for limit in (1, 7, 26, 100):
+        pages, after = [], None
+        while True:
+            page = db.kv.keys(run, "k", after=after, limit=limit)
+            if not page:
+                break
+            pages.append(page)
+            after = page[-1]
+        assert [k for p in pages for k in p] == keys[:-1]
+        assert all(len(p) <= limit for p in pages)
+    db.kv.delete(run, "k001")
+    assert db.kv.items(run, limit=2) == [("k000", "K000"), ("k002", "K002")]
+
+
+@pytest.mark.parametrize("bad", [{"limit": 0}, {"limit": -1}, {"limit": 1.5}, {"limit": True},
+                                 {"limit": "3"}, {"after": 7}, {"after": b"k"}])
+def test_a_bad_page_is_refused(db, run, bad):
+    db.kv.put(run, "k", 1)
+    with pytest.raises(inmem.InvalidValue):
+        db.kv.keys(run, **bad)
+    with pytest.raises(inmem.InvalidValue):
+        db.kv.items(run, **bad)
+
+
 def test_keys_of_empty_run(db, run):
     assert db.kv.keys(run) == []
     assert db.kv.items(run) == []

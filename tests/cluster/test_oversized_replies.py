@@ -96,3 +96,24 @@ def test_a_large_reply_that_outlasts_one_wait_slice_is_read_whole(cluster, monke
             assert db.kv.get("big-replies", "small") == 1
     finally:
         db.close()
+
+
+def test_a_run_too_large_to_list_at_once_is_listed_in_pages(cluster):
+    db = cluster.connect(max_message_bytes=LIMIT)
+    try:
+        run = db.begin_run(run_id="many-keys")
+        keys = [f"key/{i:06d}" for i in range(8000)]  # ~100 KiB of names
+        with db.pipeline() as p:
+            for k in keys:
+                p.kv.put(run, k, 0)
+            p.execute()
+        with pytest.raises(inmem.ProtocolError, match="max_message_bytes"):
+            db.kv.keys(run)
+        listed, after = [], None
+        while page := db.kv.keys(run, "key/", after=after, limit=2000):
+            listed += page
+            after = page[-1]
+        assert listed == keys
+        assert db.kv.items(run, after=keys[-2], limit=5) == [(keys[-1], 0)]
+    finally:
+        db.close()
