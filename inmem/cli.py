@@ -10,6 +10,7 @@ that goes away (`inmem status | head -1`) without an error.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -211,6 +212,9 @@ def _cmd_status(args) -> int:
         print(f"inmem status: no coordinator answered at {endpoint} within {args.timeout:g} s; "
               f"{hint}", file=sys.stderr)
         return 1
+    if args.json:
+        print(json.dumps(_status_document(endpoint, status), indent=2))
+        return 0 if status["ready"] else 1
     c = status["coordinator"]
     print(f"{endpoint}: {'ready' if status['ready'] else 'NOT READY'}; coordinator pid "
           f"{c['pid']}, {c['durability']}, {len(status['shards'])} shards")
@@ -228,6 +232,19 @@ def _cmd_status(args) -> int:
             line += f"; last error: {s['last_error']}"
         print(line)
     return 0 if status["ready"] else 1
+
+
+def _status_document(endpoint: str, status: dict) -> dict:
+    """The coordinator's status as `status --json` prints it: each shard's recovery by name."""
+    from .types import RecoveryResult
+    shards = []
+    for shard in status["shards"]:
+        shard = dict(shard)
+        r = shard.get("recovery")
+        if isinstance(r, (list, tuple)) and len(r) == len(RecoveryResult._fields):
+            shard["recovery"] = dict(zip(RecoveryResult._fields, r))
+        shards.append(shard)
+    return {"endpoint": endpoint, **status, "shards": shards}
 
 
 def _shard_state(s: dict) -> str:
@@ -403,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--wait-ready", action="store_true", help="wait until every shard is ready")
     st.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                     help="how long to wait for an answer (default: 30)")
+    st.add_argument("--json", action="store_true",
+                    help="print the status as one JSON object (same exit codes)")
     st.set_defaults(fn=_cmd_status)
 
     sh = sub.add_parser("shard", help="shard processes")

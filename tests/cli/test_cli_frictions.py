@@ -96,6 +96,33 @@ def test_status_into_a_closed_pipe_ends_quietly(make_cluster, tmp_path):
     assert len(shell.stdout.splitlines()) == 1 and shell.stderr == ""
 
 
+def _status_json(endpoint: str, capsys) -> tuple[int, dict]:
+    import json
+    code = main(["status", "--endpoint", endpoint, "--json", "--timeout", "10"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_status_json_is_one_object_with_the_same_exit_codes(make_cluster, tmp_path, capsys):
+    import os
+    import signal
+    import time
+    cluster = make_cluster(data_dir=tmp_path / "data", shards=2, restart_backoff_ms=30000,
+                           restart_backoff_max_ms=30000)
+    code, doc = _status_json(cluster.endpoint, capsys)
+    assert code == 0 and doc["ready"] is True and doc["endpoint"] == cluster.endpoint
+    assert [s["state"] for s in doc["shards"]] == ["ready", "ready"]
+    assert doc["shards"][0]["recovery"]["records_replayed"] == 0  # by name, not position
+    os.kill(doc["shards"][1]["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:  # the coordinator sees the exit within its next turns
+        code, doc = _status_json(cluster.endpoint, capsys)
+        if doc["shards"][1]["restart_in_s"] is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert code == 1 and doc["ready"] is False
+    assert doc["shards"][1]["pid"] is None and doc["shards"][1]["restart_attempt"] == 1
+
+
 # -- inmem demo ----------------------------------------------------------------------
 
 def test_demo_connect_to_a_missing_cluster_is_one_line(tmp_path, capsys, monkeypatch):
