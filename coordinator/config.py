@@ -348,6 +348,59 @@ def check_data_dir(spec: dict, source: str) -> None:
                           "permissions")
 
 
+def check_endpoints_free(spec: dict, source: str) -> None:
+    """ConfigError when an endpoint this host would serve is taken already: a tcp port
+    another process listens on, an ipc socket another process serves (a second cluster
+    given the same endpoint). Checked before any shard starts, so the refusal costs no
+    recovery; `source` says where the settings came from."""
+    from inmem.files import CLUSTER_LOCK_NAME, lock_is_held, socket_in_use
+    if lock_is_held(os.path.join(spec["data_dir"], CLUSTER_LOCK_NAME)):
+        return  # its coordinator's own endpoints: the lock refuses the start, naming its pid
+    local = [("[cluster] endpoint", spec["client_endpoint"])]
+    local += [(f"[[shard]] {s['id']} endpoint", s["endpoint"]) for s in spec["shards"]
+              if not s["remote"]]
+    for label, endpoint in local:
+        if endpoint.startswith("ipc://"):
+            if socket_in_use(endpoint[len("ipc://"):]):
+                raise ConfigError(f"{source}: {label} {endpoint} is served by another process "
+                                  "already (another cluster given the same endpoint?)")
+        elif endpoint.startswith("tcp://"):
+            why = _tcp_bind_problem(endpoint)
+            if why:
+                raise ConfigError(f"{source}: {label} {endpoint}: {why}")
+
+
+def _tcp_bind_problem(endpoint: str) -> str | None:
+    """Why this host cannot listen on a tcp endpoint now (None: it can, as far as we see)."""
+    import errno
+    import socket
+    host, _, port = endpoint[len("tcp://"):].rpartition(":")
+    host = host.strip("[]")
+    if host == "*":
+        host = ""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"cannot resolve {host!r}: {exc}"
+    probe = socket.socket(family, kind, proto)
+    try:
+        # As ZeroMQ's listener does: a port left in TIME_WAIT is free to take.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return f"port {port} is in use by another process; stop it or choose another port"
+        if exc.errno == errno.EADDRNOTAVAIL:
+            return f"this host has no address {host}; bind one of its own (or *)"
+        if exc.errno == errno.EACCES:
+            return f"this user may not listen on port {port}"
+        return f"cannot listen there: {exc.strerror or exc}"
+    finally:
+        probe.close()
+    return None
+
+
 def tcp_endpoints(spec: dict) -> list:
     """The cluster's tcp endpoints: the coordinator's and the shards' that are on tcp."""
     return [e for e in [spec["client_endpoint"], *(s["endpoint"] for s in spec["shards"])]
@@ -437,7 +490,7 @@ def shard_dir(spec: dict, shard: int) -> str:
 
 
 __all__ = ["ConfigError", "load", "resolve", "with_shard_count", "defaults", "socket_dir",
-           "check_data_dir",
+           "check_data_dir", "check_endpoints_free",
            "check_transport", "tcp_endpoints",
            "prepare_socket_dir", "runtime_dir_problem", "shard_dir", "cpu_count",
            "DURABILITY_MODES"]

@@ -125,6 +125,8 @@ def _cmd_serve(args) -> int:
         spec = cfg.load(args.config, data_dir=args.data_dir, shards=args.shards,
                         durability=args.durability, endpoint=args.endpoint)
         cfg.check_data_dir(spec, _data_dir_source(args))
+        cfg.check_endpoints_free(spec, "--endpoint" if args.endpoint else
+                                 (args.config or "the built-in config"))
         return run(spec, out=_print_line)
     except cfg.ConfigError as exc:
         print(f"inmem serve: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from cluster.conftest import make_cluster  # noqa: F401  (the fixture)
 from inmem.cli import main
 from inmem.coordinator import config as cfg
 from inmem.processes import child_env
@@ -115,3 +116,42 @@ def test_serve_with_a_mistake_exits_2_in_one_line_and_starts_nothing(tmp_path):
     assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert str(config) in done.stderr and "endpoint" in done.stderr
     assert not (tmp_path / "data").exists()  # refused before the data directory was touched
+
+
+# -- endpoints taken already ---------------------------------------------------------
+
+def test_a_tcp_port_in_use_is_refused_before_any_shard_starts(tmp_path, capsys):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "mine.toml"
+        config.write_text(f'[cluster]\ndata_dir = "{tmp_path}/data"\n'
+                          f'endpoint = "tcp://127.0.0.1:{port}"\ninsecure = true\n')
+        assert main(["serve", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert str(config) in err and "[cluster] endpoint" in err and f"port {port} is in use" in err
+    assert not (tmp_path / "data").exists()
+
+
+def test_an_ipc_endpoint_another_process_serves_is_refused(tmp_path, capsys):
+    import socket
+    path = tmp_path / "shared.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+        other.bind(str(path))
+        other.listen()
+        assert main(["serve", "--data-dir", str(tmp_path / "data"), "--endpoint",
+                     f"ipc://{path}"]) == 2
+    err = capsys.readouterr().err
+    assert "--endpoint" in err and "served by another process" in err, err
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_second_serve_on_a_served_directory_still_names_the_coordinator(
+        make_cluster, tmp_path, capsys):
+    cluster = make_cluster(data_dir=tmp_path / "data", shards=1)
+    assert main(["serve", "--data-dir", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert f"pid {cluster.pids()['coordinator']}" in err, err
