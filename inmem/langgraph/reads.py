@@ -11,7 +11,7 @@ checkpoints of 4 MiB of state could be written but not listed.
 `read_in_pieces(ops)` is a plan step (see `driver.py`) for read-only
 operations: the operations whose reply was refused are asked again in
 halves, and a single one in parts — a `kv.get_many` by halves of its keys,
-a `kv.items` as its keys and then their values — until each reply fits.
+a `kv.keys` or `kv.items` listing in sorted pages — until each reply fits.
 A single value always fits (a value is at most `max_value_bytes`, 16 MiB by
 default); what still does not keeps its ProtocolError for the caller to
 raise. Nothing is asked twice when everything fits, so the usual read costs
@@ -21,6 +21,9 @@ the round trip it did.
 from __future__ import annotations
 
 from inmem.errors import ProtocolError
+
+#: keys a listing too large for one reply asks for per page (halved while a page is too large)
+LIST_PAGE = 4096
 
 
 def read_in_pieces(ops: list):
@@ -57,15 +60,24 @@ def _one_in_parts(op, error):
         if isinstance(second, BaseException):
             return second
         return first + second
-    if name == "kv.items":
-        run, prefix = args[0], args[1] if len(args) > 1 else ""
-        (keys,) = yield [("kv.keys", (run, prefix))]
-        if isinstance(keys, BaseException) or not keys:
-            return keys if isinstance(keys, BaseException) else []
-        (values,) = yield from read_in_pieces([("kv.get_many", (run, keys))])
-        if isinstance(values, BaseException):
-            return values
-        # A key that expired or was deleted between the two reads is not listed
-        # (the adapters store no None values).
-        return [(k, v) for k, v in zip(keys, values) if v is not None]
+    if name in ("kv.items", "kv.keys") and len(args) <= 2:
+        return (yield from _listed_in_pages(name, args[0], args[1] if len(args) > 1 else ""))
     return error
+
+
+def _listed_in_pages(name: str, run: str, prefix: str):
+    """Plan step: a `kv.keys` or `kv.items` listing too large for one reply, in sorted pages
+    (`after`, `limit`); a page still too large (large values) is asked again at half."""
+    out: list = []
+    after, limit = None, LIST_PAGE
+    while True:
+        (page,) = yield [(name, (run, prefix, after, limit))]
+        if type(page) is ProtocolError and limit > 1:
+            limit //= 2
+            continue
+        if isinstance(page, BaseException):
+            return page
+        out += page
+        if len(page) < limit:
+            return out
+        after = page[-1][0] if name == "kv.items" else page[-1]

@@ -158,10 +158,11 @@ def _run_limited(store: dict, limit: int, plan):
         run = store.get(args[0], {})
         if op == "kv.get_many":
             return [run.get(k) for k in args[1]]
-        if op == "kv.keys":
-            return sorted(k for k in run if k.startswith(args[1]))
-        if op == "kv.items":
-            return [(k, run[k]) for k in sorted(run) if k.startswith(args[1])]
+        if op in ("kv.keys", "kv.items"):
+            after, limit = (args[2], args[3]) if len(args) > 2 else (None, None)
+            listed = [k for k in sorted(run)
+                      if k.startswith(args[1]) and (after is None or k > after)][:limit]
+            return listed if op == "kv.keys" else [(k, run[k]) for k in listed]
         raise AssertionError(op)
 
     batches = 0
@@ -195,6 +196,14 @@ def test_read_in_pieces_answers_what_one_unbounded_reply_would(sizes, limit, rea
     got = _run_limited(store, limit, read_in_pieces(ops))
     assert got == want
     assert not any(isinstance(r, ProtocolError) for r in want)
+
+
+def test_a_listing_of_more_keys_than_one_reply_holds_comes_in_pages():
+    store = {"r": {f"key/{i:04}": "x" * (i % 50) for i in range(500)}}
+    ops = [("kv.keys", ("r", "key/")), ("kv.items", ("r", "key/"))]
+    want = _run_limited(store, 1 << 40, read_in_pieces(ops))
+    assert _run_limited(store, 400, read_in_pieces(ops)) == want
+    assert want[0] == sorted(store["r"]) and len(want[1]) == 500
 
 
 def test_prune_of_a_long_thread_fits_the_message_limit(small_cluster_db):
