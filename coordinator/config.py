@@ -329,7 +329,8 @@ def _check_endpoint(label: str, endpoint: str, auto: bool, setting=None) -> None
 
 def check_data_dir(spec: dict, source: str) -> None:
     """ConfigError when the data directory cannot be one: a file is there (or on its path),
-    or this user may not create or write it. `source` says where its value came from."""
+    its parent does not exist, or this user may not create or write it. `source` says
+    where its value came from."""
     data_dir = spec["data_dir"]
     probe = data_dir
     while not os.path.isdir(probe):
@@ -341,6 +342,12 @@ def check_data_dir(spec: dict, source: str) -> None:
         if parent == probe:
             break
         probe = parent
+    parent = os.path.dirname(data_dir)
+    if not os.path.isdir(parent):
+        # The data directory itself is made; a missing chain above it is more
+        # likely a typo (/var/lib/inmme/data) than a wish, as for Redis's dir.
+        raise ConfigError(f"{source}: [cluster] data_dir {data_dir}: its parent directory "
+                          f"{parent} does not exist; create it first (or check the path)")
     if not os.access(probe, os.W_OK | os.X_OK):
         what = "" if probe == data_dir else f" (its parent {probe} exists and)"
         raise ConfigError(f"{source}: [cluster] data_dir {data_dir}{what} is not writable by "

@@ -155,3 +155,12 @@ def test_a_second_serve_on_a_served_directory_still_names_the_coordinator(
     assert main(["serve", "--data-dir", str(tmp_path / "data")]) == 2
     err = capsys.readouterr().err
     assert f"pid {cluster.pids()['coordinator']}" in err, err
+
+
+def test_a_data_dir_whose_parent_does_not_exist_is_refused(tmp_path, capsys):
+    config = tmp_path / "mine.toml"
+    config.write_text(f'[cluster]\ndata_dir = "{tmp_path}/no/such/data"\n')
+    assert main(["serve", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert str(config) in err and "data_dir" in err and "does not exist" in err, err
+    assert not (tmp_path / "no").exists()  # nothing made on a mistyped path
