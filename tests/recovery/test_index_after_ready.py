@@ -118,11 +118,11 @@ def test_a_partial_index_holds_only_current_values(tmp_path):
     while engine.index_rebuilding():
         engine.index.catch_up(engine.runs, engine.clock(), 0.0)  # one chunk at a time
         slices += 1
-        for (prim, _run, ref), (_len, tfs) in engine.index.docs.items():
+        for (prim, _run, ref), (_len, *terms) in engine.index.docs.items():
             if prim in current:
                 entry = current[prim].get(ref)
                 assert entry is not None, (prim, ref)
-                assert set(tfs) == set(tokenize(" ".join(packed_text(entry_value(entry))))), (prim, ref)
+                assert set(terms) == set(tokenize(" ".join(packed_text(entry_value(entry))))), (prim, ref)
     assert slices > 3
     assert engine.search_stats(["zeppelin"])[2]["zeppelin"] == 667 + 2 - len(
         [i for i in range(0, 2000, 3) if i % 7 == 1])
@@ -210,10 +210,12 @@ def _stale_kv_docs(engine) -> list:
     """The index's kv documents that the store no longer has, or has with other words."""
     from collections import Counter
     stale = []
-    for doc, (_length, tfs) in engine.index.docs.items():
+    postings = engine.index.postings
+    for doc, (_length, *terms) in engine.index.docs.items():
         prim, run, key = doc
         if prim != "kv":
             continue
+        tfs = {t: postings[t][doc] for t in terms}
         r = engine.runs.get(run)
         e = None if r is None else r.kv.get(key)
         data = None if e is None else entry_value(e)
