@@ -278,8 +278,16 @@ class Worker:
 
     def answer_snapshots(self) -> None:
         """Reply to the snapshot requests whose child has ended; start the next child."""
-        with self.lock:
-            answered = self.snapshots.poll()
+        snapshots = self.snapshots
+        try:
+            with self.lock:
+                answered = snapshots.poll()
+        except Exception as exc:  # a bug must not stop the loop: fail these requests
+            log.error("shard %d: snapshot requests failed:\n%s", self.shard,
+                      traceback.format_exc())
+            err = InmemError(f"internal error in snapshot: {type(exc).__name__}: {exc}")
+            answered = [(frames, err) for frames in snapshots.queued + snapshots.waiting]
+            snapshots.queued, snapshots.waiting, snapshots.pid = [], [], None
         for frames, result in answered:
             frames[-1] = protocol.pack_reply(self.packer, result, self.max_message_bytes)
             self.reply_to(frames)
