@@ -119,12 +119,8 @@ class SnapshotRequests:
             queued, self.queued = self.queued, []
             try:
                 pid = store.start_snapshot()
-            except InmemError as exc:  # the store refuses writes, say
+            except InmemError as exc:  # the store refuses writes, fork was refused...
                 return answered + [(frames, exc) for frames in queued]
-            except OSError as exc:  # fork refused (no memory, the process limit)
-                log.error("cannot start a snapshot of %s: %s", store.path, exc)
-                err = InmemError(f"cannot start a snapshot: {exc}")
-                return answered + [(frames, err) for frames in queued]
             if pid is None:
                 return answered + [(frames, []) for frames in queued]
             self.pid, self.waiting = pid, queued

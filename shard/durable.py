@@ -517,9 +517,14 @@ class DurableStore:
             ready_r, ready_w = os.pipe()
             try:
                 pid = os.fork()
-            except BaseException:
+            except BaseException as exc:
                 os.close(ready_r)
                 os.close(ready_w)
+                if isinstance(exc, OSError):
+                    # No memory or the process limit: this snapshot is not taken, the
+                    # WAL keeps everything, and the next trigger tries again.
+                    raise DurabilityError(f"cannot fork a snapshot child of {self.path}: "
+                                          f"{exc}") from None
                 raise
             if pid == 0:  # pragma: no cover - runs in the child, checked by the parent
                 os.close(ready_w)

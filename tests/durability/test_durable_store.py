@@ -436,6 +436,34 @@ def test_fsync_failure_stops_acknowledging(tmp_path, monkeypatch, mode):
 
 
 @pytest.mark.timeout(30)
+def test_a_refused_fork_fails_the_snapshot_not_the_store(tmp_path, monkeypatch):
+    """fork() refused (no memory, the process limit): db.snapshot() raises DurabilityError
+    saying so, the automatic snapshot logs it and the upkeep goes on, nothing is lost."""
+    from inmem.shard.upkeep import upkeep
+    data = tmp_path / "data"
+    db = inmem.open(data, durability="strict", snapshot_on_close=False, snapshot_wal_bytes=1)
+    try:
+        run = db.begin_run()
+        db.kv.put(run, "k", 1)
+
+        def refused():
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+        monkeypatch.setattr(os, "fork", refused)
+        with pytest.raises(inmem.DurabilityError, match="cannot fork a snapshot"):
+            db.snapshot()
+        store = db._backend.store
+        db.kv.put(run, "k", 2)  # a snapshot is due after every write here
+        upkeep(store.engine, store, store.lock)  # logs the refusal, raises nothing
+        monkeypatch.undo()
+        assert db.kv.put(run, "k", 3) == 3
+        assert len(db.snapshot()) == 1
+    finally:
+        db.close()
+    with inmem.open(data, durability="strict") as again:
+        assert again.kv.get(run, "k") == 3
+
+
 def test_close_after_a_failed_background_snapshot_keeps_buffered_writes(tmp_path, monkeypatch):
     """A background snapshot child that died, not yet reaped when close() runs, must not
     make close() skip flushing the buffered writes it acknowledged."""

@@ -4,7 +4,7 @@ what, and when."""
 
 from __future__ import annotations
 
-from inmem.errors import DurabilityError, InmemError
+from inmem.errors import DurabilityError
 from inmem.shard.deferred_admin import CompactionRequests, SnapshotRequests
 
 
@@ -85,18 +85,6 @@ def test_a_failed_child_fails_its_requests_only():
     assert store.child == 101  # b's own child
     store.end(101)
     assert snaps.poll() == [(["b"], ["info 101"])]
-
-
-def test_a_refused_fork_fails_the_requests_and_the_next_ones_try_again():
-    store = FakeStore()
-    store.refuse = BlockingIOError(11, "Resource temporarily unavailable")
-    snaps = SnapshotRequests(store)
-    snaps.add(["a"])
-    (frames, err), = snaps.poll()
-    assert frames == ["a"] and type(err) is InmemError and "cannot start a snapshot" in str(err)
-    store.refuse = None
-    snaps.add(["b"])
-    assert snaps.poll() == [] and store.child == 100
 
 
 def test_a_store_that_cannot_snapshot_answers_at_once():
