@@ -42,7 +42,13 @@ def upkeep(engine, store, lock) -> float:
 
     Returns the seconds to wait before the next round.
     """
-    rebuilding = index_slice(engine, lock)
+    try:
+        rebuilding = index_slice(engine, lock)
+    except InmemError as exc:
+        # A history record the index cannot read (a damaged file): searches say so
+        # when they need it; the upkeep, and the loop that runs it, go on.
+        log.error("search index upkeep failed: %s", exc)
+        rebuilding = engine.index_rebuilding()
     with lock:
         engine.release_history()
     _trim_heap()
