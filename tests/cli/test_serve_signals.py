@@ -1,0 +1,82 @@
+"""`inmem serve` and the signals an operator's terminal sends it: a hangup is a clean stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+import inmem
+from inmem.coordinator.config import load
+from inmem.processes import child_env
+
+
+def _serve(data, *args) -> subprocess.Popen:
+    # A session of its own: its process group stands for the terminal's foreground group.
+    return subprocess.Popen([sys.executable, "-m", "inmem", "serve", "--data-dir", str(data),
+                             *args], env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _until_ready(proc: subprocess.Popen) -> list[str]:
+    lines = []
+    deadline = time.monotonic() + 60  # a hang detector only
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        assert line, f"serve ended before it was ready: {lines}"
+        lines.append(line)
+        if line.startswith("ready:"):
+            return lines
+    raise AssertionError(f"serve not ready: {lines}")
+
+
+def test_a_hangup_of_the_terminal_stops_the_cluster_cleanly(tmp_path):
+    data = tmp_path / "data"
+    proc = _serve(data, "--shards", "1")
+    try:
+        _until_ready(proc)
+        endpoint = load(None, data_dir=str(data))["client_endpoint"]
+        with inmem.connect(endpoint, timeout=30) as db:
+            shard_pid = db.info()["shards"][0]["pid"]
+            run = db.begin_run(run_id="r")
+            db.kv.put(run, "k", "acknowledged")
+        # The terminal closes: the kernel hangs up its whole foreground process group.
+        os.killpg(proc.pid, signal.SIGHUP)
+        assert proc.wait(90) == 0  # not killed by the signal
+        deadline = time.monotonic() + 30  # a hang detector only
+        while psutil.pid_exists(shard_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not psutil.pid_exists(shard_pid)
+        # A clean stop: the final snapshot taken, the sockets removed.
+        assert [n for n in os.listdir(data / "shard-0" / "snapshots") if n.endswith(".snap")]
+        assert not os.path.exists(endpoint[len("ipc://"):])
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    with inmem.open(data / "shard-0") as db:
+        assert db.kv.get("r", "k") == "acknowledged"
+
+
+def test_under_nohup_a_hangup_changes_nothing(tmp_path):
+    data = tmp_path / "data"
+    proc = subprocess.Popen(["nohup", sys.executable, "-m", "inmem", "serve", "--data-dir",
+                             str(data), "--shards", "1"], env=child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        _until_ready(proc)
+        os.killpg(proc.pid, signal.SIGHUP)
+        endpoint = load(None, data_dir=str(data))["client_endpoint"]
+        with inmem.connect(endpoint, timeout=30) as db:  # still serving
+            assert db.info()["shards"][0]["state"] == "ready"
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(90) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
