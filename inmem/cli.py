@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
@@ -117,7 +118,7 @@ def _print_line(line: str) -> None:
     print(line, flush=True)
 
 
-def _stop_on_hangup() -> None:
+def _stop_on_hangup():
     """Make SIGHUP (the terminal of a foreground `serve` closed, an ssh session gone) a clean
     stop, as SIGTERM is, instead of a death that skips the final flush and snapshot.
 
@@ -125,11 +126,11 @@ def _stop_on_hangup() -> None:
     resets only SIGTERM and SIGINT), which get the hangup too, being in the
     terminal's process group: each turns it into its own SIGTERM. Output goes to
     /dev/null from then on, as the terminal is gone. Under `nohup` (SIGHUP
-    ignored) nothing changes.
+    ignored) nothing changes. Returns the handler it replaced, to put back.
     """
-    import signal
-    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
-        return
+    previous = signal.getsignal(signal.SIGHUP)
+    if previous == signal.SIG_IGN:
+        return previous
 
     def hung_up(signum, frame):
         try:
@@ -142,6 +143,28 @@ def _stop_on_hangup() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     signal.signal(signal.SIGHUP, hung_up)
+    return previous
+
+
+def _unloaded_data(spec: dict) -> str | None:
+    """A warning when an inmemory cluster starts over a data directory holding durable shards:
+    it serves none of that data (which it leaves as it is), and starts empty."""
+    if spec["durability"] != "inmemory":
+        return None
+    held = []
+    for directory in _shard_dirs(spec["data_dir"]):
+        for sub in ("wal", "snapshots"):
+            try:
+                if os.listdir(os.path.join(directory, sub)):
+                    held.append(os.path.basename(directory))
+                    break
+            except OSError:
+                pass
+    if not held:
+        return None
+    return (f"warning: durability is inmemory, so this cluster starts empty and does not load "
+            f"the data on disk in {spec['data_dir']} ({', '.join(held)}: WAL and snapshots); "
+            "it is left as it is, for a start in buffered or strict mode")
 
 
 def _cmd_serve(args) -> int:
@@ -154,8 +177,14 @@ def _cmd_serve(args) -> int:
         cfg.check_data_dir(spec, _data_dir_source(args))
         cfg.check_endpoints_free(spec, "--endpoint" if args.endpoint else
                                  (args.config or "the built-in config"))
-        _stop_on_hangup()
-        return run(spec, out=_print_line)
+        warning = _unloaded_data(spec)
+        if warning:
+            print(f"inmem serve: {warning}", file=sys.stderr, flush=True)
+        previous = _stop_on_hangup()
+        try:
+            return run(spec, out=_print_line)
+        finally:
+            signal.signal(signal.SIGHUP, previous)
     except cfg.ConfigError as exc:
         print(f"inmem serve: {exc}", file=sys.stderr)
         return 2
@@ -412,6 +441,17 @@ def _cmd_snapshot(args) -> int:
     return worst
 
 
+def _at_least_one(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     modes = ("inmemory", "buffered", "strict")
@@ -430,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --embedded --path: the durability mode (default: buffered)")
     d.add_argument("--keys", help="with --connect to a tcp endpoint: the key directory (or a "
                                   "client's .key_secret file); default: the --config's")
-    d.add_argument("--runs", type=int, default=1, help="how many agent runs to play (default: 1)")
+    d.add_argument("--runs", type=_at_least_one, default=1,
+                   help="how many agent runs to play (default: 1)")
     d.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long to wait for the cluster to be ready (default: 30)")
     d.set_defaults(fn=_cmd_demo)

@@ -339,3 +339,25 @@ def test_status_on_a_listener_that_never_answers_does_not_say_start_one(tmp_path
         listener.close()
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "a process listens" in last and "inmem serve" not in last, last
+
+
+# -- inmem serve ---------------------------------------------------------------------
+
+def test_serve_inmemory_over_durable_data_warns_that_it_starts_empty(tmp_path, capsys,
+                                                                     monkeypatch):
+    import inmem.coordinator.server as server
+    data = tmp_path / "data"
+    make_store(data / "shard-0")
+    started = []
+    monkeypatch.setattr(server, "run", lambda spec, out: started.append(spec) or 0)
+    assert main(["serve", "--data-dir", str(data), "--durability", "inmemory"]) == 0
+    err = capsys.readouterr().err
+    assert started and "inmemory" in err and "starts empty" in err and "shard-0" in err, err
+    assert main(["serve", "--data-dir", str(data)]) == 0  # buffered: it loads them, no warning
+    assert capsys.readouterr().err == ""
+
+
+def test_demo_refuses_fewer_than_one_run(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--embedded", "--runs", "0"])
+    assert exit_.value.code == 2 and "at least 1" in capsys.readouterr().err
