@@ -35,6 +35,7 @@ def data_dir(request, tmp_path):
     else:
         base = None
         data = tmp_path / ("d" * 60) / "data"
+        data.parent.mkdir()  # serve makes the data directory, not a missing parent
     in_data_dir = socket_dir(str(data)) == str(data)
     assert in_data_dir == (request.param == "sockets_in_data_dir"), data
     yield data
@@ -95,6 +96,7 @@ def test_a_cluster_object_on_a_served_directory_is_refused_and_touches_nothing(m
 def test_an_open_or_foreign_runtime_directory_is_refused(tmp_path, monkeypatch):
     from inmem.coordinator.config import prepare_socket_dir
     data = tmp_path / ("d" * 60) / "data"
+    data.parent.mkdir()
     spec = load(None, data_dir=str(data), shards=1)
     runtime = socket_dir(spec["data_dir"])
     assert runtime != spec["data_dir"]
