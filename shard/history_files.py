@@ -383,6 +383,7 @@ class HistoryFiles:
                 old, new = i64_from_le(old), i64_from_le(new)
                 if len(old) != len(new) or os.path.basename(path) != source + MOVED_SUFFIX:
                     raise ValueError("its offsets or its name do not add up")
+                _check_moved(source, target, old, new)
             except (ValueError, TypeError, msgpack.UnpackException) as exc:
                 raise CorruptionError(f"the history move note {path} is damaged ({exc})",
                                       path=path, offset=0) from None
@@ -399,6 +400,7 @@ class HistoryFiles:
         moved = self.read_moved()
         if not moved:
             return 0
+        _check_no_cycle(moved, self.dir)
         by_no = {self._no_of[name]: entry for name, entry in moved.items() if name in self._no_of}
         changed = 0
         live = self.live
@@ -408,7 +410,7 @@ class HistoryFiles:
                 if place < 0 or (place >> OFFSET_BITS) not in by_no:
                     continue
                 p = place
-                while (p >> OFFSET_BITS) in by_no:
+                while (p >> OFFSET_BITS) in by_no:  # ends: the notes form no cycle
                     target, old, new = by_no[p >> OFFSET_BITS]
                     off = p & OFFSET_MASK
                     j = bisect_left(old, off)
@@ -447,6 +449,38 @@ class HistoryFiles:
     def close(self) -> None:
         for no in list(self._fds):
             self._close(no)
+
+
+def _check_moved(source: str, target: str, old: array, new: array) -> None:
+    """ValueError unless a compaction can have written this note.
+
+    It copies records in file order into a new file of its own in history/:
+    the target is a plain history file name other than the source, and both
+    offset lists rise strictly within one file's offsets.
+    """
+    if (type(target) is not str or target == source or os.path.basename(target) != target
+            or target.startswith(".") or not is_history_file(target)):
+        raise ValueError(f"its target {target!r} is not another history file's name")
+    for label, offsets in (("old", old), ("new", new)):
+        if offsets and (offsets[0] < 0 or offsets[-1] > OFFSET_MASK or any(
+                a >= b for a, b in zip(offsets, offsets[1:]))):
+            raise ValueError(f"its {label} offsets do not rise within a file")
+
+
+def _check_no_cycle(moved: dict, directory: str) -> None:
+    """CorruptionError if following the notes from some file comes back to it."""
+    for start in moved:
+        seen = {start}
+        name = moved[start][0]
+        while name in moved:
+            if name in seen:
+                path = os.path.join(directory, start + MOVED_SUFFIX)
+                raise CorruptionError(
+                    f"the history move note {path} is damaged (following the notes from "
+                    f"{start} comes back to {name}: no compaction writes that)",
+                    path=path, offset=0)
+            seen.add(name)
+            name = moved[name][0]
 
 
 def i64_to_le(a: array) -> bytes:
