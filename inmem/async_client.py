@@ -197,6 +197,13 @@ async def _read_replies(chan: _Channel) -> None:
         _drain(chan)
 
 
+def _heard(task: asyncio.Task) -> None:
+    """Mark a shared task's error as heard: its callers await it through shield(), and when
+    every one of them was cancelled meanwhile, asyncio would log the error as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _peer_name(shard: int | None) -> str:
     return "the coordinator" if shard is None else f"shard {shard}"
 
@@ -333,7 +340,11 @@ class AsyncClusterBackend:
         if task is None:
             task = self.loop.create_task(opener(key))
             self._connecting[key] = task
-            task.add_done_callback(lambda t: self._connecting.pop(key, None))
+
+            def done(t, key=key):
+                self._connecting.pop(key, None)
+                _heard(t)
+            task.add_done_callback(done)
         return await asyncio.shield(task)
 
     async def _open_shard(self, shard: int):
@@ -529,6 +540,7 @@ class AsyncClusterBackend:
         """Ask the coordinator about a late shard, once for every request waiting on it."""
         if chan.check is None or chan.check.done():
             chan.check = self.loop.create_task(self._judge_shard(chan))
+            chan.check.add_done_callback(_heard)
         await asyncio.shield(chan.check)
 
     async def _judge_shard(self, chan: _Channel) -> None:
