@@ -143,6 +143,13 @@ class HistoryFiles:
         """Take over a snapshot's file table, so its places keep their meaning (empty table only)."""
         if self.names:
             raise ValueError("a history file table is adopted before anything is placed")
+        named = [name for name in names if name is not None]  # None: a file removed
+        for name in named:  # a snapshot's table: names of files in wal/ or history/ only
+            if (type(name) is not str or os.path.basename(name) != name
+                    or name.startswith(".") or not is_history_file(name)):
+                raise ValueError(f"{name!r} in the history file table is not a history file's name")
+        if len(set(named)) != len(named):
+            raise ValueError("the history file table names a file twice")
         self._placing = (-1, 0)
         for name in names:
             self._no_of[name] = len(self.names)

@@ -199,6 +199,14 @@ def keep_only_meta(sections):
             del sections[t]
 
 
+def journal_names(names):
+    """Replace the file table of the JOURNAL section (its history index's file names)."""
+    def change(sections):
+        _names, journals = msgpack.unpackb(sections[fmt.JOURNAL], raw=False)
+        sections[fmt.JOURNAL] = packed([names, journals])
+    return change
+
+
 BAD_SECTIONS = {
     "meta not msgpack": set_section(fmt.META, b"\xc1"),
     "meta an int": set_section(fmt.META, packed(5)),
@@ -215,6 +223,9 @@ BAD_SECTIONS = {
     "journal an int": set_section(fmt.JOURNAL, packed(5)),
     "a short journal": set_section(fmt.JOURNAL, packed([[], [["r1"]]])),
     "only meta": keep_only_meta,
+    "a history file outside history/": journal_names(["../wal/00000000000000000000.wal"]),
+    "a history file name that is not one": journal_names(["notes.txt"]),
+    "a history file named twice": journal_names(["00000000000000000000.wal"] * 2),
 }
 
 
