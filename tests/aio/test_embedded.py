@@ -188,3 +188,39 @@ def test_conflicting_async_transactions_retry_until_each_lands():
         assert await db.kv.get(run, "n") == 20
         await db.close()
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("durability", ["inmemory", "buffered", "strict"])
+def test_an_agent_calling_in_a_loop_lets_the_other_agents_run_and_can_be_cancelled(
+        tmp_path, durability):
+    # Calls that need no fsync complete without waiting for anything; an agent
+    # that makes them one after another must still give the loop back now and
+    # then, or every other agent of the loop (and its cancellation) waits
+    # until it stops by itself, which a polling agent never does.
+    calls = 20_000
+
+    async def main():
+        path = None if durability == "inmemory" else tmp_path / durability
+        async with await inmem.asyncio.open(path, durability) as db:
+            run = await db.begin_run()
+            await db.kv.put(run, "tick", -1)
+            done: list = []
+
+            async def busy():
+                for n in range(calls):
+                    # Reads: a strict store's writes wait for their fsync anyway.
+                    await db.kv.get(run, "tick")
+                    done.append(n)
+
+            async def watcher():
+                seen = len(done)
+                worker.cancel()  # as a supervisor giving up on a stuck agent
+                return seen
+
+            worker = asyncio.create_task(busy())
+            seen = await asyncio.create_task(watcher())
+            with pytest.raises(asyncio.CancelledError):
+                await worker
+            assert seen < calls
+            assert len(done) < calls
+    asyncio.run(main())
