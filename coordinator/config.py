@@ -377,6 +377,29 @@ def check_endpoints_free(spec: dict, source: str) -> None:
                 raise ConfigError(f"{source}: {label} {endpoint}: {why}")
 
 
+def check_shard_can_serve(spec: dict, shard: int, source: str) -> None:
+    """ConfigError when `inmem shard serve --shard N` could only fail after its recovery:
+    no such shard, its tcp endpoint without its keys or taken, its ipc socket served."""
+    from inmem import keys
+    from inmem.files import socket_in_use
+    count = len(spec["shards"])
+    if not 0 <= shard < count:
+        raise ConfigError(f"{source}: the cluster has shards 0 to {count - 1}, not {shard}")
+    endpoint = spec["shards"][shard]["endpoint"]
+    label = f"[[shard]] {shard} endpoint"
+    if endpoint.startswith("tcp://"):
+        if spec.get("keys"):
+            try:
+                keys.ServerKeys(spec["keys"], keys.shard_name(shard))
+            except keys.KeyFileError as exc:
+                raise ConfigError(f"{source}: [cluster] keys: {exc}") from None
+        why = _tcp_bind_problem(endpoint)
+        if why:
+            raise ConfigError(f"{source}: {label} {endpoint}: {why}")
+    elif endpoint.startswith("ipc://") and socket_in_use(endpoint[len("ipc://"):]):
+        raise ConfigError(f"{source}: {label} {endpoint} is served by another process already")
+
+
 def _tcp_bind_problem(endpoint: str) -> str | None:
     """Why this host cannot listen on a tcp endpoint now (None: it can, as far as we see)."""
     import errno
@@ -497,7 +520,7 @@ def shard_dir(spec: dict, shard: int) -> str:
 
 
 __all__ = ["ConfigError", "load", "resolve", "with_shard_count", "defaults", "socket_dir",
-           "check_data_dir", "check_endpoints_free",
+           "check_data_dir", "check_endpoints_free", "check_shard_can_serve",
            "check_transport", "tcp_endpoints",
            "prepare_socket_dir", "runtime_dir_problem", "shard_dir", "cpu_count",
            "DURABILITY_MODES"]

@@ -330,11 +330,16 @@ def _cmd_shard_serve(args) -> int:
             persisted = SlotMap.peek_shard_count(spec["data_dir"])
             if persisted:
                 spec = cfg.with_shard_count(spec, persisted)
+        # Before the recovery, which may take minutes: what would fail after it.
+        cfg.check_shard_can_serve(spec, args.shard, args.config)
     except cfg.ConfigError as exc:
         print(f"inmem shard serve: {exc}", file=sys.stderr)
         return 2
-    _stop_on_hangup()
-    return run_worker(spec, args.shard)
+    previous = _stop_on_hangup()
+    try:
+        return run_worker(spec, args.shard)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def _cmd_keys_generate(args) -> int:

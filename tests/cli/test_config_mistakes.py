@@ -164,3 +164,50 @@ def test_a_data_dir_whose_parent_does_not_exist_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(config) in err and "data_dir" in err and "does not exist" in err, err
     assert not (tmp_path / "no").exists()  # nothing made on a mistyped path
+
+
+# -- inmem shard serve ---------------------------------------------------------------
+
+def _remote_shard_config(tmp_path, port: int, keys: str) -> "os.PathLike":
+    config = tmp_path / "cluster.toml"
+    config.write_text(f'[cluster]\ndata_dir = "{tmp_path}/data"\nshards = 2\n'
+                      f'endpoint = "tcp://127.0.0.1:1"\n{keys}\n'
+                      '[[shard]]\nid = 0\n'
+                      f'[[shard]]\nid = 1\nendpoint = "tcp://127.0.0.1:{port}"\nremote = true\n')
+    return config
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_shard_serve_without_its_key_file_is_refused_before_recovering(tmp_path, capsys):
+    config = _remote_shard_config(tmp_path, _free_port(), f'keys = "{tmp_path}/keys"')
+    assert main(["shard", "serve", "--config", str(config), "--shard", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert str(config) in err and "[cluster] keys" in err and "shard-1.key_secret" in err
+    assert not (tmp_path / "data").exists()  # no recovery was started
+
+
+def test_shard_serve_on_a_port_in_use_is_refused_before_recovering(tmp_path, capsys):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = _remote_shard_config(tmp_path, port, "insecure = true")
+        assert main(["shard", "serve", "--config", str(config), "--shard", "1"]) == 2
+    err = capsys.readouterr().err
+    assert str(config) in err and "[[shard]] 1 endpoint" in err and "in use" in err, err
+    assert not (tmp_path / "data").exists()
+
+
+def test_shard_serve_of_a_shard_the_config_lacks_names_the_range(tmp_path, capsys):
+    config = _remote_shard_config(tmp_path, _free_port(), "insecure = true")
+    assert main(["shard", "serve", "--config", str(config), "--shard", "7"]) == 2
+    err = capsys.readouterr().err
+    assert str(config) in err and "shards 0 to 1, not 7" in err, err
