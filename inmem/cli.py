@@ -58,12 +58,13 @@ def _demo_connect(args) -> int:
     if why:
         raise ClusterNotReady(f"{why}; start one with `inmem serve`, or pass the endpoint it "
                               "printed")
-    print(f"inmem demo against the cluster at {args.connect} (waiting up to {args.timeout:g} s "
-          "for it to be ready)", flush=True)
     keys = args.keys
     if keys is None and args.config and args.connect.startswith("tcp://"):
         from inmem.coordinator import config as cfg
         keys = cfg.load(args.config)["keys"]
+    _check_keys_exist(keys, args)
+    print(f"inmem demo against the cluster at {args.connect} (waiting up to {args.timeout:g} s "
+          "for it to be ready)", flush=True)
     with inmem.connect(args.connect, timeout=args.timeout, keys=keys) as db:
         _demo_cluster(db, args.runs, play)
     return 0
@@ -203,6 +204,18 @@ def _data_dir_source(args) -> str:
     return args.config or "the built-in config"
 
 
+def _check_keys_exist(keys, args) -> None:
+    """ConfigError when the key directory (or .key_secret file) to use does not exist, naming
+    where it was given: --keys, or [cluster] keys of the --config."""
+    if keys is None or os.path.exists(keys):
+        return
+    from inmem.coordinator.config import ConfigError
+    where = "--keys" if args.keys else f"{args.config}: [cluster] keys"
+    raise ConfigError(f"{where}: {keys} does not exist; it is the cluster's key directory "
+                      "(`inmem keys generate DIR`) or a client's .key_secret file, copied to "
+                      "this host")
+
+
 def _no_ipc_socket(endpoint: str) -> str | None:
     """Why nothing can be serving an ipc endpoint (its socket file is missing), or None."""
     if not endpoint.startswith("ipc://"):
@@ -227,6 +240,7 @@ def _cmd_status(args) -> int:
         spec = cfg.load(args.config) if args.config else None
         endpoint = args.endpoint or (spec or cfg.load(None))["client_endpoint"]
         keys = args.keys or (spec["keys"] if spec and endpoint.startswith("tcp://") else None)
+        _check_keys_exist(keys, args)
         backend = ClusterBackend(endpoint, timeout=args.timeout, keys=keys)
     except InmemError as exc:
         print(f"inmem status: {exc}", file=sys.stderr)

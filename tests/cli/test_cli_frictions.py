@@ -361,3 +361,19 @@ def test_demo_refuses_fewer_than_one_run(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["demo", "--embedded", "--runs", "0"])
     assert exit_.value.code == 2 and "at least 1" in capsys.readouterr().err
+
+
+def test_a_key_directory_that_does_not_exist_is_named_where_it_was_given(tmp_path, capsys):
+    config = tmp_path / "cluster.toml"
+    config.write_text(f'[cluster]\ndata_dir = "{tmp_path}/data"\n'
+                      f'endpoint = "tcp://127.0.0.1:7700"\nkeys = "{tmp_path}/no-keys"\n')
+    assert main(["status", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    _one_line_no_traceback(err)
+    assert f"{config}: [cluster] keys" in err and "does not exist" in err, err
+    assert main(["status", "--endpoint", _free_tcp_endpoint(), "--keys",
+                 str(tmp_path / "nope")]) == 2
+    assert "--keys" in capsys.readouterr().err
+    assert main(["demo", "--connect", "tcp://127.0.0.1:7700", "--config", str(config)]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and "[cluster] keys" in out.err and "does not exist" in out.err
