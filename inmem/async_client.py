@@ -50,7 +50,9 @@ connecting, between the chunks of a pipeline) gets the same error at its
 next step, before it touches a socket that close() has closed: the sockets
 close with the client, not with the last task.
 
-An AsyncClusterBackend belongs to the event loop that connected it.
+An AsyncClusterBackend belongs to the event loop that connected it. close()
+from another thread's loop is handed to that loop while it runs; once it
+has ended, the sockets are closed from wherever close() is called.
 """
 
 from __future__ import annotations
@@ -80,6 +82,9 @@ from .stream import stream_path
 _running_loop = asyncio.get_running_loop
 #: no reply yet: the request goes (again) through _roundtrip
 _AGAIN = object()
+
+#: how long close() from another thread waits for the connection's own loop to close it
+_CLOSE_THERE_S = 10.0
 
 #: how long a direct send waits for a shard that is not connected before asking after it
 _SEND_WAIT_S = 0.2
@@ -228,7 +233,13 @@ def _release(ctx, channels: list, streams: list, pid: int) -> None:
         try:
             conn.close()
         except RuntimeError:
-            sock.close()  # its loop is closed: the socket is all that is left to close
+            # Its loop is closed: the socket is all that is left to close. The
+            # transport cannot finish closing without its loop, and would warn
+            # of an unclosed transport (ResourceWarning) when collected.
+            sock.close()
+            transport = conn.transport
+            if getattr(transport, "_sock", None) is sock:
+                transport._sock = None
     streams.clear()
     for chan in channels:
         if chan.reader is not None and not chan.reader.done():
@@ -795,9 +806,25 @@ class AsyncClusterBackend:
     async def close(self) -> None:
         if self._closed:
             return
+        loop = self.loop
+        if _running_loop() is not loop and loop.is_running():
+            # Its loop runs in another thread: its sockets, tasks and futures are
+            # that thread's to touch, so the close is done there.
+            try:
+                done = asyncio.run_coroutine_threadsafe(self.close(), loop)
+            except RuntimeError:
+                pass  # it closed meanwhile: released from here, below
+            else:
+                try:
+                    await asyncio.wait_for(asyncio.wrap_future(done), _CLOSE_THERE_S)
+                    return
+                except asyncio.TimeoutError:
+                    pass  # that loop no longer turns: released from here, below
+        if self._closed:
+            return
         self._closed = True
-        if _running_loop() is not self.loop:
-            # Its loop has ended (or is another thread's): nothing of it can be awaited
+        if _running_loop() is not loop:
+            # Its loop has ended (or no longer turns): nothing of it can be awaited
             # or woken from here, and the sockets are released all the same.
             self._finalizer()
             return
