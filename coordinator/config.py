@@ -291,8 +291,22 @@ def with_shard_count(spec: dict, count: int) -> dict:
             endpoint = f"ipc://{os.path.join(sock_dir, f'shard-{i}.sock')}"
         shards.append({"id": i, "endpoint": endpoint, "remote": entry["remote"]})
     spec["shards"] = shards
+    _check_distinct(spec)
     check_transport(spec)
     return spec
+
+
+def _check_distinct(spec: dict) -> None:
+    """ConfigError when two parts of the cluster are given one endpoint: the second to bind
+    would fail and be restarted forever, or answer for the wrong shard."""
+    seen = {}
+    for label, endpoint in [("[cluster] endpoint", spec["client_endpoint"]),
+                            *((f"[[shard]] {s['id']} endpoint", s["endpoint"])
+                              for s in spec["shards"])]:
+        if endpoint in seen:
+            raise ConfigError(f"{label} is {endpoint}, which {seen[endpoint]} is too; give "
+                              "each shard and the coordinator an endpoint of its own")
+        seen[endpoint] = label
 
 
 #: the longest path of an ipc endpoint: a Unix socket's sun_path (108 bytes) less its NUL

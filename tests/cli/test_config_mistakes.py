@@ -211,3 +211,19 @@ def test_shard_serve_of_a_shard_the_config_lacks_names_the_range(tmp_path, capsy
     assert main(["shard", "serve", "--config", str(config), "--shard", "7"]) == 2
     err = capsys.readouterr().err
     assert str(config) in err and "shards 0 to 1, not 7" in err, err
+
+
+def test_two_parts_of_a_cluster_on_one_endpoint_are_refused(tmp_path):
+    path = tmp_path / "mine.toml"
+    shards = ('[[shard]]\nid = 0\nendpoint = "tcp://127.0.0.1:7792"\n'
+              '[[shard]]\nid = 1\nendpoint = "tcp://127.0.0.1:7792"\n')
+    path.write_text('[cluster]\nshards = 2\nendpoint = "tcp://127.0.0.1:7791"\n'
+                    f'insecure = true\n{shards}')
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load(path)
+    assert str(path) in str(err.value) and "[[shard]] 1 endpoint" in str(err.value)
+    assert "[[shard]] 0 endpoint" in str(err.value)
+    path.write_text('[cluster]\nshards = 1\nendpoint = "tcp://127.0.0.1:7791"\n'
+                    'insecure = true\n[[shard]]\nid = 0\nendpoint = "tcp://127.0.0.1:7791"\n')
+    with pytest.raises(cfg.ConfigError, match=r"\[cluster\] endpoint"):
+        cfg.load(path)
