@@ -837,8 +837,12 @@ class AsyncClusterBackend:
                     _wake(req.fut)
             if type(chan) is _Channel and chan.reader is not None:
                 chan.reader.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
-        self._finalizer()
+        try:
+            await asyncio.gather(*readers, return_exceptions=True)
+        finally:
+            # Even when this close is cancelled (a shutdown under wait_for): a
+            # later close() finds it done, so the sockets are released now.
+            self._finalizer()
 
     def describe(self) -> str:
         return f"cluster {self.url}" + (" (direct to shards)" if self.direct else "")

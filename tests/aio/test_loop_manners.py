@@ -206,3 +206,30 @@ def test_close_from_another_thread_is_done_by_the_loop_that_owns_the_connection(
         assert box["left"] == []
         assert _messages(box["seen"]) == []
         assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
+
+
+def test_a_close_that_is_cancelled_still_releases_the_connection(tmp_path, stream):
+    # `await asyncio.wait_for(db.close(), t)` in a shutdown path: the close
+    # may be cancelled part way, and the next close() must not find nothing to do.
+    with inmem.Cluster(data_dir=str(tmp_path / "c"), shards=2,
+                       durability="inmemory") as cluster:
+        async def main():
+            seen = _record_loop_errors()
+            db = await inmem.asyncio.connect(cluster.endpoint, stream=stream)
+            run = await db.begin_run()
+            assert await db.kv.put(run, "k", 1) == 1
+            backend = db._backend
+            socks = [c.sock for c in backend._channels] + [s for _, s in backend._streams]
+            closing = asyncio.create_task(db.close())
+            await asyncio.sleep(0)
+            closing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await closing
+            await db.close()
+            with pytest.raises(inmem.InmemError, match="closed"):
+                await db.kv.get(run, "k")
+            assert [s for s in socks if not (s.closed if hasattr(s, "closed")
+                                              else s.fileno() == -1)] == []
+            assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+            assert _messages(seen) == []
+        asyncio.run(main())
