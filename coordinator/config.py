@@ -81,11 +81,29 @@ def defaults() -> dict:
 
 
 def read_toml(path) -> dict:
+    """The tables of a config file; ConfigError for anything but a readable UTF-8 TOML file."""
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        # Without waiting: a FIFO given as the config would hold the open for good.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            kind = "a directory" if os.path.isdir(path) else "not a regular file"
+            raise ConfigError(f"config file {path} is {kind}; pass a TOML file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: not UTF-8 text (byte "
+                          f"{exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 

@@ -227,3 +227,28 @@ def test_two_parts_of_a_cluster_on_one_endpoint_are_refused(tmp_path):
                     'insecure = true\n[[shard]]\nid = 0\nendpoint = "tcp://127.0.0.1:7791"\n')
     with pytest.raises(cfg.ConfigError, match=r"\[cluster\] endpoint"):
         cfg.load(path)
+
+
+# -- the config file itself ----------------------------------------------------------
+
+def _not_a_config(tmp_path, kind: str):
+    if kind == "directory":
+        return tmp_path
+    path = tmp_path / f"{kind}.toml"
+    if kind == "fifo":
+        os.mkfifo(path)  # opened without a writer: a read would wait for good
+    else:
+        path.write_bytes(b"\xff\xfe[cluster]\n")
+    return path
+
+
+@pytest.mark.timeout(60)  # a FIFO read by mistake would hang
+@pytest.mark.parametrize("kind", ["directory", "fifo", "binary"])
+@pytest.mark.parametrize("command", [["serve"], ["status"], ["demo"], ["shard", "serve",
+                                                                      "--shard", "0"]])
+def test_a_config_that_is_not_a_toml_file_is_one_line(tmp_path, capsys, kind, command):
+    path = _not_a_config(tmp_path, kind)
+    assert main([*command, "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"config file {path}" in err
