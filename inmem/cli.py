@@ -40,7 +40,12 @@ def _cmd_demo(args) -> int:
 def _demo_embedded(args) -> int:
     import inmem
     from .demo import play
-    db = inmem.open(args.path, durability=args.durability if args.path else "inmemory")
+    if args.durability is not None and not args.path:
+        from .errors import InvalidOption
+        raise InvalidOption(f"--durability {args.durability} needs --path DIR: without a "
+                            "directory the embedded demo runs in memory")
+    db = inmem.open(args.path, durability=(args.durability or "buffered") if args.path
+                    else "inmemory")
     print(f"inmem demo against the embedded engine ({args.path or 'in memory'})")
     from .demo import finish
     with db:
@@ -360,6 +365,10 @@ def _cmd_keys_generate(args) -> int:
     """Write a cluster's Curve keypairs (coordinator, each shard, clients) into a 0700 directory."""
     from inmem import keys
     from inmem.coordinator import config as cfg
+    if os.path.lexists(args.dir) and not os.path.isdir(args.dir):
+        print(f"inmem keys generate: {args.dir} is a file; name a directory for the keys (it "
+              "is created if missing)", file=sys.stderr)
+        return 2
     try:
         shards = args.shards
         if shards is None and args.config:
@@ -485,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--connect", metavar="URL", help="use a running cluster instead of starting one")
     d.add_argument("--embedded", action="store_true", help="use the embedded engine instead")
     d.add_argument("--path", help="with --embedded: a data directory (default: in memory)")
-    d.add_argument("--durability", default="buffered", choices=modes,
+    d.add_argument("--durability", choices=modes,
                    help="with --embedded --path: the durability mode (default: buffered)")
     d.add_argument("--keys", help="with --connect to a tcp endpoint: the key directory (or a "
                                   "client's .key_secret file); default: the --config's")

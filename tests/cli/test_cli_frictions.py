@@ -377,3 +377,18 @@ def test_a_key_directory_that_does_not_exist_is_named_where_it_was_given(tmp_pat
     assert main(["demo", "--connect", "tcp://127.0.0.1:7700", "--config", str(config)]) == 2
     out = capsys.readouterr()
     assert out.out == "" and "[cluster] keys" in out.err and "does not exist" in out.err
+
+
+def test_embedded_demo_durability_without_a_path_is_refused(capsys):
+    assert main(["demo", "--embedded", "--durability", "strict"]) == 2
+    err = capsys.readouterr().err
+    _one_line_no_traceback(err)
+    assert "--path" in err
+
+
+def test_keys_generate_into_a_file_says_it_is_a_file(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    assert main(["keys", "generate", str(tmp_path / "afile"), "--shards", "1"]) == 2
+    err = capsys.readouterr().err
+    _one_line_no_traceback(err)
+    assert "is a file" in err and "Errno" not in err
