@@ -224,3 +224,43 @@ def test_an_agent_calling_in_a_loop_lets_the_other_agents_run_and_can_be_cancell
             assert seen < calls
             assert len(done) < calls
     asyncio.run(main())
+
+
+def test_an_open_that_is_cancelled_leaves_the_store_closed_and_free_to_open(tmp_path,
+                                                                            monkeypatch):
+    # Recovery runs in a worker thread and goes on whatever the awaiting task
+    # does; what it opens for a caller that gave up (wait_for) must be closed,
+    # not left holding the directory for the rest of the process.
+    import inmem.shard.durable as durable_mod
+    path = tmp_path / "s"
+
+    async def fill():
+        async with await inmem.asyncio.open(path, "strict") as db:
+            run = await db.begin_run(run_id="r")
+            await db.kv.put(run, "k", "v")
+    asyncio.run(fill())
+    entered, release, opened = threading.Event(), threading.Event(), threading.Event()
+    real_open = durable_mod.DurableStore.open
+
+    def slow_open(*args, **kwargs):
+        entered.set()
+        release.wait(30)
+        try:
+            return real_open(*args, **kwargs)
+        finally:
+            opened.set()
+    monkeypatch.setattr(durable_mod.DurableStore, "open", staticmethod(slow_open))
+
+    async def main():
+        opening = asyncio.create_task(inmem.asyncio.open(path, "strict"))
+        await _until(entered)
+        opening.cancel()
+        asyncio.get_running_loop().call_later(0.05, release.set)
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        await _until(opened)
+        await asyncio.sleep(0.2)
+        monkeypatch.setattr(durable_mod.DurableStore, "open", real_open)
+        async with await inmem.asyncio.open(path, "strict") as db:
+            assert await db.kv.get("r", "k") == "v"
+    asyncio.run(main())
