@@ -393,3 +393,56 @@ def test_a_shard_restarted_while_the_connection_was_idle_is_reached_at_once(tmp_
                 assert before.lost is not None
             await db.close()
         asyncio.run(main())
+
+
+@pytest.mark.timeout(180)
+def test_a_thousand_calls_and_pipelines_on_a_stopped_shard_fail_typed_and_the_db_goes_on(
+        tmp_path, connect):
+    # SIGSTOP: the process is there and its socket accepts, but nothing answers;
+    # the coordinator's heartbeat takes it out of service and restarts it.
+    with inmem.Cluster(data_dir=str(tmp_path / "c"), shards=2, durability="inmemory",
+                       heartbeat_interval_s=0.2, heartbeat_timeout_s=1.0,
+                       restart_backoff_ms=50) as cluster:
+        async def main():
+            db = await connect(cluster.endpoint, request_timeout=60)
+            runs = _runs_per_shard(db._backend.owners, 1, "stop-")
+            for run in runs:
+                await db.begin_run(run_id=run)
+            victim = cluster.pids()["shards"][0]
+
+            async def pipeline(j):
+                p = db.pipeline()
+                for k in range(40):
+                    p.kv.put(runs[k % 2], f"p{j}-{k}", k)
+                return await p.execute()
+            os.kill(victim, signal.SIGSTOP)
+            try:
+                tasks = [asyncio.create_task(db.kv.put(runs[0], f"k{i}", i))
+                         for i in range(1000)]
+                tasks += [asyncio.create_task(pipeline(j)) for j in range(10)]
+                outcomes = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True),
+                                                  50)  # a hang detector, far below 60 s
+            finally:
+                try:
+                    os.kill(victim, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            odd = [o for o in outcomes
+                   if not isinstance(o, (inmem.ShardUnavailable, inmem.Timeout))]
+            assert odd == [], odd[:3]
+            last = None
+            for _ in range(300):
+                try:
+                    await db.begin_run(run_id=runs[0])
+                    break
+                except (inmem.ShardUnavailable, inmem.ClusterNotReady, inmem.Timeout) as exc:
+                    last = exc
+                    await asyncio.sleep(0.1)
+                except inmem.RunExists:
+                    break  # the shard was only paused, and kept its runs
+            else:
+                raise AssertionError(f"the shard never answered again: {last!r}")
+            got = await asyncio.gather(*(db.kv.put(runs[0], f"after{i}", i) for i in range(1000)))
+            assert got == [1] * 1000
+            await db.close()
+        asyncio.run(main())
