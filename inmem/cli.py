@@ -504,7 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long to wait for the cluster to be ready (default: 30)")
     d.set_defaults(fn=_cmd_demo)
 
-    s = sub.add_parser("serve", help="run a cluster in the foreground")
+    s = sub.add_parser("serve", help="run a cluster in the foreground",
+                       description="Run a coordinator and its shards in the foreground. Ctrl-C, "
+                                   "SIGTERM or SIGHUP stop it cleanly (WALs flushed, final "
+                                   "snapshots taken). A config it cannot use is refused before "
+                                   "anything starts: one line, exit code 2.")
     s.add_argument("--config", help="a TOML config (default: the built-in local cluster)")
     s.add_argument("--data-dir", help="override the config's data directory")
     s.add_argument("--shards", type=int, help="override the number of shards")
@@ -512,7 +516,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--endpoint", help="override the client endpoint (e.g. tcp://127.0.0.1:7700)")
     s.set_defaults(fn=_cmd_serve)
 
-    st = sub.add_parser("status", help="show a cluster's shards")
+    st = sub.add_parser("status", help="show a cluster's shards",
+                        description="Show each shard's state, pid, endpoint, recovery and "
+                                    "restarts. Exit code 0 when the cluster is ready, 1 when it "
+                                    "is not or no coordinator answers, 2 for a config or option "
+                                    "it cannot use.")
     st.add_argument("--config", help="the cluster's TOML config (default: the built-in one)")
     st.add_argument("--endpoint", help="the coordinator endpoint (default: the config's)")
     st.add_argument("--keys", help="the key directory (or a client's .key_secret file) for a "

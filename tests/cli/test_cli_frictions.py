@@ -392,3 +392,12 @@ def test_keys_generate_into_a_file_says_it_is_a_file(tmp_path, capsys):
     err = capsys.readouterr().err
     _one_line_no_traceback(err)
     assert "is a file" in err and "Errno" not in err
+
+
+def test_serve_and_status_help_say_how_they_stop_and_what_they_exit_with(capsys):
+    for argv in (["serve", "--help"], ["status", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+    out = " ".join(capsys.readouterr().out.split())  # as argparse wraps it
+    assert "SIGTERM" in out and "SIGHUP" in out and "exit code 2" in out
+    assert "Exit code 0 when the cluster is ready, 1 when" in out
