@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import signal
+import stat
 import sys
 import time
 
@@ -229,6 +230,8 @@ def _no_ipc_socket(endpoint: str) -> str | None:
     path = endpoint[len("ipc://"):]
     if not os.path.lexists(path):
         return f"no cluster is serving {endpoint} (the socket {path} does not exist)"
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        return f"no cluster is serving {endpoint} ({path} is not a socket)"
     if not socket_in_use(path):
         # A coordinator killed (SIGKILL, a crash) leaves its socket file: nothing can
         # answer there, so waiting the whole timeout for it would only hide that.

@@ -401,3 +401,12 @@ def test_serve_and_status_help_say_how_they_stop_and_what_they_exit_with(capsys)
     out = " ".join(capsys.readouterr().out.split())  # as argparse wraps it
     assert "SIGTERM" in out and "SIGHUP" in out and "exit code 2" in out
     assert "Exit code 0 when the cluster is ready, 1 when" in out
+
+
+def test_status_on_an_endpoint_that_is_a_plain_file_says_so(tmp_path, capsys, monkeypatch):
+    (tmp_path / "coordinator.sock").write_text("")
+    _never_ask_a_coordinator(monkeypatch)
+    assert main(["status", "--endpoint", f"ipc://{tmp_path}/coordinator.sock"]) == 1
+    err = capsys.readouterr().err
+    _one_line_no_traceback(err)
+    assert "is not a socket" in err
