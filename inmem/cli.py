@@ -60,15 +60,15 @@ def _demo_connect(args) -> int:
     import inmem
     from .demo import play
     from .errors import ClusterNotReady
-    why = _no_ipc_socket(args.connect)
-    if why:
-        raise ClusterNotReady(f"{why}; start one with `inmem serve`, or pass the endpoint it "
-                              "printed")
     keys = args.keys
     if keys is None and args.config and args.connect.startswith("tcp://"):
         from inmem.coordinator import config as cfg
         keys = cfg.load(args.config)["keys"]
     _check_keys_exist(keys, args)
+    why = _nothing_serves(args.connect)
+    if why:
+        raise ClusterNotReady(f"{why}; start one with `inmem serve`, or pass the endpoint it "
+                              "printed")
     print(f"inmem demo against the cluster at {args.connect} (waiting up to {args.timeout:g} s "
           "for it to be ready)", flush=True)
     with inmem.connect(args.connect, timeout=args.timeout, keys=keys) as db:
@@ -222,8 +222,28 @@ def _check_keys_exist(keys, args) -> None:
                       "this host")
 
 
-def _no_ipc_socket(endpoint: str) -> str | None:
-    """Why nothing can be serving an ipc endpoint (its socket file is missing), or None."""
+def _no_tcp_listener(endpoint: str) -> str | None:
+    """Why nothing can be serving a tcp endpoint (its host refuses the connection), or None.
+
+    Only a refusal is an answer: a host that does not reply (a firewall, a
+    machine starting) may yet, so that is left to the wait.
+    """
+    import socket
+    host, _, port = endpoint[len("tcp://"):].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+            return None
+    except ConnectionRefusedError:
+        return f"no cluster is serving {endpoint} (connection refused: nothing listens there)"
+    except (OSError, ValueError):
+        return None
+
+
+def _nothing_serves(endpoint: str) -> str | None:
+    """Why nothing can be serving an endpoint (an ipc socket file missing, or that nothing
+    listens on; a tcp port refused), or None."""
+    if endpoint.startswith("tcp://"):
+        return _no_tcp_listener(endpoint)
     if not endpoint.startswith("ipc://"):
         return None
     from .files import socket_in_use
@@ -255,7 +275,9 @@ def _cmd_status(args) -> int:
         return 2
     hint = ("start the cluster with `inmem serve`, or name a running one with --endpoint URL "
             "or --config FILE")
-    why = _no_ipc_socket(endpoint)
+    # --wait-ready may be asked of a cluster still starting (its socket not yet bound):
+    # that is waited for; a plain status says at once that nothing serves there.
+    why = None if args.wait_ready else _nothing_serves(endpoint)
     if why:
         backend.close()
         print(f"inmem status: {why}; {hint}", file=sys.stderr)
@@ -286,7 +308,7 @@ def _cmd_status(args) -> int:
     finally:
         backend.close()
     if status is None:
-        if endpoint.startswith("ipc://") and _no_ipc_socket(endpoint) is None:
+        if endpoint.startswith("ipc://") and _nothing_serves(endpoint) is None:
             # Something listens there, so `inmem serve` is not the advice.
             hint = ("a process listens on its socket but did not answer: the coordinator may "
                     "be stopped (SIGSTOP), overloaded, or not an inmem coordinator")

@@ -63,8 +63,11 @@ def test_status_on_a_missing_ipc_socket_fails_at_once_with_a_hint(tmp_path, caps
 
 
 def test_status_says_what_it_waits_for_then_fails_with_a_hint(capsys):
-    endpoint = _free_tcp_endpoint()  # nothing listens: the client can only wait
-    assert main(["status", "--endpoint", endpoint, "--timeout", "2.5"]) == 1
+    with socket.socket() as silent:  # takes connections, never answers: the client can only wait
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        endpoint = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        assert main(["status", "--endpoint", endpoint, "--timeout", "2.5"]) == 1
     out = capsys.readouterr()
     assert out.out == ""
     lines = out.err.strip().splitlines()
@@ -132,7 +135,11 @@ def test_demo_connect_to_a_missing_cluster_is_one_line(tmp_path, capsys, monkeyp
     err = capsys.readouterr().err
     _one_line_no_traceback(err)
     assert err.startswith("inmem demo: no cluster is serving") and "inmem serve" in err
-    assert main(["demo", "--connect", _free_tcp_endpoint(), "--timeout", "1"]) == 2
+    with socket.socket() as silent:  # takes connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        endpoint = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        assert main(["demo", "--connect", endpoint, "--timeout", "1"]) == 2
     err = capsys.readouterr().err
     _one_line_no_traceback(err)
     assert "within 1 s" in err
@@ -410,3 +417,22 @@ def test_status_on_an_endpoint_that_is_a_plain_file_says_so(tmp_path, capsys, mo
     err = capsys.readouterr().err
     _one_line_no_traceback(err)
     assert "is not a socket" in err
+
+
+def test_status_and_demo_on_a_refused_tcp_port_fail_at_once(capsys, monkeypatch):
+    endpoint = _free_tcp_endpoint()  # nothing listens: the host refuses the connection
+    _never_ask_a_coordinator(monkeypatch)
+    monkeypatch.setattr(inmem, "connect", lambda *a, **k: pytest.fail("waited for no one"))
+    assert main(["status", "--endpoint", endpoint]) == 1
+    err = capsys.readouterr().err
+    _one_line_no_traceback(err)
+    assert "connection refused" in err and "inmem serve" in err
+    assert main(["demo", "--connect", endpoint]) == 2
+    assert "connection refused" in capsys.readouterr().err
+
+
+def test_status_wait_ready_waits_for_a_cluster_that_is_not_bound_yet(capsys):
+    endpoint = _free_tcp_endpoint()  # refused now; `inmem serve` may bind it any moment
+    assert main(["status", "--endpoint", endpoint, "--wait-ready", "--timeout", "1"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("inmem status: waiting up to 1 s") and len(lines) == 2, lines
