@@ -225,6 +225,10 @@ class Supervisor:
             h.restart_at = None
 
 
+#: the signals that stop a shard (SIGHUP: the terminal of `inmem serve` closed)
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 class ForkedShard:
     """A shard process forked from the coordinator: what the supervisor uses of a Popen."""
 
@@ -236,16 +240,29 @@ class ForkedShard:
     def start(cls, worker, spec: dict, shard: int) -> "ForkedShard":
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the shard process; its tests are the cluster's
+        # A stop signal that lands in the child before it has put back the default
+        # handlers would run the coordinator's copied Python handler and be lost (the
+        # shard would never stop): held back across the fork, it reaches the child
+        # once the defaults are in place (and stops it before it serves).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        else:  # pragma: no cover - the shard process; its tests are the cluster's
             code = 1
             try:
+                # (SIGHUP keeps what `inmem serve` made of it: a SIGTERM to itself)
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 # Nothing of the coordinator's but the log on stdout and stderr.
                 devnull = os.open(os.devnull, os.O_RDONLY)
                 os.dup2(devnull, 0)
                 os.closerange(3, 1 << 16)
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    signal.signal(sig, signal.SIG_DFL)
                 code = worker.run_worker(spec, shard, watch_parent=True)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1

@@ -40,7 +40,7 @@ then holds writes the disk may not, so the worker answers DurabilityError to
 the whole turn and exits; the coordinator restarts it and recovery rebuilds
 the shard from what is on disk (fail-stop, as redis does on a failed fsync).
 
-SIGTERM or SIGINT: finish the turn, stop, flush the WAL, take the final
+SIGTERM, SIGINT or SIGHUP: finish the turn, stop, flush the WAL, take the final
 snapshot when configured, exit 0.
 """
 
@@ -743,6 +743,11 @@ def run_worker(spec: dict, shard: int, watch_parent: bool = False) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # A hangup (the terminal of `inmem serve` closed) stops a shard cleanly too, as it
+    # does the coordinator: in a fresh interpreter (a restarted shard) it would kill it.
+    # Ignored under nohup, and a forked shard keeps the handler serve gave it.
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+        signal.signal(signal.SIGHUP, stop)
     clear_exit_note(spec["data_dir"], shard)
     try:
         worker.open()

@@ -83,11 +83,6 @@ def test_under_nohup_a_hangup_changes_nothing(tmp_path):
             proc.wait(30)
 
 
-@pytest.mark.xfail(strict=True, reason="shard/worker.py run_worker handles SIGTERM and SIGINT "
-                   "only: a shard restarted after a death is a fresh interpreter (python -m "
-                   "inmem.shard.worker), which does not inherit serve's SIGHUP handler, so the "
-                   "terminal's hangup kills it outright (no final flush or snapshot); "
-                   "run_worker should treat SIGHUP as SIGTERM")
 def test_a_hangup_stops_a_restarted_shard_cleanly_too(tmp_path):
     data = tmp_path / "data"
     proc = _serve(data, "--shards", "1")

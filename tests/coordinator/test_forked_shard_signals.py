@@ -15,8 +15,6 @@ import os
 import signal
 import time
 
-import pytest
-
 from inmem.coordinator.supervisor import ForkedShard
 
 #: exit code of the stand-in worker when it never heard of the stop
@@ -35,11 +33,6 @@ class _Worker:
         return 0 if told else NEVER_TOLD
 
 
-@pytest.mark.xfail(strict=True, reason="coordinator/supervisor.py ForkedShard.start resets "
-                   "SIGTERM/SIGINT to SIG_DFL only after closerange(); a signal landing in "
-                   "between runs the coordinator's inherited handler and is lost, so the "
-                   "shard never stops (fix: block the signals around the fork, reset the "
-                   "handlers in the child, then unblock)")
 def test_a_sigterm_right_after_the_fork_reaches_the_shard(monkeypatch):
     stopping = []
     old = signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
