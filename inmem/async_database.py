@@ -15,7 +15,11 @@ checks, until it is awaited.
 Pipelines queue without awaiting (`p.kv.put(...)` returns nothing, as in
 redis-py's asyncio pipelines) and `await p.execute()` sends them. In a
 transaction every method is awaitable, the buffered writes included, so
-code never has to know which of them read.
+code never has to know which of them read. The buffered writes (kv.put,
+events.append, state.set, ...) are buffered when called and return an
+awaitable that is done already, so a plain `fn(tx)` given to
+`run_transaction` may call them without awaiting; the reads, and the JSON
+edits that read their document, must be awaited.
 """
 
 from __future__ import annotations
@@ -152,6 +156,27 @@ class AsyncStateCells(StateCells):
 # -- transactions ----------------------------------------------------------------------
 
 
+class _Buffered:
+    """What a transaction's buffered write returns: it is done already, and awaiting it
+    gives None.
+
+    The write is buffered when the method is called, not when it is awaited,
+    so a plain `fn(tx)` given to `run_transaction` (which cannot await) still
+    buffers its writes: with coroutines they would be dropped unawaited, the
+    transaction committing without them.
+    """
+    __slots__ = ()
+
+    def __await__(self):
+        return iter(())
+
+    def __repr__(self) -> str:
+        return "<buffered transaction write>"
+
+
+_BUFFERED = _Buffered()
+
+
 class AsyncTxKV(TxKV):
     """The KV section of an AsyncTransaction; every method is awaited."""
     __slots__ = ()
@@ -165,26 +190,30 @@ class AsyncTxKV(TxKV):
         """Whether `key` holds a live value as this transaction sees it."""
         return await self._tx._read("kv", key) is not _DELETED
 
-    async def put(self, key, value, ttl=None):
+    def put(self, key, value, ttl=None):
         """Buffer a put of `value` (`ttl` in seconds); applied at commit."""
         TxKV.put(self, key, value, ttl)
+        return _BUFFERED
 
-    async def delete(self, key):
+    def delete(self, key):
         """Buffer a delete of `key`; applied at commit."""
         TxKV.delete(self, key)
+        return _BUFFERED
 
-    async def cas(self, key, expected_version, value):
+    def cas(self, key, expected_version, value):
         """Buffer a put that commits only if `key` is then at `expected_version` (0: absent)."""
         TxKV.cas(self, key, expected_version, value)
+        return _BUFFERED
 
 
 class AsyncTxEvents(TxEvents):
     """The event log of an AsyncTransaction's run; every method is awaited."""
     __slots__ = ()
 
-    async def append(self, event_type, payload=None):
+    def append(self, event_type, payload=None):
         """Buffer an event; appended to the chain at commit."""
         TxEvents.append(self, event_type, payload)
+        return _BUFFERED
 
     async def count(self) -> int:
         """How many events the log holds, this transaction's buffered ones included."""
@@ -218,30 +247,35 @@ class AsyncTxState(TxState):
             return None
         return State(value, self._tx._reads.get(("st", name), 0), 0)
 
-    async def init(self, name, value):
+    def init(self, name, value):
         """Buffer the creation of a cell; StateExists at commit if it is there."""
         TxState.init(self, name, value)
+        return _BUFFERED
 
-    async def set(self, name, value):
+    def set(self, name, value):
         """Buffer a write of the cell whatever its version."""
         TxState.set(self, name, value)
+        return _BUFFERED
 
-    async def cas(self, name, expected_version, value):
+    def cas(self, name, expected_version, value):
         """Buffer a write that commits only if the cell is then at `expected_version`."""
         TxState.cas(self, name, expected_version, value)
+        return _BUFFERED
 
-    async def delete(self, name):
+    def delete(self, name):
         """Buffer the deletion of a cell."""
         TxState.delete(self, name)
+        return _BUFFERED
 
 
 class AsyncTxTraces(TxTraces):
     """The traces of an AsyncTransaction's run; every method is awaited."""
     __slots__ = ()
 
-    async def record(self, trace_type, data, parent_id=None, tags=(), metadata=None):
+    def record(self, trace_type, data, parent_id=None, tags=(), metadata=None):
         """Buffer a trace record (its id is assigned at commit)."""
         TxTraces.record(self, trace_type, data, parent_id, tags, metadata)
+        return _BUFFERED
 
     async def get(self, trace_id):
         """The committed trace `trace_id`, or None."""
@@ -256,9 +290,10 @@ class AsyncTxJSON(TxJSON):
         """The value at `path` of the document as this transaction sees it, or None."""
         return json_at(await self._tx._read_doc(key), path)
 
-    async def put(self, key, doc):
+    def put(self, key, doc):
         """Buffer a write of the whole document."""
         TxJSON.put(self, key, doc)
+        return _BUFFERED
 
     async def set(self, key, path, value):
         """Buffer setting `path` of the document to `value` (checked against what it read)."""

@@ -264,3 +264,38 @@ def test_an_open_that_is_cancelled_leaves_the_store_closed_and_free_to_open(tmp_
         async with await inmem.asyncio.open(path, "strict") as db:
             assert await db.kv.get("r", "k") == "v"
     asyncio.run(main())
+
+
+def test_a_plain_function_given_to_run_transaction_has_its_writes_committed(recwarn):
+    # As docs/api.md says: run_transaction takes an async or a plain fn(tx). A
+    # plain one cannot await, so the buffered writes must buffer when called.
+    async def main():
+        db = await inmem.asyncio.open(None)
+        run = await db.begin_run()
+        await db.state.init(run, "cell", 0)
+
+        def plain(tx):
+            tx.kv.put("a", 1)
+            tx.kv.put("gone", 1)
+            tx.kv.delete("gone")
+            tx.kv.cas("c", 0, 3)
+            tx.events.append("step", {"n": 1})
+            tx.state.set("cell", 5)
+            tx.traces.record("thought", {"why": "plain"})
+            tx.json.put("doc", {"x": 1})
+            return "done"
+        assert await db.run_transaction(run, plain) == "done"
+        assert [await db.kv.get(run, k) for k in ("a", "gone", "c")] == [1, None, 3]
+        assert await db.events.count(run) == 1
+        assert (await db.state.read(run, "cell")).value == 5
+        assert await db.json.get(run, "doc") == {"x": 1}
+
+        async def awaited(tx):  # the same writes awaited, as before
+            await tx.kv.put("b", 2)
+            await tx.events.append("step", {"n": 2})
+        await db.run_transaction(run, awaited)
+        assert await db.kv.get(run, "b") == 2
+        assert await db.events.count(run) == 2
+        await db.close()
+    asyncio.run(main())
+    assert [str(w.message) for w in recwarn if w.category is RuntimeWarning] == []
