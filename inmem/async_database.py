@@ -29,7 +29,7 @@ import functools
 import inspect
 from typing import Any, Callable
 
-from .errors import (InmemError, RunNotFound, StateNotFound, TransactionConflict,
+from .errors import (InmemError, InvalidValue, RunNotFound, StateNotFound, TransactionConflict,
                      VersionMismatch)
 from .pipeline import Pipeline
 from .sections import (JSON, KV, Events, Runs, StateCells, Traces, Value, begin_args,
@@ -282,6 +282,31 @@ class AsyncTxTraces(TxTraces):
         return await self._tx._call("tr.get", (self._tx.run, trace_id))
 
 
+class _Edit:
+    """A JSON edit of an AsyncTransaction (tx.json.set...): it reads its document
+    first, so it is done when awaited. Until then the transaction knows of it,
+    and its commit refuses: a plain `fn(tx)` that cannot await would
+    otherwise commit without it, silently."""
+
+    __slots__ = ("_tx", "_coro", "what")
+
+    def __init__(self, tx, coro, what: str):
+        self._tx = tx
+        self._coro = coro
+        self.what = what
+        tx._unawaited.append(self)
+
+    def __await__(self):
+        try:
+            self._tx._unawaited.remove(self)
+        except ValueError:
+            pass
+        return self._coro.__await__()
+
+    def forget(self) -> None:
+        self._coro.close()  # never run: no 'coroutine was never awaited' warning
+
+
 class AsyncTxJSON(TxJSON):
     """The JSON documents of an AsyncTransaction's run; every method is awaited."""
     __slots__ = ()
@@ -295,28 +320,40 @@ class AsyncTxJSON(TxJSON):
         TxJSON.put(self, key, doc)
         return _BUFFERED
 
-    async def set(self, key, path, value):
+    def set(self, key, path, value):
         """Buffer setting `path` of the document to `value` (checked against what it read)."""
+        return _Edit(self._tx, self._set(key, path, value), "set")
+
+    async def _set(self, key, path, value):
         steps = jsonpath.parse(path)
         check_value(value)
         doc = json_set(await self._tx._read_doc(key), steps, path, value)
         self._tx._write("js.set", (key, path, value), ("js", key, doc))
 
-    async def delete(self, key, path="$"):
+    def delete(self, key, path="$"):
         """Buffer deleting `path` (the whole document for "$")."""
+        return _Edit(self._tx, self._delete(key, path), "delete")
+
+    async def _delete(self, key, path="$"):
         steps = jsonpath.parse(path)
         doc = json_delete(await self._tx._read_doc(key), steps, path)
         self._tx._write("js.delete", (key, path), ("js", key, doc))
 
-    async def array_push(self, key, path, value):
+    def array_push(self, key, path, value):
         """Buffer appending `value` to the array at `path`."""
+        return _Edit(self._tx, self._array_push(key, path, value), "array_push")
+
+    async def _array_push(self, key, path, value):
         steps = jsonpath.parse(path)
         check_value(value)
         doc = json_push(await self._tx._read_doc(key), steps, path, value)
         self._tx._write("js.push", (key, path, value), ("js", key, doc))
 
-    async def array_pop(self, key, path):
+    def array_pop(self, key, path):
         """Buffer removing the last item of the array at `path`."""
+        return _Edit(self._tx, self._array_pop(key, path), "array_pop")
+
+    async def _array_pop(self, key, path):
         steps = jsonpath.parse(path)
         doc = json_pop(await self._tx._read_doc(key), steps, path)
         self._tx._write("js.pop", (key, path), ("js", key, doc))
@@ -366,8 +403,21 @@ class AsyncTransaction(Transaction):
         doc = await self._read("js", key)
         return None if doc is _DELETED else doc
 
+    def __init__(self, call, run: str):
+        super().__init__(call, run)
+        self._unawaited: list = []  # JSON edits called but not awaited (see _Edit)
+
     async def commit(self) -> list:
         """Send the read set and the buffered writes; each write's result, in order."""
+        if self._unawaited:
+            missed = sorted({f"tx.json.{e.what}()" for e in self._unawaited})
+            for edit in self._unawaited:
+                edit.forget()
+            self._unawaited.clear()
+            self._done = True
+            raise InvalidValue(f"{', '.join(missed)} was called without await: a JSON edit "
+                               "reads its document first, so it must be awaited (in an async "
+                               "fn); nothing was committed")
         self.results = await self._call("tx.commit", self._commit_args())
         return self.results
 

@@ -299,3 +299,31 @@ def test_a_plain_function_given_to_run_transaction_has_its_writes_committed(recw
         await db.close()
     asyncio.run(main())
     assert [str(w.message) for w in recwarn if w.category is RuntimeWarning] == []
+
+
+def test_a_json_edit_left_unawaited_in_a_transaction_is_refused_not_dropped(recwarn):
+    # A JSON edit reads its document first, so a plain fn(tx) cannot make it;
+    # committing without it (and the fn's other writes) would be silent loss.
+    async def main():
+        db = await inmem.asyncio.open(None)
+        run = await db.begin_run()
+        await db.json.put(run, "doc", {"n": 0, "xs": []})
+
+        def plain(tx):
+            tx.kv.put("a", 1)
+            tx.json.set("doc", "$.n", 1)
+            tx.json.array_push("doc", "$.xs", 1)
+        with pytest.raises(inmem.InvalidValue, match=r"tx\.json\.array_push\(\), "
+                                                       r"tx\.json\.set\(\) was called without "
+                                                       r"await"):
+            await db.run_transaction(run, plain)
+        assert await db.kv.get(run, "a") is None
+        assert await db.json.get(run, "doc") == {"n": 0, "xs": []}
+
+        async with db.transaction(run) as tx:  # awaited, and gathered, as before
+            await tx.json.set("doc", "$.n", 2)
+            await asyncio.gather(tx.json.array_push("doc", "$.xs", 7))
+        assert await db.json.get(run, "doc") == {"n": 2, "xs": [7]}
+        await db.close()
+    asyncio.run(main())
+    assert [str(w.message) for w in recwarn if w.category is RuntimeWarning] == []
