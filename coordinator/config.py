@@ -412,7 +412,7 @@ def check_endpoints_free(spec: dict, source: str) -> None:
 def check_shard_can_serve(spec: dict, shard: int, source: str) -> None:
     """ConfigError when `inmem shard serve --shard N` could only fail after its recovery:
     no such shard, its tcp endpoint without its keys or taken, its ipc socket served."""
-    from inmem import keys
+    import inmem.keys as keys
     from inmem.files import socket_in_use
     count = len(spec["shards"])
     if not 0 <= shard < count:
