@@ -35,6 +35,7 @@ from importlib import resources
 import inmem.durability as durability
 from inmem.errors import InmemError, InvalidOption
 from inmem.files import DIR_MODE, make_dirs
+from inmem.routing import MIN_MESSAGE_BYTES
 from inmem.shard.history import history_limit
 
 DURABILITY_MODES = durability.MODES
@@ -212,8 +213,8 @@ def resolve(raw: dict) -> dict:
                    f'history = {d["history"]!r} limits inmemory shards; a {mode} shard '
                    f'keeps every run\'s history on disk: use "full"')
     for key in ("max_message_bytes",):
-        if c[key] < 1024:
-            raise _bad("cluster", key, f"{key} must be at least 1024, got {c[key]}")
+        if c[key] < MIN_MESSAGE_BYTES:
+            raise _bad("cluster", key, f"{key} must be at least {MIN_MESSAGE_BYTES}, got {c[key]}")
     for key in ("heartbeat_interval_s", "heartbeat_timeout_s", "stop_timeout_s"):
         if s[key] <= 0:
             raise _bad("supervisor", key, f"{key} must be above 0, got {s[key]}")

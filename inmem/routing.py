@@ -29,6 +29,8 @@ from .protocol import SLOT_COUNT, check_values, op_body, pack_checked, slot_of
 URL_SCHEMES = ("ipc", "tcp")
 #: what `connect` takes besides url and timeout
 CONNECT_OPTIONS = ("request_timeout", "max_message_bytes", "direct", "stream", "keys")
+#: the smallest max_message_bytes a client or a cluster takes
+MIN_MESSAGE_BYTES = 1024
 #: operations per BATCH message: big enough to amortise a message, small enough
 #: that the shard applies one chunk while the client packs the next
 BATCH_CHUNK_OPS = 256
@@ -79,9 +81,11 @@ def check_connect_options(options: dict) -> None:
 
 
 def check_client_options(max_message_bytes, direct, stream=True) -> None:
-    if type(max_message_bytes) is not int or max_message_bytes < 1:
-        raise InvalidOption(f"max_message_bytes must be an int >= 1, got "
-                            f"{max_message_bytes!r:.60}")
+    # The cluster's own floor (its config refuses less): below it not even a small
+    # request fits, and connect() would fail on its first message instead.
+    if type(max_message_bytes) is not int or max_message_bytes < MIN_MESSAGE_BYTES:
+        raise InvalidOption(f"max_message_bytes must be an int of at least "
+                            f"{MIN_MESSAGE_BYTES}, got {max_message_bytes!r:.60}")
     for name, flag in (("direct", direct), ("stream", stream)):
         if type(flag) is not bool:
             raise InvalidOption(f"{name} must be True or False, got {flag!r:.60}")
@@ -293,7 +297,7 @@ def not_sent(url: str) -> Timeout:
     return Timeout(f"could not send to {url} within the deadline")
 
 
-__all__ = ["URL_SCHEMES", "CONNECT_OPTIONS", "BATCH_CHUNK_OPS", "NOT_READY_PAUSE_S",
+__all__ = ["URL_SCHEMES", "CONNECT_OPTIONS", "MIN_MESSAGE_BYTES", "BATCH_CHUNK_OPS", "NOT_READY_PAUSE_S",
            "DIRECT_CHECK_S", "check_url", "check_number", "check_connect_options",
            "check_client_options", "bare", "SlotMap", "batch_segments", "plan_batch", "chunks",
            "apply_batch_reply", "status_entry", "shard_gone", "shard_down", "no_reply",

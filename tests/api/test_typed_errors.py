@@ -474,13 +474,28 @@ def test_a_bad_cluster_url_is_invalid_url_and_a_value_error(url):
 
 @pytest.mark.parametrize("options", [
     {"bogus": 1}, {"timeout": "5"}, {"timeout": 0}, {"request_timeout": -1},
-    {"max_message_bytes": "1"}, {"direct": "yes"},
+    {"max_message_bytes": "1"}, {"max_message_bytes": 1}, {"max_message_bytes": 1023},
+    {"direct": "yes"},
 ], ids=repr)
 def test_a_bad_connect_option_is_invalid_option_and_a_type_error(options):
     # Refused before any connection is tried: no cluster is needed.
     with pytest.raises(inmem.InvalidOption) as info:
         inmem.connect("ipc:///nonexistent/coordinator.sock", **options)
     assert isinstance(info.value, TypeError)
+    if "max_message_bytes" in options:
+        # The smallest a cluster takes too: a request of a few bytes must fit.
+        assert "at least 1024" in str(info.value)
+
+
+@pytest.mark.parametrize("options", [{"max_message_bytes": 1}, {"max_message_bytes": 1023}],
+                         ids=repr)
+def test_a_bad_asyncio_connect_option_is_invalid_option(options):
+    import asyncio
+
+    import inmem.asyncio as aio
+
+    with pytest.raises(inmem.InvalidOption, match="at least 1024"):
+        asyncio.run(aio.connect("ipc:///nonexistent/coordinator.sock", **options))
 
 
 def test_the_new_errors_cross_the_wire_as_themselves():
