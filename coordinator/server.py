@@ -92,9 +92,6 @@ INFLIGHT_MAX = 65536
 INFLIGHT_BYTES_MAX = 512 * 2**20
 #: a cluster request (info, fan-out) not answered by then is answered Timeout
 INTERNAL_TIMEOUT_S = 30.0
-#: the same for snapshots and history compaction, whose time grows with the data; a
-#: shard that dies meanwhile fails them at once, and one that hangs is found by heartbeats
-SLOW_ADMIN_TIMEOUT_S = protocol.SLOW_ADMIN_TIMEOUT_S
 #: set by `python -m inmem.coordinator --watch-parent`: stop when this process is gone
 PARENT_PID: int | None = None
 
@@ -638,7 +635,10 @@ class Coordinator:
         elif not self.ready_once:
             self._error(ident, head, ClusterNotReady(self._not_ready_message()))
         elif name in ("snapshot", "compact_history"):
-            self._fan_out(ident, head, name, KIND_ADMIN, name, [], SLOW_ADMIN_TIMEOUT_S)
+            # Their time grows with the data: a shard that dies meanwhile fails them at
+            # once, and one that hangs is found by the heartbeats.
+            self._fan_out(ident, head, name, KIND_ADMIN, name, [],
+                          protocol.SLOW_ADMIN_TIMEOUT_S)
         elif name == "fanout":
             if (len(args) != 2 or type(args[0]) is not str
                     or args[0] not in FANOUT_READ_OPS or type(args[1]) is not list):

@@ -14,11 +14,22 @@ from inmem.errors import CorruptionError as _PublicCorruptionError
 from inmem.errors import InmemError
 
 
+class _FromFields:
+    """Pickles (and copies) an error from its fields, not its message: the classes here
+    take their fields as arguments (a forked snapshot writer or a worker may send one to
+    another process)."""
+
+    __slots__ = ()
+
+    def __reduce__(self):
+        return (type(self), tuple(getattr(self, f) for f in self._fields))
+
+
 class SnapshotError(InmemError):
     """A snapshot file that this build cannot load."""
 
 
-class SnapshotCorrupt(SnapshotError, _PublicCorruptionError):
+class SnapshotCorrupt(_FromFields, SnapshotError, _PublicCorruptionError):
     """A snapshot file whose bytes are damaged: bad magic, bad length, bad crc32c."""
 
     _fields = ("path", "offset", "reason")
@@ -32,13 +43,8 @@ class SnapshotCorrupt(SnapshotError, _PublicCorruptionError):
             f"{path}` to see its sections, and keep the file for diagnosis.",
             path=path, offset=offset, reason=reason)
 
-    def __reduce__(self):
-        # Rebuild from the fields, not the message, so the error survives pickling
-        # (a forked snapshot writer or a worker may send it to another process).
-        return (type(self), (self.path, self.offset, self.reason))
 
-
-class SnapshotUnsupported(SnapshotError):
+class SnapshotUnsupported(_FromFields, SnapshotError):
     """A snapshot whose checksum is good but whose format version or flags this build does not know.
 
     Such a file was written by another (usually newer) inmem. It is not damage,
@@ -55,11 +61,8 @@ class SnapshotUnsupported(SnapshotError):
             f"data directory, or move the file aside to recover from an older snapshot.",
             path=path, offset=offset, reason=reason, version=version)
 
-    def __reduce__(self):
-        return (type(self), (self.path, self.offset, self.reason, self.version))
 
-
-class CorruptionError(_PublicCorruptionError):
+class CorruptionError(_FromFields, _PublicCorruptionError):
     """Damaged WAL records before the tail that the recovery policy may not skip."""
 
     _fields = ("path", "offset", "reason")
@@ -73,11 +76,8 @@ class CorruptionError(_PublicCorruptionError):
             f"(their operations are lost; see recovery.policy).",
             path=path, offset=offset, reason=reason)
 
-    def __reduce__(self):
-        return (type(self), (self.path, self.offset, self.reason))
 
-
-class WalGapError(_PublicCorruptionError):
+class WalGapError(_FromFields, _PublicCorruptionError):
     """A WAL segment is missing between the snapshot position and the log's end.
 
     `offset` is the WAL position (LSN) where the log should have continued.
@@ -94,11 +94,8 @@ class WalGapError(_PublicCorruptionError):
             f"data directory aside and start empty.",
             path=path, offset=offset, reason=reason)
 
-    def __reduce__(self):
-        return (type(self), (self.path, self.offset, self.reason))
 
-
-class RecordContentError(_PublicCorruptionError):
+class RecordContentError(_FromFields, _PublicCorruptionError):
     """A WAL record whose crc32c verifies but whose payload is not operations this build applies.
 
     A crash cannot write such a record and a damaged one fails its checksum,
@@ -119,11 +116,8 @@ class RecordContentError(_PublicCorruptionError):
             f"wrote it.",
             path=path, offset=offset, reason=reason)
 
-    def __reduce__(self):
-        return (type(self), (self.path, self.offset, self.reason))
 
-
-class SnapshotContentError(SnapshotError, _PublicCorruptionError):
+class SnapshotContentError(_FromFields, SnapshotError, _PublicCorruptionError):
     """A snapshot whose crc32c verifies but whose sections do not decode to a state."""
 
     _fields = ("path", "offset", "reason")
@@ -136,9 +130,6 @@ class SnapshotContentError(SnapshotError, _PublicCorruptionError):
             f"different or faulty inmem release. Recovery stopped; move the file aside "
             f"(keep it for diagnosis) to recover from an older snapshot and the WAL.",
             path=path, offset=offset, reason=reason)
-
-    def __reduce__(self):
-        return (type(self), (self.path, self.offset, self.reason))
 
 
 class UnreadableContent(ValueError):

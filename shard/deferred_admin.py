@@ -95,6 +95,16 @@ class SnapshotRequests:
         """[(frames, result), ...] for the requests whose snapshot has ended (a list of one
         SnapshotInfo, [] when there was nothing to take, or the InmemError), and a child
         started for the queued ones when none is running."""
+        try:
+            return self._poll()
+        except Exception as exc:  # a bug must not stop the shard's loop: fail these requests
+            log.exception("snapshot requests of %s failed", self.store.path)
+            err = InmemError(f"internal error in snapshot: {type(exc).__name__}: {exc}")
+            pending = self.waiting + self.queued  # in the order they came
+            self.queued, self.waiting, self.pid = [], [], None
+            return [(frames, err) for frames in pending]
+
+    def _poll(self) -> list:
         answered: list = []
         store = self.store
         if self.pid is not None:

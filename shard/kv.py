@@ -382,35 +382,28 @@ class KVOps:
 
     def kv_keys(self, run: str, prefix: str = "", after: str | None = None,
                 limit: int | None = None) -> list[str]:
-        r = self._run(run)
-        _check_page(prefix, after, limit)
-        now = self.clock()
-        live = (k for k, e in r.kv.items()
-                if k.startswith(prefix) and (after is None or k > after)
-                and (PLAIN_AT[e[0]] or live_value(e, now) is not None))
-        # A page: the `limit` smallest, without sorting every key of the run.
-        return sorted(live) if limit is None else heapq.nsmallest(limit, live)
+        return _listed(self._run(run).kv, prefix, after, limit, self.clock())
 
     def kv_items(self, run: str, prefix: str = "", after: str | None = None,
                  limit: int | None = None) -> list[tuple]:
-        r = self._run(run)
-        _check_page(prefix, after, limit)
+        kv = self._run(run).kv
         now = self.clock()
-        kv = r.kv
-        live = (k for k, e in kv.items()
-                if k.startswith(prefix) and (after is None or k > after)
-                and (PLAIN_AT[e[0]] or live_value(e, now) is not None))
-        out = []
-        for k in sorted(live) if limit is None else heapq.nsmallest(limit, live):
-            out.append((k, _unpackb(live_value(kv[k], now), raw=False)))
-        return out
+        return [(k, _unpackb(live_value(kv[k], now), raw=False))
+                for k in _listed(kv, prefix, after, limit, now)]
 
 
-def _check_page(prefix, after, limit) -> None:
-    """A listing's prefix and page: InvalidKey or InvalidValue for what cannot be one."""
+def _listed(kv: dict, prefix, after, limit, now: int) -> list[str]:
+    """The live keys of `kv` starting with `prefix`, sorted, in a page when `after` (start
+    after it) or `limit` (at most so many) is given; InvalidKey or InvalidValue for a prefix
+    or a page that cannot be one."""
     if type(prefix) is not str:
         raise InvalidKey("prefix must be a str")
     if after is not None and type(after) is not str:
         raise InvalidValue(f"after must be a key (str) or None, got {type(after).__name__}")
     if limit is not None and (type(limit) is not int or limit < 1):
         raise InvalidValue(f"limit must be an int of at least 1 or None, got {limit!r}")
+    live = (k for k, e in kv.items()
+            if k.startswith(prefix) and (after is None or k > after)
+            and (PLAIN_AT[e[0]] or live_value(e, now) is not None))
+    # A page: the `limit` smallest, without sorting every key of the run.
+    return sorted(live) if limit is None else heapq.nsmallest(limit, live)

@@ -278,16 +278,8 @@ class Worker:
 
     def answer_snapshots(self) -> None:
         """Reply to the snapshot requests whose child has ended; start the next child."""
-        snapshots = self.snapshots
-        try:
-            with self.lock:
-                answered = snapshots.poll()
-        except Exception as exc:  # a bug must not stop the loop: fail these requests
-            log.error("shard %d: snapshot requests failed:\n%s", self.shard,
-                      traceback.format_exc())
-            err = InmemError(f"internal error in snapshot: {type(exc).__name__}: {exc}")
-            answered = [(frames, err) for frames in snapshots.queued + snapshots.waiting]
-            snapshots.queued, snapshots.waiting, snapshots.pid = [], [], None
+        with self.lock:
+            answered = self.snapshots.poll()
         for frames, result in answered:
             frames[-1] = protocol.pack_reply(self.packer, result, self.max_message_bytes)
             self.reply_to(frames)
@@ -573,7 +565,7 @@ class Worker:
         return SlotMoved(f"slot {slot} is served by shard {owner}, not {self.shard}",
                          slot=slot, shard=owner)
 
-    def run_admin(self, body, peer=None, frames=None) -> bytes | None:
+    def run_admin(self, body, peer, frames: list) -> bytes | None:
         """The reply body to an admin request; None when it is answered later (`frames`,
         the request's, are then kept for the reply)."""
         try:
@@ -581,7 +573,7 @@ class Worker:
         except ProtocolError as exc:
             self.protocol_errors += 1
             return protocol.error_body(exc)
-        if frames is not None and name in ("snapshot", "compact_history"):
+        if name in ("snapshot", "compact_history"):
             deferred = self.snapshots if name == "snapshot" else self.compactions
             if deferred is not None:
                 if args:
@@ -645,14 +637,10 @@ class Worker:
                           commit_waited_for=0 if cw is None else cw.waited_for)
 
     def admin_snapshot(self) -> list:
-        if self.store is None:
-            return []
-        return self.store.snapshot()
+        return []  # an in-memory shard; a durable one answers later (see run_admin)
 
     def admin_compact_history(self) -> list:
-        if self.store is None:
-            return []
-        return [{"shard": self.shard, **self.store.compact_history()}]
+        return []  # likewise
 
     def admin_recovery_report(self) -> list:
         return [] if self.recovery is None else [self.recovery]

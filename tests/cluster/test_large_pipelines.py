@@ -15,8 +15,6 @@ import pytest
 import inmem
 import inmem.asyncio as aio
 
-#: puts in one pipeline: their requests and replies are well over a Unix socket's buffers
-BULK = 150_000
 #: per request; a pipeline that stalls fails within it rather than at the suite's timeout
 REQUEST_TIMEOUT_S = 20.0
 
@@ -61,41 +59,6 @@ def test_a_pipeline_whose_replies_overflow_the_socket_buffers_completes(cluster,
         assert db.kv.get(run, "big") == "small"
     finally:
         db.close()
-
-
-def test_a_bulk_load_pipeline_applies_every_put_once(cluster):
-    db = inmem.connect(cluster.endpoint, request_timeout=REQUEST_TIMEOUT_S)
-    try:
-        run = db.begin_run("bulk")
-        with db.pipeline() as p:
-            for i in range(BULK):
-                p.kv.put(run, f"k{i}", i)
-            versions = p.execute()
-        assert versions == [1] * BULK
-        assert len(db.kv.keys(run)) == BULK
-        assert db.kv.get(run, f"k{BULK - 1}") == BULK - 1
-    finally:
-        db.close()
-
-
-@pytest.mark.parametrize("direct", [True, False])
-def test_an_async_pipeline_whose_replies_overflow_the_socket_buffers_completes(cluster, direct):
-    async def main():
-        db = await aio.connect(cluster.endpoint, request_timeout=REQUEST_TIMEOUT_S,
-                               direct=direct)
-        try:
-            run = await db.begin_run(f"reads-async-{direct}")
-            await db.kv.put(run, "big", BIG)
-            async with db.pipeline() as p:
-                for _ in range(READS):
-                    p.kv.get(run, "big")
-                got = await p.execute()
-            assert got.count(BIG) == READS
-            assert await db.kv.put(run, "big", "small") == 2
-        finally:
-            await db.close()
-
-    asyncio.run(main())
 
 
 #: a request timeout far shorter than a long pipeline takes as a whole

@@ -145,3 +145,19 @@ def test_a_compaction_that_cannot_run_fails_its_request_only():
     assert reqs.step() == [(["a"], store.fail)]
     store.fail = None
     assert reqs.step() == [] and reqs.step() == [(["b"], {"files": 1})]
+
+
+def test_an_unexpected_error_fails_the_snapshot_requests_not_the_loop():
+    store = FakeStore()
+    snaps = SnapshotRequests(store)
+    snaps.add(["a"])
+    snaps.poll()
+    snaps.add(["b"])
+
+    def broken(pid):
+        raise KeyError("a bug")
+
+    store.snapshot_done = broken
+    answered = snaps.poll()
+    assert [f for f, _ in answered] == [["a"], ["b"]] and not snaps
+    assert all("internal error in snapshot" in str(err) for _, err in answered)
