@@ -50,6 +50,9 @@ from typing import NamedTuple
 
 import msgpack
 
+from inmem.errors import InvalidKey
+from inmem.values import KEY_BYTES_MAX
+
 _packb = msgpack.Packer(use_bin_type=True).pack
 _unpackb = msgpack.unpackb
 
@@ -161,3 +164,19 @@ def read_record(value) -> Record:
     """The Record of a stored value (see `Record.stored`)."""
     f = _unpackb(value[0], raw=False)
     return Record(f[0], f[1], f[2], (f[3], f[4]), (f[5], f[6]), f[7], value[1])
+
+
+#: a name of at most this many characters is at most KEY_BYTES_MAX UTF-8 bytes
+SHORT = KEY_BYTES_MAX // 4
+
+
+def check_names(thread_id, run: str, ns: str, key: str) -> None:
+    """InvalidKey, naming the thread or namespace, when the run id a thread id makes or
+    the key a namespace makes is over KEY_BYTES_MAX UTF-8 bytes."""
+    for what, name, made in (("thread id", thread_id, run), ("checkpoint_ns", ns, key)):
+        size = len(made.encode("utf-8", "surrogatepass"))
+        if size > KEY_BYTES_MAX:
+            raise InvalidKey(
+                f"{what} {str(name)[:40]!r}... ({len(str(name))} characters) is too long: it "
+                f"makes the {'run id' if made is run else 'key'} {made[:60]!r}... of {size} "
+                f"UTF-8 bytes, over {KEY_BYTES_MAX}")

@@ -353,8 +353,8 @@ def test_one_saver_shared_by_threads_that_put_and_delete(db):
 
 
 def test_a_large_cut_goes_in_transactions_and_a_put_between_them_is_seen(db, monkeypatch):
-    import inmem.langgraph.saver as saver_module
-    monkeypatch.setattr(saver_module, "_CUT_CHUNK", 3)  # a few deletes per transaction
+    import inmem.langgraph.cuts as cuts_module
+    monkeypatch.setattr(cuts_module, "_CUT_CHUNK", 3)  # a few deletes per transaction
     saver = InmemSaver(db)
     config = {"configurable": {"thread_id": "many", "checkpoint_ns": ""}}
     saved, version = [], None
@@ -383,9 +383,9 @@ def test_a_large_cut_goes_in_transactions_and_a_put_between_them_is_seen(db, mon
 def test_readers_see_whole_checkpoints_while_a_cut_is_under_way(db, monkeypatch):
     # A cut in several transactions: between any two, get_tuple and list give each
     # checkpoint with its values, or not at all (the head too, whose copy get_tuple reads).
-    import inmem.langgraph.saver as saver_module
+    import inmem.langgraph.cuts as cuts_module
     from inmem.langgraph.driver import execute_sync
-    monkeypatch.setattr(saver_module, "_CUT_CHUNK", 3)
+    monkeypatch.setattr(cuts_module, "_CUT_CHUNK", 3)
     saver = InmemSaver(db)
     config = {"configurable": {"thread_id": "cut", "checkpoint_ns": ""}}
     saved, version = config, None

@@ -1,0 +1,73 @@
+"""`copy_thread`: every checkpoint, channel value and pending write of one thread into another.
+
+A thread may hold more than one message carries, so its values are read and
+written a batch at a time, each batch of a bounded size; what a checkpoint
+points at is written before it, and the heads last, so a copy cut short
+leaves no checkpoint without its values. A head of the target newer than the
+source's is kept.
+
+A mixin of `InmemSaver`: it uses the saver's `prefix`, `_index` and `_send_bounded`
+(`sending.py`).
+"""
+
+from __future__ import annotations
+
+from inmem.errors import RunNotFound
+
+from .driver import raise_first
+from .keys import SHORT, check_names, head_key, json_name, read_record, thread_run, writes_key
+from .reads import read_in_pieces
+
+#: channel values (and pending-write documents) copy_thread reads per round trip
+COPY_BLOBS = 64
+
+
+class CopyPlans:
+    """The plan of copy_thread."""
+
+    def _copy_thread(self, source, target):
+        src, dst = thread_run(self.prefix, source), thread_run(self.prefix, target)
+        if len(dst) > SHORT:
+            check_names(target, dst, "", "")
+        # A thread may hold more than one message carries either way: its channel
+        # values are read and written a batch at a time, each batch a bounded size.
+        checkpoints, src_heads, blob_keys, write_keys, dst_heads = yield from read_in_pieces([
+            ("kv.items", (src, "checkpoint/")), ("kv.items", (src, "head/")),
+            ("kv.keys", (src, "blob/")), ("kv.keys", (src, "write/")),
+            ("kv.items", (dst, "head/"))])
+        if isinstance(checkpoints, RunNotFound):
+            return None
+        raise_first([checkpoints, src_heads, blob_keys, write_keys])
+        blob_keys = blob_keys + write_keys  # values, each copied as it is
+        heads = {}
+        if not isinstance(dst_heads, RunNotFound):
+            raise_first([dst_heads])
+            heads = {read_record(v).ns: read_record(v) for _, v in dst_heads}
+        records = [read_record(v) for _, v in checkpoints]
+        # What a checkpoint points at is written before it, and the heads last: a copy
+        # cut short leaves no checkpoint without its values.
+        for start in range(0, len(blob_keys), COPY_BLOBS):
+            keys = blob_keys[start:start + COPY_BLOBS]
+            (values,) = yield from read_in_pieces([("kv.get_many", (src, keys))])
+            raise_first([values])
+            yield from self._send_bounded([("kv.put", (dst, k, v, None))
+                                           for k, v in zip(keys, values) if v is not None],
+                                          {dst: target})
+        for start in range(0, len(records), COPY_BLOBS):
+            chunk = records[start:start + COPY_BLOBS]
+            docs = yield from read_in_pieces([
+                ("js.get", (src, writes_key(r.ns, r.checkpoint_id), "$")) for r in chunk])
+            raise_first(docs)
+            yield from self._send_bounded(
+                [("js.put", (dst, writes_key(r.ns, r.checkpoint_id), doc))
+                 for r, doc in zip(chunk, docs) if doc], {dst: target})
+        ops = [("kv.put", (dst, k, v, None)) for k, v in checkpoints]
+        for _, v in src_heads:
+            record = read_record(v)
+            mine = heads.get(record.ns)
+            if mine is None or mine.checkpoint_id < record.checkpoint_id:
+                ops.append(("kv.put", (dst, head_key(record.ns), v, None)))
+        for run_id in {r.run_id for r in records if r.run_id}:
+            ops.append(("js.set", (self._index, run_id, json_name(str(target)), True)))
+        yield from self._send_bounded(ops, {dst: target})
+        return None

@@ -1,0 +1,222 @@
+"""Deleting checkpoints: `delete_thread`, `delete_for_runs` and `prune`.
+
+`delete_thread` deletes the thread's run. `delete_for_runs` and `prune`
+("keep_latest") cut a thread instead: they read its records, choose the
+doomed ones, and delete them with their pending writes and the channel
+values no surviving checkpoint points at (`_cut`), as transactions on the
+heads of the namespaces they touch (`apply_cuts`), so a put that lands
+meanwhile is never undone: the thread is read and cut again
+(`cut_threads`). `prune` with "delete" deletes the threads.
+
+A mixin of `InmemSaver`: it uses the saver's `prefix`, `_index` and
+`_indexed`.
+"""
+
+from __future__ import annotations
+
+from inmem.errors import RunNotFound, TransactionConflict
+
+from .driver import raise_first
+from .keys import checkpoint_key, head_key, read_record, thread_run, write_prefix, writes_key
+from .reads import read_in_pieces
+
+#: times prune and delete_for_runs read a thread again that puts keep changing
+_CUT_TRIES = 8
+#: deletes per transaction of a prune or delete_for_runs (a message and a WAL record each)
+_CUT_CHUNK = 1024
+
+
+class CutPlans:
+    """The plans of delete_thread, delete_for_runs and prune."""
+
+    def _delete_threads(self, thread_ids):
+        runs = [thread_run(self.prefix, t) for t in thread_ids]
+        if not runs:
+            return None
+        results = yield [("run.delete", (run,)) for run in runs]
+        raise_first(results)
+        gone = set(runs)
+        self._indexed.forget(lambda pair: pair[1] in gone)
+        return None
+
+    def _delete_for_runs(self, run_ids):
+        run_ids = [r for r in dict.fromkeys(run_ids) if type(r) is str and r]
+        if not run_ids:
+            return None
+        docs = yield [("js.get", (self._index, r, "$")) for r in run_ids]
+        threads: dict = {}
+        for doc in docs:
+            if isinstance(doc, RunNotFound):
+                return None  # nothing was ever indexed
+            raise_first([doc])
+            for thread_id in doc or ():
+                threads[thread_id] = thread_run(self.prefix, thread_id)
+        doomed_runs = set(run_ids)
+        if threads:
+            yield from cut_threads(
+                list(threads.values()),
+                lambda records: [r for r in records if r.run_id in doomed_runs])
+        raise_first((yield [("js.delete", (self._index, r, "$")) for r in run_ids]),
+                    allow=(RunNotFound,))
+        self._indexed.forget(lambda pair: pair[0] in doomed_runs)
+        return None
+
+    def _prune(self, thread_ids, strategy):
+        if strategy == "delete":
+            return (yield from self._delete_threads(thread_ids))
+        if strategy != "keep_latest":
+            raise ValueError(f"unknown prune strategy {strategy!r}; use 'keep_latest' or 'delete'")
+        runs = list(dict.fromkeys(thread_run(self.prefix, t) for t in thread_ids))
+        if not runs:
+            return None
+
+        def older(records):
+            newest: dict = {}
+            for r in records:
+                if r.ns not in newest or newest[r.ns].checkpoint_id < r.checkpoint_id:
+                    newest[r.ns] = r
+            keep = {r.checkpoint_id for r in newest.values()}
+            return [r for r in records if r.checkpoint_id not in keep]
+
+        yield from cut_threads(runs, older)
+        return None
+
+
+def cut_threads(runs: list, doomed_of):
+    """Plan step: delete from each thread (run id) the checkpoints `doomed_of(records)`
+    chooses among its records, with what only they use; a thread that a put changed
+    meanwhile is read and cut again."""
+    for _ in range(_CUT_TRIES):
+        reads = [op for run in runs for op in _thread_reads(run)]
+        results = yield from read_in_pieces(reads)
+        cuts = []
+        for i, run in enumerate(runs):
+            items, blob_keys, write_keys = results[3 * i:3 * i + 3]
+            if isinstance(items, RunNotFound):
+                continue
+            raise_first([items, blob_keys, write_keys])
+            records = [read_record(v) for _, v in items]
+            cut = _cut(run, records, doomed_of(records), blob_keys, write_keys)
+            if cut is not None:
+                cuts.append(cut)
+        redo = yield from apply_cuts(cuts)
+        if not redo:
+            return
+        runs = [run for run in runs if run in redo]
+    raise TransactionConflict(f"threads {runs!r:.200} kept changing while their "
+                              f"checkpoints were being deleted; try again")
+
+
+def apply_cuts(cuts: list):
+    """Plan step: each thread's cut (see `_cut`) as one transaction on the heads of
+    the namespaces it touches; the run ids of the threads to read and cut again.
+
+    A put made since the thread was read moved a head: the cut chose from
+    records that no longer are all there are, so a blob it deletes may be
+    one the new checkpoint points at, and a head it moves back would hide
+    the new checkpoint from every get_tuple (a graph would resume from the
+    past). Such a thread is cut again from what it holds now.
+    """
+    heads = [(cut[0], ns) for cut in cuts for ns, _, _ in cut[3]]
+    current = iter((yield [("kv.get_versioned", (run, head_key(ns)))
+                           for run, ns in heads]) if heads else [])
+    redo, pending = set(), []
+    for run, deletes, late, moves, known in cuts:
+        reads, writes, skip = [], [], False
+        for ns, survivor, doomed_ids in moves:
+            found = next(current)
+            if isinstance(found, RunNotFound):
+                skip = True  # the thread was deleted meanwhile
+                continue
+            key = head_key(ns)
+            if found is None:
+                head, version = None, 0
+            else:
+                raise_first([found])
+                head, version = read_record(found.value).checkpoint_id, found.version
+            if head is not None and head not in known:
+                redo.add(run)  # a put since the read
+                skip = True
+                continue
+            reads.append(["kv", key, version])
+            if head is None or head in doomed_ids:
+                writes.append(["kv.put", [run, key, survivor.stored(), None]] if survivor
+                              else ["kv.delete", [run, key]])
+        if not skip:
+            # A large cut goes in several transactions, each on the same head
+            # versions, the head moves (and what the old heads point at) in the
+            # last: what one commits was unreferenced when it committed, and a
+            # put in between stops the rest.
+            ops = [[op, list(args)] for op, args in deletes]
+            chunks = [ops[i:i + _CUT_CHUNK] for i in range(0, len(ops), _CUT_CHUNK)]
+            chunks = chunks or [[]]
+            chunks[-1] = chunks[-1] + [[op, list(args)] for op, args in late] + writes
+            pending.append((run, reads, chunks))
+    while pending:
+        commits = [("tx.commit", (run, reads, chunks.pop(0)))
+                   for run, reads, chunks in pending]
+        done = set()
+        for (_, (run, _, _)), result in zip(commits, (yield commits)):
+            if type(result) is TransactionConflict:
+                redo.add(run)  # a put since the heads were read
+            elif isinstance(result, RunNotFound):
+                done.add(run)  # the thread was deleted meanwhile
+            else:
+                raise_first([result])
+        pending = [p for p in pending if p[2] and p[0] not in redo and p[0] not in done]
+    return redo
+
+
+def _cut(run, records, doomed, blob_keys, write_keys):
+    """What deleting `doomed` records of a thread takes, or None for none: (run, the
+    deletes, the deletes to make last, [(namespace, its newest survivor or None, the
+    doomed checkpoint ids of it)] for each namespace touched, the checkpoint ids read).
+
+    The deletes are of the doomed records, their writes (those kept apart among
+    `write_keys` too) and the blobs no survivor points at: records first, so a
+    reader finds a checkpoint whole or not at all. What a doomed head (the copy
+    of its namespace's newest record that get_tuple reads) points at is deleted
+    last, with the move of the head.
+    """
+    if not doomed:
+        return None
+    gone = {(r.ns, r.checkpoint_id) for r in doomed}
+    survivors = [r for r in records if (r.ns, r.checkpoint_id) not in gone]
+    heads: dict = {}
+    for r in records:
+        if r.ns not in heads or heads[r.ns].checkpoint_id < r.checkpoint_id:
+            heads[r.ns] = r
+    late_ids = {(r.ns, r.checkpoint_id) for r in heads.values()} & gone
+    late_refs = {k for r in heads.values() if (r.ns, r.checkpoint_id) in late_ids
+                 for k in r.refs[:-1]}
+    deletes = [("kv.delete", (run, checkpoint_key(r.ns, r.checkpoint_id))) for r in doomed]
+    late = []
+    for r in doomed:
+        op = ("js.delete", (run, writes_key(r.ns, r.checkpoint_id), "$"))
+        (late if (r.ns, r.checkpoint_id) in late_ids else deletes).append(op)
+    newest: dict = {}
+    for r in survivors:
+        if r.ns not in newest or newest[r.ns].checkpoint_id < r.checkpoint_id:
+            newest[r.ns] = r
+    moves = [(ns, newest.get(ns), {r.checkpoint_id for r in doomed if r.ns == ns})
+             for ns in {r.ns for r in doomed}]
+    wanted = set()
+    for r in survivors:
+        wanted.update(r.refs[:-1])
+    for k in blob_keys:
+        if k not in wanted:
+            (late if k in late_refs else deletes).append(("kv.delete", (run, k)))
+    apart = tuple(write_prefix(r.ns, r.checkpoint_id) for r in doomed)
+    late_apart = tuple(write_prefix(ns, cid) for ns, cid in late_ids)
+    for k in write_keys:
+        if k.startswith(apart):
+            (late if late_apart and k.startswith(late_apart) else deletes).append(
+                ("kv.delete", (run, k)))
+    return run, deletes, late, moves, {r.checkpoint_id for r in records}
+
+
+def _thread_reads(run) -> list:
+    """What prune and delete_for_runs read of a thread: its records, the keys of its
+    blobs and of its pending writes kept apart."""
+    return [("kv.items", (run, "checkpoint/")), ("kv.keys", (run, "blob/")),
+            ("kv.keys", (run, "write/"))]

@@ -1,0 +1,187 @@
+"""The saver's writes: `put` (a checkpoint) and `put_writes` (a task's pending writes).
+
+`put`, the call a graph makes at every step, is prepared apart from its plan
+(`_put_ops`): on a sync database whose thread exists it is sent as it is,
+one `kv.put_many` call (on an embedded store, straight to the engine under
+its lock), the blobs, the checkpoint and the head of its namespace in one
+write-ahead log record; the plan (`_put_plan`) runs only for what needs more
+(a new thread, a LangGraph run id not indexed yet, see `indexed.py`).
+`put_writes` sets each pending write at its own path of the checkpoint's
+writes document, a value over `WRITE_INLINE_MAX` kept apart (see `keys.py`).
+
+A mixin of `InmemSaver`: it uses the saver's `db`, `prefix`, `serde`,
+`_index`, `_indexed`, `_put_many` and `_send` (`sending.py`).
+"""
+
+from __future__ import annotations
+
+from langgraph.checkpoint.base import WRITES_IDX_MAP, get_checkpoint_metadata
+
+from inmem.errors import RunNotFound, ValueTooLarge
+
+from .driver import raise_first, run_sync
+from .keys import (SHORT, WRITE_INLINE_MAX, blob_prefix, check_names, checkpoint_key,
+                   head_key, json_name, stored_record, thread_run, unesc, write_key,
+                   writes_key)
+
+
+class PutPlans:
+    """The plans of put and put_writes."""
+
+    def _put(self, config, checkpoint, metadata, new_versions):
+        return (yield from self._put_plan(self._put_ops(config, checkpoint, metadata,
+                                                         new_versions)))
+
+    def _put_ops(self, config, checkpoint, metadata, new_versions) -> tuple:
+        """What a put sends: (thread id, its run, the operations, the (run id, run) pair
+        to index or None, the answer)."""
+        conf = config["configurable"]
+        thread_id = conf["thread_id"]
+        run = thread_run(self.prefix, thread_id)
+        ns = conf.get("checkpoint_ns") or ""
+        dumps = self.serde.dumps_typed
+        body = checkpoint.copy()
+        values = body.pop("channel_values", None) or {}
+        versions = checkpoint["channel_versions"]
+        # Every channel's blob key goes in the refs; the new versions' are the keys written.
+        refs = [f"{blob_prefix(ns, ch)}{v}" for ch, v in versions.items()]
+        items = []
+        for channel, version in new_versions.items():
+            blob = dumps(values[channel]) if channel in values else ("empty", b"")
+            items.append([f"{blob_prefix(ns, channel)}{version}", list(blob)])
+        meta = get_checkpoint_metadata(config, metadata)
+        run_id = meta.get("run_id")
+        run_id = run_id if type(run_id) is str and run_id else None
+        cid = checkpoint["id"]
+        if len(run) > SHORT or len(ns) > SHORT:
+            check_names(thread_id, run, ns, checkpoint_key(ns, cid))
+        refs.append(["json", writes_key(ns, cid)])
+        record = stored_record(ns, cid, conf.get("checkpoint_id"), dumps(body), dumps(meta),
+                               run_id, refs)
+        items.append([checkpoint_key(ns, cid), record])
+        items.append([head_key(ns), record])
+        ops = [("kv.put_many", (run, items, None))]
+        pair = None
+        if run_id is not None and not self._indexed.has((run_id, run)):
+            pair = (run_id, run)
+            ops.append(("js.set", (self._index, run_id, json_name(str(thread_id)), True)))
+        return (thread_id, run, ops, pair,
+                {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
+                                  "checkpoint_id": cid}})
+
+    def _put_now(self, prepared) -> dict:
+        """Run a put on a sync database: one blocking `kv.put_many` when that is all it
+        takes (the thread exists and its run id is indexed), else its plan."""
+        ops = prepared[2]
+        put_many = self._put_many
+        if put_many is not None and len(ops) == 1:
+            try:
+                put_many(*ops[0][1])
+            except RunNotFound as exc:  # a new thread: its run is made on its first write
+                return run_sync(self.db, self._put_plan(prepared, [exc]))
+            except ValueTooLarge as exc:
+                raise _too_large(prepared, exc) from None
+            return prepared[4]
+        return run_sync(self.db, self._put_plan(prepared))
+
+    def _put_plan(self, prepared, results=None):
+        """The plan of a put `_put_ops` prepared; `results`: its operations' results, when
+        they were sent already."""
+        thread_id, run, ops, pair, answer = prepared
+        if results is None:
+            results = yield ops
+        for r in results:
+            if isinstance(r, BaseException):
+                # A new thread (its run is made on its first write), or a failure.
+                results = yield from self._send(ops, {run: thread_id}, results)
+                if type(results[0]) is ValueTooLarge:
+                    raise _too_large(prepared, results[0])
+                raise_first(results)
+                break
+        if pair is not None:
+            self._indexed.remember(pair)
+        return answer
+
+    def _put_writes(self, config, writes, task_id, task_path):
+        thread_id, run, ns = self._where(config)
+        wkey = writes_key(ns, config["configurable"]["checkpoint_id"])
+        if len(run) > SHORT or len(ns) > SHORT:
+            check_names(thread_id, run, ns, wkey)
+        entries = []
+        for idx, (channel, value) in enumerate(writes):
+            idx = WRITES_IDX_MAP.get(channel, idx)
+            entries.append((f"{task_id}/{idx}", channel, idx, value))
+        if any(idx >= 0 for _, _, idx, _ in entries):
+            # A task's ordinary writes are kept as first stored (a retried task
+            # must not change what the checkpoint already recorded); the special
+            # channels (error, interrupt, resume, scheduled) are replaced.
+            # Only this task's rows are read: the whole document, which grows with
+            # every task of the step, made a fan-out's writes quadratic.
+            ordinary = [e for e in entries if e[2] >= 0]
+            found = yield [("js.get", (run, wkey, json_name(e[0]))) for e in ordinary]
+            raise_first(found, allow=(RunNotFound,))
+            have = {e[0] for e, row in zip(ordinary, found)
+                    if row is not None and not isinstance(row, RunNotFound)}
+            entries = [e for e in entries if e[2] < 0 or e[0] not in have]
+        dumps = self.serde.dumps_typed
+        cid = config["configurable"]["checkpoint_id"]
+        rows, apart = [], []
+        for name, channel, idx, value in entries:
+            kind, data = dumps(value)
+            if len(data) > WRITE_INLINE_MAX:
+                # Kept apart (see keys.py), written before the row that names it.
+                key = write_key(ns, cid, task_id, idx)
+                apart.append((channel, ("kv.put", (run, key, [kind, data], None))))
+                rows.append((name, channel, kind, data, [task_id, channel, None, key,
+                                                         task_path, idx]))
+            else:
+                rows.append((name, channel, kind, data, [task_id, channel, kind, data,
+                                                         task_path, idx]))
+        if apart:
+            yield from self._put_apart(apart, thread_id, task_id)
+        ops = [("js.set", (run, wkey, json_name(name), row)) for name, _, _, _, row in rows]
+        if not ops:
+            return
+        results = yield from self._send(ops, {run: thread_id})
+        full = [i for i, r in enumerate(results)
+                if type(r) is ValueTooLarge and rows[i][4][2] is not None]
+        if full:
+            # The document has no room left for these (a step whose tasks wrote
+            # more than a value may hold): kept apart after all.
+            moved, stubs = [], []
+            for i in full:
+                name, channel, kind, data, row = rows[i]
+                key = write_key(ns, cid, task_id, row[5])
+                moved.append((channel, ("kv.put", (run, key, [kind, data], None))))
+                stubs.append(("js.set", (run, wkey, json_name(name),
+                                         [task_id, channel, None, key, task_path, row[5]])))
+            yield from self._put_apart(moved, thread_id, task_id)
+            again = yield from self._send(stubs, {run: thread_id})
+            for i, r in zip(full, again):
+                results[i] = r
+        raise_first(results)
+
+    def _put_apart(self, apart: list, thread_id, task_id):
+        """Write pending writes kept apart: [(channel, kv.put op)]; a value too large for
+        any entry is refused naming its channel and task."""
+        results = yield from self._send([op for _, op in apart],
+                                        {apart[0][1][1][0]: thread_id})
+        for (channel, op), r in zip(apart, results):
+            if type(r) is ValueTooLarge:
+                raise ValueTooLarge(
+                    f"the write of task {task_id!r} to channel {channel!r} of thread "
+                    f"{thread_id!r} is {len(op[1][2][1])} bytes serialized: {r}") from None
+        raise_first(results)
+
+
+def _too_large(prepared, exc: ValueTooLarge) -> ValueTooLarge:
+    """`exc`, saying which channel of which thread's checkpoint was too large."""
+    thread_id, ops = prepared[0], prepared[2]
+    sizes = [(len(value[1]), key) for key, value in ops[0][1][1]
+             if key.startswith("blob/") and isinstance(value[1], bytes)]
+    if not sizes:
+        return exc
+    size, key = max(sizes)
+    channel = unesc(key.split("/")[2])
+    return ValueTooLarge(f"a checkpoint of thread {thread_id!r} was not stored ({exc}); its "
+                         f"largest new channel value is {channel!r}, {size} bytes serialized")
