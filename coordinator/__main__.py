@@ -23,10 +23,19 @@ def main(argv=None) -> int:
                    help="stop when the parent process dies (how inmem.Cluster starts it)")
     args = p.parse_args(argv)
     from inmem.coordinator import server
+    from inmem.errors import InmemError
+    from inmem.processes import write_coordinator_note
     if args.watch_parent:
         from inmem.processes import die_with_parent
         server.PARENT_PID = die_with_parent()
-    return server.run(json.loads(args.spec), out=print_line)
+    spec = json.loads(args.spec)
+    try:
+        return server.run(spec, out=print_line)
+    except InmemError as exc:
+        # One line in the log, and a note that inmem.Cluster raises from.
+        print_line(f"cannot serve: {type(exc).__name__}: {exc}")
+        write_coordinator_note(spec["data_dir"], exc)
+        return 2
 
 
 if __name__ == "__main__":

@@ -32,6 +32,15 @@ shard that is down, restarting or unresponsive (silent for the heartbeat
 timeout, see `_heartbeats`) makes only its own slots answer ShardUnavailable.
 SIGTERM/SIGINT stop the loop; shards are stopped cleanly (flush, final
 snapshot) by the supervisor.
+
+A shard that cannot start for a lasting reason (its files, their permissions,
+damage recovery may not skip: see `inmem.processes.lasting_failure`) before
+the cluster was first ready ends the start at once: `run` raises
+ClusterNotReady naming the shard, the path and the cause, and the shards are
+killed (none has served anything). Once the cluster has been ready, a shard
+that dies is restarted whatever the reason, with backoff; while its restarts
+fail, its status says why and requests for its slots are answered
+ShardUnavailable with that reason.
 """
 
 from __future__ import annotations
@@ -128,6 +137,8 @@ class Coordinator:
         self._rid = itertools.count(1)
         self._pending: dict = {}  # internal request id -> (callback, deadline)
         self._lock_fd = None
+        #: why the start failed, when a shard could not start (see `_fail_start`)
+        self.start_failure: InmemError | None = None
         self.ctx = None
         self.front = None
         self.stream: StreamServer | None = None
@@ -562,15 +573,7 @@ class Coordinator:
     def _unavailable(self, ident, head, link: ShardLink) -> None:
         self.counters["shard_unavailable"] += 1
         h = link.handle
-        # A send that fails to a shard still marked ready: it is gone, not known so yet.
-        state = "not connected" if h.state == READY else h.state
-        if not h.last_error:
-            why = ""
-        elif h.state == DOWN and h.last_exit is not None:
-            why = f" (last exit {h.last_exit}: {h.last_error})"
-        else:
-            why = f" ({h.last_error})"
-        self._error(ident, head, ShardUnavailable(f"shard {h.id} is {state}; retry shortly{why}"))
+        self._error(ident, head, ShardUnavailable(_unavailable_text(h)))
 
     def _overloaded(self, ident, head, link: ShardLink) -> None:
         self.counters["shard_unavailable"] += 1
@@ -602,8 +605,13 @@ class Coordinator:
             self._error(ident, head, InmemError(f"internal error in the coordinator: {text}"))
 
     def _not_ready_message(self) -> str:
-        waiting = [f"{l.handle.id} {l.handle.state}" for l in self.links
-                   if l.handle.state != READY]
+        waiting = []
+        for l in self.links:
+            h = l.handle
+            if h.state != READY:
+                entry = h.summary()
+                waiting.append(f"{h.id} {entry['state']}" + (
+                    f" ({h.last_error})" if h.last_error else ""))
         return "the cluster is still recovering; shards not ready: " + ", ".join(waiting)
 
     # -- cluster requests ----------------------------------------------------------
@@ -785,6 +793,10 @@ class Coordinator:
         sup = self.supervisor
         for h in sup.poll():
             link = self.links[h.id]
+            if (not self.ready_once and h.start_failure is not None
+                    and h.start_failure.get("lasting")):
+                self._fail_start(h)
+                return
             delay = sup.schedule_restart(h)
             self.out(f"shard {h.id} exited (code {h.last_exit}"
                      + (f", {h.last_error}" if h.last_error else "")
@@ -798,6 +810,20 @@ class Coordinator:
         for rid in expired:
             callback = self._pending.pop(rid)[0]
             self._deliver(callback, ShardUnavailable("a shard did not answer in time"))
+
+    def _fail_start(self, h) -> None:
+        """End a start that cannot succeed: shard `h` failed at start-up for a lasting reason.
+
+        Another try would meet the same files (a restart loop that a user sees
+        as a start hanging until its timeout): the loop stops, and `run` raises
+        the ClusterNotReady made here.
+        """
+        note = h.start_failure
+        self.start_failure = ClusterNotReady(
+            f"shard {h.id} cannot start: {h.last_error}", shard=h.id, path=note.get("path"),
+            cause=note.get("error"))
+        self.out(f"{self.start_failure}; stopping (the cluster has served nothing)")
+        self.stopping = True
 
     def _heartbeats(self, now: float) -> None:
         """Ping each serving shard that has sent nothing for a while; act on the silent ones.
@@ -891,6 +917,8 @@ class Coordinator:
             h.state = READY
             h.ready_at = time.monotonic()
             h.last_error = None
+            h.start_failure = None
+            h.start_failures = 0
             self._open_link_stream(link)
             self.out(f"shard {h.id} ready, pid {h.pid}: {describe_recovery(h.recovery)}")
             if not self.ready_once and all(l.handle.state == READY for l in self.links):
@@ -912,7 +940,12 @@ class Coordinator:
             self.stream.close()
             self.stream = None
         if self.supervisor is not None:
-            self.supervisor.stop_all()
+            if self.start_failure is not None:
+                # None has served anything: nothing to flush, and a shard still
+                # recovering would only make the refusal wait for it.
+                self.supervisor.kill_all()
+            else:
+                self.supervisor.stop_all()
         if self.server_keys is not None:
             self.server_keys.stop()
         if self.ctx is not None:
@@ -924,6 +957,22 @@ class Coordinator:
             remove_sockets(self.spec)
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _unavailable_text(h) -> str:
+    """Why requests for shard `h`'s slots are not served: its state and its last failure."""
+    if h.start_failures:
+        return (f"shard {h.id} is down: its restarts fail at start-up ({h.start_failures} in a "
+                f"row): {h.last_error}; it is tried again with backoff until that is fixed")
+    # A send that fails to a shard still marked ready: it is gone, not known so yet.
+    state = "not connected" if h.state == READY else h.state
+    if not h.last_error:
+        why = ""
+    elif h.state == DOWN and h.last_exit is not None:
+        why = f" (last exit {h.last_exit}: {h.last_error})"
+    else:
+        why = f" ({h.last_error})"
+    return f"shard {h.id} is {state}; retry shortly{why}"
 
 
 def _text(key: bytes | None) -> str | None:
@@ -1009,6 +1058,8 @@ def run(spec: dict, out=print) -> int:
     try:
         coord.start()
         coord.serve()
+        if coord.start_failure is not None:
+            raise coord.start_failure
         out("stopping: flushing and snapshotting shards")
     finally:
         coord.close()

@@ -10,14 +10,19 @@ Each shard has a `ShardHandle` with its state:
                  by one long request); ready again as soon as it answers
     down         its process died (a restart is scheduled: `restart_at`, and
                  no pid until the new process starts), or a remote shard
-                 stopped answering heartbeats
+                 stopped answering heartbeats; also, in `summary`, a shard
+                 whose restarts fail at start-up while the next try runs
+                 (`start_failures`: how many in a row, `last_error`: why)
 
 The supervisor owns the processes; the coordinator's loop calls `poll()`
 (cheap: one waitpid per local shard) and `restart_due()` on every tick and
 moves handles between states as hellos and heartbeats arrive. Restarts back
 off: restart_backoff_ms doubled for each failure in a row, capped at
 restart_backoff_max_ms; a shard that served for a while before dying starts
-again from the base delay. A shard unresponsive for restart_unresponsive_after_s
+again from the base delay. A shard that exits with its start-up failure code
+leaves a note saying why (`inmem.processes.write_exit_note`): the handle keeps
+it as `start_failure`, and the coordinator fails a start whose shard cannot
+start for a lasting reason (see `Coordinator._tick`). A shard unresponsive for restart_unresponsive_after_s
 (when set) is killed (`kill_unresponsive`), and restarted as any that died.
 
 The first start forks the shards from the coordinator, which imported the
@@ -44,7 +49,7 @@ import sys
 import time
 import traceback
 
-from inmem.processes import HELLO_TOKEN_ENV, child_env, read_exit_note
+from inmem.processes import HELLO_TOKEN_ENV, SHARD_EXIT_STARTUP, child_env, read_exit_note
 
 RECOVERING = "recovering"
 READY = "ready"
@@ -56,7 +61,8 @@ STABLE_AFTER_S = 30.0
 
 class ShardHandle:
     __slots__ = ("id", "endpoint", "remote", "proc", "state", "pid", "recovery", "restarts",
-                 "failures", "restart_at", "ready_at", "started_at", "last_exit", "last_error")
+                 "failures", "restart_at", "ready_at", "started_at", "last_exit", "last_error",
+                 "start_failure", "start_failures")
 
     def __init__(self, shard: dict):
         self.id = shard["id"]
@@ -73,12 +79,20 @@ class ShardHandle:
         self.started_at = time.monotonic()
         self.last_exit: int | None = None
         self.last_error: str | None = None
+        #: the exit note of the last process of this shard, when it exited with the
+        #: start-up failure code before it was ready (else None)
+        self.start_failure: dict | None = None
+        #: processes of this shard in a row that failed at start-up (0 once one is ready)
+        self.start_failures = 0
 
     def summary(self) -> dict:
         waiting = self.restart_at is not None and self.proc is None
-        return {"shard": self.id, "state": self.state, "pid": self.pid,
+        # A shard whose restarts keep failing at start-up is down, the try under way included.
+        state = DOWN if self.state == RECOVERING and self.start_failures else self.state
+        return {"shard": self.id, "state": state, "pid": self.pid,
                 "endpoint": self.endpoint, "remote": self.remote, "restarts": self.restarts,
                 "last_exit": self.last_exit, "last_error": self.last_error,
+                "start_failures": self.start_failures,
                 # while a restart waits out its backoff: which restart in a row it
                 # is, and in how many seconds it starts
                 "restart_attempt": self.failures if waiting else None,
@@ -145,11 +159,18 @@ class Supervisor:
             code = proc.poll()
             if code is None:
                 continue
+            starting = h.state == RECOVERING
             h.proc = None
             # No process until the restart: the old pid may soon be another program's.
             h.pid = None
             h.last_exit = code
-            h.last_error = _exit_note(self.spec, h.id) or h.last_error
+            note = read_exit_note(self.spec["data_dir"], h.id)
+            h.last_error = _note_text(note) or h.last_error
+            if starting and code == SHARD_EXIT_STARTUP and note is not None:
+                h.start_failure = note
+                h.start_failures += 1
+            else:
+                h.start_failure = None
             died.append(h)
         return died
 
@@ -312,9 +333,12 @@ def _signal(proc, sig) -> None:
         pass
 
 
-def _exit_note(spec: dict, shard: int) -> str | None:
-    note = read_exit_note(spec["data_dir"], shard)
-    return None if note is None else f"{note.get('error')}: {note.get('message')}"
+def _note_text(note: dict | None) -> str | None:
+    """What an exit note says went wrong, in one line (None: no note)."""
+    if note is None:
+        return None
+    # (notes of an earlier version have no reason)
+    return note.get("reason") or f"{note.get('error')}: {note.get('message')}"
 
 
 __all__ = ["Supervisor", "ShardHandle", "ForkedShard", "RECOVERING", "READY", "UNRESPONSIVE",

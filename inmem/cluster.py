@@ -106,17 +106,23 @@ class Cluster:
         os.close(fd)
 
     def wait_ready(self, timeout: float) -> dict:
-        """Wait for every shard to be ready; ClusterNotReady (with the log's tail) if not."""
+        """Wait for every shard to be ready; ClusterNotReady if not, saying why.
+
+        A shard that cannot start (its files, their permissions, damage recovery
+        may not skip) ends the wait at once: ClusterNotReady("shard N cannot
+        start: ...") with `shard`, `path` and `cause` set. At the timeout, the
+        message says what each shard not ready is waiting on, then the log's tail.
+        """
         deadline = time.monotonic() + timeout
         admin = self._admin_backend()
         while True:
             if self.proc is not None and self.proc.poll() is not None:
-                raise ClusterNotReady(f"the coordinator exited with code {self.proc.returncode}:\n"
-                                      + self.log_tail())
+                raise self._exit_error()
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ClusterNotReady(f"the cluster at {self.endpoint} was not ready within "
-                                      f"{timeout:g} s:\n" + self.log_tail())
+                                      f"{timeout:g} s: {self._waiting_on()}\n"
+                                      + self.log_tail())
             try:
                 status = admin.wait_ready(min(left, 0.5))
             except (ClusterNotReady, Timeout):
@@ -128,6 +134,35 @@ class Cluster:
                 time.sleep(0.05)
                 continue
             return status
+
+    def _exit_error(self) -> InmemError:
+        """Why the coordinator exited during the start: the note it left, else its log's tail."""
+        from .processes import read_coordinator_note
+        code = self.proc.returncode
+        note = read_coordinator_note(self.data_dir, self.proc.pid)
+        if note is None:
+            return ClusterNotReady(f"the coordinator exited with code {code}:\n"
+                                   + self.log_tail())
+        message = str(note.get("message"))
+        if note.get("error") == "ConfigError":
+            from inmem.coordinator.config import ConfigError
+            return ConfigError(message)
+        fields = {k: note.get(k) for k in ("shard", "path", "cause")}
+        return ClusterNotReady(message, **fields)
+
+    def _waiting_on(self) -> str:
+        """What each shard not ready is doing, and its last error (never empty)."""
+        try:
+            status = self._admin_backend().cluster("status", timeout=1.0)
+            shards = [s for s in status["shards"] if s["state"] != "ready"]
+        except (InmemError, KeyError, TypeError):
+            return (f"no answer from its coordinator (pid "
+                    f"{self.proc.pid if self.proc else None})")
+        if not shards:
+            return "every shard is ready, but not the cluster yet"
+        return "; ".join(f"shard {s['shard']} {s['state']}"
+                         + (f" (last error: {s['last_error']})" if s.get("last_error") else "")
+                         for s in shards)
 
     def connect(self, timeout: float = 10.0, **options) -> "Database":
         """A Database on this cluster (a new client each call); options as `inmem.connect`."""
@@ -241,7 +276,7 @@ class Cluster:
                 text = f.read().decode("utf-8", "replace")
         except OSError:
             return "(no coordinator log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return "\n".join(text.splitlines()[-lines:]) or "(the coordinator log is empty)"
 
     def __enter__(self) -> "Cluster":
         return self.start()

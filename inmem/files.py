@@ -79,7 +79,7 @@ def make_dirs(path, fsync=None, tighten: bool = False) -> list[str]:
             os.mkdir(directory, DIR_MODE)
         except FileExistsError:
             if not os.path.isdir(directory):
-                raise
+                raise NotADirectory(directory) from None
             continue  # made by someone else meanwhile: theirs to make durable
         os.chmod(directory, DIR_MODE)
         made.append(directory)
@@ -139,6 +139,143 @@ def replace_durably(path: str, data, tmp_suffix: str = ".tmp") -> None:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(os.path.dirname(path) or ".")
+
+
+class NotADirectory(FileExistsError):
+    """Something other than a directory holds a name that must be a directory (a store's wal/,
+    a data directory): `kind` says what ("a file", "a FIFO", ...), `filename` is the path.
+
+    A FileExistsError, as the mkdir that met it raised; its text says what is wrong and where.
+    """
+
+    def __init__(self, path, kind: str | None = None):
+        path = os.fspath(path)
+        self.kind = kind if kind is not None else kind_of(path)
+        super().__init__(errno.EEXIST, f"{self.kind}, not a directory", path)
+
+    def __str__(self) -> str:
+        return f"{self.filename} is {self.kind}, not a directory"
+
+
+def kind_of(path) -> str:
+    """What is at `path`, as a phrase: "a file", "a directory", "a FIFO", ... ("nothing")."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        try:
+            os.lstat(path)
+        except OSError:
+            return "nothing"
+        return "a dangling symbolic link"
+    except OSError:
+        return "something this user may not look at"
+    if stat.S_ISREG(mode):
+        return "a file"
+    return next((k for test, k in _KINDS if test(mode)), "not a directory")
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line that says what is wrong on disk and where, for an OSError met opening a store.
+
+    "<path> is a file, not a directory", "permission denied on <path> ...",
+    and the like, instead of "[Errno 17] File exists: '<path>'".
+    """
+    if isinstance(exc, NotADirectory):
+        return str(exc)
+    if isinstance(exc, NotRegularFile):
+        return f"{exc.filename} is {exc.kind}, not a regular file"
+    path = exc.filename
+    code = exc.errno
+    if path is None:
+        return exc.strerror or str(exc) or type(exc).__name__
+    if code == errno.EEXIST and not os.path.isdir(path):
+        return f"{path} is {kind_of(path)}, not a directory"
+    if code == errno.ENOTDIR:
+        blocker = _first_non_directory(path)
+        if blocker is not None:
+            return f"{path} is under {blocker}, which is {kind_of(blocker)}, not a directory"
+        return f"{path}: a part of this path is not a directory"
+    if code == errno.EISDIR:
+        return f"{path} is a directory, not a regular file"
+    if code in (errno.EACCES, errno.EPERM):
+        return (f"permission denied on {path}: this user (uid {os.geteuid()}) may not use it; "
+                "fix its owner or mode")
+    if code == errno.EROFS:
+        return f"{path} is on a read-only file system"
+    if code == errno.ENOSPC:
+        return f"no space left on the device holding {path}"
+    if code == errno.EDQUOT:
+        return f"the disk quota is used up on the device holding {path}"
+    if code == errno.ENOENT:
+        return f"{path} does not exist"
+    if code == errno.ENAMETOOLONG:
+        return f"{path}: the path is too long"
+    if code == errno.ELOOP:
+        return f"{path}: too many symbolic links (a loop?)"
+    return f"{path}: {exc.strerror or exc}"
+
+
+def _first_non_directory(path: str) -> str | None:
+    """The first existing ancestor of `path` (or `path`) that is not a directory, else None."""
+    parts = os.path.abspath(path).split(os.sep)
+    for i in range(2, len(parts) + 1):
+        here = os.sep.join(parts[:i]) or os.sep
+        if os.path.lexists(here) and not os.path.isdir(here):
+            return here
+    return None
+
+
+# -- directories inside others' ------------------------------------------------------
+
+#: the file every durable store (an embedded store, a shard) holds locked in its directory
+STORE_LOCK_NAME = "LOCK"
+
+
+def is_store_dir(path) -> bool:
+    """Whether `path` is a durable store's directory (an embedded store's or a shard's)."""
+    return (os.path.isfile(os.path.join(path, STORE_LOCK_NAME))
+            and any(os.path.isdir(os.path.join(path, sub))
+                    for sub in ("wal", "snapshots", "history")))
+
+
+def is_cluster_dir(path) -> bool:
+    """Whether `path` is a cluster's data directory (a coordinator has served it)."""
+    return os.path.isfile(os.path.join(path, CLUSTER_LOCK_NAME))
+
+
+def enclosing_data_dir(path) -> tuple[str, str] | None:
+    """(the directory, what it is) of the nearest cluster data directory or store directory
+    that strictly contains `path`, else None.
+
+    A shard's own directory (`<cluster>/shard-N`) is its cluster's: what
+    encloses it is looked for above the cluster. What it is: "the data
+    directory of a cluster", or "the directory of shard N of the cluster at
+    <dir>", or "the directory of a store".
+    """
+    here = os.path.abspath(os.fspath(path))
+    child = None
+    while True:
+        parent = os.path.dirname(here)
+        if parent == here:
+            return None
+        child, here = here, parent
+        if is_cluster_dir(here):
+            if child == os.path.abspath(os.fspath(path)) and _shard_number(child) is not None:
+                continue  # a cluster's own shard directory
+            return here, "the data directory of a cluster"
+        if is_store_dir(here):
+            number = _shard_number(here)
+            if number is not None and is_cluster_dir(os.path.dirname(here)):
+                return here, (f"the directory of shard {number} of the cluster at "
+                              f"{os.path.dirname(here)}")
+            return here, "the directory of a store"
+
+
+def _shard_number(path: str) -> int | None:
+    name = os.path.basename(path)
+    if name.startswith("shard-") and name[6:].isdigit():
+        return int(name[6:])
+    return None
 
 
 # -- the lock -----------------------------------------------------------------------
@@ -405,5 +542,7 @@ def claim_socket_path(path: str, endpoint: str) -> None:
         pass
 
 
-__all__ = ["FILE_MODE", "DIR_MODE", "fsync_dir", "make_dirs", "open_private", "private_opener",
+__all__ = ["FILE_MODE", "DIR_MODE", "fsync_dir", "make_dirs", "NotADirectory", "kind_of",
+           "describe_os_error", "STORE_LOCK_NAME", "is_store_dir", "is_cluster_dir",
+           "enclosing_data_dir", "open_private", "private_opener",
            "try_lock", "lock_is_held", "CLUSTER_LOCK_NAME", "socket_in_use", "claim_socket_path", "lock_file_pid", "serving_cluster_root", "data_end", "read_data", "open_regular", "NotRegularFile", "keep_evidence_copy", "move_to_evidence"]

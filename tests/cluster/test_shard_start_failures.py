@@ -1,0 +1,162 @@
+"""A shard that cannot start: the cluster's start fails at once, saying which shard, where and why.
+
+A shard whose data cannot be opened (a file where its wal/, snapshots/ or
+history/ directory should be, ...) fails the same way on every try, so the
+first start of a cluster that has one ends in a ClusterNotReady naming the
+shard, the path and the cause, long before the ready timeout; `inmem serve`
+says it in one line and exits non-zero. A failure a later try may not meet
+(the shard's directory still locked by an old process) is retried as before,
+and a start that times out says what each shard is waiting on.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+import inmem
+from inmem.files import try_lock
+from inmem.processes import child_env
+
+from .conftest import wait_for
+
+pytestmark = [pytest.mark.slow]
+
+#: what a failing first start may take at most: far below the ready timeout it must not wait
+QUICK_S = 15.0
+READY_TIMEOUT_S = 25.0
+
+
+def _stopped_cluster(make_cluster, **kwargs) -> str:
+    """A 2-shard strict cluster's data directory, started once (it makes the shard dirs) and stopped."""
+    cluster = make_cluster(shards=2, durability="strict", **kwargs)
+    cluster.stop()
+    return cluster.data_dir
+
+
+def _replace_with_file(path: str) -> None:
+    shutil.rmtree(path)
+    with open(path, "w") as f:
+        f.write("x")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", ["wal", "snapshots", "history"])
+def test_a_shard_directory_that_is_a_file_fails_the_start_at_once(make_cluster, name):
+    data = _stopped_cluster(make_cluster)
+    bad = os.path.join(data, "shard-1", name)
+    _replace_with_file(bad)
+    cluster = make_cluster(data_dir=data, start=False, shards=2, durability="strict",
+                           ready_timeout=READY_TIMEOUT_S)
+    t0 = time.monotonic()
+    with pytest.raises(inmem.ClusterNotReady) as caught:
+        cluster.start()
+    took = time.monotonic() - t0
+    assert took < QUICK_S, f"the start waited {took:.1f} s for a shard that cannot start"
+    err = caught.value
+    text = str(err)
+    assert text.startswith("shard 1 cannot start: "), text
+    assert f"{bad} is a file, not a directory" in text, text
+    assert "\n" not in text.strip(), text
+    assert (err.shard, err.path) == (1, bad)
+    assert cluster.proc is None
+    # Nothing was changed: the file is still there for the operator to look at.
+    assert os.path.isfile(bad)
+
+
+@pytest.mark.timeout(120)
+def test_a_start_that_failed_succeeds_once_the_cause_is_fixed(make_cluster):
+    data = _stopped_cluster(make_cluster)
+    bad = os.path.join(data, "shard-0", "wal")
+    _replace_with_file(bad)
+    first = make_cluster(data_dir=data, start=False, shards=2, durability="strict",
+                         ready_timeout=READY_TIMEOUT_S)
+    with pytest.raises(inmem.ClusterNotReady, match="shard 0 cannot start"):
+        first.start()
+    os.unlink(bad)
+    again = make_cluster(data_dir=data, shards=2, durability="strict")
+    assert again.status()["ready"] is True
+
+
+@pytest.mark.timeout(120)
+def test_a_shard_whose_directory_is_locked_is_retried_not_refused(make_cluster):
+    """An old process still holding a shard's directory goes away: the start waits for it."""
+    data = _stopped_cluster(make_cluster, restart_backoff_ms=20, restart_backoff_max_ms=100)
+    fd = try_lock(os.path.join(data, "shard-1", "LOCK"))
+    assert fd is not None
+    cluster = make_cluster(data_dir=data, start=False, shards=2, durability="strict",
+                           restart_backoff_ms=20, restart_backoff_max_ms=100)
+    try:
+        cluster.start(wait=False)
+        wait_for(lambda: cluster.log_tail(200).count("shard 1 exited") >= 3, 30,
+                 "shard 1 to fail its start three times")
+        assert cluster.proc.poll() is None, cluster.log_tail()
+    finally:
+        os.close(fd)
+    status = cluster.wait_ready(30)
+    assert status["ready"] is True
+
+
+@pytest.mark.timeout(120)
+def test_a_start_that_times_out_says_what_each_shard_waits_on(make_cluster):
+    data = _stopped_cluster(make_cluster, restart_backoff_ms=20, restart_backoff_max_ms=100)
+    fd = try_lock(os.path.join(data, "shard-1", "LOCK"))
+    try:
+        cluster = make_cluster(data_dir=data, start=False, shards=2, durability="strict",
+                               restart_backoff_ms=20, restart_backoff_max_ms=100,
+                               ready_timeout=3.0)
+        with pytest.raises(inmem.ClusterNotReady) as caught:
+            cluster.start()
+    finally:
+        os.close(fd)
+    text = str(caught.value)
+    first = text.splitlines()[0]
+    assert "was not ready within 3 s: " in first, text
+    assert not first.rstrip().endswith(":"), text
+    assert "shard 1" in first and "already open" in first, text
+
+
+# -- inmem serve ------------------------------------------------------------------
+
+
+def _serve(data: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "inmem", "serve", "--data-dir", data,
+                           "--shards", "2", "--durability", "strict"],
+                          env=child_env(), capture_output=True, text=True, timeout=90,
+                          start_new_session=True)
+
+
+def _processes_in(data: str) -> list:
+    """Live processes whose command line names `data` (a shard of a cluster on it)."""
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            if (p.info["status"] != psutil.STATUS_ZOMBIE
+                    and any(data in part for part in p.info["cmdline"] or ())):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.mark.timeout(150)
+def test_inmem_serve_says_in_one_line_why_a_shard_cannot_start(make_cluster):
+    data = _stopped_cluster(make_cluster)
+    bad = os.path.join(data, "shard-1", "wal")
+    _replace_with_file(bad)
+    t0 = time.monotonic()
+    done = _serve(data)
+    took = time.monotonic() - t0
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert took < 45, f"serve took {took:.1f} s to give up on a shard that cannot start"
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1] == (f"inmem serve: ClusterNotReady: shard 1 cannot start: {bad} is a "
+                         "file, not a directory"), done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert _processes_in(data) == []
