@@ -9,7 +9,6 @@ are skipped by reads.
 
 from __future__ import annotations
 
-import heapq
 import struct
 from typing import Callable
 
@@ -22,6 +21,7 @@ from inmem.values import KEY_BYTES_MAX, check_key
 from .effects import KV_DEL, KV_PUT, apply_kv_entries, array_header, put_kv_item
 from .entries import (DELETED, PLAIN_AT, entry_expires, entry_ts, entry_value, entry_version,
                       live_value, pack_entry)
+from .key_order import order_of
 from .lifecycle import WRITABLE
 from .runs import RunData
 
@@ -382,28 +382,49 @@ class KVOps:
 
     def kv_keys(self, run: str, prefix: str = "", after: str | None = None,
                 limit: int | None = None) -> list[str]:
-        return _listed(self._run(run).kv, prefix, after, limit, self.clock())
+        return _listed(self._run(run), prefix, after, limit, self.clock())
 
     def kv_items(self, run: str, prefix: str = "", after: str | None = None,
                  limit: int | None = None) -> list[tuple]:
-        kv = self._run(run).kv
+        r = self._run(run)
         now = self.clock()
+        kv = r.kv
         return [(k, _unpackb(live_value(kv[k], now), raw=False))
-                for k in _listed(kv, prefix, after, limit, now)]
+                for k in _listed(r, prefix, after, limit, now)]
 
 
-def _listed(kv: dict, prefix, after, limit, now: int) -> list[str]:
-    """The live keys of `kv` starting with `prefix`, sorted, in a page when `after` (start
+def _listed(r: RunData, prefix, after, limit, now: int) -> list[str]:
+    """The live keys of run `r` starting with `prefix`, sorted, in a page when `after` (start
     after it) or `limit` (at most so many) is given; InvalidKey or InvalidValue for a prefix
-    or a page that cannot be one."""
+    or a page that cannot be one.
+
+    The keys are read from the run's sorted key order (shard.key_order) from where
+    the page starts, so a page costs about what it returns, not a pass over the run.
+    """
     if type(prefix) is not str:
         raise InvalidKey("prefix must be a str")
     if after is not None and type(after) is not str:
         raise InvalidValue(f"after must be a key (str) or None, got {type(after).__name__}")
     if limit is not None and (type(limit) is not int or limit < 1):
         raise InvalidValue(f"limit must be an int of at least 1 or None, got {limit!r}")
-    live = (k for k, e in kv.items()
-            if k.startswith(prefix) and (after is None or k > after)
-            and (PLAIN_AT[e[0]] or live_value(e, now) is not None))
-    # A page: the `limit` smallest, without sorting every key of the run.
-    return sorted(live) if limit is None else heapq.nsmallest(limit, live)
+    kv = r.kv
+    if not kv:
+        return []
+    # The keys with the prefix are one stretch of the order, from `prefix` on.
+    if after is None or after < prefix:
+        keys = order_of(r).keys_from(prefix, True)
+    else:
+        keys = order_of(r).keys_from(after, False)
+    out: list = []
+    append = out.append
+    room = -1 if limit is None else limit
+    for k in keys:
+        if not k.startswith(prefix):
+            break
+        e = kv[k]
+        if PLAIN_AT[e[0]] or live_value(e, now) is not None:
+            append(k)
+            room -= 1
+            if not room:
+                break
+    return out

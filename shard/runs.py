@@ -32,7 +32,7 @@ class RunData:
     __slots__ = ("run_id", "name", "parent", "tags", "metadata", "searchable", "status",
                  "created_at", "updated_at", "ended_at", "error", "orphaned", "kv", "state", "json",
                  "events", "events_by_type", "traces", "trace_order", "traces_by_type",
-                 "traces_by_tag", "trace_roots", "trace_children", "journal")
+                 "traces_by_tag", "trace_roots", "trace_children", "journal", "kv_order")
 
     def __init__(self, eff: tuple, history_limit: int | None = None, history_files=None):
         """A new active run from its RUN_CREATE effect (the first entry of its journal)."""
@@ -49,6 +49,9 @@ class RunData:
         self.kv: dict = {}
         self.state: dict = {}
         self.json: dict = {}
+        #: the sorted order of the KV keys, for listings: built by the first one
+        #: (shard.key_order), None until then
+        self.kv_order = None
         #: EV_APPEND effects by sequence, and the sequences of each event type
         self.events: list = []
         self.events_by_type: dict = {}

@@ -22,6 +22,7 @@ from inmem.values import check_key
 from .effects import (CODE, EV_APPEND, JS_DEL, JS_PUT, KEY, KV_DEL, KV_PUT, RUN_STATUS, ST_DEL,
                       ST_PUT, TR_ADD, restore_entry, unapply_event, unapply_trace)
 from .entries import entry_value, entry_version, live_value
+from .key_order import forget
 from .runs import RunData
 
 _unpackb = msgpack.unpackb
@@ -124,6 +125,8 @@ def _rollback(r: RunData, undo: list, journal_len: int) -> None:
     for table, key, prev in reversed(undo):
         if table is not None:
             restore_entry(table, key, prev)
+            if prev is None and table is r.kv:
+                forget(r, key)
         elif key == EV_APPEND:
             unapply_event(r, prev)
         elif key == TR_ADD:

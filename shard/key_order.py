@@ -1,0 +1,156 @@
+"""The sorted order of a run's KV keys, which listings (`kv.keys`, `kv.items`) page through.
+
+A listing asks for the live keys of a run that start with a prefix, after a
+key, at most so many: without an order each call looked at every key of the
+run. `KeyOrder` holds the keys of one KV table sorted, in chunks of about
+`CHUNK` keys (a list of sorted lists and the last key of each), so a listing
+finds where it starts by two bisections and reads on from there: about
+O(log n + the keys it looks at), and a key is put in its place with a
+bisection and a short list insert.
+
+The order is built by a run's first listing, not before, and the write paths
+never touch it: a put costs exactly what it cost without it. Instead the
+order catches up at the next listing, from two facts about the table (a
+`dict`):
+
+- keys are only added to it, by a put of a new key, whatever the path (one
+  put, a series, `put_many`, a WAL record or a snapshot read back). A delete
+  leaves an entry that says so, and an expired entry stays until
+  overwritten: both stay in the order and a listing skips them;
+- a dict keeps its keys in the order they were added, so the keys added
+  since the order last caught up are the last `len(table) - synced` keys,
+  which `reversed(table)` reaches without walking the others.
+
+The one path that takes a key out of the table, a transaction taking back a
+put of a new key, says so (`forget`). Anything the order cannot account for
+(a table smaller than it knows, or whose key before the new ones is not the
+last one it saw) makes it start again from the table: a listing may then be
+slow, never wrong.
+
+A listing skips the deleted and expired keys in its range one by one, so it
+costs what it returns plus the dead keys between them.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from itertools import chain, islice
+
+#: keys per chunk when the order is built; a chunk that grows to twice this splits
+CHUNK = 512
+#: when more keys than 1 / REBUILD_SHARE of the table are new, merge them all at once
+REBUILD_SHARE = 8
+
+_NO_KEY = object()
+
+
+class KeyOrder:
+    """The keys of one KV table, sorted; `catch_up` before reading it."""
+
+    __slots__ = ("table", "chunks", "maxes", "synced", "last")
+
+    def __init__(self, table: dict):
+        #: the table this order is of (a run's `kv`)
+        self.table = table
+        self._fill(sorted(table))
+
+    def _fill(self, keys: list) -> None:
+        """Hold `keys` (sorted, every key of the table) as the order."""
+        self.chunks = [keys[i:i + CHUNK] for i in range(0, len(keys), CHUNK)]
+        self.maxes = [c[-1] for c in self.chunks]
+        #: how many of the table's keys, the first in its order, the order holds
+        self.synced = len(self.table)
+        #: the last of those keys (_NO_KEY: none)
+        self.last = next(reversed(self.table), _NO_KEY)
+
+    def catch_up(self) -> None:
+        """Take in the keys added to the table since the last call."""
+        table = self.table
+        n = len(table)
+        new = n - self.synced
+        if new == 0 and (n == 0 or next(reversed(table)) == self.last):
+            return
+        if new < 0:
+            self._fill(sorted(table))
+            return
+        tail = list(islice(reversed(table), new + 1))
+        if self.synced and (len(tail) <= new or tail[new] != self.last):
+            self._fill(sorted(table))  # not only additions: start again from the table
+            return
+        added = tail[:new]
+        if new * REBUILD_SHARE > n:
+            # Many new keys: one merge of two sorted runs (timsort finds them) beats
+            # putting each in its place.
+            keys = list(chain.from_iterable(self.chunks))
+            added.sort()
+            keys += added
+            keys.sort()
+            self._fill(keys)
+            return
+        insert = self._insert
+        for key in reversed(added):
+            insert(key)
+        self.synced = n
+        self.last = tail[0]
+
+    def _insert(self, key: str) -> None:
+        maxes, chunks = self.maxes, self.chunks
+        if not maxes:
+            chunks.append([key])
+            maxes.append(key)
+            return
+        i = bisect_left(maxes, key)
+        if i == len(maxes):  # after every key: the end of the last chunk
+            i -= 1
+            chunk = chunks[i]
+            chunk.append(key)
+            maxes[i] = key
+        else:
+            chunk = chunks[i]
+            j = bisect_left(chunk, key)
+            if j < len(chunk) and chunk[j] == key:
+                return
+            chunk.insert(j, key)
+        if len(chunk) >= 2 * CHUNK:
+            chunks[i:i + 1] = [chunk[:CHUNK], chunk[CHUNK:]]
+            maxes[i:i + 1] = [chunk[CHUNK - 1], chunk[-1]]
+
+    def holds(self, key: str) -> bool:
+        """Whether `key` is in the order."""
+        i = bisect_left(self.maxes, key)
+        if i == len(self.maxes):
+            return False
+        chunk = self.chunks[i]
+        j = bisect_left(chunk, key)
+        return j < len(chunk) and chunk[j] == key
+
+    def keys_from(self, start: str, inclusive: bool):
+        """The keys from `start` on (after it when not `inclusive`), in order."""
+        maxes, chunks = self.maxes, self.chunks
+        find = bisect_left if inclusive else bisect_right
+        i = find(maxes, start)
+        if i == len(maxes):
+            return
+        chunk = chunks[i]
+        yield from islice(chunk, find(chunk, start), None)
+        for i in range(i + 1, len(chunks)):
+            yield from chunks[i]
+
+
+def order_of(r) -> KeyOrder:
+    """The sorted order of run `r`'s KV keys, up to date (built on first use)."""
+    order = r.kv_order
+    if order is None or order.table is not r.kv:
+        order = r.kv_order = KeyOrder(r.kv)
+    else:
+        order.catch_up()
+    return order
+
+
+def forget(r, key: str) -> None:
+    """Run `r`'s KV table no longer holds `key` (a put of a new key taken back)."""
+    order = r.kv_order
+    if order is not None and order.holds(key):
+        # Never the case today (a transaction runs whole, with no listing inside
+        # it, so the key came after the order last caught up): start again.
+        r.kv_order = None
