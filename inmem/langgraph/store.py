@@ -47,13 +47,13 @@ from langgraph.store.base import (
 )
 from langgraph.store.base.embed import get_text_at_path, tokenize_path
 
-from inmem.errors import (InvalidKey, InvalidStatusTransition, InvalidValue, RunExists,
-                          RunNotFound, TransactionConflict)
+from inmem.errors import InvalidKey, InvalidValue, RunNotFound, TransactionConflict
 from inmem.values import DEPTH_MAX, KEY_BYTES_MAX
 
 from .driver import may_block, raise_first, run_async, run_sync
 from .keys import DEFAULT_PREFIX, esc, unesc
 from .reads import read_in_pieces
+from .sending import send_creating
 
 #: search hits fetched per round while a text search fills its page
 _SEARCH_BATCH = 50
@@ -188,16 +188,17 @@ class InmemStore(BaseStore):
             record = [_pack(op.value), self._text(op), created, now, op.ttl]
             writes.append(("kv.put", (run, k, record, _seconds(op.ttl))))
         if writes:
-            done = yield writes
-            if any(isinstance(r, RunNotFound) for r in done):
-                made = yield [("run.begin", (None, run, None, ["langgraph:store"], None)),
-                              ("run.set_status", (run, "paused", None))]
-                raise_first(made, allow=(RunExists, InvalidStatusTransition))
-                done = yield writes
+            # The run is made on the first write, and again if it is deleted meanwhile.
+            done = yield from send_creating(writes, self._creates)
             raise_first(done)  # (a delete of an absent key is not an error)
         if refresh:
             yield from self._refresh_ttls(list(refresh))
         return results
+
+    def _creates(self, runs: list) -> list:
+        """The operations that create the store's run, paused."""
+        return [("run.begin", (None, self.run, None, ["langgraph:store"], None)),
+                ("run.set_status", (self.run, "paused", None))]
 
     def _refresh_ttls(self, keys: list):
         """Plan step: give the items at `keys` a fresh TTL, each as it is now.
