@@ -74,10 +74,12 @@ from .ops import FANOUT_OPS, route_run, shape
 from .protocol import (KIND_BATCH, KIND_CLUSTER, KIND_OP, header, op_body, oversized_reply,
                        pack_checked, slot_of, unpack_reply)
 from .routing import (BATCH_CHUNK_OPS, DIRECT_CHECK_S, LOCAL_RECONNECT_MS, NOT_READY_PAUSE_S,
-                      READY_POLL_S, SlotMap, apply_batch_reply, bare, batch_segments,
+                      READY_POLL_S, REFRESH_MAX_S, SlotMap, apply_batch_reply, bare, batch_segments,
                       check_client_options, check_number, check_url, chunks, no_reply, not_sent,
                       plan_batch, shard_down, shard_gone, status_entry)
 from .stream import stream_path
+
+_header_unpack = protocol.HEADER.unpack
 
 _running_loop = asyncio.get_running_loop
 #: no reply yet: the request goes (again) through _roundtrip
@@ -286,6 +288,7 @@ class AsyncClusterBackend:
         #: where operations through the coordinator go: its stream, else `_coord`
         self._coord_stream = None
         self._connecting: dict = {}  # shard (None: the coordinator) -> the task connecting
+        self._refreshing = None  # the task asking for the slot map again, shared by callers
         self._shard_pids: dict = {}
         self._coord = self._channel(self.url, None)
 
@@ -338,6 +341,39 @@ class AsyncClusterBackend:
             chan = await self._connect_once(shard, self._open_shard)
         return chan
 
+    async def _channel_for_slot(self, slot: int, deadline: float):
+        """The channel to the shard that owns `slot`; when its address refuses the
+        connection, the map is asked for again first (see the blocking client's)."""
+        endpoints, owners = self.shard_endpoints, self.owners
+        try:
+            return await self._shard_channel(owners[slot])
+        except ShardUnavailable:
+            if self.owners is owners:
+                await self._refresh_map(deadline)
+            if self.shard_endpoints == endpoints and self.owners == owners:
+                raise
+        return await self._shard_channel(self.owners[slot])
+
+    async def _refresh_map(self, deadline: float) -> None:
+        """The slot map asked for again, once for every caller that finds it stale at the
+        same time, within `deadline` and at most REFRESH_MAX_S; a coordinator that does
+        not answer changes nothing."""
+        task = self._refreshing
+        if task is None:
+            timeout = min(deadline - self.loop.time(), REFRESH_MAX_S)
+            if timeout <= 0:
+                return
+            task = self._refreshing = self.loop.create_task(self._load_slotmap(timeout))
+
+            def done(t):
+                self._refreshing = None
+                _heard(t)
+            task.add_done_callback(done)
+        try:
+            await asyncio.shield(task)
+        except InmemError:
+            pass
+
     async def _proxied_channel(self):
         """Where operations through the coordinator go: its stream when it has one here."""
         chan = self._coord_stream
@@ -359,6 +395,9 @@ class AsyncClusterBackend:
         return await asyncio.shield(task)
 
     async def _open_shard(self, shard: int):
+        if shard >= len(self.shard_endpoints):  # a map read while it was replaced
+            raise ShardUnavailable(f"{_peer_name(shard)} is not in the slot map of the "
+                                   f"cluster at {self.url} any more; retry")
         endpoint = self.shard_endpoints[shard]
         path = self.shard_streams[shard] if self.stream else None
         if endpoint.startswith("ipc://") and not self.url.startswith("ipc://"):
@@ -432,9 +471,10 @@ class AsyncClusterBackend:
                     self._coord_stream = None
                 chan = await self._proxied_channel()
             else:
-                if self._shards[shard] is conn:
+                if shard < len(self._shards) and self._shards[shard] is conn:
                     self._shards[shard] = None
-                chan = await self._shard_channel(shard)
+                chan = await self._channel_for_slot(_header_unpack(head)[2], self.loop.time()
+                                                    + REFRESH_MAX_S)
             if type(chan) is not StreamConnection:
                 return chan  # the coordinator's ZeroMQ socket: the caller sends there
             conn = chan
@@ -595,7 +635,7 @@ class AsyncClusterBackend:
                 await self._load_slotmap()
             chan = self._shards[self.owners[slot]]
             if chan is None or (type(chan) is StreamConnection and chan.lost is not None):
-                chan = await self._shard_channel(self.owners[slot])
+                chan = await self._channel_for_slot(slot, deadline)
         else:
             chan = await self._proxied_channel()
         result = _AGAIN
@@ -675,10 +715,13 @@ class AsyncClusterBackend:
         for shard, indexes, bodies in plan:
             for idx, payload in chunks(self._packer, indexes, bodies, results,
                                        self.max_message_bytes):
-                chan = (await self._shard_channel(shard) if self.direct
+                # Where one of the planned shard's slots lives now (see the blocking
+                # client's _send_batch).
+                slot = self.shard_slot[shard] if shard < len(self.shard_slot) else 0
+                chan = (await self._channel_for_slot(slot, deadline) if self.direct
                         else await self._proxied_channel())
                 task = self.loop.create_task(
-                    self._roundtrip(chan, KIND_BATCH, self.shard_slot[shard], payload, deadline))
+                    self._roundtrip(chan, KIND_BATCH, slot, payload, deadline))
                 sends.append((idx, task))
                 shards.append(shard)
             # Let the full chunk go out while the rest is packed.
@@ -781,9 +824,14 @@ class AsyncClusterBackend:
         raise ClusterNotReady(f"the cluster at {self.url} was not ready within {timeout:g} s "
                               f"({waiting})")
 
-    async def _load_slotmap(self) -> None:
+    async def _load_slotmap(self, timeout: float | None = None) -> None:
         from .client import _shard_keys
-        m = SlotMap.parse(await self.cluster("slotmap"))
+        m = SlotMap.parse(await self.cluster("slotmap", timeout=timeout))
+        if m.endpoints != self.shard_endpoints:
+            # The shards moved (a first map, or a cluster replaced at this address). The
+            # list never shrinks: a call may index it with the old map until the new
+            # one is in place, after the status below.
+            self._shards = [None] * max(len(self._shards), m.shard_count)
         self.shard_slot = m.shard_slot
         self.shard_endpoints = m.endpoints
         self.shard_streams = [stream_path(e) for e in self.shard_endpoints]
@@ -791,12 +839,10 @@ class AsyncClusterBackend:
         if m.max_message_bytes is not None:
             # The cluster's limit, so that an oversized request is refused here, clearly.
             self.max_message_bytes = min(self.max_message_bytes, m.max_message_bytes)
-        if len(self._shards) != m.shard_count:
-            self._shards = [None] * m.shard_count
         if self.direct:
             # Straight to the shards only once every one has recovered, and
             # knowing which process each shard is (see the blocking client).
-            status = await self.cluster("status")
+            status = await self.cluster("status", timeout=timeout)
             if not status.get("ready"):
                 raise ClusterNotReady(f"the cluster at {self.url} is not ready yet; retry shortly")
             for entry in status["shards"]:

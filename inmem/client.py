@@ -37,7 +37,10 @@ operations on runs go straight to the owning shard's socket (the slot map
 names each shard's endpoint), which saves the hop that costs about half of a
 single operation's round trip. A shard sent a request for a slot it does not
 own answers SlotMoved; the client then reloads the slot map from the
-coordinator and sends the request again. `direct=False` sends everything
+coordinator and sends the request again. A shard whose address refuses the
+connection makes the client ask for the map again too, before it raises
+ShardUnavailable: the cluster at this address may have been replaced by one
+laid out otherwise, whose shards are elsewhere. `direct=False` sends everything
 through the coordinator instead (for thin clients). The coordinator still
 answers everything else, and is asked, when a shard is slow to answer,
 whether that shard is down or restarted (ShardUnavailable) or only slow
@@ -86,6 +89,7 @@ from .routing import (BATCH_CHUNK_OPS, CONNECT_OPTIONS, URL_SCHEMES, SlotMap,  #
                       no_reply, not_sent, plan_batch, shard_down, shard_gone, status_entry)
 from .routing import DIRECT_CHECK_S as _DIRECT_CHECK_S, NOT_READY_PAUSE_S as _NOT_READY_PAUSE_S
 from .routing import LOCAL_RECONNECT_MS as _LOCAL_RECONNECT_MS, READY_POLL_S as _READY_POLL_S
+from .routing import REFRESH_MAX_S
 from .stream import StreamChannel, StreamClosed, stream_path
 
 _live_backends: "weakref.WeakSet[ClusterBackend]" = weakref.WeakSet()
@@ -96,10 +100,21 @@ _SLOTS_KEPT = 4096
 #: `_reply` without a first look
 _UNSEEN = object()
 _pack_header = HEADER.pack
+_header_unpack = HEADER.unpack
 #: request ids go on the wire as u64 (`protocol.header`)
 _RID_MASK = 0xFFFFFFFFFFFFFFFF
 #: longest wait on a ZeroMQ socket between two looks at whether the client was closed
 _CLOSE_CHECK_MS = 100
+
+
+def _close_all(channels: list) -> None:
+    """Close and forget `channels` (a thread's own, or retired for it to close)."""
+    for chan in channels:
+        try:
+            chan.close(0)
+        except Exception:
+            pass
+    channels.clear()
 
 
 def _after_fork_in_child() -> None:
@@ -220,8 +235,8 @@ class _ThreadState:
     again): while it is not 0, only that thread may close the sockets.
     """
 
-    __slots__ = ("coord", "coord_stream", "shards", "packer", "busy", "key", "seats",
-                 "__weakref__")
+    __slots__ = ("coord", "coord_stream", "shards", "retired", "packer", "busy", "key",
+                 "seats", "__weakref__")
 
     def __init__(self, seats: _Seats, shard_count: int):
         #: the ZeroMQ channel to the coordinator, made on first use
@@ -229,13 +244,16 @@ class _ThreadState:
         #: where proxied operations go: the coordinator's stream, else `coord`
         self.coord_stream = None
         self.shards: list = [None] * shard_count
+        #: channels to the shards of a layout the cluster no longer has, for this
+        #: thread to close (another thread's map refresh put them here)
+        self.retired: list = []
         self.packer = protocol.new_packer()
         self.busy = 0
         self.key = -1
         self.seats = seats
 
     def close(self) -> None:
-        for chan in [self.coord, self.coord_stream, *self.shards]:
+        for chan in [self.coord, self.coord_stream, *self.shards, *self.retired]:
             if chan is not None:
                 try:
                     chan.close(0)
@@ -278,6 +296,10 @@ class ClusterBackend:
         self.owners: list | None = None
         self.shard_slot: list = []
         self.shard_endpoints: list = []
+        #: the length of every thread's list of shard channels: the most shards any map
+        #: this client took has named, so that a thread reading the map while another
+        #: replaces it never indexes past its list
+        self._most_shards = 0
         self.shard_streams: list = []  # each shard's stream socket path, or None
         self._shard_pids: dict = {}  # shard -> its pid when last asked
         self._slots: dict = {}  # run -> its slot, for the runs used last (`_slot`)
@@ -356,7 +378,7 @@ class ClusterBackend:
         self._check_open()
         # Registered before it has a socket: its sockets are made inside calls,
         # while `busy` keeps close() from closing them under this thread.
-        st = _ThreadState(self._seats, len(self.shard_endpoints))
+        st = _ThreadState(self._seats, self._most_shards)
         with self._seats.lock:
             self._check_open()
             self._seats.add(st)
@@ -372,8 +394,13 @@ class ClusterBackend:
 
     def _shard_channel(self, st: _ThreadState, shard: int):
         """This thread's direct channel to `shard`, connected (or ShardUnavailable)."""
+        if st.retired:
+            _close_all(st.retired)
         chan = st.shards[shard]
         if chan is None or chan.closed:
+            if shard >= len(self.shard_endpoints):  # a map read while another replaced it
+                raise ShardUnavailable(f"{_peer_name(shard)} is not in the slot map of the "
+                                       f"cluster at {self.url} any more; retry")
             endpoint = self.shard_endpoints[shard]
             path = self.shard_streams[shard] if self.stream else None
             if endpoint.startswith("ipc://") and not self.url.startswith("ipc://"):
@@ -388,6 +415,36 @@ class ClusterBackend:
                 chan = _Channel(self._socket(endpoint, True, key), shard)
             st.shards[shard] = chan
         return chan
+
+    def _channel_for_slot(self, st: _ThreadState, slot: int, deadline: float):
+        """This thread's channel to the shard that owns `slot`.
+
+        When that shard's address refuses the connection, the coordinator is
+        asked for the map again before ShardUnavailable is raised: a cluster
+        replaced at this address by one laid out otherwise (restarted with
+        another config) has its shards elsewhere, and a client that kept its
+        old map would fail for ever. Nothing was sent yet, so trying the new
+        owner is safe.
+        """
+        endpoints, owners = self.shard_endpoints, self.owners
+        try:
+            return self._shard_channel(st, owners[slot])
+        except ShardUnavailable:
+            if self.owners is owners:  # (another thread may have asked already)
+                self._refresh_map(deadline)
+            if self.shard_endpoints == endpoints and self.owners == owners:
+                raise
+        return self._shard_channel(st, self.owners[slot])
+
+    def _refresh_map(self, deadline: float) -> None:
+        """The slot map asked for again, within `deadline` and at most REFRESH_MAX_S; a
+        coordinator that does not answer changes nothing."""
+        timeout = min(deadline - time.monotonic(), REFRESH_MAX_S)
+        if timeout > 0:
+            try:
+                self._load_slotmap(timeout)
+            except InmemError:
+                pass
 
     def _proxied_channel(self, st: _ThreadState):
         """Where this thread sends operations through the coordinator.
@@ -528,7 +585,7 @@ class ClusterBackend:
                                        "applied, retry shortly") from None
             st = self._local.state
             chan = (self._proxied_channel(st) if chan.shard is None
-                    else self._shard_channel(st, chan.shard))
+                    else self._channel_for_slot(st, _header_unpack(head)[2], deadline))
             if type(chan) is not StreamChannel:
                 return self._send(chan, head, body, deadline)
             try:
@@ -641,7 +698,7 @@ class ClusterBackend:
                     self._load_slotmap()
                 chan = st.shards[self.owners[slot]]
                 if chan is None or chan.closed:
-                    chan = self._shard_channel(st, self.owners[slot])
+                    chan = self._channel_for_slot(st, slot, deadline)
             else:
                 chan = self._proxied_channel(st)
             if type(chan) is StreamChannel and chan.shard is not None:
@@ -776,8 +833,14 @@ class ClusterBackend:
             sent[head] = (idx, payload, shard, chan)
 
     def _send_batch(self, st, shard: int, payload: bytes, deadline: float):
-        chan = self._shard_channel(st, shard) if self.direct else self._proxied_channel(st)
-        head = header(KIND_BATCH, self.shard_slot[shard], next(self._rid))
+        # A batch goes where one of its planned shard's slots lives now: the same
+        # shard, unless the map changed since the plan (the shard then answers
+        # SlotMoved for each operation it does not own, and those are sent again).
+        slots = self.shard_slot
+        slot = slots[shard] if shard < len(slots) else 0
+        chan = (self._channel_for_slot(st, slot, deadline) if self.direct
+                else self._proxied_channel(st))
+        head = header(KIND_BATCH, slot, next(self._rid))
         return head, self._send(chan, head, payload, deadline)
 
     def _collect(self, st, sent: dict, ops, results) -> None:
@@ -890,9 +953,11 @@ class ClusterBackend:
         raise ClusterNotReady(f"the cluster at {self.url} was not ready within {timeout:g} s "
                               f"({waiting})")
 
-    def _load_slotmap(self) -> None:
-        m = SlotMap.parse(self.cluster("slotmap"))
+    def _load_slotmap(self, timeout: float | None = None) -> None:
+        m = SlotMap.parse(self.cluster("slotmap", timeout=timeout))
         owners, count = m.owners, m.shard_count
+        if m.endpoints != self.shard_endpoints:
+            self._new_layout(count)
         self.shard_slot = m.shard_slot
         self.shard_endpoints = m.endpoints
         self.shard_keys = _shard_keys(self.keys, m.shard_keys, count)
@@ -900,19 +965,27 @@ class ClusterBackend:
         # The cluster's limit, so that an oversized request is refused here, clearly.
         if m.max_message_bytes is not None:
             self.max_message_bytes = min(self.max_message_bytes, m.max_message_bytes)
-        st = self._local.__dict__.get("state")
-        if st is not None and len(st.shards) != count:
-            st.shards = [None] * count
         if self.direct:
             # Straight to the shards only once every one has recovered (the
             # coordinator's readiness gate, which direct requests do not pass);
             # and which process each shard is, to tell a restart from a slow reply.
-            status = self.cluster("status")
+            status = self.cluster("status", timeout=timeout)
             if not status.get("ready"):
                 raise ClusterNotReady(f"the cluster at {self.url} is not ready yet; retry shortly")
             for entry in status["shards"]:
                 self._shard_pids[entry["shard"]] = entry.get("pid")
         self.owners = owners
+
+    def _new_layout(self, count: int) -> None:
+        """The shards moved (a first map, or a cluster replaced at this address): every
+        thread's channels to the old ones are retired, for that thread to close."""
+        with self._seats.lock:
+            self._most_shards = size = max(self._most_shards, count)
+            for ref in list(self._seats.states.values()):
+                st = ref()
+                if st is not None:
+                    st.retired += [c for c in st.shards if c is not None]
+                    st.shards = [None] * size
 
     def kv_section(self) -> KV:
         return KV(self.call)

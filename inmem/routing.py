@@ -44,6 +44,8 @@ READY_POLL_S = 0.005
 LOCAL_RECONNECT_MS = 5
 #: direct requests: how often, while waiting for a reply, to ask whether the shard died
 DIRECT_CHECK_S = 0.25
+#: the longest a call waits for the slot map again after a shard's address refused it
+REFRESH_MAX_S = 1.0
 
 
 def check_url(url) -> str:
@@ -298,7 +300,7 @@ def not_sent(url: str) -> Timeout:
 
 
 __all__ = ["URL_SCHEMES", "CONNECT_OPTIONS", "MIN_MESSAGE_BYTES", "BATCH_CHUNK_OPS", "NOT_READY_PAUSE_S",
-           "DIRECT_CHECK_S", "check_url", "check_number", "check_connect_options",
+           "DIRECT_CHECK_S", "REFRESH_MAX_S", "check_url", "check_number", "check_connect_options",
            "check_client_options", "bare", "SlotMap", "batch_segments", "plan_batch", "chunks",
            "apply_batch_reply", "status_entry", "shard_gone", "shard_down", "no_reply",
            "not_sent"]

@@ -1,0 +1,197 @@
+"""A client that outlives its cluster: a new cluster laid out otherwise, served at the same
+address (`inmem serve` restarted with another config), is found again by the next call.
+
+The client routes straight to the shards with the map it took from the coordinator, as a
+Redis Cluster client does. When a shard's address no longer takes connections, the client
+asks the coordinator for the map again before it gives up, so it follows a cluster that
+was replaced instead of failing with ShardUnavailable ("retry shortly") for ever. A call
+whose request may have reached the old shard is never sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+import inmem
+import inmem.asyncio
+from inmem.protocol import slot_of
+
+pytestmark = pytest.mark.slow
+
+
+def _cluster(tmp_path, name: str, shards: int, endpoint: str) -> inmem.Cluster:
+    return inmem.Cluster(data_dir=tmp_path / name, shards=shards, durability="buffered",
+                         endpoint=endpoint, ready_timeout=30)
+
+
+def _runs_on_every_shard(db, shards: int, prefix: str) -> list:
+    """Runs begun on the new cluster, at least one owned by each of its shards."""
+    owners = inmem.connect(db._backend.url)._backend
+    runs, seen = [], set()
+    for i in range(200):
+        run = db.begin_run(run_id=f"{prefix}-{i}")
+        runs.append(run)
+        if owners.owners is None:
+            owners._load_slotmap()
+        seen.add(owners.owners[slot_of(run)])
+        if len(seen) == shards:
+            break
+    owners.close()
+    assert len(seen) == shards
+    return runs
+
+
+def test_blocking_client_threads_follow_a_cluster_replaced_at_the_same_address(tmp_path):
+    endpoint = f"ipc://{tmp_path}/c.sock"
+    old = _cluster(tmp_path, "a", 2, endpoint).start()
+    db = inmem.connect(endpoint)
+    try:
+        before = [db.begin_run(run_id=f"a-{i}") for i in range(8)]
+        errors: list = []
+
+        def use(runs, tag):
+            try:
+                for run in runs:
+                    db.kv.put(run, tag, tag)
+                    assert db.kv.get(run, tag) == tag
+            except Exception as exc:  # reported below, with the thread's tag
+                errors.append((tag, exc))
+
+        # Every thread holds connections to the old shards.
+        workers = [threading.Thread(target=use, args=(before, f"t{i}")) for i in range(2)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        use(before, "main")
+        assert errors == []
+        old.stop()
+
+        new = _cluster(tmp_path, "b", 3, endpoint).start()
+        try:
+            after = _runs_on_every_shard(db, 3, "b")
+            use(after, "main")
+            workers = [threading.Thread(target=use, args=(after, f"t{i}")) for i in range(2)]
+            for t in workers:
+                t.start()
+            for t in workers:
+                t.join()
+            assert errors == []
+            # Pipelines too, whose chunks are grouped by shard with the map.
+            p = db.pipeline()
+            for run in after:
+                p.kv.put(run, "p", 1)
+            assert p.execute() == [1] * len(after)
+            assert [db.kv.get(run, "p") for run in after] == [1] * len(after)
+        finally:
+            new.stop()
+    finally:
+        db.close()
+
+
+def test_a_shard_that_is_only_down_still_fails_fast_with_shard_unavailable(tmp_path):
+    # The same cluster, one shard gone: the refreshed map is the same, so the call
+    # fails as before (no retry on the same address, no wait for a timeout).
+    endpoint = f"ipc://{tmp_path}/c.sock"
+    cluster = _cluster(tmp_path, "a", 2, endpoint).start()
+    db = inmem.connect(endpoint)
+    try:
+        runs = _runs_on_every_shard(db, 2, "a")
+        for run in runs:
+            db.kv.put(run, "k", 1)
+        cluster.stop()
+        with pytest.raises((inmem.ShardUnavailable, inmem.Timeout)):
+            db.kv.put(runs[0], "k", 2)
+    finally:
+        db.close()
+
+
+def test_asyncio_client_follows_a_cluster_replaced_at_the_same_address(tmp_path):
+    endpoint = f"ipc://{tmp_path}/c.sock"
+
+    async def main():
+        old = _cluster(tmp_path, "a", 2, endpoint).start()
+        adb = await inmem.asyncio.connect(endpoint)
+        try:
+            before = [await adb.begin_run(run_id=f"a-{i}") for i in range(8)]
+            for run in before:
+                await adb.kv.put(run, "k", 1)
+            old.stop()
+            new = _cluster(tmp_path, "b", 3, endpoint).start()
+            try:
+                sync = inmem.connect(endpoint)
+                after = _runs_on_every_shard(sync, 3, "b")
+                sync.close()
+                for run in after:
+                    await adb.kv.put(run, "k", 2)
+                assert [await adb.kv.get(run, "k") for run in after] == [2] * len(after)
+                assert await asyncio.gather(*(adb.kv.put(run, "g", 1) for run in after)) \
+                    == [1] * len(after)
+            finally:
+                new.stop()
+        finally:
+            await adb.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("before_shards,after_shards", [(2, 3), (3, 2)])
+def test_a_pipeline_first_after_the_replacement_is_regrouped_by_the_new_map(
+        tmp_path, before_shards, after_shards):
+    # Planned with the old map (its shard numbers may not exist any more): every
+    # operation still reaches the shard that owns it now, each applied once.
+    endpoint = f"ipc://{tmp_path}/c.sock"
+    old = _cluster(tmp_path, "a", before_shards, endpoint).start()
+    db = inmem.connect(endpoint)
+    try:
+        for i in range(12):
+            db.kv.put(db.begin_run(run_id=f"a-{i}"), "k", 1)
+        old.stop()
+        new = _cluster(tmp_path, "b", after_shards, endpoint).start()
+        try:
+            other = inmem.connect(endpoint)
+            after = _runs_on_every_shard(other, after_shards, "b")
+            other.close()
+            p = db.pipeline()
+            for n, run in enumerate(after):
+                p.kv.put(run, "p", n)
+                p.kv.put(run, "p", n)
+            assert p.execute() == [1, 2] * len(after)
+            assert [db.kv.get(run, "p") for run in after] == list(range(len(after)))
+        finally:
+            new.stop()
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("before_shards,after_shards", [(2, 3), (3, 2)])
+def test_asyncio_pipeline_first_after_the_replacement(tmp_path, before_shards, after_shards):
+    endpoint = f"ipc://{tmp_path}/c.sock"
+
+    async def main():
+        old = _cluster(tmp_path, "a", before_shards, endpoint).start()
+        adb = await inmem.asyncio.connect(endpoint)
+        try:
+            for i in range(12):
+                await adb.kv.put(await adb.begin_run(run_id=f"a-{i}"), "k", 1)
+            old.stop()
+            new = _cluster(tmp_path, "b", after_shards, endpoint).start()
+            try:
+                sync = inmem.connect(endpoint)
+                after = _runs_on_every_shard(sync, after_shards, "b")
+                sync.close()
+                p = adb.pipeline()
+                for n, run in enumerate(after):
+                    p.kv.put(run, "p", n)
+                    p.kv.put(run, "p", n)
+                assert await p.execute() == [1, 2] * len(after)
+                assert [await adb.kv.get(run, "p") for run in after] == list(range(len(after)))
+            finally:
+                new.stop()
+        finally:
+            await adb.close()
+
+    asyncio.run(main())
