@@ -11,7 +11,7 @@ model's live keys in order.
 from __future__ import annotations
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition, rule,
                                  run_state_machine_as_test)
@@ -19,6 +19,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition,
 from inmem.errors import InvalidKey
 from inmem.recovery import snapshot_format as fmt
 from inmem.shard.effects import record_payloads
+from inmem.shard import key_order
 from inmem.shard.engine import Engine
 from inmem.shard.recovery_apply import EngineRecovery
 from inmem.shard.snapshot_codec import dump
@@ -172,7 +173,37 @@ class ListingMachine(RuleBasedStateMachine):
         assert self.engine.kv_keys(RUN) == sorted(live)
 
 
-def test_listings_agree_with_a_sorted_model():
+#: (keys per chunk, rebuild share): the real ones, and tiny chunks that split on every few
+#: inserts, with new keys merged in bulk or (share too large to reach) put in place one by one
+SHAPES = [(key_order.CHUNK, key_order.REBUILD_SHARE), (2, key_order.REBUILD_SHARE), (3, 10**9)]
+
+
+@pytest.mark.parametrize("chunk,share", SHAPES)
+def test_listings_agree_with_a_sorted_model(monkeypatch, chunk, share):
+    monkeypatch.setattr(key_order, "CHUNK", chunk)
+    monkeypatch.setattr(key_order, "REBUILD_SHARE", share)
     run_state_machine_as_test(ListingMachine,
-                              settings=settings(max_examples=150, stateful_step_count=40,
+                              settings=settings(max_examples=100, stateful_step_count=40,
                                                 deadline=None))
+
+
+@pytest.mark.parametrize("chunk,share", SHAPES)
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # set once, same for all
+@given(steps=st.lists(st.lists(keys, max_size=12), max_size=8), starts=st.lists(afters, max_size=4))
+def test_an_order_catches_up_with_the_keys_added_to_its_table(monkeypatch, chunk, share, steps,
+                                                             starts):
+    monkeypatch.setattr(key_order, "CHUNK", chunk)
+    monkeypatch.setattr(key_order, "REBUILD_SHARE", share)
+    table: dict = {}
+    order = key_order.KeyOrder(table)
+    for added in steps:
+        table.update(dict.fromkeys(added))
+        order.catch_up()
+        assert [k for c in order.chunks for k in c] == sorted(table)
+        assert order.maxes == [c[-1] for c in order.chunks] and all(order.chunks)
+        for start in starts:
+            if start is None:
+                continue
+            assert list(order.keys_from(start, True)) == sorted(k for k in table if k >= start)
+            assert list(order.keys_from(start, False)) == sorted(k for k in table if k > start)
