@@ -28,7 +28,12 @@ last one it saw) makes it start again from the table: a listing may then be
 slow, never wrong.
 
 A listing skips the deleted and expired keys in its range one by one, so it
-costs what it returns plus the dead keys between them.
+costs what it returns plus the dead keys between them. The first listing of a
+run sorts its keys (about what a whole listing cost before); the order then
+takes a pointer per key.
+
+A listing changes the order, so listings need the serialisation writes have
+(the worker's single loop, the embedded store's lock), not only the GIL.
 """
 
 from __future__ import annotations

@@ -238,10 +238,6 @@ def test_a_shard_whose_restarts_fail_is_shown_down_with_why(make_cluster):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=True, reason=(
-    "the direct client (inmem/client.py _stream_channel, inmem/routing.py shard_gone) says "
-    "'shard 1 does not accept connections at ... (Connection refused); retry shortly' and "
-    "never asks the coordinator why: the shard's last_error is not in the message"))
 def test_a_direct_request_to_a_shard_whose_restarts_fail_names_why(make_cluster):
     cluster = make_cluster(shards=2, durability="strict", **FAST_RESTARTS)
     db = cluster.connect(timeout=10, request_timeout=20)

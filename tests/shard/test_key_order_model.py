@@ -1,7 +1,7 @@
 """KV listings against a sorted-dict model, through every way a run's key set changes.
 
 A state machine drives one engine (with a WAL log and a test clock) through
-puts (one, many, a pipeline's series), deletes, TTLs and clock moves,
+puts (one, many, a pipeline's series, a cas), deletes, TTLs and clock moves,
 transactions that commit or roll back, run deletion, snapshots and recovery
 from a snapshot and the WAL after it; after each step, pages of `kv.keys` and
 `kv.items` with a random prefix, `after` and `limit` must be exactly the
@@ -87,6 +87,15 @@ class ListingMachine(RuleBasedStateMachine):
         assert all(type(v) is int for v in out), out
         for k, v in pairs:
             self.model[k] = (v, None)
+        self.logged()
+
+    @rule(key=keys, value=values)
+    def cas(self, key, value):
+        found, _value, version = self.engine.tx_read(RUN, "kv", key)
+        live = key in self.live()
+        assert found is live
+        self.engine.kv_cas(RUN, key, version if live else 0, value)
+        self.model[key] = (value, None)
         self.logged()
 
     @rule(key=keys)
