@@ -34,7 +34,8 @@ READY_TIMEOUT_S = 25.0
 
 
 def _stopped_cluster(make_cluster, **kwargs) -> str:
-    """A 2-shard strict cluster's data directory, started once (it makes the shard dirs) and stopped."""
+    """The data directory of a 2-shard strict cluster started once (making its shard
+    directories) and stopped."""
     cluster = make_cluster(shards=2, durability="strict", **kwargs)
     cluster.stop()
     return cluster.data_dir
@@ -68,6 +69,32 @@ def test_a_shard_directory_that_is_a_file_fails_the_start_at_once(make_cluster, 
     assert cluster.proc is None
     # Nothing was changed: the file is still there for the operator to look at.
     assert os.path.isfile(bad)
+
+
+@pytest.mark.timeout(120)
+def test_damage_recovery_may_not_skip_fails_the_start_at_once(make_cluster):
+    cluster = make_cluster(shards=1, durability="strict")
+    with cluster.connect() as db:
+        run = db.begin_run()
+        for i in range(100):
+            db.kv.put(run, f"k{i}", "v" * 100)
+    cluster.kill()  # no final snapshot: the records are in the WAL only
+    wal_dir = os.path.join(cluster.data_dir, "shard-0", "wal")
+    (segment,) = [os.path.join(wal_dir, n) for n in os.listdir(wal_dir)]
+    with open(segment, "r+b") as f:  # one flipped byte well before the log's end
+        f.seek(3000)
+        byte = f.read(1)[0]
+        f.seek(3000)
+        f.write(bytes([byte ^ 0xFF]))
+    again = make_cluster(data_dir=cluster.data_dir, start=False, shards=1, durability="strict",
+                         ready_timeout=READY_TIMEOUT_S)
+    t0 = time.monotonic()
+    with pytest.raises(inmem.ClusterNotReady) as caught:
+        again.start()
+    assert time.monotonic() - t0 < QUICK_S
+    err = caught.value
+    assert str(err).startswith(f"shard 0 cannot start: WAL corruption in {segment}"), str(err)
+    assert (err.shard, err.path, err.cause) == (0, segment, "CorruptionError")
 
 
 @pytest.mark.timeout(120)
