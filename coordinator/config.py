@@ -360,11 +360,26 @@ def _check_endpoint(label: str, endpoint: str, auto: bool, setting=None) -> None
     raise bad(f"must be {wanted}tcp://HOST:PORT or ipc://PATH, got {endpoint!r}")
 
 
+def check_not_nested(data_dir: str, source: str) -> None:
+    """ConfigError when `data_dir` lies inside another cluster's data directory, inside one
+    of its shard directories, or inside an embedded store's directory: the files of the two
+    would mix (a shard's WAL and snapshots are its directory's alone). `source` says where
+    the value came from."""
+    from inmem.files import enclosing_data_dir
+    found = enclosing_data_dir(data_dir)
+    if found is not None:
+        root, what = found
+        raise ConfigError(f"{source}: [cluster] data_dir {data_dir} is inside {root}, {what}; "
+                          "a data directory may not be inside another's, as their files would "
+                          "mix: name a directory outside it")
+
+
 def check_data_dir(spec: dict, source: str) -> None:
     """ConfigError when the data directory cannot be one: a file is there (or on its path),
-    its parent does not exist, or this user may not create or write it. `source` says
-    where its value came from."""
+    its parent does not exist, this user may not create or write it, or it is inside
+    another data directory (`check_not_nested`). `source` says where its value came from."""
     data_dir = spec["data_dir"]
+    check_not_nested(data_dir, source)
     probe = data_dir
     while not os.path.isdir(probe):
         if os.path.lexists(probe):
@@ -433,14 +448,68 @@ def check_shard_can_serve(spec: dict, shard: int, source: str) -> None:
         raise ConfigError(f"{source}: {label} {endpoint} is served by another process already")
 
 
+def interface_address(name: str) -> str | None:
+    """The IPv4 address of this host's network interface `name` ("lo", "eth0"), as ZeroMQ
+    binds tcp://NAME:PORT; None if no interface has that name, or it has no IPv4 address
+    (or this system cannot say: the ioctl is Linux's)."""
+    import fcntl
+    import socket
+    import struct
+    if not _is_interface(name):
+        return None
+    siocgifaddr = 0x8915  # Linux: the IPv4 address of an interface
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        packed = fcntl.ioctl(probe.fileno(), siocgifaddr,
+                             struct.pack("256s", name.encode("utf-8")[:15]))
+        return socket.inet_ntoa(packed[20:24])
+    except OSError:
+        return None
+    finally:
+        probe.close()
+
+
+def _is_interface(name: str) -> bool:
+    """Whether this host has a network interface called `name` (ZeroMQ binds those first)."""
+    import socket
+    try:
+        return name in {n for _, n in socket.if_nameindex()}
+    except (OSError, AttributeError):
+        return False
+
+
+def connect_endpoint(endpoint: str) -> str:
+    """Where a client on this host connects to reach `endpoint` as bound here.
+
+    A tcp endpoint may name a network interface (tcp://eth0:7700), which
+    ZeroMQ binds on that interface's address but cannot connect to: the
+    address takes its place. Any other endpoint is returned as it is.
+    """
+    if not endpoint.startswith("tcp://"):
+        return endpoint
+    host, _, port = endpoint[len("tcp://"):].rpartition(":")
+    address = interface_address(host) if host else None
+    return endpoint if address is None else f"tcp://{address}:{port}"
+
+
 def _tcp_bind_problem(endpoint: str) -> str | None:
-    """Why this host cannot listen on a tcp endpoint now (None: it can, as far as we see)."""
+    """Why this host cannot listen on a tcp endpoint now (None: it can, as far as we see).
+
+    A host that names a network interface (ZeroMQ binds tcp://lo:7700 and
+    tcp://eth0:7700 on the interface's address) is probed at that address;
+    one without an IPv4 address is left to the bind itself to report.
+    """
     import errno
     import socket
     host, _, port = endpoint[len("tcp://"):].rpartition(":")
     host = host.strip("[]")
     if host == "*":
         host = ""
+    elif _is_interface(host):
+        address = interface_address(host)
+        if address is None:
+            return None
+        host = address
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
@@ -553,7 +622,7 @@ def shard_dir(spec: dict, shard: int) -> str:
 
 
 __all__ = ["ConfigError", "load", "resolve", "with_shard_count", "defaults", "socket_dir",
-           "check_data_dir", "check_endpoints_free", "check_shard_can_serve",
-           "check_transport", "tcp_endpoints",
+           "check_data_dir", "check_not_nested", "check_endpoints_free", "check_shard_can_serve",
+           "check_transport", "tcp_endpoints", "connect_endpoint", "interface_address",
            "prepare_socket_dir", "runtime_dir_problem", "shard_dir", "cpu_count",
            "DURABILITY_MODES"]

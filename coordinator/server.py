@@ -69,8 +69,8 @@ from inmem.types import RecoveryResult
 from inmem.protocol import (HEADER_BYTES, KIND_ADMIN, KIND_BATCH, KIND_CLUSTER, KIND_OP,
                             SLOT_COUNT, VERSION)
 
-from .config import (ConfigError, prepare_socket_dir, runtime_dir_problem,
-                     socket_dir, tcp_endpoints, with_shard_count)
+from .config import (ConfigError, check_not_nested, connect_endpoint, prepare_socket_dir,
+                     runtime_dir_problem, socket_dir, tcp_endpoints, with_shard_count)
 from .fanout import FanOut, describe_recovery
 from .slotmap import SlotMap
 from .supervisor import DOWN, READY, RECOVERING, UNRESPONSIVE, Supervisor
@@ -157,6 +157,7 @@ class Coordinator:
 
     def start(self) -> None:
         spec = self.spec
+        check_not_nested(spec["data_dir"], "data_dir")
         make_dirs(spec["data_dir"])
         self._lock_fd = lock_data_dir(spec["data_dir"])
         # A new map is saved once the cluster serves: a start that fails (an endpoint
@@ -200,6 +201,10 @@ class Coordinator:
         self._start_keys(spec)
         self.poller = SocketsPoll()
         self.links = [ShardLink(h) for h in self.supervisor.handles]
+        # Where each shard is reached: a local one bound on a network interface's name
+        # (tcp://lo:7711) at that interface's address.
+        self.shard_addresses = [h.endpoint if h.remote else connect_endpoint(h.endpoint)
+                                for h in self.supervisor.handles]
         for link in self.links:
             self._connect(link)
         endpoint = spec["client_endpoint"]
@@ -276,7 +281,7 @@ class Coordinator:
         shard_key = self.shard_keys.get(link.handle.id)
         if shard_key is not None:
             self.server_keys.connect_as_client(sock, shard_key)
-        sock.connect(link.handle.endpoint)
+        sock.connect(self.shard_addresses[link.handle.id])
         link.sock = sock
         link.hello_sent = 0.0
         link.ping_sent = None
@@ -630,7 +635,7 @@ class Coordinator:
         elif name == "slotmap":
             self._result(ident, head, {"shard_count": self.slotmap.shard_count,
                                        "ranges": self.slotmap.ranges(),
-                                       "shards": [l.handle.endpoint for l in self.links],
+                                       "shards": list(self.shard_addresses),
                                        # public keys of shards on tcp, for direct clients
                                        "shard_keys": [_text(self.shard_keys.get(l.handle.id))
                                                       for l in self.links],

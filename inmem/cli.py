@@ -266,7 +266,9 @@ def _cmd_status(args) -> int:
     from .errors import InmemError, Timeout
     try:
         spec = cfg.load(args.config) if args.config else None
-        endpoint = args.endpoint or (spec or cfg.load(None))["client_endpoint"]
+        # (an endpoint naming a network interface, as serve may bind, is reached at its address)
+        endpoint = cfg.connect_endpoint(args.endpoint
+                                        or (spec or cfg.load(None))["client_endpoint"])
         keys = args.keys or (spec["keys"] if spec and endpoint.startswith("tcp://") else None)
         _check_keys_exist(keys, args)
         backend = ClusterBackend(endpoint, timeout=args.timeout, keys=keys)

@@ -62,7 +62,9 @@ class Cluster:
             self._remove_tmp()
             raise
         self.data_dir = self.spec["data_dir"]
-        self.endpoint: str = self.spec["client_endpoint"]
+        #: where clients connect (an endpoint naming a network interface, as tcp://lo:7700,
+        #: is bound on its address, and reached there)
+        self.endpoint: str = cfg.connect_endpoint(self.spec["client_endpoint"])
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen | None = None
         self._admin = None
@@ -73,8 +75,10 @@ class Cluster:
     def start(self, wait: bool = True) -> "Cluster":
         """Start the coordinator; with wait, return once the cluster is ready."""
         from .processes import child_env
+        from inmem.coordinator.config import check_not_nested
         if self.proc is not None:
             raise InmemError("this cluster is already running")
+        check_not_nested(self.data_dir, "data_dir")
         make_dirs(self.data_dir)
         self.check_free()
         self._log = open(os.path.join(self.data_dir, "coordinator.log"), "ab",

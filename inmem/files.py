@@ -232,10 +232,10 @@ STORE_LOCK_NAME = "LOCK"
 
 
 def is_store_dir(path) -> bool:
-    """Whether `path` is a durable store's directory (an embedded store's or a shard's)."""
+    """Whether `path` is a durable store's directory (an embedded store's or a shard's): its
+    lock file, wal/ and snapshots/, which its first open makes."""
     return (os.path.isfile(os.path.join(path, STORE_LOCK_NAME))
-            and any(os.path.isdir(os.path.join(path, sub))
-                    for sub in ("wal", "snapshots", "history")))
+            and all(os.path.isdir(os.path.join(path, sub)) for sub in ("wal", "snapshots")))
 
 
 def is_cluster_dir(path) -> bool:
@@ -243,9 +243,10 @@ def is_cluster_dir(path) -> bool:
     return os.path.isfile(os.path.join(path, CLUSTER_LOCK_NAME))
 
 
-def enclosing_data_dir(path) -> tuple[str, str] | None:
+def enclosing_data_dir(path, clusters: bool = True) -> tuple[str, str] | None:
     """(the directory, what it is) of the nearest cluster data directory or store directory
-    that strictly contains `path`, else None.
+    that strictly contains `path`, else None; `clusters=False` looks for store directories
+    only (a shard's directory is one).
 
     A shard's own directory (`<cluster>/shard-N`) is its cluster's: what
     encloses it is looked for above the cluster. What it is: "the data
@@ -259,7 +260,7 @@ def enclosing_data_dir(path) -> tuple[str, str] | None:
         if parent == here:
             return None
         child, here = here, parent
-        if is_cluster_dir(here):
+        if clusters and is_cluster_dir(here):
             if child == os.path.abspath(os.fspath(path)) and _shard_number(child) is not None:
                 continue  # a cluster's own shard directory
             return here, "the data directory of a cluster"

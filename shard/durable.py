@@ -42,8 +42,8 @@ import time
 import traceback
 
 from inmem.durability import defaults as durability_defaults
-from inmem.errors import DurabilityError, InmemError, InvalidOption
-from inmem.files import make_dirs, try_lock
+from inmem.errors import DurabilityError, InmemError, InvalidOption, StoreOpenError
+from inmem.files import enclosing_data_dir, make_dirs, try_lock
 from inmem.types import SnapshotInfo
 from inmem.recovery.sequence import recover, snapshot_dir, wal_dir
 from inmem.wal.failpoints import failpoint, register
@@ -152,6 +152,7 @@ class DurableStore:
             raise InmemError(f"a durable store is buffered or strict, not {durability!r}")
         opts = {**DEFAULTS, **options}
         path = os.fspath(path)
+        _refuse_nested(path)
         make_dirs(path)
         lock_fd = _lock_directory(path)
         try:
@@ -761,6 +762,18 @@ def _many_held(h, engine) -> None:
         h.drop_held(h.disk)
         return
     h.drop_held(index.watermark.get(h.run_id, 0))
+
+
+def _refuse_nested(path: str) -> None:
+    """StoreOpenError if `path` lies inside another store's directory (a shard's directory
+    is one): their files would mix. (Beside the shards in a stopped cluster's data
+    directory is allowed; inside a running one's, `inmem.open` refuses.)"""
+    found = enclosing_data_dir(path, clusters=False)
+    if found is not None:
+        root, what = found
+        raise StoreOpenError(f"{os.path.abspath(path)} is inside {root}, {what}; a store may "
+                             "not be inside another's directory, as their files would mix: "
+                             "open it in a directory outside it", path=path)
 
 
 def _lock_directory(path: str) -> int:
