@@ -76,7 +76,7 @@ from .protocol import (KIND_BATCH, KIND_CLUSTER, KIND_OP, header, op_body, overs
 from .routing import (BATCH_CHUNK_OPS, DIRECT_CHECK_S, LOCAL_RECONNECT_MS, NOT_READY_PAUSE_S,
                       READY_POLL_S, REFRESH_MAX_S, SlotMap, apply_batch_reply, bare, batch_segments,
                       check_client_options, check_number, check_url, chunks, no_reply, not_sent,
-                      plan_batch, shard_down, shard_gone, status_entry)
+                      plan_batch, shard_down, shard_gone, shard_refused, status_entry)
 from .stream import stream_path
 
 _header_unpack = protocol.HEADER.unpack
@@ -289,6 +289,7 @@ class AsyncClusterBackend:
         self._coord_stream = None
         self._connecting: dict = {}  # shard (None: the coordinator) -> the task connecting
         self._refreshing = None  # the task asking for the slot map again, shared by callers
+        self._last_status: dict | None = None  # the status the last map refresh found
         self._shard_pids: dict = {}
         self._coord = self._channel(self.url, None)
 
@@ -351,6 +352,10 @@ class AsyncClusterBackend:
             if self.owners is owners:
                 await self._refresh_map(deadline)
             if self.shard_endpoints == endpoints and self.owners == owners:
+                # The same cluster, its shard not there: say why when the coordinator knows.
+                why = shard_refused(owners[slot], status_entry(self._last_status, owners[slot]))
+                if why is not None:
+                    raise why from None
                 raise
         return await self._shard_channel(self.owners[slot])
 
@@ -360,6 +365,7 @@ class AsyncClusterBackend:
         not answer changes nothing."""
         task = self._refreshing
         if task is None:
+            self._last_status = None
             timeout = min(deadline - self.loop.time(), REFRESH_MAX_S)
             if timeout <= 0:
                 return
@@ -842,7 +848,7 @@ class AsyncClusterBackend:
         if self.direct:
             # Straight to the shards only once every one has recovered, and
             # knowing which process each shard is (see the blocking client).
-            status = await self.cluster("status", timeout=timeout)
+            status = self._last_status = await self.cluster("status", timeout=timeout)
             if not status.get("ready"):
                 raise ClusterNotReady(f"the cluster at {self.url} is not ready yet; retry shortly")
             for entry in status["shards"]:

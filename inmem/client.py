@@ -86,7 +86,8 @@ from .values import check_value
 from .routing import (BATCH_CHUNK_OPS, CONNECT_OPTIONS, URL_SCHEMES, SlotMap,  # noqa: F401
                       apply_batch_reply, bare as _bare, batch_segments, check_client_options,
                       check_connect_options, check_number as _number, check_url, chunks,
-                      no_reply, not_sent, plan_batch, shard_down, shard_gone, status_entry)
+                      no_reply, not_sent, plan_batch, shard_down, shard_gone, shard_refused,
+                      status_entry)
 from .routing import DIRECT_CHECK_S as _DIRECT_CHECK_S, NOT_READY_PAUSE_S as _NOT_READY_PAUSE_S
 from .routing import LOCAL_RECONNECT_MS as _LOCAL_RECONNECT_MS, READY_POLL_S as _READY_POLL_S
 from .routing import REFRESH_MAX_S
@@ -300,6 +301,8 @@ class ClusterBackend:
         #: this client took has named, so that a thread reading the map while another
         #: replaces it never indexes past its list
         self._most_shards = 0
+        #: the coordinator's status as the last map refresh found it
+        self._last_status: dict | None = None
         self.shard_streams: list = []  # each shard's stream socket path, or None
         self._shard_pids: dict = {}  # shard -> its pid when last asked
         self._slots: dict = {}  # run -> its slot, for the runs used last (`_slot`)
@@ -430,21 +433,28 @@ class ClusterBackend:
         try:
             return self._shard_channel(st, owners[slot])
         except ShardUnavailable:
+            status = None
             if self.owners is owners:  # (another thread may have asked already)
-                self._refresh_map(deadline)
+                status = self._refresh_map(deadline)
             if self.shard_endpoints == endpoints and self.owners == owners:
+                # The same cluster, its shard not there: say why when the coordinator knows.
+                why = shard_refused(owners[slot], status_entry(status, owners[slot]))
+                if why is not None:
+                    raise why from None
                 raise
         return self._shard_channel(st, self.owners[slot])
 
-    def _refresh_map(self, deadline: float) -> None:
-        """The slot map asked for again, within `deadline` and at most REFRESH_MAX_S; a
-        coordinator that does not answer changes nothing."""
+    def _refresh_map(self, deadline: float) -> dict | None:
+        """The slot map asked for again, within `deadline` and at most REFRESH_MAX_S; the
+        coordinator's status when it answered. One that does not answer changes nothing."""
+        self._last_status = None
         timeout = min(deadline - time.monotonic(), REFRESH_MAX_S)
         if timeout > 0:
             try:
                 self._load_slotmap(timeout)
-            except InmemError:
+            except InmemError:  # ClusterNotReady, with the status kept
                 pass
+        return self._last_status
 
     def _proxied_channel(self, st: _ThreadState):
         """Where this thread sends operations through the coordinator.
@@ -954,6 +964,8 @@ class ClusterBackend:
                               f"({waiting})")
 
     def _load_slotmap(self, timeout: float | None = None) -> None:
+        """Take the coordinator's slot map, and when routing direct the cluster's status
+        (kept as `_last_status`): ClusterNotReady unless every shard is ready."""
         m = SlotMap.parse(self.cluster("slotmap", timeout=timeout))
         owners, count = m.owners, m.shard_count
         if m.endpoints != self.shard_endpoints:
@@ -969,7 +981,7 @@ class ClusterBackend:
             # Straight to the shards only once every one has recovered (the
             # coordinator's readiness gate, which direct requests do not pass);
             # and which process each shard is, to tell a restart from a slow reply.
-            status = self.cluster("status", timeout=timeout)
+            status = self._last_status = self.cluster("status", timeout=timeout)
             if not status.get("ready"):
                 raise ClusterNotReady(f"the cluster at {self.url} is not ready yet; retry shortly")
             for entry in status["shards"]:

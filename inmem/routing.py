@@ -279,6 +279,17 @@ def shard_gone(shard: int, entry: dict | None, known_pids: dict) -> InmemError |
     return None
 
 
+def shard_refused(shard: int, entry: dict | None) -> InmemError | None:
+    """ShardUnavailable naming why, when the coordinator's `entry` says `shard`, whose
+    address refused a connection, is not serving (None: it cannot say)."""
+    if entry is None or entry.get("state") == "ready":
+        return None
+    why = entry.get("last_error")
+    return ShardUnavailable(f"shard {shard} is {entry.get('state')}"
+                            + (f" ({why})" if why else "")
+                            + "; the request was not sent, retry shortly")
+
+
 def shard_down(shard: int, entry: dict | None, known_pids: dict, url: str,
                request_timeout: float) -> InmemError:
     """Why a direct request got no answer from `shard` by its deadline."""
@@ -302,5 +313,5 @@ def not_sent(url: str) -> Timeout:
 __all__ = ["URL_SCHEMES", "CONNECT_OPTIONS", "MIN_MESSAGE_BYTES", "BATCH_CHUNK_OPS", "NOT_READY_PAUSE_S",
            "DIRECT_CHECK_S", "REFRESH_MAX_S", "check_url", "check_number", "check_connect_options",
            "check_client_options", "bare", "SlotMap", "batch_segments", "plan_batch", "chunks",
-           "apply_batch_reply", "status_entry", "shard_gone", "shard_down", "no_reply",
+           "apply_batch_reply", "status_entry", "shard_gone", "shard_refused", "shard_down", "no_reply",
            "not_sent"]

@@ -11,6 +11,7 @@ whose request may have reached the old shard is never sent twice.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
 import pytest
@@ -18,6 +19,8 @@ import pytest
 import inmem
 import inmem.asyncio
 from inmem.protocol import slot_of
+
+from .conftest import runs_on_each_shard, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -195,3 +198,38 @@ def test_asyncio_pipeline_first_after_the_replacement(tmp_path, before_shards, a
             await adb.close()
 
     asyncio.run(main())
+
+
+def test_asyncio_direct_request_to_a_shard_whose_restarts_fail_names_why(tmp_path):
+    # The same cluster, a shard whose every restart fails: the refreshed map is the
+    # same, and the coordinator's reason for the shard is in the error.
+    cluster = inmem.Cluster(data_dir=tmp_path / "a", shards=2, durability="strict",
+                            restart_backoff_ms=50, restart_backoff_max_ms=400,
+                            ready_timeout=30).start()
+    try:
+        db = cluster.connect()
+        run = runs_on_each_shard(db, 2, prefix="broken")[1][0]
+        db.begin_run(run_id=run)
+        db.kv.put(run, "kept", 1)
+        wal = os.path.join(cluster.data_dir, "shard-1", "wal")
+        os.rename(wal, wal + ".aside")  # the live shard keeps its open segment
+        with open(wal, "w") as f:
+            f.write("x")
+
+        async def main():
+            adb = await inmem.asyncio.connect(cluster.endpoint)
+            try:
+                assert await adb.kv.get(run, "kept") == 1
+                os.kill(cluster.pids()["shards"][1], 9)
+                wait_for(lambda: cluster.status()["shards"][1]["start_failures"] >= 2, 30,
+                         "shard 1's restarts to fail twice")
+                with pytest.raises(inmem.ShardUnavailable) as caught:
+                    await adb.kv.put(run, "more", 2)
+                assert f"{wal} is a file, not a directory" in str(caught.value)
+            finally:
+                await adb.close()
+
+        asyncio.run(main())
+        db.close()
+    finally:
+        cluster.stop()
