@@ -23,7 +23,8 @@ def main(argv=None) -> int:
                    help="stop when the parent process dies (how inmem.Cluster starts it)")
     args = p.parse_args(argv)
     from inmem.coordinator import server
-    from inmem.errors import InmemError
+    from inmem.errors import InmemError, StoreOpenError
+    from inmem.files import describe_os_error
     from inmem.processes import write_coordinator_note
     if args.watch_parent:
         from inmem.processes import die_with_parent
@@ -31,7 +32,9 @@ def main(argv=None) -> int:
     spec = json.loads(args.spec)
     try:
         return server.run(spec, out=print_line)
-    except InmemError as exc:
+    except (InmemError, OSError) as exc:
+        if not isinstance(exc, InmemError):  # its data directory's files
+            exc = StoreOpenError(describe_os_error(exc), path=exc.filename)
         # One line in the log, and a note that inmem.Cluster raises from.
         print_line(f"cannot serve: {type(exc).__name__}: {exc}")
         write_coordinator_note(spec["data_dir"], exc)

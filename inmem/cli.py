@@ -199,7 +199,8 @@ def _cmd_serve(args) -> int:
         print(f"inmem serve: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. a data directory this user may not write
-        print(f"inmem serve: {exc}", file=sys.stderr)
+        from .files import describe_os_error
+        print(f"inmem serve: {describe_os_error(exc)}", file=sys.stderr)
         return 2
 
 

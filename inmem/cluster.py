@@ -30,8 +30,8 @@ import time
 
 from typing import TYPE_CHECKING
 
-from .errors import ClusterNotReady, InmemError, Timeout
-from .files import make_dirs, private_opener
+from .errors import ClusterNotReady, InmemError, StoreOpenError, Timeout
+from .files import describe_os_error, make_dirs, private_opener
 
 if TYPE_CHECKING:
     from .database import Database
@@ -44,7 +44,9 @@ class Cluster:
     `data_dir`: where it keeps its data (None: a temporary directory removed
     when it stops); `shards`, `durability` and other keyword overrides take
     precedence over the config. `ready_timeout`: seconds `start()` waits for
-    every shard to recover. InvalidOption or a config error for bad settings.
+    every shard to recover. InvalidOption or a config error for bad settings;
+    from `start()`, StoreOpenError for a data directory it cannot use, and
+    ClusterNotReady when a shard cannot start or the timeout passes.
     """
 
     def __init__(self, config: str | os.PathLike | None = None,
@@ -79,10 +81,15 @@ class Cluster:
         if self.proc is not None:
             raise InmemError("this cluster is already running")
         check_not_nested(self.data_dir, "data_dir")
-        make_dirs(self.data_dir)
-        self.check_free()
-        self._log = open(os.path.join(self.data_dir, "coordinator.log"), "ab",
-                         opener=private_opener)
+        try:
+            make_dirs(self.data_dir)
+            self.check_free()
+            self._log = open(os.path.join(self.data_dir, "coordinator.log"), "ab",
+                             opener=private_opener)
+        except OSError as exc:
+            if isinstance(exc, InmemError):
+                raise
+            raise StoreOpenError(describe_os_error(exc), path=exc.filename) from None
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "inmem.coordinator", "--spec", json.dumps(self.spec),
              "--watch-parent"],
@@ -151,6 +158,8 @@ class Cluster:
         if note.get("error") == "ConfigError":
             from inmem.coordinator.config import ConfigError
             return ConfigError(message)
+        if note.get("error") == "StoreOpenError":
+            return StoreOpenError(message, path=note.get("path"))
         fields = {k: note.get(k) for k in ("shard", "path", "cause")}
         return ClusterNotReady(message, **fields)
 

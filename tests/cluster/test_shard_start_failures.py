@@ -272,3 +272,56 @@ def test_a_direct_request_to_a_shard_whose_restarts_fail_names_why(make_cluster)
     with pytest.raises(inmem.ShardUnavailable) as caught:
         db.kv.put(run, "more", 2)
     assert f"{wal} is a file, not a directory" in str(caught.value)
+
+
+# -- permissions ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def immutable():
+    """Make files immutable (chattr +i: not even root may write them), undone at the end."""
+    made = []
+
+    def make(path: str) -> None:
+        done = subprocess.run(["chattr", "+i", path], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"chattr +i is not available here: {done.stderr.strip()}")
+        made.append(path)
+
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", path], check=True)
+
+
+@pytest.mark.timeout(120)
+def test_a_shard_file_this_user_may_not_write_fails_the_start_at_once(make_cluster,
+                                                                      immutable):
+    data = _stopped_cluster(make_cluster)
+    lock = os.path.join(data, "shard-1", "LOCK")
+    immutable(lock)
+    cluster = make_cluster(data_dir=data, start=False, shards=2, durability="strict",
+                           ready_timeout=READY_TIMEOUT_S)
+    t0 = time.monotonic()
+    with pytest.raises(inmem.ClusterNotReady) as caught:
+        cluster.start()
+    assert time.monotonic() - t0 < QUICK_S
+    assert str(caught.value).startswith(
+        f"shard 1 cannot start: permission denied on {lock}: this user (uid {os.geteuid()}) "
+        "may not use it"), str(caught.value)
+    assert caught.value.path == lock
+
+
+@pytest.mark.timeout(120)
+def test_a_data_directory_lock_this_user_may_not_write_is_one_clear_error(make_cluster,
+                                                                          immutable):
+    data = _stopped_cluster(make_cluster)
+    lock = os.path.join(data, "coordinator.lock")
+    immutable(lock)
+    cluster = make_cluster(data_dir=data, start=False, shards=2, durability="strict")
+    with pytest.raises(inmem.InmemError) as caught:
+        cluster.start()
+    assert str(caught.value).startswith(f"permission denied on {lock}"), str(caught.value)
+    done = _serve(data)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        f"inmem serve: permission denied on {lock}"), done.stderr
