@@ -36,7 +36,7 @@ class CutPlans:
         results = yield [("run.delete", (run,)) for run in runs]
         raise_first(results)
         gone = set(runs)
-        self._indexed.forget(lambda pair: pair[1] in gone)
+        self._indexed.forget(lambda place: place[1] in gone)
         return None
 
     def _delete_for_runs(self, run_ids):
@@ -58,7 +58,7 @@ class CutPlans:
                 lambda records: [r for r in records if r.run_id in doomed_runs])
         raise_first((yield [("js.delete", (self._index, r, "$")) for r in run_ids]),
                     allow=(RunNotFound,))
-        self._indexed.forget(lambda pair: pair[0] in doomed_runs)
+        self._indexed.forget(lambda place: place[0] in doomed_runs)
         return None
 
     def _prune(self, thread_ids, strategy):

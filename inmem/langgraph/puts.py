@@ -5,7 +5,9 @@
 one `kv.put_many` call (on an embedded store, straight to the engine under
 its lock), the blobs, the checkpoint and the head of its namespace in one
 write-ahead log record; the plan (`_put_plan`) runs only for what needs more
-(a new thread, a LangGraph run id not indexed yet, see `indexed.py`).
+(a new thread, a LangGraph run id not indexed yet, or one whose index entry
+another saver may have deleted: the head version the put got back says so,
+see `indexed.py`).
 `put_writes` sets each pending write at its own path of the checkpoint's
 writes document, a value over `WRITE_INLINE_MAX` kept apart (see `keys.py`).
 
@@ -33,8 +35,10 @@ class PutPlans:
                                                          new_versions)))
 
     def _put_ops(self, config, checkpoint, metadata, new_versions) -> tuple:
-        """What a put sends: (thread id, its run, the operations, the (run id, run) pair
-        to index or None, the answer)."""
+        """What a put sends: (thread id, its run, the operations, its indexing, the
+        answer). Its indexing: None without a LangGraph run id, else ((run id, run,
+        namespace), the head version remembered there, see `indexed.py`, or None when
+        the index entry goes with the checkpoint)."""
         conf = config["configurable"]
         thread_id = conf["thread_id"]
         run = thread_run(self.prefix, thread_id)
@@ -61,11 +65,14 @@ class PutPlans:
         items.append([checkpoint_key(ns, cid), record])
         items.append([head_key(ns), record])
         ops = [("kv.put_many", (run, items, None))]
-        pair = None
-        if run_id is not None and not self._indexed.has((run_id, run)):
-            pair = (run_id, run)
-            ops.append(("js.set", (self._index, run_id, json_name(str(thread_id)), True)))
-        return (thread_id, run, ops, pair,
+        indexing = None
+        if run_id is not None:
+            place = (run_id, run, ns)
+            last = self._indexed.last(place)
+            if last is None:
+                ops.append(self._index_op(run_id, thread_id))
+            indexing = (place, last)
+        return (thread_id, run, ops, indexing,
                 {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
                                   "checkpoint_id": cid}})
 
@@ -76,18 +83,24 @@ class PutPlans:
         put_many = self._put_many
         if put_many is not None and len(ops) == 1:
             try:
-                put_many(*ops[0][1])
+                versions = put_many(*ops[0][1])
             except RunNotFound as exc:  # a new thread: its run is made on its first write
                 return run_sync(self.db, self._put_plan(prepared, [exc]))
             except ValueTooLarge as exc:
                 raise _too_large(prepared, exc) from None
-            return prepared[4]
+            indexing = prepared[3]
+            if indexing is None:
+                return prepared[4]
+            if versions[-1] == indexing[1] + 1:  # the index entry stands (see indexed.py)
+                self._indexed.remember(indexing[0], versions[-1])
+                return prepared[4]
+            return run_sync(self.db, self._put_plan(prepared, [versions]))
         return run_sync(self.db, self._put_plan(prepared))
 
     def _put_plan(self, prepared, results=None):
         """The plan of a put `_put_ops` prepared; `results`: its operations' results, when
         they were sent already."""
-        thread_id, run, ops, pair, answer = prepared
+        thread_id, run, ops, indexing, answer = prepared
         if results is None:
             results = yield ops
         for r in results:
@@ -98,9 +111,20 @@ class PutPlans:
                     raise _too_large(prepared, results[0])
                 raise_first(results)
                 break
-        if pair is not None:
-            self._indexed.remember(pair)
+        if indexing is not None:
+            place, last = indexing
+            head = results[0][-1]  # the version this put gave its namespace's head
+            if last is not None and head != last + 1:
+                # The head was written since this saver's last put of the run here:
+                # perhaps by a delete_for_runs of the run, which took the index entry
+                # with it (see indexed.py).
+                raise_first((yield from self._send([self._index_op(place[0], thread_id)], {})))
+            self._indexed.remember(place, head)
         return answer
+
+    def _index_op(self, run_id: str, thread_id) -> tuple:
+        """The write that lists a thread in a LangGraph run id's index entry."""
+        return ("js.set", (self._index, run_id, json_name(str(thread_id)), True))
 
     def _put_writes(self, config, writes, task_id, task_path):
         thread_id, run, ns = self._where(config)

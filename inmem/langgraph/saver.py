@@ -22,7 +22,8 @@ owns it, and `list` on a thread reads that one run.
 
 Round trips per call: `put` 1 (the blobs, the checkpoint and the head of
 its namespace in one `kv.put_many`, one write-ahead log record; the
-thread's run is created on its first write), `get_tuple` 1 (one
+thread's run is created on its first write, and a LangGraph run id indexed
+when `indexed.py` says so), `get_tuple` 1 (one
 `kv.get_linked`: the record, the blobs and the pending writes it names; 2
 when a pending write over 4 KiB is kept apart, see keys.py),
 `put_writes` 1 for special channels and 2 when a repeated write must keep
@@ -53,7 +54,7 @@ from langgraph.checkpoint.base import (
 from .copying import CopyPlans
 from .cuts import CutPlans
 from .driver import is_async_database, may_block, run_async, run_sync
-from .indexed import IndexedPairs
+from .indexed import IndexedHeads
 from .keys import DEFAULT_PREFIX, index_run, thread_run, thread_tag
 from .puts import PutPlans
 from .queries import LIST_PAGE, QueryPlans
@@ -96,8 +97,8 @@ class InmemSaver(PutPlans, QueryPlans, CutPlans, CopyPlans, SendingPlans,
         self._get_linked = None if is_async_database(db) else db.kv.get_linked
         self._index = index_run(prefix)
         self._tag = thread_tag(prefix)
-        #: the (LangGraph run id, thread run) pairs this saver has indexed
-        self._indexed = IndexedPairs()
+        #: where this saver has indexed LangGraph run ids, and the heads it saw there
+        self._indexed = IndexedHeads()
 
     # -- the sync methods ----------------------------------------------------------
 

@@ -1,0 +1,168 @@
+"""The saver's memory of what it indexed, against deletes made by another saver.
+
+`delete_for_runs` finds a LangGraph run's threads through the index run; a
+saver remembers which (run id, thread) it has indexed so a put need not
+write the index again. Another saver (another process, or another object
+over the same database) deleting the run's checkpoints deletes its index
+entry too: a later put of the same run must index it again, or a later
+`delete_for_runs` misses that thread and its checkpoint survives.
+"""
+
+import uuid
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.checkpoint.base.id import uuid6
+
+import inmem
+from inmem.langgraph import InmemSaver
+
+
+def _put(saver, thread, run_id=None, ns=""):
+    checkpoint = empty_checkpoint()
+    checkpoint["id"] = str(uuid6(clock_seq=-1))
+    metadata = {"source": "loop", "step": 1}
+    if run_id is not None:
+        metadata["run_id"] = run_id
+    config = {"configurable": {"thread_id": thread, "checkpoint_ns": ns}}
+    return saver.put(config, checkpoint, metadata, {})["configurable"]["checkpoint_id"]
+
+
+def _runs_of(saver, thread) -> list:
+    return sorted((t.config["configurable"]["checkpoint_ns"], t.metadata.get("run_id"))
+                  for t in saver.list({"configurable": {"thread_id": thread}}))
+
+
+@pytest.fixture
+def two_savers(backend, open_db):
+    """Two savers over one store: two `inmem.connect` databases over one real cluster,
+    or two saver objects over one embedded database."""
+    prefix = f"idx-{uuid.uuid4().hex[:8]}:"
+    if backend != "cluster":
+        db = open_db()
+        yield InmemSaver(db, prefix=prefix), InmemSaver(db, prefix=prefix)
+        return
+    from cluster.shared import shared_cluster
+    endpoint = shared_cluster().endpoint
+    a, b = inmem.connect(endpoint), inmem.connect(endpoint)
+    try:
+        yield InmemSaver(a, prefix=prefix), InmemSaver(b, prefix=prefix)
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("survivor", [False, True])
+def test_a_put_after_another_saver_deleted_its_run_is_found_by_the_next_delete(
+        two_savers, survivor):
+    a, b = two_savers
+    if survivor:  # the cut then moves the head to it rather than deleting the head
+        _put(a, "t", "r0")
+    _put(a, "t", "r1")
+    b.delete_for_runs(["r1"])
+    assert _runs_of(a, "t") == ([("", "r0")] if survivor else [])
+    _put(a, "t", "r1")  # a remembers r1 on t as indexed: b's delete said otherwise
+    b.delete_for_runs(["r1"])
+    assert _runs_of(a, "t") == ([("", "r0")] if survivor else [])
+
+
+def test_a_put_to_another_namespace_after_the_delete_is_found_too(two_savers):
+    a, b = two_savers
+    _put(a, "t", "r1")
+    _put(a, "t", "r1", ns="child:1")
+    b.delete_for_runs(["r1"])
+    _put(a, "t", "r1", ns="child:1")
+    _put(a, "t", "r1")
+    a.delete_for_runs(["r1"])
+    assert _runs_of(b, "t") == []
+
+
+def test_a_put_after_another_saver_deleted_the_thread_is_found_by_delete_for_runs(two_savers):
+    a, b = two_savers
+    _put(a, "t", "r1")
+    b.delete_thread("t")
+    _put(a, "t", "r1")
+    _put(a, "t", "r1")
+    b.delete_for_runs(["r1"])
+    assert _runs_of(a, "t") == []
+
+
+def test_the_usual_put_is_one_operation_and_one_after_a_delete_elsewhere_indexes_again(db):
+    from inmem.database import Database
+    from lgraph.test_saver import Recording
+    recording = Recording(db._backend)
+    a, b = InmemSaver(Database(recording)), InmemSaver(db)
+    _put(a, "t", "r1")
+    _put(a, "t", "r1", ns="child:1")  # a new namespace: its index entry goes with it
+    assert [op for op, _ in recording.ops][-2:] == ["kv.put_many", "js.set"]
+    recording.ops.clear()
+    _put(a, "t", "r1")
+    _put(a, "t", "r1", ns="child:1")
+    assert [op for op, _ in recording.ops] == ["kv.put_many", "kv.put_many"]
+    b.delete_for_runs(["r1"])
+    recording.ops.clear()
+    _put(a, "t", "r1")  # its head was moved by b: the put indexes the run again
+    assert [op for op, _ in recording.ops] == ["kv.put_many", "js.set"]
+    recording.ops.clear()
+    _put(a, "t", "r1")
+    assert [op for op, _ in recording.ops] == ["kv.put_many"]
+    b.delete_for_runs(["r1"])
+    assert _runs_of(b, "t") == []
+
+
+# -- a model: what two savers' puts and deletes leave, made one after another -------
+
+_THREADS = ["t0", "t1"]
+_NAMESPACES = ["", "c"]
+_RUN_IDS = ["r0", "r1"]
+
+_put_step = st.tuples(st.just("put"), st.integers(0, 1), st.sampled_from(_THREADS),
+                      st.sampled_from(_NAMESPACES), st.sampled_from(_RUN_IDS))
+_delete_for_runs_step = st.tuples(st.just("delete_for_runs"), st.integers(0, 1),
+                                  st.sampled_from(_RUN_IDS))
+# weighted towards puts and delete_for_runs: what the index memory is about
+_step = st.one_of(
+    _put_step, _put_step, _put_step, _delete_for_runs_step, _delete_for_runs_step,
+    st.tuples(st.just("put"), st.integers(0, 1), st.sampled_from(_THREADS),
+              st.sampled_from(_NAMESPACES), st.none()),
+    st.tuples(st.just("delete_thread"), st.integers(0, 1), st.sampled_from(_THREADS)),
+    st.tuples(st.just("prune"), st.integers(0, 1), st.sampled_from(_THREADS)),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_step, min_size=8, max_size=40))
+def test_two_savers_leave_what_a_model_of_the_threads_says(steps):
+    db = inmem.open(None)
+    try:
+        savers = [InmemSaver(db), InmemSaver(db)]
+        model: dict = {t: [] for t in _THREADS}  # thread -> [(ns, checkpoint id, run id)]
+        for step in steps:
+            saver = savers[step[1]]
+            if step[0] == "put":
+                _, _, thread, ns, run_id = step
+                cid = _put(saver, thread, run_id, ns)
+                model[thread].append((ns, cid, run_id))
+            elif step[0] == "delete_for_runs":
+                saver.delete_for_runs([step[2]])
+                for thread in _THREADS:
+                    model[thread] = [c for c in model[thread] if c[2] != step[2]]
+            elif step[0] == "delete_thread":
+                saver.delete_thread(step[2])
+                model[step[2]] = []
+            else:
+                saver.prune([step[2]])
+                newest = {}
+                for c in model[step[2]]:
+                    if c[0] not in newest or newest[c[0]][1] < c[1]:
+                        newest[c[0]] = c
+                model[step[2]] = list(newest.values())
+            for thread in _THREADS:
+                got = sorted((t.config["configurable"]["checkpoint_ns"],
+                              t.config["configurable"]["checkpoint_id"], t.metadata.get("run_id"))
+                             for t in savers[0].list({"configurable": {"thread_id": thread}}))
+                assert got == sorted(model[thread]), (step, thread)
+    finally:
+        db.close()
