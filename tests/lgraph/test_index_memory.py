@@ -68,6 +68,25 @@ def test_a_put_after_another_saver_deleted_its_run_is_found_by_the_next_delete(
     assert _runs_of(a, "t") == ([("", "r0")] if survivor else [])
 
 
+def test_aput_after_another_saver_deleted_its_run_is_found_by_the_next_delete(two_savers):
+    # The async put: its plan (in a worker thread on a cluster or a strict store).
+    import asyncio
+    a, b = two_savers
+
+    async def aput(thread, run_id):
+        checkpoint = empty_checkpoint()
+        checkpoint["id"] = str(uuid6(clock_seq=-1))
+        await a.aput({"configurable": {"thread_id": thread, "checkpoint_ns": ""}}, checkpoint,
+                     {"source": "loop", "step": 1, "run_id": run_id}, {})
+
+    asyncio.run(aput("t", "r1"))
+    asyncio.run(aput("t", "r1"))
+    b.delete_for_runs(["r1"])
+    asyncio.run(aput("t", "r1"))
+    b.delete_for_runs(["r1"])
+    assert _runs_of(a, "t") == []
+
+
 def test_a_put_to_another_namespace_after_the_delete_is_found_too(two_savers):
     a, b = two_savers
     _put(a, "t", "r1")
