@@ -41,6 +41,10 @@ One more run, `<prefix>runs`, holds a JSON document per LangGraph run id
 listing the threads that have checkpoints of it, so `delete_for_runs`
 visits those threads only. The long-term store is one run of its own
 (`<prefix>store` by default; see `store.py`).
+
+A run id and a key are at most KEY_BYTES_MAX UTF-8 bytes: `check_names`
+refuses a thread id or namespace too long for the run id or keys it makes,
+naming it, before anything is sent.
 """
 
 from __future__ import annotations
