@@ -154,14 +154,12 @@ class Cluster:
         if note is None:
             return ClusterNotReady(f"the coordinator exited with code {code}:\n"
                                    + self.log_tail())
-        message = str(note.get("message"))
-        if note.get("error") == "ConfigError":
-            from inmem.coordinator.config import ConfigError
-            return ConfigError(message)
-        if note.get("error") == "StoreOpenError":
-            return StoreOpenError(message, path=note.get("path"))
+        # ClusterNotReady whatever the coordinator met (a ConfigError, a file it could
+        # not open): what start() raises when the cluster does not come up.
         fields = {k: note.get(k) for k in ("shard", "path", "cause")}
-        return ClusterNotReady(message, **fields)
+        if fields["cause"] is None and note.get("error") != "ClusterNotReady":
+            fields["cause"] = note.get("error")
+        return ClusterNotReady(str(note.get("message")), **fields)
 
     def _waiting_on(self) -> str:
         """What each shard not ready is doing, and its last error (never empty)."""

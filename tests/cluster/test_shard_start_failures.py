@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -325,3 +326,20 @@ def test_a_data_directory_lock_this_user_may_not_write_is_one_clear_error(make_c
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.strip().splitlines()[-1].startswith(
         f"inmem serve: permission denied on {lock}"), done.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_coordinator_that_cannot_start_says_why_without_its_traceback(make_cluster, tmp_path):
+    from inmem import keys as keyfiles
+    keyfiles.generate(tmp_path / "keys", 1)
+    os.unlink(tmp_path / "keys" / "coordinator.key_secret")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(inmem.ClusterNotReady) as caught:
+        make_cluster(shards=1, durability="inmemory", endpoint=f"tcp://127.0.0.1:{port}",
+                     keys=str(tmp_path / "keys"), ready_timeout=20)
+    err = caught.value
+    assert str(err) == (f"no key file {tmp_path}/keys/coordinator.key_secret; `inmem keys "
+                        "generate` writes it"), str(err)
+    assert err.cause == "ConfigError"
