@@ -22,8 +22,9 @@ restart_backoff_max_ms; a shard that served for a while before dying starts
 again from the base delay. A shard that exits with its start-up failure code
 leaves a note saying why (`inmem.processes.write_exit_note`): the handle keeps
 it as `start_failure`, and the coordinator fails a start whose shard cannot
-start for a lasting reason (see `Coordinator._tick`). A shard unresponsive for restart_unresponsive_after_s
-(when set) is killed (`kill_unresponsive`), and restarted as any that died.
+start for a lasting reason (see `Coordinator._tick`). A shard unresponsive
+for restart_unresponsive_after_s (when set) is killed (`kill_unresponsive`),
+and restarted as any that died.
 
 The first start forks the shards from the coordinator, which imported the
 shard worker (and the durable store it opens) first, before it opened any
@@ -171,6 +172,7 @@ class Supervisor:
                 h.start_failures += 1
             else:
                 h.start_failure = None
+                h.start_failures = 0  # (in a row)
             died.append(h)
         return died
 

@@ -149,6 +149,7 @@ def clear_exit_note(data_dir: str, shard: int) -> None:
         pass
 
 
-__all__ = ["HELLO_TOKEN_ENV", "SHARD_EXIT_STARTUP", "child_env", "die_with_parent", "exit_note_path", "write_exit_note",
+__all__ = ["HELLO_TOKEN_ENV", "SHARD_EXIT_STARTUP", "child_env", "die_with_parent",
+           "exit_note_path", "write_exit_note",
            "read_exit_note", "clear_exit_note", "lasting_failure", "failure_facts",
            "coordinator_note_path", "write_coordinator_note", "read_coordinator_note"]
