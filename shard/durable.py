@@ -667,6 +667,12 @@ class DurableStore:
                     self._start_snapshot()
                     self._reap(block=True)
         finally:
+            if not self.writer.failed and not self.writer.closed:
+                # Whatever stopped the steps above (a Ctrl-C while a thread was
+                # joined), the acknowledged writes still in memory go to the WAL,
+                # whose close below writes and fsyncs them.
+                with self.lock:
+                    self.emit_locked()
             self.writer.close()
             self.compactor.close()
             self.engine.history_files.close()

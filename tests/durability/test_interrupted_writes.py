@@ -290,3 +290,40 @@ def test_random_interrupts_across_reopens_never_duplicate_lose_or_hang(tmp_path,
         done = subprocess.run([sys.executable, "-c", _RANDOM_INTERRUPTS, str(path), durability,
                                str(seed)], capture_output=True, text=True, timeout=180)
         assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def _raises_first(real):
+    """`real`, except that its first call raises KeyboardInterrupt (a Ctrl-C landing there)."""
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        if not calls:
+            calls.append(1)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    return interrupted
+
+
+@pytest.mark.parametrize("where", ["scheduler", "flush"])
+def test_a_close_interrupted_part_way_keeps_the_acknowledged_buffered_writes(
+        tmp_path, monkeypatch, where):
+    # buffered: acknowledged writes wait in memory for the next interval; a
+    # close() that a Ctrl-C interrupts must not drop them on its way out, and a
+    # second close() (after the interrupt) must not return early with them unwritten.
+    path = tmp_path / "store"
+    db = inmem.open(path, durability="buffered", flush_interval_ms=60_000)
+    run = db.begin_run(run_id="r")
+    for i in range(50):
+        db.kv.put(run, f"k{i}", i)
+    store = db._backend.store
+    if where == "scheduler":
+        assert store._scheduler is not None
+        monkeypatch.setattr(store._scheduler, "join", _raises_first(store._scheduler.join))
+    else:
+        monkeypatch.setattr(store, "flush", _raises_first(store.flush))
+    with pytest.raises(KeyboardInterrupt):
+        db.close()
+    db.close()  # the user's second try: nothing more to do, nothing lost
+    monkeypatch.undo()
+    with inmem.open(path, durability="buffered") as again:
+        assert [again.kv.get(run, f"k{i}") for i in range(50)] == list(range(50))
