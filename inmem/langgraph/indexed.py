@@ -23,38 +23,43 @@ first put of a run id to a namespace, the index entry is written again.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-
 #: (run id, thread run, namespace) places a saver remembers having indexed
 INDEXED_MAX = 4096
 
 
 class IndexedHeads:
     """(LangGraph run id, thread run, namespace) -> the head version of this saver's last
-    put of that run id there, once indexed; the oldest forgotten past INDEXED_MAX. Safe
-    to share between threads."""
+    put of that run id there, once indexed; the first remembered forgotten past
+    INDEXED_MAX. Safe to share between threads.
+
+    A version is kept in a cell of its own, a list of one int, which the put's
+    hot path reads (`cell`) and moves on in place: a dict lookup and a list
+    store, no call.
+    """
 
     def __init__(self, limit: int = INDEXED_MAX) -> None:
-        self._heads: OrderedDict = OrderedDict()
+        # One saver serves many threads (and the worker threads of its async
+        # methods), without a lock: every change is one dict or list operation,
+        # whole under the interpreter lock, and `forget` walks a copy of the keys
+        # (a dict walked while another thread adds to it raises RuntimeError). A
+        # lock here cost every put more than the rest of this bookkeeping.
+        self._heads: dict = {}
         self._limit = limit
-        #: one saver serves many threads (and the worker threads of its async
-        #: methods), and a dict walked while another thread adds to it raises
-        #: RuntimeError
-        self._lock = threading.Lock()
-        #: the head version remembered for a place, or None (the put's hot path:
-        #: a plain dict lookup)
-        self.last = self._heads.get
+        #: `cell(place)`: the [head version] remembered for a place, or None
+        self.cell = self._heads.get
 
     def remember(self, place, version: int) -> None:
         """Remember `place` as indexed, its head at `version` after this saver's put."""
-        with self._lock:
-            self._heads[place] = version
-            if len(self._heads) > self._limit:
-                self._heads.popitem(last=False)
+        heads = self._heads
+        heads[place] = [version]
+        if len(heads) > self._limit:
+            try:  # the first remembered: a dict keeps the order of insertion
+                heads.pop(next(iter(heads)), None)
+            except (StopIteration, RuntimeError):  # emptied or changed meanwhile
+                pass
 
     def forget(self, which) -> None:
         """Forget the places for which `which(place)` is true."""
-        with self._lock:
-            for place in [p for p in self._heads if which(p)]:
-                del self._heads[place]
+        heads = self._heads
+        for place in [p for p in list(heads) if which(p)]:
+            heads.pop(place, None)

@@ -37,8 +37,8 @@ class PutPlans:
     def _put_ops(self, config, checkpoint, metadata, new_versions) -> tuple:
         """What a put sends: (thread id, its run, the operations, its indexing, the
         answer). Its indexing: None without a LangGraph run id, else ((run id, run,
-        namespace), the head version remembered there, see `indexed.py`, or None when
-        the index entry goes with the checkpoint)."""
+        namespace), the cell of the head version remembered there, see `indexed.py`,
+        or None when the index entry goes with the checkpoint)."""
         conf = config["configurable"]
         thread_id = conf["thread_id"]
         run = thread_run(self.prefix, thread_id)
@@ -68,10 +68,10 @@ class PutPlans:
         indexing = None
         if run_id is not None:
             place = (run_id, run, ns)
-            last = self._indexed.last(place)
-            if last is None:
+            cell = self._indexed.cell(place)
+            if cell is None:
                 ops.append(self._index_op(run_id, thread_id))
-            indexing = (place, last)
+            indexing = (place, cell)
         return (thread_id, run, ops, indexing,
                 {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
                                   "checkpoint_id": cid}})
@@ -91,8 +91,10 @@ class PutPlans:
             indexing = prepared[3]
             if indexing is None:
                 return prepared[4]
-            if versions[-1] == indexing[1] + 1:  # the index entry stands (see indexed.py)
-                self._indexed.remember(indexing[0], versions[-1])
+            cell = indexing[1]
+            head = versions[-1]
+            if head == cell[0] + 1:  # the index entry stands (see indexed.py)
+                cell[0] = head
                 return prepared[4]
             return run_sync(self.db, self._put_plan(prepared, [versions]))
         return run_sync(self.db, self._put_plan(prepared))
@@ -112,9 +114,9 @@ class PutPlans:
                 raise_first(results)
                 break
         if indexing is not None:
-            place, last = indexing
+            place, cell = indexing
             head = results[0][-1]  # the version this put gave its namespace's head
-            if last is not None and head != last + 1:
+            if cell is not None and head != cell[0] + 1:
                 # The head was written since this saver's last put of the run here:
                 # perhaps by a delete_for_runs of the run, which took the index entry
                 # with it (see indexed.py).

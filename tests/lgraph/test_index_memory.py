@@ -185,3 +185,16 @@ def test_two_savers_leave_what_a_model_of_the_threads_says(steps):
                 assert got == sorted(model[thread]), (step, thread)
     finally:
         db.close()
+
+
+def test_the_memory_keeps_the_latest_places_and_forgets_on_demand():
+    from inmem.langgraph.indexed import IndexedHeads
+    heads = IndexedHeads(limit=2)
+    for i in range(3):
+        heads.remember(("r", f"t{i}", ""), i + 1)
+    assert heads.cell(("r", "t0", "")) is None  # the first remembered went first
+    assert heads.cell(("r", "t2", "")) == [3]
+    heads.remember(("r", "t1", ""), 7)  # again: a new version, in a new cell
+    assert heads.cell(("r", "t1", "")) == [7]
+    heads.forget(lambda place: place[1] == "t1")
+    assert heads.cell(("r", "t1", "")) is None and heads.cell(("r", "t2", "")) == [3]
