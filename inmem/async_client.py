@@ -359,6 +359,17 @@ class AsyncClusterBackend:
                 raise
         return await self._shard_channel(self.owners[slot])
 
+    async def _moved_away(self, shard: int) -> InmemError | None:
+        """ShardUnavailable when the slot map asked for again names other shards (see the
+        blocking client's)."""
+        endpoints, owners = self.shard_endpoints, self.owners
+        await self._refresh_map(self.loop.time() + REFRESH_MAX_S)
+        if self.shard_endpoints == endpoints and self.owners == owners:
+            return None
+        return ShardUnavailable(f"the cluster at {self.url} no longer has {_peer_name(shard)} "
+                                "where this client's slot map said (it was replaced); the "
+                                "request was not sent, and the next one goes by the new map")
+
     async def _refresh_map(self, deadline: float) -> None:
         """The slot map asked for again, once for every caller that finds it stale at the
         same time, within `deadline` and at most REFRESH_MAX_S; a coordinator that does
@@ -496,7 +507,8 @@ class AsyncClusterBackend:
         while True:
             if loop.time() >= limit:
                 if chan.shard is not None:
-                    raise await self._shard_down(chan.shard)
+                    raise (await self._moved_away(chan.shard)
+                           or await self._shard_down(chan.shard))
                 raise not_sent(self.url)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.01)

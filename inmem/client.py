@@ -444,6 +444,18 @@ class ClusterBackend:
                 raise
         return self._shard_channel(st, self.owners[slot])
 
+    def _moved_away(self, shard: int) -> InmemError | None:
+        """ShardUnavailable when the slot map asked for again names other shards than the
+        one this client had (a cluster replaced at this address): a ZeroMQ connection to
+        an address nobody serves never fails, it only never takes the request."""
+        endpoints, owners = self.shard_endpoints, self.owners
+        self._refresh_map(time.monotonic() + REFRESH_MAX_S)
+        if self.shard_endpoints == endpoints and self.owners == owners:
+            return None
+        return ShardUnavailable(f"the cluster at {self.url} no longer has {_peer_name(shard)} "
+                                "where this client's slot map said (it was replaced); the "
+                                "request was not sent, and the next one goes by the new map")
+
     def _refresh_map(self, deadline: float) -> dict | None:
         """The slot map asked for again, within `deadline` and at most REFRESH_MAX_S; the
         coordinator's status when it answered. One that does not answer changes nothing."""
@@ -566,7 +578,7 @@ class ClusterBackend:
             except zmq.Again:
                 wait_ms = int((deadline - time.monotonic()) * 1000)
                 if wait_ms <= 0 or not sock.poll(min(wait_ms, 200), zmq.POLLOUT):
-                    raise self._shard_down(chan.shard) from None
+                    raise (self._moved_away(chan.shard) or self._shard_down(chan.shard)) from None
 
     def _send_stream(self, chan: StreamChannel, head: bytes, body: bytes, deadline: float):
         try:

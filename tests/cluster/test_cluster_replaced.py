@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
 
 import pytest
@@ -233,3 +234,83 @@ def test_asyncio_direct_request_to_a_shard_whose_restarts_fail_names_why(tmp_pat
         db.close()
     finally:
         cluster.stop()
+
+
+# -- over tcp (ZeroMQ), where a connection to an address nobody serves never fails ---------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tcp_cluster(tmp_path, name: str, coordinator_port: int, shards: int) -> inmem.Cluster:
+    lines = [f'[cluster]\ndata_dir = "{tmp_path / name}"\nshards = {shards}\n'
+             f'endpoint = "tcp://127.0.0.1:{coordinator_port}"\ninsecure = true\n']
+    for i in range(shards):
+        lines.append(f'[[shard]]\nid = {i}\nendpoint = "tcp://127.0.0.1:{_free_port()}"\n')
+    cfg = tmp_path / f"{name}.toml"
+    cfg.write_text("".join(lines))
+    return inmem.Cluster(str(cfg), ready_timeout=30)
+
+
+@pytest.mark.parametrize("face", ["blocking", "asyncio"])
+def test_a_tcp_client_takes_the_new_map_after_the_cluster_was_replaced(tmp_path, face):
+    port = _free_port()
+    old = _tcp_cluster(tmp_path, "a", port, 2).start()
+    endpoint = old.endpoint
+    runs = [f"r-{i}" for i in range(12)]
+
+    def put_until_it_lands(put):
+        # The first request for an old shard waits its request timeout, then fails
+        # saying the cluster changed; the next goes by the new map.
+        errors = []
+        for _ in range(3):
+            try:
+                return put(), errors
+            except (inmem.ShardUnavailable, inmem.Timeout) as exc:
+                errors.append(exc)
+        raise AssertionError(f"never landed: {errors}")
+
+    if face == "blocking":
+        db = inmem.connect(endpoint, request_timeout=1.0)
+        try:
+            for run in runs:
+                db.begin_run(run_id=run)
+            old.stop()
+            new = _tcp_cluster(tmp_path, "b", port, 3).start()
+            try:
+                for run in runs:
+                    put_until_it_lands(lambda: db.begin_run(run_id=run))
+                    assert db.kv.put(run, "k", 1) == 1
+            finally:
+                new.stop()
+        finally:
+            db.close()
+        return
+
+    async def main():
+        adb = await inmem.asyncio.connect(endpoint, request_timeout=1.0)
+        try:
+            for run in runs:
+                await adb.begin_run(run_id=run)
+            old.stop()
+            new = _tcp_cluster(tmp_path, "b", port, 3).start()
+            try:
+                for run in runs:
+                    errors = []
+                    for _ in range(3):
+                        try:
+                            await adb.begin_run(run_id=run)
+                            break
+                        except (inmem.ShardUnavailable, inmem.Timeout) as exc:
+                            errors.append(exc)
+                    else:
+                        raise AssertionError(f"never landed: {errors}")
+                    assert await adb.kv.put(run, "k", 1) == 1
+            finally:
+                new.stop()
+        finally:
+            await adb.close()
+
+    asyncio.run(main())
