@@ -129,18 +129,26 @@ class KeyOrder:
         j = bisect_left(chunk, key)
         return j < len(chunk) and chunk[j] == key
 
-    def keys_from(self, start: str, inclusive: bool):
-        """The keys from `start` on (after it when not `inclusive`), in order."""
-        maxes, chunks = self.maxes, self.chunks
+    def find(self, start: str, inclusive: bool) -> tuple:
+        """Where the keys from `start` on (after it when not `inclusive`) begin: a place for `take`."""
         find = bisect_left if inclusive else bisect_right
-        i = find(maxes, start)
-        if i == len(maxes):
-            return
-        chunk = chunks[i]
-        yield from islice(chunk, find(chunk, start), None)
-        for i in range(i + 1, len(chunks)):
-            yield from chunks[i]
+        i = find(self.maxes, start)
+        return (i, 0) if i == len(self.maxes) else (i, find(self.chunks[i], start))
 
+    def take(self, place: tuple, size: int) -> tuple:
+        """(the next keys from `place` in order, at most `size` of them; the place after them).
+
+        No keys: the end. Fewer than `size` need not be the end: a slice stays
+        within one chunk.
+        """
+        i, j = place
+        chunks = self.chunks
+        if i >= len(chunks):
+            return [], place
+        chunk = chunks[i]
+        keys = chunk[j:j + size]
+        j += len(keys)
+        return keys, ((i + 1, 0) if j >= len(chunk) else (i, j))
 
 def order_of(r) -> KeyOrder:
     """The sorted order of run `r`'s KV keys, up to date (built on first use)."""

@@ -10,6 +10,9 @@ are skipped by reads.
 from __future__ import annotations
 
 import struct
+from bisect import bisect_left
+from itertools import compress
+from operator import itemgetter
 from typing import Callable
 
 import msgpack
@@ -31,6 +34,14 @@ _PAIR = b"\x92"  # a msgpack array of two
 _HEAD_1 = struct.Struct("<QB").pack
 _HEAD_2 = struct.Struct("<QH").pack  # a plain entry whose version takes 2 bytes (flags 1)
 _TS_MAX = 1 << 56
+_FLAGS = itemgetter(0)  # an entry's flags byte
+_MAYBE = 2
+#: flags -> whether a listing shows the key: 1 (a plain live entry), 0 (deleted), or
+#: _MAYBE (it expires: live until its time)
+_LISTED = tuple(1 if PLAIN_AT[f] else 0 if f & DELETED else _MAYBE for f in range(32))
+#: keys a listing takes from the order at first without a limit, and at most at once
+_SLICE_FIRST = 64
+_SLICE_MAX = 1024
 #: a put series is split into WAL groups of about this many bytes (far below a record's limit)
 _SERIES_GROUP_BYTES = 4 << 20
 
@@ -412,19 +423,39 @@ def _listed(r: RunData, prefix, after, limit, now: int) -> list[str]:
         return []
     # The keys with the prefix are one stretch of the order, from `prefix` on.
     if after is None or after < prefix:
-        keys = order_of(r).keys_from(prefix, True)
+        start, inclusive = prefix, True
     else:
-        keys = order_of(r).keys_from(after, False)
+        start, inclusive = after, False
+    order = order_of(r)
+    place = order.find(start, inclusive)
     out: list = []
-    append = out.append
-    room = -1 if limit is None else limit
-    for k in keys:
-        if not k.startswith(prefix):
+    room = limit
+    want = _SLICE_FIRST if limit is None else min(limit, _SLICE_MAX)
+    # Slices of the order go through C-level loops (lookup, flags, filter): a long
+    # listing or a stretch of deleted keys costs a fraction of a key-by-key loop.
+    while True:
+        keys, place = order.take(place, want)
+        if not keys:
             break
-        e = kv[k]
-        if PLAIN_AT[e[0]] or live_value(e, now) is not None:
-            append(k)
-            room -= 1
-            if not room:
-                break
+        last = not keys[-1].startswith(prefix)
+        if last:  # the prefix's stretch ends in this slice
+            keys = keys[:bisect_left(keys, True, key=lambda k: not k.startswith(prefix))]
+        entries = list(map(kv.__getitem__, keys))
+        listed = list(map(_LISTED.__getitem__, map(_FLAGS, entries)))
+        if _MAYBE in listed:  # expiring entries: live until their time
+            listed = [f if f != _MAYBE else live_value(e, now) is not None
+                      for f, e in zip(listed, entries)]
+        live = list(compress(keys, listed))
+        if room is None:
+            want = min(2 * want, _SLICE_MAX)
+        elif len(live) >= room:
+            out += live[:room]
+            break
+        else:
+            room -= len(live)
+            # As many keys as the page still needs at the share of live keys seen so far.
+            want = min(room * len(keys) // len(live) + 1 if live else 2 * want, _SLICE_MAX)
+        out += live
+        if last:
+            break
     return out

@@ -214,5 +214,13 @@ def test_an_order_catches_up_with_the_keys_added_to_its_table(monkeypatch, chunk
         for start in starts:
             if start is None:
                 continue
-            assert list(order.keys_from(start, True)) == sorted(k for k in table if k >= start)
-            assert list(order.keys_from(start, False)) == sorted(k for k in table if k > start)
+            for size in (1, 3, 100):
+                for inclusive in (True, False):
+                    got, place = [], order.find(start, inclusive)
+                    while True:
+                        keys, place = order.take(place, size)
+                        if not keys:
+                            break
+                        assert len(keys) <= size
+                        got += keys
+                    assert got == sorted(k for k in table if k > start or inclusive and k == start)
