@@ -6,7 +6,10 @@ doomed ones, and delete them with their pending writes and the channel
 values no surviving checkpoint points at (`_cut`), as transactions on the
 heads of the namespaces they touch (`apply_cuts`), so a put that lands
 meanwhile is never undone: the thread is read and cut again
-(`cut_threads`). `prune` with "delete" deletes the threads.
+(`cut_threads`). `delete_for_runs` finds a run's threads in its index entry
+(see `indexed.py`) and deletes the entry as it read it, in a transaction: a
+thread a put listed meanwhile is cut too. `prune` with "delete" deletes the
+threads.
 
 A mixin of `InmemSaver`: it uses the saver's `prefix`, `_index` and
 `_indexed`.
@@ -43,23 +46,43 @@ class CutPlans:
         run_ids = [r for r in dict.fromkeys(run_ids) if type(r) is str and r]
         if not run_ids:
             return None
-        docs = yield [("js.get", (self._index, r, "$")) for r in run_ids]
-        threads: dict = {}
-        for doc in docs:
-            if isinstance(doc, RunNotFound):
-                return None  # nothing was ever indexed
-            raise_first([doc])
-            for thread_id in doc or ():
-                threads[thread_id] = thread_run(self.prefix, thread_id)
         doomed_runs = set(run_ids)
-        if threads:
-            yield from cut_threads(
-                list(threads.values()),
-                lambda records: [r for r in records if r.run_id in doomed_runs])
-        raise_first((yield [("js.delete", (self._index, r, "$")) for r in run_ids]),
-                    allow=(RunNotFound,))
-        self._indexed.forget(lambda place: place[0] in doomed_runs)
-        return None
+
+        def doomed_of(records):
+            return [r for r in records if r.run_id in doomed_runs]
+
+        pending = run_ids
+        for _ in range(_CUT_TRIES):
+            found = yield [("tx.read", (self._index, "js", r)) for r in pending]
+            threads: dict = {}
+            seen = []
+            for run_id, got in zip(pending, found):
+                if isinstance(got, RunNotFound):
+                    return None  # nothing was ever indexed
+                raise_first([got])
+                exists, doc, version = got
+                if exists:
+                    seen.append((run_id, version))
+                    for thread_id in doc or ():
+                        threads[thread_id] = thread_run(self.prefix, thread_id)
+            if threads:
+                yield from cut_threads(list(threads.values()), doomed_of)
+            # An index entry is deleted as it was read, or not at all: a put of the
+            # run meanwhile may have listed another thread in it, which is read and
+            # cut first (deleting the entry would leave that thread's checkpoints
+            # where no later delete_for_runs finds them).
+            commits = [("tx.commit", (self._index, [["js", run_id, version]],
+                                      [["js.delete", [self._index, run_id, "$"]]]))
+                       for run_id, version in seen]
+            results = (yield commits) if commits else []
+            raise_first(results, allow=(TransactionConflict, RunNotFound))
+            pending = [run_id for (run_id, _), result in zip(seen, results)
+                       if type(result) is TransactionConflict]
+            if not pending:
+                self._indexed.forget(lambda place: place[0] in doomed_runs)
+                return None
+        raise TransactionConflict(f"runs {pending!r:.200} kept being indexed on more threads "
+                                  f"while their checkpoints were being deleted; try again")
 
     def _prune(self, thread_ids, strategy):
         if strategy == "delete":

@@ -131,6 +131,25 @@ def test_the_usual_put_is_one_operation_and_one_after_a_delete_elsewhere_indexes
     assert _runs_of(b, "t") == []
 
 
+def test_a_thread_indexed_while_delete_for_runs_works_is_cut_too(two_savers):
+    # Another saver's first put of the run to a new thread lands after the delete read
+    # the run's index entry: deleting the entry as read would forget that thread.
+    from inmem.langgraph.driver import execute_sync
+    a, b = two_savers
+    _put(a, "t1", "r1")
+    plan = b._delete_for_runs(["r1"])
+    sent = next(plan)
+    answer = execute_sync(b.db, sent)  # the index entry read: t1 only
+    _put(a, "t2", "r1")
+    try:
+        while True:
+            sent = plan.send(answer)
+            answer = execute_sync(b.db, sent)
+    except StopIteration:
+        pass
+    assert _runs_of(a, "t1") == [] and _runs_of(a, "t2") == []
+
+
 # -- a model: what two savers' puts and deletes leave, made one after another -------
 
 _THREADS = ["t0", "t1"]
