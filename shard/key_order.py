@@ -8,7 +8,8 @@ finds where it starts by two bisections and reads on from there: about
 O(log n + the keys it looks at), and a key is put in its place with a
 bisection and a short list insert.
 
-The order is built by a run's first listing, not before, and the write paths
+The order is built by a run's first listing, not before (and kept only for a
+run of KEPT_FROM keys or more), and the write paths
 never touch it: a put costs exactly what it cost without it. Instead the
 order catches up at the next listing, from two facts about the table (a
 `dict`):
@@ -41,6 +42,8 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from itertools import chain, islice
 
+#: a run keeps its order once it has this many keys (smaller ones sort theirs per listing)
+KEPT_FROM = 256
 #: keys per chunk when the order is built; a chunk that grows to twice this splits
 CHUNK = 512
 #: when more keys than 1 / REBUILD_SHARE of the table are new, merge them all at once
@@ -151,10 +154,16 @@ class KeyOrder:
         return keys, ((i + 1, 0) if j >= len(chunk) else (i, j))
 
 def order_of(r) -> KeyOrder:
-    """The sorted order of run `r`'s KV keys, up to date (built on first use)."""
+    """The sorted order of run `r`'s KV keys, up to date (built on first use).
+
+    A run of fewer than KEPT_FROM keys gets one for the listing only: sorting
+    so few costs about what catching up would, and its run does not keep it.
+    """
     order = r.kv_order
     if order is None or order.table is not r.kv:
-        order = r.kv_order = KeyOrder(r.kv)
+        order = KeyOrder(r.kv)
+        if len(r.kv) >= KEPT_FROM:
+            r.kv_order = order
     else:
         order.catch_up()
     return order

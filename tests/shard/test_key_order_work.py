@@ -133,3 +133,18 @@ def test_a_rolled_back_transaction_leaves_no_key_and_costs_no_rebuild(big):
     page, seen = visits(table, lambda: engine.kv_keys(run, "", key(400), 2))
     assert page == [key(401), key(402)]
     assert seen <= 2 + SLACK, seen
+
+
+def test_only_a_run_of_many_keys_keeps_its_order():
+    """A small run sorts its few keys per listing instead of holding an order for good."""
+    from inmem.shard.key_order import KEPT_FROM
+
+    engine = Engine()
+    run = engine.begin_run(run_id="small")
+    engine.kv_put_many(run, [[f"k{i:04d}", i] for i in range(KEPT_FROM - 1)])
+    assert engine.kv_keys(run, "", None, 2) == ["k0000", "k0001"]
+    assert engine.runs[run].kv_order is None
+    engine.kv_put(run, "k9999", 1)
+    last = f"k{KEPT_FROM - 2:04d}"
+    assert engine.kv_keys(run, "", f"k{KEPT_FROM - 3:04d}", 3) == [last, "k9999"]
+    assert engine.runs[run].kv_order is not None
