@@ -8,11 +8,10 @@ finds where it starts by two bisections and reads on from there: about
 O(log n + the keys it looks at), and a key is put in its place with a
 bisection and a short list insert.
 
-The order is built by a run's first listing, not before (and kept only for a
-run of KEPT_FROM keys or more), and the write paths
-never touch it: a put costs exactly what it cost without it. Instead the
-order catches up at the next listing, from two facts about the table (a
-`dict`):
+The order is built by a run's first listing, not before (and kept only by a
+run of KEPT_FROM keys or more), and the write paths never touch it: a put
+costs exactly what it cost without it. Instead the order catches up at the
+next listing, from two facts about the table (a `dict`):
 
 - keys are only added to it, by a put of a new key, whatever the path (one
   put, a series, `put_many`, a WAL record or a snapshot read back). A delete
@@ -28,10 +27,10 @@ put of a new key, says so (`forget`). Anything the order cannot account for
 last one it saw) makes it start again from the table: a listing may then be
 slow, never wrong.
 
-A listing skips the deleted and expired keys in its range one by one, so it
-costs what it returns plus the dead keys between them. The first listing of a
-run sorts its keys (about what a whole listing cost before); the order then
-takes a pointer per key.
+A listing steps over the deleted and expired keys in its range (by slices, in
+C-level loops: `shard.kv`), so it costs what it returns plus the dead keys
+between them. The first listing of a run sorts its keys (about what a whole
+listing cost before); the order then takes a pointer per key.
 
 A listing changes the order, so listings need the serialisation writes have
 (the worker's single loop, the embedded store's lock), not only the GIL.
@@ -133,7 +132,7 @@ class KeyOrder:
         return j < len(chunk) and chunk[j] == key
 
     def find(self, start: str, inclusive: bool) -> tuple:
-        """Where the keys from `start` on (after it when not `inclusive`) begin: a place for `take`."""
+        """Where the keys from `start` on (after it when not `inclusive`) begin, for `take`."""
         find = bisect_left if inclusive else bisect_right
         i = find(self.maxes, start)
         return (i, 0) if i == len(self.maxes) else (i, find(self.chunks[i], start))
@@ -152,6 +151,7 @@ class KeyOrder:
         keys = chunk[j:j + size]
         j += len(keys)
         return keys, ((i + 1, 0) if j >= len(chunk) else (i, j))
+
 
 def order_of(r) -> KeyOrder:
     """The sorted order of run `r`'s KV keys, up to date (built on first use).

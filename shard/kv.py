@@ -4,7 +4,8 @@
 packed form of the last write to its key (`shard.entries`: value, version,
 time and expiry in one `bytes`); a delete leaves an entry with no value, so
 the key's version keeps counting. Expired entries stay until overwritten and
-are skipped by reads.
+are skipped by reads. Listings (`kv.keys`, `kv.items`) read the run's sorted
+key order (`shard.key_order`) from where they start.
 """
 
 from __future__ import annotations
