@@ -68,6 +68,8 @@ def open(path: str | os.PathLike | None = None, durability: str = "buffered", *,
     try:
         store, engine = DurableStore.open(path, durability=durability, clock=clock,
                                           max_value_bytes=max_value_bytes, **options)
+    except StoreOpenError:
+        raise  # says what is wrong and where already
     except OSError as exc:
         # Name the file that failed too: in a store that opened before, it is
         # that one file (unreadable, a directory) the operator must look at.
