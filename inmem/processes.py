@@ -88,8 +88,9 @@ def lasting_failure(exc: BaseException) -> bool:
     process that is ending, an endpoint not free yet, an I/O error) may pass.
     """
     from .errors import CorruptionError, StoreOpenError
-    from inmem.recovery.errors import SnapshotError
-    if isinstance(exc, (CorruptionError, SnapshotError, StoreOpenError)):
+    # (an error class of a higher layer, such as a snapshot this build cannot
+    # read, says so itself with `lasting`)
+    if isinstance(exc, (CorruptionError, StoreOpenError)) or getattr(exc, "lasting", False):
         return True
     return isinstance(exc, OSError) and exc.errno in _LASTING_ERRNOS
 

@@ -28,6 +28,10 @@ class _FromFields:
 class SnapshotError(InmemError):
     """A snapshot file that this build cannot load."""
 
+    #: a shard that fails its start with it fails the same way every time
+    #: (see inmem.processes.lasting_failure)
+    lasting = True
+
 
 class SnapshotCorrupt(_FromFields, SnapshotError, _PublicCorruptionError):
     """A snapshot file whose bytes are damaged: bad magic, bad length, bad crc32c."""
