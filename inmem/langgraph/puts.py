@@ -116,7 +116,10 @@ class PutPlans:
         if indexing is not None:
             place, cell = indexing
             head = results[0][-1]  # the version this put gave its namespace's head
-            if cell is not None and head != cell[0] + 1:
+            if cell is not None and head == cell[0] + 1:
+                cell[0] = head  # the index entry stands (see indexed.py)
+                return answer
+            if cell is not None:
                 # The head was written since this saver's last put of the run here:
                 # perhaps by a delete_for_runs of the run, which took the index entry
                 # with it (see indexed.py).
