@@ -29,11 +29,12 @@ This module keeps what they share: the dispatch (built from the table of
 operations in `inmem.ops`), value encoding and checks, run lookup, and the
 commit step that orders encode-for-the-WAL before apply.
 
-The engine is not thread-safe for writes: callers serialise them (a lock in
+The engine is not thread-safe: callers serialise every operation (a lock in
 the embedded Database, the single-threaded worker loop in a shard process).
-Reads take no lock: every mutation is a single assignment or append of an
-immutable object (an entry's bytes, an effect tuple), which CPython performs
-atomically.
+Writes must be; most reads would not need it (every mutation is a single
+assignment or append of an immutable object, an entry's bytes or an effect
+tuple, which CPython performs atomically), but a KV listing brings the run's
+sorted key order up to date as it reads (`shard.key_order`).
 """
 
 from __future__ import annotations
