@@ -457,7 +457,74 @@ def _cmd_wal(args) -> int:
             for d in shards:
                 print(f"  inmem wal inspect {os.path.join(d, 'wal')}")
             return 2
-    return inspect_main([target, *(["--json"] if args.json else [])])
+    with _scratch_target() as target_of:
+        content = _record_check(target, target_of)
+        return inspect_main([target, *(["--json"] if args.json else [])], content=content)
+
+
+class _scratch_target:
+    """`with _scratch_target() as target_of`: `target_of()` is a new recovery target on an empty
+    engine, set up as opening sets up a durable store's, whose history files live in a
+    scratch directory removed at the end: checking a store's files never writes in it."""
+
+    def __enter__(self):
+        import tempfile
+        self._tmp = tempfile.TemporaryDirectory(prefix="inmem-check-")
+        return self._target
+
+    def _target(self):
+        from .shard.engine import Engine
+        from .shard.history_files import HistoryFiles
+        from .shard.recovery_apply import EngineRecovery
+        engine = Engine(log=True)
+        engine.history_files = HistoryFiles(self._tmp.name)
+        return EngineRecovery(engine)
+
+    def __exit__(self, *exc):
+        self._tmp.cleanup()
+
+
+def _record_check(wal_directory: str, target_of):
+    """The content check `wal inspect` feeds the records to: from the state opening would start
+    from (the newest loadable snapshot beside the WAL, or nothing), or a dict saying why the
+    records cannot be checked."""
+    from .recovery.content_check import RecordCheck, check_snapshot, newest_snapshot
+    from .recovery.errors import SnapshotError
+    from .wal.segment import list_segments
+    store = os.path.dirname(os.path.abspath(wal_directory))
+    has_snapshots = os.path.isdir(os.path.join(store, "snapshots"))
+    try:
+        snap, _set_aside = newest_snapshot(store)
+    except SnapshotError as exc:  # another release's file: opening stops at it
+        return {"outcome": {"kind": "snapshot_refused", "reason": f"{exc}"}}
+    except OSError as exc:
+        return {"outcome": {"kind": "not_checked",
+                            "reason": f"cannot read the snapshots: {exc.strerror or exc}"}}
+    target = target_of()
+    start_lsn, start = 0, "no snapshot"
+    if snap is not None:
+        error = check_snapshot(snap, target)
+        name = os.path.basename(snap.path)
+        if error is not None:
+            return {"outcome": {"kind": "snapshot_refused", "reason": (
+                f"opening starts from the snapshot {name}, which it refuses "
+                f"({type(error).__name__}: {error.reason}); run `inmem snapshot verify "
+                f"{snap.path}`")}}
+        start_lsn, start = snap.wal_position, f"after snapshot {name}"
+    try:
+        segments = list_segments(wal_directory)
+    except OSError:
+        segments = []
+    if segments and segments[0][0] > start_lsn:
+        where = f"the snapshot {start[len('after snapshot '):]}" if snap else "no snapshot"
+        if not has_snapshots:
+            return {"outcome": {"kind": "not_checked", "reason": (
+                f"the log starts at LSN {segments[0][0]} and no snapshots/ directory is beside "
+                f"it to hold the state before that")}}
+        return {"outcome": {"kind": "gap", "reason": (
+            f"the log starts at LSN {segments[0][0]}, but the state opening starts from "
+            f"({where}) needs it from LSN {start_lsn}: opening refuses it (WalGapError)")}}
+    return RecordCheck(target, start_lsn, start)
 
 
 def _snapshot_files(path: str) -> list[str]:
@@ -475,8 +542,25 @@ def _snapshot_files(path: str) -> list[str]:
 
 def _cmd_snapshot(args) -> int:
     from inmem.recovery.snapshot_format import verify_main
+    with _scratch_target() as target_of:
+        return _verify_snapshots(args, verify_main, _snapshot_check(target_of))
+
+
+def _snapshot_check(target_of):
+    """The content check `snapshot verify` gives: load the sections into a scratch engine."""
+    from .recovery.content_check import check_snapshot
+
+    def check(snap):
+        target = target_of()
+        error = check_snapshot(snap, target)
+        runs = len(target.engine.runs)
+        return error, f"{runs} run{'s' if runs != 1 else ''} loaded"
+    return check
+
+
+def _verify_snapshots(args, verify_main, check) -> int:
     if not os.path.isdir(args.path):
-        return verify_main([args.path])
+        return verify_main([args.path], content=check)
     try:
         files = _snapshot_files(args.path)
     except OSError as exc:
@@ -491,7 +575,7 @@ def _cmd_snapshot(args) -> int:
     for i, path in enumerate(files):
         if i:
             print()
-        worst = max(worst, verify_main([path]))
+        worst = max(worst, verify_main([path], content=check))
     print(f"\n{len(files)} snapshot{'s' if len(files) != 1 else ''} checked: "
           f"{'all valid' if worst == 0 else 'NOT all valid'}")
     return worst

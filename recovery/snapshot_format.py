@@ -457,8 +457,16 @@ def _format_time(micros: int) -> str:
     return moment.isoformat()
 
 
-def verify_main(argv: Sequence[str] | None = None, out=None) -> int:
-    """`inmem snapshot verify FILE`: print what the file holds; 0 when valid, 2 otherwise."""
+def verify_main(argv: Sequence[str] | None = None, out=None, content=None) -> int:
+    """`inmem snapshot verify FILE`: print what the file holds; 0 when valid, 2 otherwise.
+
+    The format (structure, crc32c) is checked here. What the sections mean is
+    the engine's, above this layer: `content`, a function of the Snapshot that
+    loads it as opening would and returns (the error opening would raise or
+    None, a few words on what it loaded), is called once the format holds
+    (`inmem snapshot verify` gives one; see `recovery.content_check`). A file
+    whose contents opening refuses is not valid.
+    """
     out = out or sys.stdout
     parser = argparse.ArgumentParser(
         prog="inmem snapshot verify",
@@ -522,5 +530,23 @@ def verify_main(argv: Sequence[str] | None = None, out=None) -> int:
     else:
         valid = False
         say(f"crc32c: BAD (trailer 0x{stored:08x}, contents 0x{computed:08x})")
+    if not valid:
+        say("content: not checked (the format does not hold)")
+    elif content is None:
+        say("content: not checked (no content check was given; `inmem snapshot verify` runs one)")
+    else:
+        error, loaded = content(snap)
+        if error is None:
+            say(f"content: ok ({loaded})")
+        elif isinstance(error, SnapshotUnsupported):
+            valid = False
+            say(f"content: UNSUPPORTED: {error.reason}; opening refuses this snapshot "
+                f"(SnapshotUnsupported): it was written by another inmem release, run that "
+                f"release on its directory")
+        else:
+            valid = False
+            say(f"content: BAD at offset {error.offset}: {error.reason}; the crc32c holds, but "
+                f"opening refuses this snapshot ({type(error).__name__}) and stops: move it "
+                f"aside (keep it) to recover from an older snapshot and the WAL")
     say("result: " + ("valid" if valid else "INVALID"))
     return 0 if valid else 2

@@ -7,6 +7,15 @@ it (or JSON with --json) and exits 0 for a clean log, 1 for a torn tail (normal
 after a crash: recovery will truncate it) and 2 for corruption (recovery will
 refuse to continue past it), a missing directory, or a directory without WAL
 segments: nothing there is a log, so nothing can be said about how one ends.
+
+The format (headers, lengths, crc32c) is all this layer knows. A record
+whose crc32c holds can still hold contents opening refuses; what a record's
+contents mean is the engine's, above this layer, so the caller hands in a
+content check (`recovery.content_check.RecordCheck`, which `inmem wal inspect`
+builds on a scratch engine) and every record read is fed to it in the same
+pass, block by block. Contents it refuses are exit 2 as well, naming the
+segment, the offset, the record's LSN and the reason. Without one, the report
+says the contents were not checked.
 """
 
 from __future__ import annotations
@@ -29,8 +38,20 @@ def _type_name(rtype: int) -> str:
     return TYPE_NAMES.get(rtype, f"type {rtype}")
 
 
-def inspect_wal(directory) -> dict:
-    """Summarize the WAL in `directory`; see the module docstring for the fields."""
+#: the content outcomes after which opening refuses the store
+CONTENT_REFUSED = ("content", "snapshot_refused", "gap")
+NOT_CHECKED = {"outcome": {"kind": "not_checked",
+                           "reason": "no content check was given (`inmem wal inspect` runs one)"}}
+
+
+def inspect_wal(directory, content=None) -> dict:
+    """Summarize the WAL in `directory`; see the module docstring for the fields.
+
+    `content`: None (contents not checked), a dict that is the content report
+    already (the caller found why they cannot be checked), or a check with
+    `feed(first_lsn, payloads, segment_path, segment_first_lsn, offsets)` and
+    the attributes of `recovery.content_check.RecordCheck`, fed every record read.
+    """
     directory = os.fspath(directory)
     report: dict = {"directory": directory, "exists": os.path.isdir(directory)}
     if not report["exists"]:
@@ -53,26 +74,30 @@ def inspect_wal(directory) -> dict:
     size_total = 0
     first_lsn = last_lsn = None
     current = None
-    for lsn, rtype, payload in reader:
+    feed = getattr(content, "feed", None)
+    for first, rtypes, payloads, segment, offsets in reader.placed_blocks():
         path = reader.segment
         if path != current:
             current = path
             entry = by_path[path]
-            entry["lsn_first"] = lsn
-        entry["lsn_last"] = lsn
-        entry["records"] += 1
-        name = _type_name(rtype)
-        by_type[name] = by_type.get(name, 0) + 1
-        size = len(payload)
-        size_total += size
-        if size_min is None or size < size_min:
-            size_min = size
-        if size_max is None or size > size_max:
-            size_max = size
-        if first_lsn is None:
-            first_lsn = lsn
-        last_lsn = lsn
-        count += 1
+            entry["lsn_first"] = first
+        for lsn, rtype, payload in zip(range(first, first + len(payloads)), rtypes, payloads):
+            entry["lsn_last"] = lsn
+            entry["records"] += 1
+            name = _type_name(rtype)
+            by_type[name] = by_type.get(name, 0) + 1
+            size = len(payload)
+            size_total += size
+            if size_min is None or size < size_min:
+                size_min = size
+            if size_max is None or size > size_max:
+                size_max = size
+            if first_lsn is None:
+                first_lsn = lsn
+            last_lsn = lsn
+            count += 1
+        if feed is not None:
+            feed(first, payloads, path, segment, offsets)
 
     outcome = reader.outcome
     if isinstance(outcome, TornTail):
@@ -96,12 +121,35 @@ def inspect_wal(directory) -> dict:
         "next_lsn": reader.next_lsn,
         "other_files": other_files(directory),
         "outcome": out,
+        "content": _content_report(content, bool(segments)),
     })
+    return report
+
+
+def _content_report(content, any_segment: bool) -> dict:
+    if content is None:
+        return {"outcome": dict(NOT_CHECKED["outcome"])}
+    if isinstance(content, dict):
+        return content
+    report = {"records_checked": content.records, "groups": content.groups,
+              "from_lsn": content.start_lsn, "start": content.start}
+    error = content.error
+    if error is not None:
+        report["outcome"] = {
+            "kind": "content", "segment": os.path.basename(error.path),
+            "offset": error.offset, "lsn": content.error_lsn,
+            "reason": getattr(error, "reason", str(error)), "error": type(error).__name__}
+    elif not any_segment:
+        report["outcome"] = {"kind": "not_checked", "reason": "no WAL segments"}
+    else:
+        report["outcome"] = {"kind": "ok"}
     return report
 
 
 def exit_code(report: dict) -> int:
     kind = report["outcome"]["kind"]
+    if report.get("content", NOT_CHECKED)["outcome"]["kind"] in CONTENT_REFUSED:
+        return EXIT_CORRUPTION  # opening refuses the store, whatever the format says
     if kind == "clean":
         return EXIT_CLEAN
     if kind == "torn_tail":
@@ -138,7 +186,13 @@ def format_report(report: dict) -> str:
     lines.append(f"next LSN: {report['next_lsn']}")
     if report["other_files"]:
         lines.append("other files: " + ", ".join(report["other_files"]))
-    if out["kind"] == "clean":
+    content = report.get("content", NOT_CHECKED)
+    refused = content["outcome"]["kind"] in CONTENT_REFUSED
+    lines.append(content_line(content))
+    if out["kind"] == "clean" and refused:
+        lines.append("outcome: NOT CLEAN: every record's format and crc32c hold, but opening "
+                     "refuses the contents (see content above)")
+    elif out["kind"] == "clean":
         lines.append("outcome: clean")
     elif out["kind"] == "torn_tail":
         lines.append(f"outcome: TORN TAIL in {out['segment']} at offset {out['offset']} "
@@ -149,6 +203,24 @@ def format_report(report: dict) -> str:
                      f"{out['reason']}; recovery stops here unless max_corrupt_entries "
                      f"allows skipping, keep a copy of the directory for diagnosis")
     return "\n".join(lines)
+
+
+def content_line(content: dict) -> str:
+    """What the content check found, as one line."""
+    out = content["outcome"]
+    kind = out["kind"]
+    if kind == "ok":
+        return (f"content: ok, {content['records_checked']} records checked from LSN "
+                f"{content['from_lsn']} ({content['start']})")
+    if kind == "content":
+        return (f"content: BAD CONTENT in {out['segment']} at offset {out['offset']} (record "
+                f"LSN {out['lsn']}): {out['reason']}; the crc32c holds, but opening refuses "
+                f"this record ({out['error']}) and stops, so keep a copy of the directory and "
+                f"open it with the release that wrote it ({content['records_checked']} records "
+                f"from LSN {content['from_lsn']} checked before it, {content['start']})")
+    if kind in CONTENT_REFUSED:
+        return f"content: NOT CHECKED: {out['reason']}"
+    return f"content: not checked: {out['reason']}"
 
 
 def empty_message(report: dict) -> str:
@@ -162,9 +234,9 @@ def empty_message(report: dict) -> str:
             "wal/ directory, or the directory that holds it")
 
 
-def main(argv=None) -> int:
+def main(argv=None, content=None) -> int:
     """Print the report for one WAL directory; exit 0 clean, 1 torn tail, 2 corruption/missing/
-    no segments."""
+    no segments/contents opening refuses. `content`: as for `inspect_wal`."""
     parser = argparse.ArgumentParser(
         prog="inmem wal inspect",
         description="Summarize a WAL directory and say how it ends (read only).")
@@ -172,7 +244,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     try:
-        report = inspect_wal(args.directory)
+        report = inspect_wal(args.directory, content)
     except OSError as exc:
         # E.g. a segment removed by a live writer between listing and reading.
         print(f"cannot read the WAL in {args.directory}: {exc}; run the command again, "
