@@ -670,7 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("wal", help="write-ahead log tools")
     wsub = w.add_subparsers(dest="wal_command", required=True)
-    wi = wsub.add_parser("inspect", help="records, sizes, positions; exit 0 only when clean")
+    wi = wsub.add_parser("inspect", help="records, sizes, positions, and each record's contents "
+                                               "decoded as opening would; exit 0 only when clean")
     wi.add_argument("dir", metavar="PATH", help="a WAL directory, or a store directory holding "
                                                 "wal/ (a cluster's data directory lists its shards')")
     wi.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -678,8 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sn = sub.add_parser("snapshot", help="snapshot tools")
     snsub = sn.add_subparsers(dest="snapshot_command", required=True)
-    sv = snsub.add_parser("verify", help="header, sections, counts and crc of snapshot files; "
-                                         "exit 0 only when every one is valid")
+    sv = snsub.add_parser("verify", help="header, sections, counts and crc of snapshot files, "
+                                         "and their sections loaded as opening would; exit 0 "
+                                         "only when every one is valid")
     sv.add_argument("path", metavar="PATH", help="a snapshot file, or a snapshots/, store or "
                                                  "cluster data directory (every *.snap in it)")
     sv.set_defaults(fn=_cmd_snapshot)

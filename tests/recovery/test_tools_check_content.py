@@ -268,3 +268,87 @@ def test_the_tools_verdict_agrees_with_opening(steps, data):
             copy = os.path.join(other, "db")
             shutil.copytree(path, copy)
             assert tools_clean == opens(copy), (wal_code, snap_codes)
+
+
+# -- where the check starts ---------------------------------------------------------
+
+
+def test_wal_inspect_falls_back_past_a_damaged_snapshot_as_opening_does(tmp_path, capsys):
+    path = str(tmp_path / "db")
+    with inmem.open(path, "strict", clock=pinned_clock(), snapshot_retention=2, **OPTIONS) as db:
+        run = db.begin_run(run_id="r1")
+        db.kv.put(run, "a", 1)
+        db.snapshot()
+        db.kv.put(run, "b", 2)
+        db.snapshot()
+        db.kv.put(run, "c", 3)
+    older, newer = sorted(os.listdir(os.path.join(path, "snapshots")))
+    with open(os.path.join(path, "snapshots", newer), "r+b") as f:
+        f.seek(50)
+        byte = f.read(1)
+        f.seek(50)
+        f.write(bytes([byte[0] ^ 1]))  # the crc fails: opening sets it aside, uses the older
+    before = digest(path)
+    assert main(["wal", "inspect", path]) == 0
+    out = capsys.readouterr().out
+    assert f"content: ok, 2 records checked from LSN 2 (after snapshot {older})" in out, out
+    assert digest(path) == before  # the damaged one was not renamed: that is opening's job
+    assert opens(path)
+
+
+def test_wal_inspect_says_a_gap_behind_the_snapshot_is_refused(tmp_path, capsys):
+    # The only snapshot is damaged and the WAL below it was let go: opening refuses (WalGapError).
+    path = str(tmp_path / "db")
+    with inmem.open(path, "strict", clock=pinned_clock(), **OPTIONS) as db:
+        run = db.begin_run(run_id="r1")
+        for i in range(5):
+            db.kv.put(run, f"k{i}", i)
+        db.snapshot()
+        db.kv.put(run, "after", 1)
+    (snap,) = os.listdir(os.path.join(path, "snapshots"))
+    with open(os.path.join(path, "snapshots", snap), "r+b") as f:
+        f.seek(20)
+        f.write(b"\xff")
+    assert main(["wal", "inspect", path]) == 2
+    out = capsys.readouterr().out
+    assert "content: NOT CHECKED: the log starts at LSN 6" in out and "WalGapError" in out, out
+    assert not opens(path)
+
+
+def test_a_wal_directory_on_its_own_that_starts_late_is_not_checked(tmp_path, capsys):
+    # A copy of a wal/ directory alone: what came before its first record is unknown.
+    path = str(tmp_path / "db")
+    with inmem.open(path, "strict", clock=pinned_clock(), **OPTIONS) as db:
+        run = db.begin_run(run_id="r1")
+        db.kv.put(run, "a", 1)
+        db.snapshot()
+        db.kv.put(run, "b", 2)
+    alone = tmp_path / "copy" / "wal"
+    shutil.copytree(os.path.join(path, "wal"), alone)
+    assert main(["wal", "inspect", str(alone)]) == 0
+    out = capsys.readouterr().out
+    assert "content: not checked: the log starts at LSN 2 and no snapshots/ directory" in out, out
+    assert "outcome: clean" in out
+
+
+def test_snapshot_verify_checks_every_snapshot_of_a_store_on_its_own(snapshot_store, tmp_path,
+                                                                     capsys):
+    path, _file = with_sections(snapshot_store, tmp_path / "db", BAD_SECTIONS["no runs"])
+    assert main(["snapshot", "verify", path]) == 2
+    out = capsys.readouterr().out
+    assert "content: BAD at offset" in out and "NOT all valid" in out, out
+
+
+def test_the_tools_check_a_store_that_is_open_without_its_lock(tmp_path, capsys):
+    # The store's lock is held (by this process's open store): the tools neither take nor need it.
+    path = str(tmp_path / "db")
+    with inmem.open(path, "strict", clock=pinned_clock(), **OPTIONS) as db:
+        run = db.begin_run(run_id="r1")
+        db.kv.put(run, "a", 1)
+        db.snapshot()
+        db.kv.put(run, "b", 2)
+        assert main(["wal", "inspect", path]) == 0
+        assert main(["snapshot", "verify", path]) == 0
+        db.kv.put(run, "c", 3)  # the store goes on working
+    out = capsys.readouterr().out
+    assert "content: ok, 1 records checked" in out and "content: ok (1 run loaded)" in out, out
