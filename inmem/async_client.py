@@ -70,16 +70,21 @@ import zmq.asyncio
 import inmem.protocol as protocol
 from .async_stream import StreamConnection
 from .errors import ClusterNotReady, InmemError, InvalidURL, ShardUnavailable, SlotMoved, Timeout
-from .ops import FANOUT_OPS, route_run, shape
-from .protocol import (KIND_BATCH, KIND_CLUSTER, KIND_OP, header, op_body, oversized_reply,
-                       pack_checked, slot_of, unpack_reply)
+from .ops import CALL_PLANS, FANOUT_OPS, route_run, shape
+from .protocol import (HEADER, KIND_BATCH, KIND_CLUSTER, KIND_OP, SCALARS, VERSION, header,
+                       op_body, oversized_reply, pack_checked, slot_of, unpack_reply)
 from .routing import (BATCH_CHUNK_OPS, DIRECT_CHECK_S, LOCAL_RECONNECT_MS, NOT_READY_PAUSE_S,
                       READY_POLL_S, REFRESH_MAX_S, SlotMap, apply_batch_reply, bare, batch_segments,
                       check_client_options, check_number, check_url, chunks, no_reply, not_sent,
                       plan_batch, shard_down, shard_gone, shard_refused, status_entry)
 from .stream import stream_path
+from .values import check_value
 
-_header_unpack = protocol.HEADER.unpack
+_header_unpack = HEADER.unpack
+_pack_header = HEADER.pack
+_RID_MASK = 0xFFFFFFFFFFFFFFFF
+#: runs whose slot a client remembers (a crc32c per call saved), before it starts over
+_SLOTS_KEPT = 4096
 
 _running_loop = asyncio.get_running_loop
 #: no reply yet: the request goes (again) through _roundtrip
@@ -278,6 +283,7 @@ class AsyncClusterBackend:
         self._finalizer = weakref.finalize(self, _release, self.ctx, self._channels,
                                            self._streams, os.getpid())
         self._rid = itertools.count(1)
+        self._slots: dict = {}  # run -> slot, for the runs used last (see _slot)
         self._packer = protocol.new_packer()
         self._closed = False
         self.owners: list | None = None
@@ -641,13 +647,38 @@ class AsyncClusterBackend:
         loop = self.loop
         if self._closed or _running_loop() is not loop:
             self._check_open()
-        run = route_run(op, args)
-        if run is None and op in FANOUT_OPS:
-            return await self.cluster(op, list(args))
-        body = pack_checked(self._packer, op_body(op, args), self.max_message_bytes)
+        # What the blocking client's call does, for the same reason: every step
+        # of the usual call costs, and each is written out here.
+        plan = CALL_PLANS.get(op)
+        if plan is None:  # tx.commit, or an operation the shard will refuse by name
+            reply = op
+            run = route_run(op, args)
+            if run is None and op in FANOUT_OPS:
+                return await self.cluster(op, list(args))
+            body = op_body(op, args)
+        else:
+            at, values, reply = plan
+            if at < 0:
+                return await self.cluster(op, list(args))
+            n = len(args)
+            run = args[at] if n > at else None
+            for i in values:
+                # check_values, inline: a value outside the model is refused here.
+                if i < n and type(args[i]) not in SCALARS:
+                    check_value(args[i])
+            body = [op, list(args)]
+        try:
+            data = self._packer.pack(body)
+        except (TypeError, ValueError, OverflowError):
+            data = None
+        if data is None or len(data) > self.max_message_bytes:
+            data = pack_checked(self._packer, body, self.max_message_bytes)  # raises the error
+        body = data
         now = loop.time()
         deadline = now + self.request_timeout
-        slot = slot_of(run)
+        slot = self._slots.get(run) if type(run) is str else None
+        if slot is None:
+            slot = self._slot(run)
         if self.direct:
             if self.owners is None:
                 await self._load_slotmap()
@@ -660,8 +691,13 @@ class AsyncClusterBackend:
         if type(chan) is StreamConnection:
             # The usual case written out here rather than in _roundtrip: one
             # coroutine less per call, which is most of what a call costs here.
-            head = header(KIND_OP, slot, next(self._rid))
-            wake_at = deadline if chan.shard is None else min(deadline, now + DIRECT_CHECK_S)
+            head = _pack_header(VERSION, KIND_OP, slot, next(self._rid) & _RID_MASK)
+            if chan.shard is None:
+                wake_at = deadline
+            else:
+                wake_at = now + DIRECT_CHECK_S
+                if wake_at > deadline:
+                    wake_at = deadline
             req = _Request(loop.create_future(), wake_at)
             pending = chan.pending
             pending[head] = req
@@ -692,8 +728,18 @@ class AsyncClusterBackend:
             try:
                 raise result
             finally:
-                result = None
-        return shape(op, args, result)
+                result = None  # its traceback holds this frame: no cycle through the error
+        return result if reply is None else shape(op, args, result)
+
+    def _slot(self, run) -> int:
+        """slot_of(run), remembered for the runs this client used last."""
+        slot = slot_of(run)
+        if type(run) is str:
+            slots = self._slots
+            if len(slots) >= _SLOTS_KEPT:
+                slots.clear()
+            slots[run] = slot
+        return slot
 
     async def cluster(self, name: str, args=(), timeout: float | None = None):
         """A request the coordinator answers itself (status, info, fan-outs...)."""
