@@ -10,10 +10,12 @@ non-zero exit. The damage is the catalogue of `test_content_behind_a_good_crc`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 
 import msgpack
@@ -23,7 +25,8 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 import inmem
 from inmem.cli import main
 from inmem.recovery import snapshot_format as fmt
-from inmem.wal.inspect import inspect_wal
+from inmem.wal.inspect import format_report, inspect_wal
+from inmem.wal.reader import WalReader
 from inmem.wal.record import encode
 from inmem.wal.segment import list_segments
 
@@ -133,7 +136,6 @@ def test_a_torn_tail_after_bad_content_is_still_exit_2(wal_store, tmp_path, caps
 
 
 def _text(report) -> str:
-    from inmem.wal.inspect import format_report
     return format_report(report)
 
 
@@ -216,7 +218,6 @@ def build(path, steps) -> None:
 
 def rewrite_record(path, index: int, payload: bytes) -> None:
     """Replace the payload of the index-th record of the WAL (crc recomputed, later records moved)."""
-    import struct
     header = struct.Struct("<IBB")
     for _first, segment in list_segments(os.path.join(path, "wal")):
         with open(segment, "rb") as f:
@@ -237,14 +238,13 @@ def rewrite_record(path, index: int, payload: bytes) -> None:
 
 
 def record_count(path) -> int:
-    return sum(1 for _ in inmem.wal.reader.WalReader(os.path.join(path, "wal")))
+    return sum(1 for _ in WalReader(os.path.join(path, "wal")))
 
 
 @pytest.mark.timeout(600)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=ops, data=st.data())
 def test_the_tools_verdict_agrees_with_opening(steps, data):
-    import inmem.wal.reader  # noqa: F401
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "db")
         build(path, steps)
@@ -256,7 +256,6 @@ def test_the_tools_verdict_agrees_with_opening(steps, data):
         os.unlink(os.path.join(path, "LOCK"))
         before = digest(path)
         with open(os.devnull, "w") as sink:
-            import contextlib
             with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
                 wal_code = main(["wal", "inspect", path])
                 snap_codes = [main(["snapshot", "verify", os.path.join(path, "snapshots", n)])
@@ -366,7 +365,6 @@ def test_snapshot_verify_agrees_with_opening_on_any_section(snapshot_store, type
     with tempfile.TemporaryDirectory() as tmp:
         path, file = with_sections(snapshot_store, os.path.join(tmp, "db"), set_section(
             type_id, msgpack.packb(value, use_bin_type=True)))
-        import contextlib
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
             verdict = main(["snapshot", "verify", file])
             wal_code = main(["wal", "inspect", path])
