@@ -10,7 +10,8 @@ bytes object per read, which malloc may map and unmap each time: up to
 ~12 µs a reply), it cuts what arrived into whole messages and resolves the request
 registered under each reply's header (which holds a request id unique to
 the client), so replies may be awaited in any order by any number of
-coroutines. A request's whole frame is handed to the transport before its
+coroutines. The usual read, one whole reply and nothing else, is cut where
+it lies in that buffer: only its body is copied out. A request's whole frame is handed to the transport before its
 caller first waits. It is written at once unless one was already written
 since the connection last heard back (or last flushed): then it is queued,
 with the others of its turn of the loop, and they are joined and written
@@ -37,11 +38,15 @@ client does.
 from __future__ import annotations
 
 import asyncio
+import struct
 
-from .stream import CHANNEL_READ_BYTES, LENGTH, PREFIX_BYTES, frame, split_replies
+from .protocol import HEADER_BYTES
+from .stream import CHANNEL_READ_BYTES, LENGTH, PREFIX_BYTES, split_replies
 
 _unpack_length = LENGTH.unpack_from
 _pack_length = LENGTH.pack
+#: the length and the header of the message at the front of a buffer, in one call
+_length_and_head = struct.Struct(f"{LENGTH.format}{HEADER_BYTES}s").unpack_from
 #: requests of one turn written together at most: a turn that sends a thousand
 #: writes them in chunks, so the shard works on the first while the rest are made
 FLUSH_FRAMES = 64
@@ -89,6 +94,18 @@ class StreamConnection(asyncio.BufferedProtocol):
         return self._rview
 
     def buffer_updated(self, nbytes: int) -> None:
+        if nbytes >= PREFIX_BYTES and not self._have and not self._skip:
+            size, head = _length_and_head(self._rbuf)
+            if nbytes == PREFIX_BYTES + size and size <= self.max_bytes:
+                # The usual read: one whole reply and nothing else (a caller waits
+                # for each reply before its next request). Only its body is copied.
+                self._turn = False  # as data_received says
+                req = self.pending.get(head)
+                if req is not None and req.reply is None:
+                    req.reply = self._rview[PREFIX_BYTES:nbytes].tobytes()
+                    if not req.fut.done():
+                        req.fut.set_result(None)
+                return
         self.data_received(bytes(self._rview[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
@@ -157,7 +174,7 @@ class StreamConnection(asyncio.BufferedProtocol):
             return True
         self._turn = True
         idle = transport.get_write_buffer_size() == 0
-        transport.write(frame(head, body))
+        transport.write(b"".join((_pack_length(len(body)), head, body)))  # stream.frame
         # With nothing queued before it the write is tried at once: a
         # connection found broken right there took none of this frame.
         return not (idle and transport.is_closing())

@@ -224,3 +224,54 @@ def test_the_end_of_the_connection_is_reported_once(how):
         conn.connection_lost(None)
         assert len(lost) == 1 and conn.lost == lost[0]
     asyncio.run(main())
+
+
+def _read_once(conn, data: bytes) -> None:
+    """One read of the loop that brought exactly `data`."""
+    buf = conn.get_buffer(-1)
+    buf[:len(data)] = data
+    conn.buffer_updated(len(data))
+
+
+def test_a_lone_whole_reply_in_one_read_and_every_other_shape_of_read_reach_their_request():
+    # The usual read (one whole reply, nothing else) is cut without the general
+    # splitter; the reads around it (a piece, several replies, the rest of one,
+    # a reply nobody waits for, one over the limit) must still come out right.
+    async def main():
+        loop = asyncio.get_running_loop()
+        lost: list = []
+        conn = _conn(loop, lost, max_bytes=100)
+        reqs = {n: _register(conn, loop, n) for n in range(1, 9)}
+        _read_once(conn, frame(_head(1), b"one"))
+        assert reqs[1].reply == b"one" and type(reqs[1].reply) is bytes
+        assert reqs[1].fut.done() and not reqs[2].fut.done()
+        # The rest of a reply that looks like a whole one is still the rest of it.
+        inner = frame(_head(3), b"inner")
+        two = frame(_head(2), inner)
+        _read_once(conn, two[:16])
+        _read_once(conn, two[16:])
+        assert reqs[2].reply == inner and reqs[3].reply is None
+        _read_once(conn, frame(_head(3), b"three"))
+        assert reqs[3].reply == b"three"
+        # Two whole replies in one read.
+        _read_once(conn, frame(_head(4), b"four") + frame(_head(5), b"five"))
+        assert (reqs[4].reply, reqs[5].reply) == (b"four", b"five")
+        # A reply nobody waits for is dropped; the next one still arrives.
+        _read_once(conn, frame(_head(99), b"late"))
+        _read_once(conn, frame(_head(6), b"six"))
+        assert reqs[6].reply == b"six"
+        # Over the limit, whole in one read: its request fails alone.
+        _read_once(conn, frame(_head(7), b"x" * 101))
+        with pytest.raises(inmem.ProtocolError, match="over this client's max_message_bytes"):
+            raise unpack_reply(reqs[7].reply)
+        # Over the limit, its header in one read and the rest (looking like a whole
+        # reply) in the next: read past, not taken for a reply.
+        _read_once(conn, frame(_head(99), frame(_head(8), b"y" * 90))[:16])
+        _read_once(conn, frame(_head(8), b"y" * 90))
+        assert reqs[8].reply is None
+        _read_once(conn, frame(_head(8), b""))
+        assert reqs[8].reply == b"" and conn.lost is None and not lost
+        # The buffer is the connection's own, reused: a reply kept is a copy of it.
+        _read_once(conn, frame(_head(99), b"zzz"))
+        assert reqs[1].reply == b"one"
+    asyncio.run(main())
