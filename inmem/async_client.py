@@ -24,6 +24,14 @@ no one and is dropped, and no later call can receive it. Nothing is ever
 read on behalf of a particular caller, so cancelling at any await leaves the
 connection as it was.
 
+On a stream connection a call looks once, right after its request is
+written, for a reply already in the socket (a shard that answered while the
+caller was still sending): it is read there and the await finds it done, with
+no turn of the loop to wait for it nor one to wake the caller. So a
+coroutine whose replies keep being there first never lets the loop turn:
+after `_INLINE_RUN` such calls in a row, the next one waits for its reply as
+any other, and other tasks run, and a cancel or a timeout reaches it.
+
 The reader task waits on the asyncio socket, the only waiter on it; sends
 and the drains go through the same socket's blocking shadow with NOBLOCK,
 which costs one call instead of a future per message. Since ZeroMQ signals
@@ -83,6 +91,10 @@ from .values import check_value
 _header_unpack = HEADER.unpack
 _pack_header = HEADER.pack
 _RID_MASK = 0xFFFFFFFFFFFFFFFF
+#: calls in a row that may end without the loop turning (their reply was already
+#: there): the next one waits for its reply, so other tasks run, a cancel or a
+#: timeout reaches the caller, at least this often
+_INLINE_RUN = 16
 #: runs whose slot a client remembers (a crc32c per call saved), before it starts over
 _SLOTS_KEPT = 4096
 
@@ -284,6 +296,7 @@ class AsyncClusterBackend:
                                            self._streams, os.getpid())
         self._rid = itertools.count(1)
         self._slots: dict = {}  # run -> slot, for the runs used last (see _slot)
+        self._inline = 0  # calls in a row answered without waiting (see _INLINE_RUN)
         self._packer = protocol.new_packer()
         self._closed = False
         self.owners: list | None = None
@@ -468,6 +481,7 @@ class AsyncClusterBackend:
         if self._closed:
             conn.close()
             raise InmemError("the database is closed")
+        conn.read_also(sock)
         self._streams.append((conn, sock))
         if len(self._streams) > 64:
             self._streams[:] = [(c, s) for c, s in self._streams if c.lost is None]
@@ -704,6 +718,13 @@ class AsyncClusterBackend:
             if chan.send(head, body):
                 if chan.watch_at is None or wake_at < chan.watch_at:
                     _watch(chan, loop, wake_at)
+                if self._inline < _INLINE_RUN:
+                    # A reply already there is taken now: the await below then
+                    # finds it done and the loop turns for nothing (see look).
+                    chan.look()
+                    self._inline = self._inline + 1 if req.fut.done() else 0
+                else:
+                    self._inline = 0  # this one waits: the loop turns, others run
                 try:
                     await req.fut
                     if req.reply is None:

@@ -38,6 +38,7 @@ client does.
 from __future__ import annotations
 
 import asyncio
+import select
 import struct
 
 from .protocol import HEADER_BYTES
@@ -68,6 +69,9 @@ class StreamConnection(asyncio.BufferedProtocol):
         self.max_bytes = max_bytes
         self.pending: dict = {}
         self.transport: asyncio.Transport | None = None
+        #: the connection's socket, for `look` (None: only the transport reads it)
+        self.sock = None
+        self._ready = None  # a poll of it
         #: why the connection ended (None while it is up)
         self.lost: str | None = None
         self.check: asyncio.Task | None = None
@@ -179,6 +183,35 @@ class StreamConnection(asyncio.BufferedProtocol):
         # connection found broken right there took none of this frame.
         return not (idle and transport.is_closing())
 
+    def read_also(self, sock) -> None:
+        """Let `look` read `sock`, this connection's socket (the transport's too)."""
+        self._ready = select.poll()
+        self._ready.register(sock, select.POLLIN)
+        self.sock = sock
+
+    def look(self) -> None:
+        """Take a reply already in the socket now, rather than at the loop's next turn.
+
+        Asked right after a request was written: a shard that answered while
+        the caller was still here has its reply handed on at once, and the
+        caller's await finds it done (no turn of the loop to wait for it, nor
+        one to be woken in). One poll when nothing is there, which costs less
+        than a read that fails. A connection found broken ends here, as the
+        transport would end it; the end of the stream is left to the
+        transport, which reads it again at its next turn.
+        """
+        if self.sock is None or self._out or self.lost is not None or not self._ready.poll(0):
+            return  # nothing there, or this turn's frames are not written yet
+        try:
+            nbytes = self.sock.recv_into(self._rview)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._end(str(exc))
+            return
+        if nbytes:
+            self.buffer_updated(nbytes)
+
     def _flush(self) -> None:
         self._turn = self._flush_due = False
         out = self._out
@@ -195,6 +228,7 @@ class StreamConnection(asyncio.BufferedProtocol):
         if self.lost is not None:
             return
         self.lost = why
+        self.sock = self._ready = None  # (its descriptor may be another socket's soon)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()
         self._chunks.clear()

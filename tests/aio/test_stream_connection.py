@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 
 import pytest
@@ -274,4 +275,69 @@ def test_a_lone_whole_reply_in_one_read_and_every_other_shape_of_read_reach_thei
         # The buffer is the connection's own, reused: a reply kept is a copy of it.
         _read_once(conn, frame(_head(99), b"zzz"))
         assert reqs[1].reply == b"one"
+    asyncio.run(main())
+
+
+async def _socket_conn(loop, lost: list):
+    """A StreamConnection on one end of a real socket pair, read by the loop and by `look`;
+    the other end, blocking, plays the shard."""
+    mine, peer = socket.socketpair()
+    mine.setblocking(False)
+    _, conn = await loop.create_unix_connection(
+        lambda: StreamConnection(loop, 0, 1 << 20, lambda c, why: lost.append(why)), sock=mine)
+    conn.read_also(mine)
+    return conn, peer
+
+
+def test_a_reply_already_waiting_when_the_call_looks_is_taken_without_a_turn_of_the_loop():
+    async def main():
+        loop = asyncio.get_running_loop()
+        lost: list = []
+        conn, peer = await _socket_conn(loop, lost)
+        req = _register(conn, loop, 1)
+        conn.look()  # nothing there: nothing happens
+        assert not req.fut.done()
+        assert conn.send(_head(1), b"question")
+        assert peer.recv(1000) == frame(_head(1), b"question")
+        peer.sendall(frame(_head(1), b"answer"))
+        conn.look()  # no await since: the loop has not turned
+        assert req.fut.done() and req.reply == b"answer"
+        # The next request goes at once, and a reply in pieces is still joined.
+        req2 = _register(conn, loop, 2)
+        assert conn.send(_head(2), b"again")
+        assert peer.recv(1000) == frame(_head(2), b"again")
+        whole = frame(_head(2), b"second answer")
+        peer.sendall(whole[:7])
+        conn.look()
+        assert not req2.fut.done()
+        peer.sendall(whole[7:])
+        await asyncio.wait_for(req2.fut, 10)  # (a hang detector) read by the loop this time
+        assert req2.reply == b"second answer" and not lost
+        conn.close()
+        peer.close()
+    asyncio.run(main())
+
+
+def test_a_connection_the_look_finds_broken_fails_its_requests_and_the_end_is_left_to_the_loop():
+    async def main():
+        loop = asyncio.get_running_loop()
+        lost: list = []
+        conn, peer = await _socket_conn(loop, lost)
+        _register(conn, loop, 1)
+        assert conn.send(_head(1), b"unread")
+        peer.close()  # with our request unread: the connection is reset
+        conn.look()
+        assert conn.lost is not None and len(lost) == 1
+        assert conn.send(_head(2), b"x") is False
+        # A peer that closes cleanly: the look leaves the end of the stream to the
+        # transport, which reports it at its next read.
+        conn2, peer2 = await _socket_conn(loop, lost)
+        peer2.close()
+        conn2.look()
+        assert conn2.lost is None
+        for _ in range(1000):  # (a hang detector)
+            if conn2.lost is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert conn2.lost == "the peer closed the connection" and len(lost) == 2
     asyncio.run(main())
