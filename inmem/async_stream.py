@@ -11,8 +11,9 @@ bytes object per read, which malloc may map and unmap each time: up to
 registered under each reply's header (which holds a request id unique to
 the client), so replies may be awaited in any order by any number of
 coroutines. The usual read, one whole reply and nothing else, is cut where
-it lies in that buffer: only its body is copied out. A request's whole frame is handed to the transport before its
-caller first waits. It is written at once unless one was already written
+it lies in that buffer: only its body is copied out. A request's whole
+frame is handed to the transport before its caller first waits. It is
+written at once unless one was already written
 since the connection last heard back (or last flushed): then it is queued,
 with the others of its turn of the loop, and they are joined and written
 FLUSH_FRAMES at a time, the last of them at the end of the turn. So a caller
@@ -21,7 +22,10 @@ thousand gathered calls make 17 system calls, not a thousand, with the shard
 starting on the first requests while the client is still making the others. A caller
 cancelled at any await therefore never leaves part of a frame behind, only
 a reply that finds no one registered and is dropped.
-Nothing is read on behalf of a particular caller.
+Nothing is read on behalf of a particular caller: a caller that has just
+written its request may `look` (read what the socket holds already, rather
+than at the loop's next turn), and what it reads is cut and handed on the
+same way, whoever it answers.
 
 A reply over the client's `max_message_bytes` fails its own request with
 ProtocolError and is read past without being kept; the connection and the
