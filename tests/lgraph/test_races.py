@@ -15,7 +15,7 @@ from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.base.id import uuid6
 from langgraph.store.base import PutOp
 
-from inmem.errors import RunNotFound
+from inmem.errors import RunNotFound, TransactionConflict
 from inmem.langgraph import InmemSaver, InmemStore
 from inmem.langgraph.driver import execute_sync
 from inmem.langgraph.keys import thread_run, writes_key
@@ -114,7 +114,13 @@ def _race(spy, put, delete, hits=3) -> list:
             for i in range(RACE_PUTS):
                 if stop.is_set() or spy.hits >= hits:
                     return
-                put(i)
+                try:
+                    put(i)
+                except TransactionConflict:
+                    # A put whose run a deleter in a tight loop took away CREATE_TRIES
+                    # times running gives up so, as documented (a loaded host makes
+                    # such a streak possible here); never with RunNotFound.
+                    pass
         except Exception as exc:  # what the test is about: recorded, then asserted on
             errors.append(exc)
         finally:
@@ -219,7 +225,6 @@ def test_store_puts_racing_a_delete_of_its_run_never_raise_run_not_found(two_con
 def test_a_thread_deleted_every_time_it_is_made_is_a_conflict_not_run_not_found(
         db, monkeypatch):
     import inmem.langgraph.sending as sending
-    from inmem.errors import TransactionConflict
     monkeypatch.setattr(sending, "CREATE_TRIES", 3)
     saver = InmemSaver(db)
     config = {"configurable": {"thread_id": "doomed", "checkpoint_ns": ""}}
