@@ -78,15 +78,14 @@ import zmq.asyncio
 import inmem.protocol as protocol
 from .async_stream import StreamConnection
 from .errors import ClusterNotReady, InmemError, InvalidURL, ShardUnavailable, SlotMoved, Timeout
-from .ops import CALL_PLANS, FANOUT_OPS, route_run, shape
-from .protocol import (HEADER, KIND_BATCH, KIND_CLUSTER, KIND_OP, SCALARS, VERSION, header,
-                       op_body, oversized_reply, pack_checked, slot_of, unpack_reply)
+from .ops import shape
+from .protocol import (HEADER, KIND_BATCH, KIND_CLUSTER, KIND_OP, VERSION, header,
+                       oversized_reply, pack_checked, slot_of, unpack_reply)
 from .routing import (BATCH_CHUNK_OPS, DIRECT_CHECK_S, LOCAL_RECONNECT_MS, NOT_READY_PAUSE_S,
                       READY_POLL_S, REFRESH_MAX_S, SlotMap, apply_batch_reply, bare, batch_segments,
                       check_client_options, check_number, check_url, chunks, no_reply, not_sent,
-                      plan_batch, shard_down, shard_gone, shard_refused, status_entry)
+                      packed_call, plan_batch, shard_down, shard_gone, shard_refused, status_entry)
 from .stream import stream_path
-from .values import check_value
 
 _header_unpack = HEADER.unpack
 _pack_header = HEADER.pack
@@ -661,33 +660,10 @@ class AsyncClusterBackend:
         loop = self.loop
         if self._closed or _running_loop() is not loop:
             self._check_open()
-        # What the blocking client's call does, for the same reason: every step
-        # of the usual call costs, and each is written out here.
-        plan = CALL_PLANS.get(op)
-        if plan is None:  # tx.commit, or an operation the shard will refuse by name
-            reply = op
-            run = route_run(op, args)
-            if run is None and op in FANOUT_OPS:
-                return await self.cluster(op, list(args))
-            body = op_body(op, args)
-        else:
-            at, values, reply = plan
-            if at < 0:
-                return await self.cluster(op, list(args))
-            n = len(args)
-            run = args[at] if n > at else None
-            for i in values:
-                # check_values, inline: a value outside the model is refused here.
-                if i < n and type(args[i]) not in SCALARS:
-                    check_value(args[i])
-            body = [op, list(args)]
-        try:
-            data = self._packer.pack(body)
-        except (TypeError, ValueError, OverflowError):
-            data = None
-        if data is None or len(data) > self.max_message_bytes:
-            data = pack_checked(self._packer, body, self.max_message_bytes)  # raises the error
-        body = data
+        prepared = packed_call(op, args, self._packer, self.max_message_bytes)
+        if prepared is None:
+            return await self.cluster(op, list(args))
+        run, body, shaped = prepared
         now = loop.time()
         deadline = now + self.request_timeout
         slot = self._slots.get(run) if type(run) is str else None
@@ -750,7 +726,7 @@ class AsyncClusterBackend:
                 raise result
             finally:
                 result = None  # its traceback holds this frame: no cycle through the error
-        return result if reply is None else shape(op, args, result)
+        return shape(op, args, result) if shaped else result
 
     def _slot(self, run) -> int:
         """slot_of(run), remembered for the runs this client used last."""

@@ -79,10 +79,9 @@ from .database import Database
 from .sections import KV
 from .errors import (ClusterNotReady, InmemError, InvalidOption, InvalidURL, ShardUnavailable,
                      SlotMoved, Timeout)
-from .ops import CALL_PLANS, route_run, shape
-from .protocol import (HEADER, KIND_BATCH, KIND_CLUSTER, KIND_OP, SCALARS, VERSION, header,
-                       op_body, oversized_reply, pack_checked, slot_of, unpack_reply)
-from .values import check_value
+from .ops import shape
+from .protocol import (HEADER, KIND_BATCH, KIND_CLUSTER, KIND_OP, VERSION, header,
+                       oversized_reply, pack_checked, slot_of, unpack_reply)
 from .routing import (BATCH_CHUNK_OPS, CONNECT_OPTIONS, URL_SCHEMES, SlotMap,  # noqa: F401
                       apply_batch_reply, bare as _bare, batch_segments, check_client_options,
                       check_connect_options, check_number as _number, check_url, chunks,
@@ -90,7 +89,7 @@ from .routing import (BATCH_CHUNK_OPS, CONNECT_OPTIONS, URL_SCHEMES, SlotMap,  #
                       status_entry)
 from .routing import DIRECT_CHECK_S as _DIRECT_CHECK_S, NOT_READY_PAUSE_S as _NOT_READY_PAUSE_S
 from .routing import LOCAL_RECONNECT_MS as _LOCAL_RECONNECT_MS, READY_POLL_S as _READY_POLL_S
-from .routing import REFRESH_MAX_S
+from .routing import REFRESH_MAX_S, packed_call
 from .stream import StreamChannel, StreamClosed, stream_path
 
 _live_backends: "weakref.WeakSet[ClusterBackend]" = weakref.WeakSet()
@@ -689,27 +688,10 @@ class ClusterBackend:
         try:
             if self._closed:
                 self._check_open()
-            plan = CALL_PLANS.get(op)
-            if plan is None:  # tx.commit, or an operation the shard will refuse by name
-                run = route_run(op, args)
-                body = op_body(op, args)
-            else:
-                at, values, reply = plan
-                if at < 0:
-                    return self.cluster(op, list(args))
-                n = len(args)
-                run = args[at] if n > at else None
-                for i in values:
-                    # check_values, inline: a value outside the model is refused here.
-                    if i < n and type(args[i]) not in SCALARS:
-                        check_value(args[i])
-                body = [op, list(args)]
-            try:
-                data = st.packer.pack(body)
-            except (TypeError, ValueError, OverflowError):
-                data = None
-            if data is None or len(data) > self.max_message_bytes:
-                data = pack_checked(st.packer, body, self.max_message_bytes)  # raises the error
+            prepared = packed_call(op, args, st.packer, self.max_message_bytes)
+            if prepared is None:
+                return self.cluster(op, list(args))
+            run, data, shaped = prepared
             now = time.monotonic()
             deadline = now + self.request_timeout
             slot = self._slots.get(run) if type(run) is str else None
@@ -759,7 +741,7 @@ class ClusterBackend:
                     raise result
                 finally:
                     result = None  # its traceback holds this frame: no cycle through the error
-            return result if plan is not None and reply is None else shape(op, args, result)
+            return shape(op, args, result) if shaped else result
         finally:
             st.busy -= 1
             if self._closed:

@@ -22,8 +22,9 @@ from typing import Iterator, NamedTuple
 
 from .errors import (InmemError, InvalidOption, InvalidURL, ProtocolError, ShardUnavailable,
                      Timeout)
-from .ops import FANOUT_OPS, REPLY_SHAPES, ROUTE_BY_FIRST, VALUE_ARGS, route_run, shape
-from .protocol import SLOT_COUNT, check_values, op_body, pack_checked, slot_of
+from .ops import CALL_PLANS, FANOUT_OPS, REPLY_SHAPES, ROUTE_BY_FIRST, VALUE_ARGS, route_run, shape
+from .protocol import SCALARS, SLOT_COUNT, check_values, op_body, pack_checked, slot_of
+from .values import check_value
 
 #: the schemes a coordinator listens on
 URL_SCHEMES = ("ipc", "tcp")
@@ -46,6 +47,39 @@ LOCAL_RECONNECT_MS = 5
 DIRECT_CHECK_S = 0.25
 #: the longest a call waits for the slot map again after a shard's address refused it
 REFRESH_MAX_S = 1.0
+
+
+def packed_call(op, args, packer, max_bytes: int):
+    """An operation as a client sends it: (its run, its packed body, whether its result
+    goes through `shape`), or None for one the coordinator answers itself.
+
+    The hot first step of both clients' `call`: the operation's plan from the
+    table, its values checked in passing (InvalidValue for one outside the
+    model), one pack, and the size checked after it (ValueTooLarge).
+    """
+    plan = CALL_PLANS.get(op)
+    if plan is None:  # tx.commit, or an operation the shard will refuse by name
+        run = route_run(op, args)
+        body = op_body(op, args)
+        shaped = True
+    else:
+        at, values, reply = plan
+        if at < 0:
+            return None
+        n = len(args)
+        run = args[at] if n > at else None
+        for i in values:
+            if i < n and type(args[i]) not in SCALARS:
+                check_value(args[i])
+        body = [op, list(args)]
+        shaped = reply is not None
+    try:
+        data = packer.pack(body)
+    except (TypeError, ValueError, OverflowError):
+        data = None
+    if data is None or len(data) > max_bytes:
+        data = pack_checked(packer, body, max_bytes)  # raises the error
+    return run, data, shaped
 
 
 def check_url(url) -> str:
@@ -310,7 +344,7 @@ def not_sent(url: str) -> Timeout:
     return Timeout(f"could not send to {url} within the deadline")
 
 
-__all__ = ["URL_SCHEMES", "CONNECT_OPTIONS", "MIN_MESSAGE_BYTES", "BATCH_CHUNK_OPS", "NOT_READY_PAUSE_S",
+__all__ = ["packed_call", "URL_SCHEMES", "CONNECT_OPTIONS", "MIN_MESSAGE_BYTES", "BATCH_CHUNK_OPS", "NOT_READY_PAUSE_S",
            "DIRECT_CHECK_S", "REFRESH_MAX_S", "check_url", "check_number", "check_connect_options",
            "check_client_options", "bare", "SlotMap", "batch_segments", "plan_batch", "chunks",
            "apply_batch_reply", "status_entry", "shard_gone", "shard_refused", "shard_down", "no_reply",
