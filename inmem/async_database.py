@@ -51,38 +51,6 @@ async def _maybe_await(value):
 # -- sections --------------------------------------------------------------------------
 
 
-def _coroutine_of(fn):
-    """`fn` as a coroutine function taking the same parameters.
-
-    Written with fn's own parameter list, so a call packs no *args and
-    **kwargs on its way (it is on the path of every awaited call); a
-    parameter list of any other kind than named ones gets the generic form.
-    """
-    plain, keyword_only = inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
-    params = list(inspect.signature(fn).parameters.values())
-    if any(p.kind not in (plain, keyword_only) for p in params):
-        @functools.wraps(fn)
-        async def method(self, *args, **kwargs):
-            return await fn(self, *args, **kwargs)
-        return method
-    names = {"_fn": fn}
-    declared, passed, star = [], [], False
-    for i, p in enumerate(params):
-        if p.kind is keyword_only and not star:
-            declared.append("*")
-            star = True
-        if p.default is inspect.Parameter.empty:
-            declared.append(p.name)
-        else:
-            names[f"_default{i}"] = p.default
-            declared.append(f"{p.name}=_default{i}")
-        passed.append(p.name if p.kind is plain else f"{p.name}={p.name}")
-    source = (f"async def {fn.__name__}({', '.join(declared)}):\n"
-              f"    return await _fn({', '.join(passed)})\n")
-    exec(source, names)  # noqa: S102 (the source is made of fn's own parameter names)
-    return functools.wraps(fn)(names[fn.__name__])
-
-
 def _awaitable(cls):
     """Re-declare the inherited public methods of a section as coroutine functions."""
     for name in dir(cls):
@@ -91,6 +59,15 @@ def _awaitable(cls):
             continue
         setattr(cls, name, _coroutine_of(fn))
     return cls
+
+
+def _coroutine_of(fn):
+    """`fn` as a coroutine function: same name, doc and signature (`inspect` follows
+    `__wrapped__`), its result awaited."""
+    @functools.wraps(fn)
+    async def method(self, *args, **kwargs):
+        return await fn(self, *args, **kwargs)
+    return method
 
 
 
