@@ -4,7 +4,8 @@ A thread may hold more than one message carries, so its values are read and
 written a batch at a time, each batch of a bounded size; what a checkpoint
 points at is written before it, and the heads last, so a copy cut short
 leaves no checkpoint without its values. A head of the target newer than the
-source's is kept.
+source's is kept. The target is listed in the index entries of its run ids
+(see `indexed.py`) after its checkpoints have landed.
 
 A mixin of `InmemSaver`: it uses the saver's `prefix`, `_index` and `_send_bounded`
 (`sending.py`).
@@ -67,7 +68,12 @@ class CopyPlans:
             mine = heads.get(record.ns)
             if mine is None or mine.checkpoint_id < record.checkpoint_id:
                 ops.append(("kv.put", (dst, head_key(record.ns), v, None)))
-        for run_id in {r.run_id for r in records if r.run_id}:
-            ops.append(("js.set", (self._index, run_id, json_name(str(target)), True)))
         yield from self._send_bounded(ops, {dst: target})
+        # The target is listed in its run ids' index entries once its checkpoints have
+        # landed, never in the same batch: an entry landing first (another shard) and
+        # a delete_for_runs of the run in between would leave the copies unindexed.
+        index = [("js.set", (self._index, run_id, json_name(str(target)), True))
+                 for run_id in sorted({r.run_id for r in records if r.run_id})]
+        if index:
+            yield from self._send_bounded(index, {})
         return None

@@ -8,6 +8,14 @@ write-ahead log record; the plan (`_put_plan`) runs only for what needs more
 (a new thread, a LangGraph run id not indexed yet, or one whose index entry
 another saver may have deleted: the head version the put got back says so,
 see `indexed.py`).
+
+A run id's index entry is written only once the checkpoint it is for has
+landed, in a round trip of its own (the first put of a run id to a
+namespace, or one whose entry may be gone): sent together, the two writes
+go to different runs (on a cluster, different shards) and the entry could
+land first, and a `delete_for_runs` of the run in between would find the
+thread, cut nothing of it, delete the entry, and leave the checkpoint that
+landed next where no later `delete_for_runs` finds it.
 `put_writes` sets each pending write at its own path of the checkpoint's
 writes document, a value over `WRITE_INLINE_MAX` kept apart (see `keys.py`).
 
@@ -36,9 +44,9 @@ class PutPlans:
 
     def _put_ops(self, config, checkpoint, metadata, new_versions) -> tuple:
         """What a put sends: (thread id, its run, the operations, its indexing, the
-        answer). Its indexing: None without a LangGraph run id, else ((run id, run,
-        namespace), the cell of the head version remembered there, see `indexed.py`,
-        or None when the index entry goes with the checkpoint)."""
+        answer). Its operations: the one `kv.put_many`. Its indexing: None without a
+        LangGraph run id, else ((run id, run, namespace), the cell of the head version
+        remembered there, see `indexed.py`, or None: not indexed there yet)."""
         conf = config["configurable"]
         thread_id = conf["thread_id"]
         run = thread_run(self.prefix, thread_id)
@@ -68,22 +76,18 @@ class PutPlans:
         indexing = None
         if run_id is not None:
             place = (run_id, run, ns)
-            cell = self._indexed.cell(place)
-            if cell is None:
-                ops.append(self._index_op(run_id, thread_id))
-            indexing = (place, cell)
+            indexing = (place, self._indexed.cell(place))
         return (thread_id, run, ops, indexing,
                 {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
                                   "checkpoint_id": cid}})
 
     def _put_now(self, prepared) -> dict:
-        """Run a put on a sync database: one blocking `kv.put_many` when that is all it
-        takes (the thread exists and its run id is indexed), else its plan."""
-        ops = prepared[2]
+        """Run a put on a sync database: one blocking `kv.put_many`, then its plan only
+        when that is not all it takes (a new thread, a run id to index)."""
         put_many = self._put_many
-        if put_many is not None and len(ops) == 1:
+        if put_many is not None:
             try:
-                versions = put_many(*ops[0][1])
+                versions = put_many(*prepared[2][0][1])
             except RunNotFound as exc:  # a new thread: its run is made on its first write
                 return run_sync(self.db, self._put_plan(prepared, [exc]))
             except ValueTooLarge as exc:
@@ -93,7 +97,7 @@ class PutPlans:
                 return prepared[4]
             cell = indexing[1]
             head = versions[-1]
-            if head == cell[0] + 1:  # the index entry stands (see indexed.py)
+            if cell is not None and head == cell[0] + 1:  # indexed (see indexed.py)
                 cell[0] = head
                 return prepared[4]
             return run_sync(self.db, self._put_plan(prepared, [versions]))
@@ -119,11 +123,11 @@ class PutPlans:
             if cell is not None and head == cell[0] + 1:
                 cell[0] = head  # the index entry stands (see indexed.py)
                 return answer
-            if cell is not None:
-                # The head was written since this saver's last put of the run here:
-                # perhaps by a delete_for_runs of the run, which took the index entry
-                # with it (see indexed.py).
-                raise_first((yield from self._send([self._index_op(place[0], thread_id)], {})))
+            # Not indexed here yet, or the head was written since this saver's last
+            # put of the run here: perhaps by a delete_for_runs of the run, which took
+            # the index entry with it (see indexed.py). The entry is written now that
+            # the checkpoint has landed, never before (see the module docstring).
+            raise_first((yield from self._send([self._index_op(place[0], thread_id)], {})))
             self._indexed.remember(place, head)
         return answer
 
