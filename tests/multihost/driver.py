@@ -11,7 +11,7 @@ Commands print one JSON line:
     check    {url, keys, acks}                      every acknowledged put is there
     intrude  {endpoint, run, curve: [pub, sec, server] or null, wait_ms}
              one raw, well-formed kv.put with no keys or with keys the cluster
-             does not list; whether any reply came
+             does not list; whether it could be sent and any reply came
 """
 
 from __future__ import annotations
@@ -96,9 +96,16 @@ def intrude(a):
             keyfiles.client(sock, *(k.encode() for k in a["curve"]))
         sock.connect(a["endpoint"])
         run = a["run"]
-        sock.send_multipart([protocol.header(protocol.KIND_OP, protocol.slot_of(run), 1),
-                             msgpack.packb(["kv.put", [run, "stolen", "x"]])])
-        return {"replied": bool(sock.poll(a["wait_ms"]))}
+        # A DEALER's send blocks while it has no peer to queue for, which a server
+        # that refuses its handshake can leave it without (an intruder hung here for
+        # its whole 60 s once): a request that cannot even leave was not answered.
+        sock.setsockopt(zmq.SNDTIMEO, a["wait_ms"])
+        try:
+            sock.send_multipart([protocol.header(protocol.KIND_OP, protocol.slot_of(run), 1),
+                                 msgpack.packb(["kv.put", [run, "stolen", "x"]])])
+        except zmq.Again:
+            return {"replied": False, "sent": False}
+        return {"replied": bool(sock.poll(a["wait_ms"])), "sent": True}
     finally:
         ctx.destroy(0)
 
