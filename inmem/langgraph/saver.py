@@ -22,8 +22,9 @@ owns it, and `list` on a thread reads that one run.
 
 Round trips per call: `put` 1 (the blobs, the checkpoint and the head of
 its namespace in one `kv.put_many`, one write-ahead log record; the
-thread's run is created on its first write, and a LangGraph run id indexed
-when `indexed.py` says so), `get_tuple` 1 (one
+thread's run is created on its first write, and a LangGraph run id indexed,
+in a second round trip after the checkpoint, when `indexed.py` says so),
+`get_tuple` 1 (one
 `kv.get_linked`: the record, the blobs and the pending writes it names; 2
 when a pending write over 4 KiB is kept apart, see keys.py),
 `put_writes` 1 for special channels and 2 when a repeated write must keep
