@@ -146,6 +146,10 @@ def _content_report(content, any_segment: bool) -> dict:
     return report
 
 
+#: exit code -> the report's "verdict": what a script reading --json needs in one field
+VERDICTS = {EXIT_CLEAN: "clean", EXIT_TORN_TAIL: "torn_tail", EXIT_CORRUPTION: "refused"}
+
+
 def exit_code(report: dict) -> int:
     kind = report["outcome"]["kind"]
     if report.get("content", NOT_CHECKED)["outcome"]["kind"] in CONTENT_REFUSED:
@@ -251,7 +255,11 @@ def main(argv=None, content=None) -> int:
               f"or on a copy of the directory", file=sys.stderr)
         return EXIT_CORRUPTION
     if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True))
+        # "outcome" is the format's verdict and "content.outcome" the contents';
+        # "verdict" says what the exit code says: clean, torn_tail (opening cuts
+        # it off) or refused (opening refuses the store, or there is no WAL).
+        print(json.dumps({**report, "verdict": VERDICTS[exit_code(report)]}, indent=2,
+                         sort_keys=True))
     elif report["outcome"]["kind"] != "empty":
         print(format_report(report))
     if report["outcome"]["kind"] == "empty":

@@ -88,6 +88,17 @@ def test_wal_inspect_json_gives_the_record_and_the_reason(wal_store, tmp_path, c
     assert content["outcome"]["lsn"] == report["last_lsn"]
     assert "999" in content["outcome"]["reason"]
     assert report["outcome"] == {"kind": "clean"}  # the format is fine: the content is not
+    # A script needs one field for what the exit code says.
+    assert report["verdict"] == "refused"
+
+
+def test_wal_inspect_json_verdict_follows_the_exit_code(wal_store, tmp_path, capsys):
+    assert main(["wal", "inspect", str(wal_store), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["verdict"] == "clean"
+    empty = tmp_path / "wal"
+    empty.mkdir()
+    assert main(["wal", "inspect", str(empty), "--json"]) == 2  # no log at all
+    assert json.loads(capsys.readouterr().out)["verdict"] == "refused"
 
 
 def test_wal_inspect_of_a_good_store_counts_what_it_checked(wal_store, capsys):
