@@ -157,7 +157,8 @@ class DurableStore:
         lock_fd = _lock_directory(path)
         try:
             kwargs = {} if max_value_bytes is None else {"max_value_bytes": max_value_bytes}
-            engine = Engine(clock=clock, log=True, **kwargs)
+            engine = Engine(clock=clock, log=True,
+                            dead_key_retention_s=opts["dead_key_retention_s"], **kwargs)
             files = engine.history_files = HistoryFiles(path)
             target = EngineRecovery(engine)
             result, next_lsn, snapshots, _case, log_end = recover(

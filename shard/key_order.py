@@ -13,17 +13,20 @@ run of KEPT_FROM keys or more), and the write paths never touch it: a put
 costs exactly what it cost without it. Instead the order catches up at the
 next listing, from two facts about the table (a `dict`):
 
-- keys are only added to it, by a put of a new key, whatever the path (one
-  put, a series, `put_many`, a WAL record or a snapshot read back). A delete
+- keys are added to it by a put of a new key, whatever the path (one put, a
+  series, `put_many`, a WAL record or a snapshot read back). A delete
   leaves an entry that says so, and an expired entry stays until
-  overwritten: both stay in the order and a listing skips them;
+  overwritten or reclaimed: both stay in the order meanwhile and a listing
+  skips them;
 - a dict keeps its keys in the order they were added, so the keys added
   since the order last caught up are the last `len(table) - synced` keys,
   which `reversed(table)` reaches without walking the others.
 
-The one path that takes a key out of the table, a transaction taking back a
-put of a new key, says so (`forget`). Anything the order cannot account for
-(a table smaller than it knows, or whose key before the new ones is not the
+The two paths that take a key out of the table say so: the sweep of dead
+entries (`shard.dead_keys`) reclaiming one (`drop`: the key leaves the order
+at once, a bisection and a short list delete), and a transaction taking back
+a put of a new key (`forget`). Anything the order cannot account for (a
+table smaller than it knows, or whose key before the new ones is not the
 last one it saw) makes it start again from the table: a listing may then be
 slow, never wrong.
 
@@ -49,6 +52,8 @@ CHUNK = 512
 REBUILD_SHARE = 8
 
 _NO_KEY = object()
+#: `last` when the key it was left the table: found again at the next catch-up
+_UNKNOWN = object()
 
 
 class KeyOrder:
@@ -75,6 +80,10 @@ class KeyOrder:
         table = self.table
         n = len(table)
         new = n - self.synced
+        if self.last is _UNKNOWN and new >= 0:
+            # The synced keys are still the table's first ones (a key leaves the order
+            # as it leaves the table): the last of them is `new` keys from the end.
+            self.last = next(islice(reversed(table), new, None), _NO_KEY)
         if new == 0 and (n == 0 or next(reversed(table)) == self.last):
             return
         if new < 0:
@@ -122,6 +131,26 @@ class KeyOrder:
             chunks[i:i + 1] = [chunk[:CHUNK], chunk[CHUNK:]]
             maxes[i:i + 1] = [chunk[CHUNK - 1], chunk[-1]]
 
+    def discard(self, key: str) -> None:
+        """`key` left the table: take it out of the order (nothing when it never was in)."""
+        maxes, chunks = self.maxes, self.chunks
+        i = bisect_left(maxes, key)
+        if i == len(maxes):
+            return
+        chunk = chunks[i]
+        j = bisect_left(chunk, key)
+        if j == len(chunk) or chunk[j] != key:
+            return  # added after the order last caught up: the table's tail, not synced
+        del chunk[j]
+        if not chunk:
+            del chunks[i]
+            del maxes[i]
+        elif j == len(chunk):
+            maxes[i] = chunk[-1]
+        self.synced -= 1
+        if key == self.last:
+            self.last = _UNKNOWN
+
     def holds(self, key: str) -> bool:
         """Whether `key` is in the order."""
         i = bisect_left(self.maxes, key)
@@ -167,6 +196,13 @@ def order_of(r) -> KeyOrder:
     else:
         order.catch_up()
     return order
+
+
+def drop(r, key: str) -> None:
+    """Run `r`'s KV table no longer holds `key`: a dead entry was reclaimed."""
+    order = r.kv_order
+    if order is not None:
+        order.discard(key)
 
 
 def forget(r, key: str) -> None:

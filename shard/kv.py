@@ -3,8 +3,13 @@
 `KVOps` is one of the parts the `Engine` is assembled from. A KV entry is the
 packed form of the last write to its key (`shard.entries`: value, version,
 time and expiry in one `bytes`); a delete leaves an entry with no value, so
-the key's version keeps counting. Expired entries stay until overwritten and
-are skipped by reads. Listings (`kv.keys`, `kv.items`) read the run's sorted
+the key's version keeps counting. Expired entries are skipped by reads. A
+dead entry (deleted, or expired) is reclaimed once it has been dead for the
+engine's `dead_key_retention_s` (`shard.dead_keys`): it leaves the table, and
+the run's version floor (`kv_floors`) rises to its version; a key that is not
+in the table takes `floor + 1` on its first write (1 in a run that never
+reclaimed anything), on every write path here. The writes that make a dead
+entry (a delete, a put with a TTL) note when it dies. Listings (`kv.keys`, `kv.items`) read the run's sorted
 key order (`shard.key_order`) from where they start.
 """
 
@@ -22,6 +27,7 @@ from inmem.errors import InmemError, InvalidKey, InvalidValue, VersionMismatch
 from inmem.types import Versioned
 from inmem.values import KEY_BYTES_MAX, check_key
 
+from .dead_keys import DeadKeys
 from .effects import KV_DEL, KV_PUT, apply_kv_entries, array_header, put_kv_item
 from .entries import (DELETED, PLAIN_AT, entry_expires, entry_ts, entry_value, entry_version,
                       live_value, pack_entry)
@@ -54,6 +60,9 @@ class KVOps:
     clock: Callable[[], int]
     log: list | None
     _undo: list | None
+    #: run id -> its version floor (shard.dead_keys): only runs that reclaimed a key
+    kv_floors: dict
+    dead: DeadKeys
 
     def kv_put(self, run: str, key: str, value, ttl: float | None = None) -> int:
         # The hottest write: the common case takes no method call it can avoid;
@@ -69,8 +78,12 @@ class KVOps:
         data = self._encode(value)
         now = self.clock()
         old = r.kv.get(key)
-        # The version of a plain entry is its byte 8 (shard.entries).
-        version = 1 if old is None else (old[8] if not old[0] & 3 else entry_version(old)) + 1
+        if old is None:
+            floors = self.kv_floors
+            version = floors.get(run, 0) + 1 if floors else 1
+        else:
+            # The version of a plain entry is its byte 8 (shard.entries).
+            version = (old[8] if not old[0] & 3 else entry_version(old)) + 1
         exp = None if ttl is None else now + self._ttl_us(ttl)
         if self._undo is None:
             # _commit and apply_kv, unrolled: no undo entry to keep outside a
@@ -78,6 +91,9 @@ class KVOps:
             # item the history keeps (shard.effects).
             if exp is None and version < 256 and 0 <= now < _TS_MAX:
                 e = _HEAD_1(now << 8, version) + data
+            elif exp is None and version < 0x10000 and 0 <= now < _TS_MAX:
+                # A run's floor carries new keys past 255 in a long life of reclaiming.
+                e = _HEAD_2(now << 8 | 1, version) + data
             else:
                 e = pack_entry(data, version, now, exp)
             item = (KV_PUT, key, e)
@@ -89,6 +105,9 @@ class KVOps:
                 self._trim_history(r)
         else:
             self._commit(r, (KV_PUT, key, data, version, now, exp))
+        if exp is not None:
+            self.dead.note(r.run_id, key, exp)
+            self._reclaim_inline(now, 1)
         return version
 
     def kv_put_series(self, run: str, calls: list) -> list:
@@ -111,6 +130,7 @@ class KVOps:
         encode = self._encode
         now = self.clock()
         head, ts8, plain_ts = _HEAD_1, now << 8, 0 <= now < _TS_MAX
+        floor = self.kv_floors.get(run, 0)
         effs: list = []  # the puts in their entry form
         places: list = []   # out index of each effect in `effs`
         pending: dict = {}  # key -> the version `effs` gives it
@@ -136,7 +156,8 @@ class KVOps:
             version = pending.get(key)
             if version is None:
                 old = kv.get(key)
-                version = 0 if old is None else (old[8] if not old[0] & 3 else entry_version(old))
+                version = (floor if old is None
+                           else (old[8] if not old[0] & 3 else entry_version(old)))
             version += 1
             pending[key] = version
             effs.append((KV_PUT, key, head(ts8, version) + data if version < 256 and plain_ts
@@ -192,6 +213,7 @@ class KVOps:
         ts8 = now << 8
         kv = r.kv
         encode = self._encode
+        floor = self.kv_floors.get(r.run_id, 0)
         effs = []  # the writes in their entry form
         versions = []
         seen: dict = {}  # key -> the version this call gives it
@@ -213,7 +235,8 @@ class KVOps:
             if version is None:
                 old = kv.get(key)
                 # The version of a plain entry is its byte 8 (shard.entries).
-                version = 0 if old is None else (old[8] if not old[0] & 3 else entry_version(old))
+                version = (floor if old is None
+                           else (old[8] if not old[0] & 3 else entry_version(old)))
             version += 1
             seen[key] = version
             versions.append(version)
@@ -232,6 +255,11 @@ class KVOps:
         journal = r.journal
         if len(journal.items) > journal.trim_at:
             self._trim_history(r)
+        if exp is not None:
+            note, run_id = self.dead.note, r.run_id
+            for eff in effs:
+                note(run_id, eff[1], exp)
+            self._reclaim_inline(now, len(effs))
         return versions
 
     def kv_get_linked(self, run: str, key: str, field) -> tuple | None:
@@ -361,7 +389,10 @@ class KVOps:
             return False
         exp = entry_expires(old)
         live = exp is None or exp > self.clock()
-        self._commit(r, (KV_DEL, key, None, entry_version(old) + 1, self.clock(), None))
+        now = self.clock()  # the delete's time, and when its tombstone died
+        self._commit(r, (KV_DEL, key, None, entry_version(old) + 1, now, None))
+        self.dead.note(r.run_id, key, now)
+        self._reclaim_inline(now, 1)
         return live
 
     def kv_cas(self, run: str, key: str, expected_version: int, value) -> int:
@@ -375,7 +406,7 @@ class KVOps:
             raise VersionMismatch(expected_version, actual)
         data = self._encode(value)
         old = r.kv.get(key)
-        version = 1 if old is None else entry_version(old) + 1
+        version = self.kv_floors.get(r.run_id, 0) + 1 if old is None else entry_version(old) + 1
         self._commit(r, (KV_PUT, key, data, version, self.clock(), None))
         return version
 

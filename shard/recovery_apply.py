@@ -25,6 +25,7 @@ from typing import Callable
 
 from inmem.recovery.errors import UnreadableContent, describe
 
+from .dead_keys import DeadKeys
 from .effects import (APPLY, CODE, CREATE_FLAGS, CREATE_RUN, DELETE_RUN, KV_DEL, KV_PUT,
                       RUN_CREATE, RUN_DELETE, RUN_STATUS, STATUS, STATUS_ERROR, STATUS_TS,
                       apply_kv_many, apply_status, decode_batch)
@@ -78,6 +79,7 @@ class RecoveryOps:
     clock: Callable[[], int]
     index: SearchIndex
     history_files: object
+    dead: DeadKeys
 
     def apply_batches(self, batches) -> None:
         """Apply a WAL record's batches, `(run id, [effect, ...])`, in order.
@@ -124,6 +126,7 @@ class RecoveryOps:
             if code == RUN_CREATE:
                 _check_create(run_id, eff)
                 r = self.runs[run_id] = RunData(eff, None, self.history_files)
+                self.dead.forget_run(run_id)  # a new run: its keys start from floor 0
                 continue
             if code == RUN_DELETE:
                 _check_delete(run_id, eff)
@@ -131,6 +134,7 @@ class RecoveryOps:
                 if gone is not None:
                     gone.journal.release()
                 self.index.drop_run(run_id)
+                self.dead.forget_run(run_id)
                 r = None
                 continue
             if r is None:
@@ -184,6 +188,8 @@ class EngineRecovery:
     def load_snapshot(self, sections: dict) -> None:
         """Fill the engine from a snapshot's sections; UnreadableContent if they are not a state."""
         load(self.engine, sections)
+        # Dead entries come back without the notes that find them (shard.dead_keys).
+        self.engine.dead.rescan_all()
 
     def apply_records(self, payloads, segment: int | None = None, offsets=None) -> int:
         """Apply a block of WAL records, in log order; return their group count.
@@ -196,6 +202,7 @@ class EngineRecovery:
         each record starts in it), which the caller must then give.
         """
         self.bytes_applied += sum(map(len, payloads))
+        self.engine.dead.rescan_all()
         if self._files is not None:
             if offsets is None:
                 raise ValueError("a store with history files applies WAL records with their places")

@@ -5,7 +5,9 @@ each section is packed and unpacked by one msgpack call (in C) and loading is
 a copy of it rather than a replay:
 
 - RUNS: per run `[run_id, create effect, status, updated_at, ended_at, error,
-  orphaned]`;
+  orphaned, kv floor]`, the last the run's KV version floor (`shard.dead_keys`:
+  a key not in the table takes floor + 1 on its first write), from codec
+  version 3 on;
 - KV, STATE, JSON: per run `[run_id, keys, entries]`, two parallel lists: the
   keys and their packed entries (`shard.entries`), loaded with one
   `dict.update(zip(...))`;
@@ -19,9 +21,12 @@ a copy of it rather than a replay:
   once or a hundred times.
 - META: the codec version and counts.
 
-Codec version 1 (each run's whole journal split by primitive, with its
-positions) is still read: its history is kept in memory, as it has no record
-to point at.
+Codec version 2 (runs without a floor: each loads with floor 0, which is
+what a build that kept every dead entry had) and codec version 1 (each run's
+whole journal split by primitive, with its positions) are still read; a
+version 1 history is kept in memory, as it has no record to point at. A
+snapshot of a newer codec version than this build reads is refused as such
+(UnreadableContent with its version), never read as damage.
 """
 
 from __future__ import annotations
@@ -42,11 +47,11 @@ from .effects import (APPLY, CODE, KV_DEL, KV_PUT, RUN_CREATE, apply_kv_many,
 from .history_files import i64_from_le, i64_to_le
 from .runs import RunData
 
-CODEC_VERSION = 2
-_READS = (1, 2)
+CODEC_VERSION = 3
+_READS = (1, 2, 3)
 
 _ORDER = (fmt.RUNS, fmt.KV, fmt.EVENTS, fmt.STATE, fmt.TRACES, fmt.JSON)
-#: the sections `dump` writes, every one of them, from codec version 2 on
+#: the sections `dump` writes, every one of them, from codec version 2 on (3 adds no section)
 _SECTIONS_V2 = (fmt.META, fmt.RUNS, fmt.KV, fmt.EVENTS, fmt.STATE, fmt.TRACES, fmt.JSON,
                 fmt.JOURNAL)
 
@@ -56,6 +61,7 @@ class Snapshottable(Protocol):
 
     runs: dict[str, RunData]
     history_files: object
+    kv_floors: dict
 
     def counts(self) -> dict: ...
 
@@ -63,10 +69,11 @@ class Snapshottable(Protocol):
 def dump(engine: Snapshottable) -> tuple[dict, list]:
     """(counts, [(section type, body bytes), ...]) for the engine's current state."""
     runs, kv, state, docs, events, traces, journal = [], [], [], [], [], [], []
+    floors = engine.kv_floors
     for run_id, r in engine.runs.items():
         h = r.journal
         runs.append((run_id, r.create_effect(), r.status, r.updated_at, r.ended_at, r.error,
-                     r.orphaned))
+                     r.orphaned, floors.get(run_id, 0)))
         if r.kv:
             kv.append((run_id, list(r.kv), list(r.kv.values())))
         if r.state:
@@ -126,15 +133,25 @@ def _load(engine: Snapshottable, sections: dict, at: list) -> None:
             raise ValueError("the section is missing")
     files = engine.history_files
     runs = engine.runs
+    floors = engine.kv_floors
+    fields = 7 if codec == 2 else 8  # codec 3 adds each run's KV version floor
     at[0] = fmt.RUNS
-    for run_id, create, status, updated_at, ended_at, error, orphaned in _unpack(
-            sections.get(fmt.RUNS)):
+    for row in _unpack(sections.get(fmt.RUNS)):
+        if len(row) != fields:
+            raise ValueError(f"a run is {fields} fields in codec version {codec}, "
+                             f"not {len(row)}")
+        run_id, create, status, updated_at, ended_at, error, orphaned = row[:7]
         if not create or create[CODE] != RUN_CREATE or create[1] != run_id:
             raise ValueError(f"run {run_id!r} has no creation record in the snapshot")
         r = RunData(create, None, files)
         r.status, r.updated_at, r.ended_at, r.error, r.orphaned = \
             status, updated_at, ended_at, error, orphaned
         runs[run_id] = r
+        floor = row[7] if fields == 8 else 0
+        if type(floor) is not int or floor < 0:
+            raise ValueError(f"run {run_id!r} has a KV version floor of {floor!r}")
+        if floor:
+            floors[run_id] = floor
     for t, attr in ((fmt.KV, "kv"), (fmt.STATE, "state"), (fmt.JSON, "json")):
         at[0] = t
         for run_id, keys, entries in _unpack(sections.get(t)):

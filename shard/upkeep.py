@@ -9,6 +9,8 @@ indexed, a slice of history compaction runs when a file is mostly dead
 being rebuilt after a recovery, slices run back to back instead: the worker
 runs `index_slice` whenever its socket has nothing waiting, the scheduler
 thread every `REBUILD_PAUSE_S` (the pause lets other threads take the lock).
+Dead KV entries past their retention are reclaimed in a bounded slice each
+round (`shard.dead_keys`), resuming where the last one stopped.
 `shard_info` is the one description of a shard that `db.info()` reports,
 wherever the shard runs.
 """
@@ -20,6 +22,8 @@ import os
 import time
 
 from inmem.errors import InmemError
+
+from .dead_keys import SWEEP_ENTRIES, SWEEP_MS
 
 log = logging.getLogger("inmem.shard")
 
@@ -51,6 +55,8 @@ def upkeep(engine, store, lock) -> float:
         rebuilding = engine.index_rebuilding()
     with lock:
         engine.release_history()
+    with lock:
+        engine.sweep_dead(SWEEP_ENTRIES, SWEEP_MS)
     _trim_heap()
     if store is not None:
         try:
@@ -159,4 +165,6 @@ def shard_info(shard: int, engine, store, **extra) -> dict:
             "durability": "inmemory" if store is None else store.durability,
             "last_snapshot_pause_ms": None if store is None else store.last_snapshot_pause_ms,
             "index_complete": not engine.index_rebuilding(),
+            # Dead KV entries (deleted, expired) reclaimed since the shard started.
+            "kv_reclaimed": engine.dead.reclaimed,
             **extra}

@@ -1,0 +1,292 @@
+"""Dead KV entries reclaimed: deleted and expired keys leave a run's table, under a version floor.
+
+A delete leaves an entry that says so (a tombstone: the key's version keeps
+counting across delete and re-create), and an expired entry reads as missing
+but its next put continues its version (`shard.kv`). Kept for ever, both made
+a TTL cache of unique keys, or a delete-heavy agent memory, grow without end,
+in memory and in every snapshot. So a *dead* entry (a tombstone, or an entry
+whose TTL has passed) that has been dead for longer than the engine's
+`dead_key_retention_s` (default 60 s; 0: at the next sweep) is removed from
+its run's table and from the run's sorted key order (`shard.key_order`), and
+the run's **version floor** becomes max(floor, that entry's version).
+
+The contract on versions holds unchanged: versions grow by 1 with each write
+of a key, and a version a client saw never validates again. A key that is not
+in its run's table gets, on its first write, the version `floor + 1` (every
+path that writes a KV key: `kv.put`, a pipeline's series of puts,
+`kv.put_many`, `kv.cas`, and transactions, which run those), so a run that
+never reclaimed anything starts its keys at 1 as before, and a reclaimed key
+written again gets a version above every version it had: no version ever
+names two lives of one key.
+
+Validation against a reclaimed key (what was chosen, and why):
+
+- `kv.cas(key, expected)`: the key is not live, so its version is 0, as for a
+  tombstone: an expected version above 0 fails (it is stale: it named a
+  life that is over), 0 ("must not exist") passes, as it did on the tombstone.
+- a transaction's read set: a key read as missing *and never written* has
+  version 0; one read as a tombstone or an expired entry has that entry's
+  version. At commit a key absent from the table counts as version 0. So a
+  read of a dead entry that was reclaimed since conflicts (its version is not
+  0), as it would have if the tombstone had been written over: a transaction
+  never commits on a read the kept tombstone would have refused, except one
+  that read a key missing (version 0) and finds it missing again, after it was
+  written and its dead entry reclaimed in between. That one commits, and it is
+  plainly right: the read agrees with the state at commit, so the
+  transaction is serializable there (its reads are what they would be if it
+  ran whole at its commit). A tombstone read then reclaimed conflicts though
+  the key is missing still: the one spurious conflict, and a retry reads 0.
+
+How dead entries are found without rescanning the tables: the writes that make
+one (a delete, a put with a TTL) note the key under the time it dies (the
+delete's time, the expiry) in a bucket of about a second (`BUCKET_SHIFT`);
+the buckets are a heap by time and each holds its keys by run. A sweep takes
+the buckets whose every time is past the retention, and for each key looks at
+the entry the key holds *now*: still dead, and dead since that long, it is
+reclaimed; written since, it is left (the write noted its own death, if it
+makes one). A note costs a list slot per dead or expiring entry; a run with
+none costs nothing. After a recovery nothing is noted: the first sweeps look
+once at each recovered run's table for its dead and expiring entries (a pass
+in C per run, then the notes in slices).
+
+The sweep is incremental and bounded: `sweep_dead` handles at most so many
+notes and stops at a deadline, and the next call resumes where it stopped.
+It runs from the shard's upkeep (`shard.upkeep`: the embedded durable store's
+scheduler thread and the worker's idle turns), and the writes that make a
+dead entry also reclaim up to `INLINE_PER_WRITE` due ones each, so reclaiming
+keeps pace with the writes that make dead entries wherever the engine runs (an
+embedded in-memory store has no upkeep thread), and a plain put or get pays
+nothing. The sweep waits while the search index is rebuilt after a recovery
+(its pass over the tables takes keys by position), and an expired entry whose
+document the index still holds is left for the next round, once the index's
+own expiry pass has dropped it.
+
+Durability: reclaiming is not logged in the WAL. A recovered store is the
+last snapshot, which stores each run's floor (`shard.snapshot_codec`), plus
+the WAL records after it; a WAL record holds each write's final entry with its
+version (`shard.effects`: the field form or the entry form, both with the
+version), so a version handed out after a reclaim is replayed as it was given.
+What a reclaim after the snapshot took away comes back with the recovery (the
+dead entry is in the snapshot or in the WAL after it), is dead again and is
+reclaimed again; a key reclaimed before the snapshot is covered by the
+snapshot's floor. Either way a key's next version stays above every version
+it had.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from itertools import compress
+from operator import itemgetter
+from typing import Callable
+
+from .entries import DELETED, EXPIRING, entry_expires, entry_ts, entry_version
+from .key_order import drop as drop_from_order
+
+#: a note's time is kept to buckets of 2**BUCKET_SHIFT µs (about a second)
+BUCKET_SHIFT = 20
+_BUCKET_LAST = (1 << BUCKET_SHIFT) - 1
+#: the default of the `dead_key_retention_s` option, in seconds
+DEFAULT_RETENTION_S = 60
+#: notes one upkeep round handles at most, and the time it may take
+SWEEP_ENTRIES = 4096
+SWEEP_MS = 2.0
+#: notes a write that makes a dead entry handles after its own
+INLINE_PER_WRITE = 2
+
+#: flags -> whether an entry may be or become dead (a tombstone, or one with an expiry)
+_MORTAL = tuple(bool(f & (DELETED | EXPIRING)) for f in range(32))
+_FLAGS = itemgetter(0)
+
+
+def dead_since(e: bytes) -> int | None:
+    """When entry `e` died or dies, µs: a delete's time, an expiry; None if it never does."""
+    flags = e[0]
+    if flags & DELETED:
+        return entry_ts(e)
+    if flags & EXPIRING:
+        return entry_expires(e)
+    return None
+
+
+def due_by(retention_us: int, now: int) -> int:
+    """The last bucket whose every time lies `retention_us` or more before `now`."""
+    return ((now - retention_us + 1) >> BUCKET_SHIFT) - 1
+
+
+class DeadKeys:
+    """One engine's notes of dead KV entries, its runs' version floors and what it reclaimed."""
+
+    __slots__ = ("retention_us", "floors", "buckets", "times", "reclaimed", "rescan", "unnoted")
+
+    def __init__(self, retention_s: float = DEFAULT_RETENTION_S):
+        if type(retention_s) not in (int, float) or not retention_s >= 0:
+            raise ValueError(f"dead_key_retention_s must be a number >= 0, got {retention_s!r}")
+        #: how long an entry stays dead before it is reclaimed, µs (inf: a practical never)
+        self.retention_us = int(min(retention_s, 10**12) * 1_000_000)
+        #: run id -> its version floor; only runs that reclaimed something are here
+        self.floors: dict[str, int] = {}
+        #: bucket -> {run id: [key, ...]}: the keys whose entries die in that bucket
+        self.buckets: dict[int, dict] = {}
+        #: the buckets, a heap
+        self.times: list[int] = []
+        #: dead entries reclaimed since the engine started
+        self.reclaimed = 0
+        #: runs whose tables were filled without notes (a recovery): [(run id, keys or None)]
+        self.rescan: list = []
+        #: True: every run's table may hold entries without notes (`rescan` is made from it)
+        self.unnoted = False
+
+    def note(self, run_id: str, key: str, at: int) -> None:
+        """The entry just written at `key` of run `run_id` dies at `at` (µs)."""
+        b = at >> BUCKET_SHIFT
+        by_run = self.buckets.get(b)
+        if by_run is None:
+            self.buckets[b] = {run_id: [key]}
+            heapq.heappush(self.times, b)
+            return
+        keys = by_run.get(run_id)
+        if keys is None:
+            by_run[run_id] = [key]
+        else:
+            keys.append(key)
+
+    def forget_run(self, run_id: str) -> None:
+        """Run `run_id` is gone: a run begun later under its id starts from floor 0."""
+        self.floors.pop(run_id, None)
+
+    def rescan_all(self) -> None:
+        """The runs' tables were filled without notes (a recovery): look at each for its dead
+        entries before the next sweep."""
+        self.unnoted = True
+
+    def pending(self) -> int:
+        """Keys noted and not yet looked at (some were written since, and are only looked at)."""
+        return sum(len(keys) for by_run in self.buckets.values() for keys in by_run.values())
+
+
+class ReclaimOps:
+    """The engine's sweep of dead KV entries (see the module docstring)."""
+
+    runs: dict
+    clock: Callable[[], int]
+    dead: DeadKeys
+    _undo: list | None
+
+    def sweep_dead(self, max_entries: int = SWEEP_ENTRIES, budget_ms: float | None = None) -> int:
+        """Reclaim the KV entries dead for longer than the retention: at most `max_entries`
+        notes looked at, and none after `budget_ms`. Returns how many were reclaimed; the next
+        call goes on where this one stopped."""
+        d = self.dead
+        if self._undo is not None or self.index.rebuilding:
+            return 0
+        deadline = None if budget_ms is None else time.monotonic() + budget_ms / 1000
+        if d.unnoted:
+            d.rescan = [(run_id, None) for run_id in self.runs]
+            d.unnoted = False
+        if d.rescan:
+            max_entries -= self._rescan_step(max_entries)
+            if max_entries <= 0 or d.rescan:
+                return 0
+        times = d.times
+        if not times:
+            return 0
+        now = self.clock()
+        last = due_by(d.retention_us, now)
+        if times[0] > last:
+            return 0
+        return self._reclaim_due(now - d.retention_us, last, max_entries, deadline)
+
+    def _reclaim_due(self, cutoff: int, last: int, max_entries: int, deadline) -> int:
+        """Look at up to `max_entries` notes of the buckets up to `last`; reclaim the due ones."""
+        d = self.dead
+        times, buckets, floors, runs = d.times, d.buckets, d.floors, self.runs
+        docs = self.index.docs
+        seen = reclaimed = 0
+        again: list = []  # expired entries the search index still holds: next round
+        while times and times[0] <= last and seen < max_entries:
+            b = times[0]
+            by_run = buckets[b]
+            while by_run and seen < max_entries:
+                run_id = next(iter(by_run))
+                keys = by_run[run_id]
+                r = runs.get(run_id)
+                if r is None:  # the run is gone, and its notes with it
+                    del by_run[run_id]
+                    continue
+                kv = r.kv
+                while keys and seen < max_entries:
+                    key = keys.pop()
+                    seen += 1
+                    e = kv.get(key)
+                    if e is None:
+                        continue
+                    flags = e[0]
+                    if flags & DELETED:
+                        since = entry_ts(e)
+                    elif flags & EXPIRING:
+                        since = entry_expires(e)
+                        if since <= cutoff and ("kv", run_id, key) in docs:
+                            again.append((run_id, key))
+                            continue
+                    else:
+                        continue  # written since: live, and it does not expire
+                    if since > cutoff:
+                        continue  # written since: that write noted its own death
+                    del kv[key]
+                    version = entry_version(e)
+                    if version > floors.get(run_id, 0):
+                        floors[run_id] = version
+                    drop_from_order(r, key)
+                    reclaimed += 1
+                if not keys:
+                    del by_run[run_id]
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+            if not by_run:
+                heapq.heappop(times)
+                del buckets[b]
+            if deadline is not None and time.monotonic() > deadline:
+                break
+        for run_id, key in again:
+            d.note(run_id, key, cutoff + 1)  # a bucket not yet due
+        d.reclaimed += reclaimed
+        return reclaimed
+
+    def _rescan_step(self, budget: int) -> int:
+        """Note the dead and expiring entries of the runs a recovery filled; the work done."""
+        d = self.dead
+        work = 0
+        while d.rescan and work < budget:
+            run_id, keys = d.rescan[-1]
+            r = self.runs.get(run_id)
+            if r is None:
+                d.rescan.pop()
+                continue
+            kv = r.kv
+            if keys is None:
+                # One pass in C over the run's entries: the mortal ones' keys.
+                keys = list(compress(kv, map(_MORTAL.__getitem__, map(_FLAGS, kv.values()))))
+                work += len(kv) // 64 + 1
+                d.rescan[-1] = (run_id, keys)
+            while keys and work < budget:
+                key = keys.pop()
+                work += 1
+                e = kv.get(key)
+                if e is not None:
+                    at = dead_since(e)
+                    if at is not None:
+                        d.note(run_id, key, at)
+            if not keys:
+                d.rescan.pop()
+        return work
+
+    def _reclaim_inline(self, now: int, n: int) -> None:
+        """After a write that made `n` dead or expiring entries: reclaim a few due ones."""
+        d = self.dead
+        times = d.times
+        if times and not d.rescan and not d.unnoted and self._undo is None and not self.index.rebuilding:
+            last = due_by(d.retention_us, now)
+            if times[0] <= last:
+                self._reclaim_due(now - d.retention_us, last, INLINE_PER_WRITE * n, None)
