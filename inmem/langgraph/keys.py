@@ -108,6 +108,42 @@ def blob_prefix(ns: str, channel: str) -> str:
     return f"blob/{esc(ns)}/{esc(channel)}/"
 
 
+#: namespaces whose keys a saver keeps made (`namespace_keys`), and channels per
+#: namespace: a graph's subgraphs make a namespace per task, so both are bounded
+NS_KEYS_MAX = 1024
+
+
+class NamespaceKeys(dict):
+    """The keys of one namespace, as every put and get_tuple makes them, their parts
+    escaped once: channel -> the start of its blob keys (`blob_prefix`, made on first
+    use); `head` (`head_key`); `checkpoints` and `writes`, the starts of its
+    checkpoints' and writes documents' keys, less the checkpoint id."""
+
+    __slots__ = ("head", "checkpoints", "writes", "_blobs")
+
+    def __init__(self, ns: str) -> None:
+        super().__init__()
+        e = esc(ns)
+        self.head = f"head/{e}"
+        self.checkpoints = f"checkpoint/{e}/"
+        self.writes = f"writes/{e}/"
+        self._blobs = f"blob/{e}/"
+
+    def __missing__(self, channel: str) -> str:
+        if len(self) >= NS_KEYS_MAX:
+            self.clear()
+        made = self[channel] = f"{self._blobs}{esc(channel)}/"
+        return made
+
+
+def namespace_keys(cache: dict, ns: str) -> NamespaceKeys:
+    """The NamespaceKeys of `ns`, made and kept in `cache` (emptied when full)."""
+    if len(cache) >= NS_KEYS_MAX:
+        cache.clear()
+    made = cache[ns] = NamespaceKeys(ns)
+    return made
+
+
 def writes_key(ns: str, checkpoint_id: str) -> str:
     return f"writes/{esc(ns)}/{checkpoint_id}"
 

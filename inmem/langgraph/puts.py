@@ -30,9 +30,8 @@ from langgraph.checkpoint.base import WRITES_IDX_MAP, get_checkpoint_metadata
 from inmem.errors import RunNotFound, ValueTooLarge
 
 from .driver import raise_first, run_sync
-from .keys import (SHORT, WRITE_INLINE_MAX, blob_prefix, check_names, checkpoint_key,
-                   head_key, json_name, stored_record, thread_run, unesc, write_key,
-                   writes_key)
+from .keys import (SHORT, WRITE_INLINE_MAX, check_names, json_name, namespace_keys,
+                   stored_record, thread_run, unesc, write_key, writes_key)
 
 
 class PutPlans:
@@ -54,24 +53,32 @@ class PutPlans:
         dumps = self.serde.dumps_typed
         body = checkpoint.copy()
         values = body.pop("channel_values", None) or {}
-        versions = checkpoint["channel_versions"]
+        # The namespace's keys, their parts escaped once (see keys.py).
+        keys = self._ns_keys.get(ns)
+        if keys is None:
+            keys = namespace_keys(self._ns_keys, ns)
         # Every channel's blob key goes in the refs; the new versions' are the keys written.
-        refs = [f"{blob_prefix(ns, ch)}{v}" for ch, v in versions.items()]
+        versions = checkpoint["channel_versions"]
+        refs = [f"{keys[ch]}{v}" for ch, v in versions.items()]
         items = []
         for channel, version in new_versions.items():
-            blob = dumps(values[channel]) if channel in values else ("empty", b"")
-            items.append([f"{blob_prefix(ns, channel)}{version}", list(blob)])
+            if channel in values:
+                kind, data = dumps(values[channel])
+            else:
+                kind, data = "empty", b""
+            items.append([f"{keys[channel]}{version}", [kind, data]])
         meta = get_checkpoint_metadata(config, metadata)
         run_id = meta.get("run_id")
         run_id = run_id if type(run_id) is str and run_id else None
         cid = checkpoint["id"]
+        ckey = f"{keys.checkpoints}{cid}"
         if len(run) > SHORT or len(ns) > SHORT:
-            check_names(thread_id, run, ns, checkpoint_key(ns, cid))
-        refs.append(["json", writes_key(ns, cid)])
+            check_names(thread_id, run, ns, ckey)
+        refs.append(["json", f"{keys.writes}{cid}"])
         record = stored_record(ns, cid, conf.get("checkpoint_id"), dumps(body), dumps(meta),
                                run_id, refs)
-        items.append([checkpoint_key(ns, cid), record])
-        items.append([head_key(ns), record])
+        items.append([ckey, record])
+        items.append([keys.head, record])
         ops = [("kv.put_many", (run, items, None))]
         indexing = None
         if run_id is not None:

@@ -18,7 +18,7 @@ from langgraph.checkpoint.base import CheckpointTuple, get_checkpoint_id
 from inmem.errors import ProtocolError, RunNotFound
 
 from .driver import raise_first, run_sync
-from .keys import (REFS, checkpoint_key, checkpoint_prefix, head_key, read_record, thread_run,
+from .keys import (REFS, checkpoint_prefix, namespace_keys, read_record, thread_run,
                    writes_key)
 from .reads import read_in_pieces
 from .tuples import apart_keys, checkpoint_tuple
@@ -32,9 +32,15 @@ class QueryPlans:
 
     def _get_key(self, config) -> tuple:
         """(thread id, its run, the key of the record `config` names)."""
-        thread_id, run, ns = self._where(config)
-        cid = get_checkpoint_id(config)
-        return thread_id, run, checkpoint_key(ns, cid) if cid else head_key(ns)
+        conf = config["configurable"]
+        thread_id = conf["thread_id"]
+        ns = conf.get("checkpoint_ns") or ""
+        keys = self._ns_keys.get(ns)
+        if keys is None:
+            keys = namespace_keys(self._ns_keys, ns)
+        cid = conf.get("checkpoint_id")  # get_checkpoint_id
+        return (thread_id, thread_run(self.prefix, thread_id),
+                f"{keys.checkpoints}{cid}" if cid else keys.head)
 
     def _get_tuple(self, config):
         thread_id, run, key = self._get_key(config)

@@ -100,6 +100,8 @@ class InmemSaver(PutPlans, QueryPlans, CutPlans, CopyPlans, SendingPlans,
         self._tag = thread_tag(prefix)
         #: where this saver has indexed LangGraph run ids, and the heads it saw there
         self._indexed = IndexedHeads()
+        #: namespace -> its keys, which every put and get_tuple makes (see keys.py)
+        self._ns_keys: dict = {}
 
     # -- the sync methods ----------------------------------------------------------
 
