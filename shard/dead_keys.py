@@ -196,10 +196,11 @@ class ReclaimOps:
         last = due_by(d.retention_us, now)
         if times[0] > last:
             return 0
-        return self._reclaim_due(now - d.retention_us, last, max_entries, deadline)
+        return self._reclaim_due(last, max_entries, deadline)
 
-    def _reclaim_due(self, cutoff: int, last: int, max_entries: int, deadline) -> int:
-        """Look at up to `max_entries` notes of the buckets up to `last`; reclaim the due ones."""
+    def _reclaim_due(self, last: int, max_entries: int, deadline) -> int:
+        """Look at up to `max_entries` notes of the buckets up to `last`; reclaim the entries
+        that died in those buckets (a note and the entry it finds agree on the bucket)."""
         d = self.dead
         times, buckets, floors, runs = d.times, d.buckets, d.floors, self.runs
         docs = self.index.docs
@@ -227,13 +228,13 @@ class ReclaimOps:
                         since = entry_ts(e)
                     elif flags & EXPIRING:
                         since = entry_expires(e)
-                        if since <= cutoff and ("kv", run_id, key) in docs:
-                            again.append((run_id, key))
-                            continue
                     else:
                         continue  # written since: live, and it does not expire
-                    if since > cutoff:
+                    if since >> BUCKET_SHIFT > last:
                         continue  # written since: that write noted its own death
+                    if not flags & DELETED and ("kv", run_id, key) in docs:
+                        again.append((run_id, key))
+                        continue
                     del kv[key]
                     version = entry_version(e)
                     if version > floors.get(run_id, 0):
@@ -250,7 +251,7 @@ class ReclaimOps:
             if deadline is not None and time.monotonic() > deadline:
                 break
         for run_id, key in again:
-            d.note(run_id, key, cutoff + 1)  # a bucket not yet due
+            d.note(run_id, key, (last + 1) << BUCKET_SHIFT)  # the first bucket not yet due
         d.reclaimed += reclaimed
         return reclaimed
 
@@ -289,4 +290,4 @@ class ReclaimOps:
         if times and not d.rescan and not d.unnoted and self._undo is None and not self.index.rebuilding:
             last = due_by(d.retention_us, now)
             if times[0] <= last:
-                self._reclaim_due(now - d.retention_us, last, INLINE_PER_WRITE * n, None)
+                self._reclaim_due(last, INLINE_PER_WRITE * n, None)

@@ -7,7 +7,11 @@ known to have used) and whether the next write's version is exactly floor+1.
 It is exact after any write we observed; it becomes "only known to be
 greater" when a key expires or a missing key is deleted, because the
 contract fixes neither whether those count as writes, only that a stale
-version never validates again.
+version never validates again. It also becomes "only greater" once a key has
+been dead (deleted or expired) for the store's dead_key_retention_s (the
+default, 60 s): its dead entry may have been reclaimed, and the key then
+starts again above its run's version floor; a key never written starts there
+too once any key of the run may have been reclaimed.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ KEYS = ["a", "ab", "b", "b/1", "b/2", "c"]
 PREFIXES = ["", "a", "b", "b/", "c", "z"]
 TTLS = [None, None, None, 0.5, 1, 2.5]
 ADVANCES = [0.25, 0.5, 1, 2.5]
+#: the default dead_key_retention_s, in µs: a key dead this long may have been reclaimed
+RETENTION_US = 60_000_000
 
 keys = st.sampled_from(KEYS)
 values = (st.integers(-5, 5) | st.text(max_size=3) | st.binary(max_size=2)
@@ -53,6 +59,10 @@ class KVMachine(RuleBasedStateMachine):
         self.entries: dict[str, Entry] = {}
         self.floor = {k: 0 for k in KEYS}
         self.exact = {k: True for k in KEYS}
+        #: key -> when its entry died (a delete; an expiry once seen), until written again
+        self.deaths: dict[str, int] = {}
+        #: the earliest death of any key so far: the run's floor may rise from then on
+        self.first_death: int | None = None
 
     def teardown(self):
         self.db.close()
@@ -64,10 +74,30 @@ class KVMachine(RuleBasedStateMachine):
         if entry is not None and entry.expires_us is not None and self.clock.now_us >= entry.expires_us:
             del self.entries[key]
             self.exact[key] = False
+            self.died(key, entry.expires_us)
             return None
         return entry
 
+    def died(self, key, at: int) -> None:
+        self.deaths[key] = at
+        if self.first_death is None or at < self.first_death:
+            self.first_death = at
+
+    def may_be_reclaimed(self, key) -> bool:
+        """Whether `key`'s next version may come from its run's floor rather than from it."""
+        cutoff = self.clock.now_us - RETENTION_US
+        for k, e in self.entries.items():  # expired, and not looked at since
+            if e.expires_us is not None and e.expires_us <= self.clock.now_us:
+                self.died(k, e.expires_us)
+        if key in self.deaths:
+            return self.deaths[key] <= cutoff
+        return key not in self.entries and self.first_death is not None \
+            and self.first_death <= cutoff
+
     def wrote(self, key, version, value, ttl=None):
+        if self.may_be_reclaimed(key):
+            self.exact[key] = False
+        self.deaths.pop(key, None)
         if self.exact[key]:
             assert version == self.floor[key] + 1, (key, version, self.floor[key])
         else:
@@ -94,6 +124,7 @@ class KVMachine(RuleBasedStateMachine):
             del self.entries[key]
             self.floor[key] = entry.version + 1
             self.exact[key] = True
+            self.died(key, self.clock.now_us)
         else:
             self.exact[key] = False
 

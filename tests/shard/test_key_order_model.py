@@ -1,14 +1,21 @@
-"""KV listings against a sorted-dict model, through every way a run's key set changes.
+"""KV listings and versions against a model, through every way a run's key set changes.
 
 A state machine drives one engine (with a WAL log and a test clock) through
 puts (one, many, a pipeline's series, a cas), deletes, TTLs and clock moves,
-transactions that commit or roll back, run deletion, snapshots and recovery
-from a snapshot and the WAL after it; after each step, pages of `kv.keys` and
-`kv.items` with a random prefix, `after` and `limit` must be exactly the
-model's live keys in order.
+transactions that commit or roll back, run deletion, sweeps of dead entries
+(a bounded slice, or everything due), snapshots and recovery from a snapshot
+and the WAL after it; after each step, pages of `kv.keys` and `kv.items` with
+a random prefix, `after` and `limit` must be exactly the model's live keys in
+order, and every key's version what the model says: a key in the table
+continues its own, one that is not starts at the run's floor + 1, the floor
+being the highest version reclaimed (`shard.dead_keys`). The writes that make
+dead entries reclaim due ones on their own; the model takes in which ones, and
+checks that each was due.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,6 +29,7 @@ from inmem.shard.effects import record_payloads
 from inmem.shard import key_order
 from inmem.shard.engine import Engine
 from inmem.shard.recovery_apply import EngineRecovery
+from inmem.shard.dead_keys import BUCKET_SHIFT
 from inmem.shard.snapshot_codec import dump
 
 RUN = "model"
@@ -32,6 +40,8 @@ afters = st.none() | st.text(alphabet="ab/z", max_size=4)
 limits = st.none() | st.integers(1, 6)
 ttls = st.sampled_from([None, None, 0.5, 1, 2])
 values = st.integers(-3, 3) | st.text(max_size=2)
+#: the µs of a note's bucket after its time (shard.dead_keys): due once all of it is past
+BUCKET_LAST = (1 << BUCKET_SHIFT) - 1
 
 
 class Clock:
@@ -42,51 +52,111 @@ class Clock:
         return self.now_us
 
 
+@dataclass
+class Entry:
+    """What the model holds of a key's entry: its value (None: deleted), version, times."""
+    value: object
+    version: int
+    ts: int
+    expires: int | None = None
+
+    def dead_since(self):
+        return self.ts if self.value is None else self.expires
+
+
 class ListingMachine(RuleBasedStateMachine):
+    """Subclassed per test with the engine's dead_key_retention_s."""
+
+    retention_s = 0
+
     def __init__(self):
         super().__init__()
         self.clock = Clock()
-        self.engine = Engine(clock=self.clock, log=True)
+        self.engine = self.new_engine()
         self.engine.begin_run(run_id=RUN)
-        #: key -> (value, expires at in µs or None): what the run holds, dead keys included
-        self.model: dict = {}
+        #: key -> Entry: every entry the run's table holds, dead ones included
+        self.entries: dict = {}
+        #: the run's version floor: the highest version of a reclaimed entry
+        self.floor = 0
         #: the snapshot sections last taken (None: none yet), and the WAL groups since
         self.snapshot = None
         self.wal: list = []
+        #: what a recovery brings back: the floor the snapshot holds, and the dead
+        #: entries reclaimed since it (the WAL or the snapshot holds them again)
+        self.snapshot_floor = 0
+        self.reclaimed_since: dict = {}
+
+    def new_engine(self) -> Engine:
+        return Engine(clock=self.clock, log=True, dead_key_retention_s=self.retention_s)
 
     # -- the model ---------------------------------------------------------------
 
     def live(self) -> dict:
         now = self.clock.now_us
-        return {k: v for k, (v, exp) in self.model.items() if exp is None or now < exp}
+        return {k: e.value for k, e in self.entries.items()
+                if e.value is not None and (e.expires is None or now < e.expires)}
+
+    def due(self, e: Entry) -> bool:
+        """Whether a sweep now must reclaim `e`: dead, and its whole bucket past the retention."""
+        since = e.dead_since()
+        cutoff = self.clock.now_us - int(self.retention_s * 1_000_000)
+        return since is not None and since <= self.clock.now_us and since | BUCKET_LAST <= cutoff
 
     def expires(self, ttl):
         return None if ttl is None else self.clock.now_us + int(ttl * 1_000_000)
 
+    def next_version(self, key) -> int:
+        e = self.entries.get(key)
+        return self.floor + 1 if e is None else e.version + 1
+
+    def wrote(self, key, value, version, ttl=None) -> None:
+        assert version == self.next_version(key), (key, version, self.next_version(key))
+        self.entries[key] = Entry(value, version, self.clock.now_us, self.expires(ttl))
+
+    def deleted(self, key, answer) -> None:
+        """A kv.delete of `key` answered `answer`: a tombstone unless it was one or missing."""
+        e = self.entries.get(key)
+        if e is None or e.value is None:
+            assert answer is False
+            return
+        assert answer is (key in self.live())
+        self.entries[key] = Entry(None, e.version + 1, self.clock.now_us)
+
     def logged(self) -> None:
         self.wal.extend(self.engine.take_log())
+        self.sync()
+
+    def sync(self) -> None:
+        """Take in what the engine reclaimed (a sweep, or the writes that make dead entries
+        reclaiming due ones): only due entries may have gone, and nothing else."""
+        table = self.engine.runs[RUN].kv
+        assert table.keys() <= self.entries.keys()
+        for key in [k for k in self.entries if k not in table]:
+            e = self.entries.pop(key)
+            assert self.due(e), (key, e)
+            self.floor = max(self.floor, e.version)
+            self.reclaimed_since[key] = e
+        assert self.engine.kv_floors.get(RUN, 0) == self.floor
 
     # -- writes ------------------------------------------------------------------
 
     @rule(key=keys, value=values, ttl=ttls)
     def put(self, key, value, ttl):
-        self.engine.kv_put(RUN, key, value, ttl)
-        self.model[key] = (value, self.expires(ttl))
+        self.wrote(key, value, self.engine.kv_put(RUN, key, value, ttl), ttl)
         self.logged()
 
     @rule(pairs=st.lists(st.tuples(keys, values), max_size=5), ttl=ttls)
     def put_many(self, pairs, ttl):
-        self.engine.kv_put_many(RUN, [list(p) for p in pairs], ttl)
-        for k, v in pairs:
-            self.model[k] = (v, self.expires(ttl))
+        versions = self.engine.kv_put_many(RUN, [list(p) for p in pairs], ttl)
+        for (k, v), version in zip(pairs, versions, strict=True):
+            self.wrote(k, v, version, ttl)
         self.logged()
 
     @rule(pairs=st.lists(st.tuples(keys, values), min_size=2, max_size=5))
     def put_series(self, pairs):
         out = self.engine.execute_batch([("kv.put", [RUN, k, v]) for k, v in pairs])
-        assert all(type(v) is int for v in out), out
-        for k, v in pairs:
-            self.model[k] = (v, None)
+        for (k, v), version in zip(pairs, out, strict=True):
+            self.wrote(k, v, version)
         self.logged()
 
     @rule(key=keys, value=values)
@@ -94,14 +164,12 @@ class ListingMachine(RuleBasedStateMachine):
         found, _value, version = self.engine.tx_read(RUN, "kv", key)
         live = key in self.live()
         assert found is live
-        self.engine.kv_cas(RUN, key, version if live else 0, value)
-        self.model[key] = (value, None)
+        self.wrote(key, value, self.engine.kv_cas(RUN, key, version if live else 0, value))
         self.logged()
 
     @rule(key=keys)
     def delete(self, key):
-        self.engine.kv_delete(RUN, key)
-        self.model.pop(key, None)
+        self.deleted(key, self.engine.kv_delete(RUN, key))
         self.logged()
 
     @rule(seconds=st.sampled_from([0.25, 0.5, 1, 3]))
@@ -118,20 +186,37 @@ class ListingMachine(RuleBasedStateMachine):
             with pytest.raises(InvalidKey):
                 self.engine.tx_commit(RUN, [], ops)
         else:
-            self.engine.tx_commit(RUN, [], ops)
-            for put, k, v in writes:
+            out = self.engine.tx_commit(RUN, [], ops)
+            for (put, k, v), result in zip(writes, out, strict=True):
                 if put:
-                    self.model[k] = (v, None)
+                    self.wrote(k, v, result)
                 else:
-                    self.model.pop(k, None)
+                    self.deleted(k, result)
         self.logged()
 
     @rule()
     def delete_run_and_begin_it_again(self):
         assert self.engine.run_delete(RUN)
         self.engine.begin_run(run_id=RUN)
-        self.model.clear()
+        self.entries.clear()
+        self.floor = 0
+        # A recovery replays the run's deletion and creation: nothing before comes back.
+        self.snapshot_floor = 0
+        self.reclaimed_since.clear()
         self.logged()
+
+    # -- reclaiming dead entries ----------------------------------------------------
+
+    @rule(entries=st.integers(1, 4))
+    def sweep_a_slice(self, entries):
+        self.engine.sweep_dead(entries)
+        self.sync()
+
+    @rule()
+    def sweep_everything_due(self):
+        self.engine.sweep_dead(10**9)
+        self.sync()
+        assert not [k for k, e in self.entries.items() if self.due(e)]
 
     # -- snapshot and recovery -----------------------------------------------------
 
@@ -141,12 +226,14 @@ class ListingMachine(RuleBasedStateMachine):
         _counts, sections = dump(self.engine)
         self.snapshot = dict(sections)
         self.wal = []
+        self.snapshot_floor = self.floor
+        self.reclaimed_since = {}
 
     @rule()
     def recover(self):
         """A new engine from the last snapshot and the WAL since, as a restart builds it."""
         self.logged()
-        engine = Engine(clock=self.clock, log=True)
+        engine = self.new_engine()
         target = EngineRecovery(engine)
         if self.snapshot is not None:
             assert fmt.KV in self.snapshot
@@ -154,6 +241,12 @@ class ListingMachine(RuleBasedStateMachine):
         if self.wal:
             target.apply_records([payload for payload, _n in record_payloads(self.wal)])
         self.engine = engine
+        # What was reclaimed since the snapshot is back (a later write of the key wins).
+        for key, e in self.reclaimed_since.items():
+            self.entries.setdefault(key, e)
+        self.reclaimed_since = {}
+        self.floor = self.snapshot_floor
+        self.sync()
 
     # -- listings ------------------------------------------------------------------
 
@@ -161,11 +254,11 @@ class ListingMachine(RuleBasedStateMachine):
     def page(self, prefix, after, limit):
         self.check_page(prefix, after, limit)
 
-    @precondition(lambda self: bool(self.model))
+    @precondition(lambda self: bool(self.entries))
     @rule(data=st.data(), prefix=prefixes, limit=limits)
     def page_after_a_stored_key(self, data, prefix, limit):
         # after= is usually the last key of the page before, which may since have died
-        after = data.draw(st.sampled_from(sorted(self.model)))
+        after = data.draw(st.sampled_from(sorted(self.entries)))
         self.check_page(prefix, after, limit)
 
     def check_page(self, prefix, after, limit):
@@ -181,6 +274,21 @@ class ListingMachine(RuleBasedStateMachine):
         live = self.live()
         assert self.engine.kv_keys(RUN) == sorted(live)
 
+    @invariant()
+    def versions_agree(self):
+        self.sync()
+        live = self.live()
+        for key, e in self.entries.items():
+            got = self.engine.tx_read(RUN, "kv", key)
+            if key in live:
+                assert got == [True, e.value, e.version], key
+                assert self.engine.kv_get_versioned(RUN, key).version == e.version
+            else:
+                assert got == [False, None, e.version], key
+        for key, e in self.reclaimed_since.items():
+            if key not in self.entries:
+                assert self.engine.tx_read(RUN, "kv", key) == [False, None, 0]
+
 
 #: (keys per chunk, rebuild share): the real ones, and tiny chunks that split on every few
 #: inserts, with new keys merged in bulk or (share too large to reach) put in place one by one
@@ -189,12 +297,18 @@ SHAPES = [(key_order.CHUNK, key_order.REBUILD_SHARE), (2, key_order.REBUILD_SHAR
 
 @pytest.mark.parametrize("kept_from", [key_order.KEPT_FROM, 0])
 @pytest.mark.parametrize("chunk,share", SHAPES)
-def test_listings_agree_with_a_sorted_model(monkeypatch, chunk, share, kept_from):
+@pytest.mark.parametrize("retention_s", [0, 1, 60])
+def test_listings_and_versions_agree_with_a_model(monkeypatch, chunk, share, kept_from,
+                                                  retention_s):
     # kept_from 0: every run keeps its order, however small, and catches it up
     monkeypatch.setattr(key_order, "KEPT_FROM", kept_from)
     monkeypatch.setattr(key_order, "CHUNK", chunk)
     monkeypatch.setattr(key_order, "REBUILD_SHARE", share)
-    run_state_machine_as_test(ListingMachine,
+
+    class Machine(ListingMachine):
+        pass
+    Machine.retention_s = retention_s
+    run_state_machine_as_test(Machine,
                               settings=settings(max_examples=100, stateful_step_count=40,
                                                 deadline=None))
 
