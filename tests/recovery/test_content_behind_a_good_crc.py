@@ -211,12 +211,23 @@ def journal_names(names):
     return change
 
 
+def run_floor(floor):
+    """Set the first run's KV version floor (the eighth field of a run, from codec 3 on)."""
+    def change(sections):
+        runs = msgpack.unpackb(sections[fmt.RUNS], raw=False)
+        runs[0][7] = floor
+        sections[fmt.RUNS] = packed(runs)
+    return change
+
+
 BAD_SECTIONS = {
     "meta not msgpack": set_section(fmt.META, b"\xc1"),
     "meta an int": set_section(fmt.META, packed(5)),
     "runs not msgpack": set_section(fmt.RUNS, b"\xc1"),
     "runs an int": set_section(fmt.RUNS, packed(5)),
     "a run of one field": set_section(fmt.RUNS, packed([[1]])),
+    "a run's kv floor below 0": run_floor(-1),
+    "a run's kv floor not an int": run_floor("3"),
     "a run without its creation": set_section(
         fmt.RUNS, packed([["r1", [9], "active", 1, None, None, False]])),
     "no runs": set_section(fmt.RUNS, packed([])),
