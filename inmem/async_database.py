@@ -32,8 +32,8 @@ from typing import Any, Callable
 from .errors import (InmemError, InvalidValue, RunNotFound, StateNotFound, TransactionConflict,
                      VersionMismatch)
 from .pipeline import Pipeline
-from .sections import (JSON, KV, Events, Runs, StateCells, Traces, Value, begin_args,
-                       assemble_tree, backoff_delay, check_retries, new_run_id)
+from .sections import (JSON, KV, Events, Runs, StateCells, Traces, Value, assemble_tree,
+                       backoff_delay, begin_args, check_retries, new_run_id, reason_arg)
 from .transaction import (_DELETED, Transaction, TxEvents, TxJSON, TxKV, TxState, TxTraces,
                           json_at, json_delete, json_pop, json_push, json_set)
 from inmem.shard import jsonpath
@@ -520,8 +520,8 @@ class AsyncDatabase:
         return await self._call("run.end", (run,))
 
     async def abort_run(self, run: str, reason: str | BaseException | None = None) -> str:
-        """Mark the run "failed", keeping `reason` (text) as its error."""
-        return await self._call("run.abort", (run, reason))
+        """Mark the run "failed", keeping `reason` (text, or an exception's text) as its error."""
+        return await self._call("run.abort", (run, reason_arg(reason)))
 
     async def run_status(self, run: str) -> str:
         """The run's status, "orphaned" for one a crash left unended, "not_found" if absent."""

@@ -14,8 +14,8 @@ from typing import Any, Callable
 from .backend import Backend
 from .errors import InmemError, RunNotFound, TransactionConflict
 from .pipeline import Pipeline
-from .sections import (JSON, Events, Runs, StateCells, Traces, Value, begin_args, backoff,
-                       check_retries, new_run_id)
+from .sections import (JSON, Events, Runs, StateCells, Traces, Value, backoff, begin_args,
+                       check_retries, new_run_id, reason_arg)
 from .transaction import Transaction
 from .types import RecoveryResult, RunDiff, RunView, SearchResponse, SnapshotInfo
 
@@ -78,7 +78,7 @@ class Database:
 
     def abort_run(self, run: str, reason: str | BaseException | None = None) -> str:
         """Mark the run "failed", keeping `reason` (text, or an exception's text) as its error."""
-        return self._call("run.abort", (run, reason))
+        return self._call("run.abort", (run, reason_arg(reason)))
 
     def run_status(self, run: str) -> str:
         """The run's status, "orphaned" for one a crash left unended, "not_found" if absent."""

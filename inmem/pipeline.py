@@ -16,8 +16,8 @@ from functools import partial
 from typing import Any
 
 from .errors import InmemError, InvalidValue
-from .sections import (JSON, KV, Events, Runs, StateCells, Traces, begin_args, assemble_tree,
-                       new_run_id)
+from .sections import (JSON, KV, Events, Runs, StateCells, Traces, assemble_tree, begin_args,
+                       new_run_id, reason_arg)
 from .values import copy_value
 
 
@@ -90,7 +90,7 @@ class Pipeline:
 
     def abort_run(self, run: str, reason: str | BaseException | None = None) -> None:
         """Queue `Database.abort_run`."""
-        self._queue("run.abort", (run, reason))
+        self._queue("run.abort", (run, reason_arg(reason)))
 
     def __len__(self) -> int:
         return len(self._ops)

@@ -369,6 +369,12 @@ def begin_args(name, run_id, parent, tags, metadata, searchable) -> tuple:
     return (name, run_id, parent, as_tags(tags), metadata, False)
 
 
+def reason_arg(reason):
+    """A run's error reason as it is sent: an exception as its text (an exception does not
+    cross the wire; the engine keeps the same text when it runs in this process)."""
+    return str(reason) if isinstance(reason, BaseException) else reason
+
+
 def as_pairs(items) -> list:
     """A dict or an iterable of (key, value) pairs as a list of [key, value] lists."""
     if isinstance(items, dict):

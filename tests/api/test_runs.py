@@ -92,6 +92,23 @@ def test_abort_run(clocked_db, clock):
     assert db.run_status(run) == "failed"
 
 
+def test_abort_run_keeps_an_exceptions_text_on_every_backend(db):
+    # The usual `except Exception as exc: db.abort_run(run, exc)`: an exception
+    # does not cross the wire, so its text is what is sent.
+    run, queued = db.begin_run(), db.begin_run()
+    try:
+        raise ValueError("tool crashed: timeout")
+    except ValueError as exc:
+        db.abort_run(run, exc)
+    assert db.runs.get(run).error == "tool crashed: timeout"
+    with db.pipeline() as p:
+        p.abort_run(queued, RuntimeError("planner gave up"))
+    assert db.runs.get(queued).status == "failed"
+    assert db.runs.get(queued).error == "planner gave up"
+    with pytest.raises(inmem.InvalidValue, match="a reason must be a str"):
+        db.abort_run(db.begin_run(), object())
+
+
 def test_status_change_updates_updated_at(clocked_db, clock):
     db = clocked_db
     run = db.begin_run()
