@@ -560,7 +560,8 @@ class AsyncDatabase:
     # -- replay, diff and search ----------------------------------------------------
 
     async def replay_run(self, run: str, at: int | None = None) -> RunView:
-        """The run folded from its journal: read-only, as of the first `at` entries."""
+        """The run folded from its journal: read-only, as of the first `at` entries (None: all;
+        a negative `at` counts from the end, as a Python index)."""
         return RunView.from_wire(await self._call("run.replay", (run, at)))
 
     async def diff_runs(self, run_a: str, run_b: str):

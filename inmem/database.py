@@ -130,7 +130,8 @@ class Database:
     # -- replay, diff and search ----------------------------------------------------
 
     def replay_run(self, run: str, at: int | None = None) -> RunView:
-        """The run folded from its journal: read-only, as of the first `at` entries (None: all).
+        """The run folded from its journal: read-only, as of the first `at` entries (None: all;
+        a negative `at` counts from the end, as a Python index).
 
         RunNotFound if the run does not exist.
         """

@@ -294,6 +294,15 @@ def test_replay_beyond_the_end_is_the_end(db, run):
         assert db.replay_run(run, at=at) == end
 
 
+def test_a_negative_position_counts_from_the_end(db, run):
+    # As a Python index: at=-1 is the run before its last entry.
+    _sample_writes(db, run)
+    n = db.replay_run(run).position
+    assert db.replay_run(run, at=-1) == db.replay_run(run, at=n - 1)
+    assert db.replay_run(run, at=-n).position == 0
+    assert db.replay_run(run, at=-n - 5).position == 0  # before the start: the empty run
+
+
 def test_replay_never_writes(db, run):
     _sample_writes(db, run)
     other = db.begin_run(name="other")
