@@ -9,6 +9,8 @@ caller a private copy that it may mutate freely.
 
 from __future__ import annotations
 
+from itertools import islice
+
 from .errors import InvalidKey, InvalidValue
 
 KEY_BYTES_MAX = 1024
@@ -65,15 +67,27 @@ def check_value(value) -> None:
     if t is int:
         _check_int(value)
         return
+    stack: list = []
+    pop, push = stack.pop, stack.append
     if t is list:
-        # A list of scalars (a typical value, or a [type, bytes] pair) needs no stack.
+        # A list of scalars (a typical value, or a [type, bytes] pair) needs no stack,
+        # nor do the items, at its start, that are such lists a few levels down (a
+        # batch of [key, [type, bytes]] pairs, a record and its references): valid
+        # whatever the walk, which then checks the rest of the list only. Errors are
+        # found last item first, so sparing valid ones changes none reported.
         for item in value:
             if type(item) not in ALWAYS_VALID_TYPES:
                 break
         else:
             return
-    stack = [(value, 0)]
-    pop, push = stack.pop, stack.append
+        start = _plain_prefix(value, _PLAIN_LEVELS)
+        if start == len(value):
+            return
+        for item in islice(value, start, None):  # the root, at depth 0, as the walk does
+            if type(item) not in ALWAYS_VALID_TYPES:
+                push((item, 1))
+    else:
+        push((value, 0))
     while stack:
         v, depth = pop()
         t = type(v)
@@ -95,6 +109,41 @@ def check_value(value) -> None:
         for item in items:
             if type(item) not in ALWAYS_VALID_TYPES:
                 push((item, depth + 1))
+
+
+#: levels of lists below a list's items that `_plain_prefix` looks into (under DEPTH_MAX)
+_PLAIN_LEVELS = 6
+
+
+def _plain_prefix(value: list, levels: int) -> int:
+    """How many of `value`'s first items are plain: scalars, ints that fit 64 bits, or
+    lists of plain items, at most `levels` levels down (values the walk accepts).
+    It stops at the first other item (a dict, a bad item, lists deeper still),
+    which the walk checks, saying what is wrong."""
+    n = 0
+    for item in value:
+        t = type(item)
+        if t not in ALWAYS_VALID_TYPES and not (
+                INT64_MIN <= item <= INT64_MAX if t is int
+                else t is list and levels > 0 and _plain(item, levels - 1)):
+            return n
+        n += 1
+    return n
+
+
+def _plain(value: list, levels: int) -> bool:
+    """Whether every item of `value` is plain (see `_plain_prefix`)."""
+    for item in value:
+        t = type(item)
+        if t in ALWAYS_VALID_TYPES:
+            continue
+        if t is int:
+            if INT64_MIN <= item <= INT64_MAX:
+                continue
+            return False
+        if t is not list or not levels or not _plain(item, levels - 1):
+            return False
+    return True
 
 
 def _rebuild(value, sort_keys: bool, strict: bool):
