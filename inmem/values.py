@@ -80,12 +80,15 @@ def check_value(value) -> None:
                 break
         else:
             return
-        start = _plain_prefix(value, _PLAIN_LEVELS)
-        if start == len(value):
-            return
-        for item in islice(value, start, None):  # the root, at depth 0, as the walk does
-            if type(item) not in ALWAYS_VALID_TYPES:
-                push((item, 1))
+        if type(item) is dict:  # a list of documents: no plain start to pass over
+            push((value, 0))
+        else:
+            start = _plain_prefix(value, _PLAIN_LEVELS)
+            if start == len(value):
+                return
+            for item in islice(value, start, None):  # the root, at depth 0, as the walk does
+                if type(item) not in ALWAYS_VALID_TYPES:
+                    push((item, 1))
     else:
         push((value, 0))
     while stack:
