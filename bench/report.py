@@ -19,6 +19,8 @@ import os
 import shutil
 import sys
 
+from inmem.files import NotRegularFile, open_regular
+
 from .context import fmt_count
 
 SCHEMA_VERSION = 1
@@ -217,16 +219,26 @@ def _json_default(obj):
 
 
 def load(path: str) -> dict:
+    """A results.json, checked; a file that is not one ends the command with one line."""
     try:
-        with open(path, encoding="utf-8") as f:
+        # A regular file only: /dev/zero or a FIFO would be read for ever.
+        with open(open_regular(path), encoding="utf-8") as f:
             doc = json.load(f)
+    except NotRegularFile as exc:
+        raise SystemExit(f"cannot read {path}: it is {exc.kind}, not a results.json") from None
     except OSError as exc:
         raise SystemExit(f"cannot read {path}: {exc}") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SystemExit(f"{path} is not JSON ({exc}); give a results.json written by the "
                          "benchmark") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
         raise SystemExit(f"{path} has no \"results\" list; is it a benchmark results.json?")
+    for i, row in enumerate(doc["results"]):
+        # Rows are matched by (name, mode) and printed: both are text in every row written.
+        if not (isinstance(row, dict) and type(row.get("name")) is str
+                and isinstance(row.get("mode"), (str, type(None)))):
+            raise SystemExit(f"{path}: row {i} of \"results\" is not a benchmark row (an object "
+                             "whose name and mode are text)")
     return doc
 
 

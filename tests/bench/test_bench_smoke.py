@@ -13,7 +13,7 @@ import pytest
 from inmem.bench.__main__ import main
 from inmem.bench.context import make_row, target
 from inmem.bench.harness import measure, percentile
-from inmem.bench.report import ROW_KEYS, compare, compare_main
+from inmem.bench.report import ROW_KEYS, compare, compare_main, markdown_main
 from inmem.bench.tiers.micro import REQUIRED_ROWS
 
 
@@ -177,3 +177,24 @@ def test_compare_skips_rows_that_did_not_run_in_both():
     rows, regressions, notes = compare(old, new)
     assert rows == [] and regressions == 0
     assert any("not compared" in n for n in notes) and any("new row" in n for n in notes)
+
+
+@pytest.mark.parametrize("rows", [[{"name": ["list"], "mode": "d"}], [{"name": "a", "mode": {"d": 1}}],
+                                  ["a row that is text"]])
+def test_compare_and_markdown_refuse_a_row_that_is_not_a_benchmarks_in_one_line(tmp_path, rows):
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps(_doc([make_row("a", "micro", "m", "ops/s", value=1)] + rows)))
+    for main in (lambda: compare_main([str(path), str(path)]), lambda: markdown_main([str(path)])):
+        with pytest.raises(SystemExit) as exc:
+            main()
+        assert "row 1" in str(exc.value) and str(path) in str(exc.value)
+
+
+def test_compare_refuses_a_path_that_is_not_a_regular_file(tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_doc([make_row("a", "micro", "m", "ops/s", value=1)])))
+    # /dev/zero never ends: reading it whole would never return.
+    for odd, kind in (("/dev/zero", "character device"), (str(tmp_path), "directory")):
+        with pytest.raises(SystemExit) as exc:
+            compare_main([odd, str(good)])
+        assert odd in str(exc.value) and kind in str(exc.value)
