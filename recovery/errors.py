@@ -67,18 +67,30 @@ class SnapshotUnsupported(_FromFields, SnapshotError):
 
 
 class CorruptionError(_FromFields, _PublicCorruptionError):
-    """Damaged WAL records before the tail that the recovery policy may not skip."""
+    """Damaged WAL records before the tail that the recovery policy may not skip.
 
-    _fields = ("path", "offset", "reason")
+    `skippable`: a larger `max_corrupt_entries` would skip the damage (damaged
+    records inside a segment); False for what no budget skips (a missing
+    segment, a file that is not a segment, a record format this build does not
+    read), and the message then does not offer the budget.
+    """
 
-    def __init__(self, path, offset: int, reason: str):
+    _fields = ("path", "offset", "reason", "skippable")
+
+    def __init__(self, path, offset: int, reason: str, skippable: bool = True):
         path = os.fspath(path)
+        if skippable:
+            advice = ("to start anyway, raise max_corrupt_entries to skip the damaged records "
+                      "(their operations are lost; see recovery.policy)")
+        else:
+            advice = ("max_corrupt_entries does not skip this (it skips damaged records "
+                      "inside a segment only): do what the reason above says, or restore the "
+                      "WAL directory from a backup")
         super().__init__(
             f"WAL corruption in {path} at byte offset {offset}: {reason}. Recovery "
             f"stopped without changing anything. Keep a copy of the data directory; "
-            f"to start anyway, raise max_corrupt_entries to skip the damaged records "
-            f"(their operations are lost; see recovery.policy).",
-            path=path, offset=offset, reason=reason)
+            f"{advice}.",
+            path=path, offset=offset, reason=reason, skippable=skippable)
 
 
 class WalGapError(_FromFields, _PublicCorruptionError):

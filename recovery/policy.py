@@ -108,10 +108,12 @@ class Case:
     def skip_corrupt(self) -> bool:
         return SKIP_CORRUPT_WITHIN_BUDGET in self.decision
 
-    def raise_failure(self, *, path, offset: int, reason: str) -> None:
-        """Raise the typed error for a failing case; do nothing for the others."""
+    def raise_failure(self, *, path, offset: int, reason: str, skippable: bool = True) -> None:
+        """Raise the typed error for a failing case; do nothing for the others.
+
+        `skippable`: whether a larger corruption budget would have skipped the damage."""
         if self.decision[0] == FAIL_CORRUPTION:
-            raise CorruptionError(path, offset, reason)
+            raise CorruptionError(path, offset, reason, skippable)
         if self.decision[0] == FAIL_WAL_GAP:
             raise WalGapError(path, offset, reason)
         if self.decision[0] == INVALID_INPUTS:

@@ -194,7 +194,8 @@ def _recover(directory, target, shard, max_corrupt_entries, snapshot_retention, 
         reason = where.reason if where else (
             f"the WAL starts at record {first_lsn} but the state needs it from {start_lsn}"
             f"{_damaged_snapshots(sdir, broken)}")
-        case.raise_failure(path=path, offset=offset, reason=reason)
+        case.raise_failure(path=path, offset=offset, reason=reason,
+                           skippable=where.skippable if where else True)
 
     truncated = 0
     if isinstance(outcome, TornTail):

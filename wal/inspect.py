@@ -105,7 +105,8 @@ def inspect_wal(directory, content=None) -> dict:
                "offset": outcome.offset, "bytes_left": outcome.bytes_left}
     elif isinstance(outcome, Corruption):
         out = {"kind": "corruption", "segment": os.path.basename(outcome.segment),
-               "offset": outcome.offset, "reason": outcome.reason}
+               "offset": outcome.offset, "reason": outcome.reason,
+               "skippable": outcome.skippable}
     elif not segments:
         out = {"kind": "empty", "reason": "no WAL segments"}
     else:
@@ -203,9 +204,13 @@ def format_report(report: dict) -> str:
                      f"({out['bytes_left']} bytes left); recovery truncates it after "
                      f"keeping a numbered .broken.N copy")
     else:
+        if out.get("skippable", True):
+            stops = "recovery stops here unless max_corrupt_entries allows skipping"
+        else:
+            stops = ("recovery stops here whatever max_corrupt_entries allows (it skips "
+                     "damaged records inside a segment only)")
         lines.append(f"outcome: CORRUPTION in {out['segment']} at offset {out['offset']}: "
-                     f"{out['reason']}; recovery stops here unless max_corrupt_entries "
-                     f"allows skipping, keep a copy of the directory for diagnosis")
+                     f"{out['reason']}; {stops}, keep a copy of the directory for diagnosis")
     return "\n".join(lines)
 
 

@@ -89,10 +89,17 @@ class TornTail:
 
 @dataclass(frozen=True)
 class Corruption:
-    """Damage that a crash mid-write cannot explain; replay must not silently pass it."""
+    """Damage that a crash mid-write cannot explain; replay must not silently pass it.
+
+    `skippable`: a damaged record inside a segment, which a larger
+    `max_corrupt_entries` would have skipped; a gap or overlap between
+    segments, a file that is not a segment, or a record format this build does
+    not read is never skipped, whatever the budget.
+    """
     segment: str
     offset: int
     reason: str
+    skippable: bool = False
     kind: ClassVar[str] = "corruption"
 
 
@@ -400,7 +407,7 @@ class WalReader:
             reason = f"{reason}, followed by a valid record at offset {nxt}"
             skip_to = nxt
         if self.corrupt_skipped >= self.max_corrupt_entries:
-            self._stop(Corruption(path, off, reason), lsn)
+            self._stop(Corruption(path, off, reason, skippable=True), lsn)
             return -1
         self.corrupt_skipped += 1
         self.skipped.append(SkippedRegion(path, off, skip_to - off, reason))

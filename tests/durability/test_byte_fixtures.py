@@ -206,6 +206,30 @@ def test_missing_segment_is_corruption(pristine, tmp_path, which):
     with pytest.raises(inmem.CorruptionError) as info:
         inmem.open(work, durability="strict", **OPTIONS)
     assert str(work / "wal") in str(info.value)
+    # A missing segment is not a damaged record: the budget for those cannot
+    # help, so the error must not send the operator to raise it.
+    for budget in (0, 1000):
+        with pytest.raises(inmem.CorruptionError) as info:
+            inmem.open(work, durability="strict", **{**OPTIONS, "max_corrupt_entries": budget})
+        message = str(info.value)
+        assert "raise max_corrupt_entries" not in message, message
+        assert "backup" in message, message
+        if which == "middle":  # (the first one missing is a gap before everything)
+            assert "max_corrupt_entries does not skip" in message, message
+            assert info.value.skippable is False
+
+
+@pytest.mark.timeout(30)
+def test_a_damaged_record_over_the_budget_says_the_budget_would_skip_it(pristine, tmp_path):
+    work = copy_of(pristine, tmp_path)
+    victim = segments(work)[1]
+    data = bytearray(victim.read_bytes())
+    data[20] ^= 0xFF  # inside the first record; valid ones follow it
+    victim.write_bytes(bytes(data))
+    with pytest.raises(inmem.CorruptionError) as info:
+        inmem.open(work, durability="strict", **OPTIONS)
+    assert "raise max_corrupt_entries" in str(info.value)
+    assert info.value.skippable is True
 
 
 @pytest.mark.timeout(30)

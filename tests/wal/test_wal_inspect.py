@@ -49,10 +49,14 @@ def test_corruption_exit_code_2(tmp_path, capsys):
     assert report["records"] == 1
 
 
-def test_missing_segment_exit_code_2(tmp_path):
+def test_missing_segment_exit_code_2(tmp_path, capsys):
     write_segment(tmp_path, 0, rec(b"a"))
     write_segment(tmp_path, 2, rec(b"c"))
     assert main([str(tmp_path)]) == 2
+    # No corruption budget skips a missing segment: the report does not offer one.
+    out = capsys.readouterr().out
+    assert "whatever max_corrupt_entries allows" in out and "unless" not in out, out
+    assert inspect_wal(tmp_path)["outcome"]["skippable"] is False
 
 
 def test_missing_directory_exit_code_2(tmp_path, capsys):

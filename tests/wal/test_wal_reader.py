@@ -212,7 +212,8 @@ def test_zero_filled_region_followed_by_records_is_corruption(tmp_path):
     path = write_segment(tmp_path, 0, rec(b"a") + bytes(100) + rec(b"b"))
     records, reader = read_back(tmp_path)
     assert lsns_and_payloads(records) == [(0, b"a")]
-    assert reader.outcome == Corruption(path, 11, reader.outcome.reason)
+    # a damaged stretch inside a segment: a budget would skip it
+    assert reader.outcome == Corruption(path, 11, reader.outcome.reason, skippable=True)
     assert "zero-filled" in reader.outcome.reason
 
 
@@ -220,7 +221,7 @@ def test_unknown_format_version_stops_even_with_a_skip_budget(tmp_path):
     path = write_segment(tmp_path, 0, rec(b"a") + rec(b"future", version=3))
     records, reader = read_back(tmp_path, max_corrupt_entries=5)
     assert lsns_and_payloads(records) == [(0, b"a")]
-    assert isinstance(reader.outcome, Corruption)
+    assert isinstance(reader.outcome, Corruption) and reader.outcome.skippable is False
     assert (reader.outcome.segment, reader.outcome.offset) == (path, 11)
     assert "format version 3" in reader.outcome.reason
     assert reader.corrupt_skipped == 0
@@ -330,6 +331,7 @@ def test_a_missing_segment_is_never_skipped(tmp_path):
     records, reader = read_back(tmp_path, max_corrupt_entries=10)
     assert [p for _, _, p in records] == [b"a"]
     assert isinstance(reader.outcome, Corruption) and "missing" in reader.outcome.reason
+    assert reader.outcome.skippable is False  # no budget skips it, and the outcome says so
 
 
 def test_find_record_locates_the_next_valid_record():
