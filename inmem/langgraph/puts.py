@@ -20,7 +20,9 @@ landed next where no later `delete_for_runs` finds it.
 writes document, a value over `WRITE_INLINE_MAX` kept apart (see `keys.py`).
 
 A mixin of `InmemSaver`: it uses the saver's `db`, `prefix`, `serde`,
-`_index`, `_indexed`, `_put_many` and `_send` (`sending.py`).
+`_index`, `_indexed`, `_ns_keys`, `_put_many`, `_acall` and `_send`
+(`sending.py`). On an asynchronous database `aput` awaits its `kv.put_many`
+itself (`_aput_now`) as `put` calls it on a sync one.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from langgraph.checkpoint.base import WRITES_IDX_MAP, get_checkpoint_metadata
 
 from inmem.errors import RunNotFound, ValueTooLarge
 
-from .driver import raise_first, run_sync
+from .driver import raise_first, run_async, run_sync
 from .keys import (SHORT, WRITE_INLINE_MAX, check_names, json_name, namespace_keys,
                    stored_record, thread_run, unesc, write_key, writes_key)
 
@@ -99,16 +101,23 @@ class PutPlans:
                 return run_sync(self.db, self._put_plan(prepared, [exc]))
             except ValueTooLarge as exc:
                 raise _too_large(prepared, exc) from None
-            indexing = prepared[3]
-            if indexing is None:
-                return prepared[4]
-            cell = indexing[1]
-            head = versions[-1]
-            if cell is not None and head == cell[0] + 1:  # indexed (see indexed.py)
-                cell[0] = head
+            if _done(prepared, versions):
                 return prepared[4]
             return run_sync(self.db, self._put_plan(prepared, [versions]))
         return run_sync(self.db, self._put_plan(prepared))
+
+    async def _aput_now(self, prepared) -> dict:
+        """`_put_now` on an asynchronous database: its `kv.put_many` awaited as it is, no
+        plan to drive unless it takes more."""
+        try:
+            versions = await self._acall("kv.put_many", prepared[2][0][1])
+        except RunNotFound as exc:  # a new thread: its run is made on its first write
+            return await run_async(self.db, self._put_plan(prepared, [exc]))
+        except ValueTooLarge as exc:
+            raise _too_large(prepared, exc) from None
+        if _done(prepared, versions):
+            return prepared[4]
+        return await run_async(self.db, self._put_plan(prepared, [versions]))
 
     def _put_plan(self, prepared, results=None):
         """The plan of a put `_put_ops` prepared; `results`: its operations' results, when
@@ -212,6 +221,21 @@ class PutPlans:
                     f"the write of task {task_id!r} to channel {channel!r} of thread "
                     f"{thread_id!r} is {len(op[1][2][1])} bytes serialized: {r}") from None
         raise_first(results)
+
+
+def _done(prepared, versions: list) -> bool:
+    """Whether a put whose `kv.put_many` gave `versions` is done: it has no LangGraph
+    run id, or the index entry of its run id stands (see indexed.py), in which case
+    the remembered head version moves on to this put's."""
+    indexing = prepared[3]
+    if indexing is None:
+        return True
+    cell = indexing[1]
+    head = versions[-1]
+    if cell is not None and head == cell[0] + 1:
+        cell[0] = head
+        return True
+    return False
 
 
 def _too_large(prepared, exc: ValueTooLarge) -> ValueTooLarge:

@@ -7,8 +7,8 @@ in pieces (`reads.py`). `list` chooses its records first (`_select`), then
 fetches them a page at a time (`_tuples`), each channel value once per page
 however many of its checkpoints name it.
 
-A mixin of `InmemSaver`: it uses the saver's `db`, `prefix`, `serde`, `_tag`
-and `_get_linked`.
+A mixin of `InmemSaver`: it uses the saver's `db`, `prefix`, `serde`, `_tag`,
+`_ns_keys`, `_get_linked` and `_acall`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from langgraph.checkpoint.base import CheckpointTuple, get_checkpoint_id
 
 from inmem.errors import ProtocolError, RunNotFound
 
-from .driver import raise_first, run_sync
+from .driver import raise_first, run_async, run_sync
 from .keys import (REFS, checkpoint_prefix, namespace_keys, read_record, thread_run,
                    writes_key)
 from .reads import read_in_pieces
@@ -91,6 +91,29 @@ class QueryPlans:
         keys = apart_keys(found[1][-1] if found[1] else None)
         if keys:
             (values,) = run_sync(self.db, read_in_pieces([("kv.get_many", (run, keys))]))
+            raise_first([values])
+            apart = dict(zip(keys, values))
+        return self._found_tuple(thread_id, found, apart)
+
+    async def _aget_tuple_now(self, config) -> CheckpointTuple | None:
+        """`_get_tuple_now` on an asynchronous database: its `kv.get_linked` awaited as
+        it is, no plan to drive unless it takes more."""
+        thread_id, run, key = self._get_key(config)
+        try:
+            found = await self._acall("kv.get_linked", (run, key, REFS))
+        except RunNotFound:  # no such thread
+            return None
+        except ProtocolError:  # more than one reply holds: read it in pieces
+            found = await run_async(self.db, self._linked_in_pieces(run, key))
+            if found is None or isinstance(found, RunNotFound):
+                return None
+        if found is None:
+            return None
+        apart = {}
+        keys = apart_keys(found[1][-1] if found[1] else None)
+        if keys:
+            (values,) = await run_async(self.db,
+                                        read_in_pieces([("kv.get_many", (run, keys))]))
             raise_first([values])
             apart = dict(zip(keys, values))
         return self._found_tuple(thread_id, found, apart)

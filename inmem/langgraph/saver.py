@@ -96,6 +96,9 @@ class InmemSaver(PutPlans, QueryPlans, CutPlans, CopyPlans, SendingPlans,
         self._put_many = None if is_async_database(db) else db.kv.put_many
         #: likewise its `kv.get_linked`, which `get_tuple` (and `aget_tuple` inline) calls
         self._get_linked = None if is_async_database(db) else db.kv.get_linked
+        #: an asynchronous database's calls, which `aput` and `aget_tuple` await
+        #: themselves when one operation is all they take
+        self._acall = db._backend.call if is_async_database(db) else None
         self._index = index_run(prefix)
         self._tag = thread_tag(prefix)
         #: where this saver has indexed LangGraph run ids, and the heads it saw there
@@ -151,6 +154,8 @@ class InmemSaver(PutPlans, QueryPlans, CutPlans, CopyPlans, SendingPlans,
         """`get_tuple`, awaited: the checkpoint `config` names, in one round trip."""
         if self._get_linked is not None and not self.offload:
             return self._get_tuple_now(config)
+        if self._acall is not None:
+            return await self._aget_tuple_now(config)
         return await run_async(self.db, self._get_tuple(config), self.offload)
 
     async def alist(self, config, *, filter: dict[str, Any] | None = None, before=None,
@@ -169,6 +174,9 @@ class InmemSaver(PutPlans, QueryPlans, CutPlans, CopyPlans, SendingPlans,
         """`put`, awaited: one round trip; the stored checkpoint's config."""
         if self._put_many is not None and not self.offload:
             return self._put_now(self._put_ops(config, checkpoint, metadata, new_versions))
+        if self._acall is not None:
+            return await self._aput_now(self._put_ops(config, checkpoint, metadata,
+                                                      new_versions))
         return await run_async(self.db, self._put(config, checkpoint, metadata, new_versions),
                                self.offload)
 
