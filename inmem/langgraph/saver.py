@@ -15,7 +15,8 @@ module of its job:
 Every method is written once as a plan (see `driver.py`) and run by the
 sync method on a `Database` and by the async method without holding the
 event loop; `put` and `get_tuple` call a sync database's one operation
-directly when that is all they take. The key layout is in `keys.py`; in
+directly when that is all they take, and `aput` and `aget_tuple` await an
+asynchronous database's likewise. The key layout is in `keys.py`; in
 short, a LangGraph thread is one inmem run, so a thread's checkpoints,
 namespaces, channel blobs and pending writes all live on the shard that
 owns it, and `list` on a thread reads that one run.
