@@ -144,13 +144,9 @@ class Database:
         with different values (`.a` in run_a, `.b` in run_b).
         """
         from .replay import diff_views
-        # One batch: on a cluster the two runs' shards fold them side by side.
-        wires = self._backend.call_batch([("run.replay", (run_a, None)),
-                                          ("run.replay", (run_b, None))])
-        for wire in wires:  # the first run's error first
-            if isinstance(wire, BaseException):
-                raise wire
-        return diff_views(RunView.from_wire(wires[0]), RunView.from_wire(wires[1]))
+        # Two requests, not one batch: on a cluster each replay must fit in a reply
+        # (max_message_bytes) on its own, where a batch's replies travel together.
+        return diff_views(self.replay_run(run_a), self.replay_run(run_b))
 
     def search(self, query: str, run: str | None = None, primitives: list[str] | None = None,
                limit: int = 10, offset: int = 0,

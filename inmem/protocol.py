@@ -566,17 +566,60 @@ def oversized_reply(size: int, limit: int) -> bytes:
         "less at a time, or connect with a larger max_message_bytes"))
 
 
-def pack_reply(packer, result, max_message_bytes: int) -> bytes:
-    """Pack a result; one that cannot be packed or is over the limit becomes an error."""
+#: how to ask for less than a reply over max_message_bytes, by operation
+_ASK_LESS = {
+    "kv.keys": "ask for a page at a time (limit= and after=) or a key prefix",
+    "kv.items": "ask for a page at a time (limit= and after=) or a key prefix",
+    "kv.get_many": "ask for fewer keys at a time",
+    "ev.read": "read the events in ranges",
+    "ev.range": "read the events in smaller ranges",
+    "ev.by_type": "read the events in ranges",
+    "run.replay": "replay an earlier position (at=)",
+    None: "split the pipeline: its replies travel together",
+}
+
+
+def oversized_result(size: int, limit: int, op: str | None) -> ProtocolError:
+    """The error a reply of `size` bytes over the shard's `limit` becomes (`op`: its
+    operation, None for a pipeline's batch), saying what to ask instead."""
+    less = _ASK_LESS.get(op)
+    raise_it = ("raise max_message_bytes on the cluster ([cluster] max_message_bytes) "
+                "and in connect()")
+    return ProtocolError(f"reply of {size} bytes is over max_message_bytes ({limit}); "
+                         + (f"{less}, or {raise_it}" if less else raise_it))
+
+
+def pack_results(packer, results: list, max_message_bytes: int) -> bytes:
+    """Pack a batch's results. Over the limit, the largest results give way to the error
+    that says so, one by one until the rest fits: the small ones, every write's
+    acknowledgement among them, still come back."""
+    try:
+        data = packer.pack(results)
+    except Exception as exc:
+        packer.reset()
+        return error_body(ProtocolError(f"result cannot be encoded: {exc}"))
+    if len(data) <= max_message_bytes:
+        return data
+    total = len(data)
+    sizes = [len(packer.pack(r)) for r in results]
+    for i in sorted(range(len(results)), key=sizes.__getitem__, reverse=True):
+        if total <= max_message_bytes:
+            break
+        results[i] = oversized_result(sizes[i], max_message_bytes, None)
+        total -= sizes[i] - len(packer.pack(results[i]))
+    return pack_reply(packer, results, max_message_bytes, None)
+
+
+def pack_reply(packer, result, max_message_bytes: int, op: str | None = "") -> bytes:
+    """Pack a result; one that cannot be packed or is over the limit becomes an error
+    (`op`, the operation, lets it say what to ask instead; None: a pipeline's batch)."""
     try:
         data = packer.pack(result)
     except Exception as exc:
         packer.reset()
         return error_body(ProtocolError(f"result cannot be encoded: {exc}"))
     if len(data) > max_message_bytes:
-        return error_body(ProtocolError(
-            f"reply of {len(data)} bytes is over max_message_bytes ({max_message_bytes}); "
-            "ask for less at a time (a key prefix, an event range)"))
+        return error_body(oversized_result(len(data), max_message_bytes, op))
     return data
 
 

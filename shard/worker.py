@@ -469,12 +469,10 @@ class Worker:
             if type(result) is bytes and len(result) <= self.max_message_bytes:
                 return result
             if type(result) is bytes:
-                result = ProtocolError(
-                    f"reply of {len(result)} bytes is over max_message_bytes "
-                    f"({self.max_message_bytes}); ask for less at a time")
-            return protocol.pack_reply(self.packer, result, self.max_message_bytes)
+                result = protocol.oversized_result(len(result), self.max_message_bytes, op)
+            return protocol.pack_reply(self.packer, result, self.max_message_bytes, op)
         return protocol.pack_reply(self.packer, self._execute(op, args, refuse_writes),
-                                   self.max_message_bytes)
+                                   self.max_message_bytes, op)
 
     def run_batch(self, body, refuse_writes) -> bytes:
         try:
@@ -506,7 +504,7 @@ class Worker:
             results.append((moved is not None and moved(op, args))
                            or execute(op, args, refuse_writes))
             i += 1
-        return protocol.pack_reply(self.packer, results, self.max_message_bytes)
+        return protocol.pack_results(self.packer, results, self.max_message_bytes)
 
     def _put_series(self, run, calls: list) -> list:
         try:
