@@ -95,6 +95,8 @@ SWEEP_MS = 2.0
 #: notes a write that makes a dead entry handles after its own
 INLINE_PER_WRITE = 2
 
+#: `due_at` when nothing is noted
+_NEVER = float("inf")
 #: flags -> whether an entry may be or become dead (a tombstone, or one with an expiry)
 _MORTAL = tuple(bool(f & (DELETED | EXPIRING)) for f in range(32))
 _FLAGS = itemgetter(0)
@@ -118,7 +120,8 @@ def due_by(retention_us: int, now: int) -> int:
 class DeadKeys:
     """One engine's notes of dead KV entries, its runs' version floors and what it reclaimed."""
 
-    __slots__ = ("retention_us", "floors", "buckets", "times", "reclaimed", "rescan", "unnoted")
+    __slots__ = ("retention_us", "floors", "buckets", "times", "reclaimed", "rescan", "unnoted",
+                 "due_at", "_last")
 
     def __init__(self, retention_s: float = DEFAULT_RETENTION_S):
         if type(retention_s) not in (int, float) or not retention_s >= 0:
@@ -137,20 +140,41 @@ class DeadKeys:
         self.rescan: list = []
         #: True: every run's table may hold entries without notes (`rescan` is made from it)
         self.unnoted = False
+        #: the time (µs) from which the first bucket is due: one comparison tells a write
+        #: whether there is anything to reclaim
+        self.due_at = _NEVER
+        #: (bucket, run id, its keys) of the last note: a run's deletes come in a row
+        self._last = (None, None, None)
 
     def note(self, run_id: str, key: str, at: int) -> None:
         """The entry just written at `key` of run `run_id` dies at `at` (µs)."""
         b = at >> BUCKET_SHIFT
+        last_b, last_run, last_keys = self._last
+        if b == last_b and run_id == last_run:
+            last_keys.append(key)
+            return
         by_run = self.buckets.get(b)
         if by_run is None:
-            self.buckets[b] = {run_id: [key]}
-            heapq.heappush(self.times, b)
-            return
-        keys = by_run.get(run_id)
-        if keys is None:
-            by_run[run_id] = [key]
+            keys = [key]
+            self.buckets[b] = {run_id: keys}
+            times = self.times
+            heapq.heappush(times, b)
+            if times[0] == b:
+                self.first_changed()
         else:
-            keys.append(key)
+            keys = by_run.get(run_id)
+            if keys is None:
+                keys = by_run[run_id] = [key]
+            else:
+                keys.append(key)
+        self._last = (b, run_id, keys)
+
+    def first_changed(self) -> None:
+        """The first bucket is another (or none): when it is due, and no cached note list."""
+        times = self.times
+        self.due_at = ((times[0] + 1) << BUCKET_SHIFT) + self.retention_us - 1 if times \
+            else _NEVER
+        self._last = (None, None, None)
 
     def forget_run(self, run_id: str) -> None:
         """Run `run_id` is gone: a run begun later under its id starts from floor 0."""
@@ -204,6 +228,7 @@ class ReclaimOps:
         d = self.dead
         times, buckets, floors, runs = d.times, d.buckets, d.floors, self.runs
         docs = self.index.docs
+        d._last = (None, None, None)  # the lists noted into may go
         seen = reclaimed = 0
         again: list = []  # expired entries the search index still holds: next round
         while times and times[0] <= last and seen < max_entries:
@@ -248,6 +273,7 @@ class ReclaimOps:
             if not by_run:
                 heapq.heappop(times)
                 del buckets[b]
+                d.first_changed()
             if deadline is not None and time.monotonic() > deadline:
                 break
         for run_id, key in again:
@@ -284,10 +310,11 @@ class ReclaimOps:
         return work
 
     def _reclaim_inline(self, now: int, n: int) -> None:
-        """After a write that made `n` dead or expiring entries: reclaim a few due ones."""
+        """After a write that made `n` dead or expiring entries, once `dead.due_at` has come:
+        reclaim a few due ones (none inside a transaction, during a rebuild or a rescan)."""
         d = self.dead
-        times = d.times
-        if times and not d.rescan and not d.unnoted and self._undo is None and not self.index.rebuilding:
+        if d.times and not d.rescan and not d.unnoted and self._undo is None \
+                and not self.index.rebuilding:
             last = due_by(d.retention_us, now)
-            if times[0] <= last:
+            if d.times[0] <= last:
                 self._reclaim_due(last, INLINE_PER_WRITE * n, None)

@@ -106,8 +106,10 @@ class KVOps:
         else:
             self._commit(r, (KV_PUT, key, data, version, now, exp))
         if exp is not None:
-            self.dead.note(r.run_id, key, exp)
-            self._reclaim_inline(now, 1)
+            dead = self.dead
+            dead.note(r.run_id, key, exp)
+            if now >= dead.due_at:
+                self._reclaim_inline(now, 1)
         return version
 
     def kv_put_series(self, run: str, calls: list) -> list:
@@ -259,7 +261,8 @@ class KVOps:
             note, run_id = self.dead.note, r.run_id
             for eff in effs:
                 note(run_id, eff[1], exp)
-            self._reclaim_inline(now, len(effs))
+            if now >= self.dead.due_at:
+                self._reclaim_inline(now, len(effs))
         return versions
 
     def kv_get_linked(self, run: str, key: str, field) -> tuple | None:
@@ -391,8 +394,10 @@ class KVOps:
         live = exp is None or exp > self.clock()
         now = self.clock()  # the delete's time, and when its tombstone died
         self._commit(r, (KV_DEL, key, None, entry_version(old) + 1, now, None))
-        self.dead.note(r.run_id, key, now)
-        self._reclaim_inline(now, 1)
+        dead = self.dead
+        dead.note(r.run_id, key, now)
+        if now >= dead.due_at:
+            self._reclaim_inline(now, 1)
         return live
 
     def kv_cas(self, run: str, key: str, expected_version: int, value) -> int:
