@@ -5,10 +5,13 @@ its write again; a `delete_thread` landing between the two used to make the
 put raise RunNotFound. As LangGraph's own savers do, a put after a delete
 starts the thread again. The unit tests land the delete exactly in that
 window by driving the plan by hand; the others race real threads (two
-connections to a real cluster, or one embedded store) until it happens.
+connections to a real cluster, or one embedded store), the writer waiting
+for the deleter after each creation so that the window is hit however the
+threads are scheduled (see `CreateSpy`).
 """
 
 import threading
+import time
 
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
@@ -24,6 +27,8 @@ from inmem.langgraph.keys import thread_run, writes_key
 RACE_SECONDS = 20.0
 #: puts a race makes at most
 RACE_PUTS = 20000
+#: how long a write waits at most for the racing deletes after its run is made
+WINDOW_SECONDS = 1.0
 
 
 def _drive_deleting_after_create(db, plan, run, times=1):
@@ -84,11 +89,19 @@ def test_a_store_put_whose_run_is_deleted_before_its_write_starts_it_again(db):
 
 class CreateSpy:
     """Counts writes refused with RunNotFound right after their run was created (the
-    race under test), watching every batch the plans send (the driver's execute_sync)."""
+    race under test), watching every batch the plans send (the driver's execute_sync).
+
+    After a batch that creates a run, the writer waits (a moment at most) until the
+    racing thread has finished two more deletes (`deleted`, counted by `_race`): the
+    second began after the creation, so the write sent next lands in the window
+    under test however the threads happen to be scheduled. The deletes and writes
+    still race each other everywhere else.
+    """
 
     def __init__(self, monkeypatch):
         import inmem.langgraph.driver as driver
         self.hits = 0
+        self.deleted = 0
         self._created = threading.local()
         send = driver.execute_sync
 
@@ -97,7 +110,12 @@ class CreateSpy:
             if getattr(self._created, "last", False) and any(
                     isinstance(r, RunNotFound) for r in results):
                 self.hits += 1
-            self._created.last = any(op == "run.begin" for op, _ in ops)
+            created = any(op == "run.begin" for op, _ in ops)
+            if created and self.hits < 3:
+                seen, until = self.deleted, time.monotonic() + WINDOW_SECONDS
+                while self.deleted < seen + 2 and time.monotonic() < until:
+                    time.sleep(0.0002)
+            self._created.last = created
             return results
         monkeypatch.setattr(driver, "execute_sync", spy)
 
@@ -130,6 +148,7 @@ def _race(spy, put, delete, hits=3) -> list:
         try:
             while not stop.is_set():
                 delete()
+                spy.deleted += 1
         except Exception as exc:
             errors.append(exc)
             stop.set()
