@@ -28,6 +28,35 @@ __version__ = "0.1.0"
 DURABILITY_MODES = _durability.MODES
 
 
+#: the latest time a clock may give, µs since the epoch (the year 146,000 or so)
+_CLOCK_MAX = 1 << 62
+
+
+def _checked_clock(clock: Callable) -> Callable[[], int]:
+    """`clock` as the engine needs it: int microseconds, checked at every reading.
+
+    Every timestamp of the store is a reading, and the engine's entries pack
+    them as ints: a float (time.time() * 1e6 without int()) once failed writes
+    half way. Floats are taken as their int part; anything else that is not a
+    time since the epoch is InvalidOption, here at open and at any reading.
+    """
+    if not callable(clock):
+        raise InvalidOption("clock must be a function returning microseconds, or None")
+
+    def now() -> int:
+        t = clock()
+        if type(t) is int:
+            if 0 <= t < _CLOCK_MAX:
+                return t
+        elif type(t) is float and 0 <= t < _CLOCK_MAX:  # (NaN fails the comparison)
+            return int(t)
+        raise InvalidOption(f"clock returned {t!r}: it must return microseconds since the "
+                            "epoch, an int >= 0")
+
+    now()
+    return now
+
+
 def open(path: str | os.PathLike | None = None, durability: str = "buffered", *,  # noqa: A001
          clock: Callable[[], int] | None = None, **options) -> Database:
     """Open an embedded store in this process.
@@ -52,8 +81,8 @@ def open(path: str | os.PathLike | None = None, durability: str = "buffered", *,
     if durability not in DURABILITY_MODES:
         raise InvalidValue(f"durability must be one of {DURABILITY_MODES}, got {durability!r}")
     _check_options(options)
-    if clock is not None and not callable(clock):
-        raise InvalidOption("clock must be a function returning microseconds, or None")
+    if clock is not None:
+        clock = _checked_clock(clock)
     max_value_bytes = options.pop("max_value_bytes", DEFAULT_MAX_VALUE_BYTES)
     history = options.pop("history", "full")
     if path is None or durability == "inmemory":
