@@ -11,8 +11,11 @@ from functools import lru_cache
 
 from inmem.errors import InvalidPath
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
+# A dotted name: a letter (any script) or "_", then letters, digits, "_" and "-".
+_NAME = re.compile(r"[^\W\d][\w\-]*")
 _INDEX = re.compile(r"-?[0-9]+")
+#: the most digits an index may have (an int64 has 19; no list is that long)
+INDEX_DIGITS_MAX = 18
 
 _MISSING = object()
 
@@ -50,6 +53,10 @@ def parse(path) -> tuple:
                 m = _INDEX.match(path, i + 1)
                 if not m or m.end() >= n or path[m.end()] != "]":
                     raise InvalidPath(f"expected an index or a quoted name at offset {i} in {path!r}")
+                digits = len(m.group()) - (path[i + 1] == "-")
+                if digits > INDEX_DIGITS_MAX:
+                    raise InvalidPath(f"an index of {digits} digits at offset {i}: an index has "
+                                      f"at most {INDEX_DIGITS_MAX}")
                 steps.append(int(m.group()))
                 i = m.end() + 1
         else:
@@ -62,13 +69,13 @@ def _step(node, step, path):
     if type(step) is str:
         if type(node) is dict:
             return node.get(step, _MISSING)
-        raise InvalidPath(f"name step {step!r} on a {_kind(node)} in {path!r}")
+        raise InvalidPath(f"name step {step!r} on {_a(node)} in {path!r}")
     if type(node) is list:
         try:
             return node[step]
         except IndexError:
             return _MISSING
-    raise InvalidPath(f"index step [{step}] on a {_kind(node)} in {path!r}")
+    raise InvalidPath(f"index step [{step}] on {_a(node)} in {path!r}")
 
 
 def _kind(node) -> str:
@@ -77,6 +84,12 @@ def _kind(node) -> str:
     if type(node) is list:
         return "array"
     return "scalar"
+
+
+def _a(node) -> str:
+    """The node's kind with its article, for messages ("an array", "a scalar")."""
+    kind = _kind(node)
+    return ("an " if kind[0] in "aeiou" else "a ") + kind
 
 
 def get(doc, steps: tuple, path: str):
@@ -99,7 +112,7 @@ def set_(doc, steps: tuple, value, path: str):
         last = k == len(steps) - 1
         if type(step) is str:
             if type(node) is not dict:
-                raise InvalidPath(f"name step {step!r} on a {_kind(node)} in {path!r}")
+                raise InvalidPath(f"name step {step!r} on {_a(node)} in {path!r}")
             if last:
                 node[step] = value
                 return doc
@@ -111,7 +124,7 @@ def set_(doc, steps: tuple, value, path: str):
             node = child
         else:
             if type(node) is not list:
-                raise InvalidPath(f"index step [{step}] on a {_kind(node)} in {path!r}")
+                raise InvalidPath(f"index step [{step}] on {_a(node)} in {path!r}")
             if not -len(node) <= step < len(node):
                 raise InvalidPath(f"index [{step}] out of range (length {len(node)}) in {path!r}")
             if last:
@@ -133,10 +146,10 @@ def delete(doc, steps: tuple, path: str) -> bool:
     last = steps[-1]
     if type(last) is str:
         if type(parent) is not dict:
-            raise InvalidPath(f"name step {last!r} on a {_kind(parent)} in {path!r}")
+            raise InvalidPath(f"name step {last!r} on {_a(parent)} in {path!r}")
         return parent.pop(last, _MISSING) is not _MISSING
     if type(parent) is not list:
-        raise InvalidPath(f"index step [{last}] on a {_kind(parent)} in {path!r}")
+        raise InvalidPath(f"index step [{last}] on {_a(parent)} in {path!r}")
     try:
         del parent[last]
     except IndexError:
@@ -164,7 +177,7 @@ def array_at(doc, steps: tuple, path: str, create: bool):
         node = []
         doc = set_(doc, steps, node, path)
     if type(node) is not list:
-        raise InvalidPath(f"{path!r} is a {_kind(node)}, not an array")
+        raise InvalidPath(f"{path!r} is {_a(node)}, not an array")
     return doc, node
 
 

@@ -264,3 +264,30 @@ def test_a_document_that_holds_null_can_be_deleted(db, run):
         tx.json.delete("doc")
     assert tx.results == [True]
     assert db.replay_run(run).json == {}
+
+
+def test_an_index_of_thousands_of_digits_is_an_invalid_path(db, run):
+    # int() of more than 4300 digits raises a bare ValueError: it must not get that far.
+    db.json.put(run, "d", {"l": [1, 2]})
+    huge = "$.l[" + "9" * 5000 + "]"
+    for call in (lambda: db.json.get(run, "d", huge), lambda: db.json.set(run, "d", huge, 1),
+                 lambda: db.json.delete(run, "d", huge)):
+        with pytest.raises(inmem.InvalidPath, match="digits"):
+            call()
+    with db.pipeline() as p:
+        p.kv.put(run, "before", 1)
+        p.json.get(run, "d", huge)
+        p.kv.put(run, "after", 2)
+        got = p.execute(raise_on_error=False)
+    assert isinstance(got[1], inmem.InvalidPath) and db.kv.get(run, "after") == 2
+
+
+def test_dotted_names_may_be_any_letters(db, run):
+    db.json.put(run, "d", {})
+    db.json.set(run, "d", "$.café", 1)
+    db.json.set(run, "d", "$.日本", 2)
+    assert db.json.get(run, "d") == {"café": 1, "日本": 2}
+    assert db.json.get(run, "d", '$["café"]') == 1
+    db.json.set(run, "d", "$.l", [1])
+    with pytest.raises(inmem.InvalidPath, match="on an array"):
+        db.json.get(run, "d", "$.l.x")
