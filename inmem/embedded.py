@@ -325,7 +325,9 @@ class _FastKV(KV):
                     wait(token)
                 return versions
 
-        self.get = get
-        self.get_linked = get_linked
-        self.put = put
-        self.put_many = put_many
+        for name, fn in (("get", get), ("get_linked", get_linked), ("put", put),
+                         ("put_many", put_many)):
+            # help(db.kv.put) reads as on every other backend
+            fn.__doc__ = getattr(KV, name).__doc__
+            fn.__qualname__ = f"KV.{name}"
+            setattr(self, name, fn)

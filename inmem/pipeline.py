@@ -36,6 +36,8 @@ class _PipelineState(StateCells):
     __slots__ = ()
 
     def transition(self, *args, **kwargs):
+        """Not in a pipeline: it reads before it writes, so it raises InvalidValue; call
+        `db.state.transition` (or `db.run_transaction`) instead."""
         raise InvalidValue("state.transition reads before it writes; it cannot be pipelined")
 
     transition_or_init = transition
@@ -45,6 +47,7 @@ class _PipelineTraces(Traces):
     __slots__ = ()
 
     def tree(self, run, trace_id):
+        """Queue `Traces.tree`: `execute()` gives the subtree under `trace_id`."""
         # Queued as it comes from the shard; execute() assembles the tree.
         return self._call("tr.tree", (run, trace_id))
 

@@ -138,3 +138,15 @@ def test_the_reference_covers_every_public_method():
             if f"{name}(" not in text and f"`{name}`" not in text and f".{name}" not in text:
                 absent.append(f"{cls.__name__}.{name}")
     assert not absent, f"not in docs/api.md: {absent}"
+
+
+def test_help_on_a_live_databases_methods_says_what_they_do(db):
+    # The embedded store's fast KV calls are closures made per database: they carry
+    # the section's docstrings, so help(db.kv.put) reads the same on every backend.
+    import inspect
+
+    from inmem.sections import KV
+    for name in ("get", "put", "put_many", "get_linked"):
+        method = getattr(db.kv, name)
+        assert inspect.getdoc(method) == inspect.getdoc(getattr(KV, name)), name
+        assert method.__name__ == name
