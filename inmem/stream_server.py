@@ -33,7 +33,7 @@ import socket
 import zmq
 
 from .files import claim_socket_path
-from .stream import LENGTH, READ_BYTES, FrameTooLarge, split_frames
+from .stream import LENGTH, READ_BYTES, FrameReader, FrameTooLarge
 
 log = logging.getLogger("inmem.stream")
 
@@ -46,28 +46,49 @@ _ZMQ_FLAGS = (zmq.POLLIN, zmq.POLLOUT, zmq.POLLERR)
 _POLL_FLAGS = (select.POLLIN, select.POLLOUT, select.POLLHUP | select.POLLERR | select.POLLNVAL)
 
 
-def send_now(sock: socket.socket, data: bytes) -> bytes:
-    """Send what the kernel takes of `data` without waiting; the rest (b"" once all went).
+def send_now(sock: socket.socket, data) -> int:
+    """Send what the kernel takes of `data` without waiting; how many bytes went.
 
     OSError when the connection broke.
     """
     try:
-        sent = sock.send(data)
+        return sock.send(data)
     except (BlockingIOError, InterruptedError):
-        return data
-    return data[sent:] if sent < len(data) else b""
+        return 0
+
+
+def send_queued(holder) -> bool:
+    """Send what the kernel takes of `holder.out` (bytes objects, the first from
+    `holder.sent` on) without waiting; True once all went. OSError when the
+    connection broke.
+
+    The rest of a large reply is sent from where the kernel stopped, through a
+    view: taking the rest as a new bytes object copied it again at every
+    partial send, quadratic in the reply's size.
+    """
+    out, sock = holder.out, holder.sock
+    while out:
+        data = out[0]
+        with memoryview(data) as view:
+            holder.sent += send_now(sock, view[holder.sent:])
+        if holder.sent < len(data):
+            return False
+        del out[0]
+        holder.sent = 0
+    return True
 
 
 class Connection:
     """One client connection: its socket, the bytes of a message in progress, replies not yet sent."""
 
-    __slots__ = ("sock", "fd", "buf", "out", "closed", "ident")
+    __slots__ = ("sock", "fd", "reader", "out", "sent", "closed", "ident")
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, max_message_bytes: int):
         self.sock = sock
         self.fd = sock.fileno()
-        self.buf = b""
+        self.reader = FrameReader(max_message_bytes)
         self.out: list | None = None  # reply bytes the kernel did not take yet
+        self.sent = 0  # of out[0]
         self.closed = False
         self.ident: bytes | None = None  # how a forwarding server names it to others
 
@@ -157,7 +178,7 @@ class StreamServer:
                 sock.close()
                 continue
             sock.setblocking(False)
-            conn = Connection(sock)
+            conn = Connection(sock, self.max_message_bytes)
             self.connections[conn.fd] = conn
             self.poller.register(conn.fd, self._in)
 
@@ -172,10 +193,8 @@ class StreamServer:
         if not n:
             self.close_connection(conn)
             return
-        data = bytes(self._rview[:n])
-        buf = conn.buf + data if conn.buf else data
         try:
-            conn.buf = split_frames(buf, self.max_message_bytes, batch, conn)
+            conn.reader.feed(bytes(self._rview[:n]), batch, conn)
         except FrameTooLarge:
             self.dropped += 1
             self.close_connection(conn)
@@ -205,23 +224,21 @@ class StreamServer:
             conn.out.append(data)
             return
         try:
-            rest = send_now(conn.sock, data)
+            sent = send_now(conn.sock, data)
         except OSError:
             self.close_connection(conn)
             return
-        if rest:
-            conn.out = [rest]
+        if sent < len(data):
+            conn.out, conn.sent = [data], sent
             # Wait for room; stop reading this peer until its replies are out.
             self.poller.modify(conn.fd, self._out)
 
     def _flush(self, conn: Connection) -> None:
         try:
-            rest = send_now(conn.sock, b"".join(conn.out))
+            if not send_queued(conn):
+                return
         except OSError:
             self.close_connection(conn)
-            return
-        if rest:
-            conn.out = [rest]
             return
         conn.out = None
         self.poller.modify(conn.fd, self._in)
@@ -271,8 +288,9 @@ class StreamLink:
         self.sock = sock
         self.fd = sock.fileno()
         self.max_message_bytes = max_message_bytes
-        self.buf = b""
+        self.reader = FrameReader(max_message_bytes)
         self.out: list | None = None
+        self.sent = 0  # of out[0]
         self.closed = False
         self.close_reason = ""
         # As StreamServer: one buffer read into, not a fresh READ_BYTES object per recv
@@ -293,23 +311,24 @@ class StreamLink:
             self.out.append(data)
             return True
         try:
-            rest = send_now(self.sock, data)
+            sent = send_now(self.sock, data)
         except OSError as exc:
             self.close(str(exc))
             return False
-        if rest:
-            self.out = [rest]
+        if sent < len(data):
+            self.out, self.sent = [data], sent
         return True
 
     def flush(self) -> None:
         if self.out is None or self.closed:
             return
         try:
-            rest = send_now(self.sock, b"".join(self.out))
+            done = send_queued(self)
         except OSError as exc:
             self.close(str(exc))
             return
-        self.out = [rest] if rest else None
+        if done:
+            self.out = None
 
     def read(self) -> list:
         """The whole messages waiting, as [header, body].
@@ -332,10 +351,8 @@ class StreamLink:
             if not n:
                 self.close("the peer closed the connection")
                 break
-            data = bytes(self._rview[:n])
-            buf = self.buf + data if self.buf else data
             try:
-                self.buf = split_frames(buf, self.max_message_bytes, out)
+                self.reader.feed(bytes(self._rview[:n]), out)
             except FrameTooLarge as exc:
                 self.close(str(exc))
                 break
@@ -350,4 +367,5 @@ class StreamLink:
             self.sock.close()
 
 
-__all__ = ["CONNECTIONS_MAX", "Connection", "StreamLink", "StreamServer", "send_now"]
+__all__ = ["CONNECTIONS_MAX", "Connection", "StreamLink", "StreamServer", "send_now",
+           "send_queued"]
