@@ -38,24 +38,32 @@ class Option(NamedTuple):
     types: tuple
     bound: str | None
     default: object
+    #: the largest value taken (None: no limit). An infinite flush interval or
+    #: commit wait is not "rarely": it stops a thread that must run.
+    most: float | None = None
 
 
-#: option -> its accepted types, the bound its value must meet, and its default
+_DAY_MS = 86_400_000
+_YEARS_10_S = 315_360_000
+
+#: option -> its accepted types, the bound its value must meet, its default and its largest value
 OPTIONS = {
-    "flush_interval_ms": Option((int, float), "> 0", 100),
-    "max_pending_writes": Option((int,), ">= 1", 1000),
-    "snapshot_wal_bytes": Option((int,), ">= 0", 64 * 2**20),
-    "snapshot_interval_s": Option((int, float, type(None)), "> 0", 3600.0),
-    "snapshot_retention": Option((int,), ">= 1", 2),
+    "flush_interval_ms": Option((int, float), "> 0", 100, 3_600_000),
+    "max_pending_writes": Option((int,), ">= 1", 1000, 2**32),
+    "snapshot_wal_bytes": Option((int,), ">= 0", 64 * 2**20, 2**50),
+    "snapshot_interval_s": Option((int, float, type(None)), "> 0", 3600.0, _YEARS_10_S),
+    "snapshot_retention": Option((int,), ">= 1", 2, 10_000),
     "snapshot_on_close": Option((bool,), None, True),
-    "max_corrupt_entries": Option((int,), ">= 0", 0),
-    "segment_bytes_max": Option((int,), ">= 1", 64 * 2**20),
-    "fsync_slow_ms": Option((int, float), ">= 0", 500),
+    "max_corrupt_entries": Option((int,), ">= 0", 0, 2**32),
+    # a WAL record's length is a u32, so a segment past 4 GiB gains nothing
+    "segment_bytes_max": Option((int,), ">= 1", 64 * 2**20, 2**32),
+    "fsync_slow_ms": Option((int, float), ">= 0", 500, _DAY_MS),
     "history_compact_dead_fraction": Option((int, float, type(None)), "in (0, 1]", 0.5),
     "snapshot_huge_pages": Option((bool,), None, True),
-    "malloc_mmap_threshold": Option((int, type(None)), ">= 0", 2**20),
-    "commit_wait_us": Option((int, float), ">= 0", 100),
-    "dead_key_retention_s": Option((int, float), ">= 0", 60),
+    # mallopt takes a C int
+    "malloc_mmap_threshold": Option((int, type(None)), ">= 0", 2**20, 2**31 - 1),
+    "commit_wait_us": Option((int, float), ">= 0", 100, 1_000_000),
+    "dead_key_retention_s": Option((int, float), ">= 0", 60, _YEARS_10_S),
 }
 
 _BOUNDS = {">= 0": lambda v: v >= 0, "> 0": lambda v: v > 0, ">= 1": lambda v: v >= 1,
@@ -68,11 +76,15 @@ def defaults() -> dict:
 
 def problem(name: str, value) -> str | None:
     """Why `value` cannot be option `name` (None when it can); the name must be known."""
-    types, bound, _ = OPTIONS[name]
+    types, bound, _, most = OPTIONS[name]
     # type() rather than isinstance: True is not a count of anything.
-    if type(value) not in types or (bound and value is not None and not _BOUNDS[bound](value)):
+    if (type(value) not in types
+            or (bound and value is not None and not _BOUNDS[bound](value))
+            or (most is not None and value is not None and not value <= most)):
         wanted = " or ".join("None" if t is type(None) else t.__name__ for t in types)
-        return f"{name} must be {wanted}{'' if bound is None else ' ' + bound}, got {value!r}"
+        limits = ("" if bound is None else " " + bound) + ("" if most is None else
+                                                            f" and at most {most:,}")
+        return f"{name} must be {wanted}{limits}, got {value!r}"
     return None
 
 

@@ -193,6 +193,25 @@ def test_durability_options_are_checked_against_the_shared_table(key, value):
     assert os.path.isabs(config.socket_dir("/tmp/x"))
 
 
+INF = float("inf")
+
+
+@pytest.mark.parametrize("key, value", [
+    ("flush_interval_ms", INF), ("flush_interval_ms", 1e30), ("commit_wait_us", INF),
+    ("commit_wait_us", 5e6), ("snapshot_interval_s", INF), ("fsync_slow_ms", INF),
+    ("segment_bytes_max", 2**80), ("max_pending_writes", 2**80), ("snapshot_wal_bytes", 2**80),
+    ("dead_key_retention_s", INF), ("malloc_mmap_threshold", 2**80),
+    ("max_corrupt_entries", 2**80), ("snapshot_retention", 2**80)])
+def test_durability_options_have_an_upper_bound_too(key, value, tmp_path):
+    # An infinite flush interval killed the WAL flusher (acknowledged writes never
+    # written); an infinite commit wait hung a strict shard; a cluster's shard
+    # crash-looped on them. Each is refused, in a config and by inmem.open alike.
+    with pytest.raises(config.ConfigError, match=f"\\[durability\\] {key} must be .* at most"):
+        config.load(None, **{key: value})
+    with pytest.raises(inmem.InvalidOption, match=f"{key} must be .* at most"):
+        inmem.open(tmp_path / "db", **{key: value})
+
+
 def test_history_limits_inmemory_shards_and_is_checked():
     assert config.load(None)["history"] == "full"
     assert config.load(None, durability="inmemory", history=100)["history"] == 100
