@@ -86,7 +86,11 @@ def open(path: str | os.PathLike | None = None, durability: str = "buffered", *,
     max_value_bytes = options.pop("max_value_bytes", DEFAULT_MAX_VALUE_BYTES)
     history = options.pop("history", "full")
     if path is None or durability == "inmemory":
-        engine = Engine(clock=clock, max_value_bytes=max_value_bytes, history=history)
+        # Of the durability options, only the dead keys' retention means anything
+        # without files.
+        retention = options.get("dead_key_retention_s")
+        engine = Engine(clock=clock, max_value_bytes=max_value_bytes, history=history,
+                        **({} if retention is None else {"dead_key_retention_s": retention}))
         return Database(EmbeddedBackend(engine))
     if history != "full":
         raise InvalidOption("history= limits an in-memory store; a durable store keeps every "

@@ -28,9 +28,6 @@ def test_a_durable_store_takes_it(tmp_path, durability):
         assert engine_of(db).dead.retention_us == 2_500_000
 
 
-@pytest.mark.xfail(strict=True, reason="inmem.open builds an in-memory store's Engine with "
-                   "max_value_bytes and history only (inmem/__init__.py): the option is "
-                   "accepted and not applied")
 def test_an_in_memory_store_takes_it():
     with inmem.open(None, dead_key_retention_s=0) as db:
         assert engine_of(db).dead.retention_us == 0
