@@ -146,6 +146,11 @@ def _store_path(path) -> str:
     path = os.fspath(path)
     if type(path) is not str:
         raise InvalidOption("path must be a str path, not bytes")
+    if not path:
+        # os.environ.get("STORE", "") made a store of the current directory, taking over
+        # whatever wal/ was there: an empty path is a slip, not a wish.
+        raise InvalidOption("path is empty: give a directory (\".\" for the current one), or "
+                            "None for an in-memory store")
     if os.path.exists(path) and not os.path.isdir(path):
         raise StoreOpenError(f"{path} exists and is not a directory; a durable store is a "
                              "directory: pass a new or existing directory path, or None for "

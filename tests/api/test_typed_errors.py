@@ -561,3 +561,10 @@ def test_a_database_says_it_cannot_be_pickled(db):
     import pickle
     with pytest.raises(TypeError, match="open or connect again"):
         pickle.dumps(db)
+
+
+def test_an_empty_path_is_refused_not_taken_as_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(inmem.InvalidOption, match="path is empty"):
+        inmem.open("")
+    assert list(tmp_path.iterdir()) == []  # nothing was made here
