@@ -28,6 +28,8 @@ from .runs import RunData
 _unpackb = msgpack.unpackb
 
 _TX_NAMESPACES = frozenset(("kv", "st", "js", "ev"))
+#: how a conflict names what changed, by namespace
+_NAMES = {"kv": "key", "st": "state cell", "js": "document", "ev": "the event log"}
 
 
 class TxOps:
@@ -82,8 +84,9 @@ class TxOps:
         for ns, key, seen in reads:
             current = _slot_version(r, ns, key)
             if current != seen:
+                what = "the event log" if ns == "ev" else f"{_NAMES[ns]} {key!r}"
                 raise TransactionConflict(
-                    f"{ns} {key!r} in run {run!r} changed (read version {seen}, now {current})")
+                    f"{what} in run {run!r} changed (read version {seen}, now {current})")
         undo: list = []
         journal_len = len(r.journal)
         self._undo = undo

@@ -363,3 +363,20 @@ def test_retries_must_be_a_count(db, run, retries):
     with pytest.raises(inmem.InvalidValue, match="retries"):
         db.state.transition(run, "d", lambda s: (1, 1), retries=retries)
     assert calls == []
+
+
+@pytest.mark.parametrize("read, change, says", [
+    (lambda tx: tx.kv.get("k"), lambda db, r: db.kv.put(r, "k", 2), "key 'k' in run"),
+    (lambda tx: tx.state.read("s"), lambda db, r: db.state.set(r, "s", 2), "state cell 's' in run"),
+    (lambda tx: tx.json.get("d"), lambda db, r: db.json.put(r, "d", {"b": 1}), "document 'd' in run"),
+    (lambda tx: tx.events.count(), lambda db, r: db.events.append(r, "e", 1), "the event log in run"),
+])
+def test_a_conflict_names_what_changed_in_words(db, run, read, change, says):
+    db.kv.put(run, "k", 1)
+    db.state.set(run, "s", 1)
+    db.json.put(run, "d", {"a": 1})
+    with pytest.raises(inmem.TransactionConflict, match=says):
+        with db.transaction(run) as tx:
+            read(tx)
+            tx.kv.put("other", 1)
+            change(db, run)
