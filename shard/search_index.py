@@ -19,6 +19,26 @@ passed over without being read (what a store keeps for its own bookkeeping,
 a LangGraph thread's checkpoints for one, would only fill the index with
 one-off terms and cost every write the indexing).
 
+A long document (more than LONG_TEXT characters of text, or bytes of packed
+value: a scraped page, a transcript) is indexed in steps, as the rest of the
+index is kept up: a step decodes and tokenizes about STEP_CHARS characters,
+or adds or removes STEP_TERMS postings entries, and the clock is looked at
+between two steps, so one value never holds the shard's loop (the embedded
+store's lock) for more than a few milliseconds, whatever its size. Its text is
+cut between steps only after a space or a punctuation mark that also ends a
+word for `str.lower` (`SEPARATORS`), so the tokens, and the BM25 scores once
+it is indexed, are those of the text taken whole; a stretch of more than
+MAX_CARRY characters with no such mark is the one exception (cut there). Such
+a document becomes visible to searches whole, once its last step is done, and
+leaves them at once when it goes (its postings are then taken out in steps,
+unseen): a search never counts or finds half of one. While it is under way
+the index is behind, as after any write (a search without a budget finishes
+it first). What it costs in memory is its distinct terms, as any document:
+neither its decoded text nor its token list is ever held whole. Nothing else
+is indexed while it is under way, so the index stays in journal order. A
+snippet is cut from the first SNIPPET_SCAN characters of a document's text
+(its start when the words matched lie beyond).
+
 The index never reaches disk and costs the write path nothing: it follows
 each run's journal with a watermark. It is kept up in the background (the
 shard worker's idle turns, the embedded store's scheduler thread, in slices
@@ -51,9 +71,10 @@ from __future__ import annotations
 
 import heapq
 from itertools import islice
-from collections import Counter
+from collections import Counter, deque
 import math
 import re
+import struct
 import time
 
 import msgpack
@@ -78,9 +99,39 @@ SLICE = 32
 CHUNK = 8192
 #: the watermark of a run begun with searchable=False: beyond every journal position
 PASSED_OVER = 1 << 62
+#: a document with more text than this (characters of str, bytes of packed value) is
+#: indexed in steps; below it, in one go (~16 KiB of words take ~1-2 ms)
+LONG_TEXT = 16 * 1024
+#: what one step of a long document does: decode and tokenize this much text (and
+#: put its terms in the postings) ...
+STEP_CHARS = 4 * 1024
+#: ... or take this many postings entries out
+STEP_TERMS = 1024
+#: text is cut between steps only after a SEPARATOR; a stretch longer than this
+#: without one (a "word" of a megabyte) is cut anyway
+MAX_CARRY = 48 * 1024
+#: a snippet is looked for in this much of a document's text, no more
+SNIPPET_SCAN = 256 * 1024
+#: how long `read_held` lets a long document's steps run before it leaves the rest
+#: to the background slices (the history's items it read stay indexed)
+HELD_STEP_MS = 2
+#: packed elements a long document's decoding walks between two looks at the clock
+WALK_TICK = 4096
 
 _WORD = re.compile(r"\w+")
 _unpackb = msgpack.unpackb
+
+
+def _breaks_words_and_case(c: str) -> bool:
+    # Not a word character (no token spans it) and neither cased nor case-ignorable
+    # (Unicode's Final_Sigma context stops at it): text cut after it lowercases and
+    # tokenizes as it does whole.
+    return not _WORD.match(c) and ("a\u03a3" + c + "a").lower()[1] == "\u03c2"
+
+
+#: where the text of a long document may be cut between two steps, most common first
+SEPARATORS = "".join(c for c in " \n\t\r\x0b\x0c\u3000\u3002\uff0c\u3001,;!?()[]{}<>\"/\\|=+*&%#@~^"
+                     if _breaks_words_and_case(c))
 
 
 def tokenize(text: str) -> list[str]:
@@ -113,12 +164,230 @@ def packed_text(data) -> list:
     return _strings(_unpackb(data, raw=False), [])
 
 
+def _last_cut(s: str) -> int:
+    """Where `s` may be cut (just after this index), or -1: the last SEPARATOR in it."""
+    for c in SEPARATORS:
+        i = s.rfind(c)
+        if i >= 0:
+            return i
+    return -1
+
+
+_LAST_NONWORD = re.compile(r"\W(?=\w*\Z)")
+
+
+def _segments(sources):
+    """The text of `sources` in segments of about STEP_CHARS characters, one per step.
+
+    Tokenized one by one they give the tokens of the texts joined by spaces
+    (what a short document's `_put_texts` tokenizes): each is cut just after a
+    SEPARATOR, or at a text's end. A stretch of MAX_CARRY characters without a
+    separator is cut after its last non-word character, or, a single word that
+    long, anywhere. An empty segment is a step of decoding that met no text.
+    """
+    batch: list = []
+    size = 0
+    for src in sources:
+        carry = ""
+        for piece, end in (_str_pieces(src) if type(src) is str else _packed_pieces(src)):
+            if piece is None:
+                yield ""
+                continue
+            text = carry + piece if carry else piece
+            carry = ""
+            if not end:
+                cut = _last_cut(text)
+                if cut < 0:
+                    if len(text) < MAX_CARRY:
+                        carry = text
+                        continue
+                    m = _LAST_NONWORD.search(text)
+                    cut = m.start() if m else len(text) - 1
+                carry = text[cut + 1:]
+                text = text[:cut + 1]
+            batch.append(text)
+            size += len(text)
+            if size >= STEP_CHARS:
+                yield " ".join(batch)
+                batch = []
+                size = 0
+    if batch:
+        yield " ".join(batch)
+
+
+def _str_pieces(text: str):
+    n = len(text)
+    if n <= STEP_CHARS:
+        yield text, True
+        return
+    for i in range(0, n, STEP_CHARS):
+        yield text[i:i + STEP_CHARS], i + STEP_CHARS >= n
+
+
+#: packed elements of a fixed size: first byte -> bytes
+_FIXED = {0xc0: 1, 0xc2: 1, 0xc3: 1, 0xca: 5, 0xcb: 9, 0xcc: 2, 0xcd: 3, 0xce: 5, 0xcf: 9,
+          0xd0: 2, 0xd1: 3, 0xd2: 5, 0xd3: 9, 0xd4: 3, 0xd5: 4, 0xd6: 6, 0xd7: 10, 0xd8: 18}
+_U8, _U16, _U32 = struct.Struct(">B"), struct.Struct(">H"), struct.Struct(">I")
+#: first byte -> (size of the length field, its struct, bytes after it before the data)
+_SIZED = {0xd9: (1, _U8, 0), 0xda: (2, _U16, 0), 0xdb: (4, _U32, 0),       # str
+          0xc4: (1, _U8, 0), 0xc5: (2, _U16, 0), 0xc6: (4, _U32, 0),       # bin
+          0xc7: (1, _U8, 1), 0xc8: (2, _U16, 1), 0xc9: (4, _U32, 1)}       # ext
+_CONTAINERS = {0xdc: (2, _U16, 1), 0xdd: (4, _U32, 1), 0xde: (2, _U16, 2), 0xdf: (4, _U32, 2)}
+
+
+def _packed_pieces(data):
+    """(piece, end) for each str inside packed `data`, in the order `packed_text` gives them.
+
+    Dict keys are left out. A str is decoded STEP_CHARS bytes at a time (cut at
+    a character's first byte), `end` on its last piece; every WALK_TICK
+    elements, (None, False): a step's worth of walking. Nothing is decoded in
+    one go, so a value of any size costs a bounded step at a time.
+    """
+    if not data or not _TEXTISH[data[0]]:
+        return
+    view = memoryview(data)
+    n_data = len(data)
+    pos = 0
+    # each level: [elements left, is a map (keys and values alternate), skipped]
+    stack = [[1, False, False]]
+    walked = 0
+    while stack:
+        top = stack[-1]
+        if not top[0]:
+            stack.pop()
+            continue
+        skip = top[2] or (top[1] and not top[0] & 1)  # a map's key: 2n, 2n-2, ... left
+        top[0] -= 1
+        if pos >= n_data:
+            return
+        walked += 1
+        if walked == WALK_TICK:
+            walked = 0
+            yield None, False
+        b = data[pos]
+        if b <= 0x7f or b >= 0xe0:
+            pos += 1
+        elif b <= 0x9f:
+            pos += 1
+            if b <= 0x8f:
+                stack.append([2 * (b & 0x0f), True, skip])
+            else:
+                stack.append([b & 0x0f, False, skip])
+        elif b <= 0xbf or b in _SIZED:
+            if b <= 0xbf:
+                n, start = b & 0x1f, pos + 1
+            else:
+                width, fmt, extra = _SIZED[b]
+                if pos + 1 + width > n_data:
+                    return
+                n = fmt.unpack_from(data, pos + 1)[0]
+                start = pos + 1 + width + extra
+            end = start + n
+            if end > n_data:
+                return
+            pos = end
+            if skip or not (b <= 0xbf or b <= 0xdb and b >= 0xd9):
+                continue
+            off = start
+            while True:
+                cut = min(off + STEP_CHARS, end)
+                while cut < end and data[cut] & 0xc0 == 0x80:
+                    cut -= 1  # back to a character's first byte
+                yield str(view[off:cut], "utf-8", "replace"), cut >= end
+                if cut >= end:
+                    break
+                off = cut
+        elif b in _CONTAINERS:
+            width, fmt, per = _CONTAINERS[b]
+            if pos + 1 + width > n_data:
+                return
+            stack.append([per * fmt.unpack_from(data, pos + 1)[0], per == 2, skip])
+            pos += 1 + width
+        elif b in _FIXED:
+            pos += _FIXED[b]
+        else:  # 0xc1 is never used: not a value this index can read
+            return
+
+
+#: the postings are this many dicts, a term's chosen by its hash (a power of two)
+POSTINGS_PARTS = 256
+_PART = POSTINGS_PARTS - 1
+
+
+class Postings:
+    """term -> {doc: term frequency}, kept in POSTINGS_PARTS dicts rather than one.
+
+    A dict grows by building its table anew, all at once: one dict of every
+    term paused its shard ~0.1 s each time its vocabulary doubled past a
+    million terms (one large text of distinct words does that in a few
+    steps). A part holds 1/POSTINGS_PARTS of the terms, so it grows in as
+    many smaller pauses. The index's hot loops pick the part themselves
+    (`parts[hash(term) & _PART]`); this mapping interface is for the rest.
+    """
+
+    __slots__ = ("parts",)
+
+    def __init__(self):
+        self.parts = [{} for _ in range(POSTINGS_PARTS)]
+
+    def get(self, term, default=None):
+        return self.parts[hash(term) & _PART].get(term, default)
+
+    def __getitem__(self, term):
+        return self.parts[hash(term) & _PART][term]
+
+    def __setitem__(self, term, plist) -> None:
+        self.parts[hash(term) & _PART][term] = plist
+
+    def __delitem__(self, term) -> None:
+        del self.parts[hash(term) & _PART][term]
+
+    def __contains__(self, term) -> bool:
+        return term in self.parts[hash(term) & _PART]
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self.parts)
+
+    def __iter__(self):
+        for part in self.parts:
+            yield from part
+
+    def keys(self):
+        return list(self)
+
+    def items(self):
+        return [item for part in self.parts for item in part.items()]
+
+    def values(self):
+        return [plist for part in self.parts for plist in part.values()]
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Postings):
+            other = dict(other.items())
+        return isinstance(other, dict) and dict(self.items()) == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Postings({dict(self.items())!r})"
+
+
 class SearchIndex:
     def __init__(self):
-        self.postings: dict[str, dict] = {}
+        self.postings = Postings()
         #: doc -> (length, *its distinct terms): one tuple a document (a dict of its term
-        #: frequencies took ~230 bytes more, and the postings hold them already)
+        #: frequencies took ~230 bytes more, and the postings hold them already); a long
+        #: document's is (length,), its terms in `long_terms`
         self.docs: dict[tuple, tuple] = {}
+        #: long document -> the list of its distinct terms (built step by step: a tuple
+        #: of a million terms would be made in one go)
+        self.long_terms: dict[tuple, list] = {}
+        #: the work of long documents, in order: (doc, cancelled, generator), one step a
+        #: `next`; cancelled is a one-item list a run's deletion sets
+        self._jobs: deque = deque()
+        #: documents whose postings entries are there in part (being added or taken
+        #: out): not in `docs`, so searches neither count nor find them
+        self._partial: set = set()
         self.total_len = 0
         self.by_run: dict[str, set] = {}
         self.watermark: dict[str, int] = {}      # run -> journal entries indexed
@@ -135,19 +404,48 @@ class SearchIndex:
         if old is None:
             return
         self.total_len -= old[0]
-        postings = self.postings
-        for term in islice(old, 1, None):
-            plist = postings[term]
-            del plist[doc]
-            if not plist:
-                del postings[term]
         run_docs = self.by_run.get(doc[1])
         if run_docs is not None:
             run_docs.discard(doc)
+        terms = self.long_terms.pop(doc, None)
+        if terms is not None:  # gone from searches now; its postings go in steps
+            self._partial.add(doc)
+            self._jobs.append((doc, None, self._take_out(doc, terms)))
+            return
+        parts = self.postings.parts
+        for term in islice(old, 1, None):
+            part = parts[hash(term) & _PART]
+            plist = part[term]
+            del plist[doc]
+            if not plist:
+                del part[term]
 
-    def _put(self, doc, texts) -> None:
+    def _put(self, doc, sources, alive=None) -> None:
+        """Index `doc` with the text of `sources` (strs, and packed values whose strs count).
+
+        A long text, or any text while long work is under way (the index stays in
+        order), is left to a job of steps; `alive()` says whether what it indexes
+        is still current (when it no longer is, the job stops: a later entry of the
+        journal, or the run's deletion, has its turn after it).
+        """
         if doc in self.docs:
             self._remove(doc)
+        size = 0
+        for src in sources:
+            size += len(src)
+        if size > LONG_TEXT or self._jobs:
+            cancelled = [False]
+            self._jobs.append((doc, cancelled, self._put_long(doc, sources, alive, cancelled)))
+            return
+        texts = []
+        for src in sources:
+            if type(src) is str:
+                texts.append(src)
+            else:
+                texts.extend(packed_text(src))
+        self._put_texts(doc, texts)
+
+    def _put_texts(self, doc, texts) -> None:
         if len(texts) == 1:
             tokens = _WORD.findall(texts[0].lower())
         else:
@@ -159,11 +457,12 @@ class SearchIndex:
             tfs = Counter(tokens)
         self.docs[doc] = (len(tokens), *tfs)
         self.total_len += len(tokens)
-        postings = self.postings
+        parts = self.postings.parts
         for term, tf in tfs.items():
-            plist = postings.get(term)
+            part = parts[hash(term) & _PART]
+            plist = part.get(term)
             if plist is None:
-                postings[term] = {doc: tf}
+                part[term] = {doc: tf}
             else:
                 plist[doc] = tf
         run_docs = self.by_run.get(doc[1])
@@ -172,12 +471,98 @@ class SearchIndex:
         else:
             run_docs.add(doc)
 
+    # -- long documents, in steps ---------------------------------------------------------
+
+    def _put_long(self, doc, sources, alive, cancelled):
+        """A job: tokenize `sources` a segment a step, each segment's terms into the postings.
+
+        The document is in `_partial` meanwhile (searches neither count nor find
+        it) and enters `docs` after its last step. Its terms go straight into the
+        postings, a segment's at a time: no dict of the whole document's terms is
+        built aside (it would cost a copy of its vocabulary, and growing it, a
+        pause of its own). It stops, taking out what it added, once `alive()`
+        says false or its run is deleted (`cancelled`): what replaced the entry
+        is indexed after it.
+        """
+        parts = self.postings.parts
+        partial = self._partial
+        # Nothing else is indexed while a job is under way, so `doc` is not in `docs`.
+        partial.add(doc)
+        terms: list = []  # its distinct terms, to take them out again
+        length = 0
+        for segment in _segments(sources):
+            if segment:
+                tokens = _WORD.findall(segment.lower())
+                length += len(tokens)
+                for term, tf in Counter(tokens).items():
+                    part = parts[hash(term) & _PART]
+                    plist = part.get(term)
+                    if plist is None:
+                        part[term] = {doc: tf}
+                        terms.append(term)
+                    else:
+                        before = plist.get(doc)
+                        if before is None:
+                            plist[doc] = tf
+                            terms.append(term)
+                        else:
+                            plist[doc] = before + tf
+                del tokens
+            yield
+            if cancelled[0] or (alive is not None and not alive()):
+                yield from self._take_out(doc, terms)
+                return
+        partial.discard(doc)
+        if not length:
+            return
+        self.docs[doc] = (length,)
+        self.long_terms[doc] = terms
+        self.total_len += length
+        run_docs = self.by_run.get(doc[1])
+        if run_docs is None:
+            self.by_run[doc[1]] = {doc}
+        else:
+            run_docs.add(doc)
+
+    def _take_out(self, doc, terms: list):
+        """A job: take a document's postings out, a step at a time (it left `docs` already)."""
+        parts = self.postings.parts
+        self._partial.add(doc)
+        while terms:
+            for _ in range(min(STEP_TERMS, len(terms))):
+                term = terms.pop()
+                part = parts[hash(term) & _PART]
+                plist = part[term]
+                del plist[doc]
+                if not plist:
+                    del part[term]
+            if terms:
+                yield
+        self._partial.discard(doc)
+
+    def _run_jobs(self, deadline: float | None) -> bool:
+        """Step the jobs of long documents until none is left (True) or `deadline` passes.
+
+        At least one step runs per call, so a deadline already past still progresses.
+        """
+        jobs = self._jobs
+        while jobs:
+            job = jobs[0]
+            for _ in job[2]:
+                if deadline is not None and time.monotonic() > deadline:
+                    return False
+            jobs.popleft()
+        return True
+
     def pass_over(self, run_id: str) -> None:
         """Never read run `run_id` (begun with searchable=False): its watermark lies past any
         journal's end, so its history lets go of what is on disk at once."""
         self.watermark[run_id] = PASSED_OVER
 
     def drop_run(self, run_id: str) -> None:
+        for doc, cancelled, _job in self._jobs:
+            if cancelled is not None and doc[1] == run_id:
+                cancelled[0] = True  # a long document of the run under way: it stops
         for doc in list(self.by_run.pop(run_id, ())):
             self._remove(doc)
         self.watermark.pop(run_id, None)
@@ -236,7 +621,8 @@ class SearchIndex:
                         if not at or textish[e[at]]:
                             if runs.get(run_id) is not r:
                                 break  # deleted while this chunk was under way
-                            self._table_entry((prim, run_id, key), key, e, now_us)
+                            self._table_entry((prim, run_id, key), key, e, now_us,
+                                              _keeps_entry(table, key, e))
                             yield
                     yield
             events = r.events
@@ -244,17 +630,17 @@ class SearchIndex:
                 if runs.get(run_id) is not r:
                     break
                 eff = events[i]
-                self._put(("events", run_id, eff[EV_SEQ]), [eff[EV_TYPE], *packed_text(eff[EV_PAYLOAD])])
+                self._put(("events", run_id, eff[EV_SEQ]), [eff[EV_TYPE], eff[EV_PAYLOAD]])
                 yield
             order = r.trace_order
             for i in range(n_traces):
                 if runs.get(run_id) is not r:
                     break
                 eff = r.traces[order[i]]
-                self._put(("traces", run_id, eff[TR_ID]), [eff[TR_TYPE], *packed_text(eff[TR_DATA])])
+                self._put(("traces", run_id, eff[TR_ID]), [eff[TR_TYPE], eff[TR_DATA]])
                 yield
 
-    def _table_entry(self, doc, key, e, now_us: int) -> None:
+    def _table_entry(self, doc, key, e, now_us: int, alive=None) -> None:
         """Index a key's current entry as the journal pass would leave it."""
         data = entry_value(e)
         expires = entry_expires(e)
@@ -263,21 +649,21 @@ class SearchIndex:
             return
         if expires is not None:
             heapq.heappush(self.expiring, (expires, doc, effect_of((KV_PUT, key, e))))
-        self._put(doc, packed_text(data))
+        self._put(doc, [data], alive)
 
     def _tables_step(self, runs: dict, deadline: float | None) -> bool:
         """Go on with the table pass; True once it is done (and the journals take over)."""
         steps = self._tables
-        while True:
-            n = 0
-            for _ in steps:
-                n += 1
-                if n == SLICE:
-                    break
-            if n < SLICE:
-                break  # the pass is done
-            if deadline is not None and time.monotonic() > deadline:
-                return False
+        jobs = self._jobs
+        n = 0
+        for _ in steps:
+            if jobs and not self._run_jobs(deadline):
+                return False  # a long document under way: the pass resumes after it
+            n += 1
+            if n == SLICE:
+                n = 0
+                if deadline is not None and time.monotonic() > deadline:
+                    return False
         self._tables = None  # the watermarks were set when the pass began
         return True
 
@@ -289,6 +675,9 @@ class SearchIndex:
         """
         for run_id in [r for r in self.watermark if r not in runs]:
             self.drop_run(run_id)
+        # A long document under way is finished before anything else is indexed.
+        if self._jobs and not self._run_jobs(deadline):
+            return False
         # The journals first, the table pass of a rebuild after: what was written or
         # deleted since the rebuild began is in the index before more of the tables
         # is, so a search that answers from an incomplete index misses documents but
@@ -305,11 +694,18 @@ class SearchIndex:
             e = None if r is None else r.kv.get(doc[2])
             if e is not None and entry_version(e) == eff[VERSION]:  # not written since
                 self._remove(doc)
+        if self._jobs and not self._run_jobs(deadline):
+            return False  # a long expired document's postings still going
         self.rebuilding = False
         return True
 
-    def _catch_up_run(self, run_id: str, r, end: int, deadline: float | None) -> bool:
-        """Index run `run_id`'s journal up to position `end`; False if `deadline` came first."""
+    def _catch_up_run(self, run_id: str, r, end: int, deadline: float | None,
+                      long_deadline: float | None = None) -> bool:
+        """Index run `run_id`'s journal up to position `end`; False if `deadline` came first.
+
+        A long document met on the way is done in steps until `long_deadline`
+        (`deadline` when None); its entry counts as read once its job is queued.
+        """
         journal = r.journal
         done = self.watermark.get(run_id, 0)
         if done >= end:
@@ -320,7 +716,10 @@ class SearchIndex:
         index_effect = self._index_effect
         textish = _TEXTISH
         docs = self.docs
+        jobs = self._jobs
         plain_at = PLAIN_AT
+        if long_deadline is None:
+            long_deadline = deadline
         # Field positions as locals too: this loop runs once per journal entry.
         code, key, value, expires = CODE, KEY, VALUE, EXPIRES
         i = done
@@ -328,7 +727,9 @@ class SearchIndex:
             stop = min(end, i + (CHUNK if deadline is None else SLICE))
             # A stretch at a time, as the history holds it: items in memory,
             # effects read back from disk (one record read per stretch, not per entry).
+            pos = i
             for item in journal.raw(i, stop):
+                pos += 1
                 c = item[code]
                 # Fast skip: a KV write whose value holds no text and replaces
                 # no indexed document (the bulk of a rebuild of binary data).
@@ -345,7 +746,13 @@ class SearchIndex:
                 elif len(item) == 3 and c in KEYED:
                     item = effect_of(item)
                 index_effect(run_id, r, item)
-            i = stop
+                if jobs:
+                    break  # a long document: its steps before the next entry
+            i = pos
+            if jobs:
+                self.watermark[run_id] = i
+                if not self._run_jobs(long_deadline):
+                    return False
             if deadline is not None and i < end and time.monotonic() > deadline:
                 self.watermark[run_id] = i
                 return False
@@ -361,7 +768,12 @@ class SearchIndex:
         """
         h = r.journal
         if self._tables is None and self.watermark.get(run_id, 0) >= h.base:
-            self._catch_up_run(run_id, r, h.disk, None)
+            # A long document among them is stepped for HELD_STEP_MS at most here;
+            # the background slices finish it (the items before it were read).
+            long_deadline = time.monotonic() + HELD_STEP_MS / 1000
+            if self._jobs and not self._run_jobs(long_deadline):
+                return
+            self._catch_up_run(run_id, r, h.disk, None, long_deadline)
 
     def catch_up_for_search(self, runs: dict, now_us: int, deadline: float | None) -> bool:
         """Catch up before a search: to the end, or until `deadline`; while rebuilding,
@@ -380,26 +792,27 @@ class SearchIndex:
             if not _current(r.kv, eff):
                 return
             doc = ("kv", run_id, eff[KEY])
-            self._put(doc, packed_text(eff[VALUE]))
+            self._put(doc, [eff[VALUE]], _keeps(r.kv, eff))
             if eff[EXPIRES] is not None:
                 heapq.heappush(self.expiring, (eff[EXPIRES], doc, eff))
         elif code == KV_DEL:
             self._remove(("kv", run_id, eff[KEY]))
         elif code == JS_PUT:
             if _current(r.json, eff):
-                self._put(("json", run_id, eff[KEY]), packed_text(eff[VALUE]))
+                self._put(("json", run_id, eff[KEY]), [eff[VALUE]],
+                          _keeps(r.json, eff))
         elif code == JS_DEL:
             self._remove(("json", run_id, eff[KEY]))
         elif code == ST_PUT:
             if _current(r.state, eff):
-                self._put(("state", run_id, eff[KEY]), packed_text(eff[VALUE]))
+                self._put(("state", run_id, eff[KEY]), [eff[VALUE]],
+                          _keeps(r.state, eff))
         elif code == ST_DEL:
             self._remove(("state", run_id, eff[KEY]))
         elif code == EV_APPEND:
-            self._put(("events", run_id, eff[EV_SEQ]),
-                      [eff[EV_TYPE], *packed_text(eff[EV_PAYLOAD])])
+            self._put(("events", run_id, eff[EV_SEQ]), [eff[EV_TYPE], eff[EV_PAYLOAD]])
         elif code == TR_ADD:
-            self._put(("traces", run_id, eff[TR_ID]), [eff[TR_TYPE], *packed_text(eff[TR_DATA])])
+            self._put(("traces", run_id, eff[TR_ID]), [eff[TR_TYPE], eff[TR_DATA]])
         elif code == RUN_CREATE or code == RUN_STATUS:
             self._put(("runs", run_id, run_id), [t for t in (r.name, *r.tags) if t])
 
@@ -407,8 +820,15 @@ class SearchIndex:
 
     def stats(self, terms) -> list:
         """[document count, total length, {term: document frequency}] of this shard."""
-        return [len(self.docs), self.total_len,
-                {t: len(self.postings.get(t, ())) for t in terms}]
+        postings, partial = self.postings, self._partial
+        dfs = {}
+        for t in terms:
+            plist = postings.get(t, ())
+            n = len(plist)
+            if partial and n:  # a long document half added or half taken out is not counted
+                n -= sum(1 for doc in partial if doc in plist)
+            dfs[t] = n
+        return [len(self.docs), self.total_len, dfs]
 
     def query(self, terms, n_docs, total_len, dfs, run=None, primitives=None, top=10,
               deadline=None):
@@ -418,6 +838,7 @@ class SearchIndex:
         exhausted = False
         allowed = None if primitives is None else frozenset(primitives)
         docs = self.docs
+        partial = self._partial
         steps = 0
         for term in dict.fromkeys(terms):
             plist = self.postings.get(term)
@@ -433,6 +854,8 @@ class SearchIndex:
                 if run is not None and doc[1] != run:
                     continue
                 if allowed is not None and doc[0] not in allowed:
+                    continue
+                if partial and doc in partial:
                     continue
                 dl = docs[doc][0]
                 norm = K1 * (1 - B + B * dl / avgdl) if avgdl else K1
@@ -466,6 +889,16 @@ def _chunks_of(table: dict, size: int = 64):
         yield chunk
 
 
+def _keeps(table: dict, eff):
+    """Whether the keyed write `eff` is still its key's entry, asked later (a long document)."""
+    return lambda: _current(table, eff)
+
+
+def _keeps_entry(table: dict, key, e):
+    """Whether entry `e` is still `key`'s, asked later (a long document of a rebuild)."""
+    return lambda: table.get(key) is e
+
+
 def _current(table: dict, eff) -> bool:
     """Whether the keyed write `eff` is still its key's entry (no later write replaced it)."""
     e = table.get(eff[KEY])
@@ -484,13 +917,57 @@ def ref_key(ref):
     return (0, ref, "") if type(ref) is int else (1, 0, ref)
 
 
+def snippet_texts(sources) -> list[str]:
+    """The texts of a document's `sources` (strs, packed values) as far as a snippet looks.
+
+    The first SNIPPET_SCAN characters: a long document is never decoded whole
+    for its snippet.
+    """
+    texts: list = []
+    left = SNIPPET_SCAN
+    for src in sources:
+        if type(src) is not str and len(src) <= LONG_TEXT:  # short: decoded in one go
+            for text in packed_text(src):
+                texts.append(text)
+                left -= len(text)
+            if left <= 0:
+                return texts
+            continue
+        pieces: list = []
+        for piece, end in (_str_pieces(src) if type(src) is str else _packed_pieces(src)):
+            if piece is None:
+                continue
+            pieces.append(piece)
+            left -= len(piece)
+            if end or left <= 0:
+                texts.append("".join(pieces))
+                pieces = []
+                if left <= 0:
+                    return texts
+    return texts
+
+
 def snippet(texts: list, terms) -> str:
     """A short piece of the document's text around its first matching word."""
     wanted = set(terms)
+    # The words as one pattern, longest first, whole words only: the regex engine
+    # finds the first, where a Python loop over every word took a millisecond per 10 KiB.
+    pattern = re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, sorted(wanted, key=len, reverse=True)))
+                         + r")(?!\w)") if wanted else None
     for text in texts:
-        for m in _WORD.finditer(text):
-            if m.group().lower() in wanted:
-                start = max(m.start() - SNIPPET_CHARS // 3, 0)
-                piece = text[start:start + SNIPPET_CHARS]
-                return ("…" if start else "") + piece + ("…" if start + SNIPPET_CHARS < len(text) else "")
+        at = None
+        low = text.lower()
+        if pattern is not None and len(low) == len(text):  # positions in both agree
+            m = pattern.search(low)
+            if m is not None:
+                at = m.start()
+        else:
+            for m in _WORD.finditer(text):
+                if m.group().lower() in wanted:
+                    at = m.start()
+                    break
+        if at is not None:
+            start = max(at - SNIPPET_CHARS // 3, 0)
+            piece = text[start:start + SNIPPET_CHARS]
+            return ("…" if start else "") + piece + ("…" if start + SNIPPET_CHARS < len(text) else "")
     return (texts[0][:SNIPPET_CHARS] if texts else "")

@@ -18,7 +18,7 @@ from inmem.errors import InvalidValue
 from .effects import EV_PAYLOAD, EV_TYPE, TR_DATA, TR_TYPE
 from .entries import entry_value
 from .runs import RunData
-from .search_index import PRIMITIVES, SearchIndex, packed_text, snippet
+from .search_index import PRIMITIVES, SearchIndex, snippet, snippet_texts
 
 
 class SearchOps:
@@ -68,22 +68,22 @@ class SearchOps:
         return [out, matches, exhausted, complete]
 
     def _doc_texts(self, prim: str, run_id: str, ref) -> list[str]:
-        """The texts of one matched document, for its snippet."""
+        """The texts of one matched document, for its snippet (their start, when long)."""
         r = self.runs.get(run_id)
         if r is None:
             return []
         if prim == "runs":
-            return [t for t in (r.name, *r.tags) if t]
+            return snippet_texts([t for t in (r.name, *r.tags) if t])
         if prim == "events":
             e = r.events[ref]
-            return [e[EV_TYPE], *packed_text(e[EV_PAYLOAD])]
+            return snippet_texts([e[EV_TYPE], e[EV_PAYLOAD]])
         if prim == "traces":
             e = r.traces[ref]
-            return [e[TR_TYPE], *packed_text(e[TR_DATA])]
+            return snippet_texts([e[TR_TYPE], e[TR_DATA]])
         table = {"kv": r.kv, "json": r.json, "state": r.state}[prim]
         e = table.get(ref)
         data = None if e is None else entry_value(e)
-        return [] if data is None else packed_text(data)
+        return [] if data is None else snippet_texts([data])
 
 
 def _deadline(budget_ms) -> float | None:

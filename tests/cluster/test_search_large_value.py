@@ -1,0 +1,81 @@
+"""A shard indexing a large text value keeps answering other clients.
+
+A 15 MiB text value (under max_value_bytes) used to be indexed in one go on
+the shard's loop: for seconds nothing else was answered, the coordinator
+marked the shard unresponsive and other clients got ShardUnavailable, and a
+search with `budget_ms=20` took seconds. The index now does it in steps of a
+few milliseconds; here another client reads from that shard all along, and
+budgeted searches come back while the value is far from indexed.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+
+#: hang detectors, far above what a few-millisecond slice costs and well under the
+#: coordinator's 5 s before it marks a shard unresponsive
+LONGEST_READ_S = 2.5
+LONGEST_SEARCH_S = 2.5
+
+
+def big_text(mib: int) -> str:
+    rng = random.Random(1)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    pool = ["".join(rng.choices(letters, k=7)) for _ in range(200_000)]
+    return " ".join(rng.choices(pool, k=mib * (1 << 20) // 8))[: mib << 20]
+
+
+@pytest.mark.timeout(240)
+def test_reads_are_answered_while_a_large_text_is_indexed(make_cluster):
+    cluster = make_cluster(shards=1)
+    text = big_text(15)
+    db = cluster.connect(request_timeout=120)
+    reader = cluster.connect(request_timeout=60)
+    r0 = db.begin_run()
+    db.kv.put(r0, "x", "small")
+    stop = threading.Event()
+    waits: list = []
+    errors: list = []
+
+    def read():
+        while not stop.is_set():
+            t = time.monotonic()
+            try:
+                assert reader.kv.get(r0, "x") == "small"
+            except Exception as exc:  # every failure is counted, none stops the reads
+                errors.append(f"{type(exc).__name__}: {exc}")
+            waits.append(time.monotonic() - t)
+            time.sleep(0.01)
+
+    th = threading.Thread(target=read, daemon=True)
+    th.start()
+    try:
+        run = db.begin_run()
+        db.kv.put(run, "page", text)
+        searches = []
+        end = time.monotonic() + 4
+        while time.monotonic() < end:
+            t = time.monotonic()
+            resp = db.search("zzzz", budget_ms=20)
+            searches.append((time.monotonic() - t, resp))
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        th.join(timeout=60)
+    reader.close()
+    db.close()
+    assert errors == []
+    assert len(waits) > 10
+    assert max(waits) < LONGEST_READ_S, f"a read waited {max(waits):.2f}s"
+    assert max(w for w, _ in searches) < LONGEST_SEARCH_S
+    # The value is far from indexed after 4 s of slices: each search said it ran out.
+    assert searches[0][1].budget_exhausted is True
+    assert searches[0][1].index_complete is False
+    for wall, resp in searches:
+        assert resp.took_ms <= wall * 1000 + 1
+        assert resp.took_ms >= 0
+    assert "unresponsive" not in cluster.log_tail(200)
