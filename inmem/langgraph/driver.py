@@ -144,6 +144,16 @@ def may_block(db) -> bool:
                              ("inmemory", "buffered") for s in shards)
 
 
+def is_remote(db) -> bool:
+    """Whether `db`'s calls cross to other processes (a cluster), where a round trip
+    saved is worth more CPU on either side; an embedded store's calls are in-process."""
+    if is_async_database(db):
+        return getattr(db._backend, "sync", None) is None
+    shards = db.info().get("shards", [])
+    pid = os.getpid()
+    return not shards or any(s.get("pid") != pid for s in shards)
+
+
 def raise_first(results: list, *, allow: tuple = ()) -> None:
     """Raise the first failure among `results` that is not one of `allow`."""
     for r in results:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from langgraph.checkpoint.base import WRITES_IDX_MAP, get_checkpoint_metadata
 
-from inmem.errors import RunNotFound, ValueTooLarge
+from inmem.errors import RunNotFound, TransactionConflict, ValueTooLarge
 
 from .driver import raise_first, run_async, run_sync
 from .keys import (SHORT, WRITE_INLINE_MAX, check_names, json_name, namespace_keys,
@@ -160,7 +160,22 @@ class PutPlans:
         for idx, (channel, value) in enumerate(writes):
             idx = WRITES_IDX_MAP.get(channel, idx)
             entries.append((f"{task_id}/{idx}", channel, idx, value))
-        if any(idx >= 0 for _, _, idx, _ in entries):
+        ordinary_writes = any(idx >= 0 for _, _, idx, _ in entries)
+        seen = self._writes_seen
+        place = (run, wkey)
+        if ordinary_writes and seen is not None and place not in seen:
+            # On a cluster, likely the first write to the document (the step's first
+            # task to end): one transaction on its absence writes every row, no row
+            # to read first. An absent document holds no row, whatever it held
+            # before, so nothing kept as first stored is overwritten; if it is there
+            # after all (another task, another saver), the transaction is refused and
+            # the rows are read.
+            done = yield from self._put_writes_first(thread_id, run, wkey, entries,
+                                                     task_id, task_path)
+            _remember(seen, place)
+            if done:
+                return
+        if ordinary_writes:
             # A task's ordinary writes are kept as first stored (a retried task
             # must not change what the checkpoint already recorded); the special
             # channels (error, interrupt, resume, scheduled) are replaced.
@@ -189,6 +204,8 @@ class PutPlans:
         if apart:
             yield from self._put_apart(apart, thread_id, task_id)
         ops = [("js.set", (run, wkey, json_name(name), row)) for name, _, _, _, row in rows]
+        if seen is not None:
+            _remember(seen, place)
         if not ops:
             return
         results = yield from self._send(ops, {run: thread_id})
@@ -210,6 +227,25 @@ class PutPlans:
                 results[i] = r
         raise_first(results)
 
+    def _put_writes_first(self, thread_id, run, wkey, entries, task_id, task_path):
+        """Plan step: a task's writes as one transaction on the absence of their writes
+        document; True when that wrote them, False when the document was there (or
+        the rows would not fit in it, or a value is kept apart): the usual way then."""
+        dumps = self.serde.dumps_typed
+        sets = []
+        for name, channel, idx, value in entries:
+            kind, data = dumps(value)
+            if len(data) > WRITE_INLINE_MAX:
+                return False  # kept apart, before its row: the usual way
+            sets.append(["js.set", [run, wkey, json_name(name),
+                                    [task_id, channel, kind, data, task_path, idx]]])
+        (result,) = yield from self._send([("tx.commit", (run, [["js", wkey, 0]], sets))],
+                                          {run: thread_id})
+        if isinstance(result, (TransactionConflict, ValueTooLarge)):
+            return False
+        raise_first([result])
+        return True
+
     def _put_apart(self, apart: list, thread_id, task_id):
         """Write pending writes kept apart: [(channel, kv.put op)]; a value too large for
         any entry is refused naming its channel and task."""
@@ -221,6 +257,21 @@ class PutPlans:
                     f"the write of task {task_id!r} to channel {channel!r} of thread "
                     f"{thread_id!r} is {len(op[1][2][1])} bytes serialized: {r}") from None
         raise_first(results)
+
+
+#: writes documents a saver remembers having seen exist (see `_put_writes`)
+WRITES_SEEN_MAX = 4096
+
+
+def _remember(seen: dict, place) -> None:
+    """Remember that the writes document at `place` exists: later writes to it read
+    their rows first. Forgetting it only costs a refused transaction."""
+    seen[place] = True
+    if len(seen) > WRITES_SEEN_MAX:
+        try:  # the first remembered: a dict keeps the order of insertion
+            seen.pop(next(iter(seen)), None)
+        except (StopIteration, RuntimeError):  # emptied or changed meanwhile
+            pass
 
 
 def _done(prepared, versions: list) -> bool:

@@ -55,7 +55,7 @@ from langgraph.checkpoint.base import (
 
 from .copying import CopyPlans
 from .cuts import CutPlans
-from .driver import is_async_database, may_block, run_async, run_sync
+from .driver import is_async_database, is_remote, may_block, run_async, run_sync
 from .indexed import IndexedHeads
 from .keys import DEFAULT_PREFIX, index_run, thread_run, thread_tag
 from .puts import PutPlans
@@ -106,6 +106,10 @@ class InmemSaver(PutPlans, QueryPlans, CutPlans, CopyPlans, SendingPlans,
         self._indexed = IndexedHeads()
         #: namespace -> its keys, which every put and get_tuple makes (see keys.py)
         self._ns_keys: dict = {}
+        #: on a cluster, (thread run, writes key) of the writes documents seen to exist:
+        #: a checkpoint's first pending writes are one transaction (see puts.py); None
+        #: in process, where the round trip it saves costs nothing
+        self._writes_seen: dict | None = {} if is_remote(db) else None
 
     # -- the sync methods ----------------------------------------------------------
 

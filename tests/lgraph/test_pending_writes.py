@@ -136,6 +136,10 @@ def test_a_task_s_writes_read_only_its_own_rows(db):
         recording.ops.clear()
         saver.put_writes(config, [("a", "x" * 3000), ("b", task)], f"task-{task}")
         reads = [args for op, args in recording.ops if op == "js.get"]
+        if task == 0 and saver._writes_seen is not None:
+            # On a cluster, a document's first writes: one transaction, nothing to read.
+            assert [op for op, _ in recording.ops] == ["tx.commit"]
+            continue
         assert reads and all(args[2] != "$" for args in reads), reads
     saver.put_writes(config, [("a", "changed")], "task-0")  # a retry keeps the first
     writes = saver.get_tuple(config).pending_writes
