@@ -185,10 +185,6 @@ class DeadKeys:
         entries before the next sweep."""
         self.unnoted = True
 
-    def pending(self) -> int:
-        """Keys noted and not yet looked at (some were written since, and are only looked at)."""
-        return sum(len(keys) for by_run in self.buckets.values() for keys in by_run.values())
-
 
 class ReclaimOps:
     """The engine's sweep of dead KV entries (see the module docstring)."""
