@@ -39,7 +39,7 @@ class CutPlans:
         results = yield [("run.delete", (run,)) for run in runs]
         raise_first(results)
         gone = set(runs)
-        self._indexed.forget(lambda place: place[1] in gone)
+        self._indexed.forget_threads(gone)
         return None
 
     def _delete_for_runs(self, run_ids):

@@ -17,49 +17,102 @@ namespace's head at this saver's last put of that run there. A
 `delete_for_runs` of the run that found the thread has moved or deleted that
 head (it was that run's checkpoint), so the next put's head version is not
 one more than the one remembered; neither is it after any other write to
-that head (another writer, a deleted thread, a copy). Then, and on the
-first put of a run id to a namespace, the index entry is written again.
+that head (another writer, a copy). Then, and on the first put of a run id
+to a namespace, the index entry is written again.
+
+A thread deleted and made again (by this saver's put or another's) starts
+its heads' versions over, and a head version could then be one more than the
+one remembered from before: the memory would stand for an entry another
+saver's `delete_for_runs` took away before the thread was deleted. So each
+saver also puts a mark of its own in a thread with every checkpoint of a run
+id (`mark_key`, a random name: `saver/<hex>`, an empty value), and remembers
+its version per thread: no one else writes it, so it is one more than the
+version remembered while the thread is the one this saver knew, and starts
+over at 1 in a thread made again. A head whose version agrees, in a thread
+whose mark agrees, is trusted; anything else writes the entry again.
 """
 
 from __future__ import annotations
 
-#: (run id, thread run, namespace) places a saver remembers having indexed
+import uuid
+
+#: threads a saver remembers indexed places in, and places per thread
 INDEXED_MAX = 4096
 
 
-class IndexedHeads:
-    """(LangGraph run id, thread run, namespace) -> the head version of this saver's last
-    put of that run id there, once indexed; the first remembered forgotten past
-    INDEXED_MAX. Safe to share between threads.
+class _Thread:
+    """What a saver remembers of one thread: its mark's version at the saver's last put
+    there of a checkpoint with a run id, and (run id, namespace) -> [head version]."""
 
-    A version is kept in a cell of its own, a list of one int, which the put's
-    hot path reads (`cell`) and moves on in place: a dict lookup and a list
-    store, no call.
+    __slots__ = ("mark", "cells")
+
+    def __init__(self, mark: int) -> None:
+        self.mark = mark
+        self.cells: dict = {}
+
+
+class IndexedHeads:
+    """Thread run -> this saver's mark version there and, for each (LangGraph run id,
+    namespace) it indexed there, the head version of its last put of that run id
+    there; the first thread remembered forgotten past INDEXED_MAX. Safe to share
+    between threads.
+
+    A head version is kept in a cell of its own, a list of one int, which the
+    put's hot path reads (`place`) and moves on in place: dict lookups and a
+    list store, no call beyond the lookups.
     """
 
     def __init__(self, limit: int = INDEXED_MAX) -> None:
         # One saver serves many threads (and the worker threads of its async
-        # methods), without a lock: every change is one dict or list operation,
-        # whole under the interpreter lock, and `forget` walks a copy of the keys
+        # methods), without a lock: every change is one dict, list or attribute
+        # operation, whole under the interpreter lock, and `forget` walks copies
         # (a dict walked while another thread adds to it raises RuntimeError). A
         # lock here cost every put more than the rest of this bookkeeping.
-        self._heads: dict = {}
+        self._threads: dict = {}
         self._limit = limit
-        #: `cell(place)`: the [head version] remembered for a place, or None
-        self.cell = self._heads.get
+        #: this saver's mark in a thread (see the module docstring)
+        self.mark_key = f"saver/{uuid.uuid4().hex}"
 
-    def remember(self, place, version: int) -> None:
-        """Remember `place` as indexed, its head at `version` after this saver's put."""
-        heads = self._heads
-        heads[place] = [version]
-        if len(heads) > self._limit:
-            try:  # the first remembered: a dict keeps the order of insertion
-                heads.pop(next(iter(heads)), None)
-            except (StopIteration, RuntimeError):  # emptied or changed meanwhile
-                pass
+    def place(self, run_id: str, run: str, ns: str) -> tuple:
+        """(the thread's memory or None, the [head version] of the place or None)."""
+        thread = self._threads.get(run)
+        if thread is None:
+            return None, None
+        return thread, thread.cells.get((run_id, ns))
+
+    def cell(self, place):
+        """The [head version] remembered for (run id, thread run, namespace), or None."""
+        return self.place(*place)[1]
+
+    def remember(self, place, version: int, mark: int) -> None:
+        """Remember `place` as indexed, its head at `version` and this saver's mark in its
+        thread at `mark` after this saver's put. A mark that is not one more than the
+        one remembered may be a thread made again: what was remembered of it goes."""
+        run_id, run, ns = place
+        threads = self._threads
+        thread = threads.get(run)
+        if thread is None or thread.mark != mark - 1:
+            thread = threads[run] = _Thread(mark)
+            if len(threads) > self._limit:
+                try:  # the first remembered: a dict keeps the order of insertion
+                    threads.pop(next(iter(threads)), None)
+                except (StopIteration, RuntimeError):  # emptied or changed meanwhile
+                    pass
+        thread.mark = mark
+        cells = thread.cells
+        if len(cells) >= self._limit:
+            cells.clear()
+        cells[(run_id, ns)] = [version]
 
     def forget(self, which) -> None:
-        """Forget the places for which `which(place)` is true."""
-        heads = self._heads
-        for place in [p for p in list(heads) if which(p)]:
-            heads.pop(place, None)
+        """Forget the places (run id, thread run, namespace) for which `which` is true."""
+        for run, thread in list(self._threads.items()):
+            cells = thread.cells
+            for key in [k for k in list(cells) if which((k[0], run, k[1]))]:
+                cells.pop(key, None)
+
+    def forget_threads(self, runs) -> None:
+        """Forget what was remembered of the thread runs `runs` (a set)."""
+        threads = self._threads
+        for run in [r for r in list(threads) if r in runs]:
+            threads.pop(run, None)

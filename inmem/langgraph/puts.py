@@ -47,7 +47,8 @@ class PutPlans:
         """What a put sends: (thread id, its run, the operations, its indexing, the
         answer). Its operations: the one `kv.put_many`. Its indexing: None without a
         LangGraph run id, else ((run id, run, namespace), the cell of the head version
-        remembered there, see `indexed.py`, or None: not indexed there yet)."""
+        remembered there or None: not indexed there yet, what the saver remembers of
+        the thread), see `indexed.py`."""
         conf = config["configurable"]
         thread_id = conf["thread_id"]
         run = thread_run(self.prefix, thread_id)
@@ -81,11 +82,15 @@ class PutPlans:
                                run_id, refs)
         items.append([ckey, record])
         items.append([keys.head, record])
-        ops = [("kv.put_many", (run, items, None))]
         indexing = None
         if run_id is not None:
-            place = (run_id, run, ns)
-            indexing = (place, self._indexed.cell(place))
+            indexed = self._indexed
+            # This saver's mark in the thread, first: its version is the put's first
+            # (see indexed.py).
+            items.insert(0, [indexed.mark_key, None])
+            thread, cell = indexed.place(run_id, run, ns)
+            indexing = ((run_id, run, ns), cell, thread)
+        ops = [("kv.put_many", (run, items, None))]
         return (thread_id, run, ops, indexing,
                 {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
                                   "checkpoint_id": cid}})
@@ -133,18 +138,15 @@ class PutPlans:
                     raise _too_large(prepared, results[0])
                 raise_first(results)
                 break
-        if indexing is not None:
-            place, cell = indexing
-            head = results[0][-1]  # the version this put gave its namespace's head
-            if cell is not None and head == cell[0] + 1:
-                cell[0] = head  # the index entry stands (see indexed.py)
-                return answer
+        if indexing is not None and not _done(prepared, results[0]):
             # Not indexed here yet, or the head was written since this saver's last
-            # put of the run here: perhaps by a delete_for_runs of the run, which took
-            # the index entry with it (see indexed.py). The entry is written now that
-            # the checkpoint has landed, never before (see the module docstring).
-            raise_first((yield from self._send([self._index_op(place[0], thread_id)], {})))
-            self._indexed.remember(place, head)
+            # put of the run here (perhaps by a delete_for_runs of the run, which took
+            # the index entry with it), or the thread was made again (see indexed.py).
+            # The entry is written now that the checkpoint has landed, never before
+            # (see the module docstring).
+            raise_first((yield from self._send([self._index_op(indexing[0][0], thread_id)],
+                                               {})))
+            self._indexed.remember(indexing[0], results[0][-1], results[0][0])
         return answer
 
     def _index_op(self, run_id: str, thread_id) -> tuple:
@@ -277,14 +279,16 @@ def _remember(seen: dict, place) -> None:
 def _done(prepared, versions: list) -> bool:
     """Whether a put whose `kv.put_many` gave `versions` is done: it has no LangGraph
     run id, or the index entry of its run id stands (see indexed.py), in which case
-    the remembered head version moves on to this put's."""
+    the remembered head and mark versions move on to this put's."""
     indexing = prepared[3]
     if indexing is None:
         return True
-    cell = indexing[1]
-    head = versions[-1]
-    if cell is not None and head == cell[0] + 1:
+    _, cell, thread = indexing
+    head = versions[-1]  # the version this put gave its namespace's head
+    mark = versions[0]  # and this saver's mark in the thread
+    if cell is not None and head == cell[0] + 1 and thread.mark == mark - 1:
         cell[0] = head
+        thread.mark = mark
         return True
     return False
 

@@ -206,14 +206,48 @@ def test_two_savers_leave_what_a_model_of_the_threads_says(steps):
         db.close()
 
 
-def test_the_memory_keeps_the_latest_places_and_forgets_on_demand():
+def test_the_memory_keeps_the_latest_threads_and_forgets_on_demand():
     from inmem.langgraph.indexed import IndexedHeads
     heads = IndexedHeads(limit=2)
     for i in range(3):
-        heads.remember(("r", f"t{i}", ""), i + 1)
+        heads.remember(("r", f"t{i}", ""), i + 1, 1)
     assert heads.cell(("r", "t0", "")) is None  # the first remembered went first
     assert heads.cell(("r", "t2", "")) == [3]
-    heads.remember(("r", "t1", ""), 7)  # again: a new version, in a new cell
+    heads.remember(("r", "t1", ""), 7, 2)  # again: a new version, in a new cell
     assert heads.cell(("r", "t1", "")) == [7]
-    heads.forget(lambda place: place[1] == "t1")
-    assert heads.cell(("r", "t1", "")) is None and heads.cell(("r", "t2", "")) == [3]
+    heads.remember(("q", "t1", "c"), 9, 3)  # the mark moved on: t1's places stay
+    assert heads.cell(("r", "t1", "")) == [7] and heads.cell(("q", "t1", "c")) == [9]
+    heads.remember(("q", "t1", ""), 1, 1)  # a mark that starts over: the thread anew
+    assert heads.cell(("r", "t1", "")) is None and heads.cell(("q", "t1", "")) == [1]
+    heads.forget(lambda place: place[0] == "q")
+    assert heads.cell(("q", "t1", "")) is None and heads.cell(("r", "t2", "")) == [3]
+    heads.forget_threads({"t2"})
+    assert heads.cell(("r", "t2", "")) is None
+
+
+# -- a thread deleted and made again: its heads' versions start over -----------------
+
+def test_a_put_after_its_thread_was_deleted_and_made_again_by_itself_is_found(db):
+    # Found by the model above: b deletes the run's checkpoints (and its index entry)
+    # and then the thread; a's next put makes the thread again, whose head versions
+    # start over, so a later head version matched what a remembered from before.
+    a, b = InmemSaver(db), InmemSaver(db)
+    _put(a, "t0", "r0")
+    _put(a, "t0", "r1")
+    b.delete_for_runs(["r0"])
+    b.delete_thread("t0")
+    _put(a, "t0", "r1")  # the thread made again
+    _put(a, "t0", "r0")  # head version 2: one more than a remembered for r0
+    a.delete_for_runs(["r0"])
+    assert _runs_of(a, "t0") == [("", "r1")]
+
+
+def test_a_put_after_another_saver_made_its_thread_again_is_found(db):
+    a, b = InmemSaver(db), InmemSaver(db)
+    _put(a, "t0", "r0")  # a remembers head version 1
+    b.delete_for_runs(["r0"])  # the head (version 2 deleted) and the index entry
+    b.delete_thread("t0")
+    _put(b, "t0", None)  # the thread made again by b: head version 1
+    _put(a, "t0", "r0")  # version 2, one more than a remembered
+    b.delete_for_runs(["r0"])
+    assert [r for _, r in _runs_of(a, "t0")] == [None]
