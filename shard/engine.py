@@ -40,7 +40,9 @@ sorted key order up to date as it reads (`shard.key_order`).
 
 from __future__ import annotations
 
+import logging
 import time
+import traceback
 from typing import Callable
 
 import msgpack
@@ -69,6 +71,18 @@ __all__ = ["Engine", "RunData", "TTL_MAX_SECONDS"]
 
 #: the longest TTL a key may have: a century, in seconds
 TTL_MAX_SECONDS = 100 * 365 * 24 * 3600
+
+log = logging.getLogger("inmem.shard")
+
+
+def internal_error(op: str, exc: Exception) -> InmemError:
+    """The error an operation's unexpected exception becomes in a batch, its traceback logged."""
+    log.error("internal error in %s:\n%s", op, "".join(traceback.format_exception(exc)))
+    try:
+        text = f"{type(exc).__name__}: {exc}"[:500]
+    except Exception:  # an exception whose str() fails
+        text = type(exc).__name__
+    return InmemError(f"internal error in {op}: {text}")
 
 
 def _now_us() -> int:
@@ -147,6 +161,10 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
             except InmemError as exc:
                 # Without its traceback: the frames would tie the engine into a cycle.
                 out.append(exc.with_traceback(None))
+            except Exception as exc:
+                # A defect in one operation: that operation's error, and the rest go
+                # on, as a cluster's shard answers it (and says where it broke).
+                out.append(internal_error(op, exc))
             i += 1
         return out
 

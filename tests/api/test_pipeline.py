@@ -220,3 +220,30 @@ def test_transitions_cannot_be_pipelined(db, run):
     with pytest.raises(inmem.InvalidValue, match="cannot be pipelined"):
         p.state.transition(run, "s", lambda s: (s.value, None))
     assert len(p) == 0
+
+
+def test_an_unexpected_error_in_one_embedded_operation_fails_it_alone(tmp_path, monkeypatch, caplog):
+    # A defect in one operation's code must not stop a pipeline half way on an
+    # embedded store (the rest unapplied, a bare exception): it is that operation's
+    # InmemError in place, as a cluster's shard answers it, and the traceback is logged.
+    db = inmem.open(tmp_path / "db")
+    try:
+        run = db.begin_run()
+        engine = db._backend.engine
+
+        def broken(*args):
+            raise ZeroDivisionError("a defect")
+        monkeypatch.setitem(engine.ops, "tr.roots", broken)
+        with caplog.at_level("ERROR", logger="inmem.shard"):
+            with db.pipeline() as p:
+                p.kv.put(run, "before", 1)
+                p.traces.roots(run)
+                p.kv.put(run, "after", 2)
+                got = p.execute(raise_on_error=False)
+        assert got[0] == 1 and got[2] == 1, got
+        assert type(got[1]) is inmem.InmemError and "internal error in tr.roots" in str(got[1])
+        assert "ZeroDivisionError: a defect" in str(got[1])
+        assert "ZeroDivisionError" in caplog.text
+        assert db.kv.get(run, "after") == 2
+    finally:
+        db.close()
