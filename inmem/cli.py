@@ -24,8 +24,18 @@ QUIET_WAIT_S = 1.0
 
 
 def _cmd_demo(args) -> int:
-    from .errors import InmemError
+    from .errors import InmemError, InvalidOption
     try:
+        # Options that only one way of running takes, given to another, were
+        # dropped without a word (a cluster started in ./data for --path DIR).
+        if args.path and not args.embedded:
+            raise InvalidOption("--path DIR is the embedded demo's directory: add --embedded, "
+                                "or use --data-dir for a local cluster's")
+        if args.embedded and args.connect:
+            raise InvalidOption("--embedded and --connect exclude each other: the embedded "
+                                "demo runs in this process")
+        if not args.timeout > 0:
+            raise InvalidOption(f"--timeout must be more than 0 seconds, got {args.timeout:g}")
         if args.embedded:
             return _demo_embedded(args)
         if args.connect:

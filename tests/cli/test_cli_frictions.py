@@ -436,3 +436,18 @@ def test_status_wait_ready_waits_for_a_cluster_that_is_not_bound_yet(capsys):
     assert main(["status", "--endpoint", endpoint, "--wait-ready", "--timeout", "1"]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[0].startswith("inmem status: waiting up to 1 s") and len(lines) == 2, lines
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--path", "somewhere"], "add --embedded"),
+    (["--embedded", "--connect", "ipc:///nowhere.sock"], "exclude each other"),
+    (["--embedded", "--timeout", "0"], "--timeout must be more than 0"),
+    (["--connect", "ipc:///nowhere.sock", "--timeout", "-1"], "--timeout must be more than 0"),
+])
+def test_demo_refuses_options_it_would_drop_in_one_line(tmp_path, capsys, monkeypatch, argv, says):
+    # --path without --embedded used to start a cluster in ./data and ignore it.
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", *argv]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "somewhere").exists()
