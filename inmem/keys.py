@@ -89,6 +89,10 @@ def _certificate(kind: str, public: bytes, secret: bytes | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: the longest keypair name of a client (its file names stay far below a file system's limit)
+CLIENT_NAME_MAX = 64
+
+
 def names_for(shards: int, clients=(CLIENT,)) -> list[str]:
     """The keypair names of a cluster with `shards` shards and these clients."""
     if type(shards) is not int or not 1 <= shards <= 1024:
@@ -96,8 +100,11 @@ def names_for(shards: int, clients=(CLIENT,)) -> list[str]:
     names = [COORDINATOR] + [shard_name(i) for i in range(shards)]
     for client in clients:
         name = client if client == CLIENT or client.startswith(CLIENT + "-") else f"{CLIENT}-{client}"
-        if not name.replace("-", "").replace("_", "").isalnum():
-            raise KeyFileError(f"a client name is letters, digits, - and _, got {client!r}")
+        if (type(client) is not str or not client or name == CLIENT + "-"
+                or not name.replace("-", "").replace("_", "").isalnum()
+                or not name.isascii() or len(name) > CLIENT_NAME_MAX):
+            raise KeyFileError(f"a client name is 1 to {CLIENT_NAME_MAX - len(CLIENT) - 1} "
+                               f"letters, digits, - and _, got {client!r}")
         if name not in names:
             names.append(name)
     return names
@@ -111,13 +118,14 @@ def generate(directory, shards: int, clients=(CLIENT,)) -> list[tuple[str, str]]
     clients only adds theirs.
     """
     directory = os.path.abspath(os.fspath(directory))
+    names = names_for(shards, clients)  # refused names leave no directory behind
     made = make_dirs(directory)
     if not made:
         st = os.stat(directory)
         if stat.S_IMODE(st.st_mode) & 0o077:
             os.chmod(directory, DIR_MODE)
     done = []
-    for name in names_for(shards, clients):
+    for name in names:
         public_path = os.path.join(directory, name + PUBLIC_SUFFIX)
         secret_path = os.path.join(directory, name + SECRET_SUFFIX)
         have = [os.path.exists(p) for p in (public_path, secret_path)]

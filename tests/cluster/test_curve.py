@@ -65,6 +65,18 @@ def test_keys_generate_writes_private_pairs_and_keeps_existing_ones(tmp_path):
     assert len(keyfiles.admitted_keys(d)) == 6
 
 
+@pytest.mark.parametrize("args", [["--shards", "0"], ["--shards", "1", "--clients", ""],
+                                  ["--shards", "1", "--clients", "x" * 300],
+                                  ["--shards", "1", "--clients", "a/b"]])
+def test_keys_generate_refused_leaves_nothing_behind(tmp_path, args):
+    # A refused call made the directory all the same; '' wrote client-.key; a long
+    # name ended in a raw "[Errno 36] File name too long".
+    d = tmp_path / "keys"
+    r = _cli("keys", "generate", str(d), *args)
+    assert r.returncode == 2 and "inmem keys generate:" in r.stderr and "Errno" not in r.stderr
+    assert not d.exists()
+
+
 def test_keys_generate_needs_a_shard_count_and_takes_it_from_a_config(tmp_path):
     assert _cli("keys", "generate", str(tmp_path / "k")).returncode == 2
     cfg = tmp_path / "c.toml"
