@@ -93,3 +93,39 @@ def test_first_writes_to_a_thread_not_made_yet_make_it():
         saver.put_writes(config, [("a", 1)], "task-1")
         assert db.json.get(f"{saver.prefix}thread:later",
                            "writes//1f1ee0cd-0000-6000-8000-000000000000") is not None
+
+
+# -- a model: what two savers' writes to one checkpoint leave, made one after another --
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_write = st.tuples(st.just("write"), st.integers(0, 1), st.sampled_from(["t1", "t2"]),
+                   st.lists(st.tuples(st.sampled_from(["a", "b", "__error__"]),
+                                      st.integers(0, 9)), min_size=1, max_size=3))
+_step = st.one_of(_write, _write, _write, st.just(("delete",)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_step, min_size=1, max_size=12))
+def test_two_savers_writes_leave_what_a_model_says(steps):
+    from langgraph.checkpoint.base import WRITES_IDX_MAP
+    with inmem.open(None) as db:
+        savers = [_transactional(InmemSaver(db)), _transactional(InmemSaver(db))]
+        config = _new_checkpoint(savers[0])
+        run = f"{savers[0].prefix}thread:w"
+        wkey = f"writes//{config['configurable']['checkpoint_id']}"
+        model: dict = {}  # (task, idx) -> (channel, value)
+        for step in steps:
+            if step[0] == "delete":
+                db.json.delete(run, wkey)
+                model = {}
+                continue
+            _, who, task, writes = step
+            savers[who].put_writes(config, writes, task)
+            for i, (channel, value) in enumerate(writes):
+                idx = WRITES_IDX_MAP.get(channel, i)
+                if idx < 0 or (task, idx) not in model:
+                    model[(task, idx)] = (channel, value)
+        got = sorted(savers[1].get_tuple(config).pending_writes)
+        assert got == sorted((task, c, v) for (task, _), (c, v) in model.items())
