@@ -28,8 +28,8 @@ in a second round trip after the checkpoint, when `indexed.py` says so),
 `get_tuple` 1 (one
 `kv.get_linked`: the record, the blobs and the pending writes it names; 2
 when a pending write over 4 KiB is kept apart, see keys.py),
-`put_writes` 1 for special channels and 2 when a repeated write must keep
-the first value, `list` 1 plus 1 per page of 64 results (each channel value
+`put_writes` 1 for special channels and on a cluster for a checkpoint's
+first writes, else 2 (a repeated write must keep the first value), `list` 1 plus 1 per page of 64 results (each channel value
 read once per page, however many of its checkpoints name it). A read whose
 reply would be over a cluster's message limit is made again in pieces
 (`reads.py`): a thread holds whatever state it was given, and every
