@@ -118,9 +118,11 @@ class EmbeddedBackend:
             try:
                 result = fn(*fn_args)
                 token = store.commit_locked()
-            except Exception:
+            except InmemError:
                 raise  # the engine's refusals change nothing (encode before applying)
             except BaseException as exc:
+                # Anything else may have landed part way through the write: a Ctrl-C,
+                # or any exception a signal handler raises (or a defect).
                 if writes:
                     store.mark_interrupted(exc)
                 raise
@@ -290,7 +292,7 @@ class _FastKV(KV):
                     try:
                         version = kv_put(run, key, value, ttl)
                         token = commit()
-                    except Exception:
+                    except InmemError:
                         raise
                     except BaseException as exc:  # see EmbeddedBackend.apply
                         store.mark_interrupted(exc)
@@ -314,7 +316,7 @@ class _FastKV(KV):
                     try:
                         versions = kv_put_many(run, items, ttl)
                         token = commit()
-                    except Exception:
+                    except InmemError:
                         raise
                     except BaseException as exc:  # see EmbeddedBackend.apply
                         store.mark_interrupted(exc)

@@ -327,3 +327,45 @@ def test_a_close_interrupted_part_way_keeps_the_acknowledged_buffered_writes(
     monkeypatch.undo()
     with inmem.open(path, durability="buffered") as again:
         assert [again.kv.get(run, f"k{i}") for i in range(50)] == list(range(50))
+
+
+
+class _FromASignalHandler(Exception):
+    """What a signal handler may raise: an ordinary exception, not a KeyboardInterrupt."""
+
+
+@pytest.mark.parametrize("write", ["kv.put", "kv.put_many", "events.append"])
+def test_an_ordinary_exception_part_way_through_a_write_stops_writes_too(tmp_path, monkeypatch,
+                                                                         write):
+    # Only the engine's own refusals (InmemError) change nothing; anything else that
+    # escapes a write may have landed part way through it (a KeyError from the search
+    # index on the next write, with writes still taken, was seen).
+    from inmem.shard.durable import DurableStore
+    armed = []
+    real = DurableStore.commit_locked
+
+    def commit_then_raise(self, *args, **kwargs):
+        token = real(self, *args, **kwargs)
+        if armed:
+            armed.clear()
+            raise _FromASignalHandler
+        return token
+    # On the class, before opening: the embedded KV fast path keeps the method it found.
+    monkeypatch.setattr(DurableStore, "commit_locked", commit_then_raise)
+    path = tmp_path / "store"
+    db = inmem.open(path, durability="strict")
+    run = db.begin_run(run_id="r")
+    db.kv.put(run, "acked", 1)
+    calls = {"kv.put": lambda: db.kv.put(run, "k", 2),
+             "kv.put_many": lambda: db.kv.put_many(run, {"a": 1, "b": 2}),
+             "events.append": lambda: db.events.append(run, "e", 1)}
+    armed.append(True)
+    with pytest.raises(_FromASignalHandler):
+        calls[write]()
+    with pytest.raises(inmem.DurabilityError, match="interrupted"):
+        db.kv.put(run, "later", 3)
+    assert db.kv.get(run, "acked") == 1  # reads still answer
+    db.close()
+    monkeypatch.undo()
+    with inmem.open(path, durability="strict") as again:
+        assert again.kv.get(run, "acked") == 1 and again.kv.get(run, "later") is None
