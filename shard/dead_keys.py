@@ -43,9 +43,12 @@ delete's time, the expiry) in a bucket of about a second (`BUCKET_SHIFT`);
 the buckets are a heap by time and each holds its keys by run. A sweep takes
 the buckets whose every time is past the retention, and for each key looks at
 the entry the key holds *now*: still dead, and dead since that long, it is
-reclaimed; written since, it is left (the write noted its own death, if it
-makes one). A note costs a list slot per dead or expiring entry; a run with
-none costs nothing. After a recovery nothing is noted: the first sweeps look
+reclaimed; written since, it is left (a delete noted its own death), or, if
+it expires later, noted again at that time. So a put with a TTL over an
+expiring entry that dies no later than it notes nothing (`noted_before`): a
+key whose TTL is refreshed on every read (LangGraph's store does) keeps one
+note, not one per refresh. A note costs a list slot per dead or expiring
+entry; a run with none costs nothing. After a recovery nothing is noted: the first sweeps look
 once at each recovered run's table for its dead and expiring entries (a pass
 in C per run, then the notes in slices).
 
@@ -110,6 +113,13 @@ def dead_since(e: bytes) -> int | None:
     if flags & EXPIRING:
         return entry_expires(e)
     return None
+
+
+def noted_before(old: bytes | None, expires: int) -> bool:
+    """Whether a put with a TTL ending at `expires` over entry `old` needs no note of its own:
+    `old` expires (and is not deleted) no later, so its note comes first and finds the new one."""
+    return (old is not None and old[0] & (DELETED | EXPIRING) == EXPIRING
+            and entry_expires(old) <= expires)
 
 
 def due_by(retention_us: int, now: int) -> int:
@@ -226,7 +236,7 @@ class ReclaimOps:
         docs = self.index.docs
         d._last = (None, None, None)  # the lists noted into may go
         seen = reclaimed = 0
-        again: list = []  # expired entries the search index still holds: next round
+        again: list = []  # (run id, key, when): entries to note again
         while times and times[0] <= last and seen < max_entries:
             b = times[0]
             by_run = buckets[b]
@@ -252,9 +262,15 @@ class ReclaimOps:
                     else:
                         continue  # written since: live, and it does not expire
                     if since >> BUCKET_SHIFT > last:
-                        continue  # written since: that write noted its own death
+                        # Written since. A delete noted its own death; a put with a
+                        # TTL that dies later may not have (noted_before): note it.
+                        if not flags & DELETED:
+                            again.append((run_id, key, since))
+                        continue
                     if not flags & DELETED and ("kv", run_id, key) in docs:
-                        again.append((run_id, key))
+                        # The search index still holds it: the next round, once the
+                        # index's own expiry pass dropped it.
+                        again.append((run_id, key, (last + 1) << BUCKET_SHIFT))
                         continue
                     del kv[key]
                     version = entry_version(e)
@@ -272,8 +288,8 @@ class ReclaimOps:
                 d.first_changed()
             if deadline is not None and time.monotonic() > deadline:
                 break
-        for run_id, key in again:
-            d.note(run_id, key, (last + 1) << BUCKET_SHIFT)  # the first bucket not yet due
+        for run_id, key, at in again:
+            d.note(run_id, key, at)  # a bucket after `last`: not looked at again this round
         d.reclaimed += reclaimed
         return reclaimed
 

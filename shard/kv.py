@@ -27,7 +27,7 @@ from inmem.errors import InmemError, InvalidKey, InvalidValue, VersionMismatch
 from inmem.types import Versioned
 from inmem.values import KEY_BYTES_MAX, check_key
 
-from .dead_keys import DeadKeys
+from .dead_keys import DeadKeys, noted_before
 from .effects import KV_DEL, KV_PUT, apply_kv_entries, array_header, put_kv_item
 from .entries import (DELETED, PLAIN_AT, entry_expires, entry_ts, entry_value, entry_version,
                       live_value, pack_entry)
@@ -107,7 +107,8 @@ class KVOps:
             self._commit(r, (KV_PUT, key, data, version, now, exp))
         if exp is not None:
             dead = self.dead
-            dead.note(r.run_id, key, exp)
+            if not noted_before(old, exp):
+                dead.note(r.run_id, key, exp)
             if now >= dead.due_at:
                 self._reclaim_inline(now, 1)
         return version
@@ -219,6 +220,7 @@ class KVOps:
         effs = []  # the writes in their entry form
         versions = []
         seen: dict = {}  # key -> the version this call gives it
+        fresh = []  # with a TTL: the keys whose entries need a note (shard.dead_keys)
         # One value stored under two keys in a row (a record and the head that
         # repeats it) is encoded once.
         last = last_data = None
@@ -239,6 +241,8 @@ class KVOps:
                 # The version of a plain entry is its byte 8 (shard.entries).
                 version = (floor if old is None
                            else (old[8] if not old[0] & 3 else entry_version(old)))
+                if exp is not None and not noted_before(old, exp):
+                    fresh.append(key)
             version += 1
             seen[key] = version
             versions.append(version)
@@ -259,8 +263,8 @@ class KVOps:
             self._trim_history(r)
         if exp is not None:
             note, run_id = self.dead.note, r.run_id
-            for eff in effs:
-                note(run_id, eff[1], exp)
+            for key in fresh:
+                note(run_id, key, exp)
             if now >= self.dead.due_at:
                 self._reclaim_inline(now, len(effs))
         return versions

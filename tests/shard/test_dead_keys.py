@@ -243,6 +243,38 @@ def test_deletes_also_reclaim_inline():
     assert e.kv_put(RUN, "fresh", 1) == floor + 1
 
 
+def notes(e) -> int:
+    return sum(len(keys) for by_run in e.dead.buckets.values() for keys in by_run.values())
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_a_ttl_refreshed_on_every_read_keeps_one_note_not_one_per_refresh(many):
+    # LangGraph's store puts a key again with its TTL on every read (refresh_on_read).
+    e, clock = engine(retention=0)
+    for _ in range(3000):
+        if many:
+            e.kv_put_many(RUN, [["session", 1], ["other", 2]], ttl=900)
+        else:
+            e.kv_put(RUN, "session", 1, ttl=900)
+        clock.advance(1)
+        e.sweep_dead()
+    assert notes(e) <= 2 * (2 if many else 1)
+    assert "session" in table(e)
+    clock.advance(900 + BUCKET_S)
+    sweep_all(e)
+    assert not table(e)
+    assert notes(e) == 0
+
+
+def test_a_shorter_ttl_over_a_longer_one_is_reclaimed_at_its_own_time():
+    e, clock = engine(retention=0)
+    e.kv_put(RUN, "k", 1, ttl=900)
+    e.kv_put(RUN, "k", 2, ttl=1)
+    clock.advance(1 + BUCKET_S)
+    assert sweep_all(e) == 1
+    assert not table(e)
+
+
 def test_reclaimed_keys_leave_the_sorted_key_order():
     e, clock = engine(retention=0)
     keys = [f"k{i:04d}" for i in range(3 * key_order.KEPT_FROM)]
