@@ -268,6 +268,12 @@ def _nothing_serves(endpoint: str) -> str | None:
         # answer there, so waiting the whole timeout for it would only hide that.
         return (f"no cluster is serving {endpoint} (nothing listens on {path}: it is left "
                 "from a coordinator that ended without removing it)")
+    base = path[:-len(".s")] if path.endswith(".s") else None
+    if base is not None and os.path.lexists(base) and stat.S_ISSOCK(os.lstat(base).st_mode):
+        # `ls` shows both; the one with .s is the stream socket beside the endpoint,
+        # which speaks another framing: nothing would ever answer there.
+        return (f"{path} is the stream socket beside an endpoint, not an endpoint: use "
+                f"ipc://{base}")
     return None
 
 

@@ -451,3 +451,14 @@ def test_demo_refuses_options_it_would_drop_in_one_line(tmp_path, capsys, monkey
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err
     assert not (tmp_path / "data").exists() and not (tmp_path / "somewhere").exists()
+
+
+def test_status_on_the_stream_socket_beside_the_endpoint_says_which_to_use(make_cluster, tmp_path,
+                                                                          capsys):
+    # The .s file sits beside the endpoint's socket; it speaks another framing, and
+    # status waited its whole timeout there before blaming a stopped coordinator.
+    cluster = make_cluster(shards=1, durability="inmemory")
+    stream = cluster.endpoint + ".s"
+    assert main(["status", "--endpoint", stream, "--timeout", "30"]) == 1
+    err = capsys.readouterr().err
+    assert "stream socket beside an endpoint" in err and f"use {cluster.endpoint}" in err
