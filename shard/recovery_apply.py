@@ -15,6 +15,13 @@ and the sequence names the file: nothing of the kind escapes as a TypeError
 or a msgpack error. Run-level effects (creation, status, deletion), rare and
 able to change or drop a whole run silently, are checked field by field
 before they are applied.
+
+Reclaimed KV entries (`shard.dead_keys`) are not in the WAL: a snapshot holds
+each run's version floor, and a record holds each write with its version, so
+what recovery rebuilds hands out no version twice; the dead entries it brings
+back have no notes, so the target tells the engine to look for them
+(`DeadKeys.rescan_all`), which its first sweeps do. A run created or deleted
+by a record starts again from floor 0.
 """
 
 from __future__ import annotations
