@@ -666,7 +666,7 @@ class Coordinator:
                 self._fan_out(ident, head, name, KIND_ADMIN, name, args)
         else:
             shard_op, shard_args = protocol.fanout_request(name, args)
-            self._fan_out(ident, head, name, KIND_OP, shard_op, shard_args)
+            self._fan_out(ident, head, name, KIND_OP, shard_op, shard_args, merge_args=args)
 
     def status(self) -> dict:
         shards = []
@@ -684,33 +684,36 @@ class Coordinator:
                                 "durability": self.spec["durability"], **self.counters}}
 
     def _fan_out(self, ident, head, name, kind, shard_op, shard_args,
-                 timeout: float = INTERNAL_TIMEOUT_S) -> None:
+                 timeout: float = INTERNAL_TIMEOUT_S, merge_args=()) -> None:
         for l in self.links:
             if l.handle.state != READY:
                 self._unavailable(ident, head, l)
                 return
-        fan = FanOut(len(self.links), lambda results: self._fan_done(ident, head, name, results))
+        fan = FanOut(len(self.links),
+                     lambda results: self._fan_done(ident, head, name, results, merge_args))
         body = protocol.new_packer().pack([shard_op, shard_args])
         for i, l in enumerate(self.links):
             self._ask(l, kind, body, fan.part(i), timeout)
 
-    def _fan_done(self, ident, head, name, results) -> None:
+    def _fan_done(self, ident, head, name, results, args=()) -> None:
         try:
-            self._merge_and_reply(ident, head, name, results)
+            self._merge_and_reply(ident, head, name, results, args)
         except Exception as exc:
             self._internal_error(exc, ident, head)
 
-    def _merge_and_reply(self, ident, head, name, results) -> None:
+    def _merge_and_reply(self, ident, head, name, results, args=()) -> None:
         for r in results:
             if isinstance(r, InmemError):
                 self._error(ident, head, r)
                 return
         try:
-            merged = protocol.merge_fanout(name, results)
+            merged = protocol.merge_fanout(name, results, args)
         except (ProtocolError, TypeError, IndexError, KeyError) as exc:
             self._error(ident, head, ProtocolError(f"cannot merge {name}: {exc}"))
             return
-        self._result(ident, head, merged)
+        # Named, so that a merge over the limit says what to ask instead (a page of runs).
+        self._send(ident, head, protocol.pack_reply(self.packer, merged, self.max_message_bytes,
+                                                    name))
 
     def _info(self, ident, head) -> None:
         def done(results):

@@ -571,6 +571,8 @@ _ASK_LESS = {
     "kv.keys": "ask for a page at a time (limit= and after=) or a key prefix",
     "kv.items": "ask for a page at a time (limit= and after=) or a key prefix",
     "kv.get_many": "ask for fewer keys at a time",
+    "run.list": ("list them a page at a time: runs.list(..., limit=...), then after= the "
+                 "last run of each page"),
     "ev.read": "read the events in ranges",
     "ev.range": "read the events in smaller ranges",
     "ev.by_type": "read the events in ranges",
@@ -629,12 +631,16 @@ def pack_reply(packer, result, max_message_bytes: int, op: str | None = "") -> b
 # -- merging the replies of a fan-out ---------------------------------------------
 
 
-def merge_fanout(op: str, results: list):
-    """One answer from every shard's answer, in an order that does not depend on timing."""
+def merge_fanout(op: str, results: list, args=()):
+    """One answer from every shard's answer, in an order that does not depend on timing
+    (`args`: the request's arguments)."""
     if op == "run.list":
         merged = [r for part in results for r in part]
         merged.sort(key=lambda r: (r[6], r[0]))  # created_at, then run_id: the documented order
-        return merged
+        # A page: each shard sent at most `limit` runs after the cursor, so the page's
+        # runs are all among them, the first `limit` of the merge.
+        limit = args[4] if len(args) > 4 else None
+        return merged[:limit] if type(limit) is int and limit > 0 else merged
     if op == "run.orphaned":
         # The shards are asked for their orphaned RunInfos (see fanout_request) so
         # that ids can be ordered by creation across shards.

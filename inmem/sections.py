@@ -316,9 +316,20 @@ class Runs(_Section):
         return self.set_status(run, "archived")
 
     def list(self, status: str | None = None, tag: str | None = None,
-             parent: str | None = None) -> list[RunInfo]:
-        """Runs across every shard, by creation time then id, filtered by whichever is given."""
-        return self._call("run.list", (status, tag, parent))
+             parent: str | None = None, *, after: RunInfo | tuple | None = None,
+             limit: int | None = None) -> list[RunInfo]:
+        """Runs across every shard, by creation time then id, filtered by whichever is given.
+
+        In pages, for more runs than one reply holds: `limit` returns at most
+        that many, `after` starts after a place in the order: the last
+        RunInfo of the previous page (or its `(created_at, run_id)`). Pass
+        each page's last run as the next one's `after` until a page comes
+        back empty; a run deleted meanwhile, the cursor's own included, does
+        not disturb it.
+        """
+        if after is None and limit is None:
+            return self._call("run.list", (status, tag, parent))
+        return self._call("run.list", (status, tag, parent, run_cursor_arg(after), limit))
 
     def delete(self, run: str) -> bool:
         """Delete the run and everything in it; False if it did not exist."""
@@ -367,6 +378,17 @@ def begin_args(name, run_id, parent, tags, metadata, searchable) -> tuple:
     if searchable:
         return (name, run_id, parent, as_tags(tags), metadata)
     return (name, run_id, parent, as_tags(tags), metadata, False)
+
+
+def run_cursor_arg(after):
+    """`after` of a page of runs as it is sent: a RunInfo as its [created_at, run_id]
+    (the place in the order it stands for); anything else as given, for the engine
+    to accept or refuse."""
+    if isinstance(after, RunInfo):
+        return [after.created_at, after.run_id]
+    if type(after) is tuple:
+        return list(after)
+    return after
 
 
 def reason_arg(reason):

@@ -21,6 +21,7 @@ from inmem.values import check_key
 from .effects import CREATE_FLAGS, RUN_CREATE, RUN_DELETE, RUN_STATUS, UNSEARCHABLE
 from .history import History
 from .lifecycle import STATUSES, check_transition
+from .run_order import RunOrder
 from .search_index import SearchIndex
 
 _unpackb = msgpack.unpackb
@@ -84,6 +85,8 @@ class RunOps:
 
     runs: dict[str, RunData]
     clock: Callable[[], int]
+    #: the runs sorted for pages of run_list, built by the first page (shard.run_order)
+    _run_order: RunOrder | None = None
     log: list | None
     index: SearchIndex
 
@@ -142,18 +145,32 @@ class RunOps:
         return None if r is None else r.info()
 
     def run_list(self, status: str | None = None, tag: str | None = None,
-                 parent: str | None = None) -> list[RunInfo]:
+                 parent: str | None = None, after=None, limit: int | None = None
+                 ) -> list[RunInfo]:
+        """The runs that match the filters, by creation time then id; in a page when
+        `after` ([created_at, run_id]: start after that place in the order) or `limit`
+        (at most so many) is given."""
+        start = run_cursor(after)
+        if limit is not None and (type(limit) is not int or limit < 1):
+            raise InvalidValue(f"limit must be an int of at least 1 or None, got {limit!r:.60}")
+        if start is None and limit is None:
+            out = [r for r in self.runs.values() if _matches(r, status, tag, parent)]
+            out.sort(key=_creation_order)
+            return [r.info() for r in out]
+        # A page reads the shard's order of runs from its start (shard.run_order):
+        # about what it returns, not a sort of every run per page.
+        order = self._run_order
+        if order is None:
+            order = self._run_order = RunOrder(self.runs)
+        else:
+            order.catch_up(self.runs)
         out = []
-        for r in self.runs.values():
-            if status is not None and status != ("orphaned" if r.orphaned else r.status):
-                continue
-            if tag is not None and tag not in r.tags:
-                continue
-            if parent is not None and r.parent != parent:
-                continue
-            out.append(r)
-        out.sort(key=_creation_order)
-        return [r.info() for r in out]
+        for r in order.after(self.runs, start):
+            if _matches(r, status, tag, parent):
+                out.append(r.info())
+                if len(out) == limit:
+                    break
+        return out
 
     def run_delete(self, run: str) -> bool:
         if type(run) is not str or run not in self.runs:
@@ -168,8 +185,29 @@ class RunOps:
         return [r.run_id for r in sorted(self.runs.values(), key=_creation_order) if r.orphaned]
 
 
+def _matches(r: RunData, status, tag, parent) -> bool:
+    return ((status is None or status == ("orphaned" if r.orphaned else r.status))
+            and (tag is None or tag in r.tags) and (parent is None or r.parent == parent))
+
+
 def _creation_order(r: RunData) -> tuple:
     return (r.created_at, r.run_id)
+
+
+def run_cursor(after) -> tuple | None:
+    """`after` of a page of runs as the (created_at, run_id) it starts after, or None.
+
+    A place in the order rather than a run id: it holds across shards (each shard
+    starts its part there) and after the run it came from is deleted.
+    """
+    if after is None:
+        return None
+    if type(after) in (list, tuple) and len(after) == 2:
+        created_at, run_id = after
+        if type(created_at) is int and type(run_id) is str:
+            return created_at, run_id
+    raise InvalidValue("after must be the last RunInfo of the previous page or its "
+                       f"(created_at, run_id), got {after!r:.60}")
 
 
 def as_reason(reason) -> str:
