@@ -20,24 +20,47 @@ a LangGraph thread's checkpoints for one, would only fill the index with
 one-off terms and cost every write the indexing).
 
 A long document (more than LONG_TEXT characters of text, or bytes of packed
-value: a scraped page, a transcript) is indexed in steps, as the rest of the
-index is kept up: a step decodes and tokenizes about STEP_CHARS characters,
-or adds or removes STEP_TERMS postings entries, and the clock is looked at
-between two steps, so one value never holds the shard's loop (the embedded
-store's lock) for more than a few milliseconds, whatever its size. Its text is
-cut between steps only after a space or a punctuation mark that also ends a
-word for `str.lower` (`SEPARATORS`), so the tokens, and the BM25 scores once
-it is indexed, are those of the text taken whole; a stretch of more than
-MAX_CARRY characters with no such mark is the one exception (cut there). Such
-a document becomes visible to searches whole, once its last step is done, and
-leaves them at once when it goes (its postings are then taken out in steps,
-unseen): a search never counts or finds half of one. While it is under way
-the index is behind, as after any write (a search without a budget finishes
-it first). What it costs in memory is its distinct terms, as any document:
-neither its decoded text nor its token list is ever held whole. Nothing else
-is indexed while it is under way, so the index stays in journal order. A
-snippet is cut from the first SNIPPET_SCAN characters of a document's text
-(its start when the words matched lie beyond).
+value: a scraped page, a transcript, up to max_value_bytes) is indexed in
+steps, as the rest of the index is kept up. Indexing it in one go held the
+shard's loop (the embedded store's lock) for seconds: 4 s of CPU for 15 MiB
+of distinct words, long enough for a cluster to mark the shard unresponsive.
+A step decodes about STEP_CHARS characters from the packed value (never the
+whole value at once), tokenizes them and puts their terms straight into the
+postings; a step of taking one out removes STEP_TERMS postings entries. The
+clock is looked at between two steps, so a slice overruns its deadline by
+one step (~1-2 ms) at most, whatever the value's size. While one is under
+way the index reports `long_work()`, and the shard runs its slices back to
+back when idle, as for a rebuild.
+
+Why steps rather than a cap on the text indexed per value: a cap bounds the
+work but makes the rest of a transcript unfindable, and still needs steps to
+fit a few milliseconds (16 KiB of text is about the most one step can do).
+With steps nothing is lost, and the results are exact:
+
+- the text is cut between steps only just after a space or a punctuation
+  mark that also ends a word for `str.lower` (`SEPARATORS`: neither a word
+  character nor cased nor case-ignorable, so Greek final sigma lowercases
+  as it does in the whole text), so the tokens, and the BM25 scores once it
+  is indexed, are those of the text taken whole; a stretch of more than
+  MAX_CARRY characters with no such mark is the one exception (cut there);
+- the document is in `_partial` while its postings entries are there in
+  part: it is not in `docs`, searches skip it and `stats` does not count it,
+  so it becomes visible whole after its last step and leaves at once when it
+  goes (its entries are then taken out in steps, unseen); a search never
+  counts or finds half of one;
+- nothing else is indexed while a job is under way (the journal waits), so
+  the index stays in journal order: a later write or delete of the same key
+  is applied after it, and a job whose entry was replaced meanwhile (or
+  whose run was deleted) stops and takes out what it added.
+
+Memory: what a long document costs is its distinct terms, as for any
+document (a list of them, for taking it out, plus their postings); neither
+its decoded text nor its token list is ever held whole, and no dict of its
+whole vocabulary is built aside. The postings are split in POSTINGS_PARTS
+dicts (`Postings`): one dict growing past a million terms paused the shard
+~0.1 s at each doubling. A snippet is cut from the first SNIPPET_SCAN
+characters of a document's text (its start when the words matched lie
+beyond), found by one regex rather than a Python loop over every word.
 
 The index never reaches disk and costs the write path nothing: it follows
 each run's journal with a watermark. It is kept up in the background (the
@@ -74,7 +97,6 @@ from itertools import islice
 from collections import Counter, deque
 import math
 import re
-import struct
 import time
 
 import msgpack
@@ -227,12 +249,12 @@ def _str_pieces(text: str):
 #: packed elements of a fixed size: first byte -> bytes
 _FIXED = {0xc0: 1, 0xc2: 1, 0xc3: 1, 0xca: 5, 0xcb: 9, 0xcc: 2, 0xcd: 3, 0xce: 5, 0xcf: 9,
           0xd0: 2, 0xd1: 3, 0xd2: 5, 0xd3: 9, 0xd4: 3, 0xd5: 4, 0xd6: 6, 0xd7: 10, 0xd8: 18}
-_U8, _U16, _U32 = struct.Struct(">B"), struct.Struct(">H"), struct.Struct(">I")
-#: first byte -> (size of the length field, its struct, bytes after it before the data)
-_SIZED = {0xd9: (1, _U8, 0), 0xda: (2, _U16, 0), 0xdb: (4, _U32, 0),       # str
-          0xc4: (1, _U8, 0), 0xc5: (2, _U16, 0), 0xc6: (4, _U32, 0),       # bin
-          0xc7: (1, _U8, 1), 0xc8: (2, _U16, 1), 0xc9: (4, _U32, 1)}       # ext
-_CONTAINERS = {0xdc: (2, _U16, 1), 0xdd: (4, _U32, 1), 0xde: (2, _U16, 2), 0xdf: (4, _U32, 2)}
+#: first byte -> (bytes of the big-endian length field, bytes after it before the data)
+_SIZED = {0xd9: (1, 0), 0xda: (2, 0), 0xdb: (4, 0),       # str
+          0xc4: (1, 0), 0xc5: (2, 0), 0xc6: (4, 0),       # bin
+          0xc7: (1, 1), 0xc8: (2, 1), 0xc9: (4, 1)}       # ext
+#: first byte -> (bytes of the big-endian count field, elements per count)
+_CONTAINERS = {0xdc: (2, 1), 0xdd: (4, 1), 0xde: (2, 2), 0xdf: (4, 2)}
 
 
 def _packed_pieces(data):
@@ -277,10 +299,10 @@ def _packed_pieces(data):
             if b <= 0xbf:
                 n, start = b & 0x1f, pos + 1
             else:
-                width, fmt, extra = _SIZED[b]
+                width, extra = _SIZED[b]
                 if pos + 1 + width > n_data:
                     return
-                n = fmt.unpack_from(data, pos + 1)[0]
+                n = int.from_bytes(data[pos + 1:pos + 1 + width], "big")
                 start = pos + 1 + width + extra
             end = start + n
             if end > n_data:
@@ -293,15 +315,20 @@ def _packed_pieces(data):
                 cut = min(off + STEP_CHARS, end)
                 while cut < end and data[cut] & 0xc0 == 0x80:
                     cut -= 1  # back to a character's first byte
+                if cut <= off < end:  # one character longer than a step: take it whole
+                    cut = off + 1
+                    while cut < end and data[cut] & 0xc0 == 0x80:
+                        cut += 1
                 yield str(view[off:cut], "utf-8", "replace"), cut >= end
                 if cut >= end:
                     break
                 off = cut
         elif b in _CONTAINERS:
-            width, fmt, per = _CONTAINERS[b]
+            width, per = _CONTAINERS[b]
             if pos + 1 + width > n_data:
                 return
-            stack.append([per * fmt.unpack_from(data, pos + 1)[0], per == 2, skip])
+            stack.append([per * int.from_bytes(data[pos + 1:pos + 1 + width], "big"), per == 2,
+                          skip])
             pos += 1 + width
         elif b in _FIXED:
             pos += _FIXED[b]
@@ -553,6 +580,10 @@ class SearchIndex:
                     return False
             jobs.popleft()
         return True
+
+    def long_work(self) -> bool:
+        """Whether a long document is being added or taken out (see the module docstring)."""
+        return bool(self._jobs)
 
     def pass_over(self, run_id: str) -> None:
         """Never read run `run_id` (begun with searchable=False): its watermark lies past any

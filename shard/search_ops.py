@@ -39,8 +39,13 @@ class SearchOps:
         return self.index.catch_up(self.runs, self.clock(), time.monotonic() + max_ms / 1000)
 
     def index_rebuilding(self) -> bool:
-        """Whether the search index is still being rebuilt after a recovery."""
-        return self.index.rebuilding
+        """Whether the search index has work its background slices do back to back.
+
+        A rebuild after a recovery, or a large text value under way (indexed in
+        steps: left to the upkeep's few milliseconds every round, a 15 MiB text
+        took minutes). The shard's info reports the index incomplete meanwhile.
+        """
+        return self.index.rebuilding or self.index.long_work()
 
     def search_query(self, terms: list[str], n_docs: int, total_len: int, dfs: dict,
                      run: str | None = None, primitives: list[str] | None = None, top: int = 10,
