@@ -30,7 +30,7 @@ import time
 
 from typing import TYPE_CHECKING
 
-from .errors import ClusterNotReady, InmemError, StoreOpenError, Timeout
+from .errors import ClusterNotReady, InmemError, InvalidOption, StoreOpenError, Timeout
 from .files import describe_os_error, make_dirs, private_opener
 
 if TYPE_CHECKING:
@@ -53,6 +53,9 @@ class Cluster:
                  data_dir: str | os.PathLike | None = None, shards: int | None = None,
                  durability: str | None = None, *, ready_timeout: float = 60.0, **overrides):
         from inmem.coordinator import config as cfg
+        if type(ready_timeout) not in (int, float) or not 0 < ready_timeout < float("inf"):
+            raise InvalidOption(f"ready_timeout must be a number of seconds > 0, got "
+                                f"{ready_timeout!r}")
         self._tmp = None
         if data_dir is None:
             self._tmp = tempfile.mkdtemp(prefix="inmem-cluster-")
@@ -175,9 +178,19 @@ class Cluster:
                          + (f" (last error: {s['last_error']})" if s.get("last_error") else "")
                          for s in shards)
 
+    def _check_started(self) -> None:
+        """ClusterNotReady at once when this Cluster was not started and nothing serves its
+        ipc endpoint (a client would wait its whole timeout to say less)."""
+        if self.proc is None and self.endpoint.startswith("ipc://"):
+            path = self.endpoint[len("ipc://"):]
+            if not os.path.lexists(path):
+                raise ClusterNotReady(f"nothing serves {self.endpoint}: this Cluster was not "
+                                      "started (call start(), or use it in a with block)")
+
     def connect(self, timeout: float = 10.0, **options) -> "Database":
         """A Database on this cluster (a new client each call); options as `inmem.connect`."""
         from .client import connect
+        self._check_started()
         options.setdefault("keys", self._client_keys())
         return connect(self.endpoint, timeout=timeout, **options)
 
@@ -263,6 +276,7 @@ class Cluster:
             self._tmp = None
 
     def _admin_backend(self):
+        self._check_started()
         if self._admin is None:
             from .client import ClusterBackend
             self._admin = ClusterBackend(self.endpoint, timeout=10.0, keys=self._client_keys())

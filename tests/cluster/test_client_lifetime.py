@@ -111,3 +111,15 @@ def test_close_releases_at_once_and_later_calls_say_closed(endpoint):
     _assert_bounded(base, "after close()", collect=False)
     with pytest.raises(inmem.InmemError, match="closed"):
         db.info()
+
+
+def test_a_cluster_never_started_says_so_at_once(tmp_path):
+    # status(), pids() and connect() on a Cluster nobody started waited 10 s each and
+    # raised Timeout; ready_timeout=-1 was taken.
+    cluster = inmem.Cluster(data_dir=tmp_path / "data", shards=1)
+    for call in (cluster.status, cluster.pids, cluster.connect):
+        with pytest.raises(inmem.ClusterNotReady, match="was not started"):
+            call()
+    for bad in (-1, 0, float("inf"), "60"):
+        with pytest.raises(inmem.InvalidOption, match="ready_timeout"):
+            inmem.Cluster(data_dir=tmp_path / "data", shards=1, ready_timeout=bad)
