@@ -124,7 +124,7 @@ def test_a_failing_callback_or_merge_never_escapes_the_coordinator(monkeypatch):
     coord._drain_shard(link)
     assert coord.counters["internal_errors"] == 1
 
-    def broken_merge(name, results):
+    def broken_merge(name, results, args=()):
         raise RuntimeError("merge broke")
 
     monkeypatch.setattr(protocol, "merge_fanout", broken_merge)
