@@ -457,20 +457,22 @@ class SearchIndex:
         """
         if doc in self.docs:
             self._remove(doc)
-        size = 0
-        for src in sources:
-            size += len(src)
-        if size > LONG_TEXT or self._jobs:
-            cancelled = [False]
-            self._jobs.append((doc, cancelled, self._put_long(doc, sources, alive, cancelled)))
+        if len(sources) == 1:  # a keyed write's value: the common case, kept short
+            src = sources[0]
+            if len(src) <= LONG_TEXT and not self._jobs:
+                self._put_texts(doc, [src] if type(src) is str else packed_text(src))
+                return
+        elif sum(map(len, sources)) <= LONG_TEXT and not self._jobs:
+            texts = []
+            for src in sources:
+                if type(src) is str:
+                    texts.append(src)
+                else:
+                    texts.extend(packed_text(src))
+            self._put_texts(doc, texts)
             return
-        texts = []
-        for src in sources:
-            if type(src) is str:
-                texts.append(src)
-            else:
-                texts.extend(packed_text(src))
-        self._put_texts(doc, texts)
+        cancelled = [False]
+        self._jobs.append((doc, cancelled, self._put_long(doc, sources, alive, cancelled)))
 
     def _put_texts(self, doc, texts) -> None:
         if len(texts) == 1:
