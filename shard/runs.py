@@ -2,9 +2,9 @@
 
 `RunOps` is one of the parts the `Engine` is assembled from: beginning a run,
 moving it through its statuses (`shard.lifecycle` has the transition table),
-listing, reading and deleting runs. It uses the engine plumbing (`_commit`,
-`_log`, `_encode`, `_run`, `_check_text`, the clock) that `shard.engine`
-defines.
+listing (whole, or in pages read from `shard.run_order`), reading and deleting
+runs. It uses the engine plumbing (`_commit`, `_log`, `_encode`, `_run`,
+`_check_text`, the clock) that `shard.engine` defines.
 """
 
 from __future__ import annotations
