@@ -105,13 +105,19 @@ class KVOps:
                 self._trim_history(r)
         else:
             self._commit(r, (KV_PUT, key, data, version, now, exp))
-        if exp is not None:
-            dead = self.dead
-            if not noted_before(old, exp):
-                dead.note(r.run_id, key, exp)
-            if now >= dead.due_at:
-                self._reclaim_inline(now, 1)
+        if exp is None:
+            return version
+        self._note_expiring(r, key, old, exp, now)
         return version
+
+    def _note_expiring(self, r: RunData, key: str, old, exp: int, now: int) -> None:
+        """A put with a TTL wrote `key` over `old`: note when it dies (shard.dead_keys), and
+        reclaim a few due entries if any are."""
+        dead = self.dead
+        if not noted_before(old, exp):
+            dead.note(r.run_id, key, exp)
+        if now >= dead.due_at:
+            self._reclaim_inline(now, 1)
 
     def kv_put_series(self, run: str, calls: list) -> list:
         """Consecutive `kv.put` calls to one run, as a pipeline of puts sends them.
