@@ -131,7 +131,8 @@ class IndexShare:
 
     def __call__(self) -> None:
         now = time.monotonic()
-        if not self.engine.index.rebuilding:
+        # (a large text value under way is owed its share too, as a rebuild is)
+        if not self.engine.index_rebuilding():
             self.owed = 0.0
             self.since = now
             return

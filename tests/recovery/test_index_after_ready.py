@@ -341,3 +341,31 @@ def test_a_reopened_store_holds_no_history_on_the_heap_while_the_index_rebuilds(
             assert any(h.ref == "after" for h in db.search("amber", limit=10_000).results)
     finally:
         held.release()
+
+
+def test_a_loop_that_never_idles_gives_a_large_value_its_share_too(monkeypatch):
+    # A large text value is indexed in steps (shard.search_index); a shard whose loop
+    # always has requests runs index work only through IndexShare, which looked at
+    # rebuilds alone: such a value got 3 ms every 250 ms of upkeep, minutes for 15 MiB.
+    engine = Engine()
+    run = engine.execute("run.begin", (None, None, None, [], None))
+    engine.execute("kv.put", (run, "page", " ".join(f"w{i}" for i in range(60_000))))
+    engine.index_step(0.5)  # the upkeep's round begins it
+    assert engine.index_rebuilding() and not engine.index.rebuilding
+    budgets = []
+    real_step = engine.index_step
+
+    def step(max_ms):
+        budgets.append(max_ms)
+        return real_step(max_ms)
+
+    monkeypatch.setattr(engine, "index_step", step)
+    share = upkeep.IndexShare(engine, threading.RLock())
+    turns = 0
+    while engine.index_rebuilding():
+        turns += 1
+        assert turns < 1_000_000, "the large value made no progress under load"
+        engine.execute("kv.get", (run, "page"))  # the turn's request
+        share()
+    assert budgets and max(budgets) <= upkeep.INDEX_SHARE_MAX_MS
+    assert engine.search_stats(["w59999"], budget_ms=0)[3] is True
