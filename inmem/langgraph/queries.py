@@ -16,6 +16,7 @@ from __future__ import annotations
 from langgraph.checkpoint.base import CheckpointTuple, get_checkpoint_id
 
 from inmem.errors import ProtocolError, RunNotFound
+from inmem.sections import run_cursor_arg
 
 from .driver import raise_first, run_async, run_sync
 from .keys import (REFS, checkpoint_prefix, namespace_keys, read_record, thread_run,
@@ -25,6 +26,8 @@ from .tuples import apart_keys, checkpoint_tuple
 
 #: results fetched per round trip while `list` walks a thread
 LIST_PAGE = 64
+#: runs asked for at a time when `list` walks every thread of the saver
+RUNS_PAGE = 1000
 
 
 class QueryPlans:
@@ -131,8 +134,17 @@ class QueryPlans:
         if limit is not None and limit <= 0:
             return []
         if config is None:
-            (runs,) = yield [("run.list", (None, self._tag, None))]
-            raise_first([runs])
+            # Every thread of this saver: its runs a page at a time (one reply of all of
+            # them fails on a cluster once their infos pass max_message_bytes).
+            runs: list = []
+            after = None
+            while True:
+                (page,) = yield [("run.list", (None, self._tag, None, after, RUNS_PAGE))]
+                raise_first([page])
+                runs += page
+                if len(page) < RUNS_PAGE:
+                    break
+                after = run_cursor_arg(page[-1])
             threads = [(_thread_of(info), info.run_id) for info in runs]
             ns = cid = None
         else:
