@@ -105,6 +105,8 @@ _header_unpack = HEADER.unpack
 _RID_MASK = 0xFFFFFFFFFFFFFFFF
 #: longest wait on a ZeroMQ socket between two looks at whether the client was closed
 _CLOSE_CHECK_MS = 100
+#: how long a direct ZeroMQ send waits for its connection between two looks at the shard
+_SEND_CHECK_MS = 200
 
 
 def _close_all(channels: list) -> None:
@@ -568,16 +570,23 @@ class ClusterBackend:
             except zmq.Again:
                 raise not_sent(self.url) from None
             return chan
-        # A direct channel: wait (briefly, within the deadline) for the
-        # connection to be up; a shard that is not there is unavailable.
+        # A direct channel: wait, within the deadline, for its connection to be up.
+        # A new one can take more than a moment on a loaded host (giving up after the
+        # first 200 ms failed calls with a Timeout long before their deadline); between
+        # slices the coordinator says whether the shard is down, or the cluster was
+        # replaced, so those still fail at once.
         while True:
             try:
                 sock.send_multipart((head, body), zmq.NOBLOCK)
                 return chan
             except zmq.Again:
                 wait_ms = int((deadline - time.monotonic()) * 1000)
-                if wait_ms <= 0 or not sock.poll(min(wait_ms, 200), zmq.POLLOUT):
+                if wait_ms <= 0:
                     raise (self._moved_away(chan.shard) or self._shard_down(chan.shard)) from None
+                if not sock.poll(min(wait_ms, _SEND_CHECK_MS), zmq.POLLOUT):
+                    why = self._moved_away(chan.shard) or self._shard_gone(chan.shard)
+                    if why is not None:
+                        raise why from None
 
     def _send_stream(self, chan: StreamChannel, head: bytes, body: bytes, deadline: float):
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import inmem
@@ -103,5 +105,40 @@ def test_the_client_remembers_slots_of_recent_runs_within_a_bound(cluster, monke
         with pytest.raises(inmem.InmemError):
             db.kv.put(5, "k", 1)
         assert 5 not in db._backend._slots
+    finally:
+        db.close()
+
+
+def test_a_direct_zeromq_send_waits_for_a_slow_connection_until_its_deadline():
+    # A new DEALER's connection can take more than 200 ms on a loaded host: the send
+    # gave up at the first 200 ms poll and raised "no reply from shard N within 10 s".
+    import zmq
+
+    from cluster.shared import shared_cluster
+    from inmem.client import _Channel
+    from inmem.protocol import KIND_OP, header
+    db = shared_cluster().connect(stream=False)
+    backend = db._backend
+    try:
+        class SlowToConnect:
+            """A socket whose connection is up only at its fourth look."""
+            def __init__(self):
+                self.looks = 0
+                self.sent = []
+
+            def send_multipart(self, frames, flags=0):
+                if self.looks < 4:
+                    raise zmq.Again()
+                self.sent.append(frames)
+
+            def poll(self, timeout=None, flags=zmq.POLLIN):
+                self.looks += 1
+                return 0 if self.looks < 4 else zmq.POLLOUT
+
+        sock = SlowToConnect()
+        chan = _Channel(sock, shard=0)
+        head = header(KIND_OP, 0, 1)
+        assert backend._send(chan, head, b"body", time.monotonic() + 30) is chan
+        assert sock.sent == [(head, b"body")] and sock.looks == 4
     finally:
         db.close()
