@@ -139,10 +139,17 @@ class Worker:
 
     # -- start-up ------------------------------------------------------------------
 
+    def _memory_engine(self) -> Engine:
+        """An inmemory shard's engine, with the options that mean something without files."""
+        options = self.spec.get("options", {})
+        return Engine(clock=self.clock, max_value_bytes=self.spec["max_value_bytes"],
+                      history=self.spec.get("history", "full"),
+                      **({"dead_key_retention_s": options["dead_key_retention_s"]}
+                         if "dead_key_retention_s" in options else {}))
+
     def open(self) -> None:
         if self.durability == "inmemory":
-            self.engine = Engine(clock=self.clock, max_value_bytes=self.spec["max_value_bytes"],
-                                 history=self.spec.get("history", "full"))
+            self.engine = self._memory_engine()
             self.recovery = None
             return
         from inmem.shard.durable import DurableStore
@@ -653,8 +660,7 @@ class Worker:
         """Forget every run: a fresh store for the next test (inmemory shards only)."""
         if self.store is not None:
             raise ProtocolError("debug.reset needs an inmemory cluster")
-        self.engine = Engine(clock=self.clock, max_value_bytes=self.spec["max_value_bytes"],
-                             history=self.spec.get("history", "full"))
+        self.engine = self._memory_engine()
         self.pinned_us = None
 
     def admin_debug_clock(self, now_us) -> None:

@@ -64,10 +64,6 @@ def test_the_floor_survives_a_kill_9_after_a_snapshot(make_cluster):
         db.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="an inmemory shard's Engine is built with max_value_bytes and history "
-                   "only (shard/worker.py, Worker.open): dead_key_retention_s is accepted by "
-                   "the config and not applied, so the default 60 s holds")
 def test_an_inmemory_shard_takes_the_retention(make_cluster):
     cluster = make_cluster(shards=1, durability="inmemory", dead_key_retention_s=0)
     db = cluster.connect()
