@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .backend import Backend
-from .errors import InmemError, RunNotFound, TransactionConflict
+from .errors import InmemError, ProtocolError, RunNotFound, TransactionConflict
 from .pipeline import Pipeline
 from .sections import (JSON, Events, Runs, StateCells, Traces, Value, backoff, begin_args,
                        check_retries, new_run_id, reason_arg)
@@ -144,9 +144,19 @@ class Database:
         with different values (`.a` in run_a, `.b` in run_b).
         """
         from .replay import diff_views
-        # Two requests, not one batch: on a cluster each replay must fit in a reply
-        # (max_message_bytes) on its own, where a batch's replies travel together.
-        return diff_views(self.replay_run(run_a), self.replay_run(run_b))
+        # One batch: on a cluster the two runs' shards fold them side by side. Two
+        # runs of one shard come back in one reply, and when together they are over
+        # max_message_bytes the larger gives way (ProtocolError): it is asked for alone,
+        # where it may fit.
+        runs = (run_a, run_b)
+        wires = self._backend.call_batch([("run.replay", (run, None)) for run in runs])
+        for i, wire in enumerate(wires):
+            if isinstance(wire, ProtocolError):
+                wires[i] = self._call("run.replay", (runs[i], None))
+        for wire in wires:  # the first run's error first
+            if isinstance(wire, BaseException):
+                raise wire
+        return diff_views(RunView.from_wire(wires[0]), RunView.from_wire(wires[1]))
 
     def search(self, query: str, run: str | None = None, primitives: list[str] | None = None,
                limit: int = 10, offset: int = 0,
