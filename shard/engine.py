@@ -75,14 +75,18 @@ TTL_MAX_SECONDS = 100 * 365 * 24 * 3600
 log = logging.getLogger("inmem.shard")
 
 
+def exception_text(exc: BaseException) -> str:
+    """An unexpected exception as its class and message, short (for an error sent back)."""
+    try:
+        return f"{type(exc).__name__}: {exc}"[:500]
+    except Exception:  # an exception whose str() fails
+        return type(exc).__name__
+
+
 def internal_error(op: str, exc: Exception) -> InmemError:
     """The error an operation's unexpected exception becomes in a batch, its traceback logged."""
     log.error("internal error in %s:\n%s", op, "".join(traceback.format_exception(exc)))
-    try:
-        text = f"{type(exc).__name__}: {exc}"[:500]
-    except Exception:  # an exception whose str() fails
-        text = type(exc).__name__
-    return InmemError(f"internal error in {op}: {text}")
+    return InmemError(f"internal error in {op}: {exception_text(exc)}")
 
 
 def _now_us() -> int:

@@ -69,7 +69,7 @@ from inmem.protocol import KIND_ADMIN, KIND_BATCH, KIND_OP, slot_of
 from inmem.ops import ROUTE_BY_FIRST, WRITE_OPS, route_run
 from inmem.shard.commit_wait import CommitWait, fine_timer_slack
 from inmem.shard.deferred_admin import CompactionRequests, SnapshotRequests
-from inmem.shard.engine import Engine, put_series_end
+from inmem.shard.engine import Engine, exception_text, put_series_end
 from inmem.shard.upkeep import UPKEEP_EVERY_S, IndexShare, index_slice, shard_info, upkeep
 from inmem.stream import stream_path
 from inmem.stream_server import Connection, StreamServer
@@ -433,12 +433,8 @@ class Worker:
         if len(frames) < 3 or protocol.request_id_of(frames[-2]) is None:
             self.dropped_frames += 1
             return None
-        try:
-            text = f"{type(exc).__name__}: {exc}"[:500]
-        except Exception:  # an exception whose str() fails
-            text = type(exc).__name__
         return frames[:-1] + [protocol.error_body(InmemError(
-            f"internal error in shard {self.shard}: {text}"))]
+            f"internal error in shard {self.shard}: {exception_text(exc)}"))]
 
     def _execute(self, op, args, refuse_writes, execute=None):
         if refuse_writes is not None and op in self.write_ops:

@@ -128,13 +128,9 @@ def test_a_partial_index_holds_only_current_values(tmp_path):
         [i for i in range(0, 2000, 3) if i % 7 == 1])
 
 
-def test_a_loop_that_never_idles_gives_the_rebuild_bounded_slices_until_it_completes(
-        stored, monkeypatch):
-    # A worker under constant load: every turn serves requests and finds more
-    # waiting, so only the per-turn share can move the rebuild along.
-    path, _ = stored
-    engine = recovered_engine(path)
-    budgets = []
+def _record_steps(engine, monkeypatch) -> list:
+    """The budgets (ms) of the index slices `engine` runs from now on, as they run."""
+    budgets: list = []
     real_step = engine.index_step
 
     def step(max_ms):
@@ -142,6 +138,16 @@ def test_a_loop_that_never_idles_gives_the_rebuild_bounded_slices_until_it_compl
         return real_step(max_ms)
 
     monkeypatch.setattr(engine, "index_step", step)
+    return budgets
+
+
+def test_a_loop_that_never_idles_gives_the_rebuild_bounded_slices_until_it_completes(
+        stored, monkeypatch):
+    # A worker under constant load: every turn serves requests and finds more
+    # waiting, so only the per-turn share can move the rebuild along.
+    path, _ = stored
+    engine = recovered_engine(path)
+    budgets = _record_steps(engine, monkeypatch)
     share = upkeep.IndexShare(engine, threading.RLock())
     run = next(iter(engine.runs))
     turns = 0
@@ -352,14 +358,7 @@ def test_a_loop_that_never_idles_gives_a_large_value_its_share_too(monkeypatch):
     engine.execute("kv.put", (run, "page", " ".join(f"w{i}" for i in range(60_000))))
     engine.index_step(0.5)  # the upkeep's round begins it
     assert engine.index_rebuilding() and not engine.index.rebuilding
-    budgets = []
-    real_step = engine.index_step
-
-    def step(max_ms):
-        budgets.append(max_ms)
-        return real_step(max_ms)
-
-    monkeypatch.setattr(engine, "index_step", step)
+    budgets = _record_steps(engine, monkeypatch)
     share = upkeep.IndexShare(engine, threading.RLock())
     turns = 0
     while engine.index_rebuilding():
