@@ -281,15 +281,22 @@ def _shard_number(path: str) -> int | None:
 
 # -- the lock -----------------------------------------------------------------------
 
-def try_lock(path) -> int | None:
+def try_lock(path, holder: str | None = None) -> int | None:
     """An exclusive flock on the file `path` (made 0600 if new): its fd, or None if held elsewhere.
 
     The lock lasts until the fd is closed (or the process ends, however it
     ends). A second open of the same path in this process is refused too.
+    `holder`: what holds it, written into the file with this process's id so
+    that whoever is refused can say who has it (`lock_holder`); the file's
+    content is only ever read for that message, never trusted for the lock.
     """
     fd = open_private(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if holder is not None:
+            note = f"{os.getpid()} {holder}\n".encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, note, 0)
     except BlockingIOError:
         os.close(fd)
         return None
@@ -297,6 +304,23 @@ def try_lock(path) -> int | None:
         os.close(fd)
         raise
     return fd
+
+
+def lock_holder(path) -> tuple[int, str] | None:
+    """(pid, holder) as the lock's holder wrote them (`try_lock`), or None if it wrote none.
+
+    Only read while the lock is held elsewhere; a holder that has not written
+    yet, or a file written by another program, reads as None.
+    """
+    try:
+        with open(path, "rb") as f:
+            text = f.read(512).decode("utf-8", "replace")
+    except OSError:
+        return None
+    pid, _, holder = text.strip().partition(" ")
+    if not pid.isdigit() or not holder:
+        return None
+    return int(pid), holder
 
 
 def lock_is_held(path) -> bool:
@@ -337,8 +361,9 @@ def lock_file_pid(path) -> int | None:
     """The pid a lock file records (its holder's while the lock is held), or None."""
     try:
         with open(path, "rb") as f:
-            return int(f.read(32).strip() or b"0") or None
-    except (OSError, ValueError):
+            first = f.read(32).split(maxsplit=1)
+        return int(first[0]) if first and first[0].isdigit() and int(first[0]) else None
+    except OSError:
         return None
 
 
@@ -546,4 +571,4 @@ def claim_socket_path(path: str, endpoint: str) -> None:
 __all__ = ["FILE_MODE", "DIR_MODE", "fsync_dir", "make_dirs", "NotADirectory", "kind_of",
            "describe_os_error", "STORE_LOCK_NAME", "is_store_dir", "is_cluster_dir",
            "enclosing_data_dir", "open_private", "private_opener",
-           "try_lock", "lock_is_held", "CLUSTER_LOCK_NAME", "socket_in_use", "claim_socket_path", "lock_file_pid", "serving_cluster_root", "data_end", "read_data", "open_regular", "NotRegularFile", "keep_evidence_copy", "move_to_evidence"]
+           "try_lock", "lock_holder", "lock_is_held", "CLUSTER_LOCK_NAME", "socket_in_use", "claim_socket_path", "lock_file_pid", "serving_cluster_root", "data_end", "read_data", "open_regular", "NotRegularFile", "keep_evidence_copy", "move_to_evidence"]

@@ -43,7 +43,7 @@ import traceback
 
 from inmem.durability import defaults as durability_defaults
 from inmem.errors import DurabilityError, InmemError, InvalidOption, StoreOpenError
-from inmem.files import enclosing_data_dir, make_dirs, try_lock
+from inmem.files import enclosing_data_dir, lock_holder, make_dirs, try_lock
 from inmem.types import SnapshotInfo
 from inmem.recovery.sequence import recover, snapshot_dir, wal_dir
 from inmem.wal.failpoints import failpoint, register
@@ -134,7 +134,7 @@ class DurableStore:
 
     @classmethod
     def open(cls, path, durability="buffered", *, clock=None, max_value_bytes=None, shard=0,
-             flusher: bool = True, one_writer: bool = False, **options):
+             flusher: bool = True, one_writer: bool = False, holder: str = "", **options):
         """Recover `path` into a new engine; returns (store, engine).
 
         `flusher=False`: no background thread flushes a buffered WAL; the
@@ -142,7 +142,9 @@ class DurableStore:
         so that one thread owns the socket, the engine and the WAL).
         `one_writer=True`: only the opening thread writes (the shard worker),
         so `wait_durable` writes and fsyncs what is pending itself instead of
-        joining the group commit of many threads.
+        joining the group commit of many threads. `holder`: how the opener is
+        named to a process refused the directory ("shard 1"); an embedded
+        store by default.
         """
         unknown = options.keys() - DEFAULTS.keys()
         if unknown:
@@ -154,7 +156,7 @@ class DurableStore:
         path = os.fspath(path)
         _refuse_nested(path)
         make_dirs(path)
-        lock_fd = _lock_directory(path)
+        lock_fd = _lock_directory(path, holder or EMBEDDED_HOLDER)
         try:
             kwargs = {} if max_value_bytes is None else {"max_value_bytes": max_value_bytes}
             engine = Engine(clock=clock, log=True,
@@ -783,12 +785,32 @@ def _refuse_nested(path: str) -> None:
                              "open it in a directory outside it", path=path)
 
 
-def _lock_directory(path: str) -> int:
-    """An exclusive lock on the directory: two processes must never share a WAL."""
-    fd = try_lock(os.path.join(path, "LOCK"))
+def _lock_directory(path: str, holder: str) -> int:
+    """An exclusive lock on the directory: two processes must never share a WAL.
+
+    Refused, the error names the holder when it wrote itself into the lock
+    file. Held by an embedded store it is `lasting` (a cluster's start gives
+    up at once: the store stays open until its program closes it); held by a
+    shard, or by a holder that wrote nothing, it may be a process that is
+    ending, which a restart outlasts.
+    """
+    lock = os.path.join(path, "LOCK")
+    fd = try_lock(lock, holder)
     if fd is None:
-        raise InmemError(f"{path} is already open (in this process or another); close it first")
+        found = lock_holder(lock)
+        if found is None:
+            raise InmemError(f"{path} is already open (in this process or another); close it "
+                             "first")
+        pid, who = found
+        where = "this process" if pid == os.getpid() else f"process {pid}"
+        exc = InmemError(f"{path} is already open by {who} in {where}; close it first")
+        exc.lasting = who == EMBEDDED_HOLDER
+        raise exc
     return fd
+
+
+#: how an embedded store names itself in its directory's lock file (see `_lock_directory`)
+EMBEDDED_HOLDER = "an embedded store"
 
 
 __all__ = ["DurableStore", "DEFAULTS", "snapshot_dir"]

@@ -156,6 +156,7 @@ class Worker:
         self.store, self.engine = DurableStore.open(
             self.path, durability=self.durability, max_value_bytes=self.spec["max_value_bytes"],
             shard=self.shard, clock=self.clock, flusher=False, one_writer=True,
+            holder=f"shard {self.shard} of a cluster",
             **self.spec["options"])
         # The store's flusher takes its lock to hand the engine's log to the WAL.
         self.lock = self.store.lock

@@ -6,7 +6,9 @@ first start of a cluster that has one ends in a ClusterNotReady naming the
 shard, the path and the cause, long before the ready timeout; `inmem serve`
 says it in one line and exits non-zero. A failure a later try may not meet
 (the shard's directory still locked by an old process) is retried as before,
-and a start that times out says what each shard is waiting on.
+and a start that times out says what each shard is waiting on. A shard's
+directory held by an embedded store (`inmem.open` on it, in any process) is
+no passing failure: the start ends at once naming the store's process.
 """
 
 from __future__ import annotations
@@ -343,3 +345,30 @@ def test_a_coordinator_that_cannot_start_says_why_without_its_traceback(make_clu
     assert str(err) == (f"no key file {tmp_path}/keys/coordinator.key_secret; `inmem keys "
                         "generate` writes it"), str(err)
     assert err.cause == "ConfigError"
+
+
+@pytest.mark.timeout(120)
+def test_a_shard_directory_held_by_an_embedded_store_fails_the_start_at_once(make_cluster):
+    data = _stopped_cluster(make_cluster)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, inmem; db = inmem.open(sys.argv[1]); "
+         "print('open', flush=True); sys.stdin.read()", os.path.join(data, "shard-1")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env())
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        cluster = make_cluster(data_dir=data, start=False, shards=2, durability="strict",
+                               ready_timeout=READY_TIMEOUT_S)
+        t0 = time.monotonic()
+        with pytest.raises(inmem.ClusterNotReady) as caught:
+            cluster.start()
+        assert time.monotonic() - t0 < QUICK_S
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+    text = str(caught.value)
+    assert text.startswith("shard 1 cannot start: "), text
+    assert f"already open by an embedded store in process {holder.pid}" in text, text
+    assert caught.value.shard == 1
+    # Closed, the directory is the shard's again.
+    again = make_cluster(data_dir=data, shards=2, durability="strict")
+    assert again.status()["ready"] is True
