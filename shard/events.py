@@ -3,12 +3,14 @@
 `EventOps` is one of the parts the `Engine` is assembled from. Each event is
 an EV_APPEND effect (`shard.effects`: EV_SEQ, EV_TYPE, EV_PAYLOAD, EV_TS,
 EV_PREV_HASH, EV_HASH) whose hash covers the event and the previous event's
-hash, so `ev_verify` can tell whether the chain was altered.
+hash, so `ev_verify` can tell whether the chain was altered. `ev_by_type` pages
+with `after` (a sequence number) and `limit`.
 """
 
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_right
 from typing import Callable
 
 import msgpack
@@ -19,6 +21,7 @@ from inmem.values import ZERO_HASH, canonical, check_key
 
 from .effects import EV_APPEND, EV_HASH, EV_PAYLOAD, EV_PREV_HASH, EV_SEQ, EV_TS, EV_TYPE
 from .runs import RunData
+from .traces import check_limit
 
 _sha256 = hashlib.sha256
 _unpackb = msgpack.unpackb
@@ -88,11 +91,27 @@ class EventOps:
     def ev_count(self, run: str) -> int:
         return len(self._run(run).events)
 
-    def ev_by_type(self, run: str, event_type: str) -> list[Event]:
+    def ev_by_type(self, run: str, event_type: str, after: int | None = None,
+                   limit: int | None = None) -> list[Event]:
+        """The run's events of `event_type` in sequence order; a page when `after` (a
+        sequence: start after it) or `limit` (at most so many) is given.
+
+        The run keeps each type's sequences in order: a page bisects them and
+        slices, so it costs about what it returns.
+        """
         r = self._run(run)
         check_key(event_type, "event type")
+        check_limit(limit)
+        seqs = r.events_by_type.get(event_type, ())
+        start = 0
+        if after is not None:
+            if type(after) is not int:
+                raise InvalidValue("after must be a sequence number (int), the last of the "
+                                   f"previous page, or None, got {type(after).__name__}")
+            start = bisect_right(seqs, after) if seqs else 0
         events = r.events
-        return [as_event(events[s]) for s in r.events_by_type.get(event_type, ())]
+        end = None if limit is None else start + limit
+        return [as_event(events[s]) for s in seqs[start:end]]
 
     def ev_verify(self, run: str) -> ChainCheck:
         r: RunData = self._run(run)

@@ -19,10 +19,23 @@ from inmem.values import check_key
 
 from .effects import TR_ADD, TR_DATA, TR_ID, TR_METADATA, TR_PARENT, TR_TAGS, TR_TS, TR_TYPE
 from .runs import check_tags
+from .trace_places import Places
 
 _unpackb = msgpack.unpackb
 
 TRACE_TYPES = frozenset(("tool_call", "decision", "query", "thought", "error", "custom"))
+
+
+def check_limit(limit) -> None:
+    """InvalidValue unless `limit` is None or an int of at least 1 (the most a page holds)."""
+    if limit is not None and (type(limit) is not int or limit < 1):
+        raise InvalidValue(f"limit must be an int of at least 1 or None, got {limit!r:.60}")
+
+
+def kept_places(engine) -> dict:
+    """Run id -> the places an engine keeps for pages of its traces (for checks)."""
+    places = engine._trace_places
+    return {} if places is None else places.by_run
 
 
 def as_trace(e: tuple) -> Trace:
@@ -36,6 +49,9 @@ class TraceOps:
     """The trace operations of the engine."""
 
     clock: Callable[[], int]
+    runs: dict
+    #: where each trace stands in its run, for pages after a trace (shard.trace_places)
+    _trace_places: Places | None = None
 
     def tr_record(self, run: str, trace_type: str, data: dict, parent_id: str | None = None,
                   tags=(), metadata=None, trace_id: str | None = None) -> str:
@@ -64,19 +80,53 @@ class TraceOps:
         e = r.traces.get(check_key(trace_id, "trace id"))
         return None if e is None else as_trace(e)
 
-    def tr_by_type(self, run: str, trace_type: str) -> list[Trace]:
+    def tr_by_type(self, run: str, trace_type: str, after: str | None = None,
+                   limit: int | None = None) -> list[Trace]:
+        """The run's traces of `trace_type` in record order; a page with `after`/`limit`
+        (see `_page`)."""
         r = self._run(run)
         if type(trace_type) is not str:
             raise InvalidValue(f"trace_type must be a str, got {type(trace_type).__name__}")
-        return [as_trace(r.traces[t]) for t in r.traces_by_type.get(trace_type, ())]
+        return self._page(r, r.traces_by_type.get(trace_type, ()), after, limit)
 
-    def tr_by_tag(self, run: str, tag: str) -> list[Trace]:
+    def tr_by_tag(self, run: str, tag: str, after: str | None = None,
+                  limit: int | None = None) -> list[Trace]:
+        """The run's traces carrying `tag` in record order; a page with `after`/`limit`."""
         r = self._run(run)
-        return [as_trace(r.traces[t]) for t in r.traces_by_tag.get(check_key(tag, "tag"), ())]
+        return self._page(r, r.traces_by_tag.get(check_key(tag, "tag"), ()), after, limit)
 
-    def tr_roots(self, run: str) -> list[Trace]:
+    def tr_roots(self, run: str, after: str | None = None,
+                 limit: int | None = None) -> list[Trace]:
+        """The run's traces without a parent in record order; a page with `after`/`limit`."""
         r = self._run(run)
-        return [as_trace(r.traces[t]) for t in r.trace_roots]
+        return self._page(r, r.trace_roots, after, limit)
+
+    def _page(self, r, ids, after, limit) -> list[Trace]:
+        """The traces of `ids` (an index of run `r`: trace ids in record order) recorded
+        after trace `after` (None: from the first), at most `limit` of them (None: all).
+
+        A trace id rather than a position: a Trace carries its id, and the id
+        marks one place in record order in every listing of the run (a trace is
+        never moved or removed). TraceNotFound when `after` is not a trace of
+        the run.
+        """
+        check_limit(limit)
+        start = 0
+        if after is not None:
+            if type(after) is not str:
+                raise InvalidValue("after must be a trace id (the last Trace of the previous "
+                                   f"page or its id) or None, got {type(after).__name__}")
+            if after not in r.traces:
+                raise TraceNotFound(f"trace {after!r:.80} (after=) not found in run "
+                                    f"{r.run_id!r}")
+            if ids:
+                places = self._trace_places
+                if places is None:
+                    places = self._trace_places = Places()
+                start = places.of_run(self.runs, r).start(ids, after)
+        traces = r.traces
+        end = None if limit is None else start + limit
+        return [as_trace(traces[t]) for t in ids[start:end]]
 
     def tr_tree(self, run: str, trace_id: str) -> list[Trace]:
         """The traces of the subtree under `trace_id`: the root first, then breadth-first.
