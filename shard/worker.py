@@ -105,6 +105,8 @@ class Worker:
         self.store = None
         self.engine = None
         self.sock = None
+        #: (device, inode) of the ipc socket file bound here, removed at close if still it
+        self.ipc_file = None
         self.stream: StreamServer | None = None
         self.ctx = None
         self.server_keys = None
@@ -190,6 +192,11 @@ class Worker:
                 log.warning("%s", insecure_warning([self.endpoint]))
         self.server_keys = server_keys
         sock = bind_router(self.ctx, self.endpoint, self.max_message_bytes, server_keys)
+        if directory:
+            # ZeroMQ leaves an ipc socket's file behind when the socket closes; close()
+            # removes it if it is still the one bound here (a shard run alone, `inmem
+            # shard serve`, has no coordinator to clean up after it).
+            self.ipc_file = _identity(self.endpoint[6:])
         if server_keys is not None:
             # Whose key each ZeroMQ peer's handshake used (see run_admin): the
             # coordinator's is the only one that may send this shard its slot map.
@@ -702,6 +709,11 @@ class Worker:
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close(0)
+            if self.ipc_file is not None and _identity(self.endpoint[6:]) == self.ipc_file:
+                try:
+                    os.unlink(self.endpoint[6:])
+                except OSError:
+                    pass
         if self.stream is not None:
             self.stream.close()
         if self.store is not None:
@@ -713,6 +725,15 @@ class Worker:
         if self.ctx is not None:
             self.ctx.term()
 
+
+
+def _identity(path: str) -> tuple | None:
+    """(device, inode) of the file at `path`, or None if there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def run_worker(spec: dict, shard: int, watch_parent: bool = False) -> int:

@@ -111,3 +111,31 @@ def test_a_hangup_stops_a_restarted_shard_cleanly_too(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(30)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_shard_served_alone_removes_its_socket_files_when_stopped(tmp_path, sig):
+    """`inmem shard serve` has no coordinator to clean up after it: it removes its own."""
+    data = tmp_path / "data"
+    config = tmp_path / "cluster.toml"
+    config.write_text(f'[cluster]\ndata_dir = "{data}"\nshards = 2\n')
+    proc = subprocess.Popen([sys.executable, "-m", "inmem", "shard", "serve", "--config",
+                             str(config), "--shard", "0"], env=child_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        endpoint = load(str(config))["shards"][0]["endpoint"]
+        path = endpoint[len("ipc://"):]
+        deadline = time.monotonic() + 60  # a hang detector only
+        while not (os.path.exists(path) and os.path.exists(path + ".s")):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the shard never bound its sockets"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        assert proc.wait(60) == 0, proc.stderr.read()
+        assert not os.path.exists(path)
+        assert not os.path.exists(path + ".s")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
