@@ -87,6 +87,9 @@ class VersionMismatch(InmemError):
     `if_version`).
     """
     _fields = ("expected", "actual", "current")
+    #: ints that may be past 64 bits (a caller's expected version), which cross
+    #: the wire as their decimal text
+    _int_fields = ("expected", "actual")
 
     def __init__(self, expected: int = 0, actual: int = 0, message: str | None = None,
                  current=None):
@@ -205,6 +208,10 @@ def from_wire(wire) -> InmemError:
         if isinstance(fields, dict):
             for key in cls._fields:
                 setattr(err, key, fields.get(key))
+            for key in getattr(cls, "_int_fields", ()):
+                value = getattr(err, key)
+                if type(value) is str and value.lstrip("-").isdigit():
+                    setattr(err, key, int(value))
         return err
     except (TypeError, ValueError):
         return ProtocolError(f"malformed error reply: {wire!r:.200}")

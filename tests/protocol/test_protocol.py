@@ -158,6 +158,23 @@ def test_a_version_mismatch_carries_the_current_state_across():
         packer, inmem.VersionMismatch(1, 0), 2**20)).current is None
 
 
+@pytest.mark.parametrize("expected", [2**64, 2**70, -2**70])
+def test_a_version_mismatch_past_64_bits_comes_back_as_the_int_it_was(expected):
+    """msgpack has no ints past 64 bits: the caller's expected version crosses as text
+    and is an int again on arrival, as an embedded store gives it."""
+    packer = protocol.new_reply_packer()
+    back = protocol.unpack_reply(protocol.pack_reply(
+        packer, inmem.VersionMismatch(expected, 1), 2**20))
+    assert type(back) is inmem.VersionMismatch
+    assert (back.expected, back.actual) == (expected, 1)
+    assert str(back) == f"expected version {expected}, found 1"
+
+
+def test_text_that_is_not_a_number_stays_text_in_a_version_field():
+    wire = ["VersionMismatch", "m", {"expected": "12a", "actual": 2}]
+    assert inmem.errors.from_wire(wire).expected == "12a"
+
+
 def test_a_malformed_current_state_is_dropped_not_raised():
     wire = ["VersionMismatch", "expected version 1, found 2", {"expected": 1, "actual": 2,
                                                                "current": [1, 2, 3, 4, 5]}]
