@@ -135,9 +135,20 @@ class Events(_Section):
         """How many events the run's log holds (the next sequence number)."""
         return self._call("ev.count", (run,))
 
-    def by_type(self, run: str, event_type: str) -> list[Event]:
-        """The run's events of `event_type`, in sequence order."""
-        return self._call("ev.by_type", (run, event_type))
+    def by_type(self, run: str, event_type: str, *, after: Event | int | None = None,
+                limit: int | None = None) -> list[Event]:
+        """The run's events of `event_type`, in sequence order.
+
+        In pages, for more events than one reply holds: `limit` returns at
+        most that many, `after` starts after a sequence number: the last Event
+        of the previous page (or its `sequence`). Pass each page's last event
+        as the next one's `after` until a page comes back empty.
+        """
+        if after is None and limit is None:
+            return self._call("ev.by_type", (run, event_type))
+        if isinstance(after, Event):
+            after = after.sequence
+        return self._call("ev.by_type", (run, event_type, after, limit))
 
     def verify_chain(self, run: str) -> ChainCheck:
         """Recompute every hash of the run's chain; says where it first breaks, if it does."""
@@ -234,17 +245,35 @@ class Traces(_Section):
         """The trace with this id, or None."""
         return self._call("tr.get", (run, trace_id))
 
-    def by_type(self, run: str, trace_type: str) -> list[Trace]:
-        """The run's traces of `trace_type`, in record order."""
-        return self._call("tr.by_type", (run, trace_type))
+    def by_type(self, run: str, trace_type: str, *, after: Trace | str | None = None,
+                limit: int | None = None) -> list[Trace]:
+        """The run's traces of `trace_type`, in record order.
 
-    def by_tag(self, run: str, tag: str) -> list[Trace]:
-        """The run's traces carrying `tag`, in record order."""
-        return self._call("tr.by_tag", (run, tag))
+        In pages, for more traces than one reply holds: `limit` returns at
+        most that many, `after` starts after a trace's place in record order:
+        the last Trace of the previous page (or its id). Pass each page's last
+        trace as the next one's `after` until a page comes back empty;
+        TraceNotFound when `after` is not a trace of the run.
+        """
+        if after is None and limit is None:
+            return self._call("tr.by_type", (run, trace_type))
+        return self._call("tr.by_type", (run, trace_type, trace_cursor_arg(after), limit))
 
-    def roots(self, run: str) -> list[Trace]:
-        """Traces without a parent, in record order."""
-        return self._call("tr.roots", (run,))
+    def by_tag(self, run: str, tag: str, *, after: Trace | str | None = None,
+               limit: int | None = None) -> list[Trace]:
+        """The run's traces carrying `tag`, in record order; in pages with `after` and
+        `limit`, as `by_type`."""
+        if after is None and limit is None:
+            return self._call("tr.by_tag", (run, tag))
+        return self._call("tr.by_tag", (run, tag, trace_cursor_arg(after), limit))
+
+    def roots(self, run: str, *, after: Trace | str | None = None,
+              limit: int | None = None) -> list[Trace]:
+        """Traces without a parent, in record order; in pages with `after` and `limit`,
+        as `by_type`."""
+        if after is None and limit is None:
+            return self._call("tr.roots", (run,))
+        return self._call("tr.roots", (run, trace_cursor_arg(after), limit))
 
     def tree(self, run: str, trace_id: str) -> TraceTree:
         """The subtree under `trace_id`, children in record order; TraceNotFound if absent."""
@@ -389,6 +418,12 @@ def run_cursor_arg(after):
     if type(after) is tuple:
         return list(after)
     return after
+
+
+def trace_cursor_arg(after):
+    """`after` of a page of traces as it is sent: a Trace as its id (the place in record
+    order it stands for); anything else as given, for the engine to accept or refuse."""
+    return after.id if isinstance(after, Trace) else after
 
 
 def reason_arg(reason):
