@@ -4,7 +4,8 @@
 shard) in its own process group, waits until every shard has recovered and
 the cluster is ready, and stops it cleanly when the `with` block ends
 (shards flush their WALs and take their final snapshot). With data_dir None
-it runs in a fresh temporary directory, removed afterwards.
+it runs in the data directory its config file names, or, when there is none,
+in a fresh temporary directory, removed afterwards.
 
     with inmem.Cluster(shards=2, durability="strict") as cluster:
         db = cluster.connect()
@@ -37,12 +38,26 @@ if TYPE_CHECKING:
     from .database import Database
 
 
+def _names_data_dir(config) -> bool:
+    """Whether the config file `config` sets `[cluster] data_dir` (False for None or a
+    file that cannot be read: loading it then says what is wrong)."""
+    if config is None:
+        return False
+    from inmem.coordinator.config import ConfigError, read_toml
+    try:
+        table = read_toml(config).get("cluster")
+    except (ConfigError, OSError):
+        return False
+    return isinstance(table, dict) and "data_dir" in table
+
+
 class Cluster:
     """A local cluster in child processes, for tests and embedding.
 
     `config`: a TOML file (None: the built-in defaults, as configs/default.toml);
-    `data_dir`: where it keeps its data (None: a temporary directory removed
-    when it stops); `shards`, `durability` and other keyword overrides take
+    `data_dir`: where it keeps its data (None: the config's `data_dir` when
+    the config file sets one, as `inmem serve` uses it; else a temporary
+    directory removed when it stops); `shards`, `durability` and other keyword overrides take
     precedence over the config. `ready_timeout`: seconds `start()` waits for
     every shard to recover. InvalidOption or a config error for bad settings;
     from `start()`, StoreOpenError for a data directory it cannot use, and
@@ -57,12 +72,12 @@ class Cluster:
             raise InvalidOption(f"ready_timeout must be a number of seconds > 0, got "
                                 f"{ready_timeout!r}")
         self._tmp = None
-        if data_dir is None:
+        if data_dir is None and not _names_data_dir(config):
             self._tmp = tempfile.mkdtemp(prefix="inmem-cluster-")
             data_dir = self._tmp
         try:
-            self.spec = cfg.load(config, data_dir=os.fspath(data_dir), shards=shards,
-                                 durability=durability, **overrides)
+            self.spec = cfg.load(config, data_dir=None if data_dir is None else os.fspath(data_dir),
+                                 shards=shards, durability=durability, **overrides)
         except BaseException:
             self._remove_tmp()
             raise

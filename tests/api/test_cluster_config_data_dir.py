@@ -1,0 +1,61 @@
+"""`inmem.Cluster(config=FILE)` keeps its data where the config says, as `inmem serve` does.
+
+Only a cluster given neither a `data_dir` keyword nor a config that names
+one runs in a temporary directory removed at stop; what a config names is
+never removed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import inmem
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+def _config(tmp_path, body: str):
+    path = tmp_path / "cluster.toml"
+    path.write_text(body)
+    return path
+
+
+def test_the_config_data_dir_is_used_and_kept(tmp_path):
+    data = tmp_path / "from-config"
+    cfg = _config(tmp_path, f'[cluster]\ndata_dir = "{data}"\nshards = 1\n'
+                            '[durability]\nmode = "strict"\n')
+    with inmem.Cluster(config=cfg) as cluster:
+        assert cluster.data_dir == str(data)
+        with cluster.connect() as db:
+            run = db.begin_run(run_id="keep-me")
+            assert db.kv.put(run, "k", "v") == 1
+            db.end_run(run)
+    assert os.path.isdir(data / "shard-0")
+    with inmem.Cluster(config=cfg) as cluster, cluster.connect() as db:
+        assert db.kv.get("keep-me", "k") == "v"
+    assert os.path.isdir(data / "shard-0")
+
+
+def test_the_keyword_overrides_the_config_data_dir(tmp_path):
+    named = tmp_path / "from-config"
+    cfg = _config(tmp_path, f'[cluster]\ndata_dir = "{named}"\nshards = 1\n')
+    mine = tmp_path / "mine"
+    with inmem.Cluster(config=cfg, data_dir=mine) as cluster:
+        assert cluster.data_dir == str(mine)
+    assert os.path.isdir(mine / "shard-0") and not named.exists()
+
+
+def test_a_config_without_a_data_dir_runs_in_a_temporary_directory(tmp_path):
+    cfg = _config(tmp_path, "[cluster]\nshards = 1\n")
+    with inmem.Cluster(config=cfg) as cluster:
+        used = cluster.data_dir
+        assert os.path.isdir(used) and not used.startswith(str(tmp_path))
+    assert not os.path.exists(used)
+
+
+def test_an_unreadable_config_is_refused_as_before(tmp_path):
+    cfg = _config(tmp_path, "[cluster\n")
+    with pytest.raises(inmem.errors.InmemError, match="not valid TOML"):
+        inmem.Cluster(config=cfg)
