@@ -679,7 +679,8 @@ def build_parser() -> argparse.ArgumentParser:
     kg.add_argument("--shards", type=int, help="how many shards (default: the config's)")
     kg.add_argument("--config", help="the cluster's TOML config, for its shard count")
     kg.add_argument("--clients", nargs="*", metavar="NAME",
-                    help="client keypairs to write (client-NAME); default: one, named client")
+                    help="more client keypairs to write (client-NAME), each its own to revoke; the "
+                         "default client's pair (client) is always written")
     kg.set_defaults(fn=_cmd_keys_generate)
 
     sub.add_parser("bench", help="run the benchmarks (see `inmem bench --help`)", add_help=False)

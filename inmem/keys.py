@@ -7,7 +7,7 @@ format ZeroMQ tools read (`zmq.auth.load_certificate`)::
 
     coordinator.key   coordinator.key_secret
     shard-0.key       shard-0.key_secret       (one pair per shard)
-    client.key        client.key_secret        (the default client; more with --clients)
+    client.key        client.key_secret        (the default client, always; more with --clients)
 
 `NAME.key` holds a public key, `NAME.key_secret` the keypair (mode 0600, in a
 0700 directory). The public keys in the directory are the peers a server
@@ -94,10 +94,16 @@ CLIENT_NAME_MAX = 64
 
 
 def names_for(shards: int, clients=(CLIENT,)) -> list[str]:
-    """The keypair names of a cluster with `shards` shards and these clients."""
+    """The keypair names of a cluster with `shards` shards and these clients.
+
+    The default client's pair is always among them: `inmem.Cluster`, `inmem
+    status --keys DIR` and `connect(url, keys=DIR)` use it, so a directory
+    written for named clients alone would leave the cluster's own launcher
+    locked out.
+    """
     if type(shards) is not int or not 1 <= shards <= 1024:
         raise KeyFileError(f"a cluster has 1 to 1024 shards, got {shards!r}")
-    names = [COORDINATOR] + [shard_name(i) for i in range(shards)]
+    names = [COORDINATOR] + [shard_name(i) for i in range(shards)] + [CLIENT]
     for client in clients:
         name = client if client == CLIENT or client.startswith(CLIENT + "-") else f"{CLIENT}-{client}"
         if (type(client) is not str or not client or name == CLIENT + "-"

@@ -65,6 +65,16 @@ def test_keys_generate_writes_private_pairs_and_keeps_existing_ones(tmp_path):
     assert len(keyfiles.admitted_keys(d)) == 6
 
 
+def test_keys_generate_for_named_clients_writes_the_default_client_too(tmp_path):
+    # With only client-alice written, inmem.Cluster on the directory could not start
+    # (its own admin client has the default pair) and connect(keys=DIR) failed.
+    d = tmp_path / "keys"
+    r = _cli("keys", "generate", str(d), "--shards", "1", "--clients", "alice")
+    assert r.returncode == 0, r.stderr
+    names = ["coordinator", "shard-0", "client", "client-alice"]
+    assert sorted(os.listdir(d)) == sorted(n + s for n in names for s in (".key", ".key_secret"))
+
+
 @pytest.mark.parametrize("args", [["--shards", "0"], ["--shards", "1", "--clients", ""],
                                   ["--shards", "1", "--clients", "x" * 300],
                                   ["--shards", "1", "--clients", "a/b"]])
