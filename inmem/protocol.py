@@ -575,7 +575,14 @@ _ASK_LESS = {
                  "last run of each page"),
     "ev.read": "read the events in ranges",
     "ev.range": "read the events in smaller ranges",
-    "ev.by_type": "read the events in ranges",
+    "ev.by_type": ("read them a page at a time: events.by_type(..., limit=...), then after= "
+                   "the last event of each page"),
+    "tr.by_type": ("read them a page at a time: traces.by_type(..., limit=...), then after= "
+                   "the last trace of each page"),
+    "tr.by_tag": ("read them a page at a time: traces.by_tag(..., limit=...), then after= "
+                  "the last trace of each page"),
+    "tr.roots": ("read them a page at a time: traces.roots(..., limit=...), then after= "
+                 "the last trace of each page"),
     "run.replay": "replay an earlier position (at=)",
     None: "split the pipeline: its replies travel together",
 }
