@@ -193,3 +193,15 @@ def test_paging_with_any_page_size_is_the_unpaged_list(db):
         for name, listing in trace_listings(db, run):
             assert pages(listing, limit, lambda t: t.id) == listing(), name
     check()
+
+
+def test_the_reference_example_of_pages_runs():
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S)
+                if 'after=page[-1], limit=100' in b]
+    with inmem.open(None) as db:
+        scope = {"inmem": inmem, "db": db, "run": db.begin_run()}
+        exec(compile(block, "docs/api.md", "exec"), scope)
+        assert len(scope["calls"]) == 250
