@@ -566,13 +566,14 @@ class AsyncDatabase:
 
     async def diff_runs(self, run_a: str, run_b: str):
         """What differs between two runs' replayed states (both replayed at once)."""
-        from .replay import diff_views
-        a, b = await asyncio.gather(self.replay_run(run_a), self.replay_run(run_b),
+        from .replay import diff_wires
+        a, b = await asyncio.gather(self._call("run.replay", (run_a, None)),
+                                    self._call("run.replay", (run_b, None)),
                                     return_exceptions=True)
-        for view in (a, b):  # the first run's error first, as the blocking Database does
-            if isinstance(view, BaseException):
-                raise view
-        return diff_views(a, b)
+        for wire in (a, b):  # the first run's error first, as the blocking Database does
+            if isinstance(wire, BaseException):
+                raise wire
+        return diff_wires(a, b)
 
     async def search(self, query: str, run: str | None = None,
                      primitives: list[str] | None = None, limit: int = 10, offset: int = 0,

@@ -143,7 +143,7 @@ class Database:
         `added`: only in run_b; `removed`: only in run_a; `modified`: in both,
         with different values (`.a` in run_a, `.b` in run_b).
         """
-        from .replay import diff_views
+        from .replay import diff_wires
         # One batch: on a cluster the two runs' shards fold them side by side. Two
         # runs of one shard come back in one reply, and when together they are over
         # max_message_bytes the larger gives way (ProtocolError): it is asked for alone,
@@ -156,7 +156,7 @@ class Database:
         for wire in wires:  # the first run's error first
             if isinstance(wire, BaseException):
                 raise wire
-        return diff_views(RunView.from_wire(wires[0]), RunView.from_wire(wires[1]))
+        return diff_wires(wires[0], wires[1])
 
     def search(self, query: str, run: str | None = None, primitives: list[str] | None = None,
                limit: int = 10, offset: int = 0,

@@ -11,7 +11,7 @@ values (None on the missing side).
 
 from __future__ import annotations
 
-from inmem.shard.search_index import ref_key
+import msgpack
 
 from .types import DiffEntry, RunDiff, RunView
 
@@ -24,11 +24,20 @@ def _trace_content(t):
     return (t.trace_type, t.data, t.tags, t.metadata)
 
 
-def diff_views(a: RunView, b: RunView) -> RunDiff:
+def diff_wires(wa, wb) -> RunDiff:
+    """The diff of two runs from their replays as a shard sends them (`shard.replay.fold`).
+
+    KV values, documents and cells arrive still packed: two equal packings
+    are the same value, so only keys whose bytes differ (or that one side
+    lacks) are decoded and compared; a run's unchanged state costs no
+    decoding. Bytes that differ may still hold the same value (a dict's keys
+    in another order), which the decoded comparison says.
+    """
     added, removed, modified = [], [], []
-    for prim, da, db_ in (("kv", a.kv, b.kv), ("json", a.json, b.json),
-                          ("state", a.state, b.state)):
-        _diff_maps(prim, da, db_, added, removed, modified, None)
+    for prim, i in (("kv", 0), ("json", 1), ("state", 2)):
+        _diff_packed(prim, wa[i], wb[i], added, removed, modified)
+    a = RunView.from_wire(({}, {}, {}, wa[3], wa[4], wa[5]))
+    b = RunView.from_wire(({}, {}, {}, wb[3], wb[4], wb[5]))
     _diff_maps("events", {e.sequence: e for e in a.events}, {e.sequence: e for e in b.events},
                added, removed, modified, _event_content)
     _diff_maps("traces", dict(enumerate(a.traces)), dict(enumerate(b.traces)),
@@ -36,17 +45,29 @@ def diff_views(a: RunView, b: RunView) -> RunDiff:
     return RunDiff(added, removed, modified)
 
 
+def _diff_packed(prim, pa: dict, pb: dict, added, removed, modified) -> None:
+    unpack = msgpack.unpackb
+    for key in sorted(pa.keys() | pb.keys()):  # one primitive's keys: all str
+        if key not in pb:
+            removed.append(DiffEntry(prim, key, unpack(pa[key]), None))
+        elif key not in pa:
+            added.append(DiffEntry(prim, key, None, unpack(pb[key])))
+        else:
+            ra, rb = pa[key], pb[key]
+            if ra != rb:
+                va, vb = unpack(ra), unpack(rb)
+                if not _same(va, vb):
+                    modified.append(DiffEntry(prim, key, va, vb))
+
+
 def _diff_maps(prim, da, db_, added, removed, modified, content):
-    for key in sorted(da.keys() | db_.keys(), key=ref_key):
+    for key in sorted(da.keys() | db_.keys()):  # positions: all int
         if key not in db_:
             removed.append(DiffEntry(prim, key, da[key], None))
         elif key not in da:
             added.append(DiffEntry(prim, key, None, db_[key]))
-        else:
-            va, vb = da[key], db_[key]
-            same = _same(content(va), content(vb)) if content else _same(va, vb)
-            if not same:
-                modified.append(DiffEntry(prim, key, va, vb))
+        elif not _same(content(da[key]), content(db_[key])):
+            modified.append(DiffEntry(prim, key, da[key], db_[key]))
 
 
 def _same(x, y) -> bool:
