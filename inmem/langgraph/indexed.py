@@ -25,19 +25,76 @@ its heads' versions over, and a head version could then be one more than the
 one remembered from before: the memory would stand for an entry another
 saver's `delete_for_runs` took away before the thread was deleted. So each
 saver also puts a mark of its own in a thread with every checkpoint of a run
-id (`mark_key`, a random name: `saver/<hex>`, an empty value), and remembers
+id (`mark_key`, a random name: `saver/<hex>`, its last put's time), and remembers
 its version per thread: no one else writes it, so it is one more than the
 version remembered while the thread is the one this saver knew, and starts
 over at 1 in a thread made again. A head whose version agrees, in a thread
 whose mark agrees, is trusted; anything else writes the entry again.
+
+How many marks a thread holds. A mark stands for one memory, so every saver
+over one database object (and prefix) in a process shares one memory and one
+mark (`shared_heads`): a server that makes an `InmemSaver(db)` per request
+puts one mark in a thread, not one per request. Sharing is as safe as one
+saver shared by threads (the memory is all this process's savers have written
+over that database object), and no more than that: two database objects, or
+two processes, keep a memory and a mark each. A mark's value is the time
+(whole seconds) of its last put, and a put that writes a run's index entry
+(`_put_plan`: the first put of a run id to a namespace, or one the memory did
+not trust) also reads the thread's marks and deletes those not put for
+`MARK_IDLE_S` (and those without a time, from older versions): their memory
+is gone with its process, or has not used the thread for an hour. Deleting a
+live mark is safe: no one else writes it, so its owner's next put there gets
+a version that is not one more than it remembers (a delete counts as a
+write, and a reclaimed key starts above its old versions, see
+`shard.dead_keys`), and it writes the index entry again, as after any doubt.
+So a thread holds at most the marks of the database objects that put a run's
+checkpoint in it within the hour before its last new run, and
+`delete_thread` takes every one.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
+import weakref
 
 #: threads a saver remembers indexed places in, and places per thread
 INDEXED_MAX = 4096
+#: a mark not put for this long is deleted by the next put that indexes a run in its thread
+MARK_IDLE_S = 3600
+#: the start of every mark's key
+MARK_PREFIX = "saver/"
+
+
+def mark_time() -> int:
+    """The value a put gives its mark: now, in whole seconds."""
+    return int(time.time())
+
+
+def idle_marks(marks: list, own: str, now: int) -> list:
+    """The keys among `marks` ((key, value) of a thread's marks) to delete at `now`: not
+    `own`, and not put for MARK_IDLE_S (or without a time, from an older version)."""
+    return [key for key, value in marks
+            if key != own and (type(value) is not int or now - value > MARK_IDLE_S)]
+
+
+#: database object -> {prefix: the IndexedHeads its savers share} (see the docstring)
+_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def shared_heads(db, prefix: str) -> "IndexedHeads":
+    """The IndexedHeads (memory and mark) of every saver over `db` with `prefix` in this
+    process; one of its own for a database that cannot be held weakly."""
+    try:
+        by_prefix = _SHARED.get(db)
+        if by_prefix is None:
+            by_prefix = _SHARED.setdefault(db, {})
+    except TypeError:  # not weakly referable, or not hashable
+        return IndexedHeads()
+    heads = by_prefix.get(prefix)
+    if heads is None:
+        heads = by_prefix.setdefault(prefix, IndexedHeads())
+    return heads
 
 
 class _Thread:
@@ -70,8 +127,8 @@ class IndexedHeads:
         # lock here cost every put more than the rest of this bookkeeping.
         self._threads: dict = {}
         self._limit = limit
-        #: this saver's mark in a thread (see the module docstring)
-        self.mark_key = f"saver/{uuid.uuid4().hex}"
+        #: this memory's mark in a thread (see the module docstring)
+        self.mark_key = f"{MARK_PREFIX}{uuid.uuid4().hex}"
 
     def place(self, run_id: str, run: str, ns: str) -> tuple:
         """(the thread's memory or None, the [head version] of the place or None)."""

@@ -20,7 +20,7 @@ namespace is the empty string, so its keys read `checkpoint//<id>`):
 | kv        | `blob/<ns>/<channel>/<version>`   | [serde type, bytes] of one channel value         |
 | json      | `writes/<ns>/<checkpoint_id>`     | {"<task_id>/<idx>": [task, channel, type, bytes, task_path, idx]} |
 | kv        | `write/<ns>/<checkpoint_id>/<task_id>/<idx>` | [serde type, bytes] of a pending write kept apart |
-| kv        | `saver/<hex>`                     | None: a saver's mark, put with each checkpoint that has a run id (see `indexed.py`) |
+| kv        | `saver/<hex>`                     | the time (s) of its last put: the mark of a saver's memory, put with each checkpoint that has a run id (see `indexed.py`) |
 
 A pending write's value over `WRITE_INLINE_MAX` bytes serialized (or one
 the document has no more room for) is kept apart, in its own KV entry, and

@@ -29,9 +29,12 @@ from __future__ import annotations
 
 from langgraph.checkpoint.base import WRITES_IDX_MAP, get_checkpoint_metadata
 
+from time import time as _time
+
 from inmem.errors import RunNotFound, TransactionConflict, ValueTooLarge
 
 from .driver import raise_first, run_async, run_sync
+from .indexed import MARK_PREFIX, idle_marks, mark_time
 from .keys import (SHORT, WRITE_INLINE_MAX, check_names, json_name, namespace_keys,
                    stored_record, thread_run, unesc, write_key, writes_key)
 
@@ -85,9 +88,9 @@ class PutPlans:
         indexing = None
         if run_id is not None:
             indexed = self._indexed
-            # This saver's mark in the thread, first: its version is the put's first
-            # (see indexed.py).
-            items.insert(0, [indexed.mark_key, None])
+            # The mark of this saver's memory in the thread, first: its version is the
+            # put's first (see indexed.py).
+            items.insert(0, [indexed.mark_key, int(_time())])
             thread, cell = indexed.place(run_id, run, ns)
             indexing = ((run_id, run, ns), cell, thread)
         ops = [("kv.put_many", (run, items, None))]
@@ -143,10 +146,19 @@ class PutPlans:
             # put of the run here (perhaps by a delete_for_runs of the run, which took
             # the index entry with it), or the thread was made again (see indexed.py).
             # The entry is written now that the checkpoint has landed, never before
-            # (see the module docstring).
-            raise_first((yield from self._send([self._index_op(indexing[0][0], thread_id)],
-                                               {})))
+            # (see the module docstring); the thread's marks are read with it, and
+            # those idle for long deleted (see indexed.py).
+            index_op = self._index_op(indexing[0][0], thread_id)
+            written, marks = yield [index_op, ("kv.items", (run, MARK_PREFIX))]
+            if isinstance(written, RunNotFound):  # the index's first write
+                written = (yield from self._send([index_op], {}, [written]))[0]
+            raise_first([written])
             self._indexed.remember(indexing[0], results[0][-1], results[0][0])
+            if not isinstance(marks, BaseException):
+                idle = idle_marks(marks, self._indexed.mark_key, mark_time())
+                if idle:
+                    # A failure here leaves a mark for the next put to take.
+                    yield [("kv.delete", (run, key)) for key in idle]
         return answer
 
     def _index_op(self, run_id: str, thread_id) -> tuple:

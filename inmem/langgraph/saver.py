@@ -56,7 +56,7 @@ from langgraph.checkpoint.base import (
 from .copying import CopyPlans
 from .cuts import CutPlans
 from .driver import is_async_database, is_remote, may_block, run_async, run_sync
-from .indexed import IndexedHeads
+from .indexed import shared_heads
 from .keys import DEFAULT_PREFIX, index_run, thread_run, thread_tag
 from .puts import PutPlans
 from .queries import LIST_PAGE, QueryPlans
@@ -102,8 +102,9 @@ class InmemSaver(PutPlans, QueryPlans, CutPlans, CopyPlans, SendingPlans,
         self._acall = db._backend.call if is_async_database(db) else None
         self._index = index_run(prefix)
         self._tag = thread_tag(prefix)
-        #: where this saver has indexed LangGraph run ids, and the heads it saw there
-        self._indexed = IndexedHeads()
+        #: where LangGraph run ids were indexed, and the heads seen there: shared by
+        #: every saver over `db` and `prefix` in this process (see indexed.py)
+        self._indexed = shared_heads(db, prefix)
         #: namespace -> its keys, which every put and get_tuple makes (see keys.py)
         self._ns_keys: dict = {}
         #: on a cluster, (thread run, writes key) of the writes documents seen to exist:

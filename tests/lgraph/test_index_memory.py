@@ -35,14 +35,22 @@ def _runs_of(saver, thread) -> list:
                   for t in saver.list({"configurable": {"thread_id": thread}}))
 
 
+def _other(db):
+    """Another database object over `db`'s store: its savers keep a memory of their own
+    (savers over one database object share theirs, see indexed.py), as another
+    process's would."""
+    from inmem.database import Database
+    return Database(db._backend)
+
+
 @pytest.fixture
 def two_savers(backend, open_db):
     """Two savers over one store: two `inmem.connect` databases over one real cluster,
-    or two saver objects over one embedded database."""
+    or two database objects over one embedded store."""
     prefix = f"idx-{uuid.uuid4().hex[:8]}:"
     if backend != "cluster":
         db = open_db()
-        yield InmemSaver(db, prefix=prefix), InmemSaver(db, prefix=prefix)
+        yield InmemSaver(db, prefix=prefix), InmemSaver(_other(db), prefix=prefix)
         return
     from cluster.shared import shared_cluster
     endpoint = shared_cluster().endpoint
@@ -115,7 +123,8 @@ def test_the_usual_put_is_one_operation_and_one_after_a_delete_elsewhere_indexes
     a, b = InmemSaver(Database(recording)), InmemSaver(db)
     _put(a, "t", "r1")
     _put(a, "t", "r1", ns="child:1")  # a new namespace: its index entry goes with it
-    assert [op for op, _ in recording.ops][-2:] == ["kv.put_many", "js.set"]
+    # (with it, the thread's marks are read: see test_marks_left_in_a_thread_are_bounded)
+    assert [op for op, _ in recording.ops][-3:] == ["kv.put_many", "js.set", "kv.items"]
     recording.ops.clear()
     _put(a, "t", "r1")
     _put(a, "t", "r1", ns="child:1")
@@ -123,7 +132,7 @@ def test_the_usual_put_is_one_operation_and_one_after_a_delete_elsewhere_indexes
     b.delete_for_runs(["r1"])
     recording.ops.clear()
     _put(a, "t", "r1")  # its head was moved by b: the put indexes the run again
-    assert [op for op, _ in recording.ops] == ["kv.put_many", "js.set"]
+    assert [op for op, _ in recording.ops] == ["kv.put_many", "js.set", "kv.items"]
     recording.ops.clear()
     _put(a, "t", "r1")
     assert [op for op, _ in recording.ops] == ["kv.put_many"]
@@ -171,11 +180,12 @@ _step = st.one_of(
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(_step, min_size=8, max_size=40))
-def test_two_savers_leave_what_a_model_of_the_threads_says(steps):
+@given(st.lists(_step, min_size=8, max_size=40), st.booleans())
+def test_two_savers_leave_what_a_model_of_the_threads_says(steps, shared):
+    # Two database objects (a memory each, as two processes), or one (a shared memory).
     db = inmem.open(None)
     try:
-        savers = [InmemSaver(db), InmemSaver(db)]
+        savers = [InmemSaver(db), InmemSaver(db if shared else _other(db))]
         model: dict = {t: [] for t in _THREADS}  # thread -> [(ns, checkpoint id, run id)]
         for step in steps:
             saver = savers[step[1]]
@@ -231,7 +241,7 @@ def test_a_put_after_its_thread_was_deleted_and_made_again_by_itself_is_found(db
     # Found by the model above: b deletes the run's checkpoints (and its index entry)
     # and then the thread; a's next put makes the thread again, whose head versions
     # start over, so a later head version matched what a remembered from before.
-    a, b = InmemSaver(db), InmemSaver(db)
+    a, b = InmemSaver(db), InmemSaver(_other(db))
     _put(a, "t0", "r0")
     _put(a, "t0", "r1")
     b.delete_for_runs(["r0"])
@@ -243,7 +253,7 @@ def test_a_put_after_its_thread_was_deleted_and_made_again_by_itself_is_found(db
 
 
 def test_a_put_after_another_saver_made_its_thread_again_is_found(db):
-    a, b = InmemSaver(db), InmemSaver(db)
+    a, b = InmemSaver(db), InmemSaver(_other(db))
     _put(a, "t0", "r0")  # a remembers head version 1
     b.delete_for_runs(["r0"])  # the head (version 2 deleted) and the index entry
     b.delete_thread("t0")
