@@ -29,7 +29,10 @@ TRACE_TYPES = frozenset(("tool_call", "decision", "query", "thought", "error", "
 def check_limit(limit) -> None:
     """InvalidValue unless `limit` is None or an int of at least 1 (the most a page holds)."""
     if limit is not None and (type(limit) is not int or limit < 1):
-        raise InvalidValue(f"limit must be an int of at least 1 or None, got {limit!r:.60}")
+        # Not the value's repr: a list nested deep enough has none, an int long enough neither.
+        shown = (type(limit).__name__ if type(limit) is not int
+                 else str(limit) if limit > -10**9 else "an int below 1")
+        raise InvalidValue(f"limit must be an int of at least 1 or None, got {shown}")
 
 
 def kept_places(engine) -> dict:

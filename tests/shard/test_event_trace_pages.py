@@ -196,6 +196,32 @@ def test_what_is_not_a_page_is_refused(call):
         call(engine)
 
 
+def nested(depth: int = 100_000) -> list:
+    x: list = []
+    for _ in range(depth):
+        x = [x]
+    return x
+
+
+@pytest.mark.parametrize("bad", [nested(), -10**5000, "x" * 10**6],
+                         ids=["nested", "long-int", "long-str"])
+def test_a_hostile_page_is_refused_with_invalid_value(bad):
+    """What no repr() shows (a list nested too deep, an int too long) is still refused with
+    the error that says what a page takes."""
+    engine = Engine()
+    engine.begin_run(run_id="r")
+    engine.tr_record("r", "thought", {}, tags=["a"], trace_id="a")
+    for op, args in (("ev.by_type", ("r", "x", None, bad)), ("ev.by_type", ("r", "x", bad, 1)),
+                     ("tr.by_type", ("r", "thought", None, bad)),
+                     ("tr.by_tag", ("r", "a", bad, 1)), ("tr.roots", ("r", bad, None))):
+        if type(bad) is int and op == "ev.by_type" and args[2] is bad:
+            assert engine.execute(op, args) == []  # any int is a sequence to start after
+            continue
+        with pytest.raises((InvalidValue, TraceNotFound)) as caught:
+            engine.execute(op, args)
+        assert "after" in str(caught.value) or "limit" in str(caught.value)
+
+
 def test_a_cursor_that_is_not_a_trace_of_the_run_is_trace_not_found():
     engine = Engine()
     engine.begin_run(run_id="r")
