@@ -20,7 +20,7 @@ from inmem.errors import InvalidValue
 
 from .effects import (CODE, EV_APPEND, EXPIRES, JS_DEL, JS_PUT, KEY, KEYED, KV_DEL, KV_PUT,
                       ST_DEL, ST_PUT, TR_ADD, TS_FIELD, VALUE)
-from .entries import entry_expires, entry_ts, entry_value
+from .entries import PLAIN_AT, entry_expires, entry_ts, entry_value
 
 
 class ReplayOps:
@@ -46,6 +46,18 @@ def _slot(item) -> tuple:
         e = item[2]
         return entry_value(e), entry_expires(e)
     return item[VALUE], (item[EXPIRES] if len(item) > EXPIRES else None)
+
+
+def _live_values(latest: dict) -> dict:
+    """key -> packed value of each key's last write, sorted by key, deletes left out."""
+    out = {}
+    for k in sorted(latest):
+        item = latest[k]
+        if len(item) == 3 and (at_ := PLAIN_AT[item[2][0]]):
+            out[k] = item[2][at_:]
+        elif (v := _slot(item)[0]) is not None:
+            out[k] = v
+    return out
 
 
 def fold(items: list, at: int | None = None) -> list:
@@ -85,11 +97,17 @@ def fold(items: list, at: int | None = None) -> list:
     # each once (RunView.from_wire), so a cluster never unpacks and repacks them.
     kv_view = {}
     for k in sorted(kv):
-        value, exp = _slot(kv[k])
+        item = kv[k]
+        # A history item of a live entry without a TTL (the usual one) is its
+        # value's bytes past a fixed header: no call to take them.
+        if len(item) == 3 and (at_ := PLAIN_AT[item[2][0]]):
+            kv_view[k] = item[2][at_:]
+            continue
+        value, exp = _slot(item)
         if value is not None and (exp is None or exp > now):
             kv_view[k] = value
-    state_view = {k: v for k in sorted(state) if (v := _slot(state[k])[0]) is not None}
-    json_view = {k: v for k in sorted(docs) if (v := _slot(docs[k])[0]) is not None}
+    state_view = _live_values(state)
+    json_view = _live_values(docs)
     event_view = [e[1:] for e in events]  # every field after the code
     trace_view = [e[1:] for e in traces]
     return [kv_view, json_view, state_view, event_view, trace_view, at]
