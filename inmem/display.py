@@ -42,8 +42,20 @@ def short_hex(digest) -> str:
 
 
 def short_value(value) -> str:
-    """A value's repr, with long strings and containers cut short."""
-    return _values.repr(value)
+    """A value's repr, with long strings and containers cut short.
+
+    Never raises: an int too long to print shows its size, and a value whose
+    repr fails (a broken __repr__) its type, so that an error message about a
+    hostile argument is never itself an error.
+    """
+    try:
+        return _values.repr(value)
+    except ValueError:
+        if type(value) is int:
+            return f"<an int of {value.bit_length()} bits>"
+        return f"<{type(value).__name__}>"
+    except Exception:
+        return f"<{type(value).__name__}>"
 
 
 def rounded(number, digits: int = 4) -> str:

@@ -13,6 +13,7 @@ import time
 import uuid
 from typing import Any, Callable, Iterable
 
+from .display import short_value
 from .errors import (InvalidValue, ProtocolError, StateNotFound, TransactionConflict,
                      VersionMismatch)
 from .types import ChainCheck, Event, RunInfo, State, Trace, TraceTree, Versioned
@@ -403,7 +404,7 @@ def begin_args(name, run_id, parent, tags, metadata, searchable) -> tuple:
     """The arguments of a `run.begin` request; `searchable` goes only when False, so a
     request for an ordinary run is the same as from a client that never sent it."""
     if type(searchable) is not bool:
-        raise InvalidValue(f"searchable must be True or False, not {searchable!r}")
+        raise InvalidValue(f"searchable must be True or False, not {short_value(searchable)}")
     if searchable:
         return (name, run_id, parent, as_tags(tags), metadata)
     return (name, run_id, parent, as_tags(tags), metadata, False)

@@ -23,6 +23,7 @@ from typing import Callable
 
 import msgpack
 
+from inmem.display import short_value
 from inmem.errors import InmemError, InvalidKey, InvalidValue, VersionMismatch
 from inmem.types import Versioned
 from inmem.values import KEY_BYTES_MAX, check_key
@@ -464,7 +465,7 @@ def _listed(r: RunData, prefix, after, limit, now: int) -> list[str]:
     if after is not None and type(after) is not str:
         raise InvalidValue(f"after must be a key (str) or None, got {type(after).__name__}")
     if limit is not None and (type(limit) is not int or limit < 1):
-        raise InvalidValue(f"limit must be an int of at least 1 or None, got {limit!r}")
+        raise InvalidValue(f"limit must be an int of at least 1 or None, got {short_value(limit)}")
     kv = r.kv
     if not kv:
         return []

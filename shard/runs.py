@@ -14,6 +14,7 @@ from typing import Callable
 
 import msgpack
 
+from inmem.display import short_value
 from inmem.errors import InvalidValue, RunExists
 from inmem.types import RunInfo
 from inmem.values import check_key
@@ -94,7 +95,7 @@ class RunOps:
                   parent: str | None = None, tags=(), metadata=None,
                   searchable: bool = True) -> str:
         if type(searchable) is not bool:
-            raise InvalidValue(f"searchable must be True or False, not {searchable!r}")
+            raise InvalidValue(f"searchable must be True or False, not {short_value(searchable)}")
         if run_id is None:
             run_id = uuid.uuid4().hex
         else:
@@ -152,7 +153,7 @@ class RunOps:
         (at most so many) is given."""
         start = run_cursor(after)
         if limit is not None and (type(limit) is not int or limit < 1):
-            raise InvalidValue(f"limit must be an int of at least 1 or None, got {limit!r:.60}")
+            raise InvalidValue(f"limit must be an int of at least 1 or None, got {short_value(limit)}")
         if start is None and limit is None:
             out = [r for r in self.runs.values() if _matches(r, status, tag, parent)]
             out.sort(key=_creation_order)
@@ -207,7 +208,7 @@ def run_cursor(after) -> tuple | None:
         if type(created_at) is int and type(run_id) is str:
             return created_at, run_id
     raise InvalidValue("after must be the last RunInfo of the previous page or its "
-                       f"(created_at, run_id), got {after!r:.60}")
+                       f"(created_at, run_id), got {short_value(after)}")
 
 
 def as_reason(reason) -> str:
