@@ -6,9 +6,11 @@ doomed ones, and delete them with their pending writes and the channel
 values no surviving checkpoint points at (`_cut`), as transactions on the
 heads of the namespaces they touch (`apply_cuts`), so a put that lands
 meanwhile is never undone: the thread is read and cut again
-(`cut_threads`). `delete_for_runs` finds a run's threads in its index entry
-(see `indexed.py`) and deletes the entry as it read it, in a transaction: a
-thread a put listed meanwhile is cut too. `prune` with "delete" deletes the
+(`cut_threads`); each checkpoint deleted is noted gone for an hour, and the
+writes that land for it are deleted too (`late_writes.py`). `delete_for_runs`
+finds a run's threads in its index entry (see `indexed.py`) and deletes the
+entry as it read it, in a transaction: a thread a put listed meanwhile is cut
+too. `prune` with "delete" deletes the
 threads.
 
 A mixin of `InmemSaver`: it uses the saver's `prefix`, `_index` and
@@ -20,7 +22,9 @@ from __future__ import annotations
 from inmem.errors import RunNotFound, TransactionConflict
 
 from .driver import raise_first
-from .keys import checkpoint_key, head_key, read_record, thread_run, write_prefix, writes_key
+from .keys import (GONE_TTL_S, checkpoint_key, gone_key, head_key, read_record, thread_run,
+                   write_prefix, writes_key)
+from .late_writes import sweep_after_cut
 from .reads import read_in_pieces
 
 #: times prune and delete_for_runs read a thread again that puts keep changing
@@ -108,22 +112,32 @@ class CutPlans:
 def cut_threads(runs: list, doomed_of):
     """Plan step: delete from each thread (run id) the checkpoints `doomed_of(records)`
     chooses among its records, with what only they use; a thread that a put changed
-    meanwhile is read and cut again."""
+    meanwhile is read and cut again. Then the writes that landed for the deleted
+    checkpoints while the cut worked are deleted too (see late_writes.py)."""
+    done: dict = {}  # thread run -> [(ns, id)] of the checkpoints its cuts deleted
+    again: dict = {}  # likewise, of rounds whose later transactions were refused
     for _ in range(_CUT_TRIES):
         reads = [op for run in runs for op in _thread_reads(run)]
         results = yield from read_in_pieces(reads)
-        cuts = []
+        cuts, doomed_now = [], {}
         for i, run in enumerate(runs):
             items, blob_keys, write_keys = results[3 * i:3 * i + 3]
             if isinstance(items, RunNotFound):
                 continue
             raise_first([items, blob_keys, write_keys])
             records = [read_record(v) for _, v in items]
-            cut = _cut(run, records, doomed_of(records), blob_keys, write_keys)
+            doomed = doomed_of(records)
+            cut = _cut(run, records, doomed, blob_keys, write_keys)
             if cut is not None:
                 cuts.append(cut)
+                doomed_now[run] = [(r.ns, r.checkpoint_id) for r in doomed]
         redo = yield from apply_cuts(cuts)
+        for run, places in doomed_now.items():
+            done.setdefault(run, []).extend(places)
+            if run in redo:
+                again.setdefault(run, []).extend(places)
         if not redo:
+            yield from sweep_after_cut(done, again)
             return
         runs = [run for run in runs if run in redo]
     raise TransactionConflict(f"threads {runs!r:.200} kept changing while their "
@@ -212,7 +226,10 @@ def _cut(run, records, doomed, blob_keys, write_keys):
     late_ids = {(r.ns, r.checkpoint_id) for r in heads.values()} & gone
     late_refs = {k for r in heads.values() if (r.ns, r.checkpoint_id) in late_ids
                  for k in r.refs[:-1]}
-    deletes = [("kv.delete", (run, checkpoint_key(r.ns, r.checkpoint_id))) for r in doomed]
+    # Each record's delete follows the note that it is gone (see late_writes.py).
+    deletes = [op for r in doomed for op in (
+        ("kv.put", (run, gone_key(r.ns, r.checkpoint_id), None, GONE_TTL_S)),
+        ("kv.delete", (run, checkpoint_key(r.ns, r.checkpoint_id))))]
     late = []
     for r in doomed:
         op = ("js.delete", (run, writes_key(r.ns, r.checkpoint_id), "$"))

@@ -21,6 +21,7 @@ namespace is the empty string, so its keys read `checkpoint//<id>`):
 | json      | `writes/<ns>/<checkpoint_id>`     | {"<task_id>/<idx>": [task, channel, type, bytes, task_path, idx]} |
 | kv        | `write/<ns>/<checkpoint_id>/<task_id>/<idx>` | [serde type, bytes] of a pending write kept apart |
 | kv        | `saver/<hex>`                     | the time (s) of its last put: the mark of a saver's memory, put with each checkpoint that has a run id (see `indexed.py`) |
+| kv        | `gone/<ns>/<checkpoint_id>`       | None, for an hour (`GONE_TTL_S`): the checkpoint was deleted by a prune or delete_for_runs (see `cuts.py`) |
 
 A pending write's value over `WRITE_INLINE_MAX` bytes serialized (or one
 the document has no more room for) is kept apart, in its own KV entry, and
@@ -158,6 +159,16 @@ def write_key(ns: str, checkpoint_id: str, task_id: str, idx: int) -> str:
 def write_prefix(ns: str, checkpoint_id: str) -> str:
     """The start of the keys of one checkpoint's pending writes kept apart."""
     return f"write/{esc(ns)}/{checkpoint_id}/"
+
+
+def gone_key(ns: str, checkpoint_id: str) -> str:
+    """Where a cut notes, for GONE_TTL_S, that it deleted a checkpoint (see cuts.py)."""
+    return f"gone/{esc(ns)}/{checkpoint_id}"
+
+
+#: how long a deleted checkpoint's note stays: pending writes for it that come later
+#: than this are stored, as writes that come before their checkpoint are
+GONE_TTL_S = 3600
 
 
 #: a pending write serialized to more bytes than this is kept apart (see above): the

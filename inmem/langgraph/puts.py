@@ -17,7 +17,9 @@ land first, and a `delete_for_runs` of the run in between would find the
 thread, cut nothing of it, delete the entry, and leave the checkpoint that
 landed next where no later `delete_for_runs` finds it.
 `put_writes` sets each pending write at its own path of the checkpoint's
-writes document, a value over `WRITE_INLINE_MAX` kept apart (see `keys.py`).
+writes document, a value over `WRITE_INLINE_MAX` kept apart (see `keys.py`);
+its last batch asks, after its writes, whether a cut deleted the checkpoint
+meanwhile, and if so they are deleted (see `late_writes.py`).
 
 A mixin of `InmemSaver`: it uses the saver's `db`, `prefix`, `serde`,
 `_index`, `_indexed`, `_ns_keys`, `_put_many`, `_acall` and `_send`
@@ -35,6 +37,7 @@ from inmem.errors import RunNotFound, TransactionConflict, ValueTooLarge
 
 from .driver import raise_first, run_async, run_sync
 from .indexed import MARK_PREFIX, idle_marks, mark_time
+from .late_writes import drop_writes, found_gone, gone_checks
 from .keys import (SHORT, WRITE_INLINE_MAX, check_names, json_name, namespace_keys,
                    stored_record, thread_run, unesc, write_key, writes_key)
 
@@ -184,7 +187,7 @@ class PutPlans:
             # before, so nothing kept as first stored is overwritten; if it is there
             # after all (another task, another saver), the transaction is refused and
             # the rows are read.
-            done = yield from self._put_writes_first(thread_id, run, wkey, entries,
+            done = yield from self._put_writes_first(thread_id, run, ns, wkey, entries,
                                                      task_id, task_path)
             _remember(seen, place)
             if done:
@@ -222,7 +225,11 @@ class PutPlans:
             _remember(seen, place)
         if not ops:
             return
-        results = yield from self._send(ops, {run: thread_id})
+        # After the writes, in their batch: was their checkpoint deleted (see
+        # late_writes.py)?
+        checks = gone_checks(run, ns, cid)
+        results = yield from self._send(ops + checks, {run: thread_id})
+        results, checked = results[:len(ops)], results[len(ops):]
         full = [i for i, r in enumerate(results)
                 if type(r) is ValueTooLarge and rows[i][4][2] is not None]
         if full:
@@ -236,15 +243,20 @@ class PutPlans:
                 stubs.append(("js.set", (run, wkey, json_name(name),
                                          [task_id, channel, None, key, task_path, row[5]])))
             yield from self._put_apart(moved, thread_id, task_id)
-            again = yield from self._send(stubs, {run: thread_id})
+            again = yield from self._send(stubs + checks, {run: thread_id})
             for i, r in zip(full, again):
                 results[i] = r
+            checked = again[len(stubs):]
         raise_first(results)
+        if found_gone(checked):
+            yield from drop_writes(run, [(ns, cid)])
 
-    def _put_writes_first(self, thread_id, run, wkey, entries, task_id, task_path):
+    def _put_writes_first(self, thread_id, run, ns, wkey, entries, task_id, task_path):
         """Plan step: a task's writes as one transaction on the absence of their writes
-        document; True when that wrote them, False when the document was there (or
-        the rows would not fit in it, or a value is kept apart): the usual way then."""
+        document; True when that wrote them (or they were deleted at once, their
+        checkpoint being deleted: see late_writes.py), False when the document was
+        there (or the rows would not fit in it, or a value is kept apart): the usual
+        way then."""
         dumps = self.serde.dumps_typed
         sets = []
         for name, channel, idx, value in entries:
@@ -253,11 +265,15 @@ class PutPlans:
                 return False  # kept apart, before its row: the usual way
             sets.append(["js.set", [run, wkey, json_name(name),
                                     [task_id, channel, kind, data, task_path, idx]]])
-        (result,) = yield from self._send([("tx.commit", (run, [["js", wkey, 0]], sets))],
-                                          {run: thread_id})
+        cid = wkey[wkey.rfind("/") + 1:]
+        result, *checked = yield from self._send(
+            [("tx.commit", (run, [["js", wkey, 0]], sets))] + gone_checks(run, ns, cid),
+            {run: thread_id})
         if isinstance(result, (TransactionConflict, ValueTooLarge)):
             return False
         raise_first([result])
+        if found_gone(checked):
+            yield from drop_writes(run, [(ns, cid)])
         return True
 
     def _put_apart(self, apart: list, thread_id, task_id):

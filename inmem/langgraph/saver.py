@@ -7,7 +7,8 @@ module of its job:
 - `puts.py`: put and put_writes (the writes of a graph's steps);
 - `queries.py`: get_tuple and list, and `tuples.py`, the CheckpointTuple a
   stored record reads back as;
-- `cuts.py`: delete_thread, delete_for_runs and prune;
+- `cuts.py`: delete_thread, delete_for_runs and prune, and `late_writes.py`,
+  pending writes that land after a cut deleted their checkpoint;
 - `copying.py`: copy_thread;
 - `sending.py`: writes that create a thread's run on its first write;
 - `indexed.py`: which LangGraph run ids a saver has indexed on which threads.
