@@ -47,6 +47,7 @@ from typing import Callable
 
 import msgpack
 
+from inmem.display import short_value
 from inmem.errors import InmemError, InvalidKey, InvalidValue, RunNotActive, RunNotFound, ValueTooLarge
 from inmem.ops import OPS
 from inmem.values import ALWAYS_VALID_TYPES, DEFAULT_MAX_VALUE_BYTES, check_value
@@ -206,9 +207,13 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
             self._trim_history(r)
 
     def _trim_history(self, r: RunData) -> None:
-        """Drop what an in-memory store's `history=` limit lets go, once the index has read it."""
-        self.index.catch_up(self.runs, self.clock())
-        r.journal.trim(len(r.journal))
+        """Drop what an in-memory store's `history=` limit lets go and the index has read.
+
+        The index reads the run's journal for a bounded time first; what it has
+        not read yet (a large text's steps go on in the background slices, and
+        the entries after it wait for them) stays until a later write trims it.
+        """
+        r.journal.trim(self.index.read_for_trim(r.run_id, r))
 
     def _log(self, run_id: str, effs, journal=None) -> None:
         """Encode a group for the WAL before it is applied: what cannot be logged is refused.
@@ -297,7 +302,7 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
         # The comparisons also refuse nan; the upper bound keeps expiry times in 64 bits.
         if type(ttl) not in (int, float) or not 0 < ttl <= TTL_MAX_SECONDS:
             raise InvalidValue(f"ttl must be a number of seconds above 0 and at most "
-                               f"{TTL_MAX_SECONDS} (a century), got {ttl!r}")
+                               f"{TTL_MAX_SECONDS} (a century), got {short_value(ttl)}")
         return int(ttl * 1_000_000)
 
     # -- statistics ----------------------------------------------------------------
