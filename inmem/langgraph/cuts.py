@@ -1,17 +1,18 @@
 """Deleting checkpoints: `delete_thread`, `delete_for_runs` and `prune`.
 
-`delete_thread` deletes the thread's run. `delete_for_runs` and `prune`
-("keep_latest") cut a thread instead: they read its records, choose the
-doomed ones, and delete them with their pending writes and the channel
-values no surviving checkpoint points at (`_cut`), as transactions on the
-heads of the namespaces they touch (`apply_cuts`), so a put that lands
-meanwhile is never undone: the thread is read and cut again
+`delete_thread` deletes the thread's run, and takes the thread out of the
+index entries of the LangGraph runs it held checkpoints of (`_unlist`), which
+would otherwise name a thread that is gone for as long as the index lives.
+`delete_for_runs` and `prune` ("keep_latest") cut a thread instead: they
+read its records, choose the doomed ones, and delete them with their pending
+writes and the channel values no surviving checkpoint points at (`_cut`), as
+transactions on the heads of the namespaces they touch (`apply_cuts`), so a
+put that lands meanwhile is never undone: the thread is read and cut again
 (`cut_threads`); each checkpoint deleted is noted gone for an hour, and the
 writes that land for it are deleted too (`late_writes.py`). `delete_for_runs`
 finds a run's threads in its index entry (see `indexed.py`) and deletes the
 entry as it read it, in a transaction: a thread a put listed meanwhile is cut
-too. `prune` with "delete" deletes the
-threads.
+too. `prune` with "delete" deletes the threads as `delete_thread` does.
 
 A mixin of `InmemSaver`: it uses the saver's `prefix`, `_index` and
 `_indexed`.
@@ -22,8 +23,8 @@ from __future__ import annotations
 from inmem.errors import RunNotFound, TransactionConflict
 
 from .driver import raise_first
-from .keys import (GONE_TTL_S, checkpoint_key, gone_key, head_key, read_record, thread_run,
-                   write_prefix, writes_key)
+from .keys import (GONE_TTL_S, checkpoint_key, gone_key, head_key, json_name, read_record,
+                   thread_run, write_prefix, writes_key)
 from .late_writes import sweep_after_cut
 from .reads import read_in_pieces
 
@@ -37,14 +38,53 @@ class CutPlans:
     """The plans of delete_thread, delete_for_runs and prune."""
 
     def _delete_threads(self, thread_ids):
+        thread_ids = list(dict.fromkeys(thread_ids))
         runs = [thread_run(self.prefix, t) for t in thread_ids]
         if not runs:
             return None
+        # The LangGraph runs whose index entries list these threads, and those entries
+        # as they are before the threads go (see `_unlist`).
+        listed = yield from read_in_pieces([("kv.items", (run, "checkpoint/")) for run in runs])
+        of_run: dict = {}  # LangGraph run id -> the thread ids it lists that go
+        for thread_id, items in zip(thread_ids, listed):
+            if isinstance(items, RunNotFound):
+                continue
+            raise_first([items])
+            for run_id in {read_record(v).run_id for _, v in items} - {None}:
+                of_run.setdefault(run_id, []).append(str(thread_id))
+        entries = (yield [("tx.read", (self._index, "js", r)) for r in of_run]) if of_run else []
         results = yield [("run.delete", (run,)) for run in runs]
         raise_first(results)
         gone = set(runs)
         self._indexed.forget_threads(gone)
+        yield from self._unlist(of_run, entries)
         return None
+
+    def _unlist(self, of_run: dict, entries: list):
+        """Plan step, once threads are deleted: take them out of the index entries of
+        their LangGraph runs (`of_run`: run id -> thread ids; `entries`: each entry's
+        `tx.read` from before the delete), deleting an entry left empty. Each entry is
+        changed only as it was read: a put of its run since (another thread listed,
+        or a deleted thread made again) leaves it as it is, a listing too many, which
+        delete_for_runs of the run reads past."""
+        commits = []
+        for (run_id, threads), got in zip(of_run.items(), entries):
+            if isinstance(got, RunNotFound):
+                return  # no index at all
+            raise_first([got])
+            exists, doc, version = got
+            if not exists or not isinstance(doc, dict):
+                continue
+            mine = [t for t in threads if t in doc]
+            if not mine:
+                continue
+            if len(mine) == len(doc):
+                deletes = [["js.delete", [self._index, run_id, "$"]]]
+            else:
+                deletes = [["js.delete", [self._index, run_id, json_name(t)]] for t in mine]
+            commits.append(("tx.commit", (self._index, [["js", run_id, version]], deletes)))
+        if commits:
+            raise_first((yield commits), allow=(TransactionConflict, RunNotFound))
 
     def _delete_for_runs(self, run_ids):
         run_ids = [r for r in dict.fromkeys(run_ids) if type(r) is str and r]

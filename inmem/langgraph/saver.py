@@ -140,7 +140,8 @@ class InmemSaver(PutPlans, QueryPlans, CutPlans, CopyPlans, SendingPlans,
         return run_sync(self.db, self._put_writes(config, writes, task_id, task_path))
 
     def delete_thread(self, thread_id: str) -> None:
-        """Delete the thread: its run and everything in it."""
+        """Delete the thread: its run and everything in it, and its listing in the index
+        entries of the LangGraph runs it held checkpoints of."""
         return run_sync(self.db, self._delete_threads([thread_id]))
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
