@@ -110,8 +110,9 @@ class EventOps:
                                    f"previous page, or None, got {type(after).__name__}")
             start = bisect_right(seqs, after) if seqs else 0
         events = r.events
-        end = None if limit is None else start + limit
-        return [as_event(events[s]) for s in seqs[start:end]]
+        if start == 0 and limit is None:  # the whole list, as before pages: no copy of it
+            return [as_event(events[s]) for s in seqs]
+        return [as_event(events[s]) for s in seqs[start:start + limit if limit else None]]
 
     def ev_verify(self, run: str) -> ChainCheck:
         r: RunData = self._run(run)

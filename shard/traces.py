@@ -128,8 +128,9 @@ class TraceOps:
                     places = self._trace_places = Places()
                 start = places.of_run(self.runs, r).start(ids, after)
         traces = r.traces
-        end = None if limit is None else start + limit
-        return [as_trace(traces[t]) for t in ids[start:end]]
+        if start == 0 and limit is None:  # the whole list, as before pages: no copy of it
+            return [as_trace(traces[t]) for t in ids]
+        return [as_trace(traces[t]) for t in ids[start:start + limit if limit else None]]
 
     def tr_tree(self, run: str, trace_id: str) -> list[Trace]:
         """The traces of the subtree under `trace_id`: the root first, then breadth-first.
