@@ -12,7 +12,9 @@ put that lands meanwhile is never undone: the thread is read and cut again
 writes that land for it are deleted too (`late_writes.py`). `delete_for_runs`
 finds a run's threads in its index entry (see `indexed.py`) and deletes the
 entry as it read it, in a transaction: a thread a put listed meanwhile is cut
-too. `prune` with "delete" deletes the threads as `delete_thread` does.
+too. `prune` ("keep_latest") then takes each thread out of the entries of the
+runs it no longer holds a checkpoint of (`_unlist_pruned`); with "delete" it
+deletes the threads as `delete_thread` does.
 
 A mixin of `InmemSaver`: it uses the saver's `prefix`, `_index` and
 `_indexed`.
@@ -145,17 +147,50 @@ class CutPlans:
             keep = {r.checkpoint_id for r in newest.values()}
             return [r for r in records if r.checkpoint_id not in keep]
 
-        yield from cut_threads(runs, older)
+        pruned = yield from cut_threads(runs, older)
+        thread_of: dict = {}
+        for t in thread_ids:
+            thread_of.setdefault(thread_run(self.prefix, t), t)
+        yield from self._unlist_pruned(thread_of, pruned)
         return None
+
+    def _unlist_pruned(self, thread_of: dict, pruned: dict):
+        """Plan step after a prune: take each thread out of the index entries of the
+        LangGraph runs it no longer holds a checkpoint of (`pruned`: thread run -> the
+        run ids of the checkpoints pruned; `thread_of`: thread run -> thread id).
+
+        The entries are read first, then the threads again: a put of such a run to
+        the thread that lands after that read lists the thread again after it, so
+        the entry is not as read and is left as it is (`_unlist`). A put that trusts
+        its memory lists nothing, but it follows a put of the same run to the same
+        namespace with nothing written there since: that checkpoint is its
+        namespace's newest, which prune keeps, so the run is not one of these."""
+        runs = [run for run in pruned if pruned[run]]
+        candidates = sorted({r for run in runs for r in pruned[run]})
+        if not candidates:
+            return
+        entries = yield [("tx.read", (self._index, "js", r)) for r in candidates]
+        listed = yield from read_in_pieces([("kv.items", (run, "checkpoint/")) for run in runs])
+        of_run: dict = {r: [] for r in candidates}
+        for run, items in zip(runs, listed):
+            if isinstance(items, RunNotFound):
+                continue  # deleted meanwhile: delete_thread took it out
+            raise_first([items])
+            held = {read_record(v).run_id for _, v in items}
+            for r in pruned[run] - held:
+                of_run[r].append(str(thread_of[run]))
+        yield from self._unlist(of_run, entries)
 
 
 def cut_threads(runs: list, doomed_of):
     """Plan step: delete from each thread (run id) the checkpoints `doomed_of(records)`
     chooses among its records, with what only they use; a thread that a put changed
     meanwhile is read and cut again. Then the writes that landed for the deleted
-    checkpoints while the cut worked are deleted too (see late_writes.py)."""
+    checkpoints while the cut worked are deleted too (see late_writes.py). Returns
+    thread run -> the LangGraph run ids of the checkpoints it deleted there."""
     done: dict = {}  # thread run -> [(ns, id)] of the checkpoints its cuts deleted
     again: dict = {}  # likewise, of rounds whose later transactions were refused
+    run_ids: dict = {}  # thread run -> the run ids of the checkpoints deleted there
     for _ in range(_CUT_TRIES):
         reads = [op for run in runs for op in _thread_reads(run)]
         results = yield from read_in_pieces(reads)
@@ -171,6 +206,7 @@ def cut_threads(runs: list, doomed_of):
             if cut is not None:
                 cuts.append(cut)
                 doomed_now[run] = [(r.ns, r.checkpoint_id) for r in doomed]
+                run_ids.setdefault(run, set()).update(r.run_id for r in doomed if r.run_id)
         redo = yield from apply_cuts(cuts)
         for run, places in doomed_now.items():
             done.setdefault(run, []).extend(places)
@@ -178,7 +214,7 @@ def cut_threads(runs: list, doomed_of):
                 again.setdefault(run, []).extend(places)
         if not redo:
             yield from sweep_after_cut(done, again)
-            return
+            return run_ids
         runs = [run for run in runs if run in redo]
     raise TransactionConflict(f"threads {runs!r:.200} kept changing while their "
                               f"checkpoints were being deleted; try again")

@@ -73,3 +73,45 @@ def test_a_run_listed_again_while_its_thread_is_deleted_keeps_its_listing(db):
     assert _entry(db, saver, "r1") == {"a": True}
     saver.delete_for_runs(["r1"])
     assert _runs_of(saver, "a") == []
+
+
+def test_prune_takes_the_thread_out_of_the_entries_of_the_runs_it_pruned_away(db):
+    # prune keeps each namespace's newest checkpoint: the runs of the others lose
+    # their last checkpoint in the thread, and their entries would name it for as
+    # long as it lives (and after: delete_thread finds runs by the checkpoints left).
+    saver = InmemSaver(db)
+    for i in range(20):
+        _put(saver, "a", f"ra{i}", ns="" if i % 2 else "child:1")
+    _put(saver, "b", "ra0")
+    saver.prune(["a"])
+    assert sorted(_runs_of(saver, "a")) == ["ra18", "ra19"]
+    assert [i for i in range(20) if _entry(db, saver, f"ra{i}") is not None] == [0, 18, 19]
+    assert _entry(db, saver, "ra0") == {"b": True}
+    saver.delete_thread("a")
+    assert _entry(db, saver, "ra18") is None and _entry(db, saver, "ra19") is None
+
+
+def test_a_run_put_again_while_prune_works_keeps_its_listing(db):
+    saver = InmemSaver(db)
+    _put(saver, "a", "r1", ns="child:1")
+    _put(saver, "a", "r1", ns="child:1")
+    _put(saver, "a", "r2", ns="child:1")  # r1 pruned away from child:1
+    plan = saver._prune(["a"], "keep_latest")
+    sent, put, entries_read = next(plan), False, False
+    try:
+        while True:
+            answer = execute_sync(db, sent)
+            # Once the entries were read and the thread read again (r1 has no
+            # checkpoint left in it): r1 is put to another namespace, no head the
+            # prune holds, and listed again.
+            if not put and entries_read and any(op == "kv.items" for op, _ in sent):
+                _put(saver, "a", "r1")
+                put = True
+            entries_read = entries_read or any(op == "tx.read" for op, _ in sent)
+            sent = plan.send(answer)
+    except StopIteration:
+        pass
+    assert put
+    assert _entry(db, saver, "r1") == {"a": True}
+    saver.delete_for_runs(["r1"])
+    assert _runs_of(saver, "a") == ["r2"]

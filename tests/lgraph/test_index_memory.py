@@ -17,6 +17,7 @@ from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.base.id import uuid6
 
 import inmem
+from inmem.errors import RunNotFound
 from inmem.langgraph import InmemSaver
 
 
@@ -212,6 +213,15 @@ def test_two_savers_leave_what_a_model_of_the_threads_says(steps, shared):
                               t.config["configurable"]["checkpoint_id"], t.metadata.get("run_id"))
                              for t in savers[0].list({"configurable": {"thread_id": thread}}))
                 assert got == sorted(model[thread]), (step, thread)
+            # One after another, the index lists exactly the threads that hold a
+            # checkpoint of each run: nothing a delete or prune left behind.
+            for run_id in _RUN_IDS:
+                try:
+                    entry = db.json.get("langgraph:runs", run_id) or {}
+                except RunNotFound:  # nothing indexed yet
+                    entry = {}
+                holding = {t for t in _THREADS if any(c[2] == run_id for c in model[t])}
+                assert set(entry) == holding, (step, run_id)
     finally:
         db.close()
 
