@@ -144,3 +144,41 @@ def test_documents_of_a_cut_refused_half_way_are_deleted_too(db, monkeypatch):
         {"document": None, "apart": []}] * 3
     assert [t.metadata["run_id"] for t in saver.list({"configurable": {"thread_id": "t"}})] == [
         "r2"]
+
+
+@pytest.mark.parametrize("backend", ["embedded", "cluster"])
+def test_writes_racing_delete_for_runs_from_another_connection_leave_nothing(open_db, backend):
+    # A task's writes keep landing from one connection while another deletes its
+    # run's checkpoints: whichever lands first, nothing of them is left after both.
+    import threading
+    db = open_db()
+    other = db
+    if backend == "cluster":
+        from cluster.shared import shared_cluster
+        other = shared_cluster().connect()
+    try:
+        thread = f"race-{uuid6(clock_seq=-1)}"
+        writer, deleter = InmemSaver(db), InmemSaver(other)
+        config = _put(writer, thread)
+        started, errors = threading.Event(), []
+
+        def write():
+            try:
+                for i in range(60):
+                    writer.put_writes(config, [("x", i), ("big", BIG)], f"task-{i}")
+                    if i == 5:
+                        started.set()
+            except Exception as exc:  # asserted on below
+                errors.append(exc)
+                started.set()
+
+        w = threading.Thread(target=write)
+        w.start()
+        started.wait(60)
+        deleter.delete_for_runs(["r1"])
+        w.join(120)
+        assert not w.is_alive() and errors == []
+        assert _leftovers(db, writer, thread, config) == {"document": None, "apart": []}
+    finally:
+        if other is not db:
+            other.close()
