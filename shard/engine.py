@@ -24,7 +24,7 @@ for the caller to write.
 | ReplayOps   | shard.replay          | run.replay                                  |
 | SearchOps   | shard.search_ops      | search.stats, search.query, index_step      |
 | RecoveryOps | shard.recovery_apply  | apply_batches, apply_group, mark_orphans    |
-| ReclaimOps  | shard.dead_keys       | sweep_dead (dead KV entries leave the table) |
+| ReclaimOps  | shard.dead_keys       | sweep_dead (dead entries leave their tables) |
 
 This module keeps what they share: the dispatch (built from the table of
 operations in `inmem.ops`), value encoding and checks, run lookup, and the
@@ -52,7 +52,7 @@ from inmem.errors import InmemError, InvalidKey, InvalidValue, RunNotActive, Run
 from inmem.ops import OPS
 from inmem.values import ALWAYS_VALID_TYPES, DEFAULT_MAX_VALUE_BYTES, check_value
 
-from .dead_keys import DEFAULT_RETENTION_S, DeadKeys, ReclaimOps
+from .dead_keys import DEFAULT_RETENTION_S, ReclaimOps
 from .effects import APPLY, CODE, GROUP_BYTES_MAX, array_header
 from .events import EventOps
 from .history import history_limit
@@ -102,9 +102,9 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
                  max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES, log: bool = False,
                  history="full", dead_key_retention_s: float = DEFAULT_RETENTION_S):
         self.clock = clock or _now_us
-        #: dead KV entries and the runs' version floors (shard.dead_keys)
-        self.dead = DeadKeys(dead_key_retention_s)
-        self.kv_floors = self.dead.floors
+        #: dead KV entries, state cells and documents, and the runs' version floors
+        #: (shard.dead_keys): self.dead, self.kv_floors, self.dead_state, self.dead_json
+        self._init_dead(dead_key_retention_s)
         #: entries each run keeps in memory (None: all of them), see `shard.history`
         self.history_limit = history_limit(history)
         #: a durable store's history files: runs keep their history there
@@ -177,7 +177,7 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
         """Delete a run (shard.runs); a run begun again under its id starts from floor 0."""
         gone = RunOps.run_delete(self, run)
         if gone:
-            self.dead.forget_run(run)
+            self.forget_floors(run)
         return gone
 
     def _op_table(self) -> dict[str, Callable]:

@@ -139,6 +139,8 @@ SNIPPET_SCAN = 256 * 1024
 HELD_STEP_MS = 2
 #: packed elements a long document's decoding walks between two looks at the clock
 WALK_TICK = 4096
+#: how long the journal read before an in-memory history's trim may run (`read_for_trim`)
+TRIM_READ_MS = 2
 
 _WORD = re.compile(r"\w+")
 _unpackb = msgpack.unpackb
@@ -807,6 +809,22 @@ class SearchIndex:
             if self._jobs and not self._run_jobs(long_deadline):
                 return
             self._catch_up_run(run_id, r, h.disk, None, long_deadline)
+
+    def read_for_trim(self, run_id: str, r) -> int:
+        """Read run `run_id`'s journal so that its in-memory history may let it go: the
+        position read to (what the history may drop).
+
+        Bounded, as it runs inside the write that crossed the history's limit: the
+        journal is read for at most TRIM_READ_MS, and a long document met on the
+        way gets one step, its job queued (its entry counts as read); its other
+        steps, and anything the index has not read behind a long document under
+        way (the index stays in journal order), are left to the background
+        slices. The history keeps what is not read until a later trim.
+        """
+        if not self._jobs:
+            self._catch_up_run(run_id, r, len(r.journal), time.monotonic() + TRIM_READ_MS / 1000,
+                               0.0)
+        return self.watermark.get(run_id, 0)
 
     def catch_up_for_search(self, runs: dict, now_us: int, deadline: float | None) -> bool:
         """Catch up before a search: to the end, or until `deadline`; while rebuilding,
