@@ -1,29 +1,54 @@
-"""Dead KV entries reclaimed: deleted and expired keys leave a run's table, under a version floor.
+"""Dead entries reclaimed: deleted and expired KV keys, deleted state cells and JSON documents
+leave their run's tables, each family under its own per-run version floor.
 
 A delete leaves an entry that says so (a tombstone: the key's version keeps
 counting across delete and re-create), and an expired entry reads as missing
-but its next put continues its version (`shard.kv`). Kept for ever, both made
-a TTL cache of unique keys, or a delete-heavy agent memory, grow without end,
-in memory and in every snapshot. So a *dead* entry (a tombstone, or an entry
-whose TTL has passed) that has been dead for longer than the engine's
+but its next put continues its version (`shard.kv`). A deleted state cell
+(`shard.state_cells`) or JSON document (`shard.json_docs`, a delete of the
+whole document) leaves a tombstone too. Kept for ever, they made a TTL cache
+of unique keys, a delete-heavy agent memory, or an agent that creates and
+deletes a document or a cell per task, grow without end, in memory and in
+every snapshot. So a *dead* entry (a tombstone, or a KV entry whose TTL has
+passed) that has been dead for longer than the engine's
 `dead_key_retention_s` (default 60 s; 0: at the next sweep) is removed from
-its run's table and from the run's sorted key order (`shard.key_order`), and
-the run's **version floor** becomes max(floor, that entry's version).
+its run's table (a KV key from the run's sorted key order too,
+`shard.key_order`), and the run's **version floor** of that family becomes
+max(floor, that entry's version).
+
+Three families, three floors per run (`DeadKeys`, one per family: `dead`,
+`dead_state` and `dead_json`, whose floors are the engine's `kv_floors`,
+`state_floors` and `json_floors`), not one floor the run's families share.
+Both keep the contract below; separate floors were chosen because a
+family's versions then depend on its own history alone: a document edited ten thousand times and deleted does not start every new KV
+key or cell of the run above 10,000 (a KV entry's version takes 1 byte below
+256 and 2 below 65,536, `shard.entries`, so a shared floor would grow the
+entries, and slow the put path, of a family that reclaimed nothing), and a
+KV-only workload sees exactly the versions it saw before cells and
+documents were reclaimed. What it costs is two more ints per run in a
+snapshot, and nothing on a write: a name not in its table looks up its own
+family's floors, as a KV key did.
 
 The contract on versions holds unchanged: versions grow by 1 with each write
 of a key, and a version a client saw never validates again. A key that is not
-in its run's table gets, on its first write, the version `floor + 1` (every
-path that writes a KV key: `kv.put`, a pipeline's series of puts,
-`kv.put_many`, `kv.cas`, and transactions, which run those), so a run that
-never reclaimed anything starts its keys at 1 as before, and a reclaimed key
-written again gets a version above every version it had: no version ever
-names two lives of one key.
+in its run's table gets, on its first write, the version `floor + 1` of its
+family (every path that writes a KV key: `kv.put`, a pipeline's series of
+puts, `kv.put_many`, `kv.cas`; a cell: `st.init`, `st.set`, `st.cas`; a
+document: `js.put`, `js.set`, `js.push`; and transactions, which run those),
+so a run that never reclaimed anything starts its keys at 1 as before, and a
+reclaimed key written again gets a version above every version it had: no
+version ever names two lives of one key. The search index relies on it too:
+it skips a logged write whose version is no longer its key's, so a document
+deleted, reclaimed and written again is never indexed with its old text.
 
 Validation against a reclaimed key (what was chosen, and why):
 
-- `kv.cas(key, expected)`: the key is not live, so its version is 0, as for a
-  tombstone: an expected version above 0 fails (it is stale: it named a
-  life that is over), 0 ("must not exist") passes, as it did on the tombstone.
+- `kv.cas(key, expected)` and `st.cas(name, expected)`: the key is not live,
+  so its version is 0, as for a tombstone: an expected version above 0 fails
+  (it is stale: it named a life that is over; a cell's `VersionMismatch`
+  says `actual` 0 and `current` None, as for any absent cell), 0 ("must not
+  exist") passes, as it did on the tombstone. `st.read` gives None and
+  `st.init` creates the cell, as on the tombstone; a reclaimed document reads
+  as missing and a delete of it (whole or of a part) finds nothing.
 - a transaction's read set: a key read as missing *and never written* has
   version 0; one read as a tombstone or an expired entry has that entry's
   version. At commit a key absent from the table counts as version 0. So a
@@ -40,7 +65,8 @@ Validation against a reclaimed key (what was chosen, and why):
 How dead entries are found without rescanning the tables: the writes that make
 one (a delete, a put with a TTL) note the key under the time it dies (the
 delete's time, the expiry) in a bucket of about a second (`BUCKET_SHIFT`);
-the buckets are a heap by time and each holds its keys by run. A sweep takes
+the buckets are a heap by time and each holds its keys by run, one heap per
+family. Cells and documents have no TTL: only their deletes note. A sweep takes
 the buckets whose every time is past the retention, and for each key looks at
 the entry the key holds *now*: still dead, and dead since that long, it is
 reclaimed; written since, it is left (a delete noted its own death), or, if
@@ -53,7 +79,9 @@ once at each recovered run's table for its dead and expiring entries (a pass
 in C per run, then the notes in slices).
 
 The sweep is incremental and bounded: `sweep_dead` handles at most so many
-notes and stops at a deadline, and the next call resumes where it stopped.
+notes in all families together and stops at a deadline, and the next call
+resumes where it stopped, starting with the family after the one this call
+started with, so a backlog of one family does not keep the others waiting.
 It runs from the shard's upkeep (`shard.upkeep`: the embedded durable store's
 scheduler thread and the worker's idle turns), and the writes that make a
 dead entry also reclaim up to `INLINE_PER_WRITE` due ones each, so reclaiming
@@ -65,7 +93,7 @@ document the index still holds is left for the next round, once the index's
 own expiry pass has dropped it.
 
 Durability: reclaiming is not logged in the WAL. A recovered store is the
-last snapshot, which stores each run's floor (`shard.snapshot_codec`), plus
+last snapshot, which stores each run's floors (`shard.snapshot_codec`), plus
 the WAL records after it; a WAL record holds each write's final entry with its
 version (`shard.effects`: the field form or the entry form, both with the
 version), so a version handed out after a reclaim is replayed as it was given.
@@ -98,6 +126,9 @@ SWEEP_MS = 2.0
 #: notes a write that makes a dead entry handles after its own
 INLINE_PER_WRITE = 2
 
+#: the families of keyed tables whose dead entries are reclaimed, by their run attribute
+FAMILIES = ("kv", "state", "json")
+
 #: `due_at` when nothing is noted
 _NEVER = float("inf")
 #: flags -> whether an entry may be or become dead (a tombstone, or one with an expiry)
@@ -128,17 +159,23 @@ def due_by(retention_us: int, now: int) -> int:
 
 
 class DeadKeys:
-    """One engine's notes of dead KV entries, its runs' version floors and what it reclaimed."""
+    """One engine's notes of the dead entries of one family of tables (the runs' KV tables,
+    state tables or JSON tables), its runs' version floors in it and what it reclaimed."""
 
-    __slots__ = ("retention_us", "floors", "buckets", "times", "reclaimed", "rescan", "unnoted",
-                 "due_at", "_last")
+    __slots__ = ("table", "retention_us", "floors", "buckets", "times", "reclaimed", "rescan",
+                 "unnoted", "due_at", "_last")
 
-    def __init__(self, retention_s: float = DEFAULT_RETENTION_S):
+    def __init__(self, retention_s: float = DEFAULT_RETENTION_S, table: str = "kv"):
         if type(retention_s) not in (int, float) or not retention_s >= 0:
             raise ValueError(f"dead_key_retention_s must be a number >= 0, got {retention_s!r}")
+        if table not in FAMILIES:
+            raise ValueError(f"no family of tables named {table!r}")
+        #: the run attribute that holds the family's table: "kv", "state" or "json"
+        self.table = table
         #: how long an entry stays dead before it is reclaimed, µs (inf: a practical never)
         self.retention_us = int(min(retention_s, 10**12) * 1_000_000)
-        #: run id -> its version floor; only runs that reclaimed something are here
+        #: run id -> its version floor in this family; only runs that reclaimed something
+        #: in it are here
         self.floors: dict[str, int] = {}
         #: bucket -> {run id: [key, ...]}: the keys whose entries die in that bucket
         self.buckets: dict[int, dict] = {}
@@ -197,42 +234,94 @@ class DeadKeys:
 
 
 class ReclaimOps:
-    """The engine's sweep of dead KV entries (see the module docstring)."""
+    """The engine's sweep of dead entries, in each family of tables (see the module docstring)."""
 
     runs: dict
     clock: Callable[[], int]
+    #: the KV family's notes and floors (`kv_floors` is its `floors`)
     dead: DeadKeys
+    #: the state cells' and the JSON documents' (`state_floors`, `json_floors` their floors)
+    dead_state: DeadKeys
+    dead_json: DeadKeys
     _undo: list | None
 
+    def _init_dead(self, retention_s: float) -> None:
+        """Make the notes and floors of each family (the engine's __init__ calls it)."""
+        self.dead = DeadKeys(retention_s, "kv")
+        self.kv_floors = self.dead.floors
+        self.dead_state = DeadKeys(retention_s, "state")
+        self.state_floors = self.dead_state.floors
+        self.dead_json = DeadKeys(retention_s, "json")
+        self.json_floors = self.dead_json.floors
+        #: the families in the order a sweep takes them; it turns after each sweep
+        self._dead_turn = [self.dead, self.dead_state, self.dead_json]
+
+    def dead_families(self) -> tuple:
+        """Each family's DeadKeys: (KV, state cells, JSON documents)."""
+        return (self.dead, self.dead_state, self.dead_json)
+
+    def forget_floors(self, run_id: str) -> None:
+        """Run `run_id` is gone: a run begun later under its id starts every family from 0."""
+        for d in self.dead_families():
+            d.forget_run(run_id)
+
+    def rescan_dead(self) -> None:
+        """The tables were filled without notes (a recovery): every family looks again."""
+        for d in self.dead_families():
+            d.rescan_all()
+
+    def reclaimed_counts(self) -> dict:
+        """Dead entries reclaimed since the engine started, by family, as `db.info()` says."""
+        return {"kv_reclaimed": self.dead.reclaimed,
+                "state_reclaimed": self.dead_state.reclaimed,
+                "json_reclaimed": self.dead_json.reclaimed}
+
     def sweep_dead(self, max_entries: int = SWEEP_ENTRIES, budget_ms: float | None = None) -> int:
-        """Reclaim the KV entries dead for longer than the retention: at most `max_entries`
-        notes looked at, and none after `budget_ms`. Returns how many were reclaimed; the next
-        call goes on where this one stopped."""
-        d = self.dead
+        """Reclaim the entries dead for longer than the retention, in every family: at most
+        `max_entries` notes looked at in all, and none after `budget_ms`. Returns how many
+        were reclaimed; the next call goes on where this one stopped, starting with the
+        family after the one this call started with (one family's backlog does not keep the
+        others waiting)."""
         if self._undo is not None or self.index.rebuilding:
             return 0
         deadline = None if budget_ms is None else time.monotonic() + budget_ms / 1000
-        if d.unnoted:
-            d.rescan = [(run_id, None) for run_id in self.runs]
-            d.unnoted = False
-        if d.rescan:
-            max_entries -= self._rescan_step(max_entries)
-            if max_entries <= 0 or d.rescan:
-                return 0
-        times = d.times
-        if not times:
-            return 0
-        now = self.clock()
-        last = due_by(d.retention_us, now)
-        if times[0] > last:
-            return 0
-        return self._reclaim_due(last, max_entries, deadline)
+        turn = self._dead_turn
+        order = tuple(turn)
+        turn.append(turn.pop(0))
+        reclaimed = 0
+        now = None
+        for d in order:
+            if max_entries <= 0:
+                break
+            if d.unnoted:
+                d.rescan = [(run_id, None) for run_id in self.runs]
+                d.unnoted = False
+            if d.rescan:
+                max_entries -= self._rescan_step(d, max_entries)
+                if max_entries <= 0 or d.rescan:
+                    continue
+            times = d.times
+            if not times:
+                continue
+            if now is None:
+                now = self.clock()
+            last = due_by(d.retention_us, now)
+            if times[0] > last:
+                continue
+            got, seen = self._reclaim_due(d, last, max_entries, deadline)
+            reclaimed += got
+            max_entries -= seen
+            if deadline is not None and time.monotonic() > deadline:
+                break
+        return reclaimed
 
-    def _reclaim_due(self, last: int, max_entries: int, deadline) -> int:
-        """Look at up to `max_entries` notes of the buckets up to `last`; reclaim the entries
-        that died in those buckets (a note and the entry it finds agree on the bucket)."""
-        d = self.dead
+    def _reclaim_due(self, d: DeadKeys, last: int, max_entries: int, deadline) -> tuple:
+        """Look at up to `max_entries` notes of family `d`'s buckets up to `last`; reclaim the
+        entries that died in those buckets (a note and the entry it finds agree on the
+        bucket). Returns (entries reclaimed, notes looked at)."""
         times, buckets, floors, runs = d.times, d.buckets, d.floors, self.runs
+        attr = d.table
+        is_kv = attr == "kv"
         docs = self.index.docs
         d._last = (None, None, None)  # the lists noted into may go
         seen = reclaimed = 0
@@ -247,11 +336,11 @@ class ReclaimOps:
                 if r is None:  # the run is gone, and its notes with it
                     del by_run[run_id]
                     continue
-                kv = r.kv
+                table = getattr(r, attr)
                 while keys and seen < max_entries:
                     key = keys.pop()
                     seen += 1
-                    e = kv.get(key)
+                    e = table.get(key)
                     if e is None:
                         continue
                     flags = e[0]
@@ -272,11 +361,12 @@ class ReclaimOps:
                         # index's own expiry pass dropped it.
                         again.append((run_id, key, (last + 1) << BUCKET_SHIFT))
                         continue
-                    del kv[key]
+                    del table[key]
                     version = entry_version(e)
                     if version > floors.get(run_id, 0):
                         floors[run_id] = version
-                    drop_from_order(r, key)
+                    if is_kv:
+                        drop_from_order(r, key)
                     reclaimed += 1
                 if not keys:
                     del by_run[run_id]
@@ -291,28 +381,30 @@ class ReclaimOps:
         for run_id, key, at in again:
             d.note(run_id, key, at)  # a bucket after `last`: not looked at again this round
         d.reclaimed += reclaimed
-        return reclaimed
+        return reclaimed, seen
 
-    def _rescan_step(self, budget: int) -> int:
-        """Note the dead and expiring entries of the runs a recovery filled; the work done."""
-        d = self.dead
+    def _rescan_step(self, d: DeadKeys, budget: int) -> int:
+        """Note the dead and expiring entries of family `d` in the runs a recovery filled;
+        the work done."""
         work = 0
+        attr = d.table
         while d.rescan and work < budget:
             run_id, keys = d.rescan[-1]
             r = self.runs.get(run_id)
             if r is None:
                 d.rescan.pop()
                 continue
-            kv = r.kv
+            table = getattr(r, attr)
             if keys is None:
                 # One pass in C over the run's entries: the mortal ones' keys.
-                keys = list(compress(kv, map(_MORTAL.__getitem__, map(_FLAGS, kv.values()))))
-                work += len(kv) // 64 + 1
+                keys = list(compress(table, map(_MORTAL.__getitem__,
+                                                map(_FLAGS, table.values()))))
+                work += len(table) // 64 + 1
                 d.rescan[-1] = (run_id, keys)
             while keys and work < budget:
                 key = keys.pop()
                 work += 1
-                e = kv.get(key)
+                e = table.get(key)
                 if e is not None:
                     at = dead_since(e)
                     if at is not None:
@@ -321,12 +413,21 @@ class ReclaimOps:
                 d.rescan.pop()
         return work
 
-    def _reclaim_inline(self, now: int, n: int) -> None:
-        """After a write that made `n` dead or expiring entries, once `dead.due_at` has come:
-        reclaim a few due ones (none inside a transaction, during a rebuild or a rescan)."""
-        d = self.dead
+    def _reclaim_inline(self, now: int, n: int, d: DeadKeys | None = None) -> None:
+        """After a write that made `n` dead or expiring entries of family `d` (KV when None),
+        once `d.due_at` has come: reclaim a few due ones of that family (none inside a
+        transaction, during a rebuild or a rescan)."""
+        if d is None:
+            d = self.dead
         if d.times and not d.rescan and not d.unnoted and self._undo is None \
                 and not self.index.rebuilding:
             last = due_by(d.retention_us, now)
             if d.times[0] <= last:
-                self._reclaim_due(last, INLINE_PER_WRITE * n, None)
+                self._reclaim_due(d, last, INLINE_PER_WRITE * n, None)
+
+    def _note_tombstone(self, d: DeadKeys, run_id: str, key: str, now: int) -> None:
+        """A delete at `now` left a tombstone at `key` of run `run_id` in family `d` (state
+        cells, JSON documents): note it, and reclaim a few due ones if any are."""
+        d.note(run_id, key, now)
+        if now >= d.due_at:
+            self._reclaim_inline(now, 1, d)

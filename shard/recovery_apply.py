@@ -16,12 +16,13 @@ or a msgpack error. Run-level effects (creation, status, deletion), rare and
 able to change or drop a whole run silently, are checked field by field
 before they are applied.
 
-Reclaimed KV entries (`shard.dead_keys`) are not in the WAL: a snapshot holds
-each run's version floor, and a record holds each write with its version, so
-what recovery rebuilds hands out no version twice; the dead entries it brings
-back have no notes, so the target tells the engine to look for them
-(`DeadKeys.rescan_all`), which its first sweeps do. A run created or deleted
-by a record starts again from floor 0.
+Reclaimed KV entries, state cells and JSON documents (`shard.dead_keys`) are
+not in the WAL: a snapshot holds each run's version floor of each family, and
+a record holds each write with its version, so what recovery rebuilds hands
+out no version twice; the dead entries it brings back have no notes, so the
+target tells the engine to look for them in every family
+(`ReclaimOps.rescan_dead`), which its first sweeps do. A run created or
+deleted by a record starts every family again from floor 0.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from typing import Callable
 
 from inmem.recovery.errors import UnreadableContent, describe
 
-from .dead_keys import DeadKeys
 from .effects import (APPLY, CODE, CREATE_FLAGS, CREATE_RUN, DELETE_RUN, KV_DEL, KV_PUT,
                       RUN_CREATE, RUN_DELETE, RUN_STATUS, STATUS, STATUS_ERROR, STATUS_TS,
                       apply_kv_many, apply_status, decode_batch)
@@ -86,7 +86,7 @@ class RecoveryOps:
     clock: Callable[[], int]
     index: SearchIndex
     history_files: object
-    dead: DeadKeys
+    forget_floors: Callable[[str], None]
 
     def apply_batches(self, batches) -> None:
         """Apply a WAL record's batches, `(run id, [effect, ...])`, in order.
@@ -133,7 +133,7 @@ class RecoveryOps:
             if code == RUN_CREATE:
                 _check_create(run_id, eff)
                 r = self.runs[run_id] = RunData(eff, None, self.history_files)
-                self.dead.forget_run(run_id)  # a new run: its keys start from floor 0
+                self.forget_floors(run_id)  # a new run: its keys start from floor 0
                 continue
             if code == RUN_DELETE:
                 _check_delete(run_id, eff)
@@ -141,7 +141,7 @@ class RecoveryOps:
                 if gone is not None:
                     gone.journal.release()
                 self.index.drop_run(run_id)
-                self.dead.forget_run(run_id)
+                self.forget_floors(run_id)
                 r = None
                 continue
             if r is None:
@@ -196,7 +196,7 @@ class EngineRecovery:
         """Fill the engine from a snapshot's sections; UnreadableContent if they are not a state."""
         load(self.engine, sections)
         # Dead entries come back without the notes that find them (shard.dead_keys).
-        self.engine.dead.rescan_all()
+        self.engine.rescan_dead()
 
     def apply_records(self, payloads, segment: int | None = None, offsets=None) -> int:
         """Apply a block of WAL records, in log order; return their group count.
@@ -209,7 +209,7 @@ class EngineRecovery:
         each record starts in it), which the caller must then give.
         """
         self.bytes_applied += sum(map(len, payloads))
-        self.engine.dead.rescan_all()
+        self.engine.rescan_dead()
         if self._files is not None:
             if offsets is None:
                 raise ValueError("a store with history files applies WAL records with their places")

@@ -5,9 +5,10 @@ each section is packed and unpacked by one msgpack call (in C) and loading is
 a copy of it rather than a replay:
 
 - RUNS: per run `[run_id, create effect, status, updated_at, ended_at, error,
-  orphaned, kv floor]`, the last the run's KV version floor (`shard.dead_keys`:
-  a key not in the table takes floor + 1 on its first write), from codec
-  version 3 on;
+  orphaned, kv floor, state floor, json floor]`, the last three the run's
+  version floors of its KV keys, state cells and JSON documents
+  (`shard.dead_keys`: a name not in its table takes its family's floor + 1 on
+  its first write); codec version 3 has the KV floor alone, codec 2 none;
 - KV, STATE, JSON: per run `[run_id, keys, entries]`, two parallel lists: the
   keys and their packed entries (`shard.entries`), loaded with one
   `dict.update(zip(...))`;
@@ -21,10 +22,12 @@ a copy of it rather than a replay:
   once or a hundred times.
 - META: the codec version and counts.
 
-Codec version 2 (runs without a floor: each loads with floor 0, which is
-what a build that kept every dead entry had) and codec version 1 (each run's
-whole journal split by primitive, with its positions) are still read; a
-version 1 history is kept in memory, as it has no record to point at. A
+Codec version 3 (runs with a KV floor alone: their state and JSON floors
+load as 0, which is what a build that kept every dead cell and document
+had), codec version 2 (runs without a floor: each loads with floors 0, for
+the same reason) and codec version 1 (each run's whole journal split by
+primitive, with its positions) are still read; a version 1 history is kept
+in memory, as it has no record to point at. A
 snapshot of a newer codec version than this build reads is refused as such
 (UnreadableContent with its version), never read as damage.
 """
@@ -47,11 +50,14 @@ from .effects import (APPLY, CODE, KV_DEL, KV_PUT, RUN_CREATE, apply_kv_many,
 from .history_files import i64_from_le, i64_to_le
 from .runs import RunData
 
-CODEC_VERSION = 3
-_READS = (1, 2, 3)
+CODEC_VERSION = 4
+_READS = (1, 2, 3, 4)
+#: the fields of a run in the RUNS section, by codec version (2: no floor, 3: the KV
+#: floor, 4: the KV, state and JSON floors)
+_RUN_FIELDS = {2: 7, 3: 8, 4: 10}
 
 _ORDER = (fmt.RUNS, fmt.KV, fmt.EVENTS, fmt.STATE, fmt.TRACES, fmt.JSON)
-#: the sections `dump` writes, every one of them, from codec version 2 on (3 adds no section)
+#: the sections `dump` writes, every one of them, from codec version 2 on (3 and 4 add none)
 _SECTIONS_V2 = (fmt.META, fmt.RUNS, fmt.KV, fmt.EVENTS, fmt.STATE, fmt.TRACES, fmt.JSON,
                 fmt.JOURNAL)
 
@@ -61,19 +67,21 @@ class Snapshottable(Protocol):
 
     runs: dict[str, RunData]
     history_files: object
-    kv_floors: dict
 
     def counts(self) -> dict: ...
+
+    def dead_families(self) -> tuple: ...
 
 
 def dump(engine: Snapshottable) -> tuple[dict, list]:
     """(counts, [(section type, body bytes), ...]) for the engine's current state."""
     runs, kv, state, docs, events, traces, journal = [], [], [], [], [], [], []
-    floors = engine.kv_floors
+    kv_floors, st_floors, js_floors = (d.floors for d in engine.dead_families())
     for run_id, r in engine.runs.items():
         h = r.journal
         runs.append((run_id, r.create_effect(), r.status, r.updated_at, r.ended_at, r.error,
-                     r.orphaned, floors.get(run_id, 0)))
+                     r.orphaned, kv_floors.get(run_id, 0), st_floors.get(run_id, 0),
+                     js_floors.get(run_id, 0)))
         if r.kv:
             kv.append((run_id, list(r.kv), list(r.kv.values())))
         if r.state:
@@ -133,8 +141,8 @@ def _load(engine: Snapshottable, sections: dict, at: list) -> None:
             raise ValueError("the section is missing")
     files = engine.history_files
     runs = engine.runs
-    floors = engine.kv_floors
-    fields = 7 if codec == 2 else 8  # codec 3 adds each run's KV version floor
+    families = engine.dead_families()  # KV, state, JSON: the order of the floors in a run
+    fields = _RUN_FIELDS[codec]
     at[0] = fmt.RUNS
     for row in _unpack(sections.get(fmt.RUNS)):
         if len(row) != fields:
@@ -147,11 +155,12 @@ def _load(engine: Snapshottable, sections: dict, at: list) -> None:
         r.status, r.updated_at, r.ended_at, r.error, r.orphaned = \
             status, updated_at, ended_at, error, orphaned
         runs[run_id] = r
-        floor = row[7] if fields == 8 else 0
-        if type(floor) is not int or floor < 0:
-            raise ValueError(f"run {run_id!r} has a KV version floor of {floor!r}")
-        if floor:
-            floors[run_id] = floor
+        # The floors a codec does not hold are 0: its build kept those dead entries.
+        for d, floor in zip(families, row[7:]):
+            if type(floor) is not int or floor < 0:
+                raise ValueError(f"run {run_id!r} has a {d.table} version floor of {floor!r}")
+            if floor:
+                d.floors[run_id] = floor
     for t, attr in ((fmt.KV, "kv"), (fmt.STATE, "state"), (fmt.JSON, "json")):
         at[0] = t
         for run_id, keys, entries in _unpack(sections.get(t)):

@@ -2,7 +2,15 @@
 
 `StateOps` is one of the parts the `Engine` is assembled from. A cell's entry
 is the packed form of the last ST_PUT or ST_DEL on its name (`shard.entries`:
-value, version, time); a deleted cell keeps counting versions.
+value, version, time); a deleted cell keeps counting versions. Its tombstone
+is reclaimed once dead for the engine's `dead_key_retention_s`
+(`shard.dead_keys`): it leaves the table, and the run's state floor
+(`state_floors`) rises to its version; a name that is not in the table
+takes `floor + 1` on its first write (1 in a run that never reclaimed a
+cell), so a cell written again continues above every version it had. A
+reclaimed cell is absent, as the tombstone was: `read` gives None, `init`
+creates it, and `cas` finds version 0 (an expected 0, "must be absent",
+passes; any other fails with `current` None).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from inmem.errors import InvalidValue, StateExists, VersionMismatch
 from inmem.types import State
 from inmem.values import check_key
 
+from .dead_keys import DeadKeys
 from .effects import ST_DEL, ST_PUT
 from .entries import DELETED, entry_ts, entry_value, entry_version
 from .runs import RunData
@@ -32,6 +41,9 @@ class StateOps:
     """The state cell operations of the engine."""
 
     clock: Callable[[], int]
+    dead_state: DeadKeys
+    #: run id -> its state cell floor (shard.dead_keys): only runs that reclaimed a cell
+    state_floors: dict
 
     def st_init(self, run: str, name: str, value) -> int:
         r = self._writable(run)
@@ -43,7 +55,11 @@ class StateOps:
     def _st_put(self, r: RunData, name: str, value) -> int:
         data = self._encode(value)
         old = r.state.get(name)
-        version = 1 if old is None else entry_version(old) + 1
+        if old is None:
+            floors = self.state_floors
+            version = floors.get(r.run_id, 0) + 1 if floors else 1
+        else:
+            version = entry_version(old) + 1
         self._commit(r, (ST_PUT, name, data, version, self.clock()))
         return version
 
@@ -76,5 +92,7 @@ class StateOps:
         e = _live(r, name)
         if e is None:
             return False
-        self._commit(r, (ST_DEL, name, None, entry_version(e) + 1, self.clock()))
+        now = self.clock()  # the delete's time, and when its tombstone died
+        self._commit(r, (ST_DEL, name, None, entry_version(e) + 1, now))
+        self._note_tombstone(self.dead_state, r.run_id, name, now)
         return True

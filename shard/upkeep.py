@@ -9,8 +9,9 @@ indexed, a slice of history compaction runs when a file is mostly dead
 being rebuilt after a recovery, slices run back to back instead: the worker
 runs `index_slice` whenever its socket has nothing waiting, the scheduler
 thread every `REBUILD_PAUSE_S` (the pause lets other threads take the lock).
-Dead KV entries past their retention are reclaimed in a bounded slice each
-round (`shard.dead_keys`), resuming where the last one stopped.
+Dead KV entries, state cells and JSON documents past their retention are
+reclaimed in a bounded slice each round (`shard.dead_keys`), resuming where
+the last one stopped.
 `shard_info` is the one description of a shard that `db.info()` reports,
 wherever the shard runs.
 """
@@ -166,6 +167,7 @@ def shard_info(shard: int, engine, store, **extra) -> dict:
             "durability": "inmemory" if store is None else store.durability,
             "last_snapshot_pause_ms": None if store is None else store.last_snapshot_pause_ms,
             "index_complete": not engine.index_rebuilding(),
-            # Dead KV entries (deleted, expired) reclaimed since the shard started.
-            "kv_reclaimed": engine.dead.reclaimed,
+            # Dead entries reclaimed since the shard started: KV (deleted, expired), state
+            # cells and JSON documents (deleted): kv_, state_ and json_reclaimed.
+            **engine.reclaimed_counts(),
             **extra}

@@ -18,6 +18,7 @@ import inmem
 from inmem.cli import main as cli
 from inmem.recovery import snapshot_format as fmt
 from inmem.shard.dead_keys import BUCKET_SHIFT
+from inmem.shard.snapshot_codec import CODEC_VERSION
 
 from polling import wait_for
 
@@ -143,11 +144,13 @@ def test_a_snapshot_of_a_newer_codec_is_refused_by_opening_and_by_verify(tmp_pat
         db.snapshot()
     (file,) = snapshot_files(path)
 
-    def as_codec_4(sections):
+    newer = CODEC_VERSION + 1
+
+    def as_newer(sections):
         meta = msgpack.unpackb(sections[fmt.META], raw=False)
-        sections[fmt.META] = msgpack.packb({**meta, "codec": 4})
-    rewrite(file, as_codec_4)
+        sections[fmt.META] = msgpack.packb({**meta, "codec": newer})
+    rewrite(file, as_newer)
     code, out = verify(file)
-    assert code != 0 and "codec version 4" in out, out
-    with pytest.raises(inmem.InmemError, match="codec version 4"):
+    assert code != 0 and f"codec version {newer}" in out, out
+    with pytest.raises(inmem.InmemError, match=f"codec version {newer}"):
         inmem.open(path, "strict", **options)

@@ -414,11 +414,11 @@ def test_a_snapshot_of_a_newer_codec_is_refused_as_newer():
     import msgpack
     from inmem.recovery import snapshot_format as fmt
     from inmem.recovery.errors import UnreadableContent
-    from inmem.shard.snapshot_codec import dump
+    from inmem.shard.snapshot_codec import CODEC_VERSION, dump
     e, clock = reclaimed_engine()
     sections = dict(dump(e)[1])
     meta = msgpack.unpackb(sections[fmt.META], raw=False)
-    sections[fmt.META] = msgpack.packb({**meta, "codec": 4})
+    sections[fmt.META] = msgpack.packb({**meta, "codec": CODEC_VERSION + 1})
     with pytest.raises(UnreadableContent, match="newer"):
         reloaded(sections, clock)
 

@@ -57,10 +57,11 @@ WAL_GROUPS = [WAL_GROUPS_V1[0],
               *WAL_GROUPS_V1[3:]]
 
 #: sha256 of each snapshot section `dump` makes of the same engine, by section type
-#: (snapshot codec 2: the tables as the engine keeps them, and the history index)
+#: (snapshot codec 2: the tables as the engine keeps them, and the history index; codec 4
+#: writes the same but for META and the runs' floors)
 SNAPSHOT_SECTIONS = {
-    8: "919cce0a1a74eee75c74be860d95fc1223cbf2bfef51d80af5ea2aa4210351af",
-    1: "7a67f5f57d76d89680e52dce1743f7fced676e0aeda54d064e8c98c66ea665d0",
+    8: "4747771a36297c5024ddf08bcd1444294a59ba761ec483e4c99d1d34e6315b78",
+    1: "f3d0077492177bb37e62809e996774dc2fc9b78555f404b6119b0fd6ca2e5974",
     2: "b4c20517fe1f85dd0dbef804bc4d1222695bbeb8c13abdeac6ec0c3ce538d451",
     3: "2cf86b5bdc7566e8a15f5f18acd30d0374ea7a01373506f7c323c9effc82153a",
     4: "9586730a6513aae442b2a0a6127a127181b28274853ec63bc92e998bf8a81841",
@@ -68,21 +69,28 @@ SNAPSHOT_SECTIONS = {
     6: "39b2b4300e4a78f2242bcb440bd313df6d9bbc0746bcb54524d053effd77cfe4",
     7: "3f87dd02fd4b6178b31eefbd410f52ff465710196e10fbf44b0f2862d44fb5da",
 }
-#: the META and RUNS sections codec 2 wrote for the same engine (the others are as codec 3
-#: writes them): runs without a KV version floor
+#: the META and RUNS sections codec 3 wrote for the same engine (the others are as codec 4
+#: writes them): runs with a KV version floor alone
+SNAPSHOT_SECTIONS_V3 = {
+    8: "919cce0a1a74eee75c74be860d95fc1223cbf2bfef51d80af5ea2aa4210351af",
+    1: "7a67f5f57d76d89680e52dce1743f7fced676e0aeda54d064e8c98c66ea665d0",
+}
+#: the META and RUNS sections codec 2 wrote for the same engine: runs without a floor
 SNAPSHOT_SECTIONS_V2 = {
     8: "98d01223ed793af1155017460758b889bef6f06d42341c8c482511068531a735",
     1: "22d644c3d57a215a2ec73cba559d6cf7cb5fce50e12abca5f6d763d687e458ee",
 }
 
 
-def as_codec_2(sections: dict) -> dict:
-    """Codec 3 sections as codec 2 wrote them: META says 2, and a run has no floor."""
+def as_codec(sections: dict, codec: int) -> dict:
+    """Codec 4 sections as codec 3 or 2 wrote them: META says so, and a run has the KV
+    floor alone (3) or no floor (2)."""
     pack = msgpack.Packer(use_bin_type=True).pack
     meta = msgpack.unpackb(sections[8], raw=False)
     runs = msgpack.unpackb(sections[1], raw=False)
-    assert meta["codec"] == 3 and all(len(row) == 8 for row in runs)
-    return {**sections, 8: pack({**meta, "codec": 2}), 1: pack([row[:7] for row in runs])}
+    assert meta["codec"] == 4 and all(len(row) == 10 for row in runs)
+    fields = {3: 8, 2: 7}[codec]
+    return {**sections, 8: pack({**meta, "codec": codec}), 1: pack([row[:fields] for row in runs])}
 
 #: the sections snapshot codec 1 (each run's journal split by primitive) wrote
 #: for the same engine: snapshots on disk in that codec must still load
@@ -162,16 +170,17 @@ def test_every_snapshot_section_keeps_its_bytes():
     assert {t: hashlib.sha256(body).hexdigest() for t, body in sections} == SNAPSHOT_SECTIONS
 
 
-def test_codec_2_sections_are_the_bytes_codec_2_wrote():
-    v2 = as_codec_2(dict(dump(build())[1]))
-    assert {t: hashlib.sha256(v2[t]).hexdigest() for t in (8, 1)} == SNAPSHOT_SECTIONS_V2
+@pytest.mark.parametrize("codec,expected", [(2, SNAPSHOT_SECTIONS_V2), (3, SNAPSHOT_SECTIONS_V3)])
+def test_older_codec_sections_are_the_bytes_that_codec_wrote(codec, expected):
+    old = as_codec(dict(dump(build())[1]), codec)
+    assert {t: hashlib.sha256(old[t]).hexdigest() for t in (8, 1)} == expected
 
 
-@pytest.mark.parametrize("codec", [1, 2, 3])
+@pytest.mark.parametrize("codec", [1, 2, 3, 4])
 def test_a_snapshot_of_any_codec_loads_the_same_engine(codec):
     live = build()
-    sections = (SNAPSHOT_SECTIONS_V1 if codec == 1 else dict(dump(live)[1]) if codec == 3
-                else as_codec_2(dict(dump(live)[1])))
+    sections = (SNAPSHOT_SECTIONS_V1 if codec == 1 else dict(dump(live)[1]) if codec == 4
+                else as_codec(dict(dump(live)[1]), codec))
     rebuilt = Engine()
     EngineRecovery(rebuilt).load_snapshot(sections)
     assert rebuilt.counts() == live.counts()
