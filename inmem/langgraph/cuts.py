@@ -22,11 +22,13 @@ A mixin of `InmemSaver`: it uses the saver's `prefix`, `_index` and
 
 from __future__ import annotations
 
+from langgraph.checkpoint.base.id import uuid6
+
 from inmem.errors import RunNotFound, TransactionConflict
 
 from .driver import raise_first
 from .keys import (GONE_TTL_S, checkpoint_key, gone_key, head_key, json_name, read_record,
-                   thread_run, write_prefix, writes_key)
+                   thread_gone_key, thread_run, write_prefix, writes_key)
 from .late_writes import sweep_after_cut
 from .reads import read_in_pieces
 
@@ -54,7 +56,16 @@ class CutPlans:
             raise_first([items])
             for run_id in {read_record(v).run_id for _, v in items} - {None}:
                 of_run.setdefault(run_id, []).append(str(thread_id))
-        entries = (yield [("tx.read", (self._index, "js", r)) for r in of_run]) if of_run else []
+        # With them, a note of each delete, for the writes still coming for the
+        # threads' checkpoints (see late_writes.py): its time, as a uuid6 to compare
+        # checkpoint ids with.
+        now = str(uuid6())
+        notes = [("kv.put", (self._index, thread_gone_key(t), now, GONE_TTL_S))
+                 for t in thread_ids]
+        read = yield from self._send([("tx.read", (self._index, "js", r)) for r in of_run]
+                                     + notes, {})
+        raise_first(read[len(of_run):])
+        entries = read[:len(of_run)]
         results = yield [("run.delete", (run,)) for run in runs]
         raise_first(results)
         gone = set(runs)

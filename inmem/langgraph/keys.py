@@ -41,7 +41,9 @@ set each at its own path, so concurrent tasks never overwrite each other.
 
 One more run, `<prefix>runs`, holds a JSON document per LangGraph run id
 listing the threads that have checkpoints of it, so `delete_for_runs`
-visits those threads only. The long-term store is one run of its own
+visits those threads only, and for an hour after `delete_thread` a KV entry
+`gone-thread/<sha256 of the thread id>` holding a uuid6 made at the delete
+(see `late_writes.py`). The long-term store is one run of its own
 (`<prefix>store` by default; see `store.py`).
 
 A run id and a key are at most KEY_BYTES_MAX UTF-8 bytes: `check_names`
@@ -51,6 +53,7 @@ naming it, before anything is sent.
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -164,6 +167,13 @@ def write_prefix(ns: str, checkpoint_id: str) -> str:
 def gone_key(ns: str, checkpoint_id: str) -> str:
     """Where a cut notes, for GONE_TTL_S, that it deleted a checkpoint (see cuts.py)."""
     return f"gone/{esc(ns)}/{checkpoint_id}"
+
+
+def thread_gone_key(thread_id) -> str:
+    """Where `delete_thread` notes, in the index run for GONE_TTL_S, when it deleted a
+    thread (see late_writes.py): a hash of the thread id, so any id makes a short key."""
+    digest = hashlib.sha256(str(thread_id).encode("utf-8", "surrogatepass")).hexdigest()
+    return f"gone-thread/{digest}"
 
 
 #: how long a deleted checkpoint's note stays: pending writes for it that come later

@@ -24,6 +24,15 @@ cut lists the thread's entries kept apart again once it is done
 documents of checkpoints whose delete committed in a round that was then cut
 again. Writes later than GONE_TTL_S after the delete are kept, as writes
 before their checkpoint are.
+
+`delete_thread` takes the whole run, notes and all, and writes finding their
+thread missing would make it again around a writes document alone. So it
+also leaves a note in the index run, `gone-thread/<hash of the thread id>`
+(`keys.thread_gone_key`), for GONE_TTL_S, holding a uuid6 made as it
+deleted; writes that find their thread missing (`PutPlans._send_writes`)
+and whose checkpoint id (a uuid6, time-ordered) is older than the note are
+dropped, nothing made. A checkpoint made after the delete (the thread used
+again, its first writes before its put) makes the thread again as before.
 """
 
 from __future__ import annotations

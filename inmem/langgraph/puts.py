@@ -39,7 +39,7 @@ from .driver import raise_first, run_async, run_sync
 from .indexed import MARK_PREFIX, idle_marks, mark_time
 from .late_writes import drop_writes, found_gone, gone_checks
 from .keys import (SHORT, WRITE_INLINE_MAX, check_names, json_name, namespace_keys,
-                   stored_record, thread_run, unesc, write_key, writes_key)
+                   stored_record, thread_gone_key, thread_run, unesc, write_key, writes_key)
 
 
 class PutPlans:
@@ -169,6 +169,24 @@ class PutPlans:
         return ("js.set", (self._index, run_id, json_name(str(thread_id)), True))
 
     def _put_writes(self, config, writes, task_id, task_path):
+        try:
+            return (yield from self._put_writes_plan(config, writes, task_id, task_path))
+        except _GoneWithItsThread:
+            return None  # nothing written: see `_send_writes`
+
+    def _send_writes(self, ops, thread_id, run, cid):
+        """`_send` a put_writes' writes; a thread run found missing is made again, unless
+        `delete_thread` deleted it after the checkpoint was made (its note says so, see
+        late_writes.py): then the writes are for a checkpoint gone with its thread, and
+        _GoneWithItsThread stops them with nothing made."""
+        results = yield ops
+        if any(isinstance(r, RunNotFound) for r in results):
+            (note,) = yield [("kv.get", (self._index, thread_gone_key(thread_id), None))]
+            if type(note) is str and str(cid) < note:
+                raise _GoneWithItsThread
+        return (yield from self._send(ops, {run: thread_id}, results))
+
+    def _put_writes_plan(self, config, writes, task_id, task_path):
         thread_id, run, ns = self._where(config)
         wkey = writes_key(ns, config["configurable"]["checkpoint_id"])
         if len(run) > SHORT or len(ns) > SHORT:
@@ -219,7 +237,7 @@ class PutPlans:
                 rows.append((name, channel, kind, data, [task_id, channel, kind, data,
                                                          task_path, idx]))
         if apart:
-            yield from self._put_apart(apart, thread_id, task_id)
+            yield from self._put_apart(apart, thread_id, task_id, cid)
         ops = [("js.set", (run, wkey, json_name(name), row)) for name, _, _, _, row in rows]
         if seen is not None:
             _remember(seen, place)
@@ -228,7 +246,7 @@ class PutPlans:
         # After the writes, in their batch: was their checkpoint deleted (see
         # late_writes.py)?
         checks = gone_checks(run, ns, cid)
-        results = yield from self._send(ops + checks, {run: thread_id})
+        results = yield from self._send_writes(ops + checks, thread_id, run, cid)
         results, checked = results[:len(ops)], results[len(ops):]
         full = [i for i, r in enumerate(results)
                 if type(r) is ValueTooLarge and rows[i][4][2] is not None]
@@ -242,8 +260,8 @@ class PutPlans:
                 moved.append((channel, ("kv.put", (run, key, [kind, data], None))))
                 stubs.append(("js.set", (run, wkey, json_name(name),
                                          [task_id, channel, None, key, task_path, row[5]])))
-            yield from self._put_apart(moved, thread_id, task_id)
-            again = yield from self._send(stubs + checks, {run: thread_id})
+            yield from self._put_apart(moved, thread_id, task_id, cid)
+            again = yield from self._send_writes(stubs + checks, thread_id, run, cid)
             for i, r in zip(full, again):
                 results[i] = r
             checked = again[len(stubs):]
@@ -266,9 +284,9 @@ class PutPlans:
             sets.append(["js.set", [run, wkey, json_name(name),
                                     [task_id, channel, kind, data, task_path, idx]]])
         cid = wkey[wkey.rfind("/") + 1:]
-        result, *checked = yield from self._send(
+        result, *checked = yield from self._send_writes(
             [("tx.commit", (run, [["js", wkey, 0]], sets))] + gone_checks(run, ns, cid),
-            {run: thread_id})
+            thread_id, run, cid)
         if isinstance(result, (TransactionConflict, ValueTooLarge)):
             return False
         raise_first([result])
@@ -276,17 +294,21 @@ class PutPlans:
             yield from drop_writes(run, [(ns, cid)])
         return True
 
-    def _put_apart(self, apart: list, thread_id, task_id):
+    def _put_apart(self, apart: list, thread_id, task_id, cid):
         """Write pending writes kept apart: [(channel, kv.put op)]; a value too large for
         any entry is refused naming its channel and task."""
-        results = yield from self._send([op for _, op in apart],
-                                        {apart[0][1][1][0]: thread_id})
+        results = yield from self._send_writes([op for _, op in apart], thread_id,
+                                               apart[0][1][1][0], cid)
         for (channel, op), r in zip(apart, results):
             if type(r) is ValueTooLarge:
                 raise ValueTooLarge(
                     f"the write of task {task_id!r} to channel {channel!r} of thread "
                     f"{thread_id!r} is {len(op[1][2][1])} bytes serialized: {r}") from None
         raise_first(results)
+
+
+class _GoneWithItsThread(Exception):
+    """A put_writes' checkpoint went with its thread's delete: nothing is written."""
 
 
 #: writes documents a saver remembers having seen exist (see `_put_writes`)

@@ -182,3 +182,69 @@ def test_writes_racing_delete_for_runs_from_another_connection_leave_nothing(ope
     finally:
         if other is not db:
             other.close()
+
+
+# -- writes after delete_thread: the thread is not made again for them -------------
+
+def test_writes_after_delete_thread_took_their_checkpoint_do_not_make_the_thread_again(db):
+    # A task still running while its thread is deleted: its writes used to make the
+    # thread's run again, holding only a writes document no checkpoint names.
+    saver = InmemSaver(db)
+    config = _put(saver, "t")
+    saver.delete_thread("t")
+    saver.put_writes(config, [("x", 1), ("big", BIG)], "task-1")
+    saver.put_writes(config, [("__error__", "boom")], "task-2")
+    assert db.run_status(thread_run(saver.prefix, "t")) == "not_found"
+
+
+def test_writes_of_a_new_checkpoint_after_delete_thread_are_kept(db):
+    # The thread used again after its delete, its first writes before its checkpoint
+    # (LangGraph's "async" durability): they are the new thread's, and kept.
+    saver = InmemSaver(db)
+    _put(saver, "t")
+    saver.delete_thread("t")
+    checkpoint = empty_checkpoint()
+    checkpoint["id"] = str(uuid6(clock_seq=-1))
+    early = {"configurable": {"thread_id": "t", "checkpoint_ns": "",
+                              "checkpoint_id": checkpoint["id"]}}
+    saver.put_writes(early, [("x", 1), ("big", BIG)], "task-1")
+    saver.put({"configurable": {"thread_id": "t", "checkpoint_ns": ""}}, checkpoint,
+              {"source": "input", "step": -1, "run_id": "r2"}, {})
+    assert sorted(w[1] for w in saver.get_tuple(early).pending_writes) == ["big", "x"]
+
+
+@pytest.mark.parametrize("backend", ["embedded", "cluster"])
+def test_writes_racing_delete_thread_from_another_connection_do_not_make_it_again(
+        open_db, backend):
+    import threading
+    db = open_db()
+    other = db
+    if backend == "cluster":
+        from cluster.shared import shared_cluster
+        other = shared_cluster().connect()
+    try:
+        thread = f"race-{uuid6(clock_seq=-1)}"
+        writer, deleter = InmemSaver(db), InmemSaver(other)
+        config = _put(writer, thread)
+        started, errors = threading.Event(), []
+
+        def write():
+            try:
+                for i in range(60):
+                    writer.put_writes(config, [("x", i), ("big", BIG)], f"task-{i}")
+                    if i == 5:
+                        started.set()
+            except Exception as exc:  # asserted on below
+                errors.append(exc)
+                started.set()
+
+        w = threading.Thread(target=write)
+        w.start()
+        started.wait(60)
+        deleter.delete_thread(thread)
+        w.join(120)
+        assert not w.is_alive() and errors == []
+        assert db.run_status(thread_run(writer.prefix, thread)) == "not_found"
+    finally:
+        if other is not db:
+            other.close()
