@@ -50,12 +50,15 @@ def short_value(value) -> str:
     """
     try:
         return _values.repr(value)
-    except ValueError:
-        if type(value) is int:
-            return f"<an int of {value.bit_length()} bits>"
+    except Exception:  # (reprlib picks its way by type name, which a stand-in may share)
+        pass
+    if type(value) is int:  # past the digits Python prints
+        return f"<an int of {value.bit_length()} bits>"
+    try:
+        text = repr(value)
+    except Exception:  # RecursionError for deep nesting, a broken __repr__
         return f"<{type(value).__name__}>"
-    except Exception:
-        return f"<{type(value).__name__}>"
+    return text if len(text) <= 80 else text[:76] + "...>"
 
 
 def rounded(number, digits: int = 4) -> str:

@@ -78,6 +78,16 @@ class InvalidStatusTransition(InmemError):
                          from_=from_, to=to)
 
 
+def _number(n) -> str:
+    """A version for a message: an int too long to print as its size (never raising)."""
+    try:
+        return str(n)
+    except ValueError:  # past the digits Python prints
+        return f"<an int of {n.bit_length()} bits>" if type(n) is int else "<?>"
+    except Exception:  # an object whose __str__ fails: the message must still be made
+        return f"<{type(n).__name__}>"
+
+
 class VersionMismatch(InmemError):
     """A compare-and-swap whose expected version is not the current one.
 
@@ -93,7 +103,7 @@ class VersionMismatch(InmemError):
 
     def __init__(self, expected: int = 0, actual: int = 0, message: str | None = None,
                  current=None):
-        super().__init__(message or f"expected version {expected}, found {actual}",
+        super().__init__(message or f"expected version {_number(expected)}, found {_number(actual)}",
                          expected=expected, actual=actual, current=current)
 
     @property

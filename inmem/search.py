@@ -51,6 +51,10 @@ class SearchPlan:
         if type(limit) is not int or limit < 0 or type(offset) is not int or offset < 0:
             raise InvalidValue("limit and offset must be ints >= 0")
         if primitives is not None:
+            if (type(primitives) not in (list, tuple, set, frozenset)
+                    or any(type(p) is not str for p in primitives)):
+                raise InvalidValue(f"primitives must be a list of names (a subset of "
+                                   f"{PRIMITIVES}) or None")
             primitives = sorted(set(primitives))
             unknown = set(primitives) - set(PRIMITIVES)
             if unknown:
@@ -59,6 +63,11 @@ class SearchPlan:
         self.primitives = primitives
         self.limit = limit
         self.offset = offset
+        if budget_ms is not None:
+            if type(budget_ms) not in (int, float) or not budget_ms >= 0:  # (nan too)
+                raise InvalidValue("budget_ms must be a number >= 0")
+            if budget_ms > 1e300:  # past any float (an int may be): no budget to speak of
+                budget_ms = None
         self.budget_ms = budget_ms
         self.terms = list(dict.fromkeys(tokenize(query)))
         #: nothing to ask the shards: no terms (limit=0 still asks, for total_matches)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from itertools import islice
 
+from .display import short_value
 from .errors import InvalidKey, InvalidValue
 
 KEY_BYTES_MAX = 1024
@@ -46,7 +47,7 @@ def check_key(key, what: str = "key") -> str:
 
 def _check_int(value: int) -> None:
     if not INT64_MIN <= value <= INT64_MAX:
-        raise InvalidValue(f"int {value} does not fit in 64 signed bits")
+        raise InvalidValue(f"int {short_value(value)} does not fit in 64 signed bits")
 
 
 def _too_deep() -> InvalidValue:

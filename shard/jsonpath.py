@@ -9,6 +9,7 @@ import json
 import re
 from functools import lru_cache
 
+from inmem.display import short_value
 from inmem.errors import InvalidPath
 
 # A dotted name: a letter (any script) or "_", then letters, digits, "_" and "-".
@@ -24,7 +25,7 @@ _MISSING = object()
 def parse(path) -> tuple:
     """Return the steps of `path` as a tuple of str (names) and int (indexes)."""
     if type(path) is not str or not path.startswith("$"):
-        raise InvalidPath(f"a path starts with '$': {path!r}")
+        raise InvalidPath(f"a path starts with '$': {short_value(path)}")
     steps = []
     i, n = 1, len(path)
     while i < n:

@@ -16,6 +16,7 @@ reason.
 
 from __future__ import annotations
 
+from inmem.display import short_value
 from inmem.errors import InvalidValue
 
 from .effects import (CODE, EV_APPEND, EXPIRES, JS_DEL, JS_PUT, KEY, KEYED, KV_DEL, KV_PUT,
@@ -30,7 +31,7 @@ class ReplayOps:
         """The run as it was after its first `at` journal entries (all of them: None); see `fold`."""
         r = self._run(run)
         if at is not None and type(at) is not int:
-            raise InvalidValue(f"at must be an int journal position or None, got {at!r}")
+            raise InvalidValue(f"at must be an int journal position or None, got {short_value(at)}")
         journal = r.journal
         n = len(journal)
         if at is None or at > n:

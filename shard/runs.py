@@ -122,7 +122,7 @@ class RunOps:
     def set_status(self, run: str, status: str, error=None) -> str:
         r = self._run(run)
         if status not in STATUSES:
-            raise InvalidValue(f"unknown run status {status!r}")
+            raise InvalidValue(f"unknown run status {short_value(status)}")
         check_transition(r.status, status)
         if error is not None:
             error = self._check_text(as_reason(error), "the reason")
@@ -216,7 +216,10 @@ def as_reason(reason) -> str:
     if type(reason) is str:
         return reason
     if isinstance(reason, BaseException) or type(reason) in (int, float, bool):
-        return str(reason)
+        try:
+            return str(reason)
+        except Exception:  # an int past the digits Python prints, a broken __str__
+            return short_value(reason)
     raise InvalidValue(f"a reason must be a str (or an exception), got {type(reason).__name__}")
 
 

@@ -94,9 +94,12 @@ class SearchOps:
 def _deadline(budget_ms) -> float | None:
     if budget_ms is None:
         return None
-    if type(budget_ms) not in (int, float) or budget_ms < 0:
+    if type(budget_ms) not in (int, float) or not budget_ms >= 0:  # (nan too)
         raise InvalidValue("budget_ms must be a number >= 0")
-    return time.monotonic() + budget_ms / 1000
+    try:
+        return time.monotonic() + budget_ms / 1000
+    except OverflowError:  # an int past any float: no deadline to speak of
+        return None
 
 
 def _check_terms(terms) -> list[str]:

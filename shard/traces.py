@@ -13,6 +13,7 @@ from typing import Callable
 
 import msgpack
 
+from inmem.display import short_value
 from inmem.errors import InvalidValue, TraceNotFound
 from inmem.types import Trace
 from inmem.values import check_key
@@ -60,11 +61,11 @@ class TraceOps:
                   tags=(), metadata=None, trace_id: str | None = None) -> str:
         r = self._writable(run)
         if trace_type not in TRACE_TYPES:
-            raise InvalidValue(f"trace_type must be one of {sorted(TRACE_TYPES)}, got {trace_type!r}")
+            raise InvalidValue(f"trace_type must be one of {sorted(TRACE_TYPES)}, got {short_value(trace_type)}")
         if type(data) is not dict:
             raise InvalidValue(f"trace data must be a dict, got {type(data).__name__}")
         if parent_id is not None and parent_id not in r.traces:
-            raise TraceNotFound(f"parent trace {parent_id!r} not found in run {run!r}")
+            raise TraceNotFound(f"parent trace {short_value(parent_id)} not found in run {run!r}")
         tags = check_tags(tags)
         packed = self._encode(data)
         meta = None if metadata is None else self._encode(metadata)

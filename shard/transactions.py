@@ -15,6 +15,7 @@ from typing import Callable
 
 import msgpack
 
+from inmem.display import short_value
 from inmem.errors import InmemError, InvalidKey, InvalidValue, TransactionConflict
 from inmem.ops import TX_WRITE_OPS
 from inmem.values import check_key
@@ -59,7 +60,7 @@ class TxOps:
         elif ns == "ev":
             return [True, len(r.events), len(r.events)]
         else:
-            raise InvalidValue(f"unknown namespace {ns!r}")
+            raise InvalidValue(f"unknown namespace {short_value(ns)}")
         if type(key) is not str:
             check_key(key)
         e = table.get(key)
@@ -152,7 +153,7 @@ def _check_read_set(reads) -> None:
         raise InvalidValue(f"a transaction's reads must be a list, got {type(reads).__name__}")
     for item in reads:
         if type(item) not in (list, tuple) or len(item) != 3:
-            raise InvalidValue(f"a transaction read is [namespace, key, version], got {item!r:.100}")
+            raise InvalidValue(f"a transaction read is [namespace, key, version], got {short_value(item)}")
         ns, key, seen = item
         if type(ns) is not str or ns not in _TX_NAMESPACES:
             raise InvalidValue(f"unknown namespace {ns!r:.40} in a transaction read "
@@ -169,7 +170,7 @@ def _check_write_set(run: str, writes) -> None:
         raise InvalidValue(f"a transaction's writes must be a list, got {type(writes).__name__}")
     for item in writes:
         if type(item) not in (list, tuple) or len(item) != 2:
-            raise InvalidValue(f"a transaction write is [op, args], got {item!r:.100}")
+            raise InvalidValue(f"a transaction write is [op, args], got {short_value(item)}")
         op, args = item
         if type(op) is not str or op not in TX_WRITE_OPS:
             raise InvalidValue(f"{op!r:.60} cannot be used inside a transaction")
