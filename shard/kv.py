@@ -154,6 +154,9 @@ class KVOps:
                     self._put_group(r, effs, places, out)
                     effs, places, pending, size = [], [], {}, 0
                 out.append(self._put_call(args))
+                # A put with a ttl reclaims due dead entries as it goes (shard.dead_keys),
+                # which may raise the run's floor: the keys after it start above it.
+                floor = self.kv_floors.get(run, 0)
                 continue
             try:
                 data = encode(args[2])

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inmem.errors import InmemError, InvalidValue
+from inmem.errors import InmemError, InvalidValue, VersionMismatch
 from inmem.shard import kv as kv_module
 from inmem.shard.durable import DurableStore
 from inmem.shard.effects import decode_batch, record_payloads
@@ -198,3 +198,23 @@ def test_history_of_a_series_replays_the_same_at_every_step_after_reopening(tmp_
         assert db.kv.get(run, "k3") == 27 and db.kv.get(run, "tail4") == {"i": 4}
     assert [v.kv for v in after] == [v.kv for v in before]
     assert before[-1].kv["k1"] == 29 and len(before[-1].kv) == 9
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_a_ttl_put_that_reclaims_in_a_series_raises_the_floor_for_the_puts_after_it(log):
+    """A pipeline of puts runs as one series; its ttl put goes the general way, which
+    reclaims due dead entries inline and raises the run's floor. The series read the floor
+    once, so a key reclaimed there and written again later in the pipeline took its first
+    life's version again (and a cas holding that version won)."""
+    now = [1_700_000_000_000_000]
+    e = Engine(clock=lambda: now[0], dead_key_retention_s=0, log=log)
+    e.begin_run(run_id="r")
+    assert e.kv_put("r", "c", "first life") == 1
+    assert e.kv_delete("r", "c") is True  # the tombstone: version 2
+    now[0] += 3_000_000  # its death is due
+    got = e.kv_put_series("r", [["r", "a", 1], ["r", "t", 1, 100], ["r", "c", "second life"]])
+    assert e.kv_floors.get("r") == 2
+    assert got == [1, 1, 3]
+    assert e.kv_get_versioned("r", "c").version == 3
+    with pytest.raises(VersionMismatch):
+        e.kv_cas("r", "c", 1, "a stale writer")
