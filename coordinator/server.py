@@ -70,7 +70,7 @@ from inmem.protocol import (HEADER_BYTES, KIND_ADMIN, KIND_BATCH, KIND_CLUSTER, 
                             SLOT_COUNT, VERSION)
 
 from .config import (ConfigError, check_not_nested, connect_endpoint, prepare_socket_dir,
-                     runtime_dir_problem, socket_dir, tcp_endpoints, with_shard_count)
+                     runtime_dir_problem, shard_dir, socket_dir, tcp_endpoints, with_shard_count)
 from .fanout import FanOut, describe_recovery
 from .slotmap import SlotMap
 from .supervisor import DOWN, READY, RECOVERING, UNRESPONSIVE, Supervisor
@@ -167,6 +167,8 @@ class Coordinator:
                                          spec["shards_auto"], save=False)
         if slotmap.shard_count != len(spec["shards"]):
             spec = self.spec = with_shard_count(spec, slotmap.shard_count)
+        if not new_map:
+            _check_shard_dirs(spec)
         self.slotmap = slotmap
         self.owners = slotmap.owners
         # Every hello carries the slot map, so a shard can redirect a request
@@ -1053,6 +1055,29 @@ def remove_sockets(spec: dict) -> None:
             os.rmdir(sock_dir)  # only when empty: nothing but our sockets is removed
         except OSError:
             pass
+
+
+def _check_shard_dirs(spec: dict) -> None:
+    """ClusterNotReady if a local shard's directory is missing from a data directory that
+    has served (its slot map is saved once it serves, after every local shard made its
+    directory).
+
+    A shard started there would make an empty store and the cluster would serve
+    without the shard's runs, taking new writes under their ids: a disk not
+    mounted, or a restore that left the directory out, looks just like that.
+    An operator who means to start the shard empty makes the directory.
+    """
+    for shard in spec["shards"]:
+        if shard["remote"]:
+            continue  # its directory is on its own host
+        path = shard_dir(spec, shard["id"])
+        if not os.path.lexists(path):
+            raise ClusterNotReady(
+                f"shard {shard['id']} cannot start: its directory {path} is missing, though "
+                f"this data directory has served with it (a disk not mounted, or a restore "
+                f"that left it out?); restore it, or make the empty directory to start shard "
+                f"{shard['id']} empty, without the runs it held", shard=shard["id"], path=path,
+                cause="missing")
 
 
 def run(spec: dict, out=print) -> int:

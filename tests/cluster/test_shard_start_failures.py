@@ -372,3 +372,40 @@ def test_a_shard_directory_held_by_an_embedded_store_fails_the_start_at_once(mak
     # Closed, the directory is the shard's again.
     again = make_cluster(data_dir=data, shards=2, durability="strict")
     assert again.status()["ready"] is True
+
+
+@pytest.mark.timeout(120)
+def test_a_missing_shard_directory_of_a_cluster_that_served_fails_the_start(make_cluster):
+    """A disk not mounted, or a restore that left a shard out: starting the shard empty would
+    serve without its runs and take new writes under their ids."""
+    cluster = make_cluster(shards=2, durability="strict")
+    with cluster.connect() as db:
+        runs = [db.begin_run() for _ in range(10)]
+        for run in runs:
+            db.kv.put(run, "k", run)
+    cluster.stop()
+    data = cluster.data_dir
+    missing = os.path.join(data, "shard-1")
+    os.rename(missing, missing + ".away")
+    again = make_cluster(data_dir=data, start=False, shards=2, durability="strict",
+                         ready_timeout=READY_TIMEOUT_S)
+    t0 = time.monotonic()
+    with pytest.raises(inmem.ClusterNotReady) as caught:
+        again.start()
+    assert time.monotonic() - t0 < QUICK_S
+    err = caught.value
+    assert str(err).startswith(f"shard 1 cannot start: its directory {missing} is missing"), err
+    assert (err.shard, err.path) == (1, missing)
+    assert not os.path.exists(missing)  # nothing made in its place
+    # Restored, every run is there again.
+    os.rename(missing + ".away", missing)
+    back = make_cluster(data_dir=data, shards=2, durability="strict")
+    with back.connect() as db:
+        assert [db.kv.get(run, "k") for run in runs] == runs
+    back.stop()
+    # An operator who means to start the shard empty makes its directory.
+    shutil.rmtree(missing)
+    os.mkdir(missing)
+    empty = make_cluster(data_dir=data, shards=2, durability="strict")
+    with empty.connect() as db:
+        assert sum(db.run_status(run) == "not_found" for run in runs) > 0
