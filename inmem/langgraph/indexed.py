@@ -25,7 +25,7 @@ its heads' versions over, and a head version could then be one more than the
 one remembered from before: the memory would stand for an entry another
 saver's `delete_for_runs` took away before the thread was deleted. So each
 saver also puts a mark of its own in a thread with every checkpoint of a run
-id (`mark_key`, a random name: `saver/<hex>`, its last put's time), and remembers
+id (`mark_key`, a random name: `saver/<hex>`, an empty value), and remembers
 its version per thread: no one else writes it, so it is one more than the
 version remembered while the thread is the one this saver knew, and starts
 over at 1 in a thread made again. A head whose version agrees, in a thread
@@ -37,12 +37,14 @@ mark (`shared_heads`): a server that makes an `InmemSaver(db)` per request
 puts one mark in a thread, not one per request. Sharing is as safe as one
 saver shared by threads (the memory is all this process's savers have written
 over that database object), and no more than that: two database objects, or
-two processes, keep a memory and a mark each. A mark's value is the time
-(whole seconds) of its last put, and a put that writes a run's index entry
-(`_put_plan`: the first put of a run id to a namespace, or one the memory did
-not trust) also reads the thread's marks and deletes those not put for
-`MARK_IDLE_S` (and those without a time, from older versions): their memory
-is gone with its process, or has not used the thread for an hour. Deleting a
+two processes, keep a memory and a mark each. A put that writes a run's
+index entry (`_put_plan`: the first put of a run id to a namespace, or one
+the memory did not trust) also lists the thread's marks and, when there are
+others than its own, reads when each was last put (the entries' timestamps,
+against its own mark's, just put: one clock, the shard's) and deletes those
+not put for `MARK_IDLE_S`: their memory is gone with its process, or has not
+used the thread for an hour. The usual put writes its mark as before, an
+empty value. Deleting a
 live mark is safe: no one else writes it, so its owner's next put there gets
 a version that is not one more than it remembers (a delete counts as a
 write, and a reclaimed key starts above its old versions, see
@@ -54,9 +56,10 @@ checkpoint in it within the hour before its last new run, and
 
 from __future__ import annotations
 
-import time
 import uuid
 import weakref
+
+from inmem.types import Versioned
 
 #: threads a saver remembers indexed places in, and places per thread
 INDEXED_MAX = 4096
@@ -66,16 +69,14 @@ MARK_IDLE_S = 3600
 MARK_PREFIX = "saver/"
 
 
-def mark_time() -> int:
-    """The value a put gives its mark: now, in whole seconds."""
-    return int(time.time())
-
-
-def idle_marks(marks: list, own: str, now: int) -> list:
-    """The keys among `marks` ((key, value) of a thread's marks) to delete at `now`: not
-    `own`, and not put for MARK_IDLE_S (or without a time, from an older version)."""
-    return [key for key, value in marks
-            if key != own and (type(value) is not int or now - value > MARK_IDLE_S)]
+def idle_marks(keys: list, found: list, own) -> list:
+    """The marks among `keys` (others' marks of a thread, `found` their kv.get_versioned)
+    not put for MARK_IDLE_S before `own` (the get_versioned of this memory's mark, just
+    put): the shard's timestamps, one clock. None when `own` was not found."""
+    if type(own) is not Versioned:
+        return []
+    since = own.timestamp - MARK_IDLE_S * 1_000_000
+    return [k for k, f in zip(keys, found) if type(f) is Versioned and f.timestamp < since]
 
 
 #: database object -> {prefix: the IndexedHeads its savers share} (see the docstring)

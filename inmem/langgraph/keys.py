@@ -20,7 +20,7 @@ namespace is the empty string, so its keys read `checkpoint//<id>`):
 | kv        | `blob/<ns>/<channel>/<version>`   | [serde type, bytes] of one channel value         |
 | json      | `writes/<ns>/<checkpoint_id>`     | {"<task_id>/<idx>": [task, channel, type, bytes, task_path, idx]} |
 | kv        | `write/<ns>/<checkpoint_id>/<task_id>/<idx>` | [serde type, bytes] of a pending write kept apart |
-| kv        | `saver/<hex>`                     | the time (s) of its last put: the mark of a saver's memory, put with each checkpoint that has a run id (see `indexed.py`) |
+| kv        | `saver/<hex>`                     | None: the mark of a saver's memory, put with each checkpoint that has a run id (see `indexed.py`) |
 | kv        | `gone/<ns>/<checkpoint_id>`       | None, for an hour (`GONE_TTL_S`): the checkpoint was deleted by a prune or delete_for_runs (see `cuts.py`) |
 
 A pending write's value over `WRITE_INLINE_MAX` bytes serialized (or one

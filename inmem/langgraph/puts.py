@@ -31,12 +31,10 @@ from __future__ import annotations
 
 from langgraph.checkpoint.base import WRITES_IDX_MAP, get_checkpoint_metadata
 
-from time import time as _time
-
 from inmem.errors import RunNotFound, TransactionConflict, ValueTooLarge
 
 from .driver import raise_first, run_async, run_sync
-from .indexed import MARK_PREFIX, idle_marks, mark_time
+from .indexed import MARK_PREFIX, idle_marks
 from .late_writes import drop_writes, found_gone, gone_checks
 from .keys import (SHORT, WRITE_INLINE_MAX, check_names, json_name, namespace_keys,
                    stored_record, thread_gone_key, thread_run, unesc, write_key, writes_key)
@@ -93,7 +91,7 @@ class PutPlans:
             indexed = self._indexed
             # The mark of this saver's memory in the thread, first: its version is the
             # put's first (see indexed.py).
-            items.insert(0, [indexed.mark_key, int(_time())])
+            items.insert(0, [indexed.mark_key, None])
             thread, cell = indexed.place(run_id, run, ns)
             indexing = ((run_id, run, ns), cell, thread)
         ops = [("kv.put_many", (run, items, None))]
@@ -152,15 +150,19 @@ class PutPlans:
             # (see the module docstring); the thread's marks are read with it, and
             # those idle for long deleted (see indexed.py).
             index_op = self._index_op(indexing[0][0], thread_id)
-            written, marks = yield [index_op, ("kv.items", (run, MARK_PREFIX))]
+            written, marks = yield [index_op, ("kv.keys", (run, MARK_PREFIX))]
             if isinstance(written, RunNotFound):  # the index's first write
                 written = (yield from self._send([index_op], {}, [written]))[0]
             raise_first([written])
+            own = self._indexed.mark_key
             self._indexed.remember(indexing[0], results[0][-1], results[0][0])
-            if not isinstance(marks, BaseException):
-                idle = idle_marks(marks, self._indexed.mark_key, mark_time())
+            if not isinstance(marks, BaseException) and any(k != own for k in marks):
+                # Others' marks: when each was put, against this put's own mark (one
+                # clock, the shard's); a failure leaves them for the next such put.
+                others = [k for k in marks if k != own]
+                found = yield [("kv.get_versioned", (run, k)) for k in others + [own]]
+                idle = idle_marks(others, found[:-1], found[-1])
                 if idle:
-                    # A failure here leaves a mark for the next put to take.
                     yield [("kv.delete", (run, key)) for key in idle]
         return answer
 

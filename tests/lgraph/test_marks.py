@@ -4,17 +4,16 @@ Each memory of indexed run ids puts a mark of its own in the threads it
 writes with a LangGraph run id. A server that made an `InmemSaver(db)` per
 request left one mark per request in each thread, for ever: savers over one
 database object now share a memory and its mark, and a put that indexes a
-run deletes the marks of its thread not put for an hour.
+run deletes the marks of its thread not put for an hour before its own.
 """
 
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.base.id import uuid6
 
-import inmem.langgraph.puts as puts
 from inmem.database import Database
 from inmem.langgraph import InmemSaver
-from inmem.langgraph.indexed import MARK_IDLE_S, idle_marks, mark_time
+from inmem.langgraph.indexed import MARK_IDLE_S, idle_marks
 from inmem.langgraph.keys import thread_run
 
 
@@ -43,33 +42,39 @@ def test_a_saver_per_request_leaves_one_mark_in_a_thread(db):
     assert _runs_of(InmemSaver(db), "t") == []
 
 
-def test_marks_idle_for_an_hour_are_deleted_by_the_next_put_that_indexes_a_run(db):
+@pytest.mark.parametrize("backend", ["embedded"])
+def test_marks_idle_for_an_hour_are_deleted_by_the_next_put_that_indexes_a_run(
+        clocked_db, clock):
+    db = clocked_db
     run = thread_run("langgraph:", "t")
-    saver = InmemSaver(db)
-    _put(saver, "t", "r1")
-    now = mark_time()
-    db.kv.put(run, "saver/old", now - MARK_IDLE_S - 5)  # its process ended an hour ago
-    db.kv.put(run, "saver/untimed", None)  # an older version's mark
-    db.kv.put(run, "saver/recent", now - 60)  # another process, a minute ago
-    _put(saver, "t", "r1")  # trusted: one kv.put_many, no reading of marks
-    assert "saver/old" in _marks(db, "t")
-    _put(saver, "t", "r2")  # a run indexed here: the thread's marks are read
-    assert sorted(_marks(db, "t")) == sorted(["saver/recent", saver._indexed.mark_key])
+    a = InmemSaver(db)
+    _put(a, "t", "r1")
+    gone = InmemSaver(Database(db._backend))  # another process's, which then ends
+    _put(gone, "t", "r1", ns="child:1")  # (another namespace: a's head stays a's)
+    db.kv.put(run, "saver/older", None)  # an older version's, just as empty
+    clock.advance(30 * 60)
+    recent = InmemSaver(Database(db._backend))  # another process's, half an hour later
+    _put(recent, "t", "r1", ns="child:1")
+    clock.advance(40 * 60)
+    _put(a, "t", "r1")  # trusted: one kv.put_many, nothing read
+    assert len(_marks(db, "t")) == 4
+    _put(a, "t", "r2")  # a run indexed here: the others' marks are read
+    assert sorted(_marks(db, "t")) == sorted([a._indexed.mark_key, recent._indexed.mark_key])
 
 
+@pytest.mark.parametrize("backend", ["embedded"])
 def test_a_live_mark_deleted_as_idle_costs_its_owner_an_index_write_and_loses_nothing(
-        db, monkeypatch):
+        clocked_db, clock):
     from lgraph.test_saver import Recording
+    db = clocked_db
     recording = Recording(db._backend)
     a = InmemSaver(Database(recording))
     b = InmemSaver(Database(db._backend))  # another memory, as another process's
     _put(a, "t", "r1")
     _put(a, "t", "r1")
-    # b's clock is two hours ahead: a's mark looks idle to it, and b deletes it.
-    monkeypatch.setattr(puts, "mark_time", lambda: mark_time() + 2 * MARK_IDLE_S)
+    clock.advance(2 * MARK_IDLE_S)  # a is idle for two hours: b deletes its mark
     _put(b, "t", "r2")
     assert a._indexed.mark_key not in _marks(db, "t")
-    monkeypatch.undo()
     b.delete_for_runs(["r1"])  # takes r1's index entry away with its checkpoints
     recording.ops.clear()
     _put(a, "t", "r1")  # its mark's version is not one more: the entry is written again
@@ -96,8 +101,15 @@ def test_savers_per_request_on_a_cluster_leave_one_mark(open_db):
     assert _runs_of(InmemSaver(db), thread) == []
 
 
-def test_idle_marks_are_the_others_not_put_for_an_hour():
-    now = 10_000_000
-    marks = [("saver/mine", 0), ("saver/a", now - MARK_IDLE_S - 1), ("saver/b", now - 5),
-             ("saver/c", None), ("saver/d", now - MARK_IDLE_S)]
-    assert idle_marks(marks, "saver/mine", now) == ["saver/a", "saver/c"]
+def test_idle_marks_are_those_put_an_hour_before_the_own():
+    from inmem.types import Versioned
+    now = 10_000_000_000_000
+
+    def at(us):
+        return Versioned(None, 1, us)
+
+    keys = ["saver/a", "saver/b", "saver/c", "saver/d"]
+    found = [at(now - MARK_IDLE_S * 1_000_000 - 1), at(now - 5), None,
+             at(now - MARK_IDLE_S * 1_000_000)]
+    assert idle_marks(keys, found, at(now)) == ["saver/a"]
+    assert idle_marks(keys, found, None) == []  # its own mark gone meanwhile: none
