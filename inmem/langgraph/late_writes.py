@@ -17,12 +17,12 @@ noted gone (`gone_checks`, one `kv.exists`); if it is, and the checkpoint
 is not there, its writes are deleted (`drop_writes`): the writes document
 and the entries kept apart, in a transaction on the version of the
 checkpoint's absent key, so a checkpoint put again meanwhile (a
-`copy_thread` brings it back) keeps them. A write landing between a cut's read of the thread and its delete is
-caught by the cut itself: its document goes with the checkpoint's, and the
-cut lists the thread's entries kept apart again once it is done
-(`sweep_after_cut`), deleting those of the checkpoints it deleted, and the
-documents of checkpoints whose delete committed in a round that was then cut
-again. Writes later than GONE_TTL_S after the delete are kept, as writes
+`copy_thread` brings it back) keeps them. A write landing between a cut's
+read of the thread and its delete is caught by the cut itself: its document
+goes with the checkpoint's, and the cut lists the thread's entries kept
+apart again once it is done (`sweep_after_cut`), deleting those of the
+checkpoints it deleted, and the documents of checkpoints whose delete
+committed in a round that was then cut again. Writes later than GONE_TTL_S after the delete are kept, as writes
 before their checkpoint are.
 
 `delete_thread` takes the whole run, notes and all, and writes finding their
