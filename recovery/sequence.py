@@ -36,6 +36,7 @@ import os
 import sys
 import time
 
+from inmem.errors import CorruptionError as PublicCorruptionError
 from inmem.files import keep_evidence_copy, make_dirs
 from inmem.types import RecoveryResult
 from inmem.recovery import policy
@@ -142,11 +143,21 @@ def recover(directory, target: RecoveryTarget, *, shard: int = 0, max_corrupt_en
 
 def _recover(directory, target, shard, max_corrupt_entries, snapshot_retention, started_at, t0):
     wdir, sdir = wal_dir(directory), snapshot_dir(directory)
-    make_dirs(wdir, tighten=True)
+    wal_missing = not os.path.lexists(wdir)
     make_dirs(sdir, tighten=True)
     store = SnapshotStore(sdir, retention=snapshot_retention)
     store.cleanup_tmp()
     any_snapshot = bool(store.list())
+    if wal_missing and any_snapshot:
+        # A store that took a snapshot has had a WAL directory ever since, holding
+        # what was written after the snapshot: opening from the snapshot alone
+        # would drop those writes without a word.
+        raise PublicCorruptionError(
+            f"the WAL directory {wdir} is missing, though the store has snapshots: the "
+            "writes after the newest snapshot were in it (a restore that left it out?). "
+            "Restore it, or make the empty directory to open the store from its newest "
+            "snapshot alone", path=wdir, offset=0, skippable=False)
+    make_dirs(wdir, tighten=True)
     snap, broken = store.load_newest_valid()
     start_lsn = 0
     snapshot_used = None
