@@ -18,7 +18,8 @@ from inmem.errors import InvalidValue
 from .effects import EV_PAYLOAD, EV_TYPE, TR_DATA, TR_TYPE
 from .entries import entry_value
 from .runs import RunData
-from .search_index import PRIMITIVES, SearchIndex, snippet, snippet_texts
+from .search_index import PRIMITIVES, SearchIndex
+from .search_text import snippet, snippet_texts
 
 
 class SearchOps:

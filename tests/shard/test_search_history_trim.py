@@ -20,7 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inmem.shard.engine import Engine
-import inmem.shard.search_index as si
+import inmem.shard.search_docs as docs
+import inmem.shard.search_text as text
 
 WORDS = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta"]
 KEYS = [f"k{i}" for i in range(6)]
@@ -37,12 +38,12 @@ OP = st.one_of(
 @contextmanager
 def tiny_steps():
     """Long documents from 64 characters, 16 a step (a fixture would outlive an example)."""
-    saved = si.LONG_TEXT, si.STEP_CHARS, si.STEP_TERMS
-    si.LONG_TEXT, si.STEP_CHARS, si.STEP_TERMS = 64, 16, 2
+    saved = docs.LONG_TEXT, docs.STEP_TERMS, text.STEP_CHARS
+    docs.LONG_TEXT, docs.STEP_TERMS, text.STEP_CHARS = 64, 2, 16
     try:
         yield
     finally:
-        si.LONG_TEXT, si.STEP_CHARS, si.STEP_TERMS = saved
+        docs.LONG_TEXT, docs.STEP_TERMS, text.STEP_CHARS = saved
 
 
 def begin(engine: Engine) -> str:

@@ -23,7 +23,7 @@ import re
 import pytest
 
 import inmem
-import inmem.shard.search_index as search_index
+import inmem.shard.search_text as search_text
 
 #: what one step of indexing may do (a step costs a few milliseconds at most)
 MAX_STEP_CHARS = 64 * 1024
@@ -62,8 +62,8 @@ class Recorder:
 
 @pytest.fixture
 def recorder(monkeypatch):
-    rec = Recorder(search_index._WORD)
-    monkeypatch.setattr(search_index, "_WORD", rec)
+    rec = Recorder(search_text.WORD)
+    monkeypatch.setattr(search_text, "WORD", rec)
     return rec
 
 

@@ -1,7 +1,7 @@
 """A long document's text, walked and cut in steps, tokenizes as the whole text does.
 
-The index decodes a long value a piece at a time (`_packed_pieces`) and cuts
-its text into segments (`_segments`) that are lowercased and tokenized one by
+The index decodes a long value a piece at a time (`packed_pieces`) and cuts
+its text into segments (`segments`) that are lowercased and tokenized one by
 one. Whatever the value (nested lists and dicts, dict keys, bytes, numbers,
 any Unicode, words of any length below MAX_CARRY), the tokens must be those of
 the value's strs joined by spaces and tokenized whole, as a short document is.
@@ -16,7 +16,7 @@ import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import inmem.shard.search_index as si
+import inmem.shard.search_text as si
 
 # Letters and marks that lowercasing treats by context (Greek sigma), case-ignorable
 # characters (apostrophe, period, colon), separators and digits, plus anything.
@@ -39,7 +39,7 @@ def whole(sources) -> list[str]:
 
 
 def stepped(sources) -> list[str]:
-    return [t for seg in si._segments(sources) for t in si.tokenize(seg)]
+    return [t for seg in si.segments(sources) for t in si.tokenize(seg)]
 
 
 @settings(max_examples=300, deadline=None)
@@ -67,7 +67,7 @@ def test_a_long_stretch_without_a_separator_is_the_only_difference(value, step, 
 def test_the_walk_finds_the_strs_packed_text_finds(value):
     data = msgpack.packb(value)
     texts, parts = [], []
-    for piece, end in si._packed_pieces(data):
+    for piece, end in si.packed_pieces(data):
         if piece is None:
             continue
         parts.append(piece)
