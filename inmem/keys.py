@@ -35,7 +35,7 @@ import zmq.auth
 import zmq.utils.z85
 
 from .errors import InmemError
-from .files import DIR_MODE, FILE_MODE, fsync_dir, make_dirs
+from .files import DIR_MODE, FILE_MODE, NotRegularFile, fsync_dir, make_dirs, open_regular
 
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
@@ -47,6 +47,10 @@ ZAP_DOMAIN = "inmem"
 
 class KeyFileError(InmemError):
     """A key directory or key file that cannot be used; the message says which and why."""
+
+    #: a server that fails its start with it fails the same way every time, until
+    #: someone fixes the file (see inmem.processes.lasting_failure)
+    lasting = True
 
 
 def shard_name(shard: int) -> str:
@@ -158,7 +162,12 @@ def _load(path: str, want_secret: bool) -> tuple[bytes, bytes | None]:
             if mode & 0o077:
                 raise KeyFileError(f"the secret key {path} has mode {mode:04o}; others may read "
                                    f"it, so it is not used: chmod 600 it (or generate a new one)")
+        # A FIFO (or a device) would block the open for good, deaf to signals: only
+        # a regular file is read.
+        os.close(open_regular(path))
         public, secret = zmq.auth.load_certificate(path)
+    except NotRegularFile as exc:
+        raise KeyFileError(f"the key file {path} is {exc.kind}, not a regular file") from None
     except FileNotFoundError:
         raise KeyFileError(f"no key file {path}; `inmem keys generate` writes it") from None
     except (OSError, ValueError) as exc:

@@ -404,3 +404,24 @@ def test_a_remote_shard_takes_its_slot_map_from_the_coordinator_only(make_cluste
     finally:
         remote.kill()
         remote.wait(10)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", ["shard-0.key_secret", "client.key"])
+def test_a_fifo_for_a_key_file_is_refused_not_waited_on(tmp_path, name):
+    # A blocking open of a FIFO waits for a writer for good, deaf to SIGTERM and Ctrl-C:
+    # `inmem serve` hung at start, connect(keys=FIFO) past its timeout.
+    d = tmp_path / "keys"
+    assert _cli("keys", "generate", str(d), "--shards", "1").returncode == 0
+    os.unlink(d / name)
+    os.mkfifo(d / name, 0o600)
+    with pytest.raises(keyfiles.KeyFileError, match="is a FIFO, not a regular file"):
+        if name.endswith("_secret"):
+            keyfiles.keypair(d, name[:-len(".key_secret")])
+        else:
+            keyfiles.public_key(d, name[:-len(".key")])
+
+
+def test_key_file_errors_end_a_start_at_once():
+    from inmem.processes import lasting_failure
+    assert lasting_failure(keyfiles.KeyFileError("the secret key K has mode 0644")) is True
