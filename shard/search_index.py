@@ -14,15 +14,16 @@ What each primitive contributes as a document (primitive, run, ref):
 Dict keys and bytes are not text. Tokens are the lowercased Unicode words
 of the text (`\\w+`). A document with no token is not indexed.
 
-`SearchIndex` is assembled from one part per job, each in its own module:
+`SearchIndex` is assembled from parts, each in its own module, over two
+modules of plain functions and data:
 
-| part          | module                 | what it holds                                      |
-|---------------|------------------------|----------------------------------------------------|
-| (text)        | shard.search_text      | tokenizing, walking packed values in steps, snippets |
-| (postings)    | shard.search_postings  | term -> {document: tf}, in parts                   |
-| Documents     | shard.search_docs      | documents in and out; long ones in steps           |
-| IndexRebuild  | shard.search_rebuild   | the rebuild after a recovery, from the tables      |
-| Scoring       | shard.search_scoring   | statistics and BM25 hits                           |
+| part          | module                 | what it holds                                       |
+|---------------|------------------------|-----------------------------------------------------|
+| Documents     | shard.search_docs      | documents in and out; long ones in steps            |
+| IndexRebuild  | shard.search_rebuild   | the rebuild after a recovery, from the tables       |
+| Scoring       | shard.search_scoring   | statistics and BM25 hits                            |
+|               | shard.search_text      | tokenizing, packed values walked in steps, snippets |
+|               | shard.search_postings  | term -> {document: tf}, in parts                    |
 
 This module keeps the index's state and how it follows the journals.
 
