@@ -96,11 +96,16 @@ def sweep_after_cut(done: dict, again: dict):
             continue
         raise_first([keys])
         prefixes = {write_prefix(ns, cid): (ns, cid) for ns, cid in done[run]}
+        starts = tuple(prefixes)
         apart: dict = {}
         for k in keys:
-            # write/<ns>/<id>/<task>/<idx>: the prefix is its first three parts
+            if not k.startswith(starts):
+                continue
+            # write/<ns>/<id>/<task>/<idx>: its prefix is its first three parts (but
+            # for an id with a '/' in it, which only a look at each prefix finds)
             place = prefixes.get(k[:k.find("/", k.find("/", 6) + 1) + 1])
-            if place is not None:
-                apart.setdefault(place, []).append(k)
+            if place is None:
+                place = next(prefixes[p] for p in starts if k.startswith(p))
+            apart.setdefault(place, []).append(k)
         places = sorted(set(apart) | set(again.get(run, ())))
         yield from drop_writes(run, places, apart)

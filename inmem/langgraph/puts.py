@@ -207,8 +207,9 @@ class PutPlans:
             # before, so nothing kept as first stored is overwritten; if it is there
             # after all (another task, another saver), the transaction is refused and
             # the rows are read.
-            done = yield from self._put_writes_first(thread_id, run, ns, wkey, entries,
-                                                     task_id, task_path)
+            done = yield from self._put_writes_first(
+                thread_id, run, ns, config["configurable"]["checkpoint_id"], wkey, entries,
+                task_id, task_path)
             _remember(seen, place)
             if done:
                 return
@@ -271,7 +272,7 @@ class PutPlans:
         if found_gone(checked):
             yield from drop_writes(run, [(ns, cid)])
 
-    def _put_writes_first(self, thread_id, run, ns, wkey, entries, task_id, task_path):
+    def _put_writes_first(self, thread_id, run, ns, cid, wkey, entries, task_id, task_path):
         """Plan step: a task's writes as one transaction on the absence of their writes
         document; True when that wrote them (or they were deleted at once, their
         checkpoint being deleted: see late_writes.py), False when the document was
@@ -285,7 +286,6 @@ class PutPlans:
                 return False  # kept apart, before its row: the usual way
             sets.append(["js.set", [run, wkey, json_name(name),
                                     [task_id, channel, kind, data, task_path, idx]]])
-        cid = wkey[wkey.rfind("/") + 1:]
         result, *checked = yield from self._send_writes(
             [("tx.commit", (run, [["js", wkey, 0]], sets))] + gone_checks(run, ns, cid),
             thread_id, run, cid)
