@@ -151,6 +151,10 @@ class RunOps:
         """The runs that match the filters, by creation time then id; in a page when
         `after` ([created_at, run_id]: start after that place in the order) or `limit`
         (at most so many) is given."""
+        if status is not None and (type(status) is not str or status not in LISTED_STATUSES):
+            # A typo in the filter would list nothing, as if no run had the status.
+            raise InvalidValue(f"unknown run status {short_value(status)}; one of "
+                               f"{', '.join(sorted(LISTED_STATUSES))} (or None)")
         start = run_cursor(after)
         if limit is not None and (type(limit) is not int or limit < 1):
             raise InvalidValue(f"limit must be an int of at least 1 or None, got {short_value(limit)}")
@@ -193,6 +197,10 @@ def _matches(r: RunData, status, tag, parent) -> bool:
 
 def _creation_order(r: RunData) -> tuple:
     return (r.created_at, r.run_id)
+
+
+#: what runs.list's status filter may name: the stored statuses, and "orphaned"
+LISTED_STATUSES = STATUSES | {"orphaned"}
 
 
 def run_cursor(after) -> tuple | None:

@@ -452,3 +452,12 @@ def test_delete_works_in_every_status(db, status):
     bring_to(db, run, status)
     assert db.runs.delete(run) is True
     assert db.run_status(run) == "not_found"
+
+
+@pytest.mark.parametrize("status", ["bogus", "Active", "", "not_found", ["active"]])
+def test_list_with_a_status_no_run_can_have_is_refused(db, status):
+    # A typo in the filter listed nothing, as if no run had the status.
+    db.begin_run()
+    with pytest.raises(inmem.InvalidValue, match="unknown run status"):
+        db.runs.list(status=status)
+    assert len(db.runs.list(status="active")) == 1
