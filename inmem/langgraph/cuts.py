@@ -74,30 +74,57 @@ class CutPlans:
         return None
 
     def _unlist(self, of_run: dict, entries: list):
-        """Plan step, once threads are deleted: take them out of the index entries of
-        their LangGraph runs (`of_run`: run id -> thread ids; `entries`: each entry's
-        `tx.read` from before the delete), deleting an entry left empty. Each entry is
-        changed only as it was read: a put of its run since (another thread listed,
-        or a deleted thread made again) leaves it as it is, a listing too many, which
-        delete_for_runs of the run reads past."""
-        commits = []
-        for (run_id, threads), got in zip(of_run.items(), entries):
-            if isinstance(got, RunNotFound):
-                return  # no index at all
-            raise_first([got])
-            exists, doc, version = got
-            if not exists or not isinstance(doc, dict):
-                continue
-            mine = [t for t in threads if t in doc]
-            if not mine:
-                continue
-            if len(mine) == len(doc):
-                deletes = [["js.delete", [self._index, run_id, "$"]]]
-            else:
-                deletes = [["js.delete", [self._index, run_id, json_name(t)]] for t in mine]
-            commits.append(("tx.commit", (self._index, [["js", run_id, version]], deletes)))
-        if commits:
-            raise_first((yield commits), allow=(TransactionConflict, RunNotFound))
+        """Plan step, once threads are deleted or pruned: take them out of the index
+        entries of LangGraph runs they hold no checkpoint of (`of_run`: run id ->
+        thread ids; `entries`: each entry's `tx.read` from before the threads were
+        read), deleting an entry left empty. Each entry is changed only as it was
+        read: one a put of its run changed since (another thread listed, or the
+        thread listed again) is read again, and then the threads, and only those
+        still holding nothing of the run are taken out. What keeps changing for
+        _CUT_TRIES rounds stays listed, a listing too many, which delete_for_runs
+        of the run reads past."""
+        pending = list(zip(of_run.items(), entries))
+        for _ in range(_CUT_TRIES):
+            commits, tried = [], []
+            for (run_id, threads), got in pending:
+                if isinstance(got, RunNotFound):
+                    return  # no index at all
+                raise_first([got])
+                exists, doc, version = got
+                if not exists or not isinstance(doc, dict):
+                    continue
+                mine = [t for t in threads if t in doc]
+                if not mine:
+                    continue
+                if len(mine) == len(doc):
+                    deletes = [["js.delete", [self._index, run_id, "$"]]]
+                else:
+                    deletes = [["js.delete", [self._index, run_id, json_name(t)]]
+                               for t in mine]
+                commits.append(("tx.commit", (self._index, [["js", run_id, version]],
+                                              deletes)))
+                tried.append((run_id, mine))
+            if not commits:
+                return
+            results = yield commits
+            raise_first(results, allow=(TransactionConflict, RunNotFound))
+            changed = [place for place, r in zip(tried, results)
+                       if type(r) is TransactionConflict]
+            if not changed:
+                return
+            entries = yield [("tx.read", (self._index, "js", run_id)) for run_id, _ in changed]
+            threads = sorted({t for _, ts in changed for t in ts})
+            listed = yield from read_in_pieces([
+                ("kv.items", (thread_run(self.prefix, t), "checkpoint/")) for t in threads])
+            held = {}
+            for t, items in zip(threads, listed):
+                if isinstance(items, RunNotFound):
+                    held[t] = set()
+                    continue
+                raise_first([items])
+                held[t] = {read_record(v).run_id for _, v in items}
+            pending = [((run_id, [t for t in ts if run_id not in held[t]]), got)
+                       for (run_id, ts), got in zip(changed, entries)]
 
     def _delete_for_runs(self, run_ids):
         run_ids = [r for r in dict.fromkeys(run_ids) if type(r) is str and r]

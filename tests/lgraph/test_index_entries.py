@@ -115,3 +115,27 @@ def test_a_run_put_again_while_prune_works_keeps_its_listing(db):
     assert _entry(db, saver, "r1") == {"a": True}
     saver.delete_for_runs(["r1"])
     assert _runs_of(saver, "a") == ["r2"]
+
+
+def test_a_run_listed_again_just_before_its_thread_is_deleted_is_not_left_naming_it(db):
+    # The put lands in the thread as it was, and lists it, between the delete's read
+    # of the entries and its delete of the thread: the entry changed since it was
+    # read, so it is read again, with the thread, which holds nothing of the run.
+    from inmem.database import Database
+    saver = InmemSaver(db)
+    other = InmemSaver(Database(db._backend))  # another memory: it lists its first put
+    _put(saver, "a", "r1")
+    plan = saver._delete_threads(["a"])
+    sent, put = next(plan), False
+    try:
+        while True:
+            answer = execute_sync(db, sent)
+            if not put and any(op == "tx.read" for op, _ in sent):  # the entries read
+                _put(other, "a", "r1", ns="child:1")
+                put = True
+            sent = plan.send(answer)
+    except StopIteration:
+        pass
+    assert put
+    assert db.run_status("langgraph:thread:a") == "not_found"
+    assert _entry(db, saver, "r1") is None
