@@ -427,6 +427,29 @@ GROUP_BYTES_MAX = RECORD_BYTES_MAX - 4096
 _GROUP_FRAMING = 8 + 4 * 1024
 
 
+def check_group_size(effs) -> None:
+    """ValueTooLarge if a group of effects would not fit one WAL record: the limit a store
+    without a log (in memory) applies too, so that a call accepted in memory is accepted
+    by a durable store and a cluster alike.
+
+    It counts the bytes and strs the effects carry (their values, keys and names),
+    which is what their encoding is made of but a few bytes of headers each: a
+    group near the limit may be taken in memory and refused on disk, never one
+    far over it.
+    """
+    size = 0
+    for eff in effs:
+        for field in eff:
+            t = type(field)
+            if t is bytes or t is str:
+                size += len(field)
+    if size > GROUP_BYTES_MAX:
+        from inmem.errors import ValueTooLarge
+        raise ValueTooLarge(f"this write takes at least {size} bytes in the log, over the "
+                            f"limit of {GROUP_BYTES_MAX} for one operation or transaction; "
+                            "split it into smaller ones")
+
+
 def array_header(n: int) -> bytes:
     """The msgpack header of an array of `n` elements."""
     if n < 16:

@@ -29,7 +29,8 @@ from inmem.types import Versioned
 from inmem.values import KEY_BYTES_MAX, check_key
 
 from .dead_keys import DeadKeys, noted_before
-from .effects import KV_DEL, KV_PUT, apply_kv_entries, array_header, put_kv_item
+from .effects import (KV_DEL, KV_PUT, apply_kv_entries, array_header, check_group_size,
+                      put_kv_item)
 from .entries import (DELETED, PLAIN_AT, entry_expires, entry_ts, entry_value, entry_version,
                       live_value, pack_entry)
 from .key_order import order_of
@@ -267,6 +268,8 @@ class KVOps:
             return []
         if self.log is not None:
             self._log(r.run_id, effs, r.journal)
+        elif len(effs) > 1:
+            check_group_size(effs)
         apply_kv_entries(r, effs)
         journal = r.journal
         if len(journal.items) > journal.trim_at:

@@ -21,7 +21,7 @@ from inmem.ops import TX_WRITE_OPS
 from inmem.values import check_key
 
 from .effects import (CODE, EV_APPEND, JS_DEL, JS_PUT, KEY, KV_DEL, KV_PUT, RUN_STATUS, ST_DEL,
-                      ST_PUT, TR_ADD, restore_entry, unapply_event, unapply_trace)
+                      ST_PUT, TR_ADD, check_group_size, restore_entry, unapply_event, unapply_trace)
 from .entries import entry_value, entry_version, live_value
 from .key_order import forget
 from .runs import RunData
@@ -100,9 +100,13 @@ class TxOps:
             raise
         finally:
             self._undo = None
-        if self.log is not None and undo:
+        if undo:
             try:
-                self._log(r.run_id, r.journal.effects(journal_len, len(r.journal)), r.journal)
+                effs = r.journal.effects(journal_len, len(r.journal))
+                if self.log is not None:
+                    self._log(r.run_id, effs, r.journal)
+                else:
+                    check_group_size(effs)
             except InmemError:
                 _rollback(r, undo, journal_len)
                 raise
