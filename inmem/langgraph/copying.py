@@ -3,8 +3,11 @@
 A thread may hold more than one message carries, so its values are read and
 written a batch at a time, each batch of a bounded size; what a checkpoint
 points at is written before it, and the heads last, so a copy cut short
-leaves no checkpoint without its values. A head of the target newer than the
-source's is kept. The target is listed in the index entries of its run ids
+leaves no checkpoint without its values. A checkpoint one of whose channel
+values is gone by the time the copy reads it was deleted from the source
+meanwhile (a prune or delete_for_runs: a cut deletes records first) and is
+not copied, nor are its pending writes; the newest checkpoint copied heads
+its namespace. A head of the target newer than the source's is kept. The target is listed in the index entries of its run ids
 (see `indexed.py`) after its checkpoints have landed.
 
 A mixin of `InmemSaver`: it uses the saver's `prefix`, `_index` and `_send_bounded`
@@ -16,7 +19,8 @@ from __future__ import annotations
 from inmem.errors import RunNotFound
 
 from .driver import raise_first
-from .keys import SHORT, check_names, head_key, json_name, read_record, thread_run, writes_key
+from .keys import (SHORT, check_names, head_key, json_name, read_record, thread_run,
+                   writes_key, writes_of)
 from .reads import read_in_pieces
 
 #: channel values (and pending-write documents) copy_thread reads per round trip
@@ -39,7 +43,6 @@ class CopyPlans:
         if isinstance(checkpoints, RunNotFound):
             return None
         raise_first([checkpoints, src_heads, blob_keys, write_keys])
-        blob_keys = blob_keys + write_keys  # values, each copied as it is
         heads = {}
         if not isinstance(dst_heads, RunNotFound):
             raise_first([dst_heads])
@@ -47,13 +50,27 @@ class CopyPlans:
         records = [read_record(v) for _, v in checkpoints]
         # What a checkpoint points at is written before it, and the heads last: a copy
         # cut short leaves no checkpoint without its values.
-        for start in range(0, len(blob_keys), COPY_BLOBS):
-            keys = blob_keys[start:start + COPY_BLOBS]
-            (values,) = yield from read_in_pieces([("kv.get_many", (src, keys))])
-            raise_first([values])
-            yield from self._send_bounded([("kv.put", (dst, k, v, None))
-                                           for k, v in zip(keys, values) if v is not None],
-                                          {dst: target})
+        missing = set()  # channel values deleted since the records were read (a prune)
+        yield from self._copy_values(src, dst, target, blob_keys, missing)
+        if missing:
+            # A record one of whose channel values is gone was deleted from the source
+            # meanwhile (a cut deletes records before their values): it is not copied,
+            # nor is a head naming it; the newest record copied heads its namespace.
+            whole = [not missing.intersection(r.refs[:-1]) for r in records]
+            checkpoints = [c for c, ok in zip(checkpoints, whole) if ok]
+            records = [r for r, ok in zip(records, whole) if ok]
+            newest: dict = {}
+            for (_, v), r in zip(checkpoints, records):
+                if r.ns not in newest or newest[r.ns][1].checkpoint_id < r.checkpoint_id:
+                    newest[r.ns] = (v, r)
+            src_heads = [(k, v) for k, v in src_heads
+                         if not missing.intersection(read_record(v).refs[:-1])]
+            named = {read_record(v).ns for _, v in src_heads}
+            src_heads += [(head_key(ns), v) for ns, (v, _) in newest.items() if ns not in named]
+        # The pending writes kept apart, of the records copied only.
+        apart = writes_of(write_keys, [(r.ns, r.checkpoint_id) for r in records])
+        write_keys = [k for keys in apart.values() for k in keys]
+        yield from self._copy_values(src, dst, target, write_keys, set())
         for start in range(0, len(records), COPY_BLOBS):
             chunk = records[start:start + COPY_BLOBS]
             docs = yield from read_in_pieces([
@@ -77,3 +94,15 @@ class CopyPlans:
         if index:
             yield from self._send_bounded(index, {})
         return None
+
+    def _copy_values(self, src, dst, target, keys: list, missing: set):
+        """Plan step: copy the values at `keys` from thread run `src` to `dst`, a batch
+        at a time, each as it is; the keys found without a value go in `missing`."""
+        for start in range(0, len(keys), COPY_BLOBS):
+            chunk = keys[start:start + COPY_BLOBS]
+            (values,) = yield from read_in_pieces([("kv.get_many", (src, chunk))])
+            raise_first([values])
+            missing.update(k for k, v in zip(chunk, values) if v is None)
+            yield from self._send_bounded([("kv.put", (dst, k, v, None))
+                                           for k, v in zip(chunk, values) if v is not None],
+                                          {dst: target})

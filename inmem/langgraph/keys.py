@@ -164,6 +164,25 @@ def write_prefix(ns: str, checkpoint_id: str) -> str:
     return f"write/{esc(ns)}/{checkpoint_id}/"
 
 
+def writes_of(keys: list, places) -> dict:
+    """The keys among `keys` (of writes kept apart) of each checkpoint (ns, id) among
+    `places`: (ns, id) -> [key]. The usual key's place is read off its first three
+    parts; an id holding a '/' is found by a look at each place's prefix."""
+    prefixes = {write_prefix(ns, cid): (ns, cid) for ns, cid in places}
+    starts = tuple(prefixes)
+    found: dict = {}
+    if not starts:
+        return found
+    for k in keys:
+        place = prefixes.get(k[:k.find("/", k.find("/", 6) + 1) + 1])
+        if place is None:
+            if not k.startswith(starts):
+                continue
+            place = next(prefixes[p] for p in starts if k.startswith(p))
+        found.setdefault(place, []).append(k)
+    return found
+
+
 def gone_key(ns: str, checkpoint_id: str) -> str:
     """Where a cut notes, for GONE_TTL_S, that it deleted a checkpoint (see cuts.py)."""
     return f"gone/{esc(ns)}/{checkpoint_id}"

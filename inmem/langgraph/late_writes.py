@@ -40,7 +40,7 @@ from __future__ import annotations
 from inmem.errors import RunNotFound, TransactionConflict
 
 from .driver import raise_first
-from .keys import checkpoint_key, gone_key, write_prefix, writes_key
+from .keys import checkpoint_key, gone_key, write_prefix, writes_key, writes_of
 from .reads import read_in_pieces
 
 
@@ -95,17 +95,6 @@ def sweep_after_cut(done: dict, again: dict):
         if isinstance(keys, RunNotFound):
             continue
         raise_first([keys])
-        prefixes = {write_prefix(ns, cid): (ns, cid) for ns, cid in done[run]}
-        starts = tuple(prefixes)
-        apart: dict = {}
-        for k in keys:
-            if not k.startswith(starts):
-                continue
-            # write/<ns>/<id>/<task>/<idx>: its prefix is its first three parts (but
-            # for an id with a '/' in it, which only a look at each prefix finds)
-            place = prefixes.get(k[:k.find("/", k.find("/", 6) + 1) + 1])
-            if place is None:
-                place = next(prefixes[p] for p in starts if k.startswith(p))
-            apart.setdefault(place, []).append(k)
+        apart = writes_of(keys, done[run])
         places = sorted(set(apart) | set(again.get(run, ())))
         yield from drop_writes(run, places, apart)
