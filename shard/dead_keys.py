@@ -75,8 +75,9 @@ expiring entry that dies no later than it notes nothing (`noted_before`): a
 key whose TTL is refreshed on every read (LangGraph's store does) keeps one
 note, not one per refresh. A note costs a list slot per dead or expiring
 entry; a run with none costs nothing. After a recovery nothing is noted: the first sweeps look
-once at each recovered run's table for its dead and expiring entries (a pass
-in C per run, then the notes in slices).
+once at each recovered run's tables for their dead and expiring entries (a
+pass in C per table, then the notes in slices), in each family only at the
+runs whose table in it holds entries (most runs have no cell or document).
 
 The sweep is incremental and bounded: `sweep_dead` handles at most so many
 notes in all families together and stops at a deadline, and the next call
@@ -294,7 +295,10 @@ class ReclaimOps:
             if max_entries <= 0:
                 break
             if d.unnoted:
-                d.rescan = [(run_id, None) for run_id in self.runs]
+                # Only runs with entries in this family: most runs hold no cell or document.
+                attr = d.table
+                d.rescan = [(run_id, None) for run_id, r in self.runs.items()
+                            if getattr(r, attr)]
                 d.unnoted = False
             if d.rescan:
                 max_entries -= self._rescan_step(d, max_entries)

@@ -414,3 +414,20 @@ def test_tombstones_a_recovery_brings_back_are_found_and_reclaimed_again():
     assert back.st_set(RUN, "c", 3) == 5
     assert back.js_put(RUN, "d", 3) == 5
     assert shard_info(0, back, None)["state_reclaimed"] == 1
+
+
+def test_after_a_recovery_runs_without_cells_cost_the_cells_rescan_nothing():
+    # Thousands of runs of KV keys alone, one deleted cell: the rescans that find dead
+    # entries after a recovery look only at runs with entries of their family.
+    e, clock = engine(log=True)
+    for i in range(dead_keys.SWEEP_ENTRIES + 1000):
+        e.begin_run(run_id=f"kv{i}")
+        e.kv_put(f"kv{i}", "k", 1)
+    e.st_set(RUN, "c", 1)
+    e.st_delete(RUN, "c")
+    back = reloaded(dict(dump(e)[1]), clock)
+    clock.advance(BUCKET_S)
+    back.sweep_dead()  # KV's rescan takes this round whole
+    assert "c" in cells(back)
+    back.sweep_dead()  # the cells' rescan: one run, then its due tombstone
+    assert not cells(back)
