@@ -44,6 +44,18 @@ def _stopped_cluster(make_cluster, **kwargs) -> str:
     return cluster.data_dir
 
 
+def _failed_start(make_cluster, data):
+    """(the ClusterNotReady of a first start on `data` that must fail at once, the cluster)."""
+    cluster = make_cluster(data_dir=data, start=False, shards=2, durability="strict",
+                           ready_timeout=READY_TIMEOUT_S)
+    t0 = time.monotonic()
+    with pytest.raises(inmem.ClusterNotReady) as caught:
+        cluster.start()
+    took = time.monotonic() - t0
+    assert took < QUICK_S, f"the start waited {took:.1f} s for a shard that cannot start"
+    return caught.value, cluster
+
+
 def _replace_with_file(path: str) -> None:
     shutil.rmtree(path)
     with open(path, "w") as f:
@@ -56,14 +68,7 @@ def test_a_shard_directory_that_is_a_file_fails_the_start_at_once(make_cluster, 
     data = _stopped_cluster(make_cluster)
     bad = os.path.join(data, "shard-1", name)
     _replace_with_file(bad)
-    cluster = make_cluster(data_dir=data, start=False, shards=2, durability="strict",
-                           ready_timeout=READY_TIMEOUT_S)
-    t0 = time.monotonic()
-    with pytest.raises(inmem.ClusterNotReady) as caught:
-        cluster.start()
-    took = time.monotonic() - t0
-    assert took < QUICK_S, f"the start waited {took:.1f} s for a shard that cannot start"
-    err = caught.value
+    err, cluster = _failed_start(make_cluster, data)
     text = str(err)
     assert text.startswith("shard 1 cannot start: "), text
     assert f"{bad} is a file, not a directory" in text, text
@@ -302,16 +307,11 @@ def test_a_shard_file_this_user_may_not_write_fails_the_start_at_once(make_clust
     data = _stopped_cluster(make_cluster)
     lock = os.path.join(data, "shard-1", "LOCK")
     immutable(lock)
-    cluster = make_cluster(data_dir=data, start=False, shards=2, durability="strict",
-                           ready_timeout=READY_TIMEOUT_S)
-    t0 = time.monotonic()
-    with pytest.raises(inmem.ClusterNotReady) as caught:
-        cluster.start()
-    assert time.monotonic() - t0 < QUICK_S
-    assert str(caught.value).startswith(
+    err, cluster = _failed_start(make_cluster, data)
+    assert str(err).startswith(
         f"shard 1 cannot start: permission denied on {lock}: this user (uid {os.geteuid()}) "
-        "may not use it"), str(caught.value)
-    assert caught.value.path == lock
+        "may not use it"), str(err)
+    assert err.path == lock
 
 
 @pytest.mark.timeout(120)
@@ -356,19 +356,14 @@ def test_a_shard_directory_held_by_an_embedded_store_fails_the_start_at_once(mak
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env())
     try:
         assert holder.stdout.readline().strip() == "open"
-        cluster = make_cluster(data_dir=data, start=False, shards=2, durability="strict",
-                               ready_timeout=READY_TIMEOUT_S)
-        t0 = time.monotonic()
-        with pytest.raises(inmem.ClusterNotReady) as caught:
-            cluster.start()
-        assert time.monotonic() - t0 < QUICK_S
+        err, cluster = _failed_start(make_cluster, data)
     finally:
         holder.stdin.close()
         holder.wait(30)
-    text = str(caught.value)
+    text = str(err)
     assert text.startswith("shard 1 cannot start: "), text
     assert f"already open by an embedded store in process {holder.pid}" in text, text
-    assert caught.value.shard == 1
+    assert err.shard == 1
     # Closed, the directory is the shard's again.
     again = make_cluster(data_dir=data, shards=2, durability="strict")
     assert again.status()["ready"] is True
@@ -387,13 +382,7 @@ def test_a_missing_shard_directory_of_a_cluster_that_served_fails_the_start(make
     data = cluster.data_dir
     missing = os.path.join(data, "shard-1")
     os.rename(missing, missing + ".away")
-    again = make_cluster(data_dir=data, start=False, shards=2, durability="strict",
-                         ready_timeout=READY_TIMEOUT_S)
-    t0 = time.monotonic()
-    with pytest.raises(inmem.ClusterNotReady) as caught:
-        again.start()
-    assert time.monotonic() - t0 < QUICK_S
-    err = caught.value
+    err, again = _failed_start(make_cluster, data)
     assert str(err).startswith(f"shard 1 cannot start: its directory {missing} is missing"), err
     assert (err.shard, err.path) == (1, missing)
     assert not os.path.exists(missing)  # nothing made in its place
