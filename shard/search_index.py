@@ -46,9 +46,10 @@ without a budget waits for them too.
 A history lets go of an entry only once the index has read it: a durable
 store's written items through `read_held`, an in-memory store's `history=`
 limit through `read_for_trim`. Both run inside a write, so both are bounded:
-a long document met there gets a step or two, the rest of it (and of the
-journal behind it) is left to the background slices, and the history keeps
-what the index has not read.
+a long document met there gets a few milliseconds of steps at most, the rest
+of it (and of the journal behind it) is left to the background slices, and
+the history keeps what the index has not read (until it holds so much that
+the writes step the document along themselves, `TRIM_HELD_MAX`).
 
 After a recovery the index starts empty and `rebuilding`, and is rebuilt
 from the runs' tables in the background slices (`shard.search_rebuild`). A
@@ -98,6 +99,9 @@ PASSED_OVER = 1 << 62
 HELD_STEP_MS = 2
 #: how long the journal read before an in-memory history's trim may run (`read_for_trim`)
 TRIM_READ_MS = 2
+#: items a history may hold while the index is busy with a long document before the
+#: writes that trim it step the document along themselves (TRIM_READ_MS each)
+TRIM_HELD_MAX = 4096
 
 
 class SearchIndex(Documents, IndexRebuild, Scoring):
@@ -118,6 +122,8 @@ class SearchIndex(Documents, IndexRebuild, Scoring):
         #: documents whose postings entries are there in part (being added or taken
         #: out): not in `docs`, so searches neither count nor find them
         self._partial: set = set()
+        #: run id -> removal jobs under way of a deleted run's documents (shard.search_docs)
+        self._dropping: dict = {}
         self.total_len = 0
         self.by_run: dict[str, set] = {}
         self.watermark: dict[str, int] = {}      # run -> journal entries indexed
@@ -139,8 +145,7 @@ class SearchIndex(Documents, IndexRebuild, Scoring):
         for doc, cancelled, _job in self._jobs:
             if cancelled is not None and doc[1] == run_id:
                 cancelled[0] = True  # a long document of the run under way: it stops
-        for doc in list(self.by_run.pop(run_id, ())):
-            self._remove(doc)
+        self._drop_docs(run_id, self.by_run.pop(run_id, ()))
         self.watermark.pop(run_id, None)
 
     def _tables_step(self, runs: dict, deadline: float | None) -> bool:
@@ -276,11 +281,15 @@ class SearchIndex(Documents, IndexRebuild, Scoring):
         way gets one step, its job queued (its entry counts as read); its other
         steps, and anything the index has not read behind a long document under
         way (the index stays in journal order), are left to the background
-        slices. The history keeps what is not read until a later trim.
+        slices. The history keeps what is not read until a later trim; past
+        TRIM_HELD_MAX items, the write steps the long document for TRIM_READ_MS
+        first, so writes faster than the background slices cannot grow it for ever.
         """
-        if not self._jobs:
-            self._catch_up_run(run_id, r, len(r.journal), time.monotonic() + TRIM_READ_MS / 1000,
-                               0.0)
+        if self._jobs:
+            if len(r.journal.items) <= TRIM_HELD_MAX or \
+                    not self._run_jobs(time.monotonic() + TRIM_READ_MS / 1000):
+                return self.watermark.get(run_id, 0)
+        self._catch_up_run(run_id, r, len(r.journal), time.monotonic() + TRIM_READ_MS / 1000, 0.0)
         return self.watermark.get(run_id, 0)
 
     def catch_up_for_search(self, runs: dict, now_us: int, deadline: float | None) -> bool:

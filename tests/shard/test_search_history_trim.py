@@ -2,12 +2,12 @@
 
 A write that crosses the limit trims its run's history, and the index must
 have read an entry before it goes (an in-memory store has no other copy of
-it). The trim reads the journal for a bounded time only and never steps a
-long document through: what the index has not read stays held until a later
+it). The trim reads the journal for a bounded time only and steps a long
+document only briefly: what the index has not read stays held until a later
 trim. Here writes of short and long texts, deletes, run deletions and index
 steps come in any order, with tiny steps so that long documents are common;
 once the index has caught up it must hold exactly the current values, and
-the history must be back within its limit after the next write.
+the history must come back within its limit when the writes cross it again.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from inmem.shard.engine import Engine
 import inmem.shard.search_docs as docs
-import inmem.shard.search_text as text
+import inmem.shard.search_index as index
+import inmem.shard.search_text as search_text
 
 WORDS = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta"]
 KEYS = [f"k{i}" for i in range(6)]
@@ -37,13 +38,14 @@ OP = st.one_of(
 
 @contextmanager
 def tiny_steps():
-    """Long documents from 64 characters, 16 a step (a fixture would outlive an example)."""
-    saved = docs.LONG_TEXT, docs.STEP_TERMS, text.STEP_CHARS
-    docs.LONG_TEXT, docs.STEP_TERMS, text.STEP_CHARS = 64, 2, 16
+    """Long documents from 64 characters, 16 a step, and writes that step them once a
+    history holds 12 items (a fixture would outlive an example)."""
+    saved = docs.LONG_TEXT, docs.STEP_TERMS, search_text.STEP_CHARS, index.TRIM_HELD_MAX
+    docs.LONG_TEXT, docs.STEP_TERMS, search_text.STEP_CHARS, index.TRIM_HELD_MAX = 64, 2, 16, 12
     try:
         yield
     finally:
-        docs.LONG_TEXT, docs.STEP_TERMS, text.STEP_CHARS = saved
+        docs.LONG_TEXT, docs.STEP_TERMS, search_text.STEP_CHARS, index.TRIM_HELD_MAX = saved
 
 
 def begin(engine: Engine) -> str:

@@ -23,6 +23,7 @@ import re
 import pytest
 
 import inmem
+import inmem.shard.search_index as search_index
 import inmem.shard.search_text as search_text
 
 #: what one step of indexing may do (a step costs a few milliseconds at most)
@@ -317,3 +318,25 @@ def test_a_write_that_reads_the_held_history_steps_a_large_text_only_briefly(
             per_write.append(sum(recorder.sizes) - before)
         assert max(per_write) <= 4 * MAX_STEP_CHARS
         check(db, {f"k{i}": text if i == 3 else f"note {i}" for i in range(16)}, "note")
+
+
+def test_writes_faster_than_the_index_cannot_grow_a_trimmed_history_for_ever(
+        monkeypatch, recorder):
+    """No background slices here: past TRIM_HELD_MAX items, the writes step the index."""
+    from inmem.shard.engine import Engine
+    monkeypatch.setattr(search_index, "TRIM_HELD_MAX", 200)
+    engine = Engine(history=1)
+    run = engine.execute("run.begin", (None, None, None, [], None))
+    h = engine.runs[run].journal
+    engine.execute("kv.put", (run, "page", big_text(1, vocab=100_000, seed=12)))
+    per_write = []
+    for i in range(MAX_CALLS):
+        before = sum(recorder.sizes)
+        engine.execute("kv.put", (run, f"k{i % 1000}", f"note {i}"))
+        per_write.append(sum(recorder.sizes) - before)
+        if i > 2 * h.trim_at and len(h.items) <= h.trim_at and not engine.index.long_work():
+            break
+    else:
+        raise AssertionError("the history grew for as long as the writes went on")
+    assert max(per_write) <= 4 * MAX_STEP_CHARS
+    assert ("kv", run, "page") in engine.index.docs  # indexed whole, by the writes alone
