@@ -122,10 +122,14 @@ class SearchIndex(Documents, IndexRebuild, Scoring):
         #: documents whose postings entries are there in part (being added or taken
         #: out): not in `docs`, so searches neither count nor find them
         self._partial: set = set()
-        #: run id -> removal jobs under way of a deleted run's documents (shard.search_docs)
+        #: run id -> removal jobs under way of a deleted run's documents, and how many of
+        #: theirs are still in `docs` (shard.search_docs: searches skip them)
         self._dropping: dict = {}
+        self._dropped_docs = 0
         self.total_len = 0
         self.by_run: dict[str, set] = {}
+        #: run id -> the total length of its documents in `docs`
+        self.run_len: dict[str, int] = {}
         self.watermark: dict[str, int] = {}      # run -> journal entries indexed
         self.expiring: list = []                 # heap of (expires_at, doc)
         #: set by a recovery, cleared by the first catch-up that reaches every journal's end
@@ -145,7 +149,7 @@ class SearchIndex(Documents, IndexRebuild, Scoring):
         for doc, cancelled, _job in self._jobs:
             if cancelled is not None and doc[1] == run_id:
                 cancelled[0] = True  # a long document of the run under way: it stops
-        self._drop_docs(run_id, self.by_run.pop(run_id, ()))
+        self._drop_run_docs(run_id)
         self.watermark.pop(run_id, None)
 
     def _tables_step(self, runs: dict, deadline: float | None) -> bool:

@@ -5,8 +5,8 @@ with N, the average document length and each term's n taken over the whole
 collection. In a cluster those statistics are summed across shards first
 (`stats`), then each shard scores with the global figures (`query`), so a
 hit scores the same as it would in one big index. A document being added or
-taken out in steps (`_partial`, `shard.search_docs`) is neither counted nor
-found.
+taken out in steps (`_partial`; a deleted run's, `_dropping`: see
+`shard.search_docs`) is neither counted nor found.
 """
 
 from __future__ import annotations
@@ -28,19 +28,23 @@ class Scoring:
     postings: Postings
     docs: dict
     _partial: set
+    _dropping: dict
+    _dropped_docs: int
     total_len: int
 
     def stats(self, terms) -> list:
         """[document count, total length, {term: document frequency}] of this shard."""
-        postings, partial = self.postings, self._partial
+        postings, partial, dropping = self.postings, self._partial, self._dropping
         dfs = {}
         for t in terms:
             plist = postings.get(t, ())
             n = len(plist)
             if partial and n:  # a long document half added or half taken out is not counted
                 n -= sum(1 for doc in partial if doc in plist)
+            if dropping and n:  # nor the documents of a deleted run still being taken out
+                n -= sum(1 for doc in plist if doc[1] in dropping)
             dfs[t] = n
-        return [len(self.docs), self.total_len, dfs]
+        return [len(self.docs) - self._dropped_docs, self.total_len, dfs]
 
     def query(self, terms, n_docs, total_len, dfs, run=None, primitives=None, top=10,
               deadline=None):
@@ -50,7 +54,7 @@ class Scoring:
         exhausted = False
         allowed = None if primitives is None else frozenset(primitives)
         docs = self.docs
-        partial = self._partial
+        dropping = self._dropping
         steps = 0
         for term in dict.fromkeys(terms):
             plist = self.postings.get(term)
@@ -67,9 +71,12 @@ class Scoring:
                     continue
                 if allowed is not None and doc[0] not in allowed:
                     continue
-                if partial and doc in partial:
+                entry = docs.get(doc)
+                if entry is None:  # half added, or being taken out (see shard.search_docs)
                     continue
-                dl = docs[doc][0]
+                if dropping and doc[1] in dropping:  # a deleted run's, being taken out
+                    continue
+                dl = entry[0]
                 norm = K1 * (1 - B + B * dl / avgdl) if avgdl else K1
                 scores[doc] = scores.get(doc, 0.0) + idf * tf * (K1 + 1) / (tf + norm)
             if exhausted:
