@@ -580,12 +580,13 @@ class AsyncDatabase:
                      budget_ms: float | None = None):
         """BM25 keyword search across every shard, as `Database.search`."""
         import time
+        t0 = time.perf_counter()  # took_ms and the budget count the whole call
 
         from .search import SearchPlan
         self._check_open()
         if run is not None and await self.run_status(run) == "not_found":
             raise RunNotFound(f"run {run!r} does not exist", run_id=run)
-        plan = SearchPlan(query, primitives, limit, offset, budget_ms, time.perf_counter())
+        plan = SearchPlan(query, primitives, limit, offset, budget_ms, t0)
         if plan.done:
             return plan.empty()
         backend = self._backend

@@ -9,6 +9,8 @@ built client-side are the retry loops (state transitions, run_transaction).
 
 from __future__ import annotations
 
+import time
+
 from typing import Any, Callable
 
 from .backend import Backend
@@ -169,11 +171,12 @@ class Database:
         `budget_exhausted` says when it ran out). Scores are the same as one
         index over every shard's documents would give.
         """
+        t0 = time.perf_counter()  # took_ms and the budget count the whole call
         from .search import search
         self._check_open()
         if run is not None and self.run_status(run) == "not_found":
             raise RunNotFound(f"run {run!r} does not exist", run_id=run)
-        return search(self._backend, query, run, primitives, limit, offset, budget_ms)
+        return search(self._backend, query, run, primitives, limit, offset, budget_ms, t0)
 
     # -- operations ----------------------------------------------------------------
 

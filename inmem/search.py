@@ -27,9 +27,12 @@ def _order(hit):
     return (-hit[3], hit[0], hit[1], ref_key(hit[2]))
 
 
-def search(backend, query, run=None, primitives=None, limit=10, offset=0, budget_ms=None):
-    """The search through a backend whose `fanout` answers at once (the blocking one)."""
-    t0 = time.perf_counter()
+def search(backend, query, run=None, primitives=None, limit=10, offset=0, budget_ms=None,
+           t0=None):
+    """The search through a backend whose `fanout` answers at once (the blocking one);
+    `t0`: when the call began (`took_ms` and the budget count from it)."""
+    if t0 is None:
+        t0 = time.perf_counter()
     plan = SearchPlan(query, primitives, limit, offset, budget_ms, t0)
     if plan.done:
         return plan.empty()

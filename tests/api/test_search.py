@@ -768,3 +768,41 @@ def test_limit_zero_still_counts_the_matches(db):
     page = db.search("timeout", limit=0)
     assert page.results == [] and page.total_matches == 5
     assert db.search("timeout", limit=0, offset=3).total_matches == 5
+
+
+def test_took_ms_counts_the_whole_call(monkeypatch):
+    # It began after the run check (and, on the first call, the search module's import):
+    # a search slowed there said it took almost nothing.
+    import asyncio
+    import time as _time
+
+    import inmem.asyncio
+
+    def slowed(check):
+        def run_status(r):
+            _time.sleep(0.05)
+            return check(r)
+        return run_status
+
+    def aslowed(check):
+        async def run_status(r):
+            _time.sleep(0.05)
+            return await check(r)
+        return run_status
+
+    with inmem.open(None) as db:
+        run = db.begin_run()
+        db.kv.put(run, "k", "alpha beta")
+        monkeypatch.setattr(db, "run_status", slowed(db.run_status))
+        assert db.search("alpha", run=run).took_ms >= 50
+
+    async def on_asyncio():
+        adb = await inmem.asyncio.open(None)
+        run = await adb.begin_run()
+        await adb.kv.put(run, "k", "alpha beta")
+        monkeypatch.setattr(adb, "run_status", aslowed(adb.run_status))
+        took = (await adb.search("alpha", run=run)).took_ms
+        await adb.close()
+        return took
+
+    assert asyncio.run(on_asyncio()) >= 50
