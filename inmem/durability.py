@@ -19,7 +19,7 @@ applies them; all three read this table.
 | snapshot_huge_pages | True | keep the heap in huge pages so a snapshot's fork is short |
 | malloc_mmap_threshold | 1 MiB | glibc's mmap threshold, held fixed in the process (0 or None: left alone) |
 | commit_wait_us | 100 | strict cluster shards: the longest a turn waits for recently served clients before its fsync (0: never) |
-| dead_key_retention_s | 60 | a deleted or expired KV entry is reclaimed once dead this long (0: at the next sweep) |
+| dead_key_retention_s | 60 | a deleted or expired KV entry, deleted state cell or deleted JSON document is reclaimed once dead this long (0: at the next sweep) |
 
 `dead_key_retention_s` is an engine option rather than a durability one: it
 applies to in-memory shards as well, and lives here so that the one table
