@@ -25,7 +25,9 @@ The in-memory limit, `history=`: "full" (keep everything, the default), a
 count N (keep at least the last N entries of each run; older ones go in
 batches once a run holds 2N + 64, so dropping costs nothing per write) or
 "none" (keep only what the search index has not yet read). The engine trims,
-because the search index must read an entry before it may go.
+because the search index must read an entry before it may go: what it has
+not read stays past those bounds until a later trim (a large text indexed
+in steps holds the entries after it; `shard.search_index.TRIM_HELD_MAX`).
 """
 
 from __future__ import annotations
