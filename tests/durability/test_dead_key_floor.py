@@ -21,20 +21,10 @@ from inmem.shard.dead_keys import BUCKET_SHIFT
 from inmem.shard.snapshot_codec import CODEC_VERSION
 
 from polling import wait_for
+from set_clock import Clock
 
 BUCKET_S = (1 << BUCKET_SHIFT) / 1e6
 QUIET = {"snapshot_interval_s": None, "snapshot_wal_bytes": 1 << 40}
-
-
-class Clock:
-    def __init__(self):
-        self.now_us = 1_700_000_000_000_000
-
-    def __call__(self) -> int:
-        return self.now_us
-
-    def advance(self, seconds: float) -> None:
-        self.now_us += int(seconds * 1_000_000)
 
 
 def reclaimed(db) -> int:

@@ -16,20 +16,10 @@ from inmem.shard.engine import Engine
 from inmem.shard.recovery_apply import EngineRecovery
 from inmem.shard.snapshot_codec import CODEC_VERSION, dump
 from inmem.shard.upkeep import shard_info
+from set_clock import Clock
 
 RUN = "r"
 BUCKET_S = (1 << BUCKET_SHIFT) / 1e6
-
-
-class Clock:
-    def __init__(self):
-        self.now_us = 1_700_000_000_000_000
-
-    def __call__(self) -> int:
-        return self.now_us
-
-    def advance(self, seconds: float) -> None:
-        self.now_us += int(seconds * 1_000_000)
 
 
 def engine(retention=0, log=False):

@@ -28,6 +28,7 @@ from inmem.shard.effects import record_payloads
 from inmem.shard.engine import Engine
 from inmem.shard.recovery_apply import EngineRecovery
 from inmem.shard.snapshot_codec import dump
+from set_clock import Clock
 
 RUN = "model"
 FAMILIES = ("kv", "state", "json")
@@ -36,14 +37,6 @@ values = st.integers(-3, 3) | st.text(max_size=2)
 BUCKET_LAST = (1 << BUCKET_SHIFT) - 1
 #: a deleted entry in the model (a JSON document may hold None)
 GONE = object()
-
-
-class Clock:
-    def __init__(self):
-        self.now_us = 1_700_000_000_000_000
-
-    def __call__(self) -> int:
-        return self.now_us
 
 
 @dataclass

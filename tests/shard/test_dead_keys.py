@@ -10,21 +10,11 @@ from inmem.shard import dead_keys, key_order
 from inmem.shard.dead_keys import BUCKET_SHIFT
 from inmem.shard.engine import Engine
 from inmem.shard.upkeep import shard_info
+from set_clock import Clock
 
 RUN = "r"
 #: past any bucket's end: a note is due once its whole bucket lies past the retention
 BUCKET_S = (1 << BUCKET_SHIFT) / 1e6
-
-
-class Clock:
-    def __init__(self):
-        self.now_us = 1_700_000_000_000_000
-
-    def __call__(self) -> int:
-        return self.now_us
-
-    def advance(self, seconds: float) -> None:
-        self.now_us += int(seconds * 1_000_000)
 
 
 def engine(retention=60, log=False):

@@ -31,6 +31,7 @@ from inmem.shard.engine import Engine
 from inmem.shard.recovery_apply import EngineRecovery
 from inmem.shard.dead_keys import BUCKET_SHIFT
 from inmem.shard.snapshot_codec import dump
+from set_clock import Clock
 
 RUN = "model"
 #: keys that share prefixes, so pages and prefixes cut through each other
@@ -42,14 +43,6 @@ ttls = st.sampled_from([None, None, 0.5, 1, 2])
 values = st.integers(-3, 3) | st.text(max_size=2)
 #: the µs of a note's bucket after its time (shard.dead_keys): due once all of it is past
 BUCKET_LAST = (1 << BUCKET_SHIFT) - 1
-
-
-class Clock:
-    def __init__(self):
-        self.now_us = 1_700_000_000_000_000
-
-    def __call__(self) -> int:
-        return self.now_us
 
 
 @dataclass

@@ -15,16 +15,9 @@ from inmem.shard import run_order
 from inmem.shard.effects import record_payloads
 from inmem.shard.engine import Engine
 from inmem.shard.recovery_apply import EngineRecovery
+from set_clock import Clock
 
 IDS = ["a", "b", "c", "d"]
-
-
-class Clock:
-    def __init__(self):
-        self.now_us = 1_700_000_000_000_000
-
-    def __call__(self) -> int:
-        return self.now_us
 
 
 steps = st.one_of(
