@@ -29,6 +29,7 @@ import functools
 import inspect
 from typing import Any, Callable
 
+from .display import short_value
 from .errors import (InmemError, InvalidValue, RunNotFound, StateNotFound, TransactionConflict,
                      VersionMismatch)
 from .pipeline import Pipeline
@@ -511,7 +512,7 @@ class AsyncDatabase:
             run_id = new_run_id()
         if parent is not None and await self.run_status(parent) == "not_found":
             # Checked here rather than on the shard: the parent may live on another one.
-            raise RunNotFound(f"parent run {parent!r} does not exist", run_id=parent)
+            raise RunNotFound(f"parent run {short_value(parent)} does not exist", run_id=parent)
         return await self._call("run.begin",
                                 begin_args(name, run_id, parent, tags, metadata, searchable))
 
@@ -585,7 +586,7 @@ class AsyncDatabase:
         from .search import SearchPlan
         self._check_open()
         if run is not None and await self.run_status(run) == "not_found":
-            raise RunNotFound(f"run {run!r} does not exist", run_id=run)
+            raise RunNotFound(f"run {short_value(run)} does not exist", run_id=run)
         plan = SearchPlan(query, primitives, limit, offset, budget_ms, t0)
         if plan.done:
             return plan.empty()

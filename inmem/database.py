@@ -14,6 +14,7 @@ import time
 from typing import Any, Callable
 
 from .backend import Backend
+from .display import short_value
 from .errors import InmemError, ProtocolError, RunNotFound, TransactionConflict
 from .pipeline import Pipeline
 from .sections import (JSON, Events, Runs, StateCells, Traces, Value, backoff, begin_args,
@@ -70,7 +71,7 @@ class Database:
             run_id = new_run_id()
         if parent is not None and self.run_status(parent) == "not_found":
             # Checked here rather than on the shard: the parent may live on another one.
-            raise RunNotFound(f"parent run {parent!r} does not exist", run_id=parent)
+            raise RunNotFound(f"parent run {short_value(parent)} does not exist", run_id=parent)
         return self._call("run.begin",
                           begin_args(name, run_id, parent, tags, metadata, searchable))
 
@@ -175,7 +176,7 @@ class Database:
         from .search import search
         self._check_open()
         if run is not None and self.run_status(run) == "not_found":
-            raise RunNotFound(f"run {run!r} does not exist", run_id=run)
+            raise RunNotFound(f"run {short_value(run)} does not exist", run_id=run)
         return search(self._backend, query, run, primitives, limit, offset, budget_ms, t0)
 
     # -- operations ----------------------------------------------------------------

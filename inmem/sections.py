@@ -369,7 +369,7 @@ class Runs(_Section):
 def check_retries(retries) -> int:
     """`retries` when it is an int >= 0 (how many lost races a retry loop may take)."""
     if type(retries) is not int or retries < 0:
-        raise InvalidValue(f"retries must be an int >= 0, got {retries!r}")
+        raise InvalidValue(f"retries must be an int >= 0, got {short_value(retries)}")
     return retries
 
 

@@ -80,3 +80,42 @@ def test_hostile_arguments_never_stop_an_embedded_store(tmp_path):
         db.close()
     with inmem.open(tmp_path / "db") as again:
         assert again.kv.get(canary, "k") == n
+
+
+def _public_methods(db) -> list:
+    import inspect
+    out = []
+    for section in ("kv", "events", "state", "traces", "json", "runs"):
+        for name, fn in inspect.getmembers(getattr(db, section), callable):
+            if not name.startswith("_"):
+                out.append((f"{section}.{name}", fn))
+    for name in ("begin_run", "end_run", "abort_run", "run_status", "replay_run", "diff_runs",
+                 "search"):
+        out.append((name, getattr(db, name)))
+    return out
+
+
+@pytest.mark.timeout(600)
+def test_hostile_arguments_to_the_public_methods_raise_typed_errors():
+    """The same through the sections' methods, whose own checks run before the engine's."""
+    import inspect
+    seed = int(os.environ.get("INMEM_FUZZ_SEED", DEFAULT_SEED))
+    rng = random.Random(seed)
+    with inmem.open(None) as db:
+        runs = [db.begin_run() for _ in range(3)]
+        methods = _public_methods(db)
+        for i in range(int(os.environ.get("INMEM_FUZZ_N", DEFAULT_N)) * 3):
+            name, fn = rng.choice(methods)
+            params = [p for p in inspect.signature(fn).parameters.values()
+                      if p.kind is p.POSITIONAL_OR_KEYWORD]
+            args = []
+            for p in params:
+                if p.name in ("run", "run_a", "run_b") and rng.random() < 0.7:
+                    args.append(rng.choice(runs))
+                elif rng.random() < 0.5:
+                    args.append(fz._plausible(rng, p.name, runs))
+                else:
+                    args.append(rng.choice(IN_PROCESS + fz.HOSTILE))
+            result = fz._outcome(lambda: fn(*args))
+            what = f"seed {seed}, call {i}: {name}({short_value(args)}) -> {short_value(result)}"
+            assert not isinstance(result, Exception) or isinstance(result, InmemError), what
