@@ -58,7 +58,7 @@ import zmq
 
 import inmem.protocol as protocol
 from inmem.errors import ClusterNotReady, InmemError, ProtocolError, ShardUnavailable
-from inmem.files import CLUSTER_LOCK_NAME, make_dirs, socket_in_use, try_lock
+from inmem.files import CLUSTER_LOCK_NAME, lock_file_pid, make_dirs, socket_in_use, try_lock
 from inmem.keys import (COORDINATOR, KeyFileError, ServerKeys, insecure_warning, is_tcp,
                         public_key, shard_name)
 from inmem.ops import FANOUT_READ_OPS
@@ -1018,11 +1018,7 @@ def lock_data_dir(data_dir: str) -> int:
 
 def lock_holder(data_dir: str) -> int | None:
     """The pid the lock file of `data_dir` names (meaningful while the lock is held)."""
-    try:
-        with open(os.path.join(data_dir, LOCK_NAME), "rb") as f:
-            return int(f.read(32).strip() or b"0") or None
-    except (OSError, ValueError):
-        return None
+    return lock_file_pid(os.path.join(data_dir, LOCK_NAME))
 
 
 def remove_sockets(spec: dict) -> None:

@@ -312,15 +312,22 @@ def lock_holder(path) -> tuple[int, str] | None:
     Only read while the lock is held elsewhere; a holder that has not written
     yet, or a file written by another program, reads as None.
     """
+    pid, holder = _lock_note(path)
+    return (pid, holder) if pid is not None and holder else None
+
+
+def _lock_note(path) -> tuple[int | None, str]:
+    """(the pid, the holder's words after it) of a lock file: "4242 an embedded store\n",
+    or a bare pid as a coordinator writes it; (None, "") for anything else."""
     try:
         with open(path, "rb") as f:
             text = f.read(512).decode("utf-8", "replace")
     except OSError:
-        return None
+        return None, ""
     pid, _, holder = text.strip().partition(" ")
-    if not pid.isdigit() or not holder:
-        return None
-    return int(pid), holder
+    if not pid.isdigit() or not int(pid):
+        return None, ""
+    return int(pid), holder.strip()
 
 
 def lock_is_held(path) -> bool:
@@ -359,12 +366,7 @@ CLUSTER_LOCK_NAME = "coordinator.lock"
 
 def lock_file_pid(path) -> int | None:
     """The pid a lock file records (its holder's while the lock is held), or None."""
-    try:
-        with open(path, "rb") as f:
-            first = f.read(32).split(maxsplit=1)
-        return int(first[0]) if first and first[0].isdigit() and int(first[0]) else None
-    except OSError:
-        return None
+    return _lock_note(path)[0]
 
 
 def serving_cluster_root(path) -> str | None:

@@ -75,6 +75,7 @@ import sys
 import msgpack
 
 from .checksum import crc32c
+from .display import short_value
 from .errors import InmemError, InvalidValue, ProtocolError, ValueTooLarge, from_wire
 from .ops import FANOUT_OPS, VALUE_ARGS
 from .values import check_value
@@ -290,14 +291,6 @@ def _listed(x):
     return list(x) if type(x) is tuple else x
 
 
-def _shown(x, limit: int = 100) -> str:
-    """repr for an error message, even of a value too deep or too odd to repr."""
-    try:
-        return repr(x)[:limit]
-    except Exception:  # RecursionError for deep nesting, or a broken __repr__
-        return f"<{type(x).__name__}>"
-
-
 def op_body(op: str, args):
     """The wire form of one operation: [op, [args...]] with no tuples left in it.
 
@@ -310,7 +303,7 @@ def op_body(op: str, args):
             try:
                 wop, wargs = w
             except (TypeError, ValueError):
-                raise InvalidValue(f"malformed transaction write {_shown(w)}") from None
+                raise InvalidValue(f"malformed transaction write {short_value(w)}") from None
             check_values(wop, wargs)
             writes.append([wop, _listed(wargs)])
         reads = args[1]

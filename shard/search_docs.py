@@ -253,8 +253,8 @@ class Documents:
         for doc in gone:
             old = pop(doc)
             self._dropped_docs -= 1
-            terms = long_terms.pop(doc) if len(old) == 1 and doc in long_terms else old
-            # (length, terms...) of a short document; the list of a long one's terms
+            # the list of a long document's terms; (length, terms...) of a short one
+            terms = long_terms.pop(doc, old)
             for term in (islice(terms, 1, None) if type(terms) is tuple else terms):
                 part = parts[hash(term) & PART]
                 plist = part[term]

@@ -11,22 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import inmem
+from paging import pages
 
 TYPES = ["thought", "tool_call", "decision"]
 TAGS = ["a", "b"]
-
-
-def pages(list_page, limit, cursor) -> list:
-    """Every item, a page of `limit` at a time; `cursor(item)` is the next page's `after`."""
-    out, after = [], None
-    for _ in range(10_000):
-        page = list_page(after=after, limit=limit)
-        assert len(page) <= limit
-        if not page:
-            return out
-        out.extend(page)
-        after = cursor(page[-1])
-    pytest.fail("the listing did not come to an end")
 
 
 def trace_listings(db, run):

@@ -10,18 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import inmem
+from paging import pages
 
 
 def page_through(db, limit, **filters) -> list:
     """Every listed run, a page of `limit` at a time, each page's last run the next's `after`."""
-    out, after = [], None
-    while True:
-        page = db.runs.list(**filters, after=after, limit=limit)
-        assert len(page) <= limit
-        if not page:
-            return out
-        out.extend(page)
-        after = page[-1]
+    return pages(lambda **page: db.runs.list(**filters, **page), limit)
 
 
 def _make_runs(db, clock) -> list[str]:

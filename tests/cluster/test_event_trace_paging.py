@@ -12,6 +12,7 @@ import pytest
 
 import inmem
 import inmem.asyncio
+from paging import pages
 
 pytestmark = pytest.mark.slow
 
@@ -38,18 +39,6 @@ def cluster(tmp_path_factory):
                                 root if i % 2 else None, ["t"])
         db.close()
         yield c
-
-
-def pages(list_page, limit) -> list:
-    out, after = [], None
-    for _ in range(1000):
-        page = list_page(after=after, limit=limit)
-        assert len(page) <= limit
-        if not page:
-            return out
-        out.extend(page)
-        after = page[-1]
-    pytest.fail("the listing did not come to an end")
 
 
 #: name, the call's unpaged form, and the text the error says to call instead

@@ -11,6 +11,7 @@ import pytest
 
 import inmem
 import inmem.asyncio
+from paging import pages
 
 pytestmark = pytest.mark.slow
 
@@ -45,14 +46,8 @@ def in_order(listed) -> list:
 
 
 def page_through(db, limit, **filters) -> list:
-    out, after = [], None
-    while True:
-        page = db.runs.list(**filters, after=after, limit=limit)
-        assert len(page) <= limit
-        if not page:
-            return out
-        out.extend(page)
-        after = page[-1]
+    """Every listed run, a page of `limit` at a time, each page's last run the next's `after`."""
+    return pages(lambda **page: db.runs.list(**filters, **page), limit)
 
 
 @pytest.mark.parametrize("options", TRANSPORTS, ids=["stream", "zeromq", "proxied"])

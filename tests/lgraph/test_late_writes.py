@@ -146,10 +146,10 @@ def test_documents_of_a_cut_refused_half_way_are_deleted_too(db, monkeypatch):
         "r2"]
 
 
-@pytest.mark.parametrize("backend", ["embedded", "cluster"])
-def test_writes_racing_delete_for_runs_from_another_connection_leave_nothing(open_db, backend):
-    # A task's writes keep landing from one connection while another deletes its
-    # run's checkpoints: whichever lands first, nothing of them is left after both.
+def _writes_racing(open_db, backend, delete) -> tuple:
+    """A task's writes landing from one connection while `delete(deleter, thread)` runs on
+    another (a second connection to the cluster; the same store embedded): (db, writer,
+    thread, config) once both are done, every write having returned."""
     import threading
     db = open_db()
     other = db
@@ -175,13 +175,22 @@ def test_writes_racing_delete_for_runs_from_another_connection_leave_nothing(ope
         w = threading.Thread(target=write)
         w.start()
         started.wait(60)
-        deleter.delete_for_runs(["r1"])
+        delete(deleter, thread)
         w.join(120)
         assert not w.is_alive() and errors == []
-        assert _leftovers(db, writer, thread, config) == {"document": None, "apart": []}
     finally:
         if other is not db:
             other.close()
+    return db, writer, thread, config
+
+
+@pytest.mark.parametrize("backend", ["embedded", "cluster"])
+def test_writes_racing_delete_for_runs_from_another_connection_leave_nothing(open_db, backend):
+    # A task's writes keep landing from one connection while another deletes its
+    # run's checkpoints: whichever lands first, nothing of them is left after both.
+    db, writer, thread, config = _writes_racing(
+        open_db, backend, lambda deleter, thread: deleter.delete_for_runs(["r1"]))
+    assert _leftovers(db, writer, thread, config) == {"document": None, "apart": []}
 
 
 # -- writes after delete_thread: the thread is not made again for them -------------
@@ -216,35 +225,6 @@ def test_writes_of_a_new_checkpoint_after_delete_thread_are_kept(db):
 @pytest.mark.parametrize("backend", ["embedded", "cluster"])
 def test_writes_racing_delete_thread_from_another_connection_do_not_make_it_again(
         open_db, backend):
-    import threading
-    db = open_db()
-    other = db
-    if backend == "cluster":
-        from cluster.shared import shared_cluster
-        other = shared_cluster().connect()
-    try:
-        thread = f"race-{uuid6(clock_seq=-1)}"
-        writer, deleter = InmemSaver(db), InmemSaver(other)
-        config = _put(writer, thread)
-        started, errors = threading.Event(), []
-
-        def write():
-            try:
-                for i in range(60):
-                    writer.put_writes(config, [("x", i), ("big", BIG)], f"task-{i}")
-                    if i == 5:
-                        started.set()
-            except Exception as exc:  # asserted on below
-                errors.append(exc)
-                started.set()
-
-        w = threading.Thread(target=write)
-        w.start()
-        started.wait(60)
-        deleter.delete_thread(thread)
-        w.join(120)
-        assert not w.is_alive() and errors == []
-        assert db.run_status(thread_run(writer.prefix, thread)) == "not_found"
-    finally:
-        if other is not db:
-            other.close()
+    db, writer, thread, _config = _writes_racing(
+        open_db, backend, lambda deleter, thread: deleter.delete_thread(thread))
+    assert db.run_status(thread_run(writer.prefix, thread)) == "not_found"
