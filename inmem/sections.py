@@ -254,7 +254,8 @@ class Traces(_Section):
         most that many, `after` starts after a trace's place in record order:
         the last Trace of the previous page (or its id). Pass each page's last
         trace as the next one's `after` until a page comes back empty;
-        TraceNotFound when `after` is not a trace of the run.
+        TraceNotFound when `after` is not a trace of the run; InvalidValue for
+        a `trace_type` no trace can have (one `record` refuses).
         """
         if after is None and limit is None:
             return self._call("tr.by_type", (run, trace_type))

@@ -91,6 +91,10 @@ class TraceOps:
         r = self._run(run)
         if type(trace_type) is not str:
             raise InvalidValue(f"trace_type must be a str, got {type(trace_type).__name__}")
+        if trace_type not in TRACE_TYPES:
+            # No trace can have it: a typo would list nothing and go unnoticed.
+            raise InvalidValue(f"trace_type must be one of {sorted(TRACE_TYPES)}, got "
+                               f"{short_value(trace_type)}")
         return self._page(r, r.traces_by_type.get(trace_type, ()), after, limit)
 
     def tr_by_tag(self, run: str, tag: str, after: str | None = None,

@@ -87,6 +87,16 @@ def test_by_type_in_record_order(db, run):
     assert db.traces.by_type(run, "thought")[1] == db.traces.get(run, c)
 
 
+@pytest.mark.parametrize("trace_type", ["Thought", "tool", "", "other"])
+def test_by_type_refuses_a_type_no_trace_can_have(db, run, trace_type):
+    # A typo in the type listed nothing, as if the run had no such traces.
+    db.traces.record(run, "thought", {})
+    with pytest.raises(inmem.InvalidValue, match="trace_type must be one of"):
+        db.traces.by_type(run, trace_type)
+    with pytest.raises(inmem.InvalidValue, match="trace_type must be one of"):
+        db.traces.by_type(run, trace_type, limit=1)
+
+
 def test_by_tag_in_record_order(db, run):
     a = db.traces.record(run, "thought", {}, tags=("x", "y"))
     db.traces.record(run, "thought", {}, tags=("y",))
