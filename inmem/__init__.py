@@ -167,6 +167,7 @@ def _refuse_a_cluster_directory(path: str) -> None:
     from .files import CLUSTER_LOCK_NAME, lock_file_pid, serving_cluster_root
     root = serving_cluster_root(path)
     if root is None:
+        _refuse_a_stopped_clusters_directory(path)
         return
     pid = lock_file_pid(os.path.join(root, CLUSTER_LOCK_NAME))
     who = f" (coordinator pid {pid})" if pid else ""
@@ -174,6 +175,35 @@ def _refuse_a_cluster_directory(path: str) -> None:
         f"{path} is inside {root}, the data directory of a running cluster{who}; connect to "
         f"the cluster with inmem.connect(...) instead, or open an embedded store in another "
         f"directory", path=path)
+
+
+def _refuse_a_stopped_clusters_directory(path: str) -> None:
+    """StoreOpenError if `path` is itself the data directory of a cluster that is not running.
+
+    Opened as a store it reads as empty (a cluster's runs are in its shards'
+    directories), and the wal/, snapshots/ and LOCK it makes there stop the
+    cluster's next start. Beside or inside it (a shard's directory) is fine.
+    """
+    from inmem.coordinator.slotmap import FILE_NAME as SLOTMAP_NAME
+    from .files import is_cluster_dir, is_store_dir
+    if not (is_cluster_dir(path) or os.path.isfile(os.path.join(path, SLOTMAP_NAME))):
+        return
+    try:
+        names = os.listdir(path)
+    except OSError:
+        names = []  # opening it says what is wrong with it
+    shards = sorted(name for name in names
+                    if name.startswith("shard-") and name[6:].isdigit()
+                    and os.path.isdir(os.path.join(path, name)))
+    if not shards and is_store_dir(path):
+        return  # a store's own directory, where a cluster's start was tried and refused
+    look = (f"open one shard's directory ({os.path.join(path, shards[0])}) to look at its "
+            "data" if shards else "open a store in another directory")
+    raise StoreOpenError(
+        f"{path} is the data directory of a cluster (not running); its runs are in its "
+        f"shards' directories, and a store made here would stop the cluster's next start: "
+        f"start the cluster (inmem serve, inmem.Cluster) and connect to it, or {look}",
+        path=path)
 
 
 def connect(url: str, timeout: float = 5.0, **options) -> Database:

@@ -61,3 +61,28 @@ def test_a_stale_lock_file_of_a_stopped_cluster_is_no_refusal(tmp_path):
     (tmp_path / "coordinator.lock").write_text(f"{os.getpid()}\n")
     with inmem.open(tmp_path / "store") as db:
         db.kv.put(db.begin_run(), "k", 1)
+
+
+def test_open_of_a_stopped_clusters_data_directory_is_refused(make_cluster, tmp_path):
+    # It opened as an empty store (no runs: the data is in the shards' directories) and
+    # made wal/, snapshots/ and LOCK there, after which the cluster refused to start
+    # ("shard-0 is inside ..., the directory of a store").
+    data = tmp_path / "data"
+    cluster = make_cluster(data_dir=data, shards=1, durability="buffered")
+    with cluster.connect() as db:
+        db.kv.put(db.begin_run(run_id="kept"), "k", 1)
+    cluster.stop()
+    before = sorted(os.listdir(data))
+    for path in (data, str(data)):
+        with pytest.raises(inmem.StoreOpenError) as info:
+            inmem.open(path)
+        message = str(info.value)
+        assert "data directory of a cluster" in message and str(data) in message
+        assert "shard-0" in message
+    assert sorted(os.listdir(data)) == before
+    # A shard's own directory still opens on its own, to look at the data.
+    with inmem.open(data / "shard-0") as db:
+        assert db.kv.get("kept", "k") == 1
+    cluster.start()
+    with cluster.connect() as db:
+        assert db.kv.get("kept", "k") == 1
