@@ -361,17 +361,32 @@ def _check_endpoint(label: str, endpoint: str, auto: bool, setting=None) -> None
 
 
 def check_not_nested(data_dir: str, source: str) -> None:
-    """ConfigError when `data_dir` lies inside another cluster's data directory, inside one
-    of its shard directories, or inside an embedded store's directory: the files of the two
-    would mix (a shard's WAL and snapshots are its directory's alone). `source` says where
-    the value came from."""
-    from inmem.files import enclosing_data_dir
+    """ConfigError when `data_dir` is an embedded store's directory, or lies inside another
+    cluster's data directory, inside one of its shard directories, or inside an embedded
+    store's directory: the files of the two would mix (a shard's WAL and snapshots are its
+    directory's alone). `source` says where the value came from."""
+    from inmem.files import enclosing_data_dir, is_store_dir
+    if is_store_dir(data_dir) and not _has_shard_dirs(data_dir):
+        # Its shards would be made inside the store's directory and refused there, after
+        # the coordinator had left its lock, slot map and logs among the store's files.
+        raise ConfigError(f"{source}: [cluster] data_dir {data_dir} is the directory of an "
+                          "embedded store (inmem.open); a cluster keeps its data in a "
+                          "directory of its own: name another one")
     found = enclosing_data_dir(data_dir)
     if found is not None:
         root, what = found
         raise ConfigError(f"{source}: [cluster] data_dir {data_dir} is inside {root}, {what}; "
                           "a data directory may not be inside another's, as their files would "
                           "mix: name a directory outside it")
+
+
+def _has_shard_dirs(data_dir: str) -> bool:
+    try:
+        names = os.listdir(data_dir)
+    except OSError:
+        return False
+    return any(n.startswith("shard-") and n[6:].isdigit()
+               and os.path.isdir(os.path.join(data_dir, n)) for n in names)
 
 
 def check_data_dir(spec: dict, source: str) -> None:

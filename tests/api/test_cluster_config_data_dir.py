@@ -59,3 +59,31 @@ def test_an_unreadable_config_is_refused_as_before(tmp_path):
     cfg = _config(tmp_path, "[cluster\n")
     with pytest.raises(inmem.errors.InmemError, match="not valid TOML"):
         inmem.Cluster(config=cfg)
+
+
+@pytest.mark.parametrize("store_open", [False, True])
+def test_a_cluster_on_an_embedded_stores_directory_is_refused_before_anything_is_made(
+        tmp_path, store_open):
+    # The start used to go ahead: it failed ("shard-0 is inside ..., the directory of a
+    # store"), but left coordinator.lock, slotmap.json and logs in the store's directory,
+    # and the next start then said shard 0's directory was missing "though this data
+    # directory has served with it".
+    from inmem.coordinator.config import ConfigError
+    store = tmp_path / "store"
+    db = inmem.open(store)
+    db.kv.put(db.begin_run(run_id="mine"), "k", 1)
+    if not store_open:
+        db.close()
+    before = sorted(os.listdir(store))
+    try:
+        for _ in range(2):
+            with pytest.raises(ConfigError) as info:
+                inmem.Cluster(data_dir=store, shards=1, ready_timeout=30).start()
+            assert "directory of an embedded store" in str(info.value)
+            assert str(store) in str(info.value)
+            assert sorted(os.listdir(store)) == before
+    finally:
+        if store_open:
+            db.close()
+    with inmem.open(store) as db:
+        assert db.kv.get("mine", "k") == 1
