@@ -290,8 +290,12 @@ def try_lock(path, holder: str | None = None) -> int | None:
     that whoever is refused can say who has it (`lock_holder`); the file's
     content is only ever read for that message, never trusted for the lock.
     """
-    fd = open_private(path, os.O_RDWR | os.O_CREAT)
+    # Something other than a file under the name: a socket cannot be opened at all, and a
+    # FIFO opens but cannot be locked, each with a bare errno naming nothing.
+    _refuse_non_file(path, os.stat)
+    fd = open_private(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK)
     try:
+        _refuse_non_file(path, lambda _: os.fstat(fd))
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         if holder is not None:
             note = f"{os.getpid()} {holder}\n".encode()
@@ -304,6 +308,17 @@ def try_lock(path, holder: str | None = None) -> int | None:
         os.close(fd)
         raise
     return fd
+
+
+def _refuse_non_file(path, stat_of) -> None:
+    """NotRegularFile if `stat_of(path)` finds something other than a regular file there."""
+    try:
+        mode = stat_of(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise NotRegularFile(path, next((k for test, k in _KINDS if test(mode)),
+                                        "not a regular file"))
 
 
 def lock_holder(path) -> tuple[int, str] | None:
@@ -320,10 +335,15 @@ def _lock_note(path) -> tuple[int | None, str]:
     """(the pid, the holder's words after it) of a lock file: "4242 an embedded store\n",
     or a bare pid as a coordinator writes it; (None, "") for anything else."""
     try:
-        with open(path, "rb") as f:
-            text = f.read(512).decode("utf-8", "replace")
+        fd = open_regular(path)  # never waits on a FIFO under the name
     except OSError:
         return None, ""
+    try:
+        text = os.pread(fd, 512, 0).decode("utf-8", "replace")
+    except OSError:
+        return None, ""
+    finally:
+        os.close(fd)
     pid, _, holder = text.strip().partition(" ")
     if not pid.isdigit() or not int(pid):
         return None, ""
@@ -336,7 +356,7 @@ def lock_is_held(path) -> bool:
     Only looks: the file is not created, and no lock is kept.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+        fd = open_regular(path)  # a FIFO is no lock file, and opening it would wait
     except OSError:
         return False
     try:

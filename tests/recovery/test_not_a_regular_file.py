@@ -209,3 +209,43 @@ def test_a_directory_named_like_a_leftover_temp_file_is_left_alone(store, tmp_pa
     with inmem.open(path, "strict", **OPTIONS) as db:
         assert db.kv.get("r", "after") == 1
     assert os.path.isdir(os.path.join(path, where))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket"])
+def test_a_lock_file_that_is_not_a_file_is_named(tmp_path, kind):
+    # A FIFO under LOCK opened (O_RDWR does not wait) and then flock failed: StoreOpenError
+    # "cannot open the store at DIR: Invalid argument", naming neither the file nor what it
+    # is; a cluster's coordinator.lock said only "Invalid argument".
+    import socket
+    path = tmp_path / "db"
+    path.mkdir()
+    lock = path / "LOCK"
+    if kind == "fifo":
+        os.mkfifo(lock)
+    else:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(lock))
+        sock.close()
+    with pytest.raises(inmem.StoreOpenError) as info:
+        inmem.open(path)
+    message = str(info.value)
+    assert str(lock) in message and f"a {kind.upper() if kind == 'fifo' else kind}" in message
+    assert "Invalid argument" not in message
+
+
+def test_a_fifo_named_coordinator_lock_hangs_nothing(tmp_path):
+    # Looking for a running cluster above a store read every coordinator.lock on the way
+    # with a blocking open: a FIFO under that name hung inmem.open of any directory below
+    # it, and `inmem serve` on that data directory, for good.
+    os.mkfifo(tmp_path / "coordinator.lock")
+    code = ("import inmem, sys\n"
+            "db = inmem.open(sys.argv[1]); db.kv.put(db.begin_run(), 'k', 1); db.close()\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "store")],
+                          capture_output=True, text=True, timeout=50, env=child_env())
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run([sys.executable, "-m", "inmem", "serve", "--data-dir",
+                           str(tmp_path), "--shards", "1"],
+                          capture_output=True, text=True, timeout=50, env=child_env())
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "coordinator.lock is a FIFO, not a regular file" in done.stderr
+    assert "Traceback" not in done.stderr
