@@ -22,7 +22,7 @@ import json
 import os
 
 from inmem.errors import CorruptionError
-from inmem.files import replace_durably
+from inmem.files import NotRegularFile, open_regular, read_data, replace_durably
 from inmem.protocol import SLOT_COUNT
 
 FILE_NAME = "slotmap.json"
@@ -69,10 +69,11 @@ class SlotMap:
     def read(cls, data_dir: str) -> "SlotMap | None":
         path = cls.path(data_dir)
         try:
-            with open(path, "rb") as f:
-                raw = f.read()
+            raw, _ = read_data(path)  # non-blocking: a FIFO here must not stall the start
         except FileNotFoundError:
             return None
+        except NotRegularFile as exc:
+            raise _damaged(path, f"it is {exc.kind}, not a regular file") from None
         try:
             doc = json.loads(raw)
         except ValueError as exc:
@@ -138,9 +139,12 @@ def _holds_records(store: str) -> bool:
         if name.strip("0") != ".wal":
             return True  # named after a record past the first: records came before it
         try:
-            with open(os.path.join(wal, name), "rb") as f:
-                if f.read(8).strip(b"\0"):
+            fd = open_regular(os.path.join(wal, name))  # never waits on a FIFO
+            try:
+                if os.pread(fd, 8, 0).strip(b"\0"):
                     return True  # a record's header (an empty segment reads as zeros)
+            finally:
+                os.close(fd)
         except OSError:
             return True  # cannot tell: count it, and refuse rather than guess
     return False

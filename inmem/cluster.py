@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .errors import ClusterNotReady, InmemError, InvalidOption, StoreOpenError, Timeout
-from .files import describe_os_error, make_dirs, private_opener
+from .files import NotRegularFile, describe_os_error, kind_of, make_dirs, private_opener
 
 if TYPE_CHECKING:
     from .database import Database
@@ -49,6 +50,19 @@ def _names_data_dir(config) -> bool:
     except (ConfigError, OSError):
         return False
     return isinstance(table, dict) and "data_dir" in table
+
+
+
+def _log_opener(path, flags: int) -> int:
+    """`private_opener` for the coordinator's log, which must be a regular file: opening a
+    FIFO for writing would wait for a reader for good (NotRegularFile instead)."""
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise NotRegularFile(path, kind_of(path))
+    fd = private_opener(path, flags | os.O_NONBLOCK)  # ENXIO, not a wait, if one came since
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotRegularFile(path, kind_of(path))
+    return fd
 
 
 class Cluster:
@@ -103,7 +117,7 @@ class Cluster:
             make_dirs(self.data_dir)
             self.check_free()
             self._log = open(os.path.join(self.data_dir, "coordinator.log"), "ab",
-                             opener=private_opener)
+                             opener=_log_opener)
         except OSError as exc:
             if isinstance(exc, InmemError):
                 raise

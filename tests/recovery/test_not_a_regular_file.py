@@ -249,3 +249,28 @@ def test_a_fifo_named_coordinator_lock_hangs_nothing(tmp_path):
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "coordinator.lock is a FIFO, not a regular file" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+_CLUSTER_START = (
+    "import sys, inmem\n"
+    "try:\n"
+    "    inmem.Cluster(data_dir=sys.argv[1], shards=1, ready_timeout=40).start().stop()\n"
+    "except inmem.InmemError as exc:\n"
+    "    print(type(exc).__name__, exc)\n"
+    "    sys.exit(3)\n")
+
+
+@pytest.mark.parametrize("name", ["coordinator.log", "slotmap.json",
+                                  "shard-0/wal/00000000000000000000.wal"])
+def test_a_fifo_in_a_clusters_data_directory_hangs_no_start(tmp_path, name):
+    # Cluster.start opened coordinator.log for appending and waited for a reader of the FIFO
+    # for good; the coordinator read slotmap.json, and looked for records in a WAL segment
+    # of a directory without one, with blocking opens: no answer until ready_timeout, and
+    # `inmem serve` hung. Each is now a prompt error naming the file.
+    data = tmp_path / "data"
+    (data / name).parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(data / name)
+    done = subprocess.run([sys.executable, "-c", _CLUSTER_START, str(data)],
+                          capture_output=True, text=True, timeout=30, env=child_env())
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert f"{data / name}" in done.stdout and "a FIFO" in done.stdout, done.stdout
