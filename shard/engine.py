@@ -51,6 +51,7 @@ from inmem.display import short_value
 from inmem.errors import InmemError, InvalidKey, InvalidValue, RunNotActive, RunNotFound, ValueTooLarge
 from inmem.ops import OPS
 from inmem.values import ALWAYS_VALID_TYPES, DEFAULT_MAX_VALUE_BYTES, check_value
+from inmem.values import _plain as plain_list
 
 from .dead_keys import DEFAULT_RETENTION_S, ReclaimOps
 from .effects import APPLY, CODE, GROUP_BYTES_MAX, array_header
@@ -69,6 +70,9 @@ from .traces import TraceOps
 from .transactions import TxOps, undo_entry
 
 __all__ = ["Engine", "RunData", "TTL_MAX_SECONDS"]
+
+#: levels of lists inside a list value that `_encode` checks itself (far below DEPTH_MAX)
+PLAIN_LEVELS = 6
 
 #: the longest TTL a key may have: a century, in seconds
 TTL_MAX_SECONDS = 100 * 365 * 24 * 3600
@@ -248,11 +252,12 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
         """Validate and encode a value with the engine's own packer (writes are serialised)."""
         t = type(value)
         if t is list:
-            # A list of scalars (a [type, bytes] pair, a row) is checked here in passing.
-            for item in value:
-                if type(item) not in ALWAYS_VALID_TYPES:
-                    check_value(value)
-                    break
+            # A list of scalars, 64-bit ints and such lists a few levels down (a
+            # [type, bytes] pair, a row, a checkpoint record and its references)
+            # is checked here in one pass; anything else goes to the full walk,
+            # which says what is wrong.
+            if not plain_list(value, PLAIN_LEVELS):
+                check_value(value)
         elif t not in ALWAYS_VALID_TYPES:
             check_value(value)
         try:
