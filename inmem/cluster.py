@@ -85,6 +85,13 @@ class Cluster:
         if type(ready_timeout) not in (int, float) or not 0 < ready_timeout < float("inf"):
             raise InvalidOption(f"ready_timeout must be a number of seconds > 0, got "
                                 f"{ready_timeout!r}")
+        if config is not None and not isinstance(config, (str, bytes, os.PathLike)):
+            raise InvalidOption(f"config must be None or the path of a TOML file, got "
+                                f"{type(config).__name__}")
+        if data_dir is not None and not (isinstance(data_dir, (str, os.PathLike))
+                                         and isinstance(os.fspath(data_dir), str)):
+            raise InvalidOption(f"data_dir must be None or a str path (or os.PathLike), got "
+                                f"{type(data_dir).__name__}")
         self._tmp = None
         if data_dir is None and not _names_data_dir(config):
             self._tmp = tempfile.mkdtemp(prefix="inmem-cluster-")

@@ -87,3 +87,11 @@ def test_a_cluster_on_an_embedded_stores_directory_is_refused_before_anything_is
             db.close()
     with inmem.open(store) as db:
         assert db.kv.get("mine", "k") == 1
+
+
+@pytest.mark.parametrize("arguments", [{"config": 5}, {"config": ["a.toml"]},
+                                       {"data_dir": 5}, {"data_dir": b"data"}])
+def test_a_config_or_data_dir_that_is_no_path_is_invalid_option(tmp_path, arguments):
+    # They raised a bare TypeError from open() or os.fspath(), not an inmem error.
+    with pytest.raises(inmem.InvalidOption, match=next(iter(arguments))):
+        inmem.Cluster(**arguments)
