@@ -47,7 +47,8 @@ from langgraph.store.base import (
 )
 from langgraph.store.base.embed import get_text_at_path, tokenize_path
 
-from inmem.errors import InvalidKey, InvalidValue, RunNotFound, TransactionConflict
+from inmem.errors import (InvalidKey, InvalidOption, InvalidValue, RunNotFound,
+                          TransactionConflict)
 from inmem.values import DEPTH_MAX, KEY_BYTES_MAX
 
 from .driver import may_block, raise_first, run_async, run_sync
@@ -103,11 +104,12 @@ class InmemStore(BaseStore):
                  index_fields: list[str] | None = None, ttl: TTLConfig | None = None,
                  offload: bool | None = None) -> None:
         if type(run) is not str or not run:
-            raise TypeError("run must be a non-empty str")
+            raise InvalidOption("run must be a non-empty str")
+        _check_ttl_config(ttl)
         self.db = db
         self.run = run
         self.index_fields = None if index_fields is None else [
-            tokenize_path(p) for p in index_fields]
+            tokenize_path(p) for p in _paths(index_fields, "index_fields", InvalidOption)]
         self.ttl_config = ttl
         self.offload = may_block(db) if offload is None else bool(offload)
 
@@ -128,6 +130,8 @@ class InmemStore(BaseStore):
             _validate(op)
             if isinstance(op, PutOp):
                 _check_item_key(op.namespace, op.key)
+                if op.index not in (None, False):
+                    _paths(op.index, "a put's index", InvalidValue)
                 if op.value is not None and op.ttl is not None:
                     _check_ttl(op.ttl)
             elif isinstance(op, (SearchOp, ListNamespacesOp)):
@@ -304,6 +308,36 @@ def _check_ttl(ttl) -> None:
     if type(ttl) not in (int, float) or not 0 < ttl <= _TTL_MAX_MINUTES:
         raise InvalidValue(f"a store item's ttl is a number of minutes above 0 and at most "
                            f"{_TTL_MAX_MINUTES} (a century), got {ttl!r:.40}")
+
+
+def _paths(paths, what: str, error) -> list:
+    """`paths` if it is a list or tuple of str (value paths), else `error` saying so: a str
+    alone would be taken letter by letter, each a path no value has."""
+    if not isinstance(paths, (list, tuple)) or not all(type(p) is str for p in paths):
+        shown = type(paths).__name__ if not isinstance(paths, (list, tuple)) else next(
+            type(p).__name__ for p in paths if type(p) is not str)
+        raise error(f"{what} must be a list of value paths (str), such as [\"text\"] or "
+                    f"[\"notes[*].body\"], got {shown}")
+    return list(paths)
+
+
+def _check_ttl_config(ttl) -> None:
+    """InvalidOption unless `ttl` is None or a TTLConfig this store can apply."""
+    if ttl is None:
+        return
+    if not isinstance(ttl, dict):
+        raise InvalidOption(f"ttl must be None or LangGraph's TTLConfig (a dict), got "
+                            f"{type(ttl).__name__}")
+    default = ttl.get("default_ttl")
+    if default is not None:
+        try:
+            _check_ttl(default)
+        except InvalidValue as exc:
+            raise InvalidOption(f"ttl's default_ttl: {exc}") from None
+    refresh = ttl.get("refresh_on_read")
+    if refresh is not None and type(refresh) is not bool:
+        raise InvalidOption(f"ttl's refresh_on_read must be a bool, got "
+                            f"{type(refresh).__name__}")
 
 
 def _check_page(limit, offset) -> None:

@@ -353,3 +353,25 @@ def test_a_bad_ttl_or_page_is_refused_in_the_units_the_caller_used(store):
             store.list_namespaces(**kwargs)
     assert len(store.search(("t",), limit=0)) == 0
     assert len(store.search(("t",))) == 2
+
+
+@pytest.mark.parametrize("options", [
+    {"index_fields": "title"},          # a str: each of its letters was taken for a path
+    {"index_fields": 5}, {"index_fields": ["title", 5]},
+    {"ttl": 5}, {"ttl": {"default_ttl": -1}}, {"ttl": {"refresh_on_read": "no"}},
+    {"run": ""}, {"run": 5},
+])
+def test_options_it_cannot_use_are_refused_when_it_is_made(db, options):
+    # index_fields="title" indexed nothing (search(query=...) found no item) without a word;
+    # the others raised TypeError or AttributeError, or waited for the first put.
+    with pytest.raises(inmem.InvalidOption, match=next(iter(options))):
+        InmemStore(db, **options)
+
+
+def test_a_put_whose_index_is_a_str_is_refused(store):
+    # index="title" indexed the paths "t", "i", "l", "e": the item was never found by its text.
+    with pytest.raises(inmem.InvalidValue, match="index"):
+        store.put(("i",), "k", {"title": "alpha"}, index="title")
+    assert store.get(("i",), "k") is None
+    store.put(("i",), "k", {"title": "alpha"}, index=["title"])
+    assert [h.key for h in store.search(("i",), query="alpha")] == ["k"]
