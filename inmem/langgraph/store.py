@@ -136,6 +136,8 @@ class InmemStore(BaseStore):
                     _check_ttl(op.ttl)
             elif isinstance(op, (SearchOp, ListNamespacesOp)):
                 _check_page(op.limit, op.offset)
+                if isinstance(op, SearchOp) and op.filter is not None:
+                    _check_filter(op.filter)
         run = self.run
         now = int(time.time() * 1_000_000)
         results: list = [None] * len(ops)
@@ -395,6 +397,30 @@ def _compare(have, want) -> bool:
         return (isinstance(have, (list, tuple)) and len(have) == len(want)
                 and all(_compare(h, w) for h, w in zip(have, want)))
     return have == want
+
+
+#: the filter operators LangGraph's stores apply
+_OPERATORS = frozenset(("$eq", "$ne", "$gt", "$gte", "$lt", "$lte"))
+
+
+def _check_filter(filter, where: str = "filter") -> None:
+    """InvalidValue unless `filter` is one `_matches` can apply: a dict of str keys whose
+    values are plain values, nested filters, or dicts of known operators. Checked before
+    anything is read, so an empty namespace refuses it as a full one does."""
+    if not isinstance(filter, dict):
+        raise InvalidValue(f"{where} must be a dict, got {type(filter).__name__}")
+    for key, want in filter.items():
+        if type(key) is not str:
+            raise InvalidValue(f"{where} keys must be str, got {type(key).__name__}")
+        if not isinstance(want, dict):
+            continue
+        if any(type(k) is str and k.startswith("$") for k in want):
+            unknown = sorted(repr(k)[:40] for k in want if k not in _OPERATORS)
+            if unknown:
+                raise InvalidValue(f"{where} {key!r:.40} has operators {', '.join(unknown)} "
+                                   f"it cannot apply; it takes {', '.join(sorted(_OPERATORS))}")
+        else:
+            _check_filter(want, f"{where} {key!r:.40}")
 
 
 def _operator(have, op: str, arg) -> bool:

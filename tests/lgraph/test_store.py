@@ -375,3 +375,16 @@ def test_a_put_whose_index_is_a_str_is_refused(store):
     assert store.get(("i",), "k") is None
     store.put(("i",), "k", {"title": "alpha"}, index=["title"])
     assert [h.key for h in store.search(("i",), query="alpha")] == ["k"]
+
+
+@pytest.mark.parametrize("bad", [5, "n", {"n": {"$bogus": 1}}, {"n": {"$gt": 1, "$in": [1]}},
+                                 {1: 2}, {"n": {1: 2}}, {"n": {"x": {"$nope": 1}}}])
+def test_a_filter_it_cannot_apply_is_invalid_value_found_or_not(store, bad):
+    # A filter that is not a dict raised AttributeError; an unknown operator raised ValueError
+    # only when an item was there to compare, and an empty namespace answered [] to it.
+    store.put(("f",), "k", {"n": 1})
+    for prefix in (("f",), ("empty",)):
+        with pytest.raises(inmem.InvalidValue, match="filter"):
+            store.search(prefix, filter=bad)
+        with pytest.raises(inmem.InvalidValue, match="filter"):
+            store.search(prefix, query="x", filter=bad)
