@@ -167,7 +167,9 @@ def kind_of(path) -> str:
         except OSError:
             return "nothing"
         return "a dangling symbolic link"
-    except OSError:
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop"
         return "something this user may not look at"
     if stat.S_ISREG(mode):
         return "a file"

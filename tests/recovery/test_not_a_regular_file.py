@@ -274,3 +274,14 @@ def test_a_fifo_in_a_clusters_data_directory_hangs_no_start(tmp_path, name):
                           capture_output=True, text=True, timeout=30, env=child_env())
     assert done.returncode == 3, (done.stdout, done.stderr)
     assert f"{data / name}" in done.stdout and "a FIFO" in done.stdout, done.stdout
+
+
+def test_a_symbolic_link_loop_under_a_store_name_is_called_one(tmp_path):
+    # It was "something this user may not look at", which sends the reader to permissions.
+    path = tmp_path / "db"
+    path.mkdir()
+    os.symlink("wal", path / "wal")
+    with pytest.raises(inmem.StoreOpenError) as info:
+        inmem.open(path)
+    assert "a symbolic link loop" in str(info.value) and str(path / "wal") in str(info.value)
+    assert "may not look at" not in str(info.value)
