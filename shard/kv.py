@@ -29,8 +29,8 @@ from inmem.types import Versioned
 from inmem.values import KEY_BYTES_MAX, check_key
 
 from .dead_keys import DeadKeys, noted_before
-from .effects import (KV_DEL, KV_PUT, apply_kv_entries, array_header, check_group_size,
-                      put_kv_item)
+from .effects import (GROUP_BYTES_MAX, KV_DEL, KV_PUT, apply_kv_entries, array_header,
+                      check_group_size, put_kv_item)
 from .entries import (DELETED, PLAIN_AT, entry_expires, entry_ts, entry_value, entry_version,
                       live_value, pack_entry)
 from .key_order import order_of
@@ -100,8 +100,15 @@ class KVOps:
                 e = pack_entry(data, version, now, exp)
             item = (KV_PUT, key, e)
             journal = r.journal
-            if self.log is not None:
-                self._log(r.run_id, (item,), journal)
+            log = self.log
+            if log is not None:
+                # Engine._log of one effect, inline: a key and an entry always pack,
+                # and only an entry too large for a record is refused (by _log).
+                packed = self._pack(item)
+                if len(packed) > GROUP_BYTES_MAX:
+                    self._log(r.run_id, (item,), journal)
+                log.append((r.run_id, 1, packed, journal))
+                self.log_writes += 1
             put_kv_item(r, key, e, item)
             if len(journal.items) > journal.trim_at:
                 self._trim_history(r)
