@@ -134,23 +134,46 @@ def generate(directory, shards: int, clients=(CLIENT,)) -> list[tuple[str, str]]
         st = os.stat(directory)
         if stat.S_IMODE(st.st_mode) & 0o077:
             os.chmod(directory, DIR_MODE)
-    done = []
+    # Every pair already there is checked before anything is written: one a cluster would
+    # refuse (or that admits another party than its secret proves) is no pair to keep.
+    kept = set()
     for name in names:
         public_path = os.path.join(directory, name + PUBLIC_SUFFIX)
         secret_path = os.path.join(directory, name + SECRET_SUFFIX)
-        have = [os.path.exists(p) for p in (public_path, secret_path)]
-        if all(have):
-            done.append((name, "kept"))
-            continue
-        if any(have):
+        have = [os.path.lexists(p) for p in (public_path, secret_path)]
+        if any(have) and not all(have):
             raise KeyFileError(f"{directory} holds only one of {name}{PUBLIC_SUFFIX} and "
                                f"{name}{SECRET_SUFFIX}; remove it to have the pair made again")
+        if all(have):
+            _check_kept_pair(name, public_path, secret_path)
+            kept.add(name)
+    done = []
+    for name in names:
+        if name in kept:
+            done.append((name, "kept"))
+            continue
+        public_path = os.path.join(directory, name + PUBLIC_SUFFIX)
+        secret_path = os.path.join(directory, name + SECRET_SUFFIX)
         public, secret = zmq.curve_keypair()
         _write_new(secret_path, _certificate(name, public, secret))
         _write_new(public_path, _certificate(name, public, None))
         done.append((name, "written"))
     fsync_dir(directory)
     return done
+
+
+def _check_kept_pair(name: str, public_path: str, secret_path: str) -> None:
+    """KeyFileError unless the pair at these paths is one a cluster can use as it is."""
+    again = (f"remove {name}{PUBLIC_SUFFIX} and {name}{SECRET_SUFFIX} to have the pair made "
+             "again (then copy the new .key to every host)")
+    try:
+        public, _ = _load(secret_path, True)
+        listed = _load(public_path, False)[0]
+    except KeyFileError as exc:
+        raise KeyFileError(f"{exc}; or {again}") from None
+    if listed != public:
+        raise KeyFileError(f"{public_path} is not the public key of {secret_path}: the cluster "
+                           f"would admit another party than {name}; {again}")
 
 
 # -- reading -----------------------------------------------------------------------

@@ -65,6 +65,31 @@ def test_keys_generate_writes_private_pairs_and_keeps_existing_ones(tmp_path):
     assert len(keyfiles.admitted_keys(d)) == 6
 
 
+@pytest.mark.parametrize("damage", ["garbage secret", "open secret", "mismatched pair",
+                                    "garbage public"])
+def test_keys_generate_does_not_call_a_pair_it_cannot_use_kept(tmp_path, damage):
+    # A pair already there was reported "kept" whatever it held: a damaged or world-readable
+    # secret, or a .key that is not the secret's public half, all of which the cluster
+    # refuses (or admits the wrong party with) at its start, after generate said all was well.
+    d = tmp_path / "keys"
+    assert _cli("keys", "generate", str(d), "--shards", "1").returncode == 0
+    secret, public = d / "shard-0.key_secret", d / "shard-0.key"
+    if damage == "garbage secret":
+        secret.write_text("garbage\n")
+    elif damage == "open secret":
+        os.chmod(secret, 0o644)
+    elif damage == "mismatched pair":
+        public.write_bytes((d / "client.key").read_bytes())
+    else:
+        public.write_text("garbage\n")
+    before = {f: (d / f).read_bytes() for f in os.listdir(d)}
+    r = _cli("keys", "generate", str(d), "--shards", "2")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "shard-0" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "remove" in r.stderr or "chmod" in r.stderr, r.stderr
+    assert {f: (d / f).read_bytes() for f in os.listdir(d)} == before  # nothing changed
+
+
 def test_keys_generate_for_named_clients_writes_the_default_client_too(tmp_path):
     # With only client-alice written, inmem.Cluster on the directory could not start
     # (its own admin client has the default pair) and connect(keys=DIR) failed.
