@@ -77,7 +77,14 @@ class KVOps:
             r = self._writable(run)
         if type(key) is not str or not key.isascii() or not 0 < len(key) <= KEY_BYTES_MAX:
             check_key(key)
-        data = self._encode(value)
+        if type(value) is bytes:
+            # Binary data, the usual value here, packs whatever it holds: only its size
+            # is checked (by _encode, which refuses it, when it is over the limit).
+            data = self._pack(value)
+            if len(data) > self.max_value_bytes:
+                self._encode(value)
+        else:
+            data = self._encode(value)
         now = self.clock()
         old = r.kv.get(key)
         if old is None:
@@ -145,7 +152,9 @@ class KVOps:
         if r is None or r.status not in WRITABLE or self._undo is not None:
             return [self._put_call(a) for a in calls]
         kv = r.kv
-        encode = self._encode
+        encode, pack = self._encode, self._pack
+        # bytes this short pack within the value limit (a header of at most 5 bytes)
+        limit = self.max_value_bytes - 8
         now = self.clock()
         head, ts8, plain_ts = _HEAD_1, now << 8, 0 <= now < _TS_MAX
         floor = self.kv_floors.get(run, 0)
@@ -166,11 +175,15 @@ class KVOps:
                 # which may raise the run's floor: the keys after it start above it.
                 floor = self.kv_floors.get(run, 0)
                 continue
-            try:
-                data = encode(args[2])
-            except InmemError as exc:
-                out.append(exc.with_traceback(None))
-                continue
+            value = args[2]
+            if type(value) is bytes and len(value) < limit:
+                data = pack(value)  # as in kv_put: binary data only has its size to check
+            else:
+                try:
+                    data = encode(value)
+                except InmemError as exc:
+                    out.append(exc.with_traceback(None))
+                    continue
             if size + len(data) > _SERIES_GROUP_BYTES and effs:
                 self._put_group(r, effs, places, out)
                 effs, places, pending, size = [], [], {}, 0

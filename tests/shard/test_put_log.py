@@ -53,3 +53,27 @@ def test_a_put_too_large_for_one_record_is_refused_and_changes_nothing():
     r = e.runs["r"]
     assert (dict(r.kv), list(r.journal.items), list(e.log), e.log_writes) == before
     assert e.kv_put("r", "k", "after") == 2  # the store still takes writes
+
+
+def test_bytes_values_around_the_value_limit_are_taken_or_refused_as_encoded():
+    """kv.put and a series pack bytes without the general check: the limit is still the
+    encoded size's, as `_encode` has it (msgpack adds a 2 to 5 byte header)."""
+    limit = 300
+    for size in range(limit - 12, limit + 2):
+        value = bytes(size)
+        fits = len(msgpack.packb(value, use_bin_type=True)) <= limit
+        one, series = _engine(max_value_bytes=limit), _engine(max_value_bytes=limit)
+        if fits:
+            assert one.kv_put("r", "k", value) == 1
+            assert series.kv_put_series("r", [["r", "k", value], ["r", "j", b"x"]]) == [1, 1]
+            assert one.runs["r"].kv["k"] == series.runs["r"].kv["k"]
+        else:
+            with pytest.raises(ValueTooLarge) as refused:
+                one.kv_put("r", "k", value)
+            with pytest.raises(ValueTooLarge) as by_encode:
+                one._encode(value)
+            assert str(refused.value) == str(by_encode.value)
+            answers = series.kv_put_series("r", [["r", "k", value], ["r", "j", b"x"]])
+            assert type(answers[0]) is ValueTooLarge and str(answers[0]) == str(by_encode.value)
+            assert answers[1] == 1
+            assert "k" not in one.runs["r"].kv and "k" not in series.runs["r"].kv
