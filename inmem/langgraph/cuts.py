@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from langgraph.checkpoint.base.id import uuid6
 
-from inmem.errors import RunNotFound, TransactionConflict
+from inmem.errors import InvalidValue, RunNotFound, TransactionConflict
 
 from .driver import raise_first
 from .keys import (GONE_TTL_S, checkpoint_key, gone_key, head_key, json_name, read_record,
@@ -127,6 +127,7 @@ class CutPlans:
                        for (run_id, ts), got in zip(changed, entries)]
 
     def _delete_for_runs(self, run_ids):
+        _refuse_a_bare_str(run_ids, "run_ids", "delete_for_runs")
         run_ids = [r for r in dict.fromkeys(run_ids) if type(r) is str and r]
         if not run_ids:
             return None
@@ -169,6 +170,7 @@ class CutPlans:
                                   f"while their checkpoints were being deleted; try again")
 
     def _prune(self, thread_ids, strategy):
+        _refuse_a_bare_str(thread_ids, "thread_ids", "prune")
         if strategy == "delete":
             return (yield from self._delete_threads(thread_ids))
         if strategy != "keep_latest":
@@ -374,3 +376,11 @@ def _thread_reads(run) -> list:
     blobs and of its pending writes kept apart."""
     return [("kv.items", (run, "checkpoint/")), ("kv.keys", (run, "blob/")),
             ("kv.keys", (run, "write/"))]
+
+
+def _refuse_a_bare_str(ids, name: str, method: str) -> None:
+    """InvalidValue for a str (or bytes) where a list of ids belongs: iterated, it names one
+    id per letter, so prune("12", strategy="delete") would delete threads "1" and "2"."""
+    if isinstance(ids, (str, bytes)):
+        raise InvalidValue(f"{method} takes a list of {name.replace('_ids', '')} ids, not one "
+                           f"{type(ids).__name__}: {method}([{ids!r:.60}])")

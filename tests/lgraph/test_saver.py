@@ -415,3 +415,31 @@ def test_readers_see_whole_checkpoints_while_a_cut_is_under_way(db, monkeypatch)
         pass
     assert batches > 4  # the cut went in several transactions
     assert [t.metadata["step"] for t in saver.list(config)] == [2, 1, 0]
+
+
+def test_a_bare_str_for_the_threads_or_runs_is_refused_not_taken_letter_by_letter(db):
+    # prune("12", strategy="delete") deleted threads "1" and "2" (a str is a sequence of
+    # one-letter ids), and delete_for_runs("run-7") the runs "r", "u", "n", "-", "7".
+    saver = InmemSaver(db)
+    for thread in ("1", "2", "12"):
+        saver.put({"configurable": {"thread_id": thread, "checkpoint_ns": ""}},
+                  empty_checkpoint(), {"source": "input", "step": 1, "run_id": "7"}, {})
+
+    def threads():
+        return sorted({t.config["configurable"]["thread_id"] for t in saver.list(None)})
+
+    for call in (lambda: saver.prune("12", strategy="delete"), lambda: saver.prune("12"),
+                 lambda: saver.delete_for_runs("77"), lambda: saver.delete_for_runs(b"7"),
+                 lambda: asyncio.run(saver.aprune("12", strategy="delete")),
+                 lambda: asyncio.run(saver.adelete_for_runs("77"))):
+        try:
+            call()
+        except inmem.InvalidValue as exc:
+            assert "list" in str(exc)
+        else:
+            raise AssertionError("a bare str was taken")
+        assert threads() == ["1", "12", "2"]
+    saver.prune(["12"], strategy="delete")
+    assert threads() == ["1", "2"]
+    saver.delete_for_runs(["7"])
+    assert threads() == []
