@@ -49,6 +49,7 @@ import asyncio
 import threading
 
 from inmem.ops import WRITE_OPS
+from inmem.shard.deferred_search import BUDGET_ARG as SEARCH_BUDGET_ARG
 
 from .embedded import EmbeddedBackend
 
@@ -157,6 +158,11 @@ class AsyncEmbeddedBackend:
 
     async def fanout(self, op, args) -> list:
         """One answer per shard; the embedded store is one shard."""
+        if op in SEARCH_BUDGET_ARG:
+            # A search without a budget behind a large text: slice by slice, the
+            # loop's other tasks running between them (see EmbeddedBackend.fanout).
+            while self.sync.index_behind(op, args):
+                await asyncio.sleep(0)
         return [await self.call(op, args)]
 
     async def snapshot(self) -> list:

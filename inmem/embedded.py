@@ -12,11 +12,13 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+import time
 import weakref
 
 import msgpack
 
 from inmem.ops import WRITE_OPS
+from inmem.shard.deferred_search import BUDGET_ARG as SEARCH_BUDGET_ARG, waits_for_index
 from inmem.shard.engine import Engine
 from inmem.shard.entries import PLAIN_AT
 from inmem.shard.upkeep import shard_info
@@ -145,7 +147,21 @@ class EmbeddedBackend:
 
     def fanout(self, op, args) -> list:
         """One answer per shard; the embedded store is one shard."""
+        if op in SEARCH_BUDGET_ARG:
+            while self.index_behind(op, args):
+                time.sleep(0)  # the lock is free here: other threads' calls go in
         return [self.call(op, args)]
+
+    def index_behind(self, op, args) -> bool:
+        """For a search without a budget: one slice of bringing the index up to date,
+        under the lock; whether it is still behind. A search that would wait seconds
+        for a large text to be indexed waits slice by slice, letting go of the lock
+        between them, as a shard worker serves other requests meanwhile
+        (shard.deferred_search)."""
+        if self._closed:
+            return False  # the call itself says so
+        with self.lock:
+            return waits_for_index(self.engine, op, args)
 
     def kv_section(self) -> KV:
         return _FastKV(self)

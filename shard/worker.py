@@ -31,7 +31,10 @@ while the search index is rebuilt after recovery (the shard is ready before
 it is), every turn that finds no request waiting runs one bounded slice of it,
 and a turn that served requests gives it its share of the turn's time
 (`shard.upkeep.IndexShare`), so that a load that never lets the loop idle
-does not hold the index back.
+does not hold the index back. A search without a budget that the index
+cannot serve after one short slice (a large text being indexed) waits apart
+(`shard.deferred_search`), the loop running index slices for it between
+turns, and is answered once the index is up to date.
 
 No input from the network may stop the loop: a frame that is not a message is
 counted and dropped, anything else that is wrong gets an error reply. The
@@ -69,6 +72,7 @@ from inmem.protocol import KIND_ADMIN, KIND_BATCH, KIND_OP, slot_of
 from inmem.ops import ROUTE_BY_FIRST, WRITE_OPS, route_run
 from inmem.shard.commit_wait import CommitWait, fine_timer_slack
 from inmem.shard.deferred_admin import CompactionRequests, SnapshotRequests
+from inmem.shard.deferred_search import BUDGET_ARG as SEARCH_OPS, SearchWaits, waits_for_index
 from inmem.shard.engine import Engine, exception_text, put_series_end
 from inmem.shard.upkeep import UPKEEP_EVERY_S, IndexShare, index_slice, shard_info, upkeep
 from inmem.stream import stream_path
@@ -134,6 +138,9 @@ class Worker:
         #: snapshot and compaction requests answered later (durable modes)
         self.snapshots: SnapshotRequests | None = None
         self.compactions: CompactionRequests | None = None
+        #: searches without a budget waiting for the index (see shard.deferred_search)
+        self.searches = SearchWaits()
+        self._deferred: tuple | None = None
         self.clock = None  # the engine's own clock, unless test hooks may pin it
         self.pinned_us: int | None = None
         if spec.get("test_hooks"):
@@ -231,6 +238,7 @@ class Worker:
         index_share = IndexShare(self.engine, self.lock)
         snapshots = self.snapshots if self.snapshots is not None else ()
         compactions = self.compactions if self.compactions is not None else ()
+        searches = self.searches
         peer_keys = self.peer_keys
 
         def take(timeout: int, batch: list) -> bool:
@@ -267,6 +275,11 @@ class Worker:
                 self.answer_compactions()
                 waiter.touched()
                 if compactions:
+                    timeout = 0  # the next slice after a look at the sockets
+            if searches:
+                self.answer_searches()
+                waiter.touched()
+                if searches:
                     timeout = 0  # the next slice after a look at the sockets
             if rebuilding():
                 timeout = 0
@@ -305,6 +318,17 @@ class Worker:
             if isinstance(result, dict):
                 result = [{"shard": self.shard, **result}]
             frames[-1] = protocol.pack_reply(self.packer, result, self.max_message_bytes)
+            self.reply_to(frames)
+
+    def answer_searches(self) -> None:
+        """One slice of index work for the searches waiting on it; their replies once
+        it is up to date."""
+        with self.lock:
+            ready = self.searches.step(self.engine)
+            for frames, op, args in ready:
+                frames[-1] = protocol.pack_reply(self.packer, self._execute(op, args, None),
+                                                 self.max_message_bytes, op)
+        for frames, _op, _args in ready:
             self.reply_to(frames)
 
     def reply_to(self, reply: list) -> None:
@@ -421,6 +445,12 @@ class Worker:
         try:
             if kind == KIND_OP:
                 body = self.run_op(frames[-1], refuse_writes, owners is not None)
+                if body is None:
+                    # A search without a budget that waits for the index (see
+                    # shard.deferred_search): answered later.
+                    self.searches.add(frames, *self._deferred)
+                    self._deferred = None
+                    return None
             elif kind == KIND_BATCH:
                 body = self.run_batch(frames[-1], refuse_writes)
             elif kind == KIND_ADMIN:
@@ -474,6 +504,9 @@ class Worker:
             if moved is not None:
                 return protocol.error_body(moved)
         engine = self.engine
+        if op in SEARCH_OPS and not self.searches.full() and waits_for_index(engine, op, args):
+            self._deferred = (op, args)
+            return None
         if op in engine.packed_ops:
             # Its stored values go out as they are stored: nothing decoded to be packed again.
             result = self._execute(op, args, refuse_writes, engine.execute_packed)

@@ -74,3 +74,44 @@ def test_reads_are_answered_while_a_large_text_is_indexed(make_cluster):
         assert resp.took_ms <= wall * 1000 + 1
         assert resp.took_ms >= 0
     assert "unresponsive" not in cluster.log_tail(200)
+
+
+@pytest.mark.timeout(240)
+def test_a_search_without_a_budget_waits_for_the_index_without_holding_the_shard(make_cluster):
+    """A search with no budget_ms brought the index up to date inside its request: for a
+    large text that held the shard for seconds (every other client waited; past the
+    heartbeat timeout the shard was marked unresponsive). It now waits for the index
+    apart from the loop, which serves the other clients between index slices, and is
+    still answered with every write committed before it."""
+    cluster = make_cluster(shards=1)
+    db = cluster.connect(request_timeout=120)
+    other = cluster.connect(request_timeout=60)
+    run = db.begin_run()
+    db.kv.put(run, "small", "needle here")
+    db.kv.put(run, "page", big_text(8) + " needle")
+    done = threading.Event()
+    answer: list = []
+
+    def search():
+        try:
+            answer.append(db.search("needle"))
+        except Exception as exc:  # reported below, not lost in the thread
+            answer.append(exc)
+        done.set()
+
+    th = threading.Thread(target=search, daemon=True)
+    th.start()
+    time.sleep(0.3)  # the search is sent and waits on the index (8 MiB takes seconds)
+    served_before = []
+    for i in range(5):
+        other.kv.put(run, f"k{i}", i)
+        served_before.append(not done.is_set() and other.kv.get(run, f"k{i}") == i)
+    th.join(timeout=180)
+    assert served_before == [True] * 5  # answered while the search still waited
+    resp = answer[0]
+    assert not isinstance(resp, Exception), resp
+    assert resp.index_complete is True and resp.budget_exhausted is False
+    assert {h.ref for h in resp.results} >= {"small", "page"}
+    other.close()
+    db.close()
+    assert "unresponsive" not in cluster.log_tail(200)
