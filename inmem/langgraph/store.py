@@ -36,6 +36,7 @@ import msgpack
 from langgraph.store.base import (
     BaseStore,
     GetOp,
+    InvalidNamespaceError,
     Item,
     ListNamespacesOp,
     Op,
@@ -63,6 +64,19 @@ _VALUE, _TEXT, _CREATED, _UPDATED, _TTL = range(5)
 
 
 def _validate(op) -> None:
+    # A str where a tuple of labels belongs (("users") is one) would be taken letter by
+    # letter, each a label: refused before LangGraph's own checks, which let it through.
+    if isinstance(op, SearchOp):
+        namespaces = [op.namespace_prefix]
+    elif isinstance(op, ListNamespacesOp):
+        namespaces = [cond.path for cond in op.match_conditions or ()]
+    else:
+        namespaces = [op.namespace]
+    for namespace in namespaces:
+        if isinstance(namespace, (str, bytes)):
+            raise InvalidNamespaceError(
+                f"a namespace is a tuple of str labels, not a {type(namespace).__name__}: "
+                f"write ({namespace!r:.60},) for one label")
     # langgraph.store.base.validate_op_namespace, where the installed LangGraph has it
     try:
         from langgraph.store.base import validate_op_namespace

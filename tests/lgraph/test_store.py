@@ -388,3 +388,18 @@ def test_a_filter_it_cannot_apply_is_invalid_value_found_or_not(store, bad):
             store.search(prefix, filter=bad)
         with pytest.raises(inmem.InvalidValue, match="filter"):
             store.search(prefix, query="x", filter=bad)
+
+
+def test_a_namespace_given_as_a_str_is_refused_not_split_into_letters(store):
+    # ("users") is a str, not a tuple: the item went under ("u", "s", "e", "r", "s"), where
+    # search(("users",)) never found it.
+    for call in (lambda: store.put(("users"), "k", {"t": "x"}),
+                 lambda: store.get("users", "k"),
+                 lambda: store.delete("users", "k"),
+                 lambda: store.search("users"),
+                 lambda: store.list_namespaces(prefix="users"),
+                 lambda: store.list_namespaces(suffix="users"),
+                 lambda: asyncio.run(store.aput("users", "k", {"t": "x"}))):
+        with pytest.raises(InvalidNamespaceError, match="tuple"):
+            call()
+    assert store.list_namespaces() == []
