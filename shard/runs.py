@@ -155,6 +155,12 @@ class RunOps:
             # A typo in the filter would list nothing, as if no run had the status.
             raise InvalidValue(f"unknown run status {short_value(status)}; one of "
                                f"{', '.join(sorted(LISTED_STATUSES))} (or None)")
+        # Likewise a tag or parent that no run can have (a list where one tag belongs).
+        if tag is not None:
+            check_key(tag, "tag")
+        if parent is not None and type(parent) is not str:
+            raise InvalidValue(f"parent must be a run id (str) or None, got "
+                               f"{type(parent).__name__}")
         start = run_cursor(after)
         if limit is not None and (type(limit) is not int or limit < 1):
             raise InvalidValue(f"limit must be an int of at least 1 or None, got {short_value(limit)}")

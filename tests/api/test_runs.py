@@ -454,6 +454,20 @@ def test_delete_works_in_every_status(db, status):
     assert db.run_status(run) == "not_found"
 
 
+@pytest.mark.parametrize("filters", [{"tag": ["demo"]}, {"tag": ("demo",)}, {"tag": 5},
+                                     {"tag": ""}, {"parent": ["p"]}, {"parent": 5},
+                                     {"parent": b"p"}])
+def test_list_with_a_tag_or_parent_that_is_no_name_is_refused(db, filters):
+    # tag=["demo"] (a list where one tag belongs) listed nothing, as if no run had the tag.
+    parent = db.begin_run(run_id="p", tags=["demo"])
+    db.begin_run(parent=parent, tags=["demo"])
+    with pytest.raises((inmem.InvalidValue, inmem.InvalidKey), match="tag|parent"):
+        db.runs.list(**filters)
+    with pytest.raises((inmem.InvalidValue, inmem.InvalidKey), match="tag|parent"):
+        db.runs.list(**filters, limit=1)
+    assert len(db.runs.list(tag="demo")) == 2 and len(db.runs.list(parent="p")) == 1
+
+
 @pytest.mark.parametrize("status", ["bogus", "Active", "", "not_found", ["active"]])
 def test_list_with_a_status_no_run_can_have_is_refused(db, status):
     # A typo in the filter listed nothing, as if no run had the status.
