@@ -289,11 +289,18 @@ class SearchIndex(Documents, IndexRebuild, Scoring):
         TRIM_HELD_MAX items, the write steps the long document for TRIM_READ_MS
         first, so writes faster than the background slices cannot grow it for ever.
         """
+        held = len(r.journal.items) > TRIM_HELD_MAX
         if self._jobs:
-            if len(r.journal.items) <= TRIM_HELD_MAX or \
-                    not self._run_jobs(time.monotonic() + TRIM_READ_MS / 1000):
+            if not held or not self._run_jobs(time.monotonic() + TRIM_READ_MS / 1000):
                 return self.watermark.get(run_id, 0)
-        self._catch_up_run(run_id, r, len(r.journal), time.monotonic() + TRIM_READ_MS / 1000, 0.0)
+        # Past TRIM_HELD_MAX held, the journal is read to its end, not for TRIM_READ_MS:
+        # a bulk write (a put_many, a pipeline's puts, a transaction) adds more entries than
+        # that reads, so where nothing else catches the index up (an embedded in-memory
+        # store between searches) the history would grow by each one. What is read is what
+        # those writes added, once each.
+        deadline = None if held else time.monotonic() + TRIM_READ_MS / 1000
+        self._catch_up_run(run_id, r, len(r.journal), deadline,
+                           time.monotonic() + TRIM_READ_MS / 1000 if held else 0.0)
         return self.watermark.get(run_id, 0)
 
     def catch_up_for_search(self, runs: dict, now_us: int, deadline: float | None) -> bool:

@@ -110,6 +110,10 @@ class TxOps:
             except InmemError:
                 _rollback(r, undo, journal_len)
                 raise
+            # Its writes journaled with the trim held off (an undo could not follow it):
+            # an in-memory history= limit applies now, as after any other write.
+            if len(r.journal.items) > r.journal.trim_at:
+                self._trim_history(r)
         return results
 
 

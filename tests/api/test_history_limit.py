@@ -62,3 +62,31 @@ def test_a_bad_limit_is_refused(bad):
 def test_a_durable_store_keeps_its_history(tmp_path):
     with pytest.raises(InvalidOption, match="durable"):
         inmem.open(tmp_path / "db", history=10)
+
+
+@pytest.mark.parametrize("how", ["put_many", "pipeline", "transaction"])
+def test_bulk_writes_stay_within_the_limit_without_searches(how):
+    # The trim after a write read the index along for 2 ms only: ~160 entries, where a
+    # put_many, a pipeline or a transaction adds thousands. With no search to catch the
+    # index up, an embedded in-memory store's history grew by every bulk call (40 calls of
+    # 1,000 puts under history=10: ~34,000 entries held, each overwritten value with them).
+    from inmem.shard.search_index import TRIM_HELD_MAX
+    limit = 10
+    db = inmem.open(None, history=limit)
+    run = db.begin_run(run_id="r")
+    for call in range(40):
+        if how == "put_many":
+            db.kv.put_many(run, {f"k{i}": f"text {call} {i}" for i in range(1000)})
+        elif how == "pipeline":
+            with db.pipeline() as p:
+                for i in range(1000):
+                    p.kv.put(run, f"k{i}", f"text {call} {i}")
+        else:
+            with db.transaction(run) as tx:
+                for i in range(1000):
+                    tx.kv.put(f"k{i}", f"text {call} {i}")
+        held = db.info()["shards"][0]["history"]["in_memory"]
+        assert held <= TRIM_HELD_MAX + 2 * limit + 64, (call, held)
+    # What went had been indexed: the newest values are found, the old ones are not.
+    assert db.search("39", run=run, limit=0).total_matches == 1000
+    assert db.search("38", run=run, limit=0).total_matches == 1  # k38 alone
