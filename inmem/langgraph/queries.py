@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from langgraph.checkpoint.base import CheckpointTuple, get_checkpoint_id
 
-from inmem.errors import ProtocolError, RunNotFound
+from inmem.errors import InvalidValue, ProtocolError, RunNotFound
 from inmem.sections import run_cursor_arg
 
 from .driver import raise_first, run_async, run_sync
@@ -131,6 +131,7 @@ class QueryPlans:
 
     def _select(self, config, filter, before, limit):
         """The records `list` returns, in order: [(thread_id, record, metadata)]."""
+        _check_list_arguments(filter, before, limit)
         if limit is not None and limit <= 0:
             return []
         if config is None:
@@ -222,6 +223,19 @@ class QueryPlans:
                                         [blobs[k] for k in keys], writes, metadata,
                                         apart.get(run)))
         return out
+
+
+def _check_list_arguments(filter, before, limit) -> None:
+    """InvalidValue for a `list` argument it cannot use, before anything is read (a slice
+    or a comparison would raise a bare TypeError from deep inside)."""
+    if limit is not None and type(limit) is not int:
+        raise InvalidValue(f"limit must be an int or None, got {type(limit).__name__}")
+    if filter is not None and not isinstance(filter, dict):
+        raise InvalidValue(f"filter must be a dict of metadata keys and values or None, got "
+                           f"{type(filter).__name__}")
+    if before is not None and not isinstance(before, dict):
+        raise InvalidValue(f"before must be a config naming a checkpoint (a dict with "
+                           f"configurable.checkpoint_id) or None, got {type(before).__name__}")
 
 
 def _thread_of(info):

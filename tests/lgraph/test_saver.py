@@ -6,6 +6,7 @@ import operator
 import uuid
 from typing import Annotated, TypedDict
 
+import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.base.id import uuid6
 from langgraph.graph import END, START, StateGraph
@@ -443,3 +444,23 @@ def test_a_bare_str_for_the_threads_or_runs_is_refused_not_taken_letter_by_lette
     assert threads() == ["1", "2"]
     saver.delete_for_runs(["7"])
     assert threads() == []
+
+
+def test_list_refuses_arguments_it_cannot_use_with_invalid_value(db):
+    # limit=1.5 and limit="1" raised TypeError from a slice or a comparison, filter=5
+    # AttributeError, before="id" TypeError ("string indices must be integers").
+    saver = InmemSaver(db)
+    config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    saver.put(config, empty_checkpoint(), {"source": "input", "step": 1}, {})
+    for arguments in ({"limit": 1.5}, {"limit": "1"}, {"limit": True}, {"filter": 5},
+                      {"filter": ["step"]}, {"before": "x"}, {"before": 5}):
+        for target in (config, None):
+            with pytest.raises(inmem.InvalidValue, match=next(iter(arguments))):
+                list(saver.list(target, **arguments))
+        with pytest.raises(inmem.InvalidValue, match=next(iter(arguments))):
+            asyncio.run(_collect(saver.alist(config, **arguments)))
+    assert len(list(saver.list(config, limit=1, filter={"step": 1}))) == 1
+
+
+async def _collect(iterator):
+    return [item async for item in iterator]
