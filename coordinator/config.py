@@ -365,13 +365,17 @@ def check_not_nested(data_dir: str, source: str) -> None:
     cluster's data directory, inside one of its shard directories, or inside an embedded
     store's directory: the files of the two would mix (a shard's WAL and snapshots are its
     directory's alone). `source` says where the value came from."""
-    from inmem.files import enclosing_data_dir, is_store_dir
+    from inmem.files import enclosing_data_dir, is_cluster_dir, is_store_dir
     if is_store_dir(data_dir) and not _has_shard_dirs(data_dir):
         # Its shards would be made inside the store's directory and refused there, after
         # the coordinator had left its lock, slot map and logs among the store's files.
-        raise ConfigError(f"{source}: [cluster] data_dir {data_dir} is the directory of an "
-                          "embedded store (inmem.open); a cluster keeps its data in a "
-                          "directory of its own: name another one")
+        here = os.path.abspath(data_dir)
+        name, parent = os.path.basename(here), os.path.dirname(here)
+        what = (f"the directory of shard {name[6:]} of the cluster at {parent}"
+                if name.startswith("shard-") and name[6:].isdigit() and is_cluster_dir(parent)
+                else "the directory of an embedded store (inmem.open)")
+        raise ConfigError(f"{source}: [cluster] data_dir {data_dir} is {what}; a cluster "
+                          "keeps its data in a directory of its own: name another one")
     found = enclosing_data_dir(data_dir)
     if found is not None:
         root, what = found

@@ -66,3 +66,14 @@ def test_check_not_nested_names_both_and_where_the_setting_came_from(cluster):
     assert str(caught.value).startswith(
         f"--data-dir: [cluster] data_dir {cluster}/shard-0/x is inside {cluster}/shard-0, the "
         f"directory of shard 0 of the cluster at {cluster}; ")
+
+
+def test_a_store_or_shard_directory_is_no_data_directory(cluster, tmp_path):
+    # A cluster on either would make its shards inside a store's directory, refused there
+    # only after the coordinator had written its files among the store's.
+    with pytest.raises(ConfigError, match="shard 0 of the cluster at"):
+        check_not_nested(str(cluster / "shard-0"), "data_dir")
+    _store(tmp_path / "mine")
+    with pytest.raises(ConfigError, match="directory of an embedded store"):
+        check_not_nested(str(tmp_path / "mine"), "data_dir")
+    check_not_nested(str(cluster), "data_dir")  # a cluster's own directory is one
