@@ -131,6 +131,8 @@ class Coordinator:
         self.spec = spec
         self.stopping = False
         self.ready_once = False
+        #: a new data directory's slot map, saved when the cluster is first ready
+        self._unsaved_map = False
         self.t0 = time.monotonic()
         self.counters = {"dropped_frames": 0, "protocol_errors": 0, "internal_errors": 0,
                          "shard_unavailable": 0}
@@ -160,8 +162,9 @@ class Coordinator:
         check_not_nested(spec["data_dir"], "data_dir")
         make_dirs(spec["data_dir"])
         self._lock_fd = lock_data_dir(spec["data_dir"])
-        # A new map is saved once the cluster serves: a start that fails (an endpoint
-        # it cannot bind) must not fix the data directory's shard count.
+        # A new map is saved once the cluster is first ready (`_saw_ready`): a start that
+        # fails (an endpoint it cannot bind, a shard that cannot start) must not fix the
+        # data directory's shard count, nor make it look like one that has served.
         new_map = SlotMap.read(spec["data_dir"]) is None
         slotmap = SlotMap.load_or_create(spec["data_dir"], len(spec["shards"]),
                                          spec["shards_auto"], save=False)
@@ -188,10 +191,9 @@ class Coordinator:
         # The shards first, forked before this process opens a socket or starts a
         # thread: they recover while the rest of the start-up goes on.
         self.supervisor.start_all(fork=True)
+        self._unsaved_map = new_map
         try:
             self._start_serving(spec)
-            if new_map:
-                slotmap.save(spec["data_dir"])
         except BaseException:
             # They have served nothing: no need to wait for a clean stop (a shard
             # killed mid-recovery recovers the same files next time).
@@ -932,6 +934,7 @@ class Coordinator:
             self._open_link_stream(link)
             self.out(f"shard {h.id} ready, pid {h.pid}: {describe_recovery(h.recovery)}")
             if not self.ready_once and all(l.handle.state == READY for l in self.links):
+                self._save_new_map()
                 self.ready_once = True
                 slowest = max((l.handle.recovery[_SECONDS] for l in self.links
                                if l.handle.recovery is not None), default=0.0)
@@ -939,6 +942,20 @@ class Coordinator:
                          f"(slowest shard recovery {slowest:.2f} s) on "
                          f"{self.spec['client_endpoint']}")
         return on_hello
+
+    def _save_new_map(self) -> None:
+        """Save a new data directory's slot map, as its cluster is first ready: before any
+        client is served, and only once every shard made its directory and recovered, so
+        that a slot map on disk means a data directory that has served (`_check_shard_dirs`)."""
+        if not self._unsaved_map:
+            return
+        self._unsaved_map = False
+        try:
+            self.slotmap.save(self.spec["data_dir"])
+        except OSError as exc:
+            # Serving goes on: the next start makes the same even map from the shard count
+            # (or from the shard stores found, see slotmap.load_or_create).
+            self.out(f"warning: cannot save the slot map in {self.spec['data_dir']}: {exc}")
 
     # -- stop ----------------------------------------------------------------------
 
@@ -1055,8 +1072,8 @@ def remove_sockets(spec: dict) -> None:
 
 def _check_shard_dirs(spec: dict) -> None:
     """ClusterNotReady if a local shard's directory is missing from a data directory that
-    has served (its slot map is saved once it serves, after every local shard made its
-    directory).
+    has served (its slot map is saved once the cluster is first ready, after every local
+    shard made its directory and recovered).
 
     A shard started there would make an empty store and the cluster would serve
     without the shard's runs, taking new writes under their ids: a disk not

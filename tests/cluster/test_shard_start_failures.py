@@ -400,3 +400,21 @@ def test_a_missing_shard_directory_of_a_cluster_that_served_fails_the_start(make
     empty = make_cluster(data_dir=data, shards=2, durability="strict")
     with empty.connect() as db:
         assert sum(db.run_status(run) == "not_found" for run in runs) > 0
+
+
+@pytest.mark.timeout(120)
+def test_a_first_start_that_failed_leaves_no_slot_map_to_call_it_served(make_cluster, tmp_path):
+    # The slot map was saved once the coordinator bound its endpoints, before the shards had
+    # recovered: a first start ended by a shard ("shard-1 is a file") left it, and the start
+    # after the cause was removed said shard 1's directory was missing "though this data
+    # directory has served with it", which it never had.
+    data = str(tmp_path / "data")
+    os.mkdir(data)
+    open(os.path.join(data, "shard-1"), "w").close()
+    err, _ = _failed_start(make_cluster, data)
+    assert "is a file, not a directory" in str(err), err
+    assert not os.path.exists(os.path.join(data, "slotmap.json"))
+    os.unlink(os.path.join(data, "shard-1"))
+    again = make_cluster(data_dir=data, shards=2, durability="strict")
+    assert again.status()["ready"] is True
+    assert os.path.isfile(os.path.join(data, "slotmap.json"))  # saved once it was ready
