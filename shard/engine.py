@@ -233,7 +233,8 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
                 data = pack(effs[0])
             else:
                 # Packed as one list, less the list's header: the effects back to back.
-                data = pack(effs if type(effs) is list else list(effs))[len(array_header(n)):]
+                data = pack(effs if type(effs) is list else list(effs))[
+                    1 if n < 16 else len(array_header(n)):]
         except (TypeError, ValueError, OverflowError) as exc:
             self._packer.reset()
             raise InvalidValue(f"this write cannot be logged: {exc}") from None

@@ -38,6 +38,8 @@ from .lifecycle import WRITABLE
 from .runs import RunData
 
 _unpackb = msgpack.unpackb
+#: no value yet (None is one)
+_NOTHING = object()
 _NIL = b"\xc0"
 _PAIR = b"\x92"  # a msgpack array of two
 _HEAD_1 = struct.Struct("<QB").pack
@@ -246,7 +248,8 @@ class KVOps:
         plain = exp is None and 0 <= now < _TS_MAX
         ts8 = now << 8
         kv = r.kv
-        encode = self._encode
+        encode, pack = self._encode, self._pack
+        limit = self.max_value_bytes - 8  # bytes this short pack within the value limit
         floor = self.kv_floors.get(r.run_id, 0)
         effs = []  # the writes in their entry form
         versions = []
@@ -254,24 +257,29 @@ class KVOps:
         fresh = []  # with a TTL: the keys whose entries need a note (shard.dead_keys)
         # One value stored under two keys in a row (a record and the head that
         # repeats it) is encoded once.
-        last = last_data = None
+        last = data = _NOTHING
         for item in items:
             if type(item) not in (list, tuple) or len(item) != 2:
                 raise InvalidValue("items must be a list of [key, value] pairs")
             key, value = item
             if type(key) is not str or not key.isascii() or not 0 < len(key) <= KEY_BYTES_MAX:
                 check_key(key)
-            if value is last and last_data is not None:
-                data = last_data
-            else:
-                data = last_data = encode(value)
+            if value is not last:
+                # Binary data only has its size to check (as in kv_put).
+                data = (pack(value) if type(value) is bytes and len(value) < limit
+                        else encode(value))
                 last = value
             version = seen.get(key)
             if version is None:
                 old = kv.get(key)
-                # The version of a plain entry is its byte 8 (shard.entries).
-                version = (floor if old is None
-                           else (old[8] if not old[0] & 3 else entry_version(old)))
+                if old is None:
+                    version = floor
+                else:
+                    # The version of a plain entry is its byte 8, or bytes 8-9 (a key
+                    # written 256 times or more: a thread's head) (shard.entries).
+                    width = old[0] & 3
+                    version = (old[8] if not width else old[8] | old[9] << 8 if width == 1
+                               else entry_version(old))
                 if exp is not None and not noted_before(old, exp):
                     fresh.append(key)
             version += 1

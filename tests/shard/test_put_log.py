@@ -1,4 +1,4 @@
-"""What a plain kv.put queues for the WAL, and what it refuses to.
+"""What a plain kv.put and a put_many queue for the WAL, and what they refuse.
 
 `kv_put` packs its one effect itself (the hot path: no call of `Engine._log`),
 so these hold it to `_log`'s contract: the group is the effect in its entry
@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from inmem.errors import ValueTooLarge
+from inmem.errors import InvalidKey, InvalidValue, ValueTooLarge
 from inmem.shard.effects import GROUP_BYTES_MAX, KV_PUT
 from inmem.shard.engine import Engine
 
@@ -56,18 +58,24 @@ def test_a_put_too_large_for_one_record_is_refused_and_changes_nothing():
 
 
 def test_bytes_values_around_the_value_limit_are_taken_or_refused_as_encoded():
-    """kv.put and a series pack bytes without the general check: the limit is still the
-    encoded size's, as `_encode` has it (msgpack adds a 2 to 5 byte header)."""
+    """kv.put, a series and put_many pack bytes without the general check: the limit is
+    still the encoded size's, as `_encode` has it (msgpack adds a 2 to 5 byte header)."""
     limit = 300
     for size in range(limit - 12, limit + 2):
         value = bytes(size)
         fits = len(msgpack.packb(value, use_bin_type=True)) <= limit
         one, series = _engine(max_value_bytes=limit), _engine(max_value_bytes=limit)
+        many = _engine(max_value_bytes=limit)
         if fits:
             assert one.kv_put("r", "k", value) == 1
             assert series.kv_put_series("r", [["r", "k", value], ["r", "j", b"x"]]) == [1, 1]
-            assert one.runs["r"].kv["k"] == series.runs["r"].kv["k"]
+            assert many.kv_put_many("r", [["j", b"x"], ["k", value]]) == [1, 1]
+            assert one.runs["r"].kv["k"] == series.runs["r"].kv["k"] == many.runs["r"].kv["k"]
         else:
+            with pytest.raises(ValueTooLarge) as in_many:
+                many.kv_put_many("r", [["j", b"x"], ["k", value]])
+            assert str(in_many.value) == str(pytest.raises(ValueTooLarge, one._encode, value).value)
+            assert many.runs["r"].kv == {}
             with pytest.raises(ValueTooLarge) as refused:
                 one.kv_put("r", "k", value)
             with pytest.raises(ValueTooLarge) as by_encode:
@@ -77,3 +85,42 @@ def test_bytes_values_around_the_value_limit_are_taken_or_refused_as_encoded():
             assert type(answers[0]) is ValueTooLarge and str(answers[0]) == str(by_encode.value)
             assert answers[1] == 1
             assert "k" not in one.runs["r"].kv and "k" not in series.runs["r"].kv
+
+
+_keys = st.sampled_from(["a", "b", "c", "é", "", "x" * 300])
+_values = st.one_of(st.none(), st.binary(max_size=80), st.text(max_size=70), st.integers(),
+                    st.just(["msgpack", b"\x01\x02"]), st.just({"k": [1, 2]}), st.just({1, 2}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_keys, _values, st.booleans()), max_size=8), st.integers(0, 300))
+def test_put_many_stores_and_refuses_as_puts_one_by_one(pairs, written):
+    """Versions, entries and refusals of a put_many are those of its pairs put one at a
+    time (one clock reading for both), whatever the values: the same object twice in a
+    row (encoded once), None, bytes at the limit, a key written hundreds of times."""
+    many, one = _engine(max_value_bytes=64), _engine(max_value_bytes=64)
+    for e in (many, one):
+        for _ in range(written):  # a key past a one-byte version (a thread's head)
+            e.kv_put("r", "a", 0)
+    items, previous = [], None
+    for key, value, again in pairs:
+        # `again`: the previous pair's very value object, as a record and its head share it
+        items.append([key, previous if again and items else value])
+        previous = items[-1][1]
+    refused = None
+    expected = []
+    for key, value in items:
+        try:
+            expected.append(one.kv_put("r", key, value))
+        except (InvalidKey, InvalidValue, ValueTooLarge) as exc:
+            refused = exc
+            break
+    before = dict(many.runs["r"].kv)
+    if refused is not None:
+        with pytest.raises(type(refused)) as got:
+            many.kv_put_many("r", items)
+        assert str(got.value) == str(refused)
+        assert dict(many.runs["r"].kv) == before
+    else:
+        assert many.kv_put_many("r", items) == expected
+        assert dict(many.runs["r"].kv) == dict(one.runs["r"].kv)
