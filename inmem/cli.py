@@ -457,25 +457,40 @@ def _cmd_wal(args) -> int:
     from inmem.wal.inspect import main as inspect_main
     target = args.dir
     if not os.path.exists(target):
-        print(f"inmem wal inspect: {target} does not exist", file=sys.stderr)
-        return 2
+        return _wal_refused(args, target, "missing", f"{target} does not exist")
     if not os.path.isdir(target):
-        print(f"inmem wal inspect: {target} is a file; pass the WAL directory that holds it "
-              f"({os.path.dirname(os.path.abspath(target))}) or the store directory above that",
-              file=sys.stderr)
-        return 2
+        return _wal_refused(
+            args, target, "not_a_directory",
+            f"{target} is a file; pass the WAL directory that holds it "
+            f"({os.path.dirname(os.path.abspath(target))}) or the store directory above that")
     if os.path.isdir(os.path.join(target, "wal")):  # a store (or shard) directory
         target = os.path.join(target, "wal")
     else:
         shards = [d for d in _shard_dirs(target) if os.path.isdir(os.path.join(d, "wal"))]
         if shards:
+            wals = [os.path.join(d, "wal") for d in shards]
+            if args.json:
+                return _wal_refused(args, target, "cluster",
+                                    f"{target} is a cluster's data directory; each shard has "
+                                    "its own WAL", shards=wals)
             print(f"{target} is a cluster's data directory; each shard has its own WAL:")
-            for d in shards:
-                print(f"  inmem wal inspect {os.path.join(d, 'wal')}")
+            for wal in wals:
+                print(f"  inmem wal inspect {wal}")
             return 2
     with _scratch_target() as target_of:
         content = _record_check(target, target_of)
         return inspect_main([target, *(["--json"] if args.json else [])], content=content)
+
+
+def _wal_refused(args, target: str, kind: str, reason: str, **extra) -> int:
+    """Exit 2 for a path `wal inspect` cannot read as a WAL: the reason on stderr, and with
+    --json a report on stdout too (as an empty directory gets), for scripts that read it."""
+    print(f"inmem wal inspect: {reason}", file=sys.stderr)
+    if args.json:
+        report = {"directory": target, "exists": os.path.lexists(target),
+                  "outcome": {"kind": kind, "reason": reason}, "verdict": "refused", **extra}
+        print(json.dumps(report, indent=2, sort_keys=True))
+    return 2
 
 
 class _scratch_target:

@@ -46,3 +46,24 @@ def test_snapshot_verify_good_and_damaged(tmp_path, capsys):
     raw[len(raw) // 2] ^= 0x10
     snap.write_bytes(bytes(raw))
     assert main(["snapshot", "verify", str(snap)]) == 2
+
+
+def test_wal_inspect_json_always_prints_a_report(tmp_path, capsys):
+    # With --json, a path that is a file, a FIFO or missing, and a cluster's data directory,
+    # printed a line on stderr (the cluster's listing on stdout, as text) and no JSON, where
+    # an empty directory got a JSON report: a script reading the JSON had none to read.
+    import json
+    import os
+    (tmp_path / "file").write_bytes(b"")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "cluster" / "shard-0" / "wal").mkdir(parents=True)
+    cases = {"file": "not_a_directory", "fifo": "not_a_directory", "missing": "missing",
+             "cluster": "cluster"}
+    for name, kind in cases.items():
+        assert main(["wal", "inspect", "--json", str(tmp_path / name)]) == 2
+        captured = capsys.readouterr()
+        report = json.loads(captured.out)
+        assert report["verdict"] == "refused" and report["outcome"]["kind"] == kind, report
+        assert report["directory"] == str(tmp_path / name)
+        assert report["exists"] is (name != "missing")
+    assert report["shards"] == [str(tmp_path / "cluster" / "shard-0" / "wal")]
