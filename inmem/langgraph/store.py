@@ -271,6 +271,11 @@ class InmemStore(BaseStore):
             if isinstance(response, RunNotFound):
                 return []
             raise_first([response])
+            if not response.index_complete:
+                # The index is still being rebuilt after a restart (a search helps it for a
+                # few ms, then answers from what it holds): that answer is not every item.
+                # Each search again helps it along, until it holds every write.
+                continue
             hits = [h for h in response.results if h.ref.startswith(prefix)]
             records = []
             if hits:

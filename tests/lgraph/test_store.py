@@ -403,3 +403,24 @@ def test_a_namespace_given_as_a_str_is_refused_not_split_into_letters(store):
         with pytest.raises(InvalidNamespaceError, match="tuple"):
             call()
     assert store.list_namespaces() == []
+
+
+def test_a_text_search_right_after_a_restart_finds_every_item(tmp_path):
+    # The index is rebuilt in the background after a reopen, and a search helps it for
+    # 20 ms, then answers from what is indexed (index_complete=False): the store took that
+    # answer as the whole, and search(query=...) found ~500 of 20,000 items until the
+    # rebuild was done, with nothing to tell the caller.
+    db = inmem.open(tmp_path / "memory")
+    store = InmemStore(db)
+    for batch in range(20):
+        store.batch([PutOp(("n",), f"k{batch}_{i}", {"text": f"alpha beta gamma {i}"})
+                     for i in range(1000)])
+    db.close()
+    db = inmem.open(tmp_path / "memory")
+    try:
+        assert db.info()["shards"][0]["index_complete"] is False  # the case under test
+        store = InmemStore(db)
+        assert len(store.search(("n",), query="alpha", limit=30_000)) == 20_000
+        assert len(asyncio.run(store.asearch(("n",), query="gamma 7", limit=5))) == 5
+    finally:
+        db.close()
