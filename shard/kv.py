@@ -93,8 +93,10 @@ class KVOps:
             floors = self.kv_floors
             version = floors.get(run, 0) + 1 if floors else 1
         else:
-            # The version of a plain entry is its byte 8 (shard.entries).
-            version = (old[8] if not old[0] & 3 else entry_version(old)) + 1
+            # The version of a plain entry is its byte 8, or bytes 8-9 (shard.entries).
+            width = old[0] & 3
+            version = (old[8] if not width else old[8] | old[9] << 8 if width == 1
+                       else entry_version(old)) + 1
         exp = None if ttl is None else now + self._ttl_us(ttl)
         if self._undo is None:
             # _commit and apply_kv, unrolled: no undo entry to keep outside a
@@ -192,12 +194,21 @@ class KVOps:
             version = pending.get(key)
             if version is None:
                 old = kv.get(key)
-                version = (floor if old is None
-                           else (old[8] if not old[0] & 3 else entry_version(old)))
+                if old is None:
+                    version = floor
+                else:
+                    width = old[0] & 3  # as in kv_put
+                    version = (old[8] if not width else old[8] | old[9] << 8 if width == 1
+                               else entry_version(old))
             version += 1
             pending[key] = version
-            effs.append((KV_PUT, key, head(ts8, version) + data if version < 256 and plain_ts
-                         else pack_entry(data, version, now)))
+            if plain_ts and version < 256:
+                e = head(ts8, version) + data
+            elif plain_ts and version < 0x10000:  # a key written 256 times or more
+                e = _HEAD_2(ts8 | 1, version) + data
+            else:
+                e = pack_entry(data, version, now)
+            effs.append((KV_PUT, key, e))
             places.append(len(out))
             out.append(version)
             size += len(data) + len(key) + 32

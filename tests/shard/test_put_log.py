@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from inmem.errors import InvalidKey, InvalidValue, ValueTooLarge
 from inmem.shard.effects import GROUP_BYTES_MAX, KV_PUT
 from inmem.shard.engine import Engine
+from inmem.shard.entries import entry_version, pack_entry
 
 NOW = 1_700_000_000_000_000
 
@@ -124,3 +125,23 @@ def test_put_many_stores_and_refuses_as_puts_one_by_one(pairs, written):
     else:
         assert many.kv_put_many("r", items) == expected
         assert dict(many.runs["r"].kv) == dict(one.runs["r"].kv)
+
+
+@pytest.mark.parametrize("written", [252, 65_532])
+def test_versions_crossing_a_width_are_read_and_written_alike_by_every_put_path(written):
+    """A key written hundreds (or tens of thousands) of times has a two-byte (four-byte)
+    version: kv.put, a series and put_many read it in place and write the entry the
+    general packing writes, across each width's edge."""
+    engines = [_engine() for _ in range(3)]
+    for e in engines:
+        e.runs["r"].kv["a"] = pack_entry(b"\xc0", written, NOW)  # as after `written` puts
+    one, series, many = engines
+    assert [one.kv_put("r", "a", b"x") for _ in range(8)] == list(range(written + 1,
+                                                                        written + 9))
+    assert series.kv_put_series("r", [["r", "a", b"x"]] * 8) == list(range(written + 1,
+                                                                           written + 9))
+    assert many.kv_put_many("r", [["a", b"x"]] * 8) == list(range(written + 1, written + 9))
+    entry = one.runs["r"].kv["a"]
+    assert entry == pack_entry(msgpack.packb(b"x"), written + 8, NOW)
+    assert series.runs["r"].kv["a"] == many.runs["r"].kv["a"] == entry
+    assert entry_version(entry) == written + 8
