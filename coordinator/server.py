@@ -950,6 +950,8 @@ class Coordinator:
         if not self._unsaved_map:
             return
         self._unsaved_map = False
+        if self.spec["durability"] == "inmemory":
+            return  # its shards keep nothing there: the next start may have any count
         try:
             self.slotmap.save(self.spec["data_dir"])
         except OSError as exc:
@@ -1079,7 +1081,10 @@ def _check_shard_dirs(spec: dict) -> None:
     without the shard's runs, taking new writes under their ids: a disk not
     mounted, or a restore that left the directory out, looks just like that.
     An operator who means to start the shard empty makes the directory.
+    An inmemory cluster's shards make none and always start empty: nothing to miss.
     """
+    if spec["durability"] == "inmemory":
+        return
     for shard in spec["shards"]:
         if shard["remote"]:
             continue  # its directory is on its own host

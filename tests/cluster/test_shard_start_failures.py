@@ -418,3 +418,30 @@ def test_a_first_start_that_failed_leaves_no_slot_map_to_call_it_served(make_clu
     again = make_cluster(data_dir=data, shards=2, durability="strict")
     assert again.status()["ready"] is True
     assert os.path.isfile(os.path.join(data, "slotmap.json"))  # saved once it was ready
+
+
+@pytest.mark.timeout(120)
+def test_an_inmemory_cluster_starts_again_on_its_data_directory(make_cluster, tmp_path):
+    # An inmemory shard makes no directory, so once the first start had saved the slot map
+    # every later start on the directory (`inmem serve --durability inmemory` run twice)
+    # ended at once: "shard 0 cannot start: its directory ... is missing, though this data
+    # directory has served with it".
+    # Its slot map is not kept either (its shards keep nothing to route to), so a later
+    # durable start on the directory is a first one, not one missing every shard.
+    data = str(tmp_path / "data")
+    first = make_cluster(data_dir=data, shards=2, durability="inmemory")
+    first.stop()
+    assert not os.path.exists(os.path.join(data, "slotmap.json"))
+    again = make_cluster(data_dir=data, shards=3, durability="inmemory")
+    assert again.status()["ready"] is True
+    again.kill()
+    durable = make_cluster(data_dir=data, shards=2, durability="buffered")
+    with durable.connect() as db:
+        assert db.kv.put(db.begin_run(), "k", 1) == 1
+    durable.stop()
+    # On a directory that has served durably, an inmemory start (which starts empty, and
+    # says so) needs no shard directory either.
+    shutil.rmtree(os.path.join(data, "shard-1"))
+    once_more = make_cluster(data_dir=data, shards=2, durability="inmemory")
+    with once_more.connect() as db:
+        assert db.kv.put(db.begin_run(), "k", 1) == 1
