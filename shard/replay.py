@@ -29,16 +29,21 @@ class ReplayOps:
 
     def run_replay(self, run: str, at: int | None = None) -> list:
         """The run as it was after its first `at` journal entries (all of them: None); see `fold`."""
+        r, at = self.replay_bounds(run, at)
+        return fold(r.journal.raw(0, at), at)
+
+    def replay_bounds(self, run: str, at: int | None = None) -> tuple:
+        """(the run's data, the journal position `at` names: None for its end, a negative
+        one from the end)."""
         r = self._run(run)
         if at is not None and type(at) is not int:
             raise InvalidValue(f"at must be an int journal position or None, got {short_value(at)}")
-        journal = r.journal
-        n = len(journal)
+        n = len(r.journal)
         if at is None or at > n:
             at = n
         elif at < 0:
             at = max(n + at, 0)
-        return fold(journal.raw(0, at), at)
+        return r, at
 
 
 def _slot(item) -> tuple:
@@ -71,44 +76,72 @@ def fold(items: list, at: int | None = None) -> list:
     """
     if at is None or at > len(items):
         at = len(items)
-    kv: dict = {}
-    state: dict = {}
-    docs: dict = {}
-    events: list = []
-    traces: list = []
-    for i in range(at):
-        item = items[i]
-        code = item[CODE]
-        if code == KV_PUT or code == KV_DEL:
-            kv[item[KEY]] = item
-        elif code == EV_APPEND:
-            events.append(item)
-        elif code == ST_PUT or code == ST_DEL:
-            state[item[KEY]] = item
-        elif code == JS_PUT or code == JS_DEL:
-            docs[item[KEY]] = item
-        elif code == TR_ADD:
-            traces.append(item)
-    now = 0
-    if at:
-        last = items[at - 1]
-        code = last[CODE]
-        now = entry_ts(last[2]) if code in KEYED and len(last) == 3 else last[TS_FIELD[code]]
-    # Values stay in the msgpack bytes they are stored as: the caller decodes
-    # each once (RunView.from_wire), so a cluster never unpacks and repacks them.
-    kv_view = {}
-    for k in sorted(kv):
-        item = kv[k]
-        # A history item of a live entry without a TTL (the usual one) is its
-        # value's bytes past a fixed header: no call to take them.
-        if len(item) == 3 and (at_ := PLAIN_AT[item[2][0]]):
-            kv_view[k] = item[2][at_:]
-            continue
-        value, exp = _slot(item)
-        if value is not None and (exp is None or exp > now):
-            kv_view[k] = value
-    state_view = _live_values(state)
-    json_view = _live_values(docs)
-    event_view = [e[1:] for e in events]  # every field after the code
-    trace_view = [e[1:] for e in traces]
-    return [kv_view, json_view, state_view, event_view, trace_view, at]
+    folding = Folding()
+    folding.feed(items, at)
+    return folding.view()
+
+
+class Folding:
+    """A fold fed in pieces, in journal order (`fold` feeds it at once; a shard worker
+    feeds a long journal a slice at a time between its turns, shard.deferred_replay)."""
+
+    __slots__ = ("kv", "state", "docs", "events", "traces", "last", "count")
+
+    def __init__(self):
+        self.kv: dict = {}
+        self.state: dict = {}
+        self.docs: dict = {}
+        self.events: list = []
+        self.traces: list = []
+        self.last = None
+        self.count = 0
+
+    def feed(self, items: list, stop: int | None = None) -> None:
+        """The next entries: `items[:stop]` (all of them: None)."""
+        if stop is None:
+            stop = len(items)
+        if not stop:
+            return
+        kv, state, docs = self.kv, self.state, self.docs
+        events, traces = self.events, self.traces
+        for i in range(stop):
+            item = items[i]
+            code = item[CODE]
+            if code == KV_PUT or code == KV_DEL:
+                kv[item[KEY]] = item
+            elif code == EV_APPEND:
+                events.append(item)
+            elif code == ST_PUT or code == ST_DEL:
+                state[item[KEY]] = item
+            elif code == JS_PUT or code == JS_DEL:
+                docs[item[KEY]] = item
+            elif code == TR_ADD:
+                traces.append(item)
+        self.last = items[stop - 1]
+        self.count += stop
+
+    def view(self) -> list:
+        """The wire form of the run after the entries fed (see `fold`)."""
+        now = 0
+        last = self.last
+        if last is not None:
+            code = last[CODE]
+            now = entry_ts(last[2]) if code in KEYED and len(last) == 3 else last[TS_FIELD[code]]
+        # Values stay in the msgpack bytes they are stored as: the caller decodes
+        # each once (RunView.from_wire), so a cluster never unpacks and repacks them.
+        kv = self.kv
+        kv_view = {}
+        for k in sorted(kv):
+            item = kv[k]
+            # A history item of a live entry without a TTL (the usual one) is its
+            # value's bytes past a fixed header: no call to take them.
+            if len(item) == 3 and (at_ := PLAIN_AT[item[2][0]]):
+                kv_view[k] = item[2][at_:]
+                continue
+            value, exp = _slot(item)
+            if value is not None and (exp is None or exp > now):
+                kv_view[k] = value
+        event_view = [e[1:] for e in self.events]  # every field after the code
+        trace_view = [e[1:] for e in self.traces]
+        return [kv_view, _live_values(self.docs), _live_values(self.state), event_view,
+                trace_view, self.count]

@@ -72,6 +72,7 @@ from inmem.protocol import KIND_ADMIN, KIND_BATCH, KIND_OP, slot_of
 from inmem.ops import ROUTE_BY_FIRST, WRITE_OPS, route_run
 from inmem.shard.commit_wait import CommitWait, fine_timer_slack
 from inmem.shard.deferred_admin import CompactionRequests, SnapshotRequests
+from inmem.shard.deferred_replay import OP as REPLAY_OP, ReplayWaits, replay_jobs
 from inmem.shard.deferred_search import BUDGET_ARG as SEARCH_OPS, SearchWaits, waits_for_index
 from inmem.shard.engine import Engine, exception_text, put_series_end
 from inmem.shard.upkeep import UPKEEP_EVERY_S, IndexShare, index_slice, shard_info, upkeep
@@ -138,8 +139,12 @@ class Worker:
         #: snapshot and compaction requests answered later (durable modes)
         self.snapshots: SnapshotRequests | None = None
         self.compactions: CompactionRequests | None = None
-        #: searches without a budget waiting for the index (see shard.deferred_search)
+        #: searches without a budget waiting for the index (see shard.deferred_search),
+        #: and replays of long runs folded between turns (shard.deferred_replay)
         self.searches = SearchWaits()
+        self.replays = ReplayWaits()
+        #: (the waits, what their `add` takes after the frames) of a request that
+        #: run_op or run_batch left to be answered later
         self._deferred: tuple | None = None
         self.clock = None  # the engine's own clock, unless test hooks may pin it
         self.pinned_us: int | None = None
@@ -239,6 +244,7 @@ class Worker:
         snapshots = self.snapshots if self.snapshots is not None else ()
         compactions = self.compactions if self.compactions is not None else ()
         searches = self.searches
+        replays = self.replays
         peer_keys = self.peer_keys
 
         def take(timeout: int, batch: list) -> bool:
@@ -281,6 +287,11 @@ class Worker:
                 waiter.touched()
                 if searches:
                     timeout = 0  # the next slice after a look at the sockets
+            if replays:
+                self.answer_replays()
+                waiter.touched()
+                if replays:
+                    timeout = 0
             if rebuilding():
                 timeout = 0
             elif not frozen:
@@ -329,6 +340,24 @@ class Worker:
                 frames[-1] = protocol.pack_reply(self.packer, self._execute(op, args, None),
                                                  self.max_message_bytes, op)
         for frames, _op, _args in ready:
+            self.reply_to(frames)
+
+    def answer_replays(self) -> None:
+        """One slice of the first waiting replay's folds; its reply once they are done."""
+        with self.lock:
+            try:
+                done = self.replays.step(self.engine)
+            except Exception as exc:  # a bug: answer the request, keep serving
+                log.error("shard %d: run.replay failed:\n%s", self.shard, traceback.format_exc())
+                frames, jobs, batch = self.replays.queue.pop(0)
+                err = InmemError(f"internal error in run.replay: {exception_text(exc)}")
+                done = [(frames, [err] * len(jobs), batch)]
+            for frames, results, batch in done:
+                frames[-1] = (protocol.pack_results(self.packer, results, self.max_message_bytes)
+                              if batch else
+                              protocol.pack_reply(self.packer, results[0], self.max_message_bytes,
+                                                  REPLAY_OP))
+        for frames, _results, _batch in done:
             self.reply_to(frames)
 
     def reply_to(self, reply: list) -> None:
@@ -445,12 +474,6 @@ class Worker:
         try:
             if kind == KIND_OP:
                 body = self.run_op(frames[-1], refuse_writes, owners is not None)
-                if body is None:
-                    # A search without a budget that waits for the index (see
-                    # shard.deferred_search): answered later.
-                    self.searches.add(frames, *self._deferred)
-                    self._deferred = None
-                    return None
             elif kind == KIND_BATCH:
                 body = self.run_batch(frames[-1], refuse_writes)
             elif kind == KIND_ADMIN:
@@ -460,6 +483,13 @@ class Worker:
             else:
                 self.protocol_errors += 1
                 body = protocol.error_body(ProtocolError("a shard does not answer cluster requests"))
+            if body is None:
+                # A search waiting for the index, or a long replay: answered later
+                # (shard.deferred_search, shard.deferred_replay).
+                waits, *rest = self._deferred
+                self._deferred = None
+                waits.add(frames, *rest)
+                return None
         except Exception as exc:  # whatever the request, its sender gets an answer
             return self.internal_error(frames, exc)
         frames[-1] = body
@@ -505,8 +535,13 @@ class Worker:
                 return protocol.error_body(moved)
         engine = self.engine
         if op in SEARCH_OPS and not self.searches.full() and waits_for_index(engine, op, args):
-            self._deferred = (op, args)
+            self._deferred = (self.searches, op, args)
             return None
+        if op == REPLAY_OP and not self.replays.full():
+            jobs = replay_jobs(engine, [(op, args)])
+            if jobs is not None:
+                self._deferred = (self.replays, jobs, False)
+                return None
         if op in engine.packed_ops:
             # Its stored values go out as they are stored: nothing decoded to be packed again.
             result = self._execute(op, args, refuse_writes, engine.execute_packed)
@@ -526,6 +561,14 @@ class Worker:
             return protocol.error_body(exc)
         execute = self._execute
         moved = None if self.owners is None else self._moved_check()
+        if (items and not self.replays.full()
+                and all(type(item) is not ProtocolError and item[0] == REPLAY_OP
+                        and (moved is None or not moved(*item)) for item in items)):
+            # Nothing but replays (diff_runs): long ones are folded between turns.
+            jobs = replay_jobs(self.engine, items)
+            if jobs is not None:
+                self._deferred = (self.replays, jobs, True)
+                return None
         results: list = []
         i, n = 0, len(items)
         while i < n:
