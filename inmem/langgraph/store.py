@@ -274,7 +274,7 @@ class InmemStore(BaseStore):
             if not response.index_complete:
                 # The index is still being rebuilt after a restart (a search helps it for a
                 # few ms, then answers from what it holds): that answer is not every item.
-                # Each search again helps it along, until it holds every write.
+                yield from self._index_rebuilt(op.query)
                 continue
             hits = [h for h in response.results if h.ref.startswith(prefix)]
             records = []
@@ -292,6 +292,17 @@ class InmemStore(BaseStore):
         if self._refresh(op.refresh_ttl):
             refresh.update((h.ref, rec) for h, rec in page if rec[_TTL])
         return [_search_item(h.ref, rec, h.score) for h, rec in page]
+
+    def _index_rebuilt(self, query: str):
+        """Search (for no hits) until the index holds every write: each search helps its
+        rebuild along for a few ms, and asking for no hits leaves out their scoring."""
+        while True:
+            (response,) = yield [("search", (query, self.run, ["kv"], 0, 0))]
+            if isinstance(response, RunNotFound):
+                return
+            raise_first([response])
+            if response.index_complete:
+                return
 
     def _text(self, op: PutOp) -> str | None:
         if op.index is False:
