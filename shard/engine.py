@@ -51,7 +51,6 @@ from inmem.display import short_value
 from inmem.errors import InmemError, InvalidKey, InvalidValue, RunNotActive, RunNotFound, ValueTooLarge
 from inmem.ops import OPS
 from inmem.values import ALWAYS_VALID_TYPES, DEFAULT_MAX_VALUE_BYTES, check_value
-from inmem.values import _plain as plain_list
 
 from .dead_keys import DEFAULT_RETENTION_S, ReclaimOps
 from .effects import APPLY, CODE, GROUP_BYTES_MAX, array_header
@@ -60,6 +59,7 @@ from .history import history_limit
 from .json_docs import JsonOps
 from .kv import KVOps
 from .lifecycle import WRITABLE
+from .plain_values import plain_value
 from .recovery_apply import RecoveryOps
 from .replay import ReplayOps
 from .runs import RunData, RunOps
@@ -70,9 +70,6 @@ from .traces import TraceOps
 from .transactions import TxOps, undo_entry
 
 __all__ = ["Engine", "RunData", "TTL_MAX_SECONDS"]
-
-#: levels of lists inside a list value that `_encode` checks itself (far below DEPTH_MAX)
-PLAIN_LEVELS = 6
 
 #: the longest TTL a key may have: a century, in seconds
 TTL_MAX_SECONDS = 100 * 365 * 24 * 3600
@@ -252,12 +249,11 @@ class Engine(RunOps, KVOps, EventOps, StateOps, TraceOps, JsonOps, TxOps, Replay
     def _encode(self, value) -> bytes:
         """Validate and encode a value with the engine's own packer (writes are serialised)."""
         t = type(value)
-        if t is list:
-            # A list of scalars, 64-bit ints and such lists a few levels down (a
-            # [type, bytes] pair, a row, a checkpoint record and its references)
-            # is checked here in one pass; anything else goes to the full walk,
-            # which says what is wrong.
-            if not plain_list(value, PLAIN_LEVELS):
+        if t is list or t is dict:
+            # A document or a list a few levels deep (a message, a [type, bytes]
+            # pair, a checkpoint record and its references) is checked here in one
+            # pass; anything else goes to the full walk, which says what is wrong.
+            if not plain_value(value):
                 check_value(value)
         elif t not in ALWAYS_VALID_TYPES:
             check_value(value)
