@@ -98,6 +98,30 @@ def parse_key(stored: str) -> tuple[tuple, str]:
     return tuple(unesc(p) for p in parts[:-1]), unesc(parts[-1][1:])
 
 
+def _not_an_item(run: str, key: str) -> InvalidValue:
+    return InvalidValue(f"run {run!r} holds KV key {key!r:.80}, which is not an InmemStore "
+                        "item: the store's run must hold its items alone; give the store a "
+                        "run of its own (InmemStore(db, run=...))")
+
+
+def _checked_key(run: str, key: str) -> str:
+    """`key` if it is one `item_key` makes, else InvalidValue naming it."""
+    last = key.rpartition("/")[2]
+    if not last.startswith(":") or "" in key.split("/")[:-1]:
+        raise _not_an_item(run, key)
+    return key
+
+
+def _checked_record(run: str, key: str, record):
+    """`record` if it is one a put stores ([value, text, created, updated, ttl]), else
+    InvalidValue naming the key."""
+    if (type(record) is not list or len(record) != 5 or type(record[_VALUE]) is not bytes
+            or type(record[_CREATED]) is not int or type(record[_UPDATED]) is not int):
+        raise _not_an_item(run, key)
+    _checked_key(run, key)
+    return record
+
+
 class InmemStore(BaseStore):
     """A LangGraph store whose items live in an inmem database, with BM25 text search.
 
@@ -177,6 +201,7 @@ class InmemStore(BaseStore):
         missing_run = any(isinstance(r, RunNotFound) for r in got)
         if not missing_run:
             raise_first(got)
+            self._check_reads(ops, where, got, put_keys)
         refresh: dict = {}
         for i, op in enumerate(ops):
             if i not in where:
@@ -214,6 +239,27 @@ class InmemStore(BaseStore):
         if refresh:
             yield from self._refresh_ttls(list(refresh))
         return results
+
+    def _check_reads(self, ops: list, where: dict, got: list, put_keys: list) -> None:
+        """InvalidValue before anything is answered or written when the run holds a key
+        or a value that is no item of this store (a run shared with other data)."""
+        run = self.run
+        for i, at in where.items():
+            answer, op = got[at], ops[i]
+            if answer is None:
+                continue
+            if isinstance(op, GetOp):
+                _checked_record(run, item_key(op.namespace, op.key), answer)
+            elif isinstance(op, SearchOp):
+                for key, record in answer:
+                    _checked_record(run, key, record)
+            else:
+                for key in answer:
+                    _checked_key(run, key)
+        if put_keys:
+            for key, record in zip(put_keys, got[-1]):
+                if record is not None:
+                    _checked_record(run, key, record)
 
     def _creates(self, runs: list) -> list:
         """The operations that create the store's run, paused."""
@@ -282,6 +328,9 @@ class InmemStore(BaseStore):
                 (records,) = yield from read_in_pieces(
                     [("kv.get_many", (self.run, [h.ref for h in hits]))])
                 raise_first([records])
+            for h, rec in zip(hits, records):
+                if rec is not None:
+                    _checked_record(self.run, h.ref, rec)
             found = [(h, rec) for h, rec in zip(hits, records) if rec is not None and (
                 not op.filter or _matches(_unpack(rec[_VALUE]), op.filter))]
             exhausted = len(response.results) < fetch or fetch >= response.total_matches

@@ -424,3 +424,20 @@ def test_a_text_search_right_after_a_restart_finds_every_item(tmp_path):
         assert len(asyncio.run(store.asearch(("n",), query="gamma 7", limit=5))) == 5
     finally:
         db.close()
+
+
+def test_a_run_holding_other_keys_is_named_not_misread(db):
+    # Given a run that holds other KV keys (an agent's own run), every read ended in a bare
+    # KeyError, TypeError or IndexError from inside the record's decoding, and
+    # list_namespaces reported a namespace () for a key that is no item.
+    run = db.begin_run(run_id="agent")
+    db.kv.put(run, "plain", "x")
+    db.kv.put(run, "n/:k", b"not a record")
+    store = InmemStore(db, run="agent")
+    for call in (store.list_namespaces, lambda: store.search(()),
+                 lambda: store.search(("n",)), lambda: store.get(("n",), "k"),
+                 lambda: store.search((), query="x"),
+                 lambda: store.put(("n",), "k", {"v": 1})):
+        with pytest.raises(inmem.InvalidValue, match="not an InmemStore item"):
+            call()
+    assert db.kv.get(run, "n/:k") == b"not a record"  # nothing was written over it
