@@ -53,6 +53,12 @@ def _names_data_dir(config) -> bool:
 
 
 
+def _check_seconds(name: str, value) -> None:
+    """InvalidOption unless `value` is a finite number of seconds above 0 (not a bool)."""
+    if type(value) not in (int, float) or not 0 < value < float("inf"):
+        raise InvalidOption(f"{name} must be a number of seconds > 0, got {value!r:.40}")
+
+
 def _log_opener(path, flags: int) -> int:
     """`private_opener` for the coordinator's log, which must be a regular file: opening a
     FIFO for writing would wait for a reader for good (NotRegularFile instead)."""
@@ -82,9 +88,7 @@ class Cluster:
                  data_dir: str | os.PathLike | None = None, shards: int | None = None,
                  durability: str | None = None, *, ready_timeout: float = 60.0, **overrides):
         from inmem.coordinator import config as cfg
-        if type(ready_timeout) not in (int, float) or not 0 < ready_timeout < float("inf"):
-            raise InvalidOption(f"ready_timeout must be a number of seconds > 0, got "
-                                f"{ready_timeout!r}")
+        _check_seconds("ready_timeout", ready_timeout)
         if config is not None and not isinstance(config, (str, bytes, os.PathLike)):
             raise InvalidOption(f"config must be None or the path of a TOML file, got "
                                 f"{type(config).__name__}")
@@ -163,6 +167,7 @@ class Cluster:
         start: ...") with `shard`, `path` and `cause` set. At the timeout, the
         message says what each shard not ready is waiting on, then the log's tail.
         """
+        _check_seconds("timeout", timeout)
         deadline = time.monotonic() + timeout
         admin = self._admin_backend()
         while True:
@@ -330,6 +335,10 @@ class Cluster:
 
     def log_tail(self, lines: int = 30) -> str:
         """The last `lines` lines of `<data_dir>/coordinator.log`."""
+        if type(lines) is not int or lines < 0:
+            raise InvalidOption(f"lines must be an int >= 0, got {lines!r:.40}")
+        if lines == 0:
+            return ""  # (a slice [-0:] would be every line)
         try:
             with open(os.path.join(self.data_dir, "coordinator.log"), "rb") as f:
                 f.seek(0, os.SEEK_END)

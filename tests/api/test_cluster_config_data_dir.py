@@ -95,3 +95,18 @@ def test_a_config_or_data_dir_that_is_no_path_is_invalid_option(tmp_path, argume
     # They raised a bare TypeError from open() or os.fspath(), not an inmem error.
     with pytest.raises(inmem.InvalidOption, match=next(iter(arguments))):
         inmem.Cluster(**arguments)
+
+
+def test_the_methods_refuse_arguments_they_cannot_use(tmp_path):
+    # wait_ready(nan) raised ValueError and wait_ready("1") TypeError from inside its loop,
+    # log_tail("x") TypeError; log_tail(0) gave the whole tail (lines[-0:] is every line).
+    cluster = inmem.Cluster(data_dir=tmp_path / "data", shards=1, durability="inmemory")
+    with cluster:
+        for bad in (float("nan"), "1", -1, True, float("inf")):
+            with pytest.raises(inmem.InvalidOption, match="timeout"):
+                cluster.wait_ready(bad)
+        for bad in ("x", -1, 1.5, True):
+            with pytest.raises(inmem.InvalidOption, match="lines"):
+                cluster.log_tail(bad)
+        assert cluster.log_tail(0) == ""
+        assert cluster.wait_ready(30)["ready"] is True
