@@ -1,35 +1,40 @@
-"""Replays of long runs, folded a slice at a time between a shard worker's turns.
+"""Long reads done a slice at a time between a shard worker's turns: replays, chain checks.
 
 `run.replay` (behind `db.replay_run` and `db.diff_runs`) folds a run's journal
-from its first entry: O(run size). Folded inside its request, a run of a
-quarter of a million entries held its shard for half a second (every other
-client of the shard waited), and a long-lived agent's run of millions for
-longer than the coordinator's heartbeat timeout. A worker folds a journal
-longer than `INLINE_ENTRIES` here instead: the request waits, and the loop
-feeds its fold (`shard.replay.Folding`) `SLICE_ENTRIES` at a time between its
-turns, serving everyone else meanwhile, then answers it. The journal is
-append-only and the position is fixed when the request arrives, so the
-answer is the one an inline fold would have given; a run deleted meanwhile
-answers RunNotFound, as a replay that came after the delete would.
+from its first entry, and `ev.verify` (`events.verify_chain`) hashes a run's
+events from the first: both O(run size). Done inside its request, a replay of
+a run of a quarter of a million entries held its shard for half a second
+(every other client of the shard waited), a check of 50,000 events as long,
+and a long-lived agent's run of millions would outlast the coordinator's
+heartbeat timeout. A worker does a long one here instead: the request waits,
+and the loop steps its job (`ReplayJob`, over `shard.replay.Folding`; or
+`shard.events.ChainVerification`) a slice at a time between its turns,
+serving everyone else meanwhile, then answers it. Journals and event logs
+are append-only and the extent is fixed when the request arrives, so the
+answer is the one done inline would have given; a run deleted meanwhile
+answers RunNotFound, as a request that came after the delete would.
 
-A request is one `run.replay`, or a pipeline of nothing but `run.replay`
-calls (`diff_runs` of two runs on one shard sends that); a pipeline that mixes
-them with other operations runs inline, in its order.
+A request is one such call, or a pipeline of nothing but `run.replay` calls
+(`diff_runs` of two runs on one shard sends that); a pipeline that mixes them
+with other operations runs inline, in its order.
 """
 
 from __future__ import annotations
 
 from inmem.errors import InmemError, RunNotFound
 
+from .events import ChainVerification
 from .replay import Folding
 
 #: a journal this long or shorter is folded inside its request (a few tens of ms)
 INLINE_ENTRIES = 20_000
-#: entries folded per slice while a replay waits
-SLICE_ENTRIES = 8_192
-#: replay requests that may wait at once; past that one is folded inline
+#: a chain this long or shorter is checked inside its request (about as long)
+INLINE_EVENTS = 4_000
+#: requests that may wait at once; past that one is done inline
 WAITING_MAX = 1024
-OP = "run.replay"
+REPLAY = "run.replay"
+VERIFY = "ev.verify"
+OPS = (REPLAY, VERIFY)
 
 
 class ReplayJob:
@@ -60,6 +65,25 @@ class ReplayJob:
     def done(self) -> bool:
         return self.pos >= self.at
 
+    def result(self) -> list:
+        return self.folding.view()
+
+
+#: what one slice does of each kind of job (about 10 ms of work)
+SLICE = {ReplayJob: 8_192, ChainVerification: 1_024}
+
+
+def verify_job(engine, args) -> list | None:
+    """For `ev.verify(*args)`: [its job] when the chain is long enough to check apart;
+    None to check it inline (bad arguments included: the call says why). Hold the
+    engine's lock."""
+    if len(args) != 1 or type(args[0]) is not str:
+        return None
+    data = engine.runs.get(args[0])
+    if data is None or len(data.events) <= INLINE_EVENTS:
+        return None
+    return [ChainVerification(args[0], data)]
+
 
 def replay_jobs(engine, calls: list) -> list | None:
     """For `calls` ([(op, args)], every op `run.replay`): a job per call (or the
@@ -71,7 +95,7 @@ def replay_jobs(engine, calls: list) -> list | None:
         try:
             data, at = engine.replay_bounds(*args)
         except TypeError as exc:
-            jobs.append(InmemError(f"bad arguments for {OP}: {exc}"))
+            jobs.append(InmemError(f"bad arguments for {REPLAY}: {exc}"))
             continue
         except InmemError as exc:
             jobs.append(exc)
@@ -81,8 +105,9 @@ def replay_jobs(engine, calls: list) -> list | None:
     return jobs if total > INLINE_ENTRIES else None
 
 
-class ReplayWaits:
-    """The replay requests waiting, first come first folded: [frames, jobs, batch?]."""
+class ReadWaits:
+    """The requests waiting, first come first done: (frames, jobs, the op, or None for
+    a pipeline)."""
 
     __slots__ = ("queue",)
 
@@ -95,29 +120,30 @@ class ReplayWaits:
     def full(self) -> bool:
         return len(self.queue) >= WAITING_MAX
 
-    def add(self, frames: list, jobs: list, batch: bool) -> None:
-        self.queue.append((frames, jobs, batch))
+    def add(self, frames: list, jobs: list, op: str | None) -> None:
+        self.queue.append((frames, jobs, op))
 
     def step(self, engine) -> list:
-        """One slice of the first request's folds (hold the engine's lock); once they are
-        all done, [(frames, results, batch?)] for it (a result: the view or the
+        """One slice of the first request's jobs (hold the engine's lock); once they are
+        all done, [(frames, results, op)] for it (a result: the job's or the
         InmemError), else []."""
         if not self.queue:
             return []
-        frames, jobs, batch = self.queue[0]
-        budget = SLICE_ENTRIES
+        frames, jobs, op = self.queue[0]
+        share = 1.0  # of one slice, shared by the jobs of a pipeline in turn
         for i, job in enumerate(jobs):
-            if type(job) is not ReplayJob or job.done:
+            if isinstance(job, InmemError) or job.done:
                 continue
+            budget = max(1, int(SLICE[type(job)] * share))
             try:
-                budget -= job.step(engine, budget)
+                share -= job.step(engine, budget) / SLICE[type(job)]
             except InmemError as exc:
                 jobs[i] = exc
                 continue
-            if budget <= 0:
+            if share <= 0:
                 break
-        if any(type(job) is ReplayJob and not job.done for job in jobs):
+        if any(not isinstance(job, InmemError) and not job.done for job in jobs):
             return []
         self.queue.pop(0)
-        results = [job.folding.view() if type(job) is ReplayJob else job for job in jobs]
-        return [(frames, results, batch)]
+        return [(frames, [job if isinstance(job, InmemError) else job.result() for job in jobs],
+                 op)]

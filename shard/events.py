@@ -15,7 +15,7 @@ from typing import Callable
 
 import msgpack
 
-from inmem.errors import InvalidValue
+from inmem.errors import InvalidValue, RunNotFound
 from inmem.types import ChainCheck, Event
 from inmem.values import ZERO_HASH, canonical, check_key
 
@@ -115,17 +115,55 @@ class EventOps:
         return [as_event(events[s]) for s in seqs[start:start + limit if limit else None]]
 
     def ev_verify(self, run: str) -> ChainCheck:
-        r: RunData = self._run(run)
-        n = len(r.events)
-        prev = ZERO_HASH
-        for i, e in enumerate(r.events):
+        job = ChainVerification(run, self._run(run))
+        job.step(self, job.n)
+        return job.result()
+
+
+class ChainVerification:
+    """A run's hash chain checked from its first event, in slices if need be (a shard
+    worker checks a long chain between its turns: shard.deferred_reads). The events
+    counted are those the run had when it began; RunNotFound when the run is deleted
+    (or replaced) before it is done."""
+
+    __slots__ = ("run", "data", "n", "pos", "prev", "failed")
+
+    def __init__(self, run: str, data: RunData):
+        self.run = run
+        self.data = data
+        self.n = len(data.events)
+        self.pos = 0
+        self.prev = ZERO_HASH
+        self.failed: ChainCheck | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.failed is not None or self.pos >= self.n
+
+    def step(self, engine, budget: int) -> int:
+        """Check up to `budget` more events; how many were checked."""
+        if engine.runs.get(self.run) is not self.data:
+            raise RunNotFound(f"run {self.run!r} was deleted while its chain was checked")
+        events, n, prev = self.data.events, self.n, self.prev
+        start = i = self.pos
+        stop = min(start + budget, n)
+        while i < stop:
+            e = events[i]
             if e[EV_SEQ] != i:
-                return ChainCheck(False, n, i, f"event {i} has sequence {e[EV_SEQ]}")
+                self.failed = ChainCheck(False, n, i, f"event {i} has sequence {e[EV_SEQ]}")
+                break
             if e[EV_PREV_HASH] != prev:
-                return ChainCheck(False, n, i, f"event {i}: prev_hash does not match")
+                self.failed = ChainCheck(False, n, i, f"event {i}: prev_hash does not match")
+                break
             body = hash_input(_packb_shared, e[EV_SEQ], e[EV_TYPE], e[EV_PAYLOAD], e[EV_TS],
                               e[EV_PREV_HASH])
             if _sha256(body).digest() != e[EV_HASH]:
-                return ChainCheck(False, n, i, f"event {i}: hash does not match")
+                self.failed = ChainCheck(False, n, i, f"event {i}: hash does not match")
+                break
             prev = e[EV_HASH]
-        return ChainCheck(True, n, None, None)
+            i += 1
+        self.pos, self.prev = i, prev
+        return i - start + (self.failed is not None)
+
+    def result(self) -> ChainCheck:
+        return self.failed or ChainCheck(True, self.n, None, None)

@@ -83,7 +83,7 @@ def fold(items: list, at: int | None = None) -> list:
 
 class Folding:
     """A fold fed in pieces, in journal order (`fold` feeds it at once; a shard worker
-    feeds a long journal a slice at a time between its turns, shard.deferred_replay)."""
+    feeds a long journal a slice at a time between its turns, shard.deferred_reads)."""
 
     __slots__ = ("kv", "state", "docs", "events", "traces", "last", "count")
 

@@ -72,7 +72,7 @@ from inmem.protocol import KIND_ADMIN, KIND_BATCH, KIND_OP, slot_of
 from inmem.ops import ROUTE_BY_FIRST, WRITE_OPS, route_run
 from inmem.shard.commit_wait import CommitWait, fine_timer_slack
 from inmem.shard.deferred_admin import CompactionRequests, SnapshotRequests
-from inmem.shard.deferred_replay import OP as REPLAY_OP, ReplayWaits, replay_jobs
+from inmem.shard.deferred_reads import OPS as SLICED_READS, REPLAY, ReadWaits, replay_jobs, verify_job
 from inmem.shard.deferred_search import BUDGET_ARG as SEARCH_OPS, SearchWaits, waits_for_index
 from inmem.shard.engine import Engine, exception_text, put_series_end
 from inmem.shard.upkeep import UPKEEP_EVERY_S, IndexShare, index_slice, shard_info, upkeep
@@ -140,9 +140,9 @@ class Worker:
         self.snapshots: SnapshotRequests | None = None
         self.compactions: CompactionRequests | None = None
         #: searches without a budget waiting for the index (see shard.deferred_search),
-        #: and replays of long runs folded between turns (shard.deferred_replay)
+        #: and long replays and chain checks done between turns (shard.deferred_reads)
         self.searches = SearchWaits()
-        self.replays = ReplayWaits()
+        self.slow_reads = ReadWaits()
         #: (the waits, what their `add` takes after the frames) of a request that
         #: run_op or run_batch left to be answered later
         self._deferred: tuple | None = None
@@ -244,7 +244,7 @@ class Worker:
         snapshots = self.snapshots if self.snapshots is not None else ()
         compactions = self.compactions if self.compactions is not None else ()
         searches = self.searches
-        replays = self.replays
+        slow_reads = self.slow_reads
         peer_keys = self.peer_keys
 
         def take(timeout: int, batch: list) -> bool:
@@ -287,10 +287,10 @@ class Worker:
                 waiter.touched()
                 if searches:
                     timeout = 0  # the next slice after a look at the sockets
-            if replays:
-                self.answer_replays()
+            if slow_reads:
+                self.answer_slow_reads()
                 waiter.touched()
-                if replays:
+                if slow_reads:
                     timeout = 0
             if rebuilding():
                 timeout = 0
@@ -342,22 +342,22 @@ class Worker:
         for frames, _op, _args in ready:
             self.reply_to(frames)
 
-    def answer_replays(self) -> None:
-        """One slice of the first waiting replay's folds; its reply once they are done."""
+    def answer_slow_reads(self) -> None:
+        """One slice of the first waiting long read; its reply once it is done."""
         with self.lock:
             try:
-                done = self.replays.step(self.engine)
+                done = self.slow_reads.step(self.engine)
             except Exception as exc:  # a bug: answer the request, keep serving
-                log.error("shard %d: run.replay failed:\n%s", self.shard, traceback.format_exc())
-                frames, jobs, batch = self.replays.queue.pop(0)
-                err = InmemError(f"internal error in run.replay: {exception_text(exc)}")
-                done = [(frames, [err] * len(jobs), batch)]
-            for frames, results, batch in done:
+                log.error("shard %d: a long read failed:\n%s", self.shard, traceback.format_exc())
+                frames, jobs, op = self.slow_reads.queue.pop(0)
+                err = InmemError(f"internal error in {op or REPLAY}: {exception_text(exc)}")
+                done = [(frames, [err] * len(jobs), op)]
+            for frames, results, op in done:
                 frames[-1] = (protocol.pack_results(self.packer, results, self.max_message_bytes)
-                              if batch else
+                              if op is None else
                               protocol.pack_reply(self.packer, results[0], self.max_message_bytes,
-                                                  REPLAY_OP))
-        for frames, _results, _batch in done:
+                                                  op))
+        for frames, _results, _op in done:
             self.reply_to(frames)
 
     def reply_to(self, reply: list) -> None:
@@ -484,8 +484,8 @@ class Worker:
                 self.protocol_errors += 1
                 body = protocol.error_body(ProtocolError("a shard does not answer cluster requests"))
             if body is None:
-                # A search waiting for the index, or a long replay: answered later
-                # (shard.deferred_search, shard.deferred_replay).
+                # A search waiting for the index, or a long replay or chain check:
+                # answered later (shard.deferred_search, shard.deferred_reads).
                 waits, *rest = self._deferred
                 self._deferred = None
                 waits.add(frames, *rest)
@@ -537,10 +537,11 @@ class Worker:
         if op in SEARCH_OPS and not self.searches.full() and waits_for_index(engine, op, args):
             self._deferred = (self.searches, op, args)
             return None
-        if op == REPLAY_OP and not self.replays.full():
-            jobs = replay_jobs(engine, [(op, args)])
+        if op in SLICED_READS and not self.slow_reads.full():
+            jobs = (replay_jobs(engine, [(op, args)]) if op == REPLAY
+                    else verify_job(engine, args))
             if jobs is not None:
-                self._deferred = (self.replays, jobs, False)
+                self._deferred = (self.slow_reads, jobs, op)
                 return None
         if op in engine.packed_ops:
             # Its stored values go out as they are stored: nothing decoded to be packed again.
@@ -561,13 +562,13 @@ class Worker:
             return protocol.error_body(exc)
         execute = self._execute
         moved = None if self.owners is None else self._moved_check()
-        if (items and not self.replays.full()
-                and all(type(item) is not ProtocolError and item[0] == REPLAY_OP
+        if (items and not self.slow_reads.full()
+                and all(type(item) is not ProtocolError and item[0] == REPLAY
                         and (moved is None or not moved(*item)) for item in items)):
             # Nothing but replays (diff_runs): long ones are folded between turns.
             jobs = replay_jobs(self.engine, items)
             if jobs is not None:
-                self._deferred = (self.replays, jobs, True)
+                self._deferred = (self.slow_reads, jobs, None)
                 return None
         results: list = []
         i, n = 0, len(items)

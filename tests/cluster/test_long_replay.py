@@ -4,7 +4,7 @@
 request, a run of 250,000 entries held its shard for half a second (another
 client's put waited 555 ms), a long-lived agent's run of millions longer
 than the coordinator's heartbeat timeout. A worker folds a long journal a
-slice at a time between its turns (shard.deferred_replay): here another
+slice at a time between its turns (shard.deferred_reads): here another
 client is served while the replay is under way, and the answers are those
 of the engine folding at once.
 """
@@ -17,7 +17,7 @@ import time
 import pytest
 
 import inmem.replay
-from inmem.shard.deferred_replay import INLINE_ENTRIES
+from inmem.shard.deferred_reads import INLINE_ENTRIES
 from inmem.types import RunView
 
 ENTRIES = INLINE_ENTRIES * 12

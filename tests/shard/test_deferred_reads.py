@@ -1,6 +1,6 @@
 """A long run's replay folded in slices gives what one fold gives, and notices a delete.
 
-`shard.replay.Folding` is the fold fed in pieces; `shard.deferred_replay`
+`shard.replay.Folding` is the fold fed in pieces; `shard.deferred_reads`
 feeds it a slice at a time for a shard worker, between its turns. Here: the
 pieces make the same view as one fold at every position (hypothesis, over
 journals of every kind of write, TTLs and deletes included), the jobs and
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import inmem.shard.deferred_replay as deferred_replay
+import inmem.shard.deferred_reads as deferred_reads
 from inmem.errors import InvalidValue, RunNotFound
-from inmem.shard.deferred_replay import ReplayJob, ReplayWaits, replay_jobs
+from inmem.shard.deferred_reads import ReadWaits, ReplayJob, replay_jobs, verify_job
 from inmem.shard.engine import Engine
 from inmem.shard.replay import Folding, fold
 
@@ -87,7 +87,7 @@ def long_engine(entries: int) -> tuple[Engine, str, str]:
 
 
 def test_only_long_journals_are_folded_apart():
-    engine, a, b = long_engine(deferred_replay.INLINE_ENTRIES + 1)
+    engine, a, b = long_engine(deferred_reads.INLINE_ENTRIES + 1)
     assert replay_jobs(engine, [("run.replay", [b, None])]) is None  # a short one: inline
     jobs = replay_jobs(engine, [("run.replay", [a, None]), ("run.replay", [b, None])])
     assert [type(j) for j in jobs] == [ReplayJob, ReplayJob]
@@ -96,12 +96,12 @@ def test_only_long_journals_are_folded_apart():
 
 
 def test_the_waits_answer_each_request_whole_with_errors_in_place():
-    engine, a, b = long_engine(deferred_replay.INLINE_ENTRIES * 2)
-    waits = ReplayWaits()
+    engine, a, b = long_engine(deferred_reads.INLINE_ENTRIES * 2)
+    waits = ReadWaits()
     calls = [("run.replay", [a, None]), ("run.replay", ["nope", None]),
              ("run.replay", [b, "x"]), ("run.replay", [b, None])]
-    waits.add(["first"], replay_jobs(engine, calls), True)
-    waits.add(["second"], replay_jobs(engine, [("run.replay", [a, -5])]), False)
+    waits.add(["first"], replay_jobs(engine, calls), None)
+    waits.add(["second"], replay_jobs(engine, [("run.replay", [a, -5])]), "run.replay")
     answered = []
     for _ in range(MAX_STEPS):
         answered += waits.step(engine)
@@ -109,7 +109,7 @@ def test_the_waits_answer_each_request_whole_with_errors_in_place():
             break
     assert [frames for frames, _r, _b in answered] == [["first"], ["second"]]
     (_, results, batch), (_, second, single) = answered
-    assert batch is True and single is False
+    assert batch is None and single == "run.replay"
     assert results[0] == engine.execute("run.replay", [a, None])
     assert type(results[1]) is RunNotFound and type(results[2]) is InvalidValue
     assert results[3] == engine.execute("run.replay", [b, None])
@@ -117,9 +117,9 @@ def test_the_waits_answer_each_request_whole_with_errors_in_place():
 
 
 def test_a_run_deleted_while_it_is_replayed_answers_run_not_found():
-    engine, a, _b = long_engine(deferred_replay.INLINE_ENTRIES * 2)
-    waits = ReplayWaits()
-    waits.add(["f"], replay_jobs(engine, [("run.replay", [a, None])]), False)
+    engine, a, _b = long_engine(deferred_reads.INLINE_ENTRIES * 2)
+    waits = ReadWaits()
+    waits.add(["f"], replay_jobs(engine, [("run.replay", [a, None])]), "run.replay")
     assert waits.step(engine) == []  # one slice done, more to go
     engine.execute("run.delete", [a])
     [(_frames, [result], _batch)] = waits.step(engine)
@@ -127,10 +127,10 @@ def test_a_run_deleted_while_it_is_replayed_answers_run_not_found():
 
 
 def test_the_waiting_replays_are_bounded():
-    waits = ReplayWaits()
-    for i in range(deferred_replay.WAITING_MAX):
+    waits = ReadWaits()
+    for i in range(deferred_reads.WAITING_MAX):
         assert not waits.full()
-        waits.add([i], [], False)
+        waits.add([i], [], "run.replay")
     assert waits.full()
 
 
@@ -140,3 +140,43 @@ def test_replay_bounds_are_the_replays_own(at):
     data, pos = engine.replay_bounds(a, at)
     assert data is engine.runs[a]
     assert engine.execute("run.replay", [a, at])[-1] == pos
+
+
+def events_engine(n: int) -> tuple[Engine, str]:
+    engine = Engine()
+    run = engine.execute("run.begin", [None, "e", None, [], None])
+    for i in range(n):
+        engine.ev_append(run, "step", {"i": i})
+    return engine, run
+
+
+def test_a_long_chain_is_checked_in_slices_as_at_once():
+    engine, run = events_engine(deferred_reads.INLINE_EVENTS + 1)
+    assert verify_job(engine, [run]) is not None
+    assert verify_job(engine, ["nope"]) is None  # inline: the call says why
+    waits = ReadWaits()
+    waits.add(["v"], verify_job(engine, [run]), "ev.verify")
+    for steps in range(MAX_STEPS):
+        done = waits.step(engine)
+        if done:
+            break
+    assert steps > 0
+    [(_frames, [check], op)] = done
+    assert op == "ev.verify"
+    assert check == engine.ev_verify(run) == (True, deferred_reads.INLINE_EVENTS + 1, None, None)
+
+
+def test_a_broken_chain_is_found_where_it_breaks_in_slices_too():
+    engine, run = events_engine(deferred_reads.INLINE_EVENTS * 2)
+    events = engine.runs[run].events
+    bad = deferred_reads.INLINE_EVENTS + 3
+    events[bad] = events[bad][:-1] + (b"\0" * 32,) if type(events[bad]) is tuple else events[bad]
+    whole = engine.ev_verify(run)
+    assert whole.valid is False and whole.first_invalid in (bad, bad + 1)
+    waits = ReadWaits()
+    waits.add(["v"], verify_job(engine, [run]), "ev.verify")
+    for _ in range(MAX_STEPS):
+        done = waits.step(engine)
+        if done:
+            break
+    assert done[0][1] == [whole]
