@@ -34,7 +34,10 @@ and a turn that served requests gives it its share of the turn's time
 does not hold the index back. A search without a budget that the index
 cannot serve after one short slice (a large text being indexed) waits apart
 (`shard.deferred_search`), the loop running index slices for it between
-turns, and is answered once the index is up to date.
+turns, and is answered once the index is up to date; a replay of a long
+run and a check of a long event chain are likewise done a slice at a time
+between turns (`shard.deferred_reads`), so no request holds the loop for
+longer than a slice of its work.
 
 No input from the network may stop the loop: a frame that is not a message is
 counted and dropped, anything else that is wrong gets an error reply. The
