@@ -25,6 +25,7 @@ from inmem.errors import InmemError, RunNotFound
 
 from .events import ChainVerification
 from .replay import Folding
+from .waiting import Waiting
 
 #: a journal this long or shorter is folded inside its request (a few tens of ms)
 INLINE_ENTRIES = 20_000
@@ -105,23 +106,12 @@ def replay_jobs(engine, calls: list) -> list | None:
     return jobs if total > INLINE_ENTRIES else None
 
 
-class ReadWaits:
+class ReadWaits(Waiting):
     """The requests waiting, first come first done: (frames, jobs, the op, or None for
     a pipeline)."""
 
-    __slots__ = ("queue",)
-
-    def __init__(self):
-        self.queue: list = []
-
-    def __bool__(self) -> bool:
-        return bool(self.queue)
-
-    def full(self) -> bool:
-        return len(self.queue) >= WAITING_MAX
-
-    def add(self, frames: list, jobs: list, op: str | None) -> None:
-        self.queue.append((frames, jobs, op))
+    __slots__ = ()
+    limit = WAITING_MAX
 
     def step(self, engine) -> list:
         """One slice of the first request's jobs (hold the engine's lock); once they are

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from inmem.errors import InmemError
 
+from .waiting import Waiting
+
 #: how long a search without a budget may bring the index up to date inline
 SEARCH_INLINE_MS = 5.0
 #: one slice of index work while searches wait (ms)
@@ -48,22 +50,11 @@ def waits_for_index(engine, op: str, args) -> bool:
         return False  # a record the index cannot read: the search itself says so
 
 
-class SearchWaits:
-    """The searches waiting for the index: [frames, op, args] in arrival order."""
+class SearchWaits(Waiting):
+    """The searches waiting for the index: (frames, op, args) in arrival order."""
 
-    __slots__ = ("queue",)
-
-    def __init__(self):
-        self.queue: list = []
-
-    def __bool__(self) -> bool:
-        return bool(self.queue)
-
-    def full(self) -> bool:
-        return len(self.queue) >= WAITING_MAX
-
-    def add(self, frames: list, op: str, args) -> None:
-        self.queue.append((frames, op, args))
+    __slots__ = ()
+    limit = WAITING_MAX
 
     def step(self, engine) -> list:
         """One slice of `engine`'s index work (hold its lock); once the index is up to
