@@ -359,6 +359,11 @@ class KVOps:
             r = self._run(run)
         if type(key) is not str or not key.isascii() or not 0 < len(key) <= KEY_BYTES_MAX:
             key = check_key(key)
+        if type(field) is not str and type(field) is not int:
+            # Refused whatever the value holds: a field that could never name anything
+            # (a list, None, a float) is a mistake, not a value without references.
+            raise InvalidValue(f"field must be a dict key (str) or a list index (int), "
+                               f"got {short_value(field)}")
         e = r.kv.get(key)
         if e is None:
             return None

@@ -340,9 +340,6 @@ def test_invalid_value_writes_nothing(db, run):
     assert db.kv.put(run, "k", 2) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="shard/kv.py (_linked) takes any field: a list, None, "
-                   "a float or bytes reads as 'no such field' and answers (value, []); it "
-                   "should be InvalidValue, as documented fields are a dict key or list index")
 @pytest.mark.parametrize("field", [["refs"], None, 1.5, b"refs", {"x": 1}])
 def test_get_linked_refuses_a_field_that_is_no_key_or_index(field):
     db = inmem.open(None)
