@@ -42,6 +42,9 @@ class CutPlans:
     """The plans of delete_thread, delete_for_runs and prune."""
 
     def _delete_threads(self, thread_ids):
+        thread_ids = list(thread_ids)
+        for t in thread_ids:
+            thread_run(self.prefix, t)  # InvalidValue for one that is no id, before a dict
         thread_ids = list(dict.fromkeys(thread_ids))
         runs = [thread_run(self.prefix, t) for t in thread_ids]
         if not runs:

@@ -56,10 +56,11 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 from typing import NamedTuple
+from uuid import UUID
 
 import msgpack
 
-from inmem.errors import InvalidKey
+from inmem.errors import InvalidKey, InvalidValue
 from inmem.values import KEY_BYTES_MAX
 
 _packb = msgpack.Packer(use_bin_type=True).pack
@@ -80,6 +81,12 @@ def unesc(text: str) -> str:
 
 
 def thread_run(prefix: str, thread_id) -> str:
+    """The run of thread `thread_id`: a str, or an int or UUID as LangGraph's savers take
+    one (by its text); InvalidValue for anything else (a list given for one id would name
+    the thread "['a', 'b']", None a thread "None")."""
+    if type(thread_id) is not str and (type(thread_id) not in (int, UUID)):
+        raise InvalidValue(f"a thread id is a str (or an int or UUID), got "
+                           f"{type(thread_id).__name__}")
     return f"{prefix}thread:{thread_id}"
 
 

@@ -464,3 +464,28 @@ def test_list_refuses_arguments_it_cannot_use_with_invalid_value(db):
 
 async def _collect(iterator):
     return [item async for item in iterator]
+
+
+def test_a_thread_id_that_is_no_id_is_refused(db):
+    # delete_thread(["a", "b"]) deleted the thread named "['a', 'b']" (none), leaving both;
+    # a put with thread_id None made a thread "None".
+    saver = InmemSaver(db)
+    config = {"configurable": {"thread_id": "a", "checkpoint_ns": ""}}
+    saver.put(config, empty_checkpoint(), {"source": "input", "step": 1}, {})
+    for bad in (["a"], ("a",), None, {"a": 1}, b"a", 1.5):
+        with pytest.raises(inmem.InvalidValue, match="thread"):
+            saver.delete_thread(bad)
+        with pytest.raises(inmem.InvalidValue, match="thread"):
+            saver.put({"configurable": {"thread_id": bad, "checkpoint_ns": ""}},
+                      empty_checkpoint(), {"source": "input", "step": 1}, {})
+        with pytest.raises(inmem.InvalidValue, match="thread"):
+            saver.get_tuple({"configurable": {"thread_id": bad}})
+    assert [t.config["configurable"]["thread_id"] for t in saver.list(None)] == ["a"]
+    # ints and UUIDs name threads as LangGraph's own savers take them
+    saver.put({"configurable": {"thread_id": 7, "checkpoint_ns": ""}}, empty_checkpoint(),
+              {"source": "input", "step": 1}, {})
+    assert saver.get_tuple({"configurable": {"thread_id": "7"}}) is not None
+    thread = uuid.uuid4()
+    saver.put({"configurable": {"thread_id": thread, "checkpoint_ns": ""}}, empty_checkpoint(),
+              {"source": "input", "step": 1}, {})
+    assert saver.get_tuple({"configurable": {"thread_id": str(thread)}}) is not None
