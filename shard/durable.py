@@ -735,11 +735,14 @@ def _place_groups(log: list, n: int, place: int, engine) -> None:
     they go whether it has or not.
     """
     indexed = engine.index.watermark
+    waiting = engine.held_runs
     if n == 1:  # one group: one extent, nothing of its run before it in the record
         run_id, count, _data, h = log[0]
-        if h is not None and not h.written(count, place, 0, indexed.get(run_id, 0),
-                                           INDEX_HELD_AT):
-            _many_held(h, engine)
+        if h is not None:
+            if not h.written(count, place, 0, indexed.get(run_id, 0), INDEX_HELD_AT):
+                _many_held(h, engine)
+            if waiting is not None and h.disk > h.base:
+                waiting.add(run_id)  # for release_history, once the index has read them
         return
     seen: dict = {}
     cur = cur_id = None
@@ -750,14 +753,19 @@ def _place_groups(log: list, n: int, place: int, engine) -> None:
             cur_n += count
             continue
         if cur_id is not None:
-            if cur is not None and not cur.written(cur_n, place, cur_skip,
-                                                   indexed.get(cur_id, 0), INDEX_HELD_AT):
-                _many_held(cur, engine)
+            if cur is not None:
+                if not cur.written(cur_n, place, cur_skip, indexed.get(cur_id, 0),
+                                   INDEX_HELD_AT):
+                    _many_held(cur, engine)
+                if waiting is not None and cur.disk > cur.base:
+                    waiting.add(cur_id)
             seen[cur_id] = cur_skip + cur_n
         cur, cur_id, cur_n, cur_skip = h, run_id, count, seen.get(run_id, 0)
-    if cur is not None and not cur.written(cur_n, place, cur_skip, indexed.get(cur_id, 0),
-                                           INDEX_HELD_AT):
-        _many_held(cur, engine)
+    if cur is not None:
+        if not cur.written(cur_n, place, cur_skip, indexed.get(cur_id, 0), INDEX_HELD_AT):
+            _many_held(cur, engine)
+        if waiting is not None and cur.disk > cur.base:
+            waiting.add(cur_id)
 
 
 def _many_held(h, engine) -> None:

@@ -203,7 +203,10 @@ def apply_kv(r, eff: tuple) -> None:
 def put_kv_item(r, key: str, e: bytes, item: tuple) -> None:
     """apply_kv for a KV_PUT in its entry form `item`, `(KV_PUT, key, e)` (the put fast path)."""
     r.kv[key] = e
-    r.journal.items.append(item)
+    journal = r.journal
+    journal.items.append(item)  # History.append, inline
+    if journal.unread is not None:
+        journal.unread.add(journal.run_id)
 
 
 def apply_state(r, eff: tuple) -> None:

@@ -59,11 +59,14 @@ class History:
     """One run's journal: positions `base`.. in memory, earlier ones dropped or on disk."""
 
     __slots__ = ("items", "base", "disk", "limit", "trim_at", "run_id", "files", "ext_pos",
-                 "ext_loc", "ext_skip", "mem")
+                 "ext_loc", "ext_skip", "mem", "unread")
 
     def __init__(self, run_id: str, first: tuple, limit: int | None = None, files=None):
         self.run_id = run_id
         self.items: list = [first]
+        #: the search index's set of runs with entries it has not read, which every
+        #: append names this run in (None until the index has seen the run once)
+        self.unread: set | None = None
         self.base = 0
         #: positions below this are on disk (or in `mem`); `base` <= `disk`: the
         #: items between were written but are held until the search index read them
@@ -152,9 +155,13 @@ class History:
 
     def append(self, item: tuple) -> None:
         self.items.append(item)
+        if self.unread is not None:
+            self.unread.add(self.run_id)
 
     def extend(self, items) -> None:
         self.items.extend(items)
+        if self.unread is not None:
+            self.unread.add(self.run_id)
 
     def truncate(self, length: int) -> None:
         """Cut every position from `length` on (a transaction taken back)."""

@@ -112,6 +112,9 @@ class RunOps:
         if not searchable:
             eff += (UNSEARCHABLE,)
         r = RunData(eff, self.history_limit, self.history_files)
+        # Its first entry for the index to read; every later one names the run itself.
+        unread = r.journal.unread = self.index.unread
+        unread.add(run_id)
         if not searchable:
             self.index.pass_over(run_id)
         if self.log is not None:

@@ -43,6 +43,7 @@ class IndexRebuild:
         later indexes its current entry again, which is harmless (one document).
         """
         self.rebuilding = bool(runs)
+        self.read_all = True  # the next catch-up hands every run's history `unread`
         if not runs:
             return
         covered = list(runs.items())
