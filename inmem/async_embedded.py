@@ -49,6 +49,8 @@ import asyncio
 import threading
 
 from inmem.ops import WRITE_OPS
+from inmem.errors import InmemError
+from inmem.shard.deferred_reads import OPS as SLICED_READS, REPLAY
 from inmem.shard.deferred_search import BUDGET_ARG as SEARCH_BUDGET_ARG
 
 from .embedded import EmbeddedBackend
@@ -135,6 +137,16 @@ class AsyncEmbeddedBackend:
             self._inline = 0
             await asyncio.sleep(0)
         sync = self.sync
+        if op in SLICED_READS:
+            waits = sync.long_read(op, args)
+            if waits is not None:
+                # A long replay or chain check, slice by slice: the loop's other
+                # tasks run between them (see EmbeddedBackend.long_read).
+                while (results := sync.long_read_step(waits)) is None:
+                    await asyncio.sleep(0)
+                if isinstance(results[0], InmemError):
+                    raise results[0]
+                return results[0]
         if self.store is None:
             return sync.call(op, args)
         result, token = sync.apply(sync._execute, (op, args), op in WRITE_OPS)
@@ -148,6 +160,12 @@ class AsyncEmbeddedBackend:
             self._inline = 0
             await asyncio.sleep(0)
         sync = self.sync
+        if ops and all(op == REPLAY for op, _ in ops):  # diff_runs
+            waits = sync.long_read(None, ops)
+            if waits is not None:
+                while (results := sync.long_read_step(waits)) is None:
+                    await asyncio.sleep(0)
+                return results
         if self.store is None:
             return sync.call_batch(ops)
         result, token = sync.apply(sync.engine.execute_batch, (ops,),

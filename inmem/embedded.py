@@ -18,6 +18,7 @@ import weakref
 import msgpack
 
 from inmem.ops import WRITE_OPS
+from inmem.shard.deferred_reads import OPS as SLICED_READS, REPLAY, ReadWaits, replay_jobs, verify_job
 from inmem.shard.deferred_search import BUDGET_ARG as SEARCH_BUDGET_ARG, waits_for_index
 from inmem.shard.engine import Engine
 from inmem.shard.entries import PLAIN_AT
@@ -80,6 +81,14 @@ class EmbeddedBackend:
     # -- the one entry point -------------------------------------------------------
 
     def call(self, op, args):
+        if op in SLICED_READS:
+            waits = self.long_read(op, args)
+            if waits is not None:
+                while (results := self.long_read_step(waits)) is None:
+                    time.sleep(0)  # the lock is free here: other threads' calls go in
+                if isinstance(results[0], InmemError):
+                    raise results[0]
+                return results[0]
         if self.store is None:
             with self.lock:
                 if self._closed:
@@ -88,6 +97,12 @@ class EmbeddedBackend:
         return self._durable(self._execute, (op, args), op in WRITE_OPS)
 
     def call_batch(self, ops) -> list:
+        if ops and all(op == REPLAY for op, _ in ops):  # diff_runs
+            waits = self.long_read(None, ops)
+            if waits is not None:
+                while (results := self.long_read_step(waits)) is None:
+                    time.sleep(0)
+                return results
         if self.store is None:
             with self.lock:
                 if self._closed:
@@ -151,6 +166,32 @@ class EmbeddedBackend:
             while self.index_behind(op, args):
                 time.sleep(0)  # the lock is free here: other threads' calls go in
         return [self.call(op, args)]
+
+    def long_read(self, op, args) -> ReadWaits | None:
+        """A replay of a long run or a check of a long event chain (`op`; None: `args` are a
+        pipeline's replays) to do a slice at a time, letting go of the lock between slices
+        as a shard worker serves other requests between them (shard.deferred_reads); None
+        to run it inline."""
+        with self.lock:
+            if self._closed:
+                return None  # the call itself says so
+            engine = self.engine
+            jobs = (replay_jobs(engine, args) if op is None else
+                    replay_jobs(engine, [(op, args)]) if op == REPLAY else verify_job(engine, args))
+        if jobs is None:
+            return None
+        waits = ReadWaits()
+        waits.add(None, jobs, op)
+        return waits
+
+    def long_read_step(self, waits: ReadWaits) -> list | None:
+        """One slice of `long_read`'s work, under the lock; its results once done (an
+        InmemError in place of one that failed), else None."""
+        with self.lock:
+            if self._closed:
+                raise _closed_error(self)
+            done = waits.step(self.engine)
+        return done[0][1] if done else None
 
     def index_behind(self, op, args) -> bool:
         """For a search without a budget: one slice of bringing the index up to date,

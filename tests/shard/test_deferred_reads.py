@@ -180,3 +180,97 @@ def test_a_broken_chain_is_found_where_it_breaks_in_slices_too():
         if done:
             break
     assert done[0][1] == [whole]
+
+
+def embedded_long_run(db, n: int) -> tuple[str, str]:
+    run, short = db.begin_run(), db.begin_run()
+    for start in range(0, n, 5_000):
+        with db.pipeline() as p:
+            for i in range(start, min(start + 5_000, n)):
+                p.kv.put(run, f"k{i % 7}", i)
+            p.execute()
+        db.events.append(run, "step", {"at": start})
+    db.kv.put(short, "k0", "x")
+    return run, short
+
+
+@pytest.mark.parametrize("call", ["replay", "diff", "verify"])
+def test_an_embedded_long_read_lets_other_threads_in_between_its_slices(tmp_path, monkeypatch,
+                                                                         call):
+    import threading
+
+    import inmem
+    import inmem.embedded
+
+    n = deferred_reads.INLINE_ENTRIES * 3
+    db = inmem.open(tmp_path / "db", snapshot_on_close=False)
+    try:
+        run, short = embedded_long_run(db, n)
+        if call == "verify":  # a long chain: more events than are checked inline
+            for start in range(0, deferred_reads.INLINE_EVENTS * 2, 1_000):
+                with db.pipeline() as p:
+                    for i in range(1_000):
+                        p.events.append(run, "tick", {"i": start + i})
+                    p.execute()
+        expected = {"replay": lambda: engine_result(db, "run.replay", [run, None]),
+                    "diff": lambda: None,
+                    "verify": lambda: engine_result(db, "ev.verify", [run])}[call]()
+        other: list = []
+        real_sleep = inmem.embedded.time.sleep
+
+        def between_slices(seconds):
+            if not other:
+                t = threading.Thread(target=lambda: other.append(db.kv.put(short, "late", 1)))
+                t.start()
+                t.join(timeout=60)
+                other.append(t.is_alive())
+            real_sleep(seconds)
+
+        monkeypatch.setattr(inmem.embedded.time, "sleep", between_slices)
+        if call == "replay":
+            view = db.replay_run(run)
+            assert view.position == expected[-1] and view.kv == {f"k{i}": max(
+                j for j in range(n) if j % 7 == i) for i in range(7)}
+        elif call == "diff":
+            diff = db.diff_runs(run, short)
+            assert {(d.primitive, d.key) for d in diff.modified} == {("kv", "k0")}
+        else:
+            assert db.events.verify_chain(run) == expected
+        assert other == [1, False]  # the other thread's write went in meanwhile
+    finally:
+        db.close()
+
+
+def engine_result(db, op: str, args: list):
+    with db._backend.lock:
+        return db._backend.engine.execute(op, args)
+
+
+def test_an_asyncio_embedded_replay_lets_the_loop_run_between_its_slices(tmp_path):
+    import asyncio
+
+    import inmem
+    import inmem.asyncio
+
+    n = deferred_reads.INLINE_ENTRIES * 3
+
+    async def main():
+        db = await inmem.asyncio.open(tmp_path / "db", snapshot_on_close=False)
+        try:
+            run, short = await db.begin_run(), await db.begin_run()
+            for start in range(0, n, 5_000):
+                async with db.pipeline() as p:
+                    for i in range(start, min(start + 5_000, n)):
+                        p.kv.put(run, f"k{i % 7}", i)
+                    await p.execute()
+            replay = asyncio.create_task(db.replay_run(run))
+            await asyncio.sleep(0)  # the replay's first slice, then it yields
+            version = await db.kv.put(short, "late", 1)
+            waiting = not replay.done()
+            return version, waiting, await replay
+        finally:
+            await db.close()
+
+    version, waiting, view = asyncio.run(main())
+    assert version == 1 and waiting is True
+    assert view.kv == {f"k{i}": max(j for j in range(n) if j % 7 == i) for i in range(7)}
