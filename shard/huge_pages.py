@@ -172,7 +172,7 @@ class HeapPages:
                         return done
                     if mincore(at, size, vec) != 0:
                         continue  # unmapped meanwhile
-                    if pages - sum(b & 1 for b in vec.raw) > ABSENT_MAX:
+                    if pages - resident(vec.raw) > ABSENT_MAX:
                         continue
                     if madvise(at, size, MADV_COLLAPSE) != 0:
                         err = self._ctypes.get_errno()
@@ -198,6 +198,16 @@ def _huge_page_bytes() -> int | None:
             return int(f.read())
     except (OSError, ValueError):
         return None
+
+
+#: mincore's byte per page -> its low bit (resident or not), for bytes.translate: counting
+#: a 2 MiB stretch's resident pages this way takes ~1.5 µs, a generator over the bytes ~36 µs
+_LOW_BIT = bytes(b & 1 for b in range(256))
+
+
+def resident(vec: bytes) -> int:
+    """How many pages mincore's vector says are resident (the low bit of each byte)."""
+    return vec.translate(_LOW_BIT).count(1)
 
 
 def _heap_mappings():

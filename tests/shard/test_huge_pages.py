@@ -13,8 +13,11 @@ import sys
 import threading
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import inmem
+import inmem.shard.huge_pages as huge_pages
 from inmem.errors import InvalidOption
 from inmem.shard.huge_pages import HeapPages, _rss_bytes, heap_pages
 
@@ -107,3 +110,9 @@ def test_the_option_turns_it_off_and_is_checked(tmp_path):
         assert db.snapshot()
     with pytest.raises(InvalidOption):
         inmem.open(tmp_path / "b", durability="buffered", snapshot_huge_pages="yes")
+
+
+@given(st.binary(max_size=1024))
+def test_resident_pages_are_the_bytes_with_their_low_bit_set(vec):
+    # mincore's other bits are reserved: only bit 0 says a page is resident.
+    assert huge_pages.resident(vec) == sum(b & 1 for b in vec)
