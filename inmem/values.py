@@ -84,7 +84,7 @@ def check_value(value) -> None:
         if type(item) is dict:  # a list of documents: no plain start to pass over
             push((value, 0))
         else:
-            start = _plain_prefix(value, _PLAIN_LEVELS)
+            start = _plain_prefix(value, PLAIN_LEVELS)
             if start == len(value):
                 return
             for item in islice(value, start, None):  # the root, at depth 0, as the walk does
@@ -115,29 +115,24 @@ def check_value(value) -> None:
                 push((item, depth + 1))
 
 
-#: levels of lists below a list's items that `_plain_prefix` looks into (under DEPTH_MAX)
-_PLAIN_LEVELS = 6
+#: levels of lists and dicts below a value that `plain_value` looks into (far under
+#: DEPTH_MAX)
+PLAIN_LEVELS = 6
 
 
-def _plain_prefix(value: list, levels: int) -> int:
-    """How many of `value`'s first items are plain: scalars, ints that fit 64 bits, or
-    lists of plain items, at most `levels` levels down (values the walk accepts).
-    It stops at the first other item (a dict, a bad item, lists deeper still),
-    which the walk checks, saying what is wrong."""
-    n = 0
-    for item in value:
-        t = type(item)
-        if t not in ALWAYS_VALID_TYPES and not (
-                INT64_MIN <= item <= INT64_MAX if t is int
-                else t is list and levels > 0 and _plain(item, levels - 1)):
-            return n
-        n += 1
-    return n
-
-
-def _plain(value: list, levels: int) -> bool:
-    """Whether every item of `value` is plain (see `_plain_prefix`)."""
-    for item in value:
+def plain_value(value, levels: int = PLAIN_LEVELS) -> bool:
+    """Whether `value`, a list or a dict, holds only scalars, 64-bit ints, and lists and
+    str-keyed dicts of such at most `levels` levels down: a value the model takes, said
+    in one pass (no stack, no tuple per item). False says nothing: the value may still
+    be valid (`check_value`'s walk decides, and names what is wrong)."""
+    if type(value) is dict:
+        for key in value:
+            if type(key) is not str:
+                return False
+        items = value.values()
+    else:
+        items = value
+    for item in items:
         t = type(item)
         if t in ALWAYS_VALID_TYPES:
             continue
@@ -145,9 +140,25 @@ def _plain(value: list, levels: int) -> bool:
             if INT64_MIN <= item <= INT64_MAX:
                 continue
             return False
-        if t is not list or not levels or not _plain(item, levels - 1):
+        if (t is not list and t is not dict) or not levels or not plain_value(item, levels - 1):
             return False
     return True
+
+
+def _plain_prefix(value: list, levels: int) -> int:
+    """How many of `value`'s first items are plain: scalars, ints that fit 64 bits, or
+    lists that are `plain_value`s at most `levels` levels down (values the walk
+    accepts). It stops at the first other item (a dict, a bad item, lists deeper
+    still), which the walk checks, saying what is wrong."""
+    n = 0
+    for item in value:
+        t = type(item)
+        if t not in ALWAYS_VALID_TYPES and not (
+                INT64_MIN <= item <= INT64_MAX if t is int
+                else t is list and levels > 0 and plain_value(item, levels - 1)):
+            return n
+        n += 1
+    return n
 
 
 def _rebuild(value, sort_keys: bool, strict: bool):

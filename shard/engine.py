@@ -50,7 +50,7 @@ import msgpack
 from inmem.display import short_value
 from inmem.errors import InmemError, InvalidKey, InvalidValue, RunNotActive, RunNotFound, ValueTooLarge
 from inmem.ops import OPS
-from inmem.values import ALWAYS_VALID_TYPES, DEFAULT_MAX_VALUE_BYTES, check_value
+from inmem.values import ALWAYS_VALID_TYPES, DEFAULT_MAX_VALUE_BYTES, check_value, plain_value
 
 from .dead_keys import DEFAULT_RETENTION_S, ReclaimOps
 from .effects import APPLY, CODE, GROUP_BYTES_MAX, array_header
@@ -59,7 +59,6 @@ from .history import history_limit
 from .json_docs import JsonOps
 from .kv import KVOps
 from .lifecycle import WRITABLE
-from .plain_values import plain_value
 from .recovery_apply import RecoveryOps
 from .replay import ReplayOps
 from .runs import RunData, RunOps

@@ -77,7 +77,8 @@ def test_reads_are_answered_while_a_large_text_is_indexed(make_cluster):
 
 
 @pytest.mark.timeout(240)
-def test_a_search_without_a_budget_waits_for_the_index_without_holding_the_shard(make_cluster):
+def test_a_search_without_a_budget_waits_for_the_index_without_holding_the_shard(make_cluster,
+                                                                                   monkeypatch):
     """A search with no budget_ms brought the index up to date inside its request: for a
     large text that held the shard for seconds (every other client waited; past the
     heartbeat timeout the shard was marked unresponsive). It now waits for the index
@@ -99,9 +100,15 @@ def test_a_search_without_a_budget_waits_for_the_index_without_holding_the_shard
             answer.append(exc)
         done.set()
 
+    # Counted from a moment after the search went out (its first phase is in the shard
+    # by then, waiting on 8 MiB of text: seconds of indexing), not from a guess.
+    sent = threading.Event()
+    fanout = db._backend.fanout
+    monkeypatch.setattr(db._backend, "fanout", lambda *a: (sent.set(), fanout(*a))[1])
     th = threading.Thread(target=search, daemon=True)
     th.start()
-    time.sleep(0.3)  # the search is sent and waits on the index (8 MiB takes seconds)
+    assert sent.wait(60)
+    time.sleep(0.05)
     served_before = []
     for i in range(5):
         other.kv.put(run, f"k{i}", i)

@@ -197,10 +197,8 @@ def embedded_long_run(db, n: int) -> tuple[str, str]:
 @pytest.mark.parametrize("call", ["replay", "diff", "verify"])
 def test_an_embedded_long_read_lets_other_threads_in_between_its_slices(tmp_path, monkeypatch,
                                                                          call):
-    import threading
-
     import inmem
-    import inmem.embedded
+    from between_slices import write_between_slices
 
     n = deferred_reads.INLINE_ENTRIES * 3
     db = inmem.open(tmp_path / "db", snapshot_on_close=False)
@@ -215,18 +213,7 @@ def test_an_embedded_long_read_lets_other_threads_in_between_its_slices(tmp_path
         expected = {"replay": lambda: engine_result(db, "run.replay", [run, None]),
                     "diff": lambda: None,
                     "verify": lambda: engine_result(db, "ev.verify", [run])}[call]()
-        other: list = []
-        real_sleep = inmem.embedded.time.sleep
-
-        def between_slices(seconds):
-            if not other:
-                t = threading.Thread(target=lambda: other.append(db.kv.put(short, "late", 1)))
-                t.start()
-                t.join(timeout=60)
-                other.append(t.is_alive())
-            real_sleep(seconds)
-
-        monkeypatch.setattr(inmem.embedded.time, "sleep", between_slices)
+        other = write_between_slices(monkeypatch, lambda: db.kv.put(short, "late", 1))
         if call == "replay":
             view = db.replay_run(run)
             assert view.position == expected[-1] and view.kv == {f"k{i}": max(

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 
 import pytest
 
 import inmem
 import inmem.asyncio
-import inmem.embedded
+from between_slices import write_between_slices
 import inmem.shard.deferred_search as deferred_search
 from inmem.shard.deferred_search import SearchWaits, waits_for_index
 from inmem.shard.engine import Engine
@@ -93,20 +92,7 @@ def store(tmp_path):
 def test_an_embedded_search_lets_other_threads_in_between_its_slices(store, monkeypatch):
     run = store.begin_run()
     store.kv.put(run, "page", big_text(2) + " needle")
-    other: list = []
-    real_sleep = inmem.embedded.time.sleep
-
-    def between_slices(seconds):
-        # The search thread, between two slices: another thread's write goes in now
-        # (it waited for the whole catch-up while the search held the lock).
-        if not other:
-            t = threading.Thread(target=lambda: other.append(store.kv.put(run, "late", 1)))
-            t.start()
-            t.join(timeout=60)
-            other.append(t.is_alive())
-        real_sleep(seconds)
-
-    monkeypatch.setattr(inmem.embedded.time, "sleep", between_slices)
+    other = write_between_slices(monkeypatch, lambda: store.kv.put(run, "late", 1))
     resp = store.search("needle")
     assert other == [1, False]  # the write landed (version 1) while the search waited
     assert resp.index_complete is True

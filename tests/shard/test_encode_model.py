@@ -2,7 +2,7 @@
 
 `Engine._encode` checks the lists and documents it is given (a message, a
 [type, bytes] pair, a checkpoint record and its references) in one pass of
-its own (`shard.plain_values`) and leaves the rest to `check_value`'s walk: whatever shortcut it takes, it accepts exactly
+its own (`inmem.values.plain_value`) and leaves the rest to `check_value`'s walk: whatever shortcut it takes, it accepts exactly
 the values the model accepts, encodes them to the same bytes, and refuses the
 others with the same InvalidValue."""
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from inmem.errors import InvalidValue
 from inmem.shard.engine import Engine
-from inmem.shard.plain_values import PLAIN_LEVELS
+from inmem.values import PLAIN_LEVELS
 from inmem.values import DEPTH_MAX, INT64_MAX, INT64_MIN, check_value
 
 
